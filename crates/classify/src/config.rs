@@ -1,0 +1,126 @@
+use serde::Deserialize;
+
+/// The largest request body `classify` reads into memory unless told
+/// otherwise: 32 MiB, room for a few base64 images in a chat request.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
+
+/// The class of agents no `[[agents]]` entry names.
+pub const DEFAULT_CLASS: &str = "default";
+
+/// The priority of a class that sets none.
+pub const DEFAULT_PRIORITY: u8 = 5;
+
+/// What `classify` needs to know: the body bound, who the agents are and
+/// what their classes allow.
+///
+/// In the proxy these come from `[server] max_request_bytes`, `[identity]`,
+/// `[[classes]]` and `[[agents]]`.
+///
+/// ```
+/// use corral_classify::ClassifyConfig;
+///
+/// let config: ClassifyConfig = toml::from_str(r#"
+///     require_key = true
+///     [[classes]]
+///     name = "opus"
+///     priority = 3
+///     priorities = [2, 5]
+///     [[agents]]
+///     id = "planner"
+///     key = "sk-planner"
+///     class = "opus"
+/// "#).unwrap();
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifyConfig {
+    /// The largest request body read into memory, in bytes; a larger one
+    /// is refused with 413 before it is read.
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+    /// Whether every request must carry a known API key
+    /// (`Authorization: Bearer KEY`); without one it gets 401.
+    #[serde(default)]
+    pub require_key: bool,
+    /// The class of agents that no `[[agents]]` entry names.
+    #[serde(default = "default_class")]
+    pub default_class: String,
+    /// The classes. A class named like `default_class` replaces the
+    /// built-in one (priority 5, any priority 1..=10 on request).
+    #[serde(default)]
+    pub classes: Vec<ClassConfig>,
+    /// The agents Corral knows by key or by id.
+    #[serde(default)]
+    pub agents: Vec<AgentConfig>,
+}
+
+/// One class of agents.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassConfig {
+    /// The class's name, as `[[agents]]` refer to it.
+    pub name: String,
+    /// The priority of its requests when they ask for none, 1..=10.
+    #[serde(default = "default_priority")]
+    pub priority: u8,
+    /// The highest and lowest priority its agents may ask for with
+    /// `X-Priority`, as `[highest, lowest]`; a request outside is moved
+    /// to the nearest end.
+    #[serde(default = "full_range")]
+    pub priorities: [u8; 2],
+}
+
+/// One agent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The agent's id, shown in logs and used for fair share.
+    pub id: String,
+    /// Its API key. An agent with a key is recognised by that key only: a
+    /// request that names it with `X-Agent-Id` without the key is refused.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Its class; the default class when unset.
+    #[serde(default)]
+    pub class: Option<String>,
+}
+
+fn default_max_request_bytes() -> usize {
+    DEFAULT_MAX_REQUEST_BYTES
+}
+
+fn default_class() -> String {
+    DEFAULT_CLASS.to_string()
+}
+
+fn default_priority() -> u8 {
+    DEFAULT_PRIORITY
+}
+
+fn full_range() -> [u8; 2] {
+    [1, 10]
+}
+
+impl Default for ClassifyConfig {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            require_key: false,
+            default_class: default_class(),
+            classes: Vec::new(),
+            agents: Vec::new(),
+        }
+    }
+}
+
+impl ClassConfig {
+    /// A class named `name` with the default priority and the full range.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            priority: DEFAULT_PRIORITY,
+            priorities: full_range(),
+        }
+    }
+}

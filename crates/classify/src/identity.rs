@@ -1,0 +1,262 @@
+//! Who is asking: API keys, `X-Agent-Id`, classes and their priorities.
+
+use std::collections::HashMap;
+
+use corral_core::{headers, AgentId, ClassName, ConfigError, Priority};
+use http::HeaderMap;
+use sha2::{Digest, Sha256};
+
+use crate::config::{ClassifyConfig, DEFAULT_CLASS};
+use crate::error::{InvalidRequest, Unauthenticated};
+
+/// A class, ready to use.
+#[derive(Debug, Clone)]
+pub(crate) struct Class {
+    pub(crate) name: ClassName,
+    pub(crate) priority: Priority,
+    pub(crate) highest: Priority,
+    pub(crate) lowest: Priority,
+}
+
+#[derive(Debug, Clone)]
+struct Agent {
+    id: AgentId,
+    class: usize,
+    has_key: bool,
+}
+
+/// The agents and classes of a config, indexed for the request path.
+///
+/// Keys are held as SHA-256 digests: the table never keeps a key in the
+/// clear, and looking a digest up reveals nothing useful through timing.
+#[derive(Debug)]
+pub(crate) struct Identities {
+    classes: Vec<Class>,
+    agents: Vec<Agent>,
+    by_key: HashMap<[u8; 32], usize>,
+    by_id: HashMap<String, usize>,
+    default_class: usize,
+    require_key: bool,
+    anonymous: AgentId,
+}
+
+/// Who a request comes from.
+pub(crate) struct Identity<'a> {
+    pub(crate) agent: AgentId,
+    pub(crate) class: &'a Class,
+    pub(crate) authenticated: bool,
+}
+
+fn priority(value: u8, key: &str) -> Result<Priority, ConfigError> {
+    Priority::new(value).map_err(|e| ConfigError::new(key, e.to_string()))
+}
+
+impl Identities {
+    pub(crate) fn new(config: &ClassifyConfig) -> Result<Self, ConfigError> {
+        let mut classes = Vec::with_capacity(config.classes.len() + 1);
+        let mut names = HashMap::new();
+        for (i, class) in config.classes.iter().enumerate() {
+            let at = |key: &str| format!("classes[{i}].{key}");
+            if class.name.trim().is_empty() {
+                return Err(ConfigError::new(at("name"), "must not be empty"));
+            }
+            if names.insert(class.name.clone(), classes.len()).is_some() {
+                return Err(ConfigError::new(
+                    at("name"),
+                    format!("class {:?} is defined twice", class.name),
+                ));
+            }
+            let default = priority(class.priority, &at("priority"))?;
+            let highest = priority(class.priorities[0], &at("priorities[0]"))?;
+            let lowest = priority(class.priorities[1], &at("priorities[1]"))?;
+            if lowest.is_higher_than(highest) {
+                return Err(ConfigError::new(
+                    at("priorities"),
+                    format!(
+                        "the range is [highest, lowest]: {} is a higher priority than {}",
+                        lowest, highest
+                    ),
+                ));
+            }
+            if default.is_higher_than(highest) || lowest.is_higher_than(default) {
+                return Err(ConfigError::new(
+                    at("priority"),
+                    format!("{default} is outside the class's priorities [{highest}, {lowest}]"),
+                ));
+            }
+            classes.push(Class {
+                name: ClassName::from(class.name.as_str()),
+                priority: default,
+                highest,
+                lowest,
+            });
+        }
+        let default_class = match names.get(&config.default_class) {
+            Some(&i) => i,
+            None if config.default_class == DEFAULT_CLASS => {
+                classes.push(Class {
+                    name: ClassName::from(DEFAULT_CLASS),
+                    priority: Priority::DEFAULT,
+                    highest: Priority::HIGHEST,
+                    lowest: Priority::LOWEST,
+                });
+                names.insert(DEFAULT_CLASS.to_string(), classes.len() - 1);
+                classes.len() - 1
+            }
+            None => {
+                return Err(ConfigError::new(
+                    "default_class",
+                    format!("no [[classes]] entry is named {:?}", config.default_class),
+                ))
+            }
+        };
+
+        let mut agents = Vec::with_capacity(config.agents.len());
+        let mut by_key = HashMap::new();
+        let mut by_id = HashMap::new();
+        for (i, agent) in config.agents.iter().enumerate() {
+            let at = |key: &str| format!("agents[{i}].{key}");
+            if agent.id.trim().is_empty() {
+                return Err(ConfigError::new(at("id"), "must not be empty"));
+            }
+            let class = match &agent.class {
+                None => default_class,
+                Some(name) => *names.get(name).ok_or_else(|| {
+                    ConfigError::new(
+                        at("class"),
+                        format!("no [[classes]] entry is named {name:?}"),
+                    )
+                })?,
+            };
+            if by_id.insert(agent.id.clone(), agents.len()).is_some() {
+                return Err(ConfigError::new(
+                    at("id"),
+                    format!("agent {:?} is listed twice", agent.id),
+                ));
+            }
+            if let Some(key) = &agent.key {
+                if key.len() < 8 {
+                    return Err(ConfigError::new(at("key"), "must be at least 8 characters"));
+                }
+                if by_key.insert(digest(key), agents.len()).is_some() {
+                    return Err(ConfigError::new(
+                        at("key"),
+                        "another agent has the same key",
+                    ));
+                }
+            }
+            agents.push(Agent {
+                id: AgentId::from(agent.id.as_str()),
+                class,
+                has_key: agent.key.is_some(),
+            });
+        }
+        Ok(Self {
+            classes,
+            agents,
+            by_key,
+            by_id,
+            default_class,
+            require_key: config.require_key,
+            anonymous: AgentId::from("anonymous"),
+        })
+    }
+
+    /// The agent and class a request comes from, by its key, else its
+    /// `X-Agent-Id`, else anonymous.
+    pub(crate) fn identify(&self, headers: &HeaderMap) -> Result<Identity<'_>, Unauthenticated> {
+        if let Some(key) = bearer(headers) {
+            if let Some(&i) = self.by_key.get(&digest(key)) {
+                let agent = &self.agents[i];
+                return Ok(Identity {
+                    agent: agent.id.clone(),
+                    class: &self.classes[agent.class],
+                    authenticated: true,
+                });
+            }
+            // Clients send keys Corral does not know for reasons of their
+            // own (the OpenAI SDKs insist on one): only refuse when keys
+            // are required.
+            if self.require_key {
+                return Err(Unauthenticated {
+                    message: "unknown API key",
+                });
+            }
+        } else if self.require_key {
+            return Err(Unauthenticated {
+                message: "an API key is required: send Authorization: Bearer <key>",
+            });
+        }
+        let Some(claimed) = headers
+            .get(headers::X_AGENT_ID)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return Ok(Identity {
+                agent: self.anonymous.clone(),
+                class: &self.classes[self.default_class],
+                authenticated: false,
+            });
+        };
+        let claimed = claimed.trim();
+        match self.by_id.get(claimed) {
+            Some(&i) if self.agents[i].has_key => Err(Unauthenticated {
+                message: "this agent id has an API key: send Authorization: Bearer <key>",
+            }),
+            Some(&i) => Ok(Identity {
+                agent: self.agents[i].id.clone(),
+                class: &self.classes[self.agents[i].class],
+                authenticated: false,
+            }),
+            None if claimed.is_empty() => Ok(Identity {
+                agent: self.anonymous.clone(),
+                class: &self.classes[self.default_class],
+                authenticated: false,
+            }),
+            None => Ok(Identity {
+                agent: AgentId::from(claimed),
+                class: &self.classes[self.default_class],
+                authenticated: false,
+            }),
+        }
+    }
+
+    /// The classes, in config order, the default class last when built in.
+    pub(crate) fn classes(&self) -> &[Class] {
+        &self.classes
+    }
+}
+
+impl Class {
+    /// The priority a request gets: what it asks for with `X-Priority`,
+    /// moved into the class's range, else the class's default.
+    pub(crate) fn priority_for(&self, headers: &HeaderMap) -> Result<Priority, InvalidRequest> {
+        match headers.get(headers::X_PRIORITY) {
+            None => Ok(self.priority),
+            Some(value) => {
+                let asked: Priority = value
+                    .to_str()
+                    .map_err(|_| InvalidRequest {
+                        message: "invalid X-Priority header: not text".into(),
+                    })?
+                    .parse()
+                    .map_err(|e| InvalidRequest {
+                        message: format!("invalid X-Priority header: {e}"),
+                    })?;
+                Ok(asked.clamp_to(self.highest, self.lowest))
+            }
+        }
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, key) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| key.trim())
+        .filter(|k| !k.is_empty())
+}
+
+fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}

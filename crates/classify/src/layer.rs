@@ -1,0 +1,67 @@
+use std::sync::Arc;
+
+use corral_core::ConfigError;
+use tower::Layer;
+
+use crate::config::ClassifyConfig;
+use crate::identity::Identities;
+use crate::service::Classify;
+
+/// Puts a [`Classify`] in front of a service.
+///
+/// Built once from a validated [`ClassifyConfig`]; every service it makes
+/// shares the same agent and class tables.
+#[derive(Debug, Clone)]
+pub struct ClassifyLayer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) identities: Identities,
+    pub(crate) max_request_bytes: usize,
+}
+
+impl ClassifyLayer {
+    /// A layer for `config`, or the key and reason it is refused for.
+    pub fn new(config: &ClassifyConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                identities: Identities::new(config)?,
+                max_request_bytes: config.max_request_bytes,
+            }),
+        })
+    }
+
+    /// The classes this layer knows, as `(name, default priority,
+    /// [highest, lowest])`, the built-in default class included.
+    pub fn classes(&self) -> impl Iterator<Item = (&str, u8, [u8; 2])> + '_ {
+        self.shared.identities.classes().iter().map(|c| {
+            (
+                c.name.as_str(),
+                c.priority.get(),
+                [c.highest.get(), c.lowest.get()],
+            )
+        })
+    }
+}
+
+impl ClassifyConfig {
+    /// Checks the config, naming the key and the reason of the first
+    /// problem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_request_bytes == 0 {
+            return Err(ConfigError::new("max_request_bytes", "must be at least 1"));
+        }
+        Identities::new(self).map(|_| ())
+    }
+}
+
+impl<S> Layer<S> for ClassifyLayer {
+    type Service = Classify<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Classify::from_shared(inner, self.shared.clone())
+    }
+}

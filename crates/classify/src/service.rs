@@ -1,0 +1,194 @@
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use corral_core::{headers, Body, BoxError, Endpoint, RequestId, RequestMeta};
+use http::{HeaderValue, Request};
+use http_body_util::{BodyExt, Limited};
+use tokio::time::Instant;
+use tower::Service;
+
+use crate::error::{BodyTooLarge, InvalidRequest};
+use crate::future::ResponseFuture;
+use crate::layer::Shared;
+use crate::parse;
+
+/// Reads a request once and stores its [`RequestMeta`] in the extensions.
+///
+/// - identifies the agent by API key, else `X-Agent-Id`, else anonymous,
+///   and gives it its class's priority (or the `X-Priority` it asks for,
+///   moved into the class's range);
+/// - reads JSON bodies into memory, at most `max_request_bytes`, and
+///   parses inference bodies once for model, stream flag and generation
+///   options; blob uploads and unknown paths stream through unread;
+/// - keeps the client's `X-Request-Id` or sets a new one;
+/// - sets the deadline `X-Deadline-Ms` asks for.
+///
+/// Refusals are [`BodyTooLarge`], [`InvalidRequest`],
+/// [`Unauthenticated`](crate::Unauthenticated) and
+/// [`BodyReadFailed`](crate::BodyReadFailed), boxed.
+#[derive(Debug)]
+pub struct Classify<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S: Clone> Clone for Classify<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S> Classify<S> {
+    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
+        Self { inner, shared }
+    }
+}
+
+impl<S> Service<Request<Body>> for Classify<S>
+where
+    S: Service<Request<Body>> + Clone,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        let endpoint = Endpoint::from_request(request.method(), request.uri().path());
+        let meta = match self.head(endpoint, &mut request) {
+            Ok(meta) => meta,
+            Err(refusal) => return ResponseFuture::refused(refusal),
+        };
+        if !endpoint.has_json_body() {
+            record(&meta);
+            request.extensions_mut().insert(meta);
+            return ResponseFuture::calling(self.inner.call(request));
+        }
+
+        let limit = self.shared.max_request_bytes;
+        if let Some(bytes) = request.body().buffered() {
+            // Already in memory (a test, a replay): no second read.
+            if bytes.len() > limit {
+                return ResponseFuture::refused(BodyTooLarge { limit }.into());
+            }
+            let bytes = bytes.clone();
+            return match complete(request.into_parts().0, meta, bytes) {
+                Ok(request) => ResponseFuture::calling(self.inner.call(request)),
+                Err(refusal) => ResponseFuture::refused(refusal),
+            };
+        }
+        if declared_length(&request).is_some_and(|len| len > limit as u64) {
+            return ResponseFuture::refused(BodyTooLarge { limit }.into());
+        }
+        let (parts, body) = request.into_parts();
+        // The inner service was made ready for this call; the clone left
+        // behind waits for the next one.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::reading(
+            Limited::new(body, limit).collect(),
+            limit,
+            parts,
+            meta,
+            inner,
+        )
+    }
+}
+
+impl<S> Classify<S> {
+    /// Everything the headers say; the body comes after.
+    fn head(
+        &self,
+        endpoint: Endpoint,
+        request: &mut Request<Body>,
+    ) -> Result<RequestMeta, BoxError> {
+        let now = Instant::now();
+        let headers = request.headers();
+        let identity = self.shared.identities.identify(headers)?;
+        let priority = identity.class.priority_for(headers)?;
+        let deadline = match headers.get(headers::X_DEADLINE_MS) {
+            None => None,
+            Some(value) => {
+                let ms = value
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .ok_or_else(|| InvalidRequest {
+                        message:
+                            "invalid X-Deadline-Ms header: expected whole milliseconds from now"
+                                .into(),
+                    })?;
+                Some(now + std::time::Duration::from_millis(ms))
+            }
+        };
+        let request_id = match headers
+            .get(headers::X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(id) if !id.is_empty() => RequestId::from(id),
+            _ => {
+                let id = RequestId::generate();
+                if let Ok(value) = HeaderValue::from_str(id.as_str()) {
+                    request.headers_mut().insert(headers::X_REQUEST_ID, value);
+                }
+                id
+            }
+        };
+        let mut meta = RequestMeta::new(request_id, endpoint)
+            .with_agent(
+                identity.agent,
+                identity.class.name.clone(),
+                identity.authenticated,
+            )
+            .with_priority(priority)
+            .with_deadline(deadline);
+        meta.received_at = now;
+        Ok(meta)
+    }
+}
+
+fn declared_length<B>(request: &Request<B>) -> Option<u64> {
+    request
+        .headers()
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Fills `meta` from the body and rebuilds the request around the bytes.
+pub(crate) fn complete(
+    parts: http::request::Parts,
+    mut meta: RequestMeta,
+    bytes: bytes::Bytes,
+) -> Result<Request<Body>, BoxError> {
+    let facts = parse::read(meta.endpoint, &bytes)?;
+    meta.model = facts.model;
+    meta.stream = facts.stream.unwrap_or(meta.endpoint.streams_by_default());
+    meta.generation = facts.generation;
+    meta.body_bytes = bytes.len();
+    record(&meta);
+    let mut request = Request::from_parts(parts, Body::from(bytes));
+    request.extensions_mut().insert(meta);
+    Ok(request)
+}
+
+/// Fills in the request's span, when the caller opened one with these
+/// fields.
+fn record(meta: &RequestMeta) {
+    let span = tracing::Span::current();
+    span.record("agent", meta.agent.as_str());
+    span.record("class", meta.class.as_str());
+    span.record("priority", meta.priority.get());
+    if let Some(model) = &meta.model {
+        span.record("model", &**model);
+    }
+}

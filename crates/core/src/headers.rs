@@ -1,0 +1,22 @@
+//! The names of the headers Corral reads and writes.
+
+use http::HeaderName;
+
+/// The request id, kept from the client or made by Corral, and returned.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The agent's name for itself, used when it has no API key.
+pub const X_AGENT_ID: HeaderName = HeaderName::from_static("x-agent-id");
+/// The priority an agent asks for, 1 (highest) to 10 (lowest).
+pub const X_PRIORITY: HeaderName = HeaderName::from_static("x-priority");
+/// How many milliseconds from now the answer stops being useful.
+pub const X_DEADLINE_MS: HeaderName = HeaderName::from_static("x-deadline-ms");
+/// Why Corral refused a request (`shed`, `rate_limited`, ...).
+pub const X_CORRAL_REASON: HeaderName = HeaderName::from_static("x-corral-reason");
+/// The priority the request was served with.
+pub const X_CORRAL_PRIORITY: HeaderName = HeaderName::from_static("x-corral-priority");
+/// The client's address, appended by each proxy on the way.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// The `Host` the client asked for, since the upstream gets its own.
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// The scheme the client used.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");

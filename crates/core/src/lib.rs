@@ -1,0 +1,52 @@
+//! The shared vocabulary of Corral's layers.
+//!
+//! Every Corral layer depends on this crate and on no other layer, so
+//! layers can be stacked in any order and imported one at a time. What a
+//! layer needs to know about a request it reads from [`RequestMeta`], which
+//! the `classify` layer stores in the request's extensions after reading
+//! the body once; nothing below it parses the body again.
+//!
+//! - [`Body`]: the request body the stack carries, either buffered (and so
+//!   replayable by a retry) or streamed through (blob uploads).
+//! - [`BoxBody`]: the response body every layer hands back.
+//! - [`Endpoint`]: which Ollama or OpenAI-compatible call a request is.
+//! - [`RequestMeta`]: who asks, with what priority, for which model, until
+//!   when.
+//! - [`Refusal`]: what a layer's refusal tells the proxy (status, reason,
+//!   `Retry-After`); [`ErrorBody`] renders it the way Ollama would.
+//! - [`ConfigError`]: a configuration refused with the key and the reason.
+//!
+//! ```
+//! use corral_core::{Endpoint, EndpointKind};
+//! use http::Method;
+//!
+//! let endpoint = Endpoint::from_request(&Method::POST, "/api/chat");
+//! assert_eq!(endpoint, Endpoint::Chat);
+//! assert_eq!(endpoint.kind(), EndpointKind::Inference);
+//! // Ollama streams chat unless the request says `"stream": false`.
+//! assert!(endpoint.streams_by_default());
+//! ```
+
+mod body;
+mod config;
+mod endpoint;
+mod error;
+pub mod headers;
+mod meta;
+mod refusal;
+
+pub use body::{empty, full, Body, BoxBody};
+pub use config::ConfigError;
+pub use endpoint::{ApiFamily, Endpoint, EndpointKind};
+pub use error::{stream_error_frame, ErrorBody};
+pub use meta::{
+    AgentId, ClassName, GenerationParams, Priority, PriorityError, RequestId, RequestMeta,
+};
+pub use refusal::{as_refusal, find_refusal, Refusal, RefusalCast};
+
+/// The error type between layers: any error, boxed.
+///
+/// Layers return their refusals boxed in this type so that the stack's
+/// error type stays the same whatever the order of the layers; the proxy
+/// finds the refusal again with `err.downcast_ref()` or [`find_refusal`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,360 @@
+use std::fmt;
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use crate::Endpoint;
+
+macro_rules! shared_name {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Arc<str>);
+
+        impl $name {
+            /// The name as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                Self(Arc::from(s))
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(s: String) -> Self {
+                Self(Arc::from(s))
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&*self.0, f)
+            }
+        }
+    };
+}
+
+shared_name!(
+    /// Who is asking: the agent an API key maps to, the `X-Agent-Id` it
+    /// gave, or `anonymous`. Cheap to clone.
+    AgentId
+);
+shared_name!(
+    /// The class an agent belongs to (`opus`, `batch`, `default`), which
+    /// carries its priorities, weight and limits. Cheap to clone.
+    ClassName
+);
+shared_name!(
+    /// The request's id: the client's `X-Request-Id`, or one Corral made.
+    /// Cheap to clone.
+    RequestId
+);
+
+impl RequestId {
+    /// A new id, unique within this process and hard to guess across
+    /// processes: a random per-process half and a mixed counter, 32 hex
+    /// digits.
+    ///
+    /// ```
+    /// let a = corral_core::RequestId::generate();
+    /// let b = corral_core::RequestId::generate();
+    /// assert_ne!(a, b);
+    /// assert_eq!(a.as_str().len(), 32);
+    /// ```
+    pub fn generate() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::OnceLock;
+
+        static SEED: OnceLock<u64> = OnceLock::new();
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let seed = *SEED.get_or_init(|| {
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_u64(u64::from(std::process::id()));
+            hasher.finish()
+        });
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        Self::from(format!("{seed:016x}{:016x}", splitmix64(seed ^ n)))
+    }
+}
+
+/// A bijective mix of a counter, so consecutive ids do not look
+/// consecutive.
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A request's priority, 1 (highest) to 10 (lowest), as in the design's
+/// priority queue.
+///
+/// ```
+/// use corral_core::Priority;
+///
+/// let urgent = Priority::new(1).unwrap();
+/// let batch = Priority::new(9).unwrap();
+/// assert!(urgent.is_higher_than(batch));
+/// assert!(Priority::new(0).is_err());
+/// assert_eq!("7".parse::<Priority>().unwrap().get(), 7);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Priority(u8);
+
+/// A priority outside 1..=10, or not a number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriorityError(String);
+
+impl fmt::Display for PriorityError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "priority must be a whole number from 1 (highest) to 10 (lowest), not {:?}",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for PriorityError {}
+
+impl Priority {
+    /// The highest priority, 1.
+    pub const HIGHEST: Priority = Priority(1);
+    /// The lowest priority, 10.
+    pub const LOWEST: Priority = Priority(10);
+    /// The priority of a request that asks for none, in a class that sets
+    /// none: 5.
+    pub const DEFAULT: Priority = Priority(5);
+
+    /// The priority `value`, if it is within 1..=10.
+    pub fn new(value: u8) -> Result<Self, PriorityError> {
+        if (1..=10).contains(&value) {
+            Ok(Self(value))
+        } else {
+            Err(PriorityError(value.to_string()))
+        }
+    }
+
+    /// The number, 1..=10.
+    pub fn get(self) -> u8 {
+        self.0
+    }
+
+    /// Whether `self` is served before `other` (a smaller number).
+    pub fn is_higher_than(self, other: Priority) -> bool {
+        self.0 < other.0
+    }
+
+    /// This priority, moved into `min..=max` (inclusive; `min` is the
+    /// highest priority allowed, so the smaller number).
+    pub fn clamp_to(self, min: Priority, max: Priority) -> Priority {
+        Priority(self.0.clamp(min.0, max.0))
+    }
+}
+
+impl Default for Priority {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl std::str::FromStr for Priority {
+    type Err = PriorityError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.trim()
+            .parse::<u8>()
+            .ok()
+            .and_then(|v| Priority::new(v).ok())
+            .ok_or_else(|| PriorityError(s.to_string()))
+    }
+}
+
+impl TryFrom<u8> for Priority {
+    type Error = PriorityError;
+
+    fn try_from(value: u8) -> Result<Self, Self::Error> {
+        Priority::new(value)
+    }
+}
+
+/// The generation options that decide cost and determinism, from Ollama's
+/// `options` (`num_predict`, `temperature`, `seed`) or the OpenAI fields
+/// (`max_tokens`, `temperature`, `seed`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GenerationParams {
+    /// The most tokens the answer may have (`num_predict` or `max_tokens`);
+    /// `None` when unset or unbounded (Ollama's `-1`, `-2`).
+    pub max_tokens: Option<u64>,
+    /// The sampling temperature, when set.
+    pub temperature: Option<f64>,
+    /// The sampling seed, when set.
+    pub seed: Option<i64>,
+}
+
+/// What `classify` learned about a request, in its extensions for every
+/// layer below.
+///
+/// ```
+/// use corral_core::{Endpoint, Priority, RequestMeta};
+///
+/// let meta = RequestMeta::new("req-1".into(), Endpoint::Chat)
+///     .with_agent("planner-7".into(), "opus".into(), true)
+///     .with_priority(Priority::new(2).unwrap())
+///     .with_model(Some("llama3".into()));
+/// let mut request = http::Request::new(());
+/// request.extensions_mut().insert(meta);
+///
+/// // Any layer further down:
+/// let meta = request.extensions().get::<RequestMeta>().unwrap();
+/// assert_eq!(meta.agent.as_str(), "planner-7");
+/// assert!(meta.stream, "chat streams unless asked not to");
+/// ```
+#[derive(Debug, Clone)]
+pub struct RequestMeta {
+    /// The request's id (the `X-Request-Id` the client sent or Corral made).
+    pub request_id: RequestId,
+    /// Who is asking.
+    pub agent: AgentId,
+    /// The agent's class.
+    pub class: ClassName,
+    /// Whether the agent proved who it is (an API key), rather than naming
+    /// itself with `X-Agent-Id` or not at all.
+    pub authenticated: bool,
+    /// The priority the request is served with, within its class's range.
+    pub priority: Priority,
+    /// Which call it is.
+    pub endpoint: Endpoint,
+    /// The model it names, when it names one.
+    pub model: Option<Arc<str>>,
+    /// Whether the answer streams.
+    pub stream: bool,
+    /// When the request stops being worth answering (`X-Deadline-Ms`).
+    pub deadline: Option<Instant>,
+    /// When Corral received it.
+    pub received_at: Instant,
+    /// Cost and determinism options.
+    pub generation: GenerationParams,
+    /// The request body's size in bytes, a first estimate of prompt size.
+    pub body_bytes: usize,
+}
+
+impl RequestMeta {
+    /// Metadata for request `request_id` to `endpoint`, received now, from
+    /// the anonymous agent of the `default` class at the default priority.
+    pub fn new(request_id: RequestId, endpoint: Endpoint) -> Self {
+        Self {
+            request_id,
+            agent: AgentId::from("anonymous"),
+            class: ClassName::from("default"),
+            authenticated: false,
+            priority: Priority::DEFAULT,
+            endpoint,
+            model: None,
+            stream: endpoint.streams_by_default(),
+            deadline: None,
+            received_at: Instant::now(),
+            generation: GenerationParams::default(),
+            body_bytes: 0,
+        }
+    }
+
+    /// The same, from `agent` of `class`.
+    pub fn with_agent(mut self, agent: AgentId, class: ClassName, authenticated: bool) -> Self {
+        self.agent = agent;
+        self.class = class;
+        self.authenticated = authenticated;
+        self
+    }
+
+    /// The same, at `priority`.
+    pub fn with_priority(mut self, priority: Priority) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// The same, naming `model`.
+    pub fn with_model(mut self, model: Option<Arc<str>>) -> Self {
+        self.model = model;
+        self
+    }
+
+    /// The same, due by `deadline`.
+    pub fn with_deadline(mut self, deadline: Option<Instant>) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// The model as text, or `""` when the request names none.
+    pub fn model_str(&self) -> &str {
+        self.model.as_deref().unwrap_or("")
+    }
+
+    /// Time left until the deadline, `None` without one, zero once passed.
+    pub fn time_left(&self, now: Instant) -> Option<std::time::Duration> {
+        self.deadline.map(|d| d.saturating_duration_since(now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priorities_clamp_into_a_class_range() {
+        let p = |v| Priority::new(v).unwrap();
+        assert_eq!(p(1).clamp_to(p(3), p(6)), p(3));
+        assert_eq!(p(9).clamp_to(p(3), p(6)), p(6));
+        assert_eq!(p(4).clamp_to(p(3), p(6)), p(4));
+    }
+
+    #[test]
+    fn priority_text_outside_the_range_is_refused_with_the_value() {
+        for bad in ["0", "11", "-1", "high", ""] {
+            let err = bad.parse::<Priority>().unwrap_err();
+            assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn time_left_counts_down_to_zero() {
+        let now = Instant::now();
+        let meta = RequestMeta::new("r".into(), Endpoint::Generate)
+            .with_deadline(Some(now + std::time::Duration::from_secs(2)));
+        assert_eq!(meta.time_left(now), Some(std::time::Duration::from_secs(2)));
+        tokio::time::advance(std::time::Duration::from_secs(3)).await;
+        assert_eq!(
+            meta.time_left(Instant::now()),
+            Some(std::time::Duration::ZERO)
+        );
+    }
+}
