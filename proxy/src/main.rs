@@ -1,1 +1,5 @@
-fn main() {}
+//! The `corral` binary.
+
+fn main() -> std::process::ExitCode {
+    corral::cli::main()
+}

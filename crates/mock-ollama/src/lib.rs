@@ -1,1 +1,56 @@
-//! x
+//! A simulated Ollama server, for tests and benchmarks.
+//!
+//! It stands in for a GPU box: Ollama's endpoints and response shapes
+//! (NDJSON streams ending in a `done` message with `total_duration`,
+//! `eval_count`, ...; the OpenAI-compatible `/v1` API with SSE streams),
+//! deterministic generated text, and the behaviour that makes a real
+//! server hard to share:
+//!
+//! - `parallel` requests generate at once **per model**, more wait, and
+//!   beyond `max_queue` waiting the answer is Ollama's 503
+//!   `server busy, please try again.  maximum pending requests exceeded`;
+//! - a time to first token and a tokens-per-second rate;
+//! - a load time when a request names a model that is not loaded, with at
+//!   most `max_loaded_models` kept;
+//! - faults: an error rate, streams that stall or drop, slow headers, set
+//!   globally or per request with `X-Mock-Fault` (see [`Faults`]);
+//! - counters of what it experienced (peak concurrency, queue, cancels,
+//!   model loads) and a log of every request with the exact bytes it
+//!   answered, on `GET /mock/stats` and `GET /mock/requests`, so tests can
+//!   assert what the upstream saw.
+//!
+//! ```
+//! use corral_mock_ollama::{MockConfig, MockOllama};
+//! use std::time::Duration;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> std::io::Result<()> {
+//! let mock = MockOllama::start(MockConfig {
+//!     parallel: 4,
+//!     ttft: Duration::from_millis(50),
+//!     tokens_per_sec: 30.0,
+//!     ..MockConfig::default()
+//! })
+//! .await?;
+//! // Point a client or the proxy at mock.url(); afterwards:
+//! assert_eq!(mock.stats().peak_in_flight, 0);
+//! # Ok(())
+//! # }
+//! ```
+
+mod api;
+mod config;
+mod faults;
+mod infer;
+mod manage;
+mod respond;
+mod server;
+mod state;
+mod stats;
+mod text;
+
+pub use config::MockConfig;
+pub use faults::Faults;
+pub use respond::BUSY_MESSAGE;
+pub use server::MockOllama;
+pub use stats::{RecordedRequest, Stats};

@@ -1,0 +1,656 @@
+//! Generation and embeddings: slots, model loads, time to first token,
+//! tokens per second, streams in NDJSON and SSE.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use serde_json::{json, Value};
+use tokio::time::{sleep, Instant};
+
+use crate::faults::Faults;
+use crate::respond::{self, BoxBody, BoxError, BUSY_MESSAGE};
+use crate::state::{Slot, State};
+use crate::text;
+
+/// Which generation call, which decides the shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Call {
+    Generate,
+    Chat,
+    OpenAiChat,
+    OpenAiCompletion,
+}
+
+impl Call {
+    fn openai(self) -> bool {
+        matches!(self, Call::OpenAiChat | Call::OpenAiCompletion)
+    }
+
+    fn error(self, status: StatusCode, message: &str) -> Response<BoxBody> {
+        if self.openai() {
+            respond::openai_error(status, message)
+        } else {
+            respond::ollama_error(status, message)
+        }
+    }
+}
+
+/// Checks shared by every inference call: JSON, model, faults, overload.
+pub(crate) fn precheck(
+    state: &State,
+    openai: bool,
+    body: &[u8],
+    faults: &Faults,
+) -> Result<(Value, String), Response<BoxBody>> {
+    let error = |status, message: &str| {
+        if openai {
+            respond::openai_error(status, message)
+        } else {
+            respond::ollama_error(status, message)
+        }
+    };
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(error(StatusCode::BAD_REQUEST, "missing request body"));
+    }
+    let request: Value = serde_json::from_slice(body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            &format!("invalid character in request body: {e}"),
+        )
+    })?;
+    let Some(model) = request
+        .get("model")
+        .and_then(Value::as_str)
+        .filter(|m| !m.is_empty())
+    else {
+        return Err(error(StatusCode::BAD_REQUEST, "model is required"));
+    };
+    let model = model.to_string();
+    if state.model(&model).is_none() {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            &format!("model \"{model}\" not found, try pulling it first"),
+        ));
+    }
+    if let Some(status) = faults.status {
+        state
+            .counters
+            .faults_injected
+            .fetch_add(1, Ordering::SeqCst);
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let message = if status == StatusCode::SERVICE_UNAVAILABLE {
+            BUSY_MESSAGE
+        } else {
+            "mock fault injected"
+        };
+        return Err(error(status, message));
+    }
+    if state.roll(state.config.error_rate) {
+        state
+            .counters
+            .faults_injected
+            .fetch_add(1, Ordering::SeqCst);
+        return Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "llama runner process has terminated: signal: killed",
+        ));
+    }
+    Ok((request, model))
+}
+
+/// Takes a slot and waits out the model load; 503 when the queue is full.
+async fn slot_for(
+    state: &Arc<State>,
+    model: &str,
+    openai: bool,
+) -> Result<(Slot, Duration), Response<BoxBody>> {
+    let slot = state.acquire(model).await.map_err(|_| {
+        if openai {
+            respond::openai_error(StatusCode::SERVICE_UNAVAILABLE, BUSY_MESSAGE)
+        } else {
+            respond::ollama_error(StatusCode::SERVICE_UNAVAILABLE, BUSY_MESSAGE)
+        }
+    })?;
+    let load = state.ensure_loaded(model);
+    if !load.is_zero() {
+        sleep(load).await;
+    }
+    Ok((slot, load))
+}
+
+fn prompt_of(call: Call, request: &Value) -> String {
+    match call {
+        Call::Generate | Call::OpenAiCompletion => {
+            let system = request.get("system").and_then(Value::as_str).unwrap_or("");
+            let prompt = match request.get("prompt") {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Array(parts)) => parts
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                _ => String::new(),
+            };
+            if system.is_empty() {
+                prompt
+            } else {
+                format!("{system}\n{prompt}")
+            }
+        }
+        Call::Chat | Call::OpenAiChat => request
+            .get("messages")
+            .and_then(Value::as_array)
+            .map(|messages| {
+                messages
+                    .iter()
+                    .map(|m| match m.get("content") {
+                        Some(Value::String(s)) => format!(
+                            "{}: {s}",
+                            m.get("role").and_then(Value::as_str).unwrap_or("")
+                        ),
+                        Some(other) => other.to_string(),
+                        None => String::new(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default(),
+    }
+}
+
+fn wants_stream(call: Call, request: &Value) -> bool {
+    match request.get("stream").and_then(Value::as_bool) {
+        Some(stream) => stream,
+        None => !call.openai(),
+    }
+}
+
+fn max_tokens(call: Call, request: &Value) -> Option<i64> {
+    let n = if call.openai() {
+        request
+            .get("max_tokens")
+            .or_else(|| request.get("max_completion_tokens"))
+    } else {
+        request.get("options").and_then(|o| o.get("num_predict"))
+    };
+    n.and_then(Value::as_f64).map(|n| n as i64)
+}
+
+/// The whole generation: timing, tokens, and its final statistics.
+struct Generation {
+    call: Call,
+    model: String,
+    prompt: String,
+    tokens: usize,
+    truncated: bool,
+    interval: Duration,
+    started: Instant,
+    load: Duration,
+    ttft: Duration,
+    prompt_tokens: u64,
+    id: String,
+    created: u64,
+    include_usage: bool,
+}
+
+impl Generation {
+    fn token(&self, i: usize) -> String {
+        text::token(&self.model, &self.prompt, i)
+    }
+
+    fn text(&self) -> String {
+        (0..self.tokens).map(|i| self.token(i)).collect()
+    }
+
+    fn done_reason(&self) -> &'static str {
+        if self.truncated {
+            "length"
+        } else {
+            "stop"
+        }
+    }
+
+    fn stats(&self) -> serde_json::Map<String, Value> {
+        let nanos = |d: Duration| d.as_nanos() as u64;
+        let eval = self.interval * self.tokens as u32;
+        let mut stats = serde_json::Map::new();
+        stats.insert(
+            "total_duration".into(),
+            json!(nanos(self.started.elapsed())),
+        );
+        stats.insert("load_duration".into(), json!(nanos(self.load)));
+        stats.insert("prompt_eval_count".into(), json!(self.prompt_tokens));
+        stats.insert("prompt_eval_duration".into(), json!(nanos(self.ttft)));
+        stats.insert("eval_count".into(), json!(self.tokens));
+        stats.insert("eval_duration".into(), json!(nanos(eval)));
+        stats
+    }
+
+    fn usage(&self) -> Value {
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.tokens,
+            "total_tokens": self.prompt_tokens + self.tokens as u64,
+        })
+    }
+
+    fn ndjson(value: Value) -> Bytes {
+        let mut line = serde_json::to_vec(&value).unwrap_or_default();
+        line.push(b'\n');
+        Bytes::from(line)
+    }
+
+    fn sse(value: &Value) -> Bytes {
+        Bytes::from(format!("data: {value}\n\n"))
+    }
+
+    /// The frame of token `i` in a stream.
+    fn chunk(&self, i: usize) -> Bytes {
+        let token = self.token(i);
+        match self.call {
+            Call::Generate => Self::ndjson(json!({
+                "model": self.model, "created_at": respond::now_rfc3339(), "response": token, "done": false,
+            })),
+            Call::Chat => Self::ndjson(json!({
+                "model": self.model, "created_at": respond::now_rfc3339(),
+                "message": {"role": "assistant", "content": token}, "done": false,
+            })),
+            Call::OpenAiChat => Self::sse(&json!({
+                "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                "system_fingerprint": "fp_ollama",
+                "choices": [{"index": 0, "delta": {"role": "assistant", "content": token}, "finish_reason": null}],
+            })),
+            Call::OpenAiCompletion => Self::sse(&json!({
+                "id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+                "system_fingerprint": "fp_ollama",
+                "choices": [{"text": token, "index": 0, "finish_reason": null}],
+            })),
+        }
+    }
+
+    /// The frames after the last token.
+    fn tail(&self) -> VecDeque<Bytes> {
+        let mut tail = VecDeque::new();
+        match self.call {
+            Call::Generate | Call::Chat => {
+                let mut last = serde_json::Map::new();
+                last.insert("model".into(), json!(self.model));
+                last.insert("created_at".into(), json!(respond::now_rfc3339()));
+                if self.call == Call::Generate {
+                    last.insert("response".into(), json!(""));
+                } else {
+                    last.insert(
+                        "message".into(),
+                        json!({"role": "assistant", "content": ""}),
+                    );
+                }
+                last.insert("done".into(), json!(true));
+                last.insert("done_reason".into(), json!(self.done_reason()));
+                if self.call == Call::Generate {
+                    last.insert("context".into(), json!([1, 2, 3]));
+                }
+                last.extend(self.stats());
+                tail.push_back(Self::ndjson(Value::Object(last)));
+            }
+            Call::OpenAiChat | Call::OpenAiCompletion => {
+                let (object, choice) = if self.call == Call::OpenAiChat {
+                    (
+                        "chat.completion.chunk",
+                        json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": self.done_reason()}),
+                    )
+                } else {
+                    (
+                        "text_completion",
+                        json!({"text": "", "index": 0, "finish_reason": self.done_reason()}),
+                    )
+                };
+                tail.push_back(Self::sse(&json!({
+                    "id": self.id, "object": object, "created": self.created, "model": self.model,
+                    "system_fingerprint": "fp_ollama", "choices": [choice],
+                })));
+                if self.include_usage {
+                    tail.push_back(Self::sse(&json!({
+                        "id": self.id, "object": object, "created": self.created, "model": self.model,
+                        "system_fingerprint": "fp_ollama", "choices": [], "usage": self.usage(),
+                    })));
+                }
+                tail.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
+            }
+        }
+        tail
+    }
+
+    /// The whole answer in one document.
+    fn whole(&self) -> Value {
+        let text = self.text();
+        match self.call {
+            Call::Generate | Call::Chat => {
+                let mut doc = serde_json::Map::new();
+                doc.insert("model".into(), json!(self.model));
+                doc.insert("created_at".into(), json!(respond::now_rfc3339()));
+                if self.call == Call::Generate {
+                    doc.insert("response".into(), json!(text));
+                } else {
+                    doc.insert(
+                        "message".into(),
+                        json!({"role": "assistant", "content": text}),
+                    );
+                }
+                doc.insert("done".into(), json!(true));
+                doc.insert("done_reason".into(), json!(self.done_reason()));
+                if self.call == Call::Generate {
+                    doc.insert("context".into(), json!([1, 2, 3]));
+                }
+                doc.extend(self.stats());
+                Value::Object(doc)
+            }
+            Call::OpenAiChat => json!({
+                "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
+                "system_fingerprint": "fp_ollama",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": self.done_reason()}],
+                "usage": self.usage(),
+            }),
+            Call::OpenAiCompletion => json!({
+                "id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+                "system_fingerprint": "fp_ollama",
+                "choices": [{"text": text, "index": 0, "finish_reason": self.done_reason()}],
+                "usage": self.usage(),
+            }),
+        }
+    }
+}
+
+/// Generate, chat, and the two OpenAI completion calls.
+pub(crate) async fn generate(
+    state: &Arc<State>,
+    call: Call,
+    body: &[u8],
+    faults: Faults,
+) -> Response<BoxBody> {
+    let started = Instant::now();
+    let (request, model) = match precheck(state, call.openai(), body, &faults) {
+        Ok(ok) => ok,
+        Err(response) => return response,
+    };
+    let prompt = prompt_of(call, &request);
+    let empty = match call {
+        Call::Generate => request
+            .get("prompt")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .is_empty(),
+        Call::Chat => request
+            .get("messages")
+            .and_then(Value::as_array)
+            .is_none_or(|m| m.is_empty()),
+        _ => false,
+    };
+    if empty {
+        return load_only(state, call, &request, &model).await;
+    }
+    if call.openai() && request.get("messages").is_none() && call == Call::OpenAiChat {
+        return call.error(StatusCode::BAD_REQUEST, "[] is too short - 'messages'");
+    }
+
+    let (slot, load) = match slot_for(state, &model, call.openai()).await {
+        Ok(ok) => ok,
+        Err(response) => return response,
+    };
+    let ttft = faults.ttft.unwrap_or(state.config.ttft);
+    let tps = faults
+        .tokens_per_sec
+        .unwrap_or(state.config.tokens_per_sec)
+        .max(0.001);
+    let default_tokens = faults.tokens.unwrap_or(state.config.tokens);
+    let (tokens, truncated) = match max_tokens(call, &request) {
+        Some(n) if n >= 0 && (n as usize) < default_tokens => (n as usize, true),
+        _ => (default_tokens, false),
+    };
+    let id = state.next_id();
+    let generation = Generation {
+        call,
+        model,
+        prompt_tokens: text::count_tokens(&prompt),
+        prompt,
+        tokens,
+        truncated,
+        interval: Duration::from_secs_f64(1.0 / tps),
+        started,
+        load,
+        ttft,
+        id: if call == Call::OpenAiChat {
+            format!("chatcmpl-{id}")
+        } else {
+            format!("cmpl-{id}")
+        },
+        created: respond::unix_now(),
+        include_usage: request
+            .pointer("/stream_options/include_usage")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+    };
+    sleep(ttft).await;
+    state
+        .counters
+        .tokens_generated
+        .fetch_add(generation.tokens as u64, Ordering::SeqCst);
+
+    if !wants_stream(call, &request) {
+        sleep(generation.interval * generation.tokens.saturating_sub(1) as u32).await;
+        drop(slot);
+        return respond::json(StatusCode::OK, &generation.whole());
+    }
+
+    let mut faults = faults;
+    let half = generation.tokens / 2;
+    if faults.drop_after.is_none() && state.roll(state.config.drop_rate) {
+        faults.drop_after = Some(half);
+    }
+    if faults.stall_after.is_none() && state.roll(state.config.stall_rate) {
+        faults.stall_after = Some(half);
+    }
+    let stall = faults.stall.unwrap_or(state.config.stall);
+    let content_type = if call.openai() {
+        "text/event-stream"
+    } else {
+        "application/x-ndjson"
+    };
+    let stream = Stream {
+        generation,
+        state: state.clone(),
+        slot: Some(slot),
+        faults,
+        stall,
+        sent: 0,
+        next_token: 0,
+        tail: None,
+        fault_done: false,
+    };
+    let body = StreamBody::new(futures_util::stream::unfold(stream, |mut s| async move {
+        let frame = s.next().await?;
+        Some((frame.map(Frame::data), s))
+    }));
+    respond::streaming(content_type, body.boxed_unsync())
+}
+
+/// An empty prompt loads the model (and `keep_alive: 0` unloads it).
+async fn load_only(
+    state: &Arc<State>,
+    call: Call,
+    request: &Value,
+    model: &str,
+) -> Response<BoxBody> {
+    let unload = matches!(request.get("keep_alive"), Some(v) if v.as_f64() == Some(0.0) || v.as_str() == Some("0") || v.as_str() == Some("0s"));
+    let reason = if unload {
+        state.unload(model);
+        "unload"
+    } else {
+        let load = state.ensure_loaded(model);
+        sleep(load).await;
+        "load"
+    };
+    let mut doc = serde_json::Map::new();
+    doc.insert("model".into(), json!(model));
+    doc.insert("created_at".into(), json!(respond::now_rfc3339()));
+    if call == Call::Generate {
+        doc.insert("response".into(), json!(""));
+    } else {
+        doc.insert(
+            "message".into(),
+            json!({"role": "assistant", "content": ""}),
+        );
+    }
+    doc.insert("done".into(), json!(true));
+    doc.insert("done_reason".into(), json!(reason));
+    respond::json(StatusCode::OK, &Value::Object(doc))
+}
+
+/// A generation stream: one frame per token at the configured rate, then
+/// the final frames; faults along the way.
+struct Stream {
+    generation: Generation,
+    state: Arc<State>,
+    slot: Option<Slot>,
+    faults: Faults,
+    stall: Duration,
+    sent: usize,
+    next_token: usize,
+    tail: Option<VecDeque<Bytes>>,
+    fault_done: bool,
+}
+
+/// Counts a paused stream while it waits, however the wait ends.
+struct Paused<'a>(&'a State);
+
+impl Drop for Paused<'_> {
+    fn drop(&mut self) {
+        self.0.counters.paused.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Stream {
+    async fn next(&mut self) -> Option<Result<Bytes, BoxError>> {
+        if !self.fault_done {
+            if self.faults.drop_after == Some(self.sent) {
+                self.fault_done = true;
+                self.slot = None;
+                self.state
+                    .counters
+                    .faults_injected
+                    .fetch_add(1, Ordering::SeqCst);
+                return Some(Err("mock fault: connection dropped".into()));
+            }
+            if self.faults.stall_after == Some(self.sent) {
+                self.fault_done = true;
+                self.state
+                    .counters
+                    .faults_injected
+                    .fetch_add(1, Ordering::SeqCst);
+                sleep(self.stall).await;
+            }
+            if self.faults.pause_after == Some(self.sent) {
+                self.fault_done = true;
+                self.state.counters.paused.fetch_add(1, Ordering::SeqCst);
+                let _paused = Paused(&self.state);
+                if let Ok(permit) = self.state.release.acquire().await {
+                    permit.forget();
+                }
+            }
+        }
+        let frame = if self.next_token < self.generation.tokens {
+            if self.next_token > 0 {
+                sleep(self.generation.interval).await;
+            }
+            let frame = self.generation.chunk(self.next_token);
+            self.next_token += 1;
+            frame
+        } else {
+            if self.tail.is_none() {
+                self.slot = None;
+                self.tail = Some(self.generation.tail());
+            }
+            self.tail.as_mut()?.pop_front()?
+        };
+        self.sent += 1;
+        self.state
+            .counters
+            .chunks_sent
+            .fetch_add(1, Ordering::SeqCst);
+        Some(Ok(frame))
+    }
+}
+
+/// `/api/embed`, `/api/embeddings` and `/v1/embeddings`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EmbedCall {
+    Embed,
+    Embeddings,
+    OpenAi,
+}
+
+pub(crate) async fn embed(
+    state: &Arc<State>,
+    call: EmbedCall,
+    body: &[u8],
+    faults: Faults,
+) -> Response<BoxBody> {
+    let started = Instant::now();
+    let openai = call == EmbedCall::OpenAi;
+    let (request, model) = match precheck(state, openai, body, &faults) {
+        Ok(ok) => ok,
+        Err(response) => return response,
+    };
+    let field = if call == EmbedCall::Embeddings {
+        "prompt"
+    } else {
+        "input"
+    };
+    let inputs: Vec<String> = match request.get(field) {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string())
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let (slot, load) = match slot_for(state, &model, openai).await {
+        Ok(ok) => ok,
+        Err(response) => return response,
+    };
+    let ttft = faults.ttft.unwrap_or(state.config.ttft);
+    sleep(ttft).await;
+    drop(slot);
+    let dim = state.config.embedding_dim;
+    let vectors: Vec<Vec<f32>> = inputs
+        .iter()
+        .map(|i| text::embedding(&model, i, dim))
+        .collect();
+    let prompt_tokens: u64 = inputs.iter().map(|i| text::count_tokens(i)).sum();
+    let nanos = |d: Duration| d.as_nanos() as u64;
+    let doc = match call {
+        EmbedCall::Embed => json!({
+            "model": model, "embeddings": vectors,
+            "total_duration": nanos(started.elapsed()), "load_duration": nanos(load), "prompt_eval_count": prompt_tokens,
+        }),
+        EmbedCall::Embeddings => {
+            json!({ "embedding": vectors.into_iter().next().unwrap_or_default() })
+        }
+        EmbedCall::OpenAi => json!({
+            "object": "list",
+            "data": vectors.into_iter().enumerate().map(|(i, v)| json!({"object": "embedding", "embedding": v, "index": i})).collect::<Vec<_>>(),
+            "model": model,
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+        }),
+    };
+    respond::json(StatusCode::OK, &doc)
+}

@@ -1,0 +1,178 @@
+//! The `corral` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, LoadError};
+use crate::server::Server;
+use crate::telemetry::{self, LogFormat};
+use crate::upstream_url::UpstreamUrl;
+
+/// Keeps a herd of AI agents from trampling one Ollama server.
+///
+/// Point every agent's OLLAMA_HOST at corral (127.0.0.1:11435 by default)
+/// and it forwards to Ollama with priorities, fair queuing, load shedding
+/// and the rest of its layer stack.
+#[derive(Debug, Parser)]
+#[command(name = "corral", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy (what `corral` alone does).
+    Serve(ServeArgs),
+    /// Check a config file and print the resolved layer stack.
+    CheckConfig {
+        /// The config file.
+        path: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+struct ServeArgs {
+    /// The config file (TOML); without one, the defaults.
+    #[arg(long, short = 'c', env = "CORRAL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Listen on this address (overrides [server] listen).
+    #[arg(long, env = "CORRAL_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// The Ollama server: host, host:port, http://host:port or https://...
+    /// (overrides [upstream] url).
+    #[arg(long, env = "CORRAL_UPSTREAM")]
+    upstream: Option<String>,
+    /// How logs are written; RUST_LOG filters them.
+    #[arg(long, env = "CORRAL_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+/// Runs the command line; the process's exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::CheckConfig { path }) => check_config(&path),
+        Some(Command::Serve(args)) => serve(args),
+        None => serve(cli.serve),
+    }
+}
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("corral: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match crate::stack::build(&config, Some(path)) {
+        Ok(stack) => {
+            println!("{}: ok", path.display());
+            print!("{}", crate::stack::describe(&config, &stack));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("corral: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The config for `args`: the file (or defaults), then the environment
+/// and flags over it (clap gives a flag precedence over its variable).
+fn resolve(args: &ServeArgs) -> Result<Config, LoadError> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let file = config
+        .source
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(crate::config::NO_FILE));
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    if let Some(upstream) = &args.upstream {
+        UpstreamUrl::parse(upstream).map_err(|reason| LoadError {
+            file: PathBuf::from("--upstream/CORRAL_UPSTREAM"),
+            line: None,
+            key: String::new(),
+            reason,
+        })?;
+        config.upstream.url = upstream.clone();
+    }
+    config
+        .validate()
+        .map_err(|e| LoadError::from_config(&file, e, None))?;
+    Ok(config)
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    telemetry::init_logging(args.log_format);
+    let config = match resolve(&args) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("corral: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("corral: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let server = match Server::bind(&config).await {
+            Ok(server) => server,
+            Err(e) => {
+                eprintln!("corral: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(
+            listen = %server.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            admin = %server.admin_addr().map(|a| a.to_string()).unwrap_or_else(|| "main listener".into()),
+            upstream = %config.upstream.url,
+            "corral is serving; point OLLAMA_HOST here"
+        );
+        server.run(shutdown_signal()).await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = int.recv() => tracing::info!("SIGINT received"),
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

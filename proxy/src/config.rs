@@ -1,0 +1,410 @@
+//! The configuration file: plain data, defaults in named constants, and
+//! errors that name the file, the key and the reason.
+//!
+//! ```toml
+//! [server]
+//! listen = "127.0.0.1:11435"
+//! max_request_bytes = 33554432
+//! shutdown_grace = "30s"
+//!
+//! [upstream]
+//! url = "http://127.0.0.1:11434"
+//!
+//! [admin]
+//! listen = "127.0.0.1:9464"   # absent: on the main listener
+//!
+//! [identity]
+//! require_key = false
+//!
+//! [[classes]]
+//! name = "opus"
+//! priority = 3
+//! priorities = [2, 5]
+//!
+//! [[agents]]
+//! id = "planner"
+//! key = "sk-planner-0123"
+//! class = "opus"
+//!
+//! [[layers]]          # the stack below classify, outermost first
+//! kind = "..."
+//! ```
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use corral_core::ConfigError;
+use serde::Deserialize;
+
+use crate::upstream_url::UpstreamUrl;
+
+/// Where the proxy listens unless told otherwise: next to Ollama's 11434.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:11435";
+/// Where Ollama listens unless told otherwise.
+pub const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:11434";
+/// How long in-flight requests may run on after SIGTERM.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How long a client may take to send its request headers.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a connection to the upstream may take to open.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an idle upstream connection is kept for reuse.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How many idle upstream connections are kept.
+pub const DEFAULT_POOL_MAX_IDLE: usize = 1024;
+/// How long `/corral/readyz` waits for the upstream.
+pub const DEFAULT_READINESS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The client-facing listener.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// The Ollama server Corral forwards to.
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    /// The admin endpoints (`/corral/*`, `/metrics`).
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// How agents are identified.
+    #[serde(default)]
+    pub identity: IdentityConfig,
+    /// The classes of agents.
+    #[serde(default)]
+    pub classes: Vec<ClassConfig>,
+    /// The agents Corral knows.
+    #[serde(default)]
+    pub agents: Vec<AgentConfig>,
+    /// The layers below `classify`, outermost first: the order of the
+    /// stack.
+    #[serde(default)]
+    pub layers: Vec<LayerConfig>,
+    /// The file this came from, for messages; `None` for defaults.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// The address agents connect to (their `OLLAMA_HOST`).
+    pub listen: SocketAddr,
+    /// The largest request body read into memory, in bytes (413 beyond).
+    /// Blob uploads are streamed and not bounded by this.
+    pub max_request_bytes: usize,
+    /// How long in-flight requests and streams may run on after SIGTERM
+    /// or SIGINT before their connections are closed.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// How long a client may take to send its request headers.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 11435))),
+            max_request_bytes: corral_classify::DEFAULT_MAX_REQUEST_BYTES,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+        }
+    }
+}
+
+/// `[upstream]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// The Ollama server, in any form `OLLAMA_HOST` takes: `host`,
+    /// `host:port`, `:port`, `http://host:port`, `https://host`, with an
+    /// optional path prefix.
+    pub url: String,
+    /// How long opening a connection may take.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long an idle connection is kept for reuse.
+    #[serde(with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+    /// How many idle connections are kept.
+    pub pool_max_idle: usize,
+    /// A PEM file of CA certificates to trust for an `https` upstream, in
+    /// addition to the system's.
+    pub ca_file: Option<PathBuf>,
+    /// How long `/corral/readyz` waits for the upstream's answer.
+    #[serde(with = "humantime_serde")]
+    pub readiness_timeout: Duration,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            url: DEFAULT_UPSTREAM.to_string(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+            pool_max_idle: DEFAULT_POOL_MAX_IDLE,
+            ca_file: None,
+            readiness_timeout: DEFAULT_READINESS_TIMEOUT,
+        }
+    }
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// A separate address for `/corral/*` and `/metrics`; absent, they are
+    /// served on the main listener.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+}
+
+/// `[identity]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// Refuse (401) every request without a known API key.
+    pub require_key: bool,
+    /// The class of agents no `[[agents]]` entry names.
+    pub default_class: String,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            require_key: false,
+            default_class: corral_classify::DEFAULT_CLASS.to_string(),
+        }
+    }
+}
+
+/// `[[classes]]`: one class of agents.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassConfig {
+    /// Its name.
+    pub name: String,
+    /// The priority of its requests that ask for none, 1 (highest) to 10.
+    #[serde(default = "default_priority")]
+    pub priority: u8,
+    /// `[highest, lowest]` priority its agents may ask for with
+    /// `X-Priority`.
+    #[serde(default = "full_range")]
+    pub priorities: [u8; 2],
+}
+
+fn default_priority() -> u8 {
+    corral_classify::DEFAULT_PRIORITY
+}
+
+fn full_range() -> [u8; 2] {
+    [1, 10]
+}
+
+/// `[[agents]]`: one agent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Its id.
+    pub id: String,
+    /// Its API key (`Authorization: Bearer KEY`).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Its class; the default class when absent.
+    #[serde(default)]
+    pub class: Option<String>,
+}
+
+/// `[[layers]]`: one layer of the stack, its `kind` and its options.
+#[derive(Debug, Clone)]
+pub struct LayerConfig {
+    /// Which layer (`shed`, `priority`, ...).
+    pub kind: String,
+    /// Its options, every key but `kind`.
+    pub options: toml::Table,
+    /// The line of the file it starts on, for error messages.
+    pub line: Option<usize>,
+}
+
+impl<'de> Deserialize<'de> for LayerConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut options = toml::Table::deserialize(d)?;
+        let kind = match options.remove("kind") {
+            Some(toml::Value::String(kind)) => kind,
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "`kind` must be a string naming the layer, not {}",
+                    other.type_str()
+                )))
+            }
+            None => {
+                return Err(D::Error::custom(
+                    "missing field `kind` (which layer this is)",
+                ))
+            }
+        };
+        Ok(Self {
+            kind,
+            options,
+            line: None,
+        })
+    }
+}
+
+/// A configuration that cannot be used: the file, the line when known,
+/// the key and the reason.
+#[derive(Debug, Clone)]
+pub struct LoadError {
+    /// The file, or `<defaults>` when there is none.
+    pub file: PathBuf,
+    /// The line, when known.
+    pub line: Option<usize>,
+    /// The dotted key (`server.listen`, `layers[1].max_queue`).
+    pub key: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+impl LoadError {
+    /// `err` found in `file`.
+    pub fn from_config(file: &Path, err: ConfigError, line: Option<usize>) -> Self {
+        Self {
+            file: file.to_path_buf(),
+            line,
+            key: err.key().to_string(),
+            reason: err.reason().to_string(),
+        }
+    }
+}
+
+/// The name shown for a configuration that comes from no file.
+pub const NO_FILE: &str = "<defaults>";
+
+impl Config {
+    /// Reads and checks `path`.
+    pub fn load(path: &Path) -> Result<Self, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|e| LoadError {
+            file: path.to_path_buf(),
+            line: None,
+            key: String::new(),
+            reason: format!("cannot read the file: {e}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses `text`, which came from `file` (for messages).
+    pub fn parse(text: &str, file: &Path) -> Result<Self, LoadError> {
+        let deserializer = toml::Deserializer::new(text);
+        let mut config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            LoadError {
+                file: file.to_path_buf(),
+                line: inner.span().map(|span| line_of(text, span.start)),
+                key: if key == "." { String::new() } else { key },
+                reason: inner.message().to_string(),
+            }
+        })?;
+        // Layer tables lose their position once parsed; find each one's
+        // header again so an error in its options names its line.
+        let mut headers = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| l.trim_start().starts_with("[[layers]]"))
+            .map(|(i, _)| i + 1);
+        for layer in &mut config.layers {
+            layer.line = headers.next();
+        }
+        config
+            .validate()
+            .map_err(|e| LoadError::from_config(file, e, None))?;
+        config.source = Some(file.to_path_buf());
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        UpstreamUrl::parse(&self.upstream.url)
+            .map_err(|reason| ConfigError::new("upstream.url", reason))?;
+        if self.server.max_request_bytes == 0 {
+            return Err(ConfigError::new(
+                "server.max_request_bytes",
+                "must be at least 1",
+            ));
+        }
+        if self.upstream.connect_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "upstream.connect_timeout",
+                "must be more than zero",
+            ));
+        }
+        if let Some(admin) = self.admin.listen {
+            if admin == self.server.listen {
+                return Err(ConfigError::new(
+                    "admin.listen",
+                    "is the same address as server.listen; leave it out to serve admin paths on the main listener",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The config the `classify` layer is built from.
+    pub fn classify(&self) -> corral_classify::ClassifyConfig {
+        corral_classify::ClassifyConfig {
+            max_request_bytes: self.server.max_request_bytes,
+            require_key: self.identity.require_key,
+            default_class: self.identity.default_class.clone(),
+            classes: self
+                .classes
+                .iter()
+                .map(|c| {
+                    let mut class = corral_classify::ClassConfig::new(c.name.clone());
+                    class.priority = c.priority;
+                    class.priorities = c.priorities;
+                    class
+                })
+                .collect(),
+            agents: self
+                .agents
+                .iter()
+                .map(|a| corral_classify::AgentConfig {
+                    id: a.id.clone(),
+                    key: a.key.clone(),
+                    class: a.class.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}

@@ -1,0 +1,49 @@
+//! `corral`: an Ollama-compatible reverse proxy built from Corral's tower
+//! layers.
+//!
+//! Agents point `OLLAMA_HOST` at it; it forwards every Ollama and
+//! OpenAI-compatible call to the upstream Ollama server, streams
+//! included, through a stack of layers chosen in the config's
+//! `[[layers]]` list, after `classify`, which is always first.
+//!
+//! - [`Config`]: the TOML file, plain data with defaults;
+//! - [`stack::build`]: the stack as one boxed `tower` service, callable
+//!   without a socket;
+//! - [`Server`]: listeners, HTTP/1.1 and h2c connections, graceful
+//!   shutdown; [`Running`] serves one in the background;
+//! - [`registry`]: where layer crates plug in, one line each;
+//! - [`respond`]: the one place errors become Ollama-shaped answers.
+//!
+//! ```no_run
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use corral::{Config, Running};
+//!
+//! let mut config = Config::default();
+//! config.server.listen = "127.0.0.1:0".parse()?;
+//! config.upstream.url = "127.0.0.1:11434".into();
+//! let proxy = Running::start(&config).await?;
+//! println!("OLLAMA_HOST={}", proxy.addr());
+//! proxy.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod front;
+mod hop;
+pub mod registry;
+pub mod respond;
+pub mod server;
+pub mod stack;
+pub mod telemetry;
+pub mod upstream;
+mod upstream_url;
+
+pub use config::{Config, LayerConfig, LoadError};
+pub use hop::strip_hop_by_hop;
+pub use registry::{options, LayerKind, StackLayer};
+pub use server::{Running, Server, StartError};
+pub use stack::{HttpRequest, HttpResponse, Stack, StackService};
+pub use upstream::{Upstream, UpstreamFailed};
+pub use upstream_url::UpstreamUrl;

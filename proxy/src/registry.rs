@@ -1,0 +1,120 @@
+//! The layers an operator can name in `[[layers]]`.
+//!
+//! Each layer crate plugs in with one line in [`LAYERS`]: its `kind`, a
+//! sentence, the function that builds it from its options, and its
+//! refusal types so the proxy can answer them. `classify` is not here: it
+//! is always the first layer, built from `[server]`, `[identity]`,
+//! `[[classes]]` and `[[agents]]`.
+
+use bytes::Bytes;
+use corral_core::{BoxError, ConfigError, RefusalCast};
+use http::Response;
+use http_body_util::BodyExt;
+use serde::de::DeserializeOwned;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, Service, ServiceExt};
+
+use crate::config::{Config, LayerConfig};
+use crate::stack::{HttpRequest, StackService};
+
+/// One kind of layer.
+#[derive(Clone, Copy)]
+pub struct LayerKind {
+    /// Its `kind` in `[[layers]]`.
+    pub name: &'static str,
+    /// What it does, one sentence, for `check-config`.
+    pub about: &'static str,
+    /// Builds it from its options (and the whole config, for the classes
+    /// and agents); errors name the option.
+    pub build: fn(&LayerConfig, &Config) -> Result<StackLayer, ConfigError>,
+    /// Its refusal types.
+    pub refusals: &'static [RefusalCast],
+}
+
+impl std::fmt::Debug for LayerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayerKind")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// The layers this build of `corral` knows, by `kind`. Layer crates add
+/// one line each.
+pub const LAYERS: &[LayerKind] = &[];
+
+/// A built layer, ready to wrap the rest of the stack.
+pub struct StackLayer {
+    summary: String,
+    wrap: Box<dyn Fn(StackService) -> StackService + Send + Sync>,
+}
+
+impl std::fmt::Debug for StackLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StackLayer")
+            .field("summary", &self.summary)
+            .finish()
+    }
+}
+
+impl StackLayer {
+    /// Any tower layer over the stack's service, boxed so that layers can
+    /// be ordered at run time; `summary` says how it was configured.
+    pub fn new<L, S, B>(layer: L, summary: impl Into<String>) -> Self
+    where
+        L: Layer<StackService, Service = S> + Send + Sync + 'static,
+        S: Service<HttpRequest, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        Self {
+            summary: summary.into(),
+            wrap: Box::new(move |inner| {
+                BoxCloneSyncService::new(
+                    layer
+                        .layer(inner)
+                        .map_response(|response: Response<B>| {
+                            response.map(|body| body.map_err(Into::into).boxed_unsync())
+                        })
+                        .map_err(Into::into),
+                )
+            }),
+        }
+    }
+
+    /// How it was configured.
+    pub fn summary(&self) -> &str {
+        &self.summary
+    }
+
+    pub(crate) fn wrap(&self, inner: StackService) -> StackService {
+        (self.wrap)(inner)
+    }
+}
+
+/// A layer's options, as its config type; errors name the option.
+///
+/// ```
+/// use corral::{options, LayerConfig};
+///
+/// #[derive(serde::Deserialize)]
+/// #[serde(deny_unknown_fields)]
+/// struct ShedConfig { max_queue: usize }
+///
+/// let mut table = toml::Table::new();
+/// table.insert("max_queue".into(), toml::Value::String("lots".into()));
+/// let layer = LayerConfig { kind: "shed".into(), options: table, line: None };
+/// let err = options::<ShedConfig>(&layer).unwrap_err();
+/// assert_eq!(err.key(), "max_queue");
+/// ```
+pub fn options<C: DeserializeOwned>(layer: &LayerConfig) -> Result<C, ConfigError> {
+    serde_path_to_error::deserialize(toml::Value::Table(layer.options.clone())).map_err(|e| {
+        let key = e.path().to_string();
+        ConfigError::new(
+            if key == "." { String::new() } else { key },
+            e.into_inner().message().to_string(),
+        )
+    })
+}

@@ -1,0 +1,308 @@
+//! Listeners, connections (HTTP/1.1 and h2c), and graceful shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use corral_core::BoxBody;
+
+use crate::admin::Admin;
+use crate::config::{Config, LoadError};
+use crate::front::Front;
+use crate::stack::{self, Stack};
+use crate::telemetry;
+
+/// A proxy with its listeners bound, ready to serve.
+pub struct Server {
+    main: TcpListener,
+    admin: Option<TcpListener>,
+    front: Front,
+    admin_front: Option<Front>,
+    grace: Duration,
+    header_read_timeout: Duration,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("main", &self.main.local_addr().ok())
+            .field(
+                "admin",
+                &self.admin.as_ref().and_then(|l| l.local_addr().ok()),
+            )
+            .finish()
+    }
+}
+
+/// Why the proxy could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The configuration is refused.
+    Config(LoadError),
+    /// A listener could not be bound.
+    Bind {
+        /// Which listener (`server.listen`, `admin.listen`).
+        key: &'static str,
+        /// Its address.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Config(e) => e.fmt(f),
+            StartError::Bind { key, addr, source } => {
+                write!(f, "{key}: cannot listen on {addr}: {source}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl Server {
+    /// Builds the stack for `config` and binds its listeners.
+    pub async fn bind(config: &Config) -> Result<Self, StartError> {
+        let stack = stack::build(config, config.source.as_deref()).map_err(StartError::Config)?;
+        Self::bind_stack(config, &stack).await
+    }
+
+    /// Binds the listeners for an already built `stack`.
+    pub async fn bind_stack(config: &Config, stack: &Stack) -> Result<Self, StartError> {
+        let metrics = telemetry::metrics_handle();
+        let admin_api = Admin::new(stack.upstream().clone(), metrics);
+        let bind = |key, addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { key, addr, source })
+        };
+        let main = bind("server.listen", config.server.listen).await?;
+        let (admin, front, admin_front) = match config.admin.listen {
+            Some(addr) => (
+                Some(bind("admin.listen", addr).await?),
+                Front::proxy(stack, None),
+                Some(Front::admin_only(admin_api)),
+            ),
+            None => (None, Front::proxy(stack, Some(admin_api)), None),
+        };
+        Ok(Self {
+            main,
+            admin,
+            front,
+            admin_front,
+            grace: config.server.shutdown_grace,
+            header_read_timeout: config.server.header_read_timeout,
+        })
+    }
+
+    /// The address agents connect to.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.main.local_addr()
+    }
+
+    /// The admin listener's address, when it has its own.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets
+    /// in-flight requests and streams finish for the grace period, and
+    /// closes what is left.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Server {
+            main,
+            admin,
+            front,
+            admin_front,
+            grace,
+            header_read_timeout,
+        } = self;
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout)
+            .keep_alive(true);
+        builder.http2().timer(TokioTimer::new());
+
+        let graceful = GracefulShutdown::new();
+        let mut connections = JoinSet::new();
+        let upkeep = tokio::spawn(metrics_upkeep());
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = main.accept() => {
+                    if let Some((stream, peer)) = accepted_or_log(accepted) {
+                        let conn = builder.serve_connection(TokioIo::new(stream), Conn { front: front.clone(), peer });
+                        connections.spawn(graceful.watch(conn.into_owned()));
+                    }
+                }
+                accepted = accept_optional(admin.as_ref()) => {
+                    if let (Some((stream, peer)), Some(front)) = (accepted_or_log(accepted), &admin_front) {
+                        let conn = builder.serve_connection(TokioIo::new(stream), Conn { front: front.clone(), peer });
+                        connections.spawn(graceful.watch(conn.into_owned()));
+                    }
+                }
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+        drop(main);
+        drop(admin);
+        tracing::info!(
+            connections = connections.len(),
+            grace_secs = grace.as_secs_f64(),
+            "shutting down: no new connections; in-flight requests may finish"
+        );
+        tokio::select! {
+            () = graceful.shutdown() => tracing::info!("all connections finished"),
+            () = tokio::time::sleep(grace) => {
+                tracing::warn!(connections = connections.len(), "grace period over: closing the remaining connections");
+            }
+        }
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
+        upkeep.abort();
+    }
+}
+
+fn accepted_or_log(
+    accepted: io::Result<(tokio::net::TcpStream, SocketAddr)>,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    match accepted {
+        Ok((stream, peer)) => {
+            let _ = stream.set_nodelay(true);
+            Some((stream, peer))
+        }
+        Err(e) => {
+            // Out of file descriptors and the like: keep serving the
+            // connections we have.
+            tracing::warn!(error = %e, "accept failed");
+            None
+        }
+    }
+}
+
+async fn accept_optional(
+    listener: Option<&TcpListener>,
+) -> io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Histograms are summed as samples arrive; drain them now and then so
+/// memory stays flat between scrapes.
+async fn metrics_upkeep() {
+    let handle = telemetry::metrics_handle();
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        every.tick().await;
+        handle.run_upkeep();
+    }
+}
+
+/// One connection's service.
+#[derive(Clone)]
+struct Conn {
+    front: Front,
+    peer: SocketAddr,
+}
+
+impl hyper::service::Service<Request<Incoming>> for Conn {
+    type Response = Response<BoxBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<BoxBody>, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let front = self.front.clone();
+        let peer = self.peer;
+        Box::pin(async move { Ok(front.handle(request, peer).await) })
+    }
+}
+
+/// A proxy serving in the background, for tests and embedding.
+#[derive(Debug)]
+pub struct Running {
+    addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Binds and serves `config` on a background task.
+    pub async fn start(config: &Config) -> Result<Self, StartError> {
+        let server = Server::bind(config).await?;
+        let addr = server.local_addr().map_err(|source| StartError::Bind {
+            key: "server.listen",
+            addr: config.server.listen,
+            source,
+        })?;
+        let admin_addr = server.admin_addr();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async move {
+            let _ = stopped.await;
+        }));
+        Ok(Self {
+            addr,
+            admin_addr,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    /// Where agents connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The separate admin listener, when configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Starts the graceful shutdown, as SIGTERM would, and waits for it.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+
+    /// Starts the graceful shutdown without waiting; the returned handle
+    /// ends when the server has stopped.
+    pub fn begin_shutdown(mut self) -> tokio::task::JoinHandle<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let task = std::mem::replace(&mut self.task, tokio::spawn(async {}));
+        task
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,189 @@
+//! Builds the stack from the configuration: `classify`, then the
+//! `[[layers]]` in order, then the upstream.
+//!
+//! `build` returns the service; serving it is separate, so tests can call
+//! it with `oneshot`.
+
+use std::path::Path;
+
+use corral_classify::ClassifyLayer;
+use corral_core::{Body, BoxBody, BoxError, RefusalCast};
+use tower::util::BoxCloneSyncService;
+use tower::Layer;
+
+use crate::config::{Config, LoadError, NO_FILE};
+use crate::registry::{LayerKind, LAYERS};
+use crate::respond;
+use crate::upstream::Upstream;
+
+/// A request as it travels down the stack.
+pub type HttpRequest = http::Request<Body>;
+/// A response as it travels up the stack.
+pub type HttpResponse = http::Response<BoxBody>;
+/// The stack, boxed: its layers are chosen at run time.
+pub type StackService = BoxCloneSyncService<HttpRequest, HttpResponse, BoxError>;
+
+/// A built stack.
+#[derive(Clone)]
+pub struct Stack {
+    service: StackService,
+    upstream: Upstream,
+    layers: Vec<(String, String)>,
+    refusals: Vec<RefusalCast>,
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stack")
+            .field("layers", &self.layers)
+            .finish()
+    }
+}
+
+impl Stack {
+    /// The service: send it requests.
+    pub fn service(&self) -> StackService {
+        self.service.clone()
+    }
+
+    /// The upstream at the bottom of the stack.
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
+    /// The layers, outermost first, as `(kind, how it is configured)`.
+    pub fn layers(&self) -> &[(String, String)] {
+        &self.layers
+    }
+
+    /// The refusal types of every layer in the stack, for the answers.
+    pub fn refusals(&self) -> &[RefusalCast] {
+        &self.refusals
+    }
+}
+
+/// Builds the stack for `config` from the layers this build knows.
+pub fn build(config: &Config, file: Option<&Path>) -> Result<Stack, LoadError> {
+    build_with(config, file, LAYERS)
+}
+
+/// Builds the stack for `config` from the layer kinds in `registry`.
+pub fn build_with(
+    config: &Config,
+    file: Option<&Path>,
+    registry: &[LayerKind],
+) -> Result<Stack, LoadError> {
+    let file = file.unwrap_or(Path::new(NO_FILE));
+    let upstream =
+        Upstream::new(&config.upstream).map_err(|e| LoadError::from_config(file, e, None))?;
+    let classify_config = config.classify();
+    let classify = ClassifyLayer::new(&classify_config).map_err(|e| {
+        // The classify config is assembled from several sections: name
+        // the section the operator wrote.
+        let e = match e.key() {
+            "max_request_bytes" => {
+                corral_core::ConfigError::new("server.max_request_bytes", e.reason())
+            }
+            "default_class" => corral_core::ConfigError::new("identity.default_class", e.reason()),
+            _ => e,
+        };
+        LoadError::from_config(file, e, None)
+    })?;
+
+    let mut refusals: Vec<RefusalCast> = respond::BUILT_IN.to_vec();
+    let mut built = Vec::with_capacity(config.layers.len());
+    for (i, layer) in config.layers.iter().enumerate() {
+        let at = format!("layers[{i}]");
+        if layer.kind == "classify" {
+            return Err(LoadError::from_config(
+                file,
+                corral_core::ConfigError::new(
+                    "kind",
+                    "classify is always the first layer and is not listed; configure it with [server], [identity], [[classes]] and [[agents]]",
+                )
+                .within(at),
+                layer.line,
+            ));
+        }
+        let Some(kind) = registry.iter().find(|k| k.name == layer.kind) else {
+            let known: Vec<&str> = registry.iter().map(|k| k.name).collect();
+            let known = if known.is_empty() {
+                "this build has no optional layers".to_string()
+            } else {
+                format!("known kinds: {}", known.join(", "))
+            };
+            return Err(LoadError::from_config(
+                file,
+                corral_core::ConfigError::new(
+                    "kind",
+                    format!("unknown layer kind {:?} ({known})", layer.kind),
+                )
+                .within(at),
+                layer.line,
+            ));
+        };
+        let stack_layer = (kind.build)(layer, config)
+            .map_err(|e| LoadError::from_config(file, e.within(&at), layer.line))?;
+        for cast in kind.refusals {
+            if !refusals.iter().any(|c| std::ptr::fn_addr_eq(*c, *cast)) {
+                refusals.push(*cast);
+            }
+        }
+        built.push((kind.name, stack_layer));
+    }
+
+    let mut service: StackService = BoxCloneSyncService::new(upstream.clone());
+    for (_, layer) in built.iter().rev() {
+        service = layer.wrap(service);
+    }
+    let service = BoxCloneSyncService::new(classify.layer(service));
+
+    let mut layers =
+        vec![(
+            "classify".to_string(),
+            format!(
+            "identity, priority and deadline; bodies up to {} bytes; {} class(es), {} agent(s){}",
+            config.server.max_request_bytes,
+            classify.classes().count(),
+            config.agents.len(),
+            if config.identity.require_key { "; API key required" } else { "" }
+        ),
+        )];
+    layers.extend(
+        built
+            .iter()
+            .map(|(name, layer)| (name.to_string(), layer.summary().to_string())),
+    );
+    Ok(Stack {
+        service,
+        upstream,
+        layers,
+        refusals,
+    })
+}
+
+/// Renders `stack` as `check-config` prints it.
+pub fn describe(config: &Config, stack: &Stack) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "listen     {}", config.server.listen);
+    let _ = match config.admin.listen {
+        Some(admin) => writeln!(out, "admin      {admin} (/corral/*, /metrics)"),
+        None => writeln!(out, "admin      on the main listener (/corral/*, /metrics)"),
+    };
+    let _ = writeln!(out, "upstream   {}", stack.upstream.url());
+    let classify = config.classify();
+    if let Ok(layer) = ClassifyLayer::new(&classify) {
+        let classes: Vec<String> = layer
+            .classes()
+            .map(|(name, p, [hi, lo])| format!("{name} (priority {p}, may ask {hi}..{lo})"))
+            .collect();
+        let _ = writeln!(out, "classes    {}", classes.join(", "));
+    }
+    let _ = writeln!(out, "stack, outermost first:");
+    for (i, (kind, summary)) in stack.layers.iter().enumerate() {
+        let _ = writeln!(out, "  {i}. {kind:<10} {summary}");
+    }
+    let _ = writeln!(out, "  -> upstream {}", stack.upstream.url());
+    out
+}

@@ -1,0 +1,104 @@
+//! Logs (`tracing`) and metrics (`metrics`, exported for Prometheus).
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Requests answered, by endpoint and status.
+pub const REQUESTS_TOTAL: &str = "corral_requests_total";
+/// Time from receiving a request to the end of its response body, by
+/// endpoint and status, in seconds.
+pub const REQUEST_DURATION_SECONDS: &str = "corral_request_duration_seconds";
+/// Requests being answered now.
+pub const REQUESTS_IN_FLIGHT: &str = "corral_requests_in_flight";
+
+/// Buckets for request durations: LLM answers take from milliseconds
+/// (metadata, cache) to minutes (long generations).
+const DURATION_BUCKETS: [f64; 16] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// For people: one coloured line per event.
+    Text,
+    /// For machines: one JSON object per line, span fields included.
+    Json,
+}
+
+/// Installs the log subscriber: `RUST_LOG` filters (default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
+    // Already installed (tests start several proxies in one process).
+    let _ = result;
+}
+
+/// The process's Prometheus recorder, installed on first use.
+///
+/// One per process: the `metrics` facade has one global recorder, and
+/// every proxy in the process (tests start several) reports to it.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(REQUEST_DURATION_SECONDS.to_string()),
+                    &DURATION_BUCKETS,
+                )
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_ok() {
+                describe();
+            }
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    metrics::describe_counter!(REQUESTS_TOTAL, "Requests answered, by endpoint and status.");
+    metrics::describe_histogram!(
+        REQUEST_DURATION_SECONDS,
+        metrics::Unit::Seconds,
+        "Time from receiving a request to the end of its response body, by endpoint and status."
+    );
+    metrics::describe_gauge!(REQUESTS_IN_FLIGHT, "Requests being answered now.");
+}
+
+/// A status code as a label value, without allocating for common ones.
+pub(crate) fn status_label(status: http::StatusCode) -> metrics::SharedString {
+    let fixed = match status.as_u16() {
+        200 => "200",
+        201 => "201",
+        204 => "204",
+        304 => "304",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        413 => "413",
+        429 => "429",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        other => return metrics::SharedString::from(other.to_string()),
+    };
+    metrics::SharedString::const_str(fixed)
+}

@@ -1,0 +1,409 @@
+//! The innermost service: a pooled hyper-util client to the Ollama server.
+//!
+//! Streams pass through frame by frame, never buffered. A client that
+//! goes away drops the upstream response (or the request still waiting for
+//! headers), which closes the upstream connection: Ollama sees its client
+//! leave and stops generating, as it would without Corral in the path.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use corral_core::{headers, stream_error_frame, ApiFamily, Body, BoxBody, BoxError, Refusal};
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, ResponseFuture as ClientFuture};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use pin_project_lite::pin_project;
+use tower::Service;
+
+use crate::config::UpstreamConfig;
+use crate::hop::strip_hop_by_hop;
+use crate::upstream_url::UpstreamUrl;
+
+/// The upstream Ollama server as a `tower::Service`.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+    url: Arc<UpstreamUrl>,
+    readiness_timeout: Duration,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("url", &self.url.to_string())
+            .finish()
+    }
+}
+
+/// The upstream could not be reached or broke before answering: 502.
+#[derive(Debug)]
+pub struct UpstreamFailed {
+    url: String,
+    connect: bool,
+    source: hyper_util::client::legacy::Error,
+}
+
+impl std::fmt::Display for UpstreamFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let root = root_cause(&self.source);
+        if self.connect {
+            write!(f, "upstream {} is unreachable: {root}", self.url)
+        } else {
+            write!(f, "upstream {} failed before answering: {root}", self.url)
+        }
+    }
+}
+
+impl std::error::Error for UpstreamFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+impl Refusal for UpstreamFailed {
+    fn status(&self) -> StatusCode {
+        StatusCode::BAD_GATEWAY
+    }
+
+    fn reason(&self) -> &'static str {
+        if self.connect {
+            "upstream_unreachable"
+        } else {
+            "upstream_error"
+        }
+    }
+}
+
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = err;
+    while let Some(next) = current.source() {
+        current = next;
+    }
+    current.to_string()
+}
+
+impl Upstream {
+    /// A client for `config`; fails on a bad URL or an unreadable CA file.
+    pub fn new(config: &UpstreamConfig) -> Result<Self, corral_core::ConfigError> {
+        use corral_core::ConfigError;
+        let url =
+            UpstreamUrl::parse(&config.url).map_err(|r| ConfigError::new("upstream.url", r))?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        let tls = tls_config(config)?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        Ok(Self {
+            client,
+            url: Arc::new(url),
+            readiness_timeout: config.readiness_timeout,
+        })
+    }
+
+    /// The upstream's address.
+    pub fn url(&self) -> &UpstreamUrl {
+        &self.url
+    }
+
+    /// Asks the upstream for its version: `Ok(version)` when it answers
+    /// within the readiness timeout.
+    pub async fn probe(&self) -> Result<String, String> {
+        let uri = self.url.join("/api/version").map_err(|e| e.to_string())?;
+        let mut request = Request::get(uri)
+            .body(Body::empty())
+            .map_err(|e| e.to_string())?;
+        if let Ok(host) = HeaderValue::from_str(self.url.authority().as_str()) {
+            request.headers_mut().insert(header::HOST, host);
+        }
+        let answer = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| root_cause(&e))?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            if !status.is_success() {
+                return Err(format!("/api/version answered {status}"));
+            }
+            let version: serde_json::Value =
+                serde_json::from_slice(&body).map_err(|e| format!("/api/version: {e}"))?;
+            Ok(version
+                .get("version")
+                .and_then(|v| v.as_str())
+                .unwrap_or("unknown")
+                .to_string())
+        };
+        tokio::time::timeout(self.readiness_timeout, answer)
+            .await
+            .map_err(|_| format!("no answer within {:?}", self.readiness_timeout))?
+    }
+}
+
+fn tls_config(config: &UpstreamConfig) -> Result<rustls::ClientConfig, corral_core::ConfigError> {
+    use corral_core::ConfigError;
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = &config.ca_file {
+        let pem = std::fs::read(path).map_err(|e| {
+            ConfigError::new(
+                "upstream.ca_file",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        let mut found = 0;
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let cert = cert.map_err(|e| {
+                ConfigError::new(
+                    "upstream.ca_file",
+                    format!("{}: not PEM certificates: {e}", path.display()),
+                )
+            })?;
+            roots.add(cert).map_err(|e| {
+                ConfigError::new(
+                    "upstream.ca_file",
+                    format!("{}: unusable certificate: {e}", path.display()),
+                )
+            })?;
+            found += 1;
+        }
+        if found == 0 {
+            return Err(ConfigError::new(
+                "upstream.ca_file",
+                format!("{}: holds no PEM certificate", path.display()),
+            ));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError::new("upstream", format!("TLS setup failed: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tls)
+}
+
+impl Service<Request<Body>> for Upstream {
+    type Response = Response<BoxBody>;
+    type Error = BoxError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // The pool opens connections on demand; there is nothing to wait
+        // for before calling.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        let path_and_query = request
+            .uri()
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .unwrap_or("/");
+        let family =
+            corral_core::Endpoint::from_request(request.method(), request.uri().path()).family();
+        match self.url.join(path_and_query) {
+            Ok(uri) => *request.uri_mut() = uri,
+            Err(e) => {
+                return ResponseFuture {
+                    state: State::Failed {
+                        error: Some(format!("cannot build the upstream URI: {e}").into()),
+                    },
+                }
+            }
+        }
+        // Ollama refuses Host headers it does not expect (its DNS
+        // rebinding protection): the upstream gets its own name, the
+        // client's goes in X-Forwarded-Host.
+        if let Some(host) = request.headers_mut().remove(header::HOST) {
+            request
+                .headers_mut()
+                .insert(headers::X_FORWARDED_HOST, host);
+        }
+        if let Ok(host) = HeaderValue::from_str(self.url.authority().as_str()) {
+            request.headers_mut().insert(header::HOST, host);
+        }
+        ResponseFuture {
+            state: State::Waiting {
+                future: self.client.request(request),
+                url: self.url.clone(),
+                family,
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The answer of [`Upstream`]: the response with its body passed
+    /// through, or [`UpstreamFailed`].
+    pub struct ResponseFuture {
+        #[pin]
+        state: State,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State {
+        Waiting {
+            #[pin]
+            future: ClientFuture,
+            url: Arc<UpstreamUrl>,
+            family: ApiFamily,
+        },
+        Failed {
+            error: Option<BoxError>,
+        },
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Response<BoxBody>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Waiting {
+                future,
+                url,
+                family,
+            } => {
+                let result = ready!(future.poll(cx));
+                Poll::Ready(match result {
+                    Ok(mut response) => {
+                        strip_hop_by_hop(response.headers_mut());
+                        let framing = Framing::of(&response, *family);
+                        Ok(response.map(|body| PassThrough::new(body, framing).boxed_unsync()))
+                    }
+                    Err(source) => Err(Box::new(UpstreamFailed {
+                        url: url.to_string(),
+                        connect: source.is_connect(),
+                        source,
+                    })),
+                })
+            }
+            StateProj::Failed { error } => Poll::Ready(Err(error
+                .take()
+                .unwrap_or_else(|| "upstream future polled after completion".into()))),
+        }
+    }
+}
+
+/// How a broken stream is ended for the client.
+#[derive(Debug, Clone, Copy)]
+enum Framing {
+    /// NDJSON: a last `{"error": ...}` line, as Ollama itself reports an
+    /// error after a stream has started.
+    Lines,
+    /// SSE: a last `data: {"error": ...}` event.
+    Events,
+    /// Anything else: the connection is cut, so the client sees a broken
+    /// body, never a clean-looking short one.
+    Abort,
+}
+
+impl Framing {
+    fn of<B>(response: &Response<B>, family: ApiFamily) -> Self {
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if content_type.starts_with("application/x-ndjson") {
+            Framing::Lines
+        } else if content_type.starts_with("text/event-stream") && family == ApiFamily::OpenAi {
+            Framing::Events
+        } else {
+            Framing::Abort
+        }
+    }
+}
+
+pin_project! {
+    /// The upstream's body, frame by frame; a failure mid-stream becomes
+    /// an error line where the format has one.
+    struct PassThrough {
+        #[pin]
+        inner: Incoming,
+        framing: Framing,
+        ended: bool,
+    }
+}
+
+impl PassThrough {
+    fn new(inner: Incoming, framing: Framing) -> Self {
+        Self {
+            inner,
+            framing,
+            ended: false,
+        }
+    }
+}
+
+impl http_body::Body for PassThrough {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        if *this.ended {
+            return Poll::Ready(None);
+        }
+        match ready!(this.inner.poll_frame(cx)) {
+            Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
+            None => Poll::Ready(None),
+            Some(Err(e)) => {
+                *this.ended = true;
+                let message = format!("upstream stream broke: {}", root_cause(&e));
+                tracing::warn!(error = %message, "upstream stream broke mid-response");
+                Poll::Ready(Some(match this.framing {
+                    Framing::Lines => {
+                        Ok(Frame::data(stream_error_frame(ApiFamily::Ollama, &message)))
+                    }
+                    Framing::Events => {
+                        Ok(Frame::data(stream_error_frame(ApiFamily::OpenAi, &message)))
+                    }
+                    Framing::Abort => Err(message.into()),
+                }))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
