@@ -223,13 +223,19 @@ impl Service<Request<Body>> for Upstream {
     }
 
     fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        let family =
+            corral_core::Endpoint::from_request(request.method(), request.uri().path()).family();
+        // HTTP/2 clients name the host in the URI, not in `Host`.
+        let uri_host = request
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+        let client_host = request.headers_mut().remove(header::HOST).or(uri_host);
         let path_and_query = request
             .uri()
             .path_and_query()
             .map(|pq| pq.as_str())
             .unwrap_or("/");
-        let family =
-            corral_core::Endpoint::from_request(request.method(), request.uri().path()).family();
         match self.url.join(path_and_query) {
             Ok(uri) => *request.uri_mut() = uri,
             Err(e) => {
@@ -243,11 +249,14 @@ impl Service<Request<Body>> for Upstream {
         // Ollama refuses Host headers it does not expect (its DNS
         // rebinding protection): the upstream gets its own name, the
         // client's goes in X-Forwarded-Host.
-        if let Some(host) = request.headers_mut().remove(header::HOST) {
+        if let Some(host) = client_host {
             request
                 .headers_mut()
                 .insert(headers::X_FORWARDED_HOST, host);
         }
+        // Whatever the client spoke, the upstream hop is HTTP/1.1, as
+        // Ollama speaks it.
+        *request.version_mut() = http::Version::HTTP_11;
         if let Ok(host) = HeaderValue::from_str(self.url.authority().as_str()) {
             request.headers_mut().insert(header::HOST, host);
         }

@@ -1,1 +1,143 @@
-//! x
+//! Helpers for the end-to-end tests: a simulated Ollama and a proxy in
+//! front of it, over real sockets, and a plain HTTP client.
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use corral::{Config, Running};
+use corral_mock_ollama::{MockConfig, MockOllama, RecordedRequest};
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+
+/// How long any single step of a test may take before it fails instead
+/// of hanging.
+pub const STEP: Duration = Duration::from_secs(15);
+
+/// A simulated Ollama, fast enough for tests.
+pub async fn mock(config: MockConfig) -> MockOllama {
+    MockOllama::start(config).await.expect("mock binds")
+}
+
+/// The default fast mock: 1 ms to first token, 1000 tokens/s.
+pub fn fast() -> MockConfig {
+    MockConfig {
+        ttft: Duration::from_millis(1),
+        tokens_per_sec: 1000.0,
+        tokens: 8,
+        ..MockConfig::default()
+    }
+}
+
+/// A proxy on a free port forwarding to `upstream`, with the defaults.
+pub async fn proxy(upstream: &str) -> Running {
+    proxy_with(upstream, |_| {}).await
+}
+
+/// A proxy on a free port forwarding to `upstream`, its config changed by
+/// `tweak`.
+pub async fn proxy_with(upstream: &str, tweak: impl FnOnce(&mut Config)) -> Running {
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().expect("address");
+    config.upstream.url = upstream.to_string();
+    tweak(&mut config);
+    Running::start(&config).await.expect("proxy starts")
+}
+
+/// A pooled HTTP/1.1 client.
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// A whole answer.
+#[derive(Debug)]
+pub struct Reply {
+    /// Its status.
+    pub status: StatusCode,
+    /// Its headers.
+    pub headers: HeaderMap,
+    /// Its body.
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Sends `request` and reads the whole answer.
+pub async fn send(request: Request<Full<Bytes>>) -> Reply {
+    within(async {
+        let response = client()
+            .request(request)
+            .await
+            .expect("request is answered");
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.expect("body is read").to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    })
+    .await
+}
+
+/// Sends `request` and returns the answer with its body unread.
+pub async fn open(request: Request<Full<Bytes>>) -> http::Response<Incoming> {
+    within(async {
+        client()
+            .request(request)
+            .await
+            .expect("request is answered")
+    })
+    .await
+}
+
+/// A request with a JSON or text body.
+pub fn request(method: &str, url: &str, body: impl Into<Bytes>) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method(method)
+        .uri(url)
+        .body(Full::new(body.into()))
+        .expect("request builds")
+}
+
+/// Runs `step`, failing the test if it takes longer than [`STEP`].
+pub async fn within<T>(step: impl Future<Output = T>) -> T {
+    tokio::time::timeout(STEP, step)
+        .await
+        .expect("step finished in time")
+}
+
+/// Waits until `condition` holds, failing after [`STEP`]. For what the
+/// upstream observes across a socket, which has no event to wait on.
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + STEP;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The upstream's record of the request with `X-Request-Id: id`.
+pub fn upstream_saw(mock: &MockOllama, id: &str) -> RecordedRequest {
+    mock.requests()
+        .into_iter()
+        .find(|r| r.headers.get("x-request-id").map(String::as_str) == Some(id))
+        .unwrap_or_else(|| panic!("the upstream never saw request {id}"))
+}

@@ -1,0 +1,173 @@
+//! The upstream fails: unreachable, erroring, or breaking mid-stream.
+
+use corral_e2e::{fast, mock, open, proxy, proxy_with, request, send, within};
+use http_body_util::BodyExt;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_a_502_in_the_api_shape_and_not_ready() {
+    let dead = format!("127.0.0.1:{}", free_port());
+    let corral = proxy(&dead).await;
+
+    let native = send(request(
+        "POST",
+        &format!("{}/api/generate", corral.url()),
+        r#"{"model":"llama3","prompt":"hi"}"#,
+    ))
+    .await;
+    assert_eq!(native.status, 502);
+    assert_eq!(
+        native.header("x-corral-reason"),
+        Some("upstream_unreachable")
+    );
+    let message = native.json()["error"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("unreachable") && message.contains(&dead),
+        "{message}"
+    );
+
+    let openai = send(request("GET", &format!("{}/v1/models", corral.url()), "")).await;
+    assert_eq!(openai.status, 502);
+    assert!(openai.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("unreachable"));
+
+    let health = send(request(
+        "GET",
+        &format!("{}/corral/healthz", corral.url()),
+        "",
+    ))
+    .await;
+    assert_eq!(health.status, 200, "the process is alive");
+    let ready = send(request(
+        "GET",
+        &format!("{}/corral/readyz", corral.url()),
+        "",
+    ))
+    .await;
+    assert_eq!(ready.status, 503, "but not ready");
+    assert_eq!(ready.json()["status"], "not ready");
+}
+
+#[tokio::test]
+async fn readiness_follows_the_upstream() {
+    let upstream = mock(fast()).await;
+    let corral = proxy(&upstream.url()).await;
+    let ready = send(request(
+        "GET",
+        &format!("{}/corral/readyz", corral.url()),
+        "",
+    ))
+    .await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["version"], "0.12.6");
+}
+
+#[tokio::test]
+async fn upstream_errors_reach_the_client_unchanged() {
+    let upstream = mock(fast()).await;
+    let corral = proxy(&upstream.url()).await;
+
+    let unknown = send(request(
+        "POST",
+        &format!("{}/api/chat", corral.url()),
+        r#"{"model":"ghost","messages":[{"role":"user","content":"x"}]}"#,
+    ))
+    .await;
+    assert_eq!(unknown.status, 404);
+    assert_eq!(
+        unknown.json()["error"],
+        "model \"ghost\" not found, try pulling it first"
+    );
+    assert!(
+        unknown.header("x-corral-reason").is_none(),
+        "not Corral's refusal"
+    );
+
+    for (fault, status) in [("status=500", 500), ("status=400", 400), ("busy", 503)] {
+        let mut req = request(
+            "POST",
+            &format!("{}/api/generate", corral.url()),
+            r#"{"model":"llama3","prompt":"x"}"#,
+        );
+        req.headers_mut()
+            .insert("x-mock-fault", fault.parse().unwrap());
+        let reply = send(req).await;
+        assert_eq!(reply.status, status, "{fault}");
+        assert!(reply.json()["error"].is_string(), "{fault}");
+    }
+}
+
+async fn broken_stream(path: &str, body: &'static str) -> (u16, String) {
+    let upstream = mock(fast()).await;
+    let corral = proxy_with(&upstream.url(), |_| {}).await;
+    let mut req = request("POST", &format!("{}{path}", corral.url()), body);
+    req.headers_mut()
+        .insert("x-mock-fault", "drop_after=3".parse().unwrap());
+    let response = open(req).await;
+    let status = response.status().as_u16();
+    let body = within(response.into_body().collect())
+        .await
+        .expect("ends cleanly with an error line")
+        .to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn an_ndjson_stream_the_upstream_breaks_ends_with_an_ollama_error_line() {
+    let (status, text) = broken_stream(
+        "/api/chat",
+        r#"{"model":"llama3","messages":[{"role":"user","content":"x"}]}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    // The upstream broke after its third chunk; what it had not flushed
+    // is lost, as on a real broken connection.
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        (2..=4).contains(&lines.len()),
+        "some chunks, then the error: {text}"
+    );
+    for line in &lines[..lines.len() - 1] {
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(line).unwrap()["done"],
+            false
+        );
+    }
+    let last: serde_json::Value = serde_json::from_str(lines[lines.len() - 1]).unwrap();
+    assert!(
+        last["error"]
+            .as_str()
+            .unwrap()
+            .contains("upstream stream broke"),
+        "{last}"
+    );
+    assert!(!text.contains("\"done\":true"), "never looks complete");
+}
+
+#[tokio::test]
+async fn an_sse_stream_the_upstream_breaks_ends_with_an_error_event() {
+    let (status, text) = broken_stream(
+        "/v1/chat/completions",
+        r#"{"model":"llama3","messages":[{"role":"user","content":"x"}],"stream":true}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert!((2..=4).contains(&events.len()), "{text}");
+    let last: serde_json::Value =
+        serde_json::from_str(events[events.len() - 1].strip_prefix("data: ").unwrap()).unwrap();
+    assert!(last["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("upstream stream broke"));
+    assert!(!text.contains("[DONE]"));
+}

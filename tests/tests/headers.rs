@@ -1,0 +1,84 @@
+//! What the proxy does to headers: hop-by-hop dropped, request id kept or
+//! made and returned, forwarding headers added, Host rewritten.
+
+use corral_e2e::{fast, mock, proxy, request, send, upstream_saw};
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_dropped_and_end_to_end_ones_kept() {
+    let upstream = mock(fast()).await;
+    let corral = proxy(&upstream.url()).await;
+    let mut req = request("GET", &format!("{}/api/tags", corral.url()), "");
+    let h = req.headers_mut();
+    h.insert("x-request-id", "hop-1".parse().unwrap());
+    h.insert("connection", "keep-alive, x-secret-hop".parse().unwrap());
+    h.insert("x-secret-hop", "for the first hop only".parse().unwrap());
+    h.insert("keep-alive", "timeout=5".parse().unwrap());
+    h.insert("te", "trailers".parse().unwrap());
+    h.insert("proxy-authorization", "Basic eDp5".parse().unwrap());
+    h.insert("authorization", "Bearer agent-key".parse().unwrap());
+    h.insert("x-custom", "kept".parse().unwrap());
+    let reply = send(req).await;
+    assert_eq!(reply.status, 200);
+
+    let seen = upstream_saw(&upstream, "hop-1");
+    for gone in ["x-secret-hop", "keep-alive", "te", "proxy-authorization"] {
+        assert!(
+            !seen.headers.contains_key(gone),
+            "{gone} must not be forwarded: {:?}",
+            seen.headers
+        );
+    }
+    assert_eq!(
+        seen.headers.get("authorization").map(String::as_str),
+        Some("Bearer agent-key")
+    );
+    assert_eq!(
+        seen.headers.get("x-custom").map(String::as_str),
+        Some("kept")
+    );
+}
+
+#[tokio::test]
+async fn the_request_id_is_kept_or_made_and_returned_to_the_client() {
+    let upstream = mock(fast()).await;
+    let corral = proxy(&upstream.url()).await;
+    let url = format!("{}/api/version", corral.url());
+
+    let mut req = request("GET", &url, "");
+    req.headers_mut()
+        .insert("x-request-id", "client-chosen".parse().unwrap());
+    assert_eq!(
+        send(req).await.header("x-request-id"),
+        Some("client-chosen")
+    );
+    upstream_saw(&upstream, "client-chosen");
+
+    let made = send(request("GET", &url, "")).await;
+    let id = made
+        .header("x-request-id")
+        .expect("an id is made")
+        .to_string();
+    assert_eq!(id.len(), 32);
+    upstream_saw(&upstream, &id);
+    let other = send(request("GET", &url, "")).await;
+    assert_ne!(other.header("x-request-id"), Some(id.as_str()));
+}
+
+#[tokio::test]
+async fn forwarding_headers_are_added_and_host_is_the_upstreams() {
+    let upstream = mock(fast()).await;
+    let corral = proxy(&upstream.url()).await;
+    let mut req = request("GET", &format!("{}/api/tags", corral.url()), "");
+    req.headers_mut()
+        .insert("x-request-id", "fwd-1".parse().unwrap());
+    req.headers_mut()
+        .insert("x-forwarded-for", "10.1.2.3".parse().unwrap());
+    send(req).await;
+
+    let seen = upstream_saw(&upstream, "fwd-1");
+    assert_eq!(seen.headers["x-forwarded-for"], "10.1.2.3, 127.0.0.1");
+    assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    assert_eq!(seen.headers["x-forwarded-host"], corral.addr().to_string());
+    // Ollama refuses Host names it does not expect: it gets its own.
+    assert_eq!(seen.headers["host"], upstream.addr().to_string());
+}

@@ -1,0 +1,176 @@
+//! The server around the stack: h2c, a separate admin listener, metrics,
+//! graceful shutdown.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use corral_e2e::{eventually, fast, mock, open, proxy, proxy_with, request, send, within};
+use corral_mock_ollama::MockConfig;
+use http_body_util::{BodyExt, Full};
+
+#[tokio::test]
+async fn http2_clients_with_prior_knowledge_are_served() {
+    let upstream = mock(fast()).await;
+    let corral = proxy(&upstream.url()).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let response = within(client.request(request(
+        "POST",
+        &format!("{}/api/generate", corral.url()),
+        r#"{"model":"llama3","prompt":"h2"}"#,
+    )))
+    .await
+    .unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    let body = within(response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(std::str::from_utf8(&body).unwrap().lines().count(), 9);
+}
+
+#[tokio::test]
+async fn admin_paths_can_have_their_own_listener() {
+    let upstream = mock(fast()).await;
+    let corral = proxy_with(&upstream.url(), |c| {
+        c.admin.listen = Some("127.0.0.1:0".parse().unwrap())
+    })
+    .await;
+    let admin = corral.admin_addr().expect("an admin listener");
+
+    assert_eq!(
+        send(request(
+            "GET",
+            &format!("http://{admin}/corral/healthz"),
+            ""
+        ))
+        .await
+        .status,
+        200
+    );
+    let metrics = send(request("GET", &format!("http://{admin}/metrics"), "")).await;
+    assert_eq!(metrics.status, 200);
+    // Not proxied on the admin listener...
+    assert_eq!(
+        send(request("GET", &format!("http://{admin}/api/tags"), ""))
+            .await
+            .status,
+        404
+    );
+    // ...and not answered by Corral on the main one: forwarded like any
+    // unknown path.
+    let main = send(request(
+        "GET",
+        &format!("{}/corral/healthz", corral.url()),
+        "",
+    ))
+    .await;
+    assert_eq!(main.status, 404);
+    assert_eq!(
+        std::str::from_utf8(&main.body).unwrap(),
+        "404 page not found"
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_endpoint_and_status() {
+    let upstream = mock(fast()).await;
+    let corral = proxy(&upstream.url()).await;
+    // The recorder is global to the test process: count what this test
+    // adds, on an endpoint no other test in this file uses.
+    let before = count(&corral.url(), "ps", "200").await;
+    for _ in 0..3 {
+        send(request("GET", &format!("{}/api/ps", corral.url()), "")).await;
+    }
+    assert_eq!(count(&corral.url(), "ps", "200").await, before + 3);
+    let text = metrics(&corral.url()).await;
+    assert!(
+        text.contains("corral_request_duration_seconds_bucket{endpoint=\"ps\",status=\"200\""),
+        "{text}"
+    );
+}
+
+async fn metrics(url: &str) -> String {
+    let reply = send(request("GET", &format!("{url}/metrics"), "")).await;
+    String::from_utf8(reply.body.to_vec()).unwrap()
+}
+
+async fn count(url: &str, endpoint: &str, status: &str) -> u64 {
+    let needle = format!("corral_requests_total{{endpoint=\"{endpoint}\",status=\"{status}\"}} ");
+    metrics(url)
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn on_shutdown_a_stream_in_flight_finishes_and_new_connections_are_refused() {
+    let upstream = mock(MockConfig {
+        ttft: Duration::from_millis(1),
+        tokens_per_sec: 100.0,
+        tokens: 30,
+        ..MockConfig::default()
+    })
+    .await;
+    let corral = proxy(&upstream.url()).await;
+    let url = corral.url();
+    let response = open(request(
+        "POST",
+        &format!("{url}/api/chat"),
+        r#"{"model":"llama3","messages":[{"role":"user","content":"x"}]}"#,
+    ))
+    .await;
+
+    let stopped = corral.begin_shutdown();
+    eventually("the listener closes", || {
+        std::net::TcpStream::connect(url.trim_start_matches("http://")).is_err()
+    })
+    .await;
+
+    let body = within(response.into_body().collect())
+        .await
+        .expect("the stream finishes")
+        .to_bytes();
+    let text = std::str::from_utf8(&body).unwrap();
+    assert!(
+        text.lines().last().unwrap().contains("\"done\":true"),
+        "{text}"
+    );
+    within(stopped).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stream_longer_than_the_grace_period_is_cut() {
+    let upstream = mock(MockConfig {
+        ttft: Duration::from_millis(1),
+        tokens_per_sec: 10.0,
+        tokens: 10_000,
+        ..MockConfig::default()
+    })
+    .await;
+    let corral = proxy_with(&upstream.url(), |c| {
+        c.server.shutdown_grace = Duration::from_millis(200)
+    })
+    .await;
+    let response = open(request(
+        "POST",
+        &format!("{}/api/generate", corral.url()),
+        r#"{"model":"llama3","prompt":"forever"}"#,
+    ))
+    .await;
+    let stopped = corral.begin_shutdown();
+    let result = within(response.into_body().collect()).await;
+    assert!(
+        result.is_err(),
+        "the client sees a cut stream, not a complete one"
+    );
+    within(stopped).await.unwrap();
+    eventually("the upstream generation is cancelled", || {
+        upstream.stats().cancelled == 1
+    })
+    .await;
+}

@@ -1,0 +1,151 @@
+//! Streams pass through unbuffered, and a client that leaves cancels the
+//! upstream request at once.
+
+use std::time::Duration;
+
+use corral_e2e::{eventually, fast, mock, open, proxy, request, within};
+use corral_mock_ollama::MockConfig;
+use http_body_util::BodyExt;
+
+#[tokio::test]
+async fn a_chunk_reaches_the_client_before_the_upstream_produces_the_next() {
+    let upstream = mock(fast()).await;
+    let corral = proxy(&upstream.url()).await;
+    let mut req = request(
+        "POST",
+        &format!("{}/api/generate", corral.url()),
+        r#"{"model":"llama3","prompt":"tell me"}"#,
+    );
+    // The upstream sends one chunk, then waits until the test releases it.
+    req.headers_mut()
+        .insert("x-mock-fault", "pause_after=1".parse().unwrap());
+    let mut body = open(req).await.into_body();
+
+    let first = within(body.frame())
+        .await
+        .expect("a frame")
+        .expect("no error");
+    let first = first.into_data().expect("data");
+    let line: serde_json::Value = serde_json::from_slice(&first).expect("one whole NDJSON line");
+    assert_eq!(line["done"], false);
+    // The upstream is still holding the second chunk back: what the client
+    // read cannot have waited for it.
+    let stats = upstream.stats();
+    assert_eq!(
+        stats.paused, 1,
+        "the upstream is paused after its first chunk"
+    );
+    assert_eq!(stats.chunks_sent, 1);
+
+    upstream.release(1);
+    let mut rest = Vec::new();
+    while let Some(frame) = within(body.frame()).await {
+        rest.extend_from_slice(&frame.unwrap().into_data().unwrap());
+    }
+    let lines: Vec<&str> = std::str::from_utf8(&rest).unwrap().lines().collect();
+    assert_eq!(lines.len(), 8, "7 more tokens and the done message");
+    assert!(lines.last().unwrap().contains("\"done\":true"));
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_stream_cancels_the_upstream_generation() {
+    let upstream = mock(MockConfig {
+        ttft: Duration::from_millis(1),
+        tokens_per_sec: 20.0,
+        tokens: 1000,
+        ..MockConfig::default()
+    })
+    .await;
+    let corral = proxy(&upstream.url()).await;
+    let response = open(request(
+        "POST",
+        &format!("{}/api/chat", corral.url()),
+        r#"{"model":"llama3","messages":[{"role":"user","content":"a long story"}]}"#,
+    ))
+    .await;
+    let mut body = response.into_body();
+    within(body.frame()).await.expect("first token").unwrap();
+    assert_eq!(upstream.stats().in_flight, 1);
+
+    drop(body);
+    eventually("the upstream sees its client leave", || {
+        upstream.stats().cancelled == 1
+    })
+    .await;
+    eventually("the upstream frees the slot", || {
+        upstream.stats().in_flight == 0
+    })
+    .await;
+    let stats = upstream.stats();
+    assert!(
+        stats.chunks_sent < 1000,
+        "generation stopped early: {}",
+        stats.chunks_sent
+    );
+    assert_eq!(stats.completed, 0);
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_before_the_first_token_cancels_the_upstream_request() {
+    let upstream = mock(MockConfig {
+        ttft: Duration::from_secs(60),
+        ..MockConfig::default()
+    })
+    .await;
+    let corral = proxy(&upstream.url()).await;
+    let url = format!("{}/api/generate", corral.url());
+    let waiting = tokio::spawn(async move {
+        corral_e2e::client()
+            .request(request(
+                "POST",
+                &url,
+                r#"{"model":"llama3","prompt":"slow"}"#,
+            ))
+            .await
+    });
+    eventually("the upstream is generating", || {
+        upstream.stats().in_flight == 1
+    })
+    .await;
+
+    waiting.abort();
+    eventually("the upstream sees its client leave", || {
+        upstream.stats().cancelled == 1
+    })
+    .await;
+    eventually("the upstream frees the slot", || {
+        upstream.stats().in_flight == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_while_the_upstream_queues_it_leaves_the_upstream_queue() {
+    let upstream = mock(MockConfig {
+        parallel: 1,
+        ttft: Duration::from_secs(60),
+        ..MockConfig::default()
+    })
+    .await;
+    let corral = proxy(&upstream.url()).await;
+    let url = format!("{}/api/generate", corral.url());
+    let spawn = |url: String| {
+        tokio::spawn(async move {
+            corral_e2e::client()
+                .request(request("POST", &url, r#"{"model":"llama3","prompt":"x"}"#))
+                .await
+        })
+    };
+    let first = spawn(url.clone());
+    eventually("the first generates", || upstream.stats().in_flight == 1).await;
+    let second = spawn(url);
+    eventually("the second waits upstream", || upstream.stats().queued == 1).await;
+
+    second.abort();
+    eventually("the upstream queue empties", || {
+        upstream.stats().queued == 0
+    })
+    .await;
+    first.abort();
+    eventually("both cancelled", || upstream.stats().cancelled == 2).await;
+}
