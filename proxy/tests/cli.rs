@@ -1,0 +1,272 @@
+//! The `corral` binary: `check-config`, precedence of flags over the
+//! environment over the file, and SIGTERM.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+fn corral() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_corral"));
+    for var in [
+        "CORRAL_CONFIG",
+        "CORRAL_LISTEN",
+        "CORRAL_UPSTREAM",
+        "CORRAL_LOG_FORMAT",
+    ] {
+        command.env_remove(var);
+    }
+    command
+}
+
+fn config_file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("corral-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    path
+}
+
+fn check(text: &str) -> Output {
+    let path = config_file(&format!("check-{:x}.toml", fxhash(text)), text);
+    corral().arg("check-config").arg(&path).output().unwrap()
+}
+
+fn fxhash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn check_config_prints_the_resolved_stack() {
+    let output = check(
+        r#"
+[server]
+listen = "127.0.0.1:11435"
+max_request_bytes = 1048576
+
+[upstream]
+url = "gpu-box"
+
+[[classes]]
+name = "opus"
+priority = 3
+priorities = [2, 5]
+
+[[agents]]
+id = "planner"
+key = "sk-planner-0123"
+class = "opus"
+"#,
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(out.contains(": ok"), "{out}");
+    assert!(out.contains("upstream   http://gpu-box:11434"), "{out}");
+    assert!(out.contains("0. classify"), "{out}");
+    assert!(out.contains("1048576 bytes"), "{out}");
+    assert!(out.contains("opus (priority 3, may ask 2..5)"), "{out}");
+    assert!(out.contains("default (priority 5, may ask 1..10)"), "{out}");
+}
+
+#[test]
+fn an_unknown_key_is_refused_with_file_line_key_and_reason() {
+    let output = check("[server]\nlisten = \"127.0.0.1:1\"\nlisen_typo = 3\n");
+    assert!(!output.status.success());
+    let err = stderr(&output);
+    assert!(err.contains(".toml:3"), "{err}");
+    assert!(
+        err.contains("server.lisen_typo") || err.contains("lisen_typo"),
+        "{err}"
+    );
+    assert!(err.contains("unknown field"), "{err}");
+
+    let top = check("[servr]\n");
+    assert!(
+        stderr(&top).contains("unknown field `servr`"),
+        "{}",
+        stderr(&top)
+    );
+}
+
+#[test]
+fn an_unknown_layer_kind_names_its_position_and_line() {
+    let output = check("[upstream]\nurl = \"h\"\n\n[[layers]]\nkind = \"teleport\"\n");
+    assert!(!output.status.success());
+    let err = stderr(&output);
+    assert!(
+        err.contains(".toml:4: layers[0].kind: unknown layer kind \"teleport\""),
+        "{err}"
+    );
+
+    let missing = check("[[layers]]\nmax_queue = 3\n");
+    assert!(
+        stderr(&missing).contains("missing field `kind`"),
+        "{}",
+        stderr(&missing)
+    );
+
+    let classify = check("[[layers]]\nkind = \"classify\"\n");
+    assert!(
+        stderr(&classify).contains("always the first layer"),
+        "{}",
+        stderr(&classify)
+    );
+}
+
+#[test]
+fn bad_values_are_refused_with_the_key_and_reason() {
+    let cases = [
+        (
+            "[server]\nmax_request_bytes = \"big\"\n",
+            "server.max_request_bytes",
+        ),
+        ("[server]\nlisten = \"nowhere\"\n", "server.listen"),
+        (
+            "[server]\nshutdown_grace = \"soon\"\n",
+            "server.shutdown_grace",
+        ),
+        ("[upstream]\nurl = \"ftp://x\"\n", "upstream.url"),
+        (
+            "[[classes]]\nname = \"a\"\npriority = 11\n",
+            "classes[0].priority",
+        ),
+        (
+            "[[agents]]\nid = \"a\"\nclass = \"ghost\"\n",
+            "agents[0].class",
+        ),
+        (
+            "[identity]\ndefault_class = \"ghost\"\n",
+            "identity.default_class",
+        ),
+        (
+            "[upstream]\nca_file = \"/no/such/ca.pem\"\n",
+            "upstream.ca_file",
+        ),
+    ];
+    for (text, key) in cases {
+        let output = check(text);
+        assert!(!output.status.success(), "{text}");
+        assert!(stderr(&output).contains(key), "{text}: {}", stderr(&output));
+    }
+    let missing = corral()
+        .args(["check-config", "/no/such/file.toml"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(stderr(&missing).contains("cannot read the file"));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until the child listens: a process has no event to wait on.
+async fn wait_for(port: u16) {
+    for _ in 0..1000 {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("nothing listens on {port}");
+}
+
+#[tokio::test]
+async fn flags_override_the_environment_which_overrides_the_file_and_sigterm_stops_cleanly() {
+    let (file_port, env_port, flag_port) = (free_port(), free_port(), free_port());
+    let path = config_file(
+        "precedence.toml",
+        &format!("[server]\nlisten = \"127.0.0.1:{file_port}\"\n"),
+    );
+
+    let mut child = corral()
+        .env("CORRAL_CONFIG", &path)
+        .env("CORRAL_LISTEN", format!("127.0.0.1:{env_port}"))
+        .env("CORRAL_UPSTREAM", "ftp://not-even-valid")
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{flag_port}"),
+            "--upstream",
+            "127.0.0.1:1",
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(flag_port).await;
+    assert!(
+        TcpStream::connect(("127.0.0.1", env_port)).is_err(),
+        "the flag wins over the env"
+    );
+    assert!(
+        TcpStream::connect(("127.0.0.1", file_port)).is_err(),
+        "the flag wins over the file"
+    );
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "SIGTERM is a clean stop: {status}");
+
+    let mut child = corral()
+        .env("CORRAL_CONFIG", &path)
+        .env("CORRAL_LISTEN", format!("127.0.0.1:{env_port}"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(env_port).await;
+    assert!(
+        TcpStream::connect(("127.0.0.1", file_port)).is_err(),
+        "the env wins over the file"
+    );
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn a_bad_upstream_from_the_environment_is_refused_at_start() {
+    let output = corral()
+        .env("CORRAL_UPSTREAM", "ftp://x")
+        .env("CORRAL_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("--upstream/CORRAL_UPSTREAM"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn a_taken_address_is_refused_with_the_key() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let output = corral()
+        .args(["--listen", &taken.local_addr().unwrap().to_string()])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("server.listen: cannot listen on"),
+        "{}",
+        stderr(&output)
+    );
+}
