@@ -14,7 +14,8 @@ pub struct MockConfig {
     pub max_queue: usize,
     /// Time from getting a slot to the first token (prompt evaluation).
     pub ttft: Duration,
-    /// Generated tokens per second per request.
+    /// Generated tokens per second per request; infinite for no delay
+    /// between tokens.
     pub tokens_per_sec: f64,
     /// Tokens in an answer when the request sets no `num_predict`.
     pub tokens: usize,

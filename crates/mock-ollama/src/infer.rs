@@ -366,6 +366,15 @@ impl Generation {
     }
 }
 
+/// Waits `d`, or not at all when it is zero: the timer's millisecond
+/// grain would otherwise turn "instant" (a benchmark's infinite
+/// tokens per second) into a millisecond a token.
+async fn pause(d: Duration) {
+    if !d.is_zero() {
+        sleep(d).await;
+    }
+}
+
 /// Generate, chat, and the two OpenAI completion calls.
 pub(crate) async fn generate(
     state: &Arc<State>,
@@ -435,14 +444,14 @@ pub(crate) async fn generate(
             .and_then(Value::as_bool)
             .unwrap_or(false),
     };
-    sleep(ttft).await;
+    pause(ttft).await;
     state
         .counters
         .tokens_generated
         .fetch_add(generation.tokens as u64, Ordering::SeqCst);
 
     if !wants_stream(call, &request) {
-        sleep(generation.interval * generation.tokens.saturating_sub(1) as u32).await;
+        pause(generation.interval * generation.tokens.saturating_sub(1) as u32).await;
         drop(slot);
         return respond::json(StatusCode::OK, &generation.whole());
     }
@@ -565,7 +574,7 @@ impl Stream {
         }
         let frame = if self.next_token < self.generation.tokens {
             if self.next_token > 0 {
-                sleep(self.generation.interval).await;
+                pause(self.generation.interval).await;
             }
             let frame = self.generation.chunk(self.next_token);
             self.next_token += 1;
@@ -628,7 +637,7 @@ pub(crate) async fn embed(
         Err(response) => return response,
     };
     let ttft = faults.ttft.unwrap_or(state.config.ttft);
-    sleep(ttft).await;
+    pause(ttft).await;
     drop(slot);
     let dim = state.config.embedding_dim;
     let vectors: Vec<Vec<f32>> = inputs
