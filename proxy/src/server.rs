@@ -296,8 +296,7 @@ impl Running {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        let task = std::mem::replace(&mut self.task, tokio::spawn(async {}));
-        task
+        std::mem::replace(&mut self.task, tokio::spawn(async {}))
     }
 }
 

@@ -60,6 +60,14 @@ impl UpstreamUrl {
         if authority.host().is_empty() {
             return Err(format!("{input:?}: no host"));
         }
+        // `http` parses the port lazily: "host:x" is an authority whose
+        // port() is None. Refuse it rather than append a default.
+        let after_host = &authority.as_str()[authority.as_str().rfind(']').map_or(0, |i| i + 1)..];
+        if after_host.contains(':') && authority.port_u16().is_none() {
+            return Err(format!(
+                "{input:?}: the port must be a number from 1 to 65535"
+            ));
+        }
         if authority.as_str().contains('@') {
             return Err(format!(
                 "{input:?}: credentials in the URL are not supported"

@@ -1,6 +1,8 @@
 //! The `corral` binary: `check-config`, precedence of flags over the
 //! environment over the file, and SIGTERM.
 
+#![allow(clippy::unwrap_used)] // a test fails by panicking
+
 use std::io::Write;
 use std::net::TcpStream;
 use std::path::PathBuf;

@@ -1,6 +1,8 @@
 //! Bad input gets a clear, Ollama-shaped answer and never disturbs
 //! anyone else.
 
+#![allow(clippy::unwrap_used)] // a test fails by panicking
+
 use std::time::Duration;
 
 use corral_e2e::{fast, mock, proxy_with, request, send};

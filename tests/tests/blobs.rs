@@ -1,6 +1,8 @@
 //! Blob uploads are streamed through, never bounded by the body limit
 //! nor held in memory, and checked by the upstream.
 
+#![allow(clippy::unwrap_used)] // a test fails by panicking
+
 use corral_e2e::{fast, mock, proxy_with, request, send};
 use http::Request;
 use http_body_util::StreamBody;

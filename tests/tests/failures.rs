@@ -1,5 +1,7 @@
 //! The upstream fails: unreachable, erroring, or breaking mid-stream.
 
+#![allow(clippy::unwrap_used)] // a test fails by panicking
+
 use corral_e2e::{fast, mock, open, proxy, proxy_with, request, send, within};
 use http_body_util::BodyExt;
 

@@ -1,6 +1,8 @@
 //! What the proxy does to headers: hop-by-hop dropped, request id kept or
 //! made and returned, forwarding headers added, Host rewritten.
 
+#![allow(clippy::unwrap_used)] // a test fails by panicking
+
 use corral_e2e::{fast, mock, proxy, request, send, upstream_saw};
 
 #[tokio::test]

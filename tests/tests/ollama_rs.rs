@@ -2,6 +2,8 @@
 //! Corral from Ollama. Every answer equals the one the same client gets
 //! from the upstream directly.
 
+#![allow(clippy::unwrap_used)] // a test fails by panicking
+
 use std::time::Duration;
 
 use corral_e2e::{fast, mock, proxy, within};

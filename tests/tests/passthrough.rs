@@ -3,6 +3,8 @@
 //! status and content type, and the upstream receives exactly the bytes
 //! the client sent.
 
+#![allow(clippy::unwrap_used)] // a test fails by panicking
+
 use corral_e2e::{fast, mock, proxy, send, upstream_saw, Reply};
 use http::Request;
 use http_body_util::Full;

@@ -1,6 +1,8 @@
 //! The server around the stack: h2c, a separate admin listener, metrics,
 //! graceful shutdown.
 
+#![allow(clippy::unwrap_used)] // a test fails by panicking
+
 use std::time::Duration;
 
 use bytes::Bytes;

@@ -1,6 +1,8 @@
 //! Streams pass through unbuffered, and a client that leaves cancels the
 //! upstream request at once.
 
+#![allow(clippy::unwrap_used)] // a test fails by panicking
+
 use std::time::Duration;
 
 use corral_e2e::{eventually, fast, mock, open, proxy, request, within};
