@@ -3,12 +3,14 @@
 //! errors, and the metrics and access log at the end of the body.
 
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use corral_core::{headers, Body, BoxBody, BoxError, Endpoint, RefusalCast, RequestId};
+use futures_util::FutureExt;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -112,6 +114,7 @@ impl Front {
             priority = Empty,
             model = Empty,
             status = Empty,
+            duration_ms = Empty,
         );
         let head_only = parts.method == Method::HEAD;
 
@@ -130,14 +133,19 @@ impl Front {
             Body::streamed(body)
         };
         metrics::gauge!(REQUESTS_IN_FLIGHT).increment(1.0);
-        let result = stack
-            .clone()
-            .oneshot(Request::from_parts(parts, body))
+        // A panic in a layer answers this request with a 500 and is
+        // logged; the connection and everyone else carry on.
+        let result = AssertUnwindSafe(stack.clone().oneshot(Request::from_parts(parts, body)))
+            .catch_unwind()
             .instrument(span.clone())
             .await;
         let mut response = match result {
-            Ok(response) => response,
-            Err(err) => {
+            Ok(Ok(response)) => response,
+            Err(panic) => {
+                let _entered = span.enter();
+                respond::panic_response(panic, endpoint.family())
+            }
+            Ok(Err(err)) => {
                 let _entered = span.enter();
                 respond::error_response(&err, endpoint, &shared.refusals)
             }
@@ -198,6 +206,7 @@ impl Finish {
         metrics::counter!(REQUESTS_TOTAL, &labels).increment(1);
         metrics::histogram!(REQUEST_DURATION_SECONDS, &labels).record(elapsed.as_secs_f64());
         metrics::gauge!(REQUESTS_IN_FLIGHT).decrement(1.0);
+        self.span.record("duration_ms", elapsed.as_secs_f64() * 1e3);
         tracing::info!(
             target: "corral::access",
             parent: &self.span,

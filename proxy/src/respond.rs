@@ -66,6 +66,31 @@ pub fn error_response(
     }
 }
 
+/// The answer to a request whose handling panicked: a 500, logged with
+/// the panic's message.
+pub fn panic_response(
+    panic: Box<dyn std::any::Any + Send + 'static>,
+    family: ApiFamily,
+) -> Response<BoxBody> {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with no message".into());
+    tracing::error!(panic = %message, "a layer panicked while handling a request");
+    let body = ErrorBody::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "unexpected error in corral (a bug: it is logged)",
+    )
+    .with_code("unexpected");
+    let mut response = answer(&body, family);
+    response.headers_mut().insert(
+        headers::X_CORRAL_REASON,
+        HeaderValue::from_static("unexpected"),
+    );
+    response
+}
+
 /// `body` as a JSON response.
 pub(crate) fn answer(body: &ErrorBody, family: ApiFamily) -> Response<BoxBody> {
     let mut response = Response::new(corral_core::full(body.to_bytes(family)));

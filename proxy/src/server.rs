@@ -248,7 +248,14 @@ pub struct Running {
 impl Running {
     /// Binds and serves `config` on a background task.
     pub async fn start(config: &Config) -> Result<Self, StartError> {
-        let server = Server::bind(config).await?;
+        let stack = stack::build(config, config.source.as_deref()).map_err(StartError::Config)?;
+        Self::start_stack(config, &stack).await
+    }
+
+    /// Binds and serves an already built `stack` (from
+    /// [`stack::build_with`] and a registry of one's own).
+    pub async fn start_stack(config: &Config, stack: &Stack) -> Result<Self, StartError> {
+        let server = Server::bind_stack(config, stack).await?;
         let addr = server.local_addr().map_err(|source| StartError::Bind {
             key: "server.listen",
             addr: config.server.listen,
