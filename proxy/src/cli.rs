@@ -143,7 +143,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         tracing::info!(
             listen = %server.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             admin = %server.admin_addr().map(|a| a.to_string()).unwrap_or_else(|| "main listener".into()),
-            upstream = %config.upstream.url,
+            upstream = %UpstreamUrl::parse(&config.upstream.url).map(|u| u.to_string()).unwrap_or_default(),
             "corral is serving; point OLLAMA_HOST here"
         );
         server.run(shutdown_signal()).await;

@@ -99,7 +99,7 @@ impl StackLayer {
 /// ```
 /// use corral::{options, LayerConfig};
 ///
-/// #[derive(serde::Deserialize)]
+/// #[derive(Debug, serde::Deserialize)]
 /// #[serde(deny_unknown_fields)]
 /// struct ShedConfig { max_queue: usize }
 ///

@@ -1,0 +1,181 @@
+//! The simulated Ollama behaves like a loaded GPU server: parallel slots
+//! per model, a bounded queue with Ollama's 503, model loads, faults.
+
+#![allow(clippy::unwrap_used)] // a test fails by panicking
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use corral_mock_ollama::{MockConfig, MockOllama, BUSY_MESSAGE};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+async fn post(url: String, body: &'static str, fault: Option<&'static str>) -> (u16, String) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut request = http::Request::post(url)
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap();
+    if let Some(fault) = fault {
+        request
+            .headers_mut()
+            .insert("x-mock-fault", fault.parse().unwrap());
+    }
+    let response = tokio::time::timeout(Duration::from_secs(20), client.request(request))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+const GENERATE: &str = r#"{"model":"llama3","prompt":"x","stream":false}"#;
+
+#[tokio::test]
+async fn no_more_than_parallel_requests_generate_at_once_and_the_queue_is_bounded() {
+    let mock = MockOllama::start(MockConfig {
+        parallel: 2,
+        max_queue: 3,
+        ttft: Duration::from_millis(300),
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let url = format!("{}/api/generate", mock.url());
+    let calls: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(post(url.clone(), GENERATE, None)))
+        .collect();
+    let mut ok = 0;
+    let mut busy = 0;
+    for call in calls {
+        let (status, body) = call.await.unwrap();
+        match status {
+            200 => ok += 1,
+            503 => {
+                busy += 1;
+                let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(json["error"], BUSY_MESSAGE);
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    let stats = mock.stats();
+    assert_eq!(
+        (ok, busy),
+        (5, 3),
+        "2 generating + 3 waiting are served, the rest refused"
+    );
+    assert_eq!(stats.peak_in_flight, 2);
+    assert_eq!(stats.peak_queued, 3);
+    assert_eq!(stats.busy_rejections, 3);
+}
+
+#[tokio::test]
+async fn each_model_has_its_own_slots_and_loading_another_evicts_the_oldest() {
+    let mock = MockOllama::start(MockConfig {
+        parallel: 1,
+        max_loaded_models: 1,
+        load_time: Duration::from_millis(50),
+        ttft: Duration::from_millis(100),
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let url = format!("{}/api/generate", mock.url());
+    let a = tokio::spawn(post(url.clone(), GENERATE, None));
+    let b = tokio::spawn(post(
+        url.clone(),
+        r#"{"model":"tinyllama","prompt":"x","stream":false}"#,
+        None,
+    ));
+    assert_eq!(a.await.unwrap().0, 200);
+    assert_eq!(b.await.unwrap().0, 200);
+    let stats = mock.stats();
+    assert_eq!(stats.peak_in_flight, 2, "one slot per model");
+    assert_eq!(stats.model_loads, 2);
+    assert_eq!(stats.model_evictions, 1);
+
+    let (_, body) = post(url, GENERATE, None).await;
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        json["load_duration"].as_u64().unwrap() >= 50_000_000,
+        "{json}"
+    );
+}
+
+#[tokio::test]
+async fn faults_by_header_answer_as_asked() {
+    let mock = MockOllama::start(MockConfig::default()).await.unwrap();
+    let url = format!("{}/api/generate", mock.url());
+    assert_eq!(post(url.clone(), GENERATE, Some("status=500")).await.0, 500);
+    let (status, body) = post(url.clone(), GENERATE, Some("busy")).await;
+    assert_eq!((status, body.contains("server busy")), (503, true));
+    let (status, _) = post(url.clone(), GENERATE, Some("explode")).await;
+    assert_eq!(status, 400, "unknown faults are refused, not ignored");
+
+    let started = tokio::time::Instant::now();
+    assert_eq!(
+        post(url.clone(), GENERATE, Some("slow_headers_ms=200"))
+            .await
+            .0,
+        200
+    );
+    assert!(started.elapsed() >= Duration::from_millis(200));
+
+    let (status, body) = post(
+        url,
+        r#"{"model":"llama3","prompt":"x"}"#,
+        Some("drop_after=2"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        !body.contains("\"done\":true"),
+        "the stream was cut: {body}"
+    );
+    assert_eq!(mock.stats().faults_injected, 4);
+}
+
+#[tokio::test]
+async fn an_error_rate_fails_about_that_share_of_requests_and_repeats_with_its_seed() {
+    let run = || async {
+        let mock = MockOllama::start(MockConfig {
+            error_rate: 0.3,
+            ttft: Duration::ZERO,
+            tokens_per_sec: f64::INFINITY,
+            ..MockConfig::default()
+        })
+        .await
+        .unwrap();
+        let url = format!("{}/api/generate", mock.url());
+        let mut statuses = Vec::new();
+        for _ in 0..100 {
+            statuses.push(post(url.clone(), GENERATE, None).await.0);
+        }
+        statuses
+    };
+    let first = run().await;
+    let failed = first.iter().filter(|s| **s == 500).count();
+    assert!((15..=45).contains(&failed), "{failed}");
+    assert_eq!(first, run().await, "the same seed injects the same faults");
+}
+
+#[tokio::test]
+async fn a_short_num_predict_ends_with_length() {
+    let mock = MockOllama::start(MockConfig::default()).await.unwrap();
+    let (_, body) = post(
+        format!("{}/api/generate", mock.url()),
+        r#"{"model":"llama3","prompt":"x","stream":false,"options":{"num_predict":3}}"#,
+        None,
+    )
+    .await;
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["eval_count"], 3);
+    assert_eq!(json["done_reason"], "length");
+}
