@@ -208,19 +208,9 @@ fn full_range() -> [u8; 2] {
     [1, 10]
 }
 
-/// `[[agents]]`: one agent.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AgentConfig {
-    /// Its id.
-    pub id: String,
-    /// Its API key (`Authorization: Bearer KEY`).
-    #[serde(default)]
-    pub key: Option<String>,
-    /// Its class; the default class when absent.
-    #[serde(default)]
-    pub class: Option<String>,
-}
+/// `[[agents]]`: one agent (id, optional key, optional class), as
+/// `classify` reads it.
+pub use corral_classify::AgentConfig;
 
 /// `[[layers]]`: one layer of the stack, its `kind` and its options.
 #[derive(Debug, Clone)]
@@ -388,15 +378,7 @@ impl Config {
                     class
                 })
                 .collect(),
-            agents: self
-                .agents
-                .iter()
-                .map(|a| corral_classify::AgentConfig {
-                    id: a.id.clone(),
-                    key: a.key.clone(),
-                    class: a.class.clone(),
-                })
-                .collect(),
+            agents: self.agents.clone(),
         }
     }
 }

@@ -32,6 +32,7 @@ pub mod cli;
 pub mod config;
 pub mod front;
 mod hop;
+mod passthrough;
 pub mod registry;
 pub mod respond;
 pub mod server;

@@ -51,19 +51,20 @@ pub fn error_response(
         }
         None => {
             tracing::error!(error = %err, "unexpected error in the stack");
-            let body = ErrorBody::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("unexpected error in corral: {err}"),
-            )
-            .with_code("unexpected");
-            let mut response = answer(&body, family);
-            response.headers_mut().insert(
-                headers::X_CORRAL_REASON,
-                HeaderValue::from_static("unexpected"),
-            );
-            response
+            unexpected(format!("unexpected error in corral: {err}"), family)
         }
     }
+}
+
+/// A 500 for what no refusal explains: a bug, logged by the caller.
+fn unexpected(message: String, family: ApiFamily) -> Response<BoxBody> {
+    let body = ErrorBody::new(StatusCode::INTERNAL_SERVER_ERROR, message).with_code("unexpected");
+    let mut response = answer(&body, family);
+    response.headers_mut().insert(
+        headers::X_CORRAL_REASON,
+        HeaderValue::from_static("unexpected"),
+    );
+    response
 }
 
 /// The answer to a request whose handling panicked: a 500, logged with
@@ -78,17 +79,10 @@ pub fn panic_response(
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic with no message".into());
     tracing::error!(panic = %message, "a layer panicked while handling a request");
-    let body = ErrorBody::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "unexpected error in corral (a bug: it is logged)",
+    unexpected(
+        "unexpected error in corral (a bug: it is logged)".into(),
+        family,
     )
-    .with_code("unexpected");
-    let mut response = answer(&body, family);
-    response.headers_mut().insert(
-        headers::X_CORRAL_REASON,
-        HeaderValue::from_static("unexpected"),
-    );
-    response
 }
 
 /// `body` as a JSON response.

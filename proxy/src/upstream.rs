@@ -11,12 +11,9 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use corral_core::{headers, stream_error_frame, ApiFamily, Body, BoxBody, BoxError, Refusal};
+use corral_core::{headers, ApiFamily, Body, BoxBody, BoxError, Refusal};
 use http::{header, HeaderValue, Request, Response, StatusCode};
-use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, ResponseFuture as ClientFuture};
@@ -26,6 +23,7 @@ use tower::Service;
 
 use crate::config::UpstreamConfig;
 use crate::hop::strip_hop_by_hop;
+use crate::passthrough::{Framing, PassThrough};
 use crate::upstream_url::UpstreamUrl;
 
 /// The upstream Ollama server as a `tower::Service`.
@@ -83,7 +81,7 @@ impl Refusal for UpstreamFailed {
     }
 }
 
-fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
     let mut current = err;
     while let Some(next) = current.source() {
         current = next;
@@ -322,97 +320,5 @@ impl Future for ResponseFuture {
                 .take()
                 .unwrap_or_else(|| "upstream future polled after completion".into()))),
         }
-    }
-}
-
-/// How a broken stream is ended for the client.
-#[derive(Debug, Clone, Copy)]
-enum Framing {
-    /// NDJSON: a last `{"error": ...}` line, as Ollama itself reports an
-    /// error after a stream has started.
-    Lines,
-    /// SSE: a last `data: {"error": ...}` event.
-    Events,
-    /// Anything else: the connection is cut, so the client sees a broken
-    /// body, never a clean-looking short one.
-    Abort,
-}
-
-impl Framing {
-    fn of<B>(response: &Response<B>, family: ApiFamily) -> Self {
-        let content_type = response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if content_type.starts_with("application/x-ndjson") {
-            Framing::Lines
-        } else if content_type.starts_with("text/event-stream") && family == ApiFamily::OpenAi {
-            Framing::Events
-        } else {
-            Framing::Abort
-        }
-    }
-}
-
-pin_project! {
-    /// The upstream's body, frame by frame; a failure mid-stream becomes
-    /// an error line where the format has one.
-    struct PassThrough {
-        #[pin]
-        inner: Incoming,
-        framing: Framing,
-        ended: bool,
-    }
-}
-
-impl PassThrough {
-    fn new(inner: Incoming, framing: Framing) -> Self {
-        Self {
-            inner,
-            framing,
-            ended: false,
-        }
-    }
-}
-
-impl http_body::Body for PassThrough {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        if *this.ended {
-            return Poll::Ready(None);
-        }
-        match ready!(this.inner.poll_frame(cx)) {
-            Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
-            None => Poll::Ready(None),
-            Some(Err(e)) => {
-                *this.ended = true;
-                let message = format!("upstream stream broke: {}", root_cause(&e));
-                tracing::warn!(error = %message, "upstream stream broke mid-response");
-                Poll::Ready(Some(match this.framing {
-                    Framing::Lines => {
-                        Ok(Frame::data(stream_error_frame(ApiFamily::Ollama, &message)))
-                    }
-                    Framing::Events => {
-                        Ok(Frame::data(stream_error_frame(ApiFamily::OpenAi, &message)))
-                    }
-                    Framing::Abort => Err(message.into()),
-                }))
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.ended || self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }

@@ -11,9 +11,10 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use crate::faults::Faults;
-use crate::infer::{self, Call, EmbedCall};
+use crate::infer::{self, EmbedCall};
 use crate::manage;
 use crate::respond::{self, BoxBody, HeadersGuard, Recorded};
+use crate::shapes::Call;
 use crate::state::State;
 use crate::stats::lock;
 

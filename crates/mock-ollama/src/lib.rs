@@ -49,6 +49,7 @@ mod infer;
 mod manage;
 mod respond;
 mod server;
+mod shapes;
 mod state;
 mod stats;
 mod text;
