@@ -32,6 +32,7 @@ mod config;
 mod endpoint;
 mod error;
 pub mod headers;
+mod load;
 mod meta;
 mod refusal;
 
@@ -39,6 +40,7 @@ pub use body::{empty, full, Body, BoxBody};
 pub use config::ConfigError;
 pub use endpoint::{ApiFamily, Endpoint, EndpointKind};
 pub use error::{stream_error_frame, ErrorBody};
+pub use load::{LoadCell, LoadSnapshot, UpstreamLoad};
 pub use meta::{
     AgentId, ClassName, GenerationParams, Priority, PriorityError, RequestId, RequestMeta,
 };

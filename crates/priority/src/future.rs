@@ -1,0 +1,98 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use corral_core::{headers, Body, BoxError};
+use http::{HeaderValue, Request, Response};
+use pin_project_lite::pin_project;
+use tower::Service;
+
+use crate::body::ResponseBody;
+use crate::scheduler::{Acquire, Permit};
+
+pin_project! {
+    /// The response future of [`PriorityService`](crate::PriorityService):
+    /// waits for a permit (when the request needs one), then calls the
+    /// inner service and hands the permit to the response body.
+    pub struct ResponseFuture<S, F> {
+        #[pin]
+        state: State<S, F>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, F> {
+        Waiting {
+            #[pin]
+            acquire: Acquire,
+            call: Option<(S, Request<Body>)>,
+        },
+        Calling {
+            #[pin]
+            future: F,
+            permit: Option<Permit>,
+        },
+    }
+}
+
+impl<S, F> ResponseFuture<S, F> {
+    pub(crate) fn waiting(acquire: Acquire, inner: S, request: Request<Body>) -> Self {
+        Self {
+            state: State::Waiting {
+                acquire,
+                call: Some((inner, request)),
+            },
+        }
+    }
+
+    pub(crate) fn passing(future: F) -> Self {
+        Self {
+            state: State::Calling {
+                future,
+                permit: None,
+            },
+        }
+    }
+}
+
+impl<S, F, B, E> Future for ResponseFuture<S, F>
+where
+    S: Service<Request<Body>, Future = F, Response = Response<B>, Error = E>,
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<ResponseBody<B>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Waiting { acquire, call } => {
+                    let permit = ready!(acquire.poll(cx))?;
+                    let Some((mut inner, request)) = call.take() else {
+                        return Poll::Ready(Err("priority future polled after completion".into()));
+                    };
+                    let future = inner.call(request);
+                    this.state.set(State::Calling {
+                        future,
+                        permit: Some(permit),
+                    });
+                }
+                StateProj::Calling { future, permit } => {
+                    let mut response = ready!(future.poll(cx)).map_err(Into::into)?;
+                    let permit = permit.take();
+                    if let Some(permit) = &permit {
+                        let waited = permit.waited().as_millis().to_string();
+                        if let Ok(value) = HeaderValue::from_str(&waited) {
+                            response
+                                .headers_mut()
+                                .insert(headers::X_CORRAL_QUEUE_MS, value);
+                        }
+                    }
+                    return Poll::Ready(Ok(response.map(|body| ResponseBody::new(body, permit))));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! One pool of upstream permits and the requests waiting for them.
+//!
+//! All state sits behind one `std::sync::Mutex`, never held across an
+//! `.await`: enqueueing, granting, cancelling and releasing each take it
+//! once, so no interleaving of grant, cancel and completion can leak a
+//! permit or grant one twice. Wakers are woken after the lock is dropped.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+use std::task::Waker;
+use std::time::Duration;
+
+use corral_core::{AgentId, LoadSnapshot, Priority};
+use tokio::time::Instant;
+
+/// How many recent completions the drain rate is measured over.
+const DRAIN_WINDOW: usize = 64;
+/// Above this many remembered agents, idle ones are forgotten.
+const MAX_IDLE_AGENTS: usize = 10_000;
+
+/// What a waiting request asks for.
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    /// Who asks: fair share is between agents.
+    pub agent: AgentId,
+    /// Its priority, 1 (highest) to 10.
+    pub priority: Priority,
+    /// Its class's weight: an agent of weight 2 gets twice the service of
+    /// one of weight 1 when both wait at the same priority.
+    pub weight: f64,
+    /// The service it is expected to cost (prompt tokens + 2 × generated
+    /// tokens), charged to its agent when it starts.
+    pub cost: f64,
+    /// Bytes it holds while waiting (its body).
+    pub bytes: usize,
+    /// When it stops being worth serving.
+    pub deadline: Option<Instant>,
+}
+
+pub(crate) struct Pool {
+    name: String,
+    aging: Duration,
+    per_agent_cap: Option<usize>,
+    state: Mutex<State>,
+}
+
+struct State {
+    capacity: usize,
+    in_flight: usize,
+    next_ticket: u64,
+    agents: HashMap<AgentId, Agent>,
+    waiters: HashMap<u64, Waiter>,
+    queued: [usize; 10],
+    queued_bytes: usize,
+    completions: VecDeque<Instant>,
+}
+
+#[derive(Default)]
+struct Agent {
+    /// The virtual token counter: weighted service received.
+    vtc: f64,
+    in_flight: usize,
+    queued: usize,
+    /// Tickets waiting, by priority level, oldest first.
+    levels: [VecDeque<u64>; 10],
+}
+
+struct Waiter {
+    agent: AgentId,
+    level: usize,
+    enqueued: Instant,
+    cost: f64,
+    weight: f64,
+    bytes: usize,
+    granted: bool,
+    waker: Option<Waker>,
+}
+
+/// What a granted ticket hands its permit.
+pub(crate) struct Grant {
+    pub(crate) agent: AgentId,
+    pub(crate) charged: f64,
+    pub(crate) weight: f64,
+    pub(crate) waited: Duration,
+}
+
+/// The outcome of polling a ticket.
+pub(crate) enum Poll {
+    Waiting,
+    Granted(Grant),
+    Gone,
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    // A panic while holding the lock leaves consistent state behind (every
+    // mutation completes before anything can panic), so keep going.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn wake_all(wakers: Vec<Waker>) {
+    for waker in wakers {
+        waker.wake();
+    }
+}
+
+impl Pool {
+    pub(crate) fn new(
+        name: String,
+        capacity: usize,
+        aging: Duration,
+        per_agent_cap: Option<usize>,
+    ) -> Self {
+        Self {
+            name,
+            aging,
+            per_agent_cap,
+            state: Mutex::new(State {
+                capacity,
+                in_flight: 0,
+                next_ticket: 0,
+                agents: HashMap::new(),
+                waiters: HashMap::new(),
+                queued: [0; 10],
+                queued_bytes: 0,
+                completions: VecDeque::with_capacity(DRAIN_WINDOW),
+            }),
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Queues `ticket` and grants what can be granted; its id.
+    pub(crate) fn enqueue(&self, ticket: Ticket) -> u64 {
+        let now = Instant::now();
+        let mut state = lock(&self.state);
+        let id = state.next_ticket;
+        state.next_ticket += 1;
+        let level = usize::from(ticket.priority.get() - 1);
+        let floor = state.min_active_vtc();
+        let agent = state.agents.entry(ticket.agent.clone()).or_default();
+        if agent.queued == 0 && agent.in_flight == 0 {
+            // Back from idle: start level with the least served active
+            // agent, so idling banks no credit.
+            if let Some(floor) = floor {
+                agent.vtc = agent.vtc.max(floor);
+            }
+        }
+        agent.queued += 1;
+        agent.levels[level].push_back(id);
+        state.queued[level] += 1;
+        state.queued_bytes += ticket.bytes;
+        state.waiters.insert(
+            id,
+            Waiter {
+                agent: ticket.agent,
+                level,
+                enqueued: now,
+                cost: ticket.cost,
+                weight: ticket.weight,
+                bytes: ticket.bytes,
+                granted: false,
+                waker: None,
+            },
+        );
+        let wakers = self.dispatch(&mut state, now);
+        drop(state);
+        wake_all(wakers);
+        id
+    }
+
+    /// Whether ticket `id` has its permit; registers `waker` if not.
+    pub(crate) fn poll(&self, id: u64, waker: &Waker) -> Poll {
+        let mut state = lock(&self.state);
+        match state.waiters.get_mut(&id) {
+            None => Poll::Gone,
+            Some(waiter) if waiter.granted => {
+                let Some(waiter) = state.waiters.remove(&id) else {
+                    return Poll::Gone;
+                };
+                Poll::Granted(Grant {
+                    agent: waiter.agent,
+                    charged: waiter.cost / waiter.weight,
+                    weight: waiter.weight,
+                    waited: Instant::now().saturating_duration_since(waiter.enqueued),
+                })
+            }
+            Some(waiter) => {
+                match &mut waiter.waker {
+                    Some(existing) if existing.will_wake(waker) => {}
+                    slot => *slot = Some(waker.clone()),
+                }
+                Poll::Waiting
+            }
+        }
+    }
+
+    /// Takes ticket `id` out, granted or not: a cancelled wait, or a
+    /// deadline. A grant it had is given back. How long it waited.
+    pub(crate) fn withdraw(&self, id: u64) -> Option<Duration> {
+        let now = Instant::now();
+        let mut state = lock(&self.state);
+        let waiter = state.waiters.remove(&id)?;
+        let agent_id = waiter.agent.clone();
+        if waiter.granted {
+            // Granted but never taken: undo the grant, charge nothing.
+            state.in_flight -= 1;
+            if let Some(agent) = state.agents.get_mut(&agent_id) {
+                agent.in_flight -= 1;
+                agent.vtc -= waiter.cost / waiter.weight;
+            }
+        } else {
+            state.queued[waiter.level] -= 1;
+            state.queued_bytes -= waiter.bytes;
+            if let Some(agent) = state.agents.get_mut(&agent_id) {
+                agent.queued -= 1;
+                agent.levels[waiter.level].retain(|t| *t != id);
+            }
+        }
+        state.forget_if_idle();
+        let wakers = self.dispatch(&mut state, now);
+        drop(state);
+        wake_all(wakers);
+        Some(now.saturating_duration_since(waiter.enqueued))
+    }
+
+    /// A permit comes back; `correction` adjusts the agent's counter by
+    /// what the request really cost against what it was charged.
+    pub(crate) fn release(&self, agent_id: &AgentId, correction: f64) {
+        let now = Instant::now();
+        let mut state = lock(&self.state);
+        state.in_flight = state.in_flight.saturating_sub(1);
+        if let Some(agent) = state.agents.get_mut(agent_id) {
+            agent.in_flight = agent.in_flight.saturating_sub(1);
+            agent.vtc += correction;
+        }
+        if state.completions.len() == DRAIN_WINDOW {
+            state.completions.pop_front();
+        }
+        state.completions.push_back(now);
+        state.forget_if_idle();
+        let wakers = self.dispatch(&mut state, now);
+        drop(state);
+        wake_all(wakers);
+    }
+
+    /// Changes the capacity; waiting requests are granted at once if it
+    /// grew, running ones finish if it shrank.
+    pub(crate) fn set_capacity(&self, capacity: usize) {
+        let mut state = lock(&self.state);
+        state.capacity = capacity;
+        let wakers = self.dispatch(&mut state, Instant::now());
+        drop(state);
+        wake_all(wakers);
+    }
+
+    pub(crate) fn snapshot(&self) -> LoadSnapshot {
+        let now = Instant::now();
+        let state = lock(&self.state);
+        let oldest = state
+            .waiters
+            .values()
+            .filter(|w| !w.granted)
+            .map(|w| w.enqueued)
+            .min();
+        LoadSnapshot {
+            capacity: state.capacity,
+            in_flight: state.in_flight,
+            queued: state.queued,
+            queued_bytes: state.queued_bytes,
+            oldest_waiting_since: oldest,
+            completions_per_sec: state.drain_rate(now),
+        }
+    }
+
+    /// The virtual token counter of `agent`, for tests and status.
+    pub(crate) fn counter(&self, agent: &str) -> Option<f64> {
+        lock(&self.state).agents.get(agent).map(|a| a.vtc)
+    }
+
+    /// Grants permits while there is capacity and a request can take one;
+    /// the wakers of the granted.
+    fn dispatch(&self, state: &mut State, now: Instant) -> Vec<Waker> {
+        let mut wakers = Vec::new();
+        while state.in_flight < state.capacity {
+            let Some((agent_id, level)) = self.pick(state, now) else {
+                break;
+            };
+            let Some(agent) = state.agents.get_mut(&agent_id) else {
+                break;
+            };
+            let Some(id) = agent.levels[level].pop_front() else {
+                break;
+            };
+            let Some(waiter) = state.waiters.get_mut(&id) else {
+                continue;
+            };
+            waiter.granted = true;
+            agent.queued -= 1;
+            agent.in_flight += 1;
+            agent.vtc += waiter.cost / waiter.weight;
+            state.queued[level] -= 1;
+            state.queued_bytes -= waiter.bytes;
+            state.in_flight += 1;
+            if let Some(waker) = waiter.waker.take() {
+                wakers.push(waker);
+            }
+        }
+        wakers
+    }
+
+    /// The next request to serve: the best effective priority (its
+    /// priority raised one step per `aging` waited), then the agent with
+    /// the least weighted service, then the oldest.
+    fn pick(&self, state: &State, now: Instant) -> Option<(AgentId, usize)> {
+        let mut best: Option<(usize, f64, Instant, &AgentId, usize)> = None;
+        for (agent_id, agent) in &state.agents {
+            if agent.queued == 0 || self.per_agent_cap.is_some_and(|cap| agent.in_flight >= cap) {
+                continue;
+            }
+            for (level, queue) in agent.levels.iter().enumerate() {
+                let Some(waiter) = queue.front().and_then(|id| state.waiters.get(id)) else {
+                    continue;
+                };
+                let effective = self.effective_level(level, waiter.enqueued, now);
+                let better = match &best {
+                    None => true,
+                    Some((e, vtc, enqueued, _, _)) => (effective, agent.vtc, waiter.enqueued)
+                        .partial_cmp(&(*e, *vtc, *enqueued))
+                        .is_some_and(|o| o.is_lt()),
+                };
+                if better {
+                    best = Some((effective, agent.vtc, waiter.enqueued, agent_id, level));
+                }
+            }
+        }
+        best.map(|(_, _, _, agent, level)| (agent.clone(), level))
+    }
+
+    fn effective_level(&self, level: usize, enqueued: Instant, now: Instant) -> usize {
+        if self.aging.is_zero() {
+            return level;
+        }
+        let steps = now.saturating_duration_since(enqueued).as_nanos() / self.aging.as_nanos();
+        level.saturating_sub(usize::try_from(steps).unwrap_or(usize::MAX))
+    }
+}
+
+impl State {
+    /// The least counter among agents with work waiting or running.
+    fn min_active_vtc(&self) -> Option<f64> {
+        self.agents
+            .values()
+            .filter(|a| a.queued > 0 || a.in_flight > 0)
+            .map(|a| a.vtc)
+            .min_by(f64::total_cmp)
+    }
+
+    /// Forgets counters that can no longer matter: all of them when the
+    /// pool falls idle, idle agents when too many are remembered.
+    fn forget_if_idle(&mut self) {
+        let idle = |a: &Agent| a.queued == 0 && a.in_flight == 0;
+        if self.in_flight == 0 && self.waiters.is_empty() {
+            self.agents.clear();
+            return;
+        }
+        if self.agents.len() > MAX_IDLE_AGENTS {
+            let floor = self.min_active_vtc().unwrap_or(f64::MAX);
+            self.agents.retain(|_, a| !idle(a) || a.vtc > floor);
+        }
+    }
+
+    /// Completions per second over the last few, fading when none come.
+    fn drain_rate(&self, now: Instant) -> f64 {
+        let (Some(first), Some(_)) = (self.completions.front(), self.completions.back()) else {
+            return 0.0;
+        };
+        let span = now.saturating_duration_since(*first).as_secs_f64();
+        if span <= 0.0 {
+            return 0.0;
+        }
+        self.completions.len() as f64 / span
+    }
+}

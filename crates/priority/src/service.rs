@@ -1,0 +1,122 @@
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use corral_core::{Body, Endpoint, EndpointKind, RequestMeta};
+use http::{Request, Response};
+use tower::Service;
+
+use crate::future::ResponseFuture;
+use crate::layer::Shared;
+use crate::pool::Ticket;
+
+/// Runs inference requests only when the scheduler grants them an
+/// upstream permit; everything else passes straight through.
+///
+/// Reads the request's [`RequestMeta`] (set by `classify`): agent,
+/// class, priority, deadline, model, size and `max_tokens`. A request
+/// without one is treated as priority 5 from an anonymous agent.
+#[derive(Debug)]
+pub struct PriorityService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S: Clone> Clone for PriorityService<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S> PriorityService<S> {
+    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
+        Self { inner, shared }
+    }
+}
+
+impl<S, B> Service<Request<Body>> for PriorityService<S>
+where
+    S: Service<Request<Body>, Response = Response<B>> + Clone,
+    S::Error: Into<corral_core::BoxError>,
+{
+    type Response = Response<crate::ResponseBody<B>>;
+    type Error = corral_core::BoxError;
+    type Future = ResponseFuture<S, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let endpoint = request
+            .extensions()
+            .get::<RequestMeta>()
+            .map(|m| m.endpoint)
+            .unwrap_or_else(|| Endpoint::from_request(request.method(), request.uri().path()));
+        if endpoint.kind() != EndpointKind::Inference {
+            // Only inference takes the GPU: metadata reads never queue
+            // behind a generation.
+            return ResponseFuture::passing(self.inner.call(request));
+        }
+        let (ticket, model) = self.shared.ticket(&request);
+        let acquire = self.shared.scheduler.acquire(ticket, model.as_deref());
+        // The inner service was made ready for this call; the clone left
+        // behind waits for the next one.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::waiting(acquire, inner, request)
+    }
+}
+
+impl Shared {
+    /// What the scheduler needs to know about `request`.
+    fn ticket(&self, request: &Request<Body>) -> (Ticket, Option<Arc<str>>) {
+        let Some(meta) = request.extensions().get::<RequestMeta>() else {
+            let bytes = request.body().buffered().map_or(0, |b| b.len());
+            return (
+                Ticket {
+                    agent: "anonymous".into(),
+                    priority: corral_core::Priority::DEFAULT,
+                    weight: 1.0,
+                    cost: self.estimate(bytes, None, true),
+                    bytes,
+                    deadline: None,
+                },
+                None,
+            );
+        };
+        let generates = !matches!(
+            meta.endpoint,
+            Endpoint::Embed | Endpoint::Embeddings | Endpoint::OpenAiEmbeddings
+        );
+        (
+            Ticket {
+                agent: meta.agent.clone(),
+                priority: meta.priority,
+                weight: self
+                    .weights
+                    .get(meta.class.as_str())
+                    .copied()
+                    .unwrap_or(1.0),
+                cost: self.estimate(meta.body_bytes, meta.generation.max_tokens, generates),
+                bytes: meta.body_bytes,
+                deadline: meta.deadline,
+            },
+            meta.model.clone(),
+        )
+    }
+
+    /// Prompt tokens (about four bytes each) + 2 × the tokens it may
+    /// generate.
+    fn estimate(&self, body_bytes: usize, max_tokens: Option<u64>, generates: bool) -> f64 {
+        let prompt = (body_bytes / 4).max(1) as f64;
+        let generated = if generates {
+            max_tokens.unwrap_or(self.default_generation_tokens) as f64
+        } else {
+            0.0
+        };
+        prompt + 2.0 * generated
+    }
+}
