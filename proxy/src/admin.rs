@@ -7,9 +7,10 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
-use corral_core::{full, ApiFamily, BoxBody, ErrorBody};
+use corral_core::{full, ApiFamily, BoxBody, ErrorBody, LoadCell};
 
 use crate::respond;
+use crate::telemetry;
 use crate::upstream::Upstream;
 
 /// The admin endpoints.
@@ -17,6 +18,7 @@ use crate::upstream::Upstream;
 pub struct Admin {
     upstream: Upstream,
     metrics: PrometheusHandle,
+    load: LoadCell,
 }
 
 impl std::fmt::Debug for Admin {
@@ -28,9 +30,14 @@ impl std::fmt::Debug for Admin {
 }
 
 impl Admin {
-    /// Admin endpoints reporting on `upstream`, exporting `metrics`.
-    pub fn new(upstream: Upstream, metrics: PrometheusHandle) -> Self {
-        Self { upstream, metrics }
+    /// Admin endpoints reporting on `upstream` and the scheduler's `load`,
+    /// exporting `metrics`.
+    pub fn new(upstream: Upstream, metrics: PrometheusHandle, load: LoadCell) -> Self {
+        Self {
+            upstream,
+            metrics,
+            load,
+        }
     }
 
     /// Whether `path` is an admin path.
@@ -54,6 +61,9 @@ impl Admin {
                 ),
             },
             "/metrics" | "/corral/metrics" if get => {
+                if let Some(load) = self.load.get() {
+                    telemetry::record_load(&load.snapshot());
+                }
                 let mut response = Response::new(full(self.metrics.render()));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,

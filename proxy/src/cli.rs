@@ -48,6 +48,10 @@ struct ServeArgs {
     /// (overrides [upstream] url).
     #[arg(long, env = "CORRAL_UPSTREAM")]
     upstream: Option<String>,
+    /// Requests the upstream runs at once, its OLLAMA_NUM_PARALLEL
+    /// (overrides [upstream] capacity).
+    #[arg(long, env = "CORRAL_CAPACITY")]
+    capacity: Option<usize>,
     /// How logs are written; RUST_LOG filters them.
     #[arg(long, env = "CORRAL_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -97,6 +101,9 @@ fn resolve(args: &ServeArgs) -> Result<Config, LoadError> {
         .unwrap_or_else(|| PathBuf::from(crate::config::NO_FILE));
     if let Some(listen) = args.listen {
         config.server.listen = listen;
+    }
+    if let Some(capacity) = args.capacity {
+        config.upstream.capacity = capacity;
     }
     if let Some(upstream) = &args.upstream {
         UpstreamUrl::parse(upstream).map_err(|reason| LoadError {

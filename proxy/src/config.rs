@@ -141,6 +141,14 @@ pub struct UpstreamConfig {
     /// How long `/corral/readyz` waits for the upstream's answer.
     #[serde(with = "humantime_serde")]
     pub readiness_timeout: Duration,
+    /// Requests the upstream runs at once: what its operator set as
+    /// `OLLAMA_NUM_PARALLEL`. The `priority` layer hands out this many
+    /// permits (`--capacity`/`CORRAL_CAPACITY` override it).
+    pub capacity: usize,
+    /// Models with a capacity of their own (Ollama's parallelism is per
+    /// loaded model), e.g. `{ "llama3:70b" = 1 }`; the others share
+    /// `capacity`.
+    pub model_capacity: std::collections::BTreeMap<String, usize>,
 }
 
 impl Default for UpstreamConfig {
@@ -152,6 +160,8 @@ impl Default for UpstreamConfig {
             pool_max_idle: DEFAULT_POOL_MAX_IDLE,
             ca_file: None,
             readiness_timeout: DEFAULT_READINESS_TIMEOUT,
+            capacity: corral_priority::DEFAULT_CAPACITY,
+            model_capacity: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -198,6 +208,14 @@ pub struct ClassConfig {
     /// `X-Priority`.
     #[serde(default = "full_range")]
     pub priorities: [u8; 2],
+    /// Its fair-share weight (default 1): at one priority, an agent of a
+    /// class of weight 2 gets twice the service of one of weight 1.
+    #[serde(default = "default_weight")]
+    pub weight: f64,
+}
+
+fn default_weight() -> f64 {
+    1.0
 }
 
 fn default_priority() -> u8 {
@@ -344,6 +362,25 @@ impl Config {
                 "server.max_request_bytes",
                 "must be at least 1",
             ));
+        }
+        if self.upstream.capacity == 0 {
+            return Err(ConfigError::new("upstream.capacity", "must be at least 1"));
+        }
+        for (model, capacity) in &self.upstream.model_capacity {
+            if *capacity == 0 {
+                return Err(ConfigError::new(
+                    format!("upstream.model_capacity.{model}"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        for (i, class) in self.classes.iter().enumerate() {
+            if !class.weight.is_finite() || class.weight <= 0.0 {
+                return Err(ConfigError::new(
+                    format!("classes[{i}].weight"),
+                    "must be a number above 0",
+                ));
+            }
         }
         if self.upstream.connect_timeout.is_zero() {
             return Err(ConfigError::new(

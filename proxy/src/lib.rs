@@ -32,6 +32,7 @@ pub mod cli;
 pub mod config;
 pub mod front;
 mod hop;
+mod layers;
 mod passthrough;
 pub mod registry;
 pub mod respond;
@@ -43,7 +44,7 @@ mod upstream_url;
 
 pub use config::{Config, LayerConfig, LoadError};
 pub use hop::strip_hop_by_hop;
-pub use registry::{options, LayerKind, StackLayer};
+pub use registry::{options, BuildContext, LayerKind, StackLayer};
 pub use server::{Running, Server, StartError};
 pub use stack::{HttpRequest, HttpResponse, Stack, StackService};
 pub use upstream::{Upstream, UpstreamFailed};

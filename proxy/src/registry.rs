@@ -7,7 +7,7 @@
 //! `[[classes]]` and `[[agents]]`.
 
 use bytes::Bytes;
-use corral_core::{BoxError, ConfigError, RefusalCast};
+use corral_core::{as_refusal, BoxError, ConfigError, LoadCell, RefusalCast};
 use http::Response;
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
@@ -24,9 +24,9 @@ pub struct LayerKind {
     pub name: &'static str,
     /// What it does, one sentence, for `check-config`.
     pub about: &'static str,
-    /// Builds it from its options (and the whole config, for the classes
-    /// and agents); errors name the option.
-    pub build: fn(&LayerConfig, &Config) -> Result<StackLayer, ConfigError>,
+    /// Builds it from its options and the context (the whole config, for
+    /// classes and capacity; the load cell); errors name the option.
+    pub build: fn(&LayerConfig, &BuildContext<'_>) -> Result<StackLayer, ConfigError>,
     /// Its refusal types.
     pub refusals: &'static [RefusalCast],
 }
@@ -39,9 +39,23 @@ impl std::fmt::Debug for LayerKind {
     }
 }
 
+/// What a layer builder may use besides its own options.
+#[derive(Debug, Clone, Copy)]
+pub struct BuildContext<'a> {
+    /// The whole configuration: classes, agents, the upstream's capacity.
+    pub config: &'a Config,
+    /// Where the scheduler publishes its load for the layers around it.
+    pub load: &'a LoadCell,
+}
+
 /// The layers this build of `corral` knows, by `kind`. Layer crates add
-/// one line each.
-pub const LAYERS: &[LayerKind] = &[];
+/// one line each (their builders are in `layers.rs`).
+pub const LAYERS: &[LayerKind] = &[LayerKind {
+    name: "priority",
+    about: "the scheduler: upstream permits by priority, fair share, aging, deadlines",
+    build: crate::layers::priority,
+    refusals: &[as_refusal::<corral_priority::DeadlineExceeded>],
+}];
 
 /// A built layer, ready to wrap the rest of the stack.
 pub struct StackLayer {

@@ -7,12 +7,12 @@
 use std::path::Path;
 
 use corral_classify::ClassifyLayer;
-use corral_core::{Body, BoxBody, BoxError, RefusalCast};
+use corral_core::{Body, BoxBody, BoxError, LoadCell, RefusalCast};
 use tower::util::BoxCloneSyncService;
 use tower::Layer;
 
 use crate::config::{Config, LoadError, NO_FILE};
-use crate::registry::{LayerKind, LAYERS};
+use crate::registry::{BuildContext, LayerKind, LAYERS};
 use crate::respond;
 use crate::upstream::Upstream;
 
@@ -30,6 +30,7 @@ pub struct Stack {
     upstream: Upstream,
     layers: Vec<(String, String)>,
     refusals: Vec<RefusalCast>,
+    load: LoadCell,
 }
 
 impl std::fmt::Debug for Stack {
@@ -54,6 +55,11 @@ impl Stack {
     /// The layers, outermost first, as `(kind, how it is configured)`.
     pub fn layers(&self) -> &[(String, String)] {
         &self.layers
+    }
+
+    /// The scheduler's load, when the stack has a `priority` layer.
+    pub fn load(&self) -> &LoadCell {
+        &self.load
     }
 
     /// The refusal types of every layer in the stack, for the answers.
@@ -90,6 +96,7 @@ pub fn build_with(
         LoadError::from_config(file, e, None)
     })?;
 
+    let load = LoadCell::default();
     let mut refusals: Vec<RefusalCast> = respond::BUILT_IN.to_vec();
     let mut built = Vec::with_capacity(config.layers.len());
     for (i, layer) in config.layers.iter().enumerate() {
@@ -122,7 +129,11 @@ pub fn build_with(
                 layer.line,
             ));
         };
-        let stack_layer = (kind.build)(layer, config)
+        let context = BuildContext {
+            config,
+            load: &load,
+        };
+        let stack_layer = (kind.build)(layer, &context)
             .map_err(|e| LoadError::from_config(file, e.within(&at), layer.line))?;
         for cast in kind.refusals {
             if !refusals.iter().any(|c| std::ptr::fn_addr_eq(*c, *cast)) {
@@ -159,6 +170,7 @@ pub fn build_with(
         upstream,
         layers,
         refusals,
+        load,
     })
 }
 

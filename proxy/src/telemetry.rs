@@ -12,6 +12,28 @@ pub const REQUEST_DURATION_SECONDS: &str = "corral_request_duration_seconds";
 /// Requests being answered now.
 pub const REQUESTS_IN_FLIGHT: &str = "corral_requests_in_flight";
 
+/// Requests the upstream may run at once (the scheduler's capacity).
+pub const UPSTREAM_CAPACITY: &str = "corral_upstream_capacity";
+/// Requests holding an upstream permit now.
+pub const UPSTREAM_IN_FLIGHT: &str = "corral_upstream_in_flight";
+/// Requests waiting for an upstream permit, by priority (`queue_depth`).
+pub const QUEUE_DEPTH: &str = "corral_queue_depth";
+/// Bytes of request bodies held by waiting requests.
+pub const QUEUE_BYTES: &str = "corral_queue_bytes";
+
+const PRIORITY_LABELS: [&str; 10] = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"];
+
+/// Sets the scheduler's gauges from `load`: read at scrape time, so the
+/// request path pays nothing for them.
+pub fn record_load(load: &corral_core::LoadSnapshot) {
+    metrics::gauge!(UPSTREAM_CAPACITY).set(load.capacity as f64);
+    metrics::gauge!(UPSTREAM_IN_FLIGHT).set(load.in_flight as f64);
+    metrics::gauge!(QUEUE_BYTES).set(load.queued_bytes as f64);
+    for (label, depth) in PRIORITY_LABELS.iter().zip(load.queued) {
+        metrics::gauge!(QUEUE_DEPTH, "priority" => *label).set(depth as f64);
+    }
+}
+
 /// Buckets for request durations: LLM answers take from milliseconds
 /// (metadata, cache) to minutes (long generations).
 const DURATION_BUCKETS: [f64; 16] = [
@@ -79,6 +101,20 @@ fn describe() {
         "Time from receiving a request to the end of its response body, by endpoint and status."
     );
     metrics::describe_gauge!(REQUESTS_IN_FLIGHT, "Requests being answered now.");
+    metrics::describe_gauge!(UPSTREAM_CAPACITY, "Requests the upstream may run at once.");
+    metrics::describe_gauge!(
+        UPSTREAM_IN_FLIGHT,
+        "Requests holding an upstream permit now."
+    );
+    metrics::describe_gauge!(
+        QUEUE_DEPTH,
+        "Requests waiting for an upstream permit, by priority."
+    );
+    metrics::describe_gauge!(
+        QUEUE_BYTES,
+        metrics::Unit::Bytes,
+        "Bytes of request bodies held by waiting requests."
+    );
 }
 
 /// A status code as a label value, without allocating for common ones.

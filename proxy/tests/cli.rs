@@ -272,3 +272,48 @@ fn a_taken_address_is_refused_with_the_key() {
         stderr(&output)
     );
 }
+
+#[tokio::test]
+async fn the_capacity_flag_overrides_the_file_and_shows_in_the_metrics() {
+    let port = free_port();
+    let path = config_file(
+        "capacity.toml",
+        "[upstream]\nurl = \"127.0.0.1:1\"\ncapacity = 2\n\n[[layers]]\nkind = \"priority\"\n",
+    );
+    let check = corral().arg("check-config").arg(&path).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&check.stdout).contains("1. priority   2 upstream permit(s)"),
+        "{check:?}"
+    );
+
+    let mut child = corral()
+        .env("CORRAL_CAPACITY", "5")
+        .args([
+            "--config",
+            path.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--capacity",
+            "7",
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(port).await;
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut text).unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+    assert!(text.contains("corral_upstream_capacity 7"), "{text}");
+    assert!(
+        text.contains("corral_queue_depth{priority=\"1\"} 0"),
+        "{text}"
+    );
+}

@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use corral::{options, stack, Config, LayerConfig, LayerKind, Running, StackLayer, StackService};
+use corral::{
+    options, stack, BuildContext, Config, LayerConfig, LayerKind, Running, StackLayer, StackService,
+};
 use corral_core::ConfigError;
 use corral_mock_ollama::{MockConfig, MockOllama};
 use http::HeaderValue;
@@ -21,7 +23,7 @@ struct TagConfig {
 
 /// Appends its `value` to the `x-test-path` response header: the header
 /// spells the order in which responses pass the layers.
-fn tag(layer: &LayerConfig, _: &Config) -> Result<StackLayer, ConfigError> {
+fn tag(layer: &LayerConfig, _: &BuildContext<'_>) -> Result<StackLayer, ConfigError> {
     let config: TagConfig = options(layer)?;
     if config.value.is_empty() {
         return Err(ConfigError::new("value", "must not be empty"));
@@ -43,7 +45,7 @@ fn tag(layer: &LayerConfig, _: &Config) -> Result<StackLayer, ConfigError> {
 }
 
 /// Panics on every request whose path asks for it.
-fn explode(_: &LayerConfig, _: &Config) -> Result<StackLayer, ConfigError> {
+fn explode(_: &LayerConfig, _: &BuildContext<'_>) -> Result<StackLayer, ConfigError> {
     #[derive(Clone)]
     struct Explode;
     impl tower::Layer<StackService> for Explode {

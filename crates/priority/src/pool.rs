@@ -5,7 +5,8 @@
 //! once, so no interleaving of grant, cancel and completion can leak a
 //! permit or grant one twice. Wakers are woken after the lock is dropped.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Ordering;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::Duration;
@@ -53,6 +54,38 @@ struct State {
     queued: [usize; 10],
     queued_bytes: usize,
     completions: VecDeque<Instant>,
+    /// Per priority level, the agents with a request waiting there and
+    /// room under their cap, least served first.
+    ready: [BTreeSet<(Vtc, AgentId)>; 10],
+    /// Per priority level, every waiting ticket, oldest first: the oldest
+    /// sets how far the level has aged.
+    oldest: [BTreeSet<(Instant, u64)>; 10],
+    /// Agents with work waiting or running, least served first.
+    active: BTreeSet<(Vtc, AgentId)>,
+}
+
+/// A counter in a sorted set: `f64` ordered totally.
+#[derive(Debug, Clone, Copy)]
+struct Vtc(f64);
+
+impl PartialEq for Vtc {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Vtc {}
+
+impl PartialOrd for Vtc {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Vtc {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0)
+    }
 }
 
 #[derive(Default)]
@@ -123,6 +156,9 @@ impl Pool {
                 queued: [0; 10],
                 queued_bytes: 0,
                 completions: VecDeque::with_capacity(DRAIN_WINDOW),
+                ready: Default::default(),
+                oldest: Default::default(),
+                active: BTreeSet::new(),
             }),
         }
     }
@@ -138,7 +174,8 @@ impl Pool {
         let id = state.next_ticket;
         state.next_ticket += 1;
         let level = usize::from(ticket.priority.get() - 1);
-        let floor = state.min_active_vtc();
+        let floor = state.active.first().map(|(vtc, _)| vtc.0);
+        state.unindex(&ticket.agent);
         let agent = state.agents.entry(ticket.agent.clone()).or_default();
         if agent.queued == 0 && agent.in_flight == 0 {
             // Back from idle: start level with the least served active
@@ -151,10 +188,11 @@ impl Pool {
         agent.levels[level].push_back(id);
         state.queued[level] += 1;
         state.queued_bytes += ticket.bytes;
+        state.oldest[level].insert((now, id));
         state.waiters.insert(
             id,
             Waiter {
-                agent: ticket.agent,
+                agent: ticket.agent.clone(),
                 level,
                 enqueued: now,
                 cost: ticket.cost,
@@ -164,6 +202,7 @@ impl Pool {
                 waker: None,
             },
         );
+        state.index(&ticket.agent, self.per_agent_cap);
         let wakers = self.dispatch(&mut state, now);
         drop(state);
         wake_all(wakers);
@@ -203,6 +242,7 @@ impl Pool {
         let mut state = lock(&self.state);
         let waiter = state.waiters.remove(&id)?;
         let agent_id = waiter.agent.clone();
+        state.unindex(&agent_id);
         if waiter.granted {
             // Granted but never taken: undo the grant, charge nothing.
             state.in_flight -= 1;
@@ -213,12 +253,14 @@ impl Pool {
         } else {
             state.queued[waiter.level] -= 1;
             state.queued_bytes -= waiter.bytes;
+            state.oldest[waiter.level].remove(&(waiter.enqueued, id));
             if let Some(agent) = state.agents.get_mut(&agent_id) {
                 agent.queued -= 1;
                 agent.levels[waiter.level].retain(|t| *t != id);
             }
         }
-        state.forget_if_idle();
+        state.index(&agent_id, self.per_agent_cap);
+        state.forget_idle();
         let wakers = self.dispatch(&mut state, now);
         drop(state);
         wake_all(wakers);
@@ -231,15 +273,17 @@ impl Pool {
         let now = Instant::now();
         let mut state = lock(&self.state);
         state.in_flight = state.in_flight.saturating_sub(1);
+        state.unindex(agent_id);
         if let Some(agent) = state.agents.get_mut(agent_id) {
             agent.in_flight = agent.in_flight.saturating_sub(1);
             agent.vtc += correction;
         }
+        state.index(agent_id, self.per_agent_cap);
         if state.completions.len() == DRAIN_WINDOW {
             state.completions.pop_front();
         }
         state.completions.push_back(now);
-        state.forget_if_idle();
+        state.forget_idle();
         let wakers = self.dispatch(&mut state, now);
         drop(state);
         wake_all(wakers);
@@ -259,10 +303,9 @@ impl Pool {
         let now = Instant::now();
         let state = lock(&self.state);
         let oldest = state
-            .waiters
-            .values()
-            .filter(|w| !w.granted)
-            .map(|w| w.enqueued)
+            .oldest
+            .iter()
+            .filter_map(|o| o.first().map(|(t, _)| *t))
             .min();
         LoadSnapshot {
             capacity: state.capacity,
@@ -287,6 +330,7 @@ impl Pool {
             let Some((agent_id, level)) = self.pick(state, now) else {
                 break;
             };
+            state.unindex(&agent_id);
             let Some(agent) = state.agents.get_mut(&agent_id) else {
                 break;
             };
@@ -302,40 +346,37 @@ impl Pool {
             agent.vtc += waiter.cost / waiter.weight;
             state.queued[level] -= 1;
             state.queued_bytes -= waiter.bytes;
+            state.oldest[level].remove(&(waiter.enqueued, id));
             state.in_flight += 1;
             if let Some(waker) = waiter.waker.take() {
                 wakers.push(waker);
             }
+            state.index(&agent_id, self.per_agent_cap);
         }
         wakers
     }
 
-    /// The next request to serve: the best effective priority (its
-    /// priority raised one step per `aging` waited), then the agent with
-    /// the least weighted service, then the oldest.
+    /// The next request to serve: from the priority level whose oldest
+    /// request has the best effective priority (its priority raised one
+    /// step per `aging` waited; ties to the older), the agent with the
+    /// least weighted service, its oldest request at that level.
     fn pick(&self, state: &State, now: Instant) -> Option<(AgentId, usize)> {
-        let mut best: Option<(usize, f64, Instant, &AgentId, usize)> = None;
-        for (agent_id, agent) in &state.agents {
-            if agent.queued == 0 || self.per_agent_cap.is_some_and(|cap| agent.in_flight >= cap) {
+        let mut best: Option<(usize, Instant, usize)> = None;
+        for level in 0..10 {
+            if state.ready[level].is_empty() {
                 continue;
             }
-            for (level, queue) in agent.levels.iter().enumerate() {
-                let Some(waiter) = queue.front().and_then(|id| state.waiters.get(id)) else {
-                    continue;
-                };
-                let effective = self.effective_level(level, waiter.enqueued, now);
-                let better = match &best {
-                    None => true,
-                    Some((e, vtc, enqueued, _, _)) => (effective, agent.vtc, waiter.enqueued)
-                        .partial_cmp(&(*e, *vtc, *enqueued))
-                        .is_some_and(|o| o.is_lt()),
-                };
-                if better {
-                    best = Some((effective, agent.vtc, waiter.enqueued, agent_id, level));
-                }
+            let Some((oldest, _)) = state.oldest[level].first() else {
+                continue;
+            };
+            let key = (self.effective_level(level, *oldest, now), *oldest);
+            if best.is_none_or(|(e, t, _)| key < (e, t)) {
+                best = Some((key.0, key.1, level));
             }
         }
-        best.map(|(_, _, _, agent, level)| (agent.clone(), level))
+        let (_, _, level) = best?;
+        let (_, agent) = state.ready[level].first()?;
+        Some((agent.clone(), level))
     }
 
     fn effective_level(&self, level: usize, enqueued: Instant, now: Instant) -> usize {
@@ -348,32 +389,57 @@ impl Pool {
 }
 
 impl State {
-    /// The least counter among agents with work waiting or running.
-    fn min_active_vtc(&self) -> Option<f64> {
-        self.agents
-            .values()
-            .filter(|a| a.queued > 0 || a.in_flight > 0)
-            .map(|a| a.vtc)
-            .min_by(f64::total_cmp)
+    /// Takes `agent` out of the sorted sets before its counter, queues or
+    /// running count change.
+    fn unindex(&mut self, agent_id: &AgentId) {
+        let Some(agent) = self.agents.get(agent_id) else {
+            return;
+        };
+        let key = (Vtc(agent.vtc), agent_id.clone());
+        for ready in &mut self.ready {
+            ready.remove(&key);
+        }
+        self.active.remove(&key);
+    }
+
+    /// Puts `agent` back in the sorted sets, as it is now.
+    fn index(&mut self, agent_id: &AgentId, per_agent_cap: Option<usize>) {
+        let Some(agent) = self.agents.get(agent_id) else {
+            return;
+        };
+        let key = (Vtc(agent.vtc), agent_id.clone());
+        if agent.queued > 0 || agent.in_flight > 0 {
+            self.active.insert(key.clone());
+        }
+        if per_agent_cap.is_some_and(|cap| agent.in_flight >= cap) {
+            return;
+        }
+        for (level, queue) in agent.levels.iter().enumerate() {
+            if !queue.is_empty() {
+                self.ready[level].insert(key.clone());
+            }
+        }
     }
 
     /// Forgets counters that can no longer matter: all of them when the
     /// pool falls idle, idle agents when too many are remembered.
-    fn forget_if_idle(&mut self) {
-        let idle = |a: &Agent| a.queued == 0 && a.in_flight == 0;
+    fn forget_idle(&mut self) {
         if self.in_flight == 0 && self.waiters.is_empty() {
             self.agents.clear();
+            self.active.clear();
             return;
         }
         if self.agents.len() > MAX_IDLE_AGENTS {
-            let floor = self.min_active_vtc().unwrap_or(f64::MAX);
-            self.agents.retain(|_, a| !idle(a) || a.vtc > floor);
+            // An idle agent's counter would be lifted to the least active
+            // one on return anyway, unless it was ahead: that is the only
+            // memory lost, and only past this many agents.
+            self.agents.retain(|_, a| a.queued > 0 || a.in_flight > 0);
         }
     }
 
     /// Completions per second over the last few, fading when none come.
     fn drain_rate(&self, now: Instant) -> f64 {
-        let (Some(first), Some(_)) = (self.completions.front(), self.completions.back()) else {
+        let Some(first) = self.completions.front() else {
             return 0.0;
         };
         let span = now.saturating_duration_since(*first).as_secs_f64();

@@ -39,8 +39,9 @@ fn op() -> impl Strategy<Value = Op> {
 struct Model {
     scheduler: std::sync::Arc<Scheduler>,
     capacity: usize,
-    pending: Vec<Spawn<Acquire>>,
-    held: Vec<Permit>,
+    cap: Option<usize>,
+    pending: Vec<(u8, Spawn<Acquire>)>,
+    held: Vec<(u8, Permit)>,
     refused: usize,
     served: usize,
 }
@@ -49,14 +50,14 @@ impl Model {
     /// Polls every waiting ticket, moving the granted to `held`.
     fn settle(&mut self) {
         let mut still = Vec::new();
-        for mut task in self.pending.drain(..) {
+        for (agent, mut task) in self.pending.drain(..) {
             match task.poll() {
                 Poll::Ready(Ok(permit)) => {
                     self.served += 1;
-                    self.held.push(permit);
+                    self.held.push((agent, permit));
                 }
                 Poll::Ready(Err(_)) => self.refused += 1,
-                Poll::Pending => still.push(task),
+                Poll::Pending => still.push((agent, task)),
             }
         }
         self.pending = still;
@@ -80,16 +81,33 @@ impl Model {
             self.pending.len(),
             "every waiting ticket is queued once"
         );
-        if !self.pending.is_empty() {
-            assert_eq!(
-                load.in_flight, self.capacity,
-                "no permit lies free while someone waits"
-            );
+        if let Some(cap) = self.cap {
+            for (agent, _) in &self.held {
+                let running = self.held.iter().filter(|(a, _)| a == agent).count();
+                assert!(
+                    running <= cap,
+                    "agent {agent} runs {running}, over its cap {cap}"
+                );
+            }
+        }
+        if load.in_flight < self.capacity {
+            // A permit may lie free only while everyone waiting is at
+            // their agent's cap.
+            for (agent, _) in &self.pending {
+                let running = self.held.iter().filter(|(a, _)| a == agent).count();
+                let cap = self
+                    .cap
+                    .expect("without a cap, nobody waits while a permit is free");
+                assert!(
+                    running >= cap,
+                    "agent {agent} waits with {running} running, under its cap {cap}"
+                );
+            }
         }
     }
 }
 
-fn run(capacity: usize, aging_ms: u64, ops: Vec<Op>) {
+fn run(capacity: usize, cap: Option<usize>, aging_ms: u64, ops: Vec<Op>) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -99,12 +117,14 @@ fn run(capacity: usize, aging_ms: u64, ops: Vec<Op>) {
         let scheduler = Scheduler::new(&PriorityConfig {
             capacity,
             aging: Duration::from_millis(aging_ms),
+            max_in_flight_per_agent: cap,
             ..PriorityConfig::default()
         })
         .unwrap();
         let mut model = Model {
             scheduler,
             capacity,
+            cap,
             pending: Vec::new(),
             held: Vec::new(),
             refused: 0,
@@ -129,9 +149,8 @@ fn run(capacity: usize, aging_ms: u64, ops: Vec<Op>) {
                         deadline: deadline_ms
                             .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms)),
                     };
-                    model
-                        .pending
-                        .push(spawn(model.scheduler.acquire(ticket, None)));
+                    let task = spawn(model.scheduler.acquire(ticket, None));
+                    model.pending.push((agent, task));
                 }
                 Op::Cancel(i) if !model.pending.is_empty() => {
                     let i = i % model.pending.len();
@@ -181,6 +200,15 @@ proptest! {
         aging_ms in prop_oneof![Just(0u64), 10u64..500],
         ops in proptest::collection::vec(op(), 1..120),
     ) {
-        run(capacity, aging_ms, ops);
+        run(capacity, None, aging_ms, ops);
+    }
+
+    #[test]
+    fn an_agent_cap_holds_and_only_it_leaves_permits_free(
+        capacity in 1usize..6,
+        cap in 1usize..3,
+        ops in proptest::collection::vec(op(), 1..120),
+    ) {
+        run(capacity, Some(cap), 50, ops);
     }
 }

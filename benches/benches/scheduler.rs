@@ -1,0 +1,111 @@
+//! The scheduler's cost per request with 10,000 requests queued: one
+//! arrival, one completion, and the grant it triggers, with the queue
+//! held at 10,000 waiting tickets. Fair share looks at the head of each
+//! waiting agent's queue, so the cost depends on how many agents wait:
+//! the fleet of the design (131 agents) and a worst case where every
+//! waiting request is a different agent.
+
+#![allow(missing_docs)] // criterion_group! makes an undocumented pub fn.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+
+use corral_core::{Priority, UpstreamLoad};
+use corral_priority::{Acquire, Permit, PriorityConfig, Scheduler, Ticket};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+
+const QUEUED: usize = 10_000;
+
+fn ticket(n: usize, agents: usize) -> Ticket {
+    Ticket {
+        agent: format!("agent-{}", n % agents).into(),
+        priority: Priority::new((n % 10) as u8 + 1).expect("1..=10"),
+        weight: 1.0,
+        cost: 300.0,
+        bytes: 256,
+        deadline: None,
+    }
+}
+
+/// Records which ticket was woken, so the bench polls only the granted
+/// one instead of searching 10,000.
+struct Woken {
+    id: usize,
+    list: Arc<Mutex<Vec<usize>>>,
+}
+
+impl Wake for Woken {
+    fn wake(self: Arc<Self>) {
+        self.list.lock().expect("lock").push(self.id);
+    }
+}
+
+fn poll(acquire: &mut Acquire, waker: &Waker) -> Option<Permit> {
+    let mut cx = Context::from_waker(waker);
+    match Pin::new(acquire).poll(&mut cx) {
+        Poll::Ready(result) => result.ok(),
+        Poll::Pending => None,
+    }
+}
+
+fn scheduler(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let _guard = runtime.enter();
+    let mut group = c.benchmark_group("scheduler_10000_queued");
+    for agents in [131usize, QUEUED] {
+        let s = Scheduler::new(&PriorityConfig {
+            capacity: 1,
+            ..PriorityConfig::default()
+        })
+        .expect("config");
+        let woken = Arc::new(Mutex::new(Vec::new()));
+        let waker = |id: usize| {
+            Waker::from(Arc::new(Woken {
+                id,
+                list: woken.clone(),
+            }))
+        };
+        let mut running = Some(
+            poll(&mut s.acquire(ticket(0, agents), None), &waker(0)).expect("granted at once"),
+        );
+        let mut waiting: HashMap<usize, Acquire> = HashMap::with_capacity(QUEUED + 1);
+        for n in 1..=QUEUED {
+            let mut acquire = s.acquire(ticket(n, agents), None);
+            assert!(poll(&mut acquire, &waker(n)).is_none());
+            waiting.insert(n, acquire);
+        }
+        assert_eq!(s.snapshot().queued_total(), QUEUED);
+        let mut n = QUEUED;
+        group.bench_with_input(
+            BenchmarkId::new("arrive_complete_grant", format!("{agents}_agents")),
+            &agents,
+            |b, &agents| {
+                b.iter(|| {
+                    n += 1;
+                    let mut acquire = s.acquire(ticket(n, agents), None);
+                    let _ = poll(&mut acquire, &waker(n));
+                    waiting.insert(n, acquire);
+                    drop(running.take());
+                    let granted = woken
+                        .lock()
+                        .expect("lock")
+                        .pop()
+                        .expect("someone was granted");
+                    let mut acquire = waiting.remove(&granted).expect("waiting");
+                    running = Some(poll(&mut acquire, &waker(granted)).expect("its permit"));
+                });
+            },
+        );
+        assert_eq!(s.snapshot().queued_total(), QUEUED);
+    }
+    group.finish();
+}
+
+criterion_group!(benches, scheduler);
+criterion_main!(benches);

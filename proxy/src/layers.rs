@@ -1,0 +1,81 @@
+//! The builders behind the registry: each reads its layer's options and
+//! what it needs of the whole config, and builds the layer crate's layer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use corral_core::ConfigError;
+use corral_priority::{PriorityConfig, PriorityLayer};
+use serde::Deserialize;
+
+use crate::config::LayerConfig;
+use crate::registry::{options, BuildContext, StackLayer};
+
+/// `kind = "priority"`: its own options; capacity comes from
+/// `[upstream]`, weights from `[[classes]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct PriorityOptions {
+    #[serde(with = "humantime_serde")]
+    aging: Duration,
+    max_in_flight_per_agent: Option<usize>,
+    default_generation_tokens: u64,
+}
+
+impl Default for PriorityOptions {
+    fn default() -> Self {
+        let defaults = PriorityConfig::default();
+        Self {
+            aging: defaults.aging,
+            max_in_flight_per_agent: defaults.max_in_flight_per_agent,
+            default_generation_tokens: defaults.default_generation_tokens,
+        }
+    }
+}
+
+pub(crate) fn priority(
+    layer: &LayerConfig,
+    context: &BuildContext<'_>,
+) -> Result<StackLayer, ConfigError> {
+    let options: PriorityOptions = options(layer)?;
+    let upstream = &context.config.upstream;
+    let config = PriorityConfig {
+        capacity: upstream.capacity,
+        model_capacity: upstream.model_capacity.clone(),
+        aging: options.aging,
+        max_in_flight_per_agent: options.max_in_flight_per_agent,
+        default_generation_tokens: options.default_generation_tokens,
+        class_weights: context
+            .config
+            .classes
+            .iter()
+            .map(|c| (c.name.clone(), c.weight))
+            .collect(),
+    };
+    let priority = PriorityLayer::new(&config)?;
+    context
+        .load
+        .set(Arc::clone(priority.scheduler()) as Arc<dyn corral_core::UpstreamLoad>)?;
+    let models = if config.model_capacity.is_empty() {
+        String::new()
+    } else {
+        let list: Vec<String> = config
+            .model_capacity
+            .iter()
+            .map(|(m, c)| format!("{m}={c}"))
+            .collect();
+        format!(" (models: {})", list.join(", "))
+    };
+    let cap = config
+        .max_in_flight_per_agent
+        .map(|c| format!(", at most {c} per agent"))
+        .unwrap_or_default();
+    Ok(StackLayer::new(
+        priority,
+        format!(
+            "{} upstream permit(s){models}{cap}; aging one step per {}",
+            config.capacity,
+            humantime::format_duration(config.aging)
+        ),
+    ))
+}

@@ -1,0 +1,139 @@
+//! 131 agents of mixed classes at once through the proxy, against a
+//! simulated Ollama with `--parallel 4`: the upstream never sees more
+//! than 4, never answers 503, every request is answered, and priority 1
+//! waits a small fraction of what priority 9 waits.
+
+#![allow(clippy::unwrap_used)] // a test fails by panicking
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use corral::Config;
+use corral_e2e::{mock, within};
+use corral_mock_ollama::MockConfig;
+use tokio::sync::Barrier;
+
+const CLASSES: [(&str, u8, usize); 4] = [
+    ("system", 1, 10),
+    ("opus", 3, 20),
+    ("sonnet", 5, 60),
+    ("batch", 9, 41),
+];
+const REQUESTS_PER_AGENT: usize = 2;
+
+fn fleet_config(upstream: &str) -> Config {
+    let mut text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{upstream}\"\ncapacity = 4\n\n[[layers]]\nkind = \"priority\"\n"
+    );
+    for (name, priority, count) in CLASSES {
+        text.push_str(&format!("\n[[classes]]\nname = \"{name}\"\npriority = {priority}\npriorities = [{priority}, {priority}]\n"));
+        for i in 0..count {
+            text.push_str(&format!(
+                "[[agents]]\nid = \"{name}-{i}\"\nclass = \"{name}\"\n"
+            ));
+        }
+    }
+    Config::parse(&text, std::path::Path::new("herd.toml")).unwrap()
+}
+
+fn median(values: &mut [u64]) -> u64 {
+    values.sort_unstable();
+    values[values.len() / 2]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_herd_of_131_agents_never_overloads_the_upstream_and_priority_one_goes_first() {
+    let upstream = mock(MockConfig {
+        parallel: 4,
+        max_queue: 4,
+        ttft: Duration::from_millis(5),
+        tokens_per_sec: 1000.0,
+        tokens: 5,
+        ..MockConfig::default()
+    })
+    .await;
+    let corral = corral::Running::start(&fleet_config(&upstream.url()))
+        .await
+        .unwrap();
+    let url = format!("{}/api/generate", corral.url());
+    let agents: usize = CLASSES.iter().map(|c| c.2).sum();
+    assert_eq!(agents, 131);
+    let start = Arc::new(Barrier::new(agents));
+
+    let mut calls = Vec::new();
+    for (class, priority, count) in CLASSES {
+        for i in 0..count {
+            let (url, start) = (url.clone(), start.clone());
+            calls.push(tokio::spawn(async move {
+                let client = corral_e2e::client();
+                start.wait().await;
+                let mut waits = Vec::new();
+                for n in 0..REQUESTS_PER_AGENT {
+                    let mut request = corral_e2e::request(
+                        "POST",
+                        &url,
+                        format!(
+                            r#"{{"model":"llama3","prompt":"{class} {i} asks {n}","stream":false}}"#
+                        ),
+                    );
+                    request
+                        .headers_mut()
+                        .insert("x-agent-id", format!("{class}-{i}").parse().unwrap());
+                    let response = client.request(request).await.expect("answered");
+                    let status = response.status();
+                    let wait: u64 = response
+                        .headers()
+                        .get("x-corral-queue-ms")
+                        .map(|v| v.to_str().unwrap().parse().unwrap())
+                        .unwrap_or(0);
+                    let reason = response.headers().get("x-corral-reason").cloned();
+                    let body = http_body_util::BodyExt::collect(response.into_body())
+                        .await
+                        .unwrap()
+                        .to_bytes();
+                    assert!(
+                        status == 200 || reason.is_some(),
+                        "{status} without a reason: {body:?}"
+                    );
+                    assert_eq!(status, 200, "nothing is refused here: {body:?}");
+                    waits.push(wait);
+                }
+                (priority, waits)
+            }));
+        }
+    }
+    let mut by_priority: std::collections::BTreeMap<u8, Vec<u64>> = Default::default();
+    for call in calls {
+        let (priority, waits) = within(call).await.unwrap();
+        by_priority.entry(priority).or_default().extend(waits);
+    }
+
+    let stats = upstream.stats();
+    assert!(
+        stats.peak_in_flight <= 4,
+        "the upstream saw {} at once",
+        stats.peak_in_flight
+    );
+    assert_eq!(stats.busy_rejections, 0, "no upstream 503");
+    assert_eq!(
+        stats.peak_queued, 0,
+        "nothing ever waited inside the upstream"
+    );
+    assert_eq!(
+        stats.completed as usize,
+        agents * REQUESTS_PER_AGENT,
+        "every request was served"
+    );
+
+    let p1 = median(by_priority.get_mut(&1).unwrap());
+    let p9 = median(by_priority.get_mut(&9).unwrap());
+    eprintln!(
+        "median queue wait by priority (ms): p1 {p1}, p9 {p9}; upstream peak {}",
+        stats.peak_in_flight
+    );
+    assert!(p9 > 0, "priority 9 waited");
+    assert!(
+        p1 * 5 <= p9,
+        "priority 1 median wait {p1} ms is a small fraction of priority 9's {p9} ms"
+    );
+}
