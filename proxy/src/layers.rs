@@ -79,3 +79,31 @@ pub(crate) fn priority(
         ),
     ))
 }
+
+/// `kind = "shed"`: its options are [`corral_shed::ShedConfig`]'s.
+pub(crate) fn shed(
+    layer: &LayerConfig,
+    context: &BuildContext<'_>,
+) -> Result<StackLayer, ConfigError> {
+    let config: corral_shed::ShedConfig = options(layer)?;
+    let shed =
+        corral_shed::ShedLayer::new(&config, context.load.clone(), Some(context.bus.clone()))?;
+    let codel = if config.codel {
+        format!(
+            "; delay shedding above {} for {}",
+            humantime::format_duration(config.codel_target),
+            humantime::format_duration(config.codel_interval)
+        )
+    } else {
+        String::new()
+    };
+    Ok(StackLayer::new(
+        shed,
+        format!(
+            "at most {} waiting; priorities above {} refused at once when full, the others wait up to {}{codel}",
+            config.max_queue,
+            config.drop_above,
+            humantime::format_duration(config.wait_for_space)
+        ),
+    ))
+}

@@ -7,7 +7,9 @@
 //! `[[classes]]` and `[[agents]]`.
 
 use bytes::Bytes;
-use corral_core::{as_refusal, BoxError, ConfigError, LoadCell, RefusalCast};
+use std::sync::Arc;
+
+use corral_core::{as_refusal, BoxError, Bus, ConfigError, LoadCell, RefusalCast};
 use http::Response;
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
@@ -40,22 +42,31 @@ impl std::fmt::Debug for LayerKind {
 }
 
 /// What a layer builder may use besides its own options.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct BuildContext<'a> {
     /// The whole configuration: classes, agents, the upstream's capacity.
     pub config: &'a Config,
     /// Where the scheduler publishes its load for the layers around it.
     pub load: &'a LoadCell,
+    /// Where layers announce state changes (backpressure, levels, breaker).
+    pub bus: &'a Arc<dyn Bus>,
+}
+
+impl std::fmt::Debug for BuildContext<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuildContext")
+            .field("load", self.load)
+            .finish()
+    }
 }
 
 /// The layers this build of `corral` knows, by `kind`. Layer crates add
 /// one line each (their builders are in `layers.rs`).
-pub const LAYERS: &[LayerKind] = &[LayerKind {
-    name: "priority",
-    about: "the scheduler: upstream permits by priority, fair share, aging, deadlines",
-    build: crate::layers::priority,
-    refusals: &[as_refusal::<corral_priority::DeadlineExceeded>],
-}];
+#[rustfmt::skip]
+pub const LAYERS: &[LayerKind] = &[
+    LayerKind { name: "priority", about: "the scheduler: upstream permits by priority, fair share, aging, deadlines", build: crate::layers::priority, refusals: &[as_refusal::<corral_priority::DeadlineExceeded>] },
+    LayerKind { name: "shed", about: "bounded queue: lowest priorities refused first, delay shedding, Retry-After", build: crate::layers::shed, refusals: &[as_refusal::<corral_shed::Shed>] },
+];
 
 /// A built layer, ready to wrap the rest of the stack.
 pub struct StackLayer {

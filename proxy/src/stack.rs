@@ -7,7 +7,9 @@
 use std::path::Path;
 
 use corral_classify::ClassifyLayer;
-use corral_core::{Body, BoxBody, BoxError, LoadCell, RefusalCast};
+use std::sync::Arc;
+
+use corral_core::{Body, BoxBody, BoxError, Bus, LoadCell, MemoryBus, RefusalCast};
 use tower::util::BoxCloneSyncService;
 use tower::Layer;
 
@@ -31,6 +33,7 @@ pub struct Stack {
     layers: Vec<(String, String)>,
     refusals: Vec<RefusalCast>,
     load: LoadCell,
+    bus: Arc<dyn Bus>,
 }
 
 impl std::fmt::Debug for Stack {
@@ -55,6 +58,11 @@ impl Stack {
     /// The layers, outermost first, as `(kind, how it is configured)`.
     pub fn layers(&self) -> &[(String, String)] {
         &self.layers
+    }
+
+    /// The bus the stack's layers publish on.
+    pub fn bus(&self) -> &Arc<dyn Bus> {
+        &self.bus
     }
 
     /// The scheduler's load, when the stack has a `priority` layer.
@@ -97,6 +105,7 @@ pub fn build_with(
     })?;
 
     let load = LoadCell::default();
+    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(&replica_id()));
     let mut refusals: Vec<RefusalCast> = respond::BUILT_IN.to_vec();
     let mut built = Vec::with_capacity(config.layers.len());
     for (i, layer) in config.layers.iter().enumerate() {
@@ -132,6 +141,7 @@ pub fn build_with(
         let context = BuildContext {
             config,
             load: &load,
+            bus: &bus,
         };
         let stack_layer = (kind.build)(layer, &context)
             .map_err(|e| LoadError::from_config(file, e.within(&at), layer.line))?;
@@ -171,7 +181,22 @@ pub fn build_with(
         layers,
         refusals,
         load,
+        bus,
     })
+}
+
+/// This replica's name on the bus: host and process.
+fn replica_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .unwrap_or_else(|| "corral".to_string());
+    format!("{host}-{}", std::process::id())
 }
 
 /// Renders `stack` as `check-config` prints it.

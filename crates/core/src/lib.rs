@@ -28,6 +28,7 @@
 //! ```
 
 mod body;
+mod bus;
 mod config;
 mod endpoint;
 mod error;
@@ -37,6 +38,7 @@ mod meta;
 mod refusal;
 
 pub use body::{empty, full, Body, BoxBody};
+pub use bus::{channels, Bus, BusMessage, MemoryBus};
 pub use config::ConfigError;
 pub use endpoint::{ApiFamily, Endpoint, EndpointKind};
 pub use error::{stream_error_frame, ErrorBody};

@@ -73,6 +73,13 @@ impl LoadSnapshot {
 pub trait UpstreamLoad: Send + Sync + 'static {
     /// The load now.
     fn snapshot(&self) -> LoadSnapshot;
+
+    /// Notified whenever a waiting request leaves the queue (granted,
+    /// cancelled, expired) or a permit comes back, for those who wait for
+    /// room; `None` if this load never notifies.
+    fn changes(&self) -> Option<&tokio::sync::Notify> {
+        None
+    }
 }
 
 /// Where the scheduler publishes itself for the layers built around it.

@@ -7,11 +7,12 @@
 
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::Duration;
 
 use corral_core::{AgentId, LoadSnapshot, Priority};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// How many recent completions the drain rate is measured over.
@@ -43,6 +44,8 @@ pub(crate) struct Pool {
     aging: Duration,
     per_agent_cap: Option<usize>,
     state: Mutex<State>,
+    /// Told whenever a ticket leaves the queue or a permit comes back.
+    changes: Arc<Notify>,
 }
 
 struct State {
@@ -142,11 +145,13 @@ impl Pool {
         capacity: usize,
         aging: Duration,
         per_agent_cap: Option<usize>,
+        changes: Arc<Notify>,
     ) -> Self {
         Self {
             name,
             aging,
             per_agent_cap,
+            changes,
             state: Mutex::new(State {
                 capacity,
                 in_flight: 0,
@@ -264,6 +269,7 @@ impl Pool {
         let wakers = self.dispatch(&mut state, now);
         drop(state);
         wake_all(wakers);
+        self.changes.notify_waiters();
         Some(now.saturating_duration_since(waiter.enqueued))
     }
 
@@ -287,6 +293,7 @@ impl Pool {
         let wakers = self.dispatch(&mut state, now);
         drop(state);
         wake_all(wakers);
+        self.changes.notify_waiters();
     }
 
     /// Changes the capacity; waiting requests are granted at once if it

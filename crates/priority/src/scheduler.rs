@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use corral_core::{AgentId, LoadSnapshot, UpstreamLoad};
+use tokio::sync::Notify;
 use tokio::time::Sleep;
 
 use crate::config::PriorityConfig;
@@ -52,6 +53,7 @@ use crate::pool::{self, Pool, Ticket};
 pub struct Scheduler {
     default: Arc<Pool>,
     by_model: HashMap<String, Arc<Pool>>,
+    changes: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -78,19 +80,30 @@ impl Scheduler {
     pub fn new(config: &PriorityConfig) -> Result<Arc<Self>, corral_core::ConfigError> {
         config.validate()?;
         let cap = config.max_in_flight_per_agent;
-        let default = Arc::new(Pool::new("*".into(), config.capacity, config.aging, cap));
+        let changes = Arc::new(Notify::new());
+        let pool = |name: String, capacity| {
+            Arc::new(Pool::new(
+                name,
+                capacity,
+                config.aging,
+                cap,
+                changes.clone(),
+            ))
+        };
+        let default = pool("*".into(), config.capacity);
         let by_model = config
             .model_capacity
             .iter()
             .map(|(model, capacity)| {
                 let key = canonical_model(model);
-                (
-                    key.clone(),
-                    Arc::new(Pool::new(key, *capacity, config.aging, cap)),
-                )
+                (key.clone(), pool(key, *capacity))
             })
             .collect();
-        Ok(Arc::new(Self { default, by_model }))
+        Ok(Arc::new(Self {
+            default,
+            by_model,
+            changes,
+        }))
     }
 
     fn pool(&self, model: Option<&str>) -> &Arc<Pool> {
@@ -175,6 +188,10 @@ impl UpstreamLoad for Scheduler {
             total.completions_per_sec += s.completions_per_sec;
         }
         total
+    }
+
+    fn changes(&self) -> Option<&Notify> {
+        Some(&self.changes)
     }
 }
 

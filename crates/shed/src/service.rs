@@ -1,0 +1,67 @@
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use corral_core::{Body, BoxError, EndpointKind, Priority, RequestMeta};
+use http::Request;
+use tower::Service;
+
+use crate::future::ResponseFuture;
+use crate::shared::{Decision, Shared};
+
+/// Refuses inference requests the queue has no room for, lowest
+/// priorities first; lets the rest through.
+#[derive(Debug)]
+pub struct ShedService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S: Clone> Clone for ShedService<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S> ShedService<S> {
+    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
+        Self { inner, shared }
+    }
+}
+
+impl<S> Service<Request<Body>> for ShedService<S>
+where
+    S: Service<Request<Body>> + Clone,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let Some(meta) = request.extensions().get::<RequestMeta>() else {
+            return ResponseFuture::passing(self.inner.call(request), None);
+        };
+        if meta.endpoint.kind() != EndpointKind::Inference {
+            return ResponseFuture::passing(self.inner.call(request), None);
+        }
+        let (priority, agent): (Priority, _) = (meta.priority, meta.agent.clone());
+        match self.shared.decide(priority, &agent) {
+            Decision::Admit(admitted) => {
+                ResponseFuture::passing(self.inner.call(request), Some(admitted))
+            }
+            Decision::Refuse(shed) => ResponseFuture::refused(shed.into()),
+            Decision::WaitForSpace => {
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::waiting(self.shared.clone(), inner, request, priority, agent)
+            }
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! The decisions: admit, refuse, or wait for room.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use corral_core::{channels, AgentId, Bus, LoadCell, LoadSnapshot, Priority, UpstreamLoad};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::config::ShedConfig;
+use crate::error::{Shed, ShedReason};
+use crate::metrics::{BACKPRESSURE_EVENTS_TOTAL, DROPPED_REQUESTS_TOTAL, PRIORITY_LABELS};
+
+pub(crate) struct Shared {
+    pub(crate) config: ShedConfig,
+    load: LoadCell,
+    own: Arc<OwnQueue>,
+    per_agent: Mutex<HashMap<AgentId, usize>>,
+    codel: Mutex<Codel>,
+    events: Mutex<Events>,
+    bus: Option<Arc<dyn Bus>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shed")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// What shed counts itself when no scheduler is in the stack: requests
+/// admitted whose answer has not started.
+struct OwnQueue {
+    waiting: AtomicUsize,
+    changes: Notify,
+}
+
+impl UpstreamLoad for OwnQueue {
+    fn snapshot(&self) -> LoadSnapshot {
+        let mut load = LoadSnapshot::idle(0);
+        load.queued[4] = self.waiting.load(Ordering::Relaxed);
+        load
+    }
+
+    fn changes(&self) -> Option<&Notify> {
+        Some(&self.changes)
+    }
+}
+
+#[derive(Default)]
+struct Codel {
+    first_above: Option<Instant>,
+    dropping: bool,
+}
+
+#[derive(Default)]
+struct Events {
+    last: Option<Instant>,
+    by_reason: BTreeMap<&'static str, u64>,
+    by_priority: BTreeMap<u8, u64>,
+}
+
+pub(crate) enum Decision {
+    Admit(Admitted),
+    WaitForSpace,
+    Refuse(Shed),
+}
+
+/// A request let through: counted until its answer starts (or it is
+/// dropped), then it frees its place.
+pub(crate) struct Admitted {
+    shared: Arc<Shared>,
+    agent: Option<AgentId>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.shared.own.waiting.fetch_sub(1, Ordering::Relaxed);
+        if let Some(agent) = &self.agent {
+            let mut per_agent = lock(&self.shared.per_agent);
+            if let Some(n) = per_agent.get_mut(agent) {
+                *n -= 1;
+                if *n == 0 {
+                    per_agent.remove(agent);
+                }
+            }
+        }
+        self.shared.own.changes.notify_waiters();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Shared {
+    pub(crate) fn new(config: ShedConfig, load: LoadCell, bus: Option<Arc<dyn Bus>>) -> Self {
+        Self {
+            config,
+            load,
+            own: Arc::new(OwnQueue {
+                waiting: AtomicUsize::new(0),
+                changes: Notify::new(),
+            }),
+            per_agent: Mutex::new(HashMap::new()),
+            codel: Mutex::new(Codel::default()),
+            events: Mutex::new(Events::default()),
+            bus,
+        }
+    }
+
+    /// The queue shed watches: the scheduler's when the stack has one,
+    /// else its own count.
+    pub(crate) fn view(&self) -> Arc<dyn UpstreamLoad> {
+        match self.load.get() {
+            Some(load) => load.clone(),
+            None => self.own.clone(),
+        }
+    }
+
+    pub(crate) fn full(&self, load: &LoadSnapshot) -> bool {
+        load.queued_total() >= self.config.max_queue
+            || self
+                .config
+                .max_queue_bytes
+                .is_some_and(|max| load.queued_bytes >= max)
+    }
+
+    /// Admit, refuse or wait, for a request of `priority` from `agent`.
+    pub(crate) fn decide(self: &Arc<Self>, priority: Priority, agent: &AgentId) -> Decision {
+        let now = Instant::now();
+        let load = self.view().snapshot();
+        let droppable = priority.get() > self.config.drop_above;
+
+        if let Some(max) = self.config.max_waiting_per_agent {
+            let waiting = lock(&self.per_agent).get(agent).copied().unwrap_or(0);
+            if waiting >= max {
+                return Decision::Refuse(self.refuse(
+                    ShedReason::AgentQueueFull,
+                    priority,
+                    &load,
+                    now,
+                ));
+            }
+        }
+        if self.config.codel && self.codel(now, &load) && droppable {
+            metrics::counter!(BACKPRESSURE_EVENTS_TOTAL, "priority" => label(priority))
+                .increment(1);
+            return Decision::Refuse(self.refuse(ShedReason::QueueDelay, priority, &load, now));
+        }
+        if self.full(&load) {
+            metrics::counter!(BACKPRESSURE_EVENTS_TOTAL, "priority" => label(priority))
+                .increment(1);
+            if droppable {
+                return Decision::Refuse(self.refuse(ShedReason::QueueFull, priority, &load, now));
+            }
+            return Decision::WaitForSpace;
+        }
+        Decision::Admit(self.admit(agent))
+    }
+
+    pub(crate) fn admit(self: &Arc<Self>, agent: &AgentId) -> Admitted {
+        self.own.waiting.fetch_add(1, Ordering::Relaxed);
+        let agent = self.config.max_waiting_per_agent.map(|_| {
+            *lock(&self.per_agent).entry(agent.clone()).or_default() += 1;
+            agent.clone()
+        });
+        Admitted {
+            shared: self.clone(),
+            agent,
+        }
+    }
+
+    /// CoDel's rule on the oldest waiting request's delay: shed once it
+    /// has stayed above target for a whole interval, stop as soon as it
+    /// falls below.
+    fn codel(&self, now: Instant, load: &LoadSnapshot) -> bool {
+        let sojourn = load
+            .oldest_waiting_since
+            .map_or(Duration::ZERO, |since| now.saturating_duration_since(since));
+        let mut codel = lock(&self.codel);
+        if sojourn < self.config.codel_target {
+            if codel.dropping {
+                tracing::info!(
+                    delay_ms = sojourn.as_millis() as u64,
+                    "queue delay back under target: delay shedding off"
+                );
+            }
+            *codel = Codel::default();
+        } else {
+            match codel.first_above {
+                None => codel.first_above = Some(now + self.config.codel_interval),
+                Some(until) if now >= until && !codel.dropping => {
+                    codel.dropping = true;
+                    tracing::warn!(
+                        delay_ms = sojourn.as_millis() as u64,
+                        "queue delay above target for a whole interval: shedding low priorities"
+                    );
+                }
+                _ => {}
+            }
+        }
+        codel.dropping
+    }
+
+    /// When to come back: the queue ahead over the measured drain rate.
+    pub(crate) fn retry_after(&self, load: &LoadSnapshot) -> Duration {
+        let estimate = if load.completions_per_sec > 0.0 {
+            Duration::from_secs_f64(load.queued_total() as f64 / load.completions_per_sec)
+        } else {
+            self.config.wait_for_space
+        };
+        estimate.clamp(Duration::from_secs(1), Duration::from_secs(600))
+    }
+
+    /// Counts a refusal, publishes backpressure now and then, and builds
+    /// it.
+    pub(crate) fn refuse(
+        &self,
+        reason: ShedReason,
+        priority: Priority,
+        load: &LoadSnapshot,
+        now: Instant,
+    ) -> Shed {
+        let retry_after = self.retry_after(load);
+        metrics::counter!(DROPPED_REQUESTS_TOTAL, "reason" => reason.as_str(), "priority" => label(priority))
+            .increment(1);
+        let mut events = lock(&self.events);
+        *events.by_reason.entry(reason.as_str()).or_default() += 1;
+        *events.by_priority.entry(priority.get()).or_default() += 1;
+        let due = events
+            .last
+            .is_none_or(|last| now.saturating_duration_since(last) >= self.config.event_interval);
+        if due {
+            events.last = Some(now);
+            let by_reason = std::mem::take(&mut events.by_reason);
+            let by_priority = std::mem::take(&mut events.by_priority);
+            drop(events);
+            if let Some(bus) = &self.bus {
+                let refused: u64 = by_reason.values().sum();
+                bus.publish(
+                    channels::BACKPRESSURE,
+                    serde_json::json!({
+                        "refused": refused,
+                        "by_reason": by_reason,
+                        "by_priority": by_priority.iter().map(|(p, n)| (p.to_string(), *n)).collect::<BTreeMap<_, _>>(),
+                        "queued": load.queued_total(),
+                        "max_queue": self.config.max_queue,
+                        "retry_after_secs": retry_after.as_secs().max(1),
+                    }),
+                );
+            }
+        }
+        Shed {
+            reason,
+            priority,
+            queued: load.queued_total(),
+            retry_after,
+        }
+    }
+}
+
+fn label(priority: Priority) -> &'static str {
+    PRIORITY_LABELS[usize::from(priority.get() - 1)]
+}
+
+/// Waits until the queue has room or `wait_for_space` has passed: `true`
+/// for room.
+pub(crate) async fn wait_for_space(shared: Arc<Shared>) -> bool {
+    let deadline = Instant::now() + shared.config.wait_for_space;
+    let load = shared.view();
+    loop {
+        let notified = load.changes().map(Notify::notified);
+        tokio::pin!(notified);
+        if let Some(notified) = notified.as_mut().as_pin_mut() {
+            // Registered before looking, so a change in between is not
+            // missed.
+            notified.enable();
+        }
+        if !shared.full(&load.snapshot()) {
+            return true;
+        }
+        match notified.as_pin_mut() {
+            Some(notified) => {
+                tokio::select! {
+                    () = notified => {}
+                    () = tokio::time::sleep_until(deadline) => return false,
+                }
+            }
+            None => {
+                // A load that never notifies: look again now and then.
+                let next = (Instant::now() + Duration::from_millis(50)).min(deadline);
+                tokio::time::sleep_until(next).await;
+                if next == deadline {
+                    return !shared.full(&load.snapshot());
+                }
+            }
+        }
+    }
+}

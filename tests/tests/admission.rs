@@ -1,0 +1,97 @@
+//! Admission control through the proxy: shedding refuses what the queue
+//! has no room for, in Ollama's shape, with Retry-After, and counts it.
+
+#![allow(clippy::unwrap_used)] // a test fails by panicking
+
+use std::time::Duration;
+
+use corral::Config;
+use corral_e2e::{eventually, mock, request, send};
+use corral_mock_ollama::MockConfig;
+
+fn config(upstream: &str, layers: &str) -> Config {
+    let text = format!("[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{upstream}\"\ncapacity = 1\n{layers}");
+    Config::parse(&text, std::path::Path::new("admission.toml")).unwrap()
+}
+
+fn generate(
+    url: &str,
+    agent: &str,
+    priority: u8,
+) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    let mut r = request(
+        "POST",
+        &format!("{url}/api/generate"),
+        r#"{"model":"llama3","prompt":"hold the slot","stream":false}"#,
+    );
+    r.headers_mut().insert("x-agent-id", agent.parse().unwrap());
+    r.headers_mut()
+        .insert("x-priority", priority.to_string().parse().unwrap());
+    r
+}
+
+#[tokio::test]
+async fn a_full_queue_refuses_low_priority_with_503_retry_after_and_a_reason() {
+    let upstream = mock(MockConfig {
+        ttft: Duration::from_secs(30),
+        ..MockConfig::default()
+    })
+    .await;
+    let corral = corral::Running::start(&config(
+        &upstream.url(),
+        "[[layers]]\nkind = \"shed\"\nmax_queue = 2\n\n[[layers]]\nkind = \"priority\"\n",
+    ))
+    .await
+    .unwrap();
+    let url = corral.url();
+    // One runs (capacity 1), two wait: the queue is full.
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let url = url.clone();
+        held.push(tokio::spawn(async move {
+            send(generate(&url, &format!("holder-{i}"), 5)).await
+        }));
+    }
+    eventually("one runs upstream", || upstream.stats().in_flight == 1).await;
+    let metrics_url = format!("{url}/metrics");
+    let mut queued = 0;
+    for _ in 0..500 {
+        let text =
+            String::from_utf8(send(request("GET", &metrics_url, "")).await.body.to_vec()).unwrap();
+        queued = text
+            .lines()
+            .find_map(|l| l.strip_prefix("corral_queue_depth{priority=\"5\"} "))
+            .map(|v| v.parse::<f64>().unwrap() as usize)
+            .unwrap_or(0);
+        if queued == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(queued, 2, "two wait in the scheduler");
+
+    let refused = send(generate(&url, "batch-1", 9)).await;
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.header("x-corral-reason"), Some("shed"));
+    let retry: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+    assert!(retry >= 1, "{retry}");
+    assert!(refused.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("server busy"));
+
+    let tags = send(request("GET", &format!("{url}/api/tags"), "")).await;
+    assert_eq!(tags.status, 200, "metadata is never shed nor queued");
+
+    let metrics =
+        String::from_utf8(send(request("GET", &metrics_url, "")).await.body.to_vec()).unwrap();
+    assert!(
+        metrics.contains("corral_dropped_requests_total{reason=\"queue_full\",priority=\"9\"}")
+            || metrics
+                .contains("corral_dropped_requests_total{priority=\"9\",reason=\"queue_full\"}"),
+        "{metrics}"
+    );
+    for h in held {
+        h.abort();
+    }
+}
