@@ -212,6 +212,10 @@ pub struct ClassConfig {
     /// class of weight 2 gets twice the service of one of weight 1.
     #[serde(default = "default_weight")]
     pub weight: f64,
+    /// The bulkhead compartment its requests run in (a compartment of the
+    /// `bulkhead` layer), after the layer's own rules.
+    #[serde(default)]
+    pub compartment: Option<String>,
 }
 
 fn default_weight() -> f64 {

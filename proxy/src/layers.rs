@@ -107,3 +107,49 @@ pub(crate) fn shed(
         ),
     ))
 }
+
+/// `kind = "bulkhead"`: compartments and rules from its options, then a
+/// rule per class that names a `compartment`.
+pub(crate) fn bulkhead(
+    layer: &LayerConfig,
+    context: &BuildContext<'_>,
+) -> Result<StackLayer, ConfigError> {
+    let mut config: corral_bulkhead::BulkheadConfig = options(layer)?;
+    config.validate()?;
+    for (i, class) in context.config.classes.iter().enumerate() {
+        let Some(compartment) = &class.compartment else {
+            continue;
+        };
+        if !config.compartments.iter().any(|c| &c.name == compartment) {
+            // Reported where the operator wrote it, not as a layer option.
+            return Err(ConfigError::new(
+                "",
+                format!(
+                    "classes[{i}].compartment: unknown compartment {compartment:?} (the bulkhead layer defines: {})",
+                    config.compartments.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        config.rules.push(corral_bulkhead::RuleConfig {
+            compartment: compartment.clone(),
+            class: Some(class.name.clone()),
+            agent: None,
+            endpoint: None,
+            model: None,
+        });
+    }
+    let bulkhead = corral_bulkhead::BulkheadLayer::new(&config)?;
+    let compartments: Vec<String> = config
+        .compartments
+        .iter()
+        .map(|c| format!("{} {}", c.name, c.max_concurrent))
+        .collect();
+    Ok(StackLayer::new(
+        bulkhead,
+        format!(
+            "compartments: {}; {} rule(s)",
+            compartments.join(", "),
+            config.rules.len()
+        ),
+    ))
+}

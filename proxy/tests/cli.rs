@@ -154,6 +154,31 @@ fn bad_values_are_refused_with_the_key_and_reason() {
             "[upstream]\nca_file = \"/no/such/ca.pem\"\n",
             "upstream.ca_file",
         ),
+        ("[upstream]\ncapacity = 0\n", "upstream.capacity"),
+        (
+            "[[classes]]\nname = \"a\"\nweight = 0\n",
+            "classes[0].weight",
+        ),
+        (
+            "[[classes]]\nname = \"a\"\ncompartment = \"x\"\n[[layers]]\nkind = \"bulkhead\"\n",
+            "classes[0].compartment: unknown compartment",
+        ),
+        (
+            "[[layers]]\nkind = \"bulkhead\"\n[[layers.rules]]\ncompartment = \"x\"\n",
+            "layers[0].rules[0].compartment",
+        ),
+        (
+            "[[layers]]\nkind = \"shed\"\nmax_queue = 0\n",
+            "layers[0].max_queue",
+        ),
+        (
+            "[[layers]]\nkind = \"priority\"\naging = \"often\"\n",
+            "layers[0].aging",
+        ),
+        (
+            "[[layers]]\nkind = \"priority\"\n[[layers]]\nkind = \"priority\"\n",
+            "listed twice",
+        ),
     ];
     for (text, key) in cases {
         let output = check(text);

@@ -1,0 +1,55 @@
+//! `corral-bulkhead`: isolation by compartment.
+//!
+//! Named compartments with their own concurrency limits (the design's
+//! `opus_agents` 10, `sonnet_agents` 20, `critical_ops` 5, `batch_ops`
+//! 15), and rules that put a request in one by its class, agent, endpoint
+//! or model, first match wins. A full compartment refuses at once, or
+//! lets up to `max_waiting` requests wait up to `max_wait`; then
+//! [`CompartmentFull`] (503, `X-Corral-Reason: bulkhead_full`). A slot is
+//! held until the response body ends, so a compartment of streams is
+//! really bounded. Requests no rule matches are not confined; by default
+//! only inference is.
+//!
+//! Built on tokio's fair semaphore: waiting requests get slots in arrival
+//! order. Per-compartment saturation (in use / capacity) is the metric
+//! `corral_bulkhead_saturation`.
+//!
+//! # Example
+//!
+//! ```
+//! use corral_bulkhead::{BulkheadConfig, BulkheadLayer};
+//! use corral_core::Body;
+//! use tower::{service_fn, ServiceBuilder};
+//!
+//! let config: BulkheadConfig = toml::from_str(r#"
+//!     [[compartments]]
+//!     name = "batch_ops"
+//!     max_concurrent = 15
+//!     [[rules]]
+//!     compartment = "batch_ops"
+//!     class = "batch"
+//! "#).unwrap();
+//! let service = ServiceBuilder::new()
+//!     .layer(BulkheadLayer::new(&config).unwrap())
+//!     .service(service_fn(|_request: http::Request<Body>| async {
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
+//!     }));
+//! # drop(service);
+//! ```
+
+mod body;
+mod compartment;
+mod config;
+mod error;
+mod future;
+mod layer;
+pub mod metrics;
+mod service;
+
+pub use body::ResponseBody;
+pub use compartment::Slot;
+pub use config::{BulkheadConfig, CompartmentConfig, RuleConfig};
+pub use error::CompartmentFull;
+pub use future::ResponseFuture;
+pub use layer::BulkheadLayer;
+pub use service::BulkheadService;

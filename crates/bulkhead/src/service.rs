@@ -1,0 +1,67 @@
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use corral_core::{Body, BoxError, EndpointKind, RequestMeta};
+use http::{Request, Response};
+use tower::Service;
+
+use crate::compartment::{enter, Compartments, Entry};
+use crate::future::ResponseFuture;
+
+/// Confines requests to their compartment: at most its `max_concurrent`
+/// run at once, a bounded number wait a bounded time, the rest are
+/// refused with [`CompartmentFull`](crate::CompartmentFull).
+#[derive(Clone)]
+pub struct BulkheadService<S> {
+    inner: S,
+    compartments: Arc<Compartments>,
+}
+
+impl<S> std::fmt::Debug for BulkheadService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BulkheadService").finish()
+    }
+}
+
+impl<S> BulkheadService<S> {
+    pub(crate) fn new(inner: S, compartments: Arc<Compartments>) -> Self {
+        Self {
+            inner,
+            compartments,
+        }
+    }
+}
+
+impl<S, B> Service<Request<Body>> for BulkheadService<S>
+where
+    S: Service<Request<Body>, Response = Response<B>> + Clone,
+    S::Error: Into<BoxError>,
+{
+    type Response = Response<crate::ResponseBody<B>>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let compartment = request.extensions().get::<RequestMeta>().and_then(|meta| {
+            let confined =
+                self.compartments.all_endpoints || meta.endpoint.kind() == EndpointKind::Inference;
+            confined.then(|| self.compartments.choose(meta)).flatten()
+        });
+        let Some(compartment) = compartment else {
+            return ResponseFuture::calling(self.inner.call(request), None);
+        };
+        match enter(compartment) {
+            Entry::Now(slot) => ResponseFuture::calling(self.inner.call(request), Some(slot)),
+            Entry::Full(full) => ResponseFuture::refused(full.into()),
+            Entry::Wait(wait) => {
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::waiting(wait, inner, request)
+            }
+        }
+    }
+}
