@@ -153,3 +153,64 @@ pub(crate) fn bulkhead(
         ),
     ))
 }
+
+/// `kind = "ratelimit"`: quotas from each class's `rate_limit`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RateLimitOptions {
+    default_generation_tokens: u64,
+}
+
+impl Default for RateLimitOptions {
+    fn default() -> Self {
+        Self {
+            default_generation_tokens: corral_ratelimit::DEFAULT_GENERATION_TOKENS,
+        }
+    }
+}
+
+pub(crate) fn ratelimit(
+    layer: &LayerConfig,
+    context: &BuildContext<'_>,
+) -> Result<StackLayer, ConfigError> {
+    let options: RateLimitOptions = options(layer)?;
+    let config = corral_ratelimit::RateLimitConfig {
+        classes: context
+            .config
+            .classes
+            .iter()
+            .filter_map(|c| c.rate_limit.clone().map(|limits| (c.name.clone(), limits)))
+            .collect(),
+        default_generation_tokens: options.default_generation_tokens,
+    };
+    let layer = corral_ratelimit::RateLimitLayer::new(&config).map_err(|e| {
+        // The limits live in [[classes]]: say so.
+        ConfigError::new("", format!("[[classes]] rate_limit: {e}"))
+    })?;
+    let limited: Vec<String> = config
+        .classes
+        .iter()
+        .map(|(name, l)| {
+            let mut parts = Vec::new();
+            if let Some(n) = l.requests_per_minute {
+                parts.push(format!("{n} req/min"));
+            }
+            if let Some(n) = l.tokens_per_minute {
+                parts.push(format!("{n} tok/min"));
+            }
+            if let Some(n) = l.class_requests_per_minute {
+                parts.push(format!("class {n} req/min"));
+            }
+            if let Some(n) = l.class_tokens_per_minute {
+                parts.push(format!("class {n} tok/min"));
+            }
+            format!("{name} ({})", parts.join(", "))
+        })
+        .collect();
+    let summary = if limited.is_empty() {
+        "no class has a rate_limit".to_string()
+    } else {
+        limited.join("; ")
+    };
+    Ok(StackLayer::new(layer, summary))
+}

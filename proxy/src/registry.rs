@@ -66,6 +66,7 @@ impl std::fmt::Debug for BuildContext<'_> {
 pub const LAYERS: &[LayerKind] = &[
     LayerKind { name: "priority", about: "the scheduler: upstream permits by priority, fair share, aging, deadlines", build: crate::layers::priority, refusals: &[as_refusal::<corral_priority::DeadlineExceeded>] },
     LayerKind { name: "bulkhead", about: "named compartments with their own concurrency limits", build: crate::layers::bulkhead, refusals: &[as_refusal::<corral_bulkhead::CompartmentFull>] },
+    LayerKind { name: "ratelimit", about: "per-agent and per-class GCRA quotas of requests and tokens", build: crate::layers::ratelimit, refusals: &[as_refusal::<corral_ratelimit::RateLimited>] },
     LayerKind { name: "shed", about: "bounded queue: lowest priorities refused first, delay shedding, Retry-After", build: crate::layers::shed, refusals: &[as_refusal::<corral_shed::Shed>] },
 ];
 

@@ -40,6 +40,9 @@ pub fn error_response(
                 headers::X_CORRAL_REASON,
                 HeaderValue::from_static(refusal.reason()),
             );
+            for (name, value) in refusal.headers() {
+                response.headers_mut().insert(name, value);
+            }
             if let Some(wait) = refusal.retry_after() {
                 // Whole seconds, rounded up: "0" would invite a stampede.
                 let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);

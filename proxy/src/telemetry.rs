@@ -96,6 +96,7 @@ pub fn metrics_handle() -> PrometheusHandle {
 fn describe() {
     corral_shed::metrics::describe();
     corral_bulkhead::metrics::describe();
+    corral_ratelimit::metrics::describe();
     metrics::describe_counter!(REQUESTS_TOTAL, "Requests answered, by endpoint and status.");
     metrics::describe_histogram!(
         REQUEST_DURATION_SECONDS,

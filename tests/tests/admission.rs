@@ -95,3 +95,74 @@ async fn a_full_queue_refuses_low_priority_with_503_retry_after_and_a_reason() {
         h.abort();
     }
 }
+
+#[tokio::test]
+async fn an_agent_over_its_quota_gets_429_with_retry_after_and_ratelimit_headers() {
+    let upstream = mock(corral_e2e::fast()).await;
+    let corral = corral::Running::start(&config(
+        &upstream.url(),
+        "[[classes]]\nname = \"opus\"\nrate_limit = { requests_per_minute = 2 }\n[[agents]]\nid = \"planner\"\nclass = \"opus\"\n\n[[layers]]\nkind = \"ratelimit\"\n",
+    ))
+    .await
+    .unwrap();
+    for left in ["1", "0"] {
+        let ok = send(generate(&corral.url(), "planner", 5)).await;
+        assert_eq!(ok.status, 200);
+        assert_eq!(
+            ok.header("ratelimit-policy"),
+            Some("\"agent-requests\";q=2;w=60")
+        );
+        assert!(ok
+            .header("ratelimit")
+            .unwrap()
+            .contains(&format!(";r={left};")));
+    }
+    let limited = send(generate(&corral.url(), "planner", 5)).await;
+    assert_eq!(limited.status, 429);
+    assert_eq!(limited.header("x-corral-reason"), Some("rate_limited"));
+    assert_eq!(limited.header("retry-after"), Some("30"));
+    assert_eq!(
+        limited.header("ratelimit"),
+        Some("\"agent-requests\";r=0;t=30")
+    );
+    assert!(limited.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("rate limit reached"));
+    assert_eq!(
+        upstream.stats().requests,
+        2,
+        "the refused request never reached the upstream"
+    );
+
+    let other = send(generate(&corral.url(), "somebody-else", 5)).await;
+    assert_eq!(other.status, 200, "the default class has no limit");
+}
+
+#[tokio::test]
+async fn a_full_compartment_answers_503_bulkhead_full() {
+    let upstream = mock(MockConfig {
+        ttft: Duration::from_secs(30),
+        ..MockConfig::default()
+    })
+    .await;
+    let corral = corral::Running::start(&config(
+        &upstream.url(),
+        "[[classes]]\nname = \"batch\"\ncompartment = \"batch_ops\"\n[[agents]]\nid = \"nightly\"\nclass = \"batch\"\n\n[[layers]]\nkind = \"bulkhead\"\n[[layers.compartments]]\nname = \"batch_ops\"\nmax_concurrent = 1\n",
+    ))
+    .await
+    .unwrap();
+    let url = corral.url();
+    let running = tokio::spawn(async move { send(generate(&url, "nightly", 9)).await });
+    eventually("the first runs", || upstream.stats().in_flight == 1).await;
+    let refused = send(generate(&corral.url(), "nightly", 9)).await;
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.header("x-corral-reason"), Some("bulkhead_full"));
+    assert!(refused.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("batch_ops"));
+    let free = send(request("GET", &format!("{}/api/version", corral.url()), "")).await;
+    assert_eq!(free.status, 200);
+    running.abort();
+}

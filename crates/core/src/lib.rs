@@ -36,6 +36,7 @@ pub mod headers;
 mod load;
 mod meta;
 mod refusal;
+mod usage;
 
 pub use body::{empty, full, Body, BoxBody};
 pub use bus::{channels, Bus, BusMessage, MemoryBus};
@@ -47,6 +48,7 @@ pub use meta::{
     AgentId, ClassName, GenerationParams, Priority, PriorityError, RequestId, RequestMeta,
 };
 pub use refusal::{as_refusal, find_refusal, Refusal, RefusalCast};
+pub use usage::Usage;
 
 /// The error type between layers: any error, boxed.
 ///

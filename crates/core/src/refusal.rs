@@ -44,6 +44,12 @@ pub trait Refusal: Error + Send + Sync + 'static {
     fn retry_after(&self) -> Option<Duration> {
         None
     }
+
+    /// Further headers the answer carries (a rate limit's `RateLimit`
+    /// and `RateLimit-Policy`).
+    fn headers(&self) -> Vec<(http::HeaderName, http::HeaderValue)> {
+        Vec::new()
+    }
 }
 
 /// `err` as a [`Refusal`] if it is a `T`; the proxy keeps a list of

@@ -1,0 +1,163 @@
+//! The Generic Cell Rate Algorithm, and the store it keeps its state in.
+//!
+//! GCRA keeps one instant per key, the theoretical arrival time (TAT) of
+//! the next request: a request of cost `n` conforms if
+//! `max(TAT, now) + n·T − τ ≤ now`, where `T` is the emission interval
+//! (period / limit) and `τ` the burst tolerance (`burst · T`). One number
+//! per key, no background refill, exact at any rate: the algorithm of
+//! `governor` and of Redis' `redis-cell`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// A quota: `limit` per `period`, up to `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// How much per period.
+    pub limit: u64,
+    /// The period.
+    pub period: Duration,
+    /// How much may be spent at once (a full bucket); at least 1.
+    pub burst: u64,
+}
+
+impl Quota {
+    /// `limit` per minute, the whole minute's worth at once.
+    pub fn per_minute(limit: u64) -> Self {
+        Self {
+            limit,
+            period: Duration::from_secs(60),
+            burst: limit,
+        }
+    }
+
+    fn interval(&self) -> Duration {
+        self.period / u32::try_from(self.limit.max(1)).unwrap_or(u32::MAX)
+    }
+
+    fn tolerance(&self) -> Duration {
+        self.interval() * u32::try_from(self.burst.max(1)).unwrap_or(u32::MAX)
+    }
+}
+
+/// One check: spend `cost` of `quota` under `key`.
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// Whose quota (`agent:planner:requests`).
+    pub key: String,
+    /// The quota.
+    pub quota: Quota,
+    /// What this request spends.
+    pub cost: u64,
+}
+
+/// How a quota stands after a check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing {
+    /// What is left to spend now.
+    pub remaining: u64,
+    /// Until the bucket is full again.
+    pub reset: Duration,
+}
+
+/// The answer to a set of checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every check passed and was charged; how each quota stands.
+    Allowed(Vec<Standing>),
+    /// Check `index` failed (nothing was charged); when it would pass.
+    Denied {
+        /// Which check.
+        index: usize,
+        /// How long until it conforms.
+        retry_after: Duration,
+    },
+}
+
+/// Where GCRA state lives: in memory by default, in Redis to share it
+/// between replicas. Checks are atomic as a set: all are charged or none.
+pub trait RateStore: Send + Sync + 'static {
+    /// Charges every check, or none if one does not conform.
+    fn check(&self, checks: &[Check]) -> Verdict;
+
+    /// Adds `delta` (negative: gives back) to what `key` has spent, when
+    /// the real cost is known.
+    fn adjust(&self, key: &str, quota: &Quota, delta: i64);
+}
+
+/// GCRA state in this process.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    tat: Mutex<HashMap<String, Instant>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+fn scaled(interval: Duration, n: u64) -> Duration {
+    interval.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+impl RateStore for MemoryStore {
+    fn check(&self, checks: &[Check]) -> Verdict {
+        let now = Instant::now();
+        let mut tats = self.tat.lock().unwrap_or_else(|p| p.into_inner());
+        // Old entries whose bucket is full again carry no information.
+        if tats.len() > 100_000 {
+            tats.retain(|_, tat| *tat > now);
+        }
+        let mut next = Vec::with_capacity(checks.len());
+        for (index, check) in checks.iter().enumerate() {
+            let interval = check.quota.interval();
+            let tolerance = check.quota.tolerance();
+            // A cost larger than the bucket could never conform: charge
+            // the whole bucket instead.
+            let cost = check.cost.min(check.quota.burst.max(1));
+            let tat = tats.get(&check.key).copied().unwrap_or(now).max(now);
+            let new_tat = tat + scaled(interval, cost);
+            let allowed_at = new_tat.checked_sub(tolerance).unwrap_or(now);
+            if allowed_at > now {
+                return Verdict::Denied {
+                    index,
+                    retry_after: allowed_at - now,
+                };
+            }
+            next.push((new_tat, interval, tolerance));
+        }
+        let standings = checks
+            .iter()
+            .zip(next)
+            .map(|(check, (new_tat, interval, tolerance))| {
+                tats.insert(check.key.clone(), new_tat);
+                let used = new_tat.saturating_duration_since(now);
+                let left = tolerance.saturating_sub(used);
+                Standing {
+                    remaining: (left.as_nanos() / interval.as_nanos().max(1)) as u64,
+                    reset: used,
+                }
+            })
+            .collect();
+        Verdict::Allowed(standings)
+    }
+
+    fn adjust(&self, key: &str, quota: &Quota, delta: i64) {
+        let now = Instant::now();
+        let mut tats = self.tat.lock().unwrap_or_else(|p| p.into_inner());
+        let interval = quota.interval();
+        let tat = tats.get(key).copied().unwrap_or(now).max(now);
+        let moved = scaled(interval, delta.unsigned_abs());
+        let new_tat = if delta >= 0 {
+            tat + moved
+        } else {
+            tat.checked_sub(moved).unwrap_or(now).max(now)
+        };
+        tats.insert(key.to_string(), new_tat);
+    }
+}

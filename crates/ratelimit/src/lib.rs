@@ -1,0 +1,50 @@
+//! `corral-ratelimit`: per-agent and per-class quotas.
+//!
+//! Requests per minute and generated tokens per minute, for each agent of
+//! a class (the design's opus 10/min, sonnet 20/min, system 50/min) and
+//! for a class as a whole, enforced with GCRA (the algorithm of
+//! `governor`, here behind a [`RateStore`] trait so the quotas can live in
+//! Redis and hold across replicas; one number per key, exact at any
+//! rate). Token quotas are charged from `num_predict`/`max_tokens` (or a
+//! default) when the request starts and corrected from the answer's
+//! `eval_count` when it ends.
+//!
+//! A request over a quota gets [`RateLimited`]: 429, Ollama-shaped, with
+//! `Retry-After` and the IETF `RateLimit` / `RateLimit-Policy` headers
+//! (draft-ietf-httpapi-ratelimit-headers); answers that pass carry them
+//! too, so an agent can pace itself. Checks are atomic as a set: a request
+//! refused by its class's quota is not charged to its own. Only inference
+//! is limited.
+//!
+//! # Example
+//!
+//! ```
+//! use corral_core::Body;
+//! use corral_ratelimit::{RateLimitConfig, RateLimitLayer};
+//! use tower::{service_fn, ServiceBuilder};
+//!
+//! let config: RateLimitConfig = toml::from_str("[classes.opus]\nrequests_per_minute = 10").unwrap();
+//! let service = ServiceBuilder::new()
+//!     .layer(RateLimitLayer::new(&config).unwrap())
+//!     .service(service_fn(|_request: http::Request<Body>| async {
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
+//!     }));
+//! # drop(service);
+//! ```
+
+mod body;
+mod config;
+mod error;
+mod gcra;
+pub mod headers;
+mod layer;
+pub mod metrics;
+mod plan;
+mod service;
+
+pub use body::ResponseBody;
+pub use config::{Limits, RateLimitConfig, DEFAULT_GENERATION_TOKENS};
+pub use error::RateLimited;
+pub use gcra::{Check, MemoryStore, Quota, RateStore, Standing, Verdict};
+pub use layer::RateLimitLayer;
+pub use service::{RateLimitService, ResponseFuture};

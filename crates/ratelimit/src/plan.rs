@@ -1,0 +1,241 @@
+//! Each class's quotas, compiled once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use corral_core::{Endpoint, RequestMeta};
+use http::HeaderValue;
+
+use crate::config::RateLimitConfig;
+use crate::error::RateLimited;
+use crate::gcra::{Check, Quota, RateStore, Standing, Verdict};
+use crate::metrics::RATE_LIMITED_TOTAL;
+
+#[derive(Debug, Clone, Copy)]
+enum Scope {
+    Agent,
+    Class,
+}
+
+#[derive(Debug, Clone)]
+struct Item {
+    policy: &'static str,
+    scope: Scope,
+    tokens: bool,
+    quota: Quota,
+}
+
+#[derive(Debug)]
+struct ClassPlan {
+    items: Vec<Item>,
+    policy_header: HeaderValue,
+}
+
+/// What a passed request carries to its answer: the headers to add and
+/// the token charges to correct.
+#[derive(Debug)]
+pub(crate) struct Passed {
+    pub(crate) policy: HeaderValue,
+    pub(crate) standing: Option<HeaderValue>,
+    pub(crate) settle: Option<Settle>,
+}
+
+/// Token charges made up front, corrected when the answer says what was
+/// generated.
+pub(crate) struct Settle {
+    store: Arc<dyn RateStore>,
+    charged: u64,
+    keys: Vec<(String, Quota)>,
+}
+
+impl std::fmt::Debug for Settle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settle")
+            .field("charged", &self.charged)
+            .finish()
+    }
+}
+
+impl Settle {
+    pub(crate) fn settle(self, generated: u64) {
+        let delta = i64::try_from(generated).unwrap_or(i64::MAX)
+            - i64::try_from(self.charged).unwrap_or(i64::MAX);
+        if delta != 0 {
+            for (key, quota) in &self.keys {
+                self.store.adjust(key, quota, delta);
+            }
+        }
+    }
+}
+
+pub(crate) struct Plan {
+    classes: HashMap<String, ClassPlan>,
+    store: Arc<dyn RateStore>,
+    default_generation_tokens: u64,
+}
+
+impl Plan {
+    pub(crate) fn new(config: &RateLimitConfig, store: Arc<dyn RateStore>) -> Self {
+        let classes = config
+            .classes
+            .iter()
+            .map(|(name, limits)| {
+                let mut items = Vec::new();
+                let mut add = |policy, scope, tokens, limit: Option<u64>, burst: Option<u64>| {
+                    if let Some(limit) = limit {
+                        let mut quota = Quota::per_minute(limit);
+                        if let Some(burst) = burst {
+                            quota.burst = burst;
+                        }
+                        items.push(Item {
+                            policy,
+                            scope,
+                            tokens,
+                            quota,
+                        });
+                    }
+                };
+                add(
+                    "agent-requests",
+                    Scope::Agent,
+                    false,
+                    limits.requests_per_minute,
+                    limits.burst,
+                );
+                add(
+                    "agent-tokens",
+                    Scope::Agent,
+                    true,
+                    limits.tokens_per_minute,
+                    None,
+                );
+                add(
+                    "class-requests",
+                    Scope::Class,
+                    false,
+                    limits.class_requests_per_minute,
+                    None,
+                );
+                add(
+                    "class-tokens",
+                    Scope::Class,
+                    true,
+                    limits.class_tokens_per_minute,
+                    None,
+                );
+                let header = items
+                    .iter()
+                    .map(|i| {
+                        format!(
+                            "\"{}\";q={};w={}",
+                            i.policy,
+                            i.quota.limit,
+                            i.quota.period.as_secs()
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let policy_header =
+                    HeaderValue::from_str(&header).unwrap_or(HeaderValue::from_static(""));
+                (
+                    name.clone(),
+                    ClassPlan {
+                        items,
+                        policy_header,
+                    },
+                )
+            })
+            .filter(|(_, plan)| !plan.items.is_empty())
+            .collect();
+        Self {
+            classes,
+            store,
+            default_generation_tokens: config.default_generation_tokens,
+        }
+    }
+
+    /// Charges `meta`'s quotas: what to carry to the answer, or the
+    /// refusal. `None`: its class has no limits.
+    pub(crate) fn charge(&self, meta: &RequestMeta) -> Option<Result<Passed, RateLimited>> {
+        let plan = self.classes.get(meta.class.as_str())?;
+        let generates = !matches!(
+            meta.endpoint,
+            Endpoint::Embed | Endpoint::Embeddings | Endpoint::OpenAiEmbeddings
+        );
+        let tokens = if generates {
+            meta.generation
+                .max_tokens
+                .unwrap_or(self.default_generation_tokens)
+        } else {
+            0
+        };
+        let checks: Vec<Check> = plan
+            .items
+            .iter()
+            .map(|item| {
+                let who = match item.scope {
+                    Scope::Agent => format!("agent:{}", meta.agent),
+                    Scope::Class => format!("class:{}", meta.class),
+                };
+                Check {
+                    key: format!("{who}:{}", item.policy),
+                    quota: item.quota,
+                    cost: if item.tokens { tokens } else { 1 },
+                }
+            })
+            .collect();
+        Some(match self.store.check(&checks) {
+            Verdict::Allowed(standings) => Ok(self.passed(plan, &checks, &standings, tokens)),
+            Verdict::Denied { index, retry_after } => {
+                let item = &plan.items[index];
+                metrics::counter!(RATE_LIMITED_TOTAL, "class" => meta.class.to_string(), "quota" => item.policy)
+                    .increment(1);
+                Err(RateLimited {
+                    policy: item.policy,
+                    limit: item.quota.limit,
+                    retry_after,
+                    policies: plan.policy_header.clone(),
+                })
+            }
+        })
+    }
+
+    fn passed(
+        &self,
+        plan: &ClassPlan,
+        checks: &[Check],
+        standings: &[Standing],
+        tokens: u64,
+    ) -> Passed {
+        let standing = plan
+            .items
+            .iter()
+            .zip(standings)
+            .map(|(item, s)| {
+                format!(
+                    "\"{}\";r={};t={}",
+                    item.policy,
+                    s.remaining,
+                    s.reset.as_secs_f64().ceil() as u64
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let keys: Vec<(String, Quota)> = plan
+            .items
+            .iter()
+            .zip(checks)
+            .filter(|(item, _)| item.tokens)
+            .map(|(_, check)| (check.key.clone(), check.quota))
+            .collect();
+        Passed {
+            policy: plan.policy_header.clone(),
+            standing: HeaderValue::from_str(&standing).ok(),
+            settle: (!keys.is_empty() && tokens > 0).then(|| Settle {
+                store: self.store.clone(),
+                charged: tokens,
+                keys,
+            }),
+        }
+    }
+}
