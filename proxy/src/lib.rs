@@ -47,5 +47,5 @@ pub use hop::strip_hop_by_hop;
 pub use registry::{options, BuildContext, LayerKind, StackLayer};
 pub use server::{Running, Server, StartError};
 pub use stack::{HttpRequest, HttpResponse, Stack, StackService};
-pub use upstream::{Upstream, UpstreamFailed};
+pub use upstream::Upstream;
 pub use upstream_url::UpstreamUrl;

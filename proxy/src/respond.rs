@@ -12,7 +12,6 @@ use corral_core::{
 };
 use http::{header, HeaderValue, Response, StatusCode};
 
-use crate::upstream::UpstreamFailed;
 
 /// The refusals of the layers that are always there; the registry adds
 /// each optional layer's own.
@@ -21,7 +20,8 @@ pub(crate) const BUILT_IN: &[RefusalCast] = &[
     as_refusal::<corral_classify::InvalidRequest>,
     as_refusal::<corral_classify::Unauthenticated>,
     as_refusal::<corral_classify::BodyReadFailed>,
-    as_refusal::<UpstreamFailed>,
+    as_refusal::<corral_core::UpstreamFailed>,
+    as_refusal::<corral_core::Timeout>,
 ];
 
 /// The answer to `err` for a request to `endpoint`.

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use corral_core::{headers, ApiFamily, Body, BoxBody, BoxError, Refusal};
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use corral_core::{headers, ApiFamily, Body, BoxBody, BoxError, UpstreamFailed};
+use http::{header, HeaderValue, Request, Response};
 use http_body_util::BodyExt;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -39,45 +39,6 @@ impl std::fmt::Debug for Upstream {
         f.debug_struct("Upstream")
             .field("url", &self.url.to_string())
             .finish()
-    }
-}
-
-/// The upstream could not be reached or broke before answering: 502.
-#[derive(Debug)]
-pub struct UpstreamFailed {
-    url: String,
-    connect: bool,
-    source: hyper_util::client::legacy::Error,
-}
-
-impl std::fmt::Display for UpstreamFailed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let root = root_cause(&self.source);
-        if self.connect {
-            write!(f, "upstream {} is unreachable: {root}", self.url)
-        } else {
-            write!(f, "upstream {} failed before answering: {root}", self.url)
-        }
-    }
-}
-
-impl std::error::Error for UpstreamFailed {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
-    }
-}
-
-impl Refusal for UpstreamFailed {
-    fn status(&self) -> StatusCode {
-        StatusCode::BAD_GATEWAY
-    }
-
-    fn reason(&self) -> &'static str {
-        if self.connect {
-            "upstream_unreachable"
-        } else {
-            "upstream_error"
-        }
     }
 }
 
@@ -309,11 +270,11 @@ impl Future for ResponseFuture {
                         let framing = Framing::of(&response, *family);
                         Ok(response.map(|body| PassThrough::new(body, framing).boxed_unsync()))
                     }
-                    Err(source) => Err(Box::new(UpstreamFailed {
-                        url: url.to_string(),
-                        connect: source.is_connect(),
-                        source,
-                    })),
+                    Err(source) => Err(Box::new(UpstreamFailed::new(
+                        url.to_string(),
+                        source.is_connect(),
+                        root_cause(&source),
+                    ))),
                 })
             }
             StateProj::Failed { error } => Poll::Ready(Err(error

@@ -35,6 +35,7 @@ mod error;
 pub mod headers;
 mod load;
 mod meta;
+mod outcome;
 mod refusal;
 mod usage;
 
@@ -46,6 +47,9 @@ pub use error::{stream_error_frame, ErrorBody};
 pub use load::{LoadCell, LoadSnapshot, UpstreamLoad};
 pub use meta::{
     AgentId, ClassName, GenerationParams, Priority, PriorityError, RequestId, RequestMeta,
+};
+pub use outcome::{
+    classify_error, classify_status, AttemptTimedOut, Failure, Outcome, Timeout, TimeoutKind, UpstreamFailed,
 };
 pub use refusal::{as_refusal, find_refusal, Refusal, RefusalCast};
 pub use usage::Usage;

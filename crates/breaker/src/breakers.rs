@@ -1,0 +1,109 @@
+//! The breakers of a layer, by key, and what a transition sets off.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use corral_core::{channels, Bus, Outcome};
+use tokio::time::Instant;
+
+use crate::circuit::{Admission, Circuit, State, Transition};
+use crate::config::BreakerConfig;
+use crate::error::BreakerOpen;
+use crate::metrics::{BREAKER_REJECTIONS_TOTAL, BREAKER_STATE, BREAKER_TRANSITIONS_TOTAL};
+
+pub(crate) struct Breakers {
+    pub(crate) config: BreakerConfig,
+    circuits: Mutex<HashMap<Arc<str>, Circuit>>,
+    bus: Option<Arc<dyn Bus>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The name of the upstream-wide breaker.
+pub(crate) const UPSTREAM: &str = "upstream";
+
+impl Breakers {
+    pub(crate) fn new(config: BreakerConfig, bus: Option<Arc<dyn Bus>>) -> Self {
+        let breakers = Self {
+            config,
+            circuits: Mutex::new(HashMap::new()),
+            bus,
+        };
+        metrics::gauge!(BREAKER_STATE, "breaker" => UPSTREAM).set(0.0);
+        breakers
+    }
+
+    /// Lets a call on breaker `key` through, or refuses it.
+    pub(crate) fn admit(&self, key: &Arc<str>) -> Result<Admission, BreakerOpen> {
+        let now = Instant::now();
+        let (admission, transition) = {
+            let mut circuits = lock(&self.circuits);
+            let circuit = circuits.entry(key.clone()).or_default();
+            circuit.admit(&self.config, now)
+        };
+        if let Some(transition) = transition {
+            self.announce(key, transition, now);
+        }
+        admission.map_err(|retry_after| {
+            metrics::counter!(BREAKER_REJECTIONS_TOTAL, "breaker" => key.to_string()).increment(1);
+            BreakerOpen {
+                breaker: key.to_string(),
+                retry_after: retry_after.max(Duration::from_secs(1)),
+            }
+        })
+    }
+
+    /// Records how a call on breaker `key` ended.
+    pub(crate) fn record(&self, key: &Arc<str>, admission: Admission, outcome: Outcome, slow: bool) {
+        let now = Instant::now();
+        let transition = {
+            let mut circuits = lock(&self.circuits);
+            let circuit = circuits.entry(key.clone()).or_default();
+            circuit.record(&self.config, now, admission, outcome, slow)
+        };
+        if let Some(transition) = transition {
+            self.announce(key, transition, now);
+        }
+    }
+
+    /// Each breaker's state.
+    pub(crate) fn states(&self) -> Vec<(String, State)> {
+        lock(&self.circuits).iter().map(|(k, c)| (k.to_string(), c.state())).collect()
+    }
+
+    /// Logs the change once, sets the gauge, tells the bus.
+    fn announce(&self, key: &Arc<str>, transition: Transition, now: Instant) {
+        let Transition { from, to } = transition;
+        match to {
+            State::Open { until } => tracing::warn!(
+                breaker = %key,
+                from = from.as_str(),
+                open_for_secs = until.saturating_duration_since(now).as_secs_f64(),
+                "circuit breaker opened: failing fast"
+            ),
+            State::HalfOpen => tracing::info!(breaker = %key, "circuit breaker half open: probing the upstream"),
+            State::Closed => tracing::info!(breaker = %key, "circuit breaker closed: the upstream recovered"),
+        }
+        metrics::gauge!(BREAKER_STATE, "breaker" => key.to_string()).set(f64::from(to.as_number()));
+        metrics::counter!(BREAKER_TRANSITIONS_TOTAL, "breaker" => key.to_string(), "to" => to.as_str()).increment(1);
+        if let Some(bus) = &self.bus {
+            let retry_after = match to {
+                State::Open { until } => Some(until.saturating_duration_since(now).as_secs_f64()),
+                _ => None,
+            };
+            bus.publish(
+                channels::BREAKER_STATE,
+                serde_json::json!({
+                    "breaker": &**key,
+                    "from": from.as_str(),
+                    "to": to.as_str(),
+                    "state": to.as_number(),
+                    "open_for_secs": retry_after,
+                }),
+            );
+        }
+    }
+}

@@ -1,0 +1,61 @@
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use corral_core::{AttemptTimedOut, Body, BoxError, RequestMeta};
+use http::{Request, Response};
+use tower::Service;
+
+use crate::breakers::{Breakers, UPSTREAM};
+use crate::future::{Call, ResponseFuture};
+
+/// Fails fast while the upstream is failing; counts every call's outcome.
+#[derive(Clone)]
+pub struct BreakerService<S> {
+    inner: S,
+    breakers: Arc<Breakers>,
+    upstream: Arc<str>,
+}
+
+impl<S> std::fmt::Debug for BreakerService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BreakerService").finish()
+    }
+}
+
+impl<S> BreakerService<S> {
+    pub(crate) fn new(inner: S, breakers: Arc<Breakers>) -> Self {
+        Self {
+            inner,
+            breakers,
+            upstream: Arc::from(UPSTREAM),
+        }
+    }
+}
+
+impl<S, B> Service<Request<Body>> for BreakerService<S>
+where
+    S: Service<Request<Body>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = Response<crate::ResponseBody<B>>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let key = match request.extensions().get::<RequestMeta>().and_then(|m| m.model.clone()) {
+            Some(model) if self.breakers.config.per_model => model,
+            _ => self.upstream.clone(),
+        };
+        let admission = match self.breakers.admit(&key) {
+            Ok(admission) => admission,
+            Err(open) => return ResponseFuture::refused(open.into()),
+        };
+        let timed_out = request.extensions().get::<AttemptTimedOut>().cloned();
+        let call = Call::new(self.breakers.clone(), key, admission, timed_out);
+        ResponseFuture::calling(self.inner.call(request), call)
+    }
+}

@@ -1,0 +1,234 @@
+//! Success or failure of an upstream call: one classifier that retry,
+//! breaker and metrics share, so they never disagree about what failed.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::Refusal;
+
+/// How an upstream call ended, for those who count failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The upstream answered (a 4xx is the client's problem, not the
+    /// upstream's).
+    Success,
+    /// The upstream failed.
+    Failure(Failure),
+    /// Nobody can tell: the client went away first.
+    Ignored,
+}
+
+/// What kind of failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// A 5xx status.
+    Status(u16),
+    /// The upstream could not be reached.
+    Connect,
+    /// The connection broke before an answer.
+    Broken,
+    /// It did not answer in time.
+    Timeout,
+    /// The answer's stream broke mid-way.
+    Stream,
+}
+
+impl Failure {
+    /// A short name, for metric labels and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::Status(502) => "502",
+            Failure::Status(503) => "503",
+            Failure::Status(504) => "504",
+            Failure::Status(_) => "5xx",
+            Failure::Connect => "connect",
+            Failure::Broken => "broken",
+            Failure::Timeout => "timeout",
+            Failure::Stream => "stream",
+        }
+    }
+
+    /// Whether the same request may simply be sent again: the upstream
+    /// was unreachable, overloaded (502/503/504, Ollama's "server busy"),
+    /// or too slow; never a 500 that may have done work, never a stream
+    /// that had started.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            Failure::Connect | Failure::Timeout | Failure::Status(502 | 503 | 504)
+        )
+    }
+}
+
+/// The outcome an answer's status says, at headers.
+///
+/// ```
+/// use corral_core::{classify_status, Failure, Outcome};
+/// use http::StatusCode;
+///
+/// assert_eq!(classify_status(StatusCode::OK), Outcome::Success);
+/// assert_eq!(classify_status(StatusCode::NOT_FOUND), Outcome::Success);
+/// assert_eq!(classify_status(StatusCode::SERVICE_UNAVAILABLE), Outcome::Failure(Failure::Status(503)));
+/// assert!(Failure::Status(503).is_retryable() && !Failure::Status(500).is_retryable());
+/// ```
+pub fn classify_status(status: StatusCode) -> Outcome {
+    if status.is_server_error() {
+        Outcome::Failure(Failure::Status(status.as_u16()))
+    } else {
+        Outcome::Success
+    }
+}
+
+/// The outcome an error from further down says: an [`UpstreamFailed`] or
+/// a [`Timeout`] is the upstream's failure; anything else (a refusal by a
+/// layer, a bug) is not the upstream's doing.
+pub fn classify_error(err: &(dyn std::error::Error + 'static)) -> Outcome {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(failed) = e.downcast_ref::<UpstreamFailed>() {
+            return Outcome::Failure(if failed.connect { Failure::Connect } else { Failure::Broken });
+        }
+        if e.is::<Timeout>() {
+            return Outcome::Failure(Failure::Timeout);
+        }
+        current = e.source();
+    }
+    Outcome::Ignored
+}
+
+/// The upstream could not be reached, or broke before answering: 502.
+#[derive(Debug)]
+pub struct UpstreamFailed {
+    url: String,
+    connect: bool,
+    message: String,
+}
+
+impl UpstreamFailed {
+    /// `url` failed: before connecting (`connect`) or after; `message`
+    /// says why (the root cause).
+    pub fn new(url: impl Into<String>, connect: bool, message: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            connect,
+            message: message.into(),
+        }
+    }
+
+    /// Whether the connection could not be made at all.
+    pub fn is_connect(&self) -> bool {
+        self.connect
+    }
+}
+
+impl fmt::Display for UpstreamFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.connect {
+            write!(f, "upstream {} is unreachable: {}", self.url, self.message)
+        } else {
+            write!(f, "upstream {} failed before answering: {}", self.url, self.message)
+        }
+    }
+}
+
+impl std::error::Error for UpstreamFailed {}
+
+impl Refusal for UpstreamFailed {
+    fn status(&self) -> StatusCode {
+        StatusCode::BAD_GATEWAY
+    }
+
+    fn reason(&self) -> &'static str {
+        if self.connect {
+            "upstream_unreachable"
+        } else {
+            "upstream_error"
+        }
+    }
+}
+
+/// Which wait ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutKind {
+    /// Waiting for the first byte of an answer.
+    FirstByte,
+    /// Waiting for the next chunk of a stream.
+    Idle,
+    /// The whole request.
+    Total,
+}
+
+/// The upstream did not answer in time: 504.
+#[derive(Debug)]
+pub struct Timeout {
+    kind: TimeoutKind,
+    after: Duration,
+}
+
+impl Timeout {
+    /// A `kind` timeout after `after`.
+    pub fn new(kind: TimeoutKind, after: Duration) -> Self {
+        Self { kind, after }
+    }
+
+    /// Which wait ran out.
+    pub fn kind(&self) -> TimeoutKind {
+        self.kind
+    }
+}
+
+impl fmt::Display for Timeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.after.as_millis();
+        match self.kind {
+            TimeoutKind::FirstByte => write!(f, "the upstream sent nothing within {ms} ms"),
+            TimeoutKind::Idle => write!(f, "the upstream's stream stalled for {ms} ms"),
+            TimeoutKind::Total => write!(f, "the request took longer than its {ms} ms limit"),
+        }
+    }
+}
+
+impl std::error::Error for Timeout {}
+
+impl Refusal for Timeout {
+    fn status(&self) -> StatusCode {
+        StatusCode::GATEWAY_TIMEOUT
+    }
+
+    fn reason(&self) -> &'static str {
+        "upstream_timeout"
+    }
+}
+
+/// Set on an attempt's request by a layer that abandons the attempt for
+/// taking too long, before it drops it: layers further down that see
+/// their future dropped can then tell a timeout (the upstream's failure)
+/// from a client that went away (nobody's).
+///
+/// ```
+/// use corral_core::AttemptTimedOut;
+///
+/// let flag = AttemptTimedOut::default();
+/// let seen_below = flag.clone();
+/// assert!(!seen_below.is_set());
+/// flag.set();
+/// assert!(seen_below.is_set());
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct AttemptTimedOut(Arc<AtomicBool>);
+
+impl AttemptTimedOut {
+    /// Marks the attempt as abandoned for time.
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// Whether it was.
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
