@@ -214,3 +214,74 @@ pub(crate) fn ratelimit(
     };
     Ok(StackLayer::new(layer, summary))
 }
+
+/// `kind = "retry"`: its options are [`corral_retry::RetryConfig`]'s.
+pub(crate) fn retry(
+    layer: &LayerConfig,
+    _context: &BuildContext<'_>,
+) -> Result<StackLayer, ConfigError> {
+    let config: corral_retry::RetryConfig = options(layer)?;
+    let retry = corral_retry::RetryLayer::new(&config)?;
+    let limit = |d: Option<Duration>| {
+        d.map_or("none".to_string(), |d| {
+            humantime::format_duration(d).to_string()
+        })
+    };
+    let fallback = if config.fallback_models.is_empty() {
+        String::new()
+    } else {
+        format!("; fallback {}", config.fallback_models.join(" -> "))
+    };
+    Ok(StackLayer::new(
+        retry,
+        format!(
+            "{} attempts, backoff up to {} (x{}, cap {}), budget {}% + {}/s; first byte {}, idle {}, total {}{fallback}",
+            config.max_attempts,
+            humantime::format_duration(config.initial_backoff),
+            config.backoff_multiplier,
+            humantime::format_duration(config.max_backoff),
+            config.budget_ratio * 100.0,
+            config.budget_min_per_sec,
+            limit(config.first_byte_timeout),
+            limit(config.idle_timeout),
+            limit(config.total_timeout),
+        ),
+    ))
+}
+
+/// `kind = "breaker"`: its options are [`corral_breaker::BreakerConfig`]'s.
+pub(crate) fn breaker(
+    layer: &LayerConfig,
+    context: &BuildContext<'_>,
+) -> Result<StackLayer, ConfigError> {
+    let config: corral_breaker::BreakerConfig = options(layer)?;
+    let breaker = corral_breaker::BreakerLayer::new(&config, Some(context.bus.clone()))?;
+    let mut trips = Vec::new();
+    if let Some(n) = config.consecutive_failures {
+        trips.push(format!("{n} failures in a row"));
+    }
+    if let Some(rate) = config.failure_rate {
+        trips.push(format!("{}% of the window failing", rate * 100.0));
+    }
+    if let Some(slow) = config.slow_call_duration {
+        trips.push(format!(
+            "{}% slower than {}",
+            config.slow_call_rate * 100.0,
+            humantime::format_duration(slow)
+        ));
+    }
+    Ok(StackLayer::new(
+        breaker,
+        format!(
+            "{}; trips on {}; open {}, {} probe(s)",
+            if config.per_model {
+                "per model"
+            } else {
+                "per upstream"
+            },
+            trips.join(" or "),
+            humantime::format_duration(config.open_for),
+            config.half_open_probes
+        ),
+    ))
+}

@@ -67,6 +67,8 @@ pub const LAYERS: &[LayerKind] = &[
     LayerKind { name: "priority", about: "the scheduler: upstream permits by priority, fair share, aging, deadlines", build: crate::layers::priority, refusals: &[as_refusal::<corral_priority::DeadlineExceeded>] },
     LayerKind { name: "bulkhead", about: "named compartments with their own concurrency limits", build: crate::layers::bulkhead, refusals: &[as_refusal::<corral_bulkhead::CompartmentFull>] },
     LayerKind { name: "ratelimit", about: "per-agent and per-class GCRA quotas of requests and tokens", build: crate::layers::ratelimit, refusals: &[as_refusal::<corral_ratelimit::RateLimited>] },
+    LayerKind { name: "retry", about: "safe retries with jittered backoff and a budget, stream-aware timeouts, model fallback", build: crate::layers::retry, refusals: &[] },
+    LayerKind { name: "breaker", about: "circuit breaker per upstream or model: fail fast while it fails", build: crate::layers::breaker, refusals: &[as_refusal::<corral_breaker::BreakerOpen>] },
     LayerKind { name: "shed", about: "bounded queue: lowest priorities refused first, delay shedding, Retry-After", build: crate::layers::shed, refusals: &[as_refusal::<corral_shed::Shed>] },
 ];
 

@@ -12,7 +12,6 @@ use corral_core::{
 };
 use http::{header, HeaderValue, Response, StatusCode};
 
-
 /// The refusals of the layers that are always there; the registry adds
 /// each optional layer's own.
 pub(crate) const BUILT_IN: &[RefusalCast] = &[

@@ -97,6 +97,8 @@ fn describe() {
     corral_shed::metrics::describe();
     corral_bulkhead::metrics::describe();
     corral_ratelimit::metrics::describe();
+    corral_retry::metrics::describe();
+    corral_breaker::metrics::describe();
     metrics::describe_counter!(REQUESTS_TOTAL, "Requests answered, by endpoint and status.");
     metrics::describe_histogram!(
         REQUEST_DURATION_SECONDS,

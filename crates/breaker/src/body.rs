@@ -26,7 +26,9 @@ impl<B> ResponseBody<B> {
 
 impl<B: std::fmt::Debug> std::fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResponseBody").field("inner", &self.inner).finish()
+        f.debug_struct("ResponseBody")
+            .field("inner", &self.inner)
+            .finish()
     }
 }
 
@@ -34,14 +36,19 @@ impl<B: Body> Body for ResponseBody<B> {
     type Data = B::Data;
     type Error = B::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let mut this = self.project();
         let polled = this.inner.as_mut().poll_frame(cx);
         if let Some(call) = this.call.as_mut() {
             match &polled {
                 Poll::Ready(None) => call.record(Outcome::Success),
                 Poll::Ready(Some(Err(_))) => call.record(Outcome::Failure(Failure::Stream)),
-                Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => call.record(Outcome::Success),
+                Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => {
+                    call.record(Outcome::Success)
+                }
                 _ => {}
             }
         }

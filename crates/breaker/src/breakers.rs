@@ -57,7 +57,13 @@ impl Breakers {
     }
 
     /// Records how a call on breaker `key` ended.
-    pub(crate) fn record(&self, key: &Arc<str>, admission: Admission, outcome: Outcome, slow: bool) {
+    pub(crate) fn record(
+        &self,
+        key: &Arc<str>,
+        admission: Admission,
+        outcome: Outcome,
+        slow: bool,
+    ) {
         let now = Instant::now();
         let transition = {
             let mut circuits = lock(&self.circuits);
@@ -71,7 +77,10 @@ impl Breakers {
 
     /// Each breaker's state.
     pub(crate) fn states(&self) -> Vec<(String, State)> {
-        lock(&self.circuits).iter().map(|(k, c)| (k.to_string(), c.state())).collect()
+        lock(&self.circuits)
+            .iter()
+            .map(|(k, c)| (k.to_string(), c.state()))
+            .collect()
     }
 
     /// Logs the change once, sets the gauge, tells the bus.
@@ -84,8 +93,12 @@ impl Breakers {
                 open_for_secs = until.saturating_duration_since(now).as_secs_f64(),
                 "circuit breaker opened: failing fast"
             ),
-            State::HalfOpen => tracing::info!(breaker = %key, "circuit breaker half open: probing the upstream"),
-            State::Closed => tracing::info!(breaker = %key, "circuit breaker closed: the upstream recovered"),
+            State::HalfOpen => {
+                tracing::info!(breaker = %key, "circuit breaker half open: probing the upstream")
+            }
+            State::Closed => {
+                tracing::info!(breaker = %key, "circuit breaker closed: the upstream recovered")
+            }
         }
         metrics::gauge!(BREAKER_STATE, "breaker" => key.to_string()).set(f64::from(to.as_number()));
         metrics::counter!(BREAKER_TRANSITIONS_TOTAL, "breaker" => key.to_string(), "to" => to.as_str()).increment(1);

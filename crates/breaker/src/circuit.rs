@@ -105,7 +105,11 @@ impl Circuit {
 
     /// Lets a call through or says how long it stays shut; an open
     /// breaker whose time is up turns half open here.
-    pub fn admit(&mut self, config: &BreakerConfig, now: Instant) -> (Result<Admission, Duration>, Option<Transition>) {
+    pub fn admit(
+        &mut self,
+        config: &BreakerConfig,
+        now: Instant,
+    ) -> (Result<Admission, Duration>, Option<Transition>) {
         let mut transition = None;
         if let State::Open { until } = self.state {
             if now < until {
@@ -160,7 +164,11 @@ impl Circuit {
                     Outcome::Success => false,
                 };
                 self.streak = if failed { self.streak + 1 } else { 0 };
-                self.window.push_back(Call { at: now, failed, slow });
+                self.window.push_back(Call {
+                    at: now,
+                    failed,
+                    slow,
+                });
                 self.trim(config, now);
                 if self.should_trip(config) {
                     self.trip(config, now)
@@ -177,7 +185,11 @@ impl Circuit {
     fn trim(&mut self, config: &BreakerConfig, now: Instant) {
         match config.window_time {
             Some(span) => {
-                while self.window.front().is_some_and(|c| now.saturating_duration_since(c.at) > span) {
+                while self
+                    .window
+                    .front()
+                    .is_some_and(|c| now.saturating_duration_since(c.at) > span)
+                {
                     self.window.pop_front();
                 }
             }
@@ -190,25 +202,36 @@ impl Circuit {
     }
 
     fn should_trip(&self, config: &BreakerConfig) -> bool {
-        if config.consecutive_failures.is_some_and(|n| self.streak >= n) {
+        if config
+            .consecutive_failures
+            .is_some_and(|n| self.streak >= n)
+        {
             return true;
         }
         let calls = self.window.len();
         if calls < config.min_calls.max(1) {
             return false;
         }
-        let share = |f: fn(&Call) -> bool| self.window.iter().filter(|c| f(c)).count() as f64 / calls as f64;
-        config.failure_rate.is_some_and(|rate| share(|c| c.failed) >= rate)
+        let share = |f: fn(&Call) -> bool| {
+            self.window.iter().filter(|c| f(c)).count() as f64 / calls as f64
+        };
+        config
+            .failure_rate
+            .is_some_and(|rate| share(|c| c.failed) >= rate)
             || (config.slow_call_duration.is_some() && share(|c| c.slow) >= config.slow_call_rate)
     }
 
     fn trip(&mut self, config: &BreakerConfig, now: Instant) -> Option<Transition> {
-        let factor = config.open_backoff.powi(i32::try_from(self.trips).unwrap_or(i32::MAX));
+        let factor = config
+            .open_backoff
+            .powi(i32::try_from(self.trips).unwrap_or(i32::MAX));
         let open_for = config.open_for.mul_f64(factor).min(config.max_open_for);
         self.trips += 1;
         self.streak = 0;
         self.window.clear();
-        self.go(State::Open { until: now + open_for })
+        self.go(State::Open {
+            until: now + open_for,
+        })
     }
 
     fn close(&mut self) -> Option<Transition> {

@@ -87,9 +87,15 @@ impl BreakerConfig {
     /// problem.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.consecutive_failures == Some(0) {
-            return Err(ConfigError::new("consecutive_failures", "must be at least 1 (leave it out to disable)"));
+            return Err(ConfigError::new(
+                "consecutive_failures",
+                "must be at least 1 (leave it out to disable)",
+            ));
         }
-        for (key, rate) in [("failure_rate", self.failure_rate), ("slow_call_rate", Some(self.slow_call_rate))] {
+        for (key, rate) in [
+            ("failure_rate", self.failure_rate),
+            ("slow_call_rate", Some(self.slow_call_rate)),
+        ] {
             if let Some(rate) = rate {
                 if !(rate > 0.0 && rate <= 1.0) {
                     return Err(ConfigError::new(key, "must be above 0 and at most 1"));
@@ -109,7 +115,10 @@ impl BreakerConfig {
             return Err(ConfigError::new("open_backoff", "must be at least 1"));
         }
         if self.max_open_for < self.open_for {
-            return Err(ConfigError::new("max_open_for", "must be at least open_for"));
+            return Err(ConfigError::new(
+                "max_open_for",
+                "must be at least open_for",
+            ));
         }
         if self.half_open_probes == 0 {
             return Err(ConfigError::new("half_open_probes", "must be at least 1"));

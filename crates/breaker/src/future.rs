@@ -25,7 +25,12 @@ pub(crate) struct Call {
 }
 
 impl Call {
-    pub(crate) fn new(breakers: Arc<Breakers>, key: Arc<str>, admission: Admission, timed_out: Option<AttemptTimedOut>) -> Self {
+    pub(crate) fn new(
+        breakers: Arc<Breakers>,
+        key: Arc<str>,
+        admission: Admission,
+        timed_out: Option<AttemptTimedOut>,
+    ) -> Self {
         Self {
             breakers,
             key,
@@ -40,7 +45,8 @@ impl Call {
     pub(crate) fn record(&mut self, outcome: Outcome) {
         if !self.done {
             self.done = true;
-            self.breakers.record(&self.key, self.admission, outcome, self.slow);
+            self.breakers
+                .record(&self.key, self.admission, outcome, self.slow);
         }
     }
 
@@ -120,7 +126,9 @@ where
                         match classify_status(response.status()) {
                             // A success is known only when the stream ends
                             // well: the body carries the call on.
-                            Outcome::Success => Poll::Ready(Ok(response.map(|b| ResponseBody::new(b, Some(call))))),
+                            Outcome::Success => {
+                                Poll::Ready(Ok(response.map(|b| ResponseBody::new(b, Some(call)))))
+                            }
                             outcome => {
                                 call.record(outcome);
                                 Poll::Ready(Ok(response.map(|b| ResponseBody::new(b, None))))

@@ -17,7 +17,9 @@ pub struct BreakerLayer {
 
 impl std::fmt::Debug for BreakerLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BreakerLayer").field("states", &self.states()).finish()
+        f.debug_struct("BreakerLayer")
+            .field("states", &self.states())
+            .finish()
     }
 }
 

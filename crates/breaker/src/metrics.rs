@@ -10,7 +10,16 @@ pub const BREAKER_REJECTIONS_TOTAL: &str = "corral_circuit_breaker_rejections_to
 
 /// Describes the metrics to the installed recorder.
 pub fn describe() {
-    metrics::describe_gauge!(BREAKER_STATE, "Circuit breaker state: 0 closed, 1 half open, 2 open.");
-    metrics::describe_counter!(BREAKER_TRANSITIONS_TOTAL, "Circuit breaker state changes, by the state entered.");
-    metrics::describe_counter!(BREAKER_REJECTIONS_TOTAL, "Requests failed fast by an open circuit breaker.");
+    metrics::describe_gauge!(
+        BREAKER_STATE,
+        "Circuit breaker state: 0 closed, 1 half open, 2 open."
+    );
+    metrics::describe_counter!(
+        BREAKER_TRANSITIONS_TOTAL,
+        "Circuit breaker state changes, by the state entered."
+    );
+    metrics::describe_counter!(
+        BREAKER_REJECTIONS_TOTAL,
+        "Requests failed fast by an open circuit breaker."
+    );
 }

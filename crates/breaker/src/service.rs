@@ -46,7 +46,11 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let key = match request.extensions().get::<RequestMeta>().and_then(|m| m.model.clone()) {
+        let key = match request
+            .extensions()
+            .get::<RequestMeta>()
+            .and_then(|m| m.model.clone())
+        {
             Some(model) if self.breakers.config.per_model => model,
             _ => self.upstream.clone(),
         };

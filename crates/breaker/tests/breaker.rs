@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use corral_breaker::{Admission, BreakerConfig, BreakerLayer, BreakerOpen, Circuit, State};
-use corral_core::{AttemptTimedOut, Body, Bus, Failure, MemoryBus, Outcome, Refusal, UpstreamFailed};
+use corral_core::{
+    AttemptTimedOut, Body, Bus, Failure, MemoryBus, Outcome, Refusal, UpstreamFailed,
+};
 use http::{Request, Response, StatusCode};
 use http_body_util::channel::Channel;
 use http_body_util::BodyExt;
@@ -27,7 +29,11 @@ fn config() -> BreakerConfig {
 }
 
 /// Admits and records one call; the admission it got.
-fn call(circuit: &mut Circuit, config: &BreakerConfig, outcome: Outcome) -> Result<Admission, Duration> {
+fn call(
+    circuit: &mut Circuit,
+    config: &BreakerConfig,
+    outcome: Outcome,
+) -> Result<Admission, Duration> {
     let now = Instant::now();
     let (admission, _) = circuit.admit(config, now);
     if let Ok(a) = admission {
@@ -50,9 +56,15 @@ async fn five_failures_in_a_row_open_it_and_it_fails_fast_for_the_time_left() {
     assert_eq!(circuit.state(), State::Closed, "a success broke the streak");
     call(&mut circuit, &config, FAIL).unwrap();
     assert!(matches!(circuit.state(), State::Open { .. }));
-    assert_eq!(call(&mut circuit, &config, Outcome::Success), Err(Duration::from_secs(60)));
+    assert_eq!(
+        call(&mut circuit, &config, Outcome::Success),
+        Err(Duration::from_secs(60))
+    );
     tokio::time::advance(Duration::from_secs(45)).await;
-    assert_eq!(call(&mut circuit, &config, Outcome::Success), Err(Duration::from_secs(15)));
+    assert_eq!(
+        call(&mut circuit, &config, Outcome::Success),
+        Err(Duration::from_secs(15))
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -80,9 +92,16 @@ async fn a_failure_rate_over_the_window_trips_it_once_there_are_enough_calls() {
         let outcome = if i % 2 == 0 { FAIL } else { Outcome::Success };
         call(&mut circuit, &config, outcome).unwrap();
     }
-    assert_eq!(circuit.state(), State::Closed, "5 of 9 failed, but 10 calls are needed");
+    assert_eq!(
+        circuit.state(),
+        State::Closed,
+        "5 of 9 failed, but 10 calls are needed"
+    );
     call(&mut circuit, &config, Outcome::Success).unwrap();
-    assert!(matches!(circuit.state(), State::Open { .. }), "5 of 10 calls failed");
+    assert!(
+        matches!(circuit.state(), State::Open { .. }),
+        "5 of 10 calls failed"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -143,11 +162,16 @@ async fn after_the_open_time_probes_decide_close_or_reopen_for_longer() {
     assert_eq!(transition.unwrap().to, State::HalfOpen);
     let (second, _) = circuit.admit(&config, now);
     assert_eq!(second, Ok(Admission::Probe));
-    assert!(circuit.admit(&config, now).0.is_err(), "only two probes at a time");
+    assert!(
+        circuit.admit(&config, now).0.is_err(),
+        "only two probes at a time"
+    );
 
     // One probe fails: open again, for twice as long.
     circuit.record(&config, now, Admission::Probe, Outcome::Success, false);
-    let reopened = circuit.record(&config, now, Admission::Probe, FAIL, false).unwrap();
+    let reopened = circuit
+        .record(&config, now, Admission::Probe, FAIL, false)
+        .unwrap();
     assert_eq!(reopened.from, State::HalfOpen);
     assert_eq!(circuit.admit(&config, now).0, Err(Duration::from_secs(120)));
 
@@ -160,12 +184,18 @@ async fn after_the_open_time_probes_decide_close_or_reopen_for_longer() {
     }
     circuit.record(&config, now, Admission::Probe, Outcome::Success, false);
     assert_eq!(circuit.state(), State::HalfOpen);
-    let closed = circuit.record(&config, now, Admission::Probe, Outcome::Success, false).unwrap();
+    let closed = circuit
+        .record(&config, now, Admission::Probe, Outcome::Success, false)
+        .unwrap();
     assert_eq!(closed.to, State::Closed);
     for _ in 0..5 {
         call(&mut circuit, &config, FAIL).unwrap();
     }
-    assert_eq!(circuit.admit(&config, Instant::now()).0, Err(Duration::from_secs(60)), "back to 60 s");
+    assert_eq!(
+        circuit.admit(&config, Instant::now()).0,
+        Err(Duration::from_secs(60)),
+        "back to 60 s"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -204,13 +234,21 @@ async fn the_layer_counts_5xx_and_connection_errors_and_fails_fast_with_503() {
         let (_, reply) = handle.next_request().await.unwrap();
         if i % 2 == 0 {
             reply.send_response(answer(503));
-            assert_eq!(call.await.unwrap().unwrap().status(), 503, "the upstream's answer passes through");
+            assert_eq!(
+                call.await.unwrap().unwrap().status(),
+                503,
+                "the upstream's answer passes through"
+            );
         } else {
             reply.send_error(UpstreamFailed::new("http://x", true, "connection refused"));
             assert!(call.await.unwrap().is_err());
         }
     }
-    let err = service.clone().oneshot(Request::new(Body::empty())).await.unwrap_err();
+    let err = service
+        .clone()
+        .oneshot(Request::new(Body::empty()))
+        .await
+        .unwrap_err();
     let open = err.downcast_ref::<BreakerOpen>().unwrap();
     assert_eq!(open.status(), 503);
     assert_eq!(Refusal::reason(open), "breaker_open");
@@ -223,7 +261,14 @@ async fn the_layer_counts_5xx_and_connection_errors_and_fails_fast_with_503() {
 
 #[tokio::test(start_paused = true)]
 async fn a_broken_stream_fails_and_a_clean_one_succeeds_only_at_its_end() {
-    let layer = BreakerLayer::new(&BreakerConfig { consecutive_failures: Some(2), ..config() }, None).unwrap();
+    let layer = BreakerLayer::new(
+        &BreakerConfig {
+            consecutive_failures: Some(2),
+            ..config()
+        },
+        None,
+    )
+    .unwrap();
     let (upstream, mut handle): (Upstream, _) = mock::pair();
     let service = layer.layer(upstream);
     handle.allow(100);
@@ -241,13 +286,21 @@ async fn a_broken_stream_fails_and_a_clean_one_succeeds_only_at_its_end() {
 
 #[tokio::test(start_paused = true)]
 async fn a_dropped_call_counts_as_a_timeout_only_when_marked() {
-    let layer = BreakerLayer::new(&BreakerConfig { consecutive_failures: Some(2), ..config() }, None).unwrap();
+    let layer = BreakerLayer::new(
+        &BreakerConfig {
+            consecutive_failures: Some(2),
+            ..config()
+        },
+        None,
+    )
+    .unwrap();
     let (upstream, mut handle): (Upstream, _) = mock::pair();
     let service = layer.layer(upstream);
     handle.allow(100);
     // Two clients leave: nothing counts.
     for _ in 0..2 {
-        let mut pending = tokio_test::task::spawn(service.clone().oneshot(Request::new(Body::empty())));
+        let mut pending =
+            tokio_test::task::spawn(service.clone().oneshot(Request::new(Body::empty())));
         assert!(pending.poll().is_pending());
         let _ = handle.next_request().await.unwrap();
         drop(pending);

@@ -49,7 +49,8 @@ pub use meta::{
     AgentId, ClassName, GenerationParams, Priority, PriorityError, RequestId, RequestMeta,
 };
 pub use outcome::{
-    classify_error, classify_status, AttemptTimedOut, Failure, Outcome, Timeout, TimeoutKind, UpstreamFailed,
+    classify_error, classify_status, AttemptTimedOut, Failure, Outcome, Timeout, TimeoutKind,
+    UpstreamFailed,
 };
 pub use refusal::{as_refusal, find_refusal, Refusal, RefusalCast};
 pub use usage::Usage;

@@ -59,7 +59,7 @@ impl Failure {
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            Failure::Connect | Failure::Timeout | Failure::Status(502 | 503 | 504)
+            Failure::Connect | Failure::Timeout | Failure::Status(502..=504)
         )
     }
 }
@@ -90,7 +90,11 @@ pub fn classify_error(err: &(dyn std::error::Error + 'static)) -> Outcome {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = current {
         if let Some(failed) = e.downcast_ref::<UpstreamFailed>() {
-            return Outcome::Failure(if failed.connect { Failure::Connect } else { Failure::Broken });
+            return Outcome::Failure(if failed.connect {
+                Failure::Connect
+            } else {
+                Failure::Broken
+            });
         }
         if e.is::<Timeout>() {
             return Outcome::Failure(Failure::Timeout);
@@ -130,7 +134,11 @@ impl fmt::Display for UpstreamFailed {
         if self.connect {
             write!(f, "upstream {} is unreachable: {}", self.url, self.message)
         } else {
-            write!(f, "upstream {} failed before answering: {}", self.url, self.message)
+            write!(
+                f,
+                "upstream {} failed before answering: {}",
+                self.url, self.message
+            )
         }
     }
 }

@@ -55,6 +55,12 @@ async fn route(
             return respond::ollama_error(StatusCode::BAD_REQUEST, "X-Mock-Fault is not text")
         }
     };
+    let mut faults = faults;
+    faults.request_id = parts
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let slow = faults.slow_headers.unwrap_or(state.config.slow_headers);
     if !slow.is_zero() {
         if faults.slow_headers.is_some() {

@@ -7,6 +7,8 @@ use std::time::Duration;
 ///
 /// - `status=N`: answer N at once with an Ollama error body (`busy` is
 ///   `status=503` with Ollama's "server busy" text);
+/// - `busy_attempts=N`: answer 503 "server busy" to the first N attempts
+///   of a request (by `X-Request-Id`), then serve it;
 /// - `stall_after=N` (`stall_ms=M`): stop sending after N chunks, keeping
 ///   the connection open;
 /// - `drop_after=N`: break the connection after N chunks;
@@ -19,6 +21,9 @@ use std::time::Duration;
 pub struct Faults {
     /// Answer with this status at once.
     pub status: Option<u16>,
+    /// Answer 503 "server busy" to the first this many attempts of a
+    /// request (attempts share an `X-Request-Id`), then serve it.
+    pub busy_attempts: Option<usize>,
     /// Stop sending after this many chunks.
     pub stall_after: Option<usize>,
     /// How long the stall lasts.
@@ -35,6 +40,8 @@ pub struct Faults {
     pub ttft: Option<Duration>,
     /// Tokens per second.
     pub tokens_per_sec: Option<f64>,
+    /// The request's id, which `busy_attempts` counts attempts by.
+    pub request_id: Option<String>,
 }
 
 impl Faults {
@@ -51,6 +58,7 @@ impl Faults {
             let ms = || num().map(Duration::from_millis);
             match key.trim() {
                 "busy" => faults.status = Some(503),
+                "busy_attempts" => faults.busy_attempts = Some(num()? as usize),
                 "status" => faults.status = Some(num()? as u16),
                 "stall_after" => faults.stall_after = Some(num()? as usize),
                 "stall_ms" => faults.stall = Some(ms()?),
@@ -72,6 +80,20 @@ impl Faults {
             }
         }
         Ok(faults)
+    }
+}
+
+impl Faults {
+    /// The faults for this attempt: `busy_attempts` becomes a 503 while
+    /// the request has attempts left to fail.
+    pub(crate) fn resolve(&self, state: &crate::state::State) -> Faults {
+        let mut faults = self.clone();
+        if let (Some(n), Some(id)) = (self.busy_attempts, &self.request_id) {
+            if state.attempt(id) < n {
+                faults.status = Some(503);
+            }
+        }
+        faults
     }
 }
 

@@ -26,6 +26,7 @@ pub(crate) fn precheck(
     body: &[u8],
     faults: &Faults,
 ) -> Result<(Value, String), Response<BoxBody>> {
+    let faults = &faults.resolve(state);
     let error = |status, message: &str| {
         if openai {
             respond::openai_error(status, message)

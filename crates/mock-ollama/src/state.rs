@@ -21,6 +21,7 @@ pub(crate) struct State {
     pub(crate) release: Semaphore,
     blobs: Mutex<HashSet<String>>,
     next_id: AtomicU64,
+    attempts: Mutex<HashMap<String, usize>>,
 }
 
 #[derive(Clone)]
@@ -113,6 +114,7 @@ impl State {
             release: Semaphore::new(0),
             blobs: Mutex::new(HashSet::new()),
             next_id: AtomicU64::new(1),
+            attempts: Mutex::new(HashMap::new()),
         }
     }
 
@@ -245,6 +247,14 @@ impl State {
             state: self.clone(),
             model: key,
         })
+    }
+
+    /// Counts an attempt of request `id`; how many came before it.
+    pub(crate) fn attempt(&self, id: &str) -> usize {
+        let mut attempts = lock(&self.attempts);
+        let seen = attempts.entry(id.to_string()).or_default();
+        *seen += 1;
+        *seen - 1
     }
 
     pub(crate) fn has_blob(&self, digest: &str) -> bool {

@@ -1,0 +1,152 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use corral_core::{stream_error_frame, ApiFamily, BoxError, Timeout, TimeoutKind};
+use http::{header, HeaderMap};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+
+use crate::metrics::TIMEOUTS_TOTAL;
+
+/// How a stream cut by a timeout ends for its client.
+#[derive(Debug, Clone, Copy)]
+enum Framing {
+    Lines,
+    Events,
+    Abort,
+}
+
+pin_project! {
+    /// The response body of a retried request: ends a stream that stalls
+    /// longer than the idle timeout (or runs past the total timeout) with
+    /// an error line, never a silent truncation.
+    pub struct ResponseBody<B> {
+        #[pin]
+        inner: B,
+        idle: Option<Duration>,
+        idle_sleep: Option<Pin<Box<Sleep>>>,
+        total_sleep: Option<Pin<Box<Sleep>>>,
+        total: Duration,
+        framing: Framing,
+        ended: bool,
+    }
+}
+
+impl<B: std::fmt::Debug> std::fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseBody")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl<B> ResponseBody<B> {
+    pub(crate) fn new(
+        inner: B,
+        headers: &HeaderMap,
+        family: ApiFamily,
+        idle: Option<Duration>,
+        total: Option<(Instant, Duration)>,
+    ) -> Self {
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let framing = if content_type.starts_with("application/x-ndjson") {
+            Framing::Lines
+        } else if content_type.starts_with("text/event-stream") && family == ApiFamily::OpenAi {
+            Framing::Events
+        } else {
+            Framing::Abort
+        };
+        Self {
+            inner,
+            idle,
+            idle_sleep: idle.map(|d| Box::pin(tokio::time::sleep(d))),
+            total_sleep: total.map(|(deadline, _)| Box::pin(tokio::time::sleep_until(deadline))),
+            total: total.map_or(Duration::ZERO, |(_, d)| d),
+            framing,
+            ended: false,
+        }
+    }
+}
+
+impl<B> Body for ResponseBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        if *this.ended {
+            return Poll::Ready(None);
+        }
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(idle), Some(sleep)) = (this.idle, this.idle_sleep.as_mut()) {
+                    sleep.as_mut().reset(Instant::now() + *idle);
+                }
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => {}
+        }
+        let timeout = if this
+            .idle_sleep
+            .as_mut()
+            .is_some_and(|s| s.as_mut().poll(cx).is_ready())
+        {
+            Some(Timeout::new(
+                TimeoutKind::Idle,
+                this.idle.unwrap_or_default(),
+            ))
+        } else if this
+            .total_sleep
+            .as_mut()
+            .is_some_and(|s| s.as_mut().poll(cx).is_ready())
+        {
+            Some(Timeout::new(TimeoutKind::Total, *this.total))
+        } else {
+            None
+        };
+        let Some(timeout) = timeout else {
+            return Poll::Pending;
+        };
+        *this.ended = true;
+        let kind = match timeout.kind() {
+            TimeoutKind::Idle => "idle",
+            _ => "total",
+        };
+        metrics::counter!(TIMEOUTS_TOTAL, "kind" => kind).increment(1);
+        tracing::warn!(error = %timeout, "stream ended by a timeout");
+        let message = timeout.to_string();
+        Poll::Ready(Some(match this.framing {
+            Framing::Lines => Ok(Frame::data(stream_error_frame(ApiFamily::Ollama, &message))),
+            Framing::Events => Ok(Frame::data(stream_error_frame(ApiFamily::OpenAi, &message))),
+            Framing::Abort => Err(Box::new(timeout)),
+        }))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.ended {
+            SizeHint::with_exact(0)
+        } else {
+            self.inner.size_hint()
+        }
+    }
+}

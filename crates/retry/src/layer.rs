@@ -1,0 +1,48 @@
+use std::sync::Arc;
+
+use corral_core::ConfigError;
+use tower::retry::budget::TpsBudget;
+use tower::Layer;
+
+use crate::config::RetryConfig;
+use crate::service::{RetryService, Shared};
+
+/// Puts a [`RetryService`] in front of a service; all share one retry
+/// budget.
+#[derive(Clone)]
+pub struct RetryLayer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for RetryLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetryLayer")
+            .field("config", &self.shared.config)
+            .finish()
+    }
+}
+
+impl RetryLayer {
+    /// A layer for `config`, or the key and reason it is refused for.
+    pub fn new(config: &RetryConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                budget: TpsBudget::new(
+                    config.budget_window,
+                    config.budget_min_per_sec,
+                    config.budget_ratio,
+                ),
+                config: config.clone(),
+            }),
+        })
+    }
+}
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = RetryService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RetryService::new(inner, self.shared.clone())
+    }
+}

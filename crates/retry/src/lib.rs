@@ -1,0 +1,57 @@
+//! `corral-retry`: retries that never storm, and timeouts that fit
+//! streaming.
+//!
+//! - **Only what is safe**: connection errors, 502/503/504 (Ollama's
+//!   "server busy" is a 503) and first-byte timeouts, decided at the
+//!   headers, so never once a stream has started and never a 4xx or a
+//!   500. Only inference and metadata reads with a buffered body are
+//!   retried; the body is replayed from the bytes `classify` read, never
+//!   re-read from the client.
+//! - **Backoff** with full jitter: retry `n` waits a random time up to
+//!   `initial_backoff × backoff_multiplier^(n-1)`, at most `max_backoff`
+//!   (the design's 3 attempts, base 2, cap 30 s). An upstream
+//!   `Retry-After` is waited out instead. No retry starts that could not
+//!   finish before the request's deadline (`X-Deadline-Ms`) or the total
+//!   timeout.
+//! - **Budget** shared by every request through the layer, in the manner
+//!   of linkerd and Finagle (tower's `TpsBudget`): retries stay within
+//!   `budget_ratio` of recent requests plus `budget_min_per_sec`, so a
+//!   failing upstream sees a bounded multiple of the client traffic.
+//! - **Timeouts**: `first_byte_timeout` per attempt (marked with
+//!   [`AttemptTimedOut`](corral_core::AttemptTimedOut) so a breaker below
+//!   counts it), `idle_timeout` between stream chunks, an optional
+//!   `total_timeout`. A stream cut by a timeout ends with an Ollama error
+//!   line (or an SSE error event), never a silent truncation.
+//! - **Fallback**: once the attempts on the requested model failed with
+//!   overload, `fallback_models` are tried in order (the design's large
+//!   model down to `tinyllama`); the answer says so in
+//!   `X-Corral-Fallback: llama3->tinyllama`.
+//!
+//! # Example
+//!
+//! ```
+//! use corral_core::Body;
+//! use corral_retry::{RetryConfig, RetryLayer};
+//! use tower::{service_fn, ServiceBuilder};
+//!
+//! let service = ServiceBuilder::new()
+//!     .layer(RetryLayer::new(&RetryConfig::default()).unwrap())
+//!     .service(service_fn(|_request: http::Request<Body>| async {
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
+//!     }));
+//! # drop(service);
+//! ```
+
+mod body;
+mod config;
+mod layer;
+pub mod metrics;
+mod service;
+
+pub use body::ResponseBody;
+pub use config::{
+    RetryConfig, DEFAULT_FIRST_BYTE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_INITIAL_BACKOFF,
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_BACKOFF,
+};
+pub use layer::RetryLayer;
+pub use service::{ResponseFuture, RetryService, X_CORRAL_FALLBACK};

@@ -1,0 +1,274 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use corral_core::{
+    classify_error, classify_status, AttemptTimedOut, Body, BoxError, EndpointKind, Failure,
+    Outcome, RequestMeta, Timeout, TimeoutKind,
+};
+use http::{header, HeaderValue, Request, Response};
+use tokio::time::Instant;
+use tower::retry::budget::{Budget, TpsBudget};
+use tower::{Service, ServiceExt};
+
+use crate::body::ResponseBody;
+use crate::config::RetryConfig;
+use crate::metrics::{
+    FALLBACKS_TOTAL, RETRIES_TOTAL, RETRY_BUDGET_EXHAUSTED_TOTAL, TIMEOUTS_TOTAL,
+};
+
+/// Says which model the answer came from when it was not the one asked
+/// for: `X-Corral-Fallback: llama3->tinyllama`.
+pub const X_CORRAL_FALLBACK: http::HeaderName = http::HeaderName::from_static("x-corral-fallback");
+
+pub(crate) struct Shared {
+    pub(crate) config: RetryConfig,
+    pub(crate) budget: TpsBudget,
+}
+
+/// Retries what is safe to retry, within a budget, and bounds attempts
+/// and streams in time.
+#[derive(Clone)]
+pub struct RetryService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> std::fmt::Debug for RetryService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetryService")
+            .field("config", &self.shared.config)
+            .finish()
+    }
+}
+
+impl<S> RetryService<S> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        Self { inner, shared }
+    }
+}
+
+/// The response future of [`RetryService`]: the attempts, boxed.
+pub type ResponseFuture<B> =
+    Pin<Box<dyn Future<Output = Result<Response<ResponseBody<B>>, BoxError>> + Send>>;
+
+impl<S, B> Service<Request<Body>> for RetryService<S>
+where
+    S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    type Response = Response<ResponseBody<B>>;
+    type Error = BoxError;
+    type Future = ResponseFuture<B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(attempts(self.shared.clone(), inner, request))
+    }
+}
+
+/// What the last attempt left.
+enum Last<B> {
+    Answer(Response<B>),
+    Error(BoxError),
+}
+
+async fn attempts<S, B>(
+    shared: Arc<Shared>,
+    mut inner: S,
+    request: Request<Body>,
+) -> Result<Response<ResponseBody<B>>, BoxError>
+where
+    S: Service<Request<Body>, Response = Response<B>> + Clone,
+    S::Error: Into<BoxError>,
+{
+    let config = &shared.config;
+    let started = Instant::now();
+    let meta = request.extensions().get::<RequestMeta>().cloned();
+    let family = meta
+        .as_ref()
+        .map_or(corral_core::ApiFamily::Ollama, |m| m.endpoint.family());
+    let total_deadline = config.total_timeout.map(|d| started + d);
+    let deadline = match (meta.as_ref().and_then(|m| m.deadline), total_deadline) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let retryable_kind = meta.as_ref().is_some_and(|m| {
+        matches!(
+            m.endpoint.kind(),
+            EndpointKind::Inference | EndpointKind::Metadata
+        )
+    });
+    // What can be sent again: a buffered body. A streamed upload cannot.
+    let replay = if retryable_kind {
+        request.body().try_clone()
+    } else {
+        None
+    };
+    shared.budget.deposit();
+
+    let (parts, body) = request.into_parts();
+    let mut next_body = Some(body);
+    let mut models = std::iter::once(None).chain(config.fallback_models.iter().map(Some));
+    let mut model = models.next().flatten();
+    let original_model = meta.as_ref().and_then(|m| m.model.clone());
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let body = match next_body.take() {
+            Some(body) => body,
+            None => match &replay {
+                Some(bytes) => match (model, bytes.buffered()) {
+                    (Some(model), Some(json)) => Body::from(with_model(json, model)?),
+                    _ => bytes.try_clone().unwrap_or_default(),
+                },
+                None => unreachable_body(),
+            },
+        };
+        let mut request = Request::from_parts(parts.clone(), body);
+        if let (Some(model), Some(meta)) =
+            (model, request.extensions_mut().get_mut::<RequestMeta>())
+        {
+            meta.model = Some(model.as_str().into());
+        }
+        let timed_out = AttemptTimedOut::default();
+        request.extensions_mut().insert(timed_out.clone());
+
+        let call = inner.ready().await.map_err(Into::into)?.call(request);
+        let result = match config.first_byte_timeout {
+            Some(limit) => match tokio::time::timeout(limit, call).await {
+                Ok(result) => result.map_err(Into::into),
+                Err(_) => {
+                    // Mark before the attempt is dropped, so a breaker
+                    // below counts a timeout, not a client that left.
+                    timed_out.set();
+                    metrics::counter!(TIMEOUTS_TOTAL, "kind" => "first_byte").increment(1);
+                    Err(Box::new(Timeout::new(TimeoutKind::FirstByte, limit)) as BoxError)
+                }
+            },
+            None => call.await.map_err(Into::into),
+        };
+
+        let (failure, last, retry_after) = match result {
+            Ok(response) => match classify_status(response.status()) {
+                Outcome::Failure(failure) => {
+                    let after = retry_after(&response);
+                    (failure, Last::Answer(response), after)
+                }
+                _ => {
+                    let idle = config.idle_timeout;
+                    let total = total_deadline.zip(config.total_timeout);
+                    let mut response = response;
+                    if let (Some(model), Some(original)) = (model, &original_model) {
+                        if let Ok(value) = HeaderValue::from_str(&format!("{original}->{model}")) {
+                            response.headers_mut().insert(X_CORRAL_FALLBACK, value);
+                        }
+                    }
+                    let (parts, body) = response.into_parts();
+                    let body = ResponseBody::new(body, &parts.headers, family, idle, total);
+                    return Ok(Response::from_parts(parts, body));
+                }
+            },
+            Err(err) => match classify_error(&*err) {
+                Outcome::Failure(failure) => (failure, Last::Error(err), None),
+                _ => return Err(err),
+            },
+        };
+
+        if replay.is_none() || !failure.is_retryable() {
+            return give_up(last, family, config);
+        }
+        let overload = matches!(failure, Failure::Status(503 | 504) | Failure::Timeout);
+        let next_model = if attempt >= config.max_attempts {
+            // Out of attempts on this model: on overload, go down the
+            // fallback chain.
+            match overload.then(|| models.next().flatten()).flatten() {
+                Some(fallback) => {
+                    metrics::counter!(FALLBACKS_TOTAL, "model" => fallback.clone()).increment(1);
+                    tracing::info!(model = %fallback, "attempts failed with overload: falling back");
+                    Some(Some(fallback))
+                }
+                None => return give_up(last, family, config),
+            }
+        } else {
+            None
+        };
+
+        let wait = match retry_after {
+            Some(asked) if config.honor_retry_after => {
+                if asked > config.max_backoff {
+                    return give_up(last, family, config);
+                }
+                asked
+            }
+            _ => {
+                let ceiling =
+                    config.backoff_ceiling(if next_model.is_some() { 1 } else { attempt });
+                ceiling.mul_f64(fastrand::f64())
+            }
+        };
+        if deadline.is_some_and(|d| Instant::now() + wait >= d) {
+            // A retry that cannot finish before the deadline is not
+            // started.
+            return give_up(last, family, config);
+        }
+        if !shared.budget.withdraw() {
+            metrics::counter!(RETRY_BUDGET_EXHAUSTED_TOTAL).increment(1);
+            tracing::debug!("retry budget spent: not retrying");
+            return give_up(last, family, config);
+        }
+        metrics::counter!(RETRIES_TOTAL, "reason" => failure.as_str()).increment(1);
+        drop(last);
+        tokio::time::sleep(wait).await;
+        if let Some(fallback) = next_model {
+            model = fallback;
+            attempt = 0;
+        }
+    }
+}
+
+/// Gives back what the last attempt left: its answer (with the stream
+/// timeouts) or its error.
+fn give_up<B>(
+    last: Last<B>,
+    family: corral_core::ApiFamily,
+    config: &RetryConfig,
+) -> Result<Response<ResponseBody<B>>, BoxError> {
+    match last {
+        Last::Answer(response) => {
+            let (parts, body) = response.into_parts();
+            let body = ResponseBody::new(body, &parts.headers, family, config.idle_timeout, None);
+            Ok(Response::from_parts(parts, body))
+        }
+        Last::Error(err) => Err(err),
+    }
+}
+
+/// The upstream's `Retry-After`, in seconds.
+fn retry_after<B>(response: &Response<B>) -> Option<Duration> {
+    let value = response.headers().get(header::RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// The request body with its `model` replaced.
+fn with_model(json: &bytes::Bytes, model: &str) -> Result<bytes::Bytes, BoxError> {
+    let mut value: serde_json::Value = serde_json::from_slice(json)?;
+    if let Some(object) = value.as_object_mut() {
+        object.insert("model".into(), serde_json::Value::String(model.to_string()));
+    }
+    Ok(bytes::Bytes::from(serde_json::to_vec(&value)?))
+}
+
+/// Never reached: without a replayable body there is no second attempt.
+fn unreachable_body() -> Body {
+    Body::empty()
+}
