@@ -216,6 +216,10 @@ pub struct ClassConfig {
     /// `bulkhead` layer), after the layer's own rules.
     #[serde(default)]
     pub compartment: Option<String>,
+    /// Never degraded: the `degrade` layer neither rewrites nor refuses
+    /// its requests.
+    #[serde(default)]
+    pub critical: bool,
     /// Its quotas, enforced by the `ratelimit` layer, e.g.
     /// `{ requests_per_minute = 10, tokens_per_minute = 20000 }`.
     #[serde(default)]

@@ -81,7 +81,7 @@ impl Front {
         let shared = &self.shared;
         if let Some(admin) = &shared.admin {
             if Admin::owns(request.uri().path()) || shared.stack.is_none() {
-                return admin.handle(&request).await;
+                return admin.handle(request).await;
             }
         }
         let Some(stack) = &shared.stack else {

@@ -285,3 +285,49 @@ pub(crate) fn breaker(
         ),
     ))
 }
+
+/// `kind = "degrade"`: its options are [`corral_degrade::DegradeConfig`]'s;
+/// classes with `critical = true` join `critical_classes`.
+pub(crate) fn degrade(
+    layer: &LayerConfig,
+    context: &BuildContext<'_>,
+) -> Result<StackLayer, ConfigError> {
+    let mut config: corral_degrade::DegradeConfig = options(layer)?;
+    for class in context.config.classes.iter().filter(|c| c.critical) {
+        if !config.critical_classes.contains(&class.name) {
+            config.critical_classes.push(class.name.clone());
+        }
+    }
+    let degrade = corral_degrade::DegradeLayer::new(
+        &config,
+        context.load.clone(),
+        Some(context.bus.clone()),
+    )?;
+    if context
+        .controls
+        .degrade
+        .set(degrade.controller().clone())
+        .is_err()
+    {
+        return Err(ConfigError::new(
+            "kind",
+            "a stack has one degrade layer: `degrade` is listed twice",
+        ));
+    }
+    let pct = |v: f64| format!("{:.0}%", v * 100.0);
+    Ok(StackLayer::new(
+        degrade,
+        format!(
+            "up at {}/{}/{}, down at {}/{}/{}; L1 caps tokens at {}; L2 model {}; critical classes: {}",
+            pct(config.up[0]),
+            pct(config.up[1]),
+            pct(config.up[2]),
+            pct(config.down[0]),
+            pct(config.down[1]),
+            pct(config.down[2]),
+            config.l1_max_tokens.map_or("none".into(), |n| n.to_string()),
+            config.l2_model.as_deref().unwrap_or("unchanged"),
+            if config.critical_classes.is_empty() { "none".to_string() } else { config.critical_classes.join(", ") },
+        ),
+    ))
+}

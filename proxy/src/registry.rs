@@ -50,6 +50,15 @@ pub struct BuildContext<'a> {
     pub load: &'a LoadCell,
     /// Where layers announce state changes (backpressure, levels, breaker).
     pub bus: &'a Arc<dyn Bus>,
+    /// Where layers leave the handles the admin API drives.
+    pub controls: &'a Controls,
+}
+
+/// Handles of the stack's layers that the admin API drives.
+#[derive(Debug, Default)]
+pub struct Controls {
+    /// The degrade layer's controller, when the stack has one.
+    pub degrade: std::sync::OnceLock<Arc<corral_degrade::Controller>>,
 }
 
 impl std::fmt::Debug for BuildContext<'_> {
@@ -66,6 +75,7 @@ impl std::fmt::Debug for BuildContext<'_> {
 pub const LAYERS: &[LayerKind] = &[
     LayerKind { name: "priority", about: "the scheduler: upstream permits by priority, fair share, aging, deadlines", build: crate::layers::priority, refusals: &[as_refusal::<corral_priority::DeadlineExceeded>] },
     LayerKind { name: "bulkhead", about: "named compartments with their own concurrency limits", build: crate::layers::bulkhead, refusals: &[as_refusal::<corral_bulkhead::CompartmentFull>] },
+    LayerKind { name: "degrade", about: "load-driven levels: cap tokens, smaller models, refuse or answer defaults", build: crate::layers::degrade, refusals: &[as_refusal::<corral_degrade::Degraded>] },
     LayerKind { name: "ratelimit", about: "per-agent and per-class GCRA quotas of requests and tokens", build: crate::layers::ratelimit, refusals: &[as_refusal::<corral_ratelimit::RateLimited>] },
     LayerKind { name: "retry", about: "safe retries with jittered backoff and a budget, stream-aware timeouts, model fallback", build: crate::layers::retry, refusals: &[] },
     LayerKind { name: "breaker", about: "circuit breaker per upstream or model: fail fast while it fails", build: crate::layers::breaker, refusals: &[as_refusal::<corral_breaker::BreakerOpen>] },

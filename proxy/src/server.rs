@@ -84,7 +84,12 @@ impl Server {
     /// Binds the listeners for an already built `stack`.
     pub async fn bind_stack(config: &Config, stack: &Stack) -> Result<Self, StartError> {
         let metrics = telemetry::metrics_handle();
-        let admin_api = Admin::new(stack.upstream().clone(), metrics, stack.load().clone());
+        let admin_api = Admin::new(
+            stack.upstream().clone(),
+            metrics,
+            stack.load().clone(),
+            stack.controls().clone(),
+        );
         let bind = |key, addr| async move {
             TcpListener::bind(addr)
                 .await

@@ -14,7 +14,7 @@ use tower::util::BoxCloneSyncService;
 use tower::Layer;
 
 use crate::config::{Config, LoadError, NO_FILE};
-use crate::registry::{BuildContext, LayerKind, LAYERS};
+use crate::registry::{BuildContext, Controls, LayerKind, LAYERS};
 use crate::respond;
 use crate::upstream::Upstream;
 
@@ -34,6 +34,7 @@ pub struct Stack {
     refusals: Vec<RefusalCast>,
     load: LoadCell,
     bus: Arc<dyn Bus>,
+    controls: Arc<Controls>,
 }
 
 impl std::fmt::Debug for Stack {
@@ -58,6 +59,11 @@ impl Stack {
     /// The layers, outermost first, as `(kind, how it is configured)`.
     pub fn layers(&self) -> &[(String, String)] {
         &self.layers
+    }
+
+    /// The handles the admin API drives.
+    pub fn controls(&self) -> &Arc<Controls> {
+        &self.controls
     }
 
     /// The bus the stack's layers publish on.
@@ -105,6 +111,7 @@ pub fn build_with(
     })?;
 
     let load = LoadCell::default();
+    let controls = Arc::new(Controls::default());
     let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(&replica_id()));
     let mut refusals: Vec<RefusalCast> = respond::BUILT_IN.to_vec();
     let mut built = Vec::with_capacity(config.layers.len());
@@ -142,6 +149,7 @@ pub fn build_with(
             config,
             load: &load,
             bus: &bus,
+            controls: &controls,
         };
         let stack_layer = (kind.build)(layer, &context)
             .map_err(|e| LoadError::from_config(file, e.within(&at), layer.line))?;
@@ -182,6 +190,7 @@ pub fn build_with(
         refusals,
         load,
         bus,
+        controls,
     })
 }
 

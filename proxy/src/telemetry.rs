@@ -99,6 +99,7 @@ fn describe() {
     corral_ratelimit::metrics::describe();
     corral_retry::metrics::describe();
     corral_breaker::metrics::describe();
+    corral_degrade::metrics::describe();
     metrics::describe_counter!(REQUESTS_TOTAL, "Requests answered, by endpoint and status.");
     metrics::describe_histogram!(
         REQUEST_DURATION_SECONDS,

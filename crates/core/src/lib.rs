@@ -30,6 +30,7 @@
 mod body;
 mod bus;
 mod config;
+mod degradation;
 mod endpoint;
 mod error;
 pub mod headers;
@@ -42,6 +43,7 @@ mod usage;
 pub use body::{empty, full, Body, BoxBody};
 pub use bus::{channels, Bus, BusMessage, MemoryBus};
 pub use config::ConfigError;
+pub use degradation::{Degradation, Level};
 pub use endpoint::{ApiFamily, Endpoint, EndpointKind};
 pub use error::{stream_error_frame, ErrorBody};
 pub use load::{LoadCell, LoadSnapshot, UpstreamLoad};

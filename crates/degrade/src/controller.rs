@@ -1,0 +1,138 @@
+//! The level in force, kept current from the scheduler's load, and the
+//! operator's override.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use corral_core::{channels, Bus, Level, LoadCell};
+use tokio::time::Instant;
+
+use crate::config::DegradeConfig;
+use crate::levels::{Change, Levels};
+use crate::metrics::{DEGRADATION_LEVEL, DEGRADATION_LOAD};
+
+/// The degrade layer's state, shared with whoever controls it (the admin
+/// API forces and releases levels through it).
+pub struct Controller {
+    pub(crate) config: DegradeConfig,
+    load: LoadCell,
+    levels: Mutex<Levels>,
+    bus: Option<Arc<dyn Bus>>,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller")
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+/// The level, the load behind it, and the override.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Status {
+    /// The level in force.
+    pub level: Level,
+    /// The smoothed load, 0 to 1.
+    pub load: f64,
+    /// The operator's level, when forced.
+    pub forced: Option<Level>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Controller {
+    pub(crate) fn new(config: DegradeConfig, load: LoadCell, bus: Option<Arc<dyn Bus>>) -> Self {
+        metrics::gauge!(DEGRADATION_LEVEL).set(0.0);
+        Self {
+            config,
+            load,
+            levels: Mutex::new(Levels::new()),
+            bus,
+        }
+    }
+
+    /// The raw load now: work in the system over what saturates it.
+    fn sample(&self) -> f64 {
+        let Some(load) = self.load.get() else {
+            return 0.0;
+        };
+        let snapshot = load.snapshot();
+        let work = (snapshot.in_flight + snapshot.queued_total()) as f64;
+        let full = snapshot.capacity.max(1) as f64 * self.config.saturation;
+        (work / full).min(1.0)
+    }
+
+    /// Samples the load and returns the level in force.
+    pub fn level(&self) -> Level {
+        let sample = self.sample();
+        let (level, change) = {
+            let mut levels = lock(&self.levels);
+            let change = levels.observe(
+                sample,
+                Instant::now(),
+                self.config.smoothing,
+                self.config.up,
+                self.config.down,
+            );
+            (
+                levels.effective(),
+                change.map(|c| (c, levels.load(), levels.forced())),
+            )
+        };
+        if let Some((change, load, forced)) = change {
+            self.announce(change, load, forced);
+        }
+        level
+    }
+
+    /// Forces `level` until released with `None`.
+    pub fn force(&self, level: Option<Level>) {
+        let (change, load) = {
+            let mut levels = lock(&self.levels);
+            (levels.force(level), levels.load())
+        };
+        match level {
+            Some(level) => {
+                tracing::warn!(level = %level, "degradation level forced by the operator")
+            }
+            None => tracing::info!("forced degradation level released"),
+        }
+        if let Some(change) = change {
+            self.announce(change, load, level);
+        }
+    }
+
+    /// Where it stands.
+    pub fn status(&self) -> Status {
+        let levels = lock(&self.levels);
+        Status {
+            level: levels.effective(),
+            load: levels.load(),
+            forced: levels.forced(),
+        }
+    }
+
+    fn announce(&self, change: Change, load: f64, forced: Option<Level>) {
+        let Change { from, to } = change;
+        if to > from {
+            tracing::warn!(from = %from, to = %to, load, "degradation level raised");
+        } else {
+            tracing::info!(from = %from, to = %to, load, "degradation level lowered");
+        }
+        metrics::gauge!(DEGRADATION_LEVEL).set(f64::from(to.as_number()));
+        metrics::gauge!(DEGRADATION_LOAD).set(load);
+        if let Some(bus) = &self.bus {
+            bus.publish(
+                channels::DEGRADATION_LEVEL,
+                serde_json::json!({
+                    "level": to.as_str(),
+                    "from": from.as_str(),
+                    "load": load,
+                    "forced": forced.is_some(),
+                }),
+            );
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! `corral-degrade`: bend before breaking.
+//!
+//! A level, Normal → L1 → L2 → Critical, follows the upstream's load with
+//! hysteresis (the design's thresholds: up at 60, 80, 95 %; down at 50,
+//! 70, 90 %). Load is the scheduler's work in the system (in flight plus
+//! waiting) over `capacity × saturation`, smoothed; an operator can force
+//! a level and release it ([`Controller::force`]).
+//!
+//! What each level does is configuration, with the design's defaults:
+//!
+//! - **L1**: `num_predict`/`max_tokens` capped (512); cache lifetimes
+//!   stretched.
+//! - **L2**: as L1, and non-critical generations go to a smaller model
+//!   (`tinyllama`), stale cache entries are served, priorities above a
+//!   threshold are refused.
+//! - **Critical**: only priorities up to a threshold are processed; the
+//!   rest get the configured default answer for their endpoint (in its
+//!   own shape, streamed or not) or 503 with `Retry-After`.
+//!
+//! Classes in `critical_classes` are never rewritten nor refused. Every
+//! degraded answer says so: `X-Corral-Degraded: L2`, and what changed
+//! (`X-Corral-Model-Rewrite: llama3->tinyllama`, `X-Corral-Token-Cap`).
+//! The cache below learns the level from a
+//! [`Degradation`](corral_core::Degradation) in the request's extensions.
+//! The level is the metric `corral_degradation_level`; each change is
+//! logged once and published on `system:degradation:level`.
+//!
+//! # Example
+//!
+//! ```
+//! use corral_core::{Body, LoadCell};
+//! use corral_degrade::{DegradeConfig, DegradeLayer};
+//! use tower::{service_fn, ServiceBuilder};
+//!
+//! let degrade = DegradeLayer::new(&DegradeConfig::default(), LoadCell::default(), None).unwrap();
+//! let control = degrade.controller().clone();
+//! let service = ServiceBuilder::new()
+//!     .layer(degrade)
+//!     .service(service_fn(|_request: http::Request<Body>| async {
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
+//!     }));
+//! control.force(Some(corral_core::Level::L2));
+//! assert_eq!(control.status().level, corral_core::Level::L2);
+//! # drop(service);
+//! ```
+
+mod answers;
+mod config;
+mod controller;
+mod error;
+mod layer;
+mod levels;
+pub mod metrics;
+mod service;
+
+pub use config::DegradeConfig;
+pub use controller::{Controller, Status};
+pub use error::Degraded;
+pub use layer::DegradeLayer;
+pub use levels::{Change, Levels};
+pub use service::{
+    DegradeService, ResponseBody, ResponseFuture, X_CORRAL_DEGRADED, X_CORRAL_MODEL_REWRITE,
+    X_CORRAL_TOKEN_CAP,
+};

@@ -1,0 +1,308 @@
+//! Levels through every transition both ways with hysteresis and
+//! smoothing (time paused), the operator's override, and what the layer
+//! does at each level.
+
+#![allow(clippy::unwrap_used)] // a test fails by panicking
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use corral_core::{
+    Body, Bus, Degradation, Endpoint, Level, LoadCell, LoadSnapshot, MemoryBus, Priority,
+    RequestMeta, UpstreamLoad,
+};
+use corral_degrade::{DegradeConfig, DegradeLayer, Degraded, Levels};
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use tokio::time::Instant;
+use tower::{Layer, ServiceExt};
+use tower_test::mock;
+
+const UP: [f64; 3] = [0.60, 0.80, 0.95];
+const DOWN: [f64; 3] = [0.50, 0.70, 0.90];
+
+fn step(levels: &mut Levels, load: f64) -> Level {
+    levels.observe(load, Instant::now(), Duration::ZERO, UP, DOWN);
+    levels.effective()
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_transition_happens_at_its_threshold_in_both_directions() {
+    let mut levels = Levels::new();
+    let path: Vec<(f64, Level)> = vec![
+        (0.60, Level::Normal),
+        (0.61, Level::L1),
+        (0.80, Level::L1),
+        (0.81, Level::L2),
+        (0.95, Level::L2),
+        (0.96, Level::Critical),
+        (0.90, Level::Critical),
+        (0.89, Level::L2),
+        (0.70, Level::L2),
+        (0.69, Level::L1),
+        (0.50, Level::L1),
+        (0.49, Level::Normal),
+    ];
+    for (load, expected) in path {
+        assert_eq!(step(&mut levels, load), expected, "at load {load}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_load_hovering_at_a_threshold_does_not_flap() {
+    let mut levels = Levels::new();
+    let mut changes = 0;
+    for i in 0..100 {
+        let load = if i % 2 == 0 { 0.59 } else { 0.62 };
+        if levels
+            .observe(load, Instant::now(), Duration::ZERO, UP, DOWN)
+            .is_some()
+        {
+            changes += 1;
+        }
+    }
+    assert_eq!(changes, 1, "up once to L1, and it stays");
+    assert_eq!(levels.effective(), Level::L1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_jump_goes_straight_to_the_level_it_calls_for() {
+    let mut levels = Levels::new();
+    assert_eq!(step(&mut levels, 1.0), Level::Critical);
+    assert_eq!(step(&mut levels, 0.0), Level::Normal);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_load_is_smoothed_over_time() {
+    let mut levels = Levels::new();
+    let smoothing = Duration::from_secs(5);
+    levels.observe(0.0, Instant::now(), smoothing, UP, DOWN);
+    tokio::time::advance(Duration::from_millis(500)).await;
+    levels.observe(1.0, Instant::now(), smoothing, UP, DOWN);
+    assert_eq!(
+        levels.effective(),
+        Level::Normal,
+        "a short spike is smoothed away"
+    );
+    for _ in 0..30 {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        levels.observe(1.0, Instant::now(), smoothing, UP, DOWN);
+    }
+    assert_eq!(
+        levels.effective(),
+        Level::Critical,
+        "a sustained load gets through"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_forced_level_holds_until_released() {
+    let mut levels = Levels::new();
+    levels.force(Some(Level::L2));
+    assert_eq!(step(&mut levels, 0.0), Level::L2);
+    let change = levels.force(None).unwrap();
+    assert_eq!((change.from, change.to), (Level::L2, Level::Normal));
+}
+
+/// A scheduler stand-in with a settable amount of work.
+struct Work(Mutex<usize>);
+
+impl UpstreamLoad for Work {
+    fn snapshot(&self) -> LoadSnapshot {
+        let mut load = LoadSnapshot::idle(4);
+        let work = *self.0.lock().unwrap();
+        load.in_flight = work.min(4);
+        load.queued[4] = work.saturating_sub(4);
+        load
+    }
+}
+
+fn setup(config: DegradeConfig) -> (DegradeLayer, Arc<Work>, MemoryBus) {
+    let work = Arc::new(Work(Mutex::new(0)));
+    let cell = LoadCell::default();
+    cell.set(work.clone()).unwrap();
+    let bus = MemoryBus::new("r");
+    let layer = DegradeLayer::new(
+        &DegradeConfig {
+            smoothing: Duration::ZERO,
+            defaults: [("chat".to_string(), "Busy: a default answer.".to_string())].into(),
+            critical_classes: vec!["system".into()],
+            ..config
+        },
+        cell,
+        Some(Arc::new(bus.clone()) as Arc<dyn Bus>),
+    )
+    .unwrap();
+    (layer, work, bus)
+}
+
+fn chat(class: &str, priority: u8, stream: bool, body: &'static str) -> Request<Body> {
+    let mut meta = RequestMeta::new("r".into(), Endpoint::Chat)
+        .with_agent("a".into(), class.into(), false)
+        .with_priority(Priority::new(priority).unwrap())
+        .with_model(Some("llama3".into()));
+    meta.stream = stream;
+    let mut request = Request::post("/api/chat").body(Body::from(body)).unwrap();
+    request.extensions_mut().insert(meta);
+    request
+}
+
+type Upstream = mock::Mock<Request<Body>, Response<String>>;
+
+const BODY: &str =
+    r#"{"model":"llama3","messages":[{"role":"user","content":"hi"}],"options":{"temperature":0}}"#;
+
+#[tokio::test(start_paused = true)]
+async fn each_level_does_what_it_says_and_says_so() {
+    let (layer, work, bus) = setup(DegradeConfig::default());
+    let mut events = bus.subscribe();
+    let (upstream, mut handle): (Upstream, _) = mock::pair();
+    let service = layer.layer(upstream);
+    handle.allow(100);
+
+    // Normal: untouched.
+    let call = tokio::spawn(service.clone().oneshot(chat("default", 5, false, BODY)));
+    let (seen, reply) = handle.next_request().await.unwrap();
+    assert_eq!(seen.body().buffered().unwrap(), BODY);
+    assert_eq!(
+        seen.extensions().get::<Degradation>().unwrap().level,
+        Level::Normal
+    );
+    reply.send_response(Response::new("ok".into()));
+    assert!(!call
+        .await
+        .unwrap()
+        .unwrap()
+        .headers()
+        .contains_key("x-corral-degraded"));
+
+    // L1 (load 0.7 = 11.2 of 16): tokens capped.
+    *work.0.lock().unwrap() = 11;
+    let call = tokio::spawn(service.clone().oneshot(chat("default", 5, false, BODY)));
+    let (seen, reply) = handle.next_request().await.unwrap();
+    let json: serde_json::Value = serde_json::from_slice(seen.body().buffered().unwrap()).unwrap();
+    assert_eq!(json["options"]["num_predict"], 512);
+    assert_eq!(json["options"]["temperature"], 0, "other options kept");
+    assert_eq!(
+        seen.extensions()
+            .get::<RequestMeta>()
+            .unwrap()
+            .generation
+            .max_tokens,
+        Some(512)
+    );
+    let directive = *seen.extensions().get::<Degradation>().unwrap();
+    assert_eq!(
+        (directive.level, directive.ttl_factor, directive.serve_stale),
+        (Level::L1, 2.0, false)
+    );
+    reply.send_response(Response::new("ok".into()));
+    let response = call.await.unwrap().unwrap();
+    assert_eq!(response.headers()["x-corral-degraded"], "L1");
+    assert_eq!(response.headers()["x-corral-token-cap"], "512");
+    assert_eq!(events.try_recv().unwrap().message["level"], "L1");
+
+    // L2 (0.85): non-critical work goes to the small model; low priority refused.
+    *work.0.lock().unwrap() = 14;
+    let call = tokio::spawn(service.clone().oneshot(chat("default", 5, false, BODY)));
+    let (seen, reply) = handle.next_request().await.unwrap();
+    let json: serde_json::Value = serde_json::from_slice(seen.body().buffered().unwrap()).unwrap();
+    assert_eq!(json["model"], "tinyllama");
+    reply.send_response(Response::new("ok".into()));
+    let response = call.await.unwrap().unwrap();
+    assert_eq!(
+        response.headers()["x-corral-model-rewrite"],
+        "llama3->tinyllama"
+    );
+    assert_eq!(response.headers()["x-corral-degraded"], "L2");
+
+    let critical = tokio::spawn(service.clone().oneshot(chat("system", 9, false, BODY)));
+    let (seen, reply) = handle.next_request().await.unwrap();
+    assert_eq!(
+        seen.body().buffered().unwrap(),
+        BODY,
+        "critical classes are never rewritten"
+    );
+    reply.send_response(Response::new("ok".into()));
+    assert!(!critical
+        .await
+        .unwrap()
+        .unwrap()
+        .headers()
+        .contains_key("x-corral-degraded"));
+
+    let err = service
+        .clone()
+        .oneshot(chat("default", 8, false, BODY))
+        .await
+        .unwrap_err();
+    assert!(err.is::<Degraded>(), "{err}");
+
+    // Critical (1.0): high priorities processed, the rest get the default answer.
+    *work.0.lock().unwrap() = 16;
+    let call = tokio::spawn(service.clone().oneshot(chat("default", 2, false, BODY)));
+    let (_, reply) = handle.next_request().await.unwrap();
+    reply.send_response(Response::new("ok".into()));
+    assert_eq!(
+        call.await.unwrap().unwrap().headers()["x-corral-degraded"],
+        "Critical"
+    );
+
+    let response = service
+        .clone()
+        .oneshot(chat("default", 5, true, BODY))
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let lines: Vec<serde_json::Value> = std::str::from_utf8(&body)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["message"]["content"], "Busy: a default answer.");
+    assert_eq!(lines[1]["done"], true);
+
+    // Back to Normal when the load falls.
+    *work.0.lock().unwrap() = 0;
+    let call = tokio::spawn(service.clone().oneshot(chat("default", 5, false, BODY)));
+    let (seen, reply) = handle.next_request().await.unwrap();
+    assert_eq!(seen.body().buffered().unwrap(), BODY);
+    reply.send_response(Response::new("ok".into()));
+    assert!(!call
+        .await
+        .unwrap()
+        .unwrap()
+        .headers()
+        .contains_key("x-corral-degraded"));
+    assert_eq!(layer.controller().status().level, Level::Normal);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_without_a_default_gets_503_at_critical() {
+    let (layer, _work, _bus) = setup(DegradeConfig::default());
+    layer.controller().force(Some(Level::Critical));
+    let (upstream, _handle): (Upstream, _) = mock::pair();
+    let service = layer.layer(upstream);
+    let mut request = chat("default", 5, false, BODY);
+    request
+        .extensions_mut()
+        .get_mut::<RequestMeta>()
+        .unwrap()
+        .endpoint = Endpoint::Generate;
+    let err = service.oneshot(request).await.unwrap_err();
+    let degraded = err.downcast_ref::<Degraded>().unwrap();
+    assert_eq!(
+        corral_core::Refusal::retry_after(degraded),
+        Some(Duration::from_secs(30))
+    );
+}
+
+#[test]
+fn thresholds_that_would_flap_are_refused() {
+    let config = DegradeConfig {
+        down: [0.65, 0.70, 0.90],
+        ..DegradeConfig::default()
+    };
+    assert_eq!(config.validate().unwrap_err().key(), "down[0]");
+}
