@@ -80,6 +80,11 @@ impl Admin {
                 if let Some(load) = self.load.get() {
                     telemetry::record_load(&load.snapshot());
                 }
+                if let Some(cache) = self.controls.cache.get() {
+                    let (entries, bytes) = cache.size();
+                    metrics::gauge!(corral_cache::metrics::CACHE_ENTRIES).set(entries as f64);
+                    metrics::gauge!(corral_cache::metrics::CACHE_BYTES).set(bytes as f64);
+                }
                 let mut response = Response::new(full(self.metrics.render()));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,

@@ -331,3 +331,33 @@ pub(crate) fn degrade(
         ),
     ))
 }
+
+/// `kind = "cache"`: its options are [`corral_cache::CacheConfig`]'s.
+pub(crate) fn cache(
+    layer: &LayerConfig,
+    context: &BuildContext<'_>,
+) -> Result<StackLayer, ConfigError> {
+    let config: corral_cache::CacheConfig = options(layer)?;
+    let cache = corral_cache::CacheLayer::new(&config)?;
+    if context.controls.cache.set(cache.store().clone()).is_err() {
+        return Err(ConfigError::new(
+            "kind",
+            "a stack has one cache: `cache` is listed twice",
+        ));
+    }
+    Ok(StackLayer::new(
+        cache,
+        format!(
+            "deterministic answers for {} ({} stale), up to {} MiB, namespace {:?}{}",
+            humantime::format_duration(config.ttl),
+            humantime::format_duration(config.stale_for),
+            config.max_bytes / (1024 * 1024),
+            config.namespace,
+            if config.coalesce {
+                "; identical requests in flight coalesced"
+            } else {
+                ""
+            }
+        ),
+    ))
+}

@@ -55,16 +55,27 @@ pub struct BuildContext<'a> {
 }
 
 /// Handles of the stack's layers that the admin API drives.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Controls {
     /// The degrade layer's controller, when the stack has one.
     pub degrade: std::sync::OnceLock<Arc<corral_degrade::Controller>>,
+    /// The cache's store, when the stack has one.
+    pub cache: std::sync::OnceLock<Arc<dyn corral_cache::CacheStore>>,
 }
 
 impl std::fmt::Debug for BuildContext<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BuildContext")
             .field("load", self.load)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Controls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controls")
+            .field("degrade", &self.degrade.get().is_some())
+            .field("cache", &self.cache.get().is_some())
             .finish()
     }
 }
@@ -76,6 +87,7 @@ pub const LAYERS: &[LayerKind] = &[
     LayerKind { name: "priority", about: "the scheduler: upstream permits by priority, fair share, aging, deadlines", build: crate::layers::priority, refusals: &[as_refusal::<corral_priority::DeadlineExceeded>] },
     LayerKind { name: "bulkhead", about: "named compartments with their own concurrency limits", build: crate::layers::bulkhead, refusals: &[as_refusal::<corral_bulkhead::CompartmentFull>] },
     LayerKind { name: "degrade", about: "load-driven levels: cap tokens, smaller models, refuse or answer defaults", build: crate::layers::degrade, refusals: &[as_refusal::<corral_degrade::Degraded>] },
+    LayerKind { name: "cache", about: "exact-match cache of deterministic answers, coalescing of identical requests", build: crate::layers::cache, refusals: &[] },
     LayerKind { name: "ratelimit", about: "per-agent and per-class GCRA quotas of requests and tokens", build: crate::layers::ratelimit, refusals: &[as_refusal::<corral_ratelimit::RateLimited>] },
     LayerKind { name: "retry", about: "safe retries with jittered backoff and a budget, stream-aware timeouts, model fallback", build: crate::layers::retry, refusals: &[] },
     LayerKind { name: "breaker", about: "circuit breaker per upstream or model: fail fast while it fails", build: crate::layers::breaker, refusals: &[as_refusal::<corral_breaker::BreakerOpen>] },

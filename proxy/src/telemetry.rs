@@ -100,6 +100,7 @@ fn describe() {
     corral_retry::metrics::describe();
     corral_breaker::metrics::describe();
     corral_degrade::metrics::describe();
+    corral_cache::metrics::describe();
     metrics::describe_counter!(REQUESTS_TOTAL, "Requests answered, by endpoint and status.");
     metrics::describe_histogram!(
         REQUEST_DURATION_SECONDS,

@@ -29,6 +29,7 @@
 
 mod body;
 mod bus;
+mod clock;
 mod config;
 mod degradation;
 mod endpoint;
@@ -42,6 +43,7 @@ mod usage;
 
 pub use body::{empty, full, Body, BoxBody};
 pub use bus::{channels, Bus, BusMessage, MemoryBus};
+pub use clock::{rfc3339_now, unix_now};
 pub use config::ConfigError;
 pub use degradation::{Degradation, Level};
 pub use endpoint::{ApiFamily, Endpoint, EndpointKind};

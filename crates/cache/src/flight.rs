@@ -1,0 +1,226 @@
+//! One upstream call shared by identical requests: its frames are kept as
+//! they come, and every subscriber reads them from the first, so a late
+//! joiner first gets what was already produced. The call runs on its own
+//! task: it goes on while anyone still listens, and stops when nobody
+//! does.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use corral_core::BoxError;
+use http::{HeaderMap, StatusCode};
+use http_body::{Frame, SizeHint};
+use tokio::sync::Notify;
+
+pub(crate) struct Flight {
+    state: Mutex<State>,
+    abandoned: Notify,
+}
+
+enum Head {
+    Waiting,
+    Ready {
+        status: StatusCode,
+        headers: HeaderMap,
+    },
+    Failed(Option<BoxError>),
+}
+
+enum End {
+    Open,
+    Done,
+    Broken(String),
+}
+
+struct State {
+    head: Head,
+    chunks: Vec<Bytes>,
+    end: End,
+    subscribers: usize,
+    closed: bool,
+    wakers: Vec<Waker>,
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Flight {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(State {
+                head: Head::Waiting,
+                chunks: Vec::new(),
+                end: End::Open,
+                subscribers: 0,
+                closed: false,
+                wakers: Vec::new(),
+            }),
+            abandoned: Notify::new(),
+        })
+    }
+
+    /// A new reader from the first frame; `None` once the flight stopped
+    /// taking readers (everyone left and the call was dropped).
+    pub(crate) fn subscribe(self: &Arc<Self>, leader: bool) -> Option<Subscription> {
+        let mut state = lock(&self.state);
+        if state.closed {
+            return None;
+        }
+        state.subscribers += 1;
+        Some(Subscription {
+            flight: self.clone(),
+            next: 0,
+            leader,
+        })
+    }
+
+    fn wake(state: &mut State) {
+        for waker in state.wakers.drain(..) {
+            waker.wake();
+        }
+    }
+
+    pub(crate) fn headers(&self, status: StatusCode, headers: HeaderMap) {
+        let mut state = lock(&self.state);
+        state.head = Head::Ready { status, headers };
+        Self::wake(&mut state);
+    }
+
+    pub(crate) fn failed(&self, error: BoxError) {
+        let mut state = lock(&self.state);
+        state.head = Head::Failed(Some(error));
+        state.end = End::Broken("the upstream call failed".into());
+        Self::wake(&mut state);
+    }
+
+    pub(crate) fn chunk(&self, chunk: Bytes) {
+        let mut state = lock(&self.state);
+        state.chunks.push(chunk);
+        Self::wake(&mut state);
+    }
+
+    pub(crate) fn end(&self, broken: Option<String>) {
+        let mut state = lock(&self.state);
+        state.end = match broken {
+            Some(message) => End::Broken(message),
+            None => End::Done,
+        };
+        Self::wake(&mut state);
+    }
+
+    /// Resolves when nobody listens any more; then no one can join.
+    pub(crate) async fn abandoned(&self) {
+        loop {
+            self.abandoned.notified().await;
+            let mut state = lock(&self.state);
+            if state.subscribers == 0 {
+                state.closed = true;
+                return;
+            }
+        }
+    }
+}
+
+/// One reader of a flight.
+pub(crate) struct Subscription {
+    flight: Arc<Flight>,
+    next: usize,
+    leader: bool,
+}
+
+/// What a reader gets once the headers are known.
+pub(crate) enum Outcome {
+    Ready(StatusCode, HeaderMap),
+    /// The call failed: the leader gets its error, the others try on
+    /// their own.
+    Failed(Option<BoxError>),
+}
+
+impl Subscription {
+    /// Waits for the answer's headers.
+    pub(crate) fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let mut state = lock(&self.flight.state);
+        match &mut state.head {
+            Head::Waiting => {
+                state.wakers.push(cx.waker().clone());
+                Poll::Pending
+            }
+            Head::Ready { status, headers } => {
+                Poll::Ready(Outcome::Ready(*status, headers.clone()))
+            }
+            Head::Failed(error) => Poll::Ready(Outcome::Failed(if self.leader {
+                error.take()
+            } else {
+                None
+            })),
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut state = lock(&self.flight.state);
+        state.subscribers -= 1;
+        if state.subscribers == 0 {
+            drop(state);
+            self.flight.abandoned.notify_one();
+        }
+    }
+}
+
+/// The answer's body as one reader sees it.
+pub(crate) struct FlightBody {
+    subscription: Subscription,
+    finished: bool,
+}
+
+impl FlightBody {
+    pub(crate) fn new(subscription: Subscription) -> Self {
+        Self {
+            subscription,
+            finished: false,
+        }
+    }
+}
+
+impl http_body::Body for FlightBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        let reader = &mut this.subscription;
+        let mut state = lock(&reader.flight.state);
+        if let Some(chunk) = state.chunks.get(reader.next).cloned() {
+            reader.next += 1;
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        match &state.end {
+            End::Done => Poll::Ready(None),
+            End::Broken(message) => {
+                let message = message.clone();
+                drop(state);
+                // Said once to each reader; the next poll ends its body.
+                this.finished = true;
+                Poll::Ready(Some(Err(message.into())))
+            }
+            End::Open => {
+                state.wakers.push(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}

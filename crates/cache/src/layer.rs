@@ -1,0 +1,54 @@
+use std::sync::Arc;
+
+use corral_core::ConfigError;
+use tower::Layer;
+
+use crate::config::CacheConfig;
+use crate::service::{CacheService, Shared};
+use crate::store::{CacheStore, MemoryStore};
+
+/// Puts a [`CacheService`] in front of a service; all share one store and
+/// one table of flights.
+#[derive(Clone)]
+pub struct CacheLayer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for CacheLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheLayer")
+            .field("config", &self.shared.config)
+            .finish()
+    }
+}
+
+impl CacheLayer {
+    /// A layer for `config` keeping answers in memory.
+    pub fn new(config: &CacheConfig) -> Result<Self, ConfigError> {
+        Self::with_store(config, Arc::new(MemoryStore::new(config.max_bytes)))
+    }
+
+    /// A layer for `config` keeping answers in `store`.
+    pub fn with_store(
+        config: &CacheConfig,
+        store: Arc<dyn CacheStore>,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Self {
+            shared: Arc::new(Shared::new(config.clone(), store)),
+        })
+    }
+
+    /// The store: its size, for status and metrics.
+    pub fn store(&self) -> &Arc<dyn CacheStore> {
+        &self.shared.store
+    }
+}
+
+impl<S> Layer<S> for CacheLayer {
+    type Service = CacheService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CacheService::new(inner, self.shared.clone())
+    }
+}

@@ -1,0 +1,59 @@
+//! `corral-cache`: answers that need not be generated twice.
+//!
+//! - **What is cached**: only what is deterministic: embeddings always;
+//!   generations (generate, chat, and the OpenAI completions) when
+//!   `temperature` is 0 or a `seed` is set, or when the client asks with
+//!   `X-Corral-Cache: force`. `X-Corral-Cache: bypass` and
+//!   `Cache-Control: no-store` skip the cache.
+//! - **Key**: a SHA-256 of the canonical JSON of what determines the
+//!   answer (every field, keys sorted, but `stream`, `keep_alive` and
+//!   `stream_options`), with the endpoint, optionally namespaced per agent
+//!   or class so tenants never see each other's answers.
+//! - **One entry, both forms**: a generation is kept as its text and final
+//!   fields and served streamed (NDJSON, or SSE for `/v1`, one whole line
+//!   per frame) or whole, whichever the request asks.
+//! - **Coalescing**: identical requests that arrive while one is in
+//!   flight join it and receive the same bytes, live; a late joiner first
+//!   gets the chunks already produced. The call runs on its own task: if
+//!   the first client leaves it goes on for the others, and it stops when
+//!   nobody listens.
+//! - **Bounded**: in memory by `max_bytes` (moka, with a weigher; least
+//!   recently used go first), behind a [`CacheStore`] trait for a shared
+//!   store. Lifetimes per endpoint, stretched by degradation, which may
+//!   also serve stale entries.
+//!
+//! Answers say `X-Corral-Cache: hit | stale | miss | coalesced | bypass`.
+//!
+//! # Example
+//!
+//! ```
+//! use corral_cache::{CacheConfig, CacheLayer};
+//! use corral_core::Body;
+//! use tower::{service_fn, ServiceBuilder};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let service = ServiceBuilder::new()
+//!     .layer(CacheLayer::new(&CacheConfig::default()).unwrap())
+//!     .service(service_fn(|_request: http::Request<Body>| async {
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
+//!     }));
+//! # drop(service);
+//! # }
+//! ```
+
+mod answer;
+mod config;
+mod flight;
+mod key;
+mod layer;
+pub mod metrics;
+mod service;
+mod store;
+
+pub use answer::Answer;
+pub use config::{CacheConfig, Namespace, DEFAULT_MAX_BYTES, DEFAULT_STALE_FOR, DEFAULT_TTL};
+pub use key::{Key, X_CORRAL_CACHE};
+pub use layer::CacheLayer;
+pub use service::{CacheService, ResponseFuture};
+pub use store::{CacheStore, Entry, MemoryStore};

@@ -1,0 +1,365 @@
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use corral_core::{Body, BoxBody, BoxError, Degradation, EndpointKind, RequestMeta};
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use tokio::time::Instant;
+use tower::{Service, ServiceExt};
+
+use crate::answer::Answer;
+use crate::config::CacheConfig;
+use crate::flight::{Flight, FlightBody, Outcome, Subscription};
+use crate::key::{key, usage, Key, X_CORRAL_CACHE};
+use crate::metrics::{CACHE_COALESCED_TOTAL, CACHE_HITS_TOTAL, CACHE_MISSES_TOTAL};
+use crate::store::{CacheStore, Entry};
+
+pub(crate) struct Shared {
+    pub(crate) config: CacheConfig,
+    pub(crate) store: Arc<dyn CacheStore>,
+    flights: Mutex<HashMap<(Key, bool), Arc<Flight>>>,
+}
+
+impl Shared {
+    pub(crate) fn new(config: CacheConfig, store: Arc<dyn CacheStore>) -> Self {
+        Self {
+            config,
+            store,
+            flights: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn flights(&self) -> MutexGuard<'_, HashMap<(Key, bool), Arc<Flight>>> {
+        self.flights.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Serves deterministic answers from the cache, joins identical requests
+/// in flight, and keeps what comes back.
+#[derive(Clone)]
+pub struct CacheService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> std::fmt::Debug for CacheService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheService").finish()
+    }
+}
+
+impl<S> CacheService<S> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        Self { inner, shared }
+    }
+}
+
+/// The response future of [`CacheService`].
+pub type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<BoxBody>, BoxError>> + Send>>;
+
+fn with_cache_header(mut response: Response<BoxBody>, value: &'static str) -> Response<BoxBody> {
+    response
+        .headers_mut()
+        .insert(X_CORRAL_CACHE, HeaderValue::from_static(value));
+    response
+}
+
+fn boxed<B>(response: Response<B>) -> Response<BoxBody>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    response.map(|b| b.map_err(Into::into).boxed_unsync())
+}
+
+impl<S, B> Service<Request<Body>> for CacheService<S>
+where
+    S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<BoxBody>;
+    type Error = BoxError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let passing = |inner: S, request| -> ResponseFuture {
+            Box::pin(async move { inner.oneshot(request).await.map(boxed).map_err(Into::into) })
+        };
+        let Some(meta) = request.extensions().get::<RequestMeta>().cloned() else {
+            return passing(inner, request);
+        };
+        if meta.endpoint.kind() != EndpointKind::Inference {
+            return passing(inner, request);
+        }
+        let allowed = usage(&meta, request.headers());
+        if !allowed.read && !allowed.write {
+            let future = passing(inner, request);
+            return Box::pin(async move { future.await.map(|r| with_cache_header(r, "bypass")) });
+        }
+        let Some(json) = request
+            .body()
+            .buffered()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+        else {
+            return passing(inner, request);
+        };
+        let shared = &self.shared;
+        let key = key(&meta, &json, shared.config.namespace);
+        let include_usage = json
+            .pointer("/stream_options/include_usage")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false);
+        let degradation = request
+            .extensions()
+            .get::<Degradation>()
+            .copied()
+            .unwrap_or_default();
+
+        if allowed.read {
+            if let Some(entry) = shared.store.get(&key) {
+                let now = Instant::now();
+                let fresh = now < entry.fresh_until;
+                if fresh || degradation.serve_stale {
+                    let label = if fresh { "fresh" } else { "stale" };
+                    metrics::counter!(CACHE_HITS_TOTAL, "freshness" => label).increment(1);
+                    let response = render(&entry.answer, meta.stream, include_usage);
+                    return Box::pin(async move {
+                        Ok(with_cache_header(
+                            response,
+                            if fresh { "hit" } else { "stale" },
+                        ))
+                    });
+                }
+            }
+        }
+
+        // Join an identical request in flight, or start one.
+        let slot = (key, meta.stream);
+        if shared.config.coalesce {
+            let flights = shared.flights();
+            if let Some(subscription) = flights.get(&slot).and_then(|f| f.subscribe(false)) {
+                drop(flights);
+                metrics::counter!(CACHE_COALESCED_TOTAL).increment(1);
+                return Box::pin(follow(subscription, inner, request));
+            }
+        }
+        metrics::counter!(CACHE_MISSES_TOTAL).increment(1);
+        let flight = Flight::new();
+        let Some(subscription) = flight.subscribe(true) else {
+            return passing(inner, request);
+        };
+        if shared.config.coalesce {
+            shared.flights().insert(slot, flight.clone());
+        }
+        let ttl = shared
+            .config
+            .ttl_for(meta.endpoint)
+            .mul_f64(degradation.ttl_factor.max(1.0));
+        tokio::spawn(fly(
+            shared.clone(),
+            flight,
+            slot,
+            inner,
+            request,
+            Keep {
+                write: allowed.write,
+                endpoint: meta.endpoint,
+                ttl,
+            },
+        ));
+        Box::pin(async move {
+            match head(subscription).await {
+                Ok(response) => Ok(with_cache_header(response, "miss")),
+                Err((error, _)) => Err(error.unwrap_or_else(|| "the upstream call failed".into())),
+            }
+        })
+    }
+}
+
+/// A cached answer as a response.
+fn render(answer: &Answer, stream: bool, include_usage: bool) -> Response<BoxBody> {
+    let (content_type, frames) = answer.render(stream, include_usage);
+    let body = if frames.len() == 1 {
+        corral_core::full(frames.into_iter().next().unwrap_or_default())
+    } else {
+        // One whole line (or event) per frame.
+        let frames = frames
+            .into_iter()
+            .map(|f| Ok::<_, BoxError>(http_body::Frame::data(f)));
+        http_body_util::StreamBody::new(futures_stream(frames)).boxed_unsync()
+    };
+    let mut response = Response::new(body);
+    if let Ok(value) = HeaderValue::from_str(&content_type) {
+        response.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+/// An iterator as a stream, ready at every poll.
+fn futures_stream<I: Iterator + Unpin>(iter: I) -> Frames<I> {
+    Frames(iter)
+}
+
+struct Frames<I>(I);
+
+impl<I: Iterator + Unpin> futures_core::Stream for Frames<I> {
+    type Item = I::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<I::Item>> {
+        Poll::Ready(self.0.next())
+    }
+}
+
+/// Waits for the flight's headers; the response reading its frames.
+async fn head(
+    mut subscription: Subscription,
+) -> Result<Response<BoxBody>, (Option<BoxError>, Subscription)> {
+    let outcome = std::future::poll_fn(|cx| subscription.poll_head(cx)).await;
+    match outcome {
+        Outcome::Ready(status, headers) => {
+            let mut response = Response::new(FlightBody::new(subscription).boxed_unsync());
+            *response.status_mut() = status;
+            *response.headers_mut() = headers;
+            Ok(response)
+        }
+        Outcome::Failed(error) => Err((error, subscription)),
+    }
+}
+
+/// A joined request: the leader's answer, or its own call if the leader's
+/// failed.
+async fn follow<S, B>(
+    subscription: Subscription,
+    inner: S,
+    request: Request<Body>,
+) -> Result<Response<BoxBody>, BoxError>
+where
+    S: Service<Request<Body>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    match head(subscription).await {
+        Ok(response) => Ok(with_cache_header(response, "coalesced")),
+        Err((_, subscription)) => {
+            drop(subscription);
+            inner.oneshot(request).await.map(boxed).map_err(Into::into)
+        }
+    }
+}
+
+/// What to keep once the answer is complete.
+struct Keep {
+    write: bool,
+    endpoint: corral_core::Endpoint,
+    ttl: std::time::Duration,
+}
+
+/// The shared upstream call: reads the answer into the flight, keeps it
+/// when complete, and stops early if every reader left.
+async fn fly<S, B>(
+    shared: Arc<Shared>,
+    flight: Arc<Flight>,
+    slot: (Key, bool),
+    inner: S,
+    request: Request<Body>,
+    keep: Keep,
+) where
+    S: Service<Request<Body>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let forget = |shared: &Shared| {
+        let mut flights = shared.flights();
+        if flights.get(&slot).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+            flights.remove(&slot);
+        }
+    };
+    let result = tokio::select! {
+        result = inner.oneshot(request) => result.map_err(Into::into),
+        () = flight.abandoned() => {
+            forget(&shared);
+            return;
+        }
+    };
+    let response = match result {
+        Ok(response) => response,
+        Err(error) => {
+            forget(&shared);
+            flight.failed(error);
+            return;
+        }
+    };
+    let (parts, body) = response.into_parts();
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let status = parts.status;
+    flight.headers(status, parts.headers);
+    let mut collected = (keep.write && status == StatusCode::OK).then(Vec::new);
+    let mut body = std::pin::pin!(body);
+    loop {
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            () = flight.abandoned() => {
+                forget(&shared);
+                return;
+            }
+        };
+        match frame {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if let Some(buffer) = collected.as_mut() {
+                        if buffer.len() + data.len() <= shared.config.max_entry_bytes {
+                            buffer.extend_from_slice(&data);
+                        } else {
+                            collected = None;
+                        }
+                    }
+                    flight.chunk(data);
+                }
+            }
+            Some(Err(error)) => {
+                let error: BoxError = error.into();
+                forget(&shared);
+                flight.end(Some(error.to_string()));
+                return;
+            }
+            None => break,
+        }
+    }
+    // Keep the answer before telling the readers it ended, so a client
+    // that asks again the moment it has read it finds it.
+    if let Some(bytes) = collected {
+        if let Some(answer) = Answer::capture(keep.endpoint, &content_type, &bytes) {
+            let now = Instant::now();
+            shared.store.insert(
+                slot.0,
+                Entry {
+                    answer,
+                    fresh_until: now + keep.ttl,
+                    stale_until: now + keep.ttl + shared.config.stale_for,
+                },
+            );
+        }
+    }
+    forget(&shared);
+    flight.end(None);
+}

@@ -1,0 +1,84 @@
+//! Where answers are kept: a size-bounded in-memory map by default, behind
+//! a trait a shared store (Redis) can implement.
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use crate::answer::Answer;
+use crate::key::Key;
+
+/// A kept answer and how long it may be served.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The answer.
+    pub answer: Answer,
+    /// Until when it is fresh.
+    pub fresh_until: Instant,
+    /// Until when it may be served stale (when degradation allows).
+    pub stale_until: Instant,
+}
+
+/// A store of answers.
+pub trait CacheStore: Send + Sync + 'static {
+    /// The entry under `key`, if any is kept.
+    fn get(&self, key: &Key) -> Option<Arc<Entry>>;
+    /// Keeps `entry` under `key`.
+    fn insert(&self, key: Key, entry: Entry);
+    /// Forgets `key`.
+    fn remove(&self, key: &Key);
+    /// How many entries and bytes are kept.
+    fn size(&self) -> (u64, u64);
+}
+
+/// Answers in memory, at most `max_bytes` of them, the least recently
+/// used evicted first (moka with a weigher).
+pub struct MemoryStore {
+    cache: moka::sync::Cache<Key, Arc<Entry>>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("entries", &self.cache.entry_count())
+            .finish()
+    }
+}
+
+impl MemoryStore {
+    /// A store bounded by `max_bytes`.
+    pub fn new(max_bytes: u64) -> Self {
+        Self {
+            cache: moka::sync::Cache::builder()
+                .max_capacity(max_bytes)
+                .weigher(|_key: &Key, entry: &Arc<Entry>| {
+                    u32::try_from(entry.answer.weight() + 64).unwrap_or(u32::MAX)
+                })
+                .build(),
+        }
+    }
+}
+
+impl CacheStore for MemoryStore {
+    fn get(&self, key: &Key) -> Option<Arc<Entry>> {
+        let entry = self.cache.get(key)?;
+        if Instant::now() >= entry.stale_until {
+            self.cache.invalidate(key);
+            return None;
+        }
+        Some(entry)
+    }
+
+    fn insert(&self, key: Key, entry: Entry) {
+        self.cache.insert(key, Arc::new(entry));
+    }
+
+    fn remove(&self, key: &Key) {
+        self.cache.invalidate(key);
+    }
+
+    fn size(&self) -> (u64, u64) {
+        self.cache.run_pending_tasks();
+        (self.cache.entry_count(), self.cache.weighted_size())
+    }
+}

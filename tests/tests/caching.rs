@@ -1,0 +1,128 @@
+//! The cache through the proxy: 50 identical deterministic requests in
+//! flight make one upstream call and get byte-identical answers (streamed
+//! and not); a repeated request is a hit with no upstream call; a
+//! non-deterministic request is never cached.
+
+#![allow(clippy::unwrap_used)] // a test fails by panicking
+
+use corral::Config;
+use corral_e2e::{fast, mock, request, send, within};
+use corral_mock_ollama::MockConfig;
+
+fn config(upstream: &str) -> Config {
+    let text = format!("[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{upstream}\"\n\n[[layers]]\nkind = \"cache\"\n\n[[layers]]\nkind = \"priority\"\n");
+    Config::parse(&text, std::path::Path::new("cache.toml")).unwrap()
+}
+
+async fn coalesced(url: &str) -> u64 {
+    let text = String::from_utf8(
+        send(request("GET", &format!("{url}/metrics"), ""))
+            .await
+            .body
+            .to_vec(),
+    )
+    .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("corral_cache_coalesced_total "))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0)
+}
+
+async fn herd_of_identical(stream: bool, fault: &'static str) {
+    let upstream = mock(MockConfig {
+        tokens: 12,
+        ..fast()
+    })
+    .await;
+    let corral = corral::Running::start(&config(&upstream.url()))
+        .await
+        .unwrap();
+    let url = corral.url();
+    let before = coalesced(&url).await;
+    let body = format!(
+        r#"{{"model":"llama3","prompt":"the same question","stream":{stream},"options":{{"temperature":0}}}}"#
+    );
+    let mut calls = Vec::new();
+    for _ in 0..50 {
+        let (url, body) = (url.clone(), body.clone());
+        calls.push(tokio::spawn(async move {
+            let mut r = request("POST", &format!("{url}/api/generate"), body);
+            r.headers_mut()
+                .insert("x-mock-fault", fault.parse().unwrap());
+            send(r).await
+        }));
+    }
+    within(async {
+        while coalesced(&url).await < before + 49 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // Let the one upstream call go on (a paused stream waits for this).
+    upstream.release(1);
+    let mut bodies = Vec::new();
+    let mut labels = Vec::new();
+    for call in calls {
+        let reply = call.await.unwrap();
+        assert_eq!(reply.status, 200);
+        labels.push(reply.header("x-corral-cache").unwrap().to_string());
+        bodies.push(reply.body);
+    }
+    assert_eq!(upstream.stats().requests, 1, "exactly one upstream call");
+    assert!(
+        bodies.iter().all(|b| *b == bodies[0]),
+        "all 50 got the same bytes"
+    );
+    assert_eq!(labels.iter().filter(|l| *l == "miss").count(), 1);
+    assert_eq!(labels.iter().filter(|l| *l == "coalesced").count(), 49);
+
+    // Asked again: a hit, no upstream call.
+    let mut again = request("POST", &format!("{url}/api/generate"), body.clone());
+    again
+        .headers_mut()
+        .insert("x-mock-fault", fault.parse().unwrap());
+    let again = send(again).await;
+    assert_eq!(again.header("x-corral-cache"), Some("hit"));
+    assert_eq!(upstream.stats().requests, 1);
+}
+
+#[tokio::test]
+async fn fifty_identical_streamed_requests_make_one_upstream_call() {
+    herd_of_identical(true, "pause_after=1").await;
+}
+
+#[tokio::test]
+async fn fifty_identical_whole_requests_make_one_upstream_call() {
+    herd_of_identical(false, "ttft_ms=1500").await;
+}
+
+#[tokio::test]
+async fn a_non_deterministic_request_is_never_cached() {
+    let upstream = mock(fast()).await;
+    let corral = corral::Running::start(&config(&upstream.url()))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let reply = send(request(
+            "POST",
+            &format!("{}/api/chat", corral.url()),
+            r#"{"model":"llama3","messages":[{"role":"user","content":"be creative"}],"stream":false,"options":{"temperature":0.9}}"#,
+        ))
+        .await;
+        assert_eq!(reply.header("x-corral-cache"), Some("bypass"));
+    }
+    assert_eq!(upstream.stats().requests, 3);
+
+    // Embeddings are always cached, across both forms of the API.
+    for expected in ["miss", "hit"] {
+        let reply = send(request(
+            "POST",
+            &format!("{}/api/embed", corral.url()),
+            r#"{"model":"nomic-embed-text","input":["a","b"]}"#,
+        ))
+        .await;
+        assert_eq!(reply.header("x-corral-cache"), Some(expected));
+        assert_eq!(reply.json()["embeddings"].as_array().unwrap().len(), 2);
+    }
+    assert_eq!(upstream.stats().requests, 4);
+}
