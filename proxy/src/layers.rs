@@ -361,3 +361,20 @@ pub(crate) fn cache(
         ),
     ))
 }
+
+/// `kind = "batch"`: its options are [`corral_batch::BatchConfig`]'s.
+pub(crate) fn batch(
+    layer: &LayerConfig,
+    _context: &BuildContext<'_>,
+) -> Result<StackLayer, ConfigError> {
+    let config: corral_batch::BatchConfig = options(layer)?;
+    let batch = corral_batch::BatchLayer::new(&config)?;
+    Ok(StackLayer::new(
+        batch,
+        format!(
+            "/api/embed calls within {} merged, at most {} inputs",
+            humantime::format_duration(config.window),
+            config.max_inputs
+        ),
+    ))
+}

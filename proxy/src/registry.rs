@@ -88,6 +88,7 @@ pub const LAYERS: &[LayerKind] = &[
     LayerKind { name: "bulkhead", about: "named compartments with their own concurrency limits", build: crate::layers::bulkhead, refusals: &[as_refusal::<corral_bulkhead::CompartmentFull>] },
     LayerKind { name: "degrade", about: "load-driven levels: cap tokens, smaller models, refuse or answer defaults", build: crate::layers::degrade, refusals: &[as_refusal::<corral_degrade::Degraded>] },
     LayerKind { name: "cache", about: "exact-match cache of deterministic answers, coalescing of identical requests", build: crate::layers::cache, refusals: &[] },
+    LayerKind { name: "batch", about: "merges concurrent single embeddings into one upstream call", build: crate::layers::batch, refusals: &[] },
     LayerKind { name: "ratelimit", about: "per-agent and per-class GCRA quotas of requests and tokens", build: crate::layers::ratelimit, refusals: &[as_refusal::<corral_ratelimit::RateLimited>] },
     LayerKind { name: "retry", about: "safe retries with jittered backoff and a budget, stream-aware timeouts, model fallback", build: crate::layers::retry, refusals: &[] },
     LayerKind { name: "breaker", about: "circuit breaker per upstream or model: fail fast while it fails", build: crate::layers::breaker, refusals: &[as_refusal::<corral_breaker::BreakerOpen>] },

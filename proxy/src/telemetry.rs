@@ -101,6 +101,7 @@ fn describe() {
     corral_breaker::metrics::describe();
     corral_degrade::metrics::describe();
     corral_cache::metrics::describe();
+    corral_batch::metrics::describe();
     metrics::describe_counter!(REQUESTS_TOTAL, "Requests answered, by endpoint and status.");
     metrics::describe_histogram!(
         REQUEST_DURATION_SECONDS,

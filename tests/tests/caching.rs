@@ -126,3 +126,46 @@ async fn a_non_deterministic_request_is_never_cached() {
     }
     assert_eq!(upstream.stats().requests, 4);
 }
+
+#[tokio::test]
+async fn thirty_two_concurrent_embeds_are_batched_and_each_gets_its_own_vector() {
+    let upstream = mock(fast()).await;
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n\n[[layers]]\nkind = \"batch\"\nwindow = \"20ms\"\n",
+        upstream.url()
+    );
+    let corral =
+        corral::Running::start(&Config::parse(&text, std::path::Path::new("batch.toml")).unwrap())
+            .await
+            .unwrap();
+    let mut calls = Vec::new();
+    for i in 0..32 {
+        let url = corral.url();
+        calls.push(tokio::spawn(async move {
+            let body = format!(r#"{{"model":"nomic-embed-text","input":"sentence {i}"}}"#);
+            send(request("POST", &format!("{url}/api/embed"), body)).await
+        }));
+    }
+    let mut vectors = Vec::new();
+    for call in calls {
+        let reply = call.await.unwrap();
+        assert_eq!(reply.status, 200);
+        vectors.push(reply.json()["embeddings"][0].clone());
+    }
+    let upstream_calls = upstream.stats().requests;
+    assert!(
+        upstream_calls <= 4,
+        "32 callers cost {upstream_calls} upstream calls"
+    );
+
+    // Each vector is the one the upstream computes for that input alone.
+    for (i, got) in vectors.iter().enumerate() {
+        let direct = send(request(
+            "POST",
+            &format!("{}/api/embed", upstream.url()),
+            format!(r#"{{"model":"nomic-embed-text","input":"sentence {i}"}}"#),
+        ))
+        .await;
+        assert_eq!(got, &direct.json()["embeddings"][0], "sentence {i}");
+    }
+}
