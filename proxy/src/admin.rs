@@ -12,8 +12,10 @@ use std::sync::Arc;
 use corral_core::{full, ApiFamily, BoxBody, ErrorBody, Level, LoadCell};
 use http_body_util::BodyExt;
 
+use crate::config::Config;
 use crate::registry::Controls;
 use crate::respond;
+use crate::stack::Stack;
 use crate::telemetry;
 use crate::upstream::Upstream;
 
@@ -24,6 +26,8 @@ pub struct Admin {
     metrics: PrometheusHandle,
     load: LoadCell,
     controls: Arc<Controls>,
+    events: Arc<corral_events::EventLog>,
+    config: Arc<serde_json::Value>,
 }
 
 impl std::fmt::Debug for Admin {
@@ -35,19 +39,15 @@ impl std::fmt::Debug for Admin {
 }
 
 impl Admin {
-    /// Admin endpoints reporting on `upstream` and the scheduler's `load`,
-    /// exporting `metrics`.
-    pub fn new(
-        upstream: Upstream,
-        metrics: PrometheusHandle,
-        load: LoadCell,
-        controls: Arc<Controls>,
-    ) -> Self {
+    /// Admin endpoints for `stack` run with `config`, exporting `metrics`.
+    pub fn new(stack: &Stack, metrics: PrometheusHandle, config: &Config) -> Self {
         Self {
-            upstream,
+            upstream: stack.upstream().clone(),
             metrics,
-            load,
-            controls,
+            load: stack.load().clone(),
+            controls: stack.controls().clone(),
+            events: stack.events().clone(),
+            config: Arc::new(resolved_config(config)),
         }
     }
 
@@ -65,6 +65,10 @@ impl Admin {
         let get = request.method() == Method::GET || request.method() == Method::HEAD;
         match request.uri().path() {
             "/corral/degrade" => self.degrade(request).await,
+            "/corral/status" if get => json_response(StatusCode::OK, &self.status()),
+            "/corral/agents" if get => json_response(StatusCode::OK, &json!(self.events.usage())),
+            "/corral/events" if get => self.events(request.uri().query().unwrap_or("")),
+            "/corral/config" if get => json_response(StatusCode::OK, &self.config),
             "/corral/healthz" if get => json_response(StatusCode::OK, &json!({"status": "ok"})),
             "/corral/readyz" if get => match self.upstream.probe().await {
                 Ok(version) => json_response(
@@ -104,6 +108,101 @@ impl Admin {
 }
 
 impl Admin {
+    /// Everything at a glance: the upstream's load, degradation, breakers,
+    /// cache, per-class usage, the event log.
+    fn status(&self) -> serde_json::Value {
+        let load = self.load.get().map(|l| l.snapshot());
+        let queued: serde_json::Map<String, serde_json::Value> = load
+            .as_ref()
+            .map(|l| {
+                l.queued
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| ((i + 1).to_string(), json!(n)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let usage = self.events.usage();
+        let mut classes: std::collections::BTreeMap<String, corral_events::AgentUsage> =
+            Default::default();
+        for agent in usage.values() {
+            let class = classes
+                .entry(agent.class.clone().unwrap_or_else(|| "none".into()))
+                .or_default();
+            class.requests += agent.requests;
+            class.completed += agent.completed;
+            class.refused += agent.refused;
+            class.cancelled += agent.cancelled;
+            class.prompt_tokens += agent.prompt_tokens;
+            class.generated_tokens += agent.generated_tokens;
+            class.cache_hits += agent.cache_hits;
+        }
+        let hits: u64 = usage.values().map(|u| u.cache_hits).sum();
+        let (held, next) = self.events.size();
+        json!({
+            "upstream": self.upstream.url().to_string(),
+            "capacity": load.as_ref().map(|l| l.capacity),
+            "in_flight": load.as_ref().map(|l| l.in_flight),
+            "queued": load.as_ref().map(|l| l.queued_total()),
+            "queued_by_priority": queued,
+            "queued_bytes": load.as_ref().map(|l| l.queued_bytes),
+            "completions_per_sec": load.as_ref().map(|l| l.completions_per_sec),
+            "degradation": self.controls.degrade.get().map(|d| {
+                let s = d.status();
+                json!({"level": s.level.as_str(), "load": s.load, "forced": s.forced.map(|l| l.as_str())})
+            }),
+            "breakers": self.controls.breaker.get().map(|b| {
+                b.states().into_iter().map(|(name, state)| json!({"breaker": name, "state": state.as_str()})).collect::<Vec<_>>()
+            }),
+            "cache": self.controls.cache.get().map(|c| {
+                let (entries, bytes) = c.size();
+                let requests: u64 = usage.values().filter(|u| u.requests > 0).map(|u| u.requests).sum();
+                json!({"entries": entries, "bytes": bytes, "hits": hits,
+                       "hit_ratio": if requests == 0 { 0.0 } else { hits as f64 / requests as f64 }})
+            }),
+            "classes": classes,
+            "events": {"held": held, "recorded": next.saturating_sub(1)},
+        })
+    }
+
+    /// `GET /corral/events?since=TIMESTAMP&agent=ID&kind=K&limit=N`.
+    fn events(&self, query: &str) -> Response<BoxBody> {
+        let mut q = corral_events::Query::default();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = percent_decode(value);
+            match key {
+                "since" => match value.parse() {
+                    Ok(since) => q.since = Some(since),
+                    Err(_) => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            format!("since: not a timestamp: {value:?}"),
+                        )
+                    }
+                },
+                "agent" => q.agent = Some(value),
+                "kind" => q.kind = Some(value),
+                "limit" => match value.parse() {
+                    Ok(limit) => q.limit = Some(limit),
+                    Err(_) => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            format!("limit: not a number: {value:?}"),
+                        )
+                    }
+                },
+                other => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("unknown parameter {other:?}: use since, agent, kind, limit"),
+                    )
+                }
+            }
+        }
+        json_response(StatusCode::OK, &json!(self.events.replay(&q)))
+    }
+
     /// `GET` the degradation level; `POST {"level": "L2"}` forces one,
     /// `POST {"level": null}` or `DELETE` releases it.
     async fn degrade<B>(&self, request: Request<B>) -> Response<BoxBody>
@@ -182,4 +281,77 @@ fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<BoxB
         HeaderValue::from_static("application/json; charset=utf-8"),
     );
     response
+}
+
+/// `%XX` escapes and `+` decoded, for query values.
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(
+                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
+                    16,
+                ) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The configuration in force, secrets redacted: the file as written, with
+/// the flags and environment applied over it.
+fn resolved_config(config: &Config) -> serde_json::Value {
+    let mut value = config
+        .raw
+        .as_ref()
+        .and_then(|raw| serde_json::to_value(raw).ok())
+        .unwrap_or_else(|| json!({}));
+    redact(&mut value);
+    if let Some(object) = value.as_object_mut() {
+        object.insert(
+            "source".into(),
+            json!(config.source.as_ref().map(|p| p.display().to_string())),
+        );
+        let server = object.entry("server").or_insert_with(|| json!({}));
+        server["listen"] = json!(config.server.listen.to_string());
+        let upstream = object.entry("upstream").or_insert_with(|| json!({}));
+        upstream["url"] = json!(config.upstream.url);
+        upstream["capacity"] = json!(config.upstream.capacity);
+    }
+    value
+}
+
+/// Replaces every key, token, secret or password by `<redacted>`.
+fn redact(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                let k = key.to_ascii_lowercase();
+                if k == "key"
+                    || k.ends_with("_key")
+                    || k.contains("token")
+                    || k.contains("secret")
+                    || k.contains("password")
+                {
+                    *v = json!("<redacted>");
+                } else {
+                    redact(v);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
 }

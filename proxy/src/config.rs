@@ -83,9 +83,18 @@ pub struct Config {
     /// stack.
     #[serde(default)]
     pub layers: Vec<LayerConfig>,
+    /// The event log.
+    #[serde(default)]
+    pub events: corral_events::EventsConfig,
+    /// What `/metrics` labels.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// The file this came from, for messages; `None` for defaults.
     #[serde(skip)]
     pub source: Option<PathBuf>,
+    /// The file as written, for `/corral/config`.
+    #[serde(skip)]
+    pub raw: Option<toml::Table>,
 }
 
 /// `[server]`.
@@ -174,6 +183,26 @@ pub struct AdminConfig {
     /// served on the main listener.
     #[serde(default)]
     pub listen: Option<SocketAddr>,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Label request counts by agent too (an unbounded label: only for
+    /// a known, small fleet).
+    pub per_agent_labels: bool,
+    /// Distinct model names used as labels; the rest count as `other`.
+    pub max_model_labels: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            per_agent_labels: false,
+            max_model_labels: crate::telemetry::DEFAULT_MAX_MODEL_LABELS,
+        }
+    }
 }
 
 /// `[identity]`.
@@ -362,6 +391,7 @@ impl Config {
             .validate()
             .map_err(|e| LoadError::from_config(file, e, None))?;
         config.source = Some(file.to_path_buf());
+        config.raw = text.parse::<toml::Table>().ok();
         Ok(config)
     }
 

@@ -4,27 +4,24 @@
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use corral_core::{headers, Body, BoxBody, BoxError, Endpoint, RefusalCast, RequestId};
+use corral_core::{
+    headers, Body, BoxBody, BoxError, Endpoint, EventSink, MetaSlot, RefusalCast, RequestId,
+};
 use futures_util::FutureExt;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 use tower::ServiceExt;
-use tracing::{field::Empty, Instrument, Span};
+use tracing::{field::Empty, Instrument};
 
 use crate::admin::Admin;
 use crate::hop::strip_hop_by_hop;
+use crate::observe::{Observation, Observed};
 use crate::respond;
 use crate::stack::{Stack, StackService};
-use crate::telemetry::{
-    status_label, REQUESTS_IN_FLIGHT, REQUESTS_TOTAL, REQUEST_DURATION_SECONDS,
-};
 
 /// The service a listener's connections call.
 #[derive(Clone)]
@@ -36,6 +33,7 @@ struct Shared {
     stack: Option<StackService>,
     admin: Option<Admin>,
     refusals: Vec<RefusalCast>,
+    events: Option<Arc<dyn EventSink>>,
 }
 
 impl std::fmt::Debug for Front {
@@ -56,6 +54,7 @@ impl Front {
                 stack: Some(stack.service()),
                 admin,
                 refusals: stack.refusals().to_vec(),
+                events: Some(stack.events().clone() as Arc<dyn EventSink>),
             }),
         }
     }
@@ -67,6 +66,7 @@ impl Front {
                 stack: None,
                 admin: Some(admin),
                 refusals: respond::BUILT_IN.to_vec(),
+                events: None,
             }),
         }
     }
@@ -132,7 +132,8 @@ impl Front {
         } else {
             Body::streamed(body)
         };
-        metrics::gauge!(REQUESTS_IN_FLIGHT).increment(1.0);
+        let slot = MetaSlot::default();
+        parts.extensions.insert(slot.clone());
         // A panic in a layer answers this request with a 500 and is
         // logged; the connection and everyone else carry on.
         let result = AssertUnwindSafe(stack.clone().oneshot(Request::from_parts(parts, body)))
@@ -153,20 +154,22 @@ impl Front {
         if let Some(value) = request_id_header {
             response.headers_mut().insert(headers::X_REQUEST_ID, value);
         }
-        let status = response.status();
-        span.record("status", status.as_u16());
-        let finish = Finish {
+        span.record("status", response.status().as_u16());
+        let observation = Observation::at_headers(
+            &response,
             start,
             endpoint,
-            status,
             span,
-        };
+            slot.get().cloned(),
+            request_id,
+            shared.events.clone(),
+        );
         if head_only {
             // hyper sends no body for HEAD and never polls it.
-            finish.record("completed");
+            observation.finish("completed", corral_core::Usage::default());
             return response;
         }
-        response.map(|inner| Observed::new(inner, finish).boxed_unsync())
+        response.map(|inner| Observed::new(inner, observation).boxed_unsync())
     }
 }
 
@@ -182,98 +185,5 @@ fn forwarded_for(headers: &mut http::HeaderMap, peer: SocketAddr) {
     };
     if let Ok(value) = HeaderValue::from_str(&value) {
         headers.insert(headers::X_FORWARDED_FOR, value);
-    }
-}
-
-/// What is recorded once a response ends.
-struct Finish {
-    start: Instant,
-    endpoint: Endpoint,
-    status: StatusCode,
-    span: Span,
-}
-
-impl Finish {
-    fn record(self, outcome: &'static str) {
-        let elapsed = self.start.elapsed();
-        let labels = [
-            (
-                "endpoint",
-                metrics::SharedString::const_str(self.endpoint.as_str()),
-            ),
-            ("status", status_label(self.status)),
-        ];
-        metrics::counter!(REQUESTS_TOTAL, &labels).increment(1);
-        metrics::histogram!(REQUEST_DURATION_SECONDS, &labels).record(elapsed.as_secs_f64());
-        metrics::gauge!(REQUESTS_IN_FLIGHT).decrement(1.0);
-        self.span.record("duration_ms", elapsed.as_secs_f64() * 1e3);
-        tracing::info!(
-            target: "corral::access",
-            parent: &self.span,
-            status = self.status.as_u16(),
-            duration_ms = elapsed.as_secs_f64() * 1e3,
-            outcome,
-            "request finished"
-        );
-    }
-}
-
-/// The response body, watched for its end: sent in full, broken, or
-/// abandoned by the client.
-struct Observed {
-    inner: BoxBody,
-    finish: Option<Finish>,
-}
-
-impl Observed {
-    fn new(inner: BoxBody, finish: Finish) -> Self {
-        let mut body = Self {
-            inner,
-            finish: Some(finish),
-        };
-        if http_body::Body::is_end_stream(&body.inner) {
-            body.end("completed");
-        }
-        body
-    }
-
-    fn end(&mut self, outcome: &'static str) {
-        if let Some(finish) = self.finish.take() {
-            finish.record(outcome);
-        }
-    }
-}
-
-impl http_body::Body for Observed {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => this.end("completed"),
-            Poll::Ready(Some(Err(_))) => this.end("error"),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.end("completed"),
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for Observed {
-    fn drop(&mut self) {
-        self.end("cancelled");
     }
 }

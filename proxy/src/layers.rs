@@ -218,10 +218,10 @@ pub(crate) fn ratelimit(
 /// `kind = "retry"`: its options are [`corral_retry::RetryConfig`]'s.
 pub(crate) fn retry(
     layer: &LayerConfig,
-    _context: &BuildContext<'_>,
+    context: &BuildContext<'_>,
 ) -> Result<StackLayer, ConfigError> {
     let config: corral_retry::RetryConfig = options(layer)?;
-    let retry = corral_retry::RetryLayer::new(&config)?;
+    let retry = corral_retry::RetryLayer::new(&config)?.with_events(context.events.clone());
     let limit = |d: Option<Duration>| {
         d.map_or("none".to_string(), |d| {
             humantime::format_duration(d).to_string()
@@ -256,6 +256,12 @@ pub(crate) fn breaker(
 ) -> Result<StackLayer, ConfigError> {
     let config: corral_breaker::BreakerConfig = options(layer)?;
     let breaker = corral_breaker::BreakerLayer::new(&config, Some(context.bus.clone()))?;
+    if context.controls.breaker.set(breaker.clone()).is_err() {
+        return Err(ConfigError::new(
+            "kind",
+            "a stack has one breaker layer: `breaker` is listed twice",
+        ));
+    }
     let mut trips = Vec::new();
     if let Some(n) = config.consecutive_failures {
         trips.push(format!("{n} failures in a row"));

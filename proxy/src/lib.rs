@@ -33,6 +33,7 @@ pub mod config;
 pub mod front;
 mod hop;
 mod layers;
+mod observe;
 mod passthrough;
 pub mod registry;
 pub mod respond;

@@ -52,6 +52,8 @@ pub struct BuildContext<'a> {
     pub bus: &'a Arc<dyn Bus>,
     /// Where layers leave the handles the admin API drives.
     pub controls: &'a Controls,
+    /// Where layers record events.
+    pub events: &'a Arc<dyn corral_core::EventSink>,
 }
 
 /// Handles of the stack's layers that the admin API drives.
@@ -61,6 +63,8 @@ pub struct Controls {
     pub degrade: std::sync::OnceLock<Arc<corral_degrade::Controller>>,
     /// The cache's store, when the stack has one.
     pub cache: std::sync::OnceLock<Arc<dyn corral_cache::CacheStore>>,
+    /// The breakers, when the stack has them.
+    pub breaker: std::sync::OnceLock<corral_breaker::BreakerLayer>,
 }
 
 impl std::fmt::Debug for BuildContext<'_> {

@@ -83,13 +83,13 @@ impl Server {
 
     /// Binds the listeners for an already built `stack`.
     pub async fn bind_stack(config: &Config, stack: &Stack) -> Result<Self, StartError> {
-        let metrics = telemetry::metrics_handle();
-        let admin_api = Admin::new(
-            stack.upstream().clone(),
-            metrics,
-            stack.load().clone(),
-            stack.controls().clone(),
+        telemetry::configure_labels(
+            config.metrics.per_agent_labels,
+            config.metrics.max_model_labels,
         );
+        let metrics = telemetry::metrics_handle();
+        tokio::spawn(forward_bus(stack.bus().subscribe(), stack.events().clone()));
+        let admin_api = Admin::new(stack, metrics, config);
         let bind = |key, addr| async move {
             TcpListener::bind(addr)
                 .await
@@ -208,6 +208,33 @@ async fn accept_optional(
     match listener {
         Some(listener) => listener.accept().await,
         None => std::future::pending().await,
+    }
+}
+
+/// State changes announced on the bus go into the event log too.
+async fn forward_bus(
+    mut bus: tokio::sync::broadcast::Receiver<corral_core::BusMessage>,
+    events: std::sync::Arc<corral_events::EventLog>,
+) {
+    use corral_core::{channels, EventSink, NewEvent};
+    loop {
+        match bus.recv().await {
+            Ok(message) => {
+                let kind = match &*message.channel {
+                    channels::BREAKER_STATE => "breaker",
+                    channels::DEGRADATION_LEVEL => "degradation",
+                    channels::BACKPRESSURE => "backpressure",
+                    channels::CAPACITY_UPDATE => "capacity",
+                    channels::PRIORITY_CHANGE => "priority",
+                    _ => continue,
+                };
+                events.record(NewEvent::new(kind, message.message));
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(lost)) => {
+                tracing::warn!(lost, "the event log fell behind the bus");
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
     }
 }
 

@@ -35,6 +35,7 @@ pub struct Stack {
     load: LoadCell,
     bus: Arc<dyn Bus>,
     controls: Arc<Controls>,
+    events: Arc<corral_events::EventLog>,
 }
 
 impl std::fmt::Debug for Stack {
@@ -59,6 +60,11 @@ impl Stack {
     /// The layers, outermost first, as `(kind, how it is configured)`.
     pub fn layers(&self) -> &[(String, String)] {
         &self.layers
+    }
+
+    /// The event log.
+    pub fn events(&self) -> &Arc<corral_events::EventLog> {
+        &self.events
     }
 
     /// The handles the admin API drives.
@@ -110,6 +116,14 @@ pub fn build_with(
         LoadError::from_config(file, e, None)
     })?;
 
+    let events = Arc::new(corral_events::EventLog::open(&config.events).map_err(|e| {
+        let e = corral_core::ConfigError::new(
+            "events.file",
+            format!("cannot open the event file: {e}"),
+        );
+        LoadError::from_config(file, e, None)
+    })?);
+    let sink: Arc<dyn corral_core::EventSink> = events.clone();
     let load = LoadCell::default();
     let controls = Arc::new(Controls::default());
     let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(&replica_id()));
@@ -150,6 +164,7 @@ pub fn build_with(
             load: &load,
             bus: &bus,
             controls: &controls,
+            events: &sink,
         };
         let stack_layer = (kind.build)(layer, &context)
             .map_err(|e| LoadError::from_config(file, e.within(&at), layer.line))?;
@@ -191,6 +206,7 @@ pub fn build_with(
         load,
         bus,
         controls,
+        events,
     })
 }
 

@@ -9,8 +9,79 @@ pub const REQUESTS_TOTAL: &str = "corral_requests_total";
 /// Time from receiving a request to the end of its response body, by
 /// endpoint and status, in seconds.
 pub const REQUEST_DURATION_SECONDS: &str = "corral_request_duration_seconds";
-/// Requests being answered now.
+/// Answers in progress (headers sent, body not ended), by class.
 pub const REQUESTS_IN_FLIGHT: &str = "corral_requests_in_flight";
+/// Time from receiving a request to the first byte of its answer's body,
+/// by endpoint and class, in seconds.
+pub const TIME_TO_FIRST_BYTE_SECONDS: &str = "corral_time_to_first_byte_seconds";
+/// Tokens generated upstream (from `eval_count`), by model and class.
+pub const TOKENS_GENERATED_TOTAL: &str = "corral_tokens_generated_total";
+/// Prompt tokens evaluated upstream (from `prompt_eval_count`), by model
+/// and class.
+pub const PROMPT_TOKENS_TOTAL: &str = "corral_prompt_tokens_total";
+/// Requests Corral refused, by reason and priority.
+pub const REFUSALS_TOTAL: &str = "corral_refusals_total";
+
+/// Distinct model names exported as labels before the rest count as
+/// `other`.
+pub const DEFAULT_MAX_MODEL_LABELS: usize = 32;
+
+static LABELS: std::sync::OnceLock<LabelPolicy> = std::sync::OnceLock::new();
+
+/// How many distinct values a client-chosen label may take.
+#[derive(Debug)]
+struct LabelPolicy {
+    per_agent: bool,
+    max_models: usize,
+    models: std::sync::Mutex<std::collections::HashMap<String, metrics::SharedString>>,
+}
+
+fn labels() -> &'static LabelPolicy {
+    LABELS.get_or_init(|| LabelPolicy {
+        per_agent: false,
+        max_models: DEFAULT_MAX_MODEL_LABELS,
+        models: std::sync::Mutex::new(std::collections::HashMap::new()),
+    })
+}
+
+/// Sets the label policy once per process (the first proxy's `[metrics]`
+/// wins: the recorder is global).
+pub fn configure_labels(per_agent: bool, max_models: usize) {
+    let _ = LABELS.set(LabelPolicy {
+        per_agent,
+        max_models,
+        models: std::sync::Mutex::new(std::collections::HashMap::new()),
+    });
+}
+
+/// A model name as a label: the first `max_model_labels` names seen are
+/// themselves, the rest `other`, so a client cannot grow the series
+/// without bound.
+pub(crate) fn model_label(model: &str) -> metrics::SharedString {
+    let policy = labels();
+    let mut models = policy.models.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(label) = models.get(model) {
+        return label.clone();
+    }
+    if models.len() >= policy.max_models {
+        return metrics::SharedString::const_str("other");
+    }
+    let label = metrics::SharedString::from(std::sync::Arc::<str>::from(model));
+    models.insert(model.to_string(), label.clone());
+    label
+}
+
+/// A class as a label: classes come from the configuration, a bounded set.
+pub(crate) fn class_label(class: &str) -> metrics::SharedString {
+    metrics::SharedString::from(class.to_string())
+}
+
+/// The agent as a label, only when the operator turned it on.
+pub(crate) fn agent_label(agent: &str) -> Option<metrics::SharedString> {
+    labels()
+        .per_agent
+        .then(|| metrics::SharedString::from(agent.to_string()))
+}
 
 /// Requests the upstream may run at once (the scheduler's capacity).
 pub const UPSTREAM_CAPACITY: &str = "corral_upstream_capacity";
@@ -82,6 +153,12 @@ pub fn metrics_handle() -> PrometheusHandle {
                     Matcher::Full(REQUEST_DURATION_SECONDS.to_string()),
                     &DURATION_BUCKETS,
                 )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(TIME_TO_FIRST_BYTE_SECONDS.to_string()),
+                        &DURATION_BUCKETS,
+                    )
+                })
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
@@ -102,13 +179,36 @@ fn describe() {
     corral_degrade::metrics::describe();
     corral_cache::metrics::describe();
     corral_batch::metrics::describe();
-    metrics::describe_counter!(REQUESTS_TOTAL, "Requests answered, by endpoint and status.");
+    metrics::describe_counter!(
+        REQUESTS_TOTAL,
+        "Requests answered, by endpoint, status and class."
+    );
     metrics::describe_histogram!(
         REQUEST_DURATION_SECONDS,
         metrics::Unit::Seconds,
-        "Time from receiving a request to the end of its response body, by endpoint and status."
+        "Time from receiving a request to the end of its answer, by endpoint, model, class and outcome."
     );
-    metrics::describe_gauge!(REQUESTS_IN_FLIGHT, "Requests being answered now.");
+    metrics::describe_gauge!(
+        REQUESTS_IN_FLIGHT,
+        "Answers in progress (headers sent, body not ended), by class."
+    );
+    metrics::describe_histogram!(
+        TIME_TO_FIRST_BYTE_SECONDS,
+        metrics::Unit::Seconds,
+        "Time from receiving a request to the first byte of its answer, by endpoint and class."
+    );
+    metrics::describe_counter!(
+        TOKENS_GENERATED_TOTAL,
+        "Tokens generated upstream (eval_count), by model and class."
+    );
+    metrics::describe_counter!(
+        PROMPT_TOKENS_TOTAL,
+        "Prompt tokens evaluated upstream (prompt_eval_count), by model and class."
+    );
+    metrics::describe_counter!(
+        REFUSALS_TOTAL,
+        "Requests Corral refused, by reason and priority."
+    );
     metrics::describe_gauge!(UPSTREAM_CAPACITY, "Requests the upstream may run at once.");
     metrics::describe_gauge!(
         UPSTREAM_IN_FLIGHT,

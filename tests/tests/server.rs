@@ -89,7 +89,10 @@ async fn metrics_count_requests_by_endpoint_and_status() {
     assert_eq!(count(&corral.url(), "ps", "200").await, before + 3);
     let text = metrics(&corral.url()).await;
     assert!(
-        text.contains("corral_request_duration_seconds_bucket{endpoint=\"ps\",status=\"200\""),
+        text.lines()
+            .any(|l| l.starts_with("corral_request_duration_seconds_bucket{")
+                && l.contains("endpoint=\"ps\"")
+                && l.contains("outcome=\"completed\"")),
         "{text}"
     );
 }
@@ -100,13 +103,18 @@ async fn metrics(url: &str) -> String {
 }
 
 async fn count(url: &str, endpoint: &str, status: &str) -> u64 {
-    let needle = format!("corral_requests_total{{endpoint=\"{endpoint}\",status=\"{status}\"}} ");
+    let (endpoint, status) = (
+        format!("endpoint=\"{endpoint}\""),
+        format!("status=\"{status}\""),
+    );
     metrics(url)
         .await
         .lines()
-        .find_map(|l| l.strip_prefix(&needle))
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap_or(0)
+        .filter(|l| {
+            l.starts_with("corral_requests_total{") && l.contains(&endpoint) && l.contains(&status)
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use corral_core::{headers, Body, BoxError, Endpoint, RequestId, RequestMeta};
+use corral_core::{headers, Body, BoxError, Endpoint, MetaSlot, RequestId, RequestMeta};
 use http::{HeaderValue, Request};
 use http_body_util::{BodyExt, Limited};
 use tokio::time::Instant;
@@ -68,6 +68,9 @@ where
         };
         if !endpoint.has_json_body() {
             record(&meta);
+            if let Some(slot) = request.extensions().get::<MetaSlot>() {
+                slot.set(&meta);
+            }
             request.extensions_mut().insert(meta);
             return ResponseFuture::calling(self.inner.call(request));
         }
@@ -177,6 +180,9 @@ pub(crate) fn complete(
     meta.body_bytes = bytes.len();
     record(&meta);
     let mut request = Request::from_parts(parts, Body::from(bytes));
+    if let Some(slot) = request.extensions().get::<MetaSlot>() {
+        slot.set(&meta);
+    }
     request.extensions_mut().insert(meta);
     Ok(request)
 }

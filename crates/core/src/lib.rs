@@ -34,6 +34,7 @@ mod config;
 mod degradation;
 mod endpoint;
 mod error;
+mod event;
 pub mod headers;
 mod load;
 mod meta;
@@ -48,9 +49,10 @@ pub use config::ConfigError;
 pub use degradation::{Degradation, Level};
 pub use endpoint::{ApiFamily, Endpoint, EndpointKind};
 pub use error::{stream_error_frame, ErrorBody};
+pub use event::{Event, EventSink, NewEvent};
 pub use load::{LoadCell, LoadSnapshot, UpstreamLoad};
 pub use meta::{
-    AgentId, ClassName, GenerationParams, Priority, PriorityError, RequestId, RequestMeta,
+    AgentId, ClassName, GenerationParams, MetaSlot, Priority, PriorityError, RequestId, RequestMeta,
 };
 pub use outcome::{
     classify_error, classify_status, AttemptTimedOut, Failure, Outcome, Timeout, TimeoutKind,

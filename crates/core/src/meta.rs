@@ -358,3 +358,31 @@ mod tests {
         );
     }
 }
+
+/// A place in a request's extensions where `classify` leaves a copy of
+/// the [`RequestMeta`] it found, for whoever put the slot there before
+/// the stack (the proxy's front, for its logs and metric labels, even
+/// when a layer refuses the request).
+///
+/// ```
+/// use corral_core::{Endpoint, MetaSlot, RequestMeta};
+///
+/// let slot = MetaSlot::default();
+/// let kept = slot.clone();
+/// slot.set(&RequestMeta::new("r1".into(), Endpoint::Chat));
+/// assert_eq!(kept.get().unwrap().endpoint, Endpoint::Chat);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct MetaSlot(Arc<std::sync::OnceLock<RequestMeta>>);
+
+impl MetaSlot {
+    /// Leaves a copy of `meta` (the first one set stays).
+    pub fn set(&self, meta: &RequestMeta) {
+        let _ = self.0.set(meta.clone());
+    }
+
+    /// What was left, if anything.
+    pub fn get(&self) -> Option<&RequestMeta> {
+        self.0.get()
+    }
+}

@@ -34,8 +34,25 @@ impl RetryLayer {
                     config.budget_ratio,
                 ),
                 config: config.clone(),
+                events: None,
             }),
         })
+    }
+
+    /// The same, recording a `retry` event for each retry in `events`.
+    pub fn with_events(self, events: Arc<dyn corral_core::EventSink>) -> Self {
+        let shared = Shared {
+            config: self.shared.config.clone(),
+            budget: TpsBudget::new(
+                self.shared.config.budget_window,
+                self.shared.config.budget_min_per_sec,
+                self.shared.config.budget_ratio,
+            ),
+            events: Some(events),
+        };
+        Self {
+            shared: Arc::new(shared),
+        }
     }
 }
 

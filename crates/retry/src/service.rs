@@ -26,6 +26,7 @@ pub const X_CORRAL_FALLBACK: http::HeaderName = http::HeaderName::from_static("x
 pub(crate) struct Shared {
     pub(crate) config: RetryConfig,
     pub(crate) budget: TpsBudget,
+    pub(crate) events: Option<Arc<dyn corral_core::EventSink>>,
 }
 
 /// Retries what is safe to retry, within a budget, and bounds attempts
@@ -227,6 +228,16 @@ where
             return give_up(last, family, config);
         }
         metrics::counter!(RETRIES_TOTAL, "reason" => failure.as_str()).increment(1);
+        if let (Some(events), Some(meta)) = (&shared.events, &meta) {
+            events.record(
+                corral_core::NewEvent::new(
+                    "retry",
+                    serde_json::json!({"reason": failure.as_str(), "attempt": attempt + 1, "wait_ms": wait.as_millis() as u64,
+                                       "model": model.map_or(meta.model_str(), |m| m.as_str())}),
+                )
+                .about(meta.agent.as_str(), meta.request_id.as_str()),
+            );
+        }
         drop(last);
         tokio::time::sleep(wait).await;
         if let Some(fallback) = next_model {

@@ -1,0 +1,36 @@
+//! `corral-events`: every interaction as an event.
+//!
+//! An append-only log of typed [`Event`]s (received, dispatched, first
+//! byte, completed with tokens and durations, refused with the reason,
+//! cache hits, retries, breaker and degradation transitions), each with an
+//! id, a timestamp, the agent and the request id. In memory it keeps the
+//! last `capacity` (the design's 100,000); with a `file` every event is
+//! also appended as one JSON line, and the log is read back from it at
+//! start, so a restart keeps its history.
+//!
+//! [`EventLog::replay`] returns events since a time, for an agent or of a
+//! kind. [`project`] rebuilds per-agent usage (requests, completions,
+//! refusals, tokens, cache hits) from any run of events; the log keeps the
+//! same projection live as it records, over all events ever recorded,
+//! not only those still held.
+//!
+//! ```
+//! use corral_core::{EventSink, NewEvent};
+//! use corral_events::{project, EventLog, EventsConfig, Query};
+//! use serde_json::json;
+//!
+//! let log = EventLog::open(&EventsConfig::default()).unwrap();
+//! log.record(NewEvent::new("received", json!({"endpoint": "chat"})).about("planner", "r1"));
+//! log.record(NewEvent::new("completed", json!({"outcome": "completed", "prompt_tokens": 12, "generated_tokens": 40})).about("planner", "r1"));
+//!
+//! let events = log.replay(&Query { agent: Some("planner".into()), ..Query::default() });
+//! assert_eq!(events.len(), 2);
+//! assert_eq!(project(&events)["planner"].generated_tokens, 40);
+//! assert_eq!(log.usage()["planner"], project(&events)["planner"]);
+//! ```
+
+mod log;
+mod projection;
+
+pub use log::{EventLog, EventsConfig, Query, DEFAULT_CAPACITY};
+pub use projection::{apply, project, AgentUsage};
