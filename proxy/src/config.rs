@@ -158,6 +158,10 @@ pub struct UpstreamConfig {
     /// loaded model), e.g. `{ "llama3:70b" = 1 }`; the others share
     /// `capacity`.
     pub model_capacity: std::collections::BTreeMap<String, usize>,
+    /// How often the upstream is asked for its version, for the
+    /// `corral_upstream_up` gauge (the first time after one interval).
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
 }
 
 impl Default for UpstreamConfig {
@@ -171,6 +175,7 @@ impl Default for UpstreamConfig {
             readiness_timeout: DEFAULT_READINESS_TIMEOUT,
             capacity: corral_priority::DEFAULT_CAPACITY,
             model_capacity: std::collections::BTreeMap::new(),
+            probe_interval: Duration::from_secs(10),
         }
     }
 }
@@ -403,6 +408,12 @@ impl Config {
             return Err(ConfigError::new(
                 "server.max_request_bytes",
                 "must be at least 1",
+            ));
+        }
+        if self.upstream.probe_interval.is_zero() {
+            return Err(ConfigError::new(
+                "upstream.probe_interval",
+                "must be more than zero",
             ));
         }
         if self.upstream.capacity == 0 {

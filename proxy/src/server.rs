@@ -25,6 +25,8 @@ use crate::telemetry;
 
 /// A proxy with its listeners bound, ready to serve.
 pub struct Server {
+    upstream: crate::upstream::Upstream,
+    probe_interval: Duration,
     main: TcpListener,
     admin: Option<TcpListener>,
     front: Front,
@@ -105,6 +107,8 @@ impl Server {
             None => (None, Front::proxy(stack, Some(admin_api)), None),
         };
         Ok(Self {
+            upstream: stack.upstream().clone(),
+            probe_interval: config.upstream.probe_interval,
             main,
             admin,
             front,
@@ -129,6 +133,8 @@ impl Server {
     /// closes what is left.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Server {
+            upstream,
+            probe_interval,
             main,
             admin,
             front,
@@ -147,6 +153,7 @@ impl Server {
         let graceful = GracefulShutdown::new();
         let mut connections = JoinSet::new();
         let upkeep = tokio::spawn(metrics_upkeep());
+        let probe = tokio::spawn(probe_upstream(upstream, probe_interval));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -182,6 +189,7 @@ impl Server {
         connections.abort_all();
         while connections.join_next().await.is_some() {}
         upkeep.abort();
+        probe.abort();
     }
 }
 
@@ -208,6 +216,29 @@ async fn accept_optional(
     match listener {
         Some(listener) => listener.accept().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Asks the upstream for its version every `period`, for the
+/// `corral_upstream_up` gauge (and the alert on it).
+async fn probe_upstream(upstream: crate::upstream::Upstream, period: Duration) {
+    let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut was_up = None;
+    loop {
+        every.tick().await;
+        let up = upstream.probe().await;
+        metrics::gauge!(telemetry::UPSTREAM_UP).set(if up.is_ok() { 1.0 } else { 0.0 });
+        if was_up != Some(up.is_ok()) {
+            match &up {
+                Ok(version) => {
+                    tracing::info!(upstream = %upstream.url(), version = %version, "upstream answers")
+                }
+                Err(error) => {
+                    tracing::warn!(upstream = %upstream.url(), error = %error, "upstream does not answer")
+                }
+            }
+            was_up = Some(up.is_ok());
+        }
     }
 }
 

@@ -100,6 +100,8 @@ pub fn build_with(
     registry: &[LayerKind],
 ) -> Result<Stack, LoadError> {
     let file = file.unwrap_or(Path::new(NO_FILE));
+    // Layers set gauges as they are built: the recorder must be there.
+    let _ = crate::telemetry::metrics_handle();
     let upstream =
         Upstream::new(&config.upstream).map_err(|e| LoadError::from_config(file, e, None))?;
     let classify_config = config.classify();

@@ -19,6 +19,8 @@ pub const TOKENS_GENERATED_TOTAL: &str = "corral_tokens_generated_total";
 /// Prompt tokens evaluated upstream (from `prompt_eval_count`), by model
 /// and class.
 pub const PROMPT_TOKENS_TOTAL: &str = "corral_prompt_tokens_total";
+/// 1 when the upstream answered its last probe, 0 when not.
+pub const UPSTREAM_UP: &str = "corral_upstream_up";
 /// Requests Corral refused, by reason and priority.
 pub const REFUSALS_TOTAL: &str = "corral_refusals_total";
 

@@ -15,4 +15,8 @@ pub fn describe() {
         BATCHES_TOTAL,
         "Upstream calls made for batches of embedding requests."
     );
+    // Exported at zero from the start, so alerts, ratios and dashboards
+    // find them before the first event.
+    metrics::counter!(BATCHES_TOTAL).absolute(0);
+    metrics::counter!(BATCHED_REQUESTS_TOTAL).absolute(0);
 }

@@ -24,4 +24,8 @@ pub fn describe() {
         TIMEOUTS_TOTAL,
         "Attempts and streams ended by a timeout, by kind."
     );
+    // Exported at zero from the start, so alerts, ratios and dashboards
+    // find them before the first event.
+    metrics::counter!(RETRY_BUDGET_EXHAUSTED_TOTAL).absolute(0);
+    metrics::counter!(FALLBACKS_TOTAL).absolute(0);
 }

@@ -23,6 +23,7 @@ impl ShedLayer {
         bus: Option<Arc<dyn Bus>>,
     ) -> Result<Self, ConfigError> {
         config.validate()?;
+        metrics::gauge!(crate::metrics::QUEUE_LIMIT).set(config.max_queue as f64);
         Ok(Self {
             shared: Arc::new(Shared::new(config.clone(), load, bus)),
         })

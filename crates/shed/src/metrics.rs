@@ -8,11 +8,18 @@ pub const DROPPED_REQUESTS_TOTAL: &str = "corral_dropped_requests_total";
 /// `backpressure_events`).
 pub const BACKPRESSURE_EVENTS_TOTAL: &str = "corral_backpressure_events_total";
 
+/// The queue's bound, `max_queue`, for alerts on saturation.
+pub const QUEUE_LIMIT: &str = "corral_queue_limit";
+
 /// Describes the metrics to the installed recorder.
 pub fn describe() {
     metrics::describe_counter!(
         DROPPED_REQUESTS_TOTAL,
         "Requests refused by load shedding, by reason and priority."
+    );
+    metrics::describe_gauge!(
+        QUEUE_LIMIT,
+        "The bound on requests waiting for the upstream (max_queue)."
     );
     metrics::describe_counter!(
         BACKPRESSURE_EVENTS_TOTAL,

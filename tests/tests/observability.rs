@@ -1,0 +1,379 @@
+//! A scripted run through the full stack (served, cached, rate limited,
+//! shed, retried, breaker open), then: `/metrics` shows each with the
+//! expected values; the Grafana dashboard names only metrics the proxy
+//! exports; the event log replayed gives the per-agent usage the admin
+//! API reports.
+
+#![allow(clippy::unwrap_used)] // a test fails by panicking
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use corral::Config;
+use corral_e2e::{eventually, fast, mock, request, send};
+
+const STACK: &str = r#"
+[upstream]
+capacity = 1
+probe_interval = "20ms"
+
+[[classes]]
+name = "opus"
+compartment = "opus_agents"
+rate_limit = { requests_per_minute = 2 }
+[[agents]]
+id = "planner"
+class = "opus"
+
+[[layers]]
+kind = "ratelimit"
+[[layers]]
+kind = "degrade"
+up = [0.97, 0.98, 0.99]
+down = [0.10, 0.20, 0.30]
+[[layers]]
+kind = "cache"
+[[layers]]
+kind = "batch"
+[[layers]]
+kind = "bulkhead"
+[[layers.compartments]]
+name = "opus_agents"
+max_concurrent = 10
+[[layers]]
+kind = "shed"
+max_queue = 1
+wait_for_space = "100ms"
+[[layers]]
+kind = "priority"
+[[layers]]
+kind = "retry"
+initial_backoff = "10ms"
+max_backoff = "20ms"
+[[layers]]
+kind = "breaker"
+consecutive_failures = 3
+open_for = "60s"
+"#;
+
+fn generate(
+    url: &str,
+    agent: &str,
+    priority: u8,
+    body: &str,
+    fault: Option<&str>,
+) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    let mut r = request("POST", &format!("{url}/api/generate"), body.to_string());
+    r.headers_mut().insert("x-agent-id", agent.parse().unwrap());
+    r.headers_mut()
+        .insert("x-priority", priority.to_string().parse().unwrap());
+    if let Some(fault) = fault {
+        r.headers_mut()
+            .insert("x-mock-fault", fault.parse().unwrap());
+    }
+    r
+}
+
+const PLAIN: &str = r#"{"model":"llama3","prompt":"hello","stream":false}"#;
+const FIXED: &str =
+    r#"{"model":"llama3","prompt":"same","stream":false,"options":{"temperature":0}}"#;
+
+/// A metric, the labels its samples must have, and their expected sum.
+type Expected<'a> = (&'a str, &'a [(&'a str, &'a str)], f64);
+
+/// The sum of the samples of `name` whose labels include all of `labels`.
+fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scripted_run_shows_in_metrics_events_and_the_admin_api() {
+    let upstream = mock(fast()).await;
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n{}",
+        STACK.replace(
+            "[upstream]",
+            &format!("[upstream]\nurl = \"{}\"", upstream.url())
+        )
+    );
+    let corral =
+        corral::Running::start(&Config::parse(&text, Path::new("observability.toml")).unwrap())
+            .await
+            .unwrap();
+    let url = corral.url();
+
+    // Served, twice the same deterministic question: one miss, one hit.
+    assert_eq!(
+        send(generate(&url, "writer", 5, PLAIN, None)).await.status,
+        200
+    );
+    assert_eq!(
+        send(generate(&url, "writer", 5, FIXED, None))
+            .await
+            .header("x-corral-cache"),
+        Some("miss")
+    );
+    assert_eq!(
+        send(generate(&url, "writer", 5, FIXED, None))
+            .await
+            .header("x-corral-cache"),
+        Some("hit")
+    );
+
+    // Rate limited: the planner may send 2 a minute.
+    for expected in [200, 200, 429] {
+        assert_eq!(
+            send(generate(&url, "planner", 5, PLAIN, None)).await.status,
+            expected
+        );
+    }
+
+    // Shed: one holds the upstream, one waits, a priority 9 is refused.
+    let holder = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            send(generate(
+                &url,
+                "holder",
+                5,
+                r#"{"model":"llama3","prompt":"hold","stream":true}"#,
+                Some("pause_after=1"),
+            ))
+            .await
+        })
+    };
+    eventually("the holder runs", || upstream.stats().paused == 1).await;
+    let waiter = {
+        let url = url.clone();
+        tokio::spawn(async move { send(generate(&url, "waiter", 5, PLAIN, None)).await })
+    };
+    corral_e2e::within(async {
+        loop {
+            let metrics = String::from_utf8(
+                send(request("GET", &format!("{url}/metrics"), ""))
+                    .await
+                    .body
+                    .to_vec(),
+            )
+            .unwrap();
+            if value(&metrics, "corral_queue_depth", &[]) == 1.0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let shed = send(generate(&url, "batcher", 9, PLAIN, None)).await;
+    assert_eq!(shed.status, 503);
+    assert_eq!(shed.header("x-corral-reason"), Some("shed"));
+    upstream.release(1);
+    assert_eq!(holder.await.unwrap().status, 200);
+    assert_eq!(waiter.await.unwrap().status, 200);
+
+    // Retried: the first attempt meets a busy upstream.
+    let mut retried = generate(&url, "writer", 5, PLAIN, Some("busy_attempts=1"));
+    retried
+        .headers_mut()
+        .insert("x-request-id", "retried-1".parse().unwrap());
+    assert_eq!(send(retried).await.status, 200);
+
+    // Breaker: three upstream 500s open it; the next request fails fast.
+    for _ in 0..3 {
+        assert_eq!(
+            send(generate(&url, "writer", 5, PLAIN, Some("status=500")))
+                .await
+                .status,
+            500
+        );
+    }
+    let open = send(generate(&url, "writer", 5, PLAIN, None)).await;
+    assert_eq!(
+        (open.status.as_u16(), open.header("x-corral-reason")),
+        (503, Some("breaker_open"))
+    );
+
+    let metrics = String::from_utf8(
+        send(request("GET", &format!("{url}/metrics"), ""))
+            .await
+            .body
+            .to_vec(),
+    )
+    .unwrap();
+    let checks: &[Expected<'_>] = &[
+        (
+            "corral_requests_total",
+            &[("endpoint", "generate"), ("status", "200")],
+            8.0,
+        ),
+        ("corral_refusals_total", &[("reason", "rate_limited")], 1.0),
+        (
+            "corral_refusals_total",
+            &[("reason", "shed"), ("priority", "9")],
+            1.0,
+        ),
+        ("corral_refusals_total", &[("reason", "breaker_open")], 1.0),
+        (
+            "corral_rate_limited_total",
+            &[("class", "opus"), ("quota", "agent-requests")],
+            1.0,
+        ),
+        (
+            "corral_dropped_requests_total",
+            &[("reason", "queue_full"), ("priority", "9")],
+            1.0,
+        ),
+        ("corral_retries_total", &[("reason", "503")], 1.0),
+        ("corral_cache_hits_total", &[], 1.0),
+        (
+            "corral_circuit_breaker_state",
+            &[("breaker", "upstream")],
+            2.0,
+        ),
+        ("corral_queue_limit", &[], 1.0),
+        ("corral_upstream_capacity", &[], 1.0),
+        ("corral_degradation_level", &[], 0.0),
+    ];
+    for (name, labels, expected) in checks {
+        assert_eq!(
+            value(&metrics, name, labels),
+            *expected,
+            "{name} {labels:?}\n{metrics}"
+        );
+    }
+    assert!(value(&metrics, "corral_cache_misses_total", &[]) >= 1.0);
+    assert!(
+        value(
+            &metrics,
+            "corral_tokens_generated_total",
+            &[("model", "llama3")]
+        ) >= 8.0 * 8.0
+    );
+    assert!(value(&metrics, "corral_backpressure_events_total", &[]) >= 1.0);
+    assert!(
+        value(
+            &metrics,
+            "corral_time_to_first_byte_seconds_count",
+            &[("endpoint", "generate")]
+        ) >= 8.0
+    );
+    assert!(
+        value(
+            &metrics,
+            "corral_bulkhead_saturation",
+            &[("compartment", "opus_agents")]
+        ) >= 0.0
+    );
+
+    // The dashboard asks only for what is exported.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(deploy("grafana/corral-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let exported: BTreeSet<String> = metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap().to_string())
+        .collect();
+    let mut asked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            for name in metric_names(target["expr"].as_str().unwrap()) {
+                asked += 1;
+                assert!(
+                    exported.contains(&name),
+                    "the dashboard's {name} is not exported"
+                );
+            }
+        }
+    }
+    assert!(asked > 20);
+
+    // Replaying the event log gives the usage the admin API reports.
+    let events: Vec<corral_core::Event> = serde_json::from_slice(
+        &send(request("GET", &format!("{url}/corral/events"), ""))
+            .await
+            .body,
+    )
+    .unwrap();
+    let agents: serde_json::Value = send(request("GET", &format!("{url}/corral/agents"), ""))
+        .await
+        .json();
+    assert_eq!(
+        serde_json::to_value(corral_events::project(&events)).unwrap(),
+        agents
+    );
+    assert_eq!(agents["planner"]["refused"], 1);
+    assert_eq!(agents["planner"]["requests"], 3);
+    assert_eq!(agents["writer"]["cache_hits"], 1);
+    assert!(events
+        .iter()
+        .any(|e| e.kind == "retry" && e.request_id.as_deref() == Some("retried-1")));
+    assert!(events
+        .iter()
+        .any(|e| e.kind == "breaker" && e.data["to"] == "open"));
+    let planner: Vec<corral_core::Event> = serde_json::from_slice(
+        &send(request(
+            "GET",
+            &format!("{url}/corral/events?agent=planner&kind=refused"),
+            "",
+        ))
+        .await
+        .body,
+    )
+    .unwrap();
+    assert_eq!(planner.len(), 1);
+    assert_eq!(planner[0].data["reason"], "rate_limited");
+
+    let status = send(request("GET", &format!("{url}/corral/status"), ""))
+        .await
+        .json();
+    assert_eq!(status["capacity"], 1);
+    assert_eq!(status["degradation"]["level"], "Normal");
+    assert_eq!(status["breakers"][0]["state"], "open");
+    assert_eq!(status["classes"]["opus"]["refused"], 1);
+    let config = send(request("GET", &format!("{url}/corral/config"), ""))
+        .await
+        .json();
+    assert_eq!(config["upstream"]["capacity"], 1);
+}
+
+/// The `corral_*` metric names in a PromQL expression, without the
+/// histogram suffixes.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("corral_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|b| b.ends_with("_seconds")))
+            .unwrap_or(&name)
+            .to_string();
+        // Histograms are exported as their parts.
+        names.push(if base != name {
+            format!("{base}_count")
+        } else {
+            name
+        });
+    }
+    names
+}
+
+fn deploy(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(path)
+}
