@@ -28,6 +28,7 @@ pub struct Admin {
     controls: Arc<Controls>,
     events: Arc<corral_events::EventLog>,
     config: Arc<serde_json::Value>,
+    token: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for Admin {
@@ -39,6 +40,23 @@ impl std::fmt::Debug for Admin {
 }
 
 impl Admin {
+    /// Whether the request carries the admin token, or none is needed.
+    fn authorized(&self, headers: &http::HeaderMap) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        headers
+            .get_all(header::AUTHORIZATION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|v| {
+                let (scheme, credentials) = v.split_once(' ')?;
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then(|| credentials.trim())
+            })
+            .any(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
+    }
     /// Admin endpoints for `stack` run with `config`, exporting `metrics`.
     pub fn new(stack: &Stack, metrics: PrometheusHandle, config: &Config) -> Self {
         Self {
@@ -48,6 +66,7 @@ impl Admin {
             controls: stack.controls().clone(),
             events: stack.events().clone(),
             config: Arc::new(resolved_config(config)),
+            token: config.admin.token.as_deref().map(Arc::from),
         }
     }
 
@@ -63,7 +82,24 @@ impl Admin {
         B::Error: Into<corral_core::BoxError>,
     {
         let get = request.method() == Method::GET || request.method() == Method::HEAD;
-        match request.uri().path() {
+        let path = request.uri().path();
+        // Probes stay open: a kubelet or load balancer has no token.
+        let probe = matches!(path, "/corral/healthz" | "/corral/readyz");
+        if !probe && !self.authorized(request.headers()) {
+            let mut response = respond::answer(
+                &ErrorBody::new(
+                    StatusCode::UNAUTHORIZED,
+                    "the admin API needs the admin token: Authorization: Bearer <token>",
+                ),
+                ApiFamily::Ollama,
+            );
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"corral-admin\""),
+            );
+            return response;
+        }
+        match path {
             "/corral/degrade" => self.degrade(request).await,
             "/corral/status" if get => json_response(StatusCode::OK, &self.status()),
             "/corral/agents" if get => json_response(StatusCode::OK, &json!(self.events.usage())),
@@ -354,4 +390,14 @@ fn redact(value: &mut serde_json::Value) {
         serde_json::Value::Array(items) => items.iter_mut().for_each(redact),
         _ => {}
     }
+}
+
+/// Compares without returning early, so the time taken tells nothing of
+/// how much of a guess was right (the length still shows; it is public
+/// knowledge for any token format anyway).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -52,6 +52,10 @@ struct ServeArgs {
     /// (overrides [upstream] capacity).
     #[arg(long, env = "CORRAL_CAPACITY")]
     capacity: Option<usize>,
+    /// The admin token (overrides [admin] token); prefer the variable,
+    /// which keeps it out of the process list.
+    #[arg(long, env = "CORRAL_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
     /// How logs are written; RUST_LOG filters them.
     #[arg(long, env = "CORRAL_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -101,6 +105,9 @@ fn resolve(args: &ServeArgs) -> Result<Config, LoadError> {
         .unwrap_or_else(|| PathBuf::from(crate::config::NO_FILE));
     if let Some(listen) = args.listen {
         config.server.listen = listen;
+    }
+    if let Some(token) = &args.admin_token {
+        config.admin.token = Some(token.clone());
     }
     if let Some(capacity) = args.capacity {
         config.upstream.capacity = capacity;

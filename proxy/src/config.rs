@@ -188,6 +188,11 @@ pub struct AdminConfig {
     /// served on the main listener.
     #[serde(default)]
     pub listen: Option<SocketAddr>,
+    /// A bearer token every admin path but `healthz` and `readyz` asks
+    /// for (`Authorization: Bearer <token>`); absent, they are open.
+    /// `CORRAL_ADMIN_TOKEN` sets it without writing it in the file.
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 /// `[metrics]`.
@@ -446,6 +451,15 @@ impl Config {
                 return Err(ConfigError::new(
                     "admin.listen",
                     "is the same address as server.listen; leave it out to serve admin paths on the main listener",
+                ));
+            }
+        }
+        if let Some(token) = &self.admin.token {
+            if token.trim().is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(ConfigError::new(
+                    "admin.token",
+                    "must be non-empty and hold no spaces or control characters (it travels in an Authorization header)",
                 ));
             }
         }

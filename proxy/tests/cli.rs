@@ -155,6 +155,8 @@ fn bad_values_are_refused_with_the_key_and_reason() {
             "upstream.ca_file",
         ),
         ("[upstream]\ncapacity = 0\n", "upstream.capacity"),
+        ("[admin]\ntoken = \"two words\"\n", "admin.token"),
+        ("[admin]\ntoken = \"\"\n", "admin.token"),
         (
             "[[classes]]\nname = \"a\"\nweight = 0\n",
             "classes[0].weight",

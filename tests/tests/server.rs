@@ -184,3 +184,74 @@ async fn a_stream_longer_than_the_grace_period_is_cut() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_admin_token_locks_everything_but_the_probes() {
+    let upstream = mock(fast()).await;
+    let corral = proxy_with(&upstream.url(), |c| {
+        c.admin.token = Some("s3cret-admin".into())
+    })
+    .await;
+    let with = |path: &str, auth: Option<&str>| {
+        let mut r = request("GET", &format!("{}{path}", corral.url()), "");
+        if let Some(auth) = auth {
+            r.headers_mut()
+                .insert(http::header::AUTHORIZATION, auth.parse().unwrap());
+        }
+        r
+    };
+    for path in [
+        "/corral/status",
+        "/corral/events",
+        "/corral/config",
+        "/metrics",
+    ] {
+        let bare = send(with(path, None)).await;
+        assert_eq!(bare.status, 401, "{path}");
+        assert_eq!(
+            bare.header("www-authenticate"),
+            Some("Bearer realm=\"corral-admin\"")
+        );
+        assert!(bare.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("admin token"));
+        for wrong in ["Bearer s3cret-admiN", "Bearer s3cret", "Basic s3cret-admin"] {
+            assert_eq!(
+                send(with(path, Some(wrong))).await.status,
+                401,
+                "{path} {wrong}"
+            );
+        }
+        assert_eq!(
+            send(with(path, Some("bearer s3cret-admin"))).await.status,
+            200,
+            "{path}"
+        );
+    }
+    // Forcing a level is refused too, and changes nothing.
+    let force = send(request(
+        "POST",
+        &format!("{}/corral/degrade", corral.url()),
+        r#"{"level":"Critical"}"#,
+    ))
+    .await;
+    assert_eq!(force.status, 401);
+    // Probes have no token to give.
+    for path in ["/corral/healthz", "/corral/readyz"] {
+        assert_eq!(send(with(path, None)).await.status, 200, "{path}");
+    }
+    // The resolved config never shows the token.
+    let config = send(with("/corral/config", Some("Bearer s3cret-admin"))).await;
+    assert!(!std::str::from_utf8(&config.body)
+        .unwrap()
+        .contains("s3cret"));
+    // Inference is not the admin API's business.
+    let served = send(request(
+        "POST",
+        &format!("{}/api/generate", corral.url()),
+        r#"{"model":"llama3","prompt":"hi"}"#,
+    ))
+    .await;
+    assert_eq!(served.status, 200);
+}

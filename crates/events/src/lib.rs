@@ -1,6 +1,6 @@
 //! `corral-events`: every interaction as an event.
 //!
-//! An append-only log of typed [`Event`]s (received, dispatched, first
+//! An append-only log of typed [`Event`](corral_core::Event)s (received, dispatched, first
 //! byte, completed with tokens and durations, refused with the reason,
 //! cache hits, retries, breaker and degradation transitions), each with an
 //! id, a timestamp, the agent and the request id. In memory it keeps the
