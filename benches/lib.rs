@@ -1,6 +1,8 @@
 //! Shared setup for Corral's benchmarks: a simulated Ollama with no
 //! think time, and a proxy in front of it, in one process.
 
+pub mod herd;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -68,14 +70,27 @@ pub async fn call(
 /// over a pooled client, stream the answer back), with none of Corral's
 /// work. Returns its address; it serves until the runtime ends.
 pub async fn bare_proxy(upstream: &MockOllama) -> std::net::SocketAddr {
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    bare_proxy_at(any, upstream.addr()).await.expect("bind")
+}
+
+/// [`bare_proxy`] on a chosen address in front of any upstream address,
+/// so the `bare-proxy` binary can run the same floor as a process of its
+/// own (the `overhead` bench compares separate processes). Returns the
+/// bound address; it serves until the runtime ends.
+pub async fn bare_proxy_at(
+    listen: std::net::SocketAddr,
+    upstream: std::net::SocketAddr,
+) -> std::io::Result<std::net::SocketAddr> {
     use hyper::body::Incoming;
     use hyper_util::rt::TokioIo;
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let authority: http::uri::Authority = upstream.addr().to_string().parse().expect("authority");
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let authority: http::uri::Authority = upstream
+        .to_string()
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let client: Client<HttpConnector, Incoming> =
@@ -114,5 +129,5 @@ pub async fn bare_proxy(upstream: &MockOllama) -> std::net::SocketAddr {
             });
         }
     });
-    addr
+    Ok(addr)
 }

@@ -20,6 +20,7 @@ struct PriorityOptions {
     aging: Duration,
     max_in_flight_per_agent: Option<usize>,
     default_generation_tokens: u64,
+    reserve: Option<corral_priority::Reserve>,
 }
 
 impl Default for PriorityOptions {
@@ -29,6 +30,7 @@ impl Default for PriorityOptions {
             aging: defaults.aging,
             max_in_flight_per_agent: defaults.max_in_flight_per_agent,
             default_generation_tokens: defaults.default_generation_tokens,
+            reserve: defaults.reserve,
         }
     }
 }
@@ -51,6 +53,7 @@ pub(crate) fn priority(
             .iter()
             .map(|c| (c.name.clone(), c.weight))
             .collect(),
+        reserve: options.reserve,
     };
     let priority = PriorityLayer::new(&config)?;
     context
@@ -70,10 +73,14 @@ pub(crate) fn priority(
         .max_in_flight_per_agent
         .map(|c| format!(", at most {c} per agent"))
         .unwrap_or_default();
+    let reserve = config
+        .reserve
+        .map(|r| format!(", {} held for priority <= {}", r.permits, r.up_to_priority))
+        .unwrap_or_default();
     Ok(StackLayer::new(
         priority,
         format!(
-            "{} upstream permit(s){models}{cap}; aging one step per {}",
+            "{} upstream permit(s){models}{cap}{reserve}; aging one step per {}",
             config.capacity,
             humantime::format_duration(config.aging)
         ),

@@ -77,8 +77,11 @@ pub(crate) fn default_answer(meta: &RequestMeta, text: &str) -> Option<Response<
         _ => return None,
     };
     let mut response = Response::new(Bytes::from(body));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(
+        crate::service::X_CORRAL_ANSWER,
+        HeaderValue::from_static("default"),
+    );
     Some(response)
 }

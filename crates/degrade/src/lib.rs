@@ -19,7 +19,8 @@
 //!
 //! Classes in `critical_classes` are never rewritten nor refused. Every
 //! degraded answer says so: `X-Corral-Degraded: L2`, and what changed
-//! (`X-Corral-Model-Rewrite: llama3->tinyllama`, `X-Corral-Token-Cap`).
+//! (`X-Corral-Model-Rewrite: llama3->tinyllama`, `X-Corral-Token-Cap`);
+//! a default answer also carries `X-Corral-Answer: default`.
 //! The cache below learns the level from a
 //! [`Degradation`](corral_core::Degradation) in the request's extensions.
 //! The level is the metric `corral_degradation_level`; each change is
@@ -59,6 +60,6 @@ pub use error::Degraded;
 pub use layer::DegradeLayer;
 pub use levels::{Change, Levels};
 pub use service::{
-    DegradeService, ResponseBody, ResponseFuture, X_CORRAL_DEGRADED, X_CORRAL_MODEL_REWRITE,
-    X_CORRAL_TOKEN_CAP,
+    DegradeService, ResponseBody, ResponseFuture, X_CORRAL_ANSWER, X_CORRAL_DEGRADED,
+    X_CORRAL_MODEL_REWRITE, X_CORRAL_TOKEN_CAP,
 };

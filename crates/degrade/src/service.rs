@@ -21,6 +21,9 @@ use crate::metrics::DEGRADED_REQUESTS_TOTAL;
 pub const X_CORRAL_DEGRADED: HeaderName = HeaderName::from_static("x-corral-degraded");
 /// Says which model replaced the one asked for: `llama3->tinyllama`.
 pub const X_CORRAL_MODEL_REWRITE: HeaderName = HeaderName::from_static("x-corral-model-rewrite");
+/// `default` on an answer Corral wrote instead of the model (Critical),
+/// so an agent can tell a canned reply from a generated one.
+pub const X_CORRAL_ANSWER: HeaderName = HeaderName::from_static("x-corral-answer");
 /// Says the generation was capped at this many tokens.
 pub const X_CORRAL_TOKEN_CAP: HeaderName = HeaderName::from_static("x-corral-token-cap");
 

@@ -243,10 +243,10 @@ async fn each_level_does_what_it_says_and_says_so() {
     let call = tokio::spawn(service.clone().oneshot(chat("default", 2, false, BODY)));
     let (_, reply) = handle.next_request().await.unwrap();
     reply.send_response(Response::new("ok".into()));
-    assert_eq!(
-        call.await.unwrap().unwrap().headers()["x-corral-degraded"],
-        "Critical"
-    );
+    let kept = call.await.unwrap().unwrap();
+    assert_eq!(kept.headers()["x-corral-degraded"], "Critical");
+    // A generated answer is not marked as a default one.
+    assert!(kept.headers().get("x-corral-answer").is_none());
 
     let response = service
         .clone()
@@ -254,6 +254,7 @@ async fn each_level_does_what_it_says_and_says_so() {
         .await
         .unwrap();
     assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    assert_eq!(response.headers()["x-corral-answer"], "default");
     let body = response.into_body().collect().await.unwrap().to_bytes();
     let lines: Vec<serde_json::Value> = std::str::from_utf8(&body)
         .unwrap()

@@ -24,6 +24,7 @@ pub const DEFAULT_GENERATION_TOKENS: u64 = 256;
 ///     max_in_flight_per_agent = 2
 ///     model_capacity = { "llama3:70b" = 1 }
 ///     class_weights = { opus = 2.0, batch = 0.5 }
+///     reserve = { permits = 1, up_to_priority = 2 }
 /// "#).unwrap();
 /// assert!(config.validate().is_ok());
 /// ```
@@ -51,6 +52,23 @@ pub struct PriorityConfig {
     /// Fair-share weight by class name (default 1.0): a class of weight 2
     /// gets twice the service of weight 1 at the same priority.
     pub class_weights: BTreeMap<String, f64>,
+    /// Permits only high priorities may take, so an urgent request finds
+    /// one free instead of waiting for a long generation to end; unset,
+    /// none.
+    pub reserve: Option<Reserve>,
+}
+
+/// `reserve = { permits = 1, up_to_priority = 2 }`: the last `permits` of
+/// each pool go only to requests of priority `up_to_priority` or higher
+/// (by the priority they asked for, not one earned by aging). A pool
+/// keeps at least one permit for everyone, whatever its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reserve {
+    /// How many permits are held back.
+    pub permits: usize,
+    /// The lowest priority (largest number) that may take them.
+    pub up_to_priority: u8,
 }
 
 impl Default for PriorityConfig {
@@ -62,6 +80,7 @@ impl Default for PriorityConfig {
             max_in_flight_per_agent: None,
             default_generation_tokens: DEFAULT_GENERATION_TOKENS,
             class_weights: BTreeMap::new(),
+            reserve: None,
         }
     }
 }
@@ -86,6 +105,23 @@ impl PriorityConfig {
                 "max_in_flight_per_agent",
                 "must be at least 1 (leave it out for no cap)",
             ));
+        }
+        if let Some(reserve) = self.reserve {
+            if reserve.permits == 0 || reserve.permits >= self.capacity {
+                return Err(ConfigError::new(
+                    "reserve.permits",
+                    format!(
+                        "must be at least 1 and below capacity ({}): others need a permit too",
+                        self.capacity
+                    ),
+                ));
+            }
+            if !(1..=10).contains(&reserve.up_to_priority) {
+                return Err(ConfigError::new(
+                    "reserve.up_to_priority",
+                    "must be a priority from 1 to 10",
+                ));
+            }
         }
         for (class, weight) in &self.class_weights {
             if !weight.is_finite() || *weight <= 0.0 {

@@ -82,7 +82,9 @@ mod scheduler;
 mod service;
 
 pub use body::ResponseBody;
-pub use config::{PriorityConfig, DEFAULT_AGING, DEFAULT_CAPACITY, DEFAULT_GENERATION_TOKENS};
+pub use config::{
+    PriorityConfig, Reserve, DEFAULT_AGING, DEFAULT_CAPACITY, DEFAULT_GENERATION_TOKENS,
+};
 pub use error::DeadlineExceeded;
 pub use future::ResponseFuture;
 pub use layer::PriorityLayer;

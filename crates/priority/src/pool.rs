@@ -12,6 +12,8 @@ use std::task::Waker;
 use std::time::Duration;
 
 use corral_core::{AgentId, LoadSnapshot, Priority};
+
+use crate::config::Reserve;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -43,6 +45,7 @@ pub(crate) struct Pool {
     name: String,
     aging: Duration,
     per_agent_cap: Option<usize>,
+    reserve: Option<Reserve>,
     state: Mutex<State>,
     /// Told whenever a ticket leaves the queue or a permit comes back.
     changes: Arc<Notify>,
@@ -145,12 +148,14 @@ impl Pool {
         capacity: usize,
         aging: Duration,
         per_agent_cap: Option<usize>,
+        reserve: Option<Reserve>,
         changes: Arc<Notify>,
     ) -> Self {
         Self {
             name,
             aging,
             per_agent_cap,
+            reserve,
             changes,
             state: Mutex::new(State {
                 capacity,
@@ -334,7 +339,8 @@ impl Pool {
     fn dispatch(&self, state: &mut State, now: Instant) -> Vec<Waker> {
         let mut wakers = Vec::new();
         while state.in_flight < state.capacity {
-            let Some((agent_id, level)) = self.pick(state, now) else {
+            let levels = self.open_levels(state);
+            let Some((agent_id, level)) = self.pick(state, now, levels) else {
                 break;
             };
             state.unindex(&agent_id);
@@ -363,13 +369,30 @@ impl Pool {
         wakers
     }
 
-    /// The next request to serve: from the priority level whose oldest
-    /// request has the best effective priority (its priority raised one
-    /// step per `aging` waited; ties to the older), the agent with the
-    /// least weighted service, its oldest request at that level.
-    fn pick(&self, state: &State, now: Instant) -> Option<(AgentId, usize)> {
+    /// How many priority levels, from the top, may take the next permit:
+    /// all while more than the reserve is free, then only those the
+    /// reserve is for. A pool smaller than the reserve keeps one permit
+    /// for everyone.
+    fn open_levels(&self, state: &State) -> usize {
+        let Some(reserve) = self.reserve else {
+            return 10;
+        };
+        let held_back = reserve.permits.min(state.capacity.saturating_sub(1));
+        if state.in_flight + held_back < state.capacity {
+            10
+        } else {
+            usize::from(reserve.up_to_priority).min(10)
+        }
+    }
+
+    /// The next request to serve among the first `levels` priority
+    /// levels: from the level whose oldest request has the best effective
+    /// priority (its priority raised one step per `aging` waited; ties to
+    /// the older), the agent with the least weighted service, its oldest
+    /// request at that level.
+    fn pick(&self, state: &State, now: Instant, levels: usize) -> Option<(AgentId, usize)> {
         let mut best: Option<(usize, Instant, usize)> = None;
-        for level in 0..10 {
+        for level in 0..levels {
             if state.ready[level].is_empty() {
                 continue;
             }

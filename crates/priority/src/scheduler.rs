@@ -87,6 +87,7 @@ impl Scheduler {
                 capacity,
                 config.aging,
                 cap,
+                config.reserve,
                 changes.clone(),
             ))
         };

@@ -9,7 +9,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use corral_core::{Priority, UpstreamLoad};
-use corral_priority::{Acquire, Permit, PriorityConfig, Scheduler, Ticket};
+use corral_priority::{Acquire, Permit, PriorityConfig, Reserve, Scheduler, Ticket};
 use proptest::prelude::*;
 use tokio_test::task::{spawn, Spawn};
 
@@ -40,7 +40,9 @@ struct Model {
     scheduler: std::sync::Arc<Scheduler>,
     capacity: usize,
     cap: Option<usize>,
-    pending: Vec<(u8, Spawn<Acquire>)>,
+    reserve: Option<Reserve>,
+    /// Waiting: agent, priority asked for, the wait.
+    pending: Vec<(u8, u8, Spawn<Acquire>)>,
     held: Vec<(u8, Permit)>,
     refused: usize,
     served: usize,
@@ -50,14 +52,14 @@ impl Model {
     /// Polls every waiting ticket, moving the granted to `held`.
     fn settle(&mut self) {
         let mut still = Vec::new();
-        for (agent, mut task) in self.pending.drain(..) {
+        for (agent, priority, mut task) in self.pending.drain(..) {
             match task.poll() {
                 Poll::Ready(Ok(permit)) => {
                     self.served += 1;
                     self.held.push((agent, permit));
                 }
                 Poll::Ready(Err(_)) => self.refused += 1,
-                Poll::Pending => still.push((agent, task)),
+                Poll::Pending => still.push((agent, priority, task)),
             }
         }
         self.pending = still;
@@ -92,8 +94,15 @@ impl Model {
         }
         if load.in_flight < self.capacity {
             // A permit may lie free only while everyone waiting is at
-            // their agent's cap.
-            for (agent, _) in &self.pending {
+            // their agent's cap, or below the reserve's priority with
+            // only reserved permits left.
+            let reserved_only = self
+                .reserve
+                .filter(|r| load.in_flight + r.permits.min(self.capacity - 1) >= self.capacity);
+            for (agent, priority, _) in &self.pending {
+                if reserved_only.is_some_and(|r| *priority > r.up_to_priority) {
+                    continue;
+                }
                 let running = self.held.iter().filter(|(a, _)| a == agent).count();
                 let cap = self
                     .cap
@@ -107,7 +116,7 @@ impl Model {
     }
 }
 
-fn run(capacity: usize, cap: Option<usize>, aging_ms: u64, ops: Vec<Op>) {
+fn run(capacity: usize, cap: Option<usize>, reserve: Option<Reserve>, aging_ms: u64, ops: Vec<Op>) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -118,6 +127,7 @@ fn run(capacity: usize, cap: Option<usize>, aging_ms: u64, ops: Vec<Op>) {
             capacity,
             aging: Duration::from_millis(aging_ms),
             max_in_flight_per_agent: cap,
+            reserve,
             ..PriorityConfig::default()
         })
         .unwrap();
@@ -125,6 +135,7 @@ fn run(capacity: usize, cap: Option<usize>, aging_ms: u64, ops: Vec<Op>) {
             scheduler,
             capacity,
             cap,
+            reserve,
             pending: Vec::new(),
             held: Vec::new(),
             refused: 0,
@@ -150,7 +161,7 @@ fn run(capacity: usize, cap: Option<usize>, aging_ms: u64, ops: Vec<Op>) {
                             .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms)),
                     };
                     let task = spawn(model.scheduler.acquire(ticket, None));
-                    model.pending.push((agent, task));
+                    model.pending.push((agent, priority, task));
                 }
                 Op::Cancel(i) if !model.pending.is_empty() => {
                     let i = i % model.pending.len();
@@ -200,7 +211,18 @@ proptest! {
         aging_ms in prop_oneof![Just(0u64), 10u64..500],
         ops in proptest::collection::vec(op(), 1..120),
     ) {
-        run(capacity, None, aging_ms, ops);
+        run(capacity, None, None, aging_ms, ops);
+    }
+
+    #[test]
+    fn a_reserve_only_leaves_permits_free_for_lower_priorities(
+        capacity in 2usize..6,
+        permits in 1usize..5,
+        up_to_priority in 1u8..=10,
+        ops in proptest::collection::vec(op(), 1..120),
+    ) {
+        let reserve = Reserve { permits: permits.min(capacity - 1), up_to_priority };
+        run(capacity, None, Some(reserve), 50, ops);
     }
 
     #[test]
@@ -209,6 +231,6 @@ proptest! {
         cap in 1usize..3,
         ops in proptest::collection::vec(op(), 1..120),
     ) {
-        run(capacity, Some(cap), 50, ops);
+        run(capacity, Some(cap), None, 50, ops);
     }
 }

@@ -364,3 +364,75 @@ async fn an_agent_back_from_idle_starts_at_the_lowest_active_counter() {
     );
     drop((busy, back));
 }
+
+#[tokio::test(start_paused = true)]
+async fn reserved_permits_wait_free_for_high_priorities_only() {
+    let s = scheduler_with(PriorityConfig {
+        capacity: 3,
+        aging: Duration::from_secs(1),
+        reserve: Some(corral_priority::Reserve {
+            permits: 1,
+            up_to_priority: 2,
+        }),
+        ..PriorityConfig::default()
+    });
+    let batch1 = s.acquire(ticket("b1", 9), None).await.unwrap();
+    let _batch2 = s.acquire(ticket("b2", 9), None).await.unwrap();
+    // The last permit is held back: batch waits with one free...
+    let mut waiting = vec![wait(&s, "batch3", ticket("b3", 9))];
+    assert_eq!(s.snapshot().in_flight, 2);
+    // ...even once aging has lifted it to priority 1: the reserve goes by
+    // the priority asked for.
+    tokio::time::advance(Duration::from_secs(20)).await;
+    assert!(granted(&mut waiting).is_empty());
+    // Priority 2 takes the reserved permit at once.
+    let urgent = s.acquire(ticket("u", 2), None).await.unwrap();
+    assert_eq!(s.snapshot().in_flight, 3);
+    // With everything taken, the next free permit goes by effective
+    // priority as usual: the aged batch request before a fresh priority 3.
+    waiting.push(wait(&s, "opus", ticket("o", 3)));
+    drop(urgent);
+    // The free permit is the reserved one again: neither may take it.
+    assert!(granted(&mut waiting).is_empty());
+    drop(batch1);
+    let next = granted(&mut waiting);
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].0, "batch3");
+}
+
+#[test]
+fn a_reserve_must_leave_a_permit_for_everyone() {
+    let config = |permits, capacity| PriorityConfig {
+        capacity,
+        reserve: Some(corral_priority::Reserve {
+            permits,
+            up_to_priority: 2,
+        }),
+        ..PriorityConfig::default()
+    };
+    assert!(config(1, 2).validate().is_ok());
+    let err = config(2, 2).validate().unwrap_err();
+    assert_eq!(err.key(), "reserve.permits");
+    assert!(config(0, 4).validate().is_err());
+    let mut bad_priority = config(1, 4);
+    bad_priority.reserve.as_mut().unwrap().up_to_priority = 11;
+    assert_eq!(
+        bad_priority.validate().unwrap_err().key(),
+        "reserve.up_to_priority"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pool_smaller_than_the_reserve_keeps_one_permit_for_everyone() {
+    let s = scheduler_with(PriorityConfig {
+        capacity: 4,
+        model_capacity: [("llama3:70b".to_string(), 1)].into(),
+        reserve: Some(corral_priority::Reserve {
+            permits: 2,
+            up_to_priority: 1,
+        }),
+        ..PriorityConfig::default()
+    });
+    let big = s.acquire(ticket("b", 9), Some("llama3:70b")).await;
+    assert!(big.is_ok(), "a one-permit pool reserves nothing");
+}
