@@ -96,6 +96,9 @@ pub struct Options {
     pub ttft: Duration,
     /// The simulated Ollama's tokens per second, per generation.
     pub tokens_per_sec: f64,
+    /// The simulated Ollama's tokens per second for `tinyllama`, the
+    /// model degradation falls back to (a small model is faster).
+    pub small_model_tokens_per_sec: f64,
     /// The simulated Ollama's model load time.
     pub load_time: Duration,
     /// Models the simulated Ollama keeps loaded at once.
@@ -122,6 +125,7 @@ impl Default for Options {
             upstream_queue: 512,
             ttft: Duration::from_millis(100),
             tokens_per_sec: 100.0,
+            small_model_tokens_per_sec: 500.0,
             load_time: Duration::from_millis(1500),
             max_loaded_models: 3,
         }
@@ -236,6 +240,8 @@ async fn start_mock(options: &Options) -> Result<Option<MockOllama>, Error> {
         ],
         // Answers as long as `num_predict` asks: the fleet sets the length.
         tokens: 1 << 16,
+        model_tokens_per_sec: [("tinyllama".to_string(), options.small_model_tokens_per_sec)]
+            .into(),
         log_capacity: 0,
         ..MockConfig::default()
     };

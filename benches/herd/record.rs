@@ -54,6 +54,33 @@ pub struct Record {
     pub outcome: Outcome,
 }
 
+impl Record {
+    /// The record as one JSON object, for `--records`.
+    pub fn to_json(&self, fleet: &[Class], mode: &str) -> serde_json::Value {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let outcome = match &self.outcome {
+            Outcome::Served => "served".to_string(),
+            Outcome::Cached => "cached".to_string(),
+            Outcome::Degraded => "degraded".to_string(),
+            Outcome::DefaultAnswer => "default_answer".to_string(),
+            Outcome::Refused(reason) => format!("refused:{reason}"),
+            Outcome::TimedOut => "timed_out".to_string(),
+            Outcome::Failed(why) => format!("failed:{why}"),
+            Outcome::Unfinished => "unfinished".to_string(),
+        };
+        serde_json::json!({
+            "run": mode,
+            "class": fleet.get(self.class).map(|c| c.name),
+            "kind": format!("{:?}", self.kind).to_lowercase(),
+            "at_ms": ms(self.at),
+            "latency_ms": ms(self.latency),
+            "first_byte_ms": self.first_byte.map(ms),
+            "queued_ms": self.queued.map(ms),
+            "outcome": outcome,
+        })
+    }
+}
+
 /// One class over one run.
 #[derive(Debug, Clone, Default)]
 pub struct ClassSummary {

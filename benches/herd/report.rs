@@ -55,11 +55,12 @@ fn setup(options: &Options) -> String {
     let upstream = match &options.upstream {
         Some(url) => format!("{url} ({:?} API), capacity {}", options.api, options.capacity),
         None => format!(
-            "simulated Ollama: --parallel {}, --max-queue {}, time to first token {}, {} tokens/s, model loads {}, {} models loaded at most",
+            "simulated Ollama: --parallel {}, --max-queue {}, time to first token {}, {} tokens/s ({} for tinyllama), model loads {}, {} models loaded at most",
             options.capacity,
             options.upstream_queue,
             fmt(options.ttft),
             options.tokens_per_sec,
+            options.small_model_tokens_per_sec,
             fmt(options.load_time),
             options.max_loaded_models
         ),

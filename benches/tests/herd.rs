@@ -35,7 +35,11 @@ async fn a_short_herd_runs_direct_and_through_corral() {
     let corral = herd::run(&options, Mode::Corral).await.unwrap();
 
     for run in [&direct, &corral] {
-        assert!(!run.records.is_empty(), "{} sent nothing", run.mode.as_str());
+        assert!(
+            !run.records.is_empty(),
+            "{} sent nothing",
+            run.mode.as_str()
+        );
         assert!(
             run.records.iter().any(|r| r.outcome.is_answer()),
             "{} got no answer",

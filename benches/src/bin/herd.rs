@@ -65,6 +65,10 @@ struct Args {
     /// The simulated Ollama's tokens per second per generation.
     #[arg(long, default_value_t = 100.0)]
     tps: f64,
+    /// The simulated Ollama's tokens per second for tinyllama, the
+    /// degraded fallback model.
+    #[arg(long, default_value_t = 500.0)]
+    small_tps: f64,
     /// The simulated Ollama's model load time.
     #[arg(long, default_value = "1500ms", value_parser = humantime::parse_duration)]
     load_time: Duration,
@@ -74,6 +78,10 @@ struct Args {
     /// Write the report (Markdown) here too.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Write every request (JSON lines: run, class, kind, times,
+    /// outcome) here.
+    #[arg(long)]
+    records: Option<PathBuf>,
     /// Write the chart (SVG) here.
     #[arg(long)]
     svg: Option<PathBuf>,
@@ -115,6 +123,7 @@ async fn scenario(args: Args) -> Result<(), herd::Error> {
         upstream_queue: args.upstream_queue,
         ttft: args.ttft,
         tokens_per_sec: args.tps,
+        small_model_tokens_per_sec: args.small_tps,
         load_time: args.load_time,
         max_loaded_models: args.max_loaded_models,
         ..Options::default()
@@ -141,6 +150,20 @@ async fn scenario(args: Args) -> Result<(), herd::Error> {
     println!("{report}");
     if let Some(path) = &args.out {
         std::fs::write(path, &report).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if let Some(path) = &args.records {
+        let mut lines = String::new();
+        for run in &runs {
+            for record in &run.records {
+                lines.push_str(
+                    &record
+                        .to_json(&options.fleet, run.mode.as_str())
+                        .to_string(),
+                );
+                lines.push('\n');
+            }
+        }
+        std::fs::write(path, lines).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     if let Some(path) = &args.svg {
         std::fs::write(path, herd::svg(&options, &runs)?)

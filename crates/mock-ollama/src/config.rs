@@ -43,6 +43,9 @@ pub struct MockConfig {
     pub seed: u64,
     /// How many requests `/mock/requests` keeps.
     pub log_capacity: usize,
+    /// Tokens per second for some models (by name, with or without a
+    /// tag): a small model generates faster than a large one.
+    pub model_tokens_per_sec: std::collections::BTreeMap<String, f64>,
 }
 
 impl Default for MockConfig {
@@ -68,6 +71,31 @@ impl Default for MockConfig {
             slow_headers: Duration::ZERO,
             seed: 7,
             log_capacity: 1000,
+            model_tokens_per_sec: std::collections::BTreeMap::new(),
         }
+    }
+}
+
+impl MockConfig {
+    /// The generation rate of `model`: its own if set, else
+    /// `tokens_per_sec`.
+    ///
+    /// ```
+    /// use corral_mock_ollama::MockConfig;
+    ///
+    /// let config = MockConfig {
+    ///     model_tokens_per_sec: [("tinyllama".to_string(), 800.0)].into(),
+    ///     ..MockConfig::default()
+    /// };
+    /// assert_eq!(config.tokens_per_sec_for("tinyllama:latest"), 800.0);
+    /// assert_eq!(config.tokens_per_sec_for("llama3"), config.tokens_per_sec);
+    /// ```
+    pub fn tokens_per_sec_for(&self, model: &str) -> f64 {
+        let base = model.strip_suffix(":latest").unwrap_or(model);
+        self.model_tokens_per_sec
+            .get(model)
+            .or_else(|| self.model_tokens_per_sec.get(base))
+            .copied()
+            .unwrap_or(self.tokens_per_sec)
     }
 }

@@ -151,7 +151,7 @@ pub(crate) async fn generate(
     let ttft = faults.ttft.unwrap_or(state.config.ttft);
     let tps = faults
         .tokens_per_sec
-        .unwrap_or(state.config.tokens_per_sec)
+        .unwrap_or_else(|| state.config.tokens_per_sec_for(&model))
         .max(0.001);
     let default_tokens = faults.tokens.unwrap_or(state.config.tokens);
     let (tokens, truncated) = match max_tokens(call, &request) {

@@ -179,3 +179,37 @@ async fn a_short_num_predict_ends_with_length() {
     assert_eq!(json["eval_count"], 3);
     assert_eq!(json["done_reason"], "length");
 }
+
+#[tokio::test]
+async fn a_model_can_generate_at_a_rate_of_its_own() {
+    let mock = MockOllama::start(MockConfig {
+        ttft: Duration::ZERO,
+        tokens_per_sec: 50.0,
+        model_tokens_per_sec: [("tinyllama".to_string(), 5000.0)].into(),
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let eval = |body: &str| {
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["eval_count"], 5, "{body}");
+        v["eval_duration"].as_u64().unwrap()
+    };
+    let (status, big) = post(
+        format!("{}/api/generate", mock.url()),
+        r#"{"model":"llama3","prompt":"x","stream":false,"options":{"num_predict":5}}"#,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, small) = post(
+        format!("{}/api/generate", mock.url()),
+        r#"{"model":"tinyllama:latest","prompt":"x","stream":false,"options":{"num_predict":5}}"#,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    // 5 tokens at 50/s against 5 tokens at 5000/s.
+    assert_eq!(eval(&big), 100_000_000);
+    assert_eq!(eval(&small), 1_000_000);
+}

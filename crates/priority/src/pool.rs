@@ -61,8 +61,9 @@ struct State {
     queued_bytes: usize,
     completions: VecDeque<Instant>,
     /// Per priority level, the agents with a request waiting there and
-    /// room under their cap, least served first.
-    ready: [BTreeSet<(Vtc, AgentId)>; 10],
+    /// room under their cap: least served first, and among equally served
+    /// the one whose request there has waited longest (never by name).
+    ready: [BTreeSet<(Vtc, Instant, AgentId)>; 10],
     /// Per priority level, every waiting ticket, oldest first: the oldest
     /// sets how far the level has aged.
     oldest: [BTreeSet<(Instant, u64)>; 10],
@@ -100,8 +101,9 @@ struct Agent {
     vtc: f64,
     in_flight: usize,
     queued: usize,
-    /// Tickets waiting, by priority level, oldest first.
-    levels: [VecDeque<u64>; 10],
+    /// Tickets waiting, by priority level, oldest first, with when each
+    /// was queued.
+    levels: [VecDeque<(u64, Instant)>; 10],
 }
 
 struct Waiter {
@@ -195,7 +197,7 @@ impl Pool {
             }
         }
         agent.queued += 1;
-        agent.levels[level].push_back(id);
+        agent.levels[level].push_back((id, now));
         state.queued[level] += 1;
         state.queued_bytes += ticket.bytes;
         state.oldest[level].insert((now, id));
@@ -266,7 +268,7 @@ impl Pool {
             state.oldest[waiter.level].remove(&(waiter.enqueued, id));
             if let Some(agent) = state.agents.get_mut(&agent_id) {
                 agent.queued -= 1;
-                agent.levels[waiter.level].retain(|t| *t != id);
+                agent.levels[waiter.level].retain(|(t, _)| *t != id);
             }
         }
         state.index(&agent_id, self.per_agent_cap);
@@ -347,7 +349,7 @@ impl Pool {
             let Some(agent) = state.agents.get_mut(&agent_id) else {
                 break;
             };
-            let Some(id) = agent.levels[level].pop_front() else {
+            let Some((id, _)) = agent.levels[level].pop_front() else {
                 break;
             };
             let Some(waiter) = state.waiters.get_mut(&id) else {
@@ -405,7 +407,7 @@ impl Pool {
             }
         }
         let (_, _, level) = best?;
-        let (_, agent) = state.ready[level].first()?;
+        let (_, _, agent) = state.ready[level].first()?;
         Some((agent.clone(), level))
     }
 
@@ -425,11 +427,13 @@ impl State {
         let Some(agent) = self.agents.get(agent_id) else {
             return;
         };
-        let key = (Vtc(agent.vtc), agent_id.clone());
-        for ready in &mut self.ready {
-            ready.remove(&key);
+        let vtc = Vtc(agent.vtc);
+        for (level, queue) in agent.levels.iter().enumerate() {
+            if let Some((_, since)) = queue.front() {
+                self.ready[level].remove(&(vtc, *since, agent_id.clone()));
+            }
         }
-        self.active.remove(&key);
+        self.active.remove(&(vtc, agent_id.clone()));
     }
 
     /// Puts `agent` back in the sorted sets, as it is now.
@@ -445,8 +449,8 @@ impl State {
             return;
         }
         for (level, queue) in agent.levels.iter().enumerate() {
-            if !queue.is_empty() {
-                self.ready[level].insert(key.clone());
+            if let Some((_, since)) = queue.front() {
+                self.ready[level].insert((key.0, *since, agent_id.clone()));
             }
         }
     }

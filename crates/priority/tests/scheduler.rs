@@ -436,3 +436,22 @@ async fn a_pool_smaller_than_the_reserve_keeps_one_permit_for_everyone() {
     let big = s.acquire(ticket("b", 9), Some("llama3:70b")).await;
     assert!(big.is_ok(), "a one-permit pool reserves nothing");
 }
+
+#[tokio::test(start_paused = true)]
+async fn agents_equally_served_go_in_the_order_they_asked_not_by_name() {
+    // Found by the 131-agent scenario: fresh agents all start at the same
+    // counter, and ties went to the alphabetically first name, so
+    // `system-08` waited while `system-01` and `system-06`, who asked
+    // later, went first.
+    let s = scheduler(1);
+    let running = s.acquire(ticket("busy", 5), None).await.unwrap();
+    let mut waiting = vec![wait(&s, "zeta", ticket("zeta", 1))];
+    tokio::time::advance(Duration::from_millis(10)).await;
+    waiting.push(wait(&s, "alpha", ticket("alpha", 1)));
+    tokio::time::advance(Duration::from_millis(10)).await;
+    waiting.push(wait(&s, "mid", ticket("mid", 1)));
+    assert_eq!(
+        serve_in_order(running, &mut waiting, 3),
+        ["zeta", "alpha", "mid"]
+    );
+}

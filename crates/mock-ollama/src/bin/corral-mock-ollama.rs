@@ -25,6 +25,10 @@ struct Args {
     /// Generated tokens per second per request.
     #[arg(long, default_value_t = 200.0)]
     tps: f64,
+    /// Tokens per second of one model, as MODEL=TPS; repeatable
+    /// (`--model-tps tinyllama=800`).
+    #[arg(long, value_parser = parse_model_tps)]
+    model_tps: Vec<(String, f64)>,
     /// Tokens in an answer that sets no num_predict.
     #[arg(long, default_value_t = 24)]
     tokens: usize,
@@ -98,6 +102,7 @@ async fn main() -> std::io::Result<()> {
         drop_rate: args.drop_rate,
         slow_headers: Duration::from_millis(args.slow_headers_ms),
         seed: args.seed,
+        model_tokens_per_sec: args.model_tps.into_iter().collect(),
         ..MockConfig::default()
     };
     let mock = MockOllama::bind(args.listen, config).await?;
@@ -107,6 +112,21 @@ async fn main() -> std::io::Result<()> {
         _ = tokio::signal::ctrl_c() => {}
     }
     Ok(())
+}
+
+fn parse_model_tps(value: &str) -> Result<(String, f64), String> {
+    let (model, tps) = value
+        .split_once('=')
+        .ok_or_else(|| format!("expected MODEL=TPS, not {value:?}"))?;
+    let tps: f64 = tps
+        .parse()
+        .map_err(|_| format!("{tps:?} is not a number of tokens per second"))?;
+    if model.is_empty() || !tps.is_finite() || tps <= 0.0 {
+        return Err(format!(
+            "expected MODEL=TPS with TPS above 0, not {value:?}"
+        ));
+    }
+    Ok((model.to_string(), tps))
 }
 
 async fn mock_wait(mock: MockOllama) {

@@ -1,0 +1,271 @@
+//! Starting the five targets: the upstream and the four ways in front of
+//! it, each a separate process on its own port, all forwarding to the
+//! same simulated Ollama.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use crate::client::BoxError;
+use crate::procs::{free_addr, nginx_conf, rss_kib, with_children, Proc};
+
+/// The simulated Ollama's generation slots: far more than the bench ever
+/// has in flight, so it never queues and never answers 503.
+pub(crate) const MOCK_PARALLEL: usize = 1024;
+
+/// Which target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// The simulated Ollama itself: the baseline every proxy is held to.
+    Direct,
+    /// `bare-proxy`: the floor any hyper reverse proxy pays.
+    Bare,
+    /// nginx as a plain keep-alive reverse proxy.
+    Nginx,
+    /// `corral` with no config: classify only.
+    CorralNone,
+    /// `corral` with `deploy/corral.toml`'s whole stack.
+    CorralFull,
+}
+
+impl Kind {
+    /// Its name in the report.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kind::Direct => "direct",
+            Kind::Bare => "bare hyper",
+            Kind::Nginx => "nginx",
+            Kind::CorralNone => "corral (no layers)",
+            Kind::CorralFull => "corral (full stack)",
+        }
+    }
+}
+
+/// A running target.
+pub(crate) struct Target {
+    /// Which one.
+    pub(crate) kind: Kind,
+    /// Where it listens.
+    pub(crate) addr: SocketAddr,
+    /// The command line it was started with, for the report.
+    pub(crate) command: String,
+    proc: Proc,
+}
+
+impl Target {
+    /// Its processes: nginx's master and workers, or the one process.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        match self.kind {
+            Kind::Nginx => with_children(self.proc.pid()),
+            _ => vec![self.proc.pid()],
+        }
+    }
+
+    /// Whether it still runs and the end of its log.
+    pub(crate) fn diagnose(&self) -> String {
+        self.proc.diagnose()
+    }
+
+    /// Resident memory of all its processes, in KiB.
+    pub(crate) fn rss_kib(&self) -> Result<u64, BoxError> {
+        rss_kib(&self.pids())
+    }
+}
+
+/// Where the binaries and files the targets need are.
+pub(crate) struct Setup<'a> {
+    /// The directory holding `corral`, `corral-mock-ollama`, `bare-proxy`.
+    pub(crate) bin_dir: &'a Path,
+    /// nginx, or None to leave it out.
+    pub(crate) nginx: Option<&'a Path>,
+    /// `worker_processes` for nginx.
+    pub(crate) nginx_workers: &'a str,
+    /// The full stack's config file.
+    pub(crate) config: &'a Path,
+    /// `--capacity` for the full stack.
+    pub(crate) full_capacity: usize,
+    /// RUST_LOG for the corrals.
+    pub(crate) corral_log: &'a str,
+    /// The open-files limit, for nginx's workers.
+    pub(crate) nofile: u64,
+    /// The scratch directory.
+    pub(crate) dir: &'a Path,
+}
+
+/// Starts one target and waits until it answers `GET /api/version`
+/// (which proxies reach through to the upstream). `stop`, if any, runs
+/// before the kill when the target drops.
+async fn start(
+    kind: Kind,
+    program: PathBuf,
+    args: Vec<String>,
+    env: &[(&str, &str)],
+    addr: SocketAddr,
+    stop: Option<std::process::Command>,
+    dir: &Path,
+) -> Result<Target, BoxError> {
+    let name = kind.name().replace([' ', '(', ')'], "");
+    let mut proc = Proc::spawn(&name, &program, &args, env, dir)?;
+    if let Some(stop) = stop {
+        proc.stop_with(stop);
+    }
+    proc.wait_ready(addr, "/api/version").await?;
+    let command = std::iter::once(program.display().to_string())
+        .chain(args.iter().map(|a| {
+            if a.contains(' ') {
+                format!("'{a}'")
+            } else {
+                a.clone()
+            }
+        }))
+        .collect::<Vec<_>>()
+        .join(" ");
+    Ok(Target {
+        kind,
+        addr,
+        command,
+        proc,
+    })
+}
+
+/// Starts every target; the upstream first.
+pub(crate) async fn start_all(setup: &Setup<'_>) -> Result<Vec<Target>, BoxError> {
+    let bin = |name: &str| setup.bin_dir.join(name);
+    let mock_addr = free_addr()?;
+    let up = mock_addr.to_string();
+    let quiet = [("RUST_LOG", setup.corral_log)];
+    let mut targets = Vec::new();
+
+    let mock_args = vec![
+        "--listen".into(),
+        up.clone(),
+        "--parallel".into(),
+        MOCK_PARALLEL.to_string(),
+        "--max-queue".into(),
+        "100000".into(),
+        "--ttft-ms".into(),
+        "0".into(),
+        "--tps".into(),
+        "inf".into(),
+        // The answer's length when num_predict does not cap it lower: the
+        // stream's 200 tokens; the small request caps it at 8.
+        "--tokens".into(),
+        "200".into(),
+    ];
+    let warn = [("RUST_LOG", "warn")];
+    targets.push(
+        start(
+            Kind::Direct,
+            bin("corral-mock-ollama"),
+            mock_args,
+            &warn,
+            mock_addr,
+            None,
+            setup.dir,
+        )
+        .await?,
+    );
+
+    let addr = free_addr()?;
+    let args = vec![
+        "--listen".into(),
+        addr.to_string(),
+        "--upstream".into(),
+        up.clone(),
+    ];
+    targets.push(
+        start(
+            Kind::Bare,
+            bin("bare-proxy"),
+            args,
+            &[],
+            addr,
+            None,
+            setup.dir,
+        )
+        .await?,
+    );
+
+    if let Some(nginx) = setup.nginx {
+        let addr = free_addr()?;
+        let conf = setup.dir.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            nginx_conf(
+                setup.dir,
+                addr,
+                mock_addr,
+                setup.nginx_workers,
+                setup.nofile,
+            ),
+        )?;
+        let base: Vec<String> = vec![
+            "-p".into(),
+            setup.dir.display().to_string(),
+            "-c".into(),
+            conf.display().to_string(),
+            "-e".into(),
+            setup.dir.join("error.log").display().to_string(),
+        ];
+        let mut args = base.clone();
+        args.extend(["-g".into(), "daemon off;".into()]);
+        let mut stop = std::process::Command::new(nginx);
+        stop.args(&base).args(["-s", "stop"]);
+        targets.push(
+            start(
+                Kind::Nginx,
+                nginx.to_path_buf(),
+                args,
+                &[],
+                addr,
+                Some(stop),
+                setup.dir,
+            )
+            .await?,
+        );
+    }
+
+    let addr = free_addr()?;
+    let args = vec![
+        "--listen".into(),
+        addr.to_string(),
+        "--upstream".into(),
+        up.clone(),
+    ];
+    targets.push(
+        start(
+            Kind::CorralNone,
+            bin("corral"),
+            args,
+            &quiet,
+            addr,
+            None,
+            setup.dir,
+        )
+        .await?,
+    );
+
+    let addr = free_addr()?;
+    let args = vec![
+        "--config".into(),
+        setup.config.display().to_string(),
+        "--listen".into(),
+        addr.to_string(),
+        "--upstream".into(),
+        up,
+        "--capacity".into(),
+        setup.full_capacity.to_string(),
+    ];
+    targets.push(
+        start(
+            Kind::CorralFull,
+            bin("corral"),
+            args,
+            &quiet,
+            addr,
+            None,
+            setup.dir,
+        )
+        .await?,
+    );
+    Ok(targets)
+}
