@@ -61,7 +61,8 @@ pub struct PriorityConfig {
 /// `reserve = { permits = 1, up_to_priority = 2 }`: the last `permits` of
 /// each pool go only to requests of priority `up_to_priority` or higher
 /// (by the priority they asked for, not one earned by aging). A pool
-/// keeps at least one permit for everyone, whatever its size.
+/// keeps at least one permit for everyone, whatever its size: with
+/// capacity 1 the reserve holds nothing back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Reserve {
@@ -107,13 +108,13 @@ impl PriorityConfig {
             ));
         }
         if let Some(reserve) = self.reserve {
-            if reserve.permits == 0 || reserve.permits >= self.capacity {
+            // Above the capacity is allowed: `--capacity` may lower the
+            // capacity under a file written for a larger one, and each
+            // pool holds back at most all but one of its permits.
+            if reserve.permits == 0 {
                 return Err(ConfigError::new(
                     "reserve.permits",
-                    format!(
-                        "must be at least 1 and below capacity ({}): others need a permit too",
-                        self.capacity
-                    ),
+                    "must be at least 1 (leave `reserve` out for none)",
                 ));
             }
             if !(1..=10).contains(&reserve.up_to_priority) {

@@ -401,7 +401,7 @@ async fn reserved_permits_wait_free_for_high_priorities_only() {
 }
 
 #[test]
-fn a_reserve_must_leave_a_permit_for_everyone() {
+fn a_reserve_holds_back_at_least_one_permit_and_asks_a_real_priority() {
     let config = |permits, capacity| PriorityConfig {
         capacity,
         reserve: Some(corral_priority::Reserve {
@@ -411,9 +411,10 @@ fn a_reserve_must_leave_a_permit_for_everyone() {
         ..PriorityConfig::default()
     };
     assert!(config(1, 2).validate().is_ok());
-    let err = config(2, 2).validate().unwrap_err();
-    assert_eq!(err.key(), "reserve.permits");
-    assert!(config(0, 4).validate().is_err());
+    // More than the pool has is clamped at run time (see below), so a
+    // file written for capacity 4 still starts with `--capacity 1`.
+    assert!(config(4, 1).validate().is_ok());
+    assert_eq!(config(0, 4).validate().unwrap_err().key(), "reserve.permits");
     let mut bad_priority = config(1, 4);
     bad_priority.reserve.as_mut().unwrap().up_to_priority = 11;
     assert_eq!(
@@ -435,6 +436,12 @@ async fn a_pool_smaller_than_the_reserve_keeps_one_permit_for_everyone() {
     });
     let big = s.acquire(ticket("b", 9), Some("llama3:70b")).await;
     assert!(big.is_ok(), "a one-permit pool reserves nothing");
+    // The default pool of 4 holds back 2 of them.
+    let _low1 = s.acquire(ticket("l1", 9), None).await.unwrap();
+    let _low2 = s.acquire(ticket("l2", 9), None).await.unwrap();
+    let mut waiting = vec![wait(&s, "low3", ticket("l3", 9))];
+    let _urgent = s.acquire(ticket("u", 1), None).await.unwrap();
+    assert!(granted(&mut waiting).is_empty());
 }
 
 #[tokio::test(start_paused = true)]
