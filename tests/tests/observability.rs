@@ -56,6 +56,12 @@ consecutive_failures = 3
 open_for = "60s"
 "#;
 
+/// The proxy's `/metrics`, as text.
+async fn scrape(url: &str) -> String {
+    let reply = send(request("GET", &format!("{url}/metrics"), "")).await;
+    String::from_utf8(reply.body.to_vec()).unwrap()
+}
+
 fn generate(
     url: &str,
     agent: &str,
@@ -158,13 +164,7 @@ async fn a_scripted_run_shows_in_metrics_events_and_the_admin_api() {
     };
     corral_e2e::within(async {
         loop {
-            let metrics = String::from_utf8(
-                send(request("GET", &format!("{url}/metrics"), ""))
-                    .await
-                    .body
-                    .to_vec(),
-            )
-            .unwrap();
+            let metrics = scrape(&url).await;
             if value(&metrics, "corral_queue_depth", &[]) == 1.0 {
                 return;
             }
@@ -201,13 +201,7 @@ async fn a_scripted_run_shows_in_metrics_events_and_the_admin_api() {
         (503, Some("breaker_open"))
     );
 
-    let metrics = String::from_utf8(
-        send(request("GET", &format!("{url}/metrics"), ""))
-            .await
-            .body
-            .to_vec(),
-    )
-    .unwrap();
+    let metrics = scrape(&url).await;
     let checks: &[Expected<'_>] = &[
         (
             "corral_requests_total",

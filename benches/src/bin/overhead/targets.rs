@@ -166,12 +166,7 @@ pub(crate) async fn start_all(setup: &Setup<'_>) -> Result<Vec<Target>, BoxError
     );
 
     let addr = free_addr()?;
-    let args = vec![
-        "--listen".into(),
-        addr.to_string(),
-        "--upstream".into(),
-        up.clone(),
-    ];
+    let args = proxy_args(addr, &up);
     targets.push(
         start(
             Kind::Bare,
@@ -225,12 +220,7 @@ pub(crate) async fn start_all(setup: &Setup<'_>) -> Result<Vec<Target>, BoxError
     }
 
     let addr = free_addr()?;
-    let args = vec![
-        "--listen".into(),
-        addr.to_string(),
-        "--upstream".into(),
-        up.clone(),
-    ];
+    let args = proxy_args(addr, &up);
     targets.push(
         start(
             Kind::CorralNone,
@@ -268,4 +258,14 @@ pub(crate) async fn start_all(setup: &Setup<'_>) -> Result<Vec<Target>, BoxError
         .await?,
     );
     Ok(targets)
+}
+
+/// `--listen ADDR --upstream UP`: what every proxy under test is told.
+fn proxy_args(addr: std::net::SocketAddr, up: &str) -> Vec<String> {
+    vec![
+        "--listen".into(),
+        addr.to_string(),
+        "--upstream".into(),
+        up.to_string(),
+    ]
 }
