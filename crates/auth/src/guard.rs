@@ -1,0 +1,266 @@
+//! The decision for one request: its class's permissions, then its
+//! signature, freshness and request id.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use corral_core::{Body, BoxError, ConfigError, RequestMeta};
+use http::Request;
+use http_body_util::{BodyExt, Limited};
+
+use crate::config::AuthConfig;
+use crate::error::{Forbidden, SignatureProblem, SignatureRefused};
+use crate::permissions::{Denied, Permissions};
+use crate::replay::ReplayStore;
+use crate::sign::Signed;
+
+/// A check that must wait: reading a body, or asking the replay store.
+pub(crate) type Pending = Pin<Box<dyn Future<Output = Result<Request<Body>, BoxError>> + Send>>;
+
+/// What to do with a request. Short-lived, moved once: boxing the request
+/// would cost an allocation on every request for nothing.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Admission {
+    /// Let it through as it is.
+    Now(Request<Body>),
+    /// Refuse it.
+    Refused(BoxError),
+    /// Decide once this resolves.
+    Later(Pending),
+}
+
+/// Seconds since the Unix epoch, with fractions.
+pub(crate) type Clock = fn() -> f64;
+
+fn wall_clock() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+pub(crate) struct Guard {
+    permissions: Permissions,
+    secrets: HashMap<String, Arc<[u8]>>,
+    require_signatures: bool,
+    freshness: Duration,
+    max_body: usize,
+    replay: Arc<dyn ReplayStore>,
+    clock: Clock,
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secrets.
+        f.debug_struct("Guard")
+            .field("signing_agents", &self.secrets.len())
+            .field("require_signatures", &self.require_signatures)
+            .field("freshness", &self.freshness)
+            .finish()
+    }
+}
+
+impl Guard {
+    pub(crate) fn new(
+        config: &AuthConfig,
+        replay: Arc<dyn ReplayStore>,
+        clock: Option<Clock>,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let mut secrets = HashMap::new();
+        for (agent, secret) in &config.secrets {
+            secrets.insert(
+                agent.clone(),
+                Arc::from(secret.resolve(&format!("secrets.{agent}"))?),
+            );
+        }
+        Ok(Self {
+            permissions: Permissions::new(config)?,
+            secrets,
+            require_signatures: config.require_signatures,
+            freshness: config.freshness,
+            max_body: config.max_signed_body_bytes,
+            replay,
+            clock: clock.unwrap_or(wall_clock),
+        })
+    }
+
+    pub(crate) fn admit(self: &Arc<Self>, request: Request<Body>) -> Admission {
+        let Some(meta) = request.extensions().get::<RequestMeta>() else {
+            return Admission::Refused(
+                "the auth layer needs the request's identity: put classify before it".into(),
+            );
+        };
+        let class = meta.class.as_str();
+        match self
+            .permissions
+            .check(class, meta.endpoint, meta.model.as_deref())
+        {
+            Ok(()) => {}
+            Err(Denied::Endpoint) => {
+                return Admission::Refused(Box::new(Forbidden {
+                    message: format!(
+                        "agents of class {class:?} may not call {} {}",
+                        request.method(),
+                        request.uri().path()
+                    ),
+                }))
+            }
+            Err(Denied::Model) => {
+                return Admission::Refused(Box::new(Forbidden {
+                    message: format!(
+                        "agents of class {class:?} may not use the model {:?}",
+                        meta.model.as_deref().unwrap_or_default()
+                    ),
+                }))
+            }
+        }
+        let agent = meta.agent.as_str().to_string();
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let refuse = |problem, message: String| {
+            Admission::Refused(Box::new(SignatureRefused::new(problem, message)))
+        };
+        let secret = self.secrets.get(&agent).cloned();
+        let (signature, secret) = match (header("x-signature"), secret) {
+            (None, None) if !self.require_signatures => return Admission::Now(request),
+            (None, _) => {
+                return refuse(
+                    SignatureProblem::Missing,
+                    format!("agent {agent:?} must sign its requests: send X-Timestamp, X-Request-Id and X-Signature"),
+                )
+            }
+            (Some(_), None) => {
+                return refuse(
+                    SignatureProblem::Invalid,
+                    format!("agent {agent:?} has no signing secret: it cannot sign"),
+                )
+            }
+            (Some(signature), Some(secret)) => (signature, secret),
+        };
+        let Some(timestamp) = header("x-timestamp") else {
+            return refuse(
+                SignatureProblem::Invalid,
+                "a signed request needs X-Timestamp".into(),
+            );
+        };
+        let Some(sent) = timestamp
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|t| t.is_finite())
+        else {
+            return refuse(
+                SignatureProblem::Invalid,
+                "X-Timestamp must be seconds since the Unix epoch".into(),
+            );
+        };
+        let skew = ((self.clock)() - sent).abs();
+        if skew > self.freshness.as_secs_f64() {
+            return refuse(
+                SignatureProblem::Stale,
+                format!(
+                    "X-Timestamp is {skew:.0} s from Corral's clock; requests are accepted within {} s",
+                    self.freshness.as_secs()
+                ),
+            );
+        }
+        let Some(request_id) = header("x-request-id").filter(|id| !id.is_empty()) else {
+            return refuse(
+                SignatureProblem::Invalid,
+                "a signed request needs X-Request-Id".into(),
+            );
+        };
+        let guard = self.clone();
+        let check = Check {
+            agent,
+            timestamp,
+            request_id,
+            signature,
+            secret,
+        };
+        if let Some(bytes) = request.body().buffered() {
+            if let Err(refused) = guard.verify(&check, &request, bytes) {
+                return Admission::Refused(Box::new(refused));
+            }
+            return Admission::Later(Box::pin(async move {
+                guard.remember(&check).await?;
+                Ok(request)
+            }));
+        }
+        Admission::Later(Box::pin(async move {
+            // A streamed body (a blob upload) is read whole to be hashed:
+            // the signature covers it.
+            let (parts, body) = request.into_parts();
+            let bytes = Limited::new(body, guard.max_body)
+                .collect()
+                .await
+                .map_err(|e| -> BoxError {
+                    format!("reading a signed request's body: {e}").into()
+                })?
+                .to_bytes();
+            let request = Request::from_parts(parts, Body::from(bytes.clone()));
+            guard.verify(&check, &request, &bytes)?;
+            guard.remember(&check).await?;
+            Ok(request)
+        }))
+    }
+
+    fn verify(
+        &self,
+        check: &Check,
+        request: &Request<Body>,
+        body: &Bytes,
+    ) -> Result<(), SignatureRefused> {
+        let signed = Signed {
+            agent: &check.agent,
+            method: request.method().as_str(),
+            path_and_query: request.uri().path_and_query().map_or("/", |p| p.as_str()),
+            timestamp: &check.timestamp,
+            request_id: &check.request_id,
+            body,
+        };
+        if signed.verify(&check.secret, &check.signature) {
+            Ok(())
+        } else {
+            Err(SignatureRefused::new(
+                SignatureProblem::Invalid,
+                "the signature does not match the request: see the signing string in the README",
+            ))
+        }
+    }
+
+    async fn remember(&self, check: &Check) -> Result<(), BoxError> {
+        // A request id stays spent as long as a request carrying it could
+        // still be fresh: its timestamp may be up to one window ahead.
+        let key = format!("{}\n{}", check.agent, check.request_id);
+        if self.replay.remember(key, self.freshness * 2).await? {
+            Ok(())
+        } else {
+            Err(Box::new(SignatureRefused::new(
+                SignatureProblem::Replayed,
+                format!(
+                    "request id {:?} was already used by this agent within the last {} s",
+                    check.request_id,
+                    (self.freshness * 2).as_secs()
+                ),
+            )))
+        }
+    }
+}
+
+struct Check {
+    agent: String,
+    timestamp: String,
+    request_id: String,
+    signature: String,
+    secret: Arc<[u8]>,
+}

@@ -1,0 +1,55 @@
+use std::sync::Arc;
+
+use corral_core::ConfigError;
+use tower::Layer;
+
+use crate::config::AuthConfig;
+use crate::guard::Guard;
+use crate::replay::{MemoryReplay, ReplayStore};
+use crate::service::AuthService;
+
+/// Puts an [`AuthService`] in front of a service.
+#[derive(Clone, Debug)]
+pub struct AuthLayer {
+    guard: Arc<Guard>,
+}
+
+impl AuthLayer {
+    /// A layer for `config`, remembering request ids in memory. Secrets
+    /// are read now: a missing variable or file is a start-up error.
+    pub fn new(config: &AuthConfig) -> Result<Self, ConfigError> {
+        Self::with_store(config, Arc::new(MemoryReplay::new(config.replay_memory)))
+    }
+
+    /// A layer for `config` remembering request ids in `store` (shared by
+    /// every replica when the store is).
+    pub fn with_store(
+        config: &AuthConfig,
+        store: Arc<dyn ReplayStore>,
+    ) -> Result<Self, ConfigError> {
+        crate::metrics::describe();
+        Ok(Self {
+            guard: Arc::new(Guard::new(config, store, None)?),
+        })
+    }
+
+    /// The same with a clock of its own (seconds since the Unix epoch), so
+    /// tests can move time.
+    pub fn with_clock(
+        config: &AuthConfig,
+        store: Arc<dyn ReplayStore>,
+        clock: fn() -> f64,
+    ) -> Result<Self, ConfigError> {
+        Ok(Self {
+            guard: Arc::new(Guard::new(config, store, Some(clock))?),
+        })
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService::new(inner, self.guard.clone())
+    }
+}

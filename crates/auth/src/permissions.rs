@@ -1,0 +1,158 @@
+//! What each class may call, compiled for a lookup per request.
+
+use std::collections::HashMap;
+
+use corral_core::{ConfigError, Endpoint};
+
+use crate::config::{endpoint_set, AuthConfig};
+
+#[derive(Debug, Clone)]
+struct Rule {
+    endpoints: [bool; Endpoint::ALL.len()],
+    /// `None`: any model. Names match with or without `:latest`; a
+    /// trailing `*` matches any rest.
+    models: Option<Vec<String>>,
+}
+
+/// The permissions of every class.
+#[derive(Debug, Clone)]
+pub(crate) struct Permissions {
+    classes: HashMap<String, Rule>,
+    default: Rule,
+}
+
+/// Why a request is not allowed.
+pub(crate) enum Denied {
+    Endpoint,
+    Model,
+}
+
+impl Permissions {
+    pub(crate) fn new(config: &AuthConfig) -> Result<Self, ConfigError> {
+        let default_endpoints = endpoint_set(&config.default_endpoints)
+            .map_err(|e| ConfigError::new("default_endpoints", e))?;
+        let mut classes = HashMap::new();
+        for (name, permissions) in &config.classes {
+            let endpoints = match &permissions.endpoints {
+                Some(list) => endpoint_set(list)
+                    .map_err(|e| ConfigError::new(format!("classes.{name}.endpoints"), e))?,
+                None => default_endpoints,
+            };
+            classes.insert(
+                name.clone(),
+                Rule {
+                    endpoints,
+                    models: permissions.models.clone(),
+                },
+            );
+        }
+        Ok(Self {
+            classes,
+            default: Rule {
+                endpoints: default_endpoints,
+                models: None,
+            },
+        })
+    }
+
+    /// Whether `class` may call `endpoint` with `model`.
+    pub(crate) fn check(
+        &self,
+        class: &str,
+        endpoint: Endpoint,
+        model: Option<&str>,
+    ) -> Result<(), Denied> {
+        let rule = self.classes.get(class).unwrap_or(&self.default);
+        let index = Endpoint::ALL
+            .iter()
+            .position(|e| *e == endpoint)
+            .unwrap_or(Endpoint::ALL.len() - 1);
+        if !rule.endpoints[index] {
+            return Err(Denied::Endpoint);
+        }
+        match (&rule.models, model) {
+            (Some(allowed), Some(model)) if !allowed.iter().any(|a| matches(a, model)) => {
+                Err(Denied::Model)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn matches(pattern: &str, model: &str) -> bool {
+    if let Some(prefix) = pattern.strip_suffix('*') {
+        return model.starts_with(prefix);
+    }
+    let base = |name: &str| name.strip_suffix(":latest").unwrap_or(name).to_string();
+    base(pattern) == base(model)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn permissions(toml_text: &str) -> Permissions {
+        let config: AuthConfig = toml::from_str(toml_text).unwrap();
+        Permissions::new(&config).unwrap()
+    }
+
+    #[test]
+    fn by_default_a_class_may_infer_and_read_but_not_manage() {
+        let p = permissions("");
+        assert!(p.check("any", Endpoint::Chat, Some("llama3")).is_ok());
+        assert!(p.check("any", Endpoint::Tags, None).is_ok());
+        assert!(matches!(
+            p.check("any", Endpoint::Pull, None),
+            Err(Denied::Endpoint)
+        ));
+        assert!(matches!(
+            p.check("any", Endpoint::Delete, None),
+            Err(Denied::Endpoint)
+        ));
+        assert!(matches!(
+            p.check("any", Endpoint::Create, None),
+            Err(Denied::Endpoint)
+        ));
+        assert!(matches!(
+            p.check("any", Endpoint::Other, None),
+            Err(Denied::Endpoint)
+        ));
+    }
+
+    #[test]
+    fn a_class_may_be_given_endpoints_and_held_to_models() {
+        let p = permissions(
+            r#"
+            [classes.ops]
+            endpoints = ["all"]
+            [classes.batch]
+            endpoints = ["embed", "v1_embeddings", "tags"]
+            models = ["nomic-embed-text", "mxbai*"]
+            "#,
+        );
+        assert!(p.check("ops", Endpoint::Delete, None).is_ok());
+        assert!(p
+            .check("batch", Endpoint::Embed, Some("nomic-embed-text:latest"))
+            .is_ok());
+        assert!(p
+            .check("batch", Endpoint::Embed, Some("mxbai-embed-large"))
+            .is_ok());
+        assert!(matches!(
+            p.check("batch", Endpoint::Embed, Some("llama3")),
+            Err(Denied::Model)
+        ));
+        assert!(matches!(
+            p.check("batch", Endpoint::Chat, Some("nomic-embed-text")),
+            Err(Denied::Endpoint)
+        ));
+        assert!(p.check("batch", Endpoint::Tags, None).is_ok());
+    }
+
+    #[test]
+    fn unknown_endpoint_names_are_refused_at_start() {
+        let config: AuthConfig = toml::from_str("[classes.x]\nendpoints = [\"chatt\"]\n").unwrap();
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.key(), "classes.x.endpoints");
+        assert!(err.to_string().contains("chatt"));
+    }
+}
