@@ -282,11 +282,10 @@ fn corral_config(options: &Options, upstream: &str) -> Result<corral::Config, Er
             .into());
         }
         for index in 0..class.agents {
-            config.agents.push(corral::config::AgentConfig {
-                id: format!("{}-{index:02}", class.name),
-                key: None,
-                class: Some(class.name.to_string()),
-            });
+            config.agents.push(corral::config::AgentConfig::new(
+                format!("{}-{index:02}", class.name),
+                Some(class.name.to_string()),
+            ));
         }
     }
     config

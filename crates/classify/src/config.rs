@@ -1,3 +1,4 @@
+use corral_core::ConfigError;
 use serde::Deserialize;
 
 /// The largest request body `classify` reads into memory unless told
@@ -79,11 +80,103 @@ pub struct AgentConfig {
     pub id: String,
     /// Its API key. An agent with a key is recognised by that key only: a
     /// request that names it with `X-Agent-Id` without the key is refused.
+    /// Prefer `key_sha256`, `key_env` or `key_file`, which keep the key
+    /// out of the config file.
     #[serde(default)]
     pub key: Option<String>,
+    /// The SHA-256 of its API key, hex (`corral hash-key` prints it).
+    #[serde(default)]
+    pub key_sha256: Option<String>,
+    /// An environment variable that holds its API key.
+    #[serde(default)]
+    pub key_env: Option<String>,
+    /// A file that holds its API key (trailing whitespace ignored).
+    #[serde(default)]
+    pub key_file: Option<std::path::PathBuf>,
+    /// The key no longer opens anything: 401 "revoked", and the agent's id
+    /// cannot be claimed without it either.
+    #[serde(default)]
+    pub revoked: bool,
     /// Its class; the default class when unset.
     #[serde(default)]
     pub class: Option<String>,
+}
+
+impl AgentConfig {
+    /// An agent `id` of `class` with no key.
+    pub fn new(id: impl Into<String>, class: Option<String>) -> Self {
+        Self {
+            id: id.into(),
+            key: None,
+            key_sha256: None,
+            key_env: None,
+            key_file: None,
+            revoked: false,
+            class,
+        }
+    }
+
+    /// The SHA-256 of its key, from whichever source gives it; `None`
+    /// without one. `at` names a key in errors.
+    pub(crate) fn key_digest(
+        &self,
+        at: impl Fn(&str) -> String,
+    ) -> Result<Option<[u8; 32]>, ConfigError> {
+        let given = [
+            self.key.is_some(),
+            self.key_sha256.is_some(),
+            self.key_env.is_some(),
+            self.key_file.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() > 1 {
+            return Err(ConfigError::new(
+                at("key"),
+                "give at most one of key, key_sha256, key_env, key_file",
+            ));
+        }
+        let plain = |key: String, field: &str| {
+            if key.len() < 8 {
+                return Err(ConfigError::new(at(field), "must be at least 8 characters"));
+            }
+            Ok(Some(crate::identity::digest(&key)))
+        };
+        if let Some(key) = &self.key {
+            return plain(key.clone(), "key");
+        }
+        if let Some(var) = &self.key_env {
+            let key = std::env::var(var).map_err(|_| {
+                ConfigError::new(at("key_env"), format!("the variable {var} is not set"))
+            })?;
+            return plain(key, "key_env");
+        }
+        if let Some(path) = &self.key_file {
+            let key = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new(
+                    at("key_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            return plain(key.trim_end().to_string(), "key_file");
+        }
+        if let Some(hex) = &self.key_sha256 {
+            let hex = hex.trim().strip_prefix("sha256:").unwrap_or(hex.trim());
+            let bytes: Option<Vec<u8>> = (hex.len() == 64)
+                .then(|| {
+                    (0..32)
+                        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+                        .collect()
+                })
+                .flatten();
+            return match bytes.and_then(|b| <[u8; 32]>::try_from(b).ok()) {
+                Some(digest) => Ok(Some(digest)),
+                None => Err(ConfigError::new(
+                    at("key_sha256"),
+                    "must be 64 hex digits: the SHA-256 of the key, as `corral hash-key` prints it",
+                )),
+            };
+        }
+        Ok(None)
+    }
 }
 
 fn default_max_request_bytes() -> usize {

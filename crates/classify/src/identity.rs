@@ -23,6 +23,7 @@ struct Agent {
     id: AgentId,
     class: usize,
     has_key: bool,
+    revoked: bool,
 }
 
 /// The agents and classes of a config, indexed for the request path.
@@ -134,11 +135,9 @@ impl Identities {
                     format!("agent {:?} is listed twice", agent.id),
                 ));
             }
-            if let Some(key) = &agent.key {
-                if key.len() < 8 {
-                    return Err(ConfigError::new(at("key"), "must be at least 8 characters"));
-                }
-                if by_key.insert(digest(key), agents.len()).is_some() {
+            let key = agent.key_digest(at)?;
+            if let Some(key) = key {
+                if by_key.insert(key, agents.len()).is_some() {
                     return Err(ConfigError::new(
                         at("key"),
                         "another agent has the same key",
@@ -148,7 +147,8 @@ impl Identities {
             agents.push(Agent {
                 id: AgentId::from(agent.id.as_str()),
                 class,
-                has_key: agent.key.is_some(),
+                has_key: key.is_some(),
+                revoked: agent.revoked,
             });
         }
         Ok(Self {
@@ -168,6 +168,11 @@ impl Identities {
         if let Some(key) = bearer(headers) {
             if let Some(&i) = self.by_key.get(&digest(key)) {
                 let agent = &self.agents[i];
+                if agent.revoked {
+                    return Err(Unauthenticated {
+                        message: "this API key has been revoked",
+                    });
+                }
                 return Ok(Identity {
                     agent: agent.id.clone(),
                     class: &self.classes[agent.class],
@@ -199,6 +204,9 @@ impl Identities {
         };
         let claimed = claimed.trim();
         match self.by_id.get(claimed) {
+            Some(&i) if self.agents[i].revoked => Err(Unauthenticated {
+                message: "this agent has been revoked",
+            }),
             Some(&i) if self.agents[i].has_key => Err(Unauthenticated {
                 message: "this agent id has an API key: send Authorization: Bearer <key>",
             }),
@@ -257,6 +265,6 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|k| !k.is_empty())
 }
 
-fn digest(key: &str) -> [u8; 32] {
+pub(crate) fn digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }

@@ -124,6 +124,63 @@ async fn an_unknown_key_is_ignored_unless_keys_are_required() {
 }
 
 #[tokio::test]
+async fn keys_kept_as_hashes_or_in_files_identify_and_revoked_ones_are_refused() {
+    let file = std::env::temp_dir().join(format!("corral-classify-key-{}", std::process::id()));
+    std::fs::write(&file, "sk-from-a-file-key\n").unwrap();
+    let fleet = config(
+        &format!(
+            r#"
+        [[agents]]
+        id = "hashed"
+        key_sha256 = "sha256:HASH"
+        [[agents]]
+        id = "filed"
+        key_file = {:?}
+        [[agents]]
+        id = "gone"
+        key = "sk-revoked-key-1"
+        revoked = true
+        "#,
+            file.display().to_string()
+        )
+        .replace(
+            "HASH",
+            "c6b0df97c94d158eae9358897ac3f344638cb8305fb9260e8c93c6bb8a72d334",
+        ),
+    );
+    let with_key = |key: &str| {
+        chat(CHAT)
+            .header("authorization", format!("Bearer {key}"))
+            .body(Body::from(CHAT))
+            .unwrap()
+    };
+    let seen = classify(&fleet, with_key("sk-hashed-agent-key"))
+        .await
+        .unwrap();
+    assert_eq!(seen.meta.agent.as_str(), "hashed");
+    assert!(seen.meta.authenticated);
+    let seen = classify(&fleet, with_key("sk-from-a-file-key"))
+        .await
+        .unwrap();
+    assert_eq!(seen.meta.agent.as_str(), "filed");
+    let err = classify(&fleet, with_key("sk-revoked-key-1"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("revoked"), "{err}");
+    let err = classify(
+        &fleet,
+        chat(CHAT)
+            .header("x-agent-id", "gone")
+            .body(Body::from(CHAT))
+            .unwrap(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("revoked"), "{err}");
+    std::fs::remove_file(file).unwrap();
+}
+
+#[tokio::test]
 async fn naming_a_keyed_agent_without_its_key_is_refused() {
     let err = classify(
         &config(FLEET),
@@ -430,6 +487,22 @@ fn bad_configs_are_refused_with_the_key_and_reason() {
             "agents[1].id",
         ),
         ("[[agents]]\nid = \"x\"\nkey = \"short\"", "agents[0].key"),
+        (
+            "[[agents]]\nid = \"x\"\nkey_sha256 = \"abc\"",
+            "agents[0].key_sha256",
+        ),
+        (
+            "[[agents]]\nid = \"x\"\nkey = \"long enough\"\nkey_env = \"K\"",
+            "agents[0].key",
+        ),
+        (
+            "[[agents]]\nid = \"x\"\nkey_env = \"CORRAL_TEST_NO_SUCH_VAR\"",
+            "agents[0].key_env",
+        ),
+        (
+            "[[agents]]\nid = \"x\"\nkey_file = \"/no/such/key\"",
+            "agents[0].key_file",
+        ),
         ("default_class = \"nobody\"", "default_class"),
         ("max_request_bytes = 0", "max_request_bytes"),
     ];

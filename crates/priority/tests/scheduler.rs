@@ -414,7 +414,10 @@ fn a_reserve_holds_back_at_least_one_permit_and_asks_a_real_priority() {
     // More than the pool has is clamped at run time (see below), so a
     // file written for capacity 4 still starts with `--capacity 1`.
     assert!(config(4, 1).validate().is_ok());
-    assert_eq!(config(0, 4).validate().unwrap_err().key(), "reserve.permits");
+    assert_eq!(
+        config(0, 4).validate().unwrap_err().key(),
+        "reserve.permits"
+    );
     let mut bad_priority = config(1, 4);
     bad_priority.reserve.as_mut().unwrap().up_to_priority = 11;
     assert_eq!(
