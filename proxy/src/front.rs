@@ -154,7 +154,9 @@ impl Front {
         if let Some(value) = request_id_header {
             response.headers_mut().insert(headers::X_REQUEST_ID, value);
         }
-        span.record("status", response.status().as_u16());
+        if crate::observe::access_logged() {
+            span.record("status", response.status().as_u16());
+        }
         let observation = Observation::at_headers(
             &response,
             start,

@@ -7,21 +7,15 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
 use corral_core::{
-    headers, BoxBody, BoxError, Endpoint, EndpointKind, EventSink, NewEvent, RequestId,
+    headers, BoxBody, BoxError, Endpoint, EndpointKind, EventSink, EventValue, RequestId,
     RequestMeta, Usage,
 };
 use http::{Response, StatusCode};
 use http_body::{Frame, SizeHint};
-use metrics::SharedString;
-use serde_json::json;
 use tokio::time::Instant;
 use tracing::Span;
 
-use crate::telemetry::{
-    agent_label, class_label, model_label, status_label, PROMPT_TOKENS_TOTAL, REFUSALS_TOTAL,
-    REQUESTS_IN_FLIGHT, REQUESTS_TOTAL, REQUEST_DURATION_SECONDS, TIME_TO_FIRST_BYTE_SECONDS,
-    TOKENS_GENERATED_TOTAL,
-};
+use crate::telemetry::{request_metrics, RequestMetrics, REFUSALS_TOTAL};
 
 /// One answer being watched, from its headers to its end.
 pub(crate) struct Observation {
@@ -32,10 +26,17 @@ pub(crate) struct Observation {
     meta: Option<RequestMeta>,
     request_id: RequestId,
     events: Option<Arc<dyn EventSink>>,
-    class: SharedString,
-    model: SharedString,
+    metrics: Arc<RequestMetrics>,
     first_byte: Option<Instant>,
     refused: bool,
+}
+
+/// Whether the access line (`corral::access`) is written. The span's
+/// `status` and `duration_ms` are known only once the stack has answered,
+/// and no line but the access line is logged in the span after that:
+/// without it, recording them would format two fields for nobody.
+pub(crate) fn access_logged() -> bool {
+    tracing::enabled!(target: "corral::access", tracing::Level::INFO)
 }
 
 fn millis(d: std::time::Duration) -> f64 {
@@ -55,13 +56,11 @@ impl Observation {
         events: Option<Arc<dyn EventSink>>,
     ) -> Self {
         let status = response.status();
-        let class = meta.as_ref().map_or(SharedString::const_str("none"), |m| {
-            class_label(m.class.as_str())
-        });
-        let model = meta
-            .as_ref()
-            .and_then(|m| m.model.as_deref())
-            .map_or(SharedString::const_str("none"), model_label);
+        let handles = request_metrics(
+            endpoint,
+            meta.as_ref().map(|m| m.class.as_str()),
+            meta.as_ref().and_then(|m| m.model.as_deref()),
+        );
         let reason = response
             .headers()
             .get(headers::X_CORRAL_REASON)
@@ -72,7 +71,7 @@ impl Observation {
                 .map_or_else(|| "none".to_string(), |m| m.priority.to_string());
             metrics::counter!(REFUSALS_TOTAL, "reason" => reason.to_string(), "priority" => priority).increment(1);
         }
-        metrics::gauge!(REQUESTS_IN_FLIGHT, "class" => class.clone()).increment(1.0);
+        handles.in_flight().increment(1.0);
 
         let observation = Self {
             start,
@@ -82,36 +81,43 @@ impl Observation {
             meta,
             request_id,
             events,
-            class,
-            model,
+            metrics: handles,
             first_byte: None,
             refused: reason.is_some(),
         };
         if observation.records_events(reason.is_some()) {
             let received_at = corral_core::unix_now() as f64 - start.elapsed().as_secs_f64();
-            observation.event(NewEvent::new(
+            let meta = observation.meta.as_ref();
+            observation.event(
                 "received",
-                json!({"endpoint": endpoint.as_str(), "model": observation.meta.as_ref().map(|m| m.model_str()),
-                       "priority": observation.meta.as_ref().map(|m| m.priority.get()), "class": &*observation.class,
-                       "received_at": received_at}),
-            ));
+                &[
+                    ("endpoint", endpoint.as_str().into()),
+                    ("model", meta.map(|m| m.model_str()).into()),
+                    ("priority", meta.map(|m| m.priority.get()).into()),
+                    ("class", (**observation.metrics.class()).into()),
+                    ("received_at", received_at.into()),
+                ],
+            );
             if let Some(reason) = reason {
-                observation.event(NewEvent::new(
+                observation.event(
                     "refused",
-                    json!({"reason": reason, "status": status.as_u16()}),
-                ));
+                    &[
+                        ("reason", reason.into()),
+                        ("status", status.as_u16().into()),
+                    ],
+                );
             } else {
                 let header =
                     |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok());
                 if let Some(queue_ms) =
                     header("x-corral-queue-ms").and_then(|v| v.parse::<u64>().ok())
                 {
-                    observation.event(NewEvent::new("dispatched", json!({"queue_ms": queue_ms})));
+                    observation.event("dispatched", &[("queue_ms", queue_ms.into())]);
                 }
                 if let Some(cache) =
                     header("x-corral-cache").filter(|v| *v == "hit" || *v == "stale")
                 {
-                    observation.event(NewEvent::new("cache_hit", json!({"freshness": cache})));
+                    observation.event("cache_hit", &[("freshness", cache.into())]);
                 }
             }
         }
@@ -128,9 +134,11 @@ impl Observation {
         self.events.is_some() && (refused || self.endpoint.kind() == EndpointKind::Inference)
     }
 
-    fn event(&self, event: NewEvent) {
+    /// Records an event about this request; its data is the object of
+    /// `fields`, recorded without building a `serde_json::Value`.
+    fn event(&self, kind: &'static str, fields: &[(&'static str, EventValue<'_>)]) {
         if let Some(events) = &self.events {
-            events.record(event.about(self.agent(), self.request_id.as_str()));
+            events.record_fields(kind, self.agent(), self.request_id.as_str(), fields);
         }
     }
 
@@ -138,8 +146,8 @@ impl Observation {
         if self.first_byte.is_none() {
             let now = Instant::now();
             self.first_byte = Some(now);
-            metrics::histogram!(TIME_TO_FIRST_BYTE_SECONDS, "endpoint" => self.endpoint.as_str(), "class" => self.class.clone())
-                .record(now.duration_since(self.start).as_secs_f64());
+            self.metrics
+                .first_byte(now.duration_since(self.start).as_secs_f64());
         }
     }
 
@@ -147,29 +155,16 @@ impl Observation {
     /// `error` (the stream broke).
     pub(crate) fn finish(self, outcome: &'static str, usage: Usage) {
         let elapsed = self.start.elapsed();
-        let endpoint = SharedString::const_str(self.endpoint.as_str());
-        let status = status_label(self.status);
-        match self.meta.as_ref().and_then(|m| agent_label(m.agent.as_str())) {
-            Some(agent) => metrics::counter!(REQUESTS_TOTAL, "endpoint" => endpoint.clone(), "status" => status,
-                "class" => self.class.clone(), "agent" => agent)
-            .increment(1),
-            None => metrics::counter!(REQUESTS_TOTAL, "endpoint" => endpoint.clone(), "status" => status,
-                "class" => self.class.clone())
-            .increment(1),
+        self.metrics.finished(
+            self.status,
+            self.meta.as_ref().map(|m| m.agent.as_str()),
+            outcome,
+            elapsed.as_secs_f64(),
+            usage,
+        );
+        if access_logged() {
+            self.span.record("duration_ms", millis(elapsed));
         }
-        metrics::histogram!(REQUEST_DURATION_SECONDS, "endpoint" => endpoint, "model" => self.model.clone(),
-            "class" => self.class.clone(), "outcome" => outcome)
-        .record(elapsed.as_secs_f64());
-        metrics::gauge!(REQUESTS_IN_FLIGHT, "class" => self.class.clone()).decrement(1.0);
-        if let Some(generated) = usage.generated {
-            metrics::counter!(TOKENS_GENERATED_TOTAL, "model" => self.model.clone(), "class" => self.class.clone())
-                .increment(generated);
-        }
-        if let Some(prompt) = usage.prompt {
-            metrics::counter!(PROMPT_TOKENS_TOTAL, "model" => self.model.clone(), "class" => self.class.clone())
-                .increment(prompt);
-        }
-        self.span.record("duration_ms", millis(elapsed));
         tracing::info!(
             target: "corral::access",
             parent: &self.span,
@@ -181,16 +176,21 @@ impl Observation {
         // A refusal was recorded as such at its headers.
         if self.records_events(false) && !self.refused {
             if let Some(first) = self.first_byte {
-                self.event(NewEvent::new(
+                self.event(
                     "first_byte",
-                    json!({"ttfb_ms": millis(first.duration_since(self.start))}),
-                ));
+                    &[("ttfb_ms", millis(first.duration_since(self.start)).into())],
+                );
             }
-            self.event(NewEvent::new(
+            self.event(
                 "completed",
-                json!({"outcome": outcome, "status": self.status.as_u16(), "duration_ms": millis(elapsed),
-                       "prompt_tokens": usage.prompt.unwrap_or(0), "generated_tokens": usage.generated.unwrap_or(0)}),
-            ));
+                &[
+                    ("outcome", outcome.into()),
+                    ("status", self.status.as_u16().into()),
+                    ("duration_ms", millis(elapsed).into()),
+                    ("prompt_tokens", usage.prompt.unwrap_or(0).into()),
+                    ("generated_tokens", usage.generated.unwrap_or(0).into()),
+                ],
+            );
         }
     }
 }

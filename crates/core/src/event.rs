@@ -58,8 +58,121 @@ impl NewEvent {
     }
 }
 
+/// One value of an event's data, for [`EventSink::record_fields`]: the
+/// scalars request events carry.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum EventValue<'a> {
+    /// `null`.
+    Null,
+    /// `true` or `false`.
+    Bool(bool),
+    /// A whole number.
+    U64(u64),
+    /// A whole number that may be negative.
+    I64(i64),
+    /// A number with a fraction (`null` if not finite, as in `json!`).
+    F64(f64),
+    /// Text.
+    Str(&'a str),
+}
+
+impl EventValue<'_> {
+    /// The value as `serde_json` would hold it.
+    pub fn to_json(self) -> serde_json::Value {
+        use serde_json::Value;
+        match self {
+            EventValue::Null => Value::Null,
+            EventValue::Bool(b) => Value::Bool(b),
+            EventValue::U64(n) => Value::from(n),
+            EventValue::I64(n) => Value::from(n),
+            EventValue::F64(x) => {
+                serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
+            }
+            EventValue::Str(s) => Value::from(s),
+        }
+    }
+}
+
+impl<'a> From<&'a str> for EventValue<'a> {
+    fn from(s: &'a str) -> Self {
+        EventValue::Str(s)
+    }
+}
+
+impl From<u64> for EventValue<'_> {
+    fn from(n: u64) -> Self {
+        EventValue::U64(n)
+    }
+}
+
+impl From<u16> for EventValue<'_> {
+    fn from(n: u16) -> Self {
+        EventValue::U64(n.into())
+    }
+}
+
+impl From<u8> for EventValue<'_> {
+    fn from(n: u8) -> Self {
+        EventValue::U64(n.into())
+    }
+}
+
+impl From<f64> for EventValue<'_> {
+    fn from(x: f64) -> Self {
+        EventValue::F64(x)
+    }
+}
+
+impl<'a, T: Into<EventValue<'a>>> From<Option<T>> for EventValue<'a> {
+    fn from(value: Option<T>) -> Self {
+        value.map_or(EventValue::Null, Into::into)
+    }
+}
+
 /// Where events go. Recording never blocks nor fails the request path.
 pub trait EventSink: Send + Sync + 'static {
     /// Records `event`.
     fn record(&self, event: NewEvent);
+
+    /// Records an event of `kind` about `request_id` from `agent` whose
+    /// data is the object of `fields`: the same event as
+    /// `record(NewEvent::new(kind, json!({...})).about(agent, request_id))`.
+    ///
+    /// Every inference request records three or four such events; a sink
+    /// may take them without building a `serde_json::Value` (the event
+    /// log does). The default builds the value and calls
+    /// [`record`](Self::record).
+    ///
+    /// ```
+    /// use std::sync::Mutex;
+    /// use corral_core::{EventSink, EventValue, NewEvent};
+    ///
+    /// #[derive(Default)]
+    /// struct Keep(Mutex<Vec<NewEvent>>);
+    /// impl EventSink for Keep {
+    ///     fn record(&self, event: NewEvent) {
+    ///         self.0.lock().unwrap().push(event);
+    ///     }
+    /// }
+    ///
+    /// let sink = Keep::default();
+    /// let model: Option<&str> = None;
+    /// sink.record_fields("received", "planner", "r1", &[("endpoint", "chat".into()), ("model", model.into())]);
+    /// let expected = NewEvent::new("received", serde_json::json!({"endpoint": "chat", "model": null}))
+    ///     .about("planner", "r1");
+    /// assert_eq!(sink.0.lock().unwrap()[0], expected);
+    /// ```
+    fn record_fields(
+        &self,
+        kind: &'static str,
+        agent: &str,
+        request_id: &str,
+        fields: &[(&'static str, EventValue<'_>)],
+    ) {
+        let data = fields
+            .iter()
+            .map(|(key, value)| ((*key).to_string(), value.to_json()))
+            .collect::<serde_json::Map<_, _>>();
+        self.record(NewEvent::new(kind, serde_json::Value::Object(data)).about(agent, request_id));
+    }
 }

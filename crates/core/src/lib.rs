@@ -49,7 +49,7 @@ pub use config::ConfigError;
 pub use degradation::{Degradation, Level};
 pub use endpoint::{ApiFamily, Endpoint, EndpointKind};
 pub use error::{stream_error_frame, ErrorBody};
-pub use event::{Event, EventSink, NewEvent};
+pub use event::{Event, EventSink, EventValue, NewEvent};
 pub use load::{LoadCell, LoadSnapshot, UpstreamLoad};
 pub use meta::{
     AgentId, ClassName, GenerationParams, MetaSlot, Priority, PriorityError, RequestId, RequestMeta,

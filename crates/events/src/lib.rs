@@ -30,6 +30,7 @@
 //! ```
 
 mod log;
+mod packed;
 mod projection;
 
 pub use log::{EventLog, EventsConfig, Query, DEFAULT_CAPACITY};

@@ -1,15 +1,16 @@
 //! The log: a bounded ring in memory, optionally a JSON-lines file.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use corral_core::{Event, EventSink, NewEvent};
-use serde::Deserialize;
+use corral_core::{Event, EventSink, EventValue, NewEvent};
+use serde::{Deserialize, Serialize};
 
-use crate::projection::{apply, AgentUsage};
+use crate::packed::Packed;
+use crate::projection::{fold, fold_json, AgentUsage};
 
 /// Events kept in memory unless told otherwise (the design's last
 /// 100,000).
@@ -50,9 +51,101 @@ pub struct Query {
 }
 
 struct State {
-    events: VecDeque<Event>,
+    capacity: usize,
+    events: VecDeque<Stored>,
     next_id: u64,
-    usage: BTreeMap<String, AgentUsage>,
+    /// Per-agent usage; its keys are the names the stored events share.
+    usage: BTreeMap<Arc<str>, AgentUsage>,
+    /// The kinds seen, shared by the stored events.
+    kinds: BTreeSet<Arc<str>>,
+}
+
+/// An event in memory: its agent and kind shared with the others, its
+/// request id and data packed (see [`Packed`]), ~200 bytes in all where
+/// an [`Event`] holding a `serde_json::Value` takes ~1 KiB.
+struct Stored {
+    id: u64,
+    timestamp: f64,
+    kind: Arc<str>,
+    agent: Option<Arc<str>>,
+    packed: Packed,
+}
+
+impl Stored {
+    fn to_event(&self) -> Event {
+        Event {
+            id: self.id,
+            timestamp: self.timestamp,
+            kind: self.kind.to_string(),
+            agent: self.agent.as_deref().map(str::to_string),
+            request_id: self.packed.request_id().map(str::to_string),
+            data: self.packed.data(),
+        }
+    }
+}
+
+impl State {
+    /// Folds an event into its agent's usage (`fold` does) and keeps it;
+    /// the caller numbered it.
+    fn insert(
+        &mut self,
+        id: u64,
+        timestamp: f64,
+        kind: &str,
+        agent: Option<&str>,
+        fold: impl FnOnce(&mut AgentUsage),
+        packed: Packed,
+    ) {
+        let agent = agent.map(|agent| {
+            let name = match self.usage.get_key_value(agent) {
+                Some((name, _)) => name.clone(),
+                None => {
+                    let name = Arc::<str>::from(agent);
+                    self.usage.insert(name.clone(), AgentUsage::default());
+                    name
+                }
+            };
+            if let Some(usage) = self.usage.get_mut(agent) {
+                fold(usage);
+            }
+            name
+        });
+        if self.capacity == 0 {
+            return;
+        }
+        let kind = match self.kinds.get(kind) {
+            Some(kind) => kind.clone(),
+            None => {
+                let kind = Arc::<str>::from(kind);
+                self.kinds.insert(kind.clone());
+                kind
+            }
+        };
+        if self.events.len() >= self.capacity {
+            self.events.pop_front();
+        }
+        self.events.push_back(Stored {
+            id,
+            timestamp,
+            kind,
+            agent,
+            packed,
+        });
+    }
+}
+
+/// An event as a line of the file: the same JSON as [`Event`]'s, written
+/// from borrowed parts.
+#[derive(Serialize)]
+struct Line<'a> {
+    id: u64,
+    timestamp: f64,
+    kind: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a str>,
+    data: &'a serde_json::Value,
 }
 
 /// The event log.
@@ -79,9 +172,11 @@ impl EventLog {
     /// back (their usage included) and new ones appended.
     pub fn open(config: &EventsConfig) -> std::io::Result<Self> {
         let mut state = State {
+            capacity: config.capacity,
             events: VecDeque::with_capacity(config.capacity.min(4096)),
             next_id: 1,
             usage: BTreeMap::new(),
+            kinds: BTreeSet::new(),
         };
         let file = match &config.file {
             None => None,
@@ -92,8 +187,15 @@ impl EventLog {
                         match serde_json::from_str::<Event>(&line) {
                             Ok(event) => {
                                 state.next_id = state.next_id.max(event.id + 1);
-                                apply(&mut state.usage, &event);
-                                push(&mut state.events, event, config.capacity);
+                                let packed = Packed::new(event.request_id.as_deref(), &event.data);
+                                state.insert(
+                                    event.id,
+                                    event.timestamp,
+                                    &event.kind,
+                                    event.agent.as_deref(),
+                                    |usage| fold_json(usage, &event.kind, &event.data),
+                                    packed,
+                                );
                             }
                             Err(e) => {
                                 tracing::warn!(error = %e, "skipping an unreadable line of the event file")
@@ -122,17 +224,19 @@ impl EventLog {
                     .agent
                     .as_deref()
                     .is_none_or(|a| e.agent.as_deref() == Some(a))
-                && query.kind.as_deref().is_none_or(|k| e.kind == k)
+                && query.kind.as_deref().is_none_or(|k| *e.kind == *k)
         });
-        match query.limit {
-            Some(limit) => matching.take(limit).cloned().collect(),
-            None => matching.cloned().collect(),
-        }
+        let limit = query.limit.unwrap_or(usize::MAX);
+        matching.take(limit).map(Stored::to_event).collect()
     }
 
     /// Per-agent usage over every event recorded (and read back).
     pub fn usage(&self) -> BTreeMap<String, AgentUsage> {
-        lock(&self.state).usage.clone()
+        lock(&self.state)
+            .usage
+            .iter()
+            .map(|(agent, usage)| (agent.to_string(), usage.clone()))
+            .collect()
     }
 
     /// Events held in memory, and the id the next one will get.
@@ -142,43 +246,87 @@ impl EventLog {
     }
 }
 
-fn push(events: &mut VecDeque<Event>, event: Event, capacity: usize) {
-    if capacity == 0 {
-        return;
-    }
-    if events.len() >= capacity {
-        events.pop_front();
-    }
-    events.push_back(event);
-}
-
 impl EventSink for EventLog {
     fn record(&self, new: NewEvent) {
-        let timestamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        let event = {
+        let timestamp = now();
+        // Packed before taking the lock: recording threads wait on each
+        // other only for the numbering and the projection.
+        let packed = Packed::new(new.request_id.as_deref(), &new.data);
+        let id = {
             let mut state = lock(&self.state);
-            let event = Event {
-                id: state.next_id,
-                timestamp,
-                kind: new.kind.to_string(),
-                agent: new.agent,
-                request_id: new.request_id,
-                data: new.data,
-            };
+            let id = state.next_id;
             state.next_id += 1;
-            apply(&mut state.usage, &event);
-            push(&mut state.events, event.clone(), self.capacity);
-            event
+            state.insert(
+                id,
+                timestamp,
+                new.kind,
+                new.agent.as_deref(),
+                |usage| fold_json(usage, new.kind, &new.data),
+                packed,
+            );
+            id
         };
         if let Some(file) = &self.file {
-            let mut line = serde_json::to_vec(&event).unwrap_or_default();
+            let line = Line {
+                id,
+                timestamp,
+                kind: new.kind,
+                agent: new.agent.as_deref(),
+                request_id: new.request_id.as_deref(),
+                data: &new.data,
+            };
+            let mut line = serde_json::to_vec(&line).unwrap_or_default();
             line.push(b'\n');
             if let Err(e) = lock(file).write_all(&line) {
                 tracing::warn!(error = %e, "cannot append to the event file");
             }
         }
     }
+
+    fn record_fields(
+        &self,
+        kind: &'static str,
+        agent: &str,
+        request_id: &str,
+        fields: &[(&'static str, EventValue<'_>)],
+    ) {
+        if self.file.is_some() {
+            // The file's lines are written from the value, as they
+            // always were.
+            let data = fields
+                .iter()
+                .map(|(name, value)| ((*name).to_string(), value.to_json()))
+                .collect::<serde_json::Map<_, _>>();
+            self.record(
+                NewEvent::new(kind, serde_json::Value::Object(data)).about(agent, request_id),
+            );
+            return;
+        }
+        let timestamp = now();
+        let packed = Packed::fields(request_id, fields);
+        let mut state = lock(&self.state);
+        let id = state.next_id;
+        state.next_id += 1;
+        let field = |name: &str| {
+            fields
+                .iter()
+                .find(|(field, _)| *field == name)
+                .map(|(_, value)| *value)
+        };
+        state.insert(
+            id,
+            timestamp,
+            kind,
+            Some(agent),
+            |usage| fold(usage, kind, field),
+            packed,
+        );
+    }
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }

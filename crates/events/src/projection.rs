@@ -2,8 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use corral_core::Event;
+use corral_core::{Event, EventValue};
 use serde::Serialize;
+
+use crate::packed::scalar;
 
 /// What one agent has used.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -31,29 +33,53 @@ pub fn apply(usage: &mut BTreeMap<String, AgentUsage>, event: &Event) {
     let Some(agent) = &event.agent else {
         return;
     };
-    let entry = usage.entry(agent.clone()).or_default();
-    let number = |key: &str| {
-        event
-            .data
-            .get(key)
-            .and_then(serde_json::Value::as_u64)
-            .unwrap_or(0)
+    // Most events are about an agent already known: no key to allocate.
+    if let Some(entry) = usage.get_mut(agent.as_str()) {
+        fold_json(entry, &event.kind, &event.data);
+        return;
+    }
+    fold_json(
+        usage.entry(agent.clone()).or_default(),
+        &event.kind,
+        &event.data,
+    );
+}
+
+/// Folds an event of `kind` carrying `data` into one agent's usage.
+pub(crate) fn fold_json(entry: &mut AgentUsage, kind: &str, data: &serde_json::Value) {
+    fold(entry, kind, |name| data.get(name).map(scalar));
+}
+
+/// Folds an event of `kind` into one agent's usage; `field` reads its
+/// data by name.
+pub(crate) fn fold<'a>(
+    entry: &mut AgentUsage,
+    kind: &str,
+    field: impl Fn(&str) -> Option<EventValue<'a>>,
+) {
+    // As `Value::as_u64` reads them: whole numbers from 0 up.
+    let number = |name: &str| match field(name) {
+        Some(EventValue::U64(n)) => n,
+        Some(EventValue::I64(n)) => u64::try_from(n).unwrap_or(0),
+        _ => 0,
     };
-    match event.kind.as_str() {
+    let text = |name: &str| match field(name) {
+        Some(EventValue::Str(s)) => Some(s),
+        _ => None,
+    };
+    match kind {
         "received" => {
             entry.requests += 1;
-            if let Some(class) = event.data.get("class").and_then(serde_json::Value::as_str) {
-                entry.class = Some(class.to_string());
+            if let Some(class) = text("class") {
+                if entry.class.as_deref() != Some(class) {
+                    entry.class = Some(class.to_string());
+                }
             }
         }
         "refused" => entry.refused += 1,
         "cache_hit" => entry.cache_hits += 1,
         "completed" => {
-            match event
-                .data
-                .get("outcome")
-                .and_then(serde_json::Value::as_str)
-            {
+            match text("outcome") {
                 Some("completed") => entry.completed += 1,
                 Some("cancelled") => entry.cancelled += 1,
                 _ => {}

@@ -108,3 +108,71 @@ fn the_projection_of_the_log_is_the_live_usage_even_after_a_restart() {
     );
     assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 7);
 }
+
+#[test]
+fn replay_gives_back_each_event_exactly_as_recorded() {
+    let log = EventLog::open(&EventsConfig::default()).unwrap();
+    let received = json!({"endpoint": "generate", "model": "llama3", "priority": 5,
+                          "class": "default", "received_at": 1795645877.9998765});
+    let breaker = json!({"breaker": "upstream", "to": "open", "detail": {"failures": [1, 2]}});
+    log.record(NewEvent::new("received", received.clone()).about("a", "r-1"));
+    log.record(NewEvent::new("breaker", breaker.clone()));
+    let events = log.replay(&Query::default());
+    assert_eq!(events[0].data, received);
+    assert_eq!(events[0].agent.as_deref(), Some("a"));
+    assert_eq!(events[0].request_id.as_deref(), Some("r-1"));
+    assert_eq!(events[1].data, breaker);
+    assert_eq!(
+        (events[1].agent.as_deref(), events[1].request_id.as_deref()),
+        (None, None)
+    );
+}
+
+#[test]
+fn fields_are_recorded_as_the_value_they_stand_for() {
+    use corral_core::EventValue;
+    let by_value = EventLog::open(&EventsConfig::default()).unwrap();
+    let by_fields = EventLog::open(&EventsConfig::default()).unwrap();
+    let model: Option<&str> = Some("llama3");
+    let events: [(&'static str, Vec<(&'static str, EventValue<'_>)>); 3] = [
+        (
+            "received",
+            vec![
+                ("endpoint", "chat".into()),
+                ("model", model.into()),
+                ("priority", Some(3u8).into()),
+                ("class", "opus".into()),
+                ("received_at", 1795645877.9998765.into()),
+            ],
+        ),
+        ("first_byte", vec![("ttfb_ms", 12.345.into())]),
+        (
+            "completed",
+            vec![
+                ("outcome", "completed".into()),
+                ("status", 200u16.into()),
+                ("duration_ms", 80.5.into()),
+                ("prompt_tokens", 26u64.into()),
+                ("generated_tokens", 298u64.into()),
+            ],
+        ),
+    ];
+    for (kind, fields) in &events {
+        let data = fields
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_json()))
+            .collect::<serde_json::Map<_, _>>();
+        by_value.record(NewEvent::new(kind, data.into()).about("planner", "r-1"));
+        by_fields.record_fields(kind, "planner", "r-1", fields);
+    }
+    let strip = |log: &EventLog| {
+        log.replay(&Query::default())
+            .into_iter()
+            .map(|e| (e.id, e.kind, e.agent, e.request_id, e.data))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&by_value), strip(&by_fields));
+    assert_eq!(by_value.usage(), by_fields.usage());
+    assert_eq!(by_fields.usage()["planner"].generated_tokens, 298);
+    assert_eq!(by_fields.usage()["planner"].class.as_deref(), Some("opus"));
+}
