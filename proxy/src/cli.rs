@@ -34,6 +34,15 @@ enum Command {
         /// The config file.
         path: PathBuf,
     },
+    /// Print the SHA-256 of an API key, for `[[agents]] key_sha256`.
+    ///
+    /// Without KEY, the key is read from standard input (its trailing
+    /// newline dropped), which keeps it out of the shell's history and
+    /// the process list: `corral hash-key < key-file`.
+    HashKey {
+        /// The key; prefer standard input.
+        key: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -66,6 +75,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::CheckConfig { path }) => check_config(&path),
+        Some(Command::HashKey { key }) => hash_key(key),
         Some(Command::Serve(args)) => serve(args),
         None => serve(cli.serve),
     }
@@ -90,6 +100,27 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn hash_key(key: Option<String>) -> ExitCode {
+    let key = match key {
+        Some(key) => key,
+        None => {
+            let mut text = String::new();
+            if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut text) {
+                eprintln!("corral: cannot read the key from standard input: {e}");
+                return ExitCode::FAILURE;
+            }
+            text.trim_end_matches(['\r', '\n']).to_string()
+        }
+    };
+    // The same bound classify holds keys to at start.
+    if key.len() < 8 {
+        eprintln!("corral: a key must be at least 8 characters");
+        return ExitCode::FAILURE;
+    }
+    println!("{}", corral_auth::key_digest(&key));
+    ExitCode::SUCCESS
 }
 
 /// The config for `args`: the file (or defaults), then the environment
@@ -123,6 +154,7 @@ fn resolve(args: &ServeArgs) -> Result<Config, LoadError> {
     }
     config
         .validate()
+        .and_then(|()| config.check_admin_exposure())
         .map_err(|e| LoadError::from_config(&file, e, None))?;
     Ok(config)
 }

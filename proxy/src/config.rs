@@ -48,6 +48,15 @@ pub const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:11434";
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// How long a client may take to send its request headers.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most bytes of request headers a client may send.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// The most request headers a client may send.
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// The most connections one client address may hold open at once: a
+/// whole fleet on one host fits, one client cannot take every socket.
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 1024;
+/// How long a client may leave an answer unread before it is cut off.
+pub const DEFAULT_WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a connection to the upstream may take to open.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an idle upstream connection is kept for reuse.
@@ -113,6 +122,26 @@ pub struct ServerConfig {
     /// How long a client may take to send its request headers.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// How long a client may take to send a body that is read into
+    /// memory (JSON requests): slower is refused with 408.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// How long a client may leave its answer unread (the socket does not
+    /// take a byte) before the connection is closed and whatever it held,
+    /// an upstream permit included, is released.
+    #[serde(with = "humantime_serde")]
+    pub write_stall_timeout: Duration,
+    /// The most bytes of request headers (431 beyond); at least 8192.
+    pub max_header_bytes: usize,
+    /// The most request headers (431 beyond).
+    pub max_headers: usize,
+    /// How deeply a request body's JSON may nest (400 beyond).
+    pub max_json_depth: usize,
+    /// The most `messages` in a chat request (400 beyond).
+    pub max_messages: usize,
+    /// The most connections one client address may hold open; more are
+    /// closed as they arrive. 0: no bound.
+    pub max_connections_per_address: usize,
 }
 
 impl Default for ServerConfig {
@@ -124,6 +153,13 @@ impl Default for ServerConfig {
             max_request_bytes: corral_classify::DEFAULT_MAX_REQUEST_BYTES,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            body_read_timeout: corral_classify::DEFAULT_BODY_READ_TIMEOUT,
+            write_stall_timeout: DEFAULT_WRITE_STALL_TIMEOUT,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_json_depth: corral_classify::DEFAULT_MAX_JSON_DEPTH,
+            max_messages: corral_classify::DEFAULT_MAX_MESSAGES,
+            max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
         }
     }
 }
@@ -259,6 +295,10 @@ pub struct ClassConfig {
     /// its requests.
     #[serde(default)]
     pub critical: bool,
+    /// Its agents' answers are theirs alone: the `cache` layer keeps them
+    /// apart per agent, whatever its `namespace`.
+    #[serde(default)]
+    pub private: bool,
     /// Its quotas, enforced by the `ratelimit` layer, e.g.
     /// `{ requests_per_minute = 10, tokens_per_minute = 20000 }`.
     #[serde(default)]
@@ -415,6 +455,33 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        let server = &self.server;
+        if server.max_header_bytes < 8192 {
+            // hyper's smallest read buffer; a request line alone can
+            // take a few KiB.
+            return Err(ConfigError::new(
+                "server.max_header_bytes",
+                "must be at least 8192",
+            ));
+        }
+        for (key, value) in [
+            ("server.max_headers", server.max_headers),
+            ("server.max_json_depth", server.max_json_depth),
+            ("server.max_messages", server.max_messages),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(key, "must be at least 1"));
+            }
+        }
+        for (key, value) in [
+            ("server.body_read_timeout", server.body_read_timeout),
+            ("server.write_stall_timeout", server.write_stall_timeout),
+            ("server.header_read_timeout", server.header_read_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::new(key, "must be more than zero"));
+            }
+        }
         if self.upstream.probe_interval.is_zero() {
             return Err(ConfigError::new(
                 "upstream.probe_interval",
@@ -466,10 +533,43 @@ impl Config {
         Ok(())
     }
 
+    /// Refuses an admin API open to the network: where `/corral/*` and
+    /// `/metrics` are served (`admin.listen`, else `server.listen`) is not
+    /// a loopback address and no token guards them. Checked when the proxy
+    /// starts, after the flags and environment (a file may leave the token
+    /// to `CORRAL_ADMIN_TOKEN`), not by `check-config`.
+    ///
+    /// ```
+    /// let mut config = corral::Config::default();
+    /// assert!(config.check_admin_exposure().is_ok(), "127.0.0.1 by default");
+    /// config.server.listen = "0.0.0.0:11435".parse().unwrap();
+    /// assert_eq!(config.check_admin_exposure().unwrap_err().key(), "admin.token");
+    /// config.admin.listen = Some("127.0.0.1:9464".parse().unwrap());
+    /// assert!(config.check_admin_exposure().is_ok(), "admin on loopback only");
+    /// ```
+    pub fn check_admin_exposure(&self) -> Result<(), ConfigError> {
+        let (address, key) = match self.admin.listen {
+            Some(admin) => (admin, "admin.listen"),
+            None => (self.server.listen, "server.listen"),
+        };
+        if self.admin.token.is_some() || address.ip().is_loopback() {
+            return Ok(());
+        }
+        Err(ConfigError::new(
+            "admin.token",
+            format!(
+                "the admin API (/corral/*, /metrics) would be open on {address} ({key}), which is not a loopback address: set a token (CORRAL_ADMIN_TOKEN or [admin] token) or put admin.listen on 127.0.0.1"
+            ),
+        ))
+    }
+
     /// The config the `classify` layer is built from.
     pub fn classify(&self) -> corral_classify::ClassifyConfig {
         corral_classify::ClassifyConfig {
             max_request_bytes: self.server.max_request_bytes,
+            max_json_depth: self.server.max_json_depth,
+            max_messages: self.server.max_messages,
+            body_read_timeout: self.server.body_read_timeout,
             require_key: self.identity.require_key,
             default_class: self.identity.default_class.clone(),
             classes: self
@@ -479,6 +579,7 @@ impl Config {
                     let mut class = corral_classify::ClassConfig::new(c.name.clone());
                     class.priority = c.priority;
                     class.priorities = c.priorities;
+                    class.private = c.private;
                     class
                 })
                 .collect(),

@@ -391,3 +391,40 @@ pub(crate) fn batch(
         ),
     ))
 }
+
+/// `kind = "auth"`: its options are [`corral_auth::AuthConfig`]'s; the
+/// classes it names must be the config's.
+pub(crate) fn auth(
+    layer: &LayerConfig,
+    context: &BuildContext<'_>,
+) -> Result<StackLayer, ConfigError> {
+    let config: corral_auth::AuthConfig = options(layer)?;
+    let identity = &context.config.identity;
+    for class in config.classes.keys() {
+        let known = class == &identity.default_class
+            || context.config.classes.iter().any(|c| &c.name == class);
+        if !known {
+            // A typo would quietly give that class the default rights.
+            return Err(ConfigError::new(
+                format!("classes.{class}"),
+                format!("no [[classes]] entry is named {class:?}"),
+            ));
+        }
+    }
+    let auth = corral_auth::AuthLayer::new(&config)?;
+    let signing = match (config.secrets.len(), config.require_signatures) {
+        (_, true) => "every agent signs".to_string(),
+        (0, false) => "no signatures".to_string(),
+        (n, false) => format!("{n} agent(s) sign"),
+    };
+    Ok(StackLayer::new(
+        auth,
+        format!(
+            "{signing} (freshness {}, {} request ids remembered); classes call {} unless listed ({} listed)",
+            humantime::format_duration(config.freshness),
+            config.replay_memory,
+            config.default_endpoints.join(", "),
+            config.classes.len(),
+        ),
+    ))
+}

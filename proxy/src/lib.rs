@@ -30,6 +30,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+mod conn_guard;
 mod fields;
 pub mod front;
 mod hop;

@@ -88,6 +88,7 @@ impl std::fmt::Debug for Controls {
 /// one line each (their builders are in `layers.rs`).
 #[rustfmt::skip]
 pub const LAYERS: &[LayerKind] = &[
+    LayerKind { name: "auth", about: "per-class permissions (endpoints, models) and HMAC-signed requests with replay protection", build: crate::layers::auth, refusals: &[as_refusal::<corral_auth::Forbidden>, as_refusal::<corral_auth::SignatureRefused>] },
     LayerKind { name: "priority", about: "the scheduler: upstream permits by priority, fair share, aging, deadlines", build: crate::layers::priority, refusals: &[as_refusal::<corral_priority::DeadlineExceeded>] },
     LayerKind { name: "bulkhead", about: "named compartments with their own concurrency limits", build: crate::layers::bulkhead, refusals: &[as_refusal::<corral_bulkhead::CompartmentFull>] },
     LayerKind { name: "degrade", about: "load-driven levels: cap tokens, smaller models, refuse or answer defaults", build: crate::layers::degrade, refusals: &[as_refusal::<corral_degrade::Degraded>] },

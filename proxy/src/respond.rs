@@ -19,6 +19,7 @@ pub(crate) const BUILT_IN: &[RefusalCast] = &[
     as_refusal::<corral_classify::InvalidRequest>,
     as_refusal::<corral_classify::Unauthenticated>,
     as_refusal::<corral_classify::BodyReadFailed>,
+    as_refusal::<corral_classify::BodyTimedOut>,
     as_refusal::<corral_core::UpstreamFailed>,
     as_refusal::<corral_core::Timeout>,
 ];

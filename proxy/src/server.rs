@@ -19,6 +19,7 @@ use corral_core::BoxBody;
 
 use crate::admin::Admin;
 use crate::config::{Config, LoadError};
+use crate::conn_guard::{PerAddress, WriteStall};
 use crate::front::Front;
 use crate::stack::{self, Stack};
 use crate::telemetry;
@@ -32,7 +33,17 @@ pub struct Server {
     front: Front,
     admin_front: Option<Front>,
     grace: Duration,
+    limits: Limits,
+}
+
+/// What one client connection may send and hold.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
     header_read_timeout: Duration,
+    write_stall_timeout: Duration,
+    max_header_bytes: usize,
+    max_headers: usize,
+    max_connections_per_address: usize,
 }
 
 impl std::fmt::Debug for Server {
@@ -114,7 +125,13 @@ impl Server {
             front,
             admin_front,
             grace: config.server.shutdown_grace,
-            header_read_timeout: config.server.header_read_timeout,
+            limits: Limits {
+                header_read_timeout: config.server.header_read_timeout,
+                write_stall_timeout: config.server.write_stall_timeout,
+                max_header_bytes: config.server.max_header_bytes,
+                max_headers: config.server.max_headers,
+                max_connections_per_address: config.server.max_connections_per_address,
+            },
         })
     }
 
@@ -140,17 +157,48 @@ impl Server {
             front,
             admin_front,
             grace,
-            header_read_timeout,
+            limits,
         } = self;
         let mut builder = auto::Builder::new(TokioExecutor::new());
+        // The header read timeout also runs while a kept-alive connection
+        // waits for its next request: idle clients are closed after it.
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(header_read_timeout)
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes)
+            .max_headers(limits.max_headers)
             .keep_alive(true);
-        builder.http2().timer(TokioTimer::new());
-
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
         let graceful = GracefulShutdown::new();
+        let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
+        let per_address = PerAddress::new(limits.max_connections_per_address);
+        let builder = std::sync::Arc::new(builder);
+        let serve = |stream: tokio::net::TcpStream, peer: SocketAddr, front: &Front| {
+            let slot = per_address.admit(peer.ip())?;
+            let (builder, watcher, front) = (builder.clone(), graceful.watcher(), front.clone());
+            let mut stopping = stopping_rx.clone();
+            Some(async move {
+                // hyper-util reads the first bytes to tell HTTP/1 from
+                // HTTP/2 before any of hyper's timeouts start: a socket
+                // that sends nothing would be held forever. Nor may it
+                // hold up a shutdown.
+                let mut byte = [0u8; 1];
+                let first =
+                    tokio::time::timeout(limits.header_read_timeout, stream.peek(&mut byte));
+                tokio::select! {
+                    first = first => if !matches!(first, Ok(Ok(1))) { return },
+                    _ = stopping.wait_for(|stopping| *stopping) => return,
+                }
+                let io = TokioIo::new(WriteStall::new(stream, limits.write_stall_timeout));
+                let conn = builder.serve_connection(io, Conn { front, peer });
+                let _ = watcher.watch(conn.into_owned()).await;
+                drop(slot);
+            })
+        };
         let mut connections = JoinSet::new();
         let upkeep = tokio::spawn(metrics_upkeep());
         let probe = tokio::spawn(probe_upstream(upstream, probe_interval));
@@ -159,15 +207,15 @@ impl Server {
             tokio::select! {
                 () = &mut shutdown => break,
                 accepted = main.accept() => {
-                    if let Some((stream, peer)) = accepted_or_log(accepted) {
-                        let conn = builder.serve_connection(TokioIo::new(stream), Conn { front: front.clone(), peer });
-                        connections.spawn(graceful.watch(conn.into_owned()));
+                    if let Some(conn) = accepted_or_log(accepted).and_then(|(stream, peer)| serve(stream, peer, &front)) {
+                        connections.spawn(conn);
                     }
                 }
                 accepted = accept_optional(admin.as_ref()) => {
                     if let (Some((stream, peer)), Some(front)) = (accepted_or_log(accepted), &admin_front) {
-                        let conn = builder.serve_connection(TokioIo::new(stream), Conn { front: front.clone(), peer });
-                        connections.spawn(graceful.watch(conn.into_owned()));
+                        if let Some(conn) = serve(stream, peer, front) {
+                            connections.spawn(conn);
+                        }
                     }
                 }
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -175,6 +223,7 @@ impl Server {
         }
         drop(main);
         drop(admin);
+        let _ = stopping.send(true);
         tracing::info!(
             connections = connections.len(),
             grace_secs = grace.as_secs_f64(),

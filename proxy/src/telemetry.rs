@@ -26,6 +26,10 @@ pub const PROMPT_TOKENS_TOTAL: &str = "corral_prompt_tokens_total";
 pub const UPSTREAM_UP: &str = "corral_upstream_up";
 /// Requests Corral refused, by reason and priority.
 pub const REFUSALS_TOTAL: &str = "corral_refusals_total";
+/// Connections Corral closed to protect itself, by reason
+/// (`per_address`: over `max_connections_per_address`; `write_stall`: the
+/// client left its answer unread).
+pub const CONNECTIONS_CLOSED_TOTAL: &str = "corral_connections_closed_total";
 
 /// Distinct model names exported as labels before the rest count as
 /// `other`.
@@ -390,6 +394,10 @@ fn describe() {
     metrics::describe_counter!(
         REFUSALS_TOTAL,
         "Requests Corral refused, by reason and priority."
+    );
+    metrics::describe_counter!(
+        CONNECTIONS_CLOSED_TOTAL,
+        "Client connections Corral closed to protect itself, by reason (per_address, write_stall)."
     );
     metrics::describe_gauge!(UPSTREAM_CAPACITY, "Requests the upstream may run at once.");
     metrics::describe_gauge!(

@@ -16,6 +16,8 @@ fn corral() -> Command {
         "CORRAL_LISTEN",
         "CORRAL_UPSTREAM",
         "CORRAL_LOG_FORMAT",
+        "CORRAL_ADMIN_TOKEN",
+        "CORRAL_CAPACITY",
     ] {
         command.env_remove(var);
     }
@@ -343,4 +345,71 @@ async fn the_capacity_flag_overrides_the_file_and_shows_in_the_metrics() {
         text.contains("corral_queue_depth{priority=\"1\"} 0"),
         "{text}"
     );
+}
+
+#[test]
+fn an_admin_api_open_to_the_network_without_a_token_is_refused_at_start() {
+    let port = free_port();
+    let output = corral()
+        .args(["--listen", &format!("0.0.0.0:{port}")])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let err = stderr(&output);
+    assert!(err.contains("admin.token"), "{err}");
+    assert!(err.contains("not a loopback address"), "{err}");
+}
+
+#[tokio::test]
+async fn with_a_token_or_a_loopback_admin_listener_it_starts_on_any_address() {
+    for (env, file) in [
+        (Some("a-long-admin-token"), ""),
+        (None, "[admin]\nlisten = \"127.0.0.1:0\"\n"),
+    ] {
+        let port = free_port();
+        let path = config_file(&format!("exposed-{port}.toml"), file);
+        let mut command = corral();
+        command
+            .args(["--listen", &format!("0.0.0.0:{port}"), "--config"])
+            .arg(&path)
+            .stderr(Stdio::null());
+        if let Some(token) = env {
+            command.env("CORRAL_ADMIN_TOKEN", token);
+        }
+        let mut child = command.spawn().unwrap();
+        wait_for(port).await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+#[test]
+fn hash_key_prints_the_digest_of_an_argument_or_of_standard_input() {
+    let expected = corral_auth::key_digest("sk-planner-0123");
+    let output = corral()
+        .args(["hash-key", "sk-planner-0123"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert_eq!(String::from_utf8(output.stdout).unwrap().trim(), expected);
+
+    let mut child = corral()
+        .arg("hash-key")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"sk-planner-0123\n")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    assert_eq!(String::from_utf8(output.stdout).unwrap().trim(), expected);
+
+    let short = corral().args(["hash-key", "short"]).output().unwrap();
+    assert!(!short.status.success());
+    assert!(stderr(&short).contains("at least 8"), "{}", stderr(&short));
 }

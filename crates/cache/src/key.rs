@@ -76,6 +76,12 @@ pub(crate) fn key(meta: &RequestMeta, body: &Value, namespace: Namespace) -> Key
     hasher.update(meta.endpoint.as_str().as_bytes());
     hasher.update(b"\0");
     match namespace {
+        // A private class's agents share with no one, whatever the
+        // namespace (and not with their own public entries either).
+        _ if meta.private => {
+            hasher.update(b"private-agent:");
+            hasher.update(meta.agent.as_str().as_bytes());
+        }
         Namespace::None => {}
         Namespace::Agent => {
             hasher.update(b"agent:");
@@ -203,5 +209,28 @@ mod tests {
             key(&a, &body, Namespace::Class),
             key(&b, &body, Namespace::Class)
         );
+    }
+
+    #[test]
+    fn a_private_class_shares_with_no_one_whatever_the_namespace() {
+        let body = parse(r#"{"model":"m","prompt":"x"}"#);
+        let private = |agent: &str| {
+            let mut meta = meta().with_agent(agent.into(), "c".into(), true);
+            meta.private = true;
+            meta
+        };
+        let public = meta().with_agent("b".into(), "c".into(), true);
+        for namespace in [Namespace::None, Namespace::Class, Namespace::Agent] {
+            assert_ne!(
+                key(&private("a"), &body, namespace),
+                key(&private("b"), &body, namespace),
+                "{namespace:?}"
+            );
+            assert_ne!(
+                key(&private("b"), &body, namespace),
+                key(&public, &body, namespace),
+                "{namespace:?}: b's private answers are not its public ones"
+            );
+        }
     }
 }

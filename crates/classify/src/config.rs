@@ -5,6 +5,19 @@ use serde::Deserialize;
 /// otherwise: 32 MiB, room for a few base64 images in a chat request.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
 
+/// How deeply a request body's JSON may nest unless told otherwise.
+/// Real requests nest a few levels (a JSON schema in `format` or a tool
+/// a dozen); thousands of `[` are an attack on whoever parses them next.
+pub const DEFAULT_MAX_JSON_DEPTH: usize = 100;
+
+/// The most `messages` a chat request may carry unless told otherwise.
+pub const DEFAULT_MAX_MESSAGES: usize = 4096;
+
+/// How long a client may take to send a body that is read into memory
+/// unless told otherwise: a slow sender cannot hold a task (and, behind
+/// it, a place in line) forever.
+pub const DEFAULT_BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The class of agents no `[[agents]]` entry names.
 pub const DEFAULT_CLASS: &str = "default";
 
@@ -40,6 +53,18 @@ pub struct ClassifyConfig {
     /// is refused with 413 before it is read.
     #[serde(default = "default_max_request_bytes")]
     pub max_request_bytes: usize,
+    /// How deeply the body's JSON may nest (arrays and objects); deeper
+    /// is refused with 400.
+    #[serde(default = "default_max_json_depth")]
+    pub max_json_depth: usize,
+    /// The most `messages` a chat request may carry; more is refused with
+    /// 400.
+    #[serde(default = "default_max_messages")]
+    pub max_messages: usize,
+    /// How long the whole body may take to arrive; slower is refused with
+    /// 408.
+    #[serde(default = "default_body_read_timeout", with = "humantime_serde")]
+    pub body_read_timeout: std::time::Duration,
     /// Whether every request must carry a known API key
     /// (`Authorization: Bearer KEY`); without one it gets 401.
     #[serde(default)]
@@ -70,6 +95,12 @@ pub struct ClassConfig {
     /// to the nearest end.
     #[serde(default = "full_range")]
     pub priorities: [u8; 2],
+    /// Its agents' answers are theirs alone: a cache keeps them apart per
+    /// agent whatever its `namespace` (see [`RequestMeta::private`]).
+    ///
+    /// [`RequestMeta::private`]: corral_core::RequestMeta::private
+    #[serde(default)]
+    pub private: bool,
 }
 
 /// One agent.
@@ -160,13 +191,16 @@ impl AgentConfig {
         }
         if let Some(hex) = &self.key_sha256 {
             let hex = hex.trim().strip_prefix("sha256:").unwrap_or(hex.trim());
-            let bytes: Option<Vec<u8>> = (hex.len() == 64)
-                .then(|| {
-                    (0..32)
-                        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
-                        .collect()
-                })
-                .flatten();
+            // Hex digits only before slicing: a multibyte character
+            // would not fall on the boundaries below.
+            let bytes: Option<Vec<u8>> = (hex.len() == 64
+                && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| {
+                (0..32)
+                    .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+                    .collect()
+            })
+            .flatten();
             return match bytes.and_then(|b| <[u8; 32]>::try_from(b).ok()) {
                 Some(digest) => Ok(Some(digest)),
                 None => Err(ConfigError::new(
@@ -181,6 +215,18 @@ impl AgentConfig {
 
 fn default_max_request_bytes() -> usize {
     DEFAULT_MAX_REQUEST_BYTES
+}
+
+fn default_max_json_depth() -> usize {
+    DEFAULT_MAX_JSON_DEPTH
+}
+
+fn default_max_messages() -> usize {
+    DEFAULT_MAX_MESSAGES
+}
+
+fn default_body_read_timeout() -> std::time::Duration {
+    DEFAULT_BODY_READ_TIMEOUT
 }
 
 fn default_class() -> String {
@@ -199,6 +245,9 @@ impl Default for ClassifyConfig {
     fn default() -> Self {
         Self {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_json_depth: DEFAULT_MAX_JSON_DEPTH,
+            max_messages: DEFAULT_MAX_MESSAGES,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
             require_key: false,
             default_class: default_class(),
             classes: Vec::new(),
@@ -214,6 +263,7 @@ impl ClassConfig {
             name: name.into(),
             priority: DEFAULT_PRIORITY,
             priorities: full_range(),
+            private: false,
         }
     }
 }

@@ -38,6 +38,35 @@ impl Refusal for BodyTooLarge {
     }
 }
 
+/// The client took longer than `body_read_timeout` to send its body:
+/// 408.
+#[derive(Debug)]
+pub struct BodyTimedOut {
+    pub(crate) after: std::time::Duration,
+}
+
+impl fmt::Display for BodyTimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the request body did not arrive within {:?} (server.body_read_timeout)",
+            self.after
+        )
+    }
+}
+
+impl std::error::Error for BodyTimedOut {}
+
+impl Refusal for BodyTimedOut {
+    fn status(&self) -> StatusCode {
+        StatusCode::REQUEST_TIMEOUT
+    }
+
+    fn reason(&self) -> &'static str {
+        "body_timeout"
+    }
+}
+
 /// The request cannot be understood (malformed JSON, no model, a bad
 /// `X-Priority`): 400 with what was wrong.
 #[derive(Debug)]

@@ -9,8 +9,17 @@ use http_body_util::{LengthLimitError, Limited};
 use pin_project_lite::pin_project;
 use tower::Service;
 
-use crate::error::{BodyReadFailed, BodyTooLarge};
+use crate::error::{BodyReadFailed, BodyTimedOut, BodyTooLarge};
+use crate::parse::Bounds;
 use crate::service::complete;
+
+/// The bounds a body is read within.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reading {
+    pub(crate) limit: usize,
+    pub(crate) bounds: Bounds,
+    pub(crate) timeout: std::time::Duration,
+}
 
 pin_project! {
     /// The response future of [`Classify`](crate::Classify): reads the body
@@ -27,7 +36,11 @@ pin_project! {
         Reading {
             #[pin]
             collect: Collect<Limited<Body>>,
-            limit: usize,
+            // A slow sender is cut off: it would hold this task, and the
+            // connection, for as long as it liked.
+            #[pin]
+            deadline: tokio::time::Sleep,
+            reading: Reading,
             head: Option<(http::request::Parts, RequestMeta, S)>,
         },
         Calling {
@@ -43,7 +56,7 @@ pin_project! {
 impl<S, F> ResponseFuture<S, F> {
     pub(crate) fn reading(
         collect: Collect<Limited<Body>>,
-        limit: usize,
+        reading: Reading,
         parts: http::request::Parts,
         meta: RequestMeta,
         inner: S,
@@ -51,7 +64,8 @@ impl<S, F> ResponseFuture<S, F> {
         Self {
             state: State::Reading {
                 collect,
-                limit,
+                deadline: tokio::time::sleep(reading.timeout),
+                reading,
                 head: Some((parts, meta, inner)),
             },
         }
@@ -84,21 +98,35 @@ where
             match this.state.as_mut().project() {
                 StateProj::Reading {
                     collect,
-                    limit,
+                    deadline,
+                    reading,
                     head,
                 } => {
-                    let collected = ready!(collect.poll(cx));
+                    let collected = match collect.poll(cx) {
+                        Poll::Ready(collected) => collected,
+                        Poll::Pending => {
+                            ready!(deadline.poll(cx));
+                            head.take();
+                            return Poll::Ready(Err(BodyTimedOut {
+                                after: reading.timeout,
+                            }
+                            .into()));
+                        }
+                    };
                     let Some((parts, meta, mut inner)) = head.take() else {
                         return Poll::Ready(Err("classify polled after completion".into()));
                     };
                     let bytes = match collected {
                         Ok(collected) => collected.to_bytes(),
                         Err(e) if e.is::<LengthLimitError>() => {
-                            return Poll::Ready(Err(BodyTooLarge { limit: *limit }.into()))
+                            return Poll::Ready(Err(BodyTooLarge {
+                                limit: reading.limit,
+                            }
+                            .into()))
                         }
                         Err(source) => return Poll::Ready(Err(BodyReadFailed { source }.into())),
                     };
-                    let request = match complete(parts, meta, bytes) {
+                    let request = match complete(parts, meta, bytes, reading.bounds) {
                         Ok(request) => request,
                         Err(refusal) => return Poll::Ready(Err(refusal)),
                     };

@@ -16,6 +16,7 @@ pub(crate) struct Class {
     pub(crate) priority: Priority,
     pub(crate) highest: Priority,
     pub(crate) lowest: Priority,
+    pub(crate) private: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -90,6 +91,7 @@ impl Identities {
                 priority: default,
                 highest,
                 lowest,
+                private: class.private,
             });
         }
         let default_class = match names.get(&config.default_class) {
@@ -100,6 +102,7 @@ impl Identities {
                     priority: Priority::DEFAULT,
                     highest: Priority::HIGHEST,
                     lowest: Priority::LOWEST,
+                    private: false,
                 });
                 names.insert(DEFAULT_CLASS.to_string(), classes.len() - 1);
                 classes.len() - 1

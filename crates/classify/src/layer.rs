@@ -20,6 +20,8 @@ pub struct ClassifyLayer {
 pub(crate) struct Shared {
     pub(crate) identities: Identities,
     pub(crate) max_request_bytes: usize,
+    pub(crate) bounds: crate::parse::Bounds,
+    pub(crate) body_read_timeout: std::time::Duration,
 }
 
 impl ClassifyLayer {
@@ -30,6 +32,11 @@ impl ClassifyLayer {
             shared: Arc::new(Shared {
                 identities: Identities::new(config)?,
                 max_request_bytes: config.max_request_bytes,
+                bounds: crate::parse::Bounds {
+                    max_json_depth: config.max_json_depth,
+                    max_messages: config.max_messages,
+                },
+                body_read_timeout: config.body_read_timeout,
             }),
         })
     }
@@ -53,6 +60,21 @@ impl ClassifyConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_request_bytes == 0 {
             return Err(ConfigError::new("max_request_bytes", "must be at least 1"));
+        }
+        if self.max_json_depth == 0 {
+            return Err(ConfigError::new(
+                "max_json_depth",
+                "must be at least 1: a request body is a JSON object",
+            ));
+        }
+        if self.max_messages == 0 {
+            return Err(ConfigError::new("max_messages", "must be at least 1"));
+        }
+        if self.body_read_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "body_read_timeout",
+                "must be more than zero",
+            ));
         }
         Identities::new(self).map(|_| ())
     }

@@ -75,10 +75,10 @@ mod parse;
 mod service;
 
 pub use config::{
-    AgentConfig, ClassConfig, ClassifyConfig, DEFAULT_CLASS, DEFAULT_MAX_REQUEST_BYTES,
-    DEFAULT_PRIORITY,
+    AgentConfig, ClassConfig, ClassifyConfig, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_CLASS,
+    DEFAULT_MAX_JSON_DEPTH, DEFAULT_MAX_MESSAGES, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_PRIORITY,
 };
-pub use error::{BodyReadFailed, BodyTooLarge, InvalidRequest, Unauthenticated};
+pub use error::{BodyReadFailed, BodyTimedOut, BodyTooLarge, InvalidRequest, Unauthenticated};
 pub use future::ResponseFuture;
 pub use layer::ClassifyLayer;
 pub use service::Classify;

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use tower::Service;
 
 use crate::error::{BodyTooLarge, InvalidRequest};
-use crate::future::ResponseFuture;
+use crate::future::{Reading, ResponseFuture};
 use crate::layer::Shared;
 use crate::parse;
 
@@ -82,7 +82,7 @@ where
                 return ResponseFuture::refused(BodyTooLarge { limit }.into());
             }
             let bytes = bytes.clone();
-            return match complete(request.into_parts().0, meta, bytes) {
+            return match complete(request.into_parts().0, meta, bytes, self.shared.bounds) {
                 Ok(request) => ResponseFuture::calling(self.inner.call(request)),
                 Err(refusal) => ResponseFuture::refused(refusal),
             };
@@ -97,7 +97,11 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         ResponseFuture::reading(
             Limited::new(body, limit).collect(),
-            limit,
+            Reading {
+                limit,
+                bounds: self.shared.bounds,
+                timeout: self.shared.body_read_timeout,
+            },
             parts,
             meta,
             inner,
@@ -153,6 +157,7 @@ impl<S> Classify<S> {
             .with_priority(priority)
             .with_deadline(deadline);
         meta.received_at = now;
+        meta.private = identity.class.private;
         Ok(meta)
     }
 }
@@ -172,8 +177,9 @@ pub(crate) fn complete(
     parts: http::request::Parts,
     mut meta: RequestMeta,
     bytes: bytes::Bytes,
+    bounds: parse::Bounds,
 ) -> Result<Request<Body>, BoxError> {
-    let facts = parse::read(meta.endpoint, &bytes)?;
+    let facts = parse::read(meta.endpoint, bounds, &bytes)?;
     meta.model = facts.model;
     meta.stream = facts.stream.unwrap_or(meta.endpoint.streams_by_default());
     meta.generation = facts.generation;

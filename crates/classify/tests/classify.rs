@@ -517,3 +517,39 @@ fn unknown_keys_are_errors() {
     let err = toml::from_str::<ClassifyConfig>("[[classes]]\nname = \"a\"\nprio = 3").unwrap_err();
     assert!(err.to_string().contains("unknown field `prio`"), "{err}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_body_that_stops_arriving_is_refused_with_408_after_the_timeout_and_not_before() {
+    use futures_util::StreamExt;
+    let config = config("body_read_timeout = \"10s\"");
+    // A first chunk, then nothing: a slowloris sender.
+    let stalled = futures_util::stream::iter(vec![Ok::<_, Infallible>(http_body::Frame::data(
+        Bytes::from_static(b"{\"model\":"),
+    ))])
+    .chain(futures_util::stream::pending());
+    let request = Request::post("/api/generate")
+        .body(Body::streamed(StreamBody::new(stalled)))
+        .unwrap();
+    let start = Instant::now();
+    let err = classify(&config, request).await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::from_secs(10));
+    let timed_out = err.downcast_ref::<corral_classify::BodyTimedOut>().unwrap();
+    assert!(timed_out.to_string().contains("body_read_timeout"));
+    assert_eq!(
+        corral_core::Refusal::status(timed_out),
+        http::StatusCode::REQUEST_TIMEOUT
+    );
+
+    // A body that arrives in time, however slowly, is read.
+    let slow = futures_util::stream::iter([&b"{\"model\":"[..], b"\"llama3\"}"]).then(
+        |chunk| async move {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            Ok::<_, Infallible>(http_body::Frame::data(Bytes::from_static(chunk)))
+        },
+    );
+    let request = Request::post("/api/generate")
+        .body(Body::streamed(StreamBody::new(Box::pin(slow))))
+        .unwrap();
+    let seen = classify(&config, request).await.unwrap();
+    assert_eq!(seen.meta.model.as_deref(), Some("llama3"));
+}

@@ -266,6 +266,9 @@ pub struct RequestMeta {
     pub generation: GenerationParams,
     /// The request body's size in bytes, a first estimate of prompt size.
     pub body_bytes: usize,
+    /// The agent's class keeps its answers to itself: a cache must not
+    /// serve them to another agent, nor serve this agent another's.
+    pub private: bool,
 }
 
 impl RequestMeta {
@@ -285,6 +288,7 @@ impl RequestMeta {
             received_at: Instant::now(),
             generation: GenerationParams::default(),
             body_bytes: 0,
+            private: false,
         }
     }
 

@@ -1,0 +1,233 @@
+//! What a client connection may hold: a bound on connections per client
+//! address, and a cut-off for a client that stops reading its answer.
+//!
+//! The stall guard is written here rather than taken from
+//! `tokio-io-timeout`: that crate times reads as well, and a read is
+//! pending for the whole of a long generation while the client waits in
+//! silence. Only a write that cannot make progress says the client has
+//! stopped reading.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use crate::telemetry::CONNECTIONS_CLOSED_TOTAL;
+
+/// Open connections by client address, at most `max` each (0: no bound).
+#[derive(Debug, Clone)]
+pub(crate) struct PerAddress {
+    max: usize,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One open connection's place; gives it back when dropped.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    address: IpAddr,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl PerAddress {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            max,
+            open: Arc::default(),
+        }
+    }
+
+    /// A place for a new connection from `address`, or `None` when that
+    /// address holds its share already.
+    pub(crate) fn admit(&self, address: IpAddr) -> Option<Slot> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(address).or_insert(0);
+        if self.max != 0 && *count >= self.max {
+            metrics::counter!(CONNECTIONS_CLOSED_TOTAL, "reason" => "per_address").increment(1);
+            return None;
+        }
+        *count += 1;
+        Some(Slot {
+            address,
+            open: self.open.clone(),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                // The table holds only addresses with connections open.
+                open.remove(&self.address);
+            }
+        }
+    }
+}
+
+/// An IO whose writes fail with `TimedOut` once one has been unable to
+/// make progress for `limit`: hyper then closes the connection, drops the
+/// answer's body and, with it, the upstream permit it held.
+#[derive(Debug)]
+pub(crate) struct WriteStall<I> {
+    io: I,
+    limit: Duration,
+    /// Boxed so the IO stays `Unpin`, as hyper wants it; made once per
+    /// connection and reset, not remade, on each stall.
+    timer: Pin<Box<Sleep>>,
+    armed: bool,
+}
+
+impl<I> WriteStall<I> {
+    pub(crate) fn new(io: I, limit: Duration) -> Self {
+        Self {
+            io,
+            limit,
+            timer: Box::pin(tokio::time::sleep(limit)),
+            armed: false,
+        }
+    }
+
+    /// Passes on a write step's result; while it is pending, the stall
+    /// timer runs.
+    fn guard<T>(&mut self, cx: &mut Context<'_>, step: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if step.is_ready() {
+            self.armed = false;
+            return step;
+        }
+        if !self.armed {
+            self.timer.as_mut().reset(Instant::now() + self.limit);
+            self.armed = true;
+        }
+        ready!(self.timer.as_mut().poll(cx));
+        metrics::counter!(CONNECTIONS_CLOSED_TOTAL, "reason" => "write_stall").increment(1);
+        tracing::debug!(
+            stalled_secs = self.limit.as_secs_f64(),
+            "closing a connection whose client reads nothing"
+        );
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "the client read nothing for {:?} (server.write_stall_timeout)",
+                self.limit
+            ),
+        )))
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for WriteStall<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for WriteStall<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let step = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.guard(cx, step)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let step = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.guard(cx, step)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let step = Pin::new(&mut self.io).poll_flush(cx);
+        self.guard(cx, step)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let step = Pin::new(&mut self.io).poll_shutdown(cx);
+        self.guard(cx, step)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[test]
+    fn an_address_gets_its_share_and_its_places_back() {
+        let per = PerAddress::new(2);
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let b: IpAddr = [10, 0, 0, 2].into();
+        let first = per.admit(a).unwrap();
+        let _second = per.admit(a).unwrap();
+        assert!(per.admit(a).is_none(), "a third from the same address");
+        assert!(per.admit(b).is_some(), "another address is not affected");
+        drop(first);
+        assert!(per.admit(a).is_some(), "a place given back is taken again");
+        assert!(PerAddress::new(0).admit(a).is_some());
+    }
+
+    #[test]
+    fn the_table_forgets_addresses_with_nothing_open() {
+        let per = PerAddress::new(1);
+        for i in 0..100u8 {
+            drop(per.admit([10, 0, 0, i].into()).unwrap());
+        }
+        assert!(per.open.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_that_stops_is_cut_off_after_the_limit_and_not_before() {
+        // A pipe of 64 bytes whose reader reads nothing.
+        let (writer, _reader) = tokio::io::duplex(64);
+        let mut guarded = WriteStall::new(writer, Duration::from_secs(10));
+        guarded.write_all(&[0; 64]).await.unwrap();
+        let start = Instant::now();
+        let err = guarded.write_all(&[0; 1]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_that_keeps_reading_is_not_cut_off() {
+        use tokio::io::AsyncReadExt;
+        let (writer, mut reader) = tokio::io::duplex(64);
+        let mut guarded = WriteStall::new(writer, Duration::from_secs(10));
+        let drain = tokio::spawn(async move {
+            let mut buf = [0; 64];
+            let mut total = 0;
+            // Reads a little every 9 s: each write waits less than the
+            // limit, though the whole takes far longer.
+            loop {
+                tokio::time::sleep(Duration::from_secs(9)).await;
+                match reader.read(&mut buf).await.unwrap() {
+                    0 => return total,
+                    n => total += n,
+                }
+            }
+        });
+        guarded.write_all(&[1; 640]).await.unwrap();
+        guarded.shutdown().await.unwrap();
+        drop(guarded);
+        assert_eq!(drain.await.unwrap(), 640);
+    }
+}
