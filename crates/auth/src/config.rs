@@ -11,6 +11,8 @@ use serde::Deserialize;
 /// How far a request's `X-Timestamp` may be from now: the design's
 /// five minutes.
 pub const DEFAULT_FRESHNESS: Duration = Duration::from_secs(300);
+/// The widest freshness window `validate` accepts.
+const MAX_FRESHNESS: Duration = Duration::from_secs(24 * 60 * 60);
 /// Request ids remembered at most (100,000 agents' requests in twice the
 /// freshness window: 166 a second).
 pub const DEFAULT_REPLAY_MEMORY: usize = 100_000;
@@ -40,7 +42,8 @@ pub struct AuthConfig {
     /// Every agent must sign: one without a secret is refused. Unset,
     /// only agents with a secret must sign.
     pub require_signatures: bool,
-    /// How far `X-Timestamp` may be from Corral's clock, either way.
+    /// How far `X-Timestamp` may be from Corral's clock, either way; at
+    /// most 24 hours.
     #[serde(with = "humantime_serde")]
     pub freshness: Duration,
     /// Request ids remembered at most (see [`crate::MemoryReplay`]).
@@ -143,6 +146,14 @@ impl AuthConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.freshness.is_zero() {
             return Err(ConfigError::new("freshness", "must be more than zero"));
+        }
+        // Request ids are remembered for twice the window: a window near
+        // `Duration::MAX` overflowed that on every signed request.
+        if self.freshness > MAX_FRESHNESS {
+            return Err(ConfigError::new(
+                "freshness",
+                "must be at most 24h (the design's window is 5m)",
+            ));
         }
         if self.replay_memory == 0 {
             return Err(ConfigError::new("replay_memory", "must be at least 1"));

@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use corral_core::{Body, BoxError, ConfigError, RequestMeta};
+use corral_core::{Body, BoxError, ConfigError, EndpointKind, RequestMeta};
 use http::Request;
 use http_body_util::{BodyExt, Limited};
 
 use crate::config::AuthConfig;
 use crate::error::{Forbidden, SignatureProblem, SignatureRefused};
-use crate::permissions::{Denied, Permissions};
+use crate::permissions::{models_named, Denied, Permissions};
 use crate::replay::ReplayStore;
 use crate::sign::Signed;
 
@@ -95,10 +95,28 @@ impl Guard {
             );
         };
         let class = meta.class.as_str();
-        match self
-            .permissions
-            .check(class, meta.endpoint, meta.model.as_deref())
+        let endpoint = meta.endpoint;
+        let checked = if self.permissions.restricts_models(class)
+            && endpoint.has_json_body()
+            && endpoint.kind() != EndpointKind::Inference
         {
+            // Copy and create name two models; a body classify could not
+            // read names none it knows of.
+            match request.body().buffered().and_then(|b| models_named(b)) {
+                Some(names) => self.permissions.check_all(class, endpoint, &names),
+                None => {
+                    return Admission::Refused(Box::new(Forbidden {
+                        message: format!(
+                            "agents of class {class:?} may use only some models, and this body names none that can be read"
+                        ),
+                    }))
+                }
+            }
+        } else {
+            self.permissions
+                .check(class, endpoint, meta.model.as_deref())
+        };
+        match checked {
             Ok(()) => {}
             Err(Denied::Endpoint) => {
                 return Admission::Refused(Box::new(Forbidden {

@@ -55,6 +55,31 @@ impl Permissions {
         })
     }
 
+    /// Whether `class` may use only some models.
+    pub(crate) fn restricts_models(&self, class: &str) -> bool {
+        self.classes
+            .get(class)
+            .unwrap_or(&self.default)
+            .models
+            .is_some()
+    }
+
+    /// Whether `class` may call `endpoint` naming every model of `names`
+    /// (a management body: `model`, `name`, `source`, `destination`,
+    /// `from`), as read by [`models_named`].
+    pub(crate) fn check_all(
+        &self,
+        class: &str,
+        endpoint: Endpoint,
+        names: &[String],
+    ) -> Result<(), Denied> {
+        self.check(class, endpoint, None)?;
+        for name in names {
+            self.check(class, endpoint, Some(name))?;
+        }
+        Ok(())
+    }
+
     /// Whether `class` may call `endpoint` with `model`.
     pub(crate) fn check(
         &self,
@@ -77,6 +102,22 @@ impl Permissions {
             _ => Ok(()),
         }
     }
+}
+
+/// Every model a management body names, read as Ollama reads it (the
+/// last of repeated keys wins); `None` when it cannot be read or names
+/// none, which a class limited to some models is refused for: classify
+/// reads such bodies leniently, and a body it cannot read must not pass
+/// as one that names no model.
+pub(crate) fn models_named(body: &[u8]) -> Option<Vec<String>> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let names: Vec<String> = ["model", "name", "source", "destination", "from"]
+        .iter()
+        .filter_map(|key| value.get(key)?.as_str())
+        .filter(|name| !name.is_empty())
+        .map(str::to_string)
+        .collect();
+    (!names.is_empty()).then_some(names)
 }
 
 fn matches(pattern: &str, model: &str) -> bool {
