@@ -11,7 +11,7 @@
 //! in both runs.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! use corral_benches::herd::{run, Mode, Options};
 //!
 //! let options = Options { duration: std::time::Duration::from_secs(30), ..Options::default() };

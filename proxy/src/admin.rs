@@ -375,7 +375,10 @@ fn redact(value: &mut serde_json::Value) {
         serde_json::Value::Object(map) => {
             for (key, v) in map.iter_mut() {
                 let k = key.to_ascii_lowercase();
+                // `key_sha256` too: a digest of a short key can be
+                // searched for.
                 if k == "key"
+                    || k.starts_with("key_")
                     || k.ends_with("_key")
                     || k.contains("token")
                     || k.contains("secret")

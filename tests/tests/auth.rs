@@ -140,6 +140,24 @@ async fn a_hashed_key_admits_its_agent_with_its_class_priority_through_ollama_rs
     assert_eq!(received["agent"], "planner");
     assert_eq!(received["data"]["class"], "opus");
     assert_eq!(received["data"]["priority"], 3);
+
+    // The resolved config shows none of it.
+    let shown = send(request(
+        "GET",
+        &format!("{}/corral/config", corral.url()),
+        "",
+    ))
+    .await;
+    let shown = String::from_utf8_lossy(&shown.body);
+    assert!(shown.contains("<redacted>"), "{shown}");
+    for secret in [
+        PLANNER_KEY,
+        SIGNER_KEY,
+        SIGNER_SECRET,
+        &corral_auth::key_digest(PLANNER_KEY),
+    ] {
+        assert!(!shown.contains(secret), "{shown}");
+    }
 }
 
 #[tokio::test]

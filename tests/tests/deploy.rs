@@ -47,8 +47,28 @@ fn the_deployment_files_parse_and_carry_a_valid_config() {
         "/corral/readyz"
     );
     let toml = documents[0]["data"]["corral.toml"].as_str().unwrap();
-    let config = Config::parse(toml, Path::new("configmap")).unwrap();
+    let mut config = Config::parse(toml, Path::new("configmap")).unwrap();
     corral::stack::build(&config, None).unwrap();
+    // It listens on the pod's network: it starts only with the token the
+    // Deployment gives it.
+    assert!(config.check_admin_exposure().is_err());
+    assert_eq!(container["env"][0]["name"], "CORRAL_ADMIN_TOKEN");
+    config.admin.token = Some("from-the-secret".into());
+    assert!(config.check_admin_exposure().is_ok());
+    let corral_env = &compose["services"]["corral"]["environment"];
+    assert_eq!(corral_env["CORRAL_LISTEN"], "0.0.0.0:11435");
+    assert!(corral_env["CORRAL_ADMIN_TOKEN"]
+        .as_str()
+        .unwrap()
+        .starts_with("${CORRAL_ADMIN_TOKEN:?"));
+    let prometheus: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(deploy("prometheus/prometheus.yml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        prometheus["scrape_configs"][0]["authorization"]["credentials_file"],
+        "/run/secrets/corral_admin_token"
+    );
 
     let config = Config::load(&deploy("corral.toml")).unwrap();
     corral::stack::build(&config, None).unwrap();

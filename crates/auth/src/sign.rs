@@ -146,6 +146,27 @@ pub fn key_digest(key: &str) -> String {
 mod tests {
     use super::*;
 
+    /// The README's worked example, computed there with Python's `hmac`.
+    #[test]
+    fn the_readme_example_signs_as_documented() {
+        let body = br#"{"model":"llama3","messages":[{"role":"user","content":"hi"}]}"#;
+        let signed = Signed {
+            agent: "planner-1",
+            method: "POST",
+            path_and_query: "/api/chat",
+            timestamp: "1764115200",
+            request_id: "req-42",
+            body,
+        };
+        assert!(signed
+            .string()
+            .ends_with("\n4bdbd87b7ed7b2d6a20949d5447c2cfc021f5e21278dd4320acfccd23d2b2a7a"));
+        assert_eq!(
+            signed.sign(b"a secret of sixteen bytes or more"),
+            "10e38282835a68dbc04489e5b5b9edfa73db774b70d9a1ed2645d0b1e8038a30"
+        );
+    }
+
     fn signed(body: &[u8]) -> Signed<'_> {
         Signed {
             agent: "a",
