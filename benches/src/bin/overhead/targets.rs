@@ -220,7 +220,11 @@ pub(crate) async fn start_all(setup: &Setup<'_>) -> Result<Vec<Target>, BoxError
     }
 
     let addr = free_addr()?;
-    let args = proxy_args(addr, &up);
+    let mut args = vec![
+        "--config".into(),
+        unbounded(None, setup.dir, "none.toml")?.display().to_string(),
+    ];
+    args.extend(proxy_args(addr, &up));
     targets.push(
         start(
             Kind::CorralNone,
@@ -237,7 +241,9 @@ pub(crate) async fn start_all(setup: &Setup<'_>) -> Result<Vec<Target>, BoxError
     let addr = free_addr()?;
     let args = vec![
         "--config".into(),
-        setup.config.display().to_string(),
+        unbounded(Some(setup.config), setup.dir, "full.toml")?
+            .display()
+            .to_string(),
         "--listen".into(),
         addr.to_string(),
         "--upstream".into(),
@@ -258,6 +264,26 @@ pub(crate) async fn start_all(setup: &Setup<'_>) -> Result<Vec<Target>, BoxError
         .await?,
     );
     Ok(targets)
+}
+
+/// `source` (or an empty config) with no bound on connections per client
+/// address, written to `dir/name`: every connection of the bench comes
+/// from 127.0.0.1, and the idle step holds thousands of them, as nginx
+/// and the bare proxy allow.
+fn unbounded(source: Option<&Path>, dir: &Path, name: &str) -> Result<PathBuf, BoxError> {
+    let mut config: toml::Table = match source {
+        Some(path) => std::fs::read_to_string(path)?.parse()?,
+        None => toml::Table::new(),
+    };
+    let server = config
+        .entry("server")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let toml::Value::Table(server) = server {
+        server.insert("max_connections_per_address".into(), toml::Value::Integer(0));
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, toml::to_string(&config)?)?;
+    Ok(path)
 }
 
 /// `--listen ADDR --upstream UP`: what every proxy under test is told.
