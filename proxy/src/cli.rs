@@ -111,7 +111,8 @@ fn hash_key(key: Option<String>) -> ExitCode {
                 eprintln!("corral: cannot read the key from standard input: {e}");
                 return ExitCode::FAILURE;
             }
-            text.trim_end_matches(['\r', '\n']).to_string()
+            // As key_file and key_env are read.
+            text.trim_end().to_string()
         }
     };
     // The same bound classify holds keys to at start.

@@ -57,6 +57,8 @@ pub const DEFAULT_MAX_HEADERS: usize = 100;
 pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 1024;
 /// How long a client may leave an answer unread before it is cut off.
 pub const DEFAULT_WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest a client timeout may be set to.
+const MAX_CLIENT_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 /// How long a connection to the upstream may take to open.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an idle upstream connection is kept for reuse.
@@ -464,13 +466,18 @@ impl Config {
                 "must be at least 8192",
             ));
         }
-        for (key, value) in [
-            ("server.max_headers", server.max_headers),
-            ("server.max_json_depth", server.max_json_depth),
-            ("server.max_messages", server.max_messages),
+        // Upper bounds too: hyper sizes its header arrays by max_headers
+        // on every parse, and a deadline past the clock's range panics.
+        for (key, value, most) in [
+            ("server.max_headers", server.max_headers, 10_000),
+            ("server.max_json_depth", server.max_json_depth, 100_000),
+            ("server.max_messages", server.max_messages, usize::MAX),
         ] {
-            if value == 0 {
-                return Err(ConfigError::new(key, "must be at least 1"));
+            if value == 0 || value > most {
+                return Err(ConfigError::new(
+                    key,
+                    format!("must be between 1 and {most}"),
+                ));
             }
         }
         for (key, value) in [
@@ -478,8 +485,11 @@ impl Config {
             ("server.write_stall_timeout", server.write_stall_timeout),
             ("server.header_read_timeout", server.header_read_timeout),
         ] {
-            if value.is_zero() {
-                return Err(ConfigError::new(key, "must be more than zero"));
+            if value.is_zero() || value > MAX_CLIENT_TIMEOUT {
+                return Err(ConfigError::new(
+                    key,
+                    "must be more than zero and at most a day",
+                ));
             }
         }
         if self.upstream.probe_interval.is_zero() {
@@ -514,7 +524,8 @@ impl Config {
             ));
         }
         if let Some(admin) = self.admin.listen {
-            if admin == self.server.listen {
+            // Port 0 is any free port: two of them never collide.
+            if admin == self.server.listen && admin.port() != 0 {
                 return Err(ConfigError::new(
                     "admin.listen",
                     "is the same address as server.listen; leave it out to serve admin paths on the main listener",

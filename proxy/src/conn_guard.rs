@@ -46,6 +46,8 @@ impl PerAddress {
     /// A place for a new connection from `address`, or `None` when that
     /// address holds its share already.
     pub(crate) fn admit(&self, address: IpAddr) -> Option<Slot> {
+        // An IPv4 client on a dual-stack listener is the same client.
+        let address = address.to_canonical();
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let count = open.entry(address).or_insert(0);
         if self.max != 0 && *count >= self.max {
@@ -70,6 +72,99 @@ impl Drop for Slot {
                 open.remove(&self.address);
             }
         }
+    }
+}
+
+/// The HTTP/2 connection preface: hyper-util reads up to these 24 bytes to
+/// tell HTTP/2 from HTTP/1 before any of hyper's own timers run.
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// An IO whose reads fail with `TimedOut` if the bytes that tell HTTP/1
+/// from HTTP/2 have not all arrived by a deadline: a client that sends
+/// `P` (or any start of the preface) and then nothing would otherwise
+/// hold its connection, task and per-address place forever. Once they
+/// have arrived, reads pass through and hyper's timers take over.
+#[derive(Debug)]
+pub(crate) struct SniffDeadline<I> {
+    io: I,
+    /// Bytes read so far that match the preface; `None` once decided.
+    matched: Option<usize>,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl<I> SniffDeadline<I> {
+    pub(crate) fn new(io: I, limit: Duration) -> Self {
+        Self {
+            io,
+            matched: Some(0),
+            deadline: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for SniffDeadline<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let Some(matched) = self.matched else {
+            return Pin::new(&mut self.io).poll_read(cx, buf);
+        };
+        let before = buf.filled().len();
+        match Pin::new(&mut self.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let new = &buf.filled()[before..];
+                let take = new.len().min(PREFACE.len() - matched);
+                self.matched = if new.is_empty()
+                    || new[..take] != PREFACE[matched..matched + take]
+                    || matched + take == PREFACE.len()
+                {
+                    None
+                } else {
+                    Some(matched + take)
+                };
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                ready!(self.deadline.as_mut().poll(cx));
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client did not send a request line in time (server.header_read_timeout)",
+                )))
+            }
+            other => other,
+        }
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for SniffDeadline<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -193,6 +288,57 @@ mod tests {
             drop(per.admit([10, 0, 0, i].into()).unwrap());
         }
         assert!(per.open.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_ipv4_client_counts_the_same_on_a_dual_stack_listener() {
+        let per = PerAddress::new(1);
+        let _v4 = per.admit([10, 0, 0, 1].into()).unwrap();
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert!(per.admit(mapped).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_starts_the_http2_preface_and_stops_times_out() {
+        use tokio::io::AsyncReadExt;
+        for sent in [&b"P"[..], &PREFACE[..23]] {
+            let (mut client, server) = tokio::io::duplex(1024);
+            let mut guarded = SniffDeadline::new(server, Duration::from_secs(5));
+            client.write_all(sent).await.unwrap();
+            let start = Instant::now();
+            let mut buf = [0u8; 24];
+            let mut got = 0;
+            let err = loop {
+                match guarded.read(&mut buf[got..]).await {
+                    Ok(n) => got += n,
+                    Err(e) => break e,
+                }
+            };
+            assert_eq!(got, sent.len());
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+            assert_eq!(start.elapsed(), Duration::from_secs(5));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn once_the_protocol_is_known_reads_wait_as_long_as_they_like() {
+        use tokio::io::AsyncReadExt;
+        for sent in [&b"GET / HTTP/1.1\r\n"[..], &PREFACE[..]] {
+            let (mut client, server) = tokio::io::duplex(1024);
+            let mut guarded = SniffDeadline::new(server, Duration::from_secs(5));
+            client.write_all(sent).await.unwrap();
+            let mut buf = vec![0u8; sent.len()];
+            guarded.read_exact(&mut buf).await.unwrap();
+            let late = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                client.write_all(b"x").await.unwrap();
+                client
+            });
+            let mut one = [0u8; 1];
+            guarded.read_exact(&mut one).await.unwrap();
+            assert_eq!(&one, b"x");
+            drop(late.await.unwrap());
+        }
     }
 
     #[tokio::test(start_paused = true)]

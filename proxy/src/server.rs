@@ -19,7 +19,7 @@ use corral_core::BoxBody;
 
 use crate::admin::Admin;
 use crate::config::{Config, LoadError};
-use crate::conn_guard::{PerAddress, WriteStall};
+use crate::conn_guard::{PerAddress, SniffDeadline, WriteStall};
 use crate::front::Front;
 use crate::stack::{self, Stack};
 use crate::telemetry;
@@ -35,6 +35,9 @@ pub struct Server {
     grace: Duration,
     limits: Limits,
 }
+
+/// Streams one h2c connection may have open at once.
+const H2_MAX_CONCURRENT_STREAMS: u32 = 32;
 
 /// What one client connection may send and hold.
 #[derive(Debug, Clone, Copy)]
@@ -96,6 +99,15 @@ impl Server {
 
     /// Binds the listeners for an already built `stack`.
     pub async fn bind_stack(config: &Config, stack: &Stack) -> Result<Self, StartError> {
+        // A config built in code has not been through the file's checks.
+        let file = config
+            .source
+            .clone()
+            .unwrap_or_else(|| std::path::PathBuf::from(crate::config::NO_FILE));
+        config
+            .validate()
+            .and_then(|()| config.check_admin_exposure())
+            .map_err(|e| StartError::Config(LoadError::from_config(&file, e, None)))?;
         telemetry::configure_labels(
             config.metrics.per_agent_labels,
             config.metrics.max_model_labels,
@@ -169,36 +181,49 @@ impl Server {
             .max_buf_size(limits.max_header_bytes)
             .max_headers(limits.max_headers)
             .keep_alive(true);
+        // h2c: no header read timeout applies, so pings find dead peers;
+        // a client may not open more streams at once than an agent needs.
+        // (A client that holds its flow-control window shut is not caught
+        // by the write stall guard: see the README's hostile-input notes.)
         builder
             .http2()
             .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+            .keep_alive_interval(limits.header_read_timeout)
+            .keep_alive_timeout(limits.header_read_timeout);
         let graceful = GracefulShutdown::new();
         let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
+        // The admin listener has a table of its own: a client at its cap
+        // on the main listener still reaches /metrics and the probes.
         let per_address = PerAddress::new(limits.max_connections_per_address);
+        let admin_per_address = PerAddress::new(limits.max_connections_per_address);
         let builder = std::sync::Arc::new(builder);
-        let serve = |stream: tokio::net::TcpStream, peer: SocketAddr, front: &Front| {
-            let slot = per_address.admit(peer.ip())?;
-            let (builder, watcher, front) = (builder.clone(), graceful.watcher(), front.clone());
-            let mut stopping = stopping_rx.clone();
-            Some(async move {
-                // hyper-util reads the first bytes to tell HTTP/1 from
-                // HTTP/2 before any of hyper's timeouts start: a socket
-                // that sends nothing would be held forever. Nor may it
-                // hold up a shutdown.
-                let mut byte = [0u8; 1];
-                let first =
-                    tokio::time::timeout(limits.header_read_timeout, stream.peek(&mut byte));
-                tokio::select! {
-                    first = first => if !matches!(first, Ok(Ok(1))) { return },
-                    _ = stopping.wait_for(|stopping| *stopping) => return,
-                }
-                let io = TokioIo::new(WriteStall::new(stream, limits.write_stall_timeout));
-                let conn = builder.serve_connection(io, Conn { front, peer });
-                let _ = watcher.watch(conn.into_owned()).await;
-                drop(slot);
-            })
-        };
+        let serve =
+            |stream: tokio::net::TcpStream, peer: SocketAddr, front: &Front, table: &PerAddress| {
+                let slot = table.admit(peer.ip())?;
+                let (builder, watcher, front) =
+                    (builder.clone(), graceful.watcher(), front.clone());
+                let mut stopping = stopping_rx.clone();
+                Some(async move {
+                    // hyper-util reads the first bytes to tell HTTP/1 from
+                    // HTTP/2 before any of hyper's timeouts start: a socket
+                    // that sends nothing would be held forever. Nor may it
+                    // hold up a shutdown.
+                    let mut byte = [0u8; 1];
+                    let first =
+                        tokio::time::timeout(limits.header_read_timeout, stream.peek(&mut byte));
+                    tokio::select! {
+                        first = first => if !matches!(first, Ok(Ok(1))) { return },
+                        _ = stopping.wait_for(|stopping| *stopping) => return,
+                    }
+                    let stream = SniffDeadline::new(stream, limits.header_read_timeout);
+                    let io = TokioIo::new(WriteStall::new(stream, limits.write_stall_timeout));
+                    let conn = builder.serve_connection(io, Conn { front, peer });
+                    let _ = watcher.watch(conn.into_owned()).await;
+                    drop(slot);
+                })
+            };
         let mut connections = JoinSet::new();
         let upkeep = tokio::spawn(metrics_upkeep());
         let probe = tokio::spawn(probe_upstream(upstream, probe_interval));
@@ -207,13 +232,13 @@ impl Server {
             tokio::select! {
                 () = &mut shutdown => break,
                 accepted = main.accept() => {
-                    if let Some(conn) = accepted_or_log(accepted).and_then(|(stream, peer)| serve(stream, peer, &front)) {
+                    if let Some(conn) = accepted_or_log(accepted).and_then(|(stream, peer)| serve(stream, peer, &front, &per_address)) {
                         connections.spawn(conn);
                     }
                 }
                 accepted = accept_optional(admin.as_ref()) => {
                     if let (Some((stream, peer)), Some(front)) = (accepted_or_log(accepted), &admin_front) {
-                        if let Some(conn) = serve(stream, peer, front) {
+                        if let Some(conn) = serve(stream, peer, front, &admin_per_address) {
                             connections.spawn(conn);
                         }
                     }

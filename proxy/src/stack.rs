@@ -130,6 +130,25 @@ pub fn build_with(
     let controls = Arc::new(Controls::default());
     let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(&replica_id()));
     let mut refusals: Vec<RefusalCast> = respond::BUILT_IN.to_vec();
+    let position = |kind: &str| config.layers.iter().position(|l| l.kind == kind);
+    if let Some(auth) = position("auth") {
+        // A cache hit or a merged embedding is answered without calling
+        // the layers after it: behind them, auth would check nothing.
+        if let Some(answering) = ["cache", "batch"]
+            .into_iter()
+            .find(|kind| position(kind).is_some_and(|at| at < auth))
+        {
+            return Err(LoadError::from_config(
+                file,
+                corral_core::ConfigError::new(
+                    "kind",
+                    format!("auth must come before {answering}, which answers requests without the layers after it"),
+                )
+                .within(format!("layers[{auth}]")),
+                config.layers[auth].line,
+            ));
+        }
+    }
     let mut built = Vec::with_capacity(config.layers.len());
     for (i, layer) in config.layers.iter().enumerate() {
         let at = format!("layers[{i}]");

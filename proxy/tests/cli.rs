@@ -183,6 +183,22 @@ fn bad_values_are_refused_with_the_key_and_reason() {
             "[[layers]]\nkind = \"priority\"\n[[layers]]\nkind = \"priority\"\n",
             "listed twice",
         ),
+        (
+            "[[layers]]\nkind = \"cache\"\n[[layers]]\nkind = \"auth\"\n",
+            "layers[1].kind: auth must come before cache",
+        ),
+        (
+            "[[layers]]\nkind = \"auth\"\n[layers.classes.ghost]\nendpoints = [\"all\"]\n",
+            "layers[0].classes.ghost",
+        ),
+        ("[server]\nmax_header_bytes = 100\n", "server.max_header_bytes"),
+        ("[server]\nwrite_stall_timeout = \"0s\"\n", "server.write_stall_timeout"),
+        ("[server]\nmax_headers = 1000000\n", "server.max_headers"),
+        ("[server]\nbody_read_timeout = \"1000y\"\n", "server.body_read_timeout"),
+        (
+            "[[classes]]\nname = \"ops\"\nprivate = true\n[[agents]]\nid = \"a\"\nclass = \"ops\"\n",
+            "agents[0].key",
+        ),
     ];
     for (text, key) in cases {
         let output = check(text);

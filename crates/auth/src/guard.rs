@@ -127,12 +127,9 @@ impl Guard {
                     ),
                 }))
             }
-            Err(Denied::Model) => {
+            Err(Denied::Model(model)) => {
                 return Admission::Refused(Box::new(Forbidden {
-                    message: format!(
-                        "agents of class {class:?} may not use the model {:?}",
-                        meta.model.as_deref().unwrap_or_default()
-                    ),
+                    message: format!("agents of class {class:?} may not use the model {model:?}"),
                 }))
             }
         }

@@ -24,7 +24,8 @@ pub(crate) struct Permissions {
 /// Why a request is not allowed.
 pub(crate) enum Denied {
     Endpoint,
-    Model,
+    /// The model that is not allowed.
+    Model(String),
 }
 
 impl Permissions {
@@ -97,7 +98,7 @@ impl Permissions {
         }
         match (&rule.models, model) {
             (Some(allowed), Some(model)) if !allowed.iter().any(|a| matches(a, model)) => {
-                Err(Denied::Model)
+                Err(Denied::Model(model.to_string()))
             }
             _ => Ok(()),
         }
@@ -111,9 +112,15 @@ impl Permissions {
 /// as one that names no model.
 pub(crate) fn models_named(body: &[u8]) -> Option<Vec<String>> {
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let names: Vec<String> = ["model", "name", "source", "destination", "from"]
+    // Every key Ollama would take for one of these, whatever its case.
+    let names: Vec<String> = value
+        .as_object()?
         .iter()
-        .filter_map(|key| value.get(key)?.as_str())
+        .filter(|(key, _)| {
+            let key = corral_core::go_key_fold(key);
+            ["model", "name", "source", "destination", "from"].contains(&key.as_str())
+        })
+        .filter_map(|(_, name)| name.as_str())
         .filter(|name| !name.is_empty())
         .map(str::to_string)
         .collect();
@@ -180,7 +187,7 @@ mod tests {
             .is_ok());
         assert!(matches!(
             p.check("batch", Endpoint::Embed, Some("llama3")),
-            Err(Denied::Model)
+            Err(Denied::Model(_))
         ));
         assert!(matches!(
             p.check("batch", Endpoint::Chat, Some("nomic-embed-text")),

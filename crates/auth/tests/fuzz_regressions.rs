@@ -142,6 +142,12 @@ async fn a_class_limited_to_some_models_cannot_manage_others_by_an_unreadable_bo
         ),
         ("DELETE", "/api/delete", Endpoint::Delete, br#"{}"#),
         (
+            "DELETE",
+            "/api/delete",
+            Endpoint::Delete,
+            br#"{"model":"nomic-embed-text","Model":"llama3"}"#,
+        ),
+        (
             "POST",
             "/api/copy",
             Endpoint::Copy,

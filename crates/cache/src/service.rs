@@ -101,7 +101,10 @@ where
         let Some(meta) = request.extensions().get::<RequestMeta>().cloned() else {
             return passing(inner, request);
         };
-        if meta.endpoint.kind() != EndpointKind::Inference {
+        // A private class's answers are keyed by agent: an agent that did
+        // not prove who it is could be anyone, so it shares nothing.
+        if meta.endpoint.kind() != EndpointKind::Inference || (meta.private && !meta.authenticated)
+        {
             return passing(inner, request);
         }
         let allowed = usage(&meta, request.headers());

@@ -169,6 +169,14 @@ impl AgentConfig {
             if key.len() < 8 {
                 return Err(ConfigError::new(at(field), "must be at least 8 characters"));
             }
+            // A client's Bearer key arrives trimmed and cannot hold these:
+            // such a key would never match.
+            if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(ConfigError::new(
+                    at(field),
+                    "must hold no spaces or control characters",
+                ));
+            }
             Ok(Some(crate::identity::digest(&key)))
         };
         if let Some(key) = &self.key {
@@ -178,7 +186,8 @@ impl AgentConfig {
             let key = std::env::var(var).map_err(|_| {
                 ConfigError::new(at("key_env"), format!("the variable {var} is not set"))
             })?;
-            return plain(key, "key_env");
+            // A secret made from a file often ends with a newline.
+            return plain(key.trim_end().to_string(), "key_env");
         }
         if let Some(path) = &self.key_file {
             let key = std::fs::read_to_string(path).map_err(|e| {

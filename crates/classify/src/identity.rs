@@ -147,12 +147,31 @@ impl Identities {
                     ));
                 }
             }
+            if classes[class].private && key.is_none() {
+                // Its private answers would go to whoever sends its id.
+                return Err(ConfigError::new(
+                    at("key"),
+                    format!(
+                        "agent {:?} is in the private class {:?}: it needs a key",
+                        agent.id, classes[class].name
+                    ),
+                ));
+            }
             agents.push(Agent {
                 id: AgentId::from(agent.id.as_str()),
                 class,
                 has_key: key.is_some(),
                 revoked: agent.revoked,
             });
+        }
+        if classes[default_class].private && !config.require_key {
+            return Err(ConfigError::new(
+                "default_class",
+                format!(
+                    "the default class {:?} is private, but agents without a key land in it: set require_key = true or make another class the default",
+                    classes[default_class].name
+                ),
+            ));
         }
         Ok(Self {
             classes,

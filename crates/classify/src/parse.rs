@@ -120,6 +120,55 @@ fn count_of_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Er
     d.deserialize_any(Count)
 }
 
+/// The top-level fields Corral reads.
+const READ_FIELDS: [&str; 10] = [
+    "model",
+    "name",
+    "source",
+    "stream",
+    "options",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "seed",
+    "messages",
+];
+
+/// A top-level key that is not one of [`READ_FIELDS`] but that Ollama
+/// (Go's `encoding/json`, which matches keys without case) would read as
+/// one, with that field: `{"model":"a","Model":"b"}` is model `b` to
+/// Ollama and `a` to serde, so Corral would check and route one model
+/// and Ollama run another.
+fn key_differing_by_case(text: &str) -> Option<(String, &'static str)> {
+    struct Keys;
+    impl<'de> serde::de::Visitor<'de> for Keys {
+        type Value = Option<(String, &'static str)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut found = None;
+            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                map.next_value::<IgnoredAny>()?;
+                if found.is_none() && !READ_FIELDS.contains(&key.as_ref()) {
+                    let folded = corral_core::go_key_fold(&key);
+                    if let Some(field) = READ_FIELDS.iter().find(|f| **f == folded) {
+                        found = Some((key.into_owned(), *field));
+                    }
+                }
+            }
+            Ok(found)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    serde::Deserializer::deserialize_map(&mut de, Keys)
+        .ok()
+        .flatten()
+}
+
 /// What a body may hold at most.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Bounds {
@@ -223,6 +272,11 @@ fn parse(body: &[u8]) -> Result<View<'_>, String> {
             e.valid_up_to()
         )
     })?;
+    if let Some((key, field)) = key_differing_by_case(text) {
+        return Err(format!(
+            "invalid request body: the key {key:?} differs from {field:?} only by case, and Ollama would read it as {field:?}; send {field:?}"
+        ));
+    }
     serde_json::from_str::<View<'_>>(text).map_err(|e| {
         if e.is_data() && body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             "invalid request body: expected a JSON object".to_string()
@@ -421,6 +475,24 @@ mod tests {
             "{err}"
         );
         assert!(read(Endpoint::Chat, Bounds::default(), messages.as_bytes()).is_ok());
+        for body in [
+            r#"{"model":"allowed","Model":"other"}"#,
+            r#"{"MODEL":"other"}"#,
+            "{\"model\":\"a\",\"mode\u{17f}l\":\"b\"}"
+                .replace("mode\u{17f}l", "\u{17f}eed")
+                .as_str(),
+            r#"{"model":"m","Stream":true}"#,
+        ] {
+            let err = refused(body.as_bytes());
+            assert!(err.contains("only by case"), "{body}: {err}");
+        }
+        // Case in values, or in keys Corral does not read, is Ollama's business.
+        assert!(read(
+            Endpoint::Chat,
+            Bounds::default(),
+            br#"{"model":"LLaMA3","Prompt":"x"}"#
+        )
+        .is_ok());
         let huge = br#"{"model":"m","options":{"num_predict":1e999}}"#;
         assert!(refused(huge).contains("invalid JSON"));
     }

@@ -553,3 +553,22 @@ async fn a_body_that_stops_arriving_is_refused_with_408_after_the_timeout_and_no
     let seen = classify(&config, request).await.unwrap();
     assert_eq!(seen.meta.model.as_deref(), Some("llama3"));
 }
+
+#[test]
+fn a_private_class_takes_only_agents_that_prove_who_they_are() {
+    let keyless = config(
+        "[[classes]]\nname = \"ops\"\nprivate = true\n[[agents]]\nid = \"ops-a\"\nclass = \"ops\"\n",
+    );
+    let err = ClassifyLayer::new(&keyless).unwrap_err();
+    assert_eq!(err.key(), "agents[0].key");
+    let default_private =
+        config("default_class = \"ops\"\n[[classes]]\nname = \"ops\"\nprivate = true\n");
+    assert_eq!(
+        ClassifyLayer::new(&default_private).unwrap_err().key(),
+        "default_class"
+    );
+    let required = config(
+        "require_key = true\ndefault_class = \"ops\"\n[[classes]]\nname = \"ops\"\nprivate = true\n[[agents]]\nid = \"ops-a\"\nkey = \"sk-ops-a-0123\"\n",
+    );
+    assert!(ClassifyLayer::new(&required).is_ok());
+}

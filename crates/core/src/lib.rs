@@ -36,6 +36,7 @@ mod endpoint;
 mod error;
 mod event;
 pub mod headers;
+mod json;
 mod load;
 mod meta;
 mod outcome;
@@ -50,6 +51,7 @@ pub use degradation::{Degradation, Level};
 pub use endpoint::{ApiFamily, Endpoint, EndpointKind};
 pub use error::{stream_error_frame, ErrorBody};
 pub use event::{Event, EventSink, EventValue, NewEvent};
+pub use json::go_key_fold;
 pub use load::{LoadCell, LoadSnapshot, UpstreamLoad};
 pub use meta::{
     AgentId, ClassName, GenerationParams, MetaSlot, Priority, PriorityError, RequestId, RequestMeta,

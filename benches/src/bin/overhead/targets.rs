@@ -222,7 +222,9 @@ pub(crate) async fn start_all(setup: &Setup<'_>) -> Result<Vec<Target>, BoxError
     let addr = free_addr()?;
     let mut args = vec![
         "--config".into(),
-        unbounded(None, setup.dir, "none.toml")?.display().to_string(),
+        unbounded(None, setup.dir, "none.toml")?
+            .display()
+            .to_string(),
     ];
     args.extend(proxy_args(addr, &up));
     targets.push(
@@ -279,7 +281,10 @@ fn unbounded(source: Option<&Path>, dir: &Path, name: &str) -> Result<PathBuf, B
         .entry("server")
         .or_insert_with(|| toml::Value::Table(toml::Table::new()));
     if let toml::Value::Table(server) = server {
-        server.insert("max_connections_per_address".into(), toml::Value::Integer(0));
+        server.insert(
+            "max_connections_per_address".into(),
+            toml::Value::Integer(0),
+        );
     }
     let path = dir.join(name);
     std::fs::write(&path, toml::to_string(&config)?)?;
