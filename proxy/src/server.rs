@@ -34,6 +34,7 @@ pub struct Server {
     admin_front: Option<Front>,
     grace: Duration,
     limits: Limits,
+    degrade: Option<std::sync::Arc<corral_degrade::Controller>>,
 }
 
 /// Streams one h2c connection may have open at once.
@@ -137,6 +138,7 @@ impl Server {
             front,
             admin_front,
             grace: config.server.shutdown_grace,
+            degrade: stack.controls().degrade.get().cloned(),
             limits: Limits {
                 header_read_timeout: config.server.header_read_timeout,
                 write_stall_timeout: config.server.write_stall_timeout,
@@ -170,7 +172,10 @@ impl Server {
             admin_front,
             grace,
             limits,
+            degrade,
         } = self;
+        // The level follows the load even when no request samples it.
+        let degrade_ticker = degrade.map(|c| tokio::spawn(c.keep_current(Duration::from_secs(1))));
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // The header read timeout also runs while a kept-alive connection
         // waits for its next request: idle clients are closed after it.
@@ -264,6 +269,9 @@ impl Server {
         while connections.join_next().await.is_some() {}
         upkeep.abort();
         probe.abort();
+        if let Some(ticker) = degrade_ticker {
+            ticker.abort();
+        }
     }
 }
 

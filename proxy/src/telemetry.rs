@@ -10,7 +10,10 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 /// Requests answered, by endpoint and status.
 pub const REQUESTS_TOTAL: &str = "corral_requests_total";
 /// Time from receiving a request to the end of its response body, by
-/// endpoint and status, in seconds.
+/// endpoint, model, class and outcome (`completed`, `cancelled`,
+/// `error`), in seconds. The status is on [`REQUESTS_TOTAL`]: a status
+/// label here would multiply the histogram's series by every status seen
+/// for a split the outcome already makes.
 pub const REQUEST_DURATION_SECONDS: &str = "corral_request_duration_seconds";
 /// Answers in progress (headers sent, body not ended), by class.
 pub const REQUESTS_IN_FLIGHT: &str = "corral_requests_in_flight";

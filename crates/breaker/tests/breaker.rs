@@ -319,3 +319,45 @@ async fn a_dropped_call_counts_as_a_timeout_only_when_marked() {
     }
     assert!(matches!(layer.states()[0].1, State::Open { .. }));
 }
+
+#[tokio::test(start_paused = true)]
+async fn per_model_one_models_failures_open_its_breaker_and_not_anothers() {
+    use corral_core::{Endpoint, RequestMeta};
+    let bus = Arc::new(MemoryBus::new("r1"));
+    let mut events = bus.subscribe();
+    let layer = BreakerLayer::new(
+        &BreakerConfig {
+            per_model: true,
+            ..config()
+        },
+        Some(bus.clone() as Arc<dyn Bus>),
+    )
+    .unwrap();
+    let (upstream, mut handle): (Upstream, _) = mock::pair();
+    let service = layer.layer(upstream);
+    handle.allow(100);
+    let to = |model: &str| {
+        let mut request = Request::new(Body::empty());
+        request
+            .extensions_mut()
+            .insert(RequestMeta::new("r".into(), Endpoint::Chat).with_model(Some(model.into())));
+        request
+    };
+    for _ in 0..5 {
+        let call = tokio::spawn(service.clone().oneshot(to("llama3:70b")));
+        let (_, reply) = handle.next_request().await.unwrap();
+        reply.send_response(answer(503));
+        call.await.unwrap().unwrap();
+    }
+    let err = service.clone().oneshot(to("llama3:70b")).await.unwrap_err();
+    assert!(err.downcast_ref::<BreakerOpen>().is_some(), "{err}");
+    let event = events.try_recv().unwrap();
+    assert_eq!(event.message["breaker"], "llama3:70b");
+    assert_eq!(event.message["to"], "open");
+
+    // Another model goes on through its own, closed breaker.
+    let call = tokio::spawn(service.clone().oneshot(to("tinyllama")));
+    let (_, reply) = handle.next_request().await.unwrap();
+    reply.send_response(answer(200));
+    assert_eq!(call.await.unwrap().unwrap().status(), 200);
+}

@@ -53,13 +53,15 @@ impl Failure {
     }
 
     /// Whether the same request may simply be sent again: the upstream
-    /// was unreachable, overloaded (502/503/504, Ollama's "server busy"),
-    /// or too slow; never a 500 that may have done work, never a stream
-    /// that had started.
+    /// was unreachable, dropped the connection before any answer (Ollama
+    /// dying while it loads a model), overloaded (502/503/504, Ollama's
+    /// "server busy"), or too slow; never a 500 that may have done work,
+    /// never a stream that had started. (The retry layer sends again only
+    /// inference and metadata calls, which change nothing upstream.)
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            Failure::Connect | Failure::Timeout | Failure::Status(502..=504)
+            Failure::Connect | Failure::Broken | Failure::Timeout | Failure::Status(502..=504)
         )
     }
 }

@@ -87,6 +87,30 @@ impl Controller {
         level
     }
 
+    /// Samples the load every `every`, for as long as it runs: the level
+    /// (its gauge, its bus event, the admin API's view) follows the load
+    /// when no request comes to sample it, so a burst that ends in
+    /// silence does not leave the level, and its alert, up. The proxy
+    /// spawns it; a Rust service using the layer may too.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use corral_degrade::{DegradeConfig, DegradeLayer};
+    ///
+    /// let layer = DegradeLayer::new(&DegradeConfig::default(), corral_core::LoadCell::default(), None).unwrap();
+    /// let ticker = tokio::spawn(layer.controller().clone().keep_current(std::time::Duration::from_secs(1)));
+    /// ticker.abort();
+    /// # });
+    /// ```
+    pub async fn keep_current(self: Arc<Self>, every: std::time::Duration) {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            self.level();
+        }
+    }
+
     /// Forces `level` until released with `None`.
     pub fn force(&self, level: Option<Level>) {
         let (change, load) = {

@@ -307,3 +307,25 @@ fn thresholds_that_would_flap_are_refused() {
     };
     assert_eq!(config.validate().unwrap_err().key(), "down[0]");
 }
+
+#[tokio::test(start_paused = true)]
+async fn with_no_requests_the_level_still_follows_the_load_down() {
+    let (layer, work, _bus) = setup(DegradeConfig {
+        smoothing: Duration::from_secs(5),
+        ..DegradeConfig::default()
+    });
+    let controller = layer.controller().clone();
+    *work.0.lock().unwrap() = 16;
+    // A burst: requests sample the load and raise the level.
+    for _ in 0..30 {
+        controller.level();
+        tokio::time::advance(Duration::from_secs(1)).await;
+    }
+    assert_eq!(controller.status().level, Level::Critical);
+    // Then silence: no request comes, only the ticker samples.
+    *work.0.lock().unwrap() = 0;
+    let ticker = tokio::spawn(controller.clone().keep_current(Duration::from_secs(1)));
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(controller.status().level, Level::Normal);
+    ticker.abort();
+}

@@ -29,17 +29,46 @@
 //!
 //! # Example
 //!
-//! ```
-//! use corral_core::Body;
-//! use corral_retry::{RetryConfig, RetryLayer};
-//! use tower::{service_fn, ServiceBuilder};
+//! The layer retries only what it knows to be safe to send again: a
+//! request with a [`RequestMeta`](corral_core::RequestMeta) (which
+//! `corral-classify` puts in the extensions, or a service may insert
+//! itself) for an inference or metadata endpoint, with a buffered
+//! [`Body`](corral_core::Body). Without one, every failure is passed on
+//! at once. Requests are `http::Request<corral_core::Body>`.
 //!
+//! ```
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use std::sync::Arc;
+//!
+//! use corral_core::{Body, Endpoint, RequestMeta};
+//! use corral_retry::{RetryConfig, RetryLayer};
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap().block_on(async {
+//! // An upstream busy twice, then answering.
+//! let calls = Arc::new(AtomicUsize::new(0));
+//! let seen = calls.clone();
 //! let service = ServiceBuilder::new()
 //!     .layer(RetryLayer::new(&RetryConfig::default()).unwrap())
-//!     .service(service_fn(|_request: http::Request<Body>| async {
-//!         Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
+//!     .service(service_fn(move |_request: http::Request<Body>| {
+//!         let status = if seen.fetch_add(1, Ordering::SeqCst) < 2 { 503 } else { 200 };
+//!         async move {
+//!             let mut response = http::Response::new(http_body_util::Empty::<bytes::Bytes>::new());
+//!             *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+//!             Ok::<_, std::convert::Infallible>(response)
+//!         }
 //!     }));
-//! # drop(service);
+//!
+//! let mut request = http::Request::post("/api/generate")
+//!     .body(Body::from(r#"{"model":"llama3","prompt":"hi"}"#))
+//!     .unwrap();
+//! request
+//!     .extensions_mut()
+//!     .insert(RequestMeta::new("r-1".into(), Endpoint::Generate));
+//! let response = service.oneshot(request).await.unwrap();
+//! assert_eq!(response.status(), 200);
+//! assert_eq!(calls.load(Ordering::SeqCst), 3);
+//! # });
 //! ```
 
 mod body;

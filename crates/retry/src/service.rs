@@ -145,15 +145,32 @@ where
         request.extensions_mut().insert(timed_out.clone());
 
         let call = inner.ready().await.map_err(Into::into)?.call(request);
-        let result = match config.first_byte_timeout {
-            Some(limit) => match tokio::time::timeout(limit, call).await {
+        // The wait for headers is bounded by the first-byte timeout and
+        // by what is left of the total timeout, whichever ends first.
+        let left = total_deadline.map(|end| end.saturating_duration_since(Instant::now()));
+        let limit = match (config.first_byte_timeout, left) {
+            (Some(first), Some(left)) if left < first => Some((left, TimeoutKind::Total)),
+            (Some(first), _) => Some((first, TimeoutKind::FirstByte)),
+            (None, Some(left)) => Some((left, TimeoutKind::Total)),
+            (None, None) => None,
+        };
+        let result = match limit {
+            Some((limit, kind)) => match tokio::time::timeout(limit, call).await {
                 Ok(result) => result.map_err(Into::into),
                 Err(_) => {
                     // Mark before the attempt is dropped, so a breaker
                     // below counts a timeout, not a client that left.
                     timed_out.set();
-                    metrics::counter!(TIMEOUTS_TOTAL, "kind" => "first_byte").increment(1);
-                    Err(Box::new(Timeout::new(TimeoutKind::FirstByte, limit)) as BoxError)
+                    let label = match kind {
+                        TimeoutKind::Total => "total",
+                        _ => "first_byte",
+                    };
+                    metrics::counter!(TIMEOUTS_TOTAL, "kind" => label).increment(1);
+                    let limit = match kind {
+                        TimeoutKind::Total => config.total_timeout.unwrap_or(limit),
+                        _ => limit,
+                    };
+                    Err(Box::new(Timeout::new(kind, limit)) as BoxError)
                 }
             },
             None => call.await.map_err(Into::into),

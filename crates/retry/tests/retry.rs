@@ -108,6 +108,38 @@ async fn retries_wait_a_jittered_backoff_under_a_growing_ceiling() {
     }
 }
 
+/// Full jitter, exactly: each wait is its ceiling (2 s doubling, capped
+/// at 30 s) times the next draw of the thread's generator, which the test
+/// seeds (the runtime is single-threaded: the layer draws from it).
+#[tokio::test(start_paused = true)]
+async fn the_backoff_is_full_jitter_under_a_ceiling_that_doubles_up_to_its_cap() {
+    let (upstream, mut handle): (Upstream, _) = mock::pair();
+    let service = layer(RetryConfig {
+        max_attempts: 7,
+        ..config()
+    })
+    .layer(upstream);
+    handle.allow(10);
+    fastrand::seed(131);
+    let call = tokio::spawn(service.oneshot(request()));
+    let seen = answer_with(&mut handle, &[503; 7]).await;
+    assert_eq!(call.await.unwrap().unwrap().status(), 503);
+    let waits: Vec<Duration> = seen.windows(2).map(|w| w[1].0 - w[0].0).collect();
+    let mut draws = fastrand::Rng::with_seed(131);
+    let expected: Vec<Duration> = [2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+        .iter()
+        .map(|ceiling| Duration::from_secs_f64(*ceiling).mul_f64(draws.f64()))
+        .collect();
+    for (wait, expected) in waits.iter().zip(&expected) {
+        // Paused time moves in whole milliseconds.
+        assert!(
+            wait.abs_diff(*expected) <= Duration::from_millis(1),
+            "{waits:?} against {expected:?}"
+        );
+    }
+    assert_eq!(waits.len(), 6);
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_upstream_retry_after_is_waited_out() {
     let (upstream, mut handle): (Upstream, _) = mock::pair();
@@ -149,6 +181,21 @@ async fn a_connection_error_is_retried() {
     reply.send_error(UpstreamFailed::new("http://x", true, "connection refused"));
     answer_with(&mut handle, &[200]).await;
     assert_eq!(call.await.unwrap().unwrap().status(), 200);
+
+    // A connection that breaks before any answer (the upstream died while
+    // loading a model) is sent again too.
+    let (upstream, mut handle): (Upstream, _) = mock::pair();
+    let service = layer(config()).layer(upstream);
+    handle.allow(10);
+    let call = tokio::spawn(service.oneshot(request()));
+    let (_, reply) = handle.next_request().await.unwrap();
+    reply.send_error(UpstreamFailed::new(
+        "http://x",
+        false,
+        "connection reset by peer",
+    ));
+    answer_with(&mut handle, &[200]).await;
+    assert_eq!(call.await.unwrap().unwrap().status(), 200);
 }
 
 #[tokio::test(start_paused = true)]
@@ -188,6 +235,33 @@ async fn a_stream_that_started_is_never_retried_and_a_stall_ends_it_with_an_erro
     assert!(body.frame().await.is_none(), "and then ends");
     drop(tx);
     assert!(no_more_attempts(&mut handle).await, "not retried");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_total_timeout_bounds_the_wait_for_headers_too() {
+    let (upstream, mut handle): (Upstream, _) = mock::pair();
+    let service = layer(RetryConfig {
+        first_byte_timeout: Some(Duration::from_secs(30)),
+        total_timeout: Some(Duration::from_secs(10)),
+        ..config()
+    })
+    .layer(upstream);
+    handle.allow(10);
+    let start = Instant::now();
+    let call = tokio::spawn(service.oneshot(request()));
+    let (first, _hung) = handle.next_request().await.unwrap();
+    let err = call.await.unwrap().unwrap_err();
+    // Not the first byte's 30 s: the whole request's 10 s, and no retry
+    // after it (none could finish).
+    assert_eq!(start.elapsed(), Duration::from_secs(10));
+    let timeout = err.downcast_ref::<Timeout>().unwrap();
+    assert_eq!(timeout.kind(), corral_core::TimeoutKind::Total);
+    assert!(first
+        .extensions()
+        .get::<AttemptTimedOut>()
+        .unwrap()
+        .is_set());
+    assert!(no_more_attempts(&mut handle).await);
 }
 
 #[tokio::test(start_paused = true)]
