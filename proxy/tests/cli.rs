@@ -184,6 +184,10 @@ fn bad_values_are_refused_with_the_key_and_reason() {
             "listed twice",
         ),
         (
+            "[[layers]]\nkind = \"degrade\"\n",
+            "list a `priority` layer too",
+        ),
+        (
             "[[layers]]\nkind = \"cache\"\n[[layers]]\nkind = \"auth\"\n",
             "layers[1].kind: auth must come before cache",
         ),

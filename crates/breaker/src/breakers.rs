@@ -22,6 +22,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Models with a breaker of their own at most with `per_model` (the
+/// upstream's comes on top, for the rest).
+pub(crate) const MAX_MODEL_BREAKERS: usize = 64;
+
 /// The name of the upstream-wide breaker.
 pub(crate) const UPSTREAM: &str = "upstream";
 
@@ -34,6 +38,19 @@ impl Breakers {
         };
         metrics::gauge!(BREAKER_STATE, "breaker" => UPSTREAM).set(0.0);
         breakers
+    }
+
+    /// The breaker a call to `model` goes through with `per_model`: the
+    /// model's own while fewer than [`MAX_MODEL_BREAKERS`] exist, else the
+    /// upstream's. Model names come from clients: the map and the
+    /// `breaker` label must not grow with whatever they send.
+    pub(crate) fn key_for(&self, model: Arc<str>, upstream: &Arc<str>) -> Arc<str> {
+        let circuits = lock(&self.circuits);
+        if circuits.contains_key(&model) || circuits.len() < MAX_MODEL_BREAKERS {
+            model
+        } else {
+            upstream.clone()
+        }
     }
 
     /// Lets a call on breaker `key` through, or refuses it.
@@ -118,5 +135,26 @@ impl Breakers {
                 }),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_model_breakers_stop_at_their_bound() {
+        let breakers = Breakers::new(BreakerConfig::default(), None);
+        let upstream: Arc<str> = Arc::from(UPSTREAM);
+        for i in 0..1000 {
+            let key = breakers.key_for(Arc::from(format!("model-{i}")), &upstream);
+            let _ = breakers.admit(&key);
+        }
+        // The models' own, and the upstream's that the rest share.
+        assert_eq!(lock(&breakers.circuits).len(), MAX_MODEL_BREAKERS + 1);
+        let known = breakers.key_for(Arc::from("model-3"), &upstream);
+        assert_eq!(&*known, "model-3", "a model with a breaker keeps it");
+        let late = breakers.key_for(Arc::from("model-999"), &upstream);
+        assert_eq!(&*late, UPSTREAM);
     }
 }

@@ -29,7 +29,8 @@ pub const DEFAULT_OPEN_FOR: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerConfig {
-    /// One breaker per model instead of one for the upstream.
+    /// One breaker per model instead of one for the upstream (at most
+    /// 64; models beyond share the upstream's).
     pub per_model: bool,
     /// Trip after this many failures in a row; unset: never on a streak.
     pub consecutive_failures: Option<u32>,

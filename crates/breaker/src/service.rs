@@ -51,7 +51,9 @@ where
             .get::<RequestMeta>()
             .and_then(|m| m.model.clone())
         {
-            Some(model) if self.breakers.config.per_model => model,
+            Some(model) if self.breakers.config.per_model => {
+                self.breakers.key_for(model, &self.upstream)
+            }
             _ => self.upstream.clone(),
         };
         let admission = match self.breakers.admit(&key) {

@@ -335,7 +335,7 @@ async fn per_model_one_models_failures_open_its_breaker_and_not_anothers() {
     .unwrap();
     let (upstream, mut handle): (Upstream, _) = mock::pair();
     let service = layer.layer(upstream);
-    handle.allow(100);
+    handle.allow(1000);
     let to = |model: &str| {
         let mut request = Request::new(Body::empty());
         request
@@ -360,4 +360,22 @@ async fn per_model_one_models_failures_open_its_breaker_and_not_anothers() {
     let (_, reply) = handle.next_request().await.unwrap();
     reply.send_response(answer(200));
     assert_eq!(call.await.unwrap().unwrap().status(), 200);
+
+    // Names are the clients': past 64 breakers, new names share the
+    // upstream's, which is closed.
+    for i in 0..100 {
+        let call = tokio::spawn(service.clone().oneshot(to(&format!("made-up-{i}"))));
+        let (_, reply) = handle.next_request().await.unwrap();
+        reply.send_response(answer(404));
+        call.await.unwrap().unwrap();
+    }
+    let mut opened = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        opened.push(event.message["breaker"].to_string());
+    }
+    assert!(opened.is_empty(), "{opened:?}");
+    assert!(
+        service.clone().oneshot(to("llama3:70b")).await.is_err(),
+        "still open"
+    );
 }

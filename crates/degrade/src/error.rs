@@ -39,4 +39,11 @@ impl Refusal for Degraded {
     fn retry_after(&self) -> Option<Duration> {
         Some(self.retry_after)
     }
+
+    /// `X-Corral-Degraded` with the level, as on every degraded answer.
+    fn headers(&self) -> Vec<(http::HeaderName, http::HeaderValue)> {
+        http::HeaderValue::from_str(self.level.as_str())
+            .map(|level| vec![(crate::service::X_CORRAL_DEGRADED, level)])
+            .unwrap_or_default()
+    }
 }
