@@ -100,6 +100,9 @@ pub struct Config {
     /// What `/metrics` labels.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Where state shared by replicas lives.
+    #[serde(default)]
+    pub state: StateConfig,
     /// The file this came from, for messages; `None` for defaults.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -249,6 +252,45 @@ impl Default for MetricsConfig {
         Self {
             per_agent_labels: false,
             max_model_labels: crate::telemetry::DEFAULT_MAX_MODEL_LABELS,
+        }
+    }
+}
+
+/// Where state shared by replicas lives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// In this process only.
+    #[default]
+    Memory,
+    /// In Redis, shared by every replica that names the same server and
+    /// prefix. So far: the auth layer's replay memory.
+    Redis,
+}
+
+/// `[state]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// `memory` or `redis`.
+    pub backend: Backend,
+    /// The Redis server (`redis://host:port/db`), with `backend = "redis"`.
+    pub redis_url: Option<String>,
+    /// How long a Redis command may take before this replica answers from
+    /// its own memory instead.
+    #[serde(with = "humantime_serde")]
+    pub redis_timeout: Duration,
+    /// Prepended to every key, so several deployments can share a server.
+    pub key_prefix: String,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            backend: Backend::Memory,
+            redis_url: None,
+            redis_timeout: Duration::from_millis(200),
+            key_prefix: "corral:".to_string(),
         }
     }
 }
@@ -516,6 +558,23 @@ impl Config {
                     "must be a number above 0",
                 ));
             }
+        }
+        match (&self.state.backend, &self.state.redis_url) {
+            (Backend::Redis, None) => {
+                return Err(ConfigError::new(
+                    "state.redis_url",
+                    "is required with backend = \"redis\"",
+                ))
+            }
+            (_, Some(url)) => corral_auth::RedisReplay::check_url(url)
+                .map_err(|e| ConfigError::new("state.redis_url", format!("{url:?}: {e}")))?,
+            _ => {}
+        }
+        if self.state.redis_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "state.redis_timeout",
+                "must be more than zero",
+            ));
         }
         if self.upstream.connect_timeout.is_zero() {
             return Err(ConfigError::new(

@@ -419,7 +419,20 @@ pub(crate) fn auth(
             ));
         }
     }
-    let auth = corral_auth::AuthLayer::new(&config)?;
+    let state = &context.config.state;
+    let auth = match (&state.backend, &state.redis_url) {
+        (crate::config::Backend::Redis, Some(url)) => {
+            let store = corral_auth::RedisReplay::new(
+                url,
+                &state.key_prefix,
+                state.redis_timeout,
+                config.replay_memory,
+            )
+            .map_err(|e| ConfigError::new(format!("state.{}", e.key()), e.reason()))?;
+            corral_auth::AuthLayer::with_store(&config, std::sync::Arc::new(store))?
+        }
+        _ => corral_auth::AuthLayer::new(&config)?,
+    };
     let signing = match (config.secrets.len(), config.require_signatures) {
         (_, true) => "every agent signs".to_string(),
         (0, false) => "no signatures".to_string(),
@@ -428,9 +441,13 @@ pub(crate) fn auth(
     Ok(StackLayer::new(
         auth,
         format!(
-            "{signing} (freshness {}, {} request ids remembered); classes call {} unless listed ({} listed)",
+            "{signing} (freshness {}, {} request ids remembered{}); classes call {} unless listed ({} listed)",
             humantime::format_duration(config.freshness),
             config.replay_memory,
+            match state.backend {
+                crate::config::Backend::Redis => ", shared through Redis",
+                crate::config::Backend::Memory => "",
+            },
             config.default_endpoints.join(", "),
             config.classes.len(),
         ),

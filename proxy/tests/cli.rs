@@ -196,6 +196,11 @@ fn bad_values_are_refused_with_the_key_and_reason() {
             "layers[0].classes.ghost",
         ),
         ("[server]\nmax_header_bytes = 100\n", "server.max_header_bytes"),
+        ("[state]\nbackend = \"redis\"\n", "state.redis_url: is required"),
+        (
+            "[state]\nbackend = \"redis\"\nredis_url = \"nonsense\"\n",
+            "state.redis_url",
+        ),
         ("[server]\nwrite_stall_timeout = \"0s\"\n", "server.write_stall_timeout"),
         ("[server]\nmax_headers = 1000000\n", "server.max_headers"),
         ("[server]\nbody_read_timeout = \"1000y\"\n", "server.body_read_timeout"),

@@ -141,3 +141,51 @@ pub fn upstream_saw(mock: &MockOllama, id: &str) -> RecordedRequest {
         .find(|r| r.headers.get("x-request-id").map(String::as_str) == Some(id))
         .unwrap_or_else(|| panic!("the upstream never saw request {id}"))
 }
+
+/// A `redis-server` of this test's own, stopped when dropped; or the one
+/// `REDIS_URL` names.
+pub struct Redis {
+    /// Its URL.
+    pub url: String,
+    /// The server, when this test started it.
+    pub child: Option<std::process::Child>,
+}
+
+impl Redis {
+    /// Starts one on a free port (or takes `REDIS_URL`).
+    pub async fn start() -> Self {
+        if let Ok(url) = std::env::var("REDIS_URL") {
+            return Self { url, child: None };
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test installs it)");
+        // A process has no event to wait on: poll until it answers.
+        for _ in 0..500 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Self {
+            url: format!("redis://127.0.0.1:{port}"),
+            child: Some(child),
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -15,7 +15,8 @@
 //!    from its clock, and a request id the agent already used within the
 //!    window (a replay), each 401 [`SignatureRefused`] with its own
 //!    reason. Request ids are remembered in a bounded [`ReplayStore`]:
-//!    [`MemoryReplay`] here, Redis when replicas share state.
+//!    [`MemoryReplay`] here, `RedisReplay` (feature `redis`) when
+//!    replicas share state.
 //!
 //! HMAC comes from the RustCrypto `hmac` and `sha2` crates, whose
 //! `verify_slice` compares in constant time.
@@ -66,6 +67,8 @@ mod guard;
 mod layer;
 pub mod metrics;
 mod permissions;
+#[cfg(feature = "redis")]
+mod redis_replay;
 mod replay;
 mod service;
 mod sign;
@@ -76,6 +79,8 @@ pub use config::{
 };
 pub use error::{Forbidden, SignatureProblem, SignatureRefused};
 pub use layer::AuthLayer;
+#[cfg(feature = "redis")]
+pub use redis_replay::RedisReplay;
 pub use replay::{MemoryReplay, Remembered, ReplayStore};
 pub use service::{AuthService, ResponseFuture};
 pub use sign::{key_digest, Signed, SCHEME};
