@@ -189,3 +189,15 @@ impl Drop for Redis {
         }
     }
 }
+
+/// The sum of the values of the `/metrics` series whose line starts with
+/// `series` (a name, or a name and the start of its labels); 0 when none
+/// is written yet.
+pub async fn metric_sum(url: &str, series: &str) -> f64 {
+    let reply = send(request("GET", &format!("{url}/metrics"), "")).await;
+    String::from_utf8_lossy(&reply.body)
+        .lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

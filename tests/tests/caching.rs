@@ -15,17 +15,7 @@ fn config(upstream: &str) -> Config {
 }
 
 async fn coalesced(url: &str) -> u64 {
-    let text = String::from_utf8(
-        send(request("GET", &format!("{url}/metrics"), ""))
-            .await
-            .body
-            .to_vec(),
-    )
-    .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("corral_cache_coalesced_total "))
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap_or(0)
+    corral_e2e::metric_sum(url, "corral_cache_coalesced_total ").await as u64
 }
 
 async fn herd_of_identical(stream: bool, fault: &'static str) {

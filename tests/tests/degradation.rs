@@ -43,17 +43,7 @@ fn config(upstream: &str) -> Config {
 
 /// Requests waiting in the scheduler, as `/metrics` reports them.
 async fn queued(url: &str) -> usize {
-    let text = String::from_utf8(
-        send(request("GET", &format!("{url}/metrics"), ""))
-            .await
-            .body
-            .to_vec(),
-    )
-    .unwrap();
-    text.lines()
-        .filter_map(|l| l.strip_prefix("corral_queue_depth{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as usize
+    corral_e2e::metric_sum(url, "corral_queue_depth{").await as usize
 }
 
 /// Waits until `n` requests wait in the scheduler.

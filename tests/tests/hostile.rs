@@ -118,21 +118,6 @@ fn status_of(answer: &str) -> u16 {
         .unwrap_or_else(|| panic!("no status line in {answer:?}"))
 }
 
-async fn metric(url: &str, line_start: &str) -> f64 {
-    let text = String::from_utf8(
-        send(request("GET", &format!("{url}/metrics"), ""))
-            .await
-            .body
-            .to_vec(),
-    )
-    .unwrap();
-    // A series not yet written is zero.
-    text.lines()
-        .filter_map(|l| l.strip_prefix(line_start))
-        .filter_map(|v| v.trim().parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_get_clear_refusals_while_good_agents_see_no_error() {
     let upstream = mock(MockConfig {
@@ -276,7 +261,7 @@ async fn hostile_requests_get_clear_refusals_while_good_agents_see_no_error() {
 
     // A client that asks for a long stream and reads none of it is cut
     // off, and what it held (its upstream permit) is given back.
-    let stalled_before = metric(
+    let stalled_before = corral_e2e::metric_sum(
         &url,
         "corral_connections_closed_total{reason=\"write_stall\"} ",
     )
@@ -298,7 +283,7 @@ async fn hostile_requests_get_clear_refusals_while_good_agents_see_no_error() {
     let url2 = url.clone();
     within(async {
         loop {
-            if metric(
+            if corral_e2e::metric_sum(
                 &url2,
                 "corral_connections_closed_total{reason=\"write_stall\"} ",
             )

@@ -77,6 +77,16 @@ pub enum EventValue<'a> {
 }
 
 impl EventValue<'_> {
+    /// The object of `fields`, as `json!({...})` would build it.
+    pub fn object(fields: &[(&'static str, EventValue<'_>)]) -> serde_json::Value {
+        serde_json::Value::Object(
+            fields
+                .iter()
+                .map(|(key, value)| ((*key).to_string(), value.to_json()))
+                .collect(),
+        )
+    }
+
     /// The value as `serde_json` would hold it.
     pub fn to_json(self) -> serde_json::Value {
         use serde_json::Value;
@@ -169,10 +179,6 @@ pub trait EventSink: Send + Sync + 'static {
         request_id: &str,
         fields: &[(&'static str, EventValue<'_>)],
     ) {
-        let data = fields
-            .iter()
-            .map(|(key, value)| ((*key).to_string(), value.to_json()))
-            .collect::<serde_json::Map<_, _>>();
-        self.record(NewEvent::new(kind, serde_json::Value::Object(data)).about(agent, request_id));
+        self.record(NewEvent::new(kind, EventValue::object(fields)).about(agent, request_id));
     }
 }

@@ -293,13 +293,7 @@ impl EventSink for EventLog {
         if self.file.is_some() {
             // The file's lines are written from the value, as they
             // always were.
-            let data = fields
-                .iter()
-                .map(|(name, value)| ((*name).to_string(), value.to_json()))
-                .collect::<serde_json::Map<_, _>>();
-            self.record(
-                NewEvent::new(kind, serde_json::Value::Object(data)).about(agent, request_id),
-            );
+            self.record(NewEvent::new(kind, EventValue::object(fields)).about(agent, request_id));
             return;
         }
         let timestamp = now();
