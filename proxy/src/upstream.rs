@@ -267,6 +267,11 @@ impl Future for ResponseFuture {
                 Poll::Ready(match result {
                     Ok(mut response) => {
                         strip_hop_by_hop(response.headers_mut());
+                        // Refusals are Corral's to name: an upstream's
+                        // header would be counted as one.
+                        response
+                            .headers_mut()
+                            .remove(corral_core::headers::X_CORRAL_REASON);
                         let framing = Framing::of(&response, *family);
                         Ok(response.map(|body| PassThrough::new(body, framing).boxed_unsync()))
                     }

@@ -259,12 +259,18 @@ async fn a_scripted_run_shows_in_metrics_events_and_the_admin_api() {
             &[("endpoint", "generate")]
         ) >= 8.0
     );
-    assert!(
+    // Exported, and empty again once every answer has ended.
+    assert!(metrics
+        .lines()
+        .any(|l| l.starts_with("corral_bulkhead_saturation{")
+            && l.contains("compartment=\"opus_agents\"")));
+    assert_eq!(
         value(
             &metrics,
             "corral_bulkhead_saturation",
             &[("compartment", "opus_agents")]
-        ) >= 0.0
+        ),
+        0.0
     );
 
     // The dashboard asks only for what is exported.
