@@ -19,7 +19,7 @@ use tracing::{field::Empty, Instrument};
 
 use crate::admin::Admin;
 use crate::hop::strip_hop_by_hop;
-use crate::observe::{Observation, Observed};
+use crate::observe::{InFlight, Observation, Observed};
 use crate::respond;
 use crate::stack::{Stack, StackService};
 
@@ -136,10 +136,29 @@ impl Front {
         parts.extensions.insert(slot.clone());
         // A panic in a layer answers this request with a 500 and is
         // logged; the connection and everyone else carry on.
-        let result = AssertUnwindSafe(stack.clone().oneshot(Request::from_parts(parts, body)))
-            .catch_unwind()
-            .instrument(span.clone())
-            .await;
+        let call = AssertUnwindSafe(stack.clone().oneshot(Request::from_parts(parts, body)))
+            .catch_unwind();
+        // Counted in flight as soon as classify has named the class: a
+        // request waiting for a permit or generating a whole answer is in
+        // flight long before its headers.
+        let mut in_flight = InFlight::default();
+        let mut call = std::pin::pin!(call);
+        let result = std::future::poll_fn(|cx| {
+            let poll = std::future::Future::poll(call.as_mut(), cx);
+            if !in_flight.counted() {
+                if let Some(meta) = slot.get() {
+                    let handles = crate::telemetry::request_metrics(
+                        endpoint,
+                        Some(meta.class.as_str()),
+                        meta.model.as_deref(),
+                    );
+                    in_flight.count(handles.in_flight());
+                }
+            }
+            poll
+        })
+        .instrument(span.clone())
+        .await;
         let mut response = match result {
             Ok(Ok(response)) => response,
             Err(panic) => {
@@ -162,7 +181,7 @@ impl Front {
             start,
             endpoint,
             span,
-            slot.get().cloned(),
+            (slot.get().cloned(), in_flight),
             request_id,
             shared.events.clone(),
         );

@@ -17,6 +17,35 @@ use tracing::Span;
 
 use crate::telemetry::{request_metrics, RequestMetrics, REFUSALS_TOTAL};
 
+/// A request counted in `corral_requests_in_flight` for its class, from
+/// the moment its class is known (queued, generating or answering) until
+/// this is dropped: with the answer's end, or with the request if the
+/// client leaves first.
+#[derive(Default)]
+pub(crate) struct InFlight(Option<metrics::Gauge>);
+
+impl InFlight {
+    pub(crate) fn counted(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Counts the request in `gauge`, once.
+    pub(crate) fn count(&mut self, gauge: &metrics::Gauge) {
+        if self.0.is_none() {
+            gauge.increment(1.0);
+            self.0 = Some(gauge.clone());
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(gauge) = self.0.take() {
+            gauge.decrement(1.0);
+        }
+    }
+}
+
 /// One answer being watched, from its headers to its end.
 pub(crate) struct Observation {
     start: Instant,
@@ -29,6 +58,8 @@ pub(crate) struct Observation {
     metrics: Arc<RequestMetrics>,
     first_byte: Option<Instant>,
     refused: bool,
+    /// Dropped with the observation, when the answer ends.
+    _in_flight: InFlight,
 }
 
 /// Whether the access line (`corral::access`) is written. The span's
@@ -45,13 +76,14 @@ fn millis(d: std::time::Duration) -> f64 {
 
 impl Observation {
     /// The answer's headers are here: counts a refusal, records the
-    /// request's first events, and starts counting it in progress.
+    /// request's first events, and keeps it counted in flight (from now,
+    /// if its class was not known before) until the answer ends.
     pub(crate) fn at_headers(
         response: &Response<BoxBody>,
         start: Instant,
         endpoint: Endpoint,
         span: Span,
-        meta: Option<RequestMeta>,
+        (meta, mut in_flight): (Option<RequestMeta>, InFlight),
         request_id: RequestId,
         events: Option<Arc<dyn EventSink>>,
     ) -> Self {
@@ -71,7 +103,7 @@ impl Observation {
                 .map_or_else(|| "none".to_string(), |m| m.priority.to_string());
             metrics::counter!(REFUSALS_TOTAL, "reason" => reason.to_string(), "priority" => priority).increment(1);
         }
-        handles.in_flight().increment(1.0);
+        in_flight.count(handles.in_flight());
 
         let observation = Self {
             start,
@@ -84,6 +116,7 @@ impl Observation {
             metrics: handles,
             first_byte: None,
             refused: reason.is_some(),
+            _in_flight: in_flight,
         };
         if observation.records_events(reason.is_some()) {
             let received_at = corral_core::unix_now() as f64 - start.elapsed().as_secs_f64();

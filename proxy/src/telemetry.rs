@@ -15,7 +15,9 @@ pub const REQUESTS_TOTAL: &str = "corral_requests_total";
 /// label here would multiply the histogram's series by every status seen
 /// for a split the outcome already makes.
 pub const REQUEST_DURATION_SECONDS: &str = "corral_request_duration_seconds";
-/// Answers in progress (headers sent, body not ended), by class.
+/// Requests in progress by class: from the moment classify knows the
+/// class (waiting for a permit, generating, or answering) to the end of
+/// the answer or the client leaving.
 pub const REQUESTS_IN_FLIGHT: &str = "corral_requests_in_flight";
 /// Time from receiving a request to the first byte of its answer's body,
 /// by endpoint and class, in seconds.
@@ -241,7 +243,6 @@ impl RequestMetrics {
                 .record(secs),
             None => duration(outcome).record(secs),
         }
-        self.in_flight.decrement(1.0);
         if let Some(generated) = usage.generated {
             self.generated
                 .get_or_init(|| {

@@ -377,3 +377,50 @@ fn deploy(path: &str) -> std::path::PathBuf {
         .join("../deploy")
         .join(path)
 }
+
+/// `corral_requests_in_flight{class}` once the requests of `class` add up
+/// to `n`, polled: the proxy has no event to wait on.
+async fn until_in_flight(url: &str, class: &str, n: f64) {
+    let series = format!("corral_requests_in_flight{{class=\"{class}\"}}");
+    corral_e2e::within(async {
+        while corral_e2e::metric_sum(url, &series).await != n {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_is_in_flight_for_its_class_while_queued_and_generating_not_only_answering() {
+    let upstream = mock(fast()).await;
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\ncapacity = 1\n[[classes]]\nname = \"opus\"\n[[agents]]\nid = \"planner\"\nclass = \"opus\"\n[[layers]]\nkind = \"priority\"\n",
+        upstream.url()
+    );
+    let config = Config::parse(&text, Path::new("in-flight.toml")).unwrap();
+    let corral = corral::Running::start(&config).await.unwrap();
+    let url = corral.url();
+    let slow = |ms: u64| {
+        let mut r = request(
+            "POST",
+            &format!("{url}/api/generate"),
+            r#"{"model":"llama3","prompt":"hi","stream":false}"#,
+        );
+        r.headers_mut()
+            .insert("x-agent-id", "planner".parse().unwrap());
+        r.headers_mut()
+            .insert("x-mock-fault", format!("ttft_ms={ms}").parse().unwrap());
+        r
+    };
+    // One generating (no headers until it is done), one waiting for the
+    // only permit.
+    let generating = tokio::spawn(send(slow(1500)));
+    until_in_flight(&url, "opus", 1.0).await;
+    let waiting = tokio::spawn(send(slow(0)));
+    until_in_flight(&url, "opus", 2.0).await;
+    // The waiting client leaves: it is no longer in flight.
+    waiting.abort();
+    until_in_flight(&url, "opus", 1.0).await;
+    assert_eq!(generating.await.unwrap().status, 200);
+    until_in_flight(&url, "opus", 0.0).await;
+}
