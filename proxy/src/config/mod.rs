@@ -38,7 +38,7 @@ use std::time::Duration;
 use corral_core::ConfigError;
 use serde::Deserialize;
 
-use crate::upstream_url::UpstreamUrl;
+mod checks;
 
 /// Where the proxy listens unless told otherwise: next to Ollama's 11434.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:11435";
@@ -57,8 +57,6 @@ pub const DEFAULT_MAX_HEADERS: usize = 100;
 pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 1024;
 /// How long a client may leave an answer unread before it is cut off.
 pub const DEFAULT_WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
-/// The longest a client timeout may be set to.
-const MAX_CLIENT_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 /// How long a connection to the upstream may take to open.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an idle upstream connection is kept for reuse.
@@ -487,150 +485,6 @@ impl Config {
         config.source = Some(file.to_path_buf());
         config.raw = text.parse::<toml::Table>().ok();
         Ok(config)
-    }
-
-    /// Checks what types alone cannot.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        UpstreamUrl::parse(&self.upstream.url)
-            .map_err(|reason| ConfigError::new("upstream.url", reason))?;
-        if self.server.max_request_bytes == 0 {
-            return Err(ConfigError::new(
-                "server.max_request_bytes",
-                "must be at least 1",
-            ));
-        }
-        let server = &self.server;
-        if server.max_header_bytes < 8192 {
-            // hyper's smallest read buffer; a request line alone can
-            // take a few KiB.
-            return Err(ConfigError::new(
-                "server.max_header_bytes",
-                "must be at least 8192",
-            ));
-        }
-        // Upper bounds too: hyper sizes its header arrays by max_headers
-        // on every parse, and a deadline past the clock's range panics.
-        for (key, value, most) in [
-            ("server.max_headers", server.max_headers, 10_000),
-            ("server.max_json_depth", server.max_json_depth, 100_000),
-            ("server.max_messages", server.max_messages, usize::MAX),
-        ] {
-            if value == 0 || value > most {
-                return Err(ConfigError::new(
-                    key,
-                    format!("must be between 1 and {most}"),
-                ));
-            }
-        }
-        for (key, value) in [
-            ("server.body_read_timeout", server.body_read_timeout),
-            ("server.write_stall_timeout", server.write_stall_timeout),
-            ("server.header_read_timeout", server.header_read_timeout),
-        ] {
-            if value.is_zero() || value > MAX_CLIENT_TIMEOUT {
-                return Err(ConfigError::new(
-                    key,
-                    "must be more than zero and at most a day",
-                ));
-            }
-        }
-        if self.upstream.probe_interval.is_zero() {
-            return Err(ConfigError::new(
-                "upstream.probe_interval",
-                "must be more than zero",
-            ));
-        }
-        if self.upstream.capacity == 0 {
-            return Err(ConfigError::new("upstream.capacity", "must be at least 1"));
-        }
-        for (model, capacity) in &self.upstream.model_capacity {
-            if *capacity == 0 {
-                return Err(ConfigError::new(
-                    format!("upstream.model_capacity.{model}"),
-                    "must be at least 1",
-                ));
-            }
-        }
-        for (i, class) in self.classes.iter().enumerate() {
-            if !class.weight.is_finite() || class.weight <= 0.0 {
-                return Err(ConfigError::new(
-                    format!("classes[{i}].weight"),
-                    "must be a number above 0",
-                ));
-            }
-        }
-        match (&self.state.backend, &self.state.redis_url) {
-            (Backend::Redis, None) => {
-                return Err(ConfigError::new(
-                    "state.redis_url",
-                    "is required with backend = \"redis\"",
-                ))
-            }
-            (_, Some(url)) => corral_auth::RedisReplay::check_url(url)
-                .map_err(|e| ConfigError::new("state.redis_url", format!("{url:?}: {e}")))?,
-            _ => {}
-        }
-        if self.state.redis_timeout.is_zero() {
-            return Err(ConfigError::new(
-                "state.redis_timeout",
-                "must be more than zero",
-            ));
-        }
-        if self.upstream.connect_timeout.is_zero() {
-            return Err(ConfigError::new(
-                "upstream.connect_timeout",
-                "must be more than zero",
-            ));
-        }
-        if let Some(admin) = self.admin.listen {
-            // Port 0 is any free port: two of them never collide.
-            if admin == self.server.listen && admin.port() != 0 {
-                return Err(ConfigError::new(
-                    "admin.listen",
-                    "is the same address as server.listen; leave it out to serve admin paths on the main listener",
-                ));
-            }
-        }
-        if let Some(token) = &self.admin.token {
-            if token.trim().is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control())
-            {
-                return Err(ConfigError::new(
-                    "admin.token",
-                    "must be non-empty and hold no spaces or control characters (it travels in an Authorization header)",
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Refuses an admin API open to the network: where `/corral/*` and
-    /// `/metrics` are served (`admin.listen`, else `server.listen`) is not
-    /// a loopback address and no token guards them. Checked when the proxy
-    /// starts, after the flags and environment (a file may leave the token
-    /// to `CORRAL_ADMIN_TOKEN`), not by `check-config`.
-    ///
-    /// ```
-    /// let mut config = corral::Config::default();
-    /// assert!(config.check_admin_exposure().is_ok(), "127.0.0.1 by default");
-    /// config.server.listen = "0.0.0.0:11435".parse().unwrap();
-    /// assert_eq!(config.check_admin_exposure().unwrap_err().key(), "admin.token");
-    /// config.admin.listen = Some("127.0.0.1:9464".parse().unwrap());
-    /// assert!(config.check_admin_exposure().is_ok(), "admin on loopback only");
-    /// ```
-    pub fn check_admin_exposure(&self) -> Result<(), ConfigError> {
-        let (address, key) = match self.admin.listen {
-            Some(admin) => (admin, "admin.listen"),
-            None => (self.server.listen, "server.listen"),
-        };
-        if self.admin.token.is_some() || address.ip().is_loopback() {
-            return Ok(());
-        }
-        Err(ConfigError::new(
-            "admin.token",
-            format!(
-                "the admin API (/corral/*, /metrics) would be open on {address} ({key}), which is not a loopback address: set a token (CORRAL_ADMIN_TOKEN or [admin] token) or put admin.listen on 127.0.0.1"
-            ),
-        ))
     }
 
     /// The config the `classify` layer is built from.
