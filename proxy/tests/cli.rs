@@ -513,5 +513,32 @@ async fn logs_hold_no_key_signature_or_prompt_even_at_trace_level() {
         for canary in [key, secret, &signature, "PROMPT-CANARY"] {
             assert!(!logs.contains(canary), "{format} logs hold {canary}");
         }
+        if format == "json" {
+            // One JSON object a line; the access line carries the
+            // request's span: its id, agent, endpoint and status.
+            for line in logs.lines().filter(|l| !l.trim().is_empty()) {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            }
+            let access = logs
+                .lines()
+                .find(|l| l.contains("corral::access"))
+                .unwrap_or_else(|| panic!("no access line: {logs}"));
+            for field in [request_id.as_str(), "\"logger\"", "\"generate\"", "200"] {
+                assert!(access.contains(field), "{field} not in {access}");
+            }
+        }
     }
+}
+
+#[test]
+fn with_no_config_it_listens_next_to_ollama_and_forwards_to_it() {
+    let output = check("");
+    assert!(output.status.success(), "{}", stderr(&output));
+    let shown = String::from_utf8_lossy(&output.stdout);
+    assert!(shown.contains("listen     127.0.0.1:11435"), "{shown}");
+    assert!(
+        shown.contains("upstream   http://127.0.0.1:11434"),
+        "{shown}"
+    );
 }
