@@ -381,3 +381,60 @@ async fn the_call_goes_on_when_the_first_client_leaves_and_stops_when_all_do() {
         "the upstream body was dropped once nobody listened"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_seeded_request_is_deterministic_even_when_warm() {
+    let (upstream, calls) = counting();
+    let service = CacheLayer::new(&CacheConfig::default())
+        .unwrap()
+        .layer(upstream);
+    const SEEDED: &str =
+        r#"{"model":"llama3","prompt":"hi","options":{"temperature":0.8,"seed":7}}"#;
+    let seeded = || {
+        let mut r = request(SEEDED, Some(0.8), true);
+        r.extensions_mut()
+            .get_mut::<RequestMeta>()
+            .unwrap()
+            .generation
+            .seed = Some(7);
+        r
+    };
+    for expected in ["miss", "hit"] {
+        let (cache, _) = text(service.clone().oneshot(seeded()).await.unwrap()).await;
+        assert_eq!(cache, expected);
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn past_its_byte_bound_the_cache_lets_entries_go() {
+    let (upstream, _calls) = counting();
+    // Room for about two answers of STREAMED's size.
+    let max_bytes = 2 * (STREAMED.len() as u64 + 64);
+    let layer = CacheLayer::new(&CacheConfig {
+        max_bytes,
+        ..CacheConfig::default()
+    })
+    .unwrap();
+    let service = layer.clone().layer(upstream);
+    for prompt in ["a", "b", "c", "d", "e", "f"] {
+        let body: &'static str = Box::leak(
+            format!(r#"{{"model":"llama3","prompt":"{prompt}","options":{{"temperature":0}}}}"#)
+                .into_boxed_str(),
+        );
+        let (cache, _) = text(
+            service
+                .clone()
+                .oneshot(request(body, Some(0.0), true))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(cache, "miss");
+        tokio::task::yield_now().await;
+    }
+    let (entries, bytes) = layer.store().size();
+    assert!(bytes <= max_bytes, "{bytes} bytes held, bound {max_bytes}");
+    assert!((1..6).contains(&entries), "{entries} of 6 entries held");
+}
