@@ -206,7 +206,7 @@ where
             return give_up(last, family, config);
         }
         let overload = matches!(failure, Failure::Status(503 | 504) | Failure::Timeout);
-        let next_model = if attempt >= config.max_attempts {
+        let mut next_model = if attempt >= config.max_attempts {
             // Out of attempts on this model: on overload, go down the
             // fallback chain.
             match overload.then(|| models.next().flatten()).flatten() {
@@ -222,12 +222,23 @@ where
         };
 
         let wait = match retry_after {
-            Some(asked) if config.honor_retry_after => {
-                if asked > config.max_backoff {
-                    return give_up(last, family, config);
+            Some(asked) if config.honor_retry_after && asked > config.max_backoff => {
+                // The upstream asks for longer than this layer would wait:
+                // this model is done for now; the next in the fallback
+                // chain may not be.
+                if next_model.is_none() {
+                    match overload.then(|| models.next().flatten()).flatten() {
+                        Some(fallback) => {
+                            metrics::counter!(FALLBACKS_TOTAL, "model" => fallback.clone())
+                                .increment(1);
+                            next_model = Some(Some(fallback));
+                        }
+                        None => return give_up(last, family, config),
+                    }
                 }
-                asked
+                config.backoff_ceiling(1).mul_f64(fastrand::f64())
             }
+            Some(asked) if config.honor_retry_after => asked,
             _ => {
                 let ceiling =
                     config.backoff_ceiling(if next_model.is_some() { 1 } else { attempt });

@@ -395,6 +395,45 @@ async fn after_overload_on_the_model_the_fallback_chain_is_tried_and_named() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_longer_than_the_backoff_cap_moves_on_to_the_fallback_model() {
+    let (upstream, mut handle): (Upstream, _) = mock::pair();
+    let service = layer(RetryConfig {
+        fallback_models: vec!["tinyllama".into()],
+        ..config()
+    })
+    .layer(upstream);
+    handle.allow(10);
+    let call = tokio::spawn(service.oneshot(request()));
+    let (_, reply) = handle.next_request().await.unwrap();
+    let started = Instant::now();
+    let mut busy = answer(503);
+    busy.headers_mut()
+        .insert("retry-after", "600".parse().unwrap());
+    reply.send_response(busy);
+    let seen = answer_with(&mut handle, &[200]).await;
+    // Not ten minutes: on to the fallback after at most one backoff.
+    assert!(seen[0].0 - started <= Duration::from_secs(2));
+    let body: serde_json::Value = serde_json::from_slice(&seen[0].1).unwrap();
+    assert_eq!(body["model"], "tinyllama");
+    assert_eq!(call.await.unwrap().unwrap().status(), 200);
+
+    // With no fallback left, the answer goes back as it came.
+    let (upstream, mut handle): (Upstream, _) = mock::pair();
+    let service = layer(config()).layer(upstream);
+    handle.allow(10);
+    let call = tokio::spawn(service.oneshot(request()));
+    let (_, reply) = handle.next_request().await.unwrap();
+    let mut busy = answer(503);
+    busy.headers_mut()
+        .insert("retry-after", "600".parse().unwrap());
+    reply.send_response(busy);
+    let response = call.await.unwrap().unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "600");
+    assert!(no_more_attempts(&mut handle).await);
+}
+
 #[test]
 fn bad_configs_name_the_key() {
     let cases = [
