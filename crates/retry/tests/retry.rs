@@ -470,3 +470,54 @@ fn bad_configs_name_the_key() {
         assert_eq!(config.validate().unwrap_err().key(), key);
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_openai_stream_that_stalls_ends_with_an_error_event() {
+    let (upstream, mut handle): (Upstream, _) = mock::pair();
+    let service = layer(RetryConfig {
+        idle_timeout: Some(Duration::from_secs(5)),
+        ..config()
+    })
+    .layer(upstream);
+    handle.allow(10);
+    let meta = RequestMeta::new("r".into(), Endpoint::OpenAiChat).with_model(Some("llama3".into()));
+    let mut request = Request::post("/v1/chat/completions")
+        .body(Body::from(
+            r#"{"model":"llama3","messages":[{"role":"user","content":"hi"}],"stream":true}"#,
+        ))
+        .unwrap();
+    request.extensions_mut().insert(meta);
+    let call = tokio::spawn(service.oneshot(request));
+    let (_, reply) = handle.next_request().await.unwrap();
+    let (mut tx, body) = Channel::new(4);
+    let mut response = Response::new(body);
+    response
+        .headers_mut()
+        .insert("content-type", "text/event-stream".parse().unwrap());
+    reply.send_response(response);
+    let mut body = call.await.unwrap().unwrap().into_body();
+    tx.send_data(Bytes::from_static(
+        b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n",
+    ))
+    .await
+    .unwrap();
+    body.frame().await.unwrap().unwrap();
+    let started = Instant::now();
+    let last = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(started.elapsed(), Duration::from_secs(5));
+    let text = std::str::from_utf8(&last).unwrap();
+    let event = text
+        .strip_prefix("data: ")
+        .unwrap_or_else(|| panic!("an SSE event: {text:?}"))
+        .trim_end();
+    let event: serde_json::Value = serde_json::from_str(event).unwrap();
+    assert!(
+        event["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("stalled for 5000 ms"),
+        "{event}"
+    );
+    assert!(body.frame().await.is_none(), "and then ends");
+    drop(tx);
+}
