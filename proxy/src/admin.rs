@@ -26,7 +26,7 @@ pub struct Admin {
     metrics: PrometheusHandle,
     load: LoadCell,
     controls: Arc<Controls>,
-    events: Arc<corral_events::EventLog>,
+    events: Arc<dyn corral_events::EventStore>,
     config: Arc<serde_json::Value>,
     token: Option<Arc<str>>,
 }
@@ -64,7 +64,7 @@ impl Admin {
             metrics,
             load: stack.load().clone(),
             controls: stack.controls().clone(),
-            events: stack.events().clone(),
+            events: stack.events().clone() as Arc<dyn corral_events::EventStore>,
             config: Arc::new(resolved_config(config)),
             token: config.admin.token.as_deref().map(Arc::from),
         }
@@ -101,9 +101,11 @@ impl Admin {
         }
         match path {
             "/corral/degrade" => self.degrade(request).await,
-            "/corral/status" if get => json_response(StatusCode::OK, &self.status()),
-            "/corral/agents" if get => json_response(StatusCode::OK, &json!(self.events.usage())),
-            "/corral/events" if get => self.events(request.uri().query().unwrap_or("")),
+            "/corral/status" if get => json_response(StatusCode::OK, &self.status().await),
+            "/corral/agents" if get => {
+                json_response(StatusCode::OK, &json!(self.events.usage().await))
+            }
+            "/corral/events" if get => self.events(request.uri().query().unwrap_or("")).await,
             "/corral/config" if get => json_response(StatusCode::OK, &self.config),
             "/corral/healthz" if get => json_response(StatusCode::OK, &json!({"status": "ok"})),
             "/corral/readyz" if get => match self.upstream.probe().await {
@@ -146,7 +148,7 @@ impl Admin {
 impl Admin {
     /// Everything at a glance: the upstream's load, degradation, breakers,
     /// cache, per-class usage, the event log.
-    fn status(&self) -> serde_json::Value {
+    async fn status(&self) -> serde_json::Value {
         let load = self.load.get().map(|l| l.snapshot());
         let queued: serde_json::Map<String, serde_json::Value> = load
             .as_ref()
@@ -158,7 +160,7 @@ impl Admin {
                     .collect()
             })
             .unwrap_or_default();
-        let usage = self.events.usage();
+        let usage = self.events.usage().await;
         let mut classes: std::collections::BTreeMap<String, corral_events::AgentUsage> =
             Default::default();
         for agent in usage.values() {
@@ -174,7 +176,7 @@ impl Admin {
             class.cache_hits += agent.cache_hits;
         }
         let hits: u64 = usage.values().map(|u| u.cache_hits).sum();
-        let (held, next) = self.events.size();
+        let (held, next) = self.events.size().await;
         json!({
             "upstream": self.upstream.url().to_string(),
             "capacity": load.as_ref().map(|l| l.capacity),
@@ -202,7 +204,7 @@ impl Admin {
     }
 
     /// `GET /corral/events?since=TIMESTAMP&agent=ID&kind=K&limit=N`.
-    fn events(&self, query: &str) -> Response<BoxBody> {
+    async fn events(&self, query: &str) -> Response<BoxBody> {
         let mut q = corral_events::Query::default();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -236,7 +238,7 @@ impl Admin {
                 }
             }
         }
-        json_response(StatusCode::OK, &json!(self.events.replay(&q)))
+        json_response(StatusCode::OK, &json!(self.events.replay(q).await))
     }
 
     /// `GET` the degradation level; `POST {"level": "L2"}` forces one,

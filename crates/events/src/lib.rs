@@ -14,6 +14,10 @@
 //! same projection live as it records, over all events ever recorded,
 //! not only those still held.
 //!
+//! Readers go through [`EventStore`] (replay, usage, size, each a future):
+//! the admin API holds a `dyn EventStore`, so a store shared by replicas
+//! (a Redis stream) can stand where the in-memory log stands.
+//!
 //! ```
 //! use corral_core::{EventSink, NewEvent};
 //! use corral_events::{project, EventLog, EventsConfig, Query};
@@ -32,6 +36,8 @@
 mod log;
 mod packed;
 mod projection;
+mod store;
 
 pub use log::{EventLog, EventsConfig, Query, DEFAULT_CAPACITY};
 pub use projection::{apply, project, AgentUsage};
+pub use store::{EventStore, Read};
