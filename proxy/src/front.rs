@@ -152,7 +152,7 @@ impl Front {
                         Some(meta.class.as_str()),
                         meta.model.as_deref(),
                     );
-                    in_flight.count(handles.in_flight());
+                    in_flight.count(handles);
                 }
             }
             poll

@@ -21,27 +21,28 @@ use crate::telemetry::{request_metrics, RequestMetrics, REFUSALS_TOTAL};
 /// the moment its class is known (queued, generating or answering) until
 /// this is dropped: with the answer's end, or with the request if the
 /// client leaves first.
+/// It keeps the request's metric handles, looked up once.
 #[derive(Default)]
-pub(crate) struct InFlight(Option<metrics::Gauge>);
+pub(crate) struct InFlight(Option<Arc<RequestMetrics>>);
 
 impl InFlight {
     pub(crate) fn counted(&self) -> bool {
         self.0.is_some()
     }
 
-    /// Counts the request in `gauge`, once.
-    pub(crate) fn count(&mut self, gauge: &metrics::Gauge) {
+    /// Counts the request in its class's gauge, once.
+    pub(crate) fn count(&mut self, handles: Arc<RequestMetrics>) {
         if self.0.is_none() {
-            gauge.increment(1.0);
-            self.0 = Some(gauge.clone());
+            handles.in_flight().increment(1.0);
+            self.0 = Some(handles);
         }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Some(gauge) = self.0.take() {
-            gauge.decrement(1.0);
+        if let Some(handles) = self.0.take() {
+            handles.in_flight().decrement(1.0);
         }
     }
 }
@@ -88,11 +89,19 @@ impl Observation {
         events: Option<Arc<dyn EventSink>>,
     ) -> Self {
         let status = response.status();
-        let handles = request_metrics(
-            endpoint,
-            meta.as_ref().map(|m| m.class.as_str()),
-            meta.as_ref().and_then(|m| m.model.as_deref()),
-        );
+        // Looked up when the class became known, unless it never did.
+        let handles = match &in_flight.0 {
+            Some(handles) => handles.clone(),
+            None => {
+                let handles = request_metrics(
+                    endpoint,
+                    meta.as_ref().map(|m| m.class.as_str()),
+                    meta.as_ref().and_then(|m| m.model.as_deref()),
+                );
+                in_flight.count(handles.clone());
+                handles
+            }
+        };
         let reason = response
             .headers()
             .get(headers::X_CORRAL_REASON)
@@ -103,7 +112,6 @@ impl Observation {
                 .map_or_else(|| "none".to_string(), |m| m.priority.to_string());
             metrics::counter!(REFUSALS_TOTAL, "reason" => reason.to_string(), "priority" => priority).increment(1);
         }
-        in_flight.count(handles.in_flight());
 
         let observation = Self {
             start,

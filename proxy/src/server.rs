@@ -198,34 +198,29 @@ impl Server {
             .keep_alive_interval(limits.header_read_timeout)
             .keep_alive_timeout(limits.header_read_timeout);
         let graceful = GracefulShutdown::new();
-        let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
         // The admin listener has a table of its own: a client at its cap
         // on the main listener still reaches /metrics and the probes.
         let per_address = PerAddress::new(limits.max_connections_per_address);
         let admin_per_address = PerAddress::new(limits.max_connections_per_address);
-        let builder = std::sync::Arc::new(builder);
         let serve =
             |stream: tokio::net::TcpStream, peer: SocketAddr, front: &Front, table: &PerAddress| {
                 let slot = table.admit(peer.ip())?;
-                let (builder, watcher, front) =
-                    (builder.clone(), graceful.watcher(), front.clone());
-                let mut stopping = stopping_rx.clone();
+                // hyper-util reads the first bytes to tell HTTP/1 from
+                // HTTP/2 before any of hyper's timeouts start: the sniff
+                // gets a deadline of its own, so a socket that sends
+                // nothing (or the start of the h2 preface) is closed. On
+                // shutdown hyper-util cancels a sniff still waiting.
+                let stream = SniffDeadline::new(stream, limits.header_read_timeout);
+                let conn = builder.serve_connection(
+                    TokioIo::new(WriteStall::new(stream, limits.write_stall_timeout)),
+                    Conn {
+                        front: front.clone(),
+                        peer,
+                    },
+                );
+                let watched = graceful.watch(conn.into_owned());
                 Some(async move {
-                    // hyper-util reads the first bytes to tell HTTP/1 from
-                    // HTTP/2 before any of hyper's timeouts start: a socket
-                    // that sends nothing would be held forever. Nor may it
-                    // hold up a shutdown.
-                    let mut byte = [0u8; 1];
-                    let first =
-                        tokio::time::timeout(limits.header_read_timeout, stream.peek(&mut byte));
-                    tokio::select! {
-                        first = first => if !matches!(first, Ok(Ok(1))) { return },
-                        _ = stopping.wait_for(|stopping| *stopping) => return,
-                    }
-                    let stream = SniffDeadline::new(stream, limits.header_read_timeout);
-                    let io = TokioIo::new(WriteStall::new(stream, limits.write_stall_timeout));
-                    let conn = builder.serve_connection(io, Conn { front, peer });
-                    let _ = watcher.watch(conn.into_owned()).await;
+                    let _ = watched.await;
                     drop(slot);
                 })
             };
@@ -253,7 +248,6 @@ impl Server {
         }
         drop(main);
         drop(admin);
-        let _ = stopping.send(true);
         tracing::info!(
             connections = connections.len(),
             grace_secs = grace.as_secs_f64(),

@@ -255,3 +255,23 @@ async fn an_admin_token_locks_everything_but_the_probes() {
     .await;
     assert_eq!(served.status, 200);
 }
+
+#[tokio::test]
+async fn sockets_that_never_sent_a_byte_do_not_hold_up_a_shutdown() {
+    let upstream = mock(fast()).await;
+    let corral = proxy(&upstream.url()).await;
+    let addr = corral.addr();
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // One that sent the start of an HTTP/2 preface, then nothing.
+    let mut partial = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut partial, b"PRI * HTTP/2")
+        .await
+        .unwrap();
+    silent.push(partial);
+    // Without the sniff being cancelled, shutdown would wait for the
+    // 30 s header timeout or the 30 s grace, past `within`'s 15 s.
+    within(corral.begin_shutdown()).await.unwrap();
+}

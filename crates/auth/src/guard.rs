@@ -121,7 +121,7 @@ impl Guard {
             Err(Denied::Endpoint) => {
                 return Admission::Refused(Box::new(Forbidden {
                     message: format!(
-                        "agents of class {class:?} may not call {} {}",
+                        "agents of class {class:?} may not call {} {} (the auth layer's classes.{class}.endpoints allows it)",
                         request.method(),
                         request.uri().path()
                     ),
@@ -129,7 +129,9 @@ impl Guard {
             }
             Err(Denied::Model(model)) => {
                 return Admission::Refused(Box::new(Forbidden {
-                    message: format!("agents of class {class:?} may not use the model {model:?}"),
+                    message: format!(
+                        "agents of class {class:?} may not use the model {model:?} (the auth layer's classes.{class}.models lists what they may)"
+                    ),
                 }))
             }
         }
@@ -183,7 +185,9 @@ impl Guard {
             return refuse(
                 SignatureProblem::Stale,
                 format!(
-                    "X-Timestamp is {skew:.0} s from Corral's clock; requests are accepted within {} s",
+                    "X-Timestamp is {} s from Corral's clock; requests are accepted within {} s: send the time of sending, in seconds since the Unix epoch",
+                    // A far-off stamp is not worth its 300 digits.
+                    if skew < 1e12 { format!("{skew:.0}") } else { "more than 10^12".to_string() },
                     self.freshness.as_secs()
                 ),
             );
