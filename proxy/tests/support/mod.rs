@@ -1,0 +1,70 @@
+//! What the tests of the `corral` binary share: running it, writing
+//! config files, waiting for it to listen.
+
+#![allow(dead_code)] // each test file uses its own share
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+pub(crate) fn corral() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_corral"));
+    for var in [
+        "CORRAL_CONFIG",
+        "CORRAL_LISTEN",
+        "CORRAL_UPSTREAM",
+        "CORRAL_LOG_FORMAT",
+        "CORRAL_ADMIN_TOKEN",
+        "CORRAL_CAPACITY",
+    ] {
+        command.env_remove(var);
+    }
+    command
+}
+
+pub(crate) fn config_file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("corral-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    path
+}
+
+pub(crate) fn check(text: &str) -> Output {
+    let path = config_file(&format!("check-{:x}.toml", fxhash(text)), text);
+    corral().arg("check-config").arg(&path).output().unwrap()
+}
+
+fn fxhash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+pub(crate) fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until the child listens: a process has no event to wait on.
+pub(crate) async fn wait_for(port: u16) {
+    for _ in 0..1000 {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("nothing listens on {port}");
+}
