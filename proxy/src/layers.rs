@@ -21,6 +21,10 @@ struct PriorityOptions {
     max_in_flight_per_agent: Option<usize>,
     default_generation_tokens: u64,
     reserve: Option<corral_priority::Reserve>,
+    /// With shared state: how long a permit is held without renewal,
+    /// so a replica that dies gives its permits back within it.
+    #[serde(with = "humantime_serde")]
+    lease_ttl: Duration,
 }
 
 impl Default for PriorityOptions {
@@ -31,6 +35,7 @@ impl Default for PriorityOptions {
             max_in_flight_per_agent: defaults.max_in_flight_per_agent,
             default_generation_tokens: defaults.default_generation_tokens,
             reserve: defaults.reserve,
+            lease_ttl: Duration::from_secs(10),
         }
     }
 }
@@ -55,7 +60,21 @@ pub(crate) fn priority(
             .collect(),
         reserve: options.reserve,
     };
-    let priority = PriorityLayer::new(&config)?;
+    let (priority, shared) = match context.state {
+        Some(state) => {
+            let scheduler =
+                corral_priority::Scheduler::shared(&config, state.clone(), options.lease_ttl)?;
+            (
+                PriorityLayer::with_scheduler(&config, scheduler),
+                format!(
+                    ", shared through Redis (leases of {})",
+                    humantime::format_duration(options.lease_ttl)
+                ),
+            )
+        }
+        None => (PriorityLayer::new(&config)?, String::new()),
+    };
+    let _ = context.controls.scheduler.set(priority.scheduler().clone());
     context
         .load
         .set(Arc::clone(priority.scheduler()) as Arc<dyn corral_core::UpstreamLoad>)?;
@@ -80,7 +99,7 @@ pub(crate) fn priority(
     Ok(StackLayer::new(
         priority,
         format!(
-            "{} upstream permit(s){models}{cap}{reserve}; aging one step per {}",
+            "{} upstream permit(s){models}{cap}{reserve}; aging one step per {}{shared}",
             config.capacity,
             humantime::format_duration(config.aging)
         ),
@@ -190,7 +209,14 @@ pub(crate) fn ratelimit(
             .collect(),
         default_generation_tokens: options.default_generation_tokens,
     };
-    let layer = corral_ratelimit::RateLimitLayer::new(&config).map_err(|e| {
+    let layer = match context.state {
+        Some(state) => corral_ratelimit::RateLimitLayer::with_store(
+            &config,
+            Arc::new(corral_ratelimit::RedisRates::new(state.clone())),
+        ),
+        None => corral_ratelimit::RateLimitLayer::new(&config),
+    }
+    .map_err(|e| {
         // The limits live in [[classes]]: say so.
         ConfigError::new("", format!("[[classes]] rate_limit: {e}"))
     })?;

@@ -32,6 +32,7 @@ pub mod cli;
 pub mod config;
 mod conn_guard;
 mod fields;
+mod follow;
 pub mod front;
 mod hop;
 mod layers;

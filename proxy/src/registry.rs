@@ -54,6 +54,9 @@ pub struct BuildContext<'a> {
     pub controls: &'a Controls,
     /// Where layers record events.
     pub events: &'a Arc<dyn corral_core::EventSink>,
+    /// The shared Redis, with `[state] backend = "redis"` (inside a
+    /// runtime: `check-config` builds without it).
+    pub state: Option<&'a corral_core::RedisState>,
 }
 
 /// Handles of the stack's layers that the admin API drives.
@@ -65,6 +68,8 @@ pub struct Controls {
     pub cache: std::sync::OnceLock<Arc<dyn corral_cache::CacheStore>>,
     /// The breakers, when the stack has them.
     pub breaker: std::sync::OnceLock<corral_breaker::BreakerLayer>,
+    /// The scheduler, when the stack has one.
+    pub scheduler: std::sync::OnceLock<Arc<corral_priority::Scheduler>>,
 }
 
 impl std::fmt::Debug for BuildContext<'_> {

@@ -128,7 +128,13 @@ pub fn build_with(
     let sink: Arc<dyn corral_core::EventSink> = events.clone();
     let load = LoadCell::default();
     let controls = Arc::new(Controls::default());
-    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(&replica_id()));
+    let replica = replica_id();
+    let state =
+        shared_state(config, &replica).map_err(|e| LoadError::from_config(file, e, None))?;
+    let bus: Arc<dyn Bus> = match &state {
+        Some(state) => corral_core::RedisBus::start(state.clone()),
+        None => Arc::new(MemoryBus::new(&replica)),
+    };
     let mut refusals: Vec<RefusalCast> = respond::BUILT_IN.to_vec();
     let position = |kind: &str| config.layers.iter().position(|l| l.kind == kind);
     if let Some(auth) = position("auth") {
@@ -186,6 +192,7 @@ pub fn build_with(
             bus: &bus,
             controls: &controls,
             events: &sink,
+            state: state.as_ref(),
         };
         let stack_layer = (kind.build)(layer, &context)
             .map_err(|e| LoadError::from_config(file, e.within(&at), layer.line))?;
@@ -202,6 +209,13 @@ pub fn build_with(
         service = layer.wrap(service);
     }
     let service = BoxCloneSyncService::new(classify.layer(service));
+    if let Some(state) = &state {
+        tokio::spawn(crate::follow::follow(
+            bus.subscribe(),
+            controls.clone(),
+            state.replica().clone(),
+        ));
+    }
 
     let mut layers =
         vec![(
@@ -231,8 +245,50 @@ pub fn build_with(
     })
 }
 
-/// This replica's name on the bus: host and process.
+/// The shared Redis of `[state] backend = "redis"`, when the stack is
+/// built to serve (inside a runtime), with its health watchdog and the
+/// follower that applies the other replicas' settings.
+fn shared_state(
+    config: &Config,
+    replica: &str,
+) -> Result<Option<corral_core::RedisState>, corral_core::ConfigError> {
+    let (crate::config::Backend::Redis, Some(url)) =
+        (&config.state.backend, &config.state.redis_url)
+    else {
+        return Ok(None);
+    };
+    if tokio::runtime::Handle::try_current().is_err() {
+        // `check-config`: nothing to connect; the URL was checked.
+        return Ok(None);
+    }
+    let state = corral_core::RedisState::new(
+        url,
+        &config.state.key_prefix,
+        replica,
+        config.state.redis_timeout,
+    )
+    .map_err(|e| corral_core::ConfigError::new(format!("state.{}", e.key()), e.reason()))?;
+    tokio::spawn(
+        state
+            .clone()
+            .watch_health(std::time::Duration::from_millis(500)),
+    );
+    Ok(Some(state))
+}
+
+/// This replica's name on the bus and in Redis: host and process.
 fn replica_id() -> String {
+    // Stacks built in one process (tests, a reload) are replicas of
+    // their own: their tickets and messages must not be taken for each
+    // other's.
+    static BUILT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    match BUILT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) {
+        0 => replica_name(),
+        n => format!("{}-{n}", replica_name()),
+    }
+}
+
+fn replica_name() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())

@@ -134,6 +134,26 @@ pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until the asynchronous `condition` holds (a question to a
+/// replica over HTTP), failing after [`STEP`].
+pub async fn eventually_async<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The upstream's record of the request with `X-Request-Id: id`.
 pub fn upstream_saw(mock: &MockOllama, id: &str) -> RecordedRequest {
     mock.requests()
@@ -161,6 +181,14 @@ impl Redis {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
+        let child = Some(Self::spawn(port).await);
+        Self {
+            url: format!("redis://127.0.0.1:{port}"),
+            child,
+        }
+    }
+
+    async fn spawn(port: u16) -> std::process::Child {
         let child = std::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -174,10 +202,37 @@ impl Redis {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        Self {
-            url: format!("redis://127.0.0.1:{port}"),
-            child: Some(child),
-        }
+        child
+    }
+
+    fn port(&self) -> u16 {
+        self.url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches('/').parse().ok())
+            .expect("a redis://host:port URL")
+    }
+
+    /// Stops this test's server (it keeps nothing: a restart is empty).
+    /// Panics with `REDIS_URL`: a shared server is not this test's to stop.
+    pub fn stop(&mut self) {
+        let child = self
+            .child
+            .as_mut()
+            .expect("only a server this test started can be stopped");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts it again on the same port.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.child = Some(Self::spawn(self.port()).await);
+    }
+
+    /// Whether this test may stop and restart it.
+    pub fn owned(&self) -> bool {
+        self.child.is_some()
     }
 }
 

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 /// The channels of the design.
@@ -26,7 +26,7 @@ pub mod channels {
 }
 
 /// One message on the bus.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BusMessage {
     /// Its channel (`system:backpressure`, ...).
     pub channel: Arc<str>,
@@ -43,6 +43,15 @@ pub trait Bus: Send + Sync + 'static {
     /// Publishes `message` on `channel`. Never blocks and never fails the
     /// request path: a bus that cannot deliver counts what it lost.
     fn publish(&self, channel: &str, message: serde_json::Value);
+
+    /// Publishes a setting: `message` is also kept as the value of
+    /// `field` on `channel` (the forced level, one pool's capacity, one
+    /// agent's priority), so a replica that starts or reconnects later
+    /// reads it. In one process that is just [`Bus::publish`].
+    fn publish_state(&self, channel: &str, field: &str, message: serde_json::Value) {
+        let _ = field;
+        self.publish(channel, message);
+    }
 
     /// Every message published from now on.
     fn subscribe(&self) -> broadcast::Receiver<BusMessage>;
@@ -86,10 +95,7 @@ impl MemoryBus {
 
 impl Bus for MemoryBus {
     fn publish(&self, channel: &str, message: serde_json::Value) {
-        let timestamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
+        let timestamp = crate::unix_now_f64();
         // No subscriber is not an error: nobody listens yet.
         let _ = self.sender.send(BusMessage {
             channel: Arc::from(channel),

@@ -41,11 +41,15 @@ mod load;
 mod meta;
 mod outcome;
 mod refusal;
+#[cfg(feature = "redis")]
+mod shared;
+#[cfg(feature = "redis")]
+mod shared_bus;
 mod usage;
 
 pub use body::{empty, full, Body, BoxBody};
 pub use bus::{channels, Bus, BusMessage, MemoryBus};
-pub use clock::{rfc3339_now, unix_now};
+pub use clock::{rfc3339_now, unix_now, unix_now_f64};
 pub use config::ConfigError;
 pub use degradation::{Degradation, Level};
 pub use endpoint::{ApiFamily, Endpoint, EndpointKind};
@@ -60,7 +64,15 @@ pub use outcome::{
     classify_error, classify_status, AttemptTimedOut, Failure, Outcome, Timeout, TimeoutKind,
     UpstreamFailed,
 };
+#[cfg(feature = "redis")]
+pub use redis;
 pub use refusal::{as_refusal, find_refusal, Refusal, RefusalCast};
+#[cfg(feature = "redis")]
+pub use shared::{
+    Pushed, RedisState, StateUnavailable, STATE_BACKEND_ERRORS_TOTAL, STATE_BACKEND_UP,
+};
+#[cfg(feature = "redis")]
+pub use shared_bus::{RedisBus, BUS_DROPPED_TOTAL};
 pub use usage::Usage;
 
 /// The error type between layers: any error, boxed.

@@ -111,20 +111,53 @@ impl Controller {
         }
     }
 
-    /// Forces `level` until released with `None`.
+    /// Forces `level` until released with `None`, and tells the other
+    /// replicas (a setting on the bus: `system:degradation:level`, field
+    /// `forced`).
     pub fn force(&self, level: Option<Level>) {
-        let (change, load) = {
+        self.apply_forced(level, true);
+    }
+
+    /// Applies a level forced on another replica, heard on the bus: as
+    /// [`Controller::force`], without telling the bus again.
+    pub fn follow(&self, level: Option<Level>) {
+        if lock(&self.levels).forced() == level {
+            return;
+        }
+        self.apply_forced(level, false);
+    }
+
+    fn apply_forced(&self, level: Option<Level>, tell: bool) {
+        let (change, load, effective) = {
             let mut levels = lock(&self.levels);
-            (levels.force(level), levels.load())
+            let change = levels.force(level);
+            (change, levels.load(), levels.effective())
+        };
+        let by = if tell {
+            "this replica"
+        } else {
+            "another replica"
         };
         match level {
             Some(level) => {
-                tracing::warn!(level = %level, "degradation level forced by the operator")
+                tracing::warn!(level = %level, by, "degradation level forced by the operator")
             }
-            None => tracing::info!("forced degradation level released"),
+            None => tracing::info!(by, "forced degradation level released"),
         }
         if let Some(change) = change {
-            self.announce(change, load, level);
+            self.record(change, load);
+        }
+        if let (true, Some(bus)) = (tell, &self.bus) {
+            bus.publish_state(
+                channels::DEGRADATION_LEVEL,
+                "forced",
+                serde_json::json!({
+                    "cause": "operator",
+                    "forced": level.map(Level::as_str),
+                    "level": effective.as_str(),
+                    "load": load,
+                }),
+            );
         }
     }
 
@@ -139,6 +172,23 @@ impl Controller {
     }
 
     fn announce(&self, change: Change, load: f64, forced: Option<Level>) {
+        self.record(change, load);
+        if let Some(bus) = &self.bus {
+            bus.publish(
+                channels::DEGRADATION_LEVEL,
+                serde_json::json!({
+                    "cause": "load",
+                    "level": change.to.as_str(),
+                    "from": change.from.as_str(),
+                    "load": load,
+                    "forced": forced.map(Level::as_str),
+                }),
+            );
+        }
+    }
+
+    /// Logs a change and sets its gauges.
+    fn record(&self, change: Change, load: f64) {
         let Change { from, to } = change;
         if to > from {
             tracing::warn!(from = %from, to = %to, load, "degradation level raised");
@@ -147,16 +197,5 @@ impl Controller {
         }
         metrics::gauge!(DEGRADATION_LEVEL).set(f64::from(to.as_number()));
         metrics::gauge!(DEGRADATION_LOAD).set(load);
-        if let Some(bus) = &self.bus {
-            bus.publish(
-                channels::DEGRADATION_LEVEL,
-                serde_json::json!({
-                    "level": to.as_str(),
-                    "from": from.as_str(),
-                    "load": load,
-                    "forced": forced.is_some(),
-                }),
-            );
-        }
     }
 }

@@ -83,6 +83,8 @@ mod layer;
 mod pool;
 mod scheduler;
 mod service;
+#[cfg(feature = "redis")]
+mod shared;
 
 pub use body::ResponseBody;
 pub use config::{
@@ -94,3 +96,5 @@ pub use layer::PriorityLayer;
 pub use pool::Ticket;
 pub use scheduler::{Acquire, Permit, Scheduler};
 pub use service::PriorityService;
+#[cfg(feature = "redis")]
+pub use shared::SHARED_PERMITS_HELD;

@@ -303,6 +303,25 @@ impl Pool {
         self.changes.notify_waiters();
     }
 
+    /// Counts a permit held outside this pool (a lease this replica holds
+    /// in Redis) as running here, so falling back to this pool does not
+    /// add to what already runs.
+    #[cfg(feature = "redis")]
+    pub(crate) fn occupy(&self) {
+        lock(&self.state).in_flight += 1;
+    }
+
+    /// The permit counted by [`Pool::occupy`] is given back.
+    #[cfg(feature = "redis")]
+    pub(crate) fn vacate(&self) {
+        let mut state = lock(&self.state);
+        state.in_flight = state.in_flight.saturating_sub(1);
+        let wakers = self.dispatch(&mut state, Instant::now());
+        drop(state);
+        wake_all(wakers);
+        self.changes.notify_waiters();
+    }
+
     /// Changes the capacity; waiting requests are granted at once if it
     /// grew, running ones finish if it shrank.
     pub(crate) fn set_capacity(&self, capacity: usize) {

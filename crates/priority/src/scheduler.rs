@@ -15,6 +15,8 @@ use tokio::time::Sleep;
 use crate::config::PriorityConfig;
 use crate::error::DeadlineExceeded;
 use crate::pool::{self, Pool, Ticket};
+#[cfg(feature = "redis")]
+use crate::shared::SharedPool;
 
 /// Upstream permits, and the order in which waiting requests get them.
 ///
@@ -54,6 +56,9 @@ pub struct Scheduler {
     default: Arc<Pool>,
     by_model: HashMap<String, Arc<Pool>>,
     changes: Arc<Notify>,
+    /// With shared state, each pool's Redis side, by pool name.
+    #[cfg(feature = "redis")]
+    shared: HashMap<String, Arc<SharedPool>>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -104,7 +109,96 @@ impl Scheduler {
             default,
             by_model,
             changes,
+            #[cfg(feature = "redis")]
+            shared: HashMap::new(),
         }))
+    }
+
+    /// A scheduler whose pools live in Redis, shared by every replica on
+    /// the same `state` (same URL and key prefix): the upstream sees at
+    /// most each pool's capacity whichever replica the requests came
+    /// through, and the queue is ordered by priority (aged) and arrival
+    /// across replicas. Permits are leases of `lease_ttl`, renewed every
+    /// third of it: a replica that dies gives its permits back within one
+    /// TTL. While Redis does not answer, each replica schedules alone
+    /// with its share of the capacity (capacity / live replicas, at least
+    /// one). Fair share between agents holds within a replica, not
+    /// across them: in Redis, equal priorities go by arrival.
+    ///
+    /// Must be called inside a Tokio runtime: it spawns the tasks that
+    /// renew leases and hear grants.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use corral_core::RedisState;
+    /// use corral_priority::{PriorityConfig, Scheduler};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let state = RedisState::new("redis://127.0.0.1:6379", "corral:", "replica-1", Duration::from_millis(200)).unwrap();
+    /// let scheduler = Scheduler::shared(&PriorityConfig::default(), state, Duration::from_secs(10)).unwrap();
+    /// # drop(scheduler);
+    /// # }
+    /// ```
+    #[cfg(feature = "redis")]
+    pub fn shared(
+        config: &PriorityConfig,
+        state: corral_core::RedisState,
+        lease_ttl: Duration,
+    ) -> Result<Arc<Self>, corral_core::ConfigError> {
+        if lease_ttl < Duration::from_millis(300) {
+            return Err(corral_core::ConfigError::new(
+                "lease_ttl",
+                format!("{lease_ttl:?} is too short to renew: use 300ms or more"),
+            ));
+        }
+        let local = Self::new(config)?;
+        let mut scheduler = Arc::try_unwrap(local).map_err(|_| {
+            corral_core::ConfigError::new("capacity", "the scheduler is already shared")
+        })?;
+        let wrap = |pool: &Arc<Pool>, capacity: usize| {
+            SharedPool::new(
+                state.clone(),
+                pool.clone(),
+                capacity,
+                config.aging,
+                lease_ttl,
+                config.reserve,
+            )
+        };
+        scheduler
+            .shared
+            .insert("*".into(), wrap(&scheduler.default, config.capacity));
+        for (model, capacity) in &config.model_capacity {
+            let key = canonical_model(model);
+            if let Some(pool) = scheduler.by_model.get(&key) {
+                let shared = wrap(pool, *capacity);
+                scheduler.shared.insert(key, shared);
+            }
+        }
+        let pools: Vec<Arc<SharedPool>> = scheduler.shared.values().cloned().collect();
+        for pool in &pools {
+            tokio::spawn(pool.clone().keep_alive());
+        }
+        tokio::spawn(crate::shared::hear_grants(state, pools));
+        Ok(Arc::new(scheduler))
+    }
+
+    #[cfg(feature = "redis")]
+    fn shared_pool(&self, model: Option<&str>) -> Option<&Arc<SharedPool>> {
+        if self.shared.is_empty() {
+            return None;
+        }
+        let name = self.pool(model).name();
+        self.shared.get(name)
+    }
+
+    fn snapshot_of(&self, pool: &Arc<Pool>) -> LoadSnapshot {
+        #[cfg(feature = "redis")]
+        if let Some(shared) = self.shared.get(pool.name()) {
+            return shared.snapshot();
+        }
+        pool.snapshot()
     }
 
     fn pool(&self, model: Option<&str>) -> &Arc<Pool> {
@@ -120,26 +214,35 @@ impl Scheduler {
     /// queued at once; dropping the future leaves the queue (or gives
     /// back a permit granted but not yet taken).
     pub fn acquire(&self, ticket: Ticket, model: Option<&str>) -> Acquire {
-        let pool = self.pool(model).clone();
-        let deadline = ticket.deadline;
-        let id = pool.enqueue(ticket);
-        Acquire {
-            pool,
-            id,
-            deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
-            done: false,
+        #[cfg(feature = "redis")]
+        if let Some(shared) = self.shared_pool(model) {
+            return Acquire {
+                kind: AcquireKind::Shared(Box::pin(shared.clone().acquire(ticket))),
+            };
         }
+        Acquire::local(self.pool(model).clone(), ticket)
     }
 
     /// Changes the default pool's capacity at run time.
     pub fn set_capacity(&self, capacity: usize) {
+        #[cfg(feature = "redis")]
+        if let Some(shared) = self.shared.get("*") {
+            shared.set_capacity(capacity);
+            return;
+        }
         self.default.set_capacity(capacity);
     }
 
     /// Changes one model's capacity at run time; `false` if the model has
     /// no pool of its own.
     pub fn set_model_capacity(&self, model: &str, capacity: usize) -> bool {
-        match self.by_model.get(&canonical_model(model)) {
+        let name = canonical_model(model);
+        #[cfg(feature = "redis")]
+        if let Some(shared) = self.shared.get(&name) {
+            shared.set_capacity(capacity);
+            return true;
+        }
+        match self.by_model.get(&name) {
             Some(pool) => {
                 pool.set_capacity(capacity);
                 true
@@ -151,14 +254,14 @@ impl Scheduler {
     /// The load of one model's pool (the default pool for a model without
     /// one).
     pub fn snapshot_for(&self, model: Option<&str>) -> LoadSnapshot {
-        self.pool(model).snapshot()
+        self.snapshot_of(self.pool(model))
     }
 
     /// Each pool's load, by name (`*` is the default pool).
     pub fn pools(&self) -> Vec<(String, LoadSnapshot)> {
         std::iter::once(&self.default)
             .chain(self.by_model.values())
-            .map(|p| (p.name().to_string(), p.snapshot()))
+            .map(|p| (p.name().to_string(), self.snapshot_of(p)))
             .collect()
     }
 
@@ -172,9 +275,9 @@ impl Scheduler {
 impl UpstreamLoad for Scheduler {
     /// All pools added up: what the upstream as a whole is asked to do.
     fn snapshot(&self) -> LoadSnapshot {
-        let mut total = self.default.snapshot();
+        let mut total = self.snapshot_of(&self.default);
         for pool in self.by_model.values() {
-            let s = pool.snapshot();
+            let s = self.snapshot_of(pool);
             total.capacity += s.capacity;
             total.in_flight += s.in_flight;
             for (t, q) in total.queued.iter_mut().zip(s.queued) {
@@ -200,18 +303,49 @@ impl UpstreamLoad for Scheduler {
 /// [`DeadlineExceeded`] when the ticket's deadline passes first.
 #[must_use = "a ticket waits only while its Acquire is polled or held"]
 pub struct Acquire {
-    pool: Arc<Pool>,
-    id: u64,
-    deadline: Option<Pin<Box<Sleep>>>,
-    done: bool,
+    kind: AcquireKind,
+}
+
+enum AcquireKind {
+    Local {
+        pool: Arc<Pool>,
+        id: u64,
+        deadline: Option<Pin<Box<Sleep>>>,
+        done: bool,
+    },
+    /// Waiting in Redis: the shared pool's own future, which leaves the
+    /// queue when dropped.
+    #[cfg(feature = "redis")]
+    Shared(Pin<Box<dyn Future<Output = Result<Permit, DeadlineExceeded>> + Send>>),
 }
 
 impl std::fmt::Debug for Acquire {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Acquire")
-            .field("ticket", &self.id)
-            .field("done", &self.done)
-            .finish()
+        match &self.kind {
+            AcquireKind::Local { id, done, .. } => f
+                .debug_struct("Acquire")
+                .field("ticket", id)
+                .field("done", done)
+                .finish(),
+            #[cfg(feature = "redis")]
+            AcquireKind::Shared(_) => f.debug_struct("Acquire").field("shared", &true).finish(),
+        }
+    }
+}
+
+impl Acquire {
+    /// Queues `ticket` in `pool`.
+    pub(crate) fn local(pool: Arc<Pool>, ticket: Ticket) -> Self {
+        let deadline = ticket.deadline;
+        let id = pool.enqueue(ticket);
+        Self {
+            kind: AcquireKind::Local {
+                pool,
+                id,
+                deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+                done: false,
+            },
+        }
     }
 }
 
@@ -219,29 +353,37 @@ impl Future for Acquire {
     type Output = Result<Permit, DeadlineExceeded>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
-        if this.done {
+        let (pool, id, deadline, done) = match &mut self.kind {
+            AcquireKind::Local {
+                pool,
+                id,
+                deadline,
+                done,
+            } => (pool, *id, deadline, done),
+            #[cfg(feature = "redis")]
+            AcquireKind::Shared(future) => return future.as_mut().poll(cx),
+        };
+        if *done {
             return Poll::Ready(Err(DeadlineExceeded {
                 waited: Duration::ZERO,
             }));
         }
-        let expired = this
-            .deadline
+        let expired = deadline
             .as_mut()
             .is_some_and(|d| d.as_mut().poll(cx).is_ready());
         if expired {
-            this.done = true;
+            *done = true;
             // Granted at the last instant or not: the answer would come too
             // late. Give the place (or the permit) to someone else.
-            let waited = this.pool.withdraw(this.id).unwrap_or_default();
+            let waited = pool.withdraw(id).unwrap_or_default();
             return Poll::Ready(Err(DeadlineExceeded { waited }));
         }
-        match this.pool.poll(this.id, cx.waker()) {
+        match pool.poll(id, cx.waker()) {
             pool::Poll::Waiting => Poll::Pending,
             pool::Poll::Granted(grant) => {
-                this.done = true;
+                *done = true;
                 Poll::Ready(Ok(Permit {
-                    pool: this.pool.clone(),
+                    holder: Holder::Local(pool.clone()),
                     agent: grant.agent,
                     charged: grant.charged,
                     weight: grant.weight,
@@ -250,7 +392,7 @@ impl Future for Acquire {
                 }))
             }
             pool::Poll::Gone => {
-                this.done = true;
+                *done = true;
                 Poll::Ready(Err(DeadlineExceeded {
                     waited: Duration::ZERO,
                 }))
@@ -261,8 +403,15 @@ impl Future for Acquire {
 
 impl Drop for Acquire {
     fn drop(&mut self) {
-        if !self.done {
-            self.pool.withdraw(self.id);
+        match &self.kind {
+            AcquireKind::Local { pool, id, done, .. } => {
+                if !*done {
+                    pool.withdraw(*id);
+                }
+            }
+            // Its own future leaves the queue when dropped.
+            #[cfg(feature = "redis")]
+            AcquireKind::Shared(_) => {}
         }
     }
 }
@@ -270,7 +419,7 @@ impl Drop for Acquire {
 /// A running request's hold on the upstream. Dropping it gives the permit
 /// back and lets the next waiting request in.
 pub struct Permit {
-    pool: Arc<Pool>,
+    holder: Holder,
     agent: AgentId,
     charged: f64,
     weight: f64,
@@ -287,7 +436,54 @@ impl std::fmt::Debug for Permit {
     }
 }
 
+enum Holder {
+    Local(Arc<Pool>),
+    /// A lease in Redis, by its ticket; `local` when the permit came
+    /// from the fallback pool while Redis was away (the ticket then
+    /// tells Redis about it once it is back).
+    #[cfg(feature = "redis")]
+    Shared {
+        pool: Arc<SharedPool>,
+        ticket: String,
+        local: bool,
+    },
+}
+
 impl Permit {
+    #[cfg(feature = "redis")]
+    pub(crate) fn shared(
+        pool: Arc<SharedPool>,
+        ticket: String,
+        agent: AgentId,
+        waited: Duration,
+    ) -> Self {
+        pool.local.occupy();
+        Self {
+            holder: Holder::Shared {
+                pool,
+                ticket,
+                local: false,
+            },
+            agent,
+            charged: 0.0,
+            weight: 1.0,
+            waited,
+            actual: None,
+        }
+    }
+
+    /// A permit of the fallback pool, also held under `ticket` so that
+    /// Redis counts it once it is back.
+    #[cfg(feature = "redis")]
+    pub(crate) fn into_shared(mut self, pool: Arc<SharedPool>, ticket: String) -> Self {
+        self.holder = Holder::Shared {
+            pool,
+            ticket,
+            local: true,
+        };
+        self
+    }
+
     /// How long the request waited for this permit.
     pub fn waited(&self) -> Duration {
         self.waited
@@ -303,9 +499,29 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let correction = self
-            .actual
-            .map_or(0.0, |actual| actual / self.weight - self.charged);
-        self.pool.release(&self.agent, correction);
+        match &mut self.holder {
+            Holder::Local(pool) => {
+                let correction = self
+                    .actual
+                    .map_or(0.0, |actual| actual / self.weight - self.charged);
+                pool.release(&self.agent, correction);
+            }
+            #[cfg(feature = "redis")]
+            Holder::Shared {
+                pool,
+                ticket,
+                local,
+            } => {
+                pool.give_back(std::mem::take(ticket), "release");
+                if *local {
+                    let correction = self
+                        .actual
+                        .map_or(0.0, |actual| actual / self.weight - self.charged);
+                    pool.local.release(&self.agent, correction);
+                } else {
+                    pool.local.vacate();
+                }
+            }
+        }
     }
 }

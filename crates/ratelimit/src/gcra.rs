@@ -8,6 +8,8 @@
 //! `governor` and of Redis' `redis-cell`.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -34,11 +36,11 @@ impl Quota {
         }
     }
 
-    fn interval(&self) -> Duration {
+    pub(crate) fn interval(&self) -> Duration {
         self.period / u32::try_from(self.limit.max(1)).unwrap_or(u32::MAX)
     }
 
-    fn tolerance(&self) -> Duration {
+    pub(crate) fn tolerance(&self) -> Duration {
         self.interval() * u32::try_from(self.burst.max(1)).unwrap_or(u32::MAX)
     }
 }
@@ -77,11 +79,28 @@ pub enum Verdict {
     },
 }
 
+/// A verdict known at once (memory), or one that is on its way (Redis).
+pub enum Checked {
+    /// Decided.
+    Now(Verdict),
+    /// Being decided elsewhere.
+    Later(Pin<Box<dyn Future<Output = Verdict> + Send>>),
+}
+
+impl std::fmt::Debug for Checked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Checked::Now(verdict) => f.debug_tuple("Now").field(verdict).finish(),
+            Checked::Later(_) => f.write_str("Later"),
+        }
+    }
+}
+
 /// Where GCRA state lives: in memory by default, in Redis to share it
 /// between replicas. Checks are atomic as a set: all are charged or none.
 pub trait RateStore: Send + Sync + 'static {
     /// Charges every check, or none if one does not conform.
-    fn check(&self, checks: &[Check]) -> Verdict;
+    fn check(&self, checks: &[Check]) -> Checked;
 
     /// Adds `delta` (negative: gives back) to what `key` has spent, when
     /// the real cost is known.
@@ -106,7 +125,27 @@ fn scaled(interval: Duration, n: u64) -> Duration {
 }
 
 impl RateStore for MemoryStore {
-    fn check(&self, checks: &[Check]) -> Verdict {
+    fn check(&self, checks: &[Check]) -> Checked {
+        Checked::Now(self.decide(checks))
+    }
+
+    fn adjust(&self, key: &str, quota: &Quota, delta: i64) {
+        self.shift(key, quota, delta);
+    }
+}
+
+impl MemoryStore {
+    /// Charges every check, or none if one does not conform: at once.
+    ///
+    /// ```
+    /// use corral_ratelimit::{Check, MemoryStore, Quota, Verdict};
+    ///
+    /// let store = MemoryStore::new();
+    /// let check = [Check { key: "agent:a:requests".into(), quota: Quota::per_minute(1), cost: 1 }];
+    /// assert!(matches!(store.decide(&check), Verdict::Allowed(_)));
+    /// assert!(matches!(store.decide(&check), Verdict::Denied { index: 0, .. }));
+    /// ```
+    pub fn decide(&self, checks: &[Check]) -> Verdict {
         let now = Instant::now();
         let mut tats = self.tat.lock().unwrap_or_else(|p| p.into_inner());
         // Old entries whose bucket is full again carry no information.
@@ -147,7 +186,8 @@ impl RateStore for MemoryStore {
         Verdict::Allowed(standings)
     }
 
-    fn adjust(&self, key: &str, quota: &Quota, delta: i64) {
+    /// Adds `delta` to what `key` has spent (negative: gives back).
+    pub fn shift(&self, key: &str, quota: &Quota, delta: i64) {
         let now = Instant::now();
         let mut tats = self.tat.lock().unwrap_or_else(|p| p.into_inner());
         let interval = quota.interval();

@@ -40,11 +40,15 @@ pub mod headers;
 mod layer;
 pub mod metrics;
 mod plan;
+#[cfg(feature = "redis")]
+mod redis;
 mod service;
 
 pub use body::ResponseBody;
 pub use config::{Limits, RateLimitConfig, DEFAULT_GENERATION_TOKENS};
 pub use error::RateLimited;
-pub use gcra::{Check, MemoryStore, Quota, RateStore, Standing, Verdict};
+pub use gcra::{Check, Checked, MemoryStore, Quota, RateStore, Standing, Verdict};
 pub use layer::RateLimitLayer;
+#[cfg(feature = "redis")]
+pub use redis::RedisRates;
 pub use service::{RateLimitService, ResponseFuture};

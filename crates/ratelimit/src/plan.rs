@@ -8,7 +8,7 @@ use http::HeaderValue;
 
 use crate::config::RateLimitConfig;
 use crate::error::RateLimited;
-use crate::gcra::{Check, Quota, RateStore, Standing, Verdict};
+use crate::gcra::{Check, Checked, Quota, RateStore, Standing, Verdict};
 use crate::metrics::RATE_LIMITED_TOTAL;
 
 #[derive(Debug, Clone, Copy)]
@@ -68,8 +68,17 @@ impl Settle {
     }
 }
 
+/// One request's checks, before the store's verdict.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    plan: Arc<ClassPlan>,
+    class: String,
+    checks: Vec<Check>,
+    tokens: u64,
+}
+
 pub(crate) struct Plan {
-    classes: HashMap<String, ClassPlan>,
+    classes: HashMap<String, Arc<ClassPlan>>,
     store: Arc<dyn RateStore>,
     default_generation_tokens: u64,
 }
@@ -139,10 +148,10 @@ impl Plan {
                     HeaderValue::from_str(&header).unwrap_or(HeaderValue::from_static(""));
                 (
                     name.clone(),
-                    ClassPlan {
+                    Arc::new(ClassPlan {
                         items,
                         policy_header,
-                    },
+                    }),
                 )
             })
             .filter(|(_, plan)| !plan.items.is_empty())
@@ -154,9 +163,9 @@ impl Plan {
         }
     }
 
-    /// Charges `meta`'s quotas: what to carry to the answer, or the
-    /// refusal. `None`: its class has no limits.
-    pub(crate) fn charge(&self, meta: &RequestMeta) -> Option<Result<Passed, RateLimited>> {
+    /// The checks `meta`'s quotas ask for. `None`: its class has no
+    /// limits.
+    pub(crate) fn prepare(&self, meta: &RequestMeta) -> Option<Prepared> {
         let plan = self.classes.get(meta.class.as_str())?;
         let generates = !matches!(
             meta.endpoint,
@@ -184,11 +193,38 @@ impl Plan {
                 }
             })
             .collect();
-        Some(match self.store.check(&checks) {
-            Verdict::Allowed(standings) => Ok(self.passed(plan, &checks, &standings, tokens)),
+        Some(Prepared {
+            plan: plan.clone(),
+            class: meta.class.to_string(),
+            checks,
+            tokens,
+        })
+    }
+
+    /// Asks the store.
+    pub(crate) fn check(&self, prepared: &Prepared) -> Checked {
+        self.store.check(&prepared.checks)
+    }
+
+    /// What the store's verdict means: what to carry to the answer, or
+    /// the refusal.
+    pub(crate) fn conclude(
+        &self,
+        prepared: &Prepared,
+        verdict: Verdict,
+    ) -> Result<Passed, RateLimited> {
+        let plan = &prepared.plan;
+        match verdict {
+            Verdict::Allowed(standings) => {
+                Ok(self.passed(plan, &prepared.checks, &standings, prepared.tokens))
+            }
             Verdict::Denied { index, retry_after } => {
-                let item = &plan.items[index];
-                metrics::counter!(RATE_LIMITED_TOTAL, "class" => meta.class.to_string(), "quota" => item.policy)
+                // The store answers with the index of one of the checks,
+                // which are the plan's items in order.
+                let Some(item) = plan.items.get(index).or(plan.items.last()) else {
+                    return Ok(self.passed(plan, &[], &[], 0));
+                };
+                metrics::counter!(RATE_LIMITED_TOTAL, "class" => prepared.class.clone(), "quota" => item.policy)
                     .increment(1);
                 Err(RateLimited {
                     policy: item.policy,
@@ -197,7 +233,7 @@ impl Plan {
                     policies: plan.policy_header.clone(),
                 })
             }
-        })
+        }
     }
 
     fn passed(

@@ -9,8 +9,9 @@ use pin_project_lite::pin_project;
 use tower::Service;
 
 use crate::body::ResponseBody;
+use crate::gcra::{Checked, Verdict};
 use crate::headers::{RATELIMIT, RATELIMIT_POLICY};
-use crate::plan::{Passed, Plan};
+use crate::plan::{Passed, Plan, Prepared};
 
 /// Charges each inference request to its agent's and class's quotas;
 /// refuses with [`RateLimited`](crate::RateLimited) when one is spent.
@@ -34,70 +35,126 @@ impl<S> RateLimitService<S> {
 
 impl<S, B> Service<Request<Body>> for RateLimitService<S>
 where
-    S: Service<Request<Body>, Response = Response<B>>,
+    S: Service<Request<Body>, Response = Response<B>> + Clone,
     S::Error: Into<BoxError>,
 {
     type Response = Response<ResponseBody<B>>;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let charged = request
+        let prepared = request
             .extensions()
             .get::<RequestMeta>()
             .filter(|meta| meta.endpoint.kind() == EndpointKind::Inference)
-            .and_then(|meta| self.plan.charge(meta));
-        match charged {
-            Some(Err(limited)) => ResponseFuture {
-                state: State::Refused {
-                    error: Some(limited.into()),
+            .and_then(|meta| self.plan.prepare(meta));
+        let Some(prepared) = prepared else {
+            return ResponseFuture::calling(self.inner.call(request), None);
+        };
+        match self.plan.check(&prepared) {
+            Checked::Now(verdict) => match self.plan.conclude(&prepared, verdict) {
+                Ok(passed) => ResponseFuture::calling(self.inner.call(request), Some(passed)),
+                Err(limited) => ResponseFuture {
+                    state: State::Refused {
+                        error: Some(limited.into()),
+                    },
                 },
             },
-            Some(Ok(passed)) => ResponseFuture {
-                state: State::Calling {
-                    future: self.inner.call(request),
-                    passed: Some(passed),
-                },
-            },
-            None => ResponseFuture {
-                state: State::Calling {
-                    future: self.inner.call(request),
-                    passed: None,
-                },
-            },
+            Checked::Later(verdict) => {
+                // The verdict comes from Redis: the ready service waits
+                // with the request, a clone takes its place here.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture {
+                    state: State::Checking {
+                        verdict,
+                        pending: Some(Pending {
+                            inner,
+                            request,
+                            prepared,
+                            plan: self.plan.clone(),
+                        }),
+                    },
+                }
+            }
         }
     }
 }
 
+struct Pending<S> {
+    inner: S,
+    request: Request<Body>,
+    prepared: Prepared,
+    plan: Arc<Plan>,
+}
+
 pin_project! {
     /// The response future of [`RateLimitService`].
-    pub struct ResponseFuture<F> {
+    pub struct ResponseFuture<S, F> {
         #[pin]
-        state: State<F>,
+        state: State<S, F>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<F> {
+    enum State<S, F> {
+        Checking {
+            verdict: Pin<Box<dyn Future<Output = Verdict> + Send>>,
+            pending: Option<Pending<S>>,
+        },
         Calling { #[pin] future: F, passed: Option<Passed> },
         Refused { error: Option<BoxError> },
     }
 }
 
-impl<F, B, E> Future for ResponseFuture<F>
+impl<S, F> ResponseFuture<S, F> {
+    fn calling(future: F, passed: Option<Passed>) -> Self {
+        Self {
+            state: State::Calling { future, passed },
+        }
+    }
+}
+
+impl<S, F, B, E> Future for ResponseFuture<S, F>
 where
+    S: Service<Request<Body>, Future = F>,
     F: Future<Output = Result<Response<B>, E>>,
     E: Into<BoxError>,
 {
     type Output = Result<Response<ResponseBody<B>>, BoxError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let StateProj::Checking { verdict, pending } = self.as_mut().project().state.project() {
+            let verdict = ready!(verdict.as_mut().poll(cx));
+            let Some(Pending {
+                mut inner,
+                request,
+                prepared,
+                plan,
+            }) = pending.take()
+            else {
+                return Poll::Ready(Err("rate limit future polled after completion".into()));
+            };
+            let next = match plan.conclude(&prepared, verdict) {
+                Ok(passed) => State::Calling {
+                    future: inner.call(request),
+                    passed: Some(passed),
+                },
+                Err(limited) => State::Refused {
+                    error: Some(limited.into()),
+                },
+            };
+            self.as_mut().project().state.set(next);
+        }
         match self.project().state.project() {
+            StateProj::Checking { .. } => {
+                Poll::Ready(Err("rate limit future polled after completion".into()))
+            }
             StateProj::Calling { future, passed } => {
                 let mut response = ready!(future.poll(cx)).map_err(Into::into)?;
                 let settle = match passed.take() {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use corral_core::{Body, Endpoint, GenerationParams, Priority, Refusal, RequestMeta};
 use corral_ratelimit::{
-    Check, MemoryStore, Quota, RateLimitConfig, RateLimitLayer, RateLimited, RateStore, Verdict,
+    Check, MemoryStore, Quota, RateLimitConfig, RateLimitLayer, RateLimited, Verdict,
 };
 use http::{Request, Response};
 use http_body_util::channel::Channel;
@@ -36,22 +36,22 @@ async fn ten_a_minute_allows_ten_at_once_then_one_every_six_seconds() {
     let store = MemoryStore::new();
     let quota = Quota::per_minute(10);
     for i in 0..10 {
-        let verdict = store.check(&[check("a", quota, 1)]);
+        let verdict = store.decide(&[check("a", quota, 1)]);
         let Verdict::Allowed(standing) = verdict else {
             panic!("request {i} refused")
         };
         assert_eq!(standing[0].remaining, 9 - i);
     }
-    let Verdict::Denied { retry_after, .. } = store.check(&[check("a", quota, 1)]) else {
+    let Verdict::Denied { retry_after, .. } = store.decide(&[check("a", quota, 1)]) else {
         panic!("the eleventh passed")
     };
     assert_eq!(retry_after, Duration::from_secs(6));
     tokio::time::advance(Duration::from_millis(5_999)).await;
-    assert!(!allowed(&store.check(&[check("a", quota, 1)])));
+    assert!(!allowed(&store.decide(&[check("a", quota, 1)])));
     tokio::time::advance(Duration::from_millis(1)).await;
-    assert!(allowed(&store.check(&[check("a", quota, 1)])));
+    assert!(allowed(&store.decide(&[check("a", quota, 1)])));
     assert!(
-        allowed(&store.check(&[check("b", quota, 1)])),
+        allowed(&store.decide(&[check("b", quota, 1)])),
         "another key has its own quota"
     );
 }
@@ -64,10 +64,10 @@ async fn a_burst_of_one_spaces_requests_evenly() {
         period: Duration::from_secs(60),
         burst: 1,
     };
-    assert!(allowed(&store.check(&[check("a", quota, 1)])));
-    assert!(!allowed(&store.check(&[check("a", quota, 1)])));
+    assert!(allowed(&store.decide(&[check("a", quota, 1)])));
+    assert!(!allowed(&store.decide(&[check("a", quota, 1)])));
     tokio::time::advance(Duration::from_secs(1)).await;
-    assert!(allowed(&store.check(&[check("a", quota, 1)])));
+    assert!(allowed(&store.decide(&[check("a", quota, 1)])));
 }
 
 #[tokio::test(start_paused = true)]
@@ -76,15 +76,15 @@ async fn a_set_of_checks_is_charged_all_or_nothing() {
     let agent = Quota::per_minute(10);
     let class = Quota::per_minute(1);
     assert!(allowed(
-        &store.check(&[check("agent", agent, 1), check("class", class, 1)])
+        &store.decide(&[check("agent", agent, 1), check("class", class, 1)])
     ));
-    let verdict = store.check(&[check("agent", agent, 1), check("class", class, 1)]);
+    let verdict = store.decide(&[check("agent", agent, 1), check("class", class, 1)]);
     assert!(
         matches!(verdict, Verdict::Denied { index: 1, .. }),
         "{verdict:?}"
     );
     // The refused request charged nothing to the agent: nine are left.
-    let Verdict::Allowed(standing) = store.check(&[check("agent", agent, 1)]) else {
+    let Verdict::Allowed(standing) = store.decide(&[check("agent", agent, 1)]) else {
         panic!()
     };
     assert_eq!(standing[0].remaining, 8);
@@ -94,13 +94,13 @@ async fn a_set_of_checks_is_charged_all_or_nothing() {
 async fn corrections_give_back_what_was_not_used() {
     let store = MemoryStore::new();
     let tokens = Quota::per_minute(1000);
-    assert!(allowed(&store.check(&[check("t", tokens, 800)])));
+    assert!(allowed(&store.decide(&[check("t", tokens, 800)])));
     assert!(
-        !allowed(&store.check(&[check("t", tokens, 300)])),
+        !allowed(&store.decide(&[check("t", tokens, 300)])),
         "800 charged up front"
     );
-    store.adjust("t", &tokens, -700); // only 100 were generated
-    assert!(allowed(&store.check(&[check("t", tokens, 300)])));
+    store.shift("t", &tokens, -700); // only 100 were generated
+    assert!(allowed(&store.decide(&[check("t", tokens, 300)])));
 }
 
 fn request(endpoint: Endpoint, agent: &str, class: &str, max_tokens: Option<u64>) -> Request<Body> {
@@ -288,7 +288,7 @@ proptest! {
                 tokio::time::advance(Duration::from_millis(gap)).await;
                 let now = start.elapsed().as_secs_f64();
                 let idle_long_enough = admitted.last().is_none_or(|last| now - last >= interval * burst as f64);
-                match store.check(&[check("k", quota, 1)]) {
+                match store.decide(&[check("k", quota, 1)]) {
                     Verdict::Allowed(_) => admitted.push(now),
                     Verdict::Denied { retry_after, .. } => {
                         assert!(!idle_long_enough, "refused after a full refill");

@@ -9,8 +9,7 @@ use serde_json::json;
 
 use std::sync::Arc;
 
-use corral_core::{full, ApiFamily, BoxBody, ErrorBody, Level, LoadCell};
-use http_body_util::BodyExt;
+use corral_core::{full, ApiFamily, BoxBody, ErrorBody, LoadCell};
 
 use crate::config::Config;
 use crate::registry::Controls;
@@ -19,6 +18,8 @@ use crate::stack::Stack;
 use crate::telemetry;
 use crate::upstream::Upstream;
 
+mod control;
+
 /// The admin endpoints.
 #[derive(Clone)]
 pub struct Admin {
@@ -26,6 +27,7 @@ pub struct Admin {
     metrics: PrometheusHandle,
     load: LoadCell,
     controls: Arc<Controls>,
+    bus: Arc<dyn corral_core::Bus>,
     events: Arc<dyn corral_events::EventStore>,
     config: Arc<serde_json::Value>,
     token: Option<Arc<str>>,
@@ -64,6 +66,7 @@ impl Admin {
             metrics,
             load: stack.load().clone(),
             controls: stack.controls().clone(),
+            bus: stack.bus().clone(),
             events: stack.events().clone() as Arc<dyn corral_events::EventStore>,
             config: Arc::new(resolved_config(config)),
             token: config.admin.token.as_deref().map(Arc::from),
@@ -101,6 +104,7 @@ impl Admin {
         }
         match path {
             "/corral/degrade" => self.degrade(request).await,
+            "/corral/capacity" => self.capacity(request).await,
             "/corral/status" if get => json_response(StatusCode::OK, &self.status().await),
             "/corral/agents" if get => {
                 json_response(StatusCode::OK, &json!(self.events.usage().await))
@@ -240,78 +244,13 @@ impl Admin {
         }
         json_response(StatusCode::OK, &json!(self.events.replay(q).await))
     }
-
-    /// `GET` the degradation level; `POST {"level": "L2"}` forces one,
-    /// `POST {"level": null}` or `DELETE` releases it.
-    async fn degrade<B>(&self, request: Request<B>) -> Response<BoxBody>
-    where
-        B: http_body::Body<Data = bytes::Bytes>,
-        B::Error: Into<corral_core::BoxError>,
-    {
-        let Some(controller) = self.controls.degrade.get() else {
-            return error(
-                StatusCode::NOT_FOUND,
-                "the stack has no degrade layer".into(),
-            );
-        };
-        let method = request.method().clone();
-        if method == Method::POST {
-            let body = match http_body_util::Limited::new(request.into_body(), 64 * 1024)
-                .collect()
-                .await
-            {
-                Ok(body) => body.to_bytes(),
-                Err(e) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        format!("cannot read the body: {e}"),
-                    )
-                }
-            };
-            #[derive(serde::Deserialize)]
-            #[serde(deny_unknown_fields)]
-            struct Force {
-                level: Option<String>,
-            }
-            let force: Force = match serde_json::from_slice(&body) {
-                Ok(force) => force,
-                Err(e) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        format!("expected {{\"level\": \"Normal|L1|L2|Critical\" or null}}: {e}"),
-                    )
-                }
-            };
-            let level = match force.level.as_deref().map(str::parse::<Level>).transpose() {
-                Ok(level) => level,
-                Err(e) => return error(StatusCode::BAD_REQUEST, e),
-            };
-            controller.force(level);
-        } else if method == Method::DELETE {
-            controller.force(None);
-        } else if method != Method::GET {
-            return error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "use GET, POST or DELETE".into(),
-            );
-        }
-        let status = controller.status();
-        json_response(
-            StatusCode::OK,
-            &json!({
-                "level": status.level.as_str(),
-                "load": status.load,
-                "forced": status.forced.map(|l| l.as_str()),
-            }),
-        )
-    }
 }
 
-fn error(status: StatusCode, message: String) -> Response<BoxBody> {
+pub(crate) fn error(status: StatusCode, message: String) -> Response<BoxBody> {
     respond::answer(&ErrorBody::new(status, message), ApiFamily::Ollama)
 }
 
-fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<BoxBody> {
+pub(crate) fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<BoxBody> {
     let mut response = Response::new(full(serde_json::to_vec(value).unwrap_or_default()));
     *response.status_mut() = status;
     response.headers_mut().insert(

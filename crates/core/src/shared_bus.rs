@@ -1,0 +1,241 @@
+//! The bus across replicas: Redis pub/sub, and a hash per channel that
+//! keeps the settings in force.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, mpsc};
+
+use crate::bus::{channels, Bus, BusMessage};
+use crate::shared::RedisState;
+
+/// Messages waiting for Redis; past this, plain messages are dropped (and
+/// counted), settings keep only their latest value.
+const OUTBOX: usize = 1024;
+
+/// The counter of bus messages that never reached Redis.
+pub const BUS_DROPPED_TOTAL: &str = "corral_bus_dropped_total";
+
+/// The channels whose settings are kept and replayed on (re)connect.
+const STATE_CHANNELS: [&str; 5] = [
+    channels::DEGRADATION_LEVEL,
+    channels::CAPACITY_UPDATE,
+    channels::PRIORITY_CHANGE,
+    channels::BREAKER_STATE,
+    channels::BACKPRESSURE,
+];
+
+struct Outgoing {
+    channel: String,
+    field: Option<String>,
+    envelope: String,
+}
+
+/// The bus shared by every replica of a deployment.
+///
+/// A message published here reaches this replica's subscribers at once
+/// and the other replicas through Redis `PUBLISH` on the channel (under
+/// the key prefix), as JSON with `channel`, `timestamp`, `publisher` and
+/// `message`. A setting ([`Bus::publish_state`]) is also kept in the hash
+/// `state:<channel>` under its field, and every replica replays those
+/// hashes to its subscribers when it starts and whenever Redis comes
+/// back, so it reads the truth before it listens. Publishing never waits
+/// for Redis: messages go through a bounded outbox; while Redis is away
+/// settings are kept (latest per field) and written when it returns,
+/// other messages are counted in `corral_bus_dropped_total`.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use corral_core::{channels, Bus, RedisBus, RedisState};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let state = RedisState::new("redis://127.0.0.1:6379", "corral:", "replica-1", Duration::from_millis(200)).unwrap();
+/// let bus = RedisBus::start(state);
+/// let mut listener = bus.subscribe();
+/// bus.publish_state(channels::DEGRADATION_LEVEL, "forced", serde_json::json!({"forced": "L2"}));
+/// assert_eq!(listener.recv().await.unwrap().message["forced"], "L2");
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisBus {
+    local: broadcast::Sender<BusMessage>,
+    outbox: mpsc::Sender<Outgoing>,
+    state: RedisState,
+}
+
+impl std::fmt::Debug for RedisBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBus")
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+impl RedisBus {
+    /// A bus over `state`; spawns its writer and listener on the current
+    /// runtime.
+    pub fn start(state: RedisState) -> Arc<Self> {
+        let (local, _) = broadcast::channel(crate::MemoryBus::CAPACITY);
+        let (outbox, pending) = mpsc::channel(OUTBOX);
+        metrics::describe_counter!(
+            BUS_DROPPED_TOTAL,
+            "bus messages that could not be sent to the other replicas"
+        );
+        tokio::spawn(write(state.clone(), pending));
+        tokio::spawn(listen(state.clone(), local.clone()));
+        Arc::new(Self {
+            local,
+            outbox,
+            state,
+        })
+    }
+
+    fn send(&self, channel: &str, field: Option<&str>, message: serde_json::Value) {
+        let message = BusMessage {
+            channel: Arc::from(channel),
+            timestamp: crate::unix_now_f64(),
+            publisher: self.state.replica().clone(),
+            message,
+        };
+        let envelope = serde_json::to_string(&message).unwrap_or_default();
+        let _ = self.local.send(message);
+        let outgoing = Outgoing {
+            channel: channel.to_string(),
+            field: field.map(str::to_string),
+            envelope,
+        };
+        if self.outbox.try_send(outgoing).is_err() {
+            metrics::counter!(BUS_DROPPED_TOTAL).increment(1);
+        }
+    }
+}
+
+impl Bus for RedisBus {
+    fn publish(&self, channel: &str, message: serde_json::Value) {
+        self.send(channel, None, message);
+    }
+
+    fn publish_state(&self, channel: &str, field: &str, message: serde_json::Value) {
+        self.send(channel, Some(field), message);
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<BusMessage> {
+        self.local.subscribe()
+    }
+}
+
+/// Sends the outbox to Redis; keeps settings that could not be written
+/// and writes them when Redis returns.
+async fn write(state: RedisState, mut pending: mpsc::Receiver<Outgoing>) {
+    let mut unsent: HashMap<(String, String), Outgoing> = HashMap::new();
+    let mut health = state.health();
+    loop {
+        tokio::select! {
+            next = pending.recv() => {
+                let Some(outgoing) = next else { return };
+                if let Err(outgoing) = send_one(&state, outgoing).await {
+                    match &outgoing.field {
+                        Some(field) => {
+                            let key = (outgoing.channel.clone(), field.clone());
+                            unsent.insert(key, outgoing);
+                        }
+                        None => metrics::counter!(BUS_DROPPED_TOTAL).increment(1),
+                    }
+                }
+            }
+            changed = health.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                if *health.borrow_and_update() {
+                    let kept: Vec<Outgoing> = unsent.drain().map(|(_, o)| o).collect();
+                    for outgoing in kept {
+                        if let Err(outgoing) = send_one(&state, outgoing).await {
+                            let key = (outgoing.channel.clone(), outgoing.field.clone().unwrap_or_default());
+                            unsent.insert(key, outgoing);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn send_one(state: &RedisState, outgoing: Outgoing) -> Result<(), Outgoing> {
+    let written = match &outgoing.field {
+        Some(field) => {
+            let mut pipeline = redis::pipe();
+            pipeline
+                .atomic()
+                .cmd("HSET")
+                .arg(state.key(&format!("state:{}", outgoing.channel)))
+                .arg(field)
+                .arg(&outgoing.envelope)
+                .ignore()
+                .cmd("PUBLISH")
+                .arg(state.key(&outgoing.channel))
+                .arg(&outgoing.envelope)
+                .ignore();
+            state.pipeline::<()>(&pipeline).await
+        }
+        None => state.publish(&outgoing.channel, &outgoing.envelope).await,
+    };
+    written.map_err(|_| outgoing)
+}
+
+/// Forwards the other replicas' messages to this replica's subscribers,
+/// and replays the kept settings at start and on every return of Redis.
+async fn listen(state: RedisState, local: broadcast::Sender<BusMessage>) {
+    let mut pushed = state.subscribe(STATE_CHANNELS[0]).await;
+    for channel in &STATE_CHANNELS[1..] {
+        drop(state.subscribe(channel).await);
+    }
+    replay(&state, &local).await;
+    let mut health = state.health();
+    loop {
+        tokio::select! {
+            message = pushed.recv() => match message {
+                Ok(pushed) => {
+                    if !STATE_CHANNELS.contains(&pushed.channel.as_str()) {
+                        continue;
+                    }
+                    let Ok(message) = serde_json::from_str::<BusMessage>(&pushed.payload) else {
+                        continue;
+                    };
+                    if message.publisher != *state.replica() {
+                        let _ = local.send(message);
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            changed = health.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                if *health.borrow_and_update() {
+                    replay(&state, &local).await;
+                }
+            }
+        }
+    }
+}
+
+async fn replay(state: &RedisState, local: &broadcast::Sender<BusMessage>) {
+    for channel in STATE_CHANNELS {
+        let mut command = redis::cmd("HGETALL");
+        command.arg(state.key(&format!("state:{channel}")));
+        let Ok(kept) = state.query::<HashMap<String, String>>(&command).await else {
+            return;
+        };
+        let mut messages: Vec<BusMessage> = kept
+            .values()
+            .filter_map(|v| serde_json::from_str(v).ok())
+            .collect();
+        messages.sort_by(|a, b| a.timestamp.total_cmp(&b.timestamp));
+        for message in messages {
+            let _ = local.send(message);
+        }
+    }
+}

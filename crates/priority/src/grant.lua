@@ -1,0 +1,99 @@
+-- One pool's permits across replicas, in one atomic step.
+--
+-- KEYS[1] queue    sorted set of waiting tickets, best first
+-- KEYS[2] leases   sorted set of granted tickets, scored by lease expiry (ms)
+-- KEYS[3] capacity the pool's capacity, when an operator set one
+-- KEYS[4] replicas sorted set of live replicas, scored by expiry (ms)
+--
+-- ARGV[1] op: enqueue | cancel | release | renew | tick
+-- ARGV[2] ticket (`replica|seq|level`) for enqueue, cancel, release
+-- ARGV[3] the ticket's level (priority - 1), for enqueue
+-- ARGV[4] aging in ms (0: none)
+-- ARGV[5] lease ttl in ms
+-- ARGV[6] capacity from the configuration
+-- ARGV[7] reserved permits
+-- ARGV[8] levels below this may take reserved permits
+-- ARGV[9] this replica
+-- ARGV[10] the channel grants are published on, minus the replica
+-- ARGV[11..] tickets this replica holds, for renew
+--
+-- Returns { permits held, capacity, live replicas, granted tickets... }.
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local op = ARGV[1]
+local ttl = tonumber(ARGV[5])
+
+-- This replica is alive for another lease.
+redis.call('ZADD', KEYS[4], now + ttl, ARGV[9])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+
+if op == 'enqueue' then
+  local level = tonumber(ARGV[3])
+  local aging = tonumber(ARGV[4])
+  -- With aging, a level is worth `aging` ms of waiting: a ticket one
+  -- level lower that has waited `aging` longer is as good.
+  local score
+  if aging > 0 then
+    score = level * aging + now
+  else
+    score = level * 1e13 + now
+  end
+  redis.call('ZADD', KEYS[1], score, ARGV[2])
+elseif op == 'cancel' or op == 'release' then
+  redis.call('ZREM', KEYS[1], ARGV[2])
+  redis.call('ZREM', KEYS[2], ARGV[2])
+elseif op == 'renew' then
+  -- Re-asserted, not only extended: after Redis lost its data the
+  -- permits still running are counted again.
+  for i = 11, #ARGV do
+    redis.call('ZADD', KEYS[2], now + ttl, ARGV[i])
+  end
+end
+
+-- A dead replica's permits come back when their leases run out.
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+
+local capacity = tonumber(redis.call('GET', KEYS[3]) or ARGV[6])
+local held = redis.call('ZCARD', KEYS[2])
+local reserve = math.min(tonumber(ARGV[7]), math.max(capacity - 1, 0))
+local up_to = tonumber(ARGV[8])
+local granted = {}
+
+while held < capacity do
+  local open_to_all = held + reserve < capacity
+  local head = redis.call('ZRANGE', KEYS[1], 0, 63)
+  if #head == 0 then
+    break
+  end
+  local chosen = nil
+  local removed = 0
+  for _, ticket in ipairs(head) do
+    local replica, level = string.match(ticket, '^(.*)|%d+|(%d+)$')
+    local alive = replica and redis.call('ZSCORE', KEYS[4], replica)
+    if not alive then
+      -- Queued by a replica that is gone: nobody would take the permit.
+      redis.call('ZREM', KEYS[1], ticket)
+      removed = removed + 1
+    elseif open_to_all or tonumber(level) < up_to then
+      chosen = ticket
+      break
+    end
+  end
+  if chosen then
+    redis.call('ZREM', KEYS[1], chosen)
+    redis.call('ZADD', KEYS[2], now + ttl, chosen)
+    held = held + 1
+    granted[#granted + 1] = chosen
+    local replica = string.match(chosen, '^(.*)|%d+|%d+$')
+    redis.call('PUBLISH', ARGV[10] .. replica, chosen)
+  elseif removed == 0 then
+    break
+  end
+end
+
+local result = { held, capacity, redis.call('ZCARD', KEYS[4]) }
+for _, ticket in ipairs(granted) do
+  result[#result + 1] = ticket
+end
+return result

@@ -1,0 +1,393 @@
+//! A pool whose permits and queue live in Redis, shared by every replica.
+//!
+//! The queue is a sorted set of tickets (`replica|seq|level`) scored by
+//! effective priority and arrival; `grant.lua` grants permits to its head
+//! while fewer leases than the capacity are held, publishing each grant
+//! on the owning replica's channel. A permit is a lease: this replica
+//! renews its leases (and its own liveness) every third of the TTL, so
+//! the permits of a replica that dies come back within one TTL and its
+//! queued tickets are dropped. While Redis does not answer, tickets go to
+//! the local pool, sized to this replica's share of the capacity.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use corral_core::{LoadSnapshot, RedisState};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::config::Reserve;
+use crate::error::DeadlineExceeded;
+use crate::pool::{Pool, Ticket};
+use crate::scheduler::{Acquire, Permit};
+
+static GRANT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(include_str!("grant.lua")));
+
+/// The gauge of permits held across all replicas, per pool.
+pub const SHARED_PERMITS_HELD: &str = "corral_shared_permits_held";
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) struct SharedPool {
+    state: RedisState,
+    name: String,
+    keys: Vec<String>,
+    grants_channel: String,
+    aging_ms: u64,
+    ttl: Duration,
+    capacity: AtomicUsize,
+    reserve: Option<Reserve>,
+    /// The fallback while Redis is away, sized to this replica's share.
+    pub(crate) local: Arc<Pool>,
+    seq: AtomicU64,
+    waiting: Mutex<HashMap<String, Waiting>>,
+    held: Mutex<HashSet<String>>,
+    /// Permits held across replicas, as of the last script.
+    held_everywhere: AtomicUsize,
+    replicas: AtomicUsize,
+}
+
+struct Waiting {
+    level: usize,
+    since: Instant,
+    granted: Option<oneshot::Sender<()>>,
+}
+
+/// What every script call reports.
+struct Report {
+    granted: Vec<String>,
+}
+
+impl SharedPool {
+    pub(crate) fn new(
+        state: RedisState,
+        local: Arc<Pool>,
+        capacity: usize,
+        aging: Duration,
+        ttl: Duration,
+        reserve: Option<Reserve>,
+    ) -> Arc<Self> {
+        let name = local.name().to_string();
+        let key = |k: &str| state.key(&format!("prio:{name}:{k}"));
+        let keys = vec![
+            key("queue"),
+            key("leases"),
+            key("capacity"),
+            state.key("prio:replicas"),
+        ];
+        metrics::describe_gauge!(
+            SHARED_PERMITS_HELD,
+            "upstream permits held by all replicas together, per pool"
+        );
+        Arc::new(Self {
+            grants_channel: state.key("prio:grants:"),
+            keys,
+            name,
+            aging_ms: u64::try_from(aging.as_millis()).unwrap_or(u64::MAX),
+            ttl,
+            capacity: AtomicUsize::new(capacity),
+            reserve,
+            local,
+            seq: AtomicU64::new(0),
+            waiting: Mutex::default(),
+            held: Mutex::default(),
+            held_everywhere: AtomicUsize::new(0),
+            replicas: AtomicUsize::new(1),
+            state,
+        })
+    }
+
+    /// The channel this replica hears its grants on (without prefix).
+    pub(crate) fn grants_channel(state: &RedisState) -> String {
+        format!("prio:grants:{}", state.replica())
+    }
+
+    async fn run(&self, op: &str, ticket: &str, level: usize) -> Result<Report, ()> {
+        let reserve = self.reserve.unwrap_or(Reserve {
+            permits: 0,
+            up_to_priority: 10,
+        });
+        let mut args = vec![
+            op.to_string(),
+            ticket.to_string(),
+            level.to_string(),
+            self.aging_ms.to_string(),
+            self.ttl.as_millis().to_string(),
+            self.capacity.load(Ordering::Relaxed).to_string(),
+            reserve.permits.to_string(),
+            reserve.up_to_priority.to_string(),
+            self.state.replica().to_string(),
+            self.grants_channel.clone(),
+        ];
+        if op == "renew" {
+            args.extend(lock(&self.held).iter().cloned());
+        }
+        let reply: Vec<redis::Value> = self
+            .state
+            .script(&GRANT, &self.keys, &args)
+            .await
+            .map_err(drop)?;
+        let mut values = reply.into_iter();
+        let mut number = || match values.next() {
+            Some(redis::Value::Int(n)) => usize::try_from(n).unwrap_or(0),
+            _ => 0,
+        };
+        let held = number();
+        let capacity = number();
+        let replicas = number().max(1);
+        self.held_everywhere.store(held, Ordering::Relaxed);
+        self.replicas.store(replicas, Ordering::Relaxed);
+        metrics::gauge!(SHARED_PERMITS_HELD, "pool" => self.name.clone()).set(held as f64);
+        self.local.set_capacity((capacity / replicas).max(1));
+        let granted = values
+            .filter_map(|v| match v {
+                redis::Value::BulkString(b) => String::from_utf8(b).ok(),
+                _ => None,
+            })
+            .collect();
+        Ok(Report { granted })
+    }
+
+    /// A grant heard on this replica's channel.
+    pub(crate) fn granted(&self, ticket: &str) {
+        if let Some(waiting) = lock(&self.waiting).get_mut(ticket) {
+            if let Some(tell) = waiting.granted.take() {
+                let _ = tell.send(());
+            }
+        }
+    }
+
+    fn forget(&self, ticket: &str) {
+        lock(&self.waiting).remove(ticket);
+    }
+
+    /// Gives `ticket` back (a permit or a place in the queue), without
+    /// waiting for Redis.
+    pub(crate) fn give_back(self: &Arc<Self>, ticket: String, op: &'static str) {
+        lock(&self.held).remove(&ticket);
+        self.forget(&ticket);
+        let pool = self.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                // Failing, the lease runs out by itself.
+                let _ = pool.run(op, &ticket, 0).await;
+            });
+        }
+    }
+
+    /// Renews this replica's leases and liveness, grants what expired
+    /// leases freed: every third of the TTL, for as long as it runs.
+    pub(crate) async fn keep_alive(self: Arc<Self>) {
+        let mut ticks = tokio::time::interval(self.ttl / 3);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut health = self.state.health();
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                // Back from an outage: count the permits running here at
+                // once, before other replicas are granted more.
+                changed = health.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    if !*health.borrow_and_update() {
+                        continue;
+                    }
+                }
+            }
+            if let Ok(report) = self.run("renew", "", 0).await {
+                for ticket in &report.granted {
+                    self.granted(ticket);
+                }
+            }
+            // A grant whose message was lost (a reconnect) is found here.
+            let waiting: Vec<String> = lock(&self.waiting).keys().cloned().collect();
+            if !waiting.is_empty() {
+                let mut command = redis::cmd("ZMSCORE");
+                command.arg(&self.keys[1]).arg(&waiting);
+                if let Ok(scores) = self.state.query::<Vec<Option<f64>>>(&command).await {
+                    for (ticket, score) in waiting.iter().zip(scores) {
+                        if score.is_some() {
+                            self.granted(ticket);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sets the shared capacity (all replicas read it).
+    pub(crate) fn set_capacity(self: &Arc<Self>, capacity: usize) {
+        self.capacity.store(capacity, Ordering::Relaxed);
+        let replicas = self.replicas.load(Ordering::Relaxed).max(1);
+        self.local.set_capacity((capacity / replicas).max(1));
+        let pool = self.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let mut command = redis::cmd("SET");
+                command.arg(&pool.keys[2]).arg(capacity);
+                if pool.state.query::<()>(&command).await.is_ok() {
+                    // More room: grant at once.
+                    if let Ok(report) = pool.run("tick", "", 0).await {
+                        for ticket in &report.granted {
+                            pool.granted(ticket);
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    /// This replica's waiting tickets, with the permits held everywhere;
+    /// the local pool's own while Redis is away.
+    pub(crate) fn snapshot(&self) -> LoadSnapshot {
+        let mut snapshot = self.local.snapshot();
+        if !self.state.is_up() {
+            return snapshot;
+        }
+        snapshot.capacity = self.capacity.load(Ordering::Relaxed);
+        // The local count holds this replica's leases; Redis' all of them
+        // (as of the last script).
+        snapshot.in_flight = snapshot
+            .in_flight
+            .max(self.held_everywhere.load(Ordering::Relaxed));
+        for waiting in lock(&self.waiting).values() {
+            snapshot.queued[waiting.level] += 1;
+            snapshot.oldest_waiting_since = Some(
+                snapshot
+                    .oldest_waiting_since
+                    .map_or(waiting.since, |t| t.min(waiting.since)),
+            );
+        }
+        snapshot
+    }
+
+    /// Waits for a permit in Redis; in the local pool when Redis is away
+    /// (or goes away while it waits).
+    pub(crate) async fn acquire(
+        self: Arc<Self>,
+        ticket: Ticket,
+    ) -> Result<Permit, DeadlineExceeded> {
+        if !self.state.is_up() {
+            return self.local_acquire(ticket).await;
+        }
+        let level = usize::from(ticket.priority.get() - 1);
+        let id = format!(
+            "{}|{}|{}",
+            self.state.replica(),
+            self.seq.fetch_add(1, Ordering::Relaxed),
+            level
+        );
+        let since = Instant::now();
+        let (tell, mut told) = oneshot::channel();
+        lock(&self.waiting).insert(
+            id.clone(),
+            Waiting {
+                level,
+                since,
+                granted: Some(tell),
+            },
+        );
+        // From here, leaving early (a disconnect drops this future) takes
+        // the ticket out of the queue, or gives back its permit.
+        let mut guard = Guard {
+            pool: self.clone(),
+            ticket: Some(id.clone()),
+        };
+        match self.run("enqueue", &id, level).await {
+            Ok(report) if report.granted.contains(&id) => {}
+            Ok(_) => {
+                let mut health = self.state.health();
+                let deadline = ticket.deadline;
+                let expired = async move {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::pin!(expired);
+                loop {
+                    tokio::select! {
+                        _ = &mut told => break,
+                        () = &mut expired => {
+                            drop(guard);
+                            return Err(DeadlineExceeded { waited: since.elapsed() });
+                        }
+                        changed = health.changed() => {
+                            if changed.is_ok() && !*health.borrow_and_update() {
+                                drop(guard);
+                                return self.local_acquire(ticket).await;
+                            }
+                        }
+                    }
+                }
+            }
+            Err(()) => {
+                guard.ticket = None;
+                self.forget(&id);
+                return self.local_acquire(ticket).await;
+            }
+        }
+        let ticket_id = guard.ticket.take().unwrap_or_default();
+        self.forget(&ticket_id);
+        lock(&self.held).insert(ticket_id.clone());
+        Ok(Permit::shared(
+            self.clone(),
+            ticket_id,
+            ticket.agent,
+            since.elapsed(),
+        ))
+    }
+
+    /// Waits in the fallback pool; the permit is also held under a
+    /// ticket of its own, which the next renewal tells Redis about.
+    async fn local_acquire(self: &Arc<Self>, ticket: Ticket) -> Result<Permit, DeadlineExceeded> {
+        let level = usize::from(ticket.priority.get() - 1);
+        let permit = Acquire::local(self.local.clone(), ticket).await?;
+        let id = format!(
+            "{}|{}|{}",
+            self.state.replica(),
+            self.seq.fetch_add(1, Ordering::Relaxed),
+            level
+        );
+        lock(&self.held).insert(id.clone());
+        Ok(permit.into_shared(self.clone(), id))
+    }
+}
+
+/// Takes a ticket out of the shared queue if its waiter leaves.
+struct Guard {
+    pool: Arc<SharedPool>,
+    ticket: Option<String>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            self.pool.give_back(ticket, "cancel");
+        }
+    }
+}
+
+/// Delivers grants heard on this replica's channel to their pools, for
+/// as long as it runs.
+pub(crate) async fn hear_grants(state: RedisState, pools: Vec<Arc<SharedPool>>) {
+    let mut pushed = state.subscribe(&SharedPool::grants_channel(&state)).await;
+    let channel = SharedPool::grants_channel(&state);
+    loop {
+        match pushed.recv().await {
+            Ok(message) if message.channel == channel => {
+                for pool in &pools {
+                    pool.granted(&message.payload);
+                }
+            }
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}

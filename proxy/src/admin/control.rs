@@ -1,0 +1,167 @@
+//! The admin paths that change what the stack does: the degradation
+//! level and the upstream's capacity. With shared state each change
+//! reaches every replica.
+
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use corral_core::{channels, BoxBody, Level};
+
+use super::{error, json_response, Admin};
+
+/// The JSON body of an admin `POST`, or the 400 that says what to send.
+async fn read_json<T, B>(request: Request<B>, expected: &str) -> Result<T, Response<BoxBody>>
+where
+    T: DeserializeOwned,
+    B: http_body::Body<Data = bytes::Bytes>,
+    B::Error: Into<corral_core::BoxError>,
+{
+    let body = match http_body_util::Limited::new(request.into_body(), 64 * 1024)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(e) => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the body: {e}"),
+            ))
+        }
+    };
+    serde_json::from_slice(&body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("expected {expected}: {e}")))
+}
+
+impl Admin {
+    /// `GET` the degradation level; `POST {"level": "L2"}` forces one,
+    /// `POST {"level": null}` or `DELETE` releases it.
+    pub(super) async fn degrade<B>(&self, request: Request<B>) -> Response<BoxBody>
+    where
+        B: http_body::Body<Data = bytes::Bytes>,
+        B::Error: Into<corral_core::BoxError>,
+    {
+        let Some(controller) = self.controls.degrade.get() else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "the stack has no degrade layer".into(),
+            );
+        };
+        let method = request.method().clone();
+        if method == Method::POST {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Force {
+                level: Option<String>,
+            }
+            let force: Force =
+                match read_json(request, "{\"level\": \"Normal|L1|L2|Critical\" or null}").await {
+                    Ok(force) => force,
+                    Err(response) => return response,
+                };
+            let level = match force.level.as_deref().map(str::parse::<Level>).transpose() {
+                Ok(level) => level,
+                Err(e) => return error(StatusCode::BAD_REQUEST, e),
+            };
+            controller.force(level);
+        } else if method == Method::DELETE {
+            controller.force(None);
+        } else if method != Method::GET {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "use GET, POST or DELETE".into(),
+            );
+        }
+        let status = controller.status();
+        json_response(
+            StatusCode::OK,
+            &json!({
+                "level": status.level.as_str(),
+                "load": status.load,
+                "forced": status.forced.map(|l| l.as_str()),
+            }),
+        )
+    }
+
+    /// `GET` each pool's capacity and load; `POST {"capacity": 8}` sets
+    /// the default pool's, `POST {"capacity": 1, "model": "llama3:70b"}`
+    /// a model pool's. Announced on `ollama:capacity:update`; with shared
+    /// state the capacity lives in Redis, so every replica uses it.
+    pub(super) async fn capacity<B>(&self, request: Request<B>) -> Response<BoxBody>
+    where
+        B: http_body::Body<Data = bytes::Bytes>,
+        B::Error: Into<corral_core::BoxError>,
+    {
+        let Some(scheduler) = self.controls.scheduler.get() else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "the stack has no priority layer".into(),
+            );
+        };
+        let method = request.method().clone();
+        if method == Method::POST {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct SetCapacity {
+                capacity: usize,
+                model: Option<String>,
+            }
+            let set: SetCapacity = match read_json(
+                request,
+                "{\"capacity\": 1 or more, \"model\": optional model with a pool of its own}",
+            )
+            .await
+            {
+                Ok(set) => set,
+                Err(response) => return response,
+            };
+            if set.capacity == 0 {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "capacity must be 1 or more: to stop traffic, force the Critical level".into(),
+                );
+            }
+            let pool = match &set.model {
+                None => {
+                    scheduler.set_capacity(set.capacity);
+                    "*".to_string()
+                }
+                Some(model) if scheduler.set_model_capacity(model, set.capacity) => model.clone(),
+                Some(model) => {
+                    return error(
+                        StatusCode::NOT_FOUND,
+                        format!(
+                            "model {model:?} has no pool of its own ([upstream] model_capacity)"
+                        ),
+                    )
+                }
+            };
+            tracing::warn!(
+                pool,
+                capacity = set.capacity,
+                "upstream capacity set by the operator"
+            );
+            self.bus.publish_state(
+                channels::CAPACITY_UPDATE,
+                &pool,
+                json!({"pool": pool, "capacity": set.capacity}),
+            );
+        } else if method != Method::GET {
+            return error(StatusCode::METHOD_NOT_ALLOWED, "use GET or POST".into());
+        }
+        let pools: Vec<serde_json::Value> = scheduler
+            .pools()
+            .into_iter()
+            .map(|(name, load)| {
+                json!({
+                    "pool": name,
+                    "capacity": load.capacity,
+                    "in_flight": load.in_flight,
+                    "queued": load.queued_total(),
+                })
+            })
+            .collect();
+        json_response(StatusCode::OK, &json!({ "pools": pools }))
+    }
+}

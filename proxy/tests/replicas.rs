@@ -1,0 +1,484 @@
+//! Three `corral` processes sharing one Redis (`[state] backend =
+//! "redis"`) in front of one simulated Ollama: the limits hold across
+//! them, a replica killed with SIGKILL gives its permits back within the
+//! lease, Redis may stop and come back, settings reach every replica.
+//!
+//! Each test starts its own `redis-server` on a free port (or uses
+//! `REDIS_URL` with a key prefix of its own).
+
+#![allow(clippy::unwrap_used)] // a test fails by panicking
+
+mod support;
+
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use corral_e2e::{metric_sum, mock, request, send, within, Redis};
+use corral_mock_ollama::MockConfig;
+use support::{corral, free_port, wait_for};
+
+/// A replica: a `corral` process, killed when dropped.
+struct Replica {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Replica {
+    async fn start(name: &str, config: &str) -> Self {
+        let port = free_port();
+        let path = support::config_file(&format!("{name}.toml"), config);
+        let child = corral()
+            .env("CORRAL_CONFIG", &path)
+            .env("CORRAL_LISTEN", format!("127.0.0.1:{port}"))
+            .env("HOSTNAME", name)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for(port).await;
+        Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Kills it with SIGKILL: no chance to give anything back.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    async fn generate(&self, agent: &str, priority: u8, prompt: &str) -> corral_e2e::Reply {
+        let mut request = request(
+            "POST",
+            &format!("{}/api/generate", self.url),
+            format!(r#"{{"model":"llama3","prompt":"{prompt}","stream":false}}"#),
+        );
+        request
+            .headers_mut()
+            .insert("x-agent-id", agent.parse().unwrap());
+        request
+            .headers_mut()
+            .insert("x-priority", priority.to_string().parse().unwrap());
+        send(request).await
+    }
+
+    async fn degrade(&self, body: &str) -> serde_json::Value {
+        let method = if body.is_empty() { "GET" } else { "POST" };
+        send(request(
+            method,
+            &format!("{}/corral/degrade", self.url),
+            body.to_string(),
+        ))
+        .await
+        .json()
+    }
+}
+
+/// A key prefix no other run uses, for a shared `REDIS_URL`.
+fn prefix(test: &str) -> String {
+    static RUN: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "corral-test-{}-{}-{test}:",
+        std::process::id(),
+        RUN.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+const CLASSES: [(&str, u8, usize); 4] = [
+    ("system", 1, 10),
+    ("opus", 3, 20),
+    ("sonnet", 5, 60),
+    ("batch", 9, 41),
+];
+
+/// The config every replica of a test shares: the fleet's classes, the
+/// scheduler with leases of `lease`, `extra` layers before it.
+fn config(upstream: &str, redis: &str, prefix: &str, lease: &str, extra: &str) -> String {
+    let mut text = format!(
+        "[upstream]\nurl = \"{upstream}\"\ncapacity = 4\n\n[state]\nbackend = \"redis\"\nredis_url = \"{redis}\"\nkey_prefix = \"{prefix}\"\nredis_timeout = \"200ms\"\n\n{extra}\n[[layers]]\nkind = \"priority\"\nlease_ttl = \"{lease}\"\n"
+    );
+    for (name, priority, _) in CLASSES {
+        text.push_str(&format!(
+            "\n[[classes]]\nname = \"{name}\"\npriority = {priority}\npriorities = [{priority}, {priority}]\n"
+        ));
+        if name == "opus" {
+            text.push_str("rate_limit = { requests_per_minute = 5 }\n");
+        }
+    }
+    for (name, _, count) in CLASSES {
+        for i in 0..count {
+            text.push_str(&format!(
+                "[[agents]]\nid = \"{name}-{i}\"\nclass = \"{name}\"\n"
+            ));
+        }
+    }
+    text
+}
+
+async fn three(config: &str) -> [Replica; 3] {
+    [
+        Replica::start("replica-a", config).await,
+        Replica::start("replica-b", config).await,
+        Replica::start("replica-c", config).await,
+    ]
+}
+
+fn median(values: &mut [u64]) -> u64 {
+    values.sort_unstable();
+    values[values.len() / 2]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_herd_over_three_replicas_never_overloads_the_upstream_and_priority_holds_across_them() {
+    let redis = Redis::start().await;
+    let upstream = mock(MockConfig {
+        parallel: 4,
+        max_queue: 4,
+        ttft: Duration::from_millis(5),
+        tokens_per_sec: 1000.0,
+        tokens: 5,
+        ..MockConfig::default()
+    })
+    .await;
+    let text = config(&upstream.url(), &redis.url, &prefix("herd"), "5s", "");
+    let replicas = Arc::new(three(&text).await);
+    let agents: usize = CLASSES.iter().map(|c| c.2).sum();
+    assert_eq!(agents, 131);
+    let start = Arc::new(tokio::sync::Barrier::new(agents));
+    let mut calls = Vec::new();
+    let mut n = 0;
+    for (class, priority, count) in CLASSES {
+        for i in 0..count {
+            let (replicas, start) = (replicas.clone(), start.clone());
+            let replica = n % 3;
+            n += 1;
+            calls.push(tokio::spawn(async move {
+                start.wait().await;
+                let mut waits = Vec::new();
+                for k in 0..2 {
+                    let reply = replicas[(replica + k) % 3]
+                        .generate(
+                            &format!("{class}-{i}"),
+                            priority,
+                            &format!("{class} {i} {k}"),
+                        )
+                        .await;
+                    assert_eq!(
+                        reply.status, 200,
+                        "every request is answered: {:?}",
+                        reply.body
+                    );
+                    waits.push(
+                        reply
+                            .header("x-corral-queue-ms")
+                            .map_or(0, |v| v.parse().unwrap()),
+                    );
+                }
+                (priority, waits[0])
+            }));
+        }
+    }
+    let mut by_priority: std::collections::BTreeMap<u8, Vec<u64>> = Default::default();
+    for call in calls {
+        let (priority, wait) = within(call).await.unwrap();
+        by_priority.entry(priority).or_default().push(wait);
+    }
+    let stats = upstream.stats();
+    assert!(
+        stats.peak_in_flight <= 4,
+        "the upstream saw {} at once across three replicas",
+        stats.peak_in_flight
+    );
+    assert_eq!(stats.busy_rejections, 0, "no upstream 503");
+    assert_eq!(
+        stats.completed as usize,
+        agents * 2,
+        "every request was served"
+    );
+    let p1 = median(by_priority.get_mut(&1).unwrap());
+    let p9 = median(by_priority.get_mut(&9).unwrap());
+    eprintln!("median wait across replicas (ms): priority 1 {p1}, priority 9 {p9}");
+    assert!(p9 > 0, "priority 9 waited");
+    assert!(
+        p1 * 5 <= p9,
+        "priority 1 median wait {p1} ms is a small fraction of priority 9's {p9} ms"
+    );
+    for replica in replicas.iter() {
+        assert_eq!(
+            metric_sum(&replica.url, "corral_state_backend_up").await,
+            1.0
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_while_holding_every_permit_gives_them_back_within_the_lease() {
+    let redis = Redis::start().await;
+    // Long generations: the permits are held until the holder dies.
+    let upstream = mock(MockConfig {
+        parallel: 4,
+        ttft: Duration::from_millis(5),
+        tokens_per_sec: 2.0,
+        tokens: 1000,
+        ..MockConfig::default()
+    })
+    .await;
+    let lease = Duration::from_secs(1);
+    let text = config(&upstream.url(), &redis.url, &prefix("kill"), "1s", "");
+    let [mut doomed, b, c] = three(&text).await;
+    let mut held = Vec::new();
+    for i in 0..4 {
+        let url = doomed.url.clone();
+        held.push(tokio::spawn(async move {
+            let mut request = request(
+                "POST",
+                &format!("{url}/api/generate"),
+                format!(r#"{{"model":"llama3","prompt":"long {i}"}}"#),
+            );
+            request
+                .headers_mut()
+                .insert("x-agent-id", "batch-0".parse().unwrap());
+            // The answer streams for minutes: hold it open until the
+            // replica dies.
+            let response = corral_e2e::client().request(request).await;
+            std::future::pending::<()>().await;
+            drop(response);
+        }));
+    }
+    corral_e2e::eventually("the doomed replica holds every permit", || {
+        upstream.stats().in_flight == 4
+    })
+    .await;
+    // Another replica's request waits: the permits are all held.
+    let waiting = {
+        let b_url = b.url.clone();
+        tokio::spawn(async move {
+            let mut request = request(
+                "POST",
+                &format!("{b_url}/api/generate"),
+                r#"{"model":"llama3","prompt":"after the kill","stream":false,"options":{"num_predict":1}}"#,
+            );
+            request
+                .headers_mut()
+                .insert("x-agent-id", "system-0".parse().unwrap());
+            send(request).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "no permit is free while the doomed replica holds them"
+    );
+    let killed = tokio::time::Instant::now();
+    doomed.kill();
+    for h in held {
+        h.abort();
+    }
+    let reply = within(waiting).await.unwrap();
+    let took = killed.elapsed();
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    eprintln!("a killed replica's permits came back after {took:?} (lease {lease:?})");
+    assert!(
+        took < lease * 3,
+        "the permits come back within the lease and a renewal tick, not {took:?}"
+    );
+    assert!(upstream.stats().peak_in_flight <= 4);
+    let mut request = request(
+        "POST",
+        &format!("{}/api/generate", c.url),
+        r#"{"model":"llama3","prompt":"the others carry on","stream":false,"options":{"num_predict":1}}"#,
+    );
+    request
+        .headers_mut()
+        .insert("x-agent-id", "sonnet-0".parse().unwrap());
+    assert_eq!(send(request).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_quota_spread_over_three_replicas_admits_exactly_its_limit() {
+    let redis = Redis::start().await;
+    let upstream = mock(corral_e2e::fast()).await;
+    let text = config(
+        &upstream.url(),
+        &redis.url,
+        &prefix("quota"),
+        "5s",
+        "[[layers]]\nkind = \"ratelimit\"\n",
+    );
+    let replicas = three(&text).await;
+    let mut admitted = 0;
+    let mut refused = 0;
+    for n in 0..15 {
+        let reply = replicas[n % 3]
+            .generate("opus-0", 3, &format!("quota {n}"))
+            .await;
+        match reply.status.as_u16() {
+            200 => admitted += 1,
+            429 => {
+                refused += 1;
+                assert!(reply.header("retry-after").is_some());
+                assert!(reply.json()["error"].as_str().unwrap().contains("rate"));
+            }
+            other => panic!("unexpected {other}: {:?}", reply.body),
+        }
+    }
+    assert_eq!(
+        admitted, 5,
+        "opus allows 5 requests a minute per agent, across replicas"
+    );
+    assert_eq!(refused, 10);
+    // Another agent of the class has its own quota.
+    assert_eq!(replicas[1].generate("opus-1", 3, "mine").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_level_forced_on_one_replica_is_in_force_on_the_others_within_a_second() {
+    let redis = Redis::start().await;
+    let upstream = mock(corral_e2e::fast()).await;
+    let text = config(
+        &upstream.url(),
+        &redis.url,
+        &prefix("degrade"),
+        "5s",
+        "[[layers]]\nkind = \"degrade\"\n",
+    );
+    let [a, b, c] = three(&text).await;
+    // Let the followers subscribe before the change.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let forced_at = tokio::time::Instant::now();
+    assert_eq!(a.degrade(r#"{"level": "L2"}"#).await["forced"], "L2");
+    for other in [&b, &c] {
+        loop {
+            if other.degrade("").await["forced"] == "L2" {
+                break;
+            }
+            assert!(
+                forced_at.elapsed() < Duration::from_secs(1),
+                "the forced level reached {} within a second",
+                other.url
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // A replica that starts later reads the setting before it listens.
+    let late = Replica::start("replica-late", &text).await;
+    corral_e2e::eventually_async("the late replica reads the forced level", || async {
+        late.degrade("").await["forced"] == "L2"
+    })
+    .await;
+    // Released on another replica: released everywhere.
+    b.degrade(r#"{"level": null}"#).await;
+    corral_e2e::eventually_async("the release reaches the first replica", || async {
+        a.degrade("").await["forced"].is_null()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_and_restarted_mid_run_fails_no_request_and_sharing_resumes() {
+    let mut redis = Redis::start().await;
+    if !redis.owned() {
+        eprintln!("REDIS_URL is shared: this test stops its own server only");
+        return;
+    }
+    let upstream = mock(MockConfig {
+        parallel: 4,
+        ttft: Duration::from_millis(5),
+        tokens_per_sec: 500.0,
+        tokens: 10,
+        ..MockConfig::default()
+    })
+    .await;
+    let text = config(&upstream.url(), &redis.url, &prefix("outage"), "2s", "");
+    let replicas = Arc::new(three(&text).await);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut agents = Vec::new();
+    for i in 0..12 {
+        let (replicas, done) = (replicas.clone(), done.clone());
+        agents.push(tokio::spawn(async move {
+            let mut answered = 0;
+            let mut n = 0;
+            while !done.load(Ordering::Relaxed) {
+                let reply = replicas[(i + n) % 3]
+                    .generate(&format!("sonnet-{i}"), 5, &format!("steady {i} {n}"))
+                    .await;
+                assert_eq!(
+                    reply.status, 200,
+                    "no request fails for Redis: {:?}",
+                    reply.body
+                );
+                answered += 1;
+                n += 1;
+            }
+            answered
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.stop();
+    corral_e2e::eventually_async("every replica notices Redis is gone", || async {
+        let mut down = 0;
+        for replica in replicas.iter() {
+            if metric_sum(&replica.url, "corral_state_backend_up").await == 0.0 {
+                down += 1;
+            }
+        }
+        down == 3
+    })
+    .await;
+    // Serving alone, each replica with its share of the capacity.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    redis.restart().await;
+    corral_e2e::eventually_async("every replica shares state again", || async {
+        let mut up = 0;
+        for replica in replicas.iter() {
+            if metric_sum(&replica.url, "corral_state_backend_up").await == 1.0 {
+                up += 1;
+            }
+        }
+        up == 3
+    })
+    .await;
+    // What ran alone during the outage has ended: from here the shared
+    // pool holds the upstream to its capacity again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let apart = upstream.stats().peak_in_flight;
+    upstream.reset();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    done.store(true, Ordering::Relaxed);
+    let mut answered = 0;
+    for agent in agents {
+        answered += within(agent).await.unwrap();
+    }
+    assert!(answered > 12, "the agents kept working: {answered} answers");
+    // Apart, each replica keeps to its share (4 / 3 replicas = 1) beside
+    // the leases it held when Redis went: never more than twice the
+    // capacity, in the switch.
+    assert!(apart <= 8, "{apart} at once while apart");
+    let stats = upstream.stats();
+    assert!(stats.completed > 0, "requests ran after the outage");
+    assert!(
+        stats.peak_in_flight <= 4,
+        "the shared pool again after the outage: {} at once",
+        stats.peak_in_flight
+    );
+    // Shared state is back: permits are counted in Redis again, and
+    // every one given back once the run ends.
+    let reply = replicas[0]
+        .generate("system-0", 1, "after the outage")
+        .await;
+    assert_eq!(reply.status, 200);
+    corral_e2e::eventually_async("Redis counts no permit once all are answered", || async {
+        metric_sum(&replicas[0].url, "corral_shared_permits_held").await == 0.0
+    })
+    .await;
+}
