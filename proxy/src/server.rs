@@ -114,7 +114,11 @@ impl Server {
             config.metrics.max_model_labels,
         );
         let metrics = telemetry::metrics_handle();
-        tokio::spawn(forward_bus(stack.bus().subscribe(), stack.events().clone()));
+        tokio::spawn(forward_bus(
+            stack.bus().subscribe(),
+            stack.events().clone(),
+            stack.replica().clone(),
+        ));
         let admin_api = Admin::new(stack, metrics, config);
         let bind = |key, addr| async move {
             TcpListener::bind(addr)
@@ -321,11 +325,14 @@ async fn probe_upstream(upstream: crate::upstream::Upstream, period: Duration) {
 /// State changes announced on the bus go into the event log too.
 async fn forward_bus(
     mut bus: tokio::sync::broadcast::Receiver<corral_core::BusMessage>,
-    events: std::sync::Arc<corral_events::EventLog>,
+    events: std::sync::Arc<dyn corral_events::EventStore>,
+    replica: std::sync::Arc<str>,
 ) {
-    use corral_core::{channels, EventSink, NewEvent};
+    use corral_core::{channels, NewEvent};
     loop {
         match bus.recv().await {
+            // The other replicas record their own announcements.
+            Ok(message) if message.publisher != replica => {}
             Ok(message) => {
                 let kind = match &*message.channel {
                     channels::BREAKER_STATE => "breaker",

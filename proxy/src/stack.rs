@@ -35,7 +35,8 @@ pub struct Stack {
     load: LoadCell,
     bus: Arc<dyn Bus>,
     controls: Arc<Controls>,
-    events: Arc<corral_events::EventLog>,
+    events: Arc<dyn corral_events::EventStore>,
+    replica: Arc<str>,
 }
 
 impl std::fmt::Debug for Stack {
@@ -63,8 +64,14 @@ impl Stack {
     }
 
     /// The event log.
-    pub fn events(&self) -> &Arc<corral_events::EventLog> {
+    pub fn events(&self) -> &Arc<dyn corral_events::EventStore> {
         &self.events
+    }
+
+    /// This replica's id: the publisher of its bus messages, the owner of
+    /// its tickets in Redis.
+    pub fn replica(&self) -> &Arc<str> {
+        &self.replica
     }
 
     /// The handles the admin API drives.
@@ -125,12 +132,16 @@ pub fn build_with(
         );
         LoadError::from_config(file, e, None)
     })?);
-    let sink: Arc<dyn corral_core::EventSink> = events.clone();
     let load = LoadCell::default();
     let controls = Arc::new(Controls::default());
     let replica = replica_id();
     let state =
         shared_state(config, &replica).map_err(|e| LoadError::from_config(file, e, None))?;
+    let events: Arc<dyn corral_events::EventStore> = match &state {
+        Some(state) => corral_events::RedisEvents::start(state.clone(), events),
+        None => events,
+    };
+    let sink: Arc<dyn corral_core::EventSink> = events.clone();
     let bus: Arc<dyn Bus> = match &state {
         Some(state) => corral_core::RedisBus::start(state.clone()),
         None => Arc::new(MemoryBus::new(&replica)),
@@ -242,6 +253,7 @@ pub fn build_with(
         bus,
         controls,
         events,
+        replica: Arc::from(replica),
     })
 }
 

@@ -435,8 +435,21 @@ async fn redis_stopped_and_restarted_mid_run_fails_no_request_and_sharing_resume
         down == 3
     })
     .await;
-    // Serving alone, each replica with its share of the capacity.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Serving alone, each replica with its share of the capacity; what
+    // happens meanwhile is buffered for the shared event stream.
+    let mut marked = request(
+        "POST",
+        &format!("{}/api/generate", replicas[2].url),
+        r#"{"model":"llama3","prompt":"during the outage","stream":false}"#,
+    );
+    marked
+        .headers_mut()
+        .insert("x-agent-id", "system-1".parse().unwrap());
+    marked
+        .headers_mut()
+        .insert("x-request-id", "during-the-outage".parse().unwrap());
+    assert_eq!(send(marked).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
     redis.restart().await;
     corral_e2e::eventually_async("every replica shares state again", || async {
         let mut up = 0;
@@ -471,6 +484,22 @@ async fn redis_stopped_and_restarted_mid_run_fails_no_request_and_sharing_resume
         "the shared pool again after the outage: {} at once",
         stats.peak_in_flight
     );
+    // The event recorded while Redis was away reached the shared stream.
+    corral_e2e::eventually_async("the buffered event is in the shared stream", || async {
+        let events = send(request(
+            "GET",
+            &format!("{}/corral/events?agent=system-1", replicas[0].url),
+            "",
+        ))
+        .await
+        .json();
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["request_id"] == "during-the-outage")
+    })
+    .await;
     // Shared state is back: permits are counted in Redis again, and
     // every one given back once the run ends.
     let reply = replicas[0]

@@ -36,8 +36,12 @@
 mod log;
 mod packed;
 mod projection;
+#[cfg(feature = "redis")]
+mod redis;
 mod store;
 
 pub use log::{EventLog, EventsConfig, Query, DEFAULT_CAPACITY};
 pub use projection::{apply, project, AgentUsage};
+#[cfg(feature = "redis")]
+pub use redis::{RedisEvents, BUFFERED_EVENTS, EVENTS_DROPPED_TOTAL, STREAM_MAXLEN};
 pub use store::{EventStore, Read};
