@@ -209,6 +209,7 @@ pub(crate) fn ratelimit(
             .collect(),
         default_generation_tokens: options.default_generation_tokens,
     };
+    let shared = context.state.is_some();
     let layer = match context.state {
         Some(state) => corral_ratelimit::RateLimitLayer::with_store(
             &config,
@@ -242,6 +243,8 @@ pub(crate) fn ratelimit(
         .collect();
     let summary = if limited.is_empty() {
         "no class has a rate_limit".to_string()
+    } else if shared {
+        format!("{}; quotas shared through Redis", limited.join("; "))
     } else {
         limited.join("; ")
     };
@@ -385,7 +388,16 @@ pub(crate) fn cache(
     context: &BuildContext<'_>,
 ) -> Result<StackLayer, ConfigError> {
     let config: corral_cache::CacheConfig = options(layer)?;
-    let cache = corral_cache::CacheLayer::new(&config)?;
+    let cache = match context.state {
+        Some(state) => corral_cache::CacheLayer::with_store(
+            &config,
+            Arc::new(corral_cache::RedisCache::new(
+                state.clone(),
+                config.max_bytes,
+            )),
+        )?,
+        None => corral_cache::CacheLayer::new(&config)?,
+    };
     if context.controls.cache.set(cache.store().clone()).is_err() {
         return Err(ConfigError::new(
             "kind",
@@ -395,10 +407,15 @@ pub(crate) fn cache(
     Ok(StackLayer::new(
         cache,
         format!(
-            "deterministic answers for {} ({} stale), up to {} MiB, namespace {:?}{}",
+            "deterministic answers for {} ({} stale), up to {} MiB{}, namespace {:?}{}",
             humantime::format_duration(config.ttl),
             humantime::format_duration(config.stale_for),
             config.max_bytes / (1024 * 1024),
+            if context.state.is_some() {
+                " in memory in front of Redis"
+            } else {
+                ""
+            },
             config.namespace,
             if config.coalesce {
                 "; identical requests in flight coalesced"

@@ -511,3 +511,57 @@ async fn redis_stopped_and_restarted_mid_run_fails_no_request_and_sharing_resume
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_one_replica_generated_is_served_by_the_others_from_the_shared_cache() {
+    let redis = Redis::start().await;
+    let upstream = mock(corral_e2e::fast()).await;
+    let keys = prefix("cache");
+    let text = config(
+        &upstream.url(),
+        &redis.url,
+        &keys,
+        "5s",
+        "[[layers]]\nkind = \"cache\"\n",
+    );
+    let [a, b, c] = three(&text).await;
+    let ask = |replica: &Replica| {
+        let mut request = request(
+            "POST",
+            &format!("{}/api/generate", replica.url),
+            r#"{"model":"llama3","prompt":"the same question","stream":false,"options":{"temperature":0}}"#,
+        );
+        request
+            .headers_mut()
+            .insert("x-agent-id", "sonnet-0".parse().unwrap());
+        send(request)
+    };
+    let first = ask(&a).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("x-corral-cache"), Some("miss"));
+    // The entry is written to Redis as the answer ends, a moment after
+    // the client may have read it.
+    corral_e2e::eventually("the answer is in Redis", || {
+        let scan = std::process::Command::new("redis-cli")
+            .args([
+                "-u",
+                &redis.url,
+                "--scan",
+                "--pattern",
+                &format!("{keys}cache:*"),
+            ])
+            .output()
+            .unwrap();
+        !scan.stdout.is_empty()
+    })
+    .await;
+    assert_eq!(ask(&b).await.header("x-corral-cache"), Some("hit"));
+    let third = ask(&c).await;
+    assert_eq!(third.header("x-corral-cache"), Some("hit"));
+    assert_eq!(third.json()["response"], first.json()["response"]);
+    assert_eq!(
+        upstream.stats().by_path.get("/api/generate").copied(),
+        Some(1),
+        "generated once for three replicas"
+    );
+}

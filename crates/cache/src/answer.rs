@@ -6,8 +6,8 @@ use bytes::Bytes;
 use corral_core::{rfc3339_now, unix_now, Endpoint};
 use serde_json::{json, Map, Value};
 
-/// A cached answer.
-#[derive(Debug, Clone, PartialEq)]
+/// A cached answer. Serialized (JSON) where a shared store keeps it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Answer {
     /// A generation: its text and the fields of its final message
     /// (`done_reason` and the statistics; OpenAI's `finish_reason` and
@@ -27,6 +27,7 @@ pub enum Answer {
         /// Its content type.
         content_type: String,
         /// Its bytes.
+        #[serde(with = "text_bytes")]
         body: Bytes,
     },
 }
@@ -409,5 +410,28 @@ mod tests {
             b"{\"model\":\"m\",\"response\":\"cut\",\"done\":false}\n"
         )
         .is_none());
+    }
+}
+
+/// Bytes as a JSON string: what `Whole` keeps is the upstream's JSON, so
+/// it is text; bytes that are not UTF-8 are refused, not mangled.
+mod text_bytes {
+    use bytes::Bytes;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        bytes: &Bytes,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => serializer.serialize_str(text),
+            Err(_) => Err(serde::ser::Error::custom("the answer is not UTF-8 text")),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Bytes, D::Error> {
+        String::deserialize(deserializer).map(Bytes::from)
     }
 }

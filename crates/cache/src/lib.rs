@@ -18,9 +18,10 @@
 //!   the first client leaves it goes on for the others, and it stops when
 //!   nobody listens.
 //! - **Bounded**: in memory by `max_bytes` (moka, with a weigher; least
-//!   recently used go first), behind a [`CacheStore`] trait for a shared
-//!   store. Lifetimes per endpoint, stretched by degradation, which may
-//!   also serve stale entries.
+//!   recently used go first), behind a [`CacheStore`] trait; with the
+//!   `redis` feature, `RedisCache` shares answers between replicas (this
+//!   replica's memory in front). Lifetimes per endpoint, stretched by
+//!   degradation, which may also serve stale entries.
 //!
 //! Answers say `X-Corral-Cache: hit | stale | miss | coalesced | bypass`.
 //!
@@ -48,6 +49,8 @@ mod flight;
 mod key;
 mod layer;
 pub mod metrics;
+#[cfg(feature = "redis")]
+mod redis;
 mod service;
 mod store;
 
@@ -55,5 +58,7 @@ pub use answer::Answer;
 pub use config::{CacheConfig, Namespace, DEFAULT_MAX_BYTES, DEFAULT_STALE_FOR, DEFAULT_TTL};
 pub use key::{Key, X_CORRAL_CACHE};
 pub use layer::CacheLayer;
+#[cfg(feature = "redis")]
+pub use redis::RedisCache;
 pub use service::{CacheService, ResponseFuture};
-pub use store::{CacheStore, Entry, MemoryStore};
+pub use store::{CacheStore, Entry, Lookup, MemoryStore};

@@ -16,7 +16,7 @@ use crate::config::CacheConfig;
 use crate::flight::{Flight, FlightBody, Outcome, Subscription};
 use crate::key::{key, usage, Key, X_CORRAL_CACHE};
 use crate::metrics::{CACHE_COALESCED_TOTAL, CACHE_HITS_TOTAL, CACHE_MISSES_TOTAL};
-use crate::store::{CacheStore, Entry};
+use crate::store::{CacheStore, Entry, Lookup};
 
 pub(crate) struct Shared {
     pub(crate) config: CacheConfig,
@@ -131,65 +131,122 @@ where
             .copied()
             .unwrap_or_default();
 
-        if allowed.read {
-            if let Some(entry) = shared.store.get(&key) {
-                let now = Instant::now();
-                let fresh = now < entry.fresh_until;
-                if fresh || degradation.serve_stale {
-                    let label = if fresh { "fresh" } else { "stale" };
-                    metrics::counter!(CACHE_HITS_TOTAL, "freshness" => label).increment(1);
-                    let response = render(&entry.answer, meta.stream, include_usage);
-                    return Box::pin(async move {
-                        Ok(with_cache_header(
-                            response,
-                            if fresh { "hit" } else { "stale" },
-                        ))
-                    });
-                }
-            }
-        }
-
-        // Join an identical request in flight, or start one.
-        let slot = (key, meta.stream);
-        if shared.config.coalesce {
-            let flights = shared.flights();
-            if let Some(subscription) = flights.get(&slot).and_then(|f| f.subscribe(false)) {
-                drop(flights);
-                metrics::counter!(CACHE_COALESCED_TOTAL).increment(1);
-                return Box::pin(follow(subscription, inner, request));
-            }
-        }
-        metrics::counter!(CACHE_MISSES_TOTAL).increment(1);
-        let flight = Flight::new();
-        let Some(subscription) = flight.subscribe(true) else {
-            return passing(inner, request);
-        };
-        if shared.config.coalesce {
-            shared.flights().insert(slot, flight.clone());
-        }
-        let ttl = shared
-            .config
-            .ttl_for(meta.endpoint)
-            .mul_f64(degradation.ttl_factor.max(1.0));
-        tokio::spawn(fly(
-            shared.clone(),
-            flight,
-            slot,
+        let request = Call {
             inner,
             request,
-            Keep {
-                write: allowed.write,
-                endpoint: meta.endpoint,
-                ttl,
+            meta,
+            key,
+            write: allowed.write,
+            include_usage,
+            degradation,
+        };
+        if !allowed.read {
+            return miss(shared, request);
+        }
+        match shared.store.get(&request.key) {
+            Lookup::Now(entry) => match hit(entry, &request) {
+                Some(response) => Box::pin(std::future::ready(Ok(response))),
+                None => miss(shared, request),
             },
-        ));
-        Box::pin(async move {
-            match head(subscription).await {
-                Ok(response) => Ok(with_cache_header(response, "miss")),
-                Err((error, _)) => Err(error.unwrap_or_else(|| "the upstream call failed".into())),
+            Lookup::Later(entry) => {
+                let shared = shared.clone();
+                Box::pin(async move {
+                    match hit(entry.await, &request) {
+                        Some(response) => Ok(response),
+                        None => miss(&shared, request).await,
+                    }
+                })
             }
-        })
+        }
     }
+}
+
+/// A cacheable request, between the lookup and the answer.
+struct Call<S> {
+    inner: S,
+    request: Request<Body>,
+    meta: RequestMeta,
+    key: Key,
+    write: bool,
+    include_usage: bool,
+    degradation: Degradation,
+}
+
+/// The answer `entry` gives `call`, if it is fresh enough.
+fn hit<S>(entry: Option<Arc<Entry>>, call: &Call<S>) -> Option<Response<BoxBody>> {
+    let entry = entry?;
+    let fresh = Instant::now() < entry.fresh_until;
+    if !fresh && !call.degradation.serve_stale {
+        return None;
+    }
+    let label = if fresh { "fresh" } else { "stale" };
+    metrics::counter!(CACHE_HITS_TOTAL, "freshness" => label).increment(1);
+    let response = render(&entry.answer, call.meta.stream, call.include_usage);
+    Some(with_cache_header(
+        response,
+        if fresh { "hit" } else { "stale" },
+    ))
+}
+
+/// Not in the cache: joins an identical request in flight, or starts one.
+fn miss<S, B>(shared: &Arc<Shared>, call: Call<S>) -> ResponseFuture
+where
+    S: Service<Request<Body>, Response = Response<B>> + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let Call {
+        inner,
+        request,
+        meta,
+        key,
+        write,
+        degradation,
+        ..
+    } = call;
+    let slot = (key, meta.stream);
+    if shared.config.coalesce {
+        let flights = shared.flights();
+        if let Some(subscription) = flights.get(&slot).and_then(|f| f.subscribe(false)) {
+            drop(flights);
+            metrics::counter!(CACHE_COALESCED_TOTAL).increment(1);
+            return Box::pin(follow(subscription, inner, request));
+        }
+    }
+    metrics::counter!(CACHE_MISSES_TOTAL).increment(1);
+    let flight = Flight::new();
+    let Some(subscription) = flight.subscribe(true) else {
+        return Box::pin(
+            async move { inner.oneshot(request).await.map(boxed).map_err(Into::into) },
+        );
+    };
+    if shared.config.coalesce {
+        shared.flights().insert(slot, flight.clone());
+    }
+    let ttl = shared
+        .config
+        .ttl_for(meta.endpoint)
+        .mul_f64(degradation.ttl_factor.max(1.0));
+    tokio::spawn(fly(
+        shared.clone(),
+        flight,
+        slot,
+        inner,
+        request,
+        Keep {
+            write,
+            endpoint: meta.endpoint,
+            ttl,
+        },
+    ));
+    Box::pin(async move {
+        match head(subscription).await {
+            Ok(response) => Ok(with_cache_header(response, "miss")),
+            Err((error, _)) => Err(error.unwrap_or_else(|| "the upstream call failed".into())),
+        }
+    })
 }
 
 /// A cached answer as a response.

@@ -1,6 +1,8 @@
 //! Where answers are kept: a size-bounded in-memory map by default, behind
 //! a trait a shared store (Redis) can implement.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::time::Instant;
@@ -19,10 +21,37 @@ pub struct Entry {
     pub stale_until: Instant,
 }
 
+/// An entry found at once (memory), or one on its way (Redis).
+pub enum Lookup {
+    /// Known now.
+    Now(Option<Arc<Entry>>),
+    /// Being looked up elsewhere.
+    Later(Pin<Box<dyn Future<Output = Option<Arc<Entry>>> + Send>>),
+}
+
+impl std::fmt::Debug for Lookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Lookup::Now(entry) => f.debug_tuple("Now").field(&entry.is_some()).finish(),
+            Lookup::Later(_) => f.write_str("Later"),
+        }
+    }
+}
+
+impl Lookup {
+    /// The entry, however it comes.
+    pub async fn found(self) -> Option<Arc<Entry>> {
+        match self {
+            Lookup::Now(entry) => entry,
+            Lookup::Later(entry) => entry.await,
+        }
+    }
+}
+
 /// A store of answers.
 pub trait CacheStore: Send + Sync + 'static {
     /// The entry under `key`, if any is kept.
-    fn get(&self, key: &Key) -> Option<Arc<Entry>>;
+    fn get(&self, key: &Key) -> Lookup;
     /// Keeps `entry` under `key`.
     fn insert(&self, key: Key, entry: Entry);
     /// Forgets `key`.
@@ -59,14 +88,22 @@ impl MemoryStore {
     }
 }
 
-impl CacheStore for MemoryStore {
-    fn get(&self, key: &Key) -> Option<Arc<Entry>> {
+impl MemoryStore {
+    /// The entry under `key`, if any is kept and not past its stale
+    /// lifetime.
+    pub fn entry(&self, key: &Key) -> Option<Arc<Entry>> {
         let entry = self.cache.get(key)?;
         if Instant::now() >= entry.stale_until {
             self.cache.invalidate(key);
             return None;
         }
         Some(entry)
+    }
+}
+
+impl CacheStore for MemoryStore {
+    fn get(&self, key: &Key) -> Lookup {
+        Lookup::Now(self.entry(key))
     }
 
     fn insert(&self, key: Key, entry: Entry) {

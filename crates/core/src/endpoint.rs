@@ -16,7 +16,7 @@ use http::Method;
 /// assert_eq!(Endpoint::from_request(&Method::GET, "/v1/models/llama3").family(), ApiFamily::OpenAi);
 /// assert_eq!(Endpoint::from_request(&Method::GET, "/api/generate"), Endpoint::Other);
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Endpoint {
     /// `GET /` or `HEAD /`: "Ollama is running".
     Root,
