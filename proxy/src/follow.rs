@@ -9,7 +9,8 @@ use tokio::sync::broadcast;
 use crate::registry::Controls;
 
 /// Listens to `bus` for as long as it runs: an operator's forced
-/// degradation level, heard from another replica, is forced here too.
+/// degradation level, or an agent's priority, set on another replica, is
+/// set here too; a breaker another replica opened opens here.
 /// The upstream's capacity needs no follower with shared state: the
 /// scheduler reads it from Redis.
 pub(crate) async fn follow(
@@ -46,6 +47,34 @@ pub(crate) async fn follow(
                 _ => None,
             };
             controller.follow(forced);
+        } else if &*message.channel == channels::BREAKER_STATE && message.message["to"] == "open" {
+            let Some(breakers) = controls.breaker.get() else {
+                continue;
+            };
+            let (Some(breaker), Some(open_for)) = (
+                message.message["breaker"].as_str(),
+                message.message["open_for_secs"].as_f64(),
+            ) else {
+                continue;
+            };
+            // A kept message replayed at start may be old: only what is
+            // left of its time counts.
+            let left = open_for - (corral_core::unix_now_f64() - message.timestamp).max(0.0);
+            if left > 0.0 {
+                breakers.follow(breaker, std::time::Duration::from_secs_f64(left));
+            }
+        } else if &*message.channel == channels::PRIORITY_CHANGE {
+            let Some(overrides) = controls.priorities.get() else {
+                continue;
+            };
+            let Some(agent) = message.message["agent"].as_str() else {
+                continue;
+            };
+            let priority = message.message["priority"]
+                .as_u64()
+                .and_then(|p| u8::try_from(p).ok())
+                .and_then(|p| corral_core::Priority::new(p).ok());
+            overrides.set(agent, priority);
         }
     }
 }

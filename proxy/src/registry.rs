@@ -70,6 +70,8 @@ pub struct Controls {
     pub breaker: std::sync::OnceLock<corral_breaker::BreakerLayer>,
     /// The scheduler, when the stack has one.
     pub scheduler: std::sync::OnceLock<Arc<corral_priority::Scheduler>>,
+    /// The agents' priorities set at run time (classify's, always there).
+    pub priorities: std::sync::OnceLock<Arc<corral_classify::PriorityOverrides>>,
 }
 
 impl std::fmt::Debug for BuildContext<'_> {

@@ -134,6 +134,7 @@ pub fn build_with(
     })?);
     let load = LoadCell::default();
     let controls = Arc::new(Controls::default());
+    let _ = controls.priorities.set(classify.overrides().clone());
     let replica = replica_id();
     let state =
         shared_state(config, &replica).map_err(|e| LoadError::from_config(file, e, None))?;

@@ -565,3 +565,143 @@ async fn an_answer_one_replica_generated_is_served_by_the_others_from_the_shared
         "generated once for three replicas"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_priority_and_the_capacity_set_on_one_replica_take_effect_on_all() {
+    let redis = Redis::start().await;
+    let upstream = mock(corral_e2e::fast()).await;
+    let text = config(&upstream.url(), &redis.url, &prefix("settings"), "5s", "");
+    let [a, b, c] = three(&text).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let set = send(request(
+        "POST",
+        &format!("{}/corral/priority", a.url),
+        r#"{"agent": "batch-7", "priority": 1}"#,
+    ))
+    .await;
+    assert_eq!(set.status, 200);
+    assert_eq!(set.json()["agents"]["batch-7"], 1);
+    for other in [&b, &c] {
+        corral_e2e::eventually_async("the priority reaches every replica", || async {
+            send(request(
+                "GET",
+                &format!("{}/corral/priority", other.url),
+                "",
+            ))
+            .await
+            .json()["agents"]["batch-7"]
+                == 1
+        })
+        .await;
+    }
+    // Its requests on another replica run at priority 1, whatever the
+    // class (batch, 9) and the header say.
+    let mut ask = request(
+        "POST",
+        &format!("{}/api/generate", c.url),
+        r#"{"model":"llama3","prompt":"promoted","stream":false}"#,
+    );
+    ask.headers_mut()
+        .insert("x-agent-id", "batch-7".parse().unwrap());
+    ask.headers_mut().insert("x-priority", "9".parse().unwrap());
+    ask.headers_mut()
+        .insert("x-request-id", "promoted-1".parse().unwrap());
+    assert_eq!(send(ask).await.status, 200);
+    corral_e2e::eventually_async("the request was received at priority 1", || async {
+        let events = send(request(
+            "GET",
+            &format!("{}/corral/events?agent=batch-7&kind=received", b.url),
+            "",
+        ))
+        .await
+        .json();
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["request_id"] == "promoted-1" && e["data"]["priority"] == 1)
+    })
+    .await;
+
+    // The capacity lives in Redis: set on one replica, every replica's
+    // pool has it.
+    let set = send(request(
+        "POST",
+        &format!("{}/corral/capacity", b.url),
+        r#"{"capacity": 2}"#,
+    ))
+    .await;
+    assert_eq!(set.status, 200, "{:?}", set.body);
+    for replica in [&a, &c] {
+        corral_e2e::eventually_async("the capacity reaches every replica", || async {
+            // A request runs a grant, which reads the capacity from Redis.
+            replica.generate("sonnet-1", 5, "capacity").await;
+            send(request(
+                "GET",
+                &format!("{}/corral/capacity", replica.url),
+                "",
+            ))
+            .await
+            .json()["pools"][0]["capacity"]
+                == 2
+        })
+        .await;
+    }
+    let refused = send(request(
+        "POST",
+        &format!("{}/corral/capacity", a.url),
+        r#"{"capacity": 0}"#,
+    ))
+    .await;
+    assert_eq!(refused.status, 400);
+    assert!(refused.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("capacity"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breaker_one_replica_opened_fails_fast_on_the_others_too() {
+    let redis = Redis::start().await;
+    let upstream = mock(corral_e2e::fast()).await;
+    let text = config(
+        &upstream.url(),
+        &redis.url,
+        &prefix("breaker"),
+        "5s",
+        "[[layers]]\nkind = \"breaker\"\nconsecutive_failures = 3\nopen_for = \"30s\"\n",
+    );
+    let [a, b, c] = three(&text).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for n in 0..3 {
+        let mut failing = request(
+            "POST",
+            &format!("{}/api/generate", a.url),
+            format!(r#"{{"model":"llama3","prompt":"fail {n}","stream":false}}"#),
+        );
+        failing
+            .headers_mut()
+            .insert("x-mock-fault", "status=500".parse().unwrap());
+        assert_eq!(send(failing).await.status, 500);
+    }
+    let before = upstream.stats().requests;
+    for other in [&b, &c] {
+        corral_e2e::eventually_async("the other replicas' breakers open", || async {
+            metric_sum(
+                &other.url,
+                "corral_circuit_breaker_state{breaker=\"upstream\"}",
+            )
+            .await
+                == 2.0
+        })
+        .await;
+        let reply = other.generate("sonnet-2", 5, "while it is open").await;
+        assert_eq!(reply.status, 503);
+        assert_eq!(reply.header("x-corral-reason"), Some("breaker_open"));
+    }
+    assert_eq!(
+        upstream.stats().requests,
+        before,
+        "no replica sent the upstream anything while the breaker was open"
+    );
+}

@@ -92,6 +92,29 @@ impl Breakers {
         }
     }
 
+    /// Opens breaker `key` for `open_for`, as another replica's did;
+    /// not announced on the bus again.
+    pub(crate) fn follow(&self, key: &str, open_for: Duration) {
+        let now = Instant::now();
+        let key: Arc<str> = Arc::from(key);
+        let transition = {
+            let mut circuits = lock(&self.circuits);
+            if !circuits.contains_key(&key)
+                && circuits.len() >= MAX_MODEL_BREAKERS
+                && &*key != UPSTREAM
+            {
+                return;
+            }
+            circuits
+                .entry(key.clone())
+                .or_default()
+                .open_until(now + open_for)
+        };
+        if let Some(transition) = transition {
+            self.announce_from(&key, transition, now, false);
+        }
+    }
+
     /// Each breaker's state.
     pub(crate) fn states(&self) -> Vec<(String, State)> {
         lock(&self.circuits)
@@ -102,6 +125,11 @@ impl Breakers {
 
     /// Logs the change once, sets the gauge, tells the bus.
     fn announce(&self, key: &Arc<str>, transition: Transition, now: Instant) {
+        self.announce_from(key, transition, now, true);
+    }
+
+    /// As [`Breakers::announce`]; the bus is told only when `tell`.
+    fn announce_from(&self, key: &Arc<str>, transition: Transition, now: Instant, tell: bool) {
         let Transition { from, to } = transition;
         match to {
             State::Open { until } => tracing::warn!(
@@ -119,13 +147,16 @@ impl Breakers {
         }
         metrics::gauge!(BREAKER_STATE, "breaker" => key.to_string()).set(f64::from(to.as_number()));
         metrics::counter!(BREAKER_TRANSITIONS_TOTAL, "breaker" => key.to_string(), "to" => to.as_str()).increment(1);
-        if let Some(bus) = &self.bus {
+        if let (true, Some(bus)) = (tell, &self.bus) {
             let retry_after = match to {
                 State::Open { until } => Some(until.saturating_duration_since(now).as_secs_f64()),
                 _ => None,
             };
-            bus.publish(
+            // Kept per breaker, so a replica that starts while it is open
+            // learns it.
+            bus.publish_state(
                 channels::BREAKER_STATE,
+                key,
                 serde_json::json!({
                     "breaker": &**key,
                     "from": from.as_str(),

@@ -234,6 +234,18 @@ impl Circuit {
         })
     }
 
+    /// Opens a closed breaker until `until` because another replica's
+    /// opened: it fronts the same upstream. A breaker already open or
+    /// probing keeps its own course.
+    pub fn open_until(&mut self, until: Instant) -> Option<Transition> {
+        if self.state != State::Closed {
+            return None;
+        }
+        self.streak = 0;
+        self.window.clear();
+        self.go(State::Open { until })
+    }
+
     fn close(&mut self) -> Option<Transition> {
         self.trips = 0;
         self.streak = 0;

@@ -33,6 +33,27 @@ impl BreakerLayer {
         })
     }
 
+    /// Opens `breaker` (`upstream`, or a model's) for `open_for` because
+    /// another replica's opened (heard on `ollama:breaker:state`): the
+    /// replicas front the same upstream, so one's failures are everyone's.
+    /// A breaker already open or probing keeps its own course; the change
+    /// is not announced on the bus again.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use corral_breaker::{BreakerConfig, BreakerLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let layer = BreakerLayer::new(&BreakerConfig::default(), None).unwrap();
+    /// layer.follow("upstream", Duration::from_secs(30));
+    /// assert_eq!(layer.states()[0].1.as_str(), "open");
+    /// # }
+    /// ```
+    pub fn follow(&self, breaker: &str, open_for: std::time::Duration) {
+        self.breakers.follow(breaker, open_for);
+    }
+
     /// Each breaker's name and state.
     pub fn states(&self) -> Vec<(String, State)> {
         self.breakers.states()

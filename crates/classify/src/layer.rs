@@ -5,6 +5,7 @@ use tower::Layer;
 
 use crate::config::ClassifyConfig;
 use crate::identity::Identities;
+use crate::overrides::PriorityOverrides;
 use crate::service::Classify;
 
 /// Puts a [`Classify`] in front of a service.
@@ -22,6 +23,7 @@ pub(crate) struct Shared {
     pub(crate) max_request_bytes: usize,
     pub(crate) bounds: crate::parse::Bounds,
     pub(crate) body_read_timeout: std::time::Duration,
+    pub(crate) overrides: Arc<PriorityOverrides>,
 }
 
 impl ClassifyLayer {
@@ -37,8 +39,15 @@ impl ClassifyLayer {
                     max_messages: config.max_messages,
                 },
                 body_read_timeout: config.body_read_timeout,
+                overrides: Arc::default(),
             }),
         })
+    }
+
+    /// The priorities an operator set for agents at run time: every
+    /// service this layer makes reads them.
+    pub fn overrides(&self) -> &Arc<PriorityOverrides> {
+        &self.shared.overrides
     }
 
     /// The classes this layer knows, as `(name, default priority,

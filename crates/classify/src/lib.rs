@@ -71,6 +71,7 @@ mod error;
 mod future;
 mod identity;
 mod layer;
+mod overrides;
 mod parse;
 mod service;
 
@@ -81,4 +82,5 @@ pub use config::{
 pub use error::{BodyReadFailed, BodyTimedOut, BodyTooLarge, InvalidRequest, Unauthenticated};
 pub use future::ResponseFuture;
 pub use layer::ClassifyLayer;
+pub use overrides::PriorityOverrides;
 pub use service::Classify;

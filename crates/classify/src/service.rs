@@ -119,7 +119,10 @@ impl<S> Classify<S> {
         let now = Instant::now();
         let headers = request.headers();
         let identity = self.shared.identities.identify(headers)?;
-        let priority = identity.class.priority_for(headers)?;
+        let priority = match self.shared.overrides.get(identity.agent.as_str()) {
+            Some(priority) => priority,
+            None => identity.class.priority_for(headers)?,
+        };
         let deadline = match headers.get(headers::X_DEADLINE_MS) {
             None => None,
             Some(value) => {

@@ -142,6 +142,11 @@ impl SharedPool {
         let replicas = number().max(1);
         self.held_everywhere.store(held, Ordering::Relaxed);
         self.replicas.store(replicas, Ordering::Relaxed);
+        // An operator may have set it on another replica; kept here, it
+        // is also what this replica asserts if Redis comes back empty.
+        if capacity > 0 {
+            self.capacity.store(capacity, Ordering::Relaxed);
+        }
         metrics::gauge!(SHARED_PERMITS_HELD, "pool" => self.name.clone()).set(held as f64);
         self.local.set_capacity((capacity / replicas).max(1));
         let granted = values

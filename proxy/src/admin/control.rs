@@ -164,4 +164,59 @@ impl Admin {
             .collect();
         json_response(StatusCode::OK, &json!({ "pools": pools }))
     }
+
+    /// `GET` the agents' priorities set at run time; `POST {"agent":
+    /// "planner", "priority": 1}` sets one (its requests get it whatever
+    /// they ask), `"priority": null` clears it. Announced on
+    /// `agent:priority:change`: with shared state every replica applies
+    /// it.
+    pub(super) async fn priority<B>(&self, request: Request<B>) -> Response<BoxBody>
+    where
+        B: http_body::Body<Data = bytes::Bytes>,
+        B::Error: Into<corral_core::BoxError>,
+    {
+        let Some(overrides) = self.controls.priorities.get() else {
+            return error(StatusCode::NOT_FOUND, "no priorities to set".into());
+        };
+        let method = request.method().clone();
+        if method == Method::POST {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct SetPriority {
+                agent: String,
+                priority: Option<u8>,
+            }
+            let set: SetPriority = match read_json(
+                request,
+                "{\"agent\": \"name\", \"priority\": 1 to 10 or null}",
+            )
+            .await
+            {
+                Ok(set) => set,
+                Err(response) => return response,
+            };
+            if set.agent.is_empty() {
+                return error(StatusCode::BAD_REQUEST, "agent must not be empty".into());
+            }
+            let priority = match set.priority.map(corral_core::Priority::new).transpose() {
+                Ok(priority) => priority,
+                Err(e) => return error(StatusCode::BAD_REQUEST, format!("priority: {e}")),
+            };
+            overrides.set(&set.agent, priority);
+            tracing::warn!(agent = set.agent, priority = ?set.priority, "agent priority set by the operator");
+            self.bus.publish_state(
+                channels::PRIORITY_CHANGE,
+                &set.agent,
+                json!({"agent": set.agent, "priority": set.priority}),
+            );
+        } else if method != Method::GET {
+            return error(StatusCode::METHOD_NOT_ALLOWED, "use GET or POST".into());
+        }
+        let agents: serde_json::Map<String, serde_json::Value> = overrides
+            .list()
+            .into_iter()
+            .map(|(agent, priority)| (agent, json!(priority.get())))
+            .collect();
+        json_response(StatusCode::OK, &json!({ "agents": agents }))
+    }
 }

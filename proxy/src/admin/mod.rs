@@ -105,6 +105,7 @@ impl Admin {
         match path {
             "/corral/degrade" => self.degrade(request).await,
             "/corral/capacity" => self.capacity(request).await,
+            "/corral/priority" => self.priority(request).await,
             "/corral/status" if get => json_response(StatusCode::OK, &self.status().await),
             "/corral/agents" if get => {
                 json_response(StatusCode::OK, &json!(self.events.usage().await))
