@@ -1,0 +1,232 @@
+//! The scheduler with its pools in Redis, several "replicas" (schedulers
+//! with their own Redis connections and ids) in one test against a real
+//! `redis-server`: priority order between them, cancellations that leave
+//! the queue at once, races of cancels, deadlines and releases that never
+//! leak a permit, and a Redis that is not there.
+
+#![allow(clippy::unwrap_used)] // a test fails by panicking
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use corral_core::{redis, Priority, RedisState};
+use corral_e2e::{within, Redis};
+use corral_priority::{PriorityConfig, Scheduler, Ticket};
+
+fn state(redis: &Redis, prefix: &str, replica: &str) -> RedisState {
+    RedisState::new(&redis.url, prefix, replica, Duration::from_millis(500)).unwrap()
+}
+
+fn ticket(agent: &str, priority: u8) -> Ticket {
+    Ticket {
+        agent: agent.into(),
+        priority: Priority::new(priority).unwrap(),
+        weight: 1.0,
+        cost: 100.0,
+        bytes: 0,
+        deadline: None,
+    }
+}
+
+fn config(capacity: usize) -> PriorityConfig {
+    PriorityConfig {
+        capacity,
+        aging: Duration::ZERO,
+        ..PriorityConfig::default()
+    }
+}
+
+/// How many tickets wait and how many permits are held, in Redis.
+async fn counts(state: &RedisState) -> (usize, usize) {
+    let mut queue = redis::cmd("ZCARD");
+    queue.arg(state.key("prio:*:queue"));
+    let mut leases = redis::cmd("ZCARD");
+    leases.arg(state.key("prio:*:leases"));
+    (
+        state.query(&queue).await.unwrap(),
+        state.query(&leases).await.unwrap(),
+    )
+}
+
+async fn until_counts(state: &RedisState, expected: (usize, usize)) {
+    within(async {
+        loop {
+            if counts(state).await == expected {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+fn unique(test: &str) -> String {
+    format!("corral-sched-{}-{test}:", std::process::id())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permit_freed_on_one_replica_goes_to_the_best_ticket_of_any_replica() {
+    let redis = Redis::start().await;
+    let prefix = unique("order");
+    let one = Scheduler::shared(
+        &config(1),
+        state(&redis, &prefix, "one"),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let two = Scheduler::shared(
+        &config(1),
+        state(&redis, &prefix, "two"),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let running = within(one.acquire(ticket("a", 5), None)).await.unwrap();
+    let batch = tokio::spawn(one.acquire(ticket("batch", 9), None));
+    let probe = state(&redis, &prefix, "probe");
+    until_counts(&probe, (1, 1)).await;
+    let urgent = tokio::spawn(two.acquire(ticket("urgent", 1), None));
+    until_counts(&probe, (2, 1)).await;
+    drop(running);
+    // The permit was freed on replica one, which has a ticket waiting:
+    // it goes to replica two's priority 1 all the same.
+    let urgent = within(urgent).await.unwrap().unwrap();
+    assert!(!batch.is_finished());
+    until_counts(&probe, (1, 1)).await;
+    drop(urgent);
+    let batch = within(batch).await.unwrap().unwrap();
+    drop(batch);
+    until_counts(&probe, (0, 0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_and_expired_tickets_leave_the_shared_queue_at_once() {
+    let redis = Redis::start().await;
+    let prefix = unique("cancel");
+    let scheduler = Scheduler::shared(
+        &config(1),
+        state(&redis, &prefix, "one"),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let probe = state(&redis, &prefix, "probe");
+    let held = within(scheduler.acquire(ticket("a", 5), None))
+        .await
+        .unwrap();
+    let waiting: Vec<_> = (0..6)
+        .map(|i| tokio::spawn(scheduler.acquire(ticket(&format!("w{i}"), 5), None)))
+        .collect();
+    until_counts(&probe, (6, 1)).await;
+    // Three leave (their clients disconnected), one runs out of time.
+    for task in &waiting[..3] {
+        task.abort();
+    }
+    until_counts(&probe, (3, 1)).await;
+    let mut late = ticket("late", 5);
+    late.deadline = Some(tokio::time::Instant::now() + Duration::from_millis(100));
+    let expired = within(scheduler.acquire(late, None)).await;
+    assert!(expired.is_err(), "the deadline passed while it waited");
+    until_counts(&probe, (3, 1)).await;
+    // The rest are served one by one as permits come back.
+    drop(held);
+    for task in waiting.into_iter().skip(3) {
+        let permit = within(task).await.unwrap().unwrap();
+        drop(permit);
+    }
+    until_counts(&probe, (0, 0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_cancels_deadlines_and_releases_on_three_replicas_never_leak_or_exceed_a_permit() {
+    let redis = Redis::start().await;
+    let prefix = unique("race");
+    let schedulers: Vec<Arc<Scheduler>> = ["r1", "r2", "r3"]
+        .iter()
+        .map(|r| {
+            Scheduler::shared(
+                &config(2),
+                state(&redis, &prefix, r),
+                Duration::from_secs(5),
+            )
+            .unwrap()
+        })
+        .collect();
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..60u64 {
+        let scheduler = schedulers[(i % 3) as usize].clone();
+        let (running, peak) = (running.clone(), peak.clone());
+        let task = tokio::spawn(async move {
+            let mut t = ticket(&format!("agent{}", i % 7), (i % 10 + 1) as u8);
+            if i % 4 == 0 {
+                t.deadline = Some(tokio::time::Instant::now() + Duration::from_millis(i % 30));
+            }
+            let Ok(permit) = scheduler.acquire(t, None).await else {
+                return;
+            };
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(i % 5)).await;
+            running.fetch_sub(1, Ordering::SeqCst);
+            drop(permit);
+        });
+        tasks.push(task);
+    }
+    // Some clients give up while they wait or run.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    for task in tasks.iter().step_by(5) {
+        task.abort();
+    }
+    for task in tasks {
+        let _ = within(task).await;
+    }
+    assert!(
+        peak.load(Ordering::SeqCst) <= 2,
+        "at most the capacity ran at once: {}",
+        peak.load(Ordering::SeqCst)
+    );
+    let probe = state(&redis, &prefix, "probe");
+    until_counts(&probe, (0, 0)).await;
+    // Nothing leaked: every replica still gets both permits at once.
+    for scheduler in &schedulers {
+        let a = within(scheduler.acquire(ticket("after", 1), None))
+            .await
+            .unwrap();
+        let b = within(scheduler.acquire(ticket("after", 1), None))
+            .await
+            .unwrap();
+        drop((a, b));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_redis_a_replica_schedules_alone_with_the_capacity() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let state = RedisState::new(
+        &format!("redis://127.0.0.1:{port}"),
+        "corral:",
+        "alone",
+        Duration::from_millis(100),
+    )
+    .unwrap();
+    let scheduler = Scheduler::shared(&config(2), state.clone(), Duration::from_secs(5)).unwrap();
+    let a = within(scheduler.acquire(ticket("a", 5), None))
+        .await
+        .unwrap();
+    assert!(!state.is_up(), "the first call found Redis away");
+    let b = within(scheduler.acquire(ticket("b", 5), None))
+        .await
+        .unwrap();
+    let third = tokio::spawn(scheduler.acquire(ticket("c", 1), None));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!third.is_finished(), "the local pool holds the capacity");
+    drop(a);
+    let c = within(third).await.unwrap().unwrap();
+    drop((b, c));
+}
