@@ -28,6 +28,7 @@
 //! ```
 
 pub mod admin;
+mod background;
 pub mod cli;
 pub mod config;
 mod conn_guard;

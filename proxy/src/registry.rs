@@ -92,7 +92,7 @@ impl std::fmt::Debug for Controls {
 }
 
 /// The layers this build of `corral` knows, by `kind`. Layer crates add
-/// one line each (their builders are in `layers.rs`).
+/// one line each (their builders are in `layers/`).
 #[rustfmt::skip]
 pub const LAYERS: &[LayerKind] = &[
     LayerKind { name: "auth", about: "per-class permissions (endpoints, models) and HMAC-signed requests with replay protection", build: crate::layers::auth, refusals: &[as_refusal::<corral_auth::Forbidden>, as_refusal::<corral_auth::SignatureRefused>] },

@@ -61,6 +61,23 @@ async fn until_counts(state: &RedisState, expected: (usize, usize)) {
     .await;
 }
 
+/// One holder of a permit, as the test counts them.
+struct Running(Arc<AtomicUsize>);
+
+impl Running {
+    fn enter(running: &Arc<AtomicUsize>, peak: &AtomicUsize) -> Self {
+        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+        peak.fetch_max(now, Ordering::SeqCst);
+        Self(running.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 fn unique(test: &str) -> String {
     format!("corral-sched-{}-{test}:", std::process::id())
 }
@@ -113,8 +130,13 @@ async fn cancelled_and_expired_tickets_leave_the_shared_queue_at_once() {
     let held = within(scheduler.acquire(ticket("a", 5), None))
         .await
         .unwrap();
+    // Each gives its permit back as soon as it has it: the order among
+    // equal tickets is their arrival in Redis, not their spawn order.
     let waiting: Vec<_> = (0..6)
-        .map(|i| tokio::spawn(scheduler.acquire(ticket(&format!("w{i}"), 5), None)))
+        .map(|i| {
+            let acquire = scheduler.acquire(ticket(&format!("w{i}"), 5), None);
+            tokio::spawn(async move { acquire.await.map(drop) })
+        })
         .collect();
     until_counts(&probe, (6, 1)).await;
     // Three leave (their clients disconnected), one runs out of time.
@@ -130,8 +152,7 @@ async fn cancelled_and_expired_tickets_leave_the_shared_queue_at_once() {
     // The rest are served one by one as permits come back.
     drop(held);
     for task in waiting.into_iter().skip(3) {
-        let permit = within(task).await.unwrap().unwrap();
-        drop(permit);
+        within(task).await.unwrap().unwrap();
     }
     until_counts(&probe, (0, 0)).await;
 }
@@ -165,10 +186,11 @@ async fn racing_cancels_deadlines_and_releases_on_three_replicas_never_leak_or_e
             let Ok(permit) = scheduler.acquire(t, None).await else {
                 return;
             };
-            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-            peak.fetch_max(now, Ordering::SeqCst);
+            // Counted out when dropped, so an aborted holder is too, and
+            // before its permit goes back.
+            let counted = Running::enter(&running, &peak);
             tokio::time::sleep(Duration::from_millis(i % 5)).await;
-            running.fetch_sub(1, Ordering::SeqCst);
+            drop(counted);
             drop(permit);
         });
         tasks.push(task);
@@ -229,4 +251,37 @@ async fn with_no_redis_a_replica_schedules_alone_with_the_capacity() {
     drop(a);
     let c = within(third).await.unwrap().unwrap();
     drop((b, c));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_cap_holds_across_replicas() {
+    let redis = Redis::start().await;
+    let prefix = unique("cap");
+    let capped = PriorityConfig {
+        max_in_flight_per_agent: Some(1),
+        ..config(2)
+    };
+    let one = Scheduler::shared(
+        &capped,
+        state(&redis, &prefix, "one"),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let two = Scheduler::shared(
+        &capped,
+        state(&redis, &prefix, "two"),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let first = within(one.acquire(ticket("a", 5), None)).await.unwrap();
+    // A permit is free, but agent a runs one already (on the other replica).
+    let second = tokio::spawn(two.acquire(ticket("a", 1), None));
+    let probe = state(&redis, &prefix, "probe");
+    until_counts(&probe, (1, 1)).await;
+    let other = within(two.acquire(ticket("b", 9), None)).await.unwrap();
+    assert!(!second.is_finished(), "agent a waits for its own permit");
+    drop(first);
+    let second = within(second).await.unwrap().unwrap();
+    drop((second, other));
+    until_counts(&probe, (0, 0)).await;
 }

@@ -46,6 +46,7 @@
 mod answer;
 mod config;
 mod flight;
+mod fly;
 mod key;
 mod layer;
 pub mod metrics;

@@ -15,6 +15,12 @@
 //! - [`Refusal`]: what a layer's refusal tells the proxy (status, reason,
 //!   `Retry-After`); [`ErrorBody`] renders it the way Ollama would.
 //! - [`ConfigError`]: a configuration refused with the key and the reason.
+//! - [`Bus`]: state changes layers announce ([`MemoryBus`] in one
+//!   process); with the `redis` feature, `RedisState` (the one Redis
+//!   connection a replica's layers share: the `redis` crate's reconnecting
+//!   `ConnectionManager` over RESP3, commands with a deadline, scripts,
+//!   pub/sub, whether Redis answers) and `RedisBus` (the bus across
+//!   replicas, its settings kept in Redis).
 //!
 //! ```
 //! use corral_core::{Endpoint, EndpointKind};

@@ -16,7 +16,9 @@
 //!
 //! Readers go through [`EventStore`] (replay, usage, size, each a future):
 //! the admin API holds a `dyn EventStore`, so a store shared by replicas
-//! (a Redis stream) can stand where the in-memory log stands.
+//! stands where the in-memory log stands: with the `redis` feature,
+//! `RedisEvents` appends to a Redis stream (`XADD MAXLEN ~ 100000`) that
+//! any replica replays, buffering (bounded) while Redis is away.
 //!
 //! ```
 //! use corral_core::{EventSink, NewEvent};

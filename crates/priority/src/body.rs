@@ -7,7 +7,7 @@ use pin_project_lite::pin_project;
 
 use corral_core::Usage;
 
-use crate::scheduler::Permit;
+use crate::permit::Permit;
 
 pin_project! {
     /// The response body of a scheduled request: holds its permit until

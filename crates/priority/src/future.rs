@@ -8,7 +8,7 @@ use pin_project_lite::pin_project;
 use tower::Service;
 
 use crate::body::ResponseBody;
-use crate::scheduler::{Acquire, Permit};
+use crate::permit::{Acquire, Permit};
 
 pin_project! {
     /// The response future of [`PriorityService`](crate::PriorityService):

@@ -80,6 +80,7 @@ mod config;
 mod error;
 mod future;
 mod layer;
+mod permit;
 mod pool;
 mod scheduler;
 mod service;

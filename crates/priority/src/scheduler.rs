@@ -1,20 +1,19 @@
-//! The scheduler: pools of upstream permits, tickets that wait for them,
-//! and permits that give them back.
+//! The scheduler: pools of upstream permits, one per model given its own,
+//! and which pool a ticket waits in. Waiting and holding are in `permit`.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+#[cfg(feature = "redis")]
 use std::time::Duration;
 
-use corral_core::{AgentId, LoadSnapshot, UpstreamLoad};
+use corral_core::{LoadSnapshot, UpstreamLoad};
 use tokio::sync::Notify;
-use tokio::time::Sleep;
 
 use crate::config::PriorityConfig;
-use crate::error::DeadlineExceeded;
-use crate::pool::{self, Pool, Ticket};
+#[cfg(feature = "redis")]
+use crate::permit::AcquireKind;
+pub use crate::permit::{Acquire, Permit};
+use crate::pool::{Pool, Ticket};
 #[cfg(feature = "redis")]
 use crate::shared::SharedPool;
 
@@ -122,7 +121,8 @@ impl Scheduler {
     /// third of it: a replica that dies gives its permits back within one
     /// TTL. While Redis does not answer, each replica schedules alone
     /// with its share of the capacity (capacity / live replicas, at least
-    /// one). Fair share between agents holds within a replica, not
+    /// one). `max_in_flight_per_agent` and `reserve` hold across
+    /// replicas; fair share between agents holds within a replica, not
     /// across them: in Redis, equal priorities go by arrival.
     ///
     /// Must be called inside a Tokio runtime: it spawns the tasks that
@@ -164,6 +164,7 @@ impl Scheduler {
                 config.aging,
                 lease_ttl,
                 config.reserve,
+                config.max_in_flight_per_agent,
             )
         };
         scheduler
@@ -296,232 +297,5 @@ impl UpstreamLoad for Scheduler {
 
     fn changes(&self) -> Option<&Notify> {
         Some(&self.changes)
-    }
-}
-
-/// A request waiting for its permit. Resolves to the [`Permit`], or to
-/// [`DeadlineExceeded`] when the ticket's deadline passes first.
-#[must_use = "a ticket waits only while its Acquire is polled or held"]
-pub struct Acquire {
-    kind: AcquireKind,
-}
-
-enum AcquireKind {
-    Local {
-        pool: Arc<Pool>,
-        id: u64,
-        deadline: Option<Pin<Box<Sleep>>>,
-        done: bool,
-    },
-    /// Waiting in Redis: the shared pool's own future, which leaves the
-    /// queue when dropped.
-    #[cfg(feature = "redis")]
-    Shared(Pin<Box<dyn Future<Output = Result<Permit, DeadlineExceeded>> + Send>>),
-}
-
-impl std::fmt::Debug for Acquire {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.kind {
-            AcquireKind::Local { id, done, .. } => f
-                .debug_struct("Acquire")
-                .field("ticket", id)
-                .field("done", done)
-                .finish(),
-            #[cfg(feature = "redis")]
-            AcquireKind::Shared(_) => f.debug_struct("Acquire").field("shared", &true).finish(),
-        }
-    }
-}
-
-impl Acquire {
-    /// Queues `ticket` in `pool`.
-    pub(crate) fn local(pool: Arc<Pool>, ticket: Ticket) -> Self {
-        let deadline = ticket.deadline;
-        let id = pool.enqueue(ticket);
-        Self {
-            kind: AcquireKind::Local {
-                pool,
-                id,
-                deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
-                done: false,
-            },
-        }
-    }
-}
-
-impl Future for Acquire {
-    type Output = Result<Permit, DeadlineExceeded>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let (pool, id, deadline, done) = match &mut self.kind {
-            AcquireKind::Local {
-                pool,
-                id,
-                deadline,
-                done,
-            } => (pool, *id, deadline, done),
-            #[cfg(feature = "redis")]
-            AcquireKind::Shared(future) => return future.as_mut().poll(cx),
-        };
-        if *done {
-            return Poll::Ready(Err(DeadlineExceeded {
-                waited: Duration::ZERO,
-            }));
-        }
-        let expired = deadline
-            .as_mut()
-            .is_some_and(|d| d.as_mut().poll(cx).is_ready());
-        if expired {
-            *done = true;
-            // Granted at the last instant or not: the answer would come too
-            // late. Give the place (or the permit) to someone else.
-            let waited = pool.withdraw(id).unwrap_or_default();
-            return Poll::Ready(Err(DeadlineExceeded { waited }));
-        }
-        match pool.poll(id, cx.waker()) {
-            pool::Poll::Waiting => Poll::Pending,
-            pool::Poll::Granted(grant) => {
-                *done = true;
-                Poll::Ready(Ok(Permit {
-                    holder: Holder::Local(pool.clone()),
-                    agent: grant.agent,
-                    charged: grant.charged,
-                    weight: grant.weight,
-                    waited: grant.waited,
-                    actual: None,
-                }))
-            }
-            pool::Poll::Gone => {
-                *done = true;
-                Poll::Ready(Err(DeadlineExceeded {
-                    waited: Duration::ZERO,
-                }))
-            }
-        }
-    }
-}
-
-impl Drop for Acquire {
-    fn drop(&mut self) {
-        match &self.kind {
-            AcquireKind::Local { pool, id, done, .. } => {
-                if !*done {
-                    pool.withdraw(*id);
-                }
-            }
-            // Its own future leaves the queue when dropped.
-            #[cfg(feature = "redis")]
-            AcquireKind::Shared(_) => {}
-        }
-    }
-}
-
-/// A running request's hold on the upstream. Dropping it gives the permit
-/// back and lets the next waiting request in.
-pub struct Permit {
-    holder: Holder,
-    agent: AgentId,
-    charged: f64,
-    weight: f64,
-    waited: Duration,
-    actual: Option<f64>,
-}
-
-impl std::fmt::Debug for Permit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Permit")
-            .field("agent", &self.agent)
-            .field("waited", &self.waited)
-            .finish()
-    }
-}
-
-enum Holder {
-    Local(Arc<Pool>),
-    /// A lease in Redis, by its ticket; `local` when the permit came
-    /// from the fallback pool while Redis was away (the ticket then
-    /// tells Redis about it once it is back).
-    #[cfg(feature = "redis")]
-    Shared {
-        pool: Arc<SharedPool>,
-        ticket: String,
-        local: bool,
-    },
-}
-
-impl Permit {
-    #[cfg(feature = "redis")]
-    pub(crate) fn shared(
-        pool: Arc<SharedPool>,
-        ticket: String,
-        agent: AgentId,
-        waited: Duration,
-    ) -> Self {
-        pool.local.occupy();
-        Self {
-            holder: Holder::Shared {
-                pool,
-                ticket,
-                local: false,
-            },
-            agent,
-            charged: 0.0,
-            weight: 1.0,
-            waited,
-            actual: None,
-        }
-    }
-
-    /// A permit of the fallback pool, also held under `ticket` so that
-    /// Redis counts it once it is back.
-    #[cfg(feature = "redis")]
-    pub(crate) fn into_shared(mut self, pool: Arc<SharedPool>, ticket: String) -> Self {
-        self.holder = Holder::Shared {
-            pool,
-            ticket,
-            local: true,
-        };
-        self
-    }
-
-    /// How long the request waited for this permit.
-    pub fn waited(&self) -> Duration {
-        self.waited
-    }
-
-    /// Records what the request really cost (prompt tokens + 2 × generated
-    /// tokens, once the response says), so the agent's counter is
-    /// corrected when the permit is given back.
-    pub fn settle(&mut self, cost: f64) {
-        self.actual = Some(cost);
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        match &mut self.holder {
-            Holder::Local(pool) => {
-                let correction = self
-                    .actual
-                    .map_or(0.0, |actual| actual / self.weight - self.charged);
-                pool.release(&self.agent, correction);
-            }
-            #[cfg(feature = "redis")]
-            Holder::Shared {
-                pool,
-                ticket,
-                local,
-            } => {
-                pool.give_back(std::mem::take(ticket), "release");
-                if *local {
-                    let correction = self
-                        .actual
-                        .map_or(0.0, |actual| actual / self.weight - self.charged);
-                    pool.local.release(&self.agent, correction);
-                } else {
-                    pool.local.vacate();
-                }
-            }
-        }
     }
 }

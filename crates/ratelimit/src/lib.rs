@@ -16,6 +16,12 @@
 //! refused by its class's quota is not charged to its own. Only inference
 //! is limited.
 //!
+//! With the `redis` feature, `RedisRates` keeps the quotas in Redis: one
+//! Lua script per request checks and charges every quota on Redis' clock,
+//! so an agent's quota is one quota across replicas. Nothing here is
+//! `governor` itself: its state lives in process memory, and GCRA is one
+//! number per key, simple to keep in a script.
+//!
 //! # Example
 //!
 //! ```

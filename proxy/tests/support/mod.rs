@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+pub(crate) mod replica;
+
 pub(crate) fn corral() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_corral"));
     for var in [

@@ -5,7 +5,9 @@
 //! once, so no interleaving of grant, cancel and completion can leak a
 //! permit or grant one twice. Wakers are woken after the lock is dropped.
 
-use std::cmp::Ordering;
+mod index;
+mod order;
+
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
@@ -14,13 +16,12 @@ use std::time::Duration;
 use corral_core::{AgentId, LoadSnapshot, Priority};
 
 use crate::config::Reserve;
+use index::Vtc;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// How many recent completions the drain rate is measured over.
 const DRAIN_WINDOW: usize = 64;
-/// Above this many remembered agents, idle ones are forgotten.
-const MAX_IDLE_AGENTS: usize = 10_000;
 
 /// What a waiting request asks for.
 #[derive(Debug, Clone)]
@@ -69,30 +70,6 @@ struct State {
     oldest: [BTreeSet<(Instant, u64)>; 10],
     /// Agents with work waiting or running, least served first.
     active: BTreeSet<(Vtc, AgentId)>,
-}
-
-/// A counter in a sorted set: `f64` ordered totally.
-#[derive(Debug, Clone, Copy)]
-struct Vtc(f64);
-
-impl PartialEq for Vtc {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-
-impl Eq for Vtc {}
-
-impl PartialOrd for Vtc {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Vtc {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.0.total_cmp(&other.0)
-    }
 }
 
 #[derive(Default)]
@@ -353,152 +330,5 @@ impl Pool {
     /// The virtual token counter of `agent`, for tests and status.
     pub(crate) fn counter(&self, agent: &str) -> Option<f64> {
         lock(&self.state).agents.get(agent).map(|a| a.vtc)
-    }
-
-    /// Grants permits while there is capacity and a request can take one;
-    /// the wakers of the granted.
-    fn dispatch(&self, state: &mut State, now: Instant) -> Vec<Waker> {
-        let mut wakers = Vec::new();
-        while state.in_flight < state.capacity {
-            let levels = self.open_levels(state);
-            let Some((agent_id, level)) = self.pick(state, now, levels) else {
-                break;
-            };
-            state.unindex(&agent_id);
-            let Some(agent) = state.agents.get_mut(&agent_id) else {
-                break;
-            };
-            let Some((id, _)) = agent.levels[level].pop_front() else {
-                break;
-            };
-            let Some(waiter) = state.waiters.get_mut(&id) else {
-                continue;
-            };
-            waiter.granted = true;
-            agent.queued -= 1;
-            agent.in_flight += 1;
-            agent.vtc += waiter.cost / waiter.weight;
-            state.queued[level] -= 1;
-            state.queued_bytes -= waiter.bytes;
-            state.oldest[level].remove(&(waiter.enqueued, id));
-            state.in_flight += 1;
-            if let Some(waker) = waiter.waker.take() {
-                wakers.push(waker);
-            }
-            state.index(&agent_id, self.per_agent_cap);
-        }
-        wakers
-    }
-
-    /// How many priority levels, from the top, may take the next permit:
-    /// all while more than the reserve is free, then only those the
-    /// reserve is for. A pool smaller than the reserve keeps one permit
-    /// for everyone.
-    fn open_levels(&self, state: &State) -> usize {
-        let Some(reserve) = self.reserve else {
-            return 10;
-        };
-        let held_back = reserve.permits.min(state.capacity.saturating_sub(1));
-        if state.in_flight + held_back < state.capacity {
-            10
-        } else {
-            usize::from(reserve.up_to_priority).min(10)
-        }
-    }
-
-    /// The next request to serve among the first `levels` priority
-    /// levels: from the level whose oldest request has the best effective
-    /// priority (its priority raised one step per `aging` waited; ties to
-    /// the older), the agent with the least weighted service, its oldest
-    /// request at that level.
-    fn pick(&self, state: &State, now: Instant, levels: usize) -> Option<(AgentId, usize)> {
-        let mut best: Option<(usize, Instant, usize)> = None;
-        for level in 0..levels {
-            if state.ready[level].is_empty() {
-                continue;
-            }
-            let Some((oldest, _)) = state.oldest[level].first() else {
-                continue;
-            };
-            let key = (self.effective_level(level, *oldest, now), *oldest);
-            if best.is_none_or(|(e, t, _)| key < (e, t)) {
-                best = Some((key.0, key.1, level));
-            }
-        }
-        let (_, _, level) = best?;
-        let (_, _, agent) = state.ready[level].first()?;
-        Some((agent.clone(), level))
-    }
-
-    fn effective_level(&self, level: usize, enqueued: Instant, now: Instant) -> usize {
-        if self.aging.is_zero() {
-            return level;
-        }
-        let steps = now.saturating_duration_since(enqueued).as_nanos() / self.aging.as_nanos();
-        level.saturating_sub(usize::try_from(steps).unwrap_or(usize::MAX))
-    }
-}
-
-impl State {
-    /// Takes `agent` out of the sorted sets before its counter, queues or
-    /// running count change.
-    fn unindex(&mut self, agent_id: &AgentId) {
-        let Some(agent) = self.agents.get(agent_id) else {
-            return;
-        };
-        let vtc = Vtc(agent.vtc);
-        for (level, queue) in agent.levels.iter().enumerate() {
-            if let Some((_, since)) = queue.front() {
-                self.ready[level].remove(&(vtc, *since, agent_id.clone()));
-            }
-        }
-        self.active.remove(&(vtc, agent_id.clone()));
-    }
-
-    /// Puts `agent` back in the sorted sets, as it is now.
-    fn index(&mut self, agent_id: &AgentId, per_agent_cap: Option<usize>) {
-        let Some(agent) = self.agents.get(agent_id) else {
-            return;
-        };
-        let key = (Vtc(agent.vtc), agent_id.clone());
-        if agent.queued > 0 || agent.in_flight > 0 {
-            self.active.insert(key.clone());
-        }
-        if per_agent_cap.is_some_and(|cap| agent.in_flight >= cap) {
-            return;
-        }
-        for (level, queue) in agent.levels.iter().enumerate() {
-            if let Some((_, since)) = queue.front() {
-                self.ready[level].insert((key.0, *since, agent_id.clone()));
-            }
-        }
-    }
-
-    /// Forgets counters that can no longer matter: all of them when the
-    /// pool falls idle, idle agents when too many are remembered.
-    fn forget_idle(&mut self) {
-        if self.in_flight == 0 && self.waiters.is_empty() {
-            self.agents.clear();
-            self.active.clear();
-            return;
-        }
-        if self.agents.len() > MAX_IDLE_AGENTS {
-            // An idle agent's counter would be lifted to the least active
-            // one on return anyway, unless it was ahead: that is the only
-            // memory lost, and only past this many agents.
-            self.agents.retain(|_, a| a.queued > 0 || a.in_flight > 0);
-        }
-    }
-
-    /// Completions per second over the last few, fading when none come.
-    fn drain_rate(&self, now: Instant) -> f64 {
-        let Some(first) = self.completions.front() else {
-            return 0.0;
-        };
-        let span = now.saturating_duration_since(*first).as_secs_f64();
-        if span <= 0.0 {
-            return 0.0;
-        }
-        self.completions.len() as f64 / span
     }
 }

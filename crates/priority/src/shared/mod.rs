@@ -1,6 +1,6 @@
 //! A pool whose permits and queue live in Redis, shared by every replica.
 //!
-//! The queue is a sorted set of tickets (`replica|seq|level`) scored by
+//! The queue is a sorted set of tickets (`replica|seq|level|agent`) scored by
 //! effective priority and arrival; `grant.lua` grants permits to its head
 //! while fewer leases than the capacity are held, publishing each grant
 //! on the owning replica's channel. A permit is a lease: this replica
@@ -19,9 +19,9 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::config::Reserve;
-use crate::error::DeadlineExceeded;
-use crate::pool::{Pool, Ticket};
-use crate::scheduler::{Acquire, Permit};
+use crate::pool::Pool;
+
+mod wait;
 
 static GRANT: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(include_str!("grant.lua")));
@@ -42,6 +42,7 @@ pub(crate) struct SharedPool {
     ttl: Duration,
     capacity: AtomicUsize,
     reserve: Option<Reserve>,
+    per_agent: Option<usize>,
     /// The fallback while Redis is away, sized to this replica's share.
     pub(crate) local: Arc<Pool>,
     seq: AtomicU64,
@@ -71,6 +72,7 @@ impl SharedPool {
         aging: Duration,
         ttl: Duration,
         reserve: Option<Reserve>,
+        per_agent: Option<usize>,
     ) -> Arc<Self> {
         let name = local.name().to_string();
         let key = |k: &str| state.key(&format!("prio:{name}:{k}"));
@@ -92,6 +94,7 @@ impl SharedPool {
             ttl,
             capacity: AtomicUsize::new(capacity),
             reserve,
+            per_agent,
             local,
             seq: AtomicU64::new(0),
             waiting: Mutex::default(),
@@ -123,6 +126,7 @@ impl SharedPool {
             reserve.up_to_priority.to_string(),
             self.state.replica().to_string(),
             self.grants_channel.clone(),
+            self.per_agent.unwrap_or(0).to_string(),
         ];
         if op == "renew" {
             args.extend(lock(&self.held).iter().cloned());
@@ -270,112 +274,6 @@ impl SharedPool {
             );
         }
         snapshot
-    }
-
-    /// Waits for a permit in Redis; in the local pool when Redis is away
-    /// (or goes away while it waits).
-    pub(crate) async fn acquire(
-        self: Arc<Self>,
-        ticket: Ticket,
-    ) -> Result<Permit, DeadlineExceeded> {
-        if !self.state.is_up() {
-            return self.local_acquire(ticket).await;
-        }
-        let level = usize::from(ticket.priority.get() - 1);
-        let id = format!(
-            "{}|{}|{}",
-            self.state.replica(),
-            self.seq.fetch_add(1, Ordering::Relaxed),
-            level
-        );
-        let since = Instant::now();
-        let (tell, mut told) = oneshot::channel();
-        lock(&self.waiting).insert(
-            id.clone(),
-            Waiting {
-                level,
-                since,
-                granted: Some(tell),
-            },
-        );
-        // From here, leaving early (a disconnect drops this future) takes
-        // the ticket out of the queue, or gives back its permit.
-        let mut guard = Guard {
-            pool: self.clone(),
-            ticket: Some(id.clone()),
-        };
-        match self.run("enqueue", &id, level).await {
-            Ok(report) if report.granted.contains(&id) => {}
-            Ok(_) => {
-                let mut health = self.state.health();
-                let deadline = ticket.deadline;
-                let expired = async move {
-                    match deadline {
-                        Some(d) => tokio::time::sleep_until(d).await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::pin!(expired);
-                loop {
-                    tokio::select! {
-                        _ = &mut told => break,
-                        () = &mut expired => {
-                            drop(guard);
-                            return Err(DeadlineExceeded { waited: since.elapsed() });
-                        }
-                        changed = health.changed() => {
-                            if changed.is_ok() && !*health.borrow_and_update() {
-                                drop(guard);
-                                return self.local_acquire(ticket).await;
-                            }
-                        }
-                    }
-                }
-            }
-            Err(()) => {
-                guard.ticket = None;
-                self.forget(&id);
-                return self.local_acquire(ticket).await;
-            }
-        }
-        let ticket_id = guard.ticket.take().unwrap_or_default();
-        self.forget(&ticket_id);
-        lock(&self.held).insert(ticket_id.clone());
-        Ok(Permit::shared(
-            self.clone(),
-            ticket_id,
-            ticket.agent,
-            since.elapsed(),
-        ))
-    }
-
-    /// Waits in the fallback pool; the permit is also held under a
-    /// ticket of its own, which the next renewal tells Redis about.
-    async fn local_acquire(self: &Arc<Self>, ticket: Ticket) -> Result<Permit, DeadlineExceeded> {
-        let level = usize::from(ticket.priority.get() - 1);
-        let permit = Acquire::local(self.local.clone(), ticket).await?;
-        let id = format!(
-            "{}|{}|{}",
-            self.state.replica(),
-            self.seq.fetch_add(1, Ordering::Relaxed),
-            level
-        );
-        lock(&self.held).insert(id.clone());
-        Ok(permit.into_shared(self.clone(), id))
-    }
-}
-
-/// Takes a ticket out of the shared queue if its waiter leaves.
-struct Guard {
-    pool: Arc<SharedPool>,
-    ticket: Option<String>,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Some(ticket) = self.ticket.take() {
-            self.pool.give_back(ticket, "cancel");
-        }
     }
 }
 

@@ -6,7 +6,7 @@
 -- KEYS[4] replicas sorted set of live replicas, scored by expiry (ms)
 --
 -- ARGV[1] op: enqueue | cancel | release | renew | tick
--- ARGV[2] ticket (`replica|seq|level`) for enqueue, cancel, release
+-- ARGV[2] ticket (`replica|seq|level|agent`) for enqueue, cancel, release
 -- ARGV[3] the ticket's level (priority - 1), for enqueue
 -- ARGV[4] aging in ms (0: none)
 -- ARGV[5] lease ttl in ms
@@ -15,7 +15,8 @@
 -- ARGV[8] levels below this may take reserved permits
 -- ARGV[9] this replica
 -- ARGV[10] the channel grants are published on, minus the replica
--- ARGV[11..] tickets this replica holds, for renew
+-- ARGV[11] the most permits one agent may hold (0: no cap)
+-- ARGV[12..] tickets this replica holds, for renew
 --
 -- Returns { permits held, capacity, live replicas, granted tickets... }.
 
@@ -46,7 +47,7 @@ elseif op == 'cancel' or op == 'release' then
 elseif op == 'renew' then
   -- Re-asserted, not only extended: after Redis lost its data the
   -- permits still running are counted again.
-  for i = 11, #ARGV do
+  for i = 12, #ARGV do
     redis.call('ZADD', KEYS[2], now + ttl, ARGV[i])
   end
 end
@@ -58,7 +59,20 @@ local capacity = tonumber(redis.call('GET', KEYS[3]) or ARGV[6])
 local held = redis.call('ZCARD', KEYS[2])
 local reserve = math.min(tonumber(ARGV[7]), math.max(capacity - 1, 0))
 local up_to = tonumber(ARGV[8])
+local per_agent = tonumber(ARGV[11])
 local granted = {}
+
+-- With a cap per agent, what each agent holds: the leases are few (about
+-- the capacity), so they are counted here rather than kept elsewhere.
+local holding = {}
+if per_agent > 0 then
+  for _, ticket in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+    local agent = string.match(ticket, '^[^|]*|%d+|%d+|(.*)$')
+    if agent then
+      holding[agent] = (holding[agent] or 0) + 1
+    end
+  end
+end
 
 while held < capacity do
   local open_to_all = held + reserve < capacity
@@ -68,15 +82,18 @@ while held < capacity do
   end
   local chosen = nil
   local removed = 0
+  local chosen_replica, chosen_agent = nil, nil
   for _, ticket in ipairs(head) do
-    local replica, level = string.match(ticket, '^(.*)|%d+|(%d+)$')
+    local replica, level, agent = string.match(ticket, '^([^|]*)|%d+|(%d+)|(.*)$')
     local alive = replica and redis.call('ZSCORE', KEYS[4], replica)
     if not alive then
-      -- Queued by a replica that is gone: nobody would take the permit.
+      -- Queued by a replica that is gone (or not a ticket): nobody
+      -- would take the permit.
       redis.call('ZREM', KEYS[1], ticket)
       removed = removed + 1
-    elseif open_to_all or tonumber(level) < up_to then
-      chosen = ticket
+    elseif (open_to_all or tonumber(level) < up_to)
+      and (per_agent == 0 or (holding[agent] or 0) < per_agent) then
+      chosen, chosen_replica, chosen_agent = ticket, replica, agent
       break
     end
   end
@@ -84,9 +101,9 @@ while held < capacity do
     redis.call('ZREM', KEYS[1], chosen)
     redis.call('ZADD', KEYS[2], now + ttl, chosen)
     held = held + 1
+    holding[chosen_agent] = (holding[chosen_agent] or 0) + 1
     granted[#granted + 1] = chosen
-    local replica = string.match(chosen, '^(.*)|%d+|%d+$')
-    redis.call('PUBLISH', ARGV[10] .. replica, chosen)
+    redis.call('PUBLISH', ARGV[10] .. chosen_replica, chosen)
   elseif removed == 0 then
     break
   end

@@ -1,0 +1,123 @@
+//! Waiting for a shared permit: the ticket in Redis, the grant heard on
+//! this replica's channel, and the way out when the waiter leaves, its
+//! deadline passes or Redis goes away.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::{lock, SharedPool, Waiting};
+use crate::error::DeadlineExceeded;
+use crate::permit::{Acquire, Permit};
+use crate::pool::Ticket;
+
+impl SharedPool {
+    /// Waits for a permit in Redis; in the local pool when Redis is away
+    /// (or goes away while it waits).
+    pub(crate) async fn acquire(
+        self: Arc<Self>,
+        ticket: Ticket,
+    ) -> Result<Permit, DeadlineExceeded> {
+        if !self.state.is_up() {
+            return self.local_acquire(ticket).await;
+        }
+        let level = usize::from(ticket.priority.get() - 1);
+        let id = self.ticket_id(level, &ticket);
+        let since = Instant::now();
+        let (tell, mut told) = oneshot::channel();
+        lock(&self.waiting).insert(
+            id.clone(),
+            Waiting {
+                level,
+                since,
+                granted: Some(tell),
+            },
+        );
+        // From here, leaving early (a disconnect drops this future) takes
+        // the ticket out of the queue, or gives back its permit.
+        let mut guard = Guard {
+            pool: self.clone(),
+            ticket: Some(id.clone()),
+        };
+        match self.run("enqueue", &id, level).await {
+            Ok(report) if report.granted.contains(&id) => {}
+            Ok(_) => {
+                let mut health = self.state.health();
+                let deadline = ticket.deadline;
+                let expired = async move {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::pin!(expired);
+                loop {
+                    tokio::select! {
+                        _ = &mut told => break,
+                        () = &mut expired => {
+                            drop(guard);
+                            return Err(DeadlineExceeded { waited: since.elapsed() });
+                        }
+                        changed = health.changed() => {
+                            if changed.is_ok() && !*health.borrow_and_update() {
+                                drop(guard);
+                                return self.local_acquire(ticket).await;
+                            }
+                        }
+                    }
+                }
+            }
+            Err(()) => {
+                guard.ticket = None;
+                self.forget(&id);
+                return self.local_acquire(ticket).await;
+            }
+        }
+        let ticket_id = guard.ticket.take().unwrap_or_default();
+        self.forget(&ticket_id);
+        lock(&self.held).insert(ticket_id.clone());
+        Ok(Permit::shared(
+            self.clone(),
+            ticket_id,
+            ticket.agent,
+            since.elapsed(),
+        ))
+    }
+
+    /// `replica|seq|level|agent`: who to tell, which, how urgent, whose.
+    fn ticket_id(&self, level: usize, ticket: &Ticket) -> String {
+        format!(
+            "{}|{}|{}|{}",
+            self.state.replica(),
+            self.seq.fetch_add(1, Ordering::Relaxed),
+            level,
+            ticket.agent
+        )
+    }
+
+    /// Waits in the fallback pool; the permit is also held under a
+    /// ticket of its own, which the next renewal tells Redis about.
+    async fn local_acquire(self: &Arc<Self>, ticket: Ticket) -> Result<Permit, DeadlineExceeded> {
+        let level = usize::from(ticket.priority.get() - 1);
+        let id = self.ticket_id(level, &ticket);
+        let permit = Acquire::local(self.local.clone(), ticket).await?;
+        lock(&self.held).insert(id.clone());
+        Ok(permit.into_shared(self.clone(), id))
+    }
+}
+
+/// Takes a ticket out of the shared queue if its waiter leaves.
+struct Guard {
+    pool: Arc<SharedPool>,
+    ticket: Option<String>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            self.pool.give_back(ticket, "cancel");
+        }
+    }
+}

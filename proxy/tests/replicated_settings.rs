@@ -1,0 +1,254 @@
+//! Settings made on one of three `corral` processes sharing one Redis
+//! (`[state] backend = "redis"`) reach the others: a forced degradation
+//! level, an agent's priority and the capacity, an open breaker; and an
+//! answer one replica generated is served by the others from the shared
+//! cache.
+//!
+//! Each test starts its own `redis-server` on a free port (or uses
+//! `REDIS_URL` with a key prefix of its own).
+
+#![allow(clippy::unwrap_used)] // a test fails by panicking
+
+mod support;
+
+use std::time::Duration;
+
+use corral_e2e::{metric_sum, mock, request, send, Redis};
+use support::replica::{config, prefix, three, Replica};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_level_forced_on_one_replica_is_in_force_on_the_others_within_a_second() {
+    let redis = Redis::start().await;
+    let upstream = mock(corral_e2e::fast()).await;
+    let text = config(
+        &upstream.url(),
+        &redis.url,
+        &prefix("degrade"),
+        "5s",
+        "[[layers]]\nkind = \"degrade\"\n",
+    );
+    let [a, b, c] = three(&text).await;
+    // Let the followers subscribe before the change.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let forced_at = tokio::time::Instant::now();
+    assert_eq!(a.degrade(r#"{"level": "L2"}"#).await["forced"], "L2");
+    for other in [&b, &c] {
+        loop {
+            if other.degrade("").await["forced"] == "L2" {
+                break;
+            }
+            assert!(
+                forced_at.elapsed() < Duration::from_secs(1),
+                "the forced level reached {} within a second",
+                other.url
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // A replica that starts later reads the setting before it listens.
+    let late = Replica::start("replica-late", &text).await;
+    corral_e2e::eventually_async("the late replica reads the forced level", || async {
+        late.degrade("").await["forced"] == "L2"
+    })
+    .await;
+    // Released on another replica: released everywhere.
+    b.degrade(r#"{"level": null}"#).await;
+    corral_e2e::eventually_async("the release reaches the first replica", || async {
+        a.degrade("").await["forced"].is_null()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_one_replica_generated_is_served_by_the_others_from_the_shared_cache() {
+    let redis = Redis::start().await;
+    let upstream = mock(corral_e2e::fast()).await;
+    let keys = prefix("cache");
+    let text = config(
+        &upstream.url(),
+        &redis.url,
+        &keys,
+        "5s",
+        "[[layers]]\nkind = \"cache\"\n",
+    );
+    let [a, b, c] = three(&text).await;
+    let ask = |replica: &Replica| {
+        let mut request = request(
+            "POST",
+            &format!("{}/api/generate", replica.url),
+            r#"{"model":"llama3","prompt":"the same question","stream":false,"options":{"temperature":0}}"#,
+        );
+        request
+            .headers_mut()
+            .insert("x-agent-id", "sonnet-0".parse().unwrap());
+        send(request)
+    };
+    let first = ask(&a).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("x-corral-cache"), Some("miss"));
+    // The entry is written to Redis as the answer ends, a moment after
+    // the client may have read it.
+    corral_e2e::eventually("the answer is in Redis", || {
+        let scan = std::process::Command::new("redis-cli")
+            .args([
+                "-u",
+                &redis.url,
+                "--scan",
+                "--pattern",
+                &format!("{keys}cache:*"),
+            ])
+            .output()
+            .unwrap();
+        !scan.stdout.is_empty()
+    })
+    .await;
+    assert_eq!(ask(&b).await.header("x-corral-cache"), Some("hit"));
+    let third = ask(&c).await;
+    assert_eq!(third.header("x-corral-cache"), Some("hit"));
+    assert_eq!(third.json()["response"], first.json()["response"]);
+    assert_eq!(
+        upstream.stats().by_path.get("/api/generate").copied(),
+        Some(1),
+        "generated once for three replicas"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_priority_and_the_capacity_set_on_one_replica_take_effect_on_all() {
+    let redis = Redis::start().await;
+    let upstream = mock(corral_e2e::fast()).await;
+    let text = config(&upstream.url(), &redis.url, &prefix("settings"), "5s", "");
+    let [a, b, c] = three(&text).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let set = send(request(
+        "POST",
+        &format!("{}/corral/priority", a.url),
+        r#"{"agent": "batch-7", "priority": 1}"#,
+    ))
+    .await;
+    assert_eq!(set.status, 200);
+    assert_eq!(set.json()["agents"]["batch-7"], 1);
+    for other in [&b, &c] {
+        corral_e2e::eventually_async("the priority reaches every replica", || async {
+            send(request(
+                "GET",
+                &format!("{}/corral/priority", other.url),
+                "",
+            ))
+            .await
+            .json()["agents"]["batch-7"]
+                == 1
+        })
+        .await;
+    }
+    // Its requests on another replica run at priority 1, whatever the
+    // class (batch, 9) and the header say.
+    let mut ask = request(
+        "POST",
+        &format!("{}/api/generate", c.url),
+        r#"{"model":"llama3","prompt":"promoted","stream":false}"#,
+    );
+    ask.headers_mut()
+        .insert("x-agent-id", "batch-7".parse().unwrap());
+    ask.headers_mut().insert("x-priority", "9".parse().unwrap());
+    ask.headers_mut()
+        .insert("x-request-id", "promoted-1".parse().unwrap());
+    assert_eq!(send(ask).await.status, 200);
+    corral_e2e::eventually_async("the request was received at priority 1", || async {
+        let events = send(request(
+            "GET",
+            &format!("{}/corral/events?agent=batch-7&kind=received", b.url),
+            "",
+        ))
+        .await
+        .json();
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["request_id"] == "promoted-1" && e["data"]["priority"] == 1)
+    })
+    .await;
+
+    // The capacity lives in Redis: set on one replica, every replica's
+    // pool has it.
+    let set = send(request(
+        "POST",
+        &format!("{}/corral/capacity", b.url),
+        r#"{"capacity": 2}"#,
+    ))
+    .await;
+    assert_eq!(set.status, 200, "{:?}", set.body);
+    for replica in [&a, &c] {
+        corral_e2e::eventually_async("the capacity reaches every replica", || async {
+            // A request runs a grant, which reads the capacity from Redis.
+            replica.generate("sonnet-1", 5, "capacity").await;
+            send(request(
+                "GET",
+                &format!("{}/corral/capacity", replica.url),
+                "",
+            ))
+            .await
+            .json()["pools"][0]["capacity"]
+                == 2
+        })
+        .await;
+    }
+    let refused = send(request(
+        "POST",
+        &format!("{}/corral/capacity", a.url),
+        r#"{"capacity": 0}"#,
+    ))
+    .await;
+    assert_eq!(refused.status, 400);
+    assert!(refused.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("capacity"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breaker_one_replica_opened_fails_fast_on_the_others_too() {
+    let redis = Redis::start().await;
+    let upstream = mock(corral_e2e::fast()).await;
+    let text = config(
+        &upstream.url(),
+        &redis.url,
+        &prefix("breaker"),
+        "5s",
+        "[[layers]]\nkind = \"breaker\"\nconsecutive_failures = 3\nopen_for = \"30s\"\n",
+    );
+    let [a, b, c] = three(&text).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for n in 0..3 {
+        let mut failing = request(
+            "POST",
+            &format!("{}/api/generate", a.url),
+            format!(r#"{{"model":"llama3","prompt":"fail {n}","stream":false}}"#),
+        );
+        failing
+            .headers_mut()
+            .insert("x-mock-fault", "status=500".parse().unwrap());
+        assert_eq!(send(failing).await.status, 500);
+    }
+    let before = upstream.stats().requests;
+    for other in [&b, &c] {
+        corral_e2e::eventually_async("the other replicas' breakers open", || async {
+            metric_sum(
+                &other.url,
+                "corral_circuit_breaker_state{breaker=\"upstream\"}",
+            )
+            .await
+                == 2.0
+        })
+        .await;
+        let reply = other.generate("sonnet-2", 5, "while it is open").await;
+        assert_eq!(reply.status, 503);
+        assert_eq!(reply.header("x-corral-reason"), Some("breaker_open"));
+    }
+    assert_eq!(
+        upstream.stats().requests,
+        before,
+        "no replica sent the upstream anything while the breaker was open"
+    );
+}

@@ -1,0 +1,139 @@
+//! Replicas of `corral` sharing one Redis: starting three, the config
+//! they share, and what their tests measure.
+
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use corral_e2e::{request, send};
+
+use super::{config_file, corral, free_port, wait_for};
+
+/// A replica: a `corral` process, killed when dropped.
+pub(crate) struct Replica {
+    child: Child,
+    pub(crate) url: String,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Replica {
+    pub(crate) async fn start(name: &str, config: &str) -> Self {
+        let port = free_port();
+        let path = config_file(&format!("{name}.toml"), config);
+        let child = corral()
+            .env("CORRAL_CONFIG", &path)
+            .env("CORRAL_LISTEN", format!("127.0.0.1:{port}"))
+            .env("HOSTNAME", name)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for(port).await;
+        Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Kills it with SIGKILL: no chance to give anything back.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub(crate) async fn generate(
+        &self,
+        agent: &str,
+        priority: u8,
+        prompt: &str,
+    ) -> corral_e2e::Reply {
+        let mut request = request(
+            "POST",
+            &format!("{}/api/generate", self.url),
+            format!(r#"{{"model":"llama3","prompt":"{prompt}","stream":false}}"#),
+        );
+        request
+            .headers_mut()
+            .insert("x-agent-id", agent.parse().unwrap());
+        request
+            .headers_mut()
+            .insert("x-priority", priority.to_string().parse().unwrap());
+        send(request).await
+    }
+
+    pub(crate) async fn degrade(&self, body: &str) -> serde_json::Value {
+        let method = if body.is_empty() { "GET" } else { "POST" };
+        send(request(
+            method,
+            &format!("{}/corral/degrade", self.url),
+            body.to_string(),
+        ))
+        .await
+        .json()
+    }
+}
+
+/// A key prefix no other run uses, for a shared `REDIS_URL`.
+pub(crate) fn prefix(test: &str) -> String {
+    static RUN: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "corral-test-{}-{}-{test}:",
+        std::process::id(),
+        RUN.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub(crate) const CLASSES: [(&str, u8, usize); 4] = [
+    ("system", 1, 10),
+    ("opus", 3, 20),
+    ("sonnet", 5, 60),
+    ("batch", 9, 41),
+];
+
+/// The config every replica of a test shares: the fleet's classes, the
+/// scheduler with leases of `lease`, `extra` layers before it.
+pub(crate) fn config(
+    upstream: &str,
+    redis: &str,
+    prefix: &str,
+    lease: &str,
+    extra: &str,
+) -> String {
+    let mut text = format!(
+        "[upstream]\nurl = \"{upstream}\"\ncapacity = 4\n\n[state]\nbackend = \"redis\"\nredis_url = \"{redis}\"\nkey_prefix = \"{prefix}\"\nredis_timeout = \"200ms\"\n\n{extra}\n[[layers]]\nkind = \"priority\"\nlease_ttl = \"{lease}\"\n"
+    );
+    for (name, priority, _) in CLASSES {
+        text.push_str(&format!(
+            "\n[[classes]]\nname = \"{name}\"\npriority = {priority}\npriorities = [{priority}, {priority}]\n"
+        ));
+        if name == "opus" {
+            text.push_str("rate_limit = { requests_per_minute = 5 }\n");
+        }
+    }
+    for (name, _, count) in CLASSES {
+        for i in 0..count {
+            text.push_str(&format!(
+                "[[agents]]\nid = \"{name}-{i}\"\nclass = \"{name}\"\n"
+            ));
+        }
+    }
+    text
+}
+
+pub(crate) async fn three(config: &str) -> [Replica; 3] {
+    [
+        Replica::start("replica-a", config).await,
+        Replica::start("replica-b", config).await,
+        Replica::start("replica-c", config).await,
+    ]
+}
+
+pub(crate) fn median(values: &mut [u64]) -> u64 {
+    values.sort_unstable();
+    values[values.len() / 2]
+}
