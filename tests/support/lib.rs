@@ -188,6 +188,15 @@ impl Redis {
         }
     }
 
+    /// Starts one on `port` (where a replica was told to find Redis
+    /// before it was there).
+    pub async fn start_at(port: u16) -> Self {
+        Self {
+            url: format!("redis://127.0.0.1:{port}"),
+            child: Some(Self::spawn(port).await),
+        }
+    }
+
     async fn spawn(port: u16) -> std::process::Child {
         let child = std::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])

@@ -1,0 +1,135 @@
+//! A replica and a Redis that is not there, or is slow: `corral` starts
+//! and serves from its own state, never waits on Redis longer than
+//! `redis_timeout`, and shares again (flushing what it buffered) once
+//! Redis answers.
+
+#![allow(clippy::unwrap_used)] // a test fails by panicking
+
+mod support;
+
+use std::time::Duration;
+
+use corral_e2e::{metric_sum, mock, request, send, Redis};
+use support::free_port;
+use support::replica::{config, prefix, Replica};
+
+async fn backend_up(replica: &Replica) -> f64 {
+    metric_sum(&replica.url, "corral_state_backend_up").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_before_redis_serves_alone_then_shares_once_redis_is_there() {
+    let port = free_port();
+    let upstream = mock(corral_e2e::fast()).await;
+    let text = config(
+        &upstream.url(),
+        &format!("redis://127.0.0.1:{port}"),
+        &prefix("late-redis"),
+        "2s",
+        "[[layers]]\nkind = \"ratelimit\"\n",
+    );
+    let replica = Replica::start("replica-early", &text).await;
+    let mut early = request(
+        "POST",
+        &format!("{}/api/generate", replica.url),
+        r#"{"model":"llama3","prompt":"before redis","stream":false}"#,
+    );
+    early
+        .headers_mut()
+        .insert("x-agent-id", "sonnet-3".parse().unwrap());
+    early
+        .headers_mut()
+        .insert("x-request-id", "before-redis".parse().unwrap());
+    assert_eq!(send(early).await.status, 200, "served without Redis");
+    assert_eq!(backend_up(&replica).await, 0.0);
+    assert!(metric_sum(&replica.url, "corral_state_backend_errors_total").await >= 1.0);
+
+    let redis = Redis::start_at(port).await;
+    corral_e2e::eventually_async("the replica finds Redis", || async {
+        backend_up(&replica).await == 1.0
+    })
+    .await;
+    // What it recorded alone is in the shared stream now.
+    corral_e2e::eventually("the buffered events are flushed to the stream", || {
+        let length = std::process::Command::new("redis-cli")
+            .args([
+                "-u",
+                &redis.url,
+                "XLEN",
+                &format!("{}events", prefix_of(&text)),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&length.stdout)
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0)
+            >= 2
+    })
+    .await;
+    let reply = replica.generate("sonnet-3", 5, "with redis").await;
+    assert_eq!(reply.status, 200);
+    corral_e2e::eventually_async(
+        "its permits are counted in Redis, and given back",
+        || async {
+            metric_sum(&replica.url, "corral_shared_permits_held").await == 0.0
+                && metric_sum(&replica.url, "corral_state_backend_up").await == 1.0
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_stops_answering_never_holds_a_request_longer_than_the_timeout() {
+    let redis = Redis::start().await;
+    if !redis.owned() {
+        eprintln!("REDIS_URL is shared: this test pauses its own server only");
+        return;
+    }
+    let upstream = mock(corral_e2e::fast()).await;
+    let text = config(
+        &upstream.url(),
+        &redis.url,
+        &prefix("slow-redis"),
+        "2s",
+        "[[layers]]\nkind = \"ratelimit\"\n[[layers]]\nkind = \"cache\"\n",
+    );
+    let replica = Replica::start("replica-patient", &text).await;
+    assert_eq!(replica.generate("sonnet-4", 5, "warm").await.status, 200);
+    // Redis holds every client for 4 s: a slow Redis, not a dead one.
+    let paused = std::process::Command::new("redis-cli")
+        .args(["-u", &redis.url, "CLIENT", "PAUSE", "4000", "ALL"])
+        .output()
+        .unwrap();
+    assert!(paused.status.success());
+    let started = tokio::time::Instant::now();
+    for n in 0..3 {
+        let reply = replica
+            .generate("sonnet-4", 5, &format!("while redis is slow {n}"))
+            .await;
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+    }
+    let took = started.elapsed();
+    eprintln!("three requests while Redis was paused took {took:?} (redis_timeout 200ms)");
+    assert!(
+        took < Duration::from_secs(3),
+        "the requests did not wait for the paused Redis: {took:?}"
+    );
+    assert_eq!(
+        backend_up(&replica).await,
+        0.0,
+        "the slow Redis was noticed"
+    );
+    corral_e2e::eventually_async("Redis answers again after the pause", || async {
+        backend_up(&replica).await == 1.0
+    })
+    .await;
+}
+
+fn prefix_of(config: &str) -> &str {
+    config
+        .lines()
+        .find_map(|l| l.strip_prefix("key_prefix = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap()
+}
