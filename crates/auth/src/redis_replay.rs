@@ -1,12 +1,10 @@
 //! Request ids in Redis, shared by every replica: `SET key 1 NX EX ttl`,
 //! new when Redis set it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use corral_core::ConfigError;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use corral_core::{ConfigError, RedisState};
 
 use crate::metrics::REPLAY_STORE_ERRORS_TOTAL;
 use crate::replay::{MemoryReplay, Remembered, ReplayStore};
@@ -14,11 +12,11 @@ use crate::replay::{MemoryReplay, Remembered, ReplayStore};
 /// Seen request ids in Redis, so a request replayed to another replica is
 /// refused too.
 ///
-/// The connection is the `redis` crate's reconnecting
-/// [`ConnectionManager`], made lazily: Corral starts while Redis is down.
-/// A command that fails or takes longer than `timeout` is answered from a
-/// [`MemoryReplay`] of this replica instead (logged once when Redis goes
-/// away and once when it is back, counted in
+/// Commands go through a [`RedisState`]: the replica's one reconnecting
+/// connection, made lazily (Corral starts while Redis is down). A command
+/// that fails or takes longer than the state's timeout is answered from a
+/// [`MemoryReplay`] of this replica instead (the state logs once when
+/// Redis goes away and once when it is back; each miss is counted in
 /// `corral_replay_store_errors_total`): requests keep flowing, and
 /// replays to the same replica are still refused. While Redis is away a
 /// request replayed to another replica is not caught.
@@ -39,23 +37,14 @@ pub struct RedisReplay {
 }
 
 struct Inner {
-    client: redis::Client,
-    config: ConnectionManagerConfig,
-    /// Made on first use, inside the runtime: `new` may run outside one
-    /// (`corral check-config`).
-    manager: tokio::sync::OnceCell<ConnectionManager>,
-    prefix: String,
-    timeout: Duration,
+    state: RedisState,
     fallback: MemoryReplay,
-    down: AtomicBool,
 }
 
 impl std::fmt::Debug for RedisReplay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisReplay")
-            .field("prefix", &self.inner.prefix)
-            .field("timeout", &self.inner.timeout)
-            .field("down", &self.inner.down.load(Ordering::Relaxed))
+            .field("state", &self.inner.state)
             .finish()
     }
 }
@@ -73,35 +62,31 @@ impl RedisReplay {
             .map_err(|e| e.to_string())
     }
 
-    /// A store at `url` (`redis://host:port/db`), its keys under
-    /// `prefix` + `replay:`, each command given `timeout`; `capacity` ids
-    /// are remembered in memory while Redis is away. Nothing connects
-    /// until the first request. Errors name the URL's problem.
+    /// A store at `url` (`redis://host:port/db`) with a connection of its
+    /// own, its keys under `prefix` + `replay:`, each command given
+    /// `timeout`; `capacity` ids are remembered in memory while Redis is
+    /// away. Nothing connects until the first request. Errors name the
+    /// URL's problem.
     pub fn new(
         url: &str,
         prefix: &str,
         timeout: Duration,
         capacity: usize,
     ) -> Result<Self, ConfigError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| ConfigError::new("redis_url", format!("{url:?}: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
+        let state = RedisState::new(url, prefix, "replay", timeout)?;
+        Ok(Self::with_state(state, capacity))
+    }
+
+    /// A store on the replica's shared Redis `state` (the connection the
+    /// other layers use), its keys under the state's prefix + `replay:`.
+    pub fn with_state(state: RedisState, capacity: usize) -> Self {
         crate::metrics::describe();
-        Ok(Self {
+        Self {
             inner: Arc::new(Inner {
-                client,
-                config,
-                manager: tokio::sync::OnceCell::new(),
-                prefix: format!("{prefix}replay:"),
-                timeout,
+                state,
                 fallback: MemoryReplay::new(capacity),
-                down: AtomicBool::new(false),
             }),
-        })
+        }
     }
 }
 
@@ -109,47 +94,17 @@ impl ReplayStore for RedisReplay {
     fn remember(&self, key: String, ttl: Duration) -> Remembered {
         let inner = self.inner.clone();
         Box::pin(async move {
-            let manager = inner
-                .manager
-                .get_or_try_init(|| async {
-                    ConnectionManager::new_lazy_with_config(
-                        inner.client.clone(),
-                        inner.config.clone(),
-                    )
-                })
-                .await;
-            let mut connection = match manager {
-                Ok(manager) => manager.clone(),
-                Err(error) => {
-                    metrics::counter!(REPLAY_STORE_ERRORS_TOTAL).increment(1);
-                    tracing::warn!(%error, "cannot set up the Redis connection: request ids are remembered by this replica alone");
-                    return inner.fallback.remember(key, ttl).await;
-                }
-            };
             let mut command = redis::cmd("SET");
             command
-                .arg(format!("{}{key}", inner.prefix))
+                .arg(inner.state.key(&format!("replay:{key}")))
                 .arg(1)
                 .arg("NX")
                 .arg("EX")
                 .arg(ttl.as_secs().max(1));
-            let set = command.query_async::<Option<String>>(&mut connection);
-            match tokio::time::timeout(inner.timeout, set).await {
-                Ok(Ok(reply)) => {
-                    if inner.down.swap(false, Ordering::Relaxed) {
-                        tracing::info!("the replay memory is shared through Redis again");
-                    }
-                    Ok(reply.is_some())
-                }
-                failed => {
+            match inner.state.query::<Option<String>>(&command).await {
+                Ok(reply) => Ok(reply.is_some()),
+                Err(_) => {
                     metrics::counter!(REPLAY_STORE_ERRORS_TOTAL).increment(1);
-                    if !inner.down.swap(true, Ordering::Relaxed) {
-                        let error = match failed {
-                            Ok(Err(e)) => e.to_string(),
-                            _ => format!("no answer within {:?}", inner.timeout),
-                        };
-                        tracing::warn!(%error, "Redis is away: request ids are remembered by this replica alone until it is back");
-                    }
                     inner.fallback.remember(key, ttl).await
                 }
             }

@@ -271,8 +271,13 @@ pub(crate) fn auth(
         }
     }
     let state = &context.config.state;
-    let auth = match (&state.backend, &state.redis_url) {
-        (crate::config::Backend::Redis, Some(url)) => {
+    let auth = match (&state.backend, &state.redis_url, context.state) {
+        // Serving: the replica's one Redis connection.
+        (crate::config::Backend::Redis, _, Some(shared)) => {
+            let store = corral_auth::RedisReplay::with_state(shared.clone(), config.replay_memory);
+            corral_auth::AuthLayer::with_store(&config, std::sync::Arc::new(store))?
+        }
+        (crate::config::Backend::Redis, Some(url), None) => {
             let store = corral_auth::RedisReplay::new(
                 url,
                 &state.key_prefix,
