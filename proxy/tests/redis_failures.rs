@@ -26,9 +26,32 @@ async fn a_replica_started_before_redis_serves_alone_then_shares_once_redis_is_t
         &format!("redis://127.0.0.1:{port}"),
         &prefix("late-redis"),
         "2s",
-        "[[layers]]\nkind = \"ratelimit\"\n",
+        "replicas = 2\n[[layers]]\nkind = \"ratelimit\"\n",
     );
     let replica = Replica::start("replica-early", &text).await;
+    // Alone, and told it is one of two: half the capacity of 4.
+    let slow: Vec<_> = (0..4)
+        .map(|n| {
+            let mut ask = request(
+                "POST",
+                &format!("{}/api/generate", replica.url),
+                format!(r#"{{"model":"llama3","prompt":"alone {n}","stream":false}}"#),
+            );
+            ask.headers_mut()
+                .insert("x-agent-id", "sonnet-3".parse().unwrap());
+            ask.headers_mut()
+                .insert("x-mock-fault", "tokens=10, tps=40".parse().unwrap());
+            tokio::spawn(send(ask))
+        })
+        .collect();
+    for reply in slow {
+        assert_eq!(corral_e2e::within(reply).await.unwrap().status, 200);
+    }
+    assert_eq!(
+        upstream.stats().peak_in_flight,
+        2,
+        "a replica that never reached Redis keeps to its share"
+    );
     let mut early = request(
         "POST",
         &format!("{}/api/generate", replica.url),

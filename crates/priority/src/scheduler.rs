@@ -185,6 +185,26 @@ impl Scheduler {
         Ok(Arc::new(scheduler))
     }
 
+    /// With shared state: how many replicas to assume share the upstream
+    /// until Redis has counted them. A replica that starts while Redis is
+    /// away schedules alone with capacity / `replicas` (at least one) per
+    /// pool, rather than the whole capacity. No effect without Redis.
+    ///
+    /// ```
+    /// use corral_priority::{PriorityConfig, Scheduler};
+    ///
+    /// let scheduler = Scheduler::new(&PriorityConfig::default()).unwrap();
+    /// scheduler.assume_replicas(3); // in one process: nothing to share
+    /// ```
+    pub fn assume_replicas(&self, replicas: usize) {
+        #[cfg(feature = "redis")]
+        for pool in self.shared.values() {
+            pool.assume_replicas(replicas);
+        }
+        #[cfg(not(feature = "redis"))]
+        let _ = replicas;
+    }
+
     #[cfg(feature = "redis")]
     fn shared_pool(&self, model: Option<&str>) -> Option<&Arc<SharedPool>> {
         if self.shared.is_empty() {

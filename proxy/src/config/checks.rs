@@ -93,6 +93,12 @@ impl Config {
                 .map_err(|e| ConfigError::new("state.redis_url", format!("{url:?}: {e}")))?,
             _ => {}
         }
+        if self.state.replicas == 0 {
+            return Err(ConfigError::new(
+                "state.replicas",
+                "must be at least 1: this replica is one",
+            ));
+        }
         if self.state.redis_timeout.is_zero() {
             return Err(ConfigError::new(
                 "state.redis_timeout",

@@ -186,6 +186,9 @@ pub struct StateConfig {
     pub redis_timeout: Duration,
     /// Prepended to every key, so several deployments can share a server.
     pub key_prefix: String,
+    /// How many replicas share the upstream, for the share of the
+    /// capacity each takes while Redis is away before it has counted them.
+    pub replicas: usize,
 }
 
 impl Default for StateConfig {
@@ -195,6 +198,7 @@ impl Default for StateConfig {
             redis_url: None,
             redis_timeout: Duration::from_millis(200),
             key_prefix: "corral:".to_string(),
+            replicas: 1,
         }
     }
 }

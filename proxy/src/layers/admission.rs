@@ -64,6 +64,7 @@ pub(crate) fn priority(
         Some(state) => {
             let scheduler =
                 corral_priority::Scheduler::shared(&config, state.clone(), options.lease_ttl)?;
+            scheduler.assume_replicas(context.config.state.replicas);
             (
                 PriorityLayer::with_scheduler(&config, scheduler),
                 format!(

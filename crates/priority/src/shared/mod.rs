@@ -10,7 +10,7 @@
 //! the local pool, sized to this replica's share of the capacity.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -51,6 +51,8 @@ pub(crate) struct SharedPool {
     /// Permits held across replicas, as of the last script.
     held_everywhere: AtomicUsize,
     replicas: AtomicUsize,
+    /// Whether Redis has told how many replicas are alive.
+    counted: AtomicBool,
 }
 
 struct Waiting {
@@ -101,6 +103,7 @@ impl SharedPool {
             held: Mutex::default(),
             held_everywhere: AtomicUsize::new(0),
             replicas: AtomicUsize::new(1),
+            counted: AtomicBool::new(false),
             state,
         })
     }
@@ -146,6 +149,7 @@ impl SharedPool {
         let replicas = number().max(1);
         self.held_everywhere.store(held, Ordering::Relaxed);
         self.replicas.store(replicas, Ordering::Relaxed);
+        self.counted.store(true, Ordering::Relaxed);
         // An operator may have set it on another replica; kept here, it
         // is also what this replica asserts if Redis comes back empty.
         if capacity > 0 {
@@ -228,6 +232,18 @@ impl SharedPool {
                 }
             }
         }
+    }
+
+    /// How many replicas share the pool, until Redis has counted them:
+    /// this replica's share while it has never reached Redis.
+    pub(crate) fn assume_replicas(&self, replicas: usize) {
+        if self.counted.load(Ordering::Relaxed) {
+            return;
+        }
+        let replicas = replicas.max(1);
+        self.replicas.store(replicas, Ordering::Relaxed);
+        let capacity = self.capacity.load(Ordering::Relaxed);
+        self.local.set_capacity((capacity / replicas).max(1));
     }
 
     /// Sets the shared capacity (all replicas read it).
