@@ -9,9 +9,9 @@ mod support;
 
 use std::time::Duration;
 
-use corral_e2e::{metric_sum, mock, request, send, Redis};
+use corral_e2e::{metric_sum, mock, send, Redis};
 use support::free_port;
-use support::replica::{config, prefix, Replica};
+use support::replica::{ask, config, prefix, redis_cli, Replica};
 
 async fn backend_up(replica: &Replica) -> f64 {
     metric_sum(&replica.url, "corral_state_backend_up").await
@@ -32,16 +32,12 @@ async fn a_replica_started_before_redis_serves_alone_then_shares_once_redis_is_t
     // Alone, and told it is one of two: half the capacity of 4.
     let slow: Vec<_> = (0..4)
         .map(|n| {
-            let mut ask = request(
-                "POST",
-                &format!("{}/api/generate", replica.url),
-                format!(r#"{{"model":"llama3","prompt":"alone {n}","stream":false}}"#),
-            );
-            ask.headers_mut()
-                .insert("x-agent-id", "sonnet-3".parse().unwrap());
-            ask.headers_mut()
-                .insert("x-mock-fault", "tokens=10, tps=40".parse().unwrap());
-            tokio::spawn(send(ask))
+            tokio::spawn(send(ask(
+                &replica.url,
+                "sonnet-3",
+                &format!(r#"{{"model":"llama3","prompt":"alone {n}","stream":false}}"#),
+                &[("x-mock-fault", "tokens=10, tps=40")],
+            )))
         })
         .collect();
     for reply in slow {
@@ -52,17 +48,12 @@ async fn a_replica_started_before_redis_serves_alone_then_shares_once_redis_is_t
         2,
         "a replica that never reached Redis keeps to its share"
     );
-    let mut early = request(
-        "POST",
-        &format!("{}/api/generate", replica.url),
+    let early = ask(
+        &replica.url,
+        "sonnet-3",
         r#"{"model":"llama3","prompt":"before redis","stream":false}"#,
+        &[("x-request-id", "before-redis")],
     );
-    early
-        .headers_mut()
-        .insert("x-agent-id", "sonnet-3".parse().unwrap());
-    early
-        .headers_mut()
-        .insert("x-request-id", "before-redis".parse().unwrap());
     assert_eq!(send(early).await.status, 200, "served without Redis");
     assert_eq!(backend_up(&replica).await, 0.0);
     assert!(metric_sum(&replica.url, "corral_state_backend_errors_total").await >= 1.0);
@@ -74,19 +65,12 @@ async fn a_replica_started_before_redis_serves_alone_then_shares_once_redis_is_t
     .await;
     // What it recorded alone is in the shared stream now.
     corral_e2e::eventually("the buffered events are flushed to the stream", || {
-        let length = std::process::Command::new("redis-cli")
-            .args([
-                "-u",
-                &redis.url,
-                "XLEN",
-                &format!("{}events", prefix_of(&text)),
-            ])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&length.stdout)
-            .trim()
-            .parse::<u64>()
-            .unwrap_or(0)
+        redis_cli(
+            &redis.url,
+            &["XLEN", &format!("{}events", prefix_of(&text))],
+        )
+        .parse::<u64>()
+        .unwrap_or(0)
             >= 2
     })
     .await;
@@ -120,11 +104,10 @@ async fn a_redis_that_stops_answering_never_holds_a_request_longer_than_the_time
     let replica = Replica::start("replica-patient", &text).await;
     assert_eq!(replica.generate("sonnet-4", 5, "warm").await.status, 200);
     // Redis holds every client for 4 s: a slow Redis, not a dead one.
-    let paused = std::process::Command::new("redis-cli")
-        .args(["-u", &redis.url, "CLIENT", "PAUSE", "4000", "ALL"])
-        .output()
-        .unwrap();
-    assert!(paused.status.success());
+    assert_eq!(
+        redis_cli(&redis.url, &["CLIENT", "PAUSE", "4000", "ALL"]),
+        "OK"
+    );
     let started = tokio::time::Instant::now();
     for n in 0..3 {
         let reply = replica

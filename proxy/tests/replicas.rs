@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use corral_e2e::{metric_sum, mock, request, send, within, Redis};
 use corral_mock_ollama::MockConfig;
-use support::replica::{config, median, prefix, three, CLASSES};
+use support::replica::{ask, config, median, prefix, three, CLASSES};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_herd_over_three_replicas_never_overloads_the_upstream_and_priority_holds_across_them() {
@@ -121,14 +121,12 @@ async fn a_replica_killed_while_holding_every_permit_gives_them_back_within_the_
     for i in 0..4 {
         let url = doomed.url.clone();
         held.push(tokio::spawn(async move {
-            let mut request = request(
-                "POST",
-                &format!("{url}/api/generate"),
-                format!(r#"{{"model":"llama3","prompt":"long {i}"}}"#),
+            let request = ask(
+                &url,
+                "batch-0",
+                &format!(r#"{{"model":"llama3","prompt":"long {i}"}}"#),
+                &[],
             );
-            request
-                .headers_mut()
-                .insert("x-agent-id", "batch-0".parse().unwrap());
             // The answer streams for minutes: hold it open until the
             // replica dies.
             let response = corral_e2e::client().request(request).await;
@@ -144,15 +142,13 @@ async fn a_replica_killed_while_holding_every_permit_gives_them_back_within_the_
     let waiting = {
         let b_url = b.url.clone();
         tokio::spawn(async move {
-            let mut request = request(
-                "POST",
-                &format!("{b_url}/api/generate"),
+            send(ask(
+                &b_url,
+                "system-0",
                 r#"{"model":"llama3","prompt":"after the kill","stream":false,"options":{"num_predict":1}}"#,
-            );
-            request
-                .headers_mut()
-                .insert("x-agent-id", "system-0".parse().unwrap());
-            send(request).await
+                &[],
+            ))
+            .await
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -174,15 +170,13 @@ async fn a_replica_killed_while_holding_every_permit_gives_them_back_within_the_
         "the permits come back within the lease and a renewal tick, not {took:?}"
     );
     assert!(upstream.stats().peak_in_flight <= 4);
-    let mut request = request(
-        "POST",
-        &format!("{}/api/generate", c.url),
+    let carry_on = ask(
+        &c.url,
+        "sonnet-0",
         r#"{"model":"llama3","prompt":"the others carry on","stream":false,"options":{"num_predict":1}}"#,
+        &[],
     );
-    request
-        .headers_mut()
-        .insert("x-agent-id", "sonnet-0".parse().unwrap());
-    assert_eq!(send(request).await.status, 200);
+    assert_eq!(send(carry_on).await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,17 +269,12 @@ async fn redis_stopped_and_restarted_mid_run_fails_no_request_and_sharing_resume
     .await;
     // Serving alone, each replica with its share of the capacity; what
     // happens meanwhile is buffered for the shared event stream.
-    let mut marked = request(
-        "POST",
-        &format!("{}/api/generate", replicas[2].url),
+    let marked = ask(
+        &replicas[2].url,
+        "system-1",
         r#"{"model":"llama3","prompt":"during the outage","stream":false}"#,
+        &[("x-request-id", "during-the-outage")],
     );
-    marked
-        .headers_mut()
-        .insert("x-agent-id", "system-1".parse().unwrap());
-    marked
-        .headers_mut()
-        .insert("x-request-id", "during-the-outage".parse().unwrap());
     assert_eq!(send(marked).await.status, 200);
     tokio::time::sleep(Duration::from_millis(500)).await;
     redis.restart().await;

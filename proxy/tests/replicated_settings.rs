@@ -14,7 +14,7 @@ mod support;
 use std::time::Duration;
 
 use corral_e2e::{metric_sum, mock, request, send, Redis};
-use support::replica::{config, prefix, three, Replica};
+use support::replica::{ask, config, prefix, redis_cli, three, Replica};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_level_forced_on_one_replica_is_in_force_on_the_others_within_a_second() {
@@ -72,38 +72,29 @@ async fn an_answer_one_replica_generated_is_served_by_the_others_from_the_shared
         "[[layers]]\nkind = \"cache\"\n",
     );
     let [a, b, c] = three(&text).await;
-    let ask = |replica: &Replica| {
-        let mut request = request(
-            "POST",
-            &format!("{}/api/generate", replica.url),
+    let same = |replica: &Replica| {
+        send(ask(
+            &replica.url,
+            "sonnet-0",
             r#"{"model":"llama3","prompt":"the same question","stream":false,"options":{"temperature":0}}"#,
-        );
-        request
-            .headers_mut()
-            .insert("x-agent-id", "sonnet-0".parse().unwrap());
-        send(request)
+            &[],
+        ))
     };
-    let first = ask(&a).await;
+    let first = same(&a).await;
     assert_eq!(first.status, 200);
     assert_eq!(first.header("x-corral-cache"), Some("miss"));
     // The entry is written to Redis as the answer ends, a moment after
     // the client may have read it.
     corral_e2e::eventually("the answer is in Redis", || {
-        let scan = std::process::Command::new("redis-cli")
-            .args([
-                "-u",
-                &redis.url,
-                "--scan",
-                "--pattern",
-                &format!("{keys}cache:*"),
-            ])
-            .output()
-            .unwrap();
-        !scan.stdout.is_empty()
+        !redis_cli(
+            &redis.url,
+            &["--scan", "--pattern", &format!("{keys}cache:*")],
+        )
+        .is_empty()
     })
     .await;
-    assert_eq!(ask(&b).await.header("x-corral-cache"), Some("hit"));
-    let third = ask(&c).await;
+    assert_eq!(same(&b).await.header("x-corral-cache"), Some("hit"));
+    let third = same(&c).await;
     assert_eq!(third.header("x-corral-cache"), Some("hit"));
     assert_eq!(third.json()["response"], first.json()["response"]);
     assert_eq!(
@@ -143,17 +134,13 @@ async fn an_agents_priority_and_the_capacity_set_on_one_replica_take_effect_on_a
     }
     // Its requests on another replica run at priority 1, whatever the
     // class (batch, 9) and the header say.
-    let mut ask = request(
-        "POST",
-        &format!("{}/api/generate", c.url),
+    let promoted = ask(
+        &c.url,
+        "batch-7",
         r#"{"model":"llama3","prompt":"promoted","stream":false}"#,
+        &[("x-priority", "9"), ("x-request-id", "promoted-1")],
     );
-    ask.headers_mut()
-        .insert("x-agent-id", "batch-7".parse().unwrap());
-    ask.headers_mut().insert("x-priority", "9".parse().unwrap());
-    ask.headers_mut()
-        .insert("x-request-id", "promoted-1".parse().unwrap());
-    assert_eq!(send(ask).await.status, 200);
+    assert_eq!(send(promoted).await.status, 200);
     corral_e2e::eventually_async("the request was received at priority 1", || async {
         let events = send(request(
             "GET",

@@ -78,6 +78,34 @@ impl Replica {
     }
 }
 
+/// `POST {url}/api/generate` with `body`, from `agent`, with `extra`
+/// headers (`x-request-id`, `x-mock-fault`, ...).
+pub(crate) fn ask(
+    url: &str,
+    agent: &str,
+    body: &str,
+    extra: &[(&'static str, &str)],
+) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    let mut ask = request("POST", &format!("{url}/api/generate"), body.to_string());
+    ask.headers_mut()
+        .insert("x-agent-id", agent.parse().unwrap());
+    for (name, value) in extra {
+        ask.headers_mut().insert(*name, value.parse().unwrap());
+    }
+    ask
+}
+
+/// What `redis-cli -u url args...` prints, trimmed.
+pub(crate) fn redis_cli(url: &str, args: &[&str]) -> String {
+    let output = std::process::Command::new("redis-cli")
+        .arg("-u")
+        .arg(url)
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
 /// A key prefix no other run uses, for a shared `REDIS_URL`.
 pub(crate) fn prefix(test: &str) -> String {
     static RUN: AtomicU64 = AtomicU64::new(0);
