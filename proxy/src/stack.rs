@@ -289,7 +289,8 @@ fn shared_state(
     Ok(Some(state))
 }
 
-/// This replica's name on the bus and in Redis: host and process.
+/// This replica's name on the bus and in Redis: host, process and a
+/// nonce of this start.
 fn replica_id() -> String {
     // Stacks built in one process (tests, a reload) are replicas of
     // their own: their tickets and messages must not be taken for each
@@ -311,7 +312,12 @@ fn replica_name() -> String {
                 .map(|h| h.trim().to_string())
         })
         .unwrap_or_else(|| "corral".to_string());
-    format!("{host}-{}", std::process::id())
+    // A container restarted under the same name and pid (often 1) must
+    // not be taken for the one before it: its tickets and leases in Redis
+    // are not ours.
+    static NONCE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let nonce = NONCE.get_or_init(|| fastrand::u32(..));
+    format!("{host}-{}-{nonce:08x}", std::process::id())
 }
 
 /// Renders `stack` as `check-config` prints it.

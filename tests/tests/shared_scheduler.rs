@@ -285,3 +285,73 @@ async fn an_agents_cap_holds_across_replicas() {
     drop((second, other));
     until_counts(&probe, (0, 0)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_flooding_the_queue_past_a_page_does_not_keep_others_from_a_free_permit() {
+    let redis = Redis::start().await;
+    let prefix = unique("flood");
+    let capped = PriorityConfig {
+        max_in_flight_per_agent: Some(1),
+        ..config(2)
+    };
+    let scheduler = Scheduler::shared(
+        &capped,
+        state(&redis, &prefix, "one"),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let probe = state(&redis, &prefix, "probe");
+    let running = within(scheduler.acquire(ticket("flood", 1), None))
+        .await
+        .unwrap();
+    // 70 more of the same agent wait ahead (priority 1), past the 64 the
+    // grant script reads at once.
+    let flood: Vec<_> = (0..70)
+        .map(|_| tokio::spawn(scheduler.acquire(ticket("flood", 1), None)))
+        .collect();
+    until_counts(&probe, (70, 1)).await;
+    let other = within(scheduler.acquire(ticket("other", 9), None))
+        .await
+        .unwrap();
+    for task in &flood {
+        task.abort();
+    }
+    drop((running, other));
+    until_counts(&probe, (0, 0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_in_one_pool_never_wakes_a_waiter_of_another() {
+    let redis = Redis::start().await;
+    let prefix = unique("pools");
+    let pools = PriorityConfig {
+        model_capacity: [("big".to_string(), 1)].into_iter().collect(),
+        ..config(1)
+    };
+    let scheduler = Scheduler::shared(
+        &pools,
+        state(&redis, &prefix, "one"),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let default = within(scheduler.acquire(ticket("a", 5), None))
+        .await
+        .unwrap();
+    let big = within(scheduler.acquire(ticket("a", 5), Some("big")))
+        .await
+        .unwrap();
+    // The same agent at the same priority waits in both pools.
+    let waits_default = tokio::spawn(scheduler.acquire(ticket("a", 5), None));
+    let waits_big = tokio::spawn(scheduler.acquire(ticket("a", 5), Some("big")));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(big);
+    let big = within(waits_big).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !waits_default.is_finished(),
+        "the default pool's permit is still held: its waiter waits"
+    );
+    drop(default);
+    let default = within(waits_default).await.unwrap().unwrap();
+    drop((big, default));
+}

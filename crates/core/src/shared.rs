@@ -32,6 +32,11 @@ pub const STATE_BACKEND_ERRORS_TOTAL: &str = "corral_state_backend_errors_total"
 pub struct StateUnavailable {
     /// What went wrong: the Redis error, or the timeout.
     pub reason: String,
+    /// Redis answered and refused this command (a wrong type, a script
+    /// error): sending it again would be refused again. `false` when
+    /// Redis did not answer or is not ready (loading, read-only, busy):
+    /// worth sending again once it is back.
+    pub refused: bool,
 }
 
 impl std::fmt::Display for StateUnavailable {
@@ -188,6 +193,7 @@ impl RedisState {
             .cloned()
             .map_err(|e| StateUnavailable {
                 reason: e.to_string(),
+                refused: false,
             })
     }
 
@@ -329,17 +335,24 @@ impl RedisState {
                 self.mark(true, None);
                 Err(StateUnavailable {
                     reason: error.to_string(),
+                    refused: true,
                 })
             }
             Ok(Err(error)) => {
                 let reason = error.to_string();
                 self.mark(false, Some(&reason));
-                Err(StateUnavailable { reason })
+                Err(StateUnavailable {
+                    reason,
+                    refused: false,
+                })
             }
             Err(_) => {
                 let reason = format!("no answer within {:?}", self.inner.timeout);
                 self.mark(false, Some(&reason));
-                Err(StateUnavailable { reason })
+                Err(StateUnavailable {
+                    reason,
+                    refused: false,
+                })
             }
         }
     }
@@ -367,12 +380,34 @@ impl RedisState {
     }
 }
 
+/// Whether Redis answered and refused the command itself (out of memory
+/// for a write counts: reads still work, and the same write would be
+/// refused again). A server that is loading its data, read-only, busy
+/// with a script or without its primary answers too, but is not there
+/// for us: that counts as away, so layers fall back and retry when it is
+/// ready.
 fn is_reply_error(error: &redis::RedisError) -> bool {
-    !(error.is_io_error()
+    if error.is_io_error()
         || error.is_timeout()
         || error.is_connection_dropped()
         || error.is_connection_refusal()
-        || error.is_unrecoverable_error())
+        || error.is_unrecoverable_error()
+    {
+        return false;
+    }
+    !matches!(
+        error.code(),
+        Some(
+            "LOADING"
+                | "BUSY"
+                | "MASTERDOWN"
+                | "TRYAGAIN"
+                | "READONLY"
+                | "CLUSTERDOWN"
+                | "NOREPLICAS"
+                | "MISCONF"
+        )
+    )
 }
 
 fn decode_push(info: PushInfo, prefix_len: usize) -> Option<Pushed> {

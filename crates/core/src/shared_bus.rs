@@ -82,8 +82,7 @@ impl RedisBus {
             BUS_DROPPED_TOTAL,
             "bus messages that could not be sent to the other replicas"
         );
-        tokio::spawn(write(state.clone(), pending));
-        tokio::spawn(listen(state.clone(), local.clone()));
+        tokio::spawn(run(state.clone(), local.clone(), pending));
         Arc::new(Self {
             local,
             outbox,
@@ -125,43 +124,6 @@ impl Bus for RedisBus {
     }
 }
 
-/// Sends the outbox to Redis; keeps settings that could not be written
-/// and writes them when Redis returns.
-async fn write(state: RedisState, mut pending: mpsc::Receiver<Outgoing>) {
-    let mut unsent: HashMap<(String, String), Outgoing> = HashMap::new();
-    let mut health = state.health();
-    loop {
-        tokio::select! {
-            next = pending.recv() => {
-                let Some(outgoing) = next else { return };
-                if let Err(outgoing) = send_one(&state, outgoing).await {
-                    match &outgoing.field {
-                        Some(field) => {
-                            let key = (outgoing.channel.clone(), field.clone());
-                            unsent.insert(key, outgoing);
-                        }
-                        None => metrics::counter!(BUS_DROPPED_TOTAL).increment(1),
-                    }
-                }
-            }
-            changed = health.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                if *health.borrow_and_update() {
-                    let kept: Vec<Outgoing> = unsent.drain().map(|(_, o)| o).collect();
-                    for outgoing in kept {
-                        if let Err(outgoing) = send_one(&state, outgoing).await {
-                            let key = (outgoing.channel.clone(), outgoing.field.clone().unwrap_or_default());
-                            unsent.insert(key, outgoing);
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
 async fn send_one(state: &RedisState, outgoing: Outgoing) -> Result<(), Outgoing> {
     let written = match &outgoing.field {
         Some(field) => {
@@ -184,17 +146,44 @@ async fn send_one(state: &RedisState, outgoing: Outgoing) -> Result<(), Outgoing
     written.map_err(|_| outgoing)
 }
 
-/// Forwards the other replicas' messages to this replica's subscribers,
-/// and replays the kept settings at start and on every return of Redis.
-async fn listen(state: RedisState, local: broadcast::Sender<BusMessage>) {
+/// The bus's one task: sends the outbox to Redis, forwards the other
+/// replicas' messages to this replica's subscribers, and on every return
+/// of Redis first writes the settings it could not write, then replays
+/// the kept ones (so a setting changed here while apart is not undone by
+/// the older one Redis kept).
+async fn run(
+    state: RedisState,
+    local: broadcast::Sender<BusMessage>,
+    mut pending: mpsc::Receiver<Outgoing>,
+) {
     let mut pushed = state.subscribe(STATE_CHANNELS[0]).await;
     for channel in &STATE_CHANNELS[1..] {
         drop(state.subscribe(channel).await);
     }
+    let mut unsent: HashMap<(String, String), Outgoing> = HashMap::new();
     replay(&state, &local).await;
     let mut health = state.health();
     loop {
         tokio::select! {
+            next = pending.recv() => {
+                let Some(outgoing) = next else { return };
+                let field = outgoing.field.clone().map(|f| (outgoing.channel.clone(), f));
+                match send_one(&state, outgoing).await {
+                    Ok(()) => {
+                        // A newer value is in: an older one kept must not
+                        // overwrite it later.
+                        if let Some(key) = field {
+                            unsent.remove(&key);
+                        }
+                    }
+                    Err(outgoing) => match field {
+                        Some(key) => {
+                            unsent.insert(key, outgoing);
+                        }
+                        None => metrics::counter!(BUS_DROPPED_TOTAL).increment(1),
+                    },
+                }
+            }
             message = pushed.recv() => match message {
                 Ok(pushed) => {
                     if !STATE_CHANNELS.contains(&pushed.channel.as_str()) {
@@ -214,9 +203,16 @@ async fn listen(state: RedisState, local: broadcast::Sender<BusMessage>) {
                 if changed.is_err() {
                     return;
                 }
-                if *health.borrow_and_update() {
-                    replay(&state, &local).await;
+                if !*health.borrow_and_update() {
+                    continue;
                 }
+                let kept: Vec<((String, String), Outgoing)> = unsent.drain().collect();
+                for (key, outgoing) in kept {
+                    if let Err(outgoing) = send_one(&state, outgoing).await {
+                        unsent.insert(key, outgoing);
+                    }
+                }
+                replay(&state, &local).await;
             }
         }
     }

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use corral_core::{Event, EventSink, EventValue, NewEvent, RedisState};
+use corral_core::{Event, EventSink, NewEvent, RedisState};
 use tokio::sync::mpsc;
 
 use crate::log::{EventLog, Query};
@@ -187,21 +187,14 @@ impl EventSink for RedisEvents {
         self.send(&event);
         self.local.record(event);
     }
-
-    fn record_fields(
-        &self,
-        kind: &'static str,
-        agent: &str,
-        request_id: &str,
-        fields: &[(&'static str, EventValue<'_>)],
-    ) {
-        self.record(NewEvent::new(kind, EventValue::object(fields)).about(agent, request_id));
-    }
 }
 
 impl EventStore for RedisEvents {
     fn replay(&self, query: Query) -> Read<'_, Vec<Event>> {
         Box::pin(async move {
+            if query.limit == Some(0) {
+                return Vec::new();
+            }
             // Stream ids start with the time in ms: start the scan there.
             let start = query.since.map_or("-".to_string(), |s| {
                 format!("{}", (s.max(0.0) * 1000.0) as u64)
@@ -294,17 +287,25 @@ async fn write(state: RedisState, mut pending: mpsc::Receiver<String>) {
                 .arg(json)
                 .ignore();
         }
-        if state.pipeline::<()>(&pipeline).await.is_ok() {
-            waiting.drain(..batch);
-            continue;
-        }
-        if state.is_up() {
-            // Redis answered and refused the batch (the key holds
-            // something else): retrying would refuse it again.
-            waiting.drain(..batch);
-            metrics::counter!(EVENTS_DROPPED_TOTAL).increment(batch as u64);
-            tracing::warn!(batch, key, "Redis refused a batch of events");
-            continue;
+        match state.pipeline::<()>(&pipeline).await {
+            Ok(()) => {
+                waiting.drain(..batch);
+                continue;
+            }
+            Err(error) if error.refused => {
+                // Redis refused the batch itself (the key holds something
+                // else): sending it again would be refused again.
+                waiting.drain(..batch);
+                metrics::counter!(EVENTS_DROPPED_TOTAL).increment(batch as u64);
+                tracing::warn!(
+                    batch,
+                    key,
+                    reason = error.reason,
+                    "Redis refused a batch of events"
+                );
+                continue;
+            }
+            Err(_) => {}
         }
         // Redis is away: keep taking events (so recording never waits),
         // the newest kept, until it is back.

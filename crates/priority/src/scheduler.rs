@@ -177,11 +177,10 @@ impl Scheduler {
                 scheduler.shared.insert(key, shared);
             }
         }
-        let pools: Vec<Arc<SharedPool>> = scheduler.shared.values().cloned().collect();
-        for pool in &pools {
+        for pool in scheduler.shared.values() {
             tokio::spawn(pool.clone().keep_alive());
+            tokio::spawn(pool.clone().hear_grants());
         }
-        tokio::spawn(crate::shared::hear_grants(state, pools));
         Ok(Arc::new(scheduler))
     }
 

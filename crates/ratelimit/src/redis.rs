@@ -54,8 +54,10 @@ impl RedisRates {
     }
 }
 
-fn micros(d: Duration) -> u128 {
-    d.as_micros().max(1)
+/// Microseconds with their fraction: whole ones would round 8.57 µs per
+/// token (7M a minute) down to 8 and let 7 % more through.
+fn micros(d: Duration) -> f64 {
+    (d.as_nanos().max(1) as f64) / 1000.0
 }
 
 impl RateStore for RedisRates {

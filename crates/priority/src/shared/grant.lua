@@ -16,7 +16,10 @@
 -- ARGV[9] this replica
 -- ARGV[10] the channel grants are published on, minus the replica
 -- ARGV[11] the most permits one agent may hold (0: no cap)
--- ARGV[12..] tickets this replica holds, for renew
+-- ARGV[12..] tickets this replica holds, for renew: extended if Redis
+--          still has them (a released one is not brought back), added
+--          if Redis forgot this replica (it lost its data) or if the
+--          ticket starts with `+` (a permit taken while Redis was away)
 --
 -- Returns { permits held, capacity, live replicas, granted tickets... }.
 
@@ -24,6 +27,12 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local op = ARGV[1]
 local ttl = tonumber(ARGV[5])
+
+-- Whether Redis still knew this replica: if not, it lost its data (or
+-- this replica stalled past its lease) and the permits running here must
+-- be counted again.
+local known = redis.call('ZSCORE', KEYS[4], ARGV[9])
+known = known and tonumber(known) > now
 
 -- This replica is alive for another lease.
 redis.call('ZADD', KEYS[4], now + ttl, ARGV[9])
@@ -45,10 +54,15 @@ elseif op == 'cancel' or op == 'release' then
   redis.call('ZREM', KEYS[1], ARGV[2])
   redis.call('ZREM', KEYS[2], ARGV[2])
 elseif op == 'renew' then
-  -- Re-asserted, not only extended: after Redis lost its data the
-  -- permits still running are counted again.
   for i = 12, #ARGV do
-    redis.call('ZADD', KEYS[2], now + ttl, ARGV[i])
+    local ticket = ARGV[i]
+    if string.sub(ticket, 1, 1) == '+' then
+      redis.call('ZADD', KEYS[2], now + ttl, string.sub(ticket, 2))
+    elseif known then
+      redis.call('ZADD', KEYS[2], 'XX', now + ttl, ticket)
+    else
+      redis.call('ZADD', KEYS[2], now + ttl, ticket)
+    end
   end
 end
 
@@ -74,9 +88,13 @@ if per_agent > 0 then
   end
 end
 
+-- Tickets before `offset` were looked at and cannot take a permit now
+-- (their agent is at its cap, or the reserve is not theirs): the scan
+-- goes on past them, a page at a time, rather than leaving permits idle.
+local offset = 0
 while held < capacity do
   local open_to_all = held + reserve < capacity
-  local head = redis.call('ZRANGE', KEYS[1], 0, 63)
+  local head = redis.call('ZRANGE', KEYS[1], offset, offset + 63)
   if #head == 0 then
     break
   end
@@ -104,8 +122,8 @@ while held < capacity do
     holding[chosen_agent] = (holding[chosen_agent] or 0) + 1
     granted[#granted + 1] = chosen
     redis.call('PUBLISH', ARGV[10] .. chosen_replica, chosen)
-  elseif removed == 0 then
-    break
+  else
+    offset = offset + #head - removed
   end
 end
 

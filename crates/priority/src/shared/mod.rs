@@ -9,8 +9,12 @@
 //! queued tickets are dropped. While Redis does not answer, tickets go to
 //! the local pool, sized to this replica's share of the capacity.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+/// Ticket numbers, unique in the process: a ticket's id names one waiter
+/// whichever pool it waits in.
+pub(super) static SEQ: AtomicU64 = AtomicU64::new(0);
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -45,9 +49,13 @@ pub(crate) struct SharedPool {
     per_agent: Option<usize>,
     /// The fallback while Redis is away, sized to this replica's share.
     pub(crate) local: Arc<Pool>,
-    seq: AtomicU64,
     waiting: Mutex<HashMap<String, Waiting>>,
-    held: Mutex<HashSet<String>>,
+    /// The permits this replica holds, by ticket, and whether Redis has
+    /// them (a permit of the local pool, taken while Redis was away, is
+    /// added at the next renewal).
+    held: Mutex<HashMap<String, bool>>,
+    /// A capacity an operator set that Redis has not taken yet.
+    pending_capacity: Mutex<Option<usize>>,
     /// Permits held across replicas, as of the last script.
     held_everywhere: AtomicUsize,
     replicas: AtomicUsize,
@@ -89,7 +97,7 @@ impl SharedPool {
             "upstream permits held by all replicas together, per pool"
         );
         Arc::new(Self {
-            grants_channel: state.key("prio:grants:"),
+            grants_channel: state.key(&format!("prio:{name}:grants:")),
             keys,
             name,
             aging_ms: u64::try_from(aging.as_millis()).unwrap_or(u64::MAX),
@@ -98,9 +106,9 @@ impl SharedPool {
             reserve,
             per_agent,
             local,
-            seq: AtomicU64::new(0),
             waiting: Mutex::default(),
             held: Mutex::default(),
+            pending_capacity: Mutex::default(),
             held_everywhere: AtomicUsize::new(0),
             replicas: AtomicUsize::new(1),
             counted: AtomicBool::new(false),
@@ -108,9 +116,10 @@ impl SharedPool {
         })
     }
 
-    /// The channel this replica hears its grants on (without prefix).
-    pub(crate) fn grants_channel(state: &RedisState) -> String {
-        format!("prio:grants:{}", state.replica())
+    /// The channel this replica hears this pool's grants on (without
+    /// the prefix).
+    fn own_grants(&self) -> String {
+        format!("prio:{}:grants:{}", self.name, self.state.replica())
     }
 
     async fn run(&self, op: &str, ticket: &str, level: usize) -> Result<Report, ()> {
@@ -132,7 +141,13 @@ impl SharedPool {
             self.per_agent.unwrap_or(0).to_string(),
         ];
         if op == "renew" {
-            args.extend(lock(&self.held).iter().cloned());
+            args.extend(lock(&self.held).iter().map(|(ticket, in_redis)| {
+                if *in_redis {
+                    ticket.clone()
+                } else {
+                    format!("+{ticket}")
+                }
+            }));
         }
         let reply: Vec<redis::Value> = self
             .state
@@ -152,7 +167,7 @@ impl SharedPool {
         self.counted.store(true, Ordering::Relaxed);
         // An operator may have set it on another replica; kept here, it
         // is also what this replica asserts if Redis comes back empty.
-        if capacity > 0 {
+        if capacity > 0 && lock(&self.pending_capacity).is_none() {
             self.capacity.store(capacity, Ordering::Relaxed);
         }
         metrics::gauge!(SHARED_PERMITS_HELD, "pool" => self.name.clone()).set(held as f64);
@@ -166,12 +181,18 @@ impl SharedPool {
         Ok(Report { granted })
     }
 
-    /// A grant heard on this replica's channel.
-    pub(crate) fn granted(&self, ticket: &str) {
+    /// A grant heard on this pool's channel: its waiter is told, or, if
+    /// nobody waits for it (it left, or a lost ticket was queued again),
+    /// the permit goes back at once instead of idling for a lease.
+    pub(crate) fn granted(self: &Arc<Self>, ticket: &str) {
         if let Some(waiting) = lock(&self.waiting).get_mut(ticket) {
             if let Some(tell) = waiting.granted.take() {
                 let _ = tell.send(());
             }
+            return;
+        }
+        if !lock(&self.held).contains_key(ticket) {
+            self.give_back(ticket.to_string(), "release");
         }
     }
 
@@ -213,21 +234,73 @@ impl SharedPool {
                     }
                 }
             }
-            if let Ok(report) = self.run("renew", "", 0).await {
-                for ticket in &report.granted {
-                    self.granted(ticket);
+            self.renew().await;
+        }
+    }
+
+    /// One renewal: leases and liveness, a capacity Redis has not taken,
+    /// grants whose message was lost, tickets Redis lost.
+    async fn renew(self: &Arc<Self>) {
+        let pending = *lock(&self.pending_capacity);
+        if let Some(capacity) = pending {
+            self.write_capacity(capacity).await;
+        }
+        let asserted: Vec<String> = lock(&self.held)
+            .iter()
+            .filter(|(_, in_redis)| !**in_redis)
+            .map(|(ticket, _)| ticket.clone())
+            .collect();
+        let Ok(report) = self.run("renew", "", 0).await else {
+            return;
+        };
+        {
+            let mut held = lock(&self.held);
+            for ticket in asserted {
+                if let Some(in_redis) = held.get_mut(&ticket) {
+                    *in_redis = true;
                 }
             }
-            // A grant whose message was lost (a reconnect) is found here.
-            let waiting: Vec<String> = lock(&self.waiting).keys().cloned().collect();
-            if !waiting.is_empty() {
-                let mut command = redis::cmd("ZMSCORE");
-                command.arg(&self.keys[1]).arg(&waiting);
-                if let Ok(scores) = self.state.query::<Vec<Option<f64>>>(&command).await {
-                    for (ticket, score) in waiting.iter().zip(scores) {
-                        if score.is_some() {
-                            self.granted(ticket);
-                        }
+        }
+        for ticket in &report.granted {
+            self.granted(ticket);
+        }
+        // Waiting long enough to have been heard of: granted (the message
+        // was lost in a reconnect), still queued, or lost by Redis
+        // (evicted, flushed), then queued again.
+        let waiting: Vec<(String, usize)> = lock(&self.waiting)
+            .iter()
+            .filter(|(_, w)| w.granted.is_some() && w.since.elapsed() > self.ttl / 3)
+            .map(|(ticket, w)| (ticket.clone(), w.level))
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        let tickets: Vec<&String> = waiting.iter().map(|(t, _)| t).collect();
+        let mut pipeline = redis::pipe();
+        pipeline
+            .cmd("ZMSCORE")
+            .arg(&self.keys[1])
+            .arg(&tickets)
+            .cmd("ZMSCORE")
+            .arg(&self.keys[0])
+            .arg(&tickets);
+        let Ok((leased, queued)) = self
+            .state
+            .pipeline::<(Vec<Option<f64>>, Vec<Option<f64>>)>(&pipeline)
+            .await
+        else {
+            return;
+        };
+        for ((ticket, level), (leased, queued)) in
+            waiting.iter().zip(leased.into_iter().zip(queued))
+        {
+            if leased.is_some() {
+                self.granted(ticket);
+            } else if queued.is_none() {
+                tracing::warn!(ticket, "Redis lost a waiting ticket: queued again");
+                if let Ok(report) = self.run("enqueue", ticket, *level).await {
+                    for granted in &report.granted {
+                        self.granted(granted);
                     }
                 }
             }
@@ -246,25 +319,36 @@ impl SharedPool {
         self.local.set_capacity((capacity / replicas).max(1));
     }
 
-    /// Sets the shared capacity (all replicas read it).
+    /// Sets the shared capacity (all replicas read it); while Redis does
+    /// not take it, it is kept and written at each renewal.
     pub(crate) fn set_capacity(self: &Arc<Self>, capacity: usize) {
         self.capacity.store(capacity, Ordering::Relaxed);
+        *lock(&self.pending_capacity) = Some(capacity);
         let replicas = self.replicas.load(Ordering::Relaxed).max(1);
         self.local.set_capacity((capacity / replicas).max(1));
         let pool = self.clone();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let mut command = redis::cmd("SET");
-                command.arg(&pool.keys[2]).arg(capacity);
-                if pool.state.query::<()>(&command).await.is_ok() {
-                    // More room: grant at once.
-                    if let Ok(report) = pool.run("tick", "", 0).await {
-                        for ticket in &report.granted {
-                            pool.granted(ticket);
-                        }
-                    }
-                }
-            });
+            runtime.spawn(async move { pool.write_capacity(capacity).await });
+        }
+    }
+
+    async fn write_capacity(self: &Arc<Self>, capacity: usize) {
+        let mut command = redis::cmd("SET");
+        command.arg(&self.keys[2]).arg(capacity);
+        if self.state.query::<()>(&command).await.is_err() {
+            return;
+        }
+        {
+            let mut pending = lock(&self.pending_capacity);
+            if *pending == Some(capacity) {
+                *pending = None;
+            }
+        }
+        // More room: grant at once.
+        if let Ok(report) = self.run("tick", "", 0).await {
+            for ticket in &report.granted {
+                self.granted(ticket);
+            }
         }
     }
 
@@ -293,20 +377,18 @@ impl SharedPool {
     }
 }
 
-/// Delivers grants heard on this replica's channel to their pools, for
-/// as long as it runs.
-pub(crate) async fn hear_grants(state: RedisState, pools: Vec<Arc<SharedPool>>) {
-    let mut pushed = state.subscribe(&SharedPool::grants_channel(&state)).await;
-    let channel = SharedPool::grants_channel(&state);
-    loop {
-        match pushed.recv().await {
-            Ok(message) if message.channel == channel => {
-                for pool in &pools {
-                    pool.granted(&message.payload);
-                }
+impl SharedPool {
+    /// Delivers the grants heard on this pool's channel to its waiters,
+    /// for as long as it runs.
+    pub(crate) async fn hear_grants(self: Arc<Self>) {
+        let channel = self.own_grants();
+        let mut pushed = self.state.subscribe(&channel).await;
+        loop {
+            match pushed.recv().await {
+                Ok(message) if message.channel == channel => self.granted(&message.payload),
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
-            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
     }
 }

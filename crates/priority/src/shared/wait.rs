@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{lock, SharedPool, Waiting};
+use super::{lock, SharedPool, Waiting, SEQ};
 use crate::error::DeadlineExceeded;
 use crate::permit::{Acquire, Permit};
 use crate::pool::Ticket;
@@ -70,14 +70,17 @@ impl SharedPool {
                 }
             }
             Err(()) => {
-                guard.ticket = None;
-                self.forget(&id);
+                // The script may have run before the answer was lost: the
+                // guard's cancel takes the ticket out if it did.
+                drop(guard);
                 return self.local_acquire(ticket).await;
             }
         }
         let ticket_id = guard.ticket.take().unwrap_or_default();
+        // Held before it stops waiting: a grant message heard in between
+        // must not find it nobody's.
+        lock(&self.held).insert(ticket_id.clone(), true);
         self.forget(&ticket_id);
-        lock(&self.held).insert(ticket_id.clone());
         Ok(Permit::shared(
             self.clone(),
             ticket_id,
@@ -91,7 +94,7 @@ impl SharedPool {
         format!(
             "{}|{}|{}|{}",
             self.state.replica(),
-            self.seq.fetch_add(1, Ordering::Relaxed),
+            SEQ.fetch_add(1, Ordering::Relaxed),
             level,
             ticket.agent
         )
@@ -103,7 +106,7 @@ impl SharedPool {
         let level = usize::from(ticket.priority.get() - 1);
         let id = self.ticket_id(level, &ticket);
         let permit = Acquire::local(self.local.clone(), ticket).await?;
-        lock(&self.held).insert(id.clone());
+        lock(&self.held).insert(id.clone(), false);
         Ok(permit.into_shared(self.clone(), id))
     }
 }
