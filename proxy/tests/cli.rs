@@ -163,6 +163,11 @@ fn bad_values_are_refused_with_the_key_and_reason() {
             "state.redis_url",
         ),
         ("[server]\nwrite_stall_timeout = \"0s\"\n", "server.write_stall_timeout"),
+        ("[state]\nreplicas = 0\n", "state.replicas"),
+        (
+            "[[layers]]\nkind = \"priority\"\nlease_ttl = \"100ms\"\n",
+            "layers[0].lease_ttl",
+        ),
         ("[server]\nmax_headers = 1000000\n", "server.max_headers"),
         ("[server]\nbody_read_timeout = \"1000y\"\n", "server.body_read_timeout"),
         (

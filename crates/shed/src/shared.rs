@@ -241,8 +241,11 @@ impl Shared {
             drop(events);
             if let Some(bus) = &self.bus {
                 let refused: u64 = by_reason.values().sum();
-                bus.publish(
+                // The latest is kept: a replica that starts or reconnects
+                // learns the fleet was being told to slow down.
+                bus.publish_state(
                     channels::BACKPRESSURE,
+                    "latest",
                     serde_json::json!({
                         "refused": refused,
                         "by_reason": by_reason,

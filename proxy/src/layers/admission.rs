@@ -60,6 +60,17 @@ pub(crate) fn priority(
             .collect(),
         reserve: options.reserve,
     };
+    // Checked here too, so `check-config` (which connects to nothing)
+    // refuses it.
+    if options.lease_ttl < Duration::from_millis(300) {
+        return Err(ConfigError::new(
+            "lease_ttl",
+            format!(
+                "{} is too short to renew: use 300ms or more",
+                humantime::format_duration(options.lease_ttl)
+            ),
+        ));
+    }
     let (priority, shared) = match context.state {
         Some(state) => {
             let scheduler =
