@@ -16,45 +16,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{FromRedisValue, ProtocolVersion, PushInfo, PushKind, Value};
+use redis::{FromRedisValue, ProtocolVersion, PushInfo};
 use tokio::sync::{broadcast, watch, OnceCell};
 
 use crate::ConfigError;
+
+mod reply;
+
+use reply::{decode_push, is_reply_error};
+pub use reply::{Pushed, StateUnavailable};
 
 /// The gauge: 1 while Redis answers, 0 while this replica runs on its
 /// own state.
 pub const STATE_BACKEND_UP: &str = "corral_state_backend_up";
 /// The counter of Redis commands that failed or timed out.
 pub const STATE_BACKEND_ERRORS_TOTAL: &str = "corral_state_backend_errors_total";
-
-/// Why a Redis call gave no answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StateUnavailable {
-    /// What went wrong: the Redis error, or the timeout.
-    pub reason: String,
-    /// Redis answered and refused this command (a wrong type, a script
-    /// error): sending it again would be refused again. `false` when
-    /// Redis did not answer or is not ready (loading, read-only, busy):
-    /// worth sending again once it is back.
-    pub refused: bool,
-}
-
-impl std::fmt::Display for StateUnavailable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "shared state unavailable: {}", self.reason)
-    }
-}
-
-impl std::error::Error for StateUnavailable {}
-
-/// A message from a Redis channel this replica subscribed to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pushed {
-    /// The channel, without the key prefix.
-    pub channel: String,
-    /// The payload, as published.
-    pub payload: String,
-}
 
 /// A replica's handle on the shared Redis: cheap to clone.
 ///
@@ -203,20 +179,17 @@ impl RedisState {
         command: &redis::Cmd,
     ) -> Result<T, StateUnavailable> {
         let mut connection = self.connection_or_down().await?;
-        let result =
-            tokio::time::timeout(self.inner.timeout, command.query_async(&mut connection)).await;
-        self.settle(result)
+        self.within(command.query_async(&mut connection)).await
     }
 
-    /// Runs `pipeline` atomically (`MULTI`/`EXEC`), within the timeout.
+    /// Runs `pipeline` (in `MULTI`/`EXEC` when it was built `atomic()`),
+    /// within the timeout.
     pub async fn pipeline<T: FromRedisValue>(
         &self,
         pipeline: &redis::Pipeline,
     ) -> Result<T, StateUnavailable> {
         let mut connection = self.connection_or_down().await?;
-        let result =
-            tokio::time::timeout(self.inner.timeout, pipeline.query_async(&mut connection)).await;
-        self.settle(result)
+        self.within(pipeline.query_async(&mut connection)).await
     }
 
     /// Runs `script` with `keys` and `args`, within the timeout; the
@@ -235,10 +208,7 @@ impl RedisState {
         for arg in args {
             invocation.arg(arg);
         }
-        let result =
-            tokio::time::timeout(self.inner.timeout, invocation.invoke_async(&mut connection))
-                .await;
-        self.settle(result)
+        self.within(invocation.invoke_async(&mut connection)).await
     }
 
     /// Publishes `payload` on `channel` (prefixed).
@@ -278,9 +248,7 @@ impl RedisState {
             return Ok(());
         }
         let mut connection = self.connection_or_down().await?;
-        let result =
-            tokio::time::timeout(self.inner.timeout, connection.subscribe(&channels)).await;
-        self.settle(result)
+        self.within(connection.subscribe(&channels)).await
     }
 
     /// While it runs, checks Redis every `every` while it is marked down,
@@ -321,11 +289,13 @@ impl RedisState {
         }
     }
 
-    fn settle<T>(
+    /// Waits for `run` at most the timeout; what its outcome says of
+    /// Redis is recorded.
+    async fn within<T>(
         &self,
-        result: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
+        run: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StateUnavailable> {
-        match result {
+        match tokio::time::timeout(self.inner.timeout, run).await {
             Ok(Ok(value)) => {
                 self.mark(true, None);
                 Ok(value)
@@ -378,52 +348,4 @@ impl RedisState {
             }
         }
     }
-}
-
-/// Whether Redis answered and refused the command itself (out of memory
-/// for a write counts: reads still work, and the same write would be
-/// refused again). A server that is loading its data, read-only, busy
-/// with a script or without its primary answers too, but is not there
-/// for us: that counts as away, so layers fall back and retry when it is
-/// ready.
-fn is_reply_error(error: &redis::RedisError) -> bool {
-    if error.is_io_error()
-        || error.is_timeout()
-        || error.is_connection_dropped()
-        || error.is_connection_refusal()
-        || error.is_unrecoverable_error()
-    {
-        return false;
-    }
-    !matches!(
-        error.code(),
-        Some(
-            "LOADING"
-                | "BUSY"
-                | "MASTERDOWN"
-                | "TRYAGAIN"
-                | "READONLY"
-                | "CLUSTERDOWN"
-                | "NOREPLICAS"
-                | "MISCONF"
-        )
-    )
-}
-
-fn decode_push(info: PushInfo, prefix_len: usize) -> Option<Pushed> {
-    if info.kind != PushKind::Message {
-        return None;
-    }
-    let mut data = info.data.into_iter();
-    let text = |value: Value| match value {
-        Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
-        Value::SimpleString(s) => Some(s),
-        _ => None,
-    };
-    let channel = text(data.next()?)?;
-    let payload = text(data.next()?)?;
-    Some(Pushed {
-        channel: channel.get(prefix_len..)?.to_string(),
-        payload,
-    })
 }
