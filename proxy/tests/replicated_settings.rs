@@ -239,3 +239,78 @@ async fn a_breaker_one_replica_opened_fails_fast_on_the_others_too() {
         "no replica sent the upstream anything while the breaker was open"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_requests_on_three_replicas_are_generated_once() {
+    let redis = Redis::start().await;
+    let upstream = mock(corral_e2e::fast()).await;
+    let text = config(
+        &upstream.url(),
+        &redis.url,
+        &prefix("coalesce"),
+        "5s",
+        "[[layers]]\nkind = \"cache\"\n",
+    );
+    let replicas = three(&text).await;
+    let body = r#"{"model":"llama3","prompt":"everyone asks this","stream":false,"options":{"temperature":0}}"#;
+    // A second of generation: long enough for the others to ask meanwhile.
+    let slow = [("x-mock-fault", "tokens=20, tps=20")];
+    let first = tokio::spawn(send(ask(&replicas[0].url, "sonnet-0", body, &slow)));
+    corral_e2e::eventually("the first replica is generating", || {
+        upstream.stats().in_flight == 1
+    })
+    .await;
+    let others: Vec<_> = replicas[1..]
+        .iter()
+        .map(|r| tokio::spawn(send(ask(&r.url, "sonnet-1", body, &slow))))
+        .collect();
+    let first = corral_e2e::within(first).await.unwrap();
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("x-corral-cache"), Some("miss"));
+    for other in others {
+        let reply = corral_e2e::within(other).await.unwrap();
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        assert_eq!(reply.header("x-corral-cache"), Some("coalesced"));
+        assert_eq!(reply.json()["response"], first.json()["response"]);
+    }
+    assert_eq!(
+        upstream.stats().by_path.get("/api/generate").copied(),
+        Some(1),
+        "one generation for three replicas"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_replica_generating_for_the_others_loses_its_client_they_generate_it_themselves() {
+    let redis = Redis::start().await;
+    let upstream = mock(corral_e2e::fast()).await;
+    let text = config(
+        &upstream.url(),
+        &redis.url,
+        &prefix("coalesce-gone"),
+        "5s",
+        "[[layers]]\nkind = \"cache\"\n",
+    );
+    let [a, b, _c] = three(&text).await;
+    let body = r#"{"model":"llama3","prompt":"asked and abandoned","stream":false,"options":{"temperature":0}}"#;
+    let slow = [("x-mock-fault", "tokens=40, tps=20")];
+    let leaving = tokio::spawn(send(ask(&a.url, "sonnet-0", body, &slow)));
+    corral_e2e::eventually("the first replica is generating", || {
+        upstream.stats().in_flight == 1
+    })
+    .await;
+    let waiting = tokio::spawn(send(ask(&b.url, "sonnet-1", body, &slow)));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "the second waits for the first");
+    // The first client goes away: its replica stops generating, and the
+    // one waiting is told to go on.
+    leaving.abort();
+    let reply = corral_e2e::within(waiting).await.unwrap();
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.header("x-corral-cache"), Some("miss"));
+    assert_eq!(
+        upstream.stats().cancelled,
+        1,
+        "the first generation was stopped"
+    );
+}

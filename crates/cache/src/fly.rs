@@ -13,9 +13,10 @@ use tower::{Service, ServiceExt};
 
 use crate::answer::Answer;
 use crate::flight::{Flight, FlightBody, Outcome, Subscription};
-use crate::key::Key;
+use crate::key::{Key, X_CORRAL_CACHE};
+use crate::metrics::CACHE_COALESCED_TOTAL;
 use crate::service::{boxed, with_cache_header, Shared};
-use crate::store::Entry;
+use crate::store::{Claim, ClaimGuard, Entry};
 
 /// Waits for the flight's headers; the response reading its frames.
 pub(crate) async fn head(
@@ -60,6 +61,9 @@ pub(crate) struct Keep {
     pub(crate) write: bool,
     pub(crate) endpoint: corral_core::Endpoint,
     pub(crate) ttl: std::time::Duration,
+    /// For an answer another replica generated: whether the stream ends
+    /// with OpenAI's usage chunk.
+    pub(crate) include_usage: bool,
 }
 
 /// The shared upstream call: reads the answer into the flight, keeps it
@@ -81,6 +85,41 @@ pub(crate) async fn fly<S, B>(
         let mut flights = shared.flights();
         if flights.get(&slot).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
             flights.remove(&slot);
+        }
+    };
+    // Another replica may be generating the same answer: wait for it
+    // rather than ask the upstream twice. Only a request that will keep
+    // its answer makes the others wait for it.
+    let claim = if keep.write {
+        tokio::select! {
+            claim = shared.store.claim(&slot.0) => claim,
+            () = flight.abandoned() => {
+                forget(&shared);
+                return;
+            }
+        }
+    } else {
+        Claim::Generate(ClaimGuard::default())
+    };
+    // Held until the answer is kept (or will not be): then the others go.
+    let _claim = match claim {
+        Claim::Generate(guard) => guard,
+        Claim::Wait(done) => {
+            tokio::select! {
+                () = done => {}
+                () = flight.abandoned() => {
+                    forget(&shared);
+                    return;
+                }
+            }
+            if let Some(entry) = shared.store.get(&slot.0).found().await {
+                metrics::counter!(CACHE_COALESCED_TOTAL).increment(1);
+                serve(&flight, &entry.answer, slot.1, keep.include_usage);
+                forget(&shared);
+                return;
+            }
+            // It gave up, or went away: generate it here.
+            ClaimGuard::default()
         }
     };
     let result = tokio::select! {
@@ -155,5 +194,21 @@ pub(crate) async fn fly<S, B>(
         }
     }
     forget(&shared);
+    flight.end(None);
+}
+
+/// An answer another replica generated, into the flight as if it came
+/// from the upstream.
+fn serve(flight: &Flight, answer: &Answer, stream: bool, include_usage: bool) {
+    let (content_type, frames) = answer.render(stream, include_usage);
+    let mut headers = http::HeaderMap::new();
+    if let Ok(value) = http::HeaderValue::from_str(&content_type) {
+        headers.insert(header::CONTENT_TYPE, value);
+    }
+    headers.insert(X_CORRAL_CACHE, http::HeaderValue::from_static("coalesced"));
+    flight.headers(StatusCode::OK, headers);
+    for frame in frames {
+        flight.chunk(frame);
+    }
     flight.end(None);
 }

@@ -62,4 +62,4 @@ pub use layer::CacheLayer;
 #[cfg(feature = "redis")]
 pub use redis::RedisCache;
 pub use service::{CacheService, ResponseFuture};
-pub use store::{CacheStore, Entry, Lookup, MemoryStore};
+pub use store::{CacheStore, Claim, ClaimGuard, Entry, Lookup, MemoryStore};

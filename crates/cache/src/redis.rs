@@ -1,7 +1,10 @@
 //! Answers in Redis, shared by every replica, with this replica's memory
 //! in front.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use corral_core::RedisState;
@@ -9,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::answer::Answer;
 use crate::key::Key;
-use crate::store::{CacheStore, Entry, Lookup, MemoryStore};
+use crate::store::{CacheStore, Claim, ClaimGuard, Entry, Lookup, MemoryStore};
 
 /// Answers kept in Redis (`<prefix>cache:<key in hex>`, expiring with the
 /// entry's stale lifetime), so an answer one replica generated is served
@@ -20,9 +23,15 @@ use crate::store::{CacheStore, Entry, Lookup, MemoryStore};
 /// is the same deterministic answer), a hit in Redis is copied into it,
 /// and it answers alone while Redis is away. Redis' own `maxmemory`
 /// bounds the shared store; [`CacheStore::size`] counts this replica's
-/// memory. Identical requests coalesce within a replica, not across
-/// replicas: the second replica to ask while the first is generating
-/// calls the upstream too.
+/// memory.
+///
+/// Identical requests coalesce across replicas too: the first replica to
+/// miss claims the key (`SET NX` of `cache:flight:<key>`, kept alive while
+/// it generates), the others wait until its answer is in Redis (told on
+/// the `cache:done` channel; a claim whose holder died runs out within
+/// 30 s) and serve it, marked `X-Corral-Cache: coalesced`. They see the
+/// answer once it is whole, not chunk by chunk as joiners on the same
+/// replica do.
 ///
 /// ```no_run
 /// use std::sync::Arc;
@@ -43,7 +52,16 @@ use crate::store::{CacheStore, Entry, Lookup, MemoryStore};
 pub struct RedisCache {
     state: RedisState,
     memory: Arc<MemoryStore>,
+    /// Keys this replica claimed and has not yet released.
+    claims: Arc<Mutex<HashSet<Key>>>,
 }
+
+/// How long a claim lives without renewal (renewed every third of it).
+const CLAIM: Duration = Duration::from_secs(30);
+/// The longest a replica waits for another's answer.
+const MAX_WAIT: Duration = Duration::from_secs(600);
+/// The channel a released claim is told on (payload: the key in hex).
+const DONE: &str = "cache:done";
 
 /// An entry as Redis keeps it: the answer, and its lifetimes as Unix
 /// milliseconds (replicas share a wall clock, not an `Instant`).
@@ -71,11 +89,67 @@ impl RedisCache {
         Self {
             state,
             memory: Arc::new(MemoryStore::new(max_bytes)),
+            claims: Arc::default(),
         }
     }
 
     fn redis_key(&self, key: &Key) -> String {
         self.state.key(&format!("cache:{}", hex(key)))
+    }
+
+    fn claim_key(&self, key: &Key) -> String {
+        self.state.key(&format!("cache:flight:{}", hex(key)))
+    }
+
+    /// Adds to `pipeline` what tells the waiting replicas `key` is done,
+    /// if this replica held its claim.
+    fn release(&self, key: &Key, pipeline: &mut redis::Pipeline) -> bool {
+        let held = self
+            .claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+        if held {
+            pipeline
+                .cmd("DEL")
+                .arg(self.claim_key(key))
+                .ignore()
+                .cmd("PUBLISH")
+                .arg(self.state.key(DONE))
+                .arg(hex(key))
+                .ignore();
+        }
+        held
+    }
+
+    /// Resolves when the replica that claimed `key` released it, its
+    /// claim ran out, or [`MAX_WAIT`] passed.
+    async fn wait_for(self, key: Key) {
+        let mut pushed = self.state.subscribe(DONE).await;
+        let name = hex(&key);
+        let claim = self.claim_key(&key);
+        // The first tick checks at once: the claim may have been released
+        // before this replica subscribed.
+        let mut check = tokio::time::interval(Duration::from_secs(1));
+        let deadline = tokio::time::sleep(MAX_WAIT);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                message = pushed.recv() => match message {
+                    Ok(message) if message.channel == DONE && message.payload == name => return,
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+                _ = check.tick() => {
+                    let mut exists = redis::cmd("EXISTS");
+                    exists.arg(&claim);
+                    if !matches!(self.state.query::<i64>(&exists).await, Ok(1)) {
+                        return;
+                    }
+                }
+                () = &mut deadline => return,
+            }
+        }
     }
 }
 
@@ -130,26 +204,82 @@ impl CacheStore for RedisCache {
         };
         let lifetime = entry.stale_until.saturating_duration_since(now);
         self.memory.insert(key, entry);
-        let (Ok(json), Ok(runtime)) = (
-            serde_json::to_string(&stored),
-            tokio::runtime::Handle::try_current(),
-        ) else {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        if lifetime.is_zero() || !self.state.is_up() {
+        // The entry, then the release of this replica's claim, in one
+        // transaction: a replica told the key is done finds it.
+        let mut pipeline = redis::pipe();
+        pipeline.atomic();
+        let json = serde_json::to_string(&stored);
+        let writes = match &json {
+            Ok(json) if !lifetime.is_zero() => {
+                pipeline
+                    .cmd("SET")
+                    .arg(self.redis_key(&key))
+                    .arg(json)
+                    .arg("PX")
+                    .arg(
+                        u64::try_from(lifetime.as_millis())
+                            .unwrap_or(u64::MAX)
+                            .max(1),
+                    )
+                    .ignore();
+                true
+            }
+            _ => false,
+        };
+        let released = self.release(&key, &mut pipeline);
+        if !writes && !released {
             return;
         }
-        let mut command = redis::cmd("SET");
-        command.arg(self.redis_key(&key)).arg(json).arg("PX").arg(
-            u64::try_from(lifetime.as_millis())
-                .unwrap_or(u64::MAX)
-                .max(1),
-        );
         let state = self.state.clone();
         runtime.spawn(async move {
             // Not kept in Redis: the other replicas generate it again.
-            let _ = state.query::<()>(&command).await;
+            let _ = state.pipeline::<()>(&pipeline).await;
         });
+    }
+
+    fn claim(&self, key: &Key) -> Pin<Box<dyn Future<Output = Claim> + Send>> {
+        if !self.state.is_up() {
+            return Box::pin(std::future::ready(Claim::Generate(ClaimGuard::default())));
+        }
+        let store = self.clone();
+        let key = *key;
+        Box::pin(async move {
+            let claim = store.claim_key(&key);
+            let mut set = redis::cmd("SET");
+            set.arg(&claim)
+                .arg(store.state.replica().as_ref())
+                .arg("NX")
+                .arg("PX")
+                .arg(CLAIM.as_millis() as u64);
+            match store.state.query::<Option<String>>(&set).await {
+                Ok(Some(_)) => {
+                    store
+                        .claims
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(key);
+                    let keeper = tokio::spawn(keep_claim(store.state.clone(), claim));
+                    Claim::Generate(ClaimGuard::new(move || {
+                        keeper.abort();
+                        // Not kept (an error, too large, not 200): tell the
+                        // others to go on.
+                        let mut pipeline = redis::pipe();
+                        if store.release(&key, &mut pipeline) {
+                            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                                runtime.spawn(async move {
+                                    let _ = store.state.pipeline::<()>(&pipeline).await;
+                                });
+                            }
+                        }
+                    }))
+                }
+                Ok(None) => Claim::Wait(Box::pin(store.wait_for(key))),
+                Err(_) => Claim::Generate(ClaimGuard::default()),
+            }
+        })
     }
 
     fn remove(&self, key: &Key) {
@@ -167,5 +297,17 @@ impl CacheStore for RedisCache {
 
     fn size(&self) -> (u64, u64) {
         self.memory.size()
+    }
+}
+
+/// Keeps a claim alive while its holder generates.
+async fn keep_claim(state: RedisState, claim: String) {
+    let mut ticks = tokio::time::interval(CLAIM / 3);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let mut extend = redis::cmd("PEXPIRE");
+        extend.arg(&claim).arg(CLAIM.as_millis() as u64);
+        let _ = state.query::<i64>(&extend).await;
     }
 }

@@ -208,7 +208,7 @@ where
         key,
         write,
         degradation,
-        ..
+        include_usage,
     } = call;
     let slot = (key, meta.stream);
     if shared.config.coalesce {
@@ -243,10 +243,13 @@ where
             write,
             endpoint: meta.endpoint,
             ttl,
+            include_usage,
         },
     ));
     Box::pin(async move {
         match head(subscription).await {
+            // Another replica's answer says so already.
+            Ok(response) if response.headers().contains_key(X_CORRAL_CACHE) => Ok(response),
             Ok(response) => Ok(with_cache_header(response, "miss")),
             Err((error, _)) => Err(error.unwrap_or_else(|| "the upstream call failed".into())),
         }

@@ -48,6 +48,58 @@ impl Lookup {
     }
 }
 
+/// Who generates an answer no replica has yet.
+pub enum Claim {
+    /// This replica: the others that ask meanwhile wait for it. Dropping
+    /// the guard (once the answer is kept, or it will not be) lets them
+    /// go on.
+    Generate(ClaimGuard),
+    /// Another replica generates it: resolves when it has kept it, gave
+    /// up, or went away. Then look the key up again.
+    Wait(Pin<Box<dyn Future<Output = ()> + Send>>),
+}
+
+impl std::fmt::Debug for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Claim::Generate(_) => f.write_str("Generate"),
+            Claim::Wait(_) => f.write_str("Wait"),
+        }
+    }
+}
+
+/// What a replica that generates an answer holds for the others; it
+/// tells them when dropped.
+#[derive(Default)]
+pub struct ClaimGuard {
+    on_drop: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl ClaimGuard {
+    /// A guard that runs `release` when dropped.
+    pub fn new(release: impl FnOnce() + Send + 'static) -> Self {
+        Self {
+            on_drop: Some(Box::new(release)),
+        }
+    }
+}
+
+impl std::fmt::Debug for ClaimGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClaimGuard")
+            .field("shared", &self.on_drop.is_some())
+            .finish()
+    }
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        if let Some(release) = self.on_drop.take() {
+            release();
+        }
+    }
+}
+
 /// A store of answers.
 pub trait CacheStore: Send + Sync + 'static {
     /// The entry under `key`, if any is kept.
@@ -58,6 +110,15 @@ pub trait CacheStore: Send + Sync + 'static {
     fn remove(&self, key: &Key);
     /// How many entries and bytes are kept.
     fn size(&self) -> (u64, u64);
+
+    /// Whether this replica generates the answer under `key` or waits for
+    /// another replica that does: identical requests coalesce across
+    /// replicas as they do within one (its flights). One process alone:
+    /// always [`Claim::Generate`].
+    fn claim(&self, key: &Key) -> Pin<Box<dyn Future<Output = Claim> + Send>> {
+        let _ = key;
+        Box::pin(std::future::ready(Claim::Generate(ClaimGuard::default())))
+    }
 }
 
 /// Answers in memory, at most `max_bytes` of them, the least recently
