@@ -46,8 +46,7 @@ impl PerAddress {
     /// A place for a new connection from `address`, or `None` when that
     /// address holds its share already.
     pub(crate) fn admit(&self, address: IpAddr) -> Option<Slot> {
-        // An IPv4 client on a dual-stack listener is the same client.
-        let address = address.to_canonical();
+        let address = client(address);
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let count = open.entry(address).or_insert(0);
         if self.max != 0 && *count >= self.max {
@@ -59,6 +58,20 @@ impl PerAddress {
             address,
             open: self.open.clone(),
         })
+    }
+}
+
+/// Who a connection's address stands for. An IPv4 client on a
+/// dual-stack listener is the same client; an IPv6 host is handed a whole
+/// /64 (one subnet, any address in it), so the bound is per /64, or one
+/// host could open its share from every address it has.
+fn client(address: IpAddr) -> IpAddr {
+    match address.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(prefix.into())
+        }
+        v4 => v4,
     }
 }
 
@@ -296,6 +309,22 @@ mod tests {
         let _v4 = per.admit([10, 0, 0, 1].into()).unwrap();
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
         assert!(per.admit(mapped).is_none());
+    }
+
+    #[test]
+    fn an_ipv6_host_counts_as_its_64_bit_prefix() {
+        let per = PerAddress::new(1);
+        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let same_subnet: IpAddr = "2001:db8:1:2:ffff:ffff:ffff:fffe".parse().unwrap();
+        let next_subnet: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let held = per.admit(one).unwrap();
+        assert!(
+            per.admit(same_subnet).is_none(),
+            "the same /64 is one client"
+        );
+        assert!(per.admit(next_subnet).is_some(), "another /64 is another");
+        drop(held);
+        assert!(per.admit(same_subnet).is_some());
     }
 
     #[tokio::test(start_paused = true)]

@@ -48,8 +48,8 @@ pub struct ServerConfig {
     pub max_json_depth: usize,
     /// The most `messages` in a chat request (400 beyond).
     pub max_messages: usize,
-    /// The most connections one client address may hold open; more are
-    /// closed as they arrive. 0: no bound.
+    /// The most connections one client (an IPv4 address, an IPv6 /64)
+    /// may hold open; more are closed as they arrive. 0: no bound.
     pub max_connections_per_address: usize,
 }
 
