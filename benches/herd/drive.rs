@@ -19,7 +19,9 @@ use crate::herd::record::{Outcome, Record};
 #[derive(Debug)]
 pub(crate) struct Drive {
     pub(crate) fleet: Vec<Class>,
-    pub(crate) base: String,
+    /// Where agents send: one URL, or several replicas (agents spread
+    /// over them).
+    pub(crate) bases: Vec<String>,
     pub(crate) api: Api,
     pub(crate) model: String,
     pub(crate) embed_model: String,
@@ -32,7 +34,7 @@ pub(crate) struct Drive {
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-/// Runs the whole fleet against `drive.base`; every request's record.
+/// Runs the whole fleet against `drive.bases`; every request's record.
 pub(crate) async fn run(drive: Arc<Drive>) -> Vec<Record> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
@@ -117,6 +119,10 @@ async fn agent(
     let id = format!("{}-{index:02}", spec.name);
     let mut rng = fastrand::Rng::with_seed(drive.seed ^ ((class as u64) << 32 | index as u64));
     let mean_think = spec.think.mul_f64(drive.think_scale);
+    // Each agent keeps to one replica, as one behind a sticky balancer or
+    // on its own host would; the classes spread over all of them.
+    let offset: usize = drive.fleet[..class].iter().map(|c| c.agents).sum();
+    let base = &drive.bases[(offset + index) % drive.bases.len().max(1)];
     let mut records = Vec::new();
     // The stampede: everyone starts within the first two seconds.
     let mut pause = Duration::from_millis(rng.u64(0..2000));
@@ -138,8 +144,7 @@ async fn agent(
         );
         let kind = call.kind;
         let sent = Instant::now();
-        let exchange =
-            tokio::time::timeout(spec.deadline, send(&client, &drive.base, &id, spec, call));
+        let exchange = tokio::time::timeout(spec.deadline, send(&client, base, &id, spec, call));
         let answer = tokio::select! {
             answer = exchange => match answer {
                 Ok(answer) => answer,

@@ -27,6 +27,29 @@ pub struct CorralCounters {
     pub refusals: BTreeMap<String, f64>,
     /// `corral_degradation_level` at the end.
     pub degradation_level: f64,
+    /// `corral_state_backend_errors_total`: Redis commands that failed or
+    /// outlasted `redis_timeout` (replicas only).
+    pub state_errors: f64,
+}
+
+impl CorralCounters {
+    /// Two replicas' counters as one: sums, and the higher level.
+    pub fn add(mut self, other: &Self) -> Self {
+        self.cache_hits += other.cache_hits;
+        self.cache_misses += other.cache_misses;
+        self.coalesced += other.coalesced;
+        self.batched += other.batched;
+        self.retries += other.retries;
+        for (key, value) in &other.degraded {
+            *self.degraded.entry(key.clone()).or_default() += value;
+        }
+        for (key, value) in &other.refusals {
+            *self.refusals.entry(key.clone()).or_default() += value;
+        }
+        self.degradation_level = self.degradation_level.max(other.degradation_level);
+        self.state_errors += other.state_errors;
+        self
+    }
 }
 
 /// Scrapes `base/metrics`.
@@ -59,6 +82,7 @@ fn parse(text: &str) -> CorralCounters {
         match name {
             "corral_cache_hits_total" => counters.cache_hits += value,
             "corral_cache_misses_total" => counters.cache_misses += value,
+            "corral_state_backend_errors_total" => counters.state_errors += value,
             "corral_cache_coalesced_total" => counters.coalesced += value,
             "corral_batched_requests_total" => counters.batched += value,
             "corral_retries_total" => counters.retries += value,

@@ -49,7 +49,14 @@ pub enum Mode {
     Direct,
     /// Through Corral.
     Corral,
+    /// Through three Corral replicas sharing a Redis (`[state] backend =
+    /// "redis"`; a `redis-server` of the run's own, or `REDIS_URL`), the
+    /// agents spread over them.
+    Replicas,
 }
+
+/// How many replicas [`Mode::Replicas`] runs.
+pub const REPLICAS: usize = 3;
 
 impl Mode {
     /// Its name in reports.
@@ -57,6 +64,7 @@ impl Mode {
         match self {
             Self::Direct => "direct",
             Self::Corral => "corral",
+            Self::Replicas => "corral ×3, Redis",
         }
     }
 }
@@ -164,22 +172,49 @@ pub struct Baseline {
 pub async fn run(options: &Options, mode: Mode) -> Result<RunResult, Error> {
     let mock = start_mock(options).await?;
     let upstream = upstream_url(options, mock.as_ref());
-    let corral = match mode {
-        Mode::Direct => None,
-        Mode::Corral => Some(corral::Running::start(&corral_config(options, &upstream)?).await?),
+    let redis = match mode {
+        Mode::Replicas => Some(RedisServer::start().await?),
+        _ => None,
     };
-    drive::warm(&upstream, options).await;
-    let base = corral.as_ref().map_or(upstream.clone(), |c| c.url());
-    let started = Instant::now();
-    let records = drive::run(Arc::new(drive(options, base, options.fleet.clone()))).await;
-    let wall = started.elapsed();
-    let counters = match &corral {
-        Some(corral) => Some(metrics::scrape(&corral.url()).await?),
-        None => None,
-    };
-    if let Some(corral) = corral {
-        corral.shutdown().await;
+    let mut corral = Vec::new();
+    match (mode, &redis) {
+        (Mode::Direct, _) => {}
+        (Mode::Corral, _) => {
+            corral.push(corral::Running::start(&corral_config(options, &upstream)?).await?)
+        }
+        (Mode::Replicas, Some(redis)) => {
+            let mut config = corral_config(options, &upstream)?;
+            config.state.backend = corral::config::Backend::Redis;
+            config.state.redis_url = Some(redis.url.clone());
+            config.state.key_prefix = format!("corral-herd-{}:", std::process::id());
+            config.state.replicas = REPLICAS;
+            for _ in 0..REPLICAS {
+                corral.push(corral::Running::start(&config).await?);
+            }
+        }
+        (Mode::Replicas, None) => return Err("no Redis for the replicas".into()),
     }
+    drive::warm(&upstream, options).await;
+    let bases = if corral.is_empty() {
+        vec![upstream.clone()]
+    } else {
+        corral.iter().map(corral::Running::url).collect()
+    };
+    let started = Instant::now();
+    let records = drive::run(Arc::new(drive(options, bases, options.fleet.clone()))).await;
+    let wall = started.elapsed();
+    let mut counters: Option<CorralCounters> = None;
+    for replica in &corral {
+        let scraped = metrics::scrape(&replica.url()).await?;
+        counters = Some(match counters {
+            Some(sum) => sum.add(&scraped),
+            None => scraped,
+        });
+    }
+    for replica in corral {
+        replica.shutdown().await;
+    }
+    drop(redis);
     Ok(RunResult {
         mode,
         records,
@@ -197,7 +232,7 @@ pub async fn unloaded(options: &Options) -> Result<Baseline, Error> {
     let upstream = upstream_url(options, mock.as_ref());
     let class = options.fleet.first().ok_or("the fleet is empty")?.clone();
     drive::warm(&upstream, options).await;
-    let records = drive::run(Arc::new(drive(options, upstream, vec![class]))).await;
+    let records = drive::run(Arc::new(drive(options, vec![upstream], vec![class]))).await;
     let mut latencies: Vec<Duration> = records
         .iter()
         .filter(|r| r.outcome.is_answer())
@@ -208,10 +243,10 @@ pub async fn unloaded(options: &Options) -> Result<Baseline, Error> {
     Ok(Baseline { p50, p99 })
 }
 
-fn drive(options: &Options, base: String, fleet: Vec<Class>) -> drive::Drive {
+fn drive(options: &Options, bases: Vec<String>, fleet: Vec<Class>) -> drive::Drive {
     drive::Drive {
         fleet,
-        base,
+        bases,
         api: options.api,
         model: options.model.clone(),
         embed_model: options.embed_model.clone(),
@@ -292,4 +327,51 @@ fn corral_config(options: &Options, upstream: &str) -> Result<corral::Config, Er
         .validate()
         .map_err(|e| format!("{}: {e}", options.config.display()))?;
     Ok(config)
+}
+
+/// A `redis-server` of the run's own on a free port (or `REDIS_URL`'s),
+/// stopped when dropped.
+struct RedisServer {
+    url: String,
+    child: Option<tokio::process::Child>,
+}
+
+impl RedisServer {
+    async fn start() -> Result<Self, Error> {
+        if let Ok(url) = std::env::var("REDIS_URL") {
+            return Ok(Self { url, child: None });
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = tokio::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("redis-server: {e} (install Debian's redis-server)"))?;
+        // A process has no event to wait on: poll until it answers.
+        for _ in 0..500 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(Self {
+            url: format!("redis://127.0.0.1:{port}"),
+            child: Some(child),
+        })
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.start_kill();
+        }
+    }
 }

@@ -28,6 +28,13 @@ pub fn markdown(options: &Options, baseline: &Baseline, runs: &[RunResult]) -> S
         );
         let _ = writeln!(out, "- embeddings merged into batches: {}", corral.batched);
         let _ = writeln!(out, "- retries: {}", corral.retries);
+        if corral.state_errors > 0.0 {
+            let _ = writeln!(
+                out,
+                "- Redis commands that failed or outlasted `redis_timeout`: {} (each one served from the replica's own state)",
+                corral.state_errors
+            );
+        }
         let _ = writeln!(
             out,
             "- degraded requests: {}; level at the end: {}",

@@ -73,3 +73,27 @@ async fn a_short_herd_runs_direct_and_through_corral() {
     let svg = herd::svg(&options, &[direct, corral]).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("system (p1)"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_herd_runs_through_three_replicas_sharing_redis() {
+    let options = small();
+    let replicas = herd::run(&options, Mode::Replicas).await.unwrap();
+    assert!(replicas.records.iter().any(|r| r.outcome.is_answer()));
+    assert!(!replicas
+        .records
+        .iter()
+        .any(|r| matches!(r.outcome, Outcome::Failed(_))));
+    // Three replicas, one upstream: its capacity held across them.
+    let upstream = replicas.upstream.as_ref().unwrap();
+    assert_eq!(upstream.peak_queued, 0);
+    assert!(upstream
+        .peak_in_flight_by_model
+        .values()
+        .all(|peak| *peak as usize <= options.capacity));
+    let counters = replicas.corral.as_ref().unwrap();
+    assert!(
+        counters.cache_hits + counters.cache_misses > 0.0,
+        "every replica's counters read"
+    );
+    assert_eq!(replicas.mode.as_str(), "corral ×3, Redis");
+}

@@ -168,7 +168,7 @@ pub enum Backend {
     #[default]
     Memory,
     /// In Redis, shared by every replica that names the same server and
-    /// prefix. So far: the auth layer's replay memory.
+    /// prefix: permits and queue, quotas, cache, bus, events, request ids.
     Redis,
 }
 
