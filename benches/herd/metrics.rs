@@ -34,7 +34,7 @@ pub struct CorralCounters {
 
 impl CorralCounters {
     /// Two replicas' counters as one: sums, and the higher level.
-    pub fn add(mut self, other: &Self) -> Self {
+    pub fn plus(mut self, other: &Self) -> Self {
         self.cache_hits += other.cache_hits;
         self.cache_misses += other.cache_misses;
         self.coalesced += other.coalesced;

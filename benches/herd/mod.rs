@@ -207,7 +207,7 @@ pub async fn run(options: &Options, mode: Mode) -> Result<RunResult, Error> {
     for replica in &corral {
         let scraped = metrics::scrape(&replica.url()).await?;
         counters = Some(match counters {
-            Some(sum) => sum.add(&scraped),
+            Some(sum) => sum.plus(&scraped),
             None => scraped,
         });
     }
