@@ -61,6 +61,11 @@ struct ServeArgs {
     /// (overrides [upstream] capacity).
     #[arg(long, env = "CORRAL_CAPACITY")]
     capacity: Option<usize>,
+    /// Share state with the other replicas through this Redis
+    /// (`redis://host:port/db`; sets [state] backend = "redis" and
+    /// redis_url); prefer the variable when the URL holds a password.
+    #[arg(long, env = "CORRAL_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
     /// The admin token (overrides [admin] token); prefer the variable,
     /// which keeps it out of the process list.
     #[arg(long, env = "CORRAL_ADMIN_TOKEN", hide_env_values = true)]
@@ -143,6 +148,16 @@ fn resolve(args: &ServeArgs) -> Result<Config, LoadError> {
     }
     if let Some(capacity) = args.capacity {
         config.upstream.capacity = capacity;
+    }
+    if let Some(url) = &args.redis_url {
+        corral_auth::RedisReplay::check_url(url).map_err(|reason| LoadError {
+            file: PathBuf::from("--redis-url/CORRAL_REDIS_URL"),
+            line: None,
+            key: String::new(),
+            reason,
+        })?;
+        config.state.backend = crate::config::Backend::Redis;
+        config.state.redis_url = Some(url.clone());
     }
     if let Some(upstream) = &args.upstream {
         UpstreamUrl::parse(upstream).map_err(|reason| LoadError {

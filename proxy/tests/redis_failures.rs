@@ -139,3 +139,48 @@ fn prefix_of(config: &str) -> &str {
         .and_then(|l| l.strip_suffix('"'))
         .unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_given_only_corral_redis_url_shares_its_state() {
+    let redis = Redis::start().await;
+    let upstream = mock(corral_e2e::fast()).await;
+    let port = free_port();
+    let mut child = support::corral()
+        .env("CORRAL_LISTEN", format!("127.0.0.1:{port}"))
+        .env("CORRAL_UPSTREAM", upstream.url())
+        .env("CORRAL_REDIS_URL", &redis.url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    support::wait_for(port).await;
+    let url = format!("http://127.0.0.1:{port}");
+    let config = send(corral_e2e::request(
+        "GET",
+        &format!("{url}/corral/config"),
+        "",
+    ))
+    .await;
+    assert_eq!(config.json()["state"]["backend"], "redis");
+    let version = send(corral_e2e::request(
+        "GET",
+        &format!("{url}/api/version"),
+        "",
+    ))
+    .await;
+    assert_eq!(version.status, 200);
+    corral_e2e::eventually_async("the replica reaches Redis", || async {
+        metric_sum(&url, "corral_state_backend_up").await == 1.0
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let refused = support::corral()
+        .env("CORRAL_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("CORRAL_REDIS_URL", "not a url")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(support::stderr(&refused).contains("CORRAL_REDIS_URL"));
+}

@@ -307,8 +307,25 @@ fn resolved_config(config: &Config) -> serde_json::Value {
         let upstream = object.entry("upstream").or_insert_with(|| json!({}));
         upstream["url"] = json!(config.upstream.url);
         upstream["capacity"] = json!(config.upstream.capacity);
+        // The environment may have set these (CORRAL_REDIS_URL).
+        let state = object.entry("state").or_insert_with(|| json!({}));
+        state["backend"] = json!(match config.state.backend {
+            crate::config::Backend::Memory => "memory",
+            crate::config::Backend::Redis => "redis",
+        });
+        if let Some(url) = &config.state.redis_url {
+            state["redis_url"] = json!(without_credentials(url));
+        }
     }
     value
+}
+
+/// `redis://user:secret@host/0` as `redis://<redacted>@host/0`.
+fn without_credentials(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => format!("{scheme}://<redacted>{}", &url[at..]),
+        _ => url.to_string(),
+    }
 }
 
 /// Replaces every key, token, secret or password by `<redacted>`.
@@ -345,4 +362,21 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_credentials;
+
+    #[test]
+    fn a_redis_url_is_shown_without_its_credentials() {
+        assert_eq!(
+            without_credentials("redis://corral:s3cret@redis.internal:6379/0"),
+            "redis://<redacted>@redis.internal:6379/0"
+        );
+        assert_eq!(
+            without_credentials("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+    }
 }

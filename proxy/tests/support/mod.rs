@@ -20,6 +20,7 @@ pub(crate) fn corral() -> Command {
         "CORRAL_LOG_FORMAT",
         "CORRAL_ADMIN_TOKEN",
         "CORRAL_CAPACITY",
+        "CORRAL_REDIS_URL",
     ] {
         command.env_remove(var);
     }
