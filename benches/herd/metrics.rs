@@ -33,21 +33,24 @@ pub struct CorralCounters {
 }
 
 impl CorralCounters {
-    /// Two replicas' counters as one: sums, and the higher level.
-    pub fn plus(mut self, other: &Self) -> Self {
-        self.cache_hits += other.cache_hits;
-        self.cache_misses += other.cache_misses;
-        self.coalesced += other.coalesced;
-        self.batched += other.batched;
-        self.retries += other.retries;
-        for (key, value) in &other.degraded {
-            *self.degraded.entry(key.clone()).or_default() += value;
+    /// What was counted since `before`: stacks in one process share one
+    /// recorder, so a run's counters are the difference of two readings
+    /// (the level is the one at the end).
+    pub fn since(mut self, before: &Self) -> Self {
+        self.cache_hits -= before.cache_hits;
+        self.cache_misses -= before.cache_misses;
+        self.coalesced -= before.coalesced;
+        self.batched -= before.batched;
+        self.retries -= before.retries;
+        for (key, value) in &before.degraded {
+            *self.degraded.entry(key.clone()).or_default() -= value;
         }
-        for (key, value) in &other.refusals {
-            *self.refusals.entry(key.clone()).or_default() += value;
+        for (key, value) in &before.refusals {
+            *self.refusals.entry(key.clone()).or_default() -= value;
         }
-        self.degradation_level = self.degradation_level.max(other.degradation_level);
-        self.state_errors += other.state_errors;
+        self.degraded.retain(|_, v| *v != 0.0);
+        self.refusals.retain(|_, v| *v != 0.0);
+        self.state_errors -= before.state_errors;
         self
     }
 }

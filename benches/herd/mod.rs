@@ -200,17 +200,19 @@ pub async fn run(options: &Options, mode: Mode) -> Result<RunResult, Error> {
     } else {
         corral.iter().map(corral::Running::url).collect()
     };
+    // Every stack in this process reports to one recorder: one reading
+    // before and one after cover them all, and nothing of earlier runs.
+    let before = match corral.first() {
+        Some(first) => Some(metrics::scrape(&first.url()).await?),
+        None => None,
+    };
     let started = Instant::now();
     let records = drive::run(Arc::new(drive(options, bases, options.fleet.clone()))).await;
     let wall = started.elapsed();
-    let mut counters: Option<CorralCounters> = None;
-    for replica in &corral {
-        let scraped = metrics::scrape(&replica.url()).await?;
-        counters = Some(match counters {
-            Some(sum) => sum.plus(&scraped),
-            None => scraped,
-        });
-    }
+    let counters = match (corral.first(), before) {
+        (Some(first), Some(before)) => Some(metrics::scrape(&first.url()).await?.since(&before)),
+        _ => None,
+    };
     for replica in corral {
         replica.shutdown().await;
     }

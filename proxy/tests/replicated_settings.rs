@@ -314,3 +314,43 @@ async fn when_the_replica_generating_for_the_others_loses_its_client_they_genera
         "the first generation was stopped"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_urgent_request_does_not_wait_for_a_batch_one_generating_on_another_replica() {
+    let redis = Redis::start().await;
+    let upstream = mock(corral_e2e::fast()).await;
+    let text = config(
+        &upstream.url(),
+        &redis.url,
+        &prefix("coalesce-urgent"),
+        "5s",
+        "[[layers]]\nkind = \"cache\"\n",
+    );
+    let [a, b, _c] = three(&text).await;
+    let body = r#"{"model":"llama3","prompt":"the same, at two priorities","stream":false,"options":{"temperature":0}}"#;
+    let batch = tokio::spawn(send(ask(
+        &a.url,
+        "batch-0",
+        body,
+        &[("x-mock-fault", "tokens=60, tps=20")],
+    )));
+    corral_e2e::eventually("the batch request is generating", || {
+        upstream.stats().in_flight == 1
+    })
+    .await;
+    // Priority 1 on another replica: generated for it, not waited for.
+    let urgent = send(ask(
+        &b.url,
+        "system-0",
+        body,
+        &[("x-mock-fault", "tokens=2, tps=100")],
+    ))
+    .await;
+    assert_eq!(urgent.status, 200);
+    assert_eq!(urgent.header("x-corral-cache"), Some("miss"));
+    assert!(
+        !batch.is_finished(),
+        "the urgent answer came before the batch one"
+    );
+    batch.abort();
+}

@@ -355,3 +355,75 @@ async fn a_grant_in_one_pool_never_wakes_a_waiter_of_another() {
     let default = within(waits_default).await.unwrap().unwrap();
     drop((big, default));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_grants_another_replicas_ticket_leaves_its_permit_counted() {
+    let redis = Redis::start().await;
+    let prefix = unique("others");
+    let one = Scheduler::shared(
+        &config(1),
+        state(&redis, &prefix, "one"),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let two = Scheduler::shared(
+        &config(1),
+        state(&redis, &prefix, "two"),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let probe = state(&redis, &prefix, "probe");
+    let held = within(one.acquire(ticket("a", 5), None)).await.unwrap();
+    let waiting = tokio::spawn(two.acquire(ticket("b", 5), None));
+    until_counts(&probe, (1, 1)).await;
+    // Replica one's script grants replica two's ticket.
+    one.set_capacity(2);
+    let granted = within(waiting).await.unwrap().unwrap();
+    until_counts(&probe, (0, 2)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(counts(&probe).await, (0, 2), "both permits still counted");
+    let third = tokio::spawn(one.acquire(ticket("c", 5), None));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!third.is_finished(), "a third waits: the capacity is 2");
+    drop((held, granted));
+    let third = within(third).await.unwrap().unwrap();
+    drop(third);
+    until_counts(&probe, (0, 0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_redis_loses_its_data_every_pools_running_permits_count_again() {
+    let redis = Redis::start().await;
+    let prefix = unique("flushed");
+    let pools = PriorityConfig {
+        model_capacity: [("big".to_string(), 1)].into_iter().collect(),
+        ..config(1)
+    };
+    let scheduler = Scheduler::shared(
+        &pools,
+        state(&redis, &prefix, "one"),
+        Duration::from_secs(1),
+    )
+    .unwrap();
+    let default = within(scheduler.acquire(ticket("a", 5), None))
+        .await
+        .unwrap();
+    let big = within(scheduler.acquire(ticket("a", 5), Some("big")))
+        .await
+        .unwrap();
+    let probe = state(&redis, &prefix, "probe");
+    let _: () = probe.query(&redis::cmd("FLUSHALL")).await.unwrap();
+    let leases = |pool: &'static str| {
+        let probe = probe.clone();
+        async move {
+            let mut zcard = redis::cmd("ZCARD");
+            zcard.arg(probe.key(&format!("prio:{pool}:leases")));
+            probe.query::<usize>(&zcard).await.unwrap()
+        }
+    };
+    corral_e2e::eventually_async("both pools count their running permit again", || async {
+        leases("*").await == 1 && leases("big:latest").await == 1
+    })
+    .await;
+    drop((default, big));
+}

@@ -64,6 +64,9 @@ pub(crate) struct Keep {
     /// For an answer another replica generated: whether the stream ends
     /// with OpenAI's usage chunk.
     pub(crate) include_usage: bool,
+    /// The request's priority: a more urgent one does not wait for a
+    /// less urgent one another replica generates.
+    pub(crate) priority: u8,
 }
 
 /// The shared upstream call: reads the answer into the flight, keeps it
@@ -92,7 +95,7 @@ pub(crate) async fn fly<S, B>(
     // its answer makes the others wait for it.
     let claim = if keep.write {
         tokio::select! {
-            claim = shared.store.claim(&slot.0) => claim,
+            claim = shared.store.claim(&slot.0, keep.priority) => claim,
             () = flight.abandoned() => {
                 forget(&shared);
                 return;
@@ -112,7 +115,10 @@ pub(crate) async fn fly<S, B>(
                     return;
                 }
             }
-            if let Some(entry) = shared.store.get(&slot.0).found().await {
+            // Only what the other replica just kept: an older entry
+            // found instead (it gave up) is not this request's answer.
+            let found = shared.store.get(&slot.0).found().await;
+            if let Some(entry) = found.filter(|e| Instant::now() < e.fresh_until) {
                 metrics::counter!(CACHE_COALESCED_TOTAL).increment(1);
                 serve(&flight, &entry.answer, slot.1, keep.include_usage);
                 forget(&shared);
@@ -137,7 +143,10 @@ pub(crate) async fn fly<S, B>(
             return;
         }
     };
-    let (parts, body) = response.into_parts();
+    let (mut parts, body) = response.into_parts();
+    // This layer's header says what this layer did (an upstream that is
+    // itself a Corral says its own).
+    parts.headers.remove(X_CORRAL_CACHE);
     let content_type = parts
         .headers
         .get(header::CONTENT_TYPE)

@@ -128,6 +128,7 @@ impl RedisCache {
         let mut pushed = self.state.subscribe(DONE).await;
         let name = hex(&key);
         let claim = self.claim_key(&key);
+        let answer = self.redis_key(&key);
         // The first tick checks at once: the claim may have been released
         // before this replica subscribed.
         let mut check = tokio::time::interval(Duration::from_secs(1));
@@ -141,10 +142,13 @@ impl RedisCache {
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },
                 _ = check.tick() => {
-                    let mut exists = redis::cmd("EXISTS");
-                    exists.arg(&claim);
-                    if !matches!(self.state.query::<i64>(&exists).await, Ok(1)) {
-                        return;
+                    // Gone, or the answer is there already (a release that
+                    // was lost leaves the claim until it runs out).
+                    let mut pipeline = redis::pipe();
+                    pipeline.cmd("EXISTS").arg(&claim).cmd("EXISTS").arg(&answer);
+                    match self.state.pipeline::<(i64, i64)>(&pipeline).await {
+                        Ok((1, 0)) => {}
+                        _ => return,
                     }
                 }
                 () = &mut deadline => return,
@@ -240,7 +244,7 @@ impl CacheStore for RedisCache {
         });
     }
 
-    fn claim(&self, key: &Key) -> Pin<Box<dyn Future<Output = Claim> + Send>> {
+    fn claim(&self, key: &Key, priority: u8) -> Pin<Box<dyn Future<Output = Claim> + Send>> {
         if !self.state.is_up() {
             return Box::pin(std::future::ready(Claim::Generate(ClaimGuard::default())));
         }
@@ -248,14 +252,17 @@ impl CacheStore for RedisCache {
         let key = *key;
         Box::pin(async move {
             let claim = store.claim_key(&key);
+            // `NX GET`: claimed when there was no holder; else the holder,
+            // `replica priority`.
             let mut set = redis::cmd("SET");
             set.arg(&claim)
-                .arg(store.state.replica().as_ref())
+                .arg(format!("{} {priority}", store.state.replica()))
                 .arg("NX")
+                .arg("GET")
                 .arg("PX")
                 .arg(CLAIM.as_millis() as u64);
             match store.state.query::<Option<String>>(&set).await {
-                Ok(Some(_)) => {
+                Ok(None) => {
                     store
                         .claims
                         .lock()
@@ -276,7 +283,21 @@ impl CacheStore for RedisCache {
                         }
                     }))
                 }
-                Ok(None) => Claim::Wait(Box::pin(store.wait_for(key))),
+                Ok(Some(holder)) => {
+                    let holder_priority = holder
+                        .rsplit(' ')
+                        .next()
+                        .and_then(|p| p.parse::<u8>().ok())
+                        .unwrap_or(u8::MAX);
+                    if priority < holder_priority {
+                        // More urgent than the request generating it,
+                        // which may still wait for its permit: no waiting
+                        // behind it.
+                        Claim::Generate(ClaimGuard::default())
+                    } else {
+                        Claim::Wait(Box::pin(store.wait_for(key)))
+                    }
+                }
                 Err(_) => Claim::Generate(ClaimGuard::default()),
             }
         })

@@ -244,6 +244,7 @@ where
             endpoint: meta.endpoint,
             ttl,
             include_usage,
+            priority: meta.priority.get(),
         },
     ));
     Box::pin(async move {

@@ -111,12 +111,14 @@ pub trait CacheStore: Send + Sync + 'static {
     /// How many entries and bytes are kept.
     fn size(&self) -> (u64, u64);
 
-    /// Whether this replica generates the answer under `key` or waits for
-    /// another replica that does: identical requests coalesce across
-    /// replicas as they do within one (its flights). One process alone:
-    /// always [`Claim::Generate`].
-    fn claim(&self, key: &Key) -> Pin<Box<dyn Future<Output = Claim> + Send>> {
-        let _ = key;
+    /// Whether this replica generates the answer under `key` for a
+    /// request of `priority` (1 highest) or waits for another replica that
+    /// does: identical requests coalesce across replicas as they do
+    /// within one (its flights). A request more urgent than the one
+    /// generating does not wait. One process alone: always
+    /// [`Claim::Generate`].
+    fn claim(&self, key: &Key, priority: u8) -> Pin<Box<dyn Future<Output = Claim> + Send>> {
+        let _ = (key, priority);
         Box::pin(std::future::ready(Claim::Generate(ClaimGuard::default())))
     }
 }

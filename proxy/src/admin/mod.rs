@@ -320,11 +320,18 @@ fn resolved_config(config: &Config) -> serde_json::Value {
     value
 }
 
-/// `redis://user:secret@host/0` as `redis://<redacted>@host/0`.
+/// `redis://user:secret@host/0` as `redis://<redacted>@host/0`; a
+/// query (`redis+unix:///sock?pass=secret`) as `?<redacted>`.
 fn without_credentials(url: &str) -> String {
+    let (url, query) = match url.split_once('?') {
+        Some((url, _)) => (url, "?<redacted>"),
+        None => (url, ""),
+    };
     match (url.split_once("://"), url.rfind('@')) {
-        (Some((scheme, _)), Some(at)) => format!("{scheme}://<redacted>{}", &url[at..]),
-        _ => url.to_string(),
+        (Some((scheme, _)), Some(at)) => {
+            format!("{scheme}://<redacted>{}{query}", &url[at..])
+        }
+        _ => format!("{url}{query}"),
     }
 }
 
@@ -377,6 +384,10 @@ mod tests {
         assert_eq!(
             without_credentials("redis://127.0.0.1:6379"),
             "redis://127.0.0.1:6379"
+        );
+        assert_eq!(
+            without_credentials("redis+unix:///run/redis.sock?db=0&pass=s3cret"),
+            "redis+unix:///run/redis.sock?<redacted>"
         );
     }
 }

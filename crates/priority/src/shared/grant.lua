@@ -16,10 +16,9 @@
 -- ARGV[9] this replica
 -- ARGV[10] the channel grants are published on, minus the replica
 -- ARGV[11] the most permits one agent may hold (0: no cap)
--- ARGV[12..] tickets this replica holds, for renew: extended if Redis
---          still has them (a released one is not brought back), added
---          if Redis forgot this replica (it lost its data) or if the
---          ticket starts with `+` (a permit taken while Redis was away)
+-- ARGV[12..] tickets this replica holds, for renew: (re-)added, so the
+--          permits running here count after Redis lost its data, and the
+--          local pool's permits taken while it was away count too
 --
 -- Returns { permits held, capacity, live replicas, granted tickets... }.
 
@@ -27,12 +26,6 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local op = ARGV[1]
 local ttl = tonumber(ARGV[5])
-
--- Whether Redis still knew this replica: if not, it lost its data (or
--- this replica stalled past its lease) and the permits running here must
--- be counted again.
-local known = redis.call('ZSCORE', KEYS[4], ARGV[9])
-known = known and tonumber(known) > now
 
 -- This replica is alive for another lease.
 redis.call('ZADD', KEYS[4], now + ttl, ARGV[9])
@@ -55,14 +48,7 @@ elseif op == 'cancel' or op == 'release' then
   redis.call('ZREM', KEYS[2], ARGV[2])
 elseif op == 'renew' then
   for i = 12, #ARGV do
-    local ticket = ARGV[i]
-    if string.sub(ticket, 1, 1) == '+' then
-      redis.call('ZADD', KEYS[2], now + ttl, string.sub(ticket, 2))
-    elseif known then
-      redis.call('ZADD', KEYS[2], 'XX', now + ttl, ticket)
-    else
-      redis.call('ZADD', KEYS[2], now + ttl, ticket)
-    end
+    redis.call('ZADD', KEYS[2], now + ttl, ARGV[i])
   end
 end
 
@@ -92,7 +78,11 @@ end
 -- (their agent is at its cap, or the reserve is not theirs): the scan
 -- goes on past them, a page at a time, rather than leaving permits idle.
 local offset = 0
-while held < capacity do
+-- At most this many pages per call: a queue of work that cannot take the
+-- free permits must not make every call walk all of it (the next call
+-- goes on; Redis runs nothing else meanwhile).
+local pages = 16
+while held < capacity and pages > 0 do
   local open_to_all = held + reserve < capacity
   local head = redis.call('ZRANGE', KEYS[1], offset, offset + 63)
   if #head == 0 then
@@ -124,6 +114,7 @@ while held < capacity do
     redis.call('PUBLISH', ARGV[10] .. chosen_replica, chosen)
   else
     offset = offset + #head - removed
+    pages = pages - 1
   end
 end
 

@@ -9,7 +9,7 @@
 //! queued tickets are dropped. While Redis does not answer, tickets go to
 //! the local pool, sized to this replica's share of the capacity.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// Ticket numbers, unique in the process: a ticket's id names one waiter
@@ -50,10 +50,9 @@ pub(crate) struct SharedPool {
     /// The fallback while Redis is away, sized to this replica's share.
     pub(crate) local: Arc<Pool>,
     waiting: Mutex<HashMap<String, Waiting>>,
-    /// The permits this replica holds, by ticket, and whether Redis has
-    /// them (a permit of the local pool, taken while Redis was away, is
-    /// added at the next renewal).
-    held: Mutex<HashMap<String, bool>>,
+    /// The permits this replica holds, by ticket (a permit of the local
+    /// pool, taken while Redis was away, too: renewals add it).
+    held: Mutex<HashSet<String>>,
     /// A capacity an operator set that Redis has not taken yet.
     pending_capacity: Mutex<Option<usize>>,
     /// Permits held across replicas, as of the last script.
@@ -122,7 +121,15 @@ impl SharedPool {
         format!("prio:{}:grants:{}", self.name, self.state.replica())
     }
 
-    async fn run(&self, op: &str, ticket: &str, level: usize) -> Result<Report, ()> {
+    /// One call of the grant script; `renewing` are the tickets a
+    /// renewal re-adds.
+    async fn run(
+        &self,
+        op: &str,
+        ticket: &str,
+        level: usize,
+        renewing: &[String],
+    ) -> Result<Report, ()> {
         let reserve = self.reserve.unwrap_or(Reserve {
             permits: 0,
             up_to_priority: 10,
@@ -140,15 +147,7 @@ impl SharedPool {
             self.grants_channel.clone(),
             self.per_agent.unwrap_or(0).to_string(),
         ];
-        if op == "renew" {
-            args.extend(lock(&self.held).iter().map(|(ticket, in_redis)| {
-                if *in_redis {
-                    ticket.clone()
-                } else {
-                    format!("+{ticket}")
-                }
-            }));
-        }
+        args.extend(renewing.iter().cloned());
         let reply: Vec<redis::Value> = self
             .state
             .script(&GRANT, &self.keys, &args)
@@ -191,7 +190,12 @@ impl SharedPool {
             }
             return;
         }
-        if !lock(&self.held).contains_key(ticket) {
+        // A script's report lists every replica's grants: only this
+        // replica's own can be nobody's here.
+        let own = ticket
+            .strip_prefix(self.state.replica().as_ref())
+            .is_some_and(|rest| rest.starts_with('|'));
+        if own && !lock(&self.held).contains(ticket) {
             self.give_back(ticket.to_string(), "release");
         }
     }
@@ -209,7 +213,7 @@ impl SharedPool {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 // Failing, the lease runs out by itself.
-                let _ = pool.run(op, &ticket, 0).await;
+                let _ = pool.run(op, &ticket, 0, &[]).await;
             });
         }
     }
@@ -245,21 +249,23 @@ impl SharedPool {
         if let Some(capacity) = pending {
             self.write_capacity(capacity).await;
         }
-        let asserted: Vec<String> = lock(&self.held)
-            .iter()
-            .filter(|(_, in_redis)| !**in_redis)
-            .map(|(ticket, _)| ticket.clone())
-            .collect();
-        let Ok(report) = self.run("renew", "", 0).await else {
+        // Every permit running here is (re-)added: after Redis lost its
+        // data, or a permit of the local pool, it counts again. One
+        // released while the script ran would be brought back: released
+        // again after it.
+        let renewing: Vec<String> = lock(&self.held).iter().cloned().collect();
+        let Ok(report) = self.run("renew", "", 0, &renewing).await else {
             return;
         };
-        {
-            let mut held = lock(&self.held);
-            for ticket in asserted {
-                if let Some(in_redis) = held.get_mut(&ticket) {
-                    *in_redis = true;
-                }
-            }
+        let released: Vec<String> = {
+            let held = lock(&self.held);
+            renewing.into_iter().filter(|t| !held.contains(t)).collect()
+        };
+        for ticket in released {
+            let pool = self.clone();
+            tokio::spawn(async move {
+                let _ = pool.run("release", &ticket, 0, &[]).await;
+            });
         }
         for ticket in &report.granted {
             self.granted(ticket);
@@ -278,6 +284,7 @@ impl SharedPool {
         let tickets: Vec<&String> = waiting.iter().map(|(t, _)| t).collect();
         let mut pipeline = redis::pipe();
         pipeline
+            .atomic()
             .cmd("ZMSCORE")
             .arg(&self.keys[1])
             .arg(&tickets)
@@ -298,7 +305,7 @@ impl SharedPool {
                 self.granted(ticket);
             } else if queued.is_none() {
                 tracing::warn!(ticket, "Redis lost a waiting ticket: queued again");
-                if let Ok(report) = self.run("enqueue", ticket, *level).await {
+                if let Ok(report) = self.run("enqueue", ticket, *level, &[]).await {
                     for granted in &report.granted {
                         self.granted(granted);
                     }
@@ -345,7 +352,7 @@ impl SharedPool {
             }
         }
         // More room: grant at once.
-        if let Ok(report) = self.run("tick", "", 0).await {
+        if let Ok(report) = self.run("tick", "", 0, &[]).await {
             for ticket in &report.granted {
                 self.granted(ticket);
             }

@@ -41,7 +41,7 @@ impl SharedPool {
             pool: self.clone(),
             ticket: Some(id.clone()),
         };
-        match self.run("enqueue", &id, level).await {
+        match self.run("enqueue", &id, level, &[]).await {
             Ok(report) if report.granted.contains(&id) => {}
             Ok(_) => {
                 let mut health = self.state.health();
@@ -79,7 +79,7 @@ impl SharedPool {
         let ticket_id = guard.ticket.take().unwrap_or_default();
         // Held before it stops waiting: a grant message heard in between
         // must not find it nobody's.
-        lock(&self.held).insert(ticket_id.clone(), true);
+        lock(&self.held).insert(ticket_id.clone());
         self.forget(&ticket_id);
         Ok(Permit::shared(
             self.clone(),
@@ -106,7 +106,7 @@ impl SharedPool {
         let level = usize::from(ticket.priority.get() - 1);
         let id = self.ticket_id(level, &ticket);
         let permit = Acquire::local(self.local.clone(), ticket).await?;
-        lock(&self.held).insert(id.clone(), false);
+        lock(&self.held).insert(id.clone());
         Ok(permit.into_shared(self.clone(), id))
     }
 }
