@@ -1,7 +1,7 @@
 //! Answers in Redis, shared by every replica, with this replica's memory
 //! in front.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -53,7 +53,7 @@ pub struct RedisCache {
     state: RedisState,
     memory: Arc<MemoryStore>,
     /// Keys this replica claimed and has not yet released.
-    claims: Arc<Mutex<HashSet<Key>>>,
+    claims: Arc<Mutex<HashMap<Key, String>>>,
 }
 
 /// How long a claim lives without renewal (renewed every third of it).
@@ -109,17 +109,22 @@ impl RedisCache {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(key);
-        if held {
-            pipeline
-                .cmd("DEL")
-                .arg(self.claim_key(key))
-                .ignore()
-                .cmd("PUBLISH")
-                .arg(self.state.key(DONE))
-                .arg(hex(key))
-                .ignore();
-        }
-        held
+        let Some(value) = held else {
+            return false;
+        };
+        pipeline
+            .cmd("EVAL")
+            .arg(IF_OURS)
+            .arg(1)
+            .arg(self.claim_key(key))
+            .arg(value)
+            .arg("DEL")
+            .ignore()
+            .cmd("PUBLISH")
+            .arg(self.state.key(DONE))
+            .arg(hex(key))
+            .ignore();
+        true
     }
 
     /// Resolves when the replica that claimed `key` released it, its
@@ -254,9 +259,10 @@ impl CacheStore for RedisCache {
             let claim = store.claim_key(&key);
             // `NX GET`: claimed when there was no holder; else the holder,
             // `replica priority`.
+            let value = format!("{} {priority}", store.state.replica());
             let mut set = redis::cmd("SET");
             set.arg(&claim)
-                .arg(format!("{} {priority}", store.state.replica()))
+                .arg(&value)
                 .arg("NX")
                 .arg("GET")
                 .arg("PX")
@@ -267,8 +273,8 @@ impl CacheStore for RedisCache {
                         .claims
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .insert(key);
-                    let keeper = tokio::spawn(keep_claim(store.state.clone(), claim));
+                        .insert(key, value.clone());
+                    let keeper = tokio::spawn(keep_claim(store.state.clone(), claim, value));
                     Claim::Generate(ClaimGuard::new(move || {
                         keeper.abort();
                         // Not kept (an error, too large, not 200): tell the
@@ -322,13 +328,32 @@ impl CacheStore for RedisCache {
 }
 
 /// Keeps a claim alive while its holder generates.
-async fn keep_claim(state: RedisState, claim: String) {
+async fn keep_claim(state: RedisState, claim: String, value: String) {
     let mut ticks = tokio::time::interval(CLAIM / 3);
     ticks.tick().await;
     loop {
         ticks.tick().await;
-        let mut extend = redis::cmd("PEXPIRE");
-        extend.arg(&claim).arg(CLAIM.as_millis() as u64);
+        let mut extend = redis::cmd("EVAL");
+        extend
+            .arg(IF_OURS)
+            .arg(1)
+            .arg(&claim)
+            .arg(&value)
+            .arg("PEXPIRE")
+            .arg(CLAIM.as_millis() as u64);
         let _ = state.query::<i64>(&extend).await;
     }
 }
+
+/// Runs `ARGV[2]` (`DEL`, or `PEXPIRE` with `ARGV[3]`) on the claim only
+/// while it is still this replica's: one that ran out and was taken by
+/// another replica is not touched.
+const IF_OURS: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+if ARGV[2] == 'DEL' then
+  return redis.call('DEL', KEYS[1])
+end
+return redis.call('PEXPIRE', KEYS[1], ARGV[3])
+";

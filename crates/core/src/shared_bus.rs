@@ -29,7 +29,29 @@ struct Outgoing {
     channel: String,
     field: Option<String>,
     envelope: String,
+    timestamp: f64,
 }
+
+/// Keeps a setting and publishes it, unless Redis holds a newer one for
+/// the field: a replica back from an outage must not undo what another
+/// set meanwhile.
+static SET_IF_NEWER: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        local kept = redis.call('HGET', KEYS[1], ARGV[1])
+        if kept then
+          local ok, message = pcall(cjson.decode, kept)
+          if ok and type(message) == 'table' and tonumber(message.timestamp)
+            and tonumber(message.timestamp) > tonumber(ARGV[3]) then
+            return 0
+          end
+        end
+        redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+        redis.call('PUBLISH', KEYS[2], ARGV[2])
+        return 1
+        ",
+    )
+});
 
 /// The bus shared by every replica of a deployment.
 ///
@@ -98,11 +120,13 @@ impl RedisBus {
             message,
         };
         let envelope = serde_json::to_string(&message).unwrap_or_default();
+        let timestamp = message.timestamp;
         let _ = self.local.send(message);
         let outgoing = Outgoing {
             channel: channel.to_string(),
             field: field.map(str::to_string),
             envelope,
+            timestamp,
         };
         if self.outbox.try_send(outgoing).is_err() {
             metrics::counter!(BUS_DROPPED_TOTAL).increment(1);
@@ -127,19 +151,19 @@ impl Bus for RedisBus {
 async fn send_one(state: &RedisState, outgoing: Outgoing) -> Result<(), Outgoing> {
     let written = match &outgoing.field {
         Some(field) => {
-            let mut pipeline = redis::pipe();
-            pipeline
-                .atomic()
-                .cmd("HSET")
-                .arg(state.key(&format!("state:{}", outgoing.channel)))
-                .arg(field)
-                .arg(&outgoing.envelope)
-                .ignore()
-                .cmd("PUBLISH")
-                .arg(state.key(&outgoing.channel))
-                .arg(&outgoing.envelope)
-                .ignore();
-            state.pipeline::<()>(&pipeline).await
+            let keys = [
+                state.key(&format!("state:{}", outgoing.channel)),
+                state.key(&outgoing.channel),
+            ];
+            let args = [
+                field.clone(),
+                outgoing.envelope.clone(),
+                outgoing.timestamp.to_string(),
+            ];
+            state
+                .script::<i64>(&SET_IF_NEWER, &keys, &args)
+                .await
+                .map(drop)
         }
         None => state.publish(&outgoing.channel, &outgoing.envelope).await,
     };

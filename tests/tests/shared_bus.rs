@@ -1,0 +1,101 @@
+//! The bus across replicas against a real `redis-server`: a message from
+//! one reaches the others, a setting is replayed to a replica that starts
+//! later, and an older setting never overwrites a newer one.
+
+#![allow(clippy::unwrap_used)] // a test fails by panicking
+
+use std::time::Duration;
+
+use corral_core::{channels, redis, Bus, RedisBus, RedisState};
+use corral_e2e::{within, Redis};
+
+fn state(redis: &Redis, prefix: &str, replica: &str) -> RedisState {
+    RedisState::new(&redis.url, prefix, replica, Duration::from_millis(500)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_reach_the_other_replicas_and_those_that_start_later() {
+    let redis = Redis::start().await;
+    let prefix = format!("corral-bus-{}-reach:", std::process::id());
+    let one = RedisBus::start(state(&redis, &prefix, "one"));
+    let two = RedisBus::start(state(&redis, &prefix, "two"));
+    let mut heard = two.subscribe();
+    // Let both subscribe before the message.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    one.publish_state(
+        channels::DEGRADATION_LEVEL,
+        "forced",
+        serde_json::json!({"cause": "operator", "forced": "L2"}),
+    );
+    let message = within(async {
+        loop {
+            let message = heard.recv().await.unwrap();
+            if &*message.publisher == "one" {
+                return message;
+            }
+        }
+    })
+    .await;
+    assert_eq!(&*message.channel, channels::DEGRADATION_LEVEL);
+    assert_eq!(message.message["forced"], "L2");
+
+    let late = RedisBus::start(state(&redis, &prefix, "late"));
+    let mut replayed = late.subscribe();
+    let message = within(async {
+        loop {
+            let message = replayed.recv().await.unwrap();
+            if &*message.channel == channels::DEGRADATION_LEVEL {
+                return message;
+            }
+        }
+    })
+    .await;
+    assert_eq!(message.message["forced"], "L2", "read before it listens");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_setting_never_overwrites_a_newer_one() {
+    let redis = Redis::start().await;
+    let prefix = format!("corral-bus-{}-newer:", std::process::id());
+    let probe = state(&redis, &prefix, "probe");
+    let hash = probe.key(&format!("state:{}", channels::DEGRADATION_LEVEL));
+    // Another replica set it "later" than this replica's clock says now
+    // (a replica back from an outage writes what it kept).
+    let newer = serde_json::json!({
+        "channel": channels::DEGRADATION_LEVEL,
+        "timestamp": corral_core::unix_now_f64() + 3600.0,
+        "publisher": "other",
+        "message": {"cause": "operator", "forced": null},
+    });
+    let mut set = redis::cmd("HSET");
+    set.arg(&hash).arg("forced").arg(newer.to_string());
+    let _: i64 = probe.query(&set).await.unwrap();
+    let bus = RedisBus::start(state(&redis, &prefix, "one"));
+    bus.publish_state(
+        channels::DEGRADATION_LEVEL,
+        "forced",
+        serde_json::json!({"cause": "operator", "forced": "Critical"}),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut get = redis::cmd("HGET");
+    get.arg(&hash).arg("forced");
+    let kept: String = probe.query(&get).await.unwrap();
+    let kept: serde_json::Value = serde_json::from_str(&kept).unwrap();
+    assert_eq!(kept["publisher"], "other", "the newer setting stays");
+    // A newer one of its own is written.
+    let mut older = newer.clone();
+    older["timestamp"] = serde_json::json!(1.0);
+    let mut set = redis::cmd("HSET");
+    set.arg(&hash).arg("forced").arg(older.to_string());
+    let _: i64 = probe.query(&set).await.unwrap();
+    bus.publish_state(
+        channels::DEGRADATION_LEVEL,
+        "forced",
+        serde_json::json!({"cause": "operator", "forced": "L1"}),
+    );
+    corral_e2e::eventually_async("the newer setting replaces the older", || async {
+        let kept: String = probe.query(&get).await.unwrap();
+        kept.contains("\"L1\"")
+    })
+    .await;
+}
