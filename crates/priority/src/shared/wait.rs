@@ -124,3 +124,19 @@ impl Drop for Guard {
         }
     }
 }
+
+impl SharedPool {
+    /// Delivers the grants heard on this pool's channel to its waiters,
+    /// for as long as it runs.
+    pub(crate) async fn hear_grants(self: Arc<Self>) {
+        let channel = self.own_grants();
+        let mut pushed = self.state.subscribe(&channel).await;
+        loop {
+            match pushed.recv().await {
+                Ok(message) if message.channel == channel => self.granted(&message.payload),
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+}
