@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use corral_e2e::{metric_sum, mock, request, send, within, Redis};
+use corral_e2e::{metric_sum, mock, send, within, Redis};
 use corral_mock_ollama::MockConfig;
 use support::replica::{ask, config, median, prefix, three, CLASSES};
 
@@ -212,6 +212,15 @@ async fn an_agents_quota_spread_over_three_replicas_admits_exactly_its_limit() {
         "opus allows 5 requests a minute per agent, across replicas"
     );
     assert_eq!(refused, 10);
+    // Every replica's events are in one stream, read from any of them,
+    // their ids growing.
+    corral_e2e::eventually_async("one replica replays the refusals of all three", || async {
+        let refusals = replicas[2].events("agent=opus-0&kind=refused").await;
+        let ids: Vec<u64> = refusals.iter().map(|e| e["id"].as_u64().unwrap()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids grow: {ids:?}");
+        refusals.len() == 10
+    })
+    .await;
     // Another agent of the class has its own quota.
     assert_eq!(replicas[1].generate("opus-1", 3, "mine").await.status, 200);
 }
@@ -313,16 +322,9 @@ async fn redis_stopped_and_restarted_mid_run_fails_no_request_and_sharing_resume
     );
     // The event recorded while Redis was away reached the shared stream.
     corral_e2e::eventually_async("the buffered event is in the shared stream", || async {
-        let events = send(request(
-            "GET",
-            &format!("{}/corral/events?agent=system-1", replicas[0].url),
-            "",
-        ))
-        .await
-        .json();
-        events
-            .as_array()
-            .unwrap()
+        replicas[0]
+            .events("agent=system-1")
+            .await
             .iter()
             .any(|e| e["request_id"] == "during-the-outage")
     })

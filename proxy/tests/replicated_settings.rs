@@ -142,16 +142,8 @@ async fn an_agents_priority_and_the_capacity_set_on_one_replica_take_effect_on_a
     );
     assert_eq!(send(promoted).await.status, 200);
     corral_e2e::eventually_async("the request was received at priority 1", || async {
-        let events = send(request(
-            "GET",
-            &format!("{}/corral/events?agent=batch-7&kind=received", b.url),
-            "",
-        ))
-        .await
-        .json();
-        events
-            .as_array()
-            .unwrap()
+        b.events("agent=batch-7&kind=received")
+            .await
             .iter()
             .any(|e| e["request_id"] == "promoted-1" && e["data"]["priority"] == 1)
     })

@@ -66,6 +66,17 @@ impl Replica {
         send(request).await
     }
 
+    /// `GET /corral/events?{query}`: the events, oldest first.
+    pub(crate) async fn events(&self, query: &str) -> Vec<serde_json::Value> {
+        let reply = send(request(
+            "GET",
+            &format!("{}/corral/events?{query}", self.url),
+            "",
+        ))
+        .await;
+        reply.json().as_array().cloned().unwrap_or_default()
+    }
+
     pub(crate) async fn degrade(&self, body: &str) -> serde_json::Value {
         let method = if body.is_empty() { "GET" } else { "POST" };
         send(request(
