@@ -1,80 +1,19 @@
 //! The cache alone: what is cached and what is not, both forms from one
-//! entry, lifetimes and stale answers (time paused), namespaces, and
-//! coalescing of identical requests in flight.
+//! entry, lifetimes and stale answers (time paused), namespaces, and the
+//! byte bound. Coalescing is in `coalescing.rs`.
 
 #![allow(clippy::unwrap_used)] // a test fails by panicking
-#![allow(clippy::type_complexity)] // test upstreams spelled out as impl Service
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+mod common;
+
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
 use corral_cache::{CacheConfig, CacheLayer, Namespace};
-use corral_core::{Body, BoxError, Degradation, Endpoint, GenerationParams, Level, RequestMeta};
-use http::{Request, Response};
-use http_body_util::channel::{Channel, Sender};
-use http_body_util::{BodyExt, Full};
-use tokio::sync::mpsc;
-use tower::{service_fn, Layer, ServiceExt};
+use corral_core::{Degradation, Level, RequestMeta};
+use tower::{Layer, ServiceExt};
 
-const STREAMED: &str = "{\"model\":\"llama3\",\"created_at\":\"t\",\"response\":\"Hello\",\"done\":false}\n{\"model\":\"llama3\",\"created_at\":\"t\",\"response\":\" there\",\"done\":false}\n{\"model\":\"llama3\",\"created_at\":\"t\",\"response\":\"\",\"done\":true,\"done_reason\":\"stop\",\"eval_count\":2}\n";
-
-fn request(body: &'static str, temperature: Option<f64>, stream: bool) -> Request<Body> {
-    let mut meta = RequestMeta::new("r".into(), Endpoint::Generate)
-        .with_agent("agent-a".into(), "opus".into(), false)
-        .with_model(Some("llama3".into()));
-    meta.stream = stream;
-    meta.generation = GenerationParams {
-        temperature,
-        ..GenerationParams::default()
-    };
-    let mut request = Request::post("/api/generate")
-        .body(Body::from(body))
-        .unwrap();
-    request.extensions_mut().insert(meta);
-    request
-}
-
-const DETERMINISTIC: &str = r#"{"model":"llama3","prompt":"hi","options":{"temperature":0}}"#;
-
-/// An upstream that answers every call with the same NDJSON stream and
-/// counts its calls.
-fn counting() -> (
-    impl tower::Service<
-            Request<Body>,
-            Response = Response<Full<Bytes>>,
-            Error = BoxError,
-            Future = impl Send,
-        > + Clone
-        + Send
-        + 'static,
-    Arc<AtomicUsize>,
-) {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counter = calls.clone();
-    let service = service_fn(move |_request: Request<Body>| {
-        counter.fetch_add(1, Ordering::SeqCst);
-        async move {
-            let mut response = Response::new(Full::new(Bytes::from_static(STREAMED.as_bytes())));
-            response
-                .headers_mut()
-                .insert("content-type", "application/x-ndjson".parse().unwrap());
-            Ok::<_, BoxError>(response)
-        }
-    });
-    (service, calls)
-}
-
-async fn text(response: Response<corral_core::BoxBody>) -> (String, String) {
-    let cache = response
-        .headers()
-        .get("x-corral-cache")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (cache, String::from_utf8(body.to_vec()).unwrap())
-}
+use common::{counting, request, text, DETERMINISTIC, STREAMED};
 
 #[tokio::test(start_paused = true)]
 async fn a_repeated_deterministic_request_is_a_hit_in_whichever_form_it_asks() {
@@ -242,144 +181,6 @@ async fn a_namespace_keeps_each_agent_to_its_own_answers() {
     let (cache, _) = text(service.clone().oneshot(other).await.unwrap()).await;
     assert_eq!(cache, "miss");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
-}
-
-/// An upstream whose answers the test writes, chunk by chunk.
-fn controlled() -> (
-    impl tower::Service<
-            Request<Body>,
-            Response = Response<Channel<Bytes, BoxError>>,
-            Error = BoxError,
-            Future = impl Send,
-        > + Clone
-        + Send
-        + 'static,
-    mpsc::UnboundedReceiver<Sender<Bytes, BoxError>>,
-    Arc<AtomicUsize>,
-) {
-    let (senders, receiver) = mpsc::unbounded_channel();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counter = calls.clone();
-    let service = service_fn(move |_request: Request<Body>| {
-        counter.fetch_add(1, Ordering::SeqCst);
-        let (tx, body) = Channel::new(16);
-        let _ = senders.send(tx);
-        async move {
-            let mut response = Response::new(body);
-            response
-                .headers_mut()
-                .insert("content-type", "application/x-ndjson".parse().unwrap());
-            Ok::<_, BoxError>(response)
-        }
-    });
-    (service, receiver, calls)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifty_identical_requests_in_flight_make_one_upstream_call_and_get_the_same_bytes() {
-    let (upstream, mut senders, calls) = controlled();
-    let service = CacheLayer::new(&CacheConfig::default())
-        .unwrap()
-        .layer(upstream);
-
-    let leader = service
-        .clone()
-        .oneshot(request(DETERMINISTIC, Some(0.0), true))
-        .await
-        .unwrap();
-    let mut tx = senders.recv().await.unwrap();
-    tx.send_data(Bytes::from(
-        STREAMED.lines().next().unwrap().to_string() + "\n",
-    ))
-    .await
-    .unwrap();
-
-    // 49 join while it streams; they get the first chunk too.
-    let mut followers = Vec::new();
-    for _ in 0..49 {
-        followers.push(
-            service
-                .clone()
-                .oneshot(request(DETERMINISTIC, Some(0.0), true))
-                .await
-                .unwrap(),
-        );
-    }
-    for line in STREAMED.lines().skip(1) {
-        tx.send_data(Bytes::from(line.to_string() + "\n"))
-            .await
-            .unwrap();
-    }
-    drop(tx);
-
-    let (cache, leader_text) = text(leader).await;
-    assert_eq!((cache.as_str(), leader_text.as_str()), ("miss", STREAMED));
-    for follower in followers {
-        let (cache, follower_text) = text(follower).await;
-        assert_eq!(cache, "coalesced");
-        assert_eq!(follower_text, leader_text, "byte-identical");
-    }
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "exactly one upstream call");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_call_goes_on_when_the_first_client_leaves_and_stops_when_all_do() {
-    let (upstream, mut senders, calls) = controlled();
-    let service = CacheLayer::new(&CacheConfig::default())
-        .unwrap()
-        .layer(upstream);
-
-    let leader = service
-        .clone()
-        .oneshot(request(DETERMINISTIC, Some(0.0), true))
-        .await
-        .unwrap();
-    let mut tx = senders.recv().await.unwrap();
-    let follower = service
-        .clone()
-        .oneshot(request(DETERMINISTIC, Some(0.0), true))
-        .await
-        .unwrap();
-    drop(leader);
-    for line in STREAMED.lines() {
-        tx.send_data(Bytes::from(line.to_string() + "\n"))
-            .await
-            .unwrap();
-    }
-    drop(tx);
-    let (cache, body) = text(follower).await;
-    assert_eq!(
-        (cache.as_str(), body.as_str()),
-        ("coalesced", STREAMED),
-        "the follower got the whole answer"
-    );
-    assert_eq!(calls.load(Ordering::SeqCst), 1);
-
-    // Everyone leaves mid-stream: the upstream call is dropped.
-    let other = r#"{"model":"llama3","prompt":"another","options":{"temperature":0}}"#;
-    let only = service
-        .clone()
-        .oneshot(request(other, Some(0.0), true))
-        .await
-        .unwrap();
-    let mut tx = senders.recv().await.unwrap();
-    tx.send_data(Bytes::from_static(b"{\"response\":\"x\",\"done\":false}\n"))
-        .await
-        .unwrap();
-    drop(only);
-    let closed = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if tx.send_data(Bytes::from_static(b"{}\n")).await.is_err() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    assert!(
-        closed.is_ok(),
-        "the upstream body was dropped once nobody listened"
-    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -10,8 +10,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::json;
 
+use crate::embed::{self, EmbedCall};
 use crate::faults::Faults;
-use crate::infer::{self, EmbedCall};
+use crate::infer;
 use crate::manage;
 use crate::respond::{self, BoxBody, HeadersGuard, Recorded};
 use crate::shapes::Call;
@@ -113,9 +114,9 @@ async fn route(
             infer::generate(state, Call::Generate, &bytes, faults).await
         }
         (Method::POST, "/api/chat") => infer::generate(state, Call::Chat, &bytes, faults).await,
-        (Method::POST, "/api/embed") => infer::embed(state, EmbedCall::Embed, &bytes, faults).await,
+        (Method::POST, "/api/embed") => embed::embed(state, EmbedCall::Embed, &bytes, faults).await,
         (Method::POST, "/api/embeddings") => {
-            infer::embed(state, EmbedCall::Embeddings, &bytes, faults).await
+            embed::embed(state, EmbedCall::Embeddings, &bytes, faults).await
         }
         (Method::POST, "/api/pull") => manage::pull(state, &bytes),
         (Method::POST, "/api/push") => manage::push(state, &bytes),
@@ -129,7 +130,7 @@ async fn route(
             infer::generate(state, Call::OpenAiCompletion, &bytes, faults).await
         }
         (Method::POST, "/v1/embeddings") => {
-            infer::embed(state, EmbedCall::OpenAi, &bytes, faults).await
+            embed::embed(state, EmbedCall::OpenAi, &bytes, faults).await
         }
         (Method::GET, "/v1/models") => manage::openai_models(state),
         (Method::GET, p) if p.starts_with("/v1/models/") && p.len() > "/v1/models/".len() => {

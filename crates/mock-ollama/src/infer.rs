@@ -1,5 +1,5 @@
-//! Generation and embeddings: slots, model loads, time to first token,
-//! tokens per second, streams in NDJSON and SSE.
+//! Generation: slots, model loads, time to first token, tokens per
+//! second, streams in NDJSON and SSE. Embeddings are in `embed.rs`.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -84,7 +84,7 @@ pub(crate) fn precheck(
 }
 
 /// Takes a slot and waits out the model load; 503 when the queue is full.
-async fn slot_for(
+pub(crate) async fn slot_for(
     state: &Arc<State>,
     model: &str,
     openai: bool,
@@ -106,7 +106,7 @@ async fn slot_for(
 /// Waits `d`, or not at all when it is zero: the timer's millisecond
 /// grain would otherwise turn "instant" (a benchmark's infinite
 /// tokens per second) into a millisecond a token.
-async fn pause(d: Duration) {
+pub(crate) async fn pause(d: Duration) {
     if !d.is_zero() {
         sleep(d).await;
     }
@@ -330,73 +330,4 @@ impl Stream {
             .fetch_add(1, Ordering::SeqCst);
         Some(Ok(frame))
     }
-}
-
-/// `/api/embed`, `/api/embeddings` and `/v1/embeddings`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum EmbedCall {
-    Embed,
-    Embeddings,
-    OpenAi,
-}
-
-pub(crate) async fn embed(
-    state: &Arc<State>,
-    call: EmbedCall,
-    body: &[u8],
-    faults: Faults,
-) -> Response<BoxBody> {
-    let started = Instant::now();
-    let openai = call == EmbedCall::OpenAi;
-    let (request, model) = match precheck(state, openai, body, &faults) {
-        Ok(ok) => ok,
-        Err(response) => return response,
-    };
-    let field = if call == EmbedCall::Embeddings {
-        "prompt"
-    } else {
-        "input"
-    };
-    let inputs: Vec<String> = match request.get(field) {
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|v| {
-                v.as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| v.to_string())
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
-    let (slot, load) = match slot_for(state, &model, openai).await {
-        Ok(ok) => ok,
-        Err(response) => return response,
-    };
-    let ttft = faults.ttft.unwrap_or(state.config.ttft);
-    pause(ttft).await;
-    drop(slot);
-    let dim = state.config.embedding_dim;
-    let vectors: Vec<Vec<f32>> = inputs
-        .iter()
-        .map(|i| text::embedding(&model, i, dim))
-        .collect();
-    let prompt_tokens: u64 = inputs.iter().map(|i| text::count_tokens(i)).sum();
-    let nanos = |d: Duration| d.as_nanos() as u64;
-    let doc = match call {
-        EmbedCall::Embed => json!({
-            "model": model, "embeddings": vectors,
-            "total_duration": nanos(started.elapsed()), "load_duration": nanos(load), "prompt_eval_count": prompt_tokens,
-        }),
-        EmbedCall::Embeddings => {
-            json!({ "embedding": vectors.into_iter().next().unwrap_or_default() })
-        }
-        EmbedCall::OpenAi => json!({
-            "object": "list",
-            "data": vectors.into_iter().enumerate().map(|(i, v)| json!({"object": "embedding", "embedding": v, "index": i})).collect::<Vec<_>>(),
-            "model": model,
-            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-        }),
-    };
-    respond::json(StatusCode::OK, &doc)
 }

@@ -44,6 +44,7 @@
 
 mod api;
 mod config;
+mod embed;
 mod faults;
 mod infer;
 mod manage;

@@ -1,82 +1,17 @@
 //! The order of service, with time paused: priority, fair share, weights,
-//! aging, deadlines, cancellation, and permits that always come back.
+//! aging, and ties. Limits (deadlines, cancellation, capacity, caps,
+//! pools, reserves) are in `limits.rs`.
 
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
-use corral_core::{Priority, UpstreamLoad};
-use corral_priority::{Acquire, DeadlineExceeded, Permit, PriorityConfig, Scheduler, Ticket};
-use tokio_test::task::{spawn, Spawn};
+use corral_core::UpstreamLoad;
+use corral_priority::{PriorityConfig, Ticket};
 
-fn scheduler(capacity: usize) -> Arc<Scheduler> {
-    scheduler_with(PriorityConfig {
-        capacity,
-        ..PriorityConfig::default()
-    })
-}
-
-fn scheduler_with(config: PriorityConfig) -> Arc<Scheduler> {
-    Scheduler::new(&config).unwrap()
-}
-
-fn ticket(agent: &str, priority: u8) -> Ticket {
-    Ticket {
-        agent: agent.into(),
-        priority: Priority::new(priority).unwrap(),
-        weight: 1.0,
-        cost: 100.0,
-        bytes: 10,
-        deadline: None,
-    }
-}
-
-/// A waiting request, polled by hand.
-struct Waiting {
-    name: String,
-    task: Spawn<Acquire>,
-}
-
-fn wait(scheduler: &Scheduler, name: &str, ticket: Ticket) -> Waiting {
-    let mut task = spawn(scheduler.acquire(ticket, None));
-    assert!(task.poll().is_pending(), "{name} should wait");
-    Waiting {
-        name: name.to_string(),
-        task,
-    }
-}
-
-/// Polls every waiting request; the names of those granted, in the
-/// order given, with their permits.
-fn granted(waiting: &mut Vec<Waiting>) -> Vec<(String, Permit)> {
-    let mut out = Vec::new();
-    let mut still = Vec::new();
-    for mut w in waiting.drain(..) {
-        match w.task.poll() {
-            std::task::Poll::Ready(Ok(permit)) => out.push((w.name, permit)),
-            std::task::Poll::Ready(Err(e)) => panic!("{} refused: {e}", w.name),
-            std::task::Poll::Pending => still.push(w),
-        }
-    }
-    *waiting = still;
-    out
-}
-
-/// Runs the queue with capacity 1: releases the running permit, sees who
-/// is granted next, `n` times; the order of service.
-fn serve_in_order(mut running: Permit, waiting: &mut Vec<Waiting>, n: usize) -> Vec<String> {
-    let mut order = Vec::new();
-    for _ in 0..n {
-        drop(running);
-        let mut next = granted(waiting);
-        assert_eq!(next.len(), 1, "exactly one is granted per free permit");
-        let (name, permit) = next.pop().unwrap();
-        order.push(name);
-        running = permit;
-    }
-    order
-}
+use common::{granted, scheduler, scheduler_with, serve_in_order, ticket, wait, Waiting};
 
 #[tokio::test(start_paused = true)]
 async fn waiting_requests_are_served_by_priority() {
@@ -211,128 +146,6 @@ async fn a_low_priority_request_ages_until_it_is_served() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_request_whose_deadline_passes_while_waiting_leaves_at_once_with_504() {
-    let s = scheduler(1);
-    let _running = s.acquire(ticket("x", 5), None).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
-    let mut late = spawn(s.acquire(
-        Ticket {
-            deadline: Some(deadline),
-            ..ticket("a", 1)
-        },
-        None,
-    ));
-    assert!(late.poll().is_pending());
-    assert_eq!(s.snapshot().queued_total(), 1);
-
-    tokio::time::advance(Duration::from_millis(299)).await;
-    assert!(late.poll().is_pending());
-    tokio::time::advance(Duration::from_millis(1)).await;
-    assert!(late.is_woken(), "the deadline wakes the waiter");
-    let err: DeadlineExceeded = match late.poll() {
-        std::task::Poll::Ready(Err(e)) => e,
-        other => panic!(
-            "expected a deadline refusal, got {:?}",
-            other.map(|r| r.map(|_| ()))
-        ),
-    };
-    assert_eq!(err.waited(), Duration::from_millis(300));
-    assert_eq!(s.snapshot().queued_total(), 0);
-    assert_eq!(corral_core::Refusal::status(&err), 504);
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_deadline_already_passed_is_refused_without_taking_a_permit() {
-    let s = scheduler(1);
-    let past = tokio::time::Instant::now();
-    tokio::time::advance(Duration::from_millis(5)).await;
-    let result = s
-        .acquire(
-            Ticket {
-                deadline: Some(past),
-                ..ticket("a", 1)
-            },
-            None,
-        )
-        .await;
-    assert!(result.is_err());
-    assert_eq!(s.snapshot().in_flight, 0);
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_cancelled_wait_leaves_the_queue_at_once() {
-    let s = scheduler(1);
-    let running = s.acquire(ticket("x", 5), None).await.unwrap();
-    let waiting = wait(&s, "gone", ticket("a", 1));
-    let mut next = vec![wait(&s, "next", ticket("b", 5))];
-    assert_eq!(s.snapshot().queued_total(), 2);
-    drop(waiting);
-    assert_eq!(s.snapshot().queued_total(), 1);
-    assert_eq!(s.snapshot().queued_bytes, 10);
-    drop(running);
-    assert_eq!(granted(&mut next)[0].0, "next");
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_grant_never_taken_is_given_back() {
-    let s = scheduler(1);
-    let running = s.acquire(ticket("x", 5), None).await.unwrap();
-    let granted_but_dropped = wait(&s, "a", ticket("a", 1));
-    let mut after = vec![wait(&s, "b", ticket("b", 5))];
-    drop(running); // grants "a", which is never polled again
-    assert_eq!(s.snapshot().in_flight, 1);
-    assert!(granted(&mut after).is_empty(), "b still waits");
-    drop(granted_but_dropped);
-    let b = granted(&mut after);
-    assert_eq!(b[0].0, "b", "the permit went on to b");
-    assert_eq!(s.snapshot().in_flight, 1);
-    drop(b);
-    assert_eq!(s.snapshot().in_flight, 0);
-}
-
-#[tokio::test(start_paused = true)]
-async fn capacity_is_a_value_that_can_change_at_run_time() {
-    let s = scheduler(1);
-    let _running = s.acquire(ticket("x", 5), None).await.unwrap();
-    let mut waiting = vec![wait(&s, "a", ticket("a", 5)), wait(&s, "b", ticket("b", 5))];
-    s.set_capacity(3);
-    let both = granted(&mut waiting);
-    assert_eq!(both.len(), 2);
-    assert_eq!(s.snapshot().in_flight, 3);
-    assert_eq!(s.snapshot().capacity, 3);
-}
-
-#[tokio::test(start_paused = true)]
-async fn one_agent_may_be_capped_below_the_pool() {
-    let s = scheduler_with(PriorityConfig {
-        capacity: 4,
-        max_in_flight_per_agent: Some(2),
-        ..PriorityConfig::default()
-    });
-    let _a1 = s.acquire(ticket("a", 5), None).await.unwrap();
-    let _a2 = s.acquire(ticket("a", 5), None).await.unwrap();
-    let mut waiting = vec![wait(&s, "a3", ticket("a", 1))];
-    let b = s.acquire(ticket("b", 9), None).await;
-    assert!(b.is_ok(), "b runs though a asked with a higher priority");
-    assert!(granted(&mut waiting).is_empty());
-    assert_eq!(s.snapshot().in_flight, 3);
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_model_with_its_own_capacity_has_its_own_pool() {
-    let s = scheduler_with(PriorityConfig {
-        capacity: 1,
-        model_capacity: [("llama3:70b".to_string(), 1)].into(),
-        ..PriorityConfig::default()
-    });
-    let _small = s.acquire(ticket("a", 5), Some("tinyllama")).await.unwrap();
-    let big = s.acquire(ticket("b", 5), Some("llama3:70b")).await;
-    assert!(big.is_ok(), "the big model's pool is separate");
-    assert_eq!(s.snapshot().capacity, 2);
-    assert_eq!(s.snapshot_for(Some("llama3:70b")).in_flight, 1);
-}
-
-#[tokio::test(start_paused = true)]
 async fn an_agent_back_from_idle_starts_at_the_lowest_active_counter() {
     let s = scheduler(2);
     let busy = s
@@ -363,88 +176,6 @@ async fn an_agent_back_from_idle_starts_at_the_lowest_active_counter() {
         "lifted to the least active counter: {counter}"
     );
     drop((busy, back));
-}
-
-#[tokio::test(start_paused = true)]
-async fn reserved_permits_wait_free_for_high_priorities_only() {
-    let s = scheduler_with(PriorityConfig {
-        capacity: 3,
-        aging: Duration::from_secs(1),
-        reserve: Some(corral_priority::Reserve {
-            permits: 1,
-            up_to_priority: 2,
-        }),
-        ..PriorityConfig::default()
-    });
-    let batch1 = s.acquire(ticket("b1", 9), None).await.unwrap();
-    let _batch2 = s.acquire(ticket("b2", 9), None).await.unwrap();
-    // The last permit is held back: batch waits with one free...
-    let mut waiting = vec![wait(&s, "batch3", ticket("b3", 9))];
-    assert_eq!(s.snapshot().in_flight, 2);
-    // ...even once aging has lifted it to priority 1: the reserve goes by
-    // the priority asked for.
-    tokio::time::advance(Duration::from_secs(20)).await;
-    assert!(granted(&mut waiting).is_empty());
-    // Priority 2 takes the reserved permit at once.
-    let urgent = s.acquire(ticket("u", 2), None).await.unwrap();
-    assert_eq!(s.snapshot().in_flight, 3);
-    // With everything taken, the next free permit goes by effective
-    // priority as usual: the aged batch request before a fresh priority 3.
-    waiting.push(wait(&s, "opus", ticket("o", 3)));
-    drop(urgent);
-    // The free permit is the reserved one again: neither may take it.
-    assert!(granted(&mut waiting).is_empty());
-    drop(batch1);
-    let next = granted(&mut waiting);
-    assert_eq!(next.len(), 1);
-    assert_eq!(next[0].0, "batch3");
-}
-
-#[test]
-fn a_reserve_holds_back_at_least_one_permit_and_asks_a_real_priority() {
-    let config = |permits, capacity| PriorityConfig {
-        capacity,
-        reserve: Some(corral_priority::Reserve {
-            permits,
-            up_to_priority: 2,
-        }),
-        ..PriorityConfig::default()
-    };
-    assert!(config(1, 2).validate().is_ok());
-    // More than the pool has is clamped at run time (see below), so a
-    // file written for capacity 4 still starts with `--capacity 1`.
-    assert!(config(4, 1).validate().is_ok());
-    assert_eq!(
-        config(0, 4).validate().unwrap_err().key(),
-        "reserve.permits"
-    );
-    let mut bad_priority = config(1, 4);
-    bad_priority.reserve.as_mut().unwrap().up_to_priority = 11;
-    assert_eq!(
-        bad_priority.validate().unwrap_err().key(),
-        "reserve.up_to_priority"
-    );
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_pool_smaller_than_the_reserve_keeps_one_permit_for_everyone() {
-    let s = scheduler_with(PriorityConfig {
-        capacity: 4,
-        model_capacity: [("llama3:70b".to_string(), 1)].into(),
-        reserve: Some(corral_priority::Reserve {
-            permits: 2,
-            up_to_priority: 1,
-        }),
-        ..PriorityConfig::default()
-    });
-    let big = s.acquire(ticket("b", 9), Some("llama3:70b")).await;
-    assert!(big.is_ok(), "a one-permit pool reserves nothing");
-    // The default pool of 4 holds back 2 of them.
-    let _low1 = s.acquire(ticket("l1", 9), None).await.unwrap();
-    let _low2 = s.acquire(ticket("l2", 9), None).await.unwrap();
-    let mut waiting = vec![wait(&s, "low3", ticket("l3", 9))];
-    let _urgent = s.acquire(ticket("u", 1), None).await.unwrap();
-    assert!(granted(&mut waiting).is_empty());
 }
 
 #[tokio::test(start_paused = true)]
