@@ -24,53 +24,16 @@ fn ticket() -> Ticket {
     }
 }
 
-/// A server of the bench's own, killed when dropped.
-struct Server(Option<std::process::Child>, String);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn redis_server() -> Server {
-    if let Ok(url) = std::env::var("REDIS_URL") {
-        return Server(None, url);
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let child = std::process::Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-server (scripts/test installs it)");
-    for _ in 0..500 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        // No runtime yet, and a process has no event to wait on.
-        #[allow(clippy::disallowed_methods)]
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Server(Some(child), format!("redis://127.0.0.1:{port}"))
-}
-
 fn shared_state(c: &mut Criterion) {
-    let server = redis_server();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
+    let server = runtime.block_on(corral_e2e::Redis::start());
     let prefix = format!("corral-bench-{}:", std::process::id());
-    let state =
-        RedisState::new(&server.1, &prefix, "bench", Duration::from_secs(1)).expect("a Redis URL");
+    let state = RedisState::new(&server.url, &prefix, "bench", Duration::from_secs(1))
+        .expect("a Redis URL");
     let config = PriorityConfig {
         capacity: 64,
         ..PriorityConfig::default()

@@ -173,7 +173,8 @@ pub async fn run(options: &Options, mode: Mode) -> Result<RunResult, Error> {
     let mock = start_mock(options).await?;
     let upstream = upstream_url(options, mock.as_ref());
     let redis = match mode {
-        Mode::Replicas => Some(RedisServer::start().await?),
+        // A server of the run's own on a free port (or `REDIS_URL`'s).
+        Mode::Replicas => Some(corral_e2e::Redis::start().await),
         _ => None,
     };
     let mut corral = Vec::new();
@@ -329,51 +330,4 @@ fn corral_config(options: &Options, upstream: &str) -> Result<corral::Config, Er
         .validate()
         .map_err(|e| format!("{}: {e}", options.config.display()))?;
     Ok(config)
-}
-
-/// A `redis-server` of the run's own on a free port (or `REDIS_URL`'s),
-/// stopped when dropped.
-struct RedisServer {
-    url: String,
-    child: Option<tokio::process::Child>,
-}
-
-impl RedisServer {
-    async fn start() -> Result<Self, Error> {
-        if let Ok(url) = std::env::var("REDIS_URL") {
-            return Ok(Self { url, child: None });
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let child = tokio::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("redis-server: {e} (install Debian's redis-server)"))?;
-        // A process has no event to wait on: poll until it answers.
-        for _ in 0..500 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Ok(Self {
-            url: format!("redis://127.0.0.1:{port}"),
-            child: Some(child),
-        })
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.start_kill();
-        }
-    }
 }

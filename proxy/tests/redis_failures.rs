@@ -21,10 +21,11 @@ async fn backend_up(replica: &Replica) -> f64 {
 async fn a_replica_started_before_redis_serves_alone_then_shares_once_redis_is_there() {
     let port = free_port();
     let upstream = mock(corral_e2e::fast()).await;
+    let keys = prefix("late-redis");
     let text = config(
         &upstream.url(),
         &format!("redis://127.0.0.1:{port}"),
-        &prefix("late-redis"),
+        &keys,
         "2s",
         "replicas = 2\n[[layers]]\nkind = \"ratelimit\"\n",
     );
@@ -65,12 +66,9 @@ async fn a_replica_started_before_redis_serves_alone_then_shares_once_redis_is_t
     .await;
     // What it recorded alone is in the shared stream now.
     corral_e2e::eventually("the buffered events are flushed to the stream", || {
-        redis_cli(
-            &redis.url,
-            &["XLEN", &format!("{}events", prefix_of(&text))],
-        )
-        .parse::<u64>()
-        .unwrap_or(0)
+        redis_cli(&redis.url, &["XLEN", &format!("{keys}events")])
+            .parse::<u64>()
+            .unwrap_or(0)
             >= 2
     })
     .await;
@@ -130,14 +128,6 @@ async fn a_redis_that_stops_answering_never_holds_a_request_longer_than_the_time
         backend_up(&replica).await == 1.0
     })
     .await;
-}
-
-fn prefix_of(config: &str) -> &str {
-    config
-        .lines()
-        .find_map(|l| l.strip_prefix("key_prefix = \""))
-        .and_then(|l| l.strip_suffix('"'))
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use corral_e2e::{metric_sum, mock, send, within, Redis};
 use corral_mock_ollama::MockConfig;
-use support::replica::{ask, config, median, prefix, three, CLASSES};
+use support::replica::{ask, config, median, prefix, redis_cli, three, CLASSES};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_herd_over_three_replicas_never_overloads_the_upstream_and_priority_holds_across_them() {
@@ -115,7 +115,8 @@ async fn a_replica_killed_while_holding_every_permit_gives_them_back_within_the_
     })
     .await;
     let lease = Duration::from_secs(1);
-    let text = config(&upstream.url(), &redis.url, &prefix("kill"), "1s", "");
+    let keys = prefix("kill");
+    let text = config(&upstream.url(), &redis.url, &keys, "1s", "");
     let [mut doomed, b, c] = three(&text).await;
     let mut held = Vec::new();
     for i in 0..4 {
@@ -151,7 +152,11 @@ async fn a_replica_killed_while_holding_every_permit_gives_them_back_within_the_
             .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Its ticket is in the shared queue: no permit is free.
+    corral_e2e::eventually("the other replica's request is queued", || {
+        redis_cli(&redis.url, &["ZCARD", &format!("{keys}prio:*:queue")]) == "1"
+    })
+    .await;
     assert!(
         !waiting.is_finished(),
         "no permit is free while the doomed replica holds them"

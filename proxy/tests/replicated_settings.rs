@@ -14,22 +14,23 @@ mod support;
 use std::time::Duration;
 
 use corral_e2e::{metric_sum, mock, request, send, Redis};
-use support::replica::{ask, config, prefix, redis_cli, three, Replica};
+use support::replica::{ask, config, listening, prefix, redis_cli, three, Replica};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_level_forced_on_one_replica_is_in_force_on_the_others_within_a_second() {
     let redis = Redis::start().await;
     let upstream = mock(corral_e2e::fast()).await;
+    let keys = prefix("degrade");
     let text = config(
         &upstream.url(),
         &redis.url,
-        &prefix("degrade"),
+        &keys,
         "5s",
         "[[layers]]\nkind = \"degrade\"\n",
     );
     let [a, b, c] = three(&text).await;
-    // Let the followers subscribe before the change.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The followers listen before the change.
+    listening(&redis.url, &keys, "system:degradation:level", 3).await;
     let forced_at = tokio::time::Instant::now();
     assert_eq!(a.degrade(r#"{"level": "L2"}"#).await["forced"], "L2");
     for other in [&b, &c] {
@@ -108,9 +109,10 @@ async fn an_answer_one_replica_generated_is_served_by_the_others_from_the_shared
 async fn an_agents_priority_and_the_capacity_set_on_one_replica_take_effect_on_all() {
     let redis = Redis::start().await;
     let upstream = mock(corral_e2e::fast()).await;
-    let text = config(&upstream.url(), &redis.url, &prefix("settings"), "5s", "");
+    let keys = prefix("settings");
+    let text = config(&upstream.url(), &redis.url, &keys, "5s", "");
     let [a, b, c] = three(&text).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    listening(&redis.url, &keys, "agent:priority:change", 3).await;
     let set = send(request(
         "POST",
         &format!("{}/corral/priority", a.url),
@@ -190,15 +192,16 @@ async fn an_agents_priority_and_the_capacity_set_on_one_replica_take_effect_on_a
 async fn a_breaker_one_replica_opened_fails_fast_on_the_others_too() {
     let redis = Redis::start().await;
     let upstream = mock(corral_e2e::fast()).await;
+    let keys = prefix("breaker");
     let text = config(
         &upstream.url(),
         &redis.url,
-        &prefix("breaker"),
+        &keys,
         "5s",
         "[[layers]]\nkind = \"breaker\"\nconsecutive_failures = 3\nopen_for = \"30s\"\n",
     );
     let [a, b, c] = three(&text).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    listening(&redis.url, &keys, "ollama:breaker:state", 3).await;
     for n in 0..3 {
         let mut failing = request(
             "POST",
@@ -276,10 +279,11 @@ async fn identical_requests_on_three_replicas_are_generated_once() {
 async fn when_the_replica_generating_for_the_others_loses_its_client_they_generate_it_themselves() {
     let redis = Redis::start().await;
     let upstream = mock(corral_e2e::fast()).await;
+    let keys = prefix("coalesce-gone");
     let text = config(
         &upstream.url(),
         &redis.url,
-        &prefix("coalesce-gone"),
+        &keys,
         "5s",
         "[[layers]]\nkind = \"cache\"\n",
     );
@@ -292,7 +296,8 @@ async fn when_the_replica_generating_for_the_others_loses_its_client_they_genera
     })
     .await;
     let waiting = tokio::spawn(send(ask(&b.url, "sonnet-1", body, &slow)));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The second replica listens for the first one's answer: it waits.
+    listening(&redis.url, &keys, "cache:done", 1).await;
     assert!(!waiting.is_finished(), "the second waits for the first");
     // The first client goes away: its replica stops generating, and the
     // one waiting is told to go on.

@@ -20,8 +20,16 @@ async fn settings_reach_the_other_replicas_and_those_that_start_later() {
     let one = RedisBus::start(state(&redis, &prefix, "one"));
     let two = RedisBus::start(state(&redis, &prefix, "two"));
     let mut heard = two.subscribe();
-    // Let both subscribe before the message.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Both listen before the message.
+    let probe = state(&redis, &prefix, "probe");
+    let channel = probe.key(channels::DEGRADATION_LEVEL);
+    corral_e2e::eventually_async("both buses listen", || async {
+        let mut numsub = redis::cmd("PUBSUB");
+        numsub.arg("NUMSUB").arg(&channel);
+        let reply: (String, i64) = probe.query(&numsub).await.unwrap();
+        reply.1 >= 2
+    })
+    .await;
     one.publish_state(
         channels::DEGRADATION_LEVEL,
         "forced",
@@ -76,7 +84,19 @@ async fn an_older_setting_never_overwrites_a_newer_one() {
         "forced",
         serde_json::json!({"cause": "operator", "forced": "Critical"}),
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The bus writes in order: once a later setting is in, the earlier
+    // one was tried.
+    bus.publish_state(
+        channels::DEGRADATION_LEVEL,
+        "marker",
+        serde_json::json!({"cause": "test"}),
+    );
+    corral_e2e::eventually_async("the later setting is in", || async {
+        let mut exists = redis::cmd("HEXISTS");
+        exists.arg(&hash).arg("marker");
+        probe.query::<i64>(&exists).await.unwrap() == 1
+    })
+    .await;
     let mut get = redis::cmd("HGET");
     get.arg(&hash).arg("forced");
     let kept: String = probe.query(&get).await.unwrap();

@@ -199,7 +199,10 @@ async fn with_no_redis_a_replica_schedules_alone_with_the_capacity() {
         .await
         .unwrap();
     let third = tokio::spawn(scheduler.acquire(ticket("c", 1), None));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    corral_e2e::eventually("the third waits in the local pool", || {
+        corral_core::UpstreamLoad::snapshot(&*scheduler).queued_total() == 1
+    })
+    .await;
     assert!(!third.is_finished(), "the local pool holds the capacity");
     drop(a);
     let c = within(third).await.unwrap().unwrap();

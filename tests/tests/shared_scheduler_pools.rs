@@ -105,10 +105,16 @@ async fn a_grant_in_one_pool_never_wakes_a_waiter_of_another() {
     // The same agent at the same priority waits in both pools.
     let waits_default = tokio::spawn(scheduler.acquire(ticket("a", 5), None));
     let waits_big = tokio::spawn(scheduler.acquire(ticket("a", 5), Some("big")));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let probe = state(&redis, &prefix, "probe");
+    until_counts(&probe, (1, 1)).await;
+    corral_e2e::eventually("both wait", || {
+        scheduler.snapshot_for(Some("big")).queued_total() == 1
+    })
+    .await;
     drop(big);
     let big = within(waits_big).await.unwrap().unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The default pool still has its ticket queued and its permit held.
+    assert_eq!(counts(&probe).await, (1, 1));
     assert!(
         !waits_default.is_finished(),
         "the default pool's permit is still held: its waiter waits"
@@ -145,7 +151,7 @@ async fn a_replica_that_grants_another_replicas_ticket_leaves_its_permit_counted
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(counts(&probe).await, (0, 2), "both permits still counted");
     let third = tokio::spawn(one.acquire(ticket("c", 5), None));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until_counts(&probe, (1, 2)).await;
     assert!(!third.is_finished(), "a third waits: the capacity is 2");
     drop((held, granted));
     let third = within(third).await.unwrap().unwrap();

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use corral_core::{Endpoint, RequestMeta};
+use corral_core::{ClassName, Endpoint, RequestMeta};
 use http::HeaderValue;
 
 use crate::config::RateLimitConfig;
@@ -72,7 +72,7 @@ impl Settle {
 #[derive(Debug)]
 pub(crate) struct Prepared {
     plan: Arc<ClassPlan>,
-    class: String,
+    class: ClassName,
     checks: Vec<Check>,
     tokens: u64,
 }
@@ -195,7 +195,7 @@ impl Plan {
             .collect();
         Some(Prepared {
             plan: plan.clone(),
-            class: meta.class.to_string(),
+            class: meta.class.clone(),
             checks,
             tokens,
         })
@@ -224,7 +224,7 @@ impl Plan {
                 let Some(item) = plan.items.get(index).or(plan.items.last()) else {
                     return Ok(self.passed(plan, &[], &[], 0));
                 };
-                metrics::counter!(RATE_LIMITED_TOTAL, "class" => prepared.class.clone(), "quota" => item.policy)
+                metrics::counter!(RATE_LIMITED_TOTAL, "class" => prepared.class.to_string(), "quota" => item.policy)
                     .increment(1);
                 Err(RateLimited {
                     policy: item.policy,

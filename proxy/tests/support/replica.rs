@@ -117,6 +117,21 @@ pub(crate) fn redis_cli(url: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
+/// Waits until `n` clients listen on `channel` under the key prefix
+/// `keys` (replicas subscribe as they start, not before they answer).
+pub(crate) async fn listening(redis_url: &str, keys: &str, channel: &str, n: usize) {
+    let channel = format!("{keys}{channel}");
+    corral_e2e::eventually("the replicas listen", || {
+        let reply = redis_cli(redis_url, &["PUBSUB", "NUMSUB", &channel]);
+        reply
+            .lines()
+            .last()
+            .and_then(|l| l.trim().parse::<usize>().ok())
+            .is_some_and(|count| count >= n)
+    })
+    .await;
+}
+
 /// A key prefix no other run uses, for a shared `REDIS_URL`.
 pub(crate) fn prefix(test: &str) -> String {
     static RUN: AtomicU64 = AtomicU64::new(0);

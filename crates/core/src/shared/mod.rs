@@ -341,9 +341,14 @@ impl RedisState {
             if up {
                 tracing::info!("Redis answers again: shared state resumes");
             } else {
+                let info = self.inner.client.get_connection_info();
                 tracing::warn!(
                     reason = reason.unwrap_or("unknown"),
-                    "Redis is unreachable: this replica serves from its own state until it returns"
+                    redis = %info.addr(),
+                    timeout = ?self.inner.timeout,
+                    "Redis is unreachable: this replica serves from its own state until it returns \
+                     (check that Redis is up at [state] redis_url, or raise [state] redis_timeout \
+                     if it is only slow)"
                 );
             }
         }
