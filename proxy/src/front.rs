@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use corral_core::{
     headers, Body, BoxBody, BoxError, Endpoint, EventSink, MetaSlot, RefusalCast, RequestId,
+    WatchBody,
 };
 use futures_util::FutureExt;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -19,7 +20,8 @@ use tracing::{field::Empty, Instrument};
 
 use crate::admin::Admin;
 use crate::hop::strip_hop_by_hop;
-use crate::observe::{InFlight, Observation, Observed};
+use crate::observe::{InFlight, Observation, Watch};
+use crate::render::{Framing, Rendered};
 use crate::respond;
 use crate::stack::{Stack, StackService};
 
@@ -190,7 +192,9 @@ impl Front {
             observation.finish("completed", corral_core::Usage::default());
             return response;
         }
-        response.map(|inner| Observed::new(inner, observation).boxed_unsync())
+        let framing = Framing::of(response.headers(), endpoint.family());
+        let response = WatchBody::response(response, Watch::new(observation));
+        response.map(|watched| Rendered::new(watched.boxed_unsync(), framing).boxed_unsync())
     }
 }
 

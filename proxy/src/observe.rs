@@ -1,17 +1,13 @@
 //! What the front watches of each answer: metrics with bounded labels,
 //! the access log line, and the request's events.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
 use corral_core::{
-    headers, BoxBody, BoxError, Endpoint, EndpointKind, EventSink, EventValue, RequestId,
+    headers, BoxBody, End, Endpoint, EndpointKind, EventSink, EventValue, OnEnd, RequestId,
     RequestMeta, Usage,
 };
 use http::{Response, StatusCode};
-use http_body::{Frame, SizeHint};
 use tokio::time::Instant;
 use tracing::Span;
 
@@ -58,7 +54,8 @@ pub(crate) struct Observation {
     events: Option<Arc<dyn EventSink>>,
     metrics: Arc<RequestMetrics>,
     first_byte: Option<Instant>,
-    refused: bool,
+    /// The refusal's `X-Corral-Reason`, when a layer refused.
+    reason: Option<String>,
     /// Dropped with the observation, when the answer ends.
     _in_flight: InFlight,
 }
@@ -123,7 +120,7 @@ impl Observation {
             events,
             metrics: handles,
             first_byte: None,
-            refused: reason.is_some(),
+            reason: reason.map(str::to_string),
             _in_flight: in_flight,
         };
         if observation.records_events(reason.is_some()) {
@@ -192,8 +189,7 @@ impl Observation {
         }
     }
 
-    /// The answer ended: `completed`, `cancelled` (the client left) or
-    /// `error` (the stream broke).
+    /// The answer ended so (see [`outcome`]).
     pub(crate) fn finish(self, outcome: &'static str, usage: Usage) {
         let elapsed = self.start.elapsed();
         self.metrics.finished(
@@ -206,16 +202,27 @@ impl Observation {
         if access_logged() {
             self.span.record("duration_ms", millis(elapsed));
         }
-        tracing::info!(
-            target: "corral::access",
-            parent: &self.span,
-            status = self.status.as_u16(),
-            duration_ms = millis(elapsed),
-            outcome,
-            "request finished"
-        );
+        if outcome == "error" {
+            tracing::warn!(
+                target: "corral::access",
+                parent: &self.span,
+                status = self.status.as_u16(),
+                duration_ms = millis(elapsed),
+                outcome,
+                "request failed"
+            );
+        } else {
+            tracing::info!(
+                target: "corral::access",
+                parent: &self.span,
+                status = self.status.as_u16(),
+                duration_ms = millis(elapsed),
+                outcome,
+                "request finished"
+            );
+        }
         // A refusal was recorded as such at its headers.
-        if self.records_events(false) && !self.refused {
+        if self.records_events(false) && self.reason.is_none() {
             if let Some(first) = self.first_byte {
                 self.event(
                     "first_byte",
@@ -236,76 +243,82 @@ impl Observation {
     }
 }
 
-/// The response body, watched for its first byte, the tokens it reports,
-/// and its end: sent in full, broken, or abandoned by the client.
-pub(crate) struct Observed {
-    inner: BoxBody,
-    observation: Option<Observation>,
+/// What the front holds until the answer's body ends (core's
+/// end-of-stream watcher): its first byte, the tokens it reports, and how
+/// it ended.
+pub(crate) struct Watch {
+    observation: Observation,
     usage: Usage,
 }
 
-impl Observed {
-    pub(crate) fn new(inner: BoxBody, observation: Observation) -> Self {
-        let mut body = Self {
-            inner,
-            observation: Some(observation),
+impl Watch {
+    pub(crate) fn new(observation: Observation) -> Self {
+        Self {
+            observation,
             usage: Usage::default(),
-        };
-        if http_body::Body::is_end_stream(&body.inner) {
-            body.end("completed");
-        }
-        body
-    }
-
-    fn end(&mut self, outcome: &'static str) {
-        if let Some(observation) = self.observation.take() {
-            observation.finish(outcome, self.usage);
         }
     }
 }
 
-impl http_body::Body for Observed {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => this.end("completed"),
-            Poll::Ready(Some(Err(_))) => this.end("error"),
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(observation) = this.observation.as_mut() {
-                    observation.first_byte();
-                    if let Some(data) = frame.data_ref() {
-                        if observation.endpoint.kind() == EndpointKind::Inference {
-                            this.usage.read(data.chunk());
-                        }
-                    }
-                }
-                if this.inner.is_end_stream() {
-                    this.end("completed");
-                }
-            }
-            Poll::Pending => {}
+impl OnEnd for Watch {
+    fn on_data(&mut self, chunk: &[u8]) {
+        self.observation.first_byte();
+        if self.observation.endpoint.kind() == EndpointKind::Inference {
+            self.usage.read(chunk);
         }
-        polled
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+    fn on_end(self, end: End<'_>) {
+        let outcome = outcome(
+            &end,
+            self.observation.status,
+            self.observation.reason.as_deref(),
+        );
+        self.observation.finish(outcome, self.usage);
     }
 }
 
-impl Drop for Observed {
-    fn drop(&mut self) {
-        self.end("cancelled");
+/// How an answer ended, for metrics, the access log and events:
+/// `completed` (answered in full), `refused` (a layer said no: shed, rate
+/// limited, ...), `error` (the upstream failed: a 5xx, a timeout, a
+/// stream it broke) or `cancelled` (the client left first).
+pub(crate) fn outcome(end: &End<'_>, status: StatusCode, reason: Option<&str>) -> &'static str {
+    match end {
+        End::Cancelled => "cancelled",
+        End::Failed(_) => "error",
+        End::Complete => match reason {
+            Some(reason) if reason.starts_with("upstream_") || reason == "unexpected" => "error",
+            Some(_) => "refused",
+            None if status.is_server_error() => "error",
+            None => "completed",
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_is_completed_refused_failed_or_cancelled() {
+        let broke = std::io::Error::other("cut");
+        let table: [(End<'_>, u16, Option<&str>, &str); 8] = [
+            (End::Complete, 200, None, "completed"),
+            (End::Complete, 404, None, "completed"),
+            (End::Complete, 500, None, "error"),
+            (End::Complete, 504, Some("upstream_timeout"), "error"),
+            (End::Complete, 503, Some("shed"), "refused"),
+            (End::Complete, 429, Some("rate_limited"), "refused"),
+            (End::Failed(&broke), 200, None, "error"),
+            (End::Cancelled, 200, None, "cancelled"),
+        ];
+        for (end, status, reason, expected) in table {
+            let status = StatusCode::from_u16(status).unwrap();
+            assert_eq!(
+                outcome(&end, status, reason),
+                expected,
+                "{end:?} {status} {reason:?}"
+            );
+        }
     }
 }

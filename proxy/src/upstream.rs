@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use corral_core::{headers, ApiFamily, Body, BoxBody, BoxError, UpstreamFailed};
+use corral_core::{headers, Body, BoxBody, BoxError, StreamBroke, UpstreamFailed};
 use http::{header, HeaderValue, Request, Response};
 use http_body_util::BodyExt;
 use hyper_rustls::HttpsConnector;
@@ -23,7 +23,6 @@ use tower::Service;
 
 use crate::config::UpstreamConfig;
 use crate::hop::strip_hop_by_hop;
-use crate::passthrough::{Framing, PassThrough};
 use crate::upstream_url::UpstreamUrl;
 
 /// The upstream Ollama server as a `tower::Service`.
@@ -182,8 +181,6 @@ impl Service<Request<Body>> for Upstream {
     }
 
     fn call(&mut self, mut request: Request<Body>) -> Self::Future {
-        let family =
-            corral_core::Endpoint::from_request(request.method(), request.uri().path()).family();
         // HTTP/2 clients name the host in the URI, not in `Host`.
         let uri_host = request
             .uri()
@@ -223,7 +220,6 @@ impl Service<Request<Body>> for Upstream {
             state: State::Waiting {
                 future: self.client.request(request),
                 url: self.url.clone(),
-                family,
             },
         }
     }
@@ -245,7 +241,6 @@ pin_project! {
             #[pin]
             future: ClientFuture,
             url: Arc<UpstreamUrl>,
-            family: ApiFamily,
         },
         Failed {
             error: Option<BoxError>,
@@ -258,11 +253,7 @@ impl Future for ResponseFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Waiting {
-                future,
-                url,
-                family,
-            } => {
+            StateProj::Waiting { future, url } => {
                 let result = ready!(future.poll(cx));
                 Poll::Ready(match result {
                     Ok(mut response) => {
@@ -272,8 +263,12 @@ impl Future for ResponseFuture {
                         response
                             .headers_mut()
                             .remove(corral_core::headers::X_CORRAL_REASON);
-                        let framing = Framing::of(&response, *family);
-                        Ok(response.map(|body| PassThrough::new(body, framing).boxed_unsync()))
+                        // A break mid-way stays a typed error on its way
+                        // up: every layer counts it, the front renders it.
+                        Ok(response.map(|body| {
+                            body.map_err(|e| Box::new(StreamBroke::new(root_cause(&e))) as BoxError)
+                                .boxed_unsync()
+                        }))
                     }
                     Err(source) => Err(Box::new(UpstreamFailed::new(
                         url.to_string(),

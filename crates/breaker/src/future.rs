@@ -3,7 +3,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use corral_core::{classify_error, classify_status, AttemptTimedOut, BoxError, Failure, Outcome};
+use corral_core::{
+    classify_error, classify_status, AttemptTimedOut, BoxError, Failure, Outcome, WatchBody,
+};
 use http::Response;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
@@ -14,7 +16,7 @@ use crate::circuit::Admission;
 
 /// A call in progress on one breaker: recorded exactly once, however it
 /// ends.
-pub(crate) struct Call {
+pub struct Call {
     breakers: Arc<Breakers>,
     key: Arc<str>,
     admission: Admission,
@@ -22,6 +24,15 @@ pub(crate) struct Call {
     started: Instant,
     slow: bool,
     done: bool,
+}
+
+impl std::fmt::Debug for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call")
+            .field("key", &self.key)
+            .field("done", &self.done)
+            .finish()
+    }
 }
 
 impl Call {
@@ -110,6 +121,7 @@ impl<F, B, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
     E: Into<BoxError>,
+    B: http_body::Body,
 {
     type Output = Result<Response<ResponseBody<B>>, BoxError>;
 
@@ -127,11 +139,11 @@ where
                             // A success is known only when the stream ends
                             // well: the body carries the call on.
                             Outcome::Success => {
-                                Poll::Ready(Ok(response.map(|b| ResponseBody::new(b, Some(call)))))
+                                Poll::Ready(Ok(WatchBody::response(response, Some(call))))
                             }
                             outcome => {
                                 call.record(outcome);
-                                Poll::Ready(Ok(response.map(|b| ResponseBody::new(b, None))))
+                                Poll::Ready(Ok(WatchBody::response(response, None)))
                             }
                         }
                     }

@@ -52,6 +52,6 @@ pub use body::ResponseBody;
 pub use circuit::{Admission, Circuit, State, Transition};
 pub use config::{BreakerConfig, DEFAULT_CONSECUTIVE_FAILURES, DEFAULT_OPEN_FOR};
 pub use error::BreakerOpen;
-pub use future::ResponseFuture;
+pub use future::{Call, ResponseFuture};
 pub use layer::BreakerLayer;
 pub use service::BreakerService;

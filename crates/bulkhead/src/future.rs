@@ -2,7 +2,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use corral_core::{Body, BoxError};
+use corral_core::{Body, BoxError, WatchBody};
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower::Service;
@@ -58,6 +58,7 @@ where
     S: Service<Request<Body>, Future = F, Response = Response<B>, Error = E>,
     F: Future<Output = Result<Response<B>, E>>,
     E: Into<BoxError>,
+    B: http_body::Body,
 {
     type Output = Result<Response<ResponseBody<B>>, BoxError>;
 
@@ -79,7 +80,7 @@ where
                 StateProj::Calling { future, slot } => {
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
                     let slot = slot.take();
-                    return Poll::Ready(Ok(response.map(|body| ResponseBody::new(body, slot))));
+                    return Poll::Ready(Ok(WatchBody::response(response, slot)));
                 }
                 StateProj::Refused { error } => {
                     return Poll::Ready(Err(error

@@ -36,6 +36,7 @@ impl<S, B> Service<Request<Body>> for BulkheadService<S>
 where
     S: Service<Request<Body>, Response = Response<B>> + Clone,
     S::Error: Into<BoxError>,
+    B: http_body::Body,
 {
     type Response = Response<crate::ResponseBody<B>>;
     type Error = BoxError;

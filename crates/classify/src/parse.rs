@@ -43,6 +43,9 @@ struct View<'a> {
     max_tokens: Option<f64>,
     #[serde(default, deserialize_with = "lenient_number")]
     max_completion_tokens: Option<f64>,
+    /// The Responses API's bound on generated tokens.
+    #[serde(default, deserialize_with = "lenient_number")]
+    max_output_tokens: Option<f64>,
     #[serde(default, deserialize_with = "lenient_number")]
     temperature: Option<f64>,
     #[serde(default, deserialize_with = "lenient_number")]
@@ -210,6 +213,7 @@ fn facts(view: View<'_>) -> BodyFacts {
         .num_predict
         .or(view.max_tokens)
         .or(view.max_completion_tokens)
+        .or(view.max_output_tokens)
         .filter(|n| *n >= 0.0)
         .map(|n| n as u64);
     BodyFacts {

@@ -14,6 +14,8 @@ use http::Method;
 /// assert_eq!(Endpoint::from_request(&Method::GET, "/api/tags"), Endpoint::Tags);
 /// assert_eq!(Endpoint::from_request(&Method::POST, "/v1/embeddings").kind(), EndpointKind::Inference);
 /// assert_eq!(Endpoint::from_request(&Method::GET, "/v1/models/llama3").family(), ApiFamily::OpenAi);
+/// assert_eq!(Endpoint::from_request(&Method::POST, "/v1/messages").kind(), EndpointKind::Inference);
+/// assert_eq!(Endpoint::from_request(&Method::POST, "/v1/messages").family(), ApiFamily::Anthropic);
 /// assert_eq!(Endpoint::from_request(&Method::GET, "/api/generate"), Endpoint::Other);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -58,6 +60,11 @@ pub enum Endpoint {
     OpenAiModels,
     /// `GET /v1/models/:model`.
     OpenAiModel,
+    /// `POST /v1/messages`: the Anthropic Messages API (Claude Code and
+    /// other agent harnesses point `ANTHROPIC_BASE_URL` at Ollama).
+    AnthropicMessages,
+    /// `POST /v1/responses`: the OpenAI Responses API.
+    OpenAiResponses,
     /// Anything else: forwarded as it is.
     Other,
 }
@@ -85,11 +92,19 @@ pub enum ApiFamily {
     /// The OpenAI-compatible `/v1` API: errors are
     /// `{"error": {"message", "type", "param", "code"}}`, streams SSE.
     OpenAi,
+    /// The OpenAI Responses API (`/v1/responses`): errors as OpenAI's,
+    /// streams SSE with named events (`response.output_text.delta`, an
+    /// `error` event).
+    OpenAiResponses,
+    /// The Anthropic Messages API (`/v1/messages`): errors are
+    /// `{"type": "error", "error": {"type", "message"}}`, streams SSE with
+    /// named events.
+    Anthropic,
 }
 
 impl Endpoint {
     /// Every endpoint, for building label sets and tables.
-    pub const ALL: [Endpoint; 21] = [
+    pub const ALL: [Endpoint; 23] = [
         Endpoint::Root,
         Endpoint::Version,
         Endpoint::Tags,
@@ -110,6 +125,8 @@ impl Endpoint {
         Endpoint::OpenAiEmbeddings,
         Endpoint::OpenAiModels,
         Endpoint::OpenAiModel,
+        Endpoint::AnthropicMessages,
+        Endpoint::OpenAiResponses,
         Endpoint::Other,
     ];
 
@@ -137,6 +154,8 @@ impl Endpoint {
             "/v1/completions" if post => Endpoint::OpenAiCompletions,
             "/v1/embeddings" if post => Endpoint::OpenAiEmbeddings,
             "/v1/models" if get => Endpoint::OpenAiModels,
+            "/v1/messages" if post => Endpoint::AnthropicMessages,
+            "/v1/responses" if post => Endpoint::OpenAiResponses,
             _ => match path.strip_prefix("/api/blobs/") {
                 Some(digest) if (post || head) && is_segment(digest) => Endpoint::Blobs,
                 _ => match path.strip_prefix("/v1/models/") {
@@ -156,7 +175,9 @@ impl Endpoint {
             | Endpoint::Embeddings
             | Endpoint::OpenAiChat
             | Endpoint::OpenAiCompletions
-            | Endpoint::OpenAiEmbeddings => EndpointKind::Inference,
+            | Endpoint::OpenAiEmbeddings
+            | Endpoint::AnthropicMessages
+            | Endpoint::OpenAiResponses => EndpointKind::Inference,
             Endpoint::Root
             | Endpoint::Version
             | Endpoint::Tags
@@ -182,6 +203,8 @@ impl Endpoint {
             | Endpoint::OpenAiEmbeddings
             | Endpoint::OpenAiModels
             | Endpoint::OpenAiModel => ApiFamily::OpenAi,
+            Endpoint::OpenAiResponses => ApiFamily::OpenAiResponses,
+            Endpoint::AnthropicMessages => ApiFamily::Anthropic,
             _ => ApiFamily::Ollama,
         }
     }
@@ -240,6 +263,8 @@ impl Endpoint {
             Endpoint::OpenAiEmbeddings => "v1_embeddings",
             Endpoint::OpenAiModels => "v1_models",
             Endpoint::OpenAiModel => "v1_model",
+            Endpoint::AnthropicMessages => "v1_messages",
+            Endpoint::OpenAiResponses => "v1_responses",
             Endpoint::Other => "other",
         }
     }
@@ -284,6 +309,9 @@ mod tests {
             (Method::POST, "/v1/embeddings", Endpoint::OpenAiEmbeddings),
             (Method::GET, "/v1/models", Endpoint::OpenAiModels),
             (Method::GET, "/v1/models/llama3:8b", Endpoint::OpenAiModel),
+            (Method::POST, "/v1/messages", Endpoint::AnthropicMessages),
+            (Method::POST, "/v1/responses", Endpoint::OpenAiResponses),
+            (Method::GET, "/v1/messages", Endpoint::Other),
             (Method::GET, "/api/blobs/", Endpoint::Other),
             (Method::POST, "/api/blobs/a/b", Endpoint::Other),
             (Method::GET, "/v1/models/", Endpoint::Other),

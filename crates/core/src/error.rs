@@ -8,7 +8,8 @@ use crate::ApiFamily;
 ///
 /// Ollama's native API answers `{"error": "..."}`; its OpenAI-compatible
 /// `/v1` API answers `{"error": {"message", "type", "param", "code"}}`,
-/// which the OpenAI SDKs parse. Corral answers each family in its own
+/// which the OpenAI SDKs parse (the Responses API too); its Anthropic
+/// Messages API `{"type": "error", "error": {"type", "message"}}`. Corral answers each family in its own
 /// shape, so a client cannot tell a refusal by Corral from one by Ollama
 /// except by the `X-Corral-Reason` header.
 ///
@@ -17,6 +18,9 @@ use crate::ApiFamily;
 /// use http::StatusCode;
 ///
 /// let body = ErrorBody::new(StatusCode::BAD_REQUEST, "model is required");
+/// let anthropic: serde_json::Value = serde_json::from_slice(&body.to_bytes(ApiFamily::Anthropic)).unwrap();
+/// assert_eq!(anthropic["type"], "error");
+/// assert_eq!(anthropic["error"]["type"], "invalid_request_error");
 /// assert_eq!(body.to_bytes(ApiFamily::Ollama), r#"{"error":"model is required"}"#);
 /// let openai: serde_json::Value = serde_json::from_slice(&body.to_bytes(ApiFamily::OpenAi)).unwrap();
 /// assert_eq!(openai["error"]["message"], "model is required");
@@ -37,6 +41,30 @@ struct Native<'a> {
 #[derive(Serialize)]
 struct OpenAi<'a> {
     error: OpenAiError<'a>,
+}
+
+#[derive(Serialize)]
+struct Anthropic<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    error: AnthropicError<'a>,
+}
+
+#[derive(Serialize)]
+struct AnthropicError<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    message: &'a str,
+}
+
+/// The Responses API's stream error event.
+#[derive(Serialize)]
+struct ResponsesEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    code: &'a str,
+    message: &'a str,
+    param: Option<()>,
 }
 
 #[derive(Serialize)]
@@ -81,7 +109,14 @@ impl ErrorBody {
             ApiFamily::Ollama => serde_json::to_vec(&Native {
                 error: &self.message,
             }),
-            ApiFamily::OpenAi => serde_json::to_vec(&OpenAi {
+            ApiFamily::Anthropic => serde_json::to_vec(&Anthropic {
+                kind: "error",
+                error: AnthropicError {
+                    kind: anthropic_type(self.status),
+                    message: &self.message,
+                },
+            }),
+            ApiFamily::OpenAi | ApiFamily::OpenAiResponses => serde_json::to_vec(&OpenAi {
                 error: OpenAiError {
                     message: &self.message,
                     kind: openai_type(self.status),
@@ -108,18 +143,35 @@ fn openai_type(status: StatusCode) -> &'static str {
     }
 }
 
+/// The error type Anthropic's API gives for a status.
+fn anthropic_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 | 422 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        _ => "api_error",
+    }
+}
+
 /// The frame that ends a stream with an error, one whole line (or SSE
 /// event) so that clients which parse each read on its own still see it.
 ///
 /// Ollama reports an error after a stream has started as a last NDJSON line
 /// `{"error": "..."}` inside the 200 response; the OpenAI-compatible API
-/// sends it as an SSE `data:` event.
+/// sends it as an SSE `data:` event; the Anthropic Messages API and the
+/// Responses API as a named `error` event in their own shapes.
 ///
 /// ```
 /// use corral_core::{stream_error_frame, ApiFamily};
 ///
 /// assert_eq!(stream_error_frame(ApiFamily::Ollama, "upstream closed"), "{\"error\":\"upstream closed\"}\n");
 /// assert!(stream_error_frame(ApiFamily::OpenAi, "x").starts_with(b"data: {\"error\":{"));
+/// assert!(stream_error_frame(ApiFamily::Anthropic, "x").starts_with(b"event: error\ndata: {\"type\":\"error\""));
+/// assert!(stream_error_frame(ApiFamily::OpenAiResponses, "x").starts_with(b"event: error\ndata: {\"type\":\"error\""));
 /// ```
 pub fn stream_error_frame(family: ApiFamily, message: &str) -> Bytes {
     let body = ErrorBody::new(StatusCode::INTERNAL_SERVER_ERROR, message).to_bytes(family);
@@ -131,6 +183,22 @@ pub fn stream_error_frame(family: ApiFamily, message: &str) -> Bytes {
         }
         ApiFamily::OpenAi => {
             frame.extend_from_slice(b"data: ");
+            frame.extend_from_slice(&body);
+            frame.extend_from_slice(b"\n\n");
+        }
+        ApiFamily::Anthropic | ApiFamily::OpenAiResponses => {
+            let body = match family {
+                ApiFamily::OpenAiResponses => serde_json::to_vec(&ResponsesEvent {
+                    kind: "error",
+                    code: "upstream_error",
+                    message,
+                    param: None,
+                })
+                .map(Bytes::from)
+                .unwrap_or(body),
+                _ => body,
+            };
+            frame.extend_from_slice(b"event: error\ndata: ");
             frame.extend_from_slice(&body);
             frame.extend_from_slice(b"\n\n");
         }

@@ -9,6 +9,8 @@
 //! - [`Body`]: the request body the stack carries, either buffered (and so
 //!   replayable by a retry) or streamed through (blob uploads).
 //! - [`BoxBody`]: the response body every layer hands back.
+//! - [`WatchBody`]: tells a layer's [`OnEnd`] guard how a body ended
+//!   (complete, failed, cancelled), once.
 //! - [`Endpoint`]: which Ollama or OpenAI-compatible call a request is.
 //! - [`RequestMeta`]: who asks, with what priority, for which model, until
 //!   when.
@@ -39,6 +41,7 @@ mod clock;
 mod config;
 mod degradation;
 mod endpoint;
+mod eos;
 mod error;
 mod event;
 pub mod headers;
@@ -59,6 +62,7 @@ pub use clock::{rfc3339_now, unix_now, unix_now_f64};
 pub use config::ConfigError;
 pub use degradation::{Degradation, Level};
 pub use endpoint::{ApiFamily, Endpoint, EndpointKind};
+pub use eos::{End, OnEnd, WatchBody};
 pub use error::{stream_error_frame, ErrorBody};
 pub use event::{Event, EventSink, EventValue, NewEvent};
 pub use json::go_key_fold;
@@ -67,8 +71,8 @@ pub use meta::{
     AgentId, ClassName, GenerationParams, MetaSlot, Priority, PriorityError, RequestId, RequestMeta,
 };
 pub use outcome::{
-    classify_error, classify_status, AttemptTimedOut, Failure, Outcome, Timeout, TimeoutKind,
-    UpstreamFailed,
+    classify_error, classify_status, AttemptTimedOut, Failure, Outcome, StreamBroke, Timeout,
+    TimeoutKind, UpstreamFailed,
 };
 #[cfg(feature = "redis")]
 pub use redis;

@@ -101,6 +101,9 @@ pub fn classify_error(err: &(dyn std::error::Error + 'static)) -> Outcome {
         if e.is::<Timeout>() {
             return Outcome::Failure(Failure::Timeout);
         }
+        if e.is::<StreamBroke>() {
+            return Outcome::Failure(Failure::Stream);
+        }
         current = e.source();
     }
     Outcome::Ignored
@@ -160,6 +163,32 @@ impl Refusal for UpstreamFailed {
         }
     }
 }
+
+/// The upstream's answer broke after it had started: the connection was
+/// cut mid-body. It travels up as the body's error, so every layer that
+/// watches the body's end counts a failure; the proxy renders it in the
+/// client's framing (an NDJSON error line, an SSE error event, or a cut).
+#[derive(Debug)]
+pub struct StreamBroke {
+    message: String,
+}
+
+impl StreamBroke {
+    /// The stream broke because of `message` (the root cause).
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for StreamBroke {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "upstream stream broke: {}", self.message)
+    }
+}
+
+impl std::error::Error for StreamBroke {}
 
 /// Which wait ran out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,9 +4,12 @@ use std::sync::OnceLock;
 
 use memchr::memmem::Finder;
 
-/// The token counts an Ollama or OpenAI answer reports: Ollama's
+/// The token counts an answer reports: Ollama's
 /// `prompt_eval_count`/`eval_count` in its last message, OpenAI's
-/// `usage.prompt_tokens`/`completion_tokens`.
+/// `usage.prompt_tokens`/`completion_tokens`, and the Anthropic Messages
+/// and OpenAI Responses APIs' `usage.input_tokens`/`output_tokens` (in a
+/// stream: Anthropic's `message_start` and `message_delta`, the
+/// Responses API's `response.completed`; the last count read wins).
 ///
 /// Layers that settle a cost when the answer ends (fair share, token
 /// rate limits) feed it each data frame; counts arrive in the last message
@@ -36,11 +39,17 @@ impl Usage {
     pub fn read(&mut self, chunk: &[u8]) {
         // Every frame of every answer comes through here, in several
         // layers at once: each key is looked for once, vectorised.
-        let [prompt_eval, prompt_tokens, eval, completion] = first_keys(chunk);
-        if let Some(n) = number_at(chunk, prompt_eval).or_else(|| number_at(chunk, prompt_tokens)) {
+        let [prompt_eval, prompt_tokens, input, eval, completion, output] = first_keys(chunk);
+        if let Some(n) = number_at(chunk, prompt_eval)
+            .or_else(|| number_at(chunk, prompt_tokens))
+            .or_else(|| number_at(chunk, input))
+        {
             self.prompt = Some(n);
         }
-        if let Some(n) = number_at(chunk, eval).or_else(|| number_at(chunk, completion)) {
+        if let Some(n) = number_at(chunk, eval)
+            .or_else(|| number_at(chunk, completion))
+            .or_else(|| number_at(chunk, output))
+        {
             self.generated = Some(n);
         }
     }
@@ -56,21 +65,23 @@ impl Usage {
 
 /// The keys [`Usage::read`] looks for, in the order of [`first_keys`]'s
 /// answer.
-const KEYS: [&[u8]; 4] = [
+const KEYS: [&[u8]; 6] = [
     b"\"prompt_eval_count\":",
     b"\"prompt_tokens\":",
+    b"\"input_tokens\":",
     b"\"eval_count\":",
     b"\"completion_tokens\":",
+    b"\"output_tokens\":",
 ];
 
 /// Where the value after the first occurrence of each of [`KEYS`] starts.
-fn first_keys(haystack: &[u8]) -> [Option<usize>; 4] {
+fn first_keys(haystack: &[u8]) -> [Option<usize>; 6] {
     // Searchers built once, a vectorised search per key: ~50 ns for an
     // Ollama final message where a comparison per key at every byte took
     // ~170 ns (and ~1,900 instructions against ~9,000 under callgrind).
-    static FINDERS: OnceLock<[Finder<'static>; 4]> = OnceLock::new();
+    static FINDERS: OnceLock<[Finder<'static>; 6]> = OnceLock::new();
     let finders = FINDERS.get_or_init(|| KEYS.map(Finder::new));
-    let mut found = [None; 4];
+    let mut found = [None; 6];
     for ((slot, finder), key) in found.iter_mut().zip(finders).zip(KEYS) {
         *slot = finder.find(haystack).map(|at| at + key.len());
     }
@@ -115,6 +126,19 @@ mod tests {
         assert_eq!(usage.cost(), None);
     }
 
+    #[test]
+    fn an_anthropic_stream_gives_its_input_at_start_and_its_output_at_the_end() {
+        let mut usage = Usage::default();
+        usage.read(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":12,\"output_tokens\":1}}}\n\n");
+        usage.read(b"event: content_block_delta\ndata: {\"delta\":{\"text\":\"hi\"}}\n\n");
+        usage.read(b"event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":30}}\n\n");
+        assert_eq!((usage.prompt, usage.generated), (Some(12), Some(30)));
+
+        let mut usage = Usage::default();
+        usage.read(b"event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":5,\"output_tokens\":9,\"total_tokens\":14}}}\n\n");
+        assert_eq!(usage.cost(), Some(5.0 + 18.0));
+    }
+
     /// The first version, a search per key at every byte: the one pass
     /// must read every chunk the same way.
     fn reference(chunk: &[u8]) -> Usage {
@@ -136,9 +160,11 @@ mod tests {
         }
         Usage {
             prompt: number_after(chunk, b"\"prompt_eval_count\":")
-                .or_else(|| number_after(chunk, b"\"prompt_tokens\":")),
+                .or_else(|| number_after(chunk, b"\"prompt_tokens\":"))
+                .or_else(|| number_after(chunk, b"\"input_tokens\":")),
             generated: number_after(chunk, b"\"eval_count\":")
-                .or_else(|| number_after(chunk, b"\"completion_tokens\":")),
+                .or_else(|| number_after(chunk, b"\"completion_tokens\":"))
+                .or_else(|| number_after(chunk, b"\"output_tokens\":")),
         }
     }
 
@@ -156,6 +182,9 @@ mod tests {
             b"",
             b"\"",
             br#"data: {"usage":{"prompt_tokens":9,"completion_tokens":12}}"#,
+            br#"event: message_delta
+data: {"type":"message_delta","usage":{"output_tokens":15}}"#,
+            br#"{"usage":{"input_tokens":4,"output_tokens":7,"total_tokens":11}}"#,
         ];
         for chunk in chunks {
             let mut usage = Usage::default();

@@ -213,6 +213,12 @@ fn rewrite(
                 object.insert("max_tokens".into(), cap.into());
                 object.remove("max_completion_tokens");
             }
+            corral_core::ApiFamily::Anthropic => {
+                object.insert("max_tokens".into(), cap.into());
+            }
+            corral_core::ApiFamily::OpenAiResponses => {
+                object.insert("max_output_tokens".into(), cap.into());
+            }
         }
     }
     let body = Bytes::from(serde_json::to_vec(&json)?);

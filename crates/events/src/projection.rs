@@ -16,8 +16,11 @@ pub struct AgentUsage {
     pub requests: u64,
     /// Requests answered to the end.
     pub completed: u64,
-    /// Requests refused by Corral.
+    /// Requests refused by Corral (shed, rate limited, ...).
     pub refused: u64,
+    /// Requests the upstream failed: an error status, a timeout, a
+    /// stream it broke.
+    pub failed: u64,
     /// Requests whose client left first.
     pub cancelled: u64,
     /// Prompt tokens, as the answers reported them.
@@ -76,12 +79,18 @@ pub(crate) fn fold<'a>(
                 }
             }
         }
-        "refused" => entry.refused += 1,
+        "refused" => match text("reason") {
+            Some(reason) if reason.starts_with("upstream_") || reason == "unexpected" => {
+                entry.failed += 1
+            }
+            _ => entry.refused += 1,
+        },
         "cache_hit" => entry.cache_hits += 1,
         "completed" => {
             match text("outcome") {
                 Some("completed") => entry.completed += 1,
                 Some("cancelled") => entry.cancelled += 1,
+                Some("error") => entry.failed += 1,
                 _ => {}
             }
             entry.prompt_tokens += number("prompt_tokens");

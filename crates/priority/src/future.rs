@@ -2,12 +2,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use corral_core::{headers, Body, BoxError};
+use corral_core::{headers, Body, BoxError, WatchBody};
 use http::{HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use tower::Service;
 
-use crate::body::ResponseBody;
+use crate::body::{ResponseBody, Settling};
 use crate::permit::{Acquire, Permit};
 
 pin_project! {
@@ -61,6 +61,7 @@ where
     S: Service<Request<Body>, Future = F, Response = Response<B>, Error = E>,
     F: Future<Output = Result<Response<B>, E>>,
     E: Into<BoxError>,
+    B: http_body::Body,
 {
     type Output = Result<Response<ResponseBody<B>>, BoxError>;
 
@@ -90,7 +91,10 @@ where
                                 .insert(headers::X_CORRAL_QUEUE_MS, value);
                         }
                     }
-                    return Poll::Ready(Ok(response.map(|body| ResponseBody::new(body, permit))));
+                    return Poll::Ready(Ok(WatchBody::response(
+                        response,
+                        permit.map(Settling::new),
+                    )));
                 }
             }
         }

@@ -87,7 +87,7 @@ mod service;
 #[cfg(feature = "redis")]
 mod shared;
 
-pub use body::ResponseBody;
+pub use body::{ResponseBody, Settling};
 pub use config::{
     PriorityConfig, Reserve, DEFAULT_AGING, DEFAULT_CAPACITY, DEFAULT_GENERATION_TOKENS,
 };

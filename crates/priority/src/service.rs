@@ -40,6 +40,7 @@ impl<S, B> Service<Request<Body>> for PriorityService<S>
 where
     S: Service<Request<Body>, Response = Response<B>> + Clone,
     S::Error: Into<corral_core::BoxError>,
+    B: http_body::Body,
 {
     type Response = Response<crate::ResponseBody<B>>;
     type Error = corral_core::BoxError;

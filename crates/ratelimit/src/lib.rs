@@ -50,7 +50,7 @@ mod plan;
 mod redis;
 mod service;
 
-pub use body::ResponseBody;
+pub use body::{Correction, ResponseBody};
 pub use config::{Limits, RateLimitConfig, DEFAULT_GENERATION_TOKENS};
 pub use error::RateLimited;
 pub use gcra::{Check, Checked, MemoryStore, Quota, RateStore, Standing, Verdict};

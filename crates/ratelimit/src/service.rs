@@ -3,12 +3,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use corral_core::{Body, BoxError, EndpointKind, RequestMeta};
+use corral_core::{Body, BoxError, EndpointKind, RequestMeta, WatchBody};
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower::Service;
 
-use crate::body::ResponseBody;
+use crate::body::{Correction, ResponseBody};
 use crate::gcra::{Checked, Verdict};
 use crate::headers::{RATELIMIT, RATELIMIT_POLICY};
 use crate::plan::{Passed, Plan, Prepared};
@@ -37,6 +37,7 @@ impl<S, B> Service<Request<Body>> for RateLimitService<S>
 where
     S: Service<Request<Body>, Response = Response<B>> + Clone,
     S::Error: Into<BoxError>,
+    B: http_body::Body,
 {
     type Response = Response<ResponseBody<B>>;
     type Error = BoxError;
@@ -125,6 +126,7 @@ where
     S: Service<Request<Body>, Future = F>,
     F: Future<Output = Result<Response<B>, E>>,
     E: Into<BoxError>,
+    B: http_body::Body,
 {
     type Output = Result<Response<ResponseBody<B>>, BoxError>;
 
@@ -169,7 +171,10 @@ where
                     }
                     None => None,
                 };
-                Poll::Ready(Ok(response.map(|body| ResponseBody::new(body, settle))))
+                Poll::Ready(Ok(WatchBody::response(
+                    response,
+                    settle.map(Correction::new),
+                )))
             }
             StateProj::Refused { error } => Poll::Ready(Err(error
                 .take()

@@ -4,26 +4,19 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use corral_core::{stream_error_frame, ApiFamily, BoxError, Timeout, TimeoutKind};
-use http::{header, HeaderMap};
+use corral_core::{BoxError, Timeout, TimeoutKind};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use crate::metrics::TIMEOUTS_TOTAL;
 
-/// How a stream cut by a timeout ends for its client.
-#[derive(Debug, Clone, Copy)]
-enum Framing {
-    Lines,
-    Events,
-    Abort,
-}
-
 pin_project! {
     /// The response body of a retried request: ends a stream that stalls
     /// longer than the idle timeout (or runs past the total timeout) with
-    /// an error line, never a silent truncation.
+    /// a [`Timeout`] error, which the layers above count as a failure and
+    /// the proxy renders in the client's framing: never a silent
+    /// truncation.
     pub struct ResponseBody<B> {
         #[pin]
         inner: B,
@@ -31,7 +24,6 @@ pin_project! {
         idle_sleep: Option<Pin<Box<Sleep>>>,
         total_sleep: Option<Pin<Box<Sleep>>>,
         total: Duration,
-        framing: Framing,
         ended: bool,
     }
 }
@@ -47,29 +39,15 @@ impl<B: std::fmt::Debug> std::fmt::Debug for ResponseBody<B> {
 impl<B> ResponseBody<B> {
     pub(crate) fn new(
         inner: B,
-        headers: &HeaderMap,
-        family: ApiFamily,
         idle: Option<Duration>,
         total: Option<(Instant, Duration)>,
     ) -> Self {
-        let content_type = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let framing = if content_type.starts_with("application/x-ndjson") {
-            Framing::Lines
-        } else if content_type.starts_with("text/event-stream") && family == ApiFamily::OpenAi {
-            Framing::Events
-        } else {
-            Framing::Abort
-        };
         Self {
             inner,
             idle,
             idle_sleep: idle.map(|d| Box::pin(tokio::time::sleep(d))),
             total_sleep: total.map(|(deadline, _)| Box::pin(tokio::time::sleep_until(deadline))),
             total: total.map_or(Duration::ZERO, |(_, d)| d),
-            framing,
             ended: false,
         }
     }
@@ -129,13 +107,7 @@ where
             _ => "total",
         };
         metrics::counter!(TIMEOUTS_TOTAL, "kind" => kind).increment(1);
-        tracing::warn!(error = %timeout, "stream ended by a timeout");
-        let message = timeout.to_string();
-        Poll::Ready(Some(match this.framing {
-            Framing::Lines => Ok(Frame::data(stream_error_frame(ApiFamily::Ollama, &message))),
-            Framing::Events => Ok(Frame::data(stream_error_frame(ApiFamily::OpenAi, &message))),
-            Framing::Abort => Err(Box::new(timeout)),
-        }))
+        Poll::Ready(Some(Err(Box::new(timeout))))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -9,8 +9,10 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 pub const DEFAULT_INITIAL_BACKOFF: Duration = Duration::from_secs(2);
 /// No retry waits longer than this (the design's 30 s).
 pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// How long an attempt may take to send its first byte (the design's 30 s).
-pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an attempt may take to send its first byte, when it streams:
+/// Ollama's own limit on loading a model (`OLLAMA_LOAD_TIMEOUT`, 5 min),
+/// since a stream's first chunk waits for the load.
+pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a stream may go without a chunk.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -58,9 +60,16 @@ pub struct RetryConfig {
     /// is no longer than `max_backoff`; longer, the answer goes back).
     pub honor_retry_after: bool,
     /// How long an attempt may take to send its first byte; unset: no
-    /// limit. A non-streaming generation sends nothing until it is done.
+    /// limit. Not applied to a non-streamed generation (`"stream": false`),
+    /// which sends nothing until it is done: `total_timeout` and the
+    /// request's deadline bound that one.
     #[serde(with = "humantime_serde")]
     pub first_byte_timeout: Option<Duration>,
+    /// Send a generation again after it timed out (or a gateway answered
+    /// 504). Off by default: the first attempt may have run to its end on
+    /// the GPU, and a second pays for it again. Metadata reads are retried
+    /// after a timeout either way.
+    pub rerun_timed_out: bool,
     /// How long a stream may go without a chunk before it is ended with
     /// an error line; unset: no limit.
     #[serde(with = "humantime_serde")]
@@ -70,7 +79,8 @@ pub struct RetryConfig {
     #[serde(with = "humantime_serde")]
     pub total_timeout: Option<Duration>,
     /// Models to try, in order, once the attempts on the requested one
-    /// failed with overload (503, 504, timeout).
+    /// failed with overload (503; 504 and timeouts too with
+    /// `rerun_timed_out`).
     pub fallback_models: Vec<String>,
 }
 
@@ -86,6 +96,7 @@ impl Default for RetryConfig {
             budget_window: Duration::from_secs(10),
             honor_retry_after: true,
             first_byte_timeout: Some(DEFAULT_FIRST_BYTE_TIMEOUT),
+            rerun_timed_out: false,
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             total_timeout: None,
             fallback_models: Vec::new(),

@@ -95,20 +95,23 @@ where
     let config = &shared.config;
     let started = Instant::now();
     let meta = request.extensions().get::<RequestMeta>().cloned();
-    let family = meta
-        .as_ref()
-        .map_or(corral_core::ApiFamily::Ollama, |m| m.endpoint.family());
     let total_deadline = config.total_timeout.map(|d| started + d);
     let deadline = match (meta.as_ref().and_then(|m| m.deadline), total_deadline) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    let retryable_kind = meta.as_ref().is_some_and(|m| {
-        matches!(
-            m.endpoint.kind(),
-            EndpointKind::Inference | EndpointKind::Metadata
-        )
-    });
+    let kind = meta.as_ref().map(|m| m.endpoint.kind());
+    let retryable_kind = matches!(kind, Some(EndpointKind::Inference | EndpointKind::Metadata));
+    // A generation that ran too long may have spent the GPU in full:
+    // sending it again pays twice. Metadata reads cost nothing.
+    let rerun_slow = config.rerun_timed_out || kind == Some(EndpointKind::Metadata);
+    // Ollama sends no byte of a non-streamed generation before its last
+    // token: a first-byte limit there would be a length limit. The total
+    // timeout and the request's deadline bound it instead.
+    let first_byte_timeout = match &meta {
+        Some(m) if m.endpoint.kind() == EndpointKind::Inference && !m.stream => None,
+        _ => config.first_byte_timeout,
+    };
     // What can be sent again: a buffered body. A streamed upload cannot.
     let replay = if retryable_kind {
         request.body().try_clone()
@@ -148,7 +151,7 @@ where
         // The wait for headers is bounded by the first-byte timeout and
         // by what is left of the total timeout, whichever ends first.
         let left = total_deadline.map(|end| end.saturating_duration_since(Instant::now()));
-        let limit = match (config.first_byte_timeout, left) {
+        let limit = match (first_byte_timeout, left) {
             (Some(first), Some(left)) if left < first => Some((left, TimeoutKind::Total)),
             (Some(first), _) => Some((first, TimeoutKind::FirstByte)),
             (None, Some(left)) => Some((left, TimeoutKind::Total)),
@@ -192,7 +195,7 @@ where
                         }
                     }
                     let (parts, body) = response.into_parts();
-                    let body = ResponseBody::new(body, &parts.headers, family, idle, total);
+                    let body = ResponseBody::new(body, idle, total);
                     return Ok(Response::from_parts(parts, body));
                 }
             },
@@ -202,8 +205,8 @@ where
             },
         };
 
-        if replay.is_none() || !failure.is_retryable() {
-            return give_up(last, family, config);
+        if replay.is_none() || !may_retry(failure, rerun_slow) {
+            return give_up(last, config);
         }
         let overload = matches!(failure, Failure::Status(503 | 504) | Failure::Timeout);
         let mut next_model = if attempt >= config.max_attempts {
@@ -215,7 +218,7 @@ where
                     tracing::info!(model = %fallback, "attempts failed with overload: falling back");
                     Some(Some(fallback))
                 }
-                None => return give_up(last, family, config),
+                None => return give_up(last, config),
             }
         } else {
             None
@@ -233,7 +236,7 @@ where
                                 .increment(1);
                             next_model = Some(Some(fallback));
                         }
-                        None => return give_up(last, family, config),
+                        None => return give_up(last, config),
                     }
                 }
                 config.backoff_ceiling(1).mul_f64(fastrand::f64())
@@ -248,12 +251,12 @@ where
         if deadline.is_some_and(|d| Instant::now() + wait >= d) {
             // A retry that cannot finish before the deadline is not
             // started.
-            return give_up(last, family, config);
+            return give_up(last, config);
         }
         if !shared.budget.withdraw() {
             metrics::counter!(RETRY_BUDGET_EXHAUSTED_TOTAL).increment(1);
             tracing::debug!("retry budget spent: not retrying");
-            return give_up(last, family, config);
+            return give_up(last, config);
         }
         metrics::counter!(RETRIES_TOTAL, "reason" => failure.as_str()).increment(1);
         if let (Some(events), Some(meta)) = (&shared.events, &meta) {
@@ -277,18 +280,33 @@ where
 
 /// Gives back what the last attempt left: its answer (with the stream
 /// timeouts) or its error.
-fn give_up<B>(
-    last: Last<B>,
-    family: corral_core::ApiFamily,
-    config: &RetryConfig,
-) -> Result<Response<ResponseBody<B>>, BoxError> {
+fn give_up<B>(last: Last<B>, config: &RetryConfig) -> Result<Response<ResponseBody<B>>, BoxError> {
     match last {
         Last::Answer(response) => {
             let (parts, body) = response.into_parts();
-            let body = ResponseBody::new(body, &parts.headers, family, config.idle_timeout, None);
+            let body = ResponseBody::new(body, config.idle_timeout, None);
             Ok(Response::from_parts(parts, body))
         }
         Last::Error(err) => Err(err),
+    }
+}
+
+/// Whether an attempt that failed so may be sent again: a refusal before
+/// any work (unreachable, broken before an answer, 502, 503 busy) may; one
+/// that took too long (a timeout, a gateway's 504) only when `rerun_slow`.
+///
+/// ```text
+/// failure      rerun_slow=false  rerun_slow=true
+/// connect      retry             retry
+/// broken       retry             retry
+/// 502, 503     retry             retry
+/// 504, timeout give up           retry
+/// 500, stream  give up           give up
+/// ```
+pub(crate) fn may_retry(failure: Failure, rerun_slow: bool) -> bool {
+    match failure {
+        Failure::Timeout | Failure::Status(504) => rerun_slow,
+        other => other.is_retryable(),
     }
 }
 
@@ -310,4 +328,27 @@ fn with_model(json: &bytes::Bytes, model: &str) -> Result<bytes::Bytes, BoxError
 /// Never reached: without a replayable body there is no second attempt.
 fn unreachable_body() -> Body {
     Body::empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_refusals_before_work_are_retried_unless_slow_ones_may_run_again() {
+        let table = [
+            (Failure::Connect, true, true),
+            (Failure::Broken, true, true),
+            (Failure::Status(502), true, true),
+            (Failure::Status(503), true, true),
+            (Failure::Status(504), false, true),
+            (Failure::Timeout, false, true),
+            (Failure::Status(500), false, false),
+            (Failure::Stream, false, false),
+        ];
+        for (failure, by_default, rerun_slow) in table {
+            assert_eq!(may_retry(failure, false), by_default, "{failure:?}");
+            assert_eq!(may_retry(failure, true), rerun_slow, "{failure:?}");
+        }
+    }
 }

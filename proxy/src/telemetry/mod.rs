@@ -15,8 +15,8 @@ use metrics::{Counter, Gauge, Histogram, SharedString};
 /// Requests answered, by endpoint and status.
 pub const REQUESTS_TOTAL: &str = "corral_requests_total";
 /// Time from receiving a request to the end of its response body, by
-/// endpoint, model, class and outcome (`completed`, `cancelled`,
-/// `error`), in seconds. The status is on [`REQUESTS_TOTAL`]: a status
+/// endpoint, model, class and outcome (`completed`, `refused`, `error`,
+/// `cancelled`), in seconds. The status is on [`REQUESTS_TOTAL`]: a status
 /// label here would multiply the histogram's series by every status seen
 /// for a split the outcome already makes.
 pub const REQUEST_DURATION_SECONDS: &str = "corral_request_duration_seconds";
@@ -136,7 +136,7 @@ impl std::fmt::Debug for RequestMetrics {
 }
 
 /// How an answer can end (see `Observation::finish`).
-const OUTCOMES: [&str; 3] = ["completed", "cancelled", "error"];
+const OUTCOMES: [&str; 4] = ["completed", "refused", "error", "cancelled"];
 /// The statuses with a label that costs no allocation (`status_label`).
 const STATUSES: [u16; 14] = [
     200, 201, 204, 304, 400, 401, 403, 404, 413, 429, 500, 502, 503, 504,

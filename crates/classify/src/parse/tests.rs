@@ -27,6 +27,38 @@ fn an_openai_body_gives_max_tokens_temperature_and_seed() {
 }
 
 #[test]
+fn an_anthropic_messages_body_gives_model_stream_max_tokens_and_messages() {
+    let body = br#"{"model":"llama3","max_tokens":300,"system":"be brief","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}],"stream":true,"temperature":0.5}"#;
+    let facts = read(Endpoint::AnthropicMessages, Bounds::default(), body).unwrap();
+    assert_eq!(facts.model.as_deref(), Some("llama3"));
+    assert_eq!(facts.stream, Some(true));
+    assert_eq!(facts.generation.max_tokens, Some(300));
+    assert_eq!(facts.generation.temperature, Some(0.5));
+    let too_many = Bounds {
+        max_messages: 0,
+        ..Bounds::default()
+    };
+    assert!(read(Endpoint::AnthropicMessages, too_many, body).is_err());
+    let err = read(
+        Endpoint::AnthropicMessages,
+        Bounds::default(),
+        br#"{"messages":[]}"#,
+    )
+    .unwrap_err();
+    assert_eq!(err.message, "model is required");
+}
+
+#[test]
+fn a_responses_body_gives_model_stream_and_max_output_tokens() {
+    let body = br#"{"model":"llama3","input":"why?","max_output_tokens":40,"stream":false,"temperature":0}"#;
+    let facts = read(Endpoint::OpenAiResponses, Bounds::default(), body).unwrap();
+    assert_eq!(facts.model.as_deref(), Some("llama3"));
+    assert_eq!(facts.stream, Some(false));
+    assert_eq!(facts.generation.max_tokens, Some(40));
+    assert_eq!(facts.generation.temperature, Some(0.0));
+}
+
+#[test]
 fn unbounded_num_predict_means_no_cap() {
     let facts = read(
         Endpoint::Chat,
