@@ -300,7 +300,7 @@ fn corral_config(options: &Options, upstream: &str) -> Result<corral::Config, Er
     let mut config = corral::Config::load(&options.config)?;
     config.server.listen = "127.0.0.1:0".parse()?;
     config.upstream.url = upstream.to_string();
-    config.upstream.capacity = options.capacity;
+    config.upstream.capacity = Some(options.capacity);
     // Ollama runs OLLAMA_NUM_PARALLEL requests per loaded model: the
     // embedding model has slots of its own beside the chat model's.
     config

@@ -147,7 +147,8 @@ fn resolve(args: &ServeArgs) -> Result<Config, LoadError> {
         config.admin.token = Some(token.clone());
     }
     if let Some(capacity) = args.capacity {
-        config.upstream.capacity = capacity;
+        config.upstream.capacity = Some(capacity);
+        config.capacity_from = Some("--capacity / CORRAL_CAPACITY".into());
     }
     if let Some(url) = &args.redis_url {
         corral_auth::RedisReplay::check_url(url).map_err(|reason| LoadError {
@@ -202,10 +203,13 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let layers: Vec<String> = config.layers().iter().map(|l| l.kind.clone()).collect();
         tracing::info!(
             listen = %server.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             admin = %server.admin_addr().map(|a| a.to_string()).unwrap_or_else(|| "main listener".into()),
             upstream = %UpstreamUrl::parse(&config.upstream.url).map(|u| u.to_string()).unwrap_or_default(),
+            stack = %format!("classify, {}", if layers.is_empty() { "nothing else (layers = [])".to_string() } else { layers.join(", ") }),
+            capacity = %config.capacity_summary(),
             "corral is serving; point OLLAMA_HOST here"
         );
         server.run(shutdown_signal()).await;

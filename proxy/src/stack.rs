@@ -148,7 +148,8 @@ pub fn build_with(
         None => Arc::new(MemoryBus::new(&replica)),
     };
     let mut refusals: Vec<RefusalCast> = respond::BUILT_IN.to_vec();
-    let position = |kind: &str| config.layers.iter().position(|l| l.kind == kind);
+    let listed = config.layers();
+    let position = |kind: &str| listed.iter().position(|l| l.kind == kind);
     if let Some(auth) = position("auth") {
         // A cache hit or a merged embedding is answered without calling
         // the layers after it: behind them, auth would check nothing.
@@ -163,12 +164,12 @@ pub fn build_with(
                     format!("auth must come before {answering}, which answers requests without the layers after it"),
                 )
                 .within(format!("layers[{auth}]")),
-                config.layers[auth].line,
+                listed[auth].line,
             ));
         }
     }
-    let mut built = Vec::with_capacity(config.layers.len());
-    for (i, layer) in config.layers.iter().enumerate() {
+    let mut built = Vec::with_capacity(listed.len());
+    for (i, layer) in listed.iter().enumerate() {
         let at = format!("layers[{i}]");
         if layer.kind == "classify" {
             return Err(LoadError::from_config(
@@ -206,8 +207,11 @@ pub fn build_with(
             events: &sink,
             state: state.as_ref(),
         };
-        let stack_layer = (kind.build)(layer, &context)
-            .map_err(|e| LoadError::from_config(file, e.within(&at), layer.line))?;
+        let stack_layer = (kind.build)(layer, &context).map_err(|e| {
+            // A key's own line, where it was written; else the header's.
+            let line = layer.line_of(e.key());
+            LoadError::from_config(file, e.within(&at), line)
+        })?;
         for cast in kind.refusals {
             if !refusals.iter().any(|c| std::ptr::fn_addr_eq(*c, *cast)) {
                 refusals.push(*cast);
@@ -330,6 +334,7 @@ pub fn describe(config: &Config, stack: &Stack) -> String {
         None => writeln!(out, "admin      on the main listener (/corral/*, /metrics)"),
     };
     let _ = writeln!(out, "upstream   {}", stack.upstream.url());
+    let _ = writeln!(out, "capacity   {}", config.capacity_summary());
     let classify = config.classify();
     if let Ok(layer) = ClassifyLayer::new(&classify) {
         let classes: Vec<String> = layer
@@ -338,7 +343,13 @@ pub fn describe(config: &Config, stack: &Stack) -> String {
             .collect();
         let _ = writeln!(out, "classes    {}", classes.join(", "));
     }
-    let _ = writeln!(out, "stack, outermost first:");
+    let _ = match &config.layers {
+        None => writeln!(
+            out,
+            "stack, outermost first (the default: no [[layers]] listed; `layers = []` for none):"
+        ),
+        Some(_) => writeln!(out, "stack, outermost first:"),
+    };
     for (i, (kind, summary)) in stack.layers.iter().enumerate() {
         let _ = writeln!(out, "  {i}. {kind:<10} {summary}");
     }

@@ -124,7 +124,7 @@ async fn layers_are_stacked_in_the_order_listed_outermost_first() {
 }
 
 #[test]
-fn a_layers_bad_option_names_the_layer_the_option_and_the_line() {
+fn a_layers_bad_option_names_the_layer_the_option_and_the_options_own_line() {
     let text = "[upstream]\nurl = \"h\"\n\n[[layers]]\nkind = \"tag\"\nvalue = \"a\"\n\n[[layers]]\nkind = \"tag\"\nvalu = \"b\"\n";
     let config = Config::parse(text, std::path::Path::new("corral.toml")).unwrap();
     let err = stack::build_with(
@@ -135,7 +135,7 @@ fn a_layers_bad_option_names_the_layer_the_option_and_the_line() {
     .unwrap_err();
     assert_eq!(
         err.to_string().split(": unknown field").next().unwrap(),
-        "corral.toml:8: layers[1].valu"
+        "corral.toml:10: layers[1].valu"
     );
     assert!(err.to_string().contains("unknown field `valu`"), "{err}");
 
@@ -149,7 +149,7 @@ fn a_layers_bad_option_names_the_layer_the_option_and_the_line() {
     .unwrap_err();
     assert_eq!(
         err.to_string(),
-        "corral.toml:1: layers[0].value: must not be empty"
+        "corral.toml:3: layers[0].value: must not be empty"
     );
 }
 

@@ -16,7 +16,8 @@ fn free_port() -> u16 {
 #[tokio::test]
 async fn an_unreachable_upstream_is_a_502_in_the_api_shape_and_not_ready() {
     let dead = format!("127.0.0.1:{}", free_port());
-    let corral = proxy(&dead).await;
+    // Bare: the default stack's retries and breaker have their own tests.
+    let corral = proxy_with(&dead, |c| c.layers = Some(vec![])).await;
 
     let native = send(request(
         "POST",

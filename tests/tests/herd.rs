@@ -57,7 +57,7 @@ async fn the_shipped_default_stack_keeps_the_herd_in_order() {
         let mut config = Config::load(&path).unwrap();
         config.server.listen = "127.0.0.1:0".parse().unwrap();
         config.upstream.url = upstream.to_string();
-        config.upstream.capacity = 4;
+        config.upstream.capacity = Some(4);
         config
     })
     .await;

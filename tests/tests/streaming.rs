@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use corral_e2e::{eventually, fast, mock, open, proxy, request, within};
+use corral_e2e::{eventually, fast, mock, open, proxy, proxy_with, request, send, within};
 use corral_mock_ollama::MockConfig;
 use http_body_util::BodyExt;
 
@@ -129,7 +129,8 @@ async fn a_client_that_leaves_while_the_upstream_queues_it_leaves_the_upstream_q
         ..MockConfig::default()
     })
     .await;
-    let corral = proxy(&upstream.url()).await;
+    // A bare pass-through: the upstream's own queue holds the second.
+    let corral = proxy_with(&upstream.url(), |c| c.layers = Some(vec![])).await;
     let url = format!("{}/api/generate", corral.url());
     let spawn = |url: String| {
         tokio::spawn(async move {
@@ -150,4 +151,47 @@ async fn a_client_that_leaves_while_the_upstream_queues_it_leaves_the_upstream_q
     .await;
     first.abort();
     eventually("both cancelled", || upstream.stats().cancelled == 2).await;
+}
+
+#[tokio::test]
+async fn through_the_default_stack_a_client_that_leaves_while_queued_never_reaches_the_upstream() {
+    let upstream = mock(MockConfig {
+        parallel: 4,
+        ttft: Duration::from_secs(60),
+        ..MockConfig::default()
+    })
+    .await;
+    // No config: one request at a time per model, as Ollama's default.
+    let corral = proxy(&upstream.url()).await;
+    let url = format!("{}/api/generate", corral.url());
+    let spawn = |url: String| {
+        tokio::spawn(async move {
+            corral_e2e::client()
+                .request(request("POST", &url, r#"{"model":"llama3","prompt":"x"}"#))
+                .await
+        })
+    };
+    let first = spawn(url.clone());
+    eventually("the first generates", || upstream.stats().in_flight == 1).await;
+    let second = spawn(url);
+    let status = format!("{}/corral/status", corral.url());
+    corral_e2e::eventually_async("the second waits in corral", || {
+        let status = status.clone();
+        async move { send(request("GET", &status, "")).await.json()["queued"] == 1 }
+    })
+    .await;
+    assert_eq!(upstream.requests().len(), 1, "the upstream sees one");
+
+    second.abort();
+    corral_e2e::eventually_async("corral's queue empties", || {
+        let status = status.clone();
+        async move { send(request("GET", &status, "")).await.json()["queued"] == 0 }
+    })
+    .await;
+    first.abort();
+    eventually("the first is cancelled upstream", || {
+        upstream.stats().cancelled == 1
+    })
+    .await;
+    assert_eq!(upstream.requests().len(), 1, "the second never went");
 }

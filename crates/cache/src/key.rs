@@ -49,7 +49,9 @@ pub(crate) fn usage(meta: &RequestMeta, headers: &HeaderMap) -> Use {
         Endpoint::Generate
         | Endpoint::Chat
         | Endpoint::OpenAiChat
-        | Endpoint::OpenAiCompletions => {
+        | Endpoint::OpenAiCompletions
+        | Endpoint::AnthropicMessages
+        | Endpoint::OpenAiResponses => {
             meta.generation.temperature == Some(0.0)
                 || meta.generation.seed.is_some()
                 || asked.as_deref() == Some("force")

@@ -65,6 +65,9 @@ pub enum Endpoint {
     AnthropicMessages,
     /// `POST /v1/responses`: the OpenAI Responses API.
     OpenAiResponses,
+    /// `POST /v1/audio/transcriptions`: speech to text by a model (a
+    /// multipart form, streamed through, never read into memory).
+    OpenAiTranscriptions,
     /// Anything else: forwarded as it is.
     Other,
 }
@@ -104,7 +107,7 @@ pub enum ApiFamily {
 
 impl Endpoint {
     /// Every endpoint, for building label sets and tables.
-    pub const ALL: [Endpoint; 23] = [
+    pub const ALL: [Endpoint; 24] = [
         Endpoint::Root,
         Endpoint::Version,
         Endpoint::Tags,
@@ -127,6 +130,7 @@ impl Endpoint {
         Endpoint::OpenAiModel,
         Endpoint::AnthropicMessages,
         Endpoint::OpenAiResponses,
+        Endpoint::OpenAiTranscriptions,
         Endpoint::Other,
     ];
 
@@ -156,6 +160,7 @@ impl Endpoint {
             "/v1/models" if get => Endpoint::OpenAiModels,
             "/v1/messages" if post => Endpoint::AnthropicMessages,
             "/v1/responses" if post => Endpoint::OpenAiResponses,
+            "/v1/audio/transcriptions" if post => Endpoint::OpenAiTranscriptions,
             _ => match path.strip_prefix("/api/blobs/") {
                 Some(digest) if (post || head) && is_segment(digest) => Endpoint::Blobs,
                 _ => match path.strip_prefix("/v1/models/") {
@@ -177,7 +182,8 @@ impl Endpoint {
             | Endpoint::OpenAiCompletions
             | Endpoint::OpenAiEmbeddings
             | Endpoint::AnthropicMessages
-            | Endpoint::OpenAiResponses => EndpointKind::Inference,
+            | Endpoint::OpenAiResponses
+            | Endpoint::OpenAiTranscriptions => EndpointKind::Inference,
             Endpoint::Root
             | Endpoint::Version
             | Endpoint::Tags
@@ -202,7 +208,8 @@ impl Endpoint {
             | Endpoint::OpenAiCompletions
             | Endpoint::OpenAiEmbeddings
             | Endpoint::OpenAiModels
-            | Endpoint::OpenAiModel => ApiFamily::OpenAi,
+            | Endpoint::OpenAiModel
+            | Endpoint::OpenAiTranscriptions => ApiFamily::OpenAi,
             Endpoint::OpenAiResponses => ApiFamily::OpenAiResponses,
             Endpoint::AnthropicMessages => ApiFamily::Anthropic,
             _ => ApiFamily::Ollama,
@@ -211,7 +218,7 @@ impl Endpoint {
 
     /// Whether the request body is a small JSON document Corral reads into
     /// memory (bounded) before forwarding: every `POST`/`DELETE` endpoint
-    /// but blob uploads, which are streamed through.
+    /// but blob uploads and audio forms, which are streamed through.
     pub fn has_json_body(self) -> bool {
         !matches!(
             self,
@@ -222,6 +229,7 @@ impl Endpoint {
                 | Endpoint::OpenAiModels
                 | Endpoint::OpenAiModel
                 | Endpoint::Blobs
+                | Endpoint::OpenAiTranscriptions
                 | Endpoint::Other
         )
     }
@@ -265,6 +273,7 @@ impl Endpoint {
             Endpoint::OpenAiModel => "v1_model",
             Endpoint::AnthropicMessages => "v1_messages",
             Endpoint::OpenAiResponses => "v1_responses",
+            Endpoint::OpenAiTranscriptions => "v1_audio_transcriptions",
             Endpoint::Other => "other",
         }
     }
@@ -311,6 +320,11 @@ mod tests {
             (Method::GET, "/v1/models/llama3:8b", Endpoint::OpenAiModel),
             (Method::POST, "/v1/messages", Endpoint::AnthropicMessages),
             (Method::POST, "/v1/responses", Endpoint::OpenAiResponses),
+            (
+                Method::POST,
+                "/v1/audio/transcriptions",
+                Endpoint::OpenAiTranscriptions,
+            ),
             (Method::GET, "/v1/messages", Endpoint::Other),
             (Method::GET, "/api/blobs/", Endpoint::Other),
             (Method::POST, "/api/blobs/a/b", Endpoint::Other),

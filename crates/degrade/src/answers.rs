@@ -74,6 +74,39 @@ pub(crate) fn default_answer(meta: &RequestMeta, text: &str) -> Option<Response<
             body.extend_from_slice(b"data: [DONE]\n\n");
             ("text/event-stream", body)
         }
+        (Endpoint::AnthropicMessages, false) => (
+            "application/json",
+            serde_json::to_vec(&anthropic_message(model, text)).unwrap_or_default(),
+        ),
+        (Endpoint::AnthropicMessages, true) => {
+            let mut start = anthropic_message(model, "");
+            start["content"] = json!([]);
+            let mut body = named("message_start", json!({"type": "message_start", "message": start}));
+            body.extend(named("content_block_start", json!({"type": "content_block_start", "index": 0,
+                "content_block": {"type": "text", "text": ""}})));
+            body.extend(named("content_block_delta", json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "text_delta", "text": text}})));
+            body.extend(named("content_block_stop", json!({"type": "content_block_stop", "index": 0})));
+            body.extend(named("message_delta", json!({"type": "message_delta",
+                "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 0}})));
+            body.extend(named("message_stop", json!({"type": "message_stop"})));
+            ("text/event-stream", body)
+        }
+        (Endpoint::OpenAiResponses, false) => (
+            "application/json",
+            serde_json::to_vec(&response_document(model, text, created, "completed"))
+                .unwrap_or_default(),
+        ),
+        (Endpoint::OpenAiResponses, true) => {
+            let mut body = named("response.created", json!({"type": "response.created", "sequence_number": 0,
+                "response": response_document(model, "", created, "in_progress")}));
+            body.extend(named("response.output_text.delta", json!({"type": "response.output_text.delta",
+                "sequence_number": 1, "item_id": "msg_corral_default", "output_index": 0, "content_index": 0,
+                "delta": text})));
+            body.extend(named("response.completed", json!({"type": "response.completed", "sequence_number": 2,
+                "response": response_document(model, text, created, "completed")})));
+            ("text/event-stream", body)
+        }
         _ => return None,
     };
     let mut response = Response::new(Bytes::from(body));
@@ -84,4 +117,25 @@ pub(crate) fn default_answer(meta: &RequestMeta, text: &str) -> Option<Response<
         HeaderValue::from_static("default"),
     );
     Some(response)
+}
+
+/// One SSE event with a name, as the Anthropic and Responses APIs send.
+fn named(name: &str, data: serde_json::Value) -> Vec<u8> {
+    format!("event: {name}\ndata: {data}\n\n").into_bytes()
+}
+
+/// An Anthropic Messages answer saying `text`.
+fn anthropic_message(model: &str, text: &str) -> serde_json::Value {
+    json!({"id": "msg_corral_default", "type": "message", "role": "assistant", "model": model,
+        "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
+        "usage": {"input_tokens": 0, "output_tokens": 0}})
+}
+
+/// A Responses API answer saying `text`.
+fn response_document(model: &str, text: &str, created: u64, status: &str) -> serde_json::Value {
+    json!({"id": "resp_corral_default", "object": "response", "created_at": created, "status": status,
+        "model": model, "output": [{"type": "message", "id": "msg_corral_default", "status": "completed",
+            "role": "assistant", "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+        "parallel_tool_calls": true, "tool_choice": "auto", "tools": [],
+        "usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}})
 }

@@ -60,7 +60,12 @@ struct Changes {
 fn generates(endpoint: Endpoint) -> bool {
     matches!(
         endpoint,
-        Endpoint::Generate | Endpoint::Chat | Endpoint::OpenAiChat | Endpoint::OpenAiCompletions
+        Endpoint::Generate
+            | Endpoint::Chat
+            | Endpoint::OpenAiChat
+            | Endpoint::OpenAiCompletions
+            | Endpoint::AnthropicMessages
+            | Endpoint::OpenAiResponses
     )
 }
 

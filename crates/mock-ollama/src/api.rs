@@ -1,4 +1,5 @@
-//! The router: Ollama's paths, the OpenAI-compatible paths, and the
+//! The router: Ollama's paths, the OpenAI-compatible paths (with the
+//! Responses API), the Anthropic-compatible `/v1/messages`, and the
 //! `/mock/*` control paths.
 
 use std::convert::Infallible;
@@ -128,6 +129,12 @@ async fn route(
         }
         (Method::POST, "/v1/completions") => {
             infer::generate(state, Call::OpenAiCompletion, &bytes, faults).await
+        }
+        (Method::POST, "/v1/messages") => {
+            infer::generate(state, Call::Anthropic, &bytes, faults).await
+        }
+        (Method::POST, "/v1/responses") => {
+            infer::generate(state, Call::Responses, &bytes, faults).await
         }
         (Method::POST, "/v1/embeddings") => {
             embed::embed(state, EmbedCall::OpenAi, &bytes, faults).await

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use crate::faults::Faults;
 use crate::infer::{pause, precheck, slot_for};
-use crate::respond::{self, BoxBody};
+use crate::respond::{self, BoxBody, ErrorShape};
 use crate::state::State;
 use crate::text;
 
@@ -29,8 +29,12 @@ pub(crate) async fn embed(
     faults: Faults,
 ) -> Response<BoxBody> {
     let started = Instant::now();
-    let openai = call == EmbedCall::OpenAi;
-    let (request, model) = match precheck(state, openai, body, &faults) {
+    let shape = if call == EmbedCall::OpenAi {
+        ErrorShape::OpenAi
+    } else {
+        ErrorShape::Ollama
+    };
+    let (request, model) = match precheck(state, shape, body, &faults, |_| Ok(())) {
         Ok(ok) => ok,
         Err(response) => return response,
     };
@@ -51,7 +55,7 @@ pub(crate) async fn embed(
             .collect(),
         _ => Vec::new(),
     };
-    let (slot, load) = match slot_for(state, &model, openai).await {
+    let (slot, load) = match slot_for(state, &model, shape).await {
         Ok(ok) => ok,
         Err(response) => return response,
     };

@@ -5,18 +5,24 @@ use std::time::Duration;
 
 /// Faults for one request, from `X-Mock-Fault: key=value, key, ...`.
 ///
-/// - `status=N`: answer N at once with an Ollama error body (`busy` is
-///   `status=503` with Ollama's "server busy" text);
+/// - `status=N`: answer N at once with an error body in the path's shape
+///   (Ollama's, OpenAI's or Anthropic's; `busy` is `status=503` with
+///   Ollama's "server busy" text);
 /// - `busy_attempts=N`: answer 503 "server busy" to the first N attempts
 ///   of a request (by `X-Request-Id`), then serve it;
 /// - `stall_after=N` (`stall_ms=M`): stop sending after N chunks, keeping
 ///   the connection open;
-/// - `drop_after=N`: break the connection after N chunks;
+/// - `drop_after=N`: break the connection after N chunks, which reach the
+///   client first;
 /// - `pause_after=N`: after N chunks wait until released
 ///   (`POST /mock/release`);
 /// - `slow_headers_ms=M`: wait M ms before the headers;
 /// - `tokens=N`, `ttft_ms=M`, `tps=X`: this request's answer length and
 ///   speed.
+///
+/// A chunk is a frame of the stream: an NDJSON line, or one SSE event
+/// (the first token of `/v1/messages` and `/v1/responses` comes after
+/// their opening events, each a chunk of its own).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Faults {
     /// Answer with this status at once.

@@ -1,5 +1,7 @@
 //! Generation: slots, model loads, time to first token, tokens per
-//! second, streams in NDJSON and SSE. Embeddings are in `embed.rs`.
+//! second, streams in NDJSON and SSE, for every generating path (Ollama's,
+//! OpenAI's, Anthropic's Messages, OpenAI's Responses). Embeddings are in
+//! `embed.rs`.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -14,26 +16,23 @@ use serde_json::{json, Value};
 use tokio::time::{sleep, Instant};
 
 use crate::faults::Faults;
-use crate::respond::{self, BoxBody, BoxError, BUSY_MESSAGE};
+use crate::respond::{self, BoxBody, BoxError, ErrorShape, BUSY_MESSAGE};
 use crate::shapes::{max_tokens, prompt_of, wants_stream, Call, Generation};
 use crate::state::{Slot, State};
 use crate::text;
 
-/// Checks shared by every inference call: JSON, model, faults, overload.
+/// Checks shared by every inference call: JSON, model, the call's own
+/// checks (`validate`, before the model is looked up, as Ollama's
+/// compatibility middlewares run before its handlers), faults, overload.
 pub(crate) fn precheck(
     state: &State,
-    openai: bool,
+    shape: ErrorShape,
     body: &[u8],
     faults: &Faults,
+    validate: impl FnOnce(&Value) -> Result<(), String>,
 ) -> Result<(Value, String), Response<BoxBody>> {
     let faults = &faults.resolve(state);
-    let error = |status, message: &str| {
-        if openai {
-            respond::openai_error(status, message)
-        } else {
-            respond::ollama_error(status, message)
-        }
-    };
+    let error = |status, message: &str| shape.error(status, message);
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(error(StatusCode::BAD_REQUEST, "missing request body"));
     }
@@ -51,6 +50,9 @@ pub(crate) fn precheck(
         return Err(error(StatusCode::BAD_REQUEST, "model is required"));
     };
     let model = model.to_string();
+    if let Err(message) = validate(&request) {
+        return Err(error(StatusCode::BAD_REQUEST, &message));
+    }
     if state.model(&model).is_none() {
         return Err(error(
             StatusCode::NOT_FOUND,
@@ -87,15 +89,12 @@ pub(crate) fn precheck(
 pub(crate) async fn slot_for(
     state: &Arc<State>,
     model: &str,
-    openai: bool,
+    shape: ErrorShape,
 ) -> Result<(Slot, Duration), Response<BoxBody>> {
-    let slot = state.acquire(model).await.map_err(|_| {
-        if openai {
-            respond::openai_error(StatusCode::SERVICE_UNAVAILABLE, BUSY_MESSAGE)
-        } else {
-            respond::ollama_error(StatusCode::SERVICE_UNAVAILABLE, BUSY_MESSAGE)
-        }
-    })?;
+    let slot = state
+        .acquire(model)
+        .await
+        .map_err(|_| shape.error(StatusCode::SERVICE_UNAVAILABLE, BUSY_MESSAGE))?;
     let load = state.ensure_loaded(model);
     if !load.is_zero() {
         sleep(load).await;
@@ -112,7 +111,8 @@ pub(crate) async fn pause(d: Duration) {
     }
 }
 
-/// Generate, chat, and the two OpenAI completion calls.
+/// Every generating call: generate, chat, the two OpenAI completion
+/// calls, Anthropic's Messages and OpenAI's Responses.
 pub(crate) async fn generate(
     state: &Arc<State>,
     call: Call,
@@ -120,49 +120,54 @@ pub(crate) async fn generate(
     faults: Faults,
 ) -> Response<BoxBody> {
     let started = Instant::now();
-    let (request, model) = match precheck(state, call.openai(), body, &faults) {
+    let shape = call.error_shape();
+    let (request, model) = match precheck(state, shape, body, &faults, |r| call.validate(r)) {
         Ok(ok) => ok,
         Err(response) => return response,
     };
     let prompt = prompt_of(call, &request);
-    let empty = match call {
-        Call::Generate => request
-            .get("prompt")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .is_empty(),
-        Call::Chat => request
-            .get("messages")
-            .and_then(Value::as_array)
-            .is_none_or(|m| m.is_empty()),
-        _ => false,
-    };
-    if empty {
+    // An empty prompt or conversation only loads the model; the Responses
+    // API still answers in its own shape, with no text.
+    let only_loads = call.only_loads(&request);
+    if only_loads && call != Call::Responses {
         return load_only(state, call, &request, &model).await;
     }
-    if call.openai() && request.get("messages").is_none() && call == Call::OpenAiChat {
-        return call.error(StatusCode::BAD_REQUEST, "[] is too short - 'messages'");
-    }
 
-    let (slot, load) = match slot_for(state, &model, call.openai()).await {
-        Ok(ok) => ok,
-        Err(response) => return response,
+    let (slot, load) = if only_loads {
+        let load = state.ensure_loaded(&model);
+        pause(load).await;
+        (None, load)
+    } else {
+        match slot_for(state, &model, shape).await {
+            Ok((slot, load)) => (Some(slot), load),
+            Err(response) => return response,
+        }
     };
-    let ttft = faults.ttft.unwrap_or(state.config.ttft);
+    let ttft = if only_loads {
+        Duration::ZERO
+    } else {
+        faults.ttft.unwrap_or(state.config.ttft)
+    };
     let tps = faults
         .tokens_per_sec
         .unwrap_or_else(|| state.config.tokens_per_sec_for(&model))
         .max(0.001);
     let default_tokens = faults.tokens.unwrap_or(state.config.tokens);
     let (tokens, truncated) = match max_tokens(call, &request) {
+        _ if only_loads => (0, false),
         Some(n) if n >= 0 && (n as usize) < default_tokens => (n as usize, true),
         _ => (default_tokens, false),
     };
     let id = state.next_id();
+    let stream = wants_stream(call, &request);
     let generation = Generation {
         call,
         model,
-        prompt_tokens: text::count_tokens(&prompt),
+        prompt_tokens: if only_loads {
+            0
+        } else {
+            text::count_tokens(&prompt)
+        },
         prompt,
         tokens,
         truncated,
@@ -170,16 +175,18 @@ pub(crate) async fn generate(
         started,
         load,
         ttft,
-        id: if call == Call::OpenAiChat {
-            format!("chatcmpl-{id}")
-        } else {
-            format!("cmpl-{id}")
+        id: match call {
+            Call::OpenAiChat => format!("chatcmpl-{id}"),
+            Call::Anthropic => format!("msg_{id:024x}"),
+            Call::Responses => format!("resp_{id}"),
+            _ => format!("cmpl-{id}"),
         },
         created: respond::unix_now(),
         include_usage: request
             .pointer("/stream_options/include_usage")
             .and_then(Value::as_bool)
             .unwrap_or(false),
+        request,
     };
     pause(ttft).await;
     state
@@ -187,7 +194,7 @@ pub(crate) async fn generate(
         .tokens_generated
         .fetch_add(generation.tokens as u64, Ordering::SeqCst);
 
-    if !wants_stream(call, &request) {
+    if !stream {
         pause(generation.interval * generation.tokens.saturating_sub(1) as u32).await;
         drop(slot);
         return respond::json(StatusCode::OK, &generation.whole());
@@ -202,7 +209,7 @@ pub(crate) async fn generate(
         faults.stall_after = Some(half);
     }
     let stall = faults.stall.unwrap_or(state.config.stall);
-    let content_type = if call.openai() {
+    let content_type = if call.sse() {
         "text/event-stream"
     } else {
         "application/x-ndjson"
@@ -210,12 +217,13 @@ pub(crate) async fn generate(
     let stream = Stream {
         generation,
         state: state.clone(),
-        slot: Some(slot),
+        slot,
         faults,
         stall,
         sent: 0,
         next_token: 0,
-        tail: None,
+        pending: VecDeque::new(),
+        ended: false,
         fault_done: false,
     };
     let body = StreamBody::new(futures_util::stream::unfold(stream, |mut s| async move {
@@ -257,8 +265,9 @@ async fn load_only(
     respond::json(StatusCode::OK, &Value::Object(doc))
 }
 
-/// A generation stream: one frame per token at the configured rate, then
-/// the final frames; faults along the way.
+/// A generation stream: the frames of each token (one, or with SSE events
+/// more for the first) at the configured rate, then the final frames;
+/// faults along the way, counted in frames.
 struct Stream {
     generation: Generation,
     state: Arc<State>,
@@ -267,7 +276,10 @@ struct Stream {
     stall: Duration,
     sent: usize,
     next_token: usize,
-    tail: Option<VecDeque<Bytes>>,
+    /// Frames made and not yet sent.
+    pending: VecDeque<Bytes>,
+    /// Whether the final frames were made (and the slot freed).
+    ended: bool,
     fault_done: bool,
 }
 
@@ -290,6 +302,9 @@ impl Stream {
                     .counters
                     .faults_injected
                     .fetch_add(1, Ordering::SeqCst);
+                // Let the server write out the frames already made before
+                // the break, so the client gets all N of them.
+                tokio::task::yield_now().await;
                 return Some(Err("mock fault: connection dropped".into()));
             }
             if self.faults.stall_after == Some(self.sent) {
@@ -309,20 +324,20 @@ impl Stream {
                 }
             }
         }
-        let frame = if self.next_token < self.generation.tokens {
-            if self.next_token > 0 {
-                pause(self.generation.interval).await;
-            }
-            let frame = self.generation.chunk(self.next_token);
-            self.next_token += 1;
-            frame
-        } else {
-            if self.tail.is_none() {
+        if self.pending.is_empty() {
+            if self.next_token < self.generation.tokens {
+                if self.next_token > 0 {
+                    pause(self.generation.interval).await;
+                }
+                self.generation.frames(self.next_token, &mut self.pending);
+                self.next_token += 1;
+            } else if !self.ended {
+                self.ended = true;
                 self.slot = None;
-                self.tail = Some(self.generation.tail());
+                self.generation.tail(&mut self.pending);
             }
-            self.tail.as_mut()?.pop_front()?
-        };
+        }
+        let frame = self.pending.pop_front()?;
         self.sent += 1;
         self.state
             .counters

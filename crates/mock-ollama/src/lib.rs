@@ -2,9 +2,32 @@
 //!
 //! It stands in for a GPU box: Ollama's endpoints and response shapes
 //! (NDJSON streams ending in a `done` message with `total_duration`,
-//! `eval_count`, ...; the OpenAI-compatible `/v1` API with SSE streams),
-//! deterministic generated text, and the behaviour that makes a real
-//! server hard to share:
+//! `eval_count`, ...; the OpenAI-compatible `/v1` API with SSE streams;
+//! the Anthropic Messages and OpenAI Responses APIs with named SSE
+//! events), deterministic generated text, and the behaviour that makes a
+//! real server hard to share.
+//!
+//! The routes, as Ollama serves them:
+//!
+//! - generating, each taking a slot of its model: `POST /api/generate`,
+//!   `/api/chat`, `/api/embed`, `/api/embeddings`, `/v1/chat/completions`,
+//!   `/v1/completions`, `/v1/embeddings`, `/v1/messages` (Anthropic's
+//!   Messages API: a `message` document, or `message_start`,
+//!   `content_block_*`, `message_delta`, `message_stop` events; Anthropic's
+//!   error shape) and `/v1/responses` (OpenAI's Responses API: a
+//!   `response` document, or `response.*` events with `sequence_number`).
+//!   The chat-like calls answer the same words for the same conversation:
+//!   `/v1/messages` and `/v1/responses` turn theirs into `/api/chat`
+//!   messages as Ollama does;
+//! - the model store: `GET /api/tags`, `GET /api/ps`, `POST /api/show`,
+//!   `/api/pull`, `/api/push`, `/api/create`, `/api/copy`,
+//!   `DELETE /api/delete`, `POST`/`HEAD /api/blobs/{digest}`,
+//!   `GET /v1/models`, `GET /v1/models/{model}`;
+//! - `GET /api/version`, `GET`/`HEAD /`;
+//! - the mock's own: `GET /mock/stats`, `GET /mock/requests`,
+//!   `POST /mock/reset`, `POST /mock/release?n=N`.
+//!
+//! What makes a real server hard to share:
 //!
 //! - `parallel` requests generate at once **per model**, more wait, and
 //!   beyond `max_queue` waiting the answer is Ollama's 503
@@ -42,6 +65,7 @@
 // `Response` on that path does not matter in a test server.
 #![allow(clippy::result_large_err)]
 
+mod anthropic;
 mod api;
 mod config;
 mod embed;
@@ -49,6 +73,7 @@ mod faults;
 mod infer;
 mod manage;
 mod respond;
+mod responses;
 mod server;
 mod shapes;
 mod state;

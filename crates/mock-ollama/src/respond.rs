@@ -2,7 +2,7 @@
 //! what was sent.
 
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -46,6 +46,29 @@ pub(crate) fn ollama_error(status: StatusCode, message: &str) -> Response<BoxBod
     json(status, &json!({ "error": message }))
 }
 
+/// Which family of paths an error answers for, which decides its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ErrorShape {
+    /// `{"error": "..."}`: Ollama's own paths.
+    Ollama,
+    /// `{"error": {"message", "type", "param", "code"}}`: `/v1/chat/completions`,
+    /// `/v1/completions`, `/v1/embeddings`, `/v1/responses`.
+    OpenAi,
+    /// `{"type": "error", "error": {"type", "message"}, "request_id"}`:
+    /// `/v1/messages`.
+    Anthropic,
+}
+
+impl ErrorShape {
+    pub(crate) fn error(self, status: StatusCode, message: &str) -> Response<BoxBody> {
+        match self {
+            ErrorShape::Ollama => ollama_error(status, message),
+            ErrorShape::OpenAi => openai_error(status, message),
+            ErrorShape::Anthropic => anthropic_error(status, message),
+        }
+    }
+}
+
 pub(crate) fn openai_error(status: StatusCode, message: &str) -> Response<BoxBody> {
     let kind = match status {
         StatusCode::BAD_REQUEST => "invalid_request_error",
@@ -55,6 +78,31 @@ pub(crate) fn openai_error(status: StatusCode, message: &str) -> Response<BoxBod
     json(
         status,
         &json!({ "error": { "message": message, "type": kind, "param": null, "code": null } }),
+    )
+}
+
+/// The error body of Ollama's Anthropic-compatible path: the type by
+/// status as Ollama's `anthropic.NewError` has it (503 is
+/// `overloaded_error`), and a request id.
+pub(crate) fn anthropic_error(status: StatusCode, message: &str) -> Response<BoxBody> {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let kind = match status.as_u16() {
+        400 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        _ => "api_error",
+    };
+    let request_id = format!("req_{:024x}", NEXT.fetch_add(1, Ordering::Relaxed));
+    json(
+        status,
+        &json!({
+            "type": "error",
+            "error": { "type": kind, "message": message },
+            "request_id": request_id,
+        }),
     )
 }
 

@@ -1,16 +1,17 @@
 //! The shapes of generated answers: Ollama's NDJSON lines and final
-//! `done` message, OpenAI's SSE chunks and completion documents.
+//! `done` message, OpenAI's SSE chunks and completion documents. The
+//! Anthropic Messages and OpenAI Responses shapes are in `anthropic.rs`
+//! and `responses.rs`.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Response, StatusCode};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::respond::{self, BoxBody};
-use crate::text;
+use crate::respond::{self, ErrorShape};
+use crate::{anthropic, responses, text};
 
 /// Which generation call, which decides the shapes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,22 +20,71 @@ pub(crate) enum Call {
     Chat,
     OpenAiChat,
     OpenAiCompletion,
+    /// `/v1/messages`, Anthropic's Messages API.
+    Anthropic,
+    /// `/v1/responses`, OpenAI's Responses API.
+    Responses,
 }
 
 impl Call {
-    pub(crate) fn openai(self) -> bool {
-        matches!(self, Call::OpenAiChat | Call::OpenAiCompletion)
+    pub(crate) fn error_shape(self) -> ErrorShape {
+        match self {
+            Call::Generate | Call::Chat => ErrorShape::Ollama,
+            Call::OpenAiChat | Call::OpenAiCompletion | Call::Responses => ErrorShape::OpenAi,
+            Call::Anthropic => ErrorShape::Anthropic,
+        }
     }
 
-    pub(crate) fn error(self, status: StatusCode, message: &str) -> Response<BoxBody> {
-        if self.openai() {
-            respond::openai_error(status, message)
-        } else {
-            respond::ollama_error(status, message)
+    /// Whether its streams are SSE (else NDJSON).
+    pub(crate) fn sse(self) -> bool {
+        !matches!(self, Call::Generate | Call::Chat)
+    }
+
+    /// What Ollama checks of the body before looking the model up (its
+    /// compatibility middlewares run before the handler).
+    pub(crate) fn validate(self, request: &Value) -> Result<(), String> {
+        match self {
+            Call::OpenAiChat if request.get("messages").is_none() => {
+                Err("[] is too short - 'messages'".into())
+            }
+            Call::Anthropic => anthropic::validate(request),
+            _ => Ok(()),
+        }
+    }
+
+    /// The conversation as `/api/chat` messages, for the calls that are
+    /// chats underneath (as Ollama converts them).
+    fn messages(self, request: &Value) -> Vec<Value> {
+        match self {
+            Call::Chat | Call::OpenAiChat => request
+                .get("messages")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
+            Call::Anthropic => anthropic::messages(request),
+            Call::Responses => responses::messages(request),
+            Call::Generate | Call::OpenAiCompletion => Vec::new(),
+        }
+    }
+
+    /// Whether the request only loads the model: an empty prompt or
+    /// conversation. `/v1/messages` refuses an empty one first.
+    pub(crate) fn only_loads(self, request: &Value) -> bool {
+        match self {
+            Call::Generate => request
+                .get("prompt")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .is_empty(),
+            Call::Chat | Call::Responses => self.messages(request).is_empty(),
+            _ => false,
         }
     }
 }
 
+/// The text the deterministic answer is drawn from. The calls that are
+/// chats underneath give the same prompt for the same conversation, so
+/// `/v1/messages` and `/api/chat` answer the same words.
 pub(crate) fn prompt_of(call: Call, request: &Value) -> String {
     match call {
         Call::Generate | Call::OpenAiCompletion => {
@@ -54,43 +104,45 @@ pub(crate) fn prompt_of(call: Call, request: &Value) -> String {
                 format!("{system}\n{prompt}")
             }
         }
-        Call::Chat | Call::OpenAiChat => request
-            .get("messages")
-            .and_then(Value::as_array)
-            .map(|messages| {
-                messages
-                    .iter()
-                    .map(|m| match m.get("content") {
-                        Some(Value::String(s)) => format!(
-                            "{}: {s}",
-                            m.get("role").and_then(Value::as_str).unwrap_or("")
-                        ),
-                        Some(other) => other.to_string(),
-                        None => String::new(),
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n")
+        _ => call
+            .messages(request)
+            .iter()
+            .map(|m| match m.get("content") {
+                Some(Value::String(s)) => format!(
+                    "{}: {s}",
+                    m.get("role").and_then(Value::as_str).unwrap_or("")
+                ),
+                Some(other) => other.to_string(),
+                None => String::new(),
             })
-            .unwrap_or_default(),
+            .collect::<Vec<_>>()
+            .join("\n"),
     }
 }
 
 pub(crate) fn wants_stream(call: Call, request: &Value) -> bool {
     match request.get("stream").and_then(Value::as_bool) {
         Some(stream) => stream,
-        None => !call.openai(),
+        None => !call.sse(),
     }
 }
 
+/// The request's bound on generated tokens, Ollama's `num_predict`.
 pub(crate) fn max_tokens(call: Call, request: &Value) -> Option<i64> {
-    let n = if call.openai() {
-        request
+    let n = match call {
+        Call::Generate | Call::Chat => request.get("options").and_then(|o| o.get("num_predict")),
+        Call::OpenAiChat | Call::OpenAiCompletion => request
             .get("max_tokens")
-            .or_else(|| request.get("max_completion_tokens"))
-    } else {
-        request.get("options").and_then(|o| o.get("num_predict"))
+            .or_else(|| request.get("max_completion_tokens")),
+        Call::Anthropic => request.get("max_tokens"),
+        Call::Responses => request.get("max_output_tokens"),
     };
     n.and_then(Value::as_f64).map(|n| n as i64)
+}
+
+/// One SSE event with a name, written whole: `event: NAME\ndata: JSON\n\n`.
+pub(crate) fn event(name: &str, data: &Value) -> Bytes {
+    Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
 }
 
 /// The whole generation: timing, tokens, and its final statistics.
@@ -108,6 +160,8 @@ pub(crate) struct Generation {
     pub(crate) id: String,
     pub(crate) created: u64,
     pub(crate) include_usage: bool,
+    /// The request, which a Responses answer echoes parts of.
+    pub(crate) request: Value,
 }
 
 impl Generation {
@@ -161,10 +215,24 @@ impl Generation {
         Bytes::from(format!("data: {value}\n\n"))
     }
 
-    /// The frame of token `i` in a stream.
-    pub(crate) fn chunk(&self, i: usize) -> Bytes {
-        let token = self.token(i);
+    /// The frames that open a stream, sent with its first token (or its
+    /// end, when there is no token): Anthropic's and Responses' opening
+    /// events.
+    fn head(&self, out: &mut VecDeque<Bytes>) {
         match self.call {
+            Call::Anthropic => anthropic::head(self, out),
+            Call::Responses => responses::head(self, out),
+            _ => {}
+        }
+    }
+
+    /// The frames of token `i` in a stream, one event or line each.
+    pub(crate) fn frames(&self, i: usize, out: &mut VecDeque<Bytes>) {
+        if i == 0 {
+            self.head(out);
+        }
+        let token = self.token(i);
+        let frame = match self.call {
             Call::Generate => Self::ndjson(json!({
                 "model": self.model, "created_at": respond::now_rfc3339(), "response": token, "done": false,
             })),
@@ -182,12 +250,17 @@ impl Generation {
                 "system_fingerprint": "fp_ollama",
                 "choices": [{"text": token, "index": 0, "finish_reason": null}],
             })),
-        }
+            Call::Anthropic => anthropic::delta(&token),
+            Call::Responses => responses::delta(self, i, &token),
+        };
+        out.push_back(frame);
     }
 
     /// The frames after the last token.
-    pub(crate) fn tail(&self) -> VecDeque<Bytes> {
-        let mut tail = VecDeque::new();
+    pub(crate) fn tail(&self, out: &mut VecDeque<Bytes>) {
+        if self.tokens == 0 {
+            self.head(out);
+        }
         match self.call {
             Call::Generate | Call::Chat => {
                 let mut last = serde_json::Map::new();
@@ -207,7 +280,7 @@ impl Generation {
                     last.insert("context".into(), json!([1, 2, 3]));
                 }
                 last.extend(self.stats());
-                tail.push_back(Self::ndjson(Value::Object(last)));
+                out.push_back(Self::ndjson(Value::Object(last)));
             }
             Call::OpenAiChat | Call::OpenAiCompletion => {
                 let (object, choice) = if self.call == Call::OpenAiChat {
@@ -221,20 +294,21 @@ impl Generation {
                         json!({"text": "", "index": 0, "finish_reason": self.done_reason()}),
                     )
                 };
-                tail.push_back(Self::sse(&json!({
+                out.push_back(Self::sse(&json!({
                     "id": self.id, "object": object, "created": self.created, "model": self.model,
                     "system_fingerprint": "fp_ollama", "choices": [choice],
                 })));
                 if self.include_usage {
-                    tail.push_back(Self::sse(&json!({
+                    out.push_back(Self::sse(&json!({
                         "id": self.id, "object": object, "created": self.created, "model": self.model,
                         "system_fingerprint": "fp_ollama", "choices": [], "usage": self.usage(),
                     })));
                 }
-                tail.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
+                out.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
             }
+            Call::Anthropic => anthropic::tail(self, out),
+            Call::Responses => responses::tail(self, out),
         }
-        tail
     }
 
     /// The whole answer in one document.
@@ -273,6 +347,8 @@ impl Generation {
                 "choices": [{"text": text, "index": 0, "finish_reason": self.done_reason()}],
                 "usage": self.usage(),
             }),
+            Call::Anthropic => anthropic::whole(self, text),
+            Call::Responses => responses::whole(self, text),
         }
     }
 }

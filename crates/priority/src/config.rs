@@ -35,8 +35,15 @@ pub struct PriorityConfig {
     /// `OLLAMA_NUM_PARALLEL`.
     pub capacity: usize,
     /// Models with a pool of their own, and its capacity; every other
-    /// model shares the default pool.
+    /// model shares the default pool (or, with `per_model`, gets one of
+    /// `capacity`).
     pub model_capacity: BTreeMap<String, usize>,
+    /// Every model not in `model_capacity` gets a pool of its own of
+    /// `capacity` permits, made when first asked for, as Ollama's
+    /// `OLLAMA_NUM_PARALLEL` is per loaded model; off, they share one
+    /// pool of `capacity`. At most [`MAX_MODEL_POOLS`](crate::MAX_MODEL_POOLS)
+    /// are made; further models share the default pool.
+    pub per_model: bool,
     /// A waiting request's priority rises one step per `aging` waited, so
     /// low priorities are delayed, never starved; `0s` turns aging off.
     #[serde(with = "humantime_serde")]
@@ -77,6 +84,7 @@ impl Default for PriorityConfig {
         Self {
             capacity: DEFAULT_CAPACITY,
             model_capacity: BTreeMap::new(),
+            per_model: false,
             aging: DEFAULT_AGING,
             max_in_flight_per_agent: None,
             default_generation_tokens: DEFAULT_GENERATION_TOKENS,

@@ -95,7 +95,7 @@ pub use error::DeadlineExceeded;
 pub use future::ResponseFuture;
 pub use layer::PriorityLayer;
 pub use pool::Ticket;
-pub use scheduler::{Acquire, Permit, Scheduler};
+pub use scheduler::{Acquire, Permit, Scheduler, MAX_MODEL_POOLS};
 pub use service::PriorityService;
 #[cfg(feature = "redis")]
 pub use shared::SHARED_PERMITS_HELD;

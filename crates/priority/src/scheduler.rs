@@ -2,7 +2,8 @@
 //! and which pool a ticket waits in. Waiting and holding are in `permit`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 #[cfg(feature = "redis")]
 use std::time::Duration;
 
@@ -52,12 +53,39 @@ use crate::shared::SharedPool;
 /// # }
 /// ```
 pub struct Scheduler {
+    config: PriorityConfig,
     default: Arc<Pool>,
     by_model: HashMap<String, Arc<Pool>>,
+    /// With `per_model`: the pools made on first use, and the capacity
+    /// each gets.
+    on_demand: Option<OnDemand>,
     changes: Arc<Notify>,
     /// With shared state, each pool's Redis side, by pool name.
     #[cfg(feature = "redis")]
-    shared: HashMap<String, Arc<SharedPool>>,
+    shared: RwLock<HashMap<String, Arc<SharedPool>>>,
+    /// With shared state, what a pool made on demand is shared through.
+    #[cfg(feature = "redis")]
+    backend: Option<(corral_core::RedisState, Duration)>,
+}
+
+/// The most pools made on demand: a request naming yet another model
+/// waits in the default pool, so a client that invents model names cannot
+/// grow the scheduler without bound.
+pub const MAX_MODEL_POOLS: usize = 64;
+
+struct OnDemand {
+    capacity: AtomicUsize,
+    pools: RwLock<HashMap<String, Arc<Pool>>>,
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    // Every write completes before anything can panic: the data stays
+    // consistent.
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -65,6 +93,7 @@ impl std::fmt::Debug for Scheduler {
         f.debug_struct("Scheduler")
             .field("load", &self.snapshot())
             .field("models", &self.by_model.keys().collect::<Vec<_>>())
+            .field("per_model", &self.on_demand.is_some())
             .finish()
     }
 }
@@ -105,12 +134,59 @@ impl Scheduler {
             })
             .collect();
         Ok(Arc::new(Self {
+            config: config.clone(),
             default,
             by_model,
+            on_demand: config.per_model.then(|| OnDemand {
+                capacity: AtomicUsize::new(config.capacity),
+                pools: RwLock::new(HashMap::new()),
+            }),
             changes,
             #[cfg(feature = "redis")]
-            shared: HashMap::new(),
+            shared: RwLock::new(HashMap::new()),
+            #[cfg(feature = "redis")]
+            backend: None,
         }))
+    }
+
+    /// A pool of its own for `name` (canonical), made on first use.
+    fn on_demand_pool(&self, on_demand: &OnDemand, name: &str) -> Option<Arc<Pool>> {
+        if let Some(pool) = read(&on_demand.pools).get(name) {
+            return Some(pool.clone());
+        }
+        let mut pools = write(&on_demand.pools);
+        if let Some(pool) = pools.get(name) {
+            return Some(pool.clone());
+        }
+        if pools.len() >= MAX_MODEL_POOLS {
+            return None;
+        }
+        let capacity = on_demand.capacity.load(Ordering::Relaxed);
+        let pool = Arc::new(Pool::new(
+            name.to_string(),
+            capacity,
+            self.config.aging,
+            self.config.max_in_flight_per_agent,
+            self.config.reserve,
+            self.changes.clone(),
+        ));
+        #[cfg(feature = "redis")]
+        if let Some((state, ttl)) = &self.backend {
+            let shared = SharedPool::new(
+                state.clone(),
+                pool.clone(),
+                capacity,
+                self.config.aging,
+                *ttl,
+                self.config.reserve,
+                self.config.max_in_flight_per_agent,
+            );
+            tokio::spawn(shared.clone().keep_alive());
+            tokio::spawn(shared.clone().hear_grants());
+            write(&self.shared).insert(name.to_string(), shared);
+        }
+        pools.insert(name.to_string(), pool.clone());
+        Some(pool)
     }
 
     /// A scheduler whose pools live in Redis, shared by every replica on
@@ -167,20 +243,20 @@ impl Scheduler {
                 config.max_in_flight_per_agent,
             )
         };
-        scheduler
-            .shared
-            .insert("*".into(), wrap(&scheduler.default, config.capacity));
+        let mut shared = HashMap::new();
+        shared.insert("*".to_string(), wrap(&scheduler.default, config.capacity));
         for (model, capacity) in &config.model_capacity {
             let key = canonical_model(model);
             if let Some(pool) = scheduler.by_model.get(&key) {
-                let shared = wrap(pool, *capacity);
-                scheduler.shared.insert(key, shared);
+                shared.insert(key, wrap(pool, *capacity));
             }
         }
-        for pool in scheduler.shared.values() {
+        for pool in shared.values() {
             tokio::spawn(pool.clone().keep_alive());
             tokio::spawn(pool.clone().hear_grants());
         }
+        scheduler.shared = RwLock::new(shared);
+        scheduler.backend = Some((state, lease_ttl));
         Ok(Arc::new(scheduler))
     }
 
@@ -197,7 +273,7 @@ impl Scheduler {
     /// ```
     pub fn assume_replicas(&self, replicas: usize) {
         #[cfg(feature = "redis")]
-        for pool in self.shared.values() {
+        for pool in read(&self.shared).values() {
             pool.assume_replicas(replicas);
         }
         #[cfg(not(feature = "redis"))]
@@ -205,82 +281,117 @@ impl Scheduler {
     }
 
     #[cfg(feature = "redis")]
-    fn shared_pool(&self, model: Option<&str>) -> Option<&Arc<SharedPool>> {
-        if self.shared.is_empty() {
-            return None;
-        }
-        let name = self.pool(model).name();
-        self.shared.get(name)
+    fn shared_of(&self, pool: &Pool) -> Option<Arc<SharedPool>> {
+        self.backend.as_ref()?;
+        read(&self.shared).get(pool.name()).cloned()
     }
 
     fn snapshot_of(&self, pool: &Arc<Pool>) -> LoadSnapshot {
         #[cfg(feature = "redis")]
-        if let Some(shared) = self.shared.get(pool.name()) {
+        if let Some(shared) = self.shared_of(pool) {
             return shared.snapshot();
         }
         pool.snapshot()
     }
 
-    fn pool(&self, model: Option<&str>) -> &Arc<Pool> {
-        if self.by_model.is_empty() {
-            return &self.default;
+    /// The pool `model` waits in: its own (configured, or made on demand
+    /// with `per_model`), else the default pool.
+    fn pool(&self, model: Option<&str>) -> Arc<Pool> {
+        let Some(model) = model.filter(|m| !m.is_empty()) else {
+            return self.default.clone();
+        };
+        if self.by_model.is_empty() && self.on_demand.is_none() {
+            return self.default.clone();
         }
-        model
-            .and_then(|m| self.by_model.get(&canonical_model(m)))
-            .unwrap_or(&self.default)
+        let name = canonical_model(model);
+        if let Some(pool) = self.by_model.get(&name) {
+            return pool.clone();
+        }
+        self.on_demand
+            .as_ref()
+            .and_then(|on_demand| self.on_demand_pool(on_demand, &name))
+            .unwrap_or_else(|| self.default.clone())
+    }
+
+    /// Every pool: the default, the configured, those made on demand.
+    fn all_pools(&self) -> Vec<Arc<Pool>> {
+        let mut pools = vec![self.default.clone()];
+        pools.extend(self.by_model.values().cloned());
+        if let Some(on_demand) = &self.on_demand {
+            pools.extend(read(&on_demand.pools).values().cloned());
+        }
+        pools
     }
 
     /// Waits for a permit for `ticket` on `model`'s pool. The ticket is
     /// queued at once; dropping the future leaves the queue (or gives
     /// back a permit granted but not yet taken).
     pub fn acquire(&self, ticket: Ticket, model: Option<&str>) -> Acquire {
+        let pool = self.pool(model);
         #[cfg(feature = "redis")]
-        if let Some(shared) = self.shared_pool(model) {
+        if let Some(shared) = self.shared_of(&pool) {
             return Acquire {
-                kind: AcquireKind::Shared(Box::pin(shared.clone().acquire(ticket))),
+                kind: AcquireKind::Shared(Box::pin(shared.acquire(ticket))),
             };
         }
-        Acquire::local(self.pool(model).clone(), ticket)
+        Acquire::local(pool, ticket)
     }
 
-    /// Changes the default pool's capacity at run time.
-    pub fn set_capacity(&self, capacity: usize) {
+    fn set_pool_capacity(&self, pool: &Arc<Pool>, capacity: usize) {
         #[cfg(feature = "redis")]
-        if let Some(shared) = self.shared.get("*") {
+        if let Some(shared) = self.shared_of(pool) {
             shared.set_capacity(capacity);
             return;
         }
-        self.default.set_capacity(capacity);
+        pool.set_capacity(capacity);
+    }
+
+    /// Changes the capacity at run time: the default pool's, and with
+    /// `per_model` every pool made on demand (and those made later).
+    pub fn set_capacity(&self, capacity: usize) {
+        self.set_pool_capacity(&self.default, capacity);
+        if let Some(on_demand) = &self.on_demand {
+            on_demand.capacity.store(capacity, Ordering::Relaxed);
+            let pools: Vec<Arc<Pool>> = read(&on_demand.pools).values().cloned().collect();
+            for pool in pools {
+                self.set_pool_capacity(&pool, capacity);
+            }
+        }
     }
 
     /// Changes one model's capacity at run time; `false` if the model has
     /// no pool of its own.
     pub fn set_model_capacity(&self, model: &str, capacity: usize) -> bool {
         let name = canonical_model(model);
-        #[cfg(feature = "redis")]
-        if let Some(shared) = self.shared.get(&name) {
-            shared.set_capacity(capacity);
-            return true;
-        }
-        match self.by_model.get(&name) {
+        let pool = self.by_model.get(&name).cloned().or_else(|| {
+            self.on_demand
+                .as_ref()
+                .and_then(|on_demand| read(&on_demand.pools).get(&name).cloned())
+        });
+        match pool {
             Some(pool) => {
-                pool.set_capacity(capacity);
+                self.set_pool_capacity(&pool, capacity);
                 true
             }
             None => false,
         }
     }
 
+    /// Whether each model gets a pool of its own when first asked for.
+    pub fn per_model(&self) -> bool {
+        self.on_demand.is_some()
+    }
+
     /// The load of one model's pool (the default pool for a model without
     /// one).
     pub fn snapshot_for(&self, model: Option<&str>) -> LoadSnapshot {
-        self.snapshot_of(self.pool(model))
+        self.snapshot_of(&self.pool(model))
     }
 
     /// Each pool's load, by name (`*` is the default pool).
     pub fn pools(&self) -> Vec<(String, LoadSnapshot)> {
-        std::iter::once(&self.default)
-            .chain(self.by_model.values())
+        self.all_pools()
+            .iter()
             .map(|p| (p.name().to_string(), self.snapshot_of(p)))
             .collect()
     }
@@ -296,7 +407,7 @@ impl UpstreamLoad for Scheduler {
     /// All pools added up: what the upstream as a whole is asked to do.
     fn snapshot(&self) -> LoadSnapshot {
         let mut total = self.snapshot_of(&self.default);
-        for pool in self.by_model.values() {
+        for pool in self.all_pools().iter().skip(1) {
             let s = self.snapshot_of(pool);
             total.capacity += s.capacity;
             total.in_flight += s.in_flight;

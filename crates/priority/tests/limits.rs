@@ -12,7 +12,7 @@ use corral_core::UpstreamLoad;
 use corral_priority::{DeadlineExceeded, PriorityConfig, Ticket};
 use tokio_test::task::spawn;
 
-use common::{granted, scheduler, scheduler_with, ticket, wait};
+use common::{granted, scheduler, scheduler_with, ticket, wait, wait_on};
 
 #[tokio::test(start_paused = true)]
 async fn a_request_whose_deadline_passes_while_waiting_leaves_at_once_with_504() {
@@ -134,6 +134,62 @@ async fn a_model_with_its_own_capacity_has_its_own_pool() {
     assert!(big.is_ok(), "the big model's pool is separate");
     assert_eq!(s.snapshot().capacity, 2);
     assert_eq!(s.snapshot_for(Some("llama3:70b")).in_flight, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_per_model_each_model_gets_a_pool_of_the_capacity_when_first_asked_for() {
+    let s = scheduler_with(PriorityConfig {
+        capacity: 1,
+        per_model: true,
+        model_capacity: [("llama3:70b".to_string(), 2)].into(),
+        ..PriorityConfig::default()
+    });
+    assert_eq!(s.snapshot().capacity, 3, "the default pool and the 70b's");
+    let _llama = s.acquire(ticket("a", 5), Some("llama3")).await.unwrap();
+    let _tiny = s.acquire(ticket("b", 5), Some("tinyllama")).await.unwrap();
+    assert_eq!(s.snapshot().capacity, 5, "a pool of 1 for each model seen");
+    // `llama3` and `llama3:latest` are one model: one permit between them.
+    let mut waiting = vec![wait_on(
+        &s,
+        "second llama3",
+        ticket("c", 5),
+        Some("llama3:latest"),
+    )];
+    assert_eq!(s.snapshot_for(Some("llama3")).queued_total(), 1);
+    // Capacity set at run time reaches the pools made on demand.
+    s.set_capacity(2);
+    let names = |g: Vec<(String, corral_priority::Permit)>| -> Vec<String> {
+        g.into_iter().map(|(n, _)| n).collect()
+    };
+    assert_eq!(names(granted(&mut waiting)), ["second llama3"]);
+    assert_eq!(s.snapshot_for(Some("tinyllama")).capacity, 2);
+    assert_eq!(s.snapshot_for(Some("llama3:70b")).capacity, 2);
+    let names: Vec<String> = s.pools().into_iter().map(|(n, _)| n).collect();
+    assert!(names.contains(&"llama3:latest".to_string()), "{names:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn pools_made_on_demand_are_bounded_and_more_models_share_the_default() {
+    let s = scheduler_with(PriorityConfig {
+        capacity: 1,
+        per_model: true,
+        ..PriorityConfig::default()
+    });
+    let mut held = Vec::new();
+    for i in 0..corral_priority::MAX_MODEL_POOLS {
+        held.push(
+            s.acquire(ticket("a", 5), Some(&format!("m{i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(s.pools().len(), corral_priority::MAX_MODEL_POOLS + 1);
+    let first_extra = s.acquire(ticket("a", 5), Some("one-more")).await.unwrap();
+    // Both share the default pool of one.
+    let mut second_extra = vec![wait_on(&s, "another", ticket("b", 5), Some("and-another"))];
+    assert_eq!(s.pools().len(), corral_priority::MAX_MODEL_POOLS + 1);
+    drop(first_extra);
+    assert_eq!(granted(&mut second_extra).len(), 1);
 }
 
 #[tokio::test(start_paused = true)]

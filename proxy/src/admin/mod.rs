@@ -306,7 +306,10 @@ fn resolved_config(config: &Config) -> serde_json::Value {
         server["listen"] = json!(config.server.listen.to_string());
         let upstream = object.entry("upstream").or_insert_with(|| json!({}));
         upstream["url"] = json!(config.upstream.url);
-        upstream["capacity"] = json!(config.upstream.capacity);
+        let (capacity, per_model) = config.capacity();
+        upstream["capacity"] = json!(capacity);
+        upstream["capacity_per_model"] = json!(per_model);
+        upstream["capacity_is"] = json!(config.capacity_summary());
         // The environment may have set these (CORRAL_REDIS_URL).
         let state = object.entry("state").or_insert_with(|| json!({}));
         state["backend"] = json!(match config.state.backend {

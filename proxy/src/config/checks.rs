@@ -63,7 +63,7 @@ impl Config {
                 "must be more than zero",
             ));
         }
-        if self.upstream.capacity == 0 {
+        if self.upstream.capacity == Some(0) {
             return Err(ConfigError::new("upstream.capacity", "must be at least 1"));
         }
         for (model, capacity) in &self.upstream.model_capacity {

@@ -67,6 +67,9 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// How many idle upstream connections are kept.
 pub const DEFAULT_POOL_MAX_IDLE: usize = 1024;
+/// Requests one model runs at once when nothing says otherwise:
+/// Ollama's default `OLLAMA_NUM_PARALLEL`.
+pub const DEFAULT_CAPACITY_PER_MODEL: usize = 1;
 /// How long `/corral/readyz` waits for the upstream.
 pub const DEFAULT_READINESS_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -93,9 +96,10 @@ pub struct Config {
     #[serde(default)]
     pub agents: Vec<AgentConfig>,
     /// The layers below `classify`, outermost first: the order of the
-    /// stack.
+    /// stack. Absent: the protective default ([`DEFAULT_LAYERS`]);
+    /// `layers = []`: none, a bare pass-through.
     #[serde(default)]
-    pub layers: Vec<LayerConfig>,
+    pub layers: Option<Vec<LayerConfig>>,
     /// The event log.
     #[serde(default)]
     pub events: corral_events::EventsConfig,
@@ -111,7 +115,17 @@ pub struct Config {
     /// The file as written, for `/corral/config`.
     #[serde(skip)]
     pub raw: Option<toml::Table>,
+    /// Where `[upstream] capacity` came from, for the startup line and
+    /// `check-config`: the file, or a flag or variable that overrode it.
+    #[serde(skip)]
+    pub capacity_from: Option<String>,
 }
+
+/// The stack with no `[[layers]]` at all: what protects an Ollama server
+/// out of the box. Bounded admission (`shed`), the scheduler (permits by
+/// priority, fair share, aging), retries of what is safe to retry, and a
+/// breaker, with their defaults.
+pub const DEFAULT_LAYERS: [&str; 4] = ["shed", "priority", "retry", "breaker"];
 
 /// `[[classes]]`: one class of agents.
 #[derive(Debug, Clone, Deserialize)]
@@ -173,6 +187,49 @@ pub struct LayerConfig {
     pub options: toml::Table,
     /// The line of the file it starts on, for error messages.
     pub line: Option<usize>,
+    /// The line of each key of its table (and its sub-tables), for error
+    /// messages that name a key.
+    pub key_lines: Vec<(String, usize)>,
+}
+
+impl LayerConfig {
+    /// The line of `key` (a dotted path such as `compartments[0].name`:
+    /// its last name is looked for), else of the table's header.
+    pub fn line_of(&self, key: &str) -> Option<usize> {
+        let name = key
+            .rsplit('.')
+            .next()
+            .map(|k| k.split('[').next().unwrap_or(k))
+            .unwrap_or(key);
+        self.key_lines
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, line)| *line)
+            .or(self.line)
+    }
+}
+
+/// The keys written in the `[[layers]]` table that starts at `header`
+/// (1-based), up to the next `[[layers]]`, with their lines.
+fn key_lines(text: &str, header: usize) -> Vec<(String, usize)> {
+    let mut found = Vec::new();
+    for (i, line) in text.lines().enumerate().skip(header) {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("[[layers]]")
+            || (trimmed.starts_with('[')
+                && !trimmed.starts_with("[layers.")
+                && !trimmed.starts_with("[[layers."))
+        {
+            break;
+        }
+        if let Some((key, _)) = trimmed.split_once('=') {
+            let key = key.trim().trim_matches('"');
+            if !key.is_empty() && !key.starts_with('#') {
+                found.push((key.to_string(), i + 1));
+            }
+        }
+    }
+    found
 }
 
 impl<'de> Deserialize<'de> for LayerConfig {
@@ -197,6 +254,7 @@ impl<'de> Deserialize<'de> for LayerConfig {
             kind,
             options,
             line: None,
+            key_lines: Vec::new(),
         })
     }
 }
@@ -277,15 +335,65 @@ impl Config {
             .enumerate()
             .filter(|(_, l)| l.trim_start().starts_with("[[layers]]"))
             .map(|(i, _)| i + 1);
-        for layer in &mut config.layers {
+        for layer in config.layers.iter_mut().flatten() {
             layer.line = headers.next();
+            if let Some(line) = layer.line {
+                layer.key_lines = key_lines(text, line);
+            }
         }
         config
             .validate()
             .map_err(|e| LoadError::from_config(file, e, None))?;
         config.source = Some(file.to_path_buf());
         config.raw = text.parse::<toml::Table>().ok();
+        if config.upstream.capacity.is_some() {
+            config.capacity_from = Some(format!("[upstream] capacity in {}", file.display()));
+        }
         Ok(config)
+    }
+
+    /// The layers of the stack below `classify`: those listed, or the
+    /// default ones when none are.
+    pub fn layers(&self) -> std::borrow::Cow<'_, [LayerConfig]> {
+        match &self.layers {
+            Some(layers) => std::borrow::Cow::Borrowed(layers),
+            None => std::borrow::Cow::Owned(
+                DEFAULT_LAYERS
+                    .iter()
+                    .map(|kind| LayerConfig {
+                        kind: (*kind).to_string(),
+                        options: toml::Table::new(),
+                        line: None,
+                        key_lines: Vec::new(),
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The capacity the scheduler uses, and what it means: `(permits,
+    /// per model)`.
+    pub fn capacity(&self) -> (usize, bool) {
+        match self.upstream.capacity {
+            Some(capacity) => (capacity, false),
+            None => (DEFAULT_CAPACITY_PER_MODEL, true),
+        }
+    }
+
+    /// One sentence on the capacity in use, where it came from and how to
+    /// change it: for the startup line and `check-config`.
+    pub fn capacity_summary(&self) -> String {
+        match (&self.upstream.capacity, &self.capacity_from) {
+            (Some(capacity), Some(from)) => {
+                format!("{capacity} request(s) at once, all models together (from {from})")
+            }
+            (Some(capacity), None) => {
+                format!("{capacity} request(s) at once, all models together")
+            }
+            (None, _) => format!(
+                "{DEFAULT_CAPACITY_PER_MODEL} request at a time per model, Ollama's default OLLAMA_NUM_PARALLEL; if the server runs more, say so with --capacity N, CORRAL_CAPACITY=N or [upstream] capacity = N"
+            ),
+        }
     }
 
     /// The config the `classify` layer is built from.

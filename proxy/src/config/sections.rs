@@ -95,10 +95,13 @@ pub struct UpstreamConfig {
     /// How long `/corral/readyz` waits for the upstream's answer.
     #[serde(with = "humantime_serde")]
     pub readiness_timeout: Duration,
-    /// Requests the upstream runs at once: what its operator set as
-    /// `OLLAMA_NUM_PARALLEL`. The `priority` layer hands out this many
-    /// permits (`--capacity`/`CORRAL_CAPACITY` override it).
-    pub capacity: usize,
+    /// Requests the upstream runs at once, all models together: what its
+    /// operator set as `OLLAMA_NUM_PARALLEL`. The `priority` layer hands
+    /// out this many permits (`--capacity`/`CORRAL_CAPACITY` override
+    /// it). Unset: Ollama's own default, one request at a time per model
+    /// ([`DEFAULT_CAPACITY_PER_MODEL`](super::DEFAULT_CAPACITY_PER_MODEL)),
+    /// each model its own pool.
+    pub capacity: Option<usize>,
     /// Models with a capacity of their own (Ollama's parallelism is per
     /// loaded model), e.g. `{ "llama3:70b" = 1 }`; the others share
     /// `capacity`.
@@ -118,7 +121,7 @@ impl Default for UpstreamConfig {
             pool_max_idle: DEFAULT_POOL_MAX_IDLE,
             ca_file: None,
             readiness_timeout: DEFAULT_READINESS_TIMEOUT,
-            capacity: corral_priority::DEFAULT_CAPACITY,
+            capacity: None,
             model_capacity: std::collections::BTreeMap::new(),
             probe_interval: Duration::from_secs(10),
         }

@@ -46,8 +46,10 @@ pub(crate) fn priority(
 ) -> Result<StackLayer, ConfigError> {
     let options: PriorityOptions = options(layer)?;
     let upstream = &context.config.upstream;
+    let (capacity, per_model) = context.config.capacity();
     let config = PriorityConfig {
-        capacity: upstream.capacity,
+        capacity,
+        per_model,
         model_capacity: upstream.model_capacity.clone(),
         aging: options.aging,
         max_in_flight_per_agent: options.max_in_flight_per_agent,
@@ -108,11 +110,15 @@ pub(crate) fn priority(
         .reserve
         .map(|r| format!(", {} held for priority <= {}", r.permits, r.up_to_priority))
         .unwrap_or_default();
+    let permits = if per_model {
+        format!("{} upstream permit(s) per model", config.capacity)
+    } else {
+        format!("{} upstream permit(s)", config.capacity)
+    };
     Ok(StackLayer::new(
         priority,
         format!(
-            "{} upstream permit(s){models}{cap}{reserve}; aging one step per {}{shared}",
-            config.capacity,
+            "{permits}{models}{cap}{reserve}; aging one step per {}{shared}",
             humantime::format_duration(config.aging)
         ),
     ))

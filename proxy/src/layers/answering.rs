@@ -33,7 +33,7 @@ pub(crate) fn cache(
     Ok(StackLayer::new(
         cache,
         format!(
-            "deterministic answers for {} ({} stale), up to {} MiB{}, namespace {:?}{}",
+            "deterministic answers for {} ({} stale), up to {} MiB{}, {}{}",
             humantime::format_duration(config.ttl),
             humantime::format_duration(config.stale_for),
             config.max_bytes / (1024 * 1024),
@@ -42,7 +42,11 @@ pub(crate) fn cache(
             } else {
                 ""
             },
-            config.namespace,
+            match config.namespace {
+                corral_cache::Namespace::None => "shared by all agents",
+                corral_cache::Namespace::Agent => "kept apart per agent",
+                corral_cache::Namespace::Class => "kept apart per class",
+            },
             if config.coalesce {
                 "; identical requests in flight coalesced"
             } else {

@@ -28,13 +28,18 @@ pub(crate) fn retry(
     Ok(StackLayer::new(
         retry,
         format!(
-            "{} attempts, backoff up to {} (x{}, cap {}), budget {}% + {}/s; first byte {}, idle {}, total {}{fallback}",
+            "{} attempts, backoff up to {} (x{}, cap {}), budget {}% + {}/s; timed-out generations {}; first byte {} (streams only), idle {}, total {}{fallback}",
             config.max_attempts,
             humantime::format_duration(config.initial_backoff),
             config.backoff_multiplier,
             humantime::format_duration(config.max_backoff),
             config.budget_ratio * 100.0,
             config.budget_min_per_sec,
+            if config.rerun_timed_out {
+                "run again"
+            } else {
+                "never run again"
+            },
             limit(config.first_byte_timeout),
             limit(config.idle_timeout),
             limit(config.total_timeout),
@@ -93,7 +98,7 @@ pub(crate) fn degrade(
 ) -> Result<StackLayer, ConfigError> {
     // Its load is the scheduler's: without one it would read 0 for ever
     // and never act, silently.
-    if !context.config.layers.iter().any(|l| l.kind == "priority") {
+    if !context.config.layers().iter().any(|l| l.kind == "priority") {
         return Err(ConfigError::new(
             "kind",
             "degrade reads its load from the priority layer's scheduler: list a `priority` layer too",

@@ -2,6 +2,7 @@
 //! which render as a stream or as one document in the shape of the
 //! endpoint (one entry serves both forms), or any other answer as it came.
 
+mod compat;
 mod render;
 
 use bytes::Bytes;
@@ -84,6 +85,8 @@ impl Answer {
                     Self::openai_document(endpoint, body)
                 }
             }
+            Endpoint::AnthropicMessages => compat::anthropic(content_type, body),
+            Endpoint::OpenAiResponses => compat::responses(content_type, body),
             _ => None,
         }
     }

@@ -23,6 +23,12 @@ impl Answer {
                 Endpoint::Generate | Endpoint::Chat => {
                     native(*endpoint, model, text, fields, stream)
                 }
+                Endpoint::AnthropicMessages => {
+                    super::compat::render_anthropic(model, text, fields, stream)
+                }
+                Endpoint::OpenAiResponses => {
+                    super::compat::render_responses(model, text, fields, stream)
+                }
                 _ => openai(*endpoint, model, text, fields, stream, include_usage),
             },
         }

@@ -39,7 +39,17 @@ pub(crate) struct Waiting {
 }
 
 pub(crate) fn wait(scheduler: &Scheduler, name: &str, ticket: Ticket) -> Waiting {
-    let mut task = spawn(scheduler.acquire(ticket, None));
+    wait_on(scheduler, name, ticket, None)
+}
+
+/// A request for `model` that must wait.
+pub(crate) fn wait_on(
+    scheduler: &Scheduler,
+    name: &str,
+    ticket: Ticket,
+    model: Option<&str>,
+) -> Waiting {
+    let mut task = spawn(scheduler.acquire(ticket, model));
     assert!(task.poll().is_pending(), "{name} should wait");
     Waiting {
         name: name.to_string(),

@@ -1,0 +1,350 @@
+//! The Anthropic Messages and OpenAI Responses answers: read into text
+//! and final fields (streamed or whole), and written back in either form,
+//! one SSE event per frame, in the order the official SDKs' stream
+//! helpers build their snapshot from.
+
+use bytes::Bytes;
+use corral_core::{unix_now, Endpoint};
+use serde_json::{json, Map, Value};
+
+use super::Answer;
+
+/// The `(event, data)` pairs of an SSE body; `None` if one is not JSON.
+fn events(body: &[u8]) -> Option<Vec<(String, Value)>> {
+    let mut out = Vec::new();
+    let text = std::str::from_utf8(body).ok()?;
+    for block in text.split("\n\n").filter(|b| !b.trim().is_empty()) {
+        let mut name = String::new();
+        let mut data = None;
+        for line in block.lines() {
+            if let Some(n) = line.strip_prefix("event:") {
+                name = n.trim().to_string();
+            } else if let Some(d) = line.strip_prefix("data:") {
+                data = Some(serde_json::from_str::<Value>(d.trim()).ok()?);
+            }
+        }
+        out.push((name, data?));
+    }
+    Some(out)
+}
+
+/// The text of a list of content blocks, if they are all text.
+fn text_of(blocks: &Value, kind: &str) -> Option<String> {
+    let mut text = String::new();
+    for block in blocks.as_array()? {
+        if block.get("type")?.as_str()? != kind {
+            return None;
+        }
+        text.push_str(block.get("text")?.as_str()?);
+    }
+    Some(text)
+}
+
+/// An Anthropic answer, whole (`message`) or streamed (its events).
+pub(super) fn anthropic(content_type: &str, body: &[u8]) -> Option<Answer> {
+    let mut fields = Map::new();
+    let (model, text) = if content_type.starts_with("text/event-stream") {
+        let mut model = None;
+        let mut text = String::new();
+        let mut stopped = false;
+        let mut usage = Map::new();
+        for (name, data) in events(body)? {
+            match name.as_str() {
+                "message_start" => {
+                    let message = data.get("message")?;
+                    model = Some(message.get("model")?.as_str()?.to_string());
+                    if let Some(start) = message.get("usage").and_then(Value::as_object) {
+                        usage.extend(start.clone());
+                    }
+                }
+                "content_block_start" => {
+                    if data.pointer("/content_block/type")?.as_str()? != "text" {
+                        return None;
+                    }
+                }
+                "content_block_delta" => {
+                    text.push_str(data.pointer("/delta/text")?.as_str()?);
+                }
+                "message_delta" => {
+                    if let Some(reason) = data.pointer("/delta/stop_reason") {
+                        fields.insert("stop_reason".into(), reason.clone());
+                    }
+                    if let Some(end) = data.get("usage").and_then(Value::as_object) {
+                        usage.extend(end.clone());
+                    }
+                }
+                "message_stop" => stopped = true,
+                "error" => return None,
+                _ => {}
+            }
+        }
+        if !stopped {
+            return None;
+        }
+        fields.insert("usage".into(), Value::Object(usage));
+        (model?, text)
+    } else {
+        let doc: Value = serde_json::from_slice(body).ok()?;
+        if doc.get("type")?.as_str()? != "message" {
+            return None;
+        }
+        let text = text_of(doc.get("content")?, "text")?;
+        for key in ["stop_reason", "usage"] {
+            if let Some(value) = doc.get(key) {
+                fields.insert(key.into(), value.clone());
+            }
+        }
+        (doc.get("model")?.as_str()?.to_string(), text)
+    };
+    Some(Answer::Text {
+        endpoint: Endpoint::AnthropicMessages,
+        model,
+        text,
+        fields,
+    })
+}
+
+/// A Responses answer, whole or streamed (its `response.completed`
+/// carries the whole response).
+pub(super) fn responses(content_type: &str, body: &[u8]) -> Option<Answer> {
+    let doc = if content_type.starts_with("text/event-stream") {
+        events(body)?
+            .into_iter()
+            .find(|(name, _)| name == "response.completed")?
+            .1
+            .get("response")?
+            .clone()
+    } else {
+        serde_json::from_slice(body).ok()?
+    };
+    if doc.get("status")?.as_str()? != "completed" {
+        return None;
+    }
+    let [item] = doc.get("output")?.as_array()?.as_slice() else {
+        return None;
+    };
+    if item.get("type")?.as_str()? != "message" {
+        return None;
+    }
+    let text = text_of(item.get("content")?, "output_text")?;
+    let mut fields = Map::new();
+    if let Some(usage) = doc.get("usage") {
+        fields.insert("usage".into(), usage.clone());
+    }
+    Some(Answer::Text {
+        endpoint: Endpoint::OpenAiResponses,
+        model: doc.get("model")?.as_str()?.to_string(),
+        text,
+        fields,
+    })
+}
+
+fn event(name: &str, data: &Value) -> Bytes {
+    Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
+}
+
+/// An Anthropic answer saying `text`, whole or as its events.
+pub(super) fn render_anthropic(
+    model: &str,
+    text: &str,
+    fields: &Map<String, Value>,
+    stream: bool,
+) -> (String, Vec<Bytes>) {
+    let stop = fields
+        .get("stop_reason")
+        .cloned()
+        .unwrap_or(json!("end_turn"));
+    let usage = fields
+        .get("usage")
+        .cloned()
+        .unwrap_or(json!({"input_tokens": 0, "output_tokens": 0}));
+    let message = |content: Value, stop: Value| {
+        json!({"id": "msg_corral_cache", "type": "message", "role": "assistant", "model": model,
+            "content": content, "stop_reason": stop, "usage": usage})
+    };
+    if !stream {
+        let doc = message(json!([{"type": "text", "text": text}]), stop);
+        return (
+            "application/json".into(),
+            vec![Bytes::from(serde_json::to_vec(&doc).unwrap_or_default())],
+        );
+    }
+    let output = usage.get("output_tokens").cloned().unwrap_or(json!(0));
+    let frames = vec![
+        event(
+            "message_start",
+            &json!({"type": "message_start", "message": message(json!([]), Value::Null)}),
+        ),
+        event(
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
+        event(
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
+        ),
+        event(
+            "content_block_stop",
+            &json!({"type": "content_block_stop", "index": 0}),
+        ),
+        event(
+            "message_delta",
+            &json!({"type": "message_delta", "delta": {"stop_reason": stop}, "usage": {"output_tokens": output}}),
+        ),
+        event("message_stop", &json!({"type": "message_stop"})),
+    ];
+    ("text/event-stream".into(), frames)
+}
+
+/// A Responses answer saying `text`, whole or as its events.
+pub(super) fn render_responses(
+    model: &str,
+    text: &str,
+    fields: &Map<String, Value>,
+    stream: bool,
+) -> (String, Vec<Bytes>) {
+    let created = unix_now();
+    let usage = fields.get("usage").cloned().unwrap_or(Value::Null);
+    let part = |t: &str| json!({"type": "output_text", "text": t, "annotations": []});
+    let item = |t: &str, status: &str| {
+        json!({"id": "msg_corral_cache", "type": "message", "status": status, "role": "assistant",
+            "content": [part(t)]})
+    };
+    let response = |status: &str, output: Value, usage: Value| {
+        json!({"id": "resp_corral_cache", "object": "response", "created_at": created,
+            "status": status, "model": model, "output": output, "parallel_tool_calls": true,
+            "tool_choice": "auto", "tools": [], "usage": usage})
+    };
+    if !stream {
+        let doc = response("completed", json!([item(text, "completed")]), usage);
+        return (
+            "application/json".into(),
+            vec![Bytes::from(serde_json::to_vec(&doc).unwrap_or_default())],
+        );
+    }
+    let at = |n: u64, mut data: Value| {
+        data["sequence_number"] = json!(n);
+        data
+    };
+    let ids = json!({"item_id": "msg_corral_cache", "output_index": 0, "content_index": 0});
+    let with_ids = |mut data: Value| {
+        if let (Some(d), Some(i)) = (data.as_object_mut(), ids.as_object()) {
+            d.extend(i.clone());
+        }
+        data
+    };
+    let frames = vec![
+        event(
+            "response.created",
+            &at(
+                0,
+                json!({"type": "response.created", "response": response("in_progress", json!([]), Value::Null)}),
+            ),
+        ),
+        event(
+            "response.output_item.added",
+            &at(
+                1,
+                json!({"type": "response.output_item.added", "output_index": 0,
+                "item": {"id": "msg_corral_cache", "type": "message", "status": "in_progress",
+                    "role": "assistant", "content": []}}),
+            ),
+        ),
+        event(
+            "response.content_part.added",
+            &at(
+                2,
+                with_ids(json!({"type": "response.content_part.added", "part": part("")})),
+            ),
+        ),
+        event(
+            "response.output_text.delta",
+            &at(
+                3,
+                with_ids(json!({"type": "response.output_text.delta", "delta": text})),
+            ),
+        ),
+        event(
+            "response.output_text.done",
+            &at(
+                4,
+                with_ids(json!({"type": "response.output_text.done", "text": text})),
+            ),
+        ),
+        event(
+            "response.content_part.done",
+            &at(
+                5,
+                with_ids(json!({"type": "response.content_part.done", "part": part(text)})),
+            ),
+        ),
+        event(
+            "response.output_item.done",
+            &at(
+                6,
+                json!({"type": "response.output_item.done", "output_index": 0,
+                "item": item(text, "completed")}),
+            ),
+        ),
+        event(
+            "response.completed",
+            &at(
+                7,
+                json!({"type": "response.completed",
+                "response": response("completed", json!([item(text, "completed")]), usage)}),
+            ),
+        ),
+    ];
+    ("text/event-stream".into(), frames)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MESSAGE: &[u8] = br#"{"id":"msg_1","type":"message","role":"assistant","model":"llama3","content":[{"type":"text","text":"Hello world"}],"stop_reason":"end_turn","usage":{"input_tokens":3,"output_tokens":2}}"#;
+
+    #[test]
+    fn an_anthropic_answer_is_kept_as_text_and_served_whole_or_as_its_events() {
+        let answer =
+            Answer::capture(Endpoint::AnthropicMessages, "application/json", MESSAGE).unwrap();
+        let (ct, frames) = answer.render(true, false);
+        assert_eq!(ct, "text/event-stream");
+        let body: Vec<u8> = frames.iter().flat_map(|f| f.to_vec()).collect();
+        // What was streamed reads back as the same answer.
+        let again = Answer::capture(Endpoint::AnthropicMessages, &ct, &body).unwrap();
+        assert_eq!(again, answer);
+        let (_, whole) = again.render(false, false);
+        let doc: Value = serde_json::from_slice(&whole[0]).unwrap();
+        assert_eq!(doc["content"][0]["text"], "Hello world");
+        assert_eq!(doc["usage"]["output_tokens"], 2);
+        assert!(frames.iter().all(|f| f.ends_with(b"\n\n")));
+    }
+
+    #[test]
+    fn a_responses_answer_is_kept_as_text_and_served_whole_or_as_its_events() {
+        let body = br#"{"id":"resp_1","object":"response","status":"completed","model":"llama3","output":[{"type":"message","id":"m","status":"completed","role":"assistant","content":[{"type":"output_text","text":"Hi there","annotations":[]}]}],"usage":{"input_tokens":1,"output_tokens":2,"total_tokens":3}}"#;
+        let answer = Answer::capture(Endpoint::OpenAiResponses, "application/json", body).unwrap();
+        let (ct, frames) = answer.render(true, false);
+        let streamed: Vec<u8> = frames.iter().flat_map(|f| f.to_vec()).collect();
+        assert_eq!(
+            Answer::capture(Endpoint::OpenAiResponses, &ct, &streamed).unwrap(),
+            answer
+        );
+        let (_, whole) = answer.render(false, false);
+        let doc: Value = serde_json::from_slice(&whole[0]).unwrap();
+        assert_eq!(doc["output"][0]["content"][0]["text"], "Hi there");
+    }
+
+    #[test]
+    fn cut_or_failed_answers_and_tool_use_are_not_kept() {
+        let cut = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"m\"}}\n\nevent: content_block_delta\ndata: {\"delta\":{\"text\":\"a\"}}\n\n";
+        assert!(Answer::capture(Endpoint::AnthropicMessages, "text/event-stream", cut).is_none());
+        let tool = br#"{"type":"message","model":"m","content":[{"type":"tool_use","id":"t","name":"f","input":{}}]}"#;
+        assert!(Answer::capture(Endpoint::AnthropicMessages, "application/json", tool).is_none());
+        let incomplete = br#"{"status":"incomplete","model":"m","output":[]}"#;
+        assert!(
+            Answer::capture(Endpoint::OpenAiResponses, "application/json", incomplete).is_none()
+        );
+    }
+}

@@ -1,0 +1,151 @@
+//! Helpers shared by the tests of the compatibility paths: a client that
+//! keeps the response's frames as they arrived, an SSE parser, a fast
+//! mock, and waiting for a condition of the stats.
+
+#![allow(dead_code)] // each test file uses some of these
+#![allow(clippy::unwrap_used)] // a test fails by panicking
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use corral_mock_ollama::{MockConfig, MockOllama, Stats};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+/// No time to first token and no time between tokens: answers come as
+/// fast as the sockets carry them.
+pub(crate) fn fast() -> MockConfig {
+    MockConfig {
+        ttft: Duration::ZERO,
+        tokens_per_sec: f64::INFINITY,
+        ..MockConfig::default()
+    }
+}
+
+/// A response read to its end, or to the error that broke it.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) content_type: String,
+    /// The body's data frames, as the client received them.
+    pub(crate) frames: Vec<Bytes>,
+    /// Whether reading the body failed (the connection broke).
+    pub(crate) broken: bool,
+}
+
+impl Reply {
+    pub(crate) fn text(&self) -> String {
+        self.frames
+            .iter()
+            .map(|f| String::from_utf8_lossy(f).into_owned())
+            .collect()
+    }
+
+    pub(crate) fn json(&self) -> Value {
+        serde_json::from_str(&self.text()).unwrap_or_else(|e| panic!("{e}: {}", self.text()))
+    }
+
+    /// The SSE events, `(name, data)`, in order. Also checks each frame
+    /// holds at most one event: what the server writes goes out one
+    /// whole event per frame (the client may split a frame, never join
+    /// two).
+    pub(crate) fn events(&self) -> Vec<(String, Value)> {
+        for frame in &self.frames {
+            let frame = String::from_utf8_lossy(frame);
+            assert!(
+                frame.matches("event: ").count() <= 1,
+                "two events in one frame: {frame:?}"
+            );
+        }
+        self.text()
+            .split("\n\n")
+            .filter(|e| !e.trim().is_empty())
+            .map(|e| {
+                let name = e
+                    .lines()
+                    .find_map(|l| l.strip_prefix("event: "))
+                    .unwrap_or_else(|| panic!("no event name in {e:?}"));
+                let data = e
+                    .lines()
+                    .find_map(|l| l.strip_prefix("data: "))
+                    .unwrap_or_else(|| panic!("no data in {e:?}"));
+                (name.to_string(), serde_json::from_str(data).unwrap())
+            })
+            .collect()
+    }
+}
+
+/// Sends the request and returns the response with its body unread.
+pub(crate) async fn send(url: &str, body: &str, fault: Option<&str>) -> http::Response<Incoming> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut request = http::Request::post(url)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    if let Some(fault) = fault {
+        request
+            .headers_mut()
+            .insert("x-mock-fault", fault.parse().unwrap());
+    }
+    tokio::time::timeout(Duration::from_secs(20), client.request(request))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Sends the request and reads the answer to its end.
+pub(crate) async fn call(url: &str, body: &str, fault: Option<&str>) -> Reply {
+    let response = send(url, body, fault).await;
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let mut body = response.into_body();
+    let mut frames = Vec::new();
+    let mut broken = false;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), body.frame())
+            .await
+            .unwrap()
+        {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    frames.push(data);
+                }
+            }
+            Some(Err(_)) => {
+                broken = true;
+                break;
+            }
+            None => break,
+        }
+    }
+    Reply {
+        status,
+        content_type,
+        frames,
+        broken,
+    }
+}
+
+/// Waits until the mock's stats satisfy `done`, for at most 10 s.
+pub(crate) async fn wait_for(mock: &MockOllama, what: &str, done: impl Fn(&Stats) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = mock.stats();
+        if done(&stats) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -1,0 +1,241 @@
+//! `/v1/responses`, the OpenAI Responses API, as Ollama serves it: one
+//! `response` document or named SSE events numbered by
+//! `sequence_number`, OpenAI's error shape, and the same slots, faults
+//! and words as `/api/chat`.
+
+#![allow(clippy::unwrap_used)] // a test fails by panicking
+
+mod common;
+
+use common::{call, fast, wait_for};
+use corral_mock_ollama::{MockConfig, MockOllama, BUSY_MESSAGE};
+use serde_json::Value;
+
+const ASK: &str = r#"{"model":"llama3","instructions":"be brief","input":"why is the sky blue","temperature":0.2}"#;
+const ASK_ITEMS: &str = r#"{"model":"llama3","instructions":"be brief","stream":true,"input":[{"type":"message","role":"user","content":[{"type":"input_text","text":"why is the sky "},{"type":"input_text","text":"blue"}]}]}"#;
+const CHAT: &str = r#"{"model":"llama3","stream":false,"messages":[{"role":"system","content":"be brief"},{"role":"user","content":"why is the sky blue"}]}"#;
+
+fn output_text(response: &Value) -> &str {
+    response["output"][0]["content"][0]["text"]
+        .as_str()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_response_answers_the_words_chat_gives_the_same_conversation() {
+    let mock = MockOllama::start(fast()).await.unwrap();
+    let reply = call(&format!("{}/v1/responses", mock.url()), ASK, None).await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.content_type.starts_with("application/json"));
+    let response = reply.json();
+    assert_eq!(response["object"], "response");
+    assert_eq!(response["status"], "completed");
+    assert_eq!(response["model"], "llama3");
+    assert!(response["id"].as_str().unwrap().starts_with("resp_"));
+    assert_eq!(response["instructions"], "be brief");
+    assert_eq!(
+        response["temperature"], 0.2,
+        "the request's settings echoed"
+    );
+    assert_eq!(response["parallel_tool_calls"], true);
+    assert_eq!(response["tools"], Value::Array(vec![]));
+    let item = &response["output"][0];
+    assert_eq!(
+        (&item["type"], &item["role"], &item["status"]),
+        (&"message".into(), &"assistant".into(), &"completed".into())
+    );
+    assert!(item["id"].as_str().unwrap().starts_with("msg_"));
+    assert_eq!(item["content"][0]["type"], "output_text");
+    assert_eq!(item["content"][0]["annotations"], Value::Array(vec![]));
+
+    let chat = call(&format!("{}/api/chat", mock.url()), CHAT, None)
+        .await
+        .json();
+    assert_eq!(output_text(&response), chat["message"]["content"]);
+    let usage = &response["usage"];
+    assert_eq!(usage["input_tokens"], chat["prompt_eval_count"]);
+    assert_eq!(usage["output_tokens"], 24);
+    assert_eq!(
+        usage["total_tokens"].as_u64(),
+        Some(usage["input_tokens"].as_u64().unwrap() + 24)
+    );
+    assert_eq!(mock.stats().by_path["/v1/responses"], 1);
+    assert!(mock.requests()[0].completed);
+}
+
+#[tokio::test]
+async fn a_streamed_response_sends_numbered_named_events_whose_deltas_make_the_text() {
+    let mock = MockOllama::start(fast()).await.unwrap();
+    let url = format!("{}/v1/responses", mock.url());
+    let whole = call(&url, ASK, None).await.json();
+    let reply = call(&url, ASK_ITEMS, None).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.content_type, "text/event-stream");
+    let events = reply.events();
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    let mut expected = vec![
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ];
+    expected.extend(["response.output_text.delta"; 24]);
+    expected.extend([
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]);
+    assert_eq!(names, expected);
+    for (i, (name, data)) in events.iter().enumerate() {
+        assert_eq!(data["type"], name.as_str());
+        assert_eq!(data["sequence_number"], i, "{name}");
+    }
+    assert_eq!(events[0].1["response"]["status"], "in_progress");
+
+    let text: String = events
+        .iter()
+        .filter(|(n, _)| n == "response.output_text.delta")
+        .map(|(_, d)| d["delta"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        text,
+        output_text(&whole),
+        "input parts join as Ollama joins them"
+    );
+    assert_eq!(events[28].1["text"], text.as_str());
+    let completed = &events.last().unwrap().1["response"];
+    assert_eq!(completed["status"], "completed");
+    assert_eq!(output_text(completed), text);
+    assert_eq!(completed["usage"], whole["usage"]);
+}
+
+#[tokio::test]
+async fn max_output_tokens_cuts_the_answer_and_ollama_still_says_completed() {
+    let mock = MockOllama::start(fast()).await.unwrap();
+    let url = format!("{}/v1/responses", mock.url());
+    let cut = ASK.replace("\"temperature\":0.2", "\"max_output_tokens\":3");
+    let response = call(&url, &cut, None).await.json();
+    assert_eq!(response["usage"]["output_tokens"], 3);
+    assert_eq!(output_text(&response).split(' ').count(), 3);
+    assert_eq!(response["max_output_tokens"], 3);
+    // Ollama's ToResponse never reports `incomplete`.
+    assert_eq!(response["status"], "completed");
+    assert_eq!(response["incomplete_details"], Value::Null);
+
+    let cut = ASK_ITEMS.replace("\"stream\":true", "\"stream\":true,\"max_output_tokens\":3");
+    let events = call(&url, &cut, None).await.events();
+    let deltas = events
+        .iter()
+        .filter(|(n, _)| n == "response.output_text.delta");
+    assert_eq!(deltas.count(), 3);
+    assert_eq!(
+        events.last().unwrap().1["response"]["usage"]["output_tokens"],
+        3
+    );
+}
+
+#[tokio::test]
+async fn an_empty_input_only_loads_the_model_and_answers_no_text() {
+    let mock = MockOllama::start(fast()).await.unwrap();
+    let url = format!("{}/v1/responses", mock.url());
+    let response = call(&url, r#"{"model":"llama3","input":""}"#, None)
+        .await
+        .json();
+    assert_eq!(response["status"], "completed");
+    assert_eq!(output_text(&response), "");
+    assert_eq!(response["usage"]["total_tokens"], 0);
+    let events = call(&url, r#"{"model":"llama3","input":[],"stream":true}"#, None)
+        .await
+        .events();
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "response.created",
+            "response.in_progress",
+            "response.completed"
+        ]
+    );
+    let stats = mock.stats();
+    assert_eq!((stats.model_loads, stats.peak_in_flight), (1, 0));
+}
+
+#[tokio::test]
+async fn errors_come_in_openais_shape() {
+    let mock = MockOllama::start(fast()).await.unwrap();
+    let url = format!("{}/v1/responses", mock.url());
+    let error = |reply: common::Reply| {
+        let body = reply.json();
+        let error = &body["error"];
+        assert_eq!(
+            (&error["param"], &error["code"]),
+            (&Value::Null, &Value::Null)
+        );
+        (
+            reply.status,
+            error["type"].as_str().unwrap().to_string(),
+            error["message"].as_str().unwrap().to_string(),
+        )
+    };
+    let unknown = ASK.replace("llama3", "no-such-model");
+    let (status, kind, message) = error(call(&url, &unknown, None).await);
+    assert_eq!((status, kind.as_str()), (404, "not_found_error"));
+    assert!(message.contains("no-such-model"), "{message}");
+    assert_eq!(
+        error(call(&url, r#"{"input":"hi"}"#, None).await),
+        (
+            400,
+            "invalid_request_error".into(),
+            "model is required".into()
+        )
+    );
+    let (status, kind, _) = error(call(&url, "[1,", None).await);
+    assert_eq!((status, kind.as_str()), (400, "invalid_request_error"));
+    assert_eq!(
+        error(call(&url, ASK, Some("busy")).await),
+        (503, "api_error".into(), BUSY_MESSAGE.into())
+    );
+}
+
+#[tokio::test]
+async fn drop_after_breaks_the_stream_and_slots_are_shared_with_messages() {
+    let mock = MockOllama::start(MockConfig {
+        parallel: 2,
+        max_queue: 0,
+        ..fast()
+    })
+    .await
+    .unwrap();
+    let url = format!("{}/v1/responses", mock.url());
+    let reply = call(&url, ASK_ITEMS, Some("drop_after=6")).await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.broken, "the connection broke: {}", reply.text());
+    let events = reply.events();
+    assert_eq!(events.len(), 6, "whole events up to the break");
+    assert!(events.iter().all(|(n, _)| n != "response.completed"));
+    assert_eq!(mock.stats().in_flight, 0);
+
+    // A response and a message hold the model's two slots; a third call
+    // finds no room in a queue of zero.
+    let held = [
+        (url.clone(), ASK_ITEMS.to_string()),
+        (
+            format!("{}/v1/messages", mock.url()),
+            r#"{"model":"llama3","max_tokens":9,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#.to_string(),
+        ),
+    ]
+    .map(|(url, body)| tokio::spawn(async move { call(&url, &body, Some("pause_after=1")).await }));
+    wait_for(&mock, "two paused streams", |s| s.paused == 2).await;
+    let refused = call(&url, ASK, None).await;
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.json()["error"]["message"], BUSY_MESSAGE);
+    mock.release(2);
+    for stream in held {
+        assert!(!stream.await.unwrap().broken);
+    }
+    let stats = mock.stats();
+    assert_eq!(stats.peak_in_flight_by_model["llama3:latest"], 2);
+    assert_eq!(stats.busy_rejections, 1);
+    assert_eq!(stats.in_flight, 0);
+}

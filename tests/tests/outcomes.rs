@@ -1,0 +1,268 @@
+//! How an answer ended is counted as it ended: a stream the upstream
+//! breaks is a failure for the breaker, the metrics and the events (and
+//! still reaches the client as an error in its own framing); a
+//! non-streamed answer and an embedding are completed; an upstream error
+//! after every attempt is an error; a long non-streamed generation is
+//! waited for and asked of the upstream once.
+
+#![allow(clippy::unwrap_used)] // a test fails by panicking
+
+use std::path::Path;
+use std::time::Duration;
+
+use corral::Config;
+use corral_e2e::{fast, metric_sum, mock, open, request, send, within};
+use http_body_util::BodyExt;
+
+fn config(upstream: &str, layers: &str) -> Config {
+    let text =
+        format!("[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{upstream}\"\n{layers}");
+    Config::parse(&text, Path::new("outcomes.toml")).unwrap()
+}
+
+const BREAKER: &str =
+    "[[layers]]\nkind = \"breaker\"\nconsecutive_failures = 2\nopen_for = \"60s\"\n";
+
+async fn events(url: &str, kind: &str) -> Vec<serde_json::Value> {
+    let reply = send(request(
+        "GET",
+        &format!("{url}/corral/events?kind={kind}"),
+        "",
+    ))
+    .await;
+    serde_json::from_slice(&reply.body).unwrap()
+}
+
+/// Sends a request the upstream breaks after three chunks; the body the
+/// client read.
+async fn broken(url: &str, path: &str, body: &'static str) -> String {
+    let mut req = request("POST", &format!("{url}{path}"), body);
+    req.headers_mut()
+        .insert("x-mock-fault", "drop_after=3".parse().unwrap());
+    let response = open(req).await;
+    assert_eq!(response.status(), 200);
+    let body = within(response.into_body().collect())
+        .await
+        .expect("ends with an error in the stream's own framing")
+        .to_bytes();
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+async fn a_stream_the_upstream_breaks_twice_opens_the_breaker(
+    path: &str,
+    body: &'static str,
+    error_in: impl Fn(&str) -> bool,
+) {
+    let upstream = mock(fast()).await;
+    let corral = corral::Running::start(&config(&upstream.url(), BREAKER))
+        .await
+        .unwrap();
+    let url = corral.url();
+    for _ in 0..2 {
+        let text = broken(&url, path, body).await;
+        assert!(error_in(&text), "the client is told: {text}");
+    }
+    // Two broken streams in a row: the breaker is open, the next request
+    // is refused without reaching the upstream.
+    let before = upstream.requests().len();
+    let refused = send(request("POST", &format!("{url}{path}"), body)).await;
+    assert_eq!(refused.status, 503, "{:?}", refused.body);
+    assert_eq!(refused.header("x-corral-reason"), Some("breaker_open"));
+    assert_eq!(upstream.requests().len(), before);
+
+    let errors = metric_sum(&url, "corral_request_duration_seconds_count{endpoint=\"").await;
+    assert!(errors >= 3.0);
+    let text = String::from_utf8(
+        send(request("GET", &format!("{url}/metrics"), ""))
+            .await
+            .body
+            .to_vec(),
+    )
+    .unwrap();
+    let count = |outcome: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("corral_request_duration_seconds_count{"))
+            .filter(|l| l.contains(&format!("outcome=\"{outcome}\"")))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    assert_eq!(count("error"), 2.0, "{text}");
+    assert_eq!(count("completed"), 0.0);
+    assert_eq!(count("refused"), 1.0);
+
+    let completed = events(&url, "completed").await;
+    let outcomes: Vec<&str> = completed
+        .iter()
+        .map(|e| e["data"]["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["error", "error"]);
+    let agents = send(request("GET", &format!("{url}/corral/agents"), ""))
+        .await
+        .json();
+    assert_eq!(agents["anonymous"]["failed"], 2);
+    assert_eq!(agents["anonymous"]["completed"], 0);
+}
+
+#[tokio::test]
+async fn a_broken_ndjson_stream_opens_the_breaker_and_counts_as_an_error() {
+    a_stream_the_upstream_breaks_twice_opens_the_breaker(
+        "/api/chat",
+        r#"{"model":"llama3","messages":[{"role":"user","content":"x"}]}"#,
+        |text| {
+            let last: serde_json::Value =
+                serde_json::from_str(text.lines().last().unwrap()).unwrap();
+            last["error"]
+                .as_str()
+                .unwrap()
+                .contains("upstream stream broke")
+                && !text.contains("\"done\":true")
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_broken_sse_stream_opens_the_breaker_and_counts_as_an_error() {
+    a_stream_the_upstream_breaks_twice_opens_the_breaker(
+        "/v1/chat/completions",
+        r#"{"model":"llama3","messages":[{"role":"user","content":"x"}],"stream":true}"#,
+        |text| {
+            let last = text.split("\n\n").filter(|e| !e.is_empty()).last().unwrap();
+            let last: serde_json::Value =
+                serde_json::from_str(last.strip_prefix("data: ").unwrap()).unwrap();
+            last["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("upstream stream broke")
+                && !text.contains("[DONE]")
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_non_streamed_answer_and_an_embedding_count_completed() {
+    let upstream = mock(fast()).await;
+    // The cache answers through a shared flight whose body never says
+    // "end" by itself: hyper stops at the Content-Length.
+    let corral = corral::Running::start(&config(
+        &upstream.url(),
+        &format!("{BREAKER}[[layers]]\nkind = \"cache\"\n"),
+    ))
+    .await
+    .unwrap();
+    let url = corral.url();
+    for (path, body) in [
+        (
+            "/api/generate",
+            r#"{"model":"llama3","prompt":"x","stream":false}"#,
+        ),
+        (
+            "/api/generate",
+            r#"{"model":"llama3","prompt":"y","stream":false,"options":{"temperature":0}}"#,
+        ),
+        (
+            "/api/embed",
+            r#"{"model":"nomic-embed-text","input":"hello"}"#,
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"model":"llama3","messages":[{"role":"user","content":"x"}]}"#,
+        ),
+    ] {
+        let reply = send(request("POST", &format!("{url}{path}"), body)).await;
+        assert_eq!(reply.status, 200, "{path}");
+    }
+    let completed = events(&url, "completed").await;
+    let outcomes: Vec<&str> = completed
+        .iter()
+        .map(|e| e["data"]["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["completed"; 4]);
+    let agents = send(request("GET", &format!("{url}/corral/agents"), ""))
+        .await
+        .json();
+    assert_eq!(agents["anonymous"]["completed"], 4);
+    assert_eq!(agents["anonymous"]["cancelled"], 0);
+    assert_eq!(
+        metric_sum(
+            &url,
+            "corral_request_duration_seconds_count{endpoint=\"embed\",model=\"nomic-embed-text\",class=\"default\",outcome=\"completed\"}"
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_error_after_every_attempt_is_an_error_not_a_completion() {
+    let upstream = mock(fast()).await;
+    let corral = corral::Running::start(&config(
+        &upstream.url(),
+        "[[layers]]\nkind = \"retry\"\ninitial_backoff = \"10ms\"\nmax_backoff = \"20ms\"\n",
+    ))
+    .await
+    .unwrap();
+    let url = corral.url();
+    let mut req = request(
+        "POST",
+        &format!("{url}/api/generate"),
+        r#"{"model":"llama3","prompt":"x","stream":false}"#,
+    );
+    req.headers_mut()
+        .insert("x-mock-fault", "busy".parse().unwrap());
+    let reply = send(req).await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(upstream.requests().len(), 3, "three attempts");
+    let completed = events(&url, "completed").await;
+    assert_eq!(completed.len(), 1);
+    assert_eq!(completed[0]["data"]["outcome"], "error");
+    assert_eq!(completed[0]["data"]["status"], 503);
+}
+
+/// A generation that sends nothing for 40 s (`"stream": false`): answered,
+/// and asked of the upstream once.
+async fn a_long_silent_generation_answers_once(config: Config) {
+    let upstream = mock(fast()).await;
+    let mut config = config;
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.upstream.url = upstream.url();
+    let corral = corral::Running::start(&config).await.unwrap();
+    let mut req = request(
+        "POST",
+        &format!("{}/api/generate", corral.url()),
+        r#"{"model":"llama3","prompt":"write a long story","stream":false}"#,
+    );
+    req.headers_mut()
+        .insert("x-mock-fault", "ttft_ms=40000,tokens=4".parse().unwrap());
+    let started = tokio::time::Instant::now();
+    let reply = tokio::time::timeout(Duration::from_secs(90), async {
+        let response = corral_e2e::client().request(req).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, body)
+    })
+    .await
+    .expect("answered");
+    assert!(started.elapsed() >= Duration::from_secs(40));
+    assert_eq!(reply.0, 200, "{:?}", reply.1);
+    let answer: serde_json::Value = serde_json::from_slice(&reply.1).unwrap();
+    assert_eq!(answer["done"], true);
+    let generations = upstream
+        .requests()
+        .iter()
+        .filter(|r| r.uri == "/api/generate")
+        .count();
+    assert_eq!(generations, 1, "the upstream generated it once");
+}
+
+#[tokio::test]
+async fn a_40s_non_streamed_generation_answers_once_through_the_default_stack() {
+    a_long_silent_generation_answers_once(Config::default()).await;
+}
+
+#[tokio::test]
+async fn a_40s_non_streamed_generation_answers_once_through_the_shipped_config() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/corral.toml");
+    a_long_silent_generation_answers_once(Config::load(&shipped).unwrap()).await;
+}
