@@ -381,7 +381,7 @@ fn with_no_layers_the_stack_protects_and_says_its_capacity_and_where_it_came_fro
 #[tokio::test]
 async fn with_no_config_the_startup_line_names_the_stack_and_the_capacity_and_capacity_is_served() {
     let port = free_port();
-    let mut child = corral()
+    let child = corral()
         .args([
             "--listen",
             &format!("127.0.0.1:{port}"),

@@ -57,10 +57,10 @@ pub(super) fn anthropic(content_type: &str, body: &[u8]) -> Option<Answer> {
                         usage.extend(start.clone());
                     }
                 }
-                "content_block_start" => {
-                    if data.pointer("/content_block/type")?.as_str()? != "text" {
-                        return None;
-                    }
+                "content_block_start"
+                    if data.pointer("/content_block/type")?.as_str()? != "text" =>
+                {
+                    return None;
                 }
                 "content_block_delta" => {
                     text.push_str(data.pointer("/delta/text")?.as_str()?);
