@@ -1,11 +1,14 @@
-"""The official Python clients, unchanged, through a real corral.
+"""The official Python clients, unchanged, through a real corral with no
+configuration (the default stack: shed, priority, retry, breaker).
 
 Usage: test_clients.py PATH/TO/corral PATH/TO/corral-mock-ollama
 
 Starts the simulated Ollama and corral in front of it on free ports, then
 drives corral with ollama-python (found through OLLAMA_HOST, as agents
-find it) and the OpenAI SDK, and checks every answer against the one the
-same client gets from the upstream directly.
+find it), the OpenAI SDK (chat, completions, embeddings, the Responses
+API) and the Anthropic SDK (Messages, as Claude Code talks to Ollama),
+and checks every answer against the one the same client gets from the
+upstream directly.
 """
 
 import os
@@ -55,6 +58,7 @@ except Exception:
 
 # Agents set OLLAMA_HOST and nothing else: the client must find corral.
 os.environ["OLLAMA_HOST"] = f"127.0.0.1:{CORRAL_PORT}"
+import anthropic  # noqa: E402
 import ollama  # noqa: E402
 import openai  # noqa: E402
 
@@ -155,6 +159,62 @@ class OpenAiSdk(unittest.TestCase):
                 model="llama3", messages=[{"role": "user", "content": "x"}],
                 extra_headers={"X-Priority": "urgent"})
         self.assertIn("X-Priority", caught.exception.message)
+
+    def test_the_responses_api_whole_and_streamed(self):
+        a = self.direct.responses.create(model="llama3", input="why is the sky blue?")
+        b = self.through.responses.create(model="llama3", input="why is the sky blue?")
+        self.assertEqual(a.output_text, b.output_text)
+        self.assertEqual(b.status, "completed")
+        self.assertEqual(b.usage.output_tokens, 12)
+        events = list(self.through.responses.create(model="llama3", input="why is the sky blue?", stream=True))
+        self.assertEqual(events[0].type, "response.created")
+        self.assertEqual(events[-1].type, "response.completed")
+        text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+        self.assertEqual(text, b.output_text)
+        with self.through.responses.stream(model="llama3", input="why is the sky blue?") as stream:
+            final = stream.get_final_response()
+        self.assertEqual(final.output_text, b.output_text)
+        with self.assertRaises(openai.NotFoundError):
+            self.through.responses.create(model="ghost", input="x")
+
+
+class AnthropicSdk(unittest.TestCase):
+    def setUp(self):
+        self.through = anthropic.Anthropic(base_url=f"http://127.0.0.1:{CORRAL_PORT}", api_key="ollama",
+                                           default_headers={"X-Agent-Id": "claude-agent"}, max_retries=0)
+        self.direct = anthropic.Anthropic(base_url=f"http://{DIRECT}", api_key="ollama", max_retries=0)
+        self.ask = dict(model="llama3", max_tokens=64, system="be brief",
+                        messages=[{"role": "user", "content": "why is the sky blue?"}])
+
+    def test_messages_whole_and_streamed(self):
+        a = self.direct.messages.create(**self.ask)
+        b = self.through.messages.create(**self.ask)
+        self.assertEqual(a.content[0].text, b.content[0].text)
+        self.assertEqual(b.stop_reason, "end_turn")
+        self.assertEqual(b.usage.output_tokens, 12)
+        with self.through.messages.stream(**self.ask) as stream:
+            text = "".join(stream.text_stream)
+            final = stream.get_final_message()
+        self.assertEqual(text, b.content[0].text)
+        self.assertEqual(final.usage.output_tokens, 12)
+
+    def test_errors_are_typed_by_the_sdk(self):
+        with self.assertRaises(anthropic.NotFoundError):
+            self.through.messages.create(**{**self.ask, "model": "ghost"})
+        # A refusal by corral itself comes in Anthropic's shape too.
+        with self.assertRaises(anthropic.BadRequestError) as caught:
+            self.through.messages.create(**self.ask, extra_headers={"X-Priority": "urgent"})
+        self.assertEqual(caught.exception.body["type"], "error")
+        self.assertIn("X-Priority", caught.exception.body["error"]["message"])
+
+    def test_messages_are_scheduled_and_counted(self):
+        self.through.messages.create(**self.ask)
+        with urllib.request.urlopen(f"http://127.0.0.1:{CORRAL_PORT}/metrics", timeout=5) as r:
+            metrics = r.read().decode()
+        self.assertIn('corral_requests_total{endpoint="v1_messages"', metrics)
+        with urllib.request.urlopen(f"http://127.0.0.1:{CORRAL_PORT}/corral/events?kind=dispatched", timeout=5) as r:
+            events = r.read().decode()
+        self.assertIn("claude-agent", events, "it waited for a permit like any generation")
 
 
 if __name__ == "__main__":

@@ -58,10 +58,14 @@ impl std::fmt::Debug for Settle {
 
 impl Settle {
     pub(crate) fn settle(self, generated: u64) {
-        let delta = i64::try_from(generated).unwrap_or(i64::MAX)
-            - i64::try_from(self.charged).unwrap_or(i64::MAX);
-        if delta != 0 {
-            for (key, quota) in &self.keys {
+        for (key, quota) in &self.keys {
+            // A cost larger than the bucket was charged as the whole
+            // bucket: correct from what was charged, not what was asked,
+            // or the refund would leave more than a full bucket.
+            let charged = self.charged.min(quota.burst.max(1));
+            let delta = i64::try_from(generated).unwrap_or(i64::MAX)
+                - i64::try_from(charged).unwrap_or(i64::MAX);
+            if delta != 0 {
                 self.store.adjust(key, quota, delta);
             }
         }
