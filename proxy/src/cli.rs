@@ -50,8 +50,9 @@ struct ServeArgs {
     /// The config file (TOML); without one, the defaults.
     #[arg(long, short = 'c', env = "CORRAL_CONFIG")]
     config: Option<PathBuf>,
-    /// Listen on this address (overrides [server] listen).
-    #[arg(long, env = "CORRAL_LISTEN")]
+    /// Listen on this address (overrides [server] listen), in any form
+    /// OLLAMA_HOST takes: host, host:port, :port (every interface).
+    #[arg(long, env = "CORRAL_LISTEN", value_parser = crate::listen::parse_listen)]
     listen: Option<SocketAddr>,
     /// The Ollama server: host, host:port, http://host:port or https://...
     /// (overrides [upstream] url).

@@ -37,6 +37,7 @@ mod follow;
 pub mod front;
 mod hop;
 mod layers;
+pub mod listen;
 mod observe;
 pub mod registry;
 mod render;

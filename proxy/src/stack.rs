@@ -225,6 +225,7 @@ pub fn build_with(
         service = layer.wrap(service);
     }
     let service = BoxCloneSyncService::new(classify.layer(service));
+    crate::telemetry::export_classes(classify.classes().map(|(name, _, _)| name));
     if let Some(state) = &state {
         tokio::spawn(crate::follow::follow(
             bus.subscribe(),

@@ -417,3 +417,49 @@ async fn with_no_config_the_startup_line_names_the_stack_and_the_capacity_and_ca
         "{log}"
     );
 }
+
+#[tokio::test]
+async fn listen_takes_the_forms_ollama_host_takes() {
+    let shown = check("[server]\nlisten = \":11435\"\n");
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains("listen     0.0.0.0:11435"),
+        "{shown:?}"
+    );
+    let shown = check("[server]\nlisten = \"localhost\"\n");
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains("listen     127.0.0.1:11435"),
+        "{shown:?}"
+    );
+
+    let port = free_port();
+    let child = corral()
+        .args([
+            "--listen",
+            &format!("localhost:{port}"),
+            "--upstream",
+            "127.0.0.1:1",
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(port).await;
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait_with_output().unwrap();
+
+    // Every interface without a token would open the admin API: refused,
+    // saying what to do.
+    let open = corral()
+        .args(["--listen", ":0", "--upstream", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(!open.status.success());
+    assert!(stderr(&open).contains("admin.token"), "{}", stderr(&open));
+    let bad = corral()
+        .args(["--listen", "127.0.0.1:http"])
+        .output()
+        .unwrap();
+    assert!(stderr(&bad).contains("port"), "{}", stderr(&bad));
+}

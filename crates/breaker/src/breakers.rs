@@ -36,7 +36,10 @@ impl Breakers {
             circuits: Mutex::new(HashMap::new()),
             bus,
         };
+        // Exported from the start, closed and never refused: "0" is not
+        // "not running".
         metrics::gauge!(BREAKER_STATE, "breaker" => UPSTREAM).set(0.0);
+        metrics::counter!(BREAKER_REJECTIONS_TOTAL, "breaker" => UPSTREAM).absolute(0);
         breakers
     }
 

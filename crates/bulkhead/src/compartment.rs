@@ -42,14 +42,21 @@ impl Drop for Slot {
 
 impl Compartment {
     fn new(config: &CompartmentConfig) -> Self {
-        Self {
+        let compartment = Self {
             name: Arc::from(config.name.as_str()),
             max_concurrent: config.max_concurrent,
             max_waiting: config.max_waiting,
             max_wait: config.max_wait,
             semaphore: Arc::new(Semaphore::new(config.max_concurrent)),
             waiting: AtomicUsize::new(0),
-        }
+        };
+        // Every configured compartment is exported from the start, at 0:
+        // a dashboard or an `absent()` alert can tell "idle" from "not
+        // running".
+        compartment.report(0);
+        metrics::counter!(BULKHEAD_REJECTIONS_TOTAL, "compartment" => compartment.name.to_string())
+            .absolute(0);
+        compartment
     }
 
     fn report(&self, leaving: usize) {

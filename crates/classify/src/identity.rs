@@ -40,7 +40,19 @@ pub(crate) struct Identities {
     default_class: usize,
     require_key: bool,
     anonymous: AgentId,
+    /// Unknown keys already warned about (their digests), so each is
+    /// logged once, not per request.
+    unknown_keys: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
 }
+
+/// Requests that sent an API key no agent has, while keys are optional
+/// (they are served as keyless agents). A typo in an agent's key shows
+/// here, not as a refusal.
+pub const UNKNOWN_KEYS_TOTAL: &str = "corral_unknown_keys_total";
+
+/// How many distinct unknown keys are remembered for warnings; past it,
+/// they are only counted.
+const MAX_UNKNOWN_KEYS_REMEMBERED: usize = 1024;
 
 /// Who a request comes from.
 pub(crate) struct Identity<'a> {
@@ -181,6 +193,7 @@ impl Identities {
             default_class,
             require_key: config.require_key,
             anonymous: AgentId::from("anonymous"),
+            unknown_keys: Default::default(),
         })
     }
 
@@ -188,7 +201,8 @@ impl Identities {
     /// `X-Agent-Id`, else anonymous.
     pub(crate) fn identify(&self, headers: &HeaderMap) -> Result<Identity<'_>, Unauthenticated> {
         if let Some(key) = bearer(headers) {
-            if let Some(&i) = self.by_key.get(&digest(key)) {
+            let digest = digest(key);
+            if let Some(&i) = self.by_key.get(&digest) {
                 let agent = &self.agents[i];
                 if agent.revoked {
                     return Err(Unauthenticated {
@@ -208,6 +222,9 @@ impl Identities {
                 return Err(Unauthenticated {
                     message: "unknown API key",
                 });
+            }
+            if !self.by_key.is_empty() {
+                self.unknown_key(&digest);
             }
         } else if self.require_key {
             return Err(Unauthenticated {
@@ -247,6 +264,21 @@ impl Identities {
                 class: &self.classes[self.default_class],
                 authenticated: false,
             }),
+        }
+    }
+
+    /// A key no agent has, while some agents have keys: a typo in a
+    /// client would silently make it anonymous. Counted, and warned about
+    /// once per distinct key (its digest's start only: never the key).
+    fn unknown_key(&self, digest: &[u8; 32]) {
+        metrics::counter!(UNKNOWN_KEYS_TOTAL).increment(1);
+        let mut seen = self.unknown_keys.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() < MAX_UNKNOWN_KEYS_REMEMBERED && seen.insert(*digest) {
+            let short: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+            tracing::warn!(
+                key_sha256_prefix = %short,
+                "a request sent an API key no agent has; served as a keyless agent (X-Agent-Id or anonymous) since keys are optional: check the client's key, or set require_key = true"
+            );
         }
     }
 

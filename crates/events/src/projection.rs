@@ -10,7 +10,9 @@ use crate::packed::scalar;
 /// What one agent has used.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct AgentUsage {
-    /// Its class, as of its last request.
+    /// Its class, as of its last request (left out where the usage is a
+    /// class's own).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub class: Option<String>,
     /// Requests received.
     pub requests: u64,

@@ -175,8 +175,16 @@ impl Admin {
         B: http_body::Body<Data = bytes::Bytes>,
         B::Error: Into<corral_core::BoxError>,
     {
-        let Some(overrides) = self.controls.priorities.get() else {
-            return error(StatusCode::NOT_FOUND, "no priorities to set".into());
+        // Without a scheduler a priority orders nothing: say so rather
+        // than accept a setting that does nothing.
+        let (Some(overrides), Some(_)) = (
+            self.controls.priorities.get(),
+            self.controls.scheduler.get(),
+        ) else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "the stack has no priority layer: an agent's priority would order nothing".into(),
+            );
         };
         let method = request.method().clone();
         if method == Method::POST {

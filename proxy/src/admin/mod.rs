@@ -127,6 +127,9 @@ impl Admin {
                 if let Some(load) = self.load.get() {
                     telemetry::record_load(&load.snapshot());
                 }
+                if let Some(scheduler) = self.controls.scheduler.get() {
+                    telemetry::record_pools(&scheduler.pools());
+                }
                 if let Some(cache) = self.controls.cache.get() {
                     let (entries, bytes) = cache.size();
                     metrics::gauge!(corral_cache::metrics::CACHE_ENTRIES).set(entries as f64);
@@ -175,6 +178,7 @@ impl Admin {
             class.requests += agent.requests;
             class.completed += agent.completed;
             class.refused += agent.refused;
+            class.failed += agent.failed;
             class.cancelled += agent.cancelled;
             class.prompt_tokens += agent.prompt_tokens;
             class.generated_tokens += agent.generated_tokens;
@@ -346,10 +350,12 @@ fn redact(value: &mut serde_json::Value) {
                 let k = key.to_ascii_lowercase();
                 // `key_sha256` too: a digest of a short key can be
                 // searched for.
+                // `token`, `admin_token`, not `tokens_per_minute`.
                 if k == "key"
                     || k.starts_with("key_")
                     || k.ends_with("_key")
-                    || k.contains("token")
+                    || k == "token"
+                    || k.ends_with("_token")
                     || k.contains("secret")
                     || k.contains("password")
                 {

@@ -19,7 +19,9 @@ use super::{
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// The address agents connect to (their `OLLAMA_HOST`).
+    /// The address agents connect to (their `OLLAMA_HOST`), in any form
+    /// `OLLAMA_HOST` takes (`:11435` is every interface).
+    #[serde(deserialize_with = "crate::listen::serde_listen::deserialize")]
     pub listen: SocketAddr,
     /// The largest request body read into memory, in bytes (413 beyond).
     /// Blob uploads are streamed and not bounded by this.
@@ -134,7 +136,10 @@ impl Default for UpstreamConfig {
 pub struct AdminConfig {
     /// A separate address for `/corral/*` and `/metrics`; absent, they are
     /// served on the main listener.
-    #[serde(default)]
+    #[serde(
+        default,
+        deserialize_with = "crate::listen::serde_listen::option::deserialize"
+    )]
     pub listen: Option<SocketAddr>,
     /// A bearer token every admin path but `healthz` and `readyz` asks
     /// for (`Authorization: Bearer <token>`); absent, they are open.

@@ -56,6 +56,10 @@ fn describe() {
     corral_cache::metrics::describe();
     corral_batch::metrics::describe();
     metrics::describe_counter!(
+        corral_classify::UNKNOWN_KEYS_TOTAL,
+        "Requests that sent an API key no agent has while keys are optional (served as keyless agents); each distinct key is also warned about once."
+    );
+    metrics::describe_counter!(
         REQUESTS_TOTAL,
         "Requests answered, by endpoint, status and class."
     );
@@ -90,6 +94,12 @@ fn describe() {
         "Client connections Corral closed to protect itself, by reason (per_address, write_stall)."
     );
     metrics::describe_gauge!(UPSTREAM_CAPACITY, "Requests the upstream may run at once.");
+    metrics::describe_gauge!(
+        super::POOL_CAPACITY,
+        "Permits of one pool of the scheduler: `*`, or a model's own."
+    );
+    metrics::describe_gauge!(super::POOL_IN_FLIGHT, "Permits held in one pool.");
+    metrics::describe_gauge!(super::POOL_QUEUED, "Requests waiting in one pool.");
     metrics::describe_gauge!(
         UPSTREAM_IN_FLIGHT,
         "Requests holding an upstream permit now."

@@ -280,6 +280,30 @@ pub const UPSTREAM_IN_FLIGHT: &str = "corral_upstream_in_flight";
 pub const QUEUE_DEPTH: &str = "corral_queue_depth";
 /// Bytes of request bodies held by waiting requests.
 pub const QUEUE_BYTES: &str = "corral_queue_bytes";
+/// Permits of one pool of the scheduler (`*`, or a model's own).
+pub const POOL_CAPACITY: &str = "corral_pool_capacity";
+/// Permits held in one pool.
+pub const POOL_IN_FLIGHT: &str = "corral_pool_in_flight";
+/// Requests waiting in one pool.
+pub const POOL_QUEUED: &str = "corral_pool_queued";
+
+/// Sets each pool's gauges, at scrape time.
+pub fn record_pools(pools: &[(String, corral_core::LoadSnapshot)]) {
+    for (pool, load) in pools {
+        let pool = SharedString::from(pool.clone());
+        metrics::gauge!(POOL_CAPACITY, "pool" => pool.clone()).set(load.capacity as f64);
+        metrics::gauge!(POOL_IN_FLIGHT, "pool" => pool.clone()).set(load.in_flight as f64);
+        metrics::gauge!(POOL_QUEUED, "pool" => pool).set(load.queued_total() as f64);
+    }
+}
+
+/// Exports every configured class's in-flight gauge at 0, so dashboards
+/// and `absent()` alerts see the class before its first request.
+pub fn export_classes<'a>(classes: impl IntoIterator<Item = &'a str>) {
+    for class in classes {
+        metrics::gauge!(REQUESTS_IN_FLIGHT, "class" => class.to_string()).increment(0.0);
+    }
+}
 
 const PRIORITY_LABELS: [&str; 10] = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"];
 
