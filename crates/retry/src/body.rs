@@ -4,7 +4,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use corral_core::{BoxError, Timeout, TimeoutKind};
+use corral_core::{AttemptTimedOut, BoxError, Timeout, TimeoutKind};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
@@ -25,6 +25,10 @@ pin_project! {
         total_sleep: Option<Pin<Box<Sleep>>>,
         total: Duration,
         ended: bool,
+        // Set when a timeout ends the stream, so the layers below that
+        // see the body dropped count the upstream's failure, not a
+        // client that left.
+        timed_out: Option<AttemptTimedOut>,
     }
 }
 
@@ -49,7 +53,14 @@ impl<B> ResponseBody<B> {
             total_sleep: total.map(|(deadline, _)| Box::pin(tokio::time::sleep_until(deadline))),
             total: total.map_or(Duration::ZERO, |(_, d)| d),
             ended: false,
+            timed_out: None,
         }
+    }
+
+    /// Marks `timed_out` when a timeout ends the stream.
+    pub(crate) fn marking(mut self, timed_out: AttemptTimedOut) -> Self {
+        self.timed_out = Some(timed_out);
+        self
     }
 }
 
@@ -102,6 +113,9 @@ where
             return Poll::Pending;
         };
         *this.ended = true;
+        if let Some(flag) = this.timed_out.as_ref() {
+            flag.set();
+        }
         let kind = match timeout.kind() {
             TimeoutKind::Idle => "idle",
             _ => "total",

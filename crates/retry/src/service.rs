@@ -195,7 +195,7 @@ where
                         }
                     }
                     let (parts, body) = response.into_parts();
-                    let body = ResponseBody::new(body, idle, total);
+                    let body = ResponseBody::new(body, idle, total).marking(timed_out);
                     return Ok(Response::from_parts(parts, body));
                 }
             },

@@ -31,7 +31,12 @@ async fn a_stream_that_started_is_never_retried_and_a_stall_ends_it_with_a_timeo
     .layer(upstream);
     handle.allow(10);
     let call = tokio::spawn(service.oneshot(request()));
-    let (_, reply) = handle.next_request().await.unwrap();
+    let (attempt, reply) = handle.next_request().await.unwrap();
+    let mark = attempt
+        .extensions()
+        .get::<AttemptTimedOut>()
+        .unwrap()
+        .clone();
     let (mut tx, body) = Channel::new(4);
     let mut response = Response::new(body);
     response
@@ -51,6 +56,10 @@ async fn a_stream_that_started_is_never_retried_and_a_stall_ends_it_with_a_timeo
     let timeout = err.downcast_ref::<Timeout>().unwrap();
     assert_eq!(timeout.kind(), corral_core::TimeoutKind::Idle);
     assert!(err.to_string().contains("stalled for 5000 ms"), "{err}");
+    assert!(
+        mark.is_set(),
+        "a breaker below counts the stall as the upstream's failure"
+    );
     assert!(body.frame().await.is_none(), "and then ends");
     drop(tx);
     assert!(no_more_attempts(&mut handle).await, "not retried");
