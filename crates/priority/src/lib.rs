@@ -1,8 +1,9 @@
 //! `corral-priority`: who goes next to the upstream.
 //!
 //! A pool of upstream permits (`capacity`, what the operator set as
-//! `OLLAMA_NUM_PARALLEL`; per model where configured) and the order in
-//! which waiting inference requests get them. A request holds its permit
+//! `OLLAMA_NUM_PARALLEL`; per model where configured, or for every model
+//! with `per_model`, as Ollama's parallelism is per loaded model) and the
+//! order in which waiting inference requests get them. A request holds its permit
 //! until its response body has been sent in full or dropped: the GPU is
 //! busy for the whole generation, not just until the headers (tower's
 //! `ConcurrencyLimit` frees at headers, which is wrong for streams).

@@ -1,10 +1,13 @@
 //! `corral-retry`: retries that never storm, and timeouts that fit
 //! streaming.
 //!
-//! - **Only what is safe**: connection errors, 502/503/504 (Ollama's
-//!   "server busy" is a 503) and first-byte timeouts, decided at the
-//!   headers, so never once a stream has started and never a 4xx or a
-//!   500. Only inference and metadata reads with a buffered body are
+//! - **Only what is safe**: what was refused before any work —
+//!   connection errors (refused, or broken before any answer) and 502/503
+//!   (Ollama's "server busy" is a 503) — decided at the headers, so never
+//!   once a stream has started and never a 4xx or a 500. A generation
+//!   that timed out (or a gateway's 504) may have run to its end on the
+//!   GPU: it is not sent again unless `rerun_timed_out` (metadata reads
+//!   are). Only inference and metadata reads with a buffered body are
 //!   retried; the body is replayed from the bytes `classify` read, never
 //!   re-read from the client.
 //! - **Backoff** with full jitter: retry `n` waits a random time up to
@@ -17,11 +20,15 @@
 //!   of linkerd and Finagle (tower's `TpsBudget`): retries stay within
 //!   `budget_ratio` of recent requests plus `budget_min_per_sec`, so a
 //!   failing upstream sees a bounded multiple of the client traffic.
-//! - **Timeouts**: `first_byte_timeout` per attempt (marked with
-//!   [`AttemptTimedOut`](corral_core::AttemptTimedOut) so a breaker below
-//!   counts it), `idle_timeout` between stream chunks, an optional
-//!   `total_timeout`. A stream cut by a timeout ends with an Ollama error
-//!   line (or an SSE error event), never a silent truncation.
+//! - **Timeouts**: `first_byte_timeout` per attempt of a stream (a
+//!   non-streamed generation sends nothing until its last token, so it
+//!   gets none: `total_timeout` and the deadline bound it), `idle_timeout`
+//!   between stream chunks, an optional `total_timeout`. A timed-out
+//!   attempt is marked with [`AttemptTimedOut`](corral_core::AttemptTimedOut)
+//!   so a breaker below counts it. A stream cut by a timeout ends with a
+//!   [`Timeout`](corral_core::Timeout) error, which the layers above
+//!   count as a failure and the proxy renders in the client's framing:
+//!   never a silent truncation.
 //! - **Fallback**: once the attempts on the requested model failed with
 //!   overload, `fallback_models` are tried in order (the design's large
 //!   model down to `tinyllama`); the answer says so in
