@@ -38,8 +38,11 @@ use corral_core::ConfigError;
 use serde::Deserialize;
 
 mod checks;
+mod layers;
 mod sections;
 
+pub(crate) use layers::key_lines;
+pub use layers::{LayerConfig, DEFAULT_LAYERS};
 pub use sections::{
     AdminConfig, Backend, IdentityConfig, MetricsConfig, ServerConfig, StateConfig, UpstreamConfig,
 };
@@ -121,12 +124,6 @@ pub struct Config {
     pub capacity_from: Option<String>,
 }
 
-/// The stack with no `[[layers]]` at all: what protects an Ollama server
-/// out of the box. Bounded admission (`shed`), the scheduler (permits by
-/// priority, fair share, aging), retries of what is safe to retry, and a
-/// breaker, with their defaults.
-pub const DEFAULT_LAYERS: [&str; 4] = ["shed", "priority", "retry", "breaker"];
-
 /// `[[classes]]`: one class of agents.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -177,87 +174,6 @@ fn full_range() -> [u8; 2] {
 /// `[[agents]]`: one agent (id, optional key, optional class), as
 /// `classify` reads it.
 pub use corral_classify::AgentConfig;
-
-/// `[[layers]]`: one layer of the stack, its `kind` and its options.
-#[derive(Debug, Clone)]
-pub struct LayerConfig {
-    /// Which layer (`shed`, `priority`, ...).
-    pub kind: String,
-    /// Its options, every key but `kind`.
-    pub options: toml::Table,
-    /// The line of the file it starts on, for error messages.
-    pub line: Option<usize>,
-    /// The line of each key of its table (and its sub-tables), for error
-    /// messages that name a key.
-    pub key_lines: Vec<(String, usize)>,
-}
-
-impl LayerConfig {
-    /// The line of `key` (a dotted path such as `compartments[0].name`:
-    /// its last name is looked for), else of the table's header.
-    pub fn line_of(&self, key: &str) -> Option<usize> {
-        let name = key
-            .rsplit('.')
-            .next()
-            .map(|k| k.split('[').next().unwrap_or(k))
-            .unwrap_or(key);
-        self.key_lines
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, line)| *line)
-            .or(self.line)
-    }
-}
-
-/// The keys written in the `[[layers]]` table that starts at `header`
-/// (1-based), up to the next `[[layers]]`, with their lines.
-fn key_lines(text: &str, header: usize) -> Vec<(String, usize)> {
-    let mut found = Vec::new();
-    for (i, line) in text.lines().enumerate().skip(header) {
-        let trimmed = line.trim_start();
-        if trimmed.starts_with("[[layers]]")
-            || (trimmed.starts_with('[')
-                && !trimmed.starts_with("[layers.")
-                && !trimmed.starts_with("[[layers."))
-        {
-            break;
-        }
-        if let Some((key, _)) = trimmed.split_once('=') {
-            let key = key.trim().trim_matches('"');
-            if !key.is_empty() && !key.starts_with('#') {
-                found.push((key.to_string(), i + 1));
-            }
-        }
-    }
-    found
-}
-
-impl<'de> Deserialize<'de> for LayerConfig {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
-        let mut options = toml::Table::deserialize(d)?;
-        let kind = match options.remove("kind") {
-            Some(toml::Value::String(kind)) => kind,
-            Some(other) => {
-                return Err(D::Error::custom(format!(
-                    "`kind` must be a string naming the layer, not {}",
-                    other.type_str()
-                )))
-            }
-            None => {
-                return Err(D::Error::custom(
-                    "missing field `kind` (which layer this is)",
-                ))
-            }
-        };
-        Ok(Self {
-            kind,
-            options,
-            line: None,
-            key_lines: Vec::new(),
-        })
-    }
-}
 
 /// A configuration that cannot be used: the file, the line when known,
 /// the key and the reason.
