@@ -62,7 +62,11 @@ fn readme_of(dir: &Path) -> String {
     let name = std::fs::read_to_string(dir.join("Cargo.toml"))
         .unwrap()
         .lines()
-        .find_map(|l| l.strip_prefix("name = \"")?.strip_suffix('"').map(str::to_string))
+        .find_map(|l| {
+            l.strip_prefix("name = \"")?
+                .strip_suffix('"')
+                .map(str::to_string)
+        })
         .unwrap();
     let mut out = format!(
         "<!-- Made from src/lib.rs by tests/tests/crate_readmes.rs: edit the crate docs, then run it with UPDATE_READMES=1. -->\n\n# {name}\n\n"
@@ -79,9 +83,13 @@ fn readme_of(dir: &Path) -> String {
         if doc.starts_with("```") {
             if !in_code {
                 let lang = doc.trim_start_matches('`');
-                let lang = if lang.is_empty() || lang.split(',').any(|t| {
-                    matches!(t.trim(), "no_run" | "ignore" | "should_panic" | "compile_fail")
-                }) {
+                let lang = if lang.is_empty()
+                    || lang.split(',').any(|t| {
+                        matches!(
+                            t.trim(),
+                            "no_run" | "ignore" | "should_panic" | "compile_fail"
+                        )
+                    }) {
                     "rust"
                 } else {
                     lang
