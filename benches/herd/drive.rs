@@ -30,6 +30,11 @@ pub(crate) struct Drive {
     pub(crate) seed: u64,
     /// Multiplies every think time: below 1, a busier fleet.
     pub(crate) think_scale: f64,
+    /// Each agent stops after this many requests; `None`: at the end of
+    /// the run.
+    pub(crate) requests: Option<u64>,
+    /// Agents start within this long of each other.
+    pub(crate) stampede: Duration,
 }
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -124,9 +129,13 @@ async fn agent(
     let offset: usize = drive.fleet[..class].iter().map(|c| c.agents).sum();
     let base = &drive.bases[(offset + index) % drive.bases.len().max(1)];
     let mut records = Vec::new();
-    // The stampede: everyone starts within the first two seconds.
-    let mut pause = Duration::from_millis(rng.u64(0..2000));
+    // The stampede: everyone starts within the first moments.
+    let spread = u64::try_from(drive.stampede.as_millis()).unwrap_or(u64::MAX);
+    let mut pause = Duration::from_millis(rng.u64(0..spread.max(1)));
     for n in 0u64.. {
+        if drive.requests.is_some_and(|requests| n >= requests) {
+            break;
+        }
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
             _ = stopped.wait_for(|s| *s) => break,
@@ -201,8 +210,13 @@ async fn send(client: &HttpClient, base: &str, agent: &str, class: &Class, call:
     let request = http::Request::post(format!("{base}{}", call.path))
         .header(http::header::CONTENT_TYPE, "application/json")
         .header("x-agent-id", agent)
-        .header("x-deadline-ms", class.deadline.as_millis().to_string())
-        .body(Full::new(call.body));
+        .header("x-deadline-ms", class.deadline.as_millis().to_string());
+    let request = if class.asks_priority {
+        request.header("x-priority", class.priority.to_string())
+    } else {
+        request
+    };
+    let request = request.body(Full::new(call.body));
     let Ok(request) = request else {
         return Answer::ended(Outcome::Failed("bad request".into()));
     };

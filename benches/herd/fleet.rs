@@ -51,6 +51,11 @@ pub struct Class {
     pub repeated: f64,
     /// Tokens asked for (`num_predict` / `max_tokens`).
     pub tokens: u32,
+    /// Whether its agents are unknown to Corral (the default class) and
+    /// ask for `priority` with `X-Priority`, as agents that choose their
+    /// own priority do; otherwise they are `[[agents]]` of the class
+    /// named `name`.
+    pub asks_priority: bool,
 }
 
 /// 131 agents: 10 critical system agents at priority 1, 20 opus at 3, 60
@@ -67,6 +72,7 @@ pub fn design_fleet() -> Vec<Class> {
             generate: 0.0,
             repeated: 0.0,
             tokens: 48,
+            asks_priority: false,
         },
         Class {
             name: "opus",
@@ -78,6 +84,7 @@ pub fn design_fleet() -> Vec<Class> {
             generate: 0.2,
             repeated: 0.1,
             tokens: 128,
+            asks_priority: false,
         },
         Class {
             name: "sonnet",
@@ -89,6 +96,7 @@ pub fn design_fleet() -> Vec<Class> {
             generate: 0.3,
             repeated: 0.3,
             tokens: 96,
+            asks_priority: false,
         },
         Class {
             name: "batch",
@@ -100,6 +108,7 @@ pub fn design_fleet() -> Vec<Class> {
             generate: 0.5,
             repeated: 0.4,
             tokens: 128,
+            asks_priority: false,
         },
     ]
 }

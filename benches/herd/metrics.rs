@@ -30,6 +30,9 @@ pub struct CorralCounters {
     /// `corral_state_backend_errors_total`: Redis commands that failed or
     /// outlasted `redis_timeout` (replicas only).
     pub state_errors: f64,
+    /// `corral_priority_reserve_lent_total`, all pools: reserved permits
+    /// lent to a lower priority.
+    pub reserve_lent: f64,
 }
 
 impl CorralCounters {
@@ -51,6 +54,7 @@ impl CorralCounters {
         self.degraded.retain(|_, v| *v != 0.0);
         self.refusals.retain(|_, v| *v != 0.0);
         self.state_errors -= before.state_errors;
+        self.reserve_lent -= before.reserve_lent;
         self
     }
 }
@@ -89,6 +93,7 @@ fn parse(text: &str) -> CorralCounters {
             "corral_cache_coalesced_total" => counters.coalesced += value,
             "corral_batched_requests_total" => counters.batched += value,
             "corral_retries_total" => counters.retries += value,
+            "corral_priority_reserve_lent_total" => counters.reserve_lent += value,
             "corral_degradation_level" => counters.degradation_level = value,
             "corral_degraded_requests_total" if value > 0.0 => {
                 *counters

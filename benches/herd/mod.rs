@@ -23,6 +23,7 @@
 //! ```
 
 mod chart;
+pub mod closed;
 mod drive;
 mod fleet;
 mod metrics;
@@ -111,6 +112,13 @@ pub struct Options {
     pub load_time: Duration,
     /// Models the simulated Ollama keeps loaded at once.
     pub max_loaded_models: usize,
+    /// Each agent stops after this many requests (a closed loop of a
+    /// fixed amount of work); `None`: it asks until `duration` ends.
+    pub requests_per_agent: Option<u64>,
+    /// Agents start within this long of each other.
+    pub stampede: Duration,
+    /// Samples the simulated Ollama's busy slots this often during a run.
+    pub sample_every: Option<Duration>,
 }
 
 impl Default for Options {
@@ -136,6 +144,9 @@ impl Default for Options {
             small_model_tokens_per_sec: 500.0,
             load_time: Duration::from_millis(1500),
             max_loaded_models: 3,
+            requests_per_agent: None,
+            stampede: Duration::from_secs(2),
+            sample_every: None,
         }
     }
 }
@@ -153,6 +164,9 @@ pub struct RunResult {
     pub corral: Option<CorralCounters>,
     /// How long the run took, grace included.
     pub wall: Duration,
+    /// The simulated Ollama's busy slots (all models) over the run, from
+    /// its start, every [`Options::sample_every`].
+    pub busy: Vec<(Duration, u64)>,
 }
 
 /// The error of a run that could not start.
@@ -170,6 +184,15 @@ pub struct Baseline {
 
 /// Runs the fleet once in `mode` against a fresh upstream.
 pub async fn run(options: &Options, mode: Mode) -> Result<RunResult, Error> {
+    run_edited(options, mode, &|_| {}).await
+}
+
+/// [`run`], with Corral's config changed by `edit` after it is loaded.
+pub(crate) async fn run_edited(
+    options: &Options,
+    mode: Mode,
+    edit: &dyn Fn(&mut corral::Config),
+) -> Result<RunResult, Error> {
     let mock = start_mock(options).await?;
     let upstream = upstream_url(options, mock.as_ref());
     let redis = match mode {
@@ -181,10 +204,13 @@ pub async fn run(options: &Options, mode: Mode) -> Result<RunResult, Error> {
     match (mode, &redis) {
         (Mode::Direct, _) => {}
         (Mode::Corral, _) => {
-            corral.push(corral::Running::start(&corral_config(options, &upstream)?).await?)
+            let mut config = corral_config(options, &upstream)?;
+            edit(&mut config);
+            corral.push(corral::Running::start(&config).await?)
         }
         (Mode::Replicas, Some(redis)) => {
             let mut config = corral_config(options, &upstream)?;
+            edit(&mut config);
             config.state.backend = corral::config::Backend::Redis;
             config.state.redis_url = Some(redis.url.clone());
             config.state.key_prefix = format!("corral-herd-{}:", std::process::id());
@@ -208,7 +234,11 @@ pub async fn run(options: &Options, mode: Mode) -> Result<RunResult, Error> {
         None => None,
     };
     let started = Instant::now();
-    let records = drive::run(Arc::new(drive(options, bases, options.fleet.clone()))).await;
+    let fleet = drive::run(Arc::new(drive(options, bases, options.fleet.clone())));
+    let (records, busy) = match (&mock, options.sample_every) {
+        (Some(mock), Some(every)) => sampled(fleet, mock, every, started).await,
+        _ => (fleet.await, Vec::new()),
+    };
     let wall = started.elapsed();
     let counters = match (corral.first(), before) {
         (Some(first), Some(before)) => Some(metrics::scrape(&first.url()).await?.since(&before)),
@@ -224,7 +254,28 @@ pub async fn run(options: &Options, mode: Mode) -> Result<RunResult, Error> {
         upstream: mock.map(|m| m.stats()),
         corral: counters,
         wall,
+        busy,
     })
+}
+
+/// Runs `fleet` to its end, reading the upstream's busy slots every
+/// `every` meanwhile.
+async fn sampled(
+    fleet: impl std::future::Future<Output = Vec<Record>>,
+    mock: &MockOllama,
+    every: Duration,
+    started: Instant,
+) -> (Vec<Record>, Vec<(Duration, u64)>) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut busy = Vec::new();
+    tokio::pin!(fleet);
+    loop {
+        tokio::select! {
+            records = &mut fleet => return (records, busy),
+            _ = ticks.tick() => busy.push((started.elapsed(), mock.stats().in_flight)),
+        }
+    }
 }
 
 /// The first class (priority 1) alone, all its agents as in the herd,
@@ -257,6 +308,8 @@ fn drive(options: &Options, bases: Vec<String>, fleet: Vec<Class>) -> drive::Dri
         grace: options.grace,
         seed: options.seed,
         think_scale: options.think_scale,
+        requests: options.requests_per_agent,
+        stampede: options.stampede,
     }
 }
 
@@ -310,7 +363,8 @@ fn corral_config(options: &Options, upstream: &str) -> Result<corral::Config, Er
         .or_insert(options.capacity);
     // The default stack would probe /api/version; an OpenAI-only server
     // has none, which only marks it down in a gauge.
-    for class in &options.fleet {
+    // Agents that ask for their priority are in the default class.
+    for class in options.fleet.iter().filter(|c| !c.asks_priority) {
         if !config.classes.iter().any(|c| c.name == class.name) {
             return Err(format!(
                 "{}: no [[classes]] named {:?} for the fleet's agents",

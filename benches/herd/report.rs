@@ -28,6 +28,11 @@ pub fn markdown(options: &Options, baseline: &Baseline, runs: &[RunResult]) -> S
         );
         let _ = writeln!(out, "- embeddings merged into batches: {}", corral.batched);
         let _ = writeln!(out, "- retries: {}", corral.retries);
+        let _ = writeln!(
+            out,
+            "- reserved permits lent to a lower priority: {}",
+            corral.reserve_lent
+        );
         if corral.state_errors > 0.0 {
             let _ = writeln!(
                 out,
@@ -262,4 +267,25 @@ pub(crate) fn fmt(d: Duration) -> String {
     } else {
         format!("{:.1} s", d.as_secs_f64())
     }
+}
+
+/// Today, from the system clock (UTC).
+pub fn date() -> String {
+    corral_core::rfc3339_now()
+        .split('T')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The CPU model and the number of cores, from /proc.
+pub fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map_or("unknown CPU", str::trim);
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} × {model}")
 }

@@ -189,12 +189,12 @@ impl Front {
         );
         if head_only {
             // hyper sends no body for HEAD and never polls it.
-            observation.finish("completed", corral_core::Usage::default());
+            observation.finish_without_body();
             return response;
         }
         let framing = Framing::of(response.headers(), endpoint.family());
         let response = WatchBody::response(response, Watch::new(observation));
-        response.map(|watched| Rendered::new(watched.boxed_unsync(), framing).boxed_unsync())
+        response.map(|watched| Rendered::new(watched, framing).boxed_unsync())
     }
 }
 

@@ -19,14 +19,24 @@ pub const DEFAULT_PORT: u16 = 11435;
 /// assert_eq!(parse_listen("localhost:9000").unwrap().port(), 9000);
 /// assert_eq!(parse_listen("http://[::1]:9000/").unwrap().to_string(), "[::1]:9000");
 /// assert!(parse_listen("127.0.0.1:99999").unwrap_err().contains("port"));
+/// assert!(parse_listen("").is_err(), "an unset variable opens nothing");
+/// assert!(parse_listen("https://0.0.0.0").unwrap_err().contains("plain HTTP"));
 /// ```
 pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
     let trimmed = text.trim();
-    let rest = trimmed
-        .strip_prefix("http://")
-        .or_else(|| trimmed.strip_prefix("https://"))
-        .unwrap_or(trimmed);
+    if trimmed.starts_with("https://") {
+        return Err(format!(
+            "{text:?}: corral serves plain HTTP; put TLS in front of it (a load balancer, a sidecar)"
+        ));
+    }
+    let rest = trimmed.strip_prefix("http://").unwrap_or(trimmed);
     let hostport = rest.trim_end_matches('/');
+    if hostport.is_empty() {
+        // An unset variable must not open every interface.
+        return Err(format!(
+            "{text:?} is empty: give an address such as 127.0.0.1:11435"
+        ));
+    }
     if hostport.contains('/') {
         return Err(format!("{text:?}: a listen address has no path"));
     }
@@ -51,10 +61,17 @@ pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
     if host.is_empty() {
         return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
     }
-    (host, port)
+    let addresses: Vec<SocketAddr> = (host, port)
         .to_socket_addrs()
         .map_err(|e| format!("{text:?}: cannot resolve {host:?}: {e}"))?
-        .next()
+        .collect();
+    // `localhost` is often `::1` first; the clients that say it try
+    // 127.0.0.1 at least as often, and it is what Ollama binds.
+    addresses
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addresses.first())
+        .copied()
         .ok_or_else(|| format!("{text:?}: {host:?} resolves to no address"))
 }
 

@@ -189,8 +189,19 @@ impl Observation {
         }
     }
 
-    /// The answer ended so (see [`outcome`]).
-    pub(crate) fn finish(self, outcome: &'static str, usage: Usage) {
+    /// An answer with no body (to a HEAD) was sent.
+    pub(crate) fn finish_without_body(self) {
+        let outcome = outcome(&End::Complete, self.status, self.reason.as_deref());
+        self.finish(outcome, Usage::default(), None);
+    }
+
+    /// The answer ended so (see [`outcome`]); `error` is why it broke.
+    pub(crate) fn finish(
+        self,
+        outcome: &'static str,
+        usage: Usage,
+        error: Option<&(dyn std::error::Error + 'static)>,
+    ) {
         let elapsed = self.start.elapsed();
         self.metrics.finished(
             self.status,
@@ -202,7 +213,17 @@ impl Observation {
         if access_logged() {
             self.span.record("duration_ms", millis(elapsed));
         }
-        if outcome == "error" {
+        if let Some(error) = error {
+            tracing::warn!(
+                target: "corral::access",
+                parent: &self.span,
+                status = self.status.as_u16(),
+                duration_ms = millis(elapsed),
+                outcome,
+                error = %error,
+                "request failed mid-stream"
+            );
+        } else if outcome == "error" {
             tracing::warn!(
                 target: "corral::access",
                 parent: &self.span,
@@ -274,7 +295,11 @@ impl OnEnd for Watch {
             self.observation.status,
             self.observation.reason.as_deref(),
         );
-        self.observation.finish(outcome, self.usage);
+        let error = match end {
+            End::Failed(e) => Some(e as &(dyn std::error::Error + 'static)),
+            _ => None,
+        };
+        self.observation.finish(outcome, self.usage, error);
     }
 }
 

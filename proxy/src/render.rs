@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
-use corral_core::{stream_error_frame, ApiFamily, BoxBody, BoxError};
+use corral_core::{stream_error_frame, ApiFamily, BoxError};
 use http::{header, HeaderMap};
 use http_body::{Frame, SizeHint};
 
@@ -27,7 +27,12 @@ pub(crate) enum Framing {
 
 impl Framing {
     /// The framing of an answer with `headers` to a request of `family`.
+    /// A body with a declared length is cut: an error line written into
+    /// it would be truncated to fit, and read as a complete answer.
     pub(crate) fn of(headers: &HeaderMap, family: ApiFamily) -> Self {
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            return Framing::Abort;
+        }
         let content_type = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -44,16 +49,20 @@ impl Framing {
     }
 }
 
-/// The answer's body on its way to hyper, with a mid-stream failure
-/// rendered in `framing`.
-pub(crate) struct Rendered {
-    inner: BoxBody,
-    framing: Framing,
-    ended: bool,
+pin_project_lite::pin_project! {
+    /// The answer's body on its way to hyper, with a mid-stream failure
+    /// rendered in `framing`. (The failure itself is logged once, by the
+    /// request's access line.)
+    pub(crate) struct Rendered<B> {
+        #[pin]
+        inner: B,
+        framing: Framing,
+        ended: bool,
+    }
 }
 
-impl Rendered {
-    pub(crate) fn new(inner: BoxBody, framing: Framing) -> Self {
+impl<B> Rendered<B> {
+    pub(crate) fn new(inner: B, framing: Framing) -> Self {
         Self {
             inner,
             framing,
@@ -62,25 +71,27 @@ impl Rendered {
     }
 }
 
-impl http_body::Body for Rendered {
+impl<B> http_body::Body for Rendered<B>
+where
+    B: http_body::Body<Data = Bytes, Error = BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        if this.ended {
+        let this = self.project();
+        if *this.ended {
             return Poll::Ready(None);
         }
-        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+        match ready!(this.inner.poll_frame(cx)) {
             Some(Err(e)) => {
-                this.ended = true;
-                tracing::warn!(error = %e, "the answer broke mid-stream");
+                *this.ended = true;
                 Poll::Ready(Some(match this.framing {
                     Framing::Frame(family) => {
-                        Ok(Frame::data(stream_error_frame(family, &e.to_string())))
+                        Ok(Frame::data(stream_error_frame(*family, &e.to_string())))
                     }
                     Framing::Abort => Err(e),
                 }))

@@ -189,3 +189,44 @@ async fn a_stream_the_upstream_breaks_ends_with_their_error_event_and_counts_as_
         "{failed:?}"
     );
 }
+
+#[tokio::test]
+async fn an_anthropic_stream_the_client_leaves_early_is_not_refunded_its_tokens() {
+    let upstream = mock(MockConfig {
+        ttft: Duration::from_millis(1),
+        tokens_per_sec: 20.0,
+        tokens: 40,
+        ..MockConfig::default()
+    })
+    .await;
+    let corral = corral::Running::start(&config(
+        &upstream.url(),
+        r#"
+[[classes]]
+name = "default"
+rate_limit = { tokens_per_minute = 20 }
+
+[[layers]]
+kind = "ratelimit"
+"#,
+    ))
+    .await
+    .unwrap();
+    let url = corral.url();
+    let stream = r#"{"model":"llama3","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let mut response = open(request("POST", &format!("{url}/v1/messages"), stream)).await;
+    assert_eq!(response.status(), 200);
+    // `message_start` says `output_tokens: 0`; the client leaves then.
+    let first = within(response.body_mut().frame()).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(first.data_ref().unwrap()).contains("message_start"));
+    drop(response);
+    corral_e2e::eventually("the upstream sees the client leave", || {
+        upstream.stats().cancelled == 1
+    })
+    .await;
+    let next = send(request("POST", &format!("{url}/v1/messages"), MESSAGES)).await;
+    assert_eq!(
+        next.status, 429,
+        "the estimate charged stands: leaving is no refund"
+    );
+}

@@ -266,3 +266,38 @@ async fn a_40s_non_streamed_generation_answers_once_through_the_shipped_config()
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/corral.toml");
     a_long_silent_generation_answers_once(Config::load(&shipped).unwrap()).await;
 }
+
+#[tokio::test]
+async fn the_shipped_configs_first_byte_limit_waits_for_streams_only() {
+    // The shipped file with its first-byte limit at 1 s: a non-streamed
+    // generation silent for 2.5 s is waited for; a stream silent as long
+    // is cut, and neither is run twice.
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/corral.toml");
+    let text = std::fs::read_to_string(&shipped).unwrap();
+    assert!(text.contains("first_byte_timeout = \"5m\""));
+    let text = text.replace("first_byte_timeout = \"5m\"", "first_byte_timeout = \"1s\"");
+    let mut config = Config::parse(&text, &shipped).unwrap();
+    let upstream = mock(fast()).await;
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.upstream.url = upstream.url();
+    let corral = corral::Running::start(&config).await.unwrap();
+    let ask = |stream: bool| {
+        let mut req = request(
+            "POST",
+            &format!("{}/api/generate", corral.url()),
+            format!(r#"{{"model":"llama3","prompt":"x","stream":{stream}}}"#),
+        );
+        req.headers_mut()
+            .insert("x-mock-fault", "ttft_ms=2500,tokens=2".parse().unwrap());
+        req
+    };
+    assert_eq!(send(ask(false)).await.status, 200);
+    let streamed = send(ask(true)).await;
+    assert_eq!(streamed.status, 504, "{:?}", streamed.body);
+    assert_eq!(streamed.header("x-corral-reason"), Some("upstream_timeout"));
+    assert_eq!(
+        upstream.requests().len(),
+        2,
+        "one upstream call each: a timed-out generation is not run again"
+    );
+}

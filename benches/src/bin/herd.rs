@@ -143,8 +143,8 @@ async fn scenario(args: Args) -> Result<(), herd::Error> {
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let report = format!(
         "## The 131-agent scenario\n\n- Date: {}\n- Machine: {}\n- Command: `{command}`\n{}",
-        date(),
-        machine(),
+        herd::report::date(),
+        herd::report::machine(),
         herd::report::markdown(&options, &baseline, &runs)
     );
     println!("{report}");
@@ -171,25 +171,4 @@ async fn scenario(args: Args) -> Result<(), herd::Error> {
         eprintln!("herd: chart written to {}", path.display());
     }
     Ok(())
-}
-
-/// Today, from the system clock (UTC).
-fn date() -> String {
-    corral_core::rfc3339_now()
-        .split('T')
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
-
-/// The CPU model and the number of cores, from /proc.
-fn machine() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map_or("unknown CPU", str::trim);
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cores} × {model}")
 }

@@ -252,7 +252,7 @@ impl Guard {
         } else {
             Err(SignatureRefused::new(
                 SignatureProblem::Invalid,
-                "the signature does not match the request: see the signing string in the README",
+                "the signature does not match the request: see the signing string in docs/security.md (Signed requests)",
             ))
         }
     }

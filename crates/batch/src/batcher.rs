@@ -292,13 +292,11 @@ where
     let (parts, bytes) = match answer {
         Ok(answer) => answer,
         Err(error) => {
-            let message = error.to_string();
-            let mut waiters = waiters.into_iter();
-            if let Some(first) = waiters.next() {
-                let _ = first.answer.send(Err(error));
-            }
+            // Every waiter gets the upstream's own error (a 502, a 504),
+            // not a message a 500 would be made of.
+            let shared = corral_core::SharedError::new(error);
             for waiter in waiters {
-                let _ = waiter.answer.send(Err(message.clone().into()));
+                let _ = waiter.answer.send(Err(Box::new(shared.clone())));
             }
             return;
         }

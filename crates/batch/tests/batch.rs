@@ -179,3 +179,34 @@ async fn a_failed_batch_gives_every_caller_the_answer() {
         assert!(doc["error"].as_str().unwrap().contains("not found"));
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_upstream_that_cannot_be_reached_gives_every_caller_its_own_typed_error() {
+    let unreachable = service_fn(|_request: Request<Body>| async {
+        Err::<Response<Full<Bytes>>, BoxError>(Box::new(corral_core::UpstreamFailed::new(
+            "http://ollama:11434",
+            true,
+            "connection refused",
+        )))
+    });
+    let service = BatchLayer::new(&BatchConfig::default())
+        .unwrap()
+        .layer(unreachable);
+    let tasks: Vec<_> = (0..3)
+        .map(|i| tokio::spawn(service.clone().oneshot(embed("m", &format!("{i}")))))
+        .collect();
+    for task in tasks {
+        let err = task.await.unwrap().unwrap_err();
+        // The proxy answers each a 502 `upstream_unreachable`, not a 500.
+        let refusal = corral_core::find_refusal(
+            &*err,
+            &[corral_core::as_refusal::<corral_core::UpstreamFailed>],
+        )
+        .expect("the upstream's error, for every caller");
+        assert_eq!(refusal.reason(), "upstream_unreachable");
+        assert_eq!(
+            corral_core::classify_error(&*err),
+            corral_core::Outcome::Failure(corral_core::Failure::Connect)
+        );
+    }
+}

@@ -71,8 +71,8 @@ pub use meta::{
     AgentId, ClassName, GenerationParams, MetaSlot, Priority, PriorityError, RequestId, RequestMeta,
 };
 pub use outcome::{
-    classify_error, classify_status, AttemptTimedOut, Failure, Outcome, StreamBroke, Timeout,
-    TimeoutKind, UpstreamFailed,
+    classify_error, classify_status, AttemptTimedOut, Failure, Outcome, SharedError, StreamBroke,
+    Timeout, TimeoutKind, UpstreamFailed,
 };
 #[cfg(feature = "redis")]
 pub use redis;

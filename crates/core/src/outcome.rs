@@ -190,6 +190,41 @@ impl fmt::Display for StreamBroke {
 
 impl std::error::Error for StreamBroke {}
 
+/// One error given to several waiters (requests that shared one upstream
+/// call): each gets the same error, whose source is the original, so the
+/// proxy finds the refusal in it (a 502, a 504) and a breaker the kind of
+/// failure, as for the one request that made the call.
+///
+/// ```
+/// use corral_core::{classify_error, Failure, Outcome, SharedError, UpstreamFailed};
+///
+/// let shared = SharedError::new(Box::new(UpstreamFailed::new("http://ollama", true, "refused")));
+/// let copy = shared.clone();
+/// assert_eq!(classify_error(&copy), Outcome::Failure(Failure::Connect));
+/// assert!(copy.to_string().contains("unreachable"));
+/// ```
+#[derive(Debug, Clone)]
+pub struct SharedError(Arc<dyn std::error::Error + Send + Sync>);
+
+impl SharedError {
+    /// Shares `error`.
+    pub fn new(error: crate::BoxError) -> Self {
+        Self(Arc::from(error))
+    }
+}
+
+impl fmt::Display for SharedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SharedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
 /// Which wait ran out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeoutKind {

@@ -30,6 +30,37 @@
 //! Only inference waits: metadata reads and model management pass
 //! straight through.
 //!
+//! # Reserve, and lending it
+//!
+//! `reserve = { permits, up_to_priority, lend_within }` holds the last
+//! permits of each pool back for priorities up to `up_to_priority`, so an
+//! urgent request finds one free instead of waiting for a long generation
+//! to end. Held back and idle, they would cost everyone else their share
+//! of the upstream whenever no urgent request runs, so a reserved permit
+//! is **lent** while no request of the reserve's priorities waits, to the
+//! next request in the order of service predicted to give it back within
+//! `lend_within` (250 ms by default; `0s` keeps the reserve strict).
+//!
+//! The prediction comes from what the pool measures: how long each permit
+//! was held, from grant to release. An agent's exponentially weighted
+//! average hold per unit of cost, times the request's cost estimate,
+//! predicts its next request when it arrives (one asking for ten times
+//! the tokens is predicted ten times longer); a request whose agent has no
+//! history is judged, when a permit frees, by the pool's average hold; a
+//! pool that has never had a permit back lends nothing. The long
+//! generations the reserve exists for are predicted long and never lent
+//! it.
+//!
+//! The reserve is counted, not named: whichever permit frees next while
+//! the pool is down to its reserve goes to a request of the reserve's
+//! priorities if one waits. An urgent arrival waits for the first of the
+//! running requests to end, one of which was predicted to end within
+//! `lend_within`: that is what it may wait, more only if a prediction
+//! was wrong. Lends are counted in
+//! [`metrics::RESERVE_LENT_TOTAL`]. With shared state the same rule runs
+//! in the grant script: the replica marks each ticket with its
+//! prediction, Redis keeps the pool's average hold.
+//!
 //! # Guarantees
 //!
 //! In flight never exceeds capacity; every permit comes back, whatever
@@ -81,6 +112,8 @@ mod config;
 mod error;
 mod future;
 mod layer;
+pub mod metrics;
+mod models;
 mod permit;
 mod pool;
 mod scheduler;
@@ -91,12 +124,14 @@ mod shared;
 pub use body::{ResponseBody, Settling};
 pub use config::{
     PriorityConfig, Reserve, DEFAULT_AGING, DEFAULT_CAPACITY, DEFAULT_GENERATION_TOKENS,
+    DEFAULT_LEND_WITHIN, MAX_LEND_WITHIN,
 };
 pub use error::DeadlineExceeded;
 pub use future::ResponseFuture;
 pub use layer::PriorityLayer;
+pub use models::{IDLE_BEFORE_EVICTION, MAX_MODEL_POOLS};
 pub use pool::Ticket;
-pub use scheduler::{Acquire, Permit, Scheduler, MAX_MODEL_POOLS};
+pub use scheduler::{Acquire, Permit, Scheduler};
 pub use service::PriorityService;
 #[cfg(feature = "redis")]
 pub use shared::SHARED_PERMITS_HELD;

@@ -8,10 +8,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use corral_core::AgentId;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use crate::error::DeadlineExceeded;
-use crate::pool::{self, Pool, Ticket};
+use crate::pool::{self, Hold, Pool, Ticket};
 #[cfg(feature = "redis")]
 use crate::shared::SharedPool;
 
@@ -101,6 +101,8 @@ impl Future for Acquire {
                 Poll::Ready(Ok(Permit {
                     holder: Holder::Local(pool.clone()),
                     agent: grant.agent,
+                    cost: grant.cost,
+                    since: Instant::now(),
                     charged: grant.charged,
                     weight: grant.weight,
                     waited: grant.waited,
@@ -137,6 +139,10 @@ impl Drop for Acquire {
 pub struct Permit {
     holder: Holder,
     agent: AgentId,
+    /// The request's estimated cost, and when the permit was taken: how
+    /// long it is held teaches the pool its predictions.
+    cost: f64,
+    since: Instant,
     charged: f64,
     weight: f64,
     waited: Duration,
@@ -171,6 +177,7 @@ impl Permit {
         pool: Arc<SharedPool>,
         ticket: String,
         agent: AgentId,
+        cost: f64,
         waited: Duration,
     ) -> Self {
         pool.local.occupy();
@@ -181,6 +188,8 @@ impl Permit {
                 local: false,
             },
             agent,
+            cost,
+            since: Instant::now(),
             charged: 0.0,
             weight: 1.0,
             waited,
@@ -215,27 +224,26 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
+        let hold = Hold {
+            cost: self.cost,
+            held: self.since.elapsed(),
+        };
+        let correction = self
+            .actual
+            .map_or(0.0, |actual| actual / self.weight - self.charged);
         match &mut self.holder {
-            Holder::Local(pool) => {
-                let correction = self
-                    .actual
-                    .map_or(0.0, |actual| actual / self.weight - self.charged);
-                pool.release(&self.agent, correction);
-            }
+            Holder::Local(pool) => pool.release(&self.agent, correction, hold),
             #[cfg(feature = "redis")]
             Holder::Shared {
                 pool,
                 ticket,
                 local,
             } => {
-                pool.give_back(std::mem::take(ticket), "release");
+                pool.release(std::mem::take(ticket), hold.held);
                 if *local {
-                    let correction = self
-                        .actual
-                        .map_or(0.0, |actual| actual / self.weight - self.charged);
-                    pool.local.release(&self.agent, correction);
+                    pool.local.release(&self.agent, correction, hold);
                 } else {
-                    pool.local.vacate();
+                    pool.local.vacate(&self.agent, hold);
                 }
             }
         }

@@ -2,8 +2,11 @@
 //! and which pool a ticket waits in. Waiting and holding are in `permit`.
 
 use std::collections::HashMap;
+#[cfg(feature = "redis")]
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+#[cfg(feature = "redis")]
+use std::sync::RwLock;
 #[cfg(feature = "redis")]
 use std::time::Duration;
 
@@ -11,6 +14,7 @@ use corral_core::{LoadSnapshot, UpstreamLoad};
 use tokio::sync::Notify;
 
 use crate::config::PriorityConfig;
+use crate::models::Models;
 #[cfg(feature = "redis")]
 use crate::permit::AcquireKind;
 pub use crate::permit::{Acquire, Permit};
@@ -56,9 +60,8 @@ pub struct Scheduler {
     config: PriorityConfig,
     default: Arc<Pool>,
     by_model: HashMap<String, Arc<Pool>>,
-    /// With `per_model`: the pools made on first use, and the capacity
-    /// each gets.
-    on_demand: Option<OnDemand>,
+    /// With `per_model`: the pools made on first use.
+    on_demand: Option<Models>,
     changes: Arc<Notify>,
     /// With shared state, each pool's Redis side, by pool name.
     #[cfg(feature = "redis")]
@@ -66,24 +69,19 @@ pub struct Scheduler {
     /// With shared state, what a pool made on demand is shared through.
     #[cfg(feature = "redis")]
     backend: Option<(corral_core::RedisState, Duration)>,
+    /// Replicas assumed until Redis counts them, for pools made later.
+    #[cfg(feature = "redis")]
+    replicas: AtomicUsize,
 }
 
-/// The most pools made on demand: a request naming yet another model
-/// waits in the default pool, so a client that invents model names cannot
-/// grow the scheduler without bound.
-pub const MAX_MODEL_POOLS: usize = 64;
-
-struct OnDemand {
-    capacity: AtomicUsize,
-    pools: RwLock<HashMap<String, Arc<Pool>>>,
-}
-
+#[cfg(feature = "redis")]
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     // Every write completes before anything can panic: the data stays
     // consistent.
     lock.read().unwrap_or_else(|p| p.into_inner())
 }
 
+#[cfg(feature = "redis")]
 fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|p| p.into_inner())
 }
@@ -112,6 +110,7 @@ impl Scheduler {
     /// A scheduler for `config`, or the key and reason it is refused for.
     pub fn new(config: &PriorityConfig) -> Result<Arc<Self>, corral_core::ConfigError> {
         config.validate()?;
+        crate::metrics::describe();
         let cap = config.max_in_flight_per_agent;
         let changes = Arc::new(Notify::new());
         let pool = |name: String, capacity| {
@@ -137,56 +136,52 @@ impl Scheduler {
             config: config.clone(),
             default,
             by_model,
-            on_demand: config.per_model.then(|| OnDemand {
-                capacity: AtomicUsize::new(config.capacity),
-                pools: RwLock::new(HashMap::new()),
-            }),
+            on_demand: config.per_model.then(|| Models::new(config.capacity)),
             changes,
             #[cfg(feature = "redis")]
             shared: RwLock::new(HashMap::new()),
             #[cfg(feature = "redis")]
             backend: None,
+            #[cfg(feature = "redis")]
+            replicas: AtomicUsize::new(1),
         }))
     }
 
     /// A pool of its own for `name` (canonical), made on first use.
-    fn on_demand_pool(&self, on_demand: &OnDemand, name: &str) -> Option<Arc<Pool>> {
-        if let Some(pool) = read(&on_demand.pools).get(name) {
-            return Some(pool.clone());
-        }
-        let mut pools = write(&on_demand.pools);
-        if let Some(pool) = pools.get(name) {
-            return Some(pool.clone());
-        }
-        if pools.len() >= MAX_MODEL_POOLS {
-            return None;
-        }
-        let capacity = on_demand.capacity.load(Ordering::Relaxed);
-        let pool = Arc::new(Pool::new(
-            name.to_string(),
-            capacity,
-            self.config.aging,
-            self.config.max_in_flight_per_agent,
-            self.config.reserve,
-            self.changes.clone(),
-        ));
+    fn on_demand_pool(&self, models: &Models, name: &str) -> Option<Arc<Pool>> {
         #[cfg(feature = "redis")]
-        if let Some((state, ttl)) = &self.backend {
-            let shared = SharedPool::new(
-                state.clone(),
-                pool.clone(),
+        let shared = self.backend.is_some();
+        #[cfg(not(feature = "redis"))]
+        let shared = false;
+        // Shared pools are not evicted: their leases and queue live in
+        // Redis, their tasks with them.
+        models.get_or_make(name, !shared, |capacity| {
+            let pool = Arc::new(Pool::new(
+                name.to_string(),
                 capacity,
                 self.config.aging,
-                *ttl,
-                self.config.reserve,
                 self.config.max_in_flight_per_agent,
-            );
-            tokio::spawn(shared.clone().keep_alive());
-            tokio::spawn(shared.clone().hear_grants());
-            write(&self.shared).insert(name.to_string(), shared);
-        }
-        pools.insert(name.to_string(), pool.clone());
-        Some(pool)
+                self.config.reserve,
+                self.changes.clone(),
+            ));
+            #[cfg(feature = "redis")]
+            if let Some((state, ttl)) = &self.backend {
+                let shared = SharedPool::new(
+                    state.clone(),
+                    pool.clone(),
+                    capacity,
+                    self.config.aging,
+                    *ttl,
+                    self.config.reserve,
+                    self.config.max_in_flight_per_agent,
+                );
+                shared.assume_replicas(self.replicas.load(Ordering::Relaxed));
+                tokio::spawn(shared.clone().keep_alive());
+                tokio::spawn(shared.clone().hear_grants());
+                write(&self.shared).insert(name.to_string(), shared);
+            }
+            pool
+        })
     }
 
     /// A scheduler whose pools live in Redis, shared by every replica on
@@ -273,6 +268,8 @@ impl Scheduler {
     /// ```
     pub fn assume_replicas(&self, replicas: usize) {
         #[cfg(feature = "redis")]
+        self.replicas.store(replicas, Ordering::Relaxed);
+        #[cfg(feature = "redis")]
         for pool in read(&self.shared).values() {
             pool.assume_replicas(replicas);
         }
@@ -295,8 +292,8 @@ impl Scheduler {
     }
 
     /// The pool `model` waits in: its own (configured, or made on demand
-    /// with `per_model`), else the default pool.
-    fn pool(&self, model: Option<&str>) -> Arc<Pool> {
+    /// with `per_model` when `make`), else the default pool.
+    fn pool_for(&self, model: Option<&str>, make: bool) -> Arc<Pool> {
         let Some(model) = model.filter(|m| !m.is_empty()) else {
             return self.default.clone();
         };
@@ -309,17 +306,35 @@ impl Scheduler {
         }
         self.on_demand
             .as_ref()
-            .and_then(|on_demand| self.on_demand_pool(on_demand, &name))
+            .and_then(|models| {
+                if make {
+                    self.on_demand_pool(models, &name)
+                } else {
+                    models.get(&name)
+                }
+            })
             .unwrap_or_else(|| self.default.clone())
     }
 
-    /// Every pool: the default, the configured, those made on demand.
-    fn all_pools(&self) -> Vec<Arc<Pool>> {
-        let mut pools = vec![self.default.clone()];
-        pools.extend(self.by_model.values().cloned());
-        if let Some(on_demand) = &self.on_demand {
-            pools.extend(read(&on_demand.pools).values().cloned());
+    /// The pool a request for `model` waits in, made if it must be.
+    fn pool(&self, model: Option<&str>) -> Arc<Pool> {
+        self.pool_for(model, true)
+    }
+
+    /// Calls `f` on every pool: the default, the configured, those made
+    /// on demand.
+    fn each_pool(&self, mut f: impl FnMut(&Arc<Pool>)) {
+        f(&self.default);
+        self.by_model.values().for_each(&mut f);
+        if let Some(models) = &self.on_demand {
+            models.for_each(f);
         }
+    }
+
+    /// Every pool, in [`Scheduler::each_pool`]'s order.
+    fn all_pools(&self) -> Vec<Arc<Pool>> {
+        let mut pools = Vec::new();
+        self.each_pool(|pool| pools.push(pool.clone()));
         pools
     }
 
@@ -350,24 +365,23 @@ impl Scheduler {
     /// `per_model` every pool made on demand (and those made later).
     pub fn set_capacity(&self, capacity: usize) {
         self.set_pool_capacity(&self.default, capacity);
-        if let Some(on_demand) = &self.on_demand {
-            on_demand.capacity.store(capacity, Ordering::Relaxed);
-            let pools: Vec<Arc<Pool>> = read(&on_demand.pools).values().cloned().collect();
-            for pool in pools {
+        if let Some(models) = &self.on_demand {
+            for pool in models.set_capacity(capacity) {
                 self.set_pool_capacity(&pool, capacity);
             }
         }
     }
 
-    /// Changes one model's capacity at run time; `false` if the model has
-    /// no pool of its own.
+    /// Changes one model's capacity at run time (a pool made on demand
+    /// keeps it when the capacity of all is changed later); `false` if the
+    /// model has no pool of its own.
     pub fn set_model_capacity(&self, model: &str, capacity: usize) -> bool {
         let name = canonical_model(model);
-        let pool = self.by_model.get(&name).cloned().or_else(|| {
-            self.on_demand
-                .as_ref()
-                .and_then(|on_demand| read(&on_demand.pools).get(&name).cloned())
-        });
+        let pool = self
+            .by_model
+            .get(&name)
+            .cloned()
+            .or_else(|| self.on_demand.as_ref().and_then(|models| models.pin(&name)));
         match pool {
             Some(pool) => {
                 self.set_pool_capacity(&pool, capacity);
@@ -385,7 +399,7 @@ impl Scheduler {
     /// The load of one model's pool (the default pool for a model without
     /// one).
     pub fn snapshot_for(&self, model: Option<&str>) -> LoadSnapshot {
-        self.snapshot_of(&self.pool(model))
+        self.snapshot_of(&self.pool_for(model, false))
     }
 
     /// Each pool's load, by name (`*` is the default pool).
@@ -396,10 +410,22 @@ impl Scheduler {
             .collect()
     }
 
+    /// How many times a reserved permit was lent to a lower priority,
+    /// all pools (with shared state: by this replica's grants), since the
+    /// start; also counted in [`RESERVE_LENT_TOTAL`].
+    ///
+    /// [`RESERVE_LENT_TOTAL`]: crate::metrics::RESERVE_LENT_TOTAL
+    pub fn reserve_lent(&self) -> u64 {
+        let local: u64 = self.all_pools().iter().map(|pool| pool.lent()).sum();
+        #[cfg(feature = "redis")]
+        let local = local + read(&self.shared).values().map(|p| p.lent()).sum::<u64>();
+        local
+    }
+
     /// The fair-share counter of `agent` in `model`'s pool: the weighted
     /// service it has received while it had work. `None` once forgotten.
     pub fn counter(&self, agent: &str, model: Option<&str>) -> Option<f64> {
-        self.pool(model).counter(agent)
+        self.pool_for(model, false).counter(agent)
     }
 }
 
@@ -407,7 +433,17 @@ impl UpstreamLoad for Scheduler {
     /// All pools added up: what the upstream as a whole is asked to do.
     fn snapshot(&self) -> LoadSnapshot {
         let mut total = self.snapshot_of(&self.default);
-        for pool in self.all_pools().iter().skip(1) {
+        let models_seen = self.on_demand.as_ref().is_some_and(|m| !m.is_empty());
+        if models_seen && total.in_flight == 0 && total.queued_total() == 0 {
+            // Every request naming a model has a pool of its own: the
+            // default one, idle, is no capacity the load could use.
+            total.capacity = 0;
+        }
+        let mut first = true;
+        self.each_pool(|pool| {
+            if std::mem::take(&mut first) {
+                return; // the default, counted above
+            }
             let s = self.snapshot_of(pool);
             total.capacity += s.capacity;
             total.in_flight += s.in_flight;
@@ -421,7 +457,7 @@ impl UpstreamLoad for Scheduler {
                 (a, b) => a.or(b),
             };
             total.completions_per_sec += s.completions_per_sec;
-        }
+        });
         total
     }
 

@@ -147,7 +147,11 @@ async fn with_per_model_each_model_gets_a_pool_of_the_capacity_when_first_asked_
     assert_eq!(s.snapshot().capacity, 3, "the default pool and the 70b's");
     let _llama = s.acquire(ticket("a", 5), Some("llama3")).await.unwrap();
     let _tiny = s.acquire(ticket("b", 5), Some("tinyllama")).await.unwrap();
-    assert_eq!(s.snapshot().capacity, 5, "a pool of 1 for each model seen");
+    assert_eq!(
+        s.snapshot().capacity,
+        4,
+        "a pool of 1 for each model seen, the idle default's no more"
+    );
     // `llama3` and `llama3:latest` are one model: one permit between them.
     let mut waiting = vec![wait_on(
         &s,
@@ -185,11 +189,47 @@ async fn pools_made_on_demand_are_bounded_and_more_models_share_the_default() {
     }
     assert_eq!(s.pools().len(), corral_priority::MAX_MODEL_POOLS + 1);
     let first_extra = s.acquire(ticket("a", 5), Some("one-more")).await.unwrap();
-    // Both share the default pool of one.
+    // Both share the default pool of one until a pool has been idle long
+    // enough to make room.
     let mut second_extra = vec![wait_on(&s, "another", ticket("b", 5), Some("and-another"))];
     assert_eq!(s.pools().len(), corral_priority::MAX_MODEL_POOLS + 1);
     drop(first_extra);
     assert_eq!(granted(&mut second_extra).len(), 1);
+
+    // Idle long enough, a pool made for a name nobody uses any more
+    // gives its place to a new model.
+    drop(held.pop());
+    tokio::time::advance(corral_priority::IDLE_BEFORE_EVICTION).await;
+    let _new = s.acquire(ticket("c", 5), Some("real-model")).await.unwrap();
+    let names: Vec<String> = s.pools().into_iter().map(|(n, _)| n).collect();
+    assert!(
+        names.contains(&"real-model:latest".to_string()),
+        "{names:?}"
+    );
+    assert_eq!(s.pools().len(), corral_priority::MAX_MODEL_POOLS + 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn per_model_reads_make_no_pool_and_the_idle_default_pool_adds_no_capacity() {
+    let s = scheduler_with(PriorityConfig {
+        capacity: 2,
+        per_model: true,
+        ..PriorityConfig::default()
+    });
+    assert_eq!(s.snapshot_for(Some("ghost")).capacity, 2, "the default's");
+    assert_eq!(s.counter("a", Some("ghost")), None);
+    assert_eq!(s.pools().len(), 1, "reading made no pool");
+    let _running = s.acquire(ticket("a", 5), Some("llama3")).await.unwrap();
+    // The load is the models' pools: 1 of 2, not 1 of 4.
+    assert_eq!(s.snapshot().capacity, 2);
+    assert_eq!(s.snapshot().in_flight, 1);
+
+    // A model's capacity set on its own stays when all are changed.
+    assert!(s.set_model_capacity("llama3", 5));
+    s.set_capacity(3);
+    assert_eq!(s.snapshot_for(Some("llama3")).capacity, 5);
+    let _tiny = s.acquire(ticket("b", 5), Some("tinyllama")).await.unwrap();
+    assert_eq!(s.snapshot_for(Some("tinyllama")).capacity, 3);
 }
 
 #[tokio::test(start_paused = true)]
@@ -197,9 +237,10 @@ async fn reserved_permits_wait_free_for_high_priorities_only() {
     let s = scheduler_with(PriorityConfig {
         capacity: 3,
         aging: Duration::from_secs(1),
+        // The strict reserve (nothing lent): lending is in `lending.rs`.
         reserve: Some(corral_priority::Reserve {
-            permits: 1,
-            up_to_priority: 2,
+            lend_within: Duration::ZERO,
+            ..corral_priority::Reserve::new(1, 2)
         }),
         ..PriorityConfig::default()
     });
@@ -231,10 +272,7 @@ async fn reserved_permits_wait_free_for_high_priorities_only() {
 fn a_reserve_holds_back_at_least_one_permit_and_asks_a_real_priority() {
     let config = |permits, capacity| PriorityConfig {
         capacity,
-        reserve: Some(corral_priority::Reserve {
-            permits,
-            up_to_priority: 2,
-        }),
+        reserve: Some(corral_priority::Reserve::new(permits, 2)),
         ..PriorityConfig::default()
     };
     assert!(config(1, 2).validate().is_ok());
@@ -258,10 +296,7 @@ async fn a_pool_smaller_than_the_reserve_keeps_one_permit_for_everyone() {
     let s = scheduler_with(PriorityConfig {
         capacity: 4,
         model_capacity: [("llama3:70b".to_string(), 1)].into(),
-        reserve: Some(corral_priority::Reserve {
-            permits: 2,
-            up_to_priority: 1,
-        }),
+        reserve: Some(corral_priority::Reserve::new(2, 1)),
         ..PriorityConfig::default()
     });
     let big = s.acquire(ticket("b", 9), Some("llama3:70b")).await;

@@ -219,9 +219,13 @@ proptest! {
         capacity in 2usize..6,
         permits in 1usize..5,
         up_to_priority in 1u8..=10,
+        lend_within_ms in prop_oneof![Just(0u64), 1u64..400, Just(60_000)],
         ops in proptest::collection::vec(op(), 1..120),
     ) {
-        let reserve = Reserve { permits: permits.min(capacity - 1), up_to_priority };
+        let reserve = Reserve {
+            lend_within: Duration::from_millis(lend_within_ms),
+            ..Reserve::new(permits.min(capacity - 1), up_to_priority)
+        };
         run(capacity, None, Some(reserve), 50, ops);
     }
 

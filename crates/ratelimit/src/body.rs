@@ -29,11 +29,15 @@ impl OnEnd for Correction {
         self.usage.read(chunk);
     }
 
-    fn on_end(self, _end: End<'_>) {
-        // A broken or abandoned answer is charged what it generated, if it
-        // said; else the estimate stands.
-        if let Some(generated) = self.usage.generated {
-            self.settle.settle(generated);
+    fn on_end(self, end: End<'_>) {
+        match (end, self.usage.generated) {
+            // Complete: what it says it generated.
+            (End::Complete, Some(generated)) => self.settle.settle(generated),
+            // Broken or abandoned: the counts so far (Anthropic's
+            // `message_start` says 0) are no refund; more than estimated
+            // is charged.
+            (_, Some(generated)) => self.settle.settle_at_least(generated),
+            (_, None) => {}
         }
     }
 }

@@ -57,6 +57,14 @@ impl std::fmt::Debug for Settle {
 }
 
 impl Settle {
+    /// Charges `generated` when it is more than the estimate; never
+    /// refunds (for answers that did not end well).
+    pub(crate) fn settle_at_least(self, generated: u64) {
+        if generated > self.charged {
+            self.settle(generated);
+        }
+    }
+
     pub(crate) fn settle(self, generated: u64) {
         for (key, quota) in &self.keys {
             // A cost larger than the bucket was charged as the whole

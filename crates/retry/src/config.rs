@@ -13,6 +13,9 @@ pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Ollama's own limit on loading a model (`OLLAMA_LOAD_TIMEOUT`, 5 min),
 /// since a stream's first chunk waits for the load.
 pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a metadata read (tags, ps, show, version, models) may take
+/// per attempt: answered from memory, it needs no model load.
+pub const DEFAULT_METADATA_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a stream may go without a chunk.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -65,6 +68,12 @@ pub struct RetryConfig {
     /// request's deadline bound that one.
     #[serde(with = "humantime_serde")]
     pub first_byte_timeout: Option<Duration>,
+    /// How long a metadata read (`/api/tags`, `/api/ps`, `/api/show`,
+    /// `/api/version`, `/v1/models`) may take per attempt, instead of
+    /// `first_byte_timeout` (which waits for model loads); unset: no
+    /// limit.
+    #[serde(with = "humantime_serde")]
+    pub metadata_timeout: Option<Duration>,
     /// Send a generation again after it timed out (or a gateway answered
     /// 504). Off by default: the first attempt may have run to its end on
     /// the GPU, and a second pays for it again. Metadata reads are retried
@@ -96,6 +105,7 @@ impl Default for RetryConfig {
             budget_window: Duration::from_secs(10),
             honor_retry_after: true,
             first_byte_timeout: Some(DEFAULT_FIRST_BYTE_TIMEOUT),
+            metadata_timeout: Some(DEFAULT_METADATA_TIMEOUT),
             rerun_timed_out: false,
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             total_timeout: None,
@@ -136,6 +146,7 @@ impl RetryConfig {
         }
         for (key, value) in [
             ("first_byte_timeout", self.first_byte_timeout),
+            ("metadata_timeout", self.metadata_timeout),
             ("idle_timeout", self.idle_timeout),
             ("total_timeout", self.total_timeout),
         ] {

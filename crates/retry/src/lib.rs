@@ -87,7 +87,7 @@ mod service;
 pub use body::ResponseBody;
 pub use config::{
     RetryConfig, DEFAULT_FIRST_BYTE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_INITIAL_BACKOFF,
-    DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_BACKOFF,
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_BACKOFF, DEFAULT_METADATA_TIMEOUT,
 };
 pub use layer::RetryLayer;
 pub use service::{ResponseFuture, RetryService, X_CORRAL_FALLBACK};

@@ -110,6 +110,7 @@ where
     // timeout and the request's deadline bound it instead.
     let first_byte_timeout = match &meta {
         Some(m) if m.endpoint.kind() == EndpointKind::Inference && !m.stream => None,
+        Some(m) if m.endpoint.kind() == EndpointKind::Metadata => config.metadata_timeout,
         _ => config.first_byte_timeout,
     };
     // What can be sent again: a buffered body. A streamed upload cannot.
@@ -139,6 +140,11 @@ where
             },
         };
         let mut request = Request::from_parts(parts.clone(), body);
+        if model.is_some() {
+            // The body was rewritten for the fallback model: its length
+            // is no longer the client's (hyper would trust the header).
+            request.headers_mut().remove(header::CONTENT_LENGTH);
+        }
         if let (Some(model), Some(meta)) =
             (model, request.extensions_mut().get_mut::<RequestMeta>())
         {

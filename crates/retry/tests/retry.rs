@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use corral_core::{RequestMeta, UpstreamFailed};
 use corral_retry::RetryConfig;
+use http_body_util::BodyExt;
 use tokio::time::Instant;
 use tower::{Layer, ServiceExt};
 use tower_test::mock;
@@ -207,6 +208,34 @@ async fn after_overload_on_the_model_the_fallback_chain_is_tried_and_named() {
         models,
         ["llama3", "llama3", "llama3:8b", "llama3:8b", "tinyllama"]
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_rewritten_for_a_fallback_model_drops_the_clients_content_length() {
+    let (upstream, mut handle): (Upstream, _) = mock::pair();
+    let service = layer(RetryConfig {
+        max_attempts: 1,
+        fallback_models: vec!["a-much-longer-fallback-model-name".into()],
+        ..config()
+    })
+    .layer(upstream);
+    handle.allow(10);
+    let mut asked = request();
+    asked
+        .headers_mut()
+        .insert(http::header::CONTENT_LENGTH, common::BODY.len().into());
+    let call = tokio::spawn(service.oneshot(asked));
+    let (first, reply) = handle.next_request().await.unwrap();
+    assert!(first.headers().contains_key(http::header::CONTENT_LENGTH));
+    reply.send_response(answer(503));
+    let (second, reply) = handle.next_request().await.unwrap();
+    // hyper would send the old length and cut the longer JSON short.
+    assert!(!second.headers().contains_key(http::header::CONTENT_LENGTH));
+    let body = second.into_body().collect().await.unwrap().to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["model"], "a-much-longer-fallback-model-name");
+    reply.send_response(answer(200));
+    assert_eq!(call.await.unwrap().unwrap().status(), 200);
 }
 
 #[tokio::test(start_paused = true)]

@@ -214,3 +214,25 @@ async fn a_non_streamed_generation_has_no_first_byte_limit_and_runs_once() {
         corral_core::TimeoutKind::Total
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_metadata_read_waits_its_own_short_limit_not_a_model_loads() {
+    let (upstream, mut handle): (Upstream, _) = mock::pair();
+    let service = layer(RetryConfig {
+        max_attempts: 1,
+        ..config()
+    })
+    .layer(upstream);
+    handle.allow(10);
+    let meta = corral_core::RequestMeta::new("t".into(), corral_core::Endpoint::Tags);
+    let mut tags = http::Request::get("/api/tags")
+        .body(corral_core::Body::empty())
+        .unwrap();
+    tags.extensions_mut().insert(meta);
+    let start = Instant::now();
+    let call = tokio::spawn(service.oneshot(tags));
+    let _hung = handle.next_request().await.unwrap();
+    let err = call.await.unwrap().unwrap_err();
+    assert!(err.is::<Timeout>(), "{err}");
+    assert_eq!(start.elapsed(), corral_retry::DEFAULT_METADATA_TIMEOUT);
+}

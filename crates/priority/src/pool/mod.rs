@@ -5,6 +5,7 @@
 //! once, so no interleaving of grant, cancel and completion can leak a
 //! permit or grant one twice. Wakers are woken after the lock is dropped.
 
+mod hold;
 mod index;
 mod order;
 
@@ -16,6 +17,8 @@ use std::time::Duration;
 use corral_core::{AgentId, LoadSnapshot, Priority};
 
 use crate::config::Reserve;
+use hold::Holds;
+pub(crate) use hold::Lend;
 use index::Vtc;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -70,6 +73,11 @@ struct State {
     oldest: [BTreeSet<(Instant, u64)>; 10],
     /// Agents with work waiting or running, least served first.
     active: BTreeSet<(Vtc, AgentId)>,
+    /// How long permits are held: what lending predicts from. Kept when
+    /// the pool falls idle, unlike the counters.
+    holds: Holds,
+    /// Reserved permits lent to a lower priority, since the start.
+    lent: u64,
 }
 
 #[derive(Default)]
@@ -90,6 +98,8 @@ struct Waiter {
     cost: f64,
     weight: f64,
     bytes: usize,
+    /// Whether it may borrow a reserved permit.
+    lend: Lend,
     granted: bool,
     waker: Option<Waker>,
 }
@@ -97,9 +107,19 @@ struct Waiter {
 /// What a granted ticket hands its permit.
 pub(crate) struct Grant {
     pub(crate) agent: AgentId,
+    /// The cost estimated when it was queued.
+    pub(crate) cost: f64,
     pub(crate) charged: f64,
     pub(crate) weight: f64,
     pub(crate) waited: Duration,
+}
+
+/// How long a permit was held, and what its request was estimated to
+/// cost: what the pool learns predictions from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Hold {
+    pub(crate) cost: f64,
+    pub(crate) held: Duration,
 }
 
 /// The outcome of polling a ticket.
@@ -148,6 +168,8 @@ impl Pool {
                 ready: Default::default(),
                 oldest: Default::default(),
                 active: BTreeSet::new(),
+                holds: Holds::default(),
+                lent: 0,
             }),
         }
     }
@@ -178,6 +200,12 @@ impl Pool {
         state.queued[level] += 1;
         state.queued_bytes += ticket.bytes;
         state.oldest[level].insert((now, id));
+        let lend = state.holds.lend(
+            self.reserve,
+            ticket.agent.as_str(),
+            ticket.priority.get(),
+            ticket.cost,
+        );
         state.waiters.insert(
             id,
             Waiter {
@@ -187,6 +215,7 @@ impl Pool {
                 cost: ticket.cost,
                 weight: ticket.weight,
                 bytes: ticket.bytes,
+                lend,
                 granted: false,
                 waker: None,
             },
@@ -209,6 +238,7 @@ impl Pool {
                 };
                 Poll::Granted(Grant {
                     agent: waiter.agent,
+                    cost: waiter.cost,
                     charged: waiter.cost / waiter.weight,
                     weight: waiter.weight,
                     waited: Instant::now().saturating_duration_since(waiter.enqueued),
@@ -257,11 +287,13 @@ impl Pool {
         Some(now.saturating_duration_since(waiter.enqueued))
     }
 
-    /// A permit comes back; `correction` adjusts the agent's counter by
-    /// what the request really cost against what it was charged.
-    pub(crate) fn release(&self, agent_id: &AgentId, correction: f64) {
+    /// A permit comes back after `hold`; `correction` adjusts the agent's
+    /// counter by what the request really cost against what it was
+    /// charged.
+    pub(crate) fn release(&self, agent_id: &AgentId, correction: f64, hold: Hold) {
         let now = Instant::now();
         let mut state = lock(&self.state);
+        state.holds.record(agent_id, hold.cost, hold.held);
         state.in_flight = state.in_flight.saturating_sub(1);
         state.unindex(agent_id);
         if let Some(agent) = state.agents.get_mut(agent_id) {
@@ -288,10 +320,12 @@ impl Pool {
         lock(&self.state).in_flight += 1;
     }
 
-    /// The permit counted by [`Pool::occupy`] is given back.
+    /// The permit counted by [`Pool::occupy`] is given back after
+    /// `hold`.
     #[cfg(feature = "redis")]
-    pub(crate) fn vacate(&self) {
+    pub(crate) fn vacate(&self, agent_id: &AgentId, hold: Hold) {
         let mut state = lock(&self.state);
+        state.holds.record(agent_id, hold.cost, hold.held);
         state.in_flight = state.in_flight.saturating_sub(1);
         let wakers = self.dispatch(&mut state, Instant::now());
         drop(state);
@@ -325,6 +359,23 @@ impl Pool {
             oldest_waiting_since: oldest,
             completions_per_sec: state.drain_rate(now),
         }
+    }
+
+    /// Whether `ticket` may borrow a reserved permit, from what this
+    /// pool has measured (the shared pool marks its tickets with it).
+    #[cfg(feature = "redis")]
+    pub(crate) fn lend(&self, ticket: &Ticket) -> Lend {
+        lock(&self.state).holds.lend(
+            self.reserve,
+            ticket.agent.as_str(),
+            ticket.priority.get(),
+            ticket.cost,
+        )
+    }
+
+    /// Reserved permits lent to a lower priority, since the start.
+    pub(crate) fn lent(&self) -> u64 {
+        lock(&self.state).lent
     }
 
     /// The virtual token counter of `agent`, for tests and status.

@@ -1,12 +1,20 @@
 //! The order of service: which waiting request the next free permit
-//! goes to.
+//! goes to, and when a reserved permit is lent.
 
 use std::task::Waker;
 
 use corral_core::AgentId;
 use tokio::time::Instant;
 
-use super::{Pool, State};
+use super::{Lend, Pool, State};
+use crate::metrics::RESERVE_LENT_TOTAL;
+
+/// Priority levels.
+const LEVELS: usize = 10;
+/// At most this many waiting agents are looked at for one that may
+/// borrow a reserved permit: a queue of requests predicted long must
+/// not make every grant walk all of it.
+const LEND_SCAN: usize = 64;
 
 impl Pool {
     /// Grants permits while there is capacity and a request can take one;
@@ -15,8 +23,12 @@ impl Pool {
         let mut wakers = Vec::new();
         while state.in_flight < state.capacity {
             let levels = self.open_levels(state);
-            let Some((agent_id, level)) = self.pick(state, now, levels) else {
-                break;
+            let (agent_id, level, lent) = match self.pick(state, now, levels) {
+                Some((agent, level)) => (agent, level, false),
+                None => match self.borrower(state, now, levels) {
+                    Some((agent, level)) => (agent, level, true),
+                    None => break,
+                },
             };
             state.unindex(&agent_id);
             let Some(agent) = state.agents.get_mut(&agent_id) else {
@@ -39,6 +51,10 @@ impl Pool {
             if let Some(waker) = waiter.waker.take() {
                 wakers.push(waker);
             }
+            if lent {
+                state.lent += 1;
+                metrics::counter!(RESERVE_LENT_TOTAL, "pool" => self.name.clone()).increment(1);
+            }
             state.index(&agent_id, self.per_agent_cap);
         }
         wakers
@@ -50,14 +66,57 @@ impl Pool {
     /// for everyone.
     fn open_levels(&self, state: &State) -> usize {
         let Some(reserve) = self.reserve else {
-            return 10;
+            return LEVELS;
         };
         let held_back = reserve.permits.min(state.capacity.saturating_sub(1));
         if state.in_flight + held_back < state.capacity {
-            10
+            LEVELS
         } else {
-            usize::from(reserve.up_to_priority).min(10)
+            usize::from(reserve.up_to_priority).min(LEVELS)
         }
+    }
+
+    /// With only reserved permits free (levels below `open` closed) and
+    /// no request of the reserve's priorities waiting (not even one at
+    /// its agent's cap), the next request that may borrow one: in the
+    /// order of service, the first whose agent's next request there is
+    /// predicted to give the permit back within `lend_within` (an agent
+    /// without history: the pool's average hold), looking at no more
+    /// than [`LEND_SCAN`] agents.
+    fn borrower(&self, state: &State, now: Instant, open: usize) -> Option<(AgentId, usize)> {
+        let reserve = self.reserve?;
+        if open >= LEVELS || state.queued[..open].iter().any(|q| *q > 0) {
+            return None;
+        }
+        let unknown_lent = state
+            .holds
+            .pool()
+            .is_some_and(|hold| hold <= reserve.lend_within);
+        let mut levels: Vec<(usize, Instant, usize)> = (open..LEVELS)
+            .filter(|level| !state.ready[*level].is_empty())
+            .filter_map(|level| {
+                let (oldest, _) = state.oldest[level].first()?;
+                Some((self.effective_level(level, *oldest, now), *oldest, level))
+            })
+            .collect();
+        levels.sort_unstable();
+        let candidates = levels.iter().flat_map(|(_, _, level)| {
+            state.ready[*level]
+                .iter()
+                .map(move |(_, _, agent)| (agent, *level))
+        });
+        for (agent_id, level) in candidates.take(LEND_SCAN) {
+            let lend = state
+                .agents
+                .get(agent_id)
+                .and_then(|agent| agent.levels[level].front())
+                .and_then(|(id, _)| state.waiters.get(id))
+                .map_or(Lend::Never, |waiter| waiter.lend);
+            if lend == Lend::Short || (lend == Lend::Unknown && unknown_lent) {
+                return Some((agent_id.clone(), level));
+            }
+        }
+        None
     }
 
     /// The next request to serve among the first `levels` priority

@@ -8,9 +8,17 @@
 //! the permits of a replica that dies come back within one TTL and its
 //! queued tickets are dropped. While Redis does not answer, tickets go to
 //! the local pool, sized to this replica's share of the capacity.
+//!
+//! A reserved permit is lent as in the local pool. The replica that
+//! queues a ticket marks its level with its prediction (its agent's
+//! history says short, or there is none and the pool's average hold
+//! decides); Redis keeps that average from the hold every release
+//! reports.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use crate::metrics::RESERVE_LENT_TOTAL;
 
 /// Ticket numbers, unique in the process: a ticket's id names one waiter
 /// whichever pool it waits in.
@@ -25,6 +33,7 @@ use tokio::time::Instant;
 use crate::config::Reserve;
 use crate::pool::Pool;
 
+mod renew;
 mod wait;
 
 static GRANT: std::sync::LazyLock<redis::Script> =
@@ -60,6 +69,8 @@ pub(crate) struct SharedPool {
     replicas: AtomicUsize,
     /// Whether Redis has told how many replicas are alive.
     counted: AtomicBool,
+    /// Reserved permits this replica's script calls lent.
+    lent: AtomicU64,
 }
 
 struct Waiting {
@@ -90,6 +101,7 @@ impl SharedPool {
             key("leases"),
             key("capacity"),
             state.key("prio:replicas"),
+            key("hold"),
         ];
         metrics::describe_gauge!(
             SHARED_PERMITS_HELD,
@@ -111,6 +123,7 @@ impl SharedPool {
             held_everywhere: AtomicUsize::new(0),
             replicas: AtomicUsize::new(1),
             counted: AtomicBool::new(false),
+            lent: AtomicU64::new(0),
             state,
         })
     }
@@ -121,18 +134,18 @@ impl SharedPool {
         format!("prio:{}:grants:{}", self.name, self.state.replica())
     }
 
-    /// One call of the grant script; `renewing` are the tickets a
-    /// renewal re-adds.
+    /// One call of the grant script; `extra` are the tickets a renewal
+    /// re-adds, or the milliseconds a released permit was held.
     async fn run(
         &self,
         op: &str,
         ticket: &str,
         level: usize,
-        renewing: &[String],
+        extra: &[String],
     ) -> Result<Report, ()> {
         let reserve = self.reserve.unwrap_or(Reserve {
-            permits: 0,
-            up_to_priority: 10,
+            lend_within: Duration::ZERO,
+            ..Reserve::new(0, 10)
         });
         let mut args = vec![
             op.to_string(),
@@ -146,8 +159,9 @@ impl SharedPool {
             self.state.replica().to_string(),
             self.grants_channel.clone(),
             self.per_agent.unwrap_or(0).to_string(),
+            reserve.lend_within.as_millis().to_string(),
         ];
-        args.extend(renewing.iter().cloned());
+        args.extend(extra.iter().cloned());
         let reply: Vec<redis::Value> = self
             .state
             .script(&GRANT, &self.keys, &args)
@@ -161,6 +175,11 @@ impl SharedPool {
         let held = number();
         let capacity = number();
         let replicas = number().max(1);
+        let lent = number() as u64;
+        if lent > 0 {
+            self.lent.fetch_add(lent, Ordering::Relaxed);
+            metrics::counter!(RESERVE_LENT_TOTAL, "pool" => self.name.clone()).increment(lent);
+        }
         self.held_everywhere.store(held, Ordering::Relaxed);
         self.replicas.store(replicas, Ordering::Relaxed);
         self.counted.store(true, Ordering::Relaxed);
@@ -218,100 +237,24 @@ impl SharedPool {
         }
     }
 
-    /// Renews this replica's leases and liveness, grants what expired
-    /// leases freed: every third of the TTL, for as long as it runs.
-    pub(crate) async fn keep_alive(self: Arc<Self>) {
-        let mut ticks = tokio::time::interval(self.ttl / 3);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut health = self.state.health();
-        loop {
-            tokio::select! {
-                _ = ticks.tick() => {}
-                // Back from an outage: count the permits running here at
-                // once, before other replicas are granted more.
-                changed = health.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    if !*health.borrow_and_update() {
-                        continue;
-                    }
-                }
-            }
-            self.renew().await;
+    /// Gives back the permit of `ticket`, held for `held` (which Redis
+    /// adds to the pool's average hold), without waiting for Redis.
+    pub(crate) fn release(self: &Arc<Self>, ticket: String, held: Duration) {
+        lock(&self.held).remove(&ticket);
+        self.forget(&ticket);
+        let pool = self.clone();
+        let held = vec![held.as_millis().to_string()];
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                // Failing, the lease runs out by itself.
+                let _ = pool.run("release", &ticket, 0, &held).await;
+            });
         }
     }
 
-    /// One renewal: leases and liveness, a capacity Redis has not taken,
-    /// grants whose message was lost, tickets Redis lost.
-    async fn renew(self: &Arc<Self>) {
-        let pending = *lock(&self.pending_capacity);
-        if let Some(capacity) = pending {
-            self.write_capacity(capacity).await;
-        }
-        // Every permit running here is (re-)added: after Redis lost its
-        // data, or a permit of the local pool, it counts again. One
-        // released while the script ran would be brought back: released
-        // again after it.
-        let renewing: Vec<String> = lock(&self.held).iter().cloned().collect();
-        let Ok(report) = self.run("renew", "", 0, &renewing).await else {
-            return;
-        };
-        let released: Vec<String> = {
-            let held = lock(&self.held);
-            renewing.into_iter().filter(|t| !held.contains(t)).collect()
-        };
-        for ticket in released {
-            let pool = self.clone();
-            tokio::spawn(async move {
-                let _ = pool.run("release", &ticket, 0, &[]).await;
-            });
-        }
-        for ticket in &report.granted {
-            self.granted(ticket);
-        }
-        // Waiting long enough to have been heard of: granted (the message
-        // was lost in a reconnect), still queued, or lost by Redis
-        // (evicted, flushed), then queued again.
-        let waiting: Vec<(String, usize)> = lock(&self.waiting)
-            .iter()
-            .filter(|(_, w)| w.granted.is_some() && w.since.elapsed() > self.ttl / 3)
-            .map(|(ticket, w)| (ticket.clone(), w.level))
-            .collect();
-        if waiting.is_empty() {
-            return;
-        }
-        let tickets: Vec<&String> = waiting.iter().map(|(t, _)| t).collect();
-        let mut pipeline = redis::pipe();
-        pipeline
-            .atomic()
-            .cmd("ZMSCORE")
-            .arg(&self.keys[1])
-            .arg(&tickets)
-            .cmd("ZMSCORE")
-            .arg(&self.keys[0])
-            .arg(&tickets);
-        let Ok((leased, queued)) = self
-            .state
-            .pipeline::<(Vec<Option<f64>>, Vec<Option<f64>>)>(&pipeline)
-            .await
-        else {
-            return;
-        };
-        for ((ticket, level), (leased, queued)) in
-            waiting.iter().zip(leased.into_iter().zip(queued))
-        {
-            if leased.is_some() {
-                self.granted(ticket);
-            } else if queued.is_none() {
-                tracing::warn!(ticket, "Redis lost a waiting ticket: queued again");
-                if let Ok(report) = self.run("enqueue", ticket, *level, &[]).await {
-                    for granted in &report.granted {
-                        self.granted(granted);
-                    }
-                }
-            }
-        }
+    /// Reserved permits this replica's script calls lent.
+    pub(crate) fn lent(&self) -> u64 {
+        self.lent.load(Ordering::Relaxed)
     }
 
     /// How many replicas share the pool, until Redis has counted them:

@@ -24,7 +24,7 @@ impl SharedPool {
             return self.local_acquire(ticket).await;
         }
         let level = usize::from(ticket.priority.get() - 1);
-        let id = self.ticket_id(level, &ticket);
+        let id = self.ticket_id(level + self.local.lend(&ticket).mark(), &ticket);
         let since = Instant::now();
         let (tell, mut told) = oneshot::channel();
         lock(&self.waiting).insert(
@@ -85,11 +85,16 @@ impl SharedPool {
             self.clone(),
             ticket_id,
             ticket.agent,
+            ticket.cost,
             since.elapsed(),
         ))
     }
 
     /// `replica|seq|level|agent`: who to tell, which, how urgent, whose.
+    /// `level` is the priority - 1, plus [`Lend::mark`] when the ticket
+    /// may borrow a reserved permit.
+    ///
+    /// [`Lend::mark`]: crate::pool::Lend::mark
     fn ticket_id(&self, level: usize, ticket: &Ticket) -> String {
         format!(
             "{}|{}|{}|{}",
