@@ -22,6 +22,10 @@ use crate::pool::{Pool, Ticket};
 #[cfg(feature = "redis")]
 use crate::shared::SharedPool;
 
+mod load;
+#[cfg(feature = "redis")]
+mod shared;
+
 /// Upstream permits, and the order in which waiting requests get them.
 ///
 /// One pool of `capacity` permits for the upstream, and one per model
@@ -184,77 +188,6 @@ impl Scheduler {
         })
     }
 
-    /// A scheduler whose pools live in Redis, shared by every replica on
-    /// the same `state` (same URL and key prefix): the upstream sees at
-    /// most each pool's capacity whichever replica the requests came
-    /// through, and the queue is ordered by priority (aged) and arrival
-    /// across replicas. Permits are leases of `lease_ttl`, renewed every
-    /// third of it: a replica that dies gives its permits back within one
-    /// TTL. While Redis does not answer, each replica schedules alone
-    /// with its share of the capacity (capacity / live replicas, at least
-    /// one). `max_in_flight_per_agent` and `reserve` hold across
-    /// replicas; fair share between agents holds within a replica, not
-    /// across them: in Redis, equal priorities go by arrival.
-    ///
-    /// Must be called inside a Tokio runtime: it spawns the tasks that
-    /// renew leases and hear grants.
-    ///
-    /// ```no_run
-    /// use std::time::Duration;
-    /// use corral_core::RedisState;
-    /// use corral_priority::{PriorityConfig, Scheduler};
-    ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let state = RedisState::new("redis://127.0.0.1:6379", "corral:", "replica-1", Duration::from_millis(200)).unwrap();
-    /// let scheduler = Scheduler::shared(&PriorityConfig::default(), state, Duration::from_secs(10)).unwrap();
-    /// # drop(scheduler);
-    /// # }
-    /// ```
-    #[cfg(feature = "redis")]
-    pub fn shared(
-        config: &PriorityConfig,
-        state: corral_core::RedisState,
-        lease_ttl: Duration,
-    ) -> Result<Arc<Self>, corral_core::ConfigError> {
-        if lease_ttl < Duration::from_millis(300) {
-            return Err(corral_core::ConfigError::new(
-                "lease_ttl",
-                format!("{lease_ttl:?} is too short to renew: use 300ms or more"),
-            ));
-        }
-        let local = Self::new(config)?;
-        let mut scheduler = Arc::try_unwrap(local).map_err(|_| {
-            corral_core::ConfigError::new("capacity", "the scheduler is already shared")
-        })?;
-        let wrap = |pool: &Arc<Pool>, capacity: usize| {
-            SharedPool::new(
-                state.clone(),
-                pool.clone(),
-                capacity,
-                config.aging,
-                lease_ttl,
-                config.reserve,
-                config.max_in_flight_per_agent,
-            )
-        };
-        let mut shared = HashMap::new();
-        shared.insert("*".to_string(), wrap(&scheduler.default, config.capacity));
-        for (model, capacity) in &config.model_capacity {
-            let key = canonical_model(model);
-            if let Some(pool) = scheduler.by_model.get(&key) {
-                shared.insert(key, wrap(pool, *capacity));
-            }
-        }
-        for pool in shared.values() {
-            tokio::spawn(pool.clone().keep_alive());
-            tokio::spawn(pool.clone().hear_grants());
-        }
-        scheduler.shared = RwLock::new(shared);
-        scheduler.backend = Some((state, lease_ttl));
-        Ok(Arc::new(scheduler))
-    }
-
     /// With shared state: how many replicas to assume share the upstream
     /// until Redis has counted them. A replica that starts while Redis is
     /// away schedules alone with capacity / `replicas` (at least one) per
@@ -394,74 +327,5 @@ impl Scheduler {
     /// Whether each model gets a pool of its own when first asked for.
     pub fn per_model(&self) -> bool {
         self.on_demand.is_some()
-    }
-
-    /// The load of one model's pool (the default pool for a model without
-    /// one).
-    pub fn snapshot_for(&self, model: Option<&str>) -> LoadSnapshot {
-        self.snapshot_of(&self.pool_for(model, false))
-    }
-
-    /// Each pool's load, by name (`*` is the default pool).
-    pub fn pools(&self) -> Vec<(String, LoadSnapshot)> {
-        self.all_pools()
-            .iter()
-            .map(|p| (p.name().to_string(), self.snapshot_of(p)))
-            .collect()
-    }
-
-    /// How many times a reserved permit was lent to a lower priority,
-    /// all pools (with shared state: by this replica's grants), since the
-    /// start; also counted in [`RESERVE_LENT_TOTAL`].
-    ///
-    /// [`RESERVE_LENT_TOTAL`]: crate::metrics::RESERVE_LENT_TOTAL
-    pub fn reserve_lent(&self) -> u64 {
-        let local: u64 = self.all_pools().iter().map(|pool| pool.lent()).sum();
-        #[cfg(feature = "redis")]
-        let local = local + read(&self.shared).values().map(|p| p.lent()).sum::<u64>();
-        local
-    }
-
-    /// The fair-share counter of `agent` in `model`'s pool: the weighted
-    /// service it has received while it had work. `None` once forgotten.
-    pub fn counter(&self, agent: &str, model: Option<&str>) -> Option<f64> {
-        self.pool_for(model, false).counter(agent)
-    }
-}
-
-impl UpstreamLoad for Scheduler {
-    /// All pools added up: what the upstream as a whole is asked to do.
-    fn snapshot(&self) -> LoadSnapshot {
-        let mut total = self.snapshot_of(&self.default);
-        let models_seen = self.on_demand.as_ref().is_some_and(|m| !m.is_empty());
-        if models_seen && total.in_flight == 0 && total.queued_total() == 0 {
-            // Every request naming a model has a pool of its own: the
-            // default one, idle, is no capacity the load could use.
-            total.capacity = 0;
-        }
-        let mut first = true;
-        self.each_pool(|pool| {
-            if std::mem::take(&mut first) {
-                return; // the default, counted above
-            }
-            let s = self.snapshot_of(pool);
-            total.capacity += s.capacity;
-            total.in_flight += s.in_flight;
-            for (t, q) in total.queued.iter_mut().zip(s.queued) {
-                *t += q;
-            }
-            total.queued_bytes += s.queued_bytes;
-            total.oldest_waiting_since = match (total.oldest_waiting_since, s.oldest_waiting_since)
-            {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            total.completions_per_sec += s.completions_per_sec;
-        });
-        total
-    }
-
-    fn changes(&self) -> Option<&Notify> {
-        Some(&self.changes)
     }
 }
