@@ -38,6 +38,7 @@
 mod body;
 mod bus;
 mod clock;
+pub mod compat;
 mod config;
 mod degradation;
 mod endpoint;

@@ -74,38 +74,19 @@ pub(crate) fn default_answer(meta: &RequestMeta, text: &str) -> Option<Response<
             body.extend_from_slice(b"data: [DONE]\n\n");
             ("text/event-stream", body)
         }
-        (Endpoint::AnthropicMessages, false) => (
-            "application/json",
-            serde_json::to_vec(&anthropic_message(model, text)).unwrap_or_default(),
-        ),
-        (Endpoint::AnthropicMessages, true) => {
-            let mut start = anthropic_message(model, "");
-            start["content"] = json!([]);
-            let mut body = named("message_start", json!({"type": "message_start", "message": start}));
-            body.extend(named("content_block_start", json!({"type": "content_block_start", "index": 0,
-                "content_block": {"type": "text", "text": ""}})));
-            body.extend(named("content_block_delta", json!({"type": "content_block_delta", "index": 0,
-                "delta": {"type": "text_delta", "text": text}})));
-            body.extend(named("content_block_stop", json!({"type": "content_block_stop", "index": 0})));
-            body.extend(named("message_delta", json!({"type": "message_delta",
-                "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 0}})));
-            body.extend(named("message_stop", json!({"type": "message_stop"})));
-            ("text/event-stream", body)
-        }
-        (Endpoint::OpenAiResponses, false) => (
-            "application/json",
-            serde_json::to_vec(&response_document(model, text, created, "completed"))
-                .unwrap_or_default(),
-        ),
-        (Endpoint::OpenAiResponses, true) => {
-            let mut body = named("response.created", json!({"type": "response.created", "sequence_number": 0,
-                "response": response_document(model, "", created, "in_progress")}));
-            body.extend(named("response.output_text.delta", json!({"type": "response.output_text.delta",
-                "sequence_number": 1, "item_id": "msg_corral_default", "output_index": 0, "content_index": 0,
-                "delta": text})));
-            body.extend(named("response.completed", json!({"type": "response.completed", "sequence_number": 2,
-                "response": response_document(model, text, created, "completed")})));
-            ("text/event-stream", body)
+        (Endpoint::AnthropicMessages | Endpoint::OpenAiResponses, stream) => {
+            let no_fields = Default::default();
+            let (_, frames) = if meta.endpoint == Endpoint::AnthropicMessages {
+                corral_core::compat::anthropic_answer(model, text, &no_fields, stream)
+            } else {
+                corral_core::compat::responses_answer(model, text, &no_fields, stream)
+            };
+            let content_type = if stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            };
+            (content_type, frames.concat())
         }
         _ => return None,
     };
@@ -119,23 +100,52 @@ pub(crate) fn default_answer(meta: &RequestMeta, text: &str) -> Option<Response<
     Some(response)
 }
 
-/// One SSE event with a name, as the Anthropic and Responses APIs send.
-fn named(name: &str, data: serde_json::Value) -> Vec<u8> {
-    format!("event: {name}\ndata: {data}\n\n").into_bytes()
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corral_core::RequestMeta;
 
-/// An Anthropic Messages answer saying `text`.
-fn anthropic_message(model: &str, text: &str) -> serde_json::Value {
-    json!({"id": "msg_corral_default", "type": "message", "role": "assistant", "model": model,
-        "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
-        "usage": {"input_tokens": 0, "output_tokens": 0}})
-}
+    fn meta(endpoint: Endpoint, stream: bool) -> RequestMeta {
+        let mut meta = RequestMeta::new("r".into(), endpoint).with_model(Some("llama3".into()));
+        meta.stream = stream;
+        meta
+    }
 
-/// A Responses API answer saying `text`.
-fn response_document(model: &str, text: &str, created: u64, status: &str) -> serde_json::Value {
-    json!({"id": "resp_corral_default", "object": "response", "created_at": created, "status": status,
-        "model": model, "output": [{"type": "message", "id": "msg_corral_default", "status": "completed",
-            "role": "assistant", "content": [{"type": "output_text", "text": text, "annotations": []}]}],
-        "parallel_tool_calls": true, "tool_choice": "auto", "tools": [],
-        "usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}})
+    #[test]
+    fn the_anthropic_and_responses_defaults_carry_every_event_their_sdks_build_a_turn_from() {
+        let streamed = default_answer(&meta(Endpoint::AnthropicMessages, true), "Busy.").unwrap();
+        let text = String::from_utf8(streamed.body().to_vec()).unwrap();
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("event: "))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        let streamed = default_answer(&meta(Endpoint::OpenAiResponses, true), "Busy.").unwrap();
+        let text = String::from_utf8(streamed.body().to_vec()).unwrap();
+        for event in [
+            "response.created",
+            "response.output_item.added",
+            "response.content_part.added",
+            "response.output_text.delta",
+            "response.output_text.done",
+            "response.output_item.done",
+            "response.completed",
+        ] {
+            assert!(text.contains(&format!("event: {event}\n")), "{event}");
+        }
+        let whole = default_answer(&meta(Endpoint::AnthropicMessages, false), "Busy.").unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(whole.body()).unwrap();
+        assert_eq!(doc["content"][0]["text"], "Busy.");
+        assert_eq!(whole.headers()["x-corral-answer"], "default");
+    }
 }

@@ -24,10 +24,10 @@ impl Answer {
                     native(*endpoint, model, text, fields, stream)
                 }
                 Endpoint::AnthropicMessages => {
-                    super::compat::render_anthropic(model, text, fields, stream)
+                    corral_core::compat::anthropic_answer(model, text, fields, stream)
                 }
                 Endpoint::OpenAiResponses => {
-                    super::compat::render_responses(model, text, fields, stream)
+                    corral_core::compat::responses_answer(model, text, fields, stream)
                 }
                 _ => openai(*endpoint, model, text, fields, stream, include_usage),
             },
