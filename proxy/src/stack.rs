@@ -336,6 +336,17 @@ pub fn describe(config: &Config, stack: &Stack) -> String {
     };
     let _ = writeln!(out, "upstream   {}", stack.upstream.url());
     let _ = writeln!(out, "capacity   {}", config.capacity_summary());
+    for agent in &config.agents {
+        if let Some(var) = &agent.key_env {
+            if std::env::var(var).map_or(true, |v| v.trim().is_empty()) {
+                let _ = writeln!(
+                    out,
+                    "disabled   agent {:?}: {var} is not set (its key comes from it)",
+                    agent.id
+                );
+            }
+        }
+    }
     let classify = config.classify();
     if let Ok(layer) = ClassifyLayer::new(&classify) {
         let classes: Vec<String> = layer

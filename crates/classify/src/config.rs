@@ -183,11 +183,23 @@ impl AgentConfig {
             return plain(key.clone(), "key");
         }
         if let Some(var) = &self.key_env {
-            let key = std::env::var(var).map_err(|_| {
-                ConfigError::new(at("key_env"), format!("the variable {var} is not set"))
-            })?;
-            // A secret made from a file often ends with a newline.
-            return plain(key.trim_end().to_string(), "key_env");
+            return match std::env::var(var) {
+                // A secret made from a file often ends with a newline.
+                Ok(key) if !key.trim().is_empty() => plain(key.trim_end().to_string(), "key_env"),
+                // Unset or empty: this agent is off, not the proxy (an
+                // image started without the key still serves the others).
+                // It still counts as keyed: its id cannot be claimed
+                // without the key.
+                _ => {
+                    tracing::warn!(
+                        agent = %self.id,
+                        variable = %var,
+                        "{var} is not set: agent {:?} is disabled until it is (its id cannot be claimed without its key)",
+                        self.id
+                    );
+                    Ok(None)
+                }
+            };
         }
         if let Some(path) = &self.key_file {
             let key = std::fs::read_to_string(path).map_err(|e| {

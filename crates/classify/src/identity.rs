@@ -151,6 +151,9 @@ impl Identities {
                 ));
             }
             let key = agent.key_digest(at)?;
+            // An agent whose key comes from an unset variable is disabled,
+            // not keyless.
+            let keyed = key.is_some() || agent.key_env.is_some();
             if let Some(key) = key {
                 if by_key.insert(key, agents.len()).is_some() {
                     return Err(ConfigError::new(
@@ -159,7 +162,7 @@ impl Identities {
                     ));
                 }
             }
-            if classes[class].private && key.is_none() {
+            if classes[class].private && !keyed {
                 // Its private answers would go to whoever sends its id.
                 return Err(ConfigError::new(
                     at("key"),
@@ -172,7 +175,7 @@ impl Identities {
             agents.push(Agent {
                 id: AgentId::from(agent.id.as_str()),
                 class,
-                has_key: key.is_some(),
+                has_key: keyed,
                 revoked: agent.revoked,
             });
         }

@@ -1,4 +1,5 @@
-//! The `corral` command line.
+//! The `corral` command line: `serve` (the default), `check-config`,
+//! `hash-key`, `health` and `keys new`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,6 +11,9 @@ use crate::config::{Config, LoadError};
 use crate::server::Server;
 use crate::telemetry::{self, LogFormat};
 use crate::upstream_url::UpstreamUrl;
+
+pub mod health;
+pub mod keys;
 
 /// Keeps a herd of AI agents from trampling one Ollama server.
 ///
@@ -42,6 +46,48 @@ enum Command {
     HashKey {
         /// The key; prefer standard input.
         key: Option<String>,
+    },
+    /// Exit 0 when a running corral answers its health probe, else 1.
+    ///
+    /// Asks /corral/healthz for 200 with "status":"ok" (with --ready,
+    /// /corral/readyz for "status":"ready"); why it failed goes to
+    /// stderr in one line. For container health checks: `corral health`.
+    Health(HealthArgs),
+    /// API keys for `[[agents]]`.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Clone, Args)]
+struct HealthArgs {
+    /// Where corral listens, in any form --listen takes (host, host:port,
+    /// :port, http://host:port); an unspecified address (0.0.0.0, :port)
+    /// is asked on loopback. With [admin] listen, give that address.
+    /// [default: CORRAL_LISTEN when set, else 127.0.0.1:11435]
+    #[arg(value_name = "URL", env = "CORRAL_LISTEN")]
+    url: Option<String>,
+    /// Ask /corral/readyz (the upstream answers too) instead of
+    /// /corral/healthz (the process serves).
+    #[arg(long)]
+    ready: bool,
+    /// How long the whole check may take [default: 5s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<std::time::Duration>,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Print a fresh random API key (once: Corral keeps only its digest)
+    /// and the `[[agents]]` entry holding its SHA-256.
+    ///
+    /// The key is the first line of the output: `corral keys new | head -n1`.
+    New {
+        /// The agent's id in the entry.
+        #[arg(long, value_name = "NAME")]
+        agent: Option<String>,
+        /// The agent's class in the entry (the default class without it).
+        #[arg(long, value_name = "CLASS")]
+        class: Option<String>,
     },
 }
 
@@ -76,12 +122,45 @@ struct ServeArgs {
     log_format: LogFormat,
 }
 
+impl Cli {
+    /// Parses `args` (the program's name first) as the command line does,
+    /// the environment variables included; the error is what `corral`
+    /// would print. For tests of the commands deployment files run.
+    ///
+    /// ```
+    /// use corral::cli::Cli;
+    ///
+    /// assert!(Cli::try_from_args(["corral", "health", "--ready"]).is_ok());
+    /// assert!(Cli::try_from_args(["corral", "keys", "new", "--agent", "ops"]).is_ok());
+    /// assert!(Cli::try_from_args(["corral", "heath"]).is_err());
+    /// ```
+    pub fn try_from_args<I, T>(args: I) -> Result<Self, String>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Self::try_parse_from(args).map_err(|e| e.to_string())
+    }
+}
+
 /// Runs the command line; the process's exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::CheckConfig { path }) => check_config(&path),
         Some(Command::HashKey { key }) => hash_key(key),
+        Some(Command::Health(args)) => health::run(
+            args.url.as_deref(),
+            if args.ready {
+                health::Probe::Ready
+            } else {
+                health::Probe::Alive
+            },
+            args.timeout.unwrap_or(health::DEFAULT_HEALTH_TIMEOUT),
+        ),
+        Some(Command::Keys(KeysCommand::New { agent, class })) => {
+            keys::run_new(agent.as_deref(), class.as_deref())
+        }
         Some(Command::Serve(args)) => serve(args),
         None => serve(cli.serve),
     }
