@@ -169,7 +169,7 @@ impl StackLayer {
 ///
 /// let mut table = toml::Table::new();
 /// table.insert("max_queue".into(), toml::Value::String("lots".into()));
-/// let layer = LayerConfig { kind: "shed".into(), options: table, line: None };
+/// let layer = LayerConfig { kind: "shed".into(), options: table, line: None, key_lines: Vec::new() };
 /// let err = options::<ShedConfig>(&layer).unwrap_err();
 /// assert_eq!(err.key(), "max_queue");
 /// ```
