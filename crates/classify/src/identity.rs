@@ -313,13 +313,26 @@ impl Class {
     }
 }
 
+/// The request's API key: `Authorization: Bearer KEY` (Ollama's and
+/// OpenAI's clients), else `x-api-key: KEY` (Anthropic's SDKs and Claude
+/// Code with `ANTHROPIC_API_KEY`).
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, key) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| key.trim())
-        .filter(|k| !k.is_empty())
+    let authorization = || {
+        let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+        let (scheme, key) = value.split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| key.trim())
+            .filter(|k| !k.is_empty())
+    };
+    authorization().or_else(|| {
+        headers
+            .get("x-api-key")?
+            .to_str()
+            .ok()
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+    })
 }
 
 pub(crate) fn digest(key: &str) -> [u8; 32] {

@@ -125,6 +125,28 @@ async fn keys_kept_as_hashes_or_in_files_identify_and_revoked_ones_are_refused()
 }
 
 #[tokio::test]
+async fn an_anthropic_clients_x_api_key_identifies_its_agent() {
+    let fleet = config(
+        r#"
+        [[agents]]
+        id = "claude-1"
+        key = "sk-claude-agent-key"
+        "#,
+    );
+    let seen = classify(
+        &fleet,
+        chat(CHAT)
+            .header("x-api-key", "sk-claude-agent-key")
+            .body(Body::from(CHAT))
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(seen.meta.agent.as_str(), "claude-1");
+    assert!(seen.meta.authenticated);
+}
+
+#[tokio::test]
 async fn an_agent_whose_key_variable_is_unset_is_disabled_not_claimable() {
     // The proxy starts (an image run without the managing key serves the
     // others); the agent's id cannot be claimed without its key.
