@@ -230,7 +230,7 @@ impl Render<'_> {
             .find(|s| s.rate.is_some_and(|r| (r - 5000.0).abs() < 1.0))
         {
             Some(step) => {
-                for kind in [Kind::CorralFull, Kind::CorralNone] {
+                for kind in [Kind::CorralFull, Kind::CorralDefault, Kind::CorralNone] {
                     let p50 = added_at(step, kind, 0.5).unwrap_or(f64::NAN);
                     let p99 = added_at(step, kind, 0.99).unwrap_or(f64::NAN);
                     let _ = writeln!(

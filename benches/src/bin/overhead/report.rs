@@ -155,7 +155,12 @@ pub(crate) fn ratio_table(steps: &[Step]) -> String {
          | ---: | --- | ---: | ---: | ---: | ---: |\n",
     );
     for step in steps.iter().filter(|s| s.rate.is_some()) {
-        for kind in [Kind::Nginx, Kind::CorralNone, Kind::CorralFull] {
+        for kind in [
+            Kind::Nginx,
+            Kind::CorralNone,
+            Kind::CorralDefault,
+            Kind::CorralFull,
+        ] {
             let Some(mine50) = added_at(step, kind, 0.5) else {
                 continue;
             };

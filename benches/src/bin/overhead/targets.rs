@@ -21,8 +21,11 @@ pub(crate) enum Kind {
     Bare,
     /// nginx as a plain keep-alive reverse proxy.
     Nginx,
-    /// `corral` with no config: classify only.
+    /// `corral` with `layers = []`: classify only.
     CorralNone,
+    /// `corral` with no `[[layers]]`: the protective default stack
+    /// (shed, priority, retry, breaker).
+    CorralDefault,
     /// `corral` with `deploy/corral.toml`'s whole stack.
     CorralFull,
 }
@@ -35,6 +38,7 @@ impl Kind {
             Kind::Bare => "bare hyper",
             Kind::Nginx => "nginx",
             Kind::CorralNone => "corral (no layers)",
+            Kind::CorralDefault => "corral (default stack)",
             Kind::CorralFull => "corral (full stack)",
         }
     }
@@ -219,31 +223,34 @@ pub(crate) async fn start_all(setup: &Setup<'_>) -> Result<Vec<Target>, BoxError
         );
     }
 
-    let addr = free_addr()?;
-    let mut args = vec![
-        "--config".into(),
-        unbounded(None, setup.dir, "none.toml")?
-            .display()
-            .to_string(),
-    ];
-    args.extend(proxy_args(addr, &up));
-    targets.push(
-        start(
+    for (kind, file, layers) in [
+        (
             Kind::CorralNone,
-            bin("corral"),
-            args,
-            &quiet,
-            addr,
-            None,
-            setup.dir,
-        )
-        .await?,
-    );
+            "none.toml",
+            Some(toml::Value::Array(Vec::new())),
+        ),
+        (Kind::CorralDefault, "default.toml", None),
+    ] {
+        let addr = free_addr()?;
+        let mut args = vec![
+            "--config".into(),
+            unbounded(None, setup.dir, file, layers)?
+                .display()
+                .to_string(),
+        ];
+        args.extend(proxy_args(addr, &up));
+        if kind == Kind::CorralDefault {
+            // As the full stack: the scheduler must not queue what this
+            // upstream could run, so the bench measures the stack.
+            args.extend(["--capacity".into(), setup.full_capacity.to_string()]);
+        }
+        targets.push(start(kind, bin("corral"), args, &quiet, addr, None, setup.dir).await?);
+    }
 
     let addr = free_addr()?;
     let args = vec![
         "--config".into(),
-        unbounded(Some(setup.config), setup.dir, "full.toml")?
+        unbounded(Some(setup.config), setup.dir, "full.toml", None)?
             .display()
             .to_string(),
         "--listen".into(),
@@ -272,11 +279,19 @@ pub(crate) async fn start_all(setup: &Setup<'_>) -> Result<Vec<Target>, BoxError
 /// address, written to `dir/name`: every connection of the bench comes
 /// from 127.0.0.1, and the idle step holds thousands of them, as nginx
 /// and the bare proxy allow.
-fn unbounded(source: Option<&Path>, dir: &Path, name: &str) -> Result<PathBuf, BoxError> {
+fn unbounded(
+    source: Option<&Path>,
+    dir: &Path,
+    name: &str,
+    layers: Option<toml::Value>,
+) -> Result<PathBuf, BoxError> {
     let mut config: toml::Table = match source {
         Some(path) => std::fs::read_to_string(path)?.parse()?,
         None => toml::Table::new(),
     };
+    if let Some(layers) = layers {
+        config.insert("layers".into(), layers);
+    }
     let server = config
         .entry("server")
         .or_insert_with(|| toml::Value::Table(toml::Table::new()));
