@@ -24,17 +24,32 @@ pub struct LayerConfig {
 }
 
 impl LayerConfig {
-    /// The line of `key` (a dotted path such as `compartments[0].name`:
-    /// its last name is looked for), else of the table's header.
+    /// The line of `key` (a dotted path such as `compartments[1].name`:
+    /// its last name is looked for, the second written for an index of
+    /// 1, as in an array of tables), else of the table's header.
+    ///
+    /// ```
+    /// let text = "[[layers]]\nkind = \"bulkhead\"\n[[layers.compartments]]\nname = \"a\"\nmax_concurrent = 1\n[[layers.compartments]]\nname = \"b\"\nmax_concurrent = 0\n";
+    /// let config = corral::Config::parse(text, std::path::Path::new("x.toml")).unwrap();
+    /// let layer = &config.layers()[0];
+    /// assert_eq!(layer.line_of("compartments[1].max_concurrent"), Some(8));
+    /// assert_eq!(layer.line_of("compartments[0].max_concurrent"), Some(5));
+    /// assert_eq!(layer.line_of("unheard_of"), Some(1), "else the header's");
+    /// ```
     pub fn line_of(&self, key: &str) -> Option<usize> {
-        let name = key
-            .rsplit('.')
+        let mut segments = key.rsplit('.');
+        let last = segments.next().unwrap_or(key);
+        let name = last.split('[').next().unwrap_or(last);
+        // `parent[i].name`: the i-th time `name` was written.
+        let nth = segments
             .next()
-            .map(|k| k.split('[').next().unwrap_or(k))
-            .unwrap_or(key);
-        self.key_lines
-            .iter()
-            .find(|(k, _)| k == name)
+            .and_then(|parent| parent.rsplit_once('[')?.1.strip_suffix(']')?.parse().ok())
+            .unwrap_or(0);
+        let mut lines = self.key_lines.iter().filter(|(k, _)| k == name);
+        lines
+            .clone()
+            .nth(nth)
+            .or_else(|| lines.next())
             .map(|(_, line)| *line)
             .or(self.line)
     }
