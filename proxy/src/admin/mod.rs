@@ -19,6 +19,9 @@ use crate::telemetry;
 use crate::upstream::Upstream;
 
 mod control;
+mod view;
+
+use view::resolved_config;
 
 /// The admin endpoints.
 #[derive(Clone)]
@@ -292,84 +295,6 @@ fn percent_decode(value: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The configuration in force, secrets redacted: the file as written, with
-/// the flags and environment applied over it.
-fn resolved_config(config: &Config) -> serde_json::Value {
-    let mut value = config
-        .raw
-        .as_ref()
-        .and_then(|raw| serde_json::to_value(raw).ok())
-        .unwrap_or_else(|| json!({}));
-    redact(&mut value);
-    if let Some(object) = value.as_object_mut() {
-        object.insert(
-            "source".into(),
-            json!(config.source.as_ref().map(|p| p.display().to_string())),
-        );
-        let server = object.entry("server").or_insert_with(|| json!({}));
-        server["listen"] = json!(config.server.listen.to_string());
-        let upstream = object.entry("upstream").or_insert_with(|| json!({}));
-        upstream["url"] = json!(config.upstream.url);
-        let (capacity, per_model) = config.capacity();
-        upstream["capacity"] = json!(capacity);
-        upstream["capacity_per_model"] = json!(per_model);
-        upstream["capacity_is"] = json!(config.capacity_summary());
-        // The environment may have set these (CORRAL_REDIS_URL).
-        let state = object.entry("state").or_insert_with(|| json!({}));
-        state["backend"] = json!(match config.state.backend {
-            crate::config::Backend::Memory => "memory",
-            crate::config::Backend::Redis => "redis",
-        });
-        if let Some(url) = &config.state.redis_url {
-            state["redis_url"] = json!(without_credentials(url));
-        }
-    }
-    value
-}
-
-/// `redis://user:secret@host/0` as `redis://<redacted>@host/0`; a
-/// query (`redis+unix:///sock?pass=secret`) as `?<redacted>`.
-fn without_credentials(url: &str) -> String {
-    let (url, query) = match url.split_once('?') {
-        Some((url, _)) => (url, "?<redacted>"),
-        None => (url, ""),
-    };
-    match (url.split_once("://"), url.rfind('@')) {
-        (Some((scheme, _)), Some(at)) => {
-            format!("{scheme}://<redacted>{}{query}", &url[at..])
-        }
-        _ => format!("{url}{query}"),
-    }
-}
-
-/// Replaces every key, token, secret or password by `<redacted>`.
-fn redact(value: &mut serde_json::Value) {
-    match value {
-        serde_json::Value::Object(map) => {
-            for (key, v) in map.iter_mut() {
-                let k = key.to_ascii_lowercase();
-                // `key_sha256` too: a digest of a short key can be
-                // searched for.
-                // `token`, `admin_token`, not `tokens_per_minute`.
-                if k == "key"
-                    || k.starts_with("key_")
-                    || k.ends_with("_key")
-                    || k == "token"
-                    || k.ends_with("_token")
-                    || k.contains("secret")
-                    || k.contains("password")
-                {
-                    *v = json!("<redacted>");
-                } else {
-                    redact(v);
-                }
-            }
-        }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(redact),
-        _ => {}
-    }
-}
-
 /// Compares without returning early, so the time taken tells nothing of
 /// how much of a guess was right (the length still shows; it is public
 /// knowledge for any token format anyway).
@@ -378,25 +303,4 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::without_credentials;
-
-    #[test]
-    fn a_redis_url_is_shown_without_its_credentials() {
-        assert_eq!(
-            without_credentials("redis://corral:s3cret@redis.internal:6379/0"),
-            "redis://<redacted>@redis.internal:6379/0"
-        );
-        assert_eq!(
-            without_credentials("redis://127.0.0.1:6379"),
-            "redis://127.0.0.1:6379"
-        );
-        assert_eq!(
-            without_credentials("redis+unix:///run/redis.sock?db=0&pass=s3cret"),
-            "redis+unix:///run/redis.sock?<redacted>"
-        );
-    }
 }
