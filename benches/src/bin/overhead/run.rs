@@ -110,7 +110,7 @@ pub(crate) async fn run(args: Args, command: String) -> Result<String, BoxError>
     for name in ["corral", "corral-mock-ollama", "bare-proxy"] {
         if !bin_dir.join(name).is_file() {
             return Err(format!(
-                "no {name} in {}: build with `cargo build --release -p corral -p corral-mock-ollama -p corral-benches --bins` (benches/run-overhead does)",
+                "no {name} in {}: build with `cargo build --release -p corral-proxy -p corral-mock-ollama -p corral-benches --bins` (benches/run-overhead does)",
                 bin_dir.display()
             )
             .into());
