@@ -21,9 +21,9 @@ use tracing::{field::Empty, Instrument};
 use crate::admin::Admin;
 use crate::hop::strip_hop_by_hop;
 use crate::observe::{InFlight, Observation, Watch};
-use crate::render::{Framing, Rendered};
 use crate::respond;
 use crate::stack::{Stack, StackService};
+use corral_core::respond::{Framing, Rendered};
 
 /// The service a listener's connections call.
 #[derive(Clone)]
@@ -67,7 +67,7 @@ impl Front {
             shared: Arc::new(Shared {
                 stack: None,
                 admin: Some(admin),
-                refusals: respond::BUILT_IN.to_vec(),
+                refusals: respond::built_in(),
                 events: None,
             }),
         }

@@ -40,7 +40,6 @@ mod layers;
 pub mod listen;
 mod observe;
 pub mod registry;
-mod render;
 pub mod respond;
 pub mod server;
 pub mod stack;

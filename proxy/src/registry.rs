@@ -9,7 +9,7 @@
 use bytes::Bytes;
 use std::sync::Arc;
 
-use corral_core::{as_refusal, BoxError, Bus, ConfigError, LoadCell, RefusalCast};
+use corral_core::{BoxError, Bus, ConfigError, LoadCell, RefusalCast};
 use http::Response;
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
@@ -95,16 +95,16 @@ impl std::fmt::Debug for Controls {
 /// one line each (their builders are in `layers/`).
 #[rustfmt::skip]
 pub const LAYERS: &[LayerKind] = &[
-    LayerKind { name: "auth", about: "per-class permissions (endpoints, models) and HMAC-signed requests with replay protection", build: crate::layers::auth, refusals: &[as_refusal::<corral_auth::Forbidden>, as_refusal::<corral_auth::SignatureRefused>] },
-    LayerKind { name: "priority", about: "the scheduler: upstream permits by priority, fair share, aging, deadlines", build: crate::layers::priority, refusals: &[as_refusal::<corral_priority::DeadlineExceeded>] },
-    LayerKind { name: "bulkhead", about: "named compartments with their own concurrency limits", build: crate::layers::bulkhead, refusals: &[as_refusal::<corral_bulkhead::CompartmentFull>] },
-    LayerKind { name: "degrade", about: "load-driven levels: cap tokens, smaller models, refuse or answer defaults", build: crate::layers::degrade, refusals: &[as_refusal::<corral_degrade::Degraded>] },
-    LayerKind { name: "cache", about: "exact-match cache of deterministic answers, coalescing of identical requests", build: crate::layers::cache, refusals: &[] },
-    LayerKind { name: "batch", about: "merges concurrent single embeddings into one upstream call", build: crate::layers::batch, refusals: &[] },
-    LayerKind { name: "ratelimit", about: "per-agent and per-class GCRA quotas of requests and tokens", build: crate::layers::ratelimit, refusals: &[as_refusal::<corral_ratelimit::RateLimited>] },
-    LayerKind { name: "retry", about: "safe retries with jittered backoff and a budget, stream-aware timeouts, model fallback", build: crate::layers::retry, refusals: &[] },
-    LayerKind { name: "breaker", about: "circuit breaker per upstream or model: fail fast while it fails", build: crate::layers::breaker, refusals: &[as_refusal::<corral_breaker::BreakerOpen>] },
-    LayerKind { name: "shed", about: "bounded queue: lowest priorities refused first, delay shedding, Retry-After", build: crate::layers::shed, refusals: &[as_refusal::<corral_shed::Shed>] },
+    LayerKind { name: "auth", about: "per-class permissions (endpoints, models) and HMAC-signed requests with replay protection", build: crate::layers::auth, refusals: corral_auth::REFUSALS },
+    LayerKind { name: "priority", about: "the scheduler: upstream permits by priority, fair share, aging, deadlines", build: crate::layers::priority, refusals: corral_priority::REFUSALS },
+    LayerKind { name: "bulkhead", about: "named compartments with their own concurrency limits", build: crate::layers::bulkhead, refusals: corral_bulkhead::REFUSALS },
+    LayerKind { name: "degrade", about: "load-driven levels: cap tokens, smaller models, refuse or answer defaults", build: crate::layers::degrade, refusals: corral_degrade::REFUSALS },
+    LayerKind { name: "cache", about: "exact-match cache of deterministic answers, coalescing of identical requests", build: crate::layers::cache, refusals: corral_cache::REFUSALS },
+    LayerKind { name: "batch", about: "merges concurrent single embeddings into one upstream call", build: crate::layers::batch, refusals: corral_batch::REFUSALS },
+    LayerKind { name: "ratelimit", about: "per-agent and per-class GCRA quotas of requests and tokens", build: crate::layers::ratelimit, refusals: corral_ratelimit::REFUSALS },
+    LayerKind { name: "retry", about: "safe retries with jittered backoff and a budget, stream-aware timeouts, model fallback", build: crate::layers::retry, refusals: corral_retry::REFUSALS },
+    LayerKind { name: "breaker", about: "circuit breaker per upstream or model: fail fast while it fails", build: crate::layers::breaker, refusals: corral_breaker::REFUSALS },
+    LayerKind { name: "shed", about: "bounded queue: lowest priorities refused first, delay shedding, Retry-After", build: crate::layers::shed, refusals: corral_shed::REFUSALS },
 ];
 
 /// A built layer, ready to wrap the rest of the stack.

@@ -147,7 +147,7 @@ pub fn build_with(
         Some(state) => corral_core::RedisBus::start(state.clone()),
         None => Arc::new(MemoryBus::new(&replica)),
     };
-    let mut refusals: Vec<RefusalCast> = respond::BUILT_IN.to_vec();
+    let mut refusals: Vec<RefusalCast> = respond::built_in();
     let listed = config.layers();
     let position = |kind: &str| listed.iter().position(|l| l.kind == kind);
     if let Some(auth) = position("auth") {

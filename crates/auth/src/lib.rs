@@ -60,6 +60,11 @@
 //! assert!(service.oneshot(request).await.is_ok());
 //! # });
 //! ```
+//!
+//! # Bodies
+//!
+//! Needs `http::Request<corral_core::Body>`: a signature covers the
+//! buffered body.
 
 mod config;
 mod error;
@@ -84,3 +89,10 @@ pub use redis_replay::RedisReplay;
 pub use replay::{MemoryReplay, Remembered, ReplayStore};
 pub use service::{AuthService, ResponseFuture};
 pub use sign::{key_digest, Signed, SCHEME};
+
+/// The refusals this layer answers with, for a responder
+/// ([`corral_core::respond::RespondLayer::with_refusals`]).
+pub const REFUSALS: &[corral_core::RefusalCast] = &[
+    corral_core::as_refusal::<Forbidden>,
+    corral_core::as_refusal::<SignatureRefused>,
+];

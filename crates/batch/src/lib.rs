@@ -29,6 +29,11 @@
 //!     }));
 //! # drop(service);
 //! ```
+//!
+//! # Bodies
+//!
+//! Needs `http::Request<corral_core::Body>`: it merges the buffered bodies
+//! of single embeddings into one.
 
 mod batcher;
 mod config;
@@ -36,3 +41,7 @@ pub mod metrics;
 
 pub use batcher::{BatchLayer, BatchService, ResponseFuture};
 pub use config::BatchConfig;
+
+/// The refusals this layer answers with, for a responder
+/// ([`corral_core::respond::RespondLayer::with_refusals`]).
+pub const REFUSALS: &[corral_core::RefusalCast] = &[];

@@ -37,6 +37,10 @@
 //!     }));
 //! # drop(service);
 //! ```
+//!
+//! # Bodies
+//!
+//! Generic over the request and response bodies.
 
 mod body;
 mod breakers;
@@ -55,3 +59,7 @@ pub use error::BreakerOpen;
 pub use future::{Call, ResponseFuture};
 pub use layer::BreakerLayer;
 pub use service::BreakerService;
+
+/// The refusals this layer answers with, for a responder
+/// ([`corral_core::respond::RespondLayer::with_refusals`]).
+pub const REFUSALS: &[corral_core::RefusalCast] = &[corral_core::as_refusal::<BreakerOpen>];

@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use corral_core::{AttemptTimedOut, Body, BoxError, RequestMeta};
+use corral_core::{AttemptTimedOut, BoxError, RequestMeta};
 use http::{Request, Response};
 use tower::Service;
 
@@ -32,9 +32,9 @@ impl<S> BreakerService<S> {
     }
 }
 
-impl<S, B> Service<Request<Body>> for BreakerService<S>
+impl<S, B, ReqBody> Service<Request<ReqBody>> for BreakerService<S>
 where
-    S: Service<Request<Body>, Response = Response<B>>,
+    S: Service<Request<ReqBody>, Response = Response<B>>,
     S::Error: Into<BoxError>,
     B: http_body::Body,
 {
@@ -46,7 +46,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let key = match request
             .extensions()
             .get::<RequestMeta>()

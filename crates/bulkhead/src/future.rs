@@ -2,8 +2,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use corral_core::{Body, BoxError, WatchBody};
-use http::{Request, Response};
+use corral_core::{BoxError, WatchBody};
+use http::Response;
 use pin_project_lite::pin_project;
 use tower::Service;
 
@@ -15,29 +15,29 @@ type Wait = Pin<Box<dyn Future<Output = Result<Slot, CompartmentFull>> + Send>>;
 
 pin_project! {
     /// The response future of [`BulkheadService`](crate::BulkheadService).
-    pub struct ResponseFuture<S, F> {
+    pub struct ResponseFuture<S, F, R> {
         #[pin]
-        state: State<S, F>,
+        state: State<S, F, R>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<S, F> {
-        Waiting { wait: Wait, call: Option<(S, Request<Body>)> },
+    enum State<S, F, R> {
+        Waiting { wait: Wait, call: Option<(S, R)> },
         Calling { #[pin] future: F, slot: Option<Slot> },
         Refused { error: Option<BoxError> },
     }
 }
 
-impl<S, F> ResponseFuture<S, F> {
+impl<S, F, R> ResponseFuture<S, F, R> {
     pub(crate) fn calling(future: F, slot: Option<Slot>) -> Self {
         Self {
             state: State::Calling { future, slot },
         }
     }
 
-    pub(crate) fn waiting(wait: Wait, inner: S, request: Request<Body>) -> Self {
+    pub(crate) fn waiting(wait: Wait, inner: S, request: R) -> Self {
         Self {
             state: State::Waiting {
                 wait,
@@ -53,9 +53,9 @@ impl<S, F> ResponseFuture<S, F> {
     }
 }
 
-impl<S, F, B, E> Future for ResponseFuture<S, F>
+impl<S, F, R, B, E> Future for ResponseFuture<S, F, R>
 where
-    S: Service<Request<Body>, Future = F, Response = Response<B>, Error = E>,
+    S: Service<R, Future = F, Response = Response<B>, Error = E>,
     F: Future<Output = Result<Response<B>, E>>,
     E: Into<BoxError>,
     B: http_body::Body,

@@ -36,6 +36,10 @@
 //!     }));
 //! # drop(service);
 //! ```
+//!
+//! # Bodies
+//!
+//! Generic over the request and response bodies.
 
 mod body;
 mod compartment;
@@ -53,3 +57,7 @@ pub use error::CompartmentFull;
 pub use future::ResponseFuture;
 pub use layer::BulkheadLayer;
 pub use service::BulkheadService;
+
+/// The refusals this layer answers with, for a responder
+/// ([`corral_core::respond::RespondLayer::with_refusals`]).
+pub const REFUSALS: &[corral_core::RefusalCast] = &[corral_core::as_refusal::<CompartmentFull>];

@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use corral_core::{Body, BoxError, EndpointKind, RequestMeta};
+use corral_core::{BoxError, EndpointKind, RequestMeta};
 use http::{Request, Response};
 use tower::Service;
 
@@ -32,21 +32,21 @@ impl<S> BulkheadService<S> {
     }
 }
 
-impl<S, B> Service<Request<Body>> for BulkheadService<S>
+impl<S, B, ReqBody> Service<Request<ReqBody>> for BulkheadService<S>
 where
-    S: Service<Request<Body>, Response = Response<B>> + Clone,
+    S: Service<Request<ReqBody>, Response = Response<B>> + Clone,
     S::Error: Into<BoxError>,
     B: http_body::Body,
 {
     type Response = Response<crate::ResponseBody<B>>;
     type Error = BoxError;
-    type Future = ResponseFuture<S, S::Future>;
+    type Future = ResponseFuture<S, S::Future, Request<ReqBody>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let compartment = request.extensions().get::<RequestMeta>().and_then(|meta| {
             let confined =
                 self.compartments.all_endpoints || meta.endpoint.kind() == EndpointKind::Inference;

@@ -42,6 +42,11 @@
 //! # drop(service);
 //! # }
 //! ```
+//!
+//! # Bodies
+//!
+//! Needs `http::Request<corral_core::Body>`: the key is made from the
+//! buffered body.
 
 mod answer;
 mod config;
@@ -63,3 +68,7 @@ pub use layer::CacheLayer;
 pub use redis::RedisCache;
 pub use service::{CacheService, ResponseFuture};
 pub use store::{CacheStore, Claim, ClaimGuard, Entry, Lookup, MemoryStore};
+
+/// The refusals this layer answers with, for a responder
+/// ([`corral_core::respond::RespondLayer::with_refusals`]).
+pub const REFUSALS: &[corral_core::RefusalCast] = &[];

@@ -65,6 +65,11 @@
 //! assert_eq!(answer, "nightly-summarizer llama3 p7");
 //! # }
 //! ```
+//!
+//! # Bodies
+//!
+//! Needs `http::Request<corral_core::Body>`: it reads the body once
+//! (bounded) and hands the bytes on buffered, for the layers below.
 
 mod config;
 mod error;
@@ -85,3 +90,13 @@ pub use identity::UNKNOWN_KEYS_TOTAL;
 pub use layer::ClassifyLayer;
 pub use overrides::PriorityOverrides;
 pub use service::Classify;
+
+/// The refusals this layer answers with, for a responder
+/// ([`corral_core::respond::RespondLayer::with_refusals`]).
+pub const REFUSALS: &[corral_core::RefusalCast] = &[
+    corral_core::as_refusal::<BodyTooLarge>,
+    corral_core::as_refusal::<InvalidRequest>,
+    corral_core::as_refusal::<Unauthenticated>,
+    corral_core::as_refusal::<BodyReadFailed>,
+    corral_core::as_refusal::<BodyTimedOut>,
+];

@@ -16,6 +16,8 @@
 //!   when.
 //! - [`Refusal`]: what a layer's refusal tells the proxy (status, reason,
 //!   `Retry-After`); [`ErrorBody`] renders it the way Ollama would.
+//! - [`respond`]: refusals and mid-stream failures become answers in the
+//!   client's API shape ([`respond::RespondLayer`] for any tower stack).
 //! - [`ConfigError`]: a configuration refused with the key and the reason.
 //! - [`Bus`]: state changes layers announce ([`MemoryBus`] in one
 //!   process); with the `redis` feature, `RedisState` (the one Redis
@@ -51,6 +53,7 @@ mod load;
 mod meta;
 mod outcome;
 mod refusal;
+pub mod respond;
 #[cfg(feature = "redis")]
 mod shared;
 #[cfg(feature = "redis")]

@@ -44,6 +44,11 @@
 //! assert_eq!(control.status().level, corral_core::Level::L2);
 //! # drop(service);
 //! ```
+//!
+//! # Bodies
+//!
+//! Needs `http::Request<corral_core::Body>`: it rewrites the buffered body
+//! (a token cap, a smaller model).
 
 mod answers;
 mod config;
@@ -63,3 +68,7 @@ pub use service::{
     DegradeService, ResponseBody, ResponseFuture, X_CORRAL_ANSWER, X_CORRAL_DEGRADED,
     X_CORRAL_MODEL_REWRITE, X_CORRAL_TOKEN_CAP,
 };
+
+/// The refusals this layer answers with, for a responder
+/// ([`corral_core::respond::RespondLayer::with_refusals`]).
+pub const REFUSALS: &[corral_core::RefusalCast] = &[corral_core::as_refusal::<Degraded>];

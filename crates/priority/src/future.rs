@@ -2,8 +2,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use corral_core::{headers, Body, BoxError, WatchBody};
-use http::{HeaderValue, Request, Response};
+use corral_core::{headers, BoxError, WatchBody};
+use http::{HeaderValue, Response};
 use pin_project_lite::pin_project;
 use tower::Service;
 
@@ -14,19 +14,19 @@ pin_project! {
     /// The response future of [`PriorityService`](crate::PriorityService):
     /// waits for a permit (when the request needs one), then calls the
     /// inner service and hands the permit to the response body.
-    pub struct ResponseFuture<S, F> {
+    pub struct ResponseFuture<S, F, R> {
         #[pin]
-        state: State<S, F>,
+        state: State<S, F, R>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<S, F> {
+    enum State<S, F, R> {
         Waiting {
             #[pin]
             acquire: Acquire,
-            call: Option<(S, Request<Body>)>,
+            call: Option<(S, R)>,
         },
         Calling {
             #[pin]
@@ -36,8 +36,8 @@ pin_project! {
     }
 }
 
-impl<S, F> ResponseFuture<S, F> {
-    pub(crate) fn waiting(acquire: Acquire, inner: S, request: Request<Body>) -> Self {
+impl<S, F, R> ResponseFuture<S, F, R> {
+    pub(crate) fn waiting(acquire: Acquire, inner: S, request: R) -> Self {
         Self {
             state: State::Waiting {
                 acquire,
@@ -56,9 +56,9 @@ impl<S, F> ResponseFuture<S, F> {
     }
 }
 
-impl<S, F, B, E> Future for ResponseFuture<S, F>
+impl<S, F, R, B, E> Future for ResponseFuture<S, F, R>
 where
-    S: Service<Request<Body>, Future = F, Response = Response<B>, Error = E>,
+    S: Service<R, Future = F, Response = Response<B>, Error = E>,
     F: Future<Output = Result<Response<B>, E>>,
     E: Into<BoxError>,
     B: http_body::Body,

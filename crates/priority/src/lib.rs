@@ -106,6 +106,11 @@
 //! assert_eq!(corral_core::UpstreamLoad::snapshot(&*scheduler).in_flight, 0);
 //! # }
 //! ```
+//!
+//! # Bodies
+//!
+//! Generic over the request and response bodies: it reads only the request's
+//! `RequestMeta` (and, without one, the body's declared size).
 
 mod body;
 mod config;
@@ -135,3 +140,7 @@ pub use scheduler::{Acquire, Permit, Scheduler};
 pub use service::PriorityService;
 #[cfg(feature = "redis")]
 pub use shared::SHARED_PERMITS_HELD;
+
+/// The refusals this layer answers with, for a responder
+/// ([`corral_core::respond::RespondLayer::with_refusals`]).
+pub const REFUSALS: &[corral_core::RefusalCast] = &[corral_core::as_refusal::<DeadlineExceeded>];

@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use corral_core::{Body, Endpoint, EndpointKind, RequestMeta};
+use corral_core::{Endpoint, EndpointKind, RequestMeta};
 use http::{Request, Response};
 use tower::Service;
 
@@ -36,21 +36,22 @@ impl<S> PriorityService<S> {
     }
 }
 
-impl<S, B> Service<Request<Body>> for PriorityService<S>
+impl<S, B, ReqBody> Service<Request<ReqBody>> for PriorityService<S>
 where
-    S: Service<Request<Body>, Response = Response<B>> + Clone,
+    ReqBody: http_body::Body,
+    S: Service<Request<ReqBody>, Response = Response<B>> + Clone,
     S::Error: Into<corral_core::BoxError>,
     B: http_body::Body,
 {
     type Response = Response<crate::ResponseBody<B>>;
     type Error = corral_core::BoxError;
-    type Future = ResponseFuture<S, S::Future>;
+    type Future = ResponseFuture<S, S::Future, Request<ReqBody>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let endpoint = request
             .extensions()
             .get::<RequestMeta>()
@@ -73,9 +74,10 @@ where
 
 impl Shared {
     /// What the scheduler needs to know about `request`.
-    fn ticket(&self, request: &Request<Body>) -> (Ticket, Option<Arc<str>>) {
+    fn ticket<B: http_body::Body>(&self, request: &Request<B>) -> (Ticket, Option<Arc<str>>) {
         let Some(meta) = request.extensions().get::<RequestMeta>() else {
-            let bytes = request.body().buffered().map_or(0, |b| b.len());
+            // Without what classify read: the body's declared size.
+            let bytes = usize::try_from(request.body().size_hint().lower()).unwrap_or(usize::MAX);
             return (
                 Ticket {
                     agent: "anonymous".into(),

@@ -37,6 +37,10 @@
 //!     }));
 //! # drop(service);
 //! ```
+//!
+//! # Bodies
+//!
+//! Generic over the request and response bodies.
 
 mod body;
 mod config;
@@ -58,3 +62,7 @@ pub use layer::RateLimitLayer;
 #[cfg(feature = "redis")]
 pub use redis::RedisRates;
 pub use service::{RateLimitService, ResponseFuture};
+
+/// The refusals this layer answers with, for a responder
+/// ([`corral_core::respond::RespondLayer::with_refusals`]).
+pub const REFUSALS: &[corral_core::RefusalCast] = &[corral_core::as_refusal::<RateLimited>];

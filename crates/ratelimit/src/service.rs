@@ -3,7 +3,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use corral_core::{Body, BoxError, EndpointKind, RequestMeta, WatchBody};
+use corral_core::{BoxError, EndpointKind, RequestMeta, WatchBody};
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower::Service;
@@ -33,21 +33,21 @@ impl<S> RateLimitService<S> {
     }
 }
 
-impl<S, B> Service<Request<Body>> for RateLimitService<S>
+impl<S, B, ReqBody> Service<Request<ReqBody>> for RateLimitService<S>
 where
-    S: Service<Request<Body>, Response = Response<B>> + Clone,
+    S: Service<Request<ReqBody>, Response = Response<B>> + Clone,
     S::Error: Into<BoxError>,
     B: http_body::Body,
 {
     type Response = Response<ResponseBody<B>>;
     type Error = BoxError;
-    type Future = ResponseFuture<S, S::Future>;
+    type Future = ResponseFuture<S, S::Future, Request<ReqBody>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let prepared = request
             .extensions()
             .get::<RequestMeta>()
@@ -86,34 +86,34 @@ where
     }
 }
 
-struct Pending<S> {
+struct Pending<S, R> {
     inner: S,
-    request: Request<Body>,
+    request: R,
     prepared: Prepared,
     plan: Arc<Plan>,
 }
 
 pin_project! {
     /// The response future of [`RateLimitService`].
-    pub struct ResponseFuture<S, F> {
+    pub struct ResponseFuture<S, F, R> {
         #[pin]
-        state: State<S, F>,
+        state: State<S, F, R>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<S, F> {
+    enum State<S, F, R> {
         Checking {
             verdict: Pin<Box<dyn Future<Output = Verdict> + Send>>,
-            pending: Option<Pending<S>>,
+            pending: Option<Pending<S, R>>,
         },
         Calling { #[pin] future: F, passed: Option<Passed> },
         Refused { error: Option<BoxError> },
     }
 }
 
-impl<S, F> ResponseFuture<S, F> {
+impl<S, F, R> ResponseFuture<S, F, R> {
     fn calling(future: F, passed: Option<Passed>) -> Self {
         Self {
             state: State::Calling { future, passed },
@@ -121,9 +121,9 @@ impl<S, F> ResponseFuture<S, F> {
     }
 }
 
-impl<S, F, B, E> Future for ResponseFuture<S, F>
+impl<S, F, R, B, E> Future for ResponseFuture<S, F, R>
 where
-    S: Service<Request<Body>, Future = F>,
+    S: Service<R, Future = F>,
     F: Future<Output = Result<Response<B>, E>>,
     E: Into<BoxError>,
     B: http_body::Body,

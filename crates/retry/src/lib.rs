@@ -77,6 +77,11 @@
 //! assert_eq!(calls.load(Ordering::SeqCst), 3);
 //! # });
 //! ```
+//!
+//! # Bodies
+//!
+//! Needs `http::Request<corral_core::Body>`: a retry sends the buffered
+//! bytes again (`Body::try_clone`), which a streamed body cannot give.
 
 mod body;
 mod config;
@@ -91,3 +96,7 @@ pub use config::{
 };
 pub use layer::RetryLayer;
 pub use service::{ResponseFuture, RetryService, X_CORRAL_FALLBACK};
+
+/// The refusals this layer answers with, for a responder
+/// ([`corral_core::respond::RespondLayer::with_refusals`]).
+pub const REFUSALS: &[corral_core::RefusalCast] = &[];

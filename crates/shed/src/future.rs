@@ -3,8 +3,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use corral_core::{AgentId, Body, BoxError, Priority};
-use http::Request;
+use corral_core::{AgentId, BoxError, Priority};
 use pin_project_lite::pin_project;
 use tower::Service;
 
@@ -15,19 +14,19 @@ type Wait = Pin<Box<dyn Future<Output = bool> + Send>>;
 
 pin_project! {
     /// The response future of [`ShedService`](crate::ShedService).
-    pub struct ResponseFuture<S, F> {
+    pub struct ResponseFuture<S, F, R> {
         #[pin]
-        state: State<S, F>,
+        state: State<S, F, R>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<S, F> {
+    enum State<S, F, R> {
         Waiting {
             wait: Wait,
             shared: Arc<Shared>,
-            call: Option<(S, Request<Body>, Priority, AgentId)>,
+            call: Option<(S, R, Priority, AgentId)>,
         },
         Calling {
             #[pin]
@@ -42,7 +41,7 @@ pin_project! {
     }
 }
 
-impl<S, F> ResponseFuture<S, F> {
+impl<S, F, R> ResponseFuture<S, F, R> {
     pub(crate) fn passing(future: F, admitted: Option<Admitted>) -> Self {
         Self {
             state: State::Calling { future, admitted },
@@ -58,7 +57,7 @@ impl<S, F> ResponseFuture<S, F> {
     pub(crate) fn waiting(
         shared: Arc<Shared>,
         inner: S,
-        request: Request<Body>,
+        request: R,
         priority: Priority,
         agent: AgentId,
     ) -> Self {
@@ -72,9 +71,9 @@ impl<S, F> ResponseFuture<S, F> {
     }
 }
 
-impl<S, F, T, E> Future for ResponseFuture<S, F>
+impl<S, F, R, T, E> Future for ResponseFuture<S, F, R>
 where
-    S: Service<Request<Body>, Future = F, Response = T, Error = E>,
+    S: Service<R, Future = F, Response = T, Error = E>,
     F: Future<Output = Result<T, E>>,
     E: Into<BoxError>,
 {

@@ -43,6 +43,10 @@
 //!     }));
 //! # drop(service);
 //! ```
+//!
+//! # Bodies
+//!
+//! Generic over the request and response bodies.
 
 mod config;
 mod error;
@@ -60,3 +64,7 @@ pub use error::{Shed, ShedReason};
 pub use future::ResponseFuture;
 pub use layer::ShedLayer;
 pub use service::ShedService;
+
+/// The refusals this layer answers with, for a responder
+/// ([`corral_core::respond::RespondLayer::with_refusals`]).
+pub const REFUSALS: &[corral_core::RefusalCast] = &[corral_core::as_refusal::<Shed>];

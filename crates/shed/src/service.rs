@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use corral_core::{Body, BoxError, EndpointKind, Priority, RequestMeta};
+use corral_core::{BoxError, EndpointKind, Priority, RequestMeta};
 use http::Request;
 use tower::Service;
 
@@ -31,20 +31,20 @@ impl<S> ShedService<S> {
     }
 }
 
-impl<S> Service<Request<Body>> for ShedService<S>
+impl<S, ReqBody> Service<Request<ReqBody>> for ShedService<S>
 where
-    S: Service<Request<Body>> + Clone,
+    S: Service<Request<ReqBody>> + Clone,
     S::Error: Into<BoxError>,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S, S::Future>;
+    type Future = ResponseFuture<S, S::Future, Request<ReqBody>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let Some(meta) = request.extensions().get::<RequestMeta>() else {
             return ResponseFuture::passing(self.inner.call(request), None);
         };

@@ -1,8 +1,8 @@
-//! The one place a body that broke mid-way is rendered for the client.
+//! A body that broke mid-way, rendered for the client.
 //!
-//! Below here a broken stream is a typed error (`StreamBroke`, a stall's
-//! `Timeout`, a shared answer that broke) that every layer watching the
-//! body's end has counted as a failure. Here, at the top, it becomes what
+//! Below the responder a broken stream is a typed error (`StreamBroke`, a
+//! stall's `Timeout`, a shared answer that broke) that every layer
+//! watching the body's end has counted as a failure. Here it becomes what
 //! the client's format has for it: Ollama's last `{"error": ...}` NDJSON
 //! line, an SSE error event (OpenAI's `data:` event, Anthropic's and the
 //! Responses API's named `error` event), or, for anything else, a cut
@@ -11,14 +11,14 @@
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use crate::{stream_error_frame, ApiFamily, BoxError};
 use bytes::Bytes;
-use corral_core::{stream_error_frame, ApiFamily, BoxError};
 use http::{header, HeaderMap};
 use http_body::{Frame, SizeHint};
 
 /// How a broken stream is ended for the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Framing {
+pub enum Framing {
     /// An error line or event in the API's own shape, then the end.
     Frame(ApiFamily),
     /// The connection is cut: the client sees a broken body.
@@ -29,7 +29,7 @@ impl Framing {
     /// The framing of an answer with `headers` to a request of `family`.
     /// A body with a declared length is cut: an error line written into
     /// it would be truncated to fit, and read as a complete answer.
-    pub(crate) fn of(headers: &HeaderMap, family: ApiFamily) -> Self {
+    pub fn of(headers: &HeaderMap, family: ApiFamily) -> Self {
         if headers.contains_key(header::CONTENT_LENGTH) {
             return Framing::Abort;
         }
@@ -50,10 +50,10 @@ impl Framing {
 }
 
 pin_project_lite::pin_project! {
-    /// The answer's body on its way to hyper, with a mid-stream failure
-    /// rendered in `framing`. (The failure itself is logged once, by the
-    /// request's access line.)
-    pub(crate) struct Rendered<B> {
+    /// An answer's body with a mid-stream failure rendered in `framing`:
+    /// a last error frame, then the end (or, with [`Framing::Abort`], the
+    /// error, which makes the server cut the connection).
+    pub struct Rendered<B> {
         #[pin]
         inner: B,
         framing: Framing,
@@ -62,7 +62,8 @@ pin_project_lite::pin_project! {
 }
 
 impl<B> Rendered<B> {
-    pub(crate) fn new(inner: B, framing: Framing) -> Self {
+    /// `inner`, rendered in `framing`.
+    pub fn new(inner: B, framing: Framing) -> Self {
         Self {
             inner,
             framing,
