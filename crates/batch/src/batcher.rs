@@ -99,7 +99,7 @@ pub type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<BoxBody>, 
 /// The inputs of a batchable embed request and the key of its batch: the
 /// request without its input, keys sorted.
 fn batchable(request: &Request<Body>) -> Option<(Vec<Value>, String)> {
-    let meta = request.extensions().get::<RequestMeta>()?;
+    let meta = RequestMeta::of(request, "batch")?;
     if meta.endpoint != Endpoint::Embed {
         return None;
     }

@@ -47,11 +47,7 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let key = match request
-            .extensions()
-            .get::<RequestMeta>()
-            .and_then(|m| m.model.clone())
-        {
+        let key = match RequestMeta::of(&request, "breaker").and_then(|m| m.model.clone()) {
             Some(model) if self.breakers.config.per_model => {
                 self.breakers.key_for(model, &self.upstream)
             }

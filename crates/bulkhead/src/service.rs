@@ -47,7 +47,7 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let compartment = request.extensions().get::<RequestMeta>().and_then(|meta| {
+        let compartment = RequestMeta::of(&request, "bulkhead").and_then(|meta| {
             let confined =
                 self.compartments.all_endpoints || meta.endpoint.kind() == EndpointKind::Inference;
             confined.then(|| self.compartments.choose(meta)).flatten()

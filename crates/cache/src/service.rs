@@ -102,7 +102,7 @@ where
         let passing = |inner: S, request| -> ResponseFuture {
             Box::pin(async move { inner.oneshot(request).await.map(boxed).map_err(Into::into) })
         };
-        let Some(meta) = request.extensions().get::<RequestMeta>().cloned() else {
+        let Some(meta) = RequestMeta::of(&request, "cache").cloned() else {
             return passing(inner, request);
         };
         // A private class's answers are keyed by agent: an agent that did

@@ -13,7 +13,8 @@
 //!   (complete, failed, cancelled), once.
 //! - [`Endpoint`]: which Ollama or OpenAI-compatible call a request is.
 //! - [`RequestMeta`]: who asks, with what priority, for which model, until
-//!   when.
+//!   when; [`SetMetaLayer`] gives it to requests in a service that does not
+//!   use `corral-classify`.
 //! - [`Refusal`]: what a layer's refusal tells the proxy (status, reason,
 //!   `Retry-After`); [`ErrorBody`] renders it the way Ollama would.
 //! - [`respond`]: refusals and mid-stream failures become answers in the
@@ -54,6 +55,7 @@ mod meta;
 mod outcome;
 mod refusal;
 pub mod respond;
+mod set_meta;
 #[cfg(feature = "redis")]
 mod shared;
 #[cfg(feature = "redis")]
@@ -81,6 +83,7 @@ pub use outcome::{
 #[cfg(feature = "redis")]
 pub use redis;
 pub use refusal::{as_refusal, find_refusal, Refusal, RefusalCast};
+pub use set_meta::{SetMeta, SetMetaLayer, REQUESTS_WITHOUT_META_TOTAL};
 #[cfg(feature = "redis")]
 pub use shared::{
     Pushed, RedisState, StateUnavailable, STATE_BACKEND_ERRORS_TOTAL, STATE_BACKEND_UP,

@@ -83,7 +83,7 @@ where
     }
 
     fn call(&mut self, mut request: Request<Body>) -> Self::Future {
-        let Some(meta) = request.extensions().get::<RequestMeta>().cloned() else {
+        let Some(meta) = RequestMeta::of(&request, "degrade").cloned() else {
             return ResponseFuture::calling(self.inner.call(request), Changes::default());
         };
         if meta.endpoint.kind() != EndpointKind::Inference {

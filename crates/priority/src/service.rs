@@ -52,9 +52,7 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let endpoint = request
-            .extensions()
-            .get::<RequestMeta>()
+        let endpoint = RequestMeta::of(&request, "priority")
             .map(|m| m.endpoint)
             .unwrap_or_else(|| Endpoint::from_request(request.method(), request.uri().path()));
         if endpoint.kind() != EndpointKind::Inference {

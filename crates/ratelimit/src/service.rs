@@ -48,9 +48,7 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let prepared = request
-            .extensions()
-            .get::<RequestMeta>()
+        let prepared = RequestMeta::of(&request, "ratelimit")
             .filter(|meta| meta.endpoint.kind() == EndpointKind::Inference)
             .and_then(|meta| self.plan.prepare(meta));
         let Some(prepared) = prepared else {

@@ -94,7 +94,7 @@ where
 {
     let config = &shared.config;
     let started = Instant::now();
-    let meta = request.extensions().get::<RequestMeta>().cloned();
+    let meta = RequestMeta::of(&request, "retry").cloned();
     let total_deadline = config.total_timeout.map(|d| started + d);
     let deadline = match (meta.as_ref().and_then(|m| m.deadline), total_deadline) {
         (Some(a), Some(b)) => Some(a.min(b)),

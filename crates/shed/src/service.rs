@@ -45,7 +45,7 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let Some(meta) = request.extensions().get::<RequestMeta>() else {
+        let Some(meta) = RequestMeta::of(&request, "shed") else {
             return ResponseFuture::passing(self.inner.call(request), None);
         };
         if meta.endpoint.kind() != EndpointKind::Inference {

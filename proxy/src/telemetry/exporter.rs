@@ -56,6 +56,10 @@ fn describe() {
     corral_cache::metrics::describe();
     corral_batch::metrics::describe();
     metrics::describe_counter!(
+        corral_core::REQUESTS_WITHOUT_META_TOTAL,
+        "Requests a layer let through untouched because nothing gave them a RequestMeta, by layer (in the proxy classify always does: expect none)."
+    );
+    metrics::describe_counter!(
         corral_classify::UNKNOWN_KEYS_TOTAL,
         "Requests that sent an API key no agent has while keys are optional (served as keyless agents); each distinct key is also warned about once."
     );
