@@ -111,12 +111,12 @@ fn service(
     fn clock() -> f64 {
         NOW
     }
-    let layer = AuthLayer::with_clock(
-        config(require_signatures),
-        Arc::new(MemoryReplay::new(64)),
-        clock,
-    )
-    .expect("the fuzz config is valid");
+    let layer = AuthLayer::new(config(require_signatures))
+        .map(|l| {
+            l.with_store(Arc::new(MemoryReplay::new(64)))
+                .with_clock(clock)
+        })
+        .expect("the fuzz config is valid");
     layer.layer(service_fn(|request: Request<Body>| async move {
         let body = match request.into_body().collect().await {
             Ok(collected) => collected.to_bytes(),

@@ -81,7 +81,8 @@ fn replica(
     ))
     .unwrap();
     let store = RedisReplay::new(url, prefix, Duration::from_millis(300), 1000).unwrap();
-    AuthLayer::with_store(&config, Arc::new(store))
+    AuthLayer::new(&config)
+        .map(|l| l.with_store(Arc::new(store)))
         .unwrap()
         .layer(service_fn(|_request: Request<Body>| async {
             Ok::<_, Infallible>(http::Response::new(()))

@@ -42,14 +42,15 @@ fn wall_clock() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+#[derive(Clone)]
 pub(crate) struct Guard {
     permissions: Permissions,
     secrets: HashMap<String, Arc<[u8]>>,
     require_signatures: bool,
     freshness: Duration,
     max_body: usize,
-    replay: Arc<dyn ReplayStore>,
-    clock: Clock,
+    pub(crate) replay: Arc<dyn ReplayStore>,
+    pub(crate) clock: Clock,
 }
 
 impl std::fmt::Debug for Guard {

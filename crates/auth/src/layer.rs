@@ -18,31 +18,31 @@ impl AuthLayer {
     /// A layer for `config`, remembering request ids in memory. Secrets
     /// are read now: a missing variable or file is a start-up error.
     pub fn new(config: &AuthConfig) -> Result<Self, ConfigError> {
-        Self::with_store(config, Arc::new(MemoryReplay::new(config.replay_memory)))
-    }
-
-    /// A layer for `config` remembering request ids in `store` (shared by
-    /// every replica when the store is).
-    pub fn with_store(
-        config: &AuthConfig,
-        store: Arc<dyn ReplayStore>,
-    ) -> Result<Self, ConfigError> {
         crate::metrics::describe();
+        let store = Arc::new(MemoryReplay::new(config.replay_memory));
         Ok(Self {
             guard: Arc::new(Guard::new(config, store, None)?),
         })
     }
 
+    /// The same, remembering request ids in `store` (shared by every
+    /// replica when the store is).
+    pub fn with_store(self, store: Arc<dyn ReplayStore>) -> Self {
+        let mut guard = Arc::unwrap_or_clone(self.guard);
+        guard.replay = store;
+        Self {
+            guard: Arc::new(guard),
+        }
+    }
+
     /// The same with a clock of its own (seconds since the Unix epoch), so
     /// tests can move time.
-    pub fn with_clock(
-        config: &AuthConfig,
-        store: Arc<dyn ReplayStore>,
-        clock: fn() -> f64,
-    ) -> Result<Self, ConfigError> {
-        Ok(Self {
-            guard: Arc::new(Guard::new(config, store, Some(clock))?),
-        })
+    pub fn with_clock(self, clock: fn() -> f64) -> Self {
+        let mut guard = Arc::unwrap_or_clone(self.guard);
+        guard.clock = clock;
+        Self {
+            guard: Arc::new(guard),
+        }
     }
 }
 

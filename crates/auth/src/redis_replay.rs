@@ -28,7 +28,7 @@ use crate::replay::{MemoryReplay, Remembered, ReplayStore};
 ///
 /// let config = AuthConfig::default();
 /// let store = RedisReplay::new("redis://127.0.0.1:6379", "corral:", Duration::from_millis(200), config.replay_memory).unwrap();
-/// let layer = AuthLayer::with_store(&config, Arc::new(store)).unwrap();
+/// let layer = AuthLayer::new(&config).map(|l| l.with_store(Arc::new(store))).unwrap();
 /// # drop(layer);
 /// ```
 #[derive(Clone)]

@@ -30,7 +30,12 @@ fn config(extra: &str) -> AuthConfig {
 fn service(
     config: &AuthConfig,
 ) -> impl Service<Request<Body>, Response = Response<Bytes>, Error = BoxError> + Clone {
-    let layer = AuthLayer::with_clock(config, Arc::new(MemoryReplay::new(100)), || NOW).unwrap();
+    let layer = AuthLayer::new(config)
+        .map(|l| {
+            l.with_store(Arc::new(MemoryReplay::new(100)))
+                .with_clock(|| NOW)
+        })
+        .unwrap();
     layer.layer(service_fn(|request: Request<Body>| async move {
         let body = request.into_body().collect().await.unwrap().to_bytes();
         Ok::<_, Infallible>(Response::new(body))

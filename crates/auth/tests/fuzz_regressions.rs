@@ -58,7 +58,10 @@ fn signed_generate(id: &str) -> Request<Body> {
 #[tokio::test]
 async fn a_freshness_window_too_wide_to_double_never_panics_a_request() {
     let huge = config("500000000000y");
-    match AuthLayer::with_clock(&huge, Arc::new(MemoryReplay::new(10)), || NOW) {
+    match AuthLayer::new(&huge).map(|l| {
+        l.with_store(Arc::new(MemoryReplay::new(10)))
+            .with_clock(|| NOW)
+    }) {
         Err(err) => assert_eq!(err.key(), "freshness"),
         Ok(layer) => {
             let service = layer.layer(service_fn(|_request: Request<Body>| async {
@@ -81,8 +84,12 @@ fn a_freshness_window_wider_than_a_day_is_refused_at_start_up() {
 
 #[tokio::test]
 async fn the_widest_freshness_window_allowed_still_answers_signed_requests() {
-    let layer =
-        AuthLayer::with_clock(&config("24h"), Arc::new(MemoryReplay::new(10)), || NOW).unwrap();
+    let layer = AuthLayer::new(&config("24h"))
+        .map(|l| {
+            l.with_store(Arc::new(MemoryReplay::new(10)))
+                .with_clock(|| NOW)
+        })
+        .unwrap();
     let service = layer.layer(service_fn(|_request: Request<Body>| async {
         Ok::<_, Infallible>(())
     }));

@@ -24,13 +24,20 @@ impl std::fmt::Debug for BreakerLayer {
 }
 
 impl BreakerLayer {
-    /// A layer for `config`, announcing transitions on `bus` when given
-    /// (`ollama:breaker:state`).
-    pub fn new(config: &BreakerConfig, bus: Option<Arc<dyn Bus>>) -> Result<Self, ConfigError> {
+    /// A layer for `config`.
+    pub fn new(config: &BreakerConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         Ok(Self {
-            breakers: Arc::new(Breakers::new(config.clone(), bus)),
+            breakers: Arc::new(Breakers::new(config.clone(), None)),
         })
+    }
+
+    /// The same, announcing transitions on `bus` (`ollama:breaker:state`).
+    /// Set it when building the stack: the breakers start closed again.
+    pub fn with_bus(self, bus: Arc<dyn Bus>) -> Self {
+        Self {
+            breakers: Arc::new(Breakers::new(self.breakers.config.clone(), Some(bus))),
+        }
     }
 
     /// Opens `breaker` (`upstream`, or a model's) for `open_for` because
@@ -45,7 +52,7 @@ impl BreakerLayer {
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
-    /// let layer = BreakerLayer::new(&BreakerConfig::default(), None).unwrap();
+    /// let layer = BreakerLayer::new(&BreakerConfig::default()).unwrap();
     /// layer.follow("upstream", Duration::from_secs(30));
     /// assert_eq!(layer.states()[0].1.as_str(), "open");
     /// # }

@@ -31,7 +31,7 @@
 //! use tower::{service_fn, ServiceBuilder};
 //!
 //! let service = ServiceBuilder::new()
-//!     .layer(BreakerLayer::new(&BreakerConfig::default(), None).unwrap())
+//!     .layer(BreakerLayer::new(&BreakerConfig::default()).unwrap())
 //!     .service(service_fn(|_request: http::Request<Body>| async {
 //!         Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
 //!     }));

@@ -225,7 +225,9 @@ fn answer(status: u16) -> Response<Channel<Bytes, std::io::Error>> {
 async fn the_layer_counts_5xx_and_connection_errors_and_fails_fast_with_503() {
     let bus = Arc::new(MemoryBus::new("r1"));
     let mut events = bus.subscribe();
-    let layer = BreakerLayer::new(&config(), Some(bus.clone() as Arc<dyn Bus>)).unwrap();
+    let layer = BreakerLayer::new(&config())
+        .map(|l| l.with_bus(bus.clone() as Arc<dyn Bus>))
+        .unwrap();
     let (upstream, mut handle): (Upstream, _) = mock::pair();
     let service = layer.layer(upstream);
     handle.allow(100);
@@ -261,13 +263,10 @@ async fn the_layer_counts_5xx_and_connection_errors_and_fails_fast_with_503() {
 
 #[tokio::test(start_paused = true)]
 async fn a_broken_stream_fails_and_a_clean_one_succeeds_only_at_its_end() {
-    let layer = BreakerLayer::new(
-        &BreakerConfig {
-            consecutive_failures: Some(2),
-            ..config()
-        },
-        None,
-    )
+    let layer = BreakerLayer::new(&BreakerConfig {
+        consecutive_failures: Some(2),
+        ..config()
+    })
     .unwrap();
     let (upstream, mut handle): (Upstream, _) = mock::pair();
     let service = layer.layer(upstream);
@@ -286,13 +285,10 @@ async fn a_broken_stream_fails_and_a_clean_one_succeeds_only_at_its_end() {
 
 #[tokio::test(start_paused = true)]
 async fn a_dropped_call_counts_as_a_timeout_only_when_marked() {
-    let layer = BreakerLayer::new(
-        &BreakerConfig {
-            consecutive_failures: Some(2),
-            ..config()
-        },
-        None,
-    )
+    let layer = BreakerLayer::new(&BreakerConfig {
+        consecutive_failures: Some(2),
+        ..config()
+    })
     .unwrap();
     let (upstream, mut handle): (Upstream, _) = mock::pair();
     let service = layer.layer(upstream);
@@ -325,13 +321,11 @@ async fn per_model_one_models_failures_open_its_breaker_and_not_anothers() {
     use corral_core::{Endpoint, RequestMeta};
     let bus = Arc::new(MemoryBus::new("r1"));
     let mut events = bus.subscribe();
-    let layer = BreakerLayer::new(
-        &BreakerConfig {
-            per_model: true,
-            ..config()
-        },
-        Some(bus.clone() as Arc<dyn Bus>),
-    )
+    let layer = BreakerLayer::new(&BreakerConfig {
+        per_model: true,
+        ..config()
+    })
+    .map(|l| l.with_bus(bus.clone() as Arc<dyn Bus>))
     .unwrap();
     let (upstream, mut handle): (Upstream, _) = mock::pair();
     let service = layer.layer(upstream);

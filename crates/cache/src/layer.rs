@@ -25,18 +25,19 @@ impl std::fmt::Debug for CacheLayer {
 impl CacheLayer {
     /// A layer for `config` keeping answers in memory.
     pub fn new(config: &CacheConfig) -> Result<Self, ConfigError> {
-        Self::with_store(config, Arc::new(MemoryStore::new(config.max_bytes)))
-    }
-
-    /// A layer for `config` keeping answers in `store`.
-    pub fn with_store(
-        config: &CacheConfig,
-        store: Arc<dyn CacheStore>,
-    ) -> Result<Self, ConfigError> {
         config.validate()?;
+        let store = Arc::new(MemoryStore::new(config.max_bytes));
         Ok(Self {
             shared: Arc::new(Shared::new(config.clone(), store)),
         })
+    }
+
+    /// The same, keeping answers in `store` (shared between replicas when
+    /// the store is).
+    pub fn with_store(self, store: Arc<dyn CacheStore>) -> Self {
+        Self {
+            shared: Arc::new(Shared::new(self.shared.config.clone(), store)),
+        }
     }
 
     /// The store: its size, for status and metrics.

@@ -44,7 +44,7 @@ use crate::store::{CacheStore, Claim, ClaimGuard, Entry, Lookup, MemoryStore};
 /// let state = RedisState::new("redis://127.0.0.1:6379", "corral:", "replica-1", Duration::from_millis(200)).unwrap();
 /// let config = CacheConfig::default();
 /// let store = RedisCache::new(state, config.max_bytes);
-/// let layer = CacheLayer::with_store(&config, Arc::new(store)).unwrap();
+/// let layer = CacheLayer::new(&config).map(|l| l.with_store(Arc::new(store))).unwrap();
 /// # drop(layer);
 /// # }
 /// ```

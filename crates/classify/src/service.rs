@@ -32,6 +32,23 @@ pub struct Classify<S> {
     shared: Arc<Shared>,
 }
 
+impl<S> Classify<S> {
+    /// The service inside.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The service inside, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The service inside, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
 impl<S: Clone> Clone for Classify<S> {
     fn clone(&self) -> Self {
         Self {

@@ -14,9 +14,9 @@ use crate::metrics::{DEGRADATION_LEVEL, DEGRADATION_LOAD};
 /// API forces and releases levels through it).
 pub struct Controller {
     pub(crate) config: DegradeConfig,
-    load: LoadCell,
+    pub(crate) load: LoadCell,
     levels: Mutex<Levels>,
-    bus: Option<Arc<dyn Bus>>,
+    pub(crate) bus: Option<Arc<dyn Bus>>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -97,7 +97,7 @@ impl Controller {
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
     /// use corral_degrade::{DegradeConfig, DegradeLayer};
     ///
-    /// let layer = DegradeLayer::new(&DegradeConfig::default(), corral_core::LoadCell::default(), None).unwrap();
+    /// let layer = DegradeLayer::new(&DegradeConfig::default()).map(|l| l.with_load(corral_core::LoadCell::default())).unwrap();
     /// let ticker = tokio::spawn(layer.controller().clone().keep_current(std::time::Duration::from_secs(1)));
     /// ticker.abort();
     /// # });

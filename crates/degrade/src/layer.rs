@@ -15,17 +15,34 @@ pub struct DegradeLayer {
 }
 
 impl DegradeLayer {
-    /// A layer for `config` reading the scheduler's load from `load` and
-    /// announcing level changes on `bus` (`system:degradation:level`).
-    pub fn new(
-        config: &DegradeConfig,
-        load: LoadCell,
-        bus: Option<Arc<dyn Bus>>,
-    ) -> Result<Self, ConfigError> {
+    /// A layer for `config`; its level moves with the load it reads (see
+    /// [`DegradeLayer::with_load`]) or by hand ([`Controller::force`]).
+    pub fn new(config: &DegradeConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         Ok(Self {
-            controller: Arc::new(Controller::new(config.clone(), load, bus)),
+            controller: Arc::new(Controller::new(config.clone(), LoadCell::default(), None)),
         })
+    }
+
+    /// The same, reading the scheduler's load from `load`.
+    pub fn with_load(self, load: LoadCell) -> Self {
+        let bus = self.controller.bus.clone();
+        Self {
+            controller: Arc::new(Controller::new(self.controller.config.clone(), load, bus)),
+        }
+    }
+
+    /// The same, announcing level changes on `bus`
+    /// (`system:degradation:level`).
+    pub fn with_bus(self, bus: Arc<dyn Bus>) -> Self {
+        let load = self.controller.load.clone();
+        Self {
+            controller: Arc::new(Controller::new(
+                self.controller.config.clone(),
+                load,
+                Some(bus),
+            )),
+        }
     }
 
     /// The controller: the level, and forcing it.

@@ -33,7 +33,7 @@
 //! use corral_degrade::{DegradeConfig, DegradeLayer};
 //! use tower::{service_fn, ServiceBuilder};
 //!
-//! let degrade = DegradeLayer::new(&DegradeConfig::default(), LoadCell::default(), None).unwrap();
+//! let degrade = DegradeLayer::new(&DegradeConfig::default()).map(|l| l.with_load(LoadCell::default())).unwrap();
 //! let control = degrade.controller().clone();
 //! let service = ServiceBuilder::new()
 //!     .layer(degrade)

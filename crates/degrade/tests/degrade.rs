@@ -122,16 +122,16 @@ fn setup(config: DegradeConfig) -> (DegradeLayer, Arc<Work>, MemoryBus) {
     let cell = LoadCell::default();
     cell.set(work.clone()).unwrap();
     let bus = MemoryBus::new("r");
-    let layer = DegradeLayer::new(
-        &DegradeConfig {
-            smoothing: Duration::ZERO,
-            defaults: [("chat".to_string(), "Busy: a default answer.".to_string())].into(),
-            critical_classes: vec!["system".into()],
-            ..config
-        },
-        cell,
-        Some(Arc::new(bus.clone()) as Arc<dyn Bus>),
-    )
+    let layer = DegradeLayer::new(&DegradeConfig {
+        smoothing: Duration::ZERO,
+        defaults: [("chat".to_string(), "Busy: a default answer.".to_string())].into(),
+        critical_classes: vec!["system".into()],
+        ..config
+    })
+    .map(|l| {
+        l.with_load(cell)
+            .with_bus(Arc::new(bus.clone()) as Arc<dyn Bus>)
+    })
     .unwrap();
     (layer, work, bus)
 }

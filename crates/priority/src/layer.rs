@@ -26,18 +26,24 @@ impl PriorityLayer {
     /// A layer with a new scheduler for `config`, or the key and reason
     /// it is refused for.
     pub fn new(config: &PriorityConfig) -> Result<Self, ConfigError> {
-        let scheduler = Scheduler::new(config)?;
-        Ok(Self::with_scheduler(config, scheduler))
+        Ok(Self {
+            shared: Arc::new(Shared {
+                scheduler: Scheduler::new(config)?,
+                weights: config.class_weights.clone(),
+                default_generation_tokens: config.default_generation_tokens,
+            }),
+        })
     }
 
-    /// A layer sharing an existing `scheduler` (kept across a reload, or
-    /// shared by several stacks in front of one upstream).
-    pub fn with_scheduler(config: &PriorityConfig, scheduler: Arc<Scheduler>) -> Self {
+    /// The same, sharing an existing `scheduler` (kept across a reload,
+    /// shared through Redis, or shared by several stacks in front of one
+    /// upstream).
+    pub fn with_scheduler(self, scheduler: Arc<Scheduler>) -> Self {
         Self {
             shared: Arc::new(Shared {
                 scheduler,
-                weights: config.class_weights.clone(),
-                default_generation_tokens: config.default_generation_tokens,
+                weights: self.shared.weights.clone(),
+                default_generation_tokens: self.shared.default_generation_tokens,
             }),
         }
     }

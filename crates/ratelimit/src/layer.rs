@@ -12,6 +12,7 @@ use crate::service::RateLimitService;
 /// store of quotas.
 #[derive(Clone)]
 pub struct RateLimitLayer {
+    config: RateLimitConfig,
     plan: Arc<Plan>,
 }
 
@@ -24,19 +25,20 @@ impl std::fmt::Debug for RateLimitLayer {
 impl RateLimitLayer {
     /// A layer for `config` keeping its quotas in memory.
     pub fn new(config: &RateLimitConfig) -> Result<Self, ConfigError> {
-        Self::with_store(config, Arc::new(MemoryStore::new()))
-    }
-
-    /// A layer for `config` keeping its quotas in `store` (shared between
-    /// replicas when the store is).
-    pub fn with_store(
-        config: &RateLimitConfig,
-        store: Arc<dyn RateStore>,
-    ) -> Result<Self, ConfigError> {
         config.validate()?;
         Ok(Self {
-            plan: Arc::new(Plan::new(config, store)),
+            plan: Arc::new(Plan::new(config, Arc::new(MemoryStore::new()))),
+            config: config.clone(),
         })
+    }
+
+    /// The same, keeping its quotas in `store` (shared between replicas
+    /// when the store is).
+    pub fn with_store(self, store: Arc<dyn RateStore>) -> Self {
+        Self {
+            plan: Arc::new(Plan::new(&self.config, store)),
+            config: self.config,
+        }
     }
 }
 

@@ -34,7 +34,7 @@ static ADJUST: LazyLock<redis::Script> =
 /// # async fn main() {
 /// let state = RedisState::new("redis://127.0.0.1:6379", "corral:", "replica-1", Duration::from_millis(200)).unwrap();
 /// let config: RateLimitConfig = toml::from_str("[classes.opus]\nrequests_per_minute = 10").unwrap();
-/// let layer = RateLimitLayer::with_store(&config, Arc::new(RedisRates::new(state))).unwrap();
+/// let layer = RateLimitLayer::new(&config).map(|l| l.with_store(Arc::new(RedisRates::new(state)))).unwrap();
 /// # drop(layer);
 /// # }
 /// ```

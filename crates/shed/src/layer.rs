@@ -14,19 +14,31 @@ pub struct ShedLayer {
 }
 
 impl ShedLayer {
-    /// A layer for `config` that watches the scheduler published in
-    /// `load` (or, if none is, counts the requests it lets through), and
-    /// publishes backpressure on `bus` when given.
-    pub fn new(
-        config: &ShedConfig,
-        load: LoadCell,
-        bus: Option<Arc<dyn Bus>>,
-    ) -> Result<Self, ConfigError> {
+    /// A layer for `config` that counts the requests it lets through (see
+    /// [`ShedLayer::with_load`] to watch a scheduler instead).
+    pub fn new(config: &ShedConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         metrics::gauge!(crate::metrics::QUEUE_LIMIT).set(config.max_queue as f64);
         Ok(Self {
-            shared: Arc::new(Shared::new(config.clone(), load, bus)),
+            shared: Arc::new(Shared::new(config.clone(), LoadCell::default(), None)),
         })
+    }
+
+    /// The same, watching the scheduler published in `load` (the
+    /// `priority` layer's), or counting itself while none is.
+    pub fn with_load(self, load: LoadCell) -> Self {
+        let bus = self.shared.bus.clone();
+        Self {
+            shared: Arc::new(Shared::new(self.shared.config.clone(), load, bus)),
+        }
+    }
+
+    /// The same, announcing backpressure on `bus`.
+    pub fn with_bus(self, bus: Arc<dyn Bus>) -> Self {
+        let load = self.shared.load.clone();
+        Self {
+            shared: Arc::new(Shared::new(self.shared.config.clone(), load, Some(bus))),
+        }
     }
 }
 

@@ -35,7 +35,7 @@
 //! use corral_shed::{ShedConfig, ShedLayer};
 //! use tower::{service_fn, ServiceBuilder};
 //!
-//! let shed = ShedLayer::new(&ShedConfig { max_queue: 100, ..ShedConfig::default() }, LoadCell::default(), None).unwrap();
+//! let shed = ShedLayer::new(&ShedConfig { max_queue: 100, ..ShedConfig::default() }).map(|l| l.with_load(LoadCell::default())).unwrap();
 //! let service = ServiceBuilder::new()
 //!     .layer(shed)
 //!     .service(service_fn(|_request: http::Request<Body>| async {

@@ -16,6 +16,23 @@ pub struct ShedService<S> {
     shared: Arc<Shared>,
 }
 
+impl<S> ShedService<S> {
+    /// The service inside.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The service inside, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The service inside, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
 impl<S: Clone> Clone for ShedService<S> {
     fn clone(&self) -> Self {
         Self {

@@ -15,12 +15,12 @@ use crate::metrics::{BACKPRESSURE_EVENTS_TOTAL, DROPPED_REQUESTS_TOTAL, PRIORITY
 
 pub(crate) struct Shared {
     pub(crate) config: ShedConfig,
-    load: LoadCell,
+    pub(crate) load: LoadCell,
     own: Arc<OwnQueue>,
     per_agent: Mutex<HashMap<AgentId, usize>>,
     codel: Mutex<Codel>,
     events: Mutex<Events>,
-    bus: Option<Arc<dyn Bus>>,
+    pub(crate) bus: Option<Arc<dyn Bus>>,
 }
 
 impl std::fmt::Debug for Shared {

@@ -87,7 +87,8 @@ fn shed_of(err: &corral_core::BoxError) -> &Shed {
 async fn with_room_everyone_goes_through() {
     let queue = Queue::new(10);
     let (upstream, mut handle): (Upstream, _) = mock::pair();
-    let service = ShedLayer::new(&config(100), cell(&queue), None)
+    let service = ShedLayer::new(&config(100))
+        .map(|l| l.with_load(cell(&queue)))
         .unwrap()
         .layer(upstream);
     let call = tokio::spawn(service.oneshot(request(Endpoint::Generate, "a", 10)));
@@ -101,7 +102,8 @@ async fn a_full_queue_refuses_low_priorities_at_once_with_a_retry_after_from_the
     let queue = Queue::new(100);
     queue.set(|l| l.completions_per_sec = 4.0);
     let (upstream, _handle): (Upstream, _) = mock::pair();
-    let service = ShedLayer::new(&config(100), cell(&queue), None)
+    let service = ShedLayer::new(&config(100))
+        .map(|l| l.with_load(cell(&queue)))
         .unwrap()
         .layer(upstream);
     for priority in [8, 9, 10] {
@@ -130,7 +132,8 @@ async fn a_full_queue_refuses_low_priorities_at_once_with_a_retry_after_from_the
 async fn a_higher_priority_waits_for_room_and_goes_through_when_it_comes() {
     let queue = Queue::new(100);
     let (upstream, mut handle): (Upstream, _) = mock::pair();
-    let service = ShedLayer::new(&config(100), cell(&queue), None)
+    let service = ShedLayer::new(&config(100))
+        .map(|l| l.with_load(cell(&queue)))
         .unwrap()
         .layer(upstream);
     let mut call = tokio_test::task::spawn(service.oneshot(request(Endpoint::Chat, "a", 3)));
@@ -150,7 +153,8 @@ async fn a_higher_priority_waits_for_room_and_goes_through_when_it_comes() {
 async fn a_higher_priority_that_finds_no_room_in_time_is_refused() {
     let queue = Queue::new(100);
     let (upstream, _handle): (Upstream, _) = mock::pair();
-    let service = ShedLayer::new(&config(100), cell(&queue), None)
+    let service = ShedLayer::new(&config(100))
+        .map(|l| l.with_load(cell(&queue)))
         .unwrap()
         .layer(upstream);
     let started = Instant::now();
@@ -170,15 +174,12 @@ async fn a_higher_priority_that_finds_no_room_in_time_is_refused() {
 async fn delay_above_target_for_a_whole_interval_sheds_low_priorities_until_it_falls() {
     let queue = Queue::new(10);
     let (upstream, mut handle): (Upstream, _) = mock::pair();
-    let layer = ShedLayer::new(
-        &ShedConfig {
-            codel_target: Duration::from_secs(10),
-            codel_interval: Duration::from_secs(30),
-            ..config(1000)
-        },
-        cell(&queue),
-        None,
-    )
+    let layer = ShedLayer::new(&ShedConfig {
+        codel_target: Duration::from_secs(10),
+        codel_interval: Duration::from_secs(30),
+        ..config(1000)
+    })
+    .map(|l| l.with_load(cell(&queue)))
     .unwrap();
     let service = layer.layer(upstream);
     let through = |priority: u8| {
@@ -230,14 +231,11 @@ async fn delay_above_target_for_a_whole_interval_sheds_low_priorities_until_it_f
 async fn an_agent_over_its_own_quota_gets_429_and_others_go_on() {
     let queue = Queue::new(0);
     let (upstream, mut handle): (Upstream, _) = mock::pair();
-    let service = ShedLayer::new(
-        &ShedConfig {
-            max_waiting_per_agent: Some(2),
-            ..config(100)
-        },
-        cell(&queue),
-        None,
-    )
+    let service = ShedLayer::new(&ShedConfig {
+        max_waiting_per_agent: Some(2),
+        ..config(100)
+    })
+    .map(|l| l.with_load(cell(&queue)))
     .unwrap()
     .layer(upstream);
     handle.allow(10);
@@ -277,7 +275,8 @@ async fn an_agent_over_its_own_quota_gets_429_and_others_go_on() {
 async fn metadata_reads_are_never_shed() {
     let queue = Queue::new(1_000_000);
     let (upstream, mut handle): (Upstream, _) = mock::pair();
-    let service = ShedLayer::new(&config(10), cell(&queue), None)
+    let service = ShedLayer::new(&config(10))
+        .map(|l| l.with_load(cell(&queue)))
         .unwrap()
         .layer(upstream);
     let call = tokio::spawn(service.oneshot(request(Endpoint::Tags, "a", 10)));
@@ -289,7 +288,8 @@ async fn metadata_reads_are_never_shed() {
 #[tokio::test(start_paused = true)]
 async fn without_a_scheduler_it_bounds_what_it_let_through() {
     let (upstream, mut handle): (Upstream, _) = mock::pair();
-    let service = ShedLayer::new(&config(2), LoadCell::default(), None)
+    let service = ShedLayer::new(&config(2))
+        .map(|l| l.with_load(LoadCell::default()))
         .unwrap()
         .layer(upstream);
     handle.allow(10);
@@ -311,13 +311,13 @@ async fn refusals_are_announced_on_the_bus_at_most_once_per_interval() {
     let bus = Arc::new(MemoryBus::new("replica-a"));
     let mut events = bus.subscribe();
     let (upstream, _handle): (Upstream, _) = mock::pair();
-    let service = ShedLayer::new(
-        &config(100),
-        cell(&queue),
-        Some(bus.clone() as Arc<dyn Bus>),
-    )
-    .unwrap()
-    .layer(upstream);
+    let service = ShedLayer::new(&config(100))
+        .map(|l| {
+            l.with_load(cell(&queue))
+                .with_bus(bus.clone() as Arc<dyn Bus>)
+        })
+        .unwrap()
+        .layer(upstream);
     for _ in 0..5 {
         let _ = service
             .clone()
@@ -349,14 +349,11 @@ async fn a_byte_bound_fills_the_queue_too() {
     let queue = Queue::new(3);
     queue.set(|l| l.queued_bytes = 5_000_000);
     let (upstream, _handle): (Upstream, _) = mock::pair();
-    let service = ShedLayer::new(
-        &ShedConfig {
-            max_queue_bytes: Some(4_000_000),
-            ..config(100)
-        },
-        cell(&queue),
-        None,
-    )
+    let service = ShedLayer::new(&ShedConfig {
+        max_queue_bytes: Some(4_000_000),
+        ..config(100)
+    })
+    .map(|l| l.with_load(cell(&queue)))
     .unwrap()
     .layer(upstream);
     let err = service

@@ -79,7 +79,7 @@ pub(crate) fn priority(
                 corral_priority::Scheduler::shared(&config, state.clone(), options.lease_ttl)?;
             scheduler.assume_replicas(context.config.state.replicas);
             (
-                PriorityLayer::with_scheduler(&config, scheduler),
+                PriorityLayer::new(&config)?.with_scheduler(scheduler),
                 format!(
                     ", shared through Redis (leases of {})",
                     humantime::format_duration(options.lease_ttl)
@@ -130,8 +130,9 @@ pub(crate) fn shed(
     context: &BuildContext<'_>,
 ) -> Result<StackLayer, ConfigError> {
     let config: corral_shed::ShedConfig = options(layer)?;
-    let shed =
-        corral_shed::ShedLayer::new(&config, context.load.clone(), Some(context.bus.clone()))?;
+    let shed = corral_shed::ShedLayer::new(&config)?
+        .with_load(context.load.clone())
+        .with_bus(context.bus.clone());
     let codel = if config.codel {
         format!(
             "; delay shedding above {} for {}",
@@ -228,14 +229,11 @@ pub(crate) fn ratelimit(
         default_generation_tokens: options.default_generation_tokens,
     };
     let shared = context.state.is_some();
-    let layer = match context.state {
-        Some(state) => corral_ratelimit::RateLimitLayer::with_store(
-            &config,
-            Arc::new(corral_ratelimit::RedisRates::new(state.clone())),
-        ),
-        None => corral_ratelimit::RateLimitLayer::new(&config),
-    }
-    .map_err(|e| {
+    let layer = corral_ratelimit::RateLimitLayer::new(&config).map(|layer| match context.state {
+        Some(state) => layer.with_store(Arc::new(corral_ratelimit::RedisRates::new(state.clone()))),
+        None => layer,
+    });
+    let layer = layer.map_err(|e| {
         // The limits live in [[classes]]: say so.
         ConfigError::new("", format!("[[classes]] rate_limit: {e}"))
     })?;
@@ -293,7 +291,7 @@ pub(crate) fn auth(
         // Serving: the replica's one Redis connection.
         (crate::config::Backend::Redis, _, Some(shared)) => {
             let store = corral_auth::RedisReplay::with_state(shared.clone(), config.replay_memory);
-            corral_auth::AuthLayer::with_store(&config, std::sync::Arc::new(store))?
+            corral_auth::AuthLayer::new(&config)?.with_store(std::sync::Arc::new(store))
         }
         (crate::config::Backend::Redis, Some(url), None) => {
             let store = corral_auth::RedisReplay::new(
@@ -303,7 +301,7 @@ pub(crate) fn auth(
                 config.replay_memory,
             )
             .map_err(|e| ConfigError::new(format!("state.{}", e.key()), e.reason()))?;
-            corral_auth::AuthLayer::with_store(&config, std::sync::Arc::new(store))?
+            corral_auth::AuthLayer::new(&config)?.with_store(std::sync::Arc::new(store))
         }
         _ => corral_auth::AuthLayer::new(&config)?,
     };

@@ -14,15 +14,13 @@ pub(crate) fn cache(
     context: &BuildContext<'_>,
 ) -> Result<StackLayer, ConfigError> {
     let config: corral_cache::CacheConfig = options(layer)?;
+    let cache = corral_cache::CacheLayer::new(&config)?;
     let cache = match context.state {
-        Some(state) => corral_cache::CacheLayer::with_store(
-            &config,
-            Arc::new(corral_cache::RedisCache::new(
-                state.clone(),
-                config.max_bytes,
-            )),
-        )?,
-        None => corral_cache::CacheLayer::new(&config)?,
+        Some(state) => cache.with_store(Arc::new(corral_cache::RedisCache::new(
+            state.clone(),
+            config.max_bytes,
+        ))),
+        None => cache,
     };
     if context.controls.cache.set(cache.store().clone()).is_err() {
         return Err(ConfigError::new(

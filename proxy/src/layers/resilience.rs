@@ -53,7 +53,7 @@ pub(crate) fn breaker(
     context: &BuildContext<'_>,
 ) -> Result<StackLayer, ConfigError> {
     let config: corral_breaker::BreakerConfig = options(layer)?;
-    let breaker = corral_breaker::BreakerLayer::new(&config, Some(context.bus.clone()))?;
+    let breaker = corral_breaker::BreakerLayer::new(&config)?.with_bus(context.bus.clone());
     if context.controls.breaker.set(breaker.clone()).is_err() {
         return Err(ConfigError::new(
             "kind",
@@ -110,11 +110,9 @@ pub(crate) fn degrade(
             config.critical_classes.push(class.name.clone());
         }
     }
-    let degrade = corral_degrade::DegradeLayer::new(
-        &config,
-        context.load.clone(),
-        Some(context.bus.clone()),
-    )?;
+    let degrade = corral_degrade::DegradeLayer::new(&config)?
+        .with_load(context.load.clone())
+        .with_bus(context.bus.clone());
     if context
         .controls
         .degrade
