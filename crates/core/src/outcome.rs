@@ -85,9 +85,22 @@ pub fn classify_status(status: StatusCode) -> Outcome {
     }
 }
 
-/// The outcome an error from further down says: an [`UpstreamFailed`] or
-/// a [`Timeout`] is the upstream's failure; anything else (a refusal by a
-/// layer, a bug) is not the upstream's doing.
+/// The outcome an error from further down says: an [`UpstreamFailed`], a
+/// [`Timeout`] or a [`StreamBroke`] is the upstream's failure, and so is
+/// an I/O error of the connection anywhere in the chain (what a plain
+/// hyper or reqwest client gives: refused, reset, cut short); anything
+/// else (a refusal by a layer, a bug) is not the upstream's doing.
+///
+/// ```
+/// use corral_core::{classify_error, Failure, Outcome};
+/// use std::io::{Error, ErrorKind};
+///
+/// let refused = Error::new(ErrorKind::ConnectionRefused, "refused");
+/// assert_eq!(classify_error(&refused), Outcome::Failure(Failure::Connect));
+/// let reset = Error::new(ErrorKind::ConnectionReset, "reset");
+/// assert_eq!(classify_error(&reset), Outcome::Failure(Failure::Broken));
+/// assert_eq!(classify_error(&Error::other("a bug")), Outcome::Ignored);
+/// ```
 pub fn classify_error(err: &(dyn std::error::Error + 'static)) -> Outcome {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = current {
@@ -103,6 +116,18 @@ pub fn classify_error(err: &(dyn std::error::Error + 'static)) -> Outcome {
         }
         if e.is::<StreamBroke>() {
             return Outcome::Failure(Failure::Stream);
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            match io.kind() {
+                ConnectionRefused | NotFound | AddrNotAvailable | HostUnreachable
+                | NetworkUnreachable => return Outcome::Failure(Failure::Connect),
+                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => {
+                    return Outcome::Failure(Failure::Broken)
+                }
+                TimedOut => return Outcome::Failure(Failure::Timeout),
+                _ => {}
+            }
         }
         current = e.source();
     }

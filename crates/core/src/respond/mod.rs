@@ -78,31 +78,54 @@ pub fn error_response(
     casts: &[RefusalCast],
 ) -> Response<BoxBody> {
     match find_refusal(&**err, casts) {
-        Some(refusal) => {
-            let body =
-                ErrorBody::new(refusal.status(), refusal.to_string()).with_code(refusal.reason());
-            let mut response = error_answer(&body, family);
-            response.headers_mut().insert(
-                headers::X_CORRAL_REASON,
-                HeaderValue::from_static(refusal.reason()),
-            );
-            for (name, value) in refusal.headers() {
-                response.headers_mut().insert(name, value);
+        Some(refusal) => refusal_response(refusal, family),
+        None => match crate::classify_error(&**err) {
+            // A client's own error (a plain hyper or reqwest client) that
+            // says the upstream could not be reached or broke off.
+            crate::Outcome::Failure(failure) => {
+                let failed = UpstreamFailed::new(
+                    "the upstream",
+                    matches!(failure, crate::Failure::Connect),
+                    root_cause(&**err),
+                );
+                refusal_response(&failed, family)
             }
-            if let Some(wait) = refusal.retry_after() {
-                // Whole seconds, rounded up: "0" would invite a stampede.
-                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            _ => {
+                tracing::error!(error = %err, "unexpected error in the stack");
+                unexpected(format!("unexpected error in corral: {err}"), family)
             }
-            response
-        }
-        None => {
-            tracing::error!(error = %err, "unexpected error in the stack");
-            unexpected(format!("unexpected error in corral: {err}"), family)
-        }
+        },
     }
+}
+
+/// The answer to `refusal`.
+fn refusal_response(refusal: &dyn crate::Refusal, family: ApiFamily) -> Response<BoxBody> {
+    let body = ErrorBody::new(refusal.status(), refusal.to_string()).with_code(refusal.reason());
+    let mut response = error_answer(&body, family);
+    response.headers_mut().insert(
+        headers::X_CORRAL_REASON,
+        HeaderValue::from_static(refusal.reason()),
+    );
+    for (name, value) in refusal.headers() {
+        response.headers_mut().insert(name, value);
+    }
+    if let Some(wait) = refusal.retry_after() {
+        // Whole seconds, rounded up: "0" would invite a stampede.
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    }
+    response
+}
+
+/// The last source of `err`: the message that says what happened.
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = err;
+    while let Some(next) = current.source() {
+        current = next;
+    }
+    current.to_string()
 }
 
 /// A 500 for what no refusal explains: a bug, logged by the caller.
@@ -303,6 +326,30 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(json["error"]["message"], "wait a little");
         assert_eq!(json["error"]["code"], "rate_limited");
+    }
+
+    #[test]
+    fn a_plain_clients_connection_error_is_the_upstreams_502() {
+        #[derive(Debug)]
+        struct ClientError(std::io::Error);
+        impl std::fmt::Display for ClientError {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("client error (Connect)")
+            }
+        }
+        impl std::error::Error for ClientError {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let err: BoxError = Box::new(ClientError(refused));
+        let response = error_response(&err, ApiFamily::Ollama, CORE_REFUSALS);
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            response.headers()[headers::X_CORRAL_REASON],
+            "upstream_unreachable"
+        );
     }
 
     #[tokio::test]
