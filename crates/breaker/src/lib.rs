@@ -26,16 +26,27 @@
 //! # Example
 //!
 //! ```
-//! use corral_breaker::{BreakerConfig, BreakerLayer};
-//! use corral_core::Body;
-//! use tower::{service_fn, ServiceBuilder};
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use corral_breaker::{BreakerConfig, BreakerLayer, BreakerOpen};
+//! use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 //!
-//! let service = ServiceBuilder::new()
-//!     .layer(BreakerLayer::new(&BreakerConfig::default()).unwrap())
-//!     .service(service_fn(|_request: http::Request<Body>| async {
-//!         Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
+//! // An upstream that answers 503: two failures in a row open the breaker.
+//! let config = BreakerConfig { consecutive_failures: Some(2), ..BreakerConfig::default() };
+//! let mut service = ServiceBuilder::new()
+//!     .layer(BreakerLayer::new(&config).unwrap())
+//!     .service(service_fn(|_request: http::Request<String>| async {
+//!         let mut busy = http::Response::new(http_body_util::Empty::<bytes::Bytes>::new());
+//!         *busy.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+//!         Ok::<_, std::convert::Infallible>(busy)
 //!     }));
-//! # drop(service);
+//! for _ in 0..2 {
+//!     let answer = service.ready().await.unwrap().call(http::Request::new(String::new())).await.unwrap();
+//!     assert_eq!(answer.status(), 503);
+//! }
+//! // Open: refused at once, without calling the upstream.
+//! let err = service.ready().await.unwrap().call(http::Request::new(String::new())).await.unwrap_err();
+//! assert!(err.is::<BreakerOpen>());
+//! # }
 //! ```
 //!
 //! # Bodies

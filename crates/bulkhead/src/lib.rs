@@ -17,24 +17,38 @@
 //! # Example
 //!
 //! ```
-//! use corral_bulkhead::{BulkheadConfig, BulkheadLayer};
-//! use corral_core::Body;
-//! use tower::{service_fn, ServiceBuilder};
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use corral_bulkhead::{BulkheadConfig, BulkheadLayer, CompartmentFull};
+//! use corral_core::{ClassName, Endpoint, RequestMeta};
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
 //!
 //! let config: BulkheadConfig = toml::from_str(r#"
 //!     [[compartments]]
 //!     name = "batch_ops"
-//!     max_concurrent = 15
+//!     max_concurrent = 1
 //!     [[rules]]
 //!     compartment = "batch_ops"
 //!     class = "batch"
 //! "#).unwrap();
 //! let service = ServiceBuilder::new()
 //!     .layer(BulkheadLayer::new(&config).unwrap())
-//!     .service(service_fn(|_request: http::Request<Body>| async {
-//!         Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
+//!     .service(service_fn(|_request: http::Request<String>| async {
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from("{}"))))
 //!     }));
-//! # drop(service);
+//! let batch = || {
+//!     let mut request = http::Request::post("/api/generate").body(String::new()).unwrap();
+//!     let meta = RequestMeta::new("r".into(), Endpoint::Generate)
+//!         .with_agent("nightly".into(), ClassName::from("batch"), false);
+//!     request.extensions_mut().insert(meta);
+//!     request
+//! };
+//! // The first holds the compartment's one slot while its body is read.
+//! let running = service.clone().oneshot(batch()).await.unwrap();
+//! let err = service.clone().oneshot(batch()).await.unwrap_err();
+//! assert!(err.is::<CompartmentFull>());
+//! drop(running); // the slot comes back with the body
+//! assert!(service.oneshot(batch()).await.is_ok());
+//! # }
 //! ```
 //!
 //! # Bodies

@@ -28,18 +28,41 @@
 //! # Example
 //!
 //! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use std::sync::Arc;
 //! use corral_cache::{CacheConfig, CacheLayer};
-//! use corral_core::Body;
-//! use tower::{service_fn, ServiceBuilder};
+//! use corral_core::{Body, Endpoint, RequestMeta};
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
 //!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() {
+//! let calls = Arc::new(AtomicUsize::new(0));
+//! let counted = calls.clone();
 //! let service = ServiceBuilder::new()
 //!     .layer(CacheLayer::new(&CacheConfig::default()).unwrap())
-//!     .service(service_fn(|_request: http::Request<Body>| async {
-//!         Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
+//!     .service(service_fn(move |_request: http::Request<Body>| {
+//!         counted.fetch_add(1, Ordering::SeqCst);
+//!         async {
+//!             let answer = r#"{"model":"llama3","response":"Rayleigh.","done":true,"eval_count":2}"#;
+//!             let mut response = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(answer)));
+//!             response.headers_mut().insert("content-type", "application/json".parse().unwrap());
+//!             Ok::<_, std::convert::Infallible>(response)
+//!         }
 //!     }));
-//! # drop(service);
+//! let ask = || {
+//!     let json = r#"{"model":"llama3","prompt":"why blue?","stream":false,"options":{"temperature":0}}"#;
+//!     let mut request = http::Request::post("/api/generate").body(Body::from(json)).unwrap();
+//!     let mut meta = RequestMeta::new("r".into(), Endpoint::Generate).with_model(Some("llama3".into()));
+//!     meta.stream = false;
+//!     meta.generation.temperature = Some(0.0);
+//!     request.extensions_mut().insert(meta);
+//!     request
+//! };
+//! let first = service.clone().oneshot(ask()).await.unwrap();
+//! assert_eq!(first.headers()["x-corral-cache"], "miss");
+//! http_body_util::BodyExt::collect(first.into_body()).await.unwrap(); // kept once read whole
+//! let again = service.oneshot(ask()).await.unwrap();
+//! assert_eq!(again.headers()["x-corral-cache"], "hit");
+//! assert_eq!(calls.load(Ordering::SeqCst), 1);
 //! # }
 //! ```
 //!

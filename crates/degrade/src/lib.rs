@@ -29,20 +29,31 @@
 //! # Example
 //!
 //! ```
-//! use corral_core::{Body, LoadCell};
-//! use corral_degrade::{DegradeConfig, DegradeLayer};
-//! use tower::{service_fn, ServiceBuilder};
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use corral_core::{Body, Endpoint, Priority, RequestMeta};
+//! use corral_degrade::{DegradeConfig, DegradeLayer, Degraded};
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
 //!
-//! let degrade = DegradeLayer::new(&DegradeConfig::default()).map(|l| l.with_load(LoadCell::default())).unwrap();
+//! let config = DegradeConfig { l2_refuse_above: Some(7), ..DegradeConfig::default() };
+//! let degrade = DegradeLayer::new(&config).unwrap();
 //! let control = degrade.controller().clone();
 //! let service = ServiceBuilder::new()
 //!     .layer(degrade)
 //!     .service(service_fn(|_request: http::Request<Body>| async {
 //!         Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
 //!     }));
+//! let ask = |priority| {
+//!     let mut request = http::Request::post("/api/chat").body(Body::from("{}")).unwrap();
+//!     let meta = RequestMeta::new("r".into(), Endpoint::Chat).with_priority(Priority::new(priority).unwrap());
+//!     request.extensions_mut().insert(meta);
+//!     request
+//! };
+//! // The operator forces L2: priorities above 7 are refused, the rest served.
 //! control.force(Some(corral_core::Level::L2));
-//! assert_eq!(control.status().level, corral_core::Level::L2);
-//! # drop(service);
+//! let err = service.clone().oneshot(ask(9)).await.unwrap_err();
+//! assert!(err.is::<Degraded>());
+//! assert!(service.oneshot(ask(3)).await.is_ok());
+//! # }
 //! ```
 //!
 //! # Bodies

@@ -25,17 +25,33 @@
 //! # Example
 //!
 //! ```
-//! use corral_core::Body;
-//! use corral_ratelimit::{RateLimitConfig, RateLimitLayer};
-//! use tower::{service_fn, ServiceBuilder};
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use corral_core::{ClassName, Endpoint, Refusal, RequestMeta};
+//! use corral_ratelimit::{RateLimitConfig, RateLimitLayer, RateLimited};
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
 //!
-//! let config: RateLimitConfig = toml::from_str("[classes.opus]\nrequests_per_minute = 10").unwrap();
+//! let config: RateLimitConfig = toml::from_str("[classes.opus]\nrequests_per_minute = 2").unwrap();
 //! let service = ServiceBuilder::new()
 //!     .layer(RateLimitLayer::new(&config).unwrap())
-//!     .service(service_fn(|_request: http::Request<Body>| async {
+//!     .service(service_fn(|_request: http::Request<String>| async {
 //!         Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
 //!     }));
-//! # drop(service);
+//! let ask = || {
+//!     let mut request = http::Request::post("/api/chat").body(String::new()).unwrap();
+//!     let meta = RequestMeta::new("r".into(), Endpoint::Chat)
+//!         .with_agent("planner".into(), ClassName::from("opus"), true);
+//!     request.extensions_mut().insert(meta);
+//!     request
+//! };
+//! for _ in 0..2 {
+//!     let answer = service.clone().oneshot(ask()).await.unwrap();
+//!     assert!(answer.headers().contains_key("ratelimit"));
+//! }
+//! let err = service.oneshot(ask()).await.unwrap_err();
+//! let limited = err.downcast_ref::<RateLimited>().unwrap();
+//! assert_eq!(limited.status(), 429);
+//! assert!(limited.retry_after().is_some());
+//! # }
 //! ```
 //!
 //! # Bodies

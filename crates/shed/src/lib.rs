@@ -31,17 +31,29 @@
 //! # Example
 //!
 //! ```
-//! use corral_core::{Body, LoadCell};
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use corral_core::{Endpoint, Priority, RequestMeta};
 //! use corral_shed::{ShedConfig, ShedLayer};
-//! use tower::{service_fn, ServiceBuilder};
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
 //!
-//! let shed = ShedLayer::new(&ShedConfig { max_queue: 100, ..ShedConfig::default() }).map(|l| l.with_load(LoadCell::default())).unwrap();
+//! // Room for one waiting; above priority 7 refused at once when full.
+//! let config = ShedConfig { max_queue: 1, drop_above: 7, ..ShedConfig::default() };
 //! let service = ServiceBuilder::new()
-//!     .layer(shed)
-//!     .service(service_fn(|_request: http::Request<Body>| async {
-//!         Ok::<_, std::convert::Infallible>(http::Response::new(()))
+//!     .layer(ShedLayer::new(&config).unwrap())
+//!     .service(service_fn(|_request: http::Request<String>| async {
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(String::from("generated")))
 //!     }));
-//! # drop(service);
+//! let ask = |priority| {
+//!     let mut request = http::Request::post("/api/generate").body(String::new()).unwrap();
+//!     let meta = RequestMeta::new("r".into(), Endpoint::Generate)
+//!         .with_priority(Priority::new(priority).unwrap());
+//!     request.extensions_mut().insert(meta);
+//!     request
+//! };
+//! // Without a scheduler it counts what it lets through: one is in.
+//! let first = service.clone().oneshot(ask(5)).await.unwrap();
+//! assert_eq!(first.body(), "generated");
+//! # }
 //! ```
 //!
 //! # Bodies
