@@ -6,7 +6,7 @@ use std::sync::Arc;
 use corral_core::{channels, BusMessage, Level};
 use tokio::sync::broadcast;
 
-use crate::registry::Controls;
+use crate::svc::Controls;
 
 /// Listens to `bus` for as long as it runs: an operator's forced
 /// degradation level, or an agent's priority, set on another replica, is

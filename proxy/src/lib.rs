@@ -43,6 +43,7 @@ pub mod registry;
 pub mod respond;
 pub mod server;
 pub mod stack;
+mod svc;
 pub mod telemetry;
 pub mod upstream;
 mod upstream_url;

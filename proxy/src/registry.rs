@@ -1,23 +1,18 @@
 //! The layers an operator can name in `[[layers]]`.
 //!
-//! Each layer crate plugs in with one line in [`LAYERS`]: its `kind`, a
-//! sentence, the function that builds it from its options, and its
-//! refusal types so the proxy can answer them. `classify` is not here: it
-//! is always the first layer, built from `[server]`, `[identity]`,
-//! `[[classes]]` and `[[agents]]`.
+//! Each layer crate plugs in with one line in [`LAYERS`], listed in the
+//! order a request meets them in the recommended stack: its `kind`, a
+//! sentence, the function that builds it from its options, its refusal
+//! types so the proxy can answer them, and its rules on the other layers
+//! (which must be there, which it must come before), which
+//! [`check_order`] holds a stack to. `classify` is not here: it is always
+//! the first layer, built from `[server]`, `[identity]`, `[[classes]]`
+//! and `[[agents]]`.
 
-use bytes::Bytes;
-use std::sync::Arc;
+use corral_core::{ConfigError, RefusalCast};
 
-use corral_core::{BoxError, Bus, ConfigError, LoadCell, RefusalCast};
-use http::Response;
-use http_body_util::BodyExt;
-use serde::de::DeserializeOwned;
-use tower::util::BoxCloneSyncService;
-use tower::{Layer, Service, ServiceExt};
-
-use crate::config::{Config, LayerConfig};
-use crate::stack::{HttpRequest, StackService};
+use crate::config::LayerConfig;
+pub use crate::svc::{options, BuildContext, Controls, StackLayer};
 
 /// One kind of layer.
 #[derive(Clone, Copy)]
@@ -31,6 +26,10 @@ pub struct LayerKind {
     pub build: fn(&LayerConfig, &BuildContext<'_>) -> Result<StackLayer, ConfigError>,
     /// Its refusal types.
     pub refusals: &'static [RefusalCast],
+    /// Kinds the stack must also have, and why.
+    pub needs: &'static [(&'static str, &'static str)],
+    /// Kinds that, when listed, must come after it, and why.
+    pub before: &'static [(&'static str, &'static str)],
 }
 
 impl std::fmt::Debug for LayerKind {
@@ -41,144 +40,61 @@ impl std::fmt::Debug for LayerKind {
     }
 }
 
-/// What a layer builder may use besides its own options.
-#[derive(Clone, Copy)]
-pub struct BuildContext<'a> {
-    /// The whole configuration: classes, agents, the upstream's capacity.
-    pub config: &'a Config,
-    /// Where the scheduler publishes its load for the layers around it.
-    pub load: &'a LoadCell,
-    /// Where layers announce state changes (backpressure, levels, breaker).
-    pub bus: &'a Arc<dyn Bus>,
-    /// Where layers leave the handles the admin API drives.
-    pub controls: &'a Controls,
-    /// Where layers record events.
-    pub events: &'a Arc<dyn corral_core::EventSink>,
-    /// The shared Redis, with `[state] backend = "redis"` (inside a
-    /// runtime: `check-config` builds without it).
-    pub state: Option<&'a corral_core::RedisState>,
-}
+/// Why `auth` goes first: a cache hit or a merged embedding is answered
+/// without the layers after it, where auth would check nothing.
+const AUTH_FIRST: &str = "answers requests without the layers after it";
+/// Why `degrade` needs the scheduler.
+const DEGRADE_NEEDS: &str =
+    "degrade reads its load from the priority layer's scheduler: without one it would read 0 for ever";
 
-/// Handles of the stack's layers that the admin API drives.
-#[derive(Default)]
-pub struct Controls {
-    /// The degrade layer's controller, when the stack has one.
-    pub degrade: std::sync::OnceLock<Arc<corral_degrade::Controller>>,
-    /// The cache's store, when the stack has one.
-    pub cache: std::sync::OnceLock<Arc<dyn corral_cache::CacheStore>>,
-    /// The breakers, when the stack has them.
-    pub breaker: std::sync::OnceLock<corral_breaker::BreakerLayer>,
-    /// The scheduler, when the stack has one.
-    pub scheduler: std::sync::OnceLock<Arc<corral_priority::Scheduler>>,
-    /// The agents' priorities set at run time (classify's, always there).
-    pub priorities: std::sync::OnceLock<Arc<corral_classify::PriorityOverrides>>,
-}
-
-impl std::fmt::Debug for BuildContext<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BuildContext")
-            .field("load", self.load)
-            .finish()
-    }
-}
-
-impl std::fmt::Debug for Controls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Controls")
-            .field("degrade", &self.degrade.get().is_some())
-            .field("cache", &self.cache.get().is_some())
-            .finish()
-    }
-}
-
-/// The layers this build of `corral` knows, by `kind`. Layer crates add
-/// one line each (their builders are in `layers/`).
+/// The layers this build of `corral` knows, by `kind`, in the order a
+/// request meets them in the recommended stack. Layer crates add one
+/// line each (their builders are in `layers/`).
 #[rustfmt::skip]
 pub const LAYERS: &[LayerKind] = &[
-    LayerKind { name: "auth", about: "per-class permissions (endpoints, models) and HMAC-signed requests with replay protection", build: crate::layers::auth, refusals: corral_auth::REFUSALS },
-    LayerKind { name: "priority", about: "the scheduler: upstream permits by priority, fair share, aging, deadlines", build: crate::layers::priority, refusals: corral_priority::REFUSALS },
-    LayerKind { name: "bulkhead", about: "named compartments with their own concurrency limits", build: crate::layers::bulkhead, refusals: corral_bulkhead::REFUSALS },
-    LayerKind { name: "degrade", about: "load-driven levels: cap tokens, smaller models, refuse or answer defaults", build: crate::layers::degrade, refusals: corral_degrade::REFUSALS },
-    LayerKind { name: "cache", about: "exact-match cache of deterministic answers, coalescing of identical requests", build: crate::layers::cache, refusals: corral_cache::REFUSALS },
-    LayerKind { name: "batch", about: "merges concurrent single embeddings into one upstream call", build: crate::layers::batch, refusals: corral_batch::REFUSALS },
-    LayerKind { name: "ratelimit", about: "per-agent and per-class GCRA quotas of requests and tokens", build: crate::layers::ratelimit, refusals: corral_ratelimit::REFUSALS },
-    LayerKind { name: "retry", about: "safe retries with jittered backoff and a budget, stream-aware timeouts, model fallback", build: crate::layers::retry, refusals: corral_retry::REFUSALS },
-    LayerKind { name: "breaker", about: "circuit breaker per upstream or model: fail fast while it fails", build: crate::layers::breaker, refusals: corral_breaker::REFUSALS },
-    LayerKind { name: "shed", about: "bounded queue: lowest priorities refused first, delay shedding, Retry-After", build: crate::layers::shed, refusals: corral_shed::REFUSALS },
+    LayerKind { name: "auth", about: "per-class permissions (endpoints, models) and HMAC-signed requests with replay protection", build: crate::layers::auth, refusals: corral_auth::REFUSALS, needs: &[], before: &[("cache", AUTH_FIRST), ("batch", AUTH_FIRST)] },
+    LayerKind { name: "ratelimit", about: "per-agent and per-class GCRA quotas of requests and tokens", build: crate::layers::ratelimit, refusals: corral_ratelimit::REFUSALS, needs: &[], before: &[] },
+    LayerKind { name: "degrade", about: "load-driven levels: cap tokens, smaller models, refuse or answer defaults", build: crate::layers::degrade, refusals: corral_degrade::REFUSALS, needs: &[("priority", DEGRADE_NEEDS)], before: &[] },
+    LayerKind { name: "cache", about: "exact-match cache of deterministic answers, coalescing of identical requests", build: crate::layers::cache, refusals: corral_cache::REFUSALS, needs: &[], before: &[] },
+    LayerKind { name: "batch", about: "merges concurrent single embeddings into one upstream call", build: crate::layers::batch, refusals: corral_batch::REFUSALS, needs: &[], before: &[] },
+    LayerKind { name: "bulkhead", about: "named compartments with their own concurrency limits", build: crate::layers::bulkhead, refusals: corral_bulkhead::REFUSALS, needs: &[], before: &[] },
+    LayerKind { name: "shed", about: "bounded queue: lowest priorities refused first, delay shedding, Retry-After", build: crate::layers::shed, refusals: corral_shed::REFUSALS, needs: &[], before: &[] },
+    LayerKind { name: "priority", about: "the scheduler: upstream permits by priority, fair share, aging, deadlines", build: crate::layers::priority, refusals: corral_priority::REFUSALS, needs: &[], before: &[] },
+    LayerKind { name: "retry", about: "safe retries with jittered backoff and a budget, stream-aware timeouts, model fallback", build: crate::layers::retry, refusals: corral_retry::REFUSALS, needs: &[], before: &[] },
+    LayerKind { name: "breaker", about: "circuit breaker per upstream or model: fail fast while it fails", build: crate::layers::breaker, refusals: corral_breaker::REFUSALS, needs: &[], before: &[] },
 ];
 
-/// A built layer, ready to wrap the rest of the stack.
-pub struct StackLayer {
-    summary: String,
-    wrap: Box<dyn Fn(StackService) -> StackService + Send + Sync>,
-}
-
-impl std::fmt::Debug for StackLayer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StackLayer")
-            .field("summary", &self.summary)
-            .finish()
-    }
-}
-
-impl StackLayer {
-    /// Any tower layer over the stack's service, boxed so that layers can
-    /// be ordered at run time; `summary` says how it was configured.
-    pub fn new<L, S, B>(layer: L, summary: impl Into<String>) -> Self
-    where
-        L: Layer<StackService, Service = S> + Send + Sync + 'static,
-        S: Service<HttpRequest, Response = Response<B>> + Clone + Send + Sync + 'static,
-        S::Error: Into<BoxError>,
-        S::Future: Send + 'static,
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
-        Self {
-            summary: summary.into(),
-            wrap: Box::new(move |inner| {
-                BoxCloneSyncService::new(
-                    layer
-                        .layer(inner)
-                        .map_response(|response: Response<B>| {
-                            response.map(|body| body.map_err(Into::into).boxed_unsync())
-                        })
-                        .map_err(Into::into),
-                )
-            }),
+/// Holds the `[[layers]]` listed to each kind's rules: the kinds it needs
+/// are there, the kinds it must come before come after it. The error
+/// names the layer's index (for its line) and the rule broken.
+pub fn check_order(
+    listed: &[LayerConfig],
+    registry: &[LayerKind],
+) -> Result<(), (usize, ConfigError)> {
+    let position = |kind: &str| listed.iter().position(|l| l.kind == kind);
+    for (at, layer) in listed.iter().enumerate() {
+        let Some(kind) = registry.iter().find(|k| k.name == layer.kind) else {
+            continue;
+        };
+        for (needed, why) in kind.needs {
+            if position(needed).is_none() {
+                return Err((
+                    at,
+                    ConfigError::new("kind", format!("{why}: list a `{needed}` layer too")),
+                ));
+            }
+        }
+        for (later, why) in kind.before {
+            if position(later).is_some_and(|p| p < at) {
+                return Err((
+                    at,
+                    ConfigError::new(
+                        "kind",
+                        format!("{} must come before {later}, which {why}", kind.name),
+                    ),
+                ));
+            }
         }
     }
-
-    /// How it was configured.
-    pub fn summary(&self) -> &str {
-        &self.summary
-    }
-
-    pub(crate) fn wrap(&self, inner: StackService) -> StackService {
-        (self.wrap)(inner)
-    }
-}
-
-/// A layer's options, as its config type; errors name the option.
-///
-/// ```
-/// use corral::{options, LayerConfig};
-///
-/// #[derive(Debug, serde::Deserialize)]
-/// #[serde(deny_unknown_fields)]
-/// struct ShedConfig { max_queue: usize }
-///
-/// let mut table = toml::Table::new();
-/// table.insert("max_queue".into(), toml::Value::String("lots".into()));
-/// let layer = LayerConfig { kind: "shed".into(), options: table, line: None, key_lines: Vec::new() };
-/// let err = options::<ShedConfig>(&layer).unwrap_err();
-/// assert_eq!(err.key(), "max_queue");
-/// ```
-pub fn options<C: DeserializeOwned>(layer: &LayerConfig) -> Result<C, ConfigError> {
-    serde_path_to_error::deserialize(toml::Value::Table(layer.options.clone())).map_err(|e| {
-        let key = e.path().to_string();
-        ConfigError::new(
-            if key == "." { String::new() } else { key },
-            e.into_inner().message().to_string(),
-        )
-    })
+    Ok(())
 }

@@ -1,29 +1,24 @@
-//! Builds the stack from the configuration: `classify`, then the
-//! `[[layers]]` in order, then the upstream.
+//! Builds the stack from the configuration, as a request travels it:
+//! `classify`, then the `[[layers]]` in order, then the upstream.
 //!
 //! `build` returns the service; serving it is separate, so tests can call
 //! it with `oneshot`.
 
 use std::path::Path;
-
-use corral_classify::ClassifyLayer;
 use std::sync::Arc;
 
-use corral_core::{Body, BoxBody, BoxError, Bus, LoadCell, MemoryBus, RefusalCast};
+use corral_classify::ClassifyLayer;
+use corral_core::{Bus, ConfigError, LoadCell, MemoryBus, RefusalCast};
 use tower::util::BoxCloneSyncService;
 use tower::Layer;
 
-use crate::config::{Config, LoadError, NO_FILE};
-use crate::registry::{BuildContext, Controls, LayerKind, LAYERS};
+use crate::config::{Config, LayerConfig, LoadError, NO_FILE};
+use crate::registry::{check_order, LayerKind, LAYERS};
 use crate::respond;
+use crate::svc::{BuildContext, Controls, StackLayer};
 use crate::upstream::Upstream;
 
-/// A request as it travels down the stack.
-pub type HttpRequest = http::Request<Body>;
-/// A response as it travels up the stack.
-pub type HttpResponse = http::Response<BoxBody>;
-/// The stack, boxed: its layers are chosen at run time.
-pub type StackService = BoxCloneSyncService<HttpRequest, HttpResponse, BoxError>;
+pub use crate::svc::{HttpRequest, HttpResponse, StackService};
 
 /// A built stack.
 #[derive(Clone)]
@@ -107,37 +102,24 @@ pub fn build_with(
     registry: &[LayerKind],
 ) -> Result<Stack, LoadError> {
     let file = file.unwrap_or(Path::new(NO_FILE));
+    let refuse = |e: ConfigError, line| LoadError::from_config(file, e, line);
     // Layers set gauges as they are built: the recorder must be there.
     let _ = crate::telemetry::metrics_handle();
-    let upstream =
-        Upstream::new(&config.upstream).map_err(|e| LoadError::from_config(file, e, None))?;
-    let classify_config = config.classify();
-    let classify = ClassifyLayer::new(&classify_config).map_err(|e| {
-        // The classify config is assembled from several sections: name
-        // the section the operator wrote.
-        let e = match e.key() {
-            "max_request_bytes" => {
-                corral_core::ConfigError::new("server.max_request_bytes", e.reason())
-            }
-            "default_class" => corral_core::ConfigError::new("identity.default_class", e.reason()),
-            _ => e,
-        };
-        LoadError::from_config(file, e, None)
-    })?;
 
-    let events = Arc::new(corral_events::EventLog::open(&config.events).map_err(|e| {
-        let e = corral_core::ConfigError::new(
-            "events.file",
-            format!("cannot open the event file: {e}"),
-        );
-        LoadError::from_config(file, e, None)
-    })?);
+    // The way down: classify, the layers listed, the upstream.
+    let classify = classify_layer(config).map_err(|e| refuse(e, None))?;
+    let listed = config.layers();
+    let kinds = kinds_of(&listed, registry)
+        .map_err(|(at, e)| refuse(e.within(format!("layers[{at}]")), listed[at].line))?;
+    let upstream = Upstream::new(&config.upstream).map_err(|e| refuse(e, None))?;
+
+    // What the layers share: the event log, the load, the bus, Redis.
+    let events = event_log(config).map_err(|e| refuse(e, None))?;
     let load = LoadCell::default();
     let controls = Arc::new(Controls::default());
     let _ = controls.priorities.set(classify.overrides().clone());
     let replica = replica_id();
-    let state =
-        shared_state(config, &replica).map_err(|e| LoadError::from_config(file, e, None))?;
+    let state = shared_state(config, &replica).map_err(|e| refuse(e, None))?;
     let events: Arc<dyn corral_events::EventStore> = match &state {
         Some(state) => corral_events::RedisEvents::start(state.clone(), events),
         None => events,
@@ -147,70 +129,23 @@ pub fn build_with(
         Some(state) => corral_core::RedisBus::start(state.clone()),
         None => Arc::new(MemoryBus::new(&replica)),
     };
+    let context = BuildContext {
+        config,
+        load: &load,
+        bus: &bus,
+        controls: &controls,
+        events: &sink,
+        state: state.as_ref(),
+    };
+
+    // Each layer from its options; the refusals they answer with.
     let mut refusals: Vec<RefusalCast> = respond::built_in();
-    let listed = config.layers();
-    let position = |kind: &str| listed.iter().position(|l| l.kind == kind);
-    if let Some(auth) = position("auth") {
-        // A cache hit or a merged embedding is answered without calling
-        // the layers after it: behind them, auth would check nothing.
-        if let Some(answering) = ["cache", "batch"]
-            .into_iter()
-            .find(|kind| position(kind).is_some_and(|at| at < auth))
-        {
-            return Err(LoadError::from_config(
-                file,
-                corral_core::ConfigError::new(
-                    "kind",
-                    format!("auth must come before {answering}, which answers requests without the layers after it"),
-                )
-                .within(format!("layers[{auth}]")),
-                listed[auth].line,
-            ));
-        }
-    }
-    let mut built = Vec::with_capacity(listed.len());
-    for (i, layer) in listed.iter().enumerate() {
-        let at = format!("layers[{i}]");
-        if layer.kind == "classify" {
-            return Err(LoadError::from_config(
-                file,
-                corral_core::ConfigError::new(
-                    "kind",
-                    "classify is always the first layer and is not listed; configure it with [server], [identity], [[classes]] and [[agents]]",
-                )
-                .within(at),
-                layer.line,
-            ));
-        }
-        let Some(kind) = registry.iter().find(|k| k.name == layer.kind) else {
-            let known: Vec<&str> = registry.iter().map(|k| k.name).collect();
-            let known = if known.is_empty() {
-                "this build has no optional layers".to_string()
-            } else {
-                format!("known kinds: {}", known.join(", "))
-            };
-            return Err(LoadError::from_config(
-                file,
-                corral_core::ConfigError::new(
-                    "kind",
-                    format!("unknown layer kind {:?} ({known})", layer.kind),
-                )
-                .within(at),
-                layer.line,
-            ));
-        };
-        let context = BuildContext {
-            config,
-            load: &load,
-            bus: &bus,
-            controls: &controls,
-            events: &sink,
-            state: state.as_ref(),
-        };
+    let mut built: Vec<(&'static str, StackLayer)> = Vec::with_capacity(listed.len());
+    for (at, (layer, kind)) in listed.iter().zip(&kinds).enumerate() {
         let stack_layer = (kind.build)(layer, &context).map_err(|e| {
             // A key's own line, where it was written; else the header's.
             let line = layer.line_of(e.key());
-            LoadError::from_config(file, e.within(&at), line)
+            refuse(e.within(format!("layers[{at}]")), line)
         })?;
         for cast in kind.refusals {
             if !refusals.iter().any(|c| std::ptr::fn_addr_eq(*c, *cast)) {
@@ -220,6 +155,7 @@ pub fn build_with(
         built.push((kind.name, stack_layer));
     }
 
+    // Wrapped from the inside out: the upstream, the layers, classify.
     let mut service: StackService = BoxCloneSyncService::new(upstream.clone());
     for (_, layer) in built.iter().rev() {
         service = layer.wrap(service);
@@ -234,17 +170,7 @@ pub fn build_with(
         ));
     }
 
-    let mut layers =
-        vec![(
-            "classify".to_string(),
-            format!(
-            "identity, priority and deadline; bodies up to {} bytes; {} class(es), {} agent(s){}",
-            config.server.max_request_bytes,
-            classify.classes().count(),
-            config.agents.len(),
-            if config.identity.require_key { "; API key required" } else { "" }
-        ),
-        )];
+    let mut layers = vec![("classify".to_string(), classify_summary(config, &classify))];
     layers.extend(
         built
             .iter()
@@ -261,6 +187,74 @@ pub fn build_with(
         events,
         replica: Arc::from(replica),
     })
+}
+
+/// The classify layer, from the sections it is assembled of; an error
+/// names the section the operator wrote.
+fn classify_layer(config: &Config) -> Result<ClassifyLayer, ConfigError> {
+    ClassifyLayer::new(&config.classify()).map_err(|e| match e.key() {
+        "max_request_bytes" => ConfigError::new("server.max_request_bytes", e.reason()),
+        "default_class" => ConfigError::new("identity.default_class", e.reason()),
+        _ => e,
+    })
+}
+
+/// The kind of each layer listed, in order, once every rule holds:
+/// classify is not listed, every kind is known, each kind's own rules on
+/// the others ([`check_order`]). An error gives the layer's index.
+fn kinds_of<'r>(
+    listed: &[LayerConfig],
+    registry: &'r [LayerKind],
+) -> Result<Vec<&'r LayerKind>, (usize, ConfigError)> {
+    let mut kinds = Vec::with_capacity(listed.len());
+    for (at, layer) in listed.iter().enumerate() {
+        if layer.kind == "classify" {
+            return Err((at, ConfigError::new(
+                "kind",
+                "classify is always the first layer and is not listed; configure it with [server], [identity], [[classes]] and [[agents]]",
+            )));
+        }
+        let Some(kind) = registry.iter().find(|k| k.name == layer.kind) else {
+            let known: Vec<&str> = registry.iter().map(|k| k.name).collect();
+            let known = if known.is_empty() {
+                "this build has no optional layers".to_string()
+            } else {
+                format!("known kinds: {}", known.join(", "))
+            };
+            return Err((
+                at,
+                ConfigError::new(
+                    "kind",
+                    format!("unknown layer kind {:?} ({known})", layer.kind),
+                ),
+            ));
+        };
+        kinds.push(kind);
+    }
+    check_order(listed, registry)?;
+    Ok(kinds)
+}
+
+/// The event log of `[events]`.
+fn event_log(config: &Config) -> Result<Arc<corral_events::EventLog>, ConfigError> {
+    corral_events::EventLog::open(&config.events)
+        .map(Arc::new)
+        .map_err(|e| ConfigError::new("events.file", format!("cannot open the event file: {e}")))
+}
+
+/// How classify is configured, for `check-config`.
+fn classify_summary(config: &Config, classify: &ClassifyLayer) -> String {
+    format!(
+        "identity, priority and deadline; bodies up to {} bytes; {} class(es), {} agent(s){}",
+        config.server.max_request_bytes,
+        classify.classes().count(),
+        config.agents.len(),
+        if config.identity.require_key {
+            "; API key required"
+        } else {
+            ""
+        }
+    )
 }
 
 /// The shared Redis of `[state] backend = "redis"`, when the stack is

@@ -72,12 +72,16 @@ const TEST_LAYERS: &[LayerKind] = &[
         about: "tags responses",
         build: tag,
         refusals: &[],
+        needs: &[],
+        before: &[],
     },
     LayerKind {
         name: "explode",
         about: "panics",
         build: explode,
         refusals: &[],
+        needs: &[],
+        before: &[],
     },
 ];
 

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use corral_core::{full, ApiFamily, BoxBody, ErrorBody, LoadCell};
 
 use crate::config::Config;
-use crate::registry::Controls;
 use crate::respond;
 use crate::stack::Stack;
+use crate::svc::Controls;
 use crate::telemetry;
 use crate::upstream::Upstream;
 

@@ -9,7 +9,7 @@ use corral_priority::{PriorityConfig, PriorityLayer};
 use serde::Deserialize;
 
 use crate::config::LayerConfig;
-use crate::registry::{options, BuildContext, StackLayer};
+use crate::svc::{options, BuildContext, StackLayer};
 
 /// `kind = "priority"`: its own options; capacity comes from
 /// `[upstream]`, weights from `[[classes]]`.

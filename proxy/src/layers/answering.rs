@@ -6,7 +6,7 @@ use std::sync::Arc;
 use corral_core::ConfigError;
 
 use crate::config::LayerConfig;
-use crate::registry::{options, BuildContext, StackLayer};
+use crate::svc::{options, BuildContext, StackLayer};
 
 /// `kind = "cache"`: its options are [`corral_cache::CacheConfig`]'s.
 pub(crate) fn cache(

@@ -6,7 +6,7 @@ use std::time::Duration;
 use corral_core::ConfigError;
 
 use crate::config::LayerConfig;
-use crate::registry::{options, BuildContext, StackLayer};
+use crate::svc::{options, BuildContext, StackLayer};
 
 /// `kind = "retry"`: its options are [`corral_retry::RetryConfig`]'s.
 pub(crate) fn retry(
@@ -96,14 +96,6 @@ pub(crate) fn degrade(
     layer: &LayerConfig,
     context: &BuildContext<'_>,
 ) -> Result<StackLayer, ConfigError> {
-    // Its load is the scheduler's: without one it would read 0 for ever
-    // and never act, silently.
-    if !context.config.layers().iter().any(|l| l.kind == "priority") {
-        return Err(ConfigError::new(
-            "kind",
-            "degrade reads its load from the priority layer's scheduler: list a `priority` layer too",
-        ));
-    }
     let mut config: corral_degrade::DegradeConfig = options(layer)?;
     for class in context.config.classes.iter().filter(|c| c.critical) {
         if !config.critical_classes.contains(&class.name) {

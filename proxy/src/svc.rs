@@ -1,0 +1,149 @@
+//! What the stack is made of: the request and response types, a built
+//! layer (boxed, so the order can be chosen at run time), what a layer's
+//! builder may use, and the handles the admin API drives. The registry
+//! lists the kinds; the stack assembles them; both use these.
+
+use bytes::Bytes;
+use std::sync::Arc;
+
+use corral_core::{Body, BoxBody, BoxError, Bus, ConfigError, LoadCell};
+use http::Response;
+use http_body_util::BodyExt;
+use serde::de::DeserializeOwned;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, Service, ServiceExt};
+
+use crate::config::{Config, LayerConfig};
+
+/// A request as it travels down the stack.
+pub type HttpRequest = http::Request<Body>;
+/// A response as it travels up the stack.
+pub type HttpResponse = http::Response<BoxBody>;
+/// The stack, boxed: its layers are chosen at run time.
+pub type StackService = BoxCloneSyncService<HttpRequest, HttpResponse, BoxError>;
+
+/// What a layer builder may use besides its own options.
+#[derive(Clone, Copy)]
+pub struct BuildContext<'a> {
+    /// The whole configuration: classes, agents, the upstream's capacity.
+    pub config: &'a Config,
+    /// Where the scheduler publishes its load for the layers around it.
+    pub load: &'a LoadCell,
+    /// Where layers announce state changes (backpressure, levels, breaker).
+    pub bus: &'a Arc<dyn Bus>,
+    /// Where layers leave the handles the admin API drives.
+    pub controls: &'a Controls,
+    /// Where layers record events.
+    pub events: &'a Arc<dyn corral_core::EventSink>,
+    /// The shared Redis, with `[state] backend = "redis"` (inside a
+    /// runtime: `check-config` builds without it).
+    pub state: Option<&'a corral_core::RedisState>,
+}
+
+/// Handles of the stack's layers that the admin API drives.
+#[derive(Default)]
+pub struct Controls {
+    /// The degrade layer's controller, when the stack has one.
+    pub degrade: std::sync::OnceLock<Arc<corral_degrade::Controller>>,
+    /// The cache's store, when the stack has one.
+    pub cache: std::sync::OnceLock<Arc<dyn corral_cache::CacheStore>>,
+    /// The breakers, when the stack has them.
+    pub breaker: std::sync::OnceLock<corral_breaker::BreakerLayer>,
+    /// The scheduler, when the stack has one.
+    pub scheduler: std::sync::OnceLock<Arc<corral_priority::Scheduler>>,
+    /// The agents' priorities set at run time (classify's, always there).
+    pub priorities: std::sync::OnceLock<Arc<corral_classify::PriorityOverrides>>,
+}
+
+impl std::fmt::Debug for BuildContext<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuildContext")
+            .field("load", self.load)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Controls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controls")
+            .field("degrade", &self.degrade.get().is_some())
+            .field("cache", &self.cache.get().is_some())
+            .finish()
+    }
+}
+
+/// A built layer, ready to wrap the rest of the stack.
+pub struct StackLayer {
+    summary: String,
+    wrap: Box<dyn Fn(StackService) -> StackService + Send + Sync>,
+}
+
+impl std::fmt::Debug for StackLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StackLayer")
+            .field("summary", &self.summary)
+            .finish()
+    }
+}
+
+impl StackLayer {
+    /// Any tower layer over the stack's service, boxed so that layers can
+    /// be ordered at run time; `summary` says how it was configured.
+    pub fn new<L, S, B>(layer: L, summary: impl Into<String>) -> Self
+    where
+        L: Layer<StackService, Service = S> + Send + Sync + 'static,
+        S: Service<HttpRequest, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        Self {
+            summary: summary.into(),
+            wrap: Box::new(move |inner| {
+                BoxCloneSyncService::new(
+                    layer
+                        .layer(inner)
+                        .map_response(|response: Response<B>| {
+                            response.map(|body| body.map_err(Into::into).boxed_unsync())
+                        })
+                        .map_err(Into::into),
+                )
+            }),
+        }
+    }
+
+    /// How it was configured.
+    pub fn summary(&self) -> &str {
+        &self.summary
+    }
+
+    pub(crate) fn wrap(&self, inner: StackService) -> StackService {
+        (self.wrap)(inner)
+    }
+}
+
+/// A layer's options, as its config type; errors name the option.
+///
+/// ```
+/// use corral::{options, LayerConfig};
+///
+/// #[derive(Debug, serde::Deserialize)]
+/// #[serde(deny_unknown_fields)]
+/// struct ShedConfig { max_queue: usize }
+///
+/// let mut table = toml::Table::new();
+/// table.insert("max_queue".into(), toml::Value::String("lots".into()));
+/// let layer = LayerConfig { kind: "shed".into(), options: table, line: None, key_lines: Vec::new() };
+/// let err = options::<ShedConfig>(&layer).unwrap_err();
+/// assert_eq!(err.key(), "max_queue");
+/// ```
+pub fn options<C: DeserializeOwned>(layer: &LayerConfig) -> Result<C, ConfigError> {
+    serde_path_to_error::deserialize(toml::Value::Table(layer.options.clone())).map_err(|e| {
+        let key = e.path().to_string();
+        ConfigError::new(
+            if key == "." { String::new() } else { key },
+            e.into_inner().message().to_string(),
+        )
+    })
+}
