@@ -48,20 +48,7 @@ pub struct CacheService<S> {
 }
 
 impl<S> CacheService<S> {
-    /// The service inside.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The service inside, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The service inside, unwrapped.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    corral_core::define_inner_service_accessors!();
 }
 
 impl<S> std::fmt::Debug for CacheService<S> {

@@ -33,20 +33,7 @@ pub struct Classify<S> {
 }
 
 impl<S> Classify<S> {
-    /// The service inside.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The service inside, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The service inside, unwrapped.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    corral_core::define_inner_service_accessors!();
 }
 
 impl<S: Clone> Clone for Classify<S> {

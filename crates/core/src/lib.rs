@@ -98,3 +98,38 @@ pub use usage::Usage;
 /// error type stays the same whatever the order of the layers; the proxy
 /// finds the refusal again with `err.downcast_ref()` or [`find_refusal`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The accessors every Corral service has, as tower-http's do: put
+/// `corral_core::define_inner_service_accessors!();` in an
+/// `impl<S> Service<S>` block of a struct whose wrapped service is its
+/// `inner` field.
+///
+/// ```
+/// struct Counting<S> { inner: S }
+/// impl<S> Counting<S> {
+///     corral_core::define_inner_service_accessors!();
+/// }
+/// let mut counting = Counting { inner: 7 };
+/// *counting.get_mut() += 1;
+/// assert_eq!(*counting.get_ref(), 8);
+/// assert_eq!(counting.into_inner(), 8);
+/// ```
+#[macro_export]
+macro_rules! define_inner_service_accessors {
+    () => {
+        /// The service inside.
+        pub fn get_ref(&self) -> &S {
+            &self.inner
+        }
+
+        /// The service inside, mutably.
+        pub fn get_mut(&mut self) -> &mut S {
+            &mut self.inner
+        }
+
+        /// The service inside, unwrapped.
+        pub fn into_inner(self) -> S {
+            self.inner
+        }
+    };
+}

@@ -191,20 +191,7 @@ impl<S: std::fmt::Debug, F> std::fmt::Debug for SetMeta<S, F> {
 }
 
 impl<S, F> SetMeta<S, F> {
-    /// The service inside.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The service inside, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The service inside, unwrapped.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    crate::define_inner_service_accessors!();
 }
 
 impl<S, F, B> Service<Request<B>> for SetMeta<S, F>
