@@ -2,7 +2,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use corral_core::{BoxError, WatchBody};
+use corral_core::{AdmitThenCall, BoxError, WatchBody};
 use http::Response;
 use pin_project_lite::pin_project;
 use tower::Service;
@@ -14,41 +14,31 @@ use crate::error::CompartmentFull;
 type Wait = Pin<Box<dyn Future<Output = Result<Slot, CompartmentFull>> + Send>>;
 
 pin_project! {
-    /// The response future of [`BulkheadService`](crate::BulkheadService).
+    /// The response future of [`BulkheadService`](crate::BulkheadService):
+    /// waits for a slot in the request's compartment (when it must), then
+    /// calls the inner service and hands the slot to the response body.
     pub struct ResponseFuture<S, F, R> {
         #[pin]
-        state: State<S, F, R>,
-    }
-}
-
-pin_project! {
-    #[project = StateProj]
-    enum State<S, F, R> {
-        Waiting { wait: Wait, call: Option<(S, R)> },
-        Calling { #[pin] future: F, slot: Option<Slot> },
-        Refused { error: Option<BoxError> },
+        inner: AdmitThenCall<Wait, S, R, F, Slot>,
     }
 }
 
 impl<S, F, R> ResponseFuture<S, F, R> {
     pub(crate) fn calling(future: F, slot: Option<Slot>) -> Self {
         Self {
-            state: State::Calling { future, slot },
+            inner: AdmitThenCall::calling(future, slot),
         }
     }
 
     pub(crate) fn waiting(wait: Wait, inner: S, request: R) -> Self {
         Self {
-            state: State::Waiting {
-                wait,
-                call: Some((inner, request)),
-            },
+            inner: AdmitThenCall::admitting(wait, inner, request),
         }
     }
 
     pub(crate) fn refused(error: BoxError) -> Self {
         Self {
-            state: State::Refused { error: Some(error) },
+            inner: AdmitThenCall::refused(error),
         }
     }
 }
@@ -63,31 +53,7 @@ where
     type Output = Result<Response<ResponseBody<B>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        loop {
-            match this.state.as_mut().project() {
-                StateProj::Waiting { wait, call } => {
-                    let slot = ready!(wait.as_mut().poll(cx))?;
-                    let Some((mut inner, request)) = call.take() else {
-                        return Poll::Ready(Err("bulkhead future polled after completion".into()));
-                    };
-                    let future = inner.call(request);
-                    this.state.set(State::Calling {
-                        future,
-                        slot: Some(slot),
-                    });
-                }
-                StateProj::Calling { future, slot } => {
-                    let response = ready!(future.poll(cx)).map_err(Into::into)?;
-                    let slot = slot.take();
-                    return Poll::Ready(Ok(WatchBody::response(response, slot)));
-                }
-                StateProj::Refused { error } => {
-                    return Poll::Ready(Err(error
-                        .take()
-                        .unwrap_or_else(|| "bulkhead future polled after completion".into())));
-                }
-            }
-        }
+        let (response, slot) = ready!(self.project().inner.poll(cx))?;
+        Poll::Ready(Ok(WatchBody::response(response, slot)))
     }
 }

@@ -38,6 +38,7 @@
 //! assert!(endpoint.streams_by_default());
 //! ```
 
+mod admit;
 mod body;
 mod bus;
 mod clock;
@@ -62,6 +63,7 @@ mod shared;
 mod shared_bus;
 mod usage;
 
+pub use admit::AdmitThenCall;
 pub use body::{empty, full, Body, BoxBody};
 pub use bus::{channels, Bus, BusMessage, MemoryBus};
 pub use clock::{rfc3339_now, unix_now, unix_now_f64};

@@ -2,7 +2,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use corral_core::{headers, BoxError, WatchBody};
+use corral_core::{headers, AdmitThenCall, BoxError, WatchBody};
 use http::{HeaderValue, Response};
 use pin_project_lite::pin_project;
 use tower::Service;
@@ -16,42 +16,20 @@ pin_project! {
     /// inner service and hands the permit to the response body.
     pub struct ResponseFuture<S, F, R> {
         #[pin]
-        state: State<S, F, R>,
-    }
-}
-
-pin_project! {
-    #[project = StateProj]
-    enum State<S, F, R> {
-        Waiting {
-            #[pin]
-            acquire: Acquire,
-            call: Option<(S, R)>,
-        },
-        Calling {
-            #[pin]
-            future: F,
-            permit: Option<Permit>,
-        },
+        inner: AdmitThenCall<Acquire, S, R, F, Permit>,
     }
 }
 
 impl<S, F, R> ResponseFuture<S, F, R> {
     pub(crate) fn waiting(acquire: Acquire, inner: S, request: R) -> Self {
         Self {
-            state: State::Waiting {
-                acquire,
-                call: Some((inner, request)),
-            },
+            inner: AdmitThenCall::admitting(acquire, inner, request),
         }
     }
 
     pub(crate) fn passing(future: F) -> Self {
         Self {
-            state: State::Calling {
-                future,
-                permit: None,
-            },
+            inner: AdmitThenCall::calling(future, None),
         }
     }
 }
@@ -66,37 +44,15 @@ where
     type Output = Result<Response<ResponseBody<B>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        loop {
-            match this.state.as_mut().project() {
-                StateProj::Waiting { acquire, call } => {
-                    let permit = ready!(acquire.poll(cx))?;
-                    let Some((mut inner, request)) = call.take() else {
-                        return Poll::Ready(Err("priority future polled after completion".into()));
-                    };
-                    let future = inner.call(request);
-                    this.state.set(State::Calling {
-                        future,
-                        permit: Some(permit),
-                    });
-                }
-                StateProj::Calling { future, permit } => {
-                    let mut response = ready!(future.poll(cx)).map_err(Into::into)?;
-                    let permit = permit.take();
-                    if let Some(permit) = &permit {
-                        let waited = permit.waited().as_millis().to_string();
-                        if let Ok(value) = HeaderValue::from_str(&waited) {
-                            response
-                                .headers_mut()
-                                .insert(headers::X_CORRAL_QUEUE_MS, value);
-                        }
-                    }
-                    return Poll::Ready(Ok(WatchBody::response(
-                        response,
-                        permit.map(Settling::new),
-                    )));
-                }
+        let (mut response, permit) = ready!(self.project().inner.poll(cx))?;
+        if let Some(permit) = &permit {
+            let waited = permit.waited().as_millis().to_string();
+            if let Ok(value) = HeaderValue::from_str(&waited) {
+                response
+                    .headers_mut()
+                    .insert(headers::X_CORRAL_QUEUE_MS, value);
             }
         }
+        Poll::Ready(Ok(WatchBody::response(response, permit.map(Settling::new))))
     }
 }

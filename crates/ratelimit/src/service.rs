@@ -3,15 +3,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use corral_core::{BoxError, EndpointKind, RequestMeta, WatchBody};
+use corral_core::{AdmitThenCall, BoxError, EndpointKind, RequestMeta, WatchBody};
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower::Service;
 
 use crate::body::{Correction, ResponseBody};
-use crate::gcra::{Checked, Verdict};
+use crate::error::RateLimited;
+use crate::gcra::Checked;
 use crate::headers::{RATELIMIT, RATELIMIT_POLICY};
-use crate::plan::{Passed, Plan, Prepared};
+use crate::plan::{Passed, Plan};
 
 /// Charges each inference request to its agent's and class's quotas;
 /// refuses with [`RateLimited`](crate::RateLimited) when one is spent.
@@ -56,70 +57,47 @@ where
             .filter(|meta| meta.endpoint.kind() == EndpointKind::Inference)
             .and_then(|meta| self.plan.prepare(meta));
         let Some(prepared) = prepared else {
-            return ResponseFuture::calling(self.inner.call(request), None);
+            return ResponseFuture::new(AdmitThenCall::calling(self.inner.call(request), None));
         };
         match self.plan.check(&prepared) {
             Checked::Now(verdict) => match self.plan.conclude(&prepared, verdict) {
-                Ok(passed) => ResponseFuture::calling(self.inner.call(request), Some(passed)),
-                Err(limited) => ResponseFuture {
-                    state: State::Refused {
-                        error: Some(limited.into()),
-                    },
-                },
+                Ok(passed) => ResponseFuture::new(AdmitThenCall::calling(
+                    self.inner.call(request),
+                    Some(passed),
+                )),
+                Err(limited) => ResponseFuture::new(AdmitThenCall::refused(limited.into())),
             },
             Checked::Later(verdict) => {
                 // The verdict comes from Redis: the ready service waits
                 // with the request, a clone takes its place here.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture {
-                    state: State::Checking {
-                        verdict,
-                        pending: Some(Pending {
-                            inner,
-                            request,
-                            prepared,
-                            plan: self.plan.clone(),
-                        }),
-                    },
-                }
+                let plan = self.plan.clone();
+                let verdict: Verdicting =
+                    Box::pin(async move { plan.conclude(&prepared, verdict.await) });
+                ResponseFuture::new(AdmitThenCall::admitting(verdict, inner, request))
             }
         }
     }
 }
 
-struct Pending<S, R> {
-    inner: S,
-    request: R,
-    prepared: Prepared,
-    plan: Arc<Plan>,
-}
+/// The store's verdict on a request, to come.
+type Verdicting = Pin<Box<dyn Future<Output = Result<Passed, RateLimited>> + Send>>;
 
 pin_project! {
-    /// The response future of [`RateLimitService`].
+    /// The response future of [`RateLimitService`]: waits for the quota's
+    /// verdict (from Redis, when shared), then calls the inner service;
+    /// the answer carries the quota's standing, and its body corrects the
+    /// token charge when it ends.
     pub struct ResponseFuture<S, F, R> {
         #[pin]
-        state: State<S, F, R>,
-    }
-}
-
-pin_project! {
-    #[project = StateProj]
-    enum State<S, F, R> {
-        Checking {
-            verdict: Pin<Box<dyn Future<Output = Verdict> + Send>>,
-            pending: Option<Pending<S, R>>,
-        },
-        Calling { #[pin] future: F, passed: Option<Passed> },
-        Refused { error: Option<BoxError> },
+        inner: AdmitThenCall<Verdicting, S, R, F, Passed>,
     }
 }
 
 impl<S, F, R> ResponseFuture<S, F, R> {
-    fn calling(future: F, passed: Option<Passed>) -> Self {
-        Self {
-            state: State::Calling { future, passed },
-        }
+    fn new(inner: AdmitThenCall<Verdicting, S, R, F, Passed>) -> Self {
+        Self { inner }
     }
 }
 
@@ -132,55 +110,20 @@ where
 {
     type Output = Result<Response<ResponseBody<B>>, BoxError>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let StateProj::Checking { verdict, pending } = self.as_mut().project().state.project() {
-            let verdict = ready!(verdict.as_mut().poll(cx));
-            let Some(Pending {
-                mut inner,
-                request,
-                prepared,
-                plan,
-            }) = pending.take()
-            else {
-                return Poll::Ready(Err("rate limit future polled after completion".into()));
-            };
-            let next = match plan.conclude(&prepared, verdict) {
-                Ok(passed) => State::Calling {
-                    future: inner.call(request),
-                    passed: Some(passed),
-                },
-                Err(limited) => State::Refused {
-                    error: Some(limited.into()),
-                },
-            };
-            self.as_mut().project().state.set(next);
-        }
-        match self.project().state.project() {
-            StateProj::Checking { .. } => {
-                Poll::Ready(Err("rate limit future polled after completion".into()))
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let (mut response, passed) = ready!(self.project().inner.poll(cx))?;
+        let settle = passed.and_then(|passed| {
+            response
+                .headers_mut()
+                .insert(RATELIMIT_POLICY, passed.policy);
+            if let Some(standing) = passed.standing {
+                response.headers_mut().insert(RATELIMIT, standing);
             }
-            StateProj::Calling { future, passed } => {
-                let mut response = ready!(future.poll(cx)).map_err(Into::into)?;
-                let settle = match passed.take() {
-                    Some(passed) => {
-                        response
-                            .headers_mut()
-                            .insert(RATELIMIT_POLICY, passed.policy);
-                        if let Some(standing) = passed.standing {
-                            response.headers_mut().insert(RATELIMIT, standing);
-                        }
-                        passed.settle
-                    }
-                    None => None,
-                };
-                Poll::Ready(Ok(WatchBody::response(
-                    response,
-                    settle.map(Correction::new),
-                )))
-            }
-            StateProj::Refused { error } => Poll::Ready(Err(error
-                .take()
-                .unwrap_or_else(|| "rate limit future polled after completion".into()))),
-        }
+            passed.settle
+        });
+        Poll::Ready(Ok(WatchBody::response(
+            response,
+            settle.map(Correction::new),
+        )))
     }
 }
