@@ -131,3 +131,29 @@ pub async fn bare_proxy_at(
     });
     Ok(addr)
 }
+
+/// Runs a bench's `scenario` on a multi-threaded runtime: success, or
+/// its error on stderr under `name` and a failing exit status.
+pub fn run_main<F, E>(name: &str, scenario: F) -> std::process::ExitCode
+where
+    F: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("{name}: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(scenario) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -213,23 +213,15 @@ impl Observation {
         if access_logged() {
             self.span.record("duration_ms", millis(elapsed));
         }
-        if let Some(error) = error {
+        if outcome == "error" {
+            // A failure, with its cause when the body broke mid-stream.
             tracing::warn!(
                 target: "corral::access",
                 parent: &self.span,
                 status = self.status.as_u16(),
                 duration_ms = millis(elapsed),
                 outcome,
-                error = %error,
-                "request failed mid-stream"
-            );
-        } else if outcome == "error" {
-            tracing::warn!(
-                target: "corral::access",
-                parent: &self.span,
-                status = self.status.as_u16(),
-                duration_ms = millis(elapsed),
-                outcome,
+                error = error.map(tracing::field::display),
                 "request failed"
             );
         } else {

@@ -3,13 +3,12 @@
 
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
-use std::io::Write;
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 
 mod support;
 
-use support::{check, config_file, corral, free_port, stderr, wait_for};
+use support::{check, config_file, corral, free_port, get_raw, stderr, terminate, wait_for};
 
 #[test]
 fn check_config_prints_the_resolved_stack() {
@@ -301,16 +300,8 @@ async fn the_capacity_flag_overrides_the_file_and_shows_in_the_metrics() {
         .spawn()
         .unwrap();
     wait_for(port).await;
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut stream, &mut text).unwrap();
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let text = get_raw(port, "/metrics");
+    terminate(&child);
     child.wait().unwrap();
     assert!(text.contains("corral_upstream_capacity 7"), "{text}");
     assert!(

@@ -5,11 +5,11 @@
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 mod support;
 
-use support::{config_file, corral, free_port, stderr, wait_for};
+use support::{config_file, corral, free_port, stderr, terminate, wait_for};
 
 /// The image's environment, from `deploy/Dockerfile`'s ENV lines (one
 /// instruction, continued with backslashes, plain `NAME=value` pairs).
@@ -94,10 +94,7 @@ async fn like_the_image(upstream: &str, extra: &[(&str, &str)]) -> (u16, std::pr
 }
 
 fn stop(child: std::process::Child) {
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    terminate(&child);
     let status = child.wait_with_output().unwrap().status;
     assert!(status.success(), "{status}");
 }

@@ -4,13 +4,11 @@
 
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
-use std::io::Write;
-use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 mod support;
 
-use support::{check, corral, free_port, stderr, wait_for};
+use support::{check, corral, free_port, get_raw, stderr, terminate, wait_for};
 
 #[test]
 fn with_no_config_it_listens_next_to_ollama_and_forwards_to_it() {
@@ -85,16 +83,8 @@ async fn with_no_config_the_startup_line_names_the_stack_and_the_capacity_and_ca
         .spawn()
         .unwrap();
     wait_for(port).await;
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .write_all(b"GET /corral/capacity HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut stream, &mut text).unwrap();
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let text = get_raw(port, "/corral/capacity");
+    terminate(&child);
     let output = child.wait_with_output().unwrap();
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("\"capacity\":1"), "{text}");
@@ -136,10 +126,7 @@ async fn listen_takes_the_forms_ollama_host_takes() {
         .spawn()
         .unwrap();
     wait_for(port).await;
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    terminate(&child);
     child.wait_with_output().unwrap();
 
     // Every interface without a token would open the admin API: refused,

@@ -61,23 +61,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("closed_herd: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(scenario(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("closed_herd: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    corral_benches::run_main("closed_herd", scenario(args))
 }
 
 async fn scenario(args: Args) -> Result<(), herd::Error> {

@@ -71,3 +71,25 @@ pub(crate) async fn wait_for(port: u16) {
     }
     panic!("nothing listens on {port}");
 }
+
+/// `GET path` on `port` over a plain socket, the whole answer as text
+/// (status line and headers included).
+pub(crate) fn get_raw(port: u16, path: &str) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut text).unwrap();
+    text
+}
+
+/// Sends SIGTERM to `child` (a graceful stop, as an operator's).
+pub(crate) fn terminate(child: &std::process::Child) {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+}
