@@ -85,6 +85,7 @@
 
 mod body;
 mod config;
+mod decide;
 mod layer;
 pub mod metrics;
 mod service;
