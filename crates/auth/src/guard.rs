@@ -89,124 +89,24 @@ impl Guard {
         })
     }
 
+    /// Lets the request through, refuses it, or says what to wait for:
+    /// the class's permissions first, then the signature's headers, then
+    /// the signature itself and its request id's first use.
     pub(crate) fn admit(self: &Arc<Self>, request: Request<Body>) -> Admission {
         let Some(meta) = request.extensions().get::<RequestMeta>() else {
             return Admission::Refused(
                 "the auth layer needs the request's identity: put classify before it".into(),
             );
         };
-        let class = meta.class.as_str();
-        let endpoint = meta.endpoint;
-        let checked = if self.permissions.restricts_models(class)
-            && endpoint.has_json_body()
-            && endpoint.kind() != EndpointKind::Inference
-        {
-            // Copy and create name two models; a body classify could not
-            // read names none it knows of.
-            match request.body().buffered().and_then(|b| models_named(b)) {
-                Some(names) => self.permissions.check_all(class, endpoint, &names),
-                None => {
-                    return Admission::Refused(Box::new(Forbidden {
-                        message: format!(
-                            "agents of class {class:?} may use only some models, and this body names none that can be read"
-                        ),
-                    }))
-                }
-            }
-        } else {
-            self.permissions
-                .check(class, endpoint, meta.model.as_deref())
-        };
-        match checked {
-            Ok(()) => {}
-            Err(Denied::Endpoint) => {
-                return Admission::Refused(Box::new(Forbidden {
-                    message: format!(
-                        "agents of class {class:?} may not call {} {} (the auth layer's classes.{class}.endpoints allows it)",
-                        request.method(),
-                        request.uri().path()
-                    ),
-                }))
-            }
-            Err(Denied::Model(model)) => {
-                return Admission::Refused(Box::new(Forbidden {
-                    message: format!(
-                        "agents of class {class:?} may not use the model {model:?} (the auth layer's classes.{class}.models lists what they may)"
-                    ),
-                }))
-            }
+        if let Err(forbidden) = self.permitted(&request, meta) {
+            return Admission::Refused(Box::new(forbidden));
         }
-        let agent = meta.agent.as_str().to_string();
-        let header = |name: &str| {
-            request
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        let refuse = |problem, message: String| {
-            Admission::Refused(Box::new(SignatureRefused::new(problem, message)))
-        };
-        let secret = self.secrets.get(&agent).cloned();
-        let (signature, secret) = match (header("x-signature"), secret) {
-            (None, None) if !self.require_signatures => return Admission::Now(request),
-            (None, _) => {
-                return refuse(
-                    SignatureProblem::Missing,
-                    format!("agent {agent:?} must sign its requests: send X-Timestamp, X-Request-Id and X-Signature"),
-                )
-            }
-            (Some(_), None) => {
-                return refuse(
-                    SignatureProblem::Invalid,
-                    format!("agent {agent:?} has no signing secret: it cannot sign"),
-                )
-            }
-            (Some(signature), Some(secret)) => (signature, secret),
-        };
-        let Some(timestamp) = header("x-timestamp") else {
-            return refuse(
-                SignatureProblem::Invalid,
-                "a signed request needs X-Timestamp".into(),
-            );
-        };
-        let Some(sent) = timestamp
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|t| t.is_finite())
-        else {
-            return refuse(
-                SignatureProblem::Invalid,
-                "X-Timestamp must be seconds since the Unix epoch".into(),
-            );
-        };
-        let skew = ((self.clock)() - sent).abs();
-        if skew > self.freshness.as_secs_f64() {
-            return refuse(
-                SignatureProblem::Stale,
-                format!(
-                    "X-Timestamp is {} s from Corral's clock; requests are accepted within {} s: send the time of sending, in seconds since the Unix epoch",
-                    // A far-off stamp is not worth its 300 digits.
-                    if skew < 1e12 { format!("{skew:.0}") } else { "more than 10^12".to_string() },
-                    self.freshness.as_secs()
-                ),
-            );
-        }
-        let Some(request_id) = header("x-request-id").filter(|id| !id.is_empty()) else {
-            return refuse(
-                SignatureProblem::Invalid,
-                "a signed request needs X-Request-Id".into(),
-            );
+        let check = match self.signature_of(&request, meta.agent.as_str()) {
+            Ok(Some(check)) => check,
+            Ok(None) => return Admission::Now(request),
+            Err(refused) => return Admission::Refused(Box::new(refused)),
         };
         let guard = self.clone();
-        let check = Check {
-            agent,
-            timestamp,
-            request_id,
-            signature,
-            secret,
-        };
         if let Some(bytes) = request.body().buffered() {
             if let Err(refused) = guard.verify(&check, &request, bytes) {
                 return Admission::Refused(Box::new(refused));
@@ -231,6 +131,101 @@ impl Guard {
             guard.verify(&check, &request, &bytes)?;
             guard.remember(&check).await?;
             Ok(request)
+        }))
+    }
+
+    /// Whether the agent's class may make this call, on the models it
+    /// names.
+    fn permitted(&self, request: &Request<Body>, meta: &RequestMeta) -> Result<(), Forbidden> {
+        let class = meta.class.as_str();
+        let endpoint = meta.endpoint;
+        let checked = if self.permissions.restricts_models(class)
+            && endpoint.has_json_body()
+            && endpoint.kind() != EndpointKind::Inference
+        {
+            // Copy and create name two models; a body classify could not
+            // read names none it knows of.
+            let Some(names) = request.body().buffered().and_then(|b| models_named(b)) else {
+                return Err(Forbidden::new(format!(
+                    "agents of class {class:?} may use only some models, and this body names none that can be read"
+                )));
+            };
+            self.permissions.check_all(class, endpoint, &names)
+        } else {
+            self.permissions
+                .check(class, endpoint, meta.model.as_deref())
+        };
+        checked.map_err(|denied| match denied {
+            Denied::Endpoint => Forbidden::new(format!(
+                "agents of class {class:?} may not call {} {} (the auth layer's classes.{class}.endpoints allows it)",
+                request.method(),
+                request.uri().path()
+            )),
+            Denied::Model(model) => Forbidden::new(format!(
+                "agents of class {class:?} may not use the model {model:?} (the auth layer's classes.{class}.models lists what they may)"
+            )),
+        })
+    }
+
+    /// The signature `agent` sent, once its headers are whole and its
+    /// timestamp fresh; `None` when it need not sign and did not.
+    fn signature_of(
+        &self,
+        request: &Request<Body>,
+        agent: &str,
+    ) -> Result<Option<Check>, SignatureRefused> {
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let invalid = |message: String| SignatureRefused::new(SignatureProblem::Invalid, message);
+        let (signature, secret) = match (header("x-signature"), self.secrets.get(agent)) {
+            (None, None) if !self.require_signatures => return Ok(None),
+            (None, _) => {
+                return Err(SignatureRefused::new(
+                    SignatureProblem::Missing,
+                    format!("agent {agent:?} must sign its requests: send X-Timestamp, X-Request-Id and X-Signature"),
+                ))
+            }
+            (Some(_), None) => {
+                return Err(invalid(format!(
+                    "agent {agent:?} has no signing secret: it cannot sign"
+                )))
+            }
+            (Some(signature), Some(secret)) => (signature, secret.clone()),
+        };
+        let timestamp = header("x-timestamp")
+            .ok_or_else(|| invalid("a signed request needs X-Timestamp".into()))?;
+        let sent = timestamp
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|t| t.is_finite())
+            .ok_or_else(|| invalid("X-Timestamp must be seconds since the Unix epoch".into()))?;
+        let skew = ((self.clock)() - sent).abs();
+        if skew > self.freshness.as_secs_f64() {
+            return Err(SignatureRefused::new(
+                SignatureProblem::Stale,
+                format!(
+                    "X-Timestamp is {} s from Corral's clock; requests are accepted within {} s: send the time of sending, in seconds since the Unix epoch",
+                    // A far-off stamp is not worth its 300 digits.
+                    if skew < 1e12 { format!("{skew:.0}") } else { "more than 10^12".to_string() },
+                    self.freshness.as_secs()
+                ),
+            ));
+        }
+        let request_id = header("x-request-id")
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| invalid("a signed request needs X-Request-Id".into()))?;
+        Ok(Some(Check {
+            agent: agent.to_string(),
+            timestamp,
+            request_id,
+            signature,
+            secret,
         }))
     }
 
