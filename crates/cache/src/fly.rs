@@ -69,6 +69,16 @@ pub(crate) struct Keep {
     pub(crate) priority: u8,
 }
 
+/// How a flight ended, for its readers.
+enum Landing {
+    /// Everyone left: nobody to tell.
+    Abandoned,
+    /// The call failed before its answer's head.
+    Failed(BoxError),
+    /// The answer ended: whole, or broken mid-stream with this message.
+    Ended(Option<String>),
+}
+
 /// The shared upstream call: reads the answer into the flight, keeps it
 /// when complete, and stops early if every reader left.
 pub(crate) async fn fly<S, B>(
@@ -84,64 +94,47 @@ pub(crate) async fn fly<S, B>(
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    let forget = |shared: &Shared| {
-        let mut flights = shared.flights();
-        if flights.get(&slot).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
-            flights.remove(&slot);
-        }
+    let landing = carry(&shared, &flight, &slot, inner, request, keep).await;
+    // No one joins a flight that is landing: a request arriving now
+    // starts its own (or finds the answer kept).
+    let mut flights = shared.flights();
+    if flights.get(&slot).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+        flights.remove(&slot);
+    }
+    drop(flights);
+    match landing {
+        Landing::Abandoned => {}
+        Landing::Failed(error) => flight.failed(error),
+        Landing::Ended(broken) => flight.end(broken),
+    }
+}
+
+/// The flight's work up to its end: claim the answer, call, relay and
+/// keep.
+async fn carry<S, B>(
+    shared: &Shared,
+    flight: &Flight,
+    slot: &(Key, bool),
+    inner: S,
+    request: Request<Body>,
+    keep: Keep,
+) -> Landing
+where
+    S: Service<Request<Body>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    // Held until the answer is kept (or will not be): then the other
+    // replicas waiting for it go.
+    let _claim = match claim(shared, flight, slot, &keep).await {
+        Ok(guard) => guard,
+        Err(landing) => return landing,
     };
-    // Another replica may be generating the same answer: wait for it
-    // rather than ask the upstream twice. Only a request that will keep
-    // its answer makes the others wait for it.
-    let claim = if keep.write {
-        tokio::select! {
-            claim = shared.store.claim(&slot.0, keep.priority) => claim,
-            () = flight.abandoned() => {
-                forget(&shared);
-                return;
-            }
-        }
-    } else {
-        Claim::Generate(ClaimGuard::default())
-    };
-    // Held until the answer is kept (or will not be): then the others go.
-    let _claim = match claim {
-        Claim::Generate(guard) => guard,
-        Claim::Wait(done) => {
-            tokio::select! {
-                () = done => {}
-                () = flight.abandoned() => {
-                    forget(&shared);
-                    return;
-                }
-            }
-            // Only what the other replica just kept: an older entry
-            // found instead (it gave up) is not this request's answer.
-            let found = shared.store.get(&slot.0).found().await;
-            if let Some(entry) = found.filter(|e| Instant::now() < e.fresh_until) {
-                metrics::counter!(CACHE_COALESCED_TOTAL).increment(1);
-                serve(&flight, &entry.answer, slot.1, keep.include_usage);
-                forget(&shared);
-                return;
-            }
-            // It gave up, or went away: generate it here.
-            ClaimGuard::default()
-        }
-    };
-    let result = tokio::select! {
-        result = inner.oneshot(request) => result.map_err(Into::into),
-        () = flight.abandoned() => {
-            forget(&shared);
-            return;
-        }
-    };
-    let response = match result {
-        Ok(response) => response,
-        Err(error) => {
-            forget(&shared);
-            flight.failed(error);
-            return;
-        }
+    let response = match unless_abandoned(flight, inner.oneshot(request)).await {
+        None => return Landing::Abandoned,
+        Some(Err(error)) => return Landing::Failed(error.into()),
+        Some(Ok(response)) => response,
     };
     let (mut parts, body) = response.into_parts();
     // This layer's header says what this layer did (an upstream that is
@@ -153,61 +146,109 @@ pub(crate) async fn fly<S, B>(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let status = parts.status;
-    flight.headers(status, parts.headers);
-    let mut collected = (keep.write && status == StatusCode::OK).then(Vec::new);
-    let mut body = std::pin::pin!(body);
-    loop {
-        let frame = tokio::select! {
-            frame = body.frame() => frame,
-            () = flight.abandoned() => {
-                forget(&shared);
-                return;
-            }
-        };
-        match frame {
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    if let Some(buffer) = collected.as_mut() {
-                        if buffer.len() + data.len() <= shared.config.max_entry_bytes {
-                            buffer.extend_from_slice(&data);
-                        } else {
-                            collected = None;
-                        }
-                    }
-                    flight.chunk(data);
-                }
-            }
-            Some(Err(error)) => {
-                let error: BoxError = error.into();
-                forget(&shared);
-                flight.end(Some(error.to_string()));
-                return;
-            }
-            None => break,
-        }
-    }
+    let keeping = keep.write && parts.status == StatusCode::OK;
+    flight.headers(parts.status, parts.headers);
+    let collected = match relay(flight, body, keeping, shared.config.max_entry_bytes).await {
+        Ok(collected) => collected,
+        Err(landing) => return landing,
+    };
     // Keep the answer before telling the readers it ended, so a client
     // that asks again the moment it has read it finds it.
-    if let Some(bytes) = collected {
-        if let Some(answer) = Answer::capture(keep.endpoint, &content_type, &bytes) {
-            let now = Instant::now();
-            shared.store.insert(
-                slot.0,
-                Entry {
-                    answer,
-                    fresh_until: now + keep.ttl,
-                    stale_until: now + keep.ttl + shared.config.stale_for,
-                },
-            );
-        }
+    if let Some(answer) = collected.and_then(|b| Answer::capture(keep.endpoint, &content_type, &b))
+    {
+        let now = Instant::now();
+        let entry = Entry {
+            answer,
+            fresh_until: now + keep.ttl,
+            stale_until: now + keep.ttl + shared.config.stale_for,
+        };
+        shared.store.insert(slot.0, entry);
     }
-    forget(&shared);
-    flight.end(None);
+    Landing::Ended(None)
+}
+
+/// Whether to generate the answer here, holding the claim on it. Another
+/// replica may be generating the same answer: then wait for it rather
+/// than ask the upstream twice, and serve what it kept. Only a request
+/// that will keep its answer makes the others wait for it.
+async fn claim(
+    shared: &Shared,
+    flight: &Flight,
+    slot: &(Key, bool),
+    keep: &Keep,
+) -> Result<ClaimGuard, Landing> {
+    if !keep.write {
+        return Ok(ClaimGuard::default());
+    }
+    let claim = unless_abandoned(flight, shared.store.claim(&slot.0, keep.priority))
+        .await
+        .ok_or(Landing::Abandoned)?;
+    let done = match claim {
+        Claim::Generate(guard) => return Ok(guard),
+        Claim::Wait(done) => done,
+    };
+    unless_abandoned(flight, done)
+        .await
+        .ok_or(Landing::Abandoned)?;
+    // Only what the other replica just kept: an older entry found instead
+    // (it gave up) is not this request's answer.
+    let found = shared.store.get(&slot.0).found().await;
+    if let Some(entry) = found.filter(|e| Instant::now() < e.fresh_until) {
+        metrics::counter!(CACHE_COALESCED_TOTAL).increment(1);
+        serve(flight, &entry.answer, slot.1, keep.include_usage);
+        return Err(Landing::Ended(None));
+    }
+    // It gave up, or went away: generate it here.
+    Ok(ClaimGuard::default())
+}
+
+/// Relays the body's frames into the flight; gives back its bytes when
+/// `collect` and it fits in `max_bytes`.
+async fn relay<B>(
+    flight: &Flight,
+    body: B,
+    collect: bool,
+    max_bytes: usize,
+) -> Result<Option<Vec<u8>>, Landing>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let mut collected = collect.then(Vec::new);
+    let mut body = std::pin::pin!(body);
+    loop {
+        let frame = unless_abandoned(flight, body.frame())
+            .await
+            .ok_or(Landing::Abandoned)?;
+        let data = match frame {
+            None => return Ok(collected),
+            Some(Err(error)) => return Err(Landing::Ended(Some(error.into().to_string()))),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_) => continue,
+            },
+        };
+        if let Some(buffer) = collected.as_mut() {
+            if buffer.len() + data.len() <= max_bytes {
+                buffer.extend_from_slice(&data);
+            } else {
+                collected = None;
+            }
+        }
+        flight.chunk(data);
+    }
+}
+
+/// `work`'s output, or `None` once every reader left.
+async fn unless_abandoned<F: std::future::Future>(flight: &Flight, work: F) -> Option<F::Output> {
+    tokio::select! {
+        output = work => Some(output),
+        () = flight.abandoned() => None,
+    }
 }
 
 /// An answer another replica generated, into the flight as if it came
-/// from the upstream.
+/// from the upstream (its end is told once the flight is forgotten).
 fn serve(flight: &Flight, answer: &Answer, stream: bool, include_usage: bool) {
     let (content_type, frames) = answer.render(stream, include_usage);
     let mut headers = http::HeaderMap::new();
@@ -219,5 +260,4 @@ fn serve(flight: &Flight, answer: &Answer, stream: bool, include_usage: bool) {
     for frame in frames {
         flight.chunk(frame);
     }
-    flight.end(None);
 }
