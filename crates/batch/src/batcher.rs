@@ -137,13 +137,7 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let Some((inputs, key)) = batchable(&request) else {
-            return Box::pin(async move {
-                inner
-                    .oneshot(request)
-                    .await
-                    .map(|r| r.map(|b| b.map_err(Into::into).boxed_unsync()))
-                    .map_err(Into::into)
-            });
+            return Box::pin(alone(inner, request));
         };
         let (answer, answered) = oneshot::channel();
         let priority = request
@@ -151,77 +145,104 @@ where
             .get::<RequestMeta>()
             .map(|m| m.priority)
             .unwrap_or_default();
-        let count = inputs.len();
         let waiter = Waiter {
             inputs,
             priority,
             request,
             answer,
         };
-        let shared = self.shared.clone();
-        let mut pending = shared.pending();
-        let full = match pending.get_mut(&key) {
-            Some(batch) if batch.inputs + count <= shared.config.max_inputs => {
-                batch.inputs += count;
-                batch.waiters.push(waiter);
-                batch.inputs >= shared.config.max_inputs
-            }
-            existing => {
-                // A new batch (or the one gathering has no room: it goes
-                // now and this one starts the next).
-                let generation = shared
-                    .generation
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if let Some(batch) = existing.map(|b| {
-                    std::mem::replace(
-                        b,
-                        Pending {
-                            waiters: Vec::new(),
-                            inputs: 0,
-                            generation,
-                        },
-                    )
-                }) {
-                    tokio::spawn(send(inner.clone(), batch));
-                }
-                let batch = pending.entry(key.clone()).or_insert(Pending {
-                    waiters: Vec::new(),
-                    inputs: 0,
-                    generation,
-                });
-                batch.generation = generation;
-                batch.inputs = count;
-                batch.waiters.push(waiter);
-                let (timer_shared, timer_key, timer_inner) =
-                    (shared.clone(), key.clone(), inner.clone());
-                tokio::spawn(async move {
-                    tokio::time::sleep(timer_shared.config.window).await;
-                    let batch = {
-                        let mut pending = timer_shared.pending();
-                        match pending.get(&timer_key) {
-                            Some(b) if b.generation == generation => pending.remove(&timer_key),
-                            _ => None,
-                        }
-                    };
-                    if let Some(batch) = batch {
-                        send(timer_inner, batch).await;
-                    }
-                });
-                count >= shared.config.max_inputs
-            }
-        };
-        if full {
-            if let Some(batch) = pending.remove(&key) {
-                tokio::spawn(send(inner, batch));
-            }
-        }
-        drop(pending);
+        gather(&self.shared, key, waiter, inner);
         Box::pin(async move {
             answered
                 .await
                 .unwrap_or_else(|_| Err("the embedding batch was dropped".into()))
         })
     }
+}
+
+/// Puts the waiter in the batch gathering under `key`, or starts one
+/// (sent when its window ends); a batch goes as soon as it is full, and
+/// one with no room for the waiter goes at once.
+fn gather<S, B>(shared: &Arc<Shared>, key: String, waiter: Waiter, inner: S)
+where
+    S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let max = shared.config.max_inputs;
+    let count = waiter.inputs.len();
+    let mut pending = shared.pending();
+    // A new batch, or the one gathering has no room: it goes now and
+    // this waiter starts the next.
+    if pending.get(&key).is_none_or(|b| b.inputs + count > max) {
+        if let Some(full) = pending.remove(&key) {
+            tokio::spawn(send(inner.clone(), full));
+        }
+        let generation = shared
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let batch = Pending {
+            waiters: Vec::new(),
+            inputs: 0,
+            generation,
+        };
+        pending.insert(key.clone(), batch);
+        tokio::spawn(send_when_due(
+            shared.clone(),
+            key.clone(),
+            generation,
+            inner.clone(),
+        ));
+    }
+    let Some(batch) = pending.get_mut(&key) else {
+        return;
+    };
+    batch.inputs += count;
+    batch.waiters.push(waiter);
+    if batch.inputs >= max {
+        if let Some(full) = pending.remove(&key) {
+            tokio::spawn(send(inner, full));
+        }
+    }
+}
+
+/// Sends the batch `generation` under `key` when its window ends, unless
+/// it went already (full).
+async fn send_when_due<S, B>(shared: Arc<Shared>, key: String, generation: u64, inner: S)
+where
+    S: Service<Request<Body>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    tokio::time::sleep(shared.config.window).await;
+    let batch = {
+        let mut pending = shared.pending();
+        match pending.get(&key) {
+            Some(b) if b.generation == generation => pending.remove(&key),
+            _ => None,
+        }
+    };
+    if let Some(batch) = batch {
+        send(inner, batch).await;
+    }
+}
+
+/// One request on its own, its answer's body boxed.
+async fn alone<S, B>(inner: S, request: Request<Body>) -> Result<Response<BoxBody>, BoxError>
+where
+    S: Service<Request<Body>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    inner
+        .oneshot(request)
+        .await
+        .map(|r| r.map(|b| b.map_err(Into::into).boxed_unsync()))
+        .map_err(Into::into)
 }
 
 /// Sends a batch and gives each caller its part.
@@ -236,29 +257,11 @@ where
     metrics::counter!(BATCHES_TOTAL).increment(1);
     if waiters.len() == 1 {
         let Some(waiter) = waiters.pop() else { return };
-        let result = inner
-            .oneshot(waiter.request)
-            .await
-            .map(|r| r.map(|b| b.map_err(Into::into).boxed_unsync()))
-            .map_err(Into::into);
-        let _ = waiter.answer.send(result);
+        let _ = waiter.answer.send(alone(inner, waiter.request).await);
         return;
     }
     metrics::counter!(BATCHED_REQUESTS_TOTAL).increment(waiters.len() as u64);
-
-    // The first caller's request carries the merged input, at the best
-    // priority among the callers.
-    let all: Vec<Value> = waiters
-        .iter()
-        .flat_map(|w| w.inputs.iter().cloned())
-        .collect();
-    let best = waiters.iter().map(|w| w.priority).min().unwrap_or_default();
-    let template = &waiters[0].request;
-    let merged = template
-        .body()
-        .buffered()
-        .and_then(|b| serde_json::from_slice::<Map<String, Value>>(b).ok());
-    let Some(mut merged) = merged else {
+    let Some(request) = merged(&waiters) else {
         for waiter in waiters {
             let _ = waiter
                 .answer
@@ -266,34 +269,7 @@ where
         }
         return;
     };
-    merged.insert("input".into(), Value::Array(all));
-    let body = Bytes::from(serde_json::to_vec(&merged).unwrap_or_default());
-    let mut request = Request::builder()
-        .method(template.method().clone())
-        .uri(template.uri().clone())
-        .version(template.version())
-        .body(Body::from(body.clone()))
-        .unwrap_or_default();
-    *request.headers_mut() = template.headers().clone();
-    request.headers_mut().remove(header::CONTENT_LENGTH);
-    if let Some(meta) = template.extensions().get::<RequestMeta>() {
-        let mut meta = meta.clone();
-        meta.priority = best;
-        meta.body_bytes = body.len();
-        request.extensions_mut().insert(meta);
-    }
-
-    let answer = match inner.oneshot(request).await.map_err(Into::into) {
-        Ok(response) => {
-            let (parts, body) = response.into_parts();
-            match body.collect().await {
-                Ok(collected) => Ok((parts, collected.to_bytes())),
-                Err(e) => Err(e.into()),
-            }
-        }
-        Err(e) => Err(e),
-    };
-    let (parts, bytes) = match answer {
+    let (parts, bytes) = match whole(inner, request).await {
         Ok(answer) => answer,
         Err(error) => {
             // Every waiter gets the upstream's own error (a 502, a 504),
@@ -305,15 +281,11 @@ where
             return;
         }
     };
-    let split = (parts.status == StatusCode::OK)
-        .then(|| serde_json::from_slice::<Map<String, Value>>(&bytes).ok())
-        .flatten()
-        .and_then(|doc| {
-            let vectors = doc.get("embeddings")?.as_array()?.clone();
-            let total: usize = waiters.iter().map(|w| w.inputs.len()).sum();
-            (vectors.len() == total).then_some((doc, vectors))
-        });
-    let Some((doc, vectors)) = split else {
+    let sizes: Vec<usize> = waiters.iter().map(|w| w.inputs.len()).collect();
+    let shares = (parts.status == StatusCode::OK)
+        .then(|| shares(&bytes, &sizes))
+        .flatten();
+    let Some(shares) = shares else {
         // An error, or an answer that cannot be split: everyone gets it.
         for waiter in waiters {
             let mut response = Response::new(corral_core::full(bytes.clone()));
@@ -323,14 +295,82 @@ where
         }
         return;
     };
+    let inputs: usize = sizes.iter().sum();
+    for (waiter, share) in waiters.into_iter().zip(shares) {
+        let mut response = Response::new(corral_core::full(share));
+        *response.status_mut() = parts.status;
+        *response.headers_mut() = parts.headers.clone();
+        response.headers_mut().remove(header::CONTENT_LENGTH);
+        response
+            .headers_mut()
+            .insert("x-corral-batch", HeaderValue::from(inputs));
+        let _ = waiter.answer.send(Ok(response));
+    }
+}
+
+/// The first caller's request carrying every caller's input, at the best
+/// priority among them.
+fn merged(waiters: &[Waiter]) -> Option<Request<Body>> {
+    let all: Vec<Value> = waiters
+        .iter()
+        .flat_map(|w| w.inputs.iter().cloned())
+        .collect();
+    let best = waiters.iter().map(|w| w.priority).min().unwrap_or_default();
+    let template = &waiters.first()?.request;
+    let mut json: Map<String, Value> = serde_json::from_slice(template.body().buffered()?).ok()?;
+    json.insert("input".into(), Value::Array(all));
+    let body = Bytes::from(serde_json::to_vec(&json).ok()?);
+    let mut request = Request::builder()
+        .method(template.method().clone())
+        .uri(template.uri().clone())
+        .version(template.version())
+        .body(Body::from(body.clone()))
+        .ok()?;
+    *request.headers_mut() = template.headers().clone();
+    request.headers_mut().remove(header::CONTENT_LENGTH);
+    if let Some(meta) = template.extensions().get::<RequestMeta>() {
+        let mut meta = meta.clone();
+        meta.priority = best;
+        meta.body_bytes = body.len();
+        request.extensions_mut().insert(meta);
+    }
+    Some(request)
+}
+
+/// The answer's head and its whole body.
+async fn whole<S, B>(
+    inner: S,
+    request: Request<Body>,
+) -> Result<(http::response::Parts, Bytes), BoxError>
+where
+    S: Service<Request<Body>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let response = inner.oneshot(request).await.map_err(Into::into)?;
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.map_err(Into::into)?.to_bytes();
+    Ok((parts, bytes))
+}
+
+/// Each caller's part of a batch's answer, `sizes[i]` inputs each: its
+/// embeddings, and the prompt tokens in proportion. `None` when the answer
+/// does not hold one embedding per input.
+fn shares(answer: &[u8], sizes: &[usize]) -> Option<Vec<Vec<u8>>> {
+    let doc: Map<String, Value> = serde_json::from_slice(answer).ok()?;
+    let vectors = doc.get("embeddings")?.as_array()?;
+    if vectors.len() != sizes.iter().sum::<usize>() {
+        return None;
+    }
     let total = vectors.len().max(1) as f64;
     let prompt_tokens = doc
         .get("prompt_eval_count")
         .and_then(Value::as_f64)
         .unwrap_or(0.0);
     let mut offset = 0;
-    for waiter in waiters {
-        let n = waiter.inputs.len();
+    let mut parts = Vec::with_capacity(sizes.len());
+    for &n in sizes {
         let mut own = doc.clone();
         own.insert(
             "embeddings".into(),
@@ -341,15 +381,40 @@ where
             Value::from((prompt_tokens * n as f64 / total).round() as u64),
         );
         offset += n;
-        let mut response = Response::new(corral_core::full(
-            serde_json::to_vec(&own).unwrap_or_default(),
-        ));
-        *response.status_mut() = parts.status;
-        *response.headers_mut() = parts.headers.clone();
-        response.headers_mut().remove(header::CONTENT_LENGTH);
-        response
-            .headers_mut()
-            .insert("x-corral-batch", HeaderValue::from(vectors.len()));
-        let _ = waiter.answer.send(Ok(response));
+        parts.push(serde_json::to_vec(&own).ok()?);
+    }
+    Some(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shares;
+    use serde_json::{json, Value};
+
+    #[test]
+    fn each_caller_gets_its_embeddings_and_its_share_of_the_prompt() {
+        let answer =
+            json!({"model": "m", "embeddings": [[1], [2], [3], [4]], "prompt_eval_count": 8});
+        let parts = shares(answer.to_string().as_bytes(), &[1, 3]).unwrap();
+        let parts: Vec<Value> = parts
+            .iter()
+            .map(|p| serde_json::from_slice(p).unwrap())
+            .collect();
+        assert_eq!(
+            parts[0],
+            json!({"model": "m", "embeddings": [[1]], "prompt_eval_count": 2})
+        );
+        assert_eq!(
+            parts[1],
+            json!({"model": "m", "embeddings": [[2], [3], [4]], "prompt_eval_count": 6})
+        );
+    }
+
+    #[test]
+    fn an_answer_without_one_embedding_per_input_is_not_split() {
+        let short = json!({"embeddings": [[1], [2]]}).to_string();
+        assert!(shares(short.as_bytes(), &[1, 2]).is_none());
+        assert!(shares(b"{\"error\": \"no\"}", &[1, 1]).is_none());
+        assert!(shares(b"not json", &[1]).is_none());
     }
 }
