@@ -96,39 +96,11 @@ impl Front {
         let start = Instant::now();
         let endpoint = Endpoint::from_request(request.method(), request.uri().path());
         let (mut parts, body) = request.into_parts();
-        let request_id = match parts
-            .headers
-            .get(headers::X_REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(id) if !id.is_empty() && id.len() <= 200 => RequestId::from(id),
-            _ => RequestId::generate(),
-        };
+        let request_id = request_id_of(&parts.headers);
         let request_id_header = HeaderValue::from_str(request_id.as_str()).ok();
-        let span = tracing::info_span!(
-            "request",
-            request_id = request_id.as_str(),
-            method = %parts.method,
-            path = parts.uri.path(),
-            endpoint = endpoint.as_str(),
-            agent = Empty,
-            class = Empty,
-            priority = Empty,
-            model = Empty,
-            status = Empty,
-            duration_ms = Empty,
-        );
+        let span = span_for(&parts, &request_id, endpoint);
         let head_only = parts.method == Method::HEAD;
-
-        strip_hop_by_hop(&mut parts.headers);
-        if let Some(value) = &request_id_header {
-            parts.headers.insert(headers::X_REQUEST_ID, value.clone());
-        }
-        forwarded_for(&mut parts.headers, peer);
-        parts
-            .headers
-            .insert(headers::X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-
+        forwarding_headers(&mut parts.headers, request_id_header.as_ref(), peer);
         let body = if body.is_end_stream() {
             Body::empty()
         } else {
@@ -136,31 +108,10 @@ impl Front {
         };
         let slot = MetaSlot::default();
         parts.extensions.insert(slot.clone());
-        // A panic in a layer answers this request with a 500 and is
-        // logged; the connection and everyone else carry on.
-        let call = AssertUnwindSafe(stack.clone().oneshot(Request::from_parts(parts, body)))
-            .catch_unwind();
-        // Counted in flight as soon as classify has named the class: a
-        // request waiting for a permit or generating a whole answer is in
-        // flight long before its headers.
-        let mut in_flight = InFlight::default();
-        let mut call = std::pin::pin!(call);
-        let result = std::future::poll_fn(|cx| {
-            let poll = std::future::Future::poll(call.as_mut(), cx);
-            if !in_flight.counted() {
-                if let Some(meta) = slot.get() {
-                    let handles = crate::telemetry::request_metrics(
-                        endpoint,
-                        Some(meta.class.as_str()),
-                        meta.model.as_deref(),
-                    );
-                    in_flight.count(handles);
-                }
-            }
-            poll
-        })
-        .instrument(span.clone())
-        .await;
+        let request = Request::from_parts(parts, body);
+        let (result, in_flight) = call_counted(stack, request, &slot, endpoint)
+            .instrument(span.clone())
+            .await;
         let mut response = match result {
             Ok(Ok(response)) => response,
             Err(panic) => {
@@ -196,6 +147,89 @@ impl Front {
         let response = WatchBody::response(response, Watch::new(observation));
         response.map(|watched| Rendered::new(watched, framing).boxed_unsync())
     }
+}
+
+/// What the stack answered, or the panic it raised.
+type Called = Result<Result<Response<BoxBody>, BoxError>, Box<dyn std::any::Any + Send>>;
+
+/// Calls the stack, counting the request in flight as soon as classify
+/// has named its class: a request waiting for a permit or generating a
+/// whole answer is in flight long before its headers. A panic in a layer
+/// is caught, to be answered with a 500 and logged; the connection and
+/// everyone else carry on.
+async fn call_counted(
+    stack: &StackService,
+    request: Request<Body>,
+    slot: &MetaSlot,
+    endpoint: Endpoint,
+) -> (Called, InFlight) {
+    let call = AssertUnwindSafe(stack.clone().oneshot(request)).catch_unwind();
+    let mut in_flight = InFlight::default();
+    let mut call = std::pin::pin!(call);
+    let result = std::future::poll_fn(|cx| {
+        let poll = std::future::Future::poll(call.as_mut(), cx);
+        if !in_flight.counted() {
+            if let Some(meta) = slot.get() {
+                let handles = crate::telemetry::request_metrics(
+                    endpoint,
+                    Some(meta.class.as_str()),
+                    meta.model.as_deref(),
+                );
+                in_flight.count(handles);
+            }
+        }
+        poll
+    })
+    .await;
+    (result, in_flight)
+}
+
+/// The client's `X-Request-Id` when it is usable, else a new one.
+fn request_id_of(head: &http::HeaderMap) -> RequestId {
+    match head
+        .get(headers::X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(id) if !id.is_empty() && id.len() <= 200 => RequestId::from(id),
+        _ => RequestId::generate(),
+    }
+}
+
+/// The request's span; the fields left empty are filled as the request
+/// goes (classify names the agent, the end the status and duration).
+fn span_for(
+    parts: &http::request::Parts,
+    request_id: &RequestId,
+    endpoint: Endpoint,
+) -> tracing::Span {
+    tracing::info_span!(
+        "request",
+        request_id = request_id.as_str(),
+        method = %parts.method,
+        path = parts.uri.path(),
+        endpoint = endpoint.as_str(),
+        agent = Empty,
+        class = Empty,
+        priority = Empty,
+        model = Empty,
+        status = Empty,
+        duration_ms = Empty,
+    )
+}
+
+/// The headers a proxy owes the upstream: no hop-by-hop ones, the request
+/// id, and who forwarded it.
+fn forwarding_headers(
+    head: &mut http::HeaderMap,
+    request_id: Option<&HeaderValue>,
+    peer: SocketAddr,
+) {
+    strip_hop_by_hop(head);
+    if let Some(value) = request_id {
+        head.insert(headers::X_REQUEST_ID, value.clone());
+    }
+    forwarded_for(head, peer);
+    head.insert(headers::X_FORWARDED_PROTO, HeaderValue::from_static("http"));
 }
 
 /// Appends the client's address to `X-Forwarded-For`.
