@@ -69,6 +69,7 @@ mod layer;
 mod levels;
 pub mod metrics;
 mod service;
+mod treatment;
 
 pub use config::DegradeConfig;
 pub use controller::{Controller, Status};

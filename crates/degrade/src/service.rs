@@ -4,9 +4,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
-use corral_core::{
-    Body, BoxError, Degradation, Endpoint, EndpointKind, Level, Priority, RequestMeta,
-};
+use corral_core::{Body, BoxError, Degradation, EndpointKind, Level, RequestMeta};
 use http::{HeaderName, HeaderValue, Request, Response};
 use http_body_util::{Either, Full};
 use pin_project_lite::pin_project;
@@ -16,6 +14,7 @@ use crate::answers::default_answer;
 use crate::controller::Controller;
 use crate::error::Degraded;
 use crate::metrics::DEGRADED_REQUESTS_TOTAL;
+use crate::treatment::{treatment, Treatment};
 
 /// Says the answer was degraded, and at which level.
 pub const X_CORRAL_DEGRADED: HeaderName = HeaderName::from_static("x-corral-degraded");
@@ -61,16 +60,10 @@ struct Changes {
     rewrite: Option<String>,
 }
 
-fn generates(endpoint: Endpoint) -> bool {
-    matches!(
-        endpoint,
-        Endpoint::Generate
-            | Endpoint::Chat
-            | Endpoint::OpenAiChat
-            | Endpoint::OpenAiCompletions
-            | Endpoint::AnthropicMessages
-            | Endpoint::OpenAiResponses
-    )
+/// Counts what degradation did to a request.
+fn count(level: Level, action: &'static str) {
+    metrics::counter!(DEGRADED_REQUESTS_TOTAL, "level" => level.as_str(), "action" => action)
+        .increment(1);
 }
 
 impl<S, B> Service<Request<Body>> for DegradeService<S>
@@ -104,69 +97,38 @@ where
             },
             serve_stale: level >= Level::L2,
         });
-        if level == Level::Normal
-            || config
-                .critical_classes
-                .iter()
-                .any(|c| c == meta.class.as_str())
-        {
-            return ResponseFuture::calling(self.inner.call(request), Changes::default());
-        }
-
-        let refuse = |what: &'static str| {
-            metrics::counter!(DEGRADED_REQUESTS_TOTAL, "level" => level.as_str(), "action" => what)
-                .increment(1);
-            Degraded {
+        let send = match treatment(config, level, &meta) {
+            Treatment::Untouched => {
+                return ResponseFuture::calling(self.inner.call(request), Changes::default())
+            }
+            Treatment::Answer(text) => match default_answer(&meta, text) {
+                Some(answer) => {
+                    count(level, "default");
+                    let changes = Changes {
+                        level: Some(level),
+                        ..Changes::default()
+                    };
+                    return ResponseFuture::answered(answer, changes);
+                }
+                None => None,
+            },
+            Treatment::Refuse => None,
+            Treatment::Send { cap, model } => Some((cap, model)),
+        };
+        let Some((cap, model)) = send else {
+            count(level, "refused");
+            let refused = Degraded {
                 level,
                 priority: meta.priority,
                 retry_after: config.retry_after,
-            }
-        };
-        let above = |limit: u8| Priority::new(limit).is_ok_and(|p| p.is_higher_than(meta.priority));
-        if level == Level::Critical && above(config.critical_keep_up_to) {
-            let answer = config
-                .defaults
-                .get(meta.endpoint.as_str())
-                .and_then(|text| default_answer(&meta, text));
-            return match answer {
-                Some(answer) => {
-                    metrics::counter!(DEGRADED_REQUESTS_TOTAL, "level" => level.as_str(), "action" => "default")
-                        .increment(1);
-                    ResponseFuture::answered(
-                        answer,
-                        Changes {
-                            level: Some(level),
-                            ..Changes::default()
-                        },
-                    )
-                }
-                None => ResponseFuture::refused(refuse("refused").into()),
             };
-        }
-        if level >= Level::L2 && config.l2_refuse_above.is_some_and(above) {
-            return ResponseFuture::refused(refuse("refused").into());
-        }
-
+            return ResponseFuture::refused(refused.into());
+        };
         let mut changes = Changes {
             level: Some(level),
-            ..Changes::default()
+            cap,
+            rewrite: model.map(str::to_string),
         };
-        if generates(meta.endpoint) {
-            if let Some(cap) = config.l1_max_tokens {
-                if meta.generation.max_tokens.is_none_or(|asked| asked > cap) {
-                    changes.cap = Some(cap);
-                }
-            }
-            if level >= Level::L2 {
-                let current = meta.model_str();
-                let target = config.l2_models.get(current).or(config.l2_model.as_ref());
-                if let Some(target) =
-                    target.filter(|t| t.as_str() != current && !current.is_empty())
-                {
-                    changes.rewrite = Some(target.clone());
-                }
-            }
-        }
         if changes.cap.is_some() || changes.rewrite.is_some() {
             if let Err(e) = rewrite(&mut request, &meta, &changes) {
                 tracing::warn!(error = %e, "could not rewrite a degraded request: sent as it was");
@@ -178,7 +140,7 @@ where
                 } else {
                     "capped"
                 };
-                metrics::counter!(DEGRADED_REQUESTS_TOTAL, "level" => level.as_str(), "action" => action).increment(1);
+                count(level, action);
             }
         }
         let rewrite_header = changes
