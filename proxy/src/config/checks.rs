@@ -5,75 +5,17 @@ use std::time::Duration;
 
 use corral_core::ConfigError;
 
-use super::{Backend, Config};
+use super::{AdminConfig, Backend, Config, ServerConfig, StateConfig, UpstreamConfig};
 use crate::upstream_url::UpstreamUrl;
 
 /// The longest a client timeout may be set to.
 const MAX_CLIENT_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 
 impl Config {
-    /// Checks what types alone cannot.
+    /// Checks what types alone cannot, section by section.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        UpstreamUrl::parse(&self.upstream.url)
-            .map_err(|reason| ConfigError::new("upstream.url", reason))?;
-        if self.server.max_request_bytes == 0 {
-            return Err(ConfigError::new(
-                "server.max_request_bytes",
-                "must be at least 1",
-            ));
-        }
-        let server = &self.server;
-        if server.max_header_bytes < 8192 {
-            // hyper's smallest read buffer; a request line alone can
-            // take a few KiB.
-            return Err(ConfigError::new(
-                "server.max_header_bytes",
-                "must be at least 8192",
-            ));
-        }
-        // Upper bounds too: hyper sizes its header arrays by max_headers
-        // on every parse, and a deadline past the clock's range panics.
-        for (key, value, most) in [
-            ("server.max_headers", server.max_headers, 10_000),
-            ("server.max_json_depth", server.max_json_depth, 100_000),
-            ("server.max_messages", server.max_messages, usize::MAX),
-        ] {
-            if value == 0 || value > most {
-                return Err(ConfigError::new(
-                    key,
-                    format!("must be between 1 and {most}"),
-                ));
-            }
-        }
-        for (key, value) in [
-            ("server.body_read_timeout", server.body_read_timeout),
-            ("server.write_stall_timeout", server.write_stall_timeout),
-            ("server.header_read_timeout", server.header_read_timeout),
-        ] {
-            if value.is_zero() || value > MAX_CLIENT_TIMEOUT {
-                return Err(ConfigError::new(
-                    key,
-                    "must be more than zero and at most a day",
-                ));
-            }
-        }
-        if self.upstream.probe_interval.is_zero() {
-            return Err(ConfigError::new(
-                "upstream.probe_interval",
-                "must be more than zero",
-            ));
-        }
-        if self.upstream.capacity == Some(0) {
-            return Err(ConfigError::new("upstream.capacity", "must be at least 1"));
-        }
-        for (model, capacity) in &self.upstream.model_capacity {
-            if *capacity == 0 {
-                return Err(ConfigError::new(
-                    format!("upstream.model_capacity.{model}"),
-                    "must be at least 1",
-                ));
-            }
-        }
+        self.upstream.validate()?;
+        self.server.validate()?;
         for (i, class) in self.classes.iter().enumerate() {
             if !class.weight.is_finite() || class.weight <= 0.0 {
                 return Err(ConfigError::new(
@@ -82,54 +24,8 @@ impl Config {
                 ));
             }
         }
-        match (&self.state.backend, &self.state.redis_url) {
-            (Backend::Redis, None) => {
-                return Err(ConfigError::new(
-                    "state.redis_url",
-                    "is required with backend = \"redis\"",
-                ))
-            }
-            (_, Some(url)) => corral_auth::RedisReplay::check_url(url)
-                .map_err(|e| ConfigError::new("state.redis_url", format!("{url:?}: {e}")))?,
-            _ => {}
-        }
-        if self.state.replicas == 0 {
-            return Err(ConfigError::new(
-                "state.replicas",
-                "must be at least 1: this replica is one",
-            ));
-        }
-        if self.state.redis_timeout.is_zero() {
-            return Err(ConfigError::new(
-                "state.redis_timeout",
-                "must be more than zero",
-            ));
-        }
-        if self.upstream.connect_timeout.is_zero() {
-            return Err(ConfigError::new(
-                "upstream.connect_timeout",
-                "must be more than zero",
-            ));
-        }
-        if let Some(admin) = self.admin.listen {
-            // Port 0 is any free port: two of them never collide.
-            if admin == self.server.listen && admin.port() != 0 {
-                return Err(ConfigError::new(
-                    "admin.listen",
-                    "is the same address as server.listen; leave it out to serve admin paths on the main listener",
-                ));
-            }
-        }
-        if let Some(token) = &self.admin.token {
-            if token.trim().is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control())
-            {
-                return Err(ConfigError::new(
-                    "admin.token",
-                    "must be non-empty and hold no spaces or control characters (it travels in an Authorization header)",
-                ));
-            }
-        }
-        Ok(())
+        self.state.validate()?;
+        self.admin.validate(self.server.listen)
     }
 
     /// Refuses an admin API open to the network: where `/corral/*` and
@@ -160,5 +56,130 @@ impl Config {
                 "the admin API (/corral/*, /metrics) would be open on {address} ({key}), which is not a loopback address: set a token (CORRAL_ADMIN_TOKEN or [admin] token) or put admin.listen on 127.0.0.1"
             ),
         ))
+    }
+}
+
+impl ServerConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_request_bytes == 0 {
+            return Err(ConfigError::new(
+                "server.max_request_bytes",
+                "must be at least 1",
+            ));
+        }
+        if self.max_header_bytes < 8192 {
+            // hyper's smallest read buffer; a request line alone can
+            // take a few KiB.
+            return Err(ConfigError::new(
+                "server.max_header_bytes",
+                "must be at least 8192",
+            ));
+        }
+        // Upper bounds too: hyper sizes its header arrays by max_headers
+        // on every parse, and a deadline past the clock's range panics.
+        for (key, value, most) in [
+            ("server.max_headers", self.max_headers, 10_000),
+            ("server.max_json_depth", self.max_json_depth, 100_000),
+            ("server.max_messages", self.max_messages, usize::MAX),
+        ] {
+            if value == 0 || value > most {
+                return Err(ConfigError::new(
+                    key,
+                    format!("must be between 1 and {most}"),
+                ));
+            }
+        }
+        for (key, value) in [
+            ("server.body_read_timeout", self.body_read_timeout),
+            ("server.write_stall_timeout", self.write_stall_timeout),
+            ("server.header_read_timeout", self.header_read_timeout),
+        ] {
+            if value.is_zero() || value > MAX_CLIENT_TIMEOUT {
+                return Err(ConfigError::new(
+                    key,
+                    "must be more than zero and at most a day",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl UpstreamConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        UpstreamUrl::parse(&self.url).map_err(|reason| ConfigError::new("upstream.url", reason))?;
+        for (key, value) in [
+            ("upstream.probe_interval", self.probe_interval),
+            ("upstream.connect_timeout", self.connect_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::new(key, "must be more than zero"));
+            }
+        }
+        if self.capacity == Some(0) {
+            return Err(ConfigError::new("upstream.capacity", "must be at least 1"));
+        }
+        for (model, capacity) in &self.model_capacity {
+            if *capacity == 0 {
+                return Err(ConfigError::new(
+                    format!("upstream.model_capacity.{model}"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl StateConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        match (&self.backend, &self.redis_url) {
+            (Backend::Redis, None) => {
+                return Err(ConfigError::new(
+                    "state.redis_url",
+                    "is required with backend = \"redis\"",
+                ))
+            }
+            (_, Some(url)) => corral_auth::RedisReplay::check_url(url)
+                .map_err(|e| ConfigError::new("state.redis_url", format!("{url:?}: {e}")))?,
+            _ => {}
+        }
+        if self.replicas == 0 {
+            return Err(ConfigError::new(
+                "state.replicas",
+                "must be at least 1: this replica is one",
+            ));
+        }
+        if self.redis_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "state.redis_timeout",
+                "must be more than zero",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl AdminConfig {
+    fn validate(&self, server_listen: std::net::SocketAddr) -> Result<(), ConfigError> {
+        if let Some(admin) = self.listen {
+            // Port 0 is any free port: two of them never collide.
+            if admin == server_listen && admin.port() != 0 {
+                return Err(ConfigError::new(
+                    "admin.listen",
+                    "is the same address as server.listen; leave it out to serve admin paths on the main listener",
+                ));
+            }
+        }
+        if let Some(token) = &self.token {
+            if token.trim().is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(ConfigError::new(
+                    "admin.token",
+                    "must be non-empty and hold no spaces or control characters (it travels in an Authorization header)",
+                ));
+            }
+        }
+        Ok(())
     }
 }
