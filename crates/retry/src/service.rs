@@ -5,8 +5,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use corral_core::{
-    classify_error, classify_status, AttemptTimedOut, Body, BoxError, Outcome, RequestMeta,
-    Timeout, TimeoutKind,
+    classify_error, classify_status, AttemptTimedOut, Body, BoxError, Failure, Outcome,
+    RequestMeta, Timeout, TimeoutKind,
 };
 use http::{header, HeaderValue, Request, Response};
 use tokio::time::Instant;
@@ -122,23 +122,15 @@ where
         let call = inner.ready().await.map_err(Into::into)?.call(request);
         let result = within(call, plan.attempt_limit(Instant::now()), config, &timed_out).await;
 
-        let (failure, last, retry_after) = match result {
-            Ok(response) => match classify_status(response.status()) {
-                Outcome::Failure(failure) => {
-                    let after = retry_after(&response);
-                    (failure, Last::Answer(response), after)
-                }
-                _ => {
-                    let original = meta.as_ref().and_then(|m| m.model.as_deref());
-                    return Ok(answered(
-                        response, config, &plan, original, model, timed_out,
-                    ));
-                }
-            },
-            Err(err) => match classify_error(&*err) {
-                Outcome::Failure(failure) => (failure, Last::Error(err), None),
-                _ => return Err(err),
-            },
+        let (failure, last, retry_after) = match judge(result) {
+            Judged::Good(response) => {
+                let original = meta.as_ref().and_then(|m| m.model.as_deref());
+                return Ok(answered(
+                    response, config, &plan, original, model, timed_out,
+                ));
+            }
+            Judged::Failed(failure, last, retry_after) => (failure, last, retry_after),
+            Judged::NotUpstreams(err) => return Err(err),
         };
 
         let attempted = Attempted {
@@ -170,6 +162,34 @@ where
         record_retry(&shared, meta.as_ref(), &attempted, wait, model, fallback);
         drop(last);
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// What an attempt came to.
+enum Judged<B> {
+    /// An answer to give back.
+    Good(Response<B>),
+    /// A failure of the upstream's, what it left, and the `Retry-After`
+    /// it asked for.
+    Failed(Failure, Last<B>, Option<Duration>),
+    /// An error that is no failure of the upstream's: it goes back as it
+    /// is.
+    NotUpstreams(BoxError),
+}
+
+fn judge<B>(result: Result<Response<B>, BoxError>) -> Judged<B> {
+    match result {
+        Ok(response) => match classify_status(response.status()) {
+            Outcome::Failure(failure) => {
+                let after = retry_after(&response);
+                Judged::Failed(failure, Last::Answer(response), after)
+            }
+            _ => Judged::Good(response),
+        },
+        Err(err) => match classify_error(&*err) {
+            Outcome::Failure(failure) => Judged::Failed(failure, Last::Error(err), None),
+            _ => Judged::NotUpstreams(err),
+        },
     }
 }
 
