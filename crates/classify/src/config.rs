@@ -166,18 +166,7 @@ impl AgentConfig {
             ));
         }
         let plain = |key: String, field: &str| {
-            if key.len() < 8 {
-                return Err(ConfigError::new(at(field), "must be at least 8 characters"));
-            }
-            // A client's Bearer key arrives trimmed and cannot hold these:
-            // such a key would never match.
-            if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(ConfigError::new(
-                    at(field),
-                    "must hold no spaces or control characters",
-                ));
-            }
-            Ok(Some(crate::identity::digest(&key)))
+            plain_key_digest(&key).map_err(|r| ConfigError::new(at(field), r))
         };
         if let Some(key) = &self.key {
             return plain(key.clone(), "key");
@@ -211,27 +200,43 @@ impl AgentConfig {
             return plain(key.trim_end().to_string(), "key_file");
         }
         if let Some(hex) = &self.key_sha256 {
-            let hex = hex.trim().strip_prefix("sha256:").unwrap_or(hex.trim());
-            // Hex digits only before slicing: a multibyte character
-            // would not fall on the boundaries below.
-            let bytes: Option<Vec<u8>> = (hex.len() == 64
-                && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| {
-                (0..32)
-                    .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
-                    .collect()
-            })
-            .flatten();
-            return match bytes.and_then(|b| <[u8; 32]>::try_from(b).ok()) {
-                Some(digest) => Ok(Some(digest)),
-                None => Err(ConfigError::new(
+            return parse_sha256(hex).map(Some).ok_or_else(|| {
+                ConfigError::new(
                     at("key_sha256"),
                     "must be 64 hex digits: the SHA-256 of the key, as `corral hash-key` prints it",
-                )),
-            };
+                )
+            });
         }
         Ok(None)
     }
+}
+
+/// The digest of a key given in the clear, or why it cannot serve.
+fn plain_key_digest(key: &str) -> Result<Option<[u8; 32]>, &'static str> {
+    if key.len() < 8 {
+        return Err("must be at least 8 characters");
+    }
+    // A client's Bearer key arrives trimmed and cannot hold these: such a
+    // key would never match.
+    if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must hold no spaces or control characters");
+    }
+    Ok(Some(crate::identity::digest(key)))
+}
+
+/// A SHA-256 written as 64 hex digits, `sha256:` before it or not.
+fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim().strip_prefix("sha256:").unwrap_or(hex.trim());
+    // Hex digits only before slicing: a multibyte character would not
+    // fall on the boundaries below.
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut digest = [0u8; 32];
+    for (i, byte) in digest.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(digest)
 }
 
 fn default_max_request_bytes() -> usize {
