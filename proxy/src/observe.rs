@@ -124,42 +124,43 @@ impl Observation {
             _in_flight: in_flight,
         };
         if observation.records_events(reason.is_some()) {
-            let received_at = corral_core::unix_now() as f64 - start.elapsed().as_secs_f64();
-            let meta = observation.meta.as_ref();
-            observation.event(
-                "received",
-                &[
-                    ("endpoint", endpoint.as_str().into()),
-                    ("model", meta.map(|m| m.model_str()).into()),
-                    ("priority", meta.map(|m| m.priority.get()).into()),
-                    ("class", (**observation.metrics.class()).into()),
-                    ("received_at", received_at.into()),
-                ],
-            );
-            if let Some(reason) = reason {
-                observation.event(
-                    "refused",
-                    &[
-                        ("reason", reason.into()),
-                        ("status", status.as_u16().into()),
-                    ],
-                );
-            } else {
-                let header =
-                    |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok());
-                if let Some(queue_ms) =
-                    header("x-corral-queue-ms").and_then(|v| v.parse::<u64>().ok())
-                {
-                    observation.event("dispatched", &[("queue_ms", queue_ms.into())]);
-                }
-                if let Some(cache) =
-                    header("x-corral-cache").filter(|v| *v == "hit" || *v == "stale")
-                {
-                    observation.event("cache_hit", &[("freshness", cache.into())]);
-                }
-            }
+            observation.head_events(response);
         }
         observation
+    }
+
+    /// The events a request's answer tells at its headers: received, then
+    /// refused, or dispatched and served from the cache.
+    fn head_events(&self, response: &Response<BoxBody>) {
+        let received_at = corral_core::unix_now() as f64 - self.start.elapsed().as_secs_f64();
+        let meta = self.meta.as_ref();
+        self.event(
+            "received",
+            &[
+                ("endpoint", self.endpoint.as_str().into()),
+                ("model", meta.map(|m| m.model_str()).into()),
+                ("priority", meta.map(|m| m.priority.get()).into()),
+                ("class", (**self.metrics.class()).into()),
+                ("received_at", received_at.into()),
+            ],
+        );
+        if let Some(reason) = &self.reason {
+            self.event(
+                "refused",
+                &[
+                    ("reason", reason.as_str().into()),
+                    ("status", self.status.as_u16().into()),
+                ],
+            );
+            return;
+        }
+        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok());
+        if let Some(queue_ms) = header("x-corral-queue-ms").and_then(|v| v.parse::<u64>().ok()) {
+            self.event("dispatched", &[("queue_ms", queue_ms.into())]);
+        }
+        if let Some(cache) = header("x-corral-cache").filter(|v| *v == "hit" || *v == "stale") {
+            self.event("cache_hit", &[("freshness", cache.into())]);
+        }
     }
 
     fn agent(&self) -> &str {

@@ -181,27 +181,7 @@ impl Server {
         } = self;
         // The level follows the load even when no request samples it.
         let degrade_ticker = degrade.map(|c| tokio::spawn(c.keep_current(Duration::from_secs(1))));
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        // The header read timeout also runs while a kept-alive connection
-        // waits for its next request: idle clients are closed after it.
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .max_buf_size(limits.max_header_bytes)
-            .max_headers(limits.max_headers)
-            .keep_alive(true);
-        // h2c: no header read timeout applies, so pings find dead peers;
-        // a client may not open more streams at once than an agent needs.
-        // (A client that holds its flow-control window shut is not caught
-        // by the write stall guard: see the README's hostile-input notes.)
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-            .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
-            .keep_alive_interval(limits.header_read_timeout)
-            .keep_alive_timeout(limits.header_read_timeout);
+        let builder = connection_builder(&limits);
         let graceful = GracefulShutdown::new();
         // The admin listener has a table of its own: a client at its cap
         // on the main listener still reaches /metrics and the probes.
@@ -253,25 +233,57 @@ impl Server {
         }
         drop(main);
         drop(admin);
-        tracing::info!(
-            connections = connections.len(),
-            grace_secs = grace.as_secs_f64(),
-            "shutting down: no new connections; in-flight requests may finish"
-        );
-        tokio::select! {
-            () = graceful.shutdown() => tracing::info!("all connections finished"),
-            () = tokio::time::sleep(grace) => {
-                tracing::warn!(connections = connections.len(), "grace period over: closing the remaining connections");
-            }
-        }
-        connections.abort_all();
-        while connections.join_next().await.is_some() {}
+        drain(graceful, connections, grace).await;
         upkeep.abort();
         probe.abort();
         if let Some(ticker) = degrade_ticker {
             ticker.abort();
         }
     }
+}
+
+/// How connections are served: HTTP/1 and h2c, within the limits.
+fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The header read timeout also runs while a kept-alive connection
+    // waits for its next request: idle clients are closed after it.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers)
+        .keep_alive(true);
+    // h2c: no header read timeout applies, so pings find dead peers; a
+    // client may not open more streams at once than an agent needs. (A
+    // client that holds its flow-control window shut is not caught by the
+    // write stall guard: see the README's hostile-input notes.)
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .keep_alive_interval(limits.header_read_timeout)
+        .keep_alive_timeout(limits.header_read_timeout);
+    builder
+}
+
+/// Lets the open connections finish for the grace period, then closes
+/// what is left.
+async fn drain(graceful: GracefulShutdown, mut connections: JoinSet<()>, grace: Duration) {
+    tracing::info!(
+        connections = connections.len(),
+        grace_secs = grace.as_secs_f64(),
+        "shutting down: no new connections; in-flight requests may finish"
+    );
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections finished"),
+        () = tokio::time::sleep(grace) => {
+            tracing::warn!(connections = connections.len(), "grace period over: closing the remaining connections");
+        }
+    }
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
 }
 
 fn accepted_or_log(

@@ -139,21 +139,8 @@ pub fn build_with(
     };
 
     // Each layer from its options; the refusals they answer with.
-    let mut refusals: Vec<RefusalCast> = respond::built_in();
-    let mut built: Vec<(&'static str, StackLayer)> = Vec::with_capacity(listed.len());
-    for (at, (layer, kind)) in listed.iter().zip(&kinds).enumerate() {
-        let stack_layer = (kind.build)(layer, &context).map_err(|e| {
-            // A key's own line, where it was written; else the header's.
-            let line = layer.line_of(e.key());
-            refuse(e.within(format!("layers[{at}]")), line)
-        })?;
-        for cast in kind.refusals {
-            if !refusals.iter().any(|c| std::ptr::fn_addr_eq(*c, *cast)) {
-                refusals.push(*cast);
-            }
-        }
-        built.push((kind.name, stack_layer));
-    }
+    let (built, refusals) = build_layers(&listed, &kinds, &context)
+        .map_err(|(at, e, line)| refuse(e.within(format!("layers[{at}]")), line))?;
 
     // Wrapped from the inside out: the upstream, the layers, classify.
     let mut service: StackService = BoxCloneSyncService::new(upstream.clone());
@@ -197,6 +184,33 @@ fn classify_layer(config: &Config) -> Result<ClassifyLayer, ConfigError> {
         "default_class" => ConfigError::new("identity.default_class", e.reason()),
         _ => e,
     })
+}
+
+/// Builds each layer listed from its options, with the refusals the
+/// stack answers with. An error gives the layer's index and the line of
+/// the key it names (else the layer's header's).
+#[allow(clippy::type_complexity)]
+fn build_layers(
+    listed: &[LayerConfig],
+    kinds: &[&LayerKind],
+    context: &BuildContext<'_>,
+) -> Result<(Vec<(&'static str, StackLayer)>, Vec<RefusalCast>), (usize, ConfigError, Option<usize>)>
+{
+    let mut refusals: Vec<RefusalCast> = respond::built_in();
+    let mut built = Vec::with_capacity(listed.len());
+    for (at, (layer, kind)) in listed.iter().zip(kinds).enumerate() {
+        let stack_layer = (kind.build)(layer, context).map_err(|e| {
+            let line = layer.line_of(e.key());
+            (at, e, line)
+        })?;
+        for cast in kind.refusals {
+            if !refusals.iter().any(|c| std::ptr::fn_addr_eq(*c, *cast)) {
+                refusals.push(*cast);
+            }
+        }
+        built.push((kind.name, stack_layer));
+    }
+    Ok((built, refusals))
 }
 
 /// The kind of each layer listed, in order, once every rule holds:

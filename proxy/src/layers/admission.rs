@@ -92,6 +92,14 @@ pub(crate) fn priority(
     context
         .load
         .set(Arc::clone(priority.scheduler()) as Arc<dyn corral_core::UpstreamLoad>)?;
+    Ok(StackLayer::new(
+        priority,
+        format!("{}{shared}", describe(&config, per_model)),
+    ))
+}
+
+/// How the start-up log describes the scheduler.
+fn describe(config: &PriorityConfig, per_model: bool) -> String {
     let models = if config.model_capacity.is_empty() {
         String::new()
     } else {
@@ -110,18 +118,12 @@ pub(crate) fn priority(
         .reserve
         .map(|r| format!(", {} held for priority <= {}", r.permits, r.up_to_priority))
         .unwrap_or_default();
-    let permits = if per_model {
-        format!("{} upstream permit(s) per model", config.capacity)
-    } else {
-        format!("{} upstream permit(s)", config.capacity)
-    };
-    Ok(StackLayer::new(
-        priority,
-        format!(
-            "{permits}{models}{cap}{reserve}; aging one step per {}{shared}",
-            humantime::format_duration(config.aging)
-        ),
-    ))
+    let per = if per_model { " per model" } else { "" };
+    format!(
+        "{} upstream permit(s){per}{models}{cap}{reserve}; aging one step per {}",
+        config.capacity,
+        humantime::format_duration(config.aging)
+    )
 }
 
 /// `kind = "shed"`: its options are [`corral_shed::ShedConfig`]'s.
