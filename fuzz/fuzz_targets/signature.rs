@@ -54,7 +54,7 @@ use tower::{service_fn, Layer, Service, ServiceExt};
 
 const AGENT: &str = "planner";
 const SECRET: &str = "planner secret, long enough";
-/// The layer's clock: a fixed moment, as in crates/auth/tests.
+/// The layer's clock: a fixed moment, as in layers/auth/tests.
 const NOW: f64 = 1_764_115_200.0;
 const FRESHNESS: f64 = 300.0;
 /// Small, so that libFuzzer's inputs cross it.

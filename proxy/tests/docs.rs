@@ -46,12 +46,12 @@ fn documentation() -> Vec<PathBuf> {
 }
 
 /// The documentation, and the crates' READMEs (`crates/*/README.md`,
-/// `proxy/README.md`).
+/// `layers/*/README.md`, `proxy/README.md`).
 fn every_readme() -> Vec<PathBuf> {
     let mut found = documentation();
-    let crates = std::fs::read_dir(root().join("crates"))
+    let crates = ["crates", "layers"]
         .into_iter()
-        .flatten();
+        .flat_map(|folder| std::fs::read_dir(root().join(folder)).into_iter().flatten());
     let dirs = crates
         .map(|entry| entry.unwrap().path())
         .chain([root().join("proxy")]);

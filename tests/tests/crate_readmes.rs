@@ -14,8 +14,9 @@ fn root() -> PathBuf {
 
 /// The published crates: their folders.
 fn crates() -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root().join("crates"))
-        .unwrap()
+    let mut dirs: Vec<PathBuf> = ["crates", "layers"]
+        .into_iter()
+        .flat_map(|folder| std::fs::read_dir(root().join(folder)).unwrap())
         .map(|e| e.unwrap().path())
         .filter(|p| p.join("Cargo.toml").exists())
         .collect();
