@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use corral_core::{Priority, RedisState};
 use corral_priority::{PriorityConfig, Scheduler, Ticket};
-use corral_ratelimit::{Check, Checked, MemoryStore, Quota, RateStore, RedisRates};
+use corral_ratelimit::{Check, Checked, MemoryRates, Quota, RateStore, RedisRates};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 fn ticket() -> Ticket {
@@ -75,7 +75,7 @@ fn shared_state(c: &mut Criterion) {
             cost: 1,
         },
     ];
-    let memory = MemoryStore::new();
+    let memory = MemoryRates::new();
     let redis = RedisRates::new(state);
     let mut group = c.benchmark_group("quota_check_agent_and_class");
     group.bench_function("memory", |b| b.iter(|| memory.decide(&checks)));

@@ -54,13 +54,13 @@ mod json;
 mod load;
 mod meta;
 mod outcome;
+#[cfg(feature = "redis")]
+mod redis_bus;
+#[cfg(feature = "redis")]
+mod redis_state;
 mod refusal;
 pub mod respond;
 mod set_meta;
-#[cfg(feature = "redis")]
-mod shared;
-#[cfg(feature = "redis")]
-mod shared_bus;
 mod usage;
 
 pub use admit::AdmitThenCall;
@@ -84,14 +84,14 @@ pub use outcome::{
 };
 #[cfg(feature = "redis")]
 pub use redis;
-pub use refusal::{as_refusal, find_refusal, Refusal, RefusalCast};
-pub use set_meta::{SetMeta, SetMetaLayer, REQUESTS_WITHOUT_META_TOTAL};
 #[cfg(feature = "redis")]
-pub use shared::{
+pub use redis_bus::{RedisBus, BUS_DROPPED_TOTAL};
+#[cfg(feature = "redis")]
+pub use redis_state::{
     Pushed, RedisState, StateUnavailable, STATE_BACKEND_ERRORS_TOTAL, STATE_BACKEND_UP,
 };
-#[cfg(feature = "redis")]
-pub use shared_bus::{RedisBus, BUS_DROPPED_TOTAL};
+pub use refusal::{as_refusal, find_refusal, Refusal, RefusalCast};
+pub use set_meta::{SetMeta, SetMetaLayer, REQUESTS_WITHOUT_META_TOTAL};
 pub use usage::Usage;
 
 /// The error type between layers: any error, boxed.

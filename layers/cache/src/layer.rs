@@ -5,10 +5,10 @@ use tower::Layer;
 
 use crate::config::CacheConfig;
 use crate::service::{CacheService, Shared};
-use crate::store::{CacheStore, MemoryStore};
+use crate::store::{CacheStore, MemoryCache};
 
 /// Puts a [`CacheService`] in front of a service; all share one store and
-/// one table of flights.
+/// one table of leaders.
 #[derive(Clone)]
 pub struct CacheLayer {
     shared: Arc<Shared>,
@@ -26,7 +26,7 @@ impl CacheLayer {
     /// A layer for `config` keeping answers in memory.
     pub fn new(config: &CacheConfig) -> Result<Self, ConfigError> {
         config.validate()?;
-        let store = Arc::new(MemoryStore::new(config.max_bytes));
+        let store = Arc::new(MemoryCache::new(config.max_bytes));
         Ok(Self {
             shared: Arc::new(Shared::new(config.clone(), store)),
         })

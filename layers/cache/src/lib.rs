@@ -72,9 +72,8 @@
 //! buffered body.
 
 mod answer;
+mod coalesce;
 mod config;
-mod flight;
-mod fly;
 mod key;
 mod layer;
 pub mod metrics;
@@ -90,7 +89,7 @@ pub use layer::CacheLayer;
 #[cfg(feature = "redis")]
 pub use redis::RedisCache;
 pub use service::{CacheService, ResponseFuture};
-pub use store::{CacheStore, Claim, ClaimGuard, Entry, Lookup, MemoryStore};
+pub use store::{CacheStore, Claim, ClaimGuard, Entry, Lookup, MemoryCache};
 
 /// The refusals this layer answers with, for a responder
 /// ([`corral_core::respond::RespondLayer::with_refusals`]).

@@ -12,13 +12,13 @@ use tokio::time::Instant;
 
 use crate::answer::Answer;
 use crate::key::Key;
-use crate::store::{CacheStore, Claim, ClaimGuard, Entry, Lookup, MemoryStore};
+use crate::store::{CacheStore, Claim, ClaimGuard, Entry, Lookup, MemoryCache};
 
 /// Answers kept in Redis (`<prefix>cache:<key in hex>`, expiring with the
 /// entry's stale lifetime), so an answer one replica generated is served
 /// by all of them.
 ///
-/// A [`MemoryStore`] of this replica sits in front: a hit there is
+/// A [`MemoryCache`] of this replica sits in front: a hit there is
 /// answered without a round trip (an entry never changes: the same key
 /// is the same deterministic answer), a hit in Redis is copied into it,
 /// and it answers alone while Redis is away. Redis' own `maxmemory`
@@ -51,7 +51,7 @@ use crate::store::{CacheStore, Claim, ClaimGuard, Entry, Lookup, MemoryStore};
 #[derive(Debug, Clone)]
 pub struct RedisCache {
     state: RedisState,
-    memory: Arc<MemoryStore>,
+    memory: Arc<MemoryCache>,
     /// Keys this replica claimed and has not yet released.
     claims: Arc<Mutex<HashMap<Key, String>>>,
 }
@@ -88,7 +88,7 @@ impl RedisCache {
     pub fn new(state: RedisState, max_bytes: u64) -> Self {
         Self {
             state,
-            memory: Arc::new(MemoryStore::new(max_bytes)),
+            memory: Arc::new(MemoryCache::new(max_bytes)),
             claims: Arc::default(),
         }
     }

@@ -12,9 +12,8 @@ use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
 use crate::answer::Answer;
+use crate::coalesce::{follow, lead, respond_from, Coalesced, Keeping};
 use crate::config::CacheConfig;
-use crate::flight::Flight;
-use crate::fly::{fly, follow, head, Keep};
 use crate::key::{key, usage, Key, X_CORRAL_CACHE};
 use crate::metrics::{CACHE_COALESCED_TOTAL, CACHE_HITS_TOTAL, CACHE_MISSES_TOTAL};
 use crate::store::{CacheStore, Entry, Lookup};
@@ -22,7 +21,7 @@ use crate::store::{CacheStore, Entry, Lookup};
 pub(crate) struct Shared {
     pub(crate) config: CacheConfig,
     pub(crate) store: Arc<dyn CacheStore>,
-    flights: Mutex<HashMap<(Key, bool), Arc<Flight>>>,
+    leaders: Mutex<HashMap<(Key, bool), Arc<Coalesced>>>,
 }
 
 impl Shared {
@@ -30,12 +29,12 @@ impl Shared {
         Self {
             config,
             store,
-            flights: Mutex::new(HashMap::new()),
+            leaders: Mutex::new(HashMap::new()),
         }
     }
 
-    pub(crate) fn flights(&self) -> MutexGuard<'_, HashMap<(Key, bool), Arc<Flight>>> {
-        self.flights.lock().unwrap_or_else(|p| p.into_inner())
+    pub(crate) fn leaders(&self) -> MutexGuard<'_, HashMap<(Key, bool), Arc<Coalesced>>> {
+        self.leaders.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -216,34 +215,34 @@ where
     } = call;
     let slot = (key, meta.stream);
     if shared.config.coalesce {
-        let flights = shared.flights();
-        if let Some(subscription) = flights.get(&slot).and_then(|f| f.subscribe(false)) {
-            drop(flights);
+        let leaders = shared.leaders();
+        if let Some(reader) = leaders.get(&slot).and_then(|f| f.reader(false)) {
+            drop(leaders);
             metrics::counter!(CACHE_COALESCED_TOTAL).increment(1);
-            return Box::pin(follow(subscription, inner, request));
+            return Box::pin(follow(reader, inner, request));
         }
     }
     metrics::counter!(CACHE_MISSES_TOTAL).increment(1);
-    let flight = Flight::new();
-    let Some(subscription) = flight.subscribe(true) else {
+    let call = Coalesced::new();
+    let Some(reader) = call.reader(true) else {
         return Box::pin(
             async move { inner.oneshot(request).await.map(boxed).map_err(Into::into) },
         );
     };
     if shared.config.coalesce {
-        shared.flights().insert(slot, flight.clone());
+        shared.leaders().insert(slot, call.clone());
     }
     let ttl = shared
         .config
         .ttl_for(meta.endpoint)
         .mul_f64(degradation.ttl_factor.max(1.0));
-    tokio::spawn(fly(
+    tokio::spawn(lead(
         shared.clone(),
-        flight,
+        call,
         slot,
         inner,
         request,
-        Keep {
+        Keeping {
             write,
             endpoint: meta.endpoint,
             ttl,
@@ -252,7 +251,7 @@ where
         },
     ));
     Box::pin(async move {
-        match head(subscription).await {
+        match respond_from(reader).await {
             // Another replica's answer says so already.
             Ok(response) if response.headers().contains_key(X_CORRAL_CACHE) => Ok(response),
             Ok(response) => Ok(with_cache_header(response, "miss")),

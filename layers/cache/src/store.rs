@@ -114,7 +114,7 @@ pub trait CacheStore: Send + Sync + 'static {
     /// Whether this replica generates the answer under `key` for a
     /// request of `priority` (1 highest) or waits for another replica that
     /// does: identical requests coalesce across replicas as they do
-    /// within one (its flights). A request more urgent than the one
+    /// within one (its coalesced calls). A request more urgent than the one
     /// generating does not wait. One process alone: always
     /// [`Claim::Generate`].
     fn claim(&self, key: &Key, priority: u8) -> Pin<Box<dyn Future<Output = Claim> + Send>> {
@@ -125,19 +125,19 @@ pub trait CacheStore: Send + Sync + 'static {
 
 /// Answers in memory, at most `max_bytes` of them, the least recently
 /// used evicted first (moka with a weigher).
-pub struct MemoryStore {
+pub struct MemoryCache {
     cache: moka::sync::Cache<Key, Arc<Entry>>,
 }
 
-impl std::fmt::Debug for MemoryStore {
+impl std::fmt::Debug for MemoryCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryStore")
+        f.debug_struct("MemoryCache")
             .field("entries", &self.cache.entry_count())
             .finish()
     }
 }
 
-impl MemoryStore {
+impl MemoryCache {
     /// A store bounded by `max_bytes`.
     pub fn new(max_bytes: u64) -> Self {
         Self {
@@ -151,7 +151,7 @@ impl MemoryStore {
     }
 }
 
-impl MemoryStore {
+impl MemoryCache {
     /// The entry under `key`, if any is kept and not past its stale
     /// lifetime.
     pub fn entry(&self, key: &Key) -> Option<Arc<Entry>> {
@@ -164,7 +164,7 @@ impl MemoryStore {
     }
 }
 
-impl CacheStore for MemoryStore {
+impl CacheStore for MemoryCache {
     fn get(&self, key: &Key) -> Lookup {
         Lookup::Now(self.entry(key))
     }

@@ -121,11 +121,13 @@ pub mod metrics;
 mod models;
 mod permit;
 mod pool;
+#[cfg(feature = "redis")]
+mod redis;
 mod scheduler;
 mod service;
-#[cfg(feature = "redis")]
-mod shared;
 
+#[cfg(feature = "redis")]
+pub use self::redis::SHARED_PERMITS_HELD;
 pub use body::{ResponseBody, Settling};
 pub use config::{
     PriorityConfig, Reserve, DEFAULT_AGING, DEFAULT_CAPACITY, DEFAULT_GENERATION_TOKENS,
@@ -138,8 +140,6 @@ pub use models::{IDLE_BEFORE_EVICTION, MAX_MODEL_POOLS};
 pub use pool::Ticket;
 pub use scheduler::{Acquire, Permit, Scheduler};
 pub use service::PriorityService;
-#[cfg(feature = "redis")]
-pub use shared::SHARED_PERMITS_HELD;
 
 /// The refusals this layer answers with, for a responder
 /// ([`corral_core::respond::RespondLayer::with_refusals`]).

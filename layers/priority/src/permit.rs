@@ -13,7 +13,7 @@ use tokio::time::{Instant, Sleep};
 use crate::error::DeadlineExceeded;
 use crate::pool::{self, Hold, Pool, Ticket};
 #[cfg(feature = "redis")]
-use crate::shared::SharedPool;
+use crate::redis::RedisPool;
 
 /// A request waiting for its permit. Resolves to the [`Permit`], or to
 /// [`DeadlineExceeded`] when the ticket's deadline passes first.
@@ -165,7 +165,7 @@ enum Holder {
     /// tells Redis about it once it is back).
     #[cfg(feature = "redis")]
     Shared {
-        pool: Arc<SharedPool>,
+        pool: Arc<RedisPool>,
         ticket: String,
         local: bool,
     },
@@ -174,7 +174,7 @@ enum Holder {
 impl Permit {
     #[cfg(feature = "redis")]
     pub(crate) fn shared(
-        pool: Arc<SharedPool>,
+        pool: Arc<RedisPool>,
         ticket: String,
         agent: AgentId,
         cost: f64,
@@ -200,7 +200,7 @@ impl Permit {
     /// A permit of the fallback pool, also held under `ticket` so that
     /// Redis counts it once it is back.
     #[cfg(feature = "redis")]
-    pub(crate) fn into_shared(mut self, pool: Arc<SharedPool>, ticket: String) -> Self {
+    pub(crate) fn into_shared(mut self, pool: Arc<RedisPool>, ticket: String) -> Self {
         self.holder = Holder::Shared {
             pool,
             ticket,

@@ -109,11 +109,11 @@ pub trait RateStore: Send + Sync + 'static {
 
 /// GCRA state in this process.
 #[derive(Debug, Default)]
-pub struct MemoryStore {
+pub struct MemoryRates {
     tat: Mutex<HashMap<String, Instant>>,
 }
 
-impl MemoryStore {
+impl MemoryRates {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
@@ -124,7 +124,7 @@ fn scaled(interval: Duration, n: u64) -> Duration {
     interval.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX))
 }
 
-impl RateStore for MemoryStore {
+impl RateStore for MemoryRates {
     fn check(&self, checks: &[Check]) -> Checked {
         Checked::Now(self.decide(checks))
     }
@@ -134,13 +134,13 @@ impl RateStore for MemoryStore {
     }
 }
 
-impl MemoryStore {
+impl MemoryRates {
     /// Charges every check, or none if one does not conform: at once.
     ///
     /// ```
-    /// use corral_ratelimit::{Check, MemoryStore, Quota, Verdict};
+    /// use corral_ratelimit::{Check, MemoryRates, Quota, Verdict};
     ///
-    /// let store = MemoryStore::new();
+    /// let store = MemoryRates::new();
     /// let check = [Check { key: "agent:a:requests".into(), quota: Quota::per_minute(1), cost: 1 }];
     /// assert!(matches!(store.decide(&check), Verdict::Allowed(_)));
     /// assert!(matches!(store.decide(&check), Verdict::Denied { index: 0, .. }));

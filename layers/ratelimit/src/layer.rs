@@ -4,7 +4,7 @@ use corral_core::ConfigError;
 use tower::Layer;
 
 use crate::config::RateLimitConfig;
-use crate::gcra::{MemoryStore, RateStore};
+use crate::gcra::{MemoryRates, RateStore};
 use crate::plan::Plan;
 use crate::service::RateLimitService;
 
@@ -27,7 +27,7 @@ impl RateLimitLayer {
     pub fn new(config: &RateLimitConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         Ok(Self {
-            plan: Arc::new(Plan::new(config, Arc::new(MemoryStore::new()))),
+            plan: Arc::new(Plan::new(config, Arc::new(MemoryRates::new()))),
             config: config.clone(),
         })
     }

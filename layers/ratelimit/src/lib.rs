@@ -73,7 +73,7 @@ mod service;
 pub use body::{Correction, ResponseBody};
 pub use config::{Limits, RateLimitConfig, DEFAULT_GENERATION_TOKENS};
 pub use error::RateLimited;
-pub use gcra::{Check, Checked, MemoryStore, Quota, RateStore, Standing, Verdict};
+pub use gcra::{Check, Checked, MemoryRates, Quota, RateStore, Standing, Verdict};
 pub use layer::RateLimitLayer;
 #[cfg(feature = "redis")]
 pub use redis::RedisRates;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use corral_core::RedisState;
 
-use crate::gcra::{Check, Checked, MemoryStore, Quota, RateStore, Standing, Verdict};
+use crate::gcra::{Check, Checked, MemoryRates, Quota, RateStore, Standing, Verdict};
 
 static CHECK: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("gcra.lua")));
@@ -19,7 +19,7 @@ static ADJUST: LazyLock<redis::Script> =
 /// Each request's checks run as one Lua script (`gcra.lua`): the clock is
 /// Redis' own `TIME`, so replicas whose clocks differ still agree, and all
 /// the checks are charged or none. A check that Redis does not answer
-/// within the state's timeout is decided by a [`MemoryStore`] of this
+/// within the state's timeout is decided by a [`MemoryRates`] of this
 /// replica instead: limits keep holding per replica while Redis is away
 /// (an agent spreading over N replicas may then get up to N times its
 /// quota), and requests never wait on a dead Redis.
@@ -41,7 +41,7 @@ static ADJUST: LazyLock<redis::Script> =
 #[derive(Debug, Clone)]
 pub struct RedisRates {
     state: RedisState,
-    fallback: Arc<MemoryStore>,
+    fallback: Arc<MemoryRates>,
 }
 
 impl RedisRates {
@@ -49,7 +49,7 @@ impl RedisRates {
     pub fn new(state: RedisState) -> Self {
         Self {
             state,
-            fallback: Arc::new(MemoryStore::new()),
+            fallback: Arc::new(MemoryRates::new()),
         }
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use corral_core::{Body, Endpoint, GenerationParams, Priority, Refusal, RequestMeta};
 use corral_ratelimit::{
-    Check, MemoryStore, Quota, RateLimitConfig, RateLimitLayer, RateLimited, Verdict,
+    Check, MemoryRates, Quota, RateLimitConfig, RateLimitLayer, RateLimited, Verdict,
 };
 use http::{Request, Response};
 use http_body_util::channel::Channel;
@@ -33,7 +33,7 @@ fn allowed(verdict: &Verdict) -> bool {
 
 #[tokio::test(start_paused = true)]
 async fn ten_a_minute_allows_ten_at_once_then_one_every_six_seconds() {
-    let store = MemoryStore::new();
+    let store = MemoryRates::new();
     let quota = Quota::per_minute(10);
     for i in 0..10 {
         let verdict = store.decide(&[check("a", quota, 1)]);
@@ -58,7 +58,7 @@ async fn ten_a_minute_allows_ten_at_once_then_one_every_six_seconds() {
 
 #[tokio::test(start_paused = true)]
 async fn a_burst_of_one_spaces_requests_evenly() {
-    let store = MemoryStore::new();
+    let store = MemoryRates::new();
     let quota = Quota {
         limit: 60,
         period: Duration::from_secs(60),
@@ -72,7 +72,7 @@ async fn a_burst_of_one_spaces_requests_evenly() {
 
 #[tokio::test(start_paused = true)]
 async fn a_set_of_checks_is_charged_all_or_nothing() {
-    let store = MemoryStore::new();
+    let store = MemoryRates::new();
     let agent = Quota::per_minute(10);
     let class = Quota::per_minute(1);
     assert!(allowed(
@@ -92,7 +92,7 @@ async fn a_set_of_checks_is_charged_all_or_nothing() {
 
 #[tokio::test(start_paused = true)]
 async fn corrections_give_back_what_was_not_used() {
-    let store = MemoryStore::new();
+    let store = MemoryRates::new();
     let tokens = Quota::per_minute(1000);
     assert!(allowed(&store.decide(&[check("t", tokens, 800)])));
     assert!(
@@ -279,7 +279,7 @@ proptest! {
         let burst = (limit * burst_share / 100).max(1);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
         runtime.block_on(async move {
-            let store = MemoryStore::new();
+            let store = MemoryRates::new();
             let quota = Quota { limit, period: Duration::from_secs(60), burst };
             let interval = Duration::from_secs(60).as_secs_f64() / limit as f64;
             let start = tokio::time::Instant::now();

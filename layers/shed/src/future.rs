@@ -8,7 +8,7 @@ use pin_project_lite::pin_project;
 use tower::Service;
 
 use crate::error::ShedReason;
-use crate::shared::{wait_for_space, Admitted, Shared};
+use crate::gate::{wait_for_space, Admitted, Gate};
 
 /// Waiting for room: admitted when there is some in time, refused when
 /// not.
@@ -38,19 +38,19 @@ impl<S, F, R> ResponseFuture<S, F, R> {
     }
 
     pub(crate) fn waiting(
-        shared: Arc<Shared>,
+        gate: Arc<Gate>,
         inner: S,
         request: R,
         priority: Priority,
         agent: AgentId,
     ) -> Self {
         let wait = async move {
-            if wait_for_space(shared.clone()).await {
-                return Ok(shared.admit(&agent));
+            if wait_for_space(gate.clone()).await {
+                return Ok(gate.admit(&agent));
             }
-            let load = shared.view().snapshot();
+            let load = gate.view().snapshot();
             let now = tokio::time::Instant::now();
-            Err(shared
+            Err(gate
                 .refuse(ShedReason::NoRoomInTime, priority, &load, now)
                 .into())
         };

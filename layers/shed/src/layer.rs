@@ -4,13 +4,13 @@ use corral_core::{Bus, ConfigError, LoadCell};
 use tower::Layer;
 
 use crate::config::ShedConfig;
+use crate::gate::Gate;
 use crate::service::ShedService;
-use crate::shared::Shared;
 
 /// Puts a [`ShedService`] in front of a service.
 #[derive(Debug, Clone)]
 pub struct ShedLayer {
-    shared: Arc<Shared>,
+    gate: Arc<Gate>,
 }
 
 impl ShedLayer {
@@ -20,24 +20,24 @@ impl ShedLayer {
         config.validate()?;
         metrics::gauge!(crate::metrics::QUEUE_LIMIT).set(config.max_queue as f64);
         Ok(Self {
-            shared: Arc::new(Shared::new(config.clone(), LoadCell::default(), None)),
+            gate: Arc::new(Gate::new(config.clone(), LoadCell::default(), None)),
         })
     }
 
     /// The same, watching the scheduler published in `load` (the
     /// `priority` layer's), or counting itself while none is.
     pub fn with_load(self, load: LoadCell) -> Self {
-        let bus = self.shared.bus.clone();
+        let bus = self.gate.bus.clone();
         Self {
-            shared: Arc::new(Shared::new(self.shared.config.clone(), load, bus)),
+            gate: Arc::new(Gate::new(self.gate.config.clone(), load, bus)),
         }
     }
 
     /// The same, announcing backpressure on `bus`.
     pub fn with_bus(self, bus: Arc<dyn Bus>) -> Self {
-        let load = self.shared.load.clone();
+        let load = self.gate.load.clone();
         Self {
-            shared: Arc::new(Shared::new(self.shared.config.clone(), load, Some(bus))),
+            gate: Arc::new(Gate::new(self.gate.config.clone(), load, Some(bus))),
         }
     }
 }
@@ -46,6 +46,6 @@ impl<S> Layer<S> for ShedLayer {
     type Service = ShedService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ShedService::from_shared(inner, self.shared.clone())
+        ShedService::from_gate(inner, self.gate.clone())
     }
 }

@@ -63,10 +63,10 @@
 mod config;
 mod error;
 mod future;
+mod gate;
 mod layer;
 pub mod metrics;
 mod service;
-mod shared;
 
 pub use config::{
     ShedConfig, DEFAULT_CODEL_INTERVAL, DEFAULT_CODEL_TARGET, DEFAULT_DROP_ABOVE,

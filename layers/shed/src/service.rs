@@ -6,14 +6,14 @@ use http::Request;
 use tower::Service;
 
 use crate::future::ResponseFuture;
-use crate::shared::{Decision, Shared};
+use crate::gate::{Decision, Gate};
 
 /// Refuses inference requests the queue has no room for, lowest
 /// priorities first; lets the rest through.
 #[derive(Debug)]
 pub struct ShedService<S> {
     inner: S,
-    shared: Arc<Shared>,
+    gate: Arc<Gate>,
 }
 
 impl<S> ShedService<S> {
@@ -24,14 +24,14 @@ impl<S: Clone> Clone for ShedService<S> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            shared: self.shared.clone(),
+            gate: self.gate.clone(),
         }
     }
 }
 
 impl<S> ShedService<S> {
-    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
-        Self { inner, shared }
+    pub(crate) fn from_gate(inner: S, gate: Arc<Gate>) -> Self {
+        Self { inner, gate }
     }
 }
 
@@ -56,7 +56,7 @@ where
             return ResponseFuture::passing(self.inner.call(request), None);
         }
         let (priority, agent): (Priority, _) = (meta.priority, meta.agent.clone());
-        match self.shared.decide(priority, &agent) {
+        match self.gate.decide(priority, &agent) {
             Decision::Admit(admitted) => {
                 ResponseFuture::passing(self.inner.call(request), Some(admitted))
             }
@@ -64,7 +64,7 @@ where
             Decision::WaitForSpace => {
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::waiting(self.shared.clone(), inner, request, priority, agent)
+                ResponseFuture::waiting(self.gate.clone(), inner, request, priority, agent)
             }
         }
     }

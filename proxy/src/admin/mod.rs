@@ -1,4 +1,8 @@
-//! The admin paths: `/corral/healthz`, `/corral/readyz`, `/metrics`.
+//! The admin paths. Read: `/corral/status`, `/corral/agents`,
+//! `/corral/events`, `/corral/config`, the probes `/corral/healthz` and
+//! `/corral/readyz` (open without the admin token), and `/metrics` (also
+//! as `/corral/metrics`). Read and set: `/corral/degrade`,
+//! `/corral/capacity`, `/corral/priority`.
 //!
 //! They live under `/corral/`, which no Ollama path uses, and answer on
 //! the main listener unless `[admin] listen` gives them their own.

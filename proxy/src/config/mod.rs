@@ -94,7 +94,7 @@ pub struct Config {
     pub identity: IdentityConfig,
     /// The classes of agents.
     #[serde(default)]
-    pub classes: Vec<ClassConfig>,
+    pub classes: Vec<ClassEntry>,
     /// The agents Corral knows.
     #[serde(default)]
     pub agents: Vec<AgentConfig>,
@@ -124,10 +124,12 @@ pub struct Config {
     pub capacity_from: Option<String>,
 }
 
-/// `[[classes]]`: one class of agents.
+/// `[[classes]]`: one class of agents, as every layer knows it: what
+/// `classify` reads of it ([`ClassEntry::classify`]) and what the other
+/// layers do with it (weight, compartment, critical, quotas).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ClassConfig {
+pub struct ClassEntry {
     /// Its name.
     pub name: String,
     /// The priority of its requests that ask for none, 1 (highest) to 10.
@@ -157,6 +159,18 @@ pub struct ClassConfig {
     /// `{ requests_per_minute = 10, tokens_per_minute = 20000 }`.
     #[serde(default)]
     pub rate_limit: Option<corral_ratelimit::Limits>,
+}
+
+impl ClassEntry {
+    /// What `classify` reads of the class: its name, priorities and
+    /// whether its answers are private.
+    pub fn classify(&self) -> corral_classify::ClassConfig {
+        let mut class = corral_classify::ClassConfig::new(self.name.clone());
+        class.priority = self.priority;
+        class.priorities = self.priorities;
+        class.private = self.private;
+        class
+    }
 }
 
 fn default_weight() -> f64 {
@@ -321,17 +335,7 @@ impl Config {
             body_read_timeout: self.server.body_read_timeout,
             require_key: self.identity.require_key,
             default_class: self.identity.default_class.clone(),
-            classes: self
-                .classes
-                .iter()
-                .map(|c| {
-                    let mut class = corral_classify::ClassConfig::new(c.name.clone());
-                    class.priority = c.priority;
-                    class.priorities = c.priorities;
-                    class.private = c.private;
-                    class
-                })
-                .collect(),
+            classes: self.classes.iter().map(ClassEntry::classify).collect(),
             agents: self.agents.clone(),
         }
     }

@@ -20,11 +20,11 @@ use crate::permit::AcquireKind;
 pub use crate::permit::{Acquire, Permit};
 use crate::pool::{Pool, Ticket};
 #[cfg(feature = "redis")]
-use crate::shared::SharedPool;
+use crate::redis::RedisPool;
 
 mod load;
 #[cfg(feature = "redis")]
-mod shared;
+mod redis;
 
 /// Upstream permits, and the order in which waiting requests get them.
 ///
@@ -69,7 +69,7 @@ pub struct Scheduler {
     changes: Arc<Notify>,
     /// With shared state, each pool's Redis side, by pool name.
     #[cfg(feature = "redis")]
-    shared: RwLock<HashMap<String, Arc<SharedPool>>>,
+    shared: RwLock<HashMap<String, Arc<RedisPool>>>,
     /// With shared state, what a pool made on demand is shared through.
     #[cfg(feature = "redis")]
     backend: Option<(corral_core::RedisState, Duration)>,
@@ -170,7 +170,7 @@ impl Scheduler {
             ));
             #[cfg(feature = "redis")]
             if let Some((state, ttl)) = &self.backend {
-                let shared = SharedPool::new(
+                let shared = RedisPool::new(
                     state.clone(),
                     pool.clone(),
                     capacity,
@@ -211,7 +211,7 @@ impl Scheduler {
     }
 
     #[cfg(feature = "redis")]
-    fn shared_of(&self, pool: &Pool) -> Option<Arc<SharedPool>> {
+    fn shared_of(&self, pool: &Pool) -> Option<Arc<RedisPool>> {
         self.backend.as_ref()?;
         read(&self.shared).get(pool.name()).cloned()
     }

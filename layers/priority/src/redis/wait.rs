@@ -8,12 +8,12 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{lock, SharedPool, Waiting, SEQ};
+use super::{lock, RedisPool, Waiting, SEQ};
 use crate::error::DeadlineExceeded;
 use crate::permit::{Acquire, Permit};
 use crate::pool::Ticket;
 
-impl SharedPool {
+impl RedisPool {
     /// Waits for a permit in Redis; in the local pool when Redis is away
     /// (or goes away while it waits).
     pub(crate) async fn acquire(
@@ -118,7 +118,7 @@ impl SharedPool {
 
 /// Takes a ticket out of the shared queue if its waiter leaves.
 struct Guard {
-    pool: Arc<SharedPool>,
+    pool: Arc<RedisPool>,
     ticket: Option<String>,
 }
 
@@ -130,7 +130,7 @@ impl Drop for Guard {
     }
 }
 
-impl SharedPool {
+impl RedisPool {
     /// Delivers the grants heard on this pool's channel to its waiters,
     /// for as long as it runs.
     pub(crate) async fn hear_grants(self: Arc<Self>) {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::{canonical_model, Scheduler};
 use crate::config::PriorityConfig;
 use crate::pool::Pool;
-use crate::shared::SharedPool;
+use crate::redis::RedisPool;
 
 impl Scheduler {
     /// A scheduler whose pools live in Redis, shared by every replica on
@@ -54,7 +54,7 @@ impl Scheduler {
             corral_core::ConfigError::new("capacity", "the scheduler is already shared")
         })?;
         let wrap = |pool: &Arc<Pool>, capacity: usize| {
-            SharedPool::new(
+            RedisPool::new(
                 state.clone(),
                 pool.clone(),
                 capacity,

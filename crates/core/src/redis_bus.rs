@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc};
 
 use crate::bus::{channels, Bus, BusMessage};
-use crate::shared::RedisState;
+use crate::redis_state::RedisState;
 
 /// Messages waiting for Redis; past this, plain messages are dropped (and
 /// counted), settings keep only their latest value.

@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use super::{lock, SharedPool};
+use super::{lock, RedisPool};
 
-impl SharedPool {
+impl RedisPool {
     /// Renews this replica's leases and liveness, grants what expired
     /// leases freed: every third of the TTL, for as long as it runs.
     pub(crate) async fn keep_alive(self: Arc<Self>) {

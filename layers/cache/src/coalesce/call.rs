@@ -1,8 +1,7 @@
-//! One upstream call shared by identical requests: its frames are kept as
-//! they come, and every subscriber reads them from the first, so a late
-//! joiner first gets what was already produced. The call runs on its own
-//! task: it goes on while anyone still listens, and stops when nobody
-//! does.
+//! The coalesced call: one upstream call shared by identical requests.
+//! Its frames are kept as they come, and every reader (the leader and
+//! each follower) reads them from the first, so a late follower first
+//! gets what was already produced.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,7 +13,8 @@ use http::{HeaderMap, StatusCode};
 use http_body::{Frame, SizeHint};
 use tokio::sync::Notify;
 
-pub(crate) struct Flight {
+/// The head, frames and end of the leader's call, and who still reads it.
+pub(crate) struct Coalesced {
     state: Mutex<State>,
     abandoned: Notify,
 }
@@ -38,7 +38,7 @@ struct State {
     head: Head,
     chunks: Vec<Bytes>,
     end: End,
-    subscribers: usize,
+    readers: usize,
     closed: bool,
     wakers: Vec<Waker>,
 }
@@ -47,14 +47,14 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl Flight {
+impl Coalesced {
     pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State {
                 head: Head::Waiting,
                 chunks: Vec::new(),
                 end: End::Open,
-                subscribers: 0,
+                readers: 0,
                 closed: false,
                 wakers: Vec::new(),
             }),
@@ -62,16 +62,16 @@ impl Flight {
         })
     }
 
-    /// A new reader from the first frame; `None` once the flight stopped
+    /// A new reader from the first frame; `None` once the call stopped
     /// taking readers (everyone left and the call was dropped).
-    pub(crate) fn subscribe(self: &Arc<Self>, leader: bool) -> Option<Subscription> {
+    pub(crate) fn reader(self: &Arc<Self>, leader: bool) -> Option<Reader> {
         let mut state = lock(&self.state);
         if state.closed {
             return None;
         }
-        state.subscribers += 1;
-        Some(Subscription {
-            flight: self.clone(),
+        state.readers += 1;
+        Some(Reader {
+            call: self.clone(),
             next: 0,
             leader,
         })
@@ -116,7 +116,7 @@ impl Flight {
         loop {
             self.abandoned.notified().await;
             let mut state = lock(&self.state);
-            if state.subscribers == 0 {
+            if state.readers == 0 {
                 state.closed = true;
                 return;
             }
@@ -124,34 +124,34 @@ impl Flight {
     }
 }
 
-/// One reader of a flight.
-pub(crate) struct Subscription {
-    flight: Arc<Flight>,
+/// One reader of a coalesced call: the leader or a follower.
+pub(crate) struct Reader {
+    call: Arc<Coalesced>,
     next: usize,
     leader: bool,
 }
 
 /// What a reader gets once the headers are known.
-pub(crate) enum Outcome {
+pub(crate) enum HeadOutcome {
     Ready(StatusCode, HeaderMap),
     /// The call failed: the leader gets its error, the others try on
     /// their own.
     Failed(Option<BoxError>),
 }
 
-impl Subscription {
+impl Reader {
     /// Waits for the answer's headers.
-    pub(crate) fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Outcome> {
-        let mut state = lock(&self.flight.state);
+    pub(crate) fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<HeadOutcome> {
+        let mut state = lock(&self.call.state);
         match &mut state.head {
             Head::Waiting => {
                 state.wakers.push(cx.waker().clone());
                 Poll::Pending
             }
             Head::Ready { status, headers } => {
-                Poll::Ready(Outcome::Ready(*status, headers.clone()))
+                Poll::Ready(HeadOutcome::Ready(*status, headers.clone()))
             }
-            Head::Failed(error) => Poll::Ready(Outcome::Failed(if self.leader {
+            Head::Failed(error) => Poll::Ready(HeadOutcome::Failed(if self.leader {
                 error.take()
             } else {
                 None
@@ -160,33 +160,33 @@ impl Subscription {
     }
 }
 
-impl Drop for Subscription {
+impl Drop for Reader {
     fn drop(&mut self) {
-        let mut state = lock(&self.flight.state);
-        state.subscribers -= 1;
-        if state.subscribers == 0 {
+        let mut state = lock(&self.call.state);
+        state.readers -= 1;
+        if state.readers == 0 {
             drop(state);
-            self.flight.abandoned.notify_one();
+            self.call.abandoned.notify_one();
         }
     }
 }
 
 /// The answer's body as one reader sees it.
-pub(crate) struct FlightBody {
-    subscription: Subscription,
+pub(crate) struct ReaderBody {
+    reader: Reader,
     finished: bool,
 }
 
-impl FlightBody {
-    pub(crate) fn new(subscription: Subscription) -> Self {
+impl ReaderBody {
+    pub(crate) fn new(reader: Reader) -> Self {
         Self {
-            subscription,
+            reader,
             finished: false,
         }
     }
 }
 
-impl http_body::Body for FlightBody {
+impl http_body::Body for ReaderBody {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -198,8 +198,8 @@ impl http_body::Body for FlightBody {
         if this.finished {
             return Poll::Ready(None);
         }
-        let reader = &mut this.subscription;
-        let mut state = lock(&reader.flight.state);
+        let reader = &mut this.reader;
+        let mut state = lock(&reader.call.state);
         if let Some(chunk) = state.chunks.get(reader.next).cloned() {
             reader.next += 1;
             return Poll::Ready(Some(Ok(Frame::data(chunk))));

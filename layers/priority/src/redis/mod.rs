@@ -46,7 +46,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-pub(crate) struct SharedPool {
+pub(crate) struct RedisPool {
     state: RedisState,
     name: String,
     keys: Vec<String>,
@@ -84,7 +84,7 @@ struct Report {
     granted: Vec<String>,
 }
 
-impl SharedPool {
+impl RedisPool {
     pub(crate) fn new(
         state: RedisState,
         local: Arc<Pool>,

@@ -1,63 +1,25 @@
-//! The upstream call behind a flight, and the requests waiting on it:
-//! the call runs on its own task, reads the answer into the flight and
-//! keeps it; the leader and those who joined read the flight.
+//! The leader: the first of identical requests, whose upstream call runs
+//! on its own task, reads the answer into the [`Coalesced`] call and keeps
+//! it when complete; it stops early if every reader left.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use corral_core::{Body, BoxBody, BoxError};
+use corral_core::{Body, BoxError};
 use http::{header, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
+use super::call::Coalesced;
 use crate::answer::Answer;
-use crate::flight::{Flight, FlightBody, Outcome, Subscription};
 use crate::key::{Key, X_CORRAL_CACHE};
 use crate::metrics::CACHE_COALESCED_TOTAL;
-use crate::service::{boxed, with_cache_header, Shared};
+use crate::service::Shared;
 use crate::store::{Claim, ClaimGuard, Entry};
 
-/// Waits for the flight's headers; the response reading its frames.
-pub(crate) async fn head(
-    mut subscription: Subscription,
-) -> Result<Response<BoxBody>, (Option<BoxError>, Subscription)> {
-    let outcome = std::future::poll_fn(|cx| subscription.poll_head(cx)).await;
-    match outcome {
-        Outcome::Ready(status, headers) => {
-            let mut response = Response::new(FlightBody::new(subscription).boxed_unsync());
-            *response.status_mut() = status;
-            *response.headers_mut() = headers;
-            Ok(response)
-        }
-        Outcome::Failed(error) => Err((error, subscription)),
-    }
-}
-
-/// A joined request: the leader's answer, or its own call if the leader's
-/// failed.
-pub(crate) async fn follow<S, B>(
-    subscription: Subscription,
-    inner: S,
-    request: Request<Body>,
-) -> Result<Response<BoxBody>, BoxError>
-where
-    S: Service<Request<Body>, Response = Response<B>>,
-    S::Error: Into<BoxError>,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    match head(subscription).await {
-        Ok(response) => Ok(with_cache_header(response, "coalesced")),
-        Err((_, subscription)) => {
-            drop(subscription);
-            inner.oneshot(request).await.map(boxed).map_err(Into::into)
-        }
-    }
-}
-
 /// What to keep once the answer is complete.
-pub(crate) struct Keep {
+pub(crate) struct Keeping {
     pub(crate) write: bool,
     pub(crate) endpoint: corral_core::Endpoint,
     pub(crate) ttl: std::time::Duration,
@@ -69,8 +31,8 @@ pub(crate) struct Keep {
     pub(crate) priority: u8,
 }
 
-/// How a flight ended, for its readers.
-enum Landing {
+/// How a call ended, for its readers.
+enum Ending {
     /// Everyone left: nobody to tell.
     Abandoned,
     /// The call failed before its answer's head.
@@ -79,46 +41,46 @@ enum Landing {
     Ended(Option<String>),
 }
 
-/// The shared upstream call: reads the answer into the flight, keeps it
+/// The leader's upstream call: reads the answer into `call`, keeps it
 /// when complete, and stops early if every reader left.
-pub(crate) async fn fly<S, B>(
+pub(crate) async fn lead<S, B>(
     shared: Arc<Shared>,
-    flight: Arc<Flight>,
+    call: Arc<Coalesced>,
     slot: (Key, bool),
     inner: S,
     request: Request<Body>,
-    keep: Keep,
+    keep: Keeping,
 ) where
     S: Service<Request<Body>, Response = Response<B>>,
     S::Error: Into<BoxError>,
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    let landing = carry(&shared, &flight, &slot, inner, request, keep).await;
-    // No one joins a flight that is landing: a request arriving now
+    let ending = generate(&shared, &call, &slot, inner, request, keep).await;
+    // No one joins a call that is ending: a request arriving now
     // starts its own (or finds the answer kept).
-    let mut flights = shared.flights();
-    if flights.get(&slot).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
-        flights.remove(&slot);
+    let mut leaders = shared.leaders();
+    if leaders.get(&slot).is_some_and(|f| Arc::ptr_eq(f, &call)) {
+        leaders.remove(&slot);
     }
-    drop(flights);
-    match landing {
-        Landing::Abandoned => {}
-        Landing::Failed(error) => flight.failed(error),
-        Landing::Ended(broken) => flight.end(broken),
+    drop(leaders);
+    match ending {
+        Ending::Abandoned => {}
+        Ending::Failed(error) => call.failed(error),
+        Ending::Ended(broken) => call.end(broken),
     }
 }
 
-/// The flight's work up to its end: claim the answer, call, relay and
+/// The leader's work up to its end: claim the answer, call, relay and
 /// keep.
-async fn carry<S, B>(
+async fn generate<S, B>(
     shared: &Shared,
-    flight: &Flight,
+    call: &Coalesced,
     slot: &(Key, bool),
     inner: S,
     request: Request<Body>,
-    keep: Keep,
-) -> Landing
+    keep: Keeping,
+) -> Ending
 where
     S: Service<Request<Body>, Response = Response<B>>,
     S::Error: Into<BoxError>,
@@ -127,13 +89,13 @@ where
 {
     // Held until the answer is kept (or will not be): then the other
     // replicas waiting for it go.
-    let _claim = match claim(shared, flight, slot, &keep).await {
+    let _claim = match claim(shared, call, slot, &keep).await {
         Ok(guard) => guard,
-        Err(landing) => return landing,
+        Err(ending) => return ending,
     };
-    let response = match unless_abandoned(flight, inner.oneshot(request)).await {
-        None => return Landing::Abandoned,
-        Some(Err(error)) => return Landing::Failed(error.into()),
+    let response = match unless_abandoned(call, inner.oneshot(request)).await {
+        None => return Ending::Abandoned,
+        Some(Err(error)) => return Ending::Failed(error.into()),
         Some(Ok(response)) => response,
     };
     let (mut parts, body) = response.into_parts();
@@ -147,12 +109,12 @@ where
         .unwrap_or("")
         .to_string();
     let keeping = keep.write && parts.status == StatusCode::OK;
-    flight.headers(parts.status, parts.headers);
-    let collected = match relay(flight, body, keeping, shared.config.max_entry_bytes).await {
+    call.headers(parts.status, parts.headers);
+    let collected = match relay(call, body, keeping, shared.config.max_entry_bytes).await {
         Ok(collected) => collected,
-        Err(landing) => return landing,
+        Err(ending) => return ending,
     };
-    // Keep the answer before telling the readers it ended, so a client
+    // Keeping the answer before telling the readers it ended, so a client
     // that asks again the moment it has read it finds it.
     if let Some(answer) = collected.and_then(|b| Answer::capture(keep.endpoint, &content_type, &b))
     {
@@ -164,7 +126,7 @@ where
         };
         shared.store.insert(slot.0, entry);
     }
-    Landing::Ended(None)
+    Ending::Ended(None)
 }
 
 /// Whether to generate the answer here, holding the claim on it. Another
@@ -173,43 +135,43 @@ where
 /// that will keep its answer makes the others wait for it.
 async fn claim(
     shared: &Shared,
-    flight: &Flight,
+    call: &Coalesced,
     slot: &(Key, bool),
-    keep: &Keep,
-) -> Result<ClaimGuard, Landing> {
+    keep: &Keeping,
+) -> Result<ClaimGuard, Ending> {
     if !keep.write {
         return Ok(ClaimGuard::default());
     }
-    let claim = unless_abandoned(flight, shared.store.claim(&slot.0, keep.priority))
+    let claim = unless_abandoned(call, shared.store.claim(&slot.0, keep.priority))
         .await
-        .ok_or(Landing::Abandoned)?;
+        .ok_or(Ending::Abandoned)?;
     let done = match claim {
         Claim::Generate(guard) => return Ok(guard),
         Claim::Wait(done) => done,
     };
-    unless_abandoned(flight, done)
+    unless_abandoned(call, done)
         .await
-        .ok_or(Landing::Abandoned)?;
+        .ok_or(Ending::Abandoned)?;
     // Only what the other replica just kept: an older entry found instead
     // (it gave up) is not this request's answer.
     let found = shared.store.get(&slot.0).found().await;
     if let Some(entry) = found.filter(|e| Instant::now() < e.fresh_until) {
         metrics::counter!(CACHE_COALESCED_TOTAL).increment(1);
-        serve(flight, &entry.answer, slot.1, keep.include_usage);
-        return Err(Landing::Ended(None));
+        serve(call, &entry.answer, slot.1, keep.include_usage);
+        return Err(Ending::Ended(None));
     }
     // It gave up, or went away: generate it here.
     Ok(ClaimGuard::default())
 }
 
-/// Relays the body's frames into the flight; gives back its bytes when
+/// Relays the body's frames into the coalesced call; gives back its bytes when
 /// `collect` and it fits in `max_bytes`.
 async fn relay<B>(
-    flight: &Flight,
+    call: &Coalesced,
     body: B,
     collect: bool,
     max_bytes: usize,
-) -> Result<Option<Vec<u8>>, Landing>
+) -> Result<Option<Vec<u8>>, Ending>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -217,12 +179,12 @@ where
     let mut collected = collect.then(Vec::new);
     let mut body = std::pin::pin!(body);
     loop {
-        let frame = unless_abandoned(flight, body.frame())
+        let frame = unless_abandoned(call, body.frame())
             .await
-            .ok_or(Landing::Abandoned)?;
+            .ok_or(Ending::Abandoned)?;
         let data = match frame {
             None => return Ok(collected),
-            Some(Err(error)) => return Err(Landing::Ended(Some(error.into().to_string()))),
+            Some(Err(error)) => return Err(Ending::Ended(Some(error.into().to_string()))),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => data,
                 Err(_) => continue,
@@ -235,29 +197,29 @@ where
                 collected = None;
             }
         }
-        flight.chunk(data);
+        call.chunk(data);
     }
 }
 
 /// `work`'s output, or `None` once every reader left.
-async fn unless_abandoned<F: std::future::Future>(flight: &Flight, work: F) -> Option<F::Output> {
+async fn unless_abandoned<F: std::future::Future>(call: &Coalesced, work: F) -> Option<F::Output> {
     tokio::select! {
         output = work => Some(output),
-        () = flight.abandoned() => None,
+        () = call.abandoned() => None,
     }
 }
 
-/// An answer another replica generated, into the flight as if it came
-/// from the upstream (its end is told once the flight is forgotten).
-fn serve(flight: &Flight, answer: &Answer, stream: bool, include_usage: bool) {
+/// An answer another replica generated, into the coalesced call as if it
+/// came from the upstream (its end is told once the call is forgotten).
+fn serve(call: &Coalesced, answer: &Answer, stream: bool, include_usage: bool) {
     let (content_type, frames) = answer.render(stream, include_usage);
     let mut headers = http::HeaderMap::new();
     if let Ok(value) = http::HeaderValue::from_str(&content_type) {
         headers.insert(header::CONTENT_TYPE, value);
     }
     headers.insert(X_CORRAL_CACHE, http::HeaderValue::from_static("coalesced"));
-    flight.headers(StatusCode::OK, headers);
+    call.headers(StatusCode::OK, headers);
     for frame in frames {
-        flight.chunk(frame);
+        call.chunk(frame);
     }
 }

@@ -1,4 +1,5 @@
-//! The decisions: admit, refuse, or wait for room.
+//! The gate: its state, shared by every clone of the service, and its
+//! decisions: admit, refuse, or wait for room.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,7 +14,7 @@ use crate::config::ShedConfig;
 use crate::error::{Shed, ShedReason};
 use crate::metrics::{BACKPRESSURE_EVENTS_TOTAL, DROPPED_REQUESTS_TOTAL, PRIORITY_LABELS};
 
-pub(crate) struct Shared {
+pub(crate) struct Gate {
     pub(crate) config: ShedConfig,
     pub(crate) load: LoadCell,
     own: Arc<OwnQueue>,
@@ -23,7 +24,7 @@ pub(crate) struct Shared {
     pub(crate) bus: Option<Arc<dyn Bus>>,
 }
 
-impl std::fmt::Debug for Shared {
+impl std::fmt::Debug for Gate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shed")
             .field("config", &self.config)
@@ -72,15 +73,15 @@ pub(crate) enum Decision {
 /// A request let through: counted until its answer starts (or it is
 /// dropped), then it frees its place.
 pub(crate) struct Admitted {
-    shared: Arc<Shared>,
+    gate: Arc<Gate>,
     agent: Option<AgentId>,
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        self.shared.own.waiting.fetch_sub(1, Ordering::Relaxed);
+        self.gate.own.waiting.fetch_sub(1, Ordering::Relaxed);
         if let Some(agent) = &self.agent {
-            let mut per_agent = lock(&self.shared.per_agent);
+            let mut per_agent = lock(&self.gate.per_agent);
             if let Some(n) = per_agent.get_mut(agent) {
                 *n -= 1;
                 if *n == 0 {
@@ -88,7 +89,7 @@ impl Drop for Admitted {
                 }
             }
         }
-        self.shared.own.changes.notify_waiters();
+        self.gate.own.changes.notify_waiters();
     }
 }
 
@@ -96,7 +97,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-impl Shared {
+impl Gate {
     pub(crate) fn new(config: ShedConfig, load: LoadCell, bus: Option<Arc<dyn Bus>>) -> Self {
         Self {
             config,
@@ -169,7 +170,7 @@ impl Shared {
             agent.clone()
         });
         Admitted {
-            shared: self.clone(),
+            gate: self.clone(),
             agent,
         }
     }
@@ -272,9 +273,9 @@ fn label(priority: Priority) -> &'static str {
 
 /// Waits until the queue has room or `wait_for_space` has passed: `true`
 /// for room.
-pub(crate) async fn wait_for_space(shared: Arc<Shared>) -> bool {
-    let deadline = Instant::now() + shared.config.wait_for_space;
-    let load = shared.view();
+pub(crate) async fn wait_for_space(gate: Arc<Gate>) -> bool {
+    let deadline = Instant::now() + gate.config.wait_for_space;
+    let load = gate.view();
     loop {
         let notified = load.changes().map(Notify::notified);
         tokio::pin!(notified);
@@ -283,7 +284,7 @@ pub(crate) async fn wait_for_space(shared: Arc<Shared>) -> bool {
             // missed.
             notified.enable();
         }
-        if !shared.full(&load.snapshot()) {
+        if !gate.full(&load.snapshot()) {
             return true;
         }
         match notified.as_pin_mut() {
@@ -298,7 +299,7 @@ pub(crate) async fn wait_for_space(shared: Arc<Shared>) -> bool {
                 let next = (Instant::now() + Duration::from_millis(50)).min(deadline);
                 tokio::time::sleep_until(next).await;
                 if next == deadline {
-                    return !shared.full(&load.snapshot());
+                    return !gate.full(&load.snapshot());
                 }
             }
         }
