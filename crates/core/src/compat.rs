@@ -81,7 +81,6 @@ pub fn anthropic_answer(
     ("text/event-stream".into(), frames)
 }
 
-/// A Responses answer saying `text`, whole or as its events.
 /// A Responses API answer saying `text` (`fields`: its `usage`, when
 /// known), whole or as its events; its content type and frames.
 pub fn responses_answer(
@@ -90,97 +89,80 @@ pub fn responses_answer(
     fields: &Map<String, Value>,
     stream: bool,
 ) -> (String, Vec<Bytes>) {
-    let created = unix_now();
     let usage = fields.get("usage").cloned().unwrap_or(Value::Null);
-    let part = |t: &str| json!({"type": "output_text", "text": t, "annotations": []});
-    let item = |t: &str, status: &str| {
-        json!({"id": "msg_corral_cache", "type": "message", "status": status, "role": "assistant",
-            "content": [part(t)]})
-    };
-    let response = |status: &str, output: Value, usage: Value| {
-        json!({"id": "resp_corral_cache", "object": "response", "created_at": created,
-            "status": status, "model": model, "output": output, "parallel_tool_calls": true,
-            "tool_choice": "auto", "tools": [], "usage": usage})
+    let answer = Responses {
+        model,
+        created: unix_now(),
     };
     if !stream {
-        let doc = response("completed", json!([item(text, "completed")]), usage);
+        let doc = answer.response("completed", json!([output_item(text, "completed")]), usage);
         return (
             "application/json".into(),
             vec![Bytes::from(serde_json::to_vec(&doc).unwrap_or_default())],
         );
     }
-    let at = |n: u64, mut data: Value| {
-        data["sequence_number"] = json!(n);
-        data
-    };
-    let ids = json!({"item_id": "msg_corral_cache", "output_index": 0, "content_index": 0});
-    let with_ids = |mut data: Value| {
-        if let (Some(d), Some(i)) = (data.as_object_mut(), ids.as_object()) {
-            d.extend(i.clone());
-        }
-        data
-    };
-    let frames = vec![
-        event(
-            "response.created",
-            &at(
-                0,
-                json!({"type": "response.created", "response": response("in_progress", json!([]), Value::Null)}),
-            ),
-        ),
-        event(
-            "response.output_item.added",
-            &at(
-                1,
-                json!({"type": "response.output_item.added", "output_index": 0,
+    let frames = answer
+        .events(text, usage)
+        .into_iter()
+        .enumerate()
+        .map(|(n, mut data)| {
+            data["sequence_number"] = json!(n);
+            let name = data["type"].as_str().unwrap_or_default().to_string();
+            event(&name, &data)
+        })
+        .collect();
+    ("text/event-stream".into(), frames)
+}
+
+/// The response object every Responses event that carries one repeats.
+struct Responses<'a> {
+    model: &'a str,
+    created: u64,
+}
+
+impl Responses<'_> {
+    fn response(&self, status: &str, output: Value, usage: Value) -> Value {
+        json!({"id": "resp_corral_cache", "object": "response", "created_at": self.created,
+            "status": status, "model": self.model, "output": output, "parallel_tool_calls": true,
+            "tool_choice": "auto", "tools": [], "usage": usage})
+    }
+
+    /// The events of a one-message answer, in the order OpenAI's stream
+    /// helpers expect them (their sequence numbers are their places).
+    fn events(&self, text: &str, usage: Value) -> [Value; 8] {
+        let in_progress = self.response("in_progress", json!([]), Value::Null);
+        let completed = self.response("completed", json!([output_item(text, "completed")]), usage);
+        [
+            json!({"type": "response.created", "response": in_progress}),
+            json!({"type": "response.output_item.added", "output_index": 0,
                 "item": {"id": "msg_corral_cache", "type": "message", "status": "in_progress",
                     "role": "assistant", "content": []}}),
-            ),
-        ),
-        event(
-            "response.content_part.added",
-            &at(
-                2,
-                with_ids(json!({"type": "response.content_part.added", "part": part("")})),
-            ),
-        ),
-        event(
-            "response.output_text.delta",
-            &at(
-                3,
-                with_ids(json!({"type": "response.output_text.delta", "delta": text})),
-            ),
-        ),
-        event(
-            "response.output_text.done",
-            &at(
-                4,
-                with_ids(json!({"type": "response.output_text.done", "text": text})),
-            ),
-        ),
-        event(
-            "response.content_part.done",
-            &at(
-                5,
-                with_ids(json!({"type": "response.content_part.done", "part": part(text)})),
-            ),
-        ),
-        event(
-            "response.output_item.done",
-            &at(
-                6,
-                json!({"type": "response.output_item.done", "output_index": 0,
-                "item": item(text, "completed")}),
-            ),
-        ),
-        event(
-            "response.completed",
-            &at(
-                7,
-                json!({"type": "response.completed",
-                "response": response("completed", json!([item(text, "completed")]), usage)}),
-            ),
-        ),
-    ];
-    ("text/event-stream".into(), frames)
+            in_text_part(json!({"type": "response.content_part.added", "part": output_text("")})),
+            in_text_part(json!({"type": "response.output_text.delta", "delta": text})),
+            in_text_part(json!({"type": "response.output_text.done", "text": text})),
+            in_text_part(json!({"type": "response.content_part.done", "part": output_text(text)})),
+            json!({"type": "response.output_item.done", "output_index": 0,
+                "item": output_item(text, "completed")}),
+            json!({"type": "response.completed", "response": completed}),
+        ]
+    }
+}
+
+fn output_text(text: &str) -> Value {
+    json!({"type": "output_text", "text": text, "annotations": []})
+}
+
+fn output_item(text: &str, status: &str) -> Value {
+    json!({"id": "msg_corral_cache", "type": "message", "status": status, "role": "assistant",
+        "content": [output_text(text)]})
+}
+
+/// An event about the answer's one text part: it names the part.
+fn in_text_part(mut data: Value) -> Value {
+    if let Some(fields) = data.as_object_mut() {
+        fields.insert("item_id".into(), json!("msg_corral_cache"));
+        fields.insert("output_index".into(), json!(0));
+        fields.insert("content_index".into(), json!(0));
+    }
+    data
 }

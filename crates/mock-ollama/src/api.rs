@@ -47,33 +47,11 @@ async fn route(
     body: Incoming,
     record: &Arc<std::sync::Mutex<crate::RecordedRequest>>,
 ) -> Response<BoxBody> {
-    let faults = match parts.headers.get("x-mock-fault").map(|v| v.to_str()) {
-        None => Faults::default(),
-        Some(Ok(value)) => match Faults::parse(value) {
-            Ok(faults) => faults,
-            Err(e) => return respond::ollama_error(StatusCode::BAD_REQUEST, &e),
-        },
-        Some(Err(_)) => {
-            return respond::ollama_error(StatusCode::BAD_REQUEST, "X-Mock-Fault is not text")
-        }
+    let faults = match faults_of(&parts.headers) {
+        Ok(faults) => faults,
+        Err(response) => return response,
     };
-    let mut faults = faults;
-    faults.request_id = parts
-        .headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let slow = faults.slow_headers.unwrap_or(state.config.slow_headers);
-    if !slow.is_zero() {
-        if faults.slow_headers.is_some() {
-            state
-                .counters
-                .faults_injected
-                .fetch_add(1, Ordering::SeqCst);
-        }
-        tokio::time::sleep(slow).await;
-    }
-
+    hold_headers(state, &faults).await;
     let path = parts.uri.path();
     let method = &parts.method;
     if let Some(digest) = path.strip_prefix("/api/blobs/") {
@@ -93,7 +71,80 @@ async fn route(
         }
     };
     lock(record).set_body(&bytes);
+    if method == Method::POST {
+        if let Some(call) = inference(path) {
+            return infer::generate(state, call, &bytes, faults).await;
+        }
+        if let Some(call) = embedding(path) {
+            return embed::embed(state, call, &bytes, faults).await;
+        }
+    }
+    the_rest(state, method, path, &bytes)
+}
 
+/// The faults a request asks for (`X-Mock-Fault`), with its request id.
+fn faults_of(headers: &http::HeaderMap) -> Result<Faults, Response<BoxBody>> {
+    let mut faults = match headers.get("x-mock-fault").map(|v| v.to_str()) {
+        None => Faults::default(),
+        Some(Ok(value)) => {
+            Faults::parse(value).map_err(|e| respond::ollama_error(StatusCode::BAD_REQUEST, &e))?
+        }
+        Some(Err(_)) => {
+            return Err(respond::ollama_error(
+                StatusCode::BAD_REQUEST,
+                "X-Mock-Fault is not text",
+            ))
+        }
+    };
+    faults.request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    Ok(faults)
+}
+
+/// Waits before the headers as the request's fault or the server's
+/// setting says (a fault asked for is counted).
+async fn hold_headers(state: &State, faults: &Faults) {
+    let slow = faults.slow_headers.unwrap_or(state.config.slow_headers);
+    if slow.is_zero() {
+        return;
+    }
+    if faults.slow_headers.is_some() {
+        state
+            .counters
+            .faults_injected
+            .fetch_add(1, Ordering::SeqCst);
+    }
+    tokio::time::sleep(slow).await;
+}
+
+/// The generating endpoints (POST).
+fn inference(path: &str) -> Option<Call> {
+    Some(match path {
+        "/api/generate" => Call::Generate,
+        "/api/chat" => Call::Chat,
+        "/v1/chat/completions" => Call::OpenAiChat,
+        "/v1/completions" => Call::OpenAiCompletion,
+        "/v1/messages" => Call::Anthropic,
+        "/v1/responses" => Call::Responses,
+        _ => return None,
+    })
+}
+
+/// The embedding endpoints (POST).
+fn embedding(path: &str) -> Option<EmbedCall> {
+    Some(match path {
+        "/api/embed" => EmbedCall::Embed,
+        "/api/embeddings" => EmbedCall::Embeddings,
+        "/v1/embeddings" => EmbedCall::OpenAi,
+        _ => return None,
+    })
+}
+
+/// Everything but generating and embedding: the root, models, blobs'
+/// neighbours, OpenAI's model list.
+fn the_rest(state: &Arc<State>, method: &Method, path: &str, bytes: &[u8]) -> Response<BoxBody> {
     match (method.clone(), path) {
         (Method::GET, "/") => respond::text(StatusCode::OK, "Ollama is running"),
         (Method::HEAD, "/") => {
@@ -110,35 +161,12 @@ async fn route(
         (Method::GET, "/api/version") => manage::version(),
         (Method::GET, "/api/tags") => manage::tags(state),
         (Method::GET, "/api/ps") => manage::ps(state),
-        (Method::POST, "/api/show") => manage::show(state, &bytes),
-        (Method::POST, "/api/generate") => {
-            infer::generate(state, Call::Generate, &bytes, faults).await
-        }
-        (Method::POST, "/api/chat") => infer::generate(state, Call::Chat, &bytes, faults).await,
-        (Method::POST, "/api/embed") => embed::embed(state, EmbedCall::Embed, &bytes, faults).await,
-        (Method::POST, "/api/embeddings") => {
-            embed::embed(state, EmbedCall::Embeddings, &bytes, faults).await
-        }
-        (Method::POST, "/api/pull") => manage::pull(state, &bytes),
-        (Method::POST, "/api/push") => manage::push(state, &bytes),
-        (Method::POST, "/api/create") => manage::create(state, &bytes),
-        (Method::POST, "/api/copy") => manage::copy(state, &bytes),
-        (Method::DELETE, "/api/delete") => manage::delete(state, &bytes),
-        (Method::POST, "/v1/chat/completions") => {
-            infer::generate(state, Call::OpenAiChat, &bytes, faults).await
-        }
-        (Method::POST, "/v1/completions") => {
-            infer::generate(state, Call::OpenAiCompletion, &bytes, faults).await
-        }
-        (Method::POST, "/v1/messages") => {
-            infer::generate(state, Call::Anthropic, &bytes, faults).await
-        }
-        (Method::POST, "/v1/responses") => {
-            infer::generate(state, Call::Responses, &bytes, faults).await
-        }
-        (Method::POST, "/v1/embeddings") => {
-            embed::embed(state, EmbedCall::OpenAi, &bytes, faults).await
-        }
+        (Method::POST, "/api/show") => manage::show(state, bytes),
+        (Method::POST, "/api/pull") => manage::pull(state, bytes),
+        (Method::POST, "/api/push") => manage::push(state, bytes),
+        (Method::POST, "/api/create") => manage::create(state, bytes),
+        (Method::POST, "/api/copy") => manage::copy(state, bytes),
+        (Method::DELETE, "/api/delete") => manage::delete(state, bytes),
         (Method::GET, "/v1/models") => manage::openai_models(state),
         (Method::GET, p) if p.starts_with("/v1/models/") && p.len() > "/v1/models/".len() => {
             manage::openai_model_one(state, &p["/v1/models/".len()..])

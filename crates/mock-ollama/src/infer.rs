@@ -17,7 +17,7 @@ use tokio::time::{sleep, Instant};
 
 use crate::faults::Faults;
 use crate::respond::{self, BoxBody, BoxError, ErrorShape, BUSY_MESSAGE};
-use crate::shapes::{max_tokens, prompt_of, wants_stream, Call, Generation};
+use crate::shapes::{max_tokens, prompt_of, Call, Generation};
 use crate::state::{Slot, State};
 use crate::text;
 
@@ -125,14 +125,12 @@ pub(crate) async fn generate(
         Ok(ok) => ok,
         Err(response) => return response,
     };
-    let prompt = prompt_of(call, &request);
     // An empty prompt or conversation only loads the model; the Responses
     // API still answers in its own shape, with no text.
     let only_loads = call.only_loads(&request);
     if only_loads && call != Call::Responses {
         return load_only(state, call, &request, &model).await;
     }
-
     let (slot, load) = if only_loads {
         let load = state.ensure_loaded(&model);
         pause(load).await;
@@ -143,6 +141,48 @@ pub(crate) async fn generate(
             Err(response) => return response,
         }
     };
+    let asked = Asked {
+        call,
+        request,
+        model,
+        started,
+        load,
+        only_loads,
+    };
+    let generation = plan(state, asked, &faults);
+    pause(generation.ttft).await;
+    state
+        .counters
+        .tokens_generated
+        .fetch_add(generation.tokens as u64, Ordering::SeqCst);
+    if !generation.stream() {
+        pause(generation.interval * generation.tokens.saturating_sub(1) as u32).await;
+        drop(slot);
+        return respond::json(StatusCode::OK, &generation.whole());
+    }
+    stream_out(state, generation, slot, faults)
+}
+
+/// A generating request, read and seated.
+struct Asked {
+    call: Call,
+    request: Value,
+    model: String,
+    started: Instant,
+    load: Duration,
+    only_loads: bool,
+}
+
+/// What the answer will be: how many tokens, how fast, after how long.
+fn plan(state: &State, asked: Asked, faults: &Faults) -> Generation {
+    let Asked {
+        call,
+        request,
+        model,
+        started,
+        load,
+        only_loads,
+    } = asked;
     let ttft = if only_loads {
         Duration::ZERO
     } else {
@@ -158,9 +198,9 @@ pub(crate) async fn generate(
         Some(n) if n >= 0 && (n as usize) < default_tokens => (n as usize, true),
         _ => (default_tokens, false),
     };
+    let prompt = prompt_of(call, &request);
     let id = state.next_id();
-    let stream = wants_stream(call, &request);
-    let generation = Generation {
+    Generation {
         call,
         model,
         prompt_tokens: if only_loads {
@@ -187,20 +227,17 @@ pub(crate) async fn generate(
             .and_then(Value::as_bool)
             .unwrap_or(false),
         request,
-    };
-    pause(ttft).await;
-    state
-        .counters
-        .tokens_generated
-        .fetch_add(generation.tokens as u64, Ordering::SeqCst);
-
-    if !stream {
-        pause(generation.interval * generation.tokens.saturating_sub(1) as u32).await;
-        drop(slot);
-        return respond::json(StatusCode::OK, &generation.whole());
     }
+}
 
-    let mut faults = faults;
+/// The answer as a stream, with the faults it asked for (and those the
+/// server's rates roll) halfway through.
+fn stream_out(
+    state: &Arc<State>,
+    generation: Generation,
+    slot: Option<Slot>,
+    mut faults: Faults,
+) -> Response<BoxBody> {
     let half = generation.tokens / 2;
     if faults.drop_after.is_none() && state.roll(state.config.drop_rate) {
         faults.drop_after = Some(half);
@@ -209,7 +246,7 @@ pub(crate) async fn generate(
         faults.stall_after = Some(half);
     }
     let stall = faults.stall.unwrap_or(state.config.stall);
-    let content_type = if call.sse() {
+    let content_type = if generation.call.sse() {
         "text/event-stream"
     } else {
         "application/x-ndjson"

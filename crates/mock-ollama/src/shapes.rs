@@ -165,6 +165,11 @@ pub(crate) struct Generation {
 }
 
 impl Generation {
+    /// Whether the answer goes out as a stream.
+    pub(crate) fn stream(&self) -> bool {
+        wants_stream(self.call, &self.request)
+    }
+
     pub(crate) fn token(&self, i: usize) -> String {
         text::token(&self.model, &self.prompt, i)
     }

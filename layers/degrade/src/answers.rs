@@ -10,83 +10,12 @@ use serde_json::json;
 /// endpoint has no such shape.
 pub(crate) fn default_answer(meta: &RequestMeta, text: &str) -> Option<Response<Bytes>> {
     let model = meta.model_str();
-    let created = corral_core::unix_now();
-    let line = |v: serde_json::Value| {
-        let mut bytes = serde_json::to_vec(&v).unwrap_or_default();
-        bytes.push(b'\n');
-        bytes
-    };
-    let event = |v: serde_json::Value| format!("data: {v}\n\n").into_bytes();
-    let done = json!({"model": model, "created_at": corral_core::rfc3339_now(), "done": true, "done_reason": "stop",
-        "total_duration": 0, "load_duration": 0, "prompt_eval_count": 0, "prompt_eval_duration": 0,
-        "eval_count": 0, "eval_duration": 0});
-    let (content_type, body): (&'static str, Vec<u8>) = match (meta.endpoint, meta.stream) {
-        (Endpoint::Generate, false) => {
-            let mut doc = done.clone();
-            doc["response"] = json!(text);
-            ("application/json; charset=utf-8", serde_json::to_vec(&doc).unwrap_or_default())
-        }
-        (Endpoint::Generate, true) => {
-            let mut body = line(json!({"model": model, "created_at": corral_core::rfc3339_now(), "response": text, "done": false}));
-            let mut last = done.clone();
-            last["response"] = json!("");
-            body.extend(line(last));
-            ("application/x-ndjson", body)
-        }
-        (Endpoint::Chat, false) => {
-            let mut doc = done.clone();
-            doc["message"] = json!({"role": "assistant", "content": text});
-            ("application/json; charset=utf-8", serde_json::to_vec(&doc).unwrap_or_default())
-        }
-        (Endpoint::Chat, true) => {
-            let mut body = line(json!({"model": model, "created_at": corral_core::rfc3339_now(),
-                "message": {"role": "assistant", "content": text}, "done": false}));
-            let mut last = done.clone();
-            last["message"] = json!({"role": "assistant", "content": ""});
-            body.extend(line(last));
-            ("application/x-ndjson", body)
-        }
-        (Endpoint::OpenAiChat, false) => (
-            "application/json",
-            serde_json::to_vec(&json!({"id": "chatcmpl-corral-default", "object": "chat.completion", "created": created,
-                "model": model, "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}))
-            .unwrap_or_default(),
-        ),
-        (Endpoint::OpenAiChat, true) => {
-            let mut body = event(json!({"id": "chatcmpl-corral-default", "object": "chat.completion.chunk", "created": created,
-                "model": model, "choices": [{"index": 0, "delta": {"role": "assistant", "content": text}, "finish_reason": null}]}));
-            body.extend(event(json!({"id": "chatcmpl-corral-default", "object": "chat.completion.chunk", "created": created,
-                "model": model, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})));
-            body.extend_from_slice(b"data: [DONE]\n\n");
-            ("text/event-stream", body)
-        }
-        (Endpoint::OpenAiCompletions, false) => (
-            "application/json",
-            serde_json::to_vec(&json!({"id": "cmpl-corral-default", "object": "text_completion", "created": created,
-                "model": model, "choices": [{"text": text, "index": 0, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}))
-            .unwrap_or_default(),
-        ),
-        (Endpoint::OpenAiCompletions, true) => {
-            let mut body = event(json!({"id": "cmpl-corral-default", "object": "text_completion", "created": created,
-                "model": model, "choices": [{"text": text, "index": 0, "finish_reason": "stop"}]}));
-            body.extend_from_slice(b"data: [DONE]\n\n");
-            ("text/event-stream", body)
-        }
-        (Endpoint::AnthropicMessages | Endpoint::OpenAiResponses, stream) => {
-            let no_fields = Default::default();
-            let (_, frames) = if meta.endpoint == Endpoint::AnthropicMessages {
-                corral_core::compat::anthropic_answer(model, text, &no_fields, stream)
-            } else {
-                corral_core::compat::responses_answer(model, text, &no_fields, stream)
-            };
-            let content_type = if stream {
-                "text/event-stream"
-            } else {
-                "application/json"
-            };
-            (content_type, frames.concat())
+    let (content_type, body) = match meta.endpoint {
+        Endpoint::Generate | Endpoint::Chat => ollama(meta.endpoint, meta.stream, model, text),
+        Endpoint::OpenAiChat => openai_chat(meta.stream, model, text),
+        Endpoint::OpenAiCompletions => openai_completions(meta.stream, model, text),
+        Endpoint::AnthropicMessages | Endpoint::OpenAiResponses => {
+            compat(meta.endpoint, meta.stream, model, text)
         }
         _ => return None,
     };
@@ -98,6 +27,108 @@ pub(crate) fn default_answer(meta: &RequestMeta, text: &str) -> Option<Response<
         HeaderValue::from_static("default"),
     );
     Some(response)
+}
+
+/// Content type and body, as the answer goes out.
+type Shaped = (&'static str, Vec<u8>);
+
+/// `/api/generate` or `/api/chat`: one document, or a line saying `text`
+/// then the closing line.
+fn ollama(endpoint: Endpoint, stream: bool, model: &str, text: &str) -> Shaped {
+    let says = |text: &str| match endpoint {
+        Endpoint::Chat => ("message", json!({"role": "assistant", "content": text})),
+        _ => ("response", json!(text)),
+    };
+    let mut done = json!({"model": model, "created_at": corral_core::rfc3339_now(), "done": true,
+        "done_reason": "stop", "total_duration": 0, "load_duration": 0, "prompt_eval_count": 0,
+        "prompt_eval_duration": 0, "eval_count": 0, "eval_duration": 0});
+    let (field, said) = says(if stream { "" } else { text });
+    done[field] = said;
+    if !stream {
+        return (
+            "application/json; charset=utf-8",
+            serde_json::to_vec(&done).unwrap_or_default(),
+        );
+    }
+    let (field, said) = says(text);
+    let mut first =
+        json!({"model": model, "created_at": corral_core::rfc3339_now(), "done": false});
+    first[field] = said;
+    ("application/x-ndjson", [line(&first), line(&done)].concat())
+}
+
+/// `/v1/chat/completions`: one completion, or a chunk saying `text`, a
+/// closing chunk and `[DONE]`.
+fn openai_chat(stream: bool, model: &str, text: &str) -> Shaped {
+    let created = corral_core::unix_now();
+    if !stream {
+        let doc = json!({"id": "chatcmpl-corral-default", "object": "chat.completion",
+            "created": created, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}});
+        return (
+            "application/json",
+            serde_json::to_vec(&doc).unwrap_or_default(),
+        );
+    }
+    let chunk = |choice: serde_json::Value| {
+        event(
+            &json!({"id": "chatcmpl-corral-default", "object": "chat.completion.chunk",
+            "created": created, "model": model, "choices": [choice]}),
+        )
+    };
+    let says = chunk(
+        json!({"index": 0, "delta": {"role": "assistant", "content": text}, "finish_reason": null}),
+    );
+    let stops = chunk(json!({"index": 0, "delta": {}, "finish_reason": "stop"}));
+    ("text/event-stream", [says, stops, DONE.to_vec()].concat())
+}
+
+/// `/v1/completions`: one completion, or one chunk and `[DONE]`.
+fn openai_completions(stream: bool, model: &str, text: &str) -> Shaped {
+    let mut doc = json!({"id": "cmpl-corral-default", "object": "text_completion",
+        "created": corral_core::unix_now(), "model": model,
+        "choices": [{"text": text, "index": 0, "finish_reason": "stop"}]});
+    if !stream {
+        doc["usage"] = json!({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0});
+        return (
+            "application/json",
+            serde_json::to_vec(&doc).unwrap_or_default(),
+        );
+    }
+    ("text/event-stream", [event(&doc), DONE.to_vec()].concat())
+}
+
+/// `/v1/messages` and `/v1/responses`: the shapes core writes for every
+/// answer Corral gives itself.
+fn compat(endpoint: Endpoint, stream: bool, model: &str, text: &str) -> Shaped {
+    let no_fields = Default::default();
+    let (_, frames) = if endpoint == Endpoint::AnthropicMessages {
+        corral_core::compat::anthropic_answer(model, text, &no_fields, stream)
+    } else {
+        corral_core::compat::responses_answer(model, text, &no_fields, stream)
+    };
+    let content_type = if stream {
+        "text/event-stream"
+    } else {
+        "application/json"
+    };
+    (content_type, frames.concat())
+}
+
+/// The end of an OpenAI stream.
+const DONE: &[u8] = b"data: [DONE]\n\n";
+
+/// One NDJSON line.
+fn line(value: &serde_json::Value) -> Vec<u8> {
+    let mut bytes = serde_json::to_vec(value).unwrap_or_default();
+    bytes.push(b'\n');
+    bytes
+}
+
+/// One SSE event.
+fn event(value: &serde_json::Value) -> Vec<u8> {
+    format!("data: {value}\n\n").into_bytes()
 }
 
 #[cfg(test)]

@@ -87,12 +87,10 @@ fn openai(
     stream: bool,
     include_usage: bool,
 ) -> (String, Vec<Bytes>) {
-    let chat = endpoint == Endpoint::OpenAiChat;
-    let created = unix_now();
-    let id = if chat {
-        "chatcmpl-corral-cache"
-    } else {
-        "cmpl-corral-cache"
+    let shape = OpenAi {
+        chat: endpoint == Endpoint::OpenAiChat,
+        model,
+        created: unix_now(),
     };
     let finish = fields
         .get("finish_reason")
@@ -100,67 +98,57 @@ fn openai(
         .unwrap_or(json!("stop"));
     let usage = fields.get("usage").cloned();
     if !stream {
-        let choice = if chat {
-            json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish})
-        } else {
-            json!({"text": text, "index": 0, "finish_reason": finish})
-        };
-        let object = if chat {
-            "chat.completion"
-        } else {
-            "text_completion"
-        };
-        let mut doc = json!({"id": id, "object": object, "created": created, "model": model,
-            "system_fingerprint": "fp_ollama", "choices": [choice]});
-        if let Some(usage) = usage {
-            doc["usage"] = usage;
-        }
+        let doc = shape.document(false, json!([shape.choice(false, text, finish)]), usage);
         return (
             "application/json".into(),
             vec![Bytes::from(serde_json::to_vec(&doc).unwrap_or_default())],
         );
     }
-    let object = if chat {
-        "chat.completion.chunk"
-    } else {
-        "text_completion"
-    };
-    let event = |choices: Value, usage: Option<Value>| {
-        let mut chunk = json!({"id": id, "object": object, "created": created, "model": model,
-            "system_fingerprint": "fp_ollama", "choices": choices});
-        if let Some(usage) = usage {
-            chunk["usage"] = usage;
-        }
-        Bytes::from(format!("data: {chunk}\n\n"))
-    };
-    let mut frames = if chat {
-        vec![
-            event(
-                json!([{"index": 0, "delta": {"role": "assistant", "content": text}, "finish_reason": null}]),
-                None,
-            ),
-            event(
-                json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": finish}]),
-                None,
-            ),
-        ]
-    } else {
-        vec![
-            event(
-                json!([{"text": text, "index": 0, "finish_reason": null}]),
-                None,
-            ),
-            event(
-                json!([{"text": "", "index": 0, "finish_reason": finish}]),
-                None,
-            ),
-        ]
-    };
-    if include_usage {
-        if let Some(usage) = usage {
-            frames.push(event(json!([]), Some(usage)));
-        }
+    let mut frames = vec![
+        shape.event(json!([shape.choice(true, text, Value::Null)]), None),
+        shape.event(json!([shape.choice(true, "", finish)]), None),
+    ];
+    if let (true, Some(usage)) = (include_usage, usage) {
+        frames.push(shape.event(json!([]), Some(usage)));
     }
     frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
     ("text/event-stream".into(), frames)
+}
+
+/// OpenAI's chat or legacy completions, whole or as chunks.
+struct OpenAi<'a> {
+    chat: bool,
+    model: &'a str,
+    created: u64,
+}
+
+impl OpenAi<'_> {
+    /// One choice saying `text`: a chat message (a delta in a chunk) or
+    /// a completion's text.
+    fn choice(&self, chunk: bool, text: &str, finish: Value) -> Value {
+        let said = json!({"role": "assistant", "content": text});
+        match (self.chat, chunk) {
+            (true, false) => json!({"index": 0, "message": said, "finish_reason": finish}),
+            (true, true) => json!({"index": 0, "delta": said, "finish_reason": finish}),
+            (false, _) => json!({"text": text, "index": 0, "finish_reason": finish}),
+        }
+    }
+
+    fn document(&self, chunk: bool, choices: Value, usage: Option<Value>) -> Value {
+        let (id, object) = match (self.chat, chunk) {
+            (true, false) => ("chatcmpl-corral-cache", "chat.completion"),
+            (true, true) => ("chatcmpl-corral-cache", "chat.completion.chunk"),
+            (false, _) => ("cmpl-corral-cache", "text_completion"),
+        };
+        let mut doc = json!({"id": id, "object": object, "created": self.created,
+            "model": self.model, "system_fingerprint": "fp_ollama", "choices": choices});
+        if let Some(usage) = usage {
+            doc["usage"] = usage;
+        }
+        doc
+    }
+
+    fn event(&self, choices: Value, usage: Option<Value>) -> Bytes {
+        Bytes::from(format!("data: {}\n\n", self.document(true, choices, usage)))
+    }
 }
