@@ -1,6 +1,17 @@
 //! What every connection's requests go through before the stack: the
 //! request id, the span, forwarding headers, admin paths, the answer to
 //! errors, and the metrics and access log at the end of the body.
+//!
+//! The request id goes into the request's extensions (as
+//! [`RequestId`]), where `classify` takes it without reading the header
+//! again. tower-http's `SetRequestIdLayer` and `CatchPanicLayer` are not
+//! used, by choice: the id here is the one the span, the access log and
+//! the events already carry (tower-http's would be a second type holding
+//! a `HeaderValue`), and `CatchPanicLayer`'s handler is given the panic
+//! alone, not the request, so it could not answer in the client's own
+//! API shape (an OpenAI client would get Ollama's error) nor take the
+//! request out of the in-flight count; here the caught panic is answered
+//! like any other error, by the one responder.
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
@@ -108,6 +119,7 @@ impl Front {
         };
         let slot = MetaSlot::default();
         parts.extensions.insert(slot.clone());
+        parts.extensions.insert(request_id.clone());
         let request = Request::from_parts(parts, body);
         let (result, in_flight) = call_counted(stack, request, &slot, endpoint)
             .instrument(span.clone())

@@ -113,6 +113,29 @@ where
     }
 }
 
+/// The request's id: the one in its extensions (the proxy's front, or
+/// any layer before this one, put it there), else its `X-Request-Id`,
+/// else a new one, written into the header so the upstream sees it.
+fn request_id_of<B>(request: &mut Request<B>) -> RequestId {
+    if let Some(id) = request.extensions().get::<RequestId>() {
+        return id.clone();
+    }
+    match request
+        .headers()
+        .get(headers::X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(id) if !id.is_empty() => RequestId::from(id),
+        _ => {
+            let id = RequestId::generate();
+            if let Ok(value) = HeaderValue::from_str(id.as_str()) {
+                request.headers_mut().insert(headers::X_REQUEST_ID, value);
+            }
+            id
+        }
+    }
+}
+
 impl<S> Classify<S> {
     /// Everything the headers say; the body comes after.
     fn head(
@@ -142,19 +165,7 @@ impl<S> Classify<S> {
                 Some(now + std::time::Duration::from_millis(ms))
             }
         };
-        let request_id = match headers
-            .get(headers::X_REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(id) if !id.is_empty() => RequestId::from(id),
-            _ => {
-                let id = RequestId::generate();
-                if let Ok(value) = HeaderValue::from_str(id.as_str()) {
-                    request.headers_mut().insert(headers::X_REQUEST_ID, value);
-                }
-                id
-            }
-        };
+        let request_id = request_id_of(request);
         let mut meta = RequestMeta::new(request_id, endpoint)
             .with_agent(
                 identity.agent,
@@ -209,5 +220,35 @@ fn record(meta: &RequestMeta) {
     span.record("priority", meta.priority.get());
     if let Some(model) = &meta.model {
         span.record("model", &**model);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_id_a_layer_before_put_in_the_extensions_wins_over_the_header() {
+        let mut request = Request::builder()
+            .header(headers::X_REQUEST_ID, "from-the-header")
+            .body(())
+            .unwrap();
+        request
+            .extensions_mut()
+            .insert(RequestId::from("from-the-front"));
+        assert_eq!(request_id_of(&mut request).as_str(), "from-the-front");
+    }
+
+    #[test]
+    fn without_one_the_header_gives_it_and_without_a_header_a_new_one_is_written_there() {
+        let mut given = Request::builder()
+            .header(headers::X_REQUEST_ID, "abc")
+            .body(())
+            .unwrap();
+        assert_eq!(request_id_of(&mut given).as_str(), "abc");
+        let mut bare = Request::new(());
+        let made = request_id_of(&mut bare);
+        assert_eq!(made.as_str().len(), 32);
+        assert_eq!(bare.headers()[headers::X_REQUEST_ID], made.as_str());
     }
 }
