@@ -12,14 +12,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use corral_cache::{CacheConfig, CacheLayer};
+use corral_cache::CacheConfig;
 use corral_core::{Body, BoxError};
 use http::{Request, Response};
 use http_body_util::channel::{Channel, Sender};
 use tokio::sync::mpsc;
-use tower::{service_fn, Layer, ServiceExt};
+use tower::service_fn;
 
-use common::{request, text, DETERMINISTIC, STREAMED};
+use common::{cache, deterministic, request, send, text, STREAMED};
 
 /// An upstream whose answers the test writes, chunk by chunk.
 fn controlled() -> (
@@ -55,15 +55,9 @@ fn controlled() -> (
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_identical_requests_in_flight_make_one_upstream_call_and_get_the_same_bytes() {
     let (upstream, mut senders, calls) = controlled();
-    let service = CacheLayer::new(&CacheConfig::default())
-        .unwrap()
-        .layer(upstream);
+    let service = cache(&CacheConfig::default(), upstream);
 
-    let leader = service
-        .clone()
-        .oneshot(request(DETERMINISTIC, Some(0.0), true))
-        .await
-        .unwrap();
+    let leader = send(&service, deterministic(true)).await;
     let mut tx = senders.recv().await.unwrap();
     tx.send_data(Bytes::from(
         STREAMED.lines().next().unwrap().to_string() + "\n",
@@ -74,13 +68,7 @@ async fn fifty_identical_requests_in_flight_make_one_upstream_call_and_get_the_s
     // 49 join while it streams; they get the first chunk too.
     let mut followers = Vec::new();
     for _ in 0..49 {
-        followers.push(
-            service
-                .clone()
-                .oneshot(request(DETERMINISTIC, Some(0.0), true))
-                .await
-                .unwrap(),
-        );
+        followers.push(send(&service, deterministic(true)).await);
     }
     for line in STREAMED.lines().skip(1) {
         tx.send_data(Bytes::from(line.to_string() + "\n"))
@@ -102,21 +90,11 @@ async fn fifty_identical_requests_in_flight_make_one_upstream_call_and_get_the_s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_call_goes_on_when_the_first_client_leaves_and_stops_when_all_do() {
     let (upstream, mut senders, calls) = controlled();
-    let service = CacheLayer::new(&CacheConfig::default())
-        .unwrap()
-        .layer(upstream);
+    let service = cache(&CacheConfig::default(), upstream);
 
-    let leader = service
-        .clone()
-        .oneshot(request(DETERMINISTIC, Some(0.0), true))
-        .await
-        .unwrap();
+    let leader = send(&service, deterministic(true)).await;
     let mut tx = senders.recv().await.unwrap();
-    let follower = service
-        .clone()
-        .oneshot(request(DETERMINISTIC, Some(0.0), true))
-        .await
-        .unwrap();
+    let follower = send(&service, deterministic(true)).await;
     drop(leader);
     for line in STREAMED.lines() {
         tx.send_data(Bytes::from(line.to_string() + "\n"))
@@ -134,11 +112,7 @@ async fn the_call_goes_on_when_the_first_client_leaves_and_stops_when_all_do() {
 
     // Everyone leaves mid-stream: the upstream call is dropped.
     let other = r#"{"model":"llama3","prompt":"another","options":{"temperature":0}}"#;
-    let only = service
-        .clone()
-        .oneshot(request(other, Some(0.0), true))
-        .await
-        .unwrap();
+    let only = send(&service, request(other, Some(0.0), true)).await;
     let mut tx = senders.recv().await.unwrap();
     tx.send_data(Bytes::from_static(b"{\"response\":\"x\",\"done\":false}\n"))
         .await

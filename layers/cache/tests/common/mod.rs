@@ -9,13 +9,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use corral_core::{Body, BoxError, Endpoint, GenerationParams, RequestMeta};
+use corral_cache::{CacheConfig, CacheLayer, CacheService};
+use corral_core::{Body, BoxBody, BoxError, Endpoint, GenerationParams, RequestMeta};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
-use tower::service_fn;
+use tower::{service_fn, Layer, Service, ServiceExt};
 
 pub(crate) const STREAMED: &str = "{\"model\":\"llama3\",\"created_at\":\"t\",\"response\":\"Hello\",\"done\":false}\n{\"model\":\"llama3\",\"created_at\":\"t\",\"response\":\" there\",\"done\":false}\n{\"model\":\"llama3\",\"created_at\":\"t\",\"response\":\"\",\"done\":true,\"done_reason\":\"stop\",\"eval_count\":2}\n";
 
+/// A generate request from agent-a for llama3 with `body`, its temperature and stream flag in its meta.
 pub(crate) fn request(body: &'static str, temperature: Option<f64>, stream: bool) -> Request<Body> {
     let mut meta = RequestMeta::new("r".into(), Endpoint::Generate)
         .with_agent("agent-a".into(), "opus".into(), false)
@@ -34,6 +36,34 @@ pub(crate) fn request(body: &'static str, temperature: Option<f64>, stream: bool
 
 pub(crate) const DETERMINISTIC: &str =
     r#"{"model":"llama3","prompt":"hi","options":{"temperature":0}}"#;
+
+/// The deterministic request (temperature 0), streamed or whole.
+pub(crate) fn deterministic(stream: bool) -> Request<Body> {
+    request(DETERMINISTIC, Some(0.0), stream)
+}
+
+/// A cache layer built from `config` over `upstream`.
+pub(crate) fn cache<S>(config: &CacheConfig, upstream: S) -> CacheService<S> {
+    CacheLayer::new(config).unwrap().layer(upstream)
+}
+
+/// Sends `request` through a clone of `service` and returns its answer.
+pub(crate) async fn send<S>(service: &S, request: Request<Body>) -> Response<BoxBody>
+where
+    S: Service<Request<Body>, Response = Response<BoxBody>> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    service.clone().oneshot(request).await.unwrap()
+}
+
+/// Sends `request` through a clone of `service`; its cache header and body.
+pub(crate) async fn ask<S>(service: &S, request: Request<Body>) -> (String, String)
+where
+    S: Service<Request<Body>, Response = Response<BoxBody>> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    text(send(service, request).await).await
+}
 
 /// An upstream that answers every call with the same NDJSON stream and
 /// counts its calls.
@@ -63,7 +93,8 @@ pub(crate) fn counting() -> (
     (service, calls)
 }
 
-pub(crate) async fn text(response: Response<corral_core::BoxBody>) -> (String, String) {
+/// An answer's `x-corral-cache` header (empty if absent) and its body read whole.
+pub(crate) async fn text(response: Response<BoxBody>) -> (String, String) {
     let cache = response
         .headers()
         .get("x-corral-cache")
