@@ -3,7 +3,6 @@
 
 #![allow(dead_code)] // each test file uses its own share
 #![allow(clippy::unwrap_used)] // a test fails by panicking
-#![allow(clippy::type_complexity)] // test upstreams spelled out as impl Service
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -13,6 +12,7 @@ use corral_cache::{CacheConfig, CacheLayer, CacheService};
 use corral_core::{Body, BoxBody, BoxError, Endpoint, GenerationParams, RequestMeta};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
+use tower::util::BoxCloneService;
 use tower::{service_fn, Layer, Service, ServiceExt};
 
 pub(crate) const STREAMED: &str = "{\"model\":\"llama3\",\"created_at\":\"t\",\"response\":\"Hello\",\"done\":false}\n{\"model\":\"llama3\",\"created_at\":\"t\",\"response\":\" there\",\"done\":false}\n{\"model\":\"llama3\",\"created_at\":\"t\",\"response\":\"\",\"done\":true,\"done_reason\":\"stop\",\"eval_count\":2}\n";
@@ -65,19 +65,12 @@ where
     text(send(service, request).await).await
 }
 
+/// A test upstream, boxed: a request in, an answer with a `B` body out.
+pub(crate) type Upstream<B> = BoxCloneService<Request<Body>, Response<B>, BoxError>;
+
 /// An upstream that answers every call with the same NDJSON stream and
 /// counts its calls.
-pub(crate) fn counting() -> (
-    impl tower::Service<
-            Request<Body>,
-            Response = Response<Full<Bytes>>,
-            Error = BoxError,
-            Future = impl Send,
-        > + Clone
-        + Send
-        + 'static,
-    Arc<AtomicUsize>,
-) {
+pub(crate) fn counting() -> (Upstream<Full<Bytes>>, Arc<AtomicUsize>) {
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = calls.clone();
     let service = service_fn(move |_request: Request<Body>| {
@@ -90,7 +83,7 @@ pub(crate) fn counting() -> (
             Ok::<_, BoxError>(response)
         }
     });
-    (service, calls)
+    (BoxCloneService::new(service), calls)
 }
 
 /// An answer's `x-corral-cache` header (empty if absent) and its body read whole.
