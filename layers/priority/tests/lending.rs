@@ -37,6 +37,9 @@ async fn learn(s: &Scheduler, agent: &str, held: Duration) {
     drop(permit);
 }
 
+/// Lessons: "short" holds a permit for 40 ms.
+const SHORT: &[(&str, Duration)] = &[("short", Duration::from_millis(40))];
+
 /// Lessons: "slow" holds a permit for 2 s, "short" for 40 ms.
 const SLOW_AND_SHORT: &[(&str, Duration)] = &[
     ("slow", Duration::from_secs(2)),
@@ -65,6 +68,14 @@ fn granted_at_once(s: &Scheduler, ticket: Ticket) -> Option<Permit> {
     }
 }
 
+/// [`taught`]`(SHORT)` with the reserve lent to "short": the scheduler,
+/// the permit "other" holds and the lent one.
+async fn lent_to_short() -> (Arc<Scheduler>, Permit, Permit) {
+    let (s, running) = taught(SHORT).await;
+    let lent = granted_at_once(&s, ticket("short", 5)).unwrap();
+    (s, running, lent)
+}
+
 /// The names of the waiting requests granted now, and their permits.
 fn names(waiting: &mut Vec<Waiting>) -> (Vec<String>, Vec<Permit>) {
     granted(waiting).into_iter().unzip()
@@ -72,7 +83,7 @@ fn names(waiting: &mut Vec<Waiting>) -> (Vec<String>, Vec<Permit>) {
 
 #[tokio::test(start_paused = true)]
 async fn a_short_request_is_lent_the_reserve_while_no_urgent_one_waits() {
-    let (s, _running) = taught(&[("short", Duration::from_millis(40))]).await;
+    let (s, _running) = taught(SHORT).await;
     // Only the reserved permit is free: predicted 40 ms, it is lent.
     let lent = granted_at_once(&s, ticket("short", 5));
     assert!(lent.is_some(), "a short request borrows the reserve");
@@ -185,8 +196,7 @@ async fn nothing_is_lent_while_a_request_the_reserve_is_for_waits_at_its_agents_
 
 #[tokio::test(start_paused = true)]
 async fn a_lent_permit_given_back_as_an_urgent_arrives_and_a_waiter_leaves_goes_to_the_urgent() {
-    let (s, running) = taught(&[("short", Duration::from_millis(40))]).await;
-    let lent = granted_at_once(&s, ticket("short", 5)).unwrap();
+    let (s, running, lent) = lent_to_short().await;
     let leaving = wait(&s, "leaving", ticket("c", 5));
     let mut waiting = vec![wait(&s, "low", ticket("d", 5))];
     waiting.push(wait(&s, "urgent", ticket("u", 1)));
@@ -204,8 +214,7 @@ async fn a_lent_permit_given_back_as_an_urgent_arrives_and_a_waiter_leaves_goes_
 
 #[tokio::test(start_paused = true)]
 async fn an_urgent_grant_never_taken_is_lent_on_to_a_short_waiter() {
-    let (s, _running) = taught(&[("short", Duration::from_millis(40))]).await;
-    let lent = granted_at_once(&s, ticket("short", 5)).unwrap();
+    let (s, _running, lent) = lent_to_short().await;
     let urgent = wait(&s, "urgent", ticket("u", 1));
     let mut waiting = vec![wait(&s, "low", ticket("short", 5))];
     drop(lent); // granted to the urgent request, which leaves untaken
