@@ -6,7 +6,10 @@
 
 mod common;
 
-use common::{call, fast, send, wait_for};
+use common::{
+    call, error_parts, events_ok, events_until_broken, fast, fast_at, json_ok, names, send,
+    wait_for,
+};
 use corral_mock_ollama::{MockConfig, MockOllama, BUSY_MESSAGE};
 use http_body_util::BodyExt;
 use serde_json::Value;
@@ -17,11 +20,8 @@ const CHAT: &str = r#"{"model":"llama3","stream":false,"messages":[{"role":"syst
 
 #[tokio::test]
 async fn a_message_answers_the_words_chat_gives_the_same_conversation() {
-    let mock = MockOllama::start(fast()).await.unwrap();
-    let reply = call(&format!("{}/v1/messages", mock.url()), ASK, None).await;
-    assert_eq!(reply.status, 200);
-    assert!(reply.content_type.starts_with("application/json"));
-    let message = reply.json();
+    let (mock, url) = fast_at("/v1/messages").await;
+    let message = json_ok(&url, ASK).await;
     assert_eq!(message["type"], "message");
     assert_eq!(message["role"], "assistant");
     assert_eq!(message["model"], "llama3");
@@ -54,18 +54,13 @@ async fn a_message_answers_the_words_chat_gives_the_same_conversation() {
 
 #[tokio::test]
 async fn a_streamed_message_sends_named_events_whose_deltas_make_the_text() {
-    let mock = MockOllama::start(fast()).await.unwrap();
-    let url = format!("{}/v1/messages", mock.url());
-    let whole = call(&url, ASK, None).await.json();
-    let reply = call(&url, ASK_STREAM, None).await;
-    assert_eq!(reply.status, 200);
-    assert_eq!(reply.content_type, "text/event-stream");
-    let events = reply.events();
-    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    let (_mock, url) = fast_at("/v1/messages").await;
+    let whole = json_ok(&url, ASK).await;
+    let events = events_ok(&url, ASK_STREAM).await;
     let mut expected = vec!["message_start", "content_block_start"];
     expected.extend(["content_block_delta"; 24]);
     expected.extend(["content_block_stop", "message_delta", "message_stop"]);
-    assert_eq!(names, expected);
+    assert_eq!(names(&events), expected);
     for (name, data) in &events {
         assert_eq!(data["type"], name.as_str(), "each event's data names it");
     }
@@ -93,10 +88,9 @@ async fn a_streamed_message_sends_named_events_whose_deltas_make_the_text() {
 
 #[tokio::test]
 async fn max_tokens_cuts_the_answer_with_stop_reason_max_tokens() {
-    let mock = MockOllama::start(fast()).await.unwrap();
-    let url = format!("{}/v1/messages", mock.url());
+    let (_mock, url) = fast_at("/v1/messages").await;
     let cut = ASK.replace("\"max_tokens\":100", "\"max_tokens\":3");
-    let message = call(&url, &cut, None).await.json();
+    let message = json_ok(&url, &cut).await;
     assert_eq!(message["stop_reason"], "max_tokens");
     assert_eq!(message["usage"]["output_tokens"], 3);
     assert_eq!(
@@ -109,7 +103,7 @@ async fn max_tokens_cuts_the_answer_with_stop_reason_max_tokens() {
     );
 
     let cut = ASK_STREAM.replace("\"max_tokens\":100", "\"max_tokens\":3");
-    let events = call(&url, &cut, None).await.events();
+    let events = events_ok(&url, &cut).await;
     let deltas = events.iter().filter(|(n, _)| n == "content_block_delta");
     assert_eq!(deltas.count(), 3);
     let delta = &events[events.len() - 2].1;
@@ -119,17 +113,12 @@ async fn max_tokens_cuts_the_answer_with_stop_reason_max_tokens() {
 
 #[tokio::test]
 async fn errors_come_in_anthropics_shape_with_ollamas_statuses() {
-    let mock = MockOllama::start(fast()).await.unwrap();
-    let url = format!("{}/v1/messages", mock.url());
-    let error = |reply: common::Reply| {
-        let body = reply.json();
-        assert_eq!(body["type"], "error", "{body}");
-        assert!(body["request_id"].as_str().unwrap().starts_with("req_"));
-        (
-            reply.status,
-            body["error"]["type"].as_str().unwrap().to_string(),
-            body["error"]["message"].as_str().unwrap().to_string(),
-        )
+    let (mock, url) = fast_at("/v1/messages").await;
+    let error = |reply| {
+        error_parts(reply, |body| {
+            assert_eq!(body["type"], "error", "{body}");
+            assert!(body["request_id"].as_str().unwrap().starts_with("req_"));
+        })
     };
     let unknown = ASK.replace("llama3", "no-such-model");
     let (status, kind, message) = error(call(&url, &unknown, None).await);
@@ -178,13 +167,8 @@ async fn errors_come_in_anthropics_shape_with_ollamas_statuses() {
 
 #[tokio::test]
 async fn drop_after_breaks_the_stream_mid_events() {
-    let mock = MockOllama::start(fast()).await.unwrap();
-    let url = format!("{}/v1/messages", mock.url());
-    let reply = call(&url, ASK_STREAM, Some("drop_after=5")).await;
-    assert_eq!(reply.status, 200);
-    assert!(reply.broken, "the connection broke: {}", reply.text());
-    let events = reply.events();
-    assert_eq!(events.len(), 5, "whole events up to the break");
+    let (mock, url) = fast_at("/v1/messages").await;
+    let events = events_until_broken(&url, ASK_STREAM, 5).await;
     assert!(events.iter().all(|(n, _)| n != "message_stop"));
     let stats = mock.stats();
     assert_eq!(stats.faults_injected, 1);

@@ -7,7 +7,9 @@
 
 mod common;
 
-use common::{call, fast, wait_for};
+use common::{
+    call, error_parts, events_ok, events_until_broken, fast, fast_at, json_ok, names, wait_for,
+};
 use corral_mock_ollama::{MockConfig, MockOllama, BUSY_MESSAGE};
 use serde_json::Value;
 
@@ -23,11 +25,8 @@ fn output_text(response: &Value) -> &str {
 
 #[tokio::test]
 async fn a_response_answers_the_words_chat_gives_the_same_conversation() {
-    let mock = MockOllama::start(fast()).await.unwrap();
-    let reply = call(&format!("{}/v1/responses", mock.url()), ASK, None).await;
-    assert_eq!(reply.status, 200);
-    assert!(reply.content_type.starts_with("application/json"));
-    let response = reply.json();
+    let (mock, url) = fast_at("/v1/responses").await;
+    let response = json_ok(&url, ASK).await;
     assert_eq!(response["object"], "response");
     assert_eq!(response["status"], "completed");
     assert_eq!(response["model"], "llama3");
@@ -65,14 +64,9 @@ async fn a_response_answers_the_words_chat_gives_the_same_conversation() {
 
 #[tokio::test]
 async fn a_streamed_response_sends_numbered_named_events_whose_deltas_make_the_text() {
-    let mock = MockOllama::start(fast()).await.unwrap();
-    let url = format!("{}/v1/responses", mock.url());
-    let whole = call(&url, ASK, None).await.json();
-    let reply = call(&url, ASK_ITEMS, None).await;
-    assert_eq!(reply.status, 200);
-    assert_eq!(reply.content_type, "text/event-stream");
-    let events = reply.events();
-    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    let (_mock, url) = fast_at("/v1/responses").await;
+    let whole = json_ok(&url, ASK).await;
+    let events = events_ok(&url, ASK_ITEMS).await;
     let mut expected = vec![
         "response.created",
         "response.in_progress",
@@ -86,7 +80,7 @@ async fn a_streamed_response_sends_numbered_named_events_whose_deltas_make_the_t
         "response.output_item.done",
         "response.completed",
     ]);
-    assert_eq!(names, expected);
+    assert_eq!(names(&events), expected);
     for (i, (name, data)) in events.iter().enumerate() {
         assert_eq!(data["type"], name.as_str());
         assert_eq!(data["sequence_number"], i, "{name}");
@@ -112,10 +106,9 @@ async fn a_streamed_response_sends_numbered_named_events_whose_deltas_make_the_t
 
 #[tokio::test]
 async fn max_output_tokens_cuts_the_answer_and_ollama_still_says_completed() {
-    let mock = MockOllama::start(fast()).await.unwrap();
-    let url = format!("{}/v1/responses", mock.url());
+    let (_mock, url) = fast_at("/v1/responses").await;
     let cut = ASK.replace("\"temperature\":0.2", "\"max_output_tokens\":3");
-    let response = call(&url, &cut, None).await.json();
+    let response = json_ok(&url, &cut).await;
     assert_eq!(response["usage"]["output_tokens"], 3);
     assert_eq!(output_text(&response).split(' ').count(), 3);
     assert_eq!(response["max_output_tokens"], 3);
@@ -124,7 +117,7 @@ async fn max_output_tokens_cuts_the_answer_and_ollama_still_says_completed() {
     assert_eq!(response["incomplete_details"], Value::Null);
 
     let cut = ASK_ITEMS.replace("\"stream\":true", "\"stream\":true,\"max_output_tokens\":3");
-    let events = call(&url, &cut, None).await.events();
+    let events = events_ok(&url, &cut).await;
     let deltas = events
         .iter()
         .filter(|(n, _)| n == "response.output_text.delta");
@@ -137,20 +130,14 @@ async fn max_output_tokens_cuts_the_answer_and_ollama_still_says_completed() {
 
 #[tokio::test]
 async fn an_empty_input_only_loads_the_model_and_answers_no_text() {
-    let mock = MockOllama::start(fast()).await.unwrap();
-    let url = format!("{}/v1/responses", mock.url());
-    let response = call(&url, r#"{"model":"llama3","input":""}"#, None)
-        .await
-        .json();
+    let (mock, url) = fast_at("/v1/responses").await;
+    let response = json_ok(&url, r#"{"model":"llama3","input":""}"#).await;
     assert_eq!(response["status"], "completed");
     assert_eq!(output_text(&response), "");
     assert_eq!(response["usage"]["total_tokens"], 0);
-    let events = call(&url, r#"{"model":"llama3","input":[],"stream":true}"#, None)
-        .await
-        .events();
-    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    let events = events_ok(&url, r#"{"model":"llama3","input":[],"stream":true}"#).await;
     assert_eq!(
-        names,
+        names(&events),
         [
             "response.created",
             "response.in_progress",
@@ -163,20 +150,15 @@ async fn an_empty_input_only_loads_the_model_and_answers_no_text() {
 
 #[tokio::test]
 async fn errors_come_in_openais_shape() {
-    let mock = MockOllama::start(fast()).await.unwrap();
-    let url = format!("{}/v1/responses", mock.url());
-    let error = |reply: common::Reply| {
-        let body = reply.json();
-        let error = &body["error"];
-        assert_eq!(
-            (&error["param"], &error["code"]),
-            (&Value::Null, &Value::Null)
-        );
-        (
-            reply.status,
-            error["type"].as_str().unwrap().to_string(),
-            error["message"].as_str().unwrap().to_string(),
-        )
+    let (_mock, url) = fast_at("/v1/responses").await;
+    let error = |reply| {
+        error_parts(reply, |body| {
+            let error = &body["error"];
+            assert_eq!(
+                (&error["param"], &error["code"]),
+                (&Value::Null, &Value::Null)
+            );
+        })
     };
     let unknown = ASK.replace("llama3", "no-such-model");
     let (status, kind, message) = error(call(&url, &unknown, None).await);
@@ -208,11 +190,7 @@ async fn drop_after_breaks_the_stream_and_slots_are_shared_with_messages() {
     .await
     .unwrap();
     let url = format!("{}/v1/responses", mock.url());
-    let reply = call(&url, ASK_ITEMS, Some("drop_after=6")).await;
-    assert_eq!(reply.status, 200);
-    assert!(reply.broken, "the connection broke: {}", reply.text());
-    let events = reply.events();
-    assert_eq!(events.len(), 6, "whole events up to the break");
+    let events = events_until_broken(&url, ASK_ITEMS, 6).await;
     assert!(events.iter().all(|(n, _)| n != "response.completed"));
     assert_eq!(mock.stats().in_flight, 0);
 

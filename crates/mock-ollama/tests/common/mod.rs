@@ -25,6 +25,69 @@ pub(crate) fn fast() -> MockConfig {
     }
 }
 
+/// A [`fast`] mock, started.
+pub(crate) async fn fast_mock() -> MockOllama {
+    MockOllama::start(fast()).await.unwrap()
+}
+
+/// A [`fast`] mock, started, and the URL of its `path`.
+pub(crate) async fn fast_at(path: &str) -> (MockOllama, String) {
+    let mock = fast_mock().await;
+    let url = format!("{}{path}", mock.url());
+    (mock, url)
+}
+
+/// Posts `body` to `url`, which must answer 200 with a JSON document: the
+/// document.
+pub(crate) async fn json_ok(url: &str, body: &str) -> Value {
+    let reply = call(url, body, None).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(
+        reply.content_type.starts_with("application/json"),
+        "{}",
+        reply.content_type
+    );
+    reply.json()
+}
+
+/// Posts `body` to `url`, which must answer 200 with an SSE stream: its
+/// events.
+pub(crate) async fn events_ok(url: &str, body: &str) -> Vec<(String, Value)> {
+    let reply = call(url, body, None).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.content_type, "text/event-stream");
+    reply.events()
+}
+
+/// Posts the streamed `body` to `url` with the fault `drop_after=n`: the
+/// answer must start, then break after `n` whole events, which it returns.
+pub(crate) async fn events_until_broken(url: &str, body: &str, n: usize) -> Vec<(String, Value)> {
+    let reply = call(url, body, Some(&format!("drop_after={n}"))).await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.broken, "the connection broke: {}", reply.text());
+    let events = reply.events();
+    assert_eq!(events.len(), n, "whole events up to the break");
+    events
+}
+
+/// The events' names, in order.
+pub(crate) fn names(events: &[(String, Value)]) -> Vec<&str> {
+    events.iter().map(|(n, _)| n.as_str()).collect()
+}
+
+/// An error reply's status, and its `error`'s type and message, once
+/// `check` has looked at the whole body.
+pub(crate) fn error_parts(reply: Reply, check: impl FnOnce(&Value)) -> (u16, String, String) {
+    let body = reply.json();
+    check(&body);
+    let error = &body["error"];
+    (
+        reply.status,
+        error["type"].as_str().unwrap().to_string(),
+        error["message"].as_str().unwrap().to_string(),
+    )
+}
+
 /// A response read to its end, or to the error that broke it.
 #[derive(Debug)]
 pub(crate) struct Reply {
@@ -37,6 +100,7 @@ pub(crate) struct Reply {
 }
 
 impl Reply {
+    /// The body's frames joined.
     pub(crate) fn text(&self) -> String {
         self.frames
             .iter()
@@ -44,6 +108,7 @@ impl Reply {
             .collect()
     }
 
+    /// The body, which must be JSON.
     pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.text()).unwrap_or_else(|e| panic!("{e}: {}", self.text()))
     }
