@@ -6,11 +6,12 @@
 
 mod common;
 
+use common::Says::Anything;
 use common::{
-    call, error_parts, events_ok, events_until_broken, fast, fast_at, json_ok, names, send,
-    wait_for,
+    assert_errors, busy, call, events_ok, events_until_broken, fast, fast_at, invalid, json_ok,
+    names, not_json, send, unknown_model, wait_for,
 };
-use corral_mock_ollama::{MockConfig, MockOllama, BUSY_MESSAGE};
+use corral_mock_ollama::{MockConfig, MockOllama};
 use http_body_util::BodyExt;
 use serde_json::Value;
 
@@ -114,54 +115,30 @@ async fn max_tokens_cuts_the_answer_with_stop_reason_max_tokens() {
 #[tokio::test]
 async fn errors_come_in_anthropics_shape_with_ollamas_statuses() {
     let (mock, url) = fast_at("/v1/messages").await;
-    let error = |reply| {
-        error_parts(reply, |body| {
-            assert_eq!(body["type"], "error", "{body}");
-            assert!(body["request_id"].as_str().unwrap().starts_with("req_"));
-        })
-    };
-    let unknown = ASK.replace("llama3", "no-such-model");
-    let (status, kind, message) = error(call(&url, &unknown, None).await);
-    assert_eq!((status, kind.as_str()), (404, "not_found_error"));
-    assert!(message.contains("no-such-model"), "{message}");
-
-    let missing = r#"{"max_tokens":100,"messages":[{"role":"user","content":"hi"}]}"#;
-    assert_eq!(
-        error(call(&url, missing, None).await),
-        (
-            400,
-            "invalid_request_error".into(),
-            "model is required".into()
-        )
-    );
-    let no_max = r#"{"model":"llama3","messages":[{"role":"user","content":"hi"}]}"#;
-    assert_eq!(
-        error(call(&url, no_max, None).await),
-        (
-            400,
-            "invalid_request_error".into(),
-            "max_tokens is required and must be positive".into()
+    let cases = [
+        unknown_model(ASK),
+        invalid(
+            r#"{"max_tokens":100,"messages":[{"role":"user","content":"hi"}]}"#,
+            "model is required",
         ),
-        "Ollama requires max_tokens, as Anthropic does"
-    );
-    let no_messages = r#"{"model":"llama3","max_tokens":10,"messages":[]}"#;
-    assert_eq!(
-        error(call(&url, no_messages, None).await),
-        (
-            400,
-            "invalid_request_error".into(),
-            "messages is required".into()
-        )
-    );
-    let (status, kind, _) = error(call(&url, "{not json", None).await);
-    assert_eq!((status, kind.as_str()), (400, "invalid_request_error"));
-
-    assert_eq!(
-        error(call(&url, ASK, Some("busy")).await),
-        (503, "overloaded_error".into(), BUSY_MESSAGE.into())
-    );
-    let (status, kind, _) = error(call(&url, ASK, Some("status=500")).await);
-    assert_eq!((status, kind.as_str()), (500, "api_error"));
+        // Ollama requires max_tokens, as Anthropic does.
+        invalid(
+            r#"{"model":"llama3","messages":[{"role":"user","content":"hi"}]}"#,
+            "max_tokens is required and must be positive",
+        ),
+        invalid(
+            r#"{"model":"llama3","max_tokens":10,"messages":[]}"#,
+            "messages is required",
+        ),
+        not_json("{not json"),
+        busy(ASK, "overloaded_error"),
+        (ASK.into(), Some("status=500"), 500, "api_error", Anything),
+    ];
+    assert_errors(&url, &cases, |body| {
+        assert_eq!(body["type"], "error", "{body}");
+        assert!(body["request_id"].as_str().unwrap().starts_with("req_"));
+    })
+    .await;
     assert_eq!(mock.stats().tokens_generated, 0);
 }
 

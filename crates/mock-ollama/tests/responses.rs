@@ -8,7 +8,8 @@
 mod common;
 
 use common::{
-    call, error_parts, events_ok, events_until_broken, fast, fast_at, json_ok, names, wait_for,
+    assert_errors, busy, call, events_ok, events_until_broken, fast, fast_at, invalid, json_ok,
+    names, not_json, unknown_model, wait_for,
 };
 use corral_mock_ollama::{MockConfig, MockOllama, BUSY_MESSAGE};
 use serde_json::Value;
@@ -151,33 +152,20 @@ async fn an_empty_input_only_loads_the_model_and_answers_no_text() {
 #[tokio::test]
 async fn errors_come_in_openais_shape() {
     let (_mock, url) = fast_at("/v1/responses").await;
-    let error = |reply| {
-        error_parts(reply, |body| {
-            let error = &body["error"];
-            assert_eq!(
-                (&error["param"], &error["code"]),
-                (&Value::Null, &Value::Null)
-            );
-        })
-    };
-    let unknown = ASK.replace("llama3", "no-such-model");
-    let (status, kind, message) = error(call(&url, &unknown, None).await);
-    assert_eq!((status, kind.as_str()), (404, "not_found_error"));
-    assert!(message.contains("no-such-model"), "{message}");
-    assert_eq!(
-        error(call(&url, r#"{"input":"hi"}"#, None).await),
-        (
-            400,
-            "invalid_request_error".into(),
-            "model is required".into()
-        )
-    );
-    let (status, kind, _) = error(call(&url, "[1,", None).await);
-    assert_eq!((status, kind.as_str()), (400, "invalid_request_error"));
-    assert_eq!(
-        error(call(&url, ASK, Some("busy")).await),
-        (503, "api_error".into(), BUSY_MESSAGE.into())
-    );
+    let cases = [
+        unknown_model(ASK),
+        invalid(r#"{"input":"hi"}"#, "model is required"),
+        not_json("[1,"),
+        busy(ASK, "api_error"),
+    ];
+    assert_errors(&url, &cases, |body| {
+        let error = &body["error"];
+        assert_eq!(
+            (&error["param"], &error["code"]),
+            (&Value::Null, &Value::Null)
+        );
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use corral_mock_ollama::{MockConfig, MockOllama, Stats};
+use corral_mock_ollama::{MockConfig, MockOllama, Stats, BUSY_MESSAGE};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -75,17 +75,72 @@ pub(crate) fn names(events: &[(String, Value)]) -> Vec<&str> {
     events.iter().map(|(n, _)| n.as_str()).collect()
 }
 
-/// An error reply's status, and its `error`'s type and message, once
-/// `check` has looked at the whole body.
-pub(crate) fn error_parts(reply: Reply, check: impl FnOnce(&Value)) -> (u16, String, String) {
-    let body = reply.json();
-    check(&body);
-    let error = &body["error"];
+/// What an error's message must say.
+pub(crate) enum Says {
+    /// Exactly this.
+    Exactly(&'static str),
+    /// Something with this in it.
+    Naming(&'static str),
+    /// Anything.
+    Anything,
+}
+
+/// One request that must fail: its body, its fault header if any, and the
+/// status, error type and message it must be answered with.
+pub(crate) type ErrorCase = (String, Option<&'static str>, u16, &'static str, Says);
+
+/// The error type of a request the API cannot take.
+pub(crate) const INVALID: &str = "invalid_request_error";
+
+/// `ask` for a model the mock does not have: a 404 that names it.
+pub(crate) fn unknown_model(ask: &str) -> ErrorCase {
+    let body = ask.replace("llama3", "no-such-model");
     (
-        reply.status,
-        error["type"].as_str().unwrap().to_string(),
-        error["message"].as_str().unwrap().to_string(),
+        body,
+        None,
+        404,
+        "not_found_error",
+        Says::Naming("no-such-model"),
     )
+}
+
+/// `body`, which the API cannot take: a 400 that says exactly `why`.
+pub(crate) fn invalid(body: &str, why: &'static str) -> ErrorCase {
+    (body.into(), None, 400, INVALID, Says::Exactly(why))
+}
+
+/// `body`, which is not JSON: a 400.
+pub(crate) fn not_json(body: &str) -> ErrorCase {
+    (body.into(), None, 400, INVALID, Says::Anything)
+}
+
+/// `ask` with the fault `busy`: a 503 of the error type `kind` that says
+/// Ollama's busy message.
+pub(crate) fn busy(ask: &str, kind: &'static str) -> ErrorCase {
+    let busy = Says::Exactly(BUSY_MESSAGE);
+    (ask.into(), Some("busy"), 503, kind, busy)
+}
+
+/// Posts each case to `url` in turn and checks its error: the status, the
+/// `error`'s type and message, and what `check` asserts of the whole body.
+pub(crate) async fn assert_errors(url: &str, cases: &[ErrorCase], check: impl Fn(&Value)) {
+    for (body, fault, status, kind, says) in cases {
+        let reply = call(url, body, *fault).await;
+        let doc = reply.json();
+        check(&doc);
+        let error = &doc["error"];
+        assert_eq!(
+            (reply.status, error["type"].as_str().unwrap()),
+            (*status, *kind),
+            "{body} with {fault:?}: {doc}"
+        );
+        let message = error["message"].as_str().unwrap();
+        match says {
+            Says::Exactly(expected) => assert_eq!(message, *expected, "{body}"),
+            Says::Naming(part) => assert!(message.contains(part), "{body}: {message}"),
+            Says::Anything => {}
+        }
+    }
 }
 
 /// A response read to its end, or to the error that broke it.
