@@ -8,28 +8,35 @@ mod common;
 
 use common::Says::Anything;
 use common::{
-    assert_errors, busy, call, events_ok, events_until_broken, fast, fast_at, invalid, json_ok,
-    names, not_json, send, unknown_model, wait_for,
+    assert_errors, assert_holds, busy, call, events_ok, events_until_broken, fast, fast_at,
+    invalid, json_ok, names, not_json, send, unknown_model, wait_for,
 };
 use corral_mock_ollama::{MockConfig, MockOllama};
 use http_body_util::BodyExt;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const ASK: &str = r#"{"model":"llama3","max_tokens":100,"system":"be brief","messages":[{"role":"user","content":[{"type":"text","text":"why is the sky "},{"type":"text","text":"blue"}]}]}"#;
 const ASK_STREAM: &str = r#"{"model":"llama3","max_tokens":100,"system":"be brief","stream":true,"messages":[{"role":"user","content":"why is the sky blue"}]}"#;
 const CHAT: &str = r#"{"model":"llama3","stream":false,"messages":[{"role":"system","content":"be brief"},{"role":"user","content":"why is the sky blue"}]}"#;
 
+/// Asserts the `message_delta` event, last but one, says the answer
+/// stopped for `reason` after `tokens` tokens.
+fn assert_stopped(events: &[(String, Value)], reason: &str, tokens: u64) {
+    let delta = &events[events.len() - 2].1;
+    assert_eq!(delta["delta"]["stop_reason"], reason);
+    assert_eq!(delta["usage"]["output_tokens"], tokens);
+}
+
 #[tokio::test]
 async fn a_message_answers_the_words_chat_gives_the_same_conversation() {
     let (mock, url) = fast_at("/v1/messages").await;
     let message = json_ok(&url, ASK).await;
-    assert_eq!(message["type"], "message");
-    assert_eq!(message["role"], "assistant");
-    assert_eq!(message["model"], "llama3");
+    let expected = json!({
+        "type": "message", "role": "assistant", "model": "llama3", "stop_reason": "end_turn",
+        "content": [{"type": "text"}], "usage": {"output_tokens": 24}
+    });
+    assert_holds(&message, &expected);
     assert!(message["id"].as_str().unwrap().starts_with("msg_"));
-    assert_eq!(message["stop_reason"], "end_turn");
-    assert_eq!(message["content"][0]["type"], "text");
-    assert_eq!(message["usage"]["output_tokens"], 24);
     assert!(message["usage"]["input_tokens"].as_u64().unwrap() > 0);
 
     let chat = call(&format!("{}/api/chat", mock.url()), CHAT, None)
@@ -82,9 +89,7 @@ async fn a_streamed_message_sends_named_events_whose_deltas_make_the_text() {
         })
         .collect();
     assert_eq!(text, whole["content"][0]["text"].as_str().unwrap());
-    let delta = &events[events.len() - 2].1;
-    assert_eq!(delta["delta"]["stop_reason"], "end_turn");
-    assert_eq!(delta["usage"]["output_tokens"], 24);
+    assert_stopped(&events, "end_turn", 24);
 }
 
 #[tokio::test]
@@ -107,9 +112,7 @@ async fn max_tokens_cuts_the_answer_with_stop_reason_max_tokens() {
     let events = events_ok(&url, &cut).await;
     let deltas = events.iter().filter(|(n, _)| n == "content_block_delta");
     assert_eq!(deltas.count(), 3);
-    let delta = &events[events.len() - 2].1;
-    assert_eq!(delta["delta"]["stop_reason"], "max_tokens");
-    assert_eq!(delta["usage"]["output_tokens"], 3);
+    assert_stopped(&events, "max_tokens", 3);
 }
 
 #[tokio::test]

@@ -70,6 +70,29 @@ pub(crate) async fn events_until_broken(url: &str, body: &str, n: usize) -> Vec<
     events
 }
 
+/// Asserts `doc` holds all of `expected`: each field of an object and
+/// each item of an array, down to equal values.
+pub(crate) fn assert_holds(doc: &Value, expected: &Value) {
+    holds(doc, expected, "");
+}
+
+/// [`assert_holds`] at the JSON pointer `path`.
+fn holds(doc: &Value, expected: &Value, path: &str) {
+    match expected {
+        Value::Object(fields) => {
+            for (key, value) in fields {
+                holds(&doc[key.as_str()], value, &format!("{path}/{key}"));
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                holds(&doc[i], item, &format!("{path}/{i}"));
+            }
+        }
+        _ => assert_eq!(doc, expected, "at {path}"),
+    }
+}
+
 /// The events' names, in order.
 pub(crate) fn names(events: &[(String, Value)]) -> Vec<&str> {
     events.iter().map(|(n, _)| n.as_str()).collect()
