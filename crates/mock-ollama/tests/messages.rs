@@ -8,10 +8,9 @@ mod common;
 
 use common::Says::Anything;
 use common::{
-    assert_errors, assert_holds, busy, call, events_ok, events_until_broken, fast, fast_at,
-    invalid, json_ok, names, not_json, send, unknown_model, wait_for,
+    assert_errors, assert_holds, busy, call, events_ok, events_until_broken, fast_at, fast_slots,
+    invalid, json_ok, names, not_json, send, spawn_call, unknown_model, wait_for,
 };
-use corral_mock_ollama::{MockConfig, MockOllama};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 
@@ -158,25 +157,15 @@ async fn drop_after_breaks_the_stream_mid_events() {
 
 #[tokio::test]
 async fn messages_and_chats_share_the_models_slots_and_a_client_leaving_frees_one() {
-    let mock = MockOllama::start(MockConfig {
-        parallel: 2,
-        max_queue: 1,
-        ..fast()
-    })
-    .await
-    .unwrap();
+    let mock = fast_slots(2, 1).await;
     let url = format!("{}/v1/messages", mock.url());
     // Two streams hold both slots, paused after their first event.
     let held: Vec<_> = (0..2)
-        .map(|_| {
-            let url = url.clone();
-            tokio::spawn(async move { call(&url, ASK_STREAM, Some("pause_after=1")).await })
-        })
+        .map(|_| spawn_call(url.clone(), ASK_STREAM, Some("pause_after=1")))
         .collect();
     wait_for(&mock, "two paused streams", |s| s.paused == 2).await;
     // A chat for the same model waits for one of them; one more is refused.
-    let chat_url = format!("{}/api/chat", mock.url());
-    let queued = tokio::spawn(async move { call(&chat_url, CHAT, None).await });
+    let queued = spawn_call(format!("{}/api/chat", mock.url()), CHAT, None);
     wait_for(&mock, "a queued chat", |s| s.queued == 1).await;
     let refused = call(&url, ASK, None).await;
     assert_eq!(refused.status, 503);

@@ -8,10 +8,10 @@
 mod common;
 
 use common::{
-    assert_errors, assert_holds, busy, call, events_ok, events_until_broken, fast, fast_at,
-    invalid, json_ok, names, not_json, unknown_model, wait_for,
+    assert_errors, assert_holds, busy, call, events_ok, events_until_broken, fast_at, fast_slots,
+    invalid, json_ok, names, not_json, spawn_call, unknown_model, wait_for,
 };
-use corral_mock_ollama::{MockConfig, MockOllama, BUSY_MESSAGE};
+use corral_mock_ollama::BUSY_MESSAGE;
 use serde_json::{json, Value};
 
 const ASK: &str = r#"{"model":"llama3","instructions":"be brief","input":"why is the sky blue","temperature":0.2}"#;
@@ -170,13 +170,7 @@ async fn errors_come_in_openais_shape() {
 
 #[tokio::test]
 async fn drop_after_breaks_the_stream_and_slots_are_shared_with_messages() {
-    let mock = MockOllama::start(MockConfig {
-        parallel: 2,
-        max_queue: 0,
-        ..fast()
-    })
-    .await
-    .unwrap();
+    let mock = fast_slots(2, 0).await;
     let url = format!("{}/v1/responses", mock.url());
     let events = events_until_broken(&url, ASK_ITEMS, 6).await;
     assert!(events.iter().all(|(n, _)| n != "response.completed"));
@@ -185,13 +179,13 @@ async fn drop_after_breaks_the_stream_and_slots_are_shared_with_messages() {
     // A response and a message hold the model's two slots; a third call
     // finds no room in a queue of zero.
     let held = [
-        (url.clone(), ASK_ITEMS.to_string()),
+        (url.clone(), ASK_ITEMS),
         (
             format!("{}/v1/messages", mock.url()),
-            r#"{"model":"llama3","max_tokens":9,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#.to_string(),
+            r#"{"model":"llama3","max_tokens":9,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
         ),
     ]
-    .map(|(url, body)| tokio::spawn(async move { call(&url, &body, Some("pause_after=1")).await }));
+    .map(|(url, body)| spawn_call(url, body, Some("pause_after=1")));
     wait_for(&mock, "two paused streams", |s| s.paused == 2).await;
     let refused = call(&url, ASK, None).await;
     assert_eq!(refused.status, 503);

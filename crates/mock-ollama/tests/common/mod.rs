@@ -30,6 +30,26 @@ pub(crate) async fn fast_mock() -> MockOllama {
     MockOllama::start(fast()).await.unwrap()
 }
 
+/// A [`fast`] mock, started, with `parallel` slots a model and room for
+/// `max_queue` waiting.
+pub(crate) async fn fast_slots(parallel: usize, max_queue: usize) -> MockOllama {
+    let config = MockConfig {
+        parallel,
+        max_queue,
+        ..fast()
+    };
+    MockOllama::start(config).await.unwrap()
+}
+
+/// [`call`] on a task of its own.
+pub(crate) fn spawn_call(
+    url: String,
+    body: &'static str,
+    fault: Option<&'static str>,
+) -> tokio::task::JoinHandle<Reply> {
+    tokio::spawn(async move { call(&url, body, fault).await })
+}
+
 /// A [`fast`] mock, started, and the URL of its `path`.
 pub(crate) async fn fast_at(path: &str) -> (MockOllama, String) {
     let mock = fast_mock().await;
