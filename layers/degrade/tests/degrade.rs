@@ -21,30 +21,33 @@ use tower_test::mock;
 const UP: [f64; 3] = [0.60, 0.80, 0.95];
 const DOWN: [f64; 3] = [0.50, 0.70, 0.90];
 
-fn step(levels: &mut Levels, load: f64) -> Level {
-    levels.observe(load, Instant::now(), Duration::ZERO, UP, DOWN);
+/// Observes `load` now, smoothed over `smoothing`: the level then.
+fn observe(levels: &mut Levels, load: f64, smoothing: Duration) -> Level {
+    levels.observe(load, Instant::now(), smoothing, UP, DOWN);
     levels.effective()
+}
+
+/// Observes `load` now, unsmoothed: the level then.
+fn step(levels: &mut Levels, load: f64) -> Level {
+    observe(levels, load, Duration::ZERO)
 }
 
 #[tokio::test(start_paused = true)]
 async fn every_transition_happens_at_its_threshold_in_both_directions() {
     let mut levels = Levels::new();
-    let path: Vec<(f64, Level)> = vec![
-        (0.60, Level::Normal),
-        (0.61, Level::L1),
-        (0.80, Level::L1),
-        (0.81, Level::L2),
-        (0.95, Level::L2),
-        (0.96, Level::Critical),
-        (0.90, Level::Critical),
-        (0.89, Level::L2),
-        (0.70, Level::L2),
-        (0.69, Level::L1),
-        (0.50, Level::L1),
-        (0.49, Level::Normal),
+    // Up through each threshold, then down: at a threshold the level
+    // holds, just past it the level changes.
+    let crossings = [
+        (0.60, 0.61, Level::Normal, Level::L1),
+        (0.80, 0.81, Level::L1, Level::L2),
+        (0.95, 0.96, Level::L2, Level::Critical),
+        (0.90, 0.89, Level::Critical, Level::L2),
+        (0.70, 0.69, Level::L2, Level::L1),
+        (0.50, 0.49, Level::L1, Level::Normal),
     ];
-    for (load, expected) in path {
-        assert_eq!(step(&mut levels, load), expected, "at load {load}");
+    for (at, past, holds, becomes) in crossings {
+        assert_eq!(step(&mut levels, at), holds, "at load {at}");
+        assert_eq!(step(&mut levels, past), becomes, "at load {past}");
     }
 }
 
@@ -76,17 +79,13 @@ async fn a_jump_goes_straight_to_the_level_it_calls_for() {
 async fn the_load_is_smoothed_over_time() {
     let mut levels = Levels::new();
     let smoothing = Duration::from_secs(5);
-    levels.observe(0.0, Instant::now(), smoothing, UP, DOWN);
+    observe(&mut levels, 0.0, smoothing);
     tokio::time::advance(Duration::from_millis(500)).await;
-    levels.observe(1.0, Instant::now(), smoothing, UP, DOWN);
-    assert_eq!(
-        levels.effective(),
-        Level::Normal,
-        "a short spike is smoothed away"
-    );
+    let spike = observe(&mut levels, 1.0, smoothing);
+    assert_eq!(spike, Level::Normal, "a short spike is smoothed away");
     for _ in 0..30 {
         tokio::time::advance(Duration::from_secs(1)).await;
-        levels.observe(1.0, Instant::now(), smoothing, UP, DOWN);
+        observe(&mut levels, 1.0, smoothing);
     }
     assert_eq!(
         levels.effective(),
