@@ -81,21 +81,14 @@ pub(crate) fn chat(headers: &[(&str, &str)]) -> Request<Body> {
 /// Two classes, opus and batch, and two agents: planner (keyed, opus) and
 /// nightly (keyless, batch).
 pub(crate) const FLEET: &str = r#"
-    [[classes]]
-    name = "opus"
-    priority = 3
-    priorities = [2, 5]
-    [[classes]]
-    name = "batch"
-    priority = 9
-    priorities = [7, 10]
-    [[agents]]
-    id = "planner"
-    key = "sk-planner-secret"
-    class = "opus"
-    [[agents]]
-    id = "nightly"
-    class = "batch"
+    classes = [
+        { name = "opus", priority = 3, priorities = [2, 5] },
+        { name = "batch", priority = 9, priorities = [7, 10] },
+    ]
+    agents = [
+        { id = "planner", key = "sk-planner-secret", class = "opus" },
+        { id = "nightly", class = "batch" },
+    ]
 "#;
 
 /// A chat body for llama3.
