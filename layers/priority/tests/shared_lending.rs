@@ -9,10 +9,13 @@
 #![cfg(feature = "redis")]
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use corral_core::{redis, Priority, RedisState};
+use common::ticket;
+use corral_core::{redis, RedisState};
 use corral_priority::{Permit, PriorityConfig, Reserve, Scheduler, Ticket};
 
 /// A step that should take milliseconds: failing after this long.
@@ -71,17 +74,6 @@ impl Drop for Redis {
 fn state(redis: &Redis, test: &str, replica: &str) -> RedisState {
     let prefix = format!("corral-lending-{}-{test}:", std::process::id());
     RedisState::new(&redis.url, &prefix, replica, Duration::from_millis(500)).unwrap()
-}
-
-fn ticket(agent: &str, priority: u8) -> Ticket {
-    Ticket {
-        agent: agent.into(),
-        priority: Priority::new(priority).unwrap(),
-        weight: 1.0,
-        cost: 100.0,
-        bytes: 0,
-        deadline: None,
-    }
 }
 
 /// A replica with `capacity` permits, the last held back for priority 1
