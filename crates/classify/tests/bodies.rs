@@ -16,7 +16,7 @@ use http::Request;
 use http_body_util::StreamBody;
 use tokio::time::Instant;
 
-use common::{classify, config};
+use common::{admitted, config, post, refused};
 
 fn chunked(chunks: Vec<&'static [u8]>) -> Body {
     let stream = futures_stream(
@@ -33,18 +33,18 @@ fn futures_stream<I: Iterator + Unpin>(iter: I) -> futures_util::stream::Iter<I>
 
 #[tokio::test]
 async fn a_streamed_body_is_read_once_and_handed_on_buffered() {
-    let seen = classify(
+    let seen = admitted(
         &config(""),
-        Request::post("/api/generate")
-            .body(chunked(vec![
+        post(
+            "/api/generate",
+            chunked(vec![
                 b"{\"model\":",
                 b"\"llama3\",\"prompt\":\"hi\"",
                 b",\"stream\":false}",
-            ]))
-            .unwrap(),
+            ]),
+        ),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(
         seen.buffered.as_deref(),
         Some(&b"{\"model\":\"llama3\",\"prompt\":\"hi\",\"stream\":false}"[..])
@@ -56,68 +56,48 @@ async fn a_streamed_body_is_read_once_and_handed_on_buffered() {
 #[tokio::test]
 async fn a_body_over_the_bound_is_refused_whether_declared_or_not() {
     let small = config("max_request_bytes = 16");
-    let err = classify(
-        &small,
-        Request::post("/api/generate")
-            .header("content-length", "1000000")
-            .body(chunked(vec![b"{}"]))
-            .unwrap(),
-    )
-    .await
-    .unwrap_err();
+    let mut declared = post("/api/generate", chunked(vec![b"{}"]));
+    declared
+        .headers_mut()
+        .insert("content-length", "1000000".parse().unwrap());
+    let err = refused(&small, declared).await;
     assert_eq!(
         err.downcast_ref::<BodyTooLarge>().map(|e| e.limit()),
         Some(16)
     );
 
-    let err = classify(
+    let err = refused(
         &small,
-        Request::post("/api/generate")
-            .body(chunked(vec![
-                b"{\"model\":\"llama3\",",
-                b"\"prompt\":\"long\"}",
-            ]))
-            .unwrap(),
+        post(
+            "/api/generate",
+            chunked(vec![b"{\"model\":\"llama3\",", b"\"prompt\":\"long\"}"]),
+        ),
     )
-    .await
-    .unwrap_err();
+    .await;
     assert!(err.is::<BodyTooLarge>(), "{err}");
 
-    let err = classify(
-        &small,
-        Request::post("/api/generate")
-            .body(Body::from("x".repeat(17)))
-            .unwrap(),
-    )
-    .await
-    .unwrap_err();
+    let err = refused(&small, post("/api/generate", Body::from("x".repeat(17)))).await;
     assert!(err.is::<BodyTooLarge>(), "{err}");
 }
 
 #[tokio::test]
 async fn blob_uploads_stream_through_unread_and_unbounded() {
-    let seen = classify(
+    let seen = admitted(
         &config("max_request_bytes = 4"),
-        Request::post("/api/blobs/sha256:abc")
-            .body(chunked(vec![b"0123456789"]))
-            .unwrap(),
+        post("/api/blobs/sha256:abc", chunked(vec![b"0123456789"])),
     )
-    .await
-    .unwrap();
+    .await;
     assert!(seen.buffered.is_none(), "blobs are not held in memory");
     assert_eq!(seen.meta.endpoint, Endpoint::Blobs);
 }
 
 #[tokio::test]
 async fn malformed_json_is_a_bad_request_that_says_what_is_wrong() {
-    let err = classify(
+    let err = refused(
         &config(""),
-        Request::post("/v1/chat/completions")
-            .body(Body::from("{\"model\": llama3}"))
-            .unwrap(),
+        post("/v1/chat/completions", Body::from("{\"model\": llama3}")),
     )
-    .await
-    .unwrap_err();
+    .await;
     let invalid = err
         .downcast_ref::<InvalidRequest>()
         .expect("invalid request");
@@ -133,25 +113,18 @@ async fn a_broken_client_body_is_reported_as_a_read_failure() {
         ]
         .into_iter(),
     );
-    let err = classify(
+    let err = refused(
         &config(""),
-        Request::post("/api/chat")
-            .body(Body::streamed(StreamBody::new(stream)))
-            .unwrap(),
+        post("/api/chat", Body::streamed(StreamBody::new(stream))),
     )
-    .await
-    .unwrap_err();
+    .await;
     assert!(err.is::<BodyReadFailed>(), "{err}");
 }
 
 #[tokio::test]
 async fn metadata_reads_are_classified_without_a_body() {
-    let seen = classify(
-        &config(""),
-        Request::get("/api/tags").body(Body::empty()).unwrap(),
-    )
-    .await
-    .unwrap();
+    let tags = Request::get("/api/tags").body(Body::empty()).unwrap();
+    let seen = admitted(&config(""), tags).await;
     assert_eq!(seen.meta.endpoint, Endpoint::Tags);
     assert!(seen.meta.model.is_none());
 }
@@ -165,11 +138,9 @@ async fn a_body_that_stops_arriving_is_refused_with_408_after_the_timeout_and_no
         Bytes::from_static(b"{\"model\":"),
     ))])
     .chain(futures_util::stream::pending());
-    let request = Request::post("/api/generate")
-        .body(Body::streamed(StreamBody::new(stalled)))
-        .unwrap();
+    let request = post("/api/generate", Body::streamed(StreamBody::new(stalled)));
     let start = Instant::now();
-    let err = classify(&config, request).await.unwrap_err();
+    let err = refused(&config, request).await;
     assert_eq!(start.elapsed(), Duration::from_secs(10));
     let timed_out = err.downcast_ref::<corral_classify::BodyTimedOut>().unwrap();
     assert!(timed_out.to_string().contains("body_read_timeout"));
@@ -185,9 +156,10 @@ async fn a_body_that_stops_arriving_is_refused_with_408_after_the_timeout_and_no
             Ok::<_, Infallible>(http_body::Frame::data(Bytes::from_static(chunk)))
         },
     );
-    let request = Request::post("/api/generate")
-        .body(Body::streamed(StreamBody::new(Box::pin(slow))))
-        .unwrap();
-    let seen = classify(&config, request).await.unwrap();
+    let request = post(
+        "/api/generate",
+        Body::streamed(StreamBody::new(Box::pin(slow))),
+    );
+    let seen = admitted(&config, request).await;
     assert_eq!(seen.meta.model.as_deref(), Some("llama3"));
 }

@@ -13,19 +13,20 @@ use http::Request;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
-use common::{chat, classify, config, CHAT, FLEET};
+use common::{admitted, chat, config, refused, FLEET};
+
+/// A config with one agent, `id`, and one more line of its settings.
+fn one_agent(id: &str, setting: &str) -> ClassifyConfig {
+    config(&format!("[[agents]]\nid = {id:?}\n{setting}\n"))
+}
 
 #[tokio::test]
 async fn an_agent_with_a_key_is_known_by_it_and_gets_its_class_priority() {
-    let seen = classify(
+    let seen = admitted(
         &config(FLEET),
-        chat(CHAT)
-            .header("authorization", "Bearer sk-planner-secret")
-            .body(Body::from(CHAT))
-            .unwrap(),
+        chat(&[("authorization", "Bearer sk-planner-secret")]),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(seen.meta.agent.as_str(), "planner");
     assert_eq!(seen.meta.class.as_str(), "opus");
     assert!(seen.meta.authenticated);
@@ -37,33 +38,19 @@ async fn an_agent_with_a_key_is_known_by_it_and_gets_its_class_priority() {
 
 #[tokio::test]
 async fn an_unknown_key_is_ignored_unless_keys_are_required() {
-    let seen = classify(
+    let unknown_key = ("authorization", "Bearer ollama");
+    let seen = admitted(
         &config(FLEET),
-        chat(CHAT)
-            .header("authorization", "Bearer ollama")
-            .header("x-agent-id", "nightly")
-            .body(Body::from(CHAT))
-            .unwrap(),
+        chat(&[unknown_key, ("x-agent-id", "nightly")]),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(seen.meta.agent.as_str(), "nightly");
     assert!(!seen.meta.authenticated);
 
     let strict = config(&format!("require_key = true\n{FLEET}"));
-    let err = classify(
-        &strict,
-        chat(CHAT)
-            .header("authorization", "Bearer ollama")
-            .body(Body::from(CHAT))
-            .unwrap(),
-    )
-    .await
-    .unwrap_err();
+    let err = refused(&strict, chat(&[unknown_key])).await;
     assert!(err.is::<Unauthenticated>(), "{err}");
-    let err = classify(&strict, chat(CHAT).body(Body::from(CHAT)).unwrap())
-        .await
-        .unwrap_err();
+    let err = refused(&strict, chat(&[])).await;
     assert!(err.to_string().contains("API key is required"), "{err}");
 }
 
@@ -92,56 +79,23 @@ async fn keys_kept_as_hashes_or_in_files_identify_and_revoked_ones_are_refused()
             "c6b0df97c94d158eae9358897ac3f344638cb8305fb9260e8c93c6bb8a72d334",
         ),
     );
-    let with_key = |key: &str| {
-        chat(CHAT)
-            .header("authorization", format!("Bearer {key}"))
-            .body(Body::from(CHAT))
-            .unwrap()
-    };
-    let seen = classify(&fleet, with_key("sk-hashed-agent-key"))
-        .await
-        .unwrap();
+    let with_key = |key: &str| chat(&[("authorization", &format!("Bearer {key}"))]);
+    let seen = admitted(&fleet, with_key("sk-hashed-agent-key")).await;
     assert_eq!(seen.meta.agent.as_str(), "hashed");
     assert!(seen.meta.authenticated);
-    let seen = classify(&fleet, with_key("sk-from-a-file-key"))
-        .await
-        .unwrap();
+    let seen = admitted(&fleet, with_key("sk-from-a-file-key")).await;
     assert_eq!(seen.meta.agent.as_str(), "filed");
-    let err = classify(&fleet, with_key("sk-revoked-key-1"))
-        .await
-        .unwrap_err();
+    let err = refused(&fleet, with_key("sk-revoked-key-1")).await;
     assert!(err.to_string().contains("revoked"), "{err}");
-    let err = classify(
-        &fleet,
-        chat(CHAT)
-            .header("x-agent-id", "gone")
-            .body(Body::from(CHAT))
-            .unwrap(),
-    )
-    .await
-    .unwrap_err();
+    let err = refused(&fleet, chat(&[("x-agent-id", "gone")])).await;
     assert!(err.to_string().contains("revoked"), "{err}");
     std::fs::remove_file(file).unwrap();
 }
 
 #[tokio::test]
 async fn an_anthropic_clients_x_api_key_identifies_its_agent() {
-    let fleet = config(
-        r#"
-        [[agents]]
-        id = "claude-1"
-        key = "sk-claude-agent-key"
-        "#,
-    );
-    let seen = classify(
-        &fleet,
-        chat(CHAT)
-            .header("x-api-key", "sk-claude-agent-key")
-            .body(Body::from(CHAT))
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    let fleet = one_agent("claude-1", r#"key = "sk-claude-agent-key""#);
+    let seen = admitted(&fleet, chat(&[("x-api-key", "sk-claude-agent-key")])).await;
     assert_eq!(seen.meta.agent.as_str(), "claude-1");
     assert!(seen.meta.authenticated);
 }
@@ -150,58 +104,29 @@ async fn an_anthropic_clients_x_api_key_identifies_its_agent() {
 async fn an_agent_whose_key_variable_is_unset_is_disabled_not_claimable() {
     // The proxy starts (an image run without the managing key serves the
     // others); the agent's id cannot be claimed without its key.
-    let fleet = config(
-        r#"
-        [[agents]]
-        id = "ops"
-        key_env = "CORRAL_TEST_KEY_NEVER_SET"
-        "#,
-    );
-    let err = classify(
-        &fleet,
-        chat(CHAT)
-            .header("x-agent-id", "ops")
-            .body(Body::from(CHAT))
-            .unwrap(),
-    )
-    .await
-    .unwrap_err();
+    let fleet = one_agent("ops", r#"key_env = "CORRAL_TEST_KEY_NEVER_SET""#);
+    let err = refused(&fleet, chat(&[("x-agent-id", "ops")])).await;
     assert!(err.is::<Unauthenticated>(), "{err}");
 }
 
 #[tokio::test]
 async fn naming_a_keyed_agent_without_its_key_is_refused() {
-    let err = classify(
-        &config(FLEET),
-        chat(CHAT)
-            .header("x-agent-id", "planner")
-            .body(Body::from(CHAT))
-            .unwrap(),
-    )
-    .await
-    .unwrap_err();
+    let err = refused(&config(FLEET), chat(&[("x-agent-id", "planner")])).await;
     assert!(err.is::<Unauthenticated>(), "{err}");
 }
 
 #[tokio::test]
 async fn unlisted_agents_are_in_the_default_class_and_may_ask_any_priority() {
-    let seen = classify(
+    let seen = admitted(
         &config(FLEET),
-        chat(CHAT)
-            .header("x-agent-id", "newcomer-42")
-            .header("x-priority", "1")
-            .body(Body::from(CHAT))
-            .unwrap(),
+        chat(&[("x-agent-id", "newcomer-42"), ("x-priority", "1")]),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(seen.meta.agent.as_str(), "newcomer-42");
     assert_eq!(seen.meta.class.as_str(), "default");
     assert_eq!(seen.meta.priority.get(), 1);
 
-    let anonymous = classify(&config(FLEET), chat(CHAT).body(Body::from(CHAT)).unwrap())
-        .await
-        .unwrap();
+    let anonymous = admitted(&config(FLEET), chat(&[])).await;
     assert_eq!(anonymous.meta.agent.as_str(), "anonymous");
     assert_eq!(anonymous.meta.priority.get(), 5);
 }
@@ -209,16 +134,11 @@ async fn unlisted_agents_are_in_the_default_class_and_may_ask_any_priority() {
 #[tokio::test]
 async fn an_asked_priority_is_moved_into_the_class_range() {
     for (asked, got) in [("1", 7), ("8", 8), ("10", 10)] {
-        let seen = classify(
+        let seen = admitted(
             &config(FLEET),
-            chat(CHAT)
-                .header("x-agent-id", "nightly")
-                .header("x-priority", asked)
-                .body(Body::from(CHAT))
-                .unwrap(),
+            chat(&[("x-agent-id", "nightly"), ("x-priority", asked)]),
         )
-        .await
-        .unwrap();
+        .await;
         assert_eq!(seen.meta.priority.get(), got, "asked {asked}");
     }
 }
@@ -226,15 +146,7 @@ async fn an_asked_priority_is_moved_into_the_class_range() {
 #[tokio::test]
 async fn a_priority_that_is_not_one_to_ten_is_a_bad_request() {
     for bad in ["0", "11", "urgent"] {
-        let err = classify(
-            &config(FLEET),
-            chat(CHAT)
-                .header("x-priority", bad)
-                .body(Body::from(CHAT))
-                .unwrap(),
-        )
-        .await
-        .unwrap_err();
+        let err = refused(&config(FLEET), chat(&[("x-priority", bad)])).await;
         assert!(err.is::<InvalidRequest>(), "{err}");
         assert!(err.to_string().contains("X-Priority"), "{err}");
     }
@@ -243,48 +155,22 @@ async fn a_priority_that_is_not_one_to_ten_is_a_bad_request() {
 #[tokio::test(start_paused = true)]
 async fn a_deadline_is_counted_from_arrival() {
     let start = Instant::now();
-    let seen = classify(
-        &config(""),
-        chat(CHAT)
-            .header("x-deadline-ms", "1500")
-            .body(Body::from(CHAT))
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    let seen = admitted(&config(""), chat(&[("x-deadline-ms", "1500")])).await;
     assert_eq!(
         seen.meta.deadline,
         Some(start + Duration::from_millis(1500))
     );
 
-    let err = classify(
-        &config(""),
-        chat(CHAT)
-            .header("x-deadline-ms", "soon")
-            .body(Body::from(CHAT))
-            .unwrap(),
-    )
-    .await
-    .unwrap_err();
+    let err = refused(&config(""), chat(&[("x-deadline-ms", "soon")])).await;
     assert!(err.is::<InvalidRequest>());
 }
 
 #[tokio::test]
 async fn a_request_id_is_kept_or_made() {
-    let kept = classify(
-        &config(""),
-        chat(CHAT)
-            .header("x-request-id", "abc-123")
-            .body(Body::from(CHAT))
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    let kept = admitted(&config(""), chat(&[("x-request-id", "abc-123")])).await;
     assert_eq!(kept.meta.request_id.as_str(), "abc-123");
 
-    let made = classify(&config(""), chat(CHAT).body(Body::from(CHAT)).unwrap())
-        .await
-        .unwrap();
+    let made = admitted(&config(""), chat(&[])).await;
     assert_eq!(
         made.request_id_header.as_deref(),
         Some(made.meta.request_id.as_str())
@@ -300,7 +186,7 @@ async fn readiness_is_the_inner_services() {
     tokio_test::assert_pending!(tokio_test::task::spawn(()).enter(|cx, _| service.poll_ready(cx)));
     handle.allow(1);
     service.ready().await.unwrap();
-    let response = service.call(Request::post("/api/chat").body(Body::from(CHAT)).unwrap());
+    let response = service.call(chat(&[]));
     let (request, send) = handle.next_request().await.unwrap();
     assert_eq!(
         request

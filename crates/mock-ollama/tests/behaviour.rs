@@ -3,36 +3,18 @@
 
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
+mod common;
+
 use std::time::Duration;
 
-use bytes::Bytes;
+use common::{call, fast};
 use corral_mock_ollama::{MockConfig, MockOllama, BUSY_MESSAGE};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
+/// Posts `body` to `url` with the fault header if given: the status and
+/// the body, read to its end or to where it broke.
 async fn post(url: String, body: &'static str, fault: Option<&'static str>) -> (u16, String) {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let mut request = http::Request::post(url)
-        .body(Full::new(Bytes::from_static(body.as_bytes())))
-        .unwrap();
-    if let Some(fault) = fault {
-        request
-            .headers_mut()
-            .insert("x-mock-fault", fault.parse().unwrap());
-    }
-    let response = tokio::time::timeout(Duration::from_secs(20), client.request(request))
-        .await
-        .unwrap()
-        .unwrap();
-    let status = response.status().as_u16();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    let reply = call(&url, body, fault).await;
+    (reply.status, reply.text())
 }
 
 const GENERATE: &str = r#"{"model":"llama3","prompt":"x","stream":false}"#;
@@ -147,9 +129,7 @@ async fn an_error_rate_fails_about_that_share_of_requests_and_repeats_with_its_s
     let run = || async {
         let mock = MockOllama::start(MockConfig {
             error_rate: 0.3,
-            ttft: Duration::ZERO,
-            tokens_per_sec: f64::INFINITY,
-            ..MockConfig::default()
+            ..fast()
         })
         .await
         .unwrap();

@@ -6,29 +6,36 @@
 
 mod common;
 
-use common::{call, fast, send, wait_for};
-use corral_mock_ollama::{MockConfig, MockOllama, BUSY_MESSAGE};
+use common::Says::Anything;
+use common::{
+    assert_errors, assert_holds, busy, call, events_ok, events_until_broken, fast_at, fast_slots,
+    invalid, json_ok, names, not_json, send, spawn_call, unknown_model, wait_for,
+};
 use http_body_util::BodyExt;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const ASK: &str = r#"{"model":"llama3","max_tokens":100,"system":"be brief","messages":[{"role":"user","content":[{"type":"text","text":"why is the sky "},{"type":"text","text":"blue"}]}]}"#;
 const ASK_STREAM: &str = r#"{"model":"llama3","max_tokens":100,"system":"be brief","stream":true,"messages":[{"role":"user","content":"why is the sky blue"}]}"#;
 const CHAT: &str = r#"{"model":"llama3","stream":false,"messages":[{"role":"system","content":"be brief"},{"role":"user","content":"why is the sky blue"}]}"#;
 
+/// Asserts the `message_delta` event, last but one, says the answer
+/// stopped for `reason` after `tokens` tokens.
+fn assert_stopped(events: &[(String, Value)], reason: &str, tokens: u64) {
+    let delta = &events[events.len() - 2].1;
+    assert_eq!(delta["delta"]["stop_reason"], reason);
+    assert_eq!(delta["usage"]["output_tokens"], tokens);
+}
+
 #[tokio::test]
 async fn a_message_answers_the_words_chat_gives_the_same_conversation() {
-    let mock = MockOllama::start(fast()).await.unwrap();
-    let reply = call(&format!("{}/v1/messages", mock.url()), ASK, None).await;
-    assert_eq!(reply.status, 200);
-    assert!(reply.content_type.starts_with("application/json"));
-    let message = reply.json();
-    assert_eq!(message["type"], "message");
-    assert_eq!(message["role"], "assistant");
-    assert_eq!(message["model"], "llama3");
+    let (mock, url) = fast_at("/v1/messages").await;
+    let message = json_ok(&url, ASK).await;
+    let expected = json!({
+        "type": "message", "role": "assistant", "model": "llama3", "stop_reason": "end_turn",
+        "content": [{"type": "text"}], "usage": {"output_tokens": 24}
+    });
+    assert_holds(&message, &expected);
     assert!(message["id"].as_str().unwrap().starts_with("msg_"));
-    assert_eq!(message["stop_reason"], "end_turn");
-    assert_eq!(message["content"][0]["type"], "text");
-    assert_eq!(message["usage"]["output_tokens"], 24);
     assert!(message["usage"]["input_tokens"].as_u64().unwrap() > 0);
 
     let chat = call(&format!("{}/api/chat", mock.url()), CHAT, None)
@@ -54,18 +61,13 @@ async fn a_message_answers_the_words_chat_gives_the_same_conversation() {
 
 #[tokio::test]
 async fn a_streamed_message_sends_named_events_whose_deltas_make_the_text() {
-    let mock = MockOllama::start(fast()).await.unwrap();
-    let url = format!("{}/v1/messages", mock.url());
-    let whole = call(&url, ASK, None).await.json();
-    let reply = call(&url, ASK_STREAM, None).await;
-    assert_eq!(reply.status, 200);
-    assert_eq!(reply.content_type, "text/event-stream");
-    let events = reply.events();
-    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    let (_mock, url) = fast_at("/v1/messages").await;
+    let whole = json_ok(&url, ASK).await;
+    let events = events_ok(&url, ASK_STREAM).await;
     let mut expected = vec!["message_start", "content_block_start"];
     expected.extend(["content_block_delta"; 24]);
     expected.extend(["content_block_stop", "message_delta", "message_stop"]);
-    assert_eq!(names, expected);
+    assert_eq!(names(&events), expected);
     for (name, data) in &events {
         assert_eq!(data["type"], name.as_str(), "each event's data names it");
     }
@@ -86,17 +88,14 @@ async fn a_streamed_message_sends_named_events_whose_deltas_make_the_text() {
         })
         .collect();
     assert_eq!(text, whole["content"][0]["text"].as_str().unwrap());
-    let delta = &events[events.len() - 2].1;
-    assert_eq!(delta["delta"]["stop_reason"], "end_turn");
-    assert_eq!(delta["usage"]["output_tokens"], 24);
+    assert_stopped(&events, "end_turn", 24);
 }
 
 #[tokio::test]
 async fn max_tokens_cuts_the_answer_with_stop_reason_max_tokens() {
-    let mock = MockOllama::start(fast()).await.unwrap();
-    let url = format!("{}/v1/messages", mock.url());
+    let (_mock, url) = fast_at("/v1/messages").await;
     let cut = ASK.replace("\"max_tokens\":100", "\"max_tokens\":3");
-    let message = call(&url, &cut, None).await.json();
+    let message = json_ok(&url, &cut).await;
     assert_eq!(message["stop_reason"], "max_tokens");
     assert_eq!(message["usage"]["output_tokens"], 3);
     assert_eq!(
@@ -109,82 +108,46 @@ async fn max_tokens_cuts_the_answer_with_stop_reason_max_tokens() {
     );
 
     let cut = ASK_STREAM.replace("\"max_tokens\":100", "\"max_tokens\":3");
-    let events = call(&url, &cut, None).await.events();
+    let events = events_ok(&url, &cut).await;
     let deltas = events.iter().filter(|(n, _)| n == "content_block_delta");
     assert_eq!(deltas.count(), 3);
-    let delta = &events[events.len() - 2].1;
-    assert_eq!(delta["delta"]["stop_reason"], "max_tokens");
-    assert_eq!(delta["usage"]["output_tokens"], 3);
+    assert_stopped(&events, "max_tokens", 3);
 }
 
 #[tokio::test]
 async fn errors_come_in_anthropics_shape_with_ollamas_statuses() {
-    let mock = MockOllama::start(fast()).await.unwrap();
-    let url = format!("{}/v1/messages", mock.url());
-    let error = |reply: common::Reply| {
-        let body = reply.json();
+    let (mock, url) = fast_at("/v1/messages").await;
+    let cases = [
+        unknown_model(ASK),
+        invalid(
+            r#"{"max_tokens":100,"messages":[{"role":"user","content":"hi"}]}"#,
+            "model is required",
+        ),
+        // Ollama requires max_tokens, as Anthropic does.
+        invalid(
+            r#"{"model":"llama3","messages":[{"role":"user","content":"hi"}]}"#,
+            "max_tokens is required and must be positive",
+        ),
+        invalid(
+            r#"{"model":"llama3","max_tokens":10,"messages":[]}"#,
+            "messages is required",
+        ),
+        not_json("{not json"),
+        busy(ASK, "overloaded_error"),
+        (ASK.into(), Some("status=500"), 500, "api_error", Anything),
+    ];
+    assert_errors(&url, &cases, |body| {
         assert_eq!(body["type"], "error", "{body}");
         assert!(body["request_id"].as_str().unwrap().starts_with("req_"));
-        (
-            reply.status,
-            body["error"]["type"].as_str().unwrap().to_string(),
-            body["error"]["message"].as_str().unwrap().to_string(),
-        )
-    };
-    let unknown = ASK.replace("llama3", "no-such-model");
-    let (status, kind, message) = error(call(&url, &unknown, None).await);
-    assert_eq!((status, kind.as_str()), (404, "not_found_error"));
-    assert!(message.contains("no-such-model"), "{message}");
-
-    let missing = r#"{"max_tokens":100,"messages":[{"role":"user","content":"hi"}]}"#;
-    assert_eq!(
-        error(call(&url, missing, None).await),
-        (
-            400,
-            "invalid_request_error".into(),
-            "model is required".into()
-        )
-    );
-    let no_max = r#"{"model":"llama3","messages":[{"role":"user","content":"hi"}]}"#;
-    assert_eq!(
-        error(call(&url, no_max, None).await),
-        (
-            400,
-            "invalid_request_error".into(),
-            "max_tokens is required and must be positive".into()
-        ),
-        "Ollama requires max_tokens, as Anthropic does"
-    );
-    let no_messages = r#"{"model":"llama3","max_tokens":10,"messages":[]}"#;
-    assert_eq!(
-        error(call(&url, no_messages, None).await),
-        (
-            400,
-            "invalid_request_error".into(),
-            "messages is required".into()
-        )
-    );
-    let (status, kind, _) = error(call(&url, "{not json", None).await);
-    assert_eq!((status, kind.as_str()), (400, "invalid_request_error"));
-
-    assert_eq!(
-        error(call(&url, ASK, Some("busy")).await),
-        (503, "overloaded_error".into(), BUSY_MESSAGE.into())
-    );
-    let (status, kind, _) = error(call(&url, ASK, Some("status=500")).await);
-    assert_eq!((status, kind.as_str()), (500, "api_error"));
+    })
+    .await;
     assert_eq!(mock.stats().tokens_generated, 0);
 }
 
 #[tokio::test]
 async fn drop_after_breaks_the_stream_mid_events() {
-    let mock = MockOllama::start(fast()).await.unwrap();
-    let url = format!("{}/v1/messages", mock.url());
-    let reply = call(&url, ASK_STREAM, Some("drop_after=5")).await;
-    assert_eq!(reply.status, 200);
-    assert!(reply.broken, "the connection broke: {}", reply.text());
-    let events = reply.events();
-    assert_eq!(events.len(), 5, "whole events up to the break");
+    let (mock, url) = fast_at("/v1/messages").await;
+    let events = events_until_broken(&url, ASK_STREAM, 5).await;
     assert!(events.iter().all(|(n, _)| n != "message_stop"));
     let stats = mock.stats();
     assert_eq!(stats.faults_injected, 1);
@@ -194,25 +157,15 @@ async fn drop_after_breaks_the_stream_mid_events() {
 
 #[tokio::test]
 async fn messages_and_chats_share_the_models_slots_and_a_client_leaving_frees_one() {
-    let mock = MockOllama::start(MockConfig {
-        parallel: 2,
-        max_queue: 1,
-        ..fast()
-    })
-    .await
-    .unwrap();
+    let mock = fast_slots(2, 1).await;
     let url = format!("{}/v1/messages", mock.url());
     // Two streams hold both slots, paused after their first event.
     let held: Vec<_> = (0..2)
-        .map(|_| {
-            let url = url.clone();
-            tokio::spawn(async move { call(&url, ASK_STREAM, Some("pause_after=1")).await })
-        })
+        .map(|_| spawn_call(url.clone(), ASK_STREAM, Some("pause_after=1")))
         .collect();
     wait_for(&mock, "two paused streams", |s| s.paused == 2).await;
     // A chat for the same model waits for one of them; one more is refused.
-    let chat_url = format!("{}/api/chat", mock.url());
-    let queued = tokio::spawn(async move { call(&chat_url, CHAT, None).await });
+    let queued = spawn_call(format!("{}/api/chat", mock.url()), CHAT, None);
     wait_for(&mock, "a queued chat", |s| s.queued == 1).await;
     let refused = call(&url, ASK, None).await;
     assert_eq!(refused.status, 503);

@@ -7,9 +7,12 @@
 
 mod common;
 
-use common::{call, fast, wait_for};
-use corral_mock_ollama::{MockConfig, MockOllama, BUSY_MESSAGE};
-use serde_json::Value;
+use common::{
+    assert_errors, assert_holds, busy, call, events_ok, events_until_broken, fast_at, fast_slots,
+    invalid, json_ok, names, not_json, spawn_call, unknown_model, wait_for,
+};
+use corral_mock_ollama::BUSY_MESSAGE;
+use serde_json::{json, Value};
 
 const ASK: &str = r#"{"model":"llama3","instructions":"be brief","input":"why is the sky blue","temperature":0.2}"#;
 const ASK_ITEMS: &str = r#"{"model":"llama3","instructions":"be brief","stream":true,"input":[{"type":"message","role":"user","content":[{"type":"input_text","text":"why is the sky "},{"type":"input_text","text":"blue"}]}]}"#;
@@ -23,16 +26,13 @@ fn output_text(response: &Value) -> &str {
 
 #[tokio::test]
 async fn a_response_answers_the_words_chat_gives_the_same_conversation() {
-    let mock = MockOllama::start(fast()).await.unwrap();
-    let reply = call(&format!("{}/v1/responses", mock.url()), ASK, None).await;
-    assert_eq!(reply.status, 200);
-    assert!(reply.content_type.starts_with("application/json"));
-    let response = reply.json();
-    assert_eq!(response["object"], "response");
-    assert_eq!(response["status"], "completed");
-    assert_eq!(response["model"], "llama3");
+    let (mock, url) = fast_at("/v1/responses").await;
+    let response = json_ok(&url, ASK).await;
+    let expected = json!({
+        "object": "response", "status": "completed", "model": "llama3", "instructions": "be brief"
+    });
+    assert_holds(&response, &expected);
     assert!(response["id"].as_str().unwrap().starts_with("resp_"));
-    assert_eq!(response["instructions"], "be brief");
     assert_eq!(
         response["temperature"], 0.2,
         "the request's settings echoed"
@@ -65,14 +65,9 @@ async fn a_response_answers_the_words_chat_gives_the_same_conversation() {
 
 #[tokio::test]
 async fn a_streamed_response_sends_numbered_named_events_whose_deltas_make_the_text() {
-    let mock = MockOllama::start(fast()).await.unwrap();
-    let url = format!("{}/v1/responses", mock.url());
-    let whole = call(&url, ASK, None).await.json();
-    let reply = call(&url, ASK_ITEMS, None).await;
-    assert_eq!(reply.status, 200);
-    assert_eq!(reply.content_type, "text/event-stream");
-    let events = reply.events();
-    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    let (_mock, url) = fast_at("/v1/responses").await;
+    let whole = json_ok(&url, ASK).await;
+    let events = events_ok(&url, ASK_ITEMS).await;
     let mut expected = vec![
         "response.created",
         "response.in_progress",
@@ -86,7 +81,7 @@ async fn a_streamed_response_sends_numbered_named_events_whose_deltas_make_the_t
         "response.output_item.done",
         "response.completed",
     ]);
-    assert_eq!(names, expected);
+    assert_eq!(names(&events), expected);
     for (i, (name, data)) in events.iter().enumerate() {
         assert_eq!(data["type"], name.as_str());
         assert_eq!(data["sequence_number"], i, "{name}");
@@ -112,10 +107,9 @@ async fn a_streamed_response_sends_numbered_named_events_whose_deltas_make_the_t
 
 #[tokio::test]
 async fn max_output_tokens_cuts_the_answer_and_ollama_still_says_completed() {
-    let mock = MockOllama::start(fast()).await.unwrap();
-    let url = format!("{}/v1/responses", mock.url());
+    let (_mock, url) = fast_at("/v1/responses").await;
     let cut = ASK.replace("\"temperature\":0.2", "\"max_output_tokens\":3");
-    let response = call(&url, &cut, None).await.json();
+    let response = json_ok(&url, &cut).await;
     assert_eq!(response["usage"]["output_tokens"], 3);
     assert_eq!(output_text(&response).split(' ').count(), 3);
     assert_eq!(response["max_output_tokens"], 3);
@@ -124,7 +118,7 @@ async fn max_output_tokens_cuts_the_answer_and_ollama_still_says_completed() {
     assert_eq!(response["incomplete_details"], Value::Null);
 
     let cut = ASK_ITEMS.replace("\"stream\":true", "\"stream\":true,\"max_output_tokens\":3");
-    let events = call(&url, &cut, None).await.events();
+    let events = events_ok(&url, &cut).await;
     let deltas = events
         .iter()
         .filter(|(n, _)| n == "response.output_text.delta");
@@ -137,20 +131,14 @@ async fn max_output_tokens_cuts_the_answer_and_ollama_still_says_completed() {
 
 #[tokio::test]
 async fn an_empty_input_only_loads_the_model_and_answers_no_text() {
-    let mock = MockOllama::start(fast()).await.unwrap();
-    let url = format!("{}/v1/responses", mock.url());
-    let response = call(&url, r#"{"model":"llama3","input":""}"#, None)
-        .await
-        .json();
+    let (mock, url) = fast_at("/v1/responses").await;
+    let response = json_ok(&url, r#"{"model":"llama3","input":""}"#).await;
     assert_eq!(response["status"], "completed");
     assert_eq!(output_text(&response), "");
     assert_eq!(response["usage"]["total_tokens"], 0);
-    let events = call(&url, r#"{"model":"llama3","input":[],"stream":true}"#, None)
-        .await
-        .events();
-    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    let events = events_ok(&url, r#"{"model":"llama3","input":[],"stream":true}"#).await;
     assert_eq!(
-        names,
+        names(&events),
         [
             "response.created",
             "response.in_progress",
@@ -163,69 +151,41 @@ async fn an_empty_input_only_loads_the_model_and_answers_no_text() {
 
 #[tokio::test]
 async fn errors_come_in_openais_shape() {
-    let mock = MockOllama::start(fast()).await.unwrap();
-    let url = format!("{}/v1/responses", mock.url());
-    let error = |reply: common::Reply| {
-        let body = reply.json();
+    let (_mock, url) = fast_at("/v1/responses").await;
+    let cases = [
+        unknown_model(ASK),
+        invalid(r#"{"input":"hi"}"#, "model is required"),
+        not_json("[1,"),
+        busy(ASK, "api_error"),
+    ];
+    assert_errors(&url, &cases, |body| {
         let error = &body["error"];
         assert_eq!(
             (&error["param"], &error["code"]),
             (&Value::Null, &Value::Null)
         );
-        (
-            reply.status,
-            error["type"].as_str().unwrap().to_string(),
-            error["message"].as_str().unwrap().to_string(),
-        )
-    };
-    let unknown = ASK.replace("llama3", "no-such-model");
-    let (status, kind, message) = error(call(&url, &unknown, None).await);
-    assert_eq!((status, kind.as_str()), (404, "not_found_error"));
-    assert!(message.contains("no-such-model"), "{message}");
-    assert_eq!(
-        error(call(&url, r#"{"input":"hi"}"#, None).await),
-        (
-            400,
-            "invalid_request_error".into(),
-            "model is required".into()
-        )
-    );
-    let (status, kind, _) = error(call(&url, "[1,", None).await);
-    assert_eq!((status, kind.as_str()), (400, "invalid_request_error"));
-    assert_eq!(
-        error(call(&url, ASK, Some("busy")).await),
-        (503, "api_error".into(), BUSY_MESSAGE.into())
-    );
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn drop_after_breaks_the_stream_and_slots_are_shared_with_messages() {
-    let mock = MockOllama::start(MockConfig {
-        parallel: 2,
-        max_queue: 0,
-        ..fast()
-    })
-    .await
-    .unwrap();
+    let mock = fast_slots(2, 0).await;
     let url = format!("{}/v1/responses", mock.url());
-    let reply = call(&url, ASK_ITEMS, Some("drop_after=6")).await;
-    assert_eq!(reply.status, 200);
-    assert!(reply.broken, "the connection broke: {}", reply.text());
-    let events = reply.events();
-    assert_eq!(events.len(), 6, "whole events up to the break");
+    let events = events_until_broken(&url, ASK_ITEMS, 6).await;
     assert!(events.iter().all(|(n, _)| n != "response.completed"));
     assert_eq!(mock.stats().in_flight, 0);
 
     // A response and a message hold the model's two slots; a third call
     // finds no room in a queue of zero.
     let held = [
-        (url.clone(), ASK_ITEMS.to_string()),
+        (url.clone(), ASK_ITEMS),
         (
             format!("{}/v1/messages", mock.url()),
-            r#"{"model":"llama3","max_tokens":9,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#.to_string(),
+            r#"{"model":"llama3","max_tokens":9,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
         ),
     ]
-    .map(|(url, body)| tokio::spawn(async move { call(&url, &body, Some("pause_after=1")).await }));
+    .map(|(url, body)| spawn_call(url, body, Some("pause_after=1")));
     wait_for(&mock, "two paused streams", |s| s.paused == 2).await;
     let refused = call(&url, ASK, None).await;
     assert_eq!(refused.status, 503);

@@ -139,6 +139,7 @@ fn matches(pattern: &str, model: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// The permissions of an auth config read from `toml_text`.
     fn permissions(toml_text: &str) -> Permissions {
         let config: AuthConfig = toml::from_str(toml_text).unwrap();
         Permissions::new(&config).unwrap()
@@ -149,22 +150,17 @@ mod tests {
         let p = permissions("");
         assert!(p.check("any", Endpoint::Chat, Some("llama3")).is_ok());
         assert!(p.check("any", Endpoint::Tags, None).is_ok());
-        assert!(matches!(
-            p.check("any", Endpoint::Pull, None),
-            Err(Denied::Endpoint)
-        ));
-        assert!(matches!(
-            p.check("any", Endpoint::Delete, None),
-            Err(Denied::Endpoint)
-        ));
-        assert!(matches!(
-            p.check("any", Endpoint::Create, None),
-            Err(Denied::Endpoint)
-        ));
-        assert!(matches!(
-            p.check("any", Endpoint::Other, None),
-            Err(Denied::Endpoint)
-        ));
+        for managing in [
+            Endpoint::Pull,
+            Endpoint::Delete,
+            Endpoint::Create,
+            Endpoint::Other,
+        ] {
+            assert!(
+                matches!(p.check("any", managing, None), Err(Denied::Endpoint)),
+                "{managing:?}"
+            );
+        }
     }
 
     #[test]

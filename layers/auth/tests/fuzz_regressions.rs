@@ -4,50 +4,20 @@
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
 use std::convert::Infallible;
-use std::sync::Arc;
 
 use bytes::Bytes;
-use corral_auth::{AuthConfig, AuthLayer, MemoryReplay, Signed};
+use corral_auth::{AuthConfig, AuthLayer};
 use corral_core::{Body, Endpoint, RequestMeta};
 use http::Request;
 use tower::{service_fn, Layer, ServiceExt};
 
-const SECRET: &str = "planner secret, long enough";
-const NOW: f64 = 1_764_115_200.0;
+mod common;
 
-fn config(freshness: &str) -> AuthConfig {
-    toml::from_str(&format!(
-        "freshness = \"{freshness}\"\n[secrets]\nplanner = {{ value = \"{SECRET}\" }}\n"
-    ))
-    .unwrap()
-}
+use common::{config, echo, layer, service, signed, NOW};
 
-fn signed_generate(id: &str) -> Request<Body> {
-    let body: &'static [u8] = br#"{"model":"llama3","prompt":"hi"}"#;
-    let timestamp = format!("{NOW}");
-    let signature = Signed {
-        agent: "planner",
-        method: "POST",
-        path_and_query: "/api/generate",
-        timestamp: &timestamp,
-        request_id: id,
-        body,
-    }
-    .sign(SECRET.as_bytes());
-    let mut request = Request::post("/api/generate")
-        .header("x-timestamp", &timestamp)
-        .header("x-request-id", id)
-        .header("x-signature", signature)
-        .body(Body::from(Bytes::from_static(body)))
-        .unwrap();
-    request
-        .extensions_mut()
-        .insert(RequestMeta::new(id.into(), Endpoint::Generate).with_agent(
-            "planner".into(),
-            "opus".into(),
-            true,
-        ));
-    request
+/// An auth config with planner's secret and a freshness window of `freshness`.
+fn fresh_for(freshness: &str) -> AuthConfig {
+    config(&format!("freshness = \"{freshness}\""))
 }
 
 /// A freshness window near `Duration::MAX` passed `validate`, and every
@@ -57,17 +27,11 @@ fn signed_generate(id: &str) -> Request<Body> {
 /// starts must answer.
 #[tokio::test]
 async fn a_freshness_window_too_wide_to_double_never_panics_a_request() {
-    let huge = config("500000000000y");
-    match AuthLayer::new(&huge).map(|l| {
-        l.with_store(Arc::new(MemoryReplay::new(10)))
-            .with_clock(|| NOW)
-    }) {
+    let huge = fresh_for("500000000000y");
+    match layer(&huge) {
         Err(err) => assert_eq!(err.key(), "freshness"),
         Ok(layer) => {
-            let service = layer.layer(service_fn(|_request: Request<Body>| async {
-                Ok::<_, Infallible>(())
-            }));
-            let _answer = service.oneshot(signed_generate("huge-1")).await;
+            let _answer = echo(layer).oneshot(signed("huge-1", NOW)).await;
         }
     }
 }
@@ -75,31 +39,19 @@ async fn a_freshness_window_too_wide_to_double_never_panics_a_request() {
 /// The fix: such a window is refused at start-up.
 #[test]
 fn a_freshness_window_wider_than_a_day_is_refused_at_start_up() {
-    let err = config("500000000000y").validate().unwrap_err();
+    let err = fresh_for("500000000000y").validate().unwrap_err();
     assert_eq!(err.key(), "freshness");
     assert!(err.to_string().contains("at most 24h"), "{err}");
-    assert!(config("25h").validate().is_err());
-    assert!(config("24h").validate().is_ok());
+    assert!(fresh_for("25h").validate().is_err());
+    assert!(fresh_for("24h").validate().is_ok());
 }
 
 #[tokio::test]
 async fn the_widest_freshness_window_allowed_still_answers_signed_requests() {
-    let layer = AuthLayer::new(&config("24h"))
-        .map(|l| {
-            l.with_store(Arc::new(MemoryReplay::new(10)))
-                .with_clock(|| NOW)
-        })
-        .unwrap();
-    let service = layer.layer(service_fn(|_request: Request<Body>| async {
-        Ok::<_, Infallible>(())
-    }));
-    assert!(service
-        .clone()
-        .oneshot(signed_generate("wide-1"))
-        .await
-        .is_ok());
+    let service = service(&fresh_for("24h"));
+    assert!(service.clone().oneshot(signed("wide-1", NOW)).await.is_ok());
     assert!(
-        service.oneshot(signed_generate("wide-1")).await.is_err(),
+        service.oneshot(signed("wide-1", NOW)).await.is_err(),
         "a replay within twice the window"
     );
 }

@@ -8,9 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use corral_breaker::{Admission, BreakerConfig, BreakerLayer, BreakerOpen, Circuit, State};
+use corral_breaker::{
+    Admission, BreakerConfig, BreakerLayer, BreakerOpen, BreakerService, Circuit, ResponseBody,
+    State,
+};
 use corral_core::{
-    AttemptTimedOut, Body, Bus, Failure, MemoryBus, Outcome, Refusal, UpstreamFailed,
+    AttemptTimedOut, Body, BoxError, Bus, Failure, MemoryBus, Outcome, Refusal, UpstreamFailed,
 };
 use http::{Request, Response, StatusCode};
 use http_body_util::channel::Channel;
@@ -21,6 +24,7 @@ use tower_test::mock;
 
 const FAIL: Outcome = Outcome::Failure(Failure::Status(503));
 
+/// The default config without a failure rate: only failures in a row count.
 fn config() -> BreakerConfig {
     BreakerConfig {
         failure_rate: None,
@@ -40,6 +44,15 @@ fn call(
         circuit.record(config, now, a, outcome, false);
     }
     admission
+}
+
+/// A circuit opened by five failures in a row.
+fn tripped(config: &BreakerConfig) -> Circuit {
+    let mut circuit = Circuit::new();
+    for _ in 0..5 {
+        call(&mut circuit, config, FAIL).unwrap();
+    }
+    circuit
 }
 
 #[tokio::test(start_paused = true)]
@@ -151,10 +164,7 @@ async fn after_the_open_time_probes_decide_close_or_reopen_for_longer() {
         open_backoff: 2.0,
         ..config()
     };
-    let mut circuit = Circuit::new();
-    for _ in 0..5 {
-        call(&mut circuit, &config, FAIL).unwrap();
-    }
+    let mut circuit = tripped(&config);
     tokio::time::advance(Duration::from_secs(60)).await;
     let now = Instant::now();
     let (first, transition) = circuit.admit(&config, now);
@@ -201,10 +211,7 @@ async fn after_the_open_time_probes_decide_close_or_reopen_for_longer() {
 #[tokio::test(start_paused = true)]
 async fn a_probe_whose_client_left_frees_its_place_for_another() {
     let config = config();
-    let mut circuit = Circuit::new();
-    for _ in 0..5 {
-        call(&mut circuit, &config, FAIL).unwrap();
-    }
+    let mut circuit = tripped(&config);
     tokio::time::advance(Duration::from_secs(60)).await;
     let now = Instant::now();
     assert_eq!(circuit.admit(&config, now).0, Ok(Admission::Probe));
@@ -213,37 +220,96 @@ async fn a_probe_whose_client_left_frees_its_place_for_another() {
     assert_eq!(circuit.admit(&config, now).0, Ok(Admission::Probe));
 }
 
-type Upstream = mock::Mock<Request<Body>, Response<Channel<Bytes, std::io::Error>>>;
+type UpstreamBody = Channel<Bytes, std::io::Error>;
+type Upstream = mock::Mock<Request<Body>, Response<UpstreamBody>>;
+type Handle = mock::Handle<Request<Body>, Response<UpstreamBody>>;
+type Guarded = BreakerService<Upstream>;
+type Answer = Result<Response<ResponseBody<UpstreamBody>>, BoxError>;
 
-fn answer(status: u16) -> Response<Channel<Bytes, std::io::Error>> {
+/// An upstream answer with `status` and a body never written.
+fn answer(status: u16) -> Response<UpstreamBody> {
     let mut response = Response::new(Channel::new(1).1);
     *response.status_mut() = StatusCode::from_u16(status).unwrap();
     response
+}
+
+/// The layer from `config`, telling `bus` if given, over a mocked upstream
+/// that takes a thousand requests: the layer, its service and the
+/// upstream's handle.
+fn guarded(
+    config: &BreakerConfig,
+    bus: Option<&Arc<MemoryBus>>,
+) -> (BreakerLayer, Guarded, Handle) {
+    let mut layer = BreakerLayer::new(config).unwrap();
+    if let Some(bus) = bus {
+        layer = layer.with_bus(bus.clone() as Arc<dyn Bus>);
+    }
+    let (upstream, mut handle): (Upstream, _) = mock::pair();
+    handle.allow(1000);
+    (layer.clone(), layer.layer(upstream), handle)
+}
+
+/// Sends `request` through `service`, lets `reply` answer it upstream, and
+/// waits for what the client gets.
+async fn through(
+    service: &Guarded,
+    handle: &mut Handle,
+    request: Request<Body>,
+    reply: impl FnOnce(mock::SendResponse<Response<UpstreamBody>>),
+) -> Answer {
+    let call = tokio::spawn(service.clone().oneshot(request));
+    let (_, send) = handle.next_request().await.unwrap();
+    reply(send);
+    call.await.unwrap()
+}
+
+/// Sends `request` through `service` and answers it upstream with `status`.
+async fn answered(
+    service: &Guarded,
+    handle: &mut Handle,
+    request: Request<Body>,
+    status: u16,
+) -> Answer {
+    through(service, handle, request, |reply| {
+        reply.send_response(answer(status))
+    })
+    .await
+}
+
+/// Sends `request` through `service`; once it reaches the upstream, runs
+/// `before_leaving` and drops the call, as a client that leaves.
+async fn abandoned(
+    service: &Guarded,
+    handle: &mut Handle,
+    request: Request<Body>,
+    before_leaving: impl FnOnce(),
+) {
+    let mut pending = tokio_test::task::spawn(service.clone().oneshot(request));
+    assert!(pending.poll().is_pending());
+    let _ = handle.next_request().await.unwrap();
+    before_leaving();
+    drop(pending);
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_layer_counts_5xx_and_connection_errors_and_fails_fast_with_503() {
     let bus = Arc::new(MemoryBus::new("r1"));
     let mut events = bus.subscribe();
-    let layer = BreakerLayer::new(&config())
-        .map(|l| l.with_bus(bus.clone() as Arc<dyn Bus>))
-        .unwrap();
-    let (upstream, mut handle): (Upstream, _) = mock::pair();
-    let service = layer.layer(upstream);
-    handle.allow(100);
+    let (_, service, mut handle) = guarded(&config(), Some(&bus));
     for i in 0..5 {
-        let call = tokio::spawn(service.clone().oneshot(Request::new(Body::empty())));
-        let (_, reply) = handle.next_request().await.unwrap();
         if i % 2 == 0 {
-            reply.send_response(answer(503));
+            let answer = answered(&service, &mut handle, Request::new(Body::empty()), 503).await;
             assert_eq!(
-                call.await.unwrap().unwrap().status(),
+                answer.unwrap().status(),
                 503,
                 "the upstream's answer passes through"
             );
         } else {
-            reply.send_error(UpstreamFailed::new("http://x", true, "connection refused"));
-            assert!(call.await.unwrap().is_err());
+            let refused = |reply: mock::SendResponse<_>| {
+                reply.send_error(UpstreamFailed::new("http://x", true, "connection refused"))
+            };
+            let answer = through(&service, &mut handle, Request::new(Body::empty()), refused).await;
+            assert!(answer.is_err());
         }
     }
     let err = service
@@ -261,22 +327,28 @@ async fn the_layer_counts_5xx_and_connection_errors_and_fails_fast_with_503() {
     assert_eq!(event.message["state"], 2);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_broken_stream_fails_and_a_clean_one_succeeds_only_at_its_end() {
-    let layer = BreakerLayer::new(&BreakerConfig {
+/// The shared test config, opening after two failures in a row.
+fn two_strikes() -> BreakerConfig {
+    BreakerConfig {
         consecutive_failures: Some(2),
         ..config()
-    })
-    .unwrap();
-    let (upstream, mut handle): (Upstream, _) = mock::pair();
-    let service = layer.layer(upstream);
-    handle.allow(100);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_broken_stream_fails_and_a_clean_one_succeeds_only_at_its_end() {
+    let (layer, service, mut handle) = guarded(&two_strikes(), None);
     for _ in 0..2 {
-        let call = tokio::spawn(service.clone().oneshot(Request::new(Body::empty())));
-        let (_, reply) = handle.next_request().await.unwrap();
         let (tx, body) = Channel::<Bytes, std::io::Error>::new(1);
-        reply.send_response(Response::new(body));
-        let mut body = call.await.unwrap().unwrap().into_body();
+        let streaming = |reply: mock::SendResponse<_>| reply.send_response(Response::new(body));
+        let answer = through(
+            &service,
+            &mut handle,
+            Request::new(Body::empty()),
+            streaming,
+        )
+        .await;
+        let mut body = answer.unwrap().into_body();
         tx.abort(std::io::Error::other("reset")); // the upstream's stream breaks
         assert!(body.frame().await.unwrap().is_err());
     }
@@ -285,21 +357,10 @@ async fn a_broken_stream_fails_and_a_clean_one_succeeds_only_at_its_end() {
 
 #[tokio::test(start_paused = true)]
 async fn a_dropped_call_counts_as_a_timeout_only_when_marked() {
-    let layer = BreakerLayer::new(&BreakerConfig {
-        consecutive_failures: Some(2),
-        ..config()
-    })
-    .unwrap();
-    let (upstream, mut handle): (Upstream, _) = mock::pair();
-    let service = layer.layer(upstream);
-    handle.allow(100);
+    let (layer, service, mut handle) = guarded(&two_strikes(), None);
     // Two clients leave: nothing counts.
     for _ in 0..2 {
-        let mut pending =
-            tokio_test::task::spawn(service.clone().oneshot(Request::new(Body::empty())));
-        assert!(pending.poll().is_pending());
-        let _ = handle.next_request().await.unwrap();
-        drop(pending);
+        abandoned(&service, &mut handle, Request::new(Body::empty()), || {}).await;
     }
     assert_eq!(layer.states()[0].1, State::Closed);
     // Two attempts abandoned for time by a layer above: they count.
@@ -307,11 +368,7 @@ async fn a_dropped_call_counts_as_a_timeout_only_when_marked() {
         let flag = AttemptTimedOut::default();
         let mut request = Request::new(Body::empty());
         request.extensions_mut().insert(flag.clone());
-        let mut pending = tokio_test::task::spawn(service.clone().oneshot(request));
-        assert!(pending.poll().is_pending());
-        let _ = handle.next_request().await.unwrap();
-        flag.set();
-        drop(pending);
+        abandoned(&service, &mut handle, request, || flag.set()).await;
     }
     assert!(matches!(layer.states()[0].1, State::Open { .. }));
 }
@@ -321,15 +378,11 @@ async fn per_model_one_models_failures_open_its_breaker_and_not_anothers() {
     use corral_core::{Endpoint, RequestMeta};
     let bus = Arc::new(MemoryBus::new("r1"));
     let mut events = bus.subscribe();
-    let layer = BreakerLayer::new(&BreakerConfig {
+    let config = BreakerConfig {
         per_model: true,
         ..config()
-    })
-    .map(|l| l.with_bus(bus.clone() as Arc<dyn Bus>))
-    .unwrap();
-    let (upstream, mut handle): (Upstream, _) = mock::pair();
-    let service = layer.layer(upstream);
-    handle.allow(1000);
+    };
+    let (_, service, mut handle) = guarded(&config, Some(&bus));
     let to = |model: &str| {
         let mut request = Request::new(Body::empty());
         request
@@ -338,10 +391,9 @@ async fn per_model_one_models_failures_open_its_breaker_and_not_anothers() {
         request
     };
     for _ in 0..5 {
-        let call = tokio::spawn(service.clone().oneshot(to("llama3:70b")));
-        let (_, reply) = handle.next_request().await.unwrap();
-        reply.send_response(answer(503));
-        call.await.unwrap().unwrap();
+        answered(&service, &mut handle, to("llama3:70b"), 503)
+            .await
+            .unwrap();
     }
     let err = service.clone().oneshot(to("llama3:70b")).await.unwrap_err();
     assert!(err.downcast_ref::<BreakerOpen>().is_some(), "{err}");
@@ -350,18 +402,15 @@ async fn per_model_one_models_failures_open_its_breaker_and_not_anothers() {
     assert_eq!(event.message["to"], "open");
 
     // Another model goes on through its own, closed breaker.
-    let call = tokio::spawn(service.clone().oneshot(to("tinyllama")));
-    let (_, reply) = handle.next_request().await.unwrap();
-    reply.send_response(answer(200));
-    assert_eq!(call.await.unwrap().unwrap().status(), 200);
+    let answer = answered(&service, &mut handle, to("tinyllama"), 200).await;
+    assert_eq!(answer.unwrap().status(), 200);
 
     // Names are the clients': past 64 breakers, new names share the
     // upstream's, which is closed.
     for i in 0..100 {
-        let call = tokio::spawn(service.clone().oneshot(to(&format!("made-up-{i}"))));
-        let (_, reply) = handle.next_request().await.unwrap();
-        reply.send_response(answer(404));
-        call.await.unwrap().unwrap();
+        answered(&service, &mut handle, to(&format!("made-up-{i}")), 404)
+            .await
+            .unwrap();
     }
     let mut opened = Vec::new();
     while let Ok(event) = events.try_recv() {

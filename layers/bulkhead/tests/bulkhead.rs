@@ -8,16 +8,20 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
-use corral_bulkhead::{BulkheadConfig, BulkheadLayer, CompartmentFull};
-use corral_core::{Body, Endpoint, Priority, RequestMeta};
+use corral_bulkhead::{
+    BulkheadConfig, BulkheadLayer, BulkheadService, CompartmentFull, ResponseBody,
+};
+use corral_core::{Body, BoxError, Endpoint, Priority, RequestMeta};
 use http::{Request, Response};
 use http_body_util::channel::Channel;
 use http_body_util::BodyExt;
+use tokio::task::JoinHandle;
 use tokio_test::assert_pending;
 use tower::{Layer, ServiceExt};
 use tower_test::mock;
 
-type Upstream = mock::Mock<Request<Body>, Response<Channel<Bytes, Infallible>>>;
+type UpstreamBody = Channel<Bytes, Infallible>;
+type Upstream = mock::Mock<Request<Body>, Response<UpstreamBody>>;
 
 const CONFIG: &str = r#"
     [[compartments]]
@@ -46,10 +50,19 @@ const CONFIG: &str = r#"
     agent = "nightly"
 "#;
 
-fn layer() -> BulkheadLayer {
-    BulkheadLayer::new(&toml::from_str::<BulkheadConfig>(CONFIG).unwrap()).unwrap()
+type Handle = mock::Handle<Request<Body>, Response<UpstreamBody>>;
+type Confined = BulkheadService<Upstream>;
+type Call = JoinHandle<Result<Response<ResponseBody<UpstreamBody>>, BoxError>>;
+
+/// The layer from [`CONFIG`] over a mocked upstream: the layer, its service
+/// and the upstream's handle.
+fn bulkhead() -> (BulkheadLayer, Confined, Handle) {
+    let layer = BulkheadLayer::new(&toml::from_str::<BulkheadConfig>(CONFIG).unwrap()).unwrap();
+    let (upstream, handle): (Upstream, _) = mock::pair();
+    (layer.clone(), layer.layer(upstream), handle)
 }
 
+/// A request to `endpoint` for `model` from `agent` of `class`.
 fn request(endpoint: Endpoint, agent: &str, class: &str, model: &str) -> Request<Body> {
     let meta = RequestMeta::new("r".into(), endpoint)
         .with_agent(agent.into(), class.into(), false)
@@ -60,22 +73,53 @@ fn request(endpoint: Endpoint, agent: &str, class: &str, model: &str) -> Request
     request
 }
 
-fn full(err: &corral_core::BoxError) -> &CompartmentFull {
+/// A chat with llama3 from `agent` of the opus class.
+fn opus_chat(agent: &str) -> Request<Body> {
+    request(Endpoint::Chat, agent, "opus", "llama3")
+}
+
+/// An embedding with nomic from `agent` of the default class.
+fn embed(agent: &str) -> Request<Body> {
+    request(Endpoint::Embed, agent, "default", "nomic")
+}
+
+/// An upstream answer whose body ends at once.
+fn empty() -> Response<UpstreamBody> {
+    Response::new(Channel::new(1).1)
+}
+
+/// Sends `request` through `service` on a task of its own.
+fn spawn_call(service: &Confined, request: Request<Body>) -> Call {
+    tokio::spawn(service.clone().oneshot(request))
+}
+
+/// Sends `request` through `service`, which must refuse it: why.
+async fn refused(service: &Confined, request: Request<Body>) -> BoxError {
+    match service.clone().oneshot(request).await {
+        Ok(_) => panic!("the bulkhead let the request through"),
+        Err(err) => err,
+    }
+}
+
+/// Sends `request` through `service`, answers it upstream with an empty
+/// body, and waits for the answer to come back.
+async fn passed(service: &Confined, handle: &mut Handle, request: Request<Body>) {
+    let call = spawn_call(service, request);
+    let (_, reply) = handle.next_request().await.unwrap();
+    reply.send_response(empty());
+    call.await.unwrap().unwrap();
+}
+
+/// The refusal, which must be a full compartment's.
+fn full(err: &BoxError) -> &CompartmentFull {
     err.downcast_ref::<CompartmentFull>()
         .unwrap_or_else(|| panic!("not CompartmentFull: {err}"))
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_full_compartment_refuses_at_once_until_the_running_stream_ends() {
-    let layer = layer();
-    let (upstream, mut handle): (Upstream, _) = mock::pair();
-    let service = layer.layer(upstream);
-    let first = tokio::spawn(service.clone().oneshot(request(
-        Endpoint::Chat,
-        "planner",
-        "opus",
-        "llama3",
-    )));
+    let (layer, service, mut handle) = bulkhead();
+    let first = spawn_call(&service, opus_chat("planner"));
     let (_, reply) = handle.next_request().await.unwrap();
     let (tx, body) = Channel::new(1);
     reply.send_response(Response::new(body));
@@ -86,11 +130,7 @@ async fn a_full_compartment_refuses_at_once_until_the_running_stream_ends() {
         "headers out, slot still held"
     );
 
-    let err = service
-        .clone()
-        .oneshot(request(Endpoint::Chat, "writer", "opus", "llama3"))
-        .await
-        .unwrap_err();
+    let err = refused(&service, opus_chat("writer")).await;
     assert_eq!(full(&err).compartment(), "opus_agents");
     assert_eq!(corral_core::Refusal::reason(full(&err)), "bulkhead_full");
 
@@ -99,42 +139,18 @@ async fn a_full_compartment_refuses_at_once_until_the_running_stream_ends() {
     assert!(body.frame().await.is_none());
     assert_eq!(layer.usage()[0].1, 0, "the stream ended, the slot is back");
     handle.allow(1);
-    let again = tokio::spawn(service.clone().oneshot(request(
-        Endpoint::Chat,
-        "writer",
-        "opus",
-        "llama3",
-    )));
-    let (_, reply) = handle.next_request().await.unwrap();
-    reply.send_response(Response::new(Channel::new(1).1));
-    again.await.unwrap().unwrap();
+    passed(&service, &mut handle, opus_chat("writer")).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_bounded_number_may_wait_a_bounded_time() {
-    let layer = layer();
-    let (upstream, mut handle): (Upstream, _) = mock::pair();
-    let service = layer.layer(upstream);
-    let _running = tokio::spawn(service.clone().oneshot(request(
-        Endpoint::Embed,
-        "a",
-        "default",
-        "nomic",
-    )));
+    let (_layer, service, mut handle) = bulkhead();
+    let running = spawn_call(&service, embed("a"));
     let (_, running_reply) = handle.next_request().await.unwrap();
 
-    let mut waiting = tokio_test::task::spawn(service.clone().oneshot(request(
-        Endpoint::Embed,
-        "b",
-        "default",
-        "nomic",
-    )));
+    let mut waiting = tokio_test::task::spawn(service.clone().oneshot(embed("b")));
     assert_pending!(waiting.poll());
-    let err = service
-        .clone()
-        .oneshot(request(Endpoint::Embed, "c", "default", "nomic"))
-        .await
-        .unwrap_err();
+    let err = refused(&service, embed("c")).await;
     assert!(
         full(&err).to_string().contains("is full"),
         "the waiting room holds one"
@@ -149,25 +165,18 @@ async fn a_bounded_number_may_wait_a_bounded_time() {
     );
 
     // A waiter that is granted goes through.
-    let waiter = tokio::spawn(service.clone().oneshot(request(
-        Endpoint::Embed,
-        "d",
-        "default",
-        "nomic",
-    )));
+    let waiter = spawn_call(&service, embed("d"));
     tokio::task::yield_now().await;
-    running_reply.send_response(Response::new(Channel::new(1).1));
-    let _ = _running.await.unwrap().unwrap(); // its body is dropped here: slot back
+    running_reply.send_response(empty());
+    let _ = running.await.unwrap().unwrap(); // its body is dropped here: slot back
     let (_, reply) = handle.next_request().await.unwrap();
-    reply.send_response(Response::new(Channel::new(1).1));
+    reply.send_response(empty());
     waiter.await.unwrap().unwrap();
 }
 
 #[tokio::test(start_paused = true)]
 async fn rules_choose_by_model_class_endpoint_and_agent_first_match_wins() {
-    let layer = layer();
-    let (upstream, mut handle): (Upstream, _) = mock::pair();
-    let service = layer.layer(upstream);
+    let (layer, service, mut handle) = bulkhead();
     handle.allow(100);
     let mut replies = Vec::new();
     let mut calls = Vec::new();
@@ -176,11 +185,7 @@ async fn rules_choose_by_model_class_endpoint_and_agent_first_match_wins() {
         (Endpoint::Chat, "nightly", "batch", "llama3"),    // agent rule: batch_ops
         (Endpoint::Chat, "free", "sonnet", "llama3"),      // no rule: not confined
     ] {
-        calls.push(tokio::spawn(
-            service
-                .clone()
-                .oneshot(request(endpoint, agent, class, model)),
-        ));
+        calls.push(spawn_call(&service, request(endpoint, agent, class, model)));
         replies.push(handle.next_request().await.unwrap().1);
     }
     let usage = layer.usage();
@@ -193,7 +198,7 @@ async fn rules_choose_by_model_class_endpoint_and_agent_first_match_wins() {
         ]
     );
     for reply in replies {
-        reply.send_response(Response::new(Channel::new(1).1));
+        reply.send_response(empty());
     }
     for call in calls {
         drop(call.await.unwrap().unwrap());
@@ -203,26 +208,12 @@ async fn rules_choose_by_model_class_endpoint_and_agent_first_match_wins() {
 
 #[tokio::test(start_paused = true)]
 async fn metadata_is_not_confined_by_default() {
-    let layer = layer();
-    let (upstream, mut handle): (Upstream, _) = mock::pair();
-    let service = layer.layer(upstream);
+    let (_layer, service, mut handle) = bulkhead();
     handle.allow(2);
-    let _busy = tokio::spawn(service.clone().oneshot(request(
-        Endpoint::Chat,
-        "planner",
-        "opus",
-        "llama3",
-    )));
+    let _busy = spawn_call(&service, opus_chat("planner"));
     let (_, _busy_reply) = handle.next_request().await.unwrap();
-    let tags = tokio::spawn(service.clone().oneshot(request(
-        Endpoint::Tags,
-        "planner",
-        "opus",
-        "llama3",
-    )));
-    let (_, reply) = handle.next_request().await.unwrap();
-    reply.send_response(Response::new(Channel::new(1).1));
-    tags.await.unwrap().unwrap();
+    let tags = request(Endpoint::Tags, "planner", "opus", "llama3");
+    passed(&service, &mut handle, tags).await;
 }
 
 #[test]

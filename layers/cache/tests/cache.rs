@@ -11,50 +11,27 @@ use std::time::Duration;
 
 use corral_cache::{CacheConfig, CacheLayer, Namespace};
 use corral_core::{Degradation, Level, RequestMeta};
-use tower::{Layer, ServiceExt};
+use tower::Layer;
 
-use common::{counting, request, text, DETERMINISTIC, STREAMED};
+use common::{ask, cache, counting, deterministic, request, STREAMED};
 
 #[tokio::test(start_paused = true)]
 async fn a_repeated_deterministic_request_is_a_hit_in_whichever_form_it_asks() {
     let (upstream, calls) = counting();
-    let service = CacheLayer::new(&CacheConfig::default())
-        .unwrap()
-        .layer(upstream);
+    let service = cache(&CacheConfig::default(), upstream);
 
-    let (cache, first) = text(
-        service
-            .clone()
-            .oneshot(request(DETERMINISTIC, Some(0.0), true))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (cache, first) = ask(&service, deterministic(true)).await;
     assert_eq!((cache.as_str(), first.as_str()), ("miss", STREAMED));
     tokio::task::yield_now().await;
 
-    let (cache, whole) = text(
-        service
-            .clone()
-            .oneshot(request(DETERMINISTIC, Some(0.0), false))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (cache, whole) = ask(&service, deterministic(false)).await;
     assert_eq!(cache, "hit");
     let doc: serde_json::Value = serde_json::from_str(&whole).unwrap();
     assert_eq!(doc["response"], "Hello there");
     assert_eq!(doc["done_reason"], "stop");
     assert_eq!(doc["eval_count"], 2);
 
-    let (cache, streamed) = text(
-        service
-            .clone()
-            .oneshot(request(DETERMINISTIC, Some(0.0), true))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (cache, streamed) = ask(&service, deterministic(true)).await;
     assert_eq!(cache, "hit");
     let lines: Vec<serde_json::Value> = streamed
         .lines()
@@ -73,19 +50,10 @@ async fn a_repeated_deterministic_request_is_a_hit_in_whichever_form_it_asks() {
 #[tokio::test(start_paused = true)]
 async fn a_non_deterministic_request_is_never_cached_unless_forced() {
     let (upstream, calls) = counting();
-    let service = CacheLayer::new(&CacheConfig::default())
-        .unwrap()
-        .layer(upstream);
+    let service = cache(&CacheConfig::default(), upstream);
     const WARM: &str = r#"{"model":"llama3","prompt":"hi","options":{"temperature":0.8}}"#;
     for _ in 0..2 {
-        let (cache, _) = text(
-            service
-                .clone()
-                .oneshot(request(WARM, Some(0.8), true))
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (cache, _) = ask(&service, request(WARM, Some(0.8), true)).await;
         assert_eq!(cache, "bypass");
     }
     assert_eq!(calls.load(Ordering::SeqCst), 2);
@@ -95,14 +63,14 @@ async fn a_non_deterministic_request_is_never_cached_unless_forced() {
         forced
             .headers_mut()
             .insert("x-corral-cache", "force".parse().unwrap());
-        let (cache, _) = text(service.clone().oneshot(forced).await.unwrap()).await;
+        let (cache, _) = ask(&service, forced).await;
         assert_eq!(cache, expected);
         tokio::task::yield_now().await;
     }
     for (name, value) in [("x-corral-cache", "bypass"), ("cache-control", "no-store")] {
-        let mut skip = request(DETERMINISTIC, Some(0.0), true);
+        let mut skip = deterministic(true);
         skip.headers_mut().insert(name, value.parse().unwrap());
-        let (cache, _) = text(service.clone().oneshot(skip).await.unwrap()).await;
+        let (cache, _) = ask(&service, skip).await;
         assert_eq!(cache, "bypass", "{name}: {value}");
     }
     assert_eq!(calls.load(Ordering::SeqCst), 5);
@@ -111,42 +79,27 @@ async fn a_non_deterministic_request_is_never_cached_unless_forced() {
 #[tokio::test(start_paused = true)]
 async fn an_entry_expires_and_is_served_stale_only_when_degradation_allows() {
     let (upstream, calls) = counting();
-    let service = CacheLayer::new(&CacheConfig {
+    let config = CacheConfig {
         ttl: Duration::from_secs(60),
         stale_for: Duration::from_secs(600),
         ..CacheConfig::default()
-    })
-    .unwrap()
-    .layer(upstream);
-    text(
-        service
-            .clone()
-            .oneshot(request(DETERMINISTIC, Some(0.0), false))
-            .await
-            .unwrap(),
-    )
-    .await;
+    };
+    let service = cache(&config, upstream);
+    ask(&service, deterministic(false)).await;
     tokio::task::yield_now().await;
     tokio::time::advance(Duration::from_secs(61)).await;
 
-    let mut degraded = request(DETERMINISTIC, Some(0.0), false);
+    let mut degraded = deterministic(false);
     degraded.extensions_mut().insert(Degradation {
         level: Level::L2,
         ttl_factor: 4.0,
         serve_stale: true,
     });
-    let (cache, _) = text(service.clone().oneshot(degraded).await.unwrap()).await;
+    let (cache, _) = ask(&service, degraded).await;
     assert_eq!(cache, "stale");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 
-    let (cache, _) = text(
-        service
-            .clone()
-            .oneshot(request(DETERMINISTIC, Some(0.0), false))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (cache, _) = ask(&service, deterministic(false)).await;
     assert_eq!(
         cache, "miss",
         "expired, and no degradation to allow stale answers"
@@ -157,28 +110,20 @@ async fn an_entry_expires_and_is_served_stale_only_when_degradation_allows() {
 #[tokio::test(start_paused = true)]
 async fn a_namespace_keeps_each_agent_to_its_own_answers() {
     let (upstream, calls) = counting();
-    let service = CacheLayer::new(&CacheConfig {
+    let config = CacheConfig {
         namespace: Namespace::Agent,
         ..CacheConfig::default()
-    })
-    .unwrap()
-    .layer(upstream);
-    text(
-        service
-            .clone()
-            .oneshot(request(DETERMINISTIC, Some(0.0), true))
-            .await
-            .unwrap(),
-    )
-    .await;
+    };
+    let service = cache(&config, upstream);
+    ask(&service, deterministic(true)).await;
     tokio::task::yield_now().await;
-    let mut other = request(DETERMINISTIC, Some(0.0), true);
+    let mut other = deterministic(true);
     other
         .extensions_mut()
         .get_mut::<RequestMeta>()
         .unwrap()
         .agent = "agent-b".into();
-    let (cache, _) = text(service.clone().oneshot(other).await.unwrap()).await;
+    let (cache, _) = ask(&service, other).await;
     assert_eq!(cache, "miss");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
@@ -186,9 +131,7 @@ async fn a_namespace_keeps_each_agent_to_its_own_answers() {
 #[tokio::test(start_paused = true)]
 async fn a_seeded_request_is_deterministic_even_when_warm() {
     let (upstream, calls) = counting();
-    let service = CacheLayer::new(&CacheConfig::default())
-        .unwrap()
-        .layer(upstream);
+    let service = cache(&CacheConfig::default(), upstream);
     const SEEDED: &str =
         r#"{"model":"llama3","prompt":"hi","options":{"temperature":0.8,"seed":7}}"#;
     let seeded = || {
@@ -201,7 +144,7 @@ async fn a_seeded_request_is_deterministic_even_when_warm() {
         r
     };
     for expected in ["miss", "hit"] {
-        let (cache, _) = text(service.clone().oneshot(seeded()).await.unwrap()).await;
+        let (cache, _) = ask(&service, seeded()).await;
         assert_eq!(cache, expected);
         tokio::task::yield_now().await;
     }
@@ -224,14 +167,7 @@ async fn past_its_byte_bound_the_cache_lets_entries_go() {
             format!(r#"{{"model":"llama3","prompt":"{prompt}","options":{{"temperature":0}}}}"#)
                 .into_boxed_str(),
         );
-        let (cache, _) = text(
-            service
-                .clone()
-                .oneshot(request(body, Some(0.0), true))
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (cache, _) = ask(&service, request(body, Some(0.0), true)).await;
         assert_eq!(cache, "miss");
         tokio::task::yield_now().await;
     }

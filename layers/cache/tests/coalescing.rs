@@ -3,7 +3,7 @@
 //! client leaves and stops when all do.
 
 #![allow(clippy::unwrap_used)] // a test fails by panicking
-#![allow(clippy::type_complexity)] // test upstreams spelled out as impl Service
+#![allow(clippy::type_complexity)] // controlled() hands back a cache, its writers and its count
 
 mod common;
 
@@ -12,32 +12,30 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use corral_cache::{CacheConfig, CacheLayer};
+use corral_cache::{CacheConfig, CacheService};
 use corral_core::{Body, BoxError};
 use http::{Request, Response};
 use http_body_util::channel::{Channel, Sender};
 use tokio::sync::mpsc;
-use tower::{service_fn, Layer, ServiceExt};
+use tower::service_fn;
+use tower::util::BoxCloneService;
 
-use common::{request, text, DETERMINISTIC, STREAMED};
+use common::{cache, deterministic, request, send, text, Upstream, STREAMED};
 
-/// An upstream whose answers the test writes, chunk by chunk.
+/// The upstream's side of one call: the sender of its answer's body.
+type Writer = Sender<Bytes, BoxError>;
+
+/// The default cache over an upstream whose answers the test writes chunk
+/// by chunk: the cache, a writer for each upstream call, and the call count.
 fn controlled() -> (
-    impl tower::Service<
-            Request<Body>,
-            Response = Response<Channel<Bytes, BoxError>>,
-            Error = BoxError,
-            Future = impl Send,
-        > + Clone
-        + Send
-        + 'static,
-    mpsc::UnboundedReceiver<Sender<Bytes, BoxError>>,
+    CacheService<Upstream<Channel<Bytes, BoxError>>>,
+    mpsc::UnboundedReceiver<Writer>,
     Arc<AtomicUsize>,
 ) {
     let (senders, receiver) = mpsc::unbounded_channel();
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = calls.clone();
-    let service = service_fn(move |_request: Request<Body>| {
+    let upstream = service_fn(move |_request: Request<Body>| {
         counter.fetch_add(1, Ordering::SeqCst);
         let (tx, body) = Channel::new(16);
         let _ = senders.send(tx);
@@ -49,43 +47,32 @@ fn controlled() -> (
             Ok::<_, BoxError>(response)
         }
     });
+    let service = cache(&CacheConfig::default(), BoxCloneService::new(upstream));
     (service, receiver, calls)
+}
+
+/// Writes `line` and its newline into an upstream answer.
+async fn write_line(tx: &mut Writer, line: &str) {
+    tx.send_data(Bytes::from(line.to_string() + "\n"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_identical_requests_in_flight_make_one_upstream_call_and_get_the_same_bytes() {
-    let (upstream, mut senders, calls) = controlled();
-    let service = CacheLayer::new(&CacheConfig::default())
-        .unwrap()
-        .layer(upstream);
+    let (service, mut senders, calls) = controlled();
 
-    let leader = service
-        .clone()
-        .oneshot(request(DETERMINISTIC, Some(0.0), true))
-        .await
-        .unwrap();
+    let leader = send(&service, deterministic(true)).await;
     let mut tx = senders.recv().await.unwrap();
-    tx.send_data(Bytes::from(
-        STREAMED.lines().next().unwrap().to_string() + "\n",
-    ))
-    .await
-    .unwrap();
+    write_line(&mut tx, STREAMED.lines().next().unwrap()).await;
 
     // 49 join while it streams; they get the first chunk too.
     let mut followers = Vec::new();
     for _ in 0..49 {
-        followers.push(
-            service
-                .clone()
-                .oneshot(request(DETERMINISTIC, Some(0.0), true))
-                .await
-                .unwrap(),
-        );
+        followers.push(send(&service, deterministic(true)).await);
     }
     for line in STREAMED.lines().skip(1) {
-        tx.send_data(Bytes::from(line.to_string() + "\n"))
-            .await
-            .unwrap();
+        write_line(&mut tx, line).await;
     }
     drop(tx);
 
@@ -101,27 +88,14 @@ async fn fifty_identical_requests_in_flight_make_one_upstream_call_and_get_the_s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_call_goes_on_when_the_first_client_leaves_and_stops_when_all_do() {
-    let (upstream, mut senders, calls) = controlled();
-    let service = CacheLayer::new(&CacheConfig::default())
-        .unwrap()
-        .layer(upstream);
+    let (service, mut senders, calls) = controlled();
 
-    let leader = service
-        .clone()
-        .oneshot(request(DETERMINISTIC, Some(0.0), true))
-        .await
-        .unwrap();
+    let leader = send(&service, deterministic(true)).await;
     let mut tx = senders.recv().await.unwrap();
-    let follower = service
-        .clone()
-        .oneshot(request(DETERMINISTIC, Some(0.0), true))
-        .await
-        .unwrap();
+    let follower = send(&service, deterministic(true)).await;
     drop(leader);
     for line in STREAMED.lines() {
-        tx.send_data(Bytes::from(line.to_string() + "\n"))
-            .await
-            .unwrap();
+        write_line(&mut tx, line).await;
     }
     drop(tx);
     let (cache, body) = text(follower).await;
@@ -134,11 +108,7 @@ async fn the_call_goes_on_when_the_first_client_leaves_and_stops_when_all_do() {
 
     // Everyone leaves mid-stream: the upstream call is dropped.
     let other = r#"{"model":"llama3","prompt":"another","options":{"temperature":0}}"#;
-    let only = service
-        .clone()
-        .oneshot(request(other, Some(0.0), true))
-        .await
-        .unwrap();
+    let only = send(&service, request(other, Some(0.0), true)).await;
     let mut tx = senders.recv().await.unwrap();
     tx.send_data(Bytes::from_static(b"{\"response\":\"x\",\"done\":false}\n"))
         .await

@@ -11,7 +11,7 @@ use corral_core::{
     Body, Bus, Degradation, Endpoint, Level, LoadCell, LoadSnapshot, MemoryBus, Priority,
     RequestMeta, UpstreamLoad,
 };
-use corral_degrade::{DegradeConfig, DegradeLayer, Degraded, Levels};
+use corral_degrade::{DegradeConfig, DegradeLayer, DegradeService, Degraded, Levels, ResponseBody};
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
@@ -21,30 +21,33 @@ use tower_test::mock;
 const UP: [f64; 3] = [0.60, 0.80, 0.95];
 const DOWN: [f64; 3] = [0.50, 0.70, 0.90];
 
-fn step(levels: &mut Levels, load: f64) -> Level {
-    levels.observe(load, Instant::now(), Duration::ZERO, UP, DOWN);
+/// Observes `load` now, smoothed over `smoothing`: the level then.
+fn observe(levels: &mut Levels, load: f64, smoothing: Duration) -> Level {
+    levels.observe(load, Instant::now(), smoothing, UP, DOWN);
     levels.effective()
+}
+
+/// Observes `load` now, unsmoothed: the level then.
+fn step(levels: &mut Levels, load: f64) -> Level {
+    observe(levels, load, Duration::ZERO)
 }
 
 #[tokio::test(start_paused = true)]
 async fn every_transition_happens_at_its_threshold_in_both_directions() {
     let mut levels = Levels::new();
-    let path: Vec<(f64, Level)> = vec![
-        (0.60, Level::Normal),
-        (0.61, Level::L1),
-        (0.80, Level::L1),
-        (0.81, Level::L2),
-        (0.95, Level::L2),
-        (0.96, Level::Critical),
-        (0.90, Level::Critical),
-        (0.89, Level::L2),
-        (0.70, Level::L2),
-        (0.69, Level::L1),
-        (0.50, Level::L1),
-        (0.49, Level::Normal),
+    // Up through each threshold, then down: at a threshold the level
+    // holds, just past it the level changes.
+    let crossings = [
+        (0.60, 0.61, Level::Normal, Level::L1),
+        (0.80, 0.81, Level::L1, Level::L2),
+        (0.95, 0.96, Level::L2, Level::Critical),
+        (0.90, 0.89, Level::Critical, Level::L2),
+        (0.70, 0.69, Level::L2, Level::L1),
+        (0.50, 0.49, Level::L1, Level::Normal),
     ];
-    for (load, expected) in path {
-        assert_eq!(step(&mut levels, load), expected, "at load {load}");
+    for (at, past, holds, becomes) in crossings {
+        assert_eq!(step(&mut levels, at), holds, "at load {at}");
+        assert_eq!(step(&mut levels, past), becomes, "at load {past}");
     }
 }
 
@@ -76,17 +79,13 @@ async fn a_jump_goes_straight_to_the_level_it_calls_for() {
 async fn the_load_is_smoothed_over_time() {
     let mut levels = Levels::new();
     let smoothing = Duration::from_secs(5);
-    levels.observe(0.0, Instant::now(), smoothing, UP, DOWN);
+    observe(&mut levels, 0.0, smoothing);
     tokio::time::advance(Duration::from_millis(500)).await;
-    levels.observe(1.0, Instant::now(), smoothing, UP, DOWN);
-    assert_eq!(
-        levels.effective(),
-        Level::Normal,
-        "a short spike is smoothed away"
-    );
+    let spike = observe(&mut levels, 1.0, smoothing);
+    assert_eq!(spike, Level::Normal, "a short spike is smoothed away");
     for _ in 0..30 {
         tokio::time::advance(Duration::from_secs(1)).await;
-        levels.observe(1.0, Instant::now(), smoothing, UP, DOWN);
+        observe(&mut levels, 1.0, smoothing);
     }
     assert_eq!(
         levels.effective(),
@@ -136,18 +135,48 @@ fn setup(config: DegradeConfig) -> (DegradeLayer, Arc<Work>, MemoryBus) {
     (layer, work, bus)
 }
 
-fn chat(class: &str, priority: u8, stream: bool, body: &'static str) -> Request<Body> {
+/// A chat request for llama3 with [`BODY`] from an agent of `class`.
+fn chat(class: &str, priority: u8, stream: bool) -> Request<Body> {
     let mut meta = RequestMeta::new("r".into(), Endpoint::Chat)
         .with_agent("a".into(), class.into(), false)
         .with_priority(Priority::new(priority).unwrap())
         .with_model(Some("llama3".into()));
     meta.stream = stream;
-    let mut request = Request::post("/api/chat").body(Body::from(body)).unwrap();
+    let mut request = Request::post("/api/chat").body(Body::from(BODY)).unwrap();
     request.extensions_mut().insert(meta);
     request
 }
 
+/// A whole-answer chat request of the default class at the default priority.
+fn ordinary() -> Request<Body> {
+    chat("default", 5, false)
+}
+
 type Upstream = mock::Mock<Request<Body>, Response<String>>;
+type Handle = mock::Handle<Request<Body>, Response<String>>;
+
+/// Sends `request` through `service` and answers it "ok" upstream: what
+/// the upstream saw, and the answer the client got.
+async fn through(
+    service: &DegradeService<Upstream>,
+    handle: &mut Handle,
+    request: Request<Body>,
+) -> (Request<Body>, Response<ResponseBody<String>>) {
+    let call = tokio::spawn(service.clone().oneshot(request));
+    let (seen, reply) = handle.next_request().await.unwrap();
+    reply.send_response(Response::new("ok".into()));
+    (seen, call.await.unwrap().unwrap())
+}
+
+/// The JSON body the upstream saw.
+fn json_seen(seen: &Request<Body>) -> serde_json::Value {
+    serde_json::from_slice(seen.body().buffered().unwrap()).unwrap()
+}
+
+/// Whether the answer says it was degraded.
+fn marked<B>(response: &Response<B>) -> bool {
+    response.headers().contains_key("x-corral-degraded")
+}
 
 const BODY: &str =
     r#"{"model":"llama3","messages":[{"role":"user","content":"hi"}],"options":{"temperature":0}}"#;
@@ -161,26 +190,18 @@ async fn each_level_does_what_it_says_and_says_so() {
     handle.allow(100);
 
     // Normal: untouched.
-    let call = tokio::spawn(service.clone().oneshot(chat("default", 5, false, BODY)));
-    let (seen, reply) = handle.next_request().await.unwrap();
+    let (seen, response) = through(&service, &mut handle, ordinary()).await;
     assert_eq!(seen.body().buffered().unwrap(), BODY);
     assert_eq!(
         seen.extensions().get::<Degradation>().unwrap().level,
         Level::Normal
     );
-    reply.send_response(Response::new("ok".into()));
-    assert!(!call
-        .await
-        .unwrap()
-        .unwrap()
-        .headers()
-        .contains_key("x-corral-degraded"));
+    assert!(!marked(&response));
 
     // L1 (load 0.7 = 11.2 of 16): tokens capped.
     *work.0.lock().unwrap() = 11;
-    let call = tokio::spawn(service.clone().oneshot(chat("default", 5, false, BODY)));
-    let (seen, reply) = handle.next_request().await.unwrap();
-    let json: serde_json::Value = serde_json::from_slice(seen.body().buffered().unwrap()).unwrap();
+    let (seen, response) = through(&service, &mut handle, ordinary()).await;
+    let json = json_seen(&seen);
     assert_eq!(json["options"]["num_predict"], 512);
     assert_eq!(json["options"]["temperature"], 0, "other options kept");
     assert_eq!(
@@ -196,61 +217,45 @@ async fn each_level_does_what_it_says_and_says_so() {
         (directive.level, directive.ttl_factor, directive.serve_stale),
         (Level::L1, 2.0, false)
     );
-    reply.send_response(Response::new("ok".into()));
-    let response = call.await.unwrap().unwrap();
     assert_eq!(response.headers()["x-corral-degraded"], "L1");
     assert_eq!(response.headers()["x-corral-token-cap"], "512");
     assert_eq!(events.try_recv().unwrap().message["level"], "L1");
 
     // L2 (0.85): non-critical work goes to the small model; low priority refused.
     *work.0.lock().unwrap() = 14;
-    let call = tokio::spawn(service.clone().oneshot(chat("default", 5, false, BODY)));
-    let (seen, reply) = handle.next_request().await.unwrap();
-    let json: serde_json::Value = serde_json::from_slice(seen.body().buffered().unwrap()).unwrap();
-    assert_eq!(json["model"], "tinyllama");
-    reply.send_response(Response::new("ok".into()));
-    let response = call.await.unwrap().unwrap();
+    let (seen, response) = through(&service, &mut handle, ordinary()).await;
+    assert_eq!(json_seen(&seen)["model"], "tinyllama");
     assert_eq!(
         response.headers()["x-corral-model-rewrite"],
         "llama3->tinyllama"
     );
     assert_eq!(response.headers()["x-corral-degraded"], "L2");
 
-    let critical = tokio::spawn(service.clone().oneshot(chat("system", 9, false, BODY)));
-    let (seen, reply) = handle.next_request().await.unwrap();
+    let (seen, critical) = through(&service, &mut handle, chat("system", 9, false)).await;
     assert_eq!(
         seen.body().buffered().unwrap(),
         BODY,
         "critical classes are never rewritten"
     );
-    reply.send_response(Response::new("ok".into()));
-    assert!(!critical
-        .await
-        .unwrap()
-        .unwrap()
-        .headers()
-        .contains_key("x-corral-degraded"));
+    assert!(!marked(&critical));
 
     let err = service
         .clone()
-        .oneshot(chat("default", 8, false, BODY))
+        .oneshot(chat("default", 8, false))
         .await
         .unwrap_err();
     assert!(err.is::<Degraded>(), "{err}");
 
     // Critical (1.0): high priorities processed, the rest get the default answer.
     *work.0.lock().unwrap() = 16;
-    let call = tokio::spawn(service.clone().oneshot(chat("default", 2, false, BODY)));
-    let (_, reply) = handle.next_request().await.unwrap();
-    reply.send_response(Response::new("ok".into()));
-    let kept = call.await.unwrap().unwrap();
+    let (_, kept) = through(&service, &mut handle, chat("default", 2, false)).await;
     assert_eq!(kept.headers()["x-corral-degraded"], "Critical");
     // A generated answer is not marked as a default one.
     assert!(kept.headers().get("x-corral-answer").is_none());
 
     let response = service
         .clone()
-        .oneshot(chat("default", 5, true, BODY))
+        .oneshot(chat("default", 5, true))
         .await
         .unwrap();
     assert_eq!(response.headers()["content-type"], "application/x-ndjson");
@@ -266,16 +271,9 @@ async fn each_level_does_what_it_says_and_says_so() {
 
     // Back to Normal when the load falls.
     *work.0.lock().unwrap() = 0;
-    let call = tokio::spawn(service.clone().oneshot(chat("default", 5, false, BODY)));
-    let (seen, reply) = handle.next_request().await.unwrap();
+    let (seen, response) = through(&service, &mut handle, ordinary()).await;
     assert_eq!(seen.body().buffered().unwrap(), BODY);
-    reply.send_response(Response::new("ok".into()));
-    assert!(!call
-        .await
-        .unwrap()
-        .unwrap()
-        .headers()
-        .contains_key("x-corral-degraded"));
+    assert!(!marked(&response));
     assert_eq!(layer.controller().status().level, Level::Normal);
 }
 
@@ -285,7 +283,7 @@ async fn an_endpoint_without_a_default_gets_503_at_critical() {
     layer.controller().force(Some(Level::Critical));
     let (upstream, _handle): (Upstream, _) = mock::pair();
     let service = layer.layer(upstream);
-    let mut request = chat("default", 5, false, BODY);
+    let mut request = ordinary();
     request
         .extensions_mut()
         .get_mut::<RequestMeta>()

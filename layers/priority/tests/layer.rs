@@ -6,28 +6,47 @@
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use corral_core::{Body, Endpoint, GenerationParams, Priority, RequestMeta, UpstreamLoad};
-use corral_priority::{DeadlineExceeded, PriorityConfig, PriorityLayer};
+use corral_core::{
+    Body, BoxError, Endpoint, GenerationParams, Priority, RequestMeta, UpstreamLoad,
+};
+use corral_priority::{
+    DeadlineExceeded, PriorityConfig, PriorityLayer, PriorityService, ResponseBody, Scheduler,
+};
 use http::{Request, Response};
 use http_body_util::channel::{Channel, Sender};
 use http_body_util::BodyExt;
+use tokio::task::JoinHandle;
+use tokio_test::task::Spawn;
 use tokio_test::{assert_pending, assert_ready};
+use tower::util::Oneshot;
 use tower::{Layer, ServiceExt};
 use tower_test::mock;
+use tower_test::mock::SendResponse;
 
-type Upstream = mock::Mock<Request<Body>, Response<Channel<Bytes, Infallible>>>;
+type UpstreamBody = Channel<Bytes, Infallible>;
+type Upstream = mock::Mock<Request<Body>, Response<UpstreamBody>>;
+type Handle = mock::Handle<Request<Body>, Response<UpstreamBody>>;
+type Prioritized = PriorityService<Upstream>;
+type Answer = Result<Response<ResponseBody<UpstreamBody>>, BoxError>;
 
-fn layer(capacity: usize) -> PriorityLayer {
-    PriorityLayer::new(&PriorityConfig {
+/// The layer with `capacity` permits over a mocked upstream: its
+/// scheduler, its service and the upstream's handle.
+fn prioritized(capacity: usize) -> (Arc<Scheduler>, Prioritized, Handle) {
+    let layer = PriorityLayer::new(&PriorityConfig {
         capacity,
         ..PriorityConfig::default()
     })
-    .unwrap()
+    .unwrap();
+    let (upstream, handle): (Upstream, _) = mock::pair();
+    (layer.scheduler().clone(), layer.layer(upstream), handle)
 }
 
+/// A request to `endpoint` from `agent` at `priority`: 400 bytes, at most
+/// 50 tokens.
 fn request(endpoint: Endpoint, agent: &str, priority: u8) -> Request<Body> {
     let mut meta = RequestMeta::new(format!("{agent}-{priority}").into(), endpoint)
         .with_agent(agent.into(), "default".into(), false)
@@ -46,35 +65,66 @@ fn request(endpoint: Endpoint, agent: &str, priority: u8) -> Request<Body> {
     request
 }
 
-fn streaming() -> (
-    Sender<Bytes, Infallible>,
-    Response<Channel<Bytes, Infallible>>,
-) {
+/// A generation from `agent` at `priority`.
+fn generate(agent: &str, priority: u8) -> Request<Body> {
+    request(Endpoint::Generate, agent, priority)
+}
+
+/// An upstream answer whose body the test writes, and its writer.
+fn streaming() -> (Sender<Bytes, Infallible>, Response<UpstreamBody>) {
     let (tx, body) = Channel::new(4);
     (tx, Response::new(body))
 }
 
+/// Sends `request` through `service` on a task of its own and waits until
+/// it reaches the upstream: the call, and the upstream's reply to send.
+async fn upstream_has(
+    service: &Prioritized,
+    handle: &mut Handle,
+    request: Request<Body>,
+) -> (JoinHandle<Answer>, SendResponse<Response<UpstreamBody>>) {
+    let call = tokio::spawn(service.clone().oneshot(request));
+    let (_, reply) = handle.next_request().await.unwrap();
+    (call, reply)
+}
+
+/// Sends `request` through `service` and answers it upstream with a body
+/// the test writes: the writer, and the answer the client got.
+async fn streamed(
+    service: &Prioritized,
+    handle: &mut Handle,
+    request: Request<Body>,
+) -> (
+    Sender<Bytes, Infallible>,
+    Response<ResponseBody<UpstreamBody>>,
+) {
+    let (call, reply) = upstream_has(service, handle, request).await;
+    let (tx, response) = streaming();
+    reply.send_response(response);
+    (tx, call.await.unwrap().unwrap())
+}
+
+/// Sends `request` through `service`, polled by hand; it must wait.
+fn queued(
+    service: &Prioritized,
+    request: Request<Body>,
+) -> Spawn<Oneshot<Prioritized, Request<Body>>> {
+    let mut call = tokio_test::task::spawn(service.clone().oneshot(request));
+    assert_pending!(call.poll());
+    call
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_permit_is_held_until_the_stream_ends_not_until_the_headers() {
-    let layer = layer(1);
-    let scheduler = layer.scheduler().clone();
-    let (upstream, mut handle): (Upstream, _) = mock::pair();
-    let service = layer.layer(upstream);
-
-    let first = tokio::spawn(service.clone().oneshot(request(Endpoint::Generate, "a", 5)));
-    let (_, reply) = handle.next_request().await.unwrap();
-    let (mut tx, response) = streaming();
-    reply.send_response(response);
-    let response = first.await.unwrap().unwrap();
+    let (scheduler, service, mut handle) = prioritized(1);
+    let (mut tx, response) = streamed(&service, &mut handle, generate("a", 5)).await;
     assert_eq!(
         scheduler.snapshot().in_flight,
         1,
         "headers are out, the permit is still held"
     );
 
-    let mut second =
-        tokio_test::task::spawn(service.clone().oneshot(request(Endpoint::Generate, "b", 5)));
-    assert_pending!(second.poll());
+    let mut second = queued(&service, generate("b", 5));
     assert_eq!(scheduler.snapshot().queued_total(), 1);
 
     tx.send_data(Bytes::from_static(b"{\"done\":false}\n"))
@@ -96,15 +146,9 @@ async fn the_permit_is_held_until_the_stream_ends_not_until_the_headers() {
 
 #[tokio::test(start_paused = true)]
 async fn a_client_that_leaves_mid_stream_frees_the_permit() {
-    let layer = layer(1);
-    let scheduler = layer.scheduler().clone();
-    let (upstream, mut handle): (Upstream, _) = mock::pair();
-    let service = layer.layer(upstream);
-    let first = tokio::spawn(service.clone().oneshot(request(Endpoint::Chat, "a", 5)));
-    let (_, reply) = handle.next_request().await.unwrap();
-    let (_tx, response) = streaming();
-    reply.send_response(response);
-    let response = first.await.unwrap().unwrap();
+    let (scheduler, service, mut handle) = prioritized(1);
+    let chat = request(Endpoint::Chat, "a", 5);
+    let (_tx, response) = streamed(&service, &mut handle, chat).await;
     assert_eq!(scheduler.snapshot().in_flight, 1);
     drop(response);
     assert_eq!(scheduler.snapshot().in_flight, 0);
@@ -112,15 +156,9 @@ async fn a_client_that_leaves_mid_stream_frees_the_permit() {
 
 #[tokio::test(start_paused = true)]
 async fn a_client_that_leaves_while_queued_leaves_the_queue() {
-    let layer = layer(1);
-    let scheduler = layer.scheduler().clone();
-    let (upstream, mut handle): (Upstream, _) = mock::pair();
-    let service = layer.layer(upstream);
-    let first = tokio::spawn(service.clone().oneshot(request(Endpoint::Generate, "a", 5)));
-    let (_, _reply) = handle.next_request().await.unwrap();
-    let mut queued =
-        tokio_test::task::spawn(service.clone().oneshot(request(Endpoint::Generate, "b", 1)));
-    assert_pending!(queued.poll());
+    let (scheduler, service, mut handle) = prioritized(1);
+    let (first, _reply) = upstream_has(&service, &mut handle, generate("a", 5)).await;
+    let queued = queued(&service, generate("b", 1));
     assert_eq!(scheduler.snapshot().queued_total(), 1);
     drop(queued);
     assert_eq!(scheduler.snapshot().queued_total(), 0);
@@ -135,15 +173,9 @@ async fn a_client_that_leaves_while_queued_leaves_the_queue() {
 
 #[tokio::test(start_paused = true)]
 async fn metadata_reads_never_wait_behind_a_generation() {
-    let layer = layer(1);
-    let scheduler = layer.scheduler().clone();
-    let (upstream, mut handle): (Upstream, _) = mock::pair();
-    let service = layer.layer(upstream);
-    let _busy = tokio::spawn(service.clone().oneshot(request(Endpoint::Generate, "a", 5)));
-    let (_, _busy_reply) = handle.next_request().await.unwrap();
-    let mut waiting =
-        tokio_test::task::spawn(service.clone().oneshot(request(Endpoint::Generate, "b", 1)));
-    assert_pending!(waiting.poll());
+    let (scheduler, service, mut handle) = prioritized(1);
+    let _busy = upstream_has(&service, &mut handle, generate("a", 5)).await;
+    let _waiting = queued(&service, generate("b", 1));
 
     let tags = tokio::spawn(service.clone().oneshot(request(Endpoint::Tags, "c", 10)));
     let (seen, reply) = handle.next_request().await.unwrap();
@@ -156,17 +188,11 @@ async fn metadata_reads_never_wait_behind_a_generation() {
 
 #[tokio::test(start_paused = true)]
 async fn the_queue_time_is_reported_in_a_header() {
-    let layer = layer(1);
-    let (upstream, mut handle): (Upstream, _) = mock::pair();
-    let service = layer.layer(upstream);
-    let first = tokio::spawn(service.clone().oneshot(request(Endpoint::Generate, "a", 5)));
-    let (_, reply) = handle.next_request().await.unwrap();
-    let (tx, response) = streaming();
-    reply.send_response(response);
-    let first = first.await.unwrap().unwrap();
+    let (_scheduler, service, mut handle) = prioritized(1);
+    let (tx, first) = streamed(&service, &mut handle, generate("a", 5)).await;
     assert_eq!(first.headers()["x-corral-queue-ms"], "0");
 
-    let second = tokio::spawn(service.clone().oneshot(request(Endpoint::Generate, "b", 5)));
+    let second = tokio::spawn(service.clone().oneshot(generate("b", 5)));
     tokio::time::sleep(Duration::from_millis(1234)).await;
     drop((tx, first));
     let (_, reply) = handle.next_request().await.unwrap();
@@ -177,12 +203,9 @@ async fn the_queue_time_is_reported_in_a_header() {
 
 #[tokio::test(start_paused = true)]
 async fn a_deadline_passing_in_the_queue_is_a_deadline_refusal() {
-    let layer = layer(1);
-    let (upstream, mut handle): (Upstream, _) = mock::pair();
-    let service = layer.layer(upstream);
-    let _busy = tokio::spawn(service.clone().oneshot(request(Endpoint::Generate, "a", 5)));
-    let (_, _busy_reply) = handle.next_request().await.unwrap();
-    let mut late = request(Endpoint::Generate, "b", 1);
+    let (_scheduler, service, mut handle) = prioritized(1);
+    let _busy = upstream_has(&service, &mut handle, generate("a", 5)).await;
+    let mut late = generate("b", 1);
     let meta = late.extensions_mut().get_mut::<RequestMeta>().unwrap();
     meta.deadline = Some(tokio::time::Instant::now() + Duration::from_secs(2));
     let err = service.clone().oneshot(late).await.unwrap_err();
@@ -194,20 +217,11 @@ async fn a_deadline_passing_in_the_queue_is_a_deadline_refusal() {
 
 #[tokio::test(start_paused = true)]
 async fn the_counter_is_settled_with_the_tokens_the_answer_reports() {
-    let layer = layer(2);
-    let scheduler = layer.scheduler().clone();
-    let (upstream, mut handle): (Upstream, _) = mock::pair();
-    let service = layer.layer(upstream);
+    let (scheduler, service, mut handle) = prioritized(2);
     // Someone else keeps the pool busy so counters are remembered.
-    let _other = tokio::spawn(
-        service
-            .clone()
-            .oneshot(request(Endpoint::Generate, "other", 5)),
-    );
-    let (_, _other_reply) = handle.next_request().await.unwrap();
+    let _other = upstream_has(&service, &mut handle, generate("other", 5)).await;
 
-    let call = tokio::spawn(service.clone().oneshot(request(Endpoint::Generate, "a", 5)));
-    let (_, reply) = handle.next_request().await.unwrap();
+    let (call, reply) = upstream_has(&service, &mut handle, generate("a", 5)).await;
     // "a" starts level with the busy agent (200), then is charged its
     // estimate: 400 bytes / 4 + 2 × max_tokens.
     let floor = scheduler.counter("other", None).unwrap();

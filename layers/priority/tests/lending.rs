@@ -14,7 +14,7 @@ use corral_core::UpstreamLoad;
 use corral_priority::{Permit, PriorityConfig, Reserve, Scheduler, Ticket};
 use tokio_test::task::spawn;
 
-use common::{granted, scheduler_with, ticket, wait, Waiting};
+use common::{costing, granted, hold, scheduler_with, ticket, wait, Waiting};
 
 /// `capacity` permits, the last one held back for priority 1, lent
 /// within `lend_within_ms`.
@@ -37,6 +37,27 @@ async fn learn(s: &Scheduler, agent: &str, held: Duration) {
     drop(permit);
 }
 
+/// Lessons: "short" holds a permit for 40 ms.
+const SHORT: &[(&str, Duration)] = &[("short", Duration::from_millis(40))];
+
+/// Lessons: "slow" holds a permit for 2 s, "short" for 40 ms.
+const SLOW_AND_SHORT: &[(&str, Duration)] = &[
+    ("slow", Duration::from_secs(2)),
+    ("short", Duration::from_millis(40)),
+];
+
+/// [`lending`]`(2, 250)` taught each of `lessons` (an agent, and how
+/// long its requests hold a permit), with one permit held by "other": the
+/// scheduler and that permit.
+async fn taught(lessons: &[(&str, Duration)]) -> (Arc<Scheduler>, Permit) {
+    let s = lending(2, 250);
+    for (agent, held) in lessons {
+        learn(&s, agent, *held).await;
+    }
+    let running = hold(&s, "other", 5).await;
+    (s, running)
+}
+
 /// Whether `ticket` is granted at once.
 fn granted_at_once(s: &Scheduler, ticket: Ticket) -> Option<Permit> {
     let mut task = spawn(s.acquire(ticket, None));
@@ -47,6 +68,14 @@ fn granted_at_once(s: &Scheduler, ticket: Ticket) -> Option<Permit> {
     }
 }
 
+/// [`taught`]`(SHORT)` with the reserve lent to "short": the scheduler,
+/// the permit "other" holds and the lent one.
+async fn lent_to_short() -> (Arc<Scheduler>, Permit, Permit) {
+    let (s, running) = taught(SHORT).await;
+    let lent = granted_at_once(&s, ticket("short", 5)).unwrap();
+    (s, running, lent)
+}
+
 /// The names of the waiting requests granted now, and their permits.
 fn names(waiting: &mut Vec<Waiting>) -> (Vec<String>, Vec<Permit>) {
     granted(waiting).into_iter().unzip()
@@ -54,9 +83,7 @@ fn names(waiting: &mut Vec<Waiting>) -> (Vec<String>, Vec<Permit>) {
 
 #[tokio::test(start_paused = true)]
 async fn a_short_request_is_lent_the_reserve_while_no_urgent_one_waits() {
-    let s = lending(2, 250);
-    learn(&s, "short", Duration::from_millis(40)).await;
-    let _running = s.acquire(ticket("other", 5), None).await.unwrap();
+    let (s, _running) = taught(SHORT).await;
     // Only the reserved permit is free: predicted 40 ms, it is lent.
     let lent = granted_at_once(&s, ticket("short", 5));
     assert!(lent.is_some(), "a short request borrows the reserve");
@@ -66,18 +93,12 @@ async fn a_short_request_is_lent_the_reserve_while_no_urgent_one_waits() {
 
 #[tokio::test(start_paused = true)]
 async fn a_request_predicted_long_is_not_lent_the_reserve() {
-    let s = lending(2, 250);
-    learn(&s, "slow", Duration::from_secs(2)).await;
-    learn(&s, "short", Duration::from_millis(40)).await;
-    let _running = s.acquire(ticket("other", 5), None).await.unwrap();
+    let (s, _running) = taught(SLOW_AND_SHORT).await;
     // The slow agent's generations take 2 s...
     assert!(granted_at_once(&s, ticket("slow", 5)).is_none());
     // ...and a short agent asking for ten times its usual work is
     // predicted ten times longer (400 ms).
-    let big = Ticket {
-        cost: 1000.0,
-        ..ticket("short", 5)
-    };
+    let big = costing("short", 1000.0);
     assert!(granted_at_once(&s, big).is_none());
     assert_eq!(s.snapshot().in_flight, 1);
     assert_eq!(s.reserve_lent(), 0);
@@ -85,10 +106,7 @@ async fn a_request_predicted_long_is_not_lent_the_reserve() {
 
 #[tokio::test(start_paused = true)]
 async fn a_short_request_behind_one_predicted_long_borrows_the_reserve() {
-    let s = lending(2, 250);
-    learn(&s, "slow", Duration::from_secs(2)).await;
-    learn(&s, "short", Duration::from_millis(40)).await;
-    let running = s.acquire(ticket("other", 5), None).await.unwrap();
+    let (s, running) = taught(SLOW_AND_SHORT).await;
     let mut waiting = vec![wait(&s, "slow", ticket("slow", 5))];
     let lent = granted_at_once(&s, ticket("short", 5)).unwrap();
     // The slow request waits for a permit of its own, as it would have:
@@ -105,8 +123,8 @@ async fn a_short_request_behind_one_predicted_long_borrows_the_reserve() {
 async fn an_urgent_arrival_gets_the_next_permit_that_frees_not_a_lower_priority_waiter() {
     let s = lending(3, 250);
     learn(&s, "short", Duration::from_millis(40)).await;
-    let a = s.acquire(ticket("a", 5), None).await.unwrap();
-    let _b = s.acquire(ticket("b", 5), None).await.unwrap();
+    let a = hold(&s, "a", 5).await;
+    let _b = hold(&s, "b", 5).await;
     let lent = granted_at_once(&s, ticket("short", 5)).unwrap();
     let mut waiting = vec![wait(&s, "low", ticket("low", 5))];
     tokio::time::advance(Duration::from_millis(10)).await;
@@ -127,7 +145,7 @@ async fn an_urgent_arrival_gets_the_next_permit_that_frees_not_a_lower_priority_
 async fn with_lend_within_zero_the_reserve_stays_strict() {
     let s = lending(2, 0);
     learn(&s, "short", Duration::from_millis(1)).await;
-    let _running = s.acquire(ticket("other", 5), None).await.unwrap();
+    let _running = hold(&s, "other", 5).await;
     let mut waiting = vec![wait(&s, "short", ticket("short", 5))];
     tokio::time::advance(Duration::from_secs(60)).await;
     assert!(names(&mut waiting).0.is_empty());
@@ -138,22 +156,17 @@ async fn with_lend_within_zero_the_reserve_stays_strict() {
 
 #[tokio::test(start_paused = true)]
 async fn nothing_is_lent_before_the_pool_has_had_a_permit_back() {
-    let s = lending(2, 250);
-    let _running = s.acquire(ticket("other", 5), None).await.unwrap();
+    let (s, _running) = taught(&[]).await;
     assert!(granted_at_once(&s, ticket("fresh", 5)).is_none());
     assert_eq!(s.snapshot().in_flight, 1);
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_agent_without_history_borrows_by_the_pools_average_hold() {
-    let short = lending(2, 250);
-    learn(&short, "someone", Duration::from_millis(40)).await;
-    let _running = short.acquire(ticket("other", 5), None).await.unwrap();
+    let (short, _running) = taught(&[("someone", Duration::from_millis(40))]).await;
     assert!(granted_at_once(&short, ticket("fresh", 5)).is_some());
 
-    let long = lending(2, 250);
-    learn(&long, "someone", Duration::from_secs(1)).await;
-    let _running = long.acquire(ticket("other", 5), None).await.unwrap();
+    let (long, _running) = taught(&[("someone", Duration::from_secs(1))]).await;
     assert!(granted_at_once(&long, ticket("fresh", 5)).is_none());
 }
 
@@ -166,8 +179,8 @@ async fn nothing_is_lent_while_a_request_the_reserve_is_for_waits_at_its_agents_
         ..PriorityConfig::default()
     });
     learn(&s, "short", Duration::from_millis(40)).await;
-    let first = s.acquire(ticket("urgent", 1), None).await.unwrap();
-    let _other = s.acquire(ticket("other", 5), None).await.unwrap();
+    let first = hold(&s, "urgent", 1).await;
+    let _other = hold(&s, "other", 5).await;
     // The urgent agent's second request waits for its first to end: the
     // reserved permit is kept for it.
     let mut waiting = vec![wait(&s, "urgent-2", ticket("urgent", 1))];
@@ -183,10 +196,7 @@ async fn nothing_is_lent_while_a_request_the_reserve_is_for_waits_at_its_agents_
 
 #[tokio::test(start_paused = true)]
 async fn a_lent_permit_given_back_as_an_urgent_arrives_and_a_waiter_leaves_goes_to_the_urgent() {
-    let s = lending(2, 250);
-    learn(&s, "short", Duration::from_millis(40)).await;
-    let running = s.acquire(ticket("other", 5), None).await.unwrap();
-    let lent = granted_at_once(&s, ticket("short", 5)).unwrap();
+    let (s, running, lent) = lent_to_short().await;
     let leaving = wait(&s, "leaving", ticket("c", 5));
     let mut waiting = vec![wait(&s, "low", ticket("d", 5))];
     waiting.push(wait(&s, "urgent", ticket("u", 1)));
@@ -204,10 +214,7 @@ async fn a_lent_permit_given_back_as_an_urgent_arrives_and_a_waiter_leaves_goes_
 
 #[tokio::test(start_paused = true)]
 async fn an_urgent_grant_never_taken_is_lent_on_to_a_short_waiter() {
-    let s = lending(2, 250);
-    learn(&s, "short", Duration::from_millis(40)).await;
-    let _running = s.acquire(ticket("other", 5), None).await.unwrap();
-    let lent = granted_at_once(&s, ticket("short", 5)).unwrap();
+    let (s, _running, lent) = lent_to_short().await;
     let urgent = wait(&s, "urgent", ticket("u", 1));
     let mut waiting = vec![wait(&s, "low", ticket("short", 5))];
     drop(lent); // granted to the urgent request, which leaves untaken

@@ -12,12 +12,20 @@ use corral_core::UpstreamLoad;
 use corral_priority::{DeadlineExceeded, PriorityConfig, Ticket};
 use tokio_test::task::spawn;
 
-use common::{granted, scheduler, scheduler_with, ticket, wait, wait_on};
+use common::{busy, granted, hold, scheduler, scheduler_with, ticket, wait, wait_on};
+
+/// A config of `capacity` permits for each model's pool, made on demand.
+fn per_model(capacity: usize) -> PriorityConfig {
+    PriorityConfig {
+        capacity,
+        per_model: true,
+        ..PriorityConfig::default()
+    }
+}
 
 #[tokio::test(start_paused = true)]
 async fn a_request_whose_deadline_passes_while_waiting_leaves_at_once_with_504() {
-    let s = scheduler(1);
-    let _running = s.acquire(ticket("x", 5), None).await.unwrap();
+    let (s, _running) = busy(1, "x").await;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
     let mut late = spawn(s.acquire(
         Ticket {
@@ -65,8 +73,7 @@ async fn a_deadline_already_passed_is_refused_without_taking_a_permit() {
 
 #[tokio::test(start_paused = true)]
 async fn a_cancelled_wait_leaves_the_queue_at_once() {
-    let s = scheduler(1);
-    let running = s.acquire(ticket("x", 5), None).await.unwrap();
+    let (s, running) = busy(1, "x").await;
     let waiting = wait(&s, "gone", ticket("a", 1));
     let mut next = vec![wait(&s, "next", ticket("b", 5))];
     assert_eq!(s.snapshot().queued_total(), 2);
@@ -79,8 +86,7 @@ async fn a_cancelled_wait_leaves_the_queue_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn a_grant_never_taken_is_given_back() {
-    let s = scheduler(1);
-    let running = s.acquire(ticket("x", 5), None).await.unwrap();
+    let (s, running) = busy(1, "x").await;
     let granted_but_dropped = wait(&s, "a", ticket("a", 1));
     let mut after = vec![wait(&s, "b", ticket("b", 5))];
     drop(running); // grants "a", which is never polled again
@@ -96,8 +102,7 @@ async fn a_grant_never_taken_is_given_back() {
 
 #[tokio::test(start_paused = true)]
 async fn capacity_is_a_value_that_can_change_at_run_time() {
-    let s = scheduler(1);
-    let _running = s.acquire(ticket("x", 5), None).await.unwrap();
+    let (s, _running) = busy(1, "x").await;
     let mut waiting = vec![wait(&s, "a", ticket("a", 5)), wait(&s, "b", ticket("b", 5))];
     s.set_capacity(3);
     let both = granted(&mut waiting);
@@ -113,8 +118,8 @@ async fn one_agent_may_be_capped_below_the_pool() {
         max_in_flight_per_agent: Some(2),
         ..PriorityConfig::default()
     });
-    let _a1 = s.acquire(ticket("a", 5), None).await.unwrap();
-    let _a2 = s.acquire(ticket("a", 5), None).await.unwrap();
+    let _a1 = hold(&s, "a", 5).await;
+    let _a2 = hold(&s, "a", 5).await;
     let mut waiting = vec![wait(&s, "a3", ticket("a", 1))];
     let b = s.acquire(ticket("b", 9), None).await;
     assert!(b.is_ok(), "b runs though a asked with a higher priority");
@@ -139,10 +144,8 @@ async fn a_model_with_its_own_capacity_has_its_own_pool() {
 #[tokio::test(start_paused = true)]
 async fn with_per_model_each_model_gets_a_pool_of_the_capacity_when_first_asked_for() {
     let s = scheduler_with(PriorityConfig {
-        capacity: 1,
-        per_model: true,
         model_capacity: [("llama3:70b".to_string(), 2)].into(),
-        ..PriorityConfig::default()
+        ..per_model(1)
     });
     assert_eq!(s.snapshot().capacity, 3, "the default pool and the 70b's");
     let _llama = s.acquire(ticket("a", 5), Some("llama3")).await.unwrap();
@@ -174,11 +177,7 @@ async fn with_per_model_each_model_gets_a_pool_of_the_capacity_when_first_asked_
 
 #[tokio::test(start_paused = true)]
 async fn pools_made_on_demand_are_bounded_and_more_models_share_the_default() {
-    let s = scheduler_with(PriorityConfig {
-        capacity: 1,
-        per_model: true,
-        ..PriorityConfig::default()
-    });
+    let s = scheduler_with(per_model(1));
     let mut held = Vec::new();
     for i in 0..corral_priority::MAX_MODEL_POOLS {
         held.push(
@@ -211,11 +210,7 @@ async fn pools_made_on_demand_are_bounded_and_more_models_share_the_default() {
 
 #[tokio::test(start_paused = true)]
 async fn per_model_reads_make_no_pool_and_the_idle_default_pool_adds_no_capacity() {
-    let s = scheduler_with(PriorityConfig {
-        capacity: 2,
-        per_model: true,
-        ..PriorityConfig::default()
-    });
+    let s = scheduler_with(per_model(2));
     assert_eq!(s.snapshot_for(Some("ghost")).capacity, 2, "the default's");
     assert_eq!(s.counter("a", Some("ghost")), None);
     assert_eq!(s.pools().len(), 1, "reading made no pool");
@@ -244,8 +239,8 @@ async fn reserved_permits_wait_free_for_high_priorities_only() {
         }),
         ..PriorityConfig::default()
     });
-    let batch1 = s.acquire(ticket("b1", 9), None).await.unwrap();
-    let _batch2 = s.acquire(ticket("b2", 9), None).await.unwrap();
+    let batch1 = hold(&s, "b1", 9).await;
+    let _batch2 = hold(&s, "b2", 9).await;
     // The last permit is held back: batch waits with one free...
     let mut waiting = vec![wait(&s, "batch3", ticket("b3", 9))];
     assert_eq!(s.snapshot().in_flight, 2);
@@ -254,7 +249,7 @@ async fn reserved_permits_wait_free_for_high_priorities_only() {
     tokio::time::advance(Duration::from_secs(20)).await;
     assert!(granted(&mut waiting).is_empty());
     // Priority 2 takes the reserved permit at once.
-    let urgent = s.acquire(ticket("u", 2), None).await.unwrap();
+    let urgent = hold(&s, "u", 2).await;
     assert_eq!(s.snapshot().in_flight, 3);
     // With everything taken, the next free permit goes by effective
     // priority as usual: the aged batch request before a fresh priority 3.
@@ -302,9 +297,9 @@ async fn a_pool_smaller_than_the_reserve_keeps_one_permit_for_everyone() {
     let big = s.acquire(ticket("b", 9), Some("llama3:70b")).await;
     assert!(big.is_ok(), "a one-permit pool reserves nothing");
     // The default pool of 4 holds back 2 of them.
-    let _low1 = s.acquire(ticket("l1", 9), None).await.unwrap();
-    let _low2 = s.acquire(ticket("l2", 9), None).await.unwrap();
+    let _low1 = hold(&s, "l1", 9).await;
+    let _low2 = hold(&s, "l2", 9).await;
     let mut waiting = vec![wait(&s, "low3", ticket("l3", 9))];
-    let _urgent = s.acquire(ticket("u", 1), None).await.unwrap();
+    let _urgent = hold(&s, "u", 1).await;
     assert!(granted(&mut waiting).is_empty());
 }

@@ -9,14 +9,28 @@ mod common;
 use std::time::Duration;
 
 use corral_core::UpstreamLoad;
-use corral_priority::{PriorityConfig, Ticket};
+use corral_priority::{PriorityConfig, Scheduler, Ticket};
 
-use common::{granted, scheduler, scheduler_with, serve_in_order, ticket, wait, Waiting};
+use common::{
+    busy, costing, granted, hold, scheduler, scheduler_with, serve_in_order, ticket, wait, Waiting,
+};
+
+/// `n` rounds of waiting requests, one of each of `tickets` a round, each
+/// named by its agent and round.
+fn rounds(s: &Scheduler, n: usize, tickets: &[Ticket]) -> Vec<Waiting> {
+    let mut waiting = Vec::new();
+    for i in 0..n {
+        for ticket in tickets {
+            let name = format!("{}{i}", ticket.agent);
+            waiting.push(wait(s, &name, ticket.clone()));
+        }
+    }
+    waiting
+}
 
 #[tokio::test(start_paused = true)]
 async fn waiting_requests_are_served_by_priority() {
-    let s = scheduler(1);
-    let running = s.acquire(ticket("x", 5), None).await.unwrap();
+    let (s, running) = busy(1, "x").await;
     let mut waiting = vec![
         wait(&s, "batch", ticket("a", 9)),
         wait(&s, "normal", ticket("b", 5)),
@@ -30,8 +44,7 @@ async fn waiting_requests_are_served_by_priority() {
 
 #[tokio::test(start_paused = true)]
 async fn an_agent_with_fifty_queued_does_not_starve_one_with_one() {
-    let s = scheduler(1);
-    let running = s.acquire(ticket("chatty", 5), None).await.unwrap();
+    let (s, running) = busy(1, "chatty").await;
     let mut waiting: Vec<Waiting> = (0..50)
         .map(|i| wait(&s, &format!("chatty-{i}"), ticket("chatty", 5)))
         .collect();
@@ -45,14 +58,8 @@ async fn an_agent_with_fifty_queued_does_not_starve_one_with_one() {
 
 #[tokio::test(start_paused = true)]
 async fn agents_at_one_priority_take_turns_by_service_received() {
-    let s = scheduler(1);
-    let running = s.acquire(ticket("a", 5), None).await.unwrap();
-    let mut waiting = Vec::new();
-    for i in 0..10 {
-        waiting.push(wait(&s, &format!("a{i}"), ticket("a", 5)));
-        waiting.push(wait(&s, &format!("b{i}"), ticket("b", 5)));
-        waiting.push(wait(&s, &format!("c{i}"), ticket("c", 5)));
-    }
+    let (s, running) = busy(1, "a").await;
+    let mut waiting = rounds(&s, 10, &[ticket("a", 5), ticket("b", 5), ticket("c", 5)]);
     let order = serve_in_order(running, &mut waiting, 12);
     for agent in ["a", "b", "c"] {
         let served = order.iter().filter(|n| n.starts_with(agent)).count();
@@ -62,20 +69,12 @@ async fn agents_at_one_priority_take_turns_by_service_received() {
 
 #[tokio::test(start_paused = true)]
 async fn a_class_of_weight_two_gets_twice_the_service() {
-    let s = scheduler(1);
-    let running = s.acquire(ticket("light", 5), None).await.unwrap();
-    let mut waiting = Vec::new();
-    for i in 0..20 {
-        waiting.push(wait(
-            &s,
-            &format!("heavy{i}"),
-            Ticket {
-                weight: 2.0,
-                ..ticket("heavy", 5)
-            },
-        ));
-        waiting.push(wait(&s, &format!("light{i}"), ticket("light", 5)));
-    }
+    let (s, running) = busy(1, "light").await;
+    let heavy = Ticket {
+        weight: 2.0,
+        ..ticket("heavy", 5)
+    };
+    let mut waiting = rounds(&s, 20, &[heavy, ticket("light", 5)]);
     let order = serve_in_order(running, &mut waiting, 15);
     let heavy = order.iter().filter(|n| n.starts_with("heavy")).count();
     assert!((9..=11).contains(&heavy), "about 10 of 15: {order:?}");
@@ -83,28 +82,10 @@ async fn a_class_of_weight_two_gets_twice_the_service() {
 
 #[tokio::test(start_paused = true)]
 async fn fair_share_counts_work_not_requests() {
-    let s = scheduler(1);
-    let running = s.acquire(ticket("x", 5), None).await.unwrap();
-    let mut waiting = Vec::new();
-    for i in 0..6 {
-        // One agent asks for long generations, the other for short ones.
-        waiting.push(wait(
-            &s,
-            &format!("long{i}"),
-            Ticket {
-                cost: 1000.0,
-                ..ticket("long", 5)
-            },
-        ));
-        waiting.push(wait(
-            &s,
-            &format!("short{i}"),
-            Ticket {
-                cost: 100.0,
-                ..ticket("short", 5)
-            },
-        ));
-    }
+    let (s, running) = busy(1, "x").await;
+    // One agent asks for long generations, the other for short ones.
+    let tickets = [costing("long", 1000.0), costing("short", 100.0)];
+    let mut waiting = rounds(&s, 6, &tickets);
     let order = serve_in_order(running, &mut waiting, 7);
     let short = order.iter().filter(|n| n.starts_with("short")).count();
     assert!(
@@ -120,7 +101,7 @@ async fn a_low_priority_request_ages_until_it_is_served() {
         aging: Duration::from_secs(10),
         ..PriorityConfig::default()
     });
-    let mut running = s.acquire(ticket("x", 1), None).await.unwrap();
+    let mut running = hold(&s, "x", 1).await;
     let mut waiting = vec![wait(&s, "old-batch", ticket("batch", 9))];
     // A steady stream of priority-1 work: without aging the batch request
     // would wait forever.
@@ -148,28 +129,10 @@ async fn a_low_priority_request_ages_until_it_is_served() {
 #[tokio::test(start_paused = true)]
 async fn an_agent_back_from_idle_starts_at_the_lowest_active_counter() {
     let s = scheduler(2);
-    let busy = s
-        .acquire(
-            Ticket {
-                cost: 5000.0,
-                ..ticket("busy", 5)
-            },
-            None,
-        )
-        .await
-        .unwrap();
-    let early = s
-        .acquire(
-            Ticket {
-                cost: 100.0,
-                ..ticket("early", 5)
-            },
-            None,
-        )
-        .await
-        .unwrap();
+    let busy = s.acquire(costing("busy", 5000.0), None).await.unwrap();
+    let early = s.acquire(costing("early", 100.0), None).await.unwrap();
     drop(early); // early goes idle with a counter of 100
-    let back = s.acquire(ticket("early", 5), None).await.unwrap();
+    let back = hold(&s, "early", 5).await;
     let counter = s.counter("early", None).unwrap();
     assert!(
         counter >= 5000.0,
@@ -184,8 +147,7 @@ async fn agents_equally_served_go_in_the_order_they_asked_not_by_name() {
     // counter, and ties went to the alphabetically first name, so
     // `system-08` waited while `system-01` and `system-06`, who asked
     // later, went first.
-    let s = scheduler(1);
-    let running = s.acquire(ticket("busy", 5), None).await.unwrap();
+    let (s, running) = busy(1, "busy").await;
     let mut waiting = vec![wait(&s, "zeta", ticket("zeta", 1))];
     tokio::time::advance(Duration::from_millis(10)).await;
     waiting.push(wait(&s, "alpha", ticket("alpha", 1)));

@@ -9,10 +9,13 @@
 #![cfg(feature = "redis")]
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use corral_core::{redis, Priority, RedisState};
+use common::ticket;
+use corral_core::{redis, RedisState};
 use corral_priority::{Permit, PriorityConfig, Reserve, Scheduler, Ticket};
 
 /// A step that should take milliseconds: failing after this long.
@@ -73,17 +76,6 @@ fn state(redis: &Redis, test: &str, replica: &str) -> RedisState {
     RedisState::new(&redis.url, &prefix, replica, Duration::from_millis(500)).unwrap()
 }
 
-fn ticket(agent: &str, priority: u8) -> Ticket {
-    Ticket {
-        agent: agent.into(),
-        priority: Priority::new(priority).unwrap(),
-        weight: 1.0,
-        cost: 100.0,
-        bytes: 0,
-        deadline: None,
-    }
-}
-
 /// A replica with `capacity` permits, the last held back for priority 1
 /// and lent within `lend_within_ms`.
 fn replica(
@@ -109,7 +101,7 @@ fn replica(
 /// added the hold to the pool's average.
 async fn learn(s: &Scheduler, probe: &RedisState, agent: &str, held: Duration) {
     let before = average_hold(probe).await;
-    let permit = within(s.acquire(ticket(agent, 5), None)).await.unwrap();
+    let permit = hold(s, agent, 5).await;
     tokio::time::sleep(held).await;
     drop(permit);
     within(async {
@@ -142,59 +134,114 @@ async fn until_queued(probe: &RedisState, n: usize) {
     .await;
 }
 
+/// A test's keys in a Redis of its own, and a probe into them.
+struct Test {
+    redis: Redis,
+    name: &'static str,
+    probe: RedisState,
+}
+
+impl Test {
+    /// Starts the Redis of the test `name`.
+    async fn start(name: &'static str) -> Self {
+        let redis = Redis::start().await;
+        let probe = state(&redis, name, "probe");
+        Self { redis, name, probe }
+    }
+
+    /// Starts the test `name` with two replicas of two permits lending
+    /// within 100 ms, the first taught that "short" holds a permit for
+    /// 20 ms: the test and the replicas.
+    async fn short_known(name: &'static str) -> (Self, Arc<Scheduler>, Arc<Scheduler>) {
+        let test = Self::start(name).await;
+        let one = test.replica("one", 2, 100);
+        let two = test.replica("two", 2, 100);
+        learn(&one, &test.probe, "short", Duration::from_millis(20)).await;
+        (test, one, two)
+    }
+
+    /// Starts the test `name` with one replica of two permits lending
+    /// within `lend_within_ms`, taught that `agent` holds a permit for
+    /// `held`: the test and the replica.
+    async fn one_taught(
+        name: &'static str,
+        lend_within_ms: u64,
+        agent: &str,
+        held: Duration,
+    ) -> (Self, Arc<Scheduler>) {
+        let test = Self::start(name).await;
+        let one = test.replica("one", 2, lend_within_ms);
+        learn(&one, &test.probe, agent, held).await;
+        (test, one)
+    }
+
+    /// [`replica`] `name` of this test.
+    fn replica(&self, name: &str, capacity: usize, lend_within_ms: u64) -> Arc<Scheduler> {
+        replica(&self.redis, self.name, name, capacity, lend_within_ms)
+    }
+}
+
+/// Takes a permit on `s` for `agent` at `priority`, which must be granted
+/// within a step.
+async fn hold(s: &Scheduler, agent: &str, priority: u8) -> Permit {
+    within(s.acquire(ticket(agent, priority), None))
+        .await
+        .unwrap()
+}
+
 /// Acquires on `s` in a task of its own: granted later, or never.
 fn waiting(s: &Arc<Scheduler>, ticket: Ticket) -> tokio::task::JoinHandle<Permit> {
     let s = s.clone();
     tokio::spawn(async move { s.acquire(ticket, None).await.unwrap() })
 }
 
+/// Holds one of `one`'s two permits, queues `tickets` behind it, then
+/// asks for the reserve at priority 1: granted at once, with none of
+/// `tickets` granted and nothing lent.
+async fn the_reserve_waits_for_priority_one<const N: usize>(
+    test: &Test,
+    one: &Arc<Scheduler>,
+    tickets: [Ticket; N],
+) {
+    let _running = hold(one, "other", 5).await;
+    let waiters = tickets.map(|ticket| waiting(one, ticket));
+    until_queued(&test.probe, N).await;
+    let _urgent = hold(one, "urgent", 1).await;
+    for (i, waiter) in waiters.iter().enumerate() {
+        assert!(!waiter.is_finished(), "ticket {i} was granted");
+    }
+    assert_eq!(one.reserve_lent(), 0);
+}
+
 #[tokio::test]
 async fn a_short_request_borrows_the_reserve_on_any_replica() {
-    let redis = Redis::start().await;
-    let one = replica(&redis, "short", "one", 2, 100);
-    let two = replica(&redis, "short", "two", 2, 100);
-    let probe = state(&redis, "short", "probe");
-    learn(&one, &probe, "short", Duration::from_millis(20)).await;
-    let _running = within(one.acquire(ticket("other", 5), None)).await.unwrap();
+    let (_test, one, two) = Test::short_known("short").await;
+    let _running = hold(&one, "other", 5).await;
     // Replica one knows the agent: predicted 20 ms.
-    let lent = within(one.acquire(ticket("short", 5), None)).await.unwrap();
+    let lent = hold(&one, "short", 5).await;
     drop(lent);
     // Replica two knows nothing of this agent: Redis' average hold decides.
-    let _lent = within(two.acquire(ticket("fresh", 5), None)).await.unwrap();
+    let _lent = hold(&two, "fresh", 5).await;
     assert_eq!(one.reserve_lent() + two.reserve_lent(), 2);
 }
 
 #[tokio::test]
 async fn a_request_predicted_long_is_not_lent_and_the_reserve_waits_for_priority_one() {
-    let redis = Redis::start().await;
-    let one = replica(&redis, "long", "one", 2, 100);
-    let probe = state(&redis, "long", "probe");
-    learn(&one, &probe, "slow", Duration::from_millis(300)).await;
-    let _running = within(one.acquire(ticket("other", 5), None)).await.unwrap();
-    let slow = waiting(&one, ticket("slow", 5));
-    // No history and an average of 300 ms: not lent either.
-    let fresh = waiting(&one, ticket("fresh", 5));
-    until_queued(&probe, 2).await;
-    let _urgent = within(one.acquire(ticket("urgent", 1), None))
-        .await
-        .unwrap();
-    assert!(!slow.is_finished() && !fresh.is_finished());
-    assert_eq!(one.reserve_lent(), 0);
+    let (test, one) = Test::one_taught("long", 100, "slow", Duration::from_millis(300)).await;
+    // "fresh": no history and an average of 300 ms: not lent either.
+    let tickets = [ticket("slow", 5), ticket("fresh", 5)];
+    the_reserve_waits_for_priority_one(&test, &one, tickets).await;
 }
 
 #[tokio::test]
 async fn an_urgent_ticket_gets_the_next_permit_that_frees_and_lending_resumes_after() {
-    let redis = Redis::start().await;
-    let one = replica(&redis, "urgent", "one", 2, 100);
-    let two = replica(&redis, "urgent", "two", 2, 100);
-    let probe = state(&redis, "urgent", "probe");
-    learn(&one, &probe, "short", Duration::from_millis(20)).await;
-    let running = within(one.acquire(ticket("other", 5), None)).await.unwrap();
-    let lent = within(one.acquire(ticket("short", 5), None)).await.unwrap();
+    let (test, one, two) = Test::short_known("urgent").await;
+    let running = hold(&one, "other", 5).await;
+    let lent = hold(&one, "short", 5).await;
     let low = waiting(&one, ticket("short", 5));
-    until_queued(&probe, 1).await;
+    until_queued(&test.probe, 1).await;
     let urgent = waiting(&two, ticket("urgent", 1));
-    until_queued(&probe, 2).await;
+    until_queued(&test.probe, 2).await;
     // The permit not lent frees first: the urgent ticket's, on the other
     // replica, though the lower one was queued before.
     drop(running);
@@ -209,16 +256,6 @@ async fn an_urgent_ticket_gets_the_next_permit_that_frees_and_lending_resumes_af
 
 #[tokio::test]
 async fn with_lend_within_zero_the_shared_reserve_stays_strict() {
-    let redis = Redis::start().await;
-    let one = replica(&redis, "strict", "one", 2, 0);
-    let probe = state(&redis, "strict", "probe");
-    learn(&one, &probe, "short", Duration::from_millis(1)).await;
-    let _running = within(one.acquire(ticket("other", 5), None)).await.unwrap();
-    let short = waiting(&one, ticket("short", 5));
-    until_queued(&probe, 1).await;
-    let _urgent = within(one.acquire(ticket("urgent", 1), None))
-        .await
-        .unwrap();
-    assert!(!short.is_finished());
-    assert_eq!(one.reserve_lent(), 0);
+    let (test, one) = Test::one_taught("strict", 0, "short", Duration::from_millis(1)).await;
+    the_reserve_waits_for_priority_one(&test, &one, [ticket("short", 5)]).await;
 }

@@ -10,7 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use corral_core::{Body, Endpoint, GenerationParams, Priority, Refusal, RequestMeta};
 use corral_ratelimit::{
-    Check, MemoryRates, Quota, RateLimitConfig, RateLimitLayer, RateLimited, Verdict,
+    Check, MemoryRates, Quota, RateLimitConfig, RateLimitLayer, RateLimitService, RateLimited,
+    ResponseBody, Verdict,
 };
 use http::{Request, Response};
 use http_body_util::channel::Channel;
@@ -19,6 +20,7 @@ use proptest::prelude::*;
 use tower::{Layer, ServiceExt};
 use tower_test::mock;
 
+/// A check of `cost` against `quota` under `key`.
 fn check(key: &str, quota: Quota, cost: u64) -> Check {
     Check {
         key: key.into(),
@@ -27,6 +29,7 @@ fn check(key: &str, quota: Quota, cost: u64) -> Check {
     }
 }
 
+/// Whether the verdict let the request through.
 fn allowed(verdict: &Verdict) -> bool {
     matches!(verdict, Verdict::Allowed(_))
 }
@@ -103,6 +106,8 @@ async fn corrections_give_back_what_was_not_used() {
     assert!(allowed(&store.decide(&[check("t", tokens, 300)])));
 }
 
+/// A request to `endpoint` from `agent` of `class`, asking for at most
+/// `max_tokens`.
 fn request(endpoint: Endpoint, agent: &str, class: &str, max_tokens: Option<u64>) -> Request<Body> {
     let mut meta = RequestMeta::new("r".into(), endpoint)
         .with_agent(agent.into(), class.into(), false)
@@ -116,27 +121,66 @@ fn request(endpoint: Endpoint, agent: &str, class: &str, max_tokens: Option<u64>
     request
 }
 
-type Upstream = mock::Mock<Request<Body>, Response<Channel<Bytes, Infallible>>>;
+/// A chat request from `agent` of `class`, asking for at most `max_tokens`.
+fn chat(agent: &str, class: &str, max_tokens: Option<u64>) -> Request<Body> {
+    request(Endpoint::Chat, agent, class, max_tokens)
+}
 
-fn layer(toml: &str) -> RateLimitLayer {
-    RateLimitLayer::new(&toml::from_str::<RateLimitConfig>(toml).unwrap()).unwrap()
+type UpstreamBody = Channel<Bytes, Infallible>;
+type Upstream = mock::Mock<Request<Body>, Response<UpstreamBody>>;
+type Handle = mock::Handle<Request<Body>, Response<UpstreamBody>>;
+type Limited = RateLimitService<Upstream>;
+
+/// The layer from the TOML config `toml` over a mocked upstream that takes
+/// ten requests, and the upstream's handle.
+fn limited(toml: &str) -> (Limited, Handle) {
+    let config = toml::from_str::<RateLimitConfig>(toml).unwrap();
+    let (upstream, mut handle): (Upstream, _) = mock::pair();
+    handle.allow(10);
+    (
+        RateLimitLayer::new(&config).unwrap().layer(upstream),
+        handle,
+    )
+}
+
+/// Sends `request` through `service` and answers it upstream with `body`:
+/// the answer the client got.
+async fn answered(
+    service: &Limited,
+    handle: &mut Handle,
+    request: Request<Body>,
+    body: UpstreamBody,
+) -> Response<ResponseBody<UpstreamBody>> {
+    let call = tokio::spawn(service.clone().oneshot(request));
+    let (_, reply) = handle.next_request().await.unwrap();
+    reply.send_response(Response::new(body));
+    call.await.unwrap().unwrap()
+}
+
+/// Sends `request` through `service` and answers it upstream with an empty
+/// body: the answer the client got.
+async fn passed(
+    service: &Limited,
+    handle: &mut Handle,
+    request: Request<Body>,
+) -> Response<ResponseBody<UpstreamBody>> {
+    answered(service, handle, request, Channel::new(1).1).await
+}
+
+/// Sends `request` through `service`, which must refuse it: why.
+async fn refused(service: &Limited, request: Request<Body>) -> RateLimited {
+    let err = service.clone().oneshot(request).await.unwrap_err();
+    match err.downcast::<RateLimited>() {
+        Ok(limited) => *limited,
+        Err(other) => panic!("not a rate limit: {other}"),
+    }
 }
 
 #[tokio::test(start_paused = true)]
 async fn over_quota_is_a_429_with_retry_after_and_the_ietf_headers() {
-    let (upstream, mut handle): (Upstream, _) = mock::pair();
-    let service = layer("[classes.opus]\nrequests_per_minute = 2").layer(upstream);
-    handle.allow(10);
+    let (service, mut handle) = limited("[classes.opus]\nrequests_per_minute = 2");
     for remaining in [1, 0] {
-        let call = tokio::spawn(service.clone().oneshot(request(
-            Endpoint::Chat,
-            "planner",
-            "opus",
-            None,
-        )));
-        let (_, reply) = handle.next_request().await.unwrap();
-        reply.send_response(Response::new(Channel::new(1).1));
-        let response = call.await.unwrap().unwrap();
+        let response = passed(&service, &mut handle, chat("planner", "opus", None)).await;
         assert_eq!(
             response.headers()["ratelimit-policy"],
             "\"agent-requests\";q=2;w=60"
@@ -149,14 +193,9 @@ async fn over_quota_is_a_429_with_retry_after_and_the_ietf_headers() {
             )
         );
     }
-    let err = service
-        .clone()
-        .oneshot(request(Endpoint::Chat, "planner", "opus", None))
-        .await
-        .unwrap_err();
-    let limited = err.downcast_ref::<RateLimited>().unwrap();
+    let limited = refused(&service, chat("planner", "opus", None)).await;
     assert_eq!(limited.status(), 429);
-    assert_eq!(Refusal::reason(limited), "rate_limited");
+    assert_eq!(Refusal::reason(&limited), "rate_limited");
     assert_eq!(limited.retry_after(), Some(Duration::from_secs(30)));
     assert!(
         limited.to_string().contains("2 requests a minute"),
@@ -173,56 +212,21 @@ async fn over_quota_is_a_429_with_retry_after_and_the_ietf_headers() {
     );
 
     // Another agent of the class has its own quota; another class none.
-    let other = tokio::spawn(service.clone().oneshot(request(
-        Endpoint::Chat,
-        "writer",
-        "opus",
-        None,
-    )));
-    let (_, reply) = handle.next_request().await.unwrap();
-    reply.send_response(Response::new(Channel::new(1).1));
-    other.await.unwrap().unwrap();
-    let free = tokio::spawn(
-        service
-            .clone()
-            .oneshot(request(Endpoint::Chat, "x", "batch", None)),
-    );
-    let (_, reply) = handle.next_request().await.unwrap();
-    reply.send_response(Response::new(Channel::new(1).1));
-    assert!(!free
-        .await
-        .unwrap()
-        .unwrap()
-        .headers()
-        .contains_key("ratelimit"));
+    passed(&service, &mut handle, chat("writer", "opus", None)).await;
+    let free = passed(&service, &mut handle, chat("x", "batch", None)).await;
+    assert!(!free.headers().contains_key("ratelimit"));
 }
 
 #[tokio::test(start_paused = true)]
 async fn token_quotas_are_corrected_from_what_the_answer_generated() {
-    let (upstream, mut handle): (Upstream, _) = mock::pair();
-    let service = layer("[classes.opus]\ntokens_per_minute = 1000").layer(upstream);
-    handle.allow(10);
-    let call = tokio::spawn(service.clone().oneshot(request(
-        Endpoint::Chat,
-        "a",
-        "opus",
-        Some(900),
-    )));
-    let (_, reply) = handle.next_request().await.unwrap();
+    let (service, mut handle) = limited("[classes.opus]\ntokens_per_minute = 1000");
     let (mut tx, body) = Channel::new(2);
-    reply.send_response(Response::new(body));
-    let mut body = call.await.unwrap().unwrap().into_body();
+    let response = answered(&service, &mut handle, chat("a", "opus", Some(900)), body).await;
+    let mut body = response.into_body();
 
     // 900 charged up front: a second request for 200 does not fit yet.
-    let err = service
-        .clone()
-        .oneshot(request(Endpoint::Chat, "a", "opus", Some(200)))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err.downcast_ref::<RateLimited>().unwrap().policy(),
-        "agent-tokens"
-    );
+    let limited = refused(&service, chat("a", "opus", Some(200))).await;
+    assert_eq!(limited.policy(), "agent-tokens");
 
     tx.send_data(Bytes::from_static(b"{\"done\":true,\"eval_count\":50}\n"))
         .await
@@ -230,32 +234,19 @@ async fn token_quotas_are_corrected_from_what_the_answer_generated() {
     drop(tx);
     while body.frame().await.is_some() {}
     // Only 50 were generated: the 200 fit now.
-    let call = tokio::spawn(service.clone().oneshot(request(
-        Endpoint::Chat,
-        "a",
-        "opus",
-        Some(200),
-    )));
-    let (_, reply) = handle.next_request().await.unwrap();
-    reply.send_response(Response::new(Channel::new(1).1));
-    call.await.unwrap().unwrap();
+    passed(&service, &mut handle, chat("a", "opus", Some(200))).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn metadata_reads_are_never_limited() {
-    let (upstream, mut handle): (Upstream, _) = mock::pair();
-    let service = layer("[classes.opus]\nrequests_per_minute = 1").layer(upstream);
-    handle.allow(10);
+    let (service, mut handle) = limited("[classes.opus]\nrequests_per_minute = 1");
     for _ in 0..3 {
-        let call = tokio::spawn(service.clone().oneshot(request(
-            Endpoint::Tags,
-            "a",
-            "opus",
-            None,
-        )));
-        let (_, reply) = handle.next_request().await.unwrap();
-        reply.send_response(Response::new(Channel::new(1).1));
-        call.await.unwrap().unwrap();
+        passed(
+            &service,
+            &mut handle,
+            request(Endpoint::Tags, "a", "opus", None),
+        )
+        .await;
     }
 }
 

@@ -209,6 +209,10 @@ mod tests {
             wait: Wait::UpTo(secs(s)),
             fallback: None,
         };
+        let on_to_tiny = || Decision::Retry {
+            wait: Wait::UpTo(secs(2)),
+            fallback: Some("tiny"),
+        };
         let attempted = |failure, attempt, retry_after, next_fallback| Attempted {
             failure,
             attempt,
@@ -241,10 +245,7 @@ mod tests {
             (
                 "out of attempts on overload: the next model, waiting as for a first retry",
                 attempted(Failure::Status(503), 3, None, Some("tiny")),
-                Decision::Retry {
-                    wait: Wait::UpTo(secs(2)),
-                    fallback: Some("tiny"),
-                },
+                on_to_tiny(),
             ),
             (
                 "out of attempts on a bad gateway: no fallback (not overload)",
@@ -267,10 +268,7 @@ mod tests {
             (
                 "Retry-After past max_backoff: this model is done, the next may not be",
                 attempted(Failure::Status(503), 1, Some(secs(60)), Some("tiny")),
-                Decision::Retry {
-                    wait: Wait::UpTo(secs(2)),
-                    fallback: Some("tiny"),
-                },
+                on_to_tiny(),
             ),
             (
                 "a server error is not sent again",

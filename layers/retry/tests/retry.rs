@@ -6,25 +6,23 @@
 
 use std::time::Duration;
 
-use corral_core::{RequestMeta, UpstreamFailed};
+use corral_core::UpstreamFailed;
 use corral_retry::RetryConfig;
 use http_body_util::BodyExt;
 use tokio::time::Instant;
-use tower::{Layer, ServiceExt};
-use tower_test::mock;
 
 mod common;
 
-use common::{answer, answer_with, config, layer, no_more_attempts, request, Upstream, BODY};
+use common::{
+    answer, answer_with, busy, config, no_more_attempts, request, request_where, retrying, send,
+    spawn_call, status_of, BODY,
+};
 
 #[tokio::test(start_paused = true)]
 async fn a_burst_of_503s_is_absorbed_and_the_body_is_replayed_each_time() {
-    let (upstream, mut handle): (Upstream, _) = mock::pair();
-    let service = layer(config()).layer(upstream);
-    handle.allow(10);
-    let call = tokio::spawn(service.oneshot(request()));
+    let (call, mut handle) = send(config(), request());
     let seen = answer_with(&mut handle, &[503, 503, 200]).await;
-    assert_eq!(call.await.unwrap().unwrap().status(), 200);
+    assert_eq!(status_of(call).await, 200);
     assert!(
         seen.iter().all(|(_, body)| body == BODY),
         "the same bytes every time"
@@ -36,17 +34,14 @@ async fn a_burst_of_503s_is_absorbed_and_the_body_is_replayed_each_time() {
 /// seeds (the runtime is single-threaded: the layer draws from it).
 #[tokio::test(start_paused = true)]
 async fn the_backoff_is_full_jitter_under_a_ceiling_that_doubles_up_to_its_cap() {
-    let (upstream, mut handle): (Upstream, _) = mock::pair();
-    let service = layer(RetryConfig {
+    let config = RetryConfig {
         max_attempts: 7,
         ..config()
-    })
-    .layer(upstream);
-    handle.allow(10);
+    };
     fastrand::seed(131);
-    let call = tokio::spawn(service.oneshot(request()));
+    let (call, mut handle) = send(config, request());
     let seen = answer_with(&mut handle, &[503; 7]).await;
-    assert_eq!(call.await.unwrap().unwrap().status(), 503);
+    assert_eq!(status_of(call).await, 503);
     let waits: Vec<Duration> = seen.windows(2).map(|w| w[1].0 - w[0].0).collect();
     let mut draws = fastrand::Rng::with_seed(131);
     let expected: Vec<Duration> = [2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
@@ -65,30 +60,21 @@ async fn the_backoff_is_full_jitter_under_a_ceiling_that_doubles_up_to_its_cap()
 
 #[tokio::test(start_paused = true)]
 async fn an_upstream_retry_after_is_waited_out() {
-    let (upstream, mut handle): (Upstream, _) = mock::pair();
-    let service = layer(config()).layer(upstream);
-    handle.allow(10);
-    let call = tokio::spawn(service.oneshot(request()));
+    let (call, mut handle) = send(config(), request());
     let (_, reply) = handle.next_request().await.unwrap();
     let first = Instant::now();
-    let mut busy = answer(503);
-    busy.headers_mut()
-        .insert("retry-after", "7".parse().unwrap());
-    reply.send_response(busy);
+    reply.send_response(busy("7"));
     let seen = answer_with(&mut handle, &[200]).await;
     assert_eq!(seen[0].0 - first, Duration::from_secs(7));
-    assert_eq!(call.await.unwrap().unwrap().status(), 200);
+    assert_eq!(status_of(call).await, 200);
 }
 
 #[tokio::test(start_paused = true)]
 async fn client_errors_and_500s_are_never_retried() {
     for status in [400, 404, 429, 500] {
-        let (upstream, mut handle): (Upstream, _) = mock::pair();
-        let service = layer(config()).layer(upstream);
-        handle.allow(10);
-        let call = tokio::spawn(service.oneshot(request()));
+        let (call, mut handle) = send(config(), request());
         answer_with(&mut handle, &[status]).await;
-        assert_eq!(call.await.unwrap().unwrap().status(), status);
+        assert_eq!(status_of(call).await, status);
         tokio::task::yield_now().await;
         assert!(no_more_attempts(&mut handle).await, "{status} was retried");
     }
@@ -96,69 +82,51 @@ async fn client_errors_and_500s_are_never_retried() {
 
 #[tokio::test(start_paused = true)]
 async fn a_connection_error_is_retried() {
-    let (upstream, mut handle): (Upstream, _) = mock::pair();
-    let service = layer(config()).layer(upstream);
-    handle.allow(10);
-    let call = tokio::spawn(service.oneshot(request()));
-    let (_, reply) = handle.next_request().await.unwrap();
-    reply.send_error(UpstreamFailed::new("http://x", true, "connection refused"));
-    answer_with(&mut handle, &[200]).await;
-    assert_eq!(call.await.unwrap().unwrap().status(), 200);
-
-    // A connection that breaks before any answer (the upstream died while
-    // loading a model) is sent again too.
-    let (upstream, mut handle): (Upstream, _) = mock::pair();
-    let service = layer(config()).layer(upstream);
-    handle.allow(10);
-    let call = tokio::spawn(service.oneshot(request()));
-    let (_, reply) = handle.next_request().await.unwrap();
-    reply.send_error(UpstreamFailed::new(
-        "http://x",
-        false,
-        "connection reset by peer",
-    ));
-    answer_with(&mut handle, &[200]).await;
-    assert_eq!(call.await.unwrap().unwrap().status(), 200);
+    // A connection refused, and one that breaks before any answer (the
+    // upstream died while loading a model): both are sent again.
+    for (connect, error) in [
+        (true, "connection refused"),
+        (false, "connection reset by peer"),
+    ] {
+        let (call, mut handle) = send(config(), request());
+        let (_, reply) = handle.next_request().await.unwrap();
+        reply.send_error(UpstreamFailed::new("http://x", connect, error));
+        answer_with(&mut handle, &[200]).await;
+        assert_eq!(status_of(call).await, 200, "{error}");
+    }
 }
 
 #[tokio::test(start_paused = true)]
 async fn no_retry_starts_that_cannot_finish_before_the_deadline() {
-    let (upstream, mut handle): (Upstream, _) = mock::pair();
-    let service = layer(RetryConfig {
+    let config = RetryConfig {
         initial_backoff: Duration::from_secs(10),
         ..config()
-    })
-    .layer(upstream);
-    handle.allow(10);
-    let mut late = request();
-    late.extensions_mut()
-        .get_mut::<RequestMeta>()
-        .unwrap()
-        .deadline = Some(Instant::now() + Duration::from_millis(1));
-    let call = tokio::spawn(service.oneshot(late));
+    };
+    let late = request_where(|meta| {
+        meta.deadline = Some(Instant::now() + Duration::from_millis(1));
+    });
+    let (call, mut handle) = send(config, late);
     let (_, reply) = handle.next_request().await.unwrap();
     tokio::time::advance(Duration::from_millis(1)).await;
     reply.send_response(answer(503));
-    assert_eq!(call.await.unwrap().unwrap().status(), 503);
+    assert_eq!(status_of(call).await, 503);
     assert!(no_more_attempts(&mut handle).await);
 }
 
 #[tokio::test(start_paused = true)]
 async fn under_a_storm_the_budget_bounds_what_the_upstream_sees() {
-    let (upstream, mut handle): (Upstream, _) = mock::pair();
-    let service = layer(RetryConfig {
+    let (service, mut handle) = retrying(RetryConfig {
         budget_ratio: 0.2,
         budget_min_per_sec: 1,
         budget_window: Duration::from_secs(10),
         initial_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(10),
         ..RetryConfig::default()
-    })
-    .layer(upstream);
+    });
     handle.allow(10_000);
     let clients = 200;
     let calls: Vec<_> = (0..clients)
-        .map(|_| tokio::spawn(service.clone().oneshot(request())))
+        .map(|_| spawn_call(service.clone(), request()))
         .collect();
     let mut attempts = 0;
     let answering = async {
@@ -169,7 +137,7 @@ async fn under_a_storm_the_budget_bounds_what_the_upstream_sees() {
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), answering).await;
     for call in calls {
-        assert_eq!(call.await.unwrap().unwrap().status(), 503);
+        assert_eq!(status_of(call).await, 503);
     }
     // 200 requests, retries at most 20 % of them plus the reserve of one
     // a second over the 10 s window.
@@ -182,15 +150,12 @@ async fn under_a_storm_the_budget_bounds_what_the_upstream_sees() {
 
 #[tokio::test(start_paused = true)]
 async fn after_overload_on_the_model_the_fallback_chain_is_tried_and_named() {
-    let (upstream, mut handle): (Upstream, _) = mock::pair();
-    let service = layer(RetryConfig {
+    let config = RetryConfig {
         max_attempts: 2,
         fallback_models: vec!["llama3:8b".into(), "tinyllama".into()],
         ..config()
-    })
-    .layer(upstream);
-    handle.allow(10);
-    let call = tokio::spawn(service.oneshot(request()));
+    };
+    let (call, mut handle) = send(config, request());
     let seen = answer_with(&mut handle, &[503, 503, 503, 503, 200]).await;
     let response = call.await.unwrap().unwrap();
     assert_eq!(response.status(), 200);
@@ -212,19 +177,16 @@ async fn after_overload_on_the_model_the_fallback_chain_is_tried_and_named() {
 
 #[tokio::test(start_paused = true)]
 async fn a_body_rewritten_for_a_fallback_model_drops_the_clients_content_length() {
-    let (upstream, mut handle): (Upstream, _) = mock::pair();
-    let service = layer(RetryConfig {
+    let config = RetryConfig {
         max_attempts: 1,
         fallback_models: vec!["a-much-longer-fallback-model-name".into()],
         ..config()
-    })
-    .layer(upstream);
-    handle.allow(10);
+    };
     let mut asked = request();
     asked
         .headers_mut()
-        .insert(http::header::CONTENT_LENGTH, common::BODY.len().into());
-    let call = tokio::spawn(service.oneshot(asked));
+        .insert(http::header::CONTENT_LENGTH, BODY.len().into());
+    let (call, mut handle) = send(config, asked);
     let (first, reply) = handle.next_request().await.unwrap();
     assert!(first.headers().contains_key(http::header::CONTENT_LENGTH));
     reply.send_response(answer(503));
@@ -235,42 +197,30 @@ async fn a_body_rewritten_for_a_fallback_model_drops_the_clients_content_length(
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(json["model"], "a-much-longer-fallback-model-name");
     reply.send_response(answer(200));
-    assert_eq!(call.await.unwrap().unwrap().status(), 200);
+    assert_eq!(status_of(call).await, 200);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_retry_after_longer_than_the_backoff_cap_moves_on_to_the_fallback_model() {
-    let (upstream, mut handle): (Upstream, _) = mock::pair();
-    let service = layer(RetryConfig {
+    let with_fallback = RetryConfig {
         fallback_models: vec!["tinyllama".into()],
         ..config()
-    })
-    .layer(upstream);
-    handle.allow(10);
-    let call = tokio::spawn(service.oneshot(request()));
+    };
+    let (call, mut handle) = send(with_fallback, request());
     let (_, reply) = handle.next_request().await.unwrap();
     let started = Instant::now();
-    let mut busy = answer(503);
-    busy.headers_mut()
-        .insert("retry-after", "600".parse().unwrap());
-    reply.send_response(busy);
+    reply.send_response(busy("600"));
     let seen = answer_with(&mut handle, &[200]).await;
     // Not ten minutes: on to the fallback after at most one backoff.
     assert!(seen[0].0 - started <= Duration::from_secs(2));
     let body: serde_json::Value = serde_json::from_slice(&seen[0].1).unwrap();
     assert_eq!(body["model"], "tinyllama");
-    assert_eq!(call.await.unwrap().unwrap().status(), 200);
+    assert_eq!(status_of(call).await, 200);
 
     // With no fallback left, the answer goes back as it came.
-    let (upstream, mut handle): (Upstream, _) = mock::pair();
-    let service = layer(config()).layer(upstream);
-    handle.allow(10);
-    let call = tokio::spawn(service.oneshot(request()));
+    let (call, mut handle) = send(config(), request());
     let (_, reply) = handle.next_request().await.unwrap();
-    let mut busy = answer(503);
-    busy.headers_mut()
-        .insert("retry-after", "600".parse().unwrap());
-    reply.send_response(busy);
+    reply.send_response(busy("600"));
     let response = call.await.unwrap().unwrap();
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers()["retry-after"], "600");
@@ -279,37 +229,19 @@ async fn a_retry_after_longer_than_the_backoff_cap_moves_on_to_the_fallback_mode
 
 #[test]
 fn bad_configs_name_the_key() {
-    let cases = [
-        (
-            RetryConfig {
-                max_attempts: 0,
-                ..RetryConfig::default()
-            },
-            "max_attempts",
-        ),
-        (
-            RetryConfig {
-                budget_window: Duration::from_secs(90),
-                ..RetryConfig::default()
-            },
-            "budget_window",
-        ),
-        (
-            RetryConfig {
-                idle_timeout: Some(Duration::ZERO),
-                ..RetryConfig::default()
-            },
-            "idle_timeout",
-        ),
-        (
-            RetryConfig {
-                max_backoff: Duration::from_millis(1),
-                ..RetryConfig::default()
-            },
-            "max_backoff",
-        ),
+    /// A change that makes a valid config invalid.
+    type Spoil = fn(&mut RetryConfig);
+    let cases: [(&str, Spoil); 4] = [
+        ("max_attempts", |c| c.max_attempts = 0),
+        ("budget_window", |c| {
+            c.budget_window = Duration::from_secs(90)
+        }),
+        ("idle_timeout", |c| c.idle_timeout = Some(Duration::ZERO)),
+        ("max_backoff", |c| c.max_backoff = Duration::from_millis(1)),
     ];
-    for (config, key) in cases {
-        assert_eq!(config.validate().unwrap_err().key(), key);
+    for (key, spoil) in cases {
+        let mut config = RetryConfig::default();
+        spoil(&mut config);
+        assert_eq!(config.validate().unwrap_err().key(), key, "{key}");
     }
 }

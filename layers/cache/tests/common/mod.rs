@@ -3,19 +3,21 @@
 
 #![allow(dead_code)] // each test file uses its own share
 #![allow(clippy::unwrap_used)] // a test fails by panicking
-#![allow(clippy::type_complexity)] // test upstreams spelled out as impl Service
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use corral_core::{Body, BoxError, Endpoint, GenerationParams, RequestMeta};
+use corral_cache::{CacheConfig, CacheLayer, CacheService};
+use corral_core::{Body, BoxBody, BoxError, Endpoint, GenerationParams, RequestMeta};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
-use tower::service_fn;
+use tower::util::BoxCloneService;
+use tower::{service_fn, Layer, Service, ServiceExt};
 
 pub(crate) const STREAMED: &str = "{\"model\":\"llama3\",\"created_at\":\"t\",\"response\":\"Hello\",\"done\":false}\n{\"model\":\"llama3\",\"created_at\":\"t\",\"response\":\" there\",\"done\":false}\n{\"model\":\"llama3\",\"created_at\":\"t\",\"response\":\"\",\"done\":true,\"done_reason\":\"stop\",\"eval_count\":2}\n";
 
+/// A generate request from agent-a for llama3 with `body`, its temperature and stream flag in its meta.
 pub(crate) fn request(body: &'static str, temperature: Option<f64>, stream: bool) -> Request<Body> {
     let mut meta = RequestMeta::new("r".into(), Endpoint::Generate)
         .with_agent("agent-a".into(), "opus".into(), false)
@@ -35,19 +37,40 @@ pub(crate) fn request(body: &'static str, temperature: Option<f64>, stream: bool
 pub(crate) const DETERMINISTIC: &str =
     r#"{"model":"llama3","prompt":"hi","options":{"temperature":0}}"#;
 
+/// The deterministic request (temperature 0), streamed or whole.
+pub(crate) fn deterministic(stream: bool) -> Request<Body> {
+    request(DETERMINISTIC, Some(0.0), stream)
+}
+
+/// A cache layer built from `config` over `upstream`.
+pub(crate) fn cache<S>(config: &CacheConfig, upstream: S) -> CacheService<S> {
+    CacheLayer::new(config).unwrap().layer(upstream)
+}
+
+/// Sends `request` through a clone of `service` and returns its answer.
+pub(crate) async fn send<S>(service: &S, request: Request<Body>) -> Response<BoxBody>
+where
+    S: Service<Request<Body>, Response = Response<BoxBody>> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    service.clone().oneshot(request).await.unwrap()
+}
+
+/// Sends `request` through a clone of `service`; its cache header and body.
+pub(crate) async fn ask<S>(service: &S, request: Request<Body>) -> (String, String)
+where
+    S: Service<Request<Body>, Response = Response<BoxBody>> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    text(send(service, request).await).await
+}
+
+/// A test upstream, boxed: a request in, an answer with a `B` body out.
+pub(crate) type Upstream<B> = BoxCloneService<Request<Body>, Response<B>, BoxError>;
+
 /// An upstream that answers every call with the same NDJSON stream and
 /// counts its calls.
-pub(crate) fn counting() -> (
-    impl tower::Service<
-            Request<Body>,
-            Response = Response<Full<Bytes>>,
-            Error = BoxError,
-            Future = impl Send,
-        > + Clone
-        + Send
-        + 'static,
-    Arc<AtomicUsize>,
-) {
+pub(crate) fn counting() -> (Upstream<Full<Bytes>>, Arc<AtomicUsize>) {
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = calls.clone();
     let service = service_fn(move |_request: Request<Body>| {
@@ -60,10 +83,11 @@ pub(crate) fn counting() -> (
             Ok::<_, BoxError>(response)
         }
     });
-    (service, calls)
+    (BoxCloneService::new(service), calls)
 }
 
-pub(crate) async fn text(response: Response<corral_core::BoxBody>) -> (String, String) {
+/// An answer's `x-corral-cache` header (empty if absent) and its body read whole.
+pub(crate) async fn text(response: Response<BoxBody>) -> (String, String) {
     let cache = response
         .headers()
         .get("x-corral-cache")

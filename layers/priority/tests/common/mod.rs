@@ -10,6 +10,7 @@ use corral_core::Priority;
 use corral_priority::{Acquire, Permit, PriorityConfig, Scheduler, Ticket};
 use tokio_test::task::{spawn, Spawn};
 
+/// A scheduler of `capacity` permits, the rest of its config the default.
 pub(crate) fn scheduler(capacity: usize) -> Arc<Scheduler> {
     scheduler_with(PriorityConfig {
         capacity,
@@ -17,10 +18,12 @@ pub(crate) fn scheduler(capacity: usize) -> Arc<Scheduler> {
     })
 }
 
+/// A scheduler of `config`.
 pub(crate) fn scheduler_with(config: PriorityConfig) -> Arc<Scheduler> {
     Scheduler::new(&config).unwrap()
 }
 
+/// A ticket of `agent` at `priority`: weight 1, cost 100, 10 bytes.
 pub(crate) fn ticket(agent: &str, priority: u8) -> Ticket {
     Ticket {
         agent: agent.into(),
@@ -32,12 +35,37 @@ pub(crate) fn ticket(agent: &str, priority: u8) -> Ticket {
     }
 }
 
+/// A ticket of `agent` at priority 5 for work of `cost`.
+pub(crate) fn costing(agent: &str, cost: f64) -> Ticket {
+    Ticket {
+        cost,
+        ..ticket(agent, 5)
+    }
+}
+
+/// Takes a permit for `agent` at `priority`, which must be granted.
+pub(crate) async fn hold(scheduler: &Scheduler, agent: &str, priority: u8) -> Permit {
+    scheduler
+        .acquire(ticket(agent, priority), None)
+        .await
+        .unwrap()
+}
+
+/// A scheduler of `capacity` permits, one of them held by `agent`: the
+/// scheduler and that permit.
+pub(crate) async fn busy(capacity: usize, agent: &str) -> (Arc<Scheduler>, Permit) {
+    let s = scheduler(capacity);
+    let running = hold(&s, agent, 5).await;
+    (s, running)
+}
+
 /// A waiting request, polled by hand.
 pub(crate) struct Waiting {
     pub(crate) name: String,
     pub(crate) task: Spawn<Acquire>,
 }
 
+/// A request of `ticket`, named `name`, that must wait.
 pub(crate) fn wait(scheduler: &Scheduler, name: &str, ticket: Ticket) -> Waiting {
     wait_on(scheduler, name, ticket, None)
 }
