@@ -52,6 +52,7 @@ mod event;
 pub mod headers;
 mod json;
 mod load;
+mod macros;
 mod meta;
 mod outcome;
 mod refusal;
@@ -93,6 +94,14 @@ pub use shared::{
 #[cfg(feature = "redis")]
 pub use shared_bus::{RedisBus, BUS_DROPPED_TOTAL};
 pub use usage::Usage;
+
+/// What the macros expand to: paths that work in a crate that does not
+/// depend on `metrics` or `http` itself.
+#[doc(hidden)]
+pub mod __private {
+    pub use http;
+    pub use metrics;
+}
 
 /// The error type between layers: any error, boxed.
 ///

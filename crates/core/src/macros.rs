@@ -1,0 +1,213 @@
+//! Macros for what every layer writes the same way: its metrics, a
+//! `Debug` that shows only some fields, its service struct, its
+//! refusals. Each states the varying part once and generates the rest, so
+//! the layers cannot drift apart in the parts that should not vary.
+
+/// Declares a layer's metrics once: for each, its kind, the `const` that
+/// names it (with the doc comment given) and the help text the recorder
+/// gets; generates the consts and `pub fn describe()`, which describes
+/// them all to the installed recorder.
+///
+/// A kind is `counter`, `gauge` or `histogram`; a [`metrics::Unit`]
+/// variant may follow the name (`gauge(Bytes)`). `, exported at 0` after
+/// a counter's help text also sets it to that value in `describe()`, so
+/// alerts, ratios and dashboards find it before its first event.
+///
+/// ```
+/// mod metrics {
+///     corral_core::metrics! {
+///         /// Requests refused.
+///         counter REFUSED_TOTAL = "demo_refused_total", "Requests refused.", exported at 0;
+///         /// Bytes held.
+///         gauge(Bytes) HELD_BYTES = "demo_held_bytes", "Bytes of bodies held.";
+///     }
+/// }
+/// assert_eq!(metrics::REFUSED_TOTAL, "demo_refused_total");
+/// metrics::describe(); // without a recorder installed, does nothing
+/// ```
+#[macro_export]
+macro_rules! metrics {
+    (
+        $(
+            $(#[$attr:meta])*
+            $kind:ident $(($unit:ident))? $name:ident = $metric:literal, $help:literal
+                $(, exported at $start:literal)?;
+        )+
+    ) => {
+        $(
+            $(#[$attr])*
+            pub const $name: &str = $metric;
+        )+
+
+        /// Describes the metrics to the installed recorder.
+        pub fn describe() {
+            $(
+                $crate::metrics!(@describe $kind $name $($unit)? $help);
+                $($crate::metrics!(@start $kind $name $start);)?
+            )+
+        }
+    };
+    (@describe counter $name:ident $($unit:ident)? $help:literal) => {
+        $crate::__private::metrics::describe_counter!(
+            $name, $($crate::__private::metrics::Unit::$unit,)? $help
+        )
+    };
+    (@describe gauge $name:ident $($unit:ident)? $help:literal) => {
+        $crate::__private::metrics::describe_gauge!(
+            $name, $($crate::__private::metrics::Unit::$unit,)? $help
+        )
+    };
+    (@describe histogram $name:ident $($unit:ident)? $help:literal) => {
+        $crate::__private::metrics::describe_histogram!(
+            $name, $($crate::__private::metrics::Unit::$unit,)? $help
+        )
+    };
+    (@start counter $name:ident $start:literal) => {
+        $crate::__private::metrics::counter!($name).absolute($start)
+    };
+}
+
+/// `Debug` for a type that shows only the fields named (or values reached
+/// from them, as `label: field.inner`): what is worth reading in a log,
+/// without requiring `Debug` of what is not (a wrapped service, handles).
+/// Type parameters get no bound.
+///
+/// ```
+/// struct Pool<S> { name: String, config: Config, inner: S }
+/// #[derive(Debug)]
+/// struct Config { size: usize }
+/// corral_core::impl_debug!(Pool<S> { name, size: config.size });
+///
+/// let pool = Pool { name: "gpu".into(), config: Config { size: 2 }, inner: () };
+/// assert_eq!(format!("{pool:?}"), r#"Pool { name: "gpu", size: 2 }"#);
+/// ```
+#[macro_export]
+macro_rules! impl_debug {
+    (
+        $ty:ident $(<$($param:ident),+>)?
+        { $($label:ident $(: $first:ident $(. $rest:ident)*)?),* $(,)? }
+    ) => {
+        impl $(<$($param),+>)? ::std::fmt::Debug for $ty $(<$($param),+>)? {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.debug_struct(::std::stringify!($ty))
+                    $(.field(
+                        ::std::stringify!($label),
+                        $crate::impl_debug!(@field self $label $(: $first $(. $rest)*)?),
+                    ))*
+                    .finish()
+            }
+        }
+    };
+    (@field $self:ident $label:ident) => {
+        &$self.$label
+    };
+    (@field $self:ident $label:ident : $first:ident $(. $rest:ident)*) => {
+        &$self.$first $(. $rest)*
+    };
+}
+
+/// A layer's service: the struct, holding the wrapped service in `inner`
+/// and the fields given, cloned with the layer's state; the accessors of
+/// [`define_inner_service_accessors!`]; a `pub(crate) fn new` taking the
+/// inner service and the fields in order; and, with `debug(…)` after the
+/// struct, [`impl_debug!`] of the fields named there.
+///
+/// ```
+/// use std::sync::Arc;
+///
+/// corral_core::layer_service! {
+///     /// Counts requests.
+///     pub struct Counting<S> {
+///         seen: Arc<str>,
+///     }
+///     debug(seen)
+/// }
+///
+/// let counting = Counting::new(7, Arc::from("all"));
+/// assert_eq!(format!("{counting:?}"), r#"Counting { seen: "all" }"#);
+/// assert_eq!(*counting.clone().get_ref(), 7);
+/// ```
+#[macro_export]
+macro_rules! layer_service {
+    (
+        $(#[$attr:meta])*
+        pub struct $name:ident<S> {
+            $($field:ident: $ty:ty),* $(,)?
+        }
+        $(debug($($shown:tt)*))?
+    ) => {
+        $(#[$attr])*
+        #[derive(Clone)]
+        pub struct $name<S> {
+            inner: S,
+            $($field: $ty,)*
+        }
+
+        impl<S> $name<S> {
+            $crate::define_inner_service_accessors!();
+
+            pub(crate) fn new(inner: S, $($field: $ty),*) -> Self {
+                Self { inner, $($field),* }
+            }
+        }
+
+        $($crate::impl_debug!($name<S> { $($shown)* });)?
+    };
+}
+
+/// `Display`, `Error` and [`Refusal`](crate::Refusal) for a layer's
+/// refusal: its status, its `X-Corral-Reason`, the message the client
+/// reads (`|refusal, f|` writes it), and when given, how long to wait
+/// (`retry_after: |refusal| …`, an `Option<Duration>`). A refusal with
+/// more to say (headers, a source) writes its impls by hand.
+///
+/// ```
+/// use corral_core::Refusal;
+///
+/// #[derive(Debug)]
+/// struct Full { waiting: usize }
+/// corral_core::refusal! {
+///     Full: SERVICE_UNAVAILABLE, "full",
+///     |full, f| write!(f, "{} requests are waiting", full.waiting),
+///     retry_after: |_full| Some(std::time::Duration::from_secs(1)),
+/// }
+///
+/// let full = Full { waiting: 3 };
+/// assert_eq!(full.to_string(), "3 requests are waiting");
+/// assert_eq!(full.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+/// assert_eq!(full.reason(), "full");
+/// ```
+#[macro_export]
+macro_rules! refusal {
+    (
+        $ty:ident: $status:ident, $reason:literal,
+        |$this:ident, $f:ident| $message:expr
+        $(, retry_after: |$waiting:ident| $retry_after:expr)? $(,)?
+    ) => {
+        impl ::std::fmt::Display for $ty {
+            fn fmt(&self, $f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                let $this = self;
+                $message
+            }
+        }
+
+        impl ::std::error::Error for $ty {}
+
+        impl $crate::Refusal for $ty {
+            fn status(&self) -> $crate::__private::http::StatusCode {
+                $crate::__private::http::StatusCode::$status
+            }
+
+            fn reason(&self) -> &'static str {
+                $reason
+            }
+
+            $(
+                fn retry_after(&self) -> ::std::option::Option<::std::time::Duration> {
+                    let $waiting = self;
+                    $retry_after
+                }
+            )?
+        }
+    };
+}
