@@ -73,28 +73,16 @@ impl<S> Layer<S> for BatchLayer {
     type Service = BatchService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        BatchService {
-            inner,
-            shared: self.shared.clone(),
-        }
+        BatchService::new(inner, self.shared.clone())
     }
 }
 
-/// Merges concurrent single embedding requests; passes everything else.
-#[derive(Clone)]
-pub struct BatchService<S> {
-    inner: S,
-    shared: Arc<Shared>,
-}
-
-impl<S> BatchService<S> {
-    corral_core::define_inner_service_accessors!();
-}
-
-impl<S> std::fmt::Debug for BatchService<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BatchService").finish()
+corral_core::layer_service! {
+    /// Merges concurrent single embedding requests; passes everything else.
+    pub struct BatchService<S> {
+        shared: Arc<Shared>,
     }
+    debug()
 }
 
 /// The response future of [`BatchService`].

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use corral_core::{Bus, ConfigError};
 use tower::Layer;
 
-use crate::breakers::Breakers;
+use crate::breakers::{Breakers, UPSTREAM};
 use crate::circuit::State;
 use crate::config::BreakerConfig;
 use crate::service::BreakerService;
@@ -71,6 +71,6 @@ impl<S> Layer<S> for BreakerLayer {
     type Service = BreakerService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        BreakerService::new(inner, self.breakers.clone())
+        BreakerService::new(inner, self.breakers.clone(), Arc::from(UPSTREAM))
     }
 }

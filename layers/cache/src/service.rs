@@ -39,28 +39,13 @@ impl Shared {
     }
 }
 
-/// Serves deterministic answers from the cache, joins identical requests
-/// in flight, and keeps what comes back.
-#[derive(Clone)]
-pub struct CacheService<S> {
-    inner: S,
-    shared: Arc<Shared>,
-}
-
-impl<S> CacheService<S> {
-    corral_core::define_inner_service_accessors!();
-}
-
-impl<S> std::fmt::Debug for CacheService<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CacheService").finish()
+corral_core::layer_service! {
+    /// Serves deterministic answers from the cache, joins identical requests
+    /// in flight, and keeps what comes back.
+    pub struct CacheService<S> {
+        shared: Arc<Shared>,
     }
-}
-
-impl<S> CacheService<S> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
-        Self { inner, shared }
-    }
+    debug()
 }
 
 /// The response future of [`CacheService`].

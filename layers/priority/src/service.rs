@@ -9,34 +9,16 @@ use crate::future::ResponseFuture;
 use crate::layer::Shared;
 use crate::pool::Ticket;
 
-/// Runs inference requests only when the scheduler grants them an
-/// upstream permit; everything else passes straight through.
-///
-/// Reads the request's [`RequestMeta`] (set by `classify`): agent,
-/// class, priority, deadline, model, size and `max_tokens`. A request
-/// without one is treated as priority 5 from an anonymous agent.
-#[derive(Debug)]
-pub struct PriorityService<S> {
-    inner: S,
-    shared: Arc<Shared>,
-}
-
-impl<S> PriorityService<S> {
-    corral_core::define_inner_service_accessors!();
-}
-
-impl<S: Clone> Clone for PriorityService<S> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            shared: self.shared.clone(),
-        }
-    }
-}
-
-impl<S> PriorityService<S> {
-    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
-        Self { inner, shared }
+corral_core::layer_service! {
+    /// Runs inference requests only when the scheduler grants them an
+    /// upstream permit; everything else passes straight through.
+    ///
+    /// Reads the request's [`RequestMeta`] (set by `classify`): agent,
+    /// class, priority, deadline, model, size and `max_tokens`. A request
+    /// without one is treated as priority 5 from an anonymous agent.
+    #[derive(Debug)]
+    pub struct PriorityService<S> {
+        shared: Arc<Shared>,
     }
 }
 

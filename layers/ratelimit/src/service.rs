@@ -14,28 +14,13 @@ use crate::gcra::Checked;
 use crate::headers::{RATELIMIT, RATELIMIT_POLICY};
 use crate::plan::{Passed, Plan};
 
-/// Charges each inference request to its agent's and class's quotas;
-/// refuses with [`RateLimited`](crate::RateLimited) when one is spent.
-#[derive(Clone)]
-pub struct RateLimitService<S> {
-    inner: S,
-    plan: Arc<Plan>,
-}
-
-impl<S> RateLimitService<S> {
-    corral_core::define_inner_service_accessors!();
-}
-
-impl<S> std::fmt::Debug for RateLimitService<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RateLimitService").finish()
+corral_core::layer_service! {
+    /// Charges each inference request to its agent's and class's quotas;
+    /// refuses with [`RateLimited`](crate::RateLimited) when one is spent.
+    pub struct RateLimitService<S> {
+        plan: Arc<Plan>,
     }
-}
-
-impl<S> RateLimitService<S> {
-    pub(crate) fn new(inner: S, plan: Arc<Plan>) -> Self {
-        Self { inner, plan }
-    }
+    debug()
 }
 
 impl<S, B, ReqBody> Service<Request<ReqBody>> for RateLimitService<S>

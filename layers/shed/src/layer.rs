@@ -46,6 +46,6 @@ impl<S> Layer<S> for ShedLayer {
     type Service = ShedService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ShedService::from_shared(inner, self.shared.clone())
+        ShedService::new(inner, self.shared.clone())
     }
 }

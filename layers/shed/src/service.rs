@@ -8,30 +8,12 @@ use tower::Service;
 use crate::future::ResponseFuture;
 use crate::shared::{Decision, Shared};
 
-/// Refuses inference requests the queue has no room for, lowest
-/// priorities first; lets the rest through.
-#[derive(Debug)]
-pub struct ShedService<S> {
-    inner: S,
-    shared: Arc<Shared>,
-}
-
-impl<S> ShedService<S> {
-    corral_core::define_inner_service_accessors!();
-}
-
-impl<S: Clone> Clone for ShedService<S> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            shared: self.shared.clone(),
-        }
-    }
-}
-
-impl<S> ShedService<S> {
-    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
-        Self { inner, shared }
+corral_core::layer_service! {
+    /// Refuses inference requests the queue has no room for, lowest
+    /// priorities first; lets the rest through.
+    #[derive(Debug)]
+    pub struct ShedService<S> {
+        shared: Arc<Shared>,
     }
 }
 
