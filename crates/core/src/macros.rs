@@ -156,33 +156,44 @@ macro_rules! layer_service {
 }
 
 /// `Display`, `Error` and [`Refusal`](crate::Refusal) for a layer's
-/// refusal: its status, its `X-Corral-Reason`, the message the client
-/// reads (`|refusal, f|` writes it), and when given, how long to wait
-/// (`retry_after: |refusal| …`, an `Option<Duration>`). A refusal with
-/// more to say (headers, a source) writes its impls by hand.
+/// refusal, said once: after `as`, the name its fields are read through;
+/// then its status, its `X-Corral-Reason`, optionally how long to wait,
+/// the message the client reads (written to `f`), optionally its source
+/// and further headers. Each part is the body of the method it stands
+/// for.
 ///
 /// ```
 /// use corral_core::Refusal;
+/// use http::StatusCode;
 ///
 /// #[derive(Debug)]
 /// struct Full { waiting: usize }
 /// corral_core::refusal! {
-///     Full: SERVICE_UNAVAILABLE, "full",
-///     |full, f| write!(f, "{} requests are waiting", full.waiting),
-///     retry_after: |_full| Some(std::time::Duration::from_secs(1)),
+///     Full as full {
+///         status: StatusCode::SERVICE_UNAVAILABLE,
+///         reason: if full.waiting > 10 { "very_full" } else { "full" },
+///         retry_after: Some(std::time::Duration::from_secs(1)),
+///         message(f): write!(f, "{} requests are waiting", full.waiting),
+///     }
 /// }
 ///
 /// let full = Full { waiting: 3 };
 /// assert_eq!(full.to_string(), "3 requests are waiting");
-/// assert_eq!(full.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+/// assert_eq!(full.status(), StatusCode::SERVICE_UNAVAILABLE);
 /// assert_eq!(full.reason(), "full");
+/// assert!(std::error::Error::source(&full).is_none());
 /// ```
 #[macro_export]
 macro_rules! refusal {
     (
-        $ty:ident: $status:ident, $reason:literal,
-        |$this:ident, $f:ident| $message:expr
-        $(, retry_after: |$waiting:ident| $retry_after:expr)? $(,)?
+        $ty:ident as $this:ident {
+            status: $status:expr,
+            reason: $reason:expr,
+            $(retry_after: $retry_after:expr,)?
+            message($f:ident): $message:expr,
+            $(source: $source:expr,)?
+            $(headers: $headers:expr,)?
+        }
     ) => {
         impl ::std::fmt::Display for $ty {
             fn fmt(&self, $f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
@@ -191,21 +202,45 @@ macro_rules! refusal {
             }
         }
 
-        impl ::std::error::Error for $ty {}
+        impl ::std::error::Error for $ty {
+            $(
+                fn source(&self) -> ::std::option::Option<&(dyn ::std::error::Error + 'static)> {
+                    let $this = self;
+                    $source
+                }
+            )?
+        }
 
+        // Not every part reads the refusal's fields: the binding may go
+        // unused.
+        #[allow(unused_variables)]
         impl $crate::Refusal for $ty {
             fn status(&self) -> $crate::__private::http::StatusCode {
-                $crate::__private::http::StatusCode::$status
+                let $this = self;
+                $status
             }
 
             fn reason(&self) -> &'static str {
+                let $this = self;
                 $reason
             }
 
             $(
                 fn retry_after(&self) -> ::std::option::Option<::std::time::Duration> {
-                    let $waiting = self;
+                    let $this = self;
                     $retry_after
+                }
+            )?
+
+            $(
+                fn headers(
+                    &self,
+                ) -> ::std::vec::Vec<(
+                    $crate::__private::http::HeaderName,
+                    $crate::__private::http::HeaderValue,
+                )> {
+                    let $this = self;
+                    $headers
                 }
             )?
         }
