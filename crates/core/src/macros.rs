@@ -67,32 +67,32 @@ macro_rules! metrics {
     };
 }
 
-/// `Debug` for a type that shows only the fields named (or values reached
-/// from them, as `label: field.inner`): what is worth reading in a log,
-/// without requiring `Debug` of what is not (a wrapped service, handles).
-/// Type parameters get no bound.
+/// `Debug` for a type that shows only the fields named, or values reached
+/// from them (`label: field.inner`, `label: field.len()`): what is worth
+/// reading in a log, without requiring `Debug` of what is not (a wrapped
+/// service, handles, secrets). Type parameters get no bound.
 ///
 /// ```
-/// struct Pool<S> { name: String, config: Config, inner: S }
+/// struct Pool<S> { name: String, config: Config, waiting: Vec<u8>, inner: S }
 /// #[derive(Debug)]
 /// struct Config { size: usize }
-/// corral_core::impl_debug!(Pool<S> { name, size: config.size });
+/// corral_core::impl_debug!(Pool<S> { name, size: config.size, waiting: waiting.len() });
 ///
-/// let pool = Pool { name: "gpu".into(), config: Config { size: 2 }, inner: () };
-/// assert_eq!(format!("{pool:?}"), r#"Pool { name: "gpu", size: 2 }"#);
+/// let pool = Pool { name: "gpu".into(), config: Config { size: 2 }, waiting: vec![1], inner: () };
+/// assert_eq!(format!("{pool:?}"), r#"Pool { name: "gpu", size: 2, waiting: 1 }"#);
 /// ```
 #[macro_export]
 macro_rules! impl_debug {
     (
         $ty:ident $(<$($param:ident),+>)?
-        { $($label:ident $(: $first:ident $(. $rest:ident)*)?),* $(,)? }
+        { $($label:ident $(: $($seg:ident $(($($arg:tt)*))?).+)?),* $(,)? }
     ) => {
         impl $(<$($param),+>)? ::std::fmt::Debug for $ty $(<$($param),+>)? {
             fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 f.debug_struct(::std::stringify!($ty))
                     $(.field(
                         ::std::stringify!($label),
-                        $crate::impl_debug!(@field self $label $(: $first $(. $rest)*)?),
+                        $crate::impl_debug!(@field self $label $(: $($seg $(($($arg)*))?).+)?),
                     ))*
                     .finish()
             }
@@ -101,8 +101,8 @@ macro_rules! impl_debug {
     (@field $self:ident $label:ident) => {
         &$self.$label
     };
-    (@field $self:ident $label:ident : $first:ident $(. $rest:ident)*) => {
-        &$self.$first $(. $rest)*
+    (@field $self:ident $label:ident : $($path:tt)+) => {
+        &$self.$($path)+
     };
 }
 

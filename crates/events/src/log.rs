@@ -155,13 +155,7 @@ pub struct EventLog {
     file: Option<Mutex<File>>,
 }
 
-impl std::fmt::Debug for EventLog {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventLog")
-            .field("capacity", &self.capacity)
-            .finish()
-    }
-}
+corral_core::impl_debug!(EventLog { capacity });
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())

@@ -47,13 +47,9 @@ pub struct BatchLayer {
     shared: Arc<Shared>,
 }
 
-impl std::fmt::Debug for BatchLayer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BatchLayer")
-            .field("config", &self.shared.config)
-            .finish()
-    }
-}
+corral_core::impl_debug!(BatchLayer {
+    config: shared.config
+});
 
 impl BatchLayer {
     /// A layer for `config`.

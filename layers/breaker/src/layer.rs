@@ -15,13 +15,7 @@ pub struct BreakerLayer {
     breakers: Arc<Breakers>,
 }
 
-impl std::fmt::Debug for BreakerLayer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BreakerLayer")
-            .field("states", &self.states())
-            .finish()
-    }
-}
+corral_core::impl_debug!(BreakerLayer { states: states() });
 
 impl BreakerLayer {
     /// A layer for `config`.

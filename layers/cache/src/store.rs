@@ -84,13 +84,9 @@ impl ClaimGuard {
     }
 }
 
-impl std::fmt::Debug for ClaimGuard {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClaimGuard")
-            .field("shared", &self.on_drop.is_some())
-            .finish()
-    }
-}
+corral_core::impl_debug!(ClaimGuard {
+    shared: on_drop.is_some()
+});
 
 impl Drop for ClaimGuard {
     fn drop(&mut self) {
@@ -129,13 +125,9 @@ pub struct MemoryStore {
     cache: moka::sync::Cache<Key, Arc<Entry>>,
 }
 
-impl std::fmt::Debug for MemoryStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryStore")
-            .field("entries", &self.cache.entry_count())
-            .finish()
-    }
-}
+corral_core::impl_debug!(MemoryStore {
+    entries: cache.entry_count()
+});
 
 impl MemoryStore {
     /// A store bounded by `max_bytes`.

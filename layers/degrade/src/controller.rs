@@ -19,13 +19,7 @@ pub struct Controller {
     pub(crate) bus: Option<Arc<dyn Bus>>,
 }
 
-impl std::fmt::Debug for Controller {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Controller")
-            .field("status", &self.status())
-            .finish()
-    }
-}
+corral_core::impl_debug!(Controller { status: status() });
 
 /// The level, the load behind it, and the override.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -14,13 +14,9 @@ pub struct RetryLayer {
     shared: Arc<Shared>,
 }
 
-impl std::fmt::Debug for RetryLayer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RetryLayer")
-            .field("config", &self.shared.config)
-            .finish()
-    }
-}
+corral_core::impl_debug!(RetryLayer {
+    config: shared.config
+});
 
 impl RetryLayer {
     /// A layer for `config`, or the key and reason it is refused for.

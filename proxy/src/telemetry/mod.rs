@@ -125,15 +125,11 @@ pub(crate) struct RequestMetrics {
     prompt: OnceLock<Counter>,
 }
 
-impl std::fmt::Debug for RequestMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RequestMetrics")
-            .field("endpoint", &self.endpoint)
-            .field("class", &self.class)
-            .field("model", &self.model)
-            .finish()
-    }
-}
+corral_core::impl_debug!(RequestMetrics {
+    endpoint,
+    class,
+    model
+});
 
 /// How an answer can end (see `Observation::finish`).
 const OUTCOMES: [&str; 4] = ["completed", "refused", "error", "cancelled"];
