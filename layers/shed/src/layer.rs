@@ -19,25 +19,27 @@ impl ShedLayer {
     pub fn new(config: &ShedConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         metrics::gauge!(crate::metrics::QUEUE_LIMIT).set(config.max_queue as f64);
-        Ok(Self {
-            shared: Arc::new(Shared::new(config.clone(), LoadCell::default(), None)),
-        })
+        Ok(Self::build(config.clone(), LoadCell::default(), None))
     }
 
     /// The same, watching the scheduler published in `load` (the
     /// `priority` layer's), or counting itself while none is.
     pub fn with_load(self, load: LoadCell) -> Self {
         let bus = self.shared.bus.clone();
-        Self {
-            shared: Arc::new(Shared::new(self.shared.config.clone(), load, bus)),
-        }
+        Self::build(self.shared.config.clone(), load, bus)
     }
 
     /// The same, announcing backpressure on `bus`.
     pub fn with_bus(self, bus: Arc<dyn Bus>) -> Self {
         let load = self.shared.load.clone();
+        Self::build(self.shared.config.clone(), load, Some(bus))
+    }
+
+    /// New shared state: a layer's settings are changed by building it
+    /// again, before any service is made.
+    fn build(config: ShedConfig, load: LoadCell, bus: Option<Arc<dyn Bus>>) -> Self {
         Self {
-            shared: Arc::new(Shared::new(self.shared.config.clone(), load, Some(bus))),
+            shared: Arc::new(Shared::new(config, load, bus)),
         }
     }
 }
