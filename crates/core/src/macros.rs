@@ -6,11 +6,12 @@
 /// Declares a layer's metrics once: for each, its kind, the `const` that
 /// names it (with the doc comment given) and the help text the recorder
 /// gets; generates the consts and `pub fn describe()`, which describes
-/// them all to the installed recorder.
+/// them all to the installed recorder. A first line `fn name();` (with a
+/// visibility, attributes and docs) names that function otherwise.
 ///
 /// A kind is `counter`, `gauge` or `histogram`; a [`metrics::Unit`]
-/// variant may follow the name (`gauge(Bytes)`). `, exported at 0` after
-/// a counter's help text also sets it to that value in `describe()`, so
+/// variant may follow the kind (`gauge(Bytes)`). `, exported at 0` after
+/// a counter's help text also sets it to that value in the function, so
 /// alerts, ratios and dashboards find it before its first event.
 ///
 /// ```
@@ -21,32 +22,23 @@
 ///         /// Bytes held.
 ///         gauge(Bytes) HELD_BYTES = "demo_held_bytes", "Bytes of bodies held.";
 ///     }
+///
+///     pub mod more {
+///         corral_core::metrics! {
+///             /// Describes the other metrics.
+///             pub(crate) fn describe_more();
+///             /// Time taken.
+///             histogram(Seconds) TAKEN = "demo_taken_seconds", "Time taken.";
+///         }
+///     }
 /// }
 /// assert_eq!(metrics::REFUSED_TOTAL, "demo_refused_total");
-/// metrics::describe(); // without a recorder installed, does nothing
+/// // Without a recorder installed, these do nothing.
+/// metrics::describe();
+/// metrics::more::describe_more();
 /// ```
 #[macro_export]
 macro_rules! metrics {
-    (
-        $(
-            $(#[$attr:meta])*
-            $kind:ident $(($unit:ident))? $name:ident = $metric:literal, $help:literal
-                $(, exported at $start:literal)?;
-        )+
-    ) => {
-        $(
-            $(#[$attr])*
-            pub const $name: &str = $metric;
-        )+
-
-        /// Describes the metrics to the installed recorder.
-        pub fn describe() {
-            $(
-                $crate::metrics!(@describe $kind $name $($unit)? $help);
-                $($crate::metrics!(@start $kind $name $start);)?
-            )+
-        }
-    };
     (@describe counter $name:ident $($unit:ident)? $help:literal) => {
         $crate::__private::metrics::describe_counter!(
             $name, $($crate::__private::metrics::Unit::$unit,)? $help
@@ -64,6 +56,42 @@ macro_rules! metrics {
     };
     (@start counter $name:ident $start:literal) => {
         $crate::__private::metrics::counter!($name).absolute($start)
+    };
+    (
+        @declare [$($describe:tt)*]
+        $(
+            $(#[$attr:meta])*
+            $kind:ident $(($unit:ident))? $name:ident = $metric:literal, $help:literal
+                $(, exported at $start:literal)?;
+        )+
+    ) => {
+        $(
+            $(#[$attr])*
+            pub const $name: &str = $metric;
+        )+
+
+        $($describe)*() {
+            $(
+                $crate::metrics!(@describe $kind $name $($unit)? $help);
+                $($crate::metrics!(@start $kind $name $start);)?
+            )+
+        }
+    };
+    (
+        $(#[$describe_attr:meta])*
+        $vis:vis fn $describe:ident();
+        $($metrics:tt)+
+    ) => {
+        $crate::metrics!(@declare [$(#[$describe_attr])* $vis fn $describe] $($metrics)+);
+    };
+    ($($metrics:tt)+) => {
+        $crate::metrics!(
+            @declare [
+                /// Describes the metrics to the installed recorder.
+                pub fn describe
+            ]
+            $($metrics)+
+        );
     };
 }
 
