@@ -52,6 +52,7 @@ mod event;
 pub mod headers;
 mod json;
 mod load;
+mod lock;
 mod macros;
 mod meta;
 mod outcome;
@@ -76,6 +77,7 @@ pub use error::{stream_error_frame, ErrorBody};
 pub use event::{Event, EventSink, EventValue, NewEvent};
 pub use json::go_key_fold;
 pub use load::{LoadCell, LoadSnapshot, UpstreamLoad};
+pub use lock::lock;
 pub use meta::{
     AgentId, ClassName, GenerationParams, MetaSlot, Priority, PriorityError, RequestId, RequestMeta,
 };

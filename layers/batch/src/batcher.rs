@@ -37,7 +37,7 @@ struct Shared {
 
 impl Shared {
     fn pending(&self) -> MutexGuard<'_, HashMap<String, Pending>> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+        corral_core::lock(&self.pending)
     }
 }
 

@@ -35,7 +35,7 @@ impl Shared {
     }
 
     pub(crate) fn flights(&self) -> MutexGuard<'_, HashMap<(Key, bool), Arc<Flight>>> {
-        self.flights.lock().unwrap_or_else(|p| p.into_inner())
+        corral_core::lock(&self.flights)
     }
 }
 

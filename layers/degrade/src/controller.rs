@@ -1,9 +1,9 @@
 //! The level in force, kept current from the scheduler's load, and the
 //! operator's override.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
-use corral_core::{channels, Bus, Level, LoadCell};
+use corral_core::{channels, lock, Bus, Level, LoadCell};
 use tokio::time::Instant;
 
 use crate::config::DegradeConfig;
@@ -30,10 +30,6 @@ pub struct Status {
     pub load: f64,
     /// The operator's level, when forced.
     pub forced: Option<Level>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Controller {
