@@ -136,9 +136,10 @@ macro_rules! impl_debug {
 
 /// A layer's service: the struct, holding the wrapped service in `inner`
 /// and the fields given, cloned with the layer's state; the accessors of
-/// [`define_inner_service_accessors!`]; a `pub(crate) fn new` taking the
-/// inner service and the fields in order; and, with `debug(…)` after the
-/// struct, [`impl_debug!`] of the fields named there.
+/// [`define_inner_service_accessors!`](crate::define_inner_service_accessors);
+/// a `pub(crate) fn new` taking the inner service and the fields in
+/// order; and, with `debug(…)` after the struct,
+/// [`impl_debug!`](crate::impl_debug) of the fields named there.
 ///
 /// ```
 /// use std::sync::Arc;
