@@ -77,10 +77,7 @@ where
             return ResponseFuture::refused(BodyTooLarge { limit }.into());
         }
         let (parts, body) = request.into_parts();
-        // The inner service was made ready for this call; the clone left
-        // behind waits for the next one.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
+        let inner = corral_core::take_ready(&mut self.inner);
         ResponseFuture::reading(
             Limited::new(body, limit).collect(),
             Reading {

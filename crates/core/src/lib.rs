@@ -56,6 +56,7 @@ mod lock;
 mod macros;
 mod meta;
 mod outcome;
+mod ready;
 mod refusal;
 pub mod respond;
 mod set_meta;
@@ -85,6 +86,7 @@ pub use outcome::{
     classify_error, classify_status, AttemptTimedOut, Failure, Outcome, SharedError, StreamBroke,
     Timeout, TimeoutKind, UpstreamFailed,
 };
+pub use ready::take_ready;
 #[cfg(feature = "redis")]
 pub use redis;
 pub use refusal::{as_refusal, find_refusal, Refusal, RefusalCast};

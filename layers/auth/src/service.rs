@@ -39,12 +39,10 @@ where
             },
             Admission::Refused(error) => State::Refused { error: Some(error) },
             Admission::Later(pending) => {
-                // The ready service answers once the check is done; a
-                // fresh clone takes its place for the next request.
-                let clone = self.inner.clone();
+                // The ready service answers once the check is done.
                 State::Checking {
                     pending,
-                    inner: Some(std::mem::replace(&mut self.inner, clone)),
+                    inner: Some(corral_core::take_ready(&mut self.inner)),
                 }
             }
         };

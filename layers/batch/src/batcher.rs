@@ -118,8 +118,7 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
+        let inner = corral_core::take_ready(&mut self.inner);
         let Some((inputs, key)) = batchable(&request) else {
             return Box::pin(alone(inner, request));
         };

@@ -45,8 +45,7 @@ where
             Entry::Now(slot) => ResponseFuture::calling(self.inner.call(request), Some(slot)),
             Entry::Full(full) => ResponseFuture::refused(full.into()),
             Entry::Wait(wait) => {
-                let clone = self.inner.clone();
-                let inner = std::mem::replace(&mut self.inner, clone);
+                let inner = corral_core::take_ready(&mut self.inner);
                 ResponseFuture::waiting(wait, inner, request)
             }
         }

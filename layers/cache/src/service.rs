@@ -86,8 +86,7 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
+        let inner = corral_core::take_ready(&mut self.inner);
         let passing = |inner: S, request| -> ResponseFuture {
             Box::pin(async move { inner.oneshot(request).await.map(boxed).map_err(Into::into) })
         };

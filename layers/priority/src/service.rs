@@ -48,10 +48,7 @@ where
         }
         let (ticket, model) = self.shared.ticket(&request);
         let acquire = self.shared.scheduler.acquire(ticket, model.as_deref());
-        // The inner service was made ready for this call; the clone left
-        // behind waits for the next one.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
+        let inner = corral_core::take_ready(&mut self.inner);
         ResponseFuture::waiting(acquire, inner, request)
     }
 }

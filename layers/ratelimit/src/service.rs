@@ -54,9 +54,8 @@ where
             },
             Checked::Later(verdict) => {
                 // The verdict comes from Redis: the ready service waits
-                // with the request, a clone takes its place here.
-                let clone = self.inner.clone();
-                let inner = std::mem::replace(&mut self.inner, clone);
+                // with the request.
+                let inner = corral_core::take_ready(&mut self.inner);
                 let plan = self.plan.clone();
                 let verdict: Verdicting =
                     Box::pin(async move { plan.conclude(&prepared, verdict.await) });

@@ -44,8 +44,7 @@ where
             }
             Decision::Refuse(shed) => ResponseFuture::refused(shed.into()),
             Decision::WaitForSpace => {
-                let clone = self.inner.clone();
-                let inner = std::mem::replace(&mut self.inner, clone);
+                let inner = corral_core::take_ready(&mut self.inner);
                 ResponseFuture::waiting(self.shared.clone(), inner, request, priority, agent)
             }
         }
