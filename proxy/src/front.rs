@@ -49,14 +49,10 @@ struct Shared {
     events: Option<Arc<dyn EventSink>>,
 }
 
-impl std::fmt::Debug for Front {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Front")
-            .field("proxies", &self.shared.stack.is_some())
-            .field("admin", &self.shared.admin.is_some())
-            .finish()
-    }
-}
+corral_core::impl_debug!(Front {
+    proxies: shared.stack.is_some(),
+    admin: shared.admin.is_some()
+});
 
 impl Front {
     /// Proxies through `stack`, answering admin paths too when `admin` is

@@ -32,13 +32,7 @@ pub struct LayerKind {
     pub before: &'static [(&'static str, &'static str)],
 }
 
-impl std::fmt::Debug for LayerKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LayerKind")
-            .field("name", &self.name)
-            .finish()
-    }
-}
+corral_core::impl_debug!(LayerKind { name });
 
 /// Why `auth` goes first: a cache hit or a merged embedding is answered
 /// without the layers after it, where auth would check nothing.

@@ -34,13 +34,7 @@ pub struct Stack {
     replica: Arc<str>,
 }
 
-impl std::fmt::Debug for Stack {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stack")
-            .field("layers", &self.layers)
-            .finish()
-    }
-}
+corral_core::impl_debug!(Stack { layers });
 
 impl Stack {
     /// The service: send it requests.

@@ -63,14 +63,10 @@ impl std::fmt::Debug for BuildContext<'_> {
     }
 }
 
-impl std::fmt::Debug for Controls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Controls")
-            .field("degrade", &self.degrade.get().is_some())
-            .field("cache", &self.cache.get().is_some())
-            .finish()
-    }
-}
+corral_core::impl_debug!(Controls {
+    degrade: degrade.get().is_some(),
+    cache: cache.get().is_some()
+});
 
 /// A built layer, ready to wrap the rest of the stack.
 pub struct StackLayer {
@@ -78,13 +74,7 @@ pub struct StackLayer {
     wrap: Box<dyn Fn(StackService) -> StackService + Send + Sync>,
 }
 
-impl std::fmt::Debug for StackLayer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StackLayer")
-            .field("summary", &self.summary)
-            .finish()
-    }
-}
+corral_core::impl_debug!(StackLayer { summary });
 
 impl StackLayer {
     /// Any tower layer over the stack's service, boxed so that layers can

@@ -33,13 +33,9 @@ pub struct Upstream {
     readiness_timeout: Duration,
 }
 
-impl std::fmt::Debug for Upstream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream")
-            .field("url", &self.url.to_string())
-            .finish()
-    }
-}
+corral_core::impl_debug!(Upstream {
+    url: url.to_string()
+});
 
 pub(crate) fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
     let mut current = err;

@@ -1,6 +1,3 @@
-use std::fmt;
-
-use corral_core::Refusal;
 use http::StatusCode;
 
 /// The request body is larger than `max_request_bytes`: 413.
@@ -16,25 +13,15 @@ impl BodyTooLarge {
     }
 }
 
-impl fmt::Display for BodyTooLarge {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
+corral_core::refusal! {
+    BodyTooLarge as too_large {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        reason: "body_too_large",
+        message(f): write!(
             f,
             "request body is larger than the limit of {} bytes (server.max_request_bytes)",
-            self.limit
-        )
-    }
-}
-
-impl std::error::Error for BodyTooLarge {}
-
-impl Refusal for BodyTooLarge {
-    fn status(&self) -> StatusCode {
-        StatusCode::PAYLOAD_TOO_LARGE
-    }
-
-    fn reason(&self) -> &'static str {
-        "body_too_large"
+            too_large.limit
+        ),
     }
 }
 
@@ -45,25 +32,15 @@ pub struct BodyTimedOut {
     pub(crate) after: std::time::Duration,
 }
 
-impl fmt::Display for BodyTimedOut {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
+corral_core::refusal! {
+    BodyTimedOut as timed_out {
+        status: StatusCode::REQUEST_TIMEOUT,
+        reason: "body_timeout",
+        message(f): write!(
             f,
             "the request body did not arrive within {:?} (server.body_read_timeout)",
-            self.after
-        )
-    }
-}
-
-impl std::error::Error for BodyTimedOut {}
-
-impl Refusal for BodyTimedOut {
-    fn status(&self) -> StatusCode {
-        StatusCode::REQUEST_TIMEOUT
-    }
-
-    fn reason(&self) -> &'static str {
-        "body_timeout"
+            timed_out.after
+        ),
     }
 }
 
@@ -74,21 +51,11 @@ pub struct InvalidRequest {
     pub(crate) message: String,
 }
 
-impl fmt::Display for InvalidRequest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for InvalidRequest {}
-
-impl Refusal for InvalidRequest {
-    fn status(&self) -> StatusCode {
-        StatusCode::BAD_REQUEST
-    }
-
-    fn reason(&self) -> &'static str {
-        "invalid_request"
+corral_core::refusal! {
+    InvalidRequest as invalid {
+        status: StatusCode::BAD_REQUEST,
+        reason: "invalid_request",
+        message(f): f.write_str(&invalid.message),
     }
 }
 
@@ -98,21 +65,11 @@ pub struct Unauthenticated {
     pub(crate) message: &'static str,
 }
 
-impl fmt::Display for Unauthenticated {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.message)
-    }
-}
-
-impl std::error::Error for Unauthenticated {}
-
-impl Refusal for Unauthenticated {
-    fn status(&self) -> StatusCode {
-        StatusCode::UNAUTHORIZED
-    }
-
-    fn reason(&self) -> &'static str {
-        "unauthenticated"
+corral_core::refusal! {
+    Unauthenticated as unauthenticated {
+        status: StatusCode::UNAUTHORIZED,
+        reason: "unauthenticated",
+        message(f): f.write_str(unauthenticated.message),
     }
 }
 
@@ -123,24 +80,11 @@ pub struct BodyReadFailed {
     pub(crate) source: corral_core::BoxError,
 }
 
-impl fmt::Display for BodyReadFailed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "failed to read the request body: {}", self.source)
-    }
-}
-
-impl std::error::Error for BodyReadFailed {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&*self.source)
-    }
-}
-
-impl Refusal for BodyReadFailed {
-    fn status(&self) -> StatusCode {
-        StatusCode::BAD_REQUEST
-    }
-
-    fn reason(&self) -> &'static str {
-        "body_read_failed"
+corral_core::refusal! {
+    BodyReadFailed as failed {
+        status: StatusCode::BAD_REQUEST,
+        reason: "body_read_failed",
+        message(f): write!(f, "failed to read the request body: {}", failed.source),
+        source: Some(&*failed.source),
     }
 }

@@ -312,7 +312,7 @@ impl Identities {
     /// once per distinct key (its digest's start only: never the key).
     fn unknown_key(&self, digest: &[u8; 32]) {
         metrics::counter!(UNKNOWN_KEYS_TOTAL).increment(1);
-        let mut seen = self.unknown_keys.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = corral_core::lock(&self.unknown_keys);
         if seen.len() < MAX_UNKNOWN_KEYS_REMEMBERED && seen.insert(*digest) {
             let short: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
             tracing::warn!(

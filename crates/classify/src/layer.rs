@@ -93,6 +93,6 @@ impl<S> Layer<S> for ClassifyLayer {
     type Service = Classify<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Classify::from_shared(inner, self.shared.clone())
+        Classify::new(inner, self.shared.clone())
     }
 }

@@ -12,42 +12,24 @@ use crate::future::{Reading, ResponseFuture};
 use crate::layer::Shared;
 use crate::parse;
 
-/// Reads a request once and stores its [`RequestMeta`] in the extensions.
-///
-/// - identifies the agent by API key, else `X-Agent-Id`, else anonymous,
-///   and gives it its class's priority (or the `X-Priority` it asks for,
-///   moved into the class's range);
-/// - reads JSON bodies into memory, at most `max_request_bytes`, and
-///   parses inference bodies once for model, stream flag and generation
-///   options; blob uploads and unknown paths stream through unread;
-/// - keeps the client's `X-Request-Id` or sets a new one;
-/// - sets the deadline `X-Deadline-Ms` asks for.
-///
-/// Refusals are [`BodyTooLarge`], [`InvalidRequest`],
-/// [`Unauthenticated`](crate::Unauthenticated) and
-/// [`BodyReadFailed`](crate::BodyReadFailed), boxed.
-#[derive(Debug)]
-pub struct Classify<S> {
-    inner: S,
-    shared: Arc<Shared>,
-}
-
-impl<S> Classify<S> {
-    corral_core::define_inner_service_accessors!();
-}
-
-impl<S: Clone> Clone for Classify<S> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            shared: self.shared.clone(),
-        }
-    }
-}
-
-impl<S> Classify<S> {
-    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
-        Self { inner, shared }
+corral_core::layer_service! {
+    /// Reads a request once and stores its [`RequestMeta`] in the extensions.
+    ///
+    /// - identifies the agent by API key, else `X-Agent-Id`, else anonymous,
+    ///   and gives it its class's priority (or the `X-Priority` it asks for,
+    ///   moved into the class's range);
+    /// - reads JSON bodies into memory, at most `max_request_bytes`, and
+    ///   parses inference bodies once for model, stream flag and generation
+    ///   options; blob uploads and unknown paths stream through unread;
+    /// - keeps the client's `X-Request-Id` or sets a new one;
+    /// - sets the deadline `X-Deadline-Ms` asks for.
+    ///
+    /// Refusals are [`BodyTooLarge`], [`InvalidRequest`],
+    /// [`Unauthenticated`](crate::Unauthenticated) and
+    /// [`BodyReadFailed`](crate::BodyReadFailed), boxed.
+    #[derive(Debug)]
+    pub struct Classify<S> {
+        shared: Arc<Shared>,
     }
 }
 
@@ -95,10 +77,7 @@ where
             return ResponseFuture::refused(BodyTooLarge { limit }.into());
         }
         let (parts, body) = request.into_parts();
-        // The inner service was made ready for this call; the clone left
-        // behind waits for the next one.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
+        let inner = corral_core::take_ready(&mut self.inner);
         ResponseFuture::reading(
             Limited::new(body, limit).collect(),
             Reading {

@@ -52,8 +52,11 @@ mod event;
 pub mod headers;
 mod json;
 mod load;
+mod lock;
+mod macros;
 mod meta;
 mod outcome;
+mod ready;
 #[cfg(feature = "redis")]
 mod redis_bus;
 #[cfg(feature = "redis")]
@@ -75,6 +78,7 @@ pub use error::{stream_error_frame, ErrorBody};
 pub use event::{Event, EventSink, EventValue, NewEvent};
 pub use json::go_key_fold;
 pub use load::{LoadCell, LoadSnapshot, UpstreamLoad};
+pub use lock::lock;
 pub use meta::{
     AgentId, ClassName, GenerationParams, MetaSlot, Priority, PriorityError, RequestId, RequestMeta,
 };
@@ -82,6 +86,7 @@ pub use outcome::{
     classify_error, classify_status, AttemptTimedOut, Failure, Outcome, SharedError, StreamBroke,
     Timeout, TimeoutKind, UpstreamFailed,
 };
+pub use ready::take_ready;
 #[cfg(feature = "redis")]
 pub use redis;
 #[cfg(feature = "redis")]
@@ -93,6 +98,14 @@ pub use redis_state::{
 pub use refusal::{as_refusal, find_refusal, Refusal, RefusalCast};
 pub use set_meta::{SetMeta, SetMetaLayer, REQUESTS_WITHOUT_META_TOTAL};
 pub use usage::Usage;
+
+/// What the macros expand to: paths that work in a crate that does not
+/// depend on `metrics` or `http` itself.
+#[doc(hidden)]
+pub mod __private {
+    pub use http;
+    pub use metrics;
+}
 
 /// The error type between layers: any error, boxed.
 ///

@@ -8,8 +8,6 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-use crate::Refusal;
-
 /// How an upstream call ended, for those who count failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -159,33 +157,23 @@ impl UpstreamFailed {
     }
 }
 
-impl fmt::Display for UpstreamFailed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.connect {
-            write!(f, "upstream {} is unreachable: {}", self.url, self.message)
+crate::refusal! {
+    UpstreamFailed as failed {
+        status: StatusCode::BAD_GATEWAY,
+        reason: if failed.connect {
+            "upstream_unreachable"
+        } else {
+            "upstream_error"
+        },
+        message(f): if failed.connect {
+            write!(f, "upstream {} is unreachable: {}", failed.url, failed.message)
         } else {
             write!(
                 f,
                 "upstream {} failed before answering: {}",
-                self.url, self.message
+                failed.url, failed.message
             )
-        }
-    }
-}
-
-impl std::error::Error for UpstreamFailed {}
-
-impl Refusal for UpstreamFailed {
-    fn status(&self) -> StatusCode {
-        StatusCode::BAD_GATEWAY
-    }
-
-    fn reason(&self) -> &'static str {
-        if self.connect {
-            "upstream_unreachable"
-        } else {
-            "upstream_error"
-        }
+        },
     }
 }
 
@@ -280,26 +268,18 @@ impl Timeout {
     }
 }
 
-impl fmt::Display for Timeout {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = self.after.as_millis();
-        match self.kind {
-            TimeoutKind::FirstByte => write!(f, "the upstream sent nothing within {ms} ms"),
-            TimeoutKind::Idle => write!(f, "the upstream's stream stalled for {ms} ms"),
-            TimeoutKind::Total => write!(f, "the request took longer than its {ms} ms limit"),
-        }
-    }
-}
-
-impl std::error::Error for Timeout {}
-
-impl Refusal for Timeout {
-    fn status(&self) -> StatusCode {
-        StatusCode::GATEWAY_TIMEOUT
-    }
-
-    fn reason(&self) -> &'static str {
-        "upstream_timeout"
+crate::refusal! {
+    Timeout as timeout {
+        status: StatusCode::GATEWAY_TIMEOUT,
+        reason: "upstream_timeout",
+        message(f): {
+            let ms = timeout.after.as_millis();
+            match timeout.kind {
+                TimeoutKind::FirstByte => write!(f, "the upstream sent nothing within {ms} ms"),
+                TimeoutKind::Idle => write!(f, "the upstream's stream stalled for {ms} ms"),
+                TimeoutKind::Total => write!(f, "the request took longer than its {ms} ms limit"),
+            }
+        },
     }
 }
 

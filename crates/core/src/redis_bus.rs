@@ -86,13 +86,7 @@ pub struct RedisBus {
     state: RedisState,
 }
 
-impl std::fmt::Debug for RedisBus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisBus")
-            .field("state", &self.state)
-            .finish()
-    }
-}
+crate::impl_debug!(RedisBus { state });
 
 impl RedisBus {
     /// A bus over `state`; spawns its writer and listener on the current

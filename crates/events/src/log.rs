@@ -4,9 +4,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
-use corral_core::{Event, EventSink, EventValue, NewEvent};
+use corral_core::{lock, Event, EventSink, EventValue, NewEvent};
 use serde::{Deserialize, Serialize};
 
 use crate::packed::Packed;
@@ -155,17 +155,7 @@ pub struct EventLog {
     file: Option<Mutex<File>>,
 }
 
-impl std::fmt::Debug for EventLog {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventLog")
-            .field("capacity", &self.capacity)
-            .finish()
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+corral_core::impl_debug!(EventLog { capacity });
 
 impl EventLog {
     /// A log for `config`; with a file, the events already in it are read

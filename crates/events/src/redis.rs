@@ -58,13 +58,7 @@ pub struct RedisEvents {
     outbox: mpsc::Sender<String>,
 }
 
-impl std::fmt::Debug for RedisEvents {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisEvents")
-            .field("state", &self.state)
-            .finish()
-    }
-}
+corral_core::impl_debug!(RedisEvents { state });
 
 /// What one stream entry holds, besides its id.
 #[derive(serde::Serialize, serde::Deserialize)]

@@ -1,8 +1,5 @@
 //! The layer's refusals.
 
-use std::fmt;
-
-use corral_core::Refusal;
 use http::StatusCode;
 
 /// The agent's class may not call this endpoint or use this model: 403.
@@ -19,21 +16,11 @@ impl Forbidden {
     }
 }
 
-impl fmt::Display for Forbidden {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for Forbidden {}
-
-impl Refusal for Forbidden {
-    fn status(&self) -> StatusCode {
-        StatusCode::FORBIDDEN
-    }
-
-    fn reason(&self) -> &'static str {
-        "forbidden"
+corral_core::refusal! {
+    Forbidden as forbidden {
+        status: StatusCode::FORBIDDEN,
+        reason: "forbidden",
+        message(f): f.write_str(&forbidden.message),
     }
 }
 
@@ -71,25 +58,15 @@ impl SignatureRefused {
     }
 }
 
-impl fmt::Display for SignatureRefused {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for SignatureRefused {}
-
-impl Refusal for SignatureRefused {
-    fn status(&self) -> StatusCode {
-        StatusCode::UNAUTHORIZED
-    }
-
-    fn reason(&self) -> &'static str {
-        match self.problem {
+corral_core::refusal! {
+    SignatureRefused as refused {
+        status: StatusCode::UNAUTHORIZED,
+        reason: match refused.problem {
             SignatureProblem::Missing => "signature_required",
             SignatureProblem::Invalid => "bad_signature",
             SignatureProblem::Stale => "stale_request",
             SignatureProblem::Replayed => "replayed_request",
-        }
+        },
+        message(f): f.write_str(&refused.message),
     }
 }

@@ -53,16 +53,12 @@ pub(crate) struct Guard {
     pub(crate) clock: Clock,
 }
 
-impl std::fmt::Debug for Guard {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never the secrets.
-        f.debug_struct("Guard")
-            .field("signing_agents", &self.secrets.len())
-            .field("require_signatures", &self.require_signatures)
-            .field("freshness", &self.freshness)
-            .finish()
-    }
-}
+// Never the secrets.
+corral_core::impl_debug!(Guard {
+    signing_agents: secrets.len(),
+    require_signatures,
+    freshness
+});
 
 impl Guard {
     pub(crate) fn new(

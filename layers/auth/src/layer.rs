@@ -28,18 +28,20 @@ impl AuthLayer {
     /// The same, remembering request ids in `store` (shared by every
     /// replica when the store is).
     pub fn with_store(self, store: Arc<dyn ReplayStore>) -> Self {
-        let mut guard = Arc::unwrap_or_clone(self.guard);
-        guard.replay = store;
-        Self {
-            guard: Arc::new(guard),
-        }
+        self.changing(|guard| guard.replay = store)
     }
 
     /// The same with a clock of its own (seconds since the Unix epoch), so
     /// tests can move time.
     pub fn with_clock(self, clock: fn() -> f64) -> Self {
+        self.changing(|guard| guard.clock = clock)
+    }
+
+    /// The same with `change` made to the guard (a copy of it, when
+    /// services already share it).
+    fn changing(self, change: impl FnOnce(&mut Guard)) -> Self {
         let mut guard = Arc::unwrap_or_clone(self.guard);
-        guard.clock = clock;
+        change(&mut guard);
         Self {
             guard: Arc::new(guard),
         }

@@ -41,13 +41,7 @@ struct Inner {
     fallback: MemoryReplay,
 }
 
-impl std::fmt::Debug for RedisReplay {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisReplay")
-            .field("state", &self.inner.state)
-            .finish()
-    }
-}
+corral_core::impl_debug!(RedisReplay { state: inner.state });
 
 impl RedisReplay {
     /// Whether `url` is a Redis URL this store can use; why not.

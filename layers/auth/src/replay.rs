@@ -83,7 +83,7 @@ impl MemoryReplay {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // Every mutation completes before anything can panic.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        corral_core::lock(&self.state)
     }
 
     fn remember_now(&self, key: String, ttl: Duration) -> bool {

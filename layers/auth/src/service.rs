@@ -10,30 +10,13 @@ use tower::Service;
 
 use crate::guard::{Admission, Guard, Pending};
 
-/// Refuses requests their class may not make and signed requests that
-/// do not verify; lets the rest through unchanged.
-#[derive(Clone)]
-pub struct AuthService<S> {
-    inner: S,
-    guard: Arc<Guard>,
-}
-
-impl<S> AuthService<S> {
-    corral_core::define_inner_service_accessors!();
-}
-
-impl<S> std::fmt::Debug for AuthService<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuthService")
-            .field("guard", &self.guard)
-            .finish()
+corral_core::layer_service! {
+    /// Refuses requests their class may not make and signed requests that
+    /// do not verify; lets the rest through unchanged.
+    pub struct AuthService<S> {
+        guard: Arc<Guard>,
     }
-}
-
-impl<S> AuthService<S> {
-    pub(crate) fn new(inner: S, guard: Arc<Guard>) -> Self {
-        Self { inner, guard }
-    }
+    debug(guard)
 }
 
 impl<S> Service<Request<Body>> for AuthService<S>
@@ -56,12 +39,10 @@ where
             },
             Admission::Refused(error) => State::Refused { error: Some(error) },
             Admission::Later(pending) => {
-                // The ready service answers once the check is done; a
-                // fresh clone takes its place for the next request.
-                let clone = self.inner.clone();
+                // The ready service answers once the check is done.
                 State::Checking {
                     pending,
-                    inner: Some(std::mem::replace(&mut self.inner, clone)),
+                    inner: Some(corral_core::take_ready(&mut self.inner)),
                 }
             }
         };

@@ -37,7 +37,7 @@ struct Shared {
 
 impl Shared {
     fn pending(&self) -> MutexGuard<'_, HashMap<String, Pending>> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+        corral_core::lock(&self.pending)
     }
 }
 
@@ -47,13 +47,9 @@ pub struct BatchLayer {
     shared: Arc<Shared>,
 }
 
-impl std::fmt::Debug for BatchLayer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BatchLayer")
-            .field("config", &self.shared.config)
-            .finish()
-    }
-}
+corral_core::impl_debug!(BatchLayer {
+    config: shared.config
+});
 
 impl BatchLayer {
     /// A layer for `config`.
@@ -73,28 +69,16 @@ impl<S> Layer<S> for BatchLayer {
     type Service = BatchService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        BatchService {
-            inner,
-            shared: self.shared.clone(),
-        }
+        BatchService::new(inner, self.shared.clone())
     }
 }
 
-/// Merges concurrent single embedding requests; passes everything else.
-#[derive(Clone)]
-pub struct BatchService<S> {
-    inner: S,
-    shared: Arc<Shared>,
-}
-
-impl<S> BatchService<S> {
-    corral_core::define_inner_service_accessors!();
-}
-
-impl<S> std::fmt::Debug for BatchService<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BatchService").finish()
+corral_core::layer_service! {
+    /// Merges concurrent single embedding requests; passes everything else.
+    pub struct BatchService<S> {
+        shared: Arc<Shared>,
     }
+    debug()
 }
 
 /// The response future of [`BatchService`].
@@ -134,8 +118,7 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
+        let inner = corral_core::take_ready(&mut self.inner);
         let Some((inputs, key)) = batchable(&request) else {
             return Box::pin(alone(inner, request));
         };

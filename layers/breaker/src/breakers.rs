@@ -1,10 +1,10 @@
 //! The breakers of a layer, by key, and what a transition sets off.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use corral_core::{channels, Bus, Outcome};
+use corral_core::{channels, lock, Bus, Outcome};
 use tokio::time::Instant;
 
 use crate::circuit::{Admission, Circuit, State, Transition};
@@ -16,10 +16,6 @@ pub(crate) struct Breakers {
     pub(crate) config: BreakerConfig,
     circuits: Mutex<HashMap<Arc<str>, Circuit>>,
     bus: Option<Arc<dyn Bus>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Models with a breaker of their own at most with `per_model` (the

@@ -1,7 +1,5 @@
-use std::fmt;
 use std::time::Duration;
 
-use corral_core::Refusal;
 use http::StatusCode;
 
 /// The breaker is open: the upstream has been failing, so the request
@@ -20,29 +18,16 @@ impl BreakerOpen {
     }
 }
 
-impl fmt::Display for BreakerOpen {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
+corral_core::refusal! {
+    BreakerOpen as open {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        reason: "breaker_open",
+        retry_after: Some(open.retry_after),
+        message(f): write!(
             f,
             "the upstream ({}) is failing: circuit breaker open, retry in {} s",
-            self.breaker,
-            self.retry_after.as_secs_f64().ceil() as u64
-        )
-    }
-}
-
-impl std::error::Error for BreakerOpen {}
-
-impl Refusal for BreakerOpen {
-    fn status(&self) -> StatusCode {
-        StatusCode::SERVICE_UNAVAILABLE
-    }
-
-    fn reason(&self) -> &'static str {
-        "breaker_open"
-    }
-
-    fn retry_after(&self) -> Option<Duration> {
-        Some(self.retry_after)
+            open.breaker,
+            open.retry_after.as_secs_f64().ceil() as u64
+        ),
     }
 }

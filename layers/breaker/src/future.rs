@@ -26,14 +26,7 @@ pub struct Call {
     done: bool,
 }
 
-impl std::fmt::Debug for Call {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Call")
-            .field("key", &self.key)
-            .field("done", &self.done)
-            .finish()
-    }
-}
+corral_core::impl_debug!(Call { key, done });
 
 impl Call {
     pub(crate) fn new(

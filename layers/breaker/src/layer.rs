@@ -3,7 +3,7 @@ use std::sync::Arc;
 use corral_core::{Bus, ConfigError};
 use tower::Layer;
 
-use crate::breakers::Breakers;
+use crate::breakers::{Breakers, UPSTREAM};
 use crate::circuit::State;
 use crate::config::BreakerConfig;
 use crate::service::BreakerService;
@@ -15,13 +15,7 @@ pub struct BreakerLayer {
     breakers: Arc<Breakers>,
 }
 
-impl std::fmt::Debug for BreakerLayer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BreakerLayer")
-            .field("states", &self.states())
-            .finish()
-    }
-}
+corral_core::impl_debug!(BreakerLayer { states: states() });
 
 impl BreakerLayer {
     /// A layer for `config`.
@@ -71,6 +65,6 @@ impl<S> Layer<S> for BreakerLayer {
     type Service = BreakerService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        BreakerService::new(inner, self.breakers.clone())
+        BreakerService::new(inner, self.breakers.clone(), Arc::from(UPSTREAM))
     }
 }

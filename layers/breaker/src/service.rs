@@ -5,35 +5,16 @@ use corral_core::{AttemptTimedOut, BoxError, RequestMeta};
 use http::{Request, Response};
 use tower::Service;
 
-use crate::breakers::{Breakers, UPSTREAM};
+use crate::breakers::Breakers;
 use crate::future::{Call, ResponseFuture};
 
-/// Fails fast while the upstream is failing; counts every call's outcome.
-#[derive(Clone)]
-pub struct BreakerService<S> {
-    inner: S,
-    breakers: Arc<Breakers>,
-    upstream: Arc<str>,
-}
-
-impl<S> BreakerService<S> {
-    corral_core::define_inner_service_accessors!();
-}
-
-impl<S> std::fmt::Debug for BreakerService<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BreakerService").finish()
+corral_core::layer_service! {
+    /// Fails fast while the upstream is failing; counts every call's outcome.
+    pub struct BreakerService<S> {
+        breakers: Arc<Breakers>,
+        upstream: Arc<str>,
     }
-}
-
-impl<S> BreakerService<S> {
-    pub(crate) fn new(inner: S, breakers: Arc<Breakers>) -> Self {
-        Self {
-            inner,
-            breakers,
-            upstream: Arc::from(UPSTREAM),
-        }
-    }
+    debug()
 }
 
 impl<S, B, ReqBody> Service<Request<ReqBody>> for BreakerService<S>

@@ -1,7 +1,5 @@
-use std::fmt;
 use std::time::Duration;
 
-use corral_core::Refusal;
 use http::StatusCode;
 
 /// The request's compartment is full (and its waiting room too, or the
@@ -20,37 +18,24 @@ impl CompartmentFull {
     }
 }
 
-impl fmt::Display for CompartmentFull {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.waited {
+corral_core::refusal! {
+    CompartmentFull as full {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        reason: "bulkhead_full",
+        retry_after: Some(Duration::from_secs(1)),
+        message(f): match full.waited {
             None => write!(
                 f,
                 "compartment {:?} is full: {} requests of its kind are running",
-                self.compartment, self.max_concurrent
+                full.compartment, full.max_concurrent
             ),
             Some(waited) => write!(
                 f,
                 "compartment {:?} stayed full ({} running) for the {} ms this request could wait",
-                self.compartment,
-                self.max_concurrent,
+                full.compartment,
+                full.max_concurrent,
                 waited.as_millis()
             ),
-        }
-    }
-}
-
-impl std::error::Error for CompartmentFull {}
-
-impl Refusal for CompartmentFull {
-    fn status(&self) -> StatusCode {
-        StatusCode::SERVICE_UNAVAILABLE
-    }
-
-    fn reason(&self) -> &'static str {
-        "bulkhead_full"
-    }
-
-    fn retry_after(&self) -> Option<Duration> {
-        Some(Duration::from_secs(1))
+        },
     }
 }

@@ -8,32 +8,14 @@ use tower::Service;
 use crate::compartment::{enter, Compartments, Entry};
 use crate::future::ResponseFuture;
 
-/// Confines requests to their compartment: at most its `max_concurrent`
-/// run at once, a bounded number wait a bounded time, the rest are
-/// refused with [`CompartmentFull`](crate::CompartmentFull).
-#[derive(Clone)]
-pub struct BulkheadService<S> {
-    inner: S,
-    compartments: Arc<Compartments>,
-}
-
-impl<S> BulkheadService<S> {
-    corral_core::define_inner_service_accessors!();
-}
-
-impl<S> std::fmt::Debug for BulkheadService<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BulkheadService").finish()
+corral_core::layer_service! {
+    /// Confines requests to their compartment: at most its `max_concurrent`
+    /// run at once, a bounded number wait a bounded time, the rest are
+    /// refused with [`CompartmentFull`](crate::CompartmentFull).
+    pub struct BulkheadService<S> {
+        compartments: Arc<Compartments>,
     }
-}
-
-impl<S> BulkheadService<S> {
-    pub(crate) fn new(inner: S, compartments: Arc<Compartments>) -> Self {
-        Self {
-            inner,
-            compartments,
-        }
-    }
+    debug()
 }
 
 impl<S, B, ReqBody> Service<Request<ReqBody>> for BulkheadService<S>
@@ -63,8 +45,7 @@ where
             Entry::Now(slot) => ResponseFuture::calling(self.inner.call(request), Some(slot)),
             Entry::Full(full) => ResponseFuture::refused(full.into()),
             Entry::Wait(wait) => {
-                let clone = self.inner.clone();
-                let inner = std::mem::replace(&mut self.inner, clone);
+                let inner = corral_core::take_ready(&mut self.inner);
                 ResponseFuture::waiting(wait, inner, request)
             }
         }

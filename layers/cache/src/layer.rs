@@ -14,13 +14,9 @@ pub struct CacheLayer {
     shared: Arc<Shared>,
 }
 
-impl std::fmt::Debug for CacheLayer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CacheLayer")
-            .field("config", &self.shared.config)
-            .finish()
-    }
-}
+corral_core::impl_debug!(CacheLayer {
+    config: shared.config
+});
 
 impl CacheLayer {
     /// A layer for `config` keeping answers in memory.

@@ -104,11 +104,7 @@ impl RedisCache {
     /// Adds to `pipeline` what tells the waiting replicas `key` is done,
     /// if this replica held its claim.
     fn release(&self, key: &Key, pipeline: &mut redis::Pipeline) -> bool {
-        let held = self
-            .claims
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
+        let held = corral_core::lock(&self.claims).remove(key);
         let Some(value) = held else {
             return false;
         };
@@ -269,11 +265,7 @@ impl CacheStore for RedisCache {
                 .arg(CLAIM.as_millis() as u64);
             match store.state.query::<Option<String>>(&set).await {
                 Ok(None) => {
-                    store
-                        .claims
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(key, value.clone());
+                    corral_core::lock(&store.claims).insert(key, value.clone());
                     let keeper = tokio::spawn(keep_claim(store.state.clone(), claim, value));
                     Claim::Generate(ClaimGuard::new(move || {
                         keeper.abort();

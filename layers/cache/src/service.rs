@@ -34,32 +34,17 @@ impl Shared {
     }
 
     pub(crate) fn leaders(&self) -> MutexGuard<'_, HashMap<(Key, bool), Arc<Coalesced>>> {
-        self.leaders.lock().unwrap_or_else(|p| p.into_inner())
+        corral_core::lock(&self.leaders)
     }
 }
 
-/// Serves deterministic answers from the cache, joins identical requests
-/// in flight, and keeps what comes back.
-#[derive(Clone)]
-pub struct CacheService<S> {
-    inner: S,
-    shared: Arc<Shared>,
-}
-
-impl<S> CacheService<S> {
-    corral_core::define_inner_service_accessors!();
-}
-
-impl<S> std::fmt::Debug for CacheService<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CacheService").finish()
+corral_core::layer_service! {
+    /// Serves deterministic answers from the cache, joins identical requests
+    /// in flight, and keeps what comes back.
+    pub struct CacheService<S> {
+        shared: Arc<Shared>,
     }
-}
-
-impl<S> CacheService<S> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
-        Self { inner, shared }
-    }
+    debug()
 }
 
 /// The response future of [`CacheService`].
@@ -100,8 +85,7 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
+        let inner = corral_core::take_ready(&mut self.inner);
         let passing = |inner: S, request| -> ResponseFuture {
             Box::pin(async move { inner.oneshot(request).await.map(boxed).map_err(Into::into) })
         };

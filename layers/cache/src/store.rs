@@ -84,13 +84,9 @@ impl ClaimGuard {
     }
 }
 
-impl std::fmt::Debug for ClaimGuard {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClaimGuard")
-            .field("shared", &self.on_drop.is_some())
-            .finish()
-    }
-}
+corral_core::impl_debug!(ClaimGuard {
+    shared: on_drop.is_some()
+});
 
 impl Drop for ClaimGuard {
     fn drop(&mut self) {
@@ -114,7 +110,7 @@ pub trait CacheStore: Send + Sync + 'static {
     /// Whether this replica generates the answer under `key` for a
     /// request of `priority` (1 highest) or waits for another replica that
     /// does: identical requests coalesce across replicas as they do
-    /// within one (its coalesced calls). A request more urgent than the one
+    /// within one (its flights). A request more urgent than the one
     /// generating does not wait. One process alone: always
     /// [`Claim::Generate`].
     fn claim(&self, key: &Key, priority: u8) -> Pin<Box<dyn Future<Output = Claim> + Send>> {
@@ -129,13 +125,9 @@ pub struct MemoryCache {
     cache: moka::sync::Cache<Key, Arc<Entry>>,
 }
 
-impl std::fmt::Debug for MemoryCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryCache")
-            .field("entries", &self.cache.entry_count())
-            .finish()
-    }
-}
+corral_core::impl_debug!(MemoryCache {
+    entries: cache.entry_count()
+});
 
 impl MemoryCache {
     /// A store bounded by `max_bytes`.

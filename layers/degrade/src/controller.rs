@@ -1,9 +1,9 @@
 //! The level in force, kept current from the scheduler's load, and the
 //! operator's override.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
-use corral_core::{channels, Bus, Level, LoadCell};
+use corral_core::{channels, lock, Bus, Level, LoadCell};
 use tokio::time::Instant;
 
 use crate::config::DegradeConfig;
@@ -19,13 +19,7 @@ pub struct Controller {
     pub(crate) bus: Option<Arc<dyn Bus>>,
 }
 
-impl std::fmt::Debug for Controller {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Controller")
-            .field("status", &self.status())
-            .finish()
-    }
-}
+corral_core::impl_debug!(Controller { status: status() });
 
 /// The level, the load behind it, and the override.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -36,10 +30,6 @@ pub struct Status {
     pub load: f64,
     /// The operator's level, when forced.
     pub forced: Option<Level>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Controller {

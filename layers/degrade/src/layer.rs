@@ -19,29 +19,27 @@ impl DegradeLayer {
     /// [`DegradeLayer::with_load`]) or by hand ([`Controller::force`]).
     pub fn new(config: &DegradeConfig) -> Result<Self, ConfigError> {
         config.validate()?;
-        Ok(Self {
-            controller: Arc::new(Controller::new(config.clone(), LoadCell::default(), None)),
-        })
+        Ok(Self::build(config.clone(), LoadCell::default(), None))
     }
 
     /// The same, reading the scheduler's load from `load`.
     pub fn with_load(self, load: LoadCell) -> Self {
         let bus = self.controller.bus.clone();
-        Self {
-            controller: Arc::new(Controller::new(self.controller.config.clone(), load, bus)),
-        }
+        Self::build(self.controller.config.clone(), load, bus)
     }
 
     /// The same, announcing level changes on `bus`
     /// (`system:degradation:level`).
     pub fn with_bus(self, bus: Arc<dyn Bus>) -> Self {
         let load = self.controller.load.clone();
+        Self::build(self.controller.config.clone(), load, Some(bus))
+    }
+
+    /// A new controller: a layer's settings are changed by building it
+    /// again, before any service is made.
+    fn build(config: DegradeConfig, load: LoadCell, bus: Option<Arc<dyn Bus>>) -> Self {
         Self {
-            controller: Arc::new(Controller::new(
-                self.controller.config.clone(),
-                load,
-                Some(bus),
-            )),
+            controller: Arc::new(Controller::new(config, load, bus)),
         }
     }
 

@@ -29,27 +29,12 @@ pub const X_CORRAL_TOKEN_CAP: HeaderName = HeaderName::from_static("x-corral-tok
 /// The answer's body: the upstream's, or a default written here.
 pub type ResponseBody<B> = Either<B, Full<Bytes>>;
 
-/// Degrades inference requests as the level says.
-#[derive(Clone)]
-pub struct DegradeService<S> {
-    inner: S,
-    controller: Arc<Controller>,
-}
-
-impl<S> DegradeService<S> {
-    corral_core::define_inner_service_accessors!();
-}
-
-impl<S> std::fmt::Debug for DegradeService<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DegradeService").finish()
+corral_core::layer_service! {
+    /// Degrades inference requests as the level says.
+    pub struct DegradeService<S> {
+        controller: Arc<Controller>,
     }
-}
-
-impl<S> DegradeService<S> {
-    pub(crate) fn new(inner: S, controller: Arc<Controller>) -> Self {
-        Self { inner, controller }
-    }
+    debug()
 }
 
 /// What degradation did to a request, said in its answer's headers.

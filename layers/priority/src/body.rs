@@ -17,13 +17,7 @@ pub struct Settling {
     usage: Usage,
 }
 
-impl std::fmt::Debug for Settling {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Settling")
-            .field("usage", &self.usage)
-            .finish()
-    }
-}
+corral_core::impl_debug!(Settling { usage });
 
 impl Settling {
     pub(crate) fn new(permit: Permit) -> Self {

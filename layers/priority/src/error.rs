@@ -1,7 +1,5 @@
-use std::fmt;
 use std::time::Duration;
 
-use corral_core::Refusal;
 use http::StatusCode;
 
 /// The request's deadline passed while it waited for the upstream: 504.
@@ -17,24 +15,14 @@ impl DeadlineExceeded {
     }
 }
 
-impl fmt::Display for DeadlineExceeded {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
+corral_core::refusal! {
+    DeadlineExceeded as exceeded {
+        status: StatusCode::GATEWAY_TIMEOUT,
+        reason: "deadline_exceeded",
+        message(f): write!(
             f,
             "the request's deadline passed after waiting {} ms for the upstream",
-            self.waited.as_millis()
-        )
-    }
-}
-
-impl std::error::Error for DeadlineExceeded {}
-
-impl Refusal for DeadlineExceeded {
-    fn status(&self) -> StatusCode {
-        StatusCode::GATEWAY_TIMEOUT
-    }
-
-    fn reason(&self) -> &'static str {
-        "deadline_exceeded"
+            exceeded.waited.as_millis()
+        ),
     }
 }

@@ -58,6 +58,6 @@ impl<S> Layer<S> for PriorityLayer {
     type Service = PriorityService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        PriorityService::from_shared(inner, self.shared.clone())
+        PriorityService::new(inner, self.shared.clone())
     }
 }

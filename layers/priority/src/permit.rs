@@ -149,14 +149,7 @@ pub struct Permit {
     actual: Option<f64>,
 }
 
-impl std::fmt::Debug for Permit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Permit")
-            .field("agent", &self.agent)
-            .field("waited", &self.waited)
-            .finish()
-    }
-}
+corral_core::impl_debug!(Permit { agent, waited });
 
 enum Holder {
     Local(Arc<Pool>),

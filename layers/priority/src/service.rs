@@ -9,34 +9,16 @@ use crate::future::ResponseFuture;
 use crate::layer::Shared;
 use crate::pool::Ticket;
 
-/// Runs inference requests only when the scheduler grants them an
-/// upstream permit; everything else passes straight through.
-///
-/// Reads the request's [`RequestMeta`] (set by `classify`): agent,
-/// class, priority, deadline, model, size and `max_tokens`. A request
-/// without one is treated as priority 5 from an anonymous agent.
-#[derive(Debug)]
-pub struct PriorityService<S> {
-    inner: S,
-    shared: Arc<Shared>,
-}
-
-impl<S> PriorityService<S> {
-    corral_core::define_inner_service_accessors!();
-}
-
-impl<S: Clone> Clone for PriorityService<S> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            shared: self.shared.clone(),
-        }
-    }
-}
-
-impl<S> PriorityService<S> {
-    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
-        Self { inner, shared }
+corral_core::layer_service! {
+    /// Runs inference requests only when the scheduler grants them an
+    /// upstream permit; everything else passes straight through.
+    ///
+    /// Reads the request's [`RequestMeta`] (set by `classify`): agent,
+    /// class, priority, deadline, model, size and `max_tokens`. A request
+    /// without one is treated as priority 5 from an anonymous agent.
+    #[derive(Debug)]
+    pub struct PriorityService<S> {
+        shared: Arc<Shared>,
     }
 }
 
@@ -66,10 +48,7 @@ where
         }
         let (ticket, model) = self.shared.ticket(&request);
         let acquire = self.shared.scheduler.acquire(ticket, model.as_deref());
-        // The inner service was made ready for this call; the clone left
-        // behind waits for the next one.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
+        let inner = corral_core::take_ready(&mut self.inner);
         ResponseFuture::waiting(acquire, inner, request)
     }
 }

@@ -147,7 +147,7 @@ impl MemoryRates {
     /// ```
     pub fn decide(&self, checks: &[Check]) -> Verdict {
         let now = Instant::now();
-        let mut tats = self.tat.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tats = corral_core::lock(&self.tat);
         // Old entries whose bucket is full again carry no information.
         if tats.len() > 100_000 {
             tats.retain(|_, tat| *tat > now);
@@ -189,7 +189,7 @@ impl MemoryRates {
     /// Adds `delta` to what `key` has spent (negative: gives back).
     pub fn shift(&self, key: &str, quota: &Quota, delta: i64) {
         let now = Instant::now();
-        let mut tats = self.tat.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tats = corral_core::lock(&self.tat);
         let interval = quota.interval();
         let tat = tats.get(key).copied().unwrap_or(now).max(now);
         let moved = scaled(interval, delta.unsigned_abs());

@@ -16,11 +16,7 @@ pub struct RateLimitLayer {
     plan: Arc<Plan>,
 }
 
-impl std::fmt::Debug for RateLimitLayer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RateLimitLayer").finish()
-    }
-}
+corral_core::impl_debug!(RateLimitLayer {});
 
 impl RateLimitLayer {
     /// A layer for `config` keeping its quotas in memory.

@@ -48,13 +48,7 @@ pub(crate) struct Settle {
     keys: Vec<(String, Quota)>,
 }
 
-impl std::fmt::Debug for Settle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Settle")
-            .field("charged", &self.charged)
-            .finish()
-    }
-}
+corral_core::impl_debug!(Settle { charged });
 
 impl Settle {
     /// Charges `generated` when it is more than the estimate; never

@@ -14,28 +14,13 @@ use crate::gcra::Checked;
 use crate::headers::{RATELIMIT, RATELIMIT_POLICY};
 use crate::plan::{Passed, Plan};
 
-/// Charges each inference request to its agent's and class's quotas;
-/// refuses with [`RateLimited`](crate::RateLimited) when one is spent.
-#[derive(Clone)]
-pub struct RateLimitService<S> {
-    inner: S,
-    plan: Arc<Plan>,
-}
-
-impl<S> RateLimitService<S> {
-    corral_core::define_inner_service_accessors!();
-}
-
-impl<S> std::fmt::Debug for RateLimitService<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RateLimitService").finish()
+corral_core::layer_service! {
+    /// Charges each inference request to its agent's and class's quotas;
+    /// refuses with [`RateLimited`](crate::RateLimited) when one is spent.
+    pub struct RateLimitService<S> {
+        plan: Arc<Plan>,
     }
-}
-
-impl<S> RateLimitService<S> {
-    pub(crate) fn new(inner: S, plan: Arc<Plan>) -> Self {
-        Self { inner, plan }
-    }
+    debug()
 }
 
 impl<S, B, ReqBody> Service<Request<ReqBody>> for RateLimitService<S>
@@ -69,9 +54,8 @@ where
             },
             Checked::Later(verdict) => {
                 // The verdict comes from Redis: the ready service waits
-                // with the request, a clone takes its place here.
-                let clone = self.inner.clone();
-                let inner = std::mem::replace(&mut self.inner, clone);
+                // with the request.
+                let inner = corral_core::take_ready(&mut self.inner);
                 let plan = self.plan.clone();
                 let verdict: Verdicting =
                     Box::pin(async move { plan.conclude(&prepared, verdict.await) });

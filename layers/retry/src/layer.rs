@@ -14,44 +14,35 @@ pub struct RetryLayer {
     shared: Arc<Shared>,
 }
 
-impl std::fmt::Debug for RetryLayer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RetryLayer")
-            .field("config", &self.shared.config)
-            .finish()
-    }
-}
+corral_core::impl_debug!(RetryLayer {
+    config: shared.config
+});
 
 impl RetryLayer {
     /// A layer for `config`, or the key and reason it is refused for.
     pub fn new(config: &RetryConfig) -> Result<Self, ConfigError> {
         config.validate()?;
-        Ok(Self {
-            shared: Arc::new(Shared {
-                budget: TpsBudget::new(
-                    config.budget_window,
-                    config.budget_min_per_sec,
-                    config.budget_ratio,
-                ),
-                config: config.clone(),
-                events: None,
-            }),
-        })
+        Ok(Self::build(config.clone(), None))
     }
 
     /// The same, recording a `retry` event for each retry in `events`.
     pub fn with_events(self, events: Arc<dyn corral_core::EventSink>) -> Self {
-        let shared = Shared {
-            config: self.shared.config.clone(),
-            budget: TpsBudget::new(
-                self.shared.config.budget_window,
-                self.shared.config.budget_min_per_sec,
-                self.shared.config.budget_ratio,
-            ),
-            events: Some(events),
-        };
+        Self::build(self.shared.config.clone(), Some(events))
+    }
+
+    /// A layer with a full retry budget of its own.
+    fn build(config: RetryConfig, events: Option<Arc<dyn corral_core::EventSink>>) -> Self {
+        let budget = TpsBudget::new(
+            config.budget_window,
+            config.budget_min_per_sec,
+            config.budget_ratio,
+        );
         Self {
-            shared: Arc::new(shared),
+            shared: Arc::new(Shared {
+                config,
+                budget,
+                events,
+            }),
         }
     }
 }

@@ -30,30 +30,13 @@ pub(crate) struct Shared {
     pub(crate) events: Option<Arc<dyn corral_core::EventSink>>,
 }
 
-/// Retries what is safe to retry, within a budget, and bounds attempts
-/// and streams in time.
-#[derive(Clone)]
-pub struct RetryService<S> {
-    inner: S,
-    shared: Arc<Shared>,
-}
-
-impl<S> RetryService<S> {
-    corral_core::define_inner_service_accessors!();
-}
-
-impl<S> std::fmt::Debug for RetryService<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RetryService")
-            .field("config", &self.shared.config)
-            .finish()
+corral_core::layer_service! {
+    /// Retries what is safe to retry, within a budget, and bounds attempts
+    /// and streams in time.
+    pub struct RetryService<S> {
+        shared: Arc<Shared>,
     }
-}
-
-impl<S> RetryService<S> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
-        Self { inner, shared }
-    }
+    debug(config: shared.config)
 }
 
 /// The response future of [`RetryService`]: the attempts, boxed.
@@ -76,8 +59,7 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
+        let inner = corral_core::take_ready(&mut self.inner);
         Box::pin(attempts(self.shared.clone(), inner, request))
     }
 }

@@ -1,7 +1,6 @@
-use std::fmt;
 use std::time::Duration;
 
-use corral_core::{Priority, Refusal};
+use corral_core::Priority;
 use http::StatusCode;
 
 /// Why a request was shed.
@@ -52,51 +51,40 @@ impl Shed {
     }
 }
 
-impl fmt::Display for Shed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let wait = self.retry_after.as_secs().max(1);
-        match self.reason {
-            ShedReason::QueueFull => write!(
-                f,
-                "server busy: {} requests are waiting and priority {} is refused while the queue is full; retry in {wait} s",
-                self.queued, self.priority
-            ),
-            ShedReason::NoRoomInTime => write!(
-                f,
-                "server busy: the queue stayed full ({} waiting) while this request waited for room; retry in {wait} s",
-                self.queued
-            ),
-            ShedReason::QueueDelay => write!(
-                f,
-                "server overloaded: requests wait too long, so priority {} is refused for now; retry in {wait} s",
-                self.priority
-            ),
-            ShedReason::AgentQueueFull => write!(
-                f,
-                "too many requests from this agent are already waiting; retry in {wait} s"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for Shed {}
-
-impl Refusal for Shed {
-    fn status(&self) -> StatusCode {
-        match self.reason {
+corral_core::refusal! {
+    Shed as shed {
+        status: match shed.reason {
             ShedReason::AgentQueueFull => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::SERVICE_UNAVAILABLE,
-        }
-    }
-
-    fn reason(&self) -> &'static str {
-        match self.reason {
+        },
+        reason: match shed.reason {
             ShedReason::AgentQueueFull => "agent_queue_full",
             _ => "shed",
-        }
-    }
-
-    fn retry_after(&self) -> Option<Duration> {
-        Some(self.retry_after)
+        },
+        retry_after: Some(shed.retry_after),
+        message(f): {
+            let wait = shed.retry_after.as_secs().max(1);
+            match shed.reason {
+                ShedReason::QueueFull => write!(
+                    f,
+                    "server busy: {} requests are waiting and priority {} is refused while the queue is full; retry in {wait} s",
+                    shed.queued, shed.priority
+                ),
+                ShedReason::NoRoomInTime => write!(
+                    f,
+                    "server busy: the queue stayed full ({} waiting) while this request waited for room; retry in {wait} s",
+                    shed.queued
+                ),
+                ShedReason::QueueDelay => write!(
+                    f,
+                    "server overloaded: requests wait too long, so priority {} is refused for now; retry in {wait} s",
+                    shed.priority
+                ),
+                ShedReason::AgentQueueFull => write!(
+                    f,
+                    "too many requests from this agent are already waiting; retry in {wait} s"
+                ),
+            }
+        },
     }
 }

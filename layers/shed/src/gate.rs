@@ -1,9 +1,10 @@
 //! The gate: its state, shared by every clone of the service, and its
 //! decisions: admit, refuse, or wait for room.
 
+use corral_core::lock;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use corral_core::{channels, AgentId, Bus, LoadCell, LoadSnapshot, Priority, UpstreamLoad};
@@ -91,10 +92,6 @@ impl Drop for Admitted {
         }
         self.gate.own.changes.notify_waiters();
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Gate {

@@ -19,25 +19,27 @@ impl ShedLayer {
     pub fn new(config: &ShedConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         metrics::gauge!(crate::metrics::QUEUE_LIMIT).set(config.max_queue as f64);
-        Ok(Self {
-            gate: Arc::new(Gate::new(config.clone(), LoadCell::default(), None)),
-        })
+        Ok(Self::build(config.clone(), LoadCell::default(), None))
     }
 
     /// The same, watching the scheduler published in `load` (the
     /// `priority` layer's), or counting itself while none is.
     pub fn with_load(self, load: LoadCell) -> Self {
         let bus = self.gate.bus.clone();
-        Self {
-            gate: Arc::new(Gate::new(self.gate.config.clone(), load, bus)),
-        }
+        Self::build(self.gate.config.clone(), load, bus)
     }
 
     /// The same, announcing backpressure on `bus`.
     pub fn with_bus(self, bus: Arc<dyn Bus>) -> Self {
         let load = self.gate.load.clone();
+        Self::build(self.gate.config.clone(), load, Some(bus))
+    }
+
+    /// A new gate: a layer's settings are changed by building it
+    /// again, before any service is made.
+    fn build(config: ShedConfig, load: LoadCell, bus: Option<Arc<dyn Bus>>) -> Self {
         Self {
-            gate: Arc::new(Gate::new(self.gate.config.clone(), load, Some(bus))),
+            gate: Arc::new(Gate::new(config, load, bus)),
         }
     }
 }
@@ -46,6 +48,6 @@ impl<S> Layer<S> for ShedLayer {
     type Service = ShedService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ShedService::from_gate(inner, self.gate.clone())
+        ShedService::new(inner, self.gate.clone())
     }
 }

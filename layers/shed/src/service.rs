@@ -8,30 +8,12 @@ use tower::Service;
 use crate::future::ResponseFuture;
 use crate::gate::{Decision, Gate};
 
-/// Refuses inference requests the queue has no room for, lowest
-/// priorities first; lets the rest through.
-#[derive(Debug)]
-pub struct ShedService<S> {
-    inner: S,
-    gate: Arc<Gate>,
-}
-
-impl<S> ShedService<S> {
-    corral_core::define_inner_service_accessors!();
-}
-
-impl<S: Clone> Clone for ShedService<S> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            gate: self.gate.clone(),
-        }
-    }
-}
-
-impl<S> ShedService<S> {
-    pub(crate) fn from_gate(inner: S, gate: Arc<Gate>) -> Self {
-        Self { inner, gate }
+corral_core::layer_service! {
+    /// Refuses inference requests the queue has no room for, lowest
+    /// priorities first; lets the rest through.
+    #[derive(Debug)]
+    pub struct ShedService<S> {
+        gate: Arc<Gate>,
     }
 }
 
@@ -62,8 +44,7 @@ where
             }
             Decision::Refuse(shed) => ResponseFuture::refused(shed.into()),
             Decision::WaitForSpace => {
-                let clone = self.inner.clone();
-                let inner = std::mem::replace(&mut self.inner, clone);
+                let inner = corral_core::take_ready(&mut self.inner);
                 ResponseFuture::waiting(self.gate.clone(), inner, request, priority, agent)
             }
         }

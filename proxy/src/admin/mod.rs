@@ -40,13 +40,7 @@ pub struct Admin {
     token: Option<Arc<str>>,
 }
 
-impl std::fmt::Debug for Admin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Admin")
-            .field("upstream", &self.upstream)
-            .finish()
-    }
-}
+corral_core::impl_debug!(Admin { upstream });
 
 impl Admin {
     /// Whether the request carries the admin token, or none is needed.

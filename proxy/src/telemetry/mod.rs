@@ -12,34 +12,67 @@ pub use logging::{init_logging, LogFormat};
 use corral_core::Endpoint;
 use metrics::{Counter, Gauge, Histogram, SharedString};
 
-/// Requests answered, by endpoint and status.
-pub const REQUESTS_TOTAL: &str = "corral_requests_total";
-/// Time from receiving a request to the end of its response body, by
-/// endpoint, model, class and outcome (`completed`, `refused`, `error`,
-/// `cancelled`), in seconds. The status is on [`REQUESTS_TOTAL`]: a status
-/// label here would multiply the histogram's series by every status seen
-/// for a split the outcome already makes.
-pub const REQUEST_DURATION_SECONDS: &str = "corral_request_duration_seconds";
-/// Requests in progress by class: from the moment classify knows the
-/// class (waiting for a permit, generating, or answering) to the end of
-/// the answer or the client leaving.
-pub const REQUESTS_IN_FLIGHT: &str = "corral_requests_in_flight";
-/// Time from receiving a request to the first byte of its answer's body,
-/// by endpoint and class, in seconds.
-pub const TIME_TO_FIRST_BYTE_SECONDS: &str = "corral_time_to_first_byte_seconds";
-/// Tokens generated upstream (from `eval_count`), by model and class.
-pub const TOKENS_GENERATED_TOTAL: &str = "corral_tokens_generated_total";
-/// Prompt tokens evaluated upstream (from `prompt_eval_count`), by model
-/// and class.
-pub const PROMPT_TOKENS_TOTAL: &str = "corral_prompt_tokens_total";
+corral_core::metrics! {
+    /// Describes the proxy's own metrics (see [`metrics_handle`]).
+    fn describe_own();
+
+    /// Requests answered, by endpoint and status.
+    counter REQUESTS_TOTAL = "corral_requests_total",
+        "Requests answered, by endpoint, status and class.";
+    /// Time from receiving a request to the end of its response body, by
+    /// endpoint, model, class and outcome (`completed`, `refused`, `error`,
+    /// `cancelled`), in seconds. The status is on [`REQUESTS_TOTAL`]: a status
+    /// label here would multiply the histogram's series by every status seen
+    /// for a split the outcome already makes.
+    histogram(Seconds) REQUEST_DURATION_SECONDS = "corral_request_duration_seconds",
+        "Time from receiving a request to the end of its answer, by endpoint, model, class and outcome.";
+    /// Requests in progress by class: from the moment classify knows the
+    /// class (waiting for a permit, generating, or answering) to the end of
+    /// the answer or the client leaving.
+    gauge REQUESTS_IN_FLIGHT = "corral_requests_in_flight",
+        "Answers in progress (headers sent, body not ended), by class.";
+    /// Time from receiving a request to the first byte of its answer's body,
+    /// by endpoint and class, in seconds.
+    histogram(Seconds) TIME_TO_FIRST_BYTE_SECONDS = "corral_time_to_first_byte_seconds",
+        "Time from receiving a request to the first byte of its answer, by endpoint and class.";
+    /// Tokens generated upstream (from `eval_count`), by model and class.
+    counter TOKENS_GENERATED_TOTAL = "corral_tokens_generated_total",
+        "Tokens generated upstream (eval_count), by model and class.";
+    /// Prompt tokens evaluated upstream (from `prompt_eval_count`), by model
+    /// and class.
+    counter PROMPT_TOKENS_TOTAL = "corral_prompt_tokens_total",
+        "Prompt tokens evaluated upstream (prompt_eval_count), by model and class.";
+    /// Requests Corral refused, by reason and priority.
+    counter REFUSALS_TOTAL = "corral_refusals_total",
+        "Requests Corral refused, by reason and priority.";
+    /// Connections Corral closed to protect itself, by reason
+    /// (`per_address`: over `max_connections_per_address`; `write_stall`: the
+    /// client left its answer unread).
+    counter CONNECTIONS_CLOSED_TOTAL = "corral_connections_closed_total",
+        "Client connections Corral closed to protect itself, by reason (per_address, write_stall).";
+    /// Requests the upstream may run at once (the scheduler's capacity).
+    gauge UPSTREAM_CAPACITY = "corral_upstream_capacity",
+        "Requests the upstream may run at once.";
+    /// Requests holding an upstream permit now.
+    gauge UPSTREAM_IN_FLIGHT = "corral_upstream_in_flight",
+        "Requests holding an upstream permit now.";
+    /// Requests waiting for an upstream permit, by priority (`queue_depth`).
+    gauge QUEUE_DEPTH = "corral_queue_depth",
+        "Requests waiting for an upstream permit, by priority.";
+    /// Bytes of request bodies held by waiting requests.
+    gauge(Bytes) QUEUE_BYTES = "corral_queue_bytes",
+        "Bytes of request bodies held by waiting requests.";
+    /// Permits of one pool of the scheduler (`*`, or a model's own).
+    gauge POOL_CAPACITY = "corral_pool_capacity",
+        "Permits of one pool of the scheduler: `*`, or a model's own.";
+    /// Permits held in one pool.
+    gauge POOL_IN_FLIGHT = "corral_pool_in_flight", "Permits held in one pool.";
+    /// Requests waiting in one pool.
+    gauge POOL_QUEUED = "corral_pool_queued", "Requests waiting in one pool.";
+}
+
 /// 1 when the upstream answered its last probe, 0 when not.
 pub const UPSTREAM_UP: &str = "corral_upstream_up";
-/// Requests Corral refused, by reason and priority.
-pub const REFUSALS_TOTAL: &str = "corral_refusals_total";
-/// Connections Corral closed to protect itself, by reason
-/// (`per_address`: over `max_connections_per_address`; `write_stall`: the
-/// client left its answer unread).
-pub const CONNECTIONS_CLOSED_TOTAL: &str = "corral_connections_closed_total";
 
 /// Distinct model names exported as labels before the rest count as
 /// `other`.
@@ -125,15 +158,11 @@ pub(crate) struct RequestMetrics {
     prompt: OnceLock<Counter>,
 }
 
-impl std::fmt::Debug for RequestMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RequestMetrics")
-            .field("endpoint", &self.endpoint)
-            .field("class", &self.class)
-            .field("model", &self.model)
-            .finish()
-    }
-}
+corral_core::impl_debug!(RequestMetrics {
+    endpoint,
+    class,
+    model
+});
 
 /// How an answer can end (see `Observation::finish`).
 const OUTCOMES: [&str; 4] = ["completed", "refused", "error", "cancelled"];
@@ -271,21 +300,6 @@ fn agent_label(agent: &str) -> Option<SharedString> {
         .per_agent
         .then(|| SharedString::from(agent.to_string()))
 }
-
-/// Requests the upstream may run at once (the scheduler's capacity).
-pub const UPSTREAM_CAPACITY: &str = "corral_upstream_capacity";
-/// Requests holding an upstream permit now.
-pub const UPSTREAM_IN_FLIGHT: &str = "corral_upstream_in_flight";
-/// Requests waiting for an upstream permit, by priority (`queue_depth`).
-pub const QUEUE_DEPTH: &str = "corral_queue_depth";
-/// Bytes of request bodies held by waiting requests.
-pub const QUEUE_BYTES: &str = "corral_queue_bytes";
-/// Permits of one pool of the scheduler (`*`, or a model's own).
-pub const POOL_CAPACITY: &str = "corral_pool_capacity";
-/// Permits held in one pool.
-pub const POOL_IN_FLIGHT: &str = "corral_pool_in_flight";
-/// Requests waiting in one pool.
-pub const POOL_QUEUED: &str = "corral_pool_queued";
 
 /// Sets each pool's gauges, at scrape time.
 pub fn record_pools(pools: &[(String, corral_core::LoadSnapshot)]) {

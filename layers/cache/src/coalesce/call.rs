@@ -3,8 +3,9 @@
 //! each follower) reads them from the first, so a late follower first
 //! gets what was already produced.
 
+use corral_core::lock;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
@@ -41,10 +42,6 @@ struct State {
     readers: usize,
     closed: bool,
     wakers: Vec<Waker>,
-}
-
-fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Coalesced {

@@ -10,11 +10,11 @@ mod index;
 mod order;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::Waker;
 use std::time::Duration;
 
-use corral_core::{AgentId, LoadSnapshot, Priority};
+use corral_core::{lock, AgentId, LoadSnapshot, Priority};
 
 use crate::config::Reserve;
 use hold::Holds;
@@ -127,12 +127,6 @@ pub(crate) enum Poll {
     Waiting,
     Granted(Grant),
     Gone,
-}
-
-fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
-    // A panic while holding the lock leaves consistent state behind (every
-    // mutation completes before anything can panic), so keep going.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn wake_all(wakers: Vec<Waker>) {

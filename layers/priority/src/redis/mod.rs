@@ -15,6 +15,7 @@
 //! decides); Redis keeps that average from the hold every release
 //! reports.
 
+use corral_core::lock;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
@@ -23,7 +24,7 @@ use crate::metrics::RESERVE_LENT_TOTAL;
 /// Ticket numbers, unique in the process: a ticket's id names one waiter
 /// whichever pool it waits in.
 pub(super) static SEQ: AtomicU64 = AtomicU64::new(0);
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use corral_core::{LoadSnapshot, RedisState};
@@ -41,10 +42,6 @@ static GRANT: std::sync::LazyLock<redis::Script> =
 
 /// The gauge of permits held across all replicas, per pool.
 pub const SHARED_PERMITS_HELD: &str = "corral_shared_permits_held";
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 pub(crate) struct RedisPool {
     state: RedisState,
