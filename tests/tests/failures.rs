@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
-use corral_e2e::{fast, mock, open, proxy, proxy_with, request, send, within};
+use corral_e2e::{fast, get, mock, open, post, proxy, proxy_with, request, send, within};
 use http_body_util::BodyExt;
 
 fn free_port() -> u16 {
@@ -19,11 +19,10 @@ async fn an_unreachable_upstream_is_a_502_in_the_api_shape_and_not_ready() {
     // Bare: the default stack's retries and breaker have their own tests.
     let corral = proxy_with(&dead, |c| c.layers = Some(vec![])).await;
 
-    let native = send(request(
-        "POST",
+    let native = post(
         &format!("{}/api/generate", corral.url()),
         r#"{"model":"llama3","prompt":"hi"}"#,
-    ))
+    )
     .await;
     assert_eq!(native.status, 502);
     assert_eq!(
@@ -36,26 +35,16 @@ async fn an_unreachable_upstream_is_a_502_in_the_api_shape_and_not_ready() {
         "{message}"
     );
 
-    let openai = send(request("GET", &format!("{}/v1/models", corral.url()), "")).await;
+    let openai = get(&format!("{}/v1/models", corral.url())).await;
     assert_eq!(openai.status, 502);
     assert!(openai.json()["error"]["message"]
         .as_str()
         .unwrap()
         .contains("unreachable"));
 
-    let health = send(request(
-        "GET",
-        &format!("{}/corral/healthz", corral.url()),
-        "",
-    ))
-    .await;
+    let health = get(&format!("{}/corral/healthz", corral.url())).await;
     assert_eq!(health.status, 200, "the process is alive");
-    let ready = send(request(
-        "GET",
-        &format!("{}/corral/readyz", corral.url()),
-        "",
-    ))
-    .await;
+    let ready = get(&format!("{}/corral/readyz", corral.url())).await;
     assert_eq!(ready.status, 503, "but not ready");
     assert_eq!(ready.json()["status"], "not ready");
 }
@@ -64,12 +53,7 @@ async fn an_unreachable_upstream_is_a_502_in_the_api_shape_and_not_ready() {
 async fn readiness_follows_the_upstream() {
     let upstream = mock(fast()).await;
     let corral = proxy(&upstream.url()).await;
-    let ready = send(request(
-        "GET",
-        &format!("{}/corral/readyz", corral.url()),
-        "",
-    ))
-    .await;
+    let ready = get(&format!("{}/corral/readyz", corral.url())).await;
     assert_eq!(ready.status, 200);
     assert_eq!(ready.json()["version"], "0.12.6");
 }
@@ -79,11 +63,10 @@ async fn upstream_errors_reach_the_client_unchanged() {
     let upstream = mock(fast()).await;
     let corral = proxy(&upstream.url()).await;
 
-    let unknown = send(request(
-        "POST",
+    let unknown = post(
         &format!("{}/api/chat", corral.url()),
         r#"{"model":"ghost","messages":[{"role":"user","content":"x"}]}"#,
-    ))
+    )
     .await;
     assert_eq!(unknown.status, 404);
     assert_eq!(

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
-use corral_e2e::{fast, mock, proxy, request, send, upstream_saw};
+use corral_e2e::{fast, get, mock, proxy, request, send, upstream_saw};
 
 #[tokio::test]
 async fn hop_by_hop_headers_are_dropped_and_end_to_end_ones_kept() {
@@ -55,14 +55,14 @@ async fn the_request_id_is_kept_or_made_and_returned_to_the_client() {
     );
     upstream_saw(&upstream, "client-chosen");
 
-    let made = send(request("GET", &url, "")).await;
+    let made = get(&url).await;
     let id = made
         .header("x-request-id")
         .expect("an id is made")
         .to_string();
     assert_eq!(id.len(), 32);
     upstream_saw(&upstream, &id);
-    let other = send(request("GET", &url, "")).await;
+    let other = get(&url).await;
     assert_ne!(other.header("x-request-id"), Some(id.as_str()));
 }
 

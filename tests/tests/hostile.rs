@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use corral::{Config, Running};
-use corral_e2e::{mock, request, send, within};
+use corral_e2e::{get, mock, request, send, within};
 use corral_mock_ollama::MockConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -310,7 +310,7 @@ async fn hostile_requests_get_clear_refusals_while_good_agents_see_no_error() {
         errors.first()
     );
     assert!(answered >= 8, "{answered}");
-    let metrics = send(request("GET", &format!("{url}/metrics"), "")).await;
+    let metrics = get(&format!("{url}/metrics")).await;
     let metrics = String::from_utf8_lossy(&metrics.body);
     assert!(
         metrics.lines().any(|l| l == "corral_upstream_in_flight 0"),

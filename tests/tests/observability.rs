@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use corral::Config;
-use corral_e2e::{eventually, fast, mock, request, send};
+use corral_e2e::{eventually, fast, get, mock, request, send};
 
 const STACK: &str = r#"
 [upstream]
@@ -58,7 +58,7 @@ open_for = "60s"
 
 /// The proxy's `/metrics`, as text.
 async fn scrape(url: &str) -> String {
-    let reply = send(request("GET", &format!("{url}/metrics"), "")).await;
+    let reply = get(&format!("{url}/metrics")).await;
     String::from_utf8(reply.body.to_vec()).unwrap()
 }
 
@@ -298,15 +298,9 @@ async fn a_scripted_run_shows_in_metrics_events_and_the_admin_api() {
     assert!(asked > 20);
 
     // Replaying the event log gives the usage the admin API reports.
-    let events: Vec<corral_core::Event> = serde_json::from_slice(
-        &send(request("GET", &format!("{url}/corral/events"), ""))
-            .await
-            .body,
-    )
-    .unwrap();
-    let agents: serde_json::Value = send(request("GET", &format!("{url}/corral/agents"), ""))
-        .await
-        .json();
+    let events: Vec<corral_core::Event> =
+        serde_json::from_slice(&get(&format!("{url}/corral/events")).await.body).unwrap();
+    let agents: serde_json::Value = get(&format!("{url}/corral/agents")).await.json();
     assert_eq!(
         serde_json::to_value(corral_events::project(&events)).unwrap(),
         agents
@@ -321,28 +315,20 @@ async fn a_scripted_run_shows_in_metrics_events_and_the_admin_api() {
         .iter()
         .any(|e| e.kind == "breaker" && e.data["to"] == "open"));
     let planner: Vec<corral_core::Event> = serde_json::from_slice(
-        &send(request(
-            "GET",
-            &format!("{url}/corral/events?agent=planner&kind=refused"),
-            "",
-        ))
-        .await
-        .body,
+        &get(&format!("{url}/corral/events?agent=planner&kind=refused"))
+            .await
+            .body,
     )
     .unwrap();
     assert_eq!(planner.len(), 1);
     assert_eq!(planner[0].data["reason"], "rate_limited");
 
-    let status = send(request("GET", &format!("{url}/corral/status"), ""))
-        .await
-        .json();
+    let status = get(&format!("{url}/corral/status")).await.json();
     assert_eq!(status["capacity"], 1);
     assert_eq!(status["degradation"]["level"], "Normal");
     assert_eq!(status["breakers"][0]["state"], "open");
     assert_eq!(status["classes"]["opus"]["refused"], 1);
-    let config = send(request("GET", &format!("{url}/corral/config"), ""))
-        .await
-        .json();
+    let config = get(&format!("{url}/corral/config")).await.json();
     assert_eq!(config["upstream"]["capacity"], 1);
 }
 

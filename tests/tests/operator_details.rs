@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use corral::Config;
-use corral_e2e::{fast, mock, proxy_with, request, send};
+use corral_e2e::{fast, mock, post, proxy_with, request, send};
 
 fn config(upstream: &str, rest: &str) -> Config {
     let text =
@@ -72,17 +72,13 @@ async fn the_config_view_hides_keys_and_tokens_but_not_token_quotas() {
 async fn an_agents_priority_cannot_be_set_on_a_stack_that_schedules_nothing() {
     let upstream = mock(fast()).await;
     let corral = proxy_with(&upstream.url(), |c| c.layers = Some(vec![])).await;
-    let reply = send(request(
-        "POST",
+    let reply = post(
         &format!("{}/corral/priority", corral.url()),
         r#"{"agent":"planner","priority":1}"#,
-    ))
+    )
     .await;
     assert_eq!(reply.status, 404);
-    assert!(reply.json()["error"]
-        .as_str()
-        .unwrap()
-        .contains("no priority layer"));
+    assert!(reply.error().contains("no priority layer"));
 }
 
 #[tokio::test]

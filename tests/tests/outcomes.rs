@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use corral::Config;
-use corral_e2e::{fast, metric_sum, mock, open, request, send, within};
+use corral_e2e::{fast, get, metric_sum, mock, open, post, request, send, within};
 use http_body_util::BodyExt;
 
 fn config(upstream: &str, layers: &str) -> Config {
@@ -24,12 +24,7 @@ const BREAKER: &str =
     "[[layers]]\nkind = \"breaker\"\nconsecutive_failures = 2\nopen_for = \"60s\"\n";
 
 async fn events(url: &str, kind: &str) -> Vec<serde_json::Value> {
-    let reply = send(request(
-        "GET",
-        &format!("{url}/corral/events?kind={kind}"),
-        "",
-    ))
-    .await;
+    let reply = get(&format!("{url}/corral/events?kind={kind}")).await;
     serde_json::from_slice(&reply.body).unwrap()
 }
 
@@ -65,20 +60,14 @@ async fn a_stream_the_upstream_breaks_twice_opens_the_breaker(
     // Two broken streams in a row: the breaker is open, the next request
     // is refused without reaching the upstream.
     let before = upstream.requests().len();
-    let refused = send(request("POST", &format!("{url}{path}"), body)).await;
+    let refused = post(&format!("{url}{path}"), body).await;
     assert_eq!(refused.status, 503, "{:?}", refused.body);
     assert_eq!(refused.header("x-corral-reason"), Some("breaker_open"));
     assert_eq!(upstream.requests().len(), before);
 
     let errors = metric_sum(&url, "corral_request_duration_seconds_count{endpoint=\"").await;
     assert!(errors >= 3.0);
-    let text = String::from_utf8(
-        send(request("GET", &format!("{url}/metrics"), ""))
-            .await
-            .body
-            .to_vec(),
-    )
-    .unwrap();
+    let text = String::from_utf8(get(&format!("{url}/metrics")).await.body.to_vec()).unwrap();
     let count = |outcome: &str| -> f64 {
         text.lines()
             .filter(|l| l.starts_with("corral_request_duration_seconds_count{"))
@@ -96,9 +85,7 @@ async fn a_stream_the_upstream_breaks_twice_opens_the_breaker(
         .map(|e| e["data"]["outcome"].as_str().unwrap())
         .collect();
     assert_eq!(outcomes, ["error", "error"]);
-    let agents = send(request("GET", &format!("{url}/corral/agents"), ""))
-        .await
-        .json();
+    let agents = get(&format!("{url}/corral/agents")).await.json();
     assert_eq!(agents["anonymous"]["failed"], 2);
     assert_eq!(agents["anonymous"]["completed"], 0);
 }
@@ -170,7 +157,7 @@ async fn a_non_streamed_answer_and_an_embedding_count_completed() {
             r#"{"model":"llama3","messages":[{"role":"user","content":"x"}]}"#,
         ),
     ] {
-        let reply = send(request("POST", &format!("{url}{path}"), body)).await;
+        let reply = post(&format!("{url}{path}"), body).await;
         assert_eq!(reply.status, 200, "{path}");
     }
     let completed = events(&url, "completed").await;
@@ -179,9 +166,7 @@ async fn a_non_streamed_answer_and_an_embedding_count_completed() {
         .map(|e| e["data"]["outcome"].as_str().unwrap())
         .collect();
     assert_eq!(outcomes, ["completed"; 4]);
-    let agents = send(request("GET", &format!("{url}/corral/agents"), ""))
-        .await
-        .json();
+    let agents = get(&format!("{url}/corral/agents")).await.json();
     assert_eq!(agents["anonymous"]["completed"], 4);
     assert_eq!(agents["anonymous"]["cancelled"], 0);
     assert_eq!(

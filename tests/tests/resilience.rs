@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use corral::Config;
-use corral_e2e::{fast, mock, request, send, upstream_saw, within};
+use corral_e2e::{fast, get, mock, request, send, upstream_saw, within};
 use corral_mock_ollama::{MockConfig, MockOllama};
 use http_body_util::BodyExt;
 
@@ -85,10 +85,7 @@ async fn a_dead_upstream_opens_the_breaker_and_it_closes_when_the_upstream_retur
     assert_eq!(fast_fail.status, 503);
     assert_eq!(fast_fail.header("x-corral-reason"), Some("breaker_open"));
     assert_eq!(fast_fail.header("retry-after"), Some("1"));
-    assert!(fast_fail.json()["error"]
-        .as_str()
-        .unwrap()
-        .contains("circuit breaker open"));
+    assert!(fast_fail.error().contains("circuit breaker open"));
 
     // The upstream comes back on its address.
     let upstream = MockOllama::bind(address.parse().unwrap(), fast())
@@ -115,7 +112,7 @@ async fn a_dead_upstream_opens_the_breaker_and_it_closes_when_the_upstream_retur
     let after = send(generate(&url, "after", None)).await;
     assert_eq!(after.status, 200, "closed again");
     assert_eq!(upstream.stats().requests, 2);
-    let metrics = send(request("GET", &format!("{url}/metrics"), "")).await;
+    let metrics = get(&format!("{url}/metrics")).await;
     let text = String::from_utf8(metrics.body.to_vec()).unwrap();
     assert!(
         text.contains("corral_circuit_breaker_transitions_total{breaker=\"upstream\",to=\"open\"}"),
