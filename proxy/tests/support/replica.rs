@@ -4,9 +4,55 @@
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use corral_e2e::{request, send};
+use corral_e2e::{mock, request, send, Redis};
+use corral_mock_ollama::{MockConfig, MockOllama};
 
 use super::{config_file, corral, free_port, wait_for};
+
+/// What a test of replicas runs on: a Redis of its own, an upstream, and
+/// the config the replicas share, under a key prefix of the test's own.
+pub(crate) struct Fleet {
+    pub(crate) redis: Redis,
+    pub(crate) upstream: MockOllama,
+    pub(crate) keys: String,
+    pub(crate) text: String,
+}
+
+impl Fleet {
+    /// A fast upstream, leases of 5 s, `extra` layers before the scheduler.
+    pub(crate) async fn start(test: &str, extra: &str) -> Self {
+        Self::start_with(corral_e2e::fast(), test, "5s", extra).await
+    }
+
+    /// An upstream of `upstream`, leases of `lease`, `extra` layers.
+    pub(crate) async fn start_with(
+        upstream: MockConfig,
+        test: &str,
+        lease: &str,
+        extra: &str,
+    ) -> Self {
+        let redis = Redis::start().await;
+        let upstream = mock(upstream).await;
+        let keys = prefix(test);
+        let text = config(&upstream.url(), &redis.url, &keys, lease, extra);
+        Self {
+            redis,
+            upstream,
+            keys,
+            text,
+        }
+    }
+
+    /// Three replicas of the shared config.
+    pub(crate) async fn three(&self) -> [Replica; 3] {
+        three(&self.text).await
+    }
+
+    /// Waits until `n` replicas listen on `channel`.
+    pub(crate) async fn listening(&self, channel: &str, n: usize) {
+        listening(&self.redis.url, &self.keys, channel, n).await;
+    }
+}
 
 /// A replica: a `corral` process, killed when dropped.
 pub(crate) struct Replica {
@@ -75,6 +121,11 @@ impl Replica {
         ))
         .await;
         reply.json().as_array().cloned().unwrap_or_default()
+    }
+
+    /// Its `corral_state_backend_up`: 1 while it shares state in Redis.
+    pub(crate) async fn backend_up(&self) -> f64 {
+        corral_e2e::metric_sum(&self.url, "corral_state_backend_up").await
     }
 
     pub(crate) async fn degrade(&self, body: &str) -> serde_json::Value {
@@ -177,6 +228,16 @@ pub(crate) fn config(
         }
     }
     text
+}
+
+/// Whether every one of `replicas` says its backend is `up` (1) or not (0).
+pub(crate) async fn every_backend(replicas: &[Replica], up: f64) -> bool {
+    for replica in replicas {
+        if replica.backend_up().await != up {
+            return false;
+        }
+    }
+    true
 }
 
 pub(crate) async fn three(config: &str) -> [Replica; 3] {
