@@ -1,6 +1,8 @@
 //! Helpers for the end-to-end tests: a simulated Ollama and a proxy in
 //! front of it, over real sockets, and a plain HTTP client.
 
+pub mod herd;
+
 use std::future::Future;
 use std::time::Duration;
 

@@ -4,6 +4,7 @@
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use corral_e2e::herd::CLASSES;
 use corral_e2e::{mock, request, send, Redis};
 use corral_mock_ollama::{MockConfig, MockOllama};
 
@@ -193,13 +194,6 @@ pub(crate) fn prefix(test: &str) -> String {
     )
 }
 
-pub(crate) const CLASSES: [(&str, u8, usize); 4] = [
-    ("system", 1, 10),
-    ("opus", 3, 20),
-    ("sonnet", 5, 60),
-    ("batch", 9, 41),
-];
-
 /// The config every replica of a test shares: the fleet's classes, the
 /// scheduler with leases of `lease`, `extra` layers before it.
 pub(crate) fn config(
@@ -246,9 +240,4 @@ pub(crate) async fn three(config: &str) -> [Replica; 3] {
         Replica::start("replica-b", config).await,
         Replica::start("replica-c", config).await,
     ]
-}
-
-pub(crate) fn median(values: &mut [u64]) -> u64 {
-    values.sort_unstable();
-    values[values.len() / 2]
 }
