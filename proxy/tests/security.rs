@@ -11,7 +11,7 @@ use std::time::Duration;
 
 mod support;
 
-use support::{config_file, corral, free_port, stderr, wait_for};
+use support::{assert_says, config_file, corral, free_port, stderr, wait_for};
 
 #[test]
 fn an_admin_api_open_to_the_network_without_a_token_is_refused_at_start() {
@@ -77,7 +77,7 @@ fn hash_key_prints_the_digest_of_an_argument_or_of_standard_input() {
 
     let short = corral().args(["hash-key", "short"]).output().unwrap();
     assert!(!short.status.success());
-    assert!(stderr(&short).contains("at least 8"), "{}", stderr(&short));
+    assert_says(&short, "at least 8");
 }
 
 // Multi-threaded: the simulated Ollama runs while this test blocks on
