@@ -26,12 +26,7 @@ pub async fn mock(config: MockConfig) -> MockOllama {
 
 /// The default fast mock: 1 ms to first token, 1000 tokens/s.
 pub fn fast() -> MockConfig {
-    MockConfig {
-        ttft: Duration::from_millis(1),
-        tokens_per_sec: 1000.0,
-        tokens: 8,
-        ..MockConfig::default()
-    }
+    streaming(8, 1000.0)
 }
 
 /// A mock streaming `tokens` tokens at `tokens_per_sec`, 1 ms to the

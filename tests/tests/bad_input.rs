@@ -3,10 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
-use std::time::Duration;
-
-use corral_e2e::{fast, mock, post, proxy_with, request, send};
-use corral_mock_ollama::MockConfig;
+use corral_e2e::{fast, mock, post, proxy_with, request, request_with, send, streaming};
 use http::Request;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
@@ -82,12 +79,12 @@ async fn malformed_json_is_a_400_that_says_what_is_wrong_in_each_api_shape() {
     assert_eq!(wrong_type.status, 400);
 
     let priority = send({
-        let mut r = request(
+        let r = request_with(
             "POST",
             &format!("{}/api/generate", corral.url()),
             r#"{"model":"llama3","prompt":"hi"}"#,
+            &[("x-priority", "0")],
         );
-        r.headers_mut().insert("x-priority", "0".parse().unwrap());
         r
     })
     .await;
@@ -103,13 +100,7 @@ async fn malformed_json_is_a_400_that_says_what_is_wrong_in_each_api_shape() {
 
 #[tokio::test]
 async fn bad_requests_do_not_disturb_a_stream_in_flight_for_someone_else() {
-    let upstream = mock(MockConfig {
-        ttft: Duration::from_millis(1),
-        tokens_per_sec: 200.0,
-        tokens: 40,
-        ..MockConfig::default()
-    })
-    .await;
+    let upstream = mock(streaming(40, 200.0)).await;
     let corral = proxy_with(&upstream.url(), |c| c.server.max_request_bytes = 4096).await;
     let good = corral_e2e::open(request(
         "POST",

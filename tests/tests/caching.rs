@@ -6,8 +6,7 @@
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
 use corral::Config;
-use corral_e2e::{fast, mock, post, request, send, within};
-use corral_mock_ollama::MockConfig;
+use corral_e2e::{fast, mock, post, request_with, send, streaming, within};
 
 fn config(upstream: &str) -> Config {
     let text = format!("[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{upstream}\"\n\n[[layers]]\nkind = \"cache\"\n\n[[layers]]\nkind = \"priority\"\n");
@@ -19,11 +18,7 @@ async fn coalesced(url: &str) -> u64 {
 }
 
 async fn herd_of_identical(stream: bool, fault: &'static str) {
-    let upstream = mock(MockConfig {
-        tokens: 12,
-        ..fast()
-    })
-    .await;
+    let upstream = mock(streaming(12, 1000.0)).await;
     let corral = corral::Running::start(&config(&upstream.url()))
         .await
         .unwrap();
@@ -36,9 +31,12 @@ async fn herd_of_identical(stream: bool, fault: &'static str) {
     for _ in 0..50 {
         let (url, body) = (url.clone(), body.clone());
         calls.push(tokio::spawn(async move {
-            let mut r = request("POST", &format!("{url}/api/generate"), body);
-            r.headers_mut()
-                .insert("x-mock-fault", fault.parse().unwrap());
+            let r = request_with(
+                "POST",
+                &format!("{url}/api/generate"),
+                body,
+                &[("x-mock-fault", fault)],
+            );
             send(r).await
         }));
     }
@@ -67,10 +65,12 @@ async fn herd_of_identical(stream: bool, fault: &'static str) {
     assert_eq!(labels.iter().filter(|l| *l == "coalesced").count(), 49);
 
     // Asked again: a hit, no upstream call.
-    let mut again = request("POST", &format!("{url}/api/generate"), body.clone());
-    again
-        .headers_mut()
-        .insert("x-mock-fault", fault.parse().unwrap());
+    let again = request_with(
+        "POST",
+        &format!("{url}/api/generate"),
+        body.clone(),
+        &[("x-mock-fault", fault)],
+    );
     let again = send(again).await;
     assert_eq!(again.header("x-corral-cache"), Some("hit"));
     assert_eq!(upstream.stats().requests, 1);

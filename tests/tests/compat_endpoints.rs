@@ -24,9 +24,7 @@ const RESPONSES: &str = r#"{"model":"llama3","input":"hi"}"#;
 async fn through_the_default_stack_they_wait_for_a_permit_like_any_generation() {
     let upstream = mock(MockConfig {
         ttft: Duration::from_millis(200),
-        tokens_per_sec: 1000.0,
-        tokens: 4,
-        ..MockConfig::default()
+        ..streaming(4, 1000.0)
     })
     .await;
     // No config: one request at a time for the model.

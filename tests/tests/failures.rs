@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
-use corral_e2e::{fast, get, mock, open, post, proxy, proxy_with, request, send, within};
+use corral_e2e::{fast, get, mock, open, post, proxy, proxy_with, request_with, send, within};
 use http_body_util::BodyExt;
 
 fn free_port() -> u16 {
@@ -79,13 +79,12 @@ async fn upstream_errors_reach_the_client_unchanged() {
     );
 
     for (fault, status) in [("status=500", 500), ("status=400", 400), ("busy", 503)] {
-        let mut req = request(
+        let req = request_with(
             "POST",
             &format!("{}/api/generate", corral.url()),
             r#"{"model":"llama3","prompt":"x"}"#,
+            &[("x-mock-fault", fault)],
         );
-        req.headers_mut()
-            .insert("x-mock-fault", fault.parse().unwrap());
         let reply = send(req).await;
         assert_eq!(reply.status, status, "{fault}");
         assert!(reply.json()["error"].is_string(), "{fault}");
@@ -95,9 +94,12 @@ async fn upstream_errors_reach_the_client_unchanged() {
 async fn broken_stream(path: &str, body: &'static str) -> (u16, String) {
     let upstream = mock(fast()).await;
     let corral = proxy_with(&upstream.url(), |_| {}).await;
-    let mut req = request("POST", &format!("{}{path}", corral.url()), body);
-    req.headers_mut()
-        .insert("x-mock-fault", "drop_after=3".parse().unwrap());
+    let req = request_with(
+        "POST",
+        &format!("{}{path}", corral.url()),
+        body,
+        &[("x-mock-fault", "drop_after=3")],
+    );
     let response = open(req).await;
     let status = response.status().as_u16();
     let body = within(response.into_body().collect())

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
-use corral_e2e::{fast, get, mock, proxy, request, send, upstream_saw};
+use corral_e2e::{fast, get, mock, proxy, request, request_with, send, upstream_saw};
 
 #[tokio::test]
 async fn hop_by_hop_headers_are_dropped_and_end_to_end_ones_kept() {
@@ -46,9 +46,7 @@ async fn the_request_id_is_kept_or_made_and_returned_to_the_client() {
     let corral = proxy(&upstream.url()).await;
     let url = format!("{}/api/version", corral.url());
 
-    let mut req = request("GET", &url, "");
-    req.headers_mut()
-        .insert("x-request-id", "client-chosen".parse().unwrap());
+    let req = request_with("GET", &url, "", &[("x-request-id", "client-chosen")]);
     assert_eq!(
         send(req).await.header("x-request-id"),
         Some("client-chosen")
@@ -70,11 +68,12 @@ async fn the_request_id_is_kept_or_made_and_returned_to_the_client() {
 async fn forwarding_headers_are_added_and_host_is_the_upstreams() {
     let upstream = mock(fast()).await;
     let corral = proxy(&upstream.url()).await;
-    let mut req = request("GET", &format!("{}/api/tags", corral.url()), "");
-    req.headers_mut()
-        .insert("x-request-id", "fwd-1".parse().unwrap());
-    req.headers_mut()
-        .insert("x-forwarded-for", "10.1.2.3".parse().unwrap());
+    let req = request_with(
+        "GET",
+        &format!("{}/api/tags", corral.url()),
+        "",
+        &[("x-request-id", "fwd-1"), ("x-forwarded-for", "10.1.2.3")],
+    );
     send(req).await;
 
     let seen = upstream_saw(&upstream, "fwd-1");

@@ -11,14 +11,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use corral::Config;
-use corral_e2e::{fast, get, metric_sum, mock, open, post, request, send, within};
+use corral_e2e::{fast, get, metric_sum, mock, open, post, proxy_toml, request_with, send, within};
 use http_body_util::BodyExt;
-
-fn config(upstream: &str, layers: &str) -> Config {
-    let text =
-        format!("[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{upstream}\"\n{layers}");
-    Config::parse(&text, Path::new("outcomes.toml")).unwrap()
-}
 
 const BREAKER: &str =
     "[[layers]]\nkind = \"breaker\"\nconsecutive_failures = 2\nopen_for = \"60s\"\n";
@@ -31,9 +25,12 @@ async fn events(url: &str, kind: &str) -> Vec<serde_json::Value> {
 /// Sends a request the upstream breaks after three chunks; the body the
 /// client read.
 async fn broken(url: &str, path: &str, body: &'static str) -> String {
-    let mut req = request("POST", &format!("{url}{path}"), body);
-    req.headers_mut()
-        .insert("x-mock-fault", "drop_after=3".parse().unwrap());
+    let req = request_with(
+        "POST",
+        &format!("{url}{path}"),
+        body,
+        &[("x-mock-fault", "drop_after=3")],
+    );
     let response = open(req).await;
     assert_eq!(response.status(), 200);
     let body = within(response.into_body().collect())
@@ -49,9 +46,7 @@ async fn a_stream_the_upstream_breaks_twice_opens_the_breaker(
     error_in: impl Fn(&str) -> bool,
 ) {
     let upstream = mock(fast()).await;
-    let corral = corral::Running::start(&config(&upstream.url(), BREAKER))
-        .await
-        .unwrap();
+    let corral = proxy_toml(&upstream.url(), BREAKER).await;
     let url = corral.url();
     for _ in 0..2 {
         let text = broken(&url, path, body).await;
@@ -132,12 +127,11 @@ async fn a_non_streamed_answer_and_an_embedding_count_completed() {
     let upstream = mock(fast()).await;
     // The cache answers through a shared flight whose body never says
     // "end" by itself: hyper stops at the Content-Length.
-    let corral = corral::Running::start(&config(
+    let corral = proxy_toml(
         &upstream.url(),
         &format!("{BREAKER}[[layers]]\nkind = \"cache\"\n"),
-    ))
-    .await
-    .unwrap();
+    )
+    .await;
     let url = corral.url();
     for (path, body) in [
         (
@@ -182,20 +176,18 @@ async fn a_non_streamed_answer_and_an_embedding_count_completed() {
 #[tokio::test]
 async fn an_upstream_error_after_every_attempt_is_an_error_not_a_completion() {
     let upstream = mock(fast()).await;
-    let corral = corral::Running::start(&config(
+    let corral = proxy_toml(
         &upstream.url(),
         "[[layers]]\nkind = \"retry\"\ninitial_backoff = \"10ms\"\nmax_backoff = \"20ms\"\n",
-    ))
-    .await
-    .unwrap();
+    )
+    .await;
     let url = corral.url();
-    let mut req = request(
+    let req = request_with(
         "POST",
         &format!("{url}/api/generate"),
         r#"{"model":"llama3","prompt":"x","stream":false}"#,
+        &[("x-mock-fault", "busy")],
     );
-    req.headers_mut()
-        .insert("x-mock-fault", "busy".parse().unwrap());
     let reply = send(req).await;
     assert_eq!(reply.status, 503);
     assert_eq!(upstream.requests().len(), 3, "three attempts");
@@ -213,13 +205,12 @@ async fn a_long_silent_generation_answers_once(config: Config) {
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.upstream.url = upstream.url();
     let corral = corral::Running::start(&config).await.unwrap();
-    let mut req = request(
+    let req = request_with(
         "POST",
         &format!("{}/api/generate", corral.url()),
         r#"{"model":"llama3","prompt":"write a long story","stream":false}"#,
+        &[("x-mock-fault", "ttft_ms=40000,tokens=4")],
     );
-    req.headers_mut()
-        .insert("x-mock-fault", "ttft_ms=40000,tokens=4".parse().unwrap());
     let started = tokio::time::Instant::now();
     let reply = tokio::time::timeout(Duration::from_secs(90), async {
         let response = corral_e2e::client().request(req).await.unwrap();
@@ -267,13 +258,12 @@ async fn the_shipped_configs_first_byte_limit_waits_for_streams_only() {
     config.upstream.url = upstream.url();
     let corral = corral::Running::start(&config).await.unwrap();
     let ask = |stream: bool| {
-        let mut req = request(
+        let req = request_with(
             "POST",
             &format!("{}/api/generate", corral.url()),
             format!(r#"{{"model":"llama3","prompt":"x","stream":{stream}}}"#),
+            &[("x-mock-fault", "ttft_ms=2500,tokens=2")],
         );
-        req.headers_mut()
-            .insert("x-mock-fault", "ttft_ms=2500,tokens=2".parse().unwrap());
         req
     };
     assert_eq!(send(ask(false)).await.status, 200);
