@@ -64,6 +64,14 @@ pub async fn proxy_with(upstream: &str, tweak: impl FnOnce(&mut Config)) -> Runn
     Running::start(&config).await.expect("proxy starts")
 }
 
+/// A [`fast`] mock and a proxy with the defaults in front of it: where
+/// most tests start.
+pub async fn fast_proxy() -> (MockOllama, Running) {
+    let upstream = mock(fast()).await;
+    let corral = proxy(&upstream.url()).await;
+    (upstream, corral)
+}
+
 /// A proxy on a free port forwarding to `upstream`, configured as an
 /// operator's file would: `toml` follows the `[upstream]` url (its
 /// capacity, then classes, agents, layers).
@@ -186,6 +194,16 @@ pub async fn text(response: http::Response<Incoming>) -> String {
         .expect("the body is read")
         .to_bytes();
     String::from_utf8(body.to_vec()).expect("the body is UTF-8")
+}
+
+/// Sends `body` to `url` with the upstream told to break the stream
+/// after three chunks; what the client read (an error in the stream's
+/// own framing, after a 200).
+pub async fn broken_stream(url: &str, body: &'static str) -> String {
+    let fault = [("x-mock-fault", "drop_after=3")];
+    let response = open(request_with("POST", url, body, &fault)).await;
+    assert_eq!(response.status(), StatusCode::OK, "{url}");
+    text(response).await
 }
 
 /// The proxy's events at `url` (`/corral/events?{query}`), oldest first.

@@ -7,10 +7,19 @@ use std::time::Duration;
 
 use corral::Running;
 use corral_e2e::{eventually, get, metrics, mock, request_with, send, stalled};
+use corral_mock_ollama::MockOllama;
 
 /// A proxy of capacity 1 in front of `upstream`, with `layers`.
 async fn corral(upstream: &str, layers: &str) -> Running {
     corral_e2e::proxy_toml(upstream, &format!("capacity = 1\n{layers}")).await
+}
+
+/// An upstream that holds every request for half a minute, and a proxy
+/// of capacity 1 with `layers` in front of it: its permit stays taken.
+async fn stalled_corral(layers: &str) -> (MockOllama, Running) {
+    let upstream = mock(stalled(Duration::from_secs(30))).await;
+    let corral = corral(&upstream.url(), layers).await;
+    (upstream, corral)
 }
 
 fn generate(
@@ -28,9 +37,7 @@ fn generate(
 
 #[tokio::test]
 async fn a_full_queue_refuses_low_priority_with_503_retry_after_and_a_reason() {
-    let upstream = mock(stalled(Duration::from_secs(30))).await;
-    let corral = corral(
-        &upstream.url(),
+    let (upstream, corral) = stalled_corral(
         "[[layers]]\nkind = \"shed\"\nmax_queue = 2\n\n[[layers]]\nkind = \"priority\"\n",
     )
     .await;
@@ -122,9 +129,7 @@ async fn an_agent_over_its_quota_gets_429_with_retry_after_and_ratelimit_headers
 
 #[tokio::test]
 async fn a_full_compartment_answers_503_bulkhead_full() {
-    let upstream = mock(stalled(Duration::from_secs(30))).await;
-    let corral = corral(
-        &upstream.url(),
+    let (upstream, corral) = stalled_corral(
         "[[classes]]\nname = \"batch\"\ncompartment = \"batch_ops\"\n[[agents]]\nid = \"nightly\"\nclass = \"batch\"\n\n[[layers]]\nkind = \"bulkhead\"\n[[layers.compartments]]\nname = \"batch_ops\"\nmax_concurrent = 1\n",
     )
     .await;

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use corral::Running;
 use corral_e2e::{
-    events, fast, metric_sum, mock, open, post, proxy, request, request_with, send, streaming,
-    text, upstream_until, within,
+    broken_stream, events, fast, metric_sum, mock, open, post, proxy, request, send, streaming,
+    upstream_until, within,
 };
 use corral_mock_ollama::MockConfig;
 use http_body_util::BodyExt;
@@ -19,6 +19,9 @@ use http_body_util::BodyExt;
 const MESSAGES: &str =
     r#"{"model":"llama3","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}"#;
 const RESPONSES: &str = r#"{"model":"llama3","input":"hi"}"#;
+
+/// A quota of 20 tokens a minute for everyone, and the layer keeping it.
+const TOKEN_QUOTA: &str = "[[classes]]\nname = \"default\"\nrate_limit = { tokens_per_minute = 20 }\n\n[[layers]]\nkind = \"ratelimit\"\n";
 
 #[tokio::test]
 async fn through_the_default_stack_they_wait_for_a_permit_like_any_generation() {
@@ -69,18 +72,7 @@ async fn tokens_are_read_from_their_usage_and_a_quota_refuses_in_their_own_shape
     let upstream = mock(fast()).await;
     let corral = corral(
         &upstream.url(),
-        r#"
-[[classes]]
-name = "default"
-rate_limit = { tokens_per_minute = 20 }
-
-[[layers]]
-kind = "ratelimit"
-default_generation_tokens = 4
-
-[[layers]]
-kind = "priority"
-"#,
+        &format!("{TOKEN_QUOTA}default_generation_tokens = 4\n\n[[layers]]\nkind = \"priority\"\n"),
     )
     .await;
     let url = corral.url();
@@ -130,15 +122,7 @@ async fn a_stream_the_upstream_breaks_ends_with_their_error_event_and_counts_as_
             r#"{"model":"llama3","input":"hi","stream":true}"#,
         ),
     ] {
-        let broken = request_with(
-            "POST",
-            &format!("{url}{path}"),
-            body,
-            &[("x-mock-fault", "drop_after=3")],
-        );
-        let response = open(broken).await;
-        assert_eq!(response.status(), 200);
-        let text = text(response).await;
+        let text = broken_stream(&format!("{url}{path}"), body).await;
         let last = text
             .split("\n\n")
             .filter(|e| !e.trim().is_empty())
@@ -163,18 +147,7 @@ async fn a_stream_the_upstream_breaks_ends_with_their_error_event_and_counts_as_
 #[tokio::test]
 async fn an_anthropic_stream_the_client_leaves_early_is_not_refunded_its_tokens() {
     let upstream = mock(streaming(40, 20.0)).await;
-    let corral = corral(
-        &upstream.url(),
-        r#"
-[[classes]]
-name = "default"
-rate_limit = { tokens_per_minute = 20 }
-
-[[layers]]
-kind = "ratelimit"
-"#,
-    )
-    .await;
+    let corral = corral(&upstream.url(), TOKEN_QUOTA).await;
     let url = corral.url();
     let stream = r#"{"model":"llama3","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
     let mut response = open(request("POST", &format!("{url}/v1/messages"), stream)).await;

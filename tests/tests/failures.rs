@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
-use corral_e2e::{fast, get, mock, open, post, proxy, proxy_with, request_with, send, within};
+use corral_e2e::{fast, fast_proxy, get, mock, open, post, proxy_with, request_with, send, within};
 use http_body_util::BodyExt;
 
 fn free_port() -> u16 {
@@ -51,8 +51,7 @@ async fn an_unreachable_upstream_is_a_502_in_the_api_shape_and_not_ready() {
 
 #[tokio::test]
 async fn readiness_follows_the_upstream() {
-    let upstream = mock(fast()).await;
-    let corral = proxy(&upstream.url()).await;
+    let (_upstream, corral) = fast_proxy().await;
     let ready = get(&format!("{}/corral/readyz", corral.url())).await;
     assert_eq!(ready.status, 200);
     assert_eq!(ready.json()["version"], "0.12.6");
@@ -60,8 +59,7 @@ async fn readiness_follows_the_upstream() {
 
 #[tokio::test]
 async fn upstream_errors_reach_the_client_unchanged() {
-    let upstream = mock(fast()).await;
-    let corral = proxy(&upstream.url()).await;
+    let (_upstream, corral) = fast_proxy().await;
 
     let unknown = post(
         &format!("{}/api/chat", corral.url()),

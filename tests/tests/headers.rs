@@ -3,12 +3,11 @@
 
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
-use corral_e2e::{fast, get, mock, proxy, request, request_with, send, upstream_saw};
+use corral_e2e::{fast_proxy, get, request, request_with, send, upstream_saw};
 
 #[tokio::test]
 async fn hop_by_hop_headers_are_dropped_and_end_to_end_ones_kept() {
-    let upstream = mock(fast()).await;
-    let corral = proxy(&upstream.url()).await;
+    let (upstream, corral) = fast_proxy().await;
     let mut req = request("GET", &format!("{}/api/tags", corral.url()), "");
     let h = req.headers_mut();
     h.insert("x-request-id", "hop-1".parse().unwrap());
@@ -42,8 +41,7 @@ async fn hop_by_hop_headers_are_dropped_and_end_to_end_ones_kept() {
 
 #[tokio::test]
 async fn the_request_id_is_kept_or_made_and_returned_to_the_client() {
-    let upstream = mock(fast()).await;
-    let corral = proxy(&upstream.url()).await;
+    let (upstream, corral) = fast_proxy().await;
     let url = format!("{}/api/version", corral.url());
 
     let req = request_with("GET", &url, "", &[("x-request-id", "client-chosen")]);
@@ -66,8 +64,7 @@ async fn the_request_id_is_kept_or_made_and_returned_to_the_client() {
 
 #[tokio::test]
 async fn forwarding_headers_are_added_and_host_is_the_upstreams() {
-    let upstream = mock(fast()).await;
-    let corral = proxy(&upstream.url()).await;
+    let (upstream, corral) = fast_proxy().await;
     let req = request_with(
         "GET",
         &format!("{}/api/tags", corral.url()),

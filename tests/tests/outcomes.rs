@@ -11,34 +11,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use corral::Config;
-use corral_e2e::{fast, get, metric_sum, mock, open, post, proxy_toml, request_with, send, within};
+use corral_e2e::{
+    broken_stream, events, fast, get, metric_sum, mock, post, proxy_toml, request_with, send,
+};
 use http_body_util::BodyExt;
 
 const BREAKER: &str =
     "[[layers]]\nkind = \"breaker\"\nconsecutive_failures = 2\nopen_for = \"60s\"\n";
-
-async fn events(url: &str, kind: &str) -> Vec<serde_json::Value> {
-    let reply = get(&format!("{url}/corral/events?kind={kind}")).await;
-    serde_json::from_slice(&reply.body).unwrap()
-}
-
-/// Sends a request the upstream breaks after three chunks; the body the
-/// client read.
-async fn broken(url: &str, path: &str, body: &'static str) -> String {
-    let req = request_with(
-        "POST",
-        &format!("{url}{path}"),
-        body,
-        &[("x-mock-fault", "drop_after=3")],
-    );
-    let response = open(req).await;
-    assert_eq!(response.status(), 200);
-    let body = within(response.into_body().collect())
-        .await
-        .expect("ends with an error in the stream's own framing")
-        .to_bytes();
-    String::from_utf8(body.to_vec()).unwrap()
-}
 
 async fn a_stream_the_upstream_breaks_twice_opens_the_breaker(
     path: &str,
@@ -49,7 +28,7 @@ async fn a_stream_the_upstream_breaks_twice_opens_the_breaker(
     let corral = proxy_toml(&upstream.url(), BREAKER).await;
     let url = corral.url();
     for _ in 0..2 {
-        let text = broken(&url, path, body).await;
+        let text = broken_stream(&format!("{url}{path}"), body).await;
         assert!(error_in(&text), "the client is told: {text}");
     }
     // Two broken streams in a row: the breaker is open, the next request
@@ -74,7 +53,7 @@ async fn a_stream_the_upstream_breaks_twice_opens_the_breaker(
     assert_eq!(count("completed"), 0.0);
     assert_eq!(count("refused"), 1.0);
 
-    let completed = events(&url, "completed").await;
+    let completed = events(&url, "kind=completed").await;
     let outcomes: Vec<&str> = completed
         .iter()
         .map(|e| e["data"]["outcome"].as_str().unwrap())
@@ -154,7 +133,7 @@ async fn a_non_streamed_answer_and_an_embedding_count_completed() {
         let reply = post(&format!("{url}{path}"), body).await;
         assert_eq!(reply.status, 200, "{path}");
     }
-    let completed = events(&url, "completed").await;
+    let completed = events(&url, "kind=completed").await;
     let outcomes: Vec<&str> = completed
         .iter()
         .map(|e| e["data"]["outcome"].as_str().unwrap())
@@ -191,7 +170,7 @@ async fn an_upstream_error_after_every_attempt_is_an_error_not_a_completion() {
     let reply = send(req).await;
     assert_eq!(reply.status, 503);
     assert_eq!(upstream.requests().len(), 3, "three attempts");
-    let completed = events(&url, "completed").await;
+    let completed = events(&url, "kind=completed").await;
     assert_eq!(completed.len(), 1);
     assert_eq!(completed[0]["data"]["outcome"], "error");
     assert_eq!(completed[0]["data"]["status"], 503);

@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
-use corral_e2e::{fast, mock, post, proxy, send, upstream_saw, Reply};
+use corral_e2e::{fast_proxy, post, send, upstream_saw, Reply};
 use http::Request;
 use http_body_util::Full;
 
@@ -121,8 +121,7 @@ async fn through(url: &str, case: &Case, id: &str) -> Reply {
 
 #[tokio::test]
 async fn every_endpoint_passes_through_byte_for_byte() {
-    let upstream = mock(fast()).await;
-    let corral = proxy(&upstream.url()).await;
+    let (upstream, corral) = fast_proxy().await;
 
     for (i, case) in CASES.iter().enumerate() {
         let id = format!("case-{i}");
@@ -156,8 +155,7 @@ async fn every_endpoint_passes_through_byte_for_byte() {
 
 #[tokio::test]
 async fn head_requests_get_headers_only() {
-    let upstream = mock(fast()).await;
-    let corral = proxy(&upstream.url()).await;
+    let (_upstream, corral) = fast_proxy().await;
     let reply = send(corral_e2e::request(
         "HEAD",
         &format!("{}/", corral.url()),
@@ -171,8 +169,7 @@ async fn head_requests_get_headers_only() {
 
 #[tokio::test]
 async fn streams_keep_their_content_types_and_frames() {
-    let upstream = mock(fast()).await;
-    let corral = proxy(&upstream.url()).await;
+    let (_upstream, corral) = fast_proxy().await;
 
     let ndjson = post(
         &format!("{}/api/chat", corral.url()),

@@ -7,15 +7,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use corral_e2e::{
-    eventually, fast, get, metrics, mock, open, post, proxy, proxy_with, request, send, streaming,
-    text, upstream_until, within,
+    eventually, fast, fast_proxy, get, metrics, mock, open, post, proxy, proxy_with, request, send,
+    streaming, text, upstream_until, within,
 };
 use http_body_util::{BodyExt, Full};
 
 #[tokio::test]
 async fn http2_clients_with_prior_knowledge_are_served() {
-    let upstream = mock(fast()).await;
-    let corral = proxy(&upstream.url()).await;
+    let (_upstream, corral) = fast_proxy().await;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
         .build_http::<Full<Bytes>>();
@@ -55,8 +54,7 @@ async fn admin_paths_can_have_their_own_listener() {
 
 #[tokio::test]
 async fn metrics_count_requests_by_endpoint_and_status() {
-    let upstream = mock(fast()).await;
-    let corral = proxy(&upstream.url()).await;
+    let (_upstream, corral) = fast_proxy().await;
     // The recorder is global to the test process: count what this test
     // adds, on an endpoint no other test in this file uses.
     let before = count(&corral.url(), "ps", "200").await;
@@ -207,8 +205,7 @@ async fn an_admin_token_locks_everything_but_the_probes() {
 
 #[tokio::test]
 async fn sockets_that_never_sent_a_byte_do_not_hold_up_a_shutdown() {
-    let upstream = mock(fast()).await;
-    let corral = proxy(&upstream.url()).await;
+    let (_upstream, corral) = fast_proxy().await;
     let addr = corral.addr();
     let mut silent = Vec::new();
     for _ in 0..3 {

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use corral_e2e::{
-    eventually, eventually_async, fast, get, mock, open, proxy, proxy_with, request, request_with,
-    stalled, streaming, upstream_until, within,
+    eventually, eventually_async, fast_proxy, get, mock, open, proxy, proxy_with, request,
+    request_with, stalled, streaming, upstream_until, within,
 };
 use corral_mock_ollama::{MockConfig, MockOllama};
 use http_body_util::BodyExt;
@@ -24,6 +24,15 @@ fn asking(
     tokio::spawn(ask)
 }
 
+/// An upstream generating `parallel` at once, each for a minute: whoever
+/// comes next waits.
+fn stalled_with_room_for(parallel: usize) -> MockConfig {
+    MockConfig {
+        parallel,
+        ..stalled(Duration::from_secs(60))
+    }
+}
+
 /// Waits until the upstream has seen its client leave and freed the slot.
 async fn the_upstream_lets_go(upstream: &MockOllama) {
     upstream_until(upstream, "the upstream sees its client leave", |s| {
@@ -38,8 +47,7 @@ async fn the_upstream_lets_go(upstream: &MockOllama) {
 
 #[tokio::test]
 async fn a_chunk_reaches_the_client_before_the_upstream_produces_the_next() {
-    let upstream = mock(fast()).await;
-    let corral = proxy(&upstream.url()).await;
+    let (upstream, corral) = fast_proxy().await;
     // The upstream sends one chunk, then waits until the test releases it.
     let req = request_with(
         "POST",
@@ -117,11 +125,7 @@ async fn a_client_that_leaves_before_the_first_token_cancels_the_upstream_reques
 
 #[tokio::test]
 async fn a_client_that_leaves_while_the_upstream_queues_it_leaves_the_upstream_queue() {
-    let upstream = mock(MockConfig {
-        parallel: 1,
-        ..stalled(Duration::from_secs(60))
-    })
-    .await;
+    let upstream = mock(stalled_with_room_for(1)).await;
     // A bare pass-through: the upstream's own queue holds the second.
     let corral = proxy_with(&upstream.url(), |c| c.layers = Some(vec![])).await;
     let url = format!("{}/api/generate", corral.url());
@@ -138,11 +142,7 @@ async fn a_client_that_leaves_while_the_upstream_queues_it_leaves_the_upstream_q
 
 #[tokio::test]
 async fn through_the_default_stack_a_client_that_leaves_while_queued_never_reaches_the_upstream() {
-    let upstream = mock(MockConfig {
-        parallel: 4,
-        ..stalled(Duration::from_secs(60))
-    })
-    .await;
+    let upstream = mock(stalled_with_room_for(4)).await;
     // No config: one request at a time per model, as Ollama's default.
     let corral = proxy(&upstream.url()).await;
     let url = format!("{}/api/generate", corral.url());
