@@ -13,10 +13,34 @@ mod support;
 
 use std::time::Duration;
 
-use corral_e2e::{get, metric_sum, post, request_with, send, upstream_until};
+use corral_e2e::{get, metric_sum, post, request_with, send, upstream_until, Reply};
 use support::replica::{ask, redis_cli, Fleet, Replica};
+use tokio::task::JoinHandle;
 
 const CACHE: &str = "[[layers]]\nkind = \"cache\"\n";
+
+/// Sends `body` from `agent` through `replica`, slowed by the mock
+/// `fault`, and waits until the upstream generates it: its answer, to
+/// come.
+async fn generating(
+    fleet: &Fleet,
+    replica: &Replica,
+    agent: &str,
+    body: &str,
+    fault: &str,
+) -> JoinHandle<Reply> {
+    let asked = tokio::spawn(send(ask(
+        &replica.url,
+        agent,
+        body,
+        &[("x-mock-fault", fault)],
+    )));
+    upstream_until(&fleet.upstream, "the first request is generating", |s| {
+        s.in_flight == 1
+    })
+    .await;
+    asked
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_level_forced_on_one_replica_is_in_force_on_the_others_within_a_second() {
@@ -183,11 +207,7 @@ async fn identical_requests_on_three_replicas_are_generated_once() {
     let body = r#"{"model":"llama3","prompt":"everyone asks this","stream":false,"options":{"temperature":0}}"#;
     // A second of generation: long enough for the others to ask meanwhile.
     let slow = [("x-mock-fault", "tokens=20, tps=20")];
-    let first = tokio::spawn(send(ask(&replicas[0].url, "sonnet-0", body, &slow)));
-    upstream_until(upstream, "the first replica is generating", |s| {
-        s.in_flight == 1
-    })
-    .await;
+    let first = generating(&fleet, &replicas[0], "sonnet-0", body, slow[0].1).await;
     let others: Vec<_> = replicas[1..]
         .iter()
         .map(|r| tokio::spawn(send(ask(&r.url, "sonnet-1", body, &slow))))
@@ -215,11 +235,7 @@ async fn when_the_replica_generating_for_the_others_loses_its_client_they_genera
     let upstream = &fleet.upstream;
     let body = r#"{"model":"llama3","prompt":"asked and abandoned","stream":false,"options":{"temperature":0}}"#;
     let slow = [("x-mock-fault", "tokens=40, tps=20")];
-    let leaving = tokio::spawn(send(ask(&a.url, "sonnet-0", body, &slow)));
-    upstream_until(upstream, "the first replica is generating", |s| {
-        s.in_flight == 1
-    })
-    .await;
+    let leaving = generating(&fleet, &a, "sonnet-0", body, slow[0].1).await;
     let waiting = tokio::spawn(send(ask(&b.url, "sonnet-1", body, &slow)));
     // The second replica listens for the first one's answer: it waits.
     fleet.listening("cache:done", 1).await;
@@ -241,18 +257,8 @@ async fn when_the_replica_generating_for_the_others_loses_its_client_they_genera
 async fn an_urgent_request_does_not_wait_for_a_batch_one_generating_on_another_replica() {
     let fleet = Fleet::start("coalesce-urgent", CACHE).await;
     let [a, b, _c] = fleet.three().await;
-    let upstream = &fleet.upstream;
     let body = r#"{"model":"llama3","prompt":"the same, at two priorities","stream":false,"options":{"temperature":0}}"#;
-    let batch = tokio::spawn(send(ask(
-        &a.url,
-        "batch-0",
-        body,
-        &[("x-mock-fault", "tokens=60, tps=20")],
-    )));
-    upstream_until(upstream, "the batch request is generating", |s| {
-        s.in_flight == 1
-    })
-    .await;
+    let batch = generating(&fleet, &a, "batch-0", body, "tokens=60, tps=20").await;
     // Priority 1 on another replica: generated for it, not waited for.
     let urgent = send(ask(
         &b.url,

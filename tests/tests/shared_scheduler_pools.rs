@@ -5,10 +5,12 @@
 
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use corral_core::redis;
 use corral_e2e::Redis;
+use corral_priority::{Permit, Scheduler};
 
 mod sched;
 
@@ -16,6 +18,19 @@ use sched::{
     capped, config, counts, granted, joined, replica, state, ticket, two_replicas, unique,
     until_counts, with_big_pool,
 };
+
+/// A replica with the default pool and `big`'s (leases `lease` long)
+/// holding agent a's permit in each: the replica and the two permits.
+async fn holding_both_pools(
+    redis: &Redis,
+    prefix: &str,
+    lease: Duration,
+) -> (Arc<Scheduler>, Permit, Permit) {
+    let scheduler = replica(redis, prefix, "one", &with_big_pool(), lease);
+    let default = granted(scheduler.acquire(ticket("a", 5), None)).await;
+    let big = granted(scheduler.acquire(ticket("a", 5), Some("big"))).await;
+    (scheduler, default, big)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agents_cap_holds_across_replicas() {
@@ -62,10 +77,8 @@ async fn an_agent_flooding_the_queue_past_a_page_does_not_keep_others_from_a_fre
 async fn a_grant_in_one_pool_never_wakes_a_waiter_of_another() {
     let redis = Redis::start().await;
     let prefix = unique("pools");
-    let pools = with_big_pool();
-    let scheduler = replica(&redis, &prefix, "one", &pools, Duration::from_secs(5));
-    let default = granted(scheduler.acquire(ticket("a", 5), None)).await;
-    let big = granted(scheduler.acquire(ticket("a", 5), Some("big"))).await;
+    let (scheduler, default, big) =
+        holding_both_pools(&redis, &prefix, Duration::from_secs(5)).await;
     // The same agent at the same priority waits in both pools.
     let waits_default = tokio::spawn(scheduler.acquire(ticket("a", 5), None));
     let waits_big = tokio::spawn(scheduler.acquire(ticket("a", 5), Some("big")));
@@ -116,10 +129,8 @@ async fn a_replica_that_grants_another_replicas_ticket_leaves_its_permit_counted
 async fn after_redis_loses_its_data_every_pools_running_permits_count_again() {
     let redis = Redis::start().await;
     let prefix = unique("flushed");
-    let pools = with_big_pool();
-    let scheduler = replica(&redis, &prefix, "one", &pools, Duration::from_secs(1));
-    let default = granted(scheduler.acquire(ticket("a", 5), None)).await;
-    let big = granted(scheduler.acquire(ticket("a", 5), Some("big"))).await;
+    let (_scheduler, default, big) =
+        holding_both_pools(&redis, &prefix, Duration::from_secs(1)).await;
     let probe = state(&redis, &prefix, "probe");
     let _: () = probe.query(&redis::cmd("FLUSHALL")).await.unwrap();
     let leases = |pool: &'static str| {
