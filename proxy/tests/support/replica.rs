@@ -13,9 +13,13 @@ use super::{config_file, corral, free_port, wait_for};
 /// What a test of replicas runs on: a Redis of its own, an upstream, and
 /// the config the replicas share, under a key prefix of the test's own.
 pub(crate) struct Fleet {
+    /// The Redis the replicas share.
     pub(crate) redis: Redis,
+    /// The simulated Ollama they all forward to.
     pub(crate) upstream: MockOllama,
+    /// Their key prefix in Redis.
     pub(crate) keys: String,
+    /// Their config file's text.
     pub(crate) text: String,
 }
 
