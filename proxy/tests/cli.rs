@@ -8,7 +8,14 @@ use std::process::{Command, Stdio};
 
 mod support;
 
-use support::{check, config_file, corral, free_port, get_raw, stderr, terminate, wait_for};
+use support::{
+    assert_says, check, config_file, corral, free_port, get_raw, stderr, terminate, wait_for,
+};
+
+/// Whether a connection to `port` is refused.
+fn nothing_listens_on(port: u16) -> bool {
+    TcpStream::connect(("127.0.0.1", port)).is_err()
+}
 
 #[test]
 fn check_config_prints_the_resolved_stack() {
@@ -55,11 +62,7 @@ fn an_unknown_key_is_refused_with_file_line_key_and_reason() {
     assert!(err.contains("unknown field"), "{err}");
 
     let top = check("[servr]\n");
-    assert!(
-        stderr(&top).contains("unknown field `servr`"),
-        "{}",
-        stderr(&top)
-    );
+    assert_says(&top, "unknown field `servr`");
 }
 
 #[test]
@@ -73,18 +76,10 @@ fn an_unknown_layer_kind_names_its_position_and_line() {
     );
 
     let missing = check("[[layers]]\nmax_queue = 3\n");
-    assert!(
-        stderr(&missing).contains("missing field `kind`"),
-        "{}",
-        stderr(&missing)
-    );
+    assert_says(&missing, "missing field `kind`");
 
     let classify = check("[[layers]]\nkind = \"classify\"\n");
-    assert!(
-        stderr(&classify).contains("always the first layer"),
-        "{}",
-        stderr(&classify)
-    );
+    assert_says(&classify, "always the first layer");
 }
 
 #[test]
@@ -209,14 +204,8 @@ async fn flags_override_the_environment_which_overrides_the_file_and_sigterm_sto
         .spawn()
         .unwrap();
     wait_for(flag_port).await;
-    assert!(
-        TcpStream::connect(("127.0.0.1", env_port)).is_err(),
-        "the flag wins over the env"
-    );
-    assert!(
-        TcpStream::connect(("127.0.0.1", file_port)).is_err(),
-        "the flag wins over the file"
-    );
+    assert!(nothing_listens_on(env_port), "the flag wins over the env");
+    assert!(nothing_listens_on(file_port), "the flag wins over the file");
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -232,10 +221,7 @@ async fn flags_override_the_environment_which_overrides_the_file_and_sigterm_sto
         .spawn()
         .unwrap();
     wait_for(env_port).await;
-    assert!(
-        TcpStream::connect(("127.0.0.1", file_port)).is_err(),
-        "the env wins over the file"
-    );
+    assert!(nothing_listens_on(file_port), "the env wins over the file");
     Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -251,11 +237,7 @@ fn a_bad_upstream_from_the_environment_is_refused_at_start() {
         .output()
         .unwrap();
     assert!(!output.status.success());
-    assert!(
-        stderr(&output).contains("--upstream/CORRAL_UPSTREAM"),
-        "{}",
-        stderr(&output)
-    );
+    assert_says(&output, "--upstream/CORRAL_UPSTREAM");
 }
 
 #[test]
@@ -266,11 +248,7 @@ fn a_taken_address_is_refused_with_the_key() {
         .output()
         .unwrap();
     assert!(!output.status.success());
-    assert!(
-        stderr(&output).contains("server.listen: cannot listen on"),
-        "{}",
-        stderr(&output)
-    );
+    assert_says(&output, "server.listen: cannot listen on");
 }
 
 #[tokio::test]

@@ -9,7 +9,9 @@ use std::process::Stdio;
 
 mod support;
 
-use support::{config_file, corral, free_port, stderr, terminate, wait_for};
+use support::{
+    assert_says, config_file, corral, free_port, serving_nothing, stderr, terminate, wait_for,
+};
 
 /// The image's environment, from `deploy/Dockerfile`'s ENV lines (one
 /// instruction, continued with backslashes, plain `NAME=value` pairs).
@@ -169,11 +171,7 @@ async fn the_image_serves_with_only_the_upstream_and_token_and_its_health_check_
         .output()
         .unwrap();
     assert!(!refused.status.success());
-    assert!(
-        stderr(&refused).contains("CORRAL_ADMIN_TOKEN"),
-        "{}",
-        stderr(&refused)
-    );
+    assert_says(&refused, "CORRAL_ADMIN_TOKEN");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,18 +201,7 @@ async fn the_image_serves_without_the_managing_key_and_that_agent_is_disabled() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_exits_1_with_one_line_when_corral_is_down_unready_or_silent() {
     // Up, its upstream down: alive, not ready.
-    let port = free_port();
-    let child = corral()
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--upstream",
-            "127.0.0.1:1",
-        ])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(port).await;
+    let (port, child) = serving_nothing("127.0.0.1", Stdio::null()).await;
     let url = format!("http://127.0.0.1:{port}");
     let alive = corral().args(["health", &url]).output().unwrap();
     assert_eq!(code(&alive), Some(0), "{}", stderr(&alive));
@@ -236,11 +223,7 @@ async fn health_exits_1_with_one_line_when_corral_is_down_unready_or_silent() {
         .output()
         .unwrap();
     assert_eq!(code(&gone), Some(1));
-    assert!(
-        stderr(&gone).contains("cannot connect"),
-        "{}",
-        stderr(&gone)
-    );
+    assert_says(&gone, "cannot connect");
 
     // A 200 that says "not ready" is not ready (grep -q ready said it was).
     let liar = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -291,11 +274,7 @@ async fn health_exits_1_with_one_line_when_corral_is_down_unready_or_silent() {
         .output()
         .unwrap();
     assert_eq!(code(&hung), Some(1));
-    assert!(
-        stderr(&hung).contains("no answer within 300ms"),
-        "{}",
-        stderr(&hung)
-    );
+    assert_says(&hung, "no answer within 300ms");
     drop(silent);
 
     // Not a plain HTTP address.
@@ -304,7 +283,7 @@ async fn health_exits_1_with_one_line_when_corral_is_down_unready_or_silent() {
         .output()
         .unwrap();
     assert_eq!(code(&tls), Some(1));
-    assert!(stderr(&tls).contains("plain HTTP"), "{}", stderr(&tls));
+    assert_says(&tls, "plain HTTP");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,9 +353,5 @@ async fn keys_new_prints_a_fresh_key_once_and_an_entry_that_admits_only_it() {
         .output()
         .unwrap();
     assert_eq!(code(&bad), Some(1));
-    assert!(
-        stderr(&bad).contains("--agent must be non-empty"),
-        "{}",
-        stderr(&bad)
-    );
+    assert_says(&bad, "--agent must be non-empty");
 }

@@ -8,7 +8,7 @@ use std::process::Stdio;
 
 mod support;
 
-use support::{check, corral, free_port, get_raw, stderr, terminate, wait_for};
+use support::{assert_says, check, corral, get_raw, serving_nothing, stderr, terminate};
 
 #[test]
 fn with_no_config_it_listens_next_to_ollama_and_forwards_to_it() {
@@ -71,18 +71,7 @@ fn with_no_layers_the_stack_protects_and_says_its_capacity_and_where_it_came_fro
 
 #[tokio::test]
 async fn with_no_config_the_startup_line_names_the_stack_and_the_capacity_and_capacity_is_served() {
-    let port = free_port();
-    let child = corral()
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--upstream",
-            "127.0.0.1:1",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for(port).await;
+    let (port, child) = serving_nothing("127.0.0.1", Stdio::piped()).await;
     let text = get_raw(port, "/corral/capacity");
     terminate(&child);
     let output = child.wait_with_output().unwrap();
@@ -114,18 +103,7 @@ async fn listen_takes_the_forms_ollama_host_takes() {
         "{shown:?}"
     );
 
-    let port = free_port();
-    let child = corral()
-        .args([
-            "--listen",
-            &format!("localhost:{port}"),
-            "--upstream",
-            "127.0.0.1:1",
-        ])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(port).await;
+    let (_, child) = serving_nothing("localhost", Stdio::null()).await;
     terminate(&child);
     child.wait_with_output().unwrap();
 
@@ -136,10 +114,10 @@ async fn listen_takes_the_forms_ollama_host_takes() {
         .output()
         .unwrap();
     assert!(!open.status.success());
-    assert!(stderr(&open).contains("admin.token"), "{}", stderr(&open));
+    assert_says(&open, "admin.token");
     let bad = corral()
         .args(["--listen", "127.0.0.1:http"])
         .output()
         .unwrap();
-    assert!(stderr(&bad).contains("port"), "{}", stderr(&bad));
+    assert_says(&bad, "port");
 }

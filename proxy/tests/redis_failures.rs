@@ -9,13 +9,9 @@ mod support;
 
 use std::time::Duration;
 
-use corral_e2e::{metric_sum, mock, send, Redis};
+use corral_e2e::{get, metric_sum, mock, send, Redis};
 use support::free_port;
 use support::replica::{ask, config, prefix, redis_cli, Replica};
-
-async fn backend_up(replica: &Replica) -> f64 {
-    metric_sum(&replica.url, "corral_state_backend_up").await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_started_before_redis_serves_alone_then_shares_once_redis_is_there() {
@@ -56,12 +52,12 @@ async fn a_replica_started_before_redis_serves_alone_then_shares_once_redis_is_t
         &[("x-request-id", "before-redis")],
     );
     assert_eq!(send(early).await.status, 200, "served without Redis");
-    assert_eq!(backend_up(&replica).await, 0.0);
+    assert_eq!(replica.backend_up().await, 0.0);
     assert!(metric_sum(&replica.url, "corral_state_backend_errors_total").await >= 1.0);
 
     let redis = Redis::start_at(port).await;
     corral_e2e::eventually_async("the replica finds Redis", || async {
-        backend_up(&replica).await == 1.0
+        replica.backend_up().await == 1.0
     })
     .await;
     // What it recorded alone is in the shared stream now.
@@ -78,7 +74,7 @@ async fn a_replica_started_before_redis_serves_alone_then_shares_once_redis_is_t
         "its permits are counted in Redis, and given back",
         || async {
             metric_sum(&replica.url, "corral_shared_permits_held").await == 0.0
-                && metric_sum(&replica.url, "corral_state_backend_up").await == 1.0
+                && replica.backend_up().await == 1.0
         },
     )
     .await;
@@ -120,12 +116,12 @@ async fn a_redis_that_stops_answering_never_holds_a_request_longer_than_the_time
         "the requests did not wait for the paused Redis: {took:?}"
     );
     assert_eq!(
-        backend_up(&replica).await,
+        replica.backend_up().await,
         0.0,
         "the slow Redis was noticed"
     );
     corral_e2e::eventually_async("Redis answers again after the pause", || async {
-        backend_up(&replica).await == 1.0
+        replica.backend_up().await == 1.0
     })
     .await;
 }
@@ -145,19 +141,9 @@ async fn a_replica_given_only_corral_redis_url_shares_its_state() {
         .unwrap();
     support::wait_for(port).await;
     let url = format!("http://127.0.0.1:{port}");
-    let config = send(corral_e2e::request(
-        "GET",
-        &format!("{url}/corral/config"),
-        "",
-    ))
-    .await;
+    let config = get(&format!("{url}/corral/config")).await;
     assert_eq!(config.json()["state"]["backend"], "redis");
-    let version = send(corral_e2e::request(
-        "GET",
-        &format!("{url}/api/version"),
-        "",
-    ))
-    .await;
+    let version = get(&format!("{url}/api/version")).await;
     assert_eq!(version.status, 200);
     corral_e2e::eventually_async("the replica reaches Redis", || async {
         metric_sum(&url, "corral_state_backend_up").await == 1.0

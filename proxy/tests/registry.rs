@@ -127,34 +127,25 @@ async fn layers_are_stacked_in_the_order_listed_outermost_first() {
     assert_eq!(path.as_deref(), Some("inner<outer"));
 }
 
+/// What building the stack of `text`, read from `corral.toml`, fails with.
+fn build_error(text: &str) -> String {
+    let file = std::path::Path::new("corral.toml");
+    let config = Config::parse(text, file).unwrap();
+    let err = stack::build_with(&config, Some(file), TEST_LAYERS).unwrap_err();
+    err.to_string()
+}
+
 #[test]
 fn a_layers_bad_option_names_the_layer_the_option_and_the_options_own_line() {
-    let text = "[upstream]\nurl = \"h\"\n\n[[layers]]\nkind = \"tag\"\nvalue = \"a\"\n\n[[layers]]\nkind = \"tag\"\nvalu = \"b\"\n";
-    let config = Config::parse(text, std::path::Path::new("corral.toml")).unwrap();
-    let err = stack::build_with(
-        &config,
-        Some(std::path::Path::new("corral.toml")),
-        TEST_LAYERS,
-    )
-    .unwrap_err();
+    let err = build_error("[upstream]\nurl = \"h\"\n\n[[layers]]\nkind = \"tag\"\nvalue = \"a\"\n\n[[layers]]\nkind = \"tag\"\nvalu = \"b\"\n");
     assert_eq!(
-        err.to_string().split(": unknown field").next().unwrap(),
+        err.split(": unknown field").next().unwrap(),
         "corral.toml:10: layers[1].valu"
     );
-    assert!(err.to_string().contains("unknown field `valu`"), "{err}");
+    assert!(err.contains("unknown field `valu`"), "{err}");
 
-    let text = "[[layers]]\nkind = \"tag\"\nvalue = \"\"\n";
-    let config = Config::parse(text, std::path::Path::new("corral.toml")).unwrap();
-    let err = stack::build_with(
-        &config,
-        Some(std::path::Path::new("corral.toml")),
-        TEST_LAYERS,
-    )
-    .unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "corral.toml:3: layers[0].value: must not be empty"
-    );
+    let err = build_error("[[layers]]\nkind = \"tag\"\nvalue = \"\"\n");
+    assert_eq!(err, "corral.toml:3: layers[0].value: must not be empty");
 }
 
 #[test]

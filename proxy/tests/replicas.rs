@@ -15,25 +15,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use corral_e2e::{metric_sum, mock, send, within, Redis};
+use corral_e2e::herd::{assert_priority_one_went_first, assert_the_upstream_kept_up, CLASSES};
+use corral_e2e::{metric_sum, mock, send, upstream_until, within, Redis};
 use corral_mock_ollama::MockConfig;
-use support::replica::{ask, config, median, prefix, redis_cli, three, CLASSES};
+use support::replica::{ask, config, every_backend, prefix, redis_cli, three, Fleet};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_herd_over_three_replicas_never_overloads_the_upstream_and_priority_holds_across_them() {
-    let redis = Redis::start().await;
-    let upstream = mock(MockConfig {
-        parallel: 4,
-        max_queue: 4,
-        ttft: Duration::from_millis(5),
-        tokens_per_sec: 1000.0,
-        tokens: 5,
-        ..MockConfig::default()
-    })
-    .await;
-    let text = config(&upstream.url(), &redis.url, &prefix("herd"), "5s", "");
-    let replicas = Arc::new(three(&text).await);
-    let agents: usize = CLASSES.iter().map(|c| c.2).sum();
+    let fleet = Fleet::start_with(corral_e2e::herd::upstream(), "herd", "5s", "").await;
+    let (replicas, upstream) = (Arc::new(fleet.three().await), &fleet.upstream);
+    let agents = corral_e2e::herd::agents();
     assert_eq!(agents, 131);
     let start = Arc::new(tokio::sync::Barrier::new(agents));
     let mut calls = Vec::new();
@@ -75,49 +66,32 @@ async fn a_herd_over_three_replicas_never_overloads_the_upstream_and_priority_ho
         by_priority.entry(priority).or_default().push(wait);
     }
     let stats = upstream.stats();
-    assert!(
-        stats.peak_in_flight <= 4,
-        "the upstream saw {} at once across three replicas",
-        stats.peak_in_flight
-    );
-    assert_eq!(stats.busy_rejections, 0, "no upstream 503");
+    assert_the_upstream_kept_up(&stats, "across three replicas");
     assert_eq!(
         stats.completed as usize,
         agents * 2,
         "every request was served"
     );
-    let p1 = median(by_priority.get_mut(&1).unwrap());
-    let p9 = median(by_priority.get_mut(&9).unwrap());
-    eprintln!("median wait across replicas (ms): priority 1 {p1}, priority 9 {p9}");
-    assert!(p9 > 0, "priority 9 waited");
-    assert!(
-        p1 * 5 <= p9,
-        "priority 1 median wait {p1} ms is a small fraction of priority 9's {p9} ms"
-    );
+    assert_priority_one_went_first(by_priority, "across replicas");
     for replica in replicas.iter() {
-        assert_eq!(
-            metric_sum(&replica.url, "corral_state_backend_up").await,
-            1.0
-        );
+        assert_eq!(replica.backend_up().await, 1.0);
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_while_holding_every_permit_gives_them_back_within_the_lease() {
-    let redis = Redis::start().await;
     // Long generations: the permits are held until the holder dies.
-    let upstream = mock(MockConfig {
+    let upstream = MockConfig {
         parallel: 4,
         ttft: Duration::from_millis(5),
         tokens_per_sec: 2.0,
         tokens: 1000,
         ..MockConfig::default()
-    })
-    .await;
+    };
     let lease = Duration::from_secs(1);
-    let keys = prefix("kill");
-    let text = config(&upstream.url(), &redis.url, &keys, "1s", "");
-    let [mut doomed, b, c] = three(&text).await;
+    let fleet = Fleet::start_with(upstream, "kill", "1s", "").await;
+    let (redis, keys, upstream) = (&fleet.redis, &fleet.keys, &fleet.upstream);
+    let [mut doomed, b, c] = fleet.three().await;
     let mut held = Vec::new();
     for i in 0..4 {
         let url = doomed.url.clone();
@@ -135,8 +109,8 @@ async fn a_replica_killed_while_holding_every_permit_gives_them_back_within_the_
             drop(response);
         }));
     }
-    corral_e2e::eventually("the doomed replica holds every permit", || {
-        upstream.stats().in_flight == 4
+    upstream_until(upstream, "the doomed replica holds every permit", |s| {
+        s.in_flight == 4
     })
     .await;
     // Another replica's request waits: the permits are all held.
@@ -186,16 +160,8 @@ async fn a_replica_killed_while_holding_every_permit_gives_them_back_within_the_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agents_quota_spread_over_three_replicas_admits_exactly_its_limit() {
-    let redis = Redis::start().await;
-    let upstream = mock(corral_e2e::fast()).await;
-    let text = config(
-        &upstream.url(),
-        &redis.url,
-        &prefix("quota"),
-        "5s",
-        "[[layers]]\nkind = \"ratelimit\"\n",
-    );
-    let replicas = three(&text).await;
+    let fleet = Fleet::start("quota", "[[layers]]\nkind = \"ratelimit\"\n").await;
+    let replicas = fleet.three().await;
     let mut admitted = 0;
     let mut refused = 0;
     for n in 0..15 {
@@ -207,7 +173,7 @@ async fn an_agents_quota_spread_over_three_replicas_admits_exactly_its_limit() {
             429 => {
                 refused += 1;
                 assert!(reply.header("retry-after").is_some());
-                assert!(reply.json()["error"].as_str().unwrap().contains("rate"));
+                assert!(reply.error().contains("rate"));
             }
             other => panic!("unexpected {other}: {:?}", reply.body),
         }
@@ -271,14 +237,8 @@ async fn redis_stopped_and_restarted_mid_run_fails_no_request_and_sharing_resume
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     redis.stop();
-    corral_e2e::eventually_async("every replica notices Redis is gone", || async {
-        let mut down = 0;
-        for replica in replicas.iter() {
-            if metric_sum(&replica.url, "corral_state_backend_up").await == 0.0 {
-                down += 1;
-            }
-        }
-        down == 3
+    corral_e2e::eventually_async("every replica notices Redis is gone", || {
+        every_backend(&replicas[..], 0.0)
     })
     .await;
     // Serving alone, each replica with its share of the capacity; what
@@ -292,14 +252,8 @@ async fn redis_stopped_and_restarted_mid_run_fails_no_request_and_sharing_resume
     assert_eq!(send(marked).await.status, 200);
     tokio::time::sleep(Duration::from_millis(500)).await;
     redis.restart().await;
-    corral_e2e::eventually_async("every replica shares state again", || async {
-        let mut up = 0;
-        for replica in replicas.iter() {
-            if metric_sum(&replica.url, "corral_state_backend_up").await == 1.0 {
-                up += 1;
-            }
-        }
-        up == 3
+    corral_e2e::eventually_async("every replica shares state again", || {
+        every_backend(&replicas[..], 1.0)
     })
     .await;
     // What ran alone during the outage has ended: from here the shared

@@ -13,24 +13,41 @@ mod support;
 
 use std::time::Duration;
 
-use corral_e2e::{metric_sum, mock, request, send, Redis};
-use support::replica::{ask, config, listening, prefix, redis_cli, three, Replica};
+use corral_e2e::{get, metric_sum, post, request_with, send, upstream_until, Reply};
+use support::replica::{ask, redis_cli, Fleet, Replica};
+use tokio::task::JoinHandle;
+
+const CACHE: &str = "[[layers]]\nkind = \"cache\"\n";
+
+/// Sends `body` from `agent` through `replica`, slowed by the mock
+/// `fault`, and waits until the upstream generates it: its answer, to
+/// come.
+async fn generating(
+    fleet: &Fleet,
+    replica: &Replica,
+    agent: &str,
+    body: &str,
+    fault: &str,
+) -> JoinHandle<Reply> {
+    let asked = tokio::spawn(send(ask(
+        &replica.url,
+        agent,
+        body,
+        &[("x-mock-fault", fault)],
+    )));
+    upstream_until(&fleet.upstream, "the first request is generating", |s| {
+        s.in_flight == 1
+    })
+    .await;
+    asked
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_level_forced_on_one_replica_is_in_force_on_the_others_within_a_second() {
-    let redis = Redis::start().await;
-    let upstream = mock(corral_e2e::fast()).await;
-    let keys = prefix("degrade");
-    let text = config(
-        &upstream.url(),
-        &redis.url,
-        &keys,
-        "5s",
-        "[[layers]]\nkind = \"degrade\"\n",
-    );
-    let [a, b, c] = three(&text).await;
+    let fleet = Fleet::start("degrade", "[[layers]]\nkind = \"degrade\"\n").await;
+    let [a, b, c] = fleet.three().await;
     // The followers listen before the change.
-    listening(&redis.url, &keys, "system:degradation:level", 3).await;
+    fleet.listening("system:degradation:level", 3).await;
     let forced_at = tokio::time::Instant::now();
     assert_eq!(a.degrade(r#"{"level": "L2"}"#).await["forced"], "L2");
     for other in [&b, &c] {
@@ -47,7 +64,7 @@ async fn a_level_forced_on_one_replica_is_in_force_on_the_others_within_a_second
         }
     }
     // A replica that starts later reads the setting before it listens.
-    let late = Replica::start("replica-late", &text).await;
+    let late = Replica::start("replica-late", &fleet.text).await;
     corral_e2e::eventually_async("the late replica reads the forced level", || async {
         late.degrade("").await["forced"] == "L2"
     })
@@ -62,17 +79,8 @@ async fn a_level_forced_on_one_replica_is_in_force_on_the_others_within_a_second
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_one_replica_generated_is_served_by_the_others_from_the_shared_cache() {
-    let redis = Redis::start().await;
-    let upstream = mock(corral_e2e::fast()).await;
-    let keys = prefix("cache");
-    let text = config(
-        &upstream.url(),
-        &redis.url,
-        &keys,
-        "5s",
-        "[[layers]]\nkind = \"cache\"\n",
-    );
-    let [a, b, c] = three(&text).await;
+    let fleet = Fleet::start("cache", CACHE).await;
+    let [a, b, c] = fleet.three().await;
     let same = |replica: &Replica| {
         send(ask(
             &replica.url,
@@ -87,11 +95,8 @@ async fn an_answer_one_replica_generated_is_served_by_the_others_from_the_shared
     // The entry is written to Redis as the answer ends, a moment after
     // the client may have read it.
     corral_e2e::eventually("the answer is in Redis", || {
-        !redis_cli(
-            &redis.url,
-            &["--scan", "--pattern", &format!("{keys}cache:*")],
-        )
-        .is_empty()
+        let entries = format!("{}cache:*", fleet.keys);
+        !redis_cli(&fleet.redis.url, &["--scan", "--pattern", &entries]).is_empty()
     })
     .await;
     assert_eq!(same(&b).await.header("x-corral-cache"), Some("hit"));
@@ -99,7 +104,7 @@ async fn an_answer_one_replica_generated_is_served_by_the_others_from_the_shared
     assert_eq!(third.header("x-corral-cache"), Some("hit"));
     assert_eq!(third.json()["response"], first.json()["response"]);
     assert_eq!(
-        upstream.stats().by_path.get("/api/generate").copied(),
+        fleet.upstream.stats().by_path.get("/api/generate").copied(),
         Some(1),
         "generated once for three replicas"
     );
@@ -107,30 +112,19 @@ async fn an_answer_one_replica_generated_is_served_by_the_others_from_the_shared
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agents_priority_and_the_capacity_set_on_one_replica_take_effect_on_all() {
-    let redis = Redis::start().await;
-    let upstream = mock(corral_e2e::fast()).await;
-    let keys = prefix("settings");
-    let text = config(&upstream.url(), &redis.url, &keys, "5s", "");
-    let [a, b, c] = three(&text).await;
-    listening(&redis.url, &keys, "agent:priority:change", 3).await;
-    let set = send(request(
-        "POST",
+    let fleet = Fleet::start("settings", "").await;
+    let [a, b, c] = fleet.three().await;
+    fleet.listening("agent:priority:change", 3).await;
+    let set = post(
         &format!("{}/corral/priority", a.url),
         r#"{"agent": "batch-7", "priority": 1}"#,
-    ))
+    )
     .await;
     assert_eq!(set.status, 200);
     assert_eq!(set.json()["agents"]["batch-7"], 1);
     for other in [&b, &c] {
         corral_e2e::eventually_async("the priority reaches every replica", || async {
-            send(request(
-                "GET",
-                &format!("{}/corral/priority", other.url),
-                "",
-            ))
-            .await
-            .json()["agents"]["batch-7"]
-                == 1
+            get(&format!("{}/corral/priority", other.url)).await.json()["agents"]["batch-7"] == 1
         })
         .await;
     }
@@ -153,66 +147,37 @@ async fn an_agents_priority_and_the_capacity_set_on_one_replica_take_effect_on_a
 
     // The capacity lives in Redis: set on one replica, every replica's
     // pool has it.
-    let set = send(request(
-        "POST",
-        &format!("{}/corral/capacity", b.url),
-        r#"{"capacity": 2}"#,
-    ))
-    .await;
+    let set = post(&format!("{}/corral/capacity", b.url), r#"{"capacity": 2}"#).await;
     assert_eq!(set.status, 200, "{:?}", set.body);
     for replica in [&a, &c] {
         corral_e2e::eventually_async("the capacity reaches every replica", || async {
             // A request runs a grant, which reads the capacity from Redis.
             replica.generate("sonnet-1", 5, "capacity").await;
-            send(request(
-                "GET",
-                &format!("{}/corral/capacity", replica.url),
-                "",
-            ))
-            .await
-            .json()["pools"][0]["capacity"]
+            get(&format!("{}/corral/capacity", replica.url))
+                .await
+                .json()["pools"][0]["capacity"]
                 == 2
         })
         .await;
     }
-    let refused = send(request(
-        "POST",
-        &format!("{}/corral/capacity", a.url),
-        r#"{"capacity": 0}"#,
-    ))
-    .await;
+    let refused = post(&format!("{}/corral/capacity", a.url), r#"{"capacity": 0}"#).await;
     assert_eq!(refused.status, 400);
-    assert!(refused.json()["error"]
-        .as_str()
-        .unwrap()
-        .contains("capacity"));
+    assert!(refused.error().contains("capacity"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_breaker_one_replica_opened_fails_fast_on_the_others_too() {
-    let redis = Redis::start().await;
-    let upstream = mock(corral_e2e::fast()).await;
-    let keys = prefix("breaker");
-    let text = config(
-        &upstream.url(),
-        &redis.url,
-        &keys,
-        "5s",
-        "[[layers]]\nkind = \"breaker\"\nconsecutive_failures = 3\nopen_for = \"30s\"\n",
-    );
-    let [a, b, c] = three(&text).await;
-    listening(&redis.url, &keys, "ollama:breaker:state", 3).await;
+    let breaker = "[[layers]]\nkind = \"breaker\"\nconsecutive_failures = 3\nopen_for = \"30s\"\n";
+    let fleet = Fleet::start("breaker", breaker).await;
+    let [a, b, c] = fleet.three().await;
+    fleet.listening("ollama:breaker:state", 3).await;
     for n in 0..3 {
-        let mut failing = request(
-            "POST",
-            &format!("{}/api/generate", a.url),
-            format!(r#"{{"model":"llama3","prompt":"fail {n}","stream":false}}"#),
-        );
-        failing
-            .headers_mut()
-            .insert("x-mock-fault", "status=500".parse().unwrap());
+        let body = format!(r#"{{"model":"llama3","prompt":"fail {n}","stream":false}}"#);
+        let url = format!("{}/api/generate", a.url);
+        let failing = request_with("POST", &url, body, &[("x-mock-fault", "status=500")]);
         assert_eq!(send(failing).await.status, 500);
     }
+    let upstream = &fleet.upstream;
     let before = upstream.stats().requests;
     for other in [&b, &c] {
         corral_e2e::eventually_async("the other replicas' breakers open", || async {
@@ -237,24 +202,12 @@ async fn a_breaker_one_replica_opened_fails_fast_on_the_others_too() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identical_requests_on_three_replicas_are_generated_once() {
-    let redis = Redis::start().await;
-    let upstream = mock(corral_e2e::fast()).await;
-    let text = config(
-        &upstream.url(),
-        &redis.url,
-        &prefix("coalesce"),
-        "5s",
-        "[[layers]]\nkind = \"cache\"\n",
-    );
-    let replicas = three(&text).await;
+    let fleet = Fleet::start("coalesce", CACHE).await;
+    let (replicas, upstream) = (fleet.three().await, &fleet.upstream);
     let body = r#"{"model":"llama3","prompt":"everyone asks this","stream":false,"options":{"temperature":0}}"#;
     // A second of generation: long enough for the others to ask meanwhile.
     let slow = [("x-mock-fault", "tokens=20, tps=20")];
-    let first = tokio::spawn(send(ask(&replicas[0].url, "sonnet-0", body, &slow)));
-    corral_e2e::eventually("the first replica is generating", || {
-        upstream.stats().in_flight == 1
-    })
-    .await;
+    let first = generating(&fleet, &replicas[0], "sonnet-0", body, slow[0].1).await;
     let others: Vec<_> = replicas[1..]
         .iter()
         .map(|r| tokio::spawn(send(ask(&r.url, "sonnet-1", body, &slow))))
@@ -277,27 +230,15 @@ async fn identical_requests_on_three_replicas_are_generated_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_replica_generating_for_the_others_loses_its_client_they_generate_it_themselves() {
-    let redis = Redis::start().await;
-    let upstream = mock(corral_e2e::fast()).await;
-    let keys = prefix("coalesce-gone");
-    let text = config(
-        &upstream.url(),
-        &redis.url,
-        &keys,
-        "5s",
-        "[[layers]]\nkind = \"cache\"\n",
-    );
-    let [a, b, _c] = three(&text).await;
+    let fleet = Fleet::start("coalesce-gone", CACHE).await;
+    let [a, b, _c] = fleet.three().await;
+    let upstream = &fleet.upstream;
     let body = r#"{"model":"llama3","prompt":"asked and abandoned","stream":false,"options":{"temperature":0}}"#;
     let slow = [("x-mock-fault", "tokens=40, tps=20")];
-    let leaving = tokio::spawn(send(ask(&a.url, "sonnet-0", body, &slow)));
-    corral_e2e::eventually("the first replica is generating", || {
-        upstream.stats().in_flight == 1
-    })
-    .await;
+    let leaving = generating(&fleet, &a, "sonnet-0", body, slow[0].1).await;
     let waiting = tokio::spawn(send(ask(&b.url, "sonnet-1", body, &slow)));
     // The second replica listens for the first one's answer: it waits.
-    listening(&redis.url, &keys, "cache:done", 1).await;
+    fleet.listening("cache:done", 1).await;
     assert!(!waiting.is_finished(), "the second waits for the first");
     // The first client goes away: its replica stops generating, and the
     // one waiting is told to go on.
@@ -314,27 +255,10 @@ async fn when_the_replica_generating_for_the_others_loses_its_client_they_genera
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_urgent_request_does_not_wait_for_a_batch_one_generating_on_another_replica() {
-    let redis = Redis::start().await;
-    let upstream = mock(corral_e2e::fast()).await;
-    let text = config(
-        &upstream.url(),
-        &redis.url,
-        &prefix("coalesce-urgent"),
-        "5s",
-        "[[layers]]\nkind = \"cache\"\n",
-    );
-    let [a, b, _c] = three(&text).await;
+    let fleet = Fleet::start("coalesce-urgent", CACHE).await;
+    let [a, b, _c] = fleet.three().await;
     let body = r#"{"model":"llama3","prompt":"the same, at two priorities","stream":false,"options":{"temperature":0}}"#;
-    let batch = tokio::spawn(send(ask(
-        &a.url,
-        "batch-0",
-        body,
-        &[("x-mock-fault", "tokens=60, tps=20")],
-    )));
-    corral_e2e::eventually("the batch request is generating", || {
-        upstream.stats().in_flight == 1
-    })
-    .await;
+    let batch = generating(&fleet, &a, "batch-0", body, "tokens=60, tps=20").await;
     // Priority 1 on another replica: generated for it, not waited for.
     let urgent = send(ask(
         &b.url,

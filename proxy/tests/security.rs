@@ -7,11 +7,10 @@
 use std::io::Write;
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 mod support;
 
-use support::{config_file, corral, free_port, stderr, wait_for};
+use support::{assert_says, config_file, corral, free_port, stderr, wait_for};
 
 #[test]
 fn an_admin_api_open_to_the_network_without_a_token_is_refused_at_start() {
@@ -77,21 +76,14 @@ fn hash_key_prints_the_digest_of_an_argument_or_of_standard_input() {
 
     let short = corral().args(["hash-key", "short"]).output().unwrap();
     assert!(!short.status.success());
-    assert!(stderr(&short).contains("at least 8"), "{}", stderr(&short));
+    assert_says(&short, "at least 8");
 }
 
 // Multi-threaded: the simulated Ollama runs while this test blocks on
 // plain sockets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_hold_no_key_signature_or_prompt_even_at_trace_level() {
-    let upstream = corral_mock_ollama::MockOllama::start(corral_mock_ollama::MockConfig {
-        ttft: Duration::from_millis(1),
-        tokens_per_sec: 1000.0,
-        tokens: 4,
-        ..corral_mock_ollama::MockConfig::default()
-    })
-    .await
-    .unwrap();
+    let upstream = corral_e2e::mock(corral_e2e::streaming(4, 1000.0)).await;
     let port = free_port();
     let key = "sk-log-canary-0123456789";
     let secret = "SECRET-CANARY, long enough";

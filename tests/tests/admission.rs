@@ -5,13 +5,21 @@
 
 use std::time::Duration;
 
-use corral::Config;
-use corral_e2e::{eventually, mock, request, send};
-use corral_mock_ollama::MockConfig;
+use corral::Running;
+use corral_e2e::{eventually, get, metrics, mock, request_with, send, stalled};
+use corral_mock_ollama::MockOllama;
 
-fn config(upstream: &str, layers: &str) -> Config {
-    let text = format!("[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{upstream}\"\ncapacity = 1\n{layers}");
-    Config::parse(&text, std::path::Path::new("admission.toml")).unwrap()
+/// A proxy of capacity 1 in front of `upstream`, with `layers`.
+async fn corral(upstream: &str, layers: &str) -> Running {
+    corral_e2e::proxy_toml(upstream, &format!("capacity = 1\n{layers}")).await
+}
+
+/// An upstream that holds every request for half a minute, and a proxy
+/// of capacity 1 with `layers` in front of it: its permit stays taken.
+async fn stalled_corral(layers: &str) -> (MockOllama, Running) {
+    let upstream = mock(stalled(Duration::from_secs(30))).await;
+    let corral = corral(&upstream.url(), layers).await;
+    (upstream, corral)
 }
 
 fn generate(
@@ -19,30 +27,20 @@ fn generate(
     agent: &str,
     priority: u8,
 ) -> http::Request<http_body_util::Full<bytes::Bytes>> {
-    let mut r = request(
+    request_with(
         "POST",
         &format!("{url}/api/generate"),
         r#"{"model":"llama3","prompt":"hold the slot","stream":false}"#,
-    );
-    r.headers_mut().insert("x-agent-id", agent.parse().unwrap());
-    r.headers_mut()
-        .insert("x-priority", priority.to_string().parse().unwrap());
-    r
+        &[("x-agent-id", agent), ("x-priority", &priority.to_string())],
+    )
 }
 
 #[tokio::test]
 async fn a_full_queue_refuses_low_priority_with_503_retry_after_and_a_reason() {
-    let upstream = mock(MockConfig {
-        ttft: Duration::from_secs(30),
-        ..MockConfig::default()
-    })
-    .await;
-    let corral = corral::Running::start(&config(
-        &upstream.url(),
+    let (upstream, corral) = stalled_corral(
         "[[layers]]\nkind = \"shed\"\nmax_queue = 2\n\n[[layers]]\nkind = \"priority\"\n",
-    ))
-    .await
-    .unwrap();
+    )
+    .await;
     let url = corral.url();
     // One runs (capacity 1), two wait: the queue is full.
     let mut held = Vec::new();
@@ -53,12 +51,10 @@ async fn a_full_queue_refuses_low_priority_with_503_retry_after_and_a_reason() {
         }));
     }
     eventually("one runs upstream", || upstream.stats().in_flight == 1).await;
-    let metrics_url = format!("{url}/metrics");
     let mut queued = 0;
     for _ in 0..500 {
-        let text =
-            String::from_utf8(send(request("GET", &metrics_url, "")).await.body.to_vec()).unwrap();
-        queued = text
+        queued = metrics(&url)
+            .await
             .lines()
             .find_map(|l| l.strip_prefix("corral_queue_depth{priority=\"5\"} "))
             .map(|v| v.parse::<f64>().unwrap() as usize)
@@ -75,16 +71,12 @@ async fn a_full_queue_refuses_low_priority_with_503_retry_after_and_a_reason() {
     assert_eq!(refused.header("x-corral-reason"), Some("shed"));
     let retry: u64 = refused.header("retry-after").unwrap().parse().unwrap();
     assert!(retry >= 1, "{retry}");
-    assert!(refused.json()["error"]
-        .as_str()
-        .unwrap()
-        .contains("server busy"));
+    assert!(refused.error().contains("server busy"));
 
-    let tags = send(request("GET", &format!("{url}/api/tags"), "")).await;
+    let tags = get(&format!("{url}/api/tags")).await;
     assert_eq!(tags.status, 200, "metadata is never shed nor queued");
 
-    let metrics =
-        String::from_utf8(send(request("GET", &metrics_url, "")).await.body.to_vec()).unwrap();
+    let metrics = metrics(&url).await;
     assert!(
         metrics.contains("corral_dropped_requests_total{reason=\"queue_full\",priority=\"9\"}")
             || metrics
@@ -99,12 +91,11 @@ async fn a_full_queue_refuses_low_priority_with_503_retry_after_and_a_reason() {
 #[tokio::test]
 async fn an_agent_over_its_quota_gets_429_with_retry_after_and_ratelimit_headers() {
     let upstream = mock(corral_e2e::fast()).await;
-    let corral = corral::Running::start(&config(
+    let corral = corral(
         &upstream.url(),
         "[[classes]]\nname = \"opus\"\nrate_limit = { requests_per_minute = 2 }\n[[agents]]\nid = \"planner\"\nclass = \"opus\"\n\n[[layers]]\nkind = \"ratelimit\"\n",
-    ))
-    .await
-    .unwrap();
+    )
+    .await;
     for left in ["1", "0"] {
         let ok = send(generate(&corral.url(), "planner", 5)).await;
         assert_eq!(ok.status, 200);
@@ -125,10 +116,7 @@ async fn an_agent_over_its_quota_gets_429_with_retry_after_and_ratelimit_headers
         limited.header("ratelimit"),
         Some("\"agent-requests\";r=0;t=30")
     );
-    assert!(limited.json()["error"]
-        .as_str()
-        .unwrap()
-        .contains("rate limit reached"));
+    assert!(limited.error().contains("rate limit reached"));
     assert_eq!(
         upstream.stats().requests,
         2,
@@ -141,28 +129,18 @@ async fn an_agent_over_its_quota_gets_429_with_retry_after_and_ratelimit_headers
 
 #[tokio::test]
 async fn a_full_compartment_answers_503_bulkhead_full() {
-    let upstream = mock(MockConfig {
-        ttft: Duration::from_secs(30),
-        ..MockConfig::default()
-    })
-    .await;
-    let corral = corral::Running::start(&config(
-        &upstream.url(),
+    let (upstream, corral) = stalled_corral(
         "[[classes]]\nname = \"batch\"\ncompartment = \"batch_ops\"\n[[agents]]\nid = \"nightly\"\nclass = \"batch\"\n\n[[layers]]\nkind = \"bulkhead\"\n[[layers.compartments]]\nname = \"batch_ops\"\nmax_concurrent = 1\n",
-    ))
-    .await
-    .unwrap();
+    )
+    .await;
     let url = corral.url();
     let running = tokio::spawn(async move { send(generate(&url, "nightly", 9)).await });
     eventually("the first runs", || upstream.stats().in_flight == 1).await;
     let refused = send(generate(&corral.url(), "nightly", 9)).await;
     assert_eq!(refused.status, 503);
     assert_eq!(refused.header("x-corral-reason"), Some("bulkhead_full"));
-    assert!(refused.json()["error"]
-        .as_str()
-        .unwrap()
-        .contains("batch_ops"));
-    let free = send(request("GET", &format!("{}/api/version", corral.url()), "")).await;
+    assert!(refused.error().contains("batch_ops"));
+    let free = get(&format!("{}/api/version", corral.url())).await;
     assert_eq!(free.status, 200);
     running.abort();
 }

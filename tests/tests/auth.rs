@@ -9,7 +9,7 @@
 use bytes::Bytes;
 use corral::{Config, Running};
 use corral_auth::Signed;
-use corral_e2e::{fast, mock, request, send, within, Reply};
+use corral_e2e::{fast, get, mock, request, send, within, Reply};
 use corral_mock_ollama::MockOllama;
 use http_body_util::Full;
 use ollama_rs::generation::completion::request::GenerationRequest;
@@ -129,25 +129,16 @@ async fn a_hashed_key_admits_its_agent_with_its_class_priority_through_ollama_rs
     assert!(answer.done);
     assert_eq!(upstream.requests().len(), 1);
 
-    let events = send(request(
-        "GET",
-        &format!("{}/corral/events?kind=received", corral.url()),
-        "",
-    ))
-    .await
-    .json();
+    let events = get(&format!("{}/corral/events?kind=received", corral.url()))
+        .await
+        .json();
     let received = &events[0];
     assert_eq!(received["agent"], "planner");
     assert_eq!(received["data"]["class"], "opus");
     assert_eq!(received["data"]["priority"], 3);
 
     // The resolved config shows none of it.
-    let shown = send(request(
-        "GET",
-        &format!("{}/corral/config", corral.url()),
-        "",
-    ))
-    .await;
+    let shown = get(&format!("{}/corral/config", corral.url())).await;
     let shown = String::from_utf8_lossy(&shown.body);
     assert!(shown.contains("<redacted>"), "{shown}");
     for secret in [
@@ -166,18 +157,12 @@ async fn a_missing_wrong_or_revoked_key_is_401_and_reaches_nothing() {
     let url = corral.url();
     let missing = send(generate(&url, "a")).await;
     assert_refused(&missing, 401, "unauthenticated");
-    assert!(missing.json()["error"]
-        .as_str()
-        .unwrap()
-        .contains("API key"));
+    assert!(missing.error().contains("API key"));
     let wrong = send(with_key(generate(&url, "b"), "sk-not-a-known-key")).await;
     assert_refused(&wrong, 401, "unauthenticated");
     let revoked = send(with_key(generate(&url, "c"), "sk-retired-0123456789")).await;
     assert_refused(&revoked, 401, "unauthenticated");
-    assert!(revoked.json()["error"]
-        .as_str()
-        .unwrap()
-        .contains("revoked"));
+    assert!(revoked.error().contains("revoked"));
     // The revoked agent cannot claim its id without the key either.
     let mut claimed = generate(&url, "d");
     claimed

@@ -3,10 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
-use std::time::Duration;
-
-use corral_e2e::{fast, mock, proxy_with, request, send};
-use corral_mock_ollama::MockConfig;
+use corral_e2e::{fast, mock, post, proxy_with, request, request_with, send, streaming};
 use http::Request;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
@@ -18,13 +15,10 @@ async fn a_body_over_the_bound_is_refused_with_413_whether_declared_or_streamed(
     let url = format!("{}/api/generate", corral.url());
     let big = format!(r#"{{"model":"llama3","prompt":"{}"}}"#, "x".repeat(2000));
 
-    let declared = send(request("POST", &url, big.clone())).await;
+    let declared = post(&url, big.clone()).await;
     assert_eq!(declared.status, 413);
     assert_eq!(declared.header("x-corral-reason"), Some("body_too_large"));
-    assert!(declared.json()["error"]
-        .as_str()
-        .unwrap()
-        .contains("1024 bytes"));
+    assert!(declared.error().contains("1024 bytes"));
 
     // No Content-Length: chunked, so the bound is found while reading.
     let chunks: Vec<Result<Frame<bytes::Bytes>, std::convert::Infallible>> = big
@@ -53,11 +47,10 @@ async fn malformed_json_is_a_400_that_says_what_is_wrong_in_each_api_shape() {
     let upstream = mock(fast()).await;
     let corral = proxy_with(&upstream.url(), |_| {}).await;
 
-    let native = send(request(
-        "POST",
+    let native = post(
         &format!("{}/api/chat", corral.url()),
         r#"{"model": "llama3", "messages": [}"#,
-    ))
+    )
     .await;
     assert_eq!(native.status, 400);
     let error = native.json()["error"].as_str().unwrap().to_string();
@@ -66,12 +59,7 @@ async fn malformed_json_is_a_400_that_says_what_is_wrong_in_each_api_shape() {
         "{error}"
     );
 
-    let openai = send(request(
-        "POST",
-        &format!("{}/v1/chat/completions", corral.url()),
-        "{",
-    ))
-    .await;
+    let openai = post(&format!("{}/v1/chat/completions", corral.url()), "{").await;
     assert_eq!(openai.status, 400);
     assert_eq!(openai.json()["error"]["type"], "invalid_request_error");
     assert!(openai.json()["error"]["message"]
@@ -79,38 +67,29 @@ async fn malformed_json_is_a_400_that_says_what_is_wrong_in_each_api_shape() {
         .unwrap()
         .contains("invalid JSON"));
 
-    let no_model = send(request(
-        "POST",
+    let no_model = post(
         &format!("{}/api/generate", corral.url()),
         r#"{"prompt":"hi"}"#,
-    ))
+    )
     .await;
     assert_eq!(no_model.status, 400);
     assert_eq!(no_model.json()["error"], "model is required");
 
-    let wrong_type = send(request(
-        "POST",
-        &format!("{}/api/embed", corral.url()),
-        r#"{"model":["a"]}"#,
-    ))
-    .await;
+    let wrong_type = post(&format!("{}/api/embed", corral.url()), r#"{"model":["a"]}"#).await;
     assert_eq!(wrong_type.status, 400);
 
     let priority = send({
-        let mut r = request(
+        let r = request_with(
             "POST",
             &format!("{}/api/generate", corral.url()),
             r#"{"model":"llama3","prompt":"hi"}"#,
+            &[("x-priority", "0")],
         );
-        r.headers_mut().insert("x-priority", "0".parse().unwrap());
         r
     })
     .await;
     assert_eq!(priority.status, 400);
-    assert!(priority.json()["error"]
-        .as_str()
-        .unwrap()
-        .contains("X-Priority"));
+    assert!(priority.error().contains("X-Priority"));
 
     assert_eq!(
         upstream.stats().requests,
@@ -121,13 +100,7 @@ async fn malformed_json_is_a_400_that_says_what_is_wrong_in_each_api_shape() {
 
 #[tokio::test]
 async fn bad_requests_do_not_disturb_a_stream_in_flight_for_someone_else() {
-    let upstream = mock(MockConfig {
-        ttft: Duration::from_millis(1),
-        tokens_per_sec: 200.0,
-        tokens: 40,
-        ..MockConfig::default()
-    })
-    .await;
+    let upstream = mock(streaming(40, 200.0)).await;
     let corral = proxy_with(&upstream.url(), |c| c.server.max_request_bytes = 4096).await;
     let good = corral_e2e::open(request(
         "POST",
@@ -145,7 +118,7 @@ async fn bad_requests_do_not_disturb_a_stream_in_flight_for_someone_else() {
                 1 => "y".repeat(10_000),
                 _ => r#"{"messages":[]}"#.to_string(),
             };
-            send(request("POST", &url, body)).await.status
+            post(&url, body).await.status
         }));
     }
     for handle in bad {

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
-use corral_e2e::{fast, mock, proxy_with, request, send};
+use corral_e2e::{fast, mock, post, proxy_with, request, send};
 use http::Request;
 use http_body_util::StreamBody;
 use hyper::body::Frame;
@@ -49,12 +49,9 @@ async fn a_blob_with_the_wrong_digest_is_refused_by_the_upstream() {
     let upstream = mock(fast()).await;
     let corral = proxy_with(&upstream.url(), |_| {}).await;
     let url = format!("{}/api/blobs/sha256:{}", corral.url(), "0".repeat(64));
-    let reply = send(request("POST", &url, "not matching")).await;
+    let reply = post(&url, "not matching").await;
     assert_eq!(reply.status, 400);
-    assert!(reply.json()["error"]
-        .as_str()
-        .unwrap()
-        .contains("digest mismatch"));
+    assert!(reply.error().contains("digest mismatch"));
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -6,8 +6,7 @@
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
 use corral::Config;
-use corral_e2e::{fast, mock, request, send, within};
-use corral_mock_ollama::MockConfig;
+use corral_e2e::{fast, mock, post, request_with, send, streaming, within};
 
 fn config(upstream: &str) -> Config {
     let text = format!("[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{upstream}\"\n\n[[layers]]\nkind = \"cache\"\n\n[[layers]]\nkind = \"priority\"\n");
@@ -19,11 +18,7 @@ async fn coalesced(url: &str) -> u64 {
 }
 
 async fn herd_of_identical(stream: bool, fault: &'static str) {
-    let upstream = mock(MockConfig {
-        tokens: 12,
-        ..fast()
-    })
-    .await;
+    let upstream = mock(streaming(12, 1000.0)).await;
     let corral = corral::Running::start(&config(&upstream.url()))
         .await
         .unwrap();
@@ -36,9 +31,12 @@ async fn herd_of_identical(stream: bool, fault: &'static str) {
     for _ in 0..50 {
         let (url, body) = (url.clone(), body.clone());
         calls.push(tokio::spawn(async move {
-            let mut r = request("POST", &format!("{url}/api/generate"), body);
-            r.headers_mut()
-                .insert("x-mock-fault", fault.parse().unwrap());
+            let r = request_with(
+                "POST",
+                &format!("{url}/api/generate"),
+                body,
+                &[("x-mock-fault", fault)],
+            );
             send(r).await
         }));
     }
@@ -67,10 +65,12 @@ async fn herd_of_identical(stream: bool, fault: &'static str) {
     assert_eq!(labels.iter().filter(|l| *l == "coalesced").count(), 49);
 
     // Asked again: a hit, no upstream call.
-    let mut again = request("POST", &format!("{url}/api/generate"), body.clone());
-    again
-        .headers_mut()
-        .insert("x-mock-fault", fault.parse().unwrap());
+    let again = request_with(
+        "POST",
+        &format!("{url}/api/generate"),
+        body.clone(),
+        &[("x-mock-fault", fault)],
+    );
     let again = send(again).await;
     assert_eq!(again.header("x-corral-cache"), Some("hit"));
     assert_eq!(upstream.stats().requests, 1);
@@ -93,11 +93,7 @@ async fn a_non_deterministic_request_is_never_cached() {
         .await
         .unwrap();
     for _ in 0..3 {
-        let reply = send(request(
-            "POST",
-            &format!("{}/api/chat", corral.url()),
-            r#"{"model":"llama3","messages":[{"role":"user","content":"be creative"}],"stream":false,"options":{"temperature":0.9}}"#,
-        ))
+        let reply = post(&format!("{}/api/chat", corral.url()), r#"{"model":"llama3","messages":[{"role":"user","content":"be creative"}],"stream":false,"options":{"temperature":0.9}}"#)
         .await;
         assert_eq!(reply.header("x-corral-cache"), Some("bypass"));
     }
@@ -105,11 +101,10 @@ async fn a_non_deterministic_request_is_never_cached() {
 
     // Embeddings are always cached, across both forms of the API.
     for expected in ["miss", "hit"] {
-        let reply = send(request(
-            "POST",
+        let reply = post(
             &format!("{}/api/embed", corral.url()),
             r#"{"model":"nomic-embed-text","input":["a","b"]}"#,
-        ))
+        )
         .await;
         assert_eq!(reply.header("x-corral-cache"), Some(expected));
         assert_eq!(reply.json()["embeddings"].as_array().unwrap().len(), 2);
@@ -133,7 +128,7 @@ async fn thirty_two_concurrent_embeds_are_batched_and_each_gets_its_own_vector()
         let url = corral.url();
         calls.push(tokio::spawn(async move {
             let body = format!(r#"{{"model":"nomic-embed-text","input":"sentence {i}"}}"#);
-            send(request("POST", &format!("{url}/api/embed"), body)).await
+            post(&format!("{url}/api/embed"), body).await
         }));
     }
     let mut vectors = Vec::new();
@@ -150,11 +145,10 @@ async fn thirty_two_concurrent_embeds_are_batched_and_each_gets_its_own_vector()
 
     // Each vector is the one the upstream computes for that input alone.
     for (i, got) in vectors.iter().enumerate() {
-        let direct = send(request(
-            "POST",
+        let direct = post(
             &format!("{}/api/embed", upstream.url()),
             format!(r#"{{"model":"nomic-embed-text","input":"sentence {i}"}}"#),
-        ))
+        )
         .await;
         assert_eq!(got, &direct.json()["embeddings"][0], "sentence {i}");
     }

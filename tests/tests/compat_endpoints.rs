@@ -6,11 +6,13 @@
 
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
-use std::path::Path;
 use std::time::Duration;
 
-use corral::Config;
-use corral_e2e::{fast, metric_sum, mock, open, proxy, request, send, within};
+use corral::Running;
+use corral_e2e::{
+    broken_stream, events, fast, metric_sum, mock, open, post, proxy, request, send, streaming,
+    upstream_until, within,
+};
 use corral_mock_ollama::MockConfig;
 use http_body_util::BodyExt;
 
@@ -18,13 +20,14 @@ const MESSAGES: &str =
     r#"{"model":"llama3","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}"#;
 const RESPONSES: &str = r#"{"model":"llama3","input":"hi"}"#;
 
+/// A quota of 20 tokens a minute for everyone, and the layer keeping it.
+const TOKEN_QUOTA: &str = "[[classes]]\nname = \"default\"\nrate_limit = { tokens_per_minute = 20 }\n\n[[layers]]\nkind = \"ratelimit\"\n";
+
 #[tokio::test]
 async fn through_the_default_stack_they_wait_for_a_permit_like_any_generation() {
     let upstream = mock(MockConfig {
         ttft: Duration::from_millis(200),
-        tokens_per_sec: 1000.0,
-        tokens: 4,
-        ..MockConfig::default()
+        ..streaming(4, 1000.0)
     })
     .await;
     // No config: one request at a time for the model.
@@ -59,33 +62,19 @@ async fn through_the_default_stack_they_wait_for_a_permit_like_any_generation() 
     }
 }
 
-fn config(upstream: &str, extra: &str) -> Config {
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{upstream}\"\ncapacity = 2\n{extra}"
-    );
-    Config::parse(&text, Path::new("compat.toml")).unwrap()
+/// A proxy of capacity 2 in front of `upstream`, with `extra` config.
+async fn corral(upstream: &str, extra: &str) -> Running {
+    corral_e2e::proxy_toml(upstream, &format!("capacity = 2\n{extra}")).await
 }
 
 #[tokio::test]
 async fn tokens_are_read_from_their_usage_and_a_quota_refuses_in_their_own_shape() {
     let upstream = mock(fast()).await;
-    let corral = corral::Running::start(&config(
+    let corral = corral(
         &upstream.url(),
-        r#"
-[[classes]]
-name = "default"
-rate_limit = { tokens_per_minute = 20 }
-
-[[layers]]
-kind = "ratelimit"
-default_generation_tokens = 4
-
-[[layers]]
-kind = "priority"
-"#,
-    ))
-    .await
-    .unwrap();
+        &format!("{TOKEN_QUOTA}default_generation_tokens = 4\n\n[[layers]]\nkind = \"priority\"\n"),
+    )
+    .await;
     let url = corral.url();
     // The fast mock answers 8 tokens: the quota of 20 is spent by the
     // answers' own counts, whatever was estimated up front (64, charged
@@ -94,40 +83,25 @@ kind = "priority"
     // asked for rather than the 20 it was charged, the bucket would be
     // full again.
     for (path, body) in [("/v1/messages", MESSAGES), ("/v1/responses", RESPONSES)] {
-        assert_eq!(
-            send(request("POST", &format!("{url}{path}"), body))
-                .await
-                .status,
-            200
-        );
+        assert_eq!(post(&format!("{url}{path}"), body).await.status, 200);
     }
-    let events: Vec<serde_json::Value> = serde_json::from_slice(
-        &send(request(
-            "GET",
-            &format!("{url}/corral/events?kind=completed"),
-            "",
-        ))
+    let generated: Vec<u64> = events(&url, "kind=completed")
         .await
-        .body,
-    )
-    .unwrap();
-    let generated: Vec<u64> = events
         .iter()
         .map(|e| e["data"]["generated_tokens"].as_u64().unwrap())
         .collect();
     assert_eq!(generated, [8, 8], "read from usage.output_tokens");
 
-    let refused = send(request("POST", &format!("{url}/v1/messages"), MESSAGES)).await;
+    let refused = post(&format!("{url}/v1/messages"), MESSAGES).await;
     assert_eq!(refused.status, 429, "{refused:?}");
     assert!(refused.header("retry-after").is_some());
     let body = refused.json();
     assert_eq!(body["type"], "error", "{body}");
     assert_eq!(body["error"]["type"], "rate_limit_error");
-    let refused = send(request(
-        "POST",
+    let refused = post(
         &format!("{url}/v1/responses"),
         r#"{"model":"llama3","input":"hi","max_output_tokens":64}"#,
-    ))
+    )
     .await;
     assert_eq!(refused.status, 429);
     assert_eq!(refused.json()["error"]["type"], "rate_limit_error");
@@ -136,9 +110,7 @@ kind = "priority"
 #[tokio::test]
 async fn a_stream_the_upstream_breaks_ends_with_their_error_event_and_counts_as_an_error() {
     let upstream = mock(fast()).await;
-    let corral = corral::Running::start(&config(&upstream.url(), ""))
-        .await
-        .unwrap();
+    let corral = corral(&upstream.url(), "").await;
     let url = corral.url();
     for (path, body) in [
         (
@@ -150,16 +122,7 @@ async fn a_stream_the_upstream_breaks_ends_with_their_error_event_and_counts_as_
             r#"{"model":"llama3","input":"hi","stream":true}"#,
         ),
     ] {
-        let mut req = request("POST", &format!("{url}{path}"), body);
-        req.headers_mut()
-            .insert("x-mock-fault", "drop_after=3".parse().unwrap());
-        let response = open(req).await;
-        assert_eq!(response.status(), 200);
-        let text = within(response.into_body().collect())
-            .await
-            .unwrap()
-            .to_bytes();
-        let text = String::from_utf8(text.to_vec()).unwrap();
+        let text = broken_stream(&format!("{url}{path}"), body).await;
         let last = text
             .split("\n\n")
             .filter(|e| !e.trim().is_empty())
@@ -174,16 +137,7 @@ async fn a_stream_the_upstream_breaks_ends_with_their_error_event_and_counts_as_
     }
     let errors = metric_sum(&url, "corral_request_duration_seconds_count{endpoint=\"v1_").await;
     assert_eq!(errors, 2.0);
-    let failed: Vec<serde_json::Value> = serde_json::from_slice(
-        &send(request(
-            "GET",
-            &format!("{url}/corral/events?kind=completed"),
-            "",
-        ))
-        .await
-        .body,
-    )
-    .unwrap();
+    let failed = events(&url, "kind=completed").await;
     assert!(
         failed.iter().all(|e| e["data"]["outcome"] == "error"),
         "{failed:?}"
@@ -192,26 +146,8 @@ async fn a_stream_the_upstream_breaks_ends_with_their_error_event_and_counts_as_
 
 #[tokio::test]
 async fn an_anthropic_stream_the_client_leaves_early_is_not_refunded_its_tokens() {
-    let upstream = mock(MockConfig {
-        ttft: Duration::from_millis(1),
-        tokens_per_sec: 20.0,
-        tokens: 40,
-        ..MockConfig::default()
-    })
-    .await;
-    let corral = corral::Running::start(&config(
-        &upstream.url(),
-        r#"
-[[classes]]
-name = "default"
-rate_limit = { tokens_per_minute = 20 }
-
-[[layers]]
-kind = "ratelimit"
-"#,
-    ))
-    .await
-    .unwrap();
+    let upstream = mock(streaming(40, 20.0)).await;
+    let corral = corral(&upstream.url(), TOKEN_QUOTA).await;
     let url = corral.url();
     let stream = r#"{"model":"llama3","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
     let mut response = open(request("POST", &format!("{url}/v1/messages"), stream)).await;
@@ -220,11 +156,11 @@ kind = "ratelimit"
     let first = within(response.body_mut().frame()).await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(first.data_ref().unwrap()).contains("message_start"));
     drop(response);
-    corral_e2e::eventually("the upstream sees the client leave", || {
-        upstream.stats().cancelled == 1
+    upstream_until(&upstream, "the upstream sees the client leave", |s| {
+        s.cancelled == 1
     })
     .await;
-    let next = send(request("POST", &format!("{url}/v1/messages"), MESSAGES)).await;
+    let next = post(&format!("{url}/v1/messages"), MESSAGES).await;
     assert_eq!(
         next.status, 429,
         "the estimate charged stands: leaving is no refund"

@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
 use corral::Config;
-use corral_e2e::{eventually, fast, mock, request, send, upstream_saw};
+use corral_e2e::{eventually, fast, get, mock, post, request, send, upstream_saw, upstream_until};
 
 const STACK: &str = r#"
 [upstream]
@@ -136,8 +136,8 @@ async fn under_overload_non_critical_work_is_rewritten_critical_is_not_and_criti
         ))
         .await
     }));
-    eventually("the ninth runs on the small model", || {
-        upstream.stats().in_flight == 5
+    upstream_until(&upstream, "the ninth runs on the small model", |s| {
+        s.in_flight == 5
     })
     .await;
     let defaulted = send(chat(&url, "late", "late", 5, "ttft_ms=1")).await;
@@ -190,7 +190,7 @@ async fn an_operator_forces_a_level_and_releases_it() {
         .unwrap();
     let admin = format!("{}/corral/degrade", corral.url());
 
-    let forced = send(request("POST", &admin, r#"{"level":"L2"}"#)).await;
+    let forced = post(&admin, r#"{"level":"L2"}"#).await;
     assert_eq!(forced.status, 200);
     assert_eq!(forced.json()["level"], "L2");
     assert_eq!(forced.json()["forced"], "L2");
@@ -200,12 +200,9 @@ async fn an_operator_forces_a_level_and_releases_it() {
         Some("llama3->tinyllama")
     );
 
-    let bad = send(request("POST", &admin, r#"{"level":"L7"}"#)).await;
+    let bad = post(&admin, r#"{"level":"L7"}"#).await;
     assert_eq!(bad.status, 400);
-    assert!(bad.json()["error"]
-        .as_str()
-        .unwrap()
-        .contains("unknown level"));
+    assert!(bad.error().contains("unknown level"));
 
     let released = send(request("DELETE", &admin, "")).await;
     assert_eq!(released.json()["level"], "Normal");
@@ -213,7 +210,7 @@ async fn an_operator_forces_a_level_and_releases_it() {
     let plain = send(chat(&corral.url(), "f2", "w", 5, "ttft_ms=1")).await;
     assert!(plain.header("x-corral-degraded").is_none());
     let metrics = String::from_utf8(
-        send(request("GET", &format!("{}/metrics", corral.url()), ""))
+        get(&format!("{}/metrics", corral.url()))
             .await
             .body
             .to_vec(),

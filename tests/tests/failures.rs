@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
-use corral_e2e::{fast, mock, open, proxy, proxy_with, request, send, within};
+use corral_e2e::{fast, fast_proxy, get, mock, open, post, proxy_with, request_with, send, within};
 use http_body_util::BodyExt;
 
 fn free_port() -> u16 {
@@ -19,11 +19,10 @@ async fn an_unreachable_upstream_is_a_502_in_the_api_shape_and_not_ready() {
     // Bare: the default stack's retries and breaker have their own tests.
     let corral = proxy_with(&dead, |c| c.layers = Some(vec![])).await;
 
-    let native = send(request(
-        "POST",
+    let native = post(
         &format!("{}/api/generate", corral.url()),
         r#"{"model":"llama3","prompt":"hi"}"#,
-    ))
+    )
     .await;
     assert_eq!(native.status, 502);
     assert_eq!(
@@ -36,54 +35,36 @@ async fn an_unreachable_upstream_is_a_502_in_the_api_shape_and_not_ready() {
         "{message}"
     );
 
-    let openai = send(request("GET", &format!("{}/v1/models", corral.url()), "")).await;
+    let openai = get(&format!("{}/v1/models", corral.url())).await;
     assert_eq!(openai.status, 502);
     assert!(openai.json()["error"]["message"]
         .as_str()
         .unwrap()
         .contains("unreachable"));
 
-    let health = send(request(
-        "GET",
-        &format!("{}/corral/healthz", corral.url()),
-        "",
-    ))
-    .await;
+    let health = get(&format!("{}/corral/healthz", corral.url())).await;
     assert_eq!(health.status, 200, "the process is alive");
-    let ready = send(request(
-        "GET",
-        &format!("{}/corral/readyz", corral.url()),
-        "",
-    ))
-    .await;
+    let ready = get(&format!("{}/corral/readyz", corral.url())).await;
     assert_eq!(ready.status, 503, "but not ready");
     assert_eq!(ready.json()["status"], "not ready");
 }
 
 #[tokio::test]
 async fn readiness_follows_the_upstream() {
-    let upstream = mock(fast()).await;
-    let corral = proxy(&upstream.url()).await;
-    let ready = send(request(
-        "GET",
-        &format!("{}/corral/readyz", corral.url()),
-        "",
-    ))
-    .await;
+    let (_upstream, corral) = fast_proxy().await;
+    let ready = get(&format!("{}/corral/readyz", corral.url())).await;
     assert_eq!(ready.status, 200);
     assert_eq!(ready.json()["version"], "0.12.6");
 }
 
 #[tokio::test]
 async fn upstream_errors_reach_the_client_unchanged() {
-    let upstream = mock(fast()).await;
-    let corral = proxy(&upstream.url()).await;
+    let (_upstream, corral) = fast_proxy().await;
 
-    let unknown = send(request(
-        "POST",
+    let unknown = post(
         &format!("{}/api/chat", corral.url()),
         r#"{"model":"ghost","messages":[{"role":"user","content":"x"}]}"#,
-    ))
+    )
     .await;
     assert_eq!(unknown.status, 404);
     assert_eq!(
@@ -96,13 +77,12 @@ async fn upstream_errors_reach_the_client_unchanged() {
     );
 
     for (fault, status) in [("status=500", 500), ("status=400", 400), ("busy", 503)] {
-        let mut req = request(
+        let req = request_with(
             "POST",
             &format!("{}/api/generate", corral.url()),
             r#"{"model":"llama3","prompt":"x"}"#,
+            &[("x-mock-fault", fault)],
         );
-        req.headers_mut()
-            .insert("x-mock-fault", fault.parse().unwrap());
         let reply = send(req).await;
         assert_eq!(reply.status, status, "{fault}");
         assert!(reply.json()["error"].is_string(), "{fault}");
@@ -112,9 +92,12 @@ async fn upstream_errors_reach_the_client_unchanged() {
 async fn broken_stream(path: &str, body: &'static str) -> (u16, String) {
     let upstream = mock(fast()).await;
     let corral = proxy_with(&upstream.url(), |_| {}).await;
-    let mut req = request("POST", &format!("{}{path}", corral.url()), body);
-    req.headers_mut()
-        .insert("x-mock-fault", "drop_after=3".parse().unwrap());
+    let req = request_with(
+        "POST",
+        &format!("{}{path}", corral.url()),
+        body,
+        &[("x-mock-fault", "drop_after=3")],
+    );
     let response = open(req).await;
     let status = response.status().as_u16();
     let body = within(response.into_body().collect())

@@ -3,12 +3,11 @@
 
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
-use corral_e2e::{fast, mock, proxy, request, send, upstream_saw};
+use corral_e2e::{fast_proxy, get, request, request_with, send, upstream_saw};
 
 #[tokio::test]
 async fn hop_by_hop_headers_are_dropped_and_end_to_end_ones_kept() {
-    let upstream = mock(fast()).await;
-    let corral = proxy(&upstream.url()).await;
+    let (upstream, corral) = fast_proxy().await;
     let mut req = request("GET", &format!("{}/api/tags", corral.url()), "");
     let h = req.headers_mut();
     h.insert("x-request-id", "hop-1".parse().unwrap());
@@ -42,39 +41,36 @@ async fn hop_by_hop_headers_are_dropped_and_end_to_end_ones_kept() {
 
 #[tokio::test]
 async fn the_request_id_is_kept_or_made_and_returned_to_the_client() {
-    let upstream = mock(fast()).await;
-    let corral = proxy(&upstream.url()).await;
+    let (upstream, corral) = fast_proxy().await;
     let url = format!("{}/api/version", corral.url());
 
-    let mut req = request("GET", &url, "");
-    req.headers_mut()
-        .insert("x-request-id", "client-chosen".parse().unwrap());
+    let req = request_with("GET", &url, "", &[("x-request-id", "client-chosen")]);
     assert_eq!(
         send(req).await.header("x-request-id"),
         Some("client-chosen")
     );
     upstream_saw(&upstream, "client-chosen");
 
-    let made = send(request("GET", &url, "")).await;
+    let made = get(&url).await;
     let id = made
         .header("x-request-id")
         .expect("an id is made")
         .to_string();
     assert_eq!(id.len(), 32);
     upstream_saw(&upstream, &id);
-    let other = send(request("GET", &url, "")).await;
+    let other = get(&url).await;
     assert_ne!(other.header("x-request-id"), Some(id.as_str()));
 }
 
 #[tokio::test]
 async fn forwarding_headers_are_added_and_host_is_the_upstreams() {
-    let upstream = mock(fast()).await;
-    let corral = proxy(&upstream.url()).await;
-    let mut req = request("GET", &format!("{}/api/tags", corral.url()), "");
-    req.headers_mut()
-        .insert("x-request-id", "fwd-1".parse().unwrap());
-    req.headers_mut()
-        .insert("x-forwarded-for", "10.1.2.3".parse().unwrap());
+    let (upstream, corral) = fast_proxy().await;
+    let req = request_with(
+        "GET",
+        &format!("{}/api/tags", corral.url()),
+        "",
+        &[("x-request-id", "fwd-1"), ("x-forwarded-for", "10.1.2.3")],
+    );
     send(req).await;
 
     let seen = upstream_saw(&upstream, "fwd-1");

@@ -12,8 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use corral::{Config, Running};
-use corral_e2e::{mock, request, send, within};
-use corral_mock_ollama::MockConfig;
+use corral_e2e::{get, mock, request, send, streaming, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -120,13 +119,7 @@ fn status_of(answer: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_get_clear_refusals_while_good_agents_see_no_error() {
-    let upstream = mock(MockConfig {
-        ttft: Duration::from_millis(1),
-        tokens_per_sec: 200_000.0,
-        tokens: 8,
-        ..MockConfig::default()
-    })
-    .await;
+    let upstream = mock(streaming(8, 200_000.0)).await;
     let corral = Running::start(&config(&upstream.url())).await.unwrap();
     let url = corral.url();
     let addr = corral.addr();
@@ -310,7 +303,7 @@ async fn hostile_requests_get_clear_refusals_while_good_agents_see_no_error() {
         errors.first()
     );
     assert!(answered >= 8, "{answered}");
-    let metrics = send(request("GET", &format!("{url}/metrics"), "")).await;
+    let metrics = get(&format!("{url}/metrics")).await;
     let metrics = String::from_utf8_lossy(&metrics.body);
     assert!(
         metrics.lines().any(|l| l == "corral_upstream_in_flight 0"),

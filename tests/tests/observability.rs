@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use corral::Config;
-use corral_e2e::{eventually, fast, mock, request, send};
+use corral_e2e::{eventually, fast, get, metrics, mock, request_with, send};
 
 const STACK: &str = r#"
 [upstream]
@@ -56,12 +56,6 @@ consecutive_failures = 3
 open_for = "60s"
 "#;
 
-/// The proxy's `/metrics`, as text.
-async fn scrape(url: &str) -> String {
-    let reply = send(request("GET", &format!("{url}/metrics"), "")).await;
-    String::from_utf8(reply.body.to_vec()).unwrap()
-}
-
 fn generate(
     url: &str,
     agent: &str,
@@ -69,15 +63,15 @@ fn generate(
     body: &str,
     fault: Option<&str>,
 ) -> http::Request<http_body_util::Full<bytes::Bytes>> {
-    let mut r = request("POST", &format!("{url}/api/generate"), body.to_string());
-    r.headers_mut().insert("x-agent-id", agent.parse().unwrap());
-    r.headers_mut()
-        .insert("x-priority", priority.to_string().parse().unwrap());
-    if let Some(fault) = fault {
-        r.headers_mut()
-            .insert("x-mock-fault", fault.parse().unwrap());
-    }
-    r
+    let priority = priority.to_string();
+    let mut headers = vec![("x-agent-id", agent), ("x-priority", &priority)];
+    headers.extend(fault.map(|fault| ("x-mock-fault", fault)));
+    request_with(
+        "POST",
+        &format!("{url}/api/generate"),
+        body.to_string(),
+        &headers,
+    )
 }
 
 const PLAIN: &str = r#"{"model":"llama3","prompt":"hello","stream":false}"#;
@@ -164,7 +158,7 @@ async fn a_scripted_run_shows_in_metrics_events_and_the_admin_api() {
     };
     corral_e2e::within(async {
         loop {
-            let metrics = scrape(&url).await;
+            let metrics = metrics(&url).await;
             if value(&metrics, "corral_queue_depth", &[]) == 1.0 {
                 return;
             }
@@ -201,7 +195,7 @@ async fn a_scripted_run_shows_in_metrics_events_and_the_admin_api() {
         (503, Some("breaker_open"))
     );
 
-    let metrics = scrape(&url).await;
+    let metrics = metrics(&url).await;
     let checks: &[Expected<'_>] = &[
         (
             "corral_requests_total",
@@ -298,15 +292,9 @@ async fn a_scripted_run_shows_in_metrics_events_and_the_admin_api() {
     assert!(asked > 20);
 
     // Replaying the event log gives the usage the admin API reports.
-    let events: Vec<corral_core::Event> = serde_json::from_slice(
-        &send(request("GET", &format!("{url}/corral/events"), ""))
-            .await
-            .body,
-    )
-    .unwrap();
-    let agents: serde_json::Value = send(request("GET", &format!("{url}/corral/agents"), ""))
-        .await
-        .json();
+    let events: Vec<corral_core::Event> =
+        serde_json::from_slice(&get(&format!("{url}/corral/events")).await.body).unwrap();
+    let agents: serde_json::Value = get(&format!("{url}/corral/agents")).await.json();
     assert_eq!(
         serde_json::to_value(corral_events::project(&events)).unwrap(),
         agents
@@ -321,28 +309,20 @@ async fn a_scripted_run_shows_in_metrics_events_and_the_admin_api() {
         .iter()
         .any(|e| e.kind == "breaker" && e.data["to"] == "open"));
     let planner: Vec<corral_core::Event> = serde_json::from_slice(
-        &send(request(
-            "GET",
-            &format!("{url}/corral/events?agent=planner&kind=refused"),
-            "",
-        ))
-        .await
-        .body,
+        &get(&format!("{url}/corral/events?agent=planner&kind=refused"))
+            .await
+            .body,
     )
     .unwrap();
     assert_eq!(planner.len(), 1);
     assert_eq!(planner[0].data["reason"], "rate_limited");
 
-    let status = send(request("GET", &format!("{url}/corral/status"), ""))
-        .await
-        .json();
+    let status = get(&format!("{url}/corral/status")).await.json();
     assert_eq!(status["capacity"], 1);
     assert_eq!(status["degradation"]["level"], "Normal");
     assert_eq!(status["breakers"][0]["state"], "open");
     assert_eq!(status["classes"]["opus"]["refused"], 1);
-    let config = send(request("GET", &format!("{url}/corral/config"), ""))
-        .await
-        .json();
+    let config = get(&format!("{url}/corral/config")).await.json();
     assert_eq!(config["upstream"]["capacity"], 1);
 }
 
@@ -401,16 +381,15 @@ async fn a_request_is_in_flight_for_its_class_while_queued_and_generating_not_on
     let corral = corral::Running::start(&config).await.unwrap();
     let url = corral.url();
     let slow = |ms: u64| {
-        let mut r = request(
+        request_with(
             "POST",
             &format!("{url}/api/generate"),
             r#"{"model":"llama3","prompt":"hi","stream":false}"#,
-        );
-        r.headers_mut()
-            .insert("x-agent-id", "planner".parse().unwrap());
-        r.headers_mut()
-            .insert("x-mock-fault", format!("ttft_ms={ms}").parse().unwrap());
-        r
+            &[
+                ("x-agent-id", "planner"),
+                ("x-mock-fault", &format!("ttft_ms={ms}")),
+            ],
+        )
     };
     // One generating (no headers until it is done), one waiting for the
     // only permit.

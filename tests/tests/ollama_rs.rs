@@ -4,10 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
-use std::time::Duration;
-
-use corral_e2e::{fast, mock, proxy, within};
-use corral_mock_ollama::MockConfig;
+use corral_e2e::{fast_proxy, mock, proxy, streaming, within};
 use futures_util::StreamExt;
 use ollama_rs::generation::chat::request::ChatMessageRequest;
 use ollama_rs::generation::chat::ChatMessage;
@@ -25,8 +22,7 @@ fn client(url: &str) -> Ollama {
 
 #[tokio::test]
 async fn generate_chat_and_embed_answer_as_the_upstream_does() {
-    let upstream = mock(fast()).await;
-    let corral = proxy(&upstream.url()).await;
+    let (upstream, corral) = fast_proxy().await;
     let direct = client(&upstream.url());
     let through = client(&corral.url());
 
@@ -71,13 +67,7 @@ async fn generate_chat_and_embed_answer_as_the_upstream_does() {
 async fn streamed_generation_and_chat_arrive_token_by_token() {
     // Slow enough that every token is its own read: ollama-rs 0.3 parses
     // each read on its own.
-    let upstream = mock(MockConfig {
-        ttft: Duration::from_millis(1),
-        tokens_per_sec: 200.0,
-        tokens: 12,
-        ..MockConfig::default()
-    })
-    .await;
+    let upstream = mock(streaming(12, 200.0)).await;
     let corral = proxy(&upstream.url()).await;
     let direct = client(&upstream.url());
     let through = client(&corral.url());
@@ -128,8 +118,7 @@ async fn streamed_generation_and_chat_arrive_token_by_token() {
 
 #[tokio::test]
 async fn model_management_works_through_the_proxy() {
-    let upstream = mock(fast()).await;
-    let corral = proxy(&upstream.url()).await;
+    let (_upstream, corral) = fast_proxy().await;
     let ollama = client(&corral.url());
 
     let models = within(ollama.list_local_models()).await.unwrap();

@@ -6,16 +6,8 @@
 
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
-use std::path::Path;
-
-use corral::Config;
-use corral_e2e::{fast, mock, proxy_with, request, send};
-
-fn config(upstream: &str, rest: &str) -> Config {
-    let text =
-        format!("[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{upstream}\"\n{rest}");
-    Config::parse(&text, Path::new("operator.toml")).unwrap()
-}
+use corral::Running;
+use corral_e2e::{fast, mock, post, proxy_toml, proxy_with, request_with, send, Reply};
 
 const CLASSES: &str = r#"
 [admin]
@@ -44,20 +36,36 @@ kind = "priority"
 kind = "breaker"
 "#;
 
-fn admin(method: &str, url: &str, body: &str) -> http::Request<http_body_util::Full<bytes::Bytes>> {
-    let mut r = request(method, url, body.to_string());
-    r.headers_mut()
-        .insert("authorization", "Bearer admin-secret-1".parse().unwrap());
-    r
+/// A fast upstream and a proxy in front of it configured with [`CLASSES`].
+async fn operated() -> (corral_mock_ollama::MockOllama, Running) {
+    let upstream = mock(fast()).await;
+    let corral = proxy_toml(&upstream.url(), CLASSES).await;
+    (upstream, corral)
+}
+
+/// `GET url` with the admin token.
+async fn admin_get(url: &str) -> Reply {
+    let token = [("authorization", "Bearer admin-secret-1")];
+    send(request_with("GET", url, "", &token)).await
+}
+
+/// A generation at `url` that presents `key`.
+async fn generate_with_key(url: &str, key: &str) -> Reply {
+    let bearer = format!("Bearer {key}");
+    let body = r#"{"model":"llama3","prompt":"x","stream":false}"#;
+    let ask = request_with(
+        "POST",
+        &format!("{url}/api/generate"),
+        body,
+        &[("authorization", &bearer)],
+    );
+    send(ask).await
 }
 
 #[tokio::test]
 async fn the_config_view_hides_keys_and_tokens_but_not_token_quotas() {
-    let upstream = mock(fast()).await;
-    let corral = corral::Running::start(&config(&upstream.url(), CLASSES))
-        .await
-        .unwrap();
-    let shown = send(admin("GET", &format!("{}/corral/config", corral.url()), ""))
+    let (_upstream, corral) = operated().await;
+    let shown = admin_get(&format!("{}/corral/config", corral.url()))
         .await
         .json();
     assert_eq!(shown["admin"]["token"], "<redacted>");
@@ -72,37 +80,21 @@ async fn the_config_view_hides_keys_and_tokens_but_not_token_quotas() {
 async fn an_agents_priority_cannot_be_set_on_a_stack_that_schedules_nothing() {
     let upstream = mock(fast()).await;
     let corral = proxy_with(&upstream.url(), |c| c.layers = Some(vec![])).await;
-    let reply = send(request(
-        "POST",
+    let reply = post(
         &format!("{}/corral/priority", corral.url()),
         r#"{"agent":"planner","priority":1}"#,
-    ))
+    )
     .await;
     assert_eq!(reply.status, 404);
-    assert!(reply.json()["error"]
-        .as_str()
-        .unwrap()
-        .contains("no priority layer"));
+    assert!(reply.error().contains("no priority layer"));
 }
 
 #[tokio::test]
 async fn the_status_sums_classes_without_a_class_field_of_their_own() {
-    let upstream = mock(fast()).await;
-    let corral = corral::Running::start(&config(&upstream.url(), CLASSES))
-        .await
-        .unwrap();
+    let (_upstream, corral) = operated().await;
     let url = corral.url();
-    let mut ask = request(
-        "POST",
-        &format!("{url}/api/generate"),
-        r#"{"model":"llama3","prompt":"x","stream":false}"#,
-    );
-    ask.headers_mut()
-        .insert("authorization", "Bearer sk-planner-0123".parse().unwrap());
-    assert_eq!(send(ask).await.status, 200);
-    let status = send(admin("GET", &format!("{url}/corral/status"), ""))
-        .await
-        .json();
+    assert_eq!(generate_with_key(&url, "sk-planner-0123").await.status, 200);
+    let status = admin_get(&format!("{url}/corral/status")).await.json();
     let opus = &status["classes"]["opus"];
     assert_eq!(opus["completed"], 1, "{status}");
     assert!(opus.get("class").is_none(), "{opus}");
@@ -110,17 +102,9 @@ async fn the_status_sums_classes_without_a_class_field_of_their_own() {
 
 #[tokio::test]
 async fn configured_compartments_breakers_classes_and_pools_are_exported_at_zero_from_the_start() {
-    let upstream = mock(fast()).await;
-    let corral = corral::Running::start(&config(&upstream.url(), CLASSES))
-        .await
-        .unwrap();
-    let text = String::from_utf8(
-        send(admin("GET", &format!("{}/metrics", corral.url()), ""))
-            .await
-            .body
-            .to_vec(),
-    )
-    .unwrap();
+    let (_upstream, corral) = operated().await;
+    let metrics = admin_get(&format!("{}/metrics", corral.url())).await;
+    let text = metrics.text();
     for series in [
         "corral_bulkhead_in_use{compartment=\"opus_agents\"} 0",
         "corral_bulkhead_rejections_total{compartment=\"opus_agents\"} 0",
@@ -137,27 +121,13 @@ async fn configured_compartments_breakers_classes_and_pools_are_exported_at_zero
 
 #[tokio::test]
 async fn a_key_no_agent_has_is_served_as_keyless_but_counted() {
-    let upstream = mock(fast()).await;
-    let corral = corral::Running::start(&config(&upstream.url(), CLASSES))
-        .await
-        .unwrap();
+    let (_upstream, corral) = operated().await;
     let url = corral.url();
     for _ in 0..3 {
-        let mut ask = request(
-            "POST",
-            &format!("{url}/api/generate"),
-            r#"{"model":"llama3","prompt":"x","stream":false}"#,
-        );
-        ask.headers_mut()
-            .insert("authorization", "Bearer sk-planer-0123".parse().unwrap());
-        assert_eq!(send(ask).await.status, 200, "keys are optional here");
+        let served = generate_with_key(&url, "sk-planer-0123").await;
+        assert_eq!(served.status, 200, "keys are optional here");
     }
-    let text = String::from_utf8(
-        send(admin("GET", &format!("{url}/metrics"), ""))
-            .await
-            .body
-            .to_vec(),
-    )
-    .unwrap();
+    let metrics = admin_get(&format!("{url}/metrics")).await;
+    let text = metrics.text();
     assert!(text.contains("corral_unknown_keys_total 3"), "{text}");
 }

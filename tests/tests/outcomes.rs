@@ -11,42 +11,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use corral::Config;
-use corral_e2e::{fast, metric_sum, mock, open, request, send, within};
+use corral_e2e::{
+    broken_stream, events, fast, get, metric_sum, mock, post, proxy_toml, request_with, send,
+};
 use http_body_util::BodyExt;
-
-fn config(upstream: &str, layers: &str) -> Config {
-    let text =
-        format!("[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{upstream}\"\n{layers}");
-    Config::parse(&text, Path::new("outcomes.toml")).unwrap()
-}
 
 const BREAKER: &str =
     "[[layers]]\nkind = \"breaker\"\nconsecutive_failures = 2\nopen_for = \"60s\"\n";
-
-async fn events(url: &str, kind: &str) -> Vec<serde_json::Value> {
-    let reply = send(request(
-        "GET",
-        &format!("{url}/corral/events?kind={kind}"),
-        "",
-    ))
-    .await;
-    serde_json::from_slice(&reply.body).unwrap()
-}
-
-/// Sends a request the upstream breaks after three chunks; the body the
-/// client read.
-async fn broken(url: &str, path: &str, body: &'static str) -> String {
-    let mut req = request("POST", &format!("{url}{path}"), body);
-    req.headers_mut()
-        .insert("x-mock-fault", "drop_after=3".parse().unwrap());
-    let response = open(req).await;
-    assert_eq!(response.status(), 200);
-    let body = within(response.into_body().collect())
-        .await
-        .expect("ends with an error in the stream's own framing")
-        .to_bytes();
-    String::from_utf8(body.to_vec()).unwrap()
-}
 
 async fn a_stream_the_upstream_breaks_twice_opens_the_breaker(
     path: &str,
@@ -54,31 +25,23 @@ async fn a_stream_the_upstream_breaks_twice_opens_the_breaker(
     error_in: impl Fn(&str) -> bool,
 ) {
     let upstream = mock(fast()).await;
-    let corral = corral::Running::start(&config(&upstream.url(), BREAKER))
-        .await
-        .unwrap();
+    let corral = proxy_toml(&upstream.url(), BREAKER).await;
     let url = corral.url();
     for _ in 0..2 {
-        let text = broken(&url, path, body).await;
+        let text = broken_stream(&format!("{url}{path}"), body).await;
         assert!(error_in(&text), "the client is told: {text}");
     }
     // Two broken streams in a row: the breaker is open, the next request
     // is refused without reaching the upstream.
     let before = upstream.requests().len();
-    let refused = send(request("POST", &format!("{url}{path}"), body)).await;
+    let refused = post(&format!("{url}{path}"), body).await;
     assert_eq!(refused.status, 503, "{:?}", refused.body);
     assert_eq!(refused.header("x-corral-reason"), Some("breaker_open"));
     assert_eq!(upstream.requests().len(), before);
 
     let errors = metric_sum(&url, "corral_request_duration_seconds_count{endpoint=\"").await;
     assert!(errors >= 3.0);
-    let text = String::from_utf8(
-        send(request("GET", &format!("{url}/metrics"), ""))
-            .await
-            .body
-            .to_vec(),
-    )
-    .unwrap();
+    let text = String::from_utf8(get(&format!("{url}/metrics")).await.body.to_vec()).unwrap();
     let count = |outcome: &str| -> f64 {
         text.lines()
             .filter(|l| l.starts_with("corral_request_duration_seconds_count{"))
@@ -90,15 +53,13 @@ async fn a_stream_the_upstream_breaks_twice_opens_the_breaker(
     assert_eq!(count("completed"), 0.0);
     assert_eq!(count("refused"), 1.0);
 
-    let completed = events(&url, "completed").await;
+    let completed = events(&url, "kind=completed").await;
     let outcomes: Vec<&str> = completed
         .iter()
         .map(|e| e["data"]["outcome"].as_str().unwrap())
         .collect();
     assert_eq!(outcomes, ["error", "error"]);
-    let agents = send(request("GET", &format!("{url}/corral/agents"), ""))
-        .await
-        .json();
+    let agents = get(&format!("{url}/corral/agents")).await.json();
     assert_eq!(agents["anonymous"]["failed"], 2);
     assert_eq!(agents["anonymous"]["completed"], 0);
 }
@@ -145,12 +106,11 @@ async fn a_non_streamed_answer_and_an_embedding_count_completed() {
     let upstream = mock(fast()).await;
     // The cache answers through a shared flight whose body never says
     // "end" by itself: hyper stops at the Content-Length.
-    let corral = corral::Running::start(&config(
+    let corral = proxy_toml(
         &upstream.url(),
         &format!("{BREAKER}[[layers]]\nkind = \"cache\"\n"),
-    ))
-    .await
-    .unwrap();
+    )
+    .await;
     let url = corral.url();
     for (path, body) in [
         (
@@ -170,18 +130,16 @@ async fn a_non_streamed_answer_and_an_embedding_count_completed() {
             r#"{"model":"llama3","messages":[{"role":"user","content":"x"}]}"#,
         ),
     ] {
-        let reply = send(request("POST", &format!("{url}{path}"), body)).await;
+        let reply = post(&format!("{url}{path}"), body).await;
         assert_eq!(reply.status, 200, "{path}");
     }
-    let completed = events(&url, "completed").await;
+    let completed = events(&url, "kind=completed").await;
     let outcomes: Vec<&str> = completed
         .iter()
         .map(|e| e["data"]["outcome"].as_str().unwrap())
         .collect();
     assert_eq!(outcomes, ["completed"; 4]);
-    let agents = send(request("GET", &format!("{url}/corral/agents"), ""))
-        .await
-        .json();
+    let agents = get(&format!("{url}/corral/agents")).await.json();
     assert_eq!(agents["anonymous"]["completed"], 4);
     assert_eq!(agents["anonymous"]["cancelled"], 0);
     assert_eq!(
@@ -197,24 +155,22 @@ async fn a_non_streamed_answer_and_an_embedding_count_completed() {
 #[tokio::test]
 async fn an_upstream_error_after_every_attempt_is_an_error_not_a_completion() {
     let upstream = mock(fast()).await;
-    let corral = corral::Running::start(&config(
+    let corral = proxy_toml(
         &upstream.url(),
         "[[layers]]\nkind = \"retry\"\ninitial_backoff = \"10ms\"\nmax_backoff = \"20ms\"\n",
-    ))
-    .await
-    .unwrap();
+    )
+    .await;
     let url = corral.url();
-    let mut req = request(
+    let req = request_with(
         "POST",
         &format!("{url}/api/generate"),
         r#"{"model":"llama3","prompt":"x","stream":false}"#,
+        &[("x-mock-fault", "busy")],
     );
-    req.headers_mut()
-        .insert("x-mock-fault", "busy".parse().unwrap());
     let reply = send(req).await;
     assert_eq!(reply.status, 503);
     assert_eq!(upstream.requests().len(), 3, "three attempts");
-    let completed = events(&url, "completed").await;
+    let completed = events(&url, "kind=completed").await;
     assert_eq!(completed.len(), 1);
     assert_eq!(completed[0]["data"]["outcome"], "error");
     assert_eq!(completed[0]["data"]["status"], 503);
@@ -228,13 +184,12 @@ async fn a_long_silent_generation_answers_once(config: Config) {
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.upstream.url = upstream.url();
     let corral = corral::Running::start(&config).await.unwrap();
-    let mut req = request(
+    let req = request_with(
         "POST",
         &format!("{}/api/generate", corral.url()),
         r#"{"model":"llama3","prompt":"write a long story","stream":false}"#,
+        &[("x-mock-fault", "ttft_ms=40000,tokens=4")],
     );
-    req.headers_mut()
-        .insert("x-mock-fault", "ttft_ms=40000,tokens=4".parse().unwrap());
     let started = tokio::time::Instant::now();
     let reply = tokio::time::timeout(Duration::from_secs(90), async {
         let response = corral_e2e::client().request(req).await.unwrap();
@@ -282,13 +237,12 @@ async fn the_shipped_configs_first_byte_limit_waits_for_streams_only() {
     config.upstream.url = upstream.url();
     let corral = corral::Running::start(&config).await.unwrap();
     let ask = |stream: bool| {
-        let mut req = request(
+        let req = request_with(
             "POST",
             &format!("{}/api/generate", corral.url()),
             format!(r#"{{"model":"llama3","prompt":"x","stream":{stream}}}"#),
+            &[("x-mock-fault", "ttft_ms=2500,tokens=2")],
         );
-        req.headers_mut()
-            .insert("x-mock-fault", "ttft_ms=2500,tokens=2".parse().unwrap());
         req
     };
     assert_eq!(send(ask(false)).await.status, 200);

@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
-use corral_e2e::{fast, mock, proxy, send, upstream_saw, Reply};
+use corral_e2e::{fast_proxy, post, send, upstream_saw, Reply};
 use http::Request;
 use http_body_util::Full;
 
@@ -15,162 +15,95 @@ struct Case {
     body: &'static str,
 }
 
+/// One row of the table: a request as a client sends it.
+const fn case(method: &'static str, path: &'static str, body: &'static str) -> Case {
+    Case { method, path, body }
+}
+
 const CASES: &[Case] = &[
-    Case {
-        method: "GET",
-        path: "/",
-        body: "",
-    },
-    Case {
-        method: "GET",
-        path: "/api/version",
-        body: "",
-    },
-    Case {
-        method: "GET",
-        path: "/api/tags",
-        body: "",
-    },
-    Case {
-        method: "POST",
-        path: "/api/show",
-        body: r#"{"model":"llama3"}"#,
-    },
-    Case {
-        method: "POST",
-        path: "/api/show",
-        body: r#"{"name":"llama3"}"#,
-    },
-    Case {
-        method: "POST",
-        path: "/api/generate",
-        body: r#"{"model":"llama3","prompt":"why is the sky blue?"}"#,
-    },
-    Case {
-        method: "POST",
-        path: "/api/generate",
-        body: r#"{"model":"llama3","prompt":"why is the sky blue?","stream":false}"#,
-    },
-    Case {
-        method: "POST",
-        path: "/api/generate",
-        body: r#"{"model":"llama3","prompt":"","keep_alive":"5m"}"#,
-    },
-    Case {
-        method: "POST",
-        path: "/api/chat",
-        body: r#"{"model":"llama3","messages":[{"role":"user","content":"hello"}]}"#,
-    },
-    Case {
-        method: "POST",
-        path: "/api/chat",
-        body: r#"{"model":"llama3","messages":[{"role":"user","content":"hello"}],"stream":false,"options":{"num_predict":3}}"#,
-    },
-    Case {
-        method: "POST",
-        path: "/api/embed",
-        body: r#"{"model":"nomic-embed-text","input":["one","two"]}"#,
-    },
-    Case {
-        method: "POST",
-        path: "/api/embeddings",
-        body: r#"{"model":"nomic-embed-text","prompt":"one"}"#,
-    },
-    Case {
-        method: "GET",
-        path: "/api/ps",
-        body: "",
-    },
-    Case {
-        method: "POST",
-        path: "/api/pull",
-        body: r#"{"model":"phi3"}"#,
-    },
-    Case {
-        method: "POST",
-        path: "/api/pull",
-        body: r#"{"model":"phi3","stream":false}"#,
-    },
-    Case {
-        method: "POST",
-        path: "/api/push",
-        body: r#"{"model":"phi3"}"#,
-    },
-    Case {
-        method: "POST",
-        path: "/api/create",
-        body: r#"{"model":"mine","from":"llama3"}"#,
-    },
-    Case {
-        method: "POST",
-        path: "/api/copy",
-        body: r#"{"source":"llama3","destination":"llama3-copy"}"#,
-    },
-    Case {
-        method: "DELETE",
-        path: "/api/delete",
-        body: r#"{"model":"llama3-copy"}"#,
-    },
-    Case {
-        method: "DELETE",
-        path: "/api/delete",
-        body: r#"{"name":"never-was"}"#,
-    },
-    Case {
-        method: "POST",
-        path: "/v1/chat/completions",
-        body: r#"{"model":"llama3","messages":[{"role":"user","content":"hi"}]}"#,
-    },
-    Case {
-        method: "POST",
-        path: "/v1/chat/completions",
-        body: r#"{"model":"llama3","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}"#,
-    },
-    Case {
-        method: "POST",
-        path: "/v1/completions",
-        body: r#"{"model":"llama3","prompt":"once upon"}"#,
-    },
-    Case {
-        method: "POST",
-        path: "/v1/completions",
-        body: r#"{"model":"llama3","prompt":"once upon","stream":true}"#,
-    },
-    Case {
-        method: "POST",
-        path: "/v1/embeddings",
-        body: r#"{"model":"nomic-embed-text","input":"hello"}"#,
-    },
-    Case {
-        method: "GET",
-        path: "/v1/models",
-        body: "",
-    },
-    Case {
-        method: "GET",
-        path: "/v1/models/llama3",
-        body: "",
-    },
-    Case {
-        method: "GET",
-        path: "/v1/models/ghost",
-        body: "",
-    },
-    Case {
-        method: "GET",
-        path: "/no/such/path?x=1",
-        body: "",
-    },
-    Case {
-        method: "POST",
-        path: "/api/generate",
-        body: r#"{"model":"ghost","prompt":"x"}"#,
-    },
-    Case {
-        method: "GET",
-        path: "/api/generate",
-        body: "",
-    },
+    case("GET", "/", ""),
+    case("GET", "/api/version", ""),
+    case("GET", "/api/tags", ""),
+    case("POST", "/api/show", r#"{"model":"llama3"}"#),
+    case("POST", "/api/show", r#"{"name":"llama3"}"#),
+    case(
+        "POST",
+        "/api/generate",
+        r#"{"model":"llama3","prompt":"why is the sky blue?"}"#,
+    ),
+    case(
+        "POST",
+        "/api/generate",
+        r#"{"model":"llama3","prompt":"why is the sky blue?","stream":false}"#,
+    ),
+    case(
+        "POST",
+        "/api/generate",
+        r#"{"model":"llama3","prompt":"","keep_alive":"5m"}"#,
+    ),
+    case(
+        "POST",
+        "/api/chat",
+        r#"{"model":"llama3","messages":[{"role":"user","content":"hello"}]}"#,
+    ),
+    case(
+        "POST",
+        "/api/chat",
+        r#"{"model":"llama3","messages":[{"role":"user","content":"hello"}],"stream":false,"options":{"num_predict":3}}"#,
+    ),
+    case(
+        "POST",
+        "/api/embed",
+        r#"{"model":"nomic-embed-text","input":["one","two"]}"#,
+    ),
+    case(
+        "POST",
+        "/api/embeddings",
+        r#"{"model":"nomic-embed-text","prompt":"one"}"#,
+    ),
+    case("GET", "/api/ps", ""),
+    case("POST", "/api/pull", r#"{"model":"phi3"}"#),
+    case("POST", "/api/pull", r#"{"model":"phi3","stream":false}"#),
+    case("POST", "/api/push", r#"{"model":"phi3"}"#),
+    case("POST", "/api/create", r#"{"model":"mine","from":"llama3"}"#),
+    case(
+        "POST",
+        "/api/copy",
+        r#"{"source":"llama3","destination":"llama3-copy"}"#,
+    ),
+    case("DELETE", "/api/delete", r#"{"model":"llama3-copy"}"#),
+    case("DELETE", "/api/delete", r#"{"name":"never-was"}"#),
+    case(
+        "POST",
+        "/v1/chat/completions",
+        r#"{"model":"llama3","messages":[{"role":"user","content":"hi"}]}"#,
+    ),
+    case(
+        "POST",
+        "/v1/chat/completions",
+        r#"{"model":"llama3","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}"#,
+    ),
+    case(
+        "POST",
+        "/v1/completions",
+        r#"{"model":"llama3","prompt":"once upon"}"#,
+    ),
+    case(
+        "POST",
+        "/v1/completions",
+        r#"{"model":"llama3","prompt":"once upon","stream":true}"#,
+    ),
+    case(
+        "POST",
+        "/v1/embeddings",
+        r#"{"model":"nomic-embed-text","input":"hello"}"#,
+    ),
+    case("GET", "/v1/models", ""),
+    case("GET", "/v1/models/llama3", ""),
+    case("GET", "/v1/models/ghost", ""),
+    case("GET", "/no/such/path?x=1", ""),
+    case("POST", "/api/generate", r#"{"model":"ghost","prompt":"x"}"#),
+    case("GET", "/api/generate", ""),
 ];
 
 async fn through(url: &str, case: &Case, id: &str) -> Reply {
@@ -188,8 +121,7 @@ async fn through(url: &str, case: &Case, id: &str) -> Reply {
 
 #[tokio::test]
 async fn every_endpoint_passes_through_byte_for_byte() {
-    let upstream = mock(fast()).await;
-    let corral = proxy(&upstream.url()).await;
+    let (upstream, corral) = fast_proxy().await;
 
     for (i, case) in CASES.iter().enumerate() {
         let id = format!("case-{i}");
@@ -223,8 +155,7 @@ async fn every_endpoint_passes_through_byte_for_byte() {
 
 #[tokio::test]
 async fn head_requests_get_headers_only() {
-    let upstream = mock(fast()).await;
-    let corral = proxy(&upstream.url()).await;
+    let (_upstream, corral) = fast_proxy().await;
     let reply = send(corral_e2e::request(
         "HEAD",
         &format!("{}/", corral.url()),
@@ -238,14 +169,12 @@ async fn head_requests_get_headers_only() {
 
 #[tokio::test]
 async fn streams_keep_their_content_types_and_frames() {
-    let upstream = mock(fast()).await;
-    let corral = proxy(&upstream.url()).await;
+    let (_upstream, corral) = fast_proxy().await;
 
-    let ndjson = send(corral_e2e::request(
-        "POST",
+    let ndjson = post(
         &format!("{}/api/chat", corral.url()),
         r#"{"model":"llama3","messages":[{"role":"user","content":"hello"}]}"#,
-    ))
+    )
     .await;
     assert_eq!(ndjson.header("content-type"), Some("application/x-ndjson"));
     let lines: Vec<serde_json::Value> = std::str::from_utf8(&ndjson.body)
@@ -257,11 +186,10 @@ async fn streams_keep_their_content_types_and_frames() {
     assert_eq!(lines.last().unwrap()["done"], true);
     assert_eq!(lines.last().unwrap()["eval_count"], 8);
 
-    let sse = send(corral_e2e::request(
-        "POST",
+    let sse = post(
         &format!("{}/v1/chat/completions", corral.url()),
         r#"{"model":"llama3","messages":[{"role":"user","content":"hi"}],"stream":true}"#,
-    ))
+    )
     .await;
     assert_eq!(sse.header("content-type"), Some("text/event-stream"));
     assert!(std::str::from_utf8(&sse.body)

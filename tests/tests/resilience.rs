@@ -8,16 +8,11 @@
 
 use std::time::Duration;
 
-use corral::Config;
-use corral_e2e::{fast, mock, request, send, upstream_saw, within};
-use corral_mock_ollama::{MockConfig, MockOllama};
+use corral_e2e::{
+    fast, get, mock, proxy_toml, request_with, send, streaming, upstream_saw, within,
+};
+use corral_mock_ollama::MockOllama;
 use http_body_util::BodyExt;
-
-fn config(upstream: &str, layers: &str) -> Config {
-    let text =
-        format!("[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{upstream}\"\n{layers}");
-    Config::parse(&text, std::path::Path::new("resilience.toml")).unwrap()
-}
 
 const RETRY_FAST: &str =
     "[[layers]]\nkind = \"retry\"\ninitial_backoff = \"10ms\"\nmax_backoff = \"50ms\"\n";
@@ -27,28 +22,20 @@ fn generate(
     id: &str,
     fault: Option<&str>,
 ) -> http::Request<http_body_util::Full<bytes::Bytes>> {
-    let mut r = request(
-        "POST",
-        &format!("{url}/api/generate"),
-        r#"{"model":"llama3","prompt":"x","stream":false}"#,
-    );
-    r.headers_mut().insert("x-request-id", id.parse().unwrap());
-    if let Some(fault) = fault {
-        r.headers_mut()
-            .insert("x-mock-fault", fault.parse().unwrap());
-    }
-    r
+    let mut headers = vec![("x-request-id", id)];
+    headers.extend(fault.map(|fault| ("x-mock-fault", fault)));
+    let body = r#"{"model":"llama3","prompt":"x","stream":false}"#;
+    request_with("POST", &format!("{url}/api/generate"), body, &headers)
 }
 
 #[tokio::test]
 async fn a_burst_of_503s_is_absorbed_by_retries() {
     let upstream = mock(fast()).await;
-    let corral = corral::Running::start(&config(
+    let corral = proxy_toml(
         &upstream.url(),
         &format!("{RETRY_FAST}[[layers]]\nkind = \"breaker\"\n"),
-    ))
-    .await
-    .unwrap();
+    )
+    .await;
     let reply = send(generate(&corral.url(), "burst-1", Some("busy_attempts=2"))).await;
     assert_eq!(reply.status, 200, "{:?}", reply.body);
     assert_eq!(reply.json()["done"], true);
@@ -71,12 +58,8 @@ async fn a_dead_upstream_opens_the_breaker_and_it_closes_when_the_upstream_retur
         .unwrap()
         .port();
     let address = format!("127.0.0.1:{port}");
-    let corral = corral::Running::start(&config(
-        &address,
-        "[[layers]]\nkind = \"retry\"\nmax_attempts = 1\n\n[[layers]]\nkind = \"breaker\"\nconsecutive_failures = 5\nopen_for = \"400ms\"\n",
-    ))
-    .await
-    .unwrap();
+    let layers = "[[layers]]\nkind = \"retry\"\nmax_attempts = 1\n\n[[layers]]\nkind = \"breaker\"\nconsecutive_failures = 5\nopen_for = \"400ms\"\n";
+    let corral = proxy_toml(&address, layers).await;
     for i in 0..5 {
         let reply = send(generate(&corral.url(), &format!("dead-{i}"), None)).await;
         assert_eq!(reply.status, 502, "the upstream is unreachable");
@@ -85,10 +68,7 @@ async fn a_dead_upstream_opens_the_breaker_and_it_closes_when_the_upstream_retur
     assert_eq!(fast_fail.status, 503);
     assert_eq!(fast_fail.header("x-corral-reason"), Some("breaker_open"));
     assert_eq!(fast_fail.header("retry-after"), Some("1"));
-    assert!(fast_fail.json()["error"]
-        .as_str()
-        .unwrap()
-        .contains("circuit breaker open"));
+    assert!(fast_fail.error().contains("circuit breaker open"));
 
     // The upstream comes back on its address.
     let upstream = MockOllama::bind(address.parse().unwrap(), fast())
@@ -115,8 +95,8 @@ async fn a_dead_upstream_opens_the_breaker_and_it_closes_when_the_upstream_retur
     let after = send(generate(&url, "after", None)).await;
     assert_eq!(after.status, 200, "closed again");
     assert_eq!(upstream.stats().requests, 2);
-    let metrics = send(request("GET", &format!("{url}/metrics"), "")).await;
-    let text = String::from_utf8(metrics.body.to_vec()).unwrap();
+    let metrics = get(&format!("{url}/metrics")).await;
+    let text = metrics.text();
     assert!(
         text.contains("corral_circuit_breaker_transitions_total{breaker=\"upstream\",to=\"open\"}"),
         "{text}"
@@ -125,24 +105,18 @@ async fn a_dead_upstream_opens_the_breaker_and_it_closes_when_the_upstream_retur
 
 #[tokio::test]
 async fn a_stalled_stream_is_ended_by_the_idle_timeout_with_an_error_line() {
-    let upstream = mock(MockConfig {
-        tokens: 10,
-        ..fast()
-    })
-    .await;
-    let corral = corral::Running::start(&config(
+    let upstream = mock(streaming(10, 1000.0)).await;
+    let corral = proxy_toml(
         &upstream.url(),
         "[[layers]]\nkind = \"retry\"\nidle_timeout = \"300ms\"\n",
-    ))
-    .await
-    .unwrap();
-    let mut r = request(
+    )
+    .await;
+    let r = request_with(
         "POST",
         &format!("{}/api/chat", corral.url()),
         r#"{"model":"llama3","messages":[{"role":"user","content":"x"}]}"#,
+        &[("x-mock-fault", "stall_after=2")],
     );
-    r.headers_mut()
-        .insert("x-mock-fault", "stall_after=2".parse().unwrap());
     let response = corral_e2e::open(r).await;
     let body = within(response.into_body().collect())
         .await
@@ -164,12 +138,8 @@ async fn a_stalled_stream_is_ended_by_the_idle_timeout_with_an_error_line() {
 #[tokio::test]
 async fn a_failing_upstream_sees_at_most_the_budgeted_multiple_of_client_requests() {
     let upstream = mock(fast()).await;
-    let corral = corral::Running::start(&config(
-        &upstream.url(),
-        "[[layers]]\nkind = \"retry\"\ninitial_backoff = \"5ms\"\nmax_backoff = \"20ms\"\nbudget_ratio = 0.2\nbudget_min_per_sec = 1\nbudget_window = \"10s\"\n",
-    ))
-    .await
-    .unwrap();
+    let corral = proxy_toml(&upstream.url(),
+        "[[layers]]\nkind = \"retry\"\ninitial_backoff = \"5ms\"\nmax_backoff = \"20ms\"\nbudget_ratio = 0.2\nbudget_min_per_sec = 1\nbudget_window = \"10s\"\n").await;
     let clients = 100;
     let mut calls = Vec::new();
     for i in 0..clients {

@@ -6,14 +6,15 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use corral_e2e::{eventually, fast, mock, open, proxy, proxy_with, request, send, within};
-use corral_mock_ollama::MockConfig;
+use corral_e2e::{
+    eventually, fast, fast_proxy, get, metrics, mock, open, post, proxy, proxy_with, request, send,
+    streaming, text, upstream_until, within,
+};
 use http_body_util::{BodyExt, Full};
 
 #[tokio::test]
 async fn http2_clients_with_prior_knowledge_are_served() {
-    let upstream = mock(fast()).await;
-    let corral = proxy(&upstream.url()).await;
+    let (_upstream, corral) = fast_proxy().await;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
         .build_http::<Full<Bytes>>();
@@ -26,11 +27,7 @@ async fn http2_clients_with_prior_knowledge_are_served() {
     .unwrap();
     assert_eq!(response.version(), http::Version::HTTP_2);
     assert_eq!(response.status(), 200);
-    let body = within(response.into_body().collect())
-        .await
-        .unwrap()
-        .to_bytes();
-    assert_eq!(std::str::from_utf8(&body).unwrap().lines().count(), 9);
+    assert_eq!(text(response).await.lines().count(), 9);
 }
 
 #[tokio::test]
@@ -42,49 +39,27 @@ async fn admin_paths_can_have_their_own_listener() {
     .await;
     let admin = corral.admin_addr().expect("an admin listener");
 
-    assert_eq!(
-        send(request(
-            "GET",
-            &format!("http://{admin}/corral/healthz"),
-            ""
-        ))
-        .await
-        .status,
-        200
-    );
-    let metrics = send(request("GET", &format!("http://{admin}/metrics"), "")).await;
+    let healthz = get(&format!("http://{admin}/corral/healthz")).await;
+    assert_eq!(healthz.status, 200);
+    let metrics = get(&format!("http://{admin}/metrics")).await;
     assert_eq!(metrics.status, 200);
     // Not proxied on the admin listener...
-    assert_eq!(
-        send(request("GET", &format!("http://{admin}/api/tags"), ""))
-            .await
-            .status,
-        404
-    );
+    assert_eq!(get(&format!("http://{admin}/api/tags")).await.status, 404);
     // ...and not answered by Corral on the main one: forwarded like any
     // unknown path.
-    let main = send(request(
-        "GET",
-        &format!("{}/corral/healthz", corral.url()),
-        "",
-    ))
-    .await;
+    let main = get(&format!("{}/corral/healthz", corral.url())).await;
     assert_eq!(main.status, 404);
-    assert_eq!(
-        std::str::from_utf8(&main.body).unwrap(),
-        "404 page not found"
-    );
+    assert_eq!(main.text(), "404 page not found");
 }
 
 #[tokio::test]
 async fn metrics_count_requests_by_endpoint_and_status() {
-    let upstream = mock(fast()).await;
-    let corral = proxy(&upstream.url()).await;
+    let (_upstream, corral) = fast_proxy().await;
     // The recorder is global to the test process: count what this test
     // adds, on an endpoint no other test in this file uses.
     let before = count(&corral.url(), "ps", "200").await;
     for _ in 0..3 {
-        send(request("GET", &format!("{}/api/ps", corral.url()), "")).await;
+        get(&format!("{}/api/ps", corral.url())).await;
     }
     assert_eq!(count(&corral.url(), "ps", "200").await, before + 3);
     let text = metrics(&corral.url()).await;
@@ -95,11 +70,6 @@ async fn metrics_count_requests_by_endpoint_and_status() {
                 && l.contains("outcome=\"completed\"")),
         "{text}"
     );
-}
-
-async fn metrics(url: &str) -> String {
-    let reply = send(request("GET", &format!("{url}/metrics"), "")).await;
-    String::from_utf8(reply.body.to_vec()).unwrap()
 }
 
 async fn count(url: &str, endpoint: &str, status: &str) -> u64 {
@@ -119,13 +89,7 @@ async fn count(url: &str, endpoint: &str, status: &str) -> u64 {
 
 #[tokio::test]
 async fn on_shutdown_a_stream_in_flight_finishes_and_new_connections_are_refused() {
-    let upstream = mock(MockConfig {
-        ttft: Duration::from_millis(1),
-        tokens_per_sec: 100.0,
-        tokens: 30,
-        ..MockConfig::default()
-    })
-    .await;
+    let upstream = mock(streaming(30, 100.0)).await;
     let corral = proxy(&upstream.url()).await;
     let url = corral.url();
     let response = open(request(
@@ -141,11 +105,7 @@ async fn on_shutdown_a_stream_in_flight_finishes_and_new_connections_are_refused
     })
     .await;
 
-    let body = within(response.into_body().collect())
-        .await
-        .expect("the stream finishes")
-        .to_bytes();
-    let text = std::str::from_utf8(&body).unwrap();
+    let text = text(response).await;
     assert!(
         text.lines().last().unwrap().contains("\"done\":true"),
         "{text}"
@@ -155,13 +115,7 @@ async fn on_shutdown_a_stream_in_flight_finishes_and_new_connections_are_refused
 
 #[tokio::test]
 async fn a_stream_longer_than_the_grace_period_is_cut() {
-    let upstream = mock(MockConfig {
-        ttft: Duration::from_millis(1),
-        tokens_per_sec: 10.0,
-        tokens: 10_000,
-        ..MockConfig::default()
-    })
-    .await;
+    let upstream = mock(streaming(10_000, 10.0)).await;
     let corral = proxy_with(&upstream.url(), |c| {
         c.server.shutdown_grace = Duration::from_millis(200)
     })
@@ -179,8 +133,8 @@ async fn a_stream_longer_than_the_grace_period_is_cut() {
         "the client sees a cut stream, not a complete one"
     );
     within(stopped).await.unwrap();
-    eventually("the upstream generation is cancelled", || {
-        upstream.stats().cancelled == 1
+    upstream_until(&upstream, "the upstream generation is cancelled", |s| {
+        s.cancelled == 1
     })
     .await;
 }
@@ -212,10 +166,7 @@ async fn an_admin_token_locks_everything_but_the_probes() {
             bare.header("www-authenticate"),
             Some("Bearer realm=\"corral-admin\"")
         );
-        assert!(bare.json()["error"]
-            .as_str()
-            .unwrap()
-            .contains("admin token"));
+        assert!(bare.error().contains("admin token"));
         for wrong in ["Bearer s3cret-admiN", "Bearer s3cret", "Basic s3cret-admin"] {
             assert_eq!(
                 send(with(path, Some(wrong))).await.status,
@@ -230,11 +181,10 @@ async fn an_admin_token_locks_everything_but_the_probes() {
         );
     }
     // Forcing a level is refused too, and changes nothing.
-    let force = send(request(
-        "POST",
+    let force = post(
         &format!("{}/corral/degrade", corral.url()),
         r#"{"level":"Critical"}"#,
-    ))
+    )
     .await;
     assert_eq!(force.status, 401);
     // Probes have no token to give.
@@ -243,23 +193,19 @@ async fn an_admin_token_locks_everything_but_the_probes() {
     }
     // The resolved config never shows the token.
     let config = send(with("/corral/config", Some("Bearer s3cret-admin"))).await;
-    assert!(!std::str::from_utf8(&config.body)
-        .unwrap()
-        .contains("s3cret"));
+    assert!(!config.text().contains("s3cret"));
     // Inference is not the admin API's business.
-    let served = send(request(
-        "POST",
+    let served = post(
         &format!("{}/api/generate", corral.url()),
         r#"{"model":"llama3","prompt":"hi"}"#,
-    ))
+    )
     .await;
     assert_eq!(served.status, 200);
 }
 
 #[tokio::test]
 async fn sockets_that_never_sent_a_byte_do_not_hold_up_a_shutdown() {
-    let upstream = mock(fast()).await;
-    let corral = proxy(&upstream.url()).await;
+    let (_upstream, corral) = fast_proxy().await;
     let addr = corral.addr();
     let mut silent = Vec::new();
     for _ in 0..3 {

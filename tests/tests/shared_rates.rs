@@ -14,6 +14,16 @@ fn store(url: &str, prefix: &str, replica: &str) -> RedisRates {
     RedisRates::new(RedisState::new(url, prefix, replica, Duration::from_millis(300)).unwrap())
 }
 
+/// Replicas `one` and `two` of the rates in `redis`, under a prefix of
+/// the `test`'s own.
+fn two_stores(redis: &Redis, test: &str) -> (RedisRates, RedisRates) {
+    let prefix = format!("corral-rates-{}-{test}:", std::process::id());
+    (
+        store(&redis.url, &prefix, "one"),
+        store(&redis.url, &prefix, "two"),
+    )
+}
+
 async fn verdict(store: &RedisRates, checks: &[Check]) -> Verdict {
     match store.check(checks) {
         Checked::Now(verdict) => verdict,
@@ -32,11 +42,7 @@ fn check(key: &str, quota: Quota, cost: u64) -> Check {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_share_one_quota_and_a_set_of_checks_is_charged_whole_or_not_at_all() {
     let redis = Redis::start().await;
-    let prefix = format!("corral-rates-{}-share:", std::process::id());
-    let (one, two) = (
-        store(&redis.url, &prefix, "one"),
-        store(&redis.url, &prefix, "two"),
-    );
+    let (one, two) = two_stores(&redis, "share");
     let quota = Quota::per_minute(4);
     let mut allowed = 0;
     for n in 0..10 {
@@ -92,11 +98,7 @@ async fn two_replicas_share_one_quota_and_a_set_of_checks_is_charged_whole_or_no
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_charge_corrected_on_one_replica_frees_the_quota_on_the_other() {
     let redis = Redis::start().await;
-    let prefix = format!("corral-rates-{}-adjust:", std::process::id());
-    let (one, two) = (
-        store(&redis.url, &prefix, "one"),
-        store(&redis.url, &prefix, "two"),
-    );
+    let (one, two) = two_stores(&redis, "adjust");
     let tokens = Quota::per_minute(1000);
     assert!(matches!(
         verdict(&one, &[check("agent:t:tokens", tokens, 900)]).await,

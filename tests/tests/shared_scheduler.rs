@@ -16,7 +16,7 @@ use corral_priority::Scheduler;
 
 mod sched;
 
-use sched::{config, state, ticket, unique, until_counts};
+use sched::{config, granted, joined, replica, state, ticket, two_replicas, unique, until_counts};
 
 /// One holder of a permit, as the test counts them.
 struct Running(Arc<AtomicUsize>);
@@ -39,19 +39,8 @@ impl Drop for Running {
 async fn a_permit_freed_on_one_replica_goes_to_the_best_ticket_of_any_replica() {
     let redis = Redis::start().await;
     let prefix = unique("order");
-    let one = Scheduler::shared(
-        &config(1),
-        state(&redis, &prefix, "one"),
-        Duration::from_secs(5),
-    )
-    .unwrap();
-    let two = Scheduler::shared(
-        &config(1),
-        state(&redis, &prefix, "two"),
-        Duration::from_secs(5),
-    )
-    .unwrap();
-    let running = within(one.acquire(ticket("a", 5), None)).await.unwrap();
+    let (one, two) = two_replicas(&redis, &prefix, &config(1));
+    let running = granted(one.acquire(ticket("a", 5), None)).await;
     let batch = tokio::spawn(one.acquire(ticket("batch", 9), None));
     let probe = state(&redis, &prefix, "probe");
     until_counts(&probe, (1, 1)).await;
@@ -60,11 +49,11 @@ async fn a_permit_freed_on_one_replica_goes_to_the_best_ticket_of_any_replica() 
     drop(running);
     // The permit was freed on replica one, which has a ticket waiting:
     // it goes to replica two's priority 1 all the same.
-    let urgent = within(urgent).await.unwrap().unwrap();
+    let urgent = joined(urgent).await;
     assert!(!batch.is_finished());
     until_counts(&probe, (1, 1)).await;
     drop(urgent);
-    let batch = within(batch).await.unwrap().unwrap();
+    let batch = joined(batch).await;
     drop(batch);
     until_counts(&probe, (0, 0)).await;
 }
@@ -73,16 +62,9 @@ async fn a_permit_freed_on_one_replica_goes_to_the_best_ticket_of_any_replica() 
 async fn cancelled_and_expired_tickets_leave_the_shared_queue_at_once() {
     let redis = Redis::start().await;
     let prefix = unique("cancel");
-    let scheduler = Scheduler::shared(
-        &config(1),
-        state(&redis, &prefix, "one"),
-        Duration::from_secs(5),
-    )
-    .unwrap();
+    let scheduler = replica(&redis, &prefix, "one", &config(1), Duration::from_secs(5));
     let probe = state(&redis, &prefix, "probe");
-    let held = within(scheduler.acquire(ticket("a", 5), None))
-        .await
-        .unwrap();
+    let held = granted(scheduler.acquire(ticket("a", 5), None)).await;
     // Each gives its permit back as soon as it has it: the order among
     // equal tickets is their arrival in Redis, not their spawn order.
     let waiting: Vec<_> = (0..6)
@@ -105,7 +87,7 @@ async fn cancelled_and_expired_tickets_leave_the_shared_queue_at_once() {
     // The rest are served one by one as permits come back.
     drop(held);
     for task in waiting.into_iter().skip(3) {
-        within(task).await.unwrap().unwrap();
+        joined(task).await;
     }
     until_counts(&probe, (0, 0)).await;
 }
@@ -116,14 +98,7 @@ async fn racing_cancels_deadlines_and_releases_on_three_replicas_never_leak_or_e
     let prefix = unique("race");
     let schedulers: Vec<Arc<Scheduler>> = ["r1", "r2", "r3"]
         .iter()
-        .map(|r| {
-            Scheduler::shared(
-                &config(2),
-                state(&redis, &prefix, r),
-                Duration::from_secs(5),
-            )
-            .unwrap()
-        })
+        .map(|r| replica(&redis, &prefix, r, &config(2), Duration::from_secs(5)))
         .collect();
     let running = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
@@ -165,12 +140,8 @@ async fn racing_cancels_deadlines_and_releases_on_three_replicas_never_leak_or_e
     until_counts(&probe, (0, 0)).await;
     // Nothing leaked: every replica still gets both permits at once.
     for scheduler in &schedulers {
-        let a = within(scheduler.acquire(ticket("after", 1), None))
-            .await
-            .unwrap();
-        let b = within(scheduler.acquire(ticket("after", 1), None))
-            .await
-            .unwrap();
+        let a = granted(scheduler.acquire(ticket("after", 1), None)).await;
+        let b = granted(scheduler.acquire(ticket("after", 1), None)).await;
         drop((a, b));
     }
 }
@@ -191,13 +162,9 @@ async fn with_no_redis_a_replica_schedules_alone_with_the_capacity() {
     )
     .unwrap();
     let scheduler = Scheduler::shared(&config(2), state.clone(), Duration::from_secs(5)).unwrap();
-    let a = within(scheduler.acquire(ticket("a", 5), None))
-        .await
-        .unwrap();
+    let a = granted(scheduler.acquire(ticket("a", 5), None)).await;
     assert!(!state.is_up(), "the first call found Redis away");
-    let b = within(scheduler.acquire(ticket("b", 5), None))
-        .await
-        .unwrap();
+    let b = granted(scheduler.acquire(ticket("b", 5), None)).await;
     let third = tokio::spawn(scheduler.acquire(ticket("c", 1), None));
     corral_e2e::eventually("the third waits in the local pool", || {
         corral_core::UpstreamLoad::snapshot(&*scheduler).queued_total() == 1
@@ -205,6 +172,6 @@ async fn with_no_redis_a_replica_schedules_alone_with_the_capacity() {
     .await;
     assert!(!third.is_finished(), "the local pool holds the capacity");
     drop(a);
-    let c = within(third).await.unwrap().unwrap();
+    let c = joined(third).await;
     drop((b, c));
 }

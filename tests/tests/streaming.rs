@@ -5,22 +5,56 @@
 
 use std::time::Duration;
 
-use corral_e2e::{eventually, fast, mock, open, proxy, proxy_with, request, send, within};
-use corral_mock_ollama::MockConfig;
+use corral_e2e::{
+    eventually, eventually_async, fast_proxy, get, mock, open, proxy, proxy_with, request,
+    request_with, stalled, streaming, upstream_until, within,
+};
+use corral_mock_ollama::{MockConfig, MockOllama};
 use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::task::JoinHandle;
+
+/// `POST url` with `body` from a client of its own, its answer left
+/// unread: abort the task and the client leaves.
+fn asking(
+    url: &str,
+    body: &'static str,
+) -> JoinHandle<Result<http::Response<Incoming>, hyper_util::client::legacy::Error>> {
+    let ask = corral_e2e::client().request(request("POST", url, body));
+    tokio::spawn(ask)
+}
+
+/// An upstream generating `parallel` at once, each for a minute: whoever
+/// comes next waits.
+fn stalled_with_room_for(parallel: usize) -> MockConfig {
+    MockConfig {
+        parallel,
+        ..stalled(Duration::from_secs(60))
+    }
+}
+
+/// Waits until the upstream has seen its client leave and freed the slot.
+async fn the_upstream_lets_go(upstream: &MockOllama) {
+    upstream_until(upstream, "the upstream sees its client leave", |s| {
+        s.cancelled == 1
+    })
+    .await;
+    upstream_until(upstream, "the upstream frees the slot", |s| {
+        s.in_flight == 0
+    })
+    .await;
+}
 
 #[tokio::test]
 async fn a_chunk_reaches_the_client_before_the_upstream_produces_the_next() {
-    let upstream = mock(fast()).await;
-    let corral = proxy(&upstream.url()).await;
-    let mut req = request(
+    let (upstream, corral) = fast_proxy().await;
+    // The upstream sends one chunk, then waits until the test releases it.
+    let req = request_with(
         "POST",
         &format!("{}/api/generate", corral.url()),
         r#"{"model":"llama3","prompt":"tell me"}"#,
+        &[("x-mock-fault", "pause_after=1")],
     );
-    // The upstream sends one chunk, then waits until the test releases it.
-    req.headers_mut()
-        .insert("x-mock-fault", "pause_after=1".parse().unwrap());
     let mut body = open(req).await.into_body();
 
     let first = within(body.frame())
@@ -51,13 +85,7 @@ async fn a_chunk_reaches_the_client_before_the_upstream_produces_the_next() {
 
 #[tokio::test]
 async fn a_client_that_leaves_mid_stream_cancels_the_upstream_generation() {
-    let upstream = mock(MockConfig {
-        ttft: Duration::from_millis(1),
-        tokens_per_sec: 20.0,
-        tokens: 1000,
-        ..MockConfig::default()
-    })
-    .await;
+    let upstream = mock(streaming(1000, 20.0)).await;
     let corral = proxy(&upstream.url()).await;
     let response = open(request(
         "POST",
@@ -70,14 +98,7 @@ async fn a_client_that_leaves_mid_stream_cancels_the_upstream_generation() {
     assert_eq!(upstream.stats().in_flight, 1);
 
     drop(body);
-    eventually("the upstream sees its client leave", || {
-        upstream.stats().cancelled == 1
-    })
-    .await;
-    eventually("the upstream frees the slot", || {
-        upstream.stats().in_flight == 0
-    })
-    .await;
+    the_upstream_lets_go(&upstream).await;
     let stats = upstream.stats();
     assert!(
         stats.chunks_sent < 1000,
@@ -89,108 +110,58 @@ async fn a_client_that_leaves_mid_stream_cancels_the_upstream_generation() {
 
 #[tokio::test]
 async fn a_client_that_leaves_before_the_first_token_cancels_the_upstream_request() {
-    let upstream = mock(MockConfig {
-        ttft: Duration::from_secs(60),
-        ..MockConfig::default()
-    })
-    .await;
+    let upstream = mock(stalled(Duration::from_secs(60))).await;
     let corral = proxy(&upstream.url()).await;
     let url = format!("{}/api/generate", corral.url());
-    let waiting = tokio::spawn(async move {
-        corral_e2e::client()
-            .request(request(
-                "POST",
-                &url,
-                r#"{"model":"llama3","prompt":"slow"}"#,
-            ))
-            .await
-    });
-    eventually("the upstream is generating", || {
-        upstream.stats().in_flight == 1
+    let waiting = asking(&url, r#"{"model":"llama3","prompt":"slow"}"#);
+    upstream_until(&upstream, "the upstream is generating", |s| {
+        s.in_flight == 1
     })
     .await;
 
     waiting.abort();
-    eventually("the upstream sees its client leave", || {
-        upstream.stats().cancelled == 1
-    })
-    .await;
-    eventually("the upstream frees the slot", || {
-        upstream.stats().in_flight == 0
-    })
-    .await;
+    the_upstream_lets_go(&upstream).await;
 }
 
 #[tokio::test]
 async fn a_client_that_leaves_while_the_upstream_queues_it_leaves_the_upstream_queue() {
-    let upstream = mock(MockConfig {
-        parallel: 1,
-        ttft: Duration::from_secs(60),
-        ..MockConfig::default()
-    })
-    .await;
+    let upstream = mock(stalled_with_room_for(1)).await;
     // A bare pass-through: the upstream's own queue holds the second.
     let corral = proxy_with(&upstream.url(), |c| c.layers = Some(vec![])).await;
     let url = format!("{}/api/generate", corral.url());
-    let spawn = |url: String| {
-        tokio::spawn(async move {
-            corral_e2e::client()
-                .request(request("POST", &url, r#"{"model":"llama3","prompt":"x"}"#))
-                .await
-        })
-    };
-    let first = spawn(url.clone());
+    let first = asking(&url, r#"{"model":"llama3","prompt":"x"}"#);
     eventually("the first generates", || upstream.stats().in_flight == 1).await;
-    let second = spawn(url);
+    let second = asking(&url, r#"{"model":"llama3","prompt":"x"}"#);
     eventually("the second waits upstream", || upstream.stats().queued == 1).await;
 
     second.abort();
-    eventually("the upstream queue empties", || {
-        upstream.stats().queued == 0
-    })
-    .await;
+    upstream_until(&upstream, "the upstream queue empties", |s| s.queued == 0).await;
     first.abort();
     eventually("both cancelled", || upstream.stats().cancelled == 2).await;
 }
 
 #[tokio::test]
 async fn through_the_default_stack_a_client_that_leaves_while_queued_never_reaches_the_upstream() {
-    let upstream = mock(MockConfig {
-        parallel: 4,
-        ttft: Duration::from_secs(60),
-        ..MockConfig::default()
-    })
-    .await;
+    let upstream = mock(stalled_with_room_for(4)).await;
     // No config: one request at a time per model, as Ollama's default.
     let corral = proxy(&upstream.url()).await;
     let url = format!("{}/api/generate", corral.url());
-    let spawn = |url: String| {
-        tokio::spawn(async move {
-            corral_e2e::client()
-                .request(request("POST", &url, r#"{"model":"llama3","prompt":"x"}"#))
-                .await
-        })
-    };
-    let first = spawn(url.clone());
+    let first = asking(&url, r#"{"model":"llama3","prompt":"x"}"#);
     eventually("the first generates", || upstream.stats().in_flight == 1).await;
-    let second = spawn(url);
+    let second = asking(&url, r#"{"model":"llama3","prompt":"x"}"#);
     let status = format!("{}/corral/status", corral.url());
-    corral_e2e::eventually_async("the second waits in corral", || {
-        let status = status.clone();
-        async move { send(request("GET", &status, "")).await.json()["queued"] == 1 }
+    let queued = || async { get(&status).await.json()["queued"].clone() };
+    eventually_async("the second waits in corral", || async {
+        queued().await == 1
     })
     .await;
     assert_eq!(upstream.requests().len(), 1, "the upstream sees one");
 
     second.abort();
-    corral_e2e::eventually_async("corral's queue empties", || {
-        let status = status.clone();
-        async move { send(request("GET", &status, "")).await.json()["queued"] == 0 }
-    })
-    .await;
+    eventually_async("corral's queue empties", || async { queued().await == 0 }).await;
     first.abort();
-    eventually("the first is cancelled upstream", || {
-        upstream.stats().cancelled == 1
+    upstream_until(&upstream, "the first is cancelled upstream", |s| {
+        s.cancelled == 1
     })
     .await;
     assert_eq!(upstream.requests().len(), 1, "the second never went");

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use corral_e2e::{fast, mock, proxy_with, request, send};
+use corral_e2e::{fast, get, mock, post, proxy_with};
 use tokio::net::TcpListener;
 
 /// A TLS terminator for `backend` with a fresh self-signed certificate
@@ -57,11 +57,10 @@ async fn an_https_upstream_with_a_private_ca_is_reached() {
         c.upstream.ca_file = Some(ca.clone())
     })
     .await;
-    let reply = send(request(
-        "POST",
+    let reply = post(
         &format!("{}/api/generate", corral.url()),
         r#"{"model":"llama3","prompt":"over tls","stream":false}"#,
-    ))
+    )
     .await;
     assert_eq!(reply.status, 200, "{:?}", reply.body);
     assert_eq!(reply.json()["done"], true);
@@ -69,12 +68,7 @@ async fn an_https_upstream_with_a_private_ca_is_reached() {
 
     // Without the CA the certificate is not trusted: a 502 that says why.
     let untrusting = proxy_with(&format!("https://localhost:{port}"), |_| {}).await;
-    let reply = send(request(
-        "GET",
-        &format!("{}/api/tags", untrusting.url()),
-        "",
-    ))
-    .await;
+    let reply = get(&format!("{}/api/tags", untrusting.url())).await;
     assert_eq!(reply.status, 502);
     assert!(
         reply.json()["error"]

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use corral_e2e::{mock, request, send};
+use corral_e2e::{mock, request_with, send, streaming};
 use corral_example_axum::{app, OllamaClient};
 use corral_mock_ollama::MockConfig;
 
@@ -19,26 +19,20 @@ async fn serve(ollama: &str) -> String {
 }
 
 fn ask(url: &str, agent: &str, priority: u8) -> http::Request<http_body_util::Full<bytes::Bytes>> {
-    let mut r = request(
-        "POST",
-        &format!("{url}/ask"),
-        r#"{"prompt":"why is the sky blue?"}"#,
-    );
-    r.headers_mut()
-        .insert("content-type", "application/json".parse().unwrap());
-    r.headers_mut().insert("x-agent-id", agent.parse().unwrap());
-    r.headers_mut()
-        .insert("x-priority", priority.to_string().parse().unwrap());
-    r
+    let headers = [
+        ("content-type", "application/json"),
+        ("x-agent-id", agent),
+        ("x-priority", &priority.to_string()),
+    ];
+    let body = r#"{"prompt":"why is the sky blue?"}"#;
+    request_with("POST", &format!("{url}/ask"), body, &headers)
 }
 
 #[tokio::test]
 async fn it_answers_and_runs_one_generation_at_a_time() {
     let upstream = mock(MockConfig {
         ttft: Duration::from_millis(30),
-        tokens_per_sec: 1000.0,
-        tokens: 4,
-        ..MockConfig::default()
+        ..streaming(4, 1000.0)
     })
     .await;
     let url = serve(&upstream.url()).await;
@@ -74,5 +68,5 @@ async fn with_ollama_gone_the_breaker_answers_at_once_with_retry_after() {
     assert_eq!(reply.status, 503);
     assert_eq!(reply.header("x-corral-reason"), Some("breaker_open"));
     assert!(reply.header("retry-after").is_some());
-    assert!(reply.json()["error"].as_str().unwrap().contains("breaker"));
+    assert!(reply.error().contains("breaker"));
 }

@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 pub(crate) mod replica;
@@ -53,6 +53,12 @@ pub(crate) fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// Asserts `output`'s stderr says `expected`, showing all of it if not.
+pub(crate) fn assert_says(output: &Output, expected: &str) {
+    let err = stderr(output);
+    assert!(err.contains(expected), "{expected:?} not in: {err}");
+}
+
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -70,6 +76,20 @@ pub(crate) async fn wait_for(port: u16) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("nothing listens on {port}");
+}
+
+/// `corral --listen {host}:{port}` in front of an upstream that is not
+/// there, its stderr to `stderr`, once it listens: its port and itself.
+pub(crate) async fn serving_nothing(host: &str, stderr: Stdio) -> (u16, Child) {
+    let port = free_port();
+    let listen = format!("{host}:{port}");
+    let child = corral()
+        .args(["--listen", &listen, "--upstream", "127.0.0.1:1"])
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    wait_for(port).await;
+    (port, child)
 }
 
 /// `GET path` on `port` over a plain socket, the whole answer as text

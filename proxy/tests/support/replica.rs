@@ -4,9 +4,60 @@
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use corral_e2e::{request, send};
+use corral_e2e::herd::CLASSES;
+use corral_e2e::{mock, request, send, Redis};
+use corral_mock_ollama::{MockConfig, MockOllama};
 
 use super::{config_file, corral, free_port, wait_for};
+
+/// What a test of replicas runs on: a Redis of its own, an upstream, and
+/// the config the replicas share, under a key prefix of the test's own.
+pub(crate) struct Fleet {
+    /// The Redis the replicas share.
+    pub(crate) redis: Redis,
+    /// The simulated Ollama they all forward to.
+    pub(crate) upstream: MockOllama,
+    /// Their key prefix in Redis.
+    pub(crate) keys: String,
+    /// Their config file's text.
+    pub(crate) text: String,
+}
+
+impl Fleet {
+    /// A fast upstream, leases of 5 s, `extra` layers before the scheduler.
+    pub(crate) async fn start(test: &str, extra: &str) -> Self {
+        Self::start_with(corral_e2e::fast(), test, "5s", extra).await
+    }
+
+    /// An upstream of `upstream`, leases of `lease`, `extra` layers.
+    pub(crate) async fn start_with(
+        upstream: MockConfig,
+        test: &str,
+        lease: &str,
+        extra: &str,
+    ) -> Self {
+        let redis = Redis::start().await;
+        let upstream = mock(upstream).await;
+        let keys = prefix(test);
+        let text = config(&upstream.url(), &redis.url, &keys, lease, extra);
+        Self {
+            redis,
+            upstream,
+            keys,
+            text,
+        }
+    }
+
+    /// Three replicas of the shared config.
+    pub(crate) async fn three(&self) -> [Replica; 3] {
+        three(&self.text).await
+    }
+
+    /// Waits until `n` replicas listen on `channel`.
+    pub(crate) async fn listening(&self, channel: &str, n: usize) {
+        listening(&self.redis.url, &self.keys, channel, n).await;
+    }
+}
 
 /// A replica: a `corral` process, killed when dropped.
 pub(crate) struct Replica {
@@ -77,6 +128,11 @@ impl Replica {
         reply.json().as_array().cloned().unwrap_or_default()
     }
 
+    /// Its `corral_state_backend_up`: 1 while it shares state in Redis.
+    pub(crate) async fn backend_up(&self) -> f64 {
+        corral_e2e::metric_sum(&self.url, "corral_state_backend_up").await
+    }
+
     pub(crate) async fn degrade(&self, body: &str) -> serde_json::Value {
         let method = if body.is_empty() { "GET" } else { "POST" };
         send(request(
@@ -142,13 +198,6 @@ pub(crate) fn prefix(test: &str) -> String {
     )
 }
 
-pub(crate) const CLASSES: [(&str, u8, usize); 4] = [
-    ("system", 1, 10),
-    ("opus", 3, 20),
-    ("sonnet", 5, 60),
-    ("batch", 9, 41),
-];
-
 /// The config every replica of a test shares: the fleet's classes, the
 /// scheduler with leases of `lease`, `extra` layers before it.
 pub(crate) fn config(
@@ -179,15 +228,20 @@ pub(crate) fn config(
     text
 }
 
+/// Whether every one of `replicas` says its backend is `up` (1) or not (0).
+pub(crate) async fn every_backend(replicas: &[Replica], up: f64) -> bool {
+    for replica in replicas {
+        if replica.backend_up().await != up {
+            return false;
+        }
+    }
+    true
+}
+
 pub(crate) async fn three(config: &str) -> [Replica; 3] {
     [
         Replica::start("replica-a", config).await,
         Replica::start("replica-b", config).await,
         Replica::start("replica-c", config).await,
     ]
-}
-
-pub(crate) fn median(values: &mut [u64]) -> u64 {
-    values.sort_unstable();
-    values[values.len() / 2]
 }
