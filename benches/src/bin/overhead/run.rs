@@ -100,6 +100,68 @@ fn version(program: &Path, flag: &str) -> String {
 /// Runs every step and returns the report.
 pub(crate) async fn run(args: Args, command: String) -> Result<String, BoxError> {
     let plan = Plan::new(&args);
+    let bin_dir = bin_dir_of(&args)?;
+    let config = args.config.clone().unwrap_or_else(|| {
+        let path = PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/corral.toml"
+        ));
+        std::fs::canonicalize(&path).unwrap_or(path)
+    });
+    let survey = Survey::of(&args, &plan);
+    let dir = TempDir::new()?;
+    // Declared after `dir`, so dropped before it: nginx's stop needs its pid file.
+    let targets = start_all(&Setup {
+        bin_dir: &bin_dir,
+        nginx: survey.nginx.as_deref(),
+        nginx_workers: &args.nginx_workers,
+        config: &config,
+        full_capacity: args.full_capacity,
+        corral_log: &args.corral_log,
+        nofile: survey.nofile.1,
+        dir: dir.path(),
+    })
+    .await?;
+    eprintln!(
+        "overhead: {} targets up, logs in {}",
+        targets.len(),
+        dir.path().display()
+    );
+    let mut start_rss = Vec::new();
+    for t in &targets {
+        start_rss.push(t.rss_kib()?);
+    }
+    for t in &targets {
+        closed_loop(t.addr, &Call::generate(t.addr, SMALL), plan.warm_up, 8)
+            .await
+            .map_err(|e| failed(t, "warm-up", e))?;
+    }
+    let steps = load_steps(&targets, &plan, &args).await?;
+    let streamed = stream_steps(&targets, steps.len(), &plan, &args).await?;
+    let idled = idle_steps(&targets, start_rss, survey.idle_n).await?;
+    let metrics = match targets.iter().find(|t| t.kind == Kind::CorralFull) {
+        Some(t) => fetch(t.addr, "/metrics")
+            .await
+            .map(|(_, b)| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default(),
+        None => String::new(),
+    };
+    let render = Render {
+        args: &args,
+        plan: &plan,
+        command,
+        versions: versions(&bin_dir, survey.nginx.as_deref()),
+        notes: survey.notes,
+        nofile: survey.nofile,
+        idle_n: survey.idle_n,
+        config: &config,
+    };
+    Ok(render.report(&targets, &steps, &streamed, &idled, &metrics))
+}
+
+/// Where the three binaries are (this one's folder unless told), once
+/// they are all there.
+fn bin_dir_of(args: &Args) -> Result<PathBuf, BoxError> {
     let bin_dir = match &args.bin_dir {
         Some(dir) => dir.clone(),
         None => std::env::current_exe()?
@@ -116,69 +178,59 @@ pub(crate) async fn run(args: Args, command: String) -> Result<String, BoxError>
             .into());
         }
     }
-    let config = args.config.clone().unwrap_or_else(|| {
-        let path = PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../deploy/corral.toml"
-        ));
-        std::fs::canonicalize(&path).unwrap_or(path)
-    });
-    let nginx = if args.no_nginx {
-        None
-    } else {
-        find_nginx(args.nginx.as_deref())
-    };
-    let mut notes = Vec::new();
-    if nginx.is_none() {
-        notes.push(
-            "nginx was not found: it is left out (benches/run-overhead installs it).".to_string(),
-        );
-    }
-    let (soft, hard) = nofile_limits();
-    let idle_n = plan
-        .idle
-        .min(usize::try_from(soft.saturating_sub(1000)).unwrap_or(usize::MAX));
-    if idle_n < plan.idle {
-        notes.push(format!(
-            "The open-files limit ({soft}) allowed {idle_n} idle connections, not {}.",
-            plan.idle
-        ));
-    }
+    Ok(bin_dir)
+}
 
-    let dir = TempDir::new()?;
-    // Declared after `dir`, so dropped before it: nginx's stop needs its pid file.
-    let targets = start_all(&Setup {
-        bin_dir: &bin_dir,
-        nginx: nginx.as_deref(),
-        nginx_workers: &args.nginx_workers,
-        config: &config,
-        full_capacity: args.full_capacity,
-        corral_log: &args.corral_log,
-        nofile: hard,
-        dir: dir.path(),
-    })
-    .await?;
-    eprintln!(
-        "overhead: {} targets up, logs in {}",
-        targets.len(),
-        dir.path().display()
-    );
+/// What this machine allows: nginx or not, the open-files limits and so
+/// the idle connections, and the notes saying what was left out.
+struct Survey {
+    nginx: Option<PathBuf>,
+    nofile: (u64, u64),
+    idle_n: usize,
+    notes: Vec<String>,
+}
 
-    let mut start_rss = Vec::new();
-    for t in &targets {
-        start_rss.push(t.rss_kib()?);
+impl Survey {
+    fn of(args: &Args, plan: &Plan) -> Self {
+        let nginx = if args.no_nginx {
+            None
+        } else {
+            find_nginx(args.nginx.as_deref())
+        };
+        let mut notes = Vec::new();
+        if nginx.is_none() {
+            notes.push(
+                "nginx was not found: it is left out (benches/run-overhead installs it)."
+                    .to_string(),
+            );
+        }
+        let (soft, hard) = nofile_limits();
+        let idle_n = plan
+            .idle
+            .min(usize::try_from(soft.saturating_sub(1000)).unwrap_or(usize::MAX));
+        if idle_n < plan.idle {
+            notes.push(format!(
+                "The open-files limit ({soft}) allowed {idle_n} idle connections, not {}.",
+                plan.idle
+            ));
+        }
+        Self {
+            nginx,
+            nofile: (soft, hard),
+            idle_n,
+            notes,
+        }
     }
-    for t in &targets {
-        closed_loop(t.addr, &Call::generate(t.addr, SMALL), plan.warm_up, 8)
-            .await
-            .map_err(|e| failed(t, "warm-up", e))?;
-    }
+}
 
+/// Each rate, then saturation, on every target in turn (the first one
+/// rotating from step to step).
+async fn load_steps(targets: &[Target], plan: &Plan, args: &Args) -> Result<Vec<Step>, BoxError> {
     let mut steps = Vec::new();
     let schedule: Vec<Option<f64>> = plan.rates.iter().copied().map(Some).chain([None]).collect();
     for (i, rate) in schedule.into_iter().enumerate() {
         let mut results = Vec::new();
-        for (idx, t) in rotated(&targets, i) {
+        for (idx, t) in rotated(targets, i) {
             eprintln!(
                 "overhead: {} at {}",
                 t.kind.name(),
@@ -202,9 +254,18 @@ pub(crate) async fn run(args: Args, command: String) -> Result<String, BoxError>
             results: results.into_iter().map(|(_, k, r)| (k, r)).collect(),
         });
     }
+    Ok(steps)
+}
 
+/// Long streams through every target.
+async fn stream_steps(
+    targets: &[Target],
+    turn: usize,
+    plan: &Plan,
+    args: &Args,
+) -> Result<Vec<(Kind, StreamResult)>, BoxError> {
     let mut streamed: Vec<(usize, Kind, StreamResult)> = Vec::new();
-    for (idx, t) in rotated(&targets, steps.len()) {
+    for (idx, t) in rotated(targets, turn) {
         eprintln!("overhead: {} streams", t.kind.name());
         let r = streams(
             t.addr,
@@ -217,9 +278,15 @@ pub(crate) async fn run(args: Args, command: String) -> Result<String, BoxError>
         streamed.push((idx, t.kind, r));
     }
     streamed.sort_by_key(|(idx, ..)| *idx);
-    let streamed: Vec<(Kind, StreamResult)> =
-        streamed.into_iter().map(|(_, k, r)| (k, r)).collect();
+    Ok(streamed.into_iter().map(|(_, k, r)| (k, r)).collect())
+}
 
+/// Idle connections held open on every proxy: what they cost in memory.
+async fn idle_steps(
+    targets: &[Target],
+    start_rss: Vec<u64>,
+    idle_n: usize,
+) -> Result<Vec<(Kind, IdleResult)>, BoxError> {
     let mut idled: Vec<(Kind, IdleResult)> = Vec::new();
     let proxies = targets
         .iter()
@@ -233,34 +300,20 @@ pub(crate) async fn run(args: Args, command: String) -> Result<String, BoxError>
             .map_err(|e| failed(t, "idle step", e))?;
         idled.push((t.kind, r));
     }
+    Ok(idled)
+}
 
-    let metrics = match targets.iter().find(|t| t.kind == Kind::CorralFull) {
-        Some(t) => fetch(t.addr, "/metrics")
-            .await
-            .map(|(_, b)| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default(),
-        None => String::new(),
-    };
-
+/// The versions of what ran, for the report.
+fn versions(bin_dir: &Path, nginx: Option<&Path>) -> Vec<String> {
     let mut versions = vec![
         version(&bin_dir.join("corral"), "--version"),
         version(&bin_dir.join("corral-mock-ollama"), "--version"),
     ];
-    if let Some(nginx) = &nginx {
+    if let Some(nginx) = nginx {
         versions.push(version(nginx, "-v"));
     }
     versions.push(version(Path::new("rustc"), "--version"));
-    let render = Render {
-        args: &args,
-        plan: &plan,
-        command,
-        versions,
-        notes,
-        nofile: (soft, hard),
-        idle_n,
-        config: &config,
-    };
-    Ok(render.report(&targets, &steps, &streamed, &idled, &metrics))
+    versions
 }
 
 /// `e` with the target it happened to, whether that still runs, and its log.

@@ -95,20 +95,32 @@ pub(crate) struct Setup<'a> {
     pub(crate) dir: &'a Path,
 }
 
-/// Starts one target and waits until it answers `GET /api/version`
-/// (which proxies reach through to the upstream). `stop`, if any, runs
-/// before the kill when the target drops.
-async fn start(
+/// How to start one target.
+struct Launch {
     kind: Kind,
     program: PathBuf,
     args: Vec<String>,
-    env: &[(&str, &str)],
+    /// Its `RUST_LOG`, if it logs.
+    log: Option<String>,
     addr: SocketAddr,
+    /// Run before the kill when the target drops.
     stop: Option<std::process::Command>,
-    dir: &Path,
-) -> Result<Target, BoxError> {
+}
+
+/// Starts one target and waits until it answers `GET /api/version`
+/// (which proxies reach through to the upstream).
+async fn start(launch: Launch, dir: &Path) -> Result<Target, BoxError> {
+    let Launch {
+        kind,
+        program,
+        args,
+        log,
+        addr,
+        stop,
+    } = launch;
     let name = kind.name().replace([' ', '(', ')'], "");
-    let mut proc = Proc::spawn(&name, &program, &args, env, dir)?;
+    let env: Vec<(&str, &str)> = log.iter().map(|l| ("RUST_LOG", l.as_str())).collect();
+    let mut proc = Proc::spawn(&name, &program, &args, &env, dir)?;
     if let Some(stop) = stop {
         proc.stop_with(stop);
     }
@@ -131,17 +143,27 @@ async fn start(
     })
 }
 
-/// Starts every target; the upstream first.
+/// Starts every target, one after the other; the upstream first.
 pub(crate) async fn start_all(setup: &Setup<'_>) -> Result<Vec<Target>, BoxError> {
-    let bin = |name: &str| setup.bin_dir.join(name);
     let mock_addr = free_addr()?;
     let up = mock_addr.to_string();
-    let quiet = [("RUST_LOG", setup.corral_log)];
+    let mut launches = vec![upstream(setup, mock_addr), bare(setup, &up)?];
+    if let Some(nginx) = setup.nginx {
+        launches.push(nginx_launch(setup, nginx, mock_addr)?);
+    }
+    launches.extend(corrals(setup, &up)?);
     let mut targets = Vec::new();
+    for launch in launches {
+        targets.push(start(launch, setup.dir).await?);
+    }
+    Ok(targets)
+}
 
-    let mock_args = vec![
+/// The simulated Ollama everything else forwards to, answering at once.
+fn upstream(setup: &Setup<'_>, addr: SocketAddr) -> Launch {
+    let args = vec![
         "--listen".into(),
-        up.clone(),
+        addr.to_string(),
         "--parallel".into(),
         MOCK_PARALLEL.to_string(),
         "--max-queue".into(),
@@ -155,74 +177,83 @@ pub(crate) async fn start_all(setup: &Setup<'_>) -> Result<Vec<Target>, BoxError
         "--tokens".into(),
         "200".into(),
     ];
-    let warn = [("RUST_LOG", "warn")];
-    targets.push(
-        start(
-            Kind::Direct,
-            bin("corral-mock-ollama"),
-            mock_args,
-            &warn,
-            mock_addr,
-            None,
-            setup.dir,
-        )
-        .await?,
-    );
-
-    let addr = free_addr()?;
-    let args = proxy_args(addr, &up);
-    targets.push(
-        start(
-            Kind::Bare,
-            bin("bare-proxy"),
-            args,
-            &[],
-            addr,
-            None,
-            setup.dir,
-        )
-        .await?,
-    );
-
-    if let Some(nginx) = setup.nginx {
-        let addr = free_addr()?;
-        let conf = setup.dir.join("nginx.conf");
-        std::fs::write(
-            &conf,
-            nginx_conf(
-                setup.dir,
-                addr,
-                mock_addr,
-                setup.nginx_workers,
-                setup.nofile,
-            ),
-        )?;
-        let base: Vec<String> = vec![
-            "-p".into(),
-            setup.dir.display().to_string(),
-            "-c".into(),
-            conf.display().to_string(),
-            "-e".into(),
-            setup.dir.join("error.log").display().to_string(),
-        ];
-        let mut args = base.clone();
-        args.extend(["-g".into(), "daemon off;".into()]);
-        let mut stop = std::process::Command::new(nginx);
-        stop.args(&base).args(["-s", "stop"]);
-        targets.push(
-            start(
-                Kind::Nginx,
-                nginx.to_path_buf(),
-                args,
-                &[],
-                addr,
-                Some(stop),
-                setup.dir,
-            )
-            .await?,
-        );
+    Launch {
+        kind: Kind::Direct,
+        program: setup.bin_dir.join("corral-mock-ollama"),
+        args,
+        log: Some("warn".into()),
+        addr,
+        stop: None,
     }
+}
 
+/// The bare hyper proxy.
+fn bare(setup: &Setup<'_>, up: &str) -> Result<Launch, BoxError> {
+    let addr = free_addr()?;
+    Ok(Launch {
+        kind: Kind::Bare,
+        program: setup.bin_dir.join("bare-proxy"),
+        args: proxy_args(addr, up),
+        log: None,
+        addr,
+        stop: None,
+    })
+}
+
+/// nginx with its config written into the scratch directory, stopped
+/// with `-s stop` (so its pid file is still there).
+fn nginx_launch(
+    setup: &Setup<'_>,
+    nginx: &Path,
+    mock_addr: SocketAddr,
+) -> Result<Launch, BoxError> {
+    let addr = free_addr()?;
+    let conf = setup.dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        nginx_conf(
+            setup.dir,
+            addr,
+            mock_addr,
+            setup.nginx_workers,
+            setup.nofile,
+        ),
+    )?;
+    let base: Vec<String> = vec![
+        "-p".into(),
+        setup.dir.display().to_string(),
+        "-c".into(),
+        conf.display().to_string(),
+        "-e".into(),
+        setup.dir.join("error.log").display().to_string(),
+    ];
+    let mut args = base.clone();
+    args.extend(["-g".into(), "daemon off;".into()]);
+    let mut stop = std::process::Command::new(nginx);
+    stop.args(&base).args(["-s", "stop"]);
+    Ok(Launch {
+        kind: Kind::Nginx,
+        program: nginx.to_path_buf(),
+        args,
+        log: None,
+        addr,
+        stop: Some(stop),
+    })
+}
+
+/// Corral with no layers, with the default stack, and with the full
+/// stack of the shipped config.
+fn corrals(setup: &Setup<'_>, up: &str) -> Result<Vec<Launch>, BoxError> {
+    let capacity = setup.full_capacity.to_string();
+    let corral = |kind, args, addr| Launch {
+        kind,
+        program: setup.bin_dir.join("corral"),
+        args,
+        log: Some(setup.corral_log.to_string()),
+        addr,
+        stop: None,
+    };
+    let mut launches = Vec::new();
     for (kind, file, layers) in [
         (
             Kind::CorralNone,
@@ -238,15 +269,14 @@ pub(crate) async fn start_all(setup: &Setup<'_>) -> Result<Vec<Target>, BoxError
                 .display()
                 .to_string(),
         ];
-        args.extend(proxy_args(addr, &up));
+        args.extend(proxy_args(addr, up));
         if kind == Kind::CorralDefault {
             // As the full stack: the scheduler must not queue what this
             // upstream could run, so the bench measures the stack.
-            args.extend(["--capacity".into(), setup.full_capacity.to_string()]);
+            args.extend(["--capacity".into(), capacity.clone()]);
         }
-        targets.push(start(kind, bin("corral"), args, &quiet, addr, None, setup.dir).await?);
+        launches.push(corral(kind, args, addr));
     }
-
     let addr = free_addr()?;
     let args = vec![
         "--config".into(),
@@ -256,23 +286,12 @@ pub(crate) async fn start_all(setup: &Setup<'_>) -> Result<Vec<Target>, BoxError
         "--listen".into(),
         addr.to_string(),
         "--upstream".into(),
-        up,
+        up.to_string(),
         "--capacity".into(),
-        setup.full_capacity.to_string(),
+        capacity,
     ];
-    targets.push(
-        start(
-            Kind::CorralFull,
-            bin("corral"),
-            args,
-            &quiet,
-            addr,
-            None,
-            setup.dir,
-        )
-        .await?,
-    );
-    Ok(targets)
+    launches.push(corral(Kind::CorralFull, args, addr));
+    Ok(launches)
 }
 
 /// `source` (or an empty config) with no bound on connections per client
