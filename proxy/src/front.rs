@@ -39,10 +39,11 @@ use corral_core::respond::{Framing, Rendered};
 /// The service a listener's connections call.
 #[derive(Clone)]
 pub struct Front {
-    shared: Arc<Shared>,
+    shared: Arc<FrontState>,
 }
 
-struct Shared {
+/// What every clone of the front shares.
+struct FrontState {
     stack: Option<StackService>,
     admin: Option<Admin>,
     refusals: Vec<RefusalCast>,
@@ -59,7 +60,7 @@ impl Front {
     /// given.
     pub fn proxy(stack: &Stack, admin: Option<Admin>) -> Self {
         Self {
-            shared: Arc::new(Shared {
+            shared: Arc::new(FrontState {
                 stack: Some(stack.service()),
                 admin,
                 refusals: stack.refusals().to_vec(),
@@ -71,7 +72,7 @@ impl Front {
     /// Answers admin paths only (a separate admin listener).
     pub fn admin_only(admin: Admin) -> Self {
         Self {
-            shared: Arc::new(Shared {
+            shared: Arc::new(FrontState {
                 stack: None,
                 admin: Some(admin),
                 refusals: respond::built_in(),

@@ -14,11 +14,13 @@ use crate::service::Classify;
 /// shares the same agent and class tables.
 #[derive(Debug, Clone)]
 pub struct ClassifyLayer {
-    shared: Arc<Shared>,
+    shared: Arc<Classifier>,
 }
 
+/// What every clone of the service shares: who the agents are, the body
+/// bounds and the operators' priority overrides.
 #[derive(Debug)]
-pub(crate) struct Shared {
+pub(crate) struct Classifier {
     pub(crate) identities: Identities,
     pub(crate) max_request_bytes: usize,
     pub(crate) bounds: crate::parse::Bounds,
@@ -31,7 +33,7 @@ impl ClassifyLayer {
     pub fn new(config: &ClassifyConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         Ok(Self {
-            shared: Arc::new(Shared {
+            shared: Arc::new(Classifier {
                 identities: Identities::new(config)?,
                 max_request_bytes: config.max_request_bytes,
                 bounds: crate::parse::Bounds {

@@ -9,7 +9,7 @@ use tower::Service;
 
 use crate::error::{BodyTooLarge, InvalidRequest};
 use crate::future::{Reading, ResponseFuture};
-use crate::layer::Shared;
+use crate::layer::Classifier;
 use crate::parse;
 
 corral_core::layer_service! {
@@ -29,7 +29,7 @@ corral_core::layer_service! {
     /// [`BodyReadFailed`](crate::BodyReadFailed), boxed.
     #[derive(Debug)]
     pub struct Classify<S> {
-        shared: Arc<Shared>,
+        shared: Arc<Classifier>,
     }
 }
 

@@ -29,13 +29,15 @@ struct Pending {
     generation: u64,
 }
 
-struct Shared {
+/// The batches being gathered, by model and options, shared by every
+/// clone of the service.
+struct Batches {
     config: BatchConfig,
     pending: Mutex<HashMap<String, Pending>>,
     generation: std::sync::atomic::AtomicU64,
 }
 
-impl Shared {
+impl Batches {
     fn pending(&self) -> MutexGuard<'_, HashMap<String, Pending>> {
         corral_core::lock(&self.pending)
     }
@@ -44,7 +46,7 @@ impl Shared {
 /// Puts a [`BatchService`] in front of a service.
 #[derive(Clone)]
 pub struct BatchLayer {
-    shared: Arc<Shared>,
+    shared: Arc<Batches>,
 }
 
 corral_core::impl_debug!(BatchLayer {
@@ -56,7 +58,7 @@ impl BatchLayer {
     pub fn new(config: &BatchConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         Ok(Self {
-            shared: Arc::new(Shared {
+            shared: Arc::new(Batches {
                 config: config.clone(),
                 pending: Mutex::new(HashMap::new()),
                 generation: std::sync::atomic::AtomicU64::new(0),
@@ -76,7 +78,7 @@ impl<S> Layer<S> for BatchLayer {
 corral_core::layer_service! {
     /// Merges concurrent single embedding requests; passes everything else.
     pub struct BatchService<S> {
-        shared: Arc<Shared>,
+        shared: Arc<Batches>,
     }
     debug()
 }
@@ -146,7 +148,7 @@ where
 /// Puts the waiter in the batch gathering under `key`, or starts one
 /// (sent when its window ends); a batch goes as soon as it is full, and
 /// one with no room for the waiter goes at once.
-fn gather<S, B>(shared: &Arc<Shared>, key: String, waiter: Waiter, inner: S)
+fn gather<S, B>(shared: &Arc<Batches>, key: String, waiter: Waiter, inner: S)
 where
     S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send,
@@ -193,7 +195,7 @@ where
 
 /// Sends the batch `generation` under `key` when its window ends, unless
 /// it went already (full).
-async fn send_when_due<S, B>(shared: Arc<Shared>, key: String, generation: u64, inner: S)
+async fn send_when_due<S, B>(shared: Arc<Batches>, key: String, generation: u64, inner: S)
 where
     S: Service<Request<Body>, Response = Response<B>>,
     S::Error: Into<BoxError>,

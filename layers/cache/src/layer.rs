@@ -4,14 +4,14 @@ use corral_core::ConfigError;
 use tower::Layer;
 
 use crate::config::CacheConfig;
-use crate::service::{CacheService, Shared};
+use crate::service::{Cache, CacheService};
 use crate::store::{CacheStore, MemoryCache};
 
 /// Puts a [`CacheService`] in front of a service; all share one store and
 /// one table of leaders.
 #[derive(Clone)]
 pub struct CacheLayer {
-    shared: Arc<Shared>,
+    shared: Arc<Cache>,
 }
 
 corral_core::impl_debug!(CacheLayer {
@@ -24,7 +24,7 @@ impl CacheLayer {
         config.validate()?;
         let store = Arc::new(MemoryCache::new(config.max_bytes));
         Ok(Self {
-            shared: Arc::new(Shared::new(config.clone(), store)),
+            shared: Arc::new(Cache::new(config.clone(), store)),
         })
     }
 
@@ -32,7 +32,7 @@ impl CacheLayer {
     /// the store is).
     pub fn with_store(self, store: Arc<dyn CacheStore>) -> Self {
         Self {
-            shared: Arc::new(Shared::new(self.shared.config.clone(), store)),
+            shared: Arc::new(Cache::new(self.shared.config.clone(), store)),
         }
     }
 

@@ -18,13 +18,15 @@ use crate::key::{key, usage, Key, X_CORRAL_CACHE};
 use crate::metrics::{CACHE_COALESCED_TOTAL, CACHE_HITS_TOTAL, CACHE_MISSES_TOTAL};
 use crate::store::{CacheStore, Entry, Lookup};
 
-pub(crate) struct Shared {
+/// What every clone of the service shares: the settings, the store and
+/// the coalesced calls running now.
+pub(crate) struct Cache {
     pub(crate) config: CacheConfig,
     pub(crate) store: Arc<dyn CacheStore>,
     leaders: Mutex<HashMap<(Key, bool), Arc<Coalesced>>>,
 }
 
-impl Shared {
+impl Cache {
     pub(crate) fn new(config: CacheConfig, store: Arc<dyn CacheStore>) -> Self {
         Self {
             config,
@@ -42,7 +44,7 @@ corral_core::layer_service! {
     /// Serves deterministic answers from the cache, joins identical requests
     /// in flight, and keeps what comes back.
     pub struct CacheService<S> {
-        shared: Arc<Shared>,
+        shared: Arc<Cache>,
     }
     debug()
 }
@@ -180,7 +182,7 @@ fn hit<S>(entry: Option<Arc<Entry>>, call: &Call<S>) -> Option<Response<BoxBody>
 }
 
 /// Not in the cache: joins an identical request in flight, or starts one.
-fn miss<S, B>(shared: &Arc<Shared>, call: Call<S>) -> ResponseFuture
+fn miss<S, B>(shared: &Arc<Cache>, call: Call<S>) -> ResponseFuture
 where
     S: Service<Request<Body>, Response = Response<B>> + Send + 'static,
     S::Future: Send,

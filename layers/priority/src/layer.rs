@@ -12,11 +12,13 @@ use crate::service::PriorityService;
 /// [`Scheduler`].
 #[derive(Debug, Clone)]
 pub struct PriorityLayer {
-    shared: Arc<Shared>,
+    shared: Arc<Scheduling>,
 }
 
+/// What every clone of the service shares: the scheduler and how a
+/// request's cost and weight are reckoned.
 #[derive(Debug)]
-pub(crate) struct Shared {
+pub(crate) struct Scheduling {
     pub(crate) scheduler: Arc<Scheduler>,
     pub(crate) weights: BTreeMap<String, f64>,
     pub(crate) default_generation_tokens: u64,
@@ -27,7 +29,7 @@ impl PriorityLayer {
     /// it is refused for.
     pub fn new(config: &PriorityConfig) -> Result<Self, ConfigError> {
         Ok(Self {
-            shared: Arc::new(Shared {
+            shared: Arc::new(Scheduling {
                 scheduler: Scheduler::new(config)?,
                 weights: config.class_weights.clone(),
                 default_generation_tokens: config.default_generation_tokens,
@@ -40,7 +42,7 @@ impl PriorityLayer {
     /// upstream).
     pub fn with_scheduler(self, scheduler: Arc<Scheduler>) -> Self {
         Self {
-            shared: Arc::new(Shared {
+            shared: Arc::new(Scheduling {
                 scheduler,
                 weights: self.shared.weights.clone(),
                 default_generation_tokens: self.shared.default_generation_tokens,

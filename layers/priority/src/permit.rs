@@ -32,7 +32,7 @@ pub(crate) enum AcquireKind {
     /// Waiting in Redis: the shared pool's own future, which leaves the
     /// queue when dropped.
     #[cfg(feature = "redis")]
-    Shared(Pin<Box<dyn Future<Output = Result<Permit, DeadlineExceeded>> + Send>>),
+    Redis(Pin<Box<dyn Future<Output = Result<Permit, DeadlineExceeded>> + Send>>),
 }
 
 impl std::fmt::Debug for Acquire {
@@ -44,7 +44,7 @@ impl std::fmt::Debug for Acquire {
                 .field("done", done)
                 .finish(),
             #[cfg(feature = "redis")]
-            AcquireKind::Shared(_) => f.debug_struct("Acquire").field("shared", &true).finish(),
+            AcquireKind::Redis(_) => f.debug_struct("Acquire").field("redis", &true).finish(),
         }
     }
 }
@@ -77,7 +77,7 @@ impl Future for Acquire {
                 done,
             } => (pool, *id, deadline, done),
             #[cfg(feature = "redis")]
-            AcquireKind::Shared(future) => return future.as_mut().poll(cx),
+            AcquireKind::Redis(future) => return future.as_mut().poll(cx),
         };
         if *done {
             return Poll::Ready(Err(DeadlineExceeded {
@@ -129,7 +129,7 @@ impl Drop for Acquire {
             }
             // Its own future leaves the queue when dropped.
             #[cfg(feature = "redis")]
-            AcquireKind::Shared(_) => {}
+            AcquireKind::Redis(_) => {}
         }
     }
 }
@@ -157,7 +157,7 @@ enum Holder {
     /// from the fallback pool while Redis was away (the ticket then
     /// tells Redis about it once it is back).
     #[cfg(feature = "redis")]
-    Shared {
+    Redis {
         pool: Arc<RedisPool>,
         ticket: String,
         local: bool,
@@ -175,7 +175,7 @@ impl Permit {
     ) -> Self {
         pool.local.occupy();
         Self {
-            holder: Holder::Shared {
+            holder: Holder::Redis {
                 pool,
                 ticket,
                 local: false,
@@ -194,7 +194,7 @@ impl Permit {
     /// Redis counts it once it is back.
     #[cfg(feature = "redis")]
     pub(crate) fn into_shared(mut self, pool: Arc<RedisPool>, ticket: String) -> Self {
-        self.holder = Holder::Shared {
+        self.holder = Holder::Redis {
             pool,
             ticket,
             local: true,
@@ -227,7 +227,7 @@ impl Drop for Permit {
         match &mut self.holder {
             Holder::Local(pool) => pool.release(&self.agent, correction, hold),
             #[cfg(feature = "redis")]
-            Holder::Shared {
+            Holder::Redis {
                 pool,
                 ticket,
                 local,

@@ -6,7 +6,7 @@ use http::{Request, Response};
 use tower::Service;
 
 use crate::future::ResponseFuture;
-use crate::layer::Shared;
+use crate::layer::Scheduling;
 use crate::pool::Ticket;
 
 corral_core::layer_service! {
@@ -18,7 +18,7 @@ corral_core::layer_service! {
     /// without one is treated as priority 5 from an anonymous agent.
     #[derive(Debug)]
     pub struct PriorityService<S> {
-        shared: Arc<Shared>,
+        shared: Arc<Scheduling>,
     }
 }
 
@@ -53,7 +53,7 @@ where
     }
 }
 
-impl Shared {
+impl Scheduling {
     /// What the scheduler needs to know about `request`.
     fn ticket<B: http_body::Body>(&self, request: &Request<B>) -> (Ticket, Option<Arc<str>>) {
         let Some(meta) = request.extensions().get::<RequestMeta>() else {

@@ -5,13 +5,13 @@ use tower::retry::budget::TpsBudget;
 use tower::Layer;
 
 use crate::config::RetryConfig;
-use crate::service::{RetryService, Shared};
+use crate::service::{RetryService, RetryState};
 
 /// Puts a [`RetryService`] in front of a service; all share one retry
 /// budget.
 #[derive(Clone)]
 pub struct RetryLayer {
-    shared: Arc<Shared>,
+    shared: Arc<RetryState>,
 }
 
 corral_core::impl_debug!(RetryLayer {
@@ -38,7 +38,7 @@ impl RetryLayer {
             config.budget_ratio,
         );
         Self {
-            shared: Arc::new(Shared {
+            shared: Arc::new(RetryState {
                 config,
                 budget,
                 events,

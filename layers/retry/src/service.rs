@@ -24,7 +24,9 @@ use crate::metrics::{
 /// for: `X-Corral-Fallback: llama3->tinyllama`.
 pub const X_CORRAL_FALLBACK: http::HeaderName = http::HeaderName::from_static("x-corral-fallback");
 
-pub(crate) struct Shared {
+/// What every clone of the service shares: the settings, the retry
+/// budget and where events go.
+pub(crate) struct RetryState {
     pub(crate) config: RetryConfig,
     pub(crate) budget: TpsBudget,
     pub(crate) events: Option<Arc<dyn corral_core::EventSink>>,
@@ -34,7 +36,7 @@ corral_core::layer_service! {
     /// Retries what is safe to retry, within a budget, and bounds attempts
     /// and streams in time.
     pub struct RetryService<S> {
-        shared: Arc<Shared>,
+        shared: Arc<RetryState>,
     }
     debug(config: shared.config)
 }
@@ -73,7 +75,7 @@ enum Last<B> {
 /// Sends the request, then again while [`decide`] says so and the
 /// deadline and the budget allow.
 async fn attempts<S, B>(
-    shared: Arc<Shared>,
+    shared: Arc<RetryState>,
     mut inner: S,
     request: Request<Body>,
 ) -> Result<Response<ResponseBody<B>>, BoxError>
@@ -263,7 +265,7 @@ fn answered<B>(
 
 /// Counts the retry about to be made, and tells the event log.
 fn record_retry(
-    shared: &Shared,
+    shared: &RetryState,
     meta: Option<&RequestMeta>,
     attempted: &Attempted<'_>,
     wait: Duration,

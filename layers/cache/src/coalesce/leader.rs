@@ -15,7 +15,7 @@ use super::call::Coalesced;
 use crate::answer::Answer;
 use crate::key::{Key, X_CORRAL_CACHE};
 use crate::metrics::CACHE_COALESCED_TOTAL;
-use crate::service::Shared;
+use crate::service::Cache;
 use crate::store::{Claim, ClaimGuard, Entry};
 
 /// What to keep once the answer is complete.
@@ -44,7 +44,7 @@ enum Ending {
 /// The leader's upstream call: reads the answer into `call`, keeps it
 /// when complete, and stops early if every reader left.
 pub(crate) async fn lead<S, B>(
-    shared: Arc<Shared>,
+    shared: Arc<Cache>,
     call: Arc<Coalesced>,
     slot: (Key, bool),
     inner: S,
@@ -74,7 +74,7 @@ pub(crate) async fn lead<S, B>(
 /// The leader's work up to its end: claim the answer, call, relay and
 /// keep.
 async fn generate<S, B>(
-    shared: &Shared,
+    shared: &Cache,
     call: &Coalesced,
     slot: &(Key, bool),
     inner: S,
@@ -134,7 +134,7 @@ where
 /// than ask the upstream twice, and serve what it kept. Only a request
 /// that will keep its answer makes the others wait for it.
 async fn claim(
-    shared: &Shared,
+    shared: &Cache,
     call: &Coalesced,
     slot: &(Key, bool),
     keep: &Keeping,

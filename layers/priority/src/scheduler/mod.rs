@@ -157,7 +157,7 @@ impl Scheduler {
         let shared = self.backend.is_some();
         #[cfg(not(feature = "redis"))]
         let shared = false;
-        // Shared pools are not evicted: their leases and queue live in
+        // Redis pools are not evicted: their leases and queue live in
         // Redis, their tasks with them.
         models.get_or_make(name, !shared, |capacity| {
             let pool = Arc::new(Pool::new(
@@ -279,7 +279,7 @@ impl Scheduler {
         #[cfg(feature = "redis")]
         if let Some(shared) = self.shared_of(&pool) {
             return Acquire {
-                kind: AcquireKind::Shared(Box::pin(shared.acquire(ticket))),
+                kind: AcquireKind::Redis(Box::pin(shared.acquire(ticket))),
             };
         }
         Acquire::local(pool, ticket)
