@@ -175,14 +175,7 @@ struct Asked {
 
 /// What the answer will be: how many tokens, how fast, after how long.
 fn plan(state: &State, asked: Asked, faults: &Faults) -> Generation {
-    let Asked {
-        call,
-        request,
-        model,
-        started,
-        load,
-        only_loads,
-    } = asked;
+    let (call, only_loads) = (asked.call, asked.only_loads);
     let ttft = if only_loads {
         Duration::ZERO
     } else {
@@ -190,19 +183,19 @@ fn plan(state: &State, asked: Asked, faults: &Faults) -> Generation {
     };
     let tps = faults
         .tokens_per_sec
-        .unwrap_or_else(|| state.config.tokens_per_sec_for(&model))
+        .unwrap_or_else(|| state.config.tokens_per_sec_for(&asked.model))
         .max(0.001);
     let default_tokens = faults.tokens.unwrap_or(state.config.tokens);
-    let (tokens, truncated) = match max_tokens(call, &request) {
+    let (tokens, truncated) = match max_tokens(call, &asked.request) {
         _ if only_loads => (0, false),
         Some(n) if n >= 0 && (n as usize) < default_tokens => (n as usize, true),
         _ => (default_tokens, false),
     };
-    let prompt = prompt_of(call, &request);
+    let prompt = prompt_of(call, &asked.request);
     let id = state.next_id();
     Generation {
         call,
-        model,
+        model: asked.model,
         prompt_tokens: if only_loads {
             0
         } else {
@@ -212,8 +205,8 @@ fn plan(state: &State, asked: Asked, faults: &Faults) -> Generation {
         tokens,
         truncated,
         interval: Duration::from_secs_f64(1.0 / tps),
-        started,
-        load,
+        started: asked.started,
+        load: asked.load,
         ttft,
         id: match call {
             Call::OpenAiChat => format!("chatcmpl-{id}"),
@@ -222,11 +215,12 @@ fn plan(state: &State, asked: Asked, faults: &Faults) -> Generation {
             _ => format!("cmpl-{id}"),
         },
         created: respond::unix_now(),
-        include_usage: request
+        include_usage: asked
+            .request
             .pointer("/stream_options/include_usage")
             .and_then(Value::as_bool)
             .unwrap_or(false),
-        request,
+        request: asked.request,
     }
 }
 
