@@ -30,6 +30,7 @@ use tower::ServiceExt;
 use tracing::{field::Empty, Instrument};
 
 use crate::admin::Admin;
+use crate::agent_api::AgentApi;
 use crate::hop::strip_hop_by_hop;
 use crate::observe::{InFlight, Observation, Watch};
 use crate::respond;
@@ -44,27 +45,47 @@ pub struct Front {
 
 /// What every clone of the front shares.
 struct FrontState {
-    stack: Option<StackService>,
+    proxying: Option<Proxying>,
     admin: Option<Admin>,
-    refusals: Vec<RefusalCast>,
-    events: Option<Arc<dyn EventSink>>,
+    agents: Option<AgentApi>,
 }
 
 corral_core::impl_debug!(Front {
-    proxies: shared.stack.is_some(),
+    proxies: shared.proxying.is_some(),
     admin: shared.admin.is_some()
 });
 
+/// The way of a proxied request: the stack, its refusals' answers, the
+/// observation at the end of the body. Async jobs take it too, so a job
+/// is answered exactly as a live request would be.
+#[derive(Clone)]
+pub(crate) struct Proxying {
+    stack: StackService,
+    refusals: Arc<[RefusalCast]>,
+    events: Arc<dyn EventSink>,
+}
+
+impl Proxying {
+    /// The way through `stack`.
+    pub(crate) fn new(stack: &Stack) -> Self {
+        Self {
+            stack: stack.service(),
+            refusals: stack.refusals().into(),
+            events: stack.events().clone() as Arc<dyn EventSink>,
+        }
+    }
+}
+
 impl Front {
     /// Proxies through `stack`, answering admin paths too when `admin` is
-    /// given.
-    pub fn proxy(stack: &Stack, admin: Option<Admin>) -> Self {
+    /// given, and Corral's own agent endpoints (jobs, the registry,
+    /// sagas).
+    pub fn proxy(stack: &Stack, admin: Option<Admin>, agents: AgentApi) -> Self {
         Self {
             shared: Arc::new(FrontState {
-                stack: Some(stack.service()),
+                proxying: Some(Proxying::new(stack)),
                 admin,
-                refusals: stack.refusals().to_vec(),
-                events: Some(stack.events().clone() as Arc<dyn EventSink>),
+                agents: Some(agents),
             }),
         }
     }
@@ -73,10 +94,9 @@ impl Front {
     pub fn admin_only(admin: Admin) -> Self {
         Self {
             shared: Arc::new(FrontState {
-                stack: None,
+                proxying: None,
                 admin: Some(admin),
-                refusals: respond::built_in(),
-                events: None,
+                agents: None,
             }),
         }
     }
@@ -89,22 +109,42 @@ impl Front {
         B::Error: Into<BoxError>,
     {
         let shared = &self.shared;
+        if let Some(agents) = &shared.agents {
+            if let Some(route) = agents.route(&request) {
+                return agents.handle(route, request, peer).await;
+            }
+        }
         if let Some(admin) = &shared.admin {
-            if Admin::owns(request.uri().path()) || shared.stack.is_none() {
+            if Admin::owns(request.uri().path()) || shared.proxying.is_none() {
                 return admin.handle(request).await;
             }
         }
-        let Some(stack) = &shared.stack else {
+        let Some(proxying) = &shared.proxying else {
             return respond::answer(
                 &corral_core::ErrorBody::new(StatusCode::NOT_FOUND, "not found"),
                 corral_core::ApiFamily::Ollama,
             );
         };
+        proxying.serve(request, peer).await
+    }
+}
 
+impl Proxying {
+    /// Answers `request` from `peer` through the stack. Never fails:
+    /// errors become answers in the client's API shape.
+    pub(crate) async fn serve<B>(&self, request: Request<B>, peer: SocketAddr) -> Response<BoxBody>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         let start = Instant::now();
         let endpoint = Endpoint::from_request(request.method(), request.uri().path());
         let (mut parts, body) = request.into_parts();
-        let request_id = request_id_of(&parts.headers);
+        let request_id = parts
+            .extensions
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_else(|| request_id_of(&parts.headers));
         let request_id_header = HeaderValue::from_str(request_id.as_str()).ok();
         let span = span_for(&parts, &request_id, endpoint);
         let head_only = parts.method == Method::HEAD;
@@ -118,7 +158,7 @@ impl Front {
         parts.extensions.insert(slot.clone());
         parts.extensions.insert(request_id.clone());
         let request = Request::from_parts(parts, body);
-        let (result, in_flight) = call_counted(stack, request, &slot, endpoint)
+        let (result, in_flight) = call_counted(&self.stack, request, &slot, endpoint)
             .instrument(span.clone())
             .await;
         let mut response = match result {
@@ -129,7 +169,7 @@ impl Front {
             }
             Ok(Err(err)) => {
                 let _entered = span.enter();
-                respond::error_response(&err, endpoint, &shared.refusals)
+                respond::error_response(&err, endpoint, &self.refusals)
             }
         };
         if let Some(value) = request_id_header {
@@ -145,7 +185,7 @@ impl Front {
             span,
             (slot.get().cloned(), in_flight),
             request_id,
-            shared.events.clone(),
+            Some(self.events.clone()),
         );
         if head_only {
             // hyper sends no body for HEAD and never polls it.

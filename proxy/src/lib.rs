@@ -28,6 +28,7 @@
 //! ```
 
 pub mod admin;
+pub mod agent_api;
 mod background;
 pub mod cli;
 pub mod config;

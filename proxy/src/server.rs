@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use corral_core::BoxBody;
 
 use crate::admin::Admin;
+use crate::agent_api::AgentApi;
 use crate::background::{forward_bus, metrics_upkeep, probe_upstream};
 use crate::config::{Config, LoadError};
 use crate::conn_guard::{PerAddress, SniffDeadline, WriteStall};
@@ -124,6 +125,7 @@ impl Server {
             stack.replica().clone(),
         ));
         let admin_api = Admin::new(stack, metrics, config);
+        let agents = AgentApi::new(stack, config);
         let bind = |key, addr| async move {
             TcpListener::bind(addr)
                 .await
@@ -133,10 +135,10 @@ impl Server {
         let (admin, front, admin_front) = match config.admin.listen {
             Some(addr) => (
                 Some(bind("admin.listen", addr).await?),
-                Front::proxy(stack, None),
+                Front::proxy(stack, None, agents),
                 Some(Front::admin_only(admin_api)),
             ),
-            None => (None, Front::proxy(stack, Some(admin_api)), None),
+            None => (None, Front::proxy(stack, Some(admin_api), agents), None),
         };
         Ok(Self {
             upstream: stack.upstream().clone(),

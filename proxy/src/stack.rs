@@ -32,6 +32,8 @@ pub struct Stack {
     controls: Arc<Controls>,
     events: Arc<dyn corral_events::EventStore>,
     replica: Arc<str>,
+    classify: ClassifyLayer,
+    state: Option<corral_core::RedisState>,
 }
 
 corral_core::impl_debug!(Stack { layers });
@@ -76,6 +78,17 @@ impl Stack {
     /// The scheduler's load, when the stack has a `priority` layer.
     pub fn load(&self) -> &LoadCell {
         &self.load
+    }
+
+    /// Who requests come from, by the stack's own rules: for the
+    /// endpoints Corral answers itself.
+    pub fn classify(&self) -> &ClassifyLayer {
+        &self.classify
+    }
+
+    /// The shared Redis, when `[state] backend = "redis"`.
+    pub fn state(&self) -> Option<&corral_core::RedisState> {
+        self.state.as_ref()
     }
 
     /// The refusal types of every layer in the stack, for the answers.
@@ -167,6 +180,8 @@ pub fn build_with(
         controls,
         events,
         replica: Arc::from(replica),
+        classify,
+        state,
     })
 }
 

@@ -307,6 +307,31 @@ impl Identities {
         }
     }
 
+    /// The agent a request was already identified as, when it was
+    /// accepted (an async job, run later without its key): its class as
+    /// the config has it now; refused if it has been revoked since.
+    pub(crate) fn vouched(
+        &self,
+        agent: &AgentId,
+        authenticated: bool,
+    ) -> Result<Identity<'_>, Unauthenticated> {
+        match self.by_id.get(agent.as_str()) {
+            Some(&i) if self.agents[i].revoked => Err(Unauthenticated {
+                message: "this agent has been revoked",
+            }),
+            Some(&i) => Ok(Identity {
+                agent: self.agents[i].id.clone(),
+                class: &self.classes[self.agents[i].class],
+                authenticated,
+            }),
+            None => Ok(Identity {
+                agent: agent.clone(),
+                class: &self.classes[self.default_class],
+                authenticated: false,
+            }),
+        }
+    }
+
     /// A key no agent has, while some agents have keys: a typo in a
     /// client would silently make it anonymous. Counted, and warned about
     /// once per distinct key (its digest's start only: never the key).

@@ -65,6 +65,74 @@ impl ClassifyLayer {
     }
 }
 
+/// Who a request comes from, as classify names it: for Corral's own
+/// agent-facing endpoints (jobs, the registry, sagas), which answer the
+/// caller without going through the stack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The agent.
+    pub agent: corral_core::AgentId,
+    /// Its class.
+    pub class: corral_core::ClassName,
+    /// Whether an API key proved it (else it was claimed or anonymous).
+    pub authenticated: bool,
+}
+
+/// Put in a request's extensions by the proxy itself (never read from
+/// the wire): the request is from this agent, identified when it was
+/// accepted. An async job runs later, on any replica, without the key
+/// it was submitted with: Redis never holds the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vouched {
+    /// The agent.
+    pub agent: corral_core::AgentId,
+    /// Whether a key proved it when it was accepted.
+    pub authenticated: bool,
+}
+
+impl From<&Caller> for Vouched {
+    fn from(caller: &Caller) -> Self {
+        Self {
+            agent: caller.agent.clone(),
+            authenticated: caller.authenticated,
+        }
+    }
+}
+
+impl ClassifyLayer {
+    /// The agent `headers` come from, by the same rules as a proxied
+    /// request: its key, else its `X-Agent-Id`, else anonymous; refused as
+    /// a proxied request would be.
+    ///
+    /// ```
+    /// use corral_classify::{AgentConfig, ClassifyConfig, ClassifyLayer};
+    ///
+    /// let mut config = ClassifyConfig::default();
+    /// let mut agent = AgentConfig::new("planner", None);
+    /// agent.key = Some("sk-planner-0123456789".into());
+    /// config.agents.push(agent);
+    /// let layer = ClassifyLayer::new(&config).unwrap();
+    ///
+    /// let mut headers = http::HeaderMap::new();
+    /// headers.insert("authorization", "Bearer sk-planner-0123456789".parse().unwrap());
+    /// let caller = layer.identify(&headers).unwrap();
+    /// assert_eq!(caller.agent.as_str(), "planner");
+    /// assert!(caller.authenticated);
+    ///
+    /// headers.insert("x-agent-id", "planner".parse().unwrap());
+    /// headers.remove("authorization");
+    /// assert!(layer.identify(&headers).is_err(), "a keyed agent cannot be claimed");
+    /// ```
+    pub fn identify(&self, headers: &http::HeaderMap) -> Result<Caller, crate::Unauthenticated> {
+        let identity = self.shared.identities.identify(headers)?;
+        Ok(Caller {
+            agent: identity.agent,
+            class: identity.class.name.clone(),
+            authenticated: identity.authenticated,
+        })
+    }
+}
+
 impl ClassifyConfig {
     /// Checks the config, naming the key and the reason of the first
     /// problem.

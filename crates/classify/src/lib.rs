@@ -87,7 +87,7 @@ pub use config::{
 pub use error::{BodyReadFailed, BodyTimedOut, BodyTooLarge, InvalidRequest, Unauthenticated};
 pub use future::ResponseFuture;
 pub use identity::UNKNOWN_KEYS_TOTAL;
-pub use layer::ClassifyLayer;
+pub use layer::{Caller, ClassifyLayer, Vouched};
 pub use overrides::PriorityOverrides;
 pub use service::Classify;
 

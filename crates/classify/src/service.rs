@@ -124,7 +124,13 @@ impl<S> Classify<S> {
     ) -> Result<RequestMeta, BoxError> {
         let now = Instant::now();
         let headers = request.headers();
-        let identity = self.shared.identities.identify(headers)?;
+        let identity = match request.extensions().get::<crate::Vouched>() {
+            Some(vouched) => self
+                .shared
+                .identities
+                .vouched(&vouched.agent, vouched.authenticated)?,
+            None => self.shared.identities.identify(headers)?,
+        };
         let priority = match self.shared.overrides.get(identity.agent.as_str()) {
             Some(priority) => priority,
             None => identity.class.priority_for(headers)?,

@@ -112,6 +112,15 @@ pub struct Config {
     /// Where state shared by replicas lives.
     #[serde(default)]
     pub state: StateConfig,
+    /// Async requests (`Prefer: respond-async`, `/corral/jobs`).
+    #[serde(default)]
+    pub jobs: corral_jobs::JobsConfig,
+    /// The agent registry (`/corral/registry`).
+    #[serde(default)]
+    pub registry: corral_registry::RegistryConfig,
+    /// Sagas (`/corral/sagas`).
+    #[serde(default)]
+    pub sagas: corral_saga::SagaConfig,
     /// The file this came from, for messages; `None` for defaults.
     #[serde(skip)]
     pub source: Option<PathBuf>,

@@ -1,0 +1,131 @@
+//! Corral's own endpoints for agents, beside the Ollama API it proxies:
+//! `/corral/jobs` (requests answered later, and any inference call sent
+//! with `Prefer: respond-async`), `/corral/registry` (which agents are
+//! alive and what they can do) and `/corral/sagas` (steps with their
+//! compensations).
+//!
+//! Unlike the admin API they answer agents, identified by their API key
+//! or `X-Agent-Id` exactly as a proxied request is ([`Caller`]); what one
+//! agent starts, only it can read or cancel.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use corral_classify::{Caller, ClassifyLayer};
+use corral_core::{ApiFamily, Body, BoxBody, BoxError, Endpoint, ErrorBody};
+use http::{Request, Response, StatusCode};
+
+use crate::config::Config;
+use crate::front::Proxying;
+use crate::respond;
+use crate::stack::Stack;
+
+pub(crate) mod jobs;
+mod registry;
+mod sagas;
+
+/// The agent-facing endpoints.
+#[derive(Clone)]
+pub struct AgentApi {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    classify: ClassifyLayer,
+    jobs: jobs::JobsApi,
+    registry: registry::RegistryApi,
+    sagas: sagas::SagasApi,
+}
+
+corral_core::impl_debug!(AgentApi {});
+
+/// Which of the agent endpoints a request is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// `/corral/jobs...`.
+    Jobs,
+    /// An inference call with `Prefer: respond-async`: a job.
+    AsyncCall,
+    /// `/corral/registry...`.
+    Registry,
+    /// `/corral/sagas...`.
+    Sagas,
+}
+
+impl AgentApi {
+    /// The endpoints for `stack`, as `config` sets them up.
+    pub fn new(stack: &Stack, config: &Config) -> Self {
+        let proxying = Proxying::new(stack);
+        let registry = registry::RegistryApi::new(stack, config);
+        Self {
+            shared: Arc::new(Shared {
+                classify: stack.classify().clone(),
+                jobs: jobs::JobsApi::new(stack, config, proxying),
+                sagas: sagas::SagasApi::new(stack, config, &registry),
+                registry,
+            }),
+        }
+    }
+
+    /// The endpoint `request` is for, if it is one of these.
+    pub(crate) fn route<B>(&self, request: &Request<B>) -> Option<Route> {
+        let path = request.uri().path();
+        let under = |root: &str| {
+            path.strip_prefix(root)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        };
+        if under("/corral/jobs") {
+            Some(Route::Jobs)
+        } else if under("/corral/registry") {
+            Some(Route::Registry)
+        } else if under("/corral/sagas") {
+            Some(Route::Sagas)
+        } else if jobs::asks_async(request) {
+            Some(Route::AsyncCall)
+        } else {
+            None
+        }
+    }
+
+    /// Answers `request`, from `peer`, for `route`.
+    pub(crate) async fn handle<B>(
+        &self,
+        route: Route,
+        request: Request<B>,
+        peer: SocketAddr,
+    ) -> Response<BoxBody>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let family = match route {
+            Route::AsyncCall => {
+                Endpoint::from_request(request.method(), request.uri().path()).family()
+            }
+            _ => ApiFamily::Ollama,
+        };
+        let caller = match self.shared.classify.identify(request.headers()) {
+            Ok(caller) => caller,
+            Err(refusal) => {
+                return respond::answer(
+                    &ErrorBody::new(StatusCode::UNAUTHORIZED, refusal.to_string()),
+                    family,
+                )
+            }
+        };
+        let request = request.map(Body::streamed);
+        let shared = &self.shared;
+        match route {
+            Route::Jobs => shared.jobs.handle(request, caller, peer).await,
+            Route::AsyncCall => shared.jobs.submit_call(request, caller, peer).await,
+            Route::Registry => shared.registry.handle(request, caller).await,
+            Route::Sagas => shared.sagas.handle(request, caller, peer).await,
+        }
+    }
+}
+
+/// An Ollama-shaped error answer.
+pub(crate) fn refuse(status: StatusCode, message: impl Into<String>) -> Response<BoxBody> {
+    respond::answer(&ErrorBody::new(status, message.into()), ApiFamily::Ollama)
+}
