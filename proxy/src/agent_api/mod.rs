@@ -5,14 +5,14 @@
 //! compensations).
 //!
 //! Unlike the admin API they answer agents, identified by their API key
-//! or `X-Agent-Id` exactly as a proxied request is ([`Caller`]); what one
+//! or `X-Agent-Id` exactly as a proxied request is ([`corral_classify::Caller`]); what one
 //! agent starts, only it can read or cancel.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use corral_classify::{Caller, ClassifyLayer};
+use corral_classify::ClassifyLayer;
 use corral_core::{ApiFamily, Body, BoxBody, BoxError, Endpoint, ErrorBody};
 use http::{Request, Response, StatusCode};
 
