@@ -137,6 +137,22 @@ impl Proxying {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        let (response, framing) = self.serve_unrendered(request, peer).await;
+        response.map(|body| Rendered::new(body, framing).boxed_unsync())
+    }
+
+    /// [`serve`](Self::serve), but a failure after the headers stays an
+    /// error of the body, with the framing that would render it: an
+    /// async job tells a broken answer from a whole one.
+    pub(crate) async fn serve_unrendered<B>(
+        &self,
+        request: Request<B>,
+        peer: SocketAddr,
+    ) -> (Response<BoxBody>, Framing)
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         let start = Instant::now();
         let endpoint = Endpoint::from_request(request.method(), request.uri().path());
         let (mut parts, body) = request.into_parts();
@@ -187,14 +203,14 @@ impl Proxying {
             request_id,
             Some(self.events.clone()),
         );
+        let framing = Framing::of(response.headers(), endpoint.family());
         if head_only {
             // hyper sends no body for HEAD and never polls it.
             observation.finish_without_body();
-            return response;
+            return (response, framing);
         }
-        let framing = Framing::of(response.headers(), endpoint.family());
         let response = WatchBody::response(response, Watch::new(observation));
-        response.map(|watched| Rendered::new(watched, framing).boxed_unsync())
+        (response.map(|watched| watched.boxed_unsync()), framing)
     }
 }
 

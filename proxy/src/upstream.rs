@@ -177,6 +177,9 @@ impl Service<Request<Body>> for Upstream {
     }
 
     fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        if let Some(dispatched) = request.extensions().get::<corral_core::Dispatched>() {
+            dispatched.mark();
+        }
         // HTTP/2 clients name the host in the URI, not in `Host`.
         let uri_host = request
             .uri()

@@ -80,7 +80,8 @@ pub use json::go_key_fold;
 pub use load::{LoadCell, LoadSnapshot, UpstreamLoad};
 pub use lock::lock;
 pub use meta::{
-    AgentId, ClassName, GenerationParams, MetaSlot, Priority, PriorityError, RequestId, RequestMeta,
+    AgentId, ClassName, Dispatched, GenerationParams, MetaSlot, Priority, PriorityError, RequestId,
+    RequestMeta,
 };
 pub use outcome::{
     classify_error, classify_status, AttemptTimedOut, Failure, Outcome, SharedError, StreamBroke,

@@ -390,3 +390,32 @@ impl MetaSlot {
         self.0.get()
     }
 }
+
+/// Put in a request's extensions by whoever wants to know when it leaves
+/// the stack for the upstream (an async job's runner tells `queued` from
+/// `running` by it); the upstream service marks it as it sends. A clone
+/// marks the same flag, so retries' copies of the request count too.
+///
+/// ```
+/// use corral_core::Dispatched;
+///
+/// let dispatched = Dispatched::default();
+/// let in_the_request = dispatched.clone();
+/// assert!(!dispatched.is_marked());
+/// in_the_request.mark();
+/// assert!(dispatched.is_marked());
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Dispatched(Arc<std::sync::atomic::AtomicBool>);
+
+impl Dispatched {
+    /// The request has been sent upstream.
+    pub fn mark(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether it has.
+    pub fn is_marked(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}

@@ -1,49 +1,483 @@
 //! `/corral/jobs` and `Prefer: respond-async`: requests answered later.
+//!
+//! - an inference call with `Prefer: respond-async` (RFC 7240), or
+//!   `POST /corral/jobs` with `{"endpoint": "/api/chat", "body": {...}}`,
+//!   is answered `202` with `Location: /corral/jobs/{id}`;
+//! - `GET /corral/jobs/{id}`: where it stands (queued with the work ahead
+//!   and a rough wait, running, done with the answer, failed with why,
+//!   cancelled); `GET .../result`: the answer exactly as a live request
+//!   would have received it (status, headers, bytes); `GET .../stream`:
+//!   the answer's chunks from the start, then live until it ends;
+//! - `DELETE /corral/jobs/{id}`: cancels it; a running generation stops.
+//!
+//! Only the agent that submitted a job can see it: to any other it does
+//! not exist (404), so ids do not leak.
 
 use std::net::SocketAddr;
 
+use bytes::Bytes;
 use corral_classify::Caller;
-use corral_core::{Body, BoxBody};
-use http::{Request, Response, StatusCode};
+use corral_core::{full, Body, BoxBody, Endpoint, EndpointKind, LoadCell};
+use corral_jobs::{JobId, JobRequest, JobState, Jobs, JobsRefused, Status};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::json;
 
+use super::refuse;
+use super::runner::Runner;
+use crate::admin::json_response;
 use crate::config::Config;
 use crate::front::Proxying;
 use crate::stack::Stack;
 
+/// Headers a job does not keep: credentials (the job runs as the agent
+/// identified at submission; Redis never holds a key), the preference
+/// that made it a job, and what the connection owns.
+const NOT_KEPT: &[&str] = &[
+    "authorization",
+    "x-api-key",
+    "prefer",
+    "host",
+    "content-length",
+    "x-signature",
+    "x-timestamp",
+    "x-corral-callback-url",
+    "cookie",
+];
+
 /// The jobs' endpoints.
 #[derive(Clone)]
 pub(crate) struct JobsApi {
-    _proxying: Proxying,
+    jobs: Jobs,
+    events: std::sync::Arc<dyn corral_core::EventSink>,
+    load: LoadCell,
+    max_body: usize,
 }
 
 /// Whether `request` is an inference call that asks to be answered later
 /// (`Prefer: respond-async`, RFC 7240).
-pub(crate) fn asks_async<B>(_request: &Request<B>) -> bool {
-    false
+pub(crate) fn asks_async<B>(request: &Request<B>) -> bool {
+    let prefers = request
+        .headers()
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| {
+            p.split(';')
+                .next()
+                .is_some_and(|token| token.trim().eq_ignore_ascii_case("respond-async"))
+        });
+    prefers
+        && Endpoint::from_request(request.method(), request.uri().path()).kind()
+            == EndpointKind::Inference
 }
 
 impl JobsApi {
-    pub(crate) fn new(_stack: &Stack, _config: &Config, proxying: Proxying) -> Self {
+    /// The store `config` asks for (Redis when the state is shared), with
+    /// its runner started.
+    pub(crate) fn new(stack: &Stack, config: &Config, proxying: Proxying) -> Self {
+        let jobs = Runner::start(stack, config, proxying);
         Self {
-            _proxying: proxying,
+            jobs,
+            events: stack.events().clone() as std::sync::Arc<dyn corral_core::EventSink>,
+            load: stack.load().clone(),
+            max_body: config.server.max_request_bytes,
         }
     }
 
+    /// `/corral/jobs...`.
     pub(crate) async fn handle(
         &self,
-        _request: Request<Body>,
-        _caller: Caller,
-        _peer: SocketAddr,
+        request: Request<Body>,
+        caller: Caller,
+        peer: SocketAddr,
     ) -> Response<BoxBody> {
-        super::refuse(StatusCode::NOT_FOUND, "jobs are not built yet")
+        let path = request.uri().path().trim_end_matches('/');
+        let rest = path.strip_prefix("/corral/jobs").unwrap_or_default();
+        let method = request.method().clone();
+        if rest.is_empty() {
+            return match method {
+                Method::POST => self.submit_described(request, caller, peer).await,
+                _ => refuse(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "POST /corral/jobs submits a job; GET /corral/jobs/{id} reads one",
+                ),
+            };
+        }
+        let mut parts = rest.trim_start_matches('/').splitn(2, '/');
+        let id = parts.next().unwrap_or_default();
+        let view = parts.next();
+        let Some(id) = JobId::parse(id) else {
+            return refuse(StatusCode::NOT_FOUND, format!("no job {id:?}"));
+        };
+        let state = match self.owned(&id, &caller).await {
+            Ok(state) => state,
+            Err(response) => return response,
+        };
+        match (method, view) {
+            (Method::GET | Method::HEAD, None) => self.describe(state).await,
+            (Method::GET, Some("result")) => self.result(state).await,
+            (Method::GET, Some("stream")) => self.stream(state).await,
+            (Method::DELETE, None) => match self.jobs.cancel(&id).await {
+                Ok(Some(state)) => json_response(StatusCode::OK, &view_of(&state)),
+                Ok(None) => refuse(StatusCode::NOT_FOUND, format!("no job {id}")),
+                Err(e) => unavailable(&e),
+            },
+            (method, view) => refuse(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!(
+                    "{method} /corral/jobs/{{id}}{}: use GET (and /result, /stream) or DELETE",
+                    view.map(|v| format!("/{v}")).unwrap_or_default()
+                ),
+            ),
+        }
     }
 
+    /// The job, if `caller` submitted it.
+    async fn owned(&self, id: &JobId, caller: &Caller) -> Result<JobState, Response<BoxBody>> {
+        match self.jobs.state(id).await {
+            Ok(Some(state)) if state.agent == caller.agent.as_str() => Ok(state),
+            Ok(_) => Err(refuse(
+                StatusCode::NOT_FOUND,
+                format!("no job {id} (or it has expired)"),
+            )),
+            Err(e) => Err(unavailable(&e)),
+        }
+    }
+
+    /// An inference call with `Prefer: respond-async`.
     pub(crate) async fn submit_call(
         &self,
-        _request: Request<Body>,
-        _caller: Caller,
-        _peer: SocketAddr,
+        request: Request<Body>,
+        caller: Caller,
+        peer: SocketAddr,
     ) -> Response<BoxBody> {
-        super::refuse(StatusCode::NOT_FOUND, "jobs are not built yet")
+        let (parts, body) = request.into_parts();
+        let body = match http_body_util::Limited::new(body, self.max_body).collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(e) => {
+                return refuse(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("cannot read the body (at most {} bytes): {e}", self.max_body),
+                )
+            }
+        };
+        let callback_url = parts
+            .headers
+            .get("x-corral-callback-url")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let job = JobRequest {
+            method: parts.method.to_string(),
+            path: parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| parts.uri.path().to_string(), |pq| pq.to_string()),
+            headers: kept_headers(&parts.headers),
+            body,
+            agent: caller.agent.as_str().to_string(),
+            authenticated: caller.authenticated,
+            callback_url,
+            client: Some(peer.ip().to_string()),
+        };
+        self.accept(job).await
     }
+
+    /// `POST /corral/jobs` with `{"endpoint", "body", "method"?,
+    /// "headers"?, "callback_url"?}`.
+    async fn submit_described(
+        &self,
+        request: Request<Body>,
+        caller: Caller,
+        peer: SocketAddr,
+    ) -> Response<BoxBody> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Described {
+            endpoint: String,
+            #[serde(default)]
+            body: serde_json::Value,
+            #[serde(default)]
+            method: Option<String>,
+            #[serde(default)]
+            headers: std::collections::BTreeMap<String, String>,
+            #[serde(default)]
+            callback_url: Option<String>,
+        }
+        let (parts, body) = request.into_parts();
+        let bytes = match http_body_util::Limited::new(body, self.max_body).collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(e) => return refuse(StatusCode::PAYLOAD_TOO_LARGE, format!("cannot read the body: {e}")),
+        };
+        let described: Described = match serde_json::from_slice(&bytes) {
+            Ok(d) => d,
+            Err(e) => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    format!("expected {{\"endpoint\": \"/api/chat\", \"body\": {{...}}, \"callback_url\": optional}}: {e}"),
+                )
+            }
+        };
+        let method = described.method.unwrap_or_else(|| "POST".into()).to_ascii_uppercase();
+        let Ok(parsed) = Method::from_bytes(method.as_bytes()) else {
+            return refuse(StatusCode::BAD_REQUEST, format!("method: {method:?} is not an HTTP method"));
+        };
+        if !described.endpoint.starts_with('/') || described.endpoint.starts_with("/corral/") {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("endpoint: {:?} is not an Ollama or OpenAI path (such as /api/chat)", described.endpoint),
+            );
+        }
+        let path_only = described.endpoint.split('?').next().unwrap_or_default();
+        if Endpoint::from_request(&parsed, path_only).kind() != EndpointKind::Inference {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("endpoint: {method} {path_only} is not an inference call; jobs run generate, chat, embeddings and their OpenAI and Anthropic forms"),
+            );
+        }
+        let mut headers = kept_headers(&parts.headers);
+        headers.retain(|(name, _)| !name.eq_ignore_ascii_case("content-type"));
+        headers.push(("content-type".into(), "application/json".into()));
+        for (name, value) in described.headers {
+            if NOT_KEPT.contains(&name.to_ascii_lowercase().as_str()) {
+                continue;
+            }
+            headers.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
+            headers.push((name, value));
+        }
+        let body = match described.body {
+            serde_json::Value::String(text) => Bytes::from(text),
+            serde_json::Value::Null => Bytes::new(),
+            value => Bytes::from(serde_json::to_vec(&value).unwrap_or_default()),
+        };
+        let job = JobRequest {
+            method,
+            path: described.endpoint,
+            headers,
+            body,
+            agent: caller.agent.as_str().to_string(),
+            authenticated: caller.authenticated,
+            callback_url: described.callback_url,
+            client: Some(peer.ip().to_string()),
+        };
+        self.accept(job).await
+    }
+
+    /// Accepts `job`: `202` with its place, or the refusal.
+    async fn accept(&self, job: JobRequest) -> Response<BoxBody> {
+        if let Some(url) = &job.callback_url {
+            if let Err(reason) = super::callback::check_url(url) {
+                return refuse(StatusCode::BAD_REQUEST, format!("callback_url: {reason}"));
+            }
+        }
+        match self.jobs.submit(job).await {
+            Ok(state) => {
+                super::runner::submitted(self.events.as_ref(), &state);
+                let location = format!("/corral/jobs/{}", state.id);
+                let mut response = json_response(StatusCode::ACCEPTED, &view_of(&state));
+                if let Ok(value) = HeaderValue::from_str(&location) {
+                    response.headers_mut().insert(header::LOCATION, value);
+                }
+                response
+                    .headers_mut()
+                    .insert("preference-applied", HeaderValue::from_static("respond-async"));
+                response
+            }
+            Err(e) => {
+                metrics::counter!(corral_jobs::metrics::JOBS_REFUSED_TOTAL).increment(1);
+                unavailable(&e)
+            }
+        }
+    }
+
+    /// `GET /corral/jobs/{id}`.
+    async fn describe(&self, state: JobState) -> Response<BoxBody> {
+        let mut view = view_of(&state);
+        if state.status == Status::Queued {
+            view["queue"] = self.queue_estimate().await;
+        }
+        if state.status.is_final() {
+            if let Ok(Some(answer)) = self.jobs.chunks(&state.id, 0).await {
+                if let Some(response) = view.get_mut("response") {
+                    response["body"] = body_view(&answer.chunks.concat());
+                }
+            }
+        }
+        json_response(StatusCode::OK, &view)
+    }
+
+    /// Roughly what is ahead of a queued job: jobs no runner has taken
+    /// yet and requests waiting for the upstream, over the rate the queue
+    /// drains at. Rough: it does not know the job's priority's place.
+    async fn queue_estimate(&self) -> serde_json::Value {
+        let waiting_jobs = self.jobs.waiting().await;
+        let load = self.load.get().map(|l| l.snapshot());
+        let queued = load.as_ref().map_or(0, |l| l.queued_total());
+        let ahead = waiting_jobs + queued;
+        let rate = load.as_ref().map_or(0.0, |l| l.completions_per_sec);
+        let eta_ms = (rate > 0.0).then(|| ((ahead as f64 + 1.0) / rate * 1000.0).round() as u64);
+        json!({"ahead": ahead, "eta_ms": eta_ms})
+    }
+
+    /// `GET /corral/jobs/{id}/result`: the answer as a live request would
+    /// have received it.
+    async fn result(&self, state: JobState) -> Response<BoxBody> {
+        if !state.status.is_final() {
+            let mut response = json_response(StatusCode::CONFLICT, &view_of(&state));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
+        }
+        let Some(head) = state.response.clone() else {
+            return json_response(StatusCode::OK, &view_of(&state));
+        };
+        let body = match self.jobs.chunks(&state.id, 0).await {
+            Ok(Some(answer)) => answer.chunks.concat(),
+            Ok(None) => return refuse(StatusCode::NOT_FOUND, format!("no job {} (expired)", state.id)),
+            Err(e) => return unavailable(&e),
+        };
+        let mut response = Response::new(full(body));
+        *response.status_mut() = StatusCode::from_u16(head.status).unwrap_or(StatusCode::OK);
+        copy_headers(&head.headers, response.headers_mut());
+        response
+    }
+
+    /// `GET /corral/jobs/{id}/stream`: every chunk from the first, then
+    /// live until the job ends.
+    async fn stream(&self, state: JobState) -> Response<BoxBody> {
+        let id = state.id.clone();
+        let Some(follow) = self.jobs.follow(&id) else {
+            return refuse(StatusCode::NOT_FOUND, format!("no job {id}"));
+        };
+        let content_type = state
+            .response
+            .as_ref()
+            .and_then(|h| h.header("content-type").map(str::to_string))
+            .unwrap_or_else(|| "application/x-ndjson".into());
+        let jobs = self.jobs.clone();
+        let chunks = futures_util::stream::unfold(
+            (jobs, id, follow, 0usize, false),
+            |(jobs, id, mut follow, mut next, mut ended)| async move {
+                loop {
+                    if ended {
+                        return None;
+                    }
+                    match jobs.chunks(&id, next).await {
+                        Ok(Some(answer)) => {
+                            ended = answer.ended;
+                            if !answer.chunks.is_empty() {
+                                next += answer.chunks.len();
+                                let bytes = Bytes::from(answer.chunks.concat());
+                                let frame = http_body::Frame::data(bytes);
+                                return Some((Ok(frame), (jobs, id, follow, next, ended)));
+                            }
+                            if ended {
+                                return None;
+                            }
+                        }
+                        Ok(None) => return None,
+                        Err(e) => {
+                            let error: corral_core::BoxError = e.to_string().into();
+                            return Some((Err(error), (jobs, id, follow, next, true)));
+                        }
+                    }
+                    follow.changed().await;
+                }
+            },
+        );
+        let mut response = Response::new(http_body_util::StreamBody::new(chunks).boxed_unsync());
+        if let Ok(value) = HeaderValue::from_str(&content_type) {
+            response.headers_mut().insert(header::CONTENT_TYPE, value);
+        }
+        response
+    }
+}
+
+/// The headers a job keeps, as text.
+fn kept_headers(headers: &http::HeaderMap) -> Vec<(String, String)> {
+    let mut headers = headers.clone();
+    crate::hop::strip_hop_by_hop(&mut headers);
+    let mut kept = Vec::new();
+    for (name, value) in &headers {
+        if NOT_KEPT.contains(&name.as_str()) {
+            continue;
+        }
+        if let Ok(value) = value.to_str() {
+            kept.push((name.as_str().to_string(), value.to_string()));
+        }
+    }
+    kept
+}
+
+fn copy_headers(from: &[(String, String)], to: &mut http::HeaderMap) {
+    for (name, value) in from {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
+                to.append(name, value);
+            }
+        }
+    }
+}
+
+/// A job as its owner reads it.
+pub(crate) fn view_of(state: &JobState) -> serde_json::Value {
+    let location = format!("/corral/jobs/{}", state.id);
+    let mut view = json!({
+        "id": state.id,
+        "status": state.status.as_str(),
+        "endpoint": state.endpoint,
+        "agent": state.agent,
+        "submitted_at": state.submitted_at,
+        "started_at": state.started_at,
+        "finished_at": state.finished_at,
+        "attempts": state.attempts,
+        "replica": state.replica,
+        "reason": state.reason,
+        "bytes": state.bytes,
+        "links": {
+            "self": location,
+            "result": format!("{location}/result"),
+            "stream": format!("{location}/stream"),
+        },
+    });
+    if let Some(head) = &state.response {
+        let headers: serde_json::Map<String, serde_json::Value> = head
+            .headers
+            .iter()
+            .map(|(n, v)| (n.clone(), json!(v)))
+            .collect();
+        view["response"] = json!({"status": head.status, "headers": headers});
+    }
+    if state.truncated {
+        view["truncated"] = json!(true);
+    }
+    view
+}
+
+/// The answer's body in the JSON view: the JSON document it is, else
+/// its text (NDJSON, SSE), else its size.
+fn body_view(bytes: &[u8]) -> serde_json::Value {
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) {
+        return value;
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(text) => json!(text),
+        Err(_) => json!({"bytes": bytes.len(), "read": "GET .../result"}),
+    }
+}
+
+fn unavailable(e: &JobsRefused) -> Response<BoxBody> {
+    let status = match e {
+        JobsRefused::Full { .. } | JobsRefused::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let mut response = refuse(status, e.to_string());
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    response
 }

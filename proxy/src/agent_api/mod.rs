@@ -21,8 +21,10 @@ use crate::front::Proxying;
 use crate::respond;
 use crate::stack::Stack;
 
+mod callback;
 pub(crate) mod jobs;
 mod registry;
+mod runner;
 mod sagas;
 
 /// The agent-facing endpoints.

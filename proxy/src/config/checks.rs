@@ -25,6 +25,7 @@ impl Config {
             }
         }
         self.state.validate()?;
+        self.jobs.validate().map_err(|e| e.within("jobs"))?;
         self.admin.validate(self.server.listen)
     }
 

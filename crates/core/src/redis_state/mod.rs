@@ -211,6 +211,25 @@ impl RedisState {
         self.within(invocation.invoke_async(&mut connection)).await
     }
 
+    /// [`script`](Self::script) with arguments that are bytes, not text
+    /// (chunks of an answer, which may split a UTF-8 character).
+    pub async fn script_bytes<T: FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        keys: &[String],
+        args: &[&[u8]],
+    ) -> Result<T, StateUnavailable> {
+        let mut connection = self.connection_or_down().await?;
+        let mut invocation = script.prepare_invoke();
+        for key in keys {
+            invocation.key(key);
+        }
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        self.within(invocation.invoke_async(&mut connection)).await
+    }
+
     /// Publishes `payload` on `channel` (prefixed).
     pub async fn publish(&self, channel: &str, payload: &str) -> Result<(), StateUnavailable> {
         let mut command = redis::cmd("PUBLISH");
