@@ -226,7 +226,14 @@ async fn a_job_runs_as_the_agent_whose_key_submitted_it_and_needs_that_key_to_be
 /// priority 9's did.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_herd_of_131_agents_submitting_jobs_keeps_the_upstream_capacity_and_the_priority_order() {
-    let upstream = mock(corral_e2e::herd::upstream()).await;
+    // Slower than the live herd's upstream: submitting 131 jobs takes
+    // longer than sending 131 requests on warm connections, and the
+    // queue must build for its order to show.
+    let upstream = mock(corral_mock_ollama::MockConfig {
+        ttft: Duration::from_millis(30),
+        ..corral_e2e::herd::upstream()
+    })
+    .await;
     let mut toml = "capacity = 4\n[[layers]]\nkind = \"priority\"\n".to_string();
     for (name, priority, count) in CLASSES {
         toml.push_str(&format!("[[classes]]\nname = \"{name}\"\npriority = {priority}\npriorities = [{priority}, {priority}]\n"));
