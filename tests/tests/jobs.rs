@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use corral_e2e::herd::{assert_priority_one_went_first, assert_the_upstream_kept_up, CLASSES};
 use corral_e2e::{
-    eventually_async, get, mock, open, proxy_toml, request_with, send, streaming, text, upstream_saw,
-    upstream_until, within,
+    eventually_async, get, mock, open, proxy_toml, request_with, send, streaming, text,
+    upstream_saw, upstream_until, within,
 };
 use serde_json::Value;
 
@@ -32,13 +32,22 @@ async fn submit(url: &str, path: &str, body: &str, agent: &str) -> String {
     assert_eq!(reply.header("preference-applied"), Some("respond-async"));
     let location = reply.header("location").unwrap().to_string();
     let view = reply.json();
-    assert_eq!(location, format!("/corral/jobs/{}", view["id"].as_str().unwrap()));
+    assert_eq!(
+        location,
+        format!("/corral/jobs/{}", view["id"].as_str().unwrap())
+    );
     assert_eq!(view["status"], "queued");
     view["id"].as_str().unwrap().to_string()
 }
 
 async fn job(url: &str, id: &str, agent: &str) -> corral_e2e::Reply {
-    send(request_with("GET", &format!("{url}/corral/jobs/{id}"), "", &[("x-agent-id", agent)])).await
+    send(request_with(
+        "GET",
+        &format!("{url}/corral/jobs/{id}"),
+        "",
+        &[("x-agent-id", agent)],
+    ))
+    .await
 }
 
 /// Waits until the job's status is `status`; its view.
@@ -62,7 +71,13 @@ async fn a_call_that_prefers_to_be_answered_later_is_a_job_answered_as_a_live_on
     let upstream = mock(corral_e2e::fast()).await;
     let corral = proxy_toml(&upstream.url(), "").await;
     let url = corral.url();
-    let live = send(request_with("POST", &format!("{url}/api/generate"), GENERATE, &[])).await;
+    let live = send(request_with(
+        "POST",
+        &format!("{url}/api/generate"),
+        GENERATE,
+        &[],
+    ))
+    .await;
 
     let id = submit(&url, "/api/generate", GENERATE, "planner").await;
     let done = until(&url, &id, "planner", "done").await;
@@ -70,21 +85,36 @@ async fn a_call_that_prefers_to_be_answered_later_is_a_job_answered_as_a_live_on
     assert_eq!(done["response"]["status"], 200);
     assert_eq!(done["response"]["body"]["done"], true);
     assert_eq!(
-        done["response"]["body"]["response"], live.json()["response"],
+        done["response"]["body"]["response"],
+        live.json()["response"],
         "the same answer as a live request"
     );
     // The job's request went upstream under the job's id, once.
     let seen = upstream_saw(&upstream, &id);
     assert_eq!(seen.uri, "/api/generate");
-    assert!(!seen.headers.contains_key("prefer"), "the preference is the proxy's");
+    assert!(
+        !seen.headers.contains_key("prefer"),
+        "the preference is the proxy's"
+    );
 
-    let result = send(request_with("GET", &format!("{url}/corral/jobs/{id}/result"), "", &[("x-agent-id", "planner")])).await;
+    let result = send(request_with(
+        "GET",
+        &format!("{url}/corral/jobs/{id}/result"),
+        "",
+        &[("x-agent-id", "planner")],
+    ))
+    .await;
     assert_eq!(result.status, 200);
     assert_eq!(result.header("content-type"), live.header("content-type"));
     assert_eq!(result.json()["response"], live.json()["response"]);
     // Its events name the job.
     let events = corral_e2e::events(&url, &format!("kind=job_finished&agent=planner")).await;
-    assert!(events.iter().any(|e| e["data"]["job"] == id.as_str() && e["data"]["status"] == "done"), "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["data"]["job"] == id.as_str() && e["data"]["status"] == "done"),
+        "{events:?}"
+    );
 }
 
 #[tokio::test]
@@ -94,23 +124,57 @@ async fn a_job_described_to_corral_jobs_streams_and_a_late_reader_gets_every_chu
     let corral = proxy_toml(&upstream.url(), "").await;
     let url = corral.url();
     let described = r#"{"endpoint": "/api/chat", "body": {"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}}"#;
-    let reply = send(request_with("POST", &format!("{url}/corral/jobs"), described, &[("x-agent-id", "writer")])).await;
+    let reply = send(request_with(
+        "POST",
+        &format!("{url}/corral/jobs"),
+        described,
+        &[("x-agent-id", "writer")],
+    ))
+    .await;
     assert_eq!(reply.status, 202, "{}", reply.text());
     let id = reply.json()["id"].as_str().unwrap().to_string();
 
     until(&url, &id, "writer", "running").await;
-    let live = open(request_with("GET", &format!("{url}/corral/jobs/{id}/stream"), "", &[("x-agent-id", "writer")])).await;
+    let live = open(request_with(
+        "GET",
+        &format!("{url}/corral/jobs/{id}/stream"),
+        "",
+        &[("x-agent-id", "writer")],
+    ))
+    .await;
     assert_eq!(live.status(), 200);
     assert_eq!(live.headers()["content-type"], "application/x-ndjson");
     let followed = text(live).await;
     until(&url, &id, "writer", "done").await;
 
     // A reader after the end gets the same, from the start.
-    let late = text(open(request_with("GET", &format!("{url}/corral/jobs/{id}/stream"), "", &[("x-agent-id", "writer")])).await).await;
-    let result = send(request_with("GET", &format!("{url}/corral/jobs/{id}/result"), "", &[("x-agent-id", "writer")])).await;
-    assert_eq!(followed, result.text(), "the live follower read every chunk from the first");
+    let late = text(
+        open(request_with(
+            "GET",
+            &format!("{url}/corral/jobs/{id}/stream"),
+            "",
+            &[("x-agent-id", "writer")],
+        ))
+        .await,
+    )
+    .await;
+    let result = send(request_with(
+        "GET",
+        &format!("{url}/corral/jobs/{id}/result"),
+        "",
+        &[("x-agent-id", "writer")],
+    ))
+    .await;
+    assert_eq!(
+        followed,
+        result.text(),
+        "the live follower read every chunk from the first"
+    );
     assert_eq!(late, result.text(), "the late reader too");
-    let lines: Vec<Value> = late.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = late
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 31, "30 tokens and the final line");
     assert_eq!(lines.last().unwrap()["done"], true);
 }
@@ -123,20 +187,42 @@ async fn only_the_agent_that_submitted_a_job_sees_it_and_bad_submissions_are_ref
     let id = submit(&url, "/api/generate", GENERATE, "owner").await;
     until(&url, &id, "owner", "done").await;
     assert_eq!(job(&url, &id, "someone-else").await.status, 404);
-    let cancel = send(request_with("DELETE", &format!("{url}/corral/jobs/{id}"), "", &[("x-agent-id", "someone-else")])).await;
+    let cancel = send(request_with(
+        "DELETE",
+        &format!("{url}/corral/jobs/{id}"),
+        "",
+        &[("x-agent-id", "someone-else")],
+    ))
+    .await;
     assert_eq!(cancel.status, 404);
     assert_eq!(job(&url, "job-0123", "owner").await.status, 404);
 
     for (body, expected) in [
         (r#"{"endpoint": "/api/tags"}"#, "not an inference call"),
-        (r#"{"endpoint": "/corral/jobs", "body": {}}"#, "not an Ollama or OpenAI path"),
+        (
+            r#"{"endpoint": "/corral/jobs", "body": {}}"#,
+            "not an Ollama or OpenAI path",
+        ),
         (r#"{"body": {}}"#, "endpoint"),
         (r#"not json"#, "expected"),
-        (r#"{"endpoint": "/api/generate", "body": {}, "callback_url": "ftp://example.com/"}"#, "only http and https"),
+        (
+            r#"{"endpoint": "/api/generate", "body": {}, "callback_url": "ftp://example.com/"}"#,
+            "only http and https",
+        ),
     ] {
-        let reply = send(request_with("POST", &format!("{url}/corral/jobs"), body, &[])).await;
+        let reply = send(request_with(
+            "POST",
+            &format!("{url}/corral/jobs"),
+            body,
+            &[],
+        ))
+        .await;
         assert_eq!(reply.status, 400, "{body}");
-        assert!(reply.error().contains(expected), "{body}: {}", reply.error());
+        assert!(
+            reply.error().contains(expected),
+            "{body}: {}",
+            reply.error()
+        );
     }
 }
 
@@ -149,11 +235,20 @@ async fn cancelling_a_running_job_stops_its_generation_upstream() {
     let body = r#"{"model":"llama3","prompt":"a long story"}"#;
     let id = submit(&url, "/api/generate", body, "writer").await;
     until(&url, &id, "writer", "running").await;
-    let cancelled = send(request_with("DELETE", &format!("{url}/corral/jobs/{id}"), "", &[("x-agent-id", "writer")])).await;
+    let cancelled = send(request_with(
+        "DELETE",
+        &format!("{url}/corral/jobs/{id}"),
+        "",
+        &[("x-agent-id", "writer")],
+    ))
+    .await;
     assert_eq!(cancelled.status, 200);
     let view = until(&url, &id, "writer", "cancelled").await;
     assert_eq!(view["reason"], "cancelled by its owner");
-    upstream_until(&upstream, "the upstream saw its client leave", |s| s.cancelled == 1).await;
+    upstream_until(&upstream, "the upstream saw its client leave", |s| {
+        s.cancelled == 1
+    })
+    .await;
     assert_eq!(upstream.stats().completed, 0);
 }
 
@@ -166,15 +261,28 @@ async fn a_stream_the_upstream_breaks_fails_the_job_with_what_a_live_client_woul
         "POST",
         &format!("{url}/api/generate"),
         r#"{"model":"llama3","prompt":"hi"}"#,
-        &[("prefer", "respond-async"), ("x-agent-id", "a"), ("x-mock-fault", "drop_after=3")],
+        &[
+            ("prefer", "respond-async"),
+            ("x-agent-id", "a"),
+            ("x-mock-fault", "drop_after=3"),
+        ],
     ))
     .await;
     let id = reply.json()["id"].as_str().unwrap().to_string();
     let failed = until(&url, &id, "a", "failed").await;
     assert!(failed["reason"].as_str().unwrap().len() > 3, "{failed}");
-    let result = send(request_with("GET", &format!("{url}/corral/jobs/{id}/result"), "", &[("x-agent-id", "a")])).await;
+    let result = send(request_with(
+        "GET",
+        &format!("{url}/corral/jobs/{id}/result"),
+        "",
+        &[("x-agent-id", "a")],
+    ))
+    .await;
     let last: Value = serde_json::from_str(result.text().lines().last().unwrap()).unwrap();
-    assert!(last["error"].is_string(), "the error line a live client reads last: {last}");
+    assert!(
+        last["error"].is_string(),
+        "the error line a live client reads last: {last}"
+    );
 }
 
 #[tokio::test]
@@ -183,7 +291,13 @@ async fn a_full_job_store_refuses_with_503_and_retry_after() {
     let corral = proxy_toml(&upstream.url(), "[jobs]\nmax_jobs = 1\n").await;
     let url = corral.url();
     submit(&url, "/api/generate", GENERATE, "a").await;
-    let refused = send(request_with("POST", &format!("{url}/api/generate"), GENERATE, &[("prefer", "respond-async")])).await;
+    let refused = send(request_with(
+        "POST",
+        &format!("{url}/api/generate"),
+        GENERATE,
+        &[("prefer", "respond-async")],
+    ))
+    .await;
     assert_eq!(refused.status, 503);
     assert!(refused.header("retry-after").is_some());
     assert!(refused.error().contains("full"), "{}", refused.error());
@@ -212,13 +326,22 @@ async fn a_job_runs_as_the_agent_whose_key_submitted_it_and_needs_that_key_to_be
         let url = format!("{url}/corral/jobs/{id}");
         async move { send(request_with("GET", &url, "", &[("authorization", key)])).await }
     };
-    eventually_async("the job is done", || async { read("Bearer sk-planner-0123456789").await.json()["status"] == "done" }).await;
+    eventually_async("the job is done", || async {
+        read("Bearer sk-planner-0123456789").await.json()["status"] == "done"
+    })
+    .await;
     let seen = upstream_saw(&upstream, &id);
-    assert!(!seen.headers.contains_key("authorization"), "the key is not kept with the job");
+    assert!(
+        !seen.headers.contains_key("authorization"),
+        "the key is not kept with the job"
+    );
     assert_eq!(read("Bearer sk-other-0123456789").await.status, 404);
     assert_eq!(read("Bearer sk-wrong").await.status, 401);
     let agents = get(&format!("{url}/corral/agents")).await.json();
-    assert_eq!(agents["planner"]["completed"], 1, "served as the planner: {agents}");
+    assert_eq!(
+        agents["planner"]["completed"], 1,
+        "served as the planner: {agents}"
+    );
 }
 
 /// 131 agents each submit a job at once: the upstream never runs more
@@ -238,7 +361,9 @@ async fn a_herd_of_131_agents_submitting_jobs_keeps_the_upstream_capacity_and_th
     for (name, priority, count) in CLASSES {
         toml.push_str(&format!("[[classes]]\nname = \"{name}\"\npriority = {priority}\npriorities = [{priority}, {priority}]\n"));
         for i in 0..count {
-            toml.push_str(&format!("[[agents]]\nid = \"{name}-{i}\"\nclass = \"{name}\"\n"));
+            toml.push_str(&format!(
+                "[[agents]]\nid = \"{name}-{i}\"\nclass = \"{name}\"\n"
+            ));
         }
     }
     let corral = proxy_toml(&upstream.url(), &toml).await;
@@ -252,7 +377,11 @@ async fn a_herd_of_131_agents_submitting_jobs_keeps_the_upstream_capacity_and_th
                 let agent = format!("{class}-{i}");
                 start.wait().await;
                 let body = format!(r#"{{"model":"llama3","prompt":"{agent}","stream":false}}"#);
-                (priority, agent.clone(), submit(&url, "/api/generate", &body, &agent).await)
+                (
+                    priority,
+                    agent.clone(),
+                    submit(&url, "/api/generate", &body, &agent).await,
+                )
             }));
         }
     }

@@ -159,7 +159,10 @@ struct Scripts {
 }
 
 impl RedisJobs {
-    pub(crate) fn start(state: RedisState, config: JobsConfig) -> (Arc<Self>, mpsc::Receiver<Claim>) {
+    pub(crate) fn start(
+        state: RedisState,
+        config: JobsConfig,
+    ) -> (Arc<Self>, mpsc::Receiver<Claim>) {
         let (claims, receiver) = mpsc::channel(config.max_running);
         let jobs = Arc::new(Self {
             state,
@@ -255,7 +258,12 @@ impl RedisJobs {
     pub(crate) async fn request(&self, id: &JobId) -> Result<Option<JobRequest>, JobsRefused> {
         let (json, body): (Option<String>, Option<Vec<u8>>) = self
             .state
-            .query(redis::cmd("HMGET").arg(self.hash(id)).arg("request").arg("body"))
+            .query(
+                redis::cmd("HMGET")
+                    .arg(self.hash(id))
+                    .arg("request")
+                    .arg("body"),
+            )
             .await
             .map_err(unavailable)?;
         Ok(json
@@ -266,13 +274,22 @@ impl RedisJobs {
             }))
     }
 
-    pub(crate) async fn chunks(&self, id: &JobId, from: usize) -> Result<Option<Chunks>, JobsRefused> {
+    pub(crate) async fn chunks(
+        &self,
+        id: &JobId,
+        from: usize,
+    ) -> Result<Option<Chunks>, JobsRefused> {
         let Some(state) = self.state(id).await? else {
             return Ok(None);
         };
         let chunks: Vec<Vec<u8>> = self
             .state
-            .query(redis::cmd("LRANGE").arg(self.chunk_list(id)).arg(from).arg(-1))
+            .query(
+                redis::cmd("LRANGE")
+                    .arg(self.chunk_list(id))
+                    .arg(from)
+                    .arg(-1),
+            )
             .await
             .map_err(unavailable)?;
         Ok(Some(Chunks {
@@ -293,7 +310,11 @@ impl RedisJobs {
         let keys = [self.hash(id)];
         let answer: i64 = self
             .state
-            .script(&self.scripts.cancel, &keys, &[to_json(&cancelled), self.ttl_ms()])
+            .script(
+                &self.scripts.cancel,
+                &keys,
+                &[to_json(&cancelled), self.ttl_ms()],
+            )
             .await
             .map_err(unavailable)?;
         if answer == 1 {
@@ -312,14 +333,23 @@ impl RedisJobs {
     }
 
     /// Writes the runner's state of `claim` after `change`.
-    async fn write(&self, claim: &Claim, change: impl FnOnce(&mut JobState), ends: bool) -> Option<JobState> {
+    async fn write(
+        &self,
+        claim: &Claim,
+        change: impl FnOnce(&mut JobState),
+        ends: bool,
+    ) -> Option<JobState> {
         let (state, _entry) = {
             let mut running = lock(&self.running);
             let job = running.get_mut(&claim.id)?;
             change(&mut job.state);
             (job.state.clone(), job.entry.clone())
         };
-        let keys = [self.hash(&claim.id), self.chunk_list(&claim.id), self.stream()];
+        let keys = [
+            self.hash(&claim.id),
+            self.chunk_list(&claim.id),
+            self.stream(),
+        ];
         let args = [
             claim.attempt.to_string(),
             to_json(&state),
@@ -327,7 +357,11 @@ impl RedisJobs {
             self.ttl_ms(),
             GROUP.to_string(),
         ];
-        let applied: i64 = self.state.script(&self.scripts.update, &keys, &args).await.ok()?;
+        let applied: i64 = self
+            .state
+            .script(&self.scripts.update, &keys, &args)
+            .await
+            .ok()?;
         (applied == 1).then_some(state)
     }
 
@@ -379,8 +413,10 @@ impl RedisJobs {
         let attempt = claim.attempt.to_string();
         args.push(attempt.as_bytes());
         args.extend(chunks.iter().map(|c| c.as_ref()));
-        let applied: Result<i64, StateUnavailable> =
-            self.state.script_bytes(&self.scripts.append, &keys, &args).await;
+        let applied: Result<i64, StateUnavailable> = self
+            .state
+            .script_bytes(&self.scripts.append, &keys, &args)
+            .await;
         matches!(applied, Ok(1))
     }
 
@@ -399,7 +435,11 @@ impl RedisJobs {
         };
         let keys = [self.stream()];
         let args = [GROUP.to_string(), entry, self.state.replica().to_string()];
-        match self.state.script::<i64>(&self.scripts.renew, &keys, &args).await {
+        match self
+            .state
+            .script::<i64>(&self.scripts.renew, &keys, &args)
+            .await
+        {
             Ok(1) => true,
             Ok(_) => false,
             // Redis away: keep running; if the lease runs out meanwhile,
@@ -420,7 +460,10 @@ impl RedisJobs {
             .await
             .unwrap_or(Value::Nil);
         let pending = match pending {
-            Value::Array(items) => items.first().and_then(|v| redis::from_redis_value::<usize>(v.clone()).ok()).unwrap_or(0),
+            Value::Array(items) => items
+                .first()
+                .and_then(|v| redis::from_redis_value::<usize>(v.clone()).ok())
+                .unwrap_or(0),
             _ => 0,
         };
         len.saturating_sub(pending)
@@ -443,7 +486,10 @@ impl RedisJobs {
 
     /// Claims what there is room for; the claims ready to run.
     async fn claim(&self) -> Result<Vec<Claim>, StateUnavailable> {
-        let room = self.config.max_running.saturating_sub(self.count.load(Ordering::Acquire));
+        let room = self
+            .config
+            .max_running
+            .saturating_sub(self.count.load(Ordering::Acquire));
         if room == 0 {
             return Ok(Vec::new());
         }
@@ -476,8 +522,10 @@ impl RedisJobs {
     async fn prepare(&self, entry: &str, id: JobId) -> Result<Option<Claim>, StateUnavailable> {
         let keys = [self.hash(&id), self.chunk_list(&id), self.stream()];
         let args = [entry.to_string(), GROUP.to_string()];
-        let prepared: Option<(u32, String, String, Vec<u8>)> =
-            self.state.script(&self.scripts.prepare, &keys, &args).await?;
+        let prepared: Option<(u32, String, String, Vec<u8>)> = self
+            .state
+            .script(&self.scripts.prepare, &keys, &args)
+            .await?;
         let Some((attempt, state, request, body)) = prepared else {
             return Ok(None);
         };

@@ -37,7 +37,9 @@ pub(crate) struct Callbacks {
 /// Whether `url` may be called back: `http` or `https`, with a host that
 /// is not a private address written out (names are checked when called).
 pub(crate) fn check_url(url: &str) -> Result<(), String> {
-    let uri: http::Uri = url.parse().map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
     match uri.scheme_str() {
         Some("http" | "https") => {}
         _ => return Err(format!("{url:?}: only http and https URLs are called back")),
@@ -67,7 +69,9 @@ fn private(ip: IpAddr) -> bool {
                 || v6.is_unspecified()
                 || (v6.segments()[0] & 0xfe00) == 0xfc00
                 || (v6.segments()[0] & 0xffc0) == 0xfe80
-                || v6.to_ipv4_mapped().is_some_and(|v4| private(IpAddr::V4(v4)))
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| private(IpAddr::V4(v4)))
         }
     }
 }
@@ -112,7 +116,8 @@ impl Callbacks {
                     }
                 }
                 if attempt < callbacks.attempts {
-                    let jitter = Duration::from_millis(fastrand::u64(..=backoff.as_millis() as u64 / 2));
+                    let jitter =
+                        Duration::from_millis(fastrand::u64(..=backoff.as_millis() as u64 / 2));
                     tokio::time::sleep(backoff + jitter).await;
                     backoff = (backoff * 2).min(Duration::from_secs(60));
                 }
@@ -125,7 +130,13 @@ impl Callbacks {
     async fn once(&self, url: &str, job: &str, body: Bytes) -> Result<(), String> {
         let uri: http::Uri = url.parse().map_err(|e| format!("refused: {e}"))?;
         let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
-        let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
+        let port = uri
+            .port_u16()
+            .unwrap_or(if uri.scheme_str() == Some("https") {
+                443
+            } else {
+                80
+            });
         if !self.allow_private {
             let addresses = tokio::net::lookup_host((host, port))
                 .await
@@ -141,7 +152,10 @@ impl Callbacks {
         }
         let client = self.client.as_ref().ok_or("no TLS roots on this machine")?;
         let timestamp = corral_core::unix_now().to_string();
-        let path = uri.path_and_query().map_or("/", |pq| pq.as_str()).to_string();
+        let path = uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_string();
         let mut request = Request::post(uri)
             .header(header::CONTENT_TYPE, "application/json")
             .header("x-timestamp", &timestamp)
@@ -180,7 +194,19 @@ mod tests {
 
     #[test]
     fn private_addresses_are_told_apart_from_public_ones() {
-        for ip in ["127.0.0.1", "10.1.2.3", "192.168.0.1", "172.16.5.4", "169.254.169.254", "0.0.0.0", "::1", "fd00::1", "fe80::1", "100.64.0.1", "::ffff:127.0.0.1"] {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "172.16.5.4",
+            "169.254.169.254",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "100.64.0.1",
+            "::ffff:127.0.0.1",
+        ] {
             assert!(private(ip.parse().unwrap()), "{ip}");
         }
         for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111"] {

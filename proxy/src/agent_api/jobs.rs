@@ -154,12 +154,18 @@ impl JobsApi {
         peer: SocketAddr,
     ) -> Response<BoxBody> {
         let (parts, body) = request.into_parts();
-        let body = match http_body_util::Limited::new(body, self.max_body).collect().await {
+        let body = match http_body_util::Limited::new(body, self.max_body)
+            .collect()
+            .await
+        {
             Ok(body) => body.to_bytes(),
             Err(e) => {
                 return refuse(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("cannot read the body (at most {} bytes): {e}", self.max_body),
+                    format!(
+                        "cannot read the body (at most {} bytes): {e}",
+                        self.max_body
+                    ),
                 )
             }
         };
@@ -206,9 +212,17 @@ impl JobsApi {
             callback_url: Option<String>,
         }
         let (parts, body) = request.into_parts();
-        let bytes = match http_body_util::Limited::new(body, self.max_body).collect().await {
+        let bytes = match http_body_util::Limited::new(body, self.max_body)
+            .collect()
+            .await
+        {
             Ok(body) => body.to_bytes(),
-            Err(e) => return refuse(StatusCode::PAYLOAD_TOO_LARGE, format!("cannot read the body: {e}")),
+            Err(e) => {
+                return refuse(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("cannot read the body: {e}"),
+                )
+            }
         };
         let described: Described = match serde_json::from_slice(&bytes) {
             Ok(d) => d,
@@ -219,14 +233,23 @@ impl JobsApi {
                 )
             }
         };
-        let method = described.method.unwrap_or_else(|| "POST".into()).to_ascii_uppercase();
+        let method = described
+            .method
+            .unwrap_or_else(|| "POST".into())
+            .to_ascii_uppercase();
         let Ok(parsed) = Method::from_bytes(method.as_bytes()) else {
-            return refuse(StatusCode::BAD_REQUEST, format!("method: {method:?} is not an HTTP method"));
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("method: {method:?} is not an HTTP method"),
+            );
         };
         if !described.endpoint.starts_with('/') || described.endpoint.starts_with("/corral/") {
             return refuse(
                 StatusCode::BAD_REQUEST,
-                format!("endpoint: {:?} is not an Ollama or OpenAI path (such as /api/chat)", described.endpoint),
+                format!(
+                    "endpoint: {:?} is not an Ollama or OpenAI path (such as /api/chat)",
+                    described.endpoint
+                ),
             );
         }
         let path_only = described.endpoint.split('?').next().unwrap_or_default();
@@ -279,9 +302,10 @@ impl JobsApi {
                 if let Ok(value) = HeaderValue::from_str(&location) {
                     response.headers_mut().insert(header::LOCATION, value);
                 }
-                response
-                    .headers_mut()
-                    .insert("preference-applied", HeaderValue::from_static("respond-async"));
+                response.headers_mut().insert(
+                    "preference-applied",
+                    HeaderValue::from_static("respond-async"),
+                );
                 response
             }
             Err(e) => {
@@ -335,7 +359,12 @@ impl JobsApi {
         };
         let body = match self.jobs.chunks(&state.id, 0).await {
             Ok(Some(answer)) => answer.chunks.concat(),
-            Ok(None) => return refuse(StatusCode::NOT_FOUND, format!("no job {} (expired)", state.id)),
+            Ok(None) => {
+                return refuse(
+                    StatusCode::NOT_FOUND,
+                    format!("no job {} (expired)", state.id),
+                )
+            }
             Err(e) => return unavailable(&e),
         };
         let mut response = Response::new(full(body));

@@ -191,7 +191,8 @@ impl Runner {
             }
             if !chunks.is_empty() && !self.jobs.append(claim, chunks).await {
                 return Some(Outcome::Failed(
-                    "the answer is larger than [jobs] max_result_bytes, or the job ended elsewhere".into(),
+                    "the answer is larger than [jobs] max_result_bytes, or the job ended elsewhere"
+                        .into(),
                 ));
             }
             if let Some(reason) = failed {
@@ -227,7 +228,10 @@ fn request_of(claim: &Claim, dispatched: &Dispatched) -> Request<Full<Bytes>> {
     let job = &claim.request;
     let mut request = Request::new(Full::new(job.body.clone()));
     *request.method_mut() = job.method.parse().unwrap_or(http::Method::POST);
-    *request.uri_mut() = job.path.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
+    *request.uri_mut() = job
+        .path
+        .parse()
+        .unwrap_or_else(|_| http::Uri::from_static("/"));
     for (name, value) in &job.headers {
         if let (Ok(name), Ok(value)) = (
             http::HeaderName::from_bytes(name.as_bytes()),
@@ -250,7 +254,10 @@ fn request_of(claim: &Claim, dispatched: &Dispatched) -> Request<Full<Bytes>> {
 pub(crate) fn submitted(events: &dyn EventSink, state: &JobState) {
     metrics::counter!(JOBS_SUBMITTED_TOTAL).increment(1);
     events.record(
-        NewEvent::new("job_submitted", json!({"job": state.id, "endpoint": state.endpoint}))
-            .about(&state.agent, state.id.as_str()),
+        NewEvent::new(
+            "job_submitted",
+            json!({"job": state.id, "endpoint": state.endpoint}),
+        )
+        .about(&state.agent, state.id.as_str()),
     );
 }
