@@ -402,3 +402,140 @@ async fn a_herd_of_131_agents_submitting_jobs_keeps_the_upstream_capacity_and_th
     assert_eq!(stats.completed as usize, jobs.len(), "each job ran once");
     assert_priority_one_went_first(waits, "of the jobs");
 }
+
+/// What a callback receiver got: head and body.
+type Called = (http::HeaderMap, bytes::Bytes);
+
+/// A server that records each `POST` it receives and answers `status`.
+async fn receiver(status: u16) -> (String, tokio::sync::mpsc::UnboundedReceiver<Called>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/done?token=1", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |request: http::Request<hyper::body::Incoming>| {
+                        let tx = tx.clone();
+                        async move {
+                            let (parts, body) = request.into_parts();
+                            let body = http_body_util::BodyExt::collect(body)
+                                .await
+                                .unwrap()
+                                .to_bytes();
+                            tx.send((parts.headers, body)).unwrap();
+                            let mut answer =
+                                http::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+                            *answer.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                            Ok::<_, std::convert::Infallible>(answer)
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (url, rx)
+}
+
+#[tokio::test]
+async fn a_finished_job_calls_back_once_signed_with_the_auth_scheme() {
+    let upstream = mock(corral_e2e::fast()).await;
+    std::env::set_var("JOBS_TEST_CALLBACK_SECRET", "callback secret, long enough");
+    let corral = proxy_toml(
+        &upstream.url(),
+        "[jobs]\nallow_private_callbacks = true\ncallback_secret_env = \"JOBS_TEST_CALLBACK_SECRET\"\n",
+    )
+    .await;
+    let url = corral.url();
+    let (callback, mut calls) = receiver(200).await;
+    let described = format!(
+        r#"{{"endpoint": "/api/generate", "body": {GENERATE}, "callback_url": "{callback}"}}"#
+    );
+    let reply = send(request_with(
+        "POST",
+        &format!("{url}/corral/jobs"),
+        described,
+        &[("x-agent-id", "planner")],
+    ))
+    .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let id = reply.json()["id"].as_str().unwrap().to_string();
+    let (headers, body) = within(calls.recv()).await.unwrap();
+    let told: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(told["id"], id.as_str());
+    assert_eq!(told["status"], "done");
+    let header = |name: &str| headers[name].to_str().unwrap().to_string();
+    assert_eq!(header("x-request-id"), id);
+    let signed = corral_auth::Signed {
+        agent: &header("x-agent-id"),
+        method: "POST",
+        path_and_query: "/done?token=1",
+        timestamp: &header("x-timestamp"),
+        request_id: &id,
+        body: &body,
+    };
+    assert!(
+        signed.verify(b"callback secret, long enough", &header("x-signature")),
+        "signed with the auth layer's scheme"
+    );
+    // Once: nothing more comes.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), calls.recv())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn a_callback_to_a_private_address_is_refused_unless_allowed_and_a_failing_one_is_retried() {
+    let upstream = mock(corral_e2e::fast()).await;
+    let corral = proxy_toml(&upstream.url(), "[jobs]\ncallback_attempts = 2\n").await;
+    let url = corral.url();
+    let (callback, mut calls) = receiver(200).await;
+    let described = format!(
+        r#"{{"endpoint": "/api/generate", "body": {GENERATE}, "callback_url": "{callback}"}}"#
+    );
+    let reply = send(request_with(
+        "POST",
+        &format!("{url}/corral/jobs"),
+        described,
+        &[],
+    ))
+    .await;
+    let id = reply.json()["id"].as_str().unwrap().to_string();
+    until(&url, &id, "anonymous", "done").await;
+    corral_e2e::eventually_async("the refused callback is counted", || async {
+        corral_e2e::metric_sum(&url, "corral_jobs_callbacks_failed_total").await >= 1.0
+    })
+    .await;
+    assert!(
+        calls.try_recv().is_err(),
+        "loopback is not called without allow_private_callbacks"
+    );
+
+    // Allowed, a receiver that fails is tried again.
+    let corral = proxy_toml(
+        &upstream.url(),
+        "[jobs]\nallow_private_callbacks = true\ncallback_attempts = 2\n",
+    )
+    .await;
+    let url = corral.url();
+    let (callback, mut calls) = receiver(500).await;
+    let described = format!(
+        r#"{{"endpoint": "/api/generate", "body": {GENERATE}, "callback_url": "{callback}"}}"#
+    );
+    send(request_with(
+        "POST",
+        &format!("{url}/corral/jobs"),
+        described,
+        &[],
+    ))
+    .await;
+    within(calls.recv()).await.unwrap();
+    within(calls.recv()).await.unwrap();
+}
