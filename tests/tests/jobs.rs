@@ -286,6 +286,30 @@ async fn a_stream_the_upstream_breaks_fails_the_job_with_what_a_live_client_woul
 }
 
 #[tokio::test]
+async fn a_job_waiting_for_the_upstream_is_queued_with_its_place() {
+    let upstream = mock(corral_e2e::stalled(Duration::from_secs(30))).await;
+    let corral = proxy_toml(&upstream.url(), "capacity = 1\n").await;
+    let url = corral.url();
+    let first = submit(&url, "/api/generate", GENERATE, "a").await;
+    until(&url, &first, "a", "running").await;
+    let second = submit(&url, "/api/generate", GENERATE, "b").await;
+    let third = submit(&url, "/api/generate", GENERATE, "c").await;
+    // Both wait behind the first, in the priority queue.
+    upstream_until(&upstream, "one request upstream", |s| s.in_flight == 1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for (id, agent) in [(&second, "b"), (&third, "c")] {
+        let view = job(&url, id, agent).await.json();
+        assert_eq!(view["status"], "queued", "{view}");
+        assert_eq!(view["queue"]["position"], 2, "two wait: {view}");
+        assert_eq!(
+            view["attempts"], 1,
+            "a runner took it: it waits for a permit"
+        );
+    }
+    assert_eq!(upstream.stats().requests, 1);
+}
+
+#[tokio::test]
 async fn a_full_job_store_refuses_with_503_and_retry_after() {
     let upstream = mock(corral_e2e::stalled(Duration::from_secs(30))).await;
     let corral = proxy_toml(&upstream.url(), "[jobs]\nmax_jobs = 1\n").await;

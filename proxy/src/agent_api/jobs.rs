@@ -338,10 +338,12 @@ impl JobsApi {
         let waiting_jobs = self.jobs.waiting().await;
         let load = self.load.get().map(|l| l.snapshot());
         let queued = load.as_ref().map_or(0, |l| l.queued_total());
-        let ahead = waiting_jobs + queued;
+        // The job itself is one of those waiting, for a runner or a permit.
+        let position = (waiting_jobs + queued).max(1);
+        let ahead = position - 1;
         let rate = load.as_ref().map_or(0.0, |l| l.completions_per_sec);
-        let eta_ms = (rate > 0.0).then(|| ((ahead as f64 + 1.0) / rate * 1000.0).round() as u64);
-        json!({"ahead": ahead, "eta_ms": eta_ms})
+        let eta_ms = (rate > 0.0).then(|| (position as f64 / rate * 1000.0).round() as u64);
+        json!({"position": position, "ahead": ahead, "eta_ms": eta_ms})
     }
 
     /// `GET /corral/jobs/{id}/result`: the answer as a live request would
