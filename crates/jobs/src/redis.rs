@@ -134,6 +134,7 @@ return 0
 
 /// A job this replica runs.
 struct Running {
+    attempt: u32,
     state: JobState,
     entry: String,
     cancel: watch::Sender<bool>,
@@ -341,7 +342,9 @@ impl RedisJobs {
     ) -> Option<JobState> {
         let (state, _entry) = {
             let mut running = lock(&self.running);
-            let job = running.get_mut(&claim.id)?;
+            let job = running
+                .get_mut(&claim.id)
+                .filter(|j| j.attempt == claim.attempt)?;
             change(&mut job.state);
             (job.state.clone(), job.entry.clone())
         };
@@ -399,7 +402,10 @@ impl RedisJobs {
         let size: u64 = chunks.iter().map(|c| c.len() as u64).sum();
         {
             let mut running = lock(&self.running);
-            let Some(job) = running.get_mut(&claim.id) else {
+            let Some(job) = running
+                .get_mut(&claim.id)
+                .filter(|j| j.attempt == claim.attempt)
+            else {
                 return false;
             };
             if job.state.bytes + size > self.config.max_result_bytes as u64 {
@@ -422,15 +428,28 @@ impl RedisJobs {
 
     pub(crate) async fn finish(&self, claim: &Claim, outcome: &Outcome) -> Option<JobState> {
         let ended = self.write(claim, |state| outcome.apply(state), true).await;
-        if lock(&self.running).remove(&claim.id).is_some() {
-            self.count.fetch_sub(1, Ordering::AcqRel);
-            self.wake.notify_one();
-        }
+        self.abandon(claim);
         ended
     }
 
+    /// Stops tracking `claim` here, making room for another.
+    pub(crate) fn abandon(&self, claim: &Claim) {
+        let mut running = lock(&self.running);
+        let mine = running
+            .get(&claim.id)
+            .is_some_and(|j| j.attempt == claim.attempt);
+        if mine && running.remove(&claim.id).is_some() {
+            self.count.fetch_sub(1, Ordering::AcqRel);
+            self.wake.notify_one();
+        }
+    }
+
     pub(crate) async fn renew(&self, claim: &Claim) -> bool {
-        let Some(entry) = lock(&self.running).get(&claim.id).map(|r| r.entry.clone()) else {
+        let Some(entry) = lock(&self.running)
+            .get(&claim.id)
+            .filter(|j| j.attempt == claim.attempt)
+            .map(|r| r.entry.clone())
+        else {
             return false;
         };
         let keys = [self.stream()];
@@ -541,6 +560,7 @@ impl RedisJobs {
         lock(&self.running).insert(
             id.clone(),
             Running {
+                attempt,
                 state,
                 entry: entry.to_string(),
                 cancel,

@@ -104,10 +104,8 @@ impl Follow {
     pub async fn changed(&mut self) {
         match &mut self.inner {
             FollowInner::Memory(version) => {
-                if version.changed().await.is_err() {
-                    // The job was dropped: nothing more will come.
-                    std::future::pending::<()>().await;
-                }
+                // An error: the job was dropped; the next read says so.
+                let _ = version.changed().await;
             }
             FollowInner::Poll(every) => tokio::time::sleep(*every).await,
         }
@@ -233,6 +231,14 @@ impl Jobs {
         match &self.backend {
             Backend::Memory(m) => m.finish(claim, outcome),
             Backend::Redis(r) => r.finish(claim, outcome).await,
+        }
+    }
+
+    /// Forgets a claim this runner will not end: the job was lost to
+    /// another replica, or had ended before it started.
+    pub fn abandon(&self, claim: &Claim) {
+        if let Backend::Redis(r) = &self.backend {
+            r.abandon(claim);
         }
     }
 

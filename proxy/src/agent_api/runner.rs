@@ -68,6 +68,7 @@ impl Runner {
             metrics::counter!(JOBS_TAKEN_OVER_TOTAL).increment(1);
         }
         if !self.jobs.started(&claim, &self.replica).await {
+            self.jobs.abandon(&claim);
             return;
         }
         let gauge = metrics::gauge!(JOBS_RUNNING);
@@ -76,6 +77,7 @@ impl Runner {
         gauge.decrement(1.0);
         let Some(outcome) = outcome else {
             tracing::info!(job = %claim.id, "job taken over by another replica: stopped here");
+            self.jobs.abandon(&claim);
             return;
         };
         if let Some(state) = self.jobs.finish(&claim, &outcome).await {
