@@ -25,6 +25,7 @@ impl Config {
             }
         }
         self.state.validate()?;
+        self.registry.validate().map_err(|e| e.within("registry"))?;
         self.admin.validate(self.server.listen)
     }
 
