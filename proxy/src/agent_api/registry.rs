@@ -97,109 +97,139 @@ impl RegistryApi {
     }
 
     pub(crate) async fn handle(&self, request: Request<Body>, caller: Caller) -> Response<BoxBody> {
-        let target = match Target::parse(request.uri().path()) {
-            Ok(target) => target,
-            Err(response) => return response,
-        };
+        self.answer(request, caller)
+            .await
+            .unwrap_or_else(Refused::answer)
+    }
+
+    async fn answer(
+        &self,
+        request: Request<Body>,
+        caller: Caller,
+    ) -> Result<Response<BoxBody>, Refused> {
+        let target = Target::parse(request.uri().path())?;
         let method = request.method().clone();
         match (target, method) {
             (Target::All, Method::GET) => self.list(request.uri().query()).await,
             (Target::Agent(agent), Method::GET) => self.show(&agent).await,
-            (Target::Agent(agent), Method::PUT) => match owner(&caller, &agent) {
-                Ok(()) => self.put(agent, request).await,
-                Err(refused) => refused,
-            },
-            (Target::Agent(agent), Method::DELETE) => match owner(&caller, &agent) {
-                Ok(()) => self.delete(&agent).await,
-                Err(refused) => refused,
-            },
-            (Target::Heartbeat(agent), Method::POST) => match owner(&caller, &agent) {
-                Ok(()) => self.heartbeat(&agent).await,
-                Err(refused) => refused,
-            },
-            (Target::All, _) => not_allowed("GET"),
-            (Target::Agent(_), _) => not_allowed("GET, PUT, DELETE"),
-            (Target::Heartbeat(_), _) => not_allowed("POST"),
+            (Target::Agent(agent), Method::PUT) => {
+                owner(&caller, &agent)?;
+                self.put(agent, request).await
+            }
+            (Target::Agent(agent), Method::DELETE) => {
+                owner(&caller, &agent)?;
+                self.delete(&agent).await
+            }
+            (Target::Heartbeat(agent), Method::POST) => {
+                owner(&caller, &agent)?;
+                self.heartbeat(&agent).await
+            }
+            (Target::All, _) => Ok(not_allowed("GET")),
+            (Target::Agent(_), _) => Ok(not_allowed("GET, PUT, DELETE")),
+            (Target::Heartbeat(_), _) => Ok(not_allowed("POST")),
         }
     }
 
-    async fn list(&self, query: Option<&str>) -> Response<BoxBody> {
-        let capability = match capability(query) {
-            Ok(capability) => capability,
-            Err(refused) => return refused,
-        };
-        match self.registry.try_find(capability.as_deref()).await {
-            Ok(agents) => json_response(StatusCode::OK, &json!({ "agents": agents })),
-            Err(error) => refused(&error),
+    async fn list(&self, query: Option<&str>) -> Result<Response<BoxBody>, Refused> {
+        let capability = capability(query)?;
+        let agents = self.registry.try_find(capability.as_deref()).await?;
+        Ok(json_response(StatusCode::OK, &json!({ "agents": agents })))
+    }
+
+    async fn show(&self, agent: &str) -> Result<Response<BoxBody>, Refused> {
+        match self.registry.get(agent).await? {
+            Some(entry) => Ok(entry_response(StatusCode::OK, &entry)),
+            None => Err(not_listed(agent)),
         }
     }
 
-    async fn show(&self, agent: &str) -> Response<BoxBody> {
-        match self.registry.get(agent).await {
-            Ok(Some(entry)) => entry_response(StatusCode::OK, &entry),
-            Ok(None) => not_listed(agent),
-            Err(error) => refused(&error),
-        }
-    }
-
-    async fn put(&self, agent: String, request: Request<Body>) -> Response<BoxBody> {
-        let announce = match read_announce(request).await {
-            Ok(announce) => announce,
-            Err(refused) => return refused,
-        };
+    async fn put(
+        &self,
+        agent: String,
+        request: Request<Body>,
+    ) -> Result<Response<BoxBody>, Refused> {
+        let announce = read_announce(request).await?;
         let ttl = match announce.ttl_secs {
             None => self.registry.config().default_ttl,
-            Some(secs) => match Duration::try_from_secs_f64(secs) {
-                Ok(ttl) => ttl,
-                Err(_) => {
-                    return super::refuse(
-                        StatusCode::BAD_REQUEST,
-                        format!("ttl_secs must be a number of seconds above 0, not {secs}"),
-                    )
-                }
-            },
+            Some(secs) => Duration::try_from_secs_f64(secs).map_err(|_| {
+                Refused::bad(format!(
+                    "ttl_secs must be a number of seconds above 0, not {secs}"
+                ))
+            })?,
         };
         let mut entry = Entry::new(agent, announce.endpoint, ttl)
             .with_capabilities(announce.capabilities)
             .with_models(announce.models);
         entry.metadata = announce.metadata;
-        match self.registry.put(entry).await {
-            Ok(put) if put.joined() => entry_response(StatusCode::CREATED, put.entry()),
-            Ok(put) => entry_response(StatusCode::OK, put.entry()),
-            Err(error) => refused(&error),
+        let put = self.registry.put(entry).await?;
+        let status = if put.joined() {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        Ok(entry_response(status, put.entry()))
+    }
+
+    async fn heartbeat(&self, agent: &str) -> Result<Response<BoxBody>, Refused> {
+        match self.registry.heartbeat(agent).await? {
+            Some(entry) => Ok(entry_response(StatusCode::OK, &entry)),
+            None => Err(not_listed(agent)),
         }
     }
 
-    async fn heartbeat(&self, agent: &str) -> Response<BoxBody> {
-        match self.registry.heartbeat(agent).await {
-            Ok(Some(entry)) => entry_response(StatusCode::OK, &entry),
-            Ok(None) => not_listed(agent),
-            Err(error) => refused(&error),
+    async fn delete(&self, agent: &str) -> Result<Response<BoxBody>, Refused> {
+        self.registry.remove(agent).await?;
+        let mut response = Response::new(corral_core::empty());
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        Ok(response)
+    }
+}
+
+/// A refusal, answered in Ollama's error shape at the top of `handle`.
+#[derive(Debug)]
+struct Refused {
+    status: StatusCode,
+    message: String,
+}
+
+impl Refused {
+    fn bad(message: String) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message,
         }
     }
 
-    async fn delete(&self, agent: &str) -> Response<BoxBody> {
-        match self.registry.remove(agent).await {
-            Ok(_) => {
-                let mut response = Response::new(corral_core::empty());
-                *response.status_mut() = StatusCode::NO_CONTENT;
-                response
+    fn answer(self) -> Response<BoxBody> {
+        super::refuse(self.status, self.message)
+    }
+}
+
+impl From<RegistryError> for Refused {
+    fn from(error: RegistryError) -> Self {
+        let status = match error {
+            RegistryError::Invalid(_) => StatusCode::BAD_REQUEST,
+            RegistryError::Full { .. } | RegistryError::Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
             }
-            Err(error) => refused(&error),
+        };
+        Self {
+            status,
+            message: error.to_string(),
         }
     }
 }
 
 impl Target {
-    /// The target of `path` (under `/corral/registry`), or the 404.
-    fn parse(path: &str) -> Result<Self, Response<BoxBody>> {
+    /// The target of `path` (under `/corral/registry`).
+    fn parse(path: &str) -> Result<Self, Refused> {
         let rest = path.strip_prefix("/corral/registry").unwrap_or(path);
         let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
         let no_such = || {
-            super::refuse(
-                StatusCode::NOT_FOUND,
-                format!("no registry path {path:?}: use /corral/registry, /corral/registry/{{agent}} or /corral/registry/{{agent}}/heartbeat"),
-            )
+            Refused {
+            status: StatusCode::NOT_FOUND,
+            message: format!("no registry path {path:?}: use /corral/registry, /corral/registry/{{agent}} or /corral/registry/{{agent}}/heartbeat"),
+        }
         };
         let agent = |segment: &str| percent_decode(segment).ok_or_else(no_such);
         match segments.as_slice() {
@@ -213,58 +243,50 @@ impl Target {
 
 /// Only the agent itself changes its entry: another could hijack its
 /// endpoint.
-fn owner(caller: &Caller, agent: &str) -> Result<(), Response<BoxBody>> {
+fn owner(caller: &Caller, agent: &str) -> Result<(), Refused> {
     if caller.agent.as_str() == agent {
         return Ok(());
     }
-    Err(super::refuse(
-        StatusCode::FORBIDDEN,
-        format!(
+    Err(Refused {
+        status: StatusCode::FORBIDDEN,
+        message: format!(
             "agent {:?} may only change its own registry entry, not {agent:?}",
             caller.agent.as_str()
         ),
-    ))
+    })
 }
 
 /// The `capability` of `?capability=X`, if any.
-fn capability(query: Option<&str>) -> Result<Option<String>, Response<BoxBody>> {
+fn capability(query: Option<&str>) -> Result<Option<String>, Refused> {
     let mut capability = None;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let decoded = percent_decode(&value.replace('+', " "));
-        match (key, decoded) {
+        match (key, percent_decode(&value.replace('+', " "))) {
             ("capability", Some(value)) => capability = Some(value),
             _ => {
-                return Err(super::refuse(
-                    StatusCode::BAD_REQUEST,
-                    format!("unknown or malformed parameter {pair:?}: use capability=NAME"),
-                ))
+                return Err(Refused::bad(format!(
+                    "unknown or malformed parameter {pair:?}: use capability=NAME"
+                )))
             }
         }
     }
     Ok(capability)
 }
 
-async fn read_announce(request: Request<Body>) -> Result<Announce, Response<BoxBody>> {
-    let body = match http_body_util::Limited::new(request.into_body(), MAX_BODY_BYTES)
+async fn read_announce(request: Request<Body>) -> Result<Announce, Refused> {
+    let body = http_body_util::Limited::new(request.into_body(), MAX_BODY_BYTES)
         .collect()
         .await
-    {
-        Ok(body) => body.to_bytes(),
-        Err(e) => {
-            return Err(super::refuse(
-                StatusCode::BAD_REQUEST,
-                format!("cannot read the body (at most {MAX_BODY_BYTES} bytes): {e}"),
+        .map_err(|e| {
+            Refused::bad(format!(
+                "cannot read the body (at most {MAX_BODY_BYTES} bytes): {e}"
             ))
-        }
-    };
+        })?
+        .to_bytes();
     serde_json::from_slice(&body).map_err(|e| {
-        super::refuse(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "expected {{\"endpoint\": \"http://...\", \"capabilities\": [...], \"models\": [...], \"ttl_secs\": 30, \"metadata\": {{...}}}}: {e}"
-            ),
-        )
+        Refused::bad(format!(
+            "expected {{\"endpoint\": \"http://...\", \"capabilities\": [...], \"models\": [...], \"ttl_secs\": 30, \"metadata\": {{...}}}}: {e}"
+        ))
     })
 }
 
@@ -296,21 +318,11 @@ fn entry_response(status: StatusCode, entry: &Entry) -> Response<BoxBody> {
     json_response(status, &json!(entry))
 }
 
-fn not_listed(agent: &str) -> Response<BoxBody> {
-    super::refuse(
-        StatusCode::NOT_FOUND,
-        format!("agent {agent:?} is not in the registry (never joined, left or expired): PUT its entry again"),
-    )
-}
-
-fn refused(error: &RegistryError) -> Response<BoxBody> {
-    let status = match error {
-        RegistryError::Invalid(_) => StatusCode::BAD_REQUEST,
-        RegistryError::Full { .. } | RegistryError::Unavailable(_) => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-    };
-    super::refuse(status, error.to_string())
+fn not_listed(agent: &str) -> Refused {
+    Refused {
+        status: StatusCode::NOT_FOUND,
+        message: format!("agent {agent:?} is not in the registry (never joined, left or expired): PUT its entry again"),
+    }
 }
 
 fn not_allowed(allow: &'static str) -> Response<BoxBody> {
