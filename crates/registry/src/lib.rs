@@ -1,7 +1,123 @@
-//! `corral-registry`: agents announce what they can do; others find the
-//! live ones. (Being built: see issue 17.)
+//! `corral-registry`: agents announce what they can do and where to reach
+//! them; others find the live ones by capability.
+//!
+//! An agent puts an [`Entry`] (its capabilities, models, an `http(s)`
+//! endpoint, a TTL and free metadata) and renews it with heartbeats; an
+//! entry whose TTL passes without one expires, and is never listed
+//! again. [`Registry::find`] lists the live entries that can do
+//! something. The proxy serves it as `/corral/registry`.
+//!
+//! ```
+//! use std::sync::{Arc, Mutex};
+//! use std::time::Duration;
+//! use corral_core::{EventSink, NewEvent};
+//! use corral_registry::{Entry, Registry, RegistryConfig};
+//!
+//! #[derive(Default)]
+//! struct Kinds(Mutex<Vec<&'static str>>);
+//! impl EventSink for Kinds {
+//!     fn record(&self, event: NewEvent) {
+//!         self.0.lock().unwrap().push(event.kind);
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let events = Arc::new(Kinds::default());
+//! let registry = Registry::memory(RegistryConfig::default(), events.clone()).unwrap();
+//! let ttl = Duration::from_secs(10);
+//! let entry = Entry::new("summarizer-1", "http://10.0.0.7:8080", ttl).with_capabilities(["summarize"]);
+//! assert!(registry.put(entry).await.unwrap().joined());
+//!
+//! let found = registry.find(Some("summarize")).await;
+//! assert_eq!(found[0].agent, "summarizer-1");
+//! assert_eq!(found[0].endpoint, "http://10.0.0.7:8080");
+//! assert!(registry.find(Some("translate")).await.is_empty());
+//!
+//! // No heartbeat for longer than the TTL: gone, and the sweep says so.
+//! tokio::time::sleep(Duration::from_secs(11)).await;
+//! assert!(registry.find(Some("summarize")).await.is_empty());
+//! assert_eq!(registry.sweep().await.len(), 1);
+//! assert_eq!(*events.0.lock().unwrap(), ["registry_joined", "registry_expired"]);
+//! # }
+//! ```
+//!
+//! # Guarantees
+//!
+//! - **Expired means unlisted.** [`Registry::find`], [`Registry::get`]
+//!   and [`Registry::heartbeat`] decide by the deadline itself (memory:
+//!   tokio's clock; Redis: the key's own TTL), never by when the sweeper
+//!   last ran. A heartbeat for an expired entry answers `None`: the
+//!   agent must `put` again, and rejoins.
+//! - **Renewals keep `registered_at`.** A `put` or heartbeat before
+//!   expiry renews; a `put` replaces the entry whole. A new
+//!   `registered_at` means the agent left or expired and came back.
+//! - **Events**, through the [`EventSink`](corral_core::EventSink) given:
+//!   `registry_joined` (a `put` of an agent not listed), `registry_left`
+//!   (a `remove` of a live one) and `registry_expired` (found by a
+//!   sweep, within `sweep_interval` of the expiry). Each carries the
+//!   agent, its `capabilities` and `registered_at`; a join also its
+//!   `models`, `endpoint` and `ttl_secs`, an expiry its `expires_at`.
+//! - **Bounded.** At most `max_agents` live agents (a new one beyond is
+//!   refused with [`RegistryError::Full`]), TTLs at most `max_ttl`, and
+//!   each entry's lists, names and metadata have limits
+//!   ([`MAX_CAPABILITIES`], [`MAX_METADATA_BYTES`], ...).
+//!
+//! # Memory or Redis
+//!
+//! [`Registry::memory`] keeps entries in this process. [`Registry::redis`]
+//! keeps one key per agent with Redis's own TTL (`SET ... PX`) under the
+//! deployment's key prefix, so every replica sharing the Redis sees the
+//! same agents, and a set indexes them (members whose key expired leave
+//! it on the next read). Each replica's sweeper compares what it saw
+//! live at its last sweep with what is live now; of the replicas that
+//! notice an expiry, the one that claims it (`SET NX` on
+//! `registry:ended:{agent}:{registered_at}`) records the event, so it
+//! is recorded once. An entry that expires and rejoins between two sweeps
+//! is seen as renewed there, and only its join is recorded. While Redis
+//! does not answer, calls fail with [`RegistryError::Unavailable`]
+//! (`find` answers none) and sweeps are skipped: nothing is called
+//! expired for lack of an answer.
+//!
+//! # Cost
+//!
+//! Memory: a hash map under a lock; a put, heartbeat or lookup of one
+//! agent is O(1), `find` and a sweep read every entry. Redis: one script
+//! call per put, heartbeat, remove or get; `find` and each sweep run one
+//! script reading every entry, so a few thousand agents are fine, a
+//! million are not what this is for.
+//!
+//! # Metrics
+//!
+//! [`metrics::REGISTRY_AGENTS`] (`corral_registry_agents{capability}`),
+//! set at each sweep and after each join or departure; with Redis every
+//! replica reports the shared count, so aggregate with `max by
+//! (capability)`. [`metrics::REGISTRY_CHANGES_TOTAL`]
+//! (`corral_registry_changes_total{change="joined|left|expired"}`).
+//!
+//! # When not to use it
+//!
+//! It is a directory of live agents, not a service mesh: it does not
+//! probe endpoints, balance load between them or route requests to
+//! them. An agent that is alive but unreachable stays listed until it
+//! stops heartbeating.
 
-/// `[registry]`.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegistryConfig {}
+#![warn(missing_docs)]
+
+mod config;
+mod entry;
+mod error;
+mod memory;
+pub mod metrics;
+mod redis;
+mod registry;
+
+pub use config::{
+    RegistryConfig, DEFAULT_MAX_AGENTS, DEFAULT_MAX_TTL, DEFAULT_SWEEP_INTERVAL, DEFAULT_TTL,
+};
+pub use entry::{
+    Entry, MAX_AGENT_LEN, MAX_CAPABILITIES, MAX_CAPABILITY_LEN, MAX_ENDPOINT_LEN,
+    MAX_METADATA_BYTES, MAX_MODELS, MAX_MODEL_LEN,
+};
+pub use error::RegistryError;
+pub use registry::{Put, Registry};

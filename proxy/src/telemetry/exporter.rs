@@ -51,6 +51,7 @@ fn describe() {
     corral_degrade::metrics::describe();
     corral_cache::metrics::describe();
     corral_batch::metrics::describe();
+    corral_registry::metrics::describe();
     metrics::describe_counter!(
         corral_core::REQUESTS_WITHOUT_META_TOTAL,
         "Requests a layer let through untouched because nothing gave them a RequestMeta, by layer (in the proxy classify always does: expect none)."

@@ -1,0 +1,324 @@
+//! The handle every caller shares, the events it records and the sweeper
+//! that notices expiries.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, Weak};
+
+use corral_core::{lock, unix_now_f64, ConfigError, EventSink, NewEvent, RedisState};
+use serde_json::json;
+use tokio::sync::Notify;
+
+use crate::memory::Memory;
+use crate::metrics::{REGISTRY_AGENTS, REGISTRY_CHANGES_TOTAL};
+use crate::redis::RedisBackend;
+use crate::{Entry, RegistryConfig, RegistryError};
+
+/// What a `put` did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Put {
+    /// The agent was not listed (or had expired): it is now.
+    Joined(Entry),
+    /// The agent was listed: its entry is replaced and its TTL renewed.
+    Renewed(Entry),
+}
+
+impl Put {
+    /// The entry as stored.
+    pub fn entry(&self) -> &Entry {
+        match self {
+            Put::Joined(entry) | Put::Renewed(entry) => entry,
+        }
+    }
+
+    /// Whether the agent joined.
+    pub fn joined(&self) -> bool {
+        matches!(self, Put::Joined(_))
+    }
+}
+
+/// The registry: cheap to clone, every clone the same registry.
+#[derive(Clone)]
+pub struct Registry {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    config: RegistryConfig,
+    backend: Backend,
+    events: Arc<dyn EventSink>,
+    /// Capabilities the gauge has a series for, to set to 0 when their
+    /// last agent goes.
+    labelled: Mutex<BTreeSet<String>>,
+    /// Wakes the sweeper after a join or a departure, so the gauge
+    /// follows at once.
+    wake: Arc<Notify>,
+}
+
+enum Backend {
+    Memory(Memory),
+    // Boxed: its scripts make it four times the memory backend.
+    Redis(Box<RedisBackend>),
+}
+
+corral_core::impl_debug!(Registry {
+    config: shared.config
+});
+
+impl Registry {
+    /// A registry in this process's memory, its changes recorded in
+    /// `events`.
+    pub fn memory(config: RegistryConfig, events: Arc<dyn EventSink>) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let backend = Backend::Memory(Memory::new(config.max_agents));
+        Ok(Self::build(config, backend, events))
+    }
+
+    /// A registry in the shared Redis of `state`, the same for every
+    /// replica using it.
+    pub fn redis(
+        config: RegistryConfig,
+        state: RedisState,
+        events: Arc<dyn EventSink>,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let backend = Backend::Redis(Box::new(RedisBackend::new(state, config.max_agents)));
+        Ok(Self::build(config, backend, events))
+    }
+
+    /// In Redis when `state` is given, else in memory.
+    pub fn new(
+        config: RegistryConfig,
+        state: Option<RedisState>,
+        events: Arc<dyn EventSink>,
+    ) -> Result<Self, ConfigError> {
+        match state {
+            Some(state) => Self::redis(config, state, events),
+            None => Self::memory(config, events),
+        }
+    }
+
+    /// The same as [`Registry::new`] with [`RegistryConfig::default`],
+    /// which is always valid.
+    pub fn with_defaults(state: Option<RedisState>, events: Arc<dyn EventSink>) -> Self {
+        let config = RegistryConfig::default();
+        let backend = match state {
+            Some(state) => Backend::Redis(Box::new(RedisBackend::new(state, config.max_agents))),
+            None => Backend::Memory(Memory::new(config.max_agents)),
+        };
+        Self::build(config, backend, events)
+    }
+
+    fn build(config: RegistryConfig, backend: Backend, events: Arc<dyn EventSink>) -> Self {
+        crate::metrics::describe();
+        Self {
+            shared: Arc::new(Shared {
+                config,
+                backend,
+                events,
+                labelled: Mutex::new(BTreeSet::new()),
+                wake: Arc::new(Notify::new()),
+            }),
+        }
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &RegistryConfig {
+        &self.shared.config
+    }
+
+    /// Lists `entry` (its times set here) until its TTL passes without a
+    /// heartbeat: a join, recorded as `registry_joined`, or a renewal of
+    /// the agent's entry, replaced whole.
+    pub async fn put(&self, entry: Entry) -> Result<Put, RegistryError> {
+        entry.validate(self.shared.config.max_ttl)?;
+        let put = match &self.shared.backend {
+            Backend::Memory(memory) => memory.put(entry, unix_now_f64())?,
+            Backend::Redis(redis) => redis.put(entry).await?,
+        };
+        if let Put::Joined(entry) = &put {
+            self.joined(entry);
+        }
+        Ok(put)
+    }
+
+    /// Renews `agent`'s entry by its TTL; `None` when it is not listed
+    /// (never was, left or expired): the agent should `put` again.
+    pub async fn heartbeat(&self, agent: &str) -> Result<Option<Entry>, RegistryError> {
+        match &self.shared.backend {
+            Backend::Memory(memory) => Ok(memory.heartbeat(agent, unix_now_f64())),
+            Backend::Redis(redis) => redis.heartbeat(agent).await,
+        }
+    }
+
+    /// Takes `agent` off the registry, recorded as `registry_left`; the
+    /// entry it had, if live.
+    pub async fn remove(&self, agent: &str) -> Result<Option<Entry>, RegistryError> {
+        let removed = match &self.shared.backend {
+            Backend::Memory(memory) => memory.remove(agent),
+            Backend::Redis(redis) => redis.remove(agent).await?,
+        };
+        if let Some(entry) = &removed {
+            self.changed("registry_left", entry, json!({}));
+        }
+        Ok(removed)
+    }
+
+    /// `agent`'s entry, while live.
+    pub async fn get(&self, agent: &str) -> Result<Option<Entry>, RegistryError> {
+        match &self.shared.backend {
+            Backend::Memory(memory) => Ok(memory.get(agent)),
+            Backend::Redis(redis) => redis.get(agent).await,
+        }
+    }
+
+    /// The live entries listing `capability` (all of them for `None`),
+    /// by agent; an error when Redis does not answer.
+    pub async fn try_find(&self, capability: Option<&str>) -> Result<Vec<Entry>, RegistryError> {
+        match &self.shared.backend {
+            Backend::Memory(memory) => Ok(memory.find(capability)),
+            Backend::Redis(redis) => {
+                let mut all = redis.list().await?;
+                all.retain(|entry| capability.is_none_or(|c| entry.can(c)));
+                Ok(all)
+            }
+        }
+    }
+
+    /// The live entries listing `capability` (all of them for `None`),
+    /// by agent; none, logged, when Redis does not answer.
+    pub async fn find(&self, capability: Option<&str>) -> Vec<Entry> {
+        self.try_find(capability).await.unwrap_or_else(|error| {
+            tracing::debug!(%error, "registry lookup failed");
+            Vec::new()
+        })
+    }
+
+    /// Records the entries that expired since the last sweep as
+    /// `registry_expired` and sets the gauge from the live ones; the
+    /// expired entries. The sweeper calls it every `sweep_interval`.
+    pub async fn sweep(&self) -> Vec<Entry> {
+        let (expired, live) = match &self.shared.backend {
+            Backend::Memory(memory) => memory.sweep(),
+            Backend::Redis(redis) => match redis.sweep().await {
+                Ok(swept) => swept,
+                Err(error) => {
+                    // Nothing is known gone while Redis is away.
+                    tracing::debug!(%error, "registry sweep skipped");
+                    return Vec::new();
+                }
+            },
+        };
+        for entry in &expired {
+            let data = json!({ "expires_at": entry.expires_at });
+            self.changed("registry_expired", entry, data);
+        }
+        self.count(&live);
+        expired
+    }
+
+    /// Starts the sweeper: every `sweep_interval`, and after each join or
+    /// departure, a [`sweep`](Registry::sweep). It ends when the last
+    /// handle on the registry is dropped. Needs a tokio runtime.
+    pub fn spawn_sweeper(&self) -> tokio::task::JoinHandle<()> {
+        let every = self.shared.config.sweep_interval;
+        let wake = self.shared.wake.clone();
+        tokio::spawn(sweep_while_held(Arc::downgrade(&self.shared), wake, every))
+    }
+
+    fn joined(&self, entry: &Entry) {
+        let data = json!({
+            "models": entry.models,
+            "endpoint": entry.endpoint,
+            "ttl_secs": entry.ttl.as_secs_f64(),
+        });
+        self.changed("registry_joined", entry, data);
+    }
+
+    /// Records `kind` about `entry` with `data` (and what every registry
+    /// event carries), counts it, and wakes the sweeper for the gauge.
+    fn changed(&self, kind: &'static str, entry: &Entry, mut data: serde_json::Value) {
+        if let Some(fields) = data.as_object_mut() {
+            fields.insert("capabilities".into(), json!(entry.capabilities));
+            fields.insert("registered_at".into(), json!(entry.registered_at));
+        }
+        let mut event = NewEvent::new(kind, data);
+        event.agent = Some(entry.agent.clone());
+        self.shared.events.record(event);
+        let change = kind.trim_start_matches("registry_");
+        metrics::counter!(REGISTRY_CHANGES_TOTAL, "change" => change).increment(1);
+        if kind != "registry_expired" {
+            self.shared.wake.notify_one();
+        }
+    }
+
+    fn count(&self, live: &[Entry]) {
+        let counts = by_capability(live);
+        let mut labelled = lock(&self.shared.labelled);
+        for gone in labelled.iter().filter(|c| !counts.contains_key(*c)) {
+            metrics::gauge!(REGISTRY_AGENTS, "capability" => gone.clone()).set(0.0);
+        }
+        for (capability, n) in &counts {
+            metrics::gauge!(REGISTRY_AGENTS, "capability" => capability.clone()).set(*n as f64);
+        }
+        labelled.extend(counts.into_keys());
+    }
+}
+
+/// How many of `live` list each capability.
+pub(crate) fn by_capability(live: &[Entry]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for entry in live {
+        let unique: BTreeSet<&String> = entry.capabilities.iter().collect();
+        for capability in unique {
+            *counts.entry(capability.clone()).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// Holds the registry only while sweeping, so dropping the last handle
+/// ends the task.
+async fn sweep_while_held(shared: Weak<Shared>, wake: Arc<Notify>, every: std::time::Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = wake.notified() => {}
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        Registry { shared }.sweep().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn agents_are_counted_once_per_capability_they_list() {
+        let entry = |agent: &str, capabilities: &[&str]| {
+            Entry::new(agent, "http://h:1", Duration::from_secs(1))
+                .with_capabilities(capabilities.iter().copied())
+        };
+        type Counts<'a> = &'a [(&'a str, usize)];
+        let table: [(&[Entry], Counts<'_>); 3] = [
+            (&[], &[]),
+            (&[entry("a", &["x", "x"])], &[("x", 1)]),
+            (
+                &[entry("a", &["x", "y"]), entry("b", &["y"]), entry("c", &[])],
+                &[("x", 1), ("y", 2)],
+            ),
+        ];
+        for (live, expected) in table {
+            let counts = by_capability(live);
+            let expected: BTreeMap<String, usize> =
+                expected.iter().map(|(c, n)| (c.to_string(), *n)).collect();
+            assert_eq!(counts, expected, "{live:?}");
+        }
+    }
+}
