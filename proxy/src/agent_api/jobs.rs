@@ -198,31 +198,10 @@ impl JobsApi {
         caller: Caller,
         peer: SocketAddr,
     ) -> Response<BoxBody> {
-        #[derive(serde::Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Described {
-            endpoint: String,
-            #[serde(default)]
-            body: serde_json::Value,
-            #[serde(default)]
-            method: Option<String>,
-            #[serde(default)]
-            headers: std::collections::BTreeMap<String, String>,
-            #[serde(default)]
-            callback_url: Option<String>,
-        }
         let (parts, body) = request.into_parts();
-        let bytes = match http_body_util::Limited::new(body, self.max_body)
-            .collect()
-            .await
-        {
-            Ok(body) => body.to_bytes(),
-            Err(e) => {
-                return refuse(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("cannot read the body: {e}"),
-                )
-            }
+        let bytes = match read_body(body, self.max_body).await {
+            Ok(bytes) => bytes,
+            Err(response) => return response,
         };
         let described: Described = match serde_json::from_slice(&bytes) {
             Ok(d) => d,
@@ -233,58 +212,10 @@ impl JobsApi {
                 )
             }
         };
-        let method = described
-            .method
-            .unwrap_or_else(|| "POST".into())
-            .to_ascii_uppercase();
-        let Ok(parsed) = Method::from_bytes(method.as_bytes()) else {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                format!("method: {method:?} is not an HTTP method"),
-            );
-        };
-        if !described.endpoint.starts_with('/') || described.endpoint.starts_with("/corral/") {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "endpoint: {:?} is not an Ollama or OpenAI path (such as /api/chat)",
-                    described.endpoint
-                ),
-            );
+        match described.into_job(&parts.headers, &caller, peer) {
+            Ok(job) => self.accept(job).await,
+            Err(reason) => refuse(StatusCode::BAD_REQUEST, reason),
         }
-        let path_only = described.endpoint.split('?').next().unwrap_or_default();
-        if Endpoint::from_request(&parsed, path_only).kind() != EndpointKind::Inference {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                format!("endpoint: {method} {path_only} is not an inference call; jobs run generate, chat, embeddings and their OpenAI and Anthropic forms"),
-            );
-        }
-        let mut headers = kept_headers(&parts.headers);
-        headers.retain(|(name, _)| !name.eq_ignore_ascii_case("content-type"));
-        headers.push(("content-type".into(), "application/json".into()));
-        for (name, value) in described.headers {
-            if NOT_KEPT.contains(&name.to_ascii_lowercase().as_str()) {
-                continue;
-            }
-            headers.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
-            headers.push((name, value));
-        }
-        let body = match described.body {
-            serde_json::Value::String(text) => Bytes::from(text),
-            serde_json::Value::Null => Bytes::new(),
-            value => Bytes::from(serde_json::to_vec(&value).unwrap_or_default()),
-        };
-        let job = JobRequest {
-            method,
-            path: described.endpoint,
-            headers,
-            body,
-            agent: caller.agent.as_str().to_string(),
-            authenticated: caller.authenticated,
-            callback_url: described.callback_url,
-            client: Some(peer.ip().to_string()),
-        };
-        self.accept(job).await
     }
 
     /// Accepts `job`: `202` with its place, or the refusal.
@@ -423,6 +354,85 @@ impl JobsApi {
             response.headers_mut().insert(header::CONTENT_TYPE, value);
         }
         response
+    }
+}
+
+/// A job as `POST /corral/jobs` describes it.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Described {
+    endpoint: String,
+    #[serde(default)]
+    body: serde_json::Value,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    callback_url: Option<String>,
+}
+
+impl Described {
+    /// The job it describes, sent with `headers` by `caller`; or why it
+    /// cannot be one.
+    fn into_job(
+        self,
+        headers: &http::HeaderMap,
+        caller: &Caller,
+        peer: SocketAddr,
+    ) -> Result<JobRequest, String> {
+        let method = self
+            .method
+            .unwrap_or_else(|| "POST".into())
+            .to_ascii_uppercase();
+        let parsed = Method::from_bytes(method.as_bytes())
+            .map_err(|_| format!("method: {method:?} is not an HTTP method"))?;
+        if !self.endpoint.starts_with('/') || self.endpoint.starts_with("/corral/") {
+            return Err(format!(
+                "endpoint: {:?} is not an Ollama or OpenAI path (such as /api/chat)",
+                self.endpoint
+            ));
+        }
+        let path_only = self.endpoint.split('?').next().unwrap_or_default();
+        if Endpoint::from_request(&parsed, path_only).kind() != EndpointKind::Inference {
+            return Err(format!("endpoint: {method} {path_only} is not an inference call; jobs run generate, chat, embeddings and their OpenAI and Anthropic forms"));
+        }
+        let mut kept = kept_headers(headers);
+        kept.retain(|(name, _)| !name.eq_ignore_ascii_case("content-type"));
+        kept.push(("content-type".into(), "application/json".into()));
+        for (name, value) in self.headers {
+            if NOT_KEPT.contains(&name.to_ascii_lowercase().as_str()) {
+                continue;
+            }
+            kept.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
+            kept.push((name, value));
+        }
+        let body = match self.body {
+            serde_json::Value::String(text) => Bytes::from(text),
+            serde_json::Value::Null => Bytes::new(),
+            value => Bytes::from(serde_json::to_vec(&value).unwrap_or_default()),
+        };
+        Ok(JobRequest {
+            method,
+            path: self.endpoint,
+            headers: kept,
+            body,
+            agent: caller.agent.as_str().to_string(),
+            authenticated: caller.authenticated,
+            callback_url: self.callback_url,
+            client: Some(peer.ip().to_string()),
+        })
+    }
+}
+
+/// The request's body, at most `max` bytes, or the 413 that says so.
+async fn read_body(body: Body, max: usize) -> Result<Bytes, Response<BoxBody>> {
+    match http_body_util::Limited::new(body, max).collect().await {
+        Ok(body) => Ok(body.to_bytes()),
+        Err(e) => Err(refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("cannot read the body (at most {max} bytes): {e}"),
+        )),
     }
 }
 
