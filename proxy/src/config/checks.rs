@@ -25,6 +25,7 @@ impl Config {
             }
         }
         self.state.validate()?;
+        self.sagas.validate().map_err(|e| e.within("sagas"))?;
         self.admin.validate(self.server.listen)
     }
 
