@@ -74,6 +74,18 @@
 //! by capability), serializable so that any replica rebuilds it from the
 //! log: [`HttpSteps::saga`].
 //!
+//! # Cost and limits
+//!
+//! Each step costs two log appends (three with a failure), each
+//! compensation two, plus a read of the log between steps and a lease
+//! renewal every third of `lease_ttl`: with Redis, a few round trips per
+//! step, nothing next to an LLM call. A saga gives no isolation: others
+//! see a step's effect before the saga ends, and a compensation is a new
+//! action, not a rollback. Not for steps whose servers cannot deduplicate
+//! by idempotency key (an effect may then happen twice after a crash), nor
+//! for work that must be atomic: use a database transaction there. HTTP
+//! steps speak `http://` only.
+//!
 //! # Metrics
 //!
 //! `corral_sagas_started_total`, `corral_sagas_completed_total`
