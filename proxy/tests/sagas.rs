@@ -208,6 +208,30 @@ async fn a_saga_is_submitted_read_and_completed_and_only_its_agent_sees_it() {
         json!({"status": 200, "body": {"done": "/2/action"}})
     );
     assert_eq!(effects_of(&steps, &id), ["/1/action", "/2/action"]);
+    let saga_events = || async {
+        let events = corral_e2e::events(&url, "kind=saga").await;
+        events
+            .iter()
+            .filter(|e| e["request_id"] == id.as_str() && e["agent"] == "planner")
+            .map(|e| e["data"]["transition"].as_str().unwrap_or("").to_string())
+            .collect::<Vec<_>>()
+    };
+    // The event follows the log entry GET reads: wait for it.
+    eventually_async("the saga's events", || async {
+        saga_events().await.last().is_some_and(|t| t == "completed")
+    })
+    .await;
+    assert_eq!(
+        saga_events().await,
+        [
+            "started",
+            "step_started",
+            "step_done",
+            "step_started",
+            "step_done",
+            "completed"
+        ]
+    );
 
     let other = send(as_agent(
         "GET",

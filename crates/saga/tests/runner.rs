@@ -478,3 +478,29 @@ async fn a_saga_that_cannot_be_rebuilt_ends_failed() {
     let entries = log.read("s").await.unwrap();
     assert!(matches!(entries.last(), Some(Transition::Failed { .. })));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_step_longer_than_the_lease_keeps_it_renewed_so_nobody_takes_the_saga_over() {
+    let log = Arc::new(MemoryLog::new());
+    let ttl = config().lease_ttl;
+    let slow = move |_: StepContext| async move {
+        tokio::time::sleep(ttl * 10).await;
+        Ok(json!(null))
+    };
+    let saga = Saga::new("s").step_without_compensation("slow", slow);
+    let a = runner(&log, "a");
+    let run = tokio::spawn({
+        let (a, saga) = (a.clone(), saga.clone());
+        async move { a.run(&saga).await }
+    });
+    let b = runner(&log, "b");
+    for _ in 0..5 {
+        tokio::time::sleep(ttl * 2).await;
+        assert_eq!(b.resume(&saga).await, Err(SagaError::Held));
+    }
+    assert_eq!(run.await.unwrap(), Ok(SagaStatus::Completed));
+    assert!(
+        log.claim("s", "b", ttl).await.unwrap(),
+        "released at the end"
+    );
+}
