@@ -410,3 +410,60 @@ async fn a_replica_killed_between_step_two_and_three_has_steps_two_and_one_compe
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_step_goes_through_the_stack_as_the_agent_whose_key_is_never_stored() {
+    let upstream = mock(corral_e2e::fast()).await;
+    let keys = "[identity]\nrequire_key = true\n\n[[agents]]\nid = \"planner\"\nkey = \"sk-planner-0123\"\n";
+    let corral = corral_e2e::proxy_toml(&upstream.url(), keys).await;
+    let url = corral.url();
+    let with_key = |method: &str, path: &str, body: String| {
+        let mut request = request(method, &format!("{url}{path}"), body);
+        request
+            .headers_mut()
+            .insert("authorization", "Bearer sk-planner-0123".parse().unwrap());
+        request
+    };
+    let chat = json!({"model": "llama3", "messages": [{"role": "user", "content": "hi"}], "stream": false});
+    let definition =
+        json!({"steps": [{"name": "ask", "action": {"path": "/api/chat", "body": chat}}]});
+    let submitted = send(with_key("POST", "/corral/sagas", definition.to_string())).await;
+    assert_eq!(
+        submitted.status,
+        StatusCode::ACCEPTED,
+        "{}",
+        submitted.text()
+    );
+    let id = submitted.json()["id"].as_str().unwrap().to_string();
+
+    let path = format!("/corral/sagas/{id}");
+    eventually_async("the saga completes", || async {
+        send(with_key("GET", &path, String::new())).await.json()["status"] == "completed"
+    })
+    .await;
+    let done = send(with_key("GET", &path, String::new())).await.json();
+    assert_eq!(done["steps"][0]["output"]["status"], 200);
+    assert!(
+        done["steps"][0]["output"]["body"]["message"].is_object(),
+        "{done}"
+    );
+    let asked = upstream.requests();
+    let asked = asked
+        .iter()
+        .find(|r| r.uri == "/api/chat")
+        .expect("the chat reached Ollama");
+    assert_eq!(
+        asked.headers.get("idempotency-key"),
+        Some(&format!("{id}:0:action"))
+    );
+    assert!(
+        !asked.headers.contains_key("authorization"),
+        "no key travels with the step"
+    );
+    let events = corral_e2e::events(&url, "kind=received&agent=planner").await;
+    assert_eq!(
+        events.len(),
+        1,
+        "the step was the agent's own request: {events:?}"
+    );
+}

@@ -138,7 +138,7 @@ pub fn status(log: &[Transition]) -> SagaStatus {
 /// use corral_saga::{decide, Next, Transition::*};
 ///
 /// let log = [
-///     Started { steps: vec!["a".into(), "b".into()], agent: None, definition: Default::default() },
+///     Started { steps: vec!["a".into(), "b".into()], agent: None, definition: Default::default(), authenticated: false, },
 ///     StepStarted { step: 0 },
 ///     StepDone { step: 0, output: Default::default() },
 ///     StepStarted { step: 1 },

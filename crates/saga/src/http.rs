@@ -2,10 +2,11 @@
 //! the client that runs it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use corral_core::{BoxBody, BoxError};
 use http::{header, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -70,7 +71,8 @@ pub struct Call {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// A path (and query): on Corral itself, as the submitting agent,
-    /// through the whole stack; or on the agent found by `agent`.
+    /// through the whole stack (in process with [`HttpSteps::set_local`],
+    /// else with `X-Agent-Id`); or on the agent found by `agent`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// Send to an agent with this capability, found in the registry.
@@ -200,6 +202,19 @@ impl Resolve for NoAgents {
     }
 }
 
+/// Serves calls to Corral in the process itself: through its stack, as
+/// an agent vouched for, so the agent's key is neither needed nor stored.
+pub trait Local: Send + Sync + 'static {
+    /// Answers `request` (its URI a path and query) as `agent`, whom a key
+    /// proved when the saga was submitted if `authenticated`.
+    fn call(
+        &self,
+        agent: &str,
+        authenticated: bool,
+        request: Request<Full<Bytes>>,
+    ) -> BoxFuture<'static, http::Response<BoxBody>>;
+}
+
 /// Runs HTTP sagas: builds a [`Saga`] from a [`Definition`] whose
 /// actions are calls made with a pooled HTTP/1 client.
 #[derive(Clone)]
@@ -210,6 +225,7 @@ pub struct HttpSteps {
 struct Inner {
     client: Client<HttpConnector, Full<Bytes>>,
     corral: RwLock<String>,
+    local: OnceLock<Arc<dyn Local>>,
     resolve: Arc<dyn Resolve>,
     call_timeout: Duration,
     job_timeout: Duration,
@@ -243,6 +259,7 @@ impl HttpSteps {
             inner: Arc::new(Inner {
                 client,
                 corral: RwLock::new(corral.into()),
+                local: OnceLock::new(),
                 resolve,
                 call_timeout: config.call_timeout,
                 job_timeout: config.job_timeout,
@@ -256,6 +273,23 @@ impl HttpSteps {
         *self.inner.corral.write().unwrap_or_else(|p| p.into_inner()) = corral.into();
     }
 
+    /// Serves `path` calls with `local` instead of over the network,
+    /// except async calls and `/corral/` paths (set once; later calls
+    /// are ignored).
+    pub fn set_local(&self, local: Arc<dyn Local>) {
+        let _ = self.inner.local.set(local);
+    }
+
+    /// The in-process way to Corral for `call`, if it may take it.
+    fn local_for(&self, call: &Call) -> Option<Arc<dyn Local>> {
+        let path = call.path.as_deref().unwrap_or("/");
+        let agent_api = path == "/corral" || path.starts_with("/corral/");
+        if call.respond_async || agent_api {
+            return None;
+        }
+        self.inner.local.get().cloned()
+    }
+
     fn corral(&self) -> String {
         self.inner
             .corral
@@ -264,32 +298,25 @@ impl HttpSteps {
             .clone()
     }
 
-    /// The saga `id` running `definition` for `agent` (who `path` calls
-    /// are made as); the definition rides in its `started` entry.
-    pub fn saga(&self, id: &str, agent: Option<&str>, definition: &Definition) -> Saga {
+    /// The saga `id` running `definition`; its calls to Corral are made
+    /// as the saga's agent ([`Saga::with_agent`]). The definition rides in
+    /// its `started` entry.
+    pub fn saga(&self, id: &str, definition: &Definition) -> Saga {
         let mut saga = Saga::new(id).with_definition(json!(definition));
-        if let Some(agent) = agent {
-            saga = saga.with_agent(agent);
-        }
         for step in &definition.steps {
-            let action = self.action(&step.action, agent);
-            let compensation = step.compensation.as_ref().map(|c| self.action(c, agent));
+            let action = self.action(&step.action);
+            let compensation = step.compensation.as_ref().map(|c| self.action(c));
             saga = saga.push(step.name.as_str(), action, compensation);
         }
         saga
     }
 
-    fn action(&self, call: &Call, agent: Option<&str>) -> Arc<dyn Action> {
+    fn action(&self, call: &Call) -> Arc<dyn Action> {
         let steps = self.clone();
         let call = Arc::new(call.clone());
-        let agent: Option<Arc<str>> = agent.map(Arc::from);
         Arc::new(move |context: StepContext| {
-            let (steps, call, agent) = (steps.clone(), call.clone(), agent.clone());
-            async move {
-                steps
-                    .execute(&call, agent.as_deref(), &context.idempotency_key)
-                    .await
-            }
+            let (steps, call) = (steps.clone(), call.clone());
+            async move { steps.execute(&call, &context).await }
         })
     }
 
@@ -299,20 +326,39 @@ impl HttpSteps {
         let steps = self.clone();
         Arc::new(move |id: &str, log: &[Transition]| {
             let Some(Transition::Started {
-                agent, definition, ..
+                agent,
+                authenticated,
+                definition,
+                ..
             }) = log.first()
             else {
                 return Err("its log does not begin with started".into());
             };
             let definition: Definition = serde_json::from_value(definition.clone())
                 .map_err(|e| format!("its definition is unreadable: {e}"))?;
-            Ok(steps.saga(id, agent.as_deref(), &definition))
+            let mut saga = steps
+                .saga(id, &definition)
+                .with_authenticated(*authenticated);
+            if let Some(agent) = agent {
+                saga = saga.with_agent(agent.as_str());
+            }
+            Ok(saga)
         })
     }
 
-    /// Makes `call` with `key`, as `agent` when it goes to Corral.
-    async fn execute(&self, call: &Call, agent: Option<&str>, key: &str) -> StepResult {
+    /// Makes `call` with the context's key, as the saga's agent when it
+    /// goes to Corral.
+    async fn execute(&self, call: &Call, context: &StepContext) -> StepResult {
+        let key = &context.idempotency_key;
+        let agent = context.agent.as_deref();
         let (uri, on_corral) = self.target(call).await?;
+        if let (true, Some(local), Some(agent)) = (on_corral, self.local_for(call), agent) {
+            let request = build(call, call.path.as_deref().unwrap_or("/"), key)?;
+            let answer = self
+                .local(local, agent, context.authenticated, request)
+                .await?;
+            return verdict(&call.method, &uri, answer.status, answer.body);
+        }
         let mut request = build(call, &uri, key)?;
         if on_corral {
             identify(&mut request, agent);
@@ -352,23 +398,31 @@ impl HttpSteps {
                 .request(request)
                 .await
                 .map_err(|e| root(&e))?;
-            let status = response.status();
-            let location = response
-                .headers()
-                .get(header::LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            let bytes = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            Ok::<_, String>(Answer {
-                status,
-                location,
-                body: parse_body(&bytes),
-            })
+            read_answer(response).await
         };
+        self.within(&what, exchange).await
+    }
+
+    async fn local(
+        &self,
+        local: Arc<dyn Local>,
+        agent: &str,
+        authenticated: bool,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Answer, String> {
+        let what = format!("{} {}", request.method(), request.uri());
+        let exchange = async {
+            let response = local.call(agent, authenticated, request).await;
+            read_local(response).await
+        };
+        self.within(&what, exchange).await
+    }
+
+    async fn within(
+        &self,
+        what: &str,
+        exchange: impl std::future::Future<Output = Result<Answer, String>>,
+    ) -> Result<Answer, String> {
         match tokio::time::timeout(self.inner.call_timeout, exchange).await {
             Ok(answer) => answer.map_err(|e| format!("{what}: {e}")),
             Err(_) => Err(format!(
@@ -402,6 +456,36 @@ impl HttpSteps {
             Err(_) => Err(format!("job {url} not done within {:?}", self.inner.job_timeout).into()),
         }
     }
+}
+
+/// The status, `Location` and body (up to [`MAX_ANSWER_BYTES`]).
+async fn read_answer<B>(response: http::Response<B>) -> Result<Answer, String>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let status = response.status();
+    let location = response
+        .headers()
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let bytes = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(Answer {
+        status,
+        location,
+        body: parse_body(&bytes),
+    })
+}
+
+/// [`read_answer`] boxed: named as `Send + 'static`, the boxed error in
+/// the body does not trip the `Send` check of the futures awaiting it.
+fn read_local(response: http::Response<BoxBody>) -> BoxFuture<'static, Result<Answer, String>> {
+    Box::pin(read_answer(response))
 }
 
 /// The request for `call` to `uri`, carrying the idempotency key.

@@ -72,7 +72,12 @@
 //! [`Definition`] is a saga whose steps are HTTP calls (to an URL, to a
 //! path on Corral itself, possibly as an async job, or to an agent found
 //! by capability), serializable so that any replica rebuilds it from the
-//! log: [`HttpSteps::saga`].
+//! log: [`HttpSteps::saga`], [`HttpSteps::rebuild`]. Every call carries
+//! `Idempotency-Key`; a 2xx answer is success, its status and JSON body
+//! the step's output. Calls to Corral are made as the saga's agent:
+//! through [`Local`] in the proxy's own process (vouched for, no key
+//! needed nor stored), or, for async calls and `/corral/` paths, to
+//! Corral's address with `X-Agent-Id`.
 //!
 //! # Cost and limits
 //!
@@ -105,7 +110,9 @@ mod transition;
 
 pub use config::*;
 pub use decide::{decide, status, step_states, Next, Phase, SagaStatus, StepState};
-pub use http::{AgentTarget, Call, Definition, HttpSteps, NoAgents, Resolve, StepDefinition};
+pub use http::{
+    AgentTarget, Call, Definition, HttpSteps, Local, NoAgents, Resolve, StepDefinition,
+};
 pub use log::{BoxFuture, LogResult, LogUnavailable, MemoryLog, SagaLog};
 pub use redis_log::RedisLog;
 pub use runner::{Rebuild, Runner, SagaError};

@@ -128,6 +128,7 @@ impl Runner {
             steps: saga.step_names(),
             agent: saga.agent.clone(),
             definition: saga.definition.clone(),
+            authenticated: saga.authenticated,
         };
         self.record(saga, &started).await?;
         ::metrics::counter!(SAGAS_STARTED_TOTAL).increment(1);

@@ -21,6 +21,10 @@ pub struct StepContext {
     /// same each time this action (or compensation) is run again after a
     /// crash, so the server behind it can apply it once.
     pub idempotency_key: String,
+    /// The agent that submitted the saga, if known.
+    pub agent: Option<Arc<str>>,
+    /// Whether a key proved that agent when it submitted the saga.
+    pub authenticated: bool,
     /// For a compensation, what the action returned (`None` when the
     /// action's end was never logged).
     pub output: Option<Value>,
@@ -73,6 +77,7 @@ corral_core::impl_debug!(Step { name });
 pub struct Saga {
     pub(crate) id: Arc<str>,
     pub(crate) agent: Option<String>,
+    pub(crate) authenticated: bool,
     pub(crate) definition: Value,
     pub(crate) steps: Vec<Step>,
 }
@@ -83,6 +88,7 @@ impl Saga {
         Self {
             id: id.into(),
             agent: None,
+            authenticated: false,
             definition: Value::Null,
             steps: Vec::new(),
         }
@@ -91,6 +97,13 @@ impl Saga {
     /// Submitted by `agent` (logged, and on its events).
     pub fn with_agent(mut self, agent: impl Into<String>) -> Self {
         self.agent = Some(agent.into());
+        self
+    }
+
+    /// Whose agent a key proved when it submitted the saga (logged;
+    /// calls made as the agent carry it).
+    pub fn with_authenticated(mut self, authenticated: bool) -> Self {
+        self.authenticated = authenticated;
         self
     }
 
@@ -155,6 +168,11 @@ impl Saga {
         self.agent.as_deref()
     }
 
+    /// Whether a key proved its agent.
+    pub fn authenticated(&self) -> bool {
+        self.authenticated
+    }
+
     /// How many steps.
     pub fn len(&self) -> usize {
         self.steps.len()
@@ -179,6 +197,8 @@ impl Saga {
                 .get(step)
                 .map_or_else(|| Arc::from(""), |s| s.name.clone()),
             idempotency_key: format!("{}:{step}:{what}", self.id),
+            agent: self.agent.as_deref().map(Arc::from),
+            authenticated: self.authenticated,
             output,
         }
     }

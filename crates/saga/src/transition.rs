@@ -24,6 +24,11 @@ pub enum Transition {
         /// The agent that submitted it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         agent: Option<String>,
+        /// Whether a key proved the agent when it submitted the saga
+        /// (calls made as the agent carry it; the key itself is never
+        /// logged).
+        #[serde(default, skip_serializing_if = "is_false")]
+        authenticated: bool,
         /// The definition, serialized.
         #[serde(default)]
         definition: Value,
@@ -77,6 +82,10 @@ pub enum Transition {
         /// Why.
         reason: String,
     },
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Transition {

@@ -11,6 +11,7 @@ fn started() -> Transition {
         steps: vec!["a".into(), "b".into(), "c".into(), "d".into()],
         agent: None,
         definition: json!(null),
+        authenticated: false,
     }
 }
 

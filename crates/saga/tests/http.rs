@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use corral_core::BoxBody;
 use corral_saga::{
-    BoxFuture, Definition, HttpSteps, MemoryLog, NoAgents, Resolve, Runner, SagaConfig, SagaLog,
-    SagaStatus, Transition,
+    BoxFuture, Definition, HttpSteps, Local, MemoryLog, NoAgents, Resolve, Runner, SagaConfig,
+    SagaLog, SagaStatus, Transition,
 };
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
@@ -130,7 +131,7 @@ async fn an_async_step_waits_for_its_job_and_a_refused_step_compensates_the_one_
         {"name": "notify", "action": {"agent": {"capability": "mail"}, "path": "/send"}},
         {"name": "reserve", "action": {"url": format!("{url}/fail")}, "compensation": {"url": format!("{url}/never")}}
     ]}));
-    let saga = steps.saga("s", Some("planner"), &definition);
+    let saga = steps.saga("s", &definition).with_agent("planner");
     let log = Arc::new(MemoryLog::new());
     let runner = Runner::new(log.clone(), "a", config());
     assert_eq!(runner.run(&saga).await, Ok(SagaStatus::Compensated));
@@ -178,7 +179,7 @@ async fn an_agent_target_without_a_registry_fails_saying_so() {
     let log = Arc::new(MemoryLog::new());
     let runner = Runner::new(log.clone(), "a", config());
     assert_eq!(
-        runner.run(&steps.saga("s", None, &definition)).await,
+        runner.run(&steps.saga("s", &definition)).await,
         Ok(SagaStatus::Compensated)
     );
     let entries = log.read("s").await.unwrap();
@@ -190,12 +191,13 @@ async fn an_http_saga_is_rebuilt_from_its_started_entry() {
     let (url, seen) = server().await;
     let steps = HttpSteps::new(url.clone(), Arc::new(NoAgents), &config());
     let definition = definition(json!({"steps": [{"name": "a", "action": {"path": "/a"}}]}));
-    let saga = steps.saga("s", Some("planner"), &definition);
+    let saga = steps.saga("s", &definition).with_agent("planner");
     let log = Arc::new(MemoryLog::new());
     let started = Transition::Started {
         steps: saga.step_names(),
         agent: Some("planner".into()),
         definition: json!(definition),
+        authenticated: false,
     };
     log.append("s", &started).await.unwrap();
     let rebuilt = (steps.rebuild())("s", &log.read("s").await.unwrap()).unwrap();
@@ -208,4 +210,73 @@ async fn an_http_saga_is_rebuilt_from_its_started_entry() {
     );
     assert_eq!(seen.lock().unwrap()[0][3], "planner");
     assert!((steps.rebuild())("t", &[]).is_err());
+}
+
+/// Corral in the process: records who each call was made as.
+/// Agent, authenticated, URI, idempotency key.
+type Made = (String, bool, String, String);
+
+#[derive(Default, Clone)]
+struct InProcess(Arc<Mutex<Vec<Made>>>);
+
+impl Local for InProcess {
+    fn call(
+        &self,
+        agent: &str,
+        authenticated: bool,
+        request: Request<Full<Bytes>>,
+    ) -> BoxFuture<'static, Response<BoxBody>> {
+        let key = request
+            .headers()
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        self.0
+            .lock()
+            .unwrap()
+            .push((agent.into(), authenticated, request.uri().to_string(), key));
+        Box::pin(async { Response::new(corral_core::full(r#"{"local":true}"#)) })
+    }
+}
+
+#[tokio::test]
+async fn plain_paths_are_served_in_process_as_the_vouched_agent_and_the_rest_over_the_network() {
+    let (url, seen) = server().await;
+    let steps = HttpSteps::new(url, Arc::new(NoAgents), &config());
+    let local = InProcess::default();
+    steps.set_local(Arc::new(local.clone()));
+    let definition = definition(json!({"steps": [
+        {"name": "chat", "action": {"path": "/api/chat?x=1", "body": {}}},
+        {"name": "job", "action": {"path": "/api/chat", "async": true}},
+        {"name": "own", "action": {"method": "GET", "path": "/corral/registry"}}
+    ]}));
+    let saga = steps
+        .saga("s", &definition)
+        .with_agent("planner")
+        .with_authenticated(true);
+    let log = Arc::new(MemoryLog::new());
+    assert_eq!(
+        Runner::new(log.clone(), "a", config()).run(&saga).await,
+        Ok(SagaStatus::Completed)
+    );
+    assert_eq!(
+        *local.0.lock().unwrap(),
+        [(
+            "planner".to_string(),
+            true,
+            "/api/chat?x=1".to_string(),
+            "s:0:action".to_string()
+        )]
+    );
+    let network: Vec<String> = seen.lock().unwrap().iter().map(|s| s[1].clone()).collect();
+    assert_eq!(
+        network,
+        [
+            "/api/chat",
+            "/corral/jobs/1",
+            "/corral/jobs/1",
+            "/corral/registry"
+        ]
+    );
 }

@@ -76,6 +76,7 @@ async fn entries_are_read_back_in_order_and_finished_sagas_leave_the_unfinished_
             steps: vec!["a".into()],
             agent: Some("planner".into()),
             definition: json!({"steps": []}),
+            authenticated: false,
         },
         Transition::StepStarted { step: 0 },
         Transition::StepDone {

@@ -249,6 +249,7 @@ async fn a_crash_between_compensating_and_compensated_reruns_the_compensation_wi
             steps: saga.step_names(),
             agent: None,
             definition: json!(null),
+            authenticated: false,
         },
         Transition::StepStarted { step: 0 },
         Transition::StepDone {
@@ -421,6 +422,7 @@ async fn unfinished_sagas_are_rebuilt_and_resumed_with_their_events_recorded() {
         steps: vec!["step0".into(), "step1".into()],
         agent: Some("planner".into()),
         definition: json!({"n": 2}),
+        authenticated: false,
     };
     log.append("s", &partial).await.unwrap();
     let b = runner(&log, "b").with_events(events.clone());
@@ -469,6 +471,7 @@ async fn a_saga_that_cannot_be_rebuilt_ends_failed() {
             steps: vec![],
             agent: None,
             definition: json!(null),
+            authenticated: false,
         },
     )
     .await

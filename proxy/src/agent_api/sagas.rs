@@ -11,18 +11,20 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
-use corral_classify::Caller;
-use corral_core::{Body, BoxBody, EventSink};
+use bytes::Bytes;
+use corral_classify::{Caller, Vouched};
+use corral_core::{AgentId, Body, BoxBody, EventSink};
 use corral_saga::{
-    status, step_states, Definition, HttpSteps, MemoryLog, NoAgents, RedisLog, Runner, SagaError,
-    SagaLog, SagaStatus, Transition,
+    status, step_states, BoxFuture, Definition, HttpSteps, Local, MemoryLog, NoAgents, RedisLog,
+    Runner, SagaError, SagaLog, SagaStatus, Transition,
 };
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 
 use crate::admin::json_response;
 use crate::config::Config;
+use crate::front::Proxying;
 use crate::stack::Stack;
 
 use super::registry::RegistryApi;
@@ -59,6 +61,7 @@ impl SagasApi {
         // Agents are found by capability once the registry is built; until
         // then an agent target fails with "no agent has capability".
         let steps = HttpSteps::new(corral_base(config.server.listen), Arc::new(NoAgents), sagas);
+        steps.set_local(Arc::new(ThroughStack(Proxying::new(stack))));
         if stack.state().is_some() && tokio::runtime::Handle::try_current().is_ok() {
             runner.spawn_resumer(steps.rebuild());
         }
@@ -107,7 +110,9 @@ impl SagasApi {
         };
         let id = new_id();
         let agent = caller.agent.as_ref();
-        let saga = self.shared.steps.saga(&id, Some(agent), &definition);
+        let saga = (self.shared.steps.saga(&id, &definition))
+            .with_agent(agent)
+            .with_authenticated(caller.authenticated);
         if let Err(error) = self.shared.runner.start(&saga).await {
             return unavailable(&error);
         }
@@ -173,6 +178,29 @@ impl SagasApi {
             }) if agent.as_str() == caller.agent.as_ref() => Ok(log),
             _ => Err(no_saga(id)),
         }
+    }
+}
+
+/// `path` steps served in this process, through the stack, as the
+/// submitting agent vouched for: no key needed, none stored.
+struct ThroughStack(Proxying);
+
+/// Where a step's request comes from, for the stack.
+const STEP_PEER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+
+impl Local for ThroughStack {
+    fn call(
+        &self,
+        agent: &str,
+        authenticated: bool,
+        mut request: Request<Full<Bytes>>,
+    ) -> BoxFuture<'static, Response<BoxBody>> {
+        request.extensions_mut().insert(Vouched {
+            agent: AgentId::from(agent),
+            authenticated,
+        });
+        let proxying = self.0.clone();
+        Box::pin(async move { proxying.serve(request, STEP_PEER).await })
     }
 }
 
