@@ -467,3 +467,12 @@ async fn a_path_step_goes_through_the_stack_as_the_agent_whose_key_is_never_stor
         "the step was the agent's own request: {events:?}"
     );
 }
+
+#[test]
+fn check_config_names_a_bad_sagas_option() {
+    let output = support::check("[sagas]\nlease_ttl = \"1ms\"\n");
+    assert!(!output.status.success());
+    support::assert_says(&output, "sagas.lease_ttl");
+    let output = support::check("[sagas]\nmax_steps = 8\ncall_timeout = \"5s\"\n");
+    assert!(output.status.success(), "{}", support::stderr(&output));
+}
