@@ -74,8 +74,10 @@ impl SagasApi {
         }
     }
 
-    /// The address the proxy listens on, once bound: `path` steps are
-    /// sent there (until then, to `server.listen`).
+    /// The address the proxy listens on, once bound: async `path` steps
+    /// and `/corral/` paths are sent there (until then, to
+    /// `server.listen`, which is wrong only when its port is 0); other
+    /// `path` steps run in process and need no address.
     #[allow(dead_code)] // for server.rs, once it tells the bound address
     pub(crate) fn set_local_address(&self, address: SocketAddr) {
         self.shared.steps.set_corral(corral_base(address));
