@@ -13,7 +13,7 @@ pub struct Event {
     pub timestamp: f64,
     /// What: `received`, `dispatched`, `first_byte`, `completed`,
     /// `refused`, `cache_hit`, `retry`, `breaker`, `degradation`,
-    /// `backpressure`.
+    /// `backpressure`, `saga`.
     pub kind: String,
     /// Who asked, for request events.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -27,6 +27,7 @@ impl Config {
         self.state.validate()?;
         self.jobs.validate().map_err(|e| e.within("jobs"))?;
         self.registry.validate().map_err(|e| e.within("registry"))?;
+        self.sagas.validate().map_err(|e| e.within("sagas"))?;
         self.admin.validate(self.server.listen)
     }
 
