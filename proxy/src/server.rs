@@ -132,6 +132,9 @@ impl Server {
                 .map_err(|source| StartError::Bind { key, addr, source })
         };
         let main = bind("server.listen", config.server.listen).await?;
+        if let Ok(address) = main.local_addr() {
+            agents.set_local_address(address);
+        }
         let (admin, front, admin_front) = match config.admin.listen {
             Some(addr) => (
                 Some(bind("admin.listen", addr).await?),

@@ -476,3 +476,87 @@ fn check_config_names_a_bad_sagas_option() {
     let output = support::check("[sagas]\nmax_steps = 8\ncall_timeout = \"5s\"\n");
     assert!(output.status.success(), "{}", support::stderr(&output));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_step_runs_as_a_job_of_the_agent_whose_key_is_never_stored() {
+    let upstream = mock(corral_e2e::fast()).await;
+    let keys = "[identity]\nrequire_key = true\n\n[[agents]]\nid = \"planner\"\nkey = \"sk-planner-0123\"\n";
+    let corral = corral_e2e::proxy_toml(&upstream.url(), keys).await;
+    let url = corral.url();
+    let with_key = |method: &str, path: &str, body: String| {
+        let mut request = request(method, &format!("{url}{path}"), body);
+        request
+            .headers_mut()
+            .insert("authorization", "Bearer sk-planner-0123".parse().unwrap());
+        request
+    };
+    let generate = json!({"model": "llama3", "prompt": "hi", "stream": false});
+    let definition = json!({"steps": [{"name": "ask", "action": {"path": "/api/generate", "body": generate, "async": true}}]});
+    let submitted = send(with_key("POST", "/corral/sagas", definition.to_string())).await;
+    assert_eq!(
+        submitted.status,
+        StatusCode::ACCEPTED,
+        "{}",
+        submitted.text()
+    );
+    let id = submitted.json()["id"].as_str().unwrap().to_string();
+    let path = format!("/corral/sagas/{id}");
+    eventually_async("the saga completes", || async {
+        send(with_key("GET", &path, String::new())).await.json()["status"] == "completed"
+    })
+    .await;
+    let done = send(with_key("GET", &path, String::new())).await.json();
+    assert_eq!(done["steps"][0]["output"]["status"], 200, "{done}");
+    assert_eq!(
+        done["steps"][0]["output"]["body"]["done"], true,
+        "the job's answer: {done}"
+    );
+    let jobs = corral_e2e::events(&url, "kind=job_finished&agent=planner").await;
+    assert_eq!(jobs.len(), 1, "one job, the planner's: {jobs:?}");
+    assert_eq!(jobs[0]["data"]["status"], "done");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_target_is_found_in_the_registry_by_its_capability() {
+    let upstream = mock(corral_e2e::fast()).await;
+    let corral = corral_e2e::proxy_toml(&upstream.url(), "").await;
+    let url = corral.url();
+    let steps = Steps::start(0).await;
+    let joined = send(as_agent(
+        "PUT",
+        &format!("{url}/corral/registry/worker-1"),
+        "worker-1",
+        json!({"endpoint": steps.url, "capabilities": ["reserve"], "ttl_secs": 60}).to_string(),
+    ))
+    .await;
+    assert_eq!(joined.status, StatusCode::CREATED, "{}", joined.text());
+    let definition = json!({"steps": [{
+        "name": "reserve",
+        "action": {"agent": {"capability": "reserve"}, "path": "/1/action", "method": "POST"},
+        "compensation": {"agent": {"capability": "reserve"}, "path": "/1/compensate", "method": "POST"},
+    }]});
+    let submitted = submit(&url, "planner", definition.to_string()).await;
+    assert_eq!(
+        submitted.status,
+        StatusCode::ACCEPTED,
+        "{}",
+        submitted.text()
+    );
+    let id = submitted.json()["id"].as_str().unwrap().to_string();
+    until_status(&url, "planner", &id, "completed").await;
+    assert_eq!(effects_of(&steps, &id), vec!["/1/action"]);
+
+    // A capability nobody has fails the step, saying so.
+    let missing =
+        json!({"steps": [{"name": "x", "action": {"agent": {"capability": "fly"}, "path": "/x"}}]});
+    let submitted = submit(&url, "planner", missing.to_string()).await;
+    let id = submitted.json()["id"].as_str().unwrap().to_string();
+    let ended = until_status(&url, "planner", &id, "compensated").await;
+    assert!(
+        ended["steps"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("capability \"fly\""),
+        "{ended}"
+    );
+}

@@ -324,6 +324,10 @@ impl Identities {
                 class: &self.classes[self.agents[i].class],
                 authenticated,
             }),
+            // Keys became required since it was accepted without one.
+            None if self.require_key => Err(Unauthenticated {
+                message: "an API key is required: send Authorization: Bearer <key>",
+            }),
             None => Ok(Identity {
                 agent: agent.clone(),
                 class: &self.classes[self.default_class],

@@ -131,6 +131,21 @@ impl ClassifyLayer {
             authenticated: identity.authenticated,
         })
     }
+
+    /// The agent the proxy vouches for (see [`Vouched`]), as the config
+    /// has it now: refused if it has been revoked since, or if keys are
+    /// required and it has none.
+    pub fn vouch(&self, vouched: &Vouched) -> Result<Caller, crate::Unauthenticated> {
+        let identity = self
+            .shared
+            .identities
+            .vouched(&vouched.agent, vouched.authenticated)?;
+        Ok(Caller {
+            agent: identity.agent,
+            class: identity.class.name.clone(),
+            authenticated: identity.authenticated,
+        })
+    }
 }
 
 impl ClassifyConfig {

@@ -273,21 +273,11 @@ impl HttpSteps {
         *self.inner.corral.write().unwrap_or_else(|p| p.into_inner()) = corral.into();
     }
 
-    /// Serves `path` calls with `local` instead of over the network,
-    /// except async calls and `/corral/` paths (set once; later calls
-    /// are ignored).
+    /// Serves calls to Corral (`path` targets, async ones and the agent
+    /// API's `/corral/` paths included) with `local` instead of over the
+    /// network (set once; later calls are ignored).
     pub fn set_local(&self, local: Arc<dyn Local>) {
         let _ = self.inner.local.set(local);
-    }
-
-    /// The in-process way to Corral for `call`, if it may take it.
-    fn local_for(&self, call: &Call) -> Option<Arc<dyn Local>> {
-        let path = call.path.as_deref().unwrap_or("/");
-        let agent_api = path == "/corral" || path.starts_with("/corral/");
-        if call.respond_async || agent_api {
-            return None;
-        }
-        self.inner.local.get().cloned()
     }
 
     fn corral(&self) -> String {
@@ -350,29 +340,58 @@ impl HttpSteps {
     /// goes to Corral.
     async fn execute(&self, call: &Call, context: &StepContext) -> StepResult {
         let key = &context.idempotency_key;
-        let agent = context.agent.as_deref();
         let (uri, on_corral) = self.target(call).await?;
-        if let (true, Some(local), Some(agent)) = (on_corral, self.local_for(call), agent) {
-            let request = build(call, call.path.as_deref().unwrap_or("/"), key)?;
-            let answer = self
-                .local(local, agent, context.authenticated, request)
-                .await?;
-            return verdict(&call.method, &uri, answer.status, answer.body);
-        }
-        let mut request = build(call, &uri, key)?;
-        if on_corral {
-            identify(&mut request, agent);
+        let via = self.via(on_corral, context);
+        let mut request = match via {
+            Via::Local { .. } => build(call, call.path.as_deref().unwrap_or("/"), key)?,
+            Via::Network { .. } => build(call, &uri, key)?,
+        };
+        if let Via::Network { agent: Some(agent) } = via {
+            identify(&mut request, Some(agent));
         }
         if call.respond_async && on_corral {
             let prefer = HeaderValue::from_static("respond-async");
             request.headers_mut().insert("prefer", prefer);
         }
-        let answer = self.send(request).await?;
+        let answer = self.exchange(request, via).await?;
         match (&answer.location, answer.status) {
             (Some(location), StatusCode::ACCEPTED) if call.respond_async && on_corral => {
-                self.await_job(location, agent).await
+                self.await_job(location, via).await
             }
             _ => verdict(&call.method, &uri, answer.status, answer.body),
+        }
+    }
+
+    /// How a call reaches its target: in process for Corral when a
+    /// [`Local`] is set and the saga has an agent, else over the network.
+    fn via<'a>(&'a self, on_corral: bool, context: &'a StepContext) -> Via<'a> {
+        let agent = context.agent.as_deref();
+        match (on_corral, self.inner.local.get(), agent) {
+            (true, Some(local), Some(agent)) => Via::Local {
+                local,
+                agent,
+                authenticated: context.authenticated,
+            },
+            (true, _, agent) => Via::Network { agent },
+            (false, _, _) => Via::Network { agent: None },
+        }
+    }
+
+    async fn exchange(
+        &self,
+        request: Request<Full<Bytes>>,
+        via: Via<'_>,
+    ) -> Result<Answer, String> {
+        match via {
+            Via::Local {
+                local,
+                agent,
+                authenticated,
+            } => {
+                self.local(local.clone(), agent, authenticated, request)
+                    .await
+            }
+            Via::Network { .. } => self.send(request).await,
         }
     }
 
@@ -433,15 +452,20 @@ impl HttpSteps {
     }
 
     /// Polls the job at `location` (on Corral) until it ends.
-    async fn await_job(&self, location: &str, agent: Option<&str>) -> StepResult {
-        let url = join(&self.corral(), location);
+    async fn await_job(&self, location: &str, via: Via<'_>) -> StepResult {
+        let url = match via {
+            Via::Local { .. } => location.to_string(),
+            Via::Network { .. } => join(&self.corral(), location),
+        };
         let poll = async {
             loop {
                 let mut request = Request::get(&url)
                     .body(Full::default())
                     .map_err(|e| format!("GET {url}: {e}"))?;
-                identify(&mut request, agent);
-                let answer = self.send(request).await?;
+                if let Via::Network { agent } = via {
+                    identify(&mut request, agent);
+                }
+                let answer = self.exchange(request, via).await?;
                 if !answer.status.is_success() {
                     return Err(format!("GET {url} answered {}", answer.status).into());
                 }
@@ -456,6 +480,19 @@ impl HttpSteps {
             Err(_) => Err(format!("job {url} not done within {:?}", self.inner.job_timeout).into()),
         }
     }
+}
+
+/// How a call reaches its target.
+#[derive(Clone, Copy)]
+enum Via<'a> {
+    /// In process, as the saga's agent.
+    Local {
+        local: &'a Arc<dyn Local>,
+        agent: &'a str,
+        authenticated: bool,
+    },
+    /// Over the network, naming the agent with `X-Agent-Id` to Corral.
+    Network { agent: Option<&'a str> },
 }
 
 /// The status, `Location` and body (up to [`MAX_ANSWER_BYTES`]).

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use corral_classify::ClassifyLayer;
+use corral_classify::{ClassifyLayer, Vouched};
 use corral_core::{ApiFamily, Body, BoxBody, BoxError, Endpoint, ErrorBody};
 use http::{Request, Response, StatusCode};
 
@@ -42,6 +42,16 @@ struct Shared {
 
 corral_core::impl_debug!(AgentApi {});
 
+/// The endpoints, held without keeping them alive.
+#[derive(Clone)]
+pub(crate) struct WeakAgentApi(std::sync::Weak<Shared>);
+
+impl WeakAgentApi {
+    pub(crate) fn upgrade(&self) -> Option<AgentApi> {
+        self.0.upgrade().map(|shared| AgentApi { shared })
+    }
+}
+
 /// Which of the agent endpoints a request is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Route {
@@ -60,14 +70,23 @@ impl AgentApi {
     pub fn new(stack: &Stack, config: &Config) -> Self {
         let proxying = Proxying::new(stack);
         let registry = registry::RegistryApi::new(stack, config);
-        Self {
+        // Sagas call these endpoints in process: they hold them weakly.
+        let handle = Arc::new(std::sync::OnceLock::new());
+        let api = Self {
             shared: Arc::new(Shared {
                 classify: stack.classify().clone(),
                 jobs: jobs::JobsApi::new(stack, config, proxying),
-                sagas: sagas::SagasApi::new(stack, config, &registry),
+                sagas: sagas::SagasApi::new(stack, config, &registry, handle.clone()),
                 registry,
             }),
-        }
+        };
+        let _ = handle.set(WeakAgentApi(Arc::downgrade(&api.shared)));
+        api
+    }
+
+    /// Tells the endpoints where this proxy listens, once bound.
+    pub fn set_local_address(&self, address: SocketAddr) {
+        self.shared.sagas.set_local_address(address);
     }
 
     /// The endpoint `request` is for, if it is one of these.
@@ -107,7 +126,13 @@ impl AgentApi {
             }
             _ => ApiFamily::Ollama,
         };
-        let caller = match self.shared.classify.identify(request.headers()) {
+        // A request the proxy makes itself for an agent (a saga's step)
+        // carries the agent it vouches for; none from the wire can.
+        let caller = match request.extensions().get::<Vouched>() {
+            Some(vouched) => self.shared.classify.vouch(vouched),
+            None => self.shared.classify.identify(request.headers()),
+        };
+        let caller = match caller {
             Ok(caller) => caller,
             Err(refusal) => {
                 return respond::answer(

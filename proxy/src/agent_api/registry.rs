@@ -88,10 +88,6 @@ impl RegistryApi {
     }
 
     /// The registry, for the sagas' lookups by capability.
-    #[allow(
-        dead_code,
-        reason = "the sagas, being built, look agents up through it"
-    )]
     pub(crate) fn registry(&self) -> &Registry {
         &self.registry
     }

@@ -9,13 +9,13 @@
 //! runner died; without, sagas live in this process and die with it.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use corral_classify::{Caller, Vouched};
 use corral_core::{AgentId, Body, BoxBody, EventSink};
 use corral_saga::{
-    status, step_states, BoxFuture, Definition, HttpSteps, Local, MemoryLog, NoAgents, RedisLog,
+    status, step_states, BoxFuture, Definition, HttpSteps, Local, MemoryLog, RedisLog, Resolve,
     Runner, SagaError, SagaLog, SagaStatus, Transition,
 };
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -28,6 +28,7 @@ use crate::front::Proxying;
 use crate::stack::Stack;
 
 use super::registry::RegistryApi;
+use super::WeakAgentApi;
 
 /// The largest saga definition accepted.
 const MAX_DEFINITION_BYTES: usize = 1 << 20;
@@ -47,7 +48,12 @@ struct Shared {
 impl SagasApi {
     /// The endpoints; with Redis, also the task that resumes sagas whose
     /// runner died (when built inside a runtime).
-    pub(crate) fn new(stack: &Stack, config: &Config, _registry: &RegistryApi) -> Self {
+    pub(crate) fn new(
+        stack: &Stack,
+        config: &Config,
+        registry: &RegistryApi,
+        agents: Arc<OnceLock<WeakAgentApi>>,
+    ) -> Self {
         let sagas = &config.sagas;
         let log: Arc<dyn SagaLog> = match stack.state() {
             Some(state) => Arc::new(RedisLog::new(state.clone(), sagas.retention)),
@@ -58,10 +64,12 @@ impl SagasApi {
         let owner = format!("{}-{:08x}", stack.replica(), fastrand::u32(..));
         let events = stack.events().clone() as Arc<dyn EventSink>;
         let runner = Runner::new(log, owner, sagas.clone()).with_events(events);
-        // Agents are found by capability once the registry is built; until
-        // then an agent target fails with "no agent has capability".
-        let steps = HttpSteps::new(corral_base(config.server.listen), Arc::new(NoAgents), sagas);
-        steps.set_local(Arc::new(ThroughStack(Proxying::new(stack))));
+        let found = Arc::new(FromRegistry(registry.registry().clone()));
+        let steps = HttpSteps::new(corral_base(config.server.listen), found, sagas);
+        steps.set_local(Arc::new(ThroughStack {
+            proxying: Proxying::new(stack),
+            agents,
+        }));
         if stack.state().is_some() && tokio::runtime::Handle::try_current().is_ok() {
             runner.spawn_resumer(steps.rebuild());
         }
@@ -78,7 +86,6 @@ impl SagasApi {
     /// and `/corral/` paths are sent there (until then, to
     /// `server.listen`, which is wrong only when its port is 0); other
     /// `path` steps run in process and need no address.
-    #[allow(dead_code)] // for server.rs, once it tells the bound address
     pub(crate) fn set_local_address(&self, address: SocketAddr) {
         self.shared.steps.set_corral(corral_base(address));
     }
@@ -183,9 +190,13 @@ impl SagasApi {
     }
 }
 
-/// `path` steps served in this process, through the stack, as the
-/// submitting agent vouched for: no key needed, none stored.
-struct ThroughStack(Proxying);
+/// Calls to Corral served in this process as the submitting agent
+/// vouched for (no key needed, none stored): the agent API's paths and
+/// async calls by the agent API, the rest through the stack.
+struct ThroughStack {
+    proxying: Proxying,
+    agents: Arc<OnceLock<WeakAgentApi>>,
+}
 
 /// Where a step's request comes from, for the stack.
 const STEP_PEER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
@@ -201,8 +212,35 @@ impl Local for ThroughStack {
             agent: AgentId::from(agent),
             authenticated,
         });
-        let proxying = self.0.clone();
-        Box::pin(async move { proxying.serve(request, STEP_PEER).await })
+        let agents = self.agents.get().and_then(WeakAgentApi::upgrade);
+        let proxying = self.proxying.clone();
+        Box::pin(async move {
+            match agents
+                .as_ref()
+                .and_then(|a| a.route(&request).map(|r| (a, r)))
+            {
+                Some((agents, route)) => agents.handle(route, request, STEP_PEER).await,
+                None => proxying.serve(request, STEP_PEER).await,
+            }
+        })
+    }
+}
+
+/// Agent targets found in the registry: one of the live agents with the
+/// capability, at random, so steps spread over them.
+struct FromRegistry(corral_registry::Registry);
+
+impl Resolve for FromRegistry {
+    fn resolve<'a>(&'a self, capability: &'a str) -> BoxFuture<'a, Result<String, String>> {
+        Box::pin(async move {
+            let live = self.0.find(Some(capability)).await;
+            if live.is_empty() {
+                return Err(format!(
+                    "no live agent in the registry has capability {capability:?}"
+                ));
+            }
+            Ok(live[fastrand::usize(..live.len())].endpoint.clone())
+        })
     }
 }
 
