@@ -51,6 +51,9 @@ pub struct Controls {
     pub breaker: std::sync::OnceLock<corral_breaker::BreakerLayer>,
     /// The scheduler, when the stack has one.
     pub scheduler: std::sync::OnceLock<Arc<corral_priority::Scheduler>>,
+    /// The auth layer, when the stack has one: the agent API checks the
+    /// signatures of what it accepts with it.
+    pub auth: std::sync::OnceLock<corral_auth::AuthLayer>,
     /// The agents' priorities set at run time (classify's, always there).
     pub priorities: std::sync::OnceLock<Arc<corral_classify::PriorityOverrides>>,
 }

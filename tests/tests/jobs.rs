@@ -563,3 +563,107 @@ async fn a_callback_to_a_private_address_is_refused_unless_allowed_and_a_failing
     within(calls.recv()).await.unwrap();
     within(calls.recv()).await.unwrap();
 }
+
+#[tokio::test]
+async fn an_agent_that_signs_submits_signed_jobs_that_run_without_a_signature_and_unsigned_ones_are_refused(
+) {
+    const SECRET: &str = "signer secret, long enough";
+    let upstream = mock(corral_e2e::fast()).await;
+    let corral = proxy_toml(
+        &upstream.url(),
+        &format!(
+            "[[agents]]\nid = \"signer\"\nkey = \"sk-signer-0123456789\"\n\n[[layers]]\nkind = \"auth\"\nsecrets = {{ signer = {{ value = \"{SECRET}\" }} }}\n\n[[layers]]\nkind = \"priority\"\n"
+        ),
+    )
+    .await;
+    let url = corral.url();
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let signature = corral_auth::Signed {
+        agent: "signer",
+        method: "POST",
+        path_and_query: "/api/generate",
+        timestamp: &timestamp,
+        request_id: "signed-job-1",
+        body: GENERATE.as_bytes(),
+    }
+    .sign(SECRET.as_bytes());
+    let key = ("authorization", "Bearer sk-signer-0123456789");
+    let prefer = ("prefer", "respond-async");
+    let signed = [
+        key,
+        prefer,
+        ("x-timestamp", &timestamp),
+        ("x-request-id", "signed-job-1"),
+        ("x-signature", &signature),
+    ];
+    let reply = send(request_with(
+        "POST",
+        &format!("{url}/api/generate"),
+        GENERATE,
+        &signed,
+    ))
+    .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let id = reply.json()["id"].as_str().unwrap().to_string();
+    // Reading is a request like any other: signed too.
+    let reads = std::sync::atomic::AtomicU32::new(0);
+    let read = |id: String| {
+        let path = format!("/corral/jobs/{id}");
+        let request_id = format!(
+            "read-{}",
+            reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let signature = corral_auth::Signed {
+            agent: "signer",
+            method: "GET",
+            path_and_query: &path,
+            timestamp: &timestamp,
+            request_id: &request_id,
+            body: b"",
+        }
+        .sign(SECRET.as_bytes());
+        let request = request_with(
+            "GET",
+            &format!("{url}{path}"),
+            "",
+            &[
+                key,
+                ("x-timestamp", &timestamp),
+                ("x-request-id", &request_id),
+                ("x-signature", &signature),
+            ],
+        );
+        async move { send(request).await.json() }
+    };
+    eventually_async("the signed job is done", || async {
+        read(id.clone()).await["status"] == "done"
+    })
+    .await;
+
+    // The same again is a replay; unsigned, it is refused as the layer would.
+    let replayed = send(request_with(
+        "POST",
+        &format!("{url}/api/generate"),
+        GENERATE,
+        &signed,
+    ))
+    .await;
+    assert_eq!(replayed.status, 401, "{}", replayed.text());
+    assert_eq!(
+        replayed.header("x-corral-reason"),
+        Some("replayed_request")
+    );
+    let unsigned = send(request_with(
+        "POST",
+        &format!("{url}/api/generate"),
+        GENERATE,
+        &[key, prefer],
+    ))
+    .await;
+    assert_eq!(unsigned.status, 401, "{}", unsigned.text());
+    assert_eq!(upstream.stats().requests, 1, "only the signed job ran");
+}

@@ -78,26 +78,7 @@ pub struct Caller {
     pub authenticated: bool,
 }
 
-/// Put in a request's extensions by the proxy itself (never read from
-/// the wire): the request is from this agent, identified when it was
-/// accepted. An async job runs later, on any replica, without the key
-/// it was submitted with: Redis never holds the key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Vouched {
-    /// The agent.
-    pub agent: corral_core::AgentId,
-    /// Whether a key proved it when it was accepted.
-    pub authenticated: bool,
-}
-
-impl From<&Caller> for Vouched {
-    fn from(caller: &Caller) -> Self {
-        Self {
-            agent: caller.agent.clone(),
-            authenticated: caller.authenticated,
-        }
-    }
-}
+pub use corral_core::Vouched;
 
 impl ClassifyLayer {
     /// The agent `headers` come from, by the same rules as a proxied

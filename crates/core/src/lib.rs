@@ -81,7 +81,7 @@ pub use load::{LoadCell, LoadSnapshot, UpstreamLoad};
 pub use lock::lock;
 pub use meta::{
     AgentId, ClassName, Dispatched, GenerationParams, MetaSlot, Priority, PriorityError, RequestId,
-    RequestMeta,
+    RequestMeta, Vouched,
 };
 pub use outcome::{
     classify_error, classify_status, AttemptTimedOut, Failure, Outcome, SharedError, StreamBroke,

@@ -419,3 +419,17 @@ impl Dispatched {
         self.0.load(std::sync::atomic::Ordering::Acquire)
     }
 }
+
+/// Put in a request's extensions by the proxy itself (never read from
+/// the wire): the request is from this agent, identified when it was
+/// accepted. An async job or a saga's step runs later, on any replica,
+/// without the key it was submitted with (Redis never holds the key);
+/// `classify` takes the agent from here, and the auth layer does not ask
+/// it to sign again (its submission was checked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vouched {
+    /// The agent.
+    pub agent: AgentId,
+    /// Whether a key proved it when it was accepted.
+    pub authenticated: bool,
+}

@@ -97,6 +97,11 @@ impl Guard {
         if let Err(forbidden) = self.permitted(&request, meta) {
             return Admission::Refused(Box::new(forbidden));
         }
+        if request.extensions().get::<corral_core::Vouched>().is_some() {
+            // The proxy runs it for an agent whose submission was signed
+            // (and checked): the job or step carries no signature.
+            return Admission::Now(request);
+        }
         let check = match self.signature_of(&request, meta.agent.as_str()) {
             Ok(Some(check)) => check,
             Ok(None) => return Admission::Now(request),
@@ -128,6 +133,30 @@ impl Guard {
             guard.remember(&check).await?;
             Ok(request)
         }))
+    }
+
+    /// Checks the signature of a request `agent` makes to the proxy
+    /// itself (an async job's submission), whose `body` was read whole:
+    /// `Ok` when it is signed right and fresh, or need not be signed.
+    ///
+    /// The request is looked at now; only the replay check is left to
+    /// the future, which holds nothing of the request.
+    pub(crate) fn check_signature(
+        self: &Arc<Self>,
+        request: &Request<Body>,
+        agent: &str,
+        body: &bytes::Bytes,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BoxError>> + Send>> {
+        let check = match self.signature_of(request, agent) {
+            Ok(Some(check)) => check,
+            Ok(None) => return Box::pin(std::future::ready(Ok(()))),
+            Err(refused) => return Box::pin(std::future::ready(Err(refused.into()))),
+        };
+        if let Err(refused) = self.verify(&check, request, body) {
+            return Box::pin(std::future::ready(Err(refused.into())));
+        }
+        let guard = self.clone();
+        Box::pin(async move { guard.remember(&check).await })
     }
 
     /// Whether the agent's class may make this call, on the models it

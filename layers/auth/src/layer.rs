@@ -25,6 +25,20 @@ impl AuthLayer {
         })
     }
 
+    /// Checks the signature on a request `agent` makes to the proxy
+    /// itself rather than through the stack (an async job's or a saga's
+    /// submission), its `body` read whole: refused with
+    /// [`SignatureRefused`](crate::SignatureRefused) as the layer would.
+    /// The request is read now; the future left holds none of it.
+    pub fn check_signature(
+        &self,
+        request: &http::Request<corral_core::Body>,
+        agent: &str,
+        body: &bytes::Bytes,
+    ) -> impl std::future::Future<Output = Result<(), corral_core::BoxError>> + Send + 'static {
+        self.guard.check_signature(request, agent, body)
+    }
+
     /// The same, remembering request ids in `store` (shared by every
     /// replica when the store is).
     pub fn with_store(self, store: Arc<dyn ReplayStore>) -> Self {

@@ -5,16 +5,17 @@
 //! compensations).
 //!
 //! Unlike the admin API they answer agents, identified by their API key
-//! or `X-Agent-Id` exactly as a proxied request is ([`corral_classify::Caller`]); what one
+//! or `X-Agent-Id` exactly as a proxied request is ([`Caller`]); what one
 //! agent starts, only it can read or cancel.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use corral_classify::{ClassifyLayer, Vouched};
+use corral_classify::{Caller, ClassifyLayer, Vouched};
 use corral_core::{ApiFamily, Body, BoxBody, BoxError, Endpoint, ErrorBody};
 use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
 
 use crate::config::Config;
 use crate::front::Proxying;
@@ -35,6 +36,9 @@ pub struct AgentApi {
 
 struct Shared {
     classify: ClassifyLayer,
+    controls: Arc<crate::svc::Controls>,
+    refusals: Vec<corral_core::RefusalCast>,
+    max_body: usize,
     jobs: jobs::JobsApi,
     registry: registry::RegistryApi,
     sagas: sagas::SagasApi,
@@ -75,6 +79,9 @@ impl AgentApi {
         let api = Self {
             shared: Arc::new(Shared {
                 classify: stack.classify().clone(),
+                controls: stack.controls().clone(),
+                refusals: stack.refusals().to_vec(),
+                max_body: config.server.max_request_bytes,
                 jobs: jobs::JobsApi::new(stack, config, proxying),
                 sagas: sagas::SagasApi::new(stack, config, &registry, handle.clone()),
                 registry,
@@ -128,7 +135,8 @@ impl AgentApi {
         };
         // A request the proxy makes itself for an agent (a saga's step)
         // carries the agent it vouches for; none from the wire can.
-        let caller = match request.extensions().get::<Vouched>() {
+        let vouched = request.extensions().get::<Vouched>().cloned();
+        let caller = match &vouched {
             Some(vouched) => self.shared.classify.vouch(vouched),
             None => self.shared.classify.identify(request.headers()),
         };
@@ -141,13 +149,62 @@ impl AgentApi {
                 )
             }
         };
-        let request = request.map(Body::streamed);
+        let mut request = request.map(Body::streamed);
+        if vouched.is_none() {
+            request = match self.signed(request, &caller, family).await {
+                Ok(request) => request,
+                Err(refused) => return refused,
+            };
+        }
         let shared = &self.shared;
         match route {
             Route::Jobs => shared.jobs.handle(request, caller, peer).await,
             Route::AsyncCall => shared.jobs.submit_call(request, caller, peer).await,
             Route::Registry => shared.registry.handle(request, caller).await,
             Route::Sagas => shared.sagas.handle(request, caller, peer).await,
+        }
+    }
+}
+
+impl AgentApi {
+    /// `request` once its signature is checked, when the stack's auth
+    /// layer asks `caller` to sign (as it would a proxied request); the
+    /// body is read whole for it.
+    async fn signed(
+        &self,
+        request: Request<Body>,
+        caller: &Caller,
+        family: ApiFamily,
+    ) -> Result<Request<Body>, Response<BoxBody>> {
+        let Some(auth) = self.shared.controls.auth.get() else {
+            return Ok(request);
+        };
+        let (parts, body) = request.into_parts();
+        let bytes = http_body_util::Limited::new(body, self.shared.max_body)
+            .collect()
+            .await
+            .map_err(|e| {
+                respond::answer(
+                    &ErrorBody::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!(
+                            "cannot read the body (at most {} bytes): {e}",
+                            self.shared.max_body
+                        ),
+                    ),
+                    family,
+                )
+            })?
+            .to_bytes();
+        let request = Request::from_parts(parts, Body::from(bytes.clone()));
+        let checked = auth.check_signature(&request, caller.agent.as_str(), &bytes);
+        match checked.await {
+            Ok(()) => Ok(request),
+            Err(refused) => Err(corral_core::respond::error_response(
+                &refused,
+                family,
+                &self.shared.refusals,
+            )),
         }
     }
 }

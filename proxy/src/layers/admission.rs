@@ -307,6 +307,9 @@ pub(crate) fn auth(
         }
         _ => corral_auth::AuthLayer::new(&config)?,
     };
+    // The agent API checks signatures on what it accepts with the same
+    // secrets and replay memory.
+    let _ = context.controls.auth.set(auth.clone());
     let signing = match (config.secrets.len(), config.require_signatures) {
         (_, true) => "every agent signs".to_string(),
         (0, false) => "no signatures".to_string(),
