@@ -521,6 +521,7 @@ async fn a_callback_to_a_private_address_is_refused_unless_allowed_and_a_failing
     let corral = proxy_toml(&upstream.url(), "[jobs]\ncallback_attempts = 2\n").await;
     let url = corral.url();
     let (callback, mut calls) = receiver(200).await;
+    // An address written out is refused at once.
     let described = format!(
         r#"{{"endpoint": "/api/generate", "body": {GENERATE}, "callback_url": "{callback}"}}"#
     );
@@ -531,6 +532,25 @@ async fn a_callback_to_a_private_address_is_refused_unless_allowed_and_a_failing
         &[],
     ))
     .await;
+    assert_eq!(reply.status, 400);
+    assert!(
+        reply.error().contains("private or loopback"),
+        "{}",
+        reply.error()
+    );
+    // A name is checked when called: the job runs, the callback does not.
+    let by_name = callback.replace("127.0.0.1", "localhost");
+    let described = format!(
+        r#"{{"endpoint": "/api/generate", "body": {GENERATE}, "callback_url": "{by_name}"}}"#
+    );
+    let reply = send(request_with(
+        "POST",
+        &format!("{url}/corral/jobs"),
+        described,
+        &[],
+    ))
+    .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
     let id = reply.json()["id"].as_str().unwrap().to_string();
     until(&url, &id, "anonymous", "done").await;
     corral_e2e::eventually_async("the refused callback is counted", || async {
@@ -653,10 +673,7 @@ async fn an_agent_that_signs_submits_signed_jobs_that_run_without_a_signature_an
     ))
     .await;
     assert_eq!(replayed.status, 401, "{}", replayed.text());
-    assert_eq!(
-        replayed.header("x-corral-reason"),
-        Some("replayed_request")
-    );
+    assert_eq!(replayed.header("x-corral-reason"), Some("replayed_request"));
     let unsigned = send(request_with(
         "POST",
         &format!("{url}/api/generate"),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use corral_core::RedisState;
 use corral_e2e::{within, Redis};
-use corral_jobs::{Head, JobRequest, Jobs, JobsConfig, JobsRefused, Outcome, Status};
+use corral_jobs::{Head, JobRequest, Jobs, JobsConfig, JobsRefused, Outcome, Renewal, Status};
 
 fn request() -> JobRequest {
     JobRequest {
@@ -50,7 +50,12 @@ fn prefix(test: &str) -> String {
 async fn a_job_whose_runner_stops_renewing_is_taken_over_and_the_old_runner_is_fenced_off() {
     let redis = Redis::start().await;
     let keys = prefix("takeover");
-    let (a, mut a_claims) = store(&redis, &keys, "a", &config());
+    // a runs one job at most: it cannot take its own back.
+    let one = JobsConfig {
+        max_running: 1,
+        ..config()
+    };
+    let (a, mut a_claims) = store(&redis, &keys, "a", &one);
     let job = a.submit(request()).await.unwrap();
     let first = within(a_claims.recv()).await.unwrap();
     assert_eq!((first.id.clone(), first.attempt), (job.id.clone(), 1));
@@ -67,7 +72,7 @@ async fn a_job_whose_runner_stops_renewing_is_taken_over_and_the_old_runner_is_f
     let (b, mut b_claims) = store(&redis, &keys, "b", &config());
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(150)).await;
-        assert!(a.renew(&first).await, "still a's");
+        assert_eq!(a.renew(&first).await, Renewal::Kept, "still a's");
     }
     assert!(
         tokio::time::timeout(Duration::from_millis(10), b_claims.recv())
@@ -88,7 +93,7 @@ async fn a_job_whose_runner_stops_renewing_is_taken_over_and_the_old_runner_is_f
         "the first run's chunks are gone"
     );
     // a can write nothing more.
-    assert!(!a.renew(&first).await);
+    assert_eq!(a.renew(&first).await, Renewal::Lost);
     assert!(!a.append(&first, vec!["late".into()]).await);
     assert!(a.finish(&first, &Outcome::Done).await.is_none());
     // b ends it.
@@ -190,4 +195,54 @@ async fn the_store_refuses_past_max_jobs() {
         jobs.submit(request()).await,
         Err(JobsRefused::Full { held: 2 })
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_cancelled_while_its_runner_was_gone_ends_cancelled_on_the_replica_that_takes_it() {
+    let redis = Redis::start().await;
+    let keys = prefix("cancel-gone");
+    let one = JobsConfig {
+        max_running: 1,
+        ..config()
+    };
+    let (a, mut a_claims) = store(&redis, &keys, "a", &one);
+    let job = a.submit(request()).await.unwrap();
+    let first = within(a_claims.recv()).await.unwrap();
+    assert!(a.started(&first, "a").await);
+    // a stops (it never renews again); its owner cancels meanwhile, and
+    // the message reaches nobody who runs it.
+    let (b, mut b_claims) = store(&redis, &keys, "b", &config());
+    let state = b.cancel(&job.id).await.unwrap().unwrap();
+    assert_ne!(
+        state.status,
+        Status::Cancelled,
+        "a runner had it: its runner ends it"
+    );
+    let second = within(b_claims.recv()).await.unwrap();
+    assert!(*second.cancelled.borrow(), "the claim comes cancelled");
+    assert!(b.started(&second, "b").await);
+    let ended = b.finish(&second, &Outcome::Cancelled).await.unwrap();
+    assert_eq!(ended.status, Status::Cancelled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_tells_a_runner_its_job_was_cancelled_when_the_message_was_missed() {
+    let redis = Redis::start().await;
+    let keys = prefix("cancel-flag");
+    let (a, mut a_claims) = store(&redis, &keys, "a", &config());
+    let job = a.submit(request()).await.unwrap();
+    let claim = within(a_claims.recv()).await.unwrap();
+    assert!(a.started(&claim, "a").await);
+    // The flag set behind every replica's back, as if the message was lost.
+    let state = RedisState::new(&redis.url, &keys, "x", Duration::from_millis(500)).unwrap();
+    let _: i64 = state
+        .query(
+            corral_core::redis::cmd("HSET")
+                .arg(state.key(&format!("job:{}", job.id)))
+                .arg("cancel")
+                .arg("1"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.renew(&claim).await, Renewal::Cancelled);
 }

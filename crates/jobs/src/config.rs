@@ -21,7 +21,7 @@ use serde::Deserialize;
 pub struct JobsConfig {
     /// Jobs held at once, queued, running or finished and not yet
     /// expired (in memory; with Redis, jobs not yet finished). Past it a
-    /// submission is refused with 503 [`JobsFull`](crate::JobsFull).
+    /// submission is refused with 503 [`JobsRefused::Full`](crate::JobsRefused::Full).
     pub max_jobs: usize,
     /// Bytes of one job's answer, at most; a longer answer fails the job
     /// ("answer too large") rather than holding the memory.
@@ -105,6 +105,14 @@ impl JobsConfig {
                 "lease",
                 "must be at least 300ms: it is renewed every third of it",
             ));
+        }
+        if let Some(var) = &self.callback_secret_env {
+            if std::env::var(var).map_or(true, |v| v.trim().is_empty()) {
+                return Err(ConfigError::new(
+                    "callback_secret_env",
+                    format!("{var} is not set: callbacks would go unsigned (remove the key to send them unsigned)"),
+                ));
+            }
         }
         for (key, value) in [
             ("result_ttl", self.result_ttl),

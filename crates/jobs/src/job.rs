@@ -10,13 +10,15 @@ use serde::{Deserialize, Serialize};
 pub struct JobId(String);
 
 impl JobId {
-    /// A new id.
+    /// A new id: 128 bits from the operating system's generator (agents
+    /// without keys share an identity; for them the id is the secret).
     pub fn generate() -> Self {
-        Self(format!(
-            "job-{:016x}{:016x}",
-            fastrand::u64(..),
-            fastrand::u64(..)
-        ))
+        let mut bits = [0u8; 16];
+        if getrandom::getrandom(&mut bits).is_err() {
+            // No OS generator (never seen on Linux): still unique.
+            bits = fastrand::u128(..).to_le_bytes();
+        }
+        Self(format!("job-{:032x}", u128::from_le_bytes(bits)))
     }
 
     /// An id as a client sent it, if it has the shape of one.
@@ -226,6 +228,9 @@ impl Outcome {
 pub struct Chunks {
     /// The chunks, in order, from the index asked for.
     pub chunks: Vec<Bytes>,
-    /// The job's state when they were read.
+    /// Whether the job had ended when they were read.
     pub ended: bool,
+    /// The attempt they are of: a job taken over starts its answer
+    /// again, and a reader who had the first attempt's must start over.
+    pub attempt: u32,
 }

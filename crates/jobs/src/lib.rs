@@ -68,4 +68,4 @@ mod store;
 
 pub use config::JobsConfig;
 pub use job::{Chunks, Head, JobId, JobRequest, JobState, Outcome, Status};
-pub use store::{Claim, Claims, Follow, Jobs, JobsRefused};
+pub use store::{Claim, Claims, Follow, Jobs, JobsRefused, Renewal};

@@ -59,7 +59,9 @@ impl MemoryJobs {
     }
 
     fn held(&self, id: &JobId) -> Option<Arc<Held>> {
-        lock(&self.jobs).by_id.get(id).cloned()
+        let mut table = lock(&self.jobs);
+        self.expire(&mut table, Instant::now());
+        table.by_id.get(id).cloned()
     }
 
     pub(crate) fn submit(&self, request: JobRequest) -> Result<JobState, JobsRefused> {
@@ -122,11 +124,15 @@ impl MemoryJobs {
 
     pub(crate) fn chunks(&self, id: &JobId, from: usize) -> Option<Chunks> {
         let held = self.held(id)?;
-        let ended = lock(&held.state).status.is_final();
+        let (ended, attempt) = {
+            let state = lock(&held.state);
+            (state.status.is_final(), state.attempts)
+        };
         let chunks = lock(&held.chunks);
         Some(Chunks {
             chunks: chunks.iter().skip(from).cloned().collect(),
             ended,
+            attempt,
         })
     }
 
@@ -195,6 +201,10 @@ impl MemoryJobs {
     /// Appends answer chunks; false once the answer is over its bound.
     pub(crate) fn append(&self, claim: &Claim, chunks: Vec<Bytes>) -> bool {
         let size: usize = chunks.iter().map(Bytes::len).sum();
+        if !self.make_room(size) {
+            self.update(&claim.id, |state, _| state.truncated = true);
+            return false;
+        }
         let mut fits = true;
         let max = self.config.max_result_bytes;
         let updated = self.update(&claim.id, |state, held| {
@@ -210,6 +220,18 @@ impl MemoryJobs {
             lock(&self.jobs).bytes += size;
         }
         updated && fits
+    }
+
+    /// Whether `size` more bytes fit under `max_total_bytes`, once the
+    /// oldest finished jobs have made room if they must.
+    fn make_room(&self, size: usize) -> bool {
+        let mut table = lock(&self.jobs);
+        while table.bytes + size > self.config.max_total_bytes {
+            if !evict_oldest(&mut table) {
+                return false;
+            }
+        }
+        true
     }
 
     pub(crate) fn finish(&self, claim: &Claim, outcome: &Outcome) -> Option<JobState> {
@@ -320,6 +342,35 @@ mod tests {
                 .concat(),
             b"12345"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answers_held_together_stay_under_max_total_bytes_finished_ones_making_room() {
+        let config = JobsConfig {
+            max_total_bytes: 20,
+            max_result_bytes: 12,
+            ..config(10, 12)
+        };
+        let (jobs, mut claims) = Jobs::memory(config);
+        let old = jobs.submit(request("")).await.unwrap();
+        let claim = claims.recv().await.unwrap();
+        jobs.started(&claim, "r").await;
+        assert!(jobs.append(&claim, vec!["0123456789".into()]).await);
+        jobs.finish(&claim, &Outcome::Done).await;
+        let running = jobs.submit(request("")).await.unwrap();
+        let claim = claims.recv().await.unwrap();
+        jobs.started(&claim, "r").await;
+        assert!(jobs.append(&claim, vec!["0123456789".into()]).await);
+        // 20 held: the finished job makes room for more.
+        assert!(jobs.append(&claim, vec!["ab".into()]).await);
+        assert!(jobs.state(&old.id).await.unwrap().is_none());
+        let other = jobs.submit(request("")).await.unwrap();
+        let third = claims.recv().await.unwrap();
+        jobs.started(&third, "r").await;
+        // 12 held by a running job and 9 more: nothing finished to drop.
+        assert!(!jobs.append(&third, vec!["012345678".into()]).await);
+        assert!(jobs.state(&other.id).await.unwrap().unwrap().truncated);
+        assert_eq!(jobs.state(&running.id).await.unwrap().unwrap().bytes, 12);
     }
 
     #[tokio::test(start_paused = true)]

@@ -45,6 +45,18 @@ impl Claims {
     }
 }
 
+/// What renewing a claim found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// Still this runner's: go on.
+    Kept,
+    /// Another replica has it (or may, after a lease cut off from
+    /// Redis): stop, it is not this runner's to end.
+    Lost,
+    /// Its owner cancelled it: stop and end it as cancelled.
+    Cancelled,
+}
+
 /// Why a job was not accepted, or cannot be read now.
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobsRefused {
@@ -95,8 +107,15 @@ pub struct Follow {
 
 enum FollowInner {
     Memory(watch::Receiver<u64>),
+    /// Redis: polled, more slowly the longer nothing comes.
     Poll(std::time::Duration),
 }
+
+/// The first and the longest wait between two polls of a job in Redis.
+const POLL: (std::time::Duration, std::time::Duration) = (
+    std::time::Duration::from_millis(50),
+    std::time::Duration::from_secs(1),
+);
 
 impl Follow {
     /// Returns when the job may have changed (at once if it changed since
@@ -107,7 +126,17 @@ impl Follow {
                 // An error: the job was dropped; the next read says so.
                 let _ = version.changed().await;
             }
-            FollowInner::Poll(every) => tokio::time::sleep(*every).await,
+            FollowInner::Poll(every) => {
+                tokio::time::sleep(*every).await;
+                *every = (*every * 2).min(POLL.1);
+            }
+        }
+    }
+
+    /// Something came: the next wait is short again.
+    pub fn progressed(&mut self) {
+        if let FollowInner::Poll(every) = &mut self.inner {
+            *every = POLL.0;
         }
     }
 }
@@ -178,7 +207,7 @@ impl Jobs {
     pub fn follow(&self, id: &JobId) -> Option<Follow> {
         let inner = match &self.backend {
             Backend::Memory(m) => FollowInner::Memory(m.follow(id)?),
-            Backend::Redis(_) => FollowInner::Poll(std::time::Duration::from_millis(50)),
+            Backend::Redis(_) => FollowInner::Poll(POLL.0),
         };
         Some(Follow { inner })
     }
@@ -242,11 +271,11 @@ impl Jobs {
         }
     }
 
-    /// Keeps this runner's claim on the job; false when another replica
-    /// took it over (stop: it runs there now).
-    pub async fn renew(&self, claim: &Claim) -> bool {
+    /// Keeps this runner's claim on the job, and tells whether it must
+    /// stop: another replica took it over, or its owner cancelled it.
+    pub async fn renew(&self, claim: &Claim) -> Renewal {
         match &self.backend {
-            Backend::Memory(_) => true,
+            Backend::Memory(_) => Renewal::Kept,
             Backend::Redis(r) => r.renew(claim).await,
         }
     }

@@ -35,8 +35,9 @@ pub(crate) struct Callbacks {
 }
 
 /// Whether `url` may be called back: `http` or `https`, with a host that
-/// is not a private address written out (names are checked when called).
-pub(crate) fn check_url(url: &str) -> Result<(), String> {
+/// is not a private address written out unless `allow_private` (names
+/// are checked when called).
+pub(crate) fn check_url(url: &str, allow_private: bool) -> Result<(), String> {
     let uri: http::Uri = url
         .parse()
         .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
@@ -50,7 +51,12 @@ pub(crate) fn check_url(url: &str) -> Result<(), String> {
     if host.is_empty() {
         return Err(format!("{url:?} has no host"));
     }
-    Ok(())
+    match host.trim_matches(['[', ']']).parse::<IpAddr>() {
+        Ok(ip) if private(ip) && !allow_private => Err(format!(
+            "{ip} is a private or loopback address; [jobs] allow_private_callbacks allows it"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Whether `ip` is one a callback must not reach unless allowed.
@@ -138,9 +144,11 @@ impl Callbacks {
                 80
             });
         if !self.allow_private {
-            let addresses = tokio::net::lookup_host((host, port))
-                .await
-                .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+            let addresses =
+                tokio::time::timeout(self.timeout, tokio::net::lookup_host((host, port)))
+                    .await
+                    .map_err(|_| format!("cannot resolve {host} within {:?}", self.timeout))?
+                    .map_err(|e| format!("cannot resolve {host}: {e}"))?;
             for address in addresses {
                 if private(address.ip()) {
                     return Err(format!(
@@ -209,16 +217,25 @@ mod tests {
         ] {
             assert!(private(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111"] {
+        for ip in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "64:ff9b::808:808",
+            "2002:808:808::",
+        ] {
             assert!(!private(ip.parse().unwrap()), "{ip}");
         }
     }
 
     #[test]
     fn only_http_urls_with_a_host_are_taken() {
-        assert!(check_url("https://agents.example.com/done").is_ok());
-        assert!(check_url("ftp://example.com/").is_err());
-        assert!(check_url("/relative").is_err());
-        assert!(check_url("not a url").is_err());
+        assert!(check_url("https://agents.example.com/done", false).is_ok());
+        assert!(check_url("ftp://example.com/", false).is_err());
+        assert!(check_url("/relative", false).is_err());
+        assert!(check_url("not a url", false).is_err());
+        assert!(check_url("http://10.0.0.7:8080/done", false).is_err());
+        assert!(check_url("http://[::1]/done", false).is_err());
+        assert!(check_url("http://10.0.0.7:8080/done", true).is_ok());
     }
 }

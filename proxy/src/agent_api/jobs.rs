@@ -49,9 +49,11 @@ const NOT_KEPT: &[&str] = &[
 #[derive(Clone)]
 pub(crate) struct JobsApi {
     jobs: Jobs,
+    runner: std::sync::Arc<Runner>,
     events: std::sync::Arc<dyn corral_core::EventSink>,
     load: LoadCell,
     max_body: usize,
+    allow_private_callbacks: bool,
 }
 
 /// Whether `request` is an inference call that asks to be answered later
@@ -77,12 +79,14 @@ impl JobsApi {
     /// The store `config` asks for (Redis when the state is shared), with
     /// its runner started.
     pub(crate) fn new(stack: &Stack, config: &Config, proxying: Proxying) -> Self {
-        let jobs = Runner::start(stack, config, proxying);
+        let (jobs, runner) = Runner::start(stack, config, proxying);
         Self {
             jobs,
+            runner,
             events: stack.events().clone() as std::sync::Arc<dyn corral_core::EventSink>,
             load: stack.load().clone(),
             max_body: config.server.max_request_bytes,
+            allow_private_callbacks: config.jobs.allow_private_callbacks,
         }
     }
 
@@ -117,13 +121,13 @@ impl JobsApi {
         };
         match (method, view) {
             (Method::GET | Method::HEAD, None) => self.describe(state).await,
-            (Method::GET, Some("result")) => self.result(state).await,
+            (Method::GET | Method::HEAD, Some("result")) => self.result(state).await,
             (Method::GET, Some("stream")) => self.stream(state).await,
-            (Method::DELETE, None) => match self.jobs.cancel(&id).await {
-                Ok(Some(state)) => json_response(StatusCode::OK, &view_of(&state)),
-                Ok(None) => refuse(StatusCode::NOT_FOUND, format!("no job {id}")),
-                Err(e) => unavailable(&e),
-            },
+            (Method::DELETE, None) => self.cancel(state).await,
+            (_, Some(view)) if !matches!(view, "result" | "stream") => refuse(
+                StatusCode::NOT_FOUND,
+                format!("no such view of a job: {view:?} (there are /result and /stream)"),
+            ),
             (method, view) => refuse(
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!(
@@ -131,6 +135,24 @@ impl JobsApi {
                     view.map(|v| format!("/{v}")).unwrap_or_default()
                 ),
             ),
+        }
+    }
+
+    /// `DELETE /corral/jobs/{id}`: a job no runner had ends here, and is
+    /// told as one that ended; a running one is stopped by its runner.
+    async fn cancel(&self, before: JobState) -> Response<BoxBody> {
+        let id = &before.id;
+        match self.jobs.cancel(id).await {
+            Ok(Some(after)) => {
+                if !before.status.is_final() && after.status == Status::Cancelled {
+                    let request = self.jobs.request(id).await.ok().flatten();
+                    let callback = request.and_then(|r| r.callback_url);
+                    self.runner.ended(callback.as_deref(), &after);
+                }
+                json_response(StatusCode::OK, &view_of(&after))
+            }
+            Ok(None) => refuse(StatusCode::NOT_FOUND, format!("no job {id}")),
+            Err(e) => unavailable(&e),
         }
     }
 
@@ -221,7 +243,7 @@ impl JobsApi {
     /// Accepts `job`: `202` with its place, or the refusal.
     async fn accept(&self, job: JobRequest) -> Response<BoxBody> {
         if let Some(url) = &job.callback_url {
-            if let Err(reason) = super::callback::check_url(url) {
+            if let Err(reason) = super::callback::check_url(url, self.allow_private_callbacks) {
                 return refuse(StatusCode::BAD_REQUEST, format!("callback_url: {reason}"));
             }
         }
@@ -287,8 +309,20 @@ impl JobsApi {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             return response;
         }
-        let Some(head) = state.response.clone() else {
-            return json_response(StatusCode::OK, &view_of(&state));
+        let head = match (&state.response, state.truncated) {
+            // What was kept is not what a live client would have read.
+            (_, true) => {
+                return refuse(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                    "job {}: its answer was larger than [jobs] max_result_bytes and was not kept",
+                    state.id
+                ),
+                )
+            }
+            (Some(head), false) => head.clone(),
+            // Cancelled (or refused) before any answer came.
+            (None, false) => return json_response(StatusCode::CONFLICT, &view_of(&state)),
         };
         let body = match self.jobs.chunks(&state.id, 0).await {
             Ok(Some(answer)) => answer.chunks.concat(),
@@ -307,7 +341,9 @@ impl JobsApi {
     }
 
     /// `GET /corral/jobs/{id}/stream`: every chunk from the first, then
-    /// live until the job ends.
+    /// live until the job ends. A job taken over by another replica
+    /// starts its answer again: a reader who had some of the first
+    /// attempt's gets an error rather than two answers spliced.
     async fn stream(&self, state: JobState) -> Response<BoxBody> {
         let id = state.id.clone();
         let Some(follow) = self.jobs.follow(&id) else {
@@ -318,42 +354,77 @@ impl JobsApi {
             .as_ref()
             .and_then(|h| h.header("content-type").map(str::to_string))
             .unwrap_or_else(|| "application/x-ndjson".into());
-        let jobs = self.jobs.clone();
-        let chunks = futures_util::stream::unfold(
-            (jobs, id, follow, 0usize, false),
-            |(jobs, id, mut follow, mut next, mut ended)| async move {
-                loop {
-                    if ended {
-                        return None;
-                    }
-                    match jobs.chunks(&id, next).await {
-                        Ok(Some(answer)) => {
-                            ended = answer.ended;
-                            if !answer.chunks.is_empty() {
-                                next += answer.chunks.len();
-                                let bytes = Bytes::from(answer.chunks.concat());
-                                let frame = http_body::Frame::data(bytes);
-                                return Some((Ok(frame), (jobs, id, follow, next, ended)));
-                            }
-                            if ended {
-                                return None;
-                            }
-                        }
-                        Ok(None) => return None,
-                        Err(e) => {
-                            let error: corral_core::BoxError = e.to_string().into();
-                            return Some((Err(error), (jobs, id, follow, next, true)));
-                        }
-                    }
-                    follow.changed().await;
-                }
-            },
-        );
+        let reader = Reader {
+            jobs: self.jobs.clone(),
+            id,
+            follow,
+            next: 0,
+            attempt: None,
+            ended: false,
+        };
+        let chunks = futures_util::stream::unfold(reader, |mut reader| async move {
+            let frame = reader.next_frame().await?;
+            Some((frame, reader))
+        });
         let mut response = Response::new(http_body_util::StreamBody::new(chunks).boxed_unsync());
         if let Ok(value) = HeaderValue::from_str(&content_type) {
             response.headers_mut().insert(header::CONTENT_TYPE, value);
         }
         response
+    }
+}
+
+/// One `/stream` reader's place in a job's answer.
+struct Reader {
+    jobs: Jobs,
+    id: JobId,
+    follow: corral_jobs::Follow,
+    next: usize,
+    /// The attempt whose chunks it has read.
+    attempt: Option<u32>,
+    ended: bool,
+}
+
+type Frame = Result<http_body::Frame<Bytes>, corral_core::BoxError>;
+
+impl Reader {
+    /// The next chunks, once there are some; `None` at the end.
+    async fn next_frame(&mut self) -> Option<Frame> {
+        loop {
+            if self.ended {
+                return None;
+            }
+            let answer = match self.jobs.chunks(&self.id, self.next).await {
+                Ok(Some(answer)) => answer,
+                Ok(None) => return self.fail(format!("job {} expired while read", self.id)),
+                Err(e) => return self.fail(e.to_string()),
+            };
+            match self.attempt {
+                Some(read) if read != answer.attempt && self.next > 0 => {
+                    return self.fail(format!(
+                        "job {} was taken over by another replica and started again: read it again from the start",
+                        self.id
+                    ))
+                }
+                _ => self.attempt = Some(answer.attempt),
+            }
+            self.ended = answer.ended;
+            if !answer.chunks.is_empty() {
+                self.next += answer.chunks.len();
+                self.follow.progressed();
+                let bytes = Bytes::from(answer.chunks.concat());
+                return Some(Ok(http_body::Frame::data(bytes)));
+            }
+            if self.ended {
+                return None;
+            }
+            self.follow.changed().await;
+        }
+    }
+
+    fn fail(&mut self, message: String) -> Option<Frame> {
+        self.ended = true;
+        Some(Err(message.into()))
     }
 }
 

@@ -12,7 +12,7 @@ use corral_core::{stream_error_frame, AgentId, Dispatched, EventSink, NewEvent, 
 use corral_jobs::metrics::{
     JOBS_FINISHED_TOTAL, JOBS_RUNNING, JOBS_SUBMITTED_TOTAL, JOBS_TAKEN_OVER_TOTAL,
 };
-use corral_jobs::{Claim, Claims, Head, JobState, Jobs, Outcome};
+use corral_jobs::{Claim, Claims, Head, JobState, Jobs, Outcome, Renewal};
 use futures_util::FutureExt;
 use http::Request;
 use http_body_util::{BodyExt, Full};
@@ -39,7 +39,7 @@ pub(crate) struct Runner {
 impl Runner {
     /// The store for `config` (Redis when the state is shared), and a
     /// task that runs every job it hands this replica.
-    pub(crate) fn start(stack: &Stack, config: &Config, proxying: Proxying) -> Jobs {
+    pub(crate) fn start(stack: &Stack, config: &Config, proxying: Proxying) -> (Jobs, Arc<Self>) {
         corral_jobs::metrics::describe();
         let (jobs, claims) = match stack.state() {
             Some(state) => Jobs::redis(state.clone(), config.jobs.clone()),
@@ -52,8 +52,8 @@ impl Runner {
             events: stack.events().clone() as Arc<dyn EventSink>,
             callbacks: Callbacks::new(&config.jobs),
         });
-        tokio::spawn(runner.take(claims));
-        jobs
+        tokio::spawn(runner.clone().take(claims));
+        (jobs, runner)
     }
 
     async fn take(self: Arc<Self>, mut claims: Claims) {
@@ -64,12 +64,12 @@ impl Runner {
 
     /// Runs one claim to its end, unless it is lost to another replica.
     async fn run(self: Arc<Self>, claim: Claim) {
-        if claim.attempt > 1 {
-            metrics::counter!(JOBS_TAKEN_OVER_TOTAL).increment(1);
-        }
         if !self.jobs.started(&claim, &self.replica).await {
             self.jobs.abandon(&claim);
             return;
+        }
+        if claim.attempt > 1 {
+            metrics::counter!(JOBS_TAKEN_OVER_TOTAL).increment(1);
         }
         let gauge = metrics::gauge!(JOBS_RUNNING);
         gauge.increment(1.0);
@@ -81,12 +81,13 @@ impl Runner {
             return;
         };
         if let Some(state) = self.jobs.finish(&claim, &outcome).await {
-            self.ended(&claim, &state);
+            self.ended(claim.request.callback_url.as_deref(), &state);
         }
     }
 
-    /// Records the end, and calls back if asked.
-    fn ended(&self, claim: &Claim, state: &JobState) {
+    /// Records a job's end, and calls back if asked: its runner's, or
+    /// the owner's cancel of a job no runner had.
+    pub(crate) fn ended(&self, callback_url: Option<&str>, state: &JobState) {
         let status = state.status.as_str();
         metrics::counter!(JOBS_FINISHED_TOTAL, "status" => status).increment(1);
         self.events.record(
@@ -96,9 +97,9 @@ impl Runner {
             )
             .about(&state.agent, state.id.as_str()),
         );
-        if let Some(url) = &claim.request.callback_url {
+        if let Some(url) = callback_url {
             self.callbacks
-                .deliver(url.clone(), super::jobs::view_of(state));
+                .deliver(url.to_string(), super::jobs::view_of(state));
         }
     }
 
@@ -112,17 +113,22 @@ impl Runner {
             };
             loop {
                 tokio::time::sleep(every).await;
-                if !self.jobs.renew(claim).await {
-                    return;
+                match self.jobs.renew(claim).await {
+                    Renewal::Kept => {}
+                    Renewal::Lost => return None,
+                    // The message was missed; the flag was not.
+                    Renewal::Cancelled => return Some(Outcome::Cancelled),
                 }
             }
         };
         // Dropping the work drops the upstream's answer: the generation
-        // stops, as when a live client leaves.
+        // stops, as when a live client leaves. A job cancelled before it
+        // was claimed never starts.
         tokio::select! {
-            outcome = self.work(claim) => outcome,
+            biased;
             _ = cancelled.wait_for(|c| *c) => Some(Outcome::Cancelled),
-            () = renew => None,
+            outcome = renew => outcome,
+            outcome = self.work(claim) => outcome,
         }
     }
 

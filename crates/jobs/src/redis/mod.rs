@@ -20,117 +20,35 @@
 //! `jobs:new` so idle replicas claim at once; cancellations on
 //! `jobs:cancel`, so the replica running the job stops it.
 
+//!
+//! A runner whose writes meet a Redis that does not answer keeps trying
+//! for as long as its lease could still be valid; a runner that has not
+//! renewed its claim for a whole lease (cut off from Redis) counts it
+//! lost and stops, since another replica may be running the job.
+
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use corral_core::{lock, RedisState, StateUnavailable};
 use redis::Value;
 use tokio::sync::{mpsc, watch, Notify};
+use tokio::time::Instant;
 
 use crate::job::{Chunks, Head, JobId, JobRequest, JobState, Outcome, Status};
-use crate::store::{Claim, JobsRefused};
+use crate::store::{Claim, JobsRefused, Renewal};
 use crate::JobsConfig;
+
+mod claimer;
+mod scripts;
+
+use scripts::Scripts;
 
 const GROUP: &str = "runners";
 /// A job not ended after this long is dropped from Redis anyway: nothing
 /// stays forever if every replica is gone.
 const UNFINISHED_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
-
-/// Claims abandoned entries, then reads new ones: a flat list of
-/// `entry id, job id` pairs.
-const CLAIM: &str = r"
-local out = {}
-local ok, res = pcall(redis.call, 'XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], '0-0', 'COUNT', ARGV[4])
-if ok then
-  for _, e in ipairs(res[2]) do
-    if e[2] then table.insert(out, e[1]); table.insert(out, e[2][2]) end
-  end
-end
-local room = tonumber(ARGV[4]) - #out / 2
-if room > 0 then
-  local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', room, 'STREAMS', KEYS[1], '>')
-  if r then
-    for _, e in ipairs(r[1][2]) do
-      if e[2] then table.insert(out, e[1]); table.insert(out, e[2][2]) end
-    end
-  end
-end
-return out
-";
-
-/// Starts a claimed job's next attempt, or drops its entry when the job
-/// has ended, was cancelled before it ran, or is gone: `{attempt, state,
-/// request, body}` or nil.
-const PREPARE: &str = r"
-local st = redis.call('HGET', KEYS[1], 'state')
-if (not st) or redis.call('HGET', KEYS[1], 'final') == '1' or redis.call('HGET', KEYS[1], 'cancel') == '1' then
-  redis.call('XACK', KEYS[3], ARGV[2], ARGV[1])
-  redis.call('XDEL', KEYS[3], ARGV[1])
-  return false
-end
-local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
-redis.call('HSET', KEYS[1], 'entry', ARGV[1])
-redis.call('DEL', KEYS[2])
-return {attempt, st, redis.call('HGET', KEYS[1], 'request'), redis.call('HGET', KEYS[1], 'body')}
-";
-
-/// A runner's write of the state: only while the attempt is its own and
-/// the job has not ended. `ARGV[3]` = `1` ends it (acknowledged, expiring).
-const UPDATE: &str = r"
-if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'final') == '1' then
-  return 0
-end
-redis.call('HSET', KEYS[1], 'state', ARGV[2])
-if ARGV[3] == '1' then
-  redis.call('HSET', KEYS[1], 'final', '1')
-  local entry = redis.call('HGET', KEYS[1], 'entry')
-  if entry then
-    redis.call('XACK', KEYS[3], ARGV[5], entry)
-    redis.call('XDEL', KEYS[3], entry)
-  end
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
-  redis.call('PEXPIRE', KEYS[2], ARGV[4])
-end
-return 1
-";
-
-/// A runner's chunks: only while the attempt is its own.
-const APPEND: &str = r"
-if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'final') == '1' then
-  return 0
-end
-for i = 2, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
-redis.call('PEXPIRE', KEYS[2], 604800000)
-return 1
-";
-
-/// Renews this replica's claim on an entry, if it still owns it.
-const RENEW: &str = r"
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
-if p[1] and p[1][2] == ARGV[3] then
-  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
-  return 1
-end
-return 0
-";
-
-/// Cancels a job: ended at once when no runner ever started it (`1`),
-/// else flagged for its runner (`0`); `-1` when it had ended or is gone.
-const CANCEL: &str = r"
-if not redis.call('HGET', KEYS[1], 'state') or redis.call('HGET', KEYS[1], 'final') == '1' then
-  return -1
-end
-redis.call('HSET', KEYS[1], 'cancel', '1')
-local attempt = redis.call('HGET', KEYS[1], 'attempt')
-if attempt == '0' then
-  redis.call('HSET', KEYS[1], 'state', ARGV[1], 'final', '1')
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-";
 
 /// A job this replica runs.
 struct Running {
@@ -138,6 +56,8 @@ struct Running {
     state: JobState,
     entry: String,
     cancel: watch::Sender<bool>,
+    /// When its claim was last renewed (or taken).
+    renewed: Instant,
 }
 
 /// The Redis backend.
@@ -146,17 +66,9 @@ pub(crate) struct RedisJobs {
     config: JobsConfig,
     scripts: Scripts,
     running: Mutex<HashMap<JobId, Running>>,
-    count: AtomicUsize,
+    /// Where the next `XAUTOCLAIM` scan starts.
+    cursor: Mutex<String>,
     wake: Notify,
-}
-
-struct Scripts {
-    claim: redis::Script,
-    prepare: redis::Script,
-    update: redis::Script,
-    append: redis::Script,
-    renew: redis::Script,
-    cancel: redis::Script,
 }
 
 impl RedisJobs {
@@ -168,24 +80,17 @@ impl RedisJobs {
         let jobs = Arc::new(Self {
             state,
             config,
-            scripts: Scripts {
-                claim: redis::Script::new(CLAIM),
-                prepare: redis::Script::new(PREPARE),
-                update: redis::Script::new(UPDATE),
-                append: redis::Script::new(APPEND),
-                renew: redis::Script::new(RENEW),
-                cancel: redis::Script::new(CANCEL),
-            },
+            scripts: Scripts::new(),
             running: Mutex::default(),
-            count: AtomicUsize::new(0),
+            cursor: Mutex::new("0-0".into()),
             wake: Notify::new(),
         });
-        tokio::spawn(claim_loop(jobs.clone(), claims));
-        tokio::spawn(listen(jobs.clone()));
+        tokio::spawn(claimer::claim_loop(jobs.clone(), claims));
+        tokio::spawn(claimer::listen(jobs.clone()));
         (jobs, receiver)
     }
 
-    pub(crate) fn lease(&self) -> std::time::Duration {
+    pub(crate) fn lease(&self) -> Duration {
         self.config.lease
     }
 
@@ -275,32 +180,36 @@ impl RedisJobs {
             }))
     }
 
+    /// The state and the chunks from `from` on, read together so the
+    /// chunks are of the attempt the state names.
     pub(crate) async fn chunks(
         &self,
         id: &JobId,
         from: usize,
     ) -> Result<Option<Chunks>, JobsRefused> {
-        let Some(state) = self.state(id).await? else {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("HGET")
+            .arg(self.hash(id))
+            .arg("state")
+            .cmd("LRANGE")
+            .arg(self.chunk_list(id))
+            .arg(from)
+            .arg(-1);
+        let (state, chunks): (Option<String>, Vec<Vec<u8>>) =
+            self.state.pipeline(&pipe).await.map_err(unavailable)?;
+        let Some(state) = state.and_then(|j| serde_json::from_str::<JobState>(&j).ok()) else {
             return Ok(None);
         };
-        let chunks: Vec<Vec<u8>> = self
-            .state
-            .query(
-                redis::cmd("LRANGE")
-                    .arg(self.chunk_list(id))
-                    .arg(from)
-                    .arg(-1),
-            )
-            .await
-            .map_err(unavailable)?;
         Ok(Some(Chunks {
             chunks: chunks.into_iter().map(Bytes::from).collect(),
             ended: state.status.is_final(),
+            attempt: state.attempts,
         }))
     }
 
     pub(crate) async fn cancel(&self, id: &JobId) -> Result<Option<JobState>, JobsRefused> {
-        let Some(mut state) = self.state(id).await? else {
+        let Some(state) = self.state(id).await? else {
             return Ok(None);
         };
         if state.status.is_final() {
@@ -318,10 +227,14 @@ impl RedisJobs {
             )
             .await
             .map_err(unavailable)?;
-        if answer == 1 {
-            state = cancelled;
+        match answer {
+            1 => return Ok(Some(cancelled)),
+            // It ended meanwhile: as it ended.
+            -1 => return self.state(id).await,
+            _ => {}
         }
-        // Whoever runs it stops it; here at once, elsewhere on the message.
+        // Whoever runs it stops it: here at once, elsewhere on the
+        // message (or, if that is missed, at its next renewal).
         self.stop_local(id);
         let _ = self.state.publish("jobs:cancel", id.as_str()).await;
         Ok(Some(state))
@@ -333,6 +246,38 @@ impl RedisJobs {
         }
     }
 
+    /// Runs `attempt` until Redis answers, for as long as the claim's
+    /// lease may still hold; `None` when it will not (or the claim is
+    /// no longer this replica's).
+    async fn persist<T, F, Fut>(&self, claim: &Claim, mut attempt: F) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StateUnavailable>>,
+    {
+        let mut wait = Duration::from_millis(50);
+        loop {
+            match attempt().await {
+                Ok(answer) => return Some(answer),
+                Err(e) if e.refused => {
+                    tracing::warn!(job = %claim.id, error = %e, "Redis refused a job's write");
+                    return None;
+                }
+                Err(e) => {
+                    let renewed = lock(&self.running)
+                        .get(&claim.id)
+                        .filter(|j| j.attempt == claim.attempt)
+                        .map(|j| j.renewed)?;
+                    if renewed.elapsed() + wait >= self.config.lease {
+                        tracing::warn!(job = %claim.id, error = %e, "Redis away for a whole lease: the job is left to whoever takes it over");
+                        return None;
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(self.config.lease / 4);
+                }
+            }
+        }
+    }
+
     /// Writes the runner's state of `claim` after `change`.
     async fn write(
         &self,
@@ -340,13 +285,13 @@ impl RedisJobs {
         change: impl FnOnce(&mut JobState),
         ends: bool,
     ) -> Option<JobState> {
-        let (state, _entry) = {
+        let state = {
             let mut running = lock(&self.running);
             let job = running
                 .get_mut(&claim.id)
                 .filter(|j| j.attempt == claim.attempt)?;
             change(&mut job.state);
-            (job.state.clone(), job.entry.clone())
+            job.state.clone()
         };
         let keys = [
             self.hash(&claim.id),
@@ -361,10 +306,10 @@ impl RedisJobs {
             GROUP.to_string(),
         ];
         let applied: i64 = self
-            .state
-            .script(&self.scripts.update, &keys, &args)
-            .await
-            .ok()?;
+            .persist(claim, || {
+                self.state.script(&self.scripts.update, &keys, &args)
+            })
+            .await?;
         (applied == 1).then_some(state)
     }
 
@@ -379,6 +324,7 @@ impl RedisJobs {
                 state.replica = Some(replica);
                 state.response = None;
                 state.bytes = 0;
+                state.truncated = false;
             },
             false,
         )
@@ -415,15 +361,18 @@ impl RedisJobs {
             job.state.bytes += size;
         }
         let keys = [self.hash(&claim.id), self.chunk_list(&claim.id)];
-        let mut args: Vec<&[u8]> = Vec::with_capacity(chunks.len() + 1);
         let attempt = claim.attempt.to_string();
+        let ttl = UNFINISHED_TTL_MS.to_string();
+        let mut args: Vec<&[u8]> = Vec::with_capacity(chunks.len() + 2);
         args.push(attempt.as_bytes());
+        args.push(ttl.as_bytes());
         args.extend(chunks.iter().map(|c| c.as_ref()));
-        let applied: Result<i64, StateUnavailable> = self
-            .state
-            .script_bytes(&self.scripts.append, &keys, &args)
+        let applied: Option<i64> = self
+            .persist(claim, || {
+                self.state.script_bytes(&self.scripts.append, &keys, &args)
+            })
             .await;
-        matches!(applied, Ok(1))
+        applied == Some(1)
     }
 
     pub(crate) async fn finish(&self, claim: &Claim, outcome: &Outcome) -> Option<JobState> {
@@ -438,32 +387,43 @@ impl RedisJobs {
         let mine = running
             .get(&claim.id)
             .is_some_and(|j| j.attempt == claim.attempt);
-        if mine && running.remove(&claim.id).is_some() {
-            self.count.fetch_sub(1, Ordering::AcqRel);
+        if mine {
+            running.remove(&claim.id);
+            drop(running);
             self.wake.notify_one();
         }
     }
 
-    pub(crate) async fn renew(&self, claim: &Claim) -> bool {
-        let Some(entry) = lock(&self.running)
+    pub(crate) async fn renew(&self, claim: &Claim) -> Renewal {
+        let Some((entry, renewed)) = lock(&self.running)
             .get(&claim.id)
             .filter(|j| j.attempt == claim.attempt)
-            .map(|r| r.entry.clone())
+            .map(|r| (r.entry.clone(), r.renewed))
         else {
-            return false;
+            return Renewal::Lost;
         };
-        let keys = [self.stream()];
+        let keys = [self.stream(), self.hash(&claim.id)];
         let args = [GROUP.to_string(), entry, self.state.replica().to_string()];
-        match self
+        let answer = self
             .state
             .script::<i64>(&self.scripts.renew, &keys, &args)
-            .await
-        {
-            Ok(1) => true,
-            Ok(_) => false,
-            // Redis away: keep running; if the lease runs out meanwhile,
-            // the next renewal tells.
-            Err(_) => true,
+            .await;
+        if matches!(answer, Ok(1 | 2)) {
+            if let Some(job) = lock(&self.running)
+                .get_mut(&claim.id)
+                .filter(|j| j.attempt == claim.attempt)
+            {
+                job.renewed = Instant::now();
+            }
+        }
+        match answer {
+            Ok(1) => Renewal::Kept,
+            Ok(2) => Renewal::Cancelled,
+            Ok(_) => Renewal::Lost,
+            // Cut off from Redis: running on is safe only while no other
+            // replica can have taken it over.
+            Err(_) if renewed.elapsed() >= self.config.lease => Renewal::Lost,
+            Err(_) => Renewal::Kept,
         }
     }
 
@@ -486,147 +446,6 @@ impl RedisJobs {
             _ => 0,
         };
         len.saturating_sub(pending)
-    }
-
-    /// The group, made if missing (the first replica, or after a flush).
-    async fn ensure_group(&self) {
-        let _ = self
-            .state
-            .query::<Value>(
-                redis::cmd("XGROUP")
-                    .arg("CREATE")
-                    .arg(self.stream())
-                    .arg(GROUP)
-                    .arg("0")
-                    .arg("MKSTREAM"),
-            )
-            .await;
-    }
-
-    /// Claims what there is room for; the claims ready to run.
-    async fn claim(&self) -> Result<Vec<Claim>, StateUnavailable> {
-        let room = self
-            .config
-            .max_running
-            .saturating_sub(self.count.load(Ordering::Acquire));
-        if room == 0 {
-            return Ok(Vec::new());
-        }
-        let keys = [self.stream()];
-        let args = [
-            GROUP.to_string(),
-            self.state.replica().to_string(),
-            self.config.lease.as_millis().to_string(),
-            room.min(64).to_string(),
-        ];
-        let pairs: Vec<String> = match self.state.script(&self.scripts.claim, &keys, &args).await {
-            Ok(pairs) => pairs,
-            Err(e) if e.reason.contains("NOGROUP") => {
-                self.ensure_group().await;
-                return Ok(Vec::new());
-            }
-            Err(e) => return Err(e),
-        };
-        let mut claims = Vec::new();
-        for pair in pairs.chunks(2) {
-            let [entry, id] = pair else { continue };
-            let Some(id) = JobId::parse(id) else { continue };
-            if let Some(claim) = self.prepare(entry, id).await? {
-                claims.push(claim);
-            }
-        }
-        Ok(claims)
-    }
-
-    async fn prepare(&self, entry: &str, id: JobId) -> Result<Option<Claim>, StateUnavailable> {
-        let keys = [self.hash(&id), self.chunk_list(&id), self.stream()];
-        let args = [entry.to_string(), GROUP.to_string()];
-        let prepared: Option<(u32, String, String, Vec<u8>)> = self
-            .state
-            .script(&self.scripts.prepare, &keys, &args)
-            .await?;
-        let Some((attempt, state, request, body)) = prepared else {
-            return Ok(None);
-        };
-        let (Ok(state), Ok(mut request)) = (
-            serde_json::from_str::<JobState>(&state),
-            serde_json::from_str::<JobRequest>(&request),
-        ) else {
-            tracing::warn!(job = %id, "a job in Redis cannot be read: skipped");
-            return Ok(None);
-        };
-        request.body = Bytes::from(body);
-        let (cancel, cancelled) = watch::channel(false);
-        lock(&self.running).insert(
-            id.clone(),
-            Running {
-                attempt,
-                state,
-                entry: entry.to_string(),
-                cancel,
-            },
-        );
-        self.count.fetch_add(1, Ordering::AcqRel);
-        if attempt > 1 {
-            tracing::info!(job = %id, attempt, "taking over a job whose replica stopped renewing it: running it again from the start");
-        }
-        Ok(Some(Claim {
-            id,
-            request,
-            attempt,
-            cancelled,
-        }))
-    }
-}
-
-/// Claims jobs while anyone holds the claims' receiver: at each
-/// submission anywhere, when a job here ends, and every poll interval.
-async fn claim_loop(jobs: Arc<RedisJobs>, claims: mpsc::Sender<Claim>) {
-    jobs.ensure_group().await;
-    loop {
-        match jobs.claim().await {
-            Ok(found) => {
-                let full = !found.is_empty();
-                for claim in found {
-                    if claims.send(claim).await.is_err() {
-                        return;
-                    }
-                }
-                if full {
-                    // There may be more: look again at once.
-                    continue;
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "claiming jobs: Redis does not answer"),
-        }
-        if claims.is_closed() {
-            return;
-        }
-        tokio::select! {
-            () = jobs.wake.notified() => {}
-            () = tokio::time::sleep(jobs.config.poll_interval) => {}
-        }
-    }
-}
-
-/// Wakes the claimer at each submission, and stops the jobs cancelled on
-/// other replicas that run here.
-async fn listen(jobs: Arc<RedisJobs>) {
-    // One receiver has every channel this replica subscribed to.
-    let mut messages = jobs.state.subscribe("jobs:new").await;
-    drop(jobs.state.subscribe("jobs:cancel").await);
-    loop {
-        match messages.recv().await {
-            Ok(m) if m.channel == "jobs:new" => jobs.wake.notify_one(),
-            Ok(m) if m.channel == "jobs:cancel" => {
-                if let Some(id) = JobId::parse(&m.payload) {
-                    jobs.stop_local(&id);
-                }
-            }
-            Ok(_) => {}
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => jobs.wake.notify_one(),
-            Err(_) => return,
-        }
     }
 }
 
