@@ -196,6 +196,7 @@ async fn only_the_agent_that_submitted_a_job_sees_it_and_bad_submissions_are_ref
     .await;
     assert_eq!(cancel.status, 404);
     assert_eq!(job(&url, "job-0123", "owner").await.status, 404);
+    assert_eq!(job(&url, "3f0c2a9e-0000-4000-8000-000000000000", "owner").await.status, 404);
 
     for (body, expected) in [
         (r#"{"endpoint": "/api/tags"}"#, "not an inference call"),

@@ -3,22 +3,36 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-/// A job's id: `job-` and 32 hex digits, unguessable enough that one
-/// agent cannot find another's (reading also needs the owner).
+/// A job's id: a random UUID (version 4), unguessable enough that one
+/// agent cannot find another's (reading also needs the owner). A UUID,
+/// because the job's request goes upstream with it as its
+/// `X-Request-Id`, and some servers accept no other shape there
+/// (llama-cpp-python's answers 400 to anything else).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct JobId(String);
 
 impl JobId {
-    /// A new id: 128 bits from the operating system's generator (agents
-    /// without keys share an identity; for them the id is the secret).
+    /// A new id: 122 random bits from the operating system's generator
+    /// (agents without keys share an identity; for them the id is the
+    /// secret).
     pub fn generate() -> Self {
         let mut bits = [0u8; 16];
         if getrandom::getrandom(&mut bits).is_err() {
             // No OS generator (never seen on Linux): still unique.
             bits = fastrand::u128(..).to_le_bytes();
         }
-        Self(format!("job-{:032x}", u128::from_le_bytes(bits)))
+        bits[6] = (bits[6] & 0x0f) | 0x40;
+        bits[8] = (bits[8] & 0x3f) | 0x80;
+        let hex: String = bits.iter().map(|b| format!("{b:02x}")).collect();
+        Self(format!(
+            "{}-{}-{}-{}-{}",
+            &hex[..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..]
+        ))
     }
 
     /// An id as a client sent it, if it has the shape of one.
@@ -27,13 +41,17 @@ impl JobId {
     /// use corral_jobs::JobId;
     ///
     /// let id = JobId::generate();
+    /// assert_eq!(id.as_str().len(), 36);
     /// assert_eq!(JobId::parse(id.as_str()), Some(id));
-    /// assert_eq!(JobId::parse("job-../../etc"), None);
+    /// assert_eq!(JobId::parse("../../etc/passwd"), None);
     /// ```
     pub fn parse(text: &str) -> Option<Self> {
-        let hex = text.strip_prefix("job-")?;
-        (hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| Self(text.to_string()))
+        let shaped = text.len() == 36
+            && text.char_indices().all(|(i, c)| match i {
+                8 | 13 | 18 | 23 => c == '-',
+                _ => c.is_ascii_hexdigit(),
+            });
+        shaped.then(|| Self(text.to_ascii_lowercase()))
     }
 
     /// The id as text.
