@@ -108,7 +108,7 @@ async fn a_call_that_prefers_to_be_answered_later_is_a_job_answered_as_a_live_on
     assert_eq!(result.header("content-type"), live.header("content-type"));
     assert_eq!(result.json()["response"], live.json()["response"]);
     // Its events name the job.
-    let events = corral_e2e::events(&url, &format!("kind=job_finished&agent=planner")).await;
+    let events = corral_e2e::events(&url, "kind=job_finished&agent=planner").await;
     assert!(
         events
             .iter()
@@ -196,7 +196,12 @@ async fn only_the_agent_that_submitted_a_job_sees_it_and_bad_submissions_are_ref
     .await;
     assert_eq!(cancel.status, 404);
     assert_eq!(job(&url, "job-0123", "owner").await.status, 404);
-    assert_eq!(job(&url, "3f0c2a9e-0000-4000-8000-000000000000", "owner").await.status, 404);
+    assert_eq!(
+        job(&url, "3f0c2a9e-0000-4000-8000-000000000000", "owner")
+            .await
+            .status,
+        404
+    );
 
     for (body, expected) in [
         (r#"{"endpoint": "/api/tags"}"#, "not an inference call"),

@@ -231,7 +231,7 @@ impl Outcome {
         if reason.is_some() || state.reason.is_none() {
             state.reason = reason.or_else(|| {
                 (status == Status::Failed)
-                    .then(|| state.response.as_ref())
+                    .then_some(state.response.as_ref())
                     .flatten()
                     .map(|h| format!("answered {}", h.status))
             });
