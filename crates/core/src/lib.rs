@@ -55,6 +55,7 @@ mod load;
 mod lock;
 mod macros;
 mod meta;
+pub mod net;
 mod outcome;
 mod ready;
 #[cfg(feature = "redis")]

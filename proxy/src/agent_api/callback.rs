@@ -9,7 +9,6 @@
 //! separately; a DNS server that answers differently to each could slip
 //! past it, which is why the default refuses only what it can see.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -51,34 +50,11 @@ pub(crate) fn check_url(url: &str, allow_private: bool) -> Result<(), String> {
     if host.is_empty() {
         return Err(format!("{url:?} has no host"));
     }
-    match host.trim_matches(['[', ']']).parse::<IpAddr>() {
-        Ok(ip) if private(ip) && !allow_private => Err(format!(
+    match corral_core::net::literal_private(host) {
+        Some(ip) if !allow_private => Err(format!(
             "{ip} is a private or loopback address; [jobs] allow_private_callbacks allows it"
         )),
         _ => Ok(()),
-    }
-}
-
-/// Whether `ip` is one a callback must not reach unless allowed.
-fn private(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.octets()[0] == 100 && (64..128).contains(&v4.octets()[1])
-        }
-        IpAddr::V6(v6) => {
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
-                || v6
-                    .to_ipv4_mapped()
-                    .is_some_and(|v4| private(IpAddr::V4(v4)))
-        }
     }
 }
 
@@ -150,7 +126,7 @@ impl Callbacks {
                     .map_err(|_| format!("cannot resolve {host} within {:?}", self.timeout))?
                     .map_err(|e| format!("cannot resolve {host}: {e}"))?;
             for address in addresses {
-                if private(address.ip()) {
+                if corral_core::net::private_address(address.ip()) {
                     return Err(format!(
                         "refused: {host} is a private or loopback address ({}); [jobs] allow_private_callbacks allows it",
                         address.ip()
@@ -199,34 +175,6 @@ impl Callbacks {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn private_addresses_are_told_apart_from_public_ones() {
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "192.168.0.1",
-            "172.16.5.4",
-            "169.254.169.254",
-            "0.0.0.0",
-            "::1",
-            "fd00::1",
-            "fe80::1",
-            "100.64.0.1",
-            "::ffff:127.0.0.1",
-        ] {
-            assert!(private(ip.parse().unwrap()), "{ip}");
-        }
-        for ip in [
-            "8.8.8.8",
-            "1.1.1.1",
-            "2606:4700::1111",
-            "64:ff9b::808:808",
-            "2002:808:808::",
-        ] {
-            assert!(!private(ip.parse().unwrap()), "{ip}");
-        }
-    }
 
     #[test]
     fn only_http_urls_with_a_host_are_taken() {
