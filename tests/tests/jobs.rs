@@ -316,6 +316,37 @@ async fn a_job_waiting_for_the_upstream_is_queued_with_its_place() {
 }
 
 #[tokio::test]
+async fn a_submission_repeated_with_its_idempotency_key_gets_the_same_job_and_runs_once() {
+    let upstream = mock(corral_e2e::fast()).await;
+    let corral = proxy_toml(&upstream.url(), "").await;
+    let url = corral.url();
+    let headers = [
+        ("prefer", "respond-async"),
+        ("x-agent-id", "planner"),
+        ("idempotency-key", "saga-9:1:action"),
+    ];
+    let first = send(request_with(
+        "POST",
+        &format!("{url}/api/generate"),
+        GENERATE,
+        &headers,
+    ))
+    .await;
+    let again = send(request_with(
+        "POST",
+        &format!("{url}/api/generate"),
+        GENERATE,
+        &headers,
+    ))
+    .await;
+    assert_eq!((first.status.as_u16(), again.status.as_u16()), (202, 202));
+    let id = first.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(again.json()["id"], id.as_str(), "the same job");
+    until(&url, &id, "planner", "done").await;
+    assert_eq!(upstream.stats().completed, 1, "generated once");
+}
+
+#[tokio::test]
 async fn a_full_job_store_refuses_with_503_and_retry_after() {
     let upstream = mock(corral_e2e::stalled(Duration::from_secs(30))).await;
     let corral = proxy_toml(&upstream.url(), "[jobs]\nmax_jobs = 1\n").await;

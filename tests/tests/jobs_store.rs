@@ -21,6 +21,7 @@ fn request() -> JobRequest {
         authenticated: true,
         callback_url: None,
         client: Some("10.0.0.7".into()),
+        idempotency_key: None,
     }
 }
 
@@ -56,7 +57,7 @@ async fn a_job_whose_runner_stops_renewing_is_taken_over_and_the_old_runner_is_f
         ..config()
     };
     let (a, mut a_claims) = store(&redis, &keys, "a", &one);
-    let job = a.submit(request()).await.unwrap();
+    let job = a.submit(request()).await.unwrap().state;
     let first = within(a_claims.recv()).await.unwrap();
     assert_eq!((first.id.clone(), first.attempt), (job.id.clone(), 1));
     assert_eq!(
@@ -145,7 +146,7 @@ async fn a_cancellation_on_one_replica_reaches_the_runner_on_another() {
     let redis = Redis::start().await;
     let keys = prefix("cancel");
     let (a, mut a_claims) = store(&redis, &keys, "a", &config());
-    let job = a.submit(request()).await.unwrap();
+    let job = a.submit(request()).await.unwrap().state;
     let claim = within(a_claims.recv()).await.unwrap();
     assert!(a.started(&claim, "a").await);
     let (b, _b_claims) = store(&redis, &keys, "b", &config());
@@ -168,8 +169,8 @@ async fn a_cancellation_on_one_replica_reaches_the_runner_on_another() {
             ..config()
         },
     );
-    let _busy = c.submit(request()).await.unwrap();
-    let waiting = c.submit(request()).await.unwrap();
+    let _busy = c.submit(request()).await.unwrap().state;
+    let waiting = c.submit(request()).await.unwrap().state;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
         c.cancel(&waiting.id).await.unwrap().unwrap().status,
@@ -189,8 +190,8 @@ async fn the_store_refuses_past_max_jobs() {
             ..config()
         },
     );
-    jobs.submit(request()).await.unwrap();
-    jobs.submit(request()).await.unwrap();
+    jobs.submit(request()).await.unwrap().state;
+    jobs.submit(request()).await.unwrap().state;
     assert!(matches!(
         jobs.submit(request()).await,
         Err(JobsRefused::Full { held: 2 })
@@ -206,7 +207,7 @@ async fn a_job_cancelled_while_its_runner_was_gone_ends_cancelled_on_the_replica
         ..config()
     };
     let (a, mut a_claims) = store(&redis, &keys, "a", &one);
-    let job = a.submit(request()).await.unwrap();
+    let job = a.submit(request()).await.unwrap().state;
     let first = within(a_claims.recv()).await.unwrap();
     assert!(a.started(&first, "a").await);
     // a stops (it never renews again); its owner cancels meanwhile, and
@@ -230,7 +231,7 @@ async fn a_renewal_tells_a_runner_its_job_was_cancelled_when_the_message_was_mis
     let redis = Redis::start().await;
     let keys = prefix("cancel-flag");
     let (a, mut a_claims) = store(&redis, &keys, "a", &config());
-    let job = a.submit(request()).await.unwrap();
+    let job = a.submit(request()).await.unwrap().state;
     let claim = within(a_claims.recv()).await.unwrap();
     assert!(a.started(&claim, "a").await);
     // The flag set behind every replica's back, as if the message was lost.
@@ -245,4 +246,20 @@ async fn a_renewal_tells_a_runner_its_job_was_cancelled_when_the_message_was_mis
         .await
         .unwrap();
     assert_eq!(a.renew(&claim).await, Renewal::Cancelled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_idempotency_key_on_two_replicas_gets_one_job() {
+    let redis = Redis::start().await;
+    let keys = prefix("idempotent");
+    let (a, _a_claims) = store(&redis, &keys, "a", &config());
+    let (b, _b_claims) = store(&redis, &keys, "b", &config());
+    let keyed = || JobRequest {
+        idempotency_key: Some("saga-1:0:action".into()),
+        ..request()
+    };
+    let first = a.submit(keyed()).await.unwrap();
+    let again = b.submit(keyed()).await.unwrap();
+    assert!(!first.repeated && again.repeated);
+    assert_eq!(first.state.id, again.state.id);
 }

@@ -89,6 +89,21 @@ pub struct JobRequest {
     /// The submitter's address, for `X-Forwarded-For` when it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client: Option<String>,
+    /// Its `Idempotency-Key`: the same agent submitting the same key
+    /// again (a saga's step run again after a crash) gets the same job,
+    /// not a second generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// A job as the store accepted it: new, or the one an earlier
+/// submission with the same idempotency key made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submitted {
+    /// The job.
+    pub state: JobState,
+    /// Whether it was made by an earlier submission.
+    pub repeated: bool,
 }
 
 /// Where a job stands.

@@ -40,8 +40,9 @@
 //!     authenticated: false,
 //!     callback_url: None,
 //!     client: None,
+//!     idempotency_key: None,
 //! };
-//! let accepted = jobs.submit(request).await.unwrap();
+//! let accepted = jobs.submit(request).await.unwrap().state;
 //! assert_eq!(accepted.status, Status::Queued);
 //!
 //! // A runner takes it and tells how it goes.
@@ -67,5 +68,5 @@ mod redis;
 mod store;
 
 pub use config::JobsConfig;
-pub use job::{Chunks, Head, JobId, JobRequest, JobState, Outcome, Status};
+pub use job::{Chunks, Head, JobId, JobRequest, JobState, Outcome, Status, Submitted};
 pub use store::{Claim, Claims, Follow, Jobs, JobsRefused, Renewal};

@@ -8,7 +8,7 @@ use corral_core::lock;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::job::{Chunks, Head, JobId, JobRequest, JobState, Outcome, Status};
+use crate::job::{Chunks, Head, JobId, JobRequest, JobState, Outcome, Status, Submitted};
 use crate::store::{Claim, JobsRefused};
 use crate::JobsConfig;
 
@@ -38,6 +38,8 @@ pub(crate) struct MemoryJobs {
 #[derive(Default)]
 struct Table {
     by_id: HashMap<JobId, Arc<Held>>,
+    /// Jobs by their submitter and idempotency key.
+    by_key: HashMap<(String, String), JobId>,
     /// Finished jobs, oldest first, with when they finished.
     finished: VecDeque<(Instant, JobId)>,
     /// Bytes of every answer held.
@@ -64,7 +66,17 @@ impl MemoryJobs {
         table.by_id.get(id).cloned()
     }
 
-    pub(crate) fn submit(&self, request: JobRequest) -> Result<JobState, JobsRefused> {
+    pub(crate) fn submit(&self, request: JobRequest) -> Result<Submitted, JobsRefused> {
+        let key = request
+            .idempotency_key
+            .clone()
+            .map(|k| (request.agent.clone(), k));
+        if let Some(state) = key.as_ref().and_then(|k| self.keyed(k)) {
+            return Ok(Submitted {
+                state,
+                repeated: true,
+            });
+        }
         let id = JobId::generate();
         let state = JobState::queued(id.clone(), &request);
         let (cancel, cancelled) = watch::channel(false);
@@ -89,6 +101,9 @@ impl MemoryJobs {
             }
             table.bytes += request.body.len();
             table.by_id.insert(id.clone(), held);
+            if let Some(key) = key {
+                table.by_key.insert(key, id.clone());
+            }
         }
         let _ = self.runnable.send(Claim {
             id,
@@ -96,7 +111,16 @@ impl MemoryJobs {
             attempt: 1,
             cancelled,
         });
-        Ok(state)
+        Ok(Submitted {
+            state,
+            repeated: false,
+        })
+    }
+
+    /// The job an agent already submitted with this key, if still held.
+    fn keyed(&self, key: &(String, String)) -> Option<JobState> {
+        let id = lock(&self.jobs).by_key.get(key).cloned()?;
+        self.state(&id)
     }
 
     /// Drops finished jobs past their time.
@@ -252,6 +276,11 @@ fn evict_oldest(table: &mut Table) -> bool {
     if let Some(held) = table.by_id.remove(&id) {
         let bytes = lock(&held.state).bytes as usize + held.request.body.len();
         table.bytes = table.bytes.saturating_sub(bytes);
+        if let Some(key) = &held.request.idempotency_key {
+            table
+                .by_key
+                .remove(&(held.request.agent.clone(), key.clone()));
+        }
     }
     true
 }
@@ -274,6 +303,7 @@ mod tests {
             authenticated: false,
             callback_url: None,
             client: None,
+            idempotency_key: None,
         }
     }
 
@@ -289,8 +319,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn finished_jobs_make_room_oldest_first_and_running_ones_never_do() {
         let (jobs, mut claims) = Jobs::memory(config(2, 1024));
-        let first = jobs.submit(request("1")).await.unwrap();
-        let second = jobs.submit(request("2")).await.unwrap();
+        let first = jobs.submit(request("1")).await.unwrap().state;
+        let second = jobs.submit(request("2")).await.unwrap().state;
         assert!(matches!(
             jobs.submit(request("3")).await,
             Err(JobsRefused::Full { held: 2 })
@@ -300,7 +330,7 @@ mod tests {
         jobs.started(&claim, "r").await;
         jobs.finish(&claim, &Outcome::Done).await;
         // The finished one gives its place; the queued one keeps its own.
-        let third = jobs.submit(request("3")).await.unwrap();
+        let third = jobs.submit(request("3")).await.unwrap().state;
         assert!(jobs.state(&first.id).await.unwrap().is_none());
         assert!(jobs.state(&second.id).await.unwrap().is_some());
         assert!(jobs.state(&third.id).await.unwrap().is_some());
@@ -309,7 +339,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_finished_job_is_readable_for_result_ttl_then_gone() {
         let (jobs, mut claims) = Jobs::memory(config(10, 1024));
-        let job = jobs.submit(request("1")).await.unwrap();
+        let job = jobs.submit(request("1")).await.unwrap().state;
         let claim = claims.recv().await.unwrap();
         jobs.started(&claim, "r").await;
         jobs.finish(&claim, &Outcome::Done).await;
@@ -325,7 +355,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_answer_over_its_bound_is_refused_and_marked_truncated() {
         let (jobs, mut claims) = Jobs::memory(config(10, 8));
-        let job = jobs.submit(request("1")).await.unwrap();
+        let job = jobs.submit(request("1")).await.unwrap().state;
         let claim = claims.recv().await.unwrap();
         jobs.started(&claim, "r").await;
         assert!(jobs.append(&claim, vec!["12345".into()]).await);
@@ -352,19 +382,19 @@ mod tests {
             ..config(10, 12)
         };
         let (jobs, mut claims) = Jobs::memory(config);
-        let old = jobs.submit(request("")).await.unwrap();
+        let old = jobs.submit(request("")).await.unwrap().state;
         let claim = claims.recv().await.unwrap();
         jobs.started(&claim, "r").await;
         assert!(jobs.append(&claim, vec!["0123456789".into()]).await);
         jobs.finish(&claim, &Outcome::Done).await;
-        let running = jobs.submit(request("")).await.unwrap();
+        let running = jobs.submit(request("")).await.unwrap().state;
         let claim = claims.recv().await.unwrap();
         jobs.started(&claim, "r").await;
         assert!(jobs.append(&claim, vec!["0123456789".into()]).await);
         // 20 held: the finished job makes room for more.
         assert!(jobs.append(&claim, vec!["ab".into()]).await);
         assert!(jobs.state(&old.id).await.unwrap().is_none());
-        let other = jobs.submit(request("")).await.unwrap();
+        let other = jobs.submit(request("")).await.unwrap().state;
         let third = claims.recv().await.unwrap();
         jobs.started(&third, "r").await;
         // 12 held by a running job and 9 more: nothing finished to drop.
@@ -374,16 +404,33 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_same_idempotency_key_from_the_same_agent_gets_the_same_job() {
+        let (jobs, _claims) = Jobs::memory(config(10, 1024));
+        let keyed = |agent: &str| JobRequest {
+            agent: agent.into(),
+            idempotency_key: Some("saga-7:2:action".into()),
+            ..request("1")
+        };
+        let first = jobs.submit(keyed("planner")).await.unwrap();
+        let again = jobs.submit(keyed("planner")).await.unwrap();
+        assert!(!first.repeated && again.repeated);
+        assert_eq!(first.state.id, again.state.id);
+        let other = jobs.submit(keyed("writer")).await.unwrap();
+        assert!(!other.repeated, "another agent's key is its own");
+        assert_ne!(other.state.id, first.state.id);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_job_cancelled_before_it_ran_ends_at_once_and_a_running_one_is_told() {
         let (jobs, mut claims) = Jobs::memory(config(10, 1024));
-        let queued = jobs.submit(request("1")).await.unwrap();
+        let queued = jobs.submit(request("1")).await.unwrap().state;
         let cancelled = jobs.cancel(&queued.id).await.unwrap().unwrap();
         assert_eq!(cancelled.status, Status::Cancelled);
         // Its claim still comes; starting it is refused.
         let stale = claims.recv().await.unwrap();
         assert!(!jobs.started(&stale, "r").await);
 
-        let running = jobs.submit(request("2")).await.unwrap();
+        let running = jobs.submit(request("2")).await.unwrap().state;
         let claim = claims.recv().await.unwrap();
         jobs.started(&claim, "r").await;
         jobs.dispatched(&claim).await;
@@ -401,7 +448,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_follower_is_woken_by_each_change_and_an_error_status_fails_the_job() {
         let (jobs, mut claims) = Jobs::memory(config(10, 1024));
-        let job = jobs.submit(request("1")).await.unwrap();
+        let job = jobs.submit(request("1")).await.unwrap().state;
         let mut follow = jobs.follow(&job.id).unwrap();
         let claim = claims.recv().await.unwrap();
         jobs.started(&claim, "r").await;

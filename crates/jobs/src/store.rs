@@ -6,7 +6,7 @@ use bytes::Bytes;
 use corral_core::RedisState;
 use tokio::sync::{mpsc, watch};
 
-use crate::job::{Chunks, Head, JobId, JobRequest, JobState, Outcome};
+use crate::job::{Chunks, Head, JobId, JobRequest, JobState, Outcome, Submitted};
 use crate::memory::MemoryJobs;
 use crate::redis::RedisJobs;
 use crate::JobsConfig;
@@ -170,8 +170,9 @@ impl Jobs {
         )
     }
 
-    /// Accepts `request` as a new job.
-    pub async fn submit(&self, request: JobRequest) -> Result<JobState, JobsRefused> {
+    /// Accepts `request` as a new job, or answers the job the same agent
+    /// already submitted with the same idempotency key.
+    pub async fn submit(&self, request: JobRequest) -> Result<Submitted, JobsRefused> {
         match &self.backend {
             Backend::Memory(m) => m.submit(request),
             Backend::Redis(r) => r.submit(request).await,

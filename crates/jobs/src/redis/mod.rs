@@ -36,7 +36,7 @@ use redis::Value;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
-use crate::job::{Chunks, Head, JobId, JobRequest, JobState, Outcome, Status};
+use crate::job::{Chunks, Head, JobId, JobRequest, JobState, Outcome, Status, Submitted};
 use crate::store::{Claim, JobsRefused, Renewal};
 use crate::JobsConfig;
 
@@ -110,7 +110,16 @@ impl RedisJobs {
         self.config.result_ttl.as_millis().to_string()
     }
 
-    pub(crate) async fn submit(&self, request: JobRequest) -> Result<JobState, JobsRefused> {
+    pub(crate) async fn submit(&self, request: JobRequest) -> Result<Submitted, JobsRefused> {
+        let id = JobId::generate();
+        if let Some(key) = &request.idempotency_key {
+            if let Some(state) = self.keyed(&request.agent, key, &id).await? {
+                return Ok(Submitted {
+                    state,
+                    repeated: true,
+                });
+            }
+        }
         let held: usize = self
             .state
             .query(redis::cmd("XLEN").arg(self.stream()))
@@ -119,7 +128,6 @@ impl RedisJobs {
         if held >= self.config.max_jobs {
             return Err(JobsRefused::Full { held });
         }
-        let id = JobId::generate();
         let state = JobState::queued(id.clone(), &request);
         let mut pipe = redis::pipe();
         pipe.atomic()
@@ -149,7 +157,65 @@ impl RedisJobs {
             .await
             .map_err(unavailable)?;
         let _ = self.state.publish("jobs:new", id.as_str()).await;
-        Ok(state)
+        Ok(Submitted {
+            state,
+            repeated: false,
+        })
+    }
+
+    /// The job `agent` already submitted with `key`, if any; else `key`
+    /// is taken for `id` (on every replica at once: `SET NX`).
+    async fn keyed(
+        &self,
+        agent: &str,
+        key: &str,
+        id: &JobId,
+    ) -> Result<Option<JobState>, JobsRefused> {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(format!("{agent}\n{key}"));
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let name = self.state.key(&format!("jobs:idem:{hex}"));
+        let taken: Option<String> = self
+            .state
+            .query(
+                redis::cmd("SET")
+                    .arg(&name)
+                    .arg(id.as_str())
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(UNFINISHED_TTL_MS),
+            )
+            .await
+            .map_err(unavailable)?;
+        if taken.is_some() {
+            return Ok(None);
+        }
+        let earlier: Option<String> = self
+            .state
+            .query(redis::cmd("GET").arg(&name))
+            .await
+            .map_err(unavailable)?;
+        let Some(earlier) = earlier.as_deref().and_then(JobId::parse) else {
+            return Ok(None);
+        };
+        match self.state(&earlier).await? {
+            Some(state) => Ok(Some(state)),
+            // Its job is gone (expired, or never made): this one takes the key.
+            None => {
+                let _: Option<String> = self
+                    .state
+                    .query(
+                        redis::cmd("SET")
+                            .arg(&name)
+                            .arg(id.as_str())
+                            .arg("PX")
+                            .arg(UNFINISHED_TTL_MS),
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                Ok(None)
+            }
+        }
     }
 
     pub(crate) async fn state(&self, id: &JobId) -> Result<Option<JobState>, JobsRefused> {

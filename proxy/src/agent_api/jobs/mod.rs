@@ -211,6 +211,7 @@ impl JobsApi {
             authenticated: caller.authenticated,
             callback_url,
             client: Some(peer.ip().to_string()),
+            idempotency_key: idempotency_key(&parts.headers),
         };
         self.accept(job).await
     }
@@ -251,8 +252,10 @@ impl JobsApi {
             }
         }
         match self.jobs.submit(job).await {
-            Ok(state) => {
-                super::runner::submitted(self.events.as_ref(), &state);
+            Ok(corral_jobs::Submitted { state, repeated }) => {
+                if !repeated {
+                    super::runner::submitted(self.events.as_ref(), &state);
+                }
                 let location = format!("/corral/jobs/{}", state.id);
                 let mut response = json_response(StatusCode::ACCEPTED, &view_of(&state));
                 if let Ok(value) = HeaderValue::from_str(&location) {
@@ -336,8 +339,19 @@ impl Described {
             authenticated: caller.authenticated,
             callback_url: self.callback_url,
             client: Some(peer.ip().to_string()),
+            idempotency_key: idempotency_key(headers),
         })
     }
+}
+
+/// The submission's `Idempotency-Key`, when it has a usable one.
+fn idempotency_key(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 256)
+        .map(str::to_string)
 }
 
 /// The request's body, at most `max` bytes, or the 413 that says so.
