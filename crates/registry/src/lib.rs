@@ -26,12 +26,12 @@
 //! let events = Arc::new(Kinds::default());
 //! let registry = Registry::memory(RegistryConfig::default(), events.clone()).unwrap();
 //! let ttl = Duration::from_secs(10);
-//! let entry = Entry::new("summarizer-1", "http://10.0.0.7:8080", ttl).with_capabilities(["summarize"]);
+//! let entry = Entry::new("summarizer-1", "http://summarizer.internal:8080", ttl).with_capabilities(["summarize"]);
 //! assert!(registry.put(entry).await.unwrap().joined());
 //!
 //! let found = registry.find(Some("summarize")).await;
 //! assert_eq!(found[0].agent, "summarizer-1");
-//! assert_eq!(found[0].endpoint, "http://10.0.0.7:8080");
+//! assert_eq!(found[0].endpoint, "http://summarizer.internal:8080");
 //! assert!(registry.find(Some("translate")).await.is_empty());
 //!
 //! // No heartbeat for longer than the TTL: gone, and the sweep says so.

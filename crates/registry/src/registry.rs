@@ -128,9 +128,13 @@ impl Registry {
 
     /// Lists `entry` (its times set here) until its TTL passes without a
     /// heartbeat: a join, recorded as `registry_joined`, or a renewal of
-    /// the agent's entry, replaced whole.
+    /// the agent's entry, replaced whole. An endpoint at a private
+    /// address written out is refused unless `allow_private_endpoints`.
     pub async fn put(&self, entry: Entry) -> Result<Put, RegistryError> {
         entry.validate(self.shared.config.max_ttl)?;
+        if !self.shared.config.allow_private_endpoints {
+            crate::entry::check_public_endpoint(&entry.endpoint)?;
+        }
         let put = match &self.shared.backend {
             Backend::Memory(memory) => memory.put(entry, unix_now_f64())?,
             Backend::Redis(redis) => redis.put(entry).await?,

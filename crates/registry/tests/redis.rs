@@ -95,7 +95,7 @@ fn replica(state: RedisState, config: RegistryConfig) -> (Registry, Arc<Events>)
 }
 
 fn entry(agent: &str, ttl: Duration, capabilities: &[&str]) -> Entry {
-    Entry::new(agent, "http://10.0.0.7:8080", ttl)
+    Entry::new(agent, "http://summarizer.internal:8080", ttl)
         .with_capabilities(capabilities.iter().copied())
         .with_metadata(serde_json::json!({"note": "a|b", "registered_at": 1}))
 }
