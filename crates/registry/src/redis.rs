@@ -11,7 +11,7 @@
 //! (`SET NX`); a `DELETE` claims it too, so a departure is not also an
 //! expiry.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -94,10 +94,18 @@ pub(crate) struct RedisBackend {
     state: RedisState,
     max_agents: usize,
     scripts: Scripts,
-    /// What this replica's last sweep saw live, by agent: what is gone
-    /// at the next one expired (unless it left). `None` before the
-    /// first sweep, which only takes stock.
-    seen: Mutex<Option<HashMap<String, Entry>>>,
+    /// The registrations this replica saw live (at a sweep, or joining
+    /// through it) and has not yet seen end: one gone at a sweep expired
+    /// (unless it left, which claimed its end first).
+    seen: Mutex<Seen>,
+}
+
+/// Registrations by agent and `registered_at` (its bits), so an agent's
+/// old registration stays to be told while its new one is live.
+type Seen = HashMap<(String, u64), Entry>;
+
+fn seen_key(entry: &Entry) -> (String, u64) {
+    (entry.agent.clone(), entry.registered_at.to_bits())
 }
 
 struct Scripts {
@@ -120,7 +128,7 @@ impl RedisBackend {
                 get: redis::Script::new(GET),
                 list: redis::Script::new(LIST),
             },
-            seen: Mutex::new(None),
+            seen: Mutex::new(Seen::new()),
         }
     }
 
@@ -160,9 +168,7 @@ impl RedisBackend {
         entry.expires_at = now + entry.ttl.as_secs_f64();
         if joined == 1 {
             // Seen at once, so an expiry before the next sweep is told.
-            if let Some(seen) = lock(&self.seen).as_mut() {
-                seen.insert(entry.agent.clone(), entry.clone());
-            }
+            lock(&self.seen).insert(seen_key(&entry), entry.clone());
             Ok(Put::Joined(entry))
         } else {
             Ok(Put::Renewed(entry))
@@ -188,10 +194,12 @@ impl RedisBackend {
             .state
             .script(&self.scripts.remove, &self.keys(agent), &args)
             .await?;
-        if let Some(seen) = lock(&self.seen).as_mut() {
-            seen.remove(agent);
+        let removed = stored.and_then(|v| decode(&v, None));
+        if let Some(entry) = &removed {
+            // Its end is claimed: no sweep would tell it anyway.
+            lock(&self.seen).remove(&seen_key(entry));
         }
-        Ok(stored.and_then(|v| decode(&v, None)))
+        Ok(removed)
     }
 
     pub(crate) async fn get(&self, agent: &str) -> Result<Option<Entry>, RegistryError> {
@@ -218,21 +226,29 @@ impl RedisBackend {
     /// The entries that expired since this replica's last sweep (each
     /// told by one replica only), and the live ones.
     pub(crate) async fn sweep(&self) -> Result<(Vec<Entry>, Vec<Entry>), StateUnavailable> {
+        // Taken before listing: a join while the list runs is not in it,
+        // and must not look gone.
+        let before = lock(&self.seen).clone();
         let live = self.list().await?;
-        let now: HashMap<String, Entry> = live
-            .iter()
-            .map(|entry| (entry.agent.clone(), entry.clone()))
-            .collect();
-        let before = lock(&self.seen).replace(now.clone()).unwrap_or_default();
         let mut expired = Vec::new();
-        for (agent, entry) in before {
-            let same = now
-                .get(&agent)
-                .is_some_and(|e| e.registered_at == entry.registered_at);
-            if !same && self.claim(&entry).await? {
-                expired.push(entry);
+        let mut decided = Vec::new();
+        for entry in gone(before, &live) {
+            match self.claim(&entry).await {
+                Ok(claimed) => {
+                    decided.push(seen_key(&entry));
+                    if claimed {
+                        expired.push(entry);
+                    }
+                }
+                Err(error) => {
+                    // The unclaimed stay seen for the next sweep; the
+                    // claimed are told now, as no later claim would win.
+                    tracing::debug!(%error, "registry expiry claims cut short");
+                    break;
+                }
             }
         }
+        remember(&mut lock(&self.seen), &live, &decided);
         expired.sort_by(|a, b| a.agent.cmp(&b.agent));
         Ok((expired, live))
     }
@@ -248,6 +264,29 @@ impl RedisBackend {
             .arg(ttl_ms(CLAIM_TTL));
         let claimed: Option<String> = self.state.query(&set).await?;
         Ok(claimed.is_some())
+    }
+}
+
+/// The registrations of `before` that `live` no longer has: expired,
+/// left, or replaced by a new registration of the same agent.
+fn gone(before: Seen, live: &[Entry]) -> Vec<Entry> {
+    let live: HashSet<(String, u64)> = live.iter().map(seen_key).collect();
+    before
+        .into_iter()
+        .filter(|(key, _)| !live.contains(key))
+        .map(|(_, entry)| entry)
+        .collect()
+}
+
+/// Updates `seen` in place after a sweep rather than replacing it, so
+/// what a join added meanwhile stays: the `decided` ends leave, the
+/// `live` entries come in (fresher copies of those already there).
+fn remember(seen: &mut Seen, live: &[Entry], decided: &[(String, u64)]) {
+    for key in decided {
+        seen.remove(key);
+    }
+    for entry in live {
+        seen.insert(seen_key(entry), entry.clone());
     }
 }
 
@@ -271,4 +310,54 @@ fn decode(stored: &str, remaining: Option<i64>) -> Option<Entry> {
     entry.registered_at = since;
     entry.expires_at = unix_now_f64() + remaining as f64 / 1000.0;
     Some(entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(agent: &str, registered_at: f64) -> Entry {
+        let mut entry = Entry::new(agent, "http://h:1", Duration::from_secs(1));
+        entry.registered_at = registered_at;
+        entry
+    }
+
+    fn seen(entries: &[Entry]) -> Seen {
+        entries.iter().map(|e| (seen_key(e), e.clone())).collect()
+    }
+
+    fn keys(seen: &Seen) -> Vec<(String, u64)> {
+        let mut keys: Vec<_> = seen.keys().cloned().collect();
+        keys.sort();
+        keys
+    }
+
+    #[test]
+    fn gone_are_the_registrations_no_longer_live_even_when_the_agent_rejoined() {
+        let before = seen(&[entry("a", 1.0), entry("b", 1.0), entry("c", 1.0)]);
+        let live = [entry("a", 1.0), entry("b", 2.0)];
+        let mut gone: Vec<_> = gone(before, &live)
+            .iter()
+            .map(|e| (e.agent.clone(), e.registered_at))
+            .collect();
+        gone.sort_by(|x, y| x.0.cmp(&y.0));
+        assert_eq!(gone, [("b".to_string(), 1.0), ("c".to_string(), 1.0)]);
+    }
+
+    #[test]
+    fn a_sweep_keeps_joins_made_while_it_ran_and_the_ends_it_did_not_decide() {
+        // Seen at the sweep's start: a (live), b and c (gone); then d
+        // joined through this replica while the list ran.
+        let mut now = seen(&[entry("a", 1.0), entry("b", 1.0), entry("c", 1.0)]);
+        now.insert(seen_key(&entry("d", 5.0)), entry("d", 5.0));
+        let live = [entry("a", 1.0), entry("e", 3.0)];
+        // b's claim was made; c's failed with Redis away.
+        remember(&mut now, &live, &[seen_key(&entry("b", 1.0))]);
+        let expected: Vec<_> = ["a", "c", "d", "e"]
+            .iter()
+            .zip([1.0, 1.0, 5.0, 3.0])
+            .map(|(agent, at): (&&str, f64)| (agent.to_string(), f64::to_bits(at)))
+            .collect();
+        assert_eq!(keys(&now), expected);
+    }
 }

@@ -166,6 +166,33 @@ async fn heartbeats_and_puts_renew_keeping_registered_at() {
 }
 
 #[tokio::test]
+async fn an_expiry_then_a_rejoin_between_sweeps_is_told_as_both() {
+    let redis = Redis::start().await;
+    let (registry, events) = replica(
+        redis.state(&prefix("rejoin"), "r1"),
+        RegistryConfig::default(),
+    );
+    let first = registry
+        .put(entry("a", Duration::from_millis(300), &["x"]))
+        .await
+        .unwrap();
+    until_gone(&registry, "a").await;
+    let again = registry
+        .put(entry("a", Duration::from_secs(60), &["x"]))
+        .await
+        .unwrap();
+    assert!(again.joined());
+    let expired = registry.sweep().await;
+    assert_eq!(agents(&expired), ["a"]);
+    assert_eq!(expired[0].registered_at, first.entry().registered_at);
+    assert!(registry.sweep().await.is_empty(), "told once");
+    assert_eq!(
+        events.kinds(),
+        ["registry_joined", "registry_joined", "registry_expired"]
+    );
+}
+
+#[tokio::test]
 async fn two_replicas_share_entries_and_an_expiry_is_told_once() {
     let redis = Redis::start().await;
     let prefix = prefix("shared");
