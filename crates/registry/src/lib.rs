@@ -120,4 +120,4 @@ pub use entry::{
     MAX_METADATA_BYTES, MAX_MODELS, MAX_MODEL_LEN,
 };
 pub use error::RegistryError;
-pub use registry::{Put, Registry};
+pub use registry::{Put, Registry, MAX_CAPABILITY_LABELS, OTHER_CAPABILITIES};

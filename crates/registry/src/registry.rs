@@ -46,8 +46,8 @@ struct Shared {
     config: RegistryConfig,
     backend: Backend,
     events: Arc<dyn EventSink>,
-    /// Capabilities the gauge has a series for, to set to 0 when their
-    /// last agent goes.
+    /// Capabilities the gauge has a series for (at most
+    /// [`MAX_CAPABILITY_LABELS`]), set to 0 when their last agent goes.
     labelled: Mutex<BTreeSet<String>>,
     /// Wakes the sweeper after a join or a departure, so the gauge
     /// follows at once.
@@ -255,17 +255,66 @@ impl Registry {
         }
     }
 
+    /// Sets the gauge: every label given so far (0 when none lists it
+    /// now: the metrics facade cannot drop a series), and `other` once
+    /// the labels are all given.
     fn count(&self, live: &[Entry]) {
-        let counts = by_capability(live);
         let mut labelled = lock(&self.shared.labelled);
-        for gone in labelled.iter().filter(|c| !counts.contains_key(*c)) {
-            metrics::gauge!(REGISTRY_AGENTS, "capability" => gone.clone()).set(0.0);
+        let counts = by_label(live, &mut labelled, MAX_CAPABILITY_LABELS);
+        let full = labelled.len() >= MAX_CAPABILITY_LABELS;
+        let labels = labelled.iter().map(String::as_str);
+        for label in labels.chain(full.then_some(OTHER_CAPABILITIES)) {
+            let n = counts.get(label).copied().unwrap_or(0);
+            metrics::gauge!(REGISTRY_AGENTS, "capability" => label.to_string()).set(n as f64);
         }
-        for (capability, n) in &counts {
-            metrics::gauge!(REGISTRY_AGENTS, "capability" => capability.clone()).set(*n as f64);
-        }
-        labelled.extend(counts.into_keys());
     }
+}
+
+/// How many capabilities get a label of their own in
+/// `corral_registry_agents`: agents choose capability names, and each
+/// label is a series kept for the life of the process.
+pub const MAX_CAPABILITY_LABELS: usize = 64;
+
+/// The label agents are counted under for capabilities beyond
+/// [`MAX_CAPABILITY_LABELS`].
+pub const OTHER_CAPABILITIES: &str = "other";
+
+/// How many of `live` list each label: a capability is its own label if
+/// it has one, or gets one while fewer than `max` are given (the most
+/// listed first, so the busy ones are seen), else counts as `other`,
+/// each agent once per label.
+pub(crate) fn by_label(
+    live: &[Entry],
+    labelled: &mut BTreeSet<String>,
+    max: usize,
+) -> BTreeMap<String, usize> {
+    let counts = by_capability(live);
+    let mut newcomers: Vec<(&String, usize)> = counts
+        .iter()
+        .filter(|(capability, _)| !labelled.contains(*capability))
+        .map(|(capability, n)| (capability, *n))
+        .collect();
+    newcomers.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    let room = max.saturating_sub(labelled.len());
+    labelled.extend(newcomers.into_iter().take(room).map(|(c, _)| c.clone()));
+    let mut by_label = BTreeMap::new();
+    for entry in live {
+        let labels: BTreeSet<&str> = entry
+            .capabilities
+            .iter()
+            .map(|c| {
+                if labelled.contains(c) {
+                    c.as_str()
+                } else {
+                    OTHER_CAPABILITIES
+                }
+            })
+            .collect();
+        for label in labels {
+            *by_label.entry(label.to_string()).or_insert(0) += 1;
+        }
+    }
+    by_label
 }
 
 /// How many of `live` list each capability.
@@ -302,6 +351,32 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn capabilities_beyond_the_labels_are_counted_as_other() {
+        let entry = |agent: &str, capabilities: &[&str]| {
+            Entry::new(agent, "http://h:1", Duration::from_secs(1))
+                .with_capabilities(capabilities.iter().copied())
+        };
+        let mut labelled = BTreeSet::new();
+        let live = [
+            entry("a", &["x", "y", "z"]),
+            entry("b", &["y", "w"]),
+            entry("c", &["v"]),
+        ];
+        let counts = by_label(&live, &mut labelled, 2);
+        let labels: Vec<&str> = labelled.iter().map(String::as_str).collect();
+        assert_eq!(labels, ["v", "y"], "y is the most listed, then by name");
+        let expected = [("other", 2), ("v", 1), ("y", 2)];
+        let expected: BTreeMap<String, usize> =
+            expected.iter().map(|(c, n)| (c.to_string(), *n)).collect();
+        assert_eq!(counts, expected, "a once under other for x and z");
+
+        // Labels stay given: a newcomer is other even once v is gone.
+        let counts = by_label(&[entry("d", &["u"])], &mut labelled, 2);
+        assert_eq!(labelled.len(), 2);
+        assert_eq!(counts.get("other"), Some(&1));
+    }
 
     #[test]
     fn agents_are_counted_once_per_capability_they_list() {
