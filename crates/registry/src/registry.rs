@@ -50,7 +50,7 @@ struct Shared {
     /// [`MAX_CAPABILITY_LABELS`]), set to 0 when their last agent goes.
     labelled: Mutex<BTreeSet<String>>,
     /// Wakes the sweeper after a join or a departure, so the gauge
-    /// follows at once.
+    /// follows within [`WAKE_DEBOUNCE`].
     wake: Arc<Notify>,
 }
 
@@ -220,8 +220,9 @@ impl Registry {
         expired
     }
 
-    /// Starts the sweeper: every `sweep_interval`, and after each join or
-    /// departure, a [`sweep`](Registry::sweep). It ends when the last
+    /// Starts the sweeper: every `sweep_interval`, and 100ms (at most
+    /// `sweep_interval`) after a join or departure, a
+    /// [`sweep`](Registry::sweep), one for a burst of them. It ends when the last
     /// handle on the registry is dropped. Needs a tokio runtime.
     pub fn spawn_sweeper(&self) -> tokio::task::JoinHandle<()> {
         let every = self.shared.config.sweep_interval;
@@ -329,15 +330,26 @@ pub(crate) fn by_capability(live: &[Entry]) -> BTreeMap<String, usize> {
     counts
 }
 
+/// How long the sweeper waits after a join or departure wakes it, so the
+/// ones that follow share its sweep; never above `sweep_interval`.
+const WAKE_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Holds the registry only while sweeping, so dropping the last handle
 /// ends the task.
 async fn sweep_while_held(shared: Weak<Shared>, wake: Arc<Notify>, every: std::time::Duration) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let debounce = every.min(WAKE_DEBOUNCE);
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
-            () = wake.notified() => {}
+            () = wake.notified() => {
+                // A burst of joins (a fleet starting) makes one sweep, not
+                // one each: each reads every entry. The tick restarts, as
+                // this sweep does its work.
+                tokio::time::sleep(debounce).await;
+                ticks.reset();
+            }
         }
         let Some(shared) = shared.upgrade() else {
             return;

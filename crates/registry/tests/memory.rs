@@ -311,6 +311,28 @@ async fn the_sweeper_records_expiries_on_its_own_and_stops_with_the_registry() {
         .unwrap();
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_join_wakes_the_sweeper_after_a_short_wait() {
+    let config = RegistryConfig {
+        sweep_interval: Duration::from_secs(10),
+        ..RegistryConfig::default()
+    };
+    let (registry, events) = registry(config);
+    let _sweeper = registry.spawn_sweeper();
+    registry.put(entry("a", 1, &["x"])).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    registry.put(entry("b", 60, &["x"])).await.unwrap();
+    let kinds = || -> Vec<_> { events.kinds().into_iter().map(|(k, _)| k).collect() };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(kinds(), ["registry_joined", "registry_joined"], "waiting");
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert_eq!(
+        kinds(),
+        ["registry_joined", "registry_joined", "registry_expired"],
+        "b's join woke the sweeper, which found a expired, long before the tick"
+    );
+}
+
 #[test]
 fn config_bounds_name_the_key() {
     let secs = Duration::from_secs;
