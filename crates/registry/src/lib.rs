@@ -62,6 +62,16 @@
 //!   refused with [`RegistryError::Full`]), TTLs at most `max_ttl`, and
 //!   each entry's lists, names and metadata have limits
 //!   ([`MAX_CAPABILITIES`], [`MAX_METADATA_BYTES`], ...).
+//! - **No private endpoints written out.** An endpoint whose host is a
+//!   loopback, private, link-local or metadata address (`127.0.0.1`,
+//!   `10.0.0.7`, `169.254.169.254`, `[::1]`) is refused with
+//!   [`RegistryError::Invalid`] naming `endpoint`, unless
+//!   `allow_private_endpoints`: others, and the proxy's sagas, call it.
+//!   Names are not resolved.
+//! - **Who put it.** [`Entry::authenticated`] says whether the agent
+//!   proved itself with a key; the caller sets it
+//!   ([`Entry::with_authenticated`]), and `require_key` is for the
+//!   caller (the proxy) to enforce: this crate does not identify agents.
 //!
 //! # Memory or Redis
 //!
@@ -73,11 +83,13 @@
 //! live at its last sweep with what is live now; of the replicas that
 //! notice an expiry, the one that claims it (`SET NX` on
 //! `registry:ended:{agent}:{registered_at}`) records the event, so it
-//! is recorded once. An entry that expires and rejoins between two sweeps
-//! is seen as renewed there, and only its join is recorded. While Redis
+//! is recorded once. An entry that expires and rejoins between two
+//! sweeps is a new registration (a new `registered_at`): with either
+//! backend, its expiry is recorded as well as its join. While Redis
 //! does not answer, calls fail with [`RegistryError::Unavailable`]
 //! (`find` answers none) and sweeps are skipped: nothing is called
-//! expired for lack of an answer.
+//! expired for lack of an answer; an expiry whose claim fails is tried
+//! again at the next sweep.
 //!
 //! # Cost
 //!
@@ -85,14 +97,22 @@
 //! agent is O(1), `find` and a sweep read every entry. Redis: one script
 //! call per put, heartbeat, remove or get; `find` and each sweep run one
 //! script reading every entry, so a few thousand agents are fine, a
-//! million are not what this is for.
+//! million are not what this is for. A join or departure wakes the
+//! sweeper (for the gauge) 100 ms later, so a burst of them shares one
+//! sweep.
 //!
 //! # Metrics
 //!
 //! [`metrics::REGISTRY_AGENTS`] (`corral_registry_agents{capability}`),
 //! set at each sweep and after each join or departure; with Redis every
 //! replica reports the shared count, so aggregate with `max by
-//! (capability)`. [`metrics::REGISTRY_CHANGES_TOTAL`]
+//! (capability)`. Agents name capabilities, so at most
+//! [`MAX_CAPABILITY_LABELS`] (64) get a label of their own, the most
+//! listed first; agents listing the others are counted under
+//! [`OTHER_CAPABILITIES`] (`other`). A label once given stays, at 0
+//! when no live agent lists it (the metrics facade cannot drop a
+//! series), so the series stay bounded; replicas may give different
+//! capabilities their labels. [`metrics::REGISTRY_CHANGES_TOTAL`]
 //! (`corral_registry_changes_total{change="joined|left|expired"}`).
 //!
 //! # When not to use it
