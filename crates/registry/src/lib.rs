@@ -78,26 +78,31 @@
 //! [`Registry::memory`] keeps entries in this process. [`Registry::redis`]
 //! keeps one key per agent with Redis's own TTL (`SET ... PX`) under the
 //! deployment's key prefix, so every replica sharing the Redis sees the
-//! same agents, and a set indexes them (members whose key expired leave
-//! it on the next read). Each replica's sweeper compares what it saw
-//! live at its last sweep with what is live now; of the replicas that
-//! notice an expiry, the one that claims it (`SET NX` on
-//! `registry:ended:{agent}:{registered_at}`) records the event, so it
-//! is recorded once. An entry that expires and rejoins between two
-//! sweeps is a new registration (a new `registered_at`): with either
-//! backend, its expiry is recorded as well as its join. While Redis
+//! same agents; the entries themselves are in a hash, kept past their
+//! expiry until it is told, and a sorted set orders the agents by
+//! deadline. A sweep is one script that takes out the agents past their
+//! deadline whose key is gone and answers them: whichever replica's
+//! sweep takes an expiry out records it, so it is recorded once. An
+//! entry that expires and rejoins between two sweeps is a new
+//! registration (a new `registered_at`): with either backend, its
+//! expiry is recorded as well as its join (with Redis, by the `put`
+//! that rejoins it, which takes the old registration out). While Redis
 //! does not answer, calls fail with [`RegistryError::Unavailable`]
 //! (`find` answers none) and sweeps are skipped: nothing is called
-//! expired for lack of an answer; an expiry whose claim fails is tried
-//! again at the next sweep.
+//! expired for lack of an answer, and nothing is taken out until a
+//! sweep's script runs.
 //!
 //! # Cost
 //!
 //! Memory: a hash map under a lock; a put, heartbeat or lookup of one
 //! agent is O(1), `find` and a sweep read every entry. Redis: one script
-//! call per put, heartbeat, remove or get; `find` and each sweep run one
-//! script reading every entry, so a few thousand agents are fine, a
-//! million are not what this is for. A join or departure wakes the
+//! call per put, heartbeat, remove or get, O(log n); a sweep finds the
+//! expired with one range query on the deadlines (O(log n) plus the
+//! expired), and reads every entry again, for the gauge, only when a
+//! join, replacement, departure or expiry happened since this replica
+//! last read them (a shared version counter says). `find` reads every
+//! entry, so a few thousand agents are fine, a million are not what
+//! this is for. A join or departure wakes the
 //! sweeper (for the gauge) 100 ms later, so a burst of them shares one
 //! sweep.
 //!

@@ -137,7 +137,15 @@ impl Registry {
         }
         let put = match &self.shared.backend {
             Backend::Memory(memory) => memory.put(entry, unix_now_f64())?,
-            Backend::Redis(redis) => redis.put(entry).await?,
+            Backend::Redis(redis) => {
+                let (put, ended) = redis.put(entry).await?;
+                // The rejoin took the expired registration out: told
+                // here, before the join, as no sweep will see it.
+                if let Some(ended) = &ended {
+                    self.expired(ended);
+                }
+                put
+            }
         };
         if let Put::Joined(entry) = &put {
             self.joined(entry);
@@ -202,7 +210,10 @@ impl Registry {
     /// expired entries. The sweeper calls it every `sweep_interval`.
     pub async fn sweep(&self) -> Vec<Entry> {
         let (expired, live) = match &self.shared.backend {
-            Backend::Memory(memory) => memory.sweep(),
+            Backend::Memory(memory) => {
+                let (expired, live) = memory.sweep();
+                (expired, Some(live))
+            }
             Backend::Redis(redis) => match redis.sweep().await {
                 Ok(swept) => swept,
                 Err(error) => {
@@ -213,10 +224,12 @@ impl Registry {
             },
         };
         for entry in &expired {
-            let data = json!({ "expires_at": entry.expires_at });
-            self.changed("registry_expired", entry, data);
+            self.expired(entry);
         }
-        self.count(&live);
+        // None: nothing changed since this replica last counted.
+        if let Some(live) = live {
+            self.count(&live);
+        }
         expired
     }
 
@@ -228,6 +241,11 @@ impl Registry {
         let every = self.shared.config.sweep_interval;
         let wake = self.shared.wake.clone();
         tokio::spawn(sweep_while_held(Arc::downgrade(&self.shared), wake, every))
+    }
+
+    fn expired(&self, entry: &Entry) {
+        let data = json!({ "expires_at": entry.expires_at });
+        self.changed("registry_expired", entry, data);
     }
 
     fn joined(&self, entry: &Entry) {
