@@ -57,7 +57,8 @@ pub struct RegistryConfig {
     /// metadata address written out (`http://127.0.0.1:8080`,
     /// `http://169.254.169.254`); refused (400) otherwise, lest an agent
     /// aim the others, and the proxy's sagas, into the proxy's own
-    /// network. Names are not resolved: only literal addresses are judged.
+    /// network. Names are not resolved: only literal addresses (and
+    /// `localhost`) are judged.
     pub allow_private_endpoints: bool,
 }
 

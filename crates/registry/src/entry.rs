@@ -171,17 +171,23 @@ fn check_endpoint(endpoint: &str) -> Result<(), RegistryError> {
 }
 
 /// Refuses an endpoint whose host is a private, loopback, link-local or
-/// metadata address written out: others (and the proxy's sagas) call
-/// it, so it must not aim them into the proxy's own network. A name is
-/// left alone: it is only known once resolved, by whoever calls it.
+/// metadata address written out, or `localhost`: others (and the
+/// proxy's sagas) call it, so it must not aim them into the proxy's own
+/// network. Any other name is left alone: it is only known once
+/// resolved, by whoever calls it.
 pub(crate) fn check_public_endpoint(endpoint: &str) -> Result<(), RegistryError> {
     let host = endpoint
         .parse::<http::Uri>()
         .ok()
         .and_then(|uri| uri.host().map(str::to_owned));
-    match host.as_deref().and_then(corral_core::net::literal_private) {
-        Some(ip) => Err(RegistryError::Invalid(format!(
-            "endpoint {endpoint:?}: {ip} is a loopback, private or link-local address; [registry] allow_private_endpoints allows it"
+    let host = host.unwrap_or_default().to_ascii_lowercase();
+    let host = host.trim_end_matches('.'); // `localhost.` is the same name
+    // `localhost` is loopback by definition (RFC 6761), not by lookup.
+    let loopback_name = host == "localhost" || host.ends_with(".localhost");
+    let private = corral_core::net::literal_private(host).map(|ip| ip.to_string());
+    match private.or(loopback_name.then(|| host.to_string())) {
+        Some(address) => Err(RegistryError::Invalid(format!(
+            "endpoint {endpoint:?}: {address} is a loopback, private or link-local address; [registry] allow_private_endpoints allows it"
         ))),
         None => Ok(()),
     }

@@ -67,7 +67,7 @@
 //!   `10.0.0.7`, `169.254.169.254`, `[::1]`) is refused with
 //!   [`RegistryError::Invalid`] naming `endpoint`, unless
 //!   `allow_private_endpoints`: others, and the proxy's sagas, call it.
-//!   Names are not resolved.
+//!   So is `localhost`; other names are not resolved.
 //! - **Who put it.** [`Entry::authenticated`] says whether the agent
 //!   proved itself with a key; the caller sets it
 //!   ([`Entry::with_authenticated`]), and `require_key` is for the

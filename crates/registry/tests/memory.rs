@@ -238,6 +238,9 @@ async fn endpoints_at_private_addresses_are_refused_unless_allowed() {
         "http://169.254.169.254/latest/meta-data",
         "http://[::1]:8080",
         "http://[::ffff:192.168.0.1]/",
+        "http://localhost:8080",
+        "http://LocalHost.:8080",
+        "http://api.localhost/",
     ] {
         match registry.put(Entry::new("a", endpoint, ttl)).await {
             Err(RegistryError::Invalid(message)) => {
