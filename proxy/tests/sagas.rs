@@ -519,7 +519,9 @@ async fn an_async_step_runs_as_a_job_of_the_agent_whose_key_is_never_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_target_is_found_in_the_registry_by_its_capability() {
     let upstream = mock(corral_e2e::fast()).await;
-    let corral = corral_e2e::proxy_toml(&upstream.url(), "").await;
+    // The steps' server listens on 127.0.0.1: a private endpoint.
+    let allowing = "[registry]\nallow_private_endpoints = true\n";
+    let corral = corral_e2e::proxy_toml(&upstream.url(), allowing).await;
     let url = corral.url();
     let steps = Steps::start(0).await;
     let joined = send(as_agent(

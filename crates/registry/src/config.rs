@@ -47,6 +47,19 @@ pub struct RegistryConfig {
     /// Lookups never list an expired entry, whatever the interval.
     #[serde(with = "humantime_serde")]
     pub sweep_interval: Duration,
+    /// Whether a `PUT`, heartbeat or `DELETE` needs the agent's API key
+    /// (an `X-Agent-Id` alone is a claim anyone can make, and a listed
+    /// endpoint is where others send work). Unset: on when any
+    /// `[[agents]]` entry has a key, off otherwise; the proxy decides.
+    /// Writes from the shared `anonymous` agent are refused either way.
+    pub require_key: Option<bool>,
+    /// Whether an endpoint may be a loopback, private, link-local or
+    /// metadata address written out (`http://127.0.0.1:8080`,
+    /// `http://169.254.169.254`); refused (400) otherwise, lest an agent
+    /// aim the others, and the proxy's sagas, into the proxy's own
+    /// network. Names are not resolved: only literal addresses (and
+    /// `localhost`) are judged.
+    pub allow_private_endpoints: bool,
 }
 
 impl Default for RegistryConfig {
@@ -56,6 +69,8 @@ impl Default for RegistryConfig {
             max_ttl: DEFAULT_MAX_TTL,
             max_agents: DEFAULT_MAX_AGENTS,
             sweep_interval: DEFAULT_SWEEP_INTERVAL,
+            require_key: None,
+            allow_private_endpoints: false,
         }
     }
 }

@@ -27,7 +27,7 @@ pub const MAX_METADATA_BYTES: usize = 16 * 1024;
 /// use std::time::Duration;
 /// use corral_registry::Entry;
 ///
-/// let entry = Entry::new("summarizer-1", "http://10.0.0.7:8080", Duration::from_secs(30))
+/// let entry = Entry::new("summarizer-1", "http://summarizer.internal:8080", Duration::from_secs(30))
 ///     .with_capabilities(["summarize"])
 ///     .with_models(["llama3.2:3b"]);
 /// assert_eq!(entry.capabilities, ["summarize"]);
@@ -58,6 +58,11 @@ pub struct Entry {
     /// Anything else it wants others to read, as it sent it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<serde_json::Value>,
+    /// Whether the agent proved who it is (an API key) when it put this
+    /// entry, rather than only claiming a name: readers choosing whom to
+    /// send work to can prefer, or insist on, proven ones.
+    #[serde(default)]
+    pub authenticated: bool,
 }
 
 impl Entry {
@@ -73,6 +78,7 @@ impl Entry {
             models: Vec::new(),
             endpoint: endpoint.into(),
             metadata: None,
+            authenticated: false,
         }
     }
 
@@ -94,6 +100,12 @@ impl Entry {
     /// The same, carrying `metadata`.
     pub fn with_metadata(mut self, metadata: serde_json::Value) -> Self {
         self.metadata = Some(metadata);
+        self
+    }
+
+    /// The same, put by an agent that proved who it is (or not).
+    pub fn with_authenticated(mut self, authenticated: bool) -> Self {
+        self.authenticated = authenticated;
         self
     }
 
@@ -156,6 +168,29 @@ fn check_endpoint(endpoint: &str) -> Result<(), RegistryError> {
         return refuse("has no host");
     }
     Ok(())
+}
+
+/// Refuses an endpoint whose host is a private, loopback, link-local or
+/// metadata address written out, or `localhost`: others (and the
+/// proxy's sagas) call it, so it must not aim them into the proxy's own
+/// network. Any other name is left alone: it is only known once
+/// resolved, by whoever calls it.
+pub(crate) fn check_public_endpoint(endpoint: &str) -> Result<(), RegistryError> {
+    let host = endpoint
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|uri| uri.host().map(str::to_owned));
+    let host = host.unwrap_or_default().to_ascii_lowercase();
+    let host = host.trim_end_matches('.'); // `localhost.` is the same name
+    // `localhost` is loopback by definition (RFC 6761), not by lookup.
+    let loopback_name = host == "localhost" || host.ends_with(".localhost");
+    let private = corral_core::net::literal_private(host).map(|ip| ip.to_string());
+    match private.or(loopback_name.then(|| host.to_string())) {
+        Some(address) => Err(RegistryError::Invalid(format!(
+            "endpoint {endpoint:?}: {address} is a loopback, private or link-local address; [registry] allow_private_endpoints allows it"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Names are short, printable and without spaces: they become metric

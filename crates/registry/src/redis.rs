@@ -1,17 +1,26 @@
 //! The registry in the shared Redis, so every replica sees the same
 //! agents.
 //!
-//! One key per agent, `registry:agent:{agent}`, holds
-//! `{registered_at}|{ttl_ms}|{entry JSON}` with Redis's own TTL (`SET ...
-//! PX`): an entry is live exactly while its key exists. A set,
-//! `registry:agents`, lists the agents to read; a member whose key
-//! expired is dropped from it by the next read, inside the same script,
-//! so a listing never shows an expired entry. An expiry is told by the
-//! one replica that claims `registry:ended:{agent}:{registered_at}`
-//! (`SET NX`); a `DELETE` claims it too, so a departure is not also an
-//! expiry.
+//! Three keys per deployment and one per agent:
+//!
+//! - `registry:agent:{agent}`, `{registered_at}|{ttl_ms}` with Redis's
+//!   own TTL (`SET ... PX`): the entry is live exactly while it exists;
+//! - `registry:entries`, a hash of each agent's entry as stored,
+//!   `{registered_at}|{ttl_ms}|{entry JSON}`, kept past the expiry until
+//!   the expiry is told, so it can be;
+//! - `registry:deadlines`, a sorted set of agents by deadline (Unix
+//!   milliseconds), so a sweep finds the expired with one range query
+//!   instead of reading every entry, and a full check counts with
+//!   `ZCARD`;
+//! - `registry:version`, bumped by each join, replacement, departure and
+//!   told expiry, so a sweep re-reads the entries (for the gauge) only
+//!   when one of those happened, on any replica.
+//!
+//! An expiry is told by the script that takes it out of the hash and
+//! the set, atomically: by a sweep, or by the `put` that rejoins the
+//! agent first. Either way once, whichever replica runs it. A `DELETE`
+//! takes a live entry out, so a departure is not also an expiry.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -19,74 +28,103 @@ use corral_core::{lock, unix_now_f64, RedisState, StateUnavailable};
 
 use crate::{Entry, Put, RegistryError};
 
-/// How long an ended entry's claim is kept: longer than any replica can
-/// go between two sweeps that see it, so the expiry is told once.
-const CLAIM_TTL: Duration = Duration::from_secs(60 * 60);
-
-/// Joins or renews; a new agent beyond the limit is refused (`{-1}`),
-/// after dropping index members whose key expired.
+/// Joins or renews. A previous registration whose key expired is
+/// returned to be told as expired; a new agent beyond the limit (not
+/// counting the expired) is refused (`{-1}`).
 const PUT: &str = r"
 local old = redis.call('GET', KEYS[1])
 local since = ARGV[4]
 local joined = 1
+local ended, ended_at = '', ''
 if old then
   since = string.match(old, '^([^|]*)|')
   joined = 0
-elseif redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[5]) then
-  for _, agent in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-    if redis.call('EXISTS', ARGV[6] .. agent) == 0 then
-      redis.call('SREM', KEYS[2], agent)
+else
+  local prev = redis.call('HGET', KEYS[3], ARGV[1])
+  if prev then
+    ended, ended_at = prev, tostring(redis.call('ZSCORE', KEYS[2], ARGV[1]) or '')
+    redis.call('ZREM', KEYS[2], ARGV[1])
+  end
+  local n = redis.call('ZCARD', KEYS[2])
+  if n >= tonumber(ARGV[5]) then
+    for _, agent in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[7])) do
+      if redis.call('EXISTS', ARGV[6] .. agent) == 0 then n = n - 1 end
+    end
+    if n >= tonumber(ARGV[5]) then
+      if ended_at ~= '' then redis.call('ZADD', KEYS[2], ended_at, ARGV[1]) end
+      return {-1, '', '', ''}
     end
   end
-  if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[5]) then
-    return {-1, ''}
-  end
 end
-redis.call('SET', KEYS[1], since .. '|' .. ARGV[3] .. '|' .. ARGV[2], 'PX', ARGV[3])
-redis.call('SADD', KEYS[2], ARGV[1])
-return {joined, since}
+redis.call('SET', KEYS[1], since .. '|' .. ARGV[3], 'PX', ARGV[3])
+redis.call('HSET', KEYS[3], ARGV[1], since .. '|' .. ARGV[3] .. '|' .. ARGV[2])
+redis.call('ZADD', KEYS[2], tonumber(ARGV[7]) + tonumber(ARGV[3]), ARGV[1])
+redis.call('INCR', KEYS[4])
+return {joined, since, ended, ended_at}
 ";
 
 /// Renews a live entry by its own TTL; nothing for an unknown one.
 const HEARTBEAT: &str = r"
 local v = redis.call('GET', KEYS[1])
 if not v then return false end
-redis.call('PEXPIRE', KEYS[1], string.match(v, '^[^|]*|([^|]*)|'))
-redis.call('SADD', KEYS[2], ARGV[1])
-return v
+local ttl = string.match(v, '^[^|]*|([^|]*)')
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('ZADD', KEYS[2], tonumber(ARGV[2]) + tonumber(ttl), ARGV[1])
+return redis.call('HGET', KEYS[3], ARGV[1])
 ";
 
-/// Removes an entry and claims its end, so no replica calls it expired.
+/// Takes a live entry out; an expired one is left for the sweep to
+/// tell.
 const REMOVE: &str = r"
-local v = redis.call('GET', KEYS[1])
-redis.call('DEL', KEYS[1])
-redis.call('SREM', KEYS[2], ARGV[1])
-if v then
-  redis.call('SET', ARGV[2] .. string.match(v, '^([^|]*)|'), '1', 'PX', ARGV[3])
-end
+if redis.call('DEL', KEYS[1]) == 0 then return false end
+local v = redis.call('HGET', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('INCR', KEYS[4])
 return v
 ";
 
-/// One entry and its remaining milliseconds.
+/// One live entry and its remaining milliseconds.
 const GET: &str = r"
-local v = redis.call('GET', KEYS[1])
+local pttl = redis.call('PTTL', KEYS[1])
+if pttl < 0 then return false end
+local v = redis.call('HGET', KEYS[3], ARGV[1])
 if not v then return false end
-return {v, tostring(redis.call('PTTL', KEYS[1]))}
+return {v, tostring(pttl)}
 ";
 
-/// Every live entry with its remaining milliseconds, flat; members whose
-/// key expired leave the index.
+/// Every live entry with its remaining milliseconds, flat.
 const LIST: &str = r"
 local out = {}
-for _, agent in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local v = redis.call('GET', ARGV[1] .. agent)
+for _, agent in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local pttl = redis.call('PTTL', ARGV[1] .. agent)
+  local v = pttl >= 0 and redis.call('HGET', KEYS[2], agent)
   if v then
     table.insert(out, v)
-    table.insert(out, tostring(redis.call('PTTL', ARGV[1] .. agent)))
-  else
-    redis.call('SREM', KEYS[1], agent)
+    table.insert(out, tostring(pttl))
   end
 end
+return out
+";
+
+/// The version, then each entry past its deadline whose key is gone
+/// (taken out here, so told once) and its deadline, flat.
+const SWEEP: &str = r"
+local out = {''}
+for _, agent in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])) do
+  if redis.call('EXISTS', ARGV[2] .. agent) == 0 then
+    local v = redis.call('HGET', KEYS[2], agent)
+    local at = redis.call('ZSCORE', KEYS[1], agent)
+    redis.call('HDEL', KEYS[2], agent)
+    redis.call('ZREM', KEYS[1], agent)
+    if v then
+      table.insert(out, v)
+      table.insert(out, tostring(at))
+    end
+  end
+end
+if #out > 1 then redis.call('INCR', KEYS[3]) end
+out[1] = redis.call('GET', KEYS[3]) or '0'
 return out
 ";
 
@@ -94,10 +132,9 @@ pub(crate) struct RedisBackend {
     state: RedisState,
     max_agents: usize,
     scripts: Scripts,
-    /// What this replica's last sweep saw live, by agent: what is gone
-    /// at the next one expired (unless it left). `None` before the
-    /// first sweep, which only takes stock.
-    seen: Mutex<Option<HashMap<String, Entry>>>,
+    /// `registry:version` when this replica last read every entry:
+    /// unchanged, the gauge it set still holds.
+    counted: Mutex<Option<String>>,
 }
 
 struct Scripts {
@@ -106,6 +143,7 @@ struct Scripts {
     remove: redis::Script,
     get: redis::Script,
     list: redis::Script,
+    sweep: redis::Script,
 }
 
 impl RedisBackend {
@@ -119,24 +157,32 @@ impl RedisBackend {
                 remove: redis::Script::new(REMOVE),
                 get: redis::Script::new(GET),
                 list: redis::Script::new(LIST),
+                sweep: redis::Script::new(SWEEP),
             },
-            seen: Mutex::new(None),
+            counted: Mutex::new(None),
         }
     }
 
-    fn agent_key(&self, agent: &str) -> String {
-        self.state.key(&format!("registry:agent:{agent}"))
+    fn key(&self, name: &str) -> String {
+        self.state.key(&format!("registry:{name}"))
     }
 
+    /// The agent's key, the deadlines, the entries and the version.
     fn keys(&self, agent: &str) -> Vec<String> {
-        vec![self.agent_key(agent), self.state.key("registry:agents")]
+        vec![
+            self.key(&format!("agent:{agent}")),
+            self.key("deadlines"),
+            self.key("entries"),
+            self.key("version"),
+        ]
     }
 
-    fn claim_prefix(&self, agent: &str) -> String {
-        self.state.key(&format!("registry:ended:{agent}:"))
-    }
-
-    pub(crate) async fn put(&self, mut entry: Entry) -> Result<Put, RegistryError> {
+    /// Joins or renews; on a join, the agent's previous registration if
+    /// it expired untold (the put takes it out, so the caller tells it).
+    pub(crate) async fn put(
+        &self,
+        mut entry: Entry,
+    ) -> Result<(Put, Option<Entry>), RegistryError> {
         let now = unix_now_f64();
         let json = serde_json::to_string(&entry).map_err(|e| invalid(&e))?;
         let args = [
@@ -145,9 +191,10 @@ impl RedisBackend {
             ttl_ms(entry.ttl).to_string(),
             now.to_string(),
             self.max_agents.to_string(),
-            self.state.key("registry:agent:"),
+            self.key("agent:"),
+            unix_ms(now).to_string(),
         ];
-        let (joined, since): (i64, String) = self
+        let (joined, since, ended, ended_at): (i64, String, String, String) = self
             .state
             .script(&self.scripts.put, &self.keys(&entry.agent), &args)
             .await?;
@@ -156,21 +203,19 @@ impl RedisBackend {
                 max_agents: self.max_agents,
             });
         }
+        let ended = ended_entry(&ended, &ended_at);
         entry.registered_at = since.parse().unwrap_or(now);
         entry.expires_at = now + entry.ttl.as_secs_f64();
-        if joined == 1 {
-            // Seen at once, so an expiry before the next sweep is told.
-            if let Some(seen) = lock(&self.seen).as_mut() {
-                seen.insert(entry.agent.clone(), entry.clone());
-            }
-            Ok(Put::Joined(entry))
+        let put = if joined == 1 {
+            Put::Joined(entry)
         } else {
-            Ok(Put::Renewed(entry))
-        }
+            Put::Renewed(entry)
+        };
+        Ok((put, ended))
     }
 
     pub(crate) async fn heartbeat(&self, agent: &str) -> Result<Option<Entry>, RegistryError> {
-        let args = [agent.to_string()];
+        let args = [agent.to_string(), unix_ms(unix_now_f64()).to_string()];
         let stored: Option<String> = self
             .state
             .script(&self.scripts.heartbeat, &self.keys(agent), &args)
@@ -179,34 +224,30 @@ impl RedisBackend {
     }
 
     pub(crate) async fn remove(&self, agent: &str) -> Result<Option<Entry>, RegistryError> {
-        let args = [
-            agent.to_string(),
-            self.claim_prefix(agent),
-            ttl_ms(CLAIM_TTL).to_string(),
-        ];
         let stored: Option<String> = self
             .state
-            .script(&self.scripts.remove, &self.keys(agent), &args)
+            .script(
+                &self.scripts.remove,
+                &self.keys(agent),
+                &[agent.to_string()],
+            )
             .await?;
-        if let Some(seen) = lock(&self.seen).as_mut() {
-            seen.remove(agent);
-        }
         Ok(stored.and_then(|v| decode(&v, None)))
     }
 
     pub(crate) async fn get(&self, agent: &str) -> Result<Option<Entry>, RegistryError> {
         let found: Option<(String, String)> = self
             .state
-            .script(&self.scripts.get, &[self.agent_key(agent)], &[])
+            .script(&self.scripts.get, &self.keys(agent), &[agent.to_string()])
             .await?;
         Ok(found.and_then(|(v, pttl)| decode(&v, pttl.parse().ok())))
     }
 
     /// Every live entry, by agent.
     pub(crate) async fn list(&self) -> Result<Vec<Entry>, StateUnavailable> {
-        let index = [self.state.key("registry:agents")];
-        let args = [self.state.key("registry:agent:")];
-        let flat: Vec<String> = self.state.script(&self.scripts.list, &index, &args).await?;
+        let keys = [self.key("deadlines"), self.key("entries")];
+        let args = [self.key("agent:")];
+        let flat: Vec<String> = self.state.script(&self.scripts.list, &keys, &args).await?;
         let mut found: Vec<Entry> = flat
             .chunks_exact(2)
             .filter_map(|pair| decode(&pair[0], pair[1].parse().ok()))
@@ -215,39 +256,35 @@ impl RedisBackend {
         Ok(found)
     }
 
-    /// The entries that expired since this replica's last sweep (each
-    /// told by one replica only), and the live ones.
-    pub(crate) async fn sweep(&self) -> Result<(Vec<Entry>, Vec<Entry>), StateUnavailable> {
-        let live = self.list().await?;
-        let now: HashMap<String, Entry> = live
-            .iter()
-            .map(|entry| (entry.agent.clone(), entry.clone()))
+    /// The entries that expired untold (each told by one replica only),
+    /// and the live ones when anything changed since this replica last
+    /// read them (`None`: the gauge still holds).
+    pub(crate) async fn sweep(&self) -> Result<(Vec<Entry>, Option<Vec<Entry>>), StateUnavailable> {
+        let keys = [
+            self.key("deadlines"),
+            self.key("entries"),
+            self.key("version"),
+        ];
+        let args = [unix_ms(unix_now_f64()).to_string(), self.key("agent:")];
+        let flat: Vec<String> = self.state.script(&self.scripts.sweep, &keys, &args).await?;
+        let Some((version, ended)) = flat.split_first() else {
+            return Ok((Vec::new(), None));
+        };
+        let mut expired: Vec<Entry> = ended
+            .chunks_exact(2)
+            .filter_map(|pair| ended_entry(&pair[0], &pair[1]))
             .collect();
-        let before = lock(&self.seen).replace(now.clone()).unwrap_or_default();
-        let mut expired = Vec::new();
-        for (agent, entry) in before {
-            let same = now
-                .get(&agent)
-                .is_some_and(|e| e.registered_at == entry.registered_at);
-            if !same && self.claim(&entry).await? {
-                expired.push(entry);
-            }
-        }
         expired.sort_by(|a, b| a.agent.cmp(&b.agent));
+        if lock(&self.counted).as_ref() == Some(version) {
+            return Ok((expired, None));
+        }
+        // The expired are taken out already: told even if this fails,
+        // and the version stays unrecorded, so the next sweep re-reads.
+        let live = self.list().await.ok();
+        if live.is_some() {
+            *lock(&self.counted) = Some(version.clone());
+        }
         Ok((expired, live))
-    }
-
-    /// Whether this replica is the one to tell `entry`'s end.
-    async fn claim(&self, entry: &Entry) -> Result<bool, StateUnavailable> {
-        let key = format!("{}{}", self.claim_prefix(&entry.agent), entry.registered_at);
-        let mut set = redis::cmd("SET");
-        set.arg(key)
-            .arg("1")
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl_ms(CLAIM_TTL));
-        let claimed: Option<String> = self.state.query(&set).await?;
-        Ok(claimed.is_some())
     }
 }
 
@@ -256,8 +293,23 @@ fn ttl_ms(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
+/// Unix seconds as whole milliseconds: the deadlines' scores.
+fn unix_ms(unix: f64) -> u64 {
+    (unix * 1000.0) as u64
+}
+
 fn invalid(e: &serde_json::Error) -> RegistryError {
     RegistryError::Invalid(format!("cannot encode the entry: {e}"))
+}
+
+/// An expired entry as stored, its deadline in Unix milliseconds as its
+/// `expires_at`; `None` for none (`""`).
+fn ended_entry(stored: &str, deadline_ms: &str) -> Option<Entry> {
+    let mut entry = decode(stored, None)?;
+    if let Ok(ms) = deadline_ms.parse::<f64>() {
+        entry.expires_at = ms / 1000.0;
+    }
+    Some(entry)
 }
 
 /// An entry as stored: `{registered_at}|{ttl_ms}|{json}`. Its expiry is

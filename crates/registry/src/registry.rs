@@ -46,11 +46,11 @@ struct Shared {
     config: RegistryConfig,
     backend: Backend,
     events: Arc<dyn EventSink>,
-    /// Capabilities the gauge has a series for, to set to 0 when their
-    /// last agent goes.
+    /// Capabilities the gauge has a series for (at most
+    /// [`MAX_CAPABILITY_LABELS`]), set to 0 when their last agent goes.
     labelled: Mutex<BTreeSet<String>>,
     /// Wakes the sweeper after a join or a departure, so the gauge
-    /// follows at once.
+    /// follows within [`WAKE_DEBOUNCE`].
     wake: Arc<Notify>,
 }
 
@@ -128,12 +128,24 @@ impl Registry {
 
     /// Lists `entry` (its times set here) until its TTL passes without a
     /// heartbeat: a join, recorded as `registry_joined`, or a renewal of
-    /// the agent's entry, replaced whole.
+    /// the agent's entry, replaced whole. An endpoint at a private
+    /// address written out is refused unless `allow_private_endpoints`.
     pub async fn put(&self, entry: Entry) -> Result<Put, RegistryError> {
         entry.validate(self.shared.config.max_ttl)?;
+        if !self.shared.config.allow_private_endpoints {
+            crate::entry::check_public_endpoint(&entry.endpoint)?;
+        }
         let put = match &self.shared.backend {
             Backend::Memory(memory) => memory.put(entry, unix_now_f64())?,
-            Backend::Redis(redis) => redis.put(entry).await?,
+            Backend::Redis(redis) => {
+                let (put, ended) = redis.put(entry).await?;
+                // The rejoin took the expired registration out: told
+                // here, before the join, as no sweep will see it.
+                if let Some(ended) = &ended {
+                    self.expired(ended);
+                }
+                put
+            }
         };
         if let Put::Joined(entry) = &put {
             self.joined(entry);
@@ -198,7 +210,10 @@ impl Registry {
     /// expired entries. The sweeper calls it every `sweep_interval`.
     pub async fn sweep(&self) -> Vec<Entry> {
         let (expired, live) = match &self.shared.backend {
-            Backend::Memory(memory) => memory.sweep(),
+            Backend::Memory(memory) => {
+                let (expired, live) = memory.sweep();
+                (expired, Some(live))
+            }
             Backend::Redis(redis) => match redis.sweep().await {
                 Ok(swept) => swept,
                 Err(error) => {
@@ -209,20 +224,28 @@ impl Registry {
             },
         };
         for entry in &expired {
-            let data = json!({ "expires_at": entry.expires_at });
-            self.changed("registry_expired", entry, data);
+            self.expired(entry);
         }
-        self.count(&live);
+        // None: nothing changed since this replica last counted.
+        if let Some(live) = live {
+            self.count(&live);
+        }
         expired
     }
 
-    /// Starts the sweeper: every `sweep_interval`, and after each join or
-    /// departure, a [`sweep`](Registry::sweep). It ends when the last
+    /// Starts the sweeper: every `sweep_interval`, and 100ms (at most
+    /// `sweep_interval`) after a join or departure, a
+    /// [`sweep`](Registry::sweep), one for a burst of them. It ends when the last
     /// handle on the registry is dropped. Needs a tokio runtime.
     pub fn spawn_sweeper(&self) -> tokio::task::JoinHandle<()> {
         let every = self.shared.config.sweep_interval;
         let wake = self.shared.wake.clone();
         tokio::spawn(sweep_while_held(Arc::downgrade(&self.shared), wake, every))
+    }
+
+    fn expired(&self, entry: &Entry) {
+        let data = json!({ "expires_at": entry.expires_at });
+        self.changed("registry_expired", entry, data);
     }
 
     fn joined(&self, entry: &Entry) {
@@ -251,17 +274,66 @@ impl Registry {
         }
     }
 
+    /// Sets the gauge: every label given so far (0 when none lists it
+    /// now: the metrics facade cannot drop a series), and `other` once
+    /// the labels are all given.
     fn count(&self, live: &[Entry]) {
-        let counts = by_capability(live);
         let mut labelled = lock(&self.shared.labelled);
-        for gone in labelled.iter().filter(|c| !counts.contains_key(*c)) {
-            metrics::gauge!(REGISTRY_AGENTS, "capability" => gone.clone()).set(0.0);
+        let counts = by_label(live, &mut labelled, MAX_CAPABILITY_LABELS);
+        let full = labelled.len() >= MAX_CAPABILITY_LABELS;
+        let labels = labelled.iter().map(String::as_str);
+        for label in labels.chain(full.then_some(OTHER_CAPABILITIES)) {
+            let n = counts.get(label).copied().unwrap_or(0);
+            metrics::gauge!(REGISTRY_AGENTS, "capability" => label.to_string()).set(n as f64);
         }
-        for (capability, n) in &counts {
-            metrics::gauge!(REGISTRY_AGENTS, "capability" => capability.clone()).set(*n as f64);
-        }
-        labelled.extend(counts.into_keys());
     }
+}
+
+/// How many capabilities get a label of their own in
+/// `corral_registry_agents`: agents choose capability names, and each
+/// label is a series kept for the life of the process.
+pub const MAX_CAPABILITY_LABELS: usize = 64;
+
+/// The label agents are counted under for capabilities beyond
+/// [`MAX_CAPABILITY_LABELS`].
+pub const OTHER_CAPABILITIES: &str = "other";
+
+/// How many of `live` list each label: a capability is its own label if
+/// it has one, or gets one while fewer than `max` are given (the most
+/// listed first, so the busy ones are seen), else counts as `other`,
+/// each agent once per label.
+pub(crate) fn by_label(
+    live: &[Entry],
+    labelled: &mut BTreeSet<String>,
+    max: usize,
+) -> BTreeMap<String, usize> {
+    let counts = by_capability(live);
+    let mut newcomers: Vec<(&String, usize)> = counts
+        .iter()
+        .filter(|(capability, _)| !labelled.contains(*capability))
+        .map(|(capability, n)| (capability, *n))
+        .collect();
+    newcomers.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    let room = max.saturating_sub(labelled.len());
+    labelled.extend(newcomers.into_iter().take(room).map(|(c, _)| c.clone()));
+    let mut by_label = BTreeMap::new();
+    for entry in live {
+        let labels: BTreeSet<&str> = entry
+            .capabilities
+            .iter()
+            .map(|c| {
+                if labelled.contains(c) {
+                    c.as_str()
+                } else {
+                    OTHER_CAPABILITIES
+                }
+            })
+            .collect();
+        for label in labels {
+            *by_label.entry(label.to_string()).or_insert(0) += 1;
+        }
+    }
+    by_label
 }
 
 /// How many of `live` list each capability.
@@ -276,15 +348,26 @@ pub(crate) fn by_capability(live: &[Entry]) -> BTreeMap<String, usize> {
     counts
 }
 
+/// How long the sweeper waits after a join or departure wakes it, so the
+/// ones that follow share its sweep; never above `sweep_interval`.
+const WAKE_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Holds the registry only while sweeping, so dropping the last handle
 /// ends the task.
 async fn sweep_while_held(shared: Weak<Shared>, wake: Arc<Notify>, every: std::time::Duration) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let debounce = every.min(WAKE_DEBOUNCE);
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
-            () = wake.notified() => {}
+            () = wake.notified() => {
+                // A burst of joins (a fleet starting) makes one sweep, not
+                // one each: each reads every entry. The tick restarts, as
+                // this sweep does its work.
+                tokio::time::sleep(debounce).await;
+                ticks.reset();
+            }
         }
         let Some(shared) = shared.upgrade() else {
             return;
@@ -298,6 +381,32 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn capabilities_beyond_the_labels_are_counted_as_other() {
+        let entry = |agent: &str, capabilities: &[&str]| {
+            Entry::new(agent, "http://h:1", Duration::from_secs(1))
+                .with_capabilities(capabilities.iter().copied())
+        };
+        let mut labelled = BTreeSet::new();
+        let live = [
+            entry("a", &["x", "y", "z"]),
+            entry("b", &["y", "w"]),
+            entry("c", &["v"]),
+        ];
+        let counts = by_label(&live, &mut labelled, 2);
+        let labels: Vec<&str> = labelled.iter().map(String::as_str).collect();
+        assert_eq!(labels, ["v", "y"], "y is the most listed, then by name");
+        let expected = [("other", 2), ("v", 1), ("y", 2)];
+        let expected: BTreeMap<String, usize> =
+            expected.iter().map(|(c, n)| (c.to_string(), *n)).collect();
+        assert_eq!(counts, expected, "a once under other for x and z");
+
+        // Labels stay given: a newcomer is other even once v is gone.
+        let counts = by_label(&[entry("d", &["u"])], &mut labelled, 2);
+        assert_eq!(labelled.len(), 2);
+        assert_eq!(counts.get("other"), Some(&1));
+    }
 
     #[test]
     fn agents_are_counted_once_per_capability_they_list() {

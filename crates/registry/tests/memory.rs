@@ -34,8 +34,12 @@ fn registry(config: RegistryConfig) -> (Registry, Arc<Events>) {
 }
 
 fn entry(agent: &str, secs: u64, capabilities: &[&str]) -> Entry {
-    Entry::new(agent, "http://10.0.0.7:8080/a2a", Duration::from_secs(secs))
-        .with_capabilities(capabilities.iter().copied())
+    Entry::new(
+        agent,
+        "http://summarizer.internal:8080/a2a",
+        Duration::from_secs(secs),
+    )
+    .with_capabilities(capabilities.iter().copied())
 }
 
 fn agents(entries: &[Entry]) -> Vec<&str> {
@@ -56,7 +60,10 @@ async fn a_put_joins_then_renews_keeping_registered_at() {
     assert_eq!(second.entry().capabilities, ["translate"], "replaced whole");
     assert_eq!(events.kinds(), [("registry_joined", "a".to_string())]);
     let event = events.0.lock().unwrap()[0].clone();
-    assert_eq!(event.data["endpoint"], "http://10.0.0.7:8080/a2a");
+    assert_eq!(
+        event.data["endpoint"],
+        "http://summarizer.internal:8080/a2a"
+    );
     assert_eq!(event.data["ttl_secs"], 10.0);
     assert_eq!(event.data["capabilities"][0], "summarize");
 }
@@ -222,6 +229,73 @@ async fn what_breaks_a_rule_is_refused_with_a_message() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn endpoints_at_private_addresses_are_refused_unless_allowed() {
+    let (registry, _) = registry(RegistryConfig::default());
+    let ttl = Duration::from_secs(10);
+    for endpoint in [
+        "http://127.0.0.1:8080",
+        "http://10.0.0.7:8080",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]:8080",
+        "http://[::ffff:192.168.0.1]/",
+        "http://localhost:8080",
+        "http://LocalHost.:8080",
+        "http://api.localhost/",
+    ] {
+        match registry.put(Entry::new("a", endpoint, ttl)).await {
+            Err(RegistryError::Invalid(message)) => {
+                assert!(message.contains("endpoint"), "{endpoint}: {message}");
+                assert!(message.contains("allow_private_endpoints"), "{message}");
+            }
+            other => panic!("{endpoint} is refused, not {other:?}"),
+        }
+    }
+    for endpoint in ["http://8.8.8.8:80", "https://agent.internal/a2a"] {
+        let put = registry.put(Entry::new("b", endpoint, ttl)).await;
+        assert!(put.is_ok(), "{endpoint}: {put:?}");
+    }
+    let allowing = RegistryConfig {
+        allow_private_endpoints: true,
+        ..RegistryConfig::default()
+    };
+    let (registry, _) = self::registry(allowing);
+    let put = registry
+        .put(Entry::new("a", "http://127.0.0.1:8080", ttl))
+        .await;
+    assert!(put.unwrap().joined(), "allowed by the option");
+}
+
+#[tokio::test(start_paused = true)]
+async fn whether_the_agent_proved_itself_is_kept_and_shown() {
+    let (registry, _) = registry(RegistryConfig::default());
+    let ttl = Duration::from_secs(10);
+    let proven = Entry::new("a", "http://h:1", ttl).with_authenticated(true);
+    registry.put(proven).await.unwrap();
+    registry
+        .put(Entry::new("b", "http://h:1", ttl))
+        .await
+        .unwrap();
+    assert!(
+        registry
+            .heartbeat("a")
+            .await
+            .unwrap()
+            .unwrap()
+            .authenticated
+    );
+    let found = registry.find(None).await;
+    let shown: Vec<_> = found
+        .iter()
+        .map(|e| (e.agent.as_str(), e.authenticated))
+        .collect();
+    assert_eq!(shown, [("a", true), ("b", false)]);
+    assert_eq!(
+        serde_json::to_value(&found[0]).unwrap()["authenticated"],
+        true
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_sweeper_records_expiries_on_its_own_and_stops_with_the_registry() {
     let config = RegistryConfig {
         sweep_interval: Duration::from_secs(1),
@@ -238,6 +312,28 @@ async fn the_sweeper_records_expiries_on_its_own_and_stops_with_the_registry() {
         .await
         .expect("the sweeper ends once the registry is dropped")
         .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_join_wakes_the_sweeper_after_a_short_wait() {
+    let config = RegistryConfig {
+        sweep_interval: Duration::from_secs(10),
+        ..RegistryConfig::default()
+    };
+    let (registry, events) = registry(config);
+    let _sweeper = registry.spawn_sweeper();
+    registry.put(entry("a", 1, &["x"])).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    registry.put(entry("b", 60, &["x"])).await.unwrap();
+    let kinds = || -> Vec<_> { events.kinds().into_iter().map(|(k, _)| k).collect() };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(kinds(), ["registry_joined", "registry_joined"], "waiting");
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert_eq!(
+        kinds(),
+        ["registry_joined", "registry_joined", "registry_expired"],
+        "b's join woke the sweeper, which found a expired, long before the tick"
+    );
 }
 
 #[test]

@@ -95,7 +95,7 @@ fn replica(state: RedisState, config: RegistryConfig) -> (Registry, Arc<Events>)
 }
 
 fn entry(agent: &str, ttl: Duration, capabilities: &[&str]) -> Entry {
-    Entry::new(agent, "http://10.0.0.7:8080", ttl)
+    Entry::new(agent, "http://summarizer.internal:8080", ttl)
         .with_capabilities(capabilities.iter().copied())
         .with_metadata(serde_json::json!({"note": "a|b", "registered_at": 1}))
 }
@@ -166,6 +166,79 @@ async fn heartbeats_and_puts_renew_keeping_registered_at() {
 }
 
 #[tokio::test]
+async fn an_expiry_then_a_rejoin_between_sweeps_is_told_as_both() {
+    let redis = Redis::start().await;
+    let (registry, events) = replica(
+        redis.state(&prefix("rejoin"), "r1"),
+        RegistryConfig::default(),
+    );
+    let first = registry
+        .put(entry("a", Duration::from_millis(300), &["x"]))
+        .await
+        .unwrap();
+    until_gone(&registry, "a").await;
+    let again = registry
+        .put(entry("a", Duration::from_secs(60), &["x"]))
+        .await
+        .unwrap();
+    assert!(again.joined());
+    // The rejoin takes the expired registration out, and tells it.
+    assert!(registry.sweep().await.is_empty(), "told once");
+    assert_eq!(
+        events.kinds(),
+        ["registry_joined", "registry_expired", "registry_joined"]
+    );
+    let told = events.0.lock().unwrap()[1].clone();
+    assert_eq!(told.data["registered_at"], first.entry().registered_at);
+}
+
+/// `command` on `key` against the test's Redis directly.
+async fn raw(redis: &Redis, command: &str, key: &str) -> i64 {
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd(command)
+        .arg(key)
+        .query_async(&mut connection)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_sweep_finds_expiries_by_deadline_and_a_late_delete_is_still_an_expiry() {
+    let redis = Redis::start().await;
+    let prefix = prefix("index");
+    let (registry, events) = replica(redis.state(&prefix, "r1"), RegistryConfig::default());
+    for (agent, ttl) in [("a", 300), ("b", 300), ("c", 60_000)] {
+        let ttl = Duration::from_millis(ttl);
+        registry.put(entry(agent, ttl, &["x"])).await.unwrap();
+    }
+    let deadlines = format!("{prefix}registry:deadlines");
+    let entries = format!("{prefix}registry:entries");
+    assert_eq!(raw(&redis, "ZCARD", &deadlines).await, 3);
+    until_gone(&registry, "a").await;
+    until_gone(&registry, "b").await;
+    assert!(
+        registry.remove("b").await.unwrap().is_none(),
+        "b expired: not a departure"
+    );
+    assert_eq!(raw(&redis, "ZCARD", &deadlines).await, 3, "kept until told");
+    let expired = registry.sweep().await;
+    assert_eq!(agents(&expired), ["a", "b"]);
+    assert!(expired[0].expires_at > expired[0].registered_at);
+    assert_eq!(expired[0].endpoint, "http://summarizer.internal:8080");
+    assert_eq!(raw(&redis, "ZCARD", &deadlines).await, 1);
+    assert_eq!(raw(&redis, "HLEN", &entries).await, 1);
+    assert!(registry.sweep().await.is_empty());
+    let expiries = events
+        .kinds()
+        .iter()
+        .filter(|k| **k == "registry_expired")
+        .count();
+    assert_eq!(expiries, 2);
+    assert!(!events.kinds().contains(&"registry_left"));
+}
+
+#[tokio::test]
 async fn two_replicas_share_entries_and_an_expiry_is_told_once() {
     let redis = Redis::start().await;
     let prefix = prefix("shared");
@@ -230,6 +303,25 @@ async fn a_full_redis_registry_refuses_new_agents_until_one_expires() {
         .await
         .unwrap();
     assert!(put.joined(), "b's expiry made room");
+}
+
+#[tokio::test]
+async fn a_rejoin_refused_as_full_leaves_its_expiry_for_the_sweep() {
+    let redis = Redis::start().await;
+    let config = RegistryConfig {
+        max_agents: 1,
+        ..RegistryConfig::default()
+    };
+    let (registry, events) = replica(redis.state(&prefix("full-rejoin"), "r1"), config);
+    let short = Duration::from_millis(300);
+    registry.put(entry("a", short, &[])).await.unwrap();
+    until_gone(&registry, "a").await;
+    let long = Duration::from_secs(60);
+    assert!(registry.put(entry("c", long, &[])).await.unwrap().joined());
+    let refused = registry.put(entry("a", long, &[])).await;
+    assert_eq!(refused.unwrap_err(), RegistryError::Full { max_agents: 1 });
+    assert_eq!(events.kinds(), ["registry_joined", "registry_joined"]);
+    assert_eq!(agents(&registry.sweep().await), ["a"], "still told");
 }
 
 #[tokio::test]

@@ -8,7 +8,11 @@
 //! | `GET /corral/registry/{agent}` | 200 and the entry, 404 when not listed |
 //! | `GET /corral/registry?capability=X` | 200 and `{"agents": [...]}` |
 //!
-//! An agent changes only its own entry (403 otherwise); any caller reads.
+//! An agent changes only its own entry (403 otherwise), never as the
+//! shared `anonymous` agent, and with its API key when `[registry]
+//! require_key` is on (by default, when any agent has a key); any caller
+//! reads. Each entry says whether a key proved its agent
+//! (`authenticated`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +37,9 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 #[derive(Clone)]
 pub(crate) struct RegistryApi {
     registry: Registry,
+    /// Writes need the agent's API key (`[registry] require_key`, as
+    /// resolved against `[[agents]]`).
+    require_key: bool,
 }
 
 /// What a `PUT` carries; the times are the registry's.
@@ -84,7 +91,11 @@ impl RegistryApi {
         } else {
             tracing::warn!("no runtime: registry expiries are not swept (no events, no gauge)");
         }
-        Self { registry }
+        let require_key = require_key(config);
+        Self {
+            registry,
+            require_key,
+        }
     }
 
     /// The registry, for the sagas' lookups by capability.
@@ -109,21 +120,43 @@ impl RegistryApi {
             (Target::All, Method::GET) => self.list(request.uri().query()).await,
             (Target::Agent(agent), Method::GET) => self.show(&agent).await,
             (Target::Agent(agent), Method::PUT) => {
-                owner(&caller, &agent)?;
-                self.put(agent, request).await
+                self.writer(&caller, &agent)?;
+                self.put(agent, caller.authenticated, request).await
             }
             (Target::Agent(agent), Method::DELETE) => {
-                owner(&caller, &agent)?;
+                self.writer(&caller, &agent)?;
                 self.delete(&agent).await
             }
             (Target::Heartbeat(agent), Method::POST) => {
-                owner(&caller, &agent)?;
+                self.writer(&caller, &agent)?;
                 self.heartbeat(&agent).await
             }
             (Target::All, _) => Ok(not_allowed("GET")),
             (Target::Agent(_), _) => Ok(not_allowed("GET, PUT, DELETE")),
             (Target::Heartbeat(_), _) => Ok(not_allowed("POST")),
         }
+    }
+
+    /// Whether `caller` may change `agent`'s entry: not as `anonymous`
+    /// (every keyless caller without `X-Agent-Id` shares it, so any of
+    /// them could replace the others' endpoint), with a key when one is
+    /// required, and only its own.
+    fn writer(&self, caller: &Caller, agent: &str) -> Result<(), Refused> {
+        let forbidden = |message: String| Refused {
+            status: StatusCode::FORBIDDEN,
+            message,
+        };
+        if caller.agent.as_str() == ANONYMOUS && !caller.authenticated {
+            return Err(forbidden(format!(
+                "the shared {ANONYMOUS:?} agent may not change the registry: send X-Agent-Id (or the agent's API key) to name the agent"
+            )));
+        }
+        if self.require_key && !caller.authenticated {
+            return Err(forbidden(format!(
+                "changing {agent:?}'s registry entry needs the agent's API key ([registry] require_key): X-Agent-Id alone is a claim anyone can make"
+            )));
+        }
+        owner(caller, agent)
     }
 
     async fn list(&self, query: Option<&str>) -> Result<Response<BoxBody>, Refused> {
@@ -142,6 +175,7 @@ impl RegistryApi {
     async fn put(
         &self,
         agent: String,
+        authenticated: bool,
         request: Request<Body>,
     ) -> Result<Response<BoxBody>, Refused> {
         let announce = read_announce(request).await?;
@@ -155,7 +189,8 @@ impl RegistryApi {
         };
         let mut entry = Entry::new(agent, announce.endpoint, ttl)
             .with_capabilities(announce.capabilities)
-            .with_models(announce.models);
+            .with_models(announce.models)
+            .with_authenticated(authenticated);
         entry.metadata = announce.metadata;
         let put = self.registry.put(entry).await?;
         let status = if put.joined() {
@@ -235,6 +270,22 @@ impl Target {
             _ => Err(no_such()),
         }
     }
+}
+
+/// The agent a caller is without a key or `X-Agent-Id`.
+const ANONYMOUS: &str = "anonymous";
+
+/// `[registry] require_key`, or, unset, whether any `[[agents]]` entry
+/// has a key: once keys are in use, a name without one proves nothing.
+fn require_key(config: &Config) -> bool {
+    config.registry.require_key.unwrap_or_else(|| {
+        config.agents.iter().any(|agent| {
+            agent.key.is_some()
+                || agent.key_sha256.is_some()
+                || agent.key_env.is_some()
+                || agent.key_file.is_some()
+        })
+    })
 }
 
 /// Only the agent itself changes its entry: another could hijack its
