@@ -75,6 +75,10 @@ pub struct SagaConfig {
     /// How long a finished saga's log stays readable (Redis only).
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
+    /// Whether steps may call loopback, private, link-local or metadata
+    /// addresses (a `url`, or an agent's registered endpoint). Off: an
+    /// agent could otherwise aim the proxy at its own network.
+    pub allow_private_targets: bool,
 }
 
 impl Default for SagaConfig {
@@ -90,6 +94,7 @@ impl Default for SagaConfig {
             compensation_backoff: DEFAULT_COMPENSATION_BACKOFF,
             max_compensation_backoff: DEFAULT_MAX_COMPENSATION_BACKOFF,
             retention: DEFAULT_RETENTION,
+            allow_private_targets: false,
         }
     }
 }

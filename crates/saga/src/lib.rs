@@ -111,10 +111,11 @@ mod transition;
 pub use config::*;
 pub use decide::{decide, status, step_states, Next, Phase, SagaStatus, StepState};
 pub use http::{
-    AgentTarget, Call, Definition, HttpSteps, Local, NoAgents, Resolve, StepDefinition,
+    new_saga_id, AgentTarget, Call, Definition, HttpSteps, Local, NoAgents, Resolve,
+    StepDefinition, MAX_OUTPUT_BYTES,
 };
 pub use log::{BoxFuture, LogResult, LogUnavailable, MemoryLog, SagaLog};
 pub use redis_log::RedisLog;
-pub use runner::{Rebuild, Runner, SagaError};
+pub use runner::{Rebuild, Runner, SagaError, MAX_RESUME_FAILURES};
 pub use saga::{Action, Saga, Step, StepContext, StepResult};
 pub use transition::Transition;

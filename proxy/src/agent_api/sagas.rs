@@ -43,6 +43,7 @@ struct Shared {
     runner: Runner,
     steps: HttpSteps,
     max_steps: usize,
+    allow_private_targets: bool,
 }
 
 impl SagasApi {
@@ -78,6 +79,7 @@ impl SagasApi {
                 runner,
                 steps,
                 max_steps: sagas.max_steps,
+                allow_private_targets: sagas.allow_private_targets,
             }),
         }
     }
@@ -113,11 +115,13 @@ impl SagasApi {
     }
 
     async fn submit(&self, request: Request<Body>, caller: &Caller) -> Response<BoxBody> {
-        let definition = match read_definition(request, self.shared.max_steps).await {
+        let shared = &self.shared;
+        let read = read_definition(request, shared.max_steps, shared.allow_private_targets);
+        let definition = match read.await {
             Ok(definition) => definition,
             Err(message) => return super::refuse(StatusCode::BAD_REQUEST, message),
         };
-        let id = new_id();
+        let id = corral_saga::new_saga_id();
         let agent = caller.agent.as_ref();
         let saga = (self.shared.steps.saga(&id, &definition))
             .with_agent(agent)
@@ -227,13 +231,15 @@ impl Local for ThroughStack {
 }
 
 /// Agent targets found in the registry: one of the live agents with the
-/// capability, at random, so steps spread over them.
+/// capability, at random, so steps spread over them (picked once per
+/// step and logged: a re-run and the compensation go to the same one).
 struct FromRegistry(corral_registry::Registry);
 
 impl Resolve for FromRegistry {
     fn resolve<'a>(&'a self, capability: &'a str) -> BoxFuture<'a, Result<String, String>> {
         Box::pin(async move {
-            let live = self.0.find(Some(capability)).await;
+            let live = (self.0.try_find(Some(capability)).await)
+                .map_err(|e| format!("registry unavailable: {e}"))?;
             if live.is_empty() {
                 return Err(format!(
                     "no live agent in the registry has capability {capability:?}"
@@ -245,7 +251,11 @@ impl Resolve for FromRegistry {
 }
 
 /// The body as a definition, checked, or what is wrong with it.
-async fn read_definition(request: Request<Body>, max_steps: usize) -> Result<Definition, String> {
+async fn read_definition(
+    request: Request<Body>,
+    max_steps: usize,
+    allow_private_targets: bool,
+) -> Result<Definition, String> {
     let body = http_body_util::Limited::new(request.into_body(), MAX_DEFINITION_BYTES)
         .collect()
         .await
@@ -256,6 +266,11 @@ async fn read_definition(request: Request<Body>, max_steps: usize) -> Result<Def
     definition
         .validate(max_steps)
         .map_err(|e| format!("invalid saga definition: {e}"))?;
+    if !allow_private_targets {
+        definition
+            .refuse_private()
+            .map_err(|e| format!("invalid saga definition: {e}"))?;
+    }
     Ok(definition)
 }
 
@@ -293,11 +308,6 @@ fn status_name(status: SagaStatus) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default()
-}
-
-/// A new saga id: 128 random bits, in hex.
-fn new_id() -> String {
-    format!("{:032x}", fastrand::u128(..))
 }
 
 fn is_id(id: &str) -> bool {
@@ -351,7 +361,7 @@ mod tests {
 
     #[test]
     fn ids_are_checked_before_any_lookup() {
-        assert!(is_id(&new_id()));
+        assert!(is_id(&corral_saga::new_saga_id()));
         assert!(!is_id("a/b"));
         assert!(!is_id(&"a".repeat(65)));
     }
