@@ -84,10 +84,10 @@ impl SagasApi {
         }
     }
 
-    /// The address the proxy listens on, once bound: async `path` steps
-    /// and `/corral/` paths are sent there (until then, to
-    /// `server.listen`, which is wrong only when its port is 0); other
-    /// `path` steps run in process and need no address.
+    /// The address the proxy listens on, once bound: `path` steps run in
+    /// process as the saga's agent, so this is used only by a saga
+    /// without an agent (until then, `server.listen`, wrong only when its
+    /// port is 0).
     pub(crate) fn set_local_address(&self, address: SocketAddr) {
         self.shared.steps.set_corral(corral_base(address));
     }
