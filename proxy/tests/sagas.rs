@@ -600,3 +600,33 @@ async fn a_loopback_target_is_refused_by_default_at_submission_and_when_resolved
     }
     assert!(steps.calls().is_empty(), "nothing reached the step server");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_running_max_running_sagas_answers_503_with_retry_after() {
+    let upstream = mock(corral_e2e::fast()).await;
+    let config = format!("{LOOPBACK_STEPS}max_running = 1\n");
+    let corral = corral_e2e::proxy_toml(&upstream.url(), &config).await;
+    let url = corral.url();
+    let steps = Steps::start(1).await;
+    let first = submit(&url, "planner", steps.saga(1)).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.text());
+    eventually_async("step 1 runs", || async { steps.calls_to("/1/action") == 1 }).await;
+    let full = submit(&url, "planner", steps.saga(1)).await;
+    assert_eq!(
+        full.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        full.text()
+    );
+    assert_eq!(full.header("retry-after"), Some("1"));
+    steps.open_gate();
+    let id = first.json()["id"].as_str().unwrap().to_string();
+    until_status(&url, "planner", &id, "compensated").await;
+    let again = submit(&url, "planner", steps.saga(1)).await;
+    assert_eq!(
+        again.status,
+        StatusCode::ACCEPTED,
+        "room again: {}",
+        again.text()
+    );
+}

@@ -1,11 +1,13 @@
 //! The driver: reads the log, asks [`decide`] what is next, writes the
 //! transition, then does it.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use corral_core::{EventSink, NewEvent};
 use serde_json::{json, Value};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
 use crate::decide::{decide, status, Next, SagaStatus};
@@ -32,6 +34,8 @@ pub enum SagaError {
     /// This runner lost its lease (it stalled past the lease's TTL):
     /// another runner may have taken the saga over.
     LeaseLost,
+    /// This runner already drives `max_running` sagas.
+    Full,
 }
 
 impl std::fmt::Display for SagaError {
@@ -42,6 +46,7 @@ impl std::fmt::Display for SagaError {
             SagaError::Unknown => f.write_str("no saga has this id"),
             SagaError::Exists => f.write_str("a saga with this id was already started"),
             SagaError::LeaseLost => f.write_str("the runner lost its lease on the saga"),
+            SagaError::Full => f.write_str("this replica runs as many sagas as it may"),
         }
     }
 }
@@ -69,6 +74,47 @@ struct Inner {
     events: Option<Arc<dyn EventSink>>,
     config: SagaConfig,
     owner: String,
+    room: Arc<Room>,
+}
+
+/// The sagas this runner drives, at most `max_running`: each holds a
+/// permit from admission (`start`, a claim) until its drive ends.
+struct Room {
+    permits: Arc<Semaphore>,
+    admitted: Mutex<HashMap<String, OwnedSemaphorePermit>>,
+}
+
+impl Room {
+    fn new(max_running: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(max_running)),
+            admitted: Mutex::default(),
+        }
+    }
+
+    /// Admits saga `id` (again: true at once); false when full.
+    fn admit(&self, id: &str) -> bool {
+        let mut admitted = self.admitted.lock().unwrap_or_else(|p| p.into_inner());
+        if admitted.contains_key(id) {
+            return true;
+        }
+        match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                admitted.insert(id.to_string(), permit);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn discharge(&self, id: &str) {
+        let mut admitted = self.admitted.lock().unwrap_or_else(|p| p.into_inner());
+        admitted.remove(id);
+    }
+
+    fn full(&self) -> bool {
+        self.permits.available_permits() == 0
+    }
 }
 
 corral_core::impl_debug!(Runner { owner: inner.owner });
@@ -82,6 +128,7 @@ impl Runner {
             inner: Arc::new(Inner {
                 log,
                 events: None,
+                room: Arc::new(Room::new(config.max_running)),
                 config,
                 owner: owner.into(),
             }),
@@ -97,6 +144,7 @@ impl Runner {
                 events: Some(events),
                 config: inner.config.clone(),
                 owner: inner.owner.clone(),
+                room: inner.room.clone(),
             }),
         }
     }
@@ -116,6 +164,17 @@ impl Runner {
     /// Claims `saga` and writes its `started` entry; [`drive`](Self::drive)
     /// then runs it. Split so a caller can answer once the saga exists.
     pub async fn start(&self, saga: &Saga) -> Result<(), SagaError> {
+        if !self.inner.room.admit(saga.id()) {
+            return Err(SagaError::Full);
+        }
+        let started = self.start_admitted(saga).await;
+        if started.is_err() {
+            self.inner.room.discharge(saga.id());
+        }
+        started
+    }
+
+    async fn start_admitted(&self, saga: &Saga) -> Result<(), SagaError> {
         let inner = &self.inner;
         if !inner
             .log
@@ -143,27 +202,40 @@ impl Runner {
     /// that stopped) and runs it to its end.
     pub async fn resume(&self, saga: &Saga) -> Result<SagaStatus, SagaError> {
         let inner = &self.inner;
-        if !inner
+        if !inner.room.admit(saga.id()) {
+            return Err(SagaError::Full);
+        }
+        let claimed = inner
             .log
             .claim(saga.id(), &inner.owner, inner.config.lease_ttl)
-            .await?
-        {
-            return Err(SagaError::Held);
+            .await;
+        if claimed != Ok(true) {
+            inner.room.discharge(saga.id());
+            return Err(claimed.err().map_or(SagaError::Held, SagaError::Log));
         }
-        if inner.log.read(saga.id()).await?.is_empty() {
-            self.release(saga).await;
-            return Err(SagaError::Unknown);
+        match inner.log.read(saga.id()).await {
+            Ok(log) if !log.is_empty() => self.drive(saga).await,
+            read => {
+                self.release(saga).await;
+                inner.room.discharge(saga.id());
+                Err(read.err().map_or(SagaError::Unknown, SagaError::Log))
+            }
         }
-        self.drive(saga).await
     }
 
     /// Runs `saga`, whose lease this runner holds, to its end, then
     /// releases it.
     pub async fn drive(&self, saga: &Saga) -> Result<SagaStatus, SagaError> {
+        let room = &self.inner.room;
+        if !room.admit(saga.id()) {
+            self.release(saga).await;
+            return Err(SagaError::Full);
+        }
         let result = self.drive_held(saga).await;
         if !matches!(result, Err(SagaError::LeaseLost)) {
             self.release(saga).await;
         }
+        room.discharge(saga.id());
         result
     }
 
@@ -431,6 +503,9 @@ impl Runner {
     pub async fn resume_unfinished(&self, rebuild: &Rebuild) -> Result<usize, SagaError> {
         let mut taken = 0;
         for id in self.inner.log.unfinished().await? {
+            if self.inner.room.full() {
+                break; // the rest waits for room, here or on another replica
+            }
             match self.resume_one(&id, rebuild).await {
                 Ok(true) => taken += 1,
                 Ok(false) => {}
@@ -446,6 +521,19 @@ impl Runner {
 
     /// Claims, rebuilds and drives saga `id`: whether it was taken.
     async fn resume_one(&self, id: &str, rebuild: &Rebuild) -> Result<bool, SagaError> {
+        let room = &self.inner.room;
+        if !room.admit(id) {
+            return Ok(false);
+        }
+        let taken = self.claim_and_spawn(id, rebuild).await;
+        if taken != Ok(true) {
+            room.discharge(id);
+        }
+        taken
+    }
+
+    /// Claims saga `id` (admitted), rebuilds it and drives it in a task.
+    async fn claim_and_spawn(&self, id: &str, rebuild: &Rebuild) -> Result<bool, SagaError> {
         let inner = &self.inner;
         if !inner
             .log

@@ -706,3 +706,49 @@ async fn a_saga_the_resumer_cannot_read_is_skipped_and_the_others_resumed() {
         "its lease was released"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_runner_drives_at_most_max_running_sagas_and_resumes_only_with_room() {
+    let server = Arc::new(Server::default());
+    let log = Arc::new(MemoryLog::new());
+    let one = SagaConfig {
+        max_running: 1,
+        ..config()
+    };
+    let a = Runner::new(log.clone(), "a", one);
+    let (started, go) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let block = Behaviour::Block {
+        started: started.clone(),
+        go: go.clone(),
+    };
+    let first = saga("first", 1, &server, move |_| block.clone(), |_| 0);
+    let run = tokio::spawn({
+        let (a, first) = (a.clone(), first.clone());
+        async move { a.run(&first).await }
+    });
+    started.notified().await;
+    let second = saga("second", 1, &server, |_| Behaviour::Succeed, |_| 0);
+    assert_eq!(a.start(&second).await, Err(SagaError::Full));
+    assert!(log.read("second").await.unwrap().is_empty(), "not started");
+
+    // An orphan waits while the runner is full, and is taken once there is room.
+    let orphan = Transition::Started {
+        steps: vec!["step0".into()],
+        agent: None,
+        definition: json!(null),
+        authenticated: false,
+    };
+    log.append("orphan", &orphan).await.unwrap();
+    let rebuilt = server.clone();
+    let rebuild: Rebuild = Arc::new(move |id: &str, _: &[Transition]| {
+        Ok(saga(id, 1, &rebuilt, |_| Behaviour::Succeed, |_| 0))
+    });
+    assert_eq!(a.resume_unfinished(&rebuild).await, Ok(0));
+    go.notify_one();
+    assert_eq!(run.await.unwrap(), Ok(SagaStatus::Completed));
+    assert_eq!(a.resume_unfinished(&rebuild).await, Ok(1));
+    while !log.unfinished().await.unwrap().is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(a.run(&second).await, Ok(SagaStatus::Completed));
+}

@@ -327,6 +327,15 @@ fn not_allowed(allow: &'static str) -> Response<BoxBody> {
 }
 
 fn unavailable(error: &SagaError) -> Response<BoxBody> {
+    if *error == SagaError::Full {
+        // Not a fault: room comes back as sagas end.
+        tracing::debug!(%error, "saga refused");
+        let mut response = super::refuse(StatusCode::SERVICE_UNAVAILABLE, error.to_string());
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    }
     tracing::warn!(%error, "saga request failed");
     super::refuse(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
 }
