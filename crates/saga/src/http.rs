@@ -2,7 +2,9 @@
 //! the client that runs it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock, RwLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,6 +12,7 @@ use corral_core::{BoxBody, BoxError};
 use http::{header, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -304,7 +307,11 @@ pub struct HttpSteps {
 }
 
 struct Inner {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// For targets: refuses names resolving to private addresses at
+    /// connection time unless allowed.
+    client: StepClient,
+    /// For Corral's own address.
+    corral_client: StepClient,
     corral: RwLock<String>,
     local: OnceLock<Arc<dyn Local>>,
     resolve: Arc<dyn Resolve>,
@@ -330,13 +337,16 @@ impl HttpSteps {
     /// address), agent targets where `resolve` says, each call within
     /// `config.call_timeout`.
     pub fn new(corral: impl Into<String>, resolve: Arc<dyn Resolve>, config: &SagaConfig) -> Self {
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(https_or_http(config.call_timeout));
+        let client = |allow_private| {
+            Client::builder(TokioExecutor::new())
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .build(https_or_http(config.call_timeout, allow_private))
+        };
         Self {
             inner: Arc::new(Inner {
-                client,
+                client: client(config.allow_private_targets),
+                corral_client: client(true),
                 corral: RwLock::new(corral.into()),
                 local: OnceLock::new(),
                 resolve,
@@ -435,7 +445,10 @@ impl HttpSteps {
             Via::Local { .. } => build(call, call.path.as_deref().unwrap_or("/"), key)?,
             Via::Network { .. } => build(call, &uri, key)?,
         };
-        if let Via::Network { agent: Some(agent) } = via {
+        if let Via::Network {
+            agent: Some(agent), ..
+        } = via
+        {
             identify(&mut request, Some(agent));
         }
         if call.respond_async && on_corral {
@@ -461,8 +474,14 @@ impl HttpSteps {
                 agent,
                 authenticated: context.authenticated,
             },
-            (true, _, agent) => Via::Network { agent },
-            (false, _, _) => Via::Network { agent: None },
+            (true, _, agent) => Via::Network {
+                agent,
+                corral: true,
+            },
+            (false, _, _) => Via::Network {
+                agent: None,
+                corral: false,
+            },
         }
     }
 
@@ -480,7 +499,7 @@ impl HttpSteps {
                 self.local(local.clone(), agent, authenticated, request)
                     .await
             }
-            Via::Network { .. } => self.send(request).await,
+            Via::Network { corral, .. } => self.send(request, corral).await,
         }
     }
 
@@ -530,15 +549,15 @@ impl HttpSteps {
         Ok(())
     }
 
-    async fn send(&self, request: Request<Full<Bytes>>) -> Result<Answer, String> {
+    async fn send(&self, request: Request<Full<Bytes>>, corral: bool) -> Result<Answer, String> {
         let what = format!("{} {}", request.method(), request.uri());
+        let client = if corral {
+            &self.inner.corral_client
+        } else {
+            &self.inner.client
+        };
         let exchange = async {
-            let response = self
-                .inner
-                .client
-                .request(request)
-                .await
-                .map_err(|e| root(&e))?;
+            let response = client.request(request).await.map_err(|e| root(&e))?;
             read_answer(response).await
         };
         self.within(&what, exchange).await
@@ -584,7 +603,7 @@ impl HttpSteps {
                 let mut request = Request::get(&url)
                     .body(Full::default())
                     .map_err(|e| format!("GET {url}: {e}"))?;
-                if let Via::Network { agent } = via {
+                if let Via::Network { agent, .. } = via {
                     identify(&mut request, agent);
                 }
                 let answer = self.exchange(request, via).await?;
@@ -642,8 +661,12 @@ enum Via<'a> {
         agent: &'a str,
         authenticated: bool,
     },
-    /// Over the network, naming the agent with `X-Agent-Id` to Corral.
-    Network { agent: Option<&'a str> },
+    /// Over the network, naming the agent with `X-Agent-Id` to Corral
+    /// (`corral`: to Corral's own address, which may be loopback).
+    Network {
+        agent: Option<&'a str>,
+        corral: bool,
+    },
 }
 
 /// The status, `Location` and body (up to [`MAX_ANSWER_BYTES`]).
@@ -755,8 +778,14 @@ fn capped(mut output: Value) -> Value {
 
 /// The connector for steps' calls: `https://` with the system's roots
 /// (registry endpoints and URLs may be https), and `http://`.
-fn https_or_http(connect_timeout: Duration) -> HttpsConnector<HttpConnector> {
-    let mut http = HttpConnector::new();
+fn https_or_http(
+    connect_timeout: Duration,
+    allow_private: bool,
+) -> HttpsConnector<HttpConnector<Checked>> {
+    let mut http = HttpConnector::new_with_resolver(Checked {
+        gai: GaiResolver::new(),
+        allow_private,
+    });
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     http.enforce_http(false);
@@ -775,6 +804,50 @@ fn https_or_http(connect_timeout: Duration) -> HttpsConnector<HttpConnector> {
                 .enable_http1()
                 .wrap_connector(http)
         }
+    }
+}
+
+/// The client of steps' calls.
+type StepClient = Client<HttpsConnector<HttpConnector<Checked>>, Full<Bytes>>;
+
+/// The system's resolver, refusing a name that resolves to a private
+/// address unless allowed: checked again when connecting, so a name
+/// that changed since [`HttpSteps`]'s check (DNS rebinding) is caught.
+/// (IP literals skip the resolver: they are checked before the call.)
+#[derive(Clone)]
+struct Checked {
+    gai: GaiResolver,
+    allow_private: bool,
+}
+
+impl tower::Service<Name> for Checked {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = std::io::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.gai.poll_ready(cx)
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let (allow_private, host) = (self.allow_private, name.to_string());
+        let resolving = self.gai.call(name);
+        Box::pin(async move {
+            let addresses: Vec<SocketAddr> = resolving.await?.collect();
+            let private = addresses
+                .iter()
+                .find(|a| corral_core::net::private_address(a.ip()));
+            match private {
+                Some(address) if !allow_private => Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!(
+                        "{host} is the private address {} (allow_private_targets is off)",
+                        address.ip()
+                    ),
+                )),
+                _ => Ok(addresses.into_iter()),
+            }
+        })
     }
 }
 
@@ -941,6 +1014,23 @@ mod tests {
         assert_eq!(big["truncated"], true);
         assert!(big["body"].as_str().unwrap().len() <= MAX_OUTPUT_BYTES);
         assert_eq!(big["status"], 200);
+    }
+
+    #[tokio::test]
+    async fn the_connection_resolver_refuses_a_name_of_a_private_address_unless_allowed() {
+        use std::str::FromStr;
+        use tower::ServiceExt;
+        let resolve = |allow_private| {
+            let checked = Checked {
+                gai: GaiResolver::new(),
+                allow_private,
+            };
+            checked.oneshot(Name::from_str("localhost").unwrap())
+        };
+        let refused = resolve(false).await.unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::PermissionDenied);
+        assert!(refused.to_string().contains("private address"), "{refused}");
+        assert!(resolve(true).await.unwrap().next().is_some());
     }
 
     #[test]
