@@ -400,3 +400,28 @@ async fn private_targets_are_refused_unless_allowed() {
 fn definition_of(url: &str) -> Definition {
     definition(json!({"steps": [{"name": "a", "action": {"url": url}}]}))
 }
+
+#[tokio::test]
+async fn an_https_target_is_spoken_to_with_tls() {
+    let (url, _) = server().await;
+    let steps = HttpSteps::new(url.clone(), Arc::new(NoAgents), &config());
+    // The fake server speaks plain HTTP: the TLS handshake fails, which
+    // shows the call went out as https (not refused for its scheme).
+    let tls = definition_of(&url.replace("http://", "https://"));
+    let log = Arc::new(MemoryLog::new());
+    let runner = Runner::new(log.clone(), "a", config());
+    assert_eq!(
+        runner.run(&steps.saga("s", &tls)).await,
+        Ok(SagaStatus::Compensated)
+    );
+    let entries = log.read("s").await.unwrap();
+    let reason = entries
+        .iter()
+        .find_map(|t| match t {
+            Transition::StepFailed { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(reason.starts_with("POST https://"), "{reason}");
+    assert!(!reason.contains("scheme"), "{reason}");
+}
