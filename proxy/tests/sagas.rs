@@ -24,6 +24,9 @@ use support::replica::{prefix, Replica};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+/// The step servers listen on 127.0.0.1: allowed only when asked.
+const LOOPBACK_STEPS: &str = "[sagas]\nallow_private_targets = true\n";
+
 /// Step servers, one path per step: `/{n}/action` and `/{n}/compensate`.
 /// Each counts calls per `Idempotency-Key` and applies a key's effect
 /// once; `/{failing}/action` waits until the gate opens, then fails.
@@ -187,7 +190,7 @@ fn effects_of(steps: &Steps, id: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saga_is_submitted_read_and_completed_and_only_its_agent_sees_it() {
     let upstream = mock(corral_e2e::fast()).await;
-    let corral = corral_e2e::proxy_toml(&upstream.url(), "").await;
+    let corral = corral_e2e::proxy_toml(&upstream.url(), LOOPBACK_STEPS).await;
     let steps = Steps::start(0).await;
     let url = corral.url();
 
@@ -315,7 +318,7 @@ async fn bad_definitions_are_refused_with_what_is_wrong() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_saga_finishes_its_running_step_then_compensates_in_reverse() {
     let upstream = mock(corral_e2e::fast()).await;
-    let corral = corral_e2e::proxy_toml(&upstream.url(), "").await;
+    let corral = corral_e2e::proxy_toml(&upstream.url(), LOOPBACK_STEPS).await;
     // Step 2 blocks until the gate opens, then fails: cancelled first, it
     // is not compensated (it failed), step 1 is.
     let steps = Steps::start(2).await;
@@ -347,7 +350,7 @@ async fn a_cancelled_saga_finishes_its_running_step_then_compensates_in_reverse(
 
 fn replica_config(upstream: &str, redis: &str, keys: &str) -> String {
     format!(
-        "[upstream]\nurl = \"{upstream}\"\n\n[state]\nbackend = \"redis\"\nredis_url = \"{redis}\"\nkey_prefix = \"{keys}\"\n\n[sagas]\nlease_ttl = \"1s\"\nresume_interval = \"200ms\"\ncompensation_backoff = \"100ms\"\n"
+        "[upstream]\nurl = \"{upstream}\"\n\n[state]\nbackend = \"redis\"\nredis_url = \"{redis}\"\nkey_prefix = \"{keys}\"\n\n[sagas]\nallow_private_targets = true\nlease_ttl = \"1s\"\nresume_interval = \"200ms\"\ncompensation_backoff = \"100ms\"\n"
     )
 }
 
@@ -519,9 +522,13 @@ async fn an_async_step_runs_as_a_job_of_the_agent_whose_key_is_never_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_target_is_found_in_the_registry_by_its_capability() {
     let upstream = mock(corral_e2e::fast()).await;
-    // The steps' server listens on 127.0.0.1: a private endpoint.
-    let allowing = "[registry]\nallow_private_endpoints = true\n";
-    let corral = corral_e2e::proxy_toml(&upstream.url(), allowing).await;
+    // The steps' server listens on 127.0.0.1: a private target, and a
+    // private endpoint in the registry.
+    let allowing = format!("{LOOPBACK_STEPS}
+[registry]
+allow_private_endpoints = true
+");
+    let corral = corral_e2e::proxy_toml(&upstream.url(), &allowing).await;
     let url = corral.url();
     let steps = Steps::start(0).await;
     let joined = send(as_agent(
@@ -560,5 +567,72 @@ async fn an_agent_target_is_found_in_the_registry_by_its_capability() {
             .unwrap()
             .contains("capability \"fly\""),
         "{ended}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loopback_target_is_refused_by_default_at_submission_and_when_resolved() {
+    let upstream = mock(corral_e2e::fast()).await;
+    let corral = corral_e2e::proxy_toml(&upstream.url(), "").await;
+    let url = corral.url();
+    let steps = Steps::start(0).await;
+
+    let refused = submit(&url, "planner", steps.saga(1)).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert!(
+        refused
+            .error()
+            .contains("steps[0].action.url: 127.0.0.1 is a private address"),
+        "{}",
+        refused.error()
+    );
+
+    // A registered endpoint on loopback is refused when the step calls it.
+    let joined = send(as_agent(
+        "PUT",
+        &format!("{url}/corral/registry/worker-1"),
+        "worker-1",
+        json!({"endpoint": steps.url, "capabilities": ["reserve"], "ttl_secs": 60}).to_string(),
+    ))
+    .await;
+    if joined.status == StatusCode::CREATED {
+        let definition = json!({"steps": [{"name": "reserve",
+            "action": {"agent": {"capability": "reserve"}, "path": "/1/action"}}]});
+        let submitted = submit(&url, "planner", definition.to_string()).await;
+        let id = submitted.json()["id"].as_str().unwrap().to_string();
+        let ended = until_status(&url, "planner", &id, "compensated").await;
+        let error = ended["steps"][0]["error"].as_str().unwrap();
+        assert!(error.contains("private address 127.0.0.1"), "{ended}");
+    }
+    assert!(steps.calls().is_empty(), "nothing reached the step server");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_running_max_running_sagas_answers_503_with_retry_after() {
+    let upstream = mock(corral_e2e::fast()).await;
+    let config = format!("{LOOPBACK_STEPS}max_running = 1\n");
+    let corral = corral_e2e::proxy_toml(&upstream.url(), &config).await;
+    let url = corral.url();
+    let steps = Steps::start(1).await;
+    let first = submit(&url, "planner", steps.saga(1)).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.text());
+    eventually_async("step 1 runs", || async { steps.calls_to("/1/action") == 1 }).await;
+    let full = submit(&url, "planner", steps.saga(1)).await;
+    assert_eq!(
+        full.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        full.text()
+    );
+    assert_eq!(full.header("retry-after"), Some("1"));
+    steps.open_gate();
+    let id = first.json()["id"].as_str().unwrap().to_string();
+    until_status(&url, "planner", &id, "compensated").await;
+    let again = submit(&url, "planner", steps.saga(1)).await;
+    assert_eq!(
+        again.status,
+        StatusCode::ACCEPTED,
+        "room again: {}",
+        again.text()
     );
 }

@@ -23,6 +23,8 @@ pub const DEFAULT_COMPENSATION_ATTEMPTS: u32 = 5;
 pub const DEFAULT_COMPENSATION_BACKOFF: Duration = Duration::from_secs(1);
 /// The longest wait between attempts at a compensation.
 pub const DEFAULT_MAX_COMPENSATION_BACKOFF: Duration = Duration::from_secs(30);
+/// The most sagas one replica drives at once.
+pub const DEFAULT_MAX_RUNNING: usize = 256;
 /// How long a finished saga's log is kept (for `GET`).
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
@@ -75,6 +77,14 @@ pub struct SagaConfig {
     /// How long a finished saga's log stays readable (Redis only).
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
+    /// Whether steps may call loopback, private, link-local or metadata
+    /// addresses (a `url`, or an agent's registered endpoint). Off: an
+    /// agent could otherwise aim the proxy at its own network.
+    pub allow_private_targets: bool,
+    /// The most sagas this replica drives at once: a submission past it
+    /// is refused (503, `Retry-After`), and the resumer takes over sagas
+    /// only while there is room.
+    pub max_running: usize,
 }
 
 impl Default for SagaConfig {
@@ -90,6 +100,8 @@ impl Default for SagaConfig {
             compensation_backoff: DEFAULT_COMPENSATION_BACKOFF,
             max_compensation_backoff: DEFAULT_MAX_COMPENSATION_BACKOFF,
             retention: DEFAULT_RETENTION,
+            allow_private_targets: false,
+            max_running: DEFAULT_MAX_RUNNING,
         }
     }
 }
@@ -108,6 +120,9 @@ impl SagaConfig {
             if value.is_zero() {
                 return Err(ConfigError::new(key, "must be more than zero"));
             }
+        }
+        if self.max_running == 0 {
+            return Err(ConfigError::new("max_running", "must be at least 1"));
         }
         if self.max_steps == 0 {
             return Err(ConfigError::new("max_steps", "must be at least 1"));

@@ -86,12 +86,17 @@ pub fn step_states(log: &[Transition], steps: usize) -> Vec<StepState> {
             continue;
         };
         match transition {
-            Transition::StepStarted { .. } => state.action = Phase::Running,
+            // `Done` is sticky: a stale runner's later start or failure of
+            // the same step must not hide an effect that happened, or it
+            // would never be compensated.
+            Transition::StepStarted { .. } if state.action != Phase::Done => {
+                state.action = Phase::Running;
+            }
             Transition::StepDone { output, .. } => {
                 state.action = Phase::Done;
                 state.output = Some(output.clone());
             }
-            Transition::StepFailed { reason, .. } => {
+            Transition::StepFailed { reason, .. } if state.action != Phase::Done => {
                 state.action = Phase::Failed;
                 state.error = Some(reason.clone());
             }

@@ -2,13 +2,17 @@
 //! the client that runs it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock, RwLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use corral_core::{BoxBody, BoxError};
 use http::{header, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -22,6 +26,21 @@ use crate::{Saga, SagaConfig, Transition};
 
 /// The most bytes of a step's answer kept (and parsed).
 const MAX_ANSWER_BYTES: usize = 1 << 20;
+/// The most bytes of a step's output kept in the log: a longer body is
+/// cut and the output marked `"truncated": true`.
+pub const MAX_OUTPUT_BYTES: usize = 64 << 10;
+/// Headers a step may not set: Corral sets them (the key, who the agent
+/// is, the body's framing, async), or they would carry a secret into
+/// the log.
+const RESERVED_HEADERS: [&str; 7] = [
+    "idempotency-key",
+    "x-agent-id",
+    "host",
+    "content-length",
+    "prefer",
+    "authorization",
+    "x-api-key",
+];
 /// The most characters of a failed answer quoted in the reason.
 const MAX_REASON_CHARS: usize = 300;
 
@@ -67,7 +86,7 @@ pub struct Call {
     /// The method; `POST` if unset.
     #[serde(default = "post")]
     pub method: String,
-    /// An absolute `http://` URL.
+    /// An absolute `http://` or `https://` URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// A path (and query): on Corral itself, as the submitting agent,
@@ -140,6 +159,68 @@ impl Definition {
     }
 }
 
+impl Definition {
+    /// Refuses a `url` naming a loopback, private, link-local or
+    /// metadata address literally, naming the step and field (names are
+    /// checked once resolved, before each call); for submissions unless
+    /// `[sagas] allow_private_targets`.
+    pub fn refuse_private(&self) -> Result<(), String> {
+        for (i, step) in self.steps.iter().enumerate() {
+            let calls = [
+                ("action", Some(&step.action)),
+                ("compensation", step.compensation.as_ref()),
+            ];
+            for (field, call) in calls {
+                let Some(url) = call.and_then(|c| c.url.as_deref()) else {
+                    continue;
+                };
+                let host = url
+                    .parse::<Uri>()
+                    .ok()
+                    .and_then(|u| u.host().map(str::to_string));
+                if let Some(ip) = host.as_deref().and_then(corral_core::net::literal_private) {
+                    return Err(format!(
+                        "steps[{i}].{field}.url: {ip} is a private address (allow_private_targets is off)"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A stored definition read leniently: fields this version does not
+    /// know (written by a newer replica during a rolling upgrade) are
+    /// dropped instead of failing the saga. Submissions stay strict.
+    pub fn from_stored(value: &Value) -> Result<Self, serde_json::Error> {
+        let mut value = value.clone();
+        if let Some(steps) = value.get_mut("steps").and_then(Value::as_array_mut) {
+            for step in steps {
+                keep(step, &["name", "action", "compensation"]);
+                for field in ["action", "compensation"] {
+                    if let Some(call) = step.get_mut(field) {
+                        keep(call, CALL_FIELDS);
+                        if let Some(agent) = call.get_mut("agent") {
+                            keep(agent, &["capability"]);
+                        }
+                    }
+                }
+            }
+        }
+        keep(&mut value, &["steps"]);
+        serde_json::from_value(value)
+    }
+}
+
+/// A [`Call`]'s fields, as serialized.
+const CALL_FIELDS: &[&str] = &["method", "url", "path", "agent", "headers", "body", "async"];
+
+/// Drops the keys of `object` not in `known`.
+fn keep(object: &mut Value, known: &[&str]) {
+    if let Some(map) = object.as_object_mut() {
+        map.retain(|key, _| known.contains(&key.as_str()));
+    }
+}
+
 impl Call {
     fn validate(&self) -> Result<(), String> {
         Method::from_bytes(self.method.as_bytes())
@@ -159,8 +240,11 @@ impl Call {
             }
         }
         for (name, value) in &self.headers {
-            HeaderName::from_bytes(name.as_bytes())
+            let header = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| format!("headers: {name:?} is not a header name"))?;
+            if RESERVED_HEADERS.contains(&header.as_str()) {
+                return Err(format!("headers.{name}: set by Corral, not by a step"));
+            }
             HeaderValue::from_str(value)
                 .map_err(|_| format!("headers.{name}: not a header value"))?;
         }
@@ -170,8 +254,8 @@ impl Call {
 
 fn check_url(url: &str) -> Result<(), String> {
     let uri: Uri = url.parse().map_err(|e| format!("url: {e}"))?;
-    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-        return Err(format!("url: {url:?} is not an absolute http:// URL"));
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
+        return Err(format!("url: {url:?} is not an absolute http(s):// URL"));
     }
     Ok(())
 }
@@ -223,11 +307,16 @@ pub struct HttpSteps {
 }
 
 struct Inner {
-    client: Client<HttpConnector, Full<Bytes>>,
+    /// For targets: refuses names resolving to private addresses at
+    /// connection time unless allowed.
+    client: StepClient,
+    /// For Corral's own address.
+    corral_client: StepClient,
     corral: RwLock<String>,
     local: OnceLock<Arc<dyn Local>>,
     resolve: Arc<dyn Resolve>,
     call_timeout: Duration,
+    allow_private_targets: bool,
     job_timeout: Duration,
     job_poll_interval: Duration,
 }
@@ -248,20 +337,21 @@ impl HttpSteps {
     /// address), agent targets where `resolve` says, each call within
     /// `config.call_timeout`.
     pub fn new(corral: impl Into<String>, resolve: Arc<dyn Resolve>, config: &SagaConfig) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.call_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
+        let client = |allow_private| {
+            Client::builder(TokioExecutor::new())
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .build(https_or_http(config.call_timeout, allow_private))
+        };
         Self {
             inner: Arc::new(Inner {
-                client,
+                client: client(config.allow_private_targets),
+                corral_client: client(true),
                 corral: RwLock::new(corral.into()),
                 local: OnceLock::new(),
                 resolve,
                 call_timeout: config.call_timeout,
+                allow_private_targets: config.allow_private_targets,
                 job_timeout: config.job_timeout,
                 job_poll_interval: config.job_poll_interval,
             }),
@@ -294,19 +384,25 @@ impl HttpSteps {
     pub fn saga(&self, id: &str, definition: &Definition) -> Saga {
         let mut saga = Saga::new(id).with_definition(json!(definition));
         for step in &definition.steps {
-            let action = self.action(&step.action);
-            let compensation = step.compensation.as_ref().map(|c| self.action(c));
+            let action = self.action(&step.action, None);
+            let compensation =
+                (step.compensation.as_ref()).map(|c| self.action(c, Some(&step.action)));
             saga = saga.push(step.name.as_str(), action, compensation);
         }
         saga
     }
 
-    fn action(&self, call: &Call) -> Arc<dyn Action> {
-        let steps = self.clone();
-        let call = Arc::new(call.clone());
-        Arc::new(move |context: StepContext| {
-            let (steps, call) = (steps.clone(), call.clone());
-            async move { steps.execute(&call, &context).await }
+    /// The action (`undoes`: none) or compensation (`undoes`: its
+    /// step's action) making `call`.
+    fn action(&self, call: &Call, undoes: Option<&Call>) -> Arc<dyn Action> {
+        // A compensation to the action's capability goes to the agent the
+        // action went to (logged); to another capability, it picks its own.
+        let same_agent = undoes.is_some_and(|a| a.agent.is_some() && a.agent == call.agent);
+        Arc::new(HttpAction {
+            steps: self.clone(),
+            call: Arc::new(call.clone()),
+            picks: undoes.is_none() && call.agent.is_some(),
+            uses_target: undoes.is_none() || same_agent,
         })
     }
 
@@ -324,7 +420,7 @@ impl HttpSteps {
             else {
                 return Err("its log does not begin with started".into());
             };
-            let definition: Definition = serde_json::from_value(definition.clone())
+            let definition = Definition::from_stored(definition)
                 .map_err(|e| format!("its definition is unreadable: {e}"))?;
             let mut saga = steps
                 .saga(id, &definition)
@@ -340,13 +436,19 @@ impl HttpSteps {
     /// goes to Corral.
     async fn execute(&self, call: &Call, context: &StepContext) -> StepResult {
         let key = &context.idempotency_key;
-        let (uri, on_corral) = self.target(call).await?;
+        let (uri, on_corral) = self.target(call, context.target.as_deref()).await?;
+        if !on_corral && !self.inner.allow_private_targets {
+            self.refuse_private(&call.method, &uri).await?;
+        }
         let via = self.via(on_corral, context);
         let mut request = match via {
             Via::Local { .. } => build(call, call.path.as_deref().unwrap_or("/"), key)?,
             Via::Network { .. } => build(call, &uri, key)?,
         };
-        if let Via::Network { agent: Some(agent) } = via {
+        if let Via::Network {
+            agent: Some(agent), ..
+        } = via
+        {
             identify(&mut request, Some(agent));
         }
         if call.respond_async && on_corral {
@@ -372,8 +474,14 @@ impl HttpSteps {
                 agent,
                 authenticated: context.authenticated,
             },
-            (true, _, agent) => Via::Network { agent },
-            (false, _, _) => Via::Network { agent: None },
+            (true, _, agent) => Via::Network {
+                agent,
+                corral: true,
+            },
+            (false, _, _) => Via::Network {
+                agent: None,
+                corral: false,
+            },
         }
     }
 
@@ -391,32 +499,65 @@ impl HttpSteps {
                 self.local(local.clone(), agent, authenticated, request)
                     .await
             }
-            Via::Network { .. } => self.send(request).await,
+            Via::Network { corral, .. } => self.send(request, corral).await,
         }
     }
 
-    /// Where `call` goes, and whether that is Corral itself.
-    async fn target(&self, call: &Call) -> Result<(String, bool), String> {
+    /// Where `call` goes, and whether that is Corral itself; an agent
+    /// target goes to `picked` (logged for the step) when given.
+    async fn target(&self, call: &Call, picked: Option<&str>) -> Result<(String, bool), String> {
         let path = call.path.as_deref().unwrap_or("/");
         match (&call.url, &call.agent) {
             (Some(url), _) => Ok((url.clone(), false)),
             (None, Some(agent)) => {
-                let base = self.inner.resolve.resolve(&agent.capability).await?;
+                let base = match picked {
+                    Some(base) => base.to_string(),
+                    None => self.inner.resolve.resolve(&agent.capability).await?,
+                };
                 Ok((join(&base, path), false))
             }
             (None, None) => Ok((join(&self.corral(), path), true)),
         }
     }
 
-    async fn send(&self, request: Request<Full<Bytes>>) -> Result<Answer, String> {
+    /// Refuses `uri` when its host resolves (within the call timeout) to
+    /// any private address: checked before each call, since a name may
+    /// point anywhere, and a registry entry is whatever an agent wrote.
+    async fn refuse_private(&self, method: &str, uri: &str) -> Result<(), String> {
+        let parsed: Uri = uri.parse().map_err(|e| format!("{method} {uri}: {e}"))?;
+        let host = parsed
+            .host()
+            .unwrap_or("")
+            .trim_matches(['[', ']'])
+            .to_string();
+        let https = parsed.scheme_str() == Some("https");
+        let port = parsed.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let lookup = tokio::net::lookup_host((host.as_str(), port));
+        let addresses = match tokio::time::timeout(self.inner.call_timeout, lookup).await {
+            Ok(Ok(addresses)) => addresses,
+            Ok(Err(e)) => return Err(format!("{method} {uri}: cannot resolve {host}: {e}")),
+            Err(_) => return Err(format!("{method} {uri}: {host} not resolved in time")),
+        };
+        for address in addresses {
+            if corral_core::net::private_address(address.ip()) {
+                return Err(format!(
+                    "{method} {uri}: {host} is the private address {} (allow_private_targets is off)",
+                    address.ip()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn send(&self, request: Request<Full<Bytes>>, corral: bool) -> Result<Answer, String> {
         let what = format!("{} {}", request.method(), request.uri());
+        let client = if corral {
+            &self.inner.corral_client
+        } else {
+            &self.inner.client
+        };
         let exchange = async {
-            let response = self
-                .inner
-                .client
-                .request(request)
-                .await
-                .map_err(|e| root(&e))?;
+            let response = client.request(request).await.map_err(|e| root(&e))?;
             read_answer(response).await
         };
         self.within(&what, exchange).await
@@ -462,7 +603,7 @@ impl HttpSteps {
                 let mut request = Request::get(&url)
                     .body(Full::default())
                     .map_err(|e| format!("GET {url}: {e}"))?;
-                if let Via::Network { agent } = via {
+                if let Via::Network { agent, .. } = via {
                     identify(&mut request, agent);
                 }
                 let answer = self.exchange(request, via).await?;
@@ -482,6 +623,35 @@ impl HttpSteps {
     }
 }
 
+/// One call of a step, as an [`Action`].
+struct HttpAction {
+    steps: HttpSteps,
+    call: Arc<Call>,
+    /// Whether it picks its agent before the step's first attempt.
+    picks: bool,
+    /// Whether it goes to the target logged for its step.
+    uses_target: bool,
+}
+
+impl Action for HttpAction {
+    fn call(&self, mut context: StepContext) -> BoxFuture<'static, StepResult> {
+        if !self.uses_target {
+            context.target = None;
+        }
+        let (steps, call) = (self.steps.clone(), self.call.clone());
+        Box::pin(async move { steps.execute(&call, &context).await })
+    }
+
+    fn resolve(&self) -> BoxFuture<'static, Result<Option<String>, BoxError>> {
+        let capability = match (&self.call.agent, self.picks) {
+            (Some(agent), true) => agent.capability.clone(),
+            _ => return Box::pin(async { Ok(None) }),
+        };
+        let resolve = self.steps.inner.resolve.clone();
+        Box::pin(async move { Ok(Some(resolve.resolve(&capability).await?)) })
+    }
+}
+
 /// How a call reaches its target.
 #[derive(Clone, Copy)]
 enum Via<'a> {
@@ -491,8 +661,12 @@ enum Via<'a> {
         agent: &'a str,
         authenticated: bool,
     },
-    /// Over the network, naming the agent with `X-Agent-Id` to Corral.
-    Network { agent: Option<&'a str> },
+    /// Over the network, naming the agent with `X-Agent-Id` to Corral
+    /// (`corral`: to Corral's own address, which may be loopback).
+    Network {
+        agent: Option<&'a str>,
+        corral: bool,
+    },
 }
 
 /// The status, `Location` and body (up to [`MAX_ANSWER_BYTES`]).
@@ -579,10 +753,122 @@ fn job_result(url: &str, job: &Value) -> Option<StepResult> {
 /// Success on 2xx, with the status and body as the step's output.
 fn verdict(method: &str, uri: &str, status: StatusCode, body: Value) -> StepResult {
     if status.is_success() {
-        Ok(json!({"status": status.as_u16(), "body": body}))
+        Ok(capped(json!({"status": status.as_u16(), "body": body})))
     } else {
         Err(format!("{method} {uri} answered {status}: {}", excerpt(&body)).into())
     }
+}
+
+/// `output` as logged: a body past [`MAX_OUTPUT_BYTES`] is replaced by
+/// its text cut to that size, and the output marked truncated (the log
+/// is read between steps: it must stay small).
+fn capped(mut output: Value) -> Value {
+    let text = output["body"].to_string();
+    if text.len() <= MAX_OUTPUT_BYTES {
+        return output;
+    }
+    let mut end = MAX_OUTPUT_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    output["body"] = Value::String(text[..end].to_string());
+    output["truncated"] = Value::Bool(true);
+    output
+}
+
+/// The connector for steps' calls: `https://` with the system's roots
+/// (registry endpoints and URLs may be https), and `http://`.
+fn https_or_http(
+    connect_timeout: Duration,
+    allow_private: bool,
+) -> HttpsConnector<HttpConnector<Checked>> {
+    let mut http = HttpConnector::new_with_resolver(Checked {
+        gai: GaiResolver::new(),
+        allow_private,
+    });
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.enforce_http(false);
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    match builder.with_native_roots() {
+        Ok(builder) => builder.https_or_http().enable_http1().wrap_connector(http),
+        Err(error) => {
+            // No system roots: https calls fail on the certificate, http works.
+            tracing::warn!(%error, "no native TLS roots: https saga steps will fail");
+            let tls = rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls)
+                .https_or_http()
+                .enable_http1()
+                .wrap_connector(http)
+        }
+    }
+}
+
+/// The client of steps' calls.
+type StepClient = Client<HttpsConnector<HttpConnector<Checked>>, Full<Bytes>>;
+
+/// The system's resolver, refusing a name that resolves to a private
+/// address unless allowed: checked again when connecting, so a name
+/// that changed since [`HttpSteps`]'s check (DNS rebinding) is caught.
+/// (IP literals skip the resolver: they are checked before the call.)
+#[derive(Clone)]
+struct Checked {
+    gai: GaiResolver,
+    allow_private: bool,
+}
+
+impl tower::Service<Name> for Checked {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = std::io::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.gai.poll_ready(cx)
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let (allow_private, host) = (self.allow_private, name.to_string());
+        let resolving = self.gai.call(name);
+        Box::pin(async move {
+            let addresses: Vec<SocketAddr> = resolving.await?.collect();
+            let private = addresses
+                .iter()
+                .find(|a| corral_core::net::private_address(a.ip()));
+            match private {
+                Some(address) if !allow_private => Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!(
+                        "{host} is the private address {} (allow_private_targets is off)",
+                        address.ip()
+                    ),
+                )),
+                _ => Ok(addresses.into_iter()),
+            }
+        })
+    }
+}
+
+/// A new saga id from the OS's generator, shaped as a UUID v4.
+pub fn new_saga_id() -> String {
+    let mut bits = [0u8; 16];
+    if getrandom::getrandom(&mut bits).is_err() {
+        // No OS generator (never seen on Linux): still unique.
+        bits = fastrand::u128(..).to_le_bytes();
+    }
+    bits[6] = (bits[6] & 0x0f) | 0x40;
+    bits[8] = (bits[8] & 0x3f) | 0x80;
+    let hex: String = bits.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
 }
 
 fn parse_body(bytes: &[u8]) -> Value {
@@ -631,7 +917,16 @@ mod tests {
                 json!({"agent": {"capability": "mail"}, "path": "/send"}),
                 None,
             ),
-            (json!({"url": "https://a/x"}), Some("url")),
+            (json!({"url": "https://a/x"}), None),
+            (json!({"url": "ftp://a/x"}), Some("url")),
+            (
+                json!({"path": "/x", "headers": {"Authorization": "Bearer k"}}),
+                Some("headers.Authorization: set by Corral"),
+            ),
+            (
+                json!({"path": "/x", "headers": {"idempotency-key": "k"}}),
+                Some("set by Corral"),
+            ),
             (json!({"url": "/x"}), Some("url")),
             (json!({"path": "x"}), Some("path")),
             (json!({}), Some("either url")),
@@ -677,6 +972,73 @@ mod tests {
             steps: vec![step("a"), step("b"), step("c")],
         };
         assert!(long.validate(2).unwrap_err().contains("at most 2"));
+    }
+
+    #[test]
+    fn a_literal_private_url_is_refused_naming_the_step_and_field() {
+        let definition: Definition = serde_json::from_value(json!({"steps": [
+            {"name": "a", "action": {"url": "http://inventory.example/x"}},
+            {"name": "b", "action": {"path": "/x"}, "compensation": {"url": "http://169.254.169.254/latest"}}
+        ]}))
+        .unwrap();
+        let refused = definition.refuse_private().unwrap_err();
+        assert!(
+            refused.starts_with("steps[1].compensation.url: 169.254.169.254"),
+            "{refused}"
+        );
+        let public: Definition = serde_json::from_value(
+            json!({"steps": [{"name": "a", "action": {"url": "https://[2606:4700::1111]/x"}}]}),
+        )
+        .unwrap();
+        assert_eq!(public.refuse_private(), Ok(()));
+    }
+
+    #[test]
+    fn a_stored_definition_with_fields_this_version_does_not_know_is_read() {
+        let stored = json!({"steps": [{"name": "a", "retries": 3,
+            "action": {"path": "/x", "timeout": "5s", "agent": {"capability": "m", "zone": "eu"}}}],
+            "labels": {}});
+        assert!(
+            serde_json::from_value::<Definition>(stored.clone()).is_err(),
+            "submissions stay strict"
+        );
+        let read = Definition::from_stored(&stored).unwrap();
+        assert_eq!(read.steps[0].action.agent.as_ref().unwrap().capability, "m");
+    }
+
+    #[test]
+    fn a_large_output_is_cut_and_marked_truncated() {
+        let small = json!({"status": 200, "body": {"ok": true}});
+        assert_eq!(capped(small.clone()), small);
+        let big = capped(json!({"status": 200, "body": "é".repeat(MAX_OUTPUT_BYTES)}));
+        assert_eq!(big["truncated"], true);
+        assert!(big["body"].as_str().unwrap().len() <= MAX_OUTPUT_BYTES);
+        assert_eq!(big["status"], 200);
+    }
+
+    #[tokio::test]
+    async fn the_connection_resolver_refuses_a_name_of_a_private_address_unless_allowed() {
+        use std::str::FromStr;
+        use tower::ServiceExt;
+        let resolve = |allow_private| {
+            let checked = Checked {
+                gai: GaiResolver::new(),
+                allow_private,
+            };
+            checked.oneshot(Name::from_str("localhost").unwrap())
+        };
+        let refused = resolve(false).await.unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::PermissionDenied);
+        assert!(refused.to_string().contains("private address"), "{refused}");
+        assert!(resolve(true).await.unwrap().next().is_some());
+    }
+
+    #[test]
+    fn saga_ids_are_uuid_v4_shaped_and_differ() {
+        let (a, b) = (new_saga_id(), new_saga_id());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4");
     }
 
     #[test]

@@ -51,7 +51,16 @@
 //! - **One runner at a time.** A runner holds a lease on the saga
 //!   ([`SagaLog::claim`]), renewed every third of `lease_ttl` while it
 //!   works; a saga whose lease lapsed is taken over by
-//!   [`Runner::resume_unfinished`] on any process sharing the log.
+//!   [`Runner::resume_unfinished`] on any process sharing the log. A
+//!   runner's appends are checked against its lease in the same step
+//!   ([`SagaLog::append_held`]): one that lost it (or could not renew it
+//!   for a whole `lease_ttl`, cut off from the log) stops, and cannot
+//!   write into its successor's log. A step's `step_done` is never undone
+//!   by a stale runner's later entries: a step that succeeded is always
+//!   compensated.
+//! - **Resumption survives bad sagas.** A saga the resumer cannot claim,
+//!   read or rebuild is skipped until the next pass; one that failed to
+//!   rebuild [`MAX_RESUME_FAILURES`] times ends `failed`.
 //! - **Compensations are retried** with a doubling backoff
 //!   (`compensation_attempts`); when all fail the saga ends `failed`.
 //!
@@ -63,7 +72,9 @@
 //! step runs: the shared event log (`RedisEvents`) is fire-and-forget and
 //! may drop events while Redis is away, so it cannot be the write-ahead
 //! log. A set `sagas:unfinished` lists the sagas to resume, and
-//! `saga:{id}:lease` (`SET NX PX`) is the lease. Every transition is also
+//! `saga:{id}:lease` (`SET NX PX`) is the lease; a runner's append is a
+//! script that writes only while `GET saga:{id}:lease` is its own, and a
+//! cancellation only while the saga is in `sagas:unfinished`. Every transition is also
 //! recorded as a `saga` event to an [`EventSink`](corral_core::EventSink)
 //! ([`Runner::with_events`]), for operators.
 //!
@@ -74,10 +85,17 @@
 //! by capability), serializable so that any replica rebuilds it from the
 //! log: [`HttpSteps::saga`], [`HttpSteps::rebuild`]. Every call carries
 //! `Idempotency-Key`; a 2xx answer is success, its status and JSON body
-//! the step's output. Calls to Corral are made as the saga's agent:
-//! through [`Local`] in the proxy's own process (vouched for, no key
-//! needed nor stored), or, for async calls and `/corral/` paths, to
-//! Corral's address with `X-Agent-Id`.
+//! (cut to [`MAX_OUTPUT_BYTES`], marked `truncated`) the step's output.
+//! Calls to Corral, async ones and `/corral/` paths included, are made
+//! as the saga's agent through [`Local`] in the proxy's own process
+//! (vouched for, no key needed nor stored) whenever the saga has an
+//! agent; only without a [`Local`] do they go to Corral's address over
+//! the network, with `X-Agent-Id`. An agent target is picked in the
+//! registry once, before the step's first attempt, and logged
+//! (`resolved`): a re-run and the compensation go to the same agent.
+//! Targets other than Corral that are (or resolve to) loopback, private,
+//! link-local or metadata addresses are refused unless
+//! [`SagaConfig::allow_private_targets`].
 //!
 //! # Cost and limits
 //!
@@ -89,13 +107,13 @@
 //! action, not a rollback. Not for steps whose servers cannot deduplicate
 //! by idempotency key (an effect may then happen twice after a crash), nor
 //! for work that must be atomic: use a database transaction there. HTTP
-//! steps speak `http://` only.
+//! steps speak `http://` and `https://` (the system's roots), HTTP/1.
 //!
 //! # Metrics
 //!
 //! `corral_sagas_started_total`, `corral_sagas_completed_total`
 //! (completion rate: completed / started), `corral_sagas_compensated_total`,
-//! `corral_coordination_failures_total{reason="step"|"compensation"|"stuck"}`
+//! `corral_coordination_failures_total{reason="step"|"compensation"|"stuck"|"resume"}`
 //! ([`metrics`]).
 
 mod config;
@@ -111,10 +129,11 @@ mod transition;
 pub use config::*;
 pub use decide::{decide, status, step_states, Next, Phase, SagaStatus, StepState};
 pub use http::{
-    AgentTarget, Call, Definition, HttpSteps, Local, NoAgents, Resolve, StepDefinition,
+    new_saga_id, AgentTarget, Call, Definition, HttpSteps, Local, NoAgents, Resolve,
+    StepDefinition, MAX_OUTPUT_BYTES,
 };
 pub use log::{BoxFuture, LogResult, LogUnavailable, MemoryLog, SagaLog};
 pub use redis_log::RedisLog;
-pub use runner::{Rebuild, Runner, SagaError};
+pub use runner::{Rebuild, Runner, SagaError, MAX_RESUME_FAILURES};
 pub use saga::{Action, Saga, Step, StepContext, StepResult};
 pub use transition::Transition;

@@ -55,6 +55,26 @@ pub trait SagaLog: Send + Sync + 'static {
         transition: &'a Transition,
     ) -> BoxFuture<'a, LogResult<()>>;
 
+    /// Appends `transition` for the runner `owner`, only while it holds
+    /// saga `id`'s lease (checked and appended in one step): `false`, and
+    /// nothing appended, when it lost it. A runner cut off long enough for
+    /// another to take over must not write into the new owner's log.
+    fn append_held<'a>(
+        &'a self,
+        id: &'a str,
+        owner: &'a str,
+        transition: &'a Transition,
+    ) -> BoxFuture<'a, LogResult<bool>>;
+
+    /// Appends `transition` only if saga `id` exists and is not over:
+    /// `false`, and nothing appended, otherwise (a cancellation must not
+    /// land after the end, nor recreate an expired log).
+    fn append_open<'a>(
+        &'a self,
+        id: &'a str,
+        transition: &'a Transition,
+    ) -> BoxFuture<'a, LogResult<bool>>;
+
     /// Saga `id`'s log, oldest first (empty when unknown).
     fn read<'a>(&'a self, id: &'a str) -> BoxFuture<'a, LogResult<Vec<Transition>>>;
 
@@ -121,6 +141,19 @@ impl MemoryLog {
 }
 
 impl Memory {
+    fn push(&mut self, id: &str, transition: &Transition) {
+        if matches!(transition, Transition::Started { .. }) {
+            self.unfinished.insert(id.to_string());
+        }
+        if transition.is_terminal() {
+            self.unfinished.remove(id);
+        }
+        self.logs
+            .entry(id.to_string())
+            .or_default()
+            .push(transition.clone());
+    }
+
     fn holder(&self, id: &str) -> Option<&str> {
         self.leases
             .get(id)
@@ -135,19 +168,40 @@ impl SagaLog for MemoryLog {
         id: &'a str,
         transition: &'a Transition,
     ) -> BoxFuture<'a, LogResult<()>> {
-        self.with(|m| {
-            if matches!(transition, Transition::Started { .. }) {
-                m.unfinished.insert(id.to_string());
-            }
-            if transition.is_terminal() {
-                m.unfinished.remove(id);
-            }
-            m.logs
-                .entry(id.to_string())
-                .or_default()
-                .push(transition.clone());
-        });
+        self.with(|m| m.push(id, transition));
         Box::pin(async { Ok(()) })
+    }
+
+    fn append_held<'a>(
+        &'a self,
+        id: &'a str,
+        owner: &'a str,
+        transition: &'a Transition,
+    ) -> BoxFuture<'a, LogResult<bool>> {
+        // Checked and pushed under one lock: nobody claims in between.
+        let held = self.with(|m| {
+            let held = m.holder(id) == Some(owner);
+            if held {
+                m.push(id, transition);
+            }
+            held
+        });
+        Box::pin(async move { Ok(held) })
+    }
+
+    fn append_open<'a>(
+        &'a self,
+        id: &'a str,
+        transition: &'a Transition,
+    ) -> BoxFuture<'a, LogResult<bool>> {
+        let open = self.with(|m| {
+            let open = m.unfinished.contains(id);
+            if open {
+                m.push(id, transition);
+            }
+            open
+        });
+        Box::pin(async move { Ok(open) })
     }
 
     fn read<'a>(&'a self, id: &'a str) -> BoxFuture<'a, LogResult<Vec<Transition>>> {

@@ -18,7 +18,7 @@ corral_core::metrics! {
     /// `compensation` (an attempt at a compensation failed), `stuck` (a
     /// saga ended `failed`).
     counter COORDINATION_FAILURES_TOTAL = "corral_coordination_failures_total",
-        "Saga steps that failed, compensation attempts that failed, and sagas left failed, by reason.";
+        "Saga steps that failed, compensation attempts that failed, sagas left failed, and sagas not resumed, by reason.";
 }
 
 pub(crate) fn failure(reason: &'static str) {

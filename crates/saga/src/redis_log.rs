@@ -15,6 +15,28 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0";
 
+/// Appends `ARGV[3]` to the stream `KEYS[1]` if the mode `ARGV[1]`
+/// allows it (`held`: the lease `KEYS[3]` is `ARGV[2]`'s; `open`: the
+/// saga `ARGV[7]` is in the unfinished set `KEYS[2]`), keeping the set
+/// and the stream's expiry in step; 1 if appended. One script, so the
+/// check and the write are atomic.
+const APPEND: &str = r"
+if ARGV[1] == 'held' and redis.call('GET', KEYS[3]) ~= ARGV[2] then
+  return 0
+end
+if ARGV[1] == 'open' and redis.call('SISMEMBER', KEYS[2], ARGV[7]) == 0 then
+  return 0
+end
+redis.call('XADD', KEYS[1], '*', 't', ARGV[3])
+if ARGV[4] == '1' then
+  redis.call('SADD', KEYS[2], ARGV[7])
+end
+if ARGV[5] == '1' then
+  redis.call('SREM', KEYS[2], ARGV[7])
+  redis.call('PEXPIRE', KEYS[1], ARGV[6])
+end
+return 1";
+
 /// Deletes the lease if `ARGV[1]` still holds it.
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -25,7 +47,8 @@ return 0";
 /// Sagas' logs in Redis, shared by replicas.
 ///
 /// Saga `id`'s transitions are the entries of the stream `saga:{id}` (one
-/// field, `t`, its JSON), appended with an awaited `XADD` (durable as far
+/// field, `t`, its JSON), appended with an awaited `XADD` in a script
+/// that, for a runner, first checks it holds the lease (durable as far
 /// as Redis's persistence makes it: with `appendfsync everysec`, a Redis
 /// crash may lose the last second). `started` adds the id to the set
 /// `sagas:unfinished`; a final transition removes it and lets the stream
@@ -35,6 +58,7 @@ return 0";
 pub struct RedisLog {
     state: RedisState,
     retention: Duration,
+    append: redis::Script,
     renew: redis::Script,
     release: redis::Script,
 }
@@ -45,6 +69,7 @@ impl RedisLog {
         Self {
             state,
             retention,
+            append: redis::Script::new(APPEND),
             renew: redis::Script::new(RENEW),
             release: redis::Script::new(RELEASE),
         }
@@ -71,6 +96,50 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
+impl RedisLog {
+    /// Appends `transition` in one script, if `when` allows it.
+    async fn append_when(
+        &self,
+        id: &str,
+        when: When<'_>,
+        transition: &Transition,
+    ) -> LogResult<bool> {
+        let json = serde_json::to_string(transition).map_err(unavailable)?;
+        let (mode, owner) = match when {
+            When::Always => ("always", ""),
+            When::Held(owner) => ("held", owner),
+            When::Open => ("open", ""),
+        };
+        let flag = |b: bool| if b { "1" } else { "0" }.to_string();
+        let keys = [self.stream(id), self.unfinished_key(), self.lease(id)];
+        let args = [
+            mode.to_string(),
+            owner.to_string(),
+            json,
+            flag(matches!(transition, Transition::Started { .. })),
+            flag(transition.is_terminal()),
+            millis(self.retention).to_string(),
+            id.to_string(),
+        ];
+        let appended: i64 = self
+            .state
+            .script(&self.append, &keys, &args)
+            .await
+            .map_err(unavailable)?;
+        Ok(appended == 1)
+    }
+}
+
+/// The condition of an append.
+#[derive(Clone, Copy)]
+enum When<'a> {
+    Always,
+    /// While this owner holds the lease.
+    Held(&'a str),
+    /// While the saga is unfinished (started, not over).
+    Open,
+}
+
 impl SagaLog for RedisLog {
     fn append<'a>(
         &'a self,
@@ -78,41 +147,27 @@ impl SagaLog for RedisLog {
         transition: &'a Transition,
     ) -> BoxFuture<'a, LogResult<()>> {
         Box::pin(async move {
-            let json = serde_json::to_string(transition).map_err(unavailable)?;
-            let stream = self.stream(id);
-            let mut pipeline = redis::pipe();
-            pipeline.atomic();
-            pipeline
-                .cmd("XADD")
-                .arg(&stream)
-                .arg("*")
-                .arg("t")
-                .arg(json)
-                .ignore();
-            if matches!(transition, Transition::Started { .. }) {
-                pipeline
-                    .cmd("SADD")
-                    .arg(self.unfinished_key())
-                    .arg(id)
-                    .ignore();
-            }
-            if transition.is_terminal() {
-                pipeline
-                    .cmd("SREM")
-                    .arg(self.unfinished_key())
-                    .arg(id)
-                    .ignore();
-                pipeline
-                    .cmd("PEXPIRE")
-                    .arg(&stream)
-                    .arg(millis(self.retention))
-                    .ignore();
-            }
-            self.state
-                .pipeline::<()>(&pipeline)
+            self.append_when(id, When::Always, transition)
                 .await
-                .map_err(unavailable)
+                .map(drop)
         })
+    }
+
+    fn append_held<'a>(
+        &'a self,
+        id: &'a str,
+        owner: &'a str,
+        transition: &'a Transition,
+    ) -> BoxFuture<'a, LogResult<bool>> {
+        Box::pin(self.append_when(id, When::Held(owner), transition))
+    }
+
+    fn append_open<'a>(
+        &'a self,
+        id: &'a str,
+        transition: &'a Transition,
+    ) -> BoxFuture<'a, LogResult<bool>> {
+        Box::pin(self.append_when(id, When::Open, transition))
     }
 
     fn read<'a>(&'a self, id: &'a str) -> BoxFuture<'a, LogResult<Vec<Transition>>> {

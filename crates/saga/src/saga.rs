@@ -25,6 +25,10 @@ pub struct StepContext {
     pub agent: Option<Arc<str>>,
     /// Whether a key proved that agent when it submitted the saga.
     pub authenticated: bool,
+    /// Where the step's call goes, when it was resolved once and logged
+    /// ([`Action::resolve`]): the same for every attempt and for the
+    /// compensation.
+    pub target: Option<String>,
     /// For a compensation, what the action returned (`None` when the
     /// action's end was never logged).
     pub output: Option<Value>,
@@ -39,6 +43,13 @@ pub type StepResult = Result<Value, BoxError>;
 pub trait Action: Send + Sync + 'static {
     /// Runs it.
     fn call(&self, context: StepContext) -> BoxFuture<'static, StepResult>;
+
+    /// Where the call goes, picked once before the step's first attempt
+    /// and logged (`resolved`), so a re-run and the compensation go to
+    /// the same place; `None`: nothing to pick (the default).
+    fn resolve(&self) -> BoxFuture<'static, Result<Option<String>, BoxError>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 impl<F, Fut> Action for F
@@ -188,7 +199,13 @@ impl Saga {
         self.steps.iter().map(|s| s.name.to_string()).collect()
     }
 
-    pub(crate) fn context(&self, step: usize, what: &str, output: Option<Value>) -> StepContext {
+    pub(crate) fn context(
+        &self,
+        step: usize,
+        what: &str,
+        target: Option<String>,
+        output: Option<Value>,
+    ) -> StepContext {
         StepContext {
             saga_id: self.id.clone(),
             step,
@@ -199,6 +216,7 @@ impl Saga {
             idempotency_key: format!("{}:{step}:{what}", self.id),
             agent: self.agent.as_deref().map(Arc::from),
             authenticated: self.authenticated,
+            target,
             output,
         }
     }

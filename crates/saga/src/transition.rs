@@ -33,6 +33,15 @@ pub enum Transition {
         #[serde(default)]
         definition: Value,
     },
+    /// Step `step`'s call goes to `target` (an agent's base URL, picked
+    /// once in the registry before its first attempt): a re-run after a
+    /// crash, and its compensation, go to the same agent.
+    Resolved {
+        /// Which step.
+        step: usize,
+        /// The base URL chosen.
+        target: String,
+    },
     /// Step `step`'s action is about to run (again, after a crash).
     StepStarted {
         /// Which step, from 0.
@@ -68,6 +77,14 @@ pub enum Transition {
         /// Which step.
         step: usize,
     },
+    /// A replica could not rebuild the saga from its log (a definition it
+    /// cannot read, say during an upgrade): it stays unfinished for
+    /// another try; after [`MAX_RESUME_FAILURES`](crate::MAX_RESUME_FAILURES)
+    /// of these it ends `failed`.
+    ResumeFailed {
+        /// Why.
+        reason: String,
+    },
     /// Every step succeeded: the saga is `completed`.
     Completed,
     /// Every step that needed it was compensated: the saga is
@@ -93,10 +110,12 @@ impl Transition {
     pub fn name(&self) -> &'static str {
         match self {
             Transition::Started { .. } => "started",
+            Transition::Resolved { .. } => "resolved",
             Transition::StepStarted { .. } => "step_started",
             Transition::StepDone { .. } => "step_done",
             Transition::StepFailed { .. } => "step_failed",
             Transition::Cancelled { .. } => "cancelled",
+            Transition::ResumeFailed { .. } => "resume_failed",
             Transition::Compensating { .. } => "compensating",
             Transition::Compensated { .. } => "compensated",
             Transition::Completed => "completed",
@@ -109,6 +128,7 @@ impl Transition {
     pub fn step(&self) -> Option<usize> {
         match self {
             Transition::StepStarted { step }
+            | Transition::Resolved { step, .. }
             | Transition::StepDone { step, .. }
             | Transition::StepFailed { step, .. }
             | Transition::Compensating { step }

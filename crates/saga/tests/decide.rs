@@ -42,7 +42,8 @@ fn each_log_leads_to_one_next_move() {
     let cancelled = Cancelled {
         reason: "asked".into(),
     };
-    let table: Vec<(&str, Vec<Transition>, Next)> = vec![
+    let table: Vec<(&str, Vec<Transition>, Next)> =
+        vec![
         ("just started: run the first step", log(&[]), Next::Run(0)),
         (
             "two done: run the third",
@@ -143,6 +144,30 @@ fn each_log_leads_to_one_next_move() {
             Next::Over(SagaStatus::Failed),
         ),
         (
+            "a stale runner restarts a done step: it stays done, the next runs",
+            log(&[&done(0), &[StepStarted { step: 0 }]]),
+            Next::Run(1),
+        ),
+        (
+            "a stale runner fails a done step: the done step is compensated",
+            log(&[&done(0), &done(1), &[failed(1)]]),
+            Next::Compensate(1),
+        ),
+        (
+            "a stale start then failure after done, with step 0 done: both compensated, 1 first",
+            log(&[&done(0), &done(1), &[StepStarted { step: 1 }, failed(1)]]),
+            Next::Compensate(1),
+        ),
+        (
+            "a picked target and a failed rebuild change nothing",
+            log(&[
+                &[Resolved { step: 0, target: "http://a".into() }],
+                &done(0),
+                &[ResumeFailed { reason: "x".into() }],
+            ]),
+            Next::Run(1),
+        ),
+        (
             "entries past the last step are ignored",
             log(&[&done(9)]),
             Next::Run(0),
@@ -191,4 +216,22 @@ fn step_states_carry_outputs_and_errors() {
     assert_eq!(states[1].action, Phase::Failed);
     assert_eq!(states[1].error.as_deref(), Some("409"));
     assert_eq!(states[2].action, Phase::Pending);
+}
+
+#[test]
+fn done_is_sticky_against_a_stale_runners_later_entries() {
+    let stale = log(&[
+        &done(0),
+        &[
+            StepStarted { step: 0 },
+            StepFailed {
+                step: 0,
+                reason: "stale".into(),
+            },
+        ],
+    ]);
+    let states = step_states(&stale, 4);
+    assert_eq!(states[0].action, Phase::Done);
+    assert_eq!(states[0].output, Some(json!(0)));
+    assert_eq!(decide(&stale, 4), Next::Compensate(0));
 }

@@ -179,3 +179,48 @@ async fn a_saga_whose_runner_stopped_is_taken_over_from_the_redis_log() {
     assert_eq!(compensations.load(Ordering::SeqCst), 1, "step one only");
     assert!(log.unfinished().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_runner_appends_only_while_it_holds_the_lease_and_a_cancellation_only_while_the_saga_runs(
+) {
+    let redis = Redis::start().await;
+    let log = redis.log("held");
+    let ttl = Duration::from_secs(5);
+    let started = Transition::Started {
+        steps: vec!["a".into()],
+        agent: None,
+        definition: json!({}),
+        authenticated: false,
+    };
+    let cancel = Transition::Cancelled { reason: "x".into() };
+    assert!(
+        !log.append_open("s", &cancel).await.unwrap(),
+        "no such saga"
+    );
+    assert!(log.read("s").await.unwrap().is_empty(), "nothing created");
+    assert!(
+        !log.append_held("s", "a", &started).await.unwrap(),
+        "no lease"
+    );
+    assert!(log.claim("s", "a", ttl).await.unwrap());
+    assert!(log.append_held("s", "a", &started).await.unwrap());
+    let step = Transition::StepStarted { step: 0 };
+    assert!(
+        !log.append_held("s", "b", &step).await.unwrap(),
+        "b does not hold it"
+    );
+    assert!(log.append_open("s", &cancel).await.unwrap());
+    log.release("s", "a").await.unwrap();
+    assert!(!log.append_held("s", "a", &step).await.unwrap(), "released");
+    assert!(log.claim("s", "b", ttl).await.unwrap());
+    assert!(log
+        .append_held("s", "b", &Transition::CompensatedAll)
+        .await
+        .unwrap());
+    assert!(!log.append_open("s", &cancel).await.unwrap(), "over");
+    assert_eq!(
+        log.read("s").await.unwrap(),
+        [started, cancel, Transition::CompensatedAll]
+    );
+    assert!(log.unfinished().await.unwrap().is_empty());
+}

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use corral_core::{EventSink, NewEvent};
 use corral_saga::{
-    MemoryLog, Rebuild, Runner, Saga, SagaConfig, SagaError, SagaLog, SagaStatus, StepContext,
-    StepResult, Transition,
+    BoxFuture, LogResult, LogUnavailable, MemoryLog, Rebuild, Runner, Saga, SagaConfig, SagaError,
+    SagaLog, SagaStatus, StepContext, StepResult, Transition, MAX_RESUME_FAILURES,
 };
 use serde_json::json;
 use tokio::sync::Notify;
@@ -463,7 +463,7 @@ async fn unfinished_sagas_are_rebuilt_and_resumed_with_their_events_recorded() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_saga_that_cannot_be_rebuilt_ends_failed() {
+async fn a_saga_that_cannot_be_rebuilt_stays_unfinished_until_its_tenth_failed_rebuild() {
     let log = Arc::new(MemoryLog::new());
     log.append(
         "s",
@@ -477,9 +477,27 @@ async fn a_saga_that_cannot_be_rebuilt_ends_failed() {
     .await
     .unwrap();
     let rebuild: Rebuild = Arc::new(|_: &str, _: &[Transition]| Err("unknown kind".into()));
-    assert_eq!(runner(&log, "b").resume_unfinished(&rebuild).await, Ok(0));
+    let b = runner(&log, "b");
+    for _ in 1..MAX_RESUME_FAILURES {
+        assert_eq!(b.resume_unfinished(&rebuild).await, Ok(0));
+        let entries = log.read("s").await.unwrap();
+        assert!(
+            matches!(entries.last(), Some(Transition::ResumeFailed { .. })),
+            "{entries:?}"
+        );
+        assert_eq!(
+            log.unfinished().await.unwrap(),
+            ["s"],
+            "left for another try"
+        );
+    }
+    assert_eq!(b.resume_unfinished(&rebuild).await, Ok(0));
     let entries = log.read("s").await.unwrap();
-    assert!(matches!(entries.last(), Some(Transition::Failed { .. })));
+    assert!(
+        matches!(entries.last(), Some(Transition::Failed { .. })),
+        "{entries:?}"
+    );
+    assert!(log.unfinished().await.unwrap().is_empty());
 }
 
 #[tokio::test(start_paused = true)]
@@ -506,4 +524,231 @@ async fn a_step_longer_than_the_lease_keeps_it_renewed_so_nobody_takes_the_saga_
         log.claim("s", "b", ttl).await.unwrap(),
         "released at the end"
     );
+}
+
+/// A `MemoryLog` this runner may be cut off from: renewals and appends
+/// fail while `cut`; reads of `unreadable` always fail.
+struct CutOff {
+    log: Arc<MemoryLog>,
+    cut: std::sync::atomic::AtomicBool,
+    unreadable: &'static str,
+}
+
+impl CutOff {
+    fn new(log: &Arc<MemoryLog>, unreadable: &'static str) -> Arc<Self> {
+        Arc::new(Self {
+            log: log.clone(),
+            cut: Default::default(),
+            unreadable,
+        })
+    }
+
+    fn check(&self) -> LogResult<()> {
+        if self.cut.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(LogUnavailable::new("cut off"));
+        }
+        Ok(())
+    }
+}
+
+impl SagaLog for CutOff {
+    fn append<'a>(&'a self, id: &'a str, t: &'a Transition) -> BoxFuture<'a, LogResult<()>> {
+        Box::pin(async move {
+            self.check()?;
+            self.log.append(id, t).await
+        })
+    }
+    fn append_held<'a>(
+        &'a self,
+        id: &'a str,
+        owner: &'a str,
+        t: &'a Transition,
+    ) -> BoxFuture<'a, LogResult<bool>> {
+        Box::pin(async move {
+            self.check()?;
+            self.log.append_held(id, owner, t).await
+        })
+    }
+    fn append_open<'a>(&'a self, id: &'a str, t: &'a Transition) -> BoxFuture<'a, LogResult<bool>> {
+        self.log.append_open(id, t)
+    }
+    fn read<'a>(&'a self, id: &'a str) -> BoxFuture<'a, LogResult<Vec<Transition>>> {
+        if id == self.unreadable {
+            return Box::pin(async { Err(LogUnavailable::new("unreadable")) });
+        }
+        self.log.read(id)
+    }
+    fn unfinished(&self) -> BoxFuture<'_, LogResult<Vec<String>>> {
+        self.log.unfinished()
+    }
+    fn claim<'a>(
+        &'a self,
+        id: &'a str,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, LogResult<bool>> {
+        self.log.claim(id, owner, ttl)
+    }
+    fn renew<'a>(
+        &'a self,
+        id: &'a str,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, LogResult<bool>> {
+        Box::pin(async move {
+            self.check()?;
+            self.log.renew(id, owner, ttl).await
+        })
+    }
+    fn release<'a>(&'a self, id: &'a str, owner: &'a str) -> BoxFuture<'a, LogResult<()>> {
+        self.log.release(id, owner)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_runner_cut_off_from_the_log_for_a_lease_stops_and_another_takes_over_alone() {
+    let server = Arc::new(Server::default());
+    let memory = Arc::new(MemoryLog::new());
+    let cut = CutOff::new(&memory, "");
+    let (started, go) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let block = Behaviour::Block {
+        started: started.clone(),
+        go: go.clone(),
+    };
+    let saga_a = saga(
+        "s",
+        2,
+        &server,
+        |i| {
+            if i == 0 {
+                block.clone()
+            } else {
+                Behaviour::Succeed
+            }
+        },
+        |_| 0,
+    );
+    let a = Runner::new(cut.clone(), "a", config());
+    let run = tokio::spawn({
+        let (a, saga_a) = (a.clone(), saga_a.clone());
+        async move { a.run(&saga_a).await }
+    });
+    started.notified().await;
+    cut.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    let stopped = run.await.unwrap();
+    assert_eq!(
+        stopped,
+        Err(SagaError::LeaseLost),
+        "stopped after a lease without renewal"
+    );
+
+    // The lease lapsed: b takes over; a's late writes are refused.
+    let b = runner(&memory, "b");
+    let saga_b = saga("s", 2, &server, |_| Behaviour::Succeed, |_| 0);
+    assert_eq!(b.resume(&saga_b).await, Ok(SagaStatus::Completed));
+    cut.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    let late = Transition::StepFailed {
+        step: 0,
+        reason: "late".into(),
+    };
+    assert_eq!(memory.append_held("s", "a", &late).await, Ok(false));
+    assert_eq!(server.calls("s:1:action"), 1);
+    go.notify_one();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancellation_after_the_end_or_of_no_saga_appends_nothing() {
+    let server = Arc::new(Server::default());
+    let log = Arc::new(MemoryLog::new());
+    let a = runner(&log, "a");
+    let done = saga("s", 1, &server, |_| Behaviour::Succeed, |_| 0);
+    assert_eq!(a.run(&done).await, Ok(SagaStatus::Completed));
+    let before = log.read("s").await.unwrap();
+    assert_eq!(a.cancel("s", "late").await, Ok(Some(SagaStatus::Completed)));
+    assert_eq!(log.read("s").await.unwrap(), before);
+    assert_eq!(a.cancel("gone", "late").await, Ok(None));
+    assert!(log.read("gone").await.unwrap().is_empty());
+    let cancel = Transition::Cancelled {
+        reason: "race".into(),
+    };
+    assert_eq!(
+        log.append_open("s", &cancel).await,
+        Ok(false),
+        "refused even past the read"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_saga_the_resumer_cannot_read_is_skipped_and_the_others_resumed() {
+    let server = Arc::new(Server::default());
+    let memory = Arc::new(MemoryLog::new());
+    for id in ["bad", "good"] {
+        let started = Transition::Started {
+            steps: vec!["step0".into()],
+            agent: None,
+            definition: json!(null),
+            authenticated: false,
+        };
+        memory.append(id, &started).await.unwrap();
+    }
+    let b = Runner::new(CutOff::new(&memory, "bad"), "b", config());
+    let rebuilt = server.clone();
+    let rebuild: Rebuild = Arc::new(move |id: &str, _: &[Transition]| {
+        Ok(saga(id, 1, &rebuilt, |_| Behaviour::Succeed, |_| 0))
+    });
+    assert_eq!(b.resume_unfinished(&rebuild).await, Ok(1));
+    while memory.unfinished().await.unwrap() != ["bad"] {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(server.effects(), ["good:0:action"]);
+    assert!(
+        memory.claim("bad", "c", config().lease_ttl).await.unwrap(),
+        "its lease was released"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_runner_drives_at_most_max_running_sagas_and_resumes_only_with_room() {
+    let server = Arc::new(Server::default());
+    let log = Arc::new(MemoryLog::new());
+    let one = SagaConfig {
+        max_running: 1,
+        ..config()
+    };
+    let a = Runner::new(log.clone(), "a", one);
+    let (started, go) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let block = Behaviour::Block {
+        started: started.clone(),
+        go: go.clone(),
+    };
+    let first = saga("first", 1, &server, move |_| block.clone(), |_| 0);
+    let run = tokio::spawn({
+        let (a, first) = (a.clone(), first.clone());
+        async move { a.run(&first).await }
+    });
+    started.notified().await;
+    let second = saga("second", 1, &server, |_| Behaviour::Succeed, |_| 0);
+    assert_eq!(a.start(&second).await, Err(SagaError::Full));
+    assert!(log.read("second").await.unwrap().is_empty(), "not started");
+
+    // An orphan waits while the runner is full, and is taken once there is room.
+    let orphan = Transition::Started {
+        steps: vec!["step0".into()],
+        agent: None,
+        definition: json!(null),
+        authenticated: false,
+    };
+    log.append("orphan", &orphan).await.unwrap();
+    let rebuilt = server.clone();
+    let rebuild: Rebuild = Arc::new(move |id: &str, _: &[Transition]| {
+        Ok(saga(id, 1, &rebuilt, |_| Behaviour::Succeed, |_| 0))
+    });
+    assert_eq!(a.resume_unfinished(&rebuild).await, Ok(0));
+    go.notify_one();
+    assert_eq!(run.await.unwrap(), Ok(SagaStatus::Completed));
+    assert_eq!(a.resume_unfinished(&rebuild).await, Ok(1));
+    while !log.unfinished().await.unwrap().is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(a.run(&second).await, Ok(SagaStatus::Completed));
 }

@@ -43,6 +43,7 @@ struct Shared {
     runner: Runner,
     steps: HttpSteps,
     max_steps: usize,
+    allow_private_targets: bool,
 }
 
 impl SagasApi {
@@ -78,14 +79,15 @@ impl SagasApi {
                 runner,
                 steps,
                 max_steps: sagas.max_steps,
+                allow_private_targets: sagas.allow_private_targets,
             }),
         }
     }
 
-    /// The address the proxy listens on, once bound: async `path` steps
-    /// and `/corral/` paths are sent there (until then, to
-    /// `server.listen`, which is wrong only when its port is 0); other
-    /// `path` steps run in process and need no address.
+    /// The address the proxy listens on, once bound: `path` steps run in
+    /// process as the saga's agent, so this is used only by a saga
+    /// without an agent (until then, `server.listen`, wrong only when its
+    /// port is 0).
     pub(crate) fn set_local_address(&self, address: SocketAddr) {
         self.shared.steps.set_corral(corral_base(address));
     }
@@ -113,11 +115,13 @@ impl SagasApi {
     }
 
     async fn submit(&self, request: Request<Body>, caller: &Caller) -> Response<BoxBody> {
-        let definition = match read_definition(request, self.shared.max_steps).await {
+        let shared = &self.shared;
+        let read = read_definition(request, shared.max_steps, shared.allow_private_targets);
+        let definition = match read.await {
             Ok(definition) => definition,
             Err(message) => return super::refuse(StatusCode::BAD_REQUEST, message),
         };
-        let id = new_id();
+        let id = corral_saga::new_saga_id();
         let agent = caller.agent.as_ref();
         let saga = (self.shared.steps.saga(&id, &definition))
             .with_agent(agent)
@@ -227,13 +231,15 @@ impl Local for ThroughStack {
 }
 
 /// Agent targets found in the registry: one of the live agents with the
-/// capability, at random, so steps spread over them.
+/// capability, at random, so steps spread over them (picked once per
+/// step and logged: a re-run and the compensation go to the same one).
 struct FromRegistry(corral_registry::Registry);
 
 impl Resolve for FromRegistry {
     fn resolve<'a>(&'a self, capability: &'a str) -> BoxFuture<'a, Result<String, String>> {
         Box::pin(async move {
-            let live = self.0.find(Some(capability)).await;
+            let live = (self.0.try_find(Some(capability)).await)
+                .map_err(|e| format!("registry unavailable: {e}"))?;
             if live.is_empty() {
                 return Err(format!(
                     "no live agent in the registry has capability {capability:?}"
@@ -245,7 +251,11 @@ impl Resolve for FromRegistry {
 }
 
 /// The body as a definition, checked, or what is wrong with it.
-async fn read_definition(request: Request<Body>, max_steps: usize) -> Result<Definition, String> {
+async fn read_definition(
+    request: Request<Body>,
+    max_steps: usize,
+    allow_private_targets: bool,
+) -> Result<Definition, String> {
     let body = http_body_util::Limited::new(request.into_body(), MAX_DEFINITION_BYTES)
         .collect()
         .await
@@ -256,6 +266,11 @@ async fn read_definition(request: Request<Body>, max_steps: usize) -> Result<Def
     definition
         .validate(max_steps)
         .map_err(|e| format!("invalid saga definition: {e}"))?;
+    if !allow_private_targets {
+        definition
+            .refuse_private()
+            .map_err(|e| format!("invalid saga definition: {e}"))?;
+    }
     Ok(definition)
 }
 
@@ -295,11 +310,6 @@ fn status_name(status: SagaStatus) -> String {
         .unwrap_or_default()
 }
 
-/// A new saga id: 128 random bits, in hex.
-fn new_id() -> String {
-    format!("{:032x}", fastrand::u128(..))
-}
-
 fn is_id(id: &str) -> bool {
     id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
@@ -317,6 +327,15 @@ fn not_allowed(allow: &'static str) -> Response<BoxBody> {
 }
 
 fn unavailable(error: &SagaError) -> Response<BoxBody> {
+    if *error == SagaError::Full {
+        // Not a fault: room comes back as sagas end.
+        tracing::debug!(%error, "saga refused");
+        let mut response = super::refuse(StatusCode::SERVICE_UNAVAILABLE, error.to_string());
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    }
     tracing::warn!(%error, "saga request failed");
     super::refuse(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
 }
@@ -351,7 +370,7 @@ mod tests {
 
     #[test]
     fn ids_are_checked_before_any_lookup() {
-        assert!(is_id(&new_id()));
+        assert!(is_id(&corral_saga::new_saga_id()));
         assert!(!is_id("a/b"));
         assert!(!is_id(&"a".repeat(65)));
     }
