@@ -12,59 +12,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use corral_e2e::herd::{assert_priority_one_went_first, assert_the_upstream_kept_up, CLASSES};
-use corral_e2e::{open, request_with, send, text, within, STEP};
+use corral_e2e::jobs::until;
+use corral_e2e::{open, request_with, send, text, within};
 use serde_json::Value;
 use support::replica::{Fleet, Replica};
 
 const JOBS: &str = "[jobs]\nlease = \"1s\"\npoll_interval = \"200ms\"\n";
 
 async fn submit(url: &str, agent: &str, body: &str) -> String {
-    let reply = send(request_with(
-        "POST",
-        &format!("{url}/api/generate"),
-        body.to_string(),
-        &[("prefer", "respond-async"), ("x-agent-id", agent)],
-    ))
-    .await;
-    assert_eq!(reply.status, 202, "{}", reply.text());
-    reply.json()["id"].as_str().unwrap().to_string()
-}
-
-/// Waits until the job, read on `url`, satisfies `condition`; its view.
-async fn until(
-    url: &str,
-    id: &str,
-    agent: &str,
-    what: &str,
-    condition: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = tokio::time::Instant::now() + STEP;
-    loop {
-        let reply = send(request_with(
-            "GET",
-            &format!("{url}/corral/jobs/{id}"),
-            "",
-            &[("x-agent-id", agent)],
-        ))
-        .await;
-        if reply.status == 200 {
-            let view = reply.json();
-            if condition(&view) {
-                return view;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "job {id} never {what}: {view}"
-            );
-        } else {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "job {id} unreadable: {}",
-                reply.text()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    corral_e2e::jobs::submit(url, "/api/generate", body, agent).await
 }
 
 fn runner_of(view: &Value, replicas: &[Replica; 3]) -> usize {
@@ -87,10 +43,7 @@ async fn a_job_survives_sigkill_of_the_replica_running_it_and_completes_on_anoth
         r#"{"model":"llama3","prompt":"a long one"}"#,
     )
     .await;
-    let running = until(&replicas[0].url, &id, "system-0", "running", |v| {
-        v["status"] == "running"
-    })
-    .await;
+    let running = until(&replicas[0].url, &id, "system-0", "running").await;
     let runner = runner_of(&running, &replicas);
     // The replica that accepted it and the one running it (often the
     // same) die without a word.
@@ -99,7 +52,7 @@ async fn a_job_survives_sigkill_of_the_replica_running_it_and_completes_on_anoth
     let survivor = (0..3).find(|&i| i != runner && i != 0).unwrap();
     let url = replicas[survivor].url.clone();
 
-    let done = until(&url, &id, "system-0", "done", |v| v["status"] == "done").await;
+    let done = until(&url, &id, "system-0", "done").await;
     assert_eq!(done["attempts"], 2, "run again from the start: {done}");
     let finisher = runner_of(&done, &replicas);
     assert!(
@@ -148,10 +101,7 @@ async fn any_replica_reads_and_streams_a_job_submitted_to_another() {
         r#"{"model":"llama3","prompt":"hi"}"#,
     )
     .await;
-    until(&replicas[1].url, &id, "opus-1", "running", |v| {
-        v["status"] == "running"
-    })
-    .await;
+    until(&replicas[1].url, &id, "opus-1", "running").await;
     let follow = open(request_with(
         "GET",
         &format!("{}/corral/jobs/{id}/stream", replicas[2].url),
@@ -215,10 +165,7 @@ async fn jobs_of_131_agents_over_three_replicas_keep_the_upstream_capacity_and_t
     let mut waits: BTreeMap<u8, Vec<u64>> = BTreeMap::new();
     for s in submitted {
         let (priority, agent, id, at) = within(s).await.unwrap();
-        let done = until(&replicas[(at + 1) % 3].url, &id, &agent, "done", |v| {
-            v["status"] == "done"
-        })
-        .await;
+        let done = until(&replicas[(at + 1) % 3].url, &id, &agent, "done").await;
         let wait = done["response"]["headers"]["x-corral-queue-ms"]
             .as_str()
             .map_or(0, |v| v.parse().unwrap());

@@ -524,10 +524,12 @@ async fn an_agent_target_is_found_in_the_registry_by_its_capability() {
     let upstream = mock(corral_e2e::fast()).await;
     // The steps' server listens on 127.0.0.1: a private target, and a
     // private endpoint in the registry.
-    let allowing = format!("{LOOPBACK_STEPS}
+    let allowing = format!(
+        "{LOOPBACK_STEPS}
 [registry]
 allow_private_endpoints = true
-");
+"
+    );
     let corral = corral_e2e::proxy_toml(&upstream.url(), &allowing).await;
     let url = corral.url();
     let steps = Steps::start(0).await;

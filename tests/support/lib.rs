@@ -2,6 +2,7 @@
 //! front of it, over real sockets, and a plain HTTP client.
 
 pub mod herd;
+pub mod jobs;
 
 use std::future::Future;
 use std::time::Duration;

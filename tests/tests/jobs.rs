@@ -19,52 +19,7 @@ use serde_json::Value;
 
 const GENERATE: &str = r#"{"model":"llama3","prompt":"hi","stream":false}"#;
 
-/// Submits `body` to `path` as a job from `agent`; its id.
-async fn submit(url: &str, path: &str, body: &str, agent: &str) -> String {
-    let reply = send(request_with(
-        "POST",
-        &format!("{url}{path}"),
-        body.to_string(),
-        &[("prefer", "respond-async"), ("x-agent-id", agent)],
-    ))
-    .await;
-    assert_eq!(reply.status, 202, "{}", reply.text());
-    assert_eq!(reply.header("preference-applied"), Some("respond-async"));
-    let location = reply.header("location").unwrap().to_string();
-    let view = reply.json();
-    assert_eq!(
-        location,
-        format!("/corral/jobs/{}", view["id"].as_str().unwrap())
-    );
-    assert_eq!(view["status"], "queued");
-    view["id"].as_str().unwrap().to_string()
-}
-
-async fn job(url: &str, id: &str, agent: &str) -> corral_e2e::Reply {
-    send(request_with(
-        "GET",
-        &format!("{url}/corral/jobs/{id}"),
-        "",
-        &[("x-agent-id", agent)],
-    ))
-    .await
-}
-
-/// Waits until the job's status is `status`; its view.
-async fn until(url: &str, id: &str, agent: &str, status: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + corral_e2e::STEP;
-    loop {
-        let view = job(url, id, agent).await.json();
-        if view["status"] == status {
-            return view;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "job {id} never {status}: {view}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use corral_e2e::jobs::{read as job, submit, until};
 
 #[tokio::test]
 async fn a_call_that_prefers_to_be_answered_later_is_a_job_answered_as_a_live_one_would_be() {
@@ -464,6 +419,20 @@ async fn a_herd_of_131_agents_submitting_jobs_keeps_the_upstream_capacity_and_th
     assert_priority_one_went_first(waits, "of the jobs");
 }
 
+/// Submits a generation to `POST /corral/jobs` with `callback_url`.
+async fn with_callback(url: &str, callback: &str) -> corral_e2e::Reply {
+    let described = format!(
+        r#"{{"endpoint": "/api/generate", "body": {GENERATE}, "callback_url": "{callback}"}}"#
+    );
+    send(request_with(
+        "POST",
+        &format!("{url}/corral/jobs"),
+        described,
+        &[],
+    ))
+    .await
+}
+
 /// What a callback receiver got: head and body.
 type Called = (http::HeaderMap, bytes::Bytes);
 
@@ -514,16 +483,7 @@ async fn a_finished_job_calls_back_once_signed_with_the_auth_scheme() {
     .await;
     let url = corral.url();
     let (callback, mut calls) = receiver(200).await;
-    let described = format!(
-        r#"{{"endpoint": "/api/generate", "body": {GENERATE}, "callback_url": "{callback}"}}"#
-    );
-    let reply = send(request_with(
-        "POST",
-        &format!("{url}/corral/jobs"),
-        described,
-        &[("x-agent-id", "planner")],
-    ))
-    .await;
+    let reply = with_callback(&url, &callback).await;
     assert_eq!(reply.status, 202, "{}", reply.text());
     let id = reply.json()["id"].as_str().unwrap().to_string();
     let (headers, body) = within(calls.recv()).await.unwrap();
@@ -559,16 +519,7 @@ async fn a_callback_to_a_private_address_is_refused_unless_allowed_and_a_failing
     let url = corral.url();
     let (callback, mut calls) = receiver(200).await;
     // An address written out is refused at once.
-    let described = format!(
-        r#"{{"endpoint": "/api/generate", "body": {GENERATE}, "callback_url": "{callback}"}}"#
-    );
-    let reply = send(request_with(
-        "POST",
-        &format!("{url}/corral/jobs"),
-        described,
-        &[],
-    ))
-    .await;
+    let reply = with_callback(&url, &callback).await;
     assert_eq!(reply.status, 400);
     assert!(
         reply.error().contains("private or loopback"),
@@ -577,16 +528,7 @@ async fn a_callback_to_a_private_address_is_refused_unless_allowed_and_a_failing
     );
     // A name is checked when called: the job runs, the callback does not.
     let by_name = callback.replace("127.0.0.1", "localhost");
-    let described = format!(
-        r#"{{"endpoint": "/api/generate", "body": {GENERATE}, "callback_url": "{by_name}"}}"#
-    );
-    let reply = send(request_with(
-        "POST",
-        &format!("{url}/corral/jobs"),
-        described,
-        &[],
-    ))
-    .await;
+    let reply = with_callback(&url, &by_name).await;
     assert_eq!(reply.status, 202, "{}", reply.text());
     let id = reply.json()["id"].as_str().unwrap().to_string();
     until(&url, &id, "anonymous", "done").await;
@@ -607,16 +549,7 @@ async fn a_callback_to_a_private_address_is_refused_unless_allowed_and_a_failing
     .await;
     let url = corral.url();
     let (callback, mut calls) = receiver(500).await;
-    let described = format!(
-        r#"{{"endpoint": "/api/generate", "body": {GENERATE}, "callback_url": "{callback}"}}"#
-    );
-    send(request_with(
-        "POST",
-        &format!("{url}/corral/jobs"),
-        described,
-        &[],
-    ))
-    .await;
+    with_callback(&url, &callback).await;
     within(calls.recv()).await.unwrap();
     within(calls.recv()).await.unwrap();
 }

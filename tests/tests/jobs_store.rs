@@ -190,8 +190,8 @@ async fn the_store_refuses_past_max_jobs() {
             ..config()
         },
     );
-    jobs.submit(request()).await.unwrap().state;
-    jobs.submit(request()).await.unwrap().state;
+    jobs.submit(request()).await.unwrap();
+    jobs.submit(request()).await.unwrap();
     assert!(matches!(
         jobs.submit(request()).await,
         Err(JobsRefused::Full { held: 2 })

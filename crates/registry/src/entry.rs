@@ -182,7 +182,7 @@ pub(crate) fn check_public_endpoint(endpoint: &str) -> Result<(), RegistryError>
         .and_then(|uri| uri.host().map(str::to_owned));
     let host = host.unwrap_or_default().to_ascii_lowercase();
     let host = host.trim_end_matches('.'); // `localhost.` is the same name
-    // `localhost` is loopback by definition (RFC 6761), not by lookup.
+                                           // `localhost` is loopback by definition (RFC 6761), not by lookup.
     let loopback_name = host == "localhost" || host.ends_with(".localhost");
     let private = corral_core::net::literal_private(host).map(|ip| ip.to_string());
     match private.or(loopback_name.then(|| host.to_string())) {
