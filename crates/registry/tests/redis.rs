@@ -12,54 +12,11 @@ use std::time::Duration;
 use corral_core::{EventSink, NewEvent, RedisState};
 use corral_registry::{Entry, Registry, RegistryConfig, RegistryError};
 
-/// A `redis-server` this test started, stopped when dropped; or the one
-/// at `REDIS_URL`.
-struct Redis {
-    url: String,
-    child: Option<std::process::Child>,
-}
+use corral_test_redis::Redis;
 
-impl Redis {
-    async fn start() -> Self {
-        if let Ok(url) = std::env::var("REDIS_URL") {
-            return Self { url, child: None };
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/test installs it)");
-        // A process has no event to wait on: poll until it answers.
-        for _ in 0..500 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Self {
-            url: format!("redis://127.0.0.1:{port}"),
-            child: Some(child),
-        }
-    }
-
-    /// A handle as a replica has one, under a prefix of this test's own.
-    fn state(&self, prefix: &str, replica: &str) -> RedisState {
-        RedisState::new(&self.url, prefix, replica, Duration::from_secs(2)).unwrap()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// A handle as a replica has one, under a prefix of this test's own.
+fn state(redis: &Redis, prefix: &str, replica: &str) -> RedisState {
+    RedisState::new(&redis.url, prefix, replica, Duration::from_secs(2)).unwrap()
 }
 
 fn prefix(test: &str) -> String {
@@ -119,7 +76,10 @@ async fn until_gone(registry: &Registry, agent: &str) {
 #[tokio::test]
 async fn an_entry_expires_after_its_ttl_in_redis() {
     let redis = Redis::start().await;
-    let (registry, events) = replica(redis.state(&prefix("ttl"), "r1"), RegistryConfig::default());
+    let (registry, events) = replica(
+        state(&redis, &prefix("ttl"), "r1"),
+        RegistryConfig::default(),
+    );
     let ttl = Duration::from_millis(300);
     let put = registry.put(entry("a", ttl, &["summarize"])).await.unwrap();
     assert!(put.joined());
@@ -147,7 +107,7 @@ async fn an_entry_expires_after_its_ttl_in_redis() {
 async fn heartbeats_and_puts_renew_keeping_registered_at() {
     let redis = Redis::start().await;
     let (registry, events) = replica(
-        redis.state(&prefix("renew"), "r1"),
+        state(&redis, &prefix("renew"), "r1"),
         RegistryConfig::default(),
     );
     let ttl = Duration::from_millis(400);
@@ -169,7 +129,7 @@ async fn heartbeats_and_puts_renew_keeping_registered_at() {
 async fn an_expiry_then_a_rejoin_between_sweeps_is_told_as_both() {
     let redis = Redis::start().await;
     let (registry, events) = replica(
-        redis.state(&prefix("rejoin"), "r1"),
+        state(&redis, &prefix("rejoin"), "r1"),
         RegistryConfig::default(),
     );
     let first = registry
@@ -207,7 +167,7 @@ async fn raw(redis: &Redis, command: &str, key: &str) -> i64 {
 async fn a_sweep_finds_expiries_by_deadline_and_a_late_delete_is_still_an_expiry() {
     let redis = Redis::start().await;
     let prefix = prefix("index");
-    let (registry, events) = replica(redis.state(&prefix, "r1"), RegistryConfig::default());
+    let (registry, events) = replica(state(&redis, &prefix, "r1"), RegistryConfig::default());
     for (agent, ttl) in [("a", 300), ("b", 300), ("c", 60_000)] {
         let ttl = Duration::from_millis(ttl);
         registry.put(entry(agent, ttl, &["x"])).await.unwrap();
@@ -242,8 +202,8 @@ async fn a_sweep_finds_expiries_by_deadline_and_a_late_delete_is_still_an_expiry
 async fn two_replicas_share_entries_and_an_expiry_is_told_once() {
     let redis = Redis::start().await;
     let prefix = prefix("shared");
-    let (one, one_events) = replica(redis.state(&prefix, "r1"), RegistryConfig::default());
-    let (two, two_events) = replica(redis.state(&prefix, "r2"), RegistryConfig::default());
+    let (one, one_events) = replica(state(&redis, &prefix, "r1"), RegistryConfig::default());
+    let (two, two_events) = replica(state(&redis, &prefix, "r2"), RegistryConfig::default());
     one.sweep().await;
     two.sweep().await;
     one.put(entry("a", Duration::from_millis(300), &["x"]))
@@ -281,7 +241,7 @@ async fn a_full_redis_registry_refuses_new_agents_until_one_expires() {
         max_agents: 2,
         ..RegistryConfig::default()
     };
-    let (registry, _) = replica(redis.state(&prefix("full"), "r1"), config);
+    let (registry, _) = replica(state(&redis, &prefix("full"), "r1"), config);
     registry
         .put(entry("a", Duration::from_secs(60), &[]))
         .await
@@ -312,7 +272,7 @@ async fn a_rejoin_refused_as_full_leaves_its_expiry_for_the_sweep() {
         max_agents: 1,
         ..RegistryConfig::default()
     };
-    let (registry, events) = replica(redis.state(&prefix("full-rejoin"), "r1"), config);
+    let (registry, events) = replica(state(&redis, &prefix("full-rejoin"), "r1"), config);
     let short = Duration::from_millis(300);
     registry.put(entry("a", short, &[])).await.unwrap();
     until_gone(&registry, "a").await;

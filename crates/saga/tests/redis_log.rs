@@ -14,62 +14,19 @@ use corral_saga::{
 };
 use serde_json::json;
 
-/// A Redis for one test: `REDIS_URL`, else a server of its own on a free
-/// port, stopped when dropped.
-struct Redis {
-    url: String,
-    child: Option<std::process::Child>,
-}
+use corral_test_redis::Redis;
 
-impl Redis {
-    async fn start() -> Self {
-        if let Ok(url) = std::env::var("REDIS_URL") {
-            return Self { url, child: None };
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/test installs it)");
-        // A process has no event to wait on: poll until it answers.
-        for _ in 0..500 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Self {
-            url: format!("redis://127.0.0.1:{port}"),
-            child: Some(child),
-        }
-    }
-
-    /// A log under a prefix of this test's own.
-    fn log(&self, test: &str) -> RedisLog {
-        let prefix = format!("corral-saga-test:{}:{test}:", std::process::id());
-        let state = RedisState::new(&self.url, &prefix, "test", Duration::from_secs(2)).unwrap();
-        RedisLog::new(state, Duration::from_secs(60))
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// A log under a prefix of this test's own.
+fn log(redis: &Redis, test: &str) -> RedisLog {
+    let prefix = format!("corral-saga-test:{}:{test}:", std::process::id());
+    let state = RedisState::new(&redis.url, &prefix, "test", Duration::from_secs(2)).unwrap();
+    RedisLog::new(state, Duration::from_secs(60))
 }
 
 #[tokio::test]
 async fn entries_are_read_back_in_order_and_finished_sagas_leave_the_unfinished_set() {
     let redis = Redis::start().await;
-    let log = redis.log("entries");
+    let log = log(&redis, "entries");
     assert!(log.read("s").await.unwrap().is_empty());
     let entries = [
         Transition::Started {
@@ -97,7 +54,7 @@ async fn entries_are_read_back_in_order_and_finished_sagas_leave_the_unfinished_
 #[tokio::test]
 async fn a_lease_is_held_by_one_owner_until_released_or_lapsed() {
     let redis = Redis::start().await;
-    let log = redis.log("lease");
+    let log = log(&redis, "lease");
     let ttl = Duration::from_millis(300);
     assert!(log.claim("s", "a", ttl).await.unwrap());
     assert!(!log.claim("s", "b", ttl).await.unwrap());
@@ -128,7 +85,7 @@ async fn a_lease_is_held_by_one_owner_until_released_or_lapsed() {
 #[tokio::test]
 async fn a_saga_whose_runner_stopped_is_taken_over_from_the_redis_log() {
     let redis = Redis::start().await;
-    let log: Arc<dyn SagaLog> = Arc::new(redis.log("takeover"));
+    let log: Arc<dyn SagaLog> = Arc::new(log(&redis, "takeover"));
     let config = SagaConfig {
         lease_ttl: Duration::from_millis(300),
         ..SagaConfig::default()
@@ -184,7 +141,7 @@ async fn a_saga_whose_runner_stopped_is_taken_over_from_the_redis_log() {
 async fn a_runner_appends_only_while_it_holds_the_lease_and_a_cancellation_only_while_the_saga_runs(
 ) {
     let redis = Redis::start().await;
-    let log = redis.log("held");
+    let log = log(&redis, "held");
     let ttl = Duration::from_secs(5);
     let started = Transition::Started {
         steps: vec!["a".into()],

@@ -27,49 +27,7 @@ async fn within<T>(step: impl std::future::Future<Output = T>) -> T {
         .expect("step finished in time")
 }
 
-/// A `redis-server` of the test's own, stopped when dropped.
-struct Redis {
-    url: String,
-    child: Option<std::process::Child>,
-}
-
-impl Redis {
-    async fn start() -> Self {
-        if let Ok(url) = std::env::var("REDIS_URL") {
-            return Self { url, child: None };
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        // A process has no event to wait on: poll until it answers.
-        within(async {
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await;
-        Self {
-            url: format!("redis://127.0.0.1:{port}"),
-            child: Some(child),
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
+use corral_test_redis::Redis;
 
 fn state(redis: &Redis, test: &str, replica: &str) -> RedisState {
     let prefix = format!("corral-lending-{}-{test}:", std::process::id());
