@@ -80,6 +80,7 @@ pub use event::{Event, EventSink, EventValue, NewEvent};
 pub use json::go_key_fold;
 pub use load::{LoadCell, LoadSnapshot, UpstreamLoad};
 pub use lock::lock;
+pub use meta::secret_uuid;
 pub use meta::{
     AgentId, ClassName, Dispatched, GenerationParams, MetaSlot, Priority, PriorityError, RequestId,
     RequestMeta, Vouched,

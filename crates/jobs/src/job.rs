@@ -17,22 +17,7 @@ impl JobId {
     /// (agents without keys share an identity; for them the id is the
     /// secret).
     pub fn generate() -> Self {
-        let mut bits = [0u8; 16];
-        if getrandom::getrandom(&mut bits).is_err() {
-            // No OS generator (never seen on Linux): still unique.
-            bits = fastrand::u128(..).to_le_bytes();
-        }
-        bits[6] = (bits[6] & 0x0f) | 0x40;
-        bits[8] = (bits[8] & 0x3f) | 0x80;
-        let hex: String = bits.iter().map(|b| format!("{b:02x}")).collect();
-        Self(format!(
-            "{}-{}-{}-{}-{}",
-            &hex[..8],
-            &hex[8..12],
-            &hex[12..16],
-            &hex[16..20],
-            &hex[20..]
-        ))
+        Self(corral_core::secret_uuid())
     }
 
     /// An id as a client sent it, if it has the shape of one.

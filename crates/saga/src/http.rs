@@ -853,22 +853,7 @@ impl tower::Service<Name> for Checked {
 
 /// A new saga id from the OS's generator, shaped as a UUID v4.
 pub fn new_saga_id() -> String {
-    let mut bits = [0u8; 16];
-    if getrandom::getrandom(&mut bits).is_err() {
-        // No OS generator (never seen on Linux): still unique.
-        bits = fastrand::u128(..).to_le_bytes();
-    }
-    bits[6] = (bits[6] & 0x0f) | 0x40;
-    bits[8] = (bits[8] & 0x3f) | 0x80;
-    let hex: String = bits.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
+    corral_core::secret_uuid()
 }
 
 fn parse_body(bytes: &[u8]) -> Value {
