@@ -164,12 +164,7 @@ pub fn build_with(
         ));
     }
 
-    let mut layers = vec![("classify".to_string(), classify_summary(config, &classify))];
-    layers.extend(
-        built
-            .iter()
-            .map(|(name, layer)| (name.to_string(), layer.summary().to_string())),
-    );
+    let layers = summaries(config, &classify, &built);
     Ok(Stack {
         service,
         upstream,
@@ -183,6 +178,21 @@ pub fn build_with(
         classify,
         state,
     })
+}
+
+/// Each layer, outermost first, as `(kind, how it is configured)`.
+fn summaries(
+    config: &Config,
+    classify: &ClassifyLayer,
+    built: &[(&'static str, StackLayer)],
+) -> Vec<(String, String)> {
+    let mut layers = vec![("classify".to_string(), classify_summary(config, classify))];
+    layers.extend(
+        built
+            .iter()
+            .map(|(name, layer)| (name.to_string(), layer.summary().to_string())),
+    );
+    layers
 }
 
 /// The classify layer, from the sections it is assembled of; an error

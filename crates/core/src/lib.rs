@@ -41,6 +41,7 @@
 mod admit;
 mod body;
 mod bus;
+mod carried;
 mod clock;
 pub mod compat;
 mod config;
@@ -50,6 +51,7 @@ mod eos;
 mod error;
 mod event;
 pub mod headers;
+mod ids;
 mod json;
 mod load;
 mod lock;
@@ -70,6 +72,7 @@ mod usage;
 pub use admit::AdmitThenCall;
 pub use body::{empty, full, Body, BoxBody};
 pub use bus::{channels, Bus, BusMessage, MemoryBus};
+pub use carried::{Dispatched, Vouched};
 pub use clock::{rfc3339_now, unix_now, unix_now_f64};
 pub use config::ConfigError;
 pub use degradation::{Degradation, Level};
@@ -77,13 +80,12 @@ pub use endpoint::{ApiFamily, Endpoint, EndpointKind};
 pub use eos::{End, OnEnd, WatchBody};
 pub use error::{stream_error_frame, ErrorBody};
 pub use event::{Event, EventSink, EventValue, NewEvent};
+pub use ids::secret_uuid;
 pub use json::go_key_fold;
 pub use load::{LoadCell, LoadSnapshot, UpstreamLoad};
 pub use lock::lock;
-pub use meta::secret_uuid;
 pub use meta::{
-    AgentId, ClassName, Dispatched, GenerationParams, MetaSlot, Priority, PriorityError, RequestId,
-    RequestMeta, Vouched,
+    AgentId, ClassName, GenerationParams, MetaSlot, Priority, PriorityError, RequestId, RequestMeta,
 };
 pub use outcome::{
     classify_error, classify_status, AttemptTimedOut, Failure, Outcome, SharedError, StreamBroke,
