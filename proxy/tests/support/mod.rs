@@ -10,6 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 pub(crate) mod replica;
+pub(crate) mod steps;
 
 pub(crate) fn corral() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_corral"));
