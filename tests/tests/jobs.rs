@@ -316,7 +316,27 @@ async fn a_full_job_store_refuses_with_503_and_retry_after() {
     .await;
     assert_eq!(refused.status, 503);
     assert!(refused.header("retry-after").is_some());
+    assert_eq!(refused.header("x-corral-reason"), Some("jobs_full"));
     assert!(refused.error().contains("full"), "{}", refused.error());
+}
+
+#[tokio::test]
+async fn one_agent_cannot_hold_more_jobs_than_its_bound_and_others_are_not_held_back() {
+    let upstream = mock(corral_e2e::stalled(Duration::from_secs(30))).await;
+    let corral = proxy_toml(&upstream.url(), "[jobs]\nmax_jobs_per_agent = 1\n").await;
+    let url = corral.url();
+    submit(&url, "/api/generate", GENERATE, "greedy").await;
+    let refused = send(request_with(
+        "POST",
+        &format!("{url}/api/generate"),
+        GENERATE,
+        &[("prefer", "respond-async"), ("x-agent-id", "greedy")],
+    ))
+    .await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.header("x-corral-reason"), Some("agent_jobs_full"));
+    assert!(refused.header("retry-after").is_some());
+    submit(&url, "/api/generate", GENERATE, "modest").await;
 }
 
 #[tokio::test]

@@ -263,3 +263,37 @@ async fn the_same_idempotency_key_on_two_replicas_gets_one_job() {
     assert!(!first.repeated && again.repeated);
     assert_eq!(first.state.id, again.state.id);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_agents_jobs_are_bounded_across_replicas_and_an_ended_one_makes_room() {
+    let redis = Redis::start().await;
+    let keys = prefix("per-agent");
+    let bounded = JobsConfig {
+        max_jobs_per_agent: 2,
+        ..config()
+    };
+    let (a, mut a_claims) = store(&redis, &keys, "a", &bounded);
+    let (b, mut b_claims) = store(&redis, &keys, "b", &bounded);
+    a.submit(request()).await.unwrap();
+    let second = b.submit(request()).await.unwrap().state;
+    assert!(matches!(
+        a.submit(request()).await,
+        Err(JobsRefused::AgentFull { held: 2 })
+    ));
+    // The second ends, on whichever replica claimed it: room for one.
+    within(async {
+        loop {
+            let (runner, claim) = tokio::select! {
+                Some(claim) = a_claims.recv() => (&a, claim),
+                Some(claim) = b_claims.recv() => (&b, claim),
+            };
+            if claim.id == second.id {
+                assert!(runner.started(&claim, "r").await);
+                runner.finish(&claim, &Outcome::Done).await.unwrap();
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(a.submit(request()).await.is_ok());
+}

@@ -23,6 +23,10 @@ pub struct JobsConfig {
     /// expired (in memory; with Redis, jobs not yet finished). Past it a
     /// submission is refused with 503 [`JobsRefused::Full`](crate::JobsRefused::Full).
     pub max_jobs: usize,
+    /// Jobs one agent may hold not yet ended; past it its submissions
+    /// are refused with 429 ([`JobsRefused::AgentFull`](crate::JobsRefused::AgentFull)),
+    /// so one agent cannot fill the store for the others.
+    pub max_jobs_per_agent: usize,
     /// Bytes of one job's answer, at most; a longer answer fails the job
     /// ("answer too large") rather than holding the memory.
     pub max_result_bytes: usize,
@@ -65,6 +69,7 @@ impl Default for JobsConfig {
     fn default() -> Self {
         Self {
             max_jobs: 10_000,
+            max_jobs_per_agent: 1_000,
             max_result_bytes: 16 * 1024 * 1024,
             max_total_bytes: 256 * 1024 * 1024,
             result_ttl: Duration::from_secs(3600),
@@ -84,6 +89,7 @@ impl JobsConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let positive = [
             ("max_jobs", self.max_jobs),
+            ("max_jobs_per_agent", self.max_jobs_per_agent),
             ("max_result_bytes", self.max_result_bytes),
             ("max_total_bytes", self.max_total_bytes),
             ("max_running", self.max_running),

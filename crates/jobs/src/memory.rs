@@ -90,6 +90,10 @@ impl MemoryJobs {
         {
             let mut table = lock(&self.jobs);
             self.expire(&mut table, Instant::now());
+            let agent_held = unfinished_of(&table, &request.agent);
+            if agent_held >= self.config.max_jobs_per_agent {
+                return Err(JobsRefused::AgentFull { held: agent_held });
+            }
             while table.by_id.len() >= self.config.max_jobs
                 || table.bytes + request.body.len() > self.config.max_total_bytes
             {
@@ -266,6 +270,15 @@ impl MemoryJobs {
         });
         ended
     }
+}
+
+/// Jobs of `agent` not yet ended.
+fn unfinished_of(table: &Table, agent: &str) -> usize {
+    table
+        .by_id
+        .values()
+        .filter(|held| held.request.agent == agent && !lock(&held.state).status.is_final())
+        .count()
 }
 
 /// Drops the oldest finished job; false when none has finished.

@@ -65,6 +65,11 @@ pub enum JobsRefused {
         /// Jobs held.
         held: usize,
     },
+    /// The agent holds `max_jobs_per_agent` jobs not yet ended.
+    AgentFull {
+        /// Its jobs not yet ended.
+        held: usize,
+    },
     /// The shared store does not answer.
     Unavailable(String),
 }
@@ -75,6 +80,10 @@ impl std::fmt::Display for JobsRefused {
             JobsRefused::Full { held } => write!(
                 f,
                 "the job store is full ({held} jobs held): retry after some finish"
+            ),
+            JobsRefused::AgentFull { held } => write!(
+                f,
+                "this agent has {held} jobs not yet ended, as many as [jobs] max_jobs_per_agent allows: retry after some end"
             ),
             JobsRefused::Unavailable(reason) => {
                 write!(f, "the job store does not answer: {reason}")

@@ -180,3 +180,31 @@ async fn a_follower_is_woken_by_each_change_and_an_error_status_fails_the_job() 
     assert_eq!(ended.status, Status::Failed);
     assert_eq!(ended.reason.as_deref(), Some("answered 404"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn one_agent_holds_at_most_max_jobs_per_agent_not_yet_ended() {
+    let config = JobsConfig {
+        max_jobs_per_agent: 2,
+        ..config(10, 1024)
+    };
+    let (jobs, mut claims) = Jobs::memory(config);
+    jobs.submit(request("1")).await.unwrap();
+    jobs.submit(request("2")).await.unwrap();
+    assert!(matches!(
+        jobs.submit(request("3")).await,
+        Err(JobsRefused::AgentFull { held: 2 })
+    ));
+    let other = JobRequest {
+        agent: "writer".into(),
+        ..request("4")
+    };
+    assert!(
+        jobs.submit(other).await.is_ok(),
+        "another agent is not held back"
+    );
+    // One ends: room for one more.
+    let claim = claims.recv().await.unwrap();
+    jobs.started(&claim, "r").await;
+    jobs.finish(&claim, &Outcome::Done).await;
+    assert!(jobs.submit(request("5")).await.is_ok());
+}

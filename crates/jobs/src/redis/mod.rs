@@ -107,6 +107,11 @@ impl RedisJobs {
         self.state.key(&format!("job:{id}:chunks"))
     }
 
+    /// The agent's jobs not yet ended, by submission time.
+    fn agent_set(&self, agent: &str) -> String {
+        self.state.key(&format!("jobs:agent:{agent}"))
+    }
+
     fn ttl_ms(&self) -> String {
         self.config.result_ttl.as_millis().to_string()
     }
@@ -129,9 +134,35 @@ impl RedisJobs {
         if held >= self.config.max_jobs {
             return Err(JobsRefused::Full { held });
         }
+        let mine = self.agent_set(&request.agent);
+        let now_ms = (corral_core::unix_now_f64() * 1000.0) as u64;
+        let mut count = redis::pipe();
+        // Entries of jobs that vanished unended (every replica gone for
+        // a week) stop counting when their hash would have expired.
+        count
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&mine)
+            .arg("-inf")
+            .arg(now_ms.saturating_sub(UNFINISHED_TTL_MS))
+            .ignore()
+            .cmd("ZCARD")
+            .arg(&mine);
+        let (agent_held,): (usize,) = self.state.pipeline(&count).await.map_err(unavailable)?;
+        if agent_held >= self.config.max_jobs_per_agent {
+            return Err(JobsRefused::AgentFull { held: agent_held });
+        }
         let state = JobState::queued(id.clone(), &request);
         let mut pipe = redis::pipe();
         pipe.atomic()
+            .cmd("ZADD")
+            .arg(&mine)
+            .arg(now_ms)
+            .arg(id.as_str())
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&mine)
+            .arg(UNFINISHED_TTL_MS)
+            .ignore()
             .cmd("HSET")
             .arg(self.hash(&id))
             .arg("state")
@@ -284,13 +315,13 @@ impl RedisJobs {
         }
         let mut cancelled = state.clone();
         Outcome::Cancelled.apply(&mut cancelled);
-        let keys = [self.hash(id)];
+        let keys = [self.hash(id), self.agent_set(&state.agent)];
         let answer: i64 = self
             .state
             .script(
                 &self.scripts.cancel,
                 &keys,
-                &[to_json(&cancelled), self.ttl_ms()],
+                &[to_json(&cancelled), self.ttl_ms(), id.to_string()],
             )
             .await
             .map_err(unavailable)?;

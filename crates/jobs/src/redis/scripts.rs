@@ -44,7 +44,8 @@ return {attempt, st, redis.call('HGET', KEYS[1], 'request'), redis.call('HGET', 
 
 /// A runner's write of the state: only while the attempt is its own and
 /// the job has not ended. `ARGV[3]` = `1` ends it (acknowledged,
-/// expiring after `ARGV[4]` ms).
+/// expiring after `ARGV[4]` ms, no longer counted for its agent in
+/// `KEYS[4]`).
 pub(super) const UPDATE: &str = r"
 if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'final') == '1' then
   return 0
@@ -59,6 +60,7 @@ if ARGV[3] == '1' then
   end
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
+  redis.call('ZREM', KEYS[4], ARGV[6])
 end
 return 1
 ";
@@ -87,8 +89,9 @@ end
 return 0
 ";
 
-/// Cancels a job: ended at once when no runner ever started it (`1`),
-/// else flagged for its runner (`0`); `-1` when it had ended or is gone.
+/// Cancels a job: ended at once when no runner ever started it (`1`,
+/// and no longer counted for its agent in `KEYS[2]`), else flagged for
+/// its runner (`0`); `-1` when it had ended or is gone.
 pub(super) const CANCEL: &str = r"
 if not redis.call('HGET', KEYS[1], 'state') or redis.call('HGET', KEYS[1], 'final') == '1' then
   return -1
@@ -98,6 +101,7 @@ local attempt = redis.call('HGET', KEYS[1], 'attempt')
 if attempt == '0' then
   redis.call('HSET', KEYS[1], 'state', ARGV[1], 'final', '1')
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('ZREM', KEYS[2], ARGV[3])
   return 1
 end
 return 0

@@ -63,6 +63,7 @@ impl RedisJobs {
             self.hash(&claim.id),
             self.chunk_list(&claim.id),
             self.stream(),
+            self.agent_set(&claim.request.agent),
         ];
         let args = [
             claim.attempt.to_string(),
@@ -70,6 +71,7 @@ impl RedisJobs {
             if ends { "1" } else { "0" }.to_string(),
             self.ttl_ms(),
             GROUP.to_string(),
+            claim.id.to_string(),
         ];
         let applied: i64 = self
             .persist(claim, || {

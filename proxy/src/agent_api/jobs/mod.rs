@@ -381,13 +381,20 @@ fn kept_headers(headers: &http::HeaderMap) -> Vec<(String, String)> {
     kept
 }
 
+/// The refusal of a job the store would not take (or read), with the
+/// reason and a time to come back, as every refusal of Corral's has.
 fn unavailable(e: &JobsRefused) -> Response<BoxBody> {
-    let status = match e {
-        JobsRefused::Full { .. } | JobsRefused::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    let (status, reason) = match e {
+        JobsRefused::AgentFull { .. } => (StatusCode::TOO_MANY_REQUESTS, "agent_jobs_full"),
+        JobsRefused::Full { .. } => (StatusCode::SERVICE_UNAVAILABLE, "jobs_full"),
+        JobsRefused::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "jobs_unavailable"),
     };
     let mut response = refuse(status, e.to_string());
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    let headers = response.headers_mut();
+    headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    headers.insert(
+        corral_core::headers::X_CORRAL_REASON,
+        HeaderValue::from_static(reason),
+    );
     response
 }
