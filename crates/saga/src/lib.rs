@@ -129,8 +129,8 @@ mod transition;
 pub use config::*;
 pub use decide::{decide, status, step_states, Next, Phase, SagaStatus, StepState};
 pub use http::{
-    new_saga_id, AgentTarget, Call, Definition, HttpSteps, Local, NoAgents, Resolve,
-    StepDefinition, MAX_OUTPUT_BYTES,
+    https_or_http, new_saga_id, AgentTarget, Call, Checked, Definition, HttpSteps, Local, NoAgents,
+    Resolve, StepDefinition, MAX_OUTPUT_BYTES,
 };
 pub use log::{BoxFuture, LogResult, LogUnavailable, MemoryLog, SagaLog};
 pub use redis_log::RedisLog;

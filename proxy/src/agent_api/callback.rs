@@ -2,12 +2,10 @@
 //! gave, signed with the auth layer's scheme, retried with backoff.
 //!
 //! Loopback, private, link-local and unspecified addresses are refused
-//! (checked when the job is submitted for a literal address, and on
-//! every attempt for what the name resolves to) unless `[jobs]
-//! allow_private_callbacks`: a job must not become a way into the
-//! proxy's own network. The check and the connection resolve the name
-//! separately; a DNS server that answers differently to each could slip
-//! past it, which is why the default refuses only what it can see.
+//! (checked when the job is submitted for a literal address, and by the
+//! connection's own resolver for a name: the addresses checked are the
+//! ones connected to) unless `[jobs] allow_private_callbacks`: a job
+//! must not become a way into the proxy's own network.
 
 use std::time::Duration;
 
@@ -21,12 +19,13 @@ use hyper_util::rt::TokioExecutor;
 
 use corral_jobs::metrics::JOBS_CALLBACKS_FAILED_TOTAL;
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpsClient =
+    Client<hyper_rustls::HttpsConnector<HttpConnector<corral_saga::Checked>>, Full<Bytes>>;
 
 /// Delivers callbacks.
 #[derive(Clone)]
 pub(crate) struct Callbacks {
-    client: Option<HttpsClient>,
+    client: HttpsClient,
     secret: Option<String>,
     allow_private: bool,
     attempts: u32,
@@ -60,13 +59,12 @@ pub(crate) fn check_url(url: &str, allow_private: bool) -> Result<(), String> {
 
 impl Callbacks {
     pub(crate) fn new(config: &JobsConfig) -> Self {
-        let client = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
-            .ok()
-            .map(|builder| {
-                let connector = builder.https_or_http().enable_http1().build();
-                Client::builder(TokioExecutor::new()).build(connector)
-            });
+        // The saga steps' connector: the addresses it refuses are the
+        // ones it would connect to, so a name that resolves one way for
+        // the check and another for the call is still caught.
+        let connector =
+            corral_saga::https_or_http(config.callback_timeout, config.allow_private_callbacks);
+        let client = Client::builder(TokioExecutor::new()).build(connector);
         Self {
             client,
             secret: config
@@ -134,7 +132,7 @@ impl Callbacks {
                 }
             }
         }
-        let client = self.client.as_ref().ok_or("no TLS roots on this machine")?;
+        let client = &self.client;
         let timestamp = corral_core::unix_now().to_string();
         let path = uri
             .path_and_query()

@@ -15,9 +15,19 @@ use hyper_util::client::legacy::Client;
 
 use crate::log::BoxFuture;
 
-/// The connector for steps' calls: `https://` with the system's roots
-/// (registry endpoints and URLs may be https), and `http://`.
-pub(super) fn https_or_http(
+/// A connector for calls an agent aims (a saga's steps, a job's
+/// callback): `https://` with the system's roots, and `http://`; a name
+/// that resolves to a private address is refused as the connection is
+/// made, unless `allow_private`.
+///
+/// ```
+/// let connector = corral_saga::https_or_http(std::time::Duration::from_secs(5), false);
+/// let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+///     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+///         .build(connector);
+/// # drop(client);
+/// ```
+pub fn https_or_http(
     connect_timeout: Duration,
     allow_private: bool,
 ) -> HttpsConnector<HttpConnector<Checked>> {
@@ -50,11 +60,12 @@ pub(super) fn https_or_http(
 pub(super) type StepClient = Client<HttpsConnector<HttpConnector<Checked>>, Full<Bytes>>;
 
 /// The system's resolver, refusing a name that resolves to a private
-/// address unless allowed: checked again when connecting, so a name
-/// that changed since [`HttpSteps`](super::HttpSteps)'s check (DNS rebinding) is caught.
-/// (IP literals skip the resolver: they are checked before the call.)
-#[derive(Clone)]
-pub(super) struct Checked {
+/// address unless allowed: the addresses checked are the ones connected
+/// to, so a name that answers differently to a check made before the
+/// call (DNS rebinding) is still caught. (IP literals skip the resolver:
+/// callers check them before the call.)
+#[derive(Clone, Debug)]
+pub struct Checked {
     gai: GaiResolver,
     allow_private: bool,
 }
@@ -80,7 +91,7 @@ impl tower::Service<Name> for Checked {
                 Some(address) if !allow_private => Err(std::io::Error::new(
                     std::io::ErrorKind::PermissionDenied,
                     format!(
-                        "{host} is the private address {} (allow_private_targets is off)",
+                        "{host} resolves to the private address {}, which is not allowed here",
                         address.ip()
                     ),
                 )),

@@ -29,7 +29,8 @@ mod request;
 pub use answer::MAX_OUTPUT_BYTES;
 pub use definition::{AgentTarget, Call, Definition, StepDefinition};
 
-use client::{https_or_http, StepClient};
+use client::StepClient;
+pub use client::{https_or_http, Checked};
 
 /// Finds the agents a call with `{"agent": {"capability": ...}}` goes to.
 pub trait Resolve: Send + Sync + 'static {
