@@ -1,8 +1,6 @@
 //! `/corral/registry` over real sockets: agents put, renew, read and
-//! remove their entries; another agent may read but not change them,
-//! nor may the shared `anonymous` agent, nor a keyless one once keys are
-//! in use; endpoints at private addresses need the option; bad
-//! input is a 400 that says why; an entry expires after its TTL, with its
+//! remove their entries (who may change what is in
+//! `registry_rights.rs`); bad input is a 400 that says why; an entry expires after its TTL, with its
 //! event and gauge; with `[state] backend = "redis"` two replicas share
 //! one registry.
 
@@ -10,40 +8,14 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+mod support;
+
 use corral::Config;
-use corral_e2e::{
-    events, eventually_async, fast, metric_sum, mock, proxy_toml, request_with, send, Redis, Reply,
-};
+use corral_e2e::{events, eventually_async, fast, metric_sum, mock, proxy_toml, Redis};
+
+use support::registry::{agents, announce, call};
 
 const FAST_SWEEP: &str = "[registry]\nsweep_interval = \"20ms\"\n";
-
-/// `method` on `/corral/registry{path}` as `agent`.
-async fn call(url: &str, method: &str, path: &str, agent: &str, body: &str) -> Reply {
-    let url = format!("{url}/corral/registry{path}");
-    send(request_with(
-        method,
-        &url,
-        body.to_string(),
-        &[("x-agent-id", agent), ("content-type", "application/json")],
-    ))
-    .await
-}
-
-fn announce(capabilities: &str, ttl_secs: f64) -> String {
-    format!(
-        r#"{{"capabilities": {capabilities}, "models": ["llama3.2:3b"], "endpoint": "http://summarizer.internal:8080", "ttl_secs": {ttl_secs}, "metadata": {{"region": "eu"}}}}"#
-    )
-}
-
-fn agents(reply: &Reply) -> Vec<String> {
-    let body = reply.json();
-    body["agents"]
-        .as_array()
-        .unwrap_or_else(|| panic!("a list of agents: {body}"))
-        .iter()
-        .map(|entry| entry["agent"].as_str().unwrap().to_string())
-        .collect()
-}
 
 #[tokio::test]
 async fn an_agent_puts_renews_reads_and_removes_its_entry() {
@@ -106,110 +78,6 @@ async fn an_agent_puts_renews_reads_and_removes_its_entry() {
         .map(|e| e["kind"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(kinds, ["registry_joined", "registry_left"]);
-}
-
-#[tokio::test]
-async fn an_agent_cannot_change_another_agents_entry() {
-    let upstream = mock(fast()).await;
-    let corral = proxy_toml(&upstream.url(), "").await;
-    let url = corral.url();
-    assert_eq!(
-        call(&url, "PUT", "/a", "a", &announce("[]", 60.0))
-            .await
-            .status,
-        201
-    );
-    for (method, path) in [("PUT", "/a"), ("POST", "/a/heartbeat"), ("DELETE", "/a")] {
-        let reply = call(&url, method, path, "b", &announce("[]", 60.0)).await;
-        assert_eq!(reply.status, 403, "{method} {path}");
-        assert!(
-            reply.error().contains("its own registry entry"),
-            "{}",
-            reply.error()
-        );
-    }
-    assert_eq!(
-        call(&url, "GET", "/a", "b", "").await.status,
-        200,
-        "still there"
-    );
-}
-
-/// `method` on `/corral/registry{path}` with only `headers`.
-async fn call_with(
-    url: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Reply {
-    let url = format!("{url}/corral/registry{path}");
-    let mut all = vec![("content-type", "application/json")];
-    all.extend_from_slice(headers);
-    send(request_with(method, &url, body.to_string(), &all)).await
-}
-
-#[tokio::test]
-async fn the_anonymous_agent_cannot_change_the_registry() {
-    let upstream = mock(fast()).await;
-    let corral = proxy_toml(&upstream.url(), "").await;
-    let url = corral.url();
-    for (method, path) in [
-        ("PUT", "/anonymous"),
-        ("POST", "/anonymous/heartbeat"),
-        ("DELETE", "/anonymous"),
-    ] {
-        let reply = call_with(&url, method, path, &[], &announce("[]", 60.0)).await;
-        assert_eq!(reply.status, 403, "{method} {path}: {}", reply.text());
-        assert!(reply.error().contains("X-Agent-Id"), "{}", reply.error());
-    }
-    assert!(agents(&call(&url, "GET", "", "a", "").await).is_empty());
-}
-
-const KEYED: &str = "[[agents]]\nid = \"planner\"\nkey = \"sk-planner-0123456789\"\n";
-
-#[tokio::test]
-async fn once_agents_have_keys_writes_need_one() {
-    let upstream = mock(fast()).await;
-    let corral = proxy_toml(&upstream.url(), KEYED).await;
-    let url = corral.url();
-    let claimed = call(&url, "PUT", "/worker", "worker", &announce("[]", 60.0)).await;
-    assert_eq!(claimed.status, 403, "{}", claimed.text());
-    assert!(claimed.error().contains("API key"), "{}", claimed.error());
-    let bearer = [("authorization", "Bearer sk-planner-0123456789")];
-    let proven = call_with(&url, "PUT", "/planner", &bearer, &announce("[]", 60.0)).await;
-    assert_eq!(proven.status, 201, "{}", proven.text());
-    assert_eq!(proven.json()["authenticated"], true);
-    let read = call(&url, "GET", "/planner", "someone", "").await;
-    assert_eq!(read.json()["authenticated"], true, "readers see it");
-
-    let optional = format!("{KEYED}[registry]\nrequire_key = false\n");
-    let corral = proxy_toml(&upstream.url(), &optional).await;
-    let claimed = call(
-        &corral.url(),
-        "PUT",
-        "/worker",
-        "worker",
-        &announce("[]", 60.0),
-    )
-    .await;
-    assert_eq!(claimed.status, 201, "{}", claimed.text());
-    assert_eq!(claimed.json()["authenticated"], false);
-}
-
-#[tokio::test]
-async fn endpoints_at_private_addresses_need_the_option() {
-    let upstream = mock(fast()).await;
-    let private = r#"{"endpoint": "http://169.254.169.254/latest"}"#;
-    let corral = proxy_toml(&upstream.url(), "").await;
-    let refused = call(&corral.url(), "PUT", "/a", "a", private).await;
-    assert_eq!(refused.status, 400, "{}", refused.text());
-    assert!(refused.error().contains("endpoint"), "{}", refused.error());
-    let allowing = "[registry]\nallow_private_endpoints = true\n";
-    let corral = proxy_toml(&upstream.url(), allowing).await;
-    let loopback = r#"{"endpoint": "http://127.0.0.1:8080"}"#;
-    let allowed = call(&corral.url(), "PUT", "/a", "a", loopback).await;
-    assert_eq!(allowed.status, 201, "{}", allowed.text());
 }
 
 #[tokio::test]

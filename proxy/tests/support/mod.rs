@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+pub(crate) mod registry;
 pub(crate) mod replica;
 pub(crate) mod steps;
 

@@ -200,15 +200,8 @@ impl RedisState {
         keys: &[String],
         args: &[String],
     ) -> Result<T, StateUnavailable> {
-        let mut connection = self.connection_or_down().await?;
-        let mut invocation = script.prepare_invoke();
-        for key in keys {
-            invocation.key(key);
-        }
-        for arg in args {
-            invocation.arg(arg);
-        }
-        self.within(invocation.invoke_async(&mut connection)).await
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        self.script_bytes(script, keys, &args).await
     }
 
     /// [`script`](Self::script) with arguments that are bytes, not text
