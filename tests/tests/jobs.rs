@@ -257,7 +257,15 @@ async fn a_job_waiting_for_the_upstream_is_queued_with_its_place() {
     let third = submit(&url, "/api/generate", GENERATE, "c").await;
     // Both wait behind the first, in the priority queue.
     upstream_until(&upstream, "one request upstream", |s| s.in_flight == 1).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Each enters the queue when its runner sends it: wait for both.
+    eventually_async("both wait in the queue", || async {
+        let mut both = true;
+        for (id, agent) in [(&second, "b"), (&third, "c")] {
+            both &= job(&url, id, agent).await.json()["queue"]["position"] == 2;
+        }
+        both
+    })
+    .await;
     for (id, agent) in [(&second, "b"), (&third, "c")] {
         let view = job(&url, id, agent).await.json();
         assert_eq!(view["status"], "queued", "{view}");

@@ -150,8 +150,23 @@ async fn a_cancellation_on_one_replica_reaches_the_runner_on_another() {
     let claim = within(a_claims.recv()).await.unwrap();
     assert!(a.started(&claim, "a").await);
     let (b, _b_claims) = store(&redis, &keys, "b", &config());
-    // b subscribes as it starts; give it the moment to.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The message reaches a only once a listens: wait until both do.
+    let probe = RedisState::new(&redis.url, &keys, "probe", Duration::from_millis(500)).unwrap();
+    corral_e2e::eventually_async("both replicas listen for cancellations", || async {
+        let reply: Vec<corral_core::redis::Value> = probe
+            .query(
+                corral_core::redis::cmd("PUBSUB")
+                    .arg("NUMSUB")
+                    .arg(probe.key("jobs:cancel")),
+            )
+            .await
+            .unwrap_or_default();
+        reply
+            .get(1)
+            .and_then(|n| corral_core::redis::from_redis_value::<i64>(n.clone()).ok())
+            .is_some_and(|n| n >= 2)
+    })
+    .await;
     let state = b.cancel(&job.id).await.unwrap().unwrap();
     assert_eq!(state.status, Status::Queued, "its runner ends it");
     let mut told = claim.cancelled.clone();
@@ -170,8 +185,8 @@ async fn a_cancellation_on_one_replica_reaches_the_runner_on_another() {
         },
     );
     let _busy = c.submit(request()).await.unwrap().state;
+    // The first is claimed (older in the stream), the second never is.
     let waiting = c.submit(request()).await.unwrap().state;
-    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
         c.cancel(&waiting.id).await.unwrap().unwrap().status,
         Status::Cancelled
