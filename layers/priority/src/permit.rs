@@ -14,6 +14,7 @@ use crate::error::DeadlineExceeded;
 use crate::pool::{self, Hold, Pool, Ticket};
 #[cfg(feature = "redis")]
 use crate::redis::RedisPool;
+use corral_fleet::Route;
 
 /// A request waiting for its permit. Resolves to the [`Permit`], or to
 /// [`DeadlineExceeded`] when the ticket's deadline passes first.
@@ -28,6 +29,8 @@ pub(crate) enum AcquireKind {
         id: u64,
         deadline: Option<Pin<Box<Sleep>>>,
         done: bool,
+        /// With a fleet: where the request will run, once granted.
+        route: Option<Arc<Route>>,
     },
     /// Waiting in Redis: the shared pool's own future, which leaves the
     /// queue when dropped.
@@ -53,6 +56,7 @@ impl Acquire {
     /// Queues `ticket` in `pool`.
     pub(crate) fn local(pool: Arc<Pool>, ticket: Ticket) -> Self {
         let deadline = ticket.deadline;
+        let route = pool.fleet().map(|link| Route::pending(link.fleet.clone()));
         let id = pool.enqueue(ticket);
         Self {
             kind: AcquireKind::Local {
@@ -60,7 +64,18 @@ impl Acquire {
                 id,
                 deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
                 done: false,
+                route,
             },
+        }
+    }
+
+    /// With several upstreams: where the request will run once granted,
+    /// for the upstream client to read from the request's extensions.
+    pub fn route(&self) -> Option<&Arc<Route>> {
+        match &self.kind {
+            AcquireKind::Local { route, .. } => route.as_ref(),
+            #[cfg(feature = "redis")]
+            AcquireKind::Redis(_) => None,
         }
     }
 }
@@ -69,13 +84,14 @@ impl Future for Acquire {
     type Output = Result<Permit, DeadlineExceeded>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let (pool, id, deadline, done) = match &mut self.kind {
+        let (pool, id, deadline, done, route) = match &mut self.kind {
             AcquireKind::Local {
                 pool,
                 id,
                 deadline,
                 done,
-            } => (pool, *id, deadline, done),
+                route,
+            } => (pool, *id, deadline, done, route),
             #[cfg(feature = "redis")]
             AcquireKind::Redis(future) => return future.as_mut().poll(cx),
         };
@@ -98,8 +114,19 @@ impl Future for Acquire {
             pool::Poll::Waiting => Poll::Pending,
             pool::Poll::Granted(grant) => {
                 *done = true;
+                let route = match (route.clone(), grant.slot) {
+                    (Some(route), Some(slot)) => {
+                        route.grant(slot);
+                        Some(route)
+                    }
+                    (None, Some(slot)) => pool
+                        .fleet()
+                        .map(|link| Route::new(link.fleet.clone(), slot)),
+                    (route, None) => route,
+                };
                 Poll::Ready(Ok(Permit {
                     holder: Holder::Local(pool.clone()),
+                    route,
                     agent: grant.agent,
                     cost: grant.cost,
                     since: Instant::now(),
@@ -138,6 +165,8 @@ impl Drop for Acquire {
 /// back and lets the next waiting request in.
 pub struct Permit {
     holder: Holder,
+    /// With several upstreams: the upstream permit, where it runs.
+    route: Option<Arc<Route>>,
     agent: AgentId,
     /// The request's estimated cost, and when the permit was taken: how
     /// long it is held teaches the pool its predictions.
@@ -180,6 +209,7 @@ impl Permit {
                 ticket,
                 local: false,
             },
+            route: None,
             agent,
             cost,
             since: Instant::now(),
@@ -200,6 +230,17 @@ impl Permit {
             local: true,
         };
         self
+    }
+
+    /// With several upstreams: where the request runs.
+    pub fn route(&self) -> Option<&Arc<Route>> {
+        self.route.as_ref()
+    }
+
+    /// With several upstreams: the upstream the request runs on, by
+    /// index in the fleet.
+    pub fn upstream(&self) -> Option<usize> {
+        self.route.as_ref().and_then(|r| r.upstream())
     }
 
     /// How long the request waited for this permit.
@@ -225,7 +266,10 @@ impl Drop for Permit {
             .actual
             .map_or(0.0, |actual| actual / self.weight - self.charged);
         match &mut self.holder {
-            Holder::Local(pool) => pool.release(&self.agent, correction, hold),
+            Holder::Local(pool) => {
+                let slot = self.route.as_ref().and_then(|r| r.take());
+                pool.release(&self.agent, correction, hold, slot)
+            }
             #[cfg(feature = "redis")]
             Holder::Redis {
                 pool,
@@ -234,7 +278,7 @@ impl Drop for Permit {
             } => {
                 pool.release(std::mem::take(ticket), hold.held);
                 if *local {
-                    pool.local.release(&self.agent, correction, hold);
+                    pool.local.release(&self.agent, correction, hold, None);
                 } else {
                     pool.local.vacate(&self.agent, hold);
                 }

@@ -48,6 +48,11 @@ where
         }
         let (ticket, model) = self.shared.ticket(&request);
         let acquire = self.shared.scheduler.acquire(ticket, model.as_deref());
+        let mut request = request;
+        if let Some(route) = acquire.route() {
+            // Read by the upstream client once the permit is granted.
+            request.extensions_mut().insert(route.clone());
+        }
         let inner = corral_core::take_ready(&mut self.inner);
         ResponseFuture::waiting(acquire, inner, request)
     }

@@ -17,6 +17,7 @@ use std::time::Duration;
 use corral_core::{lock, AgentId, LoadSnapshot, Priority};
 
 use crate::config::Reserve;
+use corral_fleet::{Fleet, Slot};
 use hold::Holds;
 pub(crate) use hold::Lend;
 use index::Vtc;
@@ -45,8 +46,18 @@ pub struct Ticket {
     pub deadline: Option<Instant>,
 }
 
+/// A pool whose permits are a fleet's, for one model.
+pub(crate) struct FleetLink {
+    pub(crate) fleet: Arc<Fleet>,
+    pub(crate) model: Arc<str>,
+}
+
 pub(crate) struct Pool {
     name: String,
+    /// With several upstreams: whose permits these are. Its capacity is
+    /// then the fleet's for the model, and each grant takes a permit on
+    /// the upstream the fleet chooses.
+    fleet: Option<FleetLink>,
     aging: Duration,
     per_agent_cap: Option<usize>,
     reserve: Option<Reserve>,
@@ -101,6 +112,8 @@ struct Waiter {
     /// Whether it may borrow a reserved permit.
     lend: Lend,
     granted: bool,
+    /// With a fleet: the permit granted, on the upstream that runs it.
+    slot: Option<Slot>,
     waker: Option<Waker>,
 }
 
@@ -112,6 +125,8 @@ pub(crate) struct Grant {
     pub(crate) charged: f64,
     pub(crate) weight: f64,
     pub(crate) waited: Duration,
+    /// With a fleet: the upstream permit.
+    pub(crate) slot: Option<Slot>,
 }
 
 /// How long a permit was held, and what its request was estimated to
@@ -143,9 +158,11 @@ impl Pool {
         per_agent_cap: Option<usize>,
         reserve: Option<Reserve>,
         changes: Arc<Notify>,
+        fleet: Option<FleetLink>,
     ) -> Self {
         Self {
             name,
+            fleet,
             aging,
             per_agent_cap,
             reserve,
@@ -211,6 +228,7 @@ impl Pool {
                 bytes: ticket.bytes,
                 lend,
                 granted: false,
+                slot: None,
                 waker: None,
             },
         );
@@ -236,6 +254,7 @@ impl Pool {
                     charged: waiter.cost / waiter.weight,
                     weight: waiter.weight,
                     waited: Instant::now().saturating_duration_since(waiter.enqueued),
+                    slot: waiter.slot,
                 })
             }
             Some(waiter) => {
@@ -256,9 +275,13 @@ impl Pool {
         let waiter = state.waiters.remove(&id)?;
         let agent_id = waiter.agent.clone();
         state.unindex(&agent_id);
+        let freed = waiter.granted;
         if waiter.granted {
             // Granted but never taken: undo the grant, charge nothing.
             state.in_flight -= 1;
+            if let (Some(link), Some(slot)) = (&self.fleet, waiter.slot) {
+                link.fleet.free(slot);
+            }
             if let Some(agent) = state.agents.get_mut(&agent_id) {
                 agent.in_flight -= 1;
                 agent.vtc -= waiter.cost / waiter.weight;
@@ -278,15 +301,27 @@ impl Pool {
         drop(state);
         wake_all(wakers);
         self.changes.notify_waiters();
+        if freed {
+            self.kick_fleet();
+        }
         Some(now.saturating_duration_since(waiter.enqueued))
     }
 
     /// A permit comes back after `hold`; `correction` adjusts the agent's
     /// counter by what the request really cost against what it was
     /// charged.
-    pub(crate) fn release(&self, agent_id: &AgentId, correction: f64, hold: Hold) {
+    pub(crate) fn release(
+        &self,
+        agent_id: &AgentId,
+        correction: f64,
+        hold: Hold,
+        slot: Option<Slot>,
+    ) {
         let now = Instant::now();
         let mut state = lock(&self.state);
+        if let (Some(link), Some(slot)) = (&self.fleet, slot) {
+            link.fleet.free(slot);
+        }
         state.holds.record(agent_id, hold.cost, hold.held);
         state.in_flight = state.in_flight.saturating_sub(1);
         state.unindex(agent_id);
@@ -304,6 +339,20 @@ impl Pool {
         drop(state);
         wake_all(wakers);
         self.changes.notify_waiters();
+        self.kick_fleet();
+    }
+
+    /// With a fleet: a permit came back, which another model's pool may
+    /// be waiting for (the upstream may now load its model).
+    fn kick_fleet(&self) {
+        if let Some(link) = &self.fleet {
+            link.fleet.kick();
+        }
+    }
+
+    /// The fleet this pool's permits are on, and its model there.
+    pub(crate) fn fleet(&self) -> Option<&FleetLink> {
+        self.fleet.as_ref()
     }
 
     /// Counts a permit held outside this pool (a lease this replica holds
@@ -345,8 +394,12 @@ impl Pool {
             .iter()
             .filter_map(|o| o.first().map(|(t, _)| *t))
             .min();
+        let capacity = match &self.fleet {
+            Some(link) => link.fleet.capacity_for(&link.model),
+            None => state.capacity,
+        };
         LoadSnapshot {
-            capacity: state.capacity,
+            capacity,
             in_flight: state.in_flight,
             queued: state.queued,
             queued_bytes: state.queued_bytes,
@@ -375,5 +428,14 @@ impl Pool {
     /// The virtual token counter of `agent`, for tests and status.
     pub(crate) fn counter(&self, agent: &str) -> Option<f64> {
         lock(&self.state).agents.get(agent).map(|a| a.vtc)
+    }
+}
+
+impl corral_fleet::Waiting for Pool {
+    fn kick(&self) {
+        let mut state = lock(&self.state);
+        let wakers = self.dispatch(&mut state, Instant::now());
+        drop(state);
+        wake_all(wakers);
     }
 }

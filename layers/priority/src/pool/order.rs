@@ -21,7 +21,11 @@ impl Pool {
     /// the wakers of the granted.
     pub(super) fn dispatch(&self, state: &mut State, now: Instant) -> Vec<Waker> {
         let mut wakers = Vec::new();
-        while state.in_flight < state.capacity {
+        if let Some(link) = &self.fleet {
+            // The fleet's permits for the model, on the upstreams up.
+            state.capacity = link.fleet.capacity_for(&link.model);
+        }
+        while self.fleet.is_some() || state.in_flight < state.capacity {
             let levels = self.open_levels(state);
             let (agent_id, level, lent) = match self.pick(state, now, levels) {
                 Some((agent, level)) => (agent, level, false),
@@ -29,6 +33,18 @@ impl Pool {
                     Some((agent, level)) => (agent, level, true),
                     None => break,
                 },
+            };
+            let slot = match &self.fleet {
+                None => None,
+                Some(link) => {
+                    let Some(want) = self.want(state, &agent_id, level, now) else {
+                        break;
+                    };
+                    match link.fleet.place(&link.model, &want) {
+                        Some(slot) => Some(slot),
+                        None => break,
+                    }
+                }
             };
             state.unindex(&agent_id);
             let Some(agent) = state.agents.get_mut(&agent_id) else {
@@ -41,6 +57,7 @@ impl Pool {
                 continue;
             };
             waiter.granted = true;
+            waiter.slot = slot;
             agent.queued -= 1;
             agent.in_flight += 1;
             agent.vtc += waiter.cost / waiter.weight;
@@ -57,7 +74,33 @@ impl Pool {
             }
             state.index(&agent_id, self.per_agent_cap);
         }
+        if let Some(link) = &self.fleet {
+            let oldest = std::array::from_fn(|level| state.oldest[level].first().map(|(t, _)| *t));
+            let waiting = state.queued.iter().sum();
+            link.fleet.publish(&link.model, oldest, waiting, self.aging);
+        }
         wakers
+    }
+
+    /// What the fleet weighs for `agent`'s next request at `level`: how
+    /// urgent it is, how many wait with it.
+    fn want(
+        &self,
+        state: &State,
+        agent: &AgentId,
+        level: usize,
+        now: Instant,
+    ) -> Option<corral_fleet::Want> {
+        let (_, enqueued) = *state.agents.get(agent)?.levels[level].front()?;
+        Some(corral_fleet::Want {
+            urgency: corral_fleet::Urgency {
+                level: self.effective_level(level, enqueued, now),
+                since: enqueued,
+            },
+            waiting: state.queued.iter().sum(),
+            affinity: None,
+            hold: state.holds.pool(),
+        })
     }
 
     /// How many priority levels, from the top, may take the next permit:

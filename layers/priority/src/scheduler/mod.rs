@@ -18,9 +18,10 @@ use crate::models::Models;
 #[cfg(feature = "redis")]
 use crate::permit::AcquireKind;
 pub use crate::permit::{Acquire, Permit};
-use crate::pool::{Pool, Ticket};
+use crate::pool::{FleetLink, Pool, Ticket};
 #[cfg(feature = "redis")]
 use crate::redis::RedisPool;
+use corral_fleet::Fleet;
 
 mod load;
 #[cfg(feature = "redis")]
@@ -67,6 +68,8 @@ pub struct Scheduler {
     /// With `per_model`: the pools made on first use.
     on_demand: Option<Models>,
     changes: Arc<Notify>,
+    /// With several upstreams: the fleet whose permits the pools hand out.
+    fleet: Option<Arc<Fleet>>,
     /// With shared state, each pool's Redis side, by pool name.
     #[cfg(feature = "redis")]
     shared: RwLock<HashMap<String, Arc<RedisPool>>>,
@@ -100,19 +103,52 @@ impl std::fmt::Debug for Scheduler {
     }
 }
 
-/// Ollama names `llama3` and `llama3:latest` the same model.
-pub(crate) fn canonical_model(name: &str) -> String {
-    let last = name.rsplit('/').next().unwrap_or(name);
-    if last.contains(':') {
-        name.to_string()
-    } else {
-        format!("{name}:latest")
-    }
-}
+pub(crate) use corral_core::canonical_model;
 
 impl Scheduler {
     /// A scheduler for `config`, or the key and reason it is refused for.
     pub fn new(config: &PriorityConfig) -> Result<Arc<Self>, corral_core::ConfigError> {
+        Self::build(config, None)
+    }
+
+    /// A scheduler handing out the permits of `fleet`: one queue per
+    /// model, in the order of service, each request granted a permit on
+    /// the upstream the fleet chooses for it ([`corral_fleet`]). The
+    /// capacities are the fleet's; `config`'s are not used.
+    ///
+    /// ```
+    /// use corral_core::{Priority, UpstreamLoad};
+    /// use corral_fleet::{Fleet, UpstreamSpec};
+    /// use corral_priority::{PriorityConfig, Scheduler, Ticket};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let fleet = Fleet::new(vec![UpstreamSpec::new("a", 1), UpstreamSpec::new("b", 1)]);
+    /// let scheduler = Scheduler::with_fleet(&PriorityConfig::default(), fleet.clone()).unwrap();
+    /// let ticket = || Ticket {
+    ///     agent: "a".into(),
+    ///     priority: Priority::DEFAULT,
+    ///     weight: 1.0,
+    ///     cost: 1.0,
+    ///     bytes: 0,
+    ///     deadline: None,
+    /// };
+    /// let one = scheduler.acquire(ticket(), Some("llama3")).await.unwrap();
+    /// let two = scheduler.acquire(ticket(), Some("llama3")).await.unwrap();
+    /// assert_ne!(one.upstream(), two.upstream(), "one on each server");
+    /// # }
+    /// ```
+    pub fn with_fleet(
+        config: &PriorityConfig,
+        fleet: Arc<Fleet>,
+    ) -> Result<Arc<Self>, corral_core::ConfigError> {
+        Self::build(config, Some(fleet))
+    }
+
+    fn build(
+        config: &PriorityConfig,
+        fleet: Option<Arc<Fleet>>,
+    ) -> Result<Arc<Self>, corral_core::ConfigError> {
         config.validate()?;
         crate::metrics::describe();
         let cap = config.max_in_flight_per_agent;
@@ -125,23 +161,34 @@ impl Scheduler {
                 cap,
                 config.reserve,
                 changes.clone(),
+                None,
             ))
         };
-        let default = pool("*".into(), config.capacity);
-        let by_model = config
-            .model_capacity
-            .iter()
-            .map(|(model, capacity)| {
-                let key = canonical_model(model);
-                (key.clone(), pool(key, *capacity))
-            })
-            .collect();
+        let (default, by_model) = match &fleet {
+            Some(fleet) => (
+                Self::fleet_pool(config, &changes, fleet, corral_fleet::ANY_MODEL),
+                HashMap::new(),
+            ),
+            None => {
+                let by_model = config
+                    .model_capacity
+                    .iter()
+                    .map(|(model, capacity)| {
+                        let key = canonical_model(model);
+                        (key.clone(), pool(key, *capacity))
+                    })
+                    .collect();
+                (pool("*".into(), config.capacity), by_model)
+            }
+        };
+        let per_model = config.per_model || fleet.is_some();
         Ok(Arc::new(Self {
             config: config.clone(),
             default,
             by_model,
-            on_demand: config.per_model.then(|| Models::new(config.capacity)),
+            on_demand: per_model.then(|| Models::new(config.capacity)),
             changes,
+            fleet,
             #[cfg(feature = "redis")]
             shared: RwLock::new(HashMap::new()),
             #[cfg(feature = "redis")]
@@ -151,8 +198,43 @@ impl Scheduler {
         }))
     }
 
+    /// A pool for `model` whose permits are `fleet`'s; it joins the fleet
+    /// to hear when permits come back.
+    fn fleet_pool(
+        config: &PriorityConfig,
+        changes: &Arc<Notify>,
+        fleet: &Arc<Fleet>,
+        model: &str,
+    ) -> Arc<Pool> {
+        let pool = Arc::new(Pool::new(
+            model.to_string(),
+            0,
+            config.aging,
+            config.max_in_flight_per_agent,
+            config.reserve,
+            changes.clone(),
+            Some(FleetLink {
+                fleet: fleet.clone(),
+                model: Arc::from(model),
+            }),
+        ));
+        let waiting: Arc<dyn corral_fleet::Waiting> = pool.clone();
+        fleet.join(model, Arc::downgrade(&waiting));
+        pool
+    }
+
+    /// The fleet whose permits this scheduler hands out, if any.
+    pub fn fleet(&self) -> Option<&Arc<Fleet>> {
+        self.fleet.as_ref()
+    }
+
     /// A pool of its own for `name` (canonical), made on first use.
     fn on_demand_pool(&self, models: &Models, name: &str) -> Option<Arc<Pool>> {
+        if let Some(fleet) = &self.fleet {
+            return models.get_or_make(name, true, |_| {
+                Self::fleet_pool(&self.config, &self.changes, fleet, name)
+            });
+        }
         #[cfg(feature = "redis")]
         let shared = self.backend.is_some();
         #[cfg(not(feature = "redis"))]
@@ -167,6 +249,7 @@ impl Scheduler {
                 self.config.max_in_flight_per_agent,
                 self.config.reserve,
                 self.changes.clone(),
+                None,
             ));
             #[cfg(feature = "redis")]
             if let Some((state, ttl)) = &self.backend {

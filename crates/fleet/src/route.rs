@@ -1,0 +1,128 @@
+//! A request's permit on the fleet: which upstream it runs on, moved
+//! elsewhere if that one fails before answering.
+
+use std::sync::{Arc, Mutex};
+
+use corral_core::lock;
+
+use crate::fleet::{Fleet, Slot};
+
+/// Where a scheduled request runs. The scheduler puts it in the
+/// request's extensions (as `Arc<Route>`); the upstream client reads
+/// [`Route::upstream`] and, when the upstream fails before answering,
+/// calls [`Route::failover`]. The permit it holds is given back by
+/// whoever owns the request's permit, with [`Route::take`].
+///
+/// ```
+/// use corral_fleet::{Fleet, Route, UpstreamSpec, Urgency, Want};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let fleet = Fleet::new(vec![UpstreamSpec::new("a", 1), UpstreamSpec::new("b", 1)]);
+/// let want = Want {
+///     urgency: Urgency { level: 4, since: tokio::time::Instant::now() },
+///     waiting: 1,
+///     affinity: None,
+///     hold: None,
+/// };
+/// let slot = fleet.place("llama3:latest", &want).unwrap();
+/// let route = Route::new(fleet.clone(), slot);
+/// let first = route.upstream().unwrap();
+/// // Its upstream fails before answering: the request moves.
+/// assert!(route.failover().await);
+/// assert_ne!(route.upstream(), Some(first));
+/// assert!(!fleet.is_healthy(first));
+/// fleet.free(route.take().unwrap());
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Route {
+    fleet: Arc<Fleet>,
+    slot: Mutex<Option<Slot>>,
+}
+
+impl Route {
+    /// A request runs on `slot` of `fleet`.
+    pub fn new(fleet: Arc<Fleet>, slot: Slot) -> Arc<Self> {
+        Arc::new(Self {
+            fleet,
+            slot: Mutex::new(Some(slot)),
+        })
+    }
+
+    /// A request that will run in `fleet` once granted a permit.
+    pub fn pending(fleet: Arc<Fleet>) -> Arc<Self> {
+        Arc::new(Self {
+            fleet,
+            slot: Mutex::new(None),
+        })
+    }
+
+    /// The request was granted `slot`. One it held already is given back.
+    pub fn grant(&self, slot: Slot) {
+        if let Some(old) = lock(&self.slot).replace(slot) {
+            self.fleet.free(old);
+        }
+    }
+
+    /// The upstream it runs on, by index; `None` once given back.
+    pub fn upstream(&self) -> Option<usize> {
+        lock(&self.slot).as_ref().map(|s| s.upstream)
+    }
+
+    /// The fleet it runs in.
+    pub fn fleet(&self) -> &Arc<Fleet> {
+        &self.fleet
+    }
+
+    /// Takes its permit out, to give it back.
+    pub fn take(&self) -> Option<Slot> {
+        lock(&self.slot).take()
+    }
+
+    /// Its upstream failed before answering: marks it down and waits for
+    /// a permit on another one that may serve the model (ahead of every
+    /// waiting request). `false` when there is none (the request fails as
+    /// it would have): its permit is kept, to be given back as usual.
+    pub async fn failover(&self) -> bool {
+        let Some(slot) = self.take() else {
+            return false;
+        };
+        match self.fleet.failover(slot) {
+            Err(slot) => {
+                *lock(&self.slot) = Some(slot);
+                false
+            }
+            Ok(answer) => {
+                let mut answer = Answer {
+                    fleet: &self.fleet,
+                    answer,
+                };
+                match (&mut answer.answer).await {
+                    Ok(slot) => {
+                        *lock(&self.slot) = Some(slot);
+                        true
+                    }
+                    Err(_) => false,
+                }
+            }
+        }
+    }
+}
+
+/// The permit a displaced request waits for: if the request leaves after
+/// the permit was sent but before it was read, it is given back.
+struct Answer<'a> {
+    fleet: &'a Fleet,
+    answer: tokio::sync::oneshot::Receiver<Slot>,
+}
+
+impl Drop for Answer<'_> {
+    fn drop(&mut self) {
+        self.answer.close();
+        if let Ok(slot) = self.answer.try_recv() {
+            self.fleet.free(slot);
+            self.fleet.kick();
+        }
+    }
+}
