@@ -128,6 +128,10 @@
 //! - at a probe at most one request waits inside the server, and never
 //!   more than one per slot from `initial = 1` or after `P` went up; the
 //!   503 of a full Ollama queue is never reached;
+//! - after a restart seen as such (its requests failed) and told with
+//!   [`Controller::restarted`], the limit climbs again from `initial`:
+//!   within ±1 of the new `P` in 10–14 s, never more than one request
+//!   waiting inside, whether `P` went up or down;
 //! - a GPU that saturates below `OLLAMA_NUM_PARALLEL` holds the limit at
 //!   its useful parallelism (tested: 6 slots, no gain past 3 → 3 to 4).
 //!
@@ -138,23 +142,36 @@
 //! - When `P` goes down while answers run, their slots vanish as they
 //!   end, and requests let in meanwhile wait inside until the first is
 //!   late: up to as many as the slots lost (6 → 2: 3 in the simulation, 4
-//!   on the mock), for a few seconds. After a restart seen as such
-//!   (its requests failed), [`Controller::restarted`] goes back to
-//!   `initial` instead.
+//!   on the mock), for a few seconds. A restart that fails the running
+//!   requests is the case [`Controller::restarted`] handles without it.
 //! - Whole answers give no `running`: the proof of a limit is the
 //!   concurrency at dispatch, which counts answers already on the wire,
 //!   so a probe can go to `P + 2` (two waiting inside) before a queue is
 //!   seen; and a late whole answer is only seen at its end.
 //! - The verdict assumes prompts of a similar size: a much longer prompt
-//!   evaluates for longer and can look queued (the limit then drops to
-//!   `running + 1` and climbs back after `probe_interval`); a time to
-//!   first token net of known prompt evaluation avoids it.
+//!   evaluates for longer and can look queued (the limit then drops by
+//!   one, or to `running + 1`, and is back after `probe_interval`); a
+//!   time to first token net of known prompt evaluation avoids it.
 //! - Other clients of the same server (another proxy, a direct user)
 //!   take slots Corral does not count; the limit then settles lower, as
 //!   it should. Replicas sharing one server each need the count of all
 //!   (issue 8's shared state) for `concurrency` and `running` to hold.
 //! - The throughput rule needs steady rates; with very different answer
 //!   lengths per concurrency it is noisy. `min_gain = 0` turns it off.
+//!
+//! # Cost
+//!
+//! A sample is a few comparisons and one running average: no allocation
+//! after [`Controller::new`], which keeps one rate per possible limit
+//! (`max`, 32 by default).
+//!
+//! # When not to use it
+//!
+//! When the operator knows `OLLAMA_NUM_PARALLEL` and it does not change,
+//! a fixed capacity is exact from the first request and never probes.
+//! Behind something that queues on its own (another proxy, a load
+//! balancer with its own limit) the time to first token no longer shows
+//! Ollama's slots, and the limit found is that of the whole path.
 
 mod config;
 mod controller;

@@ -134,3 +134,23 @@ fn a_gpu_saturated_at_3_holds_the_limit_near_3_though_ollama_has_6_slots() {
         assert_eq!(phase.most_queued_after(Duration::ZERO), 0, "never above 6");
     }
 }
+
+#[test]
+fn after_restarts_seen_as_such_it_climbs_again_from_initial_with_at_most_one_waiting() {
+    for seed in [1, 2, 3, 42, 1234] {
+        let mut sim = Sim::new(AdaptiveConfig::default(), 3, seed);
+        sim.hard_restarts = true;
+        sim.run(&[(secs(90), 6), (secs(180), 2)], secs(270));
+        assert_eq!(sim.refused, 0);
+        for phase in &sim.phases {
+            let settled = phase.settled_after().unwrap();
+            let most = phase.most_queued_after(Duration::ZERO);
+            println!(
+                "hard restarts, seed {seed}, P={}: settled within ±1 after {settled:?}, most queued inside {most}",
+                phase.parallel
+            );
+            assert!(settled <= secs(60));
+            assert!(most <= 1, "P={}: {most} waited inside", phase.parallel);
+        }
+    }
+}

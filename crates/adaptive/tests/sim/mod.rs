@@ -116,6 +116,10 @@ pub(crate) struct Sim {
     /// Requests at once beyond which the GPU is saturated: each token
     /// takes longer in proportion, so more at once add nothing.
     pub(crate) saturates_at: Option<f64>,
+    /// Restarts kill the server's requests (their clients see them fail)
+    /// and Corral tells the controller; else running answers finish in
+    /// their slots and nothing is said.
+    pub(crate) hard_restarts: bool,
 }
 
 impl Sim {
@@ -134,6 +138,7 @@ impl Sim {
             queue: VecDeque::new(),
             refused: 0,
             saturates_at: None,
+            hard_restarts: false,
             phases: vec![Phase {
                 parallel,
                 ..Phase::default()
@@ -169,6 +174,8 @@ impl Sim {
             }
             self.now = when;
             match event {
+                // Requests of a server that restarted since are gone.
+                Event::FirstToken(id) | Event::End(id) if !self.in_flight.contains_key(&id) => {}
                 Event::FirstToken(id) => self.first_token(id),
                 Event::End(id) => self.end(id),
                 Event::Tick => self.tick(),
@@ -180,6 +187,13 @@ impl Sim {
                         start,
                         ..Phase::default()
                     });
+                    if self.hard_restarts {
+                        self.in_flight.clear();
+                        self.queue.clear();
+                        self.running = 0;
+                        self.controller.restarted();
+                        self.dispatch();
+                    }
                     self.serve_queue();
                 }
             }
