@@ -175,7 +175,8 @@ fn the_rest(state: &Arc<State>, method: &Method, path: &str, bytes: &[u8]) -> Re
     }
 }
 
-/// `/mock/stats`, `/mock/requests`, `/mock/reset`, `/mock/release?n=N`.
+/// `/mock/stats`, `/mock/requests`, `/mock/reset`, `/mock/release?n=N`,
+/// `/mock/parallel?n=N`.
 fn control(state: &State, request: Request<Incoming>) -> Response<BoxBody> {
     match (request.method().clone(), request.uri().path()) {
         (Method::GET, "/mock/stats") => respond::json(
@@ -191,15 +192,26 @@ fn control(state: &State, request: Request<Incoming>) -> Response<BoxBody> {
             respond::json(StatusCode::OK, &json!({"status": "reset"}))
         }
         (Method::POST, "/mock/release") => {
-            let n = request
-                .uri()
-                .query()
-                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("n=")))
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(1usize);
+            let n = query_n(&request).unwrap_or(1);
             state.release.add_permits(n);
             respond::json(StatusCode::OK, &json!({"released": n}))
         }
+        (Method::POST, "/mock/parallel") => {
+            let Some(n) = query_n(&request) else {
+                return respond::text(StatusCode::BAD_REQUEST, "n=N is required");
+            };
+            state.set_parallel(n);
+            respond::json(StatusCode::OK, &json!({"parallel": state.parallel()}))
+        }
         _ => respond::text(StatusCode::NOT_FOUND, "404 page not found"),
     }
+}
+
+/// The `n` of `?n=N`.
+fn query_n(request: &Request<Incoming>) -> Option<usize> {
+    request
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("n=")))
+        .and_then(|n| n.parse().ok())
 }

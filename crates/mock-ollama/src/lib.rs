@@ -25,7 +25,10 @@
 //!   `GET /v1/models`, `GET /v1/models/{model}`;
 //! - `GET /api/version`, `GET`/`HEAD /`;
 //! - the mock's own: `GET /mock/stats`, `GET /mock/requests`,
-//!   `POST /mock/reset`, `POST /mock/release?n=N`.
+//!   `POST /mock/reset`, `POST /mock/release?n=N`, and
+//!   `POST /mock/parallel?n=N` (a restart with another
+//!   `OLLAMA_NUM_PARALLEL`: requests generating finish in their slots, new
+//!   ones get `n` per model; [`MockOllama::set_parallel`]).
 //!
 //! What makes a real server hard to share:
 //!

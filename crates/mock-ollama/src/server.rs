@@ -76,6 +76,31 @@ impl MockOllama {
         self.state.release.add_permits(n);
     }
 
+    /// Changes how many requests generate at once per model, standing for
+    /// a restart with another `OLLAMA_NUM_PARALLEL` (also `POST
+    /// /mock/parallel?n=N`). Requests generating keep their slots until
+    /// they end; waiting ones keep waiting, for the new number of slots.
+    ///
+    /// ```
+    /// use corral_mock_ollama::{MockConfig, MockOllama};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// let mock = MockOllama::start(MockConfig { parallel: 3, ..MockConfig::default() }).await?;
+    /// mock.set_parallel(6);
+    /// assert_eq!(mock.parallel(), 6);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn set_parallel(&self, n: usize) {
+        self.state.set_parallel(n);
+    }
+
+    /// How many requests generate at once per model now.
+    pub fn parallel(&self) -> usize {
+        self.state.parallel()
+    }
+
     /// Serves until the task ends (never, unless it fails); for the binary.
     pub async fn wait(mut self) {
         let _ = (&mut self.task).await;

@@ -1,7 +1,7 @@
 //! The simulated server's state: models, generation slots, blobs.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -16,7 +16,10 @@ pub(crate) struct State {
     pub(crate) config: MockConfig,
     pub(crate) counters: Counters,
     models: Mutex<Models>,
-    slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+    slots: Mutex<HashMap<String, Arc<ModelSlots>>>,
+    /// Requests generating at once per model now: `config.parallel` until
+    /// [`State::set_parallel`].
+    parallel: AtomicUsize,
     dice: Mutex<Dice>,
     pub(crate) release: Semaphore,
     blobs: Mutex<HashSet<String>>,
@@ -43,15 +46,54 @@ struct Models {
     loaded: Vec<Loaded>,
 }
 
+/// One model's generation slots.
+struct ModelSlots {
+    semaphore: Arc<Semaphore>,
+    /// Slots still to take away after `parallel` went down while they were
+    /// busy: the next ones freed are forgotten instead of given back.
+    debt: AtomicUsize,
+}
+
+impl ModelSlots {
+    /// Takes one slot of the debt, if any is owed.
+    fn pay_one(&self) -> bool {
+        self.debt
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| d.checked_sub(1))
+            .is_ok()
+    }
+
+    /// From `old` slots to `new`: free slots are added or taken away at
+    /// once, busy ones as they are freed.
+    fn resize(&self, old: usize, new: usize) {
+        if new >= old {
+            let mut more = new - old;
+            while more > 0 && self.pay_one() {
+                more -= 1;
+            }
+            self.semaphore.add_permits(more);
+        } else {
+            let fewer = old - new;
+            let taken = self.semaphore.forget_permits(fewer);
+            self.debt.fetch_add(fewer - taken, Ordering::SeqCst);
+        }
+    }
+}
+
 /// A generation slot, held until the answer ends or its client leaves.
 pub(crate) struct Slot {
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
+    slots: Arc<ModelSlots>,
     state: Arc<State>,
     model: String,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        if self.slots.pay_one() {
+            if let Some(permit) = self.permit.take() {
+                permit.forget();
+            }
+        }
         self.state.counters.leave_slot(&self.model);
     }
 }
@@ -103,6 +145,7 @@ impl State {
             })
             .collect();
         Self {
+            parallel: AtomicUsize::new(config.parallel.max(1)),
             dice: Mutex::new(Dice::new(config.seed)),
             config,
             counters: Counters::default(),
@@ -212,10 +255,16 @@ impl State {
     /// if the queue has room, else [`Busy`].
     pub(crate) async fn acquire(self: &Arc<Self>, model: &str) -> Result<Slot, Busy> {
         let key = canonical(model);
-        let semaphore = lock(&self.slots)
+        let slots = lock(&self.slots)
             .entry(key.clone())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.config.parallel.max(1))))
+            .or_insert_with(|| {
+                Arc::new(ModelSlots {
+                    semaphore: Arc::new(Semaphore::new(self.parallel.load(Ordering::SeqCst))),
+                    debt: AtomicUsize::new(0),
+                })
+            })
             .clone();
+        let semaphore = slots.semaphore.clone();
         let permit = match semaphore.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
@@ -243,10 +292,29 @@ impl State {
         };
         self.counters.enter_slot(&key);
         Ok(Slot {
-            _permit: permit,
+            permit: Some(permit),
+            slots,
             state: self.clone(),
             model: key,
         })
+    }
+
+    /// Requests generating at once per model now.
+    pub(crate) fn parallel(&self) -> usize {
+        self.parallel.load(Ordering::SeqCst)
+    }
+
+    /// Changes the slots of every model to `n` (at least 1), as a restart
+    /// with another `OLLAMA_NUM_PARALLEL` would; requests generating keep
+    /// their slots until they end, waiting ones keep waiting.
+    pub(crate) fn set_parallel(&self, n: usize) {
+        let n = n.max(1);
+        // The lock orders resizes with slot sets made meanwhile.
+        let slots = lock(&self.slots);
+        let old = self.parallel.swap(n, Ordering::SeqCst);
+        for model in slots.values() {
+            model.resize(old, n);
+        }
     }
 
     /// Counts an attempt of request `id`; how many came before it.

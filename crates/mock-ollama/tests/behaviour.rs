@@ -193,3 +193,51 @@ async fn a_model_can_generate_at_a_rate_of_its_own() {
     assert_eq!(eval(&big), 100_000_000);
     assert_eq!(eval(&small), 1_000_000);
 }
+
+#[tokio::test]
+async fn set_parallel_stands_for_a_restart_with_another_num_parallel() {
+    let mock = MockOllama::start(MockConfig {
+        parallel: 2,
+        ttft: Duration::from_millis(300),
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let url = format!("{}/api/generate", mock.url());
+    let run = |n: usize| -> Vec<_> {
+        (0..n)
+            .map(|_| tokio::spawn(post(url.clone(), GENERATE, None)))
+            .collect()
+    };
+
+    // Up: four generate at once.
+    mock.set_parallel(4);
+    for call in run(4) {
+        assert_eq!(call.await.unwrap().0, 200);
+    }
+    assert_eq!(
+        (mock.stats().peak_in_flight, mock.stats().peak_queued),
+        (4, 0)
+    );
+
+    // Down while four generate (through the route): they finish in their
+    // slots; the two that come meanwhile run one at a time.
+    mock.reset();
+    let busy = run(4);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let answer = call(&format!("{}/mock/parallel?n=1", mock.url()), "", None).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(mock.parallel(), 1);
+    let started = tokio::time::Instant::now();
+    let late = run(2);
+    for call in busy.into_iter().chain(late) {
+        assert_eq!(call.await.unwrap().0, 200);
+    }
+    let stats = mock.stats();
+    assert_eq!((stats.peak_in_flight, stats.peak_queued), (4, 2));
+    assert!(
+        started.elapsed() >= Duration::from_millis(2 * 300 + 150),
+        "the late two waited for the four, then ran in turn: {:?}",
+        started.elapsed()
+    );
+}
