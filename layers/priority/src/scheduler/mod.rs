@@ -101,14 +101,7 @@ impl std::fmt::Debug for Scheduler {
 }
 
 /// Ollama names `llama3` and `llama3:latest` the same model.
-pub(crate) fn canonical_model(name: &str) -> String {
-    let last = name.rsplit('/').next().unwrap_or(name);
-    if last.contains(':') {
-        name.to_string()
-    } else {
-        format!("{name}:latest")
-    }
-}
+pub(crate) use corral_core::canonical_model;
 
 impl Scheduler {
     /// A scheduler for `config`, or the key and reason it is refused for.
