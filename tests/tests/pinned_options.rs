@@ -2,8 +2,9 @@
 //! `keep_alive` a client sends for a pinned model, the server gets the
 //! operator's (or the client's, moved into the operator's range), so no
 //! client reloads or unloads a runner the others share. The rest of the
-//! body arrives as the client wrote it, and a bad value in the file is
-//! refused with the file, line, key and reason.
+//! body arrives as the client wrote it, the cache keys the pinned body,
+//! and a bad value in the file is refused with the file, line, key and
+//! reason.
 
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
@@ -179,6 +180,24 @@ async fn one_client_cannot_unload_a_pinned_model_the_others_use() {
     .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert!(!loaded().await);
+}
+
+#[tokio::test]
+async fn the_cache_keys_the_pinned_body_so_clients_differing_only_in_num_ctx_share_an_answer() {
+    let upstream = mock(fast()).await;
+    let layers = "[[layers]]\nkind = \"cache\"\n[[layers]]\nkind = \"priority\"\n";
+    let corral = proxy_toml(&upstream.url(), &format!("{layers}{PINS}")).await;
+    let url = format!("{}/api/embed", corral.url());
+    let mut labels = Vec::new();
+    for num_ctx in [512, 4096, 8192] {
+        let body =
+            format!(r#"{{"model":"llama3","input":"same","options":{{"num_ctx":{num_ctx}}}}}"#);
+        let reply = send(request_with("POST", &url, body, &[])).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        labels.push(reply.header("x-corral-cache").unwrap().to_string());
+    }
+    assert_eq!(labels, ["miss", "hit", "hit"]);
+    assert_eq!(upstream.stats().requests, 1);
 }
 
 #[test]
