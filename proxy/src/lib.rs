@@ -7,6 +7,10 @@
 //! `[[layers]]` list, after `classify`, which is always first.
 //!
 //! - [`Config`]: the TOML file, plain data with defaults;
+//! - [`config::ModelOptions`]: load options pinned per model
+//!   (`[models."name"]`): `num_ctx` and `keep_alive` set or clamped in
+//!   every request for the model, so no client makes Ollama reload or
+//!   unload a runner the others share;
 //! - [`stack::build`]: the stack as one boxed `tower` service, callable
 //!   without a socket;
 //! - [`Server`]: listeners, HTTP/1.1 and h2c connections, graceful
@@ -40,6 +44,7 @@ mod hop;
 mod layers;
 pub mod listen;
 mod observe;
+mod pin;
 pub mod registry;
 pub mod respond;
 mod running;

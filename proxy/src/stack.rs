@@ -154,6 +154,8 @@ pub fn build_with(
     for (_, layer) in built.iter().rev() {
         service = layer.wrap(service);
     }
+    // Pinned load options (`[models."name"]`), on the body classify read.
+    let service = crate::pin::wrap(&config.models, service);
     let service = BoxCloneSyncService::new(classify.layer(service));
     crate::telemetry::export_classes(classify.classes().map(|(name, _, _)| name));
     if let Some(state) = &state {

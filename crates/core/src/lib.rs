@@ -57,7 +57,7 @@ mod load;
 mod lock;
 mod macros;
 mod meta;
-mod model;
+mod model_name;
 pub mod net;
 mod outcome;
 mod ready;
@@ -88,7 +88,7 @@ pub use lock::lock;
 pub use meta::{
     AgentId, ClassName, GenerationParams, MetaSlot, Priority, PriorityError, RequestId, RequestMeta,
 };
-pub use model::canonical_model;
+pub use model_name::canonical_model;
 pub use outcome::{
     classify_error, classify_status, AttemptTimedOut, Failure, Outcome, SharedError, StreamBroke,
     Timeout, TimeoutKind, UpstreamFailed,

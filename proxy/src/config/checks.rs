@@ -28,6 +28,7 @@ impl Config {
         self.jobs.validate().map_err(|e| e.within("jobs"))?;
         self.registry.validate().map_err(|e| e.within("registry"))?;
         self.sagas.validate().map_err(|e| e.within("sagas"))?;
+        super::models::validate(&self.models)?;
         self.admin.validate(self.server.listen)
     }
 

@@ -28,6 +28,10 @@
 //!
 //! [[layers]]          # the stack below classify, outermost first
 //! kind = "..."
+//!
+//! [models."llama3:8b"]  # load options pinned per model
+//! num_ctx = 8192
+//! keep_alive = "30m"
 //! ```
 
 use std::fmt;
@@ -39,10 +43,12 @@ use serde::Deserialize;
 
 mod checks;
 mod layers;
+mod models;
 mod sections;
 
 pub(crate) use layers::key_lines;
 pub use layers::{LayerConfig, DEFAULT_LAYERS};
+pub use models::{KeepAlive, ModelOptions, Setting};
 pub use sections::{
     AdminConfig, Backend, IdentityConfig, MetricsConfig, ServerConfig, StateConfig, UpstreamConfig,
 };
@@ -121,6 +127,11 @@ pub struct Config {
     /// Sagas (`/corral/sagas`).
     #[serde(default)]
     pub sagas: corral_saga::SagaConfig,
+    /// Load options pinned per model (`[models."llama3:8b"]`), keyed by
+    /// the name as written: `num_ctx` and `keep_alive` set or clamped in
+    /// every request for the model.
+    #[serde(default)]
+    pub models: std::collections::BTreeMap<String, ModelOptions>,
     /// The file this came from, for messages; `None` for defaults.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -280,9 +291,10 @@ impl Config {
                 layer.key_lines = key_lines(text, line);
             }
         }
-        config
-            .validate()
-            .map_err(|e| LoadError::from_config(file, e, None))?;
+        config.validate().map_err(|e| {
+            let line = models::line_of(text, e.key());
+            LoadError::from_config(file, e, line)
+        })?;
         config.source = Some(file.to_path_buf());
         config.raw = text.parse::<toml::Table>().ok();
         if config.upstream.capacity.is_some() {

@@ -103,6 +103,7 @@ impl std::fmt::Debug for Scheduler {
     }
 }
 
+/// Ollama names `llama3` and `llama3:latest` the same model.
 pub(crate) use corral_core::canonical_model;
 
 impl Scheduler {
