@@ -54,6 +54,7 @@ mod svc;
 pub mod telemetry;
 pub mod upstream;
 mod upstream_url;
+mod upstreams;
 
 pub use config::{Config, LayerConfig, LoadError};
 pub use hop::strip_hop_by_hop;

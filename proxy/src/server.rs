@@ -219,7 +219,11 @@ impl Server {
             };
         let mut connections = JoinSet::new();
         let upkeep = tokio::spawn(metrics_upkeep());
-        let probe = tokio::spawn(probe_upstream(upstream, probe_interval));
+        let probe = if upstream.fleet().is_some() {
+            tokio::spawn(crate::upstreams::watch(upstream, probe_interval))
+        } else {
+            tokio::spawn(probe_upstream(upstream, probe_interval))
+        };
         tokio::pin!(shutdown);
         loop {
             tokio::select! {

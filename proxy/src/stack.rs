@@ -118,7 +118,12 @@ pub fn build_with(
     let listed = config.layers();
     let kinds = kinds_of(&listed, registry)
         .map_err(|(at, e)| refuse(e.within(format!("layers[{at}]")), listed[at].line))?;
-    let upstream = Upstream::new(&config.upstream).map_err(|e| refuse(e, None))?;
+    let upstream = if config.upstreams.is_empty() {
+        Upstream::new(&config.upstream)
+    } else {
+        Upstream::with_fleet(&config.upstream, &config.upstreams)
+    }
+    .map_err(|e| refuse(e, None))?;
 
     // What the layers share: the event log, the load, the bus, Redis.
     let events = event_log(config).map_err(|e| refuse(e, None))?;
@@ -143,6 +148,7 @@ pub fn build_with(
         controls: &controls,
         events: &sink,
         state: state.as_ref(),
+        fleet: upstream.fleet(),
     };
 
     // Each layer from its options; the refusals they answer with.

@@ -38,6 +38,8 @@ pub struct BuildContext<'a> {
     /// The shared Redis, with `[state] backend = "redis"` (inside a
     /// runtime: `check-config` builds without it).
     pub state: Option<&'a corral_core::RedisState>,
+    /// With `[[upstreams]]`: their permits, which the scheduler hands out.
+    pub fleet: Option<&'a Arc<corral_fleet::Fleet>>,
 }
 
 /// Handles of the stack's layers that the admin API drives.

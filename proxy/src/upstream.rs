@@ -25,17 +25,35 @@ use crate::config::UpstreamConfig;
 use crate::hop::strip_hop_by_hop;
 use crate::upstream_url::UpstreamUrl;
 
-/// The upstream Ollama server as a `tower::Service`.
+/// The upstream Ollama server (or servers) as a `tower::Service`.
+///
+/// With several (`[[upstreams]]`), a request the scheduler granted a
+/// permit goes where its [`Route`](corral_fleet::Route) says, and moves
+/// to another server if that one fails before answering; other requests
+/// go to the least busy server up that may serve their model.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Body>,
-    url: Arc<UpstreamUrl>,
+    pub(crate) client: Client<HttpsConnector<HttpConnector>, Body>,
+    pub(crate) targets: Arc<[Target]>,
+    pub(crate) fleet: Option<Arc<corral_fleet::Fleet>>,
     readiness_timeout: Duration,
 }
 
-corral_core::impl_debug!(Upstream {
-    url: url.to_string()
-});
+/// One server requests are sent to.
+#[derive(Debug)]
+pub struct Target {
+    /// Its name, as the fleet knows it.
+    pub name: Arc<str>,
+    /// Its address.
+    pub url: Arc<UpstreamUrl>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls: Vec<String> = self.targets.iter().map(|t| t.url.to_string()).collect();
+        f.debug_struct("Upstream").field("url", &urls).finish()
+    }
+}
 
 pub(crate) fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
     let mut current = err;
@@ -51,6 +69,19 @@ impl Upstream {
         use corral_core::ConfigError;
         let url =
             UpstreamUrl::parse(&config.url).map_err(|r| ConfigError::new("upstream.url", r))?;
+        let target = Target {
+            name: Arc::from(url.authority().as_str()),
+            url: Arc::new(url),
+        };
+        Self::to(config, vec![target], None)
+    }
+
+    /// A client for `targets`, with the connection settings of `config`.
+    pub(crate) fn to(
+        config: &UpstreamConfig,
+        targets: Vec<Target>,
+        fleet: Option<Arc<corral_fleet::Fleet>>,
+    ) -> Result<Self, corral_core::ConfigError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -69,24 +100,49 @@ impl Upstream {
             .build(connector);
         Ok(Self {
             client,
-            url: Arc::new(url),
+            targets: targets.into(),
+            fleet,
             readiness_timeout: config.readiness_timeout,
         })
     }
 
-    /// The upstream's address.
+    /// The (first) upstream's address.
     pub fn url(&self) -> &UpstreamUrl {
-        &self.url
+        &self.targets[0].url
     }
 
-    /// Asks the upstream for its version: `Ok(version)` when it answers
-    /// within the readiness timeout.
+    /// The servers requests go to, in configuration order.
+    pub fn targets(&self) -> &[Target] {
+        &self.targets
+    }
+
+    /// With several upstreams: their permits, health and loaded models.
+    pub fn fleet(&self) -> Option<&Arc<corral_fleet::Fleet>> {
+        self.fleet.as_ref()
+    }
+
+    /// Asks the upstreams for their version, in order: `Ok(version)` of
+    /// the first that answers within the readiness timeout.
     pub async fn probe(&self) -> Result<String, String> {
-        let uri = self.url.join("/api/version").map_err(|e| e.to_string())?;
+        let mut failed = Vec::new();
+        for index in 0..self.targets.len() {
+            match self.probe_target(index).await {
+                Ok(version) => return Ok(version),
+                Err(error) => failed.push(error),
+            }
+        }
+        Err(failed.join("; "))
+    }
+
+    /// `GET path` on upstream `index`, its body within the readiness
+    /// timeout.
+    pub(crate) async fn get(&self, index: usize, path: &str) -> Result<bytes::Bytes, String> {
+        let url = &self.targets[index].url;
+        let uri = url.join(path).map_err(|e| e.to_string())?;
         let mut request = Request::get(uri)
             .body(Body::empty())
             .map_err(|e| e.to_string())?;
-        if let Ok(host) = HeaderValue::from_str(self.url.authority().as_str()) {
+        if let Ok(host) = HeaderValue::from_str(url.authority().as_str()) {
             request.headers_mut().insert(header::HOST, host);
         }
         let answer = async {
@@ -103,19 +159,25 @@ impl Upstream {
                 .map_err(|e| e.to_string())?
                 .to_bytes();
             if !status.is_success() {
-                return Err(format!("/api/version answered {status}"));
+                return Err(format!("{url}{path} answered {status}"));
             }
-            let version: serde_json::Value =
-                serde_json::from_slice(&body).map_err(|e| format!("/api/version: {e}"))?;
-            Ok(version
-                .get("version")
-                .and_then(|v| v.as_str())
-                .unwrap_or("unknown")
-                .to_string())
+            Ok(body)
         };
         tokio::time::timeout(self.readiness_timeout, answer)
             .await
-            .map_err(|_| format!("no answer within {:?}", self.readiness_timeout))?
+            .map_err(|_| format!("{url}: no answer within {:?}", self.readiness_timeout))?
+    }
+
+    /// Asks upstream `index` for its version.
+    pub(crate) async fn probe_target(&self, index: usize) -> Result<String, String> {
+        let body = self.get(index, "/api/version").await?;
+        let version: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| format!("/api/version: {e}"))?;
+        Ok(version
+            .get("version")
+            .and_then(|v| v.as_str())
+            .unwrap_or("unknown")
+            .to_string())
     }
 }
 
@@ -186,21 +248,6 @@ impl Service<Request<Body>> for Upstream {
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
         let client_host = request.headers_mut().remove(header::HOST).or(uri_host);
-        let path_and_query = request
-            .uri()
-            .path_and_query()
-            .map(|pq| pq.as_str())
-            .unwrap_or("/");
-        match self.url.join(path_and_query) {
-            Ok(uri) => *request.uri_mut() = uri,
-            Err(e) => {
-                return ResponseFuture {
-                    state: State::Failed {
-                        error: Some(format!("cannot build the upstream URI: {e}").into()),
-                    },
-                }
-            }
-        }
         // Ollama refuses Host headers it does not expect (its DNS
         // rebinding protection): the upstream gets its own name, the
         // client's goes in X-Forwarded-Host.
@@ -212,16 +259,61 @@ impl Service<Request<Body>> for Upstream {
         // Whatever the client spoke, the upstream hop is HTTP/1.1, as
         // Ollama speaks it.
         *request.version_mut() = http::Version::HTTP_11;
-        if let Ok(host) = HeaderValue::from_str(self.url.authority().as_str()) {
-            request.headers_mut().insert(header::HOST, host);
+        if self.fleet.is_some() {
+            return ResponseFuture {
+                state: State::Fleet {
+                    future: Box::pin(self.clone().send_in_fleet(request)),
+                },
+            };
+        }
+        let url = self.targets[0].url.clone();
+        if let Err(error) = aim(&mut request, &url) {
+            return ResponseFuture {
+                state: State::Failed { error: Some(error) },
+            };
         }
         ResponseFuture {
             state: State::Waiting {
                 future: self.client.request(request),
-                url: self.url.clone(),
+                url,
             },
         }
     }
+}
+
+/// Points `request` (its URI holding the client's path and query) at
+/// `url`, with the upstream's own name as `Host`.
+pub(crate) fn aim(request: &mut Request<Body>, url: &UpstreamUrl) -> Result<(), BoxError> {
+    let path_and_query = request
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    let uri = url
+        .join(path_and_query)
+        .map_err(|e| format!("cannot build the upstream URI: {e}"))?;
+    *request.uri_mut() = uri;
+    if let Ok(host) = HeaderValue::from_str(url.authority().as_str()) {
+        request.headers_mut().insert(header::HOST, host);
+    }
+    Ok(())
+}
+
+/// The upstream's response as it goes up the stack: hop-by-hop headers
+/// gone, its body's errors typed.
+pub(crate) fn passed_through(mut response: Response<hyper::body::Incoming>) -> Response<BoxBody> {
+    strip_hop_by_hop(response.headers_mut());
+    // Refusals are Corral's to name: an upstream's header would be
+    // counted as one.
+    response
+        .headers_mut()
+        .remove(corral_core::headers::X_CORRAL_REASON);
+    // A break mid-way stays a typed error on its way up: every layer
+    // counts it, the front renders it.
+    response.map(|body| {
+        body.map_err(|e| Box::new(StreamBroke::new(root_cause(&e))) as BoxError)
+            .boxed_unsync()
+    })
 }
 
 pin_project! {
@@ -244,6 +336,9 @@ pin_project! {
         Failed {
             error: Option<BoxError>,
         },
+        Fleet {
+            future: Pin<Box<dyn Future<Output = Result<Response<BoxBody>, BoxError>> + Send>>,
+        },
     }
 }
 
@@ -255,20 +350,7 @@ impl Future for ResponseFuture {
             StateProj::Waiting { future, url } => {
                 let result = ready!(future.poll(cx));
                 Poll::Ready(match result {
-                    Ok(mut response) => {
-                        strip_hop_by_hop(response.headers_mut());
-                        // Refusals are Corral's to name: an upstream's
-                        // header would be counted as one.
-                        response
-                            .headers_mut()
-                            .remove(corral_core::headers::X_CORRAL_REASON);
-                        // A break mid-way stays a typed error on its way
-                        // up: every layer counts it, the front renders it.
-                        Ok(response.map(|body| {
-                            body.map_err(|e| Box::new(StreamBroke::new(root_cause(&e))) as BoxError)
-                                .boxed_unsync()
-                        }))
-                    }
+                    Ok(response) => Ok(passed_through(response)),
                     Err(source) => Err(Box::new(UpstreamFailed::new(
                         url.to_string(),
                         source.is_connect(),
@@ -276,6 +358,7 @@ impl Future for ResponseFuture {
                     ))),
                 })
             }
+            StateProj::Fleet { future } => future.as_mut().poll(cx),
             StateProj::Failed { error } => Poll::Ready(Err(error
                 .take()
                 .unwrap_or_else(|| "upstream future polled after completion".into()))),

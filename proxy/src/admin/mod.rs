@@ -108,6 +108,10 @@ impl Admin {
             "/corral/capacity" => self.capacity(request).await,
             "/corral/priority" => self.priority(request).await,
             "/corral/status" if get => json_response(StatusCode::OK, &self.status().await),
+            "/corral/upstreams" if get => json_response(
+                StatusCode::OK,
+                &json!({"upstreams": view::upstreams(&self.upstream)}),
+            ),
             "/corral/agents" if get => {
                 json_response(StatusCode::OK, &json!(self.events.usage().await))
             }
@@ -209,6 +213,7 @@ impl Admin {
                        "hit_ratio": if requests == 0 { 0.0 } else { hits as f64 / requests as f64 }})
             }),
             "classes": classes,
+            "upstreams": view::upstreams(&self.upstream),
             "events": {"held": held, "recorded": next.saturating_sub(1)},
         })
     }

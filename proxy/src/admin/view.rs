@@ -83,6 +83,43 @@ fn redact(value: &mut serde_json::Value) {
     }
 }
 
+/// Each upstream: its address, whether it takes requests, the model it
+/// is drained for, and what is loaded there (running, capacity, and when
+/// Ollama unloads it). One upstream without `[[upstreams]]`: its address.
+pub(crate) fn upstreams(upstream: &crate::upstream::Upstream) -> serde_json::Value {
+    let Some(fleet) = upstream.fleet() else {
+        return json!([{"name": upstream.targets()[0].name.as_ref(), "url": upstream.url().to_string()}]);
+    };
+    let status = fleet.status();
+    let list: Vec<serde_json::Value> = status
+        .iter()
+        .zip(upstream.targets())
+        .map(|(u, target)| {
+            let models: Vec<serde_json::Value> = u
+                .models
+                .iter()
+                .filter(|m| &*m.model != corral_fleet::ANY_MODEL)
+                .map(|m| {
+                    json!({
+                        "model": m.model.as_ref(),
+                        "in_flight": m.in_flight,
+                        "capacity": m.capacity,
+                        "expires_at": m.expires_at.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                    })
+                })
+                .collect();
+            json!({
+                "name": u.name.as_ref(),
+                "url": target.url.to_string(),
+                "healthy": u.healthy,
+                "draining_for": u.switching_to.as_deref(),
+                "models": models,
+            })
+        })
+        .collect();
+    json!(list)
+}
+
 #[cfg(test)]
 mod tests {
     use super::without_credentials;

@@ -29,7 +29,30 @@ impl Config {
         self.registry.validate().map_err(|e| e.within("registry"))?;
         self.sagas.validate().map_err(|e| e.within("sagas"))?;
         super::models::validate(&self.models)?;
+        super::upstreams::validate(&self.upstreams)?;
+        self.check_upstreams()?;
         self.admin.validate(self.server.listen)
+    }
+
+    /// `[[upstreams]]` stand alone: `[upstream]` then keeps the connection
+    /// settings only, and Redis does not yet share several upstreams.
+    fn check_upstreams(&self) -> Result<(), ConfigError> {
+        if self.upstreams.is_empty() {
+            return Ok(());
+        }
+        if self.upstream.capacity.is_some() || !self.upstream.model_capacity.is_empty() {
+            return Err(ConfigError::new(
+                "upstream.capacity",
+                "with [[upstreams]], each upstream has its own capacity and model_capacity: move them there",
+            ));
+        }
+        if self.state.backend == Backend::Redis {
+            return Err(ConfigError::new(
+                "upstreams",
+                "several upstreams do not share their permits through redis yet: run one replica with [[upstreams]], or replicas in front of one [upstream]",
+            ));
+        }
+        Ok(())
     }
 
     /// Refuses an admin API open to the network: where `/corral/*` and

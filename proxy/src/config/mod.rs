@@ -45,6 +45,7 @@ mod checks;
 mod layers;
 mod models;
 mod sections;
+mod upstreams;
 
 pub(crate) use layers::key_lines;
 pub use layers::{LayerConfig, DEFAULT_LAYERS};
@@ -52,6 +53,7 @@ pub use models::{KeepAlive, ModelOptions, Setting};
 pub use sections::{
     AdminConfig, Backend, IdentityConfig, MetricsConfig, ServerConfig, StateConfig, UpstreamConfig,
 };
+pub use upstreams::{Capacity, UpstreamEntry};
 
 /// Where the proxy listens unless told otherwise: next to Ollama's 11434.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:11435";
@@ -89,9 +91,14 @@ pub struct Config {
     /// The client-facing listener.
     #[serde(default)]
     pub server: ServerConfig,
-    /// The Ollama server Corral forwards to.
+    /// The Ollama server Corral forwards to, and the connection settings
+    /// every upstream shares.
     #[serde(default)]
     pub upstream: UpstreamConfig,
+    /// Several Ollama servers behind one queue; when given, `[upstream]`
+    /// keeps only the connection settings.
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamEntry>,
     /// The admin endpoints (`/corral/*`, `/metrics`).
     #[serde(default)]
     pub admin: AdminConfig,
@@ -292,7 +299,7 @@ impl Config {
             }
         }
         config.validate().map_err(|e| {
-            let line = models::line_of(text, e.key());
+            let line = models::line_of(text, e.key()).or_else(|| upstreams::line_of(text, e.key()));
             LoadError::from_config(file, e, line)
         })?;
         config.source = Some(file.to_path_buf());

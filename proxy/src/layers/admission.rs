@@ -73,8 +73,15 @@ pub(crate) fn priority(
             ),
         ));
     }
-    let (priority, shared) = match context.state {
-        Some(state) => {
+    let (priority, shared) = match (context.fleet, context.state) {
+        (Some(fleet), _) => {
+            let scheduler = corral_priority::Scheduler::with_fleet(&config, fleet.clone())?;
+            (
+                PriorityLayer::new(&config)?.with_scheduler(scheduler),
+                format!(", over {} upstreams", fleet.specs().len()),
+            )
+        }
+        (None, Some(state)) => {
             let scheduler =
                 corral_priority::Scheduler::shared(&config, state.clone(), options.lease_ttl)?;
             scheduler.assume_replicas(context.config.state.replicas);
@@ -86,7 +93,7 @@ pub(crate) fn priority(
                 ),
             )
         }
-        None => (PriorityLayer::new(&config)?, String::new()),
+        (None, None) => (PriorityLayer::new(&config)?, String::new()),
     };
     let _ = context.controls.scheduler.set(priority.scheduler().clone());
     context

@@ -1,0 +1,167 @@
+//! `[[upstreams]]` through real sockets: two simulated Ollama servers
+//! that each hold one model loaded, three models asked for by many
+//! agents at once. Work is grouped by model (few loads), nothing waits
+//! inside either server, a server that dies costs no request that had
+//! not started, and it takes requests again once it answers.
+
+#![allow(clippy::unwrap_used)] // a test fails by panicking
+
+use std::time::Duration;
+
+use corral::{Config, Running};
+use corral_e2e::{get, mock, request_with, send, within};
+use corral_mock_ollama::{MockConfig, MockOllama};
+
+fn server() -> MockConfig {
+    MockConfig {
+        parallel: 2,
+        max_loaded_models: 1,
+        load_time: Duration::from_millis(150),
+        ttft: Duration::from_millis(5),
+        tokens: 10,
+        tokens_per_sec: 500.0,
+        models: vec!["alpha".into(), "beta".into(), "gamma".into()],
+        ..MockConfig::default()
+    }
+}
+
+async fn corral_over(servers: &[&MockOllama]) -> Running {
+    let mut text = String::from(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nprobe_interval = \"100ms\"\n",
+    );
+    for (i, server) in servers.iter().enumerate() {
+        text.push_str(&format!(
+            "[[upstreams]]\nname = \"gpu-{i}\"\nurl = \"{}\"\ncapacity = 2\nmax_loaded_models = 1\n",
+            server.url()
+        ));
+    }
+    let config = Config::parse(&text, std::path::Path::new("fleet.toml")).unwrap();
+    Running::start(&config).await.unwrap()
+}
+
+async fn generate(url: &str, agent: &str, model: &str, stream: bool) -> (u16, String) {
+    let body = format!(r#"{{"model":"{model}","prompt":"hi","stream":{stream}}}"#);
+    let reply = send(request_with(
+        "POST",
+        &format!("{url}/api/generate"),
+        body,
+        &[("x-agent-id", agent)],
+    ))
+    .await;
+    (reply.status.as_u16(), reply.text().to_string())
+}
+
+#[tokio::test]
+async fn three_models_on_two_single_model_servers_are_grouped_and_nothing_waits_inside() {
+    let (a, b) = (mock(server()).await, mock(server()).await);
+    let corral = corral_over(&[&a, &b]).await;
+    let url = corral.url();
+    let mut calls = Vec::new();
+    for round in 0..6 {
+        for model in ["alpha", "beta", "gamma"] {
+            for agent in 0..3 {
+                let url = url.clone();
+                let agent = format!("agent-{model}-{agent}-{round}");
+                calls.push(tokio::spawn(async move {
+                    generate(&url, &agent, model, round % 2 == 0).await
+                }));
+            }
+        }
+    }
+    for call in calls {
+        let (status, body) = within(call).await.unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    let (sa, sb) = (a.stats(), b.stats());
+    for stats in [&sa, &sb] {
+        assert_eq!(
+            stats.peak_queued, 0,
+            "nothing waited inside a server: {stats:?}"
+        );
+        assert_eq!(stats.busy_rejections, 0);
+        assert!(stats.peak_in_flight <= 2, "{stats:?}");
+    }
+    let generated =
+        |s: &corral_mock_ollama::Stats| s.by_path.get("/api/generate").copied().unwrap_or(0);
+    assert_eq!(
+        generated(&sa) + generated(&sb),
+        54,
+        "every request sent once"
+    );
+    // Round robin would load a model for most of the 54 requests.
+    let loads = sa.model_loads + sb.model_loads;
+    assert!(
+        loads <= 12,
+        "grouped by model: {loads} loads for 54 requests"
+    );
+    // The status says what is loaded where.
+    let status = get(&format!("{url}/corral/upstreams")).await;
+    assert_eq!(status.status, 200);
+    let status: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
+    let names: Vec<&str> = status["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["gpu-0", "gpu-1"]);
+}
+
+#[tokio::test]
+async fn a_server_that_dies_costs_no_request_that_had_not_started_and_rejoins() {
+    let slow = MockConfig {
+        ttft: Duration::from_millis(300),
+        ..server()
+    };
+    let a = mock(slow.clone()).await;
+    let b = mock(slow.clone()).await;
+    let b_addr = b.addr();
+    let corral = corral_over(&[&a, &b]).await;
+    let url = corral.url();
+    // Warm both: one model, loaded on each.
+    let mut calls = Vec::new();
+    for i in 0..8 {
+        let url = url.clone();
+        calls.push(tokio::spawn(async move {
+            generate(&url, &format!("agent-{i}"), "alpha", false).await
+        }));
+    }
+    // While they run (each takes 300 ms to its first token), b dies.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(b);
+    for call in calls {
+        let (status, body) = within(call).await.unwrap();
+        assert_eq!(status, 200, "moved to the server alive: {body}");
+    }
+    let upstreams = get(&format!("{url}/corral/upstreams")).await;
+    let upstreams: serde_json::Value = serde_json::from_slice(&upstreams.body).unwrap();
+    assert_eq!(upstreams["upstreams"][1]["healthy"], false, "{upstreams}");
+    // Back on the same address: within a few probes it takes requests.
+    let b = MockOllama::bind(b_addr, slow).await.unwrap();
+    let mut back = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let upstreams = get(&format!("{url}/corral/upstreams")).await;
+        let upstreams: serde_json::Value = serde_json::from_slice(&upstreams.body).unwrap();
+        if upstreams["upstreams"][1]["healthy"] == true {
+            back = true;
+            break;
+        }
+    }
+    assert!(back, "the server back is probed back in");
+    let mut calls = Vec::new();
+    // Enough waiting that a load there is sooner than the queue (a load
+    // is taken to cost 2 s until measured).
+    for i in 0..24 {
+        let url = url.clone();
+        calls.push(tokio::spawn(async move {
+            generate(&url, &format!("agent-{i}"), "alpha", false).await
+        }));
+    }
+    for call in calls {
+        let (status, body) = within(call).await.unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    let generated = b.stats().by_path.get("/api/generate").copied().unwrap_or(0);
+    assert!(generated > 0, "the server back took some of the work");
+}
