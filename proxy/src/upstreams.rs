@@ -35,6 +35,7 @@ impl Upstream {
             specs.push(spec_of(&name, entry));
         }
         let fleet = Fleet::new(specs);
+        fleet.set_load_cost(config.model_load_time);
         Self::to(config, targets, Some(fleet))
     }
 
@@ -103,7 +104,8 @@ impl Upstream {
 fn spec_of(name: &str, entry: &UpstreamEntry) -> UpstreamSpec {
     let capacity = match entry.capacity {
         Capacity::Fixed(n) => n,
-        Capacity::Auto => corral_adaptive::AdaptiveConfig::default().initial,
+        // Refused by the configuration's checks until it is measured.
+        Capacity::Auto => crate::config::DEFAULT_CAPACITY_PER_MODEL,
     };
     let mut spec = UpstreamSpec::new(name, capacity)
         .with_models(&entry.models)

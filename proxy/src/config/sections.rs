@@ -112,6 +112,13 @@ pub struct UpstreamConfig {
     /// `corral_upstream_up` gauge (the first time after one interval).
     #[serde(with = "humantime_serde")]
     pub probe_interval: Duration,
+    /// With `[[upstreams]]`: what loading a model takes on them. A request
+    /// for a model loaded nowhere drains a busy server only if it has
+    /// waited this much longer than the work there (at equal effective
+    /// priority), and a second copy of a busy model is loaded only if its
+    /// queue would take longer than this to clear.
+    #[serde(with = "humantime_serde")]
+    pub model_load_time: Duration,
 }
 
 impl Default for UpstreamConfig {
@@ -126,6 +133,7 @@ impl Default for UpstreamConfig {
             capacity: None,
             model_capacity: std::collections::BTreeMap::new(),
             probe_interval: Duration::from_secs(10),
+            model_load_time: corral_fleet::DEFAULT_LOAD_COST,
         }
     }
 }

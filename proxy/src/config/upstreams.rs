@@ -4,7 +4,7 @@
 //! [[upstreams]]
 //! name = "gpu-a"                       # default: the URL's host:port
 //! url = "http://10.0.0.5:11434"
-//! capacity = 4                         # its OLLAMA_NUM_PARALLEL, or "auto"
+//! capacity = 4                         # its OLLAMA_NUM_PARALLEL
 //! model_capacity = { "llama3:70b" = 1 }
 //! models = ["llama3*", "qwen2.5:7b"]   # may serve; absent: every model
 //! max_loaded_models = 1                # its OLLAMA_MAX_LOADED_MODELS
@@ -109,10 +109,18 @@ pub(crate) fn validate(entries: &[UpstreamEntry]) -> Result<(), ConfigError> {
     for (i, entry) in entries.iter().enumerate() {
         let key = |field: &str| format!("upstreams[{i}].{field}");
         UpstreamUrl::parse(&entry.url).map_err(|reason| ConfigError::new(key("url"), reason))?;
+        if entry.capacity == Capacity::Auto {
+            // corral-adaptive finds it, but the proxy does not feed it
+            // its measurements yet: refusing beats pretending.
+            return Err(ConfigError::new(
+                key("capacity"),
+                "\"auto\" is not measured by the proxy yet: give the server's OLLAMA_NUM_PARALLEL",
+            ));
+        }
         if entry.capacity == Capacity::Fixed(0) {
             return Err(ConfigError::new(
                 key("capacity"),
-                "must be at least 1 (or \"auto\")",
+                "must be at least 1",
             ));
         }
         if let Some((model, _)) = entry.model_capacity.iter().find(|(_, c)| **c == 0) {
@@ -194,7 +202,7 @@ mod tests {
     #[test]
     fn entries_are_read_with_their_defaults() {
         let config = parse(
-            "[[upstreams]]\nurl = \"http://a:11434\"\n\n[[upstreams]]\nname = \"big\"\nurl = \"b:11434\"\ncapacity = \"auto\"\nmodels = [\"llama3*\"]\nmax_loaded_models = 1\nweight = 2.5\n",
+            "[[upstreams]]\nurl = \"http://a:11434\"\n\n[[upstreams]]\nname = \"big\"\nurl = \"b:11434\"\ncapacity = 3\nmodels = [\"llama3*\"]\nmax_loaded_models = 1\nweight = 2.5\n",
         )
         .unwrap();
         let [a, b] = &config.upstreams[..] else {
@@ -204,7 +212,7 @@ mod tests {
         assert_eq!(a.capacity, Capacity::Fixed(1));
         assert_eq!(a.weight, 1.0);
         assert_eq!(b.display_name(), "big");
-        assert_eq!(b.capacity, Capacity::Auto);
+        assert_eq!(b.capacity, Capacity::Fixed(3));
         assert_eq!(b.max_loaded_models, Some(1));
     }
 
@@ -234,6 +242,12 @@ mod tests {
                 Some(3),
                 "upstreams[0].capacity",
                 "\"auto\"",
+            ),
+            (
+                "[[upstreams]]\nurl = \"a\"\ncapacity = \"auto\"\n",
+                Some(3),
+                "upstreams[0].capacity",
+                "not measured",
             ),
             (
                 "[[upstreams]]\nurl = \"a\"\nmax_loaded_models = 0\n",
