@@ -118,10 +118,7 @@ pub(crate) fn validate(entries: &[UpstreamEntry]) -> Result<(), ConfigError> {
             ));
         }
         if entry.capacity == Capacity::Fixed(0) {
-            return Err(ConfigError::new(
-                key("capacity"),
-                "must be at least 1",
-            ));
+            return Err(ConfigError::new(key("capacity"), "must be at least 1"));
         }
         if let Some((model, _)) = entry.model_capacity.iter().find(|(_, c)| **c == 0) {
             return Err(ConfigError::new(
