@@ -125,6 +125,16 @@ pub fn build_with(
     }
     .map_err(|e| refuse(e, None))?;
 
+    if upstream.fleet().is_some() && !kinds.iter().any(|k| k.name == "priority") {
+        return Err(refuse(
+            ConfigError::new(
+                "layers",
+                "with [[upstreams]] the stack needs the priority layer: it places each request on a server",
+            ),
+            None,
+        ));
+    }
+
     // What the layers share: the event log, the load, the bus, Redis.
     let events = event_log(config).map_err(|e| refuse(e, None))?;
     let load = LoadCell::default();

@@ -133,9 +133,27 @@ async fn a_server_that_dies_costs_no_request_that_had_not_started_and_rejoins() 
         let (status, body) = within(call).await.unwrap();
         assert_eq!(status, 200, "moved to the server alive: {body}");
     }
-    let upstreams = get(&format!("{url}/corral/upstreams")).await;
-    let upstreams: serde_json::Value = serde_json::from_slice(&upstreams.body).unwrap();
-    assert_eq!(upstreams["upstreams"][1]["healthy"], false, "{upstreams}");
+    let metrics = get(&format!("{url}/metrics")).await;
+    let moved = metrics
+        .text()
+        .lines()
+        .find(|l| l.starts_with("corral_fleet_failovers_total{upstream=\"gpu-1\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(moved >= 1.0, "requests moved off the dead server: {moved}");
+    // Its next connections are refused: drained.
+    let mut drained = false;
+    for _ in 0..50 {
+        let upstreams = get(&format!("{url}/corral/upstreams")).await;
+        let upstreams: serde_json::Value = serde_json::from_slice(&upstreams.body).unwrap();
+        if upstreams["upstreams"][1]["healthy"] == false {
+            drained = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(drained, "the dead server is drained");
     // Back on the same address: within a few probes it takes requests.
     let b = MockOllama::bind(b_addr, slow).await.unwrap();
     let mut back = false;
@@ -164,4 +182,96 @@ async fn a_server_that_dies_costs_no_request_that_had_not_started_and_rejoins() 
     }
     let generated = b.stats().by_path.get("/api/generate").copied().unwrap_or(0);
     assert!(generated > 0, "the server back took some of the work");
+}
+
+#[tokio::test]
+async fn lists_are_every_servers_and_a_model_none_serves_is_refused() {
+    let alpha_only = MockConfig {
+        models: vec!["alpha".into()],
+        ..server()
+    };
+    let beta_only = MockConfig {
+        models: vec!["beta".into()],
+        ..server()
+    };
+    let (a, b) = (mock(alpha_only).await, mock(beta_only).await);
+    let corral = corral_over(&[&a, &b]).await;
+    let url = corral.url();
+    // Once probed, each server is known to have its own model.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let tags = get(&format!("{url}/api/tags")).await;
+    assert_eq!(tags.status, 200);
+    let tags: serde_json::Value = serde_json::from_slice(&tags.body).unwrap();
+    let mut names: Vec<&str> = tags["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["alpha:latest", "beta:latest"],
+        "both servers' models"
+    );
+    // Each model goes where it is.
+    for (model, server) in [("alpha", "gpu-0"), ("beta", "gpu-1")] {
+        let reply = send(request_with(
+            "POST",
+            &format!("{url}/api/generate"),
+            format!(r#"{{"model":"{model}","prompt":"hi","stream":false}}"#),
+            &[],
+        ))
+        .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.headers["x-corral-upstream"], server);
+    }
+    // A model no server has: refused at once, in Ollama's shape.
+    let reply = send(request_with(
+        "POST",
+        &format!("{url}/api/generate"),
+        r#"{"model":"gamma","prompt":"hi","stream":false}"#,
+        &[],
+    ))
+    .await;
+    assert_eq!(reply.status, 404, "{}", reply.text());
+    assert_eq!(reply.headers["x-corral-reason"], "model_not_served");
+    assert!(reply.text().contains("gamma"), "{}", reply.text());
+    // A read aimed at one server by name.
+    let one = send(request_with(
+        "GET",
+        &format!("{url}/api/tags"),
+        "",
+        &[("x-corral-upstream", "gpu-1")],
+    ))
+    .await;
+    let one: serde_json::Value = serde_json::from_slice(&one.body).unwrap();
+    assert_eq!(one["models"].as_array().unwrap().len(), 1);
+    let none = send(request_with(
+        "GET",
+        &format!("{url}/api/tags"),
+        "",
+        &[("x-corral-upstream", "gpu-9")],
+    ))
+    .await;
+    assert_eq!(none.status, 404);
+    // The admin sets one server's capacity.
+    let set = send(request_with(
+        "POST",
+        &format!("{url}/corral/capacity"),
+        r#"{"upstream":"gpu-0","model":"alpha","capacity":3}"#,
+        &[],
+    ))
+    .await;
+    assert_eq!(set.status, 200, "{}", set.text());
+    let set: serde_json::Value = serde_json::from_slice(&set.body).unwrap();
+    assert_eq!(set["upstreams"][0]["models"][0]["capacity"], 3, "{set}");
+    let unnamed = send(request_with(
+        "POST",
+        &format!("{url}/corral/capacity"),
+        r#"{"capacity":3}"#,
+        &[],
+    ))
+    .await;
+    assert_eq!(unnamed.status, 400);
 }

@@ -22,3 +22,7 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// How long the request waited for an upstream permit, in milliseconds.
 pub const X_CORRAL_QUEUE_MS: HeaderName = HeaderName::from_static("x-corral-queue-ms");
+/// With several upstreams: the one that answered; in a request Corral
+/// does not schedule (a metadata read, a model pull), the one to send it
+/// to.
+pub const X_CORRAL_UPSTREAM: HeaderName = HeaderName::from_static("x-corral-upstream");

@@ -20,10 +20,6 @@ use crate::spec::{UpstreamSpec, ANY_MODEL};
 /// Priority levels.
 const LEVELS: usize = 10;
 
-/// How long an upstream stays drained for a model that has not taken it:
-/// its waiters may have left or be held back by their agents' caps.
-const SWITCH_HOLD: Duration = Duration::from_secs(30);
-
 /// What a model load is taken to cost until one is measured: the margin
 /// by which a request must outwait the work it displaces.
 pub const DEFAULT_LOAD_COST: Duration = Duration::from_secs(2);
@@ -57,8 +53,8 @@ pub trait Waiting: Send + Sync {
 
 /// Several upstreams and the permits on each, per model.
 pub struct Fleet {
-    specs: Vec<UpstreamSpec>,
-    state: Mutex<State>,
+    pub(crate) specs: Vec<UpstreamSpec>,
+    pub(crate) state: Mutex<State>,
     waiting: Mutex<Vec<Joined>>,
 }
 
@@ -76,37 +72,49 @@ impl std::fmt::Debug for Fleet {
     }
 }
 
-struct State {
-    ups: Vec<Up>,
-    heads: HashMap<Arc<str>, Head>,
-    displaced: VecDeque<Displaced>,
-    /// Capacities found at run time, by (upstream, model).
-    capacity: HashMap<(usize, Arc<str>), usize>,
-    load_cost: Duration,
+pub(crate) struct State {
+    pub(crate) ups: Vec<Up>,
+    pub(crate) heads: HashMap<Arc<str>, Head>,
+    pub(crate) displaced: VecDeque<Displaced>,
+    /// Capacities set at run time, by (upstream, model); the model
+    /// [`ALL_MODELS`] for an upstream's default.
+    pub(crate) capacity: HashMap<(usize, Arc<str>), usize>,
+    pub(crate) load_cost: Duration,
 }
 
-struct Up {
-    healthy: bool,
-    residents: HashMap<Arc<str>, Resident>,
-    switching: Option<(Arc<str>, Instant)>,
+/// The key of an upstream's default capacity set at run time.
+pub(crate) const ALL_MODELS: &str = "";
+
+pub(crate) struct Up {
+    pub(crate) healthy: bool,
+    pub(crate) residents: HashMap<Arc<str>, Resident>,
+    pub(crate) switching: Option<(Arc<str>, Instant)>,
+    /// Failures before any answer since the last success.
+    pub(crate) failures: u32,
+    /// The models it has (its `/api/tags`), once read.
+    pub(crate) available: Option<std::collections::HashSet<Arc<str>>>,
 }
 
 #[derive(Debug, Clone)]
-struct Resident {
-    in_flight: usize,
-    last_used: Instant,
-    expires_at: Option<SystemTime>,
+pub(crate) struct Resident {
+    pub(crate) in_flight: usize,
+    pub(crate) last_used: Instant,
+    pub(crate) expires_at: Option<SystemTime>,
 }
 
-struct Head {
+pub(crate) struct Head {
     oldest: [Option<Instant>; LEVELS],
     waiting: usize,
     aging: Duration,
 }
 
-struct Displaced {
-    model: Arc<str>,
-    reply: oneshot::Sender<Slot>,
+/// A request moved off a failed upstream, waiting for a permit on
+/// another.
+pub(crate) struct Displaced {
+    pub(crate) model: Arc<str>,
+    /// The upstream it failed on, avoided even if not (yet) drained.
+    pub(crate) avoid: usize,
+    pub(crate) reply: oneshot::Sender<Slot>,
 }
 
 /// One upstream's state, for the status page and the admin API.
@@ -136,7 +144,7 @@ pub struct ModelStatus {
 }
 
 impl Head {
-    fn urgency(&self, now: Instant) -> Option<Urgency> {
+    pub(crate) fn urgency(&self, now: Instant) -> Option<Urgency> {
         self.oldest
             .iter()
             .enumerate()
@@ -164,6 +172,8 @@ impl Fleet {
                 healthy: true,
                 residents: HashMap::new(),
                 switching: None,
+                failures: 0,
+                available: None,
             })
             .collect();
         Arc::new(Self {
@@ -205,6 +215,7 @@ impl Fleet {
     /// Tells every pool to try again, the most urgent first.
     pub fn kick(&self) {
         let now = Instant::now();
+        self.serve_displaced(&mut lock(&self.state), now);
         let mut pools: Vec<(Option<Urgency>, Arc<dyn Waiting>)> = {
             let list = lock(&self.waiting);
             let state = lock(&self.state);
@@ -227,20 +238,28 @@ impl Fleet {
     pub fn place(&self, model: &str, want: &Want) -> Option<Slot> {
         let now = Instant::now();
         let mut state = lock(&self.state);
-        self.place_locked(&mut state, model, want, now)
+        self.place_locked(&mut state, model, want, now, None)
     }
 
-    fn place_locked(
+    /// Places a request for `model`, never on `avoid`; a request moved
+    /// off a failed upstream (`avoid` set) drains none for itself.
+    pub(crate) fn place_locked(
         &self,
         state: &mut State,
         model: &str,
         want: &Want,
         now: Instant,
+        avoid: Option<usize>,
     ) -> Option<Slot> {
         let views: Vec<View> = (0..self.specs.len())
-            .map(|u| self.view(state, u, model, now))
+            .map(|u| {
+                let mut view = self.view(state, u, model, now);
+                view.healthy &= Some(u) != avoid;
+                view
+            })
             .collect();
         match choose(model, want, &views, state.load_cost) {
+            Choice::Switch(_) if avoid.is_some() => None,
             Choice::Place {
                 upstream,
                 load,
@@ -306,12 +325,35 @@ impl Fleet {
         }
     }
 
-    fn capacity(&self, state: &State, upstream: usize, model: &str) -> usize {
-        state
-            .capacity
-            .get(&(upstream, Arc::from(model)))
-            .copied()
+    pub(crate) fn capacity(&self, state: &State, upstream: usize, model: &str) -> usize {
+        let set = |m: &str| state.capacity.get(&(upstream, Arc::from(m))).copied();
+        set(model)
+            .or_else(|| {
+                (!self.specs[upstream].model_capacity.contains_key(model))
+                    .then(|| set(ALL_MODELS))
+                    .flatten()
+            })
             .unwrap_or_else(|| self.specs[upstream].capacity_of(model))
+    }
+
+    /// Whether upstream `u` may serve `model`: configured to, and, once
+    /// its `/api/tags` was read, has it.
+    pub(crate) fn serves(&self, state: &State, u: usize, model: &str) -> bool {
+        self.specs[u].serves(model)
+            && (model == ANY_MODEL
+                || state.ups[u]
+                    .available
+                    .as_ref()
+                    .is_none_or(|models| models.contains(model)))
+    }
+
+    /// The model `up` is drained for, while requests for it that could
+    /// run wait (a drain for a model nobody can take is over).
+    pub(crate) fn switching(state: &State, up: &Up) -> Option<Arc<str>> {
+        up.switching
+            .as_ref()
+            .filter(|(m, _)| state.heads.contains_key(m))
+            .map(|(m, _)| m.clone())
     }
 
     fn view(&self, state: &State, u: usize, model: &str, now: Instant) -> View {
@@ -319,11 +361,7 @@ impl Fleet {
         let up = &state.ups[u];
         let models = || up.residents.iter().filter(|(m, _)| &***m != ANY_MODEL);
         let loaded_count = models().count();
-        let switching = up
-            .switching
-            .as_ref()
-            .filter(|(_, since)| now.saturating_duration_since(*since) < SWITCH_HOLD)
-            .map(|(m, _)| m.clone());
+        let switching = Self::switching(state, up);
         let wanted = |m: &str| state.heads.get(m).is_some_and(|h| h.waiting > 0);
         let evictable = models()
             .filter(|(m, r)| {
@@ -336,7 +374,7 @@ impl Fleet {
             .min();
         View {
             healthy: up.healthy,
-            serves: spec.serves(model),
+            serves: self.serves(state, u, model),
             capacity: self.capacity(state, u, model),
             in_flight: up.residents.get(model).map_or(0, |r| r.in_flight),
             loaded: model == ANY_MODEL || up.residents.contains_key(model),
@@ -358,7 +396,7 @@ impl Fleet {
         self.serve_displaced(&mut state, now);
     }
 
-    fn serve_displaced(&self, state: &mut State, now: Instant) {
+    pub(crate) fn serve_displaced(&self, state: &mut State, now: Instant) {
         let mut kept = VecDeque::new();
         while let Some(displaced) = state.displaced.pop_front() {
             if displaced.reply.is_closed() {
@@ -374,7 +412,7 @@ impl Fleet {
                 affinity: None,
                 hold: None,
             };
-            match self.place_locked(state, &displaced.model, &want, now) {
+            match self.place_locked(state, &displaced.model, &want, now, Some(displaced.avoid)) {
                 Some(slot) => {
                     if let Err(slot) = displaced.reply.send(slot) {
                         release(state, &slot, now);
@@ -386,108 +424,10 @@ impl Fleet {
         state.displaced = kept;
     }
 
-    /// The request on `slot` failed before any answer because its
-    /// upstream did: the upstream is taken out until a probe finds it
-    /// back, and the request gets a permit elsewhere as soon as one is
-    /// free, ahead of every waiting request. `Err(slot)` when no other
-    /// upstream up may serve its model.
-    pub fn failover(&self, slot: Slot) -> Result<oneshot::Receiver<Slot>, Slot> {
-        let now = Instant::now();
-        let mut state = lock(&self.state);
-        self.mark(&mut state, slot.upstream, false);
-        let elsewhere = (0..self.specs.len()).any(|u| {
-            u != slot.upstream && state.ups[u].healthy && self.specs[u].serves(&slot.model)
-        });
-        if !elsewhere {
-            return Err(slot);
-        }
-        ::metrics::counter!(metrics::FAILOVERS_TOTAL, "upstream" => self.specs[slot.upstream].name.to_string())
-            .increment(1);
-        let (reply, answer) = oneshot::channel();
-        release(&mut state, &slot, now);
-        state.displaced.push_back(Displaced {
-            model: slot.model.clone(),
-            reply,
-        });
-        self.serve_displaced(&mut state, now);
-        Ok(answer)
-    }
-
-    /// Upstream `index` answers (or stopped answering).
-    pub fn set_healthy(&self, index: usize, healthy: bool) {
-        let changed = {
-            let mut state = lock(&self.state);
-            let changed = self.mark(&mut state, index, healthy);
-            if changed && healthy {
-                self.serve_displaced(&mut state, Instant::now());
-            }
-            changed
-        };
-        if changed && healthy {
-            self.kick();
-        }
-    }
-
-    fn mark(&self, state: &mut State, index: usize, healthy: bool) -> bool {
-        let Some(up) = state.ups.get_mut(index) else {
-            return false;
-        };
-        if up.healthy == healthy {
-            return false;
-        }
-        up.healthy = healthy;
-        let name = &self.specs[index].name;
-        ::metrics::gauge!(metrics::UPSTREAM_HEALTHY, "upstream" => name.to_string())
-            .set(if healthy { 1.0 } else { 0.0 });
-        if healthy {
-            tracing::info!(upstream = %name, "upstream back: taking requests again");
-        } else {
-            // Whatever it had loaded is gone with it; what still runs
-            // there is given back by its requests.
-            up.residents.retain(|_, r| r.in_flight > 0);
-            up.switching = None;
-            tracing::warn!(upstream = %name, "upstream failed: drained until it answers again");
-        }
-        true
-    }
-
-    /// Whether upstream `index` takes requests.
-    pub fn is_healthy(&self, index: usize) -> bool {
-        lock(&self.state).ups.get(index).is_some_and(|u| u.healthy)
-    }
-
-    /// What upstream `index` has loaded, as its `/api/ps` lists it:
-    /// `(canonical name, expires at)`. Models it no longer lists and
-    /// nothing runs on are taken as unloaded.
-    pub fn observe_loaded(&self, index: usize, loaded: Vec<(String, Option<SystemTime>)>) {
-        let now = Instant::now();
-        {
-            let mut state = lock(&self.state);
-            let Some(up) = state.ups.get_mut(index) else {
-                return;
-            };
-            up.residents.retain(|model, resident| {
-                resident.in_flight > 0
-                    || &**model == ANY_MODEL
-                    || loaded.iter().any(|(m, _)| m == &**model)
-            });
-            for (model, expires_at) in loaded {
-                let resident = up
-                    .residents
-                    .entry(Arc::from(model.as_str()))
-                    .or_insert(Resident {
-                        in_flight: 0,
-                        last_used: now,
-                        expires_at: None,
-                    });
-                resident.expires_at = expires_at;
-            }
-        }
-        self.kick();
-    }
-
     /// A pool for `model` tells what waits in it: the oldest request per
-    /// priority level, how many, and its aging step.
+    /// priority level, how many could be served now (not held back by
+    /// their agents' caps; none: the model is not wanted), and its aging
+    /// step.
     pub fn publish(
         &self,
         model: &str,
@@ -518,79 +458,9 @@ impl Fleet {
             }
         }
     }
-
-    /// Permits `model` may hold at once across the upstreams up and
-    /// allowed to serve it.
-    pub fn capacity_for(&self, model: &str) -> usize {
-        let state = lock(&self.state);
-        (0..self.specs.len())
-            .filter(|u| state.ups[*u].healthy && self.specs[*u].serves(model))
-            .map(|u| self.capacity(&state, u, model))
-            .sum()
-    }
-
-    /// Sets how many requests of `model` upstream `index` runs at once
-    /// (a capacity found by measuring, or the admin's).
-    pub fn set_capacity(&self, index: usize, model: &str, capacity: usize) {
-        {
-            let mut state = lock(&self.state);
-            state
-                .capacity
-                .insert((index, Arc::from(model)), capacity.max(1));
-        }
-        self.kick();
-    }
-
-    /// The upstream for a request nobody scheduled (a metadata read, a
-    /// stack without a `priority` layer): up, allowed to serve `model`,
-    /// with it loaded if one has, the least busy.
-    pub fn pick(&self, model: Option<&str>) -> usize {
-        let state = lock(&self.state);
-        let model = model.unwrap_or(ANY_MODEL);
-        (0..self.specs.len())
-            .filter(|u| self.specs[*u].serves(model))
-            .min_by_key(|u| {
-                let up = &state.ups[*u];
-                (
-                    !up.healthy,
-                    !up.residents.contains_key(model),
-                    up.residents.values().map(|r| r.in_flight).sum::<usize>(),
-                )
-            })
-            .unwrap_or(0)
-    }
-
-    /// Each upstream's state.
-    pub fn status(&self) -> Vec<UpstreamStatus> {
-        let state = lock(&self.state);
-        self.specs
-            .iter()
-            .enumerate()
-            .map(|(u, spec)| {
-                let up = &state.ups[u];
-                let mut models: Vec<ModelStatus> = up
-                    .residents
-                    .iter()
-                    .map(|(model, r)| ModelStatus {
-                        model: model.clone(),
-                        in_flight: r.in_flight,
-                        capacity: self.capacity(&state, u, model),
-                        expires_at: r.expires_at,
-                    })
-                    .collect();
-                models.sort_by(|a, b| a.model.cmp(&b.model));
-                UpstreamStatus {
-                    name: spec.name.clone(),
-                    healthy: up.healthy,
-                    switching_to: up.switching.as_ref().map(|(m, _)| m.clone()),
-                    models,
-                }
-            })
-            .collect()
-    }
 }
 
-fn release(state: &mut State, slot: &Slot, now: Instant) {
+pub(crate) fn release(state: &mut State, slot: &Slot, now: Instant) {
     if let Some(resident) = state
         .ups
         .get_mut(slot.upstream)

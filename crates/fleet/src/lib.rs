@@ -73,12 +73,15 @@
 //! ```
 
 mod fleet;
+mod health;
 pub mod metrics;
 mod place;
 mod route;
 mod spec;
+mod status;
 
 pub use fleet::{Fleet, ModelStatus, Slot, UpstreamStatus, Waiting, DEFAULT_LOAD_COST};
+pub use health::FAILURES_BEFORE_DRAINING;
 pub use place::{Urgency, Want};
 pub use route::Route;
 pub use spec::{UpstreamSpec, ANY_MODEL};

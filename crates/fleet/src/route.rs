@@ -28,8 +28,8 @@ use crate::fleet::{Fleet, Slot};
 /// let slot = fleet.place("llama3:latest", &want).unwrap();
 /// let route = Route::new(fleet.clone(), slot);
 /// let first = route.upstream().unwrap();
-/// // Its upstream fails before answering: the request moves.
-/// assert!(route.failover().await);
+/// // Its upstream refuses the connection: the request moves.
+/// assert!(route.failover(true).await);
 /// assert_ne!(route.upstream(), Some(first));
 /// assert!(!fleet.is_healthy(first));
 /// fleet.free(route.take().unwrap());
@@ -60,8 +60,10 @@ impl Route {
 
     /// The request was granted `slot`. One it held already is given back.
     pub fn grant(&self, slot: Slot) {
-        if let Some(old) = lock(&self.slot).replace(slot) {
+        let old = lock(&self.slot).replace(slot);
+        if let Some(old) = old {
             self.fleet.free(old);
+            self.fleet.kick();
         }
     }
 
@@ -80,15 +82,16 @@ impl Route {
         lock(&self.slot).take()
     }
 
-    /// Its upstream failed before answering: marks it down and waits for
-    /// a permit on another one that may serve the model (ahead of every
-    /// waiting request). `false` when there is none (the request fails as
-    /// it would have): its permit is kept, to be given back as usual.
-    pub async fn failover(&self) -> bool {
+    /// Its upstream failed before answering (`connect`: refused the
+    /// connection): waits for a permit on another one that may serve the
+    /// model, ahead of every waiting request ([`Fleet::failover`]).
+    /// `false` when there is none (the request fails as it would have):
+    /// its permit is kept, to be given back as usual.
+    pub async fn failover(&self, connect: bool) -> bool {
         let Some(slot) = self.take() else {
             return false;
         };
-        match self.fleet.failover(slot) {
+        match self.fleet.failover(slot, connect) {
             Err(slot) => {
                 *lock(&self.slot) = Some(slot);
                 false

@@ -27,6 +27,12 @@ impl<S, F, R> ResponseFuture<S, F, R> {
         }
     }
 
+    pub(crate) fn refused(error: corral_core::BoxError) -> Self {
+        Self {
+            inner: AdmitThenCall::refused(error),
+        }
+    }
+
     pub(crate) fn passing(future: F) -> Self {
         Self {
             inner: AdmitThenCall::calling(future, None),

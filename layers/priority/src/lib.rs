@@ -133,7 +133,7 @@ pub use config::{
     PriorityConfig, Reserve, DEFAULT_AGING, DEFAULT_CAPACITY, DEFAULT_GENERATION_TOKENS,
     DEFAULT_LEND_WITHIN, MAX_LEND_WITHIN,
 };
-pub use error::DeadlineExceeded;
+pub use error::{DeadlineExceeded, ModelNotServed, TooManyModels};
 pub use future::ResponseFuture;
 pub use layer::PriorityLayer;
 pub use models::{IDLE_BEFORE_EVICTION, MAX_MODEL_POOLS};
@@ -143,4 +143,8 @@ pub use service::PriorityService;
 
 /// The refusals this layer answers with, for a responder
 /// ([`corral_core::respond::RespondLayer::with_refusals`]).
-pub const REFUSALS: &[corral_core::RefusalCast] = &[corral_core::as_refusal::<DeadlineExceeded>];
+pub const REFUSALS: &[corral_core::RefusalCast] = &[
+    corral_core::as_refusal::<DeadlineExceeded>,
+    corral_core::as_refusal::<ModelNotServed>,
+    corral_core::as_refusal::<TooManyModels>,
+];

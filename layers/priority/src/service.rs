@@ -47,6 +47,9 @@ where
             return ResponseFuture::passing(self.inner.call(request));
         }
         let (ticket, model) = self.shared.ticket(&request);
+        if let Some(refusal) = self.shared.scheduler.refusal(model.as_deref()) {
+            return ResponseFuture::refused(refusal);
+        }
         let acquire = self.shared.scheduler.acquire(ticket, model.as_deref());
         let mut request = request;
         if let Some(route) = acquire.route() {

@@ -142,7 +142,7 @@ async fn a_request_whose_server_fails_moves_ahead_of_the_queue() {
     assert!(poll_now(&mut queued).is_none());
     let route = on_a.route().unwrap().clone();
     let failed = route.upstream().unwrap();
-    let mut moving = Box::pin(route.failover());
+    let mut moving = Box::pin(route.failover(true));
     let waker = futures_task_noop();
     assert!(moving
         .as_mut()
@@ -194,11 +194,16 @@ async fn permits_come_back_whether_granted_requests_leave_or_finish() {
     assert!(poll_now(&mut waiting).is_none());
     // Nowhere else to go: a failure is the request's own.
     let route = running.route().unwrap().clone();
-    assert!(!route.failover().await);
+    assert!(!route.failover(true).await);
     assert_eq!(route.upstream(), Some(0), "it keeps its permit");
-    fleet.set_healthy(0, true);
+    assert!(
+        fleet.is_healthy(0),
+        "not drained when nowhere else can serve"
+    );
     drop(running);
-    // Granted but never taken: dropping it gives the permit back.
+    // Granted, never taken: dropping it gives the permit back.
+    let in_flight_now: usize = in_flight(&fleet).iter().map(|(_, _, n)| n).sum();
+    assert_eq!(in_flight_now, 1, "granted to the waiting request");
     drop(waiting);
     assert!(
         in_flight(&fleet).iter().all(|(_, _, n)| *n == 0),
@@ -212,7 +217,7 @@ async fn permits_come_back_whether_granted_requests_leave_or_finish() {
     let mut moved = s.acquire(ticket("x", 5), Some("alpha")).await.unwrap();
     let other = s.acquire(ticket("y", 5), Some("alpha")).await.unwrap();
     let route = moved.route().unwrap().clone();
-    let mut pending = Box::pin(route.failover());
+    let mut pending = Box::pin(route.failover(true));
     let waker = futures_task_noop();
     assert!(pending
         .as_mut()
@@ -233,7 +238,7 @@ async fn permits_come_back_whether_granted_requests_leave_or_finish() {
     let moved = s.acquire(ticket("x", 5), Some("alpha")).await.unwrap();
     let route = moved.route().unwrap().clone();
     assert!(
-        route.failover().await,
+        route.failover(true).await,
         "the other server is free: moved at once"
     );
     drop(moved);
@@ -241,5 +246,115 @@ async fn permits_come_back_whether_granted_requests_leave_or_finish() {
         in_flight(&fleet).iter().all(|(_, _, n)| *n == 0),
         "{:?}",
         in_flight(&fleet)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_holds_while_its_model_waits_however_long_the_work_runs() {
+    let fleet = Fleet::new(vec![UpstreamSpec::new("a", 1).with_max_loaded(Some(1))]);
+    let s = Scheduler::with_fleet(&PriorityConfig::default(), fleet.clone()).unwrap();
+    let running = s.acquire(ticket("batch", 5), Some("alpha")).await.unwrap();
+    let mut more: Vec<Acquire> = (0..5)
+        .map(|_| s.acquire(ticket("batch", 5), Some("alpha")))
+        .collect();
+    let mut urgent = s.acquire(ticket("urgent", 1), Some("beta"));
+    assert!(poll_now(&mut urgent).is_none());
+    // A generation of 40 s: the drain holds however long it runs.
+    tokio::time::advance(std::time::Duration::from_secs(40)).await;
+    assert!(poll_now(&mut urgent).is_none());
+    drop(running);
+    // The batch model does not get the server back while beta waits.
+    assert!(
+        more.iter_mut().all(|a| poll_now(a).is_none()),
+        "alpha took the drained server back"
+    );
+    let urgent = poll_now(&mut urgent).expect("beta loaded once alpha ended");
+    assert_eq!(urgent.upstream(), Some(0));
+    drop(urgent);
+    // Then alpha's queue has the server again.
+    assert!(more.iter_mut().any(|a| poll_now(a).is_some()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiters_held_back_by_their_cap_do_not_keep_a_model_loaded() {
+    let config = PriorityConfig {
+        max_in_flight_per_agent: Some(1),
+        ..PriorityConfig::default()
+    };
+    let fleet = Fleet::new(vec![
+        UpstreamSpec::new("u", 1).with_max_loaded(Some(1)),
+        UpstreamSpec::new("v", 1).with_max_loaded(Some(1)),
+    ]);
+    let s = Scheduler::with_fleet(&config, fleet.clone()).unwrap();
+    // alpha loaded on both, then idle on one.
+    let first = s.acquire(ticket("x", 5), Some("alpha")).await.unwrap();
+    let second = s.acquire(ticket("y", 5), Some("alpha")).await.unwrap();
+    drop(second);
+    // x, at its cap, queues more alpha: they cannot run now.
+    let capped: Vec<Acquire> = (0..3)
+        .map(|_| s.acquire(ticket("x", 5), Some("alpha")))
+        .collect();
+    let mut beta = s.acquire(ticket("z", 5), Some("beta"));
+    let beta = poll_now(&mut beta).expect("the idle alpha is evicted for beta");
+    assert_ne!(beta.upstream(), first.upstream());
+    drop((first, capped));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_model_no_upstream_serves_is_refused_not_queued() {
+    let fleet = Fleet::new(vec![
+        UpstreamSpec::new("a", 1).with_models(["alpha"]),
+        UpstreamSpec::new("b", 1).with_models(["beta*"]),
+    ]);
+    let s = Scheduler::with_fleet(&PriorityConfig::default(), fleet.clone()).unwrap();
+    let refusal = s.refusal(Some("gamma")).expect("refused");
+    assert!(refusal.is::<corral_priority::ModelNotServed>(), "{refusal}");
+    assert!(s.refusal(Some("alpha")).is_none());
+    assert!(s.refusal(Some("beta:7b")).is_none());
+    assert!(s.refusal(None).is_none(), "no model: Ollama answers");
+    // A server that lists what it has serves nothing else.
+    fleet.observe_available(1, vec!["beta:7b".into()]);
+    assert!(s.refusal(Some("beta:13b")).is_some());
+    assert!(s.refusal(Some("beta:7b")).is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_moved_request_drains_no_server_and_a_reset_drains_only_when_repeated() {
+    let fleet = Fleet::new(vec![
+        UpstreamSpec::new("a", 1).with_max_loaded(Some(1)),
+        UpstreamSpec::new("b", 1).with_max_loaded(Some(1)),
+    ]);
+    let s = Scheduler::with_fleet(&PriorityConfig::default(), fleet.clone()).unwrap();
+    let on_a = s.acquire(ticket("x", 5), Some("alpha")).await.unwrap();
+    let on_b = s.acquire(ticket("y", 5), Some("beta")).await.unwrap();
+    let route = on_a.route().unwrap().clone();
+    let failed = route.upstream().unwrap();
+    // A reset (not a refused connection): the request moves, the
+    // server stays in.
+    let mut moving = Box::pin(route.failover(false));
+    let waker = futures_task_noop();
+    assert!(moving
+        .as_mut()
+        .poll(&mut Context::from_waker(&waker))
+        .is_pending());
+    assert!(fleet.is_healthy(failed));
+    assert!(
+        fleet.status().iter().all(|u| u.switching_to.is_none()),
+        "the moved request drains nothing: {:?}",
+        fleet.status()
+    );
+    drop(on_b);
+    assert_eq!(
+        moving.as_mut().poll(&mut Context::from_waker(&waker)),
+        Poll::Ready(true)
+    );
+    assert_ne!(route.upstream(), Some(failed));
+    drop(on_a);
+    for _ in 1..corral_fleet::FAILURES_BEFORE_DRAINING {
+        fleet.failed(failed, false);
+    }
+    assert!(
+        !fleet.is_healthy(failed),
+        "drained after failing again and again"
     );
 }

@@ -106,6 +106,7 @@ impl Admin {
             struct SetCapacity {
                 capacity: usize,
                 model: Option<String>,
+                upstream: Option<String>,
             }
             let set: SetCapacity = match read_json(
                 request,
@@ -120,6 +121,36 @@ impl Admin {
                 return error(
                     StatusCode::BAD_REQUEST,
                     "capacity must be 1 or more: to stop traffic, force the Critical level".into(),
+                );
+            }
+            if let Some(fleet) = scheduler.fleet() {
+                // Each server's capacity is its own.
+                let Some(index) = set.upstream.as_deref().and_then(|u| fleet.index_of(u)) else {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                            "with [[upstreams]], name the upstream: {{\"upstream\": one of {:?}, \"capacity\": N, \"model\": optional}}",
+                            fleet.specs().iter().map(|s| s.name.to_string()).collect::<Vec<_>>()
+                        ),
+                    );
+                };
+                let model = set.model.as_deref().map(corral_core::canonical_model);
+                fleet.set_capacity(index, model.as_deref(), set.capacity);
+                tracing::warn!(
+                    upstream = %fleet.specs()[index].name,
+                    model = model.as_deref().unwrap_or("every model"),
+                    capacity = set.capacity,
+                    "upstream capacity set by the operator"
+                );
+                return json_response(
+                    StatusCode::OK,
+                    &json!({"upstreams": super::view::upstreams(&self.upstream)}),
+                );
+            }
+            if set.upstream.is_some() {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "\"upstream\" names one of [[upstreams]]; this proxy has one [upstream]".into(),
                 );
             }
             let pool = match &set.model {

@@ -27,7 +27,7 @@ use crate::upstream_url::UpstreamUrl;
 pub enum Capacity {
     /// As its operator set `OLLAMA_NUM_PARALLEL`.
     Fixed(usize),
-    /// Found by measuring, per model ([`corral_adaptive`]).
+    /// Found by measuring, per model (the `corral-adaptive` crate).
     Auto,
 }
 

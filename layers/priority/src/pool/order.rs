@@ -48,12 +48,15 @@ impl Pool {
             };
             state.unindex(&agent_id);
             let Some(agent) = state.agents.get_mut(&agent_id) else {
+                self.give_back(slot);
                 break;
             };
             let Some((id, _)) = agent.levels[level].pop_front() else {
+                self.give_back(slot);
                 break;
             };
             let Some(waiter) = state.waiters.get_mut(&id) else {
+                self.give_back(slot);
                 continue;
             };
             waiter.granted = true;
@@ -75,11 +78,21 @@ impl Pool {
             state.index(&agent_id, self.per_agent_cap);
         }
         if let Some(link) = &self.fleet {
+            // Only agents under their cap can be served: those at it do
+            // not make the model wanted.
+            let servable = state.ready.iter().map(|r| r.len()).sum();
             let oldest = std::array::from_fn(|level| state.oldest[level].first().map(|(t, _)| *t));
-            let waiting = state.queued.iter().sum();
-            link.fleet.publish(&link.model, oldest, waiting, self.aging);
+            link.fleet
+                .publish(&link.model, oldest, servable, self.aging);
         }
         wakers
+    }
+
+    /// A fleet permit taken for a grant that could not be made.
+    fn give_back(&self, slot: Option<corral_fleet::Slot>) {
+        if let (Some(link), Some(slot)) = (&self.fleet, slot) {
+            link.fleet.free(slot);
+        }
     }
 
     /// What the fleet weighs for `agent`'s next request at `level`: how

@@ -71,6 +71,11 @@ impl UpstreamLoad for Scheduler {
             };
             total.completions_per_sec += s.completions_per_sec;
         });
+        if let Some(fleet) = &self.fleet {
+            // Pools of one fleet share its permits: added up they would
+            // count each server once per model.
+            total.capacity = fleet.total_capacity();
+        }
         total
     }
 

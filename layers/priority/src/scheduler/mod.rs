@@ -224,6 +224,25 @@ impl Scheduler {
         pool
     }
 
+    /// With a fleet: why a request for `model` cannot be queued at all
+    /// ([`ModelNotServed`](crate::ModelNotServed): no upstream serves it;
+    /// [`TooManyModels`](crate::TooManyModels): no queue for it), else
+    /// `None`. Without a fleet every request can wait.
+    pub fn refusal(&self, model: Option<&str>) -> Option<corral_core::BoxError> {
+        let fleet = self.fleet.as_ref()?;
+        let model = model.filter(|m| !m.is_empty())?;
+        let name = canonical_model(model);
+        if !fleet.serves_anywhere(&name) {
+            return Some(Box::new(crate::ModelNotServed { model: name }));
+        }
+        // A model with no queue of its own would wait with those naming
+        // none, where the fleet cannot tell what it needs.
+        if Arc::ptr_eq(&self.pool(Some(model)), &self.default) {
+            return Some(Box::new(crate::TooManyModels { model: name }));
+        }
+        None
+    }
+
     /// The fleet whose permits this scheduler hands out, if any.
     pub fn fleet(&self) -> Option<&Arc<Fleet>> {
         self.fleet.as_ref()

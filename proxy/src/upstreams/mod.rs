@@ -1,0 +1,169 @@
+//! Several upstreams (`[[upstreams]]`): the fleet built from them, the
+//! way a request is sent and moved when its server fails, and the watch
+//! on each server's health and loaded models.
+
+use std::sync::Arc;
+
+use corral_core::headers::X_CORRAL_UPSTREAM;
+use corral_core::{
+    canonical_model, Body, BoxBody, BoxError, ConfigError, RequestMeta, UpstreamFailed,
+};
+use corral_fleet::{Fleet, Route, UpstreamSpec};
+use http::{HeaderValue, Request, Response};
+
+use crate::config::{Capacity, UpstreamConfig, UpstreamEntry};
+use crate::upstream::{aim, passed_through, root_cause, Target, Upstream};
+use crate::upstream_url::UpstreamUrl;
+
+mod merge;
+mod watch;
+
+pub(crate) use watch::watch;
+
+impl Upstream {
+    /// A client for each of `entries`, with the connection settings of
+    /// `config`, and the fleet of their permits.
+    pub fn with_fleet(
+        config: &UpstreamConfig,
+        entries: &[UpstreamEntry],
+    ) -> Result<Self, ConfigError> {
+        let mut targets = Vec::with_capacity(entries.len());
+        let mut specs = Vec::with_capacity(entries.len());
+        for (i, entry) in entries.iter().enumerate() {
+            let url = UpstreamUrl::parse(&entry.url)
+                .map_err(|r| ConfigError::new(format!("upstreams[{i}].url"), r))?;
+            let name = entry.display_name();
+            targets.push(Target {
+                name: Arc::from(name.as_str()),
+                url: Arc::new(url),
+            });
+            specs.push(spec_of(&name, entry));
+        }
+        let fleet = Fleet::new(specs);
+        fleet.set_load_cost(config.model_load_time);
+        Self::to(config, targets, Some(fleet))
+    }
+
+    /// Sends `request` where its permit is (else to the best server for
+    /// it), and, when that server fails before answering, to another.
+    pub(crate) async fn send_in_fleet(
+        self,
+        request: Request<Body>,
+    ) -> Result<Response<BoxBody>, BoxError> {
+        let Some(fleet) = self.fleet.clone() else {
+            return Err("no fleet".into());
+        };
+        let route = request.extensions().get::<Arc<Route>>().cloned();
+        // An operator (or a test) may aim a request nobody scheduled at
+        // one server by name; lists are otherwise every server's.
+        let named = match request.headers().get(&X_CORRAL_UPSTREAM) {
+            Some(name) if route.is_none() => {
+                let name = name.to_str().unwrap_or_default();
+                match fleet.index_of(name) {
+                    Some(index) => Some(index),
+                    None => return Ok(no_such_upstream(name)),
+                }
+            }
+            _ => None,
+        };
+        if route.is_none()
+            && named.is_none()
+            && request.method() == http::Method::GET
+            && merge::merged_list(request.uri().path()).is_some()
+        {
+            return merge::gather(&self, request.uri().path()).await;
+        }
+        let model = request
+            .extensions()
+            .get::<RequestMeta>()
+            .and_then(|m| m.model.as_deref().map(canonical_model));
+        let (parts, body) = request.into_parts();
+        // A buffered body can be sent again; a streamed one only once.
+        let replay = body.try_clone();
+        let mut body = Some(body);
+        let mut tried = Vec::new();
+        loop {
+            let index = match &route {
+                Some(route) => match route.upstream() {
+                    Some(index) => index,
+                    None => return Err("the request's upstream permit was given back".into()),
+                },
+                None => match named {
+                    Some(index) => index,
+                    None => fleet.pick(model.as_deref(), &tried),
+                },
+            };
+            let target = &self.targets[index];
+            let body = match (body.take(), &replay) {
+                (Some(body), _) => body,
+                (None, Some(replay)) => replay.try_clone().unwrap_or_default(),
+                (None, None) => return Err("the request body cannot be sent again".into()),
+            };
+            let mut attempt = Request::from_parts(parts.clone(), body);
+            aim(&mut attempt, &target.url)?;
+            let error = match self.client.request(attempt).await {
+                Ok(response) => {
+                    fleet.answered(index);
+                    let mut response = passed_through(response);
+                    if let Ok(name) = HeaderValue::from_str(&target.name) {
+                        response.headers_mut().insert(X_CORRAL_UPSTREAM, name);
+                    }
+                    return Ok(response);
+                }
+                Err(error) => error,
+            };
+            tried.push(index);
+            let connect = error.is_connect();
+            let failed = UpstreamFailed::new(target.url.to_string(), connect, root_cause(&error));
+            if replay.is_none() || named.is_some() || tried.len() >= self.targets.len() {
+                if route.is_none() {
+                    fleet.failed(index, connect);
+                }
+                return Err(Box::new(failed));
+            }
+            // Nothing was answered: the server failed, not the request.
+            let moved = match &route {
+                Some(route) => route.failover(connect).await,
+                None => {
+                    fleet.failed(index, connect);
+                    (0..self.targets.len()).any(|u| !tried.contains(&u) && fleet.is_healthy(u))
+                }
+            };
+            if !moved {
+                return Err(Box::new(failed));
+            }
+            tracing::warn!(upstream = %target.name, error = %failed, "upstream failed before answering: sending the request to another");
+        }
+    }
+}
+
+/// Ollama's answer to a name it does not know, for an upstream.
+fn no_such_upstream(name: &str) -> Response<BoxBody> {
+    let body = serde_json::json!({"error": format!("no upstream is named {name:?}")});
+    let mut response = Response::new(corral_core::full(body.to_string()));
+    *response.status_mut() = http::StatusCode::NOT_FOUND;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    response
+}
+
+/// What the fleet knows of an entry.
+fn spec_of(name: &str, entry: &UpstreamEntry) -> UpstreamSpec {
+    let capacity = match entry.capacity {
+        Capacity::Fixed(n) => n,
+        // Refused by the configuration's checks until it is measured.
+        Capacity::Auto => crate::config::DEFAULT_CAPACITY_PER_MODEL,
+    };
+    let mut spec = UpstreamSpec::new(name, capacity)
+        .with_models(&entry.models)
+        .with_max_loaded(entry.max_loaded_models);
+    spec.weight = entry.weight;
+    spec.model_capacity = entry
+        .model_capacity
+        .iter()
+        .map(|(model, capacity)| (canonical_model(model), *capacity))
+        .collect();
+    spec
+}
