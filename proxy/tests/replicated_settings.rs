@@ -11,7 +11,6 @@
 
 mod support;
 
-use std::time::Duration;
 
 use corral_e2e::{get, metric_sum, post, request_with, send, upstream_until, Reply};
 use support::replica::{ask, redis_cli, Fleet, Replica};
@@ -43,25 +42,19 @@ async fn generating(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_level_forced_on_one_replica_is_in_force_on_the_others_within_a_second() {
+async fn a_level_forced_on_one_replica_is_in_force_on_the_others() {
     let fleet = Fleet::start("degrade", "[[layers]]\nkind = \"degrade\"\n").await;
     let [a, b, c] = fleet.three().await;
     // The followers listen before the change.
     fleet.listening("system:degradation:level", 3).await;
-    let forced_at = tokio::time::Instant::now();
     assert_eq!(a.degrade(r#"{"level": "L2"}"#).await["forced"], "L2");
+    // Pub/sub carries it: how fast is the bus's business (and a loaded
+    // machine's), not a bound this test can hold.
     for other in [&b, &c] {
-        loop {
-            if other.degrade("").await["forced"] == "L2" {
-                break;
-            }
-            assert!(
-                forced_at.elapsed() < Duration::from_secs(1),
-                "the forced level reached {} within a second",
-                other.url
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        corral_e2e::eventually_async("the forced level reaches the other replicas", || async {
+            other.degrade("").await["forced"] == "L2"
+        })
+        .await;
     }
     // A replica that starts later reads the setting before it listens.
     let late = Replica::start("replica-late", &fleet.text).await;
