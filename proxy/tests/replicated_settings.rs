@@ -11,7 +11,6 @@
 
 mod support;
 
-
 use corral_e2e::{get, metric_sum, post, request_with, send, upstream_until, Reply};
 use support::replica::{ask, redis_cli, Fleet, Replica};
 use tokio::task::JoinHandle;
