@@ -30,6 +30,10 @@ pub const DEFAULT_LOAD_COST: Duration = Duration::from_secs(2);
 pub struct Slot {
     pub(crate) upstream: usize,
     pub(crate) model: Arc<str>,
+    /// Requests of the model on the upstream once it was granted.
+    pub(crate) concurrency: usize,
+    /// The model had to be loaded there for it.
+    pub(crate) load: bool,
 }
 
 impl Slot {
@@ -41,6 +45,17 @@ impl Slot {
     /// The model it runs.
     pub fn model(&self) -> &str {
         &self.model
+    }
+
+    /// Requests of its model running on its upstream once it was granted,
+    /// itself included.
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+
+    /// Whether its model had to be loaded on its upstream for it.
+    pub fn loads(&self) -> bool {
+        self.load
     }
 }
 
@@ -80,6 +95,8 @@ pub(crate) struct State {
     /// [`ALL_MODELS`] for an upstream's default.
     pub(crate) capacity: HashMap<(usize, Arc<str>), usize>,
     pub(crate) load_cost: Duration,
+    /// With `capacity = "auto"`: the controllers, by (upstream, model).
+    pub(crate) auto: HashMap<(usize, Arc<str>), corral_adaptive::Controller>,
 }
 
 /// The key of an upstream's default capacity set at run time.
@@ -98,6 +115,8 @@ pub(crate) struct Up {
 #[derive(Debug, Clone)]
 pub(crate) struct Resident {
     pub(crate) in_flight: usize,
+    /// Of those, streaming: their first byte came.
+    pub(crate) streaming: usize,
     pub(crate) last_used: Instant,
     pub(crate) expires_at: Option<SystemTime>,
 }
@@ -184,6 +203,7 @@ impl Fleet {
                 displaced: VecDeque::new(),
                 capacity: HashMap::new(),
                 load_cost: DEFAULT_LOAD_COST,
+                auto: HashMap::new(),
             }),
             waiting: Mutex::new(Vec::new()),
         })
@@ -308,6 +328,7 @@ impl Fleet {
                     key.clone(),
                     Resident {
                         in_flight: 0,
+                        streaming: 0,
                         last_used: now,
                         expires_at: None,
                     },
@@ -315,13 +336,17 @@ impl Fleet {
                 (key.clone(), up.residents.get_mut(model))
             }
         };
+        let mut concurrency = 1;
         if let Some(resident) = resident {
             resident.in_flight += 1;
             resident.last_used = now;
+            concurrency = resident.in_flight;
         }
         Slot {
             upstream,
             model: key,
+            concurrency,
+            load,
         }
     }
 

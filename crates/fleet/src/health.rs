@@ -138,6 +138,7 @@ impl Fleet {
                     .entry(Arc::from(model.as_str()))
                     .or_insert(Resident {
                         in_flight: 0,
+                        streaming: 0,
                         last_used: now,
                         expires_at: None,
                     });

@@ -31,6 +31,13 @@
 //! order of service, more than the load costs. Aging in the scheduler
 //! bounds how long any priority waits for its turn.
 //!
+//! # Capacity found by measuring
+//!
+//! An upstream with a [`UpstreamSpec::auto`] configuration gets a
+//! [`corral_adaptive::Controller`] per model, fed one sample per request
+//! by the proxy ([`Fleet::sample`]); the model's capacity there is the
+//! controller's limit, and a raised one lets waiting requests in at once.
+//!
 //! # Failing upstreams
 //!
 //! A request whose upstream fails before answering (refused, reset, closed
@@ -72,6 +79,7 @@
 //! # for slot in [first, second, again] { fleet.free(slot); }
 //! ```
 
+mod auto;
 mod fleet;
 mod health;
 pub mod metrics;

@@ -10,7 +10,15 @@ pub const MODEL_LOADS_TOTAL: &str = "corral_fleet_model_loads_total";
 /// before answering, by the failed `upstream`.
 pub const FAILOVERS_TOTAL: &str = "corral_fleet_failovers_total";
 
+/// Gauge: with `capacity = "auto"`, the capacity found for a model on an
+/// upstream; labels `upstream`, `model`.
+pub const CAPACITY: &str = "corral_fleet_capacity";
+
 pub(crate) fn describe() {
+    metrics::describe_gauge!(
+        CAPACITY,
+        "Requests of a model an upstream runs at once, as found by measuring"
+    );
     metrics::describe_gauge!(
         UPSTREAM_HEALTHY,
         "1 while the upstream takes requests, 0 while drained after failing"

@@ -72,6 +72,15 @@ impl Route {
         lock(&self.slot).as_ref().map(|s| s.upstream)
     }
 
+    /// Its upstream, model, the requests of the model running there when
+    /// it was granted (itself included), and whether the model had to be
+    /// loaded: what a measurement of it needs.
+    pub fn placement(&self) -> Option<(usize, Arc<str>, usize, bool)> {
+        lock(&self.slot)
+            .as_ref()
+            .map(|s| (s.upstream, s.model.clone(), s.concurrency, s.load))
+    }
+
     /// The fleet it runs in.
     pub fn fleet(&self) -> &Arc<Fleet> {
         &self.fleet

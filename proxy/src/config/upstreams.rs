@@ -65,7 +65,8 @@ pub struct UpstreamEntry {
     pub name: Option<String>,
     /// The Ollama server, in any form `OLLAMA_HOST` takes.
     pub url: String,
-    /// Requests of one loaded model it runs at once, or `"auto"`.
+    /// Requests of one loaded model it runs at once, or `"auto"`: found by
+    /// measuring, per model.
     #[serde(default)]
     pub capacity: Capacity,
     /// Models with a capacity of their own.
@@ -85,6 +86,10 @@ pub struct UpstreamEntry {
     /// Free-form labels, shown in the status.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// With `capacity = "auto"`: how it is measured (`[upstreams.auto]`;
+    /// the defaults suit Ollama).
+    #[serde(default)]
+    pub auto: Option<corral_adaptive::AdaptiveConfig>,
 }
 
 fn one() -> f64 {
@@ -109,13 +114,17 @@ pub(crate) fn validate(entries: &[UpstreamEntry]) -> Result<(), ConfigError> {
     for (i, entry) in entries.iter().enumerate() {
         let key = |field: &str| format!("upstreams[{i}].{field}");
         UpstreamUrl::parse(&entry.url).map_err(|reason| ConfigError::new(key("url"), reason))?;
-        if entry.capacity == Capacity::Auto {
-            // corral-adaptive finds it, but the proxy does not feed it
-            // its measurements yet: refusing beats pretending.
-            return Err(ConfigError::new(
-                key("capacity"),
-                "\"auto\" is not measured by the proxy yet: give the server's OLLAMA_NUM_PARALLEL",
-            ));
+        match (&entry.capacity, &entry.auto) {
+            (Capacity::Auto, Some(auto)) => auto
+                .validate()
+                .map_err(|e| e.within(format!("upstreams[{i}].auto")))?,
+            (Capacity::Fixed(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    key("auto"),
+                    "tunes capacity = \"auto\": set that, or leave this out",
+                ))
+            }
+            _ => {}
         }
         if entry.capacity == Capacity::Fixed(0) {
             return Err(ConfigError::new(key("capacity"), "must be at least 1"));
@@ -173,19 +182,25 @@ pub(crate) fn line_of(text: &str, key: &str) -> Option<usize> {
         .filter(|(_, l)| l.trim_start().starts_with("[[upstreams]]"))
         .map(|(i, _)| i)
         .nth(index)?;
-    let found = lines[header + 1..]
-        .iter()
-        .take_while(|l| !l.trim_start().starts_with('['))
-        .position(|l| {
-            let l = l.trim_start();
-            !field.is_empty()
-                && l.strip_prefix(field)
-                    .is_some_and(|r| r.trim_start().starts_with('='))
-        });
-    Some(match found {
-        Some(offset) => header + 2 + offset,
-        None => header + 1,
-    })
+    let sub_table = format!("[upstreams.{field}]");
+    for (offset, line) in lines[header + 1..].iter().enumerate() {
+        let line = line.trim_start();
+        if line.starts_with('[') {
+            // Its own table (`[upstreams.auto]`) holds the key.
+            if !field.is_empty() && line.starts_with(&sub_table) {
+                return Some(header + 2 + offset);
+            }
+            break;
+        }
+        let names_field = !field.is_empty()
+            && line
+                .strip_prefix(field)
+                .is_some_and(|r| r.trim_start().starts_with('='));
+        if names_field {
+            return Some(header + 2 + offset);
+        }
+    }
+    Some(header + 1)
 }
 
 #[cfg(test)]
@@ -241,10 +256,16 @@ mod tests {
                 "\"auto\"",
             ),
             (
-                "[[upstreams]]\nurl = \"a\"\ncapacity = \"auto\"\n",
-                Some(3),
-                "upstreams[0].capacity",
-                "not measured",
+                "[[upstreams]]\nurl = \"a\"\ncapacity = 2\n[upstreams.auto]\nmax = 8\n",
+                Some(4),
+                "upstreams[0].auto",
+                "capacity = \"auto\"",
+            ),
+            (
+                "[[upstreams]]\nurl = \"a\"\ncapacity = \"auto\"\n[upstreams.auto]\nmin = 9\nmax = 8\n",
+                Some(4),
+                "upstreams[0].auto.max",
+                "",
             ),
             (
                 "[[upstreams]]\nurl = \"a\"\nmax_loaded_models = 0\n",

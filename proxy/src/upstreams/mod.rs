@@ -15,6 +15,7 @@ use crate::config::{Capacity, UpstreamConfig, UpstreamEntry};
 use crate::upstream::{aim, passed_through, root_cause, Target, Upstream};
 use crate::upstream_url::UpstreamUrl;
 
+mod measure;
 mod merge;
 mod watch;
 
@@ -77,6 +78,10 @@ impl Upstream {
             .extensions()
             .get::<RequestMeta>()
             .and_then(|m| m.model.as_deref().map(canonical_model));
+        let streamed = request
+            .extensions()
+            .get::<RequestMeta>()
+            .is_some_and(|m| m.stream);
         let (parts, body) = request.into_parts();
         // A buffered body can be sent again; a streamed one only once.
         let replay = body.try_clone();
@@ -101,10 +106,15 @@ impl Upstream {
             };
             let mut attempt = Request::from_parts(parts.clone(), body);
             aim(&mut attempt, &target.url)?;
+            let dispatched = tokio::time::Instant::now();
             let error = match self.client.request(attempt).await {
                 Ok(response) => {
                     fleet.answered(index);
                     let mut response = passed_through(response);
+                    if let Some(measure) = measuring(&fleet, route.as_ref(), streamed, dispatched) {
+                        response = corral_core::WatchBody::response(response, measure)
+                            .map(http_body_util::BodyExt::boxed_unsync);
+                    }
                     if let Ok(name) = HeaderValue::from_str(&target.name) {
                         response.headers_mut().insert(X_CORRAL_UPSTREAM, name);
                     }
@@ -137,6 +147,27 @@ impl Upstream {
     }
 }
 
+/// With `capacity = "auto"` where the request runs: what measures it.
+fn measuring(
+    fleet: &Arc<Fleet>,
+    route: Option<&Arc<Route>>,
+    streamed: bool,
+    dispatched: tokio::time::Instant,
+) -> Option<measure::Measure> {
+    let (upstream, model, concurrency, loaded) = route?.placement()?;
+    fleet.measures(upstream).then(|| {
+        measure::Measure::new(
+            fleet.clone(),
+            upstream,
+            model,
+            concurrency,
+            dispatched,
+            loaded,
+            streamed,
+        )
+    })
+}
+
 /// Ollama's answer to a name it does not know, for an upstream.
 fn no_such_upstream(name: &str) -> Response<BoxBody> {
     let body = serde_json::json!({"error": format!("no upstream is named {name:?}")});
@@ -151,15 +182,20 @@ fn no_such_upstream(name: &str) -> Response<BoxBody> {
 
 /// What the fleet knows of an entry.
 fn spec_of(name: &str, entry: &UpstreamEntry) -> UpstreamSpec {
-    let capacity = match entry.capacity {
-        Capacity::Fixed(n) => n,
-        // Refused by the configuration's checks until it is measured.
-        Capacity::Auto => crate::config::DEFAULT_CAPACITY_PER_MODEL,
+    let auto = match entry.capacity {
+        Capacity::Fixed(_) => None,
+        Capacity::Auto => Some(entry.auto.clone().unwrap_or_default()),
+    };
+    let capacity = match (&entry.capacity, &auto) {
+        (Capacity::Fixed(n), _) => *n,
+        (Capacity::Auto, Some(auto)) => auto.initial,
+        (Capacity::Auto, None) => crate::config::DEFAULT_CAPACITY_PER_MODEL,
     };
     let mut spec = UpstreamSpec::new(name, capacity)
         .with_models(&entry.models)
         .with_max_loaded(entry.max_loaded_models);
     spec.weight = entry.weight;
+    spec.auto = auto;
     spec.model_capacity = entry
         .model_capacity
         .iter()
