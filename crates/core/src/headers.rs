@@ -22,6 +22,10 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// How long the request waited for an upstream permit, in milliseconds.
 pub const X_CORRAL_QUEUE_MS: HeaderName = HeaderName::from_static("x-corral-queue-ms");
+/// A conversation's id, chosen by the client: with several upstreams,
+/// its requests go back to the server that ran it before, so that
+/// server's prompt cache is reused.
+pub const X_SESSION_ID: HeaderName = HeaderName::from_static("x-session-id");
 /// With several upstreams: the one that answered; in a request Corral
 /// does not schedule (a metadata read, a model pull), the one to send it
 /// to.

@@ -95,6 +95,8 @@ pub(crate) struct State {
     /// [`ALL_MODELS`] for an upstream's default.
     pub(crate) capacity: HashMap<(usize, Arc<str>), usize>,
     pub(crate) load_cost: Duration,
+    /// The upstream each conversation last ran on, and when.
+    pub(crate) sessions: HashMap<u64, (usize, Instant)>,
     /// With `capacity = "auto"`: the controllers, by (upstream, model).
     pub(crate) auto: HashMap<(usize, Arc<str>), corral_adaptive::Controller>,
 }
@@ -204,6 +206,7 @@ impl Fleet {
                 capacity: HashMap::new(),
                 load_cost: DEFAULT_LOAD_COST,
                 auto: HashMap::new(),
+                sessions: HashMap::new(),
             }),
             waiting: Mutex::new(Vec::new()),
         })
@@ -271,10 +274,15 @@ impl Fleet {
         now: Instant,
         avoid: Option<usize>,
     ) -> Option<Slot> {
+        let sticky = want
+            .session
+            .and_then(|s| state.sessions.get(&s))
+            .map(|(u, _)| *u);
         let views: Vec<View> = (0..self.specs.len())
             .map(|u| {
                 let mut view = self.view(state, u, model, now);
                 view.healthy &= Some(u) != avoid;
+                view.sticky = sticky == Some(u);
                 view
             })
             .collect();
@@ -284,7 +292,12 @@ impl Fleet {
                 upstream,
                 load,
                 evict,
-            } => Some(self.take(state, upstream, model, load, evict, now)),
+            } => {
+                if let Some(session) = want.session {
+                    remember(&mut state.sessions, session, upstream, now);
+                }
+                Some(self.take(state, upstream, model, load, evict, now))
+            }
             Choice::Switch(upstream) => {
                 let up = &mut state.ups[upstream];
                 up.switching = Some((Arc::from(model), now));
@@ -409,6 +422,7 @@ impl Fleet {
             switching,
             resident_urgency,
             weight: spec.weight,
+            sticky: false,
         }
     }
 
@@ -434,7 +448,7 @@ impl Fleet {
                     since: now,
                 },
                 waiting: usize::MAX,
-                affinity: None,
+                session: None,
                 hold: None,
             };
             match self.place_locked(state, &displaced.model, &want, now, Some(displaced.avoid)) {
@@ -483,6 +497,25 @@ impl Fleet {
             }
         }
     }
+}
+
+/// The most conversations remembered: past it, the half least recently
+/// placed are forgotten (a client inventing session ids grows nothing).
+pub const MAX_SESSIONS: usize = 10_000;
+
+fn remember(
+    sessions: &mut HashMap<u64, (usize, Instant)>,
+    session: u64,
+    upstream: usize,
+    now: Instant,
+) {
+    if sessions.len() >= MAX_SESSIONS && !sessions.contains_key(&session) {
+        let mut ages: Vec<Instant> = sessions.values().map(|(_, at)| *at).collect();
+        ages.sort_unstable();
+        let cut = ages[ages.len() / 2];
+        sessions.retain(|_, (_, at)| *at > cut);
+    }
+    sessions.insert(session, (upstream, now));
 }
 
 pub(crate) fn release(state: &mut State, slot: &Slot, now: Instant) {

@@ -10,9 +10,10 @@
 //!
 //! # Where a request goes
 //!
-//! 1. An upstream with its model loaded and a free permit (the one its
-//!    conversation last ran on, so Ollama's prompt cache is reused; else
-//!    the least busy for its weight).
+//! 1. An upstream with its model loaded and a free permit: the one its
+//!    conversation (`X-Session-Id`) last ran on, so Ollama's prompt
+//!    cache is reused, if it has one free (a busy one is not waited for);
+//!    else the least busy for its weight.
 //! 2. If the model is loaded somewhere and a permit there comes back
 //!    sooner than a load would take (from the average hold the scheduler
 //!    measures, times the rounds of requests waiting), it waits for one.
@@ -66,7 +67,7 @@
 //! let want = Want {
 //!     urgency: Urgency { level: 4, since: tokio::time::Instant::now() },
 //!     waiting: 1,
-//!     affinity: None,
+//!     session: None,
 //!     hold: None,
 //! };
 //! let first = fleet.place("llama3:latest", &want).unwrap();
@@ -88,7 +89,9 @@ mod route;
 mod spec;
 mod status;
 
-pub use fleet::{Fleet, ModelStatus, Slot, UpstreamStatus, Waiting, DEFAULT_LOAD_COST};
+pub use fleet::{
+    Fleet, ModelStatus, Slot, UpstreamStatus, Waiting, DEFAULT_LOAD_COST, MAX_SESSIONS,
+};
 pub use health::FAILURES_BEFORE_DRAINING;
 pub use place::{Urgency, Want};
 pub use route::Route;

@@ -38,8 +38,10 @@ pub struct Want {
     pub urgency: Urgency,
     /// How many requests for its model wait, itself included.
     pub waiting: usize,
-    /// The upstream its conversation ran on last, if Corral remembers.
-    pub affinity: Option<usize>,
+    /// Its conversation (`X-Session-Id`), hashed: it goes back to the
+    /// upstream the conversation last ran on while that one has a permit
+    /// free, so the server's prompt cache is reused.
+    pub session: Option<u64>,
     /// How long a permit for its model is held on average, once measured:
     /// what waiting for one where the model is loaded would cost.
     pub hold: Option<Duration>,
@@ -71,6 +73,8 @@ pub(crate) struct View {
     pub(crate) resident_urgency: Option<Urgency>,
     /// The operator's weight: a heavier upstream takes more.
     pub(crate) weight: f64,
+    /// The request's conversation last ran here.
+    pub(crate) sticky: bool,
 }
 
 /// The decision.
@@ -112,11 +116,9 @@ pub(crate) fn choose(model: &str, want: &Want, views: &[View], margin: Duration)
     let loaded_free = views.iter().enumerate().filter(|(_, v)| {
         v.healthy && v.serves && v.loaded && v.in_flight < v.capacity && open_to(v)
     });
-    let best = loaded_free.min_by(|(a, va), (b, vb)| {
-        let sticky_a = want.affinity != Some(*a);
-        let sticky_b = want.affinity != Some(*b);
-        (sticky_a, ratio(va), va.busy)
-            .partial_cmp(&(sticky_b, ratio(vb), vb.busy))
+    let best = loaded_free.min_by(|(_, va), (_, vb)| {
+        (!va.sticky, ratio(va), va.busy)
+            .partial_cmp(&(!vb.sticky, ratio(vb), vb.busy))
             .unwrap_or(std::cmp::Ordering::Equal)
     });
     if let Some((upstream, _)) = best {
@@ -223,7 +225,7 @@ mod tests {
                 since: now - Duration::from_secs(waited_s),
             },
             waiting,
-            affinity: None,
+            session: None,
             hold: Some(Duration::from_millis(500)),
         }
     }
@@ -430,11 +432,14 @@ mod tests {
             ),
             (
                 "the conversation's upstream, when it has a free permit",
-                vec![loaded(0), loaded(1)],
-                Want {
-                    affinity: Some(1),
-                    ..want(4, 0, 1)
-                },
+                vec![
+                    loaded(0),
+                    View {
+                        sticky: true,
+                        ..loaded(1)
+                    },
+                ],
+                want(4, 0, 1),
                 place(1, false, None),
             ),
             (

@@ -22,7 +22,7 @@ use crate::fleet::{Fleet, Slot};
 /// let want = Want {
 ///     urgency: Urgency { level: 4, since: tokio::time::Instant::now() },
 ///     waiting: 1,
-///     affinity: None,
+///     session: None,
 ///     hold: None,
 /// };
 /// let slot = fleet.place("llama3:latest", &want).unwrap();

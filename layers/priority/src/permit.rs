@@ -54,10 +54,10 @@ impl std::fmt::Debug for Acquire {
 
 impl Acquire {
     /// Queues `ticket` in `pool`.
-    pub(crate) fn local(pool: Arc<Pool>, ticket: Ticket) -> Self {
+    pub(crate) fn local(pool: Arc<Pool>, ticket: Ticket, session: Option<u64>) -> Self {
         let deadline = ticket.deadline;
         let route = pool.fleet().map(|link| Route::pending(link.fleet.clone()));
-        let id = pool.enqueue(ticket);
+        let id = pool.enqueue(ticket, session);
         Self {
             kind: AcquireKind::Local {
                 pool,

@@ -50,7 +50,11 @@ where
         if let Some(refusal) = self.shared.scheduler.refusal(model.as_deref()) {
             return ResponseFuture::refused(refusal);
         }
-        let acquire = self.shared.scheduler.acquire(ticket, model.as_deref());
+        let session = session_of(&request);
+        let acquire = self
+            .shared
+            .scheduler
+            .acquire_in(ticket, model.as_deref(), session);
         let mut request = request;
         if let Some(route) = acquire.route() {
             // Read by the upstream client once the permit is granted.
@@ -111,4 +115,17 @@ impl Scheduling {
         };
         prompt + 2.0 * generated
     }
+}
+
+/// The conversation `request` belongs to: its `X-Session-Id`, hashed with
+/// its agent (two agents' sessions of one name are two conversations).
+fn session_of<B>(request: &Request<B>) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let id = request.headers().get(corral_core::headers::X_SESSION_ID)?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    id.as_bytes().hash(&mut hasher);
+    if let Some(meta) = request.extensions().get::<RequestMeta>() {
+        meta.agent.as_str().hash(&mut hasher);
+    }
+    Some(hasher.finish())
 }

@@ -358,3 +358,49 @@ async fn a_moved_request_drains_no_server_and_a_reset_drains_only_when_repeated(
         "drained after failing again and again"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_conversation_goes_back_to_its_server_while_it_has_a_permit_free() {
+    let fleet = Fleet::new(vec![UpstreamSpec::new("a", 2), UpstreamSpec::new("b", 2)]);
+    let s = Scheduler::with_fleet(&PriorityConfig::default(), fleet.clone()).unwrap();
+    // The model loaded on both (the third request finds one full).
+    let warm: Vec<_> = vec![
+        s.acquire(ticket("w", 5), Some("m")).await.unwrap(),
+        s.acquire(ticket("w", 5), Some("m")).await.unwrap(),
+        s.acquire(ticket("w", 5), Some("m")).await.unwrap(),
+    ];
+    assert!(warm.iter().any(|p| p.upstream() == Some(0)));
+    assert!(warm.iter().any(|p| p.upstream() == Some(1)));
+    drop(warm);
+    let first = s
+        .acquire_in(ticket("x", 5), Some("m"), Some(7))
+        .await
+        .unwrap();
+    let home = first.upstream();
+    drop(first);
+    // Others make home the busier server; the conversation returns.
+    for _ in 0..4 {
+        let other = s.acquire(ticket("y", 5), Some("m")).await.unwrap();
+        let again = s
+            .acquire_in(ticket("x", 5), Some("m"), Some(7))
+            .await
+            .unwrap();
+        assert_eq!(again.upstream(), home, "back where its prompt is cached");
+        drop((other, again));
+    }
+    // Its server full: the next goes elsewhere rather than wait.
+    let one = s
+        .acquire_in(ticket("x", 5), Some("m"), Some(7))
+        .await
+        .unwrap();
+    let two = s
+        .acquire_in(ticket("x", 5), Some("m"), Some(7))
+        .await
+        .unwrap();
+    assert_eq!((one.upstream(), two.upstream()), (home, home));
+    let three = s
+        .acquire_in(ticket("x", 5), Some("m"), Some(7))
+        .await
+        .unwrap();
+    assert_ne!(three.upstream(), home);
+}

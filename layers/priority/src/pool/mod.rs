@@ -111,6 +111,8 @@ struct Waiter {
     bytes: usize,
     /// Whether it may borrow a reserved permit.
     lend: Lend,
+    /// Its conversation, for a fleet to keep it on one upstream.
+    session: Option<u64>,
     granted: bool,
     /// With a fleet: the permit granted, on the upstream that runs it.
     slot: Option<Slot>,
@@ -190,7 +192,7 @@ impl Pool {
     }
 
     /// Queues `ticket` and grants what can be granted; its id.
-    pub(crate) fn enqueue(&self, ticket: Ticket) -> u64 {
+    pub(crate) fn enqueue(&self, ticket: Ticket, session: Option<u64>) -> u64 {
         let now = Instant::now();
         let mut state = lock(&self.state);
         let id = state.next_ticket;
@@ -227,6 +229,7 @@ impl Pool {
                 weight: ticket.weight,
                 bytes: ticket.bytes,
                 lend,
+                session,
                 granted: false,
                 slot: None,
                 waker: None,

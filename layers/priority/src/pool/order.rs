@@ -104,14 +104,14 @@ impl Pool {
         level: usize,
         now: Instant,
     ) -> Option<corral_fleet::Want> {
-        let (_, enqueued) = *state.agents.get(agent)?.levels[level].front()?;
+        let (id, enqueued) = *state.agents.get(agent)?.levels[level].front()?;
         Some(corral_fleet::Want {
             urgency: corral_fleet::Urgency {
                 level: self.effective_level(level, enqueued, now),
                 since: enqueued,
             },
             waiting: state.queued.iter().sum(),
-            affinity: None,
+            session: state.waiters.get(&id).and_then(|w| w.session),
             hold: state.holds.pool(),
         })
     }

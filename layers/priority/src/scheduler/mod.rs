@@ -378,6 +378,14 @@ impl Scheduler {
     /// queued at once; dropping the future leaves the queue (or gives
     /// back a permit granted but not yet taken).
     pub fn acquire(&self, ticket: Ticket, model: Option<&str>) -> Acquire {
+        self.acquire_in(ticket, model, None)
+    }
+
+    /// [`Scheduler::acquire`] for a request of conversation `session`
+    /// (a hash of its `X-Session-Id`): with a fleet, it goes back to the
+    /// upstream the conversation last ran on while that one has a permit
+    /// free.
+    pub fn acquire_in(&self, ticket: Ticket, model: Option<&str>, session: Option<u64>) -> Acquire {
         let pool = self.pool(model);
         #[cfg(feature = "redis")]
         if let Some(shared) = self.shared_of(&pool) {
@@ -385,7 +393,7 @@ impl Scheduler {
                 kind: AcquireKind::Redis(Box::pin(shared.acquire(ticket))),
             };
         }
-        Acquire::local(pool, ticket)
+        Acquire::local(pool, ticket, session)
     }
 
     fn set_pool_capacity(&self, pool: &Arc<Pool>, capacity: usize) {
