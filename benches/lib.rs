@@ -1,6 +1,7 @@
 //! Shared setup for Corral's benchmarks: a simulated Ollama with no
 //! think time, and a proxy in front of it, in one process.
 
+pub mod fleet;
 pub mod herd;
 
 use std::time::Duration;
