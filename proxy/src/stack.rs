@@ -118,10 +118,11 @@ pub fn build_with(
     let listed = config.layers();
     let kinds = kinds_of(&listed, registry)
         .map_err(|(at, e)| refuse(e.within(format!("layers[{at}]")), listed[at].line))?;
-    let upstream = if config.upstreams.is_empty() {
+    let fleet = config.fleet_entries();
+    let upstream = if fleet.is_empty() {
         Upstream::new(&config.upstream)
     } else {
-        Upstream::with_fleet(&config.upstream, &config.upstreams)
+        Upstream::with_fleet(&config.upstream, &fleet)
     }
     .map_err(|e| refuse(e, None))?;
 

@@ -275,3 +275,43 @@ async fn lists_are_every_servers_and_a_model_none_serves_is_refused() {
     .await;
     assert_eq!(unnamed.status, 400);
 }
+
+#[tokio::test]
+async fn one_server_holding_one_model_gets_its_work_grouped_by_model() {
+    let server = mock(server()).await;
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\ncapacity = 2\nmax_loaded_models = 1\n",
+        server.url()
+    );
+    let config = Config::parse(&text, std::path::Path::new("one.toml")).unwrap();
+    let corral = Running::start(&config).await.unwrap();
+    let url = corral.url();
+    let mut calls = Vec::new();
+    for round in 0..4 {
+        for model in ["alpha", "beta", "gamma"] {
+            for agent in 0..3 {
+                let url = url.clone();
+                let agent = format!("agent-{model}-{agent}-{round}");
+                calls.push(tokio::spawn(async move {
+                    generate(&url, &agent, model, false).await
+                }));
+            }
+        }
+    }
+    for call in calls {
+        let (status, body) = within(call).await.unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    let stats = server.stats();
+    assert_eq!(
+        stats.peak_queued, 0,
+        "no model loaded over a busy one: {stats:?}"
+    );
+    // 36 requests over three models, all at once: each model loaded a
+    // few times, not once per request.
+    assert!(
+        stats.model_loads <= 9,
+        "grouped by model: {} loads",
+        stats.model_loads
+    );
+}

@@ -37,8 +37,26 @@ impl Config {
     /// `[[upstreams]]` stand alone: `[upstream]` then keeps the connection
     /// settings only, and Redis does not yet share several upstreams.
     fn check_upstreams(&self) -> Result<(), ConfigError> {
+        if self.upstream.max_loaded_models == Some(0) {
+            return Err(ConfigError::new(
+                "upstream.max_loaded_models",
+                "must be at least 1",
+            ));
+        }
         if self.upstreams.is_empty() {
+            if self.upstream.max_loaded_models.is_some() && self.state.backend == Backend::Redis {
+                return Err(ConfigError::new(
+                    "upstream.max_loaded_models",
+                    "models loaded are not shared through redis yet: leave it out with several replicas",
+                ));
+            }
             return Ok(());
+        }
+        if self.upstream.max_loaded_models.is_some() {
+            return Err(ConfigError::new(
+                "upstream.max_loaded_models",
+                "with [[upstreams]], each upstream has its own max_loaded_models: move it there",
+            ));
         }
         if self.upstream.capacity.is_some() || !self.upstream.model_capacity.is_empty() {
             return Err(ConfigError::new(

@@ -119,6 +119,12 @@ pub struct UpstreamConfig {
     /// queue would take longer than this to clear.
     #[serde(with = "humantime_serde")]
     pub model_load_time: Duration,
+    /// How many models the server holds loaded at once (its
+    /// `OLLAMA_MAX_LOADED_MODELS`, or what fits in its memory). Set, the
+    /// one server is scheduled as a fleet of one: work is grouped by
+    /// model, a busy model is never evicted, and `capacity` is per loaded
+    /// model.
+    pub max_loaded_models: Option<usize>,
 }
 
 impl Default for UpstreamConfig {
@@ -134,6 +140,7 @@ impl Default for UpstreamConfig {
             model_capacity: std::collections::BTreeMap::new(),
             probe_interval: Duration::from_secs(10),
             model_load_time: corral_fleet::DEFAULT_LOAD_COST,
+            max_loaded_models: None,
         }
     }
 }

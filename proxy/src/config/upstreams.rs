@@ -295,6 +295,32 @@ mod tests {
     }
 
     #[test]
+    fn one_upstream_holding_few_models_is_a_fleet_of_one() {
+        let config =
+            parse("[upstream]\nurl = \"a:1\"\ncapacity = 3\nmax_loaded_models = 1\n").unwrap();
+        let entries = config.fleet_entries();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].capacity, Capacity::Fixed(3));
+        assert_eq!(entries[0].max_loaded_models, Some(1));
+        assert!(parse("[upstream]\nurl = \"a:1\"\n")
+            .unwrap()
+            .fleet_entries()
+            .is_empty());
+        for (text, key) in [
+            (
+                "[upstream]\nmax_loaded_models = 0\n",
+                "upstream.max_loaded_models",
+            ),
+            (
+                "[upstream]\nmax_loaded_models = 1\n[[upstreams]]\nurl = \"a\"\n",
+                "upstream.max_loaded_models",
+            ),
+        ] {
+            assert_eq!(parse(text).unwrap_err().key, key, "{text}");
+        }
+    }
+
+    #[test]
     fn upstreams_and_redis_are_not_yet_shared() {
         let error = parse(
             "[state]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\n[[upstreams]]\nurl = \"a\"\n[[upstreams]]\nurl = \"b\"\n",
