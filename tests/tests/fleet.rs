@@ -315,3 +315,39 @@ async fn one_server_holding_one_model_gets_its_work_grouped_by_model() {
         stats.model_loads
     );
 }
+
+#[tokio::test]
+async fn a_client_leaving_while_its_model_loads_does_not_abort_the_load_others_wait_for() {
+    let server = mock(MockConfig {
+        parallel: 1,
+        load_time: Duration::from_millis(400),
+        ..server()
+    })
+    .await;
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\ncapacity = 1\nmax_loaded_models = 1\n",
+        server.url()
+    );
+    let config = Config::parse(&text, std::path::Path::new("one.toml")).unwrap();
+    let corral = Running::start(&config).await.unwrap();
+    let url = corral.url();
+    // The first asks for alpha (not loaded) and leaves during the load.
+    let leaving = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            tokio::time::timeout(
+                Duration::from_millis(150),
+                generate(&url, "leaver", "alpha", true),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The second waits in Corral's queue for the one permit.
+    let (status, body) = generate(&url, "stayer", "alpha", true).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(leaving.await.unwrap().is_err(), "the first client left");
+    let stats = server.stats();
+    assert_eq!(stats.aborted_loads, 0, "the load went on: {stats:?}");
+    assert_eq!(stats.model_loads, 1, "alpha loaded once: {stats:?}");
+}

@@ -92,6 +92,11 @@ impl Fleet {
             .unwrap_or(0)
     }
 
+    /// Whether requests that could run now wait for `model` (canonical).
+    pub fn is_wanted(&self, model: &str) -> bool {
+        lock(&self.state).heads.contains_key(model)
+    }
+
     /// The index of the upstream named `name`.
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.specs.iter().position(|s| &*s.name == name)

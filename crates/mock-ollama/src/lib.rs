@@ -37,7 +37,8 @@
 //!   `server busy, please try again.  maximum pending requests exceeded`;
 //! - a time to first token and a tokens-per-second rate;
 //! - a load time when a request names a model that is not loaded, with at
-//!   most `max_loaded_models` kept;
+//!   most `max_loaded_models` kept; the load is given up if the request
+//!   that started it leaves first, as Ollama does (ollama#7408);
 //! - faults: an error rate, streams that stall or drop, slow headers, set
 //!   globally or per request with `X-Mock-Fault` (see [`Faults`]);
 //! - counters of what it experienced (peak concurrency, queue, cancels,

@@ -219,6 +219,21 @@ impl State {
         lock(&self.models).loaded.retain(|l| l.name != name);
     }
 
+    /// The request that started loading `name` left before it was ready:
+    /// the load is given up, as Ollama gives it up.
+    pub(crate) fn abort_load(&self, name: &str) {
+        let name = canonical(name);
+        let now = Instant::now();
+        let mut models = lock(&self.models);
+        let before = models.loaded.len();
+        models
+            .loaded
+            .retain(|l| l.name != name || l.ready_at <= now);
+        if models.loaded.len() < before {
+            self.counters.aborted_loads.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
     /// Makes `name` loaded, evicting the least recently used model beyond
     /// `max_loaded_models`; returns how long until it is ready.
     pub(crate) fn ensure_loaded(&self, name: &str) -> Duration {

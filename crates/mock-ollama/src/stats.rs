@@ -35,6 +35,9 @@ pub struct Stats {
     pub model_loads: u64,
     /// Loads that evicted another model.
     pub model_evictions: u64,
+    /// Loads given up because the request that started them left before
+    /// the model was ready, as Ollama does (ollama#7408).
+    pub aborted_loads: u64,
     /// Faults injected (by header or by rate).
     pub faults_injected: u64,
     /// Response chunks produced by generation streams.
@@ -85,6 +88,7 @@ pub(crate) struct Counters {
     pub(crate) cancelled: AtomicU64,
     pub(crate) model_loads: AtomicU64,
     pub(crate) model_evictions: AtomicU64,
+    pub(crate) aborted_loads: AtomicU64,
     pub(crate) faults_injected: AtomicU64,
     pub(crate) chunks_sent: AtomicU64,
     pub(crate) tokens_generated: AtomicU64,
@@ -121,6 +125,7 @@ impl Counters {
             cancelled: get(&self.cancelled),
             model_loads: get(&self.model_loads),
             model_evictions: get(&self.model_evictions),
+            aborted_loads: get(&self.aborted_loads),
             faults_injected: get(&self.faults_injected),
             chunks_sent: get(&self.chunks_sent),
             tokens_generated: get(&self.tokens_generated),
@@ -137,6 +142,7 @@ impl Counters {
             &self.cancelled,
             &self.model_loads,
             &self.model_evictions,
+            &self.aborted_loads,
             &self.faults_injected,
             &self.chunks_sent,
             &self.tokens_generated,

@@ -15,6 +15,7 @@ use crate::config::{Capacity, UpstreamConfig, UpstreamEntry};
 use crate::upstream::{aim, passed_through, root_cause, Target, Upstream};
 use crate::upstream_url::UpstreamUrl;
 
+mod loading;
 mod measure;
 mod merge;
 mod watch;
@@ -107,7 +108,14 @@ impl Upstream {
             let mut attempt = Request::from_parts(parts.clone(), body);
             aim(&mut attempt, &target.url)?;
             let dispatched = tokio::time::Instant::now();
-            let error = match self.client.request(attempt).await {
+            let sent = match loading_model(route.as_ref(), streamed) {
+                Some(model) => {
+                    loading::send_loading(self.client.clone(), attempt, fleet.clone(), model)
+                        .await?
+                }
+                None => self.client.request(attempt).await,
+            };
+            let error = match sent {
                 Ok(response) => {
                     fleet.answered(index);
                     let mut response = passed_through(response);
@@ -145,6 +153,13 @@ impl Upstream {
             tracing::warn!(upstream = %target.name, error = %failed, "upstream failed before answering: sending the request to another");
         }
     }
+}
+
+/// The model a streamed request loads on its server, if it does: its
+/// load is kept going should its client leave (see [`loading`]).
+fn loading_model(route: Option<&Arc<Route>>, streamed: bool) -> Option<Arc<str>> {
+    let (_, model, _, loads) = route?.placement()?;
+    (loads && streamed).then_some(model)
 }
 
 /// With `capacity = "auto"` where the request runs: what measures it.
