@@ -138,13 +138,7 @@ impl Upstream {
     /// timeout.
     pub(crate) async fn get(&self, index: usize, path: &str) -> Result<bytes::Bytes, String> {
         let url = &self.targets[index].url;
-        let uri = url.join(path).map_err(|e| e.to_string())?;
-        let mut request = Request::get(uri)
-            .body(Body::empty())
-            .map_err(|e| e.to_string())?;
-        if let Ok(host) = HeaderValue::from_str(url.authority().as_str()) {
-            request.headers_mut().insert(header::HOST, host);
-        }
+        let request = get_request(url, path)?;
         let answer = async {
             let response = self
                 .client
@@ -162,6 +156,28 @@ impl Upstream {
                 return Err(format!("{url}{path} answered {status}"));
             }
             Ok(body)
+        };
+        tokio::time::timeout(self.readiness_timeout, answer)
+            .await
+            .map_err(|_| format!("{url}: no answer within {:?}", self.readiness_timeout))?
+    }
+
+    /// Whether upstream `index` answers `GET path` at all, whatever the
+    /// status, within the readiness timeout.
+    pub(crate) async fn answers(
+        &self,
+        index: usize,
+        path: &str,
+    ) -> Result<http::StatusCode, String> {
+        let url = &self.targets[index].url;
+        let request = get_request(url, path)?;
+        let answer = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| root_cause(&e))?;
+            Ok(response.status())
         };
         tokio::time::timeout(self.readiness_timeout, answer)
             .await
@@ -279,6 +295,18 @@ impl Service<Request<Body>> for Upstream {
             },
         }
     }
+}
+
+/// `GET path` on `url`, with the upstream's own name as `Host`.
+fn get_request(url: &UpstreamUrl, path: &str) -> Result<Request<Body>, String> {
+    let uri = url.join(path).map_err(|e| e.to_string())?;
+    let mut request = Request::get(uri)
+        .body(Body::empty())
+        .map_err(|e| e.to_string())?;
+    if let Ok(host) = HeaderValue::from_str(url.authority().as_str()) {
+        request.headers_mut().insert(header::HOST, host);
+    }
+    Ok(request)
 }
 
 /// Points `request` (its URI holding the client's path and query) at

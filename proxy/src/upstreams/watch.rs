@@ -66,7 +66,10 @@ async fn probe(
     Option<Vec<String>>,
     Option<Vec<(String, Option<SystemTime>)>>,
 )> {
-    upstream.probe_target(index).await.ok()?;
+    // Any answer is a server up: one that is not Ollama (llama.cpp's
+    // server) answers /api/version with a 404, and /api/tags and /api/ps
+    // too, which leaves what it has and has loaded unknown.
+    upstream.answers(index, "/api/version").await.ok()?;
     let available = upstream
         .get(index, "/api/tags")
         .await
