@@ -54,7 +54,7 @@ mod ollama;
 mod splice;
 
 use ollama::{asked_keep_alive, keep_alive_json, Asked};
-use splice::{object_at, rebuild, skip_ws, Change, Object};
+use splice::{object_at, rebuild, skip_ws, Change, Member, Object};
 
 /// The endpoints whose bodies carry `keep_alive` and `options.num_ctx`
 /// to the scheduler (see the module's docs for the evidence).
@@ -202,33 +202,7 @@ fn rewrite(options: &ModelOptions, body: &[u8]) -> Option<Vec<u8>> {
             let Some(n) = num_ctx.filter(|_| options_members.contains(&i)) else {
                 return Change::Keep;
             };
-            let last = Some(i) == last_options;
-            match body[member.value.start] {
-                b'{' => match object_at(body, member.value.start) {
-                    Some(inner) => {
-                        let add = match last {
-                            true => vec![("num_ctx", format!("{n}").into_bytes())],
-                            false => Vec::new(),
-                        };
-                        Change::Replace(rebuild(
-                            body,
-                            &inner,
-                            |_, m| {
-                                if m.key == "num_ctx" {
-                                    Change::Drop
-                                } else {
-                                    Change::Keep
-                                }
-                            },
-                            &add,
-                        ))
-                    }
-                    None => Change::Keep,
-                },
-                // `null` empties the map: the last one becomes the pin.
-                _ if last => Change::Replace(format!("{{\"num_ctx\":{n}}}").into_bytes()),
-                _ => Change::Keep,
-            }
+            pinned_options(body, member, n, Some(i) == last_options)
         },
         &appended,
     );
@@ -237,6 +211,37 @@ fn rewrite(options: &ModelOptions, body: &[u8]) -> Option<Vec<u8>> {
     out.extend_from_slice(&object);
     out.extend_from_slice(&body[top.close + 1..]);
     Some(out)
+}
+
+/// An `options` member with `num_ctx` pinned to `n`: dropped from every
+/// `options` object, written in the `last` one Go's decoder keeps (which
+/// `null` would have emptied).
+fn pinned_options(body: &[u8], member: &Member, n: u64, last: bool) -> Change {
+    match body[member.value.start] {
+        b'{' => match object_at(body, member.value.start) {
+            Some(inner) => {
+                let add = match last {
+                    true => vec![("num_ctx", format!("{n}").into_bytes())],
+                    false => Vec::new(),
+                };
+                Change::Replace(rebuild(
+                    body,
+                    &inner,
+                    |_, m| {
+                        if m.key == "num_ctx" {
+                            Change::Drop
+                        } else {
+                            Change::Keep
+                        }
+                    },
+                    &add,
+                ))
+            }
+            None => Change::Keep,
+        },
+        _ if last => Change::Replace(format!("{{\"num_ctx\":{n}}}").into_bytes()),
+        _ => Change::Keep,
+    }
 }
 
 /// The indices of `object`'s members Ollama reads as the field `field`

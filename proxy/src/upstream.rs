@@ -36,6 +36,8 @@ pub struct Upstream {
     pub(crate) client: Client<HttpsConnector<HttpConnector>, Body>,
     pub(crate) targets: Arc<[Target]>,
     pub(crate) fleet: Option<Arc<corral_fleet::Fleet>>,
+    /// With `capacity = "auto"` on some upstream: their controllers.
+    pub(crate) measured: Option<Arc<crate::upstreams::Measured>>,
     readiness_timeout: Duration,
 }
 
@@ -102,6 +104,7 @@ impl Upstream {
             client,
             targets: targets.into(),
             fleet,
+            measured: None,
             readiness_timeout: config.readiness_timeout,
         })
     }

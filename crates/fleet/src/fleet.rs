@@ -14,8 +14,8 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::metrics;
-use crate::place::{choose, Choice, Urgency, View, Want};
-use crate::spec::{UpstreamSpec, ANY_MODEL};
+use crate::place::{Urgency, Want};
+use crate::spec::UpstreamSpec;
 
 /// Priority levels.
 const LEVELS: usize = 10;
@@ -97,8 +97,6 @@ pub(crate) struct State {
     pub(crate) load_cost: Duration,
     /// The upstream each conversation last ran on, and when.
     pub(crate) sessions: HashMap<u64, (usize, Instant)>,
-    /// With `capacity = "auto"`: the controllers, by (upstream, model).
-    pub(crate) auto: HashMap<(usize, Arc<str>), corral_adaptive::Controller>,
 }
 
 /// The key of an upstream's default capacity set at run time.
@@ -112,6 +110,9 @@ pub(crate) struct Up {
     pub(crate) failures: u32,
     /// The models it has (its `/api/tags`), once read.
     pub(crate) available: Option<std::collections::HashSet<Arc<str>>>,
+    /// Counts the loads Corral sent it: an `/api/ps` asked before the
+    /// last one is stale (it may list a model evicted since).
+    pub(crate) loads: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -125,7 +126,7 @@ pub(crate) struct Resident {
 
 pub(crate) struct Head {
     oldest: [Option<Instant>; LEVELS],
-    waiting: usize,
+    pub(crate) waiting: usize,
     aging: Duration,
 }
 
@@ -195,6 +196,7 @@ impl Fleet {
                 switching: None,
                 failures: 0,
                 available: None,
+                loads: 0,
             })
             .collect();
         Arc::new(Self {
@@ -205,7 +207,6 @@ impl Fleet {
                 displaced: VecDeque::new(),
                 capacity: HashMap::new(),
                 load_cost: DEFAULT_LOAD_COST,
-                auto: HashMap::new(),
                 sessions: HashMap::new(),
             }),
             waiting: Mutex::new(Vec::new()),
@@ -253,176 +254,6 @@ impl Fleet {
         pools.sort_by_key(|(urgency, _)| (urgency.is_none(), *urgency));
         for (_, pool) in pools {
             pool.kick();
-        }
-    }
-
-    /// A permit for `model` (canonical, or [`ANY_MODEL`]) on the
-    /// upstream that should run it now, or `None`: wait.
-    pub fn place(&self, model: &str, want: &Want) -> Option<Slot> {
-        let now = Instant::now();
-        let mut state = lock(&self.state);
-        self.place_locked(&mut state, model, want, now, None)
-    }
-
-    /// Places a request for `model`, never on `avoid`; a request moved
-    /// off a failed upstream (`avoid` set) drains none for itself.
-    pub(crate) fn place_locked(
-        &self,
-        state: &mut State,
-        model: &str,
-        want: &Want,
-        now: Instant,
-        avoid: Option<usize>,
-    ) -> Option<Slot> {
-        let sticky = want
-            .session
-            .and_then(|s| state.sessions.get(&s))
-            .map(|(u, _)| *u);
-        let views: Vec<View> = (0..self.specs.len())
-            .map(|u| {
-                let mut view = self.view(state, u, model, now);
-                view.healthy &= Some(u) != avoid;
-                view.sticky = sticky == Some(u);
-                view
-            })
-            .collect();
-        match choose(model, want, &views, state.load_cost) {
-            Choice::Switch(_) if avoid.is_some() => None,
-            Choice::Place {
-                upstream,
-                load,
-                evict,
-            } => {
-                if let Some(session) = want.session {
-                    remember(&mut state.sessions, session, upstream, now);
-                }
-                Some(self.take(state, upstream, model, load, evict, now))
-            }
-            Choice::Switch(upstream) => {
-                let up = &mut state.ups[upstream];
-                up.switching = Some((Arc::from(model), now));
-                tracing::info!(
-                    upstream = %self.specs[upstream].name,
-                    model,
-                    "draining the upstream's models to load a more urgent one"
-                );
-                None
-            }
-            Choice::Wait => None,
-        }
-    }
-
-    fn take(
-        &self,
-        state: &mut State,
-        upstream: usize,
-        model: &str,
-        load: bool,
-        evict: Option<Arc<str>>,
-        now: Instant,
-    ) -> Slot {
-        let name = &self.specs[upstream].name;
-        let up = &mut state.ups[upstream];
-        if let Some(evicted) = evict {
-            up.residents.remove(&evicted);
-        }
-        if load {
-            ::metrics::counter!(metrics::MODEL_LOADS_TOTAL, "upstream" => name.to_string(), "model" => model.to_string())
-                .increment(1);
-        }
-        if up.switching.as_ref().is_some_and(|(m, _)| &**m == model) {
-            up.switching = None;
-        }
-        let (key, resident) = match up.residents.get_key_value(model) {
-            Some((key, _)) => (key.clone(), up.residents.get_mut(model)),
-            None => {
-                let key: Arc<str> = Arc::from(model);
-                up.residents.insert(
-                    key.clone(),
-                    Resident {
-                        in_flight: 0,
-                        streaming: 0,
-                        last_used: now,
-                        expires_at: None,
-                    },
-                );
-                (key.clone(), up.residents.get_mut(model))
-            }
-        };
-        let mut concurrency = 1;
-        if let Some(resident) = resident {
-            resident.in_flight += 1;
-            resident.last_used = now;
-            concurrency = resident.in_flight;
-        }
-        Slot {
-            upstream,
-            model: key,
-            concurrency,
-            load,
-        }
-    }
-
-    pub(crate) fn capacity(&self, state: &State, upstream: usize, model: &str) -> usize {
-        let set = |m: &str| state.capacity.get(&(upstream, Arc::from(m))).copied();
-        set(model)
-            .or_else(|| {
-                (!self.specs[upstream].model_capacity.contains_key(model))
-                    .then(|| set(ALL_MODELS))
-                    .flatten()
-            })
-            .unwrap_or_else(|| self.specs[upstream].capacity_of(model))
-    }
-
-    /// Whether upstream `u` may serve `model`: configured to, and, once
-    /// its `/api/tags` was read, has it.
-    pub(crate) fn serves(&self, state: &State, u: usize, model: &str) -> bool {
-        self.specs[u].serves(model)
-            && (model == ANY_MODEL
-                || state.ups[u]
-                    .available
-                    .as_ref()
-                    .is_none_or(|models| models.contains(model)))
-    }
-
-    /// The model `up` is drained for, while requests for it that could
-    /// run wait (a drain for a model nobody can take is over).
-    pub(crate) fn switching(state: &State, up: &Up) -> Option<Arc<str>> {
-        up.switching
-            .as_ref()
-            .filter(|(m, _)| state.heads.contains_key(m))
-            .map(|(m, _)| m.clone())
-    }
-
-    fn view(&self, state: &State, u: usize, model: &str, now: Instant) -> View {
-        let spec = &self.specs[u];
-        let up = &state.ups[u];
-        let models = || up.residents.iter().filter(|(m, _)| &***m != ANY_MODEL);
-        let loaded_count = models().count();
-        let switching = Self::switching(state, up);
-        let wanted = |m: &str| state.heads.get(m).is_some_and(|h| h.waiting > 0);
-        let evictable = models()
-            .filter(|(m, r)| {
-                r.in_flight == 0 && (!wanted(m) || switching.as_deref() == Some(model))
-            })
-            .min_by_key(|(_, r)| r.last_used)
-            .map(|(m, _)| m.clone());
-        let resident_urgency = models()
-            .filter_map(|(m, _)| state.heads.get(m).and_then(|h| h.urgency(now)))
-            .min();
-        View {
-            healthy: up.healthy,
-            serves: self.serves(state, u, model),
-            capacity: self.capacity(state, u, model),
-            in_flight: up.residents.get(model).map_or(0, |r| r.in_flight),
-            loaded: model == ANY_MODEL || up.residents.contains_key(model),
-            busy: up.residents.values().map(|r| r.in_flight).sum(),
-            room: spec.max_loaded.is_none_or(|max| loaded_count < max),
-            evictable,
-            switching,
-            resident_urgency,
-            weight: spec.weight,
-            sticky: false,
         }
     }
 
@@ -497,25 +328,6 @@ impl Fleet {
             }
         }
     }
-}
-
-/// The most conversations remembered: past it, the half least recently
-/// placed are forgotten (a client inventing session ids grows nothing).
-pub const MAX_SESSIONS: usize = 10_000;
-
-fn remember(
-    sessions: &mut HashMap<u64, (usize, Instant)>,
-    session: u64,
-    upstream: usize,
-    now: Instant,
-) {
-    if sessions.len() >= MAX_SESSIONS && !sessions.contains_key(&session) {
-        let mut ages: Vec<Instant> = sessions.values().map(|(_, at)| *at).collect();
-        ages.sort_unstable();
-        let cut = ages[ages.len() / 2];
-        sessions.retain(|_, (_, at)| *at > cut);
-    }
-    sessions.insert(session, (upstream, now));
 }
 
 pub(crate) fn release(state: &mut State, slot: &Slot, now: Instant) {

@@ -117,16 +117,33 @@ impl Fleet {
         lock(&self.state).ups.get(index).is_some_and(|u| u.healthy)
     }
 
+    /// A mark to take before asking upstream `index` what it has loaded,
+    /// for [`Fleet::observe_loaded`].
+    pub fn loads_sent(&self, index: usize) -> u64 {
+        lock(&self.state).ups.get(index).map_or(0, |u| u.loads)
+    }
+
     /// What upstream `index` has loaded, as its `/api/ps` lists it:
-    /// `(canonical name, expires at)`. Models it no longer lists and
-    /// nothing runs on are taken as unloaded.
-    pub fn observe_loaded(&self, index: usize, loaded: Vec<(String, Option<SystemTime>)>) {
+    /// `(canonical name, expires at)`, asked after [`Fleet::loads_sent`]
+    /// said `asked`. Models it no longer lists and nothing runs on are
+    /// taken as unloaded. An answer asked before Corral sent the upstream
+    /// another load is stale (it may list the model that load evicted)
+    /// and is ignored.
+    pub fn observe_loaded(
+        &self,
+        index: usize,
+        asked: u64,
+        loaded: Vec<(String, Option<SystemTime>)>,
+    ) {
         let now = Instant::now();
         {
             let mut state = lock(&self.state);
             let Some(up) = state.ups.get_mut(index) else {
                 return;
             };
+            if up.loads != asked {
+                return;
+            }
             up.residents.retain(|model, resident| {
                 resident.in_flight > 0
                     || &**model == ANY_MODEL

@@ -32,12 +32,8 @@
 //! order of service, more than the load costs. Aging in the scheduler
 //! bounds how long any priority waits for its turn.
 //!
-//! # Capacity found by measuring
-//!
-//! An upstream with a [`UpstreamSpec::auto`] configuration gets a
-//! [`corral_adaptive::Controller`] per model, fed one sample per request
-//! by the proxy ([`Fleet::sample`]); the model's capacity there is the
-//! controller's limit, and a raised one lets waiting requests in at once.
+//! Capacities change at run time ([`Fleet::set_capacity`]): the admin's,
+//! or found by measuring (the proxy's `capacity = "auto"`).
 //!
 //! # Failing upstreams
 //!
@@ -80,19 +76,18 @@
 //! # for slot in [first, second, again] { fleet.free(slot); }
 //! ```
 
-mod auto;
 mod fleet;
 mod health;
 pub mod metrics;
 mod place;
+mod placing;
 mod route;
 mod spec;
 mod status;
 
-pub use fleet::{
-    Fleet, ModelStatus, Slot, UpstreamStatus, Waiting, DEFAULT_LOAD_COST, MAX_SESSIONS,
-};
+pub use fleet::{Fleet, ModelStatus, Slot, UpstreamStatus, Waiting, DEFAULT_LOAD_COST};
 pub use health::FAILURES_BEFORE_DRAINING;
 pub use place::{Urgency, Want};
+pub use placing::MAX_SESSIONS;
 pub use route::Route;
 pub use spec::{UpstreamSpec, ANY_MODEL};

@@ -38,10 +38,6 @@ pub struct UpstreamSpec {
     pub max_loaded: Option<usize>,
     /// A heavier upstream takes a larger share of the requests.
     pub weight: f64,
-    /// With `capacity = "auto"`: how each model's capacity is found by
-    /// measuring ([`Fleet::sample`](crate::Fleet::sample)); `capacity`
-    /// is then where it starts.
-    pub auto: Option<corral_adaptive::AdaptiveConfig>,
 }
 
 impl UpstreamSpec {
@@ -55,7 +51,6 @@ impl UpstreamSpec {
             models: Vec::new(),
             max_loaded: None,
             weight: 1.0,
-            auto: None,
         }
     }
 

@@ -92,6 +92,21 @@ impl Fleet {
             .unwrap_or(0)
     }
 
+    /// Requests of `model` streaming on upstream `index` (their first byte
+    /// came, their end not yet) after `delta` more.
+    pub fn streaming(&self, index: usize, model: &str, delta: isize) -> usize {
+        let mut state = lock(&self.state);
+        let Some(resident) = state
+            .ups
+            .get_mut(index)
+            .and_then(|up| up.residents.get_mut(model))
+        else {
+            return 0;
+        };
+        resident.streaming = resident.streaming.saturating_add_signed(delta);
+        resident.streaming
+    }
+
     /// Whether requests that could run now wait for `model` (canonical).
     pub fn is_wanted(&self, model: &str) -> bool {
         lock(&self.state).heads.contains_key(model)

@@ -100,7 +100,7 @@ pub(crate) async fn slot_for(
         // The request that started the load: leaving before it is done
         // gives it up (ollama#7408).
         let starter = load == state.config.load_time;
-        let mut abort = AbortLoad {
+        let mut abort = crate::state::AbortLoad {
             state: starter.then(|| state.clone()),
             model,
         };
@@ -108,20 +108,6 @@ pub(crate) async fn slot_for(
         abort.state = None;
     }
     Ok((slot, load))
-}
-
-/// Gives up a load when dropped before it is done.
-struct AbortLoad<'a> {
-    state: Option<Arc<State>>,
-    model: &'a str,
-}
-
-impl Drop for AbortLoad<'_> {
-    fn drop(&mut self) {
-        if let Some(state) = &self.state {
-            state.abort_load(self.model);
-        }
-    }
 }
 
 /// Waits `d`, or not at all when it is zero: the timer's millisecond

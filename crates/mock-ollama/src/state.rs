@@ -348,3 +348,17 @@ impl State {
         lock(&self.blobs).insert(digest);
     }
 }
+
+/// Gives up a load when dropped before it is done.
+pub(crate) struct AbortLoad<'a> {
+    pub(crate) state: Option<Arc<State>>,
+    pub(crate) model: &'a str,
+}
+
+impl Drop for AbortLoad<'_> {
+    fn drop(&mut self) {
+        if let Some(state) = &self.state {
+            state.abort_load(self.model);
+        }
+    }
+}

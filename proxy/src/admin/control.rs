@@ -124,27 +124,11 @@ impl Admin {
                 );
             }
             if let Some(fleet) = scheduler.fleet() {
-                // Each server's capacity is its own.
-                let Some(index) = set.upstream.as_deref().and_then(|u| fleet.index_of(u)) else {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        format!(
-                            "with [[upstreams]], name the upstream: {{\"upstream\": one of {:?}, \"capacity\": N, \"model\": optional}}",
-                            fleet.specs().iter().map(|s| s.name.to_string()).collect::<Vec<_>>()
-                        ),
-                    );
-                };
-                let model = set.model.as_deref().map(corral_core::canonical_model);
-                fleet.set_capacity(index, model.as_deref(), set.capacity);
-                tracing::warn!(
-                    upstream = %fleet.specs()[index].name,
-                    model = model.as_deref().unwrap_or("every model"),
-                    capacity = set.capacity,
-                    "upstream capacity set by the operator"
-                );
-                return json_response(
-                    StatusCode::OK,
-                    &json!({"upstreams": super::view::upstreams(&self.upstream)}),
+                return self.fleet_capacity(
+                    fleet,
+                    set.upstream.as_deref(),
+                    set.model.as_deref(),
+                    set.capacity,
                 );
             }
             if set.upstream.is_some() {
@@ -194,6 +178,38 @@ impl Admin {
             })
             .collect();
         json_response(StatusCode::OK, &json!({ "pools": pools }))
+    }
+
+    /// With `[[upstreams]]`: sets one upstream's capacity (for `model`, or
+    /// every model without one of its own there).
+    fn fleet_capacity(
+        &self,
+        fleet: &corral_fleet::Fleet,
+        upstream: Option<&str>,
+        model: Option<&str>,
+        capacity: usize,
+    ) -> Response<BoxBody> {
+        let Some(index) = upstream.and_then(|u| fleet.index_of(u)) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "with [[upstreams]], name the upstream: {{\"upstream\": one of {:?}, \"capacity\": N, \"model\": optional}}",
+                    fleet.specs().iter().map(|s| s.name.to_string()).collect::<Vec<_>>()
+                ),
+            );
+        };
+        let model = model.map(corral_core::canonical_model);
+        fleet.set_capacity(index, model.as_deref(), capacity);
+        tracing::warn!(
+            upstream = %fleet.specs()[index].name,
+            model = model.as_deref().unwrap_or("every model"),
+            capacity,
+            "upstream capacity set by the operator"
+        );
+        json_response(
+            StatusCode::OK,
+            &json!({"upstreams": super::view::upstreams(&self.upstream)}),
+        )
     }
 
     /// `GET` the agents' priorities set at run time; `POST {"agent":

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use corral_adaptive::{OllamaTimings, Sample};
 use corral_core::{End, OnEnd};
 use corral_fleet::Fleet;
+
+use super::auto::Measured;
 use tokio::time::Instant;
 
 /// How much of the end of an answer is kept to read Ollama's timings
@@ -16,6 +18,7 @@ const TAIL: usize = 2048;
 /// Watches one answer's body for the fleet's controller.
 pub(crate) struct Measure {
     pub(crate) fleet: Arc<Fleet>,
+    pub(crate) measured: Arc<Measured>,
     pub(crate) upstream: usize,
     pub(crate) model: Arc<str>,
     /// Requests of the model running there when it was sent, itself
@@ -29,8 +32,10 @@ pub(crate) struct Measure {
 }
 
 impl Measure {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         fleet: Arc<Fleet>,
+        measured: Arc<Measured>,
         upstream: usize,
         model: Arc<str>,
         concurrency: usize,
@@ -40,6 +45,7 @@ impl Measure {
     ) -> Self {
         Self {
             fleet,
+            measured,
             upstream,
             model,
             concurrency,
@@ -98,7 +104,8 @@ impl OnEnd for Measure {
             let loaded = sample.loaded || self.loaded;
             sample.with_loaded(loaded)
         };
-        self.fleet.sample(self.upstream, &self.model, &sample);
+        self.measured
+            .sample(&self.fleet, self.upstream, &self.model, &sample);
     }
 }
 

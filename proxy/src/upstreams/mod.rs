@@ -15,11 +15,13 @@ use crate::config::{Capacity, UpstreamConfig, UpstreamEntry};
 use crate::upstream::{aim, passed_through, root_cause, Target, Upstream};
 use crate::upstream_url::UpstreamUrl;
 
+mod auto;
 mod loading;
 mod measure;
 mod merge;
 mod watch;
 
+pub(crate) use auto::Measured;
 pub(crate) use watch::watch;
 
 impl Upstream {
@@ -43,7 +45,12 @@ impl Upstream {
         }
         let fleet = Fleet::new(specs);
         fleet.set_load_cost(config.model_load_time);
-        Self::to(config, targets, Some(fleet))
+        let mut upstream = Self::to(config, targets, Some(fleet))?;
+        let auto: Vec<_> = entries.iter().map(auto_of).collect();
+        if auto.iter().any(Option::is_some) {
+            upstream.measured = Some(Arc::new(auto::Measured::new(auto)));
+        }
+        Ok(upstream)
     }
 
     /// Sends `request` where its permit is (else to the best server for
@@ -56,17 +63,9 @@ impl Upstream {
             return Err("no fleet".into());
         };
         let route = request.extensions().get::<Arc<Route>>().cloned();
-        // An operator (or a test) may aim a request nobody scheduled at
-        // one server by name; lists are otherwise every server's.
-        let named = match request.headers().get(&X_CORRAL_UPSTREAM) {
-            Some(name) if route.is_none() => {
-                let name = name.to_str().unwrap_or_default();
-                match fleet.index_of(name) {
-                    Some(index) => Some(index),
-                    None => return Ok(no_such_upstream(name)),
-                }
-            }
-            _ => None,
+        let named = match aimed_at(&fleet, &request, route.is_some()) {
+            Ok(named) => named,
+            Err(unknown) => return Ok(no_such_upstream(&unknown)),
         };
         if route.is_none()
             && named.is_none()
@@ -75,29 +74,21 @@ impl Upstream {
         {
             return merge::gather(&self, request.uri().path()).await;
         }
-        let model = request
-            .extensions()
-            .get::<RequestMeta>()
-            .and_then(|m| m.model.as_deref().map(canonical_model));
-        let streamed = request
-            .extensions()
-            .get::<RequestMeta>()
-            .is_some_and(|m| m.stream);
+        let meta = request.extensions().get::<RequestMeta>();
+        let model = meta.and_then(|m| m.model.as_deref().map(canonical_model));
+        let streamed = meta.is_some_and(|m| m.stream);
         let (parts, body) = request.into_parts();
         // A buffered body can be sent again; a streamed one only once.
         let replay = body.try_clone();
         let mut body = Some(body);
         let mut tried = Vec::new();
         loop {
-            let index = match &route {
-                Some(route) => match route.upstream() {
-                    Some(index) => index,
-                    None => return Err("the request's upstream permit was given back".into()),
-                },
-                None => match named {
-                    Some(index) => index,
-                    None => fleet.pick(model.as_deref(), &tried),
-                },
+            let index = match (&route, named) {
+                (Some(route), _) => route
+                    .upstream()
+                    .ok_or("the request's upstream permit was given back")?,
+                (None, Some(index)) => index,
+                (None, None) => fleet.pick(model.as_deref(), &tried),
             };
             let target = &self.targets[index];
             let body = match (body.take(), &replay) {
@@ -107,27 +98,11 @@ impl Upstream {
             };
             let mut attempt = Request::from_parts(parts.clone(), body);
             aim(&mut attempt, &target.url)?;
-            let dispatched = tokio::time::Instant::now();
-            let sent = match loading_model(route.as_ref(), streamed) {
-                Some(model) => {
-                    loading::send_loading(self.client.clone(), attempt, fleet.clone(), model)
-                        .await?
-                }
-                None => self.client.request(attempt).await,
-            };
-            let error = match sent {
-                Ok(response) => {
-                    fleet.answered(index);
-                    let mut response = passed_through(response);
-                    if let Some(measure) = measuring(&fleet, route.as_ref(), streamed, dispatched) {
-                        response = corral_core::WatchBody::response(response, measure)
-                            .map(http_body_util::BodyExt::boxed_unsync);
-                    }
-                    if let Ok(name) = HeaderValue::from_str(&target.name) {
-                        response.headers_mut().insert(X_CORRAL_UPSTREAM, name);
-                    }
-                    return Ok(response);
-                }
+            let error = match self
+                .attempt(&fleet, route.as_ref(), index, attempt, streamed)
+                .await?
+            {
+                Ok(response) => return Ok(response),
                 Err(error) => error,
             };
             tried.push(index);
@@ -153,6 +128,63 @@ impl Upstream {
             tracing::warn!(upstream = %target.name, error = %failed, "upstream failed before answering: sending the request to another");
         }
     }
+
+    /// With `capacity = "auto"` where the request runs: what measures it.
+    fn measuring(
+        &self,
+        fleet: &Arc<Fleet>,
+        route: Option<&Arc<Route>>,
+        streamed: bool,
+        dispatched: tokio::time::Instant,
+    ) -> Option<measure::Measure> {
+        let measured = self.measured.as_ref()?;
+        let (upstream, model, concurrency, loaded) = route?.placement()?;
+        measured.measures(upstream).then(|| {
+            measure::Measure::new(
+                fleet.clone(),
+                measured.clone(),
+                upstream,
+                model,
+                concurrency,
+                dispatched,
+                loaded,
+                streamed,
+            )
+        })
+    }
+
+    /// One try of `request` on upstream `index`: its answer, named and
+    /// measured, or the client's error (nothing answered).
+    async fn attempt(
+        &self,
+        fleet: &Arc<Fleet>,
+        route: Option<&Arc<Route>>,
+        index: usize,
+        request: Request<Body>,
+        streamed: bool,
+    ) -> Result<Result<Response<BoxBody>, hyper_util::client::legacy::Error>, BoxError> {
+        let dispatched = tokio::time::Instant::now();
+        let sent = match loading_model(route, streamed) {
+            Some(model) => {
+                loading::send_loading(self.client.clone(), request, fleet.clone(), model).await?
+            }
+            None => self.client.request(request).await,
+        };
+        let response = match sent {
+            Ok(response) => response,
+            Err(error) => return Ok(Err(error)),
+        };
+        fleet.answered(index);
+        let mut response = passed_through(response);
+        if let Some(measure) = self.measuring(fleet, route, streamed, dispatched) {
+            response = corral_core::WatchBody::response(response, measure)
+                .map(http_body_util::BodyExt::boxed_unsync);
+        }
+        if let Ok(name) = HeaderValue::from_str(&self.targets[index].name) {
+            response.headers_mut().insert(X_CORRAL_UPSTREAM, name);
+        }
+        Ok(Ok(response))
+    }
 }
 
 /// The model a streamed request loads on its server, if it does: its
@@ -160,27 +192,6 @@ impl Upstream {
 fn loading_model(route: Option<&Arc<Route>>, streamed: bool) -> Option<Arc<str>> {
     let (_, model, _, loads) = route?.placement()?;
     (loads && streamed).then_some(model)
-}
-
-/// With `capacity = "auto"` where the request runs: what measures it.
-fn measuring(
-    fleet: &Arc<Fleet>,
-    route: Option<&Arc<Route>>,
-    streamed: bool,
-    dispatched: tokio::time::Instant,
-) -> Option<measure::Measure> {
-    let (upstream, model, concurrency, loaded) = route?.placement()?;
-    fleet.measures(upstream).then(|| {
-        measure::Measure::new(
-            fleet.clone(),
-            upstream,
-            model,
-            concurrency,
-            dispatched,
-            loaded,
-            streamed,
-        )
-    })
 }
 
 /// Ollama's answer to a name it does not know, for an upstream.
@@ -195,13 +206,37 @@ fn no_such_upstream(name: &str) -> Response<BoxBody> {
     response
 }
 
-/// What the fleet knows of an entry.
-fn spec_of(name: &str, entry: &UpstreamEntry) -> UpstreamSpec {
-    let auto = match entry.capacity {
+/// The upstream a request nobody scheduled names in `X-Corral-Upstream`
+/// (an operator aiming a read or a pull at one server); `Err` with the
+/// name when no upstream has it.
+fn aimed_at(
+    fleet: &Fleet,
+    request: &Request<Body>,
+    scheduled: bool,
+) -> Result<Option<usize>, String> {
+    match request.headers().get(&X_CORRAL_UPSTREAM) {
+        Some(name) if !scheduled => {
+            let name = name.to_str().unwrap_or_default();
+            fleet
+                .index_of(name)
+                .map(Some)
+                .ok_or_else(|| name.to_string())
+        }
+        _ => Ok(None),
+    }
+}
+
+/// With `capacity = "auto"`: how it is measured.
+fn auto_of(entry: &UpstreamEntry) -> Option<corral_adaptive::AdaptiveConfig> {
+    match entry.capacity {
         Capacity::Fixed(_) => None,
         Capacity::Auto => Some(entry.auto.clone().unwrap_or_default()),
-    };
-    let capacity = match (&entry.capacity, &auto) {
+    }
+}
+
+/// What the fleet knows of an entry.
+fn spec_of(name: &str, entry: &UpstreamEntry) -> UpstreamSpec {
+    let capacity = match (&entry.capacity, auto_of(entry)) {
         (Capacity::Fixed(n), _) => *n,
         (Capacity::Auto, Some(auto)) => auto.initial,
         (Capacity::Auto, None) => crate::config::DEFAULT_CAPACITY_PER_MODEL,
@@ -210,7 +245,6 @@ fn spec_of(name: &str, entry: &UpstreamEntry) -> UpstreamSpec {
         .with_models(&entry.models)
         .with_max_loaded(entry.max_loaded_models);
     spec.weight = entry.weight;
-    spec.auto = auto;
     spec.model_capacity = entry
         .model_capacity
         .iter()

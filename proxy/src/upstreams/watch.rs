@@ -35,14 +35,14 @@ pub(crate) async fn watch(upstream: Upstream, period: Duration) {
             metrics::gauge!(crate::telemetry::UPSTREAM_UP, "upstream" => name)
                 .set(if seen.is_some() { 1.0 } else { 0.0 });
             match seen {
-                Some((available, loaded)) => {
+                Some(seen) => {
                     missed[index] = 0;
                     fleet.set_healthy(index, true);
-                    if let Some(available) = available {
+                    if let Some(available) = seen.available {
                         fleet.observe_available(index, available);
                     }
-                    if let Some(loaded) = loaded {
-                        fleet.observe_loaded(index, loaded);
+                    if let Some((asked, loaded)) = seen.loaded {
+                        fleet.observe_loaded(index, asked, loaded);
                     }
                 }
                 None => {
@@ -56,16 +56,21 @@ pub(crate) async fn watch(upstream: Upstream, period: Duration) {
     }
 }
 
+/// What one probe of an upstream learned.
+struct Seen {
+    /// What `/api/tags` lists, when it answers.
+    available: Option<Vec<String>>,
+    /// What `/api/ps` lists, when it answers, with the fleet's mark of
+    /// the loads sent before it was asked.
+    loaded: Option<(u64, Loaded)>,
+}
+
+/// Models loaded, by canonical name, with when each unloads.
+type Loaded = Vec<(String, Option<SystemTime>)>;
+
 /// What one probe of upstream `index` learns: `None` if it does not
-/// answer; else what `/api/tags` and `/api/ps` list, when they answer.
-#[allow(clippy::type_complexity)]
-async fn probe(
-    upstream: &Upstream,
-    index: usize,
-) -> Option<(
-    Option<Vec<String>>,
-    Option<Vec<(String, Option<SystemTime>)>>,
-)> {
+/// answer.
+async fn probe(upstream: &Upstream, index: usize) -> Option<Seen> {
     // Any answer is a server up: one that is not Ollama (llama.cpp's
     // server) answers /api/version with a 404, and /api/tags and /api/ps
     // too, which leaves what it has and has loaded unknown.
@@ -75,17 +80,18 @@ async fn probe(
         .await
         .ok()
         .map(|body| loaded_models(&body).into_iter().map(|(m, _)| m).collect());
+    let asked = upstream.fleet().map_or(0, |f| f.loads_sent(index));
     let loaded = upstream
         .get(index, "/api/ps")
         .await
         .ok()
-        .map(|body| loaded_models(&body));
-    Some((available, loaded))
+        .map(|body| (asked, loaded_models(&body)));
+    Some(Seen { available, loaded })
 }
 
 /// The models `/api/ps` (or `/api/tags`) lists, by canonical name, with
 /// when each unloads.
-pub(crate) fn loaded_models(body: &[u8]) -> Vec<(String, Option<SystemTime>)> {
+pub(crate) fn loaded_models(body: &[u8]) -> Loaded {
     let Ok(answer) = serde_json::from_slice::<serde_json::Value>(body) else {
         return Vec::new();
     };

@@ -126,15 +126,7 @@ pub fn build_with(
     }
     .map_err(|e| refuse(e, None))?;
 
-    if upstream.fleet().is_some() && !kinds.iter().any(|k| k.name == "priority") {
-        return Err(refuse(
-            ConfigError::new(
-                "layers",
-                "with [[upstreams]] the stack needs the priority layer: it places each request on a server",
-            ),
-            None,
-        ));
-    }
+    places_requests(&upstream, &kinds).map_err(|e| refuse(e, None))?;
 
     // What the layers share: the event log, the load, the bus, Redis.
     let events = event_log(config).map_err(|e| refuse(e, None))?;
@@ -199,21 +191,6 @@ pub fn build_with(
     })
 }
 
-/// Each layer, outermost first, as `(kind, how it is configured)`.
-fn summaries(
-    config: &Config,
-    classify: &ClassifyLayer,
-    built: &[(&'static str, StackLayer)],
-) -> Vec<(String, String)> {
-    let mut layers = vec![("classify".to_string(), classify_summary(config, classify))];
-    layers.extend(
-        built
-            .iter()
-            .map(|(name, layer)| (name.to_string(), layer.summary().to_string())),
-    );
-    layers
-}
-
 /// The classify layer, from the sections it is assembled of; an error
 /// names the section the operator wrote.
 fn classify_layer(config: &Config) -> Result<ClassifyLayer, ConfigError> {
@@ -249,6 +226,18 @@ fn build_layers(
         built.push((kind.name, stack_layer));
     }
     Ok((built, refusals))
+}
+
+/// Several upstreams (or one holding few models) need the `priority`
+/// layer: it places each request on a server.
+fn places_requests(upstream: &Upstream, kinds: &[&LayerKind]) -> Result<(), ConfigError> {
+    if upstream.fleet().is_none() || kinds.iter().any(|k| k.name == "priority") {
+        return Ok(());
+    }
+    Err(ConfigError::new(
+        "layers",
+        "with [[upstreams]] (or [upstream] max_loaded_models) the stack needs the priority layer: it places each request on a server",
+    ))
 }
 
 /// The kind of each layer listed, in order, once every rule holds:
@@ -292,21 +281,6 @@ fn event_log(config: &Config) -> Result<Arc<corral_events::EventLog>, ConfigErro
     corral_events::EventLog::open(&config.events)
         .map(Arc::new)
         .map_err(|e| ConfigError::new("events.file", format!("cannot open the event file: {e}")))
-}
-
-/// How classify is configured, for `check-config`.
-fn classify_summary(config: &Config, classify: &ClassifyLayer) -> String {
-    format!(
-        "identity, priority and deadline; bodies up to {} bytes; {} class(es), {} agent(s){}",
-        config.server.max_request_bytes,
-        classify.classes().count(),
-        config.agents.len(),
-        if config.identity.require_key {
-            "; API key required"
-        } else {
-            ""
-        }
-    )
 }
 
 /// The shared Redis of `[state] backend = "redis"`, when the stack is
@@ -371,46 +345,7 @@ fn replica_name() -> String {
     format!("{host}-{}-{nonce:08x}", std::process::id())
 }
 
-/// Renders `stack` as `check-config` prints it.
-pub fn describe(config: &Config, stack: &Stack) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let _ = writeln!(out, "listen     {}", config.server.listen);
-    let _ = match config.admin.listen {
-        Some(admin) => writeln!(out, "admin      {admin} (/corral/*, /metrics)"),
-        None => writeln!(out, "admin      on the main listener (/corral/*, /metrics)"),
-    };
-    let _ = writeln!(out, "upstream   {}", stack.upstream.url());
-    let _ = writeln!(out, "capacity   {}", config.capacity_summary());
-    for agent in &config.agents {
-        if let Some(var) = &agent.key_env {
-            if std::env::var(var).map_or(true, |v| v.trim().is_empty()) {
-                let _ = writeln!(
-                    out,
-                    "disabled   agent {:?}: {var} is not set (its key comes from it)",
-                    agent.id
-                );
-            }
-        }
-    }
-    let classify = config.classify();
-    if let Ok(layer) = ClassifyLayer::new(&classify) {
-        let classes: Vec<String> = layer
-            .classes()
-            .map(|(name, p, [hi, lo])| format!("{name} (priority {p}, may ask {hi}..{lo})"))
-            .collect();
-        let _ = writeln!(out, "classes    {}", classes.join(", "));
-    }
-    let _ = match &config.layers {
-        None => writeln!(
-            out,
-            "stack, outermost first (the default: no [[layers]] listed; `layers = []` for none):"
-        ),
-        Some(_) => writeln!(out, "stack, outermost first:"),
-    };
-    for (i, (kind, summary)) in stack.layers.iter().enumerate() {
-        let _ = writeln!(out, "  {i}. {kind:<10} {summary}");
-    }
-    let _ = writeln!(out, "  -> upstream {}", stack.upstream.url());
-    out
-}
+mod describe;
+
+pub use describe::describe;
+use describe::summaries;
