@@ -288,7 +288,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         tracing::info!(
             listen = %server.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             admin = %server.admin_addr().map(|a| a.to_string()).unwrap_or_else(|| "main listener".into()),
-            upstream = %UpstreamUrl::parse(&config.upstream.url).map(|u| u.to_string()).unwrap_or_default(),
+            upstream = %config.upstreams_summary(),
             stack = %format!("classify, {}", if layers.is_empty() { "nothing else (layers = [])".to_string() } else { layers.join(", ") }),
             capacity = %config.capacity_summary(),
             "corral is serving; point OLLAMA_HOST here"

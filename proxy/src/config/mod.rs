@@ -310,6 +310,22 @@ impl Config {
         Ok(config)
     }
 
+    /// Where requests go, for the startup line: the upstream's address,
+    /// or each upstream's name and address.
+    pub fn upstreams_summary(&self) -> String {
+        let fleet = self.fleet_entries();
+        if fleet.is_empty() || self.upstreams.is_empty() {
+            return crate::upstream_url::UpstreamUrl::parse(&self.upstream.url)
+                .map(|u| u.to_string())
+                .unwrap_or_default();
+        }
+        fleet
+            .iter()
+            .map(|e| format!("{}={}", e.display_name(), e.url))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// The upstreams scheduled as a fleet: `[[upstreams]]`, or the one
     /// `[upstream]` when it says how many models it holds loaded; empty
     /// otherwise (one server, no residency).
@@ -362,6 +378,24 @@ impl Config {
     /// One sentence on the capacity in use, where it came from and how to
     /// change it: for the startup line and `check-config`.
     pub fn capacity_summary(&self) -> String {
+        let fleet = self.fleet_entries();
+        if !fleet.is_empty() {
+            let each: Vec<String> = fleet
+                .iter()
+                .map(|e| {
+                    let capacity = match e.capacity {
+                        Capacity::Fixed(n) => n.to_string(),
+                        Capacity::Auto => "found by measuring".to_string(),
+                    };
+                    let loaded = e
+                        .max_loaded_models
+                        .map(|n| format!(", at most {n} model(s) loaded"))
+                        .unwrap_or_default();
+                    format!("{}: {capacity}{loaded}", e.display_name())
+                })
+                .collect();
+            return format!("per loaded model on each upstream ({})", each.join("; "));
+        }
         match (&self.upstream.capacity, &self.capacity_from) {
             (Some(capacity), Some(from)) => {
                 format!("{capacity} request(s) at once, all models together (from {from})")

@@ -101,12 +101,12 @@ pub(crate) fn priority(
         .set(Arc::clone(priority.scheduler()) as Arc<dyn corral_core::UpstreamLoad>)?;
     Ok(StackLayer::new(
         priority,
-        format!("{}{shared}", describe(&config, per_model)),
+        describe(&config, per_model, context.fleet.is_some(), &shared),
     ))
 }
 
 /// How the start-up log describes the scheduler.
-fn describe(config: &PriorityConfig, per_model: bool) -> String {
+fn describe(config: &PriorityConfig, per_model: bool, fleet: bool, shared: &str) -> String {
     let models = if config.model_capacity.is_empty() {
         String::new()
     } else {
@@ -126,9 +126,14 @@ fn describe(config: &PriorityConfig, per_model: bool) -> String {
         .map(|r| format!(", {} held for priority <= {}", r.permits, r.up_to_priority))
         .unwrap_or_default();
     let per = if per_model { " per model" } else { "" };
+    let permits = if fleet {
+        // The fleet's: each upstream's, per loaded model.
+        "one queue per model".to_string()
+    } else {
+        format!("{} upstream permit(s){per}{models}", config.capacity)
+    };
     format!(
-        "{} upstream permit(s){per}{models}{cap}{reserve}; aging one step per {}",
-        config.capacity,
+        "{permits}{shared}{cap}{reserve}; aging one step per {}",
         humantime::format_duration(config.aging)
     )
 }

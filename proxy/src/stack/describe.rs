@@ -46,7 +46,7 @@ pub fn describe(config: &Config, stack: &Stack) -> String {
         Some(admin) => writeln!(out, "admin      {admin} (/corral/*, /metrics)"),
         None => writeln!(out, "admin      on the main listener (/corral/*, /metrics)"),
     };
-    let _ = writeln!(out, "upstream   {}", stack.upstream.url());
+    let _ = writeln!(out, "upstream   {}", config.upstreams_summary());
     let _ = writeln!(out, "capacity   {}", config.capacity_summary());
     for agent in &config.agents {
         if let Some(var) = &agent.key_env {
@@ -77,6 +77,6 @@ pub fn describe(config: &Config, stack: &Stack) -> String {
     for (i, (kind, summary)) in stack.layers.iter().enumerate() {
         let _ = writeln!(out, "  {i}. {kind:<10} {summary}");
     }
-    let _ = writeln!(out, "  -> upstream {}", stack.upstream.url());
+    let _ = writeln!(out, "  -> upstream {}", config.upstreams_summary());
     out
 }
