@@ -38,6 +38,9 @@ pub struct Upstream {
     pub(crate) fleet: Option<Arc<corral_fleet::Fleet>>,
     /// With `capacity = "auto"` on some upstream: their controllers.
     pub(crate) measured: Option<Arc<crate::upstreams::Measured>>,
+    /// With several upstreams and no `model_load_time`: the fleet learns
+    /// what a load costs from streams' first tokens.
+    pub(crate) learns_load: bool,
     readiness_timeout: Duration,
 }
 
@@ -105,6 +108,7 @@ impl Upstream {
             targets: targets.into(),
             fleet,
             measured: None,
+            learns_load: false,
             readiness_timeout: config.readiness_timeout,
         })
     }
@@ -112,6 +116,11 @@ impl Upstream {
     /// The (first) upstream's address.
     pub fn url(&self) -> &UpstreamUrl {
         &self.targets[0].url
+    }
+
+    /// Whether upstream `index` finds its capacity by measuring.
+    pub(crate) fn measures(&self, index: usize) -> bool {
+        self.measured.as_ref().is_some_and(|m| m.measures(index))
     }
 
     /// The servers requests go to, in configuration order.

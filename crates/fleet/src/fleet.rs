@@ -95,6 +95,9 @@ pub(crate) struct State {
     /// [`ALL_MODELS`] for an upstream's default.
     pub(crate) capacity: HashMap<(usize, Arc<str>), usize>,
     pub(crate) load_cost: Duration,
+    /// Averages of the time to a stream's first token, without a load and
+    /// with one: what a load is learned from.
+    pub(crate) first_token: [Option<Duration>; 2],
     /// The upstream each conversation last ran on, and when.
     pub(crate) sessions: HashMap<u64, (usize, Instant)>,
 }
@@ -113,6 +116,9 @@ pub(crate) struct Up {
     /// Counts the loads Corral sent it: an `/api/ps` asked before the
     /// last one is stale (it may list a model evicted since).
     pub(crate) loads: u64,
+    /// Models Corral evicted here that `/api/ps` may still list while the
+    /// server unloads them: not taken back from it until it stops.
+    pub(crate) evicted: std::collections::HashSet<Arc<str>>,
 }
 
 #[derive(Debug, Clone)]
@@ -197,6 +203,7 @@ impl Fleet {
                 failures: 0,
                 available: None,
                 loads: 0,
+                evicted: std::collections::HashSet::new(),
             })
             .collect();
         Arc::new(Self {
@@ -207,6 +214,7 @@ impl Fleet {
                 displaced: VecDeque::new(),
                 capacity: HashMap::new(),
                 load_cost: DEFAULT_LOAD_COST,
+                first_token: [None, None],
                 sessions: HashMap::new(),
             }),
             waiting: Mutex::new(Vec::new()),
@@ -227,6 +235,29 @@ impl Fleet {
     /// outwait the work it would displace by).
     pub fn set_load_cost(&self, cost: Duration) {
         lock(&self.state).load_cost = cost;
+    }
+
+    /// A stream's first token came `after` its dispatch; `loaded`: its
+    /// model was loaded for it. Once both kinds were seen, a load is
+    /// taken to cost the difference of their averages (at least 100 ms).
+    pub fn first_token(&self, after: Duration, loaded: bool) {
+        let mut state = lock(&self.state);
+        let average = &mut state.first_token[usize::from(loaded)];
+        *average = Some(match *average {
+            None => after,
+            // A moving average: a slow machine or a bigger model moves it.
+            Some(was) => (was * 7 + after) / 8,
+        });
+        if let [Some(plain), Some(loading)] = state.first_token {
+            state.load_cost = loading
+                .saturating_sub(plain)
+                .max(Duration::from_millis(100));
+        }
+    }
+
+    /// What a model load is taken to cost now.
+    pub fn load_cost(&self) -> Duration {
+        lock(&self.state).load_cost
     }
 
     /// `waiting` (a pool for `model`) is told when permits may be free.

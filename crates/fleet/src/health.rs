@@ -144,6 +144,14 @@ impl Fleet {
             if up.loads != asked {
                 return;
             }
+            // Evicted by Corral, still listed while the server unloads it.
+            up.evicted
+                .retain(|model| loaded.iter().any(|(m, _)| m == &**model));
+            let evicted = up.evicted.clone();
+            let loaded: Vec<_> = loaded
+                .into_iter()
+                .filter(|(m, _)| !evicted.contains(m.as_str()))
+                .collect();
             up.residents.retain(|model, resident| {
                 resident.in_flight > 0
                     || &**model == ANY_MODEL

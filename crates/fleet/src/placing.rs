@@ -82,7 +82,9 @@ impl Fleet {
         let up = &mut state.ups[upstream];
         if let Some(evicted) = evict {
             up.residents.remove(&evicted);
+            up.evicted.insert(evicted);
         }
+        up.evicted.remove(model);
         if load {
             up.loads += 1;
         }

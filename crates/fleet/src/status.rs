@@ -107,6 +107,15 @@ impl Fleet {
         resident.streaming
     }
 
+    /// Requests of `model` running (or sent) on upstream `index`.
+    pub fn running(&self, index: usize, model: &str) -> usize {
+        lock(&self.state)
+            .ups
+            .get(index)
+            .and_then(|up| up.residents.get(model))
+            .map_or(0, |r| r.in_flight)
+    }
+
     /// Whether requests that could run now wait for `model` (canonical).
     pub fn is_wanted(&self, model: &str) -> bool {
         lock(&self.state).heads.contains_key(model)

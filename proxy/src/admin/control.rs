@@ -198,6 +198,15 @@ impl Admin {
                 ),
             );
         };
+        if self.upstream.measures(index) {
+            return error(
+                StatusCode::CONFLICT,
+                format!(
+                    "{} finds its capacity by measuring (capacity = \"auto\"): a value set here would be overwritten",
+                    fleet.specs()[index].name
+                ),
+            );
+        }
         let model = model.map(corral_core::canonical_model);
         fleet.set_capacity(index, model.as_deref(), capacity);
         tracing::warn!(

@@ -117,8 +117,10 @@ pub struct UpstreamConfig {
     /// waited this much longer than the work there (at equal effective
     /// priority), and a second copy of a busy model is loaded only if its
     /// queue would take longer than this to clear.
+    /// Unset: measured, from streams whose first token waited for their
+    /// model to load (2 s until one has).
     #[serde(with = "humantime_serde")]
-    pub model_load_time: Duration,
+    pub model_load_time: Option<Duration>,
     /// How many models the server holds loaded at once (its
     /// `OLLAMA_MAX_LOADED_MODELS`, or what fits in its memory). Set, the
     /// one server is scheduled as a fleet of one: work is grouped by
@@ -139,7 +141,7 @@ impl Default for UpstreamConfig {
             capacity: None,
             model_capacity: std::collections::BTreeMap::new(),
             probe_interval: Duration::from_secs(10),
-            model_load_time: corral_fleet::DEFAULT_LOAD_COST,
+            model_load_time: None,
             max_loaded_models: None,
         }
     }

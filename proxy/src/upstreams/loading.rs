@@ -31,17 +31,23 @@ pub(crate) async fn send_loading(
     client: Client<HttpsConnector<HttpConnector>, Body>,
     request: Request<Body>,
     fleet: Arc<Fleet>,
+    upstream: usize,
     model: Arc<str>,
 ) -> Result<Answer, BoxError> {
     let (tell, answer) = oneshot::channel();
     let task = tokio::spawn(async move {
-        let result = client.request(request).await;
+        // Left alone, it would wait on a hung server for ever.
+        let result = match tokio::time::timeout(LOAD_TIMEOUT, client.request(request)).await {
+            Ok(result) => result,
+            Err(_) => return,
+        };
         // Nobody to tell: the answer is dropped here.
         let _ = tell.send(result);
     });
     let mut watch = Leaving {
         task: Some(task),
         fleet,
+        upstream,
         model,
     };
     let result = answer.await;
@@ -50,10 +56,15 @@ pub(crate) async fn send_loading(
     result.map_err(|_| "the upstream request's task ended without an answer".into())
 }
 
+/// The longest a load is kept going for others: Ollama's own default
+/// `OLLAMA_LOAD_TIMEOUT`.
+const LOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
 /// What the caller leaves behind.
 struct Leaving {
     task: Option<JoinHandle<()>>,
     fleet: Arc<Fleet>,
+    upstream: usize,
     model: Arc<str>,
 }
 
@@ -62,7 +73,10 @@ impl Drop for Leaving {
         let Some(task) = self.task.take() else {
             return;
         };
-        if self.fleet.is_wanted(&self.model) {
+        // Others want it: waiting in the queue, or sent to that server
+        // beside it (its own permit is still held while this runs).
+        let beside = self.fleet.running(self.upstream, &self.model) > 1;
+        if beside || self.fleet.is_wanted(&self.model) {
             tracing::debug!(model = %self.model, "client left while its model loads: the load goes on for the requests waiting");
         } else {
             task.abort();

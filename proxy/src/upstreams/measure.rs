@@ -93,6 +93,14 @@ impl OnEnd for Measure {
                 if let (Some(tokens), Some(nanos)) = (t.eval_count, t.eval_duration) {
                     sample = sample.with_generation(tokens, std::time::Duration::from_nanos(nanos));
                 }
+                // Placed beside the request that started a load, it waited
+                // for the load too: Ollama says so in its own timings.
+                let waited_for_load = t.load_duration.is_some_and(|d| {
+                    std::time::Duration::from_nanos(d) >= corral_adaptive::LOADED_AT_LEAST
+                });
+                if waited_for_load {
+                    sample = sample.with_loaded(true);
+                }
             }
             sample
         } else {

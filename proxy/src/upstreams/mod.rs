@@ -44,8 +44,12 @@ impl Upstream {
             specs.push(spec_of(&name, entry));
         }
         let fleet = Fleet::new(specs);
-        fleet.set_load_cost(config.model_load_time);
+        if let Some(load) = config.model_load_time {
+            fleet.set_load_cost(load);
+        }
+        let learns_load = config.model_load_time.is_none();
         let mut upstream = Self::to(config, targets, Some(fleet))?;
+        upstream.learns_load = learns_load;
         let auto: Vec<_> = entries.iter().map(auto_of).collect();
         if auto.iter().any(Option::is_some) {
             upstream.measured = Some(Arc::new(auto::Measured::new(auto)));
@@ -165,8 +169,9 @@ impl Upstream {
     ) -> Result<Result<Response<BoxBody>, hyper_util::client::legacy::Error>, BoxError> {
         let dispatched = tokio::time::Instant::now();
         let sent = match loading_model(route, streamed) {
-            Some(model) => {
-                loading::send_loading(self.client.clone(), request, fleet.clone(), model).await?
+            Some((upstream, model)) => {
+                loading::send_loading(self.client.clone(), request, fleet.clone(), upstream, model)
+                    .await?
             }
             None => self.client.request(request).await,
         };
@@ -175,8 +180,20 @@ impl Upstream {
             Err(error) => return Ok(Err(error)),
         };
         fleet.answered(index);
+        // An error answer comes at once: it says nothing of how long a
+        // generation waits.
+        let generating = response.status().is_success();
+        if self.learns_load && streamed && generating {
+            // A stream's headers come with its first token.
+            if let Some((_, _, _, loads)) = route.and_then(|r| r.placement()) {
+                fleet.first_token(dispatched.elapsed(), loads);
+            }
+        }
         let mut response = passed_through(response);
-        if let Some(measure) = self.measuring(fleet, route, streamed, dispatched) {
+        let measure = generating
+            .then(|| self.measuring(fleet, route, streamed, dispatched))
+            .flatten();
+        if let Some(measure) = measure {
             response = corral_core::WatchBody::response(response, measure)
                 .map(http_body_util::BodyExt::boxed_unsync);
         }
@@ -189,9 +206,9 @@ impl Upstream {
 
 /// The model a streamed request loads on its server, if it does: its
 /// load is kept going should its client leave (see [`loading`]).
-fn loading_model(route: Option<&Arc<Route>>, streamed: bool) -> Option<Arc<str>> {
-    let (_, model, _, loads) = route?.placement()?;
-    (loads && streamed).then_some(model)
+fn loading_model(route: Option<&Arc<Route>>, streamed: bool) -> Option<(usize, Arc<str>)> {
+    let (upstream, model, _, loads) = route?.placement()?;
+    (loads && streamed).then_some((upstream, model))
 }
 
 /// Ollama's answer to a name it does not know, for an upstream.

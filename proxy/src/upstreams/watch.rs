@@ -74,19 +74,32 @@ async fn probe(upstream: &Upstream, index: usize) -> Option<Seen> {
     // Any answer is a server up: one that is not Ollama (llama.cpp's
     // server) answers /api/version with a 404, and /api/tags and /api/ps
     // too, which leaves what it has and has loaded unknown.
-    upstream.answers(index, "/api/version").await.ok()?;
+    // A 5xx is a proxy in front of a dead Ollama (502, 503, 504).
+    let status = upstream.answers(index, "/api/version").await.ok()?;
+    if status.is_server_error() {
+        return None;
+    }
     let available = upstream
         .get(index, "/api/tags")
         .await
         .ok()
+        .filter(|body| listed(body))
         .map(|body| loaded_models(&body).into_iter().map(|(m, _)| m).collect());
     let asked = upstream.fleet().map_or(0, |f| f.loads_sent(index));
     let loaded = upstream
         .get(index, "/api/ps")
         .await
         .ok()
+        .filter(|body| listed(body))
         .map(|body| (asked, loaded_models(&body)));
     Some(Seen { available, loaded })
+}
+
+/// Whether `body` is a list of models in Ollama's shape: anything else
+/// (another server's 200) leaves what it has unknown, not empty.
+fn listed(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .is_ok_and(|v| v.get("models").is_some_and(|m| m.is_array()))
 }
 
 /// The models `/api/ps` (or `/api/tags`) lists, by canonical name, with
