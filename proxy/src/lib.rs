@@ -53,6 +53,7 @@ pub mod stack;
 mod svc;
 pub mod telemetry;
 pub mod upstream;
+mod upstream_tls;
 mod upstream_url;
 mod upstreams;
 

@@ -310,43 +310,6 @@ impl Config {
         Ok(config)
     }
 
-    /// Where requests go, for the startup line: the upstream's address,
-    /// or each upstream's name and address.
-    pub fn upstreams_summary(&self) -> String {
-        let fleet = self.fleet_entries();
-        if fleet.is_empty() || self.upstreams.is_empty() {
-            return crate::upstream_url::UpstreamUrl::parse(&self.upstream.url)
-                .map(|u| u.to_string())
-                .unwrap_or_default();
-        }
-        fleet
-            .iter()
-            .map(|e| format!("{}={}", e.display_name(), e.url))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
-    /// The upstreams scheduled as a fleet: `[[upstreams]]`, or the one
-    /// `[upstream]` when it says how many models it holds loaded; empty
-    /// otherwise (one server, no residency).
-    pub fn fleet_entries(&self) -> std::borrow::Cow<'_, [UpstreamEntry]> {
-        if !self.upstreams.is_empty() || self.upstream.max_loaded_models.is_none() {
-            return std::borrow::Cow::Borrowed(&self.upstreams);
-        }
-        let upstream = &self.upstream;
-        std::borrow::Cow::Owned(vec![UpstreamEntry {
-            name: None,
-            url: upstream.url.clone(),
-            capacity: Capacity::Fixed(upstream.capacity.unwrap_or(DEFAULT_CAPACITY_PER_MODEL)),
-            model_capacity: upstream.model_capacity.clone(),
-            models: Vec::new(),
-            max_loaded_models: upstream.max_loaded_models,
-            weight: 1.0,
-            labels: Default::default(),
-            auto: None,
-        }])
-    }
-
     /// The layers of the stack below `classify`: those listed, or the
     /// default ones when none are.
     pub fn layers(&self) -> std::borrow::Cow<'_, [LayerConfig]> {
