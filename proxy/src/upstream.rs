@@ -148,31 +148,14 @@ impl Upstream {
     }
 
     /// `GET path` on upstream `index`, its body within the readiness
-    /// timeout.
+    /// timeout; a status other than success is an error.
     pub(crate) async fn get(&self, index: usize, path: &str) -> Result<bytes::Bytes, String> {
-        let url = &self.targets[index].url;
-        let request = get_request(url, path)?;
-        let answer = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| root_cause(&e))?;
-            let status = response.status();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            if !status.is_success() {
-                return Err(format!("{url}{path} answered {status}"));
-            }
-            Ok(body)
-        };
-        tokio::time::timeout(self.readiness_timeout, answer)
-            .await
-            .map_err(|_| format!("{url}: no answer within {:?}", self.readiness_timeout))?
+        let (status, body) = self.fetch(index, path, true).await?;
+        if !status.is_success() {
+            let url = &self.targets[index].url;
+            return Err(format!("{url}{path} answered {status}"));
+        }
+        Ok(body)
     }
 
     /// Whether upstream `index` answers `GET path` at all, whatever the
@@ -182,6 +165,17 @@ impl Upstream {
         index: usize,
         path: &str,
     ) -> Result<http::StatusCode, String> {
+        Ok(self.fetch(index, path, false).await?.0)
+    }
+
+    /// `GET path` on upstream `index` within the readiness timeout: its
+    /// status, and its body when `read`.
+    async fn fetch(
+        &self,
+        index: usize,
+        path: &str,
+        read: bool,
+    ) -> Result<(http::StatusCode, bytes::Bytes), String> {
         let url = &self.targets[index].url;
         let request = get_request(url, path)?;
         let answer = async {
@@ -190,7 +184,17 @@ impl Upstream {
                 .request(request)
                 .await
                 .map_err(|e| root_cause(&e))?;
-            Ok(response.status())
+            let status = response.status();
+            if !read {
+                return Ok((status, bytes::Bytes::new()));
+            }
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok((status, body))
         };
         tokio::time::timeout(self.readiness_timeout, answer)
             .await

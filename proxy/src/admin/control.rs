@@ -165,19 +165,7 @@ impl Admin {
         } else if method != Method::GET {
             return error(StatusCode::METHOD_NOT_ALLOWED, "use GET or POST".into());
         }
-        let pools: Vec<serde_json::Value> = scheduler
-            .pools()
-            .into_iter()
-            .map(|(name, load)| {
-                json!({
-                    "pool": name,
-                    "capacity": load.capacity,
-                    "in_flight": load.in_flight,
-                    "queued": load.queued_total(),
-                })
-            })
-            .collect();
-        json_response(StatusCode::OK, &json!({ "pools": pools }))
+        json_response(StatusCode::OK, &json!({ "pools": pools_of(scheduler) }))
     }
 
     /// With `[[upstreams]]`: sets one upstream's capacity (for `model`, or
@@ -283,4 +271,20 @@ impl Admin {
             .collect();
         json_response(StatusCode::OK, &json!({ "agents": agents }))
     }
+}
+
+/// Each pool of the scheduler: its capacity, what runs and what waits.
+fn pools_of(scheduler: &corral_priority::Scheduler) -> Vec<serde_json::Value> {
+    scheduler
+        .pools()
+        .into_iter()
+        .map(|(name, load)| {
+            json!({
+                "pool": name,
+                "capacity": load.capacity,
+                "in_flight": load.in_flight,
+                "queued": load.queued_total(),
+            })
+        })
+        .collect()
 }
