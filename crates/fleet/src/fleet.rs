@@ -34,6 +34,24 @@ pub struct Slot {
     pub(crate) concurrency: usize,
     /// The model had to be loaded there for it.
     pub(crate) load: bool,
+    /// The idle model evicted there for it.
+    pub(crate) evict: Option<Arc<str>>,
+    /// Its number in this process: its lease's name in a shared fleet.
+    pub(crate) lease: u64,
+}
+
+/// Numbers of permits, unique in the process.
+static LEASES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// What names a permit's lease in a shared fleet, and what claiming it
+/// needs.
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) struct LeaseKey {
+    pub(crate) upstream: usize,
+    pub(crate) model: Arc<str>,
+    pub(crate) evict: Option<Arc<str>>,
+    pub(crate) lease: u64,
 }
 
 impl Slot {
@@ -57,6 +75,20 @@ impl Slot {
     pub fn loads(&self) -> bool {
         self.load
     }
+
+    pub(crate) fn key(&self) -> LeaseKey {
+        LeaseKey {
+            upstream: self.upstream,
+            model: self.model.clone(),
+            evict: self.evict.clone(),
+            lease: self.lease,
+        }
+    }
+
+    /// A new permit's number.
+    pub(crate) fn next_lease() -> u64 {
+        LEASES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// Something waiting for permits (a pool of the scheduler): told when
@@ -71,6 +103,9 @@ pub struct Fleet {
     pub(crate) specs: Vec<UpstreamSpec>,
     pub(crate) state: Mutex<State>,
     waiting: Mutex<Vec<Joined>>,
+    /// Shared with other replicas through Redis, once [`Fleet::share`]d.
+    #[cfg(feature = "redis")]
+    pub(crate) shared: std::sync::OnceLock<Arc<crate::shared::Shared>>,
 }
 
 /// A pool that joined, and the model it waits for.
@@ -100,6 +135,9 @@ pub(crate) struct State {
     pub(crate) first_token: [Option<Duration>; 2],
     /// The upstream each conversation last ran on, and when.
     pub(crate) sessions: HashMap<u64, (usize, Instant)>,
+    /// In a shared fleet: the most urgent request waiting per model on
+    /// the other replicas, as of the last renewal.
+    pub(crate) remote_heads: HashMap<Arc<str>, Urgency>,
 }
 
 /// The key of an upstream's default capacity set at run time.
@@ -119,6 +157,10 @@ pub(crate) struct Up {
     /// Models Corral evicted here that `/api/ps` may still list while the
     /// server unloads them: not taken back from it until it stops.
     pub(crate) evicted: std::collections::HashSet<Arc<str>>,
+    /// In a shared fleet: permits other replicas hold here, per model.
+    pub(crate) remote: HashMap<Arc<str>, usize>,
+    /// In a shared fleet: the model it is drained for, by any replica.
+    pub(crate) remote_switching: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone)]
@@ -140,8 +182,10 @@ pub(crate) struct Head {
 /// another.
 pub(crate) struct Displaced {
     pub(crate) model: Arc<str>,
-    /// The upstream it failed on, avoided even if not (yet) drained.
-    pub(crate) avoid: usize,
+    /// The upstream it failed on, avoided even if not (yet) drained;
+    /// none for a request another replica's claim won over.
+    pub(crate) avoid: Option<usize>,
+    pub(crate) urgency: Urgency,
     pub(crate) reply: oneshot::Sender<Slot>,
 }
 
@@ -169,6 +213,29 @@ pub struct ModelStatus {
     pub capacity: usize,
     /// When Ollama will unload it, as `/api/ps` says.
     pub expires_at: Option<SystemTime>,
+}
+
+impl State {
+    /// Whether requests that could run now wait for `model`: in its
+    /// pool, or moved here (off a failed upstream, or refused by Redis).
+    pub(crate) fn wants(&self, model: &str) -> bool {
+        self.heads.get(model).is_some_and(|h| h.waiting > 0)
+            || self.remote_heads.contains_key(model)
+            || self
+                .displaced
+                .iter()
+                .any(|d| &*d.model == model && !d.reply.is_closed())
+    }
+}
+
+impl State {
+    /// The most urgent request waiting for `model`, here or (in a shared
+    /// fleet) on another replica.
+    pub(crate) fn urgency_of(&self, model: &str, now: Instant) -> Option<Urgency> {
+        let here = self.heads.get(model).and_then(|h| h.urgency(now));
+        let there = self.remote_heads.get(model).copied();
+        here.into_iter().chain(there).min()
+    }
 }
 
 impl Head {
@@ -204,6 +271,8 @@ impl Fleet {
                 available: None,
                 loads: 0,
                 evicted: std::collections::HashSet::new(),
+                remote: HashMap::new(),
+                remote_switching: None,
             })
             .collect();
         Arc::new(Self {
@@ -216,8 +285,11 @@ impl Fleet {
                 load_cost: DEFAULT_LOAD_COST,
                 first_token: [None, None],
                 sessions: HashMap::new(),
+                remote_heads: HashMap::new(),
             }),
             waiting: Mutex::new(Vec::new()),
+            #[cfg(feature = "redis")]
+            shared: std::sync::OnceLock::new(),
         })
     }
 
@@ -292,9 +364,27 @@ impl Fleet {
     /// first; call [`Fleet::kick`] after letting go of any pool's lock.
     pub fn free(&self, slot: Slot) {
         let now = Instant::now();
+        self.release_shared(&slot.key());
         let mut state = lock(&self.state);
         release(&mut state, &slot, now);
         self.serve_displaced(&mut state, now);
+    }
+
+    /// A request placed here that another replica's claim won over:
+    /// it waits for the next permit for `model`, ahead of this replica's
+    /// queue, at its own `urgency` (it may drain an upstream).
+    pub(crate) fn requeue(&self, model: &str, urgency: Urgency) -> oneshot::Receiver<Slot> {
+        let now = Instant::now();
+        let (reply, answer) = oneshot::channel();
+        let mut state = lock(&self.state);
+        state.displaced.push_back(Displaced {
+            model: Arc::from(model),
+            avoid: None,
+            urgency,
+            reply,
+        });
+        self.serve_displaced(&mut state, now);
+        answer
     }
 
     pub(crate) fn serve_displaced(&self, state: &mut State, now: Instant) {
@@ -303,17 +393,18 @@ impl Fleet {
             if displaced.reply.is_closed() {
                 continue;
             }
-            // It was running already: ahead of everything that waits.
+            // It was placed already: ahead of everything that waits.
             let want = Want {
-                urgency: Urgency {
-                    level: 0,
-                    since: now,
+                urgency: displaced.urgency,
+                waiting: if displaced.avoid.is_some() {
+                    usize::MAX
+                } else {
+                    1
                 },
-                waiting: usize::MAX,
                 session: None,
                 hold: None,
             };
-            match self.place_locked(state, &displaced.model, &want, now, Some(displaced.avoid)) {
+            match self.place_locked(state, &displaced.model, &want, now, displaced.avoid) {
                 Some(slot) => {
                     if let Err(slot) = displaced.reply.send(slot) {
                         release(state, &slot, now);

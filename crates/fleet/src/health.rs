@@ -38,10 +38,16 @@ impl Fleet {
         ::metrics::counter!(metrics::FAILOVERS_TOTAL, "upstream" => self.specs[slot.upstream].name.to_string())
             .increment(1);
         let (reply, answer) = oneshot::channel();
+        self.release_shared(&slot.key());
         release(&mut state, &slot, now);
         state.displaced.push_back(Displaced {
             model: slot.model.clone(),
-            avoid: slot.upstream,
+            avoid: Some(slot.upstream),
+            // It was running already.
+            urgency: crate::Urgency {
+                level: 0,
+                since: now,
+            },
             reply,
         });
         self.serve_displaced(&mut state, now);
@@ -67,8 +73,8 @@ impl Fleet {
             return;
         };
         up.failures += 1;
-        if connect || up.failures >= FAILURES_BEFORE_DRAINING {
-            self.mark(state, index, false);
+        if (connect || up.failures >= FAILURES_BEFORE_DRAINING) && self.mark(state, index, false) {
+            self.announce_down(index);
         }
     }
 
@@ -110,6 +116,14 @@ impl Fleet {
             tracing::warn!(upstream = %name, "upstream failed: drained until it answers again");
         }
         true
+    }
+
+    /// Another replica found upstream `index` failing: drained here too
+    /// until this replica's probe finds it answering.
+    #[cfg(feature = "redis")]
+    pub(crate) fn drain_quietly(&self, index: usize) {
+        let mut state = lock(&self.state);
+        self.mark(&mut state, index, false);
     }
 
     /// Whether upstream `index` takes requests.

@@ -82,6 +82,11 @@ pub mod metrics;
 mod place;
 mod placing;
 mod route;
+#[cfg(feature = "redis")]
+mod shared;
+#[cfg(not(feature = "redis"))]
+#[path = "shared/off.rs"]
+mod shared;
 mod spec;
 mod status;
 

@@ -58,6 +58,7 @@ impl Fleet {
             Choice::Switch(upstream) => {
                 let up = &mut state.ups[upstream];
                 up.switching = Some((Arc::from(model), now));
+                self.share_switch(upstream, model);
                 tracing::info!(
                     upstream = %self.specs[upstream].name,
                     model,
@@ -80,9 +81,9 @@ impl Fleet {
     ) -> Slot {
         let name = &self.specs[upstream].name;
         let up = &mut state.ups[upstream];
-        if let Some(evicted) = evict {
-            up.residents.remove(&evicted);
-            up.evicted.insert(evicted);
+        if let Some(evicted) = &evict {
+            up.residents.remove(evicted);
+            up.evicted.insert(evicted.clone());
         }
         up.evicted.remove(model);
         if load {
@@ -122,18 +123,21 @@ impl Fleet {
             model: key,
             concurrency,
             load,
+            evict,
+            lease: Slot::next_lease(),
         }
     }
 
     pub(crate) fn capacity(&self, state: &State, upstream: usize, model: &str) -> usize {
         let set = |m: &str| state.capacity.get(&(upstream, Arc::from(m))).copied();
-        set(model)
+        let capacity = set(model)
             .or_else(|| {
                 (!self.specs[upstream].model_capacity.contains_key(model))
                     .then(|| set(ALL_MODELS))
                     .flatten()
             })
-            .unwrap_or_else(|| self.specs[upstream].capacity_of(model))
+            .unwrap_or_else(|| self.specs[upstream].capacity_of(model));
+        self.share_of(capacity)
     }
 
     /// Whether upstream `u` may serve `model`: configured to, and, once
@@ -152,7 +156,7 @@ impl Fleet {
     pub(crate) fn switching(state: &State, up: &Up) -> Option<Arc<str>> {
         up.switching
             .as_ref()
-            .filter(|(m, _)| state.heads.contains_key(m))
+            .filter(|(m, _)| state.wants(m))
             .map(|(m, _)| m.clone())
     }
 
@@ -161,24 +165,25 @@ impl Fleet {
         let up = &state.ups[u];
         let models = || up.residents.iter().filter(|(m, _)| &***m != ANY_MODEL);
         let loaded_count = models().count();
-        let switching = Self::switching(state, up);
-        let wanted = |m: &str| state.heads.get(m).is_some_and(|h| h.waiting > 0);
+        // In a shared fleet, another replica's drain counts as this one's.
+        let switching = Self::switching(state, up).or_else(|| up.remote_switching.clone());
+        let wanted = |m: &str| state.wants(m);
+        let remote = |m: &str| up.remote.get(m).copied().unwrap_or(0);
         let evictable = models()
             .filter(|(m, r)| {
-                r.in_flight == 0 && (!wanted(m) || switching.as_deref() == Some(model))
+                r.in_flight + remote(m) == 0 && (!wanted(m) || switching.as_deref() == Some(model))
             })
             .min_by_key(|(_, r)| r.last_used)
             .map(|(m, _)| m.clone());
-        let resident_urgency = models()
-            .filter_map(|(m, _)| state.heads.get(m).and_then(|h| h.urgency(now)))
-            .min();
+        let resident_urgency = models().filter_map(|(m, _)| state.urgency_of(m, now)).min();
         View {
             healthy: up.healthy,
             serves: self.serves(state, u, model),
             capacity: self.capacity(state, u, model),
-            in_flight: up.residents.get(model).map_or(0, |r| r.in_flight),
+            in_flight: up.residents.get(model).map_or(0, |r| r.in_flight) + remote(model),
             loaded: model == ANY_MODEL || up.residents.contains_key(model),
-            busy: up.residents.values().map(|r| r.in_flight).sum(),
+            busy: up.residents.values().map(|r| r.in_flight).sum::<usize>()
+                + up.remote.values().sum::<usize>(),
             room: spec.max_loaded.is_none_or(|max| loaded_count < max),
             evictable,
             switching,

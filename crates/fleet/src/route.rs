@@ -5,7 +5,10 @@ use std::sync::{Arc, Mutex};
 
 use corral_core::lock;
 
+use tokio::time::Instant;
+
 use crate::fleet::{Fleet, Slot};
+use crate::Urgency;
 
 /// Where a scheduled request runs. The scheduler puts it in the
 /// request's extensions (as `Arc<Route>`); the upstream client reads
@@ -113,10 +116,53 @@ impl Route {
                 match (&mut answer.answer).await {
                     Ok(slot) => {
                         *lock(&self.slot) = Some(slot);
+                        // It ran already: ahead of everything.
+                        self.claimed(Urgency {
+                            level: 0,
+                            since: Instant::now(),
+                        })
+                        .await;
                         true
                     }
                     Err(_) => false,
                 }
+            }
+        }
+    }
+
+    /// In a fleet shared through Redis ([`Fleet::share`]): claims the
+    /// permit this replica's view placed the request on; refused (other
+    /// replicas took what it needs), the request waits again, ahead of
+    /// this replica's queue at its `urgency`, and claims the next. Returns
+    /// once it holds a permit it may use: at once when the fleet is not
+    /// shared, and when Redis does not answer (the replica then places
+    /// alone, with its share of the capacities).
+    ///
+    /// Dropping the future gives back whatever it held or claimed.
+    pub async fn claimed(&self, urgency: Urgency) {
+        loop {
+            let Some(key) = lock(&self.slot).as_ref().map(Slot::key) else {
+                return;
+            };
+            if !self.fleet.claim(&key).await.refused() {
+                return;
+            }
+            let pause = self.fleet.refused_pause();
+            let Some(slot) = self.take() else {
+                return;
+            };
+            self.fleet.free(slot);
+            self.fleet.kick();
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+            let mut answer = Answer {
+                fleet: &self.fleet,
+                answer: self.fleet.requeue(&key.model, urgency),
+            };
+            match (&mut answer.answer).await {
+                Ok(slot) => *lock(&self.slot) = Some(slot),
+                Err(_) => return,
             }
         }
     }

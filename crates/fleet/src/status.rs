@@ -61,7 +61,16 @@ impl Fleet {
     /// Sets how many requests of `model` upstream `index` runs at once
     /// (a capacity found by measuring, or the admin's); `None`: of every
     /// model without a capacity of its own there.
+    /// In a shared fleet every replica takes it; see
+    /// [`Fleet::set_capacity_here`] for a capacity this replica measured.
     pub fn set_capacity(&self, index: usize, model: Option<&str>, capacity: usize) {
+        self.share_capacity(index, model.unwrap_or(ALL_MODELS), capacity.max(1));
+        self.set_capacity_here(index, model, capacity);
+    }
+
+    /// [`Fleet::set_capacity`] for this replica alone (what it measured
+    /// with `capacity = "auto"`: each replica measures its own).
+    pub fn set_capacity_here(&self, index: usize, model: Option<&str>, capacity: usize) {
         let model = model.unwrap_or(ALL_MODELS);
         {
             let mut state = lock(&self.state);
@@ -118,7 +127,7 @@ impl Fleet {
 
     /// Whether requests that could run now wait for `model` (canonical).
     pub fn is_wanted(&self, model: &str) -> bool {
-        lock(&self.state).heads.contains_key(model)
+        lock(&self.state).wants(model)
     }
 
     /// The index of the upstream named `name`.
@@ -139,7 +148,8 @@ impl Fleet {
                     .iter()
                     .map(|(model, r)| ModelStatus {
                         model: model.clone(),
-                        in_flight: r.in_flight,
+                        // Other replicas' too, in a shared fleet.
+                        in_flight: r.in_flight + up.remote.get(model).copied().unwrap_or(0),
                         capacity: self.capacity(&state, u, model),
                         expires_at: r.expires_at,
                     })

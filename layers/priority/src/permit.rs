@@ -14,7 +14,7 @@ use crate::error::DeadlineExceeded;
 use crate::pool::{self, Hold, Pool, Ticket};
 #[cfg(feature = "redis")]
 use crate::redis::RedisPool;
-use corral_fleet::Route;
+use corral_fleet::{Route, Urgency};
 
 /// A request waiting for its permit. Resolves to the [`Permit`], or to
 /// [`DeadlineExceeded`] when the ticket's deadline passes first.
@@ -31,12 +31,21 @@ pub(crate) enum AcquireKind {
         done: bool,
         /// With a fleet: where the request will run, once granted.
         route: Option<Arc<Route>>,
+        /// Its level and arrival, for a fleet shared through Redis: how
+        /// urgent it is if another replica's claim wins its permit.
+        urgency: Urgency,
+        /// In a fleet shared through Redis: the permit granted here, held
+        /// while its upstream permit is claimed in Redis.
+        claiming: Option<(Permit, Claiming)>,
     },
     /// Waiting in Redis: the shared pool's own future, which leaves the
     /// queue when dropped.
     #[cfg(feature = "redis")]
     Redis(Pin<Box<dyn Future<Output = Result<Permit, DeadlineExceeded>> + Send>>),
 }
+
+/// A fleet permit being claimed in Redis ([`Route::claimed`]).
+pub(crate) type Claiming = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 impl std::fmt::Debug for Acquire {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -57,6 +66,10 @@ impl Acquire {
     pub(crate) fn local(pool: Arc<Pool>, ticket: Ticket, session: Option<u64>) -> Self {
         let deadline = ticket.deadline;
         let route = pool.fleet().map(|link| Route::pending(link.fleet.clone()));
+        let urgency = Urgency {
+            level: usize::from(ticket.priority.get() - 1),
+            since: Instant::now(),
+        };
         let id = pool.enqueue(ticket, session);
         Self {
             kind: AcquireKind::Local {
@@ -65,6 +78,8 @@ impl Acquire {
                 deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
                 done: false,
                 route,
+                urgency,
+                claiming: None,
             },
         }
     }
@@ -84,17 +99,26 @@ impl Future for Acquire {
     type Output = Result<Permit, DeadlineExceeded>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let (pool, id, deadline, done, route) = match &mut self.kind {
+        let (pool, id, deadline, done, route, urgency, claiming) = match &mut self.kind {
             AcquireKind::Local {
                 pool,
                 id,
                 deadline,
                 done,
                 route,
-            } => (pool, *id, deadline, done, route),
+                urgency,
+                claiming,
+            } => (pool, *id, deadline, done, route, *urgency, claiming),
             #[cfg(feature = "redis")]
             AcquireKind::Redis(future) => return future.as_mut().poll(cx),
         };
+        if let Some((_, claim)) = claiming {
+            if claim.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let (permit, _) = claiming.take().expect("claiming");
+            return Poll::Ready(Ok(permit));
+        }
         if *done {
             return Poll::Ready(Err(DeadlineExceeded {
                 waited: Duration::ZERO,
@@ -124,9 +148,9 @@ impl Future for Acquire {
                         .map(|link| Route::new(link.fleet.clone(), slot)),
                     (route, None) => route,
                 };
-                Poll::Ready(Ok(Permit {
+                let permit = Permit {
                     holder: Holder::Local(pool.clone()),
-                    route,
+                    route: route.clone(),
                     agent: grant.agent,
                     cost: grant.cost,
                     since: Instant::now(),
@@ -134,7 +158,17 @@ impl Future for Acquire {
                     weight: grant.weight,
                     waited: grant.waited,
                     actual: None,
-                }))
+                };
+                match route.filter(|r| r.fleet().is_shared()) {
+                    // Claimed in Redis before the request is sent; dropped
+                    // meanwhile, the permit gives everything back.
+                    Some(route) => {
+                        let claim = Box::pin(async move { route.claimed(urgency).await });
+                        *claiming = Some((permit, claim));
+                        self.poll(cx)
+                    }
+                    None => Poll::Ready(Ok(permit)),
+                }
             }
             pool::Poll::Gone => {
                 *done = true;

@@ -35,7 +35,7 @@ impl Config {
     }
 
     /// `[[upstreams]]` stand alone: `[upstream]` then keeps the connection
-    /// settings only, and Redis does not yet share several upstreams.
+    /// settings only.
     fn check_upstreams(&self) -> Result<(), ConfigError> {
         if self.upstream.max_loaded_models == Some(0) {
             return Err(ConfigError::new(
@@ -44,12 +44,6 @@ impl Config {
             ));
         }
         if self.upstreams.is_empty() {
-            if self.upstream.max_loaded_models.is_some() && self.state.backend == Backend::Redis {
-                return Err(ConfigError::new(
-                    "upstream.max_loaded_models",
-                    "models loaded are not shared through redis yet: leave it out with several replicas",
-                ));
-            }
             return Ok(());
         }
         if self.upstream.max_loaded_models.is_some() {
@@ -62,12 +56,6 @@ impl Config {
             return Err(ConfigError::new(
                 "upstream.capacity",
                 "with [[upstreams]], each upstream has its own capacity and model_capacity: move them there",
-            ));
-        }
-        if self.state.backend == Backend::Redis {
-            return Err(ConfigError::new(
-                "upstreams",
-                "several upstreams do not share their permits through redis yet: run one replica with [[upstreams]], or replicas in front of one [upstream]",
             ));
         }
         Ok(())

@@ -361,12 +361,11 @@ mod tests {
     }
 
     #[test]
-    fn upstreams_and_redis_are_not_yet_shared() {
-        let error = parse(
+    fn upstreams_are_shared_through_redis() {
+        let config = parse(
             "[state]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\n[[upstreams]]\nurl = \"a\"\n[[upstreams]]\nurl = \"b\"\n",
         )
-        .unwrap_err();
-        assert_eq!(error.key, "upstreams");
-        assert!(error.reason.contains("redis"), "{}", error.reason);
+        .unwrap();
+        assert_eq!(config.fleet_entries().len(), 2);
     }
 }

@@ -74,11 +74,19 @@ pub(crate) fn priority(
         ));
     }
     let (priority, shared) = match (context.fleet, context.state) {
-        (Some(fleet), _) => {
+        (Some(fleet), state) => {
             let scheduler = corral_priority::Scheduler::with_fleet(&config, fleet.clone())?;
+            let mut shared = format!(", over {} upstreams", fleet.specs().len());
+            if let Some(state) = state {
+                fleet.share(state.clone(), options.lease_ttl)?;
+                shared += &format!(
+                    ", shared through Redis (leases of {})",
+                    humantime::format_duration(options.lease_ttl)
+                );
+            }
             (
                 PriorityLayer::new(&config)?.with_scheduler(scheduler),
-                format!(", over {} upstreams", fleet.specs().len()),
+                shared,
             )
         }
         (None, Some(state)) => {

@@ -62,6 +62,6 @@ impl Measured {
         metrics::gauge!(corral_fleet::metrics::CAPACITY, "upstream" => name.clone(), "model" => model.to_string())
             .set(capacity as f64);
         tracing::info!(upstream = %name, model, capacity, "capacity found by measuring");
-        fleet.set_capacity(index, Some(model), capacity);
+        fleet.set_capacity_here(index, Some(model), capacity);
     }
 }
