@@ -2,7 +2,8 @@
 //! paused: a minute passes in a moment): against a simulated Ollama of
 //! parallelism 3, the capacity Corral hands out settles at 3, and at 6
 //! after the server is restarted with 6, with no request refused by the
-//! server and no more than one per slot waiting inside it.
+//! server and no more than one per slot waiting inside it, while one
+//! agent's requests all fail.
 
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
@@ -55,6 +56,26 @@ async fn auto_capacity_settles_at_the_servers_parallelism_and_follows_a_restart(
                 ))
                 .await;
                 assert_eq!(reply.status, 200, "{}", reply.text());
+            }
+        }));
+    }
+    // And one agent whose every request the server fails at once: error
+    // answers are not measured (nor charged as work: its requests are
+    // not queued behind every other agent's fair share, `send` bounds
+    // each).
+    {
+        let (url, stop) = (url.clone(), stop.clone());
+        agents.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let reply = send(request_with(
+                    "POST",
+                    &format!("{url}/api/generate"),
+                    r#"{"model":"alpha","prompt":"hi"}"#,
+                    &[("x-agent-id", "broken"), ("x-mock-fault", "status=500")],
+                ))
+                .await;
+                assert_eq!(reply.status, 500, "{}", reply.text());
+                tokio::time::sleep(Duration::from_secs(2)).await;
             }
         }));
     }

@@ -44,6 +44,19 @@
 //! everything waiting ([`Route::failover`]). What waited in the queue
 //! simply goes elsewhere.
 //!
+//! # Replicas
+//!
+//! With the `redis` feature, [`Fleet::share`] shares the fleet with every
+//! replica on the same Redis: each replica places with its own view, then
+//! [`Route::claimed`] claims the permit in Redis (one script per upstream
+//! checks capacity, residency and drains across replicas; refused, the
+//! request waits again ahead of the replica's queue). Released permits
+//! and failing upstreams are announced; what each replica's queue waits
+//! for is shared for drain decisions. While Redis is away each replica
+//! places alone with its share of each capacity. Redis (`redis` crate,
+//! through `corral-core`'s `RedisState`) rather than a consensus crate:
+//! the replicas already share it for the rest of their state.
+//!
 //! # Locks
 //!
 //! One mutex, held for a decision and never across an `.await`; a pool

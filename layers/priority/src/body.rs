@@ -15,15 +15,24 @@ pub type ResponseBody<B> = WatchBody<B, Option<Settling>>;
 pub struct Settling {
     permit: Permit,
     usage: Usage,
+    /// The answer is an error (4xx, 5xx): it generated nothing.
+    failed: bool,
 }
 
-corral_core::impl_debug!(Settling { usage });
+corral_core::impl_debug!(Settling { usage, failed });
+
+/// What an error answer that reports no usage costs its agent: about one
+/// token. Charged its full estimate, an agent whose requests the upstream
+/// fails would wait behind every other agent's fair share for work it
+/// never got.
+const FAILED_COST: f64 = 1.0;
 
 impl Settling {
-    pub(crate) fn new(permit: Permit) -> Self {
+    pub(crate) fn new(permit: Permit, status: http::StatusCode) -> Self {
         Self {
             permit,
             usage: Usage::default(),
+            failed: status.is_client_error() || status.is_server_error(),
         }
     }
 }
@@ -38,6 +47,8 @@ impl OnEnd for Settling {
         // settled with what the answer reported.
         if let Some(cost) = self.usage.cost() {
             self.permit.settle(cost);
+        } else if self.failed {
+            self.permit.settle(FAILED_COST);
         }
     }
 }

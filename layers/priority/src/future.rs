@@ -59,6 +59,8 @@ where
                     .insert(headers::X_CORRAL_QUEUE_MS, value);
             }
         }
-        Poll::Ready(Ok(WatchBody::response(response, permit.map(Settling::new))))
+        let status = response.status();
+        let settling = permit.map(|p| Settling::new(p, status));
+        Poll::Ready(Ok(WatchBody::response(response, settling)))
     }
 }

@@ -245,3 +245,23 @@ async fn the_counter_is_settled_with_the_tokens_the_answer_reports() {
         floor + 30.0 + 2.0 * 7.0
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_error_answer_charges_about_nothing_so_its_agent_is_not_sent_to_the_back() {
+    let (scheduler, service, mut handle) = prioritized(2);
+    let _other = upstream_has(&service, &mut handle, generate("other", 5)).await;
+    let (call, reply) = upstream_has(&service, &mut handle, generate("a", 5)).await;
+    let floor = scheduler.counter("other", None).unwrap();
+    // The upstream fails it at once, with an error that reports no usage.
+    let (tx, mut response) = streaming();
+    *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+    reply.send_response(response);
+    let mut body = call.await.unwrap().unwrap().into_body();
+    drop(tx);
+    while body.frame().await.is_some() {}
+    // Charged as about one token, not the 200 its estimate said: it
+    // generated nothing, and its next request is not queued behind every
+    // other agent's fair share.
+    let charged = scheduler.counter("a", None).unwrap() - floor;
+    assert!(charged <= 1.0, "charged {charged}");
+}
