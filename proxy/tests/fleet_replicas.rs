@@ -28,9 +28,9 @@ fn server(ttft: Duration) -> MockConfig {
     }
 }
 
-fn config(servers: &[&MockOllama], redis: &Redis, keys: &str) -> String {
+fn config(servers: &[&MockOllama], redis: &Redis, keys: &str, probe: &str) -> String {
     let mut text = format!(
-        "[upstream]\nprobe_interval = \"100ms\"\n\n[state]\nbackend = \"redis\"\nredis_url = \"{}\"\nkey_prefix = \"{keys}\"\nredis_timeout = \"500ms\"\n\n[[layers]]\nkind = \"priority\"\nlease_ttl = \"3s\"\n",
+        "[upstream]\nprobe_interval = \"{probe}\"\n\n[state]\nbackend = \"redis\"\nredis_url = \"{}\"\nkey_prefix = \"{keys}\"\nredis_timeout = \"500ms\"\n\n[[layers]]\nkind = \"priority\"\nlease_ttl = \"3s\"\n",
         redis.url
     );
     for (i, server) in servers.iter().enumerate() {
@@ -42,12 +42,25 @@ fn config(servers: &[&MockOllama], redis: &Redis, keys: &str) -> String {
     text
 }
 
-async fn three(text: &str) -> [Replica; 3] {
+/// Three replicas of `text`, named after `test` (their config files are
+/// named after them: tests running at once must not share them).
+async fn three(test: &str, text: &str) -> [Replica; 3] {
     [
-        Replica::start("fleet-a", text).await,
-        Replica::start("fleet-b", text).await,
-        Replica::start("fleet-c", text).await,
+        Replica::start(&format!("{test}-a"), text).await,
+        Replica::start(&format!("{test}-b"), text).await,
+        Replica::start(&format!("{test}-c"), text).await,
     ]
+}
+
+/// Whether `replica` takes upstream `index` as healthy.
+async fn healthy(replica: &Replica, index: usize) -> bool {
+    let status = send(corral_e2e::request(
+        "GET",
+        &format!("{}/corral/upstreams", replica.url),
+        "",
+    ))
+    .await;
+    status.json()["upstreams"][index]["healthy"] == true
 }
 
 /// `rounds` × 3 models × 3 agents, spread over the replicas; the
@@ -85,7 +98,8 @@ async fn three_replicas_share_two_servers_without_overloading_or_thrashing_them(
         mock(server(Duration::from_millis(5))).await,
         mock(server(Duration::from_millis(5))).await,
     );
-    let replicas = three(&config(&[&a, &b], &redis, &prefix("fleet-share"))).await;
+    let text = config(&[&a, &b], &redis, &prefix("fleet-share"), "100ms");
+    let replicas = three("fleet-share", &text).await;
     for (status, body) in herd(&replicas, 6).await {
         assert_eq!(status, 200, "{body}");
     }
@@ -117,7 +131,8 @@ async fn a_server_that_dies_costs_no_request_on_any_replica() {
     let slow = server(Duration::from_millis(300));
     let a = mock(slow.clone()).await;
     let b = mock(slow).await;
-    let replicas = three(&config(&[&a, &b], &redis, &prefix("fleet-dies"))).await;
+    let text = config(&[&a, &b], &redis, &prefix("fleet-dies"), "100ms");
+    let replicas = three("fleet-dies", &text).await;
     let asked = {
         let replicas = &replicas;
         async move { herd(replicas, 2).await }
@@ -134,13 +149,39 @@ async fn a_server_that_dies_costs_no_request_on_any_replica() {
     // Every replica drained it: found failing, or told by another.
     for replica in &replicas {
         corral_e2e::eventually_async("the dead server drained everywhere", || async {
-            let status = send(corral_e2e::request(
-                "GET",
-                &format!("{}/corral/upstreams", replica.url),
-                "",
-            ))
-            .await;
-            status.json()["upstreams"][1]["healthy"] == false
+            !healthy(replica, 1).await
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_one_replica_finds_failing_is_drained_by_all() {
+    let redis = Redis::start().await;
+    let a = mock(server(Duration::from_millis(5))).await;
+    let b = mock(server(Duration::from_millis(5))).await;
+    // Probes too rare to find it: only the replica that sends to it can.
+    let text = config(&[&a, &b], &redis, &prefix("fleet-down"), "1h");
+    let replicas = three("fleet-down", &text).await;
+    drop(b);
+    // Through replica a only, until it has met the dead server.
+    let mut met = false;
+    for i in 0..20 {
+        // Another model each time: a server that holds one is loaded with
+        // the next where there is room, the dead one.
+        let model = ["alpha", "beta", "gamma"][i % 3];
+        let body = format!(r#"{{"model":"{model}","prompt":"{i}","stream":false}}"#);
+        let reply = send(ask(&replicas[0].url, "agent", &body, &[])).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        if !healthy(&replicas[0], 1).await {
+            met = true;
+            break;
+        }
+    }
+    assert!(met, "replica a sent to the dead server and drained it");
+    for replica in &replicas[1..] {
+        corral_e2e::eventually_async("the others drain it when told", || async {
+            !healthy(replica, 1).await
         })
         .await;
     }

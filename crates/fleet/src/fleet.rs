@@ -182,10 +182,11 @@ pub(crate) struct Head {
 /// another.
 pub(crate) struct Displaced {
     pub(crate) model: Arc<str>,
-    /// The upstream it failed on, avoided even if not (yet) drained;
-    /// none for a request another replica's claim won over.
+    /// The upstream it failed on, avoided even if not (yet) drained.
     pub(crate) avoid: Option<usize>,
-    pub(crate) urgency: Urgency,
+    /// How it is placed: a moved request ahead of everything
+    /// ([`Want::moved`]), one another replica's claim won over as it was.
+    pub(crate) want: Want,
     pub(crate) reply: oneshot::Sender<Slot>,
 }
 
@@ -371,16 +372,22 @@ impl Fleet {
     }
 
     /// A request placed here that another replica's claim won over:
-    /// it waits for the next permit for `model`, ahead of this replica's
-    /// queue, at its own `urgency` (it may drain an upstream).
-    pub(crate) fn requeue(&self, model: &str, urgency: Urgency) -> oneshot::Receiver<Slot> {
+    /// it waits for the next permit for `model` (never on `avoid`),
+    /// ahead of this replica's queue, placed as `want` says (it may drain
+    /// an upstream unless `avoid` is set).
+    pub(crate) fn requeue(
+        &self,
+        model: &str,
+        want: Want,
+        avoid: Option<usize>,
+    ) -> oneshot::Receiver<Slot> {
         let now = Instant::now();
         let (reply, answer) = oneshot::channel();
         let mut state = lock(&self.state);
         state.displaced.push_back(Displaced {
             model: Arc::from(model),
-            avoid: None,
-            urgency,
+            avoid,
+            want,
             reply,
         });
         self.serve_displaced(&mut state, now);
@@ -393,17 +400,7 @@ impl Fleet {
             if displaced.reply.is_closed() {
                 continue;
             }
-            // It was placed already: ahead of everything that waits.
-            let want = Want {
-                urgency: displaced.urgency,
-                waiting: if displaced.avoid.is_some() {
-                    usize::MAX
-                } else {
-                    1
-                },
-                session: None,
-                hold: None,
-            };
+            let want = displaced.want;
             match self.place_locked(state, &displaced.model, &want, now, displaced.avoid) {
                 Some(slot) => {
                     if let Err(slot) = displaced.reply.send(slot) {

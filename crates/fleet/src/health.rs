@@ -43,11 +43,7 @@ impl Fleet {
         state.displaced.push_back(Displaced {
             model: slot.model.clone(),
             avoid: Some(slot.upstream),
-            // It was running already.
-            urgency: crate::Urgency {
-                level: 0,
-                since: now,
-            },
+            want: crate::Want::moved(),
             reply,
         });
         self.serve_displaced(&mut state, now);

@@ -47,6 +47,22 @@ pub struct Want {
     pub hold: Option<Duration>,
 }
 
+impl Want {
+    /// A request moved off an upstream that failed it: it ran already,
+    /// so it goes ahead of everything that waits.
+    pub(crate) fn moved() -> Self {
+        Self {
+            urgency: Urgency {
+                level: 0,
+                since: Instant::now(),
+            },
+            waiting: usize::MAX,
+            session: None,
+            hold: None,
+        }
+    }
+}
+
 /// One upstream as the decision sees it, for the model asked for.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct View {

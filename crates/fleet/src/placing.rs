@@ -160,13 +160,21 @@ impl Fleet {
             .map(|(m, _)| m.clone())
     }
 
+    /// The model `up` is drained for: another replica's drain (Redis
+    /// holds one per upstream), else this replica's own.
+    pub(crate) fn drained_for(state: &State, up: &Up) -> Option<Arc<str>> {
+        up.remote_switching
+            .clone()
+            .or_else(|| Self::switching(state, up))
+    }
+
     fn view(&self, state: &State, u: usize, model: &str, now: Instant) -> View {
         let spec = &self.specs[u];
         let up = &state.ups[u];
         let models = || up.residents.iter().filter(|(m, _)| &***m != ANY_MODEL);
         let loaded_count = models().count();
         // In a shared fleet, another replica's drain counts as this one's.
-        let switching = Self::switching(state, up).or_else(|| up.remote_switching.clone());
+        let switching = Self::drained_for(state, up);
         let wanted = |m: &str| state.wants(m);
         let remote = |m: &str| up.remote.get(m).copied().unwrap_or(0);
         let evictable = models()

@@ -5,10 +5,10 @@ use std::sync::{Arc, Mutex};
 
 use corral_core::lock;
 
-use tokio::time::Instant;
+use std::time::Duration;
 
 use crate::fleet::{Fleet, Slot};
-use crate::Urgency;
+use crate::Want;
 
 /// Where a scheduled request runs. The scheduler puts it in the
 /// request's extensions (as `Arc<Route>`); the upstream client reads
@@ -103,6 +103,7 @@ impl Route {
         let Some(slot) = self.take() else {
             return false;
         };
+        let failed = slot.upstream;
         match self.fleet.failover(slot, connect) {
             Err(slot) => {
                 *lock(&self.slot) = Some(slot);
@@ -116,12 +117,7 @@ impl Route {
                 match (&mut answer.answer).await {
                     Ok(slot) => {
                         *lock(&self.slot) = Some(slot);
-                        // It ran already: ahead of everything.
-                        self.claimed(Urgency {
-                            level: 0,
-                            since: Instant::now(),
-                        })
-                        .await;
+                        self.claim_from(Want::moved(), Some(failed)).await;
                         true
                     }
                     Err(_) => false,
@@ -133,32 +129,45 @@ impl Route {
     /// In a fleet shared through Redis ([`Fleet::share`]): claims the
     /// permit this replica's view placed the request on; refused (other
     /// replicas took what it needs), the request waits again, ahead of
-    /// this replica's queue at its `urgency`, and claims the next. Returns
-    /// once it holds a permit it may use: at once when the fleet is not
-    /// shared, and when Redis does not answer (the replica then places
-    /// alone, with its share of the capacities).
+    /// this replica's queue, placed as `want` says, and claims the next.
+    /// Returns once it holds a permit it may use: at once when the fleet
+    /// is not shared, and when Redis does not answer (the replica then
+    /// places alone, with its share of the capacities).
     ///
     /// Dropping the future gives back whatever it held or claimed.
-    pub async fn claimed(&self, urgency: Urgency) {
+    pub async fn claimed(&self, want: Want) {
+        self.claim_from(want, None).await;
+    }
+
+    /// [`Route::claimed`], never again on `avoid` (an upstream that
+    /// failed the request).
+    async fn claim_from(&self, want: Want, avoid: Option<usize>) {
+        let mut refusals = 0u32;
         loop {
             let Some(key) = lock(&self.slot).as_ref().map(Slot::key) else {
                 return;
             };
-            if !self.fleet.claim(&key).await.refused() {
+            let claim = self.fleet.claim(&key).await;
+            if !claim.refused() {
                 return;
             }
-            let pause = self.fleet.refused_pause();
             let Some(slot) = self.take() else {
                 return;
             };
             self.fleet.free(slot);
+            self.fleet.after_refused(key.upstream, &claim);
             self.fleet.kick();
-            if !pause.is_zero() {
+            // The view now agrees with Redis; should it not, a request
+            // refused again and again backs off a little more each time
+            // rather than spin.
+            refusals += 1;
+            if refusals > 2 {
+                let pause = Duration::from_millis(u64::from(refusals.min(50)) * 10);
                 tokio::time::sleep(pause).await;
             }
             let mut answer = Answer {
                 fleet: &self.fleet,
-                answer: self.fleet.requeue(&key.model, urgency),
+                answer: self.fleet.requeue(&key.model, want, avoid),
             };
             match (&mut answer.answer).await {
                 Ok(slot) => *lock(&self.slot) = Some(slot),

@@ -158,7 +158,7 @@ impl Fleet {
                 UpstreamStatus {
                     name: spec.name.clone(),
                     healthy: up.healthy,
-                    switching_to: Self::switching(&state, up),
+                    switching_to: Self::drained_for(&state, up),
                     models,
                 }
             })

@@ -66,7 +66,7 @@ fn placed(fleet: &Arc<Fleet>, model: &str) -> Arc<Route> {
 
 fn claiming(route: &Arc<Route>) -> tokio::task::JoinHandle<()> {
     let route = route.clone();
-    tokio::spawn(async move { route.claimed(urgency(4)).await })
+    tokio::spawn(async move { route.claimed(want(4)).await })
 }
 
 /// Waits (at most 10 s: a bound on failure, not a measure) until `what`.
@@ -157,8 +157,9 @@ async fn a_busy_model_is_not_evicted_by_another_replica_and_its_drain_holds_for_
     // Replica two wants another model: refused (alpha is busy there), it
     // drains the server for it.
     let beta_waits = claiming(&beta);
+    // Both know it: replica one from Redis.
     until("the server drained for beta", || {
-        one.status()[0].switching_to.is_none()
+        one.status()[0].switching_to.as_deref() == Some("beta:latest")
             && two.status()[0].switching_to.as_deref() == Some("beta:latest")
     })
     .await;
@@ -206,28 +207,48 @@ async fn a_replica_that_dies_gives_its_permits_back_within_the_lease() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn while_redis_is_away_each_replica_places_alone_with_its_share() {
+async fn while_redis_is_away_each_replica_places_alone_with_its_share_and_counts_again_after() {
     let mut redis = Redis::start().await;
     if !redis.owned() {
         return; // a shared server is not this test's to stop
     }
     let prefix = unique("away");
-    let specs = [UpstreamSpec::new("gpu", 4)];
+    let specs = [UpstreamSpec::new("gpu", 2)];
     let one = replica(&redis, &prefix, "one", &specs);
     let two = replica(&redis, &prefix, "two", &specs);
-    // Both counted as live: replica one's claim comes after two's.
-    let (b, claimed) = claim(&two, "m");
-    finished(claimed).await;
-    let (a, claimed) = claim(&one, "m");
-    finished(claimed).await;
-    give_back(&b);
+    // Replica two holds both permits; replica one knows.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (route, claimed) = claim(&two, "m");
+        finished(claimed).await;
+        held.push(route);
+    }
+    until("replica one sees both held", || running(&one, "m") == 2).await;
+    assert!(one.place("m", &want(4)).is_none());
     redis.stop();
-    // Replica one alone: half of 4, its first permit included.
-    let (c, claimed) = claim(&one, "m");
-    finished(claimed).await;
-    assert!(one.place("m", &want(4)).is_none(), "two of 4 while alone");
-    for route in [a, c] {
+    // What replica two held is not known any more: replica one places
+    // alone, with its share (2 / 2 replicas).
+    let mut mine = None;
+    until("replica one places alone", || {
+        mine = one.place("m", &want(4));
+        mine.is_some()
+    })
+    .await;
+    let mine = Route::new(one.clone(), mine.unwrap());
+    finished(claiming(&mine)).await;
+    assert!(one.place("m", &want(4)).is_none(), "its share is one");
+    // Redis back, empty: every replica's permits count again.
+    redis.restart().await;
+    until("both replicas' permits counted again", || {
+        running(&one, "m") == 3 && running(&two, "m") == 3
+    })
+    .await;
+    for route in held {
         give_back(&route);
     }
-    assert!(one.place("m", &want(4)).is_some());
+    until("replica one hears they are back", || {
+        running(&one, "m") == 1
+    })
+    .await;
+    give_back(&mine);
 }

@@ -14,7 +14,7 @@ use crate::error::DeadlineExceeded;
 use crate::pool::{self, Hold, Pool, Ticket};
 #[cfg(feature = "redis")]
 use crate::redis::RedisPool;
-use corral_fleet::{Route, Urgency};
+use corral_fleet::{Route, Urgency, Want};
 
 /// A request waiting for its permit. Resolves to the [`Permit`], or to
 /// [`DeadlineExceeded`] when the ticket's deadline passes first.
@@ -31,12 +31,13 @@ pub(crate) enum AcquireKind {
         done: bool,
         /// With a fleet: where the request will run, once granted.
         route: Option<Arc<Route>>,
-        /// Its level and arrival, for a fleet shared through Redis: how
-        /// urgent it is if another replica's claim wins its permit.
-        urgency: Urgency,
+        /// Its level, arrival and conversation, for a fleet shared through
+        /// Redis: how it is placed again if another replica's claim wins
+        /// its permit.
+        want: Want,
         /// In a fleet shared through Redis: the permit granted here, held
         /// while its upstream permit is claimed in Redis.
-        claiming: Option<(Permit, Claiming)>,
+        claiming: Option<Box<(Permit, Claiming)>>,
     },
     /// Waiting in Redis: the shared pool's own future, which leaves the
     /// queue when dropped.
@@ -66,9 +67,14 @@ impl Acquire {
     pub(crate) fn local(pool: Arc<Pool>, ticket: Ticket, session: Option<u64>) -> Self {
         let deadline = ticket.deadline;
         let route = pool.fleet().map(|link| Route::pending(link.fleet.clone()));
-        let urgency = Urgency {
-            level: usize::from(ticket.priority.get() - 1),
-            since: Instant::now(),
+        let want = Want {
+            urgency: Urgency {
+                level: usize::from(ticket.priority.get() - 1),
+                since: Instant::now(),
+            },
+            waiting: 1,
+            session,
+            hold: None,
         };
         let id = pool.enqueue(ticket, session);
         Self {
@@ -78,7 +84,7 @@ impl Acquire {
                 deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
                 done: false,
                 route,
-                urgency,
+                want,
                 claiming: None,
             },
         }
@@ -99,25 +105,36 @@ impl Future for Acquire {
     type Output = Result<Permit, DeadlineExceeded>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let (pool, id, deadline, done, route, urgency, claiming) = match &mut self.kind {
+        let (pool, id, deadline, done, route, want, claiming) = match &mut self.kind {
             AcquireKind::Local {
                 pool,
                 id,
                 deadline,
                 done,
                 route,
-                urgency,
+                want,
                 claiming,
-            } => (pool, *id, deadline, done, route, *urgency, claiming),
+            } => (pool, *id, deadline, done, route, *want, claiming),
             #[cfg(feature = "redis")]
             AcquireKind::Redis(future) => return future.as_mut().poll(cx),
         };
-        if let Some((_, claim)) = claiming {
-            if claim.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
+        if let Some(boxed) = claiming {
+            let (permit, claim) = &mut **boxed;
+            if claim.as_mut().poll(cx).is_ready() {
+                let (permit, _) = *claiming.take().expect("claiming");
+                return Poll::Ready(Ok(permit));
             }
-            let (permit, _) = claiming.take().expect("claiming");
-            return Poll::Ready(Ok(permit));
+            // Refused by Redis and waiting again: its deadline still
+            // holds. The permit goes back with the claim.
+            let expired = deadline
+                .as_mut()
+                .is_some_and(|d| d.as_mut().poll(cx).is_ready());
+            if expired {
+                let waited = permit.waited();
+                *claiming = None;
+                return Poll::Ready(Err(DeadlineExceeded { waited }));
+            }
+            return Poll::Pending;
         }
         if *done {
             return Poll::Ready(Err(DeadlineExceeded {
@@ -163,8 +180,12 @@ impl Future for Acquire {
                     // Claimed in Redis before the request is sent; dropped
                     // meanwhile, the permit gives everything back.
                     Some(route) => {
-                        let claim = Box::pin(async move { route.claimed(urgency).await });
-                        *claiming = Some((permit, claim));
+                        let want = Want {
+                            hold: pool.average_hold(),
+                            ..want
+                        };
+                        let claim = Box::pin(async move { route.claimed(want).await });
+                        *claiming = Some(Box::new((permit, claim)));
                         self.poll(cx)
                     }
                     None => Poll::Ready(Ok(permit)),

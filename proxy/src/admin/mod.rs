@@ -25,6 +25,8 @@ use crate::upstream::Upstream;
 mod control;
 mod view;
 
+pub(crate) use view::without_credentials;
+
 use view::resolved_config;
 
 /// The admin endpoints.

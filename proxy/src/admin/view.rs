@@ -42,7 +42,7 @@ pub(super) fn resolved_config(config: &Config) -> serde_json::Value {
 
 /// `redis://user:secret@host/0` as `redis://<redacted>@host/0`; a
 /// query (`redis+unix:///sock?pass=secret`) as `?<redacted>`.
-fn without_credentials(url: &str) -> String {
+pub(crate) fn without_credentials(url: &str) -> String {
     let (url, query) = match url.split_once('?') {
         Some((url, _)) => (url, "?<redacted>"),
         None => (url, ""),

@@ -291,6 +291,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             upstream = %config.upstreams_summary(),
             stack = %format!("classify, {}", if layers.is_empty() { "nothing else (layers = [])".to_string() } else { layers.join(", ") }),
             capacity = %config.capacity_summary(),
+            state = %config.state.summary(),
             "corral is serving; point OLLAMA_HOST here"
         );
         server.run(shutdown).await;

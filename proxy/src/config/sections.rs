@@ -216,6 +216,20 @@ pub struct StateConfig {
     pub replicas: usize,
 }
 
+impl StateConfig {
+    /// Where state lives, for `check-config` and the startup line.
+    pub fn summary(&self) -> String {
+        match (&self.backend, &self.redis_url) {
+            (Backend::Redis, Some(url)) => format!(
+                "redis at {}, key prefix {:?}: shared with every replica on it",
+                crate::admin::without_credentials(url),
+                self.key_prefix
+            ),
+            _ => "memory: this process only".to_string(),
+        }
+    }
+}
+
 impl Default for StateConfig {
     fn default() -> Self {
         Self {

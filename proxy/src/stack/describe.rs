@@ -48,6 +48,7 @@ pub fn describe(config: &Config, stack: &Stack) -> String {
     };
     let _ = writeln!(out, "upstream   {}", config.upstreams_summary());
     let _ = writeln!(out, "capacity   {}", config.capacity_summary());
+    let _ = writeln!(out, "state      {}", config.state.summary());
     for agent in &config.agents {
         if let Some(var) = &agent.key_env {
             if std::env::var(var).map_or(true, |v| v.trim().is_empty()) {

@@ -1,27 +1,26 @@
 //! Claiming a placed permit in Redis before its request is sent.
 
-use std::sync::atomic::Ordering;
-use std::time::Duration;
-
 use corral_core::lock;
 
+use super::Report;
 use crate::fleet::{Fleet, LeaseKey};
 
 /// What Redis said of a permit placed by this replica's view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Claim {
     /// The permit is this replica's (or the fleet is not shared).
     Granted,
-    /// Other replicas hold what it needs: the view took Redis' state.
-    Refused,
-    /// Redis does not answer: the replica places alone, with its share.
+    /// Other replicas hold what it needs: what Redis said of the
+    /// upstream, for the view to take once the permit is given back.
+    Refused(Box<Report>),
+    /// Redis does not answer (or refuses the script): the replica places
+    /// alone, with its share.
     Unavailable,
 }
 
 impl Claim {
     /// Whether the request must wait again.
-    pub(crate) fn refused(self) -> bool {
-        self == Claim::Refused
+    pub(crate) fn refused(&self) -> bool {
+        matches!(self, Claim::Refused(_))
     }
 }
 
@@ -32,6 +31,12 @@ impl Fleet {
             return Claim::Granted;
         };
         let lease = shared.lease(slot);
+        if !shared.is_live() {
+            // Counted as held: the next renewal after Redis is back tells
+            // it about this permit.
+            lock(&shared.held)[slot.upstream].insert(lease, slot.model.clone());
+            return Claim::Unavailable;
+        }
         let (capacity, max_loaded) = {
             let state = lock(&self.state);
             (
@@ -53,32 +58,23 @@ impl Fleet {
         };
         let claim = match self.run(slot.upstream, "claim", extra).await {
             Ok(report) if report.granted => Claim::Granted,
-            Ok(_) => Claim::Refused,
-            // Counted as held: the next renewal after Redis is back tells
-            // it about this permit.
+            Ok(report) => Claim::Refused(Box::new(report)),
             Err(()) => Claim::Unavailable,
         };
         guard.slot = None;
-        if claim == Claim::Refused {
-            shared.refused.fetch_add(1, Ordering::Relaxed);
-        } else {
-            shared.refused.store(0, Ordering::Relaxed);
+        if !claim.refused() {
             lock(&shared.held)[slot.upstream].insert(lease, slot.model.clone());
         }
         claim
     }
 
-    /// How long a request refused by Redis waits before it is placed
-    /// again: nothing the first times (its view now agrees with Redis),
-    /// then a little more each time, up to half a second.
-    pub(crate) fn refused_pause(&self) -> Duration {
-        let refused = self
-            .shared
-            .get()
-            .map_or(0, |s| s.refused.load(Ordering::Relaxed));
-        match refused {
-            0..=2 => Duration::ZERO,
-            n => Duration::from_millis(u64::from(n.min(50)) * 10),
+    /// After a refused claim's permit was given back: the view takes
+    /// what Redis said again, now that the permit no longer counts here
+    /// (a model this replica took as loaded, which Redis does not list,
+    /// goes).
+    pub(crate) fn after_refused(&self, index: usize, claim: &Claim) {
+        if let Claim::Refused(report) = claim {
+            self.apply(index, report);
         }
     }
 }

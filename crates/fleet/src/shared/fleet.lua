@@ -8,6 +8,9 @@
 --                   (expires unless the replica renews it)
 -- KEYS[4] capacity  hash: model -> capacity an operator set ('' all)
 -- KEYS[5] replicas  sorted set of live replicas, scored by expiry (ms)
+-- KEYS[6] epoch     hash: a field per replica, set by its every call:
+--                   gone, Redis lost its data (restarted empty, flushed,
+--                   failed over) since this replica's last call
 --
 -- ARGV[1] op: claim | release | renew | peek | switch | capacity
 -- ARGV[2] this replica
@@ -20,8 +23,9 @@
 -- release:  ARGV[5] lease, ARGV[6] model, ARGV[7] channel, ARGV[8]
 --           upstream (published there: a permit came back)
 -- renew:    ARGV[5] model this replica drains for ('' none), ARGV[6..]
---           `lease\tmodel` of the permits this replica holds (re-added:
---           after Redis lost its data, they count again)
+--           `lease\tmodel` of the permits this replica holds: their
+--           leases extended; re-added only if Redis lost its data (a
+--           lease released meanwhile must not come back)
 -- switch:   ARGV[5] model to drain for
 -- capacity: ARGV[5] model ('' all), ARGV[6] capacity
 --
@@ -68,6 +72,8 @@ local function count()
   end
   return all, others
 end
+
+local lost = redis.call('HSET', KEYS[6], replica, 1) == 1
 
 if op == 'claim' then
   local lease, model = ARGV[5], ARGV[6]
@@ -131,11 +137,13 @@ elseif op == 'renew' then
   end
   for i = 6, #ARGV do
     local lease, model = split(ARGV[i])
-    if lease then
+    if lease and lost then
       redis.call('ZADD', KEYS[1], now + ttl, model .. '\t' .. lease)
       if model ~= '*' and redis.call('HEXISTS', KEYS[2], model) == 0 then
         redis.call('HSET', KEYS[2], model, now)
       end
+    elseif lease then
+      redis.call('ZADD', KEYS[1], 'XX', now + ttl, model .. '\t' .. lease)
     end
   end
 elseif op == 'switch' then

@@ -29,7 +29,7 @@
 //! claims it (each tries, most urgent first, when it hears of it).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -67,11 +67,11 @@ pub(crate) struct Shared {
     held: Mutex<Vec<HashMap<String, Arc<str>>>>,
     /// Live replicas, as of the last script.
     replicas: AtomicUsize,
+    /// Redis answers but refuses the script (out of memory, a cluster
+    /// that cannot run it): as if away, until a call succeeds.
+    broken: std::sync::atomic::AtomicBool,
     /// The wants this replica wrote (`model\treplica`).
     wanted: Mutex<std::collections::HashSet<String>>,
-    /// Claims refused in a row: past a few, the next waits a little (a
-    /// view that disagrees with Redis must not spin).
-    pub(crate) refused: AtomicU32,
 }
 
 /// What a script call reports about one upstream.
@@ -127,6 +127,7 @@ impl Fleet {
                     key("switching"),
                     key("capacity"),
                     state.key("fleet:replicas"),
+                    key("epoch"),
                 ]
             })
             .collect();
@@ -136,8 +137,8 @@ impl Fleet {
             keys,
             held: Mutex::new(vec![HashMap::new(); self.specs.len()]),
             replicas: AtomicUsize::new(1),
+            broken: std::sync::atomic::AtomicBool::new(false),
             wanted: Mutex::default(),
-            refused: AtomicU32::new(0),
         });
         if self.shared.set(shared).is_err() {
             return Err(ConfigError::new("state", "the fleet is already shared"));
@@ -158,7 +159,7 @@ impl Fleet {
     /// unless the fleet is shared and Redis does not answer.
     pub(crate) fn share_of(&self, capacity: usize) -> usize {
         match self.shared.get() {
-            Some(shared) if !shared.state.is_up() => {
+            Some(shared) if !shared.is_live() => {
                 (capacity / shared.replicas.load(Ordering::Relaxed).max(1)).max(1)
             }
             _ => capacity,
@@ -232,7 +233,7 @@ impl Fleet {
     /// view: the permits other replicas hold, the models loaded (one this
     /// replica had that Redis does not list, with nothing of it running
     /// here, was evicted by another), the drain, the capacities set.
-    fn apply(&self, index: usize, report: &Report) {
+    pub(crate) fn apply(&self, index: usize, report: &Report) {
         let now = Instant::now();
         let mut state = lock(&self.state);
         for (model, capacity) in &report.capacity {
@@ -253,9 +254,26 @@ impl Fleet {
             .map(|(model, others, _)| (model.clone(), *others))
             .collect();
         up.remote_switching = report.drained_for.clone();
+        // Drained by another replica for another model: this replica's
+        // own drain lost (Redis refuses its claims until that one ends).
+        if let (Some((mine, _)), Some(theirs)) = (&up.switching, &report.drained_for) {
+            if mine != theirs {
+                up.switching = None;
+            }
+        }
         let listed = |model: &str| report.models.iter().any(|(m, _, r)| *r && &**m == model);
-        up.residents
-            .retain(|model, r| r.in_flight > 0 || &**model == ANY_MODEL || listed(model));
+        let unlisted: Vec<Arc<str>> = up
+            .residents
+            .iter()
+            .filter(|(m, r)| r.in_flight == 0 && &***m != ANY_MODEL && !listed(m))
+            .map(|(m, _)| m.clone())
+            .collect();
+        for model in unlisted {
+            // Evicted by another replica, or unused past keep_alive: not
+            // taken back from `/api/ps` while the server still lists it.
+            up.residents.remove(&model);
+            up.evicted.insert(model);
+        }
         for (model, _, resident) in &report.models {
             if *resident && !up.residents.contains_key(model) {
                 up.evicted.remove(model);
@@ -277,19 +295,60 @@ impl Fleet {
     /// what its queue waits for more often ([`WANTS_EVERY`]), as drains
     /// are decided on it.
     async fn keep_alive(fleet: Weak<Self>, ttl: Duration) {
+        let Some(mut health) = fleet
+            .upgrade()
+            .and_then(|f| f.shared.get().map(|s| s.state.health()))
+        else {
+            return;
+        };
         let mut ticks = tokio::time::interval(WANTS_EVERY.min(ttl / 3));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut renewed = Instant::now();
         loop {
-            ticks.tick().await;
+            let back = tokio::select! {
+                _ = ticks.tick() => false,
+                changed = health.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    *health.borrow_and_update()
+                }
+            };
             let Some(fleet) = fleet.upgrade() else {
                 return;
             };
-            fleet.share_wants().await;
-            if renewed.elapsed() >= ttl / 3 {
+            let live = fleet.shared.get().is_some_and(|s| s.is_live());
+            if live {
+                fleet.share_wants().await;
+            } else {
+                // What other replicas held is not known any more: each
+                // places alone with its share (and its renewals find out
+                // when Redis is back).
+                fleet.forget_others();
+            }
+            // Back from an outage: this replica's permits count at once.
+            if back || renewed.elapsed() >= ttl / 3 {
                 renewed = Instant::now();
                 fleet.renew().await;
             }
+        }
+    }
+
+    /// Forgets what the other replicas hold, drain and want.
+    fn forget_others(&self) {
+        let changed = {
+            let mut state = lock(&self.state);
+            let mut changed = !state.remote_heads.is_empty();
+            state.remote_heads.clear();
+            for up in &mut state.ups {
+                changed |= !up.remote.is_empty() || up.remote_switching.is_some();
+                up.remote.clear();
+                up.remote_switching = None;
+            }
+            changed
+        };
+        if changed {
+            self.kick();
         }
     }
 
@@ -360,6 +419,12 @@ impl Fleet {
 }
 
 impl Shared {
+    /// Whether Redis answers and runs the script: what other replicas
+    /// hold counts only then.
+    pub(crate) fn is_live(&self) -> bool {
+        self.state.is_up() && !self.broken.load(Ordering::Relaxed)
+    }
+
     /// The name a lease of this replica has in Redis.
     pub(crate) fn lease(&self, key: &LeaseKey) -> String {
         format!("{}|{}", self.state.replica(), key.lease)
@@ -374,11 +439,25 @@ impl Shared {
             IDLE.as_millis().to_string(),
         ];
         args.extend(extra);
-        let reply: Vec<redis::Value> = self
+        let reply: Vec<redis::Value> = match self
             .state
             .script(&SCRIPT, &self.keys[index], &args)
             .await
-            .map_err(drop)?;
+        {
+            Ok(reply) => reply,
+            Err(error) => {
+                if error.refused && !self.broken.swap(true, Ordering::Relaxed) {
+                    tracing::error!(
+                        %error,
+                        "Redis refuses the fleet's script: each replica places alone with its share of the capacities until it runs again"
+                    );
+                }
+                return Err(());
+            }
+        };
+        if self.broken.swap(false, Ordering::Relaxed) {
+            tracing::info!("Redis runs the fleet's script again: the servers are shared again");
+        }
         let report = parse(reply);
         self.replicas.store(report.replicas, Ordering::Relaxed);
         Ok(report)

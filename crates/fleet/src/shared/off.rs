@@ -1,19 +1,16 @@
 //! Without the `redis` feature a fleet is never shared: what sharing
 //! would do is nothing.
 
-use std::time::Duration;
-
 use crate::fleet::{Fleet, LeaseKey};
 
 /// What Redis said of a permit: without Redis, always granted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Claim {
     Granted,
 }
 
 impl Claim {
     /// Never: nothing else holds permits.
-    pub(crate) fn refused(self) -> bool {
+    pub(crate) fn refused(&self) -> bool {
         false
     }
 }
@@ -33,9 +30,7 @@ impl Fleet {
         Claim::Granted
     }
 
-    pub(crate) fn refused_pause(&self) -> Duration {
-        Duration::ZERO
-    }
+    pub(crate) fn after_refused(&self, _: usize, _: &Claim) {}
 
     pub(crate) fn release_shared(&self, _: &LeaseKey) {}
 

@@ -68,6 +68,8 @@ impl Fleet {
         };
         *lock(&shared.wanted) = fields;
         let mut others: HashMap<std::sync::Arc<str>, Urgency> = HashMap::new();
+        // Entries of replicas that stopped renewing them: gone for good.
+        let mut dead = Vec::new();
         for (field, value) in all {
             let Some((model, from)) = field.split_once('\t') else {
                 continue;
@@ -78,7 +80,11 @@ impl Fleet {
             else {
                 continue;
             };
-            if from == &*replica || expires < wall {
+            if expires < wall {
+                dead.push(field.clone());
+                continue;
+            }
+            if from == &*replica {
                 continue;
             }
             let waited = Duration::from_millis(wall.saturating_sub(since));
@@ -90,5 +96,10 @@ impl Fleet {
             *best = (*best).min(urgency);
         }
         lock(&self.state).remote_heads = others;
+        if !dead.is_empty() {
+            let mut command = redis::cmd("HDEL");
+            command.arg(&key).arg(&dead);
+            let _ = shared.state.query::<i64>(&command).await;
+        }
     }
 }

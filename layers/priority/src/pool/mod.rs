@@ -423,6 +423,11 @@ impl Pool {
         )
     }
 
+    /// How long a permit is held on average, once one came back.
+    pub(crate) fn average_hold(&self) -> Option<Duration> {
+        lock(&self.state).holds.pool()
+    }
+
     /// Reserved permits lent to a lower priority, since the start.
     pub(crate) fn lent(&self) -> u64 {
         lock(&self.state).lent
