@@ -101,6 +101,11 @@ pub struct ClassConfig {
     /// [`RequestMeta::private`]: corral_core::RequestMeta::private
     #[serde(default)]
     pub private: bool,
+    /// How long its requests stay worth serving when they send no
+    /// `X-Deadline-Ms`: a request that cannot be served within it is
+    /// refused at arrival rather than after waiting in vain.
+    #[serde(default, with = "humantime_serde")]
+    pub deadline: Option<std::time::Duration>,
 }
 
 /// One agent.
@@ -290,6 +295,7 @@ impl ClassConfig {
             priority: DEFAULT_PRIORITY,
             priorities: full_range(),
             private: false,
+            deadline: None,
         }
     }
 }

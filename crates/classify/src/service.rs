@@ -136,7 +136,7 @@ impl<S> Classify<S> {
             None => identity.class.priority_for(headers)?,
         };
         let deadline = match headers.get(headers::X_DEADLINE_MS) {
-            None => None,
+            None => identity.class.deadline.map(|d| now + d),
             Some(value) => {
                 let ms = value
                     .to_str()

@@ -165,6 +165,21 @@ async fn a_deadline_is_counted_from_arrival() {
     assert!(err.is::<InvalidRequest>());
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_class_deadline_holds_for_requests_that_set_none() {
+    let start = Instant::now();
+    let classes =
+        config("default_class = \"batch\"\n[[classes]]\nname = \"batch\"\ndeadline = \"2m\"\n");
+    let seen = admitted(&classes, chat(&[])).await;
+    assert_eq!(seen.meta.deadline, Some(start + Duration::from_secs(120)));
+    // The request's own wins.
+    let seen = admitted(&classes, chat(&[("x-deadline-ms", "1500")])).await;
+    assert_eq!(
+        seen.meta.deadline,
+        Some(start + Duration::from_millis(1500))
+    );
+}
+
 #[tokio::test]
 async fn a_request_id_is_kept_or_made() {
     let kept = admitted(&config(""), chat(&[("x-request-id", "abc-123")])).await;

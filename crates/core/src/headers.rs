@@ -22,6 +22,12 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// How long the request waited for an upstream permit, in milliseconds.
 pub const X_CORRAL_QUEUE_MS: HeaderName = HeaderName::from_static("x-corral-queue-ms");
+/// How many requests were ahead of this one in the order of service when
+/// it arrived (on the answer, and on a refusal that estimated it).
+pub const X_CORRAL_QUEUE_POSITION: HeaderName = HeaderName::from_static("x-corral-queue-position");
+/// How long this request was estimated to wait for its permit when it
+/// arrived, in milliseconds: the work ahead over the measured throughput.
+pub const X_CORRAL_QUEUE_ETA_MS: HeaderName = HeaderName::from_static("x-corral-queue-eta-ms");
 /// A conversation's id, chosen by the client: with several upstreams,
 /// its requests go back to the server that ran it before, so that
 /// server's prompt cache is reused.

@@ -67,3 +67,37 @@ corral_core::refusal! {
         ),
     }
 }
+
+/// The request's deadline cannot be met: the work ahead of it takes
+/// longer by the queue's estimate. 503 at arrival, with `Retry-After`:
+/// when a request with the same deadline would be served in time (the
+/// work ahead that is too much drained), rather than after waiting in
+/// vain.
+#[derive(Debug)]
+pub struct DeadlineUnreachable {
+    pub(crate) estimate: crate::Estimate,
+    /// How long it had until its deadline.
+    pub(crate) budget: Duration,
+}
+
+impl DeadlineUnreachable {
+    /// Its place in the queue and its estimated wait.
+    pub fn estimate(&self) -> crate::Estimate {
+        self.estimate
+    }
+}
+
+corral_core::refusal! {
+    DeadlineUnreachable as refused {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        reason: "deadline_unreachable",
+        retry_after: refused.estimate.eta.map(|eta| eta.saturating_sub(refused.budget)),
+        message(f): write!(
+            f,
+            "the request's deadline is {} ms away but the queue ahead of it takes about {} ms",
+            refused.budget.as_millis(),
+            refused.estimate.eta_ms().unwrap_or(0)
+        ),
+        headers: crate::estimate::headers(&refused.estimate),
+    }
+}

@@ -58,6 +58,11 @@ where
                     .headers_mut()
                     .insert(headers::X_CORRAL_QUEUE_MS, value);
             }
+            if let Some(estimate) = permit.estimate() {
+                for (name, value) in crate::estimate::headers(&estimate) {
+                    response.headers_mut().insert(name, value);
+                }
+            }
         }
         let status = response.status();
         let settling = permit.map(|p| Settling::new(p, status));

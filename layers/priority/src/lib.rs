@@ -115,6 +115,7 @@
 mod body;
 mod config;
 mod error;
+mod estimate;
 mod future;
 mod layer;
 pub mod metrics;
@@ -133,18 +134,20 @@ pub use config::{
     PriorityConfig, Reserve, DEFAULT_AGING, DEFAULT_CAPACITY, DEFAULT_GENERATION_TOKENS,
     DEFAULT_LEND_WITHIN, MAX_LEND_WITHIN,
 };
-pub use error::{DeadlineExceeded, ModelNotServed, TooManyModels};
+pub use error::{DeadlineExceeded, DeadlineUnreachable, ModelNotServed, TooManyModels};
+pub use estimate::Estimate;
 pub use future::ResponseFuture;
 pub use layer::PriorityLayer;
 pub use models::{IDLE_BEFORE_EVICTION, MAX_MODEL_POOLS};
 pub use pool::Ticket;
-pub use scheduler::{Acquire, Permit, Scheduler};
+pub use scheduler::{Acquire, Permit, Scheduler, Waiter};
 pub use service::PriorityService;
 
 /// The refusals this layer answers with, for a responder
 /// ([`corral_core::respond::RespondLayer::with_refusals`]).
 pub const REFUSALS: &[corral_core::RefusalCast] = &[
     corral_core::as_refusal::<DeadlineExceeded>,
+    corral_core::as_refusal::<DeadlineUnreachable>,
     corral_core::as_refusal::<ModelNotServed>,
     corral_core::as_refusal::<TooManyModels>,
 ];

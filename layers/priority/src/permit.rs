@@ -14,6 +14,7 @@ use crate::error::DeadlineExceeded;
 use crate::pool::{self, Hold, Pool, Ticket};
 #[cfg(feature = "redis")]
 use crate::redis::RedisPool;
+use crate::Estimate;
 use corral_fleet::{Route, Urgency, Want};
 
 /// A request waiting for its permit. Resolves to the [`Permit`], or to
@@ -21,6 +22,10 @@ use corral_fleet::{Route, Urgency, Want};
 #[must_use = "a ticket waits only while its Acquire is polled or held"]
 pub struct Acquire {
     pub(crate) kind: AcquireKind,
+    /// Where it stood when it arrived, for its answer's headers.
+    pub(crate) estimate: Option<Estimate>,
+    /// Its entry among the requests waiting, while it waits.
+    pub(crate) listed: Option<crate::scheduler::Listed>,
 }
 
 pub(crate) enum AcquireKind {
@@ -78,6 +83,8 @@ impl Acquire {
         };
         let id = pool.enqueue(ticket, session);
         Self {
+            estimate: None,
+            listed: None,
             kind: AcquireKind::Local {
                 pool,
                 id,
@@ -87,6 +94,23 @@ impl Acquire {
                 want,
                 claiming: None,
             },
+        }
+    }
+
+    /// Remembers where the request stood when it arrived: its answer
+    /// carries it (`X-Corral-Queue-Position`, `X-Corral-Queue-Eta-Ms`).
+    pub fn with_estimate(mut self, estimate: Option<Estimate>) -> Self {
+        self.estimate = estimate;
+        self
+    }
+
+    /// The pool it waits in, its ticket there and when it arrived,
+    /// unless its queue is in Redis.
+    pub(crate) fn waits_in(&self) -> Option<(&Arc<Pool>, u64, Instant)> {
+        match &self.kind {
+            AcquireKind::Local { pool, id, want, .. } => Some((pool, *id, want.urgency.since)),
+            #[cfg(feature = "redis")]
+            AcquireKind::Redis(_) => None,
         }
     }
 
@@ -105,6 +129,21 @@ impl Future for Acquire {
     type Output = Result<Permit, DeadlineExceeded>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let polled = self.as_mut().poll_permit(cx);
+        if polled.is_ready() {
+            // Granted or refused: it waits no more.
+            self.listed = None;
+        }
+        polled
+    }
+}
+
+impl Acquire {
+    fn poll_permit(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Permit, DeadlineExceeded>> {
+        let estimate = self.estimate;
         let (pool, id, deadline, done, route, want, claiming) = match &mut self.kind {
             AcquireKind::Local {
                 pool,
@@ -175,6 +214,7 @@ impl Future for Acquire {
                     weight: grant.weight,
                     waited: grant.waited,
                     actual: None,
+                    estimate,
                 };
                 match route.filter(|r| r.fleet().is_shared()) {
                     // Claimed in Redis before the request is sent; dropped
@@ -231,6 +271,8 @@ pub struct Permit {
     weight: f64,
     waited: Duration,
     actual: Option<f64>,
+    /// Where its request stood when it arrived.
+    estimate: Option<Estimate>,
 }
 
 corral_core::impl_debug!(Permit { agent, waited });
@@ -272,6 +314,7 @@ impl Permit {
             weight: 1.0,
             waited,
             actual: None,
+            estimate: None,
         }
     }
 
@@ -296,6 +339,12 @@ impl Permit {
     /// index in the fleet.
     pub fn upstream(&self) -> Option<usize> {
         self.route.as_ref().and_then(|r| r.upstream())
+    }
+
+    /// Where the request stood when it arrived: the requests ahead and
+    /// its estimated wait ([`Scheduler::estimate`](crate::Scheduler::estimate)).
+    pub fn estimate(&self) -> Option<Estimate> {
+        self.estimate
     }
 
     /// How long the request waited for this permit.

@@ -8,6 +8,8 @@ use tower::Service;
 use crate::future::ResponseFuture;
 use crate::layer::Scheduling;
 use crate::pool::Ticket;
+use crate::{DeadlineUnreachable, Estimate};
+use tokio::time::Instant;
 
 corral_core::layer_service! {
     /// Runs inference requests only when the scheduler grants them an
@@ -50,11 +52,28 @@ where
         if let Some(refusal) = self.shared.scheduler.refusal(model.as_deref()) {
             return ResponseFuture::refused(refusal);
         }
-        let session = session_of(&request);
-        let acquire = self
+        let estimate = self
             .shared
             .scheduler
-            .acquire_in(ticket, model.as_deref(), session);
+            .estimate(ticket.priority, model.as_deref());
+        if let Some(refusal) = unreachable(ticket.deadline, estimate) {
+            return ResponseFuture::refused(Box::new(refusal));
+        }
+        let session = session_of(&request);
+        let listing = request
+            .extensions()
+            .get::<RequestMeta>()
+            .map(|m| (m.request_id.clone(), ticket.agent.clone(), ticket.priority));
+        let mut acquire = self
+            .shared
+            .scheduler
+            .acquire_in(ticket, model.as_deref(), session)
+            .with_estimate(estimate);
+        if let Some((id, agent, priority)) = listing {
+            self.shared
+                .scheduler
+                .list(&mut acquire, id, agent, priority);
+        }
         let mut request = request;
         if let Some(route) = acquire.route() {
             // Read by the upstream client once the permit is granted.
@@ -115,6 +134,18 @@ impl Scheduling {
         };
         prompt + 2.0 * generated
     }
+}
+
+/// A request whose deadline is nearer than the queue's estimate of its
+/// wait: refused now rather than after waiting in vain. An unknown wait
+/// refuses nothing.
+fn unreachable(
+    deadline: Option<Instant>,
+    estimate: Option<Estimate>,
+) -> Option<DeadlineUnreachable> {
+    let (deadline, estimate) = (deadline?, estimate?);
+    let budget = deadline.saturating_duration_since(Instant::now());
+    (estimate.eta? > budget).then_some(DeadlineUnreachable { estimate, budget })
 }
 
 /// The conversation `request` belongs to: its `X-Session-Id`, hashed with

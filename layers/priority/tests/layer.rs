@@ -14,7 +14,8 @@ use corral_core::{
     Body, BoxError, Endpoint, GenerationParams, Priority, RequestMeta, UpstreamLoad,
 };
 use corral_priority::{
-    DeadlineExceeded, PriorityConfig, PriorityLayer, PriorityService, ResponseBody, Scheduler,
+    DeadlineExceeded, DeadlineUnreachable, PriorityConfig, PriorityLayer, PriorityService,
+    ResponseBody, Scheduler,
 };
 use http::{Request, Response};
 use http_body_util::channel::{Channel, Sender};
@@ -264,4 +265,66 @@ async fn an_error_answer_charges_about_nothing_so_its_agent_is_not_sent_to_the_b
     // other agent's fair share.
     let charged = scheduler.counter("a", None).unwrap() - floor;
     assert!(charged <= 1.0, "charged {charged}");
+}
+
+/// Runs `n` generations of `agent` through `service`, each answered after
+/// `held`: what the pool learns its holds from.
+async fn teach(service: &Prioritized, handle: &mut Handle, n: usize, held: Duration) {
+    for _ in 0..n {
+        let (call, reply) = upstream_has(service, handle, generate("teacher", 5)).await;
+        tokio::time::sleep(held).await;
+        let (tx, response) = streaming();
+        reply.send_response(response);
+        drop(tx);
+        let mut body = call.await.unwrap().unwrap().into_body();
+        while body.frame().await.is_some() {}
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deadline_the_queue_cannot_meet_is_refused_at_once_and_the_answer_says_where_it_stood() {
+    let (_scheduler, service, mut handle) = prioritized(1);
+    teach(&service, &mut handle, 4, Duration::from_secs(2)).await;
+    let (_running, _reply) = upstream_has(&service, &mut handle, generate("a", 5)).await;
+    // One ahead of 2 s and the running one: about 3 s to wait.
+    let queued = tokio::spawn(service.clone().oneshot(generate("b", 5)));
+    tokio::task::yield_now().await;
+    let mut hurried = generate("c", 5);
+    let meta = hurried.extensions_mut().get_mut::<RequestMeta>().unwrap();
+    meta.deadline = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+    let arrived = tokio::time::Instant::now();
+    let err = service.clone().oneshot(hurried).await.unwrap_err();
+    assert_eq!(arrived.elapsed(), Duration::ZERO, "refused at arrival");
+    let refusal = err
+        .downcast_ref::<DeadlineUnreachable>()
+        .expect("a deadline refusal at arrival");
+    let estimate = refusal.estimate();
+    assert_eq!(estimate.position, 1);
+    let eta = estimate.eta.unwrap();
+    assert_eq!(eta, Duration::from_secs(3));
+    use corral_core::Refusal;
+    assert_eq!(refusal.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+    // Retry once the work too much for its deadline has drained.
+    assert_eq!(refusal.retry_after(), Some(Duration::from_secs(2)));
+    let headers = refusal.headers();
+    assert!(headers
+        .iter()
+        .any(|(n, v)| n == "x-corral-queue-eta-ms" && v == "3000"));
+    // One with time enough waits, and its answer says where it stood.
+    let mut patient = generate("d", 5);
+    let meta = patient.extensions_mut().get_mut::<RequestMeta>().unwrap();
+    meta.deadline = Some(tokio::time::Instant::now() + Duration::from_secs(60));
+    let patient = tokio::spawn(service.clone().oneshot(patient));
+    tokio::task::yield_now().await;
+    queued.abort();
+    // The running one ends (its upstream call fails): the next is d.
+    drop(_reply);
+    let _ = _running.await;
+    let (_, reply) = handle.next_request().await.unwrap();
+    let (tx, response) = streaming();
+    reply.send_response(response);
+    drop(tx);
+    let response = patient.await.unwrap().unwrap();
+    assert_eq!(response.headers()["x-corral-queue-position"], "1");
+    assert!(response.headers().contains_key("x-corral-queue-eta-ms"));
 }

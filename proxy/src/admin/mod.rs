@@ -130,6 +130,9 @@ impl Admin {
                     &json!({"status": "not ready", "upstream": self.upstream.url().to_string(), "error": error}),
                 ),
             },
+            path if get && path.starts_with("/corral/requests/") => {
+                self.waiting_request(&path["/corral/requests/".len()..])
+            }
             "/metrics" | "/corral/metrics" if get => {
                 if let Some(load) = self.load.get() {
                     telemetry::record_load(&load.snapshot());

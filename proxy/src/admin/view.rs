@@ -120,6 +120,42 @@ pub(crate) fn upstreams(upstream: &crate::upstream::Upstream) -> serde_json::Val
     json!(list)
 }
 
+impl super::Admin {
+    /// `GET /corral/requests/{id}`: where a waiting request stands (its
+    /// place in the order of service, its wait so far and to come); 404
+    /// once it runs, or if no request of that id waits.
+    pub(super) fn waiting_request(&self, id: &str) -> http::Response<corral_core::BoxBody> {
+        use http::StatusCode;
+        let found = self
+            .controls
+            .scheduler
+            .get()
+            .and_then(|scheduler| scheduler.waiting(id));
+        match found {
+            Some(waiter) => super::json_response(
+                StatusCode::OK,
+                &json!({
+                    "request_id": id,
+                    "state": "queued",
+                    "agent": waiter.agent.as_str(),
+                    "priority": waiter.priority.get(),
+                    "queue": waiter.pool,
+                    "waited_ms": u64::try_from(waiter.waited.as_millis()).unwrap_or(u64::MAX),
+                    "position": waiter.estimate.position,
+                    "eta_ms": waiter.estimate.eta_ms(),
+                }),
+            ),
+            None => crate::respond::answer(
+                &corral_core::ErrorBody::new(
+                    StatusCode::NOT_FOUND,
+                    format!("no request {id:?} is waiting here (it runs, ended, or waits in another replica)"),
+                ),
+                corral_core::ApiFamily::Ollama,
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::without_credentials;

@@ -182,6 +182,11 @@ pub struct ClassEntry {
     /// apart per agent, whatever its `namespace`.
     #[serde(default)]
     pub private: bool,
+    /// How long its requests stay worth serving when they send no
+    /// `X-Deadline-Ms` (e.g. `"30s"`): one the queue cannot serve in time
+    /// is refused at arrival, with `Retry-After`.
+    #[serde(default, with = "humantime_serde")]
+    pub deadline: Option<std::time::Duration>,
     /// Its quotas, enforced by the `ratelimit` layer, e.g.
     /// `{ requests_per_minute = 10, tokens_per_minute = 20000 }`.
     #[serde(default)]
@@ -196,6 +201,7 @@ impl ClassEntry {
         class.priority = self.priority;
         class.priorities = self.priorities;
         class.private = self.private;
+        class.deadline = self.deadline;
         class
     }
 }

@@ -21,6 +21,8 @@ pub(crate) struct Class {
     pub(crate) highest: Priority,
     pub(crate) lowest: Priority,
     pub(crate) private: bool,
+    /// How long its requests stay worth serving when they say nothing.
+    pub(crate) deadline: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone)]

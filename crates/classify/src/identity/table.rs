@@ -37,6 +37,7 @@ pub(super) fn classes_of(config: &ClassifyConfig) -> Result<ClassTable, ConfigEr
                 highest: Priority::HIGHEST,
                 lowest: Priority::LOWEST,
                 private: false,
+                deadline: None,
             });
             names.insert(DEFAULT_CLASS.to_string(), classes.len() - 1);
             classes.len() - 1
@@ -89,6 +90,7 @@ fn class_of(entry: &ClassConfig, at: impl Fn(&str) -> String) -> Result<Class, C
         highest,
         lowest,
         private: entry.private,
+        deadline: entry.deadline,
     })
 }
 

@@ -53,6 +53,8 @@ impl Lend {
 pub(crate) struct Holds {
     agents: HashMap<AgentId, f64>,
     pool: Option<f64>,
+    /// The pool's seconds per unit of cost.
+    pool_rate: Option<f64>,
 }
 
 impl Holds {
@@ -65,9 +67,16 @@ impl Holds {
             self.agents.clear();
         }
         let rate = seconds / cost.max(1.0);
+        self.pool_rate = Some(average(self.pool_rate, rate, POOL_SMOOTHING));
         let entry = self.agents.get(agent).copied();
         self.agents
             .insert(agent.clone(), average(entry, rate, AGENT_SMOOTHING));
+    }
+
+    /// The pool's seconds per unit of predicted cost; `None` before any
+    /// permit came back.
+    pub(crate) fn pool_rate(&self) -> Option<f64> {
+        self.pool_rate
     }
 
     /// The pool's average hold; `None` before any permit came back.

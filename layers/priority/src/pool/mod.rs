@@ -5,6 +5,7 @@
 //! once, so no interleaving of grant, cancel and completion can leak a
 //! permit or grant one twice. Wakers are woken after the lock is dropped.
 
+mod ahead;
 mod hold;
 mod index;
 mod order;
@@ -23,6 +24,9 @@ pub(crate) use hold::Lend;
 use index::Vtc;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+/// Priority levels.
+pub(super) const LEVELS: usize = 10;
 
 /// How many recent completions the drain rate is measured over.
 const DRAIN_WINDOW: usize = 64;
@@ -73,6 +77,9 @@ struct State {
     agents: HashMap<AgentId, Agent>,
     waiters: HashMap<u64, Waiter>,
     queued: [usize; 10],
+    /// Per priority level, the predicted cost of what waits there: the
+    /// work ahead of a request, for its estimate.
+    queued_cost: [f64; 10],
     queued_bytes: usize,
     completions: VecDeque<Instant>,
     /// Per priority level, the agents with a request waiting there and
@@ -176,6 +183,7 @@ impl Pool {
                 agents: HashMap::new(),
                 waiters: HashMap::new(),
                 queued: [0; 10],
+                queued_cost: [0.0; 10],
                 queued_bytes: 0,
                 completions: VecDeque::with_capacity(DRAIN_WINDOW),
                 ready: Default::default(),
@@ -211,6 +219,7 @@ impl Pool {
         agent.queued += 1;
         agent.levels[level].push_back((id, now));
         state.queued[level] += 1;
+        state.queued_cost[level] += ticket.cost;
         state.queued_bytes += ticket.bytes;
         state.oldest[level].insert((now, id));
         let lend = state.holds.lend(
@@ -291,6 +300,12 @@ impl Pool {
             }
         } else {
             state.queued[waiter.level] -= 1;
+            // Back to exactly nothing when the level empties: no drift.
+            state.queued_cost[waiter.level] = if state.queued[waiter.level] == 0 {
+                0.0
+            } else {
+                (state.queued_cost[waiter.level] - waiter.cost).max(0.0)
+            };
             state.queued_bytes -= waiter.bytes;
             state.oldest[waiter.level].remove(&(waiter.enqueued, id));
             if let Some(agent) = state.agents.get_mut(&agent_id) {

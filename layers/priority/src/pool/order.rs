@@ -6,11 +6,9 @@ use std::task::Waker;
 use corral_core::AgentId;
 use tokio::time::Instant;
 
-use super::{Lend, Pool, State};
+use super::{Lend, Pool, State, LEVELS};
 use crate::metrics::RESERVE_LENT_TOTAL;
 
-/// Priority levels.
-const LEVELS: usize = 10;
 /// At most this many waiting agents are looked at for one that may
 /// borrow a reserved permit: a queue of requests predicted long must
 /// not make every grant walk all of it.
@@ -65,6 +63,12 @@ impl Pool {
             agent.in_flight += 1;
             agent.vtc += waiter.cost / waiter.weight;
             state.queued[level] -= 1;
+            // Back to exactly nothing when the level empties: no drift.
+            state.queued_cost[level] = if state.queued[level] == 0 {
+                0.0
+            } else {
+                (state.queued_cost[level] - waiter.cost).max(0.0)
+            };
             state.queued_bytes -= waiter.bytes;
             state.oldest[level].remove(&(waiter.enqueued, id));
             state.in_flight += 1;

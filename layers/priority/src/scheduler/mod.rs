@@ -10,7 +10,7 @@ use std::sync::RwLock;
 #[cfg(feature = "redis")]
 use std::time::Duration;
 
-use corral_core::{LoadSnapshot, UpstreamLoad};
+use corral_core::{AgentId, LoadSnapshot, Priority, RequestId, UpstreamLoad};
 use tokio::sync::Notify;
 
 use crate::config::PriorityConfig;
@@ -19,9 +19,15 @@ use crate::models::Models;
 use crate::permit::AcquireKind;
 pub use crate::permit::{Acquire, Permit};
 use crate::pool::{FleetLink, Pool, Ticket};
+use crate::Estimate;
+
+mod requests;
+
 #[cfg(feature = "redis")]
 use crate::redis::RedisPool;
 use corral_fleet::Fleet;
+pub use requests::Waiter;
+pub(crate) use requests::{Listed, Waiting};
 
 mod load;
 #[cfg(feature = "redis")]
@@ -70,6 +76,8 @@ pub struct Scheduler {
     changes: Arc<Notify>,
     /// With several upstreams: the fleet whose permits the pools hand out.
     fleet: Option<Arc<Fleet>>,
+    /// The requests waiting, by request id.
+    waiting: Arc<Waiting>,
     /// With shared state, each pool's Redis side, by pool name.
     #[cfg(feature = "redis")]
     shared: RwLock<HashMap<String, Arc<RedisPool>>>,
@@ -190,6 +198,7 @@ impl Scheduler {
             on_demand: per_model.then(|| Models::new(config.capacity)),
             changes,
             fleet,
+            waiting: Arc::default(),
             #[cfg(feature = "redis")]
             shared: RwLock::new(HashMap::new()),
             #[cfg(feature = "redis")]
@@ -374,6 +383,83 @@ impl Scheduler {
         pools
     }
 
+    /// Where a request at `priority` for `model` arriving now would
+    /// stand: the requests ahead of it and its wait for a permit (the
+    /// work ahead over what the pool measured). `None` while its queue
+    /// is in Redis (a replica sees only its own waiters).
+    ///
+    /// ```
+    /// use corral_core::Priority;
+    /// use corral_priority::{PriorityConfig, Scheduler};
+    ///
+    /// let scheduler = Scheduler::new(&PriorityConfig::default()).unwrap();
+    /// let estimate = scheduler.estimate(Priority::DEFAULT, None).unwrap();
+    /// assert_eq!(estimate.position, 0);
+    /// assert_eq!(estimate.eta, Some(std::time::Duration::ZERO), "room now");
+    /// ```
+    pub fn estimate(
+        &self,
+        priority: corral_core::Priority,
+        model: Option<&str>,
+    ) -> Option<Estimate> {
+        let pool = self.pool_for(model, false);
+        #[cfg(feature = "redis")]
+        if self.shared_of(&pool).is_some() {
+            return None;
+        }
+        let name = model.filter(|m| !m.is_empty()).map(canonical_model);
+        if self.on_demand.is_some() && name.is_some_and(|n| n != pool.name()) {
+            // Its pool is not made yet: nothing waits for its model.
+            return Some(Estimate {
+                position: 0,
+                eta: Some(Duration::ZERO),
+            });
+        }
+        Some(pool.estimate(usize::from(priority.get() - 1), None))
+    }
+
+    /// Lists `acquire` as request `id` of `agent` at `priority` while it
+    /// waits, for [`Scheduler::waiting`]. A queue in Redis is not listed.
+    pub fn list(&self, acquire: &mut Acquire, id: RequestId, agent: AgentId, priority: Priority) {
+        if let Some(waits) = acquire.waits_in() {
+            acquire.listed = Some(self.waiting.list(id, waits, agent, priority));
+        }
+    }
+
+    /// Where request `id` stands while it waits: its place in the order
+    /// of service, its wait so far and to come. `None` once it runs (or
+    /// if it never waited here).
+    ///
+    /// ```
+    /// use corral_core::{AgentId, Priority, RequestId};
+    /// use corral_priority::{PriorityConfig, Scheduler, Ticket};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let scheduler = Scheduler::new(&PriorityConfig { capacity: 1, ..PriorityConfig::default() }).unwrap();
+    /// let ticket = |agent: &str| Ticket {
+    ///     agent: agent.into(),
+    ///     priority: Priority::DEFAULT,
+    ///     weight: 1.0,
+    ///     cost: 100.0,
+    ///     bytes: 0,
+    ///     deadline: None,
+    /// };
+    /// let running = scheduler.acquire(ticket("a"), None).await.unwrap();
+    /// let mut waiting = scheduler.acquire(ticket("b"), None);
+    /// scheduler.list(&mut waiting, RequestId::from("req-b"), AgentId::from("b"), Priority::DEFAULT);
+    /// let seen = scheduler.waiting("req-b").unwrap();
+    /// assert_eq!(seen.estimate.position, 0, "next in line");
+    /// drop(running);
+    /// let permit = waiting.await.unwrap();
+    /// assert!(scheduler.waiting("req-b").is_none(), "it runs");
+    /// # drop(permit);
+    /// # }
+    /// ```
+    pub fn waiting(&self, id: &str) -> Option<Waiter> {
+        self.waiting.find(id)
+    }
+
     /// Waits for a permit for `ticket` on `model`'s pool. The ticket is
     /// queued at once; dropping the future leaves the queue (or gives
     /// back a permit granted but not yet taken).
@@ -391,6 +477,8 @@ impl Scheduler {
         if let Some(shared) = self.shared_of(&pool) {
             return Acquire {
                 kind: AcquireKind::Redis(Box::pin(shared.acquire(ticket))),
+                estimate: None,
+                listed: None,
             };
         }
         Acquire::local(pool, ticket, session)
