@@ -3,7 +3,8 @@
 //! held at 10,000 waiting tickets. Fair share looks at the head of each
 //! waiting agent's queue, so the cost depends on how many agents wait:
 //! the fleet of the design (131 agents) and a worst case where every
-//! waiting request is a different agent.
+//! waiting request is a different agent. And an arrival's estimate of
+//! its place and wait, with that queue.
 
 #![allow(missing_docs)] // criterion_group! makes an undocumented pub fn.
 
@@ -103,6 +104,15 @@ fn scheduler(c: &mut Criterion) {
             },
         );
         assert_eq!(s.snapshot().queued_total(), QUEUED);
+        // What every arrival also asks since estimates came (its place and
+        // wait, for its headers and deadline): with the queue full.
+        group.bench_with_input(
+            BenchmarkId::new("estimate", format!("{agents}_agents")),
+            &agents,
+            |b, _| {
+                b.iter(|| s.estimate(Priority::DEFAULT, None));
+            },
+        );
     }
     group.finish();
 }

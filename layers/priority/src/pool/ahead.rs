@@ -7,6 +7,11 @@ use tokio::time::Instant;
 use super::{Pool, State, LEVELS};
 use crate::estimate::{eta, Ahead, Estimate, Throughput};
 
+/// At most this many requests of one level are counted one by one (a
+/// live lookup, or aged requests of a worse level): an estimate must not
+/// walk a queue of thousands under the pool's lock.
+const MAX_COUNTED: usize = 1024;
+
 impl Pool {
     /// Where a request at `level` stands: the requests ahead of it
     /// (every better level, its own level's earlier arrivals, and worse
@@ -36,7 +41,9 @@ impl Pool {
 
     fn ahead(&self, state: &State, level: usize, me: Option<u64>, now: Instant) -> Ahead {
         let mut ahead = Ahead::default();
-        for better in 0..level {
+        // One arriving now is behind all of its level: the totals.
+        let last = if me.is_none() { level + 1 } else { level };
+        for better in 0..last {
             ahead.count += state.queued[better];
             ahead.cost += state.queued_cost[better];
         }
@@ -47,12 +54,15 @@ impl Pool {
             for (_, id) in state.oldest[level]
                 .iter()
                 .take_while(|entry| before(entry, until))
+                .take(MAX_COUNTED)
             {
                 ahead.count += 1;
                 ahead.cost += state.waiters.get(id).map_or(0.0, |w| w.cost);
             }
         };
-        count(level, now);
+        if me.is_some() {
+            count(level, now);
+        }
         // A worse level's request that waited `steps` aging periods is
         // `steps` levels better: past this one's level, it is ahead.
         if !self.aging.is_zero() {

@@ -412,7 +412,7 @@ impl Scheduler {
             // Its pool is not made yet: nothing waits for its model.
             return Some(Estimate {
                 position: 0,
-                eta: Some(Duration::ZERO),
+                eta: Some(std::time::Duration::ZERO),
             });
         }
         Some(pool.estimate(usize::from(priority.get() - 1), None))
