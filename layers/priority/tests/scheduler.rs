@@ -158,3 +158,52 @@ async fn agents_equally_served_go_in_the_order_they_asked_not_by_name() {
         ["zeta", "alpha", "mid"]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn at_one_priority_and_equal_service_the_shorter_request_goes_first() {
+    let (s, running) = busy(1, "x").await;
+    let mut waiting = vec![wait(&s, "long", costing("a", 2000.0))];
+    tokio::time::advance(Duration::from_millis(1)).await;
+    waiting.push(wait(&s, "short", costing("b", 20.0)));
+    let order = serve_in_order(running, &mut waiting, 2);
+    assert_eq!(
+        order,
+        ["short", "long"],
+        "shorter first, though it came second"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_long_request_is_overtaken_by_short_ones_for_one_aging_period_at_most() {
+    let s = common::scheduler_with(PriorityConfig {
+        capacity: 1,
+        aging: Duration::from_secs(10),
+        ..PriorityConfig::default()
+    });
+    let mut running = s.acquire(ticket("x", 5), None).await.unwrap();
+    let mut waiting = vec![wait(&s, "long", costing("long", 5000.0))];
+    for i in 0..30 {
+        tokio::time::advance(Duration::from_millis(1)).await;
+        waiting.push(wait(
+            &s,
+            &format!("short-{i}"),
+            costing(&format!("short-{i}"), 20.0),
+        ));
+    }
+    // Each request holds the permit 1 s.
+    let mut order = Vec::new();
+    while !waiting.is_empty() {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        drop(running);
+        let mut next = granted(&mut waiting);
+        assert_eq!(next.len(), 1);
+        let (name, permit) = next.pop().unwrap();
+        order.push(name);
+        running = permit;
+    }
+    let long = order.iter().position(|n| n == "long").unwrap();
+    // Short ones first while it is younger than the aging period (10 s,
+    // a request a second), then it goes.
+    assert!((8..=11).contains(&long), "served {long}th: {order:?}");
+    drop(running);
+}

@@ -45,11 +45,24 @@ impl State {
         };
         let vtc = Vtc(agent.vtc);
         for (level, queue) in agent.levels.iter().enumerate() {
-            if let Some((_, since)) = queue.front() {
-                self.ready[level].remove(&(vtc, *since, agent_id.clone()));
+            if let Some((id, since)) = queue.front() {
+                let finish = self.finish(agent.vtc, *id);
+                self.ready[level].remove(&(finish, *since, agent_id.clone()));
             }
         }
         self.active.remove(&(vtc, agent_id.clone()));
+    }
+
+    /// Where an agent whose counter is `vtc` stands at a level whose next
+    /// request is ticket `id`: its counter once that request is served
+    /// (its predicted cost over its weight). The least goes first: at
+    /// equal service, the shorter request; an agent that asks long
+    /// requests waits longer for each, not more often.
+    pub(super) fn finish(&self, vtc: f64, id: u64) -> Vtc {
+        // A ticket is in `waiters` while it heads an agent's queue: the
+        // key is the same when it is indexed and when it is taken out.
+        let work = self.waiters.get(&id).map_or(0.0, |w| w.cost / w.weight);
+        Vtc(vtc + work)
     }
 
     /// Puts `agent` back in the sorted sets, as it is now.
@@ -65,8 +78,9 @@ impl State {
             return;
         }
         for (level, queue) in agent.levels.iter().enumerate() {
-            if let Some((_, since)) = queue.front() {
-                self.ready[level].insert((key.0, *since, agent_id.clone()));
+            if let Some((id, since)) = queue.front() {
+                let finish = self.finish(agent.vtc, *id);
+                self.ready[level].insert((finish, *since, agent_id.clone()));
             }
         }
     }

@@ -83,8 +83,10 @@ struct State {
     queued_bytes: usize,
     completions: VecDeque<Instant>,
     /// Per priority level, the agents with a request waiting there and
-    /// room under their cap: least served first, and among equally served
-    /// the one whose request there has waited longest (never by name).
+    /// room under their cap: least served once their next request there
+    /// is (so at equal service the shorter request first), and among
+    /// equals the one whose request there has waited longest (never by
+    /// name).
     ready: [BTreeSet<(Vtc, Instant, AgentId)>; 10],
     /// Per priority level, every waiting ticket, oldest first: the oldest
     /// sets how far the level has aged.
@@ -284,9 +286,10 @@ impl Pool {
     pub(crate) fn withdraw(&self, id: u64) -> Option<Duration> {
         let now = Instant::now();
         let mut state = lock(&self.state);
-        let waiter = state.waiters.remove(&id)?;
-        let agent_id = waiter.agent.clone();
+        // Out of the sorted sets while its ticket still keys them.
+        let agent_id = state.waiters.get(&id)?.agent.clone();
         state.unindex(&agent_id);
+        let waiter = state.waiters.remove(&id)?;
         let freed = waiter.granted;
         if waiter.granted {
             // Granted but never taken: undo the grant, charge nothing.

@@ -6,6 +6,7 @@ use std::task::Waker;
 use corral_core::AgentId;
 use tokio::time::Instant;
 
+use super::index::Vtc;
 use super::{Lend, Pool, State, LEVELS};
 use crate::metrics::RESERVE_LENT_TOTAL;
 
@@ -199,8 +200,32 @@ impl Pool {
             }
         }
         let (_, _, level) = best?;
-        let (_, _, agent) = state.ready[level].first()?;
+        let (first, _, agent) = state.ready[level].first()?;
+        if let Some(aged) = self.aged(state, level, *first, now) {
+            return Some((aged, level));
+        }
         Some((agent.clone(), level))
+    }
+
+    /// Shorter requests first holds only for `aging`: the level's oldest
+    /// request, once it has waited that long, competes by its agent's
+    /// service alone, and goes first if no agent ready there is served
+    /// less once its own next request is (`first`). A long request is so
+    /// overtaken by short ones for at most one aging period, as a low
+    /// priority by high ones for one step.
+    fn aged(&self, state: &State, level: usize, first: Vtc, now: Instant) -> Option<AgentId> {
+        if self.aging.is_zero() {
+            return None;
+        }
+        let (oldest, id) = state.oldest[level].first()?;
+        if now.saturating_duration_since(*oldest) < self.aging {
+            return None;
+        }
+        let agent_id = &state.waiters.get(id)?.agent;
+        let agent = state.agents.get(agent_id)?;
+        // Ready there: not held back by its agent's cap.
+        let key = (state.finish(agent.vtc, *id), *oldest, agent_id.clone());
+        (state.ready[level].contains(&key) && Vtc(agent.vtc) <= first).then(|| agent_id.clone())
     }
 
     fn effective_level(&self, level: usize, enqueued: Instant, now: Instant) -> usize {
