@@ -3,6 +3,7 @@
 
 pub mod fleet;
 pub mod herd;
+pub mod waits;
 
 use std::time::Duration;
 

@@ -110,7 +110,8 @@ fn scheduler(c: &mut Criterion) {
             BenchmarkId::new("estimate", format!("{agents}_agents")),
             &agents,
             |b, _| {
-                b.iter(|| s.estimate(Priority::DEFAULT, None));
+                let arriving = ticket(usize::MAX / 2, agents);
+                b.iter(|| s.estimate(&arriving, None));
             },
         );
     }

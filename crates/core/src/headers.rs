@@ -22,6 +22,9 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// How long the request waited for an upstream permit, in milliseconds.
 pub const X_CORRAL_QUEUE_MS: HeaderName = HeaderName::from_static("x-corral-queue-ms");
+/// On a refusal with `Retry-After`: the same wait in milliseconds (the
+/// header itself has whole seconds).
+pub const X_CORRAL_RETRY_AFTER_MS: HeaderName = HeaderName::from_static("x-corral-retry-after-ms");
 /// How many requests were ahead of this one in the order of service when
 /// it arrived (on the answer, and on a refusal that estimated it).
 pub const X_CORRAL_QUEUE_POSITION: HeaderName = HeaderName::from_static("x-corral-queue-position");

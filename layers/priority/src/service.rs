@@ -52,10 +52,7 @@ where
         if let Some(refusal) = self.shared.scheduler.refusal(model.as_deref()) {
             return ResponseFuture::refused(refusal);
         }
-        let estimate = self
-            .shared
-            .scheduler
-            .estimate(ticket.priority, model.as_deref());
+        let estimate = self.shared.scheduler.estimate(&ticket, model.as_deref());
         if let Some(refusal) = unreachable(ticket.deadline, estimate) {
             return ResponseFuture::refused(Box::new(refusal));
         }

@@ -37,12 +37,12 @@ async fn a_request_stands_behind_better_priorities_and_earlier_arrivals() {
         wait(&s, "batch", ticket("c", 9)),
     ];
     // Arriving now at 5: behind the priority 1 and the earlier 5.
-    assert_eq!(s.estimate(at(5), None).unwrap().position, 2);
-    assert_eq!(s.estimate(at(1), None).unwrap().position, 1);
-    assert_eq!(s.estimate(at(10), None).unwrap().position, 3);
+    assert_eq!(s.estimate(&ticket("new", 5), None).unwrap().position, 2);
+    assert_eq!(s.estimate(&ticket("new", 1), None).unwrap().position, 1);
+    assert_eq!(s.estimate(&ticket("new", 10), None).unwrap().position, 3);
     // Nothing measured yet: no wait is claimed, beyond the completion
     // rate (none either).
-    assert_eq!(s.estimate(at(5), None).unwrap().eta, None);
+    assert_eq!(s.estimate(&ticket("new", 5), None).unwrap().eta, None);
     drop(running);
 }
 
@@ -60,7 +60,7 @@ async fn the_estimated_wait_is_the_work_ahead_and_matches_the_wait_it_had() {
         // Arrivals a moment apart: equal counters go by arrival.
         tokio::time::advance(Duration::from_millis(1)).await;
     }
-    let estimate = s.estimate(Priority::DEFAULT, None).unwrap();
+    let estimate = s.estimate(&costing("new", 100.0), None).unwrap();
     assert_eq!(estimate.position, 3);
     let eta = estimate.eta.unwrap();
     assert_eq!(eta, Duration::from_secs(7));
@@ -82,22 +82,21 @@ async fn the_estimated_wait_is_the_work_ahead_and_matches_the_wait_it_had() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn short_work_ahead_makes_a_shorter_wait() {
+async fn with_shorter_requests_first_a_request_waits_behind_shorter_ones_only() {
     let s = scheduler(1);
     teach(&s, 5, 100.0, Duration::from_secs(2)).await;
     let running = s.acquire(costing("r", 100.0), None).await.unwrap();
     let _long: Vec<Waiting> = (0..3)
         .map(|i| wait(&s, &format!("l{i}"), costing(&format!("l{i}"), 400.0)))
         .collect();
-    let behind_long = s.estimate(Priority::DEFAULT, None).unwrap().eta.unwrap();
-    drop(_long);
-    let _short: Vec<Waiting> = (0..3)
-        .map(|i| wait(&s, &format!("s{i}"), costing(&format!("s{i}"), 25.0)))
-        .collect();
-    let behind_short = s.estimate(Priority::DEFAULT, None).unwrap().eta.unwrap();
+    // A short one goes before the three long ones, a longer one after.
+    let short = s.estimate(&costing("short", 100.0), None).unwrap();
+    let longer = s.estimate(&costing("longer", 800.0), None).unwrap();
+    assert_eq!(short.position, 0);
+    assert_eq!(longer.position, 3);
     assert!(
-        behind_short * 4 < behind_long,
-        "{behind_short:?} vs {behind_long:?}"
+        short.eta.unwrap() * 4 < longer.eta.unwrap(),
+        "{short:?} vs {longer:?}"
     );
     drop(running);
 }
@@ -139,8 +138,8 @@ async fn a_lower_priority_aged_past_a_request_stands_ahead_of_it() {
     let _old = wait(&s, "old", ticket("old", 7));
     // Two aging steps later, the priority 7 counts as a 5 that came
     // first.
-    assert_eq!(s.estimate(at(5), None).unwrap().position, 0);
+    assert_eq!(s.estimate(&ticket("new", 5), None).unwrap().position, 0);
     tokio::time::sleep(Duration::from_secs(21)).await;
-    assert_eq!(s.estimate(at(5), None).unwrap().position, 1);
+    assert_eq!(s.estimate(&ticket("new", 5), None).unwrap().position, 1);
     drop(running);
 }

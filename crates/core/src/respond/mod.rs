@@ -115,6 +115,12 @@ fn refusal_response(refusal: &dyn crate::Refusal, family: ApiFamily) -> Response
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        // The same to the millisecond, for a client that can do better
+        // than whole seconds.
+        let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        response
+            .headers_mut()
+            .insert(headers::X_CORRAL_RETRY_AFTER_MS, HeaderValue::from(ms));
     }
     response
 }
@@ -308,6 +314,7 @@ mod tests {
         let response = error_response(&err, ApiFamily::OpenAi, &[as_refusal::<Slow>]);
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(response.headers()["x-corral-retry-after-ms"], "1200");
         assert_eq!(response.headers()[headers::X_CORRAL_REASON], "rate_limited");
         let body = response.into_body().collect().await.unwrap().to_bytes();
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();

@@ -18,6 +18,7 @@ use std::time::Duration;
 use corral_core::{lock, AgentId, LoadSnapshot, Priority};
 
 use crate::config::Reserve;
+pub(crate) use ahead::Me;
 use corral_fleet::{Fleet, Slot};
 use hold::Holds;
 pub(crate) use hold::Lend;

@@ -383,25 +383,29 @@ impl Scheduler {
         pools
     }
 
-    /// Where a request at `priority` for `model` arriving now would
-    /// stand: the requests ahead of it and its wait for a permit (the
-    /// work ahead over what the pool measured). `None` while its queue
-    /// is in Redis (a replica sees only its own waiters).
+    /// Where `ticket`, a request for `model` arriving now, would stand:
+    /// the requests ahead of it in the order of service and its wait for
+    /// a permit (the work ahead over what the pool measured). `None`
+    /// while its queue is in Redis (a replica sees only its own waiters).
     ///
     /// ```
     /// use corral_core::Priority;
-    /// use corral_priority::{PriorityConfig, Scheduler};
+    /// use corral_priority::{PriorityConfig, Scheduler, Ticket};
     ///
     /// let scheduler = Scheduler::new(&PriorityConfig::default()).unwrap();
-    /// let estimate = scheduler.estimate(Priority::DEFAULT, None).unwrap();
+    /// let ticket = Ticket {
+    ///     agent: "a".into(),
+    ///     priority: Priority::DEFAULT,
+    ///     weight: 1.0,
+    ///     cost: 100.0,
+    ///     bytes: 0,
+    ///     deadline: None,
+    /// };
+    /// let estimate = scheduler.estimate(&ticket, None).unwrap();
     /// assert_eq!(estimate.position, 0);
     /// assert_eq!(estimate.eta, Some(std::time::Duration::ZERO), "room now");
     /// ```
-    pub fn estimate(
-        &self,
-        priority: corral_core::Priority,
-        model: Option<&str>,
-    ) -> Option<Estimate> {
+    pub fn estimate(&self, ticket: &Ticket, model: Option<&str>) -> Option<Estimate> {
         let pool = self.pool_for(model, false);
         #[cfg(feature = "redis")]
         if self.shared_of(&pool).is_some() {
@@ -415,7 +419,12 @@ impl Scheduler {
                 eta: Some(std::time::Duration::ZERO),
             });
         }
-        Some(pool.estimate(usize::from(priority.get() - 1), None))
+        let me = crate::pool::Me::Arriving {
+            agent: &ticket.agent,
+            cost: ticket.cost,
+            weight: ticket.weight,
+        };
+        Some(pool.estimate(usize::from(ticket.priority.get() - 1), me))
     }
 
     /// Lists `acquire` as request `id` of `agent` at `priority` while it

@@ -114,7 +114,7 @@ impl Waiting {
             priority,
             pool: pool.name().to_string(),
             waited: since.elapsed(),
-            estimate: pool.estimate(level, Some(ticket)),
+            estimate: pool.estimate(level, crate::pool::Me::Waiting(ticket)),
         })
     }
 }

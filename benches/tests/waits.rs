@@ -1,0 +1,42 @@
+//! The predictable-waits scenario, short and fast: at 10× what the
+//! server answers, requests whose deadline the queue cannot meet are
+//! refused at arrival with a `Retry-After` and let in later; those
+//! served carry their estimated wait. Counts only, no wall-clock bound.
+
+#![allow(clippy::unwrap_used)] // a test fails by panicking
+
+use std::time::Duration;
+
+use corral_benches::waits::{self, report, Setup, Variant};
+
+fn fast() -> Setup {
+    Setup {
+        ttft: Duration::from_millis(10),
+        tokens_per_sec: 1000.0,
+        tokens: (10, 200),
+        deadline: Duration::from_millis(800),
+        duration: Duration::from_secs(2),
+        probe: Duration::from_millis(50),
+        ..Setup::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_refused_at_arrival_with_a_retry_after_and_let_in_later() {
+    let setup = fast();
+    let run = waits::run(&setup, 10.0, Variant::Told).await.unwrap();
+    assert!(!run.records.is_empty());
+    assert!(run.refused() > 0, "some refused at arrival at 10×");
+    let retried: Vec<_> = run.records.iter().filter_map(|r| r.retry).collect();
+    assert!(
+        retried.iter().all(|(_, admitted)| admitted.is_some()),
+        "every refused client was let in later"
+    );
+    assert!(
+        run.records.iter().any(|r| r.eta.is_some()),
+        "answers carry their estimate"
+    );
+    assert!(run.goodput() > 0.0);
+    let text = report::markdown(&setup, &[run]);
+    assert!(text.contains("| 10× | lengths told |"), "{text}");
+}
