@@ -136,7 +136,7 @@ impl<S> Classify<S> {
             None => identity.class.priority_for(headers)?,
         };
         let deadline = match headers.get(headers::X_DEADLINE_MS) {
-            None => identity.class.deadline.map(|d| now + d),
+            None => identity.class.deadline.and_then(|d| now.checked_add(d)),
             Some(value) => {
                 let ms = value
                     .to_str()
@@ -147,7 +147,8 @@ impl<S> Classify<S> {
                             "invalid X-Deadline-Ms header: expected whole milliseconds from now"
                                 .into(),
                     })?;
-                Some(now + std::time::Duration::from_millis(ms))
+                // So far away it cannot be told from none.
+                now.checked_add(std::time::Duration::from_millis(ms))
             }
         };
         let request_id = request_id_of(request);

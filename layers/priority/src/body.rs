@@ -48,7 +48,7 @@ impl OnEnd for Settling {
         if let Some(cost) = self.usage.cost() {
             self.permit.settle(cost);
         } else if self.failed {
-            self.permit.settle(FAILED_COST);
+            self.permit.settle_failed(FAILED_COST);
         }
     }
 }

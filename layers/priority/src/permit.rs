@@ -215,6 +215,7 @@ impl Acquire {
                     waited: grant.waited,
                     actual: None,
                     estimate,
+                    failed: false,
                 };
                 match route.filter(|r| r.fleet().is_shared()) {
                     // Claimed in Redis before the request is sent; dropped
@@ -273,6 +274,8 @@ pub struct Permit {
     actual: Option<f64>,
     /// Where its request stood when it arrived.
     estimate: Option<Estimate>,
+    /// Its answer was an error.
+    failed: bool,
 }
 
 corral_core::impl_debug!(Permit { agent, waited });
@@ -315,6 +318,7 @@ impl Permit {
             waited,
             actual: None,
             estimate: None,
+            failed: false,
         }
     }
 
@@ -358,6 +362,14 @@ impl Permit {
     pub fn settle(&mut self, cost: f64) {
         self.actual = Some(cost);
     }
+
+    /// The answer was an error: its agent is charged `cost` (about
+    /// nothing), and how long it held the permit is not learnt (a fast
+    /// error would teach the pool that requests cost nothing).
+    pub(crate) fn settle_failed(&mut self, cost: f64) {
+        self.actual = Some(cost);
+        self.failed = true;
+    }
 }
 
 impl Drop for Permit {
@@ -365,6 +377,7 @@ impl Drop for Permit {
         let hold = Hold {
             cost: self.cost,
             held: self.since.elapsed(),
+            failed: self.failed,
         };
         let correction = self
             .actual

@@ -143,3 +143,21 @@ async fn a_lower_priority_aged_past_a_request_stands_ahead_of_it() {
     assert_eq!(s.estimate(&ticket("new", 5), None).unwrap().position, 1);
     drop(running);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_agents_own_queue_and_other_agents_queues_are_ahead() {
+    let (s, running) = busy(1, "x").await;
+    let _batch: Vec<Waiting> = (0..50)
+        .map(|i| wait(&s, &format!("b{i}"), ticket("batch", 5)))
+        .collect();
+    // Its 51st waits behind its own 50.
+    assert!(s.estimate(&ticket("batch", 5), None).unwrap().position >= 50);
+    let _tiny: Vec<Waiting> = (0..50)
+        .map(|i| wait(&s, &format!("t{i}"), costing("tiny", 1.0)))
+        .collect();
+    // A long one from a new agent: behind the tiny ones and most of the
+    // batch, not behind two agents' next requests only.
+    let long = s.estimate(&costing("new", 1000.0), None).unwrap();
+    assert!(long.position > 50, "{long:?}");
+    drop(running);
+}

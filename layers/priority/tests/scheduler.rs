@@ -207,3 +207,36 @@ async fn a_long_request_is_overtaken_by_short_ones_for_one_aging_period_at_most(
     assert!((8..=11).contains(&long), "served {long}th: {order:?}");
     drop(running);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_agent_at_its_cap_does_not_keep_a_long_request_overtaken_past_the_aging_period() {
+    let s = common::scheduler_with(PriorityConfig {
+        capacity: 2,
+        aging: Duration::from_secs(10),
+        max_in_flight_per_agent: Some(1),
+        ..PriorityConfig::default()
+    });
+    // Agent c runs one and has the oldest request waiting: at its cap.
+    let _c_running = s.acquire(ticket("c", 5), None).await.unwrap();
+    let mut running = s.acquire(ticket("x", 5), None).await.unwrap();
+    let _c_waiting = wait(&s, "c-next", ticket("c", 5));
+    tokio::time::advance(Duration::from_millis(1)).await;
+    let mut waiting = vec![wait(&s, "long", costing("long", 5000.0))];
+    for i in 0..30 {
+        tokio::time::advance(Duration::from_millis(1)).await;
+        waiting.push(wait(&s, &format!("short-{i}"), costing(&format!("short-{i}"), 20.0)));
+    }
+    let mut order = Vec::new();
+    while !waiting.is_empty() {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        drop(running);
+        let mut next = granted(&mut waiting);
+        assert_eq!(next.len(), 1);
+        let (name, permit) = next.pop().unwrap();
+        order.push(name);
+        running = permit;
+    }
+    let long = order.iter().position(|n| n == "long").unwrap();
+    assert!(long <= 11, "served {long}th: {order:?}");
+    drop(running);
+}

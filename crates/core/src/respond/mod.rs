@@ -117,7 +117,7 @@ fn refusal_response(refusal: &dyn crate::Refusal, family: ApiFamily) -> Response
             .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         // The same to the millisecond, for a client that can do better
         // than whole seconds.
-        let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
         response
             .headers_mut()
             .insert(headers::X_CORRAL_RETRY_AFTER_MS, HeaderValue::from(ms));

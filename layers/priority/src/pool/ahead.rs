@@ -8,9 +8,10 @@ use super::index::Vtc;
 use super::{Pool, State, LEVELS};
 use crate::estimate::{eta, Ahead, Estimate, Throughput};
 
-/// At most this many requests of one level are counted one by one: an
-/// estimate must not walk a queue of thousands under the pool's lock.
-const MAX_COUNTED: usize = 1024;
+/// At most this many agents, or requests, of one level are counted one
+/// by one: an estimate must not walk a queue of thousands under the
+/// pool's lock (past it, the position and wait are too low).
+const MAX_COUNTED: usize = 256;
 
 /// The request an estimate is for.
 #[derive(Debug, Clone, Copy)]
@@ -23,6 +24,16 @@ pub(crate) enum Me<'a> {
     },
     /// One waiting here, by ticket.
     Waiting(u64),
+}
+
+impl Pool {
+    /// Whether ticket `id` still waits (neither granted nor gone).
+    pub(crate) fn waits(&self, id: u64) -> bool {
+        lock(&self.state)
+            .waiters
+            .get(&id)
+            .is_some_and(|w| !w.granted)
+    }
 }
 
 impl Pool {
@@ -58,36 +69,58 @@ impl Pool {
             ahead.count += state.queued[better];
             ahead.cost += state.queued_cost[better];
         }
-        // Its own level, in the order of service: the agents whose next
-        // request there goes before its own.
-        let (mine, me_id) = finish_of(state, me);
+        // Its own level, in the order of service: an agent's requests
+        // there go one after another, each when its service so far plus
+        // that request's cost is the least. Those of each agent ahead of
+        // it whose turn comes before its own, as far as the agent's next
+        // request's cost tells (the rest of its queue taken alike).
+        let (mine, me_id) = finish_of(state, level, me);
         // Equal service goes by arrival: one arriving now is behind all
         // of its equals; one waiting, behind those that came before it.
         let before = |entry: &(Vtc, Instant, AgentId)| match &mine {
             (key, None) => entry.0 <= *key,
             (key, Some((at, agent))) => (entry.0, entry.1, &entry.2) < (*key, *at, agent),
         };
-        for (_, _, agent) in state.ready[level]
+        let my_key = mine.0 .0;
+        for (first, _, agent_id) in state.ready[level]
             .iter()
             .take_while(|entry| before(entry))
             .take(MAX_COUNTED)
         {
-            let head = state
-                .agents
-                .get(agent)
-                .and_then(|a| a.levels[level].front())
-                .filter(|(id, _)| Some(*id) != me_id);
-            if let Some((id, _)) = head {
-                ahead.count += 1;
-                ahead.cost += state.waiters.get(id).map_or(0.0, |w| w.cost);
+            let Some(agent) = state.agents.get(agent_id) else {
+                continue;
+            };
+            let queue = &agent.levels[level];
+            let Some(head) = queue.front().and_then(|(id, _)| state.waiters.get(id)) else {
+                continue;
+            };
+            let each = head.cost / head.weight;
+            // Its first request goes before; each next one while its
+            // service then is still under this request's.
+            let turns = if each > 0.0 && my_key.is_finite() {
+                1 + ((my_key - first.0) / each).max(0.0).floor() as usize
+            } else {
+                queue.len()
+            };
+            let mut counted = 0;
+            for (id, _) in queue.iter().take(turns.min(MAX_COUNTED)) {
+                if Some(*id) == me_id {
+                    break;
+                }
+                counted += 1;
+                ahead.cost += state.waiters.get(id).map_or(each, |w| w.cost);
             }
+            ahead.count += counted;
         }
         // A worse level's request that waited `steps` aging periods is
         // `steps` levels better: past this one's level, it is ahead.
         if !self.aging.is_zero() {
             for (steps, worse) in (level + 1..LEVELS).enumerate() {
-                let aged = self.aging * u32::try_from(steps + 1).unwrap_or(u32::MAX);
-                let Some(until) = now.checked_sub(aged) else {
+                let Some(until) = u32::try_from(steps + 1)
+                    .ok()
+                    .and_then(|steps| self.aging.checked_mul(steps))
+                    .and_then(|aged| now.checked_sub(aged))
+                else {
                     continue;
                 };
                 for (_, id) in state.oldest[worse]
@@ -110,8 +143,9 @@ type Place = (Vtc, Option<(Instant, AgentId)>);
 
 /// Where `me` stands in its level's order of service: its agent's service
 /// once its request is served (an agent back from idle starts level with
-/// the least served) and, if it waits, when it came; and its ticket.
-fn finish_of(state: &State, me: Me<'_>) -> (Place, Option<u64>) {
+/// the least served; one arriving now comes after its agent's own queued
+/// requests there) and, if it waits, when it came; and its ticket.
+fn finish_of(state: &State, level: usize, me: Me<'_>) -> (Place, Option<u64>) {
     let floor = state.active.first().map_or(0.0, |(vtc, _)| vtc.0);
     match me {
         Me::Arriving {
@@ -119,14 +153,22 @@ fn finish_of(state: &State, me: Me<'_>) -> (Place, Option<u64>) {
             cost,
             weight,
         } => {
-            let vtc = state.agents.get(agent).map_or(floor, |a| {
-                if a.queued == 0 && a.in_flight == 0 {
+            let (vtc, queued) = state.agents.get(agent).map_or((floor, 0.0), |a| {
+                let vtc = if a.queued == 0 && a.in_flight == 0 {
                     a.vtc.max(floor)
                 } else {
                     a.vtc
-                }
+                };
+                // Its own requests there go first, one after another.
+                let queued: f64 = a.levels[level]
+                    .iter()
+                    .take(MAX_COUNTED)
+                    .filter_map(|(id, _)| state.waiters.get(id))
+                    .map(|w| w.cost / w.weight)
+                    .sum();
+                (vtc, queued)
             });
-            ((Vtc(vtc + cost / weight.max(1e-9)), None), None)
+            ((Vtc(vtc + queued + cost / weight.max(1e-9)), None), None)
         }
         Me::Waiting(id) => {
             let Some(waiter) = state.waiters.get(&id) else {
@@ -134,10 +176,7 @@ fn finish_of(state: &State, me: Me<'_>) -> (Place, Option<u64>) {
             };
             let vtc = state.agents.get(&waiter.agent).map_or(floor, |a| a.vtc);
             let key = Vtc(vtc + waiter.cost / waiter.weight);
-            (
-                (key, Some((waiter.enqueued, waiter.agent.clone()))),
-                Some(id),
-            )
+            ((key, Some((waiter.enqueued, waiter.agent.clone()))), Some(id))
         }
     }
 }

@@ -147,6 +147,9 @@ pub(crate) struct Grant {
 pub(crate) struct Hold {
     pub(crate) cost: f64,
     pub(crate) held: Duration,
+    /// The answer was an error: how long it held the permit says nothing
+    /// of what a request costs, and is not learnt.
+    pub(crate) failed: bool,
 }
 
 /// The outcome of polling a ticket.
@@ -344,7 +347,9 @@ impl Pool {
         if let (Some(link), Some(slot)) = (&self.fleet, slot) {
             link.fleet.free(slot);
         }
-        state.holds.record(agent_id, hold.cost, hold.held);
+        if !hold.failed {
+            state.holds.record(agent_id, hold.cost, hold.held);
+        }
         state.in_flight = state.in_flight.saturating_sub(1);
         state.unindex(agent_id);
         if let Some(agent) = state.agents.get_mut(agent_id) {
@@ -390,7 +395,9 @@ impl Pool {
     #[cfg(feature = "redis")]
     pub(crate) fn vacate(&self, agent_id: &AgentId, hold: Hold) {
         let mut state = lock(&self.state);
-        state.holds.record(agent_id, hold.cost, hold.held);
+        if !hold.failed {
+            state.holds.record(agent_id, hold.cost, hold.held);
+        }
         state.in_flight = state.in_flight.saturating_sub(1);
         let wakers = self.dispatch(&mut state, Instant::now());
         drop(state);

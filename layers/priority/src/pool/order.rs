@@ -10,6 +10,9 @@ use super::index::Vtc;
 use super::{Lend, Pool, State, LEVELS};
 use crate::metrics::RESERVE_LENT_TOTAL;
 
+/// At most this many of a level's oldest requests are looked at for one
+/// that has waited an aging period and could be served now.
+const AGED_SCAN: usize = 64;
 /// At most this many waiting agents are looked at for one that may
 /// borrow a reserved permit: a queue of requests predicted long must
 /// not make every grant walk all of it.
@@ -217,15 +220,25 @@ impl Pool {
         if self.aging.is_zero() {
             return None;
         }
-        let (oldest, id) = state.oldest[level].first()?;
-        if now.saturating_duration_since(*oldest) < self.aging {
-            return None;
+        // The oldest request that could be served now: its agent's next
+        // there, and its agent not at its cap (a few looked at).
+        let waited_long = state.oldest[level]
+            .iter()
+            .take_while(|(at, _)| now.saturating_duration_since(*at) >= self.aging)
+            .take(AGED_SCAN);
+        for (oldest, id) in waited_long {
+            let Some(agent_id) = state.waiters.get(id).map(|w| &w.agent) else {
+                continue;
+            };
+            let Some(agent) = state.agents.get(agent_id) else {
+                continue;
+            };
+            let key = (state.finish(agent.vtc, *id), *oldest, agent_id.clone());
+            if state.ready[level].contains(&key) {
+                return (Vtc(agent.vtc) <= first).then(|| agent_id.clone());
+            }
         }
-        let agent_id = &state.waiters.get(id)?.agent;
-        let agent = state.agents.get(agent_id)?;
-        // Ready there: not held back by its agent's cap.
-        let key = (state.finish(agent.vtc, *id), *oldest, agent_id.clone());
-        (state.ready[level].contains(&key) && Vtc(agent.vtc) <= first).then(|| agent_id.clone())
+        None
     }
 
     fn effective_level(&self, level: usize, enqueued: Instant, now: Instant) -> usize {

@@ -108,6 +108,11 @@ impl Waiting {
                 entry.since,
             )
         };
+        if !pool.waits(ticket) {
+            // Granted (its client has not taken the permit yet), or
+            // claiming it in a shared fleet: it waits no more here.
+            return None;
+        }
         let level = usize::from(priority.get() - 1);
         Some(Waiter {
             agent,
