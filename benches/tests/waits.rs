@@ -38,7 +38,10 @@ async fn overload_is_refused_at_arrival_with_a_retry_after_and_let_in_later() {
     );
     assert!(run.goodput() > 0.0);
     // Loose bounds: what was told is not nothing, and not wild.
-    assert!(retried.iter().all(|(told, _)| !told.is_zero()), "a Retry-After of 0");
+    assert!(
+        retried.iter().all(|(told, _)| !told.is_zero()),
+        "a Retry-After of 0"
+    );
     let (eta_error, samples) = run.eta_error();
     if samples >= 5 {
         assert!(eta_error.unwrap() < 1.0, "estimates off by {eta_error:?}");

@@ -90,4 +90,8 @@ async fn waits_are_told_and_a_deadline_out_of_reach_is_refused_at_arrival() {
     }
     let gone = get(&format!("{url}/corral/requests/wait-2")).await;
     assert_eq!(gone.status, 404);
+    // A deadline as far as a client may ask is none: served.
+    let far = u64::MAX.to_string();
+    let reply = send(generate(&url, "far", &[("x-deadline-ms", &far)])).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
 }

@@ -224,7 +224,11 @@ async fn an_agent_at_its_cap_does_not_keep_a_long_request_overtaken_past_the_agi
     let mut waiting = vec![wait(&s, "long", costing("long", 5000.0))];
     for i in 0..30 {
         tokio::time::advance(Duration::from_millis(1)).await;
-        waiting.push(wait(&s, &format!("short-{i}"), costing(&format!("short-{i}"), 20.0)));
+        waiting.push(wait(
+            &s,
+            &format!("short-{i}"),
+            costing(&format!("short-{i}"), 20.0),
+        ));
     }
     let mut order = Vec::new();
     while !waiting.is_empty() {

@@ -176,7 +176,10 @@ fn finish_of(state: &State, level: usize, me: Me<'_>) -> (Place, Option<u64>) {
             };
             let vtc = state.agents.get(&waiter.agent).map_or(floor, |a| a.vtc);
             let key = Vtc(vtc + waiter.cost / waiter.weight);
-            ((key, Some((waiter.enqueued, waiter.agent.clone()))), Some(id))
+            (
+                (key, Some((waiter.enqueued, waiter.agent.clone()))),
+                Some(id),
+            )
         }
     }
 }
