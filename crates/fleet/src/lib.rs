@@ -100,6 +100,7 @@ mod shared;
 #[cfg(not(feature = "redis"))]
 #[path = "shared/off.rs"]
 mod shared;
+mod slot;
 mod spec;
 mod status;
 

@@ -182,9 +182,8 @@ pub struct ClassEntry {
     /// apart per agent, whatever its `namespace`.
     #[serde(default)]
     pub private: bool,
-    /// How long its requests stay worth serving when they send no
-    /// `X-Deadline-Ms` (e.g. `"30s"`): one the queue cannot serve in time
-    /// is refused at arrival, with `Retry-After`.
+    /// Without `X-Deadline-Ms`, how long its answers stay useful (`"30s"`):
+    /// one the queue cannot serve in time is refused at arrival.
     #[serde(default, with = "humantime_serde")]
     pub deadline: Option<std::time::Duration>,
     /// Its quotas, enforced by the `ratelimit` layer, e.g.
@@ -194,8 +193,7 @@ pub struct ClassEntry {
 }
 
 impl ClassEntry {
-    /// What `classify` reads of the class: its name, priorities and
-    /// whether its answers are private.
+    /// What `classify` reads of the class: name, priorities, privacy, deadline.
     pub fn classify(&self) -> corral_classify::ClassConfig {
         let mut class = corral_classify::ClassConfig::new(self.name.clone());
         class.priority = self.priority;
