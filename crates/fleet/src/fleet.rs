@@ -24,8 +24,8 @@ const LEVELS: usize = 10;
 /// by which a request must outwait the work it displaces.
 pub const DEFAULT_LOAD_COST: Duration = Duration::from_secs(2);
 
-pub use crate::slot::Slot;
 pub(crate) use crate::slot::LeaseKey;
+pub use crate::slot::Slot;
 
 /// Something waiting for permits (a pool of the scheduler): told when
 /// one may have come free.
