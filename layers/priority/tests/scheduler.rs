@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use corral_core::UpstreamLoad;
-use corral_priority::{PriorityConfig, Scheduler, Ticket};
+use corral_priority::{Permit, PriorityConfig, Scheduler, Ticket};
 
 use common::{
     busy, costing, granted, hold, scheduler, scheduler_with, serve_in_order, ticket, wait, Waiting,
@@ -180,32 +180,12 @@ async fn a_long_request_is_overtaken_by_short_ones_for_one_aging_period_at_most(
         aging: Duration::from_secs(10),
         ..PriorityConfig::default()
     });
-    let mut running = s.acquire(ticket("x", 5), None).await.unwrap();
-    let mut waiting = vec![wait(&s, "long", costing("long", 5000.0))];
-    for i in 0..30 {
-        tokio::time::advance(Duration::from_millis(1)).await;
-        waiting.push(wait(
-            &s,
-            &format!("short-{i}"),
-            costing(&format!("short-{i}"), 20.0),
-        ));
-    }
-    // Each request holds the permit 1 s.
-    let mut order = Vec::new();
-    while !waiting.is_empty() {
-        tokio::time::advance(Duration::from_secs(1)).await;
-        drop(running);
-        let mut next = granted(&mut waiting);
-        assert_eq!(next.len(), 1);
-        let (name, permit) = next.pop().unwrap();
-        order.push(name);
-        running = permit;
-    }
-    let long = order.iter().position(|n| n == "long").unwrap();
+    let running = s.acquire(ticket("x", 5), None).await.unwrap();
+    let waiting = long_then_shorts(&s).await;
+    let long = served_at(running, waiting, "long").await;
     // Short ones first while it is younger than the aging period (10 s,
     // a request a second), then it goes.
-    assert!((8..=11).contains(&long), "served {long}th: {order:?}");
-    drop(running);
+    assert!((8..=11).contains(&long), "served {long}th");
 }
 
 #[tokio::test(start_paused = true)]
@@ -218,29 +198,37 @@ async fn an_agent_at_its_cap_does_not_keep_a_long_request_overtaken_past_the_agi
     });
     // Agent c runs one and has the oldest request waiting: at its cap.
     let _c_running = s.acquire(ticket("c", 5), None).await.unwrap();
-    let mut running = s.acquire(ticket("x", 5), None).await.unwrap();
+    let running = s.acquire(ticket("x", 5), None).await.unwrap();
     let _c_waiting = wait(&s, "c-next", ticket("c", 5));
     tokio::time::advance(Duration::from_millis(1)).await;
-    let mut waiting = vec![wait(&s, "long", costing("long", 5000.0))];
+    let waiting = long_then_shorts(&s).await;
+    let long = served_at(running, waiting, "long").await;
+    assert!(long <= 11, "served {long}th");
+}
+
+/// A long request, then 30 short ones, a millisecond apart.
+async fn long_then_shorts(s: &Scheduler) -> Vec<Waiting> {
+    let mut waiting = vec![wait(s, "long", costing("long", 5000.0))];
     for i in 0..30 {
         tokio::time::advance(Duration::from_millis(1)).await;
-        waiting.push(wait(
-            &s,
-            &format!("short-{i}"),
-            costing(&format!("short-{i}"), 20.0),
-        ));
+        let name = format!("short-{i}");
+        waiting.push(wait(s, &name, costing(&name, 20.0)));
     }
+    waiting
+}
+
+/// Serves `waiting` one at a time behind `running`, each holding the
+/// permit 1 s: where `name` came in the order of service.
+async fn served_at(mut running: Permit, mut waiting: Vec<Waiting>, name: &str) -> usize {
     let mut order = Vec::new();
     while !waiting.is_empty() {
         tokio::time::advance(Duration::from_secs(1)).await;
         drop(running);
         let mut next = granted(&mut waiting);
-        assert_eq!(next.len(), 1);
-        let (name, permit) = next.pop().unwrap();
-        order.push(name);
+        assert_eq!(next.len(), 1, "one granted per free permit");
+        let (served, permit) = next.pop().unwrap();
+        order.push(served);
         running = permit;
     }
-    let long = order.iter().position(|n| n == "long").unwrap();
-    assert!(long <= 11, "served {long}th: {order:?}");
-    drop(running);
+    order.iter().position(|n| n == name).unwrap()
 }
