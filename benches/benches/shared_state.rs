@@ -66,12 +66,12 @@ fn shared_state(c: &mut Criterion) {
     let checks = [
         Check {
             key: "agent:bench:requests".into(),
-            quota,
+            limit: quota.into(),
             cost: 1,
         },
         Check {
             key: "class:bench:requests".into(),
-            quota,
+            limit: quota.into(),
             cost: 1,
         },
     ];

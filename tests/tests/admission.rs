@@ -144,3 +144,84 @@ async fn a_full_compartment_answers_503_bulkhead_full() {
     assert_eq!(free.status, 200);
     running.abort();
 }
+
+#[tokio::test]
+async fn a_spent_day_budget_is_a_429_until_midnight_and_usage_shows_what_was_used() {
+    let upstream = mock(corral_e2e::fast()).await;
+    let corral = corral(
+        &upstream.url(),
+        "[[classes]]\nname = \"batch\"\nrate_limit = { tokens_per_day = 20 }\n[[agents]]\nid = \"batcher\"\nclass = \"batch\"\n\n[[layers]]\nkind = \"ratelimit\"\n",
+    )
+    .await;
+    let url = corral.url();
+    let ollama = || {
+        request_with(
+            "POST",
+            &format!("{url}/api/generate"),
+            r#"{"model":"llama3","prompt":"p","stream":false,"options":{"num_predict":8}}"#,
+            &[("x-agent-id", "batcher")],
+        )
+    };
+    for left in ["12", "4"] {
+        let ok = send(ollama()).await;
+        assert_eq!(ok.status, 200);
+        assert!(
+            ok.header("ratelimit")
+                .unwrap()
+                .starts_with(&format!("\"agent-tokens-day\";r={left};")),
+            "{:?}",
+            ok.header("ratelimit")
+        );
+    }
+    let spent = send(ollama()).await;
+    assert_eq!(spent.status, 429);
+    assert_eq!(spent.header("x-corral-reason"), Some("budget_spent"));
+    let wait: u64 = spent.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=86_400).contains(&wait), "{wait}");
+    assert!(
+        spent.error().contains("20 tokens a day"),
+        "{}",
+        spent.error()
+    );
+    assert!(
+        spent.error().contains("whole again at "),
+        "{}",
+        spent.error()
+    );
+
+    // The OpenAI API gets the same refusal in its own shape.
+    let openai = send(request_with(
+        "POST",
+        &format!("{url}/v1/chat/completions"),
+        r#"{"model":"llama3","messages":[{"role":"user","content":"p"}],"max_tokens":8}"#,
+        &[("x-agent-id", "batcher")],
+    ))
+    .await;
+    assert_eq!(openai.status, 429);
+    let body = openai.json();
+    assert_eq!(body["error"]["code"], "budget_spent", "{body}");
+    assert_eq!(
+        upstream.stats().requests,
+        2,
+        "refused requests never reached the upstream"
+    );
+
+    let usage = get(&format!("{url}/corral/usage?agent=batcher&since=1h")).await;
+    assert_eq!(usage.status, 200);
+    let usage = usage.json();
+    assert_eq!(
+        usage["agents"]["batcher"]["generated_tokens"], 16,
+        "{usage}"
+    );
+    assert_eq!(usage["agents"]["batcher"]["requests"], 4, "{usage}");
+    assert_eq!(usage["agents"]["batcher"]["refused"], 2, "{usage}");
+    assert_eq!(usage["agents"]["batcher"]["class"], "batch", "{usage}");
+    assert_eq!(usage["total"]["generated_tokens"], 16, "{usage}");
+    let wrong = get(&format!("{url}/corral/usage?since=yesterday")).await;
+    assert_eq!(wrong.status, 400);
+    assert!(
+        wrong.error().contains("not a timestamp"),
+        "{}",
+        wrong.error()
+    );
+}

@@ -1,6 +1,6 @@
-//! GCRA quotas in Redis: one quota for stores on two "replicas", token
-//! charges corrected across them, and a store that decides alone while
-//! Redis is away.
+//! GCRA quotas and token budgets in Redis: one quota for stores on two
+//! "replicas", token charges corrected across them, and a store that
+//! decides alone while Redis is away.
 
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use corral_core::RedisState;
 use corral_e2e::Redis;
-use corral_ratelimit::{Check, Checked, Quota, RateStore, RedisRates, Verdict};
+use corral_ratelimit::{Budget, Check, Checked, Quota, RateStore, RedisRates, Verdict};
 
 fn store(url: &str, prefix: &str, replica: &str) -> RedisRates {
     RedisRates::new(RedisState::new(url, prefix, replica, Duration::from_millis(300)).unwrap())
@@ -34,7 +34,7 @@ async fn verdict(store: &RedisRates, checks: &[Check]) -> Verdict {
 fn check(key: &str, quota: Quota, cost: u64) -> Check {
     Check {
         key: key.into(),
-        quota,
+        limit: quota.into(),
         cost,
     }
 }
@@ -109,7 +109,7 @@ async fn a_token_charge_corrected_on_one_replica_frees_the_quota_on_the_other() 
         Verdict::Denied { .. }
     ));
     // Only 100 were generated: 800 come back.
-    one.adjust("agent:t:tokens", &tokens, -800);
+    one.adjust("agent:t:tokens", &tokens.into(), -800);
     corral_e2e::eventually_async("the correction reaches Redis", || async {
         matches!(
             verdict(&two, &[check("agent:probe:tokens", tokens, 1)]).await,
@@ -144,4 +144,56 @@ async fn with_redis_away_each_replica_keeps_the_quota_alone() {
         allowed, 2,
         "the local store holds the quota while Redis is away"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_day_budget_is_one_budget_across_replicas_with_its_rate_in_one_script() {
+    let redis = Redis::start().await;
+    let (one, two) = two_stores(&redis, "budget");
+    let day = |shadow| Budget {
+        limit: 1000,
+        resets_in: Duration::from_secs(3600),
+        shadow,
+    };
+    let spend = |key: &str, cost, shadow| Check {
+        key: key.into(),
+        limit: day(shadow).into(),
+        cost,
+    };
+    let key = "agent:t:agent-tokens-day:2026-12-06";
+    let Verdict::Allowed(standing) = verdict(&one, &[spend(key, 700, false)]).await else {
+        panic!("a fresh budget refused")
+    };
+    assert_eq!(standing[0].remaining, 300);
+    // The other replica sees the spending; a rate in the same set is not
+    // charged when the budget refuses.
+    let rate = Quota::per_minute(1);
+    let refused = verdict(
+        &two,
+        &[check("agent:t:requests", rate, 1), spend(key, 400, false)],
+    )
+    .await;
+    assert!(
+        matches!(refused, Verdict::Denied { index: 1, retry_after } if retry_after == Duration::from_secs(3600)),
+        "{refused:?}"
+    );
+    assert!(matches!(
+        verdict(&two, &[check("agent:t:requests", rate, 1)]).await,
+        Verdict::Allowed(_)
+    ));
+    // Only 100 generated of the 700: 600 come back, on the other replica.
+    one.adjust(key, &day(false).into(), -600);
+    corral_e2e::eventually_async("the correction reaches Redis", || async {
+        matches!(
+            verdict(&two, &[spend(key, 800, false)]).await,
+            Verdict::Allowed(_)
+        )
+    })
+    .await;
+    // Spent: a shadow check passes and says it went over.
+    let Verdict::Allowed(standing) = verdict(&one, &[spend(key, 500, true)]).await else {
+        panic!("a shadow budget refused")
+    };
+    assert!(standing[0].over, "{standing:?}");
+    assert_eq!(standing[0].remaining, 0);
 }

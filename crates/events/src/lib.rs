@@ -12,13 +12,17 @@
 //! kind. [`project`] rebuilds per-agent usage (requests, completions,
 //! refusals, tokens, cache hits) from any run of events; the log keeps the
 //! same projection live as it records, over all events ever recorded,
-//! not only those still held.
+//! not only those still held; and usage by hour and agent for the last
+//! [`USAGE_RETENTION_HOURS`] (35 days), read by [`EventStore::usage_since`]
+//! (the admin API's `/corral/usage`).
 //!
 //! Readers go through [`EventStore`] (replay, usage, size, each a future):
 //! the admin API holds a `dyn EventStore`, so a store shared by replicas
 //! stands where the in-memory log stands: with the `redis` feature,
 //! `RedisEvents` appends to a Redis stream (`XADD MAXLEN ~ 100000`) that
-//! any replica replays, buffering (bounded) while Redis is away.
+//! any replica replays, buffering (bounded) while Redis is away, and adds
+//! each event's usage to its hour's hash (`usage:<hour>`, kept 35 days),
+//! so usage over a span is the fleet's whatever the stream still holds.
 //!
 //! ```
 //! use corral_core::{EventSink, NewEvent};
@@ -43,7 +47,7 @@ mod redis;
 mod store;
 
 pub use log::{EventLog, EventsConfig, Query, DEFAULT_CAPACITY};
-pub use projection::{apply, project, AgentUsage};
+pub use projection::{apply, project, AgentUsage, USAGE_RETENTION_HOURS};
 #[cfg(feature = "redis")]
 pub use redis::{RedisEvents, BUFFERED_EVENTS, EVENTS_DROPPED_TOTAL, STREAM_MAXLEN};
 pub use store::{EventStore, Read};

@@ -10,7 +10,9 @@ use corral_core::{lock, Event, EventSink, EventValue, NewEvent};
 use serde::{Deserialize, Serialize};
 
 use crate::packed::Packed;
-use crate::projection::{fold, fold_json, AgentUsage};
+use crate::projection::{
+    fold, fold_json, hour_of, AgentUsage, COUNTED_KINDS, USAGE_RETENTION_HOURS,
+};
 
 /// Events kept in memory unless told otherwise (the design's last
 /// 100,000).
@@ -58,6 +60,8 @@ struct State {
     usage: BTreeMap<Arc<str>, AgentUsage>,
     /// The kinds seen, shared by the stored events.
     kinds: BTreeSet<Arc<str>>,
+    /// Usage by hour and agent, for the last [`USAGE_RETENTION_HOURS`].
+    hourly: BTreeMap<(u64, Arc<str>), AgentUsage>,
 }
 
 /// An event in memory: its agent and kind shared with the others, its
@@ -93,7 +97,7 @@ impl State {
         timestamp: f64,
         kind: &str,
         agent: Option<&str>,
-        fold: impl FnOnce(&mut AgentUsage),
+        fold: impl Fn(&mut AgentUsage),
         packed: Packed,
     ) {
         let agent = agent.map(|agent| {
@@ -107,6 +111,9 @@ impl State {
             };
             if let Some(usage) = self.usage.get_mut(agent) {
                 fold(usage);
+            }
+            if COUNTED_KINDS.contains(&kind) {
+                self.count_hourly(hour_of(timestamp), &name, &fold);
             }
             name
         });
@@ -131,6 +138,42 @@ impl State {
             agent,
             packed,
         });
+    }
+}
+
+impl State {
+    /// Folds an event into its agent's usage of `hour`; the hours past
+    /// the retention go when a new hour starts.
+    fn count_hourly(&mut self, hour: u64, agent: &Arc<str>, fold: impl Fn(&mut AgentUsage)) {
+        if let Some(usage) = self.hourly.get_mut(&(hour, agent.clone())) {
+            fold(usage);
+            return;
+        }
+        let oldest = hour.saturating_sub(USAGE_RETENTION_HOURS - 1);
+        if self
+            .hourly
+            .first_key_value()
+            .is_some_and(|((first, _), _)| *first < oldest)
+        {
+            self.hourly = self.hourly.split_off(&(oldest, Arc::from("")));
+        }
+        fold(self.hourly.entry((hour, agent.clone())).or_default());
+    }
+
+    /// Usage since `hour` (included), per agent or for one.
+    fn usage_since(&self, hour: u64, agent: Option<&str>) -> BTreeMap<String, AgentUsage> {
+        let mut usage: BTreeMap<String, AgentUsage> = BTreeMap::new();
+        for ((_, name), counted) in self.hourly.range((hour, Arc::from(""))..) {
+            if agent.is_none_or(|a| a == &**name) {
+                match usage.get_mut(&**name) {
+                    Some(total) => total.merge(counted),
+                    None => {
+                        usage.insert(name.to_string(), counted.clone());
+                    }
+                }
+            }
+        }
+        usage
     }
 }
 
@@ -167,6 +210,7 @@ impl EventLog {
             next_id: 1,
             usage: BTreeMap::new(),
             kinds: BTreeSet::new(),
+            hourly: BTreeMap::new(),
         };
         let file = match &config.file {
             None => None,
@@ -227,6 +271,13 @@ impl EventLog {
             .iter()
             .map(|(agent, usage)| (agent.to_string(), usage.clone()))
             .collect()
+    }
+
+    /// Per-agent usage since `since` (seconds since the Unix epoch,
+    /// counted from the start of its hour), for the last
+    /// [`USAGE_RETENTION_HOURS`]; only `agent`'s when given.
+    pub fn usage_since(&self, since: f64, agent: Option<&str>) -> BTreeMap<String, AgentUsage> {
+        lock(&self.state).usage_since(hour_of(since), agent)
     }
 
     /// Events held in memory, and the id the next one will get.

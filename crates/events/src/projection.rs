@@ -33,6 +33,69 @@ pub struct AgentUsage {
     pub cache_hits: u64,
 }
 
+/// How long hourly usage is kept ([`EventStore::usage_since`](crate::EventStore::usage_since)):
+/// a month and a few days, enough for a monthly budget's window.
+pub const USAGE_RETENTION_HOURS: u64 = 35 * 24;
+
+/// The kinds of event that count in usage.
+pub(crate) const COUNTED_KINDS: [&str; 4] = ["received", "refused", "cache_hit", "completed"];
+
+impl AgentUsage {
+    /// Its counters by name.
+    pub fn counters(&self) -> [(&'static str, u64); 8] {
+        [
+            ("requests", self.requests),
+            ("completed", self.completed),
+            ("refused", self.refused),
+            ("failed", self.failed),
+            ("cancelled", self.cancelled),
+            ("prompt_tokens", self.prompt_tokens),
+            ("generated_tokens", self.generated_tokens),
+            ("cache_hits", self.cache_hits),
+        ]
+    }
+
+    /// Adds `n` to the counter `name` (an unknown name adds nothing).
+    pub fn add(&mut self, name: &str, n: u64) {
+        let counter = match name {
+            "requests" => &mut self.requests,
+            "completed" => &mut self.completed,
+            "refused" => &mut self.refused,
+            "failed" => &mut self.failed,
+            "cancelled" => &mut self.cancelled,
+            "prompt_tokens" => &mut self.prompt_tokens,
+            "generated_tokens" => &mut self.generated_tokens,
+            "cache_hits" => &mut self.cache_hits,
+            _ => return,
+        };
+        *counter = counter.saturating_add(n);
+    }
+
+    /// Adds another's counters to these; its class where this has none.
+    ///
+    /// ```
+    /// use corral_events::AgentUsage;
+    ///
+    /// let mut total = AgentUsage { requests: 2, ..AgentUsage::default() };
+    /// total.merge(&AgentUsage { requests: 3, generated_tokens: 40, class: Some("batch".into()), ..AgentUsage::default() });
+    /// assert_eq!((total.requests, total.generated_tokens), (5, 40));
+    /// assert_eq!(total.class.as_deref(), Some("batch"));
+    /// ```
+    pub fn merge(&mut self, other: &AgentUsage) {
+        for (name, n) in other.counters() {
+            self.add(name, n);
+        }
+        if self.class.is_none() {
+            self.class.clone_from(&other.class);
+        }
+    }
+}
+
+/// The hour (since the Unix epoch) a timestamp falls in.
+pub(crate) fn hour_of(timestamp: f64) -> u64 {
+    (timestamp.max(0.0) / 3600.0) as u64
+}
+
 /// Folds one event into `usage`.
 pub fn apply(usage: &mut BTreeMap<String, AgentUsage>, event: &Event) {
     let Some(agent) = &event.agent else {

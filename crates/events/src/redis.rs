@@ -7,7 +7,9 @@ use corral_core::{Event, EventSink, NewEvent, RedisState};
 use tokio::sync::mpsc;
 
 use crate::log::{EventLog, Query};
-use crate::projection::{apply, AgentUsage};
+use crate::projection::{
+    apply, fold_json, hour_of, AgentUsage, COUNTED_KINDS, USAGE_RETENTION_HOURS,
+};
 use crate::store::{EventStore, Read};
 
 /// Roughly how many events the stream keeps (`XADD MAXLEN ~`).
@@ -55,7 +57,22 @@ const PAGE: usize = 1000;
 pub struct RedisEvents {
     state: RedisState,
     local: Arc<EventLog>,
-    outbox: mpsc::Sender<String>,
+    outbox: mpsc::Sender<Outgoing>,
+}
+
+/// An event on its way to the stream, and what it adds to its agent's
+/// usage of the hour.
+struct Outgoing {
+    json: String,
+    tally: Option<Tally>,
+}
+
+/// What one event adds to an agent's hourly usage (`<prefix>usage:<hour>`,
+/// a hash of `agent␟counter` fields).
+struct Tally {
+    hour: u64,
+    agent: String,
+    usage: AgentUsage,
 }
 
 corral_core::impl_debug!(RedisEvents { state });
@@ -107,7 +124,20 @@ impl RedisEvents {
         let Ok(json) = serde_json::to_string(&entry) else {
             return;
         };
-        if self.outbox.try_send(json).is_err() {
+        let tally = new
+            .agent
+            .as_ref()
+            .filter(|_| COUNTED_KINDS.contains(&new.kind))
+            .map(|agent| {
+                let mut usage = AgentUsage::default();
+                fold_json(&mut usage, new.kind, &new.data);
+                Tally {
+                    hour: hour_of(entry.timestamp),
+                    agent: agent.clone(),
+                    usage,
+                }
+            });
+        if self.outbox.try_send(Outgoing { json, tally }).is_err() {
             metrics::counter!(EVENTS_DROPPED_TOTAL).increment(1);
         }
     }
@@ -226,6 +256,22 @@ impl EventStore for RedisEvents {
         })
     }
 
+    fn usage_since(
+        &self,
+        since: f64,
+        agent: Option<String>,
+    ) -> Read<'_, BTreeMap<String, AgentUsage>> {
+        Box::pin(async move {
+            match self
+                .shared_usage_since(hour_of(since), agent.as_deref())
+                .await
+            {
+                Ok(usage) => usage,
+                Err(_) => self.local.usage_since(since, agent.as_deref()),
+            }
+        })
+    }
+
     fn size(&self) -> Read<'_, (usize, u64)> {
         Box::pin(async move {
             let mut length = redis::cmd("XLEN");
@@ -250,26 +296,26 @@ impl EventStore for RedisEvents {
 
 /// Appends the outbox to the stream in batches; holds what Redis did
 /// not take (the oldest dropped past [`BUFFERED_EVENTS`]) and retries.
-async fn write(state: RedisState, mut pending: mpsc::Receiver<String>) {
+async fn write(state: RedisState, mut pending: mpsc::Receiver<Outgoing>) {
     let key = state.key("events");
-    let mut waiting: VecDeque<String> = VecDeque::new();
+    let mut waiting: VecDeque<Outgoing> = VecDeque::new();
     let mut health = state.health();
     loop {
         if waiting.is_empty() {
             match pending.recv().await {
-                Some(json) => waiting.push_back(json),
+                Some(outgoing) => waiting.push_back(outgoing),
                 None => return,
             }
         }
         while waiting.len() < BATCH {
             match pending.try_recv() {
-                Ok(json) => waiting.push_back(json),
+                Ok(outgoing) => waiting.push_back(outgoing),
                 Err(_) => break,
             }
         }
         let batch = waiting.len().min(BATCH);
         let mut pipeline = redis::pipe();
-        for json in waiting.iter().take(batch) {
+        for outgoing in waiting.iter().take(batch) {
             pipeline
                 .cmd("XADD")
                 .arg(&key)
@@ -278,8 +324,11 @@ async fn write(state: RedisState, mut pending: mpsc::Receiver<String>) {
                 .arg(STREAM_MAXLEN)
                 .arg("*")
                 .arg("e")
-                .arg(json)
+                .arg(&outgoing.json)
                 .ignore();
+            if let Some(tally) = &outgoing.tally {
+                add_tally(&state, &mut pipeline, tally);
+            }
         }
         match state.pipeline::<()>(&pipeline).await {
             Ok(()) => {
@@ -309,12 +358,12 @@ async fn write(state: RedisState, mut pending: mpsc::Receiver<String>) {
         loop {
             tokio::select! {
                 next = pending.recv() => match next {
-                    Some(json) => {
+                    Some(outgoing) => {
                         if waiting.len() >= BUFFERED_EVENTS {
                             waiting.pop_front();
                             metrics::counter!(EVENTS_DROPPED_TOTAL).increment(1);
                         }
-                        waiting.push_back(json);
+                        waiting.push_back(outgoing);
                     }
                     None => return,
                 },
@@ -328,5 +377,72 @@ async fn write(state: RedisState, mut pending: mpsc::Receiver<String>) {
                 }
             }
         }
+    }
+}
+
+/// The hash of `hour`'s usage.
+fn usage_key(state: &RedisState, hour: u64) -> String {
+    state.key(&format!("usage:{hour}"))
+}
+
+/// Adds an event's usage to its hour's hash, which lives as long as the
+/// retention.
+fn add_tally(state: &RedisState, pipeline: &mut redis::Pipeline, tally: &Tally) {
+    let key = usage_key(state, tally.hour);
+    for (name, n) in tally.usage.counters() {
+        if n > 0 {
+            pipeline
+                .cmd("HINCRBY")
+                .arg(&key)
+                .arg(format!("{}\u{1f}{name}", tally.agent))
+                .arg(n)
+                .ignore();
+        }
+    }
+    if let Some(class) = &tally.usage.class {
+        pipeline
+            .cmd("HSET")
+            .arg(&key)
+            .arg(format!("{}\u{1f}class", tally.agent))
+            .arg(class)
+            .ignore();
+    }
+    pipeline
+        .cmd("EXPIRE")
+        .arg(&key)
+        .arg(USAGE_RETENTION_HOURS * 3600)
+        .ignore();
+}
+
+impl RedisEvents {
+    /// Usage since `hour` from the hourly hashes every replica adds to.
+    async fn shared_usage_since(
+        &self,
+        hour: u64,
+        agent: Option<&str>,
+    ) -> Result<BTreeMap<String, AgentUsage>, corral_core::StateUnavailable> {
+        let now = hour_of(corral_core::unix_now_f64());
+        let first = hour.max(now.saturating_sub(USAGE_RETENTION_HOURS - 1));
+        let mut pipeline = redis::pipe();
+        for hour in first..=now {
+            pipeline.cmd("HGETALL").arg(usage_key(&self.state, hour));
+        }
+        let hours: Vec<Vec<(String, String)>> = self.state.pipeline(&pipeline).await?;
+        let mut usage: BTreeMap<String, AgentUsage> = BTreeMap::new();
+        for (field, value) in hours.into_iter().flatten() {
+            let Some((name, counter)) = field.split_once('\u{1f}') else {
+                continue;
+            };
+            if agent.is_some_and(|a| a != name) {
+                continue;
+            }
+            let entry = usage.entry(name.to_string()).or_default();
+            if counter == "class" {
+                entry.class = Some(value);
+            } else {
+                entry.add(counter, value.parse().unwrap_or(0));
+            }
+        }
+        Ok(usage)
     }
 }

@@ -26,6 +26,7 @@ pub type Read<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// store.record(NewEvent::new("received", serde_json::json!({})).about("planner", "r1"));
 /// assert_eq!(store.replay(Query::default()).await.len(), 1);
 /// assert_eq!(store.usage().await["planner"].requests, 1);
+/// assert_eq!(store.usage_since(0.0, Some("planner".into())).await["planner"].requests, 1);
 /// assert_eq!(store.size().await, (1, 2));
 /// # });
 /// ```
@@ -34,6 +35,15 @@ pub trait EventStore: EventSink {
     fn replay(&self, query: Query) -> Read<'_, Vec<Event>>;
     /// Per-agent usage over every event recorded.
     fn usage(&self) -> Read<'_, BTreeMap<String, AgentUsage>>;
+    /// Per-agent usage since `since` (seconds since the Unix epoch, from
+    /// the start of its hour; the last
+    /// [`USAGE_RETENTION_HOURS`](crate::USAGE_RETENTION_HOURS) at most),
+    /// only `agent`'s when given.
+    fn usage_since(
+        &self,
+        since: f64,
+        agent: Option<String>,
+    ) -> Read<'_, BTreeMap<String, AgentUsage>>;
     /// Events held, and the id the next one will get.
     fn size(&self) -> Read<'_, (usize, u64)>;
 }
@@ -45,6 +55,18 @@ impl EventStore for EventLog {
 
     fn usage(&self) -> Read<'_, BTreeMap<String, AgentUsage>> {
         Box::pin(std::future::ready(EventLog::usage(self)))
+    }
+
+    fn usage_since(
+        &self,
+        since: f64,
+        agent: Option<String>,
+    ) -> Read<'_, BTreeMap<String, AgentUsage>> {
+        Box::pin(std::future::ready(EventLog::usage_since(
+            self,
+            since,
+            agent.as_deref(),
+        )))
     }
 
     fn size(&self) -> Read<'_, (usize, u64)> {

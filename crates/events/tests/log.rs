@@ -176,3 +176,54 @@ fn fields_are_recorded_as_the_value_they_stand_for() {
     assert_eq!(by_fields.usage()["planner"].generated_tokens, 298);
     assert_eq!(by_fields.usage()["planner"].class.as_deref(), Some("opus"));
 }
+
+#[test]
+fn usage_since_counts_by_the_hour_and_forgets_past_the_retention() {
+    let dir = std::env::temp_dir().join(format!("corral-usage-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("events.jsonl");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let day = 86_400.0;
+    // Written 40, 3 and 0 days ago: the first is past the 35 days kept.
+    let lines: Vec<String> = [
+        (1, now - 40.0 * day, 100),
+        (2, now - 3.0 * day, 20),
+        (3, now, 3),
+    ]
+    .iter()
+    .map(|(id, at, generated)| {
+        json!({"id": id, "timestamp": at, "kind": "completed", "agent": "a",
+                   "data": {"outcome": "completed", "generated_tokens": generated}})
+        .to_string()
+    })
+    .collect();
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let log = EventLog::open(&EventsConfig {
+        capacity: 10,
+        file: Some(file),
+    })
+    .unwrap();
+    assert_eq!(log.usage()["a"].generated_tokens, 123, "all time keeps all");
+    assert_eq!(log.usage_since(0.0, None)["a"].generated_tokens, 23);
+    assert_eq!(
+        log.usage_since(now - 4.0 * day, Some("a"))["a"].generated_tokens,
+        23
+    );
+    assert_eq!(log.usage_since(now - day, None)["a"].generated_tokens, 3);
+    // `since` counts from the start of its hour.
+    let hour_start = (now / 3600.0).floor() * 3600.0;
+    assert_eq!(
+        log.usage_since(hour_start + 1.0, None)["a"].generated_tokens,
+        3
+    );
+    assert!(log.usage_since(hour_start + 3600.0, None).is_empty());
+    assert!(log.usage_since(0.0, Some("b")).is_empty());
+    request(&log, "b", "r", 7);
+    let usage = log.usage_since(now - 60.0, None);
+    assert_eq!((usage["b"].requests, usage["b"].generated_tokens), (1, 7));
+    assert_eq!(usage["a"].requests, 0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

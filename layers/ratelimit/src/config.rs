@@ -3,6 +3,8 @@ use std::collections::BTreeMap;
 use corral_core::ConfigError;
 use serde::Deserialize;
 
+use crate::budget::BudgetMode;
+
 /// Tokens a generation is expected to produce when the request sets no
 /// `num_predict`/`max_tokens`: what a token quota charges up front.
 pub const DEFAULT_GENERATION_TOKENS: u64 = 256;
@@ -36,6 +38,23 @@ pub struct Limits {
     /// Generated tokens per minute for the whole class.
     #[serde(default)]
     pub class_tokens_per_minute: Option<u64>,
+    /// Generated tokens per UTC day, per agent: a budget, charged as the
+    /// per-minute quota is, whole again at midnight UTC.
+    #[serde(default)]
+    pub tokens_per_day: Option<u64>,
+    /// Generated tokens per UTC calendar month, per agent.
+    #[serde(default)]
+    pub tokens_per_month: Option<u64>,
+    /// Generated tokens per UTC day for the whole class.
+    #[serde(default)]
+    pub class_tokens_per_day: Option<u64>,
+    /// Generated tokens per UTC calendar month for the whole class.
+    #[serde(default)]
+    pub class_tokens_per_month: Option<u64>,
+    /// `shadow`: this class's budgets only report when spent (default:
+    /// the layer's `budget_mode`).
+    #[serde(default)]
+    pub budget_mode: Option<BudgetMode>,
 }
 
 /// Who may send how much.
@@ -61,6 +80,9 @@ pub struct RateLimitConfig {
     /// Tokens charged up front for a generation that sets no
     /// `num_predict`/`max_tokens`.
     pub default_generation_tokens: u64,
+    /// Whether spent day and month budgets refuse (`enforce`, the
+    /// default) or are only reported (`shadow`).
+    pub budget_mode: BudgetMode,
 }
 
 impl Default for RateLimitConfig {
@@ -68,6 +90,7 @@ impl Default for RateLimitConfig {
         Self {
             classes: BTreeMap::new(),
             default_generation_tokens: DEFAULT_GENERATION_TOKENS,
+            budget_mode: BudgetMode::Enforce,
         }
     }
 }
@@ -86,6 +109,10 @@ impl RateLimitConfig {
                     limits.class_requests_per_minute,
                 ),
                 ("class_tokens_per_minute", limits.class_tokens_per_minute),
+                ("tokens_per_day", limits.tokens_per_day),
+                ("tokens_per_month", limits.tokens_per_month),
+                ("class_tokens_per_day", limits.class_tokens_per_day),
+                ("class_tokens_per_month", limits.class_tokens_per_month),
             ];
             for (name, value) in fields {
                 if value == Some(0) {

@@ -1,35 +1,55 @@
--- GCRA across replicas: every check of a request conforms and is
+-- Quotas across replicas: every check of a request conforms and is
 -- charged, or none is.
 --
--- KEYS[i]           the theoretical arrival time of check i, in µs
--- ARGV[3i-2 .. 3i]  check i's emission interval (µs), tolerance (µs), cost
+-- KEYS[i]           check i's state: a rate's theoretical arrival time
+--                   in µs, or a budget window's spending
+-- ARGV[4i-3 .. 4i]  check i: kind, a, b, cost where kind is
+--                   'r' (a rate: a = emission interval µs, b = tolerance µs),
+--                   'b' or 's' (a budget, enforced or shadow: a = limit,
+--                   b = ms until its window ends)
 --
--- Returns {1, used µs of each check...} when allowed,
---         {0, index of the failing check (from 0), µs until it conforms}.
+-- Returns {1, per check: the rate's used µs or the budget's spending}
+-- when allowed, {0, index of the failing check (from 0), µs until it
+-- conforms}.
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local next = {}
 for i = 1, #KEYS do
-  local interval = tonumber(ARGV[3 * i - 2])
-  local tolerance = tonumber(ARGV[3 * i - 1])
-  local cost = tonumber(ARGV[3 * i])
-  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
-  if tat < now then
-    tat = now
+  local kind = ARGV[4 * i - 3]
+  local a = tonumber(ARGV[4 * i - 2])
+  local b = tonumber(ARGV[4 * i - 1])
+  local cost = tonumber(ARGV[4 * i])
+  if kind == 'r' then
+    local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+    if tat < now then
+      tat = now
+    end
+    local new_tat = tat + a * cost
+    local allowed_at = new_tat - b
+    if allowed_at > now then
+      return { 0, i - 1, allowed_at - now }
+    end
+    next[i] = new_tat
+  else
+    local spent = tonumber(redis.call('GET', KEYS[i]) or 0)
+    if kind == 'b' and spent + cost > a then
+      return { 0, i - 1, b * 1000 }
+    end
+    next[i] = spent + cost
   end
-  local new_tat = tat + interval * cost
-  local allowed_at = new_tat - tolerance
-  if allowed_at > now then
-    return { 0, i - 1, allowed_at - now }
-  end
-  next[i] = new_tat
 end
 local result = { 1 }
 for i = 1, #KEYS do
-  -- The key lives as long as it says anything: a full bucket is no key.
-  local ms = math.ceil((next[i] - now) / 1000) + 1
-  redis.call('SET', KEYS[i], string.format('%.0f', next[i]), 'PX', ms)
-  result[#result + 1] = next[i] - now
+  if ARGV[4 * i - 3] == 'r' then
+    -- The key lives as long as it says anything: a full bucket is no key.
+    local ms = math.ceil((next[i] - now) / 1000) + 1
+    redis.call('SET', KEYS[i], string.format('%.0f', next[i]), 'PX', ms)
+    result[#result + 1] = next[i] - now
+  else
+    -- The window's key outlives it a minute: a late correction finds it.
+    redis.call('SET', KEYS[i], string.format('%.0f', next[i]), 'PX', tonumber(ARGV[4 * i - 1]) + 60000)
+    result[#result + 1] = next[i]
+  end
 end
 return result

@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::budget::{Budget, Budgets};
+
 /// A quota: `limit` per `period`, up to `burst` at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quota {
@@ -45,13 +47,45 @@ impl Quota {
     }
 }
 
-/// One check: spend `cost` of `quota` under `key`.
+/// What a check is held to: a rate (GCRA) or a budget over a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// So much per period, refilled continuously.
+    Rate(Quota),
+    /// So much until a calendar window ends.
+    Budget(Budget),
+}
+
+impl From<Quota> for Limit {
+    fn from(quota: Quota) -> Self {
+        Limit::Rate(quota)
+    }
+}
+
+impl From<Budget> for Limit {
+    fn from(budget: Budget) -> Self {
+        Limit::Budget(budget)
+    }
+}
+
+impl Limit {
+    /// What a request of `cost` is charged: no more than a full bucket
+    /// or a whole budget, or it could never pass.
+    pub(crate) fn charge(&self, cost: u64) -> u64 {
+        match self {
+            Limit::Rate(quota) => cost.min(quota.burst.max(1)),
+            Limit::Budget(budget) => budget.charge(cost),
+        }
+    }
+}
+
+/// One check: spend `cost` of `limit` under `key`.
 #[derive(Debug, Clone)]
 pub struct Check {
     /// Whose quota (`agent:planner:requests`).
     pub key: String,
-    /// The quota.
-    pub quota: Quota,
+    /// The quota or budget.
+    pub limit: Limit,
     /// What this request spends.
     pub cost: u64,
 }
@@ -61,8 +95,11 @@ pub struct Check {
 pub struct Standing {
     /// What is left to spend now.
     pub remaining: u64,
-    /// Until the bucket is full again.
+    /// Until the bucket is full again (a budget: until its window ends).
     pub reset: Duration,
+    /// A shadow budget this request went over: it passed, and is
+    /// reported.
+    pub over: bool,
 }
 
 /// The answer to a set of checks.
@@ -104,19 +141,36 @@ pub trait RateStore: Send + Sync + 'static {
 
     /// Adds `delta` (negative: gives back) to what `key` has spent, when
     /// the real cost is known.
-    fn adjust(&self, key: &str, quota: &Quota, delta: i64);
+    fn adjust(&self, key: &str, limit: &Limit, delta: i64);
 }
 
-/// GCRA state in this process.
+/// GCRA state and budgets in this process.
 #[derive(Debug, Default)]
 pub struct MemoryRates {
-    tat: Mutex<HashMap<String, Instant>>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    tat: HashMap<String, Instant>,
+    budgets: Budgets,
 }
 
 impl MemoryRates {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+}
+
+/// How a rate stands with `used` of its tolerance taken.
+pub(crate) fn rate_standing(quota: &Quota, used: Duration) -> Standing {
+    let left = quota.tolerance().saturating_sub(used);
+    Standing {
+        remaining: u64::try_from(left.as_nanos() / quota.interval().as_nanos().max(1))
+            .unwrap_or(u64::MAX),
+        reset: used,
+        over: false,
     }
 }
 
@@ -129,8 +183,11 @@ impl RateStore for MemoryRates {
         Checked::Now(self.decide(checks))
     }
 
-    fn adjust(&self, key: &str, quota: &Quota, delta: i64) {
-        self.shift(key, quota, delta);
+    fn adjust(&self, key: &str, limit: &Limit, delta: i64) {
+        match limit {
+            Limit::Rate(quota) => self.shift(key, quota, delta),
+            Limit::Budget(_) => corral_core::lock(&self.state).budgets.add(key, delta),
+        }
     }
 }
 
@@ -141,45 +198,59 @@ impl MemoryRates {
     /// use corral_ratelimit::{Check, MemoryRates, Quota, Verdict};
     ///
     /// let store = MemoryRates::new();
-    /// let check = [Check { key: "agent:a:requests".into(), quota: Quota::per_minute(1), cost: 1 }];
+    /// let check = [Check { key: "agent:a:requests".into(), limit: Quota::per_minute(1).into(), cost: 1 }];
     /// assert!(matches!(store.decide(&check), Verdict::Allowed(_)));
     /// assert!(matches!(store.decide(&check), Verdict::Denied { index: 0, .. }));
     /// ```
     pub fn decide(&self, checks: &[Check]) -> Verdict {
         let now = Instant::now();
-        let mut tats = corral_core::lock(&self.tat);
+        let mut state = corral_core::lock(&self.state);
+        let State { tat: tats, budgets } = &mut *state;
         // Old entries whose bucket is full again carry no information.
         if tats.len() > 100_000 {
             tats.retain(|_, tat| *tat > now);
         }
+        budgets.forget_ended(now);
         let mut next = Vec::with_capacity(checks.len());
         for (index, check) in checks.iter().enumerate() {
-            let interval = check.quota.interval();
-            let tolerance = check.quota.tolerance();
-            // A cost larger than the bucket could never conform: charge
-            // the whole bucket instead.
-            let cost = check.cost.min(check.quota.burst.max(1));
-            let tat = tats.get(&check.key).copied().unwrap_or(now).max(now);
-            let new_tat = tat + scaled(interval, cost);
-            let allowed_at = new_tat.checked_sub(tolerance).unwrap_or(now);
-            if allowed_at > now {
-                return Verdict::Denied {
-                    index,
-                    retry_after: allowed_at - now,
-                };
+            let cost = check.limit.charge(check.cost);
+            match &check.limit {
+                Limit::Rate(quota) => {
+                    let (interval, tolerance) = (quota.interval(), quota.tolerance());
+                    let tat = tats.get(&check.key).copied().unwrap_or(now).max(now);
+                    let new_tat = tat + scaled(interval, cost);
+                    let allowed_at = new_tat.checked_sub(tolerance).unwrap_or(now);
+                    if allowed_at > now {
+                        return Verdict::Denied {
+                            index,
+                            retry_after: allowed_at - now,
+                        };
+                    }
+                    next.push(new_tat);
+                }
+                Limit::Budget(budget) => {
+                    if !budget.allows(budgets.spent(&check.key), cost) {
+                        return Verdict::Denied {
+                            index,
+                            retry_after: budget.resets_in,
+                        };
+                    }
+                    next.push(now);
+                }
             }
-            next.push((new_tat, interval, tolerance));
         }
         let standings = checks
             .iter()
             .zip(next)
-            .map(|(check, (new_tat, interval, tolerance))| {
-                tats.insert(check.key.clone(), new_tat);
-                let used = new_tat.saturating_duration_since(now);
-                let left = tolerance.saturating_sub(used);
-                Standing {
-                    remaining: (left.as_nanos() / interval.as_nanos().max(1)) as u64,
-                    reset: used,
+            .map(|(check, new_tat)| match &check.limit {
+                Limit::Rate(quota) => {
+                    tats.insert(check.key.clone(), new_tat);
+                    rate_standing(quota, new_tat.saturating_duration_since(now))
+                }
+                Limit::Budget(budget) => {
+                    let cost = budget.charge(check.cost);
+                    let spent = budgets.charge(&check.key, cost, now + budget.resets_in);
+                    budget.standing(spent)
                 }
             })
             .collect();
@@ -189,7 +260,8 @@ impl MemoryRates {
     /// Adds `delta` to what `key` has spent (negative: gives back).
     pub fn shift(&self, key: &str, quota: &Quota, delta: i64) {
         let now = Instant::now();
-        let mut tats = corral_core::lock(&self.tat);
+        let mut state = corral_core::lock(&self.state);
+        let tats = &mut state.tat;
         let interval = quota.interval();
         let tat = tats.get(key).copied().unwrap_or(now).max(now);
         let moved = scaled(interval, delta.unsigned_abs());

@@ -3,6 +3,7 @@ use std::sync::Arc;
 use corral_core::ConfigError;
 use tower::Layer;
 
+use crate::budget::Calendar;
 use crate::config::RateLimitConfig;
 use crate::gcra::{MemoryRates, RateStore};
 use crate::plan::Plan;
@@ -13,6 +14,8 @@ use crate::service::RateLimitService;
 #[derive(Clone)]
 pub struct RateLimitLayer {
     config: RateLimitConfig,
+    store: Arc<dyn RateStore>,
+    calendar: Calendar,
     plan: Arc<Plan>,
 }
 
@@ -22,9 +25,12 @@ impl RateLimitLayer {
     /// A layer for `config` keeping its quotas in memory.
     pub fn new(config: &RateLimitConfig) -> Result<Self, ConfigError> {
         config.validate()?;
+        let store: Arc<dyn RateStore> = Arc::new(MemoryRates::new());
         Ok(Self {
-            plan: Arc::new(Plan::new(config, Arc::new(MemoryRates::new()))),
+            plan: Arc::new(Plan::new(config, store.clone(), Calendar::System)),
             config: config.clone(),
+            store,
+            calendar: Calendar::System,
         })
     }
 
@@ -32,8 +38,19 @@ impl RateLimitLayer {
     /// when the store is).
     pub fn with_store(self, store: Arc<dyn RateStore>) -> Self {
         Self {
-            plan: Arc::new(Plan::new(&self.config, store)),
-            config: self.config,
+            plan: Arc::new(Plan::new(&self.config, store.clone(), self.calendar)),
+            store,
+            ..self
+        }
+    }
+
+    /// The same, reading the day and month of its budgets from
+    /// `calendar` (the system's wall clock by default).
+    pub fn with_calendar(self, calendar: Calendar) -> Self {
+        Self {
+            plan: Arc::new(Plan::new(&self.config, self.store.clone(), calendar)),
+            calendar,
+            ..self
         }
     }
 }

@@ -9,6 +9,17 @@
 //! default) when the request starts and corrected from the answer's
 //! `eval_count` when it ends.
 //!
+//! Token budgets over a UTC calendar day or month, per agent and per
+//! class (`tokens_per_day`, `class_tokens_per_month`, ...), are checked
+//! and charged with the quotas: a counter per window whose key names the
+//! window ([`Period`]), the day read from a [`Calendar`] (the wall clock,
+//! or one that follows tokio's for tests). A spent budget is 429
+//! `budget_spent` until the window ends, or, in [`BudgetMode::Shadow`],
+//! only counted (`corral_budget_overrun_total`) and shown in the
+//! `RateLimit` header. No date crate: the two calendar conversions are
+//! Howard Hinnant's algorithms, a dozen lines, tested over four
+//! centuries.
+//!
 //! A request over a quota gets [`RateLimited`]: 429, Ollama-shaped, with
 //! `Retry-After` and the IETF `RateLimit` / `RateLimit-Policy` headers
 //! (draft-ietf-httpapi-ratelimit-headers); answers that pass carry them
@@ -59,6 +70,7 @@
 //! Generic over the request and response bodies.
 
 mod body;
+mod budget;
 mod config;
 mod error;
 mod gcra;
@@ -71,9 +83,10 @@ mod redis;
 mod service;
 
 pub use body::{Correction, ResponseBody};
+pub use budget::{Budget, BudgetMode, Calendar, Period};
 pub use config::{Limits, RateLimitConfig, DEFAULT_GENERATION_TOKENS};
 pub use error::RateLimited;
-pub use gcra::{Check, Checked, MemoryRates, Quota, RateStore, Standing, Verdict};
+pub use gcra::{Check, Checked, Limit, MemoryRates, Quota, RateStore, Standing, Verdict};
 pub use layer::RateLimitLayer;
 #[cfg(feature = "redis")]
 pub use redis::RedisRates;

@@ -2,14 +2,16 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use corral_core::{ClassName, Endpoint, RequestMeta};
 use http::HeaderValue;
 
-use crate::config::RateLimitConfig;
+use crate::budget::{Budget, BudgetMode, Calendar, Period};
+use crate::config::{Limits, RateLimitConfig};
 use crate::error::RateLimited;
-use crate::gcra::{Check, Checked, Quota, RateStore, Standing, Verdict};
-use crate::metrics::RATE_LIMITED_TOTAL;
+use crate::gcra::{Check, Checked, Limit, Quota, RateStore, Standing, Verdict};
+use crate::metrics::{BUDGET_OVERRUN_TOTAL, RATE_LIMITED_TOTAL};
 
 #[derive(Debug, Clone, Copy)]
 enum Scope {
@@ -17,18 +19,137 @@ enum Scope {
     Class,
 }
 
+/// What an item is held to.
+#[derive(Debug, Clone, Copy)]
+enum Measure {
+    Rate(Quota),
+    Budget {
+        limit: u64,
+        period: Period,
+        shadow: bool,
+    },
+}
+
 #[derive(Debug, Clone)]
 struct Item {
     policy: &'static str,
     scope: Scope,
     tokens: bool,
-    quota: Quota,
+    measure: Measure,
+}
+
+impl Item {
+    /// `"policy";q=limit;w=window seconds`, for `RateLimit-Policy`.
+    fn policy_entry(&self) -> String {
+        let (limit, window) = match self.measure {
+            Measure::Rate(quota) => (quota.limit, quota.period.as_secs()),
+            Measure::Budget { limit, period, .. } => (limit, period.seconds()),
+        };
+        format!("\"{}\";q={limit};w={window}", self.policy)
+    }
 }
 
 #[derive(Debug)]
 struct ClassPlan {
     items: Vec<Item>,
     policy_header: HeaderValue,
+    budgets: bool,
+}
+
+impl ClassPlan {
+    /// A class's quotas and budgets, in the order they are checked.
+    fn new(limits: &Limits, mode: BudgetMode) -> Self {
+        let mut items = Vec::new();
+        let rate = |limit: Option<u64>, burst: Option<u64>| {
+            limit.map(|limit| {
+                let mut quota = Quota::per_minute(limit);
+                if let Some(burst) = burst {
+                    quota.burst = burst;
+                }
+                Measure::Rate(quota)
+            })
+        };
+        let shadow = limits.budget_mode.unwrap_or(mode) == BudgetMode::Shadow;
+        let budget = |limit: Option<u64>, period| {
+            limit.map(|limit| Measure::Budget {
+                limit,
+                period,
+                shadow,
+            })
+        };
+        let wanted = [
+            (
+                "agent-requests",
+                Scope::Agent,
+                false,
+                rate(limits.requests_per_minute, limits.burst),
+            ),
+            (
+                "agent-tokens",
+                Scope::Agent,
+                true,
+                rate(limits.tokens_per_minute, None),
+            ),
+            (
+                "class-requests",
+                Scope::Class,
+                false,
+                rate(limits.class_requests_per_minute, None),
+            ),
+            (
+                "class-tokens",
+                Scope::Class,
+                true,
+                rate(limits.class_tokens_per_minute, None),
+            ),
+            (
+                "agent-tokens-day",
+                Scope::Agent,
+                true,
+                budget(limits.tokens_per_day, Period::Day),
+            ),
+            (
+                "agent-tokens-month",
+                Scope::Agent,
+                true,
+                budget(limits.tokens_per_month, Period::Month),
+            ),
+            (
+                "class-tokens-day",
+                Scope::Class,
+                true,
+                budget(limits.class_tokens_per_day, Period::Day),
+            ),
+            (
+                "class-tokens-month",
+                Scope::Class,
+                true,
+                budget(limits.class_tokens_per_month, Period::Month),
+            ),
+        ];
+        for (policy, scope, tokens, measure) in wanted {
+            if let Some(measure) = measure {
+                items.push(Item {
+                    policy,
+                    scope,
+                    tokens,
+                    measure,
+                });
+            }
+        }
+        let header = items
+            .iter()
+            .map(Item::policy_entry)
+            .collect::<Vec<_>>()
+            .join(", ");
+        Self {
+            budgets: items
+                .iter()
+                .any(|i| matches!(i.measure, Measure::Budget { .. })),
+            items,
+            policy_header: HeaderValue::from_str(&header).unwrap_or(HeaderValue::from_static("")),
+        }
+    }
 }
 
 /// What a passed request carries to its answer: the headers to add and
@@ -45,7 +166,7 @@ pub(crate) struct Passed {
 pub(crate) struct Settle {
     store: Arc<dyn RateStore>,
     charged: u64,
-    keys: Vec<(String, Quota)>,
+    keys: Vec<(String, Limit)>,
 }
 
 corral_core::impl_debug!(Settle { charged });
@@ -60,15 +181,15 @@ impl Settle {
     }
 
     pub(crate) fn settle(self, generated: u64) {
-        for (key, quota) in &self.keys {
+        for (key, limit) in &self.keys {
             // A cost larger than the bucket was charged as the whole
             // bucket: correct from what was charged, not what was asked,
             // or the refund would leave more than a full bucket.
-            let charged = self.charged.min(quota.burst.max(1));
+            let charged = limit.charge(self.charged);
             let delta = i64::try_from(generated).unwrap_or(i64::MAX)
                 - i64::try_from(charged).unwrap_or(i64::MAX);
             if delta != 0 {
-                self.store.adjust(key, quota, delta);
+                self.store.adjust(key, limit, delta);
             }
         }
     }
@@ -81,83 +202,30 @@ pub(crate) struct Prepared {
     class: ClassName,
     checks: Vec<Check>,
     tokens: u64,
+    /// The wall clock when the budgets' windows were read.
+    now: Duration,
 }
 
 pub(crate) struct Plan {
     classes: HashMap<String, Arc<ClassPlan>>,
     store: Arc<dyn RateStore>,
     default_generation_tokens: u64,
+    calendar: Calendar,
 }
 
 impl Plan {
-    pub(crate) fn new(config: &RateLimitConfig, store: Arc<dyn RateStore>) -> Self {
+    pub(crate) fn new(
+        config: &RateLimitConfig,
+        store: Arc<dyn RateStore>,
+        calendar: Calendar,
+    ) -> Self {
         let classes = config
             .classes
             .iter()
             .map(|(name, limits)| {
-                let mut items = Vec::new();
-                let mut add = |policy, scope, tokens, limit: Option<u64>, burst: Option<u64>| {
-                    if let Some(limit) = limit {
-                        let mut quota = Quota::per_minute(limit);
-                        if let Some(burst) = burst {
-                            quota.burst = burst;
-                        }
-                        items.push(Item {
-                            policy,
-                            scope,
-                            tokens,
-                            quota,
-                        });
-                    }
-                };
-                add(
-                    "agent-requests",
-                    Scope::Agent,
-                    false,
-                    limits.requests_per_minute,
-                    limits.burst,
-                );
-                add(
-                    "agent-tokens",
-                    Scope::Agent,
-                    true,
-                    limits.tokens_per_minute,
-                    None,
-                );
-                add(
-                    "class-requests",
-                    Scope::Class,
-                    false,
-                    limits.class_requests_per_minute,
-                    None,
-                );
-                add(
-                    "class-tokens",
-                    Scope::Class,
-                    true,
-                    limits.class_tokens_per_minute,
-                    None,
-                );
-                let header = items
-                    .iter()
-                    .map(|i| {
-                        format!(
-                            "\"{}\";q={};w={}",
-                            i.policy,
-                            i.quota.limit,
-                            i.quota.period.as_secs()
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let policy_header =
-                    HeaderValue::from_str(&header).unwrap_or(HeaderValue::from_static(""));
                 (
                     name.clone(),
-                    Arc::new(ClassPlan {
-                        items,
-                        policy_header,
-                    }),
+                    Arc::new(ClassPlan::new(limits, config.budget_mode)),
                 )
             })
             .filter(|(_, plan)| !plan.items.is_empty())
@@ -166,6 +234,7 @@ impl Plan {
             classes,
             store,
             default_generation_tokens: config.default_generation_tokens,
+            calendar,
         }
     }
 
@@ -184,6 +253,12 @@ impl Plan {
         } else {
             0
         };
+        // The wall clock is read only for a class with budgets.
+        let now = if plan.budgets {
+            self.calendar.now()
+        } else {
+            Duration::ZERO
+        };
         let checks: Vec<Check> = plan
             .items
             .iter()
@@ -192,10 +267,31 @@ impl Plan {
                     Scope::Agent => format!("agent:{}", meta.agent),
                     Scope::Class => format!("class:{}", meta.class),
                 };
-                Check {
-                    key: format!("{who}:{}", item.policy),
-                    quota: item.quota,
-                    cost: if item.tokens { tokens } else { 1 },
+                let cost = if item.tokens { tokens } else { 1 };
+                match item.measure {
+                    Measure::Rate(quota) => Check {
+                        key: format!("{who}:{}", item.policy),
+                        limit: Limit::Rate(quota),
+                        cost,
+                    },
+                    Measure::Budget {
+                        limit,
+                        period,
+                        shadow,
+                    } => {
+                        // The key names the window: a new day is a new
+                        // counter, the old one expires.
+                        let (window, resets_in) = period.window(now);
+                        Check {
+                            key: format!("{who}:{}:{window}", item.policy),
+                            limit: Limit::Budget(Budget {
+                                limit,
+                                resets_in,
+                                shadow,
+                            }),
+                            cost,
+                        }
+                    }
                 }
             })
             .collect();
@@ -204,6 +300,7 @@ impl Plan {
             class: meta.class.clone(),
             checks,
             tokens,
+            now,
         })
     }
 
@@ -222,6 +319,12 @@ impl Plan {
         let plan = &prepared.plan;
         match verdict {
             Verdict::Allowed(standings) => {
+                for (item, _) in plan.items.iter().zip(&standings).filter(|(_, s)| s.over) {
+                    // A shadow budget: the request passes, the overrun is
+                    // counted.
+                    metrics::counter!(BUDGET_OVERRUN_TOTAL, "class" => prepared.class.to_string(), "quota" => item.policy)
+                        .increment(1);
+                }
                 Ok(self.passed(plan, &prepared.checks, &standings, prepared.tokens))
             }
             Verdict::Denied { index, retry_after } => {
@@ -232,10 +335,22 @@ impl Plan {
                 };
                 metrics::counter!(RATE_LIMITED_TOTAL, "class" => prepared.class.to_string(), "quota" => item.policy)
                     .increment(1);
+                let (limit, resets_at) = match (item.measure, prepared.checks.get(index)) {
+                    (
+                        Measure::Budget { limit, period, .. },
+                        Some(Check {
+                            limit: Limit::Budget(budget),
+                            ..
+                        }),
+                    ) => (limit, Some((period, prepared.now + budget.resets_in))),
+                    (Measure::Budget { limit, .. }, _) => (limit, None),
+                    (Measure::Rate(quota), _) => (quota.limit, None),
+                };
                 Err(RateLimited {
                     policy: item.policy,
-                    limit: item.quota.limit,
+                    limit,
                     retry_after,
+                    resets_at,
                     policies: plan.policy_header.clone(),
                 })
             }
@@ -263,12 +378,12 @@ impl Plan {
             })
             .collect::<Vec<_>>()
             .join(", ");
-        let keys: Vec<(String, Quota)> = plan
+        let keys: Vec<(String, Limit)> = plan
             .items
             .iter()
             .zip(checks)
             .filter(|(item, _)| item.tokens)
-            .map(|(_, check)| (check.key.clone(), check.quota))
+            .map(|(_, check)| (check.key.clone(), check.limit))
             .collect();
         Passed {
             policy: plan.policy_header.clone(),

@@ -6,19 +6,23 @@ use std::time::Duration;
 
 use corral_core::RedisState;
 
-use crate::gcra::{Check, Checked, MemoryRates, Quota, RateStore, Standing, Verdict};
+use crate::gcra::{rate_standing, Check, Checked, Limit, MemoryRates, RateStore, Verdict};
 
 static CHECK: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("gcra.lua")));
 static ADJUST: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("adjust.lua")));
+static SPEND: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("spend.lua")));
 
 /// Quotas kept in Redis, so an agent's quota is one quota whichever
 /// replica its requests go through.
 ///
 /// Each request's checks run as one Lua script (`gcra.lua`): the clock is
 /// Redis' own `TIME`, so replicas whose clocks differ still agree, and all
-/// the checks are charged or none. A check that Redis does not answer
+/// the checks (rates and budgets) are charged or none. A budget's window
+/// is named in its key by the replica's wall clock; its key expires a
+/// minute after the window ends. A check that Redis does not answer
 /// within the state's timeout is decided by a [`MemoryRates`] of this
 /// replica instead: limits keep holding per replica while Redis is away
 /// (an agent spreading over N replicas may then get up to N times its
@@ -69,45 +73,61 @@ impl RateStore for RedisRates {
             .iter()
             .map(|c| self.state.key(&format!("rate:{}", c.key)))
             .collect();
-        let mut args = Vec::with_capacity(checks.len() * 3);
+        let mut args = Vec::with_capacity(checks.len() * 4);
         for check in checks {
-            // As the memory store: a cost above the bucket charges the
-            // whole bucket, or it could never pass.
-            let cost = check.cost.min(check.quota.burst.max(1));
-            args.push(micros(check.quota.interval()).to_string());
-            args.push(micros(check.quota.tolerance()).to_string());
+            // As the memory store: a cost above the bucket (the budget)
+            // charges the whole of it, or it could never pass.
+            let cost = check.limit.charge(check.cost);
+            match &check.limit {
+                Limit::Rate(quota) => args.extend([
+                    "r".to_string(),
+                    micros(quota.interval()).to_string(),
+                    micros(quota.tolerance()).to_string(),
+                ]),
+                Limit::Budget(budget) => args.extend([
+                    if budget.shadow { "s" } else { "b" }.to_string(),
+                    budget.limit.to_string(),
+                    budget.resets_in.as_millis().max(1).to_string(),
+                ]),
+            }
             args.push(cost.to_string());
         }
-        let quotas: Vec<Quota> = checks.iter().map(|c| c.quota).collect();
+        let limits: Vec<Limit> = checks.iter().map(|c| c.limit).collect();
         let checks = checks.to_vec();
         let store = self.clone();
         Checked::Later(Box::pin(async move {
             match store.state.script::<Vec<i64>>(&CHECK, &keys, &args).await {
-                Ok(reply) => verdict(&reply, &quotas),
+                Ok(reply) => verdict(&reply, &limits),
                 Err(_) => store.fallback.decide(&checks),
             }
         }))
     }
 
-    fn adjust(&self, key: &str, quota: &Quota, delta: i64) {
+    fn adjust(&self, key: &str, limit: &Limit, delta: i64) {
         if !self.state.is_up() {
-            self.fallback.shift(key, quota, delta);
+            self.fallback.adjust(key, limit, delta);
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         let keys = vec![self.state.key(&format!("rate:{key}"))];
-        let args = vec![micros(quota.interval()).to_string(), delta.to_string()];
+        let (script, args) = match limit {
+            Limit::Rate(quota) => (
+                &*ADJUST,
+                vec![micros(quota.interval()).to_string(), delta.to_string()],
+            ),
+            Limit::Budget(_) => (&*SPEND, vec![delta.to_string()]),
+        };
         let state = self.state.clone();
         runtime.spawn(async move {
             // A correction that is lost leaves the charge made up front.
-            let _ = state.script::<i64>(&ADJUST, &keys, &args).await;
+            let _ = state.script::<i64>(script, &keys, &args).await;
         });
     }
 }
 
-fn verdict(reply: &[i64], quotas: &[Quota]) -> Verdict {
+fn verdict(reply: &[i64], limits: &[Limit]) -> Verdict {
     let micros_to = |n: i64| Duration::from_micros(u64::try_from(n).unwrap_or(0));
     match reply {
         [0, index, wait, ..] => Verdict::Denied {
@@ -116,17 +136,10 @@ fn verdict(reply: &[i64], quotas: &[Quota]) -> Verdict {
         },
         [1, used @ ..] => Verdict::Allowed(
             used.iter()
-                .zip(quotas)
-                .map(|(used, quota)| {
-                    let used = micros_to(*used);
-                    let left = quota.tolerance().saturating_sub(used);
-                    Standing {
-                        remaining: u64::try_from(
-                            left.as_nanos() / quota.interval().as_nanos().max(1),
-                        )
-                        .unwrap_or(u64::MAX),
-                        reset: used,
-                    }
+                .zip(limits)
+                .map(|(used, limit)| match limit {
+                    Limit::Rate(quota) => rate_standing(quota, micros_to(*used)),
+                    Limit::Budget(budget) => budget.standing(u64::try_from(*used).unwrap_or(0)),
                 })
                 .collect(),
         ),

@@ -4,27 +4,23 @@
 
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
-use std::convert::Infallible;
 use std::time::Duration;
 
+mod common;
+
 use bytes::Bytes;
-use corral_core::{Body, Endpoint, GenerationParams, Priority, Refusal, RequestMeta};
-use corral_ratelimit::{
-    Check, MemoryRates, Quota, RateLimitConfig, RateLimitLayer, RateLimitService, RateLimited,
-    ResponseBody, Verdict,
-};
-use http::{Request, Response};
+use common::{answered, chat, limited, passed, refused, request};
+use corral_core::{Endpoint, Refusal};
+use corral_ratelimit::{Check, MemoryRates, Quota, RateLimitConfig, RateLimitLayer, Verdict};
 use http_body_util::channel::Channel;
 use http_body_util::BodyExt;
 use proptest::prelude::*;
-use tower::{Layer, ServiceExt};
-use tower_test::mock;
 
 /// A check of `cost` against `quota` under `key`.
 fn check(key: &str, quota: Quota, cost: u64) -> Check {
     Check {
         key: key.into(),
-        quota,
+        limit: quota.into(),
         cost,
     }
 }
@@ -104,76 +100,6 @@ async fn corrections_give_back_what_was_not_used() {
     );
     store.shift("t", &tokens, -700); // only 100 were generated
     assert!(allowed(&store.decide(&[check("t", tokens, 300)])));
-}
-
-/// A request to `endpoint` from `agent` of `class`, asking for at most
-/// `max_tokens`.
-fn request(endpoint: Endpoint, agent: &str, class: &str, max_tokens: Option<u64>) -> Request<Body> {
-    let mut meta = RequestMeta::new("r".into(), endpoint)
-        .with_agent(agent.into(), class.into(), false)
-        .with_priority(Priority::DEFAULT);
-    meta.generation = GenerationParams {
-        max_tokens,
-        ..GenerationParams::default()
-    };
-    let mut request = Request::post("/api/chat").body(Body::from("{}")).unwrap();
-    request.extensions_mut().insert(meta);
-    request
-}
-
-/// A chat request from `agent` of `class`, asking for at most `max_tokens`.
-fn chat(agent: &str, class: &str, max_tokens: Option<u64>) -> Request<Body> {
-    request(Endpoint::Chat, agent, class, max_tokens)
-}
-
-type UpstreamBody = Channel<Bytes, Infallible>;
-type Upstream = mock::Mock<Request<Body>, Response<UpstreamBody>>;
-type Handle = mock::Handle<Request<Body>, Response<UpstreamBody>>;
-type Limited = RateLimitService<Upstream>;
-
-/// The layer from the TOML config `toml` over a mocked upstream that takes
-/// ten requests, and the upstream's handle.
-fn limited(toml: &str) -> (Limited, Handle) {
-    let config = toml::from_str::<RateLimitConfig>(toml).unwrap();
-    let (upstream, mut handle): (Upstream, _) = mock::pair();
-    handle.allow(10);
-    (
-        RateLimitLayer::new(&config).unwrap().layer(upstream),
-        handle,
-    )
-}
-
-/// Sends `request` through `service` and answers it upstream with `body`:
-/// the answer the client got.
-async fn answered(
-    service: &Limited,
-    handle: &mut Handle,
-    request: Request<Body>,
-    body: UpstreamBody,
-) -> Response<ResponseBody<UpstreamBody>> {
-    let call = tokio::spawn(service.clone().oneshot(request));
-    let (_, reply) = handle.next_request().await.unwrap();
-    reply.send_response(Response::new(body));
-    call.await.unwrap().unwrap()
-}
-
-/// Sends `request` through `service` and answers it upstream with an empty
-/// body: the answer the client got.
-async fn passed(
-    service: &Limited,
-    handle: &mut Handle,
-    request: Request<Body>,
-) -> Response<ResponseBody<UpstreamBody>> {
-    answered(service, handle, request, Channel::new(1).1).await
-}
-
-/// Sends `request` through `service`, which must refuse it: why.
-async fn refused(service: &Limited, request: Request<Body>) -> RateLimited {
-    let err = service.clone().oneshot(request).await.unwrap_err();
-    match err.downcast::<RateLimited>() {
-        Ok(limited) => *limited,
-        Err(other) => panic!("not a rate limit: {other}"),
-    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,5 +1,5 @@
 //! The admin paths. Read: `/corral/status`, `/corral/agents`,
-//! `/corral/events`, `/corral/config`, the probes `/corral/healthz` and
+//! `/corral/usage`, `/corral/events`, `/corral/config`, the probes `/corral/healthz` and
 //! `/corral/readyz` (open without the admin token), and `/metrics` (also
 //! as `/corral/metrics`). Read and set: `/corral/degrade`,
 //! `/corral/capacity`, `/corral/priority`.
@@ -23,6 +23,7 @@ use crate::telemetry;
 use crate::upstream::Upstream;
 
 mod control;
+mod usage;
 mod view;
 
 pub(crate) use view::without_credentials;
@@ -118,6 +119,7 @@ impl Admin {
                 json_response(StatusCode::OK, &json!(self.events.usage().await))
             }
             "/corral/events" if get => self.events(request.uri().query().unwrap_or("")).await,
+            "/corral/usage" if get => self.usage(request.uri().query().unwrap_or("")).await,
             "/corral/config" if get => json_response(StatusCode::OK, &self.config),
             "/corral/healthz" if get => json_response(StatusCode::OK, &json!({"status": "ok"})),
             "/corral/readyz" if get => match self.upstream.probe().await {
@@ -185,14 +187,9 @@ impl Admin {
             let class = classes
                 .entry(agent.class.clone().unwrap_or_else(|| "none".into()))
                 .or_default();
-            class.requests += agent.requests;
-            class.completed += agent.completed;
-            class.refused += agent.refused;
-            class.failed += agent.failed;
-            class.cancelled += agent.cancelled;
-            class.prompt_tokens += agent.prompt_tokens;
-            class.generated_tokens += agent.generated_tokens;
-            class.cache_hits += agent.cache_hits;
+            class.merge(agent);
+            // A class's own usage names no class.
+            class.class = None;
         }
         let hits: u64 = usage.values().map(|u| u.cache_hits).sum();
         let (held, next) = self.events.size().await;

@@ -226,12 +226,14 @@ pub(crate) fn bulkhead(
 #[serde(deny_unknown_fields, default)]
 struct RateLimitOptions {
     default_generation_tokens: u64,
+    budget_mode: corral_ratelimit::BudgetMode,
 }
 
 impl Default for RateLimitOptions {
     fn default() -> Self {
         Self {
             default_generation_tokens: corral_ratelimit::DEFAULT_GENERATION_TOKENS,
+            budget_mode: corral_ratelimit::BudgetMode::Enforce,
         }
     }
 }
@@ -249,6 +251,7 @@ pub(crate) fn ratelimit(
             .filter_map(|c| c.rate_limit.clone().map(|limits| (c.name.clone(), limits)))
             .collect(),
         default_generation_tokens: options.default_generation_tokens,
+        budget_mode: options.budget_mode,
     };
     let shared = context.state.is_some();
     let layer = corral_ratelimit::RateLimitLayer::new(&config).map(|layer| match context.state {
@@ -275,6 +278,24 @@ pub(crate) fn ratelimit(
             }
             if let Some(n) = l.class_tokens_per_minute {
                 parts.push(format!("class {n} tok/min"));
+            }
+            let budgets = [
+                ("", l.tokens_per_day, "day"),
+                ("", l.tokens_per_month, "month"),
+                ("class ", l.class_tokens_per_day, "day"),
+                ("class ", l.class_tokens_per_month, "month"),
+            ];
+            for (whose, n, per) in budgets {
+                if let Some(n) = n {
+                    parts.push(format!("{whose}{n} tok/{per}"));
+                }
+            }
+            if l.budget_mode.unwrap_or(options.budget_mode) == corral_ratelimit::BudgetMode::Shadow
+                && parts
+                    .iter()
+                    .any(|p| p.ends_with("day") || p.ends_with("month"))
+            {
+                parts.push("budgets in shadow".into());
             }
             format!("{name} ({})", parts.join(", "))
         })
