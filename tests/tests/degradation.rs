@@ -218,3 +218,98 @@ async fn an_operator_forces_a_level_and_releases_it() {
     .unwrap();
     assert!(metrics.contains("corral_degradation_level"), "{metrics}");
 }
+
+#[tokio::test]
+async fn a_request_the_queue_would_keep_past_its_ttft_runs_on_the_smaller_model_where_its_class_allows(
+) {
+    let upstream = mock(fast()).await;
+    // No capacity set: each model has one permit of its own.
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[upstream]
+url = "{}"
+
+[[classes]]
+name = "interactive"
+ttft = "150ms"
+ttft_fallback = true
+[[agents]]
+id = "chatter"
+class = "interactive"
+
+[[layers]]
+kind = "degrade"
+smoothing = "0s"
+saturation = 1000.0
+l2_model = "tinyllama"
+
+[[layers]]
+kind = "priority"
+"#,
+        upstream.url()
+    );
+    let config = Config::parse(&text, std::path::Path::new("ttft.toml")).unwrap();
+    let corral = corral::Running::start(&config).await.unwrap();
+    let url = corral.url();
+
+    // llama3's permit is measured held ~300 ms a request.
+    for i in 0..2 {
+        let warm = send(chat(&url, &format!("warm-{i}"), "warm", 5, "ttft_ms=300")).await;
+        assert_eq!(warm.status, 200);
+    }
+    // One holds it, three wait: about a second to wait.
+    let mut holders = Vec::new();
+    for i in 0..4 {
+        let url = url.clone();
+        holders.push(tokio::spawn(async move {
+            send(chat(
+                &url,
+                &format!("hold-{i}"),
+                &format!("holder-{i}"),
+                5,
+                "pause_after=1,tokens=2",
+            ))
+            .await
+        }));
+    }
+    eventually("one runs upstream", || upstream.stats().in_flight == 1).await;
+    until_queued(&url, 3).await;
+
+    // The class aims for 150 ms: the small model's queue is empty.
+    let moved = corral_e2e::within(send(chat(&url, "moved", "chatter", 5, "tokens=2"))).await;
+    assert_eq!(moved.status, 200, "{:?}", moved.body);
+    assert_eq!(moved.header("x-corral-degraded"), Some("ttft"));
+    assert_eq!(
+        moved.header("x-corral-model-rewrite"),
+        Some("llama3->tinyllama")
+    );
+    assert!(upstream_saw(&upstream, "moved")
+        .body
+        .contains("\"model\":\"tinyllama\""));
+
+    // An objective the queue meets, and a class not allowed to move: both
+    // wait for llama3.
+    let mut waiting = Vec::new();
+    for (id, agent, ttft) in [
+        ("patient", "chatter", "60000"),
+        ("other", "somebody", "150"),
+    ] {
+        let mut request = chat(&url, id, agent, 5, "tokens=2");
+        request
+            .headers_mut()
+            .insert("x-corral-ttft-ms", ttft.parse().unwrap());
+        waiting.push(tokio::spawn(send(request)));
+    }
+    until_queued(&url, 5).await;
+    upstream.release(4);
+    for request in waiting {
+        let answer = request.await.unwrap();
+        assert_eq!(answer.status, 200);
+        assert!(answer.header("x-corral-model-rewrite").is_none());
+    }
+    for holder in holders {
+        assert_eq!(holder.await.unwrap().status, 200);
+    }
+}

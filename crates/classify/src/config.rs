@@ -106,6 +106,11 @@ pub struct ClassConfig {
     /// refused at arrival rather than after waiting in vain.
     #[serde(default, with = "humantime_serde")]
     pub deadline: Option<std::time::Duration>,
+    /// The time to the first token its requests aim for when they send
+    /// no `X-Corral-Ttft-Ms`: with the degrade layer's `ttft_fallback`,
+    /// a request the queue would keep longer runs on a smaller model.
+    #[serde(default, with = "humantime_serde")]
+    pub ttft: Option<std::time::Duration>,
 }
 
 /// One agent.
@@ -296,6 +301,7 @@ impl ClassConfig {
             priorities: full_range(),
             private: false,
             deadline: None,
+            ttft: None,
         }
     }
 }

@@ -151,6 +151,19 @@ impl<S> Classify<S> {
                 now.checked_add(std::time::Duration::from_millis(ms))
             }
         };
+        let ttft = match headers.get(headers::X_CORRAL_TTFT_MS) {
+            None => identity.class.ttft,
+            Some(value) => Some(std::time::Duration::from_millis(
+                value
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .ok_or_else(|| InvalidRequest {
+                        message: "invalid X-Corral-Ttft-Ms header: expected whole milliseconds"
+                            .into(),
+                    })?,
+            )),
+        };
         let request_id = request_id_of(request);
         let mut meta = RequestMeta::new(request_id, endpoint)
             .with_agent(
@@ -161,6 +174,7 @@ impl<S> Classify<S> {
             .with_priority(priority)
             .with_deadline(deadline);
         meta.received_at = now;
+        meta.ttft = ttft;
         meta.private = identity.class.private;
         Ok(meta)
     }

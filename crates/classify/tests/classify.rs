@@ -191,6 +191,19 @@ async fn a_class_deadline_holds_for_requests_that_set_none() {
 }
 
 #[tokio::test]
+async fn a_ttft_objective_comes_from_the_header_else_the_class() {
+    let classes =
+        config("default_class = \"chat\"\n[[classes]]\nname = \"chat\"\nttft = \"800ms\"\n");
+    let seen = admitted(&classes, chat(&[])).await;
+    assert_eq!(seen.meta.ttft, Some(Duration::from_millis(800)));
+    let seen = admitted(&classes, chat(&[("x-corral-ttft-ms", "250")])).await;
+    assert_eq!(seen.meta.ttft, Some(Duration::from_millis(250)));
+    assert_eq!(admitted(&config(""), chat(&[])).await.meta.ttft, None);
+    let err = refused(&classes, chat(&[("x-corral-ttft-ms", "fast")])).await;
+    assert!(err.to_string().contains("X-Corral-Ttft-Ms"), "{err}");
+}
+
+#[tokio::test]
 async fn a_request_id_is_kept_or_made() {
     let kept = admitted(&config(""), chat(&[("x-request-id", "abc-123")])).await;
     assert_eq!(kept.meta.request_id.as_str(), "abc-123");

@@ -10,6 +10,10 @@ pub const X_AGENT_ID: HeaderName = HeaderName::from_static("x-agent-id");
 pub const X_PRIORITY: HeaderName = HeaderName::from_static("x-priority");
 /// How many milliseconds from now the answer stops being useful.
 pub const X_DEADLINE_MS: HeaderName = HeaderName::from_static("x-deadline-ms");
+/// How many milliseconds to the first token the agent aims for: a request
+/// that would wait longer may run on a smaller model where its class
+/// allows it.
+pub const X_CORRAL_TTFT_MS: HeaderName = HeaderName::from_static("x-corral-ttft-ms");
 /// Why Corral refused a request (`shed`, `rate_limited`, ...).
 pub const X_CORRAL_REASON: HeaderName = HeaderName::from_static("x-corral-reason");
 /// The priority the request was served with.

@@ -80,6 +80,15 @@ pub trait UpstreamLoad: Send + Sync + 'static {
     fn changes(&self) -> Option<&tokio::sync::Notify> {
         None
     }
+
+    /// How long a request like `meta` (its model, priority, agent and
+    /// size) would wait for a permit if it came now; `None` when the
+    /// scheduler cannot tell (nothing measured yet, a queue it does not
+    /// see whole).
+    fn wait_estimate(&self, meta: &crate::RequestMeta) -> Option<std::time::Duration> {
+        let _ = meta;
+        None
+    }
 }
 
 /// Where the scheduler publishes itself for the layers built around it.

@@ -260,6 +260,9 @@ pub struct RequestMeta {
     pub stream: bool,
     /// When the request stops being worth answering (`X-Deadline-Ms`).
     pub deadline: Option<Instant>,
+    /// The time to the first token it aims for (`X-Corral-Ttft-Ms`, or
+    /// its class's `ttft`): an objective, not a deadline.
+    pub ttft: Option<std::time::Duration>,
     /// When Corral received it.
     pub received_at: Instant,
     /// Cost and determinism options.
@@ -285,6 +288,7 @@ impl RequestMeta {
             model: None,
             stream: endpoint.streams_by_default(),
             deadline: None,
+            ttft: None,
             received_at: Instant::now(),
             generation: GenerationParams::default(),
             body_bytes: 0,

@@ -114,6 +114,9 @@ impl RequestMeta {
                 .received_at
                 .checked_add(Duration::from_millis(ms.min(86_400_000)));
         }
+        if let Some(ms) = header("x-corral-ttft-ms").and_then(|d| d.trim().parse::<u64>().ok()) {
+            meta.ttft = Some(Duration::from_millis(ms));
+        }
         meta
     }
 }

@@ -64,6 +64,11 @@ pub struct DegradeConfig {
     pub retry_after: Duration,
     /// Classes never rewritten nor refused.
     pub critical_classes: Vec<String>,
+    /// Classes whose requests may run on the smaller model (`l2_models`,
+    /// else `l2_model`) at any level, when the queue would keep them past
+    /// their time-to-first-token objective (`X-Corral-Ttft-Ms` or the
+    /// class's `ttft`) and the smaller model's would not; `*` for all.
+    pub ttft_fallback_classes: Vec<String>,
 }
 
 impl Default for DegradeConfig {
@@ -83,6 +88,7 @@ impl Default for DegradeConfig {
             defaults: BTreeMap::new(),
             retry_after: Duration::from_secs(30),
             critical_classes: Vec::new(),
+            ttft_fallback_classes: Vec::new(),
         }
     }
 }

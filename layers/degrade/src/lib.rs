@@ -70,6 +70,7 @@ mod levels;
 pub mod metrics;
 mod service;
 mod treatment;
+mod ttft;
 
 pub use config::DegradeConfig;
 pub use controller::{Controller, Status};

@@ -43,6 +43,8 @@ struct Changes {
     level: Option<Level>,
     cap: Option<u64>,
     rewrite: Option<String>,
+    /// The model was swapped for its time-to-first-token objective.
+    ttft: bool,
 }
 
 /// Counts what degradation did to a request.
@@ -84,7 +86,15 @@ where
         });
         let send = match treatment(config, level, &meta) {
             Treatment::Untouched => {
-                return ResponseFuture::calling(self.inner.call(request), Changes::default())
+                let Some(model) = self.ttft_fallback(&meta) else {
+                    return ResponseFuture::calling(self.inner.call(request), Changes::default());
+                };
+                let changes = Changes {
+                    rewrite: Some(model.to_string()),
+                    ttft: true,
+                    ..Changes::default()
+                };
+                return self.send(request, &meta, changes, level);
             }
             Treatment::Answer(text) => match default_answer(&meta, text) {
                 Some(answer) => {
@@ -109,21 +119,48 @@ where
             };
             return ResponseFuture::refused(refused.into());
         };
-        let mut changes = Changes {
+        let ttft = model.is_none().then(|| self.ttft_fallback(&meta)).flatten();
+        let changes = Changes {
             level: Some(level),
             cap,
-            rewrite: model.map(str::to_string),
+            rewrite: model.or(ttft).map(str::to_string),
+            ttft: ttft.is_some(),
         };
+        self.send(request, &meta, changes, level)
+    }
+}
+
+impl<S> DegradeService<S> {
+    /// The smaller model this request should run on for its
+    /// time-to-first-token objective, as the scheduler's estimates say.
+    fn ttft_fallback(&self, meta: &RequestMeta) -> Option<&str> {
+        let load = self.controller.load.get()?;
+        crate::ttft::ttft_fallback(&self.controller.config, meta, load.as_ref())
+    }
+
+    /// Sends `request` with `changes` made to its body, counted and said in
+    /// the answer's headers.
+    fn send<B>(
+        &mut self,
+        mut request: Request<Body>,
+        meta: &RequestMeta,
+        mut changes: Changes,
+        level: Level,
+    ) -> ResponseFuture<S::Future>
+    where
+        S: Service<Request<Body>, Response = Response<B>>,
+    {
         if changes.cap.is_some() || changes.rewrite.is_some() {
-            if let Err(e) = rewrite(&mut request, &meta, &changes) {
+            if let Err(e) = rewrite(&mut request, meta, &changes) {
                 tracing::warn!(error = %e, "could not rewrite a degraded request: sent as it was");
                 changes.cap = None;
                 changes.rewrite = None;
+                changes.ttft = false;
             } else {
-                let action = if changes.rewrite.is_some() {
-                    "rewritten"
-                } else {
-                    "capped"
+                let action = match (&changes.rewrite, changes.ttft) {
+                    (Some(_), true) => "ttft_rewritten",
+                    (Some(_), false) => "rewritten",
+                    (None, _) => "capped",
                 };
                 count(level, action);
             }
@@ -265,6 +302,11 @@ where
         let headers = response.headers_mut();
         if let Some(level) = this.changes.level {
             headers.insert(X_CORRAL_DEGRADED, HeaderValue::from_static(level.as_str()));
+        } else if this.changes.ttft {
+            headers.insert(
+                X_CORRAL_DEGRADED,
+                HeaderValue::from_static(crate::ttft::TTFT_MARK),
+            );
         }
         if let Some(cap) = this.changes.cap {
             headers.insert(X_CORRAL_TOKEN_CAP, HeaderValue::from(cap));

@@ -1,7 +1,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use corral_core::ConfigError;
+use std::time::Duration;
+
+use corral_core::{ConfigError, LoadSnapshot, RequestMeta, UpstreamLoad};
 use tower::Layer;
 
 use crate::config::PriorityConfig;
@@ -53,6 +55,42 @@ impl PriorityLayer {
     /// The scheduler: its load, its capacity, its counters.
     pub fn scheduler(&self) -> &Arc<Scheduler> {
         &self.shared.scheduler
+    }
+
+    /// The scheduler's load as the layers around it read it, with the
+    /// estimated wait of a request as this layer would reckon its cost
+    /// and weight ([`UpstreamLoad::wait_estimate`]): what `degrade` asks
+    /// before moving a request to a smaller model for its time to first
+    /// token.
+    ///
+    /// ```
+    /// use corral_core::{Endpoint, RequestMeta};
+    /// use corral_priority::{PriorityConfig, PriorityLayer};
+    ///
+    /// let layer = PriorityLayer::new(&PriorityConfig::default()).unwrap();
+    /// let load = layer.load();
+    /// let meta = RequestMeta::new("r".into(), Endpoint::Chat);
+    /// assert_eq!(load.wait_estimate(&meta), Some(std::time::Duration::ZERO), "room now");
+    /// assert_eq!(load.snapshot().capacity, layer.scheduler().snapshot_for(None).capacity);
+    /// ```
+    pub fn load(&self) -> Arc<dyn UpstreamLoad> {
+        self.shared.clone()
+    }
+}
+
+impl UpstreamLoad for Scheduling {
+    fn snapshot(&self) -> LoadSnapshot {
+        self.scheduler.snapshot()
+    }
+
+    fn changes(&self) -> Option<&tokio::sync::Notify> {
+        UpstreamLoad::changes(self.scheduler.as_ref())
+    }
+
+    fn wait_estimate(&self, meta: &RequestMeta) -> Option<Duration> {
+        self.scheduler
+            .estimate(&self.ticket_of(meta), meta.model.as_deref())?
+            .eta
     }
 }
 

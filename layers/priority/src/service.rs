@@ -99,25 +99,27 @@ impl Scheduling {
                 None,
             );
         };
+        (self.ticket_of(meta), meta.model.clone())
+    }
+
+    /// The ticket of a request `meta` describes.
+    pub(crate) fn ticket_of(&self, meta: &RequestMeta) -> Ticket {
         let generates = !matches!(
             meta.endpoint,
             Endpoint::Embed | Endpoint::Embeddings | Endpoint::OpenAiEmbeddings
         );
-        (
-            Ticket {
-                agent: meta.agent.clone(),
-                priority: meta.priority,
-                weight: self
-                    .weights
-                    .get(meta.class.as_str())
-                    .copied()
-                    .unwrap_or(1.0),
-                cost: self.estimate(meta.body_bytes, meta.generation.max_tokens, generates),
-                bytes: meta.body_bytes,
-                deadline: meta.deadline,
-            },
-            meta.model.clone(),
-        )
+        Ticket {
+            agent: meta.agent.clone(),
+            priority: meta.priority,
+            weight: self
+                .weights
+                .get(meta.class.as_str())
+                .copied()
+                .unwrap_or(1.0),
+            cost: self.estimate(meta.body_bytes, meta.generation.max_tokens, generates),
+            bytes: meta.body_bytes,
+            deadline: meta.deadline,
+        }
     }
 
     /// Prompt tokens (about four bytes each) + 2 × the tokens it may

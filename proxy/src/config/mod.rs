@@ -186,6 +186,15 @@ pub struct ClassEntry {
     /// one the queue cannot serve in time is refused at arrival.
     #[serde(default, with = "humantime_serde")]
     pub deadline: Option<std::time::Duration>,
+    /// Without `X-Corral-Ttft-Ms`, the time to the first token its
+    /// requests aim for (`"2s"`).
+    #[serde(default, with = "humantime_serde")]
+    pub ttft: Option<std::time::Duration>,
+    /// A request that would wait past its time-to-first-token objective
+    /// may run on the `degrade` layer's smaller model (`l2_models`, else
+    /// `l2_model`) when that model's queue would meet it.
+    #[serde(default)]
+    pub ttft_fallback: bool,
     /// Its quotas, enforced by the `ratelimit` layer, e.g.
     /// `{ requests_per_minute = 10, tokens_per_minute = 20000 }`.
     #[serde(default)]
@@ -200,6 +209,7 @@ impl ClassEntry {
         class.priorities = self.priorities;
         class.private = self.private;
         class.deadline = self.deadline;
+        class.ttft = self.ttft;
         class
     }
 }

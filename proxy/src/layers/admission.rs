@@ -104,9 +104,8 @@ pub(crate) fn priority(
         (None, None) => (PriorityLayer::new(&config)?, String::new()),
     };
     let _ = context.controls.scheduler.set(priority.scheduler().clone());
-    context
-        .load
-        .set(Arc::clone(priority.scheduler()) as Arc<dyn corral_core::UpstreamLoad>)?;
+    // With the estimates a request's time-to-first-token objective reads.
+    context.load.set(priority.load())?;
     Ok(StackLayer::new(
         priority,
         describe(&config, per_model, context.fleet.is_some(), &shared),

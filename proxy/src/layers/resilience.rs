@@ -91,7 +91,8 @@ pub(crate) fn breaker(
 }
 
 /// `kind = "degrade"`: its options are [`corral_degrade::DegradeConfig`]'s;
-/// classes with `critical = true` join `critical_classes`.
+/// classes with `critical = true` join `critical_classes`, those with
+/// `ttft_fallback = true` join `ttft_fallback_classes`.
 pub(crate) fn degrade(
     layer: &LayerConfig,
     context: &BuildContext<'_>,
@@ -100,6 +101,11 @@ pub(crate) fn degrade(
     for class in context.config.classes.iter().filter(|c| c.critical) {
         if !config.critical_classes.contains(&class.name) {
             config.critical_classes.push(class.name.clone());
+        }
+    }
+    for class in context.config.classes.iter().filter(|c| c.ttft_fallback) {
+        if !config.ttft_fallback_classes.contains(&class.name) {
+            config.ttft_fallback_classes.push(class.name.clone());
         }
     }
     let degrade = corral_degrade::DegradeLayer::new(&config)?
@@ -130,6 +136,10 @@ pub(crate) fn degrade(
             config.l1_max_tokens.map_or("none".into(), |n| n.to_string()),
             config.l2_model.as_deref().unwrap_or("unchanged"),
             if config.critical_classes.is_empty() { "none".to_string() } else { config.critical_classes.join(", ") },
-        ),
+        ) + &if config.ttft_fallback_classes.is_empty() {
+            String::new()
+        } else {
+            format!("; smaller model for a missed TTFT: {}", config.ttft_fallback_classes.join(", "))
+        },
     ))
 }

@@ -23,6 +23,8 @@ pub(crate) struct Class {
     pub(crate) private: bool,
     /// How long its requests stay worth serving when they say nothing.
     pub(crate) deadline: Option<std::time::Duration>,
+    /// The time to the first token its requests aim for.
+    pub(crate) ttft: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone)]

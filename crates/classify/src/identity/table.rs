@@ -38,6 +38,7 @@ pub(super) fn classes_of(config: &ClassifyConfig) -> Result<ClassTable, ConfigEr
                 lowest: Priority::LOWEST,
                 private: false,
                 deadline: None,
+                ttft: None,
             });
             names.insert(DEFAULT_CLASS.to_string(), classes.len() - 1);
             classes.len() - 1
@@ -91,6 +92,7 @@ fn class_of(entry: &ClassConfig, at: impl Fn(&str) -> String) -> Result<Class, C
         lowest,
         private: entry.private,
         deadline: entry.deadline,
+        ttft: entry.ttft,
     })
 }
 
