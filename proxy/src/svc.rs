@@ -56,6 +56,8 @@ pub struct Controls {
     /// The auth layer, when the stack has one: the agent API checks the
     /// signatures of what it accepts with it.
     pub auth: std::sync::OnceLock<corral_auth::AuthLayer>,
+    /// The rate limiter's day and month budgets, when the stack has one.
+    pub budgets: std::sync::OnceLock<corral_ratelimit::BudgetBook>,
     /// The agents' priorities set at run time (classify's, always there).
     pub priorities: std::sync::OnceLock<Arc<corral_classify::PriorityOverrides>>,
 }

@@ -217,6 +217,21 @@ async fn a_spent_day_budget_is_a_429_until_midnight_and_usage_shows_what_was_use
     assert_eq!(usage["agents"]["batcher"]["refused"], 2, "{usage}");
     assert_eq!(usage["agents"]["batcher"]["class"], "batch", "{usage}");
     assert_eq!(usage["total"]["generated_tokens"], 16, "{usage}");
+    let budget = &usage["budgets"]["batcher"][0];
+    assert_eq!(budget["policy"], "agent-tokens-day", "{usage}");
+    assert_eq!(
+        (budget["limit"].as_u64(), budget["spent"].as_u64()),
+        (Some(20), Some(16))
+    );
+    assert_eq!(budget["remaining"], 4);
+    assert_eq!(budget["mode"], "enforce");
+    assert!(
+        budget["resets_at"]
+            .as_str()
+            .unwrap()
+            .ends_with("T00:00:00Z"),
+        "{budget}"
+    );
     let wrong = get(&format!("{url}/corral/usage?since=yesterday")).await;
     assert_eq!(wrong.status, 400);
     assert!(

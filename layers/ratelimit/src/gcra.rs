@@ -142,6 +142,10 @@ pub trait RateStore: Send + Sync + 'static {
     /// Adds `delta` (negative: gives back) to what `key` has spent, when
     /// the real cost is known.
     fn adjust(&self, key: &str, limit: &Limit, delta: i64);
+
+    /// What each budget window in `keys` has spent (0 for one never
+    /// charged or ended), for those who read budgets without charging.
+    fn spent(&self, keys: &[String]) -> Pin<Box<dyn Future<Output = Vec<u64>> + Send + '_>>;
 }
 
 /// GCRA state and budgets in this process.
@@ -188,6 +192,12 @@ impl RateStore for MemoryRates {
             Limit::Rate(quota) => self.shift(key, quota, delta),
             Limit::Budget(_) => corral_core::lock(&self.state).budgets.add(key, delta),
         }
+    }
+
+    fn spent(&self, keys: &[String]) -> Pin<Box<dyn Future<Output = Vec<u64>> + Send + '_>> {
+        let state = corral_core::lock(&self.state);
+        let spent = keys.iter().map(|key| state.budgets.spent(key)).collect();
+        Box::pin(std::future::ready(spent))
     }
 }
 

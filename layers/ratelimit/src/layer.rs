@@ -3,6 +3,7 @@ use std::sync::Arc;
 use corral_core::ConfigError;
 use tower::Layer;
 
+use crate::book::BudgetBook;
 use crate::budget::Calendar;
 use crate::config::RateLimitConfig;
 use crate::gcra::{MemoryRates, RateStore};
@@ -41,6 +42,13 @@ impl RateLimitLayer {
             plan: Arc::new(Plan::new(&self.config, store.clone(), self.calendar)),
             store,
             ..self
+        }
+    }
+
+    /// Its budgets, to read how they stand without charging them.
+    pub fn budgets(&self) -> BudgetBook {
+        BudgetBook {
+            plan: self.plan.clone(),
         }
     }
 

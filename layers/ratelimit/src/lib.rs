@@ -70,6 +70,7 @@
 //! Generic over the request and response bodies.
 
 mod body;
+mod book;
 mod budget;
 mod config;
 mod error;
@@ -83,6 +84,7 @@ mod redis;
 mod service;
 
 pub use body::{Correction, ResponseBody};
+pub use book::{BudgetBook, BudgetStanding};
 pub use budget::{Budget, BudgetMode, Calendar, Period};
 pub use config::{Limits, RateLimitConfig, DEFAULT_GENERATION_TOKENS};
 pub use error::RateLimited;

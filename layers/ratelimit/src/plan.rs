@@ -195,6 +195,14 @@ impl Settle {
     }
 }
 
+/// A budget's key and window, as read now.
+pub(crate) struct BudgetKey {
+    pub(crate) policy: &'static str,
+    pub(crate) key: String,
+    pub(crate) window: String,
+    pub(crate) budget: Budget,
+}
+
 /// One request's checks, before the store's verdict.
 #[derive(Debug)]
 pub(crate) struct Prepared {
@@ -302,6 +310,48 @@ impl Plan {
             tokens,
             now,
         })
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn RateStore> {
+        &self.store
+    }
+
+    /// The budgets of `agent` of `class` and their windows now, and the
+    /// wall clock they were read at.
+    pub(crate) fn budgets_of(&self, agent: &str, class: &str) -> (Duration, Vec<BudgetKey>) {
+        let now = self.calendar.now();
+        let Some(plan) = self.classes.get(class) else {
+            return (now, Vec::new());
+        };
+        let budgets = plan
+            .items
+            .iter()
+            .filter_map(|item| match item.measure {
+                Measure::Budget {
+                    limit,
+                    period,
+                    shadow,
+                } => {
+                    let who = match item.scope {
+                        Scope::Agent => format!("agent:{agent}"),
+                        Scope::Class => format!("class:{class}"),
+                    };
+                    let (window, resets_in) = period.window(now);
+                    Some(BudgetKey {
+                        policy: item.policy,
+                        key: format!("{who}:{}:{window}", item.policy),
+                        window,
+                        budget: Budget {
+                            limit,
+                            resets_in,
+                            shadow,
+                        },
+                    })
+                }
+                Measure::Rate(_) => None,
+            })
+            .collect();
+        (now, budgets)
     }
 
     /// Asks the store.

@@ -103,6 +103,14 @@ impl RateStore for RedisRates {
         }))
     }
 
+    fn spent(
+        &self,
+        keys: &[String],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<u64>> + Send + '_>> {
+        let keys = keys.to_vec();
+        Box::pin(async move { self.read_spent(&keys).await })
+    }
+
     fn adjust(&self, key: &str, limit: &Limit, delta: i64) {
         if !self.state.is_up() {
             self.fallback.adjust(key, limit, delta);
@@ -124,6 +132,27 @@ impl RateStore for RedisRates {
             // A correction that is lost leaves the charge made up front.
             let _ = state.script::<i64>(script, &keys, &args).await;
         });
+    }
+}
+
+impl RedisRates {
+    async fn read_spent(&self, keys: &[String]) -> Vec<u64> {
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        if self.state.is_up() {
+            let mut command = redis::cmd("MGET");
+            for key in keys {
+                command.arg(self.state.key(&format!("rate:{key}")));
+            }
+            if let Ok(values) = self.state.query::<Vec<Option<String>>>(&command).await {
+                return values
+                    .iter()
+                    .map(|v| v.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0))
+                    .collect();
+            }
+        }
+        self.fallback.spent(keys).await
     }
 }
 

@@ -45,8 +45,44 @@ impl Admin {
             .events
             .usage_since(from.as_secs_f64(), agent.clone())
             .await;
-        json_response(StatusCode::OK, &answer(&agents, from, now, agent))
+        let mut answer = answer(&agents, from, now, agent);
+        if let Some(book) = self.controls.budgets.get() {
+            answer["budgets"] = budgets(book, &agents).await;
+        }
+        json_response(StatusCode::OK, &answer)
     }
+}
+
+/// Each agent's day and month budgets (its own and its class's) as they
+/// stand now, whatever span the usage covers.
+async fn budgets(
+    book: &corral_ratelimit::BudgetBook,
+    agents: &BTreeMap<String, AgentUsage>,
+) -> serde_json::Value {
+    let mut all = serde_json::Map::new();
+    for (agent, usage) in agents {
+        let class = usage.class.as_deref().unwrap_or("default");
+        let standing = book.standing(agent, class).await;
+        if standing.is_empty() {
+            continue;
+        }
+        let list = standing
+            .iter()
+            .map(|b| {
+                json!({
+                    "policy": b.policy,
+                    "window": b.window,
+                    "limit": b.limit,
+                    "spent": b.spent,
+                    "remaining": b.limit.saturating_sub(b.spent),
+                    "resets_at": humantime::format_rfc3339_seconds(b.resets_at).to_string(),
+                    "mode": if b.shadow { "shadow" } else { "enforce" },
+                })
+            })
+            .collect();
+        all.insert(agent.clone(), serde_json::Value::Array(list));
+    }
+    serde_json::Value::Object(all)
 }
 
 /// The answer: the span, each agent's usage and the total.

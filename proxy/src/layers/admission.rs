@@ -261,6 +261,8 @@ pub(crate) fn ratelimit(
         // The limits live in [[classes]]: say so.
         ConfigError::new("", format!("[[classes]] rate_limit: {e}"))
     })?;
+    // Read by `/corral/usage`; a second ratelimit layer's are not shown.
+    let _ = context.controls.budgets.set(layer.budgets());
     let limited: Vec<String> = config
         .classes
         .iter()
