@@ -162,7 +162,8 @@ async fn a_spent_day_budget_is_a_429_until_midnight_and_usage_shows_what_was_use
             &[("x-agent-id", "batcher")],
         )
     };
-    for left in ["12", "4"] {
+    // Each reserves 8 and generates 8; the third starts with 4 left.
+    for left in ["12", "4", "0"] {
         let ok = send(ollama()).await;
         assert_eq!(ok.status, 200);
         assert!(
@@ -202,7 +203,7 @@ async fn a_spent_day_budget_is_a_429_until_midnight_and_usage_shows_what_was_use
     assert_eq!(body["error"]["code"], "budget_spent", "{body}");
     assert_eq!(
         upstream.stats().requests,
-        2,
+        3,
         "refused requests never reached the upstream"
     );
 
@@ -210,20 +211,20 @@ async fn a_spent_day_budget_is_a_429_until_midnight_and_usage_shows_what_was_use
     assert_eq!(usage.status, 200);
     let usage = usage.json();
     assert_eq!(
-        usage["agents"]["batcher"]["generated_tokens"], 16,
+        usage["agents"]["batcher"]["generated_tokens"], 24,
         "{usage}"
     );
-    assert_eq!(usage["agents"]["batcher"]["requests"], 4, "{usage}");
+    assert_eq!(usage["agents"]["batcher"]["requests"], 5, "{usage}");
     assert_eq!(usage["agents"]["batcher"]["refused"], 2, "{usage}");
     assert_eq!(usage["agents"]["batcher"]["class"], "batch", "{usage}");
-    assert_eq!(usage["total"]["generated_tokens"], 16, "{usage}");
+    assert_eq!(usage["total"]["generated_tokens"], 24, "{usage}");
     let budget = &usage["budgets"]["batcher"][0];
     assert_eq!(budget["policy"], "agent-tokens-day", "{usage}");
     assert_eq!(
         (budget["limit"].as_u64(), budget["spent"].as_u64()),
-        (Some(20), Some(16))
+        (Some(20), Some(24))
     );
-    assert_eq!(budget["remaining"], 4);
+    assert_eq!(budget["remaining"], 0);
     assert_eq!(budget["mode"], "enforce");
     assert!(
         budget["resets_at"]

@@ -161,10 +161,10 @@ async fn a_day_budget_is_one_budget_across_replicas_with_its_rate_in_one_script(
         cost,
     };
     let key = "agent:t:agent-tokens-day:2026-12-06";
-    let Verdict::Allowed(standing) = verdict(&one, &[spend(key, 700, false)]).await else {
+    let Verdict::Allowed(standing) = verdict(&one, &[spend(key, 1000, false)]).await else {
         panic!("a fresh budget refused")
     };
-    assert_eq!(standing[0].remaining, 300);
+    assert_eq!(standing[0].remaining, 0);
     // The other replica sees the spending; a rate in the same set is not
     // charged when the budget refuses.
     let rate = Quota::per_minute(1);
@@ -181,7 +181,7 @@ async fn a_day_budget_is_one_budget_across_replicas_with_its_rate_in_one_script(
         verdict(&two, &[check("agent:t:requests", rate, 1)]).await,
         Verdict::Allowed(_)
     ));
-    // Only 100 generated of the 700: 600 come back, on the other replica.
+    // Only 400 generated of the 1000: 600 come back, on the other replica.
     one.adjust(key, &day(false).into(), -600);
     corral_e2e::eventually_async("the correction reaches Redis", || async {
         matches!(
@@ -199,6 +199,20 @@ async fn a_day_budget_is_one_budget_across_replicas_with_its_rate_in_one_script(
     // Read without charging, from the other replica.
     assert_eq!(
         two.spent(&[key.to_string(), "agent:t:never".into()]).await,
-        [1400, 0]
+        [1700, 0]
     );
+    // Redis gone: each replica goes on from what Redis last told it, so
+    // the budget stays spent.
+    drop(redis);
+    corral_e2e::eventually_async("the replica decides alone", || async {
+        matches!(
+            verdict(&two, &[spend(key, 1, false)]).await,
+            Verdict::Denied { index: 0, .. }
+        ) && !two.spent(&[key.to_string()]).await.is_empty()
+    })
+    .await;
+    assert!(matches!(
+        verdict(&two, &[spend("agent:u:agent-tokens-day:2026-12-06", 1, false)]).await,
+        Verdict::Allowed(_)
+    ));
 }

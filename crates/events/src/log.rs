@@ -61,7 +61,13 @@ struct State {
     /// The kinds seen, shared by the stored events.
     kinds: BTreeSet<Arc<str>>,
     /// Usage by hour and agent, for the last [`USAGE_RETENTION_HOURS`].
-    hourly: BTreeMap<(u64, Arc<str>), AgentUsage>,
+    hourly: BTreeMap<(Arc<str>, u64), AgentUsage>,
+    /// The newest hour counted: older ones past the retention go when it
+    /// changes.
+    hour: u64,
+    /// The oldest hour that may still be counted: nothing to drop before
+    /// it is past the retention.
+    first_hour: u64,
 }
 
 /// An event in memory: its agent and kind shared with the others, its
@@ -142,36 +148,47 @@ impl State {
 }
 
 impl State {
-    /// Folds an event into its agent's usage of `hour`; the hours past
-    /// the retention go when a new hour starts.
+    /// Folds an event into its agent's usage of `hour` (its class is
+    /// the all-time usage's: one string per agent, not per hour); the
+    /// hours past the retention go when a new hour starts.
     fn count_hourly(&mut self, hour: u64, agent: &Arc<str>, fold: impl Fn(&mut AgentUsage)) {
-        if let Some(usage) = self.hourly.get_mut(&(hour, agent.clone())) {
-            fold(usage);
-            return;
+        if hour > self.hour {
+            self.hour = hour;
+            let oldest = hour.saturating_sub(USAGE_RETENTION_HOURS - 1);
+            if self.first_hour < oldest {
+                self.hourly.retain(|(_, at), _| *at >= oldest);
+                self.first_hour = oldest;
+            }
         }
-        let oldest = hour.saturating_sub(USAGE_RETENTION_HOURS - 1);
-        if self
-            .hourly
-            .first_key_value()
-            .is_some_and(|((first, _), _)| *first < oldest)
-        {
-            self.hourly = self.hourly.split_off(&(oldest, Arc::from("")));
+        if self.hourly.is_empty() || hour < self.first_hour {
+            self.first_hour = hour;
         }
-        fold(self.hourly.entry((hour, agent.clone())).or_default());
+        let entry = self.hourly.entry((agent.clone(), hour)).or_default();
+        fold(entry);
+        entry.class = None;
     }
 
-    /// Usage since `hour` (included), per agent or for one.
+    /// Usage since `hour` (included, and within the retention), per
+    /// agent or for one.
     fn usage_since(&self, hour: u64, agent: Option<&str>) -> BTreeMap<String, AgentUsage> {
+        let hour = hour.max(self.hour.saturating_sub(USAGE_RETENTION_HOURS - 1));
         let mut usage: BTreeMap<String, AgentUsage> = BTreeMap::new();
-        for ((_, name), counted) in self.hourly.range((hour, Arc::from(""))..) {
-            if agent.is_none_or(|a| a == &**name) {
-                match usage.get_mut(&**name) {
-                    Some(total) => total.merge(counted),
-                    None => {
-                        usage.insert(name.to_string(), counted.clone());
-                    }
-                }
+        let counted: Box<dyn Iterator<Item = (&(Arc<str>, u64), &AgentUsage)>> = match agent {
+            Some(agent) => {
+                let agent: Arc<str> = Arc::from(agent);
+                Box::new(
+                    self.hourly
+                        .range((agent.clone(), hour)..=(agent, u64::MAX)),
+                )
             }
+            None => Box::new(self.hourly.iter().filter(move |((_, at), _)| *at >= hour)),
+        };
+        for ((name, _), counted) in counted {
+            let total = usage.entry(name.to_string()).or_insert_with(|| AgentUsage {
+                class: self.usage.get(name).and_then(|u| u.class.clone()),
+                ..AgentUsage::default()
+            });
+            total.merge(counted);
         }
         usage
     }
@@ -211,6 +228,8 @@ impl EventLog {
             usage: BTreeMap::new(),
             kinds: BTreeSet::new(),
             hourly: BTreeMap::new(),
+            hour: 0,
+            first_hour: 0,
         };
         let file = match &config.file {
             None => None,

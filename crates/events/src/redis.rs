@@ -1,6 +1,6 @@
 //! The event log as a Redis stream, shared by every replica.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use corral_core::{Event, EventSink, NewEvent, RedisState};
@@ -315,6 +315,7 @@ async fn write(state: RedisState, mut pending: mpsc::Receiver<Outgoing>) {
         }
         let batch = waiting.len().min(BATCH);
         let mut pipeline = redis::pipe();
+        let mut hours = BTreeSet::new();
         for outgoing in waiting.iter().take(batch) {
             pipeline
                 .cmd("XADD")
@@ -328,8 +329,10 @@ async fn write(state: RedisState, mut pending: mpsc::Receiver<Outgoing>) {
                 .ignore();
             if let Some(tally) = &outgoing.tally {
                 add_tally(&state, &mut pipeline, tally);
+                hours.insert(tally.hour);
             }
         }
+        expire_hours(&state, &mut pipeline, &hours);
         match state.pipeline::<()>(&pipeline).await {
             Ok(()) => {
                 waiting.drain(..batch);
@@ -407,15 +410,27 @@ fn add_tally(state: &RedisState, pipeline: &mut redis::Pipeline, tally: &Tally) 
             .arg(class)
             .ignore();
     }
-    pipeline
-        .cmd("EXPIRE")
-        .arg(&key)
-        .arg(USAGE_RETENTION_HOURS * 3600)
-        .ignore();
 }
 
+/// Each hour's hash lives as long as the retention: once per batch.
+fn expire_hours(state: &RedisState, pipeline: &mut redis::Pipeline, hours: &BTreeSet<u64>) {
+    for hour in hours {
+        pipeline
+            .cmd("EXPIRE")
+            .arg(usage_key(state, *hour))
+            .arg(USAGE_RETENTION_HOURS * 3600)
+            .ignore();
+    }
+}
+
+/// Hours read in one pipeline: a month of a fleet's hashes in one reply
+/// would outlast the state's timeout, which marks Redis down.
+const HOURS_PER_READ: u64 = 24;
+
 impl RedisEvents {
-    /// Usage since `hour` from the hourly hashes every replica adds to.
+    /// Usage since `hour` from the hourly hashes every replica adds to:
+    /// one agent's fields (`HMGET`) or every agent's (`HGETALL`), a day
+    /// of hours per round trip.
     async fn shared_usage_since(
         &self,
         hour: u64,
@@ -423,26 +438,69 @@ impl RedisEvents {
     ) -> Result<BTreeMap<String, AgentUsage>, corral_core::StateUnavailable> {
         let now = hour_of(corral_core::unix_now_f64());
         let first = hour.max(now.saturating_sub(USAGE_RETENTION_HOURS - 1));
-        let mut pipeline = redis::pipe();
-        for hour in first..=now {
-            pipeline.cmd("HGETALL").arg(usage_key(&self.state, hour));
-        }
-        let hours: Vec<Vec<(String, String)>> = self.state.pipeline(&pipeline).await?;
+        let names: Vec<&str> = AgentUsage::default()
+            .counters()
+            .iter()
+            .map(|(name, _)| *name)
+            .chain(["class"])
+            .collect();
         let mut usage: BTreeMap<String, AgentUsage> = BTreeMap::new();
-        for (field, value) in hours.into_iter().flatten() {
-            let Some((name, counter)) = field.split_once('\u{1f}') else {
-                continue;
-            };
-            if agent.is_some_and(|a| a != name) {
-                continue;
+        let mut start = first;
+        while start <= now {
+            let end = (start + HOURS_PER_READ - 1).min(now);
+            let mut pipeline = redis::pipe();
+            for hour in start..=end {
+                let key = usage_key(&self.state, hour);
+                match agent {
+                    Some(agent) => {
+                        let command = pipeline.cmd("HMGET").arg(key);
+                        for name in &names {
+                            command.arg(format!("{agent}\u{1f}{name}"));
+                        }
+                    }
+                    None => {
+                        pipeline.cmd("HGETALL").arg(key);
+                    }
+                }
             }
-            let entry = usage.entry(name.to_string()).or_default();
-            if counter == "class" {
-                entry.class = Some(value);
-            } else {
-                entry.add(counter, value.parse().unwrap_or(0));
+            match agent {
+                Some(agent) => {
+                    let hours: Vec<Vec<Option<String>>> = self.state.pipeline(&pipeline).await?;
+                    for values in hours {
+                        let fields = names.iter().zip(values).filter_map(|(n, v)| Some((*n, v?)));
+                        add_fields(&mut usage, agent, fields);
+                    }
+                }
+                None => {
+                    let hours: Vec<Vec<(String, String)>> = self.state.pipeline(&pipeline).await?;
+                    for (field, value) in hours.into_iter().flatten() {
+                        if let Some((name, counter)) = field.split_once('\u{1f}') {
+                            add_fields(&mut usage, name, [(counter, value)]);
+                        }
+                    }
+                }
             }
+            start = end + 1;
         }
         Ok(usage)
+    }
+}
+
+/// Adds an hour's `(counter, value)` fields of `agent` to `usage`.
+fn add_fields<'a>(
+    usage: &mut BTreeMap<String, AgentUsage>,
+    agent: &str,
+    fields: impl IntoIterator<Item = (&'a str, String)>,
+) {
+    for (counter, value) in fields {
+        let entry = match usage.get_mut(agent) {
+            Some(entry) => entry,
+            None => usage.entry(agent.to_string()).or_default(),
+        };
+        if counter == "class" {
+            entry.class = Some(value);
+        } else {
+            entry.add(counter, value.parse().unwrap_or(0));
+        }
     }
 }

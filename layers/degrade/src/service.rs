@@ -300,13 +300,15 @@ where
             }
         };
         let headers = response.headers_mut();
-        if let Some(level) = this.changes.level {
-            headers.insert(X_CORRAL_DEGRADED, HeaderValue::from_static(level.as_str()));
-        } else if this.changes.ttft {
+        // A model moved for its time to first token says so, whatever the
+        // level (a cap at L1 says itself in X-Corral-Token-Cap).
+        if this.changes.ttft {
             headers.insert(
                 X_CORRAL_DEGRADED,
                 HeaderValue::from_static(crate::ttft::TTFT_MARK),
             );
+        } else if let Some(level) = this.changes.level {
+            headers.insert(X_CORRAL_DEGRADED, HeaderValue::from_static(level.as_str()));
         }
         if let Some(cap) = this.changes.cap {
             headers.insert(X_CORRAL_TOKEN_CAP, HeaderValue::from(cap));

@@ -70,7 +70,7 @@ pub(crate) fn treatment<'a>(
 
 /// Whether the endpoint generates tokens (a cap and a smaller model mean
 /// something to it).
-fn generates(endpoint: Endpoint) -> bool {
+pub(crate) fn generates(endpoint: Endpoint) -> bool {
     matches!(
         endpoint,
         Endpoint::Generate

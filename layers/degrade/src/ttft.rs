@@ -6,6 +6,7 @@
 use corral_core::{RequestMeta, UpstreamLoad};
 
 use crate::config::DegradeConfig;
+use crate::treatment::generates;
 
 /// The model `meta` should run on instead to meet its time-to-first-token
 /// objective, if any: its class is in `ttft_fallback_classes` (or that
@@ -18,6 +19,12 @@ pub(crate) fn ttft_fallback<'a>(
     load: &dyn UpstreamLoad,
 ) -> Option<&'a str> {
     let objective = meta.ttft?;
+    // An embedding keeps its model: its vectors must match those stored.
+    if !generates(meta.endpoint) {
+        return None;
+    }
+    // What it already spent getting here counts against the objective.
+    let objective = objective.saturating_sub(meta.received_at.elapsed());
     let class = meta.class.as_str();
     let allowed = config
         .ttft_fallback_classes
@@ -136,6 +143,11 @@ mod tests {
                 ask("interactive", "mistral", Some(10)),
                 None,
             ),
+            ("an embedding keeps its model", {
+                let mut embed = ask("interactive", "llama3", Some(1000));
+                embed.endpoint = Endpoint::Embed;
+                embed
+            }, None),
         ];
         for (case, meta, expected) in table {
             assert_eq!(ttft_fallback(&config, &meta, &waits), expected, "{case}");

@@ -13,13 +13,16 @@ pub type ResponseBody<B> = WatchBody<B, Option<Correction>>;
 pub struct Correction {
     settle: Settle,
     usage: Usage,
+    /// The answer is an error (4xx, 5xx).
+    failed: bool,
 }
 
 impl Correction {
-    pub(crate) fn new(settle: Settle) -> Self {
+    pub(crate) fn new(settle: Settle, status: http::StatusCode) -> Self {
         Self {
             settle,
             usage: Usage::default(),
+            failed: status.is_client_error() || status.is_server_error(),
         }
     }
 }
@@ -37,7 +40,12 @@ impl OnEnd for Correction {
             // `message_start` says 0) are no refund; more than estimated
             // is charged.
             (_, Some(generated)) => self.settle.settle_at_least(generated),
-            (_, None) => {}
+            // An error that reports nothing generated nothing: the charge
+            // comes back.
+            (_, None) if self.failed => self.settle.settle(0),
+            // An answer that says nothing (a stream without usage, a
+            // client that left before the counts): the estimate stands.
+            (_, None) => self.settle.keep(),
         }
     }
 }

@@ -48,19 +48,40 @@ corral_core::impl_debug!(BudgetBook {});
 impl BudgetBook {
     /// `agent`'s budgets and those of its `class`, as they stand.
     pub async fn standing(&self, agent: &str, class: &str) -> Vec<BudgetStanding> {
-        let (now, budgets) = self.plan.budgets_of(agent, class);
-        let keys: Vec<String> = budgets.iter().map(|b| b.key.clone()).collect();
-        let spent = self.plan.store().spent(&keys).await;
-        budgets
+        let who = [(agent.to_string(), class.to_string())];
+        self.standing_of(&who).await.pop().unwrap_or_default()
+    }
+
+    /// The same for each `(agent, class)`, in one read of the store.
+    pub async fn standing_of(&self, who: &[(String, String)]) -> Vec<Vec<BudgetStanding>> {
+        let read: Vec<_> = who
+            .iter()
+            .map(|(agent, class)| self.plan.budgets_of(agent, class))
+            .collect();
+        let keys: Vec<String> = read
+            .iter()
+            .flat_map(|(_, budgets)| budgets.iter().map(|b| b.key.clone()))
+            .collect();
+        let mut spent = self
+            .plan
+            .store()
+            .spent(&keys)
+            .await
             .into_iter()
-            .zip(spent.into_iter().chain(std::iter::repeat(0)))
-            .map(|(budget, spent)| BudgetStanding {
-                policy: budget.policy,
-                window: budget.window,
-                limit: budget.budget.limit,
-                spent,
-                resets_at: UNIX_EPOCH + now + budget.budget.resets_in,
-                shadow: budget.budget.shadow,
+            .chain(std::iter::repeat(0));
+        read.into_iter()
+            .map(|(now, budgets)| {
+                budgets
+                    .into_iter()
+                    .map(|budget| BudgetStanding {
+                        policy: budget.policy,
+                        window: budget.window,
+                        limit: budget.budget.limit,
+                        spent: spent.next().unwrap_or(0),
+                        resets_at: UNIX_EPOCH + now + budget.budget.resets_in,
+                        shadow: budget.budget.shadow,
+                    })
+                    .collect()
             })
             .collect()
     }

@@ -33,9 +33,11 @@ impl Budget {
         cost.min(self.limit.max(1))
     }
 
-    /// Whether spending `cost` on top of `spent` stays within the budget.
-    pub(crate) fn allows(&self, spent: u64, cost: u64) -> bool {
-        self.shadow || spent.saturating_add(self.charge(cost)) <= self.limit
+    /// Whether a request may start with `spent` of the budget gone:
+    /// while anything is left (the last request may take it past the
+    /// limit by what it generates; the next is refused).
+    pub(crate) fn allows(&self, spent: u64) -> bool {
+        self.shadow || spent < self.limit
     }
 
     /// How it stands once `spent` in all.
@@ -71,6 +73,11 @@ impl Budgets {
         cost
     }
 
+    /// Sets what a window has spent, as the shared store says.
+    pub(crate) fn remember(&mut self, key: &str, spent: u64, ends: Instant) {
+        self.spent.insert(key.to_string(), (spent, ends));
+    }
+
     /// Corrects a window by `delta` once the real cost is known; a window
     /// that ended meanwhile is left ended.
     pub(crate) fn add(&mut self, key: &str, delta: i64) {
@@ -91,8 +98,9 @@ impl Budgets {
 }
 
 /// Whether spent budgets refuse (`enforce`) or are only reported
-/// (`shadow`: a metric, an event, the `RateLimit` header), to try a
-/// budget on real traffic before it bites.
+/// (`shadow`: the `corral_budget_overrun_total` metric and the admin
+/// API's `/corral/usage`; not the `RateLimit` header, which clients may
+/// act on), to try a budget on real traffic before it bites.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BudgetMode {

@@ -122,6 +122,21 @@ impl RateLimitConfig {
                     ));
                 }
             }
+            let budgets = [
+                ("tokens_per_day", limits.tokens_per_day),
+                ("tokens_per_month", limits.tokens_per_month),
+                ("class_tokens_per_day", limits.class_tokens_per_day),
+                ("class_tokens_per_month", limits.class_tokens_per_month),
+            ];
+            for (name, value) in budgets {
+                // Redis' scripts count in doubles: exact up to 2^53.
+                if value.is_some_and(|v| v > 1 << 53) {
+                    return Err(ConfigError::new(
+                        format!("classes.{class}.{name}"),
+                        "must be at most 2^53 (9007199254740992)",
+                    ));
+                }
+            }
             if limits.burst.is_some() && limits.requests_per_minute.is_none() {
                 return Err(ConfigError::new(
                     format!("classes.{class}.burst"),

@@ -6,7 +6,8 @@
 -- ARGV[4i-3 .. 4i]  check i: kind, a, b, cost where kind is
 --                   'r' (a rate: a = emission interval µs, b = tolerance µs),
 --                   'b' or 's' (a budget, enforced or shadow: a = limit,
---                   b = ms until its window ends)
+--                   b = ms until its window ends); a budget refuses once
+--                   what it spent reaches its limit
 --
 -- Returns {1, per check: the rate's used µs or the budget's spending}
 -- when allowed, {0, index of the failing check (from 0), µs until it
@@ -33,8 +34,20 @@ for i = 1, #KEYS do
     next[i] = new_tat
   else
     local spent = tonumber(redis.call('GET', KEYS[i]) or 0)
-    if kind == 'b' and spent + cost > a then
-      return { 0, i - 1, b * 1000 }
+    if kind == 'b' and cost > 0 and spent >= a then
+      -- Spent: refused until every spent budget of the set is whole
+      -- again (a day's and a month's: the month's end).
+      local index, wait = i, b
+      for j = i + 1, #KEYS do
+        if ARGV[4 * j - 3] == 'b' then
+          local other = tonumber(redis.call('GET', KEYS[j]) or 0)
+          local ends = tonumber(ARGV[4 * j - 1])
+          if other >= tonumber(ARGV[4 * j - 2]) and ends > wait then
+            index, wait = j, ends
+          end
+        end
+      end
+      return { 0, index - 1, wait * 1000 }
     end
     next[i] = spent + cost
   end

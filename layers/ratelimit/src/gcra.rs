@@ -167,6 +167,25 @@ impl MemoryRates {
     }
 }
 
+/// The refusal for a spent budget at `index`: when every budget of the set
+/// that is spent is whole again (a day's and a month's both spent: the
+/// month's end, or the client told "midnight" is refused again).
+fn spent_budget(checks: &[Check], index: usize, budgets: &Budgets) -> Verdict {
+    let (index, retry_after) = checks
+        .iter()
+        .enumerate()
+        .skip(index)
+        .filter_map(|(i, check)| match &check.limit {
+            Limit::Budget(budget) if !budget.allows(budgets.spent(&check.key)) => {
+                Some((i, budget.resets_in))
+            }
+            _ => None,
+        })
+        .max_by_key(|(_, resets_in)| *resets_in)
+        .unwrap_or((index, Duration::ZERO));
+    Verdict::Denied { index, retry_after }
+}
+
 /// How a rate stands with `used` of its tolerance taken.
 pub(crate) fn rate_standing(quota: &Quota, used: Duration) -> Standing {
     let left = quota.tolerance().saturating_sub(used);
@@ -239,11 +258,9 @@ impl MemoryRates {
                     next.push(new_tat);
                 }
                 Limit::Budget(budget) => {
-                    if !budget.allows(budgets.spent(&check.key), cost) {
-                        return Verdict::Denied {
-                            index,
-                            retry_after: budget.resets_in,
-                        };
+                    // What generates nothing (an embedding) spends nothing.
+                    if cost > 0 && !budget.allows(budgets.spent(&check.key)) {
+                        return spent_budget(checks, index, budgets);
                     }
                     next.push(now);
                 }
@@ -265,6 +282,16 @@ impl MemoryRates {
             })
             .collect();
         Verdict::Allowed(standings)
+    }
+
+    /// Takes what a budget window has spent from the store shared by the
+    /// replicas: the count this store goes on from while that one is
+    /// away, so a spent budget stays spent.
+    pub fn remember_spent(&self, key: &str, spent: u64, resets_in: Duration) {
+        let ends = Instant::now() + resets_in;
+        corral_core::lock(&self.state)
+            .budgets
+            .remember(key, spent, ends);
     }
 
     /// Adds `delta` to what `key` has spent (negative: gives back).

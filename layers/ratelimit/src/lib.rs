@@ -15,8 +15,9 @@
 //! window ([`Period`]), the day read from a [`Calendar`] (the wall clock,
 //! or one that follows tokio's for tests). A spent budget is 429
 //! `budget_spent` until the window ends, or, in [`BudgetMode::Shadow`],
-//! only counted (`corral_budget_overrun_total`) and shown in the
-//! `RateLimit` header. No date crate: the two calendar conversions are
+//! only counted (`corral_budget_overrun_total`) and readable through a
+//! [`BudgetBook`]. A request that got no answer, or an error that
+//! reports nothing, gives its up-front charge back. No date crate: the two calendar conversions are
 //! Howard Hinnant's algorithms, a dozen lines, tested over four
 //! centuries.
 //!

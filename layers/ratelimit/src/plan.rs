@@ -39,6 +39,13 @@ struct Item {
 }
 
 impl Item {
+    /// Shadow budgets stay out of the `RateLimit` headers: a client that
+    /// paces itself by them would slow down for a limit that is not
+    /// enforced.
+    fn in_headers(&self) -> bool {
+        !matches!(self.measure, Measure::Budget { shadow: true, .. })
+    }
+
     /// `"policy";q=limit;w=window seconds`, for `RateLimit-Policy`.
     fn policy_entry(&self) -> String {
         let (limit, window) = match self.measure {
@@ -139,6 +146,7 @@ impl ClassPlan {
         }
         let header = items
             .iter()
+            .filter(|i| i.in_headers())
             .map(Item::policy_entry)
             .collect::<Vec<_>>()
             .join(", ");
@@ -162,25 +170,40 @@ pub(crate) struct Passed {
 }
 
 /// Token charges made up front, corrected when the answer says what was
-/// generated.
+/// generated. One that is dropped uncorrected (the request was refused
+/// further in, failed before an answer, or its client left while it
+/// waited) gives the charge back: nothing was generated.
 pub(crate) struct Settle {
     store: Arc<dyn RateStore>,
     charged: u64,
     keys: Vec<(String, Limit)>,
+    settled: bool,
 }
 
-corral_core::impl_debug!(Settle { charged });
+corral_core::impl_debug!(Settle { charged, settled });
 
 impl Settle {
     /// Charges `generated` when it is more than the estimate; never
     /// refunds (for answers that did not end well).
-    pub(crate) fn settle_at_least(self, generated: u64) {
+    pub(crate) fn settle_at_least(mut self, generated: u64) {
         if generated > self.charged {
-            self.settle(generated);
+            self.correct(generated);
         }
+        self.settled = true;
     }
 
-    pub(crate) fn settle(self, generated: u64) {
+    pub(crate) fn settle(mut self, generated: u64) {
+        self.correct(generated);
+    }
+
+    /// Keeps the charge made up front: an answer that says nothing of
+    /// what it generated.
+    pub(crate) fn keep(mut self) {
+        self.settled = true;
+    }
+
+    fn correct(&mut self, generated: u64) {
+        self.settled = true;
         for (key, limit) in &self.keys {
             // A cost larger than the bucket was charged as the whole
             // bucket: correct from what was charged, not what was asked,
@@ -191,6 +214,14 @@ impl Settle {
             if delta != 0 {
                 self.store.adjust(key, limit, delta);
             }
+        }
+    }
+}
+
+impl Drop for Settle {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.correct(0);
         }
     }
 }
@@ -418,6 +449,7 @@ impl Plan {
             .items
             .iter()
             .zip(standings)
+            .filter(|(item, _)| item.in_headers())
             .map(|(item, s)| {
                 format!(
                     "\"{}\";r={};t={}",

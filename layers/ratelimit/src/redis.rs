@@ -97,7 +97,10 @@ impl RateStore for RedisRates {
         let store = self.clone();
         Checked::Later(Box::pin(async move {
             match store.state.script::<Vec<i64>>(&CHECK, &keys, &args).await {
-                Ok(reply) => verdict(&reply, &limits),
+                Ok(reply) => {
+                    store.remember(&checks, &reply);
+                    verdict(&reply, &limits)
+                }
                 Err(_) => store.fallback.decide(&checks),
             }
         }))
@@ -136,6 +139,35 @@ impl RateStore for RedisRates {
 }
 
 impl RedisRates {
+    /// Keeps the budgets Redis counted in the fallback store, so a budget
+    /// spent across the replicas stays spent here while Redis is away.
+    fn remember(&self, checks: &[Check], reply: &[i64]) {
+        let as_spent = |n: i64| u64::try_from(n).unwrap_or(0);
+        match reply {
+            [1, counts @ ..] => {
+                for (check, count) in checks.iter().zip(counts) {
+                    if let Limit::Budget(budget) = &check.limit {
+                        self.fallback
+                            .remember_spent(&check.key, as_spent(*count), budget.resets_in);
+                    }
+                }
+            }
+            [0, index, ..] => {
+                let check = usize::try_from(*index).ok().and_then(|i| checks.get(i));
+                if let Some(Check {
+                    key,
+                    limit: Limit::Budget(budget),
+                    ..
+                }) = check
+                {
+                    self.fallback
+                        .remember_spent(key, budget.limit, budget.resets_in);
+                }
+            }
+            _ => {}
+        }
+    }
+
     async fn read_spent(&self, keys: &[String]) -> Vec<u64> {
         if keys.is_empty() {
             return Vec::new();

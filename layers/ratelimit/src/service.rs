@@ -96,6 +96,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let (mut response, passed) = ready!(self.project().inner.poll(cx))?;
+        let status = response.status();
         let settle = passed.and_then(|passed| {
             response
                 .headers_mut()
@@ -107,7 +108,7 @@ where
         });
         Poll::Ready(Ok(WatchBody::response(
             response,
-            settle.map(Correction::new),
+            settle.map(|settle| Correction::new(settle, status)),
         )))
     }
 }

@@ -41,6 +41,9 @@ pub struct Admin {
     events: Arc<dyn corral_events::EventStore>,
     config: Arc<serde_json::Value>,
     token: Option<Arc<str>>,
+    /// Each configured agent's class, and the class of the others: whose
+    /// budgets `/corral/usage` reads.
+    classes: Arc<usage::Classes>,
 }
 
 corral_core::impl_debug!(Admin { upstream });
@@ -74,6 +77,7 @@ impl Admin {
             events: stack.events().clone() as Arc<dyn corral_events::EventStore>,
             config: Arc::new(resolved_config(config)),
             token: config.admin.token.as_deref().map(Arc::from),
+            classes: Arc::new(usage::Classes::of(config)),
         }
     }
 

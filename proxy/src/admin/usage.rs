@@ -39,30 +39,72 @@ impl Admin {
                 }
             }
         }
-        // Counted by the hour: the span starts at its hour.
+        // Counted by the hour: the span starts at its hour, at the
+        // earliest the retention's first.
+        let retained = now.saturating_sub(Duration::from_secs(
+            (corral_events::USAGE_RETENTION_HOURS - 1) * 3600,
+        ));
+        let since = since.min(now).max(retained);
         let from = Duration::from_secs(since.as_secs() / 3600 * 3600);
         let agents = self
             .events
             .usage_since(from.as_secs_f64(), agent.clone())
             .await;
-        let mut answer = answer(&agents, from, now, agent);
+        let mut answer = answer(&agents, from, now, agent.clone());
         if let Some(book) = self.controls.budgets.get() {
-            answer["budgets"] = budgets(book, &agents).await;
+            // The agent asked for, even idle in the span; else those seen.
+            let mut who: Vec<(String, String)> = match &agent {
+                Some(agent) => vec![(agent.clone(), self.classes.class_of(agent, &agents))],
+                None => agents
+                    .keys()
+                    .map(|a| (a.clone(), self.classes.class_of(a, &agents)))
+                    .collect(),
+            };
+            who.dedup();
+            answer["budgets"] = budgets(book, &who).await;
         }
         json_response(StatusCode::OK, &answer)
     }
 }
 
+/// Whose class an agent is in, for its budgets.
+pub(super) struct Classes {
+    configured: std::collections::HashMap<String, String>,
+    default: String,
+}
+
+impl Classes {
+    pub(super) fn of(config: &crate::config::Config) -> Self {
+        Self {
+            configured: config
+                .agents
+                .iter()
+                .filter_map(|a| Some((a.id.clone(), a.class.clone()?)))
+                .collect(),
+            default: config.identity.default_class.clone(),
+        }
+    }
+
+    /// A configured agent's class; else the class its requests were last
+    /// seen in; else the default class.
+    fn class_of(&self, agent: &str, seen: &BTreeMap<String, AgentUsage>) -> String {
+        self.configured
+            .get(agent)
+            .cloned()
+            .or_else(|| seen.get(agent).and_then(|u| u.class.clone()))
+            .unwrap_or_else(|| self.default.clone())
+    }
+}
+
 /// Each agent's day and month budgets (its own and its class's) as they
-/// stand now, whatever span the usage covers.
+/// stand now, whatever span the usage covers: one read of the store.
 async fn budgets(
     book: &corral_ratelimit::BudgetBook,
-    agents: &BTreeMap<String, AgentUsage>,
+    who: &[(String, String)],
 ) -> serde_json::Value {
     let mut all = serde_json::Map::new();
-    for (agent, usage) in agents {
-        let class = usage.class.as_deref().unwrap_or("default");
-        let standing = book.standing(agent, class).await;
+    let standings = book.standing_of(who).await;
+    for ((agent, _), standing) in who.iter().zip(standings) {
         if standing.is_empty() {
             continue;
         }
@@ -115,8 +157,8 @@ fn start_of_day(now: Duration) -> Duration {
 }
 
 /// `since` as seconds since the Unix epoch: a timestamp (`1796515200`),
-/// an RFC 3339 time (`2026-12-06T08:00:00Z`), a UTC date (`2026-12-01`)
-/// or a span back from now (`24h`, `7d`).
+/// an RFC 3339 time in UTC (`2026-12-06T08:00:00Z`), a UTC date
+/// (`2026-12-01`) or a span back from now (`24h`, `7d`).
 fn parse_since(value: &str, now: Duration) -> Result<Duration, String> {
     if let Ok(secs) = value.parse::<f64>() {
         if secs.is_finite() && secs >= 0.0 {
@@ -135,7 +177,7 @@ fn parse_since(value: &str, now: Duration) -> Result<Duration, String> {
         return Ok(now.saturating_sub(back));
     }
     Err(format!(
-        "{value:?} is not a timestamp, an RFC 3339 time, a date (2026-12-01) or a span back (24h, 7d)"
+        "{value:?} is not a timestamp, an RFC 3339 time in UTC (2026-12-06T08:00:00Z), a date (2026-12-01) or a span back (24h, 7d)"
     ))
 }
 
