@@ -212,7 +212,11 @@ async fn a_day_budget_is_one_budget_across_replicas_with_its_rate_in_one_script(
     })
     .await;
     assert!(matches!(
-        verdict(&two, &[spend("agent:u:agent-tokens-day:2026-12-06", 1, false)]).await,
+        verdict(
+            &two,
+            &[spend("agent:u:agent-tokens-day:2026-12-06", 1, false)]
+        )
+        .await,
         Verdict::Allowed(_)
     ));
 }

@@ -173,16 +173,20 @@ impl State {
     fn usage_since(&self, hour: u64, agent: Option<&str>) -> BTreeMap<String, AgentUsage> {
         let hour = hour.max(self.hour.saturating_sub(USAGE_RETENTION_HOURS - 1));
         let mut usage: BTreeMap<String, AgentUsage> = BTreeMap::new();
-        let counted: Box<dyn Iterator<Item = (&(Arc<str>, u64), &AgentUsage)>> = match agent {
+        let range = match agent {
             Some(agent) => {
                 let agent: Arc<str> = Arc::from(agent);
-                Box::new(
-                    self.hourly
-                        .range((agent.clone(), hour)..=(agent, u64::MAX)),
+                (
+                    std::ops::Bound::Included((agent.clone(), hour)),
+                    std::ops::Bound::Included((agent, u64::MAX)),
                 )
             }
-            None => Box::new(self.hourly.iter().filter(move |((_, at), _)| *at >= hour)),
+            None => (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded),
         };
+        let counted = self
+            .hourly
+            .range::<(Arc<str>, u64), _>(range)
+            .filter(|((_, at), _)| *at >= hour);
         for ((name, _), counted) in counted {
             let total = usage.entry(name.to_string()).or_insert_with(|| AgentUsage {
                 class: self.usage.get(name).and_then(|u| u.class.clone()),

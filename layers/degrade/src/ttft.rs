@@ -143,11 +143,15 @@ mod tests {
                 ask("interactive", "mistral", Some(10)),
                 None,
             ),
-            ("an embedding keeps its model", {
-                let mut embed = ask("interactive", "llama3", Some(1000));
-                embed.endpoint = Endpoint::Embed;
-                embed
-            }, None),
+            (
+                "an embedding keeps its model",
+                {
+                    let mut embed = ask("interactive", "llama3", Some(1000));
+                    embed.endpoint = Endpoint::Embed;
+                    embed
+                },
+                None,
+            ),
         ];
         for (case, meta, expected) in table {
             assert_eq!(ttft_fallback(&config, &meta, &waits), expected, "{case}");

@@ -474,6 +474,7 @@ impl Plan {
                 store: self.store.clone(),
                 charged: tokens,
                 keys,
+                settled: false,
             }),
         }
     }

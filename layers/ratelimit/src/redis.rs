@@ -147,8 +147,11 @@ impl RedisRates {
             [1, counts @ ..] => {
                 for (check, count) in checks.iter().zip(counts) {
                     if let Limit::Budget(budget) = &check.limit {
-                        self.fallback
-                            .remember_spent(&check.key, as_spent(*count), budget.resets_in);
+                        self.fallback.remember_spent(
+                            &check.key,
+                            as_spent(*count),
+                            budget.resets_in,
+                        );
                     }
                 }
             }

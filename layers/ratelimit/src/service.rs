@@ -98,10 +98,13 @@ where
         let (mut response, passed) = ready!(self.project().inner.poll(cx))?;
         let status = response.status();
         let settle = passed.and_then(|passed| {
-            response
-                .headers_mut()
-                .insert(RATELIMIT_POLICY, passed.policy);
-            if let Some(standing) = passed.standing {
+            // A class with shadow budgets only has nothing to say.
+            if !passed.policy.is_empty() {
+                response
+                    .headers_mut()
+                    .insert(RATELIMIT_POLICY, passed.policy);
+            }
+            if let Some(standing) = passed.standing.filter(|s| !s.is_empty()) {
                 response.headers_mut().insert(RATELIMIT, standing);
             }
             passed.settle

@@ -15,9 +15,9 @@ use corral_ratelimit::{
     Budget, BudgetBook, Calendar, Check, MemoryRates, RateLimitConfig, RateLimitLayer, Verdict,
 };
 use http::Response;
-use tower::{Layer, ServiceExt};
 use http_body_util::channel::Channel;
 use http_body_util::BodyExt;
+use tower::{Layer, ServiceExt};
 
 /// 2026-12-06 17:00:00 UTC.
 const DEC_6_17H: u64 = 1_796_576_400;
@@ -110,7 +110,9 @@ async fn spent(book: &BudgetBook) -> u64 {
 #[tokio::test(start_paused = true)]
 async fn a_request_that_generated_nothing_gives_its_reservation_back() {
     let config: RateLimitConfig = toml::from_str("[classes.batch]\ntokens_per_day = 1000").unwrap();
-    let layer = RateLimitLayer::new(&config).unwrap().with_calendar(calendar());
+    let layer = RateLimitLayer::new(&config)
+        .unwrap()
+        .with_calendar(calendar());
     let book = layer.budgets();
     let (upstream, mut handle): (Upstream, _) = tower_test::mock::pair();
     handle.allow(10);
@@ -163,7 +165,11 @@ async fn a_month_budget_is_the_whole_class_and_starts_again_on_the_first() {
     passed(&service, &mut handle, chat("a", "batch", Some(600))).await;
     passed(&service, &mut handle, chat("b", "batch", Some(600))).await;
     let spent = refused(&service, chat("c", "batch", Some(1))).await;
-    assert_eq!(spent.policy(), "class-tokens-month", "three agents, one class");
+    assert_eq!(
+        spent.policy(),
+        "class-tokens-month",
+        "three agents, one class"
+    );
     assert!(
         spent
             .to_string()
@@ -210,17 +216,26 @@ async fn when_a_day_and_a_month_are_both_spent_the_wait_is_the_months() {
 async fn a_shadow_budget_lets_through_and_is_reported_but_not_in_the_headers() {
     let toml = "budget_mode = \"shadow\"\n[classes.batch]\ntokens_per_day = 500";
     let config: RateLimitConfig = toml::from_str(toml).unwrap();
-    let layer = RateLimitLayer::new(&config).unwrap().with_calendar(calendar());
+    let layer = RateLimitLayer::new(&config)
+        .unwrap()
+        .with_calendar(calendar());
     let book = layer.budgets();
     let (upstream, mut handle): (Upstream, _) = tower_test::mock::pair();
     handle.allow(10);
     let service = layer.layer(upstream);
     for _ in 0..2 {
         let answer = passed(&service, &mut handle, chat("a", "batch", Some(400))).await;
-        assert!(!answer.headers().contains_key("ratelimit"), "{:?}", answer.headers());
+        assert!(
+            !answer.headers().contains_key("ratelimit"),
+            "{:?}",
+            answer.headers()
+        );
     }
     let standing = &book.standing("a", "batch").await[0];
-    assert_eq!((standing.spent, standing.limit, standing.shadow), (800, 500, true));
+    assert_eq!(
+        (standing.spent, standing.limit, standing.shadow),
+        (800, 500, true)
+    );
     // A class may enforce while the layer's default is shadow.
     let toml = "budget_mode = \"shadow\"\n[classes.batch]\ntokens_per_day = 500\nbudget_mode = \"enforce\"";
     let (service, mut handle) = limited_on(toml, calendar());
