@@ -4,7 +4,8 @@
 //! waiting agent's queue, so the cost depends on how many agents wait:
 //! the fleet of the design (131 agents) and a worst case where every
 //! waiting request is a different agent. And an arrival's estimate of
-//! its place and wait, with that queue.
+//! its place and wait, with that queue; and the arrival path since the
+//! waiting room (estimate and reservations) with 1,000 booked.
 
 #![allow(missing_docs)] // criterion_group! makes an undocumented pub fn.
 
@@ -14,7 +15,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
-use corral_core::{Priority, UpstreamLoad};
+use corral_core::{Priority, RequestId, UpstreamLoad};
 use corral_priority::{Acquire, Permit, PriorityConfig, Scheduler, Ticket};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
@@ -112,6 +113,33 @@ fn scheduler(c: &mut Criterion) {
             |b, _| {
                 let arriving = ticket(usize::MAX / 2, agents);
                 b.iter(|| s.estimate(&arriving, None));
+            },
+        );
+        // The arrival path since the waiting room: the estimate, the
+        // arrival's reservation looked up and the reservations due before
+        // it walked, with 1,000 reservations booked (a few permits given
+        // back first, so holds are measured and waits known).
+        for _ in 0..3 {
+            drop(running.take());
+            let granted = woken.lock().expect("lock").pop().expect("granted");
+            let mut acquire = waiting.remove(&granted).expect("waiting");
+            running = Some(poll(&mut acquire, &waker(granted)).expect("its permit"));
+        }
+        for n in 0..1_000 {
+            let mut refused = ticket(n, agents);
+            refused.priority = Priority::new(1).expect("1..=10");
+            refused.deadline = Some(tokio::time::Instant::now());
+            let id = RequestId::from(format!("booked-{n}"));
+            let _ = s.admit(&refused, None, Some(&id));
+        }
+        assert!(s.reservations() > 0, "the room holds reservations");
+        group.bench_with_input(
+            BenchmarkId::new("admit_1000_reserved", format!("{agents}_agents")),
+            &agents,
+            |b, _| {
+                let arriving = ticket(usize::MAX / 2, agents);
+                let id = RequestId::from("arriving");
+                b.iter(|| s.admit(&arriving, None, Some(&id)));
             },
         );
     }

@@ -40,6 +40,8 @@ pub(super) async fn run(setup: &Setup, load: f64, variant: Variant, base: &str) 
             client: client.clone(),
             base: base.to_string(),
             agent: format!("client-{n:05}"),
+            // The same id on every retry: it keeps the client's place.
+            id: format!("waits-{n:05}"),
             tokens,
             variant,
             deadline: setup.deadline,
@@ -61,6 +63,7 @@ struct Asking {
     client: HttpClient,
     base: String,
     agent: String,
+    id: String,
     tokens: u32,
     variant: Variant,
     deadline: Duration,
@@ -130,6 +133,7 @@ impl Asking {
         let request = http::Request::post(format!("{}/api/generate", self.base))
             .header(http::header::CONTENT_TYPE, "application/json")
             .header("x-agent-id", &self.agent)
+            .header("x-request-id", &self.id)
             .header("x-deadline-ms", self.deadline.as_millis().to_string())
             // The server answers at the request's length, told or not.
             .header("x-mock-fault", format!("tokens={}", self.tokens))

@@ -221,6 +221,32 @@ impl Run {
         self.records.iter().filter(|r| r.retry.is_some()).count()
     }
 
+    /// Whether `Retry-After` kept its promise: of the requests refused at
+    /// first and let in later, the share answered within their deadline,
+    /// the median of their wait in the queue once let in, and how many;
+    /// and how many refused were never let in (their client gave up).
+    pub fn after_refusal(&self) -> (Option<f64>, Option<Duration>, usize, usize) {
+        let let_in: Vec<&Record> = self
+            .records
+            .iter()
+            .filter(|r| matches!(r.retry, Some((_, Some(_)))))
+            .collect();
+        let never = self
+            .records
+            .iter()
+            .filter(|r| matches!(r.retry, Some((_, None))))
+            .count();
+        let in_time = let_in.iter().filter(|r| r.in_time).count();
+        let share = (!let_in.is_empty()).then(|| in_time as f64 / let_in.len() as f64);
+        let waits = let_in
+            .iter()
+            .filter_map(|r| r.waited)
+            .map(|d| d.as_secs_f64())
+            .collect();
+        let wait = median(waits).map(Duration::from_secs_f64);
+        (share, wait, let_in.len(), never)
+    }
+
     /// The mean latency of the requests answered in time.
     pub fn mean_latency(&self) -> Option<Duration> {
         let served: Vec<Duration> = self

@@ -31,15 +31,19 @@ pub fn markdown(setup: &Setup, runs: &[Run]) -> String {
     );
     let _ = writeln!(
         out,
-        "| load | lengths | requests | refused at first | answers in time / min | ETA error (median, n) | Retry-After error (median, n) | mean latency of those (from the first sending) |"
+        "| load | lengths | requests | refused at first | answers in time / min | ETA error (median, n) | Retry-After error (median, n) | mean latency of those (from the first sending) | let in after a refusal: in time, median queue wait (n) | never let in |"
     );
-    let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- | --- | --- |");
+    let _ = writeln!(
+        out,
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    );
     for run in runs {
         let (eta, eta_n) = run.eta_error();
         let (retry, retry_n) = run.retry_error();
+        let (kept, queue_wait, let_in, never) = run.after_refusal();
         let _ = writeln!(
             out,
-            "| {}× | {} | {} | {} | {:.0} | {} ({eta_n}) | {} ({retry_n}) | {} |",
+            "| {}× | {} | {} | {} | {:.0} | {} ({eta_n}) | {} ({retry_n}) | {} | {}, {} ({let_in}) | {never} |",
             run.load,
             run.variant.as_str(),
             run.records.len(),
@@ -49,6 +53,8 @@ pub fn markdown(setup: &Setup, runs: &[Run]) -> String {
             percent(retry),
             run.mean_latency()
                 .map_or("–".to_string(), |d| format!("{} ms", d.as_millis())),
+            percent(kept),
+            queue_wait.map_or("–".to_string(), |d| format!("{} ms", d.as_millis())),
         );
     }
     out

@@ -84,20 +84,42 @@ impl RequestId {
     /// assert_eq!(a.as_str().len(), 32);
     /// ```
     pub fn generate() -> Self {
-        use std::hash::{BuildHasher, Hasher};
         use std::sync::atomic::{AtomicU64, Ordering};
-        use std::sync::OnceLock;
 
-        static SEED: OnceLock<u64> = OnceLock::new();
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let seed = *SEED.get_or_init(|| {
-            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-            hasher.write_u64(u64::from(std::process::id()));
-            hasher.finish()
-        });
+        let (seed, prefix) = process_seed();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        Self::from(format!("{seed:016x}{:016x}", splitmix64(seed ^ n)))
+        Self::from(format!("{prefix}{:016x}", splitmix64(seed ^ n)))
     }
+
+    /// Whether this process made the id ([`RequestId::generate`]) rather
+    /// than the client sending it: a client that did not name its request
+    /// cannot name it again when it comes back.
+    ///
+    /// ```
+    /// use corral_core::RequestId;
+    ///
+    /// assert!(RequestId::generate().is_generated());
+    /// assert!(!RequestId::from("client-42").is_generated());
+    /// ```
+    pub fn is_generated(&self) -> bool {
+        self.0.len() == 32 && self.0.starts_with(process_seed().1)
+    }
+}
+
+/// This process's random half of the ids it makes, and its hex digits.
+fn process_seed() -> (u64, &'static str) {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::OnceLock;
+
+    static SEED: OnceLock<(u64, String)> = OnceLock::new();
+    let (seed, prefix) = SEED.get_or_init(|| {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(u64::from(std::process::id()));
+        let seed = hasher.finish();
+        (seed, format!("{seed:016x}"))
+    });
+    (*seed, prefix)
 }
 
 /// A bijective mix of a counter, so consecutive ids do not look

@@ -1,11 +1,12 @@
 //! Compartments, their slots, and the rules that choose one.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use corral_core::RequestMeta;
+use corral_core::{lock, RequestMeta};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use crate::config::{BulkheadConfig, CompartmentConfig, RuleConfig};
 use crate::error::CompartmentFull;
@@ -18,13 +19,19 @@ pub(crate) struct Compartment {
     max_wait: Duration,
     semaphore: Arc<Semaphore>,
     waiting: AtomicUsize,
+    /// How long a slot is held, averaged; `None` before one came back.
+    hold: Mutex<Option<Duration>>,
 }
+
+/// The weight of the newest hold in a compartment's average.
+const HOLD_SMOOTHING: f64 = 0.2;
 
 /// A running request's place in its compartment, held by the response
 /// body until the stream ends.
 pub struct Slot {
     _permit: OwnedSemaphorePermit,
     compartment: Arc<Compartment>,
+    since: Instant,
 }
 
 impl std::fmt::Debug for Slot {
@@ -37,6 +44,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         // The permit is released after this body runs: count it gone now.
         self.compartment.report(1);
+        self.compartment.learn(self.since.elapsed());
     }
 }
 
@@ -49,6 +57,7 @@ impl Compartment {
             max_wait: config.max_wait,
             semaphore: Arc::new(Semaphore::new(config.max_concurrent)),
             waiting: AtomicUsize::new(0),
+            hold: Mutex::new(None),
         };
         // Every configured compartment is exported from the start, at 0:
         // a dashboard or an `absent()` alert can tell "idle" from "not
@@ -73,15 +82,41 @@ impl Compartment {
         self.max_concurrent - self.semaphore.available_permits()
     }
 
+    /// A slot was held for `held`.
+    fn learn(&self, held: Duration) {
+        let mut hold = lock(&self.hold);
+        *hold = Some(match *hold {
+            None => held,
+            Some(old) => old.mul_f64(1.0 - HOLD_SMOOTHING) + held.mul_f64(HOLD_SMOOTHING),
+        });
+    }
+
     fn full(&self, waited: Option<Duration>) -> CompartmentFull {
         metrics::counter!(BULKHEAD_REJECTIONS_TOTAL, "compartment" => self.name.to_string())
             .increment(1);
+        let waiting = self.waiting.load(Ordering::Acquire);
         CompartmentFull {
             compartment: self.name.to_string(),
             max_concurrent: self.max_concurrent,
             waited,
+            retry_after: retry_after(*lock(&self.hold), waiting, self.max_concurrent),
         }
     }
+}
+
+/// When a slot would be free for a request refused now, with `waiting`
+/// ahead of it: those running half done on average, each waiting one a
+/// whole `hold`, spread over the `slots` (as the scheduler estimates a
+/// wait): (`waiting` + ½) × `hold` / `slots`. Before a hold is measured,
+/// 1 s. Between 100 ms and 10 minutes.
+pub(crate) fn retry_after(hold: Option<Duration>, waiting: usize, slots: usize) -> Duration {
+    let Some(hold) = hold else {
+        return Duration::from_secs(1);
+    };
+    let turns = (waiting as f64 + 0.5) / slots.max(1) as f64;
+    Duration::try_from_secs_f64(hold.as_secs_f64() * turns)
+        .unwrap_or(Duration::MAX)
+        .clamp(Duration::from_millis(100), Duration::from_secs(600))
 }
 
 /// A place now, or a reason to wait, or a refusal.
@@ -99,6 +134,7 @@ pub(crate) fn enter(compartment: &Arc<Compartment>) -> Entry {
         return Entry::Now(Slot {
             _permit: permit,
             compartment: compartment.clone(),
+            since: Instant::now(),
         });
     }
     let max = compartment.max_waiting;
@@ -130,6 +166,7 @@ pub(crate) fn enter(compartment: &Arc<Compartment>) -> Entry {
                 Ok(Slot {
                     _permit: permit,
                     compartment: compartment.clone(),
+                    since: Instant::now(),
                 })
             }
             _ => Err(compartment.full(Some(compartment.max_wait))),
@@ -193,5 +230,33 @@ impl Compartments {
                 });
             matches.then(|| &self.all[*i])
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_is_told_when_a_slot_would_be_free() {
+        let ms = Duration::from_millis;
+        let cases = [
+            // Nothing measured: a second.
+            (None, 0, 2, ms(1_000)),
+            // 2 s holds over 2 slots, none waiting: half a hold's turn.
+            (Some(ms(2_000)), 0, 2, ms(500)),
+            // Three waiting ahead: 3.5 turns of 1 s each.
+            (Some(ms(2_000)), 3, 2, ms(3_500)),
+            // Bounded both ways.
+            (Some(ms(10)), 0, 4, ms(100)),
+            (Some(ms(60_000)), 1_000, 1, ms(600_000)),
+        ];
+        for (hold, waiting, slots, expected) in cases {
+            assert_eq!(
+                retry_after(hold, waiting, slots),
+                expected,
+                "hold {hold:?}, {waiting} waiting, {slots} slots"
+            );
+        }
     }
 }

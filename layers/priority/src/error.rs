@@ -69,15 +69,21 @@ corral_core::refusal! {
 }
 
 /// The request's deadline cannot be met: the work ahead of it takes
-/// longer by the queue's estimate. 503 at arrival, with `Retry-After`:
-/// when a request with the same deadline would be served in time (the
-/// work ahead that is too much drained), rather than after waiting in
-/// vain.
+/// longer by the queue's estimate. 503 at arrival, rather than after
+/// waiting in vain, with `Retry-After`: when it would be let in. A
+/// request whose client named it (`X-Request-Id`) holds a reservation
+/// for then: sent again with the same id at that time, it is let in
+/// ahead of fresh arrivals; sooner, it is refused with the time left.
+/// One without is told when the work ahead is down to its deadline.
 #[derive(Debug)]
 pub struct DeadlineUnreachable {
     pub(crate) estimate: crate::Estimate,
     /// How long it had until its deadline.
     pub(crate) budget: Duration,
+    /// When it would be let in.
+    pub(crate) retry_after: Option<Duration>,
+    /// Whether it holds a reservation for then.
+    pub(crate) reserved: bool,
 }
 
 impl DeadlineUnreachable {
@@ -85,18 +91,35 @@ impl DeadlineUnreachable {
     pub fn estimate(&self) -> crate::Estimate {
         self.estimate
     }
+
+    /// How long until it would be let in, if known.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// Whether it holds a reservation: sent again with the same
+    /// `X-Request-Id` at [`DeadlineUnreachable::retry_after`], it is let
+    /// in ahead of fresh arrivals.
+    pub fn reserved(&self) -> bool {
+        self.reserved
+    }
 }
 
 corral_core::refusal! {
     DeadlineUnreachable as refused {
         status: StatusCode::SERVICE_UNAVAILABLE,
         reason: "deadline_unreachable",
-        retry_after: refused.estimate.eta.map(|eta| eta.saturating_sub(refused.budget)),
+        retry_after: refused.retry_after,
         message(f): write!(
             f,
-            "the request's deadline is {} ms away but the queue ahead of it takes about {} ms",
+            "the request's deadline is {} ms away but the queue ahead of it takes about {} ms{}",
             refused.budget.as_millis(),
-            refused.estimate.eta_ms().unwrap_or(0)
+            refused.estimate.eta_ms().unwrap_or(0),
+            if refused.reserved {
+                "; its place is kept: send it again with the same X-Request-Id after Retry-After"
+            } else {
+                ""
+            }
         ),
         headers: crate::estimate::headers(&refused.estimate),
     }

@@ -140,7 +140,7 @@ pub use future::ResponseFuture;
 pub use layer::PriorityLayer;
 pub use models::{IDLE_BEFORE_EVICTION, MAX_MODEL_POOLS};
 pub use pool::Ticket;
-pub use scheduler::{Acquire, Permit, Scheduler, Waiter};
+pub use scheduler::{Acquire, Admitted, Permit, Scheduler, Waiter};
 pub use service::PriorityService;
 
 /// The refusals this layer answers with, for a responder

@@ -68,8 +68,14 @@ impl std::fmt::Debug for Acquire {
 }
 
 impl Acquire {
-    /// Queues `ticket` in `pool`.
-    pub(crate) fn local(pool: Arc<Pool>, ticket: Ticket, session: Option<u64>) -> Self {
+    /// Queues `ticket` in `pool` (at its level's front if it came back
+    /// for its reservation).
+    pub(crate) fn local(
+        pool: Arc<Pool>,
+        ticket: Ticket,
+        session: Option<u64>,
+        front: bool,
+    ) -> Self {
         let deadline = ticket.deadline;
         let route = pool.fleet().map(|link| Route::pending(link.fleet.clone()));
         let want = Want {
@@ -81,7 +87,7 @@ impl Acquire {
             session,
             hold: None,
         };
-        let id = pool.enqueue(ticket, session);
+        let id = pool.enqueue(ticket, session, front);
         Self {
             estimate: None,
             listed: None,

@@ -8,8 +8,6 @@ use tower::Service;
 use crate::future::ResponseFuture;
 use crate::layer::Scheduling;
 use crate::pool::Ticket;
-use crate::{DeadlineUnreachable, Estimate};
-use tokio::time::Instant;
 
 corral_core::layer_service! {
     /// Runs inference requests only when the scheduler grants them an
@@ -52,20 +50,30 @@ where
         if let Some(refusal) = self.shared.scheduler.refusal(model.as_deref()) {
             return ResponseFuture::refused(refusal);
         }
-        let estimate = self.shared.scheduler.estimate(&ticket, model.as_deref());
-        if let Some(refusal) = unreachable(ticket.deadline, estimate) {
-            return ResponseFuture::refused(Box::new(refusal));
-        }
+        // Its place in the waiting room is kept under the id its client
+        // gave: one Corral made cannot be given again.
+        let named = request
+            .extensions()
+            .get::<RequestMeta>()
+            .map(|m| &m.request_id)
+            .filter(|id| !id.is_generated());
+        let admitted = match self
+            .shared
+            .scheduler
+            .admit(&ticket, model.as_deref(), named)
+        {
+            Ok(admitted) => admitted,
+            Err(refusal) => return ResponseFuture::refused(Box::new(refusal)),
+        };
         let session = session_of(&request);
         let listing = request
             .extensions()
             .get::<RequestMeta>()
             .map(|m| (m.request_id.clone(), ticket.agent.clone(), ticket.priority));
-        let mut acquire = self
-            .shared
-            .scheduler
-            .acquire_in(ticket, model.as_deref(), session)
-            .with_estimate(estimate);
+        let mut acquire =
+            self.shared
+                .scheduler
+                .acquire_admitted(ticket, model.as_deref(), session, admitted);
         if let Some((id, agent, priority)) = listing {
             self.shared
                 .scheduler
@@ -133,18 +141,6 @@ impl Scheduling {
         };
         prompt + 2.0 * generated
     }
-}
-
-/// A request whose deadline is nearer than the queue's estimate of its
-/// wait: refused now rather than after waiting in vain. An unknown wait
-/// refuses nothing.
-fn unreachable(
-    deadline: Option<Instant>,
-    estimate: Option<Estimate>,
-) -> Option<DeadlineUnreachable> {
-    let (deadline, estimate) = (deadline?, estimate?);
-    let budget = deadline.saturating_duration_since(Instant::now());
-    (estimate.eta? > budget).then_some(DeadlineUnreachable { estimate, budget })
 }
 
 /// The conversation `request` belongs to: its `X-Session-Id`, hashed with

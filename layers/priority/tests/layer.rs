@@ -304,8 +304,10 @@ async fn a_deadline_the_queue_cannot_meet_is_refused_at_once_and_the_answer_says
     assert_eq!(eta, Duration::from_secs(3));
     use corral_core::Refusal;
     assert_eq!(refusal.status(), http::StatusCode::SERVICE_UNAVAILABLE);
-    // Retry once the work too much for its deadline has drained.
-    assert_eq!(refusal.retry_after(), Some(Duration::from_secs(2)));
+    // Its client named it: its place is kept for when a permit is free
+    // for it.
+    assert!(refusal.reserved());
+    assert_eq!(refusal.retry_after(), Some(Duration::from_secs(3)));
     let headers = refusal.headers();
     assert!(headers
         .iter()
@@ -325,6 +327,7 @@ async fn a_deadline_the_queue_cannot_meet_is_refused_at_once_and_the_answer_says
     reply.send_response(response);
     drop(tx);
     let response = patient.await.unwrap().unwrap();
-    assert_eq!(response.headers()["x-corral-queue-position"], "1");
+    // Behind b and c's reservation (due before it would be served).
+    assert_eq!(response.headers()["x-corral-queue-position"], "2");
     assert!(response.headers().contains_key("x-corral-queue-eta-ms"));
 }

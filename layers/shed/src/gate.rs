@@ -204,14 +204,15 @@ impl Gate {
         codel.dropping
     }
 
-    /// When to come back: the queue ahead over the measured drain rate.
-    pub(crate) fn retry_after(&self, load: &LoadSnapshot) -> Duration {
-        let estimate = if load.completions_per_sec > 0.0 {
-            Duration::from_secs_f64(load.queued_total() as f64 / load.completions_per_sec)
-        } else {
-            self.config.wait_for_space
-        };
-        estimate.clamp(Duration::from_secs(1), Duration::from_secs(600))
+    /// When to come back after a refusal for `reason`
+    /// ([`retry_after`]).
+    pub(crate) fn retry_after(&self, reason: ShedReason, load: &LoadSnapshot) -> Duration {
+        retry_after(
+            reason,
+            load,
+            self.config.max_queue,
+            self.config.wait_for_space,
+        )
     }
 
     /// Counts a refusal, publishes backpressure now and then, and builds
@@ -223,7 +224,7 @@ impl Gate {
         load: &LoadSnapshot,
         now: Instant,
     ) -> Shed {
-        let retry_after = self.retry_after(load);
+        let retry_after = self.retry_after(reason, load);
         metrics::counter!(DROPPED_REQUESTS_TOTAL, "reason" => reason.as_str(), "priority" => label(priority))
             .increment(1);
         let mut events = lock(&self.events);
@@ -264,6 +265,34 @@ impl Gate {
     }
 }
 
+/// When a request refused for `reason` would be let in, from the
+/// measured drain rate: a full queue, once enough requests have left for
+/// there to be room (the waiting beyond `max_queue`, and one more); a
+/// queue too slow or an agent with too many waiting, once the queue
+/// ahead has drained. Without a rate, `wait_for_space`. Between 100 ms
+/// and 10 minutes.
+pub(crate) fn retry_after(
+    reason: ShedReason,
+    load: &LoadSnapshot,
+    max_queue: usize,
+    wait_for_space: Duration,
+) -> Duration {
+    let queued = load.queued_total();
+    let leaving = match reason {
+        ShedReason::QueueFull | ShedReason::NoRoomInTime => {
+            (queued + 1).saturating_sub(max_queue).max(1)
+        }
+        ShedReason::QueueDelay | ShedReason::AgentQueueFull => queued.max(1),
+    };
+    let estimate = if load.completions_per_sec > 0.0 {
+        Duration::try_from_secs_f64(leaving as f64 / load.completions_per_sec)
+            .unwrap_or(Duration::MAX)
+    } else {
+        wait_for_space
+    };
+    estimate.clamp(Duration::from_millis(100), Duration::from_secs(600))
+}
+
 fn label(priority: Priority) -> &'static str {
     PRIORITY_LABELS[usize::from(priority.get() - 1)]
 }
@@ -299,6 +328,45 @@ pub(crate) async fn wait_for_space(gate: Arc<Gate>) -> bool {
                     return !gate.full(&load.snapshot());
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_is_told_when_it_would_be_let_in() {
+        let load = |queued: usize, rate: f64| {
+            let mut load = LoadSnapshot::idle(2);
+            load.queued[4] = queued;
+            load.completions_per_sec = rate;
+            load
+        };
+        let wait = Duration::from_secs(5);
+        let ms = Duration::from_millis;
+        let cases = [
+            // Full at 100: one must leave, at 4 a second.
+            (ShedReason::QueueFull, load(100, 4.0), ms(250)),
+            // 110 waiting: eleven must leave.
+            (ShedReason::NoRoomInTime, load(110, 4.0), ms(2_750)),
+            // Too slow, or the agent's own too many: the queue drains.
+            (ShedReason::QueueDelay, load(100, 4.0), ms(25_000)),
+            (ShedReason::AgentQueueFull, load(20, 4.0), ms(5_000)),
+            // No rate measured: the wait for space.
+            (ShedReason::QueueFull, load(100, 0.0), wait),
+            // Bounded both ways.
+            (ShedReason::QueueFull, load(100, 1_000.0), ms(100)),
+            (ShedReason::QueueDelay, load(100_000, 1.0), ms(600_000)),
+        ];
+        for (reason, load, expected) in cases {
+            assert_eq!(
+                retry_after(reason, &load, 100, wait),
+                expected,
+                "{reason:?} with {} waiting",
+                load.queued_total()
+            );
         }
     }
 }

@@ -188,8 +188,8 @@ async fn a_full_queue_refuses_low_priorities_at_once_with_a_retry_after_from_the
         assert_eq!(Refusal::reason(shed), "shed");
         assert_eq!(
             shed.retry_after(),
-            Some(Duration::from_secs(25)),
-            "100 waiting at 4 a second"
+            Some(Duration::from_millis(250)),
+            "room once one of 100 leaves, at 4 a second"
         );
         assert!(
             shed.to_string().contains("100 requests are waiting"),

@@ -24,6 +24,9 @@ pub(crate) enum Me<'a> {
     },
     /// One waiting here, by ticket.
     Waiting(u64),
+    /// One arriving now for its reservation: at its level's front,
+    /// behind only those let in for theirs before it.
+    Front,
 }
 
 impl Pool {
@@ -42,28 +45,39 @@ impl Pool {
     /// next request is served is less than its agent's once it is, as the
     /// order of service goes; worse levels' requests aged past it) and
     /// its wait.
+    /// The reservations due before it would be served are ahead of it
+    /// too (they are let in ahead of it when they come back).
     pub(crate) fn estimate(&self, level: usize, me: Me<'_>) -> Estimate {
         let now = Instant::now();
+        let level = level.min(LEVELS - 1);
         let state = lock(&self.state);
-        let ahead = self.ahead(&state, level.min(LEVELS - 1), me, now);
-        let capacity = match &self.fleet {
-            Some(link) => link.fleet.capacity_for(&link.model),
-            None => state.capacity,
-        };
-        let throughput = Throughput {
-            capacity,
-            in_flight: state.in_flight,
-            seconds_per_cost: state.holds.pool_rate(),
-            average_hold: state.holds.pool().map(|d| d.as_secs_f64()),
-            completions_per_sec: state.drain_rate(now),
-        };
+        let throughput = self.throughput(&state, now);
+        let mut ahead = self.ahead(&state, level, me, now);
+        if !matches!(me, Me::Front) {
+            ahead = state.room.due_ahead(level, ahead, throughput, now);
+        }
         Estimate {
             position: ahead.count,
             eta: eta(ahead, throughput),
         }
     }
 
-    fn ahead(&self, state: &State, level: usize, me: Me<'_>, now: Instant) -> Ahead {
+    /// What the pool measured of its throughput, now.
+    pub(super) fn throughput(&self, state: &State, now: Instant) -> Throughput {
+        let capacity = match &self.fleet {
+            Some(link) => link.fleet.capacity_for(&link.model),
+            None => state.capacity,
+        };
+        Throughput {
+            capacity,
+            in_flight: state.in_flight,
+            seconds_per_cost: state.holds.pool_rate(),
+            average_hold: state.holds.pool().map(|d| d.as_secs_f64()),
+            completions_per_sec: state.drain_rate(now),
+        }
+    }
+
+    pub(super) fn ahead(&self, state: &State, level: usize, me: Me<'_>, now: Instant) -> Ahead {
         let mut ahead = Ahead::default();
         for better in 0..level {
             ahead.count += state.queued[better];
@@ -75,6 +89,17 @@ impl Pool {
         // it whose turn comes before its own, as far as the agent's next
         // request's cost tells (the rest of its queue taken alike).
         let (mine, me_id) = finish_of(state, level, me);
+        // Those let in for their reservation go first, in the order they
+        // came back.
+        for id in state.front[level].iter().take(MAX_COUNTED) {
+            if Some(*id) == me_id {
+                break;
+            }
+            if let Some(waiter) = state.waiters.get(id) {
+                ahead.count += 1;
+                ahead.cost += waiter.cost;
+            }
+        }
         // Equal service goes by arrival: one arriving now is behind all
         // of its equals; one waiting, behind those that came before it.
         let before = |entry: &(Vtc, Instant, AgentId)| match &mine {
@@ -107,8 +132,13 @@ impl Pool {
                 if Some(*id) == me_id {
                     break;
                 }
+                let waiter = state.waiters.get(id);
+                if waiter.is_some_and(|w| w.front) {
+                    // Counted with the front lane.
+                    continue;
+                }
                 counted += 1;
-                ahead.cost += state.waiters.get(id).map_or(each, |w| w.cost);
+                ahead.cost += waiter.map_or(each, |w| w.cost);
             }
             ahead.count += counted;
         }
@@ -170,10 +200,15 @@ fn finish_of(state: &State, level: usize, me: Me<'_>) -> (Place, Option<u64>) {
             });
             ((Vtc(vtc + queued + cost / weight.max(1e-9)), None), None)
         }
+        // At the front, no fresh arrival is before it.
+        Me::Front => ((Vtc(f64::NEG_INFINITY), None), None),
         Me::Waiting(id) => {
             let Some(waiter) = state.waiters.get(&id) else {
                 return ((Vtc(f64::INFINITY), None), Some(id));
             };
+            if waiter.front {
+                return ((Vtc(f64::NEG_INFINITY), None), Some(id));
+            }
             let vtc = state.agents.get(&waiter.agent).map_or(floor, |a| a.vtc);
             let key = Vtc(vtc + waiter.cost / waiter.weight);
             (

@@ -5,10 +5,12 @@
 //! once, so no interleaving of grant, cancel and completion can leak a
 //! permit or grant one twice. Wakers are woken after the lock is dropped.
 
+mod admit;
 mod ahead;
 mod hold;
 mod index;
 mod order;
+mod room;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -18,6 +20,7 @@ use std::time::Duration;
 use corral_core::{lock, AgentId, LoadSnapshot, Priority};
 
 use crate::config::Reserve;
+pub(crate) use admit::Verdict;
 pub(crate) use ahead::Me;
 use corral_fleet::{Fleet, Slot};
 use hold::Holds;
@@ -99,6 +102,11 @@ struct State {
     holds: Holds,
     /// Reserved permits lent to a lower priority, since the start.
     lent: u64,
+    /// Per priority level, the tickets of requests let in for their
+    /// reservation, in the order they came back: served first there.
+    front: [VecDeque<u64>; 10],
+    /// The reservations of requests refused for their deadline.
+    room: room::Room,
 }
 
 #[derive(Default)]
@@ -127,6 +135,8 @@ struct Waiter {
     /// With a fleet: the permit granted, on the upstream that runs it.
     slot: Option<Slot>,
     waker: Option<Waker>,
+    /// Let in for its reservation: in its level's front lane.
+    front: bool,
 }
 
 /// What a granted ticket hands its permit.
@@ -197,6 +207,8 @@ impl Pool {
                 active: BTreeSet::new(),
                 holds: Holds::default(),
                 lent: 0,
+                front: Default::default(),
+                room: room::Room::default(),
             }),
         }
     }
@@ -205,8 +217,9 @@ impl Pool {
         &self.name
     }
 
-    /// Queues `ticket` and grants what can be granted; its id.
-    pub(crate) fn enqueue(&self, ticket: Ticket, session: Option<u64>) -> u64 {
+    /// Queues `ticket` (at its level's front if it came back for its
+    /// reservation) and grants what can be granted; its id.
+    pub(crate) fn enqueue(&self, ticket: Ticket, session: Option<u64>, front: bool) -> u64 {
         let now = Instant::now();
         let mut state = lock(&self.state);
         let id = state.next_ticket;
@@ -228,6 +241,9 @@ impl Pool {
         state.queued_cost[level] += ticket.cost;
         state.queued_bytes += ticket.bytes;
         state.oldest[level].insert((now, id));
+        if front {
+            state.front[level].push_back(id);
+        }
         let lend = state.holds.lend(
             self.reserve,
             ticket.agent.as_str(),
@@ -248,6 +264,7 @@ impl Pool {
                 granted: false,
                 slot: None,
                 waker: None,
+                front,
             },
         );
         state.index(&ticket.agent, self.per_agent_cap);
@@ -315,6 +332,9 @@ impl Pool {
             };
             state.queued_bytes -= waiter.bytes;
             state.oldest[waiter.level].remove(&(waiter.enqueued, id));
+            if waiter.front {
+                state.front[waiter.level].retain(|t| *t != id);
+            }
             if let Some(agent) = state.agents.get_mut(&agent_id) {
                 agent.queued -= 1;
                 agent.levels[waiter.level].retain(|(t, _)| *t != id);
@@ -452,6 +472,14 @@ impl Pool {
     /// How long a permit is held on average, once one came back.
     pub(crate) fn average_hold(&self) -> Option<Duration> {
         lock(&self.state).holds.pool()
+    }
+
+    /// Reservations kept for requests refused for their deadline (those
+    /// past their time forgotten first).
+    pub(crate) fn reservations(&self) -> usize {
+        let mut state = lock(&self.state);
+        state.room.expire(Instant::now());
+        state.room.len()
     }
 
     /// Reserved permits lent to a lower priority, since the start.

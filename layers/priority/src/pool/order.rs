@@ -63,6 +63,9 @@ impl Pool {
             };
             waiter.granted = true;
             waiter.slot = slot;
+            if waiter.front {
+                state.front[level].retain(|t| *t != id);
+            }
             agent.queued -= 1;
             agent.in_flight += 1;
             agent.vtc += waiter.cost / waiter.weight;
@@ -203,6 +206,9 @@ impl Pool {
             }
         }
         let (_, _, level) = best?;
+        if let Some(agent) = self.front_of(state, level) {
+            return Some((agent, level));
+        }
         let (first, _, agent) = state.ready[level].first()?;
         if let Some(aged) = self.aged(state, level, *first, now) {
             return Some((aged, level));
@@ -239,6 +245,23 @@ impl Pool {
             }
         }
         None
+    }
+
+    /// The agent of the first request let in for its reservation at
+    /// `level` that can be served now (its agent under its cap): it goes
+    /// before the level's fresh arrivals (its agent's own requests there
+    /// first, one after another).
+    fn front_of(&self, state: &State, level: usize) -> Option<AgentId> {
+        state.front[level]
+            .iter()
+            .take(AGED_SCAN)
+            .filter_map(|id| state.waiters.get(id))
+            .filter(|waiter| !waiter.granted)
+            .find(|waiter| {
+                let running = state.agents.get(&waiter.agent).map_or(0, |a| a.in_flight);
+                self.per_agent_cap.is_none_or(|cap| running < cap)
+            })
+            .map(|waiter| waiter.agent.clone())
     }
 
     fn effective_level(&self, level: usize, enqueued: Instant, now: Instant) -> usize {

@@ -110,7 +110,7 @@ impl RedisPool {
     async fn local_acquire(self: &Arc<Self>, ticket: Ticket) -> Result<Permit, DeadlineExceeded> {
         let level = usize::from(ticket.priority.get() - 1);
         let id = self.ticket_id(level, &ticket);
-        let permit = Acquire::local(self.local.clone(), ticket, None).await?;
+        let permit = Acquire::local(self.local.clone(), ticket, None, false).await?;
         lock(&self.held).insert(id.clone());
         Ok(permit.into_shared(self.clone(), id))
     }

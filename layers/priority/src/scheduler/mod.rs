@@ -21,7 +21,10 @@ pub use crate::permit::{Acquire, Permit};
 use crate::pool::{FleetLink, Pool, Ticket};
 use crate::Estimate;
 
+mod admit;
 mod requests;
+
+pub use admit::Admitted;
 
 #[cfg(feature = "redis")]
 use crate::redis::RedisPool;
@@ -490,7 +493,7 @@ impl Scheduler {
                 listed: None,
             };
         }
-        Acquire::local(pool, ticket, session)
+        Acquire::local(pool, ticket, session, false)
     }
 
     fn set_pool_capacity(&self, pool: &Arc<Pool>, capacity: usize) {

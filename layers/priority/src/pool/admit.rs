@@ -1,0 +1,205 @@
+//! Whether a request is let in at arrival, from its deadline, its wait
+//! and its reservation in the waiting room.
+
+use std::time::Duration;
+
+use corral_core::lock;
+use tokio::time::Instant;
+
+use super::ahead::Me;
+use super::room::{Claim, Key};
+use super::{Pool, LEVELS};
+use crate::estimate::{eta, Estimate};
+
+/// What becomes of a request at arrival.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Let in; at its level's front if it came back for its reservation.
+    Admit { front: bool },
+    /// Refused: its deadline cannot be met. `retry_after`: when it would
+    /// be let in; `reserved`: it holds a reservation for then.
+    Refuse {
+        retry_after: Option<Duration>,
+        reserved: bool,
+    },
+}
+
+/// The waits a verdict is made from.
+#[derive(Debug, Clone, Copy)]
+struct Waits {
+    /// Its wait as a fresh arrival (the reservations due before it is
+    /// served counted).
+    fresh: Option<Duration>,
+    /// Its wait behind every reservation booked before it, as it would
+    /// be if it booked one now.
+    booked: Option<Duration>,
+}
+
+/// The decision, as a table: a due reservation is let in; an early one
+/// refused with the time left; a fresh arrival let in if its wait is
+/// unknown or within `budget`, else refused, with a reservation when it
+/// can hold one (`book`: it named itself and the room has space).
+fn decide(claim: Claim, budget: Option<Duration>, waits: Waits, book: bool) -> Verdict {
+    match claim {
+        Claim::Due => return Verdict::Admit { front: true },
+        Claim::Early(left) => {
+            return Verdict::Refuse {
+                retry_after: Some(left),
+                reserved: true,
+            }
+        }
+        Claim::Fresh => {}
+    }
+    let (Some(budget), Some(fresh)) = (budget, waits.fresh) else {
+        return Verdict::Admit { front: false };
+    };
+    if fresh <= budget {
+        return Verdict::Admit { front: false };
+    }
+    let booked = waits.booked.unwrap_or(fresh).max(fresh);
+    if book {
+        // Back when a permit is free for it.
+        Verdict::Refuse {
+            retry_after: Some(booked),
+            reserved: true,
+        }
+    } else {
+        // Back as a fresh arrival, when the work ahead of it is down
+        // to its budget.
+        Verdict::Refuse {
+            retry_after: Some(booked.saturating_sub(budget)),
+            reserved: false,
+        }
+    }
+}
+
+impl Pool {
+    /// Decides for a request arriving now at `level` (`me`, an arrival)
+    /// whose deadline is `budget` away: its estimate, and whether it is
+    /// let in. `key` names it (agent and the id its client gave) for its
+    /// reservation: one it holds is claimed, one is booked if it is
+    /// refused. One take of the lock: no arrival slips between the
+    /// decision and the booking.
+    pub(crate) fn admit(
+        &self,
+        level: usize,
+        me: Me<'_>,
+        budget: Option<Duration>,
+        key: Option<&Key>,
+    ) -> (Estimate, Verdict) {
+        let now = Instant::now();
+        let level = level.min(LEVELS - 1);
+        let mut state = lock(&self.state);
+        state.room.expire(now);
+        let claim = key.map_or(Claim::Fresh, |key| state.room.claim(key, now));
+        let throughput = self.throughput(&state, now);
+        let me = if claim == Claim::Due { Me::Front } else { me };
+        let own = self.ahead(&state, level, me, now);
+        let ahead = match me {
+            Me::Front => own,
+            _ => state.room.due_ahead(level, own, throughput, now),
+        };
+        let estimate = Estimate {
+            position: ahead.count,
+            eta: eta(ahead, throughput),
+        };
+        let waits = Waits {
+            fresh: estimate.eta,
+            booked: eta(state.room.all_ahead(level, own), throughput),
+        };
+        let verdict = decide(claim, budget, waits, key.is_some());
+        if let (Verdict::Refuse { reserved: true, .. }, Claim::Fresh, Some(key)) =
+            (verdict, claim, key)
+        {
+            let cost = match me {
+                Me::Arriving { cost, .. } => cost,
+                _ => 0.0,
+            };
+            let due = now
+                + waits
+                    .booked
+                    .unwrap_or_default()
+                    .max(estimate.eta.unwrap_or_default());
+            if !state.room.book(key.clone(), level, cost, due) {
+                // The room is full: told when to come back as a fresh
+                // arrival instead.
+                return (estimate, decide(claim, budget, waits, false));
+            }
+        }
+        (estimate, verdict)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(s: u64) -> Option<Duration> {
+        Some(Duration::from_secs(s))
+    }
+
+    #[test]
+    fn the_verdict_by_reservation_deadline_and_wait() {
+        let admit = Verdict::Admit { front: false };
+        let refuse = |after: u64, reserved| Verdict::Refuse {
+            retry_after: secs(after),
+            reserved,
+        };
+        let waits = |fresh, booked| Waits { fresh, booked };
+        let cases = [
+            // Its reservation is due: let in at the front, whatever waits.
+            (
+                Claim::Due,
+                secs(1),
+                waits(secs(9), secs(20)),
+                true,
+                Verdict::Admit { front: true },
+            ),
+            // Early: the time left, whatever waits.
+            (
+                Claim::Early(Duration::from_secs(3)),
+                secs(60),
+                waits(secs(0), secs(0)),
+                true,
+                refuse(3, true),
+            ),
+            // No deadline, or a wait not known: let in.
+            (Claim::Fresh, None, waits(secs(9), secs(20)), true, admit),
+            (Claim::Fresh, secs(1), waits(None, None), true, admit),
+            // Within its deadline: let in.
+            (Claim::Fresh, secs(6), waits(secs(6), secs(20)), true, admit),
+            // Beyond: a reservation for when a permit is free for it,
+            // behind those booked before.
+            (
+                Claim::Fresh,
+                secs(6),
+                waits(secs(8), secs(20)),
+                true,
+                refuse(20, true),
+            ),
+            (
+                Claim::Fresh,
+                secs(6),
+                waits(secs(8), None),
+                true,
+                refuse(8, true),
+            ),
+            // No name to keep a place under: when the work ahead is down
+            // to its deadline.
+            (
+                Claim::Fresh,
+                secs(6),
+                waits(secs(8), secs(20)),
+                false,
+                refuse(14, false),
+            ),
+        ];
+        for (claim, budget, waits, book, expected) in cases {
+            assert_eq!(
+                decide(claim, budget, waits, book),
+                expected,
+                "{claim:?}, budget {budget:?}, {waits:?}, book {book}"
+            );
+        }
+    }
+}

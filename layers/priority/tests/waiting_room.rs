@@ -1,0 +1,207 @@
+//! The waiting room, with time paused: a request refused for its
+//! deadline holds a reservation for when a permit will be free for it,
+//! is refused with the time left if it comes back sooner, and is let in
+//! ahead of fresh arrivals when it comes back then.
+
+#![allow(clippy::unwrap_used)] // a test fails by panicking
+
+mod common;
+
+use std::time::Duration;
+
+use common::{costing, granted, scheduler, wait, Waiting};
+use corral_core::{RequestId, UpstreamLoad};
+use corral_priority::{Admitted, DeadlineUnreachable, Scheduler, Ticket};
+use tokio::time::Instant;
+use tokio_test::task::spawn;
+
+/// Runs `n` requests of cost 100 through the one permit, each held 1 s:
+/// the pool learns 10 ms per unit of cost.
+async fn teach(s: &Scheduler, n: usize) {
+    for i in 0..n {
+        let permit = s
+            .acquire(costing(&format!("teacher-{i}"), 100.0), None)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drop(permit);
+    }
+}
+
+/// One running (half done on average: 0.5 s) and `queued` of 1 s each
+/// waiting, on one permit.
+async fn loaded(
+    queued: usize,
+) -> (
+    std::sync::Arc<Scheduler>,
+    corral_priority::Permit,
+    Vec<Waiting>,
+) {
+    let s = scheduler(1);
+    teach(&s, 5).await;
+    let running = s.acquire(costing("running", 100.0), None).await.unwrap();
+    let waiting = (0..queued)
+        .map(|i| wait(&s, &format!("q{i}"), costing(&format!("q{i}"), 100.0)))
+        .collect();
+    (s, running, waiting)
+}
+
+/// A request of `agent` costing 100 with `deadline_secs` to go.
+fn due_in(agent: &str, deadline_secs: u64) -> Ticket {
+    Ticket {
+        deadline: Some(Instant::now() + Duration::from_secs(deadline_secs)),
+        ..costing(agent, 100.0)
+    }
+}
+
+fn admit(s: &Scheduler, agent: &str, id: &str) -> Result<Admitted, DeadlineUnreachable> {
+    s.admit(&due_in(agent, 2), None, Some(&RequestId::from(id)))
+}
+
+fn refused(result: Result<Admitted, DeadlineUnreachable>) -> DeadlineUnreachable {
+    match result {
+        Ok(admitted) => panic!("let in: {admitted:?}"),
+        Err(refusal) => refusal,
+    }
+}
+
+fn millis(d: Option<Duration>) -> u128 {
+    d.unwrap().as_millis()
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_reservation_falls_due_behind_those_booked_before_it() {
+    let (s, running, _queued) = loaded(4).await;
+    // 0.5 s for the running one, 4 s queued: 4.5 s, past a 2 s deadline.
+    let first = refused(admit(&s, "a", "ra"));
+    assert!(first.reserved());
+    assert_eq!(millis(first.retry_after()), 4_500);
+    // Each next one behind the reservations before it, 1 s each.
+    let second = refused(admit(&s, "b", "rb"));
+    assert_eq!(millis(second.retry_after()), 5_500);
+    assert_eq!(second.estimate().position, 5, "the 4 queued and \"a\"");
+    let third = refused(admit(&s, "c", "rc"));
+    assert_eq!(millis(third.retry_after()), 6_500);
+    assert_eq!(s.reservations(), 3);
+    // A request Corral named (no id from its client) keeps no place: it
+    // is told when the work ahead is down to its deadline.
+    let anonymous = refused(s.admit(&due_in("d", 2), None, None));
+    assert!(!anonymous.reserved());
+    assert_eq!(millis(anonymous.retry_after()), 7_500 - 2_000);
+    assert_eq!(s.reservations(), 3);
+    drop(running);
+}
+
+#[tokio::test(start_paused = true)]
+async fn back_early_it_is_refused_with_the_time_left() {
+    let (s, running, _queued) = loaded(4).await;
+    refused(admit(&s, "a", "ra"));
+    tokio::time::advance(Duration::from_millis(1_500)).await;
+    let again = refused(admit(&s, "a", "ra"));
+    assert!(again.reserved());
+    assert_eq!(millis(again.retry_after()), 3_000);
+    // Its id under another agent is not its place.
+    let other = refused(admit(&s, "mallory", "ra"));
+    assert!(millis(other.retry_after()) > 3_000);
+    drop(running);
+}
+
+#[tokio::test(start_paused = true)]
+async fn back_on_time_it_is_let_in_ahead_of_fresh_arrivals() {
+    let (s, running, mut queued) = loaded(4).await;
+    refused(admit(&s, "a", "ra"));
+    // Shorter requests without deadlines arrive meanwhile and queue.
+    tokio::time::advance(Duration::from_secs(4)).await;
+    for i in 0..3 {
+        queued.push(wait(
+            &s,
+            &format!("short{i}"),
+            costing(&format!("short{i}"), 10.0),
+        ));
+    }
+    tokio::time::advance(Duration::from_millis(500)).await;
+    let admitted = admit(&s, "a", "ra").unwrap();
+    assert!(admitted.reserved, "let in for its reservation");
+    assert_eq!(admitted.estimate.unwrap().position, 0, "at the front");
+    let mut mine = spawn(s.acquire_admitted(due_in("a", 2), None, None, admitted));
+    assert!(mine.poll().is_pending());
+    // A fresh arrival now stands behind it.
+    let fresh = s.estimate(&costing("late", 1.0), None).unwrap();
+    assert!(fresh.position >= 1, "{fresh:?}");
+    drop(running);
+    let permit = match mine.poll() {
+        std::task::Poll::Ready(permit) => permit.unwrap(),
+        std::task::Poll::Pending => panic!("served before the shorter fresh ones"),
+    };
+    assert!(granted(&mut queued).is_empty());
+    drop(permit);
+    assert_eq!(s.reservations(), 0, "used up");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reservation_not_claimed_in_time_is_forgotten() {
+    let (s, running, queued) = loaded(4).await;
+    refused(admit(&s, "a", "ra"));
+    drop(queued);
+    drop(running);
+    // Gone past its time and the grace: the room forgets it, and it is a
+    // fresh arrival (the queue empty: let in, not at the front).
+    tokio::time::advance(Duration::from_secs(4 + 5) + Duration::from_millis(600)).await;
+    assert_eq!(s.reservations(), 0);
+    let back = admit(&s, "a", "ra").unwrap();
+    assert!(!back.reserved);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_let_in_for_its_reservation_and_dropped_leaves_nothing() {
+    let (s, running, _queued) = loaded(4).await;
+    refused(admit(&s, "a", "ra"));
+    let before = s.estimate(&costing("probe", 100.0), None).unwrap();
+    tokio::time::advance(Duration::from_millis(4_500)).await;
+    let admitted = admit(&s, "a", "ra").unwrap();
+    let mut mine = spawn(s.acquire_admitted(due_in("a", 2), None, None, admitted));
+    assert!(mine.poll().is_pending());
+    assert_eq!(s.snapshot().queued_total(), 5);
+    // Its client leaves: not queued, not at the front, no reservation.
+    drop(mine);
+    assert_eq!(s.snapshot().queued_total(), 4);
+    assert_eq!(s.reservations(), 0);
+    let after = s.estimate(&costing("probe", 100.0), None).unwrap();
+    assert_eq!(
+        after.position,
+        before.position - 1,
+        "the reservation is gone"
+    );
+    drop(running);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_returning_request_and_fresh_arrivals_at_the_same_instant() {
+    let (s, running, mut queued) = loaded(2).await;
+    // 2.5 s of work ahead: due then.
+    refused(admit(&s, "a", "ra"));
+    tokio::time::advance(Duration::from_millis(2_500)).await;
+    // At its due instant a fresh arrival with a short deadline comes
+    // first: the reservation is ahead of it.
+    let first = s.admit(&due_in("f1", 1), None, Some(&RequestId::from("f1")));
+    let first = refused(first);
+    assert_eq!(
+        first.estimate().position,
+        3,
+        "behind the queue and the reservation"
+    );
+    // Then the reservation's owner, the same instant: let in at the front.
+    let admitted = admit(&s, "a", "ra").unwrap();
+    assert!(admitted.reserved);
+    let mut mine = spawn(s.acquire_admitted(due_in("a", 2), None, None, admitted));
+    assert!(mine.poll().is_pending());
+    // And a fresh one without a deadline, shorter: behind it all the same.
+    queued.push(wait(&s, "f2", costing("f2", 1.0)));
+    drop(running);
+    let permit = match mine.poll() {
+        std::task::Poll::Ready(permit) => permit.unwrap(),
+        std::task::Poll::Pending => panic!("the reservation first"),
+    };
+    assert!(granted(&mut queued).is_empty());
+    drop(permit);
+}
