@@ -197,5 +197,8 @@ async fn a_day_budget_is_one_budget_across_replicas_with_its_rate_in_one_script(
     assert!(standing[0].over, "{standing:?}");
     assert_eq!(standing[0].remaining, 0);
     // Read without charging, from the other replica.
-    assert_eq!(two.spent(&[key.to_string(), "agent:t:never".into()]).await, [1400, 0]);
+    assert_eq!(
+        two.spent(&[key.to_string(), "agent:t:never".into()]).await,
+        [1400, 0]
+    );
 }
