@@ -1,5 +1,6 @@
 use corral_core::{End, OnEnd, Usage, WatchBody};
 
+use crate::lengths::Learning;
 use crate::permit::Permit;
 
 /// The response body of a scheduled request: holds its permit until the
@@ -17,6 +18,8 @@ pub struct Settling {
     usage: Usage,
     /// The answer is an error (4xx, 5xx): it generated nothing.
     failed: bool,
+    /// What a complete answer teaches the agent's expected lengths.
+    learning: Option<Learning>,
 }
 
 corral_core::impl_debug!(Settling { usage, failed });
@@ -28,11 +31,16 @@ corral_core::impl_debug!(Settling { usage, failed });
 const FAILED_COST: f64 = 1.0;
 
 impl Settling {
-    pub(crate) fn new(permit: Permit, status: http::StatusCode) -> Self {
+    pub(crate) fn new(
+        permit: Permit,
+        status: http::StatusCode,
+        learning: Option<Learning>,
+    ) -> Self {
         Self {
             permit,
             usage: Usage::default(),
             failed: status.is_client_error() || status.is_server_error(),
+            learning,
         }
     }
 }
@@ -42,7 +50,18 @@ impl OnEnd for Settling {
         self.usage.read(chunk);
     }
 
-    fn on_end(mut self, _end: End<'_>) {
+    fn on_end(mut self, end: End<'_>) {
+        // Only an answer sent in full says how long its kind runs: one cut
+        // short would teach it shorter than it is. An error generated
+        // nothing and held the permit for a moment: what its agent's
+        // next request is likely to cost too, while the errors last.
+        if let (End::Complete, Some(learning)) = (&end, self.learning.take()) {
+            match (self.failed, self.usage.generated) {
+                (false, Some(generated)) => learning.learn(generated),
+                (true, generated) => learning.learn(generated.unwrap_or(0)),
+                (false, None) => {}
+            }
+        }
         // However it ended, the GPU is free: the permit goes back now,
         // settled with what the answer reported.
         if let Some(cost) = self.usage.cost() {

@@ -8,6 +8,7 @@ use pin_project_lite::pin_project;
 use tower::Service;
 
 use crate::body::{ResponseBody, Settling};
+use crate::lengths::Learning;
 use crate::permit::{Acquire, Permit};
 
 pin_project! {
@@ -17,25 +18,34 @@ pin_project! {
     pub struct ResponseFuture<S, F, R> {
         #[pin]
         inner: AdmitThenCall<Acquire, S, R, F, Permit>,
+        learning: Option<Learning>,
     }
 }
 
 impl<S, F, R> ResponseFuture<S, F, R> {
-    pub(crate) fn waiting(acquire: Acquire, inner: S, request: R) -> Self {
+    pub(crate) fn waiting(
+        acquire: Acquire,
+        inner: S,
+        request: R,
+        learning: Option<Learning>,
+    ) -> Self {
         Self {
             inner: AdmitThenCall::admitting(acquire, inner, request),
+            learning,
         }
     }
 
     pub(crate) fn refused(error: corral_core::BoxError) -> Self {
         Self {
             inner: AdmitThenCall::refused(error),
+            learning: None,
         }
     }
 
     pub(crate) fn passing(future: F) -> Self {
         Self {
             inner: AdmitThenCall::calling(future, None),
+            learning: None,
         }
     }
 }
@@ -50,7 +60,8 @@ where
     type Output = Result<Response<ResponseBody<B>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let (mut response, permit) = ready!(self.project().inner.poll(cx))?;
+        let this = self.project();
+        let (mut response, permit) = ready!(this.inner.poll(cx))?;
         if let Some(permit) = &permit {
             let waited = permit.waited().as_millis().to_string();
             if let Ok(value) = HeaderValue::from_str(&waited) {
@@ -65,7 +76,8 @@ where
             }
         }
         let status = response.status();
-        let settling = permit.map(|p| Settling::new(p, status));
+        let learning = this.learning.take();
+        let settling = permit.map(|p| Settling::new(p, status, learning));
         Poll::Ready(Ok(WatchBody::response(response, settling)))
     }
 }

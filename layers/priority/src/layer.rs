@@ -7,6 +7,7 @@ use corral_core::{ConfigError, LoadSnapshot, RequestMeta, UpstreamLoad};
 use tower::Layer;
 
 use crate::config::PriorityConfig;
+use crate::lengths::Lengths;
 use crate::scheduler::Scheduler;
 use crate::service::PriorityService;
 
@@ -24,6 +25,8 @@ pub(crate) struct Scheduling {
     pub(crate) scheduler: Arc<Scheduler>,
     pub(crate) weights: BTreeMap<String, f64>,
     pub(crate) default_generation_tokens: u64,
+    /// What each agent's answers generate, for requests that do not say.
+    pub(crate) lengths: Arc<Lengths>,
 }
 
 impl PriorityLayer {
@@ -35,6 +38,7 @@ impl PriorityLayer {
                 scheduler: Scheduler::new(config)?,
                 weights: config.class_weights.clone(),
                 default_generation_tokens: config.default_generation_tokens,
+                lengths: Arc::default(),
             }),
         })
     }
@@ -48,6 +52,7 @@ impl PriorityLayer {
                 scheduler,
                 weights: self.shared.weights.clone(),
                 default_generation_tokens: self.shared.default_generation_tokens,
+                lengths: self.shared.lengths.clone(),
             }),
         }
     }

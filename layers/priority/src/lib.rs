@@ -118,6 +118,7 @@ mod error;
 mod estimate;
 mod future;
 mod layer;
+mod lengths;
 pub mod metrics;
 mod models;
 mod permit;

@@ -7,6 +7,7 @@ use tower::Service;
 
 use crate::future::ResponseFuture;
 use crate::layer::Scheduling;
+use crate::lengths::Learning;
 use crate::pool::Ticket;
 
 corral_core::layer_service! {
@@ -84,8 +85,13 @@ where
             // Read by the upstream client once the permit is granted.
             request.extensions_mut().insert(route.clone());
         }
+        let learning = request
+            .extensions()
+            .get::<RequestMeta>()
+            .filter(|m| generates(m.endpoint))
+            .map(|m| self.shared.learning(m));
         let inner = corral_core::take_ready(&mut self.inner);
-        ResponseFuture::waiting(acquire, inner, request)
+        ResponseFuture::waiting(acquire, inner, request, learning)
     }
 }
 
@@ -112,10 +118,7 @@ impl Scheduling {
 
     /// The ticket of a request `meta` describes.
     pub(crate) fn ticket_of(&self, meta: &RequestMeta) -> Ticket {
-        let generates = !matches!(
-            meta.endpoint,
-            Endpoint::Embed | Endpoint::Embeddings | Endpoint::OpenAiEmbeddings
-        );
+        let generates = generates(meta.endpoint);
         Ticket {
             agent: meta.agent.clone(),
             priority: meta.priority,
@@ -124,9 +127,29 @@ impl Scheduling {
                 .get(meta.class.as_str())
                 .copied()
                 .unwrap_or(1.0),
-            cost: self.estimate(meta.body_bytes, meta.generation.max_tokens, generates),
+            cost: self.estimate(meta.body_bytes, self.max_tokens(meta), generates),
             bytes: meta.body_bytes,
             deadline: meta.deadline,
+        }
+    }
+
+    /// The tokens a request may generate: what it says (`num_predict`,
+    /// `max_tokens`), else what its agent's answers from its model have
+    /// generated lately, else `None` (the default).
+    fn max_tokens(&self, meta: &RequestMeta) -> Option<u64> {
+        meta.generation.max_tokens.or_else(|| {
+            self.lengths
+                .predict(&meta.agent, meta.model.as_ref())
+                .map(|n| n.round() as u64)
+        })
+    }
+
+    /// What a request's answer teaches the lengths, once it ends in full.
+    fn learning(&self, meta: &RequestMeta) -> Learning {
+        Learning {
+            lengths: self.lengths.clone(),
+            agent: meta.agent.clone(),
+            model: meta.model.clone(),
         }
     }
 
@@ -141,6 +164,14 @@ impl Scheduling {
         };
         prompt + 2.0 * generated
     }
+}
+
+/// Whether `endpoint` generates tokens (embeddings do not).
+fn generates(endpoint: Endpoint) -> bool {
+    !matches!(
+        endpoint,
+        Endpoint::Embed | Endpoint::Embeddings | Endpoint::OpenAiEmbeddings
+    )
 }
 
 /// The conversation `request` belongs to: its `X-Session-Id`, hashed with

@@ -265,6 +265,17 @@ async fn an_error_answer_charges_about_nothing_so_its_agent_is_not_sent_to_the_b
     // other agent's fair share.
     let charged = scheduler.counter("a", None).unwrap() - floor;
     assert!(charged <= 1.0, "charged {charged}");
+    // And its next request that sets no length is predicted to generate
+    // what the error did, nothing: its prompt only (400 bytes / 4).
+    let mut next = generate("a", 5);
+    next.extensions_mut()
+        .get_mut::<RequestMeta>()
+        .unwrap()
+        .generation
+        .max_tokens = None;
+    let settled = scheduler.counter("a", None).unwrap();
+    let _next = upstream_has(&service, &mut handle, next).await;
+    assert_eq!(scheduler.counter("a", None).unwrap() - settled, 100.0);
 }
 
 /// Runs `n` generations of `agent` through `service`, each answered after
@@ -330,4 +341,52 @@ async fn a_deadline_the_queue_cannot_meet_is_refused_at_once_and_the_answer_says
     // Behind b and c's reservation (due before it would be served).
     assert_eq!(response.headers()["x-corral-queue-position"], "2");
     assert!(response.headers().contains_key("x-corral-queue-eta-ms"));
+}
+
+/// A generation from `agent` that sets no length.
+fn untold(agent: &str) -> Request<Body> {
+    let mut request = generate(agent, 5);
+    let meta = request.extensions_mut().get_mut::<RequestMeta>().unwrap();
+    meta.generation.max_tokens = None;
+    request
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_untold_length_is_what_the_agents_answers_generated_lately() {
+    let (scheduler, service, mut handle) = prioritized(2);
+    let _other = upstream_has(&service, &mut handle, generate("other", 5)).await;
+    // Granted: charged its estimate. Returns how much.
+    let charged = |before: f64| scheduler.counter("a", None).unwrap() - before;
+
+    let (mut tx, answer) = streamed(&service, &mut handle, untold("a")).await;
+    let granted = scheduler.counter("a", None).unwrap();
+    tx.send_data(Bytes::from_static(
+        b"{\"done\":true,\"prompt_eval_count\":100,\"eval_count\":7}\n",
+    ))
+    .await
+    .unwrap();
+    drop(tx);
+    let mut body = answer.into_body();
+    while body.frame().await.is_some() {}
+    // Nothing learned before: the default 256 was charged, then settled.
+    assert_eq!(
+        granted - scheduler.counter("a", None).unwrap(),
+        2.0 * (256.0 - 7.0)
+    );
+
+    // Seven tokens the last time: 400 bytes / 4 + 2 × 7.
+    let settled = scheduler.counter("a", None).unwrap();
+    let (tx, answer) = streamed(&service, &mut handle, untold("a")).await;
+    assert_eq!(charged(settled), 100.0 + 2.0 * 7.0);
+    // An answer its client leaves teaches nothing.
+    let (mut tx2, answer2) = (tx, answer);
+    tx2.send_data(Bytes::from_static(b"{\"eval_count\":900}\n"))
+        .await
+        .unwrap();
+    let mut body = answer2.into_body();
+    body.frame().await.unwrap().unwrap();
+    drop(body);
+    let settled = scheduler.counter("a", None).unwrap();
+    let (_tx, _answer) = streamed(&service, &mut handle, untold("a")).await;
+    assert_eq!(charged(settled), 100.0 + 2.0 * 7.0);
 }

@@ -1,0 +1,96 @@
+//! How long each agent's answers from each model are, learned from what
+//! they generated: the predicted length of a request that sets no
+//! `num_predict`/`max_tokens` (or an unbounded one), so that shorter-first
+//! and the wait estimates know a summarizer from a classifier.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use corral_core::AgentId;
+
+/// The weight of the newest answer in the moving average: an agent's
+/// lengths follow its work within a few answers.
+const ALPHA: f64 = 0.25;
+/// Pairs of agent and model remembered at most; past it the table starts
+/// again (a fleet has a few hundred).
+const MAX_PAIRS: usize = 10_000;
+
+/// An agent (`None`: any agent), and the model it asked for.
+type Pair = (Option<AgentId>, Option<Arc<str>>);
+
+/// Generated tokens per answer, averaged per agent and model.
+#[derive(Debug, Default)]
+pub(crate) struct Lengths {
+    averages: Mutex<HashMap<Pair, f64>>,
+}
+
+impl Lengths {
+    /// The tokens `agent`'s next answer from `model` is expected to
+    /// generate: what its answers from that model generated lately, else
+    /// (an agent new to it) what every agent's did; `None` before any
+    /// answer from that model ended.
+    pub(crate) fn predict(&self, agent: &AgentId, model: Option<&Arc<str>>) -> Option<f64> {
+        let averages = corral_core::lock(&self.averages);
+        averages
+            .get(&(Some(agent.clone()), model.cloned()))
+            .or_else(|| averages.get(&(None, model.cloned())))
+            .copied()
+    }
+
+    /// An answer of `agent` from `model` generated `generated` tokens.
+    pub(crate) fn learn(&self, agent: &AgentId, model: Option<&Arc<str>>, generated: u64) {
+        let mut averages = corral_core::lock(&self.averages);
+        if averages.len() >= MAX_PAIRS {
+            averages.clear();
+        }
+        let generated = generated as f64;
+        for who in [Some(agent.clone()), None] {
+            averages
+                .entry((who, model.cloned()))
+                .and_modify(|average| *average += ALPHA * (generated - *average))
+                .or_insert(generated);
+        }
+    }
+}
+
+/// What an answer teaches [`Lengths`] once it ends in full.
+#[derive(Debug)]
+pub(crate) struct Learning {
+    pub(crate) lengths: Arc<Lengths>,
+    pub(crate) agent: AgentId,
+    pub(crate) model: Option<Arc<str>>,
+}
+
+impl Learning {
+    pub(crate) fn learn(self, generated: u64) {
+        self.lengths
+            .learn(&self.agent, self.model.as_ref(), generated);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_average_follows_each_agent_and_model() {
+        let lengths = Lengths::default();
+        let summarizer = AgentId::from("summarizer");
+        let big: Arc<str> = "llama3".into();
+        assert_eq!(lengths.predict(&summarizer, Some(&big)), None);
+        lengths.learn(&summarizer, Some(&big), 400);
+        assert_eq!(lengths.predict(&summarizer, Some(&big)), Some(400.0));
+        lengths.learn(&summarizer, Some(&big), 800);
+        assert_eq!(lengths.predict(&summarizer, Some(&big)), Some(500.0));
+        assert_eq!(lengths.predict(&summarizer, None), None, "another model");
+        let classifier = AgentId::from("classifier");
+        assert_eq!(
+            lengths.predict(&classifier, Some(&big)),
+            Some(500.0),
+            "an agent new to the model: every agent's average"
+        );
+        lengths.learn(&classifier, Some(&big), 10);
+        assert_eq!(lengths.predict(&classifier, Some(&big)), Some(10.0));
+        assert_eq!(lengths.predict(&summarizer, Some(&big)), Some(500.0));
+    }
+}
