@@ -64,9 +64,12 @@ pub struct PriorityConfig {
     /// share holds even for an agent that sends many at once; unset, no
     /// cap beyond the pool's.
     pub max_in_flight_per_agent: Option<usize>,
-    /// Tokens a generation is expected to produce when the request sets
-    /// no `num_predict`/`max_tokens` (the estimate is corrected from the
-    /// response's `eval_count`).
+    /// Tokens a generation is expected to produce when the request carries
+    /// no metadata (no `classify` before the layer). A request that sets
+    /// no `num_predict`/`max_tokens` is predicted what its agent's answers
+    /// from its model generated lately (or every agent's, or nothing
+    /// before any answer from the model was seen); the charge is corrected
+    /// from the response's `eval_count`.
     pub default_generation_tokens: u64,
     /// Fair-share weight by class name (default 1.0): a class of weight 2
     /// gets twice the service of weight 1 at the same priority.

@@ -136,11 +136,16 @@ impl Scheduling {
     /// The tokens a request may generate: what it says (`num_predict`,
     /// `max_tokens`), else what its agent's answers from its model have
     /// generated lately, else `None` (the default).
+    ///
+    /// Before any answer from its model was seen: nothing, its prompt
+    /// alone. A guess above what the answers turn out to generate would
+    /// leave the requests queued before the first answer behind every
+    /// request predicted after it (shorter-first), for up to an `aging`
+    /// period; a guess below only lets them go first.
     fn max_tokens(&self, meta: &RequestMeta) -> Option<u64> {
         meta.generation.max_tokens.or_else(|| {
-            self.lengths
-                .predict(&meta.agent, meta.model.as_ref())
-                .map(|n| n.round() as u64)
+            let learned = self.lengths.predict(&meta.agent, meta.model.as_ref());
+            Some(learned.map_or(0, |n| n.round() as u64))
         })
     }
 

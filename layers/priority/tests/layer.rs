@@ -368,11 +368,9 @@ async fn an_untold_length_is_what_the_agents_answers_generated_lately() {
     drop(tx);
     let mut body = answer.into_body();
     while body.frame().await.is_some() {}
-    // Nothing learned before: the default 256 was charged, then settled.
-    assert_eq!(
-        granted - scheduler.counter("a", None).unwrap(),
-        2.0 * (256.0 - 7.0)
-    );
+    // Nothing seen from the model before: its prompt alone (400 bytes /
+    // 4) was charged, then settled with the 7 tokens generated.
+    assert_eq!(scheduler.counter("a", None).unwrap() - granted, 2.0 * 7.0);
 
     // Seven tokens the last time: 400 bytes / 4 + 2 × 7.
     let settled = scheduler.counter("a", None).unwrap();
