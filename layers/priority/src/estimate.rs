@@ -11,7 +11,7 @@ use http::{HeaderName, HeaderValue};
 /// use std::time::Duration;
 /// use corral_priority::Estimate;
 ///
-/// let estimate = Estimate { position: 3, eta: Some(Duration::from_millis(1500)) };
+/// let estimate = Estimate::new(3, Some(Duration::from_millis(1500)));
 /// assert_eq!(estimate.eta_ms(), Some(1500));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,9 +21,21 @@ pub struct Estimate {
     /// How long until it gets a permit; `None` until the pool has
     /// measured how long permits are held.
     pub eta: Option<Duration>,
+    /// The wait before the correction learned from the waits served:
+    /// what the served wait teaches the correction against.
+    pub(crate) raw: Option<Duration>,
 }
 
 impl Estimate {
+    /// An estimate of `position` and `eta`, as it is.
+    pub fn new(position: usize, eta: Option<Duration>) -> Self {
+        Self {
+            position,
+            eta,
+            raw: eta,
+        }
+    }
+
     /// The wait in whole milliseconds, as the headers carry it.
     pub fn eta_ms(&self) -> Option<u64> {
         self.eta

@@ -210,6 +210,11 @@ impl Acquire {
                         .map(|link| Route::new(link.fleet.clone(), slot)),
                     (route, None) => route,
                 };
+                // What it was told against what it waited: the
+                // correction of the next estimates for its size.
+                if let Some(raw) = estimate.and_then(|e| e.raw) {
+                    pool.learn_wait(grant.cost, raw, grant.waited);
+                }
                 let permit = Permit {
                     holder: Holder::Local(pool.clone()),
                     route: route.clone(),

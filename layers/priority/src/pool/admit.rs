@@ -99,13 +99,16 @@ impl Pool {
             Me::Front => own,
             _ => state.room.due_ahead(level, own, throughput, now),
         };
-        let estimate = Estimate {
-            position: ahead.count,
-            eta: eta(ahead, throughput),
+        let cost = match me {
+            Me::Arriving { cost, .. } => cost,
+            _ => 0.0,
         };
+        let estimate = self.corrected(ahead.count, eta(ahead, throughput), cost);
         let waits = Waits {
             fresh: estimate.eta,
-            booked: eta(state.room.all_ahead(level, own), throughput),
+            booked: self
+                .calibration
+                .correct(cost, eta(state.room.all_ahead(level, own), throughput)),
         };
         let verdict = decide(claim, budget, waits, key.is_some());
         if let (Verdict::Refuse { reserved: true, .. }, Claim::Fresh, Some(key)) =

@@ -1,6 +1,8 @@
 //! The work ahead of a request in the order of service, for its
 //! estimate ([`crate::Estimate`]).
 
+use std::time::Duration;
+
 use corral_core::{lock, AgentId};
 use tokio::time::Instant;
 
@@ -56,9 +58,21 @@ impl Pool {
         if !matches!(me, Me::Front) {
             ahead = state.room.due_ahead(level, ahead, throughput, now);
         }
+        let cost = match me {
+            Me::Arriving { cost, .. } => cost,
+            Me::Waiting(id) => state.waiters.get(&id).map_or(0.0, |w| w.cost),
+            Me::Front => 0.0,
+        };
+        self.corrected(ahead.count, eta(ahead, throughput), cost)
+    }
+
+    /// An estimate of `raw` for a request of predicted `cost`, corrected
+    /// by what requests of its size really waited.
+    pub(super) fn corrected(&self, position: usize, raw: Option<Duration>, cost: f64) -> Estimate {
         Estimate {
-            position: ahead.count,
-            eta: eta(ahead, throughput),
+            position,
+            eta: self.calibration.correct(cost, raw),
+            raw,
         }
     }
 

@@ -7,6 +7,7 @@
 
 mod admit;
 mod ahead;
+mod calibrate;
 mod hold;
 mod index;
 mod order;
@@ -72,6 +73,8 @@ pub(crate) struct Pool {
     state: Mutex<State>,
     /// Told whenever a ticket leaves the queue or a permit comes back.
     changes: Arc<Notify>,
+    /// How far its estimates ran from the waits served, per size.
+    calibration: calibrate::Calibration,
 }
 
 struct State {
@@ -192,6 +195,7 @@ impl Pool {
             per_agent_cap,
             reserve,
             changes,
+            calibration: calibrate::Calibration::default(),
             state: Mutex::new(State {
                 capacity,
                 in_flight: 0,
@@ -215,6 +219,12 @@ impl Pool {
 
     pub(crate) fn name(&self) -> &str {
         &self.name
+    }
+
+    /// A request of predicted `cost` told it would wait `raw` (before
+    /// correction) waited `waited` for its permit.
+    pub(crate) fn learn_wait(&self, cost: f64, raw: Duration, waited: Duration) {
+        self.calibration.learn(cost, raw, waited);
     }
 
     /// Queues `ticket` (at its level's front if it came back for its

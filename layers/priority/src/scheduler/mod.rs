@@ -417,10 +417,7 @@ impl Scheduler {
         let name = model.filter(|m| !m.is_empty()).map(canonical_model);
         if self.on_demand.is_some() && name.is_some_and(|n| n != pool.name()) {
             // Its pool is not made yet: nothing waits for its model.
-            return Some(Estimate {
-                position: 0,
-                eta: Some(std::time::Duration::ZERO),
-            });
+            return Some(Estimate::new(0, Some(std::time::Duration::ZERO)));
         }
         let me = crate::pool::Me::Arriving {
             agent: &ticket.agent,
