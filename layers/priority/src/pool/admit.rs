@@ -103,7 +103,13 @@ impl Pool {
             Me::Arriving { cost, .. } => cost,
             _ => 0.0,
         };
-        let estimate = self.corrected(ahead.count, eta(ahead, throughput), cost);
+        let mut estimate = self.corrected(ahead.count, eta(ahead, throughput), cost);
+        if matches!(me, Me::Front) {
+            // Back for its reservation, it waits behind what runs, not
+            // behind what the order of service puts ahead: its wait says
+            // nothing of the fresh arrivals' estimates.
+            estimate.raw = None;
+        }
         let waits = Waits {
             fresh: estimate.eta,
             booked: self
