@@ -8,9 +8,15 @@ use std::sync::{Arc, Mutex};
 
 use corral_core::AgentId;
 
-/// The weight of the newest answer in the moving average: an agent's
+/// The weight of the newest answer in an agent's moving average: its
 /// lengths follow its work within a few answers.
 const ALPHA: f64 = 0.25;
+/// The weight of the newest answer in every agent's average for a model,
+/// which agents new to it are predicted: slow, so that requests from
+/// agents without a history of their own are predicted alike (served by
+/// arrival among themselves) rather than ordered by the chance of which
+/// answers came last.
+const MODEL_ALPHA: f64 = 0.02;
 /// Pairs of agent and model remembered at most; past it the table starts
 /// again (a fleet has a few hundred).
 const MAX_PAIRS: usize = 10_000;
@@ -44,10 +50,10 @@ impl Lengths {
             averages.clear();
         }
         let generated = generated as f64;
-        for who in [Some(agent.clone()), None] {
+        for (who, alpha) in [(Some(agent.clone()), ALPHA), (None, MODEL_ALPHA)] {
             averages
                 .entry((who, model.cloned()))
-                .and_modify(|average| *average += ALPHA * (generated - *average))
+                .and_modify(|average| *average += alpha * (generated - *average))
                 .or_insert(generated);
         }
     }
@@ -86,8 +92,8 @@ mod tests {
         let classifier = AgentId::from("classifier");
         assert_eq!(
             lengths.predict(&classifier, Some(&big)),
-            Some(500.0),
-            "an agent new to the model: every agent's average"
+            Some(408.0),
+            "an agent new to the model: every agent's average, slower"
         );
         lengths.learn(&classifier, Some(&big), 10);
         assert_eq!(lengths.predict(&classifier, Some(&big)), Some(10.0));

@@ -110,11 +110,14 @@ impl Pool {
             // nothing of the fresh arrivals' estimates.
             estimate.raw = None;
         }
+        // Decided on the uncorrected waits: the correction is learned
+        // from the requests let in, which the decision chooses; fed back
+        // into it, it would refuse more, learn from fewer and luckier
+        // ones, and grow (seen in the `waits` bench: ×4, nearly every
+        // request refused).
         let waits = Waits {
-            fresh: estimate.eta,
-            booked: self
-                .calibration
-                .correct(cost, eta(state.room.all_ahead(level, own), throughput)),
+            fresh: estimate.raw,
+            booked: eta(state.room.all_ahead(level, own), throughput),
         };
         let verdict = decide(claim, budget, waits, key.is_some());
         if let (Verdict::Refuse { reserved: true, .. }, Claim::Fresh, Some(key)) =

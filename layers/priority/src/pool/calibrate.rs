@@ -8,8 +8,10 @@
 //! what it was told, is the factor its next estimates are multiplied by
 //! (a moving average of the log of the ratio, per power of two of
 //! predicted cost). Learned from the uncorrected estimate, so the
-//! correction does not feed on itself. Atomics, not the pool's lock: a
-//! grant learns, an arrival reads.
+//! correction does not feed on itself; and only what a request is told
+//! is corrected, never what decides whether it is let in (which chooses
+//! the requests the correction learns from). Atomics, not the pool's
+//! lock: a grant learns, an arrival reads.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
