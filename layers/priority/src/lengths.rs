@@ -27,7 +27,8 @@ type Pair = (Option<AgentId>, Option<Arc<str>>);
 /// Generated tokens per answer, averaged per agent and model.
 #[derive(Debug, Default)]
 pub(crate) struct Lengths {
-    averages: Mutex<HashMap<Pair, f64>>,
+    /// The average and how many answers it is of.
+    averages: Mutex<HashMap<Pair, (f64, u32)>>,
 }
 
 impl Lengths {
@@ -40,7 +41,7 @@ impl Lengths {
         averages
             .get(&(Some(agent.clone()), model.cloned()))
             .or_else(|| averages.get(&(None, model.cloned())))
-            .copied()
+            .map(|(average, _)| *average)
     }
 
     /// An answer of `agent` from `model` generated `generated` tokens.
@@ -51,10 +52,12 @@ impl Lengths {
         }
         let generated = generated as f64;
         for (who, alpha) in [(Some(agent.clone()), ALPHA), (None, MODEL_ALPHA)] {
-            averages
-                .entry((who, model.cloned()))
-                .and_modify(|average| *average += alpha * (generated - *average))
-                .or_insert(generated);
+            let (average, n) = averages.entry((who, model.cloned())).or_insert((0.0, 0));
+            *n = n.saturating_add(1);
+            // The plain mean until it is of enough answers, then a
+            // moving average: the first answers do not set it for long.
+            let weight = (1.0 / f64::from(*n)).max(alpha);
+            *average += weight * (generated - *average);
         }
     }
 }
@@ -87,16 +90,26 @@ mod tests {
         lengths.learn(&summarizer, Some(&big), 400);
         assert_eq!(lengths.predict(&summarizer, Some(&big)), Some(400.0));
         lengths.learn(&summarizer, Some(&big), 800);
-        assert_eq!(lengths.predict(&summarizer, Some(&big)), Some(500.0));
+        assert_eq!(
+            lengths.predict(&summarizer, Some(&big)),
+            Some(600.0),
+            "the plain mean of the first answers"
+        );
         assert_eq!(lengths.predict(&summarizer, None), None, "another model");
         let classifier = AgentId::from("classifier");
         assert_eq!(
             lengths.predict(&classifier, Some(&big)),
-            Some(408.0),
-            "an agent new to the model: every agent's average, slower"
+            Some(600.0),
+            "an agent new to the model: every agent's average"
         );
         lengths.learn(&classifier, Some(&big), 10);
         assert_eq!(lengths.predict(&classifier, Some(&big)), Some(10.0));
-        assert_eq!(lengths.predict(&summarizer, Some(&big)), Some(500.0));
+        assert_eq!(lengths.predict(&summarizer, Some(&big)), Some(600.0));
+        // Past a few answers, the newest weighs a quarter.
+        for _ in 0..10 {
+            lengths.learn(&summarizer, Some(&big), 100);
+        }
+        let moved = lengths.predict(&summarizer, Some(&big)).unwrap();
+        assert!((100.0..130.0).contains(&moved), "{moved}");
     }
 }
