@@ -29,6 +29,10 @@ pub const X_CORRAL_QUEUE_MS: HeaderName = HeaderName::from_static("x-corral-queu
 /// On a refusal with `Retry-After`: the same wait in milliseconds (the
 /// header itself has whole seconds).
 pub const X_CORRAL_RETRY_AFTER_MS: HeaderName = HeaderName::from_static("x-corral-retry-after-ms");
+/// The same again under the name the OpenAI SDKs read before
+/// `Retry-After` (`retry-after-ms`), so their automatic retries wait the
+/// time told to the millisecond rather than rounded up to seconds.
+pub const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");
 /// How many requests were ahead of this one in the order of service when
 /// it arrived (on the answer, and on a refusal that estimated it).
 pub const X_CORRAL_QUEUE_POSITION: HeaderName = HeaderName::from_static("x-corral-queue-position");

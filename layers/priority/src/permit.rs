@@ -386,7 +386,11 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         let hold = Hold {
-            cost: self.cost,
+            // Seconds per unit of the work it really did, when its answer
+            // said: a prediction that was far off (a length not yet
+            // learned) must not teach every estimate after it a rate
+            // scaled by its error.
+            cost: self.actual.unwrap_or(self.cost),
             held: self.since.elapsed(),
             failed: self.failed,
         };
