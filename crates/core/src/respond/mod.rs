@@ -318,7 +318,11 @@ mod tests {
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()[header::RETRY_AFTER], "2");
         assert_eq!(response.headers()["x-corral-retry-after-ms"], "1200");
-        assert_eq!(response.headers()["retry-after-ms"], "1200", "as the OpenAI SDKs read it");
+        assert_eq!(
+            response.headers()["retry-after-ms"],
+            "1200",
+            "as the OpenAI SDKs read it"
+        );
         assert_eq!(response.headers()[headers::X_CORRAL_REASON], "rate_limited");
         let body = response.into_body().collect().await.unwrap().to_bytes();
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
