@@ -39,6 +39,8 @@
 //! assert_eq!(log.usage()["planner"], project(&events)["planner"]);
 //! ```
 
+#[cfg(feature = "redis")]
+mod hourly;
 mod log;
 mod packed;
 mod projection;

@@ -6,10 +6,9 @@ use std::sync::Arc;
 use corral_core::{Event, EventSink, NewEvent, RedisState};
 use tokio::sync::mpsc;
 
+use crate::hourly::{self, Tally};
 use crate::log::{EventLog, Query};
-use crate::projection::{
-    apply, fold_json, hour_of, AgentUsage, COUNTED_KINDS, USAGE_RETENTION_HOURS,
-};
+use crate::projection::{apply, fold_json, hour_of, AgentUsage, COUNTED_KINDS};
 use crate::store::{EventStore, Read};
 
 /// Roughly how many events the stream keeps (`XADD MAXLEN ~`).
@@ -65,14 +64,6 @@ pub struct RedisEvents {
 struct Outgoing {
     json: String,
     tally: Option<Tally>,
-}
-
-/// What one event adds to an agent's hourly usage (`<prefix>usage:<hour>`,
-/// a hash of `agent␟counter` fields).
-struct Tally {
-    hour: u64,
-    agent: String,
-    usage: AgentUsage,
 }
 
 corral_core::impl_debug!(RedisEvents { state });
@@ -262,10 +253,7 @@ impl EventStore for RedisEvents {
         agent: Option<String>,
     ) -> Read<'_, BTreeMap<String, AgentUsage>> {
         Box::pin(async move {
-            match self
-                .shared_usage_since(hour_of(since), agent.as_deref())
-                .await
-            {
+            match hourly::usage_since(&self.state, hour_of(since), agent.as_deref()).await {
                 Ok(usage) => usage,
                 Err(_) => self.local.usage_since(since, agent.as_deref()),
             }
@@ -328,11 +316,11 @@ async fn write(state: RedisState, mut pending: mpsc::Receiver<Outgoing>) {
                 .arg(&outgoing.json)
                 .ignore();
             if let Some(tally) = &outgoing.tally {
-                add_tally(&state, &mut pipeline, tally);
+                hourly::add_tally(&state, &mut pipeline, tally);
                 hours.insert(tally.hour);
             }
         }
-        expire_hours(&state, &mut pipeline, &hours);
+        hourly::expire_hours(&state, &mut pipeline, &hours);
         match state.pipeline::<()>(&pipeline).await {
             Ok(()) => {
                 waiting.drain(..batch);
@@ -379,128 +367,6 @@ async fn write(state: RedisState, mut pending: mpsc::Receiver<Outgoing>) {
                     }
                 }
             }
-        }
-    }
-}
-
-/// The hash of `hour`'s usage.
-fn usage_key(state: &RedisState, hour: u64) -> String {
-    state.key(&format!("usage:{hour}"))
-}
-
-/// Adds an event's usage to its hour's hash, which lives as long as the
-/// retention.
-fn add_tally(state: &RedisState, pipeline: &mut redis::Pipeline, tally: &Tally) {
-    let key = usage_key(state, tally.hour);
-    for (name, n) in tally.usage.counters() {
-        if n > 0 {
-            pipeline
-                .cmd("HINCRBY")
-                .arg(&key)
-                .arg(format!("{}\u{1f}{name}", tally.agent))
-                .arg(n)
-                .ignore();
-        }
-    }
-    if let Some(class) = &tally.usage.class {
-        pipeline
-            .cmd("HSET")
-            .arg(&key)
-            .arg(format!("{}\u{1f}class", tally.agent))
-            .arg(class)
-            .ignore();
-    }
-}
-
-/// Each hour's hash lives as long as the retention: once per batch.
-fn expire_hours(state: &RedisState, pipeline: &mut redis::Pipeline, hours: &BTreeSet<u64>) {
-    for hour in hours {
-        pipeline
-            .cmd("EXPIRE")
-            .arg(usage_key(state, *hour))
-            .arg(USAGE_RETENTION_HOURS * 3600)
-            .ignore();
-    }
-}
-
-/// Hours read in one pipeline: a month of a fleet's hashes in one reply
-/// would outlast the state's timeout, which marks Redis down.
-const HOURS_PER_READ: u64 = 24;
-
-impl RedisEvents {
-    /// Usage since `hour` from the hourly hashes every replica adds to:
-    /// one agent's fields (`HMGET`) or every agent's (`HGETALL`), a day
-    /// of hours per round trip.
-    async fn shared_usage_since(
-        &self,
-        hour: u64,
-        agent: Option<&str>,
-    ) -> Result<BTreeMap<String, AgentUsage>, corral_core::StateUnavailable> {
-        let now = hour_of(corral_core::unix_now_f64());
-        let first = hour.max(now.saturating_sub(USAGE_RETENTION_HOURS - 1));
-        let names: Vec<&str> = AgentUsage::default()
-            .counters()
-            .iter()
-            .map(|(name, _)| *name)
-            .chain(["class"])
-            .collect();
-        let mut usage: BTreeMap<String, AgentUsage> = BTreeMap::new();
-        let mut start = first;
-        while start <= now {
-            let end = (start + HOURS_PER_READ - 1).min(now);
-            let mut pipeline = redis::pipe();
-            for hour in start..=end {
-                let key = usage_key(&self.state, hour);
-                match agent {
-                    Some(agent) => {
-                        let command = pipeline.cmd("HMGET").arg(key);
-                        for name in &names {
-                            command.arg(format!("{agent}\u{1f}{name}"));
-                        }
-                    }
-                    None => {
-                        pipeline.cmd("HGETALL").arg(key);
-                    }
-                }
-            }
-            match agent {
-                Some(agent) => {
-                    let hours: Vec<Vec<Option<String>>> = self.state.pipeline(&pipeline).await?;
-                    for values in hours {
-                        let fields = names.iter().zip(values).filter_map(|(n, v)| Some((*n, v?)));
-                        add_fields(&mut usage, agent, fields);
-                    }
-                }
-                None => {
-                    let hours: Vec<Vec<(String, String)>> = self.state.pipeline(&pipeline).await?;
-                    for (field, value) in hours.into_iter().flatten() {
-                        if let Some((name, counter)) = field.split_once('\u{1f}') {
-                            add_fields(&mut usage, name, [(counter, value)]);
-                        }
-                    }
-                }
-            }
-            start = end + 1;
-        }
-        Ok(usage)
-    }
-}
-
-/// Adds an hour's `(counter, value)` fields of `agent` to `usage`.
-fn add_fields<'a>(
-    usage: &mut BTreeMap<String, AgentUsage>,
-    agent: &str,
-    fields: impl IntoIterator<Item = (&'a str, String)>,
-) {
-    for (counter, value) in fields {
-        let entry = match usage.get_mut(agent) {
-            Some(entry) => entry,
-            None => usage.entry(agent.to_string()).or_default(),
-        };
-        if counter == "class" {
-            entry.class = Some(value);
-        } else {
-            entry.add(counter, value.parse().unwrap_or(0));
         }
     }
 }

@@ -9,10 +9,11 @@ mod common;
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
-use common::{answered, chat, limited_on, passed, refused, Upstream};
+use common::{answered, chat, limited_on, passed, refused, Handle, Upstream};
 use corral_core::Refusal;
 use corral_ratelimit::{
-    Budget, BudgetBook, Calendar, Check, MemoryRates, RateLimitConfig, RateLimitLayer, Verdict,
+    Budget, BudgetBook, Calendar, Check, MemoryRates, RateLimitConfig, RateLimitLayer,
+    RateLimitService, Verdict,
 };
 use http::Response;
 use http_body_util::channel::Channel;
@@ -101,6 +102,18 @@ async fn the_budget_is_charged_what_the_answer_generated() {
     );
 }
 
+/// The layer from `toml` on the test's calendar over a mocked upstream:
+/// its budgets' book, its service and the upstream's handle.
+fn booked(toml: &str) -> (BudgetBook, RateLimitService<Upstream>, Handle) {
+    let config: RateLimitConfig = toml::from_str(toml).unwrap();
+    let layer = RateLimitLayer::new(&config)
+        .unwrap()
+        .with_calendar(calendar());
+    let (upstream, mut handle): (Upstream, _) = tower_test::mock::pair();
+    handle.allow(10);
+    (layer.budgets(), layer.layer(upstream), handle)
+}
+
 /// What the budgets of agent `a` of class `batch` have spent, as the
 /// layer's book reads them.
 async fn spent(book: &BudgetBook) -> u64 {
@@ -109,14 +122,7 @@ async fn spent(book: &BudgetBook) -> u64 {
 
 #[tokio::test(start_paused = true)]
 async fn a_request_that_generated_nothing_gives_its_reservation_back() {
-    let config: RateLimitConfig = toml::from_str("[classes.batch]\ntokens_per_day = 1000").unwrap();
-    let layer = RateLimitLayer::new(&config)
-        .unwrap()
-        .with_calendar(calendar());
-    let book = layer.budgets();
-    let (upstream, mut handle): (Upstream, _) = tower_test::mock::pair();
-    handle.allow(10);
-    let service = layer.layer(upstream);
+    let (book, service, mut handle) = booked("[classes.batch]\ntokens_per_day = 1000");
 
     // Refused further in (or failed before an answer): nothing generated.
     let call = tokio::spawn(service.clone().oneshot(chat("a", "batch", Some(400))));
@@ -214,15 +220,8 @@ async fn when_a_day_and_a_month_are_both_spent_the_wait_is_the_months() {
 
 #[tokio::test(start_paused = true)]
 async fn a_shadow_budget_lets_through_and_is_reported_but_not_in_the_headers() {
-    let toml = "budget_mode = \"shadow\"\n[classes.batch]\ntokens_per_day = 500";
-    let config: RateLimitConfig = toml::from_str(toml).unwrap();
-    let layer = RateLimitLayer::new(&config)
-        .unwrap()
-        .with_calendar(calendar());
-    let book = layer.budgets();
-    let (upstream, mut handle): (Upstream, _) = tower_test::mock::pair();
-    handle.allow(10);
-    let service = layer.layer(upstream);
+    let (book, service, mut handle) =
+        booked("budget_mode = \"shadow\"\n[classes.batch]\ntokens_per_day = 500");
     for _ in 0..2 {
         let answer = passed(&service, &mut handle, chat("a", "batch", Some(400))).await;
         assert!(
