@@ -15,7 +15,11 @@ fn fast() -> Setup {
         tokens_per_sec: 1000.0,
         tokens: (10, 200),
         deadline: Duration::from_millis(800),
-        duration: Duration::from_secs(2),
+        // Half a second at 10× is ~85 arrivals: a backlog of a few
+        // seconds. Two seconds (~340) took half a minute to drain alone
+        // and, beside the rest of the suite, could take one client past
+        // its 120 s patience.
+        duration: Duration::from_millis(500),
         probe: Duration::from_millis(50),
         ..Setup::default()
     }
