@@ -282,6 +282,35 @@ impl EventStore for RedisEvents {
     }
 }
 
+/// One batch's commands: each event appended to the stream, its counts
+/// added to its hour's usage, each hour's hash kept for the retention.
+fn batch_of<'a>(
+    state: &RedisState,
+    key: &str,
+    batch: impl Iterator<Item = &'a Outgoing>,
+) -> redis::Pipeline {
+    let mut pipeline = redis::pipe();
+    let mut hours = BTreeSet::new();
+    for outgoing in batch {
+        pipeline
+            .cmd("XADD")
+            .arg(key)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(STREAM_MAXLEN)
+            .arg("*")
+            .arg("e")
+            .arg(&outgoing.json)
+            .ignore();
+        if let Some(tally) = &outgoing.tally {
+            hourly::add_tally(state, &mut pipeline, tally);
+            hours.insert(tally.hour);
+        }
+    }
+    hourly::expire_hours(state, &mut pipeline, &hours);
+    pipeline
+}
+
 /// Appends the outbox to the stream in batches; holds what Redis did
 /// not take (the oldest dropped past [`BUFFERED_EVENTS`]) and retries.
 async fn write(state: RedisState, mut pending: mpsc::Receiver<Outgoing>) {
@@ -302,25 +331,7 @@ async fn write(state: RedisState, mut pending: mpsc::Receiver<Outgoing>) {
             }
         }
         let batch = waiting.len().min(BATCH);
-        let mut pipeline = redis::pipe();
-        let mut hours = BTreeSet::new();
-        for outgoing in waiting.iter().take(batch) {
-            pipeline
-                .cmd("XADD")
-                .arg(&key)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(STREAM_MAXLEN)
-                .arg("*")
-                .arg("e")
-                .arg(&outgoing.json)
-                .ignore();
-            if let Some(tally) = &outgoing.tally {
-                hourly::add_tally(&state, &mut pipeline, tally);
-                hours.insert(tally.hour);
-            }
-        }
-        hourly::expire_hours(&state, &mut pipeline, &hours);
+        let pipeline = batch_of(&state, &key, waiting.iter().take(batch));
         match state.pipeline::<()>(&pipeline).await {
             Ok(()) => {
                 waiting.drain(..batch);
