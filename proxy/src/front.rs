@@ -282,8 +282,9 @@ fn span_for(
     )
 }
 
-/// The headers a proxy owes the upstream: no hop-by-hop ones, the request
-/// id, and who forwarded it.
+/// The headers a proxy owes the upstream: no hop-by-hop ones and who
+/// forwarded it; and the request id, for the layers that read it there
+/// (a signature covers it), which the upstream client takes off again.
 fn forwarding_headers(
     head: &mut http::HeaderMap,
     request_id: Option<&HeaderValue>,

@@ -243,6 +243,10 @@ impl Service<Request<Body>> for Upstream {
                 .headers_mut()
                 .insert(headers::X_FORWARDED_HOST, host);
         }
+        // The request id is the client's and our logs': Ollama ignores it,
+        // and some OpenAI-compatible servers (llama.cpp's) refuse with a
+        // 400 an id that is not a UUID.
+        request.headers_mut().remove(headers::X_REQUEST_ID);
         // Whatever the client spoke, the upstream hop is HTTP/1.1, as
         // Ollama speaks it.
         *request.version_mut() = http::Version::HTTP_11;
