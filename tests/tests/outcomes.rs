@@ -343,3 +343,51 @@ async fn a_client_that_closes_right_after_the_terminal_frame_is_counted_complete
     assert_eq!(agents["anonymous"]["completed"], sent);
     assert_eq!(agents["anonymous"]["cancelled"], 0);
 }
+
+#[tokio::test]
+async fn a_request_whose_client_left_while_it_waited_counts_as_one_cancelled_request() {
+    let upstream = mock(fast()).await;
+    // The default stack: one request at a time per model.
+    let corral = proxy_toml(&upstream.url(), "").await;
+    let url = corral.url();
+    let generate = |agent: &str, fault: &str| {
+        let headers = [("x-agent-id", agent), ("x-mock-fault", fault)];
+        let body = r#"{"model":"llama3","prompt":"x"}"#;
+        request_with("POST", &format!("{url}/api/generate"), body, &headers)
+    };
+    // The only permit, held by a stream paused after its first line.
+    let holder = open(generate("holder", "pause_after=1")).await;
+    let waiting = tokio::spawn(send(generate("leaver", "")));
+    corral_e2e::eventually_async("the second request waits", || async {
+        metric_sum(&url, "corral_queue_depth").await == 1.0
+    })
+    .await;
+    waiting.abort();
+    corral_e2e::eventually_async("the leaver's request is counted", || async {
+        let usage = get(&format!("{url}/corral/usage?agent=leaver&since=1h")).await;
+        usage.json()["agents"]["leaver"]["requests"] == 1
+    })
+    .await;
+
+    let usage = get(&format!("{url}/corral/usage?agent=leaver&since=1h")).await;
+    let leaver = &usage.json()["agents"]["leaver"];
+    assert_eq!(leaver["cancelled"], 1, "{leaver}");
+    assert_eq!(leaver["completed"], 0, "{leaver}");
+    assert_eq!(leaver["prompt_tokens"], 0, "{leaver}");
+    assert_eq!(leaver["generated_tokens"], 0, "{leaver}");
+    let left = events(&url, "agent=leaver").await;
+    let kinds: Vec<&str> = left.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["received", "completed"], "{left:?}");
+    assert_eq!(left[1]["data"]["outcome"], "cancelled");
+    assert_eq!(left[0]["data"]["model"], "llama3");
+
+    upstream.release(1);
+    assert!(text(holder).await.contains("\"done\":true"));
+    assert!(
+        upstream
+            .requests()
+            .iter()
+            .all(|r| r.headers.get("x-agent-id").map(String::as_str) != Some("leaver")),
+        "the leaver never reached the upstream"
+    );
+}
