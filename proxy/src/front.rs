@@ -32,7 +32,7 @@ use tracing::{field::Empty, Instrument};
 use crate::admin::Admin;
 use crate::agent_api::AgentApi;
 use crate::hop::strip_hop_by_hop;
-use crate::observe::{InFlight, Observation, Watch};
+use crate::observe::{InFlight, Observation, Unanswered, Watch};
 use crate::respond;
 use crate::stack::{Stack, StackService};
 use corral_core::respond::{Framing, Rendered};
@@ -174,9 +174,18 @@ impl Proxying {
         parts.extensions.insert(slot.clone());
         parts.extensions.insert(request_id.clone());
         let request = Request::from_parts(parts, body);
+        // Dropped with this future when the client leaves first.
+        let unanswered = Unanswered::new(
+            start,
+            endpoint,
+            span.clone(),
+            (slot.clone(), request_id.clone()),
+            self.events.clone(),
+        );
         let (result, in_flight) = call_counted(&self.stack, request, &slot, endpoint)
             .instrument(span.clone())
             .await;
+        unanswered.answered();
         let mut response = match result {
             Ok(Ok(response)) => response,
             Err(panic) => {
@@ -282,8 +291,9 @@ fn span_for(
     )
 }
 
-/// The headers a proxy owes the upstream: no hop-by-hop ones, the request
-/// id, and who forwarded it.
+/// The headers a proxy owes the upstream: no hop-by-hop ones and who
+/// forwarded it; and the request id, for the layers that read it there
+/// (a signature covers it), which the upstream client takes off again.
 fn forwarding_headers(
     head: &mut http::HeaderMap,
     request_id: Option<&HeaderValue>,

@@ -26,6 +26,10 @@ use crate::hop::strip_hop_by_hop;
 use crate::upstream_tls::tls_config;
 use crate::upstream_url::UpstreamUrl;
 
+/// The version a probe gives a server that has no `/api/version` but
+/// answers `/v1/models`.
+pub(crate) const OPENAI_ONLY: &str = "unknown (OpenAI-compatible: no /api/version)";
+
 /// The upstream Ollama server (or servers) as a `tower::Service`.
 ///
 /// With several (`[[upstreams]]`), a request the scheduler granted a
@@ -201,9 +205,21 @@ impl Upstream {
             .map_err(|_| format!("{url}: no answer within {:?}", self.readiness_timeout))?
     }
 
-    /// Asks upstream `index` for its version.
+    /// Asks upstream `index` for its version; a server without Ollama's
+    /// API (`/api/version` not found: an OpenAI-compatible one, such as
+    /// llama.cpp's) is up when it lists its models on `/v1/models`.
     pub(crate) async fn probe_target(&self, index: usize) -> Result<String, String> {
-        let body = self.get(index, "/api/version").await?;
+        let (status, body) = self.fetch(index, "/api/version", true).await?;
+        let url = &self.targets[index].url;
+        if status == http::StatusCode::NOT_FOUND {
+            self.get(index, "/v1/models")
+                .await
+                .map_err(|e| format!("{url}/api/version answered {status}, and {e}"))?;
+            return Ok(OPENAI_ONLY.to_string());
+        }
+        if !status.is_success() {
+            return Err(format!("{url}/api/version answered {status}"));
+        }
         let version: serde_json::Value =
             serde_json::from_slice(&body).map_err(|e| format!("/api/version: {e}"))?;
         Ok(version
@@ -243,6 +259,10 @@ impl Service<Request<Body>> for Upstream {
                 .headers_mut()
                 .insert(headers::X_FORWARDED_HOST, host);
         }
+        // The request id is the client's and our logs': Ollama ignores it,
+        // and some OpenAI-compatible servers (llama.cpp's) refuse with a
+        // 400 an id that is not a UUID.
+        request.headers_mut().remove(headers::X_REQUEST_ID);
         // Whatever the client spoke, the upstream hop is HTTP/1.1, as
         // Ollama speaks it.
         *request.version_mut() = http::Version::HTTP_11;

@@ -69,6 +69,29 @@ fn with_no_layers_the_stack_protects_and_says_its_capacity_and_where_it_came_fro
     );
 }
 
+#[test]
+fn models_with_a_capacity_of_their_own_are_named_in_the_capacity_line() {
+    let output =
+        check("[upstream]\nmodel_capacity = { \"llama3:70b\" = 2, \"nomic-embed-text\" = 4 }\n");
+    assert!(output.status.success(), "{}", stderr(&output));
+    let shown = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        shown.contains(
+            "capacity   llama3:70b: 2 at a time, nomic-embed-text: 4 at a time ([upstream] model_capacity, each in a pool of its own); 1 request at a time per other model, Ollama's default"
+        ),
+        "{shown}"
+    );
+
+    let output = check("[upstream]\ncapacity = 3\nmodel_capacity = { \"llama3:70b\" = 1 }\n");
+    let shown = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        shown.contains(
+            "capacity   llama3:70b: 1 at a time ([upstream] model_capacity, each in a pool of its own); 3 request(s) at once, the other models together (from [upstream] capacity in"
+        ),
+        "{shown}"
+    );
+}
+
 #[tokio::test]
 async fn with_no_config_the_startup_line_names_the_stack_and_the_capacity_and_capacity_is_served() {
     let (port, child) = serving_nothing("127.0.0.1", Stdio::piped()).await;

@@ -262,11 +262,12 @@ where
     }
 }
 
-/// The upstream's record of the request with `X-Request-Id: id`.
+/// The upstream's record of the request the test named `X-Mock-Id: id`
+/// (its `X-Request-Id` stays with Corral).
 pub fn upstream_saw(mock: &MockOllama, id: &str) -> RecordedRequest {
     mock.requests()
         .into_iter()
-        .find(|r| r.headers.get("x-request-id").map(String::as_str) == Some(id))
+        .find(|r| r.headers.get("x-mock-id").map(String::as_str) == Some(id))
         .unwrap_or_else(|| panic!("the upstream never saw request {id}"))
 }
 

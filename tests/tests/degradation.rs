@@ -75,6 +75,7 @@ fn chat(
     );
     let headers = r.headers_mut();
     headers.insert("x-request-id", id.parse().unwrap());
+    headers.insert("x-mock-id", id.parse().unwrap());
     headers.insert("x-agent-id", agent.parse().unwrap());
     headers.insert("x-priority", priority.to_string().parse().unwrap());
     headers.insert("x-mock-fault", fault.parse().unwrap());
@@ -150,7 +151,7 @@ async fn under_overload_non_critical_work_is_rewritten_critical_is_not_and_criti
     assert!(upstream
         .requests()
         .iter()
-        .all(|r| r.headers.get("x-request-id").map(String::as_str) != Some("late")));
+        .all(|r| r.headers.get("x-mock-id").map(String::as_str) != Some("late")));
 
     // Critical work waits for a permit like anyone (at priority 1, first
     // in line); one holder finishing frees one.

@@ -57,6 +57,58 @@ async fn readiness_follows_the_upstream() {
     assert_eq!(ready.json()["version"], "0.12.6");
 }
 
+/// A stand-in for an OpenAI-compatible server (llama.cpp's): nothing of
+/// Ollama's API, and `/v1/models` only when `models`; its address.
+async fn openai_only(models: bool) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let answer = move |path: &str| match path {
+        "/v1/models" if models => (
+            200,
+            r#"{"object":"list","data":[{"id":"model.gguf","object":"model","owned_by":"llamacpp"}]}"#,
+        ),
+        _ => (
+            404,
+            r#"{"error":{"code":404,"message":"File Not Found","type":"not_found_error"}}"#,
+        ),
+    };
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let service =
+                hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let (status, body) = answer(request.uri().path());
+                    let mut response =
+                        http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+                    *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                    std::future::ready(Ok::<_, std::convert::Infallible>(response))
+                });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    address
+}
+
+#[tokio::test]
+async fn readiness_in_front_of_an_openai_only_server_asks_for_its_models() {
+    let corral = proxy_with(&openai_only(true).await, |_| {}).await;
+    let ready = get(&format!("{}/corral/readyz", corral.url())).await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert_eq!(ready.json()["status"], "ready");
+
+    let corral = proxy_with(&openai_only(false).await, |_| {}).await;
+    let ready = get(&format!("{}/corral/readyz", corral.url())).await;
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    let error = ready.json()["error"].as_str().unwrap().to_string();
+    assert!(
+        error.contains("/api/version answered 404") && error.contains("/v1/models answered 404"),
+        "{error}"
+    );
+}
+
 #[tokio::test]
 async fn upstream_errors_reach_the_client_unchanged() {
     let (_upstream, corral) = fast_proxy().await;

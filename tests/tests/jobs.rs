@@ -30,7 +30,7 @@ async fn a_call_that_prefers_to_be_answered_later_is_a_job_answered_as_a_live_on
         "POST",
         &format!("{url}/api/generate"),
         GENERATE,
-        &[],
+        &[("x-mock-id", "live")],
     ))
     .await;
 
@@ -44,9 +44,16 @@ async fn a_call_that_prefers_to_be_answered_later_is_a_job_answered_as_a_live_on
         live.json()["response"],
         "the same answer as a live request"
     );
-    // The job's request went upstream under the job's id, once.
-    let seen = upstream_saw(&upstream, &id);
-    assert_eq!(seen.uri, "/api/generate");
+    // The job's request went upstream once, its id kept to Corral (as a
+    // live request's is).
+    let runs: Vec<_> = upstream
+        .requests()
+        .into_iter()
+        .filter(|r| r.uri == "/api/generate" && !r.headers.contains_key("x-mock-id"))
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let seen = &runs[0];
+    assert!(!seen.headers.contains_key("x-request-id"));
     assert!(
         !seen.headers.contains_key("prefer"),
         "the preference is the proxy's"
@@ -361,7 +368,11 @@ async fn a_job_runs_as_the_agent_whose_key_submitted_it_and_needs_that_key_to_be
         "POST",
         &format!("{url}/api/generate"),
         GENERATE,
-        &[planner[0], ("prefer", "respond-async")],
+        &[
+            planner[0],
+            ("prefer", "respond-async"),
+            ("x-mock-id", "planned"),
+        ],
     ))
     .await;
     assert_eq!(reply.status, 202);
@@ -374,7 +385,7 @@ async fn a_job_runs_as_the_agent_whose_key_submitted_it_and_needs_that_key_to_be
         read("Bearer sk-planner-0123456789").await.json()["status"] == "done"
     })
     .await;
-    let seen = upstream_saw(&upstream, &id);
+    let seen = upstream_saw(&upstream, "planned");
     assert!(
         !seen.headers.contains_key("authorization"),
         "the key is not kept with the job"

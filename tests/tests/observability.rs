@@ -175,9 +175,12 @@ async fn a_scripted_run_shows_in_metrics_events_and_the_admin_api() {
 
     // Retried: the first attempt meets a busy upstream.
     let mut retried = generate(&url, "writer", 5, PLAIN, Some("busy_attempts=1"));
-    retried
-        .headers_mut()
-        .insert("x-request-id", "retried-1".parse().unwrap());
+    // Attempts are one request to the mock by their `X-Mock-Id`.
+    for name in ["x-request-id", "x-mock-id"] {
+        retried
+            .headers_mut()
+            .insert(name, "retried-1".parse().unwrap());
+    }
     assert_eq!(send(retried).await.status, 200);
 
     // Breaker: three upstream 500s open it; the next request fails fast.

@@ -3,7 +3,9 @@
 //! still reaches the client as an error in its own framing); a
 //! non-streamed answer and an embedding are completed; an upstream error
 //! after every attempt is an error; a long non-streamed generation is
-//! waited for and asked of the upstream once.
+//! waited for and asked of the upstream once; a stream whose client
+//! closes the connection as soon as it has read the terminal frame is
+//! completed.
 
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
@@ -12,7 +14,8 @@ use std::time::Duration;
 
 use corral::Config;
 use corral_e2e::{
-    broken_stream, events, fast, get, metric_sum, mock, post, proxy_toml, request_with, send,
+    broken_stream, events, fast, get, metric_sum, mock, open, post, proxy_toml, request_with, send,
+    text, within,
 };
 use http_body_util::BodyExt;
 
@@ -253,5 +256,138 @@ async fn the_shipped_configs_first_byte_limit_waits_for_streams_only() {
         upstream.requests().len(),
         2,
         "one upstream call each: a timed-out generation is not run again"
+    );
+}
+
+/// Whether the text read so far holds the answer's terminal frame.
+type Terminal = fn(&str) -> bool;
+
+/// Reads `response` until `terminal` says the text so far holds the
+/// answer's terminal frame, and drops it at once: the client closes the
+/// connection as the OpenAI SDKs do after `[DONE]`.
+async fn read_to_the_terminal_frame(
+    response: http::Response<hyper::body::Incoming>,
+    terminal: Terminal,
+) {
+    let mut body = response.into_body();
+    let mut text = String::new();
+    while !terminal(&text) {
+        let frame = within(body.frame())
+            .await
+            .expect("the terminal frame comes before the end")
+            .expect("the stream is whole");
+        if let Some(data) = frame.data_ref() {
+            text.push_str(std::str::from_utf8(data).unwrap());
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_closes_right_after_the_terminal_frame_is_counted_completed() {
+    let upstream = mock(fast()).await;
+    let corral = proxy_toml(&upstream.url(), "").await;
+    let url = corral.url();
+    let streams: [(&str, &str, Terminal); 3] = [
+        (
+            "/api/chat",
+            r#"{"model":"llama3","messages":[{"role":"user","content":"x"}]}"#,
+            |text| text.contains("\"done\":true") && text.ends_with('\n'),
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"model":"llama3","messages":[{"role":"user","content":"x"}],"stream":true,"stream_options":{"include_usage":true}}"#,
+            |text| text.contains("data: [DONE]\n\n"),
+        ),
+        (
+            "/v1/messages",
+            r#"{"model":"llama3","max_tokens":64,"messages":[{"role":"user","content":"x"}],"stream":true}"#,
+            |text| text.contains("event: message_stop") && text.ends_with("\n\n"),
+        ),
+    ];
+    let mut sent = 0;
+    for (path, body, terminal) in streams {
+        // The frames of a whole answer, to hold the upstream's body open
+        // after the last of them: the race always lost, then left to run.
+        let before = upstream.stats().chunks_sent;
+        let whole = open(request_with("POST", &format!("{url}{path}"), body, &[])).await;
+        text(whole).await;
+        let frames = upstream.stats().chunks_sent - before;
+        let held = format!("pause_after={frames}");
+        for round in 0..10 {
+            let fault: &[(&str, &str)] = if round % 2 == 0 {
+                &[("x-mock-fault", &held)]
+            } else {
+                &[]
+            };
+            let request = request_with("POST", &format!("{url}{path}"), body, fault);
+            let response = open(request).await;
+            assert_eq!(response.status(), 200, "{path}");
+            read_to_the_terminal_frame(response, terminal).await;
+        }
+        sent += 11;
+    }
+
+    corral_e2e::eventually_async("every answer's end is logged", || async {
+        events(&url, "kind=completed").await.len() == sent
+    })
+    .await;
+    let completed = events(&url, "kind=completed").await;
+    for event in &completed {
+        assert_eq!(event["data"]["outcome"], "completed", "{event}");
+        assert!(
+            event["data"]["generated_tokens"].as_u64().unwrap() > 0,
+            "{event}"
+        );
+    }
+    let agents = get(&format!("{url}/corral/agents")).await.json();
+    assert_eq!(agents["anonymous"]["completed"], sent);
+    assert_eq!(agents["anonymous"]["cancelled"], 0);
+}
+
+#[tokio::test]
+async fn a_request_whose_client_left_while_it_waited_counts_as_one_cancelled_request() {
+    let upstream = mock(fast()).await;
+    // The default stack: one request at a time per model.
+    let corral = proxy_toml(&upstream.url(), "").await;
+    let url = corral.url();
+    let generate = |agent: &str, fault: &str| {
+        let headers = [("x-agent-id", agent), ("x-mock-fault", fault)];
+        let body = r#"{"model":"llama3","prompt":"x"}"#;
+        request_with("POST", &format!("{url}/api/generate"), body, &headers)
+    };
+    // The only permit, held by a stream paused after its first line.
+    let holder = open(generate("holder", "pause_after=1")).await;
+    let waiting = tokio::spawn(send(generate("leaver", "")));
+    corral_e2e::eventually_async("the second request waits", || async {
+        metric_sum(&url, "corral_queue_depth").await == 1.0
+    })
+    .await;
+    waiting.abort();
+    corral_e2e::eventually_async("the leaver's request is counted", || async {
+        let usage = get(&format!("{url}/corral/usage?agent=leaver&since=1h")).await;
+        usage.json()["agents"]["leaver"]["requests"] == 1
+    })
+    .await;
+
+    let usage = get(&format!("{url}/corral/usage?agent=leaver&since=1h")).await;
+    let leaver = &usage.json()["agents"]["leaver"];
+    assert_eq!(leaver["cancelled"], 1, "{leaver}");
+    assert_eq!(leaver["completed"], 0, "{leaver}");
+    assert_eq!(leaver["prompt_tokens"], 0, "{leaver}");
+    assert_eq!(leaver["generated_tokens"], 0, "{leaver}");
+    let left = events(&url, "agent=leaver").await;
+    let kinds: Vec<&str> = left.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["received", "completed"], "{left:?}");
+    assert_eq!(left[1]["data"]["outcome"], "cancelled");
+    assert_eq!(left[0]["data"]["model"], "llama3");
+
+    upstream.release(1);
+    assert!(text(holder).await.contains("\"done\":true"));
+    assert!(
+        upstream
+            .requests()
+            .iter()
+            .all(|r| r.headers.get("x-agent-id").map(String::as_str) != Some("leaver")),
+        "the leaver never reached the upstream"
     );
 }

@@ -112,6 +112,7 @@ async fn through(url: &str, case: &Case, id: &str) -> Reply {
             .method(case.method)
             .uri(format!("{url}{}", case.path))
             .header("x-request-id", id)
+            .header("x-mock-id", id)
             .header("content-type", "application/json")
             .body(Full::new(bytes::Bytes::from_static(case.body.as_bytes())))
             .unwrap(),

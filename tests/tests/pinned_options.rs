@@ -37,7 +37,7 @@ async fn upstream_got(
         "POST",
         &format!("{url}{path}"),
         body.to_string(),
-        &[("x-request-id", id)],
+        &[("x-mock-id", id)],
     ))
     .await;
     assert_eq!(reply.status, 200, "{path} {body}: {}", reply.text());
@@ -114,7 +114,7 @@ async fn a_client_asking_another_num_ctx_or_keep_alive_gets_the_pinned_ones() {
         "POST",
         &format!("{url}/api/generate"),
         body,
-        &[("x-request-id", "other")],
+        &[("x-mock-id", "other")],
     ))
     .await;
     assert_eq!(
@@ -128,7 +128,7 @@ async fn a_client_asking_another_num_ctx_or_keep_alive_gets_the_pinned_ones() {
         "POST",
         &format!("{url}/v1/chat/completions"),
         body,
-        &[("x-request-id", "openai")],
+        &[("x-mock-id", "openai")],
     ))
     .await;
     assert_eq!(upstream_saw(&upstream, "openai").body, body);

@@ -22,7 +22,7 @@ fn generate(
     id: &str,
     fault: Option<&str>,
 ) -> http::Request<http_body_util::Full<bytes::Bytes>> {
-    let mut headers = vec![("x-request-id", id)];
+    let mut headers = vec![("x-request-id", id), ("x-mock-id", id)];
     headers.extend(fault.map(|fault| ("x-mock-fault", fault)));
     let body = r#"{"model":"llama3","prompt":"x","stream":false}"#;
     request_with("POST", &format!("{url}/api/generate"), body, &headers)
@@ -42,7 +42,7 @@ async fn a_burst_of_503s_is_absorbed_by_retries() {
     let attempts = upstream
         .requests()
         .iter()
-        .filter(|r| r.headers.get("x-request-id").map(String::as_str) == Some("burst-1"))
+        .filter(|r| r.headers.get("x-mock-id").map(String::as_str) == Some("burst-1"))
         .count();
     assert_eq!(attempts, 3, "two busy answers, then served");
     assert!(upstream_saw(&upstream, "burst-1")

@@ -15,7 +15,13 @@
 //! its length promised: hyper stops polling a body with a
 //! `Content-Length` once that many bytes are written and drops it, so a
 //! non-streamed answer whose body never says "end" by itself must not be
-//! taken for one the client abandoned.
+//! taken for one the client abandoned. A stream dropped after its
+//! terminal frame went by whole (Ollama's `"done":true` line, OpenAI's
+//! `data: [DONE]`, Anthropic's `message_stop`, the Responses API's
+//! `response.completed`) is complete too: its client had the whole answer
+//! and closed the connection before the upstream's body said it ended,
+//! as the OpenAI SDKs do. It is told so when dropped or at its end, not
+//! earlier: what it holds stays held while the upstream finishes.
 //!
 //! Modelled on tower-http's in-flight counter body and linkerd's
 //! `body-eos`: one watcher, many guards.
@@ -54,6 +60,7 @@ use http::{header, HeaderMap};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use crate::terminal::TerminalFrame;
 use crate::{classify_error, BoxError, Failure, Outcome};
 
 /// How a body ended.
@@ -142,20 +149,38 @@ impl<T: OnEnd> OnEnd for Option<T> {
     }
 }
 
-/// The guard until it has been told; told "cancelled" when dropped first.
-struct Armed<W: OnEnd>(Option<W>);
+/// The guard until it has been told; told "cancelled" when dropped first,
+/// "complete" when dropped after the stream's terminal frame.
+struct Armed<W: OnEnd> {
+    guard: Option<W>,
+    terminal: Option<TerminalFrame>,
+}
 
 impl<W: OnEnd> Armed<W> {
     fn end(&mut self, end: End<'_>) {
-        if let Some(guard) = self.0.take() {
+        if let Some(guard) = self.guard.take() {
             guard.on_end(end);
+        }
+    }
+
+    /// A chunk of data went by.
+    fn on_data(&mut self, chunk: &[u8]) {
+        if let Some(guard) = self.guard.as_mut() {
+            guard.on_data(chunk);
+            if let Some(terminal) = self.terminal.as_mut() {
+                terminal.read(chunk);
+            }
         }
     }
 }
 
 impl<W: OnEnd> Drop for Armed<W> {
     fn drop(&mut self) {
-        self.end(End::Cancelled);
+        if self.terminal.as_ref().is_some_and(TerminalFrame::is_seen) {
+            self.end(End::Complete);
+        } else {
+            self.end(End::Cancelled);
+        }
     }
 }
 
@@ -178,18 +203,19 @@ impl<B: Body, W: OnEnd> WatchBody<B, W> {
     /// body's exact size hint.
     pub fn new(inner: B, guard: W) -> Self {
         let remaining = inner.size_hint().exact();
-        Self::with_length(inner, guard, remaining)
+        Self::with_length(inner, guard, remaining, None)
     }
 
     /// Watches the body of an answer with `headers`: a `Content-Length`
-    /// there is the length hyper will write and no more.
+    /// there is the length hyper will write and no more, and an NDJSON or
+    /// SSE `Content-Type` a stream whose terminal frame is watched for.
     pub fn with_headers(inner: B, headers: &HeaderMap, guard: W) -> Self {
         let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
         let remaining = declared.or_else(|| inner.size_hint().exact());
-        Self::with_length(inner, guard, remaining)
+        Self::with_length(inner, guard, remaining, TerminalFrame::of(headers))
     }
 
     /// `response` with its body watched for `guard`, its length taken
@@ -200,9 +226,17 @@ impl<B: Body, W: OnEnd> WatchBody<B, W> {
         http::Response::from_parts(parts, body)
     }
 
-    fn with_length(inner: B, guard: W, remaining: Option<u64>) -> Self {
+    fn with_length(
+        inner: B,
+        guard: W,
+        remaining: Option<u64>,
+        terminal: Option<TerminalFrame>,
+    ) -> Self {
         let mut body = Self {
-            guard: Armed(Some(guard)),
+            guard: Armed {
+                guard: Some(guard),
+                terminal,
+            },
             remaining,
             inner,
         };
@@ -220,7 +254,7 @@ impl<B: Body, W: OnEnd> WatchBody<B, W> {
 
     /// Whether the guard has been told how the body ended.
     pub fn has_ended(&self) -> bool {
-        self.guard.0.is_none()
+        self.guard.guard.is_none()
     }
 }
 
@@ -228,7 +262,7 @@ impl<B: fmt::Debug, W: OnEnd> fmt::Debug for WatchBody<B, W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WatchBody")
             .field("inner", &self.inner)
-            .field("ended", &self.guard.0.is_none())
+            .field("ended", &self.guard.guard.is_none())
             .finish()
     }
 }
@@ -261,9 +295,7 @@ where
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let len = data.remaining() as u64;
-                    if let Some(guard) = this.guard.0.as_mut() {
-                        guard.on_data(data.chunk());
-                    }
+                    this.guard.on_data(data.chunk());
                     if let Some(left) = this.remaining.as_mut() {
                         *left = left.saturating_sub(len);
                     }
@@ -364,6 +396,24 @@ mod tests {
         assert!(body.has_ended());
         drop(body);
         assert_eq!(log.taken(), ["data 2", "data 1", "Complete"]);
+    }
+
+    #[tokio::test]
+    async fn a_stream_dropped_after_its_terminal_frame_is_complete_and_before_it_cancelled() {
+        // The client read `[DONE]` and closed the connection before the
+        // upstream's body said it ended.
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, "text/event-stream".parse().unwrap());
+        for (read, end) in [(1, "Cancelled"), (2, "Complete")] {
+            let log = Log::default();
+            let frames = vec![Ok("data: {}\n\n"), Ok("data: [DONE]\n\n"), Ok("")];
+            let mut body = WatchBody::with_headers(chunks(frames), &headers, log.clone());
+            for _ in 0..read {
+                body.frame().await.unwrap().unwrap();
+            }
+            drop(body);
+            assert_eq!(log.taken().last().unwrap(), end, "{read} frame(s) read");
+        }
     }
 
     #[test]

@@ -68,6 +68,7 @@ mod redis_state;
 mod refusal;
 pub mod respond;
 mod set_meta;
+mod terminal;
 mod usage;
 
 pub use admit::AdmitThenCall;

@@ -82,7 +82,8 @@ async fn route(
     the_rest(state, method, path, &bytes)
 }
 
-/// The faults a request asks for (`X-Mock-Fault`), with its request id.
+/// The faults a request asks for (`X-Mock-Fault`), with the test's name
+/// for it (`X-Mock-Id`: a proxy keeps its own request id to itself).
 fn faults_of(headers: &http::HeaderMap) -> Result<Faults, Response<BoxBody>> {
     let mut faults = match headers.get("x-mock-fault").map(|v| v.to_str()) {
         None => Faults::default(),
@@ -96,8 +97,8 @@ fn faults_of(headers: &http::HeaderMap) -> Result<Faults, Response<BoxBody>> {
             ))
         }
     };
-    faults.request_id = headers
-        .get("x-request-id")
+    faults.mock_id = headers
+        .get("x-mock-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     Ok(faults)

@@ -9,7 +9,7 @@ use std::time::Duration;
 ///   (Ollama's, OpenAI's or Anthropic's; `busy` is `status=503` with
 ///   Ollama's "server busy" text);
 /// - `busy_attempts=N`: answer 503 "server busy" to the first N attempts
-///   of a request (by `X-Request-Id`), then serve it;
+///   of a request (by `X-Mock-Id`), then serve it;
 /// - `stall_after=N` (`stall_ms=M`): stop sending after N chunks, keeping
 ///   the connection open;
 /// - `drop_after=N`: break the connection after N chunks, which reach the
@@ -28,7 +28,7 @@ pub struct Faults {
     /// Answer with this status at once.
     pub status: Option<u16>,
     /// Answer 503 "server busy" to the first this many attempts of a
-    /// request (attempts share an `X-Request-Id`), then serve it.
+    /// request (attempts share an `X-Mock-Id`), then serve it.
     pub busy_attempts: Option<usize>,
     /// Stop sending after this many chunks.
     pub stall_after: Option<usize>,
@@ -46,8 +46,9 @@ pub struct Faults {
     pub ttft: Option<Duration>,
     /// Tokens per second.
     pub tokens_per_sec: Option<f64>,
-    /// The request's id, which `busy_attempts` counts attempts by.
-    pub request_id: Option<String>,
+    /// The test's name for the request (`X-Mock-Id`), which
+    /// `busy_attempts` counts attempts by.
+    pub mock_id: Option<String>,
 }
 
 impl Faults {
@@ -94,7 +95,7 @@ impl Faults {
     /// the request has attempts left to fail.
     pub(crate) fn resolve(&self, state: &crate::state::State) -> Faults {
         let mut faults = self.clone();
-        if let (Some(n), Some(id)) = (self.busy_attempts, &self.request_id) {
+        if let (Some(n), Some(id)) = (self.busy_attempts, &self.mock_id) {
             if state.attempt(id) < n {
                 faults.status = Some(503);
             }

@@ -373,17 +373,35 @@ impl Config {
                 .collect();
             return format!("per loaded model on each upstream ({})", each.join("; "));
         }
-        match (&self.upstream.capacity, &self.capacity_from) {
+        let own = &self.upstream.model_capacity;
+        let (others, other) = if own.is_empty() {
+            ("all models", "")
+        } else {
+            ("the other models", "other ")
+        };
+        let shared = match (&self.upstream.capacity, &self.capacity_from) {
             (Some(capacity), Some(from)) => {
-                format!("{capacity} request(s) at once, all models together (from {from})")
+                format!("{capacity} request(s) at once, {others} together (from {from})")
             }
             (Some(capacity), None) => {
-                format!("{capacity} request(s) at once, all models together")
+                format!("{capacity} request(s) at once, {others} together")
             }
             (None, _) => format!(
-                "{DEFAULT_CAPACITY_PER_MODEL} request at a time per model, Ollama's default OLLAMA_NUM_PARALLEL; if the server runs more, say so with --capacity N, CORRAL_CAPACITY=N or [upstream] capacity = N"
+                "{DEFAULT_CAPACITY_PER_MODEL} request at a time per {other}model, Ollama's default OLLAMA_NUM_PARALLEL; if the server runs more, say so with --capacity N, CORRAL_CAPACITY=N or [upstream] capacity = N"
             ),
+        };
+        if own.is_empty() {
+            return shared;
         }
+        // Each of these models has a pool of its own, beside the rest.
+        let pools: Vec<String> = own
+            .iter()
+            .map(|(model, capacity)| format!("{model}: {capacity} at a time"))
+            .collect();
+        format!(
+            "{} ([upstream] model_capacity, each in a pool of its own); {shared}",
+            pools.join(", ")
+        )
     }
 
     /// The config the `classify` layer is built from.

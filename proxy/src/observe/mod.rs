@@ -1,5 +1,6 @@
 //! What the front watches of each answer: metrics with bounded labels,
-//! the access log line, and the request's events.
+//! the access log line, and the request's events; and of a request left
+//! before its answer ([`Unanswered`]).
 
 use std::sync::Arc;
 
@@ -12,6 +13,10 @@ use tokio::time::Instant;
 use tracing::Span;
 
 use crate::telemetry::{request_metrics, RequestMetrics, REFUSALS_TOTAL};
+
+mod unanswered;
+
+pub(crate) use unanswered::Unanswered;
 
 /// A request counted in `corral_requests_in_flight` for its class, from
 /// the moment its class is known (queued, generating or answering) until
@@ -132,17 +137,14 @@ impl Observation {
     /// The events a request's answer tells at its headers: received, then
     /// refused, or dispatched and served from the cache.
     fn head_events(&self, response: &Response<BoxBody>) {
-        let received_at = corral_core::unix_now() as f64 - self.start.elapsed().as_secs_f64();
-        let meta = self.meta.as_ref();
         self.event(
             "received",
-            &[
-                ("endpoint", self.endpoint.as_str().into()),
-                ("model", meta.map(|m| m.model_str()).into()),
-                ("priority", meta.map(|m| m.priority.get()).into()),
-                ("class", (**self.metrics.class()).into()),
-                ("received_at", received_at.into()),
-            ],
+            &received(
+                self.endpoint,
+                self.meta.as_ref(),
+                self.metrics.class(),
+                self.start,
+            ),
         );
         if let Some(reason) = &self.reason {
             self.event(
@@ -255,6 +257,23 @@ impl Observation {
             );
         }
     }
+}
+
+/// The data of a request's `received` event: it arrived at `start`.
+fn received<'a>(
+    endpoint: Endpoint,
+    meta: Option<&'a RequestMeta>,
+    class: &'a str,
+    start: Instant,
+) -> [(&'static str, EventValue<'a>); 5] {
+    let received_at = corral_core::unix_now() as f64 - start.elapsed().as_secs_f64();
+    [
+        ("endpoint", endpoint.as_str().into()),
+        ("model", meta.map(|m| m.model_str()).into()),
+        ("priority", meta.map(|m| m.priority.get()).into()),
+        ("class", class.into()),
+        ("received_at", received_at.into()),
+    ]
 }
 
 /// What the front holds until the answer's body ends (core's
