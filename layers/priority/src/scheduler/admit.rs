@@ -30,9 +30,9 @@ impl Scheduler {
     /// of it and the reservations due before it is served) is beyond its
     /// deadline. Refused, a request named `id` (its client's
     /// `X-Request-Id`; pass `None` for an id Corral made) gets a
-    /// reservation under its agent and id: when a permit will be free
-    /// for it, behind the work ahead and the reservations booked before
-    /// it. Back before then, it is refused with the time left; back then
+    /// reservation under its agent and id: half its deadline before a
+    /// permit will be free for it, behind the work ahead and the
+    /// reservations booked before it. Back before then, it is refused with the time left; back then
     /// (up to a few seconds late), it is let in whatever its deadline,
     /// ahead of its level's fresh arrivals. A queue in Redis lets every
     /// request in.
