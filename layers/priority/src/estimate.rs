@@ -107,10 +107,10 @@ impl HoldModel {
     }
 
     /// Seconds left to a request of `cost` that has held its permit
-    /// `elapsed`.
-    pub(crate) fn remaining(&self, cost: f64, elapsed: Duration) -> f64 {
+    /// `elapsed` seconds, by the prediction alone.
+    pub(crate) fn remaining(&self, cost: f64, elapsed: f64) -> f64 {
         let hold = self.hold(cost);
-        (hold - elapsed.as_secs_f64()).max(hold * OVERDUE_SHARE)
+        (hold - elapsed).max(hold * OVERDUE_SHARE)
     }
 }
 
@@ -280,11 +280,8 @@ mod tests {
             per_cost: 0.01,
             average: 1.0,
         };
-        assert!(close(
-            model.remaining(100.0, Duration::from_millis(400)),
-            1.1
-        ));
-        assert!(close(model.remaining(100.0, Duration::from_secs(9)), 0.15));
+        assert!(close(model.remaining(100.0, 0.4), 1.1));
+        assert!(close(model.remaining(100.0, 9.0), 0.15));
         assert!(close(HoldModel::flat(2.0).hold(1e6), 2.0));
     }
 

@@ -315,10 +315,10 @@ async fn a_deadline_the_queue_cannot_meet_is_refused_at_once_and_the_answer_says
     assert_eq!(eta, Duration::from_secs(4));
     use corral_core::Refusal;
     assert_eq!(refusal.status(), http::StatusCode::SERVICE_UNAVAILABLE);
-    // Its client named it: its place is kept for half its deadline
-    // before a permit is free for it.
+    // Its client named it: its place is kept for when a permit is free
+    // for it.
     assert!(refusal.reserved());
-    assert_eq!(refusal.retry_after(), Some(Duration::from_millis(3_500)));
+    assert_eq!(refusal.retry_after(), Some(Duration::from_secs(4)));
     let headers = refusal.headers();
     assert!(headers
         .iter()

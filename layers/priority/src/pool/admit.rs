@@ -43,12 +43,11 @@ struct Waits {
 /// unknown or within `budget`, else refused, with a reservation when it
 /// can hold one (`book`: it named itself and the room has space).
 ///
-/// A reservation falls due half its deadline before a permit is
-/// expected free for it: back then, it waits at its level's front, and
-/// an estimate off by up to half the deadline either way still serves it
-/// in time (due when the permit is expected, any wait beyond the
-/// estimate was past its deadline: seen against a real model server,
-/// let in and then 504).
+/// A reservation falls due when a permit is expected free for it. (Due
+/// half its deadline before, an estimate could run low by that much and
+/// still serve it; but the deadline covers the answer too, not only the
+/// wait, and in the `waits` bench only 51–77 % of those let in back
+/// early answered in time, against 79–87 % due on time.)
 fn decide(claim: Claim, budget: Option<Duration>, waits: Waits, book: bool) -> Verdict {
     match claim {
         Claim::Due => return Verdict::Admit { front: true },
@@ -73,7 +72,7 @@ fn decide(claim: Claim, budget: Option<Duration>, waits: Waits, book: bool) -> V
         .max(waits.told.unwrap_or(fresh));
     if book {
         Verdict::Refuse {
-            retry_after: Some(booked.saturating_sub(budget / 2)),
+            retry_after: Some(booked),
             reserved: true,
         }
     } else {
@@ -196,21 +195,21 @@ mod tests {
             (Claim::Fresh, secs(1), waits(None, None), true, admit),
             // Within its deadline: let in.
             (Claim::Fresh, secs(6), waits(secs(6), secs(20)), true, admit),
-            // Beyond: a reservation for half its deadline before a
-            // permit is free for it, behind those booked before.
+            // Beyond: a reservation for when a permit is free for it,
+            // behind those booked before.
             (
                 Claim::Fresh,
                 secs(6),
                 waits(secs(8), secs(20)),
                 true,
-                refuse(17, true),
+                refuse(20, true),
             ),
             (
                 Claim::Fresh,
                 secs(6),
                 waits(secs(8), None),
                 true,
-                refuse(5, true),
+                refuse(8, true),
             ),
             // Told a longer wait (the correction) than decided on: the
             // longer.
@@ -223,7 +222,7 @@ mod tests {
                     booked: secs(10),
                 },
                 true,
-                refuse(9, true),
+                refuse(12, true),
             ),
             // No name to keep a place under: when the work ahead is down
             // to its deadline.

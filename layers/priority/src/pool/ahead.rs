@@ -84,10 +84,10 @@ impl Pool {
         };
         let model = state.holds.model();
         let slots = model.map_or_else(Vec::new, |model| {
-            let left = state
-                .running
-                .values()
-                .map(|(since, cost)| model.remaining(*cost, now.saturating_duration_since(*since)));
+            let left = state.running.values().map(|(since, cost)| {
+                let elapsed = now.saturating_duration_since(*since).as_secs_f64();
+                model.remaining(*cost, elapsed)
+            });
             let untracked = state.in_flight.saturating_sub(state.running.len());
             free_slots(capacity, left, untracked, model.average)
         });

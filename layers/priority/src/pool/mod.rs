@@ -31,7 +31,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Priority levels.
-pub(super) const LEVELS: usize = 10;
+pub(crate) const LEVELS: usize = 10;
 
 /// How many recent completions the drain rate is measured over.
 const DRAIN_WINDOW: usize = 64;

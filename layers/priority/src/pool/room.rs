@@ -1,7 +1,7 @@
 //! The waiting room: a request refused because its deadline cannot be
-//! met is given a reservation, half its deadline before a permit will be
-//! free for it (the work ahead of it now and the reservations booked
-//! before it drained). Kept under its agent and request id, it is let in when it
+//! met is given a reservation, a time when a permit will be free for it
+//! (the work ahead of it now and the reservations booked before it
+//! drained). Kept under its agent and request id, it is let in when it
 //! comes back then, ahead of fresh arrivals at its level; until then
 //! fresh arrivals count the reservations due before they would be
 //! served as work ahead of them, so the capacity promised stays free.
