@@ -199,6 +199,20 @@ impl Run {
         (median(errors.clone()), errors.len())
     }
 
+    /// The median of served requests' estimated waits over their real
+    /// ones (over those that waited at least 100 ms): below 1, the
+    /// estimates run low.
+    pub fn eta_bias(&self) -> Option<f64> {
+        let ratios = self
+            .records
+            .iter()
+            .filter_map(|r| Some((r.eta?, r.waited?)))
+            .filter(|(_, waited)| *waited >= Duration::from_millis(100))
+            .map(|(eta, waited)| eta.as_secs_f64() / waited.as_secs_f64())
+            .collect();
+        median(ratios)
+    }
+
     /// The median relative error of refusals' `Retry-After` against when
     /// a retry was in fact let in (to within [`Setup::probe`]); and how
     /// many.

@@ -53,10 +53,12 @@ async fn scenario(args: Args) -> Result<(), herd::Error> {
         for load in &args.loads {
             let run = waits::run(&setup, *load, *variant).await?;
             eprintln!(
-                "waits: {load}× {}: {} requests, {:.0} in time / min",
+                "waits: {load}× {}: {} requests, {:.0} in time / min, ETA error {:?}, told / waited {:?}",
                 variant.as_str(),
                 run.records.len(),
-                run.goodput()
+                run.goodput(),
+                run.eta_error(),
+                run.eta_bias(),
             );
             runs.push(run);
         }

@@ -59,7 +59,10 @@ pub struct DegradeConfig {
     /// `chat`, `v1_chat_completions`, `v1_completions`): a default text in
     /// the endpoint's shape; an endpoint without one gets 503.
     pub defaults: BTreeMap<String, String>,
-    /// `Retry-After` on degraded refusals.
+    /// The longest `Retry-After` on degraded refusals. A refusal is told
+    /// when the load, draining at its recent rate, will have fallen below
+    /// the threshold of the level that lets it in; this when that is
+    /// longer, nothing drains, or the level is forced.
     #[serde(with = "humantime_serde")]
     pub retry_after: Duration,
     /// Classes never rewritten nor refused.

@@ -7,7 +7,7 @@ use corral_core::{channels, lock, Bus, Level, LoadCell};
 use tokio::time::Instant;
 
 use crate::config::DegradeConfig;
-use crate::levels::{Change, Levels};
+use crate::levels::{time_below, Change, Drain, Levels};
 use crate::metrics::{DEGRADATION_LEVEL, DEGRADATION_LOAD};
 
 /// The degrade layer's state, shared with whoever controls it (the admin
@@ -52,6 +52,32 @@ impl Controller {
         let work = (snapshot.in_flight + snapshot.queued_total()) as f64;
         let full = snapshot.capacity.max(1) as f64 * self.config.saturation;
         (work / full).min(1.0)
+    }
+
+    /// How long until a request refused at `level` would be let in: until
+    /// the smoothed load is below the threshold down to `to`, the highest
+    /// level that lets it in, as the work drains at its recent rate; the
+    /// configured `retry_after` at most, and when the level is forced or
+    /// nothing drains.
+    pub(crate) fn retry_after(&self, to: Level) -> std::time::Duration {
+        let ceiling = self.config.retry_after;
+        let (smoothed, forced) = {
+            let levels = lock(&self.levels);
+            (levels.load(), levels.forced())
+        };
+        let (Some(load), None) = (self.load.get(), forced) else {
+            return ceiling;
+        };
+        let snapshot = load.snapshot();
+        let drain = Drain {
+            smoothed,
+            work: (snapshot.in_flight + snapshot.queued_total()) as f64,
+            full: snapshot.capacity.max(1) as f64 * self.config.saturation,
+            rate: snapshot.completions_per_sec,
+        };
+        let threshold = self.config.down[usize::from(to.as_number()).min(2)];
+        time_below(drain, threshold, self.config.smoothing, ceiling)
+            .map_or(ceiling, |t| t.max(std::time::Duration::from_secs(1)))
     }
 
     /// Samples the load and returns the level in force.

@@ -14,7 +14,7 @@ use crate::answers::default_answer;
 use crate::controller::Controller;
 use crate::error::Degraded;
 use crate::metrics::DEGRADED_REQUESTS_TOTAL;
-use crate::treatment::{treatment, Treatment};
+use crate::treatment::{let_in_at, treatment, Treatment};
 
 /// Says the answer was degraded, and at which level.
 pub const X_CORRAL_DEGRADED: HeaderName = HeaderName::from_static("x-corral-degraded");
@@ -115,7 +115,7 @@ where
             let refused = Degraded {
                 level,
                 priority: meta.priority,
-                retry_after: config.retry_after,
+                retry_after: self.controller.retry_after(let_in_at(config, level, &meta)),
             };
             return ResponseFuture::refused(refused.into());
         };

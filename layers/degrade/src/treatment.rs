@@ -68,6 +68,16 @@ pub(crate) fn treatment<'a>(
     Treatment::Send { cap, model }
 }
 
+/// The highest level below `level` at which the request `meta`
+/// describes is not refused: what its `Retry-After` waits for.
+pub(crate) fn let_in_at(config: &DegradeConfig, level: Level, meta: &RequestMeta) -> Level {
+    [Level::Critical, Level::L2, Level::L1]
+        .into_iter()
+        .filter(|l| *l < level)
+        .find(|l| !matches!(treatment(config, *l, meta), Treatment::Refuse))
+        .unwrap_or(Level::Normal)
+}
+
 /// Whether the endpoint generates tokens (a cap and a smaller model mean
 /// something to it).
 pub(crate) fn generates(endpoint: Endpoint) -> bool {

@@ -327,3 +327,55 @@ async fn with_no_requests_the_level_still_follows_the_load_down() {
     assert_eq!(controller.status().level, Level::Normal);
     ticker.abort();
 }
+
+/// 17 requests in the system (4 running, 13 waiting) on 4 permits,
+/// finishing `rate` per second.
+struct Draining(f64);
+
+impl UpstreamLoad for Draining {
+    fn snapshot(&self) -> LoadSnapshot {
+        let mut load = LoadSnapshot::idle(4);
+        load.in_flight = 4;
+        load.queued[4] = 13;
+        load.completions_per_sec = self.0;
+        load
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_degraded_refusal_is_told_when_the_drain_lets_it_in() {
+    let refusal = |rate: f64, forced: Option<Level>| {
+        let cell = LoadCell::default();
+        cell.set(Arc::new(Draining(rate))).unwrap();
+        // Full (16 = 4 permits × saturation 4): Critical, unsmoothed.
+        let layer = DegradeLayer::new(&DegradeConfig {
+            smoothing: Duration::ZERO,
+            ..DegradeConfig::default()
+        })
+        .map(|l| l.with_load(cell))
+        .unwrap();
+        layer.controller().force(forced);
+        let (upstream, handle): (Upstream, _) = mock::pair();
+        let service = layer.layer(upstream);
+        async move {
+            let _handle = handle;
+            // Priority 8: refused from L2 (l2_refuse_above 7), let in at
+            // L1, below a load of 0.70: 11.2 requests.
+            let err = service
+                .oneshot(chat("default", 8, false))
+                .await
+                .unwrap_err();
+            let degraded = err.downcast_ref::<Degraded>().unwrap();
+            corral_core::Refusal::retry_after(degraded).unwrap()
+        }
+    };
+    // 5.8 requests to finish: 1.93 s at 3 per second (2 s, to the
+    // 100 ms step), 19.33 s at 0.3.
+    assert_eq!(refusal(3.0, None).await, Duration::from_millis(2_000));
+    assert_eq!(refusal(0.3, None).await, Duration::from_millis(19_400));
+    // Nothing drains, or too slowly, or the operator forced the level:
+    // the configured Retry-After.
+    assert_eq!(refusal(0.0, None).await, Duration::from_secs(30));
+    assert_eq!(refusal(0.1, None).await, Duration::from_secs(30));
+    assert_eq!(refusal(4.0, Some(Level::L2)).await, Duration::from_secs(30));
+}

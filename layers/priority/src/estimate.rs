@@ -1,6 +1,8 @@
 //! How long a request will wait: its place in the order of service and
 //! the work ahead of it over the throughput the pool measures.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
@@ -67,38 +69,124 @@ pub(crate) struct Ahead {
     pub(crate) cost: f64,
 }
 
-/// What the pool measured of its throughput.
+/// How long a permit is held for a request of a given cost: a fixed
+/// part and a part per unit of cost, as the pool measured them.
 #[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct HoldModel {
+    /// Seconds every request holds its permit, whatever its cost.
+    pub(crate) fixed: f64,
+    /// Seconds per unit of cost.
+    pub(crate) per_cost: f64,
+    /// Seconds a permit is held, averaged over the requests seen.
+    pub(crate) average: f64,
+}
+
+/// A running request past its predicted hold is taken to need this
+/// share of it still: its length was underestimated, by how much is not
+/// known, and "done any moment" would tell the queue behind it nothing
+/// of the wait.
+const OVERDUE_SHARE: f64 = 0.1;
+/// At most this many requests ahead are placed on the slots one by one;
+/// the rest are spread over them evenly (an estimate runs under the
+/// pool's lock).
+const SIMULATED: usize = 1024;
+
+impl HoldModel {
+    /// The same hold for every cost.
+    pub(crate) fn flat(seconds: f64) -> Self {
+        Self {
+            fixed: seconds,
+            per_cost: 0.0,
+            average: seconds,
+        }
+    }
+
+    /// Seconds a request of `cost` holds its permit.
+    pub(crate) fn hold(&self, cost: f64) -> f64 {
+        self.fixed + self.per_cost * cost.max(0.0)
+    }
+
+    /// Seconds left to a request of `cost` that has held its permit
+    /// `elapsed` seconds, by the prediction alone.
+    pub(crate) fn remaining(&self, cost: f64, elapsed: f64) -> f64 {
+        let hold = self.hold(cost);
+        (hold - elapsed).max(hold * OVERDUE_SHARE)
+    }
+}
+
+/// What the pool measured of its throughput.
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Throughput {
     /// Requests it runs at once.
     pub(crate) capacity: usize,
     /// Requests running now.
     pub(crate) in_flight: usize,
-    /// Seconds a permit is held per unit of predicted cost, averaged.
-    pub(crate) seconds_per_cost: Option<f64>,
-    /// Seconds a permit is held, averaged.
-    pub(crate) average_hold: Option<f64>,
+    /// Hold against cost, once a permit came back.
+    pub(crate) model: Option<HoldModel>,
+    /// With a model: in how many seconds each of the `capacity` slots is
+    /// free for the queue, soonest first ([`free_slots`]).
+    pub(crate) slots: Vec<f64>,
     /// Requests finished per second, recently.
     pub(crate) completions_per_sec: f64,
 }
 
-/// The wait for a permit behind `ahead`. Room now: none. Else the work
-/// ahead (what runs, half done on average, and what waits ahead, by its
-/// predicted cost) drains through `capacity` slots at once; the permit
-/// frees when all but the last `capacity - 1` slots' worth is done. With
-/// no hold measured yet, the count over the recent completion rate; with
-/// neither, unknown.
-pub(crate) fn eta(ahead: Ahead, throughput: Throughput) -> Option<Duration> {
+/// In how many seconds each of `capacity` slots is free for the queue,
+/// soonest first, given what the running requests have `left` (seconds)
+/// and `untracked` more running whose start is not known here (a lease
+/// another replica's queue granted), each taken as half of `average`
+/// done. More running than slots (capacity lowered): a slot frees for
+/// the queue only when enough have finished, so the last `capacity` to
+/// finish are the slots.
+pub(crate) fn free_slots(
+    capacity: usize,
+    left: impl Iterator<Item = f64>,
+    untracked: usize,
+    average: f64,
+) -> Vec<f64> {
+    let capacity = capacity.max(1);
+    let mut running: Vec<f64> = left
+        .chain(std::iter::repeat_n(average / 2.0, untracked))
+        .map(|s| s.max(0.0))
+        .collect();
+    running.sort_by(f64::total_cmp);
+    let mut slots = vec![0.0; capacity.saturating_sub(running.len())];
+    let skip = running.len().saturating_sub(capacity);
+    slots.extend(running.into_iter().skip(skip));
+    slots
+}
+
+/// The wait for a permit behind `ahead`. Room now: none. Else each
+/// request ahead takes the slot free soonest, for the hold its share of
+/// the cost ahead predicts; the request gets the slot free soonest
+/// after them. With no hold measured yet, the count over the recent
+/// completion rate; with neither, unknown.
+pub(crate) fn eta(ahead: Ahead, throughput: &Throughput) -> Option<Duration> {
     let capacity = throughput.capacity.max(1);
     if throughput.in_flight + ahead.count < capacity {
         return Some(Duration::ZERO);
     }
-    let slots = capacity as f64;
-    if let (Some(per_cost), Some(hold)) = (throughput.seconds_per_cost, throughput.average_hold) {
-        let running = throughput.in_flight as f64 * hold / 2.0;
-        let work = running + ahead.cost * per_cost;
-        let tail = (slots - 1.0) * hold / 2.0;
-        return Duration::try_from_secs_f64(((work - tail) / slots).max(0.0)).ok();
+    if let Some(model) = throughput.model {
+        let each = if ahead.count == 0 {
+            0.0
+        } else {
+            model.hold(ahead.cost / ahead.count as f64)
+        };
+        // Non-negative floats order as their bits do.
+        let mut slots: BinaryHeap<Reverse<u64>> = throughput
+            .slots
+            .iter()
+            .map(|s| Reverse(s.max(0.0).to_bits()))
+            .collect();
+        let simulated = ahead.count.min(SIMULATED);
+        for _ in 0..simulated {
+            let Some(Reverse(soonest)) = slots.pop() else {
+                break;
+            };
+            slots.push(Reverse((f64::from_bits(soonest) + each).to_bits()));
+        }
+        let soonest = slots.peek().map_or(0.0, |Reverse(s)| f64::from_bits(*s));
+        let rest = (ahead.count - simulated) as f64 * each / slots.len().max(1) as f64;
+        return Duration::try_from_secs_f64(soonest + rest).ok();
     }
     if throughput.completions_per_sec > 0.0 {
         // Completions needed before a permit is free for it.
@@ -112,13 +200,19 @@ pub(crate) fn eta(ahead: Ahead, throughput: Throughput) -> Option<Duration> {
 mod tests {
     use super::*;
 
-    fn measured(capacity: usize, in_flight: usize) -> Throughput {
-        // Permits held 2 s on average, 10 ms per unit of cost.
+    /// 100 ms to start, 10 ms per unit of cost; `running` seconds left
+    /// to each running request.
+    fn measured(capacity: usize, running: &[f64]) -> Throughput {
+        let model = HoldModel {
+            fixed: 0.1,
+            per_cost: 0.01,
+            average: 2.0,
+        };
         Throughput {
             capacity,
-            in_flight,
-            seconds_per_cost: Some(0.01),
-            average_hold: Some(2.0),
+            in_flight: running.len(),
+            model: Some(model),
+            slots: free_slots(capacity, running.iter().copied(), 0, model.average),
             completions_per_sec: 0.0,
         }
     }
@@ -131,19 +225,64 @@ mod tests {
         d.expect("an estimate").as_secs_f64()
     }
 
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
+
     #[test]
-    fn the_wait_is_the_work_ahead_over_the_slots() {
+    fn the_wait_is_when_a_slot_frees_after_the_work_ahead() {
         // Room: no wait.
-        assert_eq!(eta(ahead(1, 200.0), measured(4, 2)), Some(Duration::ZERO));
-        // One slot, one running: half a hold.
-        assert!((secs(eta(ahead(0, 0.0), measured(1, 1))) - 1.0).abs() < 1e-9);
-        // One slot, one running, three of cost 200 (2 s each) ahead.
-        assert!((secs(eta(ahead(3, 600.0), measured(1, 1))) - 7.0).abs() < 1e-9);
-        // Two slots drain twice as fast, less the other slot's tail.
-        let two = secs(eta(ahead(10, 2000.0), measured(2, 2)));
-        assert!((two - 10.5).abs() < 1e-9, "{two}");
+        assert_eq!(
+            eta(ahead(1, 200.0), &measured(4, &[1.0, 1.0])),
+            Some(Duration::ZERO)
+        );
+        // One slot: what the running request has left.
+        assert!(close(secs(eta(ahead(0, 0.0), &measured(1, &[0.7]))), 0.7));
+        // Then three of cost 200 (2.1 s each) ahead.
+        assert!(close(
+            secs(eta(ahead(3, 600.0), &measured(1, &[0.7]))),
+            0.7 + 6.3
+        ));
+        // Two slots, one free in 1 s, one in 3 s; two ahead of 1.1 s:
+        // both go on the first (1 → 2.1 → 3.2), which is still after
+        // the second frees at 3.
+        let two = secs(eta(ahead(2, 200.0), &measured(2, &[3.0, 1.0])));
+        assert!(close(two, 3.0), "{two}");
         // Short requests ahead wait less than long ones.
-        assert!(eta(ahead(3, 30.0), measured(1, 1)) < eta(ahead(3, 600.0), measured(1, 1)));
+        let one = measured(1, &[1.0]);
+        assert!(eta(ahead(3, 30.0), &one) < eta(ahead(3, 600.0), &one));
+        // Past the requests placed one by one, the rest spread evenly.
+        let many = secs(eta(ahead(SIMULATED + 100, 0.0), &measured(2, &[0.0, 0.0])));
+        assert!(close(many, (SIMULATED + 100) as f64 * 0.1 / 2.0), "{many}");
+    }
+
+    #[test]
+    fn the_slots_come_from_what_runs_and_what_is_free() {
+        // Free slots are free now; running ones when they finish.
+        assert_eq!(
+            free_slots(3, [2.0].into_iter(), 0, 4.0),
+            vec![0.0, 0.0, 2.0]
+        );
+        // Not known where it stands: half the average hold.
+        assert_eq!(free_slots(2, [3.0].into_iter(), 1, 4.0), vec![2.0, 3.0]);
+        // Capacity lowered under what runs: only the last to finish
+        // free a slot for the queue.
+        assert_eq!(
+            free_slots(2, [5.0, 1.0, 3.0].into_iter(), 0, 4.0),
+            vec![3.0, 5.0]
+        );
+    }
+
+    #[test]
+    fn a_running_request_has_its_hold_less_what_it_ran_and_past_it_a_tenth() {
+        let model = HoldModel {
+            fixed: 0.5,
+            per_cost: 0.01,
+            average: 1.0,
+        };
+        assert!(close(model.remaining(100.0, 0.4), 1.1));
+        assert!(close(model.remaining(100.0, 9.0), 0.15));
+        assert!(close(HoldModel::flat(2.0).hold(1e6), 2.0));
     }
 
     #[test]
@@ -151,17 +290,17 @@ mod tests {
         let rate = Throughput {
             capacity: 2,
             in_flight: 2,
-            seconds_per_cost: None,
-            average_hold: None,
+            model: None,
+            slots: Vec::new(),
             completions_per_sec: 4.0,
         };
         // Three completions needed (two running, two ahead, one slot
         // each): 0.75 s at 4 per second.
-        assert!((secs(eta(ahead(2, 0.0), rate)) - 0.75).abs() < 1e-9);
+        assert!(close(secs(eta(ahead(2, 0.0), &rate)), 0.75));
         let nothing = Throughput {
             completions_per_sec: 0.0,
             ..rate
         };
-        assert_eq!(eta(ahead(2, 0.0), nothing), None);
+        assert_eq!(eta(ahead(2, 0.0), &nothing), None);
     }
 }

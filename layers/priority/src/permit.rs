@@ -217,6 +217,7 @@ impl Acquire {
                 }
                 let permit = Permit {
                     holder: Holder::Local(pool.clone()),
+                    ticket: Some(grant.ticket),
                     route: route.clone(),
                     agent: grant.agent,
                     cost: grant.cost,
@@ -272,6 +273,8 @@ impl Drop for Acquire {
 /// back and lets the next waiting request in.
 pub struct Permit {
     holder: Holder,
+    /// Its ticket in the local pool, if granted there.
+    ticket: Option<u64>,
     /// With several upstreams: the upstream permit, where it runs.
     route: Option<Arc<Route>>,
     agent: AgentId,
@@ -320,6 +323,7 @@ impl Permit {
                 ticket,
                 local: false,
             },
+            ticket: None,
             route: None,
             agent,
             cost,
@@ -400,7 +404,7 @@ impl Drop for Permit {
         match &mut self.holder {
             Holder::Local(pool) => {
                 let slot = self.route.as_ref().and_then(|r| r.take());
-                pool.release(&self.agent, correction, hold, slot)
+                pool.release(self.ticket, &self.agent, correction, hold, slot)
             }
             #[cfg(feature = "redis")]
             Holder::Redis {
@@ -410,7 +414,8 @@ impl Drop for Permit {
             } => {
                 pool.release(std::mem::take(ticket), hold.held);
                 if *local {
-                    pool.local.release(&self.agent, correction, hold, None);
+                    pool.local
+                        .release(self.ticket, &self.agent, correction, hold, None);
                 } else {
                     pool.local.vacate(&self.agent, hold);
                 }

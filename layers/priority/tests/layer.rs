@@ -297,7 +297,7 @@ async fn a_deadline_the_queue_cannot_meet_is_refused_at_once_and_the_answer_says
     let (_scheduler, service, mut handle) = prioritized(1);
     teach(&service, &mut handle, 4, Duration::from_secs(2)).await;
     let (_running, _reply) = upstream_has(&service, &mut handle, generate("a", 5)).await;
-    // One ahead of 2 s and the running one: about 3 s to wait.
+    // One ahead of 2 s and the running one, just started: 4 s to wait.
     let queued = tokio::spawn(service.clone().oneshot(generate("b", 5)));
     tokio::task::yield_now().await;
     let mut hurried = generate("c", 5);
@@ -312,17 +312,17 @@ async fn a_deadline_the_queue_cannot_meet_is_refused_at_once_and_the_answer_says
     let estimate = refusal.estimate();
     assert_eq!(estimate.position, 1);
     let eta = estimate.eta.unwrap();
-    assert_eq!(eta, Duration::from_secs(3));
+    assert_eq!(eta, Duration::from_secs(4));
     use corral_core::Refusal;
     assert_eq!(refusal.status(), http::StatusCode::SERVICE_UNAVAILABLE);
     // Its client named it: its place is kept for when a permit is free
     // for it.
     assert!(refusal.reserved());
-    assert_eq!(refusal.retry_after(), Some(Duration::from_secs(3)));
+    assert_eq!(refusal.retry_after(), Some(Duration::from_secs(4)));
     let headers = refusal.headers();
     assert!(headers
         .iter()
-        .any(|(n, v)| n == "x-corral-queue-eta-ms" && v == "3000"));
+        .any(|(n, v)| n == "x-corral-queue-eta-ms" && v == "4000"));
     // One with time enough waits, and its answer says where it stood.
     let mut patient = generate("d", 5);
     let meta = patient.extensions_mut().get_mut::<RequestMeta>().unwrap();

@@ -28,7 +28,7 @@ async fn teach(s: &Scheduler, n: usize) {
     }
 }
 
-/// One running (half done on average: 0.5 s) and `queued` of 1 s each
+/// One running (just started: 1 s to go) and `queued` of 1 s each
 /// waiting, on one permit.
 async fn loaded(
     queued: usize,
@@ -72,22 +72,23 @@ fn millis(d: Option<Duration>) -> u128 {
 #[tokio::test(start_paused = true)]
 async fn each_reservation_falls_due_behind_those_booked_before_it() {
     let (s, running, _queued) = loaded(4).await;
-    // 0.5 s for the running one, 4 s queued: 4.5 s, past a 2 s deadline.
+    // 1 s for the running one, 4 s queued: 5 s, past a 2 s deadline.
     let first = refused(admit(&s, "a", "ra"));
     assert!(first.reserved());
-    assert_eq!(millis(first.retry_after()), 4_500);
+    assert_eq!(millis(first.estimate().eta), 5_000);
+    assert_eq!(millis(first.retry_after()), 5_000);
     // Each next one behind the reservations before it, 1 s each.
     let second = refused(admit(&s, "b", "rb"));
-    assert_eq!(millis(second.retry_after()), 5_500);
+    assert_eq!(millis(second.retry_after()), 6_000);
     assert_eq!(second.estimate().position, 5, "the 4 queued and \"a\"");
     let third = refused(admit(&s, "c", "rc"));
-    assert_eq!(millis(third.retry_after()), 6_500);
+    assert_eq!(millis(third.retry_after()), 7_000);
     assert_eq!(s.reservations(), 3);
     // A request Corral named (no id from its client) keeps no place: it
     // is told when the work ahead is down to its deadline.
     let anonymous = refused(s.admit(&due_in("d", 2), None, None));
     assert!(!anonymous.reserved());
-    assert_eq!(millis(anonymous.retry_after()), 7_500 - 2_000);
+    assert_eq!(millis(anonymous.retry_after()), 8_000 - 2_000);
     assert_eq!(s.reservations(), 3);
     drop(running);
 }
@@ -99,10 +100,10 @@ async fn back_early_it_is_refused_with_the_time_left() {
     tokio::time::advance(Duration::from_millis(1_500)).await;
     let again = refused(admit(&s, "a", "ra"));
     assert!(again.reserved());
-    assert_eq!(millis(again.retry_after()), 3_000);
+    assert_eq!(millis(again.retry_after()), 3_500);
     // Its id under another agent is not its place.
     let other = refused(admit(&s, "mallory", "ra"));
-    assert!(millis(other.retry_after()) > 3_000);
+    assert!(millis(other.retry_after()) > 3_500);
     drop(running);
 }
 
@@ -119,7 +120,7 @@ async fn back_on_time_it_is_let_in_ahead_of_fresh_arrivals() {
             costing(&format!("short{i}"), 10.0),
         ));
     }
-    tokio::time::advance(Duration::from_millis(500)).await;
+    tokio::time::advance(Duration::from_millis(1_000)).await;
     let admitted = admit(&s, "a", "ra").unwrap();
     assert!(admitted.reserved, "let in for its reservation");
     assert_eq!(admitted.estimate.unwrap().position, 0, "at the front");
@@ -144,9 +145,9 @@ async fn a_reservation_not_claimed_in_time_is_forgotten() {
     refused(admit(&s, "a", "ra"));
     drop(queued);
     drop(running);
-    // Gone past its time and the grace: the room forgets it, and it is a
-    // fresh arrival (the queue empty: let in, not at the front).
-    tokio::time::advance(Duration::from_secs(4 + 5) + Duration::from_millis(600)).await;
+    // Gone past its time (5 s) and the grace: the room forgets it, and
+    // it is a fresh arrival (the queue empty: let in, not at the front).
+    tokio::time::advance(Duration::from_secs(5 + 5) + Duration::from_millis(1)).await;
     assert_eq!(s.reservations(), 0);
     let back = admit(&s, "a", "ra").unwrap();
     assert!(!back.reserved);
@@ -157,7 +158,7 @@ async fn a_request_let_in_for_its_reservation_and_dropped_leaves_nothing() {
     let (s, running, _queued) = loaded(4).await;
     refused(admit(&s, "a", "ra"));
     let before = s.estimate(&costing("probe", 100.0), None).unwrap();
-    tokio::time::advance(Duration::from_millis(4_500)).await;
+    tokio::time::advance(Duration::from_millis(5_000)).await;
     let admitted = admit(&s, "a", "ra").unwrap();
     let mut mine = spawn(s.acquire_admitted(due_in("a", 2), None, None, admitted));
     assert!(mine.poll().is_pending());
@@ -178,9 +179,9 @@ async fn a_request_let_in_for_its_reservation_and_dropped_leaves_nothing() {
 #[tokio::test(start_paused = true)]
 async fn a_returning_request_and_fresh_arrivals_at_the_same_instant() {
     let (s, running, mut queued) = loaded(2).await;
-    // 2.5 s of work ahead: due then.
+    // 3 s of work ahead: due then.
     refused(admit(&s, "a", "ra"));
-    tokio::time::advance(Duration::from_millis(2_500)).await;
+    tokio::time::advance(Duration::from_millis(3_000)).await;
     // At its due instant a fresh arrival with a short deadline comes
     // first: the reservation is ahead of it.
     let first = s.admit(&due_in("f1", 1), None, Some(&RequestId::from("f1")));

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use super::index::Vtc;
 use super::{Pool, State, LEVELS};
-use crate::estimate::{eta, Ahead, Estimate, Throughput};
+use crate::estimate::{eta, free_slots, Ahead, Estimate, Throughput};
 
 /// At most this many agents, or requests, of one level are counted one
 /// by one: an estimate must not walk a queue of thousands under the
@@ -56,14 +56,14 @@ impl Pool {
         let throughput = self.throughput(&state, now);
         let mut ahead = self.ahead(&state, level, me, now);
         if !matches!(me, Me::Front) {
-            ahead = state.room.due_ahead(level, ahead, throughput, now);
+            ahead = state.room.due_ahead(level, ahead, &throughput, now);
         }
         let cost = match me {
             Me::Arriving { cost, .. } => cost,
             Me::Waiting(id) => state.waiters.get(&id).map_or(0.0, |w| w.cost),
             Me::Front => 0.0,
         };
-        self.corrected(ahead.count, eta(ahead, throughput), cost)
+        self.corrected(ahead.count, eta(ahead, &throughput), cost)
     }
 
     /// An estimate of `raw` for a request of predicted `cost`, corrected
@@ -82,11 +82,20 @@ impl Pool {
             Some(link) => link.fleet.capacity_for(&link.model),
             None => state.capacity,
         };
+        let model = state.holds.model();
+        let slots = model.map_or_else(Vec::new, |model| {
+            let left = state.running.values().map(|(since, cost)| {
+                let elapsed = now.saturating_duration_since(*since).as_secs_f64();
+                model.remaining(*cost, elapsed)
+            });
+            let untracked = state.in_flight.saturating_sub(state.running.len());
+            free_slots(capacity, left, untracked, model.average)
+        });
         Throughput {
             capacity,
             in_flight: state.in_flight,
-            seconds_per_cost: state.holds.pool_rate(),
-            average_hold: state.holds.pool().map(|d| d.as_secs_f64()),
+            model,
+            slots,
             completions_per_sec: state.drain_rate(now),
         }
     }

@@ -31,7 +31,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Priority levels.
-pub(super) const LEVELS: usize = 10;
+pub(crate) const LEVELS: usize = 10;
 
 /// How many recent completions the drain rate is measured over.
 const DRAIN_WINDOW: usize = 64;
@@ -110,6 +110,10 @@ struct State {
     front: [VecDeque<u64>; 10],
     /// The reservations of requests refused for their deadline.
     room: room::Room,
+    /// The permits granted here and not yet given back, by ticket: when
+    /// each was granted and its predicted cost, for what each running
+    /// request has left.
+    running: HashMap<u64, (Instant, f64)>,
 }
 
 #[derive(Default)]
@@ -144,6 +148,8 @@ struct Waiter {
 
 /// What a granted ticket hands its permit.
 pub(crate) struct Grant {
+    /// Its ticket: the permit gives it back under it.
+    pub(crate) ticket: u64,
     pub(crate) agent: AgentId,
     /// The cost estimated when it was queued.
     pub(crate) cost: f64,
@@ -213,6 +219,7 @@ impl Pool {
                 lent: 0,
                 front: Default::default(),
                 room: room::Room::default(),
+                running: HashMap::new(),
             }),
         }
     }
@@ -294,6 +301,7 @@ impl Pool {
                     return Poll::Gone;
                 };
                 Poll::Granted(Grant {
+                    ticket: id,
                     agent: waiter.agent,
                     cost: waiter.cost,
                     charged: waiter.cost / waiter.weight,
@@ -325,6 +333,7 @@ impl Pool {
         if waiter.granted {
             // Granted but never taken: undo the grant, charge nothing.
             state.in_flight -= 1;
+            state.running.remove(&id);
             if let (Some(link), Some(slot)) = (&self.fleet, waiter.slot) {
                 link.fleet.free(slot);
             }
@@ -362,11 +371,12 @@ impl Pool {
         Some(now.saturating_duration_since(waiter.enqueued))
     }
 
-    /// A permit comes back after `hold`; `correction` adjusts the agent's
-    /// counter by what the request really cost against what it was
-    /// charged.
+    /// The permit of `ticket` (if granted here) comes back after `hold`;
+    /// `correction` adjusts the agent's counter by what the request
+    /// really cost against what it was charged.
     pub(crate) fn release(
         &self,
+        ticket: Option<u64>,
         agent_id: &AgentId,
         correction: f64,
         hold: Hold,
@@ -381,6 +391,9 @@ impl Pool {
             state.holds.record(agent_id, hold.cost, hold.held);
         }
         state.in_flight = state.in_flight.saturating_sub(1);
+        if let Some(ticket) = ticket {
+            state.running.remove(&ticket);
+        }
         state.unindex(agent_id);
         if let Some(agent) = state.agents.get_mut(agent_id) {
             agent.in_flight = agent.in_flight.saturating_sub(1);

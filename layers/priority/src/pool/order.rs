@@ -79,6 +79,7 @@ impl Pool {
             state.queued_bytes -= waiter.bytes;
             state.oldest[level].remove(&(waiter.enqueued, id));
             state.in_flight += 1;
+            state.running.insert(id, (now, waiter.cost));
             if let Some(waker) = waiter.waker.take() {
                 wakers.push(waker);
             }

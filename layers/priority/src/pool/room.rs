@@ -132,7 +132,7 @@ impl Room {
         &self,
         level: usize,
         mut ahead: Ahead,
-        throughput: Throughput,
+        throughput: &Throughput,
         now: Instant,
     ) -> Ahead {
         if self.by_due.is_empty() {
@@ -162,18 +162,23 @@ impl Room {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::estimate::HoldModel;
 
     fn key(id: &str) -> Key {
         ("a".into(), id.into())
     }
 
     fn throughput() -> Throughput {
-        // One slot, busy; 10 ms per unit of cost, holds of 1 s.
+        // One slot, free in half a second; 10 ms per unit of cost.
         Throughput {
             capacity: 1,
             in_flight: 1,
-            seconds_per_cost: Some(0.01),
-            average_hold: Some(1.0),
+            model: Some(HoldModel {
+                fixed: 0.0,
+                per_cost: 0.01,
+                average: 1.0,
+            }),
+            slots: vec![0.5],
             completions_per_sec: 0.0,
         }
     }
@@ -219,22 +224,23 @@ mod tests {
         room.book(key("a"), 4, 100.0, now + Duration::from_secs(1));
         room.book(key("b"), 1, 100.0, now + Duration::from_secs(2));
         room.book(key("c"), 4, 100.0, now + Duration::from_secs(30));
-        // One of 1 s queued, the running one half done: served at 1.5 s,
+        // One of 1 s queued, the running one done in 0.5 s: served at 1.5 s,
         // so behind "a" (due at 1 s): at 2.5 s, so behind "b" too: at
         // 3.5 s, before "c".
         let queued = Ahead {
             count: 1,
             cost: 100.0,
         };
-        let ahead = room.due_ahead(4, queued, throughput(), now);
+        let ahead = room.due_ahead(4, queued, &throughput(), now);
         assert_eq!((ahead.count, ahead.cost), (3, 300.0));
         // Served at 0.5 s with nothing queued: before any of them.
         assert_eq!(
-            room.due_ahead(4, Ahead::default(), throughput(), now).count,
+            room.due_ahead(4, Ahead::default(), &throughput(), now)
+                .count,
             0
         );
         // At level 1, the reservations at 2 and 5 are behind it.
-        assert_eq!(room.due_ahead(0, queued, throughput(), now).count, 1);
+        assert_eq!(room.due_ahead(0, queued, &throughput(), now).count, 1);
         // A new reservation at level 5 comes after all three.
         assert_eq!(room.all_ahead(4, Ahead::default()).count, 3);
         assert_eq!(room.all_ahead(0, Ahead::default()).count, 0);

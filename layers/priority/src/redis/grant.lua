@@ -28,7 +28,9 @@
 --          release, how long the permit was held (ms)
 --
 -- Returns { permits held, capacity, live replicas, reserved permits lent,
--- granted tickets... }.
+-- the average hold in ms (-1: none yet), then per level 0 to 9 the
+-- tickets a fresh arrival there would wait behind, then granted
+-- tickets... }.
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -162,7 +164,19 @@ while held < capacity do
   end
 end
 
-local result = { held, capacity, redis.call('ZCARD', KEYS[4]), lent }
+local hold_ms = tonumber(redis.call('GET', KEYS[5]) or '-1')
+local result = { held, capacity, redis.call('ZCARD', KEYS[4]), lent, math.floor(hold_ms) }
+-- Ahead of a fresh arrival at each level: what its score would pass.
+local aging = tonumber(ARGV[4])
+for level = 0, 9 do
+  local score
+  if aging > 0 then
+    score = level * aging + now
+  else
+    score = level * 1e13 + now
+  end
+  result[#result + 1] = redis.call('ZCOUNT', KEYS[1], '-inf', score)
+end
 for _, ticket in ipairs(granted) do
   result[#result + 1] = ticket
 end

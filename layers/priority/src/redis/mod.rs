@@ -34,6 +34,7 @@ use tokio::time::Instant;
 use crate::config::Reserve;
 use crate::pool::Pool;
 
+mod estimate;
 mod renew;
 mod wait;
 
@@ -68,6 +69,8 @@ pub(crate) struct RedisPool {
     counted: AtomicBool,
     /// Reserved permits this replica's script calls lent.
     lent: AtomicU64,
+    /// What the last script call said of the queue, for estimates.
+    seen: estimate::Seen,
 }
 
 struct Waiting {
@@ -121,6 +124,7 @@ impl RedisPool {
             replicas: AtomicUsize::new(1),
             counted: AtomicBool::new(false),
             lent: AtomicU64::new(0),
+            seen: estimate::Seen::default(),
             state,
         })
     }
@@ -173,6 +177,10 @@ impl RedisPool {
         let capacity = number();
         let replicas = number().max(1);
         let lent = number() as u64;
+        // -1 (no hold yet) reads as 0: unknown.
+        let hold_ms = number() as u64;
+        let ahead: [usize; crate::pool::LEVELS] = std::array::from_fn(|_| number());
+        self.seen.store(hold_ms, ahead);
         if lent > 0 {
             self.lent.fetch_add(lent, Ordering::Relaxed);
             metrics::counter!(RESERVE_LENT_TOTAL, "pool" => self.name.clone()).increment(lent);

@@ -1,15 +1,14 @@
 //! Letting a request in at arrival, or refusing it for its deadline with
 //! a reservation in the waiting room.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use corral_core::RequestId;
 use tokio::time::Instant;
 
-use super::{canonical_model, Scheduler};
+use super::{Queue, Scheduler};
 use crate::permit::Acquire;
-use crate::pool::{Me, Pool, Ticket, Verdict};
+use crate::pool::{Me, Ticket, Verdict};
 use crate::{DeadlineUnreachable, Estimate};
 
 /// A request let in by [`Scheduler::admit`]: where it stands, and
@@ -24,6 +23,28 @@ pub struct Admitted {
     pub reserved: bool,
 }
 
+/// Let in unless `estimate` is past `budget`; refused, told to come back
+/// when the work ahead is down to it (no reservation).
+fn by_estimate(
+    estimate: Option<Estimate>,
+    budget: Option<Duration>,
+) -> Result<Admitted, DeadlineUnreachable> {
+    match (estimate, budget) {
+        (Some(estimate), Some(budget)) if estimate.eta.is_some_and(|eta| eta > budget) => {
+            Err(DeadlineUnreachable {
+                estimate,
+                budget,
+                retry_after: estimate.eta.map(|eta| eta - budget),
+                reserved: false,
+            })
+        }
+        _ => Ok(Admitted {
+            estimate,
+            reserved: false,
+        }),
+    }
+}
+
 impl Scheduler {
     /// Whether `ticket`, a request for `model` arriving now, is let in:
     /// refused with [`DeadlineUnreachable`] when its wait (the work ahead
@@ -34,8 +55,10 @@ impl Scheduler {
     /// for it, behind the work ahead and the reservations booked before
     /// it. Back before then, it is refused with the time left; back then
     /// (up to a few seconds late), it is let in whatever its deadline,
-    /// ahead of its level's fresh arrivals. A queue in Redis lets every
-    /// request in.
+    /// ahead of its level's fresh arrivals. A queue in Redis refuses by
+    /// the same estimate ([`Scheduler::estimate`]) but keeps no
+    /// reservation: `Retry-After` is when the work ahead is down to the
+    /// deadline.
     ///
     /// ```
     /// use std::time::Duration;
@@ -63,15 +86,13 @@ impl Scheduler {
         model: Option<&str>,
         id: Option<&RequestId>,
     ) -> Result<Admitted, DeadlineUnreachable> {
-        let Some(pool) = self.local_pool_of(model) else {
-            return Ok(Admitted {
-                estimate: self.estimate(ticket, model),
-                reserved: false,
-            });
-        };
         let budget = ticket
             .deadline
             .map(|deadline| deadline.saturating_duration_since(Instant::now()));
+        let pool = match self.queue_of(model) {
+            Queue::Local(pool) => pool,
+            _ => return by_estimate(self.estimate(ticket, model), budget),
+        };
         let me = Me::Arriving {
             agent: &ticket.agent,
             cost: ticket.cost,
@@ -112,21 +133,6 @@ impl Scheduler {
         let mut total = 0;
         self.each_pool(|pool| total += pool.reservations());
         total
-    }
-
-    /// The pool a request for `model` would wait in, if it is made and
-    /// its queue is here (not in Redis).
-    fn local_pool_of(&self, model: Option<&str>) -> Option<Arc<Pool>> {
-        let pool = self.pool_for(model, false);
-        #[cfg(feature = "redis")]
-        if self.shared_of(&pool).is_some() {
-            return None;
-        }
-        let name = model.filter(|m| !m.is_empty()).map(canonical_model);
-        if self.on_demand.is_some() && name.is_some_and(|n| n != pool.name()) {
-            return None;
-        }
-        Some(pool)
     }
 
     /// [`Scheduler::acquire_in`] for a request [`Scheduler::admit`] let

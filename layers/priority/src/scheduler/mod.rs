@@ -36,6 +36,17 @@ mod load;
 #[cfg(feature = "redis")]
 mod redis;
 
+/// Where a request for a model waits.
+pub(crate) enum Queue {
+    /// In this replica's pool.
+    Local(Arc<Pool>),
+    /// In Redis, shared by every replica.
+    #[cfg(feature = "redis")]
+    Shared(Arc<RedisPool>),
+    /// In a pool per model not made yet: nothing waits there.
+    NotMade,
+}
+
 /// Upstream permits, and the order in which waiting requests get them.
 ///
 /// One pool of `capacity` permits for the upstream, and one per model
@@ -388,8 +399,11 @@ impl Scheduler {
 
     /// Where `ticket`, a request for `model` arriving now, would stand:
     /// the requests ahead of it in the order of service and its wait for
-    /// a permit (the work ahead over what the pool measured). `None`
-    /// while its queue is in Redis (a replica sees only its own waiters).
+    /// a permit (the work ahead over what the pool measured). With its
+    /// queue in Redis: every replica's tickets ahead of it, as the last
+    /// report from Redis said (at most a quarter second old under load),
+    /// each taken at the pool's average hold. Always `Some` (kept an
+    /// `Option` for callers written when a shared queue had none).
     ///
     /// ```
     /// use corral_core::Priority;
@@ -409,22 +423,33 @@ impl Scheduler {
     /// assert_eq!(estimate.eta, Some(std::time::Duration::ZERO), "room now");
     /// ```
     pub fn estimate(&self, ticket: &Ticket, model: Option<&str>) -> Option<Estimate> {
-        let pool = self.pool_for(model, false);
-        #[cfg(feature = "redis")]
-        if self.shared_of(&pool).is_some() {
-            return None;
-        }
-        let name = model.filter(|m| !m.is_empty()).map(canonical_model);
-        if self.on_demand.is_some() && name.is_some_and(|n| n != pool.name()) {
-            // Its pool is not made yet: nothing waits for its model.
-            return Some(Estimate::new(0, Some(std::time::Duration::ZERO)));
-        }
         let me = crate::pool::Me::Arriving {
             agent: &ticket.agent,
             cost: ticket.cost,
             weight: ticket.weight,
         };
-        Some(pool.estimate(usize::from(ticket.priority.get() - 1), me))
+        let level = usize::from(ticket.priority.get() - 1);
+        Some(match self.queue_of(model) {
+            // Its pool is not made yet: nothing waits for its model.
+            Queue::NotMade => Estimate::new(0, Some(std::time::Duration::ZERO)),
+            Queue::Local(pool) => pool.estimate(level, me),
+            #[cfg(feature = "redis")]
+            Queue::Shared(shared) => shared.estimate(level, me),
+        })
+    }
+
+    /// Where a request for `model` would wait.
+    pub(crate) fn queue_of(&self, model: Option<&str>) -> Queue {
+        let pool = self.pool_for(model, false);
+        #[cfg(feature = "redis")]
+        if let Some(shared) = self.shared_of(&pool) {
+            return Queue::Shared(shared);
+        }
+        let name = model.filter(|m| !m.is_empty()).map(canonical_model);
+        if self.on_demand.is_some() && name.is_some_and(|n| n != pool.name()) {
+            return Queue::NotMade;
+        }
+        Queue::Local(pool)
     }
 
     /// Lists `acquire` as request `id` of `agent` at `priority` while it
