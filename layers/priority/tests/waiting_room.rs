@@ -206,3 +206,88 @@ async fn a_returning_request_and_fresh_arrivals_at_the_same_instant() {
     assert!(granted(&mut queued).is_empty());
     drop(permit);
 }
+
+/// One running (1 s to go) and one long request (4 s) queued behind it;
+/// a short request with a 500 ms deadline refused with its place kept
+/// before the long one, due when the running one ends: the scheduler,
+/// the running permit, the long one waiting.
+async fn reserved_before_a_long_one() -> (
+    std::sync::Arc<Scheduler>,
+    corral_priority::Permit,
+    Vec<Waiting>,
+) {
+    let (s, running, _) = loaded(0).await;
+    let long = vec![wait(&s, "long", costing("long", 400.0))];
+    let hurried = Ticket {
+        deadline: Some(Instant::now() + Duration::from_millis(500)),
+        ..costing("a", 100.0)
+    };
+    let refusal = refused(s.admit(&hurried, None, Some(&RequestId::from("ra"))));
+    assert_eq!(
+        refusal.estimate().position,
+        0,
+        "shorter: before the long one"
+    );
+    assert_eq!(millis(refusal.retry_after()), 1_000);
+    (s, running, long)
+}
+
+fn back(s: &Scheduler) -> Result<Admitted, DeadlineUnreachable> {
+    let ticket = Ticket {
+        deadline: Some(Instant::now() + Duration::from_millis(500)),
+        ..costing("a", 100.0)
+    };
+    s.admit(&ticket, None, Some(&RequestId::from("ra")))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_permit_freed_just_before_a_reservation_is_due_is_kept_for_it() {
+    let (s, running, mut long) = reserved_before_a_long_one().await;
+    // The running one ends 200 ms early: the permit waits for the
+    // reservation, not for the long one.
+    tokio::time::advance(Duration::from_millis(800)).await;
+    drop(running);
+    assert!(granted(&mut long).is_empty(), "kept for the reservation");
+    // Back when told: let in, and served at once.
+    tokio::time::advance(Duration::from_millis(200)).await;
+    let admitted = back(&s).unwrap();
+    assert!(admitted.reserved);
+    let mut mine = spawn(s.acquire_admitted(due_in("a", 2), None, None, admitted));
+    let permit = match mine.poll() {
+        std::task::Poll::Ready(permit) => permit.unwrap(),
+        std::task::Poll::Pending => panic!("the kept permit"),
+    };
+    assert!(granted(&mut long).is_empty());
+    drop(permit);
+    assert_eq!(granted(&mut long).len(), 1, "then the long one");
+}
+
+#[tokio::test(start_paused = true)]
+async fn back_a_little_early_with_its_permit_free_it_is_let_in() {
+    let (s, running, mut long) = reserved_before_a_long_one().await;
+    tokio::time::advance(Duration::from_millis(700)).await;
+    drop(running);
+    // 300 ms before its time, but its permit is free: its time.
+    let admitted = back(&s).unwrap();
+    assert!(admitted.reserved);
+    let mut mine = spawn(s.acquire_admitted(due_in("a", 2), None, None, admitted));
+    let std::task::Poll::Ready(Ok(_permit)) = mine.poll() else {
+        panic!("the kept permit");
+    };
+    assert!(granted(&mut long).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_permit_kept_for_a_request_that_does_not_come_back_goes_to_the_queue() {
+    let (s, running, mut long) = reserved_before_a_long_one().await;
+    tokio::time::advance(Duration::from_millis(800)).await;
+    drop(running);
+    assert!(granted(&mut long).is_empty());
+    // Kept until 500 ms past its time (1.5 s), then the long one's.
+    tokio::time::sleep(Duration::from_millis(690)).await;
+    assert!(granted(&mut long).is_empty(), "still kept at 1.49 s");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(granted(&mut long).len(), 1, "given up at 1.5 s");
+    // The reservation itself stands until its grace ends.
+    assert_eq!(s.reservations(), 1);
+}

@@ -7,7 +7,7 @@ use corral_core::lock;
 use tokio::time::Instant;
 
 use super::ahead::Me;
-use super::room::{Claim, Key};
+use super::room::{Claim, Key, HOLD_AHEAD};
 use super::{Pool, LEVELS};
 use crate::estimate::{eta, Estimate};
 
@@ -103,7 +103,18 @@ impl Pool {
         let level = level.min(LEVELS - 1);
         let mut state = lock(&self.state);
         state.room.expire(now);
-        let claim = key.map_or(Claim::Fresh, |key| state.room.claim(key, now));
+        let claim = key.map_or(Claim::Fresh, |key| match state.room.claim(key, now) {
+            // Back a little early with a permit free (kept for it):
+            // its time.
+            Claim::Early(left)
+                if left <= HOLD_AHEAD
+                    && self.fleet.is_none()
+                    && state.in_flight < state.capacity =>
+            {
+                state.room.claim(key, now + left)
+            }
+            claim => claim,
+        });
         let throughput = self.throughput(&state, now);
         let me = if claim == Claim::Due { Me::Front } else { me };
         let own = self.ahead(&state, level, me, now);

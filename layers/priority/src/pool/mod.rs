@@ -14,7 +14,7 @@ mod order;
 mod room;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::Waker;
 use std::time::Duration;
 
@@ -75,6 +75,9 @@ pub(crate) struct Pool {
     changes: Arc<Notify>,
     /// How far its estimates ran from the waits served, per size.
     calibration: calibrate::Calibration,
+    /// Itself, for the timer that ends a permit's hold for a
+    /// reservation.
+    me: Weak<Pool>,
 }
 
 struct State {
@@ -114,6 +117,9 @@ struct State {
     /// each was granted and its predicted cost, for what each running
     /// request has left.
     running: HashMap<u64, (Instant, f64)>,
+    /// When the timer set to end a permit's hold for a reservation
+    /// fires, if one is set.
+    hold_timer: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -193,8 +199,9 @@ impl Pool {
         reserve: Option<Reserve>,
         changes: Arc<Notify>,
         fleet: Option<FleetLink>,
-    ) -> Self {
-        Self {
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             name,
             fleet,
             aging,
@@ -220,8 +227,9 @@ impl Pool {
                 front: Default::default(),
                 room: room::Room::default(),
                 running: HashMap::new(),
+                hold_timer: None,
             }),
-        }
+        })
     }
 
     pub(crate) fn name(&self) -> &str {

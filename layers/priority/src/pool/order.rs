@@ -3,7 +3,7 @@
 
 use std::task::Waker;
 
-use corral_core::AgentId;
+use corral_core::{lock, AgentId};
 use tokio::time::Instant;
 
 use super::index::Vtc;
@@ -36,6 +36,9 @@ impl Pool {
                     None => break,
                 },
             };
+            if self.kept_for_room(state, &agent_id, level, now) {
+                break;
+            }
             let slot = match &self.fleet {
                 None => None,
                 Some(link) => {
@@ -98,6 +101,69 @@ impl Pool {
                 .publish(&link.model, oldest, servable, self.aging);
         }
         wakers
+    }
+
+    /// Whether the free permits are kept for reservations due soon at
+    /// `level` or better, rather than granted to `agent`'s next request
+    /// there (one let in for its reservation is never kept out). With a
+    /// fleet, the fleet places every permit: nothing is kept. Kept, a
+    /// timer lets the queue have them once the holds end.
+    fn kept_for_room(
+        &self,
+        state: &mut State,
+        agent: &AgentId,
+        level: usize,
+        now: Instant,
+    ) -> bool {
+        if self.fleet.is_some() {
+            return false;
+        }
+        let front = state
+            .agents
+            .get(agent)
+            .and_then(|a| a.levels[level].front())
+            .and_then(|(id, _)| state.waiters.get(id))
+            .is_some_and(|w| w.front);
+        if front {
+            return false;
+        }
+        let (held, ends) = state.room.held_for(level, now);
+        if held == 0 || state.capacity.saturating_sub(state.in_flight) > held {
+            return false;
+        }
+        if let Some(ends) = ends {
+            self.end_hold_at(state, ends);
+        }
+        true
+    }
+
+    /// Dispatches again at `at`, when a permit's hold for a reservation
+    /// ends (unless a timer fires sooner).
+    fn end_hold_at(&self, state: &mut State, at: Instant) {
+        if state.hold_timer.is_some_and(|set| set <= at) || at <= Instant::now() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        state.hold_timer = Some(at);
+        let me = self.me.clone();
+        runtime.spawn(async move {
+            tokio::time::sleep_until(at).await;
+            if let Some(pool) = me.upgrade() {
+                pool.hold_ended(at);
+            }
+        });
+    }
+
+    fn hold_ended(&self, at: Instant) {
+        let mut state = lock(&self.state);
+        if state.hold_timer == Some(at) {
+            state.hold_timer = None;
+        }
+        let wakers = self.dispatch(&mut state, Instant::now());
+        drop(state);
+        super::wake_all(wakers);
     }
 
     /// A fleet permit taken for a grant that could not be made.

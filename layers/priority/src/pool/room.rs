@@ -22,6 +22,16 @@ pub(crate) const MAX_RESERVATIONS: usize = 10_000;
 pub(crate) const GRACE: Duration = Duration::from_secs(5);
 /// A request back this little before its time is let in.
 pub(crate) const EARLY: Duration = Duration::from_millis(200);
+/// A permit that frees this little before a reservation at its level or
+/// better falls due is kept for it rather than given to the queue: the
+/// estimate ran a little high, and the request, back when told, would
+/// otherwise wait behind a whole hold it was promised to go before
+/// (seen against a real model server: let in, then 504).
+pub(crate) const HOLD_AHEAD: Duration = Duration::from_secs(1);
+/// ...and kept this long past the reservation's time for its request to
+/// come back (then it goes to the queue; the reservation stays until
+/// its grace ends).
+pub(crate) const HOLD_LATE: Duration = Duration::from_millis(500);
 /// At most this many reservations are walked for one estimate: past it
 /// the wait is far longer than any deadline.
 const MAX_WALKED: usize = 256;
@@ -153,6 +163,31 @@ impl Room {
         ahead
     }
 
+    /// How many permits are kept for reservations at `level` or better
+    /// due from [`HOLD_LATE`] ago to [`HOLD_AHEAD`] from `now`, and when
+    /// the first of those holds ends.
+    pub(super) fn held_for(&self, level: usize, now: Instant) -> (usize, Option<Instant>) {
+        let from = now.checked_sub(HOLD_LATE).unwrap_or(now);
+        let mut held = 0;
+        let mut ends: Option<Instant> = None;
+        for ((due, _), booking) in self
+            .by_due
+            .range((from, 0)..)
+            .take_while(|((due, _), _)| *due <= now + HOLD_AHEAD)
+            .take(MAX_WALKED)
+        {
+            // A hold ends at its end, not after: a timer set for then
+            // finds it over.
+            if booking.level > level || *due + HOLD_LATE <= now {
+                continue;
+            }
+            held += 1;
+            let end = *due + HOLD_LATE;
+            ends = Some(ends.map_or(end, |e| e.min(end)));
+        }
+        (held, ends)
+    }
+
     /// How many reservations are kept.
     pub(super) fn len(&self) -> usize {
         self.by_key.len()
@@ -244,6 +279,29 @@ mod tests {
         // A new reservation at level 5 comes after all three.
         assert_eq!(room.all_ahead(4, Ahead::default()).count, 3);
         assert_eq!(room.all_ahead(0, Ahead::default()).count, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn permits_are_kept_for_reservations_due_soon_at_their_level_or_better() {
+        let now = Instant::now();
+        let mut room = Room::default();
+        room.book(key("soon"), 4, 1.0, now + Duration::from_millis(800));
+        room.book(key("urgent"), 1, 1.0, now + Duration::from_millis(900));
+        room.book(key("later"), 4, 1.0, now + Duration::from_secs(3));
+        // At level 5: both due within a second, the first hold ending
+        // 500 ms after the first is due.
+        assert_eq!(
+            room.held_for(4, now),
+            (2, Some(now + Duration::from_millis(1_300)))
+        );
+        // At level 2, only the one there.
+        assert_eq!(room.held_for(1, now).0, 1);
+        assert_eq!(room.held_for(0, now).0, 0);
+        // Past their time by the hold: none.
+        assert_eq!(room.held_for(4, now + Duration::from_millis(1_300)).0, 1);
+        assert_eq!(room.held_for(4, now + Duration::from_millis(1_400)).0, 0);
+        // "later" comes into the window.
+        assert_eq!(room.held_for(4, now + Duration::from_millis(2_100)).0, 1);
     }
 
     #[tokio::test(start_paused = true)]

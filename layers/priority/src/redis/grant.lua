@@ -41,18 +41,19 @@ local ttl = tonumber(ARGV[5])
 redis.call('ZADD', KEYS[4], now + ttl, ARGV[9])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
 
-if op == 'enqueue' then
-  local level = tonumber(ARGV[3])
-  local aging = tonumber(ARGV[4])
-  -- With aging, a level is worth `aging` ms of waiting: a ticket one
-  -- level lower that has waited `aging` longer is as good.
-  local score
+-- The score of a ticket queued now at `level`. With aging, a level is
+-- worth `aging` ms of waiting: a ticket one level lower that has waited
+-- `aging` longer is as good.
+local aging = tonumber(ARGV[4])
+local function score_now(level)
   if aging > 0 then
-    score = level * aging + now
-  else
-    score = level * 1e13 + now
+    return level * aging + now
   end
-  redis.call('ZADD', KEYS[1], score, ARGV[2])
+  return level * 1e13 + now
+end
+
+if op == 'enqueue' then
+  redis.call('ZADD', KEYS[1], score_now(tonumber(ARGV[3])), ARGV[2])
 elseif op == 'cancel' or op == 'release' then
   redis.call('ZREM', KEYS[1], ARGV[2])
   redis.call('ZREM', KEYS[2], ARGV[2])
@@ -167,15 +168,8 @@ end
 local hold_ms = tonumber(redis.call('GET', KEYS[5]) or '-1')
 local result = { held, capacity, redis.call('ZCARD', KEYS[4]), lent, math.floor(hold_ms) }
 -- Ahead of a fresh arrival at each level: what its score would pass.
-local aging = tonumber(ARGV[4])
 for level = 0, 9 do
-  local score
-  if aging > 0 then
-    score = level * aging + now
-  else
-    score = level * 1e13 + now
-  end
-  result[#result + 1] = redis.call('ZCOUNT', KEYS[1], '-inf', score)
+  result[#result + 1] = redis.call('ZCOUNT', KEYS[1], '-inf', score_now(level))
 end
 for _, ticket in ipairs(granted) do
   result[#result + 1] = ticket

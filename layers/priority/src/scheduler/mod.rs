@@ -177,7 +177,7 @@ impl Scheduler {
         let cap = config.max_in_flight_per_agent;
         let changes = Arc::new(Notify::new());
         let pool = |name: String, capacity| {
-            Arc::new(Pool::new(
+            Pool::new(
                 name,
                 capacity,
                 config.aging,
@@ -185,7 +185,7 @@ impl Scheduler {
                 config.reserve,
                 changes.clone(),
                 None,
-            ))
+            )
         };
         let (default, by_model) = match &fleet {
             Some(fleet) => (
@@ -230,7 +230,7 @@ impl Scheduler {
         fleet: &Arc<Fleet>,
         model: &str,
     ) -> Arc<Pool> {
-        let pool = Arc::new(Pool::new(
+        let pool = Pool::new(
             model.to_string(),
             0,
             config.aging,
@@ -241,7 +241,7 @@ impl Scheduler {
                 fleet: fleet.clone(),
                 model: Arc::from(model),
             }),
-        ));
+        );
         let waiting: Arc<dyn corral_fleet::Waiting> = pool.clone();
         fleet.join(model, Arc::downgrade(&waiting));
         pool
@@ -285,7 +285,7 @@ impl Scheduler {
         // Redis pools are not evicted: their leases and queue live in
         // Redis, their tasks with them.
         models.get_or_make(name, !shared, |capacity| {
-            let pool = Arc::new(Pool::new(
+            let pool = Pool::new(
                 name.to_string(),
                 capacity,
                 self.config.aging,
@@ -293,7 +293,7 @@ impl Scheduler {
                 self.config.reserve,
                 self.changes.clone(),
                 None,
-            ));
+            );
             #[cfg(feature = "redis")]
             if let Some((state, ttl)) = &self.backend {
                 let shared = RedisPool::new(
