@@ -450,3 +450,26 @@ async fn a_requests_received_at_is_when_it_was_sent_to_the_millisecond() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_in_flight_gauge_is_described_as_it_counts_on_the_metrics_page_and_in_the_docs() {
+    // What the gauge counts (see the test above): a request queued,
+    // generating, or sending its answer.
+    const COUNTS: &str = "waiting for a permit, generating, or sending the answer";
+    let (_upstream, corral) = corral_e2e::fast_proxy().await;
+    let page = metrics(&corral.url()).await;
+    let help = page
+        .lines()
+        .find(|l| l.starts_with("# HELP corral_requests_in_flight "))
+        .unwrap_or_else(|| panic!("the gauge is described: {page}"));
+    assert!(help.contains(COUNTS), "{help}");
+    let operations = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operations.md"),
+    )
+    .unwrap();
+    let row = operations
+        .lines()
+        .find(|l| l.starts_with("| `corral_requests_in_flight` |"))
+        .unwrap();
+    assert!(row.contains(COUNTS), "{row}");
+}

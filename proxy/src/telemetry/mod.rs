@@ -28,10 +28,11 @@ corral_core::metrics! {
     histogram(Seconds) REQUEST_DURATION_SECONDS = "corral_request_duration_seconds",
         "Time from receiving a request to the end of its answer, by endpoint, model, class and outcome.";
     /// Requests in progress by class: from the moment classify knows the
-    /// class (waiting for a permit, generating, or answering) to the end of
-    /// the answer or the client leaving.
+    /// class (waiting for a permit, generating, or sending the answer) to
+    /// the end of the answer or the client leaving. (`front::call_counted`
+    /// counts it before its headers, `observe::InFlight` holds it.)
     gauge REQUESTS_IN_FLIGHT = "corral_requests_in_flight",
-        "Answers in progress (headers sent, body not ended), by class.";
+        "Requests in progress, by class: waiting for a permit, generating, or sending the answer.";
     /// Time from receiving a request to the first byte of its answer's body,
     /// by endpoint and class, in seconds.
     histogram(Seconds) TIME_TO_FIRST_BYTE_SECONDS = "corral_time_to_first_byte_seconds",
