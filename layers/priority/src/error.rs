@@ -1,8 +1,10 @@
 use std::time::Duration;
 
-use http::StatusCode;
+use http::{HeaderName, HeaderValue, StatusCode};
 
-/// The request's deadline passed while it waited for the upstream: 504.
+/// The request's deadline passed while it waited for the upstream: 504,
+/// with `X-Corral-Queue-Ms` as an answer has: the client sees how long
+/// it waited.
 #[derive(Debug)]
 pub struct DeadlineExceeded {
     pub(crate) waited: Duration,
@@ -24,7 +26,17 @@ corral_core::refusal! {
             "the request's deadline passed after waiting {} ms for the upstream",
             exceeded.waited.as_millis()
         ),
+        headers: vec![queue_ms(exceeded.waited)],
     }
+}
+
+/// `X-Corral-Queue-Ms`: how long a request waited for a permit.
+fn queue_ms(waited: Duration) -> (HeaderName, HeaderValue) {
+    let ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
+    (
+        corral_core::headers::X_CORRAL_QUEUE_MS,
+        HeaderValue::from(ms),
+    )
 }
 
 /// No upstream of the fleet may serve the model the request names (none
