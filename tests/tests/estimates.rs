@@ -95,3 +95,33 @@ async fn waits_are_told_and_a_deadline_out_of_reach_is_refused_at_arrival() {
     let reply = send(generate(&url, "far", &[("x-deadline-ms", &far)])).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
 }
+
+#[tokio::test]
+async fn a_deadline_that_passes_in_the_queue_is_answered_504_with_the_time_it_waited() {
+    let upstream = mock(MockConfig::default()).await;
+    let corral = corral_e2e::proxy_toml(
+        &upstream.url(),
+        "capacity = 1\n[[layers]]\nkind = \"priority\"\n",
+    )
+    .await;
+    let url = corral.url();
+    // The only permit, held for 2 s; nothing measured yet, so the next
+    // request is let in and waits.
+    let running = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            send(generate(&url, "run", &[("x-mock-fault", "ttft_ms=2000")])).await
+        })
+    };
+    eventually("one runs", || upstream.stats().in_flight == 1).await;
+    let reply = send(generate(&url, "late", &[("x-deadline-ms", "300")])).await;
+    assert_eq!(reply.status, 504, "{}", reply.text());
+    assert_eq!(reply.headers["x-corral-reason"], "deadline_exceeded");
+    let waited: u64 = reply.headers["x-corral-queue-ms"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((300..2_000).contains(&waited), "waited {waited} ms");
+    assert_eq!(running.await.unwrap().status, 200);
+}

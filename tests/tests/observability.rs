@@ -406,3 +406,70 @@ async fn a_request_is_in_flight_for_its_class_while_queued_and_generating_not_on
     assert_eq!(generating.await.unwrap().status, 200);
     until_in_flight(&url, "opus", 0.0).await;
 }
+
+/// Seconds since the Unix epoch now, with the fraction.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+#[tokio::test]
+async fn a_requests_received_at_is_when_it_was_sent_to_the_millisecond() {
+    let (_upstream, corral) = corral_e2e::fast_proxy().await;
+    let url = corral.url();
+    // Three requests 300 ms apart, each between two readings of the clock.
+    let mut sent = Vec::new();
+    for i in 0..3 {
+        let id = format!("sent-{i}");
+        let before = unix_now();
+        let reply = send(request_with(
+            "POST",
+            &format!("{url}/api/generate"),
+            r#"{"model":"llama3","prompt":"hi","stream":false}"#,
+            &[("x-request-id", &id)],
+        ))
+        .await;
+        let after = unix_now();
+        assert_eq!(reply.status, 200);
+        sent.push((id, before, after));
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    let received = corral_e2e::events(&url, "kind=received").await;
+    for (id, before, after) in sent {
+        let event = received
+            .iter()
+            .find(|e| e["request_id"] == id.as_str())
+            .unwrap_or_else(|| panic!("{id} received: {received:?}"));
+        let at = event["data"]["received_at"].as_f64().unwrap();
+        // A few milliseconds either side: the clocks are read apart.
+        assert!(
+            before - 0.005 <= at && at <= after + 0.005,
+            "{id} received at {at}, sent between {before} and {after}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_in_flight_gauge_is_described_as_it_counts_on_the_metrics_page_and_in_the_docs() {
+    // What the gauge counts (see the test above): a request queued,
+    // generating, or sending its answer.
+    const COUNTS: &str = "waiting for a permit, generating, or sending the answer";
+    let (_upstream, corral) = corral_e2e::fast_proxy().await;
+    let page = metrics(&corral.url()).await;
+    let help = page
+        .lines()
+        .find(|l| l.starts_with("# HELP corral_requests_in_flight "))
+        .unwrap_or_else(|| panic!("the gauge is described: {page}"));
+    assert!(help.contains(COUNTS), "{help}");
+    let operations = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operations.md"),
+    )
+    .unwrap();
+    let row = operations
+        .lines()
+        .find(|l| l.starts_with("| `corral_requests_in_flight` |"))
+        .unwrap();
+    assert!(row.contains(COUNTS), "{row}");
+}

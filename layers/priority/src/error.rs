@@ -1,8 +1,10 @@
 use std::time::Duration;
 
-use http::StatusCode;
+use http::{HeaderName, HeaderValue, StatusCode};
 
-/// The request's deadline passed while it waited for the upstream: 504.
+/// The request's deadline passed while it waited for the upstream: 504,
+/// with `X-Corral-Queue-Ms` as an answer has: the client sees how long
+/// it waited.
 #[derive(Debug)]
 pub struct DeadlineExceeded {
     pub(crate) waited: Duration,
@@ -24,7 +26,17 @@ corral_core::refusal! {
             "the request's deadline passed after waiting {} ms for the upstream",
             exceeded.waited.as_millis()
         ),
+        headers: vec![queue_ms(exceeded.waited)],
     }
+}
+
+/// `X-Corral-Queue-Ms`: how long a request waited for a permit.
+fn queue_ms(waited: Duration) -> (HeaderName, HeaderValue) {
+    let ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
+    (
+        corral_core::headers::X_CORRAL_QUEUE_MS,
+        HeaderValue::from(ms),
+    )
 }
 
 /// No upstream of the fleet may serve the model the request names (none
@@ -73,7 +85,8 @@ corral_core::refusal! {
 /// waiting in vain, with `Retry-After`: when it would be let in. A
 /// request whose client named it (`X-Request-Id`) holds a reservation
 /// for then: sent again with the same id at that time, it is let in
-/// ahead of fresh arrivals; sooner, it is refused with the time left.
+/// ahead of fresh arrivals; sooner, it is refused with the time left
+/// ([`DeadlineUnreachable::early`]), told its place is kept till then.
 /// One without is told when the work ahead is down to its deadline.
 #[derive(Debug)]
 pub struct DeadlineUnreachable {
@@ -84,6 +97,9 @@ pub struct DeadlineUnreachable {
     pub(crate) retry_after: Option<Duration>,
     /// Whether it holds a reservation for then.
     pub(crate) reserved: bool,
+    /// Whether it came back before its reservation was due: refused for
+    /// the time left, not for its deadline.
+    pub(crate) early: bool,
 }
 
 impl DeadlineUnreachable {
@@ -103,6 +119,41 @@ impl DeadlineUnreachable {
     pub fn reserved(&self) -> bool {
         self.reserved
     }
+
+    /// Whether it came back before its reservation was due: refused for
+    /// the time left ([`DeadlineUnreachable::retry_after`]), not because
+    /// the queue is longer than its deadline. Known when the queue is
+    /// within its deadline; one back early while the queue is past its
+    /// deadline too reads as a fresh refusal (its message is true of it).
+    pub fn early(&self) -> bool {
+        self.early
+    }
+
+    /// What the client reads. Back early, it is told its place is kept,
+    /// not the queue and its deadline: the queue may be well within it,
+    /// and the two would read as a contradiction.
+    fn describe(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kept_ms = self.retry_after.unwrap_or_default().as_millis();
+        if self.early {
+            return write!(
+                f,
+                "the request is back before its reservation is due: its place is kept for {kept_ms} ms from now: send it again with the same X-Request-Id then"
+            );
+        }
+        write!(
+            f,
+            "the request's deadline is {} ms away but the queue ahead of it takes about {} ms",
+            self.budget.as_millis(),
+            self.estimate.eta_ms().unwrap_or(0),
+        )?;
+        if self.reserved {
+            write!(
+                f,
+                "; its place is kept for {kept_ms} ms from now: send it again with the same X-Request-Id then"
+            )?;
+        }
+        Ok(())
+    }
 }
 
 corral_core::refusal! {
@@ -110,17 +161,7 @@ corral_core::refusal! {
         status: StatusCode::SERVICE_UNAVAILABLE,
         reason: "deadline_unreachable",
         retry_after: refused.retry_after,
-        message(f): write!(
-            f,
-            "the request's deadline is {} ms away but the queue ahead of it takes about {} ms{}",
-            refused.budget.as_millis(),
-            refused.estimate.eta_ms().unwrap_or(0),
-            if refused.reserved {
-                "; its place is kept: send it again with the same X-Request-Id after Retry-After"
-            } else {
-                ""
-            }
-        ),
+        message(f): refused.describe(f),
         headers: crate::estimate::headers(&refused.estimate),
     }
 }

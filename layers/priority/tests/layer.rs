@@ -217,6 +217,27 @@ async fn a_deadline_passing_in_the_queue_is_a_deadline_refusal() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_deadline_passing_in_the_queue_says_how_long_it_waited_in_a_header() {
+    let (_scheduler, service, mut handle) = prioritized(1);
+    let _busy = upstream_has(&service, &mut handle, generate("a", 5)).await;
+    let mut late = generate("b", 1);
+    let meta = late.extensions_mut().get_mut::<RequestMeta>().unwrap();
+    meta.deadline = Some(tokio::time::Instant::now() + Duration::from_millis(1500));
+    let err = service.clone().oneshot(late).await.unwrap_err();
+    let refusal = err
+        .downcast_ref::<DeadlineExceeded>()
+        .expect("a deadline refusal");
+    use corral_core::Refusal;
+    let headers = refusal.headers();
+    assert!(
+        headers
+            .iter()
+            .any(|(n, v)| n == "x-corral-queue-ms" && v == "1500"),
+        "{headers:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_counter_is_settled_with_the_tokens_the_answer_reports() {
     let (scheduler, service, mut handle) = prioritized(2);
     // Someone else keeps the pool busy so counters are remembered.

@@ -108,6 +108,34 @@ async fn back_early_it_is_refused_with_the_time_left() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn back_early_with_the_queue_within_its_deadline_it_is_told_its_place_is_kept_not_the_queue()
+{
+    let (s, running, queued) = loaded(4).await;
+    let first = refused(admit(&s, "a", "ra"));
+    assert!(!first.early());
+    assert_eq!(
+        first.to_string(),
+        "the request's deadline is 2000 ms away but the queue ahead of it takes about 5000 ms; \
+         its place is kept for 5000 ms from now: send it again with the same X-Request-Id then"
+    );
+    // The queue drains meanwhile: what waits ahead of it now is within
+    // its deadline, but its reservation is not due yet.
+    drop(queued);
+    tokio::time::advance(Duration::from_millis(1_500)).await;
+    let again = refused(admit(&s, "a", "ra"));
+    let eta = again.estimate().eta.unwrap();
+    assert!(eta <= Duration::from_secs(2), "the queue takes {eta:?}");
+    assert!(again.reserved() && again.early());
+    assert_eq!(millis(again.retry_after()), 3_500);
+    assert_eq!(
+        again.to_string(),
+        "the request is back before its reservation is due: its place is kept for 3500 ms \
+         from now: send it again with the same X-Request-Id then"
+    );
+    drop(running);
+}
+
+#[tokio::test(start_paused = true)]
 async fn back_on_time_it_is_let_in_ahead_of_fresh_arrivals() {
     let (s, running, mut queued) = loaded(4).await;
     refused(admit(&s, "a", "ra"));

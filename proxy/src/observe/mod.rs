@@ -260,13 +260,15 @@ impl Observation {
 }
 
 /// The data of a request's `received` event: it arrived at `start`.
+/// `received_at` is the wall clock now, with its fraction, less the time
+/// since: whole seconds would put it up to a second early.
 fn received<'a>(
     endpoint: Endpoint,
     meta: Option<&'a RequestMeta>,
     class: &'a str,
     start: Instant,
 ) -> [(&'static str, EventValue<'a>); 5] {
-    let received_at = corral_core::unix_now() as f64 - start.elapsed().as_secs_f64();
+    let received_at = corral_core::unix_now_f64() - start.elapsed().as_secs_f64();
     [
         ("endpoint", endpoint.as_str().into()),
         ("model", meta.map(|m| m.model_str()).into()),

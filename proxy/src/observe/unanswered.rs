@@ -9,11 +9,13 @@ use tokio::time::Instant;
 use tracing::Span;
 
 use super::{access_logged, millis, received};
+use crate::telemetry::request_metrics;
 
 /// Held while the stack works on a request. Dropped before
-/// [`answered`](Self::answered), the request is logged, and recorded as
-/// received and then cancelled (no status, no tokens): usage counts it
-/// as one request its client left, as it counts one left midway.
+/// [`answered`](Self::answered), the request is logged, counted in the
+/// metrics as `cancelled` (status 499), and recorded as received and
+/// then cancelled (no status, no tokens): usage and `/metrics` count it
+/// as one request its client left, as they count one left midway.
 pub(crate) struct Unanswered {
     start: Instant,
     endpoint: Endpoint,
@@ -56,7 +58,16 @@ impl Drop for Unanswered {
         if self.answered {
             return;
         }
-        let elapsed = millis(self.start.elapsed());
+        let since = self.start.elapsed();
+        let elapsed = millis(since);
+        let meta = self.slot.get();
+        let agent = meta.map(|m| m.agent.as_str());
+        request_metrics(
+            self.endpoint,
+            meta.map(|m| m.class.as_str()),
+            meta.and_then(|m| m.model.as_deref()),
+        )
+        .left(agent, since.as_secs_f64());
         if access_logged() {
             self.span.record("duration_ms", elapsed);
         }
@@ -71,8 +82,7 @@ impl Drop for Unanswered {
         if self.endpoint.kind() != EndpointKind::Inference {
             return;
         }
-        let meta = self.slot.get();
-        let agent = meta.map_or("anonymous", |m| m.agent.as_str());
+        let agent = agent.unwrap_or("anonymous");
         let class = meta.map_or("none", |m| m.class.as_str());
         let id = self.request_id.as_str();
         let arrival = received(self.endpoint, meta, class, self.start);

@@ -16,9 +16,10 @@ corral_core::metrics! {
     /// Describes the proxy's own metrics (see [`metrics_handle`]).
     fn describe_own();
 
-    /// Requests answered, by endpoint and status.
+    /// Requests answered, by endpoint, status and class; one whose client
+    /// left before any answer counts under [`CLIENT_CLOSED_REQUEST`].
     counter REQUESTS_TOTAL = "corral_requests_total",
-        "Requests answered, by endpoint, status and class.";
+        "Requests answered, by endpoint, status and class; status 499: the client left before any answer.";
     /// Time from receiving a request to the end of its response body, by
     /// endpoint, model, class and outcome (`completed`, `refused`, `error`,
     /// `cancelled`), in seconds. The status is on [`REQUESTS_TOTAL`]: a status
@@ -27,10 +28,11 @@ corral_core::metrics! {
     histogram(Seconds) REQUEST_DURATION_SECONDS = "corral_request_duration_seconds",
         "Time from receiving a request to the end of its answer, by endpoint, model, class and outcome.";
     /// Requests in progress by class: from the moment classify knows the
-    /// class (waiting for a permit, generating, or answering) to the end of
-    /// the answer or the client leaving.
+    /// class (waiting for a permit, generating, or sending the answer) to
+    /// the end of the answer or the client leaving. (`front::call_counted`
+    /// counts it before its headers, `observe::InFlight` holds it.)
     gauge REQUESTS_IN_FLIGHT = "corral_requests_in_flight",
-        "Answers in progress (headers sent, body not ended), by class.";
+        "Requests in progress, by class: waiting for a permit, generating, or sending the answer.";
     /// Time from receiving a request to the first byte of its answer's body,
     /// by endpoint and class, in seconds.
     histogram(Seconds) TIME_TO_FIRST_BYTE_SECONDS = "corral_time_to_first_byte_seconds",
@@ -167,9 +169,17 @@ corral_core::impl_debug!(RequestMetrics {
 /// How an answer can end (see `Observation::finish`).
 const OUTCOMES: [&str; 4] = ["completed", "refused", "error", "cancelled"];
 /// The statuses with a label that costs no allocation (`status_label`).
-const STATUSES: [u16; 14] = [
-    200, 201, 204, 304, 400, 401, 403, 404, 413, 429, 500, 502, 503, 504,
+const STATUSES: [u16; 15] = [
+    200, 201, 204, 304, 400, 401, 403, 404, 413, 429, 499, 500, 502, 503, 504,
 ];
+
+/// nginx's "client closed request": the status `corral_requests_total`
+/// counts a request under when its client left before any answer, so
+/// the counter's sum is every request, as the duration histogram's is.
+pub(crate) const CLIENT_CLOSED_REQUEST: http::StatusCode = match http::StatusCode::from_u16(499) {
+    Ok(status) => status,
+    Err(_) => panic!("499 is a status code"),
+};
 
 /// The handles for a request to `endpoint` in `class` (`None`: not
 /// classified) for `model`.
@@ -236,6 +246,13 @@ impl RequestMetrics {
                 metrics::histogram!(TIME_TO_FIRST_BYTE_SECONDS, "endpoint" => self.endpoint.as_str(), "class" => self.class.clone())
             })
             .record(secs);
+    }
+
+    /// The client left `secs` after arrival, before any answer: counted
+    /// as `cancelled` with [`CLIENT_CLOSED_REQUEST`], of no tokens.
+    pub(crate) fn left(&self, agent: Option<&str>, secs: f64) {
+        let usage = corral_core::Usage::default();
+        self.finished(CLIENT_CLOSED_REQUEST, agent, "cancelled", secs, usage);
     }
 
     /// The answer ended: counts it, its duration and its tokens.
@@ -345,6 +362,7 @@ fn status_label(status: http::StatusCode) -> metrics::SharedString {
         404 => "404",
         413 => "413",
         429 => "429",
+        499 => "499",
         500 => "500",
         502 => "502",
         503 => "503",
