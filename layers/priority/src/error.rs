@@ -122,9 +122,7 @@ impl DeadlineUnreachable {
 
     /// Whether it came back before its reservation was due: refused for
     /// the time left ([`DeadlineUnreachable::retry_after`]), not because
-    /// the queue is longer than its deadline. Known when the queue is
-    /// within its deadline; one back early while the queue is past its
-    /// deadline too reads as a fresh refusal (its message is true of it).
+    /// the queue is longer than its deadline.
     pub fn early(&self) -> bool {
         self.early
     }

@@ -16,11 +16,13 @@ use crate::estimate::{eta, Estimate};
 pub(crate) enum Verdict {
     /// Let in; at its level's front if it came back for its reservation.
     Admit { front: bool },
-    /// Refused: its deadline cannot be met. `retry_after`: when it would
-    /// be let in; `reserved`: it holds a reservation for then.
+    /// Refused: its deadline cannot be met, or (`early`) it came back
+    /// before its reservation is due. `retry_after`: when it would be let
+    /// in; `reserved`: it holds a reservation for then.
     Refuse {
         retry_after: Option<Duration>,
         reserved: bool,
+        early: bool,
     },
 }
 
@@ -55,6 +57,7 @@ fn decide(claim: Claim, budget: Option<Duration>, waits: Waits, book: bool) -> V
             return Verdict::Refuse {
                 retry_after: Some(left),
                 reserved: true,
+                early: true,
             }
         }
         Claim::Fresh => {}
@@ -74,6 +77,7 @@ fn decide(claim: Claim, budget: Option<Duration>, waits: Waits, book: bool) -> V
         Verdict::Refuse {
             retry_after: Some(booked),
             reserved: true,
+            early: false,
         }
     } else {
         // Back as a fresh arrival, when the work ahead of it is down
@@ -81,6 +85,7 @@ fn decide(claim: Claim, budget: Option<Duration>, waits: Waits, book: bool) -> V
         Verdict::Refuse {
             retry_after: Some(booked.saturating_sub(budget)),
             reserved: false,
+            early: false,
         }
     }
 }
@@ -148,6 +153,7 @@ impl Pool {
             Verdict::Refuse {
                 reserved: true,
                 retry_after,
+                ..
             },
             Claim::Fresh,
             Some(key),
@@ -178,6 +184,7 @@ mod tests {
         let refuse = |after: u64, reserved| Verdict::Refuse {
             retry_after: secs(after),
             reserved,
+            early: false,
         };
         let waits = |fresh, booked| Waits {
             fresh,
@@ -199,7 +206,11 @@ mod tests {
                 secs(60),
                 waits(secs(0), secs(0)),
                 true,
-                refuse(3, true),
+                Verdict::Refuse {
+                    retry_after: secs(3),
+                    reserved: true,
+                    early: true,
+                },
             ),
             // No deadline, or a wait not known: let in.
             (Claim::Fresh, None, waits(secs(9), secs(20)), true, admit),

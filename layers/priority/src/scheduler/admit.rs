@@ -46,18 +46,6 @@ fn by_estimate(
     }
 }
 
-/// Whether a refusal is one of a request back before its reservation is
-/// due. A fresh arrival is refused only when its wait (uncorrected) is
-/// past its deadline, so one refused with a reservation and a wait within
-/// its deadline, or unknown, can only be back early. One back early while
-/// the wait is past its deadline too is told of the queue and its
-/// deadline, as a fresh refusal: that is true of it as well.
-fn back_early(estimate: &Estimate, budget: Option<Duration>, reserved: bool) -> bool {
-    let past_deadline =
-        matches!((estimate.raw, budget), (Some(wait), Some(budget)) if wait > budget);
-    reserved && !past_deadline
-}
-
 impl Scheduler {
     /// Whether `ticket`, a request for `model` arriving now, is let in:
     /// refused with [`DeadlineUnreachable`] when its wait (the work ahead
@@ -122,12 +110,13 @@ impl Scheduler {
             Verdict::Refuse {
                 retry_after,
                 reserved,
+                early,
             } => Err(DeadlineUnreachable {
                 estimate,
                 budget: budget.unwrap_or(Duration::ZERO),
                 retry_after,
                 reserved,
-                early: back_early(&estimate, budget, reserved),
+                early,
             }),
         }
     }
@@ -172,40 +161,5 @@ impl Scheduler {
             self.acquire_in(ticket, model, session)
         };
         acquire.with_estimate(admitted.estimate)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn secs(s: u64) -> Option<Duration> {
-        Some(Duration::from_secs(s))
-    }
-
-    #[test]
-    fn a_reserved_refusal_with_a_wait_within_the_deadline_is_back_early() {
-        let cases = [
-            // (wait, budget, reserved, back early)
-            // Its wait past its deadline: what a fresh refusal is.
-            (secs(5), secs(2), true, false),
-            // Within it, or unknown: only a reservation not yet due
-            // refuses it.
-            (secs(1), secs(2), true, true),
-            (secs(2), secs(2), true, true),
-            (None, secs(2), true, true),
-            (secs(5), None, true, true),
-            // No reservation: never back for one.
-            (secs(1), secs(2), false, false),
-            (secs(5), secs(2), false, false),
-        ];
-        for (wait, budget, reserved, expected) in cases {
-            let estimate = Estimate::new(1, wait);
-            assert_eq!(
-                back_early(&estimate, budget, reserved),
-                expected,
-                "wait {wait:?}, budget {budget:?}, reserved {reserved}"
-            );
-        }
     }
 }
