@@ -264,19 +264,24 @@ async fn a_job_waiting_for_the_upstream_is_queued_with_its_place() {
     let third = submit(&url, "/api/generate", GENERATE, "c").await;
     // Both wait behind the first, in the priority queue.
     upstream_until(&upstream, "one request upstream", |s| s.in_flight == 1).await;
-    // Each enters the queue when its runner sends it: wait for both.
+    // Each enters the queue when its runner sends it: wait for both
+    // (the scheduler then tells where each stands: a job not yet sent
+    // has only the rough count, which has no waited_ms).
     eventually_async("both wait in the queue", || async {
         let mut both = true;
         for (id, agent) in [(&second, "b"), (&third, "c")] {
-            both &= job(&url, id, agent).await.json()["queue"]["position"] == 2;
+            both &= job(&url, id, agent).await.json()["queue"]["waited_ms"].is_u64();
         }
         both
     })
     .await;
-    for (id, agent) in [(&second, "b"), (&third, "c")] {
+    // In the scheduler's order: b came first, equal service.
+    for (id, agent, ahead) in [(&second, "b", 0), (&third, "c", 1)] {
         let view = job(&url, id, agent).await.json();
         assert_eq!(view["status"], "queued", "{view}");
-        assert_eq!(view["queue"]["position"], 2, "two wait: {view}");
+        assert_eq!(view["queue"]["ahead"], ahead, "{view}");
+        assert_eq!(view["queue"]["position"], ahead + 1, "{view}");
+        assert_eq!(view["queue"]["priority"], 5, "{view}");
         assert_eq!(
             view["attempts"], 1,
             "a runner took it: it waits for a permit"

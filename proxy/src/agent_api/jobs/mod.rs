@@ -55,6 +55,8 @@ pub(crate) struct JobsApi {
     runner: std::sync::Arc<Runner>,
     events: std::sync::Arc<dyn corral_core::EventSink>,
     load: LoadCell,
+    /// The scheduler, once built: where a job's request waits.
+    controls: std::sync::Arc<crate::svc::Controls>,
     max_body: usize,
     allow_private_callbacks: bool,
 }
@@ -88,6 +90,7 @@ impl JobsApi {
             runner,
             events: stack.events().clone() as std::sync::Arc<dyn corral_core::EventSink>,
             load: stack.load().clone(),
+            controls: stack.controls().clone(),
             max_body: config.server.max_request_bytes,
             allow_private_callbacks: config.jobs.allow_private_callbacks,
         }

@@ -16,7 +16,10 @@ impl JobsApi {
     pub(super) async fn describe(&self, state: JobState) -> Response<BoxBody> {
         let mut view = view_of(&state);
         if state.status == Status::Queued {
-            view["queue"] = self.queue_estimate().await;
+            view["queue"] = match self.waiting_for_permit(&state.id) {
+                Some(queue) => queue,
+                None => self.queue_estimate().await,
+            };
         }
         if state.status.is_final() {
             if let Ok(Some(answer)) = self.jobs.chunks(&state.id, 0).await {
@@ -28,7 +31,22 @@ impl JobsApi {
         json_response(StatusCode::OK, &view)
     }
 
-    /// Roughly what is ahead of a queued job: jobs no runner has taken
+    /// Where a job a runner sent waits for its permit, as the scheduler
+    /// orders its queue (its request's id is the job's): the requests
+    /// ahead of it and its wait so far and to come.
+    fn waiting_for_permit(&self, id: &JobId) -> Option<serde_json::Value> {
+        let waiter = self.controls.scheduler.get()?.waiting(id.as_str())?;
+        let ahead = waiter.estimate.position;
+        Some(json!({
+            "position": ahead + 1,
+            "ahead": ahead,
+            "eta_ms": waiter.estimate.eta_ms(),
+            "waited_ms": u64::try_from(waiter.waited.as_millis()).unwrap_or(u64::MAX),
+            "priority": waiter.priority.get(),
+        }))
+    }
+
+    /// Roughly what is ahead of a queued job not yet sent: jobs no runner has taken
     /// yet and requests waiting for the upstream, over the rate the queue
     /// drains at. Rough: it does not know the job's priority's place.
     async fn queue_estimate(&self) -> serde_json::Value {
