@@ -345,7 +345,8 @@ async fn a_client_that_closes_right_after_the_terminal_frame_is_counted_complete
 }
 
 #[tokio::test]
-async fn a_request_whose_client_left_while_it_waited_counts_as_one_cancelled_request() {
+async fn a_request_whose_client_left_while_it_waited_counts_as_one_cancelled_request_in_usage_and_metrics(
+) {
     let upstream = mock(fast()).await;
     // The default stack: one request at a time per model.
     let corral = proxy_toml(&upstream.url(), "").await;
@@ -380,37 +381,6 @@ async fn a_request_whose_client_left_while_it_waited_counts_as_one_cancelled_req
     assert_eq!(kinds, ["received", "completed"], "{left:?}");
     assert_eq!(left[1]["data"]["outcome"], "cancelled");
     assert_eq!(left[0]["data"]["model"], "llama3");
-
-    upstream.release(1);
-    assert!(text(holder).await.contains("\"done\":true"));
-    assert!(
-        upstream
-            .requests()
-            .iter()
-            .all(|r| r.headers.get("x-agent-id").map(String::as_str) != Some("leaver")),
-        "the leaver never reached the upstream"
-    );
-}
-
-#[tokio::test]
-async fn a_request_whose_client_left_while_it_waited_counts_in_the_metrics_as_cancelled() {
-    let upstream = mock(fast()).await;
-    // The default stack: one request at a time per model.
-    let corral = proxy_toml(&upstream.url(), "").await;
-    let url = corral.url();
-    let generate = |agent: &str, fault: &str| {
-        let headers = [("x-agent-id", agent), ("x-mock-fault", fault)];
-        let body = r#"{"model":"llama3","prompt":"x"}"#;
-        request_with("POST", &format!("{url}/api/generate"), body, &headers)
-    };
-    // The only permit, held by a stream paused after its first line.
-    let holder = open(generate("holder", "pause_after=1")).await;
-    let waiting = tokio::spawn(send(generate("leaver", "")));
-    corral_e2e::eventually_async("the second request waits", || async {
-        metric_sum(&url, "corral_queue_depth").await == 1.0
-    })
-    .await;
-    waiting.abort();
     let cancelled = "corral_request_duration_seconds_count{endpoint=\"generate\",model=\"llama3\",class=\"default\",outcome=\"cancelled\"}";
     corral_e2e::eventually_async("the leaver's request is in the metrics", || async {
         metric_sum(&url, cancelled).await == 1.0
@@ -418,9 +388,9 @@ async fn a_request_whose_client_left_while_it_waited_counts_in_the_metrics_as_ca
     .await;
     // In the requests counted too, as nginx counts a client that closed
     // its request: 499.
-    let left = "corral_requests_total{endpoint=\"generate\",status=\"499\",class=\"default\"}";
+    let status = "corral_requests_total{endpoint=\"generate\",status=\"499\",class=\"default\"}";
     assert_eq!(
-        metric_sum(&url, left).await,
+        metric_sum(&url, status).await,
         1.0,
         "{}",
         corral_e2e::metrics(&url).await
@@ -431,4 +401,11 @@ async fn a_request_whose_client_left_while_it_waited_counts_in_the_metrics_as_ca
     let answered = "corral_requests_total{endpoint=\"generate\",status=\"200\",class=\"default\"}";
     assert_eq!(metric_sum(&url, answered).await, 1.0);
     assert_eq!(metric_sum(&url, cancelled).await, 1.0, "counted once");
+    assert!(
+        upstream
+            .requests()
+            .iter()
+            .all(|r| r.headers.get("x-agent-id").map(String::as_str) != Some("leaver")),
+        "the leaver never reached the upstream"
+    );
 }
