@@ -55,7 +55,6 @@ pub(crate) struct JobsApi {
     runner: std::sync::Arc<Runner>,
     events: std::sync::Arc<dyn corral_core::EventSink>,
     load: LoadCell,
-    /// The scheduler, once built: where a job's request waits.
     controls: std::sync::Arc<crate::svc::Controls>,
     max_body: usize,
     allow_private_callbacks: bool,
