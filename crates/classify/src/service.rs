@@ -191,8 +191,12 @@ fn declared_length<B>(request: &Request<B>) -> Option<u64> {
 }
 
 /// Fills `meta` from the body and rebuilds the request around the bytes.
+/// A body read as JSON without a `Content-Type` goes on labelled
+/// `application/json`: Ollama reads it either way, an OpenAI-compatible
+/// server may not (llama.cpp's answered 500, which counted against the
+/// upstream and fed the breaker: a client's omission).
 pub(crate) fn complete(
-    parts: http::request::Parts,
+    mut parts: http::request::Parts,
     mut meta: RequestMeta,
     bytes: bytes::Bytes,
     bounds: parse::Bounds,
@@ -202,6 +206,12 @@ pub(crate) fn complete(
     meta.stream = facts.stream.unwrap_or(meta.endpoint.streams_by_default());
     meta.generation = facts.generation;
     meta.body_bytes = bytes.len();
+    if !bytes.is_empty() && !parts.headers.contains_key(http::header::CONTENT_TYPE) {
+        parts.headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+    }
     record(&meta);
     let mut request = Request::from_parts(parts, Body::from(bytes));
     if let Some(slot) = request.extensions().get::<MetaSlot>() {
@@ -226,6 +236,28 @@ fn record(meta: &RequestMeta) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_json_body_without_a_content_type_goes_on_labelled_json() {
+        let meta = RequestMeta::new("r".into(), corral_core::Endpoint::Chat);
+        let body = bytes::Bytes::from_static(br#"{"model":"m","messages":[]}"#);
+        let label = |request: Request<()>| {
+            let (parts, ()) = request.into_parts();
+            let request =
+                complete(parts, meta.clone(), body.clone(), parse::Bounds::default()).unwrap();
+            request.headers()[http::header::CONTENT_TYPE].clone()
+        };
+        assert_eq!(label(Request::new(())), "application/json");
+        // One the client set is kept as it is.
+        let told = Request::builder()
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/json; charset=utf-8",
+            )
+            .body(())
+            .unwrap();
+        assert_eq!(label(told), "application/json; charset=utf-8");
+    }
 
     #[test]
     fn the_id_a_layer_before_put_in_the_extensions_wins_over_the_header() {
