@@ -76,8 +76,9 @@ impl Controller {
             rate: snapshot.completions_per_sec,
         };
         let threshold = self.config.down[usize::from(to.as_number()).min(2)];
-        time_below(drain, threshold, self.config.smoothing, ceiling)
-            .map_or(ceiling, |t| t.max(std::time::Duration::from_secs(1)))
+        time_below(drain, threshold, self.config.smoothing, ceiling).map_or(ceiling, |t| {
+            t.max(std::time::Duration::from_secs(1)).min(ceiling)
+        })
     }
 
     /// Samples the load and returns the level in force.

@@ -86,6 +86,10 @@ pub(crate) struct HoldModel {
 /// known, and "done any moment" would tell the queue behind it nothing
 /// of the wait.
 const OVERDUE_SHARE: f64 = 0.1;
+/// No wait is estimated longer than a day: the work ahead of a request
+/// that asks for an absurd length would otherwise overflow an `Instant`
+/// it is added to.
+const LONGEST: f64 = 86_400.0;
 /// At most this many requests ahead are placed on the slots one by one;
 /// the rest are spread over them evenly (an estimate runs under the
 /// pool's lock).
@@ -186,12 +190,13 @@ pub(crate) fn eta(ahead: Ahead, throughput: &Throughput) -> Option<Duration> {
         }
         let soonest = slots.peek().map_or(0.0, |Reverse(s)| f64::from_bits(*s));
         let rest = (ahead.count - simulated) as f64 * each / slots.len().max(1) as f64;
-        return Duration::try_from_secs_f64(soonest + rest).ok();
+        return Duration::try_from_secs_f64((soonest + rest).min(LONGEST)).ok();
     }
     if throughput.completions_per_sec > 0.0 {
         // Completions needed before a permit is free for it.
         let needed = throughput.in_flight + ahead.count + 1 - capacity;
-        return Duration::try_from_secs_f64(needed as f64 / throughput.completions_per_sec).ok();
+        let wait = needed as f64 / throughput.completions_per_sec;
+        return Duration::try_from_secs_f64(wait.min(LONGEST)).ok();
     }
     None
 }

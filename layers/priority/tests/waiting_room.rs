@@ -319,3 +319,45 @@ async fn a_permit_kept_for_a_request_that_does_not_come_back_goes_to_the_queue()
     // The reservation itself stands until its grace ends.
     assert_eq!(s.reservations(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_fresh_arrival_waits_behind_the_permit_kept_for_a_reservation() {
+    let (s, running, _long) = reserved_before_a_long_one().await;
+    tokio::time::advance(Duration::from_millis(800)).await;
+    drop(running);
+    // The permit is free but kept for "a" (due in 200 ms, for 1 s): a
+    // fresh request with half a second is not let in on a wait of 0.
+    let fresh = Ticket {
+        deadline: Some(Instant::now() + Duration::from_millis(500)),
+        ..costing("f", 100.0)
+    };
+    let refusal = refused(s.admit(&fresh, None, None));
+    assert_eq!(refusal.estimate().position, 1, "behind the reservation");
+    // A hold (about a second, the last one learnt 800 ms) behind it.
+    assert!(millis(refusal.estimate().eta) >= 800, "{refusal:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn back_early_it_does_not_take_a_permit_kept_for_a_reservation_due_before_it() {
+    let (s, running, _long) = reserved_before_a_long_one().await;
+    // "b" books behind "a": due at 2 s.
+    let b = Ticket {
+        deadline: Some(Instant::now() + Duration::from_millis(500)),
+        ..costing("b", 100.0)
+    };
+    let refusal = refused(s.admit(&b, None, Some(&RequestId::from("rb"))));
+    assert_eq!(millis(refusal.retry_after()), 2_000);
+    tokio::time::advance(Duration::from_millis(1_050)).await;
+    drop(running);
+    // The permit is kept for "a" (due at 1 s, held till 1.5 s): "b",
+    // back 950 ms early, does not take it.
+    let again = refused(s.admit(&b, None, Some(&RequestId::from("rb"))));
+    assert!(again.early(), "{again:?}");
+    // "a" back: its permit.
+    let admitted = back(&s).unwrap();
+    assert!(admitted.reserved);
+    let mut mine = spawn(s.acquire_admitted(due_in("a", 2), None, None, admitted));
+    let std::task::Poll::Ready(Ok(_permit)) = mine.poll() else {
+        panic!("the kept permit");
+    };
+}

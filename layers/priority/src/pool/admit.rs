@@ -109,12 +109,13 @@ impl Pool {
         let mut state = lock(&self.state);
         state.room.expire(now);
         let claim = key.map_or(Claim::Fresh, |key| match state.room.claim(key, now) {
-            // Back a little early with a permit free (kept for it):
-            // its time.
+            // Back a little early with a permit free that is not kept
+            // for a reservation due before its own: its time.
             Claim::Early(left)
                 if left <= HOLD_AHEAD
                     && self.fleet.is_none()
-                    && state.in_flight < state.capacity =>
+                    && state.capacity.saturating_sub(state.in_flight)
+                        > state.room.held_for(level, now, Some(now + left)).0 =>
             {
                 state.room.claim(key, now + left)
             }

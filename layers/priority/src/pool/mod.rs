@@ -408,10 +408,7 @@ impl Pool {
             agent.vtc += correction;
         }
         state.index(agent_id, self.per_agent_cap);
-        if state.completions.len() == DRAIN_WINDOW {
-            state.completions.pop_front();
-        }
-        state.completions.push_back(now);
+        state.completed(now);
         state.forget_idle();
         let wakers = self.dispatch(&mut state, now);
         drop(state);
@@ -450,7 +447,11 @@ impl Pool {
             state.holds.record(agent_id, hold.cost, hold.held);
         }
         state.in_flight = state.in_flight.saturating_sub(1);
-        let wakers = self.dispatch(&mut state, Instant::now());
+        // A completion all the same: the drain rate (the degrade layer's
+        // Retry-After reads it) counts the shared queue's too.
+        let now = Instant::now();
+        state.completed(now);
+        let wakers = self.dispatch(&mut state, now);
         drop(state);
         wake_all(wakers);
         self.changes.notify_waiters();
@@ -521,6 +522,16 @@ impl Pool {
     /// The virtual token counter of `agent`, for tests and status.
     pub(crate) fn counter(&self, agent: &str) -> Option<f64> {
         lock(&self.state).agents.get(agent).map(|a| a.vtc)
+    }
+}
+
+impl State {
+    /// A request finished at `now`: the drain rate's window moves on.
+    fn completed(&mut self, now: Instant) {
+        if self.completions.len() == DRAIN_WINDOW {
+            self.completions.pop_front();
+        }
+        self.completions.push_back(now);
     }
 }
 

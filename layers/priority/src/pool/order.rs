@@ -127,24 +127,30 @@ impl Pool {
         if front {
             return false;
         }
-        let (held, ends) = state.room.held_for(level, now);
+        let (held, ends) = state.room.held_for(level, now, None);
         if held == 0 || state.capacity.saturating_sub(state.in_flight) > held {
             return false;
         }
-        if let Some(ends) = ends {
-            self.end_hold_at(state, ends);
-        }
-        true
+        // Kept only with a timer to end the hold: else nothing might
+        // dispatch again.
+        ends.is_some_and(|ends| self.end_hold_at(state, ends))
     }
 
     /// Dispatches again at `at`, when a permit's hold for a reservation
-    /// ends (unless a timer fires sooner).
-    fn end_hold_at(&self, state: &mut State, at: Instant) {
-        if state.hold_timer.is_some_and(|set| set <= at) || at <= Instant::now() {
-            return;
+    /// ends (unless a timer fires sooner); whether one is set. The clock
+    /// is read afresh: `at` may have passed since the caller's `now`.
+    fn end_hold_at(&self, state: &mut State, at: Instant) -> bool {
+        let now = Instant::now();
+        if at <= now {
+            return false;
+        }
+        // A timer set for a time gone by never ran (its runtime ended):
+        // replaced.
+        if state.hold_timer.is_some_and(|set| set <= at && set > now) {
+            return true;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
+            return false;
         };
         state.hold_timer = Some(at);
         let me = self.me.clone();
@@ -154,6 +160,7 @@ impl Pool {
                 pool.hold_ended(at);
             }
         });
+        true
     }
 
     fn hold_ended(&self, at: Instant) {

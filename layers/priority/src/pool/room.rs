@@ -150,7 +150,9 @@ impl Room {
         }
         let mut served = now + eta(ahead, throughput).unwrap_or(Duration::ZERO);
         for ((due, _), booking) in self.by_due.iter().take(MAX_WALKED) {
-            if *due > served {
+            // Due up to [`HOLD_AHEAD`] after it would be served, a
+            // reservation has a free permit kept for it: ahead of it too.
+            if *due > served + HOLD_AHEAD {
                 break;
             }
             if booking.level > level {
@@ -164,9 +166,15 @@ impl Room {
     }
 
     /// How many permits are kept for reservations at `level` or better
-    /// due from [`HOLD_LATE`] ago to [`HOLD_AHEAD`] from `now`, and when
-    /// the first of those holds ends.
-    pub(super) fn held_for(&self, level: usize, now: Instant) -> (usize, Option<Instant>) {
+    /// due from [`HOLD_LATE`] ago to [`HOLD_AHEAD`] from `now` (and
+    /// before `before`, if given), and when the first of those holds
+    /// ends.
+    pub(super) fn held_for(
+        &self,
+        level: usize,
+        now: Instant,
+        before: Option<Instant>,
+    ) -> (usize, Option<Instant>) {
         let from = now.checked_sub(HOLD_LATE).unwrap_or(now);
         let mut held = 0;
         let mut ends: Option<Instant> = None;
@@ -178,7 +186,10 @@ impl Room {
         {
             // A hold ends at its end, not after: a timer set for then
             // finds it over.
-            if booking.level > level || *due + HOLD_LATE <= now {
+            if booking.level > level
+                || *due + HOLD_LATE <= now
+                || before.is_some_and(|before| *due >= before)
+            {
                 continue;
             }
             held += 1;
@@ -268,11 +279,14 @@ mod tests {
         };
         let ahead = room.due_ahead(4, queued, &throughput(), now);
         assert_eq!((ahead.count, ahead.cost), (3, 300.0));
-        // Served at 0.5 s with nothing queued: before any of them.
+        // Served at 0.5 s with nothing queued: "a", due within the
+        // second a freed permit is kept for it, is ahead of it all the
+        // same, and so "b" (due at 2 s, within a second of "a"'s end at
+        // 1.5 s); not "c".
         assert_eq!(
             room.due_ahead(4, Ahead::default(), &throughput(), now)
                 .count,
-            0
+            2
         );
         // At level 1, the reservations at 2 and 5 are behind it.
         assert_eq!(room.due_ahead(0, queued, &throughput(), now).count, 1);
@@ -291,17 +305,26 @@ mod tests {
         // At level 5: both due within a second, the first hold ending
         // 500 ms after the first is due.
         assert_eq!(
-            room.held_for(4, now),
+            room.held_for(4, now, None),
             (2, Some(now + Duration::from_millis(1_300)))
         );
         // At level 2, only the one there.
-        assert_eq!(room.held_for(1, now).0, 1);
-        assert_eq!(room.held_for(0, now).0, 0);
+        assert_eq!(room.held_for(1, now, None).0, 1);
+        assert_eq!(room.held_for(0, now, None).0, 0);
         // Past their time by the hold: none.
-        assert_eq!(room.held_for(4, now + Duration::from_millis(1_300)).0, 1);
-        assert_eq!(room.held_for(4, now + Duration::from_millis(1_400)).0, 0);
+        assert_eq!(
+            room.held_for(4, now + Duration::from_millis(1_300), None).0,
+            1
+        );
+        assert_eq!(
+            room.held_for(4, now + Duration::from_millis(1_400), None).0,
+            0
+        );
         // "later" comes into the window.
-        assert_eq!(room.held_for(4, now + Duration::from_millis(2_100)).0, 1);
+        assert_eq!(
+            room.held_for(4, now + Duration::from_millis(2_100), None).0,
+            1
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -53,6 +53,12 @@ impl Seen {
         self.refreshing.store(false, Ordering::Relaxed);
     }
 
+    /// Whether a report came within [`FRESH`].
+    fn is_fresh(&self) -> bool {
+        let at = self.at_ms.load(Ordering::Relaxed);
+        at != 0 && self.now_ms().saturating_sub(at) <= FRESH.as_millis() as u64
+    }
+
     /// Whether the report is missing or older than [`FRESH`], and no
     /// refresh is on its way (then one is now, by the caller).
     fn wants_refresh(&self) -> bool {
@@ -100,6 +106,14 @@ impl RedisPool {
         };
         let ahead = Ahead { count, cost: 0.0 };
         Estimate::new(count, eta(ahead, &throughput))
+    }
+
+    /// Whether an estimate now may refuse a request: from a report at
+    /// most [`FRESH`] old, or from the local pool while Redis is away.
+    /// An older report (the queue may have drained since) lets the
+    /// request in; its estimate asked for a new one.
+    pub(crate) fn may_refuse(&self) -> bool {
+        !self.state.is_up() || self.seen.is_fresh()
     }
 
     /// Asks Redis for a new report, in the background.

@@ -92,6 +92,13 @@ impl Scheduler {
             .map(|deadline| deadline.saturating_duration_since(Instant::now()));
         let pool = match self.queue_of(model) {
             Queue::Local(pool) => pool,
+            #[cfg(feature = "redis")]
+            Queue::Shared(shared) if !shared.may_refuse() => {
+                return Ok(Admitted {
+                    estimate: self.estimate(ticket, model),
+                    reserved: false,
+                })
+            }
             _ => return by_estimate(self.estimate(ticket, model), budget),
         };
         let me = Me::Arriving {
