@@ -88,7 +88,11 @@ async fn an_answer_one_replica_generated_is_served_by_the_others_from_the_shared
     // the client may have read it.
     corral_e2e::eventually("the answer is in Redis", || {
         let entries = format!("{}cache:*", fleet.keys);
-        !redis_cli(&fleet.redis.url, &["--scan", "--pattern", &entries]).is_empty()
+        // The entry itself, not the coalescing's flight marker
+        // (`cache:flight:…`), there while the answer is generated.
+        redis_cli(&fleet.redis.url, &["--scan", "--pattern", &entries])
+            .lines()
+            .any(|key| !key.contains("cache:flight:") && !key.ends_with("cache:done"))
     })
     .await;
     assert_eq!(same(&b).await.header("x-corral-cache"), Some("hit"));
