@@ -1,8 +1,6 @@
 //! How long a request will wait: its place in the order of service and
 //! the work ahead of it over the throughput the pool measures.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
@@ -90,10 +88,9 @@ const OVERDUE_SHARE: f64 = 0.1;
 /// that asks for an absurd length would otherwise overflow an `Instant`
 /// it is added to.
 const LONGEST: f64 = 86_400.0;
-/// At most this many requests ahead are placed on the slots one by one;
-/// the rest are spread over them evenly (an estimate runs under the
-/// pool's lock).
-const SIMULATED: usize = 1024;
+/// Steps of the bisection in [`nth_start`]: a day halved 48 times is
+/// well under a millisecond.
+const BISECTIONS: usize = 48;
 
 impl HoldModel {
     /// The same hold for every cost.
@@ -159,6 +156,47 @@ pub(crate) fn free_slots(
     slots
 }
 
+/// When the request after `ahead` requests of `each` seconds starts, on
+/// slots free at `slots` seconds from now, each request taking the slot
+/// free soonest: the `ahead + 1`-th smallest of the slots' start times
+/// (`slot + j × each`), found by bisecting on time (each step counts the
+/// starts up to a time, slot by slot). A walk of the queue placing each
+/// request would cost as many steps as requests ahead, under the pool's
+/// lock, at every arrival: 5 µs behind 10,000 instead of 80 ns.
+fn nth_start(slots: &[f64], ahead: usize, each: f64) -> f64 {
+    let soonest = slots.iter().copied().fold(f64::INFINITY, f64::min);
+    if slots.is_empty() || !soonest.is_finite() {
+        return 0.0;
+    }
+    if each <= 0.0 || !each.is_finite() {
+        return soonest.max(0.0);
+    }
+    let wanted = ahead as f64 + 1.0;
+    let starts_by = |t: f64| -> f64 {
+        slots
+            .iter()
+            .filter(|f| **f <= t)
+            .map(|f| ((t - f) / each).floor() + 1.0)
+            .sum()
+    };
+    let latest = slots.iter().copied().fold(0.0, f64::max);
+    let (mut low, mut high) = (soonest, latest + ahead as f64 * each);
+    // Past a day the answer is a day (`LONGEST`): no need to be exact.
+    high = high.min(LONGEST.max(soonest));
+    if starts_by(high) < wanted {
+        return high;
+    }
+    for _ in 0..BISECTIONS {
+        let middle = (low + high) / 2.0;
+        if starts_by(middle) >= wanted {
+            high = middle;
+        } else {
+            low = middle;
+        }
+    }
+    high
+}
+
 /// The wait for a permit behind `ahead`. Room now: none. Else each
 /// request ahead takes the slot free soonest, for the hold its share of
 /// the cost ahead predicts; the request gets the slot free soonest
@@ -175,22 +213,8 @@ pub(crate) fn eta(ahead: Ahead, throughput: &Throughput) -> Option<Duration> {
         } else {
             model.hold(ahead.cost / ahead.count as f64)
         };
-        // Non-negative floats order as their bits do.
-        let mut slots: BinaryHeap<Reverse<u64>> = throughput
-            .slots
-            .iter()
-            .map(|s| Reverse(s.max(0.0).to_bits()))
-            .collect();
-        let simulated = ahead.count.min(SIMULATED);
-        for _ in 0..simulated {
-            let Some(Reverse(soonest)) = slots.pop() else {
-                break;
-            };
-            slots.push(Reverse((f64::from_bits(soonest) + each).to_bits()));
-        }
-        let soonest = slots.peek().map_or(0.0, |Reverse(s)| f64::from_bits(*s));
-        let rest = (ahead.count - simulated) as f64 * each / slots.len().max(1) as f64;
-        return Duration::try_from_secs_f64((soonest + rest).min(LONGEST)).ok();
+        let start = nth_start(&throughput.slots, ahead.count, each);
+        return Duration::try_from_secs_f64(start.clamp(0.0, LONGEST)).ok();
     }
     if throughput.completions_per_sec > 0.0 {
         // Completions needed before a permit is free for it.
@@ -256,9 +280,13 @@ mod tests {
         // Short requests ahead wait less than long ones.
         let one = measured(1, &[1.0]);
         assert!(eta(ahead(3, 30.0), &one) < eta(ahead(3, 600.0), &one));
-        // Past the requests placed one by one, the rest spread evenly.
-        let many = secs(eta(ahead(SIMULATED + 100, 0.0), &measured(2, &[0.0, 0.0])));
-        assert!(close(many, (SIMULATED + 100) as f64 * 0.1 / 2.0), "{many}");
+        // Many ahead: two slots take them in turn.
+        let many = secs(eta(ahead(1_124, 0.0), &measured(2, &[0.0, 0.0])));
+        assert!((many - 562.0 * 0.1).abs() < 1e-6, "{many}");
+        // Slots free at 0, 0.25 and 2, holds of 1: starts 0, 0.25, 1,
+        // 1.25, 2, 2, 2.25 ...: the sixth is at 2.
+        let three = secs(eta(ahead(5, 450.0), &measured(3, &[0.0, 0.25, 2.0])));
+        assert!((three - 2.0).abs() < 1e-6, "{three}");
     }
 
     #[test]
