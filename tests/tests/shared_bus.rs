@@ -62,6 +62,49 @@ async fn settings_reach_the_other_replicas_and_those_that_start_later() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_comes_after_the_start_up_replay_still_reads_the_settings() {
+    let redis = Redis::start().await;
+    let prefix = format!("corral-bus-{}-after:", std::process::id());
+    let one = RedisBus::start(state(&redis, &prefix, "one"));
+    one.publish_state(
+        channels::DEGRADATION_LEVEL,
+        "forced",
+        serde_json::json!({"cause": "operator", "forced": "L2"}),
+    );
+    let probe = state(&redis, &prefix, "probe");
+    let kept = probe.key(&format!("state:{}", channels::DEGRADATION_LEVEL));
+    corral_e2e::eventually_async("the setting is kept", || async {
+        let mut get = redis::cmd("HGET");
+        get.arg(&kept).arg("forced");
+        probe.query::<Option<String>>(&get).await.unwrap().is_some()
+    })
+    .await;
+    // A replica whose bus has replayed before anything subscribed (a
+    // replica under load builds its layers meanwhile).
+    let late = RedisBus::start(state(&redis, &prefix, "late"));
+    let channel = probe.key(channels::DEGRADATION_LEVEL);
+    corral_e2e::eventually_async("the late bus listens (its replay done)", || async {
+        let mut numsub = redis::cmd("PUBSUB");
+        numsub.arg("NUMSUB").arg(&channel);
+        let reply: (String, i64) = probe.query(&numsub).await.unwrap();
+        reply.1 >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut replayed = late.subscribe();
+    let message = within(async {
+        loop {
+            let message = replayed.recv().await.unwrap();
+            if &*message.channel == channels::DEGRADATION_LEVEL {
+                return message;
+            }
+        }
+    })
+    .await;
+    assert_eq!(message.message["forced"], "L2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_setting_never_overwrites_a_newer_one() {
     let redis = Redis::start().await;
     let prefix = format!("corral-bus-{}-newer:", std::process::id());

@@ -60,8 +60,8 @@ static SET_IF_NEWER: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::n
 /// the key prefix), as JSON with `channel`, `timestamp`, `publisher` and
 /// `message`. A setting ([`Bus::publish_state`]) is also kept in the hash
 /// `state:<channel>` under its field, and every replica replays those
-/// hashes to its subscribers when it starts and whenever Redis comes
-/// back, so it reads the truth before it listens. Publishing never waits
+/// hashes to its subscribers when it starts, whenever one subscribes and
+/// whenever Redis comes back, so it reads the truth before it listens. Publishing never waits
 /// for Redis: messages go through a bounded outbox; while Redis is away
 /// settings are kept (latest per field) and written when it returns,
 /// other messages are counted in `corral_bus_dropped_total`.
@@ -84,6 +84,11 @@ pub struct RedisBus {
     local: broadcast::Sender<BusMessage>,
     outbox: mpsc::Sender<Outgoing>,
     state: RedisState,
+    /// Asks the bus's task to replay the kept settings: a subscriber
+    /// gets them whenever it subscribes, not only if it did before the
+    /// start-up replay (a replica under load started its follower after
+    /// that replay and never read the forced level).
+    replay: Arc<tokio::sync::Notify>,
 }
 
 crate::impl_debug!(RedisBus { state });
@@ -98,11 +103,13 @@ impl RedisBus {
             BUS_DROPPED_TOTAL,
             "bus messages that could not be sent to the other replicas"
         );
-        tokio::spawn(run(state.clone(), local.clone(), pending));
+        let replay = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(run(state.clone(), local.clone(), pending, replay.clone()));
         Arc::new(Self {
             local,
             outbox,
             state,
+            replay,
         })
     }
 
@@ -138,7 +145,9 @@ impl Bus for RedisBus {
     }
 
     fn subscribe(&self) -> broadcast::Receiver<BusMessage> {
-        self.local.subscribe()
+        let receiver = self.local.subscribe();
+        self.replay.notify_one();
+        receiver
     }
 }
 
@@ -173,6 +182,7 @@ async fn run(
     state: RedisState,
     local: broadcast::Sender<BusMessage>,
     mut pending: mpsc::Receiver<Outgoing>,
+    replays: Arc<tokio::sync::Notify>,
 ) {
     let mut pushed = state.subscribe(STATE_CHANNELS[0]).await;
     for channel in &STATE_CHANNELS[1..] {
@@ -202,6 +212,9 @@ async fn run(
                     },
                 }
             }
+            // A new subscriber: the settings in force, again (those
+            // subscribed before read them twice; settings are idempotent).
+            () = replays.notified() => replay(&state, &local).await,
             message = pushed.recv() => match message {
                 Ok(pushed) => {
                     if !STATE_CHANNELS.contains(&pushed.channel.as_str()) {
