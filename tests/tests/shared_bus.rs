@@ -13,6 +13,33 @@ fn state(redis: &Redis, prefix: &str, replica: &str) -> RedisState {
     RedisState::new(&redis.url, prefix, replica, Duration::from_millis(500)).unwrap()
 }
 
+/// Waits until `n` buses listen on the degradation channel.
+async fn listening(probe: &RedisState, n: i64) {
+    let channel = probe.key(channels::DEGRADATION_LEVEL);
+    corral_e2e::eventually_async("the buses listen", || async {
+        let mut numsub = redis::cmd("PUBSUB");
+        numsub.arg("NUMSUB").arg(&channel);
+        let reply: (String, i64) = probe.query(&numsub).await.unwrap();
+        reply.1 >= n
+    })
+    .await;
+}
+
+/// The next message on the degradation channel `receiver` hears.
+async fn next_level(
+    receiver: &mut tokio::sync::broadcast::Receiver<corral_core::BusMessage>,
+) -> corral_core::BusMessage {
+    within(async {
+        loop {
+            let message = receiver.recv().await.unwrap();
+            if &*message.channel == channels::DEGRADATION_LEVEL {
+                return message;
+            }
+        }
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_reach_the_other_replicas_and_those_that_start_later() {
     let redis = Redis::start().await;
@@ -22,14 +49,7 @@ async fn settings_reach_the_other_replicas_and_those_that_start_later() {
     let mut heard = two.subscribe();
     // Both listen before the message.
     let probe = state(&redis, &prefix, "probe");
-    let channel = probe.key(channels::DEGRADATION_LEVEL);
-    corral_e2e::eventually_async("both buses listen", || async {
-        let mut numsub = redis::cmd("PUBSUB");
-        numsub.arg("NUMSUB").arg(&channel);
-        let reply: (String, i64) = probe.query(&numsub).await.unwrap();
-        reply.1 >= 2
-    })
-    .await;
+    listening(&probe, 2).await;
     one.publish_state(
         channels::DEGRADATION_LEVEL,
         "forced",
@@ -48,16 +68,7 @@ async fn settings_reach_the_other_replicas_and_those_that_start_later() {
     assert_eq!(message.message["forced"], "L2");
 
     let late = RedisBus::start(state(&redis, &prefix, "late"));
-    let mut replayed = late.subscribe();
-    let message = within(async {
-        loop {
-            let message = replayed.recv().await.unwrap();
-            if &*message.channel == channels::DEGRADATION_LEVEL {
-                return message;
-            }
-        }
-    })
-    .await;
+    let message = next_level(&mut late.subscribe()).await;
     assert_eq!(message.message["forced"], "L2", "read before it listens");
 }
 
@@ -82,25 +93,11 @@ async fn a_subscriber_that_comes_after_the_start_up_replay_still_reads_the_setti
     // A replica whose bus has replayed before anything subscribed (a
     // replica under load builds its layers meanwhile).
     let late = RedisBus::start(state(&redis, &prefix, "late"));
-    let channel = probe.key(channels::DEGRADATION_LEVEL);
-    corral_e2e::eventually_async("the late bus listens (its replay done)", || async {
-        let mut numsub = redis::cmd("PUBSUB");
-        numsub.arg("NUMSUB").arg(&channel);
-        let reply: (String, i64) = probe.query(&numsub).await.unwrap();
-        reply.1 >= 2
-    })
-    .await;
+    // Listening, it has replayed (it subscribes in Redis first); a
+    // moment more for the replay's round trips.
+    listening(&probe, 2).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut replayed = late.subscribe();
-    let message = within(async {
-        loop {
-            let message = replayed.recv().await.unwrap();
-            if &*message.channel == channels::DEGRADATION_LEVEL {
-                return message;
-            }
-        }
-    })
-    .await;
+    let message = next_level(&mut late.subscribe()).await;
     assert_eq!(message.message["forced"], "L2");
 }
 
