@@ -22,15 +22,13 @@ use corral_jobs::{JobId, JobRequest, JobState, Jobs, JobsRefused, Status};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 
-use super::refuse;
-use super::runner::Runner;
+use super::{refuse, runner::Runner};
 use crate::admin::json_response;
 use crate::config::Config;
 use crate::front::Proxying;
 use crate::stack::Stack;
 
 mod read;
-
 pub(crate) use read::view_of;
 
 /// Headers a job does not keep: credentials (the job runs as the agent
