@@ -59,3 +59,31 @@ pub fn markdown(setup: &Setup, runs: &[Run]) -> String {
     }
     out
 }
+
+/// Every request of every run, one line each (CSV with a header): what
+/// the medians of [`markdown`] are made of.
+pub fn csv(runs: &[Run]) -> String {
+    let ms =
+        |d: Option<std::time::Duration>| d.map_or(String::new(), |d| d.as_millis().to_string());
+    let mut out = String::from(
+        "load,variant,tokens,eta_ms,waited_ms,latency_ms,in_time,retry_after_ms,let_in_after_ms\n",
+    );
+    for run in runs {
+        for r in &run.records {
+            let _ = writeln!(
+                out,
+                "{},{:?},{},{},{},{},{},{},{}",
+                run.load,
+                run.variant,
+                r.tokens,
+                ms(r.eta),
+                ms(r.waited),
+                ms(r.latency),
+                r.in_time,
+                ms(r.retry.map(|(told, _)| told)),
+                ms(r.retry.and_then(|(_, admitted)| admitted)),
+            );
+        }
+    }
+    out
+}

@@ -35,6 +35,9 @@ struct Args {
     /// Write the report (Markdown) here too.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Write every request's record here (CSV), to study the errors.
+    #[arg(long)]
+    records: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -71,6 +74,10 @@ async fn scenario(args: Args) -> Result<(), herd::Error> {
         waits::report::markdown(&setup, &runs)
     );
     println!("{text}");
+    if let Some(path) = &args.records {
+        std::fs::write(path, waits::report::csv(&runs))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
     if let Some(path) = &args.out {
         std::fs::write(path, &text).map_err(|e| format!("{}: {e}", path.display()))?;
     }

@@ -24,6 +24,11 @@ pub struct Estimate {
     /// The wait before the correction learned from the waits served:
     /// what the served wait teaches the correction against.
     pub(crate) raw: Option<Duration>,
+    /// Whether the served wait may teach the correction: not while the
+    /// pool has seen too few permits come back to know how long they
+    /// are held (the first estimates run far low, and a correction
+    /// learned from them overshoots long after).
+    pub(crate) teaches: bool,
 }
 
 impl Estimate {
@@ -33,6 +38,7 @@ impl Estimate {
             position,
             eta,
             raw: eta,
+            teaches: true,
         }
     }
 

@@ -68,6 +68,8 @@ pub(crate) struct Learning {
     pub(crate) lengths: Arc<Lengths>,
     pub(crate) agent: AgentId,
     pub(crate) model: Option<Arc<str>>,
+    /// The prompt's part of the request's predicted cost.
+    pub(crate) prompt: f64,
 }
 
 impl Learning {

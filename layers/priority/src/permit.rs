@@ -212,7 +212,7 @@ impl Acquire {
                 };
                 // What it was told against what it waited: the
                 // correction of the next estimates for its size.
-                if let Some(raw) = estimate.and_then(|e| e.raw) {
+                if let Some(raw) = estimate.filter(|e| e.teaches).and_then(|e| e.raw) {
                     pool.learn_wait(grant.cost, raw, grant.waited);
                 }
                 let permit = Permit {
@@ -226,6 +226,7 @@ impl Acquire {
                     weight: grant.weight,
                     waited: grant.waited,
                     actual: None,
+                    hold_cost: None,
                     estimate,
                     failed: false,
                 };
@@ -286,6 +287,9 @@ pub struct Permit {
     weight: f64,
     waited: Duration,
     actual: Option<f64>,
+    /// What it cost as its hold is learnt: the generated tokens reported,
+    /// the prompt as predicted (see `Settling::hold_cost`).
+    hold_cost: Option<f64>,
     /// Where its request stood when it arrived.
     estimate: Option<Estimate>,
     /// Its answer was an error.
@@ -332,6 +336,7 @@ impl Permit {
             weight: 1.0,
             waited,
             actual: None,
+            hold_cost: None,
             estimate: None,
             failed: false,
         }
@@ -378,6 +383,12 @@ impl Permit {
         self.actual = Some(cost);
     }
 
+    /// Records the cost its hold is learnt against, when it differs from
+    /// what [`settle`](Self::settle) recorded.
+    pub(crate) fn settle_hold(&mut self, cost: f64) {
+        self.hold_cost = Some(cost);
+    }
+
     /// The answer was an error: its agent is charged `cost` (about
     /// nothing), and how long it held the permit is not learnt (a fast
     /// error would teach the pool that requests cost nothing).
@@ -394,7 +405,7 @@ impl Drop for Permit {
             // said: a prediction that was far off (a length not yet
             // learned) must not teach every estimate after it a rate
             // scaled by its error.
-            cost: self.actual.unwrap_or(self.cost),
+            cost: self.hold_cost.or(self.actual).unwrap_or(self.cost),
             held: self.since.elapsed(),
             failed: self.failed,
         };

@@ -155,13 +155,14 @@ impl Scheduling {
             lengths: self.lengths.clone(),
             agent: meta.agent.clone(),
             model: meta.model.clone(),
+            prompt: prompt_tokens(meta.body_bytes),
         }
     }
 
     /// Prompt tokens (about four bytes each) + 2 × the tokens it may
     /// generate.
     fn estimate(&self, body_bytes: usize, max_tokens: Option<u64>, generates: bool) -> f64 {
-        let prompt = (body_bytes / 4).max(1) as f64;
+        let prompt = prompt_tokens(body_bytes);
         let generated = if generates {
             max_tokens.unwrap_or(self.default_generation_tokens) as f64
         } else {
@@ -169,6 +170,11 @@ impl Scheduling {
         };
         prompt + 2.0 * generated
     }
+}
+
+/// A prompt's tokens, as predicted from its body: about four bytes each.
+fn prompt_tokens(body_bytes: usize) -> f64 {
+    (body_bytes / 4).max(1) as f64
 }
 
 /// Whether `endpoint` generates tokens (embeddings do not).

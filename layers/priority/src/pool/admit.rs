@@ -132,7 +132,7 @@ impl Pool {
             Me::Arriving { cost, .. } => cost,
             _ => 0.0,
         };
-        let mut estimate = self.corrected(ahead.count, eta(ahead, &throughput), cost);
+        let mut estimate = self.corrected(&state, ahead.count, eta(ahead, &throughput), cost);
         if matches!(me, Me::Front) {
             // Back for its reservation, it waits behind what runs, not
             // behind what the order of service puts ahead: its wait says

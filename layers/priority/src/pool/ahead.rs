@@ -15,6 +15,10 @@ use crate::estimate::{eta, free_slots, Ahead, Estimate, Throughput};
 /// pool's lock (past it, the position and wait are too low).
 const MAX_COUNTED: usize = 256;
 
+/// Permits given back before the served waits teach the correction of
+/// the estimates ([`Estimate::teaches`]).
+pub(super) const TEACHING: u64 = 16;
+
 /// The request an estimate is for.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Me<'a> {
@@ -63,16 +67,23 @@ impl Pool {
             Me::Waiting(id) => state.waiters.get(&id).map_or(0.0, |w| w.cost),
             Me::Front => 0.0,
         };
-        self.corrected(ahead.count, eta(ahead, &throughput), cost)
+        self.corrected(&state, ahead.count, eta(ahead, &throughput), cost)
     }
 
     /// An estimate of `raw` for a request of predicted `cost`, corrected
     /// by what requests of its size really waited.
-    pub(super) fn corrected(&self, position: usize, raw: Option<Duration>, cost: f64) -> Estimate {
+    pub(super) fn corrected(
+        &self,
+        state: &State,
+        position: usize,
+        raw: Option<Duration>,
+        cost: f64,
+    ) -> Estimate {
         Estimate {
             position,
             eta: self.calibration.correct(cost, raw),
             raw,
+            teaches: state.holds.seen() >= TEACHING,
         }
     }
 
@@ -86,7 +97,10 @@ impl Pool {
         let slots = model.map_or_else(Vec::new, |model| {
             let left = state.running.values().map(|(since, cost)| {
                 let elapsed = now.saturating_duration_since(*since).as_secs_f64();
-                model.remaining(*cost, elapsed)
+                state
+                    .overruns
+                    .left(model.hold(*cost), elapsed)
+                    .unwrap_or_else(|| model.remaining(*cost, elapsed))
             });
             let untracked = state.in_flight.saturating_sub(state.running.len());
             free_slots(capacity, left, untracked, model.average)

@@ -162,6 +162,11 @@ impl Holds {
         self.fit.model()
     }
 
+    /// How many holds the pool's line was fitted through.
+    pub(crate) fn seen(&self) -> u64 {
+        self.fit.seen
+    }
+
     /// The pool's average hold; `None` before any permit came back.
     pub(crate) fn pool(&self) -> Option<Duration> {
         self.pool.map(Duration::from_secs_f64)

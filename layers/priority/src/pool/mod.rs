@@ -11,6 +11,7 @@ mod calibrate;
 mod hold;
 mod index;
 mod order;
+mod overrun;
 mod room;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -120,6 +121,9 @@ struct State {
     /// When the timer set to end a permit's hold for a reservation
     /// fires, if one is set.
     hold_timer: Option<Instant>,
+    /// How far the holds given back ran from their predictions: what a
+    /// running request has left.
+    overruns: overrun::Overruns,
 }
 
 #[derive(Default)]
@@ -228,6 +232,7 @@ impl Pool {
                 room: room::Room::default(),
                 running: HashMap::new(),
                 hold_timer: None,
+                overruns: overrun::Overruns::default(),
             }),
         })
     }
@@ -395,13 +400,23 @@ impl Pool {
         if let (Some(link), Some(slot)) = (&self.fleet, slot) {
             link.fleet.free(slot);
         }
+        let running = ticket.and_then(|ticket| state.running.remove(&ticket));
         if !hold.failed {
+            // Not from the first holds: requests queued before any
+            // answer was seen are predicted their prompt alone, and ran
+            // ten times that; one such ratio among a few skews every
+            // residual after it.
+            let model = state
+                .holds
+                .model()
+                .filter(|_| state.holds.seen() >= ahead::TEACHING);
+            if let (Some((since, cost)), Some(model)) = (running, model) {
+                let held = now.saturating_duration_since(since).as_secs_f64();
+                state.overruns.record(model.hold(cost), held);
+            }
             state.holds.record(agent_id, hold.cost, hold.held);
         }
         state.in_flight = state.in_flight.saturating_sub(1);
-        if let Some(ticket) = ticket {
-            state.running.remove(&ticket);
-        }
         state.unindex(agent_id);
         if let Some(agent) = state.agents.get_mut(agent_id) {
             agent.in_flight = agent.in_flight.saturating_sub(1);
