@@ -46,8 +46,16 @@ pub struct Front {
 /// What every clone of the front shares.
 struct FrontState {
     proxying: Option<Proxying>,
-    admin: Option<Admin>,
+    admin: Option<AdminSlot>,
     agents: Option<AgentApi>,
+}
+
+/// The admin API as the last reload built it: shared by the main
+/// listener's front and the admin listener's.
+pub(crate) type AdminSlot = Arc<arc_swap::ArcSwap<Admin>>;
+
+fn slot(admin: Admin) -> AdminSlot {
+    Arc::new(arc_swap::ArcSwap::from_pointee(admin))
 }
 
 corral_core::impl_debug!(Front {
@@ -57,17 +65,22 @@ corral_core::impl_debug!(Front {
 
 /// The way of a proxied request: the stack, its refusals' answers, the
 /// observation at the end of the body. Async jobs take it too, so a job
-/// is answered exactly as a live request would be.
+/// is answered exactly as a live request would be. Clones share it, and
+/// a reload switches every clone to the new stack at once: a request
+/// takes the stack current when it arrives and keeps it to its end.
 #[derive(Clone)]
 pub(crate) struct Proxying {
+    way: Arc<arc_swap::ArcSwap<Way>>,
+}
+
+struct Way {
     stack: StackService,
     refusals: Arc<[RefusalCast]>,
     events: Arc<dyn EventSink>,
 }
 
-impl Proxying {
-    /// The way through `stack`.
-    pub(crate) fn new(stack: &Stack) -> Self {
+impl Way {
+    fn through(stack: &Stack) -> Self {
         Self {
             stack: stack.service(),
             refusals: stack.refusals().into(),
@@ -76,22 +89,51 @@ impl Proxying {
     }
 }
 
+impl Proxying {
+    /// The way through `stack`.
+    pub(crate) fn new(stack: &Stack) -> Self {
+        Self {
+            way: Arc::new(arc_swap::ArcSwap::from_pointee(Way::through(stack))),
+        }
+    }
+
+    /// From now on, through `stack`.
+    pub(crate) fn switch(&self, stack: &Stack) {
+        self.way.store(Arc::new(Way::through(stack)));
+    }
+}
+
 impl Front {
     /// Proxies through `stack`, answering admin paths too when `admin` is
     /// given, and Corral's own agent endpoints (jobs, the registry,
     /// sagas).
     pub fn proxy(stack: &Stack, admin: Option<Admin>, agents: AgentApi) -> Self {
+        Self::switchable(Proxying::new(stack), admin.map(slot), agents)
+    }
+
+    /// Answers admin paths only (a separate admin listener).
+    pub fn admin_only(admin: Admin) -> Self {
+        Self::admin_switchable(slot(admin))
+    }
+
+    /// [`Front::proxy`] through a way and an admin API a reload
+    /// switches.
+    pub(crate) fn switchable(
+        proxying: Proxying,
+        admin: Option<AdminSlot>,
+        agents: AgentApi,
+    ) -> Self {
         Self {
             shared: Arc::new(FrontState {
-                proxying: Some(Proxying::new(stack)),
+                proxying: Some(proxying),
                 admin,
                 agents: Some(agents),
             }),
         }
     }
 
-    /// Answers admin paths only (a separate admin listener).
-    pub fn admin_only(admin: Admin) -> Self {
+    /// [`Front::admin_only`] with an admin API a reload switches.
+    pub(crate) fn admin_switchable(admin: AdminSlot) -> Self {
         Self {
             shared: Arc::new(FrontState {
                 proxying: None,
@@ -116,6 +158,7 @@ impl Front {
         }
         if let Some(admin) = &shared.admin {
             if Admin::owns(request.uri().path()) || shared.proxying.is_none() {
+                let admin = admin.load_full();
                 return admin.handle(request).await;
             }
         }
@@ -154,6 +197,7 @@ impl Proxying {
         B::Error: Into<BoxError>,
     {
         let start = Instant::now();
+        let way = self.way.load_full();
         let endpoint = Endpoint::from_request(request.method(), request.uri().path());
         let (mut parts, body) = request.into_parts();
         let request_id = parts
@@ -180,9 +224,9 @@ impl Proxying {
             endpoint,
             span.clone(),
             (slot.clone(), request_id.clone()),
-            self.events.clone(),
+            way.events.clone(),
         );
-        let (result, in_flight) = call_counted(&self.stack, request, &slot, endpoint)
+        let (result, in_flight) = call_counted(&way.stack, request, &slot, endpoint)
             .instrument(span.clone())
             .await;
         unanswered.answered();
@@ -194,7 +238,7 @@ impl Proxying {
             }
             Ok(Err(err)) => {
                 let _entered = span.enter();
-                respond::error_response(&err, endpoint, &self.refusals)
+                respond::error_response(&err, endpoint, &way.refusals)
             }
         };
         if let Some(value) = request_id_header {
@@ -210,7 +254,7 @@ impl Proxying {
             span,
             (slot.get().cloned(), in_flight),
             request_id,
-            Some(self.events.clone()),
+            Some(way.events.clone()),
         );
         let framing = Framing::of(response.headers(), endpoint.family());
         if head_only {

@@ -30,6 +30,11 @@ pub struct LayerKind {
     pub needs: &'static [(&'static str, &'static str)],
     /// Kinds that, when listed, must come after it, and why.
     pub before: &'static [(&'static str, &'static str)],
+    /// What its builder reads of the whole config besides its options,
+    /// as text to compare: on a reload the layer is carried over, with
+    /// its state (queues, counters, caches, breakers), when its options
+    /// and this are unchanged, and built anew otherwise.
+    pub reads: fn(&crate::Config) -> String,
 }
 
 corral_core::impl_debug!(LayerKind { name });
@@ -46,17 +51,22 @@ const DEGRADE_NEEDS: &str =
 /// line each (their builders are in `layers/`).
 #[rustfmt::skip]
 pub const LAYERS: &[LayerKind] = &[
-    LayerKind { name: "auth", about: "per-class permissions (endpoints, models) and HMAC-signed requests with replay protection", build: crate::layers::auth, refusals: corral_auth::REFUSALS, needs: &[], before: &[("cache", AUTH_FIRST), ("batch", AUTH_FIRST)] },
-    LayerKind { name: "ratelimit", about: "per-agent and per-class GCRA quotas of requests and tokens", build: crate::layers::ratelimit, refusals: corral_ratelimit::REFUSALS, needs: &[], before: &[] },
-    LayerKind { name: "degrade", about: "load-driven levels: cap tokens, smaller models, refuse or answer defaults", build: crate::layers::degrade, refusals: corral_degrade::REFUSALS, needs: &[("priority", DEGRADE_NEEDS)], before: &[] },
-    LayerKind { name: "cache", about: "exact-match cache of deterministic answers, coalescing of identical requests", build: crate::layers::cache, refusals: corral_cache::REFUSALS, needs: &[], before: &[] },
-    LayerKind { name: "batch", about: "merges concurrent single embeddings into one upstream call", build: crate::layers::batch, refusals: corral_batch::REFUSALS, needs: &[], before: &[] },
-    LayerKind { name: "bulkhead", about: "named compartments with their own concurrency limits", build: crate::layers::bulkhead, refusals: corral_bulkhead::REFUSALS, needs: &[], before: &[] },
-    LayerKind { name: "shed", about: "bounded queue: lowest priorities refused first, delay shedding, Retry-After", build: crate::layers::shed, refusals: corral_shed::REFUSALS, needs: &[], before: &[] },
-    LayerKind { name: "priority", about: "the scheduler: upstream permits by priority, fair share, aging, deadlines", build: crate::layers::priority, refusals: corral_priority::REFUSALS, needs: &[], before: &[] },
-    LayerKind { name: "retry", about: "safe retries with jittered backoff and a budget, stream-aware timeouts, model fallback", build: crate::layers::retry, refusals: corral_retry::REFUSALS, needs: &[], before: &[] },
-    LayerKind { name: "breaker", about: "circuit breaker per upstream or model: fail fast while it fails", build: crate::layers::breaker, refusals: corral_breaker::REFUSALS, needs: &[], before: &[] },
+    LayerKind { name: "auth", about: "per-class permissions (endpoints, models) and HMAC-signed requests with replay protection", build: crate::layers::auth, refusals: corral_auth::REFUSALS, needs: &[], before: &[("cache", AUTH_FIRST), ("batch", AUTH_FIRST)], reads: crate::layers::reads::auth },
+    LayerKind { name: "ratelimit", about: "per-agent and per-class GCRA quotas of requests and tokens", build: crate::layers::ratelimit, refusals: corral_ratelimit::REFUSALS, needs: &[], before: &[], reads: crate::layers::reads::ratelimit },
+    LayerKind { name: "degrade", about: "load-driven levels: cap tokens, smaller models, refuse or answer defaults", build: crate::layers::degrade, refusals: corral_degrade::REFUSALS, needs: &[("priority", DEGRADE_NEEDS)], before: &[], reads: crate::layers::reads::degrade },
+    LayerKind { name: "cache", about: "exact-match cache of deterministic answers, coalescing of identical requests", build: crate::layers::cache, refusals: corral_cache::REFUSALS, needs: &[], before: &[], reads: reads_nothing },
+    LayerKind { name: "batch", about: "merges concurrent single embeddings into one upstream call", build: crate::layers::batch, refusals: corral_batch::REFUSALS, needs: &[], before: &[], reads: reads_nothing },
+    LayerKind { name: "bulkhead", about: "named compartments with their own concurrency limits", build: crate::layers::bulkhead, refusals: corral_bulkhead::REFUSALS, needs: &[], before: &[], reads: crate::layers::reads::bulkhead },
+    LayerKind { name: "shed", about: "bounded queue: lowest priorities refused first, delay shedding, Retry-After", build: crate::layers::shed, refusals: corral_shed::REFUSALS, needs: &[], before: &[], reads: reads_nothing },
+    LayerKind { name: "priority", about: "the scheduler: upstream permits by priority, fair share, aging, deadlines", build: crate::layers::priority, refusals: corral_priority::REFUSALS, needs: &[], before: &[], reads: crate::layers::reads::priority },
+    LayerKind { name: "retry", about: "safe retries with jittered backoff and a budget, stream-aware timeouts, model fallback", build: crate::layers::retry, refusals: corral_retry::REFUSALS, needs: &[], before: &[], reads: reads_nothing },
+    LayerKind { name: "breaker", about: "circuit breaker per upstream or model: fail fast while it fails", build: crate::layers::breaker, refusals: corral_breaker::REFUSALS, needs: &[], before: &[], reads: reads_nothing },
 ];
+
+/// [`LayerKind::reads`] of a layer built from its options alone.
+pub fn reads_nothing(_: &crate::Config) -> String {
+    String::new()
+}
 
 /// Holds the `[[layers]]` listed to each kind's rules: the kinds it needs
 /// are there, the kinds it must come before come after it. The error

@@ -14,6 +14,7 @@ pub struct Running {
     admin_addr: Option<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
+    reloader: crate::reload::Reloader,
 }
 
 impl Running {
@@ -33,6 +34,7 @@ impl Running {
             source,
         })?;
         let admin_addr = server.admin_addr();
+        let reloader = server.reloader();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async move {
             let _ = stopped.await;
@@ -42,7 +44,15 @@ impl Running {
             admin_addr,
             stop: Some(stop),
             task,
+            reloader,
         })
+    }
+
+    /// What reloads its configuration: its file again
+    /// ([`Reloader::reload`](crate::reload::Reloader::reload)), or a
+    /// configuration given ([`Reloader::reload_to`](crate::reload::Reloader::reload_to)).
+    pub fn reloader(&self) -> &crate::reload::Reloader {
+        &self.reloader
     }
 
     /// Where agents connect.

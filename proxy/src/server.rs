@@ -22,7 +22,8 @@ use crate::agent_api::AgentApi;
 use crate::background::{forward_bus, metrics_upkeep, probe_upstream};
 use crate::config::{Config, LoadError};
 use crate::conn_guard::{PerAddress, SniffDeadline, WriteStall};
-use crate::front::Front;
+use crate::front::{Front, Proxying};
+use crate::reload::{Reloader, Source};
 use crate::stack::{self, Stack};
 use crate::telemetry;
 
@@ -40,6 +41,10 @@ pub struct Server {
     grace: Duration,
     limits: Limits,
     degrade: Option<std::sync::Arc<corral_degrade::Controller>>,
+    reloader: Reloader,
+    /// Other replicas' reloads, heard on the bus.
+    reloads: tokio::sync::broadcast::Receiver<corral_core::BusMessage>,
+    replica: std::sync::Arc<str>,
 }
 
 /// Streams one h2c connection may have open at once.
@@ -103,8 +108,36 @@ impl Server {
         Self::bind_stack(config, &stack).await
     }
 
-    /// Binds the listeners for an already built `stack`.
+    /// Binds the listeners for an already built `stack`. A reload reads
+    /// `config`'s file again, if it came from one.
     pub async fn bind_stack(config: &Config, stack: &Stack) -> Result<Self, StartError> {
+        let source: Source = match config.source.clone() {
+            Some(path) => std::sync::Arc::new(move || Config::load(&path)),
+            None => std::sync::Arc::new(|| {
+                Err(LoadError {
+                    file: std::path::PathBuf::from(crate::config::NO_FILE),
+                    line: None,
+                    key: String::new(),
+                    reason: "started without a configuration file: there is none to read again"
+                        .into(),
+                })
+            }),
+        };
+        Self::bind_reloading(config, stack, source).await
+    }
+
+    /// Builds the stack for `config` and binds its listeners; a reload
+    /// reads the configuration from `source`.
+    pub async fn bind_with(config: &Config, source: Source) -> Result<Self, StartError> {
+        let stack = stack::build(config, config.source.as_deref()).map_err(StartError::Config)?;
+        Self::bind_reloading(config, &stack, source).await
+    }
+
+    async fn bind_reloading(
+        config: &Config,
+        stack: &Stack,
+        source: Source,
+    ) -> Result<Self, StartError> {
         // A config built in code has not been through the file's checks.
         let file = config
             .source
@@ -124,8 +157,22 @@ impl Server {
             stack.events().clone(),
             stack.replica().clone(),
         ));
-        let admin_api = Admin::new(stack, metrics, config);
-        let agents = AgentApi::new(stack, config);
+        let proxying = Proxying::new(stack);
+        let admin_slot: crate::front::AdminSlot = std::sync::Arc::new(
+            arc_swap::ArcSwap::from_pointee(Admin::new(stack, metrics.clone(), config)),
+        );
+        let reloader = Reloader::new(
+            source,
+            config.clone(),
+            stack.clone(),
+            proxying.clone(),
+            admin_slot.clone(),
+            metrics,
+        );
+        admin_slot.store(std::sync::Arc::new(
+            Admin::new(stack, telemetry::metrics_handle(), config).reloading(reloader.handle()),
+        ));
+        let agents = AgentApi::through(stack, config, proxying.clone());
         let bind = |key, addr| async move {
             TcpListener::bind(addr)
                 .await
@@ -138,10 +185,14 @@ impl Server {
         let (admin, front, admin_front) = match config.admin.listen {
             Some(addr) => (
                 Some(bind("admin.listen", addr).await?),
-                Front::proxy(stack, None, agents),
-                Some(Front::admin_only(admin_api)),
+                Front::switchable(proxying, None, agents),
+                Some(Front::admin_switchable(admin_slot)),
             ),
-            None => (None, Front::proxy(stack, Some(admin_api), agents), None),
+            None => (
+                None,
+                Front::switchable(proxying, Some(admin_slot), agents),
+                None,
+            ),
         };
         Ok(Self {
             upstream: stack.upstream().clone(),
@@ -152,6 +203,9 @@ impl Server {
             admin_front,
             grace: config.server.shutdown_grace,
             degrade: stack.controls().degrade.get().cloned(),
+            reloader,
+            reloads: stack.bus().subscribe(),
+            replica: stack.replica().clone(),
             limits: Limits {
                 header_read_timeout: config.server.header_read_timeout,
                 write_stall_timeout: config.server.write_stall_timeout,
@@ -172,6 +226,11 @@ impl Server {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// What reloads its configuration while it serves.
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
+    }
+
     /// Serves until `shutdown` completes, then stops accepting, lets
     /// in-flight requests and streams finish for the grace period, and
     /// closes what is left.
@@ -186,7 +245,15 @@ impl Server {
             grace,
             limits,
             degrade,
+            reloader,
+            reloads,
+            replica,
         } = self;
+        let following = tokio::spawn(crate::reload::follow_reloads(
+            reloads,
+            replica,
+            reloader.handle(),
+        ));
         // The level follows the load even when no request samples it.
         let degrade_ticker = degrade.map(|c| tokio::spawn(c.keep_current(Duration::from_secs(1))));
         let builder = connection_builder(&limits);
@@ -248,6 +315,8 @@ impl Server {
         drain(graceful, connections, grace).await;
         upkeep.abort();
         probe.abort();
+        following.abort();
+        drop(reloader);
         if let Some(ticker) = degrade_ticker {
             ticker.abort();
         }

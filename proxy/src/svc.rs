@@ -75,10 +75,12 @@ corral_core::impl_debug!(Controls {
     cache: cache.get().is_some()
 });
 
-/// A built layer, ready to wrap the rest of the stack.
+/// A built layer, ready to wrap the rest of the stack. Clones share the
+/// layer and its state: a reload carries a layer over by cloning it.
+#[derive(Clone)]
 pub struct StackLayer {
     summary: String,
-    wrap: Box<dyn Fn(StackService) -> StackService + Send + Sync>,
+    wrap: Arc<dyn Fn(StackService) -> StackService + Send + Sync>,
 }
 
 corral_core::impl_debug!(StackLayer { summary });
@@ -97,7 +99,7 @@ impl StackLayer {
     {
         Self {
             summary: summary.into(),
-            wrap: Box::new(move |inner| {
+            wrap: Arc::new(move |inner| {
                 BoxCloneSyncService::new(
                     layer
                         .layer(inner)

@@ -74,6 +74,7 @@ const TEST_LAYERS: &[LayerKind] = &[
         refusals: &[],
         needs: &[],
         before: &[],
+        reads: corral::registry::reads_nothing,
     },
     LayerKind {
         name: "explode",
@@ -82,6 +83,7 @@ const TEST_LAYERS: &[LayerKind] = &[
         refusals: &[],
         needs: &[],
         before: &[],
+        reads: corral::registry::reads_nothing,
     },
 ];
 

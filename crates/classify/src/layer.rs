@@ -4,7 +4,7 @@ use corral_core::ConfigError;
 use tower::Layer;
 
 use crate::config::ClassifyConfig;
-use crate::identity::Identities;
+use crate::identity::{Identities, IssuedKeys};
 use crate::overrides::PriorityOverrides;
 use crate::service::Classify;
 
@@ -26,24 +26,57 @@ pub(crate) struct Classifier {
     pub(crate) bounds: crate::parse::Bounds,
     pub(crate) body_read_timeout: std::time::Duration,
     pub(crate) overrides: Arc<PriorityOverrides>,
+    pub(crate) issued: Arc<IssuedKeys>,
 }
 
 impl ClassifyLayer {
     /// A layer for `config`, or the key and reason it is refused for.
     pub fn new(config: &ClassifyConfig) -> Result<Self, ConfigError> {
+        Self::sharing(config, Arc::default(), Arc::default())
+    }
+
+    /// A layer for `config` reading the priorities `overrides` holds and
+    /// the keys `issued` at run time: what an operator set while serving
+    /// outlives a reload of the configuration.
+    ///
+    /// ```
+    /// use corral_classify::{ClassifyConfig, ClassifyLayer};
+    ///
+    /// let before = ClassifyLayer::new(&ClassifyConfig::default()).unwrap();
+    /// let after = ClassifyLayer::sharing(
+    ///     &ClassifyConfig::default(),
+    ///     before.overrides().clone(),
+    ///     before.issued().clone(),
+    /// )
+    /// .unwrap();
+    /// assert!(std::sync::Arc::ptr_eq(before.overrides(), after.overrides()));
+    /// assert!(std::sync::Arc::ptr_eq(before.issued(), after.issued()));
+    /// ```
+    pub fn sharing(
+        config: &ClassifyConfig,
+        overrides: Arc<PriorityOverrides>,
+        issued: Arc<IssuedKeys>,
+    ) -> Result<Self, ConfigError> {
         config.validate()?;
         Ok(Self {
             shared: Arc::new(Classifier {
-                identities: Identities::new(config)?,
+                identities: Identities::with_issued(config, issued.clone())?,
                 max_request_bytes: config.max_request_bytes,
                 bounds: crate::parse::Bounds {
                     max_json_depth: config.max_json_depth,
                     max_messages: config.max_messages,
                 },
                 body_read_timeout: config.body_read_timeout,
-                overrides: Arc::default(),
+                overrides,
+                issued,
             }),
         })
+    }
+
+    /// The API keys issued at run time: every service this layer makes
+    /// knows them.
+    pub fn issued(&self) -> &Arc<IssuedKeys> {
+        &self.shared.issued
     }
 
     /// The priorities an operator set for agents at run time: every

@@ -86,7 +86,7 @@ pub use config::{
 };
 pub use error::{BodyReadFailed, BodyTimedOut, BodyTooLarge, InvalidRequest, Unauthenticated};
 pub use future::ResponseFuture;
-pub use identity::UNKNOWN_KEYS_TOTAL;
+pub use identity::{digest_from_hex, IssuedKey, IssuedKeys, UNKNOWN_KEYS_TOTAL};
 pub use layer::{Caller, ClassifyLayer, Vouched};
 pub use overrides::PriorityOverrides;
 pub use service::Classify;

@@ -23,6 +23,10 @@ pub mod channels {
     pub const PRIORITY_CHANGE: &str = "agent:priority:change";
     /// A circuit breaker changed state.
     pub const BREAKER_STATE: &str = "ollama:breaker:state";
+    /// An operator asked every replica to reload its configuration.
+    pub const CONFIG_RELOAD: &str = "system:config:reload";
+    /// An API key was issued or revoked at run time.
+    pub const KEYS_CHANGE: &str = "agent:keys:change";
 }
 
 /// One message on the bus.

@@ -25,6 +25,19 @@ const STATE_CHANNELS: [&str; 5] = [
     channels::BACKPRESSURE,
 ];
 
+/// Every channel the other replicas' messages are forwarded from: the
+/// settings, and the commands that are not kept (a replica that starts
+/// later reads its own configuration).
+const CHANNELS: [&str; 7] = [
+    channels::DEGRADATION_LEVEL,
+    channels::CAPACITY_UPDATE,
+    channels::PRIORITY_CHANGE,
+    channels::BREAKER_STATE,
+    channels::BACKPRESSURE,
+    channels::CONFIG_RELOAD,
+    channels::KEYS_CHANGE,
+];
+
 struct Outgoing {
     channel: String,
     field: Option<String>,
@@ -184,8 +197,8 @@ async fn run(
     mut pending: mpsc::Receiver<Outgoing>,
     replays: Arc<tokio::sync::Notify>,
 ) {
-    let mut pushed = state.subscribe(STATE_CHANNELS[0]).await;
-    for channel in &STATE_CHANNELS[1..] {
+    let mut pushed = state.subscribe(CHANNELS[0]).await;
+    for channel in &CHANNELS[1..] {
         drop(state.subscribe(channel).await);
     }
     let mut unsent: HashMap<(String, String), Outgoing> = HashMap::new();
@@ -217,7 +230,7 @@ async fn run(
             () = replays.notified() => replay(&state, &local).await,
             message = pushed.recv() => match message {
                 Ok(pushed) => {
-                    if !STATE_CHANNELS.contains(&pushed.channel.as_str()) {
+                    if !CHANNELS.contains(&pushed.channel.as_str()) {
                         continue;
                     }
                     let Ok(message) = serde_json::from_str::<BusMessage>(&pushed.payload) else {

@@ -12,7 +12,10 @@ use corral_core::{channels, BoxBody, Level};
 use super::{error, json_response, Admin};
 
 /// The JSON body of an admin `POST`, or the 400 that says what to send.
-async fn read_json<T, B>(request: Request<B>, expected: &str) -> Result<T, Response<BoxBody>>
+pub(super) async fn read_json<T, B>(
+    request: Request<B>,
+    expected: &str,
+) -> Result<T, Response<BoxBody>>
 where
     T: DeserializeOwned,
     B: http_body::Body<Data = bytes::Bytes>,
@@ -287,4 +290,36 @@ fn pools_of(scheduler: &corral_priority::Scheduler) -> Vec<serde_json::Value> {
             })
         })
         .collect()
+}
+
+impl Admin {
+    /// `POST`: reads the configuration again and takes it over, then asks
+    /// every other replica to (through the bus). 200 with what changed;
+    /// 400 with `check-config`'s message for a bad configuration, 409
+    /// naming the settings that need a restart: the old one serves on.
+    pub(super) async fn reload(&self, method: &Method) -> Response<BoxBody> {
+        if method != Method::POST {
+            return error(StatusCode::METHOD_NOT_ALLOWED, "use POST".into());
+        }
+        let Some(reloader) = self.reloader.get() else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "this proxy was not started with a configuration to reload".into(),
+            );
+        };
+        match reloader.reload().await {
+            Ok(changes) => {
+                self.bus
+                    .publish(channels::CONFIG_RELOAD, json!({"by": "operator"}));
+                json_response(
+                    StatusCode::OK,
+                    &json!({"reloaded": true, "changes": changes}),
+                )
+            }
+            Err(e @ crate::reload::ReloadError::NeedsRestart(_)) => {
+                error(StatusCode::CONFLICT, e.to_string())
+            }
+            Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        }
+    }
 }

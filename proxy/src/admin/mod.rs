@@ -2,7 +2,10 @@
 //! `/corral/usage`, `/corral/events`, `/corral/config`, the probes `/corral/healthz` and
 //! `/corral/readyz` (open without the admin token), and `/metrics` (also
 //! as `/corral/metrics`). Read and set: `/corral/degrade`,
-//! `/corral/capacity`, `/corral/priority`.
+//! `/corral/capacity`, `/corral/priority`. `POST /corral/reload` reloads
+//! the configuration on every replica. `GET`/`POST /corral/keys` and
+//! `DELETE /corral/keys/{digest or agent}` list, issue and revoke API
+//! keys at run time.
 //!
 //! They live under `/corral/`, which no Ollama path uses, and answer on
 //! the main listener unless `[admin] listen` gives them their own.
@@ -23,6 +26,7 @@ use crate::telemetry;
 use crate::upstream::Upstream;
 
 mod control;
+mod keys;
 mod usage;
 mod view;
 
@@ -44,6 +48,12 @@ pub struct Admin {
     /// Each configured agent's class, and the class of the others: whose
     /// budgets `/corral/usage` reads.
     classes: Arc<usage::Classes>,
+    /// What `POST /corral/reload` calls, when the proxy serves with one.
+    reloader: crate::reload::ReloadHandle,
+    /// The API keys issued at run time.
+    keys: crate::keys::Keys,
+    /// The classes a key may be issued for, the default first.
+    class_names: Arc<[String]>,
 }
 
 corral_core::impl_debug!(Admin { upstream });
@@ -78,7 +88,18 @@ impl Admin {
             config: Arc::new(resolved_config(config)),
             token: config.admin.token.as_deref().map(Arc::from),
             classes: Arc::new(usage::Classes::of(config)),
+            reloader: crate::reload::ReloadHandle::default(),
+            keys: stack.keys().clone(),
+            class_names: std::iter::once(config.identity.default_class.clone())
+                .chain(config.classes.iter().map(|c| c.name.clone()))
+                .collect(),
         }
+    }
+
+    /// The same endpoints, `POST /corral/reload` calling `reloader`.
+    pub(crate) fn reloading(mut self, reloader: crate::reload::ReloadHandle) -> Self {
+        self.reloader = reloader;
+        self
     }
 
     /// Whether `path` is an admin path.
@@ -114,6 +135,12 @@ impl Admin {
             "/corral/degrade" => self.degrade(request).await,
             "/corral/capacity" => self.capacity(request).await,
             "/corral/priority" => self.priority(request).await,
+            "/corral/reload" => self.reload(request.method()).await,
+            "/corral/keys" => self.keys(request).await,
+            path if path.starts_with("/corral/keys/") => {
+                let who = path["/corral/keys/".len()..].to_string();
+                self.revoke_key(request.method(), &who).await
+            }
             "/corral/status" if get => json_response(StatusCode::OK, &self.status().await),
             "/corral/upstreams" if get => json_response(
                 StatusCode::OK,

@@ -72,7 +72,12 @@ pub(crate) enum Route {
 impl AgentApi {
     /// The endpoints for `stack`, as `config` sets them up.
     pub fn new(stack: &Stack, config: &Config) -> Self {
-        let proxying = Proxying::new(stack);
+        Self::through(stack, config, Proxying::new(stack))
+    }
+
+    /// [`AgentApi::new`], its jobs sent the way the proxied requests go
+    /// (which a reload switches to the new stack).
+    pub(crate) fn through(stack: &Stack, config: &Config, proxying: Proxying) -> Self {
         let registry = registry::RegistryApi::new(stack, config);
         // Sagas call these endpoints in process: they hold them weakly.
         let handle = Arc::new(std::sync::OnceLock::new());

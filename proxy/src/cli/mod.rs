@@ -120,6 +120,10 @@ struct ServeArgs {
     /// How logs are written; RUST_LOG filters them.
     #[arg(long, env = "CORRAL_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Reload the configuration whenever its file changes (checked every
+    /// second). SIGHUP and `POST /corral/reload` reload it in any case.
+    #[arg(long, env = "CORRAL_WATCH_CONFIG")]
+    watch_config: bool,
 }
 
 impl Cli {
@@ -277,7 +281,9 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     runtime.block_on(async move {
         let shutdown = shutdown_signal();
-        let server = match Server::bind(&config).await {
+        let again = args.clone();
+        let source: crate::reload::Source = std::sync::Arc::new(move || resolve(&again));
+        let server = match Server::bind_with(&config, source).await {
             Ok(server) => server,
             Err(e) => {
                 eprintln!("corral: {e}");
@@ -294,9 +300,49 @@ fn serve(args: ServeArgs) -> ExitCode {
             state = %config.state.summary(),
             "corral is serving; point OLLAMA_HOST here"
         );
+        let reloads = reload_triggers(&server, &args);
         server.run(shutdown).await;
+        for trigger in reloads {
+            trigger.abort();
+        }
         ExitCode::SUCCESS
     })
+}
+
+/// What reloads the configuration besides `POST /corral/reload`: SIGHUP,
+/// and with `--watch-config` a change of the file.
+fn reload_triggers(server: &Server, args: &ServeArgs) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut triggers = Vec::new();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hangups) => {
+                let reloader = server.reloader();
+                triggers.push(tokio::spawn(async move {
+                    while hangups.recv().await.is_some() {
+                        tracing::info!("SIGHUP received: reloading the configuration");
+                        if let Err(error) = reloader.reload().await {
+                            tracing::error!(%error, "the configuration was not reloaded; the old one serves on");
+                        }
+                    }
+                }));
+            }
+            Err(e) => tracing::warn!(error = %e, "SIGHUP cannot reload: no handler"),
+        }
+    }
+    match (&args.config, args.watch_config) {
+        (Some(path), true) => triggers.push(tokio::spawn(crate::reload::watch_file(
+            path.clone(),
+            std::time::Duration::from_secs(1),
+            server.reloader().handle(),
+        ))),
+        (None, true) => {
+            tracing::warn!("--watch-config without --config: there is no file to watch")
+        }
+        _ => {}
+    }
+    triggers
 }
 
 /// SIGTERM or SIGINT. The handlers are installed now, before the

@@ -250,6 +250,10 @@ pub struct IdentityConfig {
     pub require_key: bool,
     /// The class of agents no `[[agents]]` entry names.
     pub default_class: String,
+    /// Where the API keys issued at run time (`POST /corral/keys`) are
+    /// kept as digests, to survive a restart; with `[state] backend =
+    /// "redis"` they are kept in Redis instead. Unset: in memory only.
+    pub keys_file: Option<PathBuf>,
 }
 
 impl Default for IdentityConfig {
@@ -257,6 +261,7 @@ impl Default for IdentityConfig {
         Self {
             require_key: false,
             default_class: corral_classify::DEFAULT_CLASS.to_string(),
+            keys_file: None,
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod admission;
 mod answering;
+pub(crate) mod reads;
 mod resilience;
 
 pub(crate) use admission::{auth, bulkhead, priority, ratelimit, shed};

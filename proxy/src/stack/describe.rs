@@ -5,19 +5,18 @@ use corral_classify::ClassifyLayer;
 
 use super::Stack;
 use crate::config::Config;
-use crate::svc::StackLayer;
 
 /// Each layer, outermost first, as `(kind, how it is configured)`.
 pub(super) fn summaries(
     config: &Config,
     classify: &ClassifyLayer,
-    built: &[(&'static str, StackLayer)],
+    built: &[super::carry::Built],
 ) -> Vec<(String, String)> {
     let mut layers = vec![("classify".to_string(), classify_summary(config, classify))];
     layers.extend(
         built
             .iter()
-            .map(|(name, layer)| (name.to_string(), layer.summary().to_string())),
+            .map(|b| (b.kind.to_string(), b.layer.summary().to_string())),
     );
     layers
 }

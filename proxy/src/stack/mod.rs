@@ -14,8 +14,10 @@ use tower::Layer;
 
 use crate::config::{Config, LayerConfig, LoadError, NO_FILE};
 use crate::registry::{check_order, LayerKind, LAYERS};
+
+mod carry;
 use crate::respond;
-use crate::svc::{BuildContext, Controls, StackLayer};
+use crate::svc::{BuildContext, Controls};
 use crate::upstream::Upstream;
 
 pub use crate::svc::{HttpRequest, HttpResponse, StackService};
@@ -34,6 +36,15 @@ pub struct Stack {
     replica: Arc<str>,
     classify: ClassifyLayer,
     state: Option<corral_core::RedisState>,
+    /// Each layer as built, with what it was built from: what a reload
+    /// carries over.
+    built: Arc<[carry::Built]>,
+    /// The API keys issued at run time, and where they are kept.
+    keys: crate::keys::Keys,
+    /// Applies the other replicas' settings to this stack's controls;
+    /// stopped when the last clone of the stack goes (a reload's new
+    /// stack has its own).
+    _follower: Option<Arc<carry::StopOnDrop>>,
 }
 
 corral_core::impl_debug!(Stack { layers });
@@ -91,6 +102,11 @@ impl Stack {
         self.state.as_ref()
     }
 
+    /// The API keys issued at run time.
+    pub(crate) fn keys(&self) -> &crate::keys::Keys {
+        &self.keys
+    }
+
     /// The refusal types of every layer in the stack, for the answers.
     pub fn refusals(&self) -> &[RefusalCast] {
         &self.refusals
@@ -108,42 +124,97 @@ pub fn build_with(
     file: Option<&Path>,
     registry: &[LayerKind],
 ) -> Result<Stack, LoadError> {
+    assemble(config, file, registry, None).map(|(stack, _)| stack)
+}
+
+/// Builds the stack for `config` to take over from `previous` (built
+/// from `before`), carrying over what still fits: the upstream, the bus,
+/// the event log, shared state and this replica's name always; the
+/// priorities set at run time; each layer whose options and what it
+/// reads of the config are unchanged, as it is (its queue, counters,
+/// cache, breakers). A new `[upstream] capacity` is set on a scheduler
+/// carried over. The answer says, line by line, what was carried and
+/// what was built anew.
+pub fn rebuild(
+    previous: &Stack,
+    before: &Config,
+    config: &Config,
+    file: Option<&Path>,
+) -> Result<(Stack, Vec<String>), LoadError> {
+    assemble(config, file, LAYERS, Some((previous, before)))
+}
+
+fn assemble(
+    config: &Config,
+    file: Option<&Path>,
+    registry: &[LayerKind],
+    previous: Option<(&Stack, &Config)>,
+) -> Result<(Stack, Vec<String>), LoadError> {
     let file = file.unwrap_or(Path::new(NO_FILE));
     let refuse = |e: ConfigError, line| LoadError::from_config(file, e, line);
     // Layers set gauges as they are built: the recorder must be there.
     let _ = crate::telemetry::metrics_handle();
 
     // The way down: classify, the layers listed, the upstream.
-    let classify = classify_layer(config).map_err(|e| refuse(e, None))?;
+    let (overrides, issued) = previous.map_or_else(Default::default, |(p, _)| {
+        (p.classify.overrides().clone(), p.classify.issued().clone())
+    });
+    let classify = classify_layer(config, overrides, issued).map_err(|e| refuse(e, None))?;
     let listed = config.layers();
     let kinds = kinds_of(&listed, registry)
         .map_err(|(at, e)| refuse(e.within(format!("layers[{at}]")), listed[at].line))?;
-    let fleet = config.fleet_entries();
-    let upstream = if fleet.is_empty() {
-        Upstream::new(&config.upstream)
-    } else {
-        Upstream::with_fleet(&config.upstream, &fleet)
-    }
-    .map_err(|e| refuse(e, None))?;
+    let upstream = match previous {
+        Some((previous, _)) => previous.upstream.clone(),
+        None => {
+            let fleet = config.fleet_entries();
+            if fleet.is_empty() {
+                Upstream::new(&config.upstream)
+            } else {
+                Upstream::with_fleet(&config.upstream, &fleet)
+            }
+            .map_err(|e| refuse(e, None))?
+        }
+    };
 
     places_requests(&upstream, &kinds).map_err(|e| refuse(e, None))?;
 
+    let carry = previous
+        .map(|(previous, before)| carry::Plan::new(previous, before, config, &listed, &kinds));
     // What the layers share: the event log, the load, the bus, Redis.
-    let events = event_log(config).map_err(|e| refuse(e, None))?;
-    let load = LoadCell::default();
+    let shared = match previous {
+        Some((previous, _)) => Shared {
+            events: previous.events.clone(),
+            load: if carry.as_ref().is_some_and(carry::Plan::keeps_load) {
+                previous.load.clone()
+            } else {
+                LoadCell::default()
+            },
+            replica: previous.replica.to_string(),
+            state: previous.state.clone(),
+            bus: previous.bus.clone(),
+        },
+        None => Shared::new(config).map_err(|e| refuse(e, None))?,
+    };
+    let Shared {
+        events,
+        load,
+        replica,
+        state,
+        bus,
+    } = shared;
+    let keys = match previous {
+        Some((previous, _)) => previous.keys.clone(),
+        None => crate::keys::Keys::start(
+            classify.issued().clone(),
+            config.identity.keys_file.clone(),
+            state.as_ref(),
+            bus.clone(),
+        )
+        .map_err(|reason| refuse(ConfigError::new("identity.keys_file", reason), None))?,
+    };
     let controls = Arc::new(Controls::default());
     let _ = controls.priorities.set(classify.overrides().clone());
-    let replica = replica_id();
-    let state = shared_state(config, &replica).map_err(|e| refuse(e, None))?;
-    let events: Arc<dyn corral_events::EventStore> = match &state {
-        Some(state) => corral_events::RedisEvents::start(state.clone(), events),
-        None => events,
-    };
     let sink: Arc<dyn corral_core::EventSink> = events.clone();
-    let bus: Arc<dyn Bus> = match &state {
-        Some(state) => corral_core::RedisBus::start(state.clone()),
-        None => Arc::new(MemoryBus::new(&replica)),
-    };
     let context = BuildContext {
         config,
         load: &load,
@@ -154,78 +225,143 @@ pub fn build_with(
         fleet: upstream.fleet(),
     };
 
-    // Each layer from its options; the refusals they answer with.
-    let (built, refusals) = build_layers(&listed, &kinds, &context)
+    // Each layer from its options (or carried over); the refusals they
+    // answer with.
+    let (built, refusals, notes) = build_layers(&listed, &kinds, &context, carry.as_ref())
         .map_err(|(at, e, line)| refuse(e.within(format!("layers[{at}]")), line))?;
 
     // Wrapped from the inside out: the upstream, the layers, classify.
     let mut service: StackService = BoxCloneSyncService::new(upstream.clone());
-    for (_, layer) in built.iter().rev() {
-        service = layer.wrap(service);
+    for built in built.iter().rev() {
+        service = built.layer.wrap(service);
     }
     // Pinned load options (`[models."name"]`), on the body classify read.
     let service = crate::pin::wrap(&config.models, service);
     let service = BoxCloneSyncService::new(classify.layer(service));
     crate::telemetry::export_classes(classify.classes().map(|(name, _, _)| name));
-    if let Some(state) = &state {
-        tokio::spawn(crate::follow::follow(
+    let follower = state.as_ref().map(|state| {
+        Arc::new(carry::StopOnDrop(tokio::spawn(crate::follow::follow(
             bus.subscribe(),
             controls.clone(),
             state.replica().clone(),
-        ));
-    }
+        ))))
+    });
 
     let layers = summaries(config, &classify, &built);
-    Ok(Stack {
-        service,
-        upstream,
-        layers,
-        refusals,
-        load,
-        bus,
-        controls,
-        events,
-        replica: Arc::from(replica),
-        classify,
-        state,
-    })
+    Ok((
+        Stack {
+            service,
+            upstream,
+            layers,
+            refusals,
+            load,
+            bus,
+            controls,
+            events,
+            replica: Arc::from(replica),
+            classify,
+            state,
+            built: built.into(),
+            keys,
+            _follower: follower,
+        },
+        notes,
+    ))
+}
+
+/// What every layer shares: the event log, the load, this replica's
+/// name, Redis, the bus.
+struct Shared {
+    events: Arc<dyn corral_events::EventStore>,
+    load: LoadCell,
+    replica: String,
+    state: Option<corral_core::RedisState>,
+    bus: Arc<dyn Bus>,
+}
+
+impl Shared {
+    /// Made for a stack's first build.
+    fn new(config: &Config) -> Result<Self, ConfigError> {
+        let events = event_log(config)?;
+        let replica = replica_id();
+        let state = shared_state(config, &replica)?;
+        let events: Arc<dyn corral_events::EventStore> = match &state {
+            Some(state) => corral_events::RedisEvents::start(state.clone(), events),
+            None => events,
+        };
+        let bus: Arc<dyn Bus> = match &state {
+            Some(state) => corral_core::RedisBus::start(state.clone()),
+            None => Arc::new(MemoryBus::new(&replica)),
+        };
+        Ok(Self {
+            events,
+            load: LoadCell::default(),
+            replica,
+            state,
+            bus,
+        })
+    }
 }
 
 /// The classify layer, from the sections it is assembled of; an error
 /// names the section the operator wrote.
-fn classify_layer(config: &Config) -> Result<ClassifyLayer, ConfigError> {
-    ClassifyLayer::new(&config.classify()).map_err(|e| match e.key() {
+fn classify_layer(
+    config: &Config,
+    overrides: Arc<corral_classify::PriorityOverrides>,
+    issued: Arc<corral_classify::IssuedKeys>,
+) -> Result<ClassifyLayer, ConfigError> {
+    ClassifyLayer::sharing(&config.classify(), overrides, issued).map_err(|e| match e.key() {
         "max_request_bytes" => ConfigError::new("server.max_request_bytes", e.reason()),
         "default_class" => ConfigError::new("identity.default_class", e.reason()),
         _ => e,
     })
 }
 
-/// Builds each layer listed from its options, with the refusals the
-/// stack answers with. An error gives the layer's index and the line of
-/// the key it names (else the layer's header's).
+/// Builds each layer listed from its options, or carries it over from
+/// the stack a reload replaces, with the refusals the stack answers
+/// with and a note per layer carried or rebuilt. An error gives the
+/// layer's index and the line of the key it names (else the layer's
+/// header's).
 #[allow(clippy::type_complexity)]
 fn build_layers(
     listed: &[LayerConfig],
     kinds: &[&LayerKind],
     context: &BuildContext<'_>,
-) -> Result<(Vec<(&'static str, StackLayer)>, Vec<RefusalCast>), (usize, ConfigError, Option<usize>)>
+    carry: Option<&carry::Plan>,
+) -> Result<(Vec<carry::Built>, Vec<RefusalCast>, Vec<String>), (usize, ConfigError, Option<usize>)>
 {
     let mut refusals: Vec<RefusalCast> = respond::built_in();
     let mut built = Vec::with_capacity(listed.len());
+    let mut notes = Vec::new();
     for (at, (layer, kind)) in listed.iter().zip(kinds).enumerate() {
-        let stack_layer = (kind.build)(layer, context).map_err(|e| {
-            let line = layer.line_of(e.key());
-            (at, e, line)
-        })?;
+        let reads = (kind.reads)(context.config);
+        let carried = carry.and_then(|plan| plan.carried(at, context.controls));
+        let stack_layer = match carried {
+            Some(layer) => layer,
+            None => (kind.build)(layer, context).map_err(|e| {
+                let line = layer.line_of(e.key());
+                (at, e, line)
+            })?,
+        };
+        if let Some(plan) = carry {
+            notes.push(plan.note(at, kind.name));
+        }
         for cast in kind.refusals {
             if !refusals.iter().any(|c| std::ptr::fn_addr_eq(*c, *cast)) {
                 refusals.push(*cast);
             }
         }
-        built.push((kind.name, stack_layer));
+        built.push(carry::Built {
+            kind: kind.name,
+            options: layer.options.clone(),
+            reads,
+            layer: stack_layer,
+        });
     }
-    Ok((built, refusals))
+    if let Some(plan) = carry {
+        notes.extend(plan.after(context.config, context.controls));
+    }
+    Ok((built, refusals, notes))
 }
 
 /// Several upstreams (or one holding few models) need the `priority`

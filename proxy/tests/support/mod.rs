@@ -23,6 +23,7 @@ pub(crate) fn corral() -> Command {
         "CORRAL_ADMIN_TOKEN",
         "CORRAL_CAPACITY",
         "CORRAL_REDIS_URL",
+        "CORRAL_WATCH_CONFIG",
     ] {
         command.env_remove(var);
     }

@@ -9,7 +9,10 @@ use sha2::{Digest, Sha256};
 use crate::config::ClassifyConfig;
 use crate::error::{InvalidRequest, Unauthenticated};
 
+mod issued;
 mod table;
+
+pub use issued::{digest_from_hex, IssuedKey, IssuedKeys};
 
 use table::{agent_of, classes_of, ClassTable};
 
@@ -51,6 +54,8 @@ pub(crate) struct Identities {
     /// Unknown keys already warned about (their digests), so each is
     /// logged once, not per request.
     unknown_keys: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
+    /// The keys issued at run time.
+    issued: std::sync::Arc<IssuedKeys>,
 }
 
 /// Requests that sent an API key no agent has, while keys are optional
@@ -71,6 +76,14 @@ pub(crate) struct Identity<'a> {
 
 impl Identities {
     pub(crate) fn new(config: &ClassifyConfig) -> Result<Self, ConfigError> {
+        Self::with_issued(config, std::sync::Arc::default())
+    }
+
+    /// The identities of `config`, and the keys `issued` at run time.
+    pub(crate) fn with_issued(
+        config: &ClassifyConfig,
+        issued: std::sync::Arc<IssuedKeys>,
+    ) -> Result<Self, ConfigError> {
         let ClassTable {
             classes,
             names,
@@ -123,6 +136,7 @@ impl Identities {
             require_key: config.require_key,
             anonymous: AgentId::from("anonymous"),
             unknown_keys: Default::default(),
+            issued,
         })
     }
 
@@ -144,6 +158,13 @@ impl Identities {
                     authenticated: true,
                 });
             }
+            if let Some((agent, class)) = self.issued.find(&digest) {
+                return Ok(Identity {
+                    agent,
+                    class: &self.classes[self.class_named(&class)],
+                    authenticated: true,
+                });
+            }
             // Clients send keys Corral does not know for reasons of their
             // own (the OpenAI SDKs insist on one): only refuse when keys
             // are required.
@@ -152,7 +173,7 @@ impl Identities {
                     message: "unknown API key",
                 });
             }
-            if !self.by_key.is_empty() {
+            if !self.by_key.is_empty() || !self.issued.is_empty() {
                 self.unknown_key(&digest);
             }
         } else if self.require_key {
@@ -213,6 +234,15 @@ impl Identities {
                 class: &self.classes[self.agents[i].class],
                 authenticated,
             }),
+            // Accepted with a key issued at run time, still valid.
+            None if authenticated && self.issued.class_of(agent).is_some() => {
+                let class = self.issued.class_of(agent).unwrap_or_default();
+                Ok(Identity {
+                    agent: agent.clone(),
+                    class: &self.classes[self.class_named(&class)],
+                    authenticated,
+                })
+            }
             // Keys became required since it was accepted without one.
             None if self.require_key => Err(Unauthenticated {
                 message: "an API key is required: send Authorization: Bearer <key>",
@@ -228,6 +258,15 @@ impl Identities {
     /// A key no agent has, while some agents have keys: a typo in a
     /// client would silently make it anonymous. Counted, and warned about
     /// once per distinct key (its digest's start only: never the key).
+    /// The index of the class named `name`; the default class when there
+    /// is none by that name (a key issued for a class a reload removed).
+    fn class_named(&self, name: &str) -> usize {
+        self.classes
+            .iter()
+            .position(|c| c.name.as_str() == name)
+            .unwrap_or(self.default_class)
+    }
+
     fn unknown_key(&self, digest: &[u8; 32]) {
         metrics::counter!(UNKNOWN_KEYS_TOTAL).increment(1);
         let mut seen = corral_core::lock(&self.unknown_keys);

@@ -1,0 +1,247 @@
+//! Reloading the configuration while serving: `SIGHUP`, `POST
+//! /corral/reload`, a watched file, or another replica's reload on the
+//! bus.
+//!
+//! The new configuration is read, checked and built first, exactly as
+//! `check-config` and a start would; a bad one is refused with the same
+//! message, and the old one goes on serving. A good one takes over for
+//! the requests that arrive after it: a request keeps the stack it
+//! arrived on to its end (its permit, its stream), and the layers that
+//! still fit are carried over into the new stack as they are
+//! ([`stack::rebuild`]): the queue keeps its order, caches, counters,
+//! breakers and quotas go on. Settings read only when the listeners are
+//! bound or the shared parts made (the addresses, the connection limits,
+//! the upstreams, Redis, the event log, the agent API's) need a restart:
+//! a reload that changes one is refused, naming it.
+
+use std::sync::{Arc, Weak};
+
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::admin::Admin;
+use crate::config::{Config, LoadError, NO_FILE};
+use crate::front::{AdminSlot, Proxying};
+use crate::stack::{self, Stack};
+
+/// Where a reload reads its configuration from: the file and the
+/// command line's flags over it, as at start.
+pub type Source = Arc<dyn Fn() -> Result<Config, LoadError> + Send + Sync>;
+
+/// Reloads the configuration of a running proxy.
+#[derive(Clone)]
+pub struct Reloader {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    source: Source,
+    live: tokio::sync::Mutex<Live>,
+    proxying: Proxying,
+    admin: AdminSlot,
+    metrics: PrometheusHandle,
+}
+
+/// The configuration serving now, and its stack.
+struct Live {
+    config: Config,
+    stack: Stack,
+}
+
+corral_core::impl_debug!(Reloader {});
+
+/// A reloader as the admin API holds it: weakly, the reloader holding
+/// the admin API.
+#[derive(Clone, Default)]
+pub(crate) struct ReloadHandle(Weak<Inner>);
+
+impl ReloadHandle {
+    pub(crate) fn get(&self) -> Option<Reloader> {
+        self.0.upgrade().map(|inner| Reloader { inner })
+    }
+}
+
+/// Why a reload was refused; the old configuration serves on.
+#[derive(Debug)]
+pub enum ReloadError {
+    /// The new configuration is refused, as `check-config` would.
+    Refused(LoadError),
+    /// It changes settings that only a restart applies.
+    NeedsRestart(Vec<&'static str>),
+}
+
+impl std::fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Refused(e) => e.fmt(f),
+            Self::NeedsRestart(settings) => write!(
+                f,
+                "not reloaded: {} changed, which only a restart applies",
+                settings.join(", ")
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ReloadError {}
+
+impl Reloader {
+    pub(crate) fn new(
+        source: Source,
+        config: Config,
+        stack: Stack,
+        proxying: Proxying,
+        admin: AdminSlot,
+        metrics: PrometheusHandle,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                source,
+                live: tokio::sync::Mutex::new(Live { config, stack }),
+                proxying,
+                admin,
+                metrics,
+            }),
+        }
+    }
+
+    pub(crate) fn handle(&self) -> ReloadHandle {
+        ReloadHandle(Arc::downgrade(&self.inner))
+    }
+
+    /// Reads the configuration again from its source and takes it over;
+    /// what it did, line by line.
+    pub async fn reload(&self) -> Result<Vec<String>, ReloadError> {
+        let config = (self.inner.source)().map_err(ReloadError::Refused)?;
+        self.reload_to(config).await
+    }
+
+    /// Takes `config` over (checked as at start); what it did, line by
+    /// line.
+    pub async fn reload_to(&self, config: Config) -> Result<Vec<String>, ReloadError> {
+        // One at a time: two reloads racing would each carry over from
+        // the stack the other replaces.
+        let mut live = self.inner.live.lock().await;
+        let file = config
+            .source
+            .clone()
+            .unwrap_or_else(|| std::path::PathBuf::from(NO_FILE));
+        config
+            .validate()
+            .and_then(|()| config.check_admin_exposure())
+            .map_err(|e| ReloadError::Refused(LoadError::from_config(&file, e, None)))?;
+        let changed = needs_restart(&live.config, &config);
+        if !changed.is_empty() {
+            return Err(ReloadError::NeedsRestart(changed));
+        }
+        let (stack, notes) =
+            stack::rebuild(&live.stack, &live.config, &config, config.source.as_deref())
+                .map_err(ReloadError::Refused)?;
+        let admin =
+            Admin::new(&stack, self.inner.metrics.clone(), &config).reloading(self.handle());
+        self.inner.proxying.switch(&stack);
+        self.inner.admin.store(Arc::new(admin));
+        tracing::info!(changes = %notes.join("; "), "configuration reloaded");
+        live.config = config;
+        live.stack = stack;
+        Ok(notes)
+    }
+}
+
+/// The settings that differ between `before` and `after` that only a
+/// restart applies.
+pub(crate) fn needs_restart(before: &Config, after: &Config) -> Vec<&'static str> {
+    let same =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") == format!("{b:?}");
+    let mut upstream = (before.upstream.clone(), after.upstream.clone());
+    // The capacity is set on the running scheduler.
+    upstream.0.capacity = None;
+    upstream.1.capacity = None;
+    let checks: [(&'static str, bool); 11] = [
+        ("[server]", same(&before.server, &after.server)),
+        (
+            "[admin] listen",
+            same(&before.admin.listen, &after.admin.listen),
+        ),
+        (
+            "[upstream] (all but capacity)",
+            same(&upstream.0, &upstream.1),
+        ),
+        ("[[upstreams]]", same(&before.upstreams, &after.upstreams)),
+        ("[state]", same(&before.state, &after.state)),
+        ("[events]", same(&before.events, &after.events)),
+        ("[metrics]", same(&before.metrics, &after.metrics)),
+        ("[jobs]", same(&before.jobs, &after.jobs)),
+        ("[registry]", same(&before.registry, &after.registry)),
+        ("[sagas]", same(&before.sagas, &after.sagas)),
+        (
+            "[identity] keys_file",
+            same(&before.identity.keys_file, &after.identity.keys_file),
+        ),
+    ];
+    checks
+        .into_iter()
+        .filter(|(_, same)| !same)
+        .map(|(name, _)| name)
+        .collect()
+}
+
+/// Reloads whenever another replica announces a reload on the bus, for
+/// as long as the bus runs.
+pub(crate) async fn follow_reloads(
+    mut bus: tokio::sync::broadcast::Receiver<corral_core::BusMessage>,
+    replica: Arc<str>,
+    reloader: ReloadHandle,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let message = match bus.recv().await {
+            Ok(message) => message,
+            Err(RecvError::Lagged(_)) => continue,
+            Err(RecvError::Closed) => return,
+        };
+        if &*message.channel != corral_core::channels::CONFIG_RELOAD || message.publisher == replica
+        {
+            continue;
+        }
+        let Some(reloader) = reloader.get() else {
+            return;
+        };
+        match reloader.reload().await {
+            Ok(_) => {}
+            Err(error) => {
+                tracing::error!(%error, publisher = %message.publisher, "another replica reloaded; this one could not")
+            }
+        }
+    }
+}
+
+/// Reloads whenever the file at `path` changes (its length or time of
+/// change), checking every `every`.
+pub(crate) async fn watch_file(
+    path: std::path::PathBuf,
+    every: std::time::Duration,
+    reloader: ReloadHandle,
+) {
+    let stamp = |path: &std::path::Path| {
+        std::fs::metadata(path)
+            .ok()
+            .map(|m| (m.len(), m.modified().ok()))
+    };
+    let mut seen = stamp(&path);
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let now = stamp(&path);
+        if now == seen || now.is_none() {
+            continue;
+        }
+        seen = now;
+        let Some(reloader) = reloader.get() else {
+            return;
+        };
+        if let Err(error) = reloader.reload().await {
+            tracing::error!(%error, file = %path.display(), "the changed file was not loaded; the old configuration serves on");
+        }
+    }
+}
