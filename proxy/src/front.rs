@@ -77,6 +77,7 @@ struct Way {
     stack: StackService,
     refusals: Arc<[RefusalCast]>,
     events: Arc<dyn EventSink>,
+    exporter: Option<Arc<crate::trace::Exporter>>,
 }
 
 impl Way {
@@ -85,6 +86,7 @@ impl Way {
             stack: stack.service(),
             refusals: stack.refusals().into(),
             events: stack.events().clone() as Arc<dyn EventSink>,
+            exporter: stack.exporter().cloned(),
         }
     }
 }
@@ -206,9 +208,13 @@ impl Proxying {
             .cloned()
             .unwrap_or_else(|| request_id_of(&parts.headers));
         let request_id_header = HeaderValue::from_str(request_id.as_str()).ok();
-        let span = span_for(&parts, &request_id, endpoint);
+        let trace = crate::trace::TraceContext::of(&parts.headers);
+        let span = span_for(&parts, &request_id, endpoint, &trace);
         let head_only = parts.method == Method::HEAD;
         forwarding_headers(&mut parts.headers, request_id_header.as_ref(), peer);
+        parts
+            .headers
+            .insert(crate::trace::TRACEPARENT, trace.header());
         let body = if body.is_end_stream() {
             Body::empty()
         } else {
@@ -256,6 +262,10 @@ impl Proxying {
             request_id,
             Some(way.events.clone()),
         );
+        let observation = match &way.exporter {
+            Some(exporter) => observation.traced(trace, exporter.clone()),
+            None => observation,
+        };
         let framing = Framing::of(response.headers(), endpoint.family());
         if head_only {
             // hyper sends no body for HEAD and never polls it.
@@ -319,10 +329,12 @@ fn span_for(
     parts: &http::request::Parts,
     request_id: &RequestId,
     endpoint: Endpoint,
+    trace: &crate::trace::TraceContext,
 ) -> tracing::Span {
     tracing::info_span!(
         "request",
         request_id = request_id.as_str(),
+        trace_id = %crate::trace::hex(&trace.trace_id),
         method = %parts.method,
         path = parts.uri.path(),
         endpoint = endpoint.as_str(),

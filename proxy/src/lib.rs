@@ -45,6 +45,8 @@ mod keys;
 mod layers;
 pub mod listen;
 mod observe;
+#[cfg(feature = "otlp")]
+mod otlp;
 mod pin;
 pub mod registry;
 pub mod reload;
@@ -54,6 +56,7 @@ pub mod server;
 pub mod stack;
 mod svc;
 pub mod telemetry;
+mod trace;
 pub mod upstream;
 mod upstream_tls;
 mod upstream_url;

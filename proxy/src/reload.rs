@@ -38,6 +38,7 @@ struct Inner {
     live: tokio::sync::Mutex<Live>,
     proxying: Proxying,
     admin: AdminSlot,
+    agents: crate::agent_api::AgentApi,
     metrics: PrometheusHandle,
 }
 
@@ -87,10 +88,9 @@ impl std::error::Error for ReloadError {}
 impl Reloader {
     pub(crate) fn new(
         source: Source,
-        config: Config,
-        stack: Stack,
+        (config, stack): (Config, Stack),
         proxying: Proxying,
-        admin: AdminSlot,
+        (admin, agents): (AdminSlot, crate::agent_api::AgentApi),
         metrics: PrometheusHandle,
     ) -> Self {
         Self {
@@ -99,6 +99,7 @@ impl Reloader {
                 live: tokio::sync::Mutex::new(Live { config, stack }),
                 proxying,
                 admin,
+                agents,
                 metrics,
             }),
         }
@@ -111,16 +112,22 @@ impl Reloader {
     /// Reads the configuration again from its source and takes it over;
     /// what it did, line by line.
     pub async fn reload(&self) -> Result<Vec<String>, ReloadError> {
+        // One at a time, the file read under the lock: two reloads racing
+        // would each carry over from the stack the other replaces, and
+        // the file read first could be applied last.
+        let mut live = self.inner.live.lock().await;
         let config = (self.inner.source)().map_err(ReloadError::Refused)?;
-        self.reload_to(config).await
+        self.take_over(&mut live, config)
     }
 
     /// Takes `config` over (checked as at start); what it did, line by
     /// line.
     pub async fn reload_to(&self, config: Config) -> Result<Vec<String>, ReloadError> {
-        // One at a time: two reloads racing would each carry over from
-        // the stack the other replaces.
         let mut live = self.inner.live.lock().await;
+        self.take_over(&mut live, config)
+    }
+
+    fn take_over(&self, live: &mut Live, config: Config) -> Result<Vec<String>, ReloadError> {
         let file = config
             .source
             .clone()
@@ -129,7 +136,10 @@ impl Reloader {
             .validate()
             .and_then(|()| config.check_admin_exposure())
             .map_err(|e| ReloadError::Refused(LoadError::from_config(&file, e, None)))?;
-        let changed = needs_restart(&live.config, &config);
+        let mut changed = needs_restart(&live.config, &config);
+        if !stack::keeps_scheduler(&live.stack, &config) {
+            changed.push("the priority layer (its options, the classes' weights, the per-model capacities, or whether there is one)");
+        }
         if !changed.is_empty() {
             return Err(ReloadError::NeedsRestart(changed));
         }
@@ -139,8 +149,9 @@ impl Reloader {
         let admin =
             Admin::new(&stack, self.inner.metrics.clone(), &config).reloading(self.handle());
         self.inner.proxying.switch(&stack);
+        self.inner.agents.switch(&stack);
         self.inner.admin.store(Arc::new(admin));
-        tracing::info!(changes = %notes.join("; "), "configuration reloaded");
+        tracing::warn!(changes = %notes.join("; "), "configuration reloaded");
         live.config = config;
         live.stack = stack;
         Ok(notes)
@@ -156,7 +167,19 @@ pub(crate) fn needs_restart(before: &Config, after: &Config) -> Vec<&'static str
     // The capacity is set on the running scheduler.
     upstream.0.capacity = None;
     upstream.1.capacity = None;
-    let checks: [(&'static str, bool); 11] = [
+    // With several upstreams (or max_loaded_models) the capacity is the
+    // fleet's, per upstream: set it through /corral/capacity.
+    let fleet_capacity =
+        !after.fleet_entries().is_empty() && before.upstream.capacity != after.upstream.capacity;
+    // An admin token given in code or by a flag the file does not hold
+    // must not fall off on a reload: the admin API would be open.
+    let token_removed = before.admin.token.is_some() && after.admin.token.is_none();
+    let checks: [(&'static str, bool); 14] = [
+        (
+            "[upstream] capacity, with several upstreams (set it per upstream: POST /corral/capacity)",
+            !fleet_capacity,
+        ),
+        ("[admin] token (removed: restart to open the admin API)", !token_removed),
         ("[server]", same(&before.server, &after.server)),
         (
             "[admin] listen",
@@ -173,6 +196,7 @@ pub(crate) fn needs_restart(before: &Config, after: &Config) -> Vec<&'static str
         ("[jobs]", same(&before.jobs, &after.jobs)),
         ("[registry]", same(&before.registry, &after.registry)),
         ("[sagas]", same(&before.sagas, &after.sagas)),
+        ("[traces]", same(&before.traces, &after.traces)),
         (
             "[identity] keys_file",
             same(&before.identity.keys_file, &after.identity.keys_file),

@@ -40,7 +40,6 @@ pub struct Server {
     admin_front: Option<Front>,
     grace: Duration,
     limits: Limits,
-    degrade: Option<std::sync::Arc<corral_degrade::Controller>>,
     reloader: Reloader,
     /// Other replicas' reloads, heard on the bus.
     reloads: tokio::sync::broadcast::Receiver<corral_core::BusMessage>,
@@ -161,18 +160,17 @@ impl Server {
         let admin_slot: crate::front::AdminSlot = std::sync::Arc::new(
             arc_swap::ArcSwap::from_pointee(Admin::new(stack, metrics.clone(), config)),
         );
+        let agents = AgentApi::through(stack, config, proxying.clone());
         let reloader = Reloader::new(
             source,
-            config.clone(),
-            stack.clone(),
+            (config.clone(), stack.clone()),
             proxying.clone(),
-            admin_slot.clone(),
+            (admin_slot.clone(), agents.clone()),
             metrics,
         );
         admin_slot.store(std::sync::Arc::new(
             Admin::new(stack, telemetry::metrics_handle(), config).reloading(reloader.handle()),
         ));
-        let agents = AgentApi::through(stack, config, proxying.clone());
         let bind = |key, addr| async move {
             TcpListener::bind(addr)
                 .await
@@ -202,7 +200,6 @@ impl Server {
             front,
             admin_front,
             grace: config.server.shutdown_grace,
-            degrade: stack.controls().degrade.get().cloned(),
             reloader,
             reloads: stack.bus().subscribe(),
             replica: stack.replica().clone(),
@@ -244,7 +241,6 @@ impl Server {
             admin_front,
             grace,
             limits,
-            degrade,
             reloader,
             reloads,
             replica,
@@ -254,8 +250,6 @@ impl Server {
             replica,
             reloader.handle(),
         ));
-        // The level follows the load even when no request samples it.
-        let degrade_ticker = degrade.map(|c| tokio::spawn(c.keep_current(Duration::from_secs(1))));
         let builder = connection_builder(&limits);
         let graceful = GracefulShutdown::new();
         // The admin listener has a table of its own: a client at its cap
@@ -317,9 +311,6 @@ impl Server {
         probe.abort();
         following.abort();
         drop(reloader);
-        if let Some(ticker) = degrade_ticker {
-            ticker.abort();
-        }
     }
 }
 

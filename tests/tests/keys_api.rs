@@ -112,6 +112,14 @@ async fn a_key_issued_works_at_once_is_listed_is_revoked_and_a_keys_file_keeps_i
     ))
     .await;
     assert_eq!(bad.status, 400);
+    // An agent of the file has the file's keys.
+    let bad = send(admin(
+        "POST",
+        &format!("{url}/corral/keys"),
+        r#"{"agent":"from-the-file"}"#,
+    ))
+    .await;
+    assert_eq!(bad.status, 409, "{}", bad.text());
     // Without the admin token: 401.
     let refused = corral_e2e::post(&format!("{url}/corral/keys"), r#"{"agent":"x"}"#).await;
     assert_eq!(refused.status, 401);
@@ -126,16 +134,58 @@ async fn a_key_issued_works_at_once_is_listed_is_revoked_and_a_keys_file_keeps_i
         "kept across a restart"
     );
 
-    // Revoked: refused at once, and gone from the file.
+    // Revoked: refused at once.
     let revoked = send(admin("DELETE", &format!("{url}/corral/keys/night"), "")).await;
     assert_eq!(revoked.status, 200, "{}", revoked.text());
     assert_eq!(revoked.json()["revoked"], 1);
     assert_eq!(generate_with(&url, &key).await.status, 401);
-    assert!(!std::fs::read_to_string(&file)
-        .unwrap()
-        .contains(body["digest"].as_str().unwrap()));
+    // Kept, marked: refused as revoked after a restart too.
+    let kept: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(kept[0]["revoked"], true, "{kept}");
+    corral.shutdown().await;
+    let corral = start(&text).await;
+    let url = corral.url();
+    let refused = generate_with(&url, &key).await;
+    assert_eq!(refused.status, 401);
+    assert!(refused.error().contains("revoked"), "{}", refused.error());
     let again = send(admin("DELETE", &format!("{url}/corral/keys/night"), "")).await;
     assert_eq!(again.status, 404);
+    let listed = send(admin("GET", &format!("{url}/corral/keys"), ""))
+        .await
+        .json();
+    assert_eq!(listed["keys"][0]["revoked"], true, "{listed}");
+}
+
+#[tokio::test]
+async fn with_keys_optional_an_issued_agent_is_not_taken_on_its_word_and_a_revoked_key_is_refused()
+{
+    let upstream = mock(corral_e2e::fast()).await;
+    let text = text(&upstream.url(), "").replace("require_key = true", "require_key = false");
+    let corral = start(&text).await;
+    let url = corral.url();
+    let issued = send(admin(
+        "POST",
+        &format!("{url}/corral/keys"),
+        r#"{"agent":"keyed"}"#,
+    ))
+    .await;
+    let key = issued.json()["key"].as_str().unwrap().to_string();
+    // Keys optional: anyone may name an agent, but not one with a key.
+    let claimed = send(request_with(
+        "POST",
+        &format!("{url}/api/generate"),
+        r#"{"model":"llama3","prompt":"hi","stream":false}"#,
+        &[("x-agent-id", "keyed")],
+    ))
+    .await;
+    assert_eq!(claimed.status, 401, "{}", claimed.text());
+    assert_eq!(generate_with(&url, &key).await.status, 200);
+    send(admin("DELETE", &format!("{url}/corral/keys/keyed"), "")).await;
+    // Revoked: refused as such, not served as an unknown key.
+    let refused = generate_with(&url, &key).await;
+    assert_eq!(refused.status, 401);
+    assert!(refused.error().contains("revoked"), "{}", refused.error());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

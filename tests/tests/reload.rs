@@ -286,3 +286,74 @@ async fn post_reload_reloads_every_replica_through_the_bus() {
     let refused = corral_e2e::post(&format!("{}/corral/reload", a.url()), "").await;
     assert_eq!(refused.status, 401);
 }
+
+#[tokio::test]
+async fn a_reload_that_would_build_a_second_scheduler_is_refused() {
+    let upstream = mock(corral_e2e::fast()).await;
+    let path = file("weights.toml", &ordered_text(&upstream.url(), 9, ""));
+    let corral = start(&path).await;
+    // A class's weight is the scheduler's: another scheduler beside the
+    // one holding the permits would let twice the capacity run.
+    std::fs::write(
+        &path,
+        ordered_text(&upstream.url(), 9, "")
+            .replace("priority = 5\n", "priority = 5\nweight = 2.0\n"),
+    )
+    .unwrap();
+    let refused = corral.reloader().reload().await.unwrap_err();
+    assert!(
+        matches!(&refused, ReloadError::NeedsRestart(what) if what.iter().any(|w| w.starts_with("the priority layer"))),
+        "{refused}"
+    );
+    // Removing it too.
+    std::fs::write(
+        &path,
+        ordered_text(&upstream.url(), 9, "")
+            .replace("[[layers]]\nkind = \"priority\"\n", "layers = []\n"),
+    )
+    .unwrap();
+    assert!(corral.reloader().reload().await.is_err());
+}
+
+#[tokio::test]
+async fn the_agent_endpoints_know_the_agents_a_reload_adds() {
+    let upstream = mock(corral_e2e::fast()).await;
+    let key = "added-agent-key-0123456789";
+    let text = |extra: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n[identity]\nrequire_key = true\n[[agents]]\nid = \"first\"\nkey_sha256 = \"{}\"\n{extra}",
+            upstream.url(),
+            corral_auth::key_digest("first-agent-key-0123456789")
+        )
+    };
+    let path = file("agents.toml", &text(""));
+    let corral = start(&path).await;
+    let job = |key: &'static str| {
+        request_with(
+            "POST",
+            &format!("{}/api/generate", corral.url()),
+            r#"{"model":"llama3","prompt":"later","stream":false}"#,
+            &[
+                ("prefer", "respond-async"),
+                ("authorization", &format!("Bearer {key}")),
+            ],
+        )
+    };
+    assert_eq!(send(job(key)).await.status, 401, "not an agent yet");
+    std::fs::write(
+        &path,
+        text(&format!(
+            "[[agents]]\nid = \"added\"\nkey_sha256 = \"{}\"\n",
+            corral_auth::key_digest(key)
+        )),
+    )
+    .unwrap();
+    corral.reloader().reload().await.unwrap();
+    let accepted = send(job(key)).await;
+    assert_eq!(
+        accepted.status,
+        202,
+        "the jobs endpoint knows it: {}",
+        accepted.text()
+    );
+}

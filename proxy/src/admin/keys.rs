@@ -31,6 +31,7 @@ impl Admin {
                             "class": k.class,
                             "created": k.created,
                             "last_used": k.last_used,
+                            "revoked": k.revoked,
                         })
                     })
                     .collect();
@@ -50,6 +51,12 @@ impl Admin {
                     return error(
                         StatusCode::BAD_REQUEST,
                         "agent must be 1 to 200 characters, none of them control characters".into(),
+                    );
+                }
+                if self.file_agents.contains(agent) {
+                    return error(
+                        StatusCode::CONFLICT,
+                        format!("agent {agent:?} is in the configuration file: its keys are the file's ([[agents]] key_sha256)"),
                     );
                 }
                 let class = issue.class.as_deref().unwrap_or(&self.class_names[0]);
@@ -90,7 +97,7 @@ impl Admin {
         match self.keys.revoke(who).await {
             Ok(0) => error(
                 StatusCode::NOT_FOUND,
-                format!("no key issued at run time is {who:?} or for an agent of that name (keys in the configuration file are revoked there)"),
+                format!("no valid key issued at run time is {who:?} or for an agent of that name (keys in the configuration file are revoked there)"),
             ),
             Ok(revoked) => json_response(StatusCode::OK, &json!({"revoked": revoked})),
             Err(reason) => error(StatusCode::SERVICE_UNAVAILABLE, reason),

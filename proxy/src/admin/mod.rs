@@ -5,7 +5,8 @@
 //! `/corral/capacity`, `/corral/priority`. `POST /corral/reload` reloads
 //! the configuration on every replica. `GET`/`POST /corral/keys` and
 //! `DELETE /corral/keys/{digest or agent}` list, issue and revoke API
-//! keys at run time.
+//! keys at run time. `/corral/ui` is the status page (open: it holds no
+//! data), `/corral/ui/stream` what it shows, live.
 //!
 //! They live under `/corral/`, which no Ollama path uses, and answer on
 //! the main listener unless `[admin] listen` gives them their own.
@@ -27,6 +28,7 @@ use crate::upstream::Upstream;
 
 mod control;
 mod keys;
+mod ui;
 mod usage;
 mod view;
 
@@ -54,6 +56,8 @@ pub struct Admin {
     keys: crate::keys::Keys,
     /// The classes a key may be issued for, the default first.
     class_names: Arc<[String]>,
+    /// The agents of the configuration file: their keys are the file's.
+    file_agents: Arc<std::collections::HashSet<String>>,
 }
 
 corral_core::impl_debug!(Admin { upstream });
@@ -93,6 +97,7 @@ impl Admin {
             class_names: std::iter::once(config.identity.default_class.clone())
                 .chain(config.classes.iter().map(|c| c.name.clone()))
                 .collect(),
+            file_agents: Arc::new(config.agents.iter().map(|a| a.id.clone()).collect()),
         }
     }
 
@@ -115,8 +120,11 @@ impl Admin {
     {
         let get = request.method() == Method::GET || request.method() == Method::HEAD;
         let path = request.uri().path();
-        // Probes stay open: a kubelet or load balancer has no token.
-        let probe = matches!(path, "/corral/healthz" | "/corral/readyz");
+        // Probes stay open: a kubelet or load balancer has no token; so
+        // does the status page, which holds no data (its script asks for
+        // the token).
+        let probe =
+            matches!(path, "/corral/healthz" | "/corral/readyz") || (get && path == "/corral/ui");
         if !probe && !self.authorized(request.headers()) {
             let mut response = respond::answer(
                 &ErrorBody::new(
@@ -136,9 +144,11 @@ impl Admin {
             "/corral/capacity" => self.capacity(request).await,
             "/corral/priority" => self.priority(request).await,
             "/corral/reload" => self.reload(request.method()).await,
+            "/corral/ui" if get => ui::page(),
+            "/corral/ui/stream" if get => self.ui_stream(),
             "/corral/keys" => self.keys(request).await,
             path if path.starts_with("/corral/keys/") => {
-                let who = path["/corral/keys/".len()..].to_string();
+                let who = percent_decode(&path["/corral/keys/".len()..]);
                 self.revoke_key(request.method(), &who).await
             }
             "/corral/status" if get => json_response(StatusCode::OK, &self.status().await),

@@ -35,13 +35,31 @@ pub struct AgentApi {
 }
 
 struct Shared {
-    classify: ClassifyLayer,
-    controls: Arc<crate::svc::Controls>,
-    refusals: Vec<corral_core::RefusalCast>,
+    /// What a reload replaces: who the callers are, the signatures'
+    /// checker, the refusals' answers.
+    live: arc_swap::ArcSwap<Live>,
     max_body: usize,
     jobs: jobs::JobsApi,
     registry: registry::RegistryApi,
     sagas: sagas::SagasApi,
+}
+
+/// The parts of the stack the endpoints read, as the last reload built
+/// them.
+struct Live {
+    classify: ClassifyLayer,
+    controls: Arc<crate::svc::Controls>,
+    refusals: Vec<corral_core::RefusalCast>,
+}
+
+impl Live {
+    fn of(stack: &Stack) -> Self {
+        Self {
+            classify: stack.classify().clone(),
+            controls: stack.controls().clone(),
+            refusals: stack.refusals().to_vec(),
+        }
+    }
 }
 
 corral_core::impl_debug!(AgentApi {});
@@ -83,9 +101,7 @@ impl AgentApi {
         let handle = Arc::new(std::sync::OnceLock::new());
         let api = Self {
             shared: Arc::new(Shared {
-                classify: stack.classify().clone(),
-                controls: stack.controls().clone(),
-                refusals: stack.refusals().to_vec(),
+                live: arc_swap::ArcSwap::from_pointee(Live::of(stack)),
                 max_body: config.server.max_request_bytes,
                 jobs: jobs::JobsApi::new(stack, config, proxying),
                 sagas: sagas::SagasApi::new(stack, config, &registry, handle.clone()),
@@ -94,6 +110,12 @@ impl AgentApi {
         };
         let _ = handle.set(WeakAgentApi(Arc::downgrade(&api.shared)));
         api
+    }
+
+    /// From now on, callers are identified (and signatures checked) by
+    /// `stack`'s rules: a reloaded configuration's.
+    pub(crate) fn switch(&self, stack: &Stack) {
+        self.shared.live.store(Arc::new(Live::of(stack)));
     }
 
     /// Tells the endpoints where this proxy listens, once bound.
@@ -142,8 +164,8 @@ impl AgentApi {
         // carries the agent it vouches for; none from the wire can.
         let vouched = request.extensions().get::<Vouched>().cloned();
         let caller = match &vouched {
-            Some(vouched) => self.shared.classify.vouch(vouched),
-            None => self.shared.classify.identify(request.headers()),
+            Some(vouched) => self.shared.live.load().classify.vouch(vouched),
+            None => self.shared.live.load().classify.identify(request.headers()),
         };
         let caller = match caller {
             Ok(caller) => caller,
@@ -181,7 +203,8 @@ impl AgentApi {
         caller: &Caller,
         family: ApiFamily,
     ) -> Result<Request<Body>, Response<BoxBody>> {
-        let Some(auth) = self.shared.controls.auth.get() else {
+        let live = self.shared.live.load();
+        let Some(auth) = live.controls.auth.get() else {
             return Ok(request);
         };
         let (parts, body) = request.into_parts();
@@ -208,7 +231,7 @@ impl AgentApi {
             Err(refused) => Err(corral_core::respond::error_response(
                 &refused,
                 family,
-                &self.shared.refusals,
+                &self.shared.live.load().refusals,
             )),
         }
     }

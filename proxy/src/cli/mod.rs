@@ -281,6 +281,9 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     runtime.block_on(async move {
         let shutdown = shutdown_signal();
+        // Installed before the port answers, as the shutdown's: a SIGHUP
+        // then reloads rather than kills.
+        let hangups = hangups();
         let again = args.clone();
         let source: crate::reload::Source = std::sync::Arc::new(move || resolve(&again));
         let server = match Server::bind_with(&config, source).await {
@@ -300,7 +303,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             state = %config.state.summary(),
             "corral is serving; point OLLAMA_HOST here"
         );
-        let reloads = reload_triggers(&server, &args);
+        let reloads = reload_triggers(&server, &args, hangups);
         server.run(shutdown).await;
         for trigger in reloads {
             trigger.abort();
@@ -309,28 +312,46 @@ fn serve(args: ServeArgs) -> ExitCode {
     })
 }
 
-/// What reloads the configuration besides `POST /corral/reload`: SIGHUP,
-/// and with `--watch-config` a change of the file.
-fn reload_triggers(server: &Server, args: &ServeArgs) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut triggers = Vec::new();
+/// The SIGHUP handler, where there are signals.
+#[cfg(unix)]
+type Hangups = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangups = Option<()>;
+
+fn hangups() -> Hangups {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::hangup()) {
-            Ok(mut hangups) => {
-                let reloader = server.reloader();
-                triggers.push(tokio::spawn(async move {
-                    while hangups.recv().await.is_some() {
-                        tracing::info!("SIGHUP received: reloading the configuration");
-                        if let Err(error) = reloader.reload().await {
-                            tracing::error!(%error, "the configuration was not reloaded; the old one serves on");
-                        }
-                    }
-                }));
-            }
-            Err(e) => tracing::warn!(error = %e, "SIGHUP cannot reload: no handler"),
-        }
+        signal(SignalKind::hangup())
+            .map_err(|e| tracing::warn!(error = %e, "SIGHUP cannot reload: no handler"))
+            .ok()
     }
+    #[cfg(not(unix))]
+    None
+}
+
+/// What reloads the configuration besides `POST /corral/reload`: SIGHUP,
+/// and with `--watch-config` a change of the file.
+fn reload_triggers(
+    server: &Server,
+    args: &ServeArgs,
+    hangups: Hangups,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut triggers = Vec::new();
+    #[cfg(unix)]
+    if let Some(mut hangups) = hangups {
+        let reloader = server.reloader();
+        triggers.push(tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                tracing::info!("SIGHUP received: reloading the configuration");
+                if let Err(error) = reloader.reload().await {
+                    tracing::error!(%error, "the configuration was not reloaded; the old one serves on");
+                }
+            }
+        }));
+    }
+    #[cfg(not(unix))]
+    let _ = hangups;
     match (&args.config, args.watch_config) {
         (Some(path), true) => triggers.push(tokio::spawn(crate::reload::watch_file(
             path.clone(),

@@ -31,7 +31,32 @@ impl Config {
         super::models::validate(&self.models)?;
         super::upstreams::validate(&self.upstreams)?;
         self.check_upstreams()?;
+        self.check_traces()?;
         self.admin.validate(self.server.listen)
+    }
+
+    /// `[traces] otlp_endpoint` is an `http://` address, in a build that
+    /// can export.
+    fn check_traces(&self) -> Result<(), ConfigError> {
+        let Some(endpoint) = &self.traces.otlp_endpoint else {
+            return Ok(());
+        };
+        if !cfg!(feature = "otlp") {
+            return Err(ConfigError::new(
+                "traces.otlp_endpoint",
+                "this build of corral has no `otlp` feature",
+            ));
+        }
+        let ok = endpoint
+            .parse::<http::Uri>()
+            .is_ok_and(|u| u.scheme_str() == Some("http") && u.host().is_some());
+        if !ok {
+            return Err(ConfigError::new(
+                "traces.otlp_endpoint",
+                format!("{endpoint:?}: give the collector's OTLP/HTTP address, http://host:4318"),
+            ));
+        }
+        Ok(())
     }
 
     /// `[[upstreams]]` stand alone: `[upstream]` then keeps the connection

@@ -104,3 +104,44 @@ impl<'de> Deserialize<'de> for LayerConfig {
         })
     }
 }
+
+/// The line of `section.key` (a key of a plain `[section]` table) in
+/// `text`: for errors the checks after parsing find.
+///
+pub(crate) fn section_line_of(text: &str, key: &str) -> Option<usize> {
+    let (section, name) = key.split_once('.')?;
+    let header = format!("[{section}]");
+    let mut inside = false;
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('[') {
+            inside = trimmed.starts_with(&header);
+            continue;
+        }
+        if !inside {
+            continue;
+        }
+        if let Some((found, _)) = trimmed.split_once('=') {
+            if found.trim().trim_matches('"') == name {
+                return Some(i + 1);
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod section_tests {
+    #[test]
+    fn a_key_of_a_section_is_found_on_its_line() {
+        let text =
+            "[server]\nlisten = \"x\"\n\n[traces]\n# a comment\notlp_endpoint = \"grpc://c\"\n";
+        assert_eq!(
+            super::section_line_of(text, "traces.otlp_endpoint"),
+            Some(6)
+        );
+        assert_eq!(super::section_line_of(text, "server.listen"), Some(2));
+        assert_eq!(super::section_line_of(text, "traces.listen"), None);
+        assert_eq!(super::section_line_of(text, "nodot"), None);
+    }
+}

@@ -134,6 +134,9 @@ pub struct Config {
     /// Sagas (`/corral/sagas`).
     #[serde(default)]
     pub sagas: corral_saga::SagaConfig,
+    /// Where each request's span is exported (W3C trace context, OTLP).
+    #[serde(default)]
+    pub traces: TracesConfig,
     /// Load options pinned per model (`[models."llama3:8b"]`), keyed by
     /// the name as written: `num_ctx` and `keep_alive` set or clamped in
     /// every request for the model.
@@ -149,6 +152,27 @@ pub struct Config {
     /// `check-config`: the file, or a flag or variable that overrode it.
     #[serde(skip)]
     pub capacity_from: Option<String>,
+}
+
+/// `[traces]`: each request's span, exported to an OpenTelemetry
+/// collector (with the `otlp` feature, which the default build has).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracesConfig {
+    /// The collector's OTLP/HTTP address (`http://127.0.0.1:4318`);
+    /// unset: nothing is exported (`traceparent` is still continued).
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` the spans carry.
+    pub service_name: String,
+}
+
+impl Default for TracesConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "corral".to_string(),
+        }
+    }
 }
 
 /// `[[classes]]`: one class of agents, as every layer knows it: what
@@ -313,7 +337,9 @@ impl Config {
             }
         }
         config.validate().map_err(|e| {
-            let line = models::line_of(text, e.key()).or_else(|| upstreams::line_of(text, e.key()));
+            let line = models::line_of(text, e.key())
+                .or_else(|| upstreams::line_of(text, e.key()))
+                .or_else(|| layers::section_line_of(text, e.key()));
             LoadError::from_config(file, e, line)
         })?;
         config.source = Some(file.to_path_buf());

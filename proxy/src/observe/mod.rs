@@ -61,6 +61,8 @@ pub(crate) struct Observation {
     first_byte: Option<Instant>,
     /// The refusal's `X-Corral-Reason`, when a layer refused.
     reason: Option<String>,
+    /// Its place in its trace, and where its span is exported.
+    trace: Option<(crate::trace::TraceContext, Arc<crate::trace::Exporter>)>,
     /// Dropped with the observation, when the answer ends.
     _in_flight: InFlight,
 }
@@ -126,6 +128,7 @@ impl Observation {
             metrics: handles,
             first_byte: None,
             reason: reason.map(str::to_string),
+            trace: None,
             _in_flight: in_flight,
         };
         if observation.records_events(reason.is_some()) {
@@ -193,6 +196,16 @@ impl Observation {
     }
 
     /// An answer with no body (to a HEAD) was sent.
+    /// Its span, in `trace`, is exported to `exporter` when it ends.
+    pub(crate) fn traced(
+        mut self,
+        trace: crate::trace::TraceContext,
+        exporter: Arc<crate::trace::Exporter>,
+    ) -> Self {
+        self.trace = Some((trace, exporter));
+        self
+    }
+
     pub(crate) fn finish_without_body(self) {
         let outcome = outcome(&End::Complete, self.status, self.reason.as_deref());
         self.finish(outcome, Usage::default(), None);
@@ -206,6 +219,7 @@ impl Observation {
         error: Option<&(dyn std::error::Error + 'static)>,
     ) {
         let elapsed = self.start.elapsed();
+        self.export_span(elapsed, outcome, &usage);
         self.metrics.finished(
             self.status,
             self.meta.as_ref().map(|m| m.agent.as_str()),
@@ -256,6 +270,50 @@ impl Observation {
                 ],
             );
         }
+    }
+}
+
+impl Observation {
+    /// Hands the request's span to the exporter, if it has one.
+    fn export_span(&self, elapsed: std::time::Duration, outcome: &'static str, usage: &Usage) {
+        let Some((context, exporter)) = &self.trace else {
+            return;
+        };
+        let end = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let mut attributes = vec![
+            ("corral.request_id", self.request_id.as_str().into()),
+            ("corral.endpoint", self.endpoint.as_str().into()),
+            ("http.response.status_code", self.status.as_u16().into()),
+            ("corral.outcome", outcome.into()),
+        ];
+        if let Some(meta) = &self.meta {
+            attributes.push(("corral.agent", meta.agent.as_str().into()));
+            attributes.push(("corral.class", meta.class.as_str().into()));
+            attributes.push(("corral.priority", meta.priority.get().into()));
+            if let Some(model) = &meta.model {
+                attributes.push(("gen_ai.request.model", model.as_ref().into()));
+            }
+        }
+        if let Some(reason) = &self.reason {
+            attributes.push(("corral.reason", reason.as_str().into()));
+        }
+        if let Some(generated) = usage.generated {
+            attributes.push(("gen_ai.usage.output_tokens", generated.into()));
+        }
+        if let Some(prompt) = usage.prompt {
+            attributes.push(("gen_ai.usage.input_tokens", prompt.into()));
+        }
+        exporter.export(crate::trace::FinishedSpan {
+            context: *context,
+            name: self.endpoint.as_str().to_string(),
+            start_unix_nanos: end.saturating_sub(elapsed.as_nanos()),
+            end_unix_nanos: end,
+            attributes,
+            error: outcome == "error" || self.status.is_server_error(),
+        });
     }
 }
 

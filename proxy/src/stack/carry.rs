@@ -172,6 +172,24 @@ impl Plan {
     }
 }
 
+/// Whether `config`'s scheduler is `previous`'s as it is: both stacks
+/// have none, or both one of the same options reading the same (a
+/// reload that would build another is refused: the old one's running
+/// permits would not count against the new one's, nor, with shared
+/// state, its leases against the new one's).
+pub(crate) fn keeps_scheduler(previous: &Stack, config: &Config) -> bool {
+    let old = previous.built.iter().find(|b| b.kind == "priority");
+    let listed = config.layers();
+    let new = listed.iter().find(|l| l.kind == "priority");
+    match (old, new) {
+        (None, None) => true,
+        (Some(old), Some(new)) => {
+            old.options == new.options && old.reads == crate::layers::reads::priority(config)
+        }
+        _ => false,
+    }
+}
+
 /// Puts the admin handle of a carried layer of `kind` from `previous`
 /// into `controls`.
 fn hand_over(kind: &str, previous: &Controls, controls: &Controls) {

@@ -16,9 +16,11 @@ use crate::config::{Config, LayerConfig, LoadError, NO_FILE};
 use crate::registry::{check_order, LayerKind, LAYERS};
 
 mod carry;
+
 use crate::respond;
 use crate::svc::{BuildContext, Controls};
 use crate::upstream::Upstream;
+pub(crate) use carry::keeps_scheduler;
 
 pub use crate::svc::{HttpRequest, HttpResponse, StackService};
 
@@ -41,10 +43,14 @@ pub struct Stack {
     built: Arc<[carry::Built]>,
     /// The API keys issued at run time, and where they are kept.
     keys: crate::keys::Keys,
+    /// Where each request's span goes, with `[traces] otlp_endpoint`.
+    exporter: Option<Arc<crate::trace::Exporter>>,
     /// Applies the other replicas' settings to this stack's controls;
     /// stopped when the last clone of the stack goes (a reload's new
     /// stack has its own).
     _follower: Option<Arc<carry::StopOnDrop>>,
+    /// Moves the degradation level with the load between requests.
+    _ticker: Option<Arc<carry::StopOnDrop>>,
 }
 
 corral_core::impl_debug!(Stack { layers });
@@ -105,6 +111,11 @@ impl Stack {
     /// The API keys issued at run time.
     pub(crate) fn keys(&self) -> &crate::keys::Keys {
         &self.keys
+    }
+
+    /// Where each request's span goes, if anywhere.
+    pub(crate) fn exporter(&self) -> Option<&Arc<crate::trace::Exporter>> {
+        self.exporter.as_ref()
     }
 
     /// The refusal types of every layer in the stack, for the answers.
@@ -192,6 +203,7 @@ fn assemble(
             replica: previous.replica.to_string(),
             state: previous.state.clone(),
             bus: previous.bus.clone(),
+            exporter: previous.exporter.clone(),
         },
         None => Shared::new(config).map_err(|e| refuse(e, None))?,
     };
@@ -201,6 +213,7 @@ fn assemble(
         replica,
         state,
         bus,
+        exporter,
     } = shared;
     let keys = match previous {
         Some((previous, _)) => previous.keys.clone(),
@@ -246,6 +259,18 @@ fn assemble(
             state.replica().clone(),
         ))))
     });
+    // The level follows the load even when no request samples it: this
+    // stack's controller, for as long as the stack serves.
+    let ticker = controls
+        .degrade
+        .get()
+        .filter(|_| tokio::runtime::Handle::try_current().is_ok())
+        .map(|controller| {
+            let every = std::time::Duration::from_secs(1);
+            Arc::new(carry::StopOnDrop(tokio::spawn(
+                controller.clone().keep_current(every),
+            )))
+        });
 
     let layers = summaries(config, &classify, &built);
     Ok((
@@ -263,7 +288,9 @@ fn assemble(
             state,
             built: built.into(),
             keys,
+            exporter,
             _follower: follower,
+            _ticker: ticker,
         },
         notes,
     ))
@@ -277,6 +304,7 @@ struct Shared {
     replica: String,
     state: Option<corral_core::RedisState>,
     bus: Arc<dyn Bus>,
+    exporter: Option<Arc<crate::trace::Exporter>>,
 }
 
 impl Shared {
@@ -299,6 +327,7 @@ impl Shared {
             replica,
             state,
             bus,
+            exporter: crate::trace::exporter(&config.traces)?,
         })
     }
 }

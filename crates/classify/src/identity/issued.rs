@@ -20,6 +20,10 @@ use corral_core::AgentId;
 /// let digest = [7u8; 32];
 /// keys.insert(digest, "night-batch".into(), "batch".into(), 1_700_000_000.0);
 /// assert_eq!(keys.list()[0].agent.as_str(), "night-batch");
+/// // Revoked, it is kept to be refused as such.
+/// assert!(keys.revoke(&digest));
+/// assert!(keys.list()[0].revoked);
+/// assert!(!keys.revoke(&digest), "once");
 /// assert!(keys.remove(&digest));
 /// assert!(keys.list().is_empty());
 /// ```
@@ -35,6 +39,17 @@ struct Entry {
     created: f64,
     /// Seconds since the Unix epoch, as `f64` bits; 0: never.
     last_used: AtomicU64,
+    /// Refused as revoked, not taken for an unknown key.
+    revoked: bool,
+}
+
+/// What a key's digest finds.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Found {
+    /// A key issued for this agent, of this class.
+    Valid(AgentId, String),
+    /// A key that was revoked.
+    Revoked,
 }
 
 /// One issued key, as listed.
@@ -50,6 +65,8 @@ pub struct IssuedKey {
     pub created: f64,
     /// When a request last came with it, if one did (on this replica).
     pub last_used: Option<f64>,
+    /// It was revoked: refused (401) as such.
+    pub revoked: bool,
 }
 
 impl IssuedKeys {
@@ -61,11 +78,25 @@ impl IssuedKeys {
             class,
             created,
             last_used: AtomicU64::new(0),
+            revoked: false,
         };
         write(&self.by_digest).insert(digest, entry);
     }
 
-    /// Revokes the key of SHA-256 `digest`; whether there was one.
+    /// Revokes the key of SHA-256 `digest`: refused from now on, as
+    /// revoked; whether a valid one was there.
+    pub fn revoke(&self, digest: &[u8; 32]) -> bool {
+        match write(&self.by_digest).get_mut(digest) {
+            Some(entry) if !entry.revoked => {
+                entry.revoked = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Forgets the key of SHA-256 `digest` (then an unknown key);
+    /// whether there was one.
     pub fn remove(&self, digest: &[u8; 32]) -> bool {
         write(&self.by_digest).remove(digest).is_some()
     }
@@ -84,6 +115,7 @@ impl IssuedKeys {
                     0 => None,
                     bits => Some(f64::from_bits(bits)),
                 },
+                revoked: entry.revoked,
             })
             .collect();
         keys.sort_by(|a, b| {
@@ -94,23 +126,34 @@ impl IssuedKeys {
         keys
     }
 
-    /// The agent and class of the key of SHA-256 `digest`, noting its
-    /// use now.
-    pub(crate) fn find(&self, digest: &[u8; 32]) -> Option<(AgentId, String)> {
+    /// What the key of SHA-256 `digest` is, noting its use now.
+    pub(crate) fn find(&self, digest: &[u8; 32]) -> Option<Found> {
         let table = read(&self.by_digest);
         let entry = table.get(digest)?;
+        if entry.revoked {
+            return Some(Found::Revoked);
+        }
         entry
             .last_used
             .store(corral_core::unix_now_f64().to_bits(), Ordering::Relaxed);
-        Some((entry.agent.clone(), entry.class.clone()))
+        Some(Found::Valid(entry.agent.clone(), entry.class.clone()))
     }
 
-    /// The class of `agent`, if a key was issued for it.
-    pub(crate) fn class_of(&self, agent: &AgentId) -> Option<String> {
+    /// The class of `agent`, if a key was issued for it and is still
+    /// valid.
+    pub(crate) fn class_of(&self, agent: &str) -> Option<String> {
         read(&self.by_digest)
             .values()
-            .find(|e| &e.agent == agent)
+            .find(|e| !e.revoked && e.agent.as_str() == agent)
             .map(|e| e.class.clone())
+    }
+
+    /// Whether a key was ever issued for `agent` (valid or revoked): its
+    /// id is then not taken from `X-Agent-Id` alone.
+    pub(crate) fn names(&self, agent: &str) -> bool {
+        read(&self.by_digest)
+            .values()
+            .any(|e| e.agent.as_str() == agent)
     }
 
     /// Whether any key was issued.

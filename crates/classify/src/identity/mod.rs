@@ -158,12 +158,30 @@ impl Identities {
                     authenticated: true,
                 });
             }
-            if let Some((agent, class)) = self.issued.find(&digest) {
-                return Ok(Identity {
-                    agent,
-                    class: &self.classes[self.class_named(&class)],
-                    authenticated: true,
-                });
+            match self.issued.find(&digest) {
+                Some(issued::Found::Valid(agent, class)) => {
+                    // The file has the last word on its own agents.
+                    if self
+                        .by_id
+                        .get(agent.as_str())
+                        .is_some_and(|&i| self.agents[i].revoked)
+                    {
+                        return Err(Unauthenticated {
+                            message: "this agent has been revoked",
+                        });
+                    }
+                    return Ok(Identity {
+                        agent,
+                        class: &self.classes[self.class_named(&class)],
+                        authenticated: true,
+                    });
+                }
+                Some(issued::Found::Revoked) => {
+                    return Err(Unauthenticated {
+                        message: "this API key has been revoked",
+                    });
+                }
+                None => {}
             }
             // Clients send keys Corral does not know for reasons of their
             // own (the OpenAI SDKs insist on one): only refuse when keys
@@ -204,6 +222,11 @@ impl Identities {
                 class: &self.classes[self.agents[i].class],
                 authenticated: false,
             }),
+            // An agent with a key issued at run time is not taken on its
+            // word either.
+            None if self.issued.names(claimed) => Err(Unauthenticated {
+                message: "this agent id has an API key: send Authorization: Bearer <key>",
+            }),
             None if claimed.is_empty() => Ok(Identity {
                 agent: self.anonymous.clone(),
                 class: &self.classes[self.default_class],
@@ -234,15 +257,18 @@ impl Identities {
                 class: &self.classes[self.agents[i].class],
                 authenticated,
             }),
-            // Accepted with a key issued at run time, still valid.
-            None if authenticated && self.issued.class_of(agent).is_some() => {
-                let class = self.issued.class_of(agent).unwrap_or_default();
-                Ok(Identity {
+            // Accepted with a key issued at run time: still valid, or
+            // revoked since.
+            None if authenticated => match self.issued.class_of(agent.as_str()) {
+                Some(class) => Ok(Identity {
                     agent: agent.clone(),
                     class: &self.classes[self.class_named(&class)],
                     authenticated,
-                })
-            }
+                }),
+                None => Err(Unauthenticated {
+                    message: "the API key this was accepted with has been revoked",
+                }),
+            },
             // Keys became required since it was accepted without one.
             None if self.require_key => Err(Unauthenticated {
                 message: "an API key is required: send Authorization: Bearer <key>",
