@@ -274,6 +274,12 @@ async fn the_status_page_shows_the_herd_live_and_forces_a_level() {
         .await;
     browser
         .until(
+            "the upstream",
+            "return document.querySelectorAll('#upstreams tbody tr').length === 1",
+        )
+        .await;
+    browser
+        .until(
             "the permits in use",
             "return Number(document.getElementById('in-flight').textContent) === 4",
         )
