@@ -33,6 +33,48 @@ pub fn upstream() -> MockConfig {
     }
 }
 
+/// The herd's `[[classes]]` and `[[agents]]`, as TOML: each class at the
+/// priority `priority(name, its usual priority)` gives it, held there
+/// (`priorities = [p, p]`) when `pinned`.
+pub fn classes_toml(priority: impl Fn(&str, u8) -> u8, pinned: bool) -> String {
+    let mut text = String::new();
+    for (name, usual, count) in CLASSES {
+        let p = priority(name, usual);
+        text.push_str(&format!(
+            "\n[[classes]]\nname = \"{name}\"\npriority = {p}\n"
+        ));
+        if pinned {
+            text.push_str(&format!("priorities = [{p}, {p}]\n"));
+        }
+        for i in 0..count {
+            text.push_str(&format!(
+                "[[agents]]\nid = \"{name}-{i}\"\nclass = \"{name}\"\n"
+            ));
+        }
+    }
+    text
+}
+
+/// Agent `i` of `class`'s `n`-th request to `url` (`/api/generate`), at
+/// `priority`.
+pub fn ask(
+    url: &str,
+    class: &str,
+    i: usize,
+    n: usize,
+    priority: u8,
+) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    crate::request_with(
+        "POST",
+        url,
+        format!(r#"{{"model":"llama3","prompt":"{class} {i} asks {n}","stream":false}}"#),
+        &[
+            ("x-agent-id", &format!("{class}-{i}")),
+            ("x-priority", &priority.to_string()),
+        ],
+    )
+}
+
 /// The median of `values`.
 pub fn median(values: &mut [u64]) -> u64 {
     values.sort_unstable();

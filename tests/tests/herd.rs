@@ -15,17 +15,10 @@ use tokio::sync::Barrier;
 const REQUESTS_PER_AGENT: usize = 3;
 
 fn fleet_config(upstream: &str) -> Config {
-    let mut text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{upstream}\"\ncapacity = 4\n\n[[layers]]\nkind = \"priority\"\n"
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{upstream}\"\ncapacity = 4\n\n[[layers]]\nkind = \"priority\"\n{}",
+        corral_e2e::herd::classes_toml(|_, p| p, true)
     );
-    for (name, priority, count) in CLASSES {
-        text.push_str(&format!("\n[[classes]]\nname = \"{name}\"\npriority = {priority}\npriorities = [{priority}, {priority}]\n"));
-        for i in 0..count {
-            text.push_str(&format!(
-                "[[agents]]\nid = \"{name}-{i}\"\nclass = \"{name}\"\n"
-            ));
-        }
-    }
     Config::parse(&text, std::path::Path::new("herd.toml")).unwrap()
 }
 
@@ -82,17 +75,7 @@ async fn herd(make_config: impl FnOnce(&str) -> Config) {
                 start.wait().await;
                 let mut waits = Vec::new();
                 for n in 0..REQUESTS_PER_AGENT {
-                    let request = corral_e2e::request_with(
-                        "POST",
-                        &url,
-                        format!(
-                            r#"{{"model":"llama3","prompt":"{class} {i} asks {n}","stream":false}}"#
-                        ),
-                        &[
-                            ("x-agent-id", &format!("{class}-{i}")),
-                            ("x-priority", &priority.to_string()),
-                        ],
-                    );
+                    let request = corral_e2e::herd::ask(&url, class, i, n, priority);
                     let response = client.request(request).await.expect("answered");
                     let status = response.status();
                     let wait: u64 = response

@@ -27,19 +27,10 @@ fn file(name: &str, text: &str) -> PathBuf {
 /// The herd's configuration: its classes and agents, the scheduler, and
 /// `capacity`; the batch class at `batch`.
 fn herd_text(upstream: &str, capacity: usize, batch: u8) -> String {
-    let mut text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{upstream}\"\ncapacity = {capacity}\n\n[[layers]]\nkind = \"priority\"\n"
-    );
-    for (name, priority, count) in CLASSES {
-        let priority = if name == "batch" { batch } else { priority };
-        text.push_str(&format!("\n[[classes]]\nname = \"{name}\"\npriority = {priority}\npriorities = [{priority}, {priority}]\n"));
-        for i in 0..count {
-            text.push_str(&format!(
-                "[[agents]]\nid = \"{name}-{i}\"\nclass = \"{name}\"\n"
-            ));
-        }
-    }
-    text
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{upstream}\"\ncapacity = {capacity}\n\n[[layers]]\nkind = \"priority\"\n{}",
+        corral_e2e::herd::classes_toml(|name, p| if name == "batch" { batch } else { p }, true)
+    )
 }
 
 async fn start(path: &std::path::Path) -> Running {
@@ -65,17 +56,7 @@ async fn a_reload_under_the_herd_raises_capacity_and_moves_a_class_with_nothing_
                 let client = corral_e2e::client();
                 start.wait().await;
                 for n in 0..REQUESTS_PER_AGENT {
-                    let request = request_with(
-                        "POST",
-                        &url,
-                        format!(
-                            r#"{{"model":"llama3","prompt":"{class} {i} asks {n}","stream":false}}"#
-                        ),
-                        &[
-                            ("x-agent-id", &format!("{class}-{i}")),
-                            ("x-priority", &priority.to_string()),
-                        ],
-                    );
+                    let request = corral_e2e::herd::ask(&url, class, i, n, priority);
                     let response = client.request(request).await.expect("answered");
                     let status = response.status();
                     let body = http_body_util::BodyExt::collect(response.into_body())

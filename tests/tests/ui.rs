@@ -191,19 +191,12 @@ impl<'a> Browser<'a> {
 }
 
 fn herd_config(upstream: &str) -> Config {
-    let mut text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\ntoken = \"{TOKEN}\"\n[upstream]\nurl = \"{upstream}\"\ncapacity = 4\n\n[[layers]]\nkind = \"degrade\"\n\n[[layers]]\nkind = \"cache\"\n\n[[layers]]\nkind = \"priority\"\n"
-    );
     // One priority for all: the agents share the permits fairly, so the
     // whole herd is served (and shows) within seconds.
-    for (name, _, count) in CLASSES {
-        text.push_str(&format!("\n[[classes]]\nname = \"{name}\"\npriority = 5\n"));
-        for i in 0..count {
-            text.push_str(&format!(
-                "[[agents]]\nid = \"{name}-{i}\"\nclass = \"{name}\"\n"
-            ));
-        }
-    }
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\ntoken = \"{TOKEN}\"\n[upstream]\nurl = \"{upstream}\"\ncapacity = 4\n\n[[layers]]\nkind = \"degrade\"\n\n[[layers]]\nkind = \"cache\"\n\n[[layers]]\nkind = \"priority\"\n{}",
+        corral_e2e::herd::classes_toml(|_, _| 5, false)
+    );
     Config::parse(&text, std::path::Path::new("ui.toml")).unwrap()
 }
 
@@ -217,14 +210,8 @@ fn herd(url: &str, stop: &Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<()>> {
                 let client = corral_e2e::client();
                 let mut n = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    let request = request_with(
-                        "POST",
-                        &format!("{url}/api/generate"),
-                        format!(
-                            r#"{{"model":"llama3","prompt":"{class} {i} asks {n}","stream":false}}"#
-                        ),
-                        &[("x-agent-id", &format!("{class}-{i}"))],
-                    );
+                    let request =
+                        corral_e2e::herd::ask(&format!("{url}/api/generate"), class, i, n, 5);
                     if let Ok(response) = client.request(request).await {
                         let _ = http_body_util::BodyExt::collect(response.into_body()).await;
                     }
