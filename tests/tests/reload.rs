@@ -338,3 +338,40 @@ async fn the_agent_endpoints_know_the_agents_a_reload_adds() {
         accepted.text()
     );
 }
+
+#[tokio::test]
+async fn quotas_carry_over_a_reload_that_leaves_their_layer_alone() {
+    let upstream = mock(corral_e2e::fast()).await;
+    let text = |priority: u8, per_minute: u32| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n\n[[classes]]\nname = \"metered\"\npriority = {priority}\nrate_limit = {{ requests_per_minute = {per_minute} }}\n[[agents]]\nid = \"meter\"\nclass = \"metered\"\n\n[[layers]]\nkind = \"ratelimit\"\n\n[[layers]]\nkind = \"priority\"\n",
+            upstream.url()
+        )
+    };
+    let path = file("quota.toml", &text(5, 2));
+    let corral = start(&path).await;
+    let ask = || generate(&corral.url(), "meter", "quota", None);
+    assert_eq!(send(ask()).await.status, 200);
+    assert_eq!(send(ask()).await.status, 200);
+    assert_eq!(send(ask()).await.status, 429, "the quota is spent");
+    // The class's priority changes: classify's, not the rate limiter's.
+    std::fs::write(&path, text(3, 2)).unwrap();
+    let changes = corral.reloader().reload().await.unwrap().join("\n");
+    assert!(
+        changes.contains("layers[0] ratelimit: carried over"),
+        "{changes}"
+    );
+    assert_eq!(
+        send(ask()).await.status,
+        429,
+        "still spent after the reload"
+    );
+    // Its own limit changes: built anew, its counters start empty.
+    std::fs::write(&path, text(3, 5)).unwrap();
+    let changes = corral.reloader().reload().await.unwrap().join("\n");
+    assert!(
+        changes.contains("layers[0] ratelimit: built anew"),
+        "{changes}"
+    );
+    assert_eq!(send(ask()).await.status, 200);
+}
