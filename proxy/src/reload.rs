@@ -27,6 +27,23 @@ use crate::stack::{self, Stack};
 /// command line's flags over it, as at start.
 pub type Source = Arc<dyn Fn() -> Result<Config, LoadError> + Send + Sync>;
 
+/// Where a reload of `config` reads: its file again, if it came from
+/// one (the settings given in code or by flags over it are not read
+/// again: a reload that would drop the admin token is refused).
+pub(crate) fn file_source(config: &Config) -> Source {
+    match config.source.clone() {
+        Some(path) => Arc::new(move || Config::load(&path)),
+        None => Arc::new(|| {
+            Err(LoadError {
+                file: std::path::PathBuf::from(NO_FILE),
+                line: None,
+                key: String::new(),
+                reason: "started without a configuration file: there is none to read again".into(),
+            })
+        }),
+    }
+}
+
 /// Reloads the configuration of a running proxy.
 #[derive(Clone)]
 pub struct Reloader {

@@ -110,18 +110,7 @@ impl Server {
     /// Binds the listeners for an already built `stack`. A reload reads
     /// `config`'s file again, if it came from one.
     pub async fn bind_stack(config: &Config, stack: &Stack) -> Result<Self, StartError> {
-        let source: Source = match config.source.clone() {
-            Some(path) => std::sync::Arc::new(move || Config::load(&path)),
-            None => std::sync::Arc::new(|| {
-                Err(LoadError {
-                    file: std::path::PathBuf::from(crate::config::NO_FILE),
-                    line: None,
-                    key: String::new(),
-                    reason: "started without a configuration file: there is none to read again"
-                        .into(),
-                })
-            }),
-        };
+        let source = crate::reload::file_source(config);
         Self::bind_reloading(config, stack, source).await
     }
 

@@ -51,7 +51,8 @@ pub(crate) use layers::key_lines;
 pub use layers::{LayerConfig, DEFAULT_LAYERS};
 pub use models::{KeepAlive, ModelOptions, Setting};
 pub use sections::{
-    AdminConfig, Backend, IdentityConfig, MetricsConfig, ServerConfig, StateConfig, UpstreamConfig,
+    AdminConfig, Backend, IdentityConfig, MetricsConfig, ServerConfig, StateConfig, TracesConfig,
+    UpstreamConfig,
 };
 pub use upstreams::{Capacity, UpstreamEntry};
 
@@ -152,27 +153,6 @@ pub struct Config {
     /// `check-config`: the file, or a flag or variable that overrode it.
     #[serde(skip)]
     pub capacity_from: Option<String>,
-}
-
-/// `[traces]`: each request's span, exported to an OpenTelemetry
-/// collector (with the `otlp` feature, which the default build has).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TracesConfig {
-    /// The collector's OTLP/HTTP address (`http://127.0.0.1:4318`);
-    /// unset: nothing is exported (`traceparent` is still continued).
-    pub otlp_endpoint: Option<String>,
-    /// The `service.name` the spans carry.
-    pub service_name: String,
-}
-
-impl Default for TracesConfig {
-    fn default() -> Self {
-        Self {
-            otlp_endpoint: None,
-            service_name: "corral".to_string(),
-        }
-    }
 }
 
 /// `[[classes]]`: one class of agents, as every layer knows it: what

@@ -265,3 +265,24 @@ impl Default for IdentityConfig {
         }
     }
 }
+
+/// `[traces]`: each request's span, exported to an OpenTelemetry
+/// collector (with the `otlp` feature, which the default build has).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracesConfig {
+    /// The collector's OTLP/HTTP address (`http://127.0.0.1:4318`);
+    /// unset: nothing is exported (`traceparent` is still continued).
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` the spans carry.
+    pub service_name: String,
+}
+
+impl Default for TracesConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "corral".to_string(),
+        }
+    }
+}

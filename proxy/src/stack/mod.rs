@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use corral_classify::ClassifyLayer;
-use corral_core::{Bus, ConfigError, LoadCell, MemoryBus, RefusalCast};
+use corral_core::{Bus, ConfigError, LoadCell, RefusalCast};
 use tower::util::BoxCloneSyncService;
 use tower::Layer;
 
@@ -16,11 +16,13 @@ use crate::config::{Config, LayerConfig, LoadError, NO_FILE};
 use crate::registry::{check_order, LayerKind, LAYERS};
 
 mod carry;
+mod shared;
 
 use crate::respond;
 use crate::svc::{BuildContext, Controls};
 use crate::upstream::Upstream;
 pub(crate) use carry::keeps_scheduler;
+use shared::Shared;
 
 pub use crate::svc::{HttpRequest, HttpResponse, StackService};
 
@@ -252,25 +254,7 @@ fn assemble(
     let service = crate::pin::wrap(&config.models, service);
     let service = BoxCloneSyncService::new(classify.layer(service));
     crate::telemetry::export_classes(classify.classes().map(|(name, _, _)| name));
-    let follower = state.as_ref().map(|state| {
-        Arc::new(carry::StopOnDrop(tokio::spawn(crate::follow::follow(
-            bus.subscribe(),
-            controls.clone(),
-            state.replica().clone(),
-        ))))
-    });
-    // The level follows the load even when no request samples it: this
-    // stack's controller, for as long as the stack serves.
-    let ticker = controls
-        .degrade
-        .get()
-        .filter(|_| tokio::runtime::Handle::try_current().is_ok())
-        .map(|controller| {
-            let every = std::time::Duration::from_secs(1);
-            Arc::new(carry::StopOnDrop(tokio::spawn(
-                controller.clone().keep_current(every),
-            )))
-        });
+    let (follower, ticker) = background(state.as_ref(), &bus, &controls);
 
     let layers = summaries(config, &classify, &built);
     Ok((
@@ -296,40 +280,37 @@ fn assemble(
     ))
 }
 
-/// What every layer shares: the event log, the load, this replica's
-/// name, Redis, the bus.
-struct Shared {
-    events: Arc<dyn corral_events::EventStore>,
-    load: LoadCell,
-    replica: String,
-    state: Option<corral_core::RedisState>,
-    bus: Arc<dyn Bus>,
-    exporter: Option<Arc<crate::trace::Exporter>>,
-}
-
-impl Shared {
-    /// Made for a stack's first build.
-    fn new(config: &Config) -> Result<Self, ConfigError> {
-        let events = event_log(config)?;
-        let replica = replica_id();
-        let state = shared_state(config, &replica)?;
-        let events: Arc<dyn corral_events::EventStore> = match &state {
-            Some(state) => corral_events::RedisEvents::start(state.clone(), events),
-            None => events,
-        };
-        let bus: Arc<dyn Bus> = match &state {
-            Some(state) => corral_core::RedisBus::start(state.clone()),
-            None => Arc::new(MemoryBus::new(&replica)),
-        };
-        Ok(Self {
-            events,
-            load: LoadCell::default(),
-            replica,
-            state,
-            bus,
-            exporter: crate::trace::exporter(&config.traces)?,
-        })
-    }
+/// What runs beside the stack while it serves, stopped with it: the
+/// follower that applies the other replicas' settings to its controls
+/// (with shared state), and the ticker that moves its degradation level
+/// with the load when no request samples it.
+#[allow(clippy::type_complexity)]
+fn background(
+    state: Option<&corral_core::RedisState>,
+    bus: &Arc<dyn Bus>,
+    controls: &Arc<Controls>,
+) -> (
+    Option<Arc<carry::StopOnDrop>>,
+    Option<Arc<carry::StopOnDrop>>,
+) {
+    let follower = state.map(|state| {
+        Arc::new(carry::StopOnDrop(tokio::spawn(crate::follow::follow(
+            bus.subscribe(),
+            controls.clone(),
+            state.replica().clone(),
+        ))))
+    });
+    let ticker = controls
+        .degrade
+        .get()
+        .filter(|_| tokio::runtime::Handle::try_current().is_ok())
+        .map(|controller| {
+            let every = std::time::Duration::from_secs(1);
+            Arc::new(carry::StopOnDrop(tokio::spawn(
+                controller.clone().keep_current(every),
+            )))
+        });
+    (follower, ticker)
 }
 
 /// The classify layer, from the sections it is assembled of; an error
@@ -439,75 +420,6 @@ fn kinds_of<'r>(
     }
     check_order(listed, registry)?;
     Ok(kinds)
-}
-
-/// The event log of `[events]`.
-fn event_log(config: &Config) -> Result<Arc<corral_events::EventLog>, ConfigError> {
-    corral_events::EventLog::open(&config.events)
-        .map(Arc::new)
-        .map_err(|e| ConfigError::new("events.file", format!("cannot open the event file: {e}")))
-}
-
-/// The shared Redis of `[state] backend = "redis"`, when the stack is
-/// built to serve (inside a runtime), with its health watchdog and the
-/// follower that applies the other replicas' settings.
-fn shared_state(
-    config: &Config,
-    replica: &str,
-) -> Result<Option<corral_core::RedisState>, corral_core::ConfigError> {
-    let (crate::config::Backend::Redis, Some(url)) =
-        (&config.state.backend, &config.state.redis_url)
-    else {
-        return Ok(None);
-    };
-    if tokio::runtime::Handle::try_current().is_err() {
-        // `check-config`: nothing to connect; the URL was checked.
-        return Ok(None);
-    }
-    let state = corral_core::RedisState::new(
-        url,
-        &config.state.key_prefix,
-        replica,
-        config.state.redis_timeout,
-    )
-    .map_err(|e| corral_core::ConfigError::new(format!("state.{}", e.key()), e.reason()))?;
-    tokio::spawn(
-        state
-            .clone()
-            .watch_health(std::time::Duration::from_millis(500)),
-    );
-    Ok(Some(state))
-}
-
-/// This replica's name on the bus and in Redis: host, process and a
-/// nonce of this start.
-fn replica_id() -> String {
-    // Stacks built in one process (tests, a reload) are replicas of
-    // their own: their tickets and messages must not be taken for each
-    // other's.
-    static BUILT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    match BUILT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) {
-        0 => replica_name(),
-        n => format!("{}-{n}", replica_name()),
-    }
-}
-
-fn replica_name() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
-                .ok()
-                .map(|h| h.trim().to_string())
-        })
-        .unwrap_or_else(|| "corral".to_string());
-    // A container restarted under the same name and pid (often 1) must
-    // not be taken for the one before it: its tickets and leases in Redis
-    // are not ours.
-    static NONCE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    let nonce = NONCE.get_or_init(|| fastrand::u32(..));
-    format!("{host}-{}-{nonce:08x}", std::process::id())
 }
 
 mod describe;
