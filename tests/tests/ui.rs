@@ -311,6 +311,37 @@ async fn the_status_page_shows_the_herd_live_and_forces_a_level() {
     .json();
     assert_eq!(degrade["forced"], "L2", "{degrade}");
 
+    // The capacity, and an agent's priority, from the page too.
+    browser
+        .run("document.getElementById('capacity-input').value = '6'; return true")
+        .await;
+    browser.click("#capacity-button").await;
+    browser
+        .until(
+            "the new capacity",
+            "return document.getElementById('capacity').textContent === '6'",
+        )
+        .await;
+    browser
+        .run("document.getElementById('priority-agent').value = 'batch-7'; document.getElementById('priority-value').value = '1'; return true")
+        .await;
+    browser.click("#priority-button").await;
+    browser
+        .until(
+            "the pinned priority in the agents' table",
+            "return [...document.querySelectorAll('#agents tbody tr')].some(r => r.cells[0].textContent === 'batch-7' && r.cells[6].textContent === '1')",
+        )
+        .await;
+    let pinned = send(request_with(
+        "GET",
+        &format!("{url}/corral/priority"),
+        "",
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+    ))
+    .await
+    .json();
+    assert!(pinned.to_string().contains("batch-7"), "{pinned}");
+
     let png = browser.screenshot().await;
     assert!(png.starts_with(b"\x89PNG"), "a PNG");
     // Relative to the workspace, as the README names it.
