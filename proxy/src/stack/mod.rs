@@ -13,15 +13,17 @@ use tower::util::BoxCloneSyncService;
 use tower::Layer;
 
 use crate::config::{Config, LayerConfig, LoadError, NO_FILE};
-use crate::registry::{check_order, LayerKind, LAYERS};
+use crate::registry::{LayerKind, LAYERS};
 
 mod carry;
+mod kinds;
 mod shared;
 
 use crate::respond;
 use crate::svc::{BuildContext, Controls};
 use crate::upstream::Upstream;
 pub(crate) use carry::keeps_scheduler;
+use kinds::{kinds_of, places_requests};
 use shared::Shared;
 
 pub use crate::svc::{HttpRequest, HttpResponse, StackService};
@@ -194,21 +196,9 @@ fn assemble(
     let carry = previous
         .map(|(previous, before)| carry::Plan::new(previous, before, config, &listed, &kinds));
     // What the layers share: the event log, the load, the bus, Redis.
-    let shared = match previous {
-        Some((previous, _)) => Shared {
-            events: previous.events.clone(),
-            load: if carry.as_ref().is_some_and(carry::Plan::keeps_load) {
-                previous.load.clone()
-            } else {
-                LoadCell::default()
-            },
-            replica: previous.replica.to_string(),
-            state: previous.state.clone(),
-            bus: previous.bus.clone(),
-            exporter: previous.exporter.clone(),
-        },
-        None => Shared::new(config).map_err(|e| refuse(e, None))?,
-    };
+    let keeps_load = carry.as_ref().is_some_and(carry::Plan::keeps_load);
+    let shared =
+        Shared::of(config, previous.map(|(p, _)| p), keeps_load).map_err(|e| refuse(e, None))?;
     let Shared {
         events,
         load,
@@ -372,54 +362,6 @@ fn build_layers(
         notes.extend(plan.after(context.config, context.controls));
     }
     Ok((built, refusals, notes))
-}
-
-/// Several upstreams (or one holding few models) need the `priority`
-/// layer: it places each request on a server.
-fn places_requests(upstream: &Upstream, kinds: &[&LayerKind]) -> Result<(), ConfigError> {
-    if upstream.fleet().is_none() || kinds.iter().any(|k| k.name == "priority") {
-        return Ok(());
-    }
-    Err(ConfigError::new(
-        "layers",
-        "with [[upstreams]] (or [upstream] max_loaded_models) the stack needs the priority layer: it places each request on a server",
-    ))
-}
-
-/// The kind of each layer listed, in order, once every rule holds:
-/// classify is not listed, every kind is known, each kind's own rules on
-/// the others ([`check_order`]). An error gives the layer's index.
-fn kinds_of<'r>(
-    listed: &[LayerConfig],
-    registry: &'r [LayerKind],
-) -> Result<Vec<&'r LayerKind>, (usize, ConfigError)> {
-    let mut kinds = Vec::with_capacity(listed.len());
-    for (at, layer) in listed.iter().enumerate() {
-        if layer.kind == "classify" {
-            return Err((at, ConfigError::new(
-                "kind",
-                "classify is always the first layer and is not listed; configure it with [server], [identity], [[classes]] and [[agents]]",
-            )));
-        }
-        let Some(kind) = registry.iter().find(|k| k.name == layer.kind) else {
-            let known: Vec<&str> = registry.iter().map(|k| k.name).collect();
-            let known = if known.is_empty() {
-                "this build has no optional layers".to_string()
-            } else {
-                format!("known kinds: {}", known.join(", "))
-            };
-            return Err((
-                at,
-                ConfigError::new(
-                    "kind",
-                    format!("unknown layer kind {:?} ({known})", layer.kind),
-                ),
-            ));
-        };
-        kinds.push(kind);
-    }
-    check_order(listed, registry)?;
-    Ok(kinds)
 }
 
 mod describe;

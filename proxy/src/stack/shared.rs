@@ -20,8 +20,33 @@ pub(super) struct Shared {
 }
 
 impl Shared {
+    /// What a stack for `config` shares: `previous`'s, when a reload
+    /// replaces it (its load cell too when the scheduler is carried
+    /// over, `keeps_load`), else made now.
+    pub(super) fn of(
+        config: &Config,
+        previous: Option<&super::Stack>,
+        keeps_load: bool,
+    ) -> Result<Self, ConfigError> {
+        let Some(previous) = previous else {
+            return Self::new(config);
+        };
+        Ok(Self {
+            events: previous.events.clone(),
+            load: if keeps_load {
+                previous.load.clone()
+            } else {
+                LoadCell::default()
+            },
+            replica: previous.replica.to_string(),
+            state: previous.state.clone(),
+            bus: previous.bus.clone(),
+            exporter: previous.exporter.clone(),
+        })
+    }
+
     /// Made for a stack's first build.
-    pub(super) fn new(config: &Config) -> Result<Self, ConfigError> {
+    fn new(config: &Config) -> Result<Self, ConfigError> {
         let events = event_log(config)?;
         let replica = replica_id();
         let state = shared_state(config, &replica)?;

@@ -158,30 +158,8 @@ impl Identities {
                     authenticated: true,
                 });
             }
-            match self.issued.find(&digest) {
-                Some(issued::Found::Valid(agent, class)) => {
-                    // The file has the last word on its own agents.
-                    if self
-                        .by_id
-                        .get(agent.as_str())
-                        .is_some_and(|&i| self.agents[i].revoked)
-                    {
-                        return Err(Unauthenticated {
-                            message: "this agent has been revoked",
-                        });
-                    }
-                    return Ok(Identity {
-                        agent,
-                        class: &self.classes[self.class_named(&class)],
-                        authenticated: true,
-                    });
-                }
-                Some(issued::Found::Revoked) => {
-                    return Err(Unauthenticated {
-                        message: "this API key has been revoked",
-                    });
-                }
-                None => {}
+            if let Some(found) = self.by_issued_key(&digest) {
+                return found;
             }
             // Clients send keys Corral does not know for reasons of their
             // own (the OpenAI SDKs insist on one): only refuse when keys
@@ -284,6 +262,33 @@ impl Identities {
     /// A key no agent has, while some agents have keys: a typo in a
     /// client would silently make it anonymous. Counted, and warned about
     /// once per distinct key (its digest's start only: never the key).
+    /// The agent a key issued at run time names, if `digest` is one:
+    /// refused when it was revoked, or when the file revokes its agent
+    /// (the file has the last word on its own agents).
+    fn by_issued_key(&self, digest: &[u8; 32]) -> Option<Result<Identity<'_>, Unauthenticated>> {
+        let found = match self.issued.find(digest)? {
+            issued::Found::Revoked => Err(Unauthenticated {
+                message: "this API key has been revoked",
+            }),
+            issued::Found::Valid(agent, _)
+                if self
+                    .by_id
+                    .get(agent.as_str())
+                    .is_some_and(|&i| self.agents[i].revoked) =>
+            {
+                Err(Unauthenticated {
+                    message: "this agent has been revoked",
+                })
+            }
+            issued::Found::Valid(agent, class) => Ok(Identity {
+                agent,
+                class: &self.classes[self.class_named(&class)],
+                authenticated: true,
+            }),
+        };
+        Some(found)
+    }
+
     /// The index of the class named `name`; the default class when there
     /// is none by that name (a key issued for a class a reload removed).
     fn class_named(&self, name: &str) -> usize {
