@@ -325,17 +325,33 @@ fn request_id_of(head: &http::HeaderMap) -> RequestId {
 
 /// The request's span; the fields left empty are filled as the request
 /// goes (classify names the agent, the end the status and duration).
+///
+/// Without the access line only the request id and endpoint are kept: a
+/// field costs the fmt subscriber a formatting pass when the span is made
+/// or recorded, whether or not a line is ever logged in it, and the other
+/// fields are read by the access line alone (the rest of a request's
+/// story is in its events, under the same id). Under load with no
+/// access line, the ten-field span was ~4.7 % of the proxy's CPU
+/// (`perf record`, `new_span` + `record` + `try_close`; benches/RESULTS.md,
+/// "The lean span").
 fn span_for(
     parts: &http::request::Parts,
     request_id: &RequestId,
     endpoint: Endpoint,
     trace: &crate::trace::TraceContext,
 ) -> tracing::Span {
+    if !crate::observe::access_logged() {
+        return tracing::info_span!(
+            "request",
+            request_id = request_id.as_str(),
+            endpoint = endpoint.as_str(),
+        );
+    }
     tracing::info_span!(
         "request",
         request_id = request_id.as_str(),
-        trace_id = %crate::trace::hex(&trace.trace_id),
-        method = %parts.method,
+        trace_id = crate::trace::hex(&trace.trace_id).as_str(),
+        method = parts.method.as_str(),
         path = parts.uri.path(),
         endpoint = endpoint.as_str(),
         agent = Empty,
@@ -365,15 +381,77 @@ fn forwarding_headers(
 
 /// Appends the client's address to `X-Forwarded-For`.
 fn forwarded_for(headers: &mut http::HeaderMap, peer: SocketAddr) {
-    let ip = peer.ip().to_string();
+    let mut digits = [0u8; 15];
+    let ip = match peer.ip() {
+        std::net::IpAddr::V4(v4) => ipv4_text(v4, &mut digits),
+        std::net::IpAddr::V6(v6) => std::borrow::Cow::Owned(v6.to_string()),
+    };
     let value = match headers
         .get(headers::X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
     {
-        Some(existing) if !existing.trim().is_empty() => format!("{existing}, {ip}"),
-        _ => ip,
+        Some(existing) if !existing.trim().is_empty() => {
+            HeaderValue::from_str(&format!("{existing}, {ip}"))
+        }
+        _ => HeaderValue::from_str(&ip),
     };
-    if let Ok(value) = HeaderValue::from_str(&value) {
+    if let Ok(value) = value {
         headers.insert(headers::X_FORWARDED_FOR, value);
+    }
+}
+
+/// An IPv4 address in dotted decimal, written into `out`: `Display` for
+/// `Ipv4Addr` was ~1,500 instructions a request (callgrind,
+/// benches/RESULTS.md), most of it the formatting machinery.
+fn ipv4_text(ip: std::net::Ipv4Addr, out: &mut [u8; 15]) -> std::borrow::Cow<'_, str> {
+    let mut len = 0;
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            out[len] = b'.';
+            len += 1;
+        }
+        let (hundreds, tens, ones) = (octet / 100, octet / 10 % 10, octet % 10);
+        if hundreds > 0 {
+            out[len] = b'0' + hundreds;
+            len += 1;
+        }
+        if hundreds > 0 || tens > 0 {
+            out[len] = b'0' + tens;
+            len += 1;
+        }
+        out[len] = b'0' + ones;
+        len += 1;
+    }
+    std::borrow::Cow::Borrowed(std::str::from_utf8(&out[..len]).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv4_address_is_written_as_display_writes_it() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "192.168.100.9",
+            "255.255.255.255",
+            "1.0.10.100",
+        ] {
+            let ip: std::net::Ipv4Addr = ip.parse().unwrap();
+            let mut out = [0u8; 15];
+            assert_eq!(ipv4_text(ip, &mut out), ip.to_string());
+        }
+    }
+
+    #[test]
+    fn the_client_address_is_appended_to_x_forwarded_for() {
+        let peer: SocketAddr = "10.0.0.7:5000".parse().unwrap();
+        let mut head = http::HeaderMap::new();
+        forwarded_for(&mut head, peer);
+        assert_eq!(head[headers::X_FORWARDED_FOR], "10.0.0.7");
+        forwarded_for(&mut head, "[::1]:80".parse().unwrap());
+        assert_eq!(head[headers::X_FORWARDED_FOR], "10.0.0.7, ::1");
     }
 }

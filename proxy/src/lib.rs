@@ -18,6 +18,13 @@
 //! - [`registry`]: where layer crates plug in, one line each;
 //! - [`respond`]: the one place errors become Ollama-shaped answers.
 //!
+//! Features: `otlp` (default) exports each request's span over OTLP/HTTP;
+//! `jemalloc` (default) makes jemalloc (`tikv-jemallocator`) the `corral`
+//! binary's allocator. The library sets no global allocator: a service
+//! that imports it keeps its own. jemalloc over glibc's malloc is
+//! measured in `benches/RESULTS.md` ("The allocator"); mimalloc was
+//! measured too, and gained less here.
+//!
 //! ```no_run
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use corral::{Config, Running};

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -21,7 +21,7 @@ use crate::admin::Admin;
 use crate::agent_api::AgentApi;
 use crate::background::{forward_bus, metrics_upkeep, probe_upstream};
 use crate::config::{Config, LoadError};
-use crate::conn_guard::{PerAddress, SniffDeadline, WriteStall};
+use crate::conn_guard::{sniff, PerAddress, Protocol, Slot, WriteStall};
 use crate::front::{Front, Proxying};
 use crate::reload::{Reloader, Source};
 use crate::stack::{self, Stack};
@@ -239,33 +239,28 @@ impl Server {
             replica,
             reloader.handle(),
         ));
-        let builder = connection_builder(&limits);
+        let builders = std::sync::Arc::new(Builders::new(&limits));
         let graceful = GracefulShutdown::new();
+        // Connections still telling their protocol are closed at once on
+        // shutdown: they have no request in flight.
+        let (stopping, sniffs_stop) = tokio::sync::watch::channel(());
         // The admin listener has a table of its own: a client at its cap
         // on the main listener still reaches /metrics and the probes.
         let per_address = PerAddress::new(limits.max_connections_per_address);
         let admin_per_address = PerAddress::new(limits.max_connections_per_address);
         let serve =
             |stream: tokio::net::TcpStream, peer: SocketAddr, front: &Front, table: &PerAddress| {
-                let slot = table.admit(peer.ip())?;
-                // hyper-util reads the first bytes to tell HTTP/1 from
-                // HTTP/2 before any of hyper's timeouts start: the sniff
-                // gets a deadline of its own, so a socket that sends
-                // nothing (or the start of the h2 preface) is closed. On
-                // shutdown hyper-util cancels a sniff still waiting.
-                let stream = SniffDeadline::new(stream, limits.header_read_timeout);
-                let conn = builder.serve_connection(
-                    TokioIo::new(WriteStall::new(stream, limits.write_stall_timeout)),
-                    Conn {
+                let accepted = Accepted {
+                    stream,
+                    service: Conn {
                         front: front.clone(),
                         peer,
                     },
-                );
-                let watched = graceful.watch(conn.into_owned());
-                Some(async move {
-                    let _ = watched.await;
-                    drop(slot);
-                })
+                    slot: table.admit(peer.ip())?,
+                    watcher: graceful.watcher(),
+                    stop: sniffs_stop.clone(),
+                };
+                Some(accepted.serve(builders.clone(), limits))
             };
         let mut connections = JoinSet::new();
         let upkeep = tokio::spawn(metrics_upkeep());
@@ -295,6 +290,7 @@ impl Server {
         }
         drop(main);
         drop(admin);
+        stopping.send_replace(());
         drain(graceful, connections, grace).await;
         upkeep.abort();
         probe.abort();
@@ -304,29 +300,72 @@ impl Server {
 }
 
 /// How connections are served: HTTP/1 and h2c, within the limits.
-fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // The header read timeout also runs while a kept-alive connection
-    // waits for its next request: idle clients are closed after it.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes)
-        .max_headers(limits.max_headers)
-        .keep_alive(true);
-    // h2c: no header read timeout applies, so pings find dead peers; a
-    // client may not open more streams at once than an agent needs. (A
-    // client that holds its flow-control window shut is not caught by the
-    // write stall guard: see the README's hostile-input notes.)
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
-        .keep_alive_interval(limits.header_read_timeout)
-        .keep_alive_timeout(limits.header_read_timeout);
-    builder
+struct Builders {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(limits: &Limits) -> Self {
+        let mut http1 = http1::Builder::new();
+        // The header read timeout also runs while a kept-alive connection
+        // waits for its next request: idle clients are closed after it.
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes)
+            .max_headers(limits.max_headers)
+            .keep_alive(true);
+        // h2c: no header read timeout applies, so pings find dead peers; a
+        // client may not open more streams at once than an agent needs. (A
+        // client that holds its flow-control window shut is not caught by the
+        // write stall guard: see the README's hostile-input notes.)
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+            .keep_alive_interval(limits.header_read_timeout)
+            .keep_alive_timeout(limits.header_read_timeout);
+        Self { http1, http2 }
+    }
+}
+
+/// A connection taken in, not yet served.
+struct Accepted {
+    stream: tokio::net::TcpStream,
+    service: Conn,
+    /// Its place in its address's count, given back when it closes.
+    slot: Slot,
+    watcher: Watcher,
+    stop: tokio::sync::watch::Receiver<()>,
+}
+
+impl Accepted {
+    /// Tells its protocol, then serves it until it closes. An HTTP/2
+    /// connection is boxed: every connection's task is as large as its
+    /// largest state, and HTTP/1's is the one almost every agent uses.
+    async fn serve(mut self, builders: std::sync::Arc<Builders>, limits: Limits) {
+        let protocol = tokio::select! {
+            sniffed = sniff(&self.stream, limits.header_read_timeout) => sniffed,
+            _ = self.stop.changed() => return,
+        };
+        let Ok(protocol) = protocol else {
+            return;
+        };
+        let io = TokioIo::new(WriteStall::new(self.stream, limits.write_stall_timeout));
+        match protocol {
+            Protocol::Http1 => {
+                let conn = builders.http1.serve_connection(io, self.service);
+                let _ = self.watcher.watch(conn).await;
+            }
+            Protocol::Http2 => {
+                let conn = builders.http2.serve_connection(io, self.service);
+                let _ = Box::pin(self.watcher.watch(conn)).await;
+            }
+        }
+        drop(self.slot);
+    }
 }
 
 /// Lets the open connections finish for the grace period, then closes

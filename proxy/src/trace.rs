@@ -112,15 +112,19 @@ impl TraceContext {
     }
 
     /// The `traceparent` for the upstream: the same trace, Corral's span
-    /// as the parent.
+    /// as the parent. Written into a buffer of its exact length: with
+    /// `format!` and a `write!` per byte it was ~1 % of the proxy's CPU
+    /// under load (`perf record`, `core::fmt::write` under `hex`).
     pub(crate) fn header(&self) -> HeaderValue {
-        let value = format!(
-            "00-{}-{}-{:02x}",
-            hex(&self.trace_id),
-            hex(&self.span_id),
-            self.flags
-        );
-        HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static(""))
+        // "00-" trace "-" span "-" flags
+        let mut value = [0u8; 3 + 32 + 1 + 16 + 1 + 2];
+        value[..3].copy_from_slice(b"00-");
+        hex_into(&self.trace_id, &mut value[3..35]);
+        value[35] = b'-';
+        hex_into(&self.span_id, &mut value[36..52]);
+        value[52] = b'-';
+        hex_into(&[self.flags], &mut value[53..]);
+        HeaderValue::from_bytes(&value).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 }
 
@@ -161,22 +165,30 @@ fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
+/// `bytes` in lowercase hex.
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(2 * bytes.len()), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    let mut out = vec![0u8; 2 * bytes.len()];
+    hex_into(bytes, &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Writes `bytes` in lowercase hex into `out`, two digits a byte (`out`
+/// is twice as long).
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (byte, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0x0f)];
+    }
 }
 
 /// A random id, never all zeros (W3C: an invalid id).
 fn random_id<const N: usize>() -> [u8; N] {
     let mut id = [0u8; N];
     while id == [0u8; N] {
-        for byte in &mut id {
-            *byte = fastrand::u8(..);
+        for chunk in id.chunks_mut(8) {
+            let random = fastrand::u64(..).to_le_bytes();
+            chunk.copy_from_slice(&random[..chunk.len()]);
         }
     }
     id
@@ -214,6 +226,21 @@ mod tests {
             "Corral's span is the parent"
         );
         assert_eq!(&sent[36..52], hex(&context.span_id));
+    }
+
+    #[test]
+    fn hex_is_two_lowercase_digits_a_byte() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+        let context = TraceContext {
+            trace_id: [0xab; 16],
+            span_id: [0x01; 8],
+            parent: None,
+            flags: 0x0c,
+        };
+        assert_eq!(
+            context.header().to_str().unwrap(),
+            format!("00-{}-{}-0c", "ab".repeat(16), "01".repeat(8))
+        );
     }
 
     #[test]

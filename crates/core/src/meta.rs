@@ -89,7 +89,16 @@ impl RequestId {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let (seed, prefix) = process_seed();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        Self::from(format!("{prefix}{:016x}", splitmix64(seed ^ n)))
+        // Written digit by digit: `format!` was ~1,300 instructions of a
+        // proxied request's ~85,000 (callgrind, benches/RESULTS.md).
+        let mut id = [0u8; 32];
+        id[..16].copy_from_slice(prefix.as_bytes());
+        let mixed = splitmix64(seed ^ n);
+        for (i, digit) in id[16..].iter_mut().enumerate() {
+            let nibble = (mixed >> (60 - 4 * i)) & 0xf;
+            *digit = b"0123456789abcdef"[nibble as usize];
+        }
+        Self::from(std::str::from_utf8(&id).unwrap_or_default())
     }
 
     /// Whether this process made the id ([`RequestId::generate`]) rather
@@ -358,6 +367,26 @@ impl RequestMeta {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_made_id_is_the_process_half_then_the_mixed_counter_in_hex() {
+        let id = RequestId::generate();
+        let (seed, prefix) = process_seed();
+        assert!(id.as_str().starts_with(prefix));
+        let counter = u64::from_str_radix(&id.as_str()[16..], 16).unwrap();
+        // The next id mixes the next counter value.
+        let next = RequestId::generate();
+        let next_counter = u64::from_str_radix(&next.as_str()[16..], 16).unwrap();
+        assert_ne!(counter, next_counter);
+        assert!(
+            (0..1_000_000u64).any(|n| splitmix64(seed ^ n) == counter),
+            "{id} is not a mixed counter"
+        );
+        assert!(id
+            .as_str()
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    }
 
     #[test]
     fn priorities_clamp_into_a_class_range() {

@@ -261,7 +261,8 @@ fn resolve(args: &ServeArgs) -> Result<Config, LoadError> {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    telemetry::init_logging(args.log_format);
+    // Held to the end: the log lines still queued are written then.
+    let _logs = telemetry::init_logging(args.log_format);
     let config = match resolve(&args) {
         Ok(config) => config,
         Err(e) => {

@@ -49,47 +49,71 @@ fn an_ipv6_host_counts_as_its_64_bit_prefix() {
     assert!(per.admit(same_subnet).is_some());
 }
 
+#[test]
+fn the_first_bytes_tell_http2_from_http1() {
+    assert_eq!(protocol_of(b""), None);
+    assert_eq!(protocol_of(b"P"), None, "a start of the preface");
+    assert_eq!(protocol_of(&PREFACE[..23]), None);
+    assert_eq!(protocol_of(PREFACE), Some(Protocol::Http2));
+    assert_eq!(protocol_of(b"PO"), Some(Protocol::Http1));
+    assert_eq!(protocol_of(b"GET / HTTP/1.1\r\n"), Some(Protocol::Http1));
+    assert_eq!(protocol_of(b"PRI * HTTP/1.1"), Some(Protocol::Http1));
+}
+
+/// A client and the server's end of its connection, over loopback.
+async fn connected() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (server, _) = listener.accept().await.unwrap();
+    (client, server)
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_client_that_starts_the_http2_preface_and_stops_times_out() {
-    use tokio::io::AsyncReadExt;
-    for sent in [&b"P"[..], &PREFACE[..23]] {
-        let (mut client, server) = tokio::io::duplex(1024);
-        let mut guarded = SniffDeadline::new(server, Duration::from_secs(5));
+    for sent in [&b""[..], &b"P"[..], &PREFACE[..23]] {
+        let (mut client, server) = connected().await;
         client.write_all(sent).await.unwrap();
         let start = Instant::now();
-        let mut buf = [0u8; 24];
-        let mut got = 0;
-        let err = loop {
-            match guarded.read(&mut buf[got..]).await {
-                Ok(n) => got += n,
-                Err(e) => break e,
-            }
-        };
-        assert_eq!(got, sent.len());
-        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        let err = sniff(&server, Duration::from_secs(5)).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{sent:?}");
         assert_eq!(start.elapsed(), Duration::from_secs(5));
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn once_the_protocol_is_known_reads_wait_as_long_as_they_like() {
+#[tokio::test]
+async fn the_sniff_takes_no_bytes_and_waits_for_a_preface_sent_in_pieces() {
     use tokio::io::AsyncReadExt;
-    for sent in [&b"GET / HTTP/1.1\r\n"[..], &PREFACE[..]] {
-        let (mut client, server) = tokio::io::duplex(1024);
-        let mut guarded = SniffDeadline::new(server, Duration::from_secs(5));
-        client.write_all(sent).await.unwrap();
-        let mut buf = vec![0u8; sent.len()];
-        guarded.read_exact(&mut buf).await.unwrap();
-        let late = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(60)).await;
-            client.write_all(b"x").await.unwrap();
-            client
-        });
-        let mut one = [0u8; 1];
-        guarded.read_exact(&mut one).await.unwrap();
-        assert_eq!(&one, b"x");
-        drop(late.await.unwrap());
-    }
+    let (mut client, mut server) = connected().await;
+    client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    let limit = Duration::from_secs(30);
+    assert_eq!(sniff(&server, limit).await.unwrap(), Protocol::Http1);
+    let mut first = [0u8; 3];
+    server.read_exact(&mut first).await.unwrap();
+    assert_eq!(
+        &first, b"GET",
+        "hyper reads the request from its first byte"
+    );
+
+    let (mut client, server) = connected().await;
+    client.write_all(&PREFACE[..10]).await.unwrap();
+    let sniffing = tokio::spawn(async move { sniff(&server, limit).await.map(|p| (p, server)) });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    client.write_all(&PREFACE[10..]).await.unwrap();
+    let (protocol, server) = sniffing.await.unwrap().unwrap();
+    assert_eq!(protocol, Protocol::Http2);
+    let mut buf = [0u8; 24];
+    let n = server.peek(&mut buf).await.unwrap();
+    assert_eq!(&buf[..n], &PREFACE[..n]);
+}
+
+#[tokio::test]
+async fn a_client_that_closes_before_a_byte_is_not_waited_for() {
+    let (client, server) = connected().await;
+    drop(client);
+    let err = sniff(&server, Duration::from_secs(30)).await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
 }
 
 #[tokio::test(start_paused = true)]

@@ -7,7 +7,7 @@ mod exporter;
 mod logging;
 
 pub use exporter::metrics_handle;
-pub use logging::{init_logging, LogFormat};
+pub use logging::{init_logging, LogFormat, LogGuard};
 
 use corral_core::Endpoint;
 use metrics::{Counter, Gauge, Histogram, SharedString};

@@ -94,7 +94,18 @@ impl Pool {
             None => state.capacity,
         };
         let model = state.holds.model();
-        let slots = model.map_or_else(Vec::new, |model| {
+        // The slots are read only when what runs and what could be ahead
+        // of a request fill the capacity ([`eta`] answers "now" before
+        // looking at them): the requests waiting, counted twice to be
+        // safe, and the reservations bound what any request has ahead.
+        // Built at every admission, they were a vector of `capacity`
+        // zeros and a sort: 8,750 of the default stack's 132,000
+        // instructions a request with `capacity` 1024 (callgrind,
+        // benches/RESULTS.md, "The priority layer's slots").
+        let could_queue =
+            state.waiters.len() + state.queued.iter().sum::<usize>() + state.room.len();
+        let needed = state.in_flight + could_queue >= capacity;
+        let slots = model.filter(|_| needed).map_or_else(Vec::new, |model| {
             let left = state.running.values().map(|(since, cost)| {
                 let elapsed = now.saturating_duration_since(*since).as_secs_f64();
                 state
