@@ -326,14 +326,15 @@ fn request_id_of(head: &http::HeaderMap) -> RequestId {
 /// The request's span; the fields left empty are filled as the request
 /// goes (classify names the agent, the end the status and duration).
 ///
-/// Without the access line only the request id and endpoint are kept: a
+/// Without the access line only the request id, the trace id (what ties
+/// a line to its trace) and the endpoint are kept: a
 /// field costs the fmt subscriber a formatting pass when the span is made
 /// or recorded, whether or not a line is ever logged in it, and the other
 /// fields are read by the access line alone (the rest of a request's
 /// story is in its events, under the same id). Under load with no
 /// access line, the ten-field span was ~4.7 % of the proxy's CPU
 /// (`perf record`, `new_span` + `record` + `try_close`; benches/RESULTS.md,
-/// "The lean span").
+/// "The changes, each measured").
 fn span_for(
     parts: &http::request::Parts,
     request_id: &RequestId,
@@ -344,6 +345,7 @@ fn span_for(
         return tracing::info_span!(
             "request",
             request_id = request_id.as_str(),
+            trace_id = crate::trace::hex(&trace.trace_id).as_str(),
             endpoint = endpoint.as_str(),
         );
     }

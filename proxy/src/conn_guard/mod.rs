@@ -115,10 +115,15 @@ pub(crate) fn protocol_of(first: &[u8]) -> Option<Protocol> {
     }
 }
 
-/// How often a connection that sent a start of the preface and paused is
-/// looked at again: its bytes are only peeked, so their arrival does not
-/// wake the task again.
+/// How soon a connection that sent a start of the preface and paused is
+/// looked at again, then twice as long each time up to
+/// [`PARTIAL_PREFACE_POLL_MAX`]: its bytes are only peeked, so neither
+/// their staying nor more of them arriving wakes the task, and a client
+/// that sends `P` and waits must not cost a wake-up every few
+/// milliseconds until the timeout. (One that sends `P` and closes its
+/// side is seen only at the timeout: a peek shows the `P`, not the end.)
 const PARTIAL_PREFACE_POLL: Duration = Duration::from_millis(5);
+const PARTIAL_PREFACE_POLL_MAX: Duration = Duration::from_millis(200);
 
 /// Tells the protocol from the connection's first bytes without taking
 /// them: `peek`, so hyper then reads the request into its own buffer from
@@ -137,12 +142,16 @@ const PARTIAL_PREFACE_POLL: Duration = Duration::from_millis(5);
 pub(crate) async fn sniff(stream: &TcpStream, limit: Duration) -> io::Result<Protocol> {
     let mut first = [0u8; PREFACE.len()];
     let sniffing = async {
+        let mut pause = PARTIAL_PREFACE_POLL;
         loop {
             let n = stream.peek(&mut first).await?;
             match protocol_of(&first[..n]) {
                 Some(protocol) => return Ok(protocol),
                 None if n == 0 => return Err(io::ErrorKind::UnexpectedEof.into()),
-                None => tokio::time::sleep(PARTIAL_PREFACE_POLL).await,
+                None => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(PARTIAL_PREFACE_POLL_MAX);
+                }
             }
         }
     };

@@ -101,7 +101,7 @@ impl Pool {
         // Built at every admission, they were a vector of `capacity`
         // zeros and a sort: 8,750 of the default stack's 132,000
         // instructions a request with `capacity` 1024 (callgrind,
-        // benches/RESULTS.md, "The priority layer's slots").
+        // benches/RESULTS.md, "The changes, each measured").
         let could_queue =
             state.waiters.len() + state.queued.iter().sum::<usize>() + state.room.len();
         let needed = state.in_flight + could_queue >= capacity;
