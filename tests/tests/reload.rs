@@ -122,10 +122,14 @@ fn generate(
     if let Some(fault) = fault {
         headers.push(("x-mock-fault", fault));
     }
+    // The simulated Ollama pauses streams only: a whole answer asked to
+    // pause would be answered after its generation time, and under load
+    // the holder then gave its permit back before the others queued.
+    let stream = fault.is_some_and(|f| f.contains("pause_after"));
     request_with(
         "POST",
         &format!("{url}/api/generate"),
-        r#"{"model":"llama3","prompt":"order","stream":false}"#,
+        format!(r#"{{"model":"llama3","prompt":"order","stream":{stream}}}"#),
         &headers,
     )
 }
