@@ -1,27 +1,21 @@
-//! Listeners, connections (HTTP/1.1 and h2c), and graceful shutdown.
+//! Listeners, graceful shutdown and reloads; each connection is served
+//! by the `connection` module (HTTP/1.1 and h2c).
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::time::Duration;
 
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
-
-use corral_core::BoxBody;
 
 use crate::admin::Admin;
 use crate::agent_api::AgentApi;
 use crate::background::{forward_bus, metrics_upkeep, probe_upstream};
 use crate::config::{Config, LoadError};
-use crate::conn_guard::{sniff, PerAddress, Protocol, Slot, WriteStall};
+use crate::conn_guard::PerAddress;
+use crate::connection::{Accepted, Builders, Conn};
 use crate::front::{Front, Proxying};
 use crate::reload::{Reloader, Source};
 use crate::stack::{self, Stack};
@@ -46,17 +40,14 @@ pub struct Server {
     replica: std::sync::Arc<str>,
 }
 
-/// Streams one h2c connection may have open at once.
-const H2_MAX_CONCURRENT_STREAMS: u32 = 32;
-
 /// What one client connection may send and hold.
 #[derive(Debug, Clone, Copy)]
-struct Limits {
-    header_read_timeout: Duration,
-    write_stall_timeout: Duration,
-    max_header_bytes: usize,
-    max_headers: usize,
-    max_connections_per_address: usize,
+pub(crate) struct Limits {
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) write_stall_timeout: Duration,
+    pub(crate) max_header_bytes: usize,
+    pub(crate) max_headers: usize,
+    pub(crate) max_connections_per_address: usize,
 }
 
 impl std::fmt::Debug for Server {
@@ -299,75 +290,6 @@ impl Server {
     }
 }
 
-/// How connections are served: HTTP/1 and h2c, within the limits.
-struct Builders {
-    http1: http1::Builder,
-    http2: http2::Builder<TokioExecutor>,
-}
-
-impl Builders {
-    fn new(limits: &Limits) -> Self {
-        let mut http1 = http1::Builder::new();
-        // The header read timeout also runs while a kept-alive connection
-        // waits for its next request: idle clients are closed after it.
-        http1
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .max_buf_size(limits.max_header_bytes)
-            .max_headers(limits.max_headers)
-            .keep_alive(true);
-        // h2c: no header read timeout applies, so pings find dead peers; a
-        // client may not open more streams at once than an agent needs. (A
-        // client that holds its flow-control window shut is not caught by the
-        // write stall guard: see the README's hostile-input notes.)
-        let mut http2 = http2::Builder::new(TokioExecutor::new());
-        http2
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-            .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
-            .keep_alive_interval(limits.header_read_timeout)
-            .keep_alive_timeout(limits.header_read_timeout);
-        Self { http1, http2 }
-    }
-}
-
-/// A connection taken in, not yet served.
-struct Accepted {
-    stream: tokio::net::TcpStream,
-    service: Conn,
-    /// Its place in its address's count, given back when it closes.
-    slot: Slot,
-    watcher: Watcher,
-    stop: tokio::sync::watch::Receiver<()>,
-}
-
-impl Accepted {
-    /// Tells its protocol, then serves it until it closes. An HTTP/2
-    /// connection is boxed: every connection's task is as large as its
-    /// largest state, and HTTP/1's is the one almost every agent uses.
-    async fn serve(mut self, builders: std::sync::Arc<Builders>, limits: Limits) {
-        let protocol = tokio::select! {
-            sniffed = sniff(&self.stream, limits.header_read_timeout) => sniffed,
-            _ = self.stop.changed() => return,
-        };
-        let Ok(protocol) = protocol else {
-            return;
-        };
-        let io = TokioIo::new(WriteStall::new(self.stream, limits.write_stall_timeout));
-        match protocol {
-            Protocol::Http1 => {
-                let conn = builders.http1.serve_connection(io, self.service);
-                let _ = self.watcher.watch(conn).await;
-            }
-            Protocol::Http2 => {
-                let conn = builders.http2.serve_connection(io, self.service);
-                let _ = Box::pin(self.watcher.watch(conn)).await;
-            }
-        }
-        drop(self.slot);
-    }
-}
-
 /// Lets the open connections finish for the grace period, then closes
 /// what is left.
 async fn drain(graceful: GracefulShutdown, mut connections: JoinSet<()>, grace: Duration) {
@@ -409,24 +331,5 @@ async fn accept_optional(
     match listener {
         Some(listener) => listener.accept().await,
         None => std::future::pending().await,
-    }
-}
-
-/// One connection's service.
-#[derive(Clone)]
-struct Conn {
-    front: Front,
-    peer: SocketAddr,
-}
-
-impl hyper::service::Service<Request<Incoming>> for Conn {
-    type Response = Response<BoxBody>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<BoxBody>, Infallible>> + Send>>;
-
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
-        let front = self.front.clone();
-        let peer = self.peer;
-        Box::pin(async move { Ok(front.handle(request, peer).await) })
     }
 }
