@@ -261,8 +261,7 @@ fn resolve(args: &ServeArgs) -> Result<Config, LoadError> {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    // Held to the end: the log lines still queued are written then.
-    let _logs = telemetry::init_logging(args.log_format);
+    let _logs = telemetry::init_logging(args.log_format); // written out when dropped
     let config = match resolve(&args) {
         Ok(config) => config,
         Err(e) => {
