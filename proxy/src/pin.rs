@@ -98,7 +98,7 @@ pub(crate) fn wrap(models: &BTreeMap<String, ModelOptions>, inner: StackService)
         return inner;
     }
     let pinned = Arc::new(Pinned::new(models));
-    StackService::new(tower::util::MapRequest::new(
+    crate::svc::shared(tower::util::MapRequest::new(
         inner,
         move |mut request: Request<Body>| {
             pin_request(&pinned, &mut request);

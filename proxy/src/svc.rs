@@ -22,6 +22,59 @@ pub type HttpResponse = http::Response<BoxBody>;
 /// The stack, boxed: its layers are chosen at run time.
 pub type StackService = BoxCloneSyncService<HttpRequest, HttpResponse, BoxError>;
 
+/// `service` boxed as a [`StackService`] whose clones share it.
+///
+/// A boxed service's clone copies what it boxes, and a layer's service
+/// holds the boxed rest of the stack: the stack cloned for a request,
+/// and again by each layer that keeps its inner service for later
+/// (`take_ready`), copied every layer below, sixteen boxes a request for
+/// the default stack (~5,400 instructions of ~121,000 under callgrind).
+/// Shared, a clone is a count; each call clones the one layer it enters
+/// and makes that clone ready before calling it, as tower's `oneshot`
+/// does, so a layer's readiness (a concurrency limit's, say) is still
+/// awaited, in the call's future.
+pub(crate) fn shared<S>(service: S) -> StackService
+where
+    S: Service<HttpRequest, Response = HttpResponse, Error = BoxError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    BoxCloneSyncService::new(Shared(Arc::new(service)))
+}
+
+/// A service behind an `Arc`, made ready in each call's own clone.
+struct Shared<S>(Arc<S>);
+
+impl<S> Clone for Shared<S> {
+    fn clone(&self) -> Self {
+        Shared(Arc::clone(&self.0))
+    }
+}
+
+impl<S> Service<HttpRequest> for Shared<S>
+where
+    S: Service<HttpRequest> + Clone,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = tower::util::Oneshot<S, HttpRequest>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        // Readiness is the clone's, awaited in the call's future.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: HttpRequest) -> Self::Future {
+        S::clone(&self.0).oneshot(request)
+    }
+}
+
 /// What a layer builder may use besides its own options.
 #[derive(Clone, Copy)]
 pub struct BuildContext<'a> {
@@ -100,7 +153,7 @@ impl StackLayer {
         Self {
             summary: summary.into(),
             wrap: Arc::new(move |inner| {
-                BoxCloneSyncService::new(
+                shared(
                     layer
                         .layer(inner)
                         .map_response(|response: Response<B>| {
@@ -145,4 +198,76 @@ pub fn options<C: DeserializeOwned>(layer: &LayerConfig) -> Result<C, ConfigErro
             e.into_inner().message().to_string(),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll};
+
+    use super::*;
+
+    /// Counts its clones; each clone is ready only at its second poll and
+    /// refuses a call before it is ready.
+    struct Picky {
+        clones: Arc<AtomicUsize>,
+        polled: bool,
+        ready: bool,
+    }
+
+    impl Clone for Picky {
+        fn clone(&self) -> Self {
+            self.clones.fetch_add(1, Ordering::SeqCst);
+            Picky {
+                clones: self.clones.clone(),
+                polled: false,
+                ready: false,
+            }
+        }
+    }
+
+    impl Service<HttpRequest> for Picky {
+        type Response = HttpResponse;
+        type Error = BoxError;
+        type Future = std::future::Ready<Result<HttpResponse, BoxError>>;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            if !self.polled {
+                self.polled = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            self.ready = true;
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: HttpRequest) -> Self::Future {
+            let answer = if std::mem::take(&mut self.ready) {
+                Ok(Response::new(BoxBody::default()))
+            } else {
+                Err("called before it was ready".into())
+            };
+            std::future::ready(answer)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_shared_service_is_cloned_by_count_and_made_ready_in_each_call() {
+        let clones = Arc::new(AtomicUsize::new(0));
+        let stack = shared(Picky {
+            clones: clones.clone(),
+            polled: false,
+            ready: false,
+        });
+        let copies: Vec<StackService> = (0..3).map(|_| stack.clone()).collect();
+        assert_eq!(clones.load(Ordering::SeqCst), 0, "a clone is a count");
+        for copy in copies {
+            let response = copy
+                .oneshot(http::Request::new(Body::empty()))
+                .await
+                .expect("the call waited for its clone to be ready");
+            assert_eq!(response.status(), 200);
+        }
+        assert_eq!(clones.load(Ordering::SeqCst), 3, "one clone per call");
+    }
 }

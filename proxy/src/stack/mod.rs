@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use corral_classify::ClassifyLayer;
 use corral_core::{Bus, ConfigError, LoadCell, RefusalCast};
-use tower::util::BoxCloneSyncService;
 use tower::Layer;
 
 use crate::config::{Config, LayerConfig, LoadError, NO_FILE};
@@ -236,13 +235,13 @@ fn assemble(
         .map_err(|(at, e, line)| refuse(e.within(format!("layers[{at}]")), line))?;
 
     // Wrapped from the inside out: the upstream, the layers, classify.
-    let mut service: StackService = BoxCloneSyncService::new(upstream.clone());
+    let mut service: StackService = crate::svc::shared(upstream.clone());
     for built in built.iter().rev() {
         service = built.layer.wrap(service);
     }
     // Pinned load options (`[models."name"]`), on the body classify read.
     let service = crate::pin::wrap(&config.models, service);
-    let service = BoxCloneSyncService::new(classify.layer(service));
+    let service = crate::svc::shared(classify.layer(service));
     crate::telemetry::export_classes(classify.classes().map(|(name, _, _)| name));
     let (follower, ticker) = background(state.as_ref(), &bus, &controls);
 

@@ -94,11 +94,14 @@ struct LabelPolicy {
 #[derive(Debug, Default)]
 struct Labels {
     /// The models with a label of their own.
-    models: HashMap<String, SharedString>,
+    models: HashMap<String, SharedString, foldhash::fast::RandomState>,
     /// The handles for each (endpoint, class, model label), by the hash
     /// of the three: looked up with borrowed names, no key to build.
-    handles: HashMap<u64, Vec<Arc<RequestMetrics>>>,
-    hasher: std::collections::hash_map::RandomState,
+    /// foldhash, randomly seeded, where SipHash's three rounds were ~600
+    /// instructions a request; the model label is bounded and the rest
+    /// are Corral's own names.
+    handles: HashMap<u64, Vec<Arc<RequestMetrics>>, foldhash::fast::RandomState>,
+    hasher: foldhash::fast::RandomState,
 }
 
 impl LabelPolicy {

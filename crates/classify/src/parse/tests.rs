@@ -78,6 +78,21 @@ fn options_of_odd_types_are_left_to_the_upstream() {
     )
     .unwrap();
     assert_eq!(facts.generation, GenerationParams::default());
+    // Skipped whole, whatever they nest: what follows is still read.
+    let facts = read(
+        Endpoint::Chat,
+        Bounds::default(),
+        br#"{"model":"m","max_tokens":null,"temperature":true,"options":{"num_predict":{"a":[1,{"b":"}"}]},"temperature":[[2],{}]},"seed":3,"messages":"hi","max_completion_tokens":9}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        facts.generation,
+        GenerationParams {
+            max_tokens: Some(9),
+            temperature: None,
+            seed: Some(3),
+        }
+    );
 }
 
 #[test]

@@ -14,7 +14,8 @@ mod order;
 mod overrun;
 mod room;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use crate::map::Map;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::Waker;
 use std::time::Duration;
@@ -85,8 +86,8 @@ struct State {
     capacity: usize,
     in_flight: usize,
     next_ticket: u64,
-    agents: HashMap<AgentId, Agent>,
-    waiters: HashMap<u64, Waiter>,
+    agents: Map<AgentId, Agent>,
+    waiters: Map<u64, Waiter>,
     queued: [usize; 10],
     /// Per priority level, the predicted cost of what waits there: the
     /// work ahead of a request, for its estimate.
@@ -117,7 +118,7 @@ struct State {
     /// The permits granted here and not yet given back, by ticket: when
     /// each was granted and its predicted cost, for what each running
     /// request has left.
-    running: HashMap<u64, (Instant, f64)>,
+    running: Map<u64, (Instant, f64)>,
     /// When the timer set to end a permit's hold for a reservation
     /// fires, if one is set.
     hold_timer: Option<Instant>,
@@ -217,8 +218,8 @@ impl Pool {
                 capacity,
                 in_flight: 0,
                 next_ticket: 0,
-                agents: HashMap::new(),
-                waiters: HashMap::new(),
+                agents: Map::default(),
+                waiters: Map::default(),
                 queued: [0; 10],
                 queued_cost: [0.0; 10],
                 queued_bytes: 0,
@@ -230,7 +231,7 @@ impl Pool {
                 lent: 0,
                 front: Default::default(),
                 room: room::Room::default(),
-                running: HashMap::new(),
+                running: Map::default(),
                 hold_timer: None,
                 overruns: overrun::Overruns::default(),
             }),

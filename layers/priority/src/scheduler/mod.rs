@@ -1,6 +1,7 @@
 //! The scheduler: pools of upstream permits, one per model given its own,
 //! and which pool a ticket waits in. Waiting and holding are in `permit`.
 
+use crate::map::Map;
 use std::collections::HashMap;
 #[cfg(feature = "redis")]
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -84,7 +85,7 @@ pub(crate) enum Queue {
 pub struct Scheduler {
     config: PriorityConfig,
     default: Arc<Pool>,
-    by_model: HashMap<String, Arc<Pool>>,
+    by_model: Map<String, Arc<Pool>>,
     /// With `per_model`: the pools made on first use.
     on_demand: Option<Models>,
     changes: Arc<Notify>,
@@ -190,7 +191,7 @@ impl Scheduler {
         let (default, by_model) = match &fleet {
             Some(fleet) => (
                 Self::fleet_pool(config, &changes, fleet, corral_fleet::ANY_MODEL),
-                HashMap::new(),
+                Map::default(),
             ),
             None => {
                 let by_model = config
