@@ -29,10 +29,10 @@ pub type StackService = BoxCloneSyncService<HttpRequest, HttpResponse, BoxError>
 /// and again by each layer that keeps its inner service for later
 /// (`take_ready`), copied every layer below, sixteen boxes a request for
 /// the default stack (~5,400 instructions of ~121,000 under callgrind).
-/// Shared, a clone is a count; each call clones the one layer it enters
-/// and makes that clone ready before calling it, as tower's `oneshot`
-/// does, so a layer's readiness (a concurrency limit's, say) is still
-/// awaited, in the call's future.
+/// Shared, a clone is a count: the layer's own service is cloned once,
+/// when a clone is first asked whether it is ready, and that ready clone
+/// takes the call, so readiness (a concurrency limit's, a closed
+/// buffer's error) still reaches the layer above before it calls.
 pub(crate) fn shared<S>(service: S) -> StackService
 where
     S: Service<HttpRequest, Response = HttpResponse, Error = BoxError>
@@ -42,15 +42,24 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    BoxCloneSyncService::new(Shared(Arc::new(service)))
+    BoxCloneSyncService::new(Shared {
+        service: Arc::new(service),
+        ready: None,
+    })
 }
 
-/// A service behind an `Arc`, made ready in each call's own clone.
-struct Shared<S>(Arc<S>);
+/// A service behind an `Arc`, and the clone of it being made ready.
+struct Shared<S> {
+    service: Arc<S>,
+    ready: Option<S>,
+}
 
 impl<S> Clone for Shared<S> {
     fn clone(&self) -> Self {
-        Shared(Arc::clone(&self.0))
+        Shared {
+            service: Arc::clone(&self.service),
+            ready: None,
+        }
     }
 }
 
@@ -60,18 +69,27 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = tower::util::Oneshot<S, HttpRequest>;
+    type Future = futures_util::future::Either<S::Future, tower::util::Oneshot<S, HttpRequest>>;
 
     fn poll_ready(
         &mut self,
-        _: &mut std::task::Context<'_>,
+        cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Self::Error>> {
-        // Readiness is the clone's, awaited in the call's future.
-        std::task::Poll::Ready(Ok(()))
+        let service = &self.service;
+        self.ready
+            .get_or_insert_with(|| S::clone(service))
+            .poll_ready(cx)
     }
 
     fn call(&mut self, request: HttpRequest) -> Self::Future {
-        S::clone(&self.0).oneshot(request)
+        use futures_util::future::Either;
+        match self.ready.take() {
+            Some(mut ready) => Either::Left(ready.call(request)),
+            // Called without being asked first, against tower's contract:
+            // a clone is made ready in the call's future rather than
+            // called unready.
+            None => Either::Right(S::clone(&self.service).oneshot(request)),
+        }
     }
 }
 
@@ -156,9 +174,7 @@ impl StackLayer {
                 shared(
                     layer
                         .layer(inner)
-                        .map_response(|response: Response<B>| {
-                            response.map(|body| body.map_err(Into::into).boxed_unsync())
-                        })
+                        .map_response(|response: Response<B>| response.map(boxed))
                         .map_err(Into::into),
                 )
             }),
@@ -173,6 +189,24 @@ impl StackLayer {
     pub(crate) fn wrap(&self, inner: StackService) -> StackService {
         (self.wrap)(inner)
     }
+}
+
+/// A layer's answer body as the stack's: boxed, unless the layer handed
+/// on the body it was given (shed, auth, the cache's misses), which is
+/// boxed already: a second box would cost an allocation per answer and
+/// an indirect call per frame.
+fn boxed<B>(body: B) -> BoxBody
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut slot = Some(body);
+    let any: &mut dyn std::any::Any = &mut slot;
+    if let Some(same) = any.downcast_mut::<Option<BoxBody>>().and_then(Option::take) {
+        return same;
+    }
+    slot.map(|body| body.map_err(Into::into).boxed_unsync())
+        .unwrap_or_default()
 }
 
 /// A layer's options, as its config type; errors name the option.
@@ -269,5 +303,60 @@ mod tests {
             assert_eq!(response.status(), 200);
         }
         assert_eq!(clones.load(Ordering::SeqCst), 3, "one clone per call");
+    }
+
+    /// A service whose readiness fails, as a closed buffer's does.
+    #[derive(Clone)]
+    struct Closed;
+
+    impl Service<HttpRequest> for Closed {
+        type Response = HttpResponse;
+        type Error = BoxError;
+        type Future = std::future::Ready<Result<HttpResponse, BoxError>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            Poll::Ready(Err("closed".into()))
+        }
+
+        fn call(&mut self, _: HttpRequest) -> Self::Future {
+            panic!("called though it said it was not ready")
+        }
+    }
+
+    #[test]
+    fn the_layer_above_sees_a_shared_services_readiness_before_it_calls() {
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        let clones = Arc::new(AtomicUsize::new(0));
+        let mut picky = shared(Picky {
+            clones: clones.clone(),
+            polled: false,
+            ready: false,
+        });
+        assert!(picky.poll_ready(&mut cx).is_pending());
+        assert!(matches!(picky.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+        assert_eq!(clones.load(Ordering::SeqCst), 1, "one clone made ready");
+        // What a layer does to keep the ready service for later.
+        let taken = corral_core::take_ready(&mut picky);
+        let answer = taken.oneshot(http::Request::new(Body::empty()));
+        let answer = futures_util::FutureExt::now_or_never(answer).expect("ready already");
+        assert_eq!(answer.expect("the ready clone took the call").status(), 200);
+
+        let mut closed = shared(Closed);
+        match closed.poll_ready(&mut cx) {
+            Poll::Ready(Err(e)) => assert_eq!(e.to_string(), "closed"),
+            other => panic!("readiness lost: {:?}", other.map(|r| r.is_ok())),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_layers_body_is_boxed_once_whether_or_not_it_is_boxed_already() {
+        let plain = http_body_util::Full::new(Bytes::from_static(b"plain"));
+        let already: BoxBody = http_body_util::Full::new(Bytes::from_static(b"boxed"))
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        for (body, want) in [(boxed(plain), "plain"), (boxed(already), "boxed")] {
+            let bytes = body.collect().await.expect("a whole body").to_bytes();
+            assert_eq!(bytes, want);
+        }
     }
 }

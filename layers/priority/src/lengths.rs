@@ -3,7 +3,7 @@
 //! `num_predict`/`max_tokens` (or an unbounded one), so that shorter-first
 //! and the wait estimates know a summarizer from a classifier.
 
-use crate::map::Map;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use corral_core::AgentId;
@@ -28,7 +28,7 @@ type Pair = (Option<AgentId>, Option<Arc<str>>);
 #[derive(Debug, Default)]
 pub(crate) struct Lengths {
     /// The average and how many answers it is of.
-    averages: Mutex<Map<Pair, (f64, u32)>>,
+    averages: Mutex<HashMap<Pair, (f64, u32)>>,
 }
 
 impl Lengths {

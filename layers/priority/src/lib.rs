@@ -79,13 +79,14 @@
 //! per arrival, grant and completion with 10,000 waiting
 //! (`benches/RESULTS.md`).
 //!
-//! The maps the scheduler looks agents, tickets and requests up in hash
-//! with `foldhash` (seeded at random per map) rather than std's SipHash:
-//! a request makes a dozen lookups, and SipHash was ~4,500 of the default
-//! stack's ~120,000 instructions a request under callgrind. Agent names
-//! and request ids come from clients; foldhash's random seeds defeat
-//! collisions built offline, and the maps hold only what waits or runs,
-//! which shedding and the queue bound already limit.
+//! The maps keyed by what Corral numbers itself (the tickets of waiting
+//! and running requests) or by the configuration (pools by model) hash
+//! with `foldhash` rather than std's SipHash (a request makes several
+//! lookups in them: ~1,500 of the default stack's ~113,000 instructions
+//! a request under callgrind). Maps keyed by what clients send (agent
+//! names, request ids) keep SipHash: some hold up to 10,000 entries for
+//! the process's life behind the scheduler's lock, and foldhash does not
+//! claim to resist an attacker who can learn its seed by timing.
 //!
 //! # Example
 //!

@@ -3,7 +3,7 @@
 //! permit, and the pool's line of hold against cost that estimates
 //! read.
 
-use crate::map::Map;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use corral_core::AgentId;
@@ -56,7 +56,7 @@ impl Lend {
 /// seconds.
 #[derive(Debug, Default)]
 pub(crate) struct Holds {
-    agents: Map<AgentId, f64>,
+    agents: HashMap<AgentId, f64>,
     pool: Option<f64>,
     /// The pool's hold against cost.
     fit: Fit,

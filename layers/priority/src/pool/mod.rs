@@ -15,7 +15,7 @@ mod overrun;
 mod room;
 
 use crate::map::Map;
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::Waker;
 use std::time::Duration;
@@ -86,7 +86,7 @@ struct State {
     capacity: usize,
     in_flight: usize,
     next_ticket: u64,
-    agents: Map<AgentId, Agent>,
+    agents: HashMap<AgentId, Agent>,
     waiters: Map<u64, Waiter>,
     queued: [usize; 10],
     /// Per priority level, the predicted cost of what waits there: the
@@ -218,7 +218,7 @@ impl Pool {
                 capacity,
                 in_flight: 0,
                 next_ticket: 0,
-                agents: Map::default(),
+                agents: HashMap::new(),
                 waiters: Map::default(),
                 queued: [0; 10],
                 queued_cost: [0.0; 10],

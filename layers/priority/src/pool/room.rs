@@ -6,8 +6,7 @@
 //! fresh arrivals count the reservations due before they would be
 //! served as work ahead of them, so the capacity promised stays free.
 
-use crate::map::Map;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use corral_core::{AgentId, RequestId};
@@ -44,7 +43,7 @@ pub(crate) type Key = (AgentId, RequestId);
 #[derive(Debug, Default)]
 pub(super) struct Room {
     /// By holder: when each falls due, and its number.
-    by_key: Map<Key, (Instant, u64)>,
+    by_key: HashMap<Key, (Instant, u64)>,
     /// In the order they fall due.
     by_due: BTreeMap<(Instant, u64), Booking>,
     /// Per level, the predicted cost of the reservations there.

@@ -1,7 +1,7 @@
 //! The requests waiting now, by request id: where each stands, for the
 //! admin API (`GET /corral/requests/{id}`).
 
-use crate::map::Map;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -18,7 +18,7 @@ static ENTRIES: AtomicU64 = AtomicU64::new(0);
 /// The requests waiting in the scheduler's pools.
 #[derive(Default)]
 pub(crate) struct Waiting {
-    entries: Mutex<Map<RequestId, Entry>>,
+    entries: Mutex<HashMap<RequestId, Entry>>,
 }
 
 struct Entry {
