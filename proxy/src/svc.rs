@@ -76,9 +76,16 @@ where
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Self::Error>> {
         let service = &self.service;
-        self.ready
+        let polled = self
+            .ready
             .get_or_insert_with(|| S::clone(service))
-            .poll_ready(cx)
+            .poll_ready(cx);
+        if let std::task::Poll::Ready(Err(_)) = polled {
+            // A service that failed its readiness is done with: the next
+            // poll starts from a fresh clone.
+            self.ready = None;
+        }
+        polled
     }
 
     fn call(&mut self, request: HttpRequest) -> Self::Future {
@@ -159,6 +166,12 @@ corral_core::impl_debug!(StackLayer { summary });
 impl StackLayer {
     /// Any tower layer over the stack's service, boxed so that layers can
     /// be ordered at run time; `summary` says how it was configured.
+    ///
+    /// Each request's stack is made ready from the top down before the
+    /// request enters it: a layer that reserves something in `poll_ready`
+    /// (tower's concurrency limit) holds it from then on, through the
+    /// body's read and any queue below it, so it belongs above the
+    /// scheduler, not below.
     pub fn new<L, S, B>(layer: L, summary: impl Into<String>) -> Self
     where
         L: Layer<StackService, Service = S> + Send + Sync + 'static,
@@ -192,8 +205,7 @@ impl StackLayer {
 }
 
 /// A layer's answer body as the stack's: boxed, unless the layer handed
-/// on the body it was given (shed, auth, the cache's misses), which is
-/// boxed already: a second box would cost an allocation per answer and
+/// on the body it was given (shed, auth), which is boxed already: a second box would cost an allocation per answer and
 /// an indirect call per frame.
 fn boxed<B>(body: B) -> BoxBody
 where

@@ -82,25 +82,27 @@ impl Packed {
 /// (~390 instructions under callgrind; a request records three or four).
 fn packed<T>(request_id: Option<&str>, rest: impl FnOnce(&mut Vec<u8>) -> T) -> (Box<[u8]>, T) {
     thread_local! {
-        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
     }
-    SCRATCH.with_borrow_mut(|bytes| {
-        bytes.clear();
-        match request_id {
-            Some(id) => {
-                put_u64(bytes, id.len() as u64 + 1);
-                bytes.extend_from_slice(id.as_bytes());
-            }
-            None => put_u64(bytes, 0),
+    // Taken out and put back, never borrowed: an event recorded from a
+    // `Drop` while the thread's locals are torn down, or while another is
+    // packed, packs into a `Vec` of its own.
+    let mut bytes = SCRATCH.try_with(std::cell::Cell::take).unwrap_or_default();
+    bytes.clear();
+    match request_id {
+        Some(id) => {
+            put_u64(&mut bytes, id.len() as u64 + 1);
+            bytes.extend_from_slice(id.as_bytes());
         }
-        let other = rest(bytes);
-        let packed = Box::from(bytes.as_slice());
-        // An event of rare size does not keep its room for the thread's life.
-        if bytes.capacity() > 4096 {
-            *bytes = Vec::new();
-        }
-        (packed, other)
-    })
+        None => put_u64(&mut bytes, 0),
+    }
+    let other = rest(&mut bytes);
+    let packed = Box::from(bytes.as_slice());
+    // An event of rare size does not keep its room for the thread's life.
+    if bytes.capacity() <= 4096 {
+        let _ = SCRATCH.try_with(|scratch| scratch.set(bytes));
+    }
+    (packed, other)
 }
 
 fn is_scalar(value: &Value) -> bool {
