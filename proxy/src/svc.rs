@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use corral_core::{Body, BoxBody, BoxError, Bus, ConfigError, LoadCell};
 use http::Response;
-use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceExt};
@@ -187,7 +186,7 @@ impl StackLayer {
                 shared(
                     layer
                         .layer(inner)
-                        .map_response(|response: Response<B>| response.map(boxed))
+                        .map_response(|response: Response<B>| response.map(corral_core::boxed))
                         .map_err(Into::into),
                 )
             }),
@@ -202,23 +201,6 @@ impl StackLayer {
     pub(crate) fn wrap(&self, inner: StackService) -> StackService {
         (self.wrap)(inner)
     }
-}
-
-/// A layer's answer body as the stack's: boxed, unless the layer handed
-/// on the body it was given (shed, auth), which is boxed already: a second box would cost an allocation per answer and
-/// an indirect call per frame.
-fn boxed<B>(body: B) -> BoxBody
-where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    let mut slot = Some(body);
-    let any: &mut dyn std::any::Any = &mut slot;
-    if let Some(same) = any.downcast_mut::<Option<BoxBody>>().and_then(Option::take) {
-        return same;
-    }
-    slot.map(|body| body.map_err(Into::into).boxed_unsync())
-        .unwrap_or_default()
 }
 
 /// A layer's options, as its config type; errors name the option.
@@ -357,18 +339,6 @@ mod tests {
         match closed.poll_ready(&mut cx) {
             Poll::Ready(Err(e)) => assert_eq!(e.to_string(), "closed"),
             other => panic!("readiness lost: {:?}", other.map(|r| r.is_ok())),
-        }
-    }
-
-    #[tokio::test]
-    async fn a_layers_body_is_boxed_once_whether_or_not_it_is_boxed_already() {
-        let plain = http_body_util::Full::new(Bytes::from_static(b"plain"));
-        let already: BoxBody = http_body_util::Full::new(Bytes::from_static(b"boxed"))
-            .map_err(|never| match never {})
-            .boxed_unsync();
-        for (body, want) in [(boxed(plain), "plain"), (boxed(already), "boxed")] {
-            let bytes = body.collect().await.expect("a whole body").to_bytes();
-            assert_eq!(bytes, want);
         }
     }
 }

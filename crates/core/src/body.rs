@@ -28,6 +28,35 @@ pub fn full(bytes: impl Into<Bytes>) -> BoxBody {
         .boxed_unsync()
 }
 
+/// `body` as a [`BoxBody`]: boxed, unless it already is one, which is
+/// handed back as it is. A layer that hands on the body it was given
+/// (and a stack that boxes each layer's answer) would otherwise add an
+/// allocation per answer and an indirect call per frame for nothing.
+///
+/// ```
+/// use http_body_util::BodyExt;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let again = corral_core::boxed(corral_core::full("boxed"));
+/// let first = corral_core::boxed(http_body_util::Full::new(bytes::Bytes::from("plain")));
+/// assert_eq!(again.collect().await.unwrap().to_bytes(), "boxed");
+/// assert_eq!(first.collect().await.unwrap().to_bytes(), "plain");
+/// # }
+/// ```
+pub fn boxed<B>(body: B) -> BoxBody
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut slot = Some(body);
+    let any: &mut dyn std::any::Any = &mut slot;
+    if let Some(same) = any.downcast_mut::<Option<BoxBody>>().and_then(Option::take) {
+        return same;
+    }
+    slot.map(|body| body.map_err(Into::into).boxed_unsync())
+        .unwrap_or_default()
+}
+
 /// An empty [`BoxBody`].
 ///
 /// ```

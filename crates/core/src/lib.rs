@@ -72,7 +72,7 @@ mod terminal;
 mod usage;
 
 pub use admit::AdmitThenCall;
-pub use body::{empty, full, Body, BoxBody};
+pub use body::{boxed, empty, full, Body, BoxBody};
 pub use bus::{channels, Bus, BusMessage, MemoryBus};
 pub use carried::{Dispatched, Vouched};
 pub use clock::{rfc3339_now, unix_now, unix_now_f64};

@@ -226,7 +226,7 @@ where
     inner
         .oneshot(request)
         .await
-        .map(|r| r.map(|b| b.map_err(Into::into).boxed_unsync()))
+        .map(|r| r.map(corral_core::boxed))
         .map_err(Into::into)
 }
 

@@ -67,7 +67,7 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    response.map(|b| b.map_err(Into::into).boxed_unsync())
+    response.map(corral_core::boxed)
 }
 
 impl<S, B> Service<Request<Body>> for CacheService<S>

@@ -446,8 +446,14 @@ impl Scheduler {
         if let Some(shared) = self.shared_of(&pool) {
             return Queue::Shared(shared);
         }
-        let name = model.filter(|m| !m.is_empty()).map(canonical_model);
-        if self.on_demand.is_some() && name.is_some_and(|n| n != pool.name()) {
+        // The name is made (an allocation) only where pools are made on
+        // demand: ~1,000 instructions a request otherwise, for nothing.
+        if self.on_demand.is_some()
+            && model
+                .filter(|m| !m.is_empty())
+                .map(canonical_model)
+                .is_some_and(|n| n != pool.name())
+        {
             return Queue::NotMade;
         }
         Queue::Local(pool)
