@@ -9,7 +9,9 @@
 //! watcher must not take it for a client that left midway.
 
 use http::{header, HeaderMap};
-use memchr::{memchr, memmem};
+use std::sync::OnceLock;
+
+use memchr::{memchr, memmem::Finder};
 
 /// Ollama's last line says so (Go writes no space after the colon; inside
 /// a string the quotes would be escaped).
@@ -107,7 +109,11 @@ impl TerminalFrame {
     /// Where the marker ends in `chunk`, though it began in the chunk
     /// before.
     fn find_done(&self, chunk: &[u8]) -> Option<usize> {
-        if let Some(at) = memmem::find(chunk, DONE) {
+        // The searcher built once: `memmem::find` builds one a call, and
+        // this runs for every chunk of every streamed answer.
+        static FINDER: OnceLock<Finder<'static>> = OnceLock::new();
+        let done = FINDER.get_or_init(|| Finder::new(DONE));
+        if let Some(at) = done.find(chunk) {
             return Some(at + DONE.len());
         }
         let head = &chunk[..chunk.len().min(DONE.len() - 1)];
@@ -115,7 +121,7 @@ impl TerminalFrame {
         let kept = self.kept_len;
         window[..kept].copy_from_slice(&self.kept[..kept]);
         window[kept..kept + head.len()].copy_from_slice(head);
-        let at = memmem::find(&window[..kept + head.len()], DONE)?;
+        let at = done.find(&window[..kept + head.len()])?;
         Some(at + DONE.len() - kept)
     }
 

@@ -63,27 +63,49 @@ impl Usage {
     }
 }
 
-/// The keys [`Usage::read`] looks for, in the order of [`first_keys`]'s
-/// answer.
-const KEYS: [&[u8]; 6] = [
-    b"\"prompt_eval_count\":",
-    b"\"prompt_tokens\":",
-    b"\"input_tokens\":",
-    b"\"eval_count\":",
-    b"\"completion_tokens\":",
-    b"\"output_tokens\":",
+/// The keys [`Usage::read`] looks for, by their two endings: each key
+/// is its ending's match preceded by one of its beginnings, the slot
+/// of [`first_keys`]'s answer it fills given with it. Slots: prompt
+/// (Ollama, OpenAI, Anthropic), then generated (the same three).
+const KEYS: [(&[u8], &[Beginning]); 2] = [
+    (b"_count\":", &[(0, b"\"prompt_eval"), (3, b"\"eval")]),
+    (
+        b"_tokens\":",
+        &[
+            (1, b"\"prompt"),
+            (2, b"\"input"),
+            (4, b"\"completion"),
+            (5, b"\"output"),
+        ],
+    ),
 ];
 
-/// Where the value after the first occurrence of each of [`KEYS`] starts.
+/// A key's beginning, before its ending, and the slot it fills.
+type Beginning = (usize, &'static [u8]);
+
+/// Where the value after the first occurrence of each key starts.
 fn first_keys(haystack: &[u8]) -> [Option<usize>; 6] {
-    // Searchers built once, a vectorised search per key: ~50 ns for an
-    // Ollama final message where a comparison per key at every byte took
-    // ~170 ns (and ~1,900 instructions against ~9,000 under callgrind).
-    static FINDERS: OnceLock<[Finder<'static>; 6]> = OnceLock::new();
-    let finders = FINDERS.get_or_init(|| KEYS.map(Finder::new));
+    // Two vectorised searches, one per ending, each match checked
+    // against the keys that end so: every frame of every answer passes
+    // here, once or twice (the observation, fair share), and a streamed
+    // frame holds no key at all. A search per key (six) took 2,580
+    // instructions a chunk of a stream over the bare proxy's, with the
+    // end-of-stream marker's searcher built each chunk; these two and a
+    // searcher built once, 1,660 (benches/RESULTS.md, "Third pass").
+    static FINDERS: OnceLock<[Finder<'static>; 2]> = OnceLock::new();
+    let finders = FINDERS.get_or_init(|| KEYS.map(|(ending, _)| Finder::new(ending)));
     let mut found = [None; 6];
-    for ((slot, finder), key) in found.iter_mut().zip(finders).zip(KEYS) {
-        *slot = finder.find(haystack).map(|at| at + key.len());
+    for (finder, (ending, beginnings)) in finders.iter().zip(KEYS) {
+        let mut from = 0;
+        while let Some(at) = haystack.get(from..).and_then(|rest| finder.find(rest)) {
+            let at = from + at;
+            from = at + ending.len();
+            for &(slot, beginning) in beginnings {
+                if found[slot].is_none() && haystack[..at].ends_with(beginning) {
+                    found[slot] = Some(from);
+                }
+            }
+        }
     }
     found
 }
@@ -185,6 +207,9 @@ mod tests {
             br#"event: message_delta
 data: {"type":"message_delta","usage":{"output_tokens":15}}"#,
             br#"{"usage":{"input_tokens":4,"output_tokens":7,"total_tokens":11}}"#,
+            br#"{"usage":{"cache_creation_input_tokens":6,"input_tokens":4,"xoutput_tokens":1,"output_tokens":7}}"#,
+            br#"{"x_count":1,"_tokens":2,"eval_count":"3","eval_count":4,"prompt_eval_count":5}"#,
+            br#"_count":_tokens":"eval_count":_count":"#,
         ];
         for chunk in chunks {
             let mut usage = Usage::default();
@@ -195,6 +220,48 @@ data: {"type":"message_delta","usage":{"output_tokens":15}}"#,
                 "{}",
                 String::from_utf8_lossy(chunk)
             );
+        }
+    }
+
+    #[test]
+    fn every_arrangement_of_keys_reads_like_a_search_per_key() {
+        // Pieces that make and break the keys: the keys themselves, their
+        // endings alone, prefixes that make a longer key, quotes, numbers.
+        let pieces: &[&[u8]] = &[
+            b"\"prompt_eval_count\":",
+            b"\"eval_count\":",
+            b"\"prompt_tokens\":",
+            b"\"completion_tokens\":",
+            b"\"input_tokens\":",
+            b"\"output_tokens\":",
+            b"_count\":",
+            b"_tokens\":",
+            b"\"cache_creation",
+            b"\"",
+            b" 12",
+            b"7,",
+            b"x",
+        ];
+        let mut chunk = Vec::new();
+        for a in pieces {
+            for b in pieces {
+                for c in pieces {
+                    for d in [&b"3"[..], b""] {
+                        chunk.clear();
+                        for piece in [*a, *b, *c, d] {
+                            chunk.extend_from_slice(piece);
+                        }
+                        let mut usage = Usage::default();
+                        usage.read(&chunk);
+                        assert_eq!(
+                            usage,
+                            reference(&chunk),
+                            "{}",
+                            String::from_utf8_lossy(&chunk)
+                        );
+                    }
+                }
+            }
         }
     }
 }
