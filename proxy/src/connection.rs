@@ -10,11 +10,11 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::Watcher;
 
 use corral_core::BoxBody;
 
 use crate::conn_guard::{sniff, Protocol, Slot, WriteStall};
+use crate::drain::Drain;
 use crate::front::Front;
 use crate::server::Limits;
 
@@ -59,7 +59,8 @@ pub(crate) struct Accepted {
     pub(crate) service: Conn,
     /// Its place in its address's count, given back when it closes.
     pub(crate) slot: Slot,
-    pub(crate) watcher: Watcher,
+    /// The graceful shutdown's signal.
+    pub(crate) drain: Drain,
     pub(crate) stop: tokio::sync::watch::Receiver<()>,
 }
 
@@ -79,11 +80,15 @@ impl Accepted {
         match protocol {
             Protocol::Http1 => {
                 let conn = builders.http1.serve_connection(io, self.service);
-                let _ = self.watcher.watch(conn).await;
+                let _ = self
+                    .drain
+                    .watch(conn, http1::Connection::graceful_shutdown)
+                    .await;
             }
             Protocol::Http2 => {
                 let conn = builders.http2.serve_connection(io, self.service);
-                let _ = Box::pin(self.watcher.watch(conn)).await;
+                let _ =
+                    Box::pin(self.drain.watch(conn, http2::Connection::graceful_shutdown)).await;
             }
         }
         drop(self.slot);

@@ -45,6 +45,7 @@ pub mod cli;
 pub mod config;
 mod conn_guard;
 mod connection;
+mod drain;
 mod fields;
 mod follow;
 mod forwarded;

@@ -6,7 +6,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -231,7 +230,7 @@ impl Server {
             reloader.handle(),
         ));
         let builders = std::sync::Arc::new(Builders::new(&limits));
-        let graceful = GracefulShutdown::new();
+        let graceful = crate::drain::Drain::default();
         // Connections still telling their protocol are closed at once on
         // shutdown: they have no request in flight.
         let (stopping, sniffs_stop) = tokio::sync::watch::channel(());
@@ -248,7 +247,7 @@ impl Server {
                         peer,
                     },
                     slot: table.admit(peer.ip())?,
-                    watcher: graceful.watcher(),
+                    drain: graceful.clone(),
                     stop: sniffs_stop.clone(),
                 };
                 Some(accepted.serve(builders.clone(), limits))
@@ -292,16 +291,25 @@ impl Server {
 
 /// Lets the open connections finish for the grace period, then closes
 /// what is left.
-async fn drain(graceful: GracefulShutdown, mut connections: JoinSet<()>, grace: Duration) {
+async fn drain(graceful: crate::drain::Drain, mut connections: JoinSet<()>, grace: Duration) {
     tracing::info!(
         connections = connections.len(),
         grace_secs = grace.as_secs_f64(),
         "shutting down: no new connections; in-flight requests may finish"
     );
-    tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections finished"),
-        () = tokio::time::sleep(grace) => {
-            tracing::warn!(connections = connections.len(), "grace period over: closing the remaining connections");
+    graceful.start();
+    let deadline = tokio::time::sleep(grace);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            joined = connections.join_next() => if joined.is_none() {
+                tracing::info!("all connections finished");
+                break;
+            },
+            () = &mut deadline => {
+                tracing::warn!(connections = connections.len(), "grace period over: closing the remaining connections");
+                break;
+            }
         }
     }
     connections.abort_all();

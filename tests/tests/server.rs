@@ -221,3 +221,37 @@ async fn sockets_that_never_sent_a_byte_do_not_hold_up_a_shutdown() {
     // 30 s header timeout or the 30 s grace, past `within`'s 15 s.
     within(corral.begin_shutdown()).await.unwrap();
 }
+
+#[tokio::test]
+async fn idle_kept_alive_connections_are_closed_at_once_on_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_upstream, corral) = fast_proxy().await;
+    let addr = corral.addr();
+    // HTTP/1.1: one request answered, the connection kept alive, idle.
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /api/version HTTP/1.1\r\nHost: corral\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("\"version\"") {
+        let n = within(idle.read(&mut buf)).await.unwrap();
+        assert!(n > 0, "closed before answering");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    // h2c: a client whose pooled connection stays open after its answer.
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let response =
+        within(client.request(request("GET", &format!("{}/api/version", corral.url()), "")))
+            .await
+            .unwrap();
+    assert_eq!(response.status(), 200);
+    text(response).await;
+    // Both would hold the shutdown for the 30 s header timeout or the
+    // 30 s grace, past `within`'s 15 s, if they were not told to close.
+    within(corral.begin_shutdown()).await.unwrap();
+    let n = within(idle.read(&mut buf)).await.unwrap_or(0);
+    assert_eq!(n, 0, "the idle HTTP/1.1 connection is closed");
+}
