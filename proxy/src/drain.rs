@@ -74,8 +74,9 @@ struct Registration {
 }
 
 impl Registration {
-    /// Whether the connection is to finish now; registers the task first,
-    /// so a drain that starts after the flag was read still wakes it.
+    /// Whether to tell the connection to finish at this poll (once, the
+    /// first poll after the drain started); registers the task first, so
+    /// a drain that starts after the flag was read still wakes it.
     fn poll_told(&mut self, cx: &Context<'_>) -> bool {
         if self.told {
             return false;
@@ -124,21 +125,27 @@ impl<C: Future> Future for Watched<C> {
 mod tests {
     use super::*;
 
-    /// A connection that ends once told to, counting the times it was.
+    /// A connection that, told to finish, takes one more poll to end (it
+    /// wakes itself for it), counting the times it was told.
     struct Conn {
         told: u32,
         polls: u32,
+        polls_since_told: u32,
     }
 
     impl Future for Conn {
         type Output = u32;
-        fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<u32> {
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<u32> {
             self.polls += 1;
-            if self.told > 0 {
-                Poll::Ready(self.told)
-            } else {
-                Poll::Pending
+            if self.told == 0 {
+                return Poll::Pending;
             }
+            self.polls_since_told += 1;
+            if self.polls_since_told < 2 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            Poll::Ready(self.told)
         }
     }
 
@@ -147,7 +154,27 @@ mod tests {
     }
 
     fn conn() -> Conn {
-        Conn { told: 0, polls: 0 }
+        Conn {
+            told: 0,
+            polls: 0,
+            polls_since_told: 0,
+        }
+    }
+
+    /// A task's waker, as tokio's: its clones wake the same task.
+    fn task_waker() -> Waker {
+        struct Task;
+        impl std::task::Wake for Task {
+            fn wake(self: Arc<Self>) {}
+        }
+        Waker::from(Arc::new(Task))
+    }
+
+    async fn ended<T>(task: tokio::task::JoinHandle<T>) -> T {
+        tokio::time::timeout(std::time::Duration::from_secs(10), task)
+            .await
+            .expect("the connection was never told")
+            .unwrap()
     }
 
     #[tokio::test]
@@ -156,9 +183,11 @@ mod tests {
         let task = tokio::spawn(drain.watch(conn(), tell));
         tokio::task::yield_now().await;
         assert!(!task.is_finished());
+        // Registered and asleep: only the wake can reach it.
+        assert_eq!(lock(&drain.shared.wakers).len(), 1);
         drain.start();
         drain.start();
-        assert_eq!(task.await.unwrap(), 1);
+        assert_eq!(ended(task).await, 1);
         assert!(lock(&drain.shared.wakers).is_empty());
     }
 
@@ -166,9 +195,15 @@ mod tests {
     async fn a_connection_watched_after_the_start_is_told_at_its_first_poll() {
         let drain = Drain::default();
         drain.start();
-        let mut watched = std::pin::pin!(drain.watch(conn(), tell));
-        let told = std::future::poll_fn(|cx| Poll::Ready(watched.as_mut().poll(cx))).await;
-        assert_eq!(told, Poll::Ready(1));
+        let mut watched = Box::pin(drain.watch(conn(), tell));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(watched.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(watched.conn.told, 1);
+        // Registered after the start's wake-up: gone with the connection.
+        assert_eq!(lock(&drain.shared.wakers).len(), 1);
+        assert_eq!(watched.as_mut().poll(&mut cx), Poll::Ready(1));
+        drop(watched);
+        assert!(lock(&drain.shared.wakers).is_empty());
     }
 
     #[tokio::test]
@@ -199,13 +234,7 @@ mod tests {
                 .collect();
             drain.start();
             for task in tasks {
-                let told = runtime
-                    .block_on(async {
-                        tokio::time::timeout(std::time::Duration::from_secs(10), task).await
-                    })
-                    .expect("a connection was never told")
-                    .unwrap();
-                assert_eq!(told, 1);
+                assert_eq!(runtime.block_on(ended(task)), 1);
             }
         }
     }
@@ -214,18 +243,15 @@ mod tests {
     fn polls_after_the_first_take_no_lock_and_register_nothing_new() {
         let drain = Drain::default();
         let mut watched = Box::pin(drain.watch(conn(), tell));
-        // A task's waker, as tokio's: its clones wake the same task.
-        struct Task;
-        impl std::task::Wake for Task {
-            fn wake(self: Arc<Self>) {}
-        }
-        let waker = Waker::from(Arc::new(Task));
+        let waker = task_waker();
         let mut cx = Context::from_waker(&waker);
         for _ in 0..3 {
             assert!(watched.as_mut().poll(&mut cx).is_pending());
         }
         assert_eq!(lock(&drain.shared.wakers).len(), 1);
-        // The lock held elsewhere: a registered connection polls on.
+        // The lock held elsewhere: a registered connection polls on (were
+        // it to take the lock, this thread would deadlock: a hang, not a
+        // pass).
         let held = lock(&drain.shared.wakers);
         assert!(watched.as_mut().poll(&mut cx).is_pending());
         drop(held);

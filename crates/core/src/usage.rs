@@ -91,7 +91,7 @@ fn first_keys(haystack: &[u8]) -> [Option<usize>; 6] {
     // frame holds no key at all. A search per key (six) took 2,580
     // instructions a chunk of a stream over the bare proxy's, with the
     // end-of-stream marker's searcher built each chunk; these two and a
-    // searcher built once, 1,660 (benches/RESULTS.md, "Third pass").
+    // searcher built once, 1,507 (benches/RESULTS.md, "Third pass").
     static FINDERS: OnceLock<[Finder<'static>; 2]> = OnceLock::new();
     let finders = FINDERS.get_or_init(|| KEYS.map(|(ending, _)| Finder::new(ending)));
     let mut found = [None; 6];
@@ -237,6 +237,10 @@ data: {"type":"message_delta","usage":{"output_tokens":15}}"#,
             b"_count\":",
             b"_tokens\":",
             b"\"cache_creation",
+            b"\"prompt",
+            b"\"eval",
+            b"_eval",
+            b"\"input",
             b"\"",
             b" 12",
             b"7,",
