@@ -8,9 +8,9 @@
 //! often before the upstream's body has told the proxy it ended: the
 //! watcher must not take it for a client that left midway.
 
-use http::{header, HeaderMap};
 use std::sync::OnceLock;
 
+use http::{header, HeaderMap};
 use memchr::{memchr, memmem::Finder};
 
 /// Ollama's last line says so (Go writes no space after the colon; inside
