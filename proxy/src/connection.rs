@@ -16,6 +16,7 @@ use corral_core::BoxBody;
 use crate::conn_guard::{sniff, Protocol, Slot, WriteStall};
 use crate::drain::Drain;
 use crate::front::Front;
+use crate::repoll::Repolled;
 use crate::server::Limits;
 
 /// Streams one h2c connection may have open at once.
@@ -80,15 +81,15 @@ impl Accepted {
         match protocol {
             Protocol::Http1 => {
                 let conn = builders.http1.serve_connection(io, self.service);
-                let _ = self
-                    .drain
-                    .watch(conn, http1::Connection::graceful_shutdown)
+                let _ = Repolled::new(self.drain.watch(conn, http1::Connection::graceful_shutdown))
                     .await;
             }
             Protocol::Http2 => {
                 let conn = builders.http2.serve_connection(io, self.service);
-                let _ =
-                    Box::pin(self.drain.watch(conn, http2::Connection::graceful_shutdown)).await;
+                let _ = Box::pin(Repolled::new(
+                    self.drain.watch(conn, http2::Connection::graceful_shutdown),
+                ))
+                .await;
             }
         }
         drop(self.slot);

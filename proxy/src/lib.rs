@@ -60,6 +60,7 @@ mod otlp;
 mod pin;
 pub mod registry;
 pub mod reload;
+mod repoll;
 pub mod respond;
 mod running;
 pub mod server;

@@ -8,6 +8,12 @@
 //! also appended as one JSON line, and the log is read back from it at
 //! start, so a restart keeps its history.
 //!
+//! Recording stays off the shared log: the recording thread numbers its
+//! event and holds it in a shard of its own, and a thread of the log's
+//! merges the shards in batches (std threads and `crossbeam-utils`'
+//! `CachePadded` for the shards, nothing else); a read merges first, so
+//! it sees every event recorded before it, in order.
+//!
 //! [`EventLog::replay`] returns events since a time, for an agent or of a
 //! kind. [`project`] rebuilds per-agent usage (requests, completions,
 //! refusals, tokens, cache hits) from any run of events; the log keeps the

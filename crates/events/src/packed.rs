@@ -10,7 +10,7 @@
 //! the bus, rare) is kept as it came.
 
 use corral_core::EventValue;
-use serde_json::{Map, Number, Value};
+use serde_json::{Map, Value};
 
 const NULL: u8 = 0;
 const FALSE: u8 = 1;
@@ -222,23 +222,28 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(self.take(n)?).ok()
     }
 
+    /// A field's name and value, as [`put_field`] wrote them.
+    fn field(&mut self) -> Option<(&'a str, EventValue<'a>)> {
+        let key = self.str()?;
+        let value = match self.byte()? {
+            NULL => EventValue::Null,
+            FALSE => EventValue::Bool(false),
+            TRUE => EventValue::Bool(true),
+            UNSIGNED => EventValue::U64(self.u64()?),
+            SIGNED => EventValue::I64(i64::from_le_bytes(self.eight()?)),
+            FLOAT => EventValue::F64(f64::from_le_bytes(self.eight()?)),
+            STRING => EventValue::Str(self.str()?),
+            _ => return None,
+        };
+        Some((key, value))
+    }
+
     fn object(&mut self) -> Option<Value> {
         let entries = self.len()?;
         let mut map = Map::new();
         for _ in 0..entries {
-            let key = self.str()?.to_string();
-            let value = match self.byte()? {
-                NULL => Value::Null,
-                FALSE => Value::Bool(false),
-                TRUE => Value::Bool(true),
-                UNSIGNED => Value::Number(Number::from(self.u64()?)),
-                SIGNED => Value::Number(Number::from(i64::from_le_bytes(self.eight()?))),
-                FLOAT => Number::from_f64(f64::from_le_bytes(self.eight()?))
-                    .map_or(Value::Null, Value::Number),
-                STRING => Value::String(self.str()?.to_string()),
-                _ => return None,
-            };
-            map.insert(key, value);
+            let (key, value) = self.field()?;
+            map.insert(key.to_string(), value.to_json());
         }
         Some(Value::Object(map))
     }

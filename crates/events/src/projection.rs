@@ -125,6 +125,17 @@ pub(crate) fn fold<'a>(
     kind: &str,
     field: impl Fn(&str) -> Option<EventValue<'a>>,
 ) {
+    let (counted, class) = counted(kind, field);
+    entry.count(&counted, class);
+}
+
+/// What an event of `kind` adds to its agent's usage (its counters;
+/// `class` left out), and the class it names; `field` reads its data by
+/// name.
+pub(crate) fn counted<'a>(
+    kind: &str,
+    field: impl Fn(&str) -> Option<EventValue<'a>>,
+) -> (AgentUsage, Option<&'a str>) {
     // As `Value::as_u64` reads them: whole numbers from 0 up.
     let number = |name: &str| match field(name) {
         Some(EventValue::U64(n)) => n,
@@ -135,33 +146,49 @@ pub(crate) fn fold<'a>(
         Some(EventValue::Str(s)) => Some(s),
         _ => None,
     };
+    let mut counted = AgentUsage::default();
+    let mut class = None;
     match kind {
         "received" => {
-            entry.requests += 1;
-            if let Some(class) = text("class") {
-                if entry.class.as_deref() != Some(class) {
-                    entry.class = Some(class.to_string());
-                }
-            }
+            counted.requests = 1;
+            class = text("class");
         }
         "refused" => match text("reason") {
             Some(reason) if reason.starts_with("upstream_") || reason == "unexpected" => {
-                entry.failed += 1
+                counted.failed = 1
             }
-            _ => entry.refused += 1,
+            _ => counted.refused = 1,
         },
-        "cache_hit" => entry.cache_hits += 1,
+        "cache_hit" => counted.cache_hits = 1,
         "completed" => {
             match text("outcome") {
-                Some("completed") => entry.completed += 1,
-                Some("cancelled") => entry.cancelled += 1,
-                Some("error") => entry.failed += 1,
+                Some("completed") => counted.completed = 1,
+                Some("cancelled") => counted.cancelled = 1,
+                Some("error") => counted.failed = 1,
                 _ => {}
             }
-            entry.prompt_tokens += number("prompt_tokens");
-            entry.generated_tokens += number("generated_tokens");
+            counted.prompt_tokens = number("prompt_tokens");
+            counted.generated_tokens = number("generated_tokens");
         }
         _ => {}
+    }
+    (counted, class)
+}
+
+impl AgentUsage {
+    /// Adds what one event counted (see [`counted`]); its class, when it
+    /// names one, becomes the agent's.
+    pub(crate) fn count(&mut self, counted: &AgentUsage, class: Option<&str>) {
+        for (name, n) in counted.counters() {
+            if n > 0 {
+                self.add(name, n);
+            }
+        }
+        if let Some(class) = class {
+            if self.class.as_deref() != Some(class) {
+                self.class = Some(class.to_string());
+            }
+        }
     }
 }
 

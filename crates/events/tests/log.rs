@@ -227,3 +227,84 @@ fn usage_since_counts_by_the_hour_and_forgets_past_the_retention() {
     assert_eq!(usage["a"].requests, 0);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Threads record at once while another reads: every read holds ids
+/// 1, 2, 3, ... without a gap (the last `capacity` of them), each
+/// thread's events in its order, and at the end every event is counted.
+#[test]
+fn events_recorded_by_many_threads_read_back_in_order_without_gaps() {
+    const THREADS: usize = 6;
+    const EACH: usize = 30_000;
+    for capacity in [usize::MAX, 1_000] {
+        let log = std::sync::Arc::new(
+            EventLog::open(&EventsConfig {
+                capacity,
+                file: None,
+            })
+            .unwrap(),
+        );
+        let start = std::sync::Arc::new(std::sync::Barrier::new(THREADS + 1));
+        let recorders: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (log, start) = (log.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    for i in 0..EACH {
+                        let agent = format!("agent-{t}");
+                        log.record_fields(
+                            "received",
+                            &agent,
+                            &i.to_string(),
+                            &[("class", "c".into())],
+                        );
+                    }
+                })
+            })
+            .collect();
+        start.wait();
+        let check = |events: &[corral_core::Event]| {
+            let (held, next) = (events.len() as u64, log.size().1);
+            let ids: Vec<u64> = events.iter().map(|e| e.id).collect();
+            let first = ids.first().copied().unwrap_or(1);
+            assert!(
+                ids.iter().copied().eq(first..first + held),
+                "a gap or a disorder"
+            );
+            assert!(first + held <= next);
+            let mut last_of = std::collections::HashMap::new();
+            for event in events {
+                let i: i64 = event.request_id.as_deref().unwrap().parse().unwrap();
+                let last = last_of.entry(event.agent.clone().unwrap()).or_insert(i - 1);
+                assert_eq!(i, *last + 1, "a thread's events out of its order");
+                *last = i;
+            }
+        };
+        let mut reads = 0;
+        while !recorders.iter().all(std::thread::JoinHandle::is_finished) {
+            let events = log.replay(&Query::default());
+            if capacity == usize::MAX {
+                // Nothing evicted: each thread's events from its first.
+                let mut firsts = std::collections::HashSet::new();
+                for event in &events {
+                    if firsts.insert(event.agent.clone()) {
+                        assert_eq!(event.request_id.as_deref(), Some("0"));
+                    }
+                }
+            }
+            check(&events);
+            reads += 1;
+        }
+        for recorder in recorders {
+            recorder.join().unwrap();
+        }
+        let events = log.replay(&Query::default());
+        check(&events);
+        assert_eq!(events.len(), (THREADS * EACH).min(capacity));
+        assert_eq!(events.last().unwrap().id, (THREADS * EACH) as u64);
+        let usage = log.usage();
+        for t in 0..THREADS {
+            assert_eq!(usage[&format!("agent-{t}")].requests, EACH as u64);
+        }
+        assert!(reads > 0);
+    }
+}
