@@ -643,16 +643,57 @@ mod tests {
             lock(&log.inner.state).events.len() == BATCH
         });
         assert!(merged, "the batch was never merged");
-        // Dropping the log joins its thread: a drop that returns is a
-        // thread that ended. Dropped on a helper so a hang fails the test.
-        let (done, dropped) = std::sync::mpsc::channel();
+        // The thread ends when the log is dropped: its handle taken here
+        // (so the drop does not join it) and joined on a helper, so a
+        // thread that lives on fails the test instead of hanging it.
+        let merger = lock(&log.inner.joiner).take().expect("a merging thread");
+        drop(log);
+        let (done, ended) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            drop(log);
-            let _ = done.send(());
+            let _ = done.send(merger.join().is_ok());
         });
-        dropped
-            .recv_timeout(std::time::Duration::from_secs(10))
-            .expect("the merging thread did not end with the log");
+        assert_eq!(
+            ended.recv_timeout(std::time::Duration::from_secs(10)),
+            Ok(true),
+            "the merging thread did not end with the log"
+        );
+    }
+
+    #[test]
+    fn a_log_that_keeps_nothing_still_counts_usage_through_the_shards() {
+        let log = EventLog::open(&EventsConfig {
+            capacity: 0,
+            file: None,
+        })
+        .unwrap();
+        received(&log, BATCH + 10);
+        log.record(
+            NewEvent::new(
+                "received",
+                serde_json::json!({"class": "interactive", "endpoint": "chat"}),
+            )
+            .about("planner", "r"),
+        );
+        log.record(
+            NewEvent::new(
+                "completed",
+                serde_json::json!({"outcome": "completed", "prompt_tokens": 3, "generated_tokens": 9}),
+            )
+            .about("planner", "r"),
+        );
+        let usage = &log.usage()["planner"];
+        assert_eq!(usage.requests, BATCH as u64 + 11);
+        assert_eq!(
+            (usage.completed, usage.prompt_tokens, usage.generated_tokens),
+            (1, 3, 9)
+        );
+        assert_eq!(
+            usage.class.as_deref(),
+            Some("interactive"),
+            "the last class named"
+        );
+        assert_eq!(log.size(), (0, BATCH as u64 + 13));
+        assert!(log.replay(&Query::default()).is_empty());
     }
 
     #[test]
