@@ -3,19 +3,21 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
-use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{JoinHandle, Thread};
 
 use corral_core::{lock, Event, EventSink, EventValue, NewEvent};
 use crossbeam_utils::CachePadded;
 use serde::{Deserialize, Serialize};
 
+mod held;
+
 use crate::packed::scalar;
 use crate::packed::Packed;
 use crate::projection::{counted, hour_of, AgentUsage, COUNTED_KINDS, USAGE_RETENTION_HOURS};
+use held::Shard;
 
 /// Events kept in memory unless told otherwise (the design's last
 /// 100,000).
@@ -75,29 +77,6 @@ struct State {
     taken: Vec<Shard>,
 }
 
-/// An event numbered and stamped by the thread that recorded it, not yet
-/// in the log's [`State`].
-struct Held {
-    id: u64,
-    timestamp: f64,
-    kind: &'static str,
-    agent: Option<Range<usize>>,
-    packed: Packed,
-    /// What it adds to its agent's usage, counted as it was recorded
-    /// (from the fields at hand, not read back from `packed`).
-    counted: AgentUsage,
-    class: Option<Range<usize>>,
-}
-
-/// The events some threads recorded since the last merge. The agents'
-/// names are written one after another in one string: no allocation per
-/// event once the buffers have grown.
-#[derive(Default)]
-struct Shard {
-    held: Vec<Held>,
-    names: String,
-}
-
 /// An event in memory: its agent and kind shared with the others, its
 /// request id and data packed (see [`Packed`]), ~200 bytes in all where
 /// an [`Event`] holding a `serde_json::Value` takes ~1 KiB.
@@ -123,62 +102,6 @@ impl Stored {
 }
 
 impl State {
-    /// Takes every event the shards hold and inserts them in the order
-    /// of their ids. The shards are all locked at once: an event is
-    /// numbered and held under its shard's lock, so no id below the
-    /// highest taken can still be on its way, and ids in the log only
-    /// grow, without gaps. The caller holds the state's lock, so two
-    /// merges never interleave.
-    fn merge(&mut self, shards: &[CachePadded<Mutex<Shard>>]) {
-        if self.taken.len() < shards.len() {
-            self.taken.resize_with(shards.len(), Shard::default);
-        }
-        {
-            let mut locked: Vec<MutexGuard<'_, Shard>> = shards.iter().map(|s| lock(s)).collect();
-            if locked.iter().all(|shard| shard.held.is_empty()) {
-                return;
-            }
-            for (shard, taken) in locked.iter_mut().zip(&mut self.taken) {
-                std::mem::swap(&mut **shard, taken);
-            }
-        }
-        let mut taken = std::mem::take(&mut self.taken);
-        // Each shard's events are in the order of their ids: merged by
-        // taking the lowest of the shards' next ones (two or three
-        // shards hold events at most times), each event moved once.
-        let mut heads: Vec<_> = taken
-            .iter_mut()
-            .filter(|shard| !shard.held.is_empty())
-            .map(|shard| (shard.held.drain(..).peekable(), &shard.names))
-            .collect();
-        loop {
-            let lowest = heads
-                .iter_mut()
-                .enumerate()
-                .filter_map(|(at, (held, _))| Some((held.peek()?.id, at)))
-                .min();
-            let Some((_, at)) = lowest else { break };
-            let (held, names) = &mut heads[at];
-            let Some(held) = held.next() else { break };
-            let agent = held.agent.map(|range| &names[range]);
-            let class = held.class.map(|range| &names[range]);
-            let counted = (&held.counted, class);
-            self.insert(
-                held.id,
-                held.timestamp,
-                held.kind,
-                agent,
-                held.packed,
-                counted,
-            );
-        }
-        drop(heads);
-        for shard in &mut taken {
-            shard.names.clear();
-        }
-        self.taken = taken;
-    }
-
     /// Adds an event to its agent's usage (what it `counted`, and the
     /// class it names) and keeps it; the caller numbered it.
     fn insert(
@@ -296,13 +219,6 @@ struct Line<'a> {
     request_id: Option<&'a str>,
     data: &'a serde_json::Value,
 }
-
-/// Events a shard holds when it wakes the merging thread.
-const BATCH: usize = 256;
-
-/// Events a shard holds at most: past it (the merging thread is behind,
-/// or could not start) the recording thread merges them itself.
-const SHARD_LIMIT: usize = 4096;
 
 /// The event log.
 ///
@@ -461,97 +377,6 @@ impl Drop for EventLog {
     }
 }
 
-impl Inner {
-    /// The state, with every event held merged into it.
-    fn merged(&self) -> MutexGuard<'_, State> {
-        let mut state = lock(&self.state);
-        state.merge(&self.shards);
-        state
-    }
-
-    /// Numbers and stamps an event and holds it in the recording
-    /// thread's shard, with what it adds to its agent's usage; its id
-    /// and time.
-    fn hold(
-        self: &Arc<Self>,
-        kind: &'static str,
-        agent: Option<&str>,
-        packed: Packed,
-        (counted, class): (AgentUsage, Option<&str>),
-    ) -> (u64, f64) {
-        let timestamp = now();
-        let index = shard_index(self.shards.len());
-        let mut shard = lock(&self.shards[index]);
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut name = |name: &str| {
-            let start = shard.names.len();
-            shard.names.push_str(name);
-            start..shard.names.len()
-        };
-        let agent = agent.map(&mut name);
-        let class = class.map(&mut name);
-        shard.held.push(Held {
-            id,
-            timestamp,
-            kind,
-            agent,
-            packed,
-            counted,
-            class,
-        });
-        let held = shard.held.len();
-        drop(shard);
-        if held == BATCH {
-            self.wake_merger();
-        } else if held >= SHARD_LIMIT {
-            drop(self.merged());
-        }
-        (id, timestamp)
-    }
-
-    /// Wakes the merging thread, started at the first call.
-    fn wake_merger(self: &Arc<Self>) {
-        let merger = self.merger.get_or_init(|| {
-            let log = Arc::downgrade(self);
-            std::thread::Builder::new()
-                .name("corral-events".into())
-                .spawn(move || merge_when_woken(&log))
-                .map(|handle| {
-                    let thread = handle.thread().clone();
-                    *lock(&self.joiner) = Some(handle);
-                    thread
-                })
-                .map_err(|e| tracing::warn!(error = %e, "cannot start the event log's merging thread; requests merge their events"))
-                .ok()
-        });
-        if let Some(merger) = merger {
-            merger.unpark();
-        }
-    }
-}
-
-/// The merging thread: merges when woken, until the log is dropped.
-fn merge_when_woken(log: &Weak<Inner>) {
-    loop {
-        std::thread::park();
-        let Some(log) = log.upgrade() else { return };
-        if log.closed.load(Ordering::Acquire) {
-            return;
-        }
-        drop(log.merged());
-    }
-}
-
-/// The shard of the calling thread: threads are numbered in the order
-/// they first record, and share shards round the ring.
-fn shard_index(shards: usize) -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed);
-    }
-    INDEX.try_with(|index| *index).unwrap_or(0) % shards
-}
-
 impl EventSink for EventLog {
     fn record(&self, new: NewEvent) {
         let packed = Packed::new(new.request_id.as_deref(), &new.data);
@@ -609,102 +434,4 @@ fn now() -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn received(log: &EventLog, n: usize) {
-        for i in 0..n {
-            log.record_fields(
-                "received",
-                "planner",
-                &i.to_string(),
-                &[("class", "batch".into())],
-            );
-        }
-    }
-
-    #[test]
-    fn a_full_batch_is_merged_off_the_recording_thread_and_the_merger_ends_with_the_log() {
-        let log = EventLog::open(&EventsConfig::default()).unwrap();
-        received(&log, BATCH - 1);
-        assert!(
-            log.inner.merger.get().is_none(),
-            "no thread for fewer events"
-        );
-        assert_eq!(lock(&log.inner.state).events.len(), 0, "held, not merged");
-        received(&log, 1);
-        assert!(matches!(log.inner.merger.get(), Some(Some(_))));
-        // Merged by the log's thread, not by a read: the state fills up
-        // without `merged()` being called.
-        // (Waited for by yielding, a bounded number of times: a thread
-        // that never merges fails the test instead of hanging it.)
-        let merged = (0..10_000_000).any(|_| {
-            std::thread::yield_now();
-            lock(&log.inner.state).events.len() == BATCH
-        });
-        assert!(merged, "the batch was never merged");
-        // The thread ends when the log is dropped: its handle taken here
-        // (so the drop does not join it) and joined on a helper, so a
-        // thread that lives on fails the test instead of hanging it.
-        let merger = lock(&log.inner.joiner).take().expect("a merging thread");
-        drop(log);
-        let (done, ended) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = done.send(merger.join().is_ok());
-        });
-        assert_eq!(
-            ended.recv_timeout(std::time::Duration::from_secs(10)),
-            Ok(true),
-            "the merging thread did not end with the log"
-        );
-    }
-
-    #[test]
-    fn a_log_that_keeps_nothing_still_counts_usage_through_the_shards() {
-        let log = EventLog::open(&EventsConfig {
-            capacity: 0,
-            file: None,
-        })
-        .unwrap();
-        received(&log, BATCH + 10);
-        log.record(
-            NewEvent::new(
-                "received",
-                serde_json::json!({"class": "interactive", "endpoint": "chat"}),
-            )
-            .about("planner", "r"),
-        );
-        log.record(
-            NewEvent::new(
-                "completed",
-                serde_json::json!({"outcome": "completed", "prompt_tokens": 3, "generated_tokens": 9}),
-            )
-            .about("planner", "r"),
-        );
-        let usage = &log.usage()["planner"];
-        assert_eq!(usage.requests, BATCH as u64 + 11);
-        assert_eq!(
-            (usage.completed, usage.prompt_tokens, usage.generated_tokens),
-            (1, 3, 9)
-        );
-        assert_eq!(
-            usage.class.as_deref(),
-            Some("interactive"),
-            "the last class named"
-        );
-        assert_eq!(log.size(), (0, BATCH as u64 + 13));
-        assert!(log.replay(&Query::default()).is_empty());
-    }
-
-    #[test]
-    fn a_shard_past_its_limit_is_merged_by_the_recording_thread() {
-        let log = EventLog::open(&EventsConfig::default()).unwrap();
-        // As if the merging thread could not be started.
-        log.inner.merger.set(None).unwrap();
-        received(&log, SHARD_LIMIT - 1);
-        assert_eq!(lock(&log.inner.state).events.len(), 0);
-        received(&log, 1);
-        assert_eq!(lock(&log.inner.state).events.len(), SHARD_LIMIT);
-        assert_eq!(log.usage()["planner"].requests, SHARD_LIMIT as u64);
-    }
-}
+mod tests;
