@@ -245,26 +245,18 @@ mod tests {
         let told = Told::default();
         let (flag, kept) = (told.told.clone(), told.waker.clone());
         let mut future = std::pin::pin!(Repolled::new(told));
-        let first = Arc::new(Count::default());
-        let waker = Waker::from(first.clone());
-        assert!(future
-            .as_mut()
-            .poll(&mut Context::from_waker(&waker))
-            .is_pending());
+        let mut poll_from = |task: &Arc<Count>| {
+            let waker = Waker::from(task.clone());
+            future.as_mut().poll(&mut Context::from_waker(&waker))
+        };
+        let (first, second) = (Arc::new(Count::default()), Arc::new(Count::default()));
+        assert!(poll_from(&first).is_pending());
         // Moved to another task (the runtime gives a new waker).
-        let second = Arc::new(Count::default());
-        let waker = Waker::from(second.clone());
-        assert!(future
-            .as_mut()
-            .poll(&mut Context::from_waker(&waker))
-            .is_pending());
+        assert!(poll_from(&second).is_pending());
         flag.store(true, Ordering::SeqCst);
         kept.lock().unwrap().take().unwrap().wake();
         assert_eq!((first.get(), second.get()), (0, 1));
-        assert!(future
-            .as_mut()
-            .poll(&mut Context::from_waker(&waker))
-            .is_ready());
+        assert!(poll_from(&second).is_ready());
     }
 
     /// Another thread wakes the connection at any moment, during a poll
@@ -282,21 +274,21 @@ mod tests {
             let (flag, kept) = (told.told.clone(), told.waker.clone());
             let task = runtime.spawn(Repolled::new(told));
             let waking = std::thread::spawn(move || {
-                for i in 0..50 {
-                    if i == 49 {
-                        flag.store(true, Ordering::SeqCst);
-                    }
+                let wake = || {
                     let waker = kept.lock().unwrap().clone();
                     if let Some(waker) = waker {
                         waker.wake();
                     }
+                };
+                for _ in 0..49 {
+                    wake();
                     std::thread::yield_now();
                 }
-                // The last wake after the flag, whatever the polls did.
-                let waker = kept.lock().unwrap().clone();
-                if let Some(waker) = waker {
-                    waker.wake();
-                }
+                flag.store(true, Ordering::SeqCst);
+                // The wakes after the flag, whatever the polls did.
+                wake();
+                std::thread::yield_now();
+                wake();
             });
             waking.join().unwrap();
             runtime
