@@ -210,6 +210,9 @@ fn hostile_bodies_are_refused_with_the_reason() {
             .replace("mode\u{17f}l", "\u{17f}eed")
             .as_str(),
         r#"{"model":"m","Stream":true}"#,
+        r#"{"model":"m","Max_Output_Tokens":5}"#,
+        // Found whatever follows it, in the same pass that reads the fields.
+        r#"{"Model":"other","model":"allowed","prompt":"x"}"#,
     ] {
         let err = refused(body.as_bytes());
         assert!(err.contains("only by case"), "{body}: {err}");
@@ -221,6 +224,11 @@ fn hostile_bodies_are_refused_with_the_reason() {
         br#"{"model":"LLaMA3","Prompt":"x"}"#
     )
     .is_ok());
+    // A list is not an object, even one whose first element could pass
+    // for the model (serde's derived readers took it so).
+    assert!(refused(br#"["llama3"]"#).contains("expected a JSON object"));
+    assert!(refused(br#"{"model":5}"#).contains("expected a string"));
+    assert!(refused(br#"{"model":null,"model":"m"}"#).contains("duplicate field `model`"));
     let huge = br#"{"model":"m","options":{"num_predict":1e999}}"#;
     assert!(refused(huge).contains("invalid JSON"));
 }
