@@ -53,6 +53,10 @@ pub struct Reloader {
 struct Inner {
     source: Source,
     live: tokio::sync::Mutex<Live>,
+    /// When the configuration serving now was read (seconds since the
+    /// Unix epoch, as the bus's timestamps): a reload another replica
+    /// announced before then is already in it.
+    read_at: std::sync::Mutex<f64>,
     proxying: Proxying,
     admin: AdminSlot,
     agents: crate::agent_api::AgentApi,
@@ -110,9 +114,11 @@ impl Reloader {
         (admin, agents): (AdminSlot, crate::agent_api::AgentApi),
         metrics: PrometheusHandle,
     ) -> Self {
+        let read_at = config.read_at.unwrap_or_else(corral_core::unix_now_f64);
         Self {
             inner: Arc::new(Inner {
                 source,
+                read_at: std::sync::Mutex::new(read_at),
                 live: tokio::sync::Mutex::new(Live { config, stack }),
                 proxying,
                 admin,
@@ -120,6 +126,12 @@ impl Reloader {
                 metrics,
             }),
         }
+    }
+
+    /// When the configuration serving now was read, in seconds since the
+    /// Unix epoch.
+    pub(crate) fn read_at(&self) -> f64 {
+        *corral_core::lock(&self.inner.read_at)
     }
 
     pub(crate) fn handle(&self) -> ReloadHandle {
@@ -169,6 +181,8 @@ impl Reloader {
         self.inner.agents.switch(&stack);
         self.inner.admin.store(Arc::new(admin));
         tracing::warn!(changes = %notes.join("; "), "configuration reloaded");
+        *corral_core::lock(&self.inner.read_at) =
+            config.read_at.unwrap_or_else(corral_core::unix_now_f64);
         live.config = config;
         live.stack = stack;
         Ok(notes)
@@ -227,7 +241,13 @@ pub(crate) fn needs_restart(before: &Config, after: &Config) -> Vec<&'static str
 }
 
 /// Reloads whenever another replica announces a reload on the bus, for
-/// as long as the bus runs.
+/// as long as the bus runs. The last reload is kept in Redis and replayed
+/// when this replica starts or comes back to Redis: one announced before
+/// this replica read its configuration is passed by (it is in the file
+/// already), so a replica cut from Redis during a reload reloads on its
+/// return and one started later does not reload for nothing. The times
+/// compared are two replicas' clocks: a skew larger than the time between
+/// a file's read and a reload announced elsewhere can pass one by.
 pub(crate) async fn follow_reloads(
     mut bus: tokio::sync::broadcast::Receiver<corral_core::BusMessage>,
     replica: Arc<str>,
@@ -247,6 +267,9 @@ pub(crate) async fn follow_reloads(
         let Some(reloader) = reloader.get() else {
             return;
         };
+        if message.timestamp <= reloader.read_at() {
+            continue;
+        }
         match reloader.reload().await {
             Ok(_) => {}
             Err(error) => {

@@ -13,6 +13,7 @@ mod support;
 
 use corral_e2e::{get, metric_sum, post, request_with, send, upstream_until, Reply};
 use support::replica::{ask, redis_cli, Fleet, Replica};
+use support::{config_file, free_port};
 use tokio::task::JoinHandle;
 
 const CACHE: &str = "[[layers]]\nkind = \"cache\"\n";
@@ -270,4 +271,73 @@ async fn an_urgent_request_does_not_wait_for_a_batch_one_generating_on_another_r
         "the urgent answer came before the batch one"
     );
     batch.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_away_from_redis_during_a_reload_reloads_when_it_is_back() {
+    let fleet = Fleet::start("reload-away", "").await;
+    // Replica b reaches Redis through a relay that is not there yet: it
+    // starts alone, as if cut off.
+    let redis_at = host_and_port(&fleet.redis.url);
+    let relay_port = free_port();
+    let b_text = fleet.text.replace(
+        &format!("redis_url = \"{}\"", fleet.redis.url),
+        &format!(
+            "redis_url = \"{}\"",
+            fleet
+                .redis
+                .url
+                .replacen(redis_at, &format!("127.0.0.1:{relay_port}"), 1)
+        ),
+    );
+    assert_ne!(b_text, fleet.text);
+    let a = Replica::start("reload-away-a", &fleet.text).await;
+    let b = Replica::start("reload-away-b", &b_text).await;
+    corral_e2e::eventually_async("b serves without Redis", || async {
+        b.backend_up().await == 0.0
+    })
+    .await;
+    // The capacity goes from 4 to 6 in both files; a announces the reload.
+    let raised = |text: &str| text.replace("capacity = 4", "capacity = 6");
+    config_file("reload-away-a.toml", &raised(&fleet.text));
+    config_file("reload-away-b.toml", &raised(&b_text));
+    let reload = post(&format!("{}/corral/reload", a.url), "").await;
+    assert_eq!(reload.status, 200, "{}", reload.text());
+    let capacity = |replica: &Replica| {
+        let url = format!("{}/corral/config", replica.url);
+        async move { get(&url).await.json()["upstream"]["capacity"].clone() }
+    };
+    assert_eq!(capacity(&a).await, 6);
+    // b missed it: the announcement went by while it was away.
+    assert_eq!(capacity(&b).await, 4);
+    // Back with Redis, b reads the kept reload and its own file again.
+    let redis_at = redis_at.to_string();
+    let relay = tokio::net::TcpListener::bind(("127.0.0.1", relay_port))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = relay.accept().await {
+            let redis_at = redis_at.clone();
+            tokio::spawn(async move {
+                if let Ok(mut server) = tokio::net::TcpStream::connect(redis_at).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    corral_e2e::eventually_async("b shares Redis again", || async {
+        b.backend_up().await == 1.0
+    })
+    .await;
+    corral_e2e::eventually_async("b reloaded on its return", || async {
+        capacity(&b).await == 6
+    })
+    .await;
+}
+
+/// The `host:port` of a `redis://[user:password@]host:port[/db]` URL.
+fn host_and_port(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
+    rest.split('/').next().unwrap_or(rest)
 }

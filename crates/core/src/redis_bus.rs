@@ -17,17 +17,21 @@ const OUTBOX: usize = 1024;
 pub const BUS_DROPPED_TOTAL: &str = "corral_bus_dropped_total";
 
 /// The channels whose settings are kept and replayed on (re)connect.
-const STATE_CHANNELS: [&str; 5] = [
+/// The last reload is kept too: a replica cut from Redis when it was
+/// announced reloads when it is back (one that read its file after the
+/// reload, or started after it, lets the replayed one pass).
+const STATE_CHANNELS: [&str; 6] = [
     channels::DEGRADATION_LEVEL,
     channels::CAPACITY_UPDATE,
     channels::PRIORITY_CHANGE,
     channels::BREAKER_STATE,
     channels::BACKPRESSURE,
+    channels::CONFIG_RELOAD,
 ];
 
 /// Every channel the other replicas' messages are forwarded from: the
-/// settings, and the commands that are not kept (a replica that starts
-/// later reads its own configuration).
+/// settings, and the key changes, which are not kept (each replica reads
+/// the keys from Redis itself).
 const CHANNELS: [&str; 7] = [
     channels::DEGRADATION_LEVEL,
     channels::CAPACITY_UPDATE,

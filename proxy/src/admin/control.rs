@@ -309,8 +309,10 @@ impl Admin {
         };
         match reloader.reload().await {
             Ok(changes) => {
+                // Kept as a setting: a replica away from Redis now
+                // reloads when it is back.
                 self.bus
-                    .publish(channels::CONFIG_RELOAD, json!({"by": "operator"}));
+                    .publish_state(channels::CONFIG_RELOAD, "last", json!({"by": "operator"}));
                 json_response(
                     StatusCode::OK,
                     &json!({"reloaded": true, "changes": changes}),

@@ -151,6 +151,10 @@ pub struct Config {
     /// The file as written, for `/corral/config`.
     #[serde(skip)]
     pub raw: Option<toml::Table>,
+    /// When the file was read, in seconds since the Unix epoch: a reload
+    /// another replica announced before then is already in it.
+    #[serde(skip)]
+    pub read_at: Option<f64>,
     /// Where `[upstream] capacity` came from, for the startup line and
     /// `check-config`: the file, or a flag or variable that overrode it.
     #[serde(skip)]
@@ -208,13 +212,16 @@ pub const NO_FILE: &str = "<defaults>";
 impl Config {
     /// Reads and checks `path`.
     pub fn load(path: &Path) -> Result<Self, LoadError> {
+        let read_at = corral_core::unix_now_f64();
         let text = std::fs::read_to_string(path).map_err(|e| LoadError {
             file: path.to_path_buf(),
             line: None,
             key: String::new(),
             reason: format!("cannot read the file: {e}"),
         })?;
-        Self::parse(&text, path)
+        let mut config = Self::parse(&text, path)?;
+        config.read_at = Some(read_at);
+        Ok(config)
     }
 
     /// Parses `text`, which came from `file` (for messages).
