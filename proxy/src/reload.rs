@@ -53,10 +53,12 @@ pub struct Reloader {
 struct Inner {
     source: Source,
     live: tokio::sync::Mutex<Live>,
-    /// When the configuration serving now was read (seconds since the
-    /// Unix epoch, as the bus's timestamps): a reload another replica
-    /// announced before then is already in it.
-    read_at: std::sync::Mutex<f64>,
+    /// The newest moment the configuration serving now answers for, in
+    /// seconds since the Unix epoch (as the bus's timestamps): when it
+    /// was read, or the last reload another replica announced that this
+    /// one answered (reloaded, or tried to). Announced before then, a
+    /// reload is passed by. Written under `live`.
+    seen: std::sync::Mutex<f64>,
     proxying: Proxying,
     admin: AdminSlot,
     agents: crate::agent_api::AgentApi,
@@ -118,7 +120,7 @@ impl Reloader {
         Self {
             inner: Arc::new(Inner {
                 source,
-                read_at: std::sync::Mutex::new(read_at),
+                seen: std::sync::Mutex::new(read_at),
                 live: tokio::sync::Mutex::new(Live { config, stack }),
                 proxying,
                 admin,
@@ -128,10 +130,26 @@ impl Reloader {
         }
     }
 
-    /// When the configuration serving now was read, in seconds since the
-    /// Unix epoch.
-    pub(crate) fn read_at(&self) -> f64 {
-        *corral_core::lock(&self.inner.read_at)
+    /// Reloads for a reload another replica announced at `at` (seconds
+    /// since the Unix epoch, by that replica's clock): `None`, passed by,
+    /// when the configuration serving now was read after it or the
+    /// announcement was answered already.
+    ///
+    /// Answered even when the reload is refused: a replica is asked once
+    /// per announcement, not again at each replay of the kept one (a
+    /// replica whose clock runs behind the announcer's would otherwise
+    /// read its stamp as news after every reload, and reload again).
+    pub async fn reload_announced(&self, at: f64) -> Option<Result<Vec<String>, ReloadError>> {
+        let mut live = self.inner.live.lock().await;
+        if at <= *corral_core::lock(&self.inner.seen) {
+            return None;
+        }
+        let reloaded = (self.inner.source)()
+            .map_err(ReloadError::Refused)
+            .and_then(|config| self.take_over(&mut live, config));
+        let mut seen = corral_core::lock(&self.inner.seen);
+        *seen = seen.max(at);
+        Some(reloaded)
     }
 
     pub(crate) fn handle(&self) -> ReloadHandle {
@@ -181,8 +199,10 @@ impl Reloader {
         self.inner.agents.switch(&stack);
         self.inner.admin.store(Arc::new(admin));
         tracing::warn!(changes = %notes.join("; "), "configuration reloaded");
-        *corral_core::lock(&self.inner.read_at) =
-            config.read_at.unwrap_or_else(corral_core::unix_now_f64);
+        let read_at = config.read_at.unwrap_or_else(corral_core::unix_now_f64);
+        let mut seen = corral_core::lock(&self.inner.seen);
+        *seen = seen.max(read_at);
+        drop(seen);
         live.config = config;
         live.stack = stack;
         Ok(notes)
@@ -241,13 +261,14 @@ pub(crate) fn needs_restart(before: &Config, after: &Config) -> Vec<&'static str
 }
 
 /// Reloads whenever another replica announces a reload on the bus, for
-/// as long as the bus runs. The last reload is kept in Redis and replayed
-/// when this replica starts or comes back to Redis: one announced before
-/// this replica read its configuration is passed by (it is in the file
-/// already), so a replica cut from Redis during a reload reloads on its
-/// return and one started later does not reload for nothing. The times
-/// compared are two replicas' clocks: a skew larger than the time between
-/// a file's read and a reload announced elsewhere can pass one by.
+/// as long as the bus runs. Each replica's last reload is kept in Redis
+/// and replayed when this replica starts or comes back to Redis: one
+/// announced before this replica read its configuration, or answered
+/// already, is passed by ([`Reloader::reload_announced`]), so a replica
+/// cut from Redis during a reload reloads on its return and one started
+/// later does not reload for nothing. The times compared are two
+/// replicas' clocks: a skew larger than the time between a file's read
+/// and a reload announced elsewhere can pass one by.
 pub(crate) async fn follow_reloads(
     mut bus: tokio::sync::broadcast::Receiver<corral_core::BusMessage>,
     replica: Arc<str>,
@@ -267,14 +288,8 @@ pub(crate) async fn follow_reloads(
         let Some(reloader) = reloader.get() else {
             return;
         };
-        if message.timestamp <= reloader.read_at() {
-            continue;
-        }
-        match reloader.reload().await {
-            Ok(_) => {}
-            Err(error) => {
-                tracing::error!(%error, publisher = %message.publisher, "another replica reloaded; this one could not")
-            }
+        if let Some(Err(error)) = reloader.reload_announced(message.timestamp).await {
+            tracing::error!(%error, publisher = %message.publisher, "another replica reloaded; this one could not")
         }
     }
 }

@@ -11,9 +11,12 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use corral_e2e::{get, metric_sum, post, request_with, send, upstream_until, Reply};
+use support::config_file;
 use support::replica::{ask, redis_cli, Fleet, Replica};
-use support::{config_file, free_port};
 use tokio::task::JoinHandle;
 
 const CACHE: &str = "[[layers]]\nkind = \"cache\"\n";
@@ -276,18 +279,18 @@ async fn an_urgent_request_does_not_wait_for_a_batch_one_generating_on_another_r
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_away_from_redis_during_a_reload_reloads_when_it_is_back() {
     let fleet = Fleet::start("reload-away", "").await;
-    // Replica b reaches Redis through a relay that is not there yet: it
-    // starts alone, as if cut off.
-    let redis_at = host_and_port(&fleet.redis.url);
-    let relay_port = free_port();
+    // Replica b reaches Redis through a relay, cut at first: it starts
+    // alone.
+    let redis_at = host_and_port(&fleet.redis.url).to_string();
+    let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_at = relay.local_addr().unwrap().to_string();
+    let cut = Arc::new(AtomicBool::new(true));
+    tokio::spawn(relay_to(relay, redis_at.clone(), cut.clone()));
     let b_text = fleet.text.replace(
         &format!("redis_url = \"{}\"", fleet.redis.url),
         &format!(
             "redis_url = \"{}\"",
-            fleet
-                .redis
-                .url
-                .replacen(redis_at, &format!("127.0.0.1:{relay_port}"), 1)
+            fleet.redis.url.replacen(&redis_at, &relay_at, 1)
         ),
     );
     assert_ne!(b_text, fleet.text);
@@ -311,20 +314,7 @@ async fn a_replica_away_from_redis_during_a_reload_reloads_when_it_is_back() {
     // b missed it: the announcement went by while it was away.
     assert_eq!(capacity(&b).await, 4);
     // Back with Redis, b reads the kept reload and its own file again.
-    let redis_at = redis_at.to_string();
-    let relay = tokio::net::TcpListener::bind(("127.0.0.1", relay_port))
-        .await
-        .unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut client, _)) = relay.accept().await {
-            let redis_at = redis_at.clone();
-            tokio::spawn(async move {
-                if let Ok(mut server) = tokio::net::TcpStream::connect(redis_at).await {
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                }
-            });
-        }
-    });
+    cut.store(false, Ordering::SeqCst);
     corral_e2e::eventually_async("b shares Redis again", || async {
         b.backend_up().await == 1.0
     })
@@ -333,6 +323,22 @@ async fn a_replica_away_from_redis_during_a_reload_reloads_when_it_is_back() {
         capacity(&b).await == 6
     })
     .await;
+}
+
+/// Relays each connection `listener` accepts to `to`, or closes it at
+/// once while `cut` holds.
+async fn relay_to(listener: tokio::net::TcpListener, to: String, cut: Arc<AtomicBool>) {
+    while let Ok((mut client, _)) = listener.accept().await {
+        if cut.load(Ordering::SeqCst) {
+            continue;
+        }
+        let to = to.clone();
+        tokio::spawn(async move {
+            if let Ok(mut server) = tokio::net::TcpStream::connect(to).await {
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            }
+        });
+    }
 }
 
 /// The `host:port` of a `redis://[user:password@]host:port[/db]` URL.

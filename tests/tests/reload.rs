@@ -379,3 +379,49 @@ async fn quotas_carry_over_a_reload_that_leaves_their_layer_alone() {
     );
     assert_eq!(send(ask()).await.status, 200);
 }
+
+#[tokio::test]
+async fn an_announced_reload_is_answered_once_and_one_older_than_the_file_is_passed_by() {
+    let upstream = mock(corral_e2e::fast()).await;
+    let text = |capacity: usize| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\ncapacity = {capacity}\n\n[[layers]]\nkind = \"priority\"\n",
+            upstream.url()
+        )
+    };
+    let before = corral_core::unix_now_f64() - 1.0;
+    let path = file("announced.toml", &text(2));
+    let corral = start(&path).await;
+    let reloader = corral.reloader();
+    let capacity = || async {
+        let config = corral_e2e::get(&format!("{}/corral/config", corral.url())).await;
+        config.json()["upstream"]["capacity"].clone()
+    };
+    std::fs::write(&path, text(3)).unwrap();
+    // Announced before the file was read: it is in the file already.
+    assert!(reloader.reload_announced(before).await.is_none());
+    assert_eq!(capacity().await, 2);
+    // Announced by a replica whose clock runs a minute ahead: reloaded,
+    // then passed by when the kept announcement is replayed, though this
+    // replica's own clock says its file was read before it.
+    let ahead = corral_core::unix_now_f64() + 60.0;
+    assert!(reloader.reload_announced(ahead).await.unwrap().is_ok());
+    assert_eq!(capacity().await, 3);
+    std::fs::write(&path, text(4)).unwrap();
+    assert!(reloader.reload_announced(ahead).await.is_none());
+    assert_eq!(capacity().await, 3);
+    // Refused, an announcement is answered too: not retried at each
+    // replay, but a newer one is taken.
+    std::fs::write(&path, text(4).replace("capacity = 4", "capacity = -1")).unwrap();
+    let later = ahead + 1.0;
+    assert!(reloader.reload_announced(later).await.unwrap().is_err());
+    std::fs::write(&path, text(5)).unwrap();
+    assert!(reloader.reload_announced(later).await.is_none());
+    assert_eq!(capacity().await, 3);
+    assert!(reloader
+        .reload_announced(later + 1.0)
+        .await
+        .unwrap()
+        .is_ok());
+    assert_eq!(capacity().await, 5);
+}

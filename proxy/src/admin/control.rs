@@ -309,10 +309,16 @@ impl Admin {
         };
         match reloader.reload().await {
             Ok(changes) => {
-                // Kept as a setting: a replica away from Redis now
-                // reloads when it is back.
-                self.bus
-                    .publish_state(channels::CONFIG_RELOAD, "last", json!({"by": "operator"}));
+                // Kept as a setting, a replica away from Redis now
+                // reloads when it is back. Under this replica's own field:
+                // Redis keeps a field's newest value only, and a shared
+                // field could hold another replica's reload stamped by a
+                // clock ahead of this one, and swallow this one.
+                self.bus.publish_state(
+                    channels::CONFIG_RELOAD,
+                    &self.replica,
+                    json!({"by": "operator"}),
+                );
                 json_response(
                     StatusCode::OK,
                     &json!({"reloaded": true, "changes": changes}),

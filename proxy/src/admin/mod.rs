@@ -44,6 +44,8 @@ pub struct Admin {
     load: LoadCell,
     controls: Arc<Controls>,
     bus: Arc<dyn corral_core::Bus>,
+    /// This replica's id: its field in the kept reloads.
+    replica: Arc<str>,
     events: Arc<dyn corral_events::EventStore>,
     config: Arc<serde_json::Value>,
     token: Option<Arc<str>>,
@@ -88,6 +90,7 @@ impl Admin {
             load: stack.load().clone(),
             controls: stack.controls().clone(),
             bus: stack.bus().clone(),
+            replica: stack.replica().clone(),
             events: stack.events().clone() as Arc<dyn corral_events::EventStore>,
             config: Arc::new(resolved_config(config)),
             token: config.admin.token.as_deref().map(Arc::from),
