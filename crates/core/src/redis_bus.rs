@@ -17,9 +17,9 @@ const OUTBOX: usize = 1024;
 pub const BUS_DROPPED_TOTAL: &str = "corral_bus_dropped_total";
 
 /// The channels whose settings are kept and replayed on (re)connect.
-/// The last reload is kept too: a replica cut from Redis when it was
-/// announced reloads when it is back (one that read its file after the
-/// reload, or started after it, lets the replayed one pass).
+/// Each replica's last reload is kept too: a replica cut from Redis when
+/// one was announced reloads when it is back (one that read its file
+/// after the reload, or started after it, lets the replayed one pass).
 const STATE_CHANNELS: [&str; 6] = [
     channels::DEGRADATION_LEVEL,
     channels::CAPACITY_UPDATE,
