@@ -183,6 +183,49 @@ try:
         names = [m.model for m in native.list().models]
         return f"generate {len(g.response)} chars; chat stream {len(parts)} parts; models {names[:3]}"
 
+    @check("ollama-js generate whole and chat streamed; a stream it aborts frees the server")
+    def _():
+        # The official JavaScript client, as a Node agent runs it.
+        script = r"""
+const { Ollama } = await import(process.env.OLLAMA_JS_ENTRY);
+const ollama = new Ollama({ host: process.env.CORRAL_URL, headers: { "X-Agent-Id": "js-agent" } });
+const model = "local/smollm2";
+const g = await ollama.generate({ model, prompt: "Say hello.", options: { num_predict: 16 } });
+if (!g.done || !g.response) throw new Error("generate: " + JSON.stringify(g));
+let parts = 0, text = "";
+for await (const p of await ollama.chat({ model, stream: true, options: { num_predict: 24 },
+                                          messages: [{ role: "user", content: "Count to five." }] })) {
+  parts += 1; text += p.message.content;
+}
+if (!text) throw new Error("chat stream: no text");
+const long = await ollama.generate({ model, stream: true, options: { num_predict: 3000 },
+                                     prompt: "Write a very long story about a herd of llamas." });
+let seen = 0, aborted = false;
+try {
+  for await (const _ of long) { seen += 1; if (seen === 20) long.abort(); }
+} catch (e) {
+  if (e.name !== "AbortError") throw e;
+  aborted = true;
+}
+if (!aborted) throw new Error(`the stream ended by itself after ${seen} parts`);
+const t = Date.now();
+const short = await ollama.generate({ model, prompt: "Hi.", options: { num_predict: 8 } });
+console.log(JSON.stringify({ generate: g.response.length, parts, seen, next_ms: Date.now() - t, short: short.done }));
+"""
+        entry = Path(os.environ["OLLAMA_JS"]).resolve() / "node_modules/ollama/dist/index.mjs"
+        run = subprocess.run(["node", "--input-type=module", "-e", script], capture_output=True, text=True,
+                             timeout=300, env={**os.environ, "OLLAMA_JS_ENTRY": entry.as_uri(),
+                                               "CORRAL_URL": f"http://127.0.0.1:{NATIVE}"})
+        assert run.returncode == 0, run.stderr[-2000:]
+        seen = json.loads(run.stdout.strip().splitlines()[-1])
+        # Had the abandoned 3000-token generation gone on, the next one
+        # would wait for it (tens of seconds).
+        assert seen["next_ms"] < 10000, seen
+        s = status(NATIVE)
+        assert s["in_flight"] == 0 and s["queued"] == 0, s
+        return (f"generate {seen['generate']} chars; chat stream {seen['parts']} parts; aborted after "
+                f"{seen['seen']} parts, the next answered in {seen['next_ms'] / 1000:.2f} s; permit back")
+
     @check("OpenAI SDK chat, whole and streamed, through the default stack")
     def _():
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{OPENAI}/v1", api_key="x", max_retries=0)
